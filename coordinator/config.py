@@ -1,0 +1,73 @@
+"""Configuration of the coordinator service (`swarmrl coordinator --config coordinator.toml`).
+
+Every field is documented; `deploy/` and `examples/` hold committed configs that a test parses.
+Environment variables override the file as `SWARMRL_COORDINATOR_<FIELD>` (nested with `__`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field("arithmetic", description="task source name (see protocol.tasks)")
+    seed: int = Field(0, description="seed of the task stream")
+    options: dict = Field(default_factory=dict, description="options passed to the task source")
+
+
+class SamplingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature every worker must use")
+    max_tokens: int = Field(8, ge=1, description="completion length cap")
+
+
+class CheckRateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    initial: float = Field(1.0, ge=0, le=1, description="share of a new worker's submissions fully checked")
+    floor: float = Field(0.1, ge=0, le=1, description="the share never falls below this")
+    halve_every: int = Field(20, ge=1, description="the share halves after this many clean checks")
+
+
+class LimitsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_body_bytes: int = Field(4 * 1024 * 1024, description="largest request body accepted")
+    max_leases_per_worker: int = Field(64, ge=1, description="leases one worker may hold at once")
+    requests_per_s_per_worker: float = Field(50.0, description="rate limit per identity (token bucket)")
+    requests_per_s_per_address: float = Field(200.0, description="rate limit per client address")
+    burst: int = Field(100, description="token bucket size")
+
+
+class JoinConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    allowlist: list[str] = Field(default_factory=list, description="if set, only these hex public keys may register")
+    pow_difficulty: int = Field(0, ge=0, le=32, description="leading zero bits of the registration proof of work (0 = off)")
+    identities_per_address: int = Field(0, ge=0, description="active identities allowed per client address (0 = unlimited)")
+    heartbeat_interval_s: float = Field(5.0, description="how often workers should heartbeat")
+    missed_heartbeats_gone: int = Field(6, description="a worker missing this many heartbeats is gone; its leases return")
+
+
+class CoordinatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run_id: str = Field("swarmrl-run", description="name of the run; part of every lease")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8700, description="port to listen on (0 picks a free port, written to data_dir/coordinator.port)")
+    data_dir: Path = Field(Path("./swarmrl-data/coordinator"), description="state: database, archive")
+    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in data_dir")
+    key_file: Path = Field(Path("./swarmrl-data/keys/coordinator.key"), description="coordinator key (signs leases); created if missing")
+    operator_key: str = Field(..., description="hex public key of the operator (trainer; signs policy manifests)")
+    verifier_keys: list[str] = Field(default_factory=list, description="hex public keys whose verdicts are accepted")
+    model: str = Field(..., description="model folder or hub id whose tokenizer encodes prompts")
+    relays: list[str] = Field(default_factory=list, description="shardcast URLs advertised to workers and verifiers")
+    tasks: TaskConfig = Field(default_factory=TaskConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    group_size: int = Field(8, ge=2, le=256, description="samples per task (GRPO group)")
+    async_window: int = Field(2, ge=0, description="leases allow policy versions current-k..current")
+    lease_ttl_s: float = Field(60.0, gt=0, description="a lease not submitted in this time is re-leased")
+    check_rate: CheckRateConfig = Field(default_factory=CheckRateConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    join: JoinConfig = Field(default_factory=JoinConfig)
+    archive: bool = Field(True, description="archive submissions and verdicts as Parquet in data_dir/archive")
+    max_clock_skew_s: float = Field(120.0, description="signed messages older or newer than this are refused")

@@ -1,0 +1,162 @@
+"""Signed envelopes: how every state-changing message travels.
+
+An `Envelope` wraps a message body (a dict validated into a pydantic model by the receiver)
+with its kind, the signer's public key, a timestamp and a random nonce, and an Ed25519
+signature over the canonical bytes of all of those. The kind is signed, so a body signed as
+one kind of message cannot be replayed as another.
+
+Receivers call `open_envelope`, which checks in order: the kind, the signer (when the
+receiver requires a particular key or one of a set), the signature, the timestamp skew,
+and finally the body against its schema. Replay protection (a nonce seen twice) needs
+state and is the receiver's job: `ReplayGuard` is the in-memory version; the coordinator
+keeps nonces in its database.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.canonical import canonical_bytes
+from protocol.errors import MessageError, SignatureError, StaleMessageError
+from protocol.identity import KeyPair, PublicKey
+
+ENVELOPE_DOMAIN = b"swarmrl-envelope/1\n"
+DEFAULT_MAX_SKEW_S = 120.0
+
+B = TypeVar("B", bound=BaseModel)
+
+
+class Envelope(BaseModel):
+    """A signed message. Produced by whoever sends a state-changing request; consumed by
+    the service that acts on it (and archived, so auditors can re-check the signature)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=64, description="message type, e.g. 'submission'")
+    body: dict[str, Any] = Field(description="the message itself, as JSON")
+    signer: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex Ed25519 public key of the signer")
+    timestamp: float = Field(description="signer's clock, unix seconds")
+    nonce: str = Field(pattern=r"^[0-9a-f]{32}$", description="16 random bytes, hex; unique per message")
+    signature: str = Field(max_length=100, description="base64 Ed25519 signature")
+
+    def signing_bytes(self) -> bytes:
+        return envelope_signing_bytes(self.kind, self.body, self.signer, self.timestamp, self.nonce)
+
+    @property
+    def signer_key(self) -> PublicKey:
+        return PublicKey.from_hex(self.signer)
+
+
+def envelope_signing_bytes(kind: str, body: dict, signer: str, timestamp: float, nonce: str) -> bytes:
+    return ENVELOPE_DOMAIN + canonical_bytes(
+        {"kind": kind, "body": body, "signer": signer, "timestamp": timestamp, "nonce": nonce}
+    )
+
+
+def seal(kind: str, body: BaseModel, key: KeyPair, *, now: float | None = None) -> Envelope:
+    """Sign `body` as a message of `kind` with `key`."""
+    body_json = body.model_dump(mode="json")
+    timestamp = float(time.time() if now is None else now)
+    nonce = os.urandom(16).hex()
+    data = envelope_signing_bytes(kind, body_json, key.public.hex, timestamp, nonce)
+    return Envelope(
+        kind=kind, body=body_json, signer=key.public.hex, timestamp=timestamp, nonce=nonce,
+        signature=key.sign(data),
+    )
+
+
+@dataclass(frozen=True)
+class Opened(Generic[B]):
+    """A verified envelope: the typed body and who signed it, when, with which nonce."""
+
+    body: B
+    signer: PublicKey
+    timestamp: float
+    nonce: str
+    envelope: Envelope
+
+    @property
+    def signer_id(self) -> str:
+        return self.signer.peer_id
+
+
+def open_envelope(
+    env: Envelope,
+    kind: str,
+    body_type: type[B],
+    *,
+    now: float | None = None,
+    max_skew_s: float | None = DEFAULT_MAX_SKEW_S,
+    signer: PublicKey | None = None,
+    allowed_signers: set[str] | None = None,
+) -> Opened[B]:
+    """Verify `env` and return its typed body.
+
+    `signer`: the one key that must have signed; `allowed_signers`: a set of hex keys of
+    which one must have signed. `max_skew_s=None` skips the clock check (for archived
+    messages that are re-verified later). Raises MessageError, SignatureError or
+    StaleMessageError; never returns an unverified body.
+    """
+    if env.kind != kind:
+        raise MessageError(f"expected a {kind!r} message, got {env.kind!r}")
+    key = env.signer_key
+    if signer is not None and key.raw != signer.raw:
+        raise SignatureError(f"{kind} must be signed by {signer.peer_id}, not {key.peer_id}")
+    if allowed_signers is not None and env.signer not in allowed_signers:
+        raise SignatureError(f"{kind} signed by {key.peer_id}, which is not an authorised key")
+    key.verify(env.signature, env.signing_bytes())
+    if max_skew_s is not None:
+        clock = time.time() if now is None else now
+        if abs(clock - env.timestamp) > max_skew_s:
+            raise StaleMessageError(
+                f"{kind} timestamp is {clock - env.timestamp:+.0f} s off this server's clock "
+                f"(allowed: {max_skew_s:.0f} s); check the sender's clock"
+            )
+    try:
+        body = body_type.model_validate(env.body)
+    except ValidationError as exc:
+        raise MessageError(f"invalid {kind}: {_first_error(exc)}") from exc
+    return Opened(body=body, signer=key, timestamp=env.timestamp, nonce=env.nonce, envelope=env)
+
+
+def _first_error(exc: ValidationError) -> str:
+    errs = exc.errors()
+    if not errs:
+        return str(exc)
+    e = errs[0]
+    loc = ".".join(str(p) for p in e.get("loc", ())) or "body"
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{loc}: {e.get('msg')}{more}"
+
+
+class ReplayGuard:
+    """Remembers (signer, nonce) pairs for `window_s` seconds and refuses repeats.
+
+    In-memory, thread-safe and bounded (`max_entries`); fits services whose state may be
+    lost on restart because the timestamp window bounds what could be replayed.
+    """
+
+    def __init__(self, window_s: float = 2 * DEFAULT_MAX_SKEW_S, max_entries: int = 1_000_000):
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check_and_remember(self, signer: str, nonce: str, timestamp: float, now: float | None = None) -> None:
+        clock = time.time() if now is None else now
+        with self._lock:
+            while self._seen:
+                (k, t) = next(iter(self._seen.items()))
+                if t >= clock - self.window_s and len(self._seen) < self.max_entries:
+                    break
+                self._seen.popitem(last=False)
+            if (signer, nonce) in self._seen:
+                raise MessageError("replayed message: this nonce was already used by this signer")
+            self._seen[(signer, nonce)] = clock

@@ -1,0 +1,209 @@
+"""HTTP plumbing shared by every swarmrl service and client.
+
+Servers: `serve` runs a FastAPI app under uvicorn on a socket bound before start-up, so
+port 0 works and the chosen port is written to a port file that the demo and tests read;
+`ServerThread` runs an app inside another process (the trainer's shardcast origin, tests).
+Uvicorn's own SIGINT/SIGTERM handling gives a graceful stop.
+
+Clients: `SignedClient` seals a body in an `Envelope`, POSTs it, and translates transport
+failures into the two errors callers handle: `Rejected` (the service answered 4xx: do not
+retry the same message) and `Unavailable` (no answer or 5xx: retry later with backoff).
+Error bodies are `{"detail": "<one clear line>"}` everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from protocol.envelope import seal
+from protocol.errors import ProtocolError
+from protocol.identity import KeyPair
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class Rejected(ProtocolError):
+    """The service refused the request (4xx). `status` and `detail` say why."""
+
+    def __init__(self, status: int, detail: str, retry_after_s: float | None = None):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(ProtocolError):
+    """The service could not be reached or failed (connection error, timeout, 5xx)."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def write_port_file(path: Path, port: int) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def read_port_file(path: Path, timeout_s: float = 30.0) -> int:
+    """Wait for a service's port file and return the port."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(Path(path).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no port file at {path} after {timeout_s:.0f} s") from None
+            time.sleep(0.05)
+
+
+def _uvicorn_config(app: Any, log_level: str):
+    import uvicorn
+
+    return uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
+                          lifespan="on")
+
+
+def serve(app: Any, host: str, port: int, port_file: Path | None = None, log_level: str = "warning") -> None:
+    """Run `app` until SIGINT/SIGTERM. Writes the bound port to `port_file` once listening."""
+    import uvicorn
+
+    sock = bind_socket(host, port)
+    server = uvicorn.Server(_uvicorn_config(app, log_level))
+    if port_file is not None:
+        _announce_when_started(server, Path(port_file), sock.getsockname()[1])
+    server.run(sockets=[sock])
+
+
+def _announce_when_started(server: Any, port_file: Path, port: int) -> None:
+    def wait() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if server.started:
+            write_port_file(port_file, port)
+
+    threading.Thread(target=wait, daemon=True, name="port-file").start()
+
+
+class ServerThread:
+    """Run an ASGI app in a background thread of this process (no signal handlers)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import uvicorn
+
+        self.sock = bind_socket(host, port)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(_uvicorn_config(app, log_level))
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True, name="uvicorn")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server thread did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def error_detail(resp: httpx.Response) -> str:
+    try:
+        d = resp.json().get("detail")
+        if isinstance(d, list):  # FastAPI validation errors
+            d = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in d[:3])
+        return str(d) if d else resp.text[:300]
+    except (ValueError, AttributeError):
+        return resp.text[:300] or resp.reason_phrase
+
+
+def check_response(resp: httpx.Response) -> httpx.Response:
+    """Raise Rejected for 4xx and Unavailable for 5xx; return the response otherwise."""
+    if resp.status_code >= 500:
+        raise Unavailable(f"{resp.request.url.path}: HTTP {resp.status_code}: {error_detail(resp)}")
+    if resp.status_code >= 400:
+        ra = resp.headers.get("retry-after")
+        raise Rejected(resp.status_code, error_detail(resp), float(ra) if ra else None)
+    return resp
+
+
+def parse_response(resp: httpx.Response, model: type[R]) -> R:
+    try:
+        return model.model_validate_json(resp.content)
+    except ValidationError as exc:
+        raise Unavailable(f"{resp.request.url.path}: unexpected response: {exc.errors()[:1]}") from exc
+
+
+class SignedClient:
+    """A small client for one service: signed POSTs and plain GETs, errors translated."""
+
+    def __init__(self, base_url: str, key: KeyPair | None = None, timeout_s: float = 30.0,
+                 client: httpx.Client | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self.http = client or httpx.Client(timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def post_signed(self, path: str, kind: str, body: BaseModel, response: type[R] | None = None,
+                    timeout_s: float | None = None) -> Any:
+        if self.key is None:
+            raise ProtocolError("this client has no key to sign with")
+        env = seal(kind, body, self.key)
+        try:
+            resp = self.http.post(self.base_url + path, content=env.model_dump_json(),
+                                  headers={"content-type": "application/json"},
+                                  **({"timeout": timeout_s} if timeout_s else {}))
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+        check_response(resp)
+        return parse_response(resp, response) if response is not None else resp.json()
+
+    def get(self, path: str, response: type[R] | None = None, params: dict | None = None,
+            timeout_s: float | None = None) -> Any:
+        try:
+            resp = self.http.get(self.base_url + path, params=params,
+                                 **({"timeout": timeout_s} if timeout_s else {}))
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+        check_response(resp)
+        return parse_response(resp, response) if response is not None else resp.json()
+
+
+def backoff_delays(base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None):
+    """Exponential backoff with full jitter: an endless iterator of sleep durations."""
+    r = rng or random.Random()
+    attempt = 0
+    while True:
+        yield r.uniform(0, min(cap_s, base_s * (2 ** attempt)))
+        attempt = min(attempt + 1, 30)

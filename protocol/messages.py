@@ -1,0 +1,331 @@
+"""The wire types of swarmrl, declared once.
+
+Each class says who produces it and who consumes it. State-changing messages travel inside
+a signed `Envelope` (see `envelope.py`) whose `kind` is the constant next to the class
+(`KIND_*`); responses are plain JSON of the `*Response` / `*Info` types.
+
+Limits here are hard protocol caps that protect every receiver; operators set tighter
+limits in their service config. Binary data is base64 (proofs) or hex (keys, hashes).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.envelope import Envelope
+
+# -- hard caps ----------------------------------------------------------------------------
+MAX_GROUP_SIZE = 256
+MAX_TOKENS_PER_SEQUENCE = 32_768
+MAX_LEASES_PER_REQUEST = 256
+MAX_PROOF_B64_CHARS = 4 * ((MAX_TOKENS_PER_SEQUENCE // 32 + 1) * 258 + 64) // 3 + 8
+MAX_ID_CHARS = 128
+
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
+class Strict(BaseModel):
+    """Base for wire types: unknown fields are an error, values are validated strictly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- message kinds (the `kind` of the envelope that carries each body) ---------------------
+KIND_REGISTRATION = "registration"
+KIND_HEARTBEAT = "heartbeat"
+KIND_LEASE_REQUEST = "lease_request"
+KIND_LEASE = "lease"
+KIND_LEASE_RELEASE = "lease_release"
+KIND_SUBMISSION = "submission"
+KIND_CLAIM = "verification_claim"
+KIND_VERDICT = "verdict"
+KIND_BATCH_REQUEST = "batch_request"
+KIND_POLICY_MANIFEST = "policy_manifest"
+
+
+# -- common pieces --------------------------------------------------------------------------
+class SamplingParams(Strict):
+    """Fixed by the coordinator per task; the worker must sample with exactly these."""
+
+    temperature: float = Field(gt=0.0, le=10.0, description="softmax temperature (>0; greedy is not allowed)")
+    max_tokens: int = Field(ge=1, le=MAX_TOKENS_PER_SEQUENCE, description="completion length cap")
+
+
+class GpuInfo(Strict):
+    name: str = Field(max_length=200)
+    memory_bytes: int = Field(ge=0)
+
+
+class HardwareReport(Strict):
+    """What a worker reports about its machine (informational; untrusted)."""
+
+    cpu_count: int = Field(ge=0, le=100_000)
+    ram_bytes: int = Field(ge=0)
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
+    torch_version: str = Field(default="", max_length=100)
+    platform: str = Field(default="", max_length=200)
+
+
+class EngineInfo(Strict):
+    """Which inference engine made a submission (informational; archived for audits)."""
+
+    name: str = Field(max_length=64, description="'transformers' or 'vllm'")
+    version: str = Field(default="", max_length=64)
+    dtype: str = Field(default="", max_length=32, description="compute dtype, e.g. 'float32'")
+    device: str = Field(default="", max_length=64)
+
+
+# -- worker -> coordinator ------------------------------------------------------------------
+class Registration(Strict):
+    """Worker -> coordinator (`POST /v1/workers/register`). The worker id is the signer's peer id.
+
+    `pow_nonce`: when the operator requires proof of work, a value such that
+    sha256(pow_challenge || signer hex || pow_nonce as decimal) has `pow_difficulty`
+    leading zero bits (challenge and difficulty come from `GET /v1/run`)."""
+
+    hardware: HardwareReport
+    client_version: str = Field(default="", max_length=64)
+    engine: str = Field(default="", max_length=64)
+    pow_nonce: int | None = Field(default=None, ge=0, lt=2**63)
+
+
+class Heartbeat(Strict):
+    """Worker -> coordinator (`POST /v1/workers/heartbeat`), every few seconds."""
+
+    policy_version: int | None = Field(default=None, ge=0)
+    active_lease_ids: list[Ident] = Field(default_factory=list, max_length=MAX_LEASES_PER_REQUEST)
+    tokens_per_s: float = Field(default=0.0, ge=0.0)
+    status: str = Field(default="", max_length=64, description="free text: 'generating', 'syncing', ...")
+
+
+class LeaseRequest(Strict):
+    """Worker -> coordinator (`POST /v1/leases`): ask for up to `max_tasks` tasks."""
+
+    max_tasks: int = Field(ge=1, le=MAX_LEASES_PER_REQUEST)
+
+
+class LeaseRelease(Strict):
+    """Worker -> coordinator (`POST /v1/leases/release`): give back unfinished leases."""
+
+    lease_ids: list[Ident] = Field(min_length=1, max_length=MAX_LEASES_PER_REQUEST)
+
+
+class Completion(Strict):
+    """One sampled completion of a task, in the order of the lease's seeds."""
+
+    token_ids: list[TokenId] = Field(max_length=MAX_TOKENS_PER_SEQUENCE, description="generated tokens, EOS included if sampled")
+    finish_reason: Literal["eos", "length"]
+    proof: str = Field(max_length=MAX_PROOF_B64_CHARS, description="base64 activation proof (protocol.proof)")
+
+
+class Submission(Strict):
+    """Worker -> coordinator (`POST /v1/submissions`): the finished group of one lease.
+
+    `claimed_rewards` exists only so that a worker that sends one can be shown to be
+    ignored: the coordinator always computes rewards itself."""
+
+    lease_id: Ident
+    policy_version: int = Field(ge=0)
+    completions: list[Completion] = Field(min_length=1, max_length=MAX_GROUP_SIZE)
+    engine: EngineInfo
+    claimed_rewards: list[float] | None = Field(default=None, max_length=MAX_GROUP_SIZE)
+
+
+# -- coordinator -> worker ------------------------------------------------------------------
+class Lease(Strict):
+    """Coordinator -> worker, signed by the coordinator (kind `lease`).
+
+    A lease is the unit of work: one task, `len(seeds)` samples, one seed each, all with
+    `sampling`. The worker may use any policy version in [min_policy_version,
+    max_policy_version]; the verifier re-checks everything here."""
+
+    lease_id: Ident
+    run_id: Ident
+    worker_id: Ident
+    task_id: Ident
+    prompt_token_ids: list[TokenId] = Field(min_length=1, max_length=MAX_TOKENS_PER_SEQUENCE)
+    seeds: list[Seed] = Field(min_length=1, max_length=MAX_GROUP_SIZE)
+    sampling: SamplingParams
+    eos_token_id: TokenId
+    min_policy_version: int = Field(ge=0)
+    max_policy_version: int = Field(ge=0)
+    issued_at: float
+    expires_at: float
+
+
+class LeaseResponse(Strict):
+    leases: list[Envelope] = Field(description="each a signed `lease`")
+    retry_after_s: float = Field(default=0.0, ge=0.0, description="no work now: ask again after this long")
+
+
+class RegistrationResponse(Strict):
+    worker_id: str
+    check_rate: float
+    run: "RunInfo"
+
+
+class SubmissionResponse(Strict):
+    submission_id: str
+    status: Literal["queued", "accepted", "rejected"]
+    message: str = ""
+
+
+class SubmissionStatus(Strict):
+    """`GET /v1/submissions/{id}`: where a submission stands (workers poll it for credit)."""
+
+    submission_id: str
+    worker_id: str
+    status: Literal["queued", "accepted", "rejected", "dropped"]
+    reason: str = ""
+    tokens: int = 0
+
+
+class WorkerInfo(Strict):
+    """`GET /v1/workers/{id}`: a worker's standing (public)."""
+
+    worker_id: str
+    status: Literal["active", "gone", "banned"]
+    accepted: int
+    rejected: int
+    accepted_tokens: int
+    check_rate: float
+    ban_reason: str = ""
+
+
+class RunInfo(Strict):
+    """`GET /v1/run`: what every party needs to join the run (served by the coordinator)."""
+
+    run_id: str
+    coordinator_key: Hex64 = Field(description="signs leases")
+    operator_key: Hex64 = Field(description="signs policy manifests")
+    verifier_keys: list[Hex64]
+    relays: list[str] = Field(description="shardcast URLs to fetch weights from")
+    current_policy_version: int | None
+    async_window: int
+    pow_challenge: str = ""
+    pow_difficulty: int = 0
+    tokenizer_ref: str = Field(default="", description="where the run's tokenizer comes from (model dir or hub id)")
+
+
+# -- verifier <-> coordinator ---------------------------------------------------------------
+class ClaimRequest(Strict):
+    """Verifier -> coordinator (`POST /v1/verification/claim`): up to `max_jobs` jobs."""
+
+    max_jobs: int = Field(ge=1, le=64)
+
+
+class VerificationJob(Strict):
+    """Coordinator -> verifier: one submission to decide, with what is needed to check it."""
+
+    submission_id: str
+    worker_id: str
+    lease: Envelope = Field(description="the signed lease the submission answers")
+    submission: Envelope = Field(description="the worker's signed submission, as received")
+    rewards: list[float] = Field(description="rewards the coordinator computed, one per completion")
+    task_answer: str = Field(default="", description="reference answer, for the verifier's own reward check")
+    task_kind: str = ""
+    full_check: bool = Field(description="run the model checks (else only the cheap checks)")
+
+
+class ClaimResponse(Strict):
+    jobs: list[VerificationJob]
+
+
+class CheckResult(Strict):
+    """One check's outcome, with the numbers an auditor needs to see why."""
+
+    name: str = Field(max_length=64)
+    passed: bool
+    stats: dict[str, Any] = Field(default_factory=dict)
+    detail: str = Field(default="", max_length=2000)
+
+
+class Verdict(Strict):
+    """Verifier -> coordinator (`POST /v1/verdicts`), signed by a configured verifier key."""
+
+    submission_id: Ident
+    accepted: bool
+    full_check: bool
+    checks: list[CheckResult] = Field(max_length=1024)
+    reason: str = Field(default="", max_length=2000)
+
+
+# -- trainer <-> coordinator ----------------------------------------------------------------
+class BatchRequest(Strict):
+    """Trainer -> coordinator (`POST /v1/trainer/batch`), signed by the operator key:
+    take up to `max_groups` accepted groups whose policy version is >= min_policy_version.
+    Groups handed out are consumed (each at most once)."""
+
+    max_groups: int = Field(ge=1, le=4096)
+    min_policy_version: int = Field(ge=0)
+    wait_s: float = Field(default=0.0, ge=0.0, le=60.0, description="long-poll: wait this long for groups")
+
+
+class TrainingGroup(Strict):
+    """One accepted, verified group, ready for a GRPO step."""
+
+    submission_id: str
+    task_id: str
+    worker_id: str
+    policy_version: int
+    prompt_token_ids: list[int]
+    completions: list[list[int]]
+    finish_reasons: list[str]
+    rewards: list[float]
+    advantages: list[float]
+    temperature: float
+
+
+class BatchResponse(Strict):
+    groups: list[TrainingGroup]
+    dropped_stale: int = Field(default=0, description="groups dropped because they fell out of the async window")
+
+
+# -- policy versions (trainer/origin -> everyone) -------------------------------------------
+class FileEntry(Strict):
+    path: str = Field(max_length=512, pattern=r"^[A-Za-z0-9_.\-][A-Za-z0-9_.\-/]*$")
+    size: int = Field(ge=0)
+    sha256: Hex64
+
+
+class ShardEntry(Strict):
+    """Bytes [offset, offset+size) of file `path`."""
+
+    index: int = Field(ge=0)
+    path: str = Field(max_length=512)
+    offset: int = Field(ge=0)
+    size: int = Field(ge=0)
+    sha256: Hex64
+
+
+class PolicyManifest(Strict):
+    """Trainer (origin) -> relays, workers, verifiers, coordinator; signed by the operator key
+    (kind `policy_manifest`). A checkpoint is the set of `files`; each file is cut into
+    `shards`. Nothing may be loaded unless every shard matches and every file's hash too."""
+
+    run_id: Ident
+    version: int = Field(ge=0)
+    step: int = Field(ge=0)
+    created_at: float
+    shard_size: int = Field(ge=1)
+    files: list[FileEntry] = Field(min_length=1, max_length=10_000)
+    shards: list[ShardEntry] = Field(min_length=1, max_length=1_000_000)
+    config_sha256: Hex64 = Field(description="sha256 of config.json, so a config change is visible")
+    total_bytes: int = Field(ge=0)
+
+
+class PolicyInfo(Strict):
+    """`GET /v1/policy`: the current version and its signed manifest (None before the first)."""
+
+    version: int | None
+    manifest: Envelope | None
+    async_window: int
+    relays: list[str]
+
+
+RegistrationResponse.model_rebuild()

@@ -1,0 +1,89 @@
+"""Seeded Gumbel-max sampling: the rule every worker must follow and the verifier re-checks.
+
+The token at completion position t of the sample with seed s is
+
+    argmax_v( logits[t, v] / temperature + G(s, t, v) ),    G = -log(-log(U(s, t, v)))
+
+where U is a counter-based hash of (s, t, v) mapped into (0, 1). Because the noise is a pure
+function of (seed, position, token id), it does not depend on batch layout, device, thread
+count or engine: a worker cannot re-draw it (no cherry-picking), and the verifier can
+regenerate it exactly and check each chosen token against its own logits.
+
+The hash is lowbias32 (C. Wellons' integer hash) computed with int64 tensor arithmetic that
+never overflows (32-bit multiplies are split into 16-bit halves), so CPU and GPU agree
+bit for bit on U. Greedy decoding is not a valid policy here: temperature must be > 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_M32 = 0xFFFFFFFF
+_C1 = 0x7FEB352D
+_C2 = 0x846CA68B
+_U_BITS = 24
+
+__all__ = ["gumbel_noise", "sample_tokens", "perturbed_scores", "hash32"]
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for int64 tensors holding values in [0, 2**32), without overflow."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 of each element (int64 tensor, values taken mod 2**32)."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = _mul32(x, _C1)
+    x = x ^ (x >> 15)
+    x = _mul32(x, _C2)
+    return x ^ (x >> 16)
+
+
+def _seed_key(seed: int) -> int:
+    """Fold a 63-bit seed into a 32-bit key (two rounds, so both halves matter)."""
+    lo = torch.tensor([seed & _M32], dtype=torch.int64)
+    hi = torch.tensor([(seed >> 32) & _M32], dtype=torch.int64)
+    return int(hash32(hash32(lo ^ 0x9E3779B9) ^ hi)[0])
+
+
+_VOCAB_HASH: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _vocab_hash(vocab_size: int, device: torch.device) -> torch.Tensor:
+    key = (vocab_size, str(device))
+    h = _VOCAB_HASH.get(key)
+    if h is None:
+        h = hash32(torch.arange(vocab_size, dtype=torch.int64, device=device) * 2 + 1)
+        _VOCAB_HASH[key] = h
+    return h
+
+
+def gumbel_noise(seed: int, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Gumbel noise G(seed, t, v) for every t in `positions` (int64, any device) and every
+    token id v < vocab_size: a float32 tensor of shape (len(positions), vocab_size)."""
+    device = positions.device
+    pos = hash32(positions.to(torch.int64) ^ _seed_key(seed))
+    h = hash32(pos[:, None] ^ _vocab_hash(vocab_size, device)[None, :])
+    u = ((h >> (32 - _U_BITS)).to(torch.float64) + 0.5) / float(1 << _U_BITS)
+    return (-torch.log(-torch.log(u))).to(torch.float32)
+
+
+def perturbed_scores(logits: torch.Tensor, temperature: float, seed: int, positions: torch.Tensor) -> torch.Tensor:
+    """logits (N, V) / temperature + Gumbel noise of (seed, positions); float32."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (greedy decoding is not a valid swarmrl policy)")
+    noise = gumbel_noise(seed, positions.to(logits.device), logits.shape[-1])
+    return logits.float() / temperature + noise
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, seeds: list[int], position: int) -> torch.Tensor:
+    """One decoding step for a batch: logits (B, V) of B samples at the same completion
+    position, one seed per sample; returns the chosen token ids (B,), int64."""
+    out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+    pos = torch.tensor([position], dtype=torch.int64, device=logits.device)
+    for i, seed in enumerate(seeds):
+        out[i] = perturbed_scores(logits[i : i + 1], temperature, seed, pos).argmax(dim=-1)[0]
+    return out

@@ -1,0 +1,26 @@
+"""Configuration of a shardcast relay (`swarmrl relay --upstream URL`) and of the origin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RelayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    upstreams: list[str] = Field(..., min_length=1, description="origin or relay URLs to mirror")
+    operator_key: str = Field(..., description="hex public key that must sign every manifest")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8800, description="port to listen on (0 = free port, written to data_dir/relay.port)")
+    data_dir: Path = Field(Path("./swarmrl-data/relay"), description="verified shards on disk")
+    keep_versions: int = Field(3, ge=1, description="newest versions kept; older ones deleted")
+
+
+class OriginConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field("127.0.0.1", description="address the origin serves on")
+    port: int = Field(8750, description="port the origin serves on (0 = free port)")
+    data_dir: Path = Field(Path("./swarmrl-data/origin"), description="published versions")
+    shard_size: int = Field(50 * 1024 * 1024, ge=1024, description="bytes per shard")
+    keep_versions: int = Field(3, ge=1, description="newest versions kept; older ones deleted")

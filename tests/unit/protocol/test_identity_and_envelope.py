@@ -1,0 +1,120 @@
+"""Signatures, key files and envelopes: the failure modes every service relies on."""
+
+import os
+import stat
+
+import pytest
+from pydantic import BaseModel
+
+from protocol.envelope import Envelope, ReplayGuard, open_envelope, seal
+from protocol.errors import KeyFileError, MessageError, SignatureError, StaleMessageError
+from protocol.identity import KeyPair, PublicKey, peer_id_from_public_bytes
+from protocol.messages import KIND_HEARTBEAT, KIND_LEASE_REQUEST, Heartbeat, LeaseRequest
+
+
+def _b58decode(text):
+    alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+    n = 0
+    for ch in text:
+        n = n * 58 + alphabet.index(ch)
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return b"\0" * (len(text) - len(text.lstrip("1"))) + raw
+
+
+def test_peer_id_is_the_libp2p_identity_multihash_of_the_key():
+    key = KeyPair.from_seed(bytes(range(32)))
+    pid = key.peer_id
+    assert pid.startswith("12D3KooW")
+    assert _b58decode(pid) == b"\x00\x24\x08\x01\x12\x20" + key.public.raw
+    assert pid == PublicKey.from_hex(key.public.hex).peer_id
+    assert peer_id_from_public_bytes(bytes(32)) != pid
+
+
+def test_keyfile_written_0600_and_reloaded(tmp_path):
+    path = tmp_path / "k" / "worker.key"
+    key = KeyPair.load_or_create(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = KeyPair.load_or_create(path)
+    assert again.public == key.public
+
+
+def test_keyfile_readable_by_others_is_refused(tmp_path):
+    path = tmp_path / "worker.key"
+    KeyPair.generate().save(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        KeyPair.load(path)
+
+
+def test_corrupt_keyfile_is_a_clear_error(tmp_path):
+    path = tmp_path / "worker.key"
+    path.write_text("{not json")
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError, match="not a valid swarmrl key file"):
+        KeyPair.load(path)
+
+
+def test_sealed_message_opens_with_typed_body():
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key)
+    wire = Envelope.model_validate_json(env.model_dump_json())
+    opened = open_envelope(wire, KIND_LEASE_REQUEST, LeaseRequest)
+    assert opened.body.max_tasks == 3
+    assert opened.signer_id == key.peer_id
+
+
+@pytest.mark.parametrize("field,value", [("body", {"max_tasks": 4}), ("timestamp", 1.0), ("nonce", "0" * 32)])
+def test_any_tampered_field_breaks_the_signature(field, value):
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key).model_dump()
+    env[field] = value
+    with pytest.raises(SignatureError):
+        open_envelope(Envelope.model_validate(env), KIND_LEASE_REQUEST, LeaseRequest, max_skew_s=None)
+
+
+def test_kind_is_signed_and_checked():
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key)
+    with pytest.raises(MessageError, match="expected a 'heartbeat'"):
+        open_envelope(env, KIND_HEARTBEAT, Heartbeat)
+    forged = env.model_copy(update={"kind": KIND_HEARTBEAT})
+    with pytest.raises(SignatureError):
+        open_envelope(forged, KIND_HEARTBEAT, LeaseRequest)
+
+
+def test_wrong_signer_and_unauthorised_signer():
+    a, b = KeyPair.generate(), KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), a)
+    with pytest.raises(SignatureError, match="must be signed by"):
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, signer=b.public)
+    with pytest.raises(SignatureError, match="not an authorised key"):
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, allowed_signers={b.public.hex})
+
+
+def test_stale_and_future_timestamps_are_refused():
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), key, now=1000.0)
+    with pytest.raises(StaleMessageError):
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1000.0 + 500)
+    with pytest.raises(StaleMessageError):
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1000.0 - 500)
+    assert open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1010.0).body.max_tasks == 1
+
+
+def test_signed_but_invalid_body_is_a_message_error():
+    class Loose(BaseModel):
+        max_tasks: int
+
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, Loose(max_tasks=100000), key)
+    with pytest.raises(MessageError, match="max_tasks"):
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest)
+
+
+def test_replay_guard_refuses_a_nonce_twice_and_forgets_after_window():
+    guard = ReplayGuard(window_s=10)
+    guard.check_and_remember("s", "n1", 0, now=100.0)
+    with pytest.raises(MessageError, match="replayed"):
+        guard.check_and_remember("s", "n1", 0, now=101.0)
+    guard.check_and_remember("other", "n1", 0, now=101.0)
+    guard.check_and_remember("s", "n1", 0, now=200.0)

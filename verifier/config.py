@@ -1,0 +1,22 @@
+"""Configuration of the verifier service (`swarmrl verifier --config verifier.toml`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class VerifierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    coordinator_url: str = Field("http://127.0.0.1:8700", description="coordinator to claim jobs from")
+    key_file: Path = Field(Path("./swarmrl-data/keys/verifier.key"), description="verifier key (signs verdicts)")
+    data_dir: Path = Field(Path("./swarmrl-data/verifier"), description="checkpoint cache")
+    relays: list[str] = Field(default_factory=list, description="shardcast URLs; empty = those the coordinator advertises")
+    device: str = Field("cpu", description="torch device for the prefill pass")
+    dtype: str = Field("float32", description="compute dtype of the prefill pass")
+    batch_jobs: int = Field(8, ge=1, le=64, description="jobs claimed per request")
+    poll_interval_s: float = Field(0.5, description="wait between claims when the queue is empty")
+    threads: int = Field(0, ge=0, description="torch threads (0 = torch default)")
+    host: str = Field("127.0.0.1", description="address of the /health and /metrics endpoints")
+    port: int = Field(0, description="port of the /health and /metrics endpoints (0 = free port)")
