@@ -1,0 +1,123 @@
+"""The model side of the protocol: loading a policy and what "final hidden state" means.
+
+Workers, the verifier and the trainer all go through these functions, so the hidden
+states that proofs are built from and the logits that sampling is checked against are
+computed the same way everywhere:
+
+- final hidden state = the base model's `last_hidden_state` (after the final norm), which
+  is the input of the LM head; logits = LM head applied to it (models with extra logit
+  transforms, e.g. soft-capping, are not supported yet);
+- for a completion of T tokens after a prompt of P tokens, the hidden state and logits
+  "of completion token t" are those at sequence position P-1+t: the position whose output
+  chose token t. So prompt + completion[:-1] is all a prefill needs.
+
+Any transformers causal LM folder or hub id works; tokenizers are used through the
+generic tokenizer API (plain text prompts, or the chat template when asked for).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from protocol.errors import MessageError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise MessageError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_tokenizer(ref: str) -> Any:
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+
+    return AutoTokenizer.from_pretrained(str(ref))
+
+
+def load_model(ref: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> Any:
+    """A causal LM from a folder or hub id, in eval mode on `device` with `dtype`."""
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    dt = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
+    model = AutoModelForCausalLM.from_pretrained(str(ref), dtype=dt)
+    return model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
+
+
+def eos_token_id(tokenizer: Any) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise MessageError("the tokenizer defines no EOS token; swarmrl needs one to end completions")
+    return int(eos)
+
+
+def encode_prompt(tokenizer: Any, text: str, chat: bool = False) -> list[int]:
+    """Token ids of a task prompt: plain text, or a one-turn chat with the generation prompt."""
+    if chat:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                            add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def decode_completion(tokenizer: Any, token_ids: list[int]) -> str:
+    return tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+def base_model(model: Any) -> Any:
+    return getattr(model, model.base_model_prefix)
+
+
+def hidden_and_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """One forward pass: (final hidden states (B, L, H), logits (B, L, V), model output).
+    Extra kwargs (past_key_values, use_cache, position_ids) go to the base model."""
+    out = base_model(model)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    hidden = out.last_hidden_state
+    logits = model.get_output_embeddings()(hidden)
+    return hidden, logits, out
+
+
+@torch.no_grad()
+def completion_outputs(model: Any, prompt_ids: list[int], completions: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Prefill prompt + completion for each completion (one batch, right-padded) and return,
+    per completion of T tokens, (hidden (T, H), logits (T, V)) at the positions that chose
+    its tokens. Empty completions give empty tensors."""
+    device = next(model.parameters()).device
+    P = len(prompt_ids)
+    seqs = [prompt_ids + c[:-1] if c else list(prompt_ids) for c in completions]
+    L = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), L, dtype=torch.long, device=device)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    hidden, logits, _ = hidden_and_logits(model, ids, mask)
+    out = []
+    for i, c in enumerate(completions):
+        T = len(c)
+        out.append((hidden[i, P - 1 : P - 1 + T], logits[i, P - 1 : P - 1 + T]))
+    return out

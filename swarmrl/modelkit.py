@@ -1,0 +1,144 @@
+"""The tiny local model: a small Qwen2-architecture causal LM and a character tokenizer,
+built on this machine from a seed (no download), plus an optional supervised warm start.
+
+`init_tiny_model` writes a standard transformers folder (config.json, model.safetensors,
+tokenizer files) that `protocol.lm.load_model` / `load_tokenizer` open like any other
+model; `warm_start` trains it briefly on the demo task so RL starts from a policy that is
+sometimes right. Tests and the demo use this; users point swarmrl at real models instead.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import time
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<pad>", "<eos>", "<unk>"]
+CHARS = list(string.digits + "+-=*/() .,:;?!" + string.ascii_lowercase + string.ascii_uppercase + "\n")
+
+
+def build_tokenizer():
+    """A character-level tokenizer (one token per character) wrapped for transformers."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=512, clean_up_tokenization_spaces=False)
+
+
+def init_tiny_model(directory: Path | str, *, hidden_size: int = 128, num_layers: int = 4,
+                    num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int | None = None,
+                    seed: int = 0, max_positions: int = 512) -> dict:
+    """Write a seeded Qwen2 causal LM (~1M parameters by default) and its tokenizer."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions, tie_word_embeddings=False, rope_theta=10000.0,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        use_sliding_window=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    n = sum(p.numel() for p in model.parameters())
+    (directory / "swarmrl-model.json").write_text(json.dumps({"kind": "tiny-qwen2", "seed": seed, "parameters": n}) + "\n")
+    return {"parameters": n, "vocab_size": len(tokenizer)}
+
+
+def _sft_batch(tokenizer, tasks, device):
+    from protocol.lm import encode_prompt
+
+    seqs, masks = [], []
+    for t in tasks:
+        p = encode_prompt(tokenizer, t.prompt)
+        a = encode_prompt(tokenizer, t.answer) + [tokenizer.eos_token_id]
+        seqs.append(p + a)
+        masks.append([0] * len(p) + [1] * len(a))
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), tokenizer.pad_token_id, dtype=torch.long)
+    lm = torch.zeros(len(seqs), L)
+    att = torch.zeros(len(seqs), L, dtype=torch.long)
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lm[i, : len(m)] = torch.tensor(m, dtype=torch.float)
+        att[i, : len(s)] = 1
+    return ids.to(device), att.to(device), lm.to(device)
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tokenizer, source, n: int = 200, max_new_tokens: int = 8, batch: int = 100) -> float:
+    """Held-out greedy accuracy on the first `n` eval tasks of `source` (left-padded batches)."""
+    from protocol.lm import decode_completion, encode_prompt
+    from protocol.tasks import score
+
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0.0
+    tasks = [source.task("eval", i) for i in range(min(n, source.size("eval")))]
+    for start in range(0, len(tasks), batch):
+        chunk = tasks[start : start + batch]
+        prompts = [encode_prompt(tokenizer, t.prompt) for t in chunk]
+        L = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), L), tokenizer.pad_token_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, L - len(p) :] = torch.tensor(p)
+            att[i, L - len(p) :] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        for t, row in zip(chunk, out[:, L:].tolist()):
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            correct += score(t.kind, t.answer, decode_completion(tokenizer, row))
+    return correct / max(1, len(tasks))
+
+
+def warm_start(directory: Path | str, *, seconds: float = 30.0, seed: int = 0, task_kind: str = "arithmetic",
+               task_seed: int = 0, task_options: dict | None = None, lr: float = 2e-3, batch_size: int = 64,
+               max_steps: int | None = None) -> dict:
+    """Supervised training on the task's train split for `seconds` (or `max_steps`); saves in place."""
+    from protocol.lm import load_model, load_tokenizer
+    from protocol.tasks import get_source
+
+    directory = Path(directory)
+    tokenizer = load_tokenizer(str(directory))
+    model = load_model(str(directory))
+    source = get_source(task_kind, seed=task_seed, options=task_options)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    start, steps = time.monotonic(), 0
+    n_train = source.size("train")
+    while (max_steps is None or steps < max_steps) and (max_steps is not None or time.monotonic() - start < seconds):
+        idx = torch.randint(0, n_train, (batch_size,), generator=gen).tolist()
+        ids, att, lmask = _sft_batch(tokenizer, [source.task("train", i) for i in idx], "cpu")
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+        target, m = ids[:, 1:], lmask[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        loss = (nll * m.reshape(-1)).sum() / m.sum()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        steps += 1
+    model.eval()
+    model.save_pretrained(directory)
+    acc = greedy_accuracy(model, tokenizer, source)
+    return {"steps": steps, "seconds": time.monotonic() - start, "accuracy": acc, "loss": float(loss.detach())}
