@@ -1,0 +1,1 @@
+"""The worker daemon: a contributor's machine generating verified rollouts for the swarm."""
