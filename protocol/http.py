@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -82,12 +82,23 @@ def _uvicorn_config(app: Any, log_level: str):
                           lifespan="on")
 
 
-def serve(app: Any, host: str, port: int, port_file: Path | None = None, log_level: str = "warning") -> None:
-    """Run `app` until SIGINT/SIGTERM. Writes the bound port to `port_file` once listening."""
+def serve(app: Any, host: str, port: int, port_file: Path | None = None, log_level: str = "warning",
+          on_exit: Callable[[], None] | None = None) -> None:
+    """Run `app` until SIGINT/SIGTERM. Writes the bound port to `port_file` once listening.
+    `on_exit` (optional) is called when the stop signal arrives, before connections drain
+    (e.g. to end long-polls at once)."""
     import uvicorn
 
     sock = bind_socket(host, port)
     server = uvicorn.Server(_uvicorn_config(app, log_level))
+    if on_exit is not None:
+        handle_exit = server.handle_exit
+
+        def _exit(sig: int, frame: Any) -> None:
+            on_exit()
+            handle_exit(sig, frame)
+
+        server.handle_exit = _exit  # type: ignore[method-assign]
     if port_file is not None:
         _announce_when_started(server, Path(port_file), sock.getsockname()[1])
     server.run(sockets=[sock])

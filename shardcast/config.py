@@ -15,6 +15,8 @@ class RelayConfig(BaseModel):
     port: int = Field(8800, description="port to listen on (0 = free port, written to data_dir/relay.port)")
     data_dir: Path = Field(Path("./swarmrl-data/relay"), description="verified shards on disk")
     keep_versions: int = Field(3, ge=1, description="newest versions kept; older ones deleted")
+    parallel: int = Field(4, ge=1, le=64, description="shard transfers from upstreams at once")
+    log_level: str = Field("info", description="python logging level of the relay process")
 
 
 class OriginConfig(BaseModel):

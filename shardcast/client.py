@@ -1,0 +1,171 @@
+"""ShardcastClient: how workers, verifiers and the trainer's peers obtain policy versions.
+
+    c = ShardcastClient(relays, operator_key, cache_dir)
+    v = c.wait_for_version(after=None, timeout_s=30)   # long-poll: newest version > after
+    path = c.fetch(v)                                   # verified checkpoint folder, cached
+    c.close()
+
+Trust: only the operator's public key. A manifest must verify against it (and match the
+run, when `run_id` is given); every shard must match its hash in that manifest before it
+counts; every file must match its whole-file hash before the version becomes visible.
+
+Layout (shardcast.layout): complete versions at `cache_dir/N/` (each with `.manifest.json`),
+downloads in progress at `cache_dir/.partial/N/` (shardcast.partial). `cache_dir/N` appears
+only by renaming a finished, checked, fsynced partial folder, so a half-written checkpoint
+is never visible there. A per-version lock file makes concurrent `fetch` calls (threads or
+processes sharing the cache) download once. After a crash, `fetch` resumes: shards already
+verified (and still intact on disk) are kept, only the others are downloaded.
+
+Collaborators: shardcast.watch (manifests, long-polls), shardcast.fetch (parallel shard
+downloads with failover), shardcast.selection (choice of relay by measured throughput and
+success).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from protocol.identity import PublicKey
+from shardcast.errors import ShardcastError
+from shardcast.fetch import Downloader, FetchOptions
+from shardcast.layout import (
+    MANIFEST_NAME, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
+    write_manifest,
+)
+from shardcast.partial import PartialCheckpoint
+from shardcast.selection import Sources
+from shardcast.watch import Announced, fetch_manifest, wait_for_newer
+
+log = logging.getLogger("shardcast.client")
+PARTIAL_DIR = ".partial"
+
+
+class ShardcastClient:
+    def __init__(self, relays: list[str], operator_key: PublicKey | str, cache_dir: Path, *,
+                 run_id: str | None = None, keep_versions: int | None = None,
+                 options: FetchOptions | None = None, durable: bool = True,
+                 check_files: bool = True):
+        """`relays`: origin or relay URLs; `operator_key`: the key (or its hex) that signs
+        manifests; `run_id`: when given, manifests of other runs are refused; `keep_versions`:
+        complete versions kept in the cache (None: all); `durable`: fsync before a version
+        becomes visible; `check_files`: also check whole-file hashes (shards are always
+        checked)."""
+        if not relays:
+            raise ShardcastError("no shardcast relays configured: give at least one relay URL")
+        self.operator_key = (PublicKey.from_hex(operator_key) if isinstance(operator_key, str)
+                             else operator_key)
+        self.cache_dir = Path(cache_dir)
+        (self.cache_dir / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id
+        self.keep_versions = keep_versions
+        self.options = options or FetchOptions()
+        self.durable = durable
+        self.check_files = check_files
+        self.sources = Sources(list(relays))
+        conns = max(4, self.options.parallel * 2) * len(self.sources.urls)
+        self.http = httpx.Client(limits=httpx.Limits(max_connections=conns,
+                                                     max_keepalive_connections=conns),
+                                 timeout=httpx.Timeout(30.0, connect=5.0))
+        self._announced: dict[int, Announced] = {}
+        self._abort = threading.Event()
+
+    # -- versions ------------------------------------------------------------------------------
+    def wait_for_version(self, after: int | None, timeout_s: float) -> int | None:
+        """Newest version > `after` announced by any relay within `timeout_s`, else None."""
+        found = wait_for_newer(self.sources, self.operator_key, after, timeout_s, self.run_id)
+        if found is None:
+            return None
+        self._announced[found.version] = found
+        return found.version
+
+    def cached_versions(self) -> list[int]:
+        """Complete versions in the local cache."""
+        return sorted(v for v, p in version_dirs(self.cache_dir).items() if (p / MANIFEST_NAME).exists())
+
+    # -- fetching ------------------------------------------------------------------------------
+    def fetch(self, version: int, progress: Callable[[int, int], None] | None = None) -> Path:
+        """The folder of `version`, downloading and verifying it if it is not cached.
+
+        `progress(done_bytes, total_bytes)` is called after each verified shard. Raises
+        VersionUnavailable, FetchFailed or CorruptData (all ShardcastError)."""
+        final = self.cache_dir / str(version)
+        if (final / MANIFEST_NAME).exists():
+            return final
+        with self._version_lock(version):
+            if (final / MANIFEST_NAME).exists():
+                return final
+            if final.exists():
+                raise ShardcastError(f"{final} exists but is not a shardcast version; move it away")
+            ann = self._announced.get(version)
+            if ann is None:
+                ann = fetch_manifest(self.http, self.sources, self.operator_key, version, self.run_id)
+            self._download(ann, progress)
+        self._prune(keep=version)
+        return final
+
+    def _download(self, ann: Announced, progress: Callable[[int, int], None] | None) -> None:
+        version, manifest = ann.version, ann.manifest
+        partial = self.cache_dir / PARTIAL_DIR / str(version)
+        if partial.exists():
+            try:
+                same = read_manifest(partial).body == ann.envelope.body
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                shutil.rmtree(partial)
+        if not partial.exists():
+            partial.mkdir(parents=True)
+            write_manifest(partial, ann.envelope, durable=False)
+        sink = PartialCheckpoint(partial, manifest, check_files=self.check_files, progress=progress)
+        try:
+            todo = sink.resume()
+            if len(todo) < len(manifest.shards):
+                log.info("version %d: resuming, %d of %d shards already verified", version,
+                         len(manifest.shards) - len(todo), len(manifest.shards))
+            Downloader(self.http, self.sources, self.options, abort=self._abort).fetch_all(
+                version, todo, sink)
+            sink.finish(durable=self.durable)
+        finally:
+            sink.close()
+        os.rename(partial, self.cache_dir / str(version))
+        if self.durable:
+            fsync_dir(self.cache_dir)
+        log.info("version %d: %d files, %.1f MB verified and in place", version,
+                 len(manifest.files), manifest.total_bytes / 1e6)
+
+    @contextmanager
+    def _version_lock(self, version: int):
+        path = self.cache_dir / PARTIAL_DIR / f"{version}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _prune(self, keep: int) -> None:
+        if self.keep_versions is None:
+            return
+        cached = self.cached_versions()
+        for v in versions_to_prune(cached, self.keep_versions):
+            if v != keep:
+                remove_tree(self.cache_dir / str(v))
+
+    def close(self) -> None:
+        self._abort.set()
+        self.http.close()
+
+    def __enter__(self) -> "ShardcastClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

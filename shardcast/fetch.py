@@ -1,0 +1,264 @@
+"""Parallel, verified shard downloads from a set of untrusted sources (relays or the origin).
+
+Used by the client (writing shards into the files of a partial checkpoint) and by the relay
+mirror (writing each shard to its own file). Where the bytes go is a `ShardSink`; what is
+downloaded, from whom and how it is checked is decided here:
+
+- `parallel` threads take shards in index order (relays mirror in the same order, so a
+  client asking a relay that is still mirroring waits the least);
+- each transfer picks a source with `selection.Sources` (measured throughput, success rate,
+  transfers in flight) and streams the body to disk in the blocks the socket delivers,
+  hashing as it writes: no shard is ever held in memory;
+- a transfer that breaks is resumed from the byte where it stopped (HTTP Range) at the
+  next source, keeping the running hash;
+- a shard whose hash does not match the signed manifest is discarded; the source is marked
+  hostile when it alone served the shard, and the shard is fetched again from one source;
+- a shard counts only after its hash matched (`ShardSink.commit`).
+
+Threads rather than asyncio: sha256 and file writes release the GIL, so threads use both
+cores; httpx's connection pool is thread-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from protocol import routes
+from protocol.messages import ShardEntry
+from shardcast.errors import FetchFailed, VersionUnavailable
+from shardcast.selection import Sources
+
+log = logging.getLogger("shardcast.fetch")
+
+
+class ShardSink(Protocol):
+    def begin(self, shard: ShardEntry) -> tuple[int, int]:
+        """An fd open for writing and the file offset where byte 0 of `shard` goes."""
+        ...
+
+    def end(self, shard: ShardEntry, fd: int) -> None:
+        """The transfer of `shard` stopped (verified or not); release `fd` if needed."""
+        ...
+
+    def commit(self, shard: ShardEntry) -> None:
+        """`shard`'s bytes are on disk and matched the manifest."""
+        ...
+
+
+@dataclass
+class FetchOptions:
+    parallel: int = 4
+    shard_wait_s: float = 30.0          # how long a source may hold a request for a shard in flight
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0        # silence allowed mid-body
+    max_attempts_per_shard: int = 16
+
+
+@dataclass
+class FetchEvents:
+    """Callbacks for metrics and progress (all optional; called from download threads)."""
+
+    on_bytes: Callable[[str, int], None] | None = None          # (source, n)
+    on_verified: Callable[[ShardEntry], None] | None = None
+    on_corrupt: Callable[[str, ShardEntry], None] | None = None  # (source, shard)
+    on_error: Callable[[str, str], None] | None = None           # (source, reason)
+
+
+class _NotHere(Exception):
+    pass
+
+
+class _NotReady(Exception):
+    pass
+
+
+class _Restart(Exception):
+    pass
+
+
+@dataclass
+class _ShardState:
+    pos: int = 0
+    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    used: set[str] = field(default_factory=set)
+    single_source: bool = False
+
+    def reset(self) -> None:
+        self.pos = 0
+        self.hasher = hashlib.sha256()
+        self.used = set()
+
+
+def shard_url(base: str, version: int, index: int) -> str:
+    return base + routes.SC_SHARD.format(version=version, index=index)
+
+
+class Downloader:
+    def __init__(self, http: httpx.Client, sources: Sources, opts: FetchOptions | None = None,
+                 events: FetchEvents | None = None, abort: threading.Event | None = None):
+        self.http = http
+        self.sources = sources
+        self.opts = opts or FetchOptions()
+        self.events = events or FetchEvents()
+        self.abort = abort or threading.Event()
+
+    # -- many shards -------------------------------------------------------------------------
+    def fetch_all(self, version: int, shards: list[ShardEntry], sink: ShardSink) -> None:
+        """Fetch and verify `shards` of `version` into `sink`; raise on the first shard that
+        cannot be fetched (the others stop soon after)."""
+        if not shards:
+            return
+        todo = iter(list(shards))
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def worker() -> None:
+            while not stop.is_set():
+                with lock:
+                    shard = next(todo, None)
+                if shard is None:
+                    return
+                try:
+                    self.fetch_one(version, shard, sink, stop)
+                except BaseException as exc:  # handed to the caller below, never swallowed
+                    with lock:
+                        errors.append(exc)
+                    stop.set()
+                    return
+
+        threads = [threading.Thread(target=worker, daemon=True, name=f"shard-{i}")
+                   for i in range(max(1, min(self.opts.parallel, len(shards))))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    # -- one shard -----------------------------------------------------------------------------
+    def fetch_one(self, version: int, shard: ShardEntry, sink: ShardSink,
+                  stop: threading.Event | None = None) -> None:
+        fd, base = sink.begin(shard)
+        try:
+            self._fetch_into(version, shard, fd, base, stop)
+        finally:
+            sink.end(shard, fd)
+        sink.commit(shard)
+        if self.events.on_verified:
+            self.events.on_verified(shard)
+
+    def _fetch_into(self, version: int, shard: ShardEntry, fd: int, base: int,
+                    stop: threading.Event | None) -> None:
+        st = _ShardState()
+        missing: set[str] = set()
+        attempts = 0
+        while True:
+            if self.abort.is_set() or (stop is not None and stop.is_set()):
+                raise FetchFailed(f"download of version {version} was stopped")
+            url = self.sources.acquire(missing)
+            if url is None:
+                self._wait_for_a_source(version, shard, missing)
+                continue
+            attempts += 1
+            t0, pos0 = time.monotonic(), st.pos
+            try:
+                self._transfer(url, version, shard, fd, base, st)
+            except _NotHere:
+                missing.add(url)
+                continue
+            except (_NotReady, _Restart, httpx.HTTPError, OSError) as exc:
+                reason = (f"shard {shard.index} of version {version} not ready"
+                          if isinstance(exc, _NotReady) else f"{type(exc).__name__}: {exc}")
+                self._error(url, reason)
+                if isinstance(exc, _Restart) or st.single_source:
+                    st.reset()
+                if attempts >= self.opts.max_attempts_per_shard:
+                    raise FetchFailed(f"shard {shard.index} of version {version}: "
+                                      f"{attempts} attempts failed; last: {reason}") from exc
+                continue
+            finally:
+                self.sources.done(url)
+            if st.hasher.hexdigest() == shard.sha256:
+                self.sources.success(url, st.pos - pos0, time.monotonic() - t0)
+                return
+            self._corrupt(st, shard)
+            st.reset()
+            st.single_source = True
+            if attempts >= self.opts.max_attempts_per_shard:
+                raise FetchFailed(f"shard {shard.index} of version {version}: no source served "
+                                  f"bytes matching the manifest in {attempts} attempts")
+
+    def _transfer(self, url: str, version: int, shard: ShardEntry, fd: int, base: int,
+                  st: _ShardState) -> None:
+        headers = {"range": f"bytes={st.pos}-"} if st.pos else {}
+        timeout = httpx.Timeout(connect=self.opts.connect_timeout_s,
+                                read=max(self.opts.read_timeout_s, self.opts.shard_wait_s + 10),
+                                write=self.opts.read_timeout_s, pool=self.opts.read_timeout_s)
+        st.used.add(url)
+        with self.http.stream("GET", shard_url(url, version, shard.index), headers=headers,
+                              params={"wait_s": self.opts.shard_wait_s}, timeout=timeout) as resp:
+            code = resp.status_code
+            if code == 404:
+                raise _NotHere()
+            if code == 503:
+                raise _NotReady()
+            if code == 416:
+                raise _Restart(f"{url} refused range {st.pos}- of shard {shard.index}")
+            if code not in (200, 206):
+                raise httpx.HTTPStatusError(f"HTTP {code}", request=resp.request, response=resp)
+            if st.pos and code == 200:  # the source ignored the range: take the whole shard
+                st.reset()
+                st.used.add(url)
+            on_bytes = self.events.on_bytes
+            for chunk in resp.iter_raw():
+                n = len(chunk)
+                if st.pos + n > shard.size:
+                    raise _Restart(f"{url} sent more than the {shard.size} bytes of shard {shard.index}")
+                os.pwrite(fd, chunk, base + st.pos)
+                st.hasher.update(chunk)
+                st.pos += n
+                if on_bytes:
+                    on_bytes(url, n)
+        if st.pos != shard.size:
+            raise httpx.RemoteProtocolError(f"{url} ended shard {shard.index} after {st.pos} of "
+                                            f"{shard.size} bytes")
+
+    def _wait_for_a_source(self, version: int, shard: ShardEntry, missing: set[str]) -> None:
+        if set(self.sources.urls) <= missing:
+            raise VersionUnavailable(f"no source holds version {version} (asked "
+                                     f"{', '.join(self.sources.urls)})")
+        wait = self.sources.next_usable_in(missing)
+        if wait is None:
+            raise FetchFailed(f"every source of version {version} served corrupt data; "
+                              f"no trusted source is left for shard {shard.index}")
+        time.sleep(min(max(wait, 0.05), 1.0))
+
+    def _error(self, url: str, reason: str) -> None:
+        log.info("source %s: %s", url, reason)
+        self.sources.failure(url, reason)
+        if self.events.on_error:
+            self.events.on_error(url, reason)
+
+    def _corrupt(self, st: _ShardState, shard: ShardEntry) -> None:
+        if len(st.used) == 1:
+            (url,) = st.used
+            log.warning("source %s served shard %d with a hash that does not match the signed "
+                        "manifest; avoiding it", url, shard.index)
+            self.sources.hostile(url, f"corrupt shard {shard.index}")
+            if self.events.on_corrupt:
+                self.events.on_corrupt(url, shard)
+        else:
+            for url in st.used:
+                self._error(url, f"shard {shard.index} assembled from several sources failed its hash")
+
+

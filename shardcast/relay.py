@@ -1,0 +1,299 @@
+"""The shardcast relay (`swarmrl relay --upstream URL --operator-key HEX`).
+
+A relay mirrors one or more upstreams (the origin or other relays, so trees of any depth
+work) and serves the same API (shardcast.serving) to clients and to relays below it. It
+trusts only the operator key:
+
+- a long-poll on every upstream (shardcast.watch) learns of a new version within one round
+  trip; the manifest must verify before anything else happens;
+- the version is announced downstream as soon as its manifest verified, and its shards are
+  downloaded in index order by `parallel` threads (shardcast.fetch), each streamed to
+  `versions/N/shards/.I.part`, hashed on arrival, and renamed to `versions/N/shards/I` only
+  when it matched: a request for shard I is served from that file, and one that arrives
+  earlier waits until it exists (pipelining: clients download version N while the relay is
+  still receiving it). A relay never serves a byte it has not verified;
+- on start-up every shard file on disk is hashed again before it is served (a crash or a
+  power loss cannot make it serve a torn file), and unfinished versions resume;
+- only the newest `keep_versions` versions are kept.
+
+Threads: the uvicorn server runs in the main thread; the watcher and the downloader are
+daemon threads that talk to the server only through the `Catalog` methods and `Signal`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from protocol.envelope import Envelope
+from protocol.errors import MessageError, SignatureError
+from protocol.http import serve
+from protocol.identity import PublicKey
+from protocol.manifest import open_manifest
+from protocol.messages import PolicyManifest, ShardEntry
+from shardcast.config import RelayConfig
+from shardcast.errors import ShardcastError
+from shardcast.fetch import Downloader, FetchEvents, FetchOptions
+from shardcast.layout import (
+    clean_work_dirs, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
+    write_manifest,
+)
+from shardcast.metrics import NodeMetrics
+from shardcast.partial import shard_digest_on_disk
+from shardcast.selection import Sources
+from shardcast.serving import ShardLocation, build_app
+from shardcast.signal import Signal
+from shardcast.watch import Announced, fetch_manifest, list_versions, wait_for_newer
+
+log = logging.getLogger("shardcast.relay")
+WATCH_CHUNK_S = 30.0
+
+
+@dataclass
+class _Mirrored:
+    folder: Path
+    manifest: PolicyManifest
+    envelope: Envelope
+    envelope_bytes: bytes
+    verified: set[int] = field(default_factory=set)
+    abort: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.verified) == len(self.manifest.shards)
+
+
+class _ShardFiles:
+    """ShardSink of a relay: one file per shard, renamed into place once verified."""
+
+    def __init__(self, relay: "Relay", version: int, m: _Mirrored):
+        self.relay, self.version, self.m = relay, version, m
+        self.dir = m.folder / "shards"
+
+    def begin(self, shard: ShardEntry) -> tuple[int, int]:
+        return os.open(self.dir / f".{shard.index}.part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 0
+
+    def end(self, shard: ShardEntry, fd: int) -> None:
+        os.close(fd)
+
+    def commit(self, shard: ShardEntry) -> None:
+        os.rename(self.dir / f".{shard.index}.part", self.dir / str(shard.index))
+        self.relay._shard_verified(self.version, shard.index)
+
+
+class Relay:
+    role = "relay"
+
+    def __init__(self, cfg: RelayConfig):
+        self.cfg = cfg
+        self.operator_key = PublicKey.from_hex(cfg.operator_key)
+        self.root = Path(cfg.data_dir) / "versions"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.signal = Signal()
+        self.metrics = NodeMetrics(self.role)
+        self.sources = Sources(list(cfg.upstreams), on_hostile=self._on_hostile)
+        conns = (cfg.parallel + 2) * len(self.sources.urls)
+        self.http = httpx.Client(limits=httpx.Limits(max_connections=conns,
+                                                     max_keepalive_connections=conns),
+                                 timeout=httpx.Timeout(30.0, connect=5.0))
+        self._lock = threading.RLock()
+        self._versions: dict[int, _Mirrored] = {}
+        self._pending = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        clean_work_dirs(self.root)
+        self._load_existing()
+
+    # -- start-up ------------------------------------------------------------------------------
+    def _load_existing(self) -> None:
+        for version, folder in sorted(version_dirs(self.root).items()):
+            try:
+                env = read_manifest(folder)
+                manifest = open_manifest(env, self.operator_key)
+                if manifest.version != version:
+                    raise MessageError(f"manifest is for version {manifest.version}")
+            except (OSError, ValueError, MessageError, SignatureError) as exc:
+                log.warning("deleting %s: %s", folder, exc)
+                remove_tree(folder)
+                continue
+            m = _Mirrored(folder, manifest, env, env.model_dump_json().encode())
+            shards_dir = folder / "shards"
+            shards_dir.mkdir(exist_ok=True)
+            for p in shards_dir.iterdir():
+                if not p.name.isdigit():
+                    p.unlink(missing_ok=True)
+                    continue
+                i = int(p.name)
+                ok = i < len(manifest.shards) and p.stat().st_size == manifest.shards[i].size and \
+                    shard_digest_on_disk(p, 0, manifest.shards[i].size) == manifest.shards[i].sha256
+                if ok:
+                    m.verified.add(i)
+                else:
+                    log.warning("deleting %s: it does not match the manifest", p)
+                    p.unlink()
+            self._versions[version] = m
+            log.info("relay holds version %d (%d of %d shards verified)", version, len(m.verified),
+                     len(manifest.shards))
+        self._update_gauges()
+
+    # -- catalog (read by serving.build_app) ---------------------------------------------------
+    def versions(self) -> list[int]:
+        with self._lock:
+            return sorted(self._versions)
+
+    def complete_versions(self) -> list[int]:
+        with self._lock:
+            return sorted(v for v, m in self._versions.items() if m.complete)
+
+    def manifest_bytes(self, version: int) -> bytes | None:
+        m = self._versions.get(version)
+        return None if m is None else m.envelope_bytes
+
+    def shard(self, version: int, index: int) -> ShardLocation | None:
+        m = self._versions.get(version)
+        if m is None:
+            raise LookupError(f"version {version} is not held here")
+        if not 0 <= index < len(m.manifest.shards):
+            raise LookupError(f"version {version} has no shard {index}")
+        if index not in m.verified:
+            return None
+        s = m.manifest.shards[index]
+        return ShardLocation(m.folder / "shards" / str(index), 0, s.size, s.sha256)
+
+    # -- mirroring -----------------------------------------------------------------------------
+    def start(self) -> None:
+        for target, name in ((self._watch_loop, "relay-watch"), (self._download_loop, "relay-download")):
+            t = threading.Thread(target=target, daemon=True, name=name)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for m in self._versions.values():
+                m.abort.set()
+            self._pending.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.http.close()
+
+    def _watch_loop(self) -> None:
+        while not self._stop.is_set():
+            self._catch_up()
+            with self._lock:
+                newest = max(self._versions) if self._versions else None
+            try:
+                ann = wait_for_newer(self.sources, self.operator_key, newest, WATCH_CHUNK_S)
+            except (httpx.HTTPError, OSError) as exc:
+                log.warning("watching upstreams failed: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            if ann is not None:
+                self._adopt(ann)
+
+    def _catch_up(self) -> None:
+        """Adopt versions that upstreams hold and this relay lacks, among the newest kept."""
+        for url in self.sources.ranked():
+            try:
+                upstream = list_versions(self.http, url)
+            except (httpx.HTTPError, ValueError) as exc:
+                self.sources.failure(url, f"versions: {exc}")
+                continue
+            with self._lock:
+                held = set(self._versions)
+            wanted = [v for v in sorted(upstream)[-self.cfg.keep_versions:] if v not in held]
+            for v in wanted:
+                if len(held) >= self.cfg.keep_versions and v < min(held):
+                    continue  # it would be pruned at once
+                try:
+                    self._adopt(fetch_manifest(self.http, self.sources, self.operator_key, v))
+                except ShardcastError as exc:
+                    log.info("cannot adopt version %d yet: %s", v, exc)
+            return
+
+    def _adopt(self, ann: Announced) -> None:
+        version = ann.version
+        with self._lock:
+            if version in self._versions:
+                return
+            work = self.root / f".tmp-{version}-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            (work / "shards").mkdir(parents=True)
+            write_manifest(work, ann.envelope)
+            final = self.root / str(version)
+            os.rename(work, final)
+            fsync_dir(self.root)
+            self._versions[version] = _Mirrored(final, ann.manifest, ann.envelope,
+                                                ann.envelope.model_dump_json().encode())
+            for v in versions_to_prune(list(self._versions), self.cfg.keep_versions):
+                old = self._versions.pop(v)
+                old.abort.set()
+                remove_tree(old.folder)
+                log.info("pruned version %d", v)
+            self._update_gauges()
+            self._pending.notify_all()
+        log.info("version %d announced by %s: %d shards, %.1f MB", version, ann.source,
+                 len(ann.manifest.shards), ann.manifest.total_bytes / 1e6)
+        self.signal.notify()
+
+    def _download_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                todo = [v for v, m in self._versions.items() if not m.complete and not m.abort.is_set()]
+                if not todo:
+                    self._pending.wait(timeout=5.0)
+                    continue
+                version = max(todo)  # the newest first: that is what clients want
+                m = self._versions[version]
+            self._mirror(version, m)
+
+    def _mirror(self, version: int, m: _Mirrored) -> None:
+        todo = [s for s in m.manifest.shards if s.index not in m.verified]
+        events = FetchEvents(
+            on_bytes=lambda url, n: self.metrics.bytes_fetched.inc(n),
+            on_error=lambda url, reason: self.metrics.fetch_errors.labels(url).inc(),
+        )
+        opts = FetchOptions(parallel=self.cfg.parallel)
+        try:
+            Downloader(self.http, self.sources, opts, events, abort=m.abort).fetch_all(
+                version, todo, _ShardFiles(self, version, m))
+            log.info("version %d complete: %d shards verified", version, len(m.manifest.shards))
+        except (ShardcastError, OSError, httpx.HTTPError) as exc:
+            if not m.abort.is_set() and not self._stop.is_set():
+                log.warning("mirroring version %d stopped: %s; retrying", version, exc)
+                self._stop.wait(1.0)
+
+    def _shard_verified(self, version: int, index: int) -> None:
+        with self._lock:
+            m = self._versions.get(version)
+            if m is not None:
+                m.verified.add(index)
+        self.metrics.shards_verified.inc()
+        self.signal.notify()
+
+    def _on_hostile(self, url: str, reason: str) -> None:
+        self.metrics.verify_failures.labels(url).inc()
+
+    def _update_gauges(self) -> None:
+        self.metrics.versions_held.set(len(self._versions))
+        self.metrics.latest_version.set(max(self._versions) if self._versions else -1)
+
+
+def run(cfg: RelayConfig) -> None:
+    """`swarmrl relay`: mirror the upstreams and serve until SIGINT/SIGTERM."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=cfg.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    relay = Relay(cfg)
+    relay.start()
+    try:
+        serve(build_app(relay, title="swarmrl shardcast relay"), cfg.host, cfg.port,
+              port_file=Path(cfg.data_dir) / "relay.port", on_exit=relay.signal.close)
+    finally:
+        relay.stop()

@@ -1,0 +1,158 @@
+"""Choosing which source (relay, origin) to fetch the next shard from.
+
+Pure decision logic: `choose` takes the per-source statistics, the clock and a random
+generator as arguments, so the policy is unit-tested without a network. `Sources` wraps
+the statistics of one client (or relay mirror) with a lock, for its download threads.
+
+Policy:
+- a source that served bytes or a manifest that failed verification is *hostile* and is
+  not used again for `HOSTILE_COOLDOWN_S` (bad data is never an accident we can afford to
+  retry soon);
+- a source with transfer errors is benched for an exponential backoff (0.5 s doubling to
+  30 s) after each consecutive failure; one success clears it;
+- among usable sources, a source never measured and idle is tried first (exploration), then
+  the one with the smallest expected time to deliver one more shard given the transfers
+  already running on it: (inflight + 1) / (throughput x success rate).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+HOSTILE_COOLDOWN_S = 600.0
+EWMA_ALPHA = 0.3
+
+
+@dataclass
+class SourceStats:
+    url: str
+    throughput_bps: float | None = None   # EWMA of bytes/s per transfer, None until measured
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    inflight: int = 0
+    benched_until: float = 0.0
+    hostile_until: float = 0.0
+    last_error: str = ""
+
+    def usable(self, now: float) -> bool:
+        return now >= self.hostile_until and now >= self.benched_until
+
+
+def expected_seconds(s: SourceStats, best_bps: float) -> float:
+    bps = s.throughput_bps if s.throughput_bps is not None else best_bps
+    success = (s.successes + 1) / (s.successes + s.failures + 1)
+    return (s.inflight + 1) / max(bps * success, 1.0)
+
+
+def choose(stats: list[SourceStats], now: float, rng: random.Random,
+           exclude: frozenset[str] | set[str] = frozenset()) -> SourceStats | None:
+    """The source to use next, or None when none is usable now."""
+    usable = [s for s in stats if s.url not in exclude and s.usable(now)]
+    if not usable:
+        return None
+    fresh = [s for s in usable if s.throughput_bps is None and s.inflight == 0]
+    if fresh:
+        return rng.choice(fresh)
+    known = [s.throughput_bps for s in usable if s.throughput_bps is not None]
+    best = max(known) if known else 1e9
+    costs = [(expected_seconds(s, best), rng.random(), s) for s in usable]
+    return min(costs, key=lambda c: (c[0], c[1]))[2]
+
+
+def record_success(s: SourceStats, nbytes: int, seconds: float) -> None:
+    s.successes += 1
+    s.consecutive_failures = 0
+    s.benched_until = 0.0
+    if nbytes >= 64 * 1024 and seconds > 0:  # tiny transfers measure latency, not throughput
+        bps = nbytes / seconds
+        s.throughput_bps = bps if s.throughput_bps is None else (
+            EWMA_ALPHA * bps + (1 - EWMA_ALPHA) * s.throughput_bps)
+
+
+def record_failure(s: SourceStats, now: float, reason: str) -> None:
+    s.failures += 1
+    s.consecutive_failures += 1
+    s.benched_until = now + min(30.0, 0.5 * 2 ** (s.consecutive_failures - 1))
+    s.last_error = reason
+
+
+def record_hostile(s: SourceStats, now: float, reason: str) -> None:
+    s.failures += 1
+    s.hostile_until = now + HOSTILE_COOLDOWN_S
+    s.last_error = reason
+
+
+@dataclass
+class Sources:
+    """Thread-safe statistics of a set of source URLs (one per client or relay mirror)."""
+
+    urls: list[str]
+    rng: random.Random = field(default_factory=random.Random)
+    clock: object = time.monotonic
+    on_hostile: object = None   # optional callable(url, reason), e.g. a metrics counter
+
+    def __post_init__(self) -> None:
+        self.urls = [u.rstrip("/") for u in self.urls]
+        self.stats = {u: SourceStats(u) for u in self.urls}
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return self.clock()  # type: ignore[operator]
+
+    def acquire(self, exclude: frozenset[str] | set[str] = frozenset()) -> str | None:
+        """Choose a source and count a transfer in flight on it (release with `done`)."""
+        with self._lock:
+            s = choose(list(self.stats.values()), self.now(), self.rng, exclude)
+            if s is None:
+                return None
+            s.inflight += 1
+            return s.url
+
+    def done(self, url: str) -> None:
+        with self._lock:
+            self.stats[url].inflight = max(0, self.stats[url].inflight - 1)
+
+    def success(self, url: str, nbytes: int, seconds: float) -> None:
+        with self._lock:
+            record_success(self.stats[url], nbytes, seconds)
+
+    def failure(self, url: str, reason: str) -> None:
+        with self._lock:
+            record_failure(self.stats[url], self.now(), reason)
+
+    def hostile(self, url: str, reason: str) -> None:
+        with self._lock:
+            record_hostile(self.stats[url], self.now(), reason)
+        if self.on_hostile is not None:
+            self.on_hostile(url, reason)  # type: ignore[operator]
+
+    def is_hostile(self, url: str) -> bool:
+        with self._lock:
+            return self.now() < self.stats[url].hostile_until
+
+    def next_usable_in(self, exclude: frozenset[str] | set[str] = frozenset()) -> float | None:
+        """Seconds until some source outside `exclude` becomes usable again (0 if one is
+        usable now; None if every such source is hostile)."""
+        with self._lock:
+            now = self.now()
+            waits = [max(0.0, s.benched_until - now) for s in self.stats.values()
+                     if now >= s.hostile_until and s.url not in exclude]
+            return min(waits) if waits else None
+
+    def ranked(self) -> list[str]:
+        """Usable sources, best first (for one-off requests such as manifests)."""
+        with self._lock:
+            now = self.now()
+            usable = [s for s in self.stats.values() if s.usable(now)]
+            known = [s.throughput_bps for s in usable if s.throughput_bps is not None]
+            best = max(known) if known else 1e9
+            usable.sort(key=lambda s: expected_seconds(s, best))
+            return [s.url for s in usable]
+
+    def snapshot(self) -> list[SourceStats]:
+        with self._lock:
+            return [SourceStats(**vars(s)) for s in self.stats.values()]

@@ -1,0 +1,103 @@
+"""Pure pieces of shardcast: range parsing, source selection, pruning, the signal."""
+
+import asyncio
+import random
+import threading
+
+import pytest
+
+from shardcast.layout import versions_to_prune
+from shardcast.selection import (
+    SourceStats, Sources, choose, record_failure, record_hostile, record_success,
+)
+from shardcast.serving import RangeNotSatisfiable, parse_range
+from shardcast.signal import Signal
+
+
+def test_parse_range_forms():
+    assert parse_range(None, 100) is None
+    assert parse_range("bytes=10-", 100) == (10, 100)
+    assert parse_range("bytes=10-19", 100) == (10, 20)
+    assert parse_range("bytes=90-500", 100) == (90, 100)
+    assert parse_range("bytes=-5", 100) == (95, 100)
+    assert parse_range("bytes=0-1,5-6", 100) is None      # several ranges: whole resource
+    assert parse_range("items=0-1", 100) is None
+    assert parse_range("bytes=abc", 100) is None
+    for bad in ("bytes=100-", "bytes=50-40", "bytes=-0"):
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(bad, 100)
+
+
+def test_choose_tries_unmeasured_sources_first_then_the_fastest():
+    rng = random.Random(0)
+    a, b = SourceStats("a"), SourceStats("b")
+    record_success(a, 10_000_000, 1.0)           # 10 MB/s measured
+    assert choose([a, b], 0.0, rng) is b        # b never tried: explore it
+    record_success(b, 10_000_000, 0.1)           # 100 MB/s
+    assert choose([a, b], 0.0, rng) is b
+    b.inflight = 20                              # b is busy: a finishes one more shard sooner
+    assert choose([a, b], 0.0, rng) is a
+
+
+def test_failures_bench_a_source_with_backoff_and_success_clears_it():
+    s = SourceStats("a")
+    record_failure(s, 100.0, "boom")
+    assert not s.usable(100.2) and s.usable(100.6)
+    record_failure(s, 100.6, "boom")
+    assert not s.usable(101.5) and s.usable(101.7)
+    record_success(s, 1, 0.1)
+    assert s.usable(0.0) and s.consecutive_failures == 0
+
+
+def test_hostile_source_is_never_chosen_while_others_exist():
+    rng = random.Random(1)
+    good, bad = SourceStats("good"), SourceStats("bad")
+    record_hostile(bad, 0.0, "corrupt shard")
+    assert all(choose([good, bad], 1.0, rng) is good for _ in range(50))
+    assert choose([bad], 1.0, rng) is None
+    assert choose([good, bad], 1.0, rng, exclude={"good"}) is None
+
+
+def test_sources_count_inflight_and_report_when_usable_again():
+    t = [0.0]
+    src = Sources(["http://a/", "http://b"], rng=random.Random(0), clock=lambda: t[0])
+    assert src.urls == ["http://a", "http://b"]
+    u = src.acquire()
+    assert src.stats[u].inflight == 1
+    src.done(u)
+    src.failure("http://a", "x")
+    src.hostile("http://b", "y")
+    assert src.acquire() is None
+    assert src.next_usable_in() == pytest.approx(0.5)
+    assert src.next_usable_in(exclude={"http://a"}) is None
+    t[0] = 1.0
+    assert src.acquire() == "http://a"
+
+
+def test_versions_to_prune_keeps_the_newest():
+    assert versions_to_prune([3, 1, 2, 5], 2) == [1, 2]
+    assert versions_to_prune([1, 2], 3) == []
+    assert versions_to_prune([1, 2], None) == []
+
+
+def test_signal_wakes_an_async_waiter_from_another_thread():
+    sig = Signal()
+
+    async def main():
+        seen = sig.generation
+        threading.Timer(0.05, sig.notify).start()
+        return await sig.wait(seen, 5.0)
+
+    assert asyncio.run(main()) is True
+
+    async def missed():
+        seen = sig.generation
+        sig.notify()                     # happened between check and wait: not lost
+        return await sig.wait(seen, 0.0)
+
+    assert asyncio.run(missed()) is True
+
+    async def nothing():
+        return await sig.wait(sig.generation, 0.05)
+
+    assert asyncio.run(nothing()) is False
