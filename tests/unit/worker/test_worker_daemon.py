@@ -1,0 +1,172 @@
+"""The daemon against a fake coordinator in this process: the whole loop, its failure modes.
+
+Real HTTP on loopback, the real engine on a tiny model, real proofs; only the coordinator is
+a stand-in (tests/integration/test_worker*.py use the real one in separate processes).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import torch
+
+from conftest import wait_until
+from protocol.lm import completion_outputs, load_model
+from protocol.proof import verify_proof
+
+
+def test_daemon_joins_leases_generates_and_submits_verifiable_rollouts(fake, versions, start_daemon, tiny_model):
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 3, what="three submissions")
+    r.stop()
+    assert r.error is None
+    wid = r.daemon.worker_id
+    assert fake.workers[wid]["hardware"].cpu_count >= 1
+    model = load_model(str(tiny_model))
+    for s in list(fake.submissions.values())[:3]:
+        body = s["body"]
+        lease = fake.leases[body.lease_id]
+        assert body.policy_version == 0 and len(body.completions) == len(lease.seeds)
+        outs = completion_outputs(model, lease.prompt_token_ids, [c.token_ids for c in body.completions])
+        for c, (hidden, _) in zip(body.completions, outs):
+            assert 1 <= len(c.token_ids) <= 6
+            assert (c.finish_reason == "eos") == (c.token_ids[-1] == 1)
+            stats = verify_proof(hidden, base64.b64decode(c.proof))
+            assert all(st.exp_mismatches <= 8 for st in stats)
+    # every acknowledged submission left pending/; verdicts were polled into credit
+    assert r.daemon.spool.pending() == []
+    snap = r.daemon.state.snapshot()
+    assert snap["submitted"] == len(fake.submissions) and snap["policy_version"] == 0
+    # nothing is held after a clean stop: unstarted leases were released
+    assert set(fake.leases) == set(fake.by_lease) | set(fake.released)
+
+
+def test_key_file_is_created_with_mode_0600_and_reused(fake, versions, start_daemon, tmp_path):
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1)
+    r.stop()
+    key = tmp_path / "worker.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    r2 = start_daemon()
+    wait_until(lambda: r2.daemon.state.get("run_id") == "run")
+    r2.stop()
+    assert r2.daemon.worker_id == r.daemon.worker_id
+
+
+def test_coordinator_down_pauses_the_daemon_and_nothing_finished_is_lost(fake, versions, start_daemon):
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1)
+    fake.down_for(3.0)
+    wait_until(lambda: not r.daemon.state.get("coordinator_up"), what="coordinator seen as down")
+    wait_until(lambda: r.daemon.state.get("coordinator_up") and len(fake.submissions) >= 4,
+               what="recovery after the outage")
+    r.stop()
+    assert r.error is None
+    # every lease the daemon finished reached the coordinator exactly once
+    assert len(fake.by_lease) == len(fake.submissions)
+    assert r.daemon.spool.pending() == []
+
+
+def test_spooled_submissions_are_resent_after_a_restart_each_exactly_once(fake, versions, start_daemon):
+    versions.publish(0)
+    fake.refuse_submissions = 503  # finished work piles up in the spool
+    r = start_daemon()
+    wait_until(lambda: len(r.daemon.spool.pending()) >= 2, what="spooled submissions")
+    r.daemon.abort.set()  # do not try to send on the way out
+    r.stop()
+    spooled = {e.lease_id for e in r.daemon.spool.pending()}
+    assert spooled and not fake.submissions
+    # one of them arrived after all (the answer was lost): the resend must count as acknowledged
+    first = sorted(spooled)[0]
+    fake.refuse_submissions = None
+    fake.by_lease[first] = "sub-earlier"
+    fake.submissions["sub-earlier"] = {"lease_id": first, "worker": r.daemon.worker_id,
+                                       "body": r.daemon.spool.pending()[0].submission, "status": "queued"}
+    fake.tasks_left = 0  # the second run only resends
+    r2 = start_daemon()
+    wait_until(lambda: r2.daemon.spool.pending() == [] and spooled <= set(fake.by_lease), what="resend")
+    r2.stop()
+    assert r2.error is None
+    assert len(fake.submissions) == len(spooled)                        # stored once each
+    assert sorted(s["lease_id"] for s in fake.submissions.values()) == sorted(spooled)
+    assert r2.daemon.spool.rejected() == []
+
+
+def test_a_refused_submission_is_set_aside_with_its_reason(fake, versions, start_daemon):
+    versions.publish(0)
+    fake.refuse_submissions = 422
+    r = start_daemon()
+    wait_until(lambda: len(r.daemon.spool.rejected()) >= 1)
+    r.stop()
+    assert r.daemon.state.get("rejected") >= 1
+    assert r.daemon.spool.pending() == []
+
+
+def test_a_new_policy_version_is_used_once_leases_allow_it(fake, versions, start_daemon):
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1)
+    versions.publish(1)
+    fake.version = 1
+    wait_until(lambda: any(s["body"].policy_version == 1 for s in fake.submissions.values()),
+               what="a submission with version 1")
+    r.stop()
+    # after the switch, versions never go back
+    seen = [s["body"].policy_version for s in fake.submissions.values()]
+    assert seen == sorted(seen)
+    assert r.daemon.engine.version == 1
+
+
+def test_leases_that_need_an_unpublished_version_wait_and_are_released_on_stop(fake, versions, start_daemon):
+    versions.publish(0)
+    fake.version, fake.window = 2, 0   # the coordinator already requires v2, which no relay has
+    r = start_daemon()
+    wait_until(lambda: "syncing" in r.daemon.state.get("phase"), what="waiting for v2")
+    r.stop()
+    assert not fake.submissions
+    assert fake.released and set(fake.released) == set(fake.leases)
+
+
+def test_a_ban_stops_the_daemon_with_the_reason(fake, versions, start_daemon):
+    from worker.errors import Banned
+
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1)
+    fake.banned[r.daemon.worker_id] = "proof mismatch on lease-1"
+    r.thread.join(60)
+    assert isinstance(r.error, Banned) and "proof mismatch" in str(r.error)
+
+
+def test_a_forgotten_worker_registers_again(fake, versions, start_daemon):
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1)
+    fake.forget_workers()
+    n = len(fake.submissions)
+    wait_until(lambda: len(fake.submissions) >= n + 2, what="work after re-registration")
+    r.stop()
+    assert fake.workers[r.daemon.worker_id]["registrations"] == 1  # re-created after forget
+
+
+def test_status_endpoint_reports_the_snapshot(fake, versions, start_daemon, tmp_path):
+    import httpx
+
+    from worker.main import fetch_status
+
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1)
+    cfg = r.daemon.cfg
+    wait_until(lambda: fetch_status(cfg)["submitted"] >= 1, what="status shows a submission")
+    snap = fetch_status(cfg)
+    assert snap["peer_id"] == r.daemon.worker_id and snap["run_id"] == "run"
+    port = int((tmp_path / "worker" / "status.port").read_text())
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert "swarmrl_worker_submitted_total" in metrics and "swarmrl_worker_policy_version 0.0" in metrics
+    assert httpx.get(f"http://127.0.0.1:{port}/health").json()["ok"] is True
+    r.stop()
+    torch.set_num_threads(torch.get_num_threads())  # (the engine set threads; keep the suite stable)

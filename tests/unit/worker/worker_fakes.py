@@ -1,0 +1,221 @@
+"""Stand-ins for the worker's unit tests: a small coordinator and a local weights source.
+
+`FakeCoordinator` speaks the real wire protocol (protocol.routes, protocol.messages, signed
+envelopes checked with protocol.envelope) but keeps its state in memory and lets a test
+script failures: answer 503 for a while, forget workers, ban one, refuse a submission.
+One submission per lease, like the real one: a second gets 409. The integration tests
+(tests/integration/test_worker*.py) run the worker against the real coordinator instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+
+from protocol import routes
+from protocol.envelope import Envelope, open_envelope, seal
+from protocol.errors import ProtocolError
+from protocol.identity import KeyPair
+from protocol.messages import (
+    KIND_HEARTBEAT, KIND_LEASE, KIND_LEASE_RELEASE, KIND_LEASE_REQUEST, KIND_REGISTRATION, KIND_SUBMISSION,
+    Heartbeat, Lease, LeaseRelease, LeaseRequest, LeaseResponse, Registration, RegistrationResponse, RunInfo,
+    SamplingParams, Submission, SubmissionResponse, SubmissionStatus, WorkerInfo,
+)
+
+
+class FakeCoordinator:
+    def __init__(self, *, prompt=(5, 6, 7), group_size=2, max_tokens=4, eos=1, version=0, window=1,
+                 lease_ttl_s=60.0, tasks=None, relays=()):
+        self.key = KeyPair.from_seed(b"C" * 32)
+        self.operator = KeyPair.from_seed(b"O" * 32)
+        self.prompt, self.group_size, self.max_tokens, self.eos = list(prompt), group_size, max_tokens, eos
+        self.version, self.window, self.lease_ttl_s = version, window, lease_ttl_s
+        self.tasks_left = tasks  # None: endless
+        self.relays = list(relays)
+        self.lock = threading.Lock()
+        self.workers: dict[str, dict] = {}
+        self.leases: dict[str, Lease] = {}
+        self.released: list[str] = []
+        self.submissions: dict[str, dict] = {}   # submission id -> {lease_id, worker, body, status}
+        self.by_lease: dict[str, str] = {}
+        self.submit_calls = 0
+        self.heartbeats = 0
+        self.unavailable_until = 0.0
+        self.refuse_submissions: int | None = None  # HTTP status to answer submissions with
+        self.verdict = "accepted"                    # what a polled submission turns into
+        self.banned: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self.app = self._make_app()
+
+    # -- scripting -------------------------------------------------------------------------
+    def down_for(self, seconds: float) -> None:
+        self.unavailable_until = time.time() + seconds
+
+    def forget_workers(self) -> None:
+        with self.lock:
+            self.workers.clear()
+
+    def _guard(self) -> None:
+        if time.time() < self.unavailable_until:
+            raise HTTPException(503, "coordinator is restarting")
+
+    async def _open(self, request: Request, kind: str, body_type):
+        try:
+            env = Envelope.model_validate_json(await request.body())
+            return open_envelope(env, kind, body_type)
+        except (ProtocolError, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    def _known(self, wid: str) -> None:
+        if wid in self.banned:
+            raise HTTPException(403, f"worker {wid} is banned: {self.banned[wid]}")
+        if wid not in self.workers:
+            raise HTTPException(404, f"unknown worker {wid}; register first")
+
+    def run_info(self) -> RunInfo:
+        return RunInfo(run_id="run", coordinator_key=self.key.public.hex, operator_key=self.operator.public.hex,
+                       verifier_keys=[], relays=self.relays, current_policy_version=self.version,
+                       async_window=self.window)
+
+    def _make_app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get(routes.RUN)
+        def run() -> dict:
+            self._guard()
+            return self.run_info().model_dump(mode="json")
+
+        @app.post(routes.REGISTER)
+        async def register(request: Request) -> dict:
+            self._guard()
+            o = await self._open(request, KIND_REGISTRATION, Registration)
+            if o.signer_id in self.banned:
+                raise HTTPException(403, f"banned: {self.banned[o.signer_id]}")
+            with self.lock:
+                self.workers[o.signer_id] = {"hardware": o.body.hardware, "registrations":
+                                             self.workers.get(o.signer_id, {}).get("registrations", 0) + 1}
+            return RegistrationResponse(worker_id=o.signer_id, check_rate=1.0, run=self.run_info()).model_dump(mode="json")
+
+        @app.post(routes.HEARTBEAT)
+        async def heartbeat(request: Request) -> dict:
+            self._guard()
+            o = await self._open(request, KIND_HEARTBEAT, Heartbeat)
+            self._known(o.signer_id)
+            self.heartbeats += 1
+            return {"ok": True}
+
+        @app.post(routes.LEASES)
+        async def lease(request: Request) -> dict:
+            self._guard()
+            o = await self._open(request, KIND_LEASE_REQUEST, LeaseRequest)
+            self._known(o.signer_id)
+            out = []
+            now = time.time()
+            with self.lock:
+                for _ in range(o.body.max_tasks):
+                    if self.tasks_left is not None:
+                        if self.tasks_left <= 0:
+                            break
+                        self.tasks_left -= 1
+                    n = next(self._ids)
+                    lease = Lease(lease_id=f"lease-{n}", run_id="run", worker_id=o.signer_id, task_id=f"task-{n}",
+                                  prompt_token_ids=self.prompt, seeds=[1000 * n + i for i in range(self.group_size)],
+                                  sampling=SamplingParams(temperature=1.0, max_tokens=self.max_tokens),
+                                  eos_token_id=self.eos, min_policy_version=max(0, self.version - self.window),
+                                  max_policy_version=self.version, issued_at=now, expires_at=now + self.lease_ttl_s)
+                    self.leases[lease.lease_id] = lease
+                    out.append(seal(KIND_LEASE, lease, self.key))
+            return LeaseResponse(leases=out, retry_after_s=0.0 if out else 0.2).model_dump(mode="json")
+
+        @app.post(routes.LEASE_RELEASE)
+        async def release(request: Request) -> dict:
+            self._guard()
+            o = await self._open(request, KIND_LEASE_RELEASE, LeaseRelease)
+            n = 0
+            with self.lock:
+                for lid in o.body.lease_ids:
+                    if lid in self.leases and lid not in self.by_lease:
+                        self.released.append(lid)
+                        n += 1
+            return {"released": n}
+
+        @app.post(routes.SUBMISSIONS)
+        async def submit(request: Request) -> dict:
+            self._guard()
+            o = await self._open(request, KIND_SUBMISSION, Submission)
+            self.submit_calls += 1
+            self._known(o.signer_id)
+            if self.refuse_submissions:
+                raise HTTPException(self.refuse_submissions, "refused by the test")
+            with self.lock:
+                lid = o.body.lease_id
+                if lid not in self.leases:
+                    raise HTTPException(404, f"unknown lease {lid}")
+                if lid in self.by_lease:
+                    raise HTTPException(409, f"lease {lid} already submitted as {self.by_lease[lid]}")
+                sid = f"sub-{next(self._ids)}"
+                self.by_lease[lid] = sid
+                self.submissions[sid] = {"lease_id": lid, "worker": o.signer_id, "body": o.body, "status": "queued"}
+            return SubmissionResponse(submission_id=sid, status="queued").model_dump(mode="json")
+
+        @app.get(routes.SUBMISSION)
+        def submission(submission_id: str) -> dict:
+            self._guard()
+            s = self.submissions.get(submission_id)
+            if s is None:
+                raise HTTPException(404, "unknown submission")
+            s["status"] = self.verdict
+            tokens = sum(len(c.token_ids) for c in s["body"].completions)
+            return SubmissionStatus(submission_id=submission_id, worker_id=s["worker"], status=s["status"],
+                                    tokens=tokens if s["status"] == "accepted" else 0).model_dump(mode="json")
+
+        @app.get(routes.WORKER)
+        def worker(worker_id: str) -> dict:
+            self._guard()
+            if worker_id not in self.workers and worker_id not in self.banned:
+                raise HTTPException(404, "unknown worker")
+            subs = [s for s in self.submissions.values() if s["worker"] == worker_id]
+            acc = [s for s in subs if s["status"] == "accepted"]
+            return WorkerInfo(worker_id=worker_id, status="banned" if worker_id in self.banned else "active",
+                              accepted=len(acc), rejected=sum(s["status"] == "rejected" for s in subs),
+                              accepted_tokens=sum(len(c.token_ids) for s in acc for c in s["body"].completions),
+                              check_rate=1.0, ban_reason=self.banned.get(worker_id, "")).model_dump(mode="json")
+
+        return app
+
+
+class LocalWeights:
+    """A ShardcastClient stand-in: versions are folders on disk, published by the test."""
+
+    def __init__(self):
+        self.versions: dict[int, Path] = {}
+        self.fetches: list[int] = []
+        self.cv = threading.Condition()
+
+    def publish(self, version: int, path: Path) -> None:
+        with self.cv:
+            self.versions[version] = Path(path)
+            self.cv.notify_all()
+
+    def wait_for_version(self, after: int | None, timeout_s: float) -> int | None:
+        with self.cv:
+            self.cv.wait_for(lambda: any(after is None or v > after for v in self.versions), timeout_s)
+            newer = [v for v in self.versions if after is None or v > after]
+            return max(newer) if newer else None
+
+    def fetch(self, version: int, progress=None) -> Path:
+        from protocol.errors import ProtocolError
+
+        self.fetches.append(version)
+        if version not in self.versions:
+            raise ProtocolError(f"version {version} is not published")
+        if progress:
+            progress(10, 10)
+        return self.versions[version]
+
+    def close(self) -> None:
+        pass

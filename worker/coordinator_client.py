@@ -1,0 +1,58 @@
+"""The worker's view of the coordinator: typed calls over `protocol.http.SignedClient`.
+
+Every method is one HTTP request with the paths of `protocol.routes` and the types of
+`protocol.messages`; state-changing ones are signed with the worker's key. The methods do
+not retry: the daemon wraps them in `worker.retry.retry_call` where waiting is right (run
+info, registration, leases, releases) and handles failures itself where it is not
+(heartbeats are fire-and-forget, submissions are retried from the spool).
+"""
+
+from __future__ import annotations
+
+from protocol import routes
+from protocol.http import SignedClient
+from protocol.identity import KeyPair
+from protocol.messages import (
+    KIND_HEARTBEAT, KIND_LEASE_RELEASE, KIND_LEASE_REQUEST, KIND_REGISTRATION, KIND_SUBMISSION,
+    Heartbeat, LeaseRelease, LeaseRequest, LeaseResponse, PolicyInfo, Registration,
+    RegistrationResponse, RunInfo, Submission, SubmissionResponse, SubmissionStatus, WorkerInfo,
+)
+
+
+class CoordinatorClient:
+    def __init__(self, url: str, key: KeyPair, timeout_s: float = 30.0):
+        self.url = url.rstrip("/")
+        self.http = SignedClient(self.url, key, timeout_s=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def run_info(self) -> RunInfo:
+        return self.http.get(routes.RUN, RunInfo)
+
+    def register(self, reg: Registration) -> RegistrationResponse:
+        return self.http.post_signed(routes.REGISTER, KIND_REGISTRATION, reg, RegistrationResponse)
+
+    def heartbeat(self, hb: Heartbeat) -> None:
+        self.http.post_signed(routes.HEARTBEAT, KIND_HEARTBEAT, hb, timeout_s=10.0)
+
+    def lease(self, max_tasks: int) -> LeaseResponse:
+        return self.http.post_signed(routes.LEASES, KIND_LEASE_REQUEST, LeaseRequest(max_tasks=max_tasks),
+                                     LeaseResponse)
+
+    def release(self, lease_ids: list[str]) -> int:
+        out = self.http.post_signed(routes.LEASE_RELEASE, KIND_LEASE_RELEASE, LeaseRelease(lease_ids=lease_ids))
+        return int(out.get("released", 0)) if isinstance(out, dict) else 0
+
+    def submit(self, sub: Submission) -> SubmissionResponse:
+        return self.http.post_signed(routes.SUBMISSIONS, KIND_SUBMISSION, sub, SubmissionResponse)
+
+    def submission_status(self, submission_id: str) -> SubmissionStatus:
+        return self.http.get(routes.SUBMISSION.format(submission_id=submission_id), SubmissionStatus,
+                             timeout_s=10.0)
+
+    def worker_info(self, worker_id: str) -> WorkerInfo:
+        return self.http.get(routes.WORKER.format(worker_id=worker_id), WorkerInfo, timeout_s=10.0)
+
+    def policy(self) -> PolicyInfo:
+        return self.http.get(routes.POLICY, PolicyInfo, timeout_s=10.0)

@@ -1,0 +1,330 @@
+"""The worker daemon's main loop: join, lease, sync, generate, prove, spool, submit.
+
+    Daemon.run()
+      GET /v1/run -> register (signed Registration + HardwareReport [+ proof of work])
+      start: status server, policy downloader (shardcast), housekeeping (heartbeats, verdicts)
+      loop until stopped:
+        flush the spool          (resend what a previous run or a failed send left)
+        lease a batch            (POST /v1/leases; each lease's coordinator signature checked)
+        for each version plan    (worker.leases.plan: newest ready version the leases allow)
+          load it into the engine, generate every seed of the leases in one batch,
+          build proofs, spool each submission (fsync) and send it
+
+Stopping: the first SIGTERM/SIGINT lets the current generation batch finish and be
+submitted, releases every other lease (POST /v1/leases/release) and exits 0; a second
+signal aborts the batch at once (its leases are released too). Finished work that could not
+be sent stays in the spool for the next start. A ban from the coordinator ends the daemon
+with its reason. The engine is passed in (`worker.main.run(cfg, engine=...)`), so tests
+and the demo's dishonest worker reuse this loop unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from protocol.http import Rejected, Unavailable
+from protocol.identity import KeyPair, PublicKey
+from protocol.messages import Lease, Registration, RunInfo
+from worker.config import WorkerConfig
+from worker.coordinator_client import CoordinatorClient
+from worker.engines.base import Engine
+from worker.errors import Banned, PolicyUnavailable, Stopped, WorkerError
+from worker.hardware import hardware_report, sequences_per_batch, tasks_per_lease_request
+from worker.housekeeping import Housekeeper
+from worker.leases import fallback_versions, open_lease, plan
+from worker.policy_sync import PolicySync
+from worker.pow import solve_pow
+from worker.retry import Reachability, retry_call
+from worker.rollout import generate_batch
+from worker.spool import Spool
+from worker.state import WorkerState
+from worker.status_server import start_status_server
+from worker.submitter import Submitter
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 2.0          # no work offered and no retry_after given: ask again after this
+SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
+KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
+
+
+def _client_version() -> str:
+    try:
+        return metadata.version("swarmrl")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+class Daemon:
+    def __init__(self, cfg: WorkerConfig, engine: Engine, weights_client: Any = None):
+        self.cfg = cfg
+        self._weights_client = weights_client  # a ShardcastClient stand-in (tests); None: built from /v1/run
+        self.engine = engine
+        self.data_dir = Path(cfg.data_dir).expanduser()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.key = KeyPair.load_or_create(Path(cfg.key_file).expanduser())
+        self.worker_id = self.key.peer_id
+        self.stop = threading.Event()      # finish the batch, release the rest, exit
+        self.abort = threading.Event()     # second signal: stop sending too
+        self.state = WorkerState(peer_id=self.worker_id, coordinator_url=cfg.coordinator_url,
+                                 engine=engine.info().model_dump(mode="json"))
+        self.reach = Reachability(lambda up, err: self.state.set(coordinator_up=up, coordinator_error=err))
+        self.coord = CoordinatorClient(cfg.coordinator_url, self.key)
+        self.spool = Spool(self.data_dir / "spool")
+        self.submitter = Submitter(self.coord, self.spool, self.state, self.reach, self.worker_id, self._register)
+        self.hw = hardware_report()
+        device = engine.info().device or "cpu"
+        self.target_sequences = sequences_per_batch(self.hw, device)
+        self.held: dict[str, Lease] = {}
+        self._held_lock = threading.Lock()
+        self.group_size: int | None = None
+        self.seconds_per_task: float | None = None
+        self.lease_ttl_s: float | None = None
+        self.run_info: RunInfo | None = None
+        self.banned: str | None = None
+        self.sync: PolicySync | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if not self.stop.is_set():
+            log.warning("stopping: finishing the current batch, releasing other leases (signal again to abort)")
+            self.state.set(phase="stopping")
+        self.stop.set()
+
+    def run(self) -> None:
+        status = start_status_server(self.state, self.cfg.status_host, self.cfg.status_port, self.data_dir)
+        keeper = None
+        shard_client = None
+        try:
+            log.info("worker %s starting (engine %s, %d sequences per batch, data in %s)", self.worker_id,
+                     self.engine.name, self.target_sequences, self.data_dir)
+            self.submitter.refresh_counts()
+            self._join()
+            shard_client = self._shardcast_client()
+            self.sync = PolicySync(shard_client, self.stop, on_progress=self.state.progress,
+                                   on_newest=lambda v: self.state.set(newest_version=v))
+            self.sync.start()
+            keeper = Housekeeper(self.coord, self.spool, self.state, self.worker_id, self.stop,
+                                 held_leases=self._held_ids, on_banned=self._banned)
+            keeper.start()
+            self._loop()
+        except Stopped:
+            pass
+        finally:
+            self.stop.set()
+            self._shutdown()
+            if shard_client is not None:
+                shard_client.close()  # aborts a download in progress
+            if keeper is not None:
+                keeper.join()
+            if self.sync is not None:
+                self.sync.join()
+            status.stop()
+            self.coord.close()
+        if self.banned:
+            raise Banned(f"this worker ({self.worker_id}) is banned by the coordinator: {self.banned}")
+
+    def _banned(self, reason: str) -> None:
+        if not self.banned:
+            log.error("banned by the coordinator: %s", reason)
+        self.banned = reason
+        self.stop.set()
+
+    # -- joining --------------------------------------------------------------------------------
+    def _join(self) -> None:
+        self.state.set(phase="joining")
+        self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
+                                   self.stop, reach=self.reach)
+        self.state.set(run_id=self.run_info.run_id, newest_version=self.run_info.current_policy_version)
+        self._register(self.stop)
+
+    def _register(self, stop: threading.Event) -> None:
+        info = self.run_info
+        assert info is not None
+        nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty, stop) \
+            if info.pow_difficulty else None
+        reg = Registration(hardware=self.hw, client_version=_client_version(), engine=self.engine.name,
+                           pow_nonce=nonce)
+        try:
+            resp = retry_call(lambda: self.coord.register(reg), "registering", stop, reach=self.reach)
+        except Rejected as exc:
+            if exc.status == 403:
+                raise Banned(f"the coordinator refuses this worker ({self.worker_id}): {exc.detail}") from exc
+            raise WorkerError(f"registration refused (HTTP {exc.status}): {exc.detail}") from exc
+        self.run_info = resp.run
+        log.info("registered as %s in run %s (checked at %.0f%%)", resp.worker_id, resp.run.run_id,
+                 100 * resp.check_rate)
+
+    def _shardcast_client(self) -> Any:
+        if self._weights_client is not None:
+            return self._weights_client
+        from shardcast.client import ShardcastClient
+
+        assert self.run_info is not None
+        relays = self.cfg.relays or self.run_info.relays
+        if not relays:
+            raise WorkerError("no relay to fetch weights from: the coordinator advertises none; "
+                              "pass one with --set relays='[\"http://HOST:PORT\"]'")
+        return ShardcastClient(relays, PublicKey.from_hex(self.run_info.operator_key), self.data_dir / "checkpoints",
+                               run_id=self.run_info.run_id, keep_versions=KEEP_VERSIONS)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _held_ids(self) -> list[str]:
+        with self._held_lock:
+            return list(self.held)
+
+    def _hold(self, leases: list[Lease]) -> None:
+        with self._held_lock:
+            for lease in leases:
+                self.held[lease.lease_id] = lease
+            self.state.set(leases_active=len(self.held))
+
+    def _unhold(self, lease_ids: list[str]) -> None:
+        with self._held_lock:
+            for i in lease_ids:
+                self.held.pop(i, None)
+            self.state.set(leases_active=len(self.held))
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            self.state.set(phase="submitting")
+            self.submitter.flush(self.stop)
+            self.state.set(phase="leasing")
+            leases = self._lease()
+            if not leases:
+                continue
+            self._work(leases)
+
+    def _lease(self) -> list[Lease]:
+        n = tasks_per_lease_request(self.target_sequences, self.group_size, self.cfg.max_tasks,
+                                    self.seconds_per_task, self.lease_ttl_s)
+        try:
+            resp = retry_call(lambda: self.coord.lease(n), "leasing tasks", self.stop, reach=self.reach)
+        except Rejected as exc:
+            if exc.status == 403:
+                self._banned(exc.detail)
+                return []
+            if exc.status in (401, 404):
+                log.warning("lease refused (HTTP %d: %s); registering again", exc.status, exc.detail)
+                self._register(self.stop)
+                return []
+            raise WorkerError(f"lease request refused (HTTP {exc.status}): {exc.detail}") from exc
+        assert self.run_info is not None
+        key = PublicKey.from_hex(self.run_info.coordinator_key)
+        leases = []
+        for env in resp.leases:
+            try:
+                leases.append(open_lease(env, key, self.worker_id, self.run_info.run_id, time.time()))
+            except WorkerError as exc:
+                log.error("%s; ignored", exc)
+        if not leases:
+            wait = resp.retry_after_s or IDLE_WAIT_S
+            self.state.set(phase="idle (no work offered)")
+            self.stop.wait(wait)
+            return []
+        self._hold(leases)
+        self.group_size = len(leases[0].seeds)
+        self.lease_ttl_s = max(1.0, leases[0].expires_at - leases[0].issued_at)
+        return leases
+
+    def _work(self, leases: list[Lease]) -> None:
+        assert self.sync is not None
+        pending = leases
+        while pending and not self.stop.is_set():
+            ready = set(self.sync.ready())
+            if self.engine.version is not None:
+                ready.add(self.engine.version)
+            p = plan(pending, ready)
+            self.sync.want(p.fetch)
+            if p.version is None:
+                pending = self._wait_for_version(pending)
+                continue
+            self._load(p.version)
+            self._generate(p.now, p.version)
+            pending = p.later
+        self._release(self._held_ids())
+
+    def _wait_for_version(self, leases: list[Lease]) -> list[Lease]:
+        assert self.sync is not None
+        newest = max(leases, key=lambda lease: lease.max_policy_version)
+        self.state.set(phase=f"syncing policy v{newest.max_policy_version}")
+        try:
+            self.sync.wait_any(fallback_versions(newest), min(lease.expires_at for lease in leases))
+        except PolicyUnavailable as exc:
+            log.error("%s; giving back %d leases", exc, len(leases))
+            self._release([lease.lease_id for lease in leases])
+            return []
+        return leases
+
+    def _load(self, version: int) -> None:
+        if self.engine.version == version:
+            return
+        assert self.sync is not None
+        path = self.sync.ready()[version]
+        self.state.set(phase=f"loading policy v{version}")
+        t0 = time.perf_counter()
+        self.engine.load(path, version)
+        self.state.set(policy_version=version)
+        log.info("policy version %d loaded in %.2f s", version, time.perf_counter() - t0)
+
+    def _generate(self, leases: list[Lease], version: int) -> None:
+        per_batch = max(1, self.target_sequences // max(1, self.group_size or 1))
+        for i in range(0, len(leases), per_batch):
+            if self.stop.is_set():
+                return
+            chunk = [lease for lease in leases[i: i + per_batch] if lease.expires_at > time.time()]
+            expired = [lease.lease_id for lease in leases[i: i + per_batch] if lease.expires_at <= time.time()]
+            if expired:
+                log.warning("%d leases expired before generation; dropped", len(expired))
+                self._unhold(expired)
+            if not chunk:
+                continue
+            self.state.set(phase=f"generating ({len(chunk)} tasks, v{version})",
+                           batch_sequences=sum(len(lease.seeds) for lease in chunk))
+            finished, stats = generate_batch(self.engine, chunk, version)
+            self.seconds_per_task = (stats.generate_s + stats.proof_s) / len(chunk)
+            self.state.record_batch(stats.tokens, stats.generate_s + stats.proof_s)
+            for f in finished:
+                self.spool.put(f.submission, f.tokens, f.lease.expires_at)
+            self._unhold([f.lease.lease_id for f in finished])
+            log.info("generated %d sequences (%d tokens) with v%d in %.2f s (+%.3f s proofs)",
+                     stats.sequences, stats.tokens, version, stats.generate_s, stats.proof_s)
+            self.state.set(phase="submitting")
+            self.submitter.flush(self.abort if self.stop.is_set() else self.stop,
+                                 give_up_after_s=SHUTDOWN_SEND_S if self.stop.is_set() else None)
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def _release(self, lease_ids: list[str]) -> None:
+        if not lease_ids:
+            return
+        stop = self.abort if self.stop.is_set() else self.stop
+        try:
+            for i in range(0, len(lease_ids), 256):
+                part = lease_ids[i: i + 256]
+                n = retry_call(lambda: self.coord.release(part), "releasing leases", stop, reach=self.reach,
+                               give_up_after_s=SHUTDOWN_SEND_S)
+                log.info("released %d of %d leases", n, len(part))
+        except (Unavailable, Rejected) as exc:
+            log.warning("could not release leases (%s); they return to the pool when they expire", exc)
+        except Stopped:
+            pass
+        self._unhold(lease_ids)
+
+    def _shutdown(self) -> None:
+        self.state.set(phase="stopping")
+        try:
+            if self.run_info is not None and not self.banned:
+                self.submitter.flush(self.abort, give_up_after_s=SHUTDOWN_SEND_S)
+        except Stopped:
+            pass
+        self._release(self._held_ids())
+        left = len(self.spool.pending())
+        if left:
+            log.warning("%d finished submissions stay in %s and will be sent at the next start",
+                        left, self.spool.root / "pending")
+        log.info("worker stopped")

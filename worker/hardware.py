@@ -1,0 +1,68 @@
+"""What this machine is, and how much work to ask for.
+
+`hardware_report` fills the (informational, untrusted) `HardwareReport` of a registration from
+os and torch. `sequences_per_batch` and `tasks_per_lease_request` turn the hardware and the
+observed batch times into how many leases to ask for: a batch must be big enough to keep the
+device busy, and small enough to be finished and submitted well inside the lease TTL. Both
+are pure functions of their inputs so that tests can pin the rules.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from protocol.messages import GpuInfo, HardwareReport
+
+# Sequences decoded together. On a CPU the gain flattens out past ~16 (FACTS.md: batch 16
+# gives ~9x batch 1 on the tiny model); on a GPU the KV cache, not compute, is the limit, so
+# scale with memory (a rough 32 sequences per 10 GiB keeps a 7B model's cache in bounds).
+CPU_SEQUENCES = 16
+GPU_SEQUENCES_PER_GIB = 3.2
+MAX_SEQUENCES = 512
+
+
+def _ram_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def hardware_report() -> HardwareReport:
+    import torch
+
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append(GpuInfo(name=p.name[:200], memory_bytes=int(p.total_memory)))
+    return HardwareReport(
+        cpu_count=os.cpu_count() or 0, ram_bytes=_ram_bytes(), gpus=gpus,
+        torch_version=torch.__version__[:100], platform=platform.platform()[:200],
+    )
+
+
+def sequences_per_batch(hw: HardwareReport, device: str) -> int:
+    """How many sequences to decode in one batch on `device` ('cpu', 'cuda', 'cuda:1')."""
+    if device.startswith("cuda") and hw.gpus:
+        idx = int(device.split(":", 1)[1]) if ":" in device else 0
+        gib = hw.gpus[min(idx, len(hw.gpus) - 1)].memory_bytes / 2**30
+        return max(CPU_SEQUENCES, min(MAX_SEQUENCES, int(gib * GPU_SEQUENCES_PER_GIB)))
+    return CPU_SEQUENCES
+
+
+def tasks_per_lease_request(target_sequences: int, group_size: int | None, configured: int = 0,
+                            seconds_per_task: float | None = None, lease_ttl_s: float | None = None) -> int:
+    """Leases to ask for in one request.
+
+    `configured` (cfg.max_tasks) wins when set. Otherwise enough tasks to fill
+    `target_sequences` (one sequence per seed; `group_size` is learnt from the first lease,
+    8 is assumed before), but no more than fit in a third of the lease TTL at the observed
+    `seconds_per_task`, so a slow or shared machine still submits in time. At least one."""
+    if configured > 0:
+        return configured
+    n = max(1, target_sequences // max(1, group_size or 8))
+    if seconds_per_task and seconds_per_task > 0 and lease_ttl_s:
+        n = min(n, int(lease_ttl_s / 3 / seconds_per_task))
+    return max(1, n)

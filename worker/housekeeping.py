@@ -1,0 +1,115 @@
+"""The daemon's background chores: heartbeats, verdict polling (credit), standing.
+
+One thread, one loop, three cadences:
+- a signed heartbeat every `heartbeat_s` (policy version, leases held, tokens/s, phase), so
+  the coordinator knows the worker is alive and does not hand its leases to others;
+- the verdicts of acknowledged submissions (`spool/awaiting/`), polled every `poll_s`:
+  accepted -> credit (accepted tokens), rejected/dropped -> counted; then forgotten;
+- the coordinator's record of this identity (`GET /v1/workers/{id}`) every `info_s`, shown
+  as lifetime credit; a ban stops the daemon with the coordinator's reason.
+Failures here are logged at debug level and retried at the next tick: the main loop is
+what reports an unreachable coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from protocol.http import Rejected, Unavailable
+from protocol.messages import Heartbeat
+from worker.coordinator_client import CoordinatorClient
+from worker.spool import Spool
+from worker.state import WorkerState
+
+log = logging.getLogger(__name__)
+
+MAX_POLLS_PER_TICK = 64
+
+
+class Housekeeper:
+    def __init__(self, coord: CoordinatorClient, spool: Spool, state: WorkerState, worker_id: str,
+                 stop: threading.Event, held_leases: Callable[[], list[str]], on_banned: Callable[[str], None],
+                 heartbeat_s: float = 5.0, poll_s: float = 3.0, info_s: float = 10.0):
+        self.coord = coord
+        self.spool = spool
+        self.state = state
+        self.worker_id = worker_id
+        self.stop = stop
+        self.held_leases = held_leases
+        self.on_banned = on_banned
+        self.heartbeat_s, self.poll_s, self.info_s = heartbeat_s, poll_s, info_s
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="housekeeping")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float = 10.0) -> None:
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        next_hb = next_poll = next_info = 0.0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= next_hb:
+                self._heartbeat()
+                next_hb = now + self.heartbeat_s
+            if now >= next_poll:
+                self.poll_verdicts()
+                next_poll = now + self.poll_s
+            if now >= next_info:
+                self._standing()
+                next_info = now + self.info_s
+            self.stop.wait(max(0.05, min(next_hb, next_poll, next_info) - time.monotonic()))
+
+    def _heartbeat(self) -> None:
+        s = self.state.snapshot()
+        hb = Heartbeat(policy_version=s["policy_version"], active_lease_ids=self.held_leases()[:256],
+                       tokens_per_s=max(0.0, s["tokens_per_s"]), status=s["phase"][:64])
+        try:
+            self.coord.heartbeat(hb)
+        except (Unavailable, Rejected) as exc:
+            log.debug("heartbeat failed: %s", exc)
+
+    def poll_verdicts(self) -> None:
+        """Turn verdicts of acknowledged submissions into counters (and credit)."""
+        for entry in self.spool.awaiting()[:MAX_POLLS_PER_TICK]:
+            if self.stop.is_set():
+                return
+            if not entry.submission_id:
+                self.spool.settle(entry)
+                continue
+            try:
+                st = self.coord.submission_status(entry.submission_id)
+            except Unavailable as exc:
+                log.debug("verdict poll failed: %s", exc)
+                return
+            except Rejected as exc:
+                if exc.status == 404:  # the coordinator lost it (e.g. a reset database)
+                    self.spool.settle(entry)
+                    self.state.add(dropped=1)
+                continue
+            if st.status == "queued":
+                continue
+            if st.status == "accepted":
+                self.state.add(accepted=1, credits_tokens=st.tokens or entry.tokens)
+            elif st.status == "rejected":
+                log.warning("submission %s (lease %s) rejected: %s", st.submission_id, entry.lease_id, st.reason)
+                self.state.add(rejected=1)
+                self.state.set(last_error=f"rejected: {st.reason}"[:300])
+            else:
+                self.state.add(dropped=1)
+            self.spool.settle(entry)
+        self.state.set(spool_awaiting=len(self.spool.awaiting()))
+
+    def _standing(self) -> None:
+        try:
+            info = self.coord.worker_info(self.worker_id)
+        except (Unavailable, Rejected) as exc:
+            log.debug("worker info failed: %s", exc)
+            return
+        self.state.set(lifetime=info.model_dump(mode="json"))
+        if info.status == "banned":
+            self.on_banned(info.ban_reason or "no reason given")

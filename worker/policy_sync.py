@@ -1,0 +1,153 @@
+"""Policy versions on this machine: one background thread downloads, the main loop loads.
+
+`PolicySync` owns the shardcast client (only its thread uses it) and keeps the set of
+versions that are fully fetched and verified (`ready`). The main loop says which versions
+it wants (`want`, from its leases) and either goes on with a version already ready or waits
+(`wait_any`) for one its leases allow. When nothing is wanted, the thread long-polls the
+relays for a newer version and prefetches it, so a new version is usually on disk before
+the first lease that allows it arrives: it is picked up within the async window without
+stalling generation.
+
+A download that fails (relays down, version pruned, corrupt bytes everywhere) is retried
+with backoff; a version that keeps failing is skipped in favour of the next one a lease
+allows. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
+a version whose folder has gone is simply no longer `ready`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from protocol.errors import ProtocolError
+from protocol.http import backoff_delays
+from worker.errors import PolicyUnavailable, Stopped
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0            # long-poll length when idle (also bounds how fast a `want` is noticed)
+RETRY_AFTER_FAIL_S = 5.0
+
+
+class PolicySync:
+    def __init__(self, client: Any, stop: threading.Event, *,
+                 on_progress: Callable[[int, int, int], None] | None = None,
+                 on_newest: Callable[[int], None] | None = None):
+        self.client = client
+        self.stop = stop
+        self.on_progress = on_progress
+        self.on_newest = on_newest
+        self._cv = threading.Condition()
+        self._ready: dict[int, Path] = {}
+        self._wanted: set[int] = set()
+        self._failed_at: dict[int, float] = {}
+        self._newest_known: int | None = None
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="policy-sync")
+
+    # -- main loop side ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    def ready(self) -> dict[int, Path]:
+        with self._cv:
+            for v in [v for v, p in self._ready.items() if not p.exists()]:
+                del self._ready[v]  # pruned by the shardcast client's cache policy
+            return dict(self._ready)
+
+    def want(self, versions: list[int]) -> None:
+        with self._cv:
+            new = set(versions) - self._wanted - set(self._ready)
+            if new:
+                self._wanted |= new
+                self._cv.notify_all()
+
+    def wait_any(self, versions: list[int], deadline: float) -> tuple[int, Path]:
+        """Block until one of `versions` is ready (newest preferred) or `deadline` (time.time())."""
+        self.want(versions[:1] or versions)
+        with self._cv:
+            while True:
+                have = [v for v in versions if v in self._ready]
+                if have:
+                    v = max(have)
+                    return v, self._ready[v]
+                if self.stop.is_set():
+                    raise Stopped("stopped while waiting for a policy version")
+                left = deadline - time.time()
+                if left <= 0:
+                    raise PolicyUnavailable(f"none of policy versions {versions} could be fetched in time")
+                # A version that failed recently: ask for the next older one the caller allows.
+                for v in versions:
+                    if v not in self._ready and v not in self._wanted and v not in self._failed_at:
+                        if all(u in self._failed_at for u in versions if u > v):
+                            self._wanted.add(v)
+                            self._cv.notify_all()
+                self._cv.wait(min(left, 0.5))
+
+    # -- download thread --------------------------------------------------------------------
+    def _next_target(self) -> int | None:
+        now = time.monotonic()
+        with self._cv:
+            todo = [v for v in self._wanted if v not in self._ready
+                    and now - self._failed_at.get(v, -1e9) > RETRY_AFTER_FAIL_S]
+            return max(todo) if todo else None
+
+    def _loop(self) -> None:
+        delays = backoff_delays(0.5, 15.0)
+        while not self.stop.is_set():
+            target = self._next_target()
+            try:
+                if target is None:
+                    self._poll_newest()
+                    delays = backoff_delays(0.5, 15.0)
+                    continue
+                self._fetch(target)
+                delays = backoff_delays(0.5, 15.0)
+            except ProtocolError as exc:
+                if target is not None:
+                    with self._cv:
+                        self._failed_at[target] = time.monotonic()
+                        self._cv.notify_all()
+                wait = next(delays)
+                log.warning("policy sync: %s (retrying in %.1f s)", exc, wait)
+                self.stop.wait(wait)
+            except OSError as exc:  # disk full, permissions: say so, keep trying
+                wait = next(delays)
+                log.error("policy sync: cannot write the checkpoint cache: %s (retrying in %.1f s)", exc, wait)
+                self.stop.wait(wait)
+
+    def _poll_newest(self) -> None:
+        with self._cv:
+            after = max([*self._ready, *([self._newest_known] if self._newest_known is not None else [])],
+                        default=None)
+        v = self.client.wait_for_version(after, POLL_S)
+        if v is not None and (self._newest_known is None or v > self._newest_known):
+            self._newest_known = v
+            if self.on_newest:
+                self.on_newest(v)
+            self.want([v])
+
+    def _fetch(self, version: int) -> None:
+        started = time.monotonic()
+        log.info("fetching policy version %d", version)
+
+        def progress(done_bytes: int, total_bytes: int) -> None:
+            if self.on_progress:
+                self.on_progress(version, done_bytes, total_bytes)
+
+        path = Path(self.client.fetch(version, progress=progress))
+        with self._cv:
+            self._ready[version] = path
+            self._wanted.discard(version)
+            self._failed_at.pop(version, None)
+            if self._newest_known is None or version > self._newest_known:
+                self._newest_known = version
+            self._cv.notify_all()
+        log.info("policy version %d ready (%.1f s)", version, time.monotonic() - started)

@@ -1,0 +1,134 @@
+"""The submission spool: finished work on disk until the coordinator has it.
+
+Every finished submission is written to `data_dir/spool/pending/<lease_id>.json` (written to
+a temporary file, fsynced, renamed, directory fsynced) BEFORE it is sent, and leaves
+`pending/` only when the coordinator acknowledged it:
+
+- accepted for verification (or "already have it") -> moved to `awaiting/` with its
+  submission id, where it waits for the verdict that turns it into credit, then deleted;
+- refused for good (any other 4xx) -> moved to `rejected/` with the reason, kept for the
+  contributor to inspect, never resent.
+
+So a crash at any point loses no finished work, and a restart resends each pending entry;
+the coordinator answers a resend of something it already holds as "already have it", so
+each submission is stored exactly once. The spool stores the unsigned body: it is sealed
+afresh at every send, because a signed envelope goes stale after the clock-skew window.
+One submission per lease, so the lease id names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.messages import Submission
+
+log = logging.getLogger(__name__)
+
+PENDING, AWAITING, REJECTED = "pending", "awaiting", "rejected"
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    lease_id: str
+    submission: Submission
+    tokens: int
+    created_at: float
+    expires_at: float
+    submission_id: str = ""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, separators=(",", ":"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Spool:
+    """Durable queue of finished submissions (one process uses a spool at a time)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        for sub in (PENDING, AWAITING, REJECTED):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob("*/.*.tmp"):  # a crash mid-write leaves only these
+            stale.unlink(missing_ok=True)
+
+    def _path(self, where: str, lease_id: str) -> Path:
+        if not lease_id or "/" in lease_id or lease_id.startswith("."):
+            raise ValueError(f"unsafe lease id {lease_id!r}")
+        return self.root / where / f"{lease_id}.json"
+
+    def put(self, submission: Submission, tokens: int, expires_at: float) -> SpoolEntry:
+        entry = SpoolEntry(lease_id=submission.lease_id, submission=submission, tokens=tokens,
+                           created_at=time.time(), expires_at=expires_at)
+        _write_atomic(self._path(PENDING, entry.lease_id), _to_doc(entry))
+        return entry
+
+    def pending(self) -> list[SpoolEntry]:
+        return self._list(PENDING)
+
+    def awaiting(self) -> list[SpoolEntry]:
+        return self._list(AWAITING)
+
+    def rejected(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / REJECTED).glob("*.json"))
+
+    def acknowledge(self, entry: SpoolEntry, submission_id: str) -> None:
+        """The coordinator holds it: wait for its verdict in `awaiting/`."""
+        doc = _to_doc(entry)
+        doc["submission_id"] = submission_id
+        _write_atomic(self._path(AWAITING, entry.lease_id), doc)
+        self._path(PENDING, entry.lease_id).unlink(missing_ok=True)
+        _fsync_dir(self.root / PENDING)
+
+    def set_aside(self, entry: SpoolEntry, reason: str) -> None:
+        """Refused for good: keep it under `rejected/` with the reason, never resend."""
+        doc = _to_doc(entry)
+        doc["reason"] = reason
+        _write_atomic(self._path(REJECTED, entry.lease_id), doc)
+        self._path(PENDING, entry.lease_id).unlink(missing_ok=True)
+        _fsync_dir(self.root / PENDING)
+
+    def settle(self, entry: SpoolEntry) -> None:
+        """Its verdict is known (credit counted): forget it."""
+        self._path(AWAITING, entry.lease_id).unlink(missing_ok=True)
+
+    def _list(self, where: str) -> list[SpoolEntry]:
+        out = []
+        for p in (self.root / where).glob("*.json"):
+            try:
+                out.append(_from_doc(json.loads(p.read_text())))
+            except (ValueError, KeyError, TypeError) as exc:
+                # Written atomically, so this is outside damage: keep the bytes, stop resending.
+                p.rename(p.with_name(p.name + ".corrupt"))
+                log.error("spool file %s is unreadable (%s); moved aside", p, exc)
+        return sorted(out, key=lambda e: e.created_at)
+
+
+def _to_doc(e: SpoolEntry) -> dict:
+    return {"lease_id": e.lease_id, "submission": e.submission.model_dump(mode="json"),
+            "tokens": e.tokens, "created_at": e.created_at, "expires_at": e.expires_at,
+            "submission_id": e.submission_id}
+
+
+def _from_doc(d: dict) -> SpoolEntry:
+    return SpoolEntry(lease_id=d["lease_id"], submission=Submission.model_validate(d["submission"]),
+                      tokens=int(d["tokens"]), created_at=float(d["created_at"]),
+                      expires_at=float(d["expires_at"]), submission_id=d.get("submission_id", ""))

@@ -1,0 +1,96 @@
+"""What the daemon is doing, as one thread-safe record.
+
+The main loop, the housekeeping thread and the policy downloader write here; the live
+terminal view, the JSON logs, the local `/status` endpoint and its Prometheus `/metrics`
+read `snapshot()`, a plain JSON-able dict whose keys are the contract of
+`GET /status` (and of `swarmrl worker status`). Counters are this session's; `lifetime`
+is the coordinator's record of this identity (`GET /v1/workers/{id}`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+EMA_ALPHA = 0.3
+
+
+@dataclass
+class Download:
+    version: int
+    done_bytes: int = 0
+    total_bytes: int = 0
+
+
+@dataclass
+class _Fields:
+    peer_id: str = ""
+    coordinator_url: str = ""
+    run_id: str = ""
+    engine: dict = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    phase: str = "starting"
+    policy_version: int | None = None
+    newest_version: int | None = None
+    download: Download | None = None
+    batch_sequences: int = 0
+    tokens_generated: int = 0
+    tokens_per_s: float = 0.0
+    leases_active: int = 0
+    submitted: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    credits_tokens: int = 0
+    spool_pending: int = 0
+    spool_awaiting: int = 0
+    spool_rejected: int = 0
+    coordinator_up: bool = True
+    coordinator_error: str = ""
+    last_error: str = ""
+    lifetime: dict | None = None
+
+
+class WorkerState:
+    """One record, many threads: every read and write holds the lock."""
+
+    def __init__(self, **initial: Any):
+        self._lock = threading.Lock()
+        self._f = _Fields(**initial)
+
+    def set(self, **values: Any) -> None:
+        with self._lock:
+            for k, v in values.items():
+                if not hasattr(self._f, k):
+                    raise AttributeError(k)
+                setattr(self._f, k, v)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for k, d in deltas.items():
+                setattr(self._f, k, getattr(self._f, k) + d)
+
+    def record_batch(self, tokens: int, seconds: float) -> None:
+        """Fold one generation batch into the token rate (exponential moving average)."""
+        with self._lock:
+            self._f.tokens_generated += tokens
+            rate = tokens / seconds if seconds > 0 else 0.0
+            prev = self._f.tokens_per_s
+            self._f.tokens_per_s = rate if prev == 0 else (1 - EMA_ALPHA) * prev + EMA_ALPHA * rate
+
+    def progress(self, version: int, done_bytes: int, total_bytes: int) -> None:
+        with self._lock:
+            self._f.download = Download(version, done_bytes, total_bytes)
+
+    def get(self, name: str) -> Any:
+        with self._lock:
+            return getattr(self._f, name)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            d = asdict(self._f)
+        d["uptime_s"] = round(time.time() - d["started_at"], 1)
+        d["tokens_per_s"] = round(d["tokens_per_s"], 1)
+        return d

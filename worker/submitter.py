@@ -1,0 +1,108 @@
+"""Sending spooled submissions, and turning the coordinator's answers into spool moves.
+
+`Submitter.flush` sends every entry of `spool/pending/` (oldest first), each sealed afresh,
+retrying network failures with backoff (`worker.retry`). What each answer means:
+
+| answer                          | spool                  | counters                    |
+|---------------------------------|------------------------|-----------------------------|
+| 200 queued / accepted           | -> awaiting (its id)   | submitted (+accepted)       |
+| 200 rejected                    | removed                | submitted, rejected         |
+| 409 "already have it"           | removed (acknowledged) | submitted                   |
+| 404 and this worker is unknown  | stays; re-register     |                             |
+| any other 4xx                   | -> rejected/ (reason)  | rejected                    |
+| no answer / 5xx / 429           | stays; retried later   |                             |
+
+A 409 is what a resend after a crash gets when the first send had arrived: the
+coordinator stores one submission per lease, so each is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from protocol.http import Rejected, Unavailable
+from worker.coordinator_client import CoordinatorClient
+from worker.retry import Reachability, retry_call
+from worker.spool import Spool, SpoolEntry
+from worker.state import WorkerState
+
+log = logging.getLogger(__name__)
+
+
+class Submitter:
+    def __init__(self, coord: CoordinatorClient, spool: Spool, state: WorkerState, reach: Reachability,
+                 worker_id: str, reregister: Callable[[threading.Event], None]):
+        self.coord = coord
+        self.spool = spool
+        self.state = state
+        self.reach = reach
+        self.worker_id = worker_id
+        self.reregister = reregister
+
+    def flush(self, stop: threading.Event, give_up_after_s: float | None = None) -> int:
+        """Send everything pending; returns how many entries are still pending.
+
+        Blocks (retrying with backoff) while the coordinator is unreachable, until `stop`
+        is set (raises Stopped) or `give_up_after_s` passes for one entry (then returns)."""
+        for entry in self.spool.pending():
+            try:
+                self._send(entry, stop, give_up_after_s)
+            except Unavailable:
+                break
+        self.refresh_counts()
+        return self.state.get("spool_pending")
+
+    def refresh_counts(self) -> None:
+        self.state.set(spool_pending=len(self.spool.pending()), spool_awaiting=len(self.spool.awaiting()),
+                       spool_rejected=len(self.spool.rejected()))
+
+    def _send(self, entry: SpoolEntry, stop: threading.Event, give_up_after_s: float | None) -> None:
+        what = f"submitting lease {entry.lease_id}"
+        for attempt in range(2):
+            try:
+                resp = retry_call(lambda: self.coord.submit(entry.submission), what, stop,
+                                  reach=self.reach, give_up_after_s=give_up_after_s)
+            except Rejected as exc:
+                if exc.status == 409:
+                    log.info("lease %s: the coordinator already has this submission (%s)", entry.lease_id, exc.detail)
+                    self.spool.acknowledge(entry, "")
+                    self.spool.settle(entry)
+                    self.state.add(submitted=1)
+                    return
+                if exc.status == 404 and attempt == 0 and self._forgotten():
+                    log.warning("the coordinator does not know this worker any more; registering again")
+                    self.reregister(stop)
+                    continue
+                log.error("lease %s: submission refused (HTTP %d: %s); set aside in %s",
+                          entry.lease_id, exc.status, exc.detail, self.spool.root / "rejected")
+                self.spool.set_aside(entry, f"HTTP {exc.status}: {exc.detail}")
+                self.state.add(rejected=1)
+                self.state.set(last_error=f"submission refused: {exc.detail}")
+                return
+            self.state.add(submitted=1)
+            if resp.status == "rejected":
+                log.warning("lease %s: submission rejected at intake: %s", entry.lease_id, resp.message)
+                self.spool.acknowledge(entry, resp.submission_id)
+                self.spool.settle(entry)
+                self.state.add(rejected=1)
+            elif resp.status == "accepted":
+                self.spool.acknowledge(entry, resp.submission_id)
+                self.spool.settle(entry)
+                self.state.add(accepted=1, credits_tokens=entry.tokens)
+            else:
+                self.spool.acknowledge(entry, resp.submission_id)
+            log.info("lease %s submitted as %s (%s, %d tokens)", entry.lease_id, resp.submission_id,
+                     resp.status, entry.tokens)
+            return
+
+    def _forgotten(self) -> bool:
+        """Is this worker unknown to the coordinator (as opposed to the lease)?"""
+        try:
+            self.coord.worker_info(self.worker_id)
+        except Rejected as exc:
+            return exc.status == 404
+        except Unavailable:
+            return False
+        return False
