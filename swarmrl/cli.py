@@ -113,7 +113,7 @@ def worker(ctx: typer.Context, config: Optional[Path] = ConfigOpt, set_: list[st
            json_logs: Optional[bool] = typer.Option(None, "--json", help="JSON log lines for daemons")) -> None:
     """Contribute this machine's GPU (or CPU) to a swarm."""
     if ctx.invoked_subcommand is not None:
-        ctx.obj = {"config": config, "set": set_}
+        ctx.obj = {"config": config, "set": set_, "json_logs": json_logs}
         return
     from worker.config import WorkerConfig
 
@@ -131,7 +131,8 @@ def worker_status(ctx: typer.Context) -> None:
     from worker.config import WorkerConfig
 
     obj = ctx.obj or {}
-    cfg = _load(WorkerConfig, obj.get("config"), "SWARMRL_WORKER_", obj.get("set", []), {})
+    cfg = _load(WorkerConfig, obj.get("config"), "SWARMRL_WORKER_", obj.get("set", []),
+                {"json_logs": obj.get("json_logs")})
     from worker.main import print_status
 
     _run(print_status, cfg)
