@@ -1,0 +1,278 @@
+"""The trio side of a P2PNode: one py-libp2p host, gossipsub on the run's topic, and the
+shard-exchange stream protocol. Everything here runs inside the node's own trio thread;
+`shardcast.p2p.node` is the only caller and the bridge to other threads.
+
+- The host's key is the role's protocol KeyPair (same Ed25519 seed), so its peer id is the
+  id protocol.identity derives; TCP + Noise + Yamux, as py-libp2p builds by default.
+- The topic `swarmrl/<run_id>/announce/1` has the `Gate` as its validator: rejected messages
+  are neither delivered nor forwarded. Message ids are content-addressed (sha256 of the data),
+  so the same envelope re-published by anyone is a duplicate gossipsub drops itself; the
+  validation cache is kept to a second so no admitted message skips the gate on re-arrival.
+  Only messages the gate admitted in this process are delivered (the `_admitted` table).
+- Loops: receive (apply to the view, hand to the node), bootstrap (re-dial unconnected
+  bootstrap peers), adverts (re-seal and repeat standing adverts; dial a few advertised
+  peers so the mesh does not hang on the bootstrap peer alone).
+- Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
+  at once, reading disk in a worker thread.
+
+libp2p and transport errors are translated to PeerRequestFailed at this boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+from typing import Callable
+
+import multiaddr
+import multiaddr.exceptions
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub, get_content_addressed_msg_id
+from libp2p.tools.anyio_service import background_trio_service
+
+from protocol.envelope import Envelope
+from protocol.identity import KeyPair
+from shardcast.p2p import wire
+from shardcast.p2p.announcements import Announcement, Gate, encode
+from shardcast.p2p.config import P2PConfig
+from shardcast.p2p.errors import PeerRequestFailed, Rejected
+from shardcast.p2p.store import ShardStore
+from shardcast.p2p.view import SwarmView
+
+log = logging.getLogger("shardcast.p2p")
+MAX_ADMITTED = 4096
+# What the network side can raise at this boundary; translated, never swallowed silently.
+NET_ERRORS = (BaseLibp2pError, multiaddr.exceptions.Error, ValueError, OSError,
+              trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def topic_for(run_id: str) -> str:
+    return f"swarmrl/{run_id}/announce/1"
+
+
+class SwarmHost:
+    """Owned by one node; every coroutine runs in that node's trio thread."""
+
+    def __init__(self, cfg: P2PConfig, key: KeyPair, run_id: str, gate: Gate, view: SwarmView,
+                 store: ShardStore | None, deliver: Callable[[Announcement], None],
+                 standing: Callable[[], list[Envelope]], counters: dict[str, int]):
+        self.cfg, self.key, self.run_id = cfg, key, run_id
+        self.gate, self.view, self.store = gate, view, store
+        self.deliver, self.standing, self.counters = deliver, standing, counters
+        self.topic = topic_for(run_id)
+        self._admitted: OrderedDict[bytes, Announcement] = OrderedDict()
+        self._serving = trio.Semaphore(cfg.max_concurrent_serves)
+        self._kick = trio.Event()
+        self.host = None
+        self.pubsub = None
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def run(self, ready: Callable[[list[str]], None]) -> None:
+        cfg = self.cfg
+        self.host = new_host(key_pair=create_new_key_pair(self.key.seed))
+        router = GossipSub(
+            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
+            degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,
+            heartbeat_interval=cfg.heartbeat_interval_s, heartbeat_initial_delay=0.1,
+            max_messages_per_topic_per_second=cfg.max_messages_per_s,
+        )
+        self.pubsub = Pubsub(self.host, router, msg_id_constructor=get_content_addressed_msg_id,
+                             seen_ttl=int(2 * cfg.max_skew_s) + 1, validation_cache_ttl=1)
+        self.pubsub.set_topic_validator(self.topic, self._validate, False)
+        self.host.set_stream_handler(wire.PROTOCOL_ID, self._serve)
+        listen = multiaddr.Multiaddr(f"/ip4/{cfg.listen_host}/tcp/{cfg.listen_port}")
+        async with self.host.run(listen_addrs=[listen]), trio.open_nursery() as nursery:
+            async with background_trio_service(self.pubsub), background_trio_service(router):
+                await self.pubsub.wait_until_ready()
+                sub = await self.pubsub.subscribe(self.topic)
+                nursery.start_soon(self._receive_loop, sub)
+                nursery.start_soon(self._bootstrap_loop)
+                nursery.start_soon(self._advert_loop)
+                ready(self.multiaddrs())
+                await trio.sleep_forever()
+
+    def multiaddrs(self) -> list[str]:
+        """Where to dial this host, each ending in /p2p/<peer id>."""
+        pid = self.host.get_id().to_base58()
+        out = []
+        for a in self.host.get_addrs():
+            text = str(a)
+            if self.cfg.announce_host:
+                text = text.replace(f"/ip4/{self.cfg.listen_host}/", f"/ip4/{self.cfg.announce_host}/", 1)
+            out.append(text if "/p2p/" in text else f"{text}/p2p/{pid}")
+        return out
+
+    def kick(self) -> None:
+        """Repeat standing adverts now (a new version held, a relay advertised)."""
+        self._kick.set()
+
+    # -- gossip -----------------------------------------------------------------------------
+    def _validate(self, forwarder: ID, msg) -> bool:
+        try:
+            ann = self.gate.admit(msg.data, now=time.time())
+        except Rejected as exc:
+            self.counters[f"rejected_{exc.reason}"] = self.counters.get(f"rejected_{exc.reason}", 0) + 1
+            log.debug("dropped an announcement from %s: %s", forwarder, exc)
+            return False
+        self._admitted[self.pubsub.get_message_id(msg)] = ann
+        while len(self._admitted) > MAX_ADMITTED:
+            self._admitted.popitem(last=False)
+        return True
+
+    async def _receive_loop(self, sub) -> None:
+        while True:
+            msg = await sub.get()
+            ann = self._admitted.pop(self.pubsub.get_message_id(msg), None)
+            if ann is None:  # re-delivery of something already handled
+                continue
+            self.counters["admitted"] = self.counters.get("admitted", 0) + 1
+            self.view.apply(ann, now=time.time())
+            self.deliver(ann)
+
+    async def publish(self, env: Envelope) -> None:
+        await self.pubsub.publish(self.topic, encode(env))
+
+    async def _bootstrap_loop(self) -> None:
+        me = self.key.peer_id
+        while True:
+            for addr in self.cfg.bootstrap:
+                try:
+                    info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+                except NET_ERRORS as exc:
+                    log.warning("p2p: bootstrap address %s is not a /p2p/ multiaddr: %s", addr, exc)
+                    continue
+                if info.peer_id.to_base58() == me or info.peer_id in self.host.get_connected_peers():
+                    continue
+                if await self._connect(info):
+                    log.info("p2p: connected to bootstrap peer %s", info.peer_id)
+                    with trio.move_on_after(2.0):
+                        await self.pubsub.wait_for_subscription(info.peer_id, self.topic, timeout=2.0)
+                    self.kick()
+            await trio.sleep(self.cfg.bootstrap_interval_s)
+
+    async def _connect(self, info: Libp2pPeerInfo) -> bool:
+        try:
+            with trio.fail_after(min(10.0, self.cfg.request_timeout_s)):
+                await self.host.connect(info)
+            return True
+        except (*NET_ERRORS, trio.TooSlowError) as exc:
+            log.debug("p2p: could not connect to %s: %s", info.peer_id, exc)
+            return False
+
+    async def _advert_loop(self) -> None:
+        while True:
+            for env in self.standing():
+                try:
+                    await self.publish(env)
+                except NET_ERRORS as exc:
+                    log.debug("p2p: publishing a standing advert failed: %s", exc)
+            await self._dial_advertised()
+            with trio.move_on_after(self.cfg.advert_interval_s):
+                await self._kick.wait()
+            self._kick = trio.Event()
+
+    async def _dial_advertised(self) -> None:
+        connected = set(self.host.get_connected_peers())
+        if len(connected) >= self.cfg.max_dial_peers + len(self.cfg.bootstrap):
+            return
+        me = self.key.peer_id
+        candidates = [p for p in self.view.peers(time.time())
+                      if p.peer_id != me and ID.from_base58(p.peer_id) not in connected]
+        random.shuffle(candidates)
+        for p in candidates[: max(0, self.cfg.max_dial_peers - len(connected))]:
+            await self._connect(_peer_info(p.peer_id, p.addrs))
+
+    # -- shard exchange: serving ------------------------------------------------------------
+    async def _serve(self, stream) -> None:
+        if self._serving.value == 0:
+            await self._reply_error(stream, "busy")
+            return
+        async with self._serving:
+            try:
+                with trio.fail_after(self.cfg.request_timeout_s):
+                    req = wire.decode_request(await wire.read_frame(stream, StreamEOF))
+                    data = await self._lookup(req)
+                    if isinstance(data, str):
+                        await self._reply_error(stream, data)
+                        return
+                    await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=True, size=len(data))))
+                    await wire.write_body(stream, data)
+                    self.counters["served"] = self.counters.get("served", 0) + 1
+                await stream.close()
+            except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
+                log.debug("p2p: a shard request failed while serving: %s", exc)
+                await _reset(stream)
+
+    async def _lookup(self, req: wire.ShardRequest) -> bytes | str:
+        if req.run_id != self.run_id:
+            return "other-run"
+        if self.store is None:
+            return "serves-nothing"
+        if req.op == "manifest":
+            env = await trio.to_thread.run_sync(self.store.manifest_envelope, req.version)
+            return "not-found" if env is None else env.model_dump_json().encode()
+        data = await trio.to_thread.run_sync(self.store.read_shard, req.version, req.index)
+        return "not-found" if data is None else data
+
+    async def _reply_error(self, stream, error: str) -> None:
+        try:
+            await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=False, error=error)))
+            await stream.close()
+        except NET_ERRORS:
+            await _reset(stream)
+
+    # -- shard exchange: asking -------------------------------------------------------------
+    async def request(self, peer_id: str, addrs: tuple[str, ...], req: wire.ShardRequest,
+                      max_size: int) -> bytes:
+        """Ask one peer; the reply body, unverified (the caller checks it). Raises
+        PeerRequestFailed on any failure, refusal or a reply larger than `max_size`."""
+        stream = None
+        try:
+            with trio.fail_after(self.cfg.request_timeout_s):
+                info = _peer_info(peer_id, addrs)
+                if not await self._connect(info):
+                    raise PeerRequestFailed(f"cannot connect to peer {peer_id}")
+                stream = await self.host.new_stream(info.peer_id, [wire.PROTOCOL_ID])
+                await wire.write_frame(stream, wire.encode_model(req))
+                reply = wire.decode_reply(await wire.read_frame(stream, StreamEOF))
+                if not reply.ok:
+                    raise PeerRequestFailed(f"peer {peer_id} refused: {reply.error}")
+                if reply.size > max_size:
+                    raise PeerRequestFailed(f"peer {peer_id} offers {reply.size} bytes, at most {max_size} expected")
+                data = await wire.read_exactly(stream, reply.size, StreamEOF)
+            await stream.close()
+            return data
+        except trio.TooSlowError as exc:
+            raise PeerRequestFailed(f"peer {peer_id} did not answer within {self.cfg.request_timeout_s:.0f} s") from exc
+        except NET_ERRORS as exc:
+            raise PeerRequestFailed(f"peer {peer_id}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if stream is not None and not _is_closed(stream):
+                await _reset(stream)
+
+
+def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:
+    maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
+    return Libp2pPeerInfo(ID.from_base58(peer_id), maddrs)
+
+
+async def _reset(stream) -> None:
+    try:
+        await stream.reset()
+    except NET_ERRORS:
+        pass  # the stream is already gone, which is what a reset wants
+
+
+def _is_closed(stream) -> bool:
+    closed = stream.is_closed  # a property on NetStream, a method on some other stream types
+    return bool(closed() if callable(closed) else closed)

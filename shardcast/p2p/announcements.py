@@ -1,0 +1,220 @@
+"""Signed announcements carried on a run's gossipsub topic, and the gate that admits them.
+
+Four kinds travel, each inside a protocol `Envelope` (seal/open_envelope) whose signer is
+checked against the role allowed to say it:
+
+    swarm_version  a new policy version: the operator-signed manifest (embedded when small) or
+                   its hash. Outer envelope: operator or coordinator key (the trainer announces
+                   after publishing; the coordinator after accepting POST /v1/policy). An
+                   embedded manifest must also open against the operator key.
+    swarm_relay    a relay joining ("up", repeated while alive) or leaving ("down"): URL, region,
+                   capacity. Any key (relays are untrusted: manifests are signed, shards hashed),
+                   so these are rate-limited per signer and expire after `ttl_s`.
+    swarm_have     "the peer with my key holds these versions; dial me at these addrs":
+                   any key, rate-limited and expiring like relay adverts. The dialled peer id is
+                   the signer's, which the libp2p secure channel authenticates.
+    swarm_notice   a coordinator notice (free text plus a small dict): coordinator key only.
+
+`Gate.admit(data, now)` is the one place that decides; it is pure apart from its own memory
+(nonces seen, per-signer token buckets) and takes the clock as an argument. It raises
+`Rejected(reason)` for anything unsigned, malformed, oversized, for another run, stale,
+replayed, signed by a key without the right role, or over its signer's rate. The node runs it
+as the gossipsub topic validator, so a rejected message is neither delivered nor forwarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from protocol.canonical import canonical_bytes
+from protocol.envelope import Envelope, ReplayGuard, open_envelope, seal
+from protocol.errors import MessageError, ProtocolError, SignatureError, StaleMessageError
+from protocol.identity import KeyPair, PublicKey
+from protocol.manifest import open_manifest
+from protocol.messages import Hex64, Ident, Strict
+from shardcast.p2p.errors import Rejected
+
+KIND_VERSION = "swarm_version"
+KIND_RELAY = "swarm_relay"
+KIND_HAVE = "swarm_have"
+KIND_NOTICE = "swarm_notice"
+KINDS = (KIND_VERSION, KIND_RELAY, KIND_HAVE, KIND_NOTICE)
+
+MAX_ANNOUNCEMENT_BYTES = 1024 * 1024  # gossipsub's default frame limit in py-libp2p
+MAX_EMBEDDED_MANIFEST_BYTES = 256 * 1024
+MAX_ADVERT_TTL_S = 600.0
+MAX_TRACKED_SIGNERS = 10_000
+
+MultiaddrStr = Annotated[str, Field(max_length=256, pattern=r"^/(ip4|ip6|dns|dns4|dns6)/[^\s]+$")]
+
+
+class VersionAnnouncement(Strict):
+    """A new policy version. `manifest_sha256` names the signed manifest envelope (sha256 of
+    its canonical JSON); `manifest` carries it whole when it is small enough."""
+
+    run_id: Ident
+    version: int = Field(ge=0)
+    step: int = Field(ge=0)
+    manifest_sha256: Hex64
+    manifest: Envelope | None = None
+
+
+class RelayAdvert(Strict):
+    """A shardcast relay, announced by the relay's own key."""
+
+    run_id: Ident
+    url: str = Field(max_length=512, pattern=r"^https?://[^\s]+$")
+    region: str = Field(default="", max_length=64)
+    capacity_mbps: float = Field(default=0.0, ge=0.0, le=1e7)
+    state: Literal["up", "down"] = "up"
+    ttl_s: float = Field(default=30.0, gt=0.0, le=MAX_ADVERT_TTL_S)
+    versions: list[int] = Field(default_factory=list, max_length=64)
+
+
+class HaveAdvert(Strict):
+    """Versions whose verified shards the signer's libp2p peer serves, and where to dial it."""
+
+    run_id: Ident
+    versions: list[int] = Field(max_length=64)
+    addrs: list[MultiaddrStr] = Field(min_length=1, max_length=8)
+    ttl_s: float = Field(default=30.0, gt=0.0, le=MAX_ADVERT_TTL_S)
+
+
+class Notice(Strict):
+    """A coordinator notice to every peer of the run."""
+
+    run_id: Ident
+    level: Literal["info", "warning", "critical"] = "info"
+    text: str = Field(max_length=2000)
+    data: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
+
+
+BODY_TYPES: dict[str, type[BaseModel]] = {
+    KIND_VERSION: VersionAnnouncement, KIND_RELAY: RelayAdvert,
+    KIND_HAVE: HaveAdvert, KIND_NOTICE: Notice,
+}
+UNTRUSTED_KINDS = (KIND_RELAY, KIND_HAVE)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """An admitted announcement: its kind, typed body and who signed it when."""
+
+    kind: str
+    body: Any
+    signer: PublicKey
+    timestamp: float
+    envelope: Envelope
+
+    @property
+    def signer_id(self) -> str:
+        return self.signer.peer_id
+
+
+def manifest_digest(manifest_env: Envelope) -> str:
+    """The hex sha256 that names a signed manifest envelope in version announcements."""
+    return hashlib.sha256(canonical_bytes(manifest_env.model_dump(mode="json"))).hexdigest()
+
+
+def encode(env: Envelope) -> bytes:
+    """The bytes published on the topic."""
+    return canonical_bytes(env.model_dump(mode="json"))
+
+
+def version_announcement(manifest_env: Envelope, run_id: str, version: int, step: int,
+                         key: KeyPair, *, now: float | None = None) -> Envelope:
+    """Seal the announcement of a policy version (embedding the manifest when small)."""
+    embed = len(encode(manifest_env)) <= MAX_EMBEDDED_MANIFEST_BYTES
+    body = VersionAnnouncement(run_id=run_id, version=version, step=step,
+                               manifest_sha256=manifest_digest(manifest_env),
+                               manifest=manifest_env if embed else None)
+    return seal(KIND_VERSION, body, key, now=now)
+
+
+class TokenBuckets:
+    """Per-signer token buckets (burst, rate per second), bounded in the signers tracked."""
+
+    def __init__(self, burst: int, per_s: float, max_signers: int = MAX_TRACKED_SIGNERS):
+        self.burst, self.per_s, self.max_signers = float(burst), per_s, max_signers
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, signer: str, now: float) -> bool:
+        tokens, last = self._buckets.pop(signer, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.per_s)
+        ok = tokens >= 1.0
+        self._buckets[signer] = (tokens - 1.0 if ok else tokens, now)
+        while len(self._buckets) > self.max_signers:
+            self._buckets.popitem(last=False)
+        return ok
+
+
+class Gate:
+    """Admits or rejects raw topic messages for one run (see the module docstring)."""
+
+    def __init__(self, run_id: str, operator_key: PublicKey, coordinator_key: PublicKey | None = None,
+                 *, max_skew_s: float = 60.0, rate_burst: int = 6, rate_per_s: float = 0.5):
+        self.run_id = run_id
+        self.operator_key = operator_key
+        self.coordinator_key = coordinator_key
+        self.max_skew_s = max_skew_s
+        self._replay = ReplayGuard(window_s=2 * max_skew_s + 1.0, max_entries=100_000)
+        self._rate = TokenBuckets(rate_burst, rate_per_s)
+
+    def _allowed(self, kind: str) -> set[str] | None:
+        """Hex keys allowed to sign `kind` (None: any key)."""
+        coord = {self.coordinator_key.hex} if self.coordinator_key is not None else set()
+        if kind == KIND_VERSION:
+            return {self.operator_key.hex} | coord
+        if kind == KIND_NOTICE:
+            return coord
+        return None
+
+    def admit(self, data: bytes, now: float) -> Announcement:
+        if len(data) > MAX_ANNOUNCEMENT_BYTES:
+            raise Rejected("oversized", f"{len(data)} bytes")
+        try:
+            env = Envelope.model_validate_json(data)
+        except ValidationError as exc:
+            raise Rejected("malformed", "not a signed envelope") from exc
+        body_type = BODY_TYPES.get(env.kind)
+        if body_type is None:
+            raise Rejected("unknown-kind", env.kind)
+        try:
+            opened = open_envelope(env, env.kind, body_type, now=now, max_skew_s=self.max_skew_s,
+                                   allowed_signers=self._allowed(env.kind))
+        except StaleMessageError as exc:
+            raise Rejected("stale", str(exc)) from exc
+        except SignatureError as exc:
+            raise Rejected("bad-signer", str(exc)) from exc
+        except ProtocolError as exc:
+            raise Rejected("malformed", str(exc)) from exc
+        body = opened.body
+        if body.run_id != self.run_id:
+            raise Rejected("other-run", body.run_id)
+        if env.kind == KIND_VERSION:
+            self._check_version(body)
+        try:
+            self._replay.check_and_remember(env.signer, env.nonce, env.timestamp, now=now)
+        except MessageError as exc:
+            raise Rejected("replayed", str(exc)) from exc
+        if env.kind in UNTRUSTED_KINDS and not self._rate.take(env.signer, now):
+            raise Rejected("rate-limited", opened.signer_id)
+        return Announcement(kind=env.kind, body=body, signer=opened.signer,
+                            timestamp=env.timestamp, envelope=env)
+
+    def _check_version(self, body: VersionAnnouncement) -> None:
+        if body.manifest is None:
+            return
+        if manifest_digest(body.manifest) != body.manifest_sha256:
+            raise Rejected("bad-manifest", "embedded manifest does not match its hash")
+        try:
+            m = open_manifest(body.manifest, self.operator_key)
+        except ProtocolError as exc:
+            raise Rejected("bad-manifest", str(exc)) from exc
+        if (m.run_id, m.version, m.step) != (body.run_id, body.version, body.step):
+            raise Rejected("bad-manifest", "embedded manifest is for another run, version or step")

@@ -1,0 +1,35 @@
+"""Configuration of a role's libp2p node (`P2PConfig`), embedded by the role configs.
+
+Every role that joins the swarm layer (coordinator as bootstrap peer, trainer, relays,
+workers, verifiers) builds a `P2PNode` from one of these. Defaults suit the internet; tests
+and the demo shorten the intervals. `enabled=False`, a missing libp2p package or a blocked
+network all mean "HTTP only" (see `shardcast.p2p.start_node`).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class P2PConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="join the libp2p swarm layer when libp2p is installed")
+    listen_host: str = Field("127.0.0.1", description="IPv4 address the libp2p host listens on (0.0.0.0 for all)")
+    listen_port: int = Field(0, ge=0, le=65535, description="TCP port (0 = a free port)")
+    announce_host: str = Field("", description="IPv4 address put in adverts instead of listen_host (e.g. a public IP)")
+    bootstrap: list[str] = Field(
+        default_factory=list,
+        description="multiaddrs of bootstrap peers, each ending in /p2p/<peer id> (the coordinator's)",
+    )
+    bootstrap_interval_s: float = Field(5.0, gt=0, description="how often unconnected bootstrap peers are re-dialled")
+    advert_interval_s: float = Field(10.0, gt=0, description="how often standing adverts (version, relay, shards held) are repeated")
+    advert_ttl_s: float = Field(30.0, gt=0, le=600, description="how long receivers keep an advert that is not repeated")
+    max_skew_s: float = Field(60.0, gt=0, description="announcements older or newer than this (signer's clock) are dropped")
+    rate_burst: int = Field(6, ge=1, description="untrusted adverts (relays, shard holders): burst per signer")
+    rate_per_s: float = Field(0.5, gt=0, description="untrusted adverts: sustained rate per signer")
+    heartbeat_interval_s: int = Field(1, ge=1, description="gossipsub heartbeat (mesh upkeep) in seconds")
+    gossip_degree: int = Field(6, ge=1, description="gossipsub mesh degree D")
+    max_messages_per_s: float = Field(200.0, gt=0, description="gossipsub spam gate: messages per forwarding peer per second")
+    max_dial_peers: int = Field(8, ge=0, description="peers from adverts this node keeps connections to (besides bootstrap)")
+    request_timeout_s: float = Field(60.0, gt=0, description="one shard-exchange request (connect, ask, read the bytes)")
+    max_concurrent_serves: int = Field(8, ge=1, description="shard requests this node serves at once")

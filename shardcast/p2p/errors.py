@@ -1,0 +1,42 @@
+"""Errors raised by the libp2p swarm layer (`shardcast.p2p`).
+
+    ShardcastError                 (shardcast.errors)
+    └── P2PError                   base of everything below
+        ├── P2PUnavailable         libp2p is not installed, or the host could not start
+        │                          (port taken, network blocked); callers fall back to HTTP
+        ├── P2PStopped             the node was stopped (or its thread died) before the call
+        ├── Rejected               an announcement failed the gate (unsigned, forged, stale,
+        │                          replayed, wrong role, rate-limited); `reason` says which
+        └── PeerRequestFailed      a shard-exchange request to one peer failed (no route, refused,
+                                   timed out, malformed or oversized reply)
+
+Shard bytes that do not match the signed manifest surface as shardcast.errors.CorruptData, and
+a shard that no peer could supply as shardcast.errors.FetchFailed, exactly as from relays.
+"""
+
+from shardcast.errors import ShardcastError
+
+
+class P2PError(ShardcastError):
+    """Base of every error raised by shardcast.p2p."""
+
+
+class P2PUnavailable(P2PError):
+    """The libp2p layer cannot run here; use HTTP only."""
+
+
+class P2PStopped(P2PError):
+    """The node is not running."""
+
+
+class Rejected(P2PError):
+    """An announcement that must be dropped. `reason` is a short machine-readable word."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class PeerRequestFailed(P2PError):
+    """One shard-exchange request to one peer failed."""

@@ -1,0 +1,140 @@
+"""PeerShards: verified shards from other peers over libp2p, one more source for the client.
+
+ShardcastClient (or any caller) uses it beside its relays:
+
+    peers = PeerShards(node, operator_key)
+    peers.peers_with(version)        -> peer ids that advertise the whole version
+    peers.manifest(version)          -> the PolicyManifest, verified with the operator key
+    peers.fetch_shard(version, i)    -> bytes, checked with protocol.manifest.check_shard
+
+Integrity is exactly as from a relay: the manifest is the operator-signed one (embedded in
+a version announcement, or asked of a peer and opened with the operator key, and compared
+with the hash the announcement named), and every shard is checked against it before it is
+returned. A peer that fails or serves a wrong byte gets a strike and is tried last; one with
+`max_strikes` strikes is not asked again. Peers are tried in random order so that load
+spreads. Blocking; call it from a worker thread in asyncio code.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+from protocol.envelope import Envelope
+from protocol.errors import ProtocolError, SignatureError
+from protocol.identity import PublicKey
+from protocol.manifest import check_shard, open_manifest
+from protocol.messages import PolicyManifest
+from shardcast.errors import CorruptData, FetchFailed, VersionUnavailable
+from shardcast.p2p import wire
+from shardcast.p2p.announcements import manifest_digest
+from shardcast.p2p.errors import PeerRequestFailed
+from shardcast.p2p.node import P2PNode
+from shardcast.p2p.view import PeerInfo
+
+log = logging.getLogger("shardcast.p2p")
+
+
+class PeerShards:
+    def __init__(self, node: P2PNode, operator_key: PublicKey, *, attempts: int = 4,
+                 max_strikes: int = 3, rng: random.Random | None = None):
+        self.node, self.operator_key = node, operator_key
+        self.attempts, self.max_strikes = attempts, max_strikes
+        self.rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._strikes: dict[str, int] = {}
+        self._manifests: dict[int, tuple[Envelope, PolicyManifest]] = {}
+
+    def peers_with(self, version: int) -> list[str]:
+        return [p.peer_id for p in self._candidates(version)]
+
+    def _candidates(self, version: int) -> list[PeerInfo]:
+        with self._lock:
+            strikes = dict(self._strikes)
+        peers = [p for p in self.node.peers_with(version) if strikes.get(p.peer_id, 0) < self.max_strikes]
+        self.rng.shuffle(peers)
+        return sorted(peers, key=lambda p: strikes.get(p.peer_id, 0))
+
+    def _strike(self, peer_id: str, n: int = 1) -> None:
+        with self._lock:
+            self._strikes[peer_id] = self._strikes.get(peer_id, 0) + n
+
+    def manifest_envelope(self, version: int) -> Envelope:
+        return self._manifest(version)[0]
+
+    def manifest(self, version: int) -> PolicyManifest:
+        return self._manifest(version)[1]
+
+    def _manifest(self, version: int) -> tuple[Envelope, PolicyManifest]:
+        with self._lock:
+            hit = self._manifests.get(version)
+        if hit is not None:
+            return hit
+        info = self.node.view.version(version)
+        if info is not None and info.manifest is not None:
+            hit = (info.manifest, open_manifest(info.manifest, self.operator_key))
+        else:
+            want = info.manifest_sha256 if info is not None else None
+            hit = self._ask_manifest(version, want)
+        with self._lock:
+            self._manifests[version] = hit
+        return hit
+
+    def _ask_manifest(self, version: int, want_sha: str | None) -> tuple[Envelope, PolicyManifest]:
+        peers = self._candidates(version)
+        if not peers:
+            raise VersionUnavailable(f"no peer advertises version {version}")
+        req = wire.ShardRequest(run_id=self.node.run_id, op="manifest", version=version)
+        for peer in peers[: self.attempts]:
+            try:
+                raw = self.node.request(peer, req, wire.MAX_MANIFEST_BYTES)
+                env = Envelope.model_validate_json(raw)
+                manifest = open_manifest(env, self.operator_key)
+            except PeerRequestFailed as exc:
+                log.info("p2p: manifest %d from %s failed: %s", version, peer.peer_id, exc)
+                self._strike(peer.peer_id)
+                continue
+            except (ValueError, ProtocolError) as exc:
+                log.warning("p2p: peer %s served an invalid manifest for version %d: %s", peer.peer_id, version, exc)
+                self._strike(peer.peer_id, self.max_strikes)
+                continue
+            if manifest.version != version or manifest.run_id != self.node.run_id or (
+                    want_sha is not None and manifest_digest(env) != want_sha):
+                log.warning("p2p: peer %s served another manifest than version %d's", peer.peer_id, version)
+                self._strike(peer.peer_id, self.max_strikes)
+                continue
+            return env, manifest
+        raise FetchFailed(f"no peer supplied a valid manifest for version {version}")
+
+    def fetch_shard(self, version: int, index: int) -> bytes:
+        """Shard `index` of `version` from some peer, verified against the signed manifest.
+        Raises VersionUnavailable (nobody has it), FetchFailed or CorruptData."""
+        manifest = self.manifest(version)
+        if not 0 <= index < len(manifest.shards):
+            raise FetchFailed(f"version {version} has {len(manifest.shards)} shards, not {index + 1}")
+        shard = manifest.shards[index]
+        peers = self._candidates(version)
+        if not peers:
+            raise VersionUnavailable(f"no peer advertises version {version}")
+        req = wire.ShardRequest(run_id=self.node.run_id, op="shard", version=version, index=index)
+        corrupt = 0
+        for peer in peers[: self.attempts]:
+            try:
+                data = self.node.request(peer, req, shard.size)
+            except PeerRequestFailed as exc:
+                log.info("p2p: shard %d of version %d from %s failed: %s", index, version, peer.peer_id, exc)
+                self._strike(peer.peer_id)
+                continue
+            try:
+                check_shard(shard, data)
+            except SignatureError as exc:
+                log.warning("p2p: peer %s served a corrupt shard: %s", peer.peer_id, exc)
+                self._strike(peer.peer_id, self.max_strikes)
+                corrupt += 1
+                continue
+            return data
+        tried = min(len(peers), self.attempts)
+        if corrupt == tried:
+            raise CorruptData(f"every peer asked ({tried}) served a corrupt shard {index} of version {version}")
+        raise FetchFailed(f"no peer supplied shard {index} of version {version} ({tried} tried)")

@@ -1,0 +1,172 @@
+"""What one node knows of the swarm, built only from admitted announcements.
+
+The node's trio thread calls `apply` for every announcement the gate admitted; any thread
+reads: the newest policy version (and its signed manifest when it came embedded), the relays
+alive now, the peers holding a version, recent coordinator notices. Adverts expire `ttl_s`
+after their signer's timestamp unless repeated, and a relay's "down" removes it at once; an
+advert can only replace or withdraw one from the same signer. Tables are bounded, so a flood
+of keys cannot grow memory without limit (the gate's rate limit bounds each key).
+
+Thread-safe (one lock and one condition); every method that depends on time takes `now`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from protocol.envelope import Envelope
+from shardcast.p2p.announcements import (
+    KIND_HAVE, KIND_NOTICE, KIND_RELAY, KIND_VERSION, Announcement, HaveAdvert, Notice, RelayAdvert,
+    VersionAnnouncement,
+)
+
+MAX_RELAYS = 512
+MAX_PEERS = 4096
+MAX_VERSIONS_KEPT = 16
+MAX_URLS_PER_SIGNER = 4
+
+
+@dataclass(frozen=True)
+class RelayInfo:
+    """A relay alive now, as its own key advertised it."""
+
+    url: str
+    region: str
+    capacity_mbps: float
+    versions: tuple[int, ...]
+    signer_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """A peer that serves verified shards of `versions` over libp2p streams."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    versions: tuple[int, ...]
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    step: int
+    manifest_sha256: str
+    manifest: Envelope | None
+    announced_at: float
+
+
+class SwarmView:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._versions: dict[int, VersionInfo] = {}
+        self._relays: dict[tuple[str, str], RelayInfo] = {}
+        self._peers: dict[str, PeerInfo] = {}
+        self._notices: deque[tuple[float, str, Notice]] = deque(maxlen=64)
+
+    # -- writing (the node's thread) --------------------------------------------------------
+    def apply(self, ann: Announcement, now: float) -> bool:
+        """Fold one admitted announcement in; True when it changed what readers see."""
+        with self._changed:
+            changed = self._apply(ann, now)
+            if changed:
+                self._changed.notify_all()
+            return changed
+
+    def _apply(self, ann: Announcement, now: float) -> bool:
+        if ann.kind == KIND_VERSION:
+            return self._apply_version(ann.body, ann.timestamp)
+        if ann.kind == KIND_RELAY:
+            return self._apply_relay(ann.body, ann.signer.hex, ann.signer_id, ann.timestamp, now)
+        if ann.kind == KIND_HAVE:
+            return self._apply_have(ann.body, ann.signer.hex, ann.signer_id, ann.timestamp, now)
+        if ann.kind == KIND_NOTICE:
+            self._notices.append((ann.timestamp, ann.signer_id, ann.body))
+            return True
+        return False
+
+    def _apply_version(self, body: VersionAnnouncement, ts: float) -> bool:
+        old = self._versions.get(body.version)
+        if old is not None and (old.manifest is not None or body.manifest is None):
+            return False
+        self._versions[body.version] = VersionInfo(body.version, body.step, body.manifest_sha256,
+                                                   body.manifest, ts)
+        for v in sorted(self._versions)[:-MAX_VERSIONS_KEPT]:
+            del self._versions[v]
+        return True
+
+    def _apply_relay(self, body: RelayAdvert, signer: str, signer_id: str, ts: float, now: float) -> bool:
+        key = (signer, body.url)
+        if body.state == "down":
+            return self._relays.pop(key, None) is not None
+        self._expire(now)
+        mine = [k for k in self._relays if k[0] == signer]
+        if key not in self._relays and (len(mine) >= MAX_URLS_PER_SIGNER or len(self._relays) >= MAX_RELAYS):
+            return False
+        new = key not in self._relays
+        self._relays[key] = RelayInfo(body.url, body.region, body.capacity_mbps, tuple(body.versions),
+                                      signer_id, ts + body.ttl_s)
+        return new
+
+    def _apply_have(self, body: HaveAdvert, signer: str, signer_id: str, ts: float, now: float) -> bool:
+        self._expire(now)
+        old = self._peers.get(signer)
+        if old is None and len(self._peers) >= MAX_PEERS:
+            return False
+        self._peers[signer] = PeerInfo(signer_id, tuple(body.addrs), tuple(sorted(set(body.versions))),
+                                       ts + body.ttl_s)
+        return old is None or old.versions != self._peers[signer].versions
+
+    def _expire(self, now: float) -> None:
+        for k in [k for k, r in self._relays.items() if r.expires_at <= now]:
+            del self._relays[k]
+        for k in [k for k, p in self._peers.items() if p.expires_at <= now]:
+            del self._peers[k]
+
+    # -- reading (any thread) ---------------------------------------------------------------
+    def latest_version(self) -> int | None:
+        with self._lock:
+            return max(self._versions) if self._versions else None
+
+    def version(self, version: int) -> VersionInfo | None:
+        with self._lock:
+            return self._versions.get(version)
+
+    def relays(self, now: float) -> list[RelayInfo]:
+        """Relays alive at `now`, highest advertised capacity first."""
+        with self._lock:
+            self._expire(now)
+            return sorted(self._relays.values(), key=lambda r: (-r.capacity_mbps, r.url))
+
+    def peers_with(self, version: int, now: float) -> list[PeerInfo]:
+        with self._lock:
+            self._expire(now)
+            return [p for p in self._peers.values() if version in p.versions]
+
+    def peers(self, now: float) -> list[PeerInfo]:
+        with self._lock:
+            self._expire(now)
+            return list(self._peers.values())
+
+    def notices(self) -> list[tuple[float, str, Notice]]:
+        """(timestamp, signer id, notice), oldest first."""
+        with self._lock:
+            return list(self._notices)
+
+    def wait_for_version(self, after: int | None, timeout_s: float) -> int | None:
+        """The newest known version greater than `after`, waiting up to `timeout_s` for one."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._changed:
+            while True:
+                newest = max(self._versions) if self._versions else None
+                if newest is not None and (after is None or newest > after):
+                    return newest
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(left)
