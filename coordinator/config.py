@@ -38,13 +38,18 @@ class LimitsConfig(BaseModel):
     requests_per_s_per_worker: float = Field(50.0, description="rate limit per identity (token bucket)")
     requests_per_s_per_address: float = Field(200.0, description="rate limit per client address")
     burst: int = Field(100, description="token bucket size")
+    exempt_addresses: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="client addresses exempt from the per-address rate limit and the identities-per-address "
+                    "rule (loopback by default, for local swarms; clear it when a public reverse proxy "
+                    "connects from loopback)")
 
 
 class JoinConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     allowlist: list[str] = Field(default_factory=list, description="if set, only these hex public keys may register")
     pow_difficulty: int = Field(0, ge=0, le=32, description="leading zero bits of the registration proof of work (0 = off)")
-    identities_per_address: int = Field(0, ge=0, description="active identities allowed per client address (0 = unlimited)")
+    identities_per_address: int = Field(1, ge=0, description="active identities allowed per client address (0 = unlimited); addresses in limits.exempt_addresses are not counted")
     heartbeat_interval_s: float = Field(5.0, description="how often workers should heartbeat")
     missed_heartbeats_gone: int = Field(6, description="a worker missing this many heartbeats is gone; its leases return")
 
@@ -71,3 +76,9 @@ class CoordinatorConfig(BaseModel):
     join: JoinConfig = Field(default_factory=JoinConfig)
     archive: bool = Field(True, description="archive submissions and verdicts as Parquet in data_dir/archive")
     max_clock_skew_s: float = Field(120.0, description="signed messages older or newer than this are refused")
+    chat_template: bool = Field(False, description="encode prompts with the tokenizer's chat template (one user turn)")
+    sqlite_synchronous: str = Field("NORMAL", description="SQLite synchronous mode: NORMAL survives a killed process, FULL also power loss")
+    verification_claim_ttl_s: float = Field(120.0, gt=0, description="a claimed submission without a verdict after this long is handed to another verifier")
+    housekeeping_interval_s: float = Field(1.0, gt=0, description="how often expired leases and silent workers are swept")
+    archive_interval_s: float = Field(5.0, gt=0, description="how often new submissions and verdicts are written to Parquet")
+    log_level: str = Field("info", description="python logging level of the service")

@@ -1,0 +1,58 @@
+"""Turning request bytes into a verified, typed message, or a clear refusal.
+
+Order (the cheapest refusals first, and nothing is written before all of them pass):
+body size (413) -> JSON and envelope shape (400/422) -> the kind and signer rules
+(403 when the key may not send this kind) -> signature (401) -> clock skew (400) -> the body
+against its schema (422). Replay protection (the nonce) is checked by the service inside the
+same transaction as the state change, so a refused request leaves no nonce behind and an
+accepted one can never be replayed, even across a restart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from coordinator.errors import BadRequest, Forbidden, Invalid, Unauthorized
+from protocol.envelope import Envelope, Opened, open_envelope
+from protocol.errors import MessageError, SignatureError, StaleMessageError
+
+B = TypeVar("B", bound=BaseModel)
+
+
+def parse_envelope(raw: bytes) -> Envelope:
+    if not raw:
+        raise BadRequest("malformed", "empty request body; send a signed envelope as JSON")
+    try:
+        return Envelope.model_validate_json(raw)
+    except ValidationError as exc:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        if first.get("type") == "json_invalid" or first.get("type") == "model_type":
+            raise BadRequest("malformed", f"request body is not a JSON envelope: {first.get('msg', exc)}") from None
+        loc = ".".join(str(p) for p in first.get("loc", ())) or "envelope"
+        raise Invalid("bad_envelope", f"invalid envelope: {loc}: {first.get('msg')}") from None
+
+
+def open_signed(env: Envelope, kind: str, body_type: type[B], *, now: float, max_skew_s: float,
+                allowed_signers: set[str] | frozenset[str] | None = None, role: str = "") -> Opened[B]:
+    """Verify `env` as a `kind` message; `allowed_signers` (hex keys) restricts who may send it."""
+    if env.kind != kind:
+        raise Invalid("wrong_kind", f"expected a {kind!r} envelope, got {env.kind!r}")
+    if allowed_signers is not None and env.signer not in allowed_signers:
+        who = role or "an authorised key"
+        raise Forbidden("unauthorised_key", f"{kind} must be signed by {who}; key {env.signer[:16]}… is not one")
+    try:
+        return open_envelope(env, kind, body_type, now=now, max_skew_s=max_skew_s)
+    except SignatureError as exc:
+        raise Unauthorized("bad_signature", str(exc)) from None
+    except StaleMessageError as exc:
+        raise BadRequest("stale", str(exc)) from None
+    except MessageError as exc:
+        raise Invalid("bad_body", str(exc)) from None
+
+
+def json_detail(detail: str) -> bytes:
+    return json.dumps({"detail": detail}).encode()

@@ -1,0 +1,117 @@
+"""Everything a coordinator operation needs, built once at start-up and passed explicitly.
+
+The service functions (`coordinator.service.*`) take a `Context` and a verified message and
+return a response; they read the clock and draw randomness only through `ctx.clock` and
+`ctx.rng`, so tests drive time and seeds. No module keeps global state: two coordinators in
+one process (as in tests) share nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import ConfigError
+from coordinator.metrics import Metrics
+from coordinator.rules.intake import ProofCheck, default_proof_check
+from coordinator.rules.limits import RateLimiter
+from coordinator.store import meta
+from coordinator.store.db import Database, normalise_url
+from coordinator.taskbook import TaskBook
+from protocol.errors import ProtocolError
+from protocol.identity import KeyPair, PublicKey
+
+log = logging.getLogger("swarmrl.coordinator")
+
+
+class GroupSignal:
+    """Wakes long-polling batch requests when accepted groups arrive (in-process only;
+    waiters also re-check the database periodically, which covers other replicas)."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout_s: float) -> None:
+        if self._event is None:
+            self._event = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout=max(0.0, timeout_s))
+        except asyncio.TimeoutError:
+            pass
+
+
+@dataclass
+class Context:
+    cfg: CoordinatorConfig
+    db: Database
+    key: KeyPair
+    operator: PublicKey
+    verifier_keys: frozenset[str]
+    tasks: TaskBook
+    pow_challenge: str
+    metrics: Metrics
+    clock: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.SystemRandom)
+    proof_check: ProofCheck = default_proof_check
+    groups: GroupSignal = field(default_factory=GroupSignal)
+    identity_limiter: RateLimiter | None = None
+    address_limiter: RateLimiter | None = None
+    archiver: Any = None  # coordinator.archive.Archiver when archiving is on
+
+    def __post_init__(self) -> None:
+        lim = self.cfg.limits
+        if self.identity_limiter is None:
+            self.identity_limiter = RateLimiter(lim.requests_per_s_per_worker, lim.burst)
+        if self.address_limiter is None:
+            self.address_limiter = RateLimiter(lim.requests_per_s_per_address, lim.burst)
+
+    @property
+    def trusted_keys(self) -> frozenset[str]:
+        return self.verifier_keys | {self.operator.hex}
+
+
+def _public_key(hex_key: str, what: str) -> PublicKey:
+    try:
+        return PublicKey.from_hex(hex_key)
+    except ProtocolError as exc:
+        raise ConfigError(f"{what} {hex_key!r} is not a hex Ed25519 public key: {exc}") from exc
+
+
+def build_context(cfg: CoordinatorConfig, *, clock: Callable[[], float] = time.time,
+                  rng: random.Random | None = None, tasks: TaskBook | None = None,
+                  proof_check: ProofCheck | None = None) -> Context:
+    """Open (and migrate) the database, load keys and the tokenizer: a ready Context."""
+    operator = _public_key(cfg.operator_key, "operator_key")
+    verifiers = frozenset(_public_key(k, "verifier key").hex for k in cfg.verifier_keys)
+    for k in cfg.join.allowlist:
+        _public_key(k, "allowlist key")
+    try:
+        key = KeyPair.load_or_create(cfg.key_file)
+    except ProtocolError as exc:
+        raise ConfigError(str(exc)) from exc
+    data_dir = cfg.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(normalise_url(cfg.database_url, data_dir), sqlite_synchronous=cfg.sqlite_synchronous)
+    db.migrate()
+    with db.write() as conn:
+        challenge = meta.init_once(conn, meta.POW_CHALLENGE, os.urandom(16).hex())
+    if tasks is None:
+        tasks = TaskBook.load(cfg.model, cfg.tasks.kind, cfg.tasks.seed, cfg.tasks.options, cfg.chat_template)
+    return Context(cfg=cfg, db=db, key=key, operator=operator, verifier_keys=verifiers, tasks=tasks,
+                   pow_challenge=challenge, metrics=Metrics(), clock=clock,
+                   rng=rng or random.SystemRandom(), proof_check=proof_check or _default_proof_check())
+
+
+def _default_proof_check() -> ProofCheck:
+    return default_proof_check

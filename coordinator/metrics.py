@@ -1,0 +1,65 @@
+"""Prometheus metrics of the coordinator (its own registry, served at GET /metrics).
+
+Counters and histograms are updated by the routes and the service as events happen; the
+state gauges (workers, leases and submissions by status, buffer depth, policy versions) are
+read from the database at scrape time by `StateCollector`, so they are right after a restart
+and across replicas sharing one database.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "swarmrl_coordinator"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(f"{PREFIX}_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram(f"{PREFIX}_request_seconds", "time to answer a request, by route", ["route"],
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+                                 registry=r)
+        self.rejections = Counter(f"{PREFIX}_rejections", "refused requests by reason", ["reason"], registry=r)
+        self.submissions = Counter(f"{PREFIX}_submissions_received", "submissions that passed intake", registry=r)
+        self.verdicts = Counter(f"{PREFIX}_verdicts", "verdicts recorded", ["verdict", "full_check"], registry=r)
+        self.leases = Counter(f"{PREFIX}_leases_issued", "leases issued", registry=r)
+        self.leases_returned = Counter(f"{PREFIX}_leases_returned", "leases that came back unfinished",
+                                       ["why"], registry=r)
+        self.groups_served = Counter(f"{PREFIX}_groups_served", "groups handed to the trainer", registry=r)
+        self.dropped_stale = Counter(f"{PREFIX}_groups_dropped_stale", "accepted groups that fell out of the async window",
+                                     registry=r)
+        self.bans = Counter(f"{PREFIX}_bans", "workers banned", registry=r)
+        self.archived = Counter(f"{PREFIX}_archived_rows", "rows written to the Parquet archive", ["table"], registry=r)
+
+    def attach_state(self, read_state: Callable[[], dict]) -> None:
+        self.registry.register(StateCollector(read_state))
+
+
+class StateCollector(Collector):
+    """Gauges computed from the database when Prometheus scrapes."""
+
+    def __init__(self, read_state: Callable[[], dict]):
+        self.read_state = read_state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self.read_state()
+        for name, doc, key in (("workers", "workers by status", "workers"),
+                               ("leases", "leases by status", "leases"),
+                               ("submissions", "submissions by status", "submissions")):
+            g = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["status"])
+            for status, n in sorted(s.get(key, {}).items()):
+                g.add_metric([status], n)
+            yield g
+        yield GaugeMetricFamily(f"{PREFIX}_buffer_depth", "accepted groups waiting for the trainer",
+                                value=s.get("buffer_depth", 0))
+        yield GaugeMetricFamily(f"{PREFIX}_policy_version", "current policy version (-1 before the first)",
+                                value=-1 if s.get("current_version") is None else s["current_version"])
+        yield GaugeMetricFamily(f"{PREFIX}_policy_versions", "policy versions announced", value=s.get("versions", 0))
+        yield GaugeMetricFamily(f"{PREFIX}_tasks_returned", "tasks waiting to be leased again",
+                                value=s.get("tasks_returned", 0))

@@ -1,0 +1,100 @@
+"""The trainer's side: training batches from the buffer, and policy versions.
+
+Batches: groups accepted by a verifier whose policy version is within the async window of
+the current version (and >= the request's own bound), oldest first, each handed out once
+(marked consumed in the same transaction). Groups that fell below the window are dropped
+and counted. The long-poll (wait_s) lives in the route: it calls `take_batch` again when an
+accepted verdict arrives, or every second, until the wait is over.
+
+Policy versions: the trainer POSTs the operator-signed manifest of each version after
+publishing it through its shardcast origin. A version must be newer than the current one;
+posting the same signed manifest again is a no-op (so a trainer may retry safely).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from coordinator.context import Context
+from coordinator.errors import Conflict, Invalid, Unauthorized
+from coordinator.rules.buffer import window_floor
+from coordinator.service import use_nonce
+from coordinator.store import meta, policy, submissions
+from protocol.envelope import Envelope, Opened
+from protocol.errors import MessageError, SignatureError
+from protocol.manifest import open_manifest
+from protocol.messages import BatchRequest, BatchResponse, PolicyInfo, TrainingGroup
+
+log = logging.getLogger("swarmrl.coordinator")
+
+
+def begin_batch(ctx: Context, opened: Opened[BatchRequest]) -> BatchResponse:
+    """The first attempt of a batch request: records its nonce, then takes what is there."""
+    with ctx.db.write() as conn:
+        use_nonce(conn, opened, ctx.clock())
+    return take_batch(ctx, opened.body)
+
+
+def take_batch(ctx: Context, req: BatchRequest) -> BatchResponse:
+    now = ctx.clock()
+    with ctx.db.write() as conn:
+        current = policy.current(conn)
+        floor = window_floor(current, ctx.cfg.async_window)
+        stale = submissions.drop_stale(conn, floor)
+        if stale:
+            meta.add_int(conn, meta.DROPPED_STALE, stale)
+        rows = submissions.take_batch(conn, max(floor, req.min_policy_version), req.max_groups, now)
+    groups = [_group(r) for r in rows]
+    if stale:
+        ctx.metrics.dropped_stale.inc(stale)
+    if groups:
+        ctx.metrics.groups_served.inc(len(groups))
+    return BatchResponse(groups=groups, dropped_stale=stale)
+
+
+def _group(r) -> TrainingGroup:
+    sub = json.loads(r.envelope)["body"]
+    lease = json.loads(r.lease_envelope)["body"]
+    comps = sub["completions"]
+    return TrainingGroup(submission_id=r.submission_id, task_id=r.task_id, worker_id=r.worker_id,
+                         policy_version=r.policy_version, prompt_token_ids=lease["prompt_token_ids"],
+                         completions=[c["token_ids"] for c in comps],
+                         finish_reasons=[c["finish_reason"] for c in comps],
+                         rewards=json.loads(r.rewards), advantages=json.loads(r.advantages),
+                         temperature=lease["sampling"]["temperature"])
+
+
+def post_policy(ctx: Context, env: Envelope) -> PolicyInfo:
+    try:
+        manifest = open_manifest(env, ctx.operator)
+    except SignatureError as exc:
+        raise Unauthorized("bad_signature", f"policy manifest: {exc}") from None
+    except MessageError as exc:
+        raise Invalid("bad_manifest", f"policy manifest: {exc}") from None
+    if manifest.run_id != ctx.cfg.run_id:
+        raise Invalid("wrong_run", f"manifest is for run {manifest.run_id!r}, this coordinator runs {ctx.cfg.run_id!r}")
+    now = ctx.clock()
+    with ctx.db.write() as conn:
+        existing = policy.get(conn, manifest.version)
+        if existing is not None:
+            if Envelope.model_validate_json(existing.manifest).signature != env.signature:
+                raise Conflict("version_exists", f"policy version {manifest.version} was already announced "
+                                                 "with a different manifest")
+        else:
+            current = policy.current(conn)
+            if current is not None and manifest.version <= current:
+                raise Conflict("version_not_newer", f"policy version {manifest.version} is not newer than the "
+                                                    f"current version {current}")
+            policy.insert(conn, manifest.version, manifest.step, manifest.created_at, now, env.model_dump_json())
+            log.info("policy version %d (step %d, %d bytes) is current", manifest.version, manifest.step,
+                     manifest.total_bytes)
+    return policy_info(ctx)
+
+
+def policy_info(ctx: Context) -> PolicyInfo:
+    with ctx.db.read() as conn:
+        current = policy.current(conn)
+        row = policy.get(conn, current) if current is not None else None
+    return PolicyInfo(version=current, manifest=Envelope.model_validate_json(row.manifest) if row else None,
+                      async_window=ctx.cfg.async_window, relays=list(ctx.cfg.relays))

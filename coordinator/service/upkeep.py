@@ -1,0 +1,86 @@
+"""Periodic upkeep and the numbers dashboards read.
+
+`sweep(ctx)` runs every `housekeeping_interval_s`: leases past their expiry become
+'expired' and their tasks return to the pool; workers silent for `missed_heartbeats_gone`
+heartbeat intervals become 'gone' and their leases return too; groups that fell out of the
+async window leave the buffer; nonces older than twice the clock skew (they could no longer
+pass the timestamp check) are forgotten.
+
+`stats(ctx)` is the JSON of GET /v1/stats (the demo prints it) and `state_counts(ctx)` feeds
+the Prometheus gauges.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from coordinator.context import Context
+from coordinator.rules.buffer import window_floor
+from coordinator.service.join import worker_check_rate
+from coordinator.store import leases, meta, policy, submissions, workers
+
+log = logging.getLogger("swarmrl.coordinator")
+
+
+def sweep(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    now = ctx.clock()
+    with ctx.db.write() as conn:
+        expired = leases.close_many(conn, leases.due(conn, now), "expired", now)
+        leases.return_tasks(conn, expired, now)
+        gone = workers.mark_gone(conn, now - cfg.join.heartbeat_interval_s * cfg.join.missed_heartbeats_gone)
+        orphaned = leases.close_many(conn, leases.active_of_workers(conn, gone), "expired", now)
+        leases.return_tasks(conn, orphaned, now)
+        stale = submissions.drop_stale(conn, window_floor(policy.current(conn), cfg.async_window))
+        if stale:
+            meta.add_int(conn, meta.DROPPED_STALE, stale)
+        pruned = workers.prune_nonces(conn, now - 2 * cfg.max_clock_skew_s - 10)
+    m = ctx.metrics
+    if expired:
+        m.leases_returned.labels("expired").inc(len(expired))
+    if orphaned:
+        m.leases_returned.labels("worker_gone").inc(len(orphaned))
+    if stale:
+        m.dropped_stale.inc(stale)
+    if gone:
+        log.info("%d worker(s) gone silent: %s", len(gone), ", ".join(gone[:5]))
+    return {"expired": len(expired), "gone": len(gone), "orphaned": len(orphaned), "stale": stale, "pruned": pruned}
+
+
+def state_counts(ctx: Context) -> dict:
+    with ctx.db.read() as conn:
+        return {"workers": workers.count_by_status(conn), "leases": leases.count_by_status(conn),
+                "submissions": submissions.count_by_status(conn), "buffer_depth": submissions.buffer_depth(conn),
+                "current_version": policy.current(conn), "versions": policy.count(conn),
+                "tasks_returned": leases.count_returned(conn)}
+
+
+def stats(ctx: Context) -> dict:
+    with ctx.db.read() as conn:
+        rows = workers.all_rows(conn)
+        by_version = submissions.rewards_by_version(conn)
+        accepted_reward = submissions.accepted_reward_by_version(conn)
+        out = {
+            "run_id": ctx.cfg.run_id,
+            "time": ctx.clock(),
+            "policy": {"current_version": policy.current(conn), "versions": policy.count(conn),
+                       "async_window": ctx.cfg.async_window},
+            "buffer": {"depth": submissions.buffer_depth(conn),
+                       "by_state": submissions.count_by_buffer(conn),
+                       "dropped_stale": meta.get_int(conn, meta.DROPPED_STALE)},
+            "submissions": submissions.count_by_status(conn),
+            "leases": leases.count_by_status(conn),
+            "tasks_returned": leases.count_returned(conn),
+        }
+    out["workers"] = [{
+        "worker_id": w.worker_id, "status": w.status, "accepted": w.accepted, "rejected": w.rejected,
+        "accepted_tokens": w.accepted_tokens, "check_rate": worker_check_rate(ctx, w.clean_checks),
+        "ban_reason": w.ban_reason, "address": w.address, "last_seen": w.last_seen,
+        "policy_version": w.policy_version, "tokens_per_s": w.tokens_per_s, "engine": w.engine,
+    } for w in rows]
+    out["rewards_by_version"] = [{
+        "policy_version": int(r.policy_version), "submissions": int(r.received), "accepted": int(r.accepted or 0),
+        "mean_reward": float(r.mean_reward or 0.0),
+        "mean_reward_accepted": accepted_reward.get(int(r.policy_version)),
+    } for r in reversed(by_version)]
+    return out

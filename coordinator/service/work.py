@@ -1,0 +1,141 @@
+"""Work: leasing tasks, giving leases back, and taking submissions in (the cheap checks,
+rewards computed here, storage and the verification queue), and a submission's status."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from coordinator.context import Context
+from coordinator.errors import Conflict, Forbidden, NotFound
+from coordinator.rules import intake
+from coordinator.rules.advantages import group_advantages
+from coordinator.rules.leasing import allowed_versions, draw_seeds, leases_to_issue, new_id, pick_returned
+from coordinator.rules.reputation import check_rate, full_check
+from coordinator.service import require_worker, use_nonce
+from coordinator.store import leases, meta, policy, submissions, workers
+from protocol.envelope import Opened, seal
+from protocol.messages import (KIND_LEASE, Lease, LeaseRelease, LeaseRequest, LeaseResponse, SamplingParams,
+                               Submission, SubmissionResponse, SubmissionStatus)
+
+log = logging.getLogger("swarmrl.coordinator")
+
+NO_POLICY_RETRY_S = 2.0
+QUOTA_RETRY_S = 1.0
+
+
+def submission_id_for(lease_id: str) -> str:
+    """One submission per lease: its id is derived from the lease id."""
+    return "s-" + lease_id[2:]
+
+
+def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
+    cfg = ctx.cfg
+    now = ctx.clock()
+    worker_id = opened.signer_id
+    with ctx.db.write() as conn:
+        use_nonce(conn, opened, now)
+        require_worker(conn, worker_id)
+        workers.seen(conn, worker_id, now)
+        current = policy.current(conn)
+        if current is None:
+            return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S)
+        n = leases_to_issue(opened.body.max_tasks, leases.count_active(conn, worker_id),
+                            cfg.limits.max_leases_per_worker)
+        if n == 0:
+            return LeaseResponse(leases=[], retry_after_s=QUOTA_RETRY_S)
+        reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
+        leases.take_returned(conn, reused)
+        fresh = n - len(reused)
+        end = meta.add_int(conn, meta.NEXT_TASK, fresh) if fresh else 0
+        indices = reused + list(range(end - fresh, end))
+        lo, hi = allowed_versions(current, cfg.async_window)
+        sampling = SamplingParams(temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens)
+        envs, rows = [], []
+        for index in indices:
+            prepared = ctx.tasks.prepare(index)
+            body = Lease(lease_id=new_id(ctx.rng, "l-"), run_id=cfg.run_id, worker_id=worker_id,
+                         task_id=prepared.task.id, prompt_token_ids=list(prepared.prompt_ids),
+                         seeds=draw_seeds(ctx.rng, cfg.group_size), sampling=sampling,
+                         eos_token_id=ctx.tasks.eos_token_id, min_policy_version=lo, max_policy_version=hi,
+                         issued_at=now, expires_at=now + cfg.lease_ttl_s)
+            env = seal(KIND_LEASE, body, ctx.key, now=now)
+            envs.append(env)
+            rows.append(dict(lease_id=body.lease_id, worker_id=worker_id, task_index=index, task_id=body.task_id,
+                             status="active", issued_at=now, expires_at=body.expires_at, min_version=lo,
+                             max_version=hi, n_seeds=len(body.seeds), max_tokens=sampling.max_tokens,
+                             eos_token_id=body.eos_token_id, envelope=env.model_dump_json()))
+        leases.insert_many(conn, rows)
+    ctx.metrics.leases.inc(len(envs))
+    return LeaseResponse(leases=envs)
+
+
+def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
+    now = ctx.clock()
+    worker_id = opened.signer_id
+    ids = list(dict.fromkeys(opened.body.lease_ids))
+    with ctx.db.write() as conn:
+        use_nonce(conn, opened, now)
+        require_worker(conn, worker_id)
+        rows = leases.get_many(conn, ids)
+        found = {r.lease_id: r for r in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise NotFound("unknown_lease", f"no lease {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        foreign = [r.lease_id for r in rows if r.worker_id != worker_id]
+        if foreign:
+            raise Forbidden("not_your_lease", f"lease {foreign[0]} was issued to another worker")
+        closed = leases.close_many(conn, ids, "released", now)
+        leases.return_tasks(conn, closed, now)
+    if closed:
+        ctx.metrics.leases_returned.labels("released").inc(len(closed))
+    return {"released": len(closed)}
+
+
+def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionResponse:
+    cfg = ctx.cfg
+    sub = opened.body
+    worker_id = opened.signer_id
+    now = ctx.clock()
+    with ctx.db.write() as conn:
+        use_nonce(conn, opened, now)
+        worker = require_worker(conn, worker_id)
+        row = leases.get(conn, sub.lease_id)
+        if row is None:
+            raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
+        facts = intake.LeaseFacts(lease_id=row.lease_id, worker_id=row.worker_id, status=row.status,
+                                  expires_at=row.expires_at, min_version=row.min_version,
+                                  max_version=row.max_version, n_seeds=row.n_seeds, max_tokens=row.max_tokens,
+                                  eos_token_id=row.eos_token_id)
+        intake.check_lease(facts, worker_id, now)
+        n_tokens = intake.check_completions(sub, facts, ctx.tasks.vocab_size, ctx.proof_check)
+        chash = intake.content_hash(opened.envelope.body["completions"])
+        other = submissions.content_exists(conn, row.task_id, chash)
+        if other is not None:
+            raise Conflict("duplicate_completion", f"these completions were already submitted for task "
+                                                   f"{row.task_id} (submission {other})")
+        task = ctx.tasks.prepare(row.task_index).task
+        rewards = ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
+        rate = check_rate(worker.clean_checks, initial=cfg.check_rate.initial, floor=cfg.check_rate.floor,
+                          halve_every=cfg.check_rate.halve_every)
+        sid = submission_id_for(row.lease_id)
+        submissions.insert(conn, dict(
+            submission_id=sid, lease_id=row.lease_id, worker_id=worker_id, task_id=row.task_id,
+            task_index=row.task_index, policy_version=sub.policy_version, status="queued",
+            full_check=full_check(rate, ctx.rng.random()), rewards=json.dumps(rewards),
+            advantages=json.dumps(group_advantages(rewards)), reward_mean=sum(rewards) / len(rewards),
+            n_tokens=n_tokens, content_hash=chash, received_at=now, envelope=raw.decode("utf-8")))
+        if not leases.close(conn, row.lease_id, "submitted", now):
+            raise Conflict("duplicate_submission", f"lease {row.lease_id} was already submitted")
+        workers.seen(conn, worker_id, now)
+    ctx.metrics.submissions.inc()
+    return SubmissionResponse(submission_id=sid, status="queued")
+
+
+def submission_status(ctx: Context, submission_id: str) -> SubmissionStatus:
+    with ctx.db.read() as conn:
+        row = submissions.get_status(conn, submission_id)
+    if row is None:
+        raise NotFound("unknown_submission", f"no submission {submission_id}")
+    return SubmissionStatus(submission_id=row.submission_id, worker_id=row.worker_id, status=row.status,
+                            reason=row.reason, tokens=row.n_tokens)

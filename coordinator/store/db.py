@@ -1,0 +1,105 @@
+"""Database engines and transactions: SQLite (WAL) by default, PostgreSQL by URL.
+
+`Database.write()` opens a transaction for a state change; `Database.read()` one for reads.
+On SQLite a write transaction starts with BEGIN IMMEDIATE (it takes the write lock at once,
+so two writers queue on the busy timeout instead of failing on a lock upgrade) and a read
+transaction with a plain BEGIN (a WAL snapshot that never blocks the writer). On PostgreSQL
+both are ordinary READ COMMITTED transactions; the queries that race (claims, batches) use
+row locks with SKIP LOCKED and conditional updates, so several coordinator replicas can share
+one database.
+
+Durability: WAL with synchronous=NORMAL survives a killed process (SIGKILL) losing nothing
+that was committed; synchronous=FULL also survives power loss at the cost of an fsync per
+commit (`sqlite_synchronous` in the config). The schema is created and upgraded by the Alembic
+migrations in `coordinator/migrations` at start-up (`migrate`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy.engine import Engine
+
+from coordinator.errors import ConfigError
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def normalise_url(url: str, data_dir: Path) -> str:
+    """Empty -> SQLite file in data_dir; postgres(ql):// -> the psycopg 3 driver."""
+    if not url:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(data_dir / 'coordinator.db').resolve()}"
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Database:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        try:
+            if self.is_sqlite:
+                self.engine = create_engine(url, connect_args={"check_same_thread": False,
+                                                               "timeout": busy_timeout_ms / 1000})
+                _sqlite_setup(self.engine, sqlite_synchronous, busy_timeout_ms)
+            else:
+                self.engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+        except ImportError as exc:
+            raise ConfigError(f"database driver missing for {url.split(':', 1)[0]}: {exc} "
+                              "(for PostgreSQL: pip install 'swarmrl[postgres]')") from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(swarmrl_read=True)
+            with conn.begin():
+                yield conn
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest migration (idempotent)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_setup(engine: Engine, synchronous: str, busy_timeout_ms: int) -> None:
+    if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError(f"sqlite_synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # transactions are begun explicitly below
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA foreign_keys=OFF")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("swarmrl_read"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,90 @@
+"""Queries on `leases` and `task_returns`: issuing, closing and re-leasing work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, delete, func, select, update
+
+from coordinator.rules.leasing import ReturnedTask
+from coordinator.store.schema import leases, task_returns
+from coordinator.store.sql import insert_ignore
+
+
+def get(conn: Connection, lease_id: str) -> Row | None:
+    return conn.execute(select(leases).where(leases.c.lease_id == lease_id)).first()
+
+
+def get_many(conn: Connection, lease_ids: list[str]) -> list[Row]:
+    return list(conn.execute(select(leases).where(leases.c.lease_id.in_(lease_ids))))
+
+
+def count_active(conn: Connection, worker_id: str) -> int:
+    q = select(func.count()).select_from(leases).where(
+        and_(leases.c.worker_id == worker_id, leases.c.status == "active"))
+    return int(conn.execute(q).scalar_one())
+
+
+def insert_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(leases.insert(), rows)
+
+
+def close(conn: Connection, lease_id: str, to_status: str, now: float) -> bool:
+    """active -> to_status; False if the lease was not active (someone else closed it)."""
+    res = conn.execute(update(leases).where(and_(leases.c.lease_id == lease_id, leases.c.status == "active"))
+                       .values(status=to_status, closed_at=now))
+    return res.rowcount == 1
+
+
+def close_many(conn: Connection, lease_ids: list[str], to_status: str, now: float) -> list[Row]:
+    """Close the active ones among `lease_ids`; return (task_index, worker_id) of those closed."""
+    if not lease_ids:
+        return []
+    rows = list(conn.execute(select(leases.c.lease_id, leases.c.task_index, leases.c.worker_id).where(
+        and_(leases.c.lease_id.in_(lease_ids), leases.c.status == "active"))))
+    if rows:
+        conn.execute(update(leases).where(and_(leases.c.lease_id.in_([r.lease_id for r in rows]),
+                                               leases.c.status == "active"))
+                     .values(status=to_status, closed_at=now))
+    return rows
+
+
+def due(conn: Connection, now: float, limit: int = 10_000) -> list[str]:
+    """Active leases whose expiry has passed."""
+    q = select(leases.c.lease_id).where(and_(leases.c.status == "active", leases.c.expires_at < now)).limit(limit)
+    return list(conn.execute(q).scalars())
+
+
+def active_of_workers(conn: Connection, worker_ids: list[str]) -> list[str]:
+    if not worker_ids:
+        return []
+    q = select(leases.c.lease_id).where(and_(leases.c.worker_id.in_(worker_ids), leases.c.status == "active"))
+    return list(conn.execute(q).scalars())
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    q = select(leases.c.status, func.count()).group_by(leases.c.status)
+    return {s: n for s, n in conn.execute(q)}
+
+
+# -- returned tasks -------------------------------------------------------------------------
+def return_tasks(conn: Connection, rows: list[Row], now: float) -> int:
+    return insert_ignore(conn, task_returns, [
+        {"task_index": r.task_index, "previous_worker": r.worker_id, "returned_at": now} for r in rows])
+
+
+def returned(conn: Connection, limit: int) -> list[ReturnedTask]:
+    q = select(task_returns.c.task_index, task_returns.c.previous_worker).order_by(
+        task_returns.c.returned_at, task_returns.c.task_index).limit(limit)
+    return [ReturnedTask(int(i), w) for i, w in conn.execute(q)]
+
+
+def take_returned(conn: Connection, indices: list[int]) -> int:
+    if not indices:
+        return 0
+    return conn.execute(delete(task_returns).where(task_returns.c.task_index.in_(indices))).rowcount
+
+
+def count_returned(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(task_returns)).scalar_one())

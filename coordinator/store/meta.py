@@ -1,0 +1,41 @@
+"""Key/value facts of the run (`meta` table): task counter, proof-of-work challenge, counters."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Connection, Text, cast, select, update
+
+from coordinator.store.schema import meta
+from coordinator.store.sql import insert_ignore, upsert
+
+NEXT_TASK = "next_task_index"
+POW_CHALLENGE = "pow_challenge"
+DROPPED_STALE = "dropped_stale"
+
+
+def get(conn: Connection, key: str, default: str | None = None) -> str | None:
+    v = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
+    return default if v is None else v
+
+
+def put(conn: Connection, key: str, value: str) -> None:
+    upsert(conn, meta, "key", {"key": key, "value": value})
+
+
+def get_int(conn: Connection, key: str, default: int = 0) -> int:
+    v = get(conn, key)
+    return default if v is None else int(v)
+
+
+def add_int(conn: Connection, key: str, delta: int) -> int:
+    """Atomically add `delta` to an integer fact (created at 0); return the new value."""
+    insert_ignore(conn, meta, {"key": key, "value": "0"})
+    stmt = (update(meta).where(meta.c.key == key)
+            .values(value=cast(cast(meta.c.value, BigInteger) + delta, Text))
+            .returning(meta.c.value))
+    return int(conn.execute(stmt).scalar_one())
+
+
+def init_once(conn: Connection, key: str, value: str) -> str:
+    """Set `key` to `value` unless it is already set; return the stored value."""
+    insert_ignore(conn, meta, {"key": key, "value": value})
+    return get(conn, key) or value

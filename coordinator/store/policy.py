@@ -1,0 +1,24 @@
+"""Queries on `policy_versions`: the versions the trainer announced, with signed manifests."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Row, func, select
+
+from coordinator.store.schema import policy_versions
+
+
+def current(conn: Connection) -> int | None:
+    return conn.execute(select(func.max(policy_versions.c.version))).scalar_one_or_none()
+
+
+def get(conn: Connection, version: int) -> Row | None:
+    return conn.execute(select(policy_versions).where(policy_versions.c.version == version)).first()
+
+
+def insert(conn: Connection, version: int, step: int, created_at: float, received_at: float, manifest: str) -> None:
+    conn.execute(policy_versions.insert().values(version=version, step=step, created_at=created_at,
+                                                 received_at=received_at, manifest=manifest))
+
+
+def count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(policy_versions)).scalar_one())

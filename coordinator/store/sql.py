@@ -1,0 +1,32 @@
+"""Small portable SQL helpers: insert-or-ignore and upsert on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Table
+
+
+def _dialect_insert(conn: Connection, table: Table):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise NotImplementedError(f"unsupported database {conn.dialect.name}")
+    return insert(table)
+
+
+def insert_ignore(conn: Connection, table: Table, values: dict[str, Any] | list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted."""
+    if isinstance(values, list) and not values:
+        return 0
+    stmt = _dialect_insert(conn, table).on_conflict_do_nothing()
+    return conn.execute(stmt, values).rowcount
+
+
+def upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) -> None:
+    stmt = _dialect_insert(conn, table).values(**values)
+    stmt = stmt.on_conflict_do_update(index_elements=[key],
+                                      set_={k: v for k, v in values.items() if k != key})
+    conn.execute(stmt)

@@ -1,0 +1,92 @@
+"""The run's tasks and tokenizer: what the coordinator needs of the model to lease and score.
+
+`TaskBook` turns a task index (from the persistent counter) into a task of the source's
+train split, encodes its prompt with the run's tokenizer (cached: prompts repeat once the
+split wraps around), and scores completions by decoding them and calling the task's scorer.
+It also knows the vocabulary size (token ids are checked against it) and the EOS token.
+
+The tokenizer is the only model artefact the coordinator loads (no weights): from a local
+model folder or a hub id, once at start-up. Rewards are always computed here, never taken
+from a worker.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.errors import ConfigError
+from protocol.errors import ProtocolError
+from protocol.tasks import Task, TaskSource, get_source, score
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    index: int
+    task: Task
+    prompt_ids: tuple[int, ...]
+
+
+class TaskBook:
+    def __init__(self, tokenizer: Any, source: TaskSource, vocab_size: int, eos_token_id: int,
+                 chat_template: bool = False, cache_size: int = 65_536):
+        self.tokenizer = tokenizer
+        self.source = source
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self.chat_template = chat_template
+        self._cache: OrderedDict[int, PreparedTask] = OrderedDict()
+        self._cache_size = cache_size
+        self._train_size = max(1, source.size("train"))
+
+    @classmethod
+    def load(cls, model_ref: str, task_kind: str, task_seed: int, task_options: dict,
+             chat_template: bool = False) -> "TaskBook":
+        from protocol.lm import eos_token_id, load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(model_ref)
+            eos = eos_token_id(tokenizer)
+            source = get_source(task_kind, seed=task_seed, options=task_options)
+        except ProtocolError as exc:
+            raise ConfigError(str(exc)) from exc
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load the tokenizer of {model_ref!r}: {exc}") from exc
+        return cls(tokenizer, source, vocab_size=_vocab_size(model_ref, tokenizer), eos_token_id=eos,
+                   chat_template=chat_template)
+
+    def prepare(self, index: int) -> PreparedTask:
+        key = index % self._train_size
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return PreparedTask(index, hit.task, hit.prompt_ids)
+        from protocol.lm import encode_prompt
+
+        task = self.source.task("train", index)
+        ids = tuple(encode_prompt(self.tokenizer, task.prompt, chat=self.chat_template))
+        if not ids:
+            raise ConfigError(f"task {task.id} has an empty prompt after tokenisation")
+        prepared = PreparedTask(index, task, ids)
+        self._cache[key] = prepared
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return prepared
+
+    def rewards(self, task: Task, completions: list[list[int]]) -> list[float]:
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return [float(score(task.kind, task.answer, t)) for t in texts]
+
+
+def _vocab_size(model_ref: str, tokenizer: Any) -> int:
+    """The model's vocabulary (embedding rows) when its config says, else the tokenizer's."""
+    try:
+        from transformers import AutoConfig
+
+        n = getattr(AutoConfig.from_pretrained(str(model_ref)), "vocab_size", None)
+        if n:
+            return int(n)
+    except (OSError, ValueError):
+        pass
+    return len(tokenizer)

@@ -1,0 +1,40 @@
+"""Registration proof of work (hashcash style), as `messages.Registration` defines it.
+
+A registration passes when sha256(challenge || signer hex || nonce as decimal), all UTF-8,
+has at least `difficulty` leading zero bits. The challenge and difficulty come from the
+coordinator's `GET /v1/run`; the coordinator checks with `pow_ok`, workers find a nonce
+with `solve_pow` (about 2**difficulty hashes). Difficulty 0 means no proof is required.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["leading_zero_bits", "pow_ok", "solve_pow"]
+
+
+def leading_zero_bits(digest: bytes) -> int:
+    n = int.from_bytes(digest, "big")
+    return len(digest) * 8 - n.bit_length()
+
+
+def _digest(challenge: str, signer_hex: str, nonce: int) -> bytes:
+    return hashlib.sha256(f"{challenge}{signer_hex}{nonce}".encode("utf-8")).digest()
+
+
+def pow_ok(challenge: str, signer_hex: str, nonce: int | None, difficulty: int) -> bool:
+    if difficulty <= 0:
+        return True
+    if nonce is None or nonce < 0:
+        return False
+    return leading_zero_bits(_digest(challenge, signer_hex, nonce)) >= difficulty
+
+
+def solve_pow(challenge: str, signer_hex: str, difficulty: int, start: int = 0) -> int:
+    """The first nonce >= start that passes (0 when difficulty is 0)."""
+    if difficulty <= 0:
+        return start
+    nonce = start
+    while leading_zero_bits(_digest(challenge, signer_hex, nonce)) < difficulty:
+        nonce += 1
+    return nonce
