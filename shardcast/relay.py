@@ -290,6 +290,7 @@ def run(cfg: RelayConfig) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     relay = Relay(cfg)
     relay.start()
     try:

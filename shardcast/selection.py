@@ -144,14 +144,17 @@ class Sources:
             return min(waits) if waits else None
 
     def ranked(self) -> list[str]:
-        """Usable sources, best first (for one-off requests such as manifests)."""
+        """Sources not known hostile, for one-off requests such as manifests: usable ones
+        best first, then benched ones in the order they come back."""
         with self._lock:
             now = self.now()
             usable = [s for s in self.stats.values() if s.usable(now)]
+            benched = [s for s in self.stats.values() if now >= s.hostile_until and not s.usable(now)]
             known = [s.throughput_bps for s in usable if s.throughput_bps is not None]
             best = max(known) if known else 1e9
             usable.sort(key=lambda s: expected_seconds(s, best))
-            return [s.url for s in usable]
+            benched.sort(key=lambda s: s.benched_until)
+            return [s.url for s in usable + benched]
 
     def snapshot(self) -> list[SourceStats]:
         with self._lock:
