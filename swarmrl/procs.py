@@ -1,0 +1,128 @@
+"""Running swarmrl roles as child processes: the demo's and the integration tests' launcher.
+
+Each role runs as `python -m swarmrl <role> --config <file>` with its output in
+`<logs>/<name>.log`. `ProcessGroup` starts them, tells whether they are alive, and stops
+them all (SIGTERM, then SIGKILL after a grace period) on exit, on Ctrl-C, or when a test
+ends — no child outlives its parent's `with` block.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from protocol.config import dump_toml
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the services bind it right after)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, cfg: BaseModel) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_toml(cfg))
+    return path
+
+
+def child_env(threads: int = 1, extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class ProcessGroup:
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], env: dict | None = None, module: str = "swarmrl") -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        fh = open(log, "ab")
+        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT,
+                                 env=env or child_env(), start_new_session=True)
+        fh.close()
+        child = Child(name, popen, log)
+        self.children.append(child)
+        return child
+
+    def get(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
+        c = self.get(name)
+        return _stop(c, sig, timeout_s)
+
+    def stop_all(self, timeout_s: float = 15.0) -> None:
+        live = [c for c in self.children if c.alive]
+        for c in reversed(live):
+            try:
+                c.popen.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        for c in live:
+            try:
+                c.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_group(c)
+
+    def __enter__(self) -> "ProcessGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
+def _kill_group(c: Child) -> None:
+    try:
+        os.killpg(c.popen.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        c.popen.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _stop(c: Child, sig: int, timeout_s: float) -> int | None:
+    if c.alive:
+        try:
+            c.popen.send_signal(sig)
+            c.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(c)
+        except ProcessLookupError:
+            pass
+    return c.popen.returncode

@@ -1,0 +1,133 @@
+"""A whole swarm on one machine: the plan (keys, ports, one config file per role) and its start.
+
+`plan_swarm` writes everything a local run needs under one folder — the model, the keys,
+and `config/<role>.toml` for each process, exactly the files an operator would write —
+and `start_swarm` launches each role as its own process in the order the data flow needs
+(coordinator, trainer with its shardcast origin, relay, verifier, workers). The demo and
+the integration tests both use this, so the demo is the script of the whole system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.config import CoordinatorConfig, SamplingConfig, TaskConfig
+from coordinator.trainer.config import EvalConfig, TrainerConfig
+from protocol.identity import KeyPair
+from shardcast.config import OriginConfig, RelayConfig
+from swarmrl.procs import ProcessGroup, child_env, free_port, write_config
+from verifier.config import VerifierConfig
+from worker.config import WorkerConfig
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class SwarmSettings:
+    """The knobs of a local swarm (the demo's defaults are tuned to learn within minutes)."""
+
+    seed: int = 0
+    honest_workers: int = 3
+    cheaters: int = 1
+    cheat: str = "noise"                  # how the dishonest workers cheat (swarmrl.adversary)
+    group_size: int = 8
+    temperature: float = 1.0
+    max_tokens: int = 6
+    task_options: dict = field(default_factory=dict)
+    async_window: int = 2
+    lr: float = 1e-4
+    groups_per_step: int = 16
+    max_versions: int = 0                 # 0 = until stopped
+    eval_every: int = 5
+    eval_tasks: int = 200
+    keep_versions: int = 4
+    worker_max_tasks: int = 4
+
+
+@dataclass
+class SwarmPlan:
+    root: Path
+    model_dir: Path
+    settings: SwarmSettings
+    configs: dict[str, Path]
+    coordinator_url: str
+    origin_url: str
+    relay_url: str
+    operator: KeyPair
+    worker_names: list[str]
+    cheater_names: list[str]
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
+    """Write keys and one config file per role under `root` (the model must already exist)."""
+    root = Path(root)
+    keys = root / "keys"
+    operator = KeyPair.load_or_create(keys / "operator.key")
+    verifier = KeyPair.load_or_create(keys / "verifier.key")
+    ports = {name: free_port(HOST) for name in ("coordinator", "origin", "relay")}
+    coord_url = f"http://{HOST}:{ports['coordinator']}"
+    origin_url = f"http://{HOST}:{ports['origin']}"
+    relay_url = f"http://{HOST}:{ports['relay']}"
+    run_id = f"demo-{s.seed}"
+    task = TaskConfig(kind="arithmetic", seed=s.seed, options=s.task_options)
+    cfgdir = root / "config"
+    configs: dict[str, Path] = {}
+
+    configs["coordinator"] = write_config(cfgdir / "coordinator.toml", CoordinatorConfig(
+        run_id=run_id, host=HOST, port=ports["coordinator"], data_dir=root / "coordinator",
+        key_file=keys / "coordinator.key", operator_key=operator.public.hex,
+        verifier_keys=[verifier.public.hex], model=str(model_dir), relays=[relay_url], tasks=task,
+        sampling=SamplingConfig(temperature=s.temperature, max_tokens=s.max_tokens),
+        group_size=s.group_size, async_window=s.async_window))
+    configs["trainer"] = write_config(cfgdir / "trainer.toml", TrainerConfig(
+        run_id=run_id, coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),
+        data_dir=root / "trainer", threads=1, lr=s.lr, groups_per_step=s.groups_per_step,
+        async_window=s.async_window, max_versions=s.max_versions,
+        origin=OriginConfig(host=HOST, port=ports["origin"], data_dir=root / "origin",
+                            shard_size=1024 * 1024, keep_versions=s.keep_versions),
+        eval=EvalConfig(every_versions=s.eval_every, num_tasks=s.eval_tasks),
+        tasks_kind="arithmetic", tasks_seed=s.seed, tasks_options=s.task_options, max_eval_tokens=s.max_tokens))
+    configs["relay"] = write_config(cfgdir / "relay.toml", RelayConfig(
+        upstreams=[origin_url], operator_key=operator.public.hex, host=HOST, port=ports["relay"],
+        data_dir=root / "relay", keep_versions=s.keep_versions))
+    configs["verifier"] = write_config(cfgdir / "verifier.toml", VerifierConfig(
+        coordinator_url=coord_url, key_file=keys / "verifier.key", data_dir=root / "verifier",
+        relays=[relay_url], threads=1))
+    workers, cheaters = [], []
+    for i in range(s.honest_workers + s.cheaters):
+        honest = i < s.honest_workers
+        name = f"worker-{i + 1}" if honest else f"cheater-{i - s.honest_workers + 1}"
+        (workers if honest else cheaters).append(name)
+        configs[name] = write_config(cfgdir / f"{name}.toml", WorkerConfig(
+            coordinator_url=coord_url, key_file=root / name / "worker.key", data_dir=root / name,
+            engine="transformers", device="cpu", dtype="float32", threads=1, max_tasks=s.worker_max_tasks,
+            json_logs=True))
+    return SwarmPlan(root=root, model_dir=model_dir, settings=s, configs=configs, coordinator_url=coord_url,
+                     origin_url=origin_url, relay_url=relay_url, operator=operator,
+                     worker_names=workers, cheater_names=cheaters)
+
+
+def start_swarm(plan: SwarmPlan, group: ProcessGroup, *, workers: bool = True) -> None:
+    """Start every role of `plan` in `group` (each with one compute thread)."""
+    env = child_env(threads=1)
+    cfg = plan.configs
+    group.start("coordinator", ["coordinator", "--config", str(cfg["coordinator"])], env=env)
+    group.start("trainer", ["trainer", "--config", str(cfg["trainer"])], env=env)
+    group.start("relay", ["relay", "--config", str(cfg["relay"])], env=env)
+    group.start("verifier", ["verifier", "--config", str(cfg["verifier"])], env=env)
+    if workers:
+        start_workers(plan, group)
+
+
+def start_workers(plan: SwarmPlan, group: ProcessGroup) -> None:
+    env = child_env(threads=1)
+    for name in plan.worker_names:
+        group.start(name, ["worker", "--config", str(plan.configs[name])], env=env)
+    for name in plan.cheater_names:
+        group.start(name, ["--config", str(plan.configs[name]), "--cheat", plan.settings.cheat],
+                    env=env, module="swarmrl.adversary")
