@@ -1,0 +1,75 @@
+"""Activation proofs: a worker's cheap commitment to the hidden states it computed.
+
+Data flow: a worker builds one proof per completion from the final hidden states of its
+tokens (`build_proof`, or `build_proofs` for a batch) and sends it base64-encoded in
+`Completion.proof` (`to_b64`); the verifier recomputes the hidden states with one prefill
+and compares (`verify_proof`), then judges the per-chunk statistics against thresholds.
+
+The chunks are TOPLOC 0.1.6's (byte-compatible; see `toploc.py` for the layout and where we
+deliberately differ), wrapped in a versioned container (`blob.py`). Modules:
+
+- `gf.py`      arithmetic over GF(65497), vectorised over many chunks;
+- `toploc.py`  chunking, top-k selection, chunk bytes, comparison statistics;
+- `blob.py`    the versioned container and its strict decoder.
+
+Every decoding failure (null, truncated, wrong version, bad modulus, wrong size) is a
+`protocol.errors.ProofError`; nothing here crashes or returns a silent null proof.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from protocol.errors import ProofError
+from protocol.proof import blob as _blob
+from protocol.proof.blob import LAYOUT_VERSION, ProofHeader, from_b64, to_b64
+from protocol.proof.toploc import ChunkStats, bf16_bits, build_chunk_lists, verify_chunk_list
+
+DEFAULT_CHUNK_SIZE = 32
+DEFAULT_TOPK = 128
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE", "DEFAULT_TOPK", "LAYOUT_VERSION", "ChunkStats", "ProofError", "ProofHeader",
+    "build_proof", "build_proofs", "verify_proof", "decode_header", "to_b64", "from_b64",
+]
+
+
+def build_proofs(hiddens: list[torch.Tensor], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 topk: int = DEFAULT_TOPK) -> list[bytes]:
+    """One proof blob per (T, H) hidden-state tensor (any float dtype; cast to bf16). All
+    chunks of the batch are interpolated together, so a group costs about one call."""
+    _blob.check_params(chunk_size, topk)
+    bits = [bf16_bits(h) for h in hiddens]
+    chunk_lists = build_chunk_lists(bits, chunk_size, topk)
+    return [
+        _blob.encode(ProofHeader(LAYOUT_VERSION, chunk_size, topk, b.shape[0], b.shape[1]), chunks)
+        for b, chunks in zip(bits, chunk_lists)
+    ]
+
+
+def build_proof(hidden: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                topk: int = DEFAULT_TOPK) -> bytes:
+    """The proof blob of one completion's (T, H) final hidden states."""
+    return build_proofs([hidden], chunk_size=chunk_size, topk=topk)[0]
+
+
+def decode_header(proof: bytes) -> ProofHeader:
+    """The header of a proof blob after a full structural check (ProofError if malformed)."""
+    return _blob.decode(proof)[0]
+
+
+def verify_proof(hidden: torch.Tensor, proof: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 topk: int = DEFAULT_TOPK) -> list[ChunkStats]:
+    """Per-chunk statistics of the verifier's (T, H) hidden states against a proof blob.
+
+    The proof must use the expected chunk size and top-k (a prover may not weaken its own
+    proof) and cover exactly T tokens of hidden size H; otherwise ProofError."""
+    header, chunks = _blob.decode(proof)
+    if (header.chunk_size, header.topk) != (chunk_size, topk):
+        raise ProofError(f"proof uses chunk size {header.chunk_size} and top-k {header.topk}; "
+                         f"this verifier requires {chunk_size} and {topk}")
+    bits = bf16_bits(hidden)
+    if (header.tokens, header.hidden_size) != bits.shape:
+        raise ProofError(f"proof covers {header.tokens} tokens of hidden size {header.hidden_size}, "
+                         f"the completion has {bits.shape[0]} of size {bits.shape[1]}")
+    return verify_chunk_list(bits, chunks, chunk_size, topk)

@@ -1,0 +1,163 @@
+"""Arithmetic over GF(65497), vectorised over a batch of polynomials: the maths of proofs.
+
+Collaborators: `toploc.py` interpolates one polynomial per chunk of hidden states
+(`interpolate`) and evaluates proofs at the verifier's own top-k indices (`evaluate`).
+
+Why our own code: TOPLOC ships a C++ extension (one chunk at a time, Newton form, and it
+does not build against recent torch without a source build); the reference Python path is
+a loop of Python ints. Here every step works on a whole batch of chunks at once with numpy:
+
+- interpolation is Lagrange in the monomial basis. With M(z) = prod_i (z - x_i) and
+  weights w_i = y_i / M'(x_i), the interpolant is sum_i w_i M(z)/(z - x_i), and the
+  coefficient of z^j in M(z)/(z - x_i) is sum_s m_{j+1+s} x_i^s. So with the power matrix
+  P[i, s] = x_i^s: M'(x_i) = P @ (s+1) m_{s+1}, v = w @ P, c_j = sum_s v_s m_{j+1+s}
+  (a Hankel product). Everything but M(z) itself is a batched matrix product: O(k^2) per
+  chunk, no Python loop over points.
+- all arithmetic is float64 holding exact integers: products of residues are < 2**32 and
+  sums of up to 4096 of them stay below 2**44, where a division-free reduction (`_reduce`)
+  is exact; matrix products are batched einsums. (int64 `%` is several times slower here.)
+- inverses are a**(p-2) by square-and-multiply (16 vector steps), so no tables are kept.
+
+Invariants: every array holds canonical residues in [0, P); the points of one polynomial
+are distinct (the caller reduces them by an injective modulus first).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+P = 65497  # the prime of TOPLOC's field
+_INV_P = 1.0 / P
+_MAX_EXACT = float(1 << 44)  # `_reduce` is exact below this
+
+
+def _reduce(a: np.ndarray) -> np.ndarray:
+    """a mod P in place, for float64 arrays of non-negative integers below 2**44.
+
+    Division-free: q = floor((a + 0.5) / P) is exact there because the +0.5 keeps every
+    a/P at least 0.5/P away from an integer boundary, far more than float64 rounding."""
+    q = a + 0.5
+    q *= _INV_P
+    np.floor(q, out=q)
+    q *= P
+    a -= q
+    return a
+
+
+def _residues(x: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, dtype=np.int64) % P).astype(np.float64)
+
+
+def powers(x: np.ndarray, n: int) -> np.ndarray:
+    """x**s mod P for s in [0, n) as float64: shape x.shape + (n,). Built by doubling along
+    a leading axis (contiguous blocks): exponents [h, 2h) are [0, h) times x**h."""
+    xr = _residues(x)
+    out = np.empty((n,) + xr.shape, dtype=np.float64)
+    if n:
+        out[0] = 1.0
+    h, xh = 1, xr
+    while h < n:
+        m = min(h, n - h)
+        block = out[h : h + m]
+        np.multiply(out[:m], xh, out=block)
+        _reduce(block)
+        xh = _reduce(xh * xh)
+        h *= 2
+    return np.ascontiguousarray(np.moveaxis(out, 0, -1))
+
+
+def inverse(a: np.ndarray) -> np.ndarray:
+    """a**(P-2) mod P elementwise (the inverse of every non-zero residue), as float64."""
+    result = np.ones(np.shape(a), dtype=np.float64)
+    base = _residues(a) if np.asarray(a).dtype != np.float64 else np.array(a, dtype=np.float64)
+    e = P - 2
+    while e:
+        if e & 1:
+            result = _reduce(result * base)
+        base = _reduce(base * base)
+        e >>= 1
+    return result
+
+
+def master_poly(x: np.ndarray) -> np.ndarray:
+    """Coefficients (ascending, length k+1, float64) of prod_i (z - x_i) for each row of
+    x (C, k)."""
+    xr = _residues(x)
+    C, k = xr.shape
+    neg = (P - xr) % P
+    m = np.zeros((C, k + 1), dtype=np.float64)
+    m[:, 0] = 1.0
+    for i in range(k):  # multiply by (z - x_i): one vector step per point, for all rows
+        top = m[:, : i + 2]                     # degree <= i+1 after this step
+        new = top * neg[:, i : i + 1]
+        new[:, 1:] += top[:, :-1]
+        m[:, : i + 2] = _reduce(new)
+    return m
+
+
+def _split(n: int) -> tuple[int, int]:
+    """Baby-step size b and giant-step count g with b * g >= n (b ~ sqrt(n))."""
+    b = max(1, math.isqrt(max(n - 1, 0)) + 1)
+    return b, -(-n // b)
+
+
+def _bases(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """x**r for r < b and (x**b)**a for a < g: every x**s (s < n) is one product of the two.
+    Costs O(sqrt(n)) per point instead of a full (k, n) power matrix."""
+    b, g = _split(n)
+    baby = powers(x, b + 1)
+    giant = powers(baby[..., b], g)
+    return baby[..., :b], giant, b, g
+
+
+def evaluate_residues(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """sum_s coeffs[c, s] * x[c, i]**s mod P as float64 (C, n); coeffs (C, K) residues."""
+    C, K = coeffs.shape
+    baby, giant, b, g = _bases(x, K)
+    padded = np.zeros((C, b * g), dtype=np.float64)
+    padded[:, :K] = coeffs
+    blocks = padded.reshape(C, g, b)                                   # [a, r] = c_{a*b+r}
+    inner = _reduce(np.matmul(baby, blocks.transpose(0, 2, 1)))        # sum over r: (C, n, g)
+    return _reduce(np.einsum("cna,cna->cn", inner, giant))              # sum over a
+
+
+def power_sums(w: np.ndarray, x: np.ndarray, K: int) -> np.ndarray:
+    """v[c, s] = sum_i w[c, i] * x[c, i]**s mod P for s < K, as float64 (C, K)."""
+    C = w.shape[0]
+    baby, giant, b, g = _bases(x, K)
+    wg = _reduce(w[:, :, None] * giant)                                 # w_i x_i^(a*b)
+    v = _reduce(np.matmul(wg.transpose(0, 2, 1), baby))                # [a, r]: (C, g, b)
+    return v.reshape(C, g * b)[:, :K]
+
+
+def interpolate(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Monomial coefficients (C, k), ascending, int64, of the polynomials of degree < k
+    through the points (x[c, i], y[c, i]). x: distinct residues per row; y: any
+    non-negative ints (reduced mod P here)."""
+    x = np.asarray(x, dtype=np.int64)
+    y = np.asarray(y, dtype=np.int64)
+    if x.ndim != 2 or x.shape != y.shape:
+        raise ValueError("x and y must be (C, k) arrays of the same shape")
+    C, k = x.shape
+    if k == 0:
+        return np.zeros((C, 0), dtype=np.int64)
+    m = master_poly(x)                                              # (C, k+1)
+    dm = _reduce(m[:, 1:] * np.arange(1, k + 1, dtype=np.float64))  # M'(z)
+    deriv = evaluate_residues(dm, x)                                # M'(x_i)
+    w = _reduce(_residues(y) * inverse(deriv))                      # Lagrange weights
+    v = power_sums(w, x, k)                                         # v_s = sum_i w_i x_i^s
+    # c_j = sum_s v_s m_{j+1+s}: windows of m (zero past degree k) against v
+    m_pad = np.concatenate([m[:, 1:], np.zeros((C, k - 1), dtype=np.float64)], axis=1)
+    hankel = sliding_window_view(m_pad, k, axis=1)                  # (C, k, k): [j, s] = m_{j+1+s}
+    return _reduce(np.einsum("cjs,cs->cj", hankel, v)).astype(np.int64)
+
+
+def evaluate(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Values (C, n), int64, of the polynomials with ascending coefficients (C, K) at x (C, n)."""
+    c = _residues(coeffs)
+    if c.shape[1] == 0:
+        return np.zeros(np.shape(x), dtype=np.int64)
+    return evaluate_residues(c, np.asarray(x, dtype=np.int64)).astype(np.int64)
