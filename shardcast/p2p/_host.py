@@ -98,7 +98,10 @@ class SwarmHost:
                 nursery.start_soon(self._receive_loop, sub)
                 nursery.start_soon(self._bootstrap_loop)
                 nursery.start_soon(self._advert_loop)
-                ready(self.multiaddrs())
+                addrs = self.multiaddrs()
+                if not addrs:  # py-libp2p logs a failed listen and goes on; we refuse to
+                    raise OSError(f"not listening on {listen} (address in use or not available)")
+                ready(addrs)
                 await trio.sleep_forever()
 
     def multiaddrs(self) -> list[str]:

@@ -115,6 +115,7 @@ class P2PNode:
         self._announced: tuple[int, int, Envelope] | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._settled = threading.Event()  # set once the host listens or the thread has ended
         self._error: BaseException | None = None
         self._token = None
         self._scope = None
@@ -141,11 +142,14 @@ class P2PNode:
             raise P2PUnavailable("libp2p is not installed (pip install 'swarmrl[p2p]')")
         if self._thread is not None:
             raise P2PError("this node was already started")
+        libp2p_log = logging.getLogger("libp2p")
+        if libp2p_log.level == logging.NOTSET:  # py-libp2p is chatty at INFO; the operator can lower this
+            libp2p_log.setLevel(logging.WARNING)
         if self.store is not None:
             self._standing["have"] = self._have_advert
         self._thread = threading.Thread(target=self._thread_main, name=f"p2p-{self.role}", daemon=True)
         self._thread.start()
-        self._ready.wait(timeout_s)
+        self._settled.wait(timeout_s)
         if self._error is not None or not self._ready.is_set():
             self.stop()
             why = self._error if self._error is not None else f"not listening after {timeout_s:.0f} s"
@@ -162,6 +166,8 @@ class P2PNode:
             self._error = exc
             if self._ready.is_set():
                 log.error("p2p: the libp2p node stopped: %s", exc, exc_info=exc)
+        finally:
+            self._settled.set()
 
     async def _main(self) -> None:
         import trio
@@ -177,6 +183,7 @@ class P2PNode:
             def ready(addrs: list[str]) -> None:
                 self._addrs = addrs
                 self._ready.set()
+                self._settled.set()
 
             await self._host.run(ready)
 
