@@ -25,7 +25,7 @@ from shardcast.p2p.announcements import (
     KIND_HAVE, KIND_NOTICE, KIND_RELAY, KIND_VERSION, Announcement, Gate, HaveAdvert, Notice,
     RelayAdvert, VersionAnnouncement, manifest_digest,
 )
-from shardcast.p2p.config import P2PConfig
+from shardcast.p2p.config import P2PConfig, bootstrap_multiaddr
 from shardcast.p2p.errors import P2PError, P2PStopped, P2PUnavailable, PeerRequestFailed, Rejected
 from shardcast.p2p.exchange import PeerShards
 from shardcast.p2p.node import P2PNode, Subscription, libp2p_available, start_node
@@ -37,5 +37,5 @@ __all__ = [
     "HaveAdvert", "Notice", "P2PConfig", "P2PError", "P2PNode", "P2PStopped", "P2PUnavailable",
     "PeerInfo", "PeerRequestFailed", "PeerShards", "Rejected", "RelayAdvert", "RelayInfo",
     "ShardStore", "Subscription", "SwarmView", "VersionAnnouncement", "VersionInfo",
-    "libp2p_available", "manifest_digest", "start_node",
+    "bootstrap_multiaddr", "libp2p_available", "manifest_digest", "start_node",
 ]

@@ -116,7 +116,7 @@ def handle(node: P2PNode, peers: PeerShards | None, serve_dir: Path | None, cmd:
             "latest": node.latest_version(),
             "relays": [r.url for r in node.view.relays(now)],
             "peers": {p.peer_id: list(p.versions) for p in node.view.peers(now)},
-            "counters": dict(node.counters),
+            "counters": node.counters.snapshot(),
             "connected": node.connected_peers(),
         }
     if name == "fetch":

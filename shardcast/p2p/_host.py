@@ -47,7 +47,7 @@ from shardcast.p2p.announcements import Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.errors import PeerRequestFailed, Rejected
 from shardcast.p2p.store import ShardStore
-from shardcast.p2p.view import SwarmView
+from shardcast.p2p.view import Counters, SwarmView
 
 log = logging.getLogger("shardcast.p2p")
 MAX_ADMITTED = 4096
@@ -65,7 +65,7 @@ class SwarmHost:
 
     def __init__(self, cfg: P2PConfig, key: KeyPair, run_id: str, gate: Gate, view: SwarmView,
                  store: ShardStore | None, deliver: Callable[[Announcement], None],
-                 standing: Callable[[], list[Envelope]], counters: dict[str, int]):
+                 standing: Callable[[], list[Envelope]], counters: "Counters"):
         self.cfg, self.key, self.run_id = cfg, key, run_id
         self.gate, self.view, self.store = gate, view, store
         self.deliver, self.standing, self.counters = deliver, standing, counters
@@ -124,7 +124,7 @@ class SwarmHost:
         try:
             ann = self.gate.admit(msg.data, now=time.time())
         except Rejected as exc:
-            self.counters[f"rejected_{exc.reason}"] = self.counters.get(f"rejected_{exc.reason}", 0) + 1
+            self.counters.inc(f"rejected_{exc.reason}")
             log.debug("dropped an announcement from %s: %s", forwarder, exc)
             return False
         self._admitted[self.pubsub.get_message_id(msg)] = ann
@@ -138,7 +138,7 @@ class SwarmHost:
             ann = self._admitted.pop(self.pubsub.get_message_id(msg), None)
             if ann is None:  # re-delivery of something already handled
                 continue
-            self.counters["admitted"] = self.counters.get("admitted", 0) + 1
+            self.counters.inc("admitted")
             self.view.apply(ann, now=time.time())
             self.deliver(ann)
 
@@ -210,7 +210,7 @@ class SwarmHost:
                         return
                     await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=True, size=len(data))))
                     await wire.write_body(stream, data)
-                    self.counters["served"] = self.counters.get("served", 0) + 1
+                    self.counters.inc("served")
                 await stream.close()
             except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
                 log.debug("p2p: a shard request failed while serving: %s", exc)

@@ -33,3 +33,9 @@ class P2PConfig(BaseModel):
     max_dial_peers: int = Field(8, ge=0, description="peers from adverts this node keeps connections to (besides bootstrap)")
     request_timeout_s: float = Field(60.0, gt=0, description="one shard-exchange request (connect, ask, read the bytes)")
     max_concurrent_serves: int = Field(8, ge=1, description="shard requests this node serves at once")
+
+
+def bootstrap_multiaddr(host: str, port: int, peer_id: str) -> str:
+    """The multiaddr other roles put in `bootstrap` to reach a node (e.g. the coordinator's,
+    whose peer id is its protocol identity's): /ip4/<host>/tcp/<port>/p2p/<peer id>."""
+    return f"/ip4/{host}/tcp/{port}/p2p/{peer_id}"

@@ -39,7 +39,7 @@ from shardcast.p2p.announcements import (
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.errors import P2PError, P2PStopped, P2PUnavailable
 from shardcast.p2p.store import ShardStore
-from shardcast.p2p.view import PeerInfo, RelayInfo, SwarmView
+from shardcast.p2p.view import Counters, PeerInfo, RelayInfo, SwarmView
 
 log = logging.getLogger("shardcast.p2p")
 WITHDRAW_GRACE_S = 0.5
@@ -108,7 +108,7 @@ class P2PNode:
         self.view = SwarmView()
         self.gate = Gate(run_id, operator_key, coordinator_key, max_skew_s=cfg.max_skew_s,
                          rate_burst=cfg.rate_burst, rate_per_s=cfg.rate_per_s)
-        self.counters: dict[str, int] = {}
+        self.counters = Counters()
         self._lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._standing: dict[str, Callable[[], Envelope | None]] = {}

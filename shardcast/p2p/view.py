@@ -60,6 +60,22 @@ class VersionInfo:
     announced_at: float
 
 
+class Counters:
+    """Named event counts (admitted, rejected_<reason>, served), written by the node's thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def inc(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class SwarmView:
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -51,7 +51,7 @@ def test_public_names_are_pinned():
         "HaveAdvert", "Notice", "P2PConfig", "P2PError", "P2PNode", "P2PStopped", "P2PUnavailable",
         "PeerInfo", "PeerRequestFailed", "PeerShards", "Rejected", "RelayAdvert", "RelayInfo",
         "ShardStore", "Subscription", "SwarmView", "VersionAnnouncement", "VersionInfo",
-        "libp2p_available", "manifest_digest", "start_node",
+        "bootstrap_multiaddr", "libp2p_available", "manifest_digest", "start_node",
     ])
     for name in p2p.__all__:
         assert hasattr(p2p, name)
