@@ -37,7 +37,7 @@ def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit
     claim is older than `claim_ttl_s` (the verifier that took them died). Oldest first."""
     c = submissions.c
     cond = and_(c.status == "queued", or_(c.claimed_at.is_(None), c.claimed_at < now - claim_ttl_s))
-    q = select(c.submission_id).where(cond).order_by(c.received_at).limit(limit)
+    q = select(c.submission_id).where(cond).order_by(c.received_at, c.submission_id).limit(limit)
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     ids = list(conn.execute(q).scalars())
@@ -48,7 +48,7 @@ def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit
     q = (select(c.submission_id, c.worker_id, c.task_index, c.rewards, c.full_check, c.envelope,
                 leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c.lease_id)
-         .where(c.submission_id.in_(ids)).order_by(c.received_at))
+         .where(c.submission_id.in_(ids)).order_by(c.received_at, c.submission_id))
     return list(conn.execute(q))
 
 

@@ -1,0 +1,184 @@
+"""A real coordinator on 127.0.0.1 for tests: real SQLite file, real HTTP, a clock the test
+moves, seeded randomness. Helpers sign messages with the test's clock and snapshot the
+whole database, so a test can show that a refused request changed nothing."""
+
+from __future__ import annotations
+
+import base64
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+
+from coordinator.app import create_app
+from coordinator.config import CoordinatorConfig
+from coordinator.context import Context, build_context
+from coordinator.rules.intake import CHUNK_BYTES, CHUNK_TOKENS
+from coordinator.store.schema import metadata
+from protocol.envelope import Envelope, envelope_signing_bytes, seal
+from protocol.http import ServerThread
+from protocol.identity import KeyPair
+from protocol.manifest import build_manifest, sign_manifest
+from protocol.messages import (KIND_BATCH_REQUEST, KIND_CLAIM, KIND_HEARTBEAT, KIND_LEASE_REQUEST,
+                               KIND_REGISTRATION, KIND_SUBMISSION, KIND_VERDICT, BatchRequest, ClaimRequest,
+                               ClaimResponse, Completion, EngineInfo, HardwareReport, Heartbeat, Lease,
+                               LeaseRequest, Registration, Submission, Verdict)
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+def proof_for(n_tokens: int) -> str:
+    """A proof blob of the size a real one has for n_tokens (contents are not checked here)."""
+    chunks = -(-n_tokens // CHUNK_TOKENS)
+    return base64.b64encode(b"\x01" * (chunks * CHUNK_BYTES + 8)).decode()
+
+
+@dataclass
+class Swarm:
+    """One coordinator under test, plus the keys of an operator, a verifier and workers."""
+
+    ctx: Context
+    server: ServerThread
+    http: httpx.Client
+    clock: Clock
+    operator: KeyPair
+    verifier: KeyPair
+    model_dir: Path
+    workers: list[KeyPair] = field(default_factory=list)
+
+    @property
+    def cfg(self) -> CoordinatorConfig:
+        return self.ctx.cfg
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+        self.ctx.db.dispose()
+
+    # -- raw requests --------------------------------------------------------------------
+    def send(self, path: str, env: Envelope | bytes | str) -> httpx.Response:
+        content = env.model_dump_json() if isinstance(env, Envelope) else env
+        return self.http.post(path, content=content, headers={"content-type": "application/json"})
+
+    def seal(self, kind, body, key: KeyPair, dt: float = 0.0) -> Envelope:
+        return seal(kind, body, key, now=self.clock() + dt)
+
+    def seal_raw(self, kind: str, body: dict, key: KeyPair, dt: float = 0.0) -> Envelope:
+        """Sign any JSON body, valid or not (for hostile-input tests)."""
+        env = self.seal(kind, Heartbeat(), key, dt)
+        sig = key.sign(envelope_signing_bytes(kind, body, env.signer, env.timestamp, env.nonce))
+        return env.model_copy(update={"body": body, "signature": sig})
+
+    def post(self, path: str, kind: str, body, key: KeyPair) -> httpx.Response:
+        return self.send(path, self.seal(kind, body, key))
+
+    # -- the usual steps -----------------------------------------------------------------
+    def new_worker(self) -> KeyPair:
+        key = KeyPair.from_seed(random.Random(len(self.workers) + 1000).randbytes(32))
+        r = self.post("/v1/workers/register", KIND_REGISTRATION,
+                      Registration(hardware=HardwareReport(cpu_count=2, ram_bytes=1 << 30)), key)
+        assert r.status_code == 200, r.text
+        self.workers.append(key)
+        return key
+
+    def publish(self, version: int) -> httpx.Response:
+        m = build_manifest(self.model_dir, run_id=self.cfg.run_id, version=version, step=version,
+                           created_at=self.clock())
+        return self.send("/v1/policy", sign_manifest(m, self.operator))
+
+    def lease(self, key: KeyPair, n: int = 1) -> list[Lease]:
+        r = self.post("/v1/leases", KIND_LEASE_REQUEST, LeaseRequest(max_tasks=n), key)
+        assert r.status_code == 200, r.text
+        return [Lease.model_validate(e["body"]) for e in r.json()["leases"]]
+
+    def heartbeat(self, key: KeyPair) -> httpx.Response:
+        return self.post("/v1/workers/heartbeat", KIND_HEARTBEAT, Heartbeat(), key)
+
+    def completions(self, lease: Lease, answer_tokens: list[int] | None = None) -> list[Completion]:
+        out = []
+        for i, _ in enumerate(lease.seeds):
+            toks = (answer_tokens if answer_tokens is not None else [5 + i % 3, 6]) + [lease.eos_token_id]
+            out.append(Completion(token_ids=toks, finish_reason="eos", proof=proof_for(len(toks))))
+        return out
+
+    def submission(self, lease: Lease, completions: list[Completion] | None = None, version: int | None = None
+                   ) -> Submission:
+        return Submission(lease_id=lease.lease_id,
+                          policy_version=lease.max_policy_version if version is None else version,
+                          completions=completions if completions is not None else self.completions(lease),
+                          engine=EngineInfo(name="test"))
+
+    def submit(self, key: KeyPair, lease: Lease, **kw) -> httpx.Response:
+        self.clock.advance(0.001)  # submissions arrive one after another
+        return self.post("/v1/submissions", KIND_SUBMISSION, self.submission(lease, **kw), key)
+
+    def claim(self, n: int = 16, key: KeyPair | None = None):
+        r = self.post("/v1/verification/claim", KIND_CLAIM, ClaimRequest(max_jobs=n), key or self.verifier)
+        assert r.status_code == 200, r.text
+        return ClaimResponse.model_validate_json(r.content).jobs
+
+    def verdict(self, submission_id: str, accepted: bool, full_check: bool = True, reason: str = "",
+                key: KeyPair | None = None) -> httpx.Response:
+        return self.post("/v1/verdicts", KIND_VERDICT,
+                         Verdict(submission_id=submission_id, accepted=accepted, full_check=full_check, checks=[],
+                                 reason=reason), key or self.verifier)
+
+    def batch(self, max_groups: int = 64, min_version: int = 0, wait_s: float = 0.0) -> httpx.Response:
+        return self.post("/v1/trainer/batch", KIND_BATCH_REQUEST,
+                         BatchRequest(max_groups=max_groups, min_policy_version=min_version, wait_s=wait_s),
+                         self.operator)
+
+    def stats(self) -> dict:
+        return self.http.get("/v1/stats").json()
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = self.http.get("/metrics").text
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        for line in text.splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def snapshot_worker(self, key: KeyPair) -> dict:
+        from coordinator.store import workers
+
+        with self.ctx.db.read() as conn:
+            return dict(workers.get(conn, key.peer_id)._mapping)
+
+    def snapshot_submission(self, submission_id: str) -> dict:
+        from coordinator.store import submissions
+
+        with self.ctx.db.read() as conn:
+            return dict(submissions.get(conn, submission_id)._mapping)
+
+    def snapshot(self) -> dict:
+        """Every row of every table: equal snapshots mean nothing changed."""
+        with self.ctx.db.read() as conn:
+            return {t.name: sorted(tuple(r) for r in conn.execute(select(t)))
+                    for t in metadata.sorted_tables}
+
+
+def start_swarm(tmp: Path, model_dir: Path, *, rng_seed: int = 0, **overrides) -> Swarm:
+    operator = KeyPair.from_seed(b"o" * 32)
+    verifier = KeyPair.from_seed(b"v" * 32)
+    fields = dict(operator_key=operator.public.hex, verifier_keys=[verifier.public.hex], model=str(model_dir),
+                  data_dir=tmp / "coordinator", key_file=tmp / "coordinator" / "coordinator.key", port=0,
+                  group_size=4, archive=False, limits={"burst": 100_000})
+    fields.update(overrides)
+    cfg = CoordinatorConfig.model_validate(fields)
+    clock = Clock()
+    ctx = build_context(cfg, clock=clock, rng=random.Random(rng_seed))
+    server = ServerThread(create_app(ctx, background=False)).start()
+    return Swarm(ctx=ctx, server=server, http=httpx.Client(base_url=server.url, timeout=30), clock=clock,
+                 operator=operator, verifier=verifier, model_dir=model_dir)

@@ -1,0 +1,156 @@
+"""The coordinator's state transitions over real HTTP: join, lease, submit, verify, train."""
+
+import json
+
+from protocol.envelope import Envelope, open_envelope
+from protocol.identity import PublicKey
+from protocol.messages import KIND_LEASE, BatchResponse, Lease, RunInfo, SubmissionStatus, WorkerInfo
+
+
+def test_run_info_names_the_keys_and_no_policy_before_the_trainer_publishes(swarm):
+    info = RunInfo.model_validate(swarm.http.get("/v1/run").json())
+    assert info.operator_key == swarm.operator.public.hex
+    assert info.verifier_keys == [swarm.verifier.public.hex]
+    assert info.current_policy_version is None
+    w = swarm.new_worker()
+    r = swarm.post("/v1/leases", "lease_request", __import__("protocol.messages").messages.LeaseRequest(max_tasks=2), w)
+    assert r.status_code == 200 and r.json()["leases"] == [] and r.json()["retry_after_s"] > 0
+
+
+def test_leases_are_signed_by_the_coordinator_with_seeds_sampling_and_the_version_window(swarm):
+    w = swarm.new_worker()
+    for v in range(4):
+        assert swarm.publish(v).status_code == 200
+    r = swarm.post("/v1/leases", "lease_request", __import__("protocol.messages").messages.LeaseRequest(max_tasks=3), w)
+    envs = [Envelope.model_validate(e) for e in r.json()["leases"]]
+    coord = PublicKey.from_hex(swarm.http.get("/v1/run").json()["coordinator_key"])
+    leases = [open_envelope(e, KIND_LEASE, Lease, signer=coord, now=swarm.clock()).body for e in envs]
+    assert len(leases) == 3 and len({l.lease_id for l in leases}) == 3
+    for lease in leases:
+        assert lease.worker_id == w.peer_id and lease.run_id == swarm.cfg.run_id
+        assert len(lease.seeds) == swarm.cfg.group_size and len(set(lease.seeds)) == swarm.cfg.group_size
+        assert (lease.min_policy_version, lease.max_policy_version) == (1, 3)
+        assert lease.sampling.temperature == swarm.cfg.sampling.temperature
+        assert lease.sampling.max_tokens == swarm.cfg.sampling.max_tokens
+        assert lease.expires_at == swarm.clock() + swarm.cfg.lease_ttl_s
+        assert lease.eos_token_id == swarm.ctx.tasks.eos_token_id
+    # prompts are the task source's train prompts, encoded with the run's tokenizer
+    tok = swarm.ctx.tasks.tokenizer
+    task = swarm.ctx.tasks.source.task("train", 0)
+    assert tok.decode(leases[0].prompt_token_ids) == task.prompt and leases[0].task_id == task.id
+
+
+def test_rewards_are_computed_by_the_coordinator_not_taken_from_the_worker(swarm):
+    swarm.publish(0)
+    w = swarm.new_worker()
+    (lease,) = swarm.lease(w)
+    task = swarm.ctx.tasks.source.task("train", 0)
+    tok = swarm.ctx.tasks.tokenizer
+    right = tok(task.answer, add_special_tokens=False)["input_ids"]
+    comps = swarm.completions(lease, right)
+    comps[1] = swarm.completions(lease, [5])[1]
+    sub = swarm.submission(lease, comps).model_copy(update={"claimed_rewards": [9.0] * len(comps)})
+    r = swarm.post("/v1/submissions", "submission", sub, w)
+    assert r.status_code == 200, r.text
+    (job,) = swarm.claim()
+    assert job.rewards == [1.0, 0.0, 1.0, 1.0]
+    assert job.task_answer == task.answer and job.task_kind == "arithmetic"
+    assert job.full_check  # a new worker is checked at 100%
+    assert job.lease.body["lease_id"] == lease.lease_id and job.submission.body["lease_id"] == lease.lease_id
+
+
+def test_nothing_reaches_the_buffer_before_a_verdict_and_groups_are_served_once(swarm):
+    swarm.publish(0)
+    w = swarm.new_worker()
+    leases = swarm.lease(w, 3)
+    sids = [swarm.submit(w, lease).json()["submission_id"] for lease in leases]
+    assert BatchResponse.model_validate_json(swarm.batch().content).groups == []
+    jobs = swarm.claim()
+    assert [j.submission_id for j in jobs] == sids
+    assert swarm.claim() == []  # claimed jobs are not handed out twice
+    assert swarm.verdict(sids[0], True).status_code == 200
+    assert swarm.verdict(sids[1], True).status_code == 200
+    groups = BatchResponse.model_validate_json(swarm.batch().content).groups
+    assert [g.submission_id for g in groups] == sids[:2]
+    g = groups[0]
+    assert g.prompt_token_ids == leases[0].prompt_token_ids
+    assert g.completions == [c.token_ids for c in swarm.completions(leases[0])]
+    assert g.finish_reasons == ["eos"] * 4 and g.temperature == swarm.cfg.sampling.temperature
+    assert len(g.advantages) == 4 and abs(sum(g.advantages)) < 1e-9
+    assert BatchResponse.model_validate_json(swarm.batch().content).groups == []
+    st = SubmissionStatus.model_validate(swarm.http.get(f"/v1/submissions/{sids[2]}").json())
+    assert st.status == "queued"
+    info = WorkerInfo.model_validate(swarm.http.get(f"/v1/workers/{w.peer_id}").json())
+    assert info.accepted == 2 and info.accepted_tokens == sum(len(c.token_ids) for c in swarm.completions(leases[0])) * 2
+
+
+def test_a_rejection_bans_the_worker_and_drops_its_unconsumed_work(swarm):
+    swarm.publish(0)
+    honest, cheat = swarm.new_worker(), swarm.new_worker()
+    h = swarm.lease(honest, 1)
+    c = swarm.lease(cheat, 4)
+    hs = swarm.submit(honest, h[0]).json()["submission_id"]
+    cs = [swarm.submit(cheat, lease).json()["submission_id"] for lease in c[:3]]
+    swarm.claim()
+    swarm.verdict(cs[0], True)                       # accepted, waiting in the buffer
+    r = swarm.verdict(cs[1], False, reason="proof check failed: 120/128 exponent mismatches")
+    assert r.status_code == 200
+    info = WorkerInfo.model_validate(swarm.http.get(f"/v1/workers/{cheat.peer_id}").json())
+    assert info.status == "banned" and "proof check failed" in info.ban_reason and info.rejected == 1
+    for sid, status in ((cs[0], "dropped"), (cs[1], "rejected"), (cs[2], "dropped")):
+        assert swarm.http.get(f"/v1/submissions/{sid}").json()["status"] == status
+    swarm.verdict(hs, True)
+    groups = BatchResponse.model_validate_json(swarm.batch().content).groups
+    assert [g.submission_id for g in groups] == [hs]
+    # the banned worker's last lease was revoked and its task returned to the pool
+    assert swarm.stats()["tasks_returned"] == 1
+    r = swarm.submit(cheat, c[3])
+    assert r.status_code == 403 and "banned" in r.json()["detail"]
+    assert swarm.new_worker  # the honest worker keeps working
+    assert swarm.lease(honest, 1)[0].task_id == c[3].task_id
+
+
+def test_check_rate_halves_with_clean_full_checks(make_swarm):
+    s = make_swarm(check_rate={"initial": 1.0, "floor": 0.25, "halve_every": 2})
+    s.publish(0)
+    w = s.new_worker()
+    rates, drawn = [], []
+    for _ in range(6):
+        (lease,) = s.lease(w)
+        sid = s.submit(w, lease).json()["submission_id"]
+        (job,) = s.claim()
+        drawn.append(job.full_check)
+        s.verdict(sid, True, full_check=True)
+        rates.append(s.http.get(f"/v1/workers/{w.peer_id}").json()["check_rate"])
+    assert rates == [1.0, 0.5, 0.5, 0.25, 0.25, 0.25]
+    assert drawn[:2] == [True, True]  # drawn at the rate of the moment: 100% at first
+    # an acceptance without a full check earns nothing towards a lower rate
+    for _ in range(50):
+        (lease,) = s.lease(w)
+        sid = s.submit(w, lease).json()["submission_id"]
+        (job,) = s.claim()
+        if not job.full_check:
+            break
+        s.verdict(sid, True, full_check=True)
+    assert not job.full_check
+    clean = s.snapshot_worker(w)["clean_checks"]
+    s.verdict(sid, True, full_check=False)
+    assert s.snapshot_worker(w)["clean_checks"] == clean
+
+
+def test_stats_report_workers_versions_buffer_and_rewards(swarm):
+    swarm.publish(0)
+    swarm.publish(1)
+    w = swarm.new_worker()
+    (lease,) = swarm.lease(w)
+    sid = swarm.submit(w, lease).json()["submission_id"]
+    swarm.claim()
+    swarm.verdict(sid, True)
+    st = swarm.stats()
+    assert st["policy"]["current_version"] == 1 and st["policy"]["versions"] == 2
+    assert st["buffer"]["depth"] == 1 and st["submissions"] == {"accepted": 1}
+    (wk,) = st["workers"]
+    assert wk["worker_id"] == w.peer_id and wk["accepted"] == 1 and wk["status"] == "active"
+    assert st["rewards_by_version"] == [{"policy_version": 1, "submissions": 1, "accepted": 1,
+                                         "mean_reward": 0.0, "mean_reward_accepted": 0.0}]
+    json.dumps(st)

@@ -1,0 +1,143 @@
+"""Lease lifecycle: quotas, expiry and re-leasing, releases, silent workers, the version window."""
+
+import threading
+import time
+
+from coordinator.service import upkeep
+from protocol.messages import KIND_LEASE_RELEASE, BatchResponse, LeaseRelease
+
+
+def test_a_worker_holds_a_bounded_number_of_leases(make_swarm):
+    s = make_swarm(limits={"max_leases_per_worker": 5, "burst": 1000})
+    s.publish(0)
+    w = s.new_worker()
+    assert len(s.lease(w, 3)) == 3
+    assert len(s.lease(w, 3)) == 2
+    r = s.post("/v1/leases", "lease_request", __import__("protocol.messages").messages.LeaseRequest(max_tasks=3), w)
+    assert r.json()["leases"] == [] and r.json()["retry_after_s"] > 0
+
+
+def test_an_expired_lease_is_refused_and_its_task_goes_to_another_worker(swarm):
+    swarm.publish(0)
+    a, b = swarm.new_worker(), swarm.new_worker()
+    (lease,) = swarm.lease(a)
+    swarm.clock.advance(swarm.cfg.lease_ttl_s + 1)
+    swarm.heartbeat(a), swarm.heartbeat(b)
+    assert upkeep.sweep(swarm.ctx)["expired"] == 1
+    assert swarm.submit(a, lease).status_code == 410
+    assert swarm.lease(a)[0].task_id != lease.task_id      # not back to the worker that dropped it
+    (again,) = swarm.lease(b)
+    assert again.task_id == lease.task_id and again.lease_id != lease.lease_id
+    assert set(again.seeds).isdisjoint(lease.seeds)
+    assert swarm.submit(b, again).status_code == 200
+
+
+def test_released_leases_return_their_tasks(swarm):
+    swarm.publish(0)
+    a, b = swarm.new_worker(), swarm.new_worker()
+    leases = swarm.lease(a, 3)
+    r = swarm.post("/v1/leases/release", KIND_LEASE_RELEASE,
+                   LeaseRelease(lease_ids=[leases[0].lease_id, leases[2].lease_id]), a)
+    assert r.json() == {"released": 2}
+    # releasing again is harmless and counts nothing
+    r = swarm.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[leases[0].lease_id]), a)
+    assert r.json() == {"released": 0}
+    assert swarm.submit(a, leases[0]).status_code == 410
+    got = swarm.lease(b, 3)
+    assert [g.task_id for g in got[:2]] == [leases[0].task_id, leases[2].task_id]
+
+
+def test_a_silent_worker_is_marked_gone_and_its_leases_return(swarm):
+    swarm.publish(0)
+    a, b = swarm.new_worker(), swarm.new_worker()
+    la = swarm.lease(a, 2)
+    j = swarm.cfg.join
+    for _ in range(j.missed_heartbeats_gone + 1):
+        swarm.clock.advance(j.heartbeat_interval_s)
+        swarm.heartbeat(b)
+    out = upkeep.sweep(swarm.ctx)
+    assert out["gone"] == 1 and out["orphaned"] == 2
+    assert swarm.http.get(f"/v1/workers/{a.peer_id}").json()["status"] == "gone"
+    assert swarm.http.get(f"/v1/workers/{b.peer_id}").json()["status"] == "active"
+    assert {l.task_id for l in swarm.lease(b, 2)} == {l.task_id for l in la}
+    # a heartbeat brings the worker back
+    assert swarm.heartbeat(a).status_code == 200
+    assert swarm.http.get(f"/v1/workers/{a.peer_id}").json()["status"] == "active"
+
+
+def test_lease_version_range_follows_new_policy_versions(swarm):
+    swarm.publish(0)
+    w = swarm.new_worker()
+    (old,) = swarm.lease(w)
+    assert (old.min_policy_version, old.max_policy_version) == (0, 0)
+    for v in (1, 2, 3):
+        swarm.publish(v)
+    (new,) = swarm.lease(w)
+    assert (new.min_policy_version, new.max_policy_version) == (1, 3)
+    # the old lease keeps its own range: version 0 is what it allows
+    assert swarm.submit(w, old, version=1).status_code == 422
+    assert swarm.submit(w, old, version=0).status_code == 200
+
+
+def test_groups_older_than_the_window_are_dropped_and_counted(swarm):
+    swarm.publish(0)
+    w = swarm.new_worker()
+    sids = [swarm.submit(w, lease).json()["submission_id"] for lease in swarm.lease(w, 2)]
+    swarm.claim()
+    for sid in sids:
+        swarm.verdict(sid, True)
+    for v in (1, 2, 3):
+        swarm.publish(v)
+    resp = BatchResponse.model_validate_json(swarm.batch().content)
+    assert resp.groups == [] and resp.dropped_stale == 2
+    assert swarm.stats()["buffer"]["dropped_stale"] == 2
+    assert swarm.metric("swarmrl_coordinator_groups_dropped_stale_total") == 2
+
+
+def test_batch_request_min_version_is_respected_and_lower_groups_wait(swarm):
+    swarm.publish(0)
+    w = swarm.new_worker()
+    (l0,) = swarm.lease(w)
+    swarm.publish(1)
+    (l1,) = swarm.lease(w)
+    s0 = swarm.submit(w, l0).json()["submission_id"]
+    s1 = swarm.submit(w, l1, version=1).json()["submission_id"]
+    swarm.claim()
+    swarm.verdict(s0, True), swarm.verdict(s1, True)
+    got = BatchResponse.model_validate_json(swarm.batch(min_version=1).content).groups
+    assert [g.submission_id for g in got] == [s1]
+    got = BatchResponse.model_validate_json(swarm.batch(min_version=0).content).groups
+    assert [g.submission_id for g in got] == [s0]
+
+
+def test_batch_long_poll_wakes_when_a_group_is_accepted(swarm):
+    swarm.publish(0)
+    w = swarm.new_worker()
+    (lease,) = swarm.lease(w)
+    sid = swarm.submit(w, lease).json()["submission_id"]
+    swarm.claim()
+    result = {}
+
+    def poll():
+        result["resp"] = swarm.batch(wait_s=30)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    time.sleep(0.3)
+    assert "resp" not in result  # still waiting: nothing accepted yet
+    swarm.verdict(sid, True)
+    t.join(timeout=20)  # the poll would wait 30 s if the verdict did not wake it
+    assert "resp" in result
+    groups = BatchResponse.model_validate_json(result["resp"].content).groups
+    assert [g.submission_id for g in groups] == [sid]
+
+
+def test_a_claim_without_verdict_is_handed_out_again_after_its_ttl(swarm):
+    swarm.publish(0)
+    w = swarm.new_worker()
+    (lease,) = swarm.lease(w)
+    sid = swarm.submit(w, lease).json()["submission_id"]
+    assert [j.submission_id for j in swarm.claim()] == [sid]
+    assert swarm.claim() == []
+    swarm.clock.advance(swarm.cfg.verification_claim_ttl_s + 1)
+    assert [j.submission_id for j in swarm.claim()] == [sid]

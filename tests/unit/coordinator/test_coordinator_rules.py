@@ -1,0 +1,177 @@
+"""The coordinator's pure rules, called directly with explicit time and randomness."""
+
+import base64
+import random
+
+import pytest
+
+from coordinator.errors import Conflict, Forbidden, Gone, Invalid
+from coordinator.rules.advantages import group_advantages
+from coordinator.rules.buffer import Candidate, select_batch, window_floor
+from coordinator.rules.intake import LeaseFacts, check_completions, check_lease, content_hash, proof_size_bounds
+from coordinator.rules.leasing import (ReturnedTask, allowed_versions, draw_seeds, leases_to_issue, new_id,
+                                       pick_returned)
+from coordinator.rules.limits import RateLimiter
+from coordinator.rules.reputation import check_rate, full_check
+from protocol.messages import Completion, EngineInfo, Submission
+from protocol.pow import leading_zero_bits, pow_ok, solve_pow
+
+
+# -- reputation -----------------------------------------------------------------------------
+def test_check_rate_starts_full_halves_with_clean_checks_and_stops_at_the_floor():
+    rate = lambda n: check_rate(n, initial=1.0, floor=0.1, halve_every=20)  # noqa: E731
+    assert rate(0) == 1.0 and rate(19) == 1.0
+    assert rate(20) == 0.5 and rate(40) == 0.25 and rate(60) == 0.125
+    assert rate(80) == 0.1 and rate(10_000) == 0.1
+
+
+def test_full_check_draw_is_a_threshold_on_the_uniform_draw():
+    assert full_check(1.0, 0.999) and not full_check(0.25, 0.25) and full_check(0.25, 0.2499)
+    draws = [full_check(0.3, random.Random(i).random()) for i in range(2000)]
+    assert 0.25 < sum(draws) / len(draws) < 0.35
+
+
+# -- advantages -----------------------------------------------------------------------------
+def test_group_advantages_are_zero_mean_unit_std_and_zero_for_flat_groups():
+    adv = group_advantages([1.0, 0.0, 0.0, 1.0])
+    assert adv == [1.0, -1.0, -1.0, 1.0]
+    adv = group_advantages([1.0, 0.0, 0.0, 0.0])
+    assert adv[0] == pytest.approx(3 / 3**0.5) and adv[1] == pytest.approx(-1 / 3**0.5)
+    assert group_advantages([1.0, 1.0, 1.0]) == [0.0, 0.0, 0.0]
+    assert group_advantages([]) == []
+
+
+# -- leasing --------------------------------------------------------------------------------
+def test_allowed_versions_follow_the_async_window():
+    assert allowed_versions(0, 2) == (0, 0)
+    assert allowed_versions(5, 2) == (3, 5)
+    assert allowed_versions(5, 0) == (5, 5)
+
+
+def test_seeds_and_ids_come_from_the_given_rng():
+    a, b = random.Random(7), random.Random(7)
+    assert draw_seeds(a, 4) == draw_seeds(b, 4)
+    assert new_id(a, "l-") == new_id(b, "l-") != new_id(b, "l-")
+    assert all(0 <= s < 2**63 for s in draw_seeds(a, 100))
+
+
+def test_lease_quota_bounds_what_a_request_gets():
+    assert leases_to_issue(8, 0, 64) == 8
+    assert leases_to_issue(8, 60, 64) == 4
+    assert leases_to_issue(8, 64, 64) == 0
+    assert leases_to_issue(8, 70, 64) == 0
+
+
+def test_returned_tasks_go_to_other_workers_oldest_first():
+    returned = [ReturnedTask(3, "A"), ReturnedTask(9, "B"), ReturnedTask(4, "A"), ReturnedTask(1, "C")]
+    assert pick_returned(2, returned, "A") == [9, 1]
+    assert pick_returned(10, returned, "B") == [3, 4, 1]
+    assert pick_returned(1, returned, "Z") == [3]
+
+
+# -- buffer ---------------------------------------------------------------------------------
+def test_batch_takes_groups_in_the_window_and_drops_older_ones():
+    cands = [Candidate("a", 1), Candidate("b", 3), Candidate("c", 4), Candidate("d", 5), Candidate("e", 2)]
+    take, stale = select_batch(cands, current=5, window=2, min_policy_version=0, max_groups=10)
+    assert take == ["b", "c", "d"] and stale == ["a", "e"]
+    take, stale = select_batch(cands, current=5, window=2, min_policy_version=4, max_groups=10)
+    assert take == ["c", "d"] and stale == ["a", "e"]  # 'b' stays for a later request
+    take, _ = select_batch(cands, current=5, window=2, min_policy_version=0, max_groups=1)
+    assert take == ["b"]
+    assert window_floor(None, 2) == 0 and window_floor(1, 2) == 0 and window_floor(9, 2) == 7
+
+
+# -- limits ---------------------------------------------------------------------------------
+def test_token_bucket_allows_the_burst_then_the_rate():
+    lim = RateLimiter(rate=2.0, burst=3)
+    assert [lim.take("k", 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert lim.take("k", 100.0) == pytest.approx(0.5)
+    assert lim.take("other", 100.0) == 0.0
+    assert lim.take("k", 100.5) == 0.0
+    assert lim.take("k", 100.5) > 0
+
+
+def test_token_bucket_forgets_least_recent_keys_beyond_its_bound():
+    lim = RateLimiter(rate=1.0, burst=1, max_keys=2)
+    lim.take("a", 0.0), lim.take("b", 0.0), lim.take("c", 0.0)
+    assert lim.take("a", 0.0) == 0.0  # 'a' was forgotten: a full bucket again
+    assert lim.take("c", 0.0) > 0
+
+
+# -- proof of work --------------------------------------------------------------------------
+def test_proof_of_work_round_trip_and_refusals():
+    nonce = solve_pow("chal", "ab" * 32, 8)
+    assert pow_ok("chal", "ab" * 32, nonce, 8)
+    assert not pow_ok("chal", "cd" * 32, nonce, 24)  # another key needs its own work
+    assert not pow_ok("chal", "ab" * 32, None, 8)
+    assert pow_ok("chal", "ab" * 32, None, 0)
+    assert leading_zero_bits(b"\x00\x0f") == 12 and leading_zero_bits(b"\x80") == 0
+
+
+# -- intake ---------------------------------------------------------------------------------
+EOS = 1
+FACTS = LeaseFacts(lease_id="l-1", worker_id="W", status="active", expires_at=100.0, min_version=3,
+                   max_version=5, n_seeds=2, max_tokens=4, eos_token_id=EOS)
+
+
+def _proof(n):
+    lo, _ = proof_size_bounds(n)
+    return base64.b64encode(b"\x02" * (lo + 8)).decode()
+
+
+def _sub(comps, version=4):
+    return Submission(lease_id="l-1", policy_version=version, engine=EngineInfo(name="t"),
+                      completions=[Completion(token_ids=t, finish_reason=f, proof=p if p is not None else _proof(len(t)))
+                                   for t, f, p in comps])
+
+
+GOOD = [([5, 6, EOS], "eos", None), ([5, 6, 7, 8], "length", None)]
+
+
+def test_a_good_submission_passes_and_counts_its_tokens():
+    check_lease(FACTS, "W", now=50.0)
+    assert check_completions(_sub(GOOD), FACTS, vocab_size=10) == 7
+
+
+@pytest.mark.parametrize("facts,signer,now,err,reason", [
+    (FACTS, "X", 50.0, Forbidden, "not_your_lease"),
+    (FACTS.__class__(**{**FACTS.__dict__, "status": "submitted"}), "W", 50.0, Conflict, "duplicate_submission"),
+    (FACTS.__class__(**{**FACTS.__dict__, "status": "expired"}), "W", 50.0, Gone, "lease_closed"),
+    (FACTS, "W", 100.5, Gone, "lease_expired"),
+])
+def test_lease_checks_refuse_with_a_reason(facts, signer, now, err, reason):
+    with pytest.raises(err) as e:
+        check_lease(facts, signer, now)
+    assert e.value.reason == reason
+
+
+@pytest.mark.parametrize("comps,version,reason", [
+    (GOOD, 2, "wrong_version"),
+    (GOOD, 6, "wrong_version"),
+    (GOOD[:1], 4, "wrong_count"),
+    ([([5, 6, 7, 8, EOS], "eos", None), GOOD[1]], 4, "too_long"),
+    ([([5, 10, EOS], "eos", None), GOOD[1]], 4, "token_out_of_vocab"),
+    ([([5, 6], "eos", None), GOOD[1]], 4, "bad_termination"),
+    ([([EOS, 6, EOS], "eos", None), GOOD[1]], 4, "bad_termination"),
+    ([([], "eos", None), GOOD[1]], 4, "bad_termination"),
+    ([GOOD[0], ([5, 6, 7], "length", None)], 4, "bad_termination"),
+    ([GOOD[0], ([5, EOS, 7, 8], "length", None)], 4, "bad_termination"),
+    ([GOOD[0], ([5, 6, 7, 8], "length", "not base64!")], 4, "bad_proof"),
+    ([GOOD[0], ([5, 6, 7, 8], "length", "")], 4, "bad_proof"),
+    ([GOOD[0], ([5, 6, 7, 8], "length", base64.b64encode(b"\x01" * 10).decode())], 4, "bad_proof"),
+    ([GOOD[0], ([5, 6, 7, 8], "length", base64.b64encode(b"\x01" * 2000).decode())], 4, "bad_proof"),
+])
+def test_completion_checks_refuse_with_a_reason(comps, version, reason):
+    with pytest.raises(Invalid) as e:
+        check_completions(_sub(comps, version), FACTS, vocab_size=10)
+    assert e.value.reason == reason
+
+
+def test_content_hash_depends_on_tokens_proofs_and_finish_reasons():
+    base = [{"token_ids": [1, 2], "proof": "AA==", "finish_reason": "eos"}]
+    h = content_hash(base)
+    assert h == content_hash([dict(base[0])])
+    assert h != content_hash([{**base[0], "token_ids": [1, 3]}])
+    assert h != content_hash([{**base[0], "proof": "AB=="}])
+    assert h != content_hash([{**base[0], "finish_reason": "length"}])
+    assert h != content_hash(base + base)
