@@ -19,7 +19,7 @@ from typing import Any, Callable
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import ConfigError
 from coordinator.metrics import Metrics
-from coordinator.rules.intake import ProofCheck, default_proof_check
+from coordinator.rules.intake import ProofCheck, codec_proof_check, default_proof_check
 from coordinator.rules.limits import RateLimiter
 from coordinator.store import meta
 from coordinator.store.db import Database, normalise_url
@@ -110,8 +110,5 @@ def build_context(cfg: CoordinatorConfig, *, clock: Callable[[], float] = time.t
         tasks = TaskBook.load(cfg.model, cfg.tasks.kind, cfg.tasks.seed, cfg.tasks.options, cfg.chat_template)
     return Context(cfg=cfg, db=db, key=key, operator=operator, verifier_keys=verifiers, tasks=tasks,
                    pow_challenge=challenge, metrics=Metrics(), clock=clock,
-                   rng=rng or random.SystemRandom(), proof_check=proof_check or _default_proof_check())
-
-
-def _default_proof_check() -> ProofCheck:
-    return default_proof_check
+                   rng=rng or random.SystemRandom(),
+                   proof_check=proof_check or codec_proof_check(tasks.hidden_size))

@@ -30,8 +30,9 @@ class PreparedTask:
 
 class TaskBook:
     def __init__(self, tokenizer: Any, source: TaskSource, vocab_size: int, eos_token_id: int,
-                 chat_template: bool = False, cache_size: int = 65_536):
+                 chat_template: bool = False, cache_size: int = 65_536, hidden_size: int | None = None):
         self.tokenizer = tokenizer
+        self.hidden_size = hidden_size
         self.source = source
         self.vocab_size = vocab_size
         self.eos_token_id = eos_token_id
@@ -53,8 +54,9 @@ class TaskBook:
             raise ConfigError(str(exc)) from exc
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load the tokenizer of {model_ref!r}: {exc}") from exc
-        return cls(tokenizer, source, vocab_size=_vocab_size(model_ref, tokenizer), eos_token_id=eos,
-                   chat_template=chat_template)
+        vocab, hidden = _model_sizes(model_ref, tokenizer)
+        return cls(tokenizer, source, vocab_size=vocab, eos_token_id=eos, chat_template=chat_template,
+                   hidden_size=hidden)
 
     def prepare(self, index: int) -> PreparedTask:
         key = index % self._train_size
@@ -79,14 +81,16 @@ class TaskBook:
         return [float(score(task.kind, task.answer, t)) for t in texts]
 
 
-def _vocab_size(model_ref: str, tokenizer: Any) -> int:
-    """The model's vocabulary (embedding rows) when its config says, else the tokenizer's."""
+def _model_sizes(model_ref: str, tokenizer: Any) -> tuple[int, int | None]:
+    """(vocabulary size, hidden size) from the model's config: the vocabulary is the
+    embedding rows (else the tokenizer's length), the hidden size None when unknown."""
     try:
         from transformers import AutoConfig
 
-        n = getattr(AutoConfig.from_pretrained(str(model_ref)), "vocab_size", None)
-        if n:
-            return int(n)
+        conf = AutoConfig.from_pretrained(str(model_ref))
     except (OSError, ValueError):
-        pass
-    return len(tokenizer)
+        return len(tokenizer), None
+    conf = getattr(conf, "text_config", None) or conf
+    vocab = getattr(conf, "vocab_size", None) or len(tokenizer)
+    hidden = getattr(conf, "hidden_size", None)
+    return int(vocab), int(hidden) if hidden else None

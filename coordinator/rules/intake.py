@@ -21,10 +21,10 @@ from typing import Callable
 from coordinator.errors import Conflict, Forbidden, Gone, Invalid
 from protocol.messages import Completion, Submission
 
-CHUNK_TOKENS = 32          # tokens per proof chunk (TOPLOC decode batching)
-CHUNK_BYTES = 258          # bytes per chunk: u16 modulus + 128 u16 coefficients
-PROOF_HEADER_MAX = 64      # room for the versioned container's header
-
+CHUNK_TOKENS = 32          # tokens per proof chunk (TOPLOC decode batching); the only layout accepted
+TOPK = 128                 # values per chunk; a smaller top-k would be a weaker proof
+CHUNK_BYTES = 2 + 2 * TOPK
+PROOF_HEADER_MAX = 64      # room for the versioned container's header (16 bytes in layout 1)
 
 @dataclass(frozen=True)
 class LeaseFacts:
@@ -67,6 +67,29 @@ def default_proof_check(blob: bytes, n_tokens: int) -> None:
 
 
 ProofCheck = Callable[[bytes, int], None]
+
+
+def codec_proof_check(hidden_size: int | None) -> ProofCheck:
+    """The check intake uses: the blob decodes as a `protocol.proof` container (structure
+    only; the verifier compares the values), covers exactly the completion's tokens, uses
+    the protocol's chunk size and top-k, and the model's hidden size when it is known."""
+    from protocol.errors import ProofError
+    from protocol.proof import decode_header
+
+    def check(blob: bytes, n_tokens: int) -> None:
+        try:
+            h = decode_header(blob)
+        except ProofError as exc:
+            raise Invalid("bad_proof", f"proof does not decode: {exc}") from None
+        if h.tokens != n_tokens:
+            raise Invalid("bad_proof", f"proof covers {h.tokens} tokens, the completion has {n_tokens}")
+        if (h.chunk_size, h.topk) != (CHUNK_TOKENS, TOPK):
+            raise Invalid("bad_proof", f"proof uses chunk size {h.chunk_size} and top-k {h.topk}; this run "
+                                       f"requires {CHUNK_TOKENS} and {TOPK}")
+        if hidden_size and n_tokens and h.hidden_size != hidden_size:
+            raise Invalid("bad_proof", f"proof is over hidden size {h.hidden_size}; the model's is {hidden_size}")
+
+    return check
 
 
 def check_completions(sub: Submission, lease: LeaseFacts, vocab_size: int,

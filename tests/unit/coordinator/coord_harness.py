@@ -4,7 +4,6 @@ whole database, so a test can show that a refused request changed nothing."""
 
 from __future__ import annotations
 
-import base64
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,6 @@ from sqlalchemy import select
 from coordinator.app import create_app
 from coordinator.config import CoordinatorConfig
 from coordinator.context import Context, build_context
-from coordinator.rules.intake import CHUNK_BYTES, CHUNK_TOKENS
 from coordinator.store.schema import metadata
 from protocol.envelope import Envelope, envelope_signing_bytes, seal
 from protocol.http import ServerThread
@@ -38,10 +36,21 @@ class Clock:
         self.t += s
 
 
-def proof_for(n_tokens: int) -> str:
-    """A proof blob of the size a real one has for n_tokens (contents are not checked here)."""
-    chunks = -(-n_tokens // CHUNK_TOKENS)
-    return base64.b64encode(b"\x01" * (chunks * CHUNK_BYTES + 8)).decode()
+_PROOFS: dict[tuple[int, int], str] = {}
+
+
+def proof_for(n_tokens: int, hidden_size: int = 32) -> str:
+    """A real proof (protocol.proof) of random hidden states for n_tokens tokens: intake
+    checks its structure; only the verifier compares values."""
+    key = (n_tokens, hidden_size)
+    if key not in _PROOFS:
+        import torch
+
+        from protocol.proof import build_proof, to_b64
+
+        g = torch.Generator().manual_seed(n_tokens)
+        _PROOFS[key] = to_b64(build_proof(torch.randn(n_tokens, hidden_size, generator=g)))
+    return _PROOFS[key]
 
 
 @dataclass

@@ -5,9 +5,11 @@ real state (a policy version, two workers, leases, a queued submission). The who
 is snapshotted before and after: equal snapshots mean the request changed nothing.
 """
 
+import base64
 import json
 
 import pytest
+from coord_harness import proof_for
 
 from protocol.envelope import Envelope
 from protocol.identity import KeyPair
@@ -288,6 +290,22 @@ def case_undecodable_proof(w):
     lease = w["la"][1]
     comps = s.completions(lease)
     comps[2] = comps[2].model_copy(update={"proof": "%%%"})
+    return s.submit(w["a"], lease, completions=comps), 422, "bad_proof"
+
+
+def case_proof_that_is_not_a_proof(w):
+    s = w["s"]
+    lease = w["la"][1]
+    comps = s.completions(lease)
+    comps[1] = comps[1].model_copy(update={"proof": base64.b64encode(b"\x01" * 300).decode()})
+    return s.submit(w["a"], lease, completions=comps), 422, "bad_proof"
+
+
+def case_proof_of_another_length(w):
+    s = w["s"]
+    lease = w["la"][1]
+    comps = s.completions(lease)
+    comps[0] = comps[0].model_copy(update={"proof": proof_for(len(comps[0].token_ids) + 1)})
     return s.submit(w["a"], lease, completions=comps), 422, "bad_proof"
 
 

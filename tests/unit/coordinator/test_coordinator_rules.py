@@ -175,3 +175,25 @@ def test_content_hash_depends_on_tokens_proofs_and_finish_reasons():
     assert h != content_hash([{**base[0], "proof": "AB=="}])
     assert h != content_hash([{**base[0], "finish_reason": "length"}])
     assert h != content_hash(base + base)
+
+
+def test_codec_proof_check_accepts_real_proofs_and_refuses_mismatches():
+    import torch
+
+    from coordinator.rules.intake import codec_proof_check
+    from protocol.proof import build_proof
+
+    check = codec_proof_check(hidden_size=16)
+    h = torch.randn(40, 16)
+    check(build_proof(h), 40)
+    check(build_proof(torch.zeros(0, 16)), 0)
+    for blob, n, words in [
+        (build_proof(h), 39, "covers 40 tokens"),
+        (build_proof(h, topk=8), 40, "top-k 8"),
+        (build_proof(torch.randn(40, 8)), 40, "hidden size 8"),
+        (b"\x00" * (2 * 258 + 16), 40, "does not decode"),
+        (build_proof(h)[:-1], 40, "does not decode"),
+    ]:
+        with pytest.raises(Invalid) as e:
+            check(blob, n)
+        assert e.value.reason == "bad_proof" and words in e.value.detail
