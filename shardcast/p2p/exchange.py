@@ -6,6 +6,9 @@ ShardcastClient (or any caller) uses it beside its relays:
     peers.peers_with(version)        -> peer ids that advertise the whole version
     peers.manifest(version)          -> the PolicyManifest, verified with the operator key
     peers.fetch_shard(version, i)    -> bytes, checked with protocol.manifest.check_shard
+    peers.fetch_into(version, shards, sink)  -> writes verified shards through a
+                                        shardcast.fetch.ShardSink (the client's partial
+                                        checkpoint), e.g. for what relays could not supply
 
 Integrity is exactly as from a relay: the manifest is the operator-signed one (embedded in
 a version announcement, or asked of a peer and opened with the operator key, and compared
@@ -18,8 +21,10 @@ spreads. Blocking; call it from a worker thread in asyncio code.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
+from typing import TYPE_CHECKING
 
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError, SignatureError
@@ -32,6 +37,10 @@ from shardcast.p2p.announcements import manifest_digest
 from shardcast.p2p.errors import PeerRequestFailed
 from shardcast.p2p.node import P2PNode
 from shardcast.p2p.view import PeerInfo
+
+if TYPE_CHECKING:
+    from protocol.messages import ShardEntry
+    from shardcast.fetch import ShardSink
 
 log = logging.getLogger("shardcast.p2p")
 
@@ -138,3 +147,22 @@ class PeerShards:
         if corrupt == tried:
             raise CorruptData(f"every peer asked ({tried}) served a corrupt shard {index} of version {version}")
         raise FetchFailed(f"no peer supplied shard {index} of version {version} ({tried} tried)")
+
+    def fetch_into(self, version: int, shards: "list[ShardEntry]", sink: "ShardSink") -> int:
+        """Fetch `shards` of `version` from peers, one at a time, writing each verified shard
+        through `sink` (begin, write at the given offset, end, commit: the protocol of
+        shardcast.fetch). Returns the bytes written; raises like `fetch_shard`."""
+        written = 0
+        for shard in shards:
+            data = self.fetch_shard(version, shard.index)
+            fd, base = sink.begin(shard)
+            try:
+                view = memoryview(data)
+                done = 0
+                while done < len(data):
+                    done += os.pwrite(fd, view[done:], base + done)
+            finally:
+                sink.end(shard, fd)
+            sink.commit(shard)
+            written += len(data)
+        return written

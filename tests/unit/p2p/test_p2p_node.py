@@ -184,6 +184,33 @@ def test_manifest_is_asked_of_a_peer_when_only_its_hash_was_announced(swarm):
     assert peers.fetch_shard(2, 0) == (folder / "config.json").read_bytes()
 
 
+def test_fetch_into_writes_verified_shards_through_a_sink(swarm, tmp_path):
+    src = held_by(swarm, 1)
+    swarm["holder"].refresh_have()
+    wait_for(lambda: swarm["holder"].peer_id in {p.peer_id for p in swarm["worker"].peers_with(1)}, "holder")
+
+    class FileSink:  # one file per checkpoint file, as the client's partial checkpoint does
+        def __init__(self):
+            self.committed = []
+
+        def begin(self, shard):
+            return os.open(tmp_path / shard.path, os.O_WRONLY | os.O_CREAT, 0o644), shard.offset
+
+        def end(self, shard, fd):
+            os.close(fd)
+
+        def commit(self, shard):
+            self.committed.append(shard.index)
+
+    peers = PeerShards(swarm["worker"], OP.public)
+    m = peers.manifest(1)
+    sink = FileSink()
+    assert peers.fetch_into(1, list(reversed(m.shards)), sink) == m.total_bytes
+    assert sorted(sink.committed) == [s.index for s in m.shards]
+    for f in ("config.json", "w.bin"):
+        assert (tmp_path / f).read_bytes() == (src / f).read_bytes()
+
+
 def test_nobody_holding_a_version_is_version_unavailable(swarm):
     with pytest.raises(VersionUnavailable):
         PeerShards(swarm["worker"], OP.public).manifest(77)
