@@ -99,8 +99,9 @@ def handle(node: P2PNode, peers: PeerShards | None, serve_dir: Path | None, cmd:
     name = cmd.get("cmd")
     if name == "announce_version":
         env = Envelope.model_validate_json(Path(cmd["manifest_file"]).read_bytes())
+        published_at = time.time()  # taken before publishing, so latencies measured from it are not flattered
         node.announce_version(env)
-        return {"published_at": time.time()}
+        return {"published_at": published_at}
     if name == "advertise_relay":
         node.advertise_relay(cmd["url"], region=cmd.get("region", ""), capacity_mbps=float(cmd.get("capacity_mbps", 0)))
         return {}

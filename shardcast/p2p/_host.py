@@ -9,7 +9,7 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   so the same envelope re-published by anyone is a duplicate gossipsub drops itself; the
   validation cache is kept to a second so no admitted message skips the gate on re-arrival.
   Only messages the gate admitted in this process are delivered (the `_admitted` table).
-- Loops: receive (apply to the view, hand to the node), bootstrap (re-dial unconnected
+- Loops: receive (apply to the view; hand what changed it to the node), bootstrap (re-dial unconnected
   bootstrap peers), adverts (re-seal and repeat standing adverts; dial a few advertised
   peers so the mesh does not hang on the bootstrap peer alone).
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
@@ -51,6 +51,7 @@ from shardcast.p2p.view import Counters, SwarmView
 
 log = logging.getLogger("shardcast.p2p")
 MAX_ADMITTED = 4096
+REQUEST_READ_TIMEOUT_S = 10.0
 # What the network side can raise at this boundary; translated, never swallowed silently.
 NET_ERRORS = (BaseLibp2pError, multiaddr.exceptions.Error, ValueError, OSError,
               trio.BrokenResourceError, trio.ClosedResourceError)
@@ -139,8 +140,8 @@ class SwarmHost:
             if ann is None:  # re-delivery of something already handled
                 continue
             self.counters.inc("admitted")
-            self.view.apply(ann, now=time.time())
-            self.deliver(ann)
+            if self.view.apply(ann, now=time.time()):  # repeats of standing adverts are not news
+                self.deliver(ann)
 
     async def publish(self, env: Envelope) -> None:
         await self.pubsub.publish(self.topic, encode(env))
@@ -202,8 +203,9 @@ class SwarmHost:
             return
         async with self._serving:
             try:
-                with trio.fail_after(self.cfg.request_timeout_s):
+                with trio.fail_after(REQUEST_READ_TIMEOUT_S):  # a silent peer cannot hold a slot long
                     req = wire.decode_request(await wire.read_frame(stream, StreamEOF))
+                with trio.fail_after(self.cfg.request_timeout_s):
                     data = await self._lookup(req)
                     if isinstance(data, str):
                         await self._reply_error(stream, data)

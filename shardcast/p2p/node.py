@@ -4,7 +4,7 @@ py-libp2p is trio-based; every role of swarmrl is synchronous code or asyncio (F
 The node keeps trio to itself: `start()` runs `trio.run` in a daemon thread and returns once
 the host listens; every other method is safe from any thread except the node's own, and
 crosses into trio with `trio.from_thread.run` (blocking the caller, never the trio loop).
-Announcements reach callers three ways: the `view` (newest version, relays, peers holding a
+Announcements reach callers two ways: the `view` (newest version, relays, peers holding a
 version, notices; `wait_for_version` long-polls it), and `subscribe()` queues, sync
 (`queue.Queue`) or asyncio (fed with `loop.call_soon_threadsafe`), bounded, oldest dropped.
 
@@ -55,7 +55,9 @@ def libp2p_available() -> bool:
 
 
 class Subscription:
-    """Announcements admitted after subscribing, oldest first; bounded (oldest dropped)."""
+    """Announcements admitted after subscribing that changed the node's view (a new version,
+    relay or notice; a peer's new holdings; not the periodic repeats), oldest first; bounded
+    (oldest dropped, counted in `dropped`)."""
 
     def __init__(self, kinds: set[str] | None, loop: asyncio.AbstractEventLoop | None, maxsize: int):
         self.kinds, self.loop, self.maxsize = kinds, loop, maxsize

@@ -229,6 +229,29 @@ def test_a_peer_refuses_requests_for_another_run(swarm):
         swarm["worker"].request(holder, big, 10)
 
 
+def test_garbage_on_the_shard_protocol_does_not_hurt_the_server(swarm):
+    from shardcast.p2p._host import _peer_info
+
+    worker, holder = swarm["worker"], swarm["holder"]
+    held_by(swarm, 1)
+    holder.refresh_have()
+    peer = wait_for(lambda: [p for p in worker.peers_with(1) if p.peer_id == holder.peer_id], "holder")[0]
+
+    async def send_garbage():
+        info = _peer_info(peer.peer_id, peer.addrs)
+        await worker._host.host.connect(info)
+        stream = await worker._host.host.new_stream(info.peer_id, [wire.PROTOCOL_ID])
+        await stream.write(b"\xff\xff\xff\xffnot a frame")
+        try:
+            return await stream.read(100)
+        except Exception as exc:  # the server resets the stream: that is the expected answer
+            return type(exc).__name__
+
+    assert worker._call(send_garbage) in (b"", "StreamReset", "StreamEOF", "StreamError")
+    req = wire.ShardRequest(run_id=RUN, op="shard", version=1, index=0)
+    assert worker.request(peer, req, 1 << 20) == (swarm["root"] / "holder" / "1" / "config.json").read_bytes()
+
+
 def test_start_fails_cleanly_when_the_port_is_taken():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
