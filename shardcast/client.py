@@ -36,7 +36,7 @@ import httpx
 
 from protocol.identity import PublicKey
 from shardcast.errors import ShardcastError
-from shardcast.fetch import Downloader, FetchOptions
+from shardcast.fetch import Downloader, FetchEvents, FetchOptions
 from shardcast.layout import (
     MANIFEST_NAME, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
@@ -53,12 +53,13 @@ class ShardcastClient:
     def __init__(self, relays: list[str], operator_key: PublicKey | str, cache_dir: Path, *,
                  run_id: str | None = None, keep_versions: int | None = None,
                  options: FetchOptions | None = None, durable: bool = True,
-                 check_files: bool = True):
+                 check_files: bool = True, events: FetchEvents | None = None):
         """`relays`: origin or relay URLs; `operator_key`: the key (or its hex) that signs
         manifests; `run_id`: when given, manifests of other runs are refused; `keep_versions`:
         complete versions kept in the cache (None: all); `durable`: fsync before a version
         becomes visible; `check_files`: also check whole-file hashes (shards are always
-        checked)."""
+        checked); `events`: callbacks for metrics (bytes received, shards verified,
+        corrupt shards, transfer errors)."""
         if not relays:
             raise ShardcastError("no shardcast relays configured: give at least one relay URL")
         self.operator_key = (PublicKey.from_hex(operator_key) if isinstance(operator_key, str)
@@ -70,6 +71,7 @@ class ShardcastClient:
         self.options = options or FetchOptions()
         self.durable = durable
         self.check_files = check_files
+        self.events = events
         self.sources = Sources(list(relays))
         conns = max(4, self.options.parallel * 2) * len(self.sources.urls)
         self.http = httpx.Client(limits=httpx.Limits(max_connections=conns,
@@ -131,7 +133,7 @@ class ShardcastClient:
             if len(todo) < len(manifest.shards):
                 log.info("version %d: resuming, %d of %d shards already verified", version,
                          len(manifest.shards) - len(todo), len(manifest.shards))
-            Downloader(self.http, self.sources, self.options, abort=self._abort).fetch_all(
+            Downloader(self.sources, self.options, self.events, abort=self._abort).fetch_all(
                 version, todo, sink)
             sink.finish(durable=self.durable)
         finally:

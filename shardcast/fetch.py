@@ -15,8 +15,9 @@ downloaded, from whom and how it is checked is decided here:
   hostile when it alone served the shard, and the shard is fetched again from one source;
 - a shard counts only after its hash matched (`ShardSink.commit`).
 
-Threads rather than asyncio: sha256 and file writes release the GIL, so threads use both
-cores; httpx's connection pool is thread-safe.
+Threads rather than asyncio: socket reads, sha256 and file writes release the GIL, so
+threads use both cores. Bodies arrive through shardcast.transfer (keep-alive http.client
+connections read into a 1 MiB buffer), not httpx: see that module for the measurement.
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import httpx
-
 from protocol import routes
 from protocol.messages import ShardEntry
 from shardcast.errors import FetchFailed, VersionUnavailable
 from shardcast.selection import Sources
+from shardcast.transfer import BUFFER, Connections, TransferError
 
 log = logging.getLogger("shardcast.fetch")
 
@@ -98,18 +98,16 @@ class _ShardState:
         self.used = set()
 
 
-def shard_url(base: str, version: int, index: int) -> str:
-    return base + routes.SC_SHARD.format(version=version, index=index)
-
-
 class Downloader:
-    def __init__(self, http: httpx.Client, sources: Sources, opts: FetchOptions | None = None,
+    def __init__(self, sources: Sources, opts: FetchOptions | None = None,
                  events: FetchEvents | None = None, abort: threading.Event | None = None):
-        self.http = http
         self.sources = sources
         self.opts = opts or FetchOptions()
         self.events = events or FetchEvents()
         self.abort = abort or threading.Event()
+        self.conns = Connections(self.opts.connect_timeout_s,
+                                 max(self.opts.read_timeout_s, self.opts.shard_wait_s + 10))
+        self._local = threading.local()
 
     # -- many shards -------------------------------------------------------------------------
     def fetch_all(self, version: int, shards: list[ShardEntry], sink: ShardSink) -> None:
@@ -127,14 +125,15 @@ class Downloader:
                 with lock:
                     shard = next(todo, None)
                 if shard is None:
-                    return
+                    break
                 try:
                     self.fetch_one(version, shard, sink, stop)
                 except BaseException as exc:  # handed to the caller below, never swallowed
                     with lock:
                         errors.append(exc)
                     stop.set()
-                    return
+                    break
+            self.conns.close_all()  # this thread's connections
 
         threads = [threading.Thread(target=worker, daemon=True, name=f"shard-{i}")
                    for i in range(max(1, min(self.opts.parallel, len(shards))))]
@@ -176,7 +175,7 @@ class Downloader:
             except _NotHere:
                 missing.add(url)
                 continue
-            except (_NotReady, _Restart, httpx.HTTPError, OSError) as exc:
+            except (_NotReady, _Restart, OSError) as exc:
                 reason = (f"shard {shard.index} of version {version} not ready"
                           if isinstance(exc, _NotReady) else f"{type(exc).__name__}: {exc}")
                 self._error(url, reason)
@@ -201,37 +200,53 @@ class Downloader:
     def _transfer(self, url: str, version: int, shard: ShardEntry, fd: int, base: int,
                   st: _ShardState) -> None:
         headers = {"range": f"bytes={st.pos}-"} if st.pos else {}
-        timeout = httpx.Timeout(connect=self.opts.connect_timeout_s,
-                                read=max(self.opts.read_timeout_s, self.opts.shard_wait_s + 10),
-                                write=self.opts.read_timeout_s, pool=self.opts.read_timeout_s)
+        path = f"{routes.SC_SHARD.format(version=version, index=shard.index)}?wait_s={self.opts.shard_wait_s:g}"
         st.used.add(url)
-        with self.http.stream("GET", shard_url(url, version, shard.index), headers=headers,
-                              params={"wait_s": self.opts.shard_wait_s}, timeout=timeout) as resp:
-            code = resp.status_code
+        resp = self.conns.get(url, path, headers)
+        complete = False
+        try:
+            code = resp.status
             if code == 404:
+                complete = True
                 raise _NotHere()
             if code == 503:
+                complete = True
                 raise _NotReady()
             if code == 416:
+                complete = True
                 raise _Restart(f"{url} refused range {st.pos}- of shard {shard.index}")
             if code not in (200, 206):
-                raise httpx.HTTPStatusError(f"HTTP {code}", request=resp.request, response=resp)
+                complete = True
+                raise TransferError(f"{url}: HTTP {code} for shard {shard.index}")
             if st.pos and code == 200:  # the source ignored the range: take the whole shard
                 st.reset()
                 st.used.add(url)
+            length = resp.header("content-length")
+            if length is None or int(length) != shard.size - st.pos:
+                raise _Restart(f"{url} announced {length} bytes for the {shard.size - st.pos} "
+                               f"left of shard {shard.index}")
             on_bytes = self.events.on_bytes
-            for chunk in resp.iter_raw():
-                n = len(chunk)
-                if st.pos + n > shard.size:
-                    raise _Restart(f"{url} sent more than the {shard.size} bytes of shard {shard.index}")
+            view = self._buffer()
+            while st.pos < shard.size:
+                n = resp.readinto(view[: min(len(view), shard.size - st.pos)])
+                if n == 0:
+                    raise TransferError(f"{url} ended shard {shard.index} after {st.pos} of "
+                                        f"{shard.size} bytes")
+                chunk = view[:n]
                 os.pwrite(fd, chunk, base + st.pos)
                 st.hasher.update(chunk)
                 st.pos += n
                 if on_bytes:
                     on_bytes(url, n)
-        if st.pos != shard.size:
-            raise httpx.RemoteProtocolError(f"{url} ended shard {shard.index} after {st.pos} of "
-                                            f"{shard.size} bytes")
+            complete = True
+        finally:
+            resp.finish(complete)
+
+    def _buffer(self) -> memoryview:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(BUFFER))
+        return buf
 
     def _wait_for_a_source(self, version: int, shard: ShardEntry, missing: set[str]) -> None:
         if set(self.sources.urls) <= missing:

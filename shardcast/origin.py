@@ -3,10 +3,11 @@
 Runs inside the trainer process (`Origin.start()` serves the API of `shardcast.serving` in a
 background thread). `publish(folder, version, step)`:
   1. hard-links (or copies, across file systems) the checkpoint's files into a hidden work
-     folder `data_dir/versions/.tmp-N-*`, so later changes to the trainer's folder cannot
-     change what is served (the trainer writes each version into a new folder; it must not
-     modify a published file in place, since a hard link shares it);
-  2. builds the manifest over that copy (`protocol.manifest.build_manifest`, shard size from
+     folder `data_dir/versions/.tmp-N-*`, so the trainer may delete or replace its folder
+     afterwards without touching what is served (it must not rewrite a published file in
+     place: a hard link shares its bytes, and clients would then reject them);
+  2. builds the manifest over that copy (shardcast.hashing: the same manifest as
+     `protocol.manifest.build_manifest`, hashed on a thread pool; shard size from
      OriginConfig), signs it with the operator key and stores it as `.manifest.json`;
   3. fsyncs and renames the work folder to `versions/N` (a version is visible only whole),
      announces it to long-polls, and deletes all but the newest `keep_versions`.
@@ -32,10 +33,11 @@ from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
 from protocol.http import ServerThread, write_port_file
 from protocol.identity import KeyPair
-from protocol.manifest import build_manifest, open_manifest, sign_manifest
+from protocol.manifest import open_manifest, sign_manifest
 from protocol.messages import PolicyManifest
 from shardcast.config import OriginConfig
 from shardcast.errors import PublishError
+from shardcast.hashing import build_manifest_parallel, checkpoint_files
 from shardcast.layout import (
     clean_work_dirs, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
@@ -116,7 +118,7 @@ class Origin:
             try:
                 _link_or_copy_tree(src, work)
                 try:
-                    manifest = build_manifest(work, run_id=self.run_id, version=version, step=step,
+                    manifest = build_manifest_parallel(work, run_id=self.run_id, version=version, step=step,
                                               shard_size=self.cfg.shard_size)
                 except MessageError as exc:
                     raise PublishError(str(exc)) from exc
@@ -140,7 +142,7 @@ class Origin:
         return env
 
     def _republish(self, existing: _Published, src: Path, version: int, step: int) -> Envelope:
-        again = build_manifest(src, run_id=self.run_id, version=version, step=step,
+        again = build_manifest_parallel(src, run_id=self.run_id, version=version, step=step,
                                shard_size=self.cfg.shard_size)
         if again.files != existing.manifest.files or step != existing.manifest.step:
             raise PublishError(f"version {version} is already published with other content; "
@@ -209,18 +211,11 @@ class Origin:
 
 
 def _link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Hard-link every non-hidden regular file of `src` into `dst` (copy when linking fails)."""
+    """Hard-link every file a manifest would list from `src` into `dst` (copy when linking
+    fails, e.g. across file systems), and make each durable."""
     dst.mkdir(parents=True)
-    for p in sorted(src.rglob("*")):
-        rel = p.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
+    for rel, p in checkpoint_files(src):
         target = dst / rel
-        if p.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        if not p.is_file():
-            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(p, target)

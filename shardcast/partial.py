@@ -76,6 +76,9 @@ class FileHashes:
     def check(self) -> None:
         """Raise CorruptData unless every file is complete and matches its hash."""
         for path, size in self.sizes.items():
+            if (self.folder / path).stat().st_size != size:
+                raise CorruptData(f"{path} has {(self.folder / path).stat().st_size} bytes on disk, "
+                                  f"the signed manifest says {size}")
             if self._next[path] != size:
                 # Not all in order (cannot happen when every shard was added): hash from scratch.
                 digest = sha256_file(self.folder / path)

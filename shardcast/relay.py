@@ -261,7 +261,7 @@ class Relay:
         )
         opts = FetchOptions(parallel=self.cfg.parallel)
         try:
-            Downloader(self.http, self.sources, opts, events, abort=m.abort).fetch_all(
+            Downloader(self.sources, opts, events, abort=m.abort).fetch_all(
                 version, todo, _ShardFiles(self, version, m))
             log.info("version %d complete: %d shards verified", version, len(m.manifest.shards))
         except (ShardcastError, OSError, httpx.HTTPError) as exc:

@@ -74,6 +74,7 @@ class SwarmHost:
         self._admitted: OrderedDict[bytes, Announcement] = OrderedDict()
         self._serving = trio.Semaphore(cfg.max_concurrent_serves)
         self._kick = trio.Event()
+        self._unreachable: set[str] = set()
         self.host = None
         self.pubsub = None
 
@@ -153,16 +154,27 @@ class SwarmHost:
                 try:
                     info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
                 except NET_ERRORS as exc:
-                    log.warning("p2p: bootstrap address %s is not a /p2p/ multiaddr: %s", addr, exc)
+                    self._warn_once(addr, f"bootstrap address {addr} is not a /p2p/ multiaddr: {exc}")
                     continue
                 if info.peer_id.to_base58() == me or info.peer_id in self.host.get_connected_peers():
                     continue
-                if await self._connect(info):
-                    log.info("p2p: connected to bootstrap peer %s", info.peer_id)
-                    with trio.move_on_after(2.0):
-                        await self.pubsub.wait_for_subscription(info.peer_id, self.topic, timeout=2.0)
-                    self.kick()
+                if not await self._connect(info):
+                    self._warn_once(addr, f"cannot reach bootstrap peer {addr} (retrying every "
+                                          f"{self.cfg.bootstrap_interval_s:.0f} s; HTTP keeps working meanwhile)")
+                    continue
+                self._unreachable.discard(addr)
+                log.info("p2p: connected to bootstrap peer %s", info.peer_id)
+                try:  # repeat standing adverts once the peer has told us it is on the topic
+                    await self.pubsub.wait_for_subscription(info.peer_id, self.topic, timeout=2.0)
+                except trio.TooSlowError:
+                    pass  # repeat anyway; the periodic repeat covers a slow peer
+                self.kick()
             await trio.sleep(self.cfg.bootstrap_interval_s)
+
+    def _warn_once(self, addr: str, message: str) -> None:
+        if addr not in self._unreachable:
+            self._unreachable.add(addr)
+            log.warning("p2p: %s", message)
 
     async def _connect(self, info: Libp2pPeerInfo) -> bool:
         try:

@@ -8,7 +8,7 @@ network all mean "HTTP only" (see `shardcast.p2p.start_node`).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class P2PConfig(BaseModel):
@@ -33,6 +33,15 @@ class P2PConfig(BaseModel):
     max_dial_peers: int = Field(8, ge=0, description="peers from adverts this node keeps connections to (besides bootstrap)")
     request_timeout_s: float = Field(60.0, gt=0, description="one shard-exchange request (connect, ask, read the bytes)")
     max_concurrent_serves: int = Field(8, ge=1, description="shard requests this node serves at once")
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap_names_a_peer(cls, addrs: list[str]) -> list[str]:
+        for a in addrs:
+            if not a.startswith("/") or "/p2p/12D3KooW" not in a:
+                raise ValueError(f"bootstrap address {a!r} must be a multiaddr ending in /p2p/<peer id>, "
+                                 "e.g. /ip4/10.0.0.5/tcp/4001/p2p/12D3KooW...")
+        return addrs
 
 
 def bootstrap_multiaddr(host: str, port: int, peer_id: str) -> str:

@@ -1,0 +1,179 @@
+"""Origin publishing rules, the parallel manifest builder, partial downloads and the client
+cache, against an in-process origin served over real HTTP on loopback."""
+
+import os
+import random
+
+import pytest
+
+from protocol.identity import KeyPair
+from protocol.manifest import build_manifest
+from shardcast.client import ShardcastClient
+from shardcast.config import OriginConfig
+from shardcast.errors import CorruptData, PublishError, ShardcastError, VersionUnavailable
+from shardcast.hashing import build_manifest_parallel
+from shardcast.origin import Origin
+from shardcast.partial import PartialCheckpoint
+
+SHARD = 4096
+
+
+def ckpt(folder, size=5 * SHARD + 17, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"x": %d}' % seed)
+    (folder / "model.safetensors").write_bytes(random.Random(seed).randbytes(size))
+    (folder / "empty.bin").write_bytes(b"")
+    (folder / ".hidden").write_text("never published")
+    (folder / "nested").mkdir(exist_ok=True)
+    (folder / "nested" / "t.json").write_text("{}")
+    return folder
+
+
+@pytest.fixture
+def op():
+    return KeyPair.generate()
+
+
+@pytest.fixture
+def origin(tmp_path, op):
+    o = Origin(OriginConfig(data_dir=tmp_path / "o", port=0, shard_size=SHARD, keep_versions=2), op, "r")
+    o.start()
+    yield o
+    o.stop()
+
+
+def test_parallel_manifest_equals_the_protocol_builder(tmp_path):
+    d = ckpt(tmp_path / "c")
+    a = build_manifest(d, run_id="r", version=1, step=2, shard_size=SHARD, created_at=5.0)
+    b = build_manifest_parallel(d, run_id="r", version=1, step=2, shard_size=SHARD, created_at=5.0)
+    assert a == b
+    assert any(s.size == 0 for s in b.shards)          # the empty file has one empty shard
+
+
+def test_publish_links_files_signs_and_refuses_bad_versions(tmp_path, origin, op):
+    d = ckpt(tmp_path / "c")
+    env = origin.publish(d, 3, 7)
+    folder = tmp_path / "o" / "versions" / "3"
+    assert (folder / ".manifest.json").exists() and not (folder / ".hidden").exists()
+    assert os.stat(folder / "model.safetensors").st_ino == os.stat(d / "model.safetensors").st_ino
+    assert env.signer == op.public.hex and env.body["version"] == 3 and env.body["step"] == 7
+    with pytest.raises(PublishError, match="older"):
+        origin.publish(d, 2, 7)
+    with pytest.raises(PublishError, match="does not exist"):
+        origin.publish(tmp_path / "missing", 4, 0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PublishError, match="no files"):
+        origin.publish(tmp_path / "empty", 4, 0)
+    assert not [p for p in (tmp_path / "o" / "versions").iterdir() if p.name.startswith(".")]
+    assert origin.versions() == [3]
+
+
+def test_client_fetches_verifies_and_assembles_atomically(tmp_path, origin, op):
+    d = ckpt(tmp_path / "c")
+    origin.publish(d, 0, 0)
+    with ShardcastClient([origin.url], op.public.hex, tmp_path / "cache", run_id="r") as c:
+        assert c.wait_for_version(None, 5) == 0
+        assert c.wait_for_version(0, 0.3) is None        # nothing newer: the long-poll times out
+        path = c.fetch(0)
+        for rel in ("config.json", "model.safetensors", "empty.bin", "nested/t.json"):
+            assert (path / rel).read_bytes() == (d / rel).read_bytes()
+        assert not (path / ".verified").exists()
+        assert c.cached_versions() == [0]
+        with pytest.raises(VersionUnavailable):
+            c.fetch(9)
+        assert not (tmp_path / "cache" / "9").exists()
+
+
+def test_client_refuses_a_manifest_of_another_run(tmp_path, origin, op):
+    origin.publish(ckpt(tmp_path / "c"), 0, 0)
+    with ShardcastClient([origin.url], op.public, tmp_path / "cache", run_id="other-run") as c:
+        with pytest.raises(VersionUnavailable):
+            c.fetch(0)
+        assert c.sources.is_hostile(origin.url)
+
+
+def test_client_with_wrong_operator_key_never_accepts_anything(tmp_path, origin):
+    origin.publish(ckpt(tmp_path / "c"), 0, 0)
+    with ShardcastClient([origin.url], KeyPair.generate().public, tmp_path / "cache") as c:
+        assert c.wait_for_version(None, 1.0) is None
+        with pytest.raises(ShardcastError):
+            c.fetch(0)
+    assert not (tmp_path / "cache" / "0").exists()
+
+
+def test_client_keeps_only_newest_versions_when_asked(tmp_path, origin, op):
+    with ShardcastClient([origin.url], op.public, tmp_path / "cache", keep_versions=1) as c:
+        for v in range(2):
+            origin.publish(ckpt(tmp_path / f"c{v}", seed=v), v, v)
+            c.fetch(v)
+        assert c.cached_versions() == [1]
+
+
+def test_partial_resume_rehashes_logged_shards_and_whole_files(tmp_path, origin, op):
+    d = ckpt(tmp_path / "c")
+    env = origin.publish(d, 0, 0)
+    m = origin._versions[0].manifest
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    p = PartialCheckpoint(folder, m)
+    data = {f.path: (d / f.path).read_bytes() for f in m.files}
+    for s in m.shards[:4]:                      # "download" four shards, then crash
+        fd, base = p.begin(s)
+        os.pwrite(fd, data[s.path][s.offset:s.offset + s.size], base)
+        p.commit(s)
+    p.close()
+    weights = [s for s in m.shards[:4] if s.path == "model.safetensors"]
+    with open(folder / "model.safetensors", "r+b") as fh:   # a torn write in one of them
+        fh.seek(weights[0].offset)
+        fh.write(b"\xff" * 8)
+    p2 = PartialCheckpoint(folder, m)
+    todo = p2.resume()
+    done = {s.index for s in m.shards} - {s.index for s in todo}
+    assert weights[0].index not in done and len(done) >= 3
+    for s in todo:
+        fd, base = p2.begin(s)
+        os.pwrite(fd, data[s.path][s.offset:s.offset + s.size], base)
+        p2.commit(s)
+    p2.finish(durable=False)
+    assert env.body["version"] == 0
+
+
+def test_whole_file_check_catches_bytes_changed_after_their_shard_verified(tmp_path, origin, op):
+    d = ckpt(tmp_path / "c")
+    origin.publish(d, 0, 0)
+    m = origin._versions[0].manifest
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    p = PartialCheckpoint(folder, m)
+    data = {f.path: (d / f.path).read_bytes() for f in m.files}
+    # the last weight shard arrives first; it is hashed into the file only once the shards
+    # before it are in place, so a change in between must be caught
+    victim = max((s for s in m.shards if s.path == "model.safetensors"), key=lambda s: s.index)
+    for s in sorted(m.shards, key=lambda s: -s.index):  # out of order, like parallel downloads
+        fd, base = p.begin(s)
+        os.pwrite(fd, data[s.path][s.offset:s.offset + s.size], base)
+        p.commit(s)
+        if s is victim:
+            os.pwrite(fd, b"\x00\x01", base)            # changed after its shard was verified
+    with pytest.raises(CorruptData, match="model.safetensors"):
+        p.finish(durable=False)
+    p.close()
+
+
+def test_whole_file_check_catches_a_file_longer_than_the_manifest(tmp_path, origin, op):
+    d = ckpt(tmp_path / "c")
+    origin.publish(d, 0, 0)
+    m = origin._versions[0].manifest
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    p = PartialCheckpoint(folder, m)
+    data = {f.path: (d / f.path).read_bytes() for f in m.files}
+    for s in m.shards:
+        fd, base = p.begin(s)
+        os.pwrite(fd, data[s.path][s.offset:s.offset + s.size], base)
+        p.commit(s)
+    with open(folder / "empty.bin", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(CorruptData, match="empty.bin"):
+        p.finish(durable=False)
+    p.close()
