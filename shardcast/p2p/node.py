@@ -7,6 +7,8 @@ crosses into trio with `trio.from_thread.run` (blocking the caller, never the tr
 Announcements reach callers two ways: the `view` (newest version, relays, peers holding a
 version, notices; `wait_for_version` long-polls it), and `subscribe()` queues, sync
 (`queue.Queue`) or asyncio (fed with `loop.call_soon_threadsafe`), bounded, oldest dropped.
+From asyncio code, call the blocking methods through `await asyncio.to_thread(...)`
+(publishing, `request`, `wait_for_version`); the view's plain reads are cheap and lock-only.
 
 Standing adverts (the newest version this node announced, the relays it advertises, the
 versions its ShardStore holds) are re-sealed and repeated every `advert_interval_s`, and at

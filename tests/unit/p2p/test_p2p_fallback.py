@@ -55,3 +55,12 @@ def test_public_names_are_pinned():
     ])
     for name in p2p.__all__:
         assert hasattr(p2p, name)
+
+
+def test_bootstrap_addresses_must_name_a_peer():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must be a multiaddr ending in /p2p/"):
+        P2PConfig(bootstrap=["/ip4/127.0.0.1/tcp/4001"])
+    ok = p2p.bootstrap_multiaddr("10.0.0.5", 4001, OP.peer_id)
+    assert P2PConfig(bootstrap=[ok]).bootstrap == [ok]

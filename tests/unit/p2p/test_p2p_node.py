@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,6 @@ T = 30.0  # generous waits; nothing here asserts on speed
 
 
 def wait_for(check, what: str, timeout: float = T):
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = check()
@@ -250,6 +250,23 @@ def test_garbage_on_the_shard_protocol_does_not_hurt_the_server(swarm):
     assert worker._call(send_garbage) in (b"", "StreamReset", "StreamEOF", "StreamError")
     req = wire.ShardRequest(run_id=RUN, op="shard", version=1, index=0)
     assert worker.request(peer, req, 1 << 20) == (swarm["root"] / "holder" / "1" / "config.json").read_bytes()
+
+
+def test_an_unreachable_bootstrap_peer_is_one_warning_and_the_node_keeps_running(caplog):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = bootstrap_multiaddr("127.0.0.1", s.getsockname()[1], KeyPair.generate().peer_id)
+    node = P2PNode(P2PConfig(**{**FAST, "bootstrap": [dead]}), KeyPair.generate(), RUN, OP.public)
+    with caplog.at_level(logging.INFO, logger="shardcast.p2p"):
+        node.start()
+        try:
+            wait_for(lambda: [r for r in caplog.records if "cannot reach bootstrap peer" in r.getMessage()],
+                     "the warning")
+            time.sleep(1.0)  # several retry rounds (every 0.3 s)
+            assert node.running
+            assert len([r for r in caplog.records if "cannot reach" in r.getMessage()]) == 1
+        finally:
+            node.stop()
 
 
 def test_start_fails_cleanly_when_the_port_is_taken():
