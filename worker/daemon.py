@@ -30,6 +30,7 @@ from typing import Any
 from protocol.http import Rejected, Unavailable
 from protocol.identity import KeyPair, PublicKey
 from protocol.messages import Lease, Registration, RunInfo
+from protocol.pow import solve_pow
 from worker.config import WorkerConfig
 from worker.coordinator_client import CoordinatorClient
 from worker.engines.base import Engine
@@ -38,7 +39,6 @@ from worker.hardware import hardware_report, sequences_per_batch, tasks_per_leas
 from worker.housekeeping import Housekeeper
 from worker.leases import fallback_versions, open_lease, plan
 from worker.policy_sync import PolicySync
-from worker.pow import solve_pow
 from worker.retry import Reachability, retry_call
 from worker.rollout import generate_batch
 from worker.spool import Spool
@@ -146,7 +146,7 @@ class Daemon:
     def _register(self, stop: threading.Event) -> None:
         info = self.run_info
         assert info is not None
-        nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty, stop) \
+        nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty) \
             if info.pow_difficulty else None
         reg = Registration(hardware=self.hw, client_version=_client_version(), engine=self.engine.name,
                            pow_nonce=nonce)
@@ -292,6 +292,7 @@ class Daemon:
             for f in finished:
                 self.spool.put(f.submission, f.tokens, f.lease.expires_at)
             self._unhold([f.lease.lease_id for f in finished])
+            self.submitter.refresh_counts()
             log.info("generated %d sequences (%d tokens) with v%d in %.2f s (+%.3f s proofs)",
                      stats.sequences, stats.tokens, version, stats.generate_s, stats.proof_s)
             self.state.set(phase="submitting")

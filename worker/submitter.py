@@ -51,7 +51,8 @@ class Submitter:
                 self._send(entry, stop, give_up_after_s)
             except Unavailable:
                 break
-        self.refresh_counts()
+            finally:
+                self.refresh_counts()
         return self.state.get("spool_pending")
 
     def refresh_counts(self) -> None:
