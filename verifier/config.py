@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from verifier.thresholds import Thresholds
+
 
 class VerifierConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -20,3 +22,7 @@ class VerifierConfig(BaseModel):
     threads: int = Field(0, ge=0, description="torch threads (0 = torch default)")
     host: str = Field("127.0.0.1", description="address of the /health and /metrics endpoints")
     port: int = Field(0, description="port of the /health and /metrics endpoints (0 = free port)")
+    max_models: int = Field(3, ge=1, le=64, description="policy versions kept loaded in memory (LRU)")
+    keep_versions: int = Field(8, ge=1, description="policy versions kept in the checkpoint cache on disk")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="decision thresholds of the checks (calibrate per model: bench/verification.py)")
+    log_level: str = Field("info", description="python logging level")

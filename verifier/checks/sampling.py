@@ -1,0 +1,52 @@
+"""The sampling check: every chosen token is the seeded Gumbel-max choice of the claimed model.
+
+Workers must pick token t of sample s as argmax_v(logits[t, v] / temperature + G(seed_s, t, v))
+(`protocol.sampling`). The verifier regenerates G from the lease's seeds and its own prefill
+logits, and measures each chosen token's shortfall ("gap"): the best perturbed score minus
+the chosen token's. An honest worker has gap 0, except where numeric noise between its
+engine and the verifier's prefill flips a near-tie; such flips are tiny, so a gap up to
+`tolerance` (logit/temperature units) is allowed. Another temperature, greedy decoding,
+re-sampling until correct (cherry-picking) or edited tokens produce gaps of order 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from protocol.messages import CheckResult
+from protocol.sampling import perturbed_scores
+from verifier.checks import first_failures, result
+from verifier.job import OpenedJob
+
+NAME = "sampling"
+
+
+def sampling_gaps(logits: torch.Tensor, tokens: list[int], seed: int, temperature: float) -> torch.Tensor:
+    """Shortfall (T,) of each chosen token's perturbed score below the best at its position."""
+    T = len(tokens)
+    if T == 0:
+        return torch.zeros(0)
+    pos = torch.arange(T, dtype=torch.int64, device=logits.device)
+    scores = perturbed_scores(logits[:T], temperature, seed, pos)
+    chosen = scores.gather(1, torch.tensor(tokens, dtype=torch.int64, device=scores.device)[:, None])[:, 0]
+    return (scores.max(dim=1).values - chosen).clamp(min=0).to("cpu", torch.float64)
+
+
+def check_sampling(oj: OpenedJob, gaps: list[torch.Tensor], *, tolerance: float) -> CheckResult:
+    problems: list[str] = []
+    worst, not_argmax, over, positions = 0.0, 0, 0, 0
+    per_completion = []
+    for i, g in enumerate(gaps):
+        positions += int(g.numel())
+        gmax = float(g.max()) if g.numel() else 0.0
+        per_completion.append(round(gmax, 6))
+        worst = max(worst, gmax)
+        not_argmax += int((g > 0).sum())
+        bad = (g > tolerance).nonzero().flatten().tolist()
+        over += len(bad)
+        if bad:
+            problems.append(f"completion {i}: token {bad[0]} was not the seeded sample "
+                            f"(shortfall {float(g[bad[0]]):.3f} > {tolerance}; {len(bad)} such tokens)")
+    stats = {"positions": positions, "not_argmax": not_argmax, "over_tolerance": over,
+             "worst_gap": round(worst, 6), "tolerance": tolerance, "per_completion_worst": per_completion}
+    return result(NAME, not problems, stats, first_failures(problems))

@@ -1,0 +1,143 @@
+"""`swarmrl verifier`: join the run, keep policy versions at hand, judge submissions for ever.
+
+Start-up: key (created if missing; its public key must be among the coordinator's
+verifier_keys), GET /v1/run (retried until the coordinator answers), a shardcast client on
+the run's relays (or `cfg.relays`) trusting only the operator key, the tokenizer from the
+first policy version, /health and /metrics on `cfg.host:cfg.port` (port 0: a free port,
+written to `<data_dir>/verifier.port`), the prefetch thread, then the work loop
+(`verifier.service`). SIGINT/SIGTERM stop it after the verdict in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from verifier.config import VerifierConfig
+
+log = logging.getLogger("swarmrl.verifier")
+
+
+def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
+    import torch
+
+    from protocol.http import ServerThread, SignedClient, write_port_file
+    from protocol.identity import KeyPair, PublicKey
+    from shardcast.client import ShardcastClient
+    from verifier.app import create_app
+    from verifier.errors import SetupError
+    from verifier.judge import JudgeSettings
+    from verifier.metrics import VerifierMetrics
+    from verifier.models import PolicyModels, Prefetcher
+    from verifier.seen import SeenLedger
+    from verifier.service import VerifierService
+
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    stop = stop or threading.Event()
+    _install_signals(stop)
+    key = KeyPair.load_or_create(cfg.key_file)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    metrics = VerifierMetrics()
+    holder: dict[str, Any] = {}
+    identity = {"verifier_id": key.peer_id, "public_key": key.public.hex, "coordinator": cfg.coordinator_url}
+    status = lambda: holder["service"].status() if "service" in holder else {"state": "starting"}  # noqa: E731
+    server = ServerThread(create_app(status, metrics, identity), cfg.host, cfg.port).start()
+    write_port_file(cfg.data_dir / "verifier.port", server.port)
+    client = SignedClient(cfg.coordinator_url, key)
+    closers: list[Any] = [client]
+    try:
+        info = _wait_for_run(client, stop)
+        if info is None:
+            return
+        if key.public.hex not in info.verifier_keys:
+            log.error("this verifier's key %s is not among the coordinator's verifier_keys; its claims will "
+                      "be refused until the coordinator is configured with it", key.public.hex)
+        relays = cfg.relays or info.relays
+        if not relays:
+            raise SetupError("no shardcast relays: set `relays` in the verifier config or in the coordinator's")
+        cache = cfg.data_dir / "checkpoints"
+        sc = ShardcastClient(relays, info.operator_key, cache, run_id=info.run_id, keep_versions=cfg.keep_versions)
+        prefetch_client = ShardcastClient(relays, info.operator_key, cache, run_id=info.run_id,
+                                          keep_versions=cfg.keep_versions)
+        closers += [sc, prefetch_client]
+        models = PolicyModels(sc.fetch, device=cfg.device, dtype=cfg.dtype, capacity=cfg.max_models,
+                              on_load=lambda v, s: metrics.model_loads.inc())
+        tokenizer = _first_tokenizer(sc, info, stop)
+        if tokenizer is None:
+            return
+        prefetcher = Prefetcher(prefetch_client, stop, on_version=lambda v: metrics.newest_version.set(v))
+        prefetcher.start()
+        ledger = SeenLedger(cfg.data_dir / "seen.sqlite")
+        closers.append(ledger)
+        service = VerifierService(
+            client, coordinator_key=PublicKey.from_hex(info.coordinator_key), tokenizer=tokenizer, models=models,
+            settings=JudgeSettings(run_id=info.run_id, thresholds=cfg.thresholds), ledger=ledger, metrics=metrics,
+            batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s)
+        holder["service"] = service
+        log.info("verifier %s judging submissions of run %s (relays: %s)", key.peer_id, info.run_id,
+                 ", ".join(relays))
+        service.run(stop)
+        prefetcher.join(timeout=5.0)
+    finally:
+        stop.set()
+        server.stop()
+        for c in reversed(closers):
+            c.close()
+
+
+def _install_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def _wait_for_run(client: Any, stop: threading.Event):
+    from protocol.http import Rejected, Unavailable, backoff_delays
+    from protocol.messages import RunInfo
+    from protocol.routes import RUN
+
+    delays = backoff_delays(0.5, 10.0)
+    while not stop.is_set():
+        try:
+            return client.get(RUN, RunInfo)
+        except (Unavailable, Rejected) as exc:
+            wait = next(delays)
+            log.warning("waiting for the coordinator at %s: %s (retrying in %.1f s)", client.base_url, exc, wait)
+            stop.wait(wait)
+    return None
+
+
+def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
+    """The run's tokenizer, from the first policy version the relays offer (the tokenizer
+    never changes within a run), or from `tokenizer_ref` if the checkpoint has none."""
+    from protocol.errors import ProtocolError
+    from protocol.http import backoff_delays
+    from protocol.lm import load_tokenizer
+
+    delays = backoff_delays(0.5, 10.0)
+    while not stop.is_set():
+        try:
+            version = info.current_policy_version
+            if version is None:
+                version = sc.wait_for_version(None, 5.0)
+            if version is None:
+                continue
+            path = Path(sc.fetch(version))
+            try:
+                return load_tokenizer(str(path))
+            except (OSError, ValueError) as exc:
+                if not info.tokenizer_ref:
+                    raise
+                log.info("version %d has no tokenizer (%s); using %s", version, exc, info.tokenizer_ref)
+                return load_tokenizer(info.tokenizer_ref)
+        except ProtocolError as exc:
+            wait = next(delays)
+            log.warning("waiting for a policy version: %s (retrying in %.1f s)", exc, wait)
+            stop.wait(wait)
+    return None

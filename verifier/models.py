@@ -1,0 +1,102 @@
+"""Policy versions on the verifier: checkpoints from shardcast, models in a small LRU.
+
+Collaborators: `verifier.pipeline` asks `PolicyModels.model(version)` for the model a
+submission claims; `Prefetcher` runs in a background thread and downloads each new version
+as soon as a relay announces it, so a job rarely waits for a download. Checkpoints are
+verified by the shardcast client (signed manifest, every shard hashed) before they are
+loaded; a version that cannot be had is a JobError (the job is left for a later claim).
+
+Only the calling thread uses a `PolicyModels`; the prefetcher has its own shardcast client
+on the same cache folder (the client's per-version lock makes concurrent fetches safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+from protocol.errors import ProtocolError
+from protocol.http import backoff_delays
+from protocol.lm import load_model
+from verifier.errors import JobError
+
+log = logging.getLogger("swarmrl.verifier")
+
+
+class PolicyModels:
+    def __init__(self, fetch: Callable[[int], Path], *, device: str = "cpu", dtype: str = "float32",
+                 capacity: int = 3, on_load: Callable[[int, float], None] | None = None):
+        self.fetch = fetch
+        self.device = device
+        self.dtype = dtype
+        self.capacity = max(1, capacity)
+        self.on_load = on_load
+        self._models: OrderedDict[int, Any] = OrderedDict()
+
+    def loaded(self) -> list[int]:
+        return list(self._models)
+
+    def model(self, version: int) -> Any:
+        hit = self._models.get(version)
+        if hit is not None:
+            self._models.move_to_end(version)
+            return hit
+        started = time.perf_counter()
+        try:
+            path = self.fetch(version)
+            model = load_model(str(path), device=self.device, dtype=self.dtype)
+        except ProtocolError as exc:
+            raise JobError(f"policy version {version} is not available: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise JobError(f"policy version {version} cannot be loaded: {exc}") from exc
+        self._models[version] = model
+        while len(self._models) > self.capacity:
+            self._models.popitem(last=False)
+        seconds = time.perf_counter() - started
+        log.info("loaded policy version %d (%.2f s)", version, seconds)
+        if self.on_load:
+            self.on_load(version, seconds)
+        return model
+
+
+class Prefetcher:
+    """Background thread: long-poll the relays and download every new version."""
+
+    def __init__(self, client: Any, stop: threading.Event, *, poll_s: float = 5.0,
+                 on_version: Callable[[int], None] | None = None):
+        self.client = client
+        self.stop = stop
+        self.poll_s = poll_s
+        self.on_version = on_version
+        self.newest: int | None = None
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="verifier-prefetch")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float = 10.0) -> None:
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        delays = backoff_delays(0.5, 30.0)
+        while not self.stop.is_set():
+            try:
+                v = self.client.wait_for_version(self.newest, self.poll_s)
+                if v is not None:
+                    self.client.fetch(v)
+                    self.newest = v
+                    if self.on_version:
+                        self.on_version(v)
+                delays = backoff_delays(0.5, 30.0)
+            except ProtocolError as exc:
+                wait = next(delays)
+                log.warning("prefetch: %s (retrying in %.1f s)", exc, wait)
+                self.stop.wait(wait)
+            except OSError as exc:
+                wait = next(delays)
+                log.error("prefetch: cannot write the checkpoint cache: %s (retrying in %.1f s)", exc, wait)
+                self.stop.wait(wait)

@@ -1,0 +1,66 @@
+"""One job, start to verdict: open, decode, prefill (for a full check), judge.
+
+Collaborators: `verifier.service` calls `verify_job` for every claimed job; bench scripts
+and the red-team tests call it too, so what they measure is what the service does. The
+model for a policy version comes from a `ModelSource` (the service's is `verifier.models`,
+an LRU over shardcast-fetched checkpoints; tests pass a dict).
+
+Raises JobError only when the job cannot be judged now (its policy version cannot be
+had); everything wrong with the submission itself ends in a rejecting verdict. A version
+outside the lease is never fetched: the data check rejects it without the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from protocol.errors import ProtocolError
+from protocol.identity import PublicKey
+from protocol.lm import decode_completion
+from protocol.messages import Verdict, VerificationJob
+from verifier.job import open_job
+from verifier.judge import JudgeSettings, judge, model_ready, unopenable_verdict
+from verifier.prefill import prefill, vocab_size
+from verifier.seen import SeenLedger
+
+
+class ModelSource(Protocol):
+    def model(self, version: int) -> Any:
+        """The policy model of `version`, ready for a forward pass (JobError if unavailable)."""
+
+
+@dataclass
+class Timings:
+    """Seconds spent on the last job, by stage (for metrics and bench scripts)."""
+
+    model_s: float = 0.0
+    prefill_s: float = 0.0
+    checks_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: Any, models: ModelSource,
+               settings: JudgeSettings, ledger: SeenLedger, now: float | None = None,
+               timings: Timings | None = None) -> Verdict:
+    t = timings if timings is not None else Timings()
+    try:
+        oj = open_job(job, coordinator_key)
+    except ProtocolError as exc:
+        return unopenable_verdict(job, exc)
+    texts = [decode_completion(tokenizer, c.token_ids) for c in oj.submission.completions]
+    outputs, vocab = None, None
+    version = oj.submission.policy_version
+    if job.full_check and oj.lease.min_policy_version <= version <= oj.lease.max_policy_version:
+        t0 = time.perf_counter()
+        model = models.model(version)
+        t1 = time.perf_counter()
+        vocab = vocab_size(model)
+        if model_ready(oj, vocab):
+            outputs = prefill(model, oj)
+        t.model_s, t.prefill_s = t1 - t0, time.perf_counter() - t1
+    t2 = time.perf_counter()
+    verdict = judge(oj, settings, ledger, texts, outputs=outputs, vocab_size=vocab, now=now)
+    t.checks_s = time.perf_counter() - t2
+    return verdict

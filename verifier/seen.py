@@ -1,0 +1,77 @@
+"""The replay ledger: what this verifier has seen, keyed by digests, on disk.
+
+Collaborators: `verifier.checks.replay` asks for conflicts and records a job's keys;
+`verifier.service` opens one ledger per process at `data_dir/seen.sqlite`.
+
+A key is (kind, digest) with a value; it conflicts with an earlier record when that record
+belongs to another submission and either the kind is exclusive (a lease, a signed envelope,
+a sample — each may be answered once) or the values differ (a proof digest seen with other
+content is a copied proof; the same proof of the same content is the same computation and
+harmless). Judging the same submission again (a claim re-issued after a timeout) is never a
+conflict. SQLite keeps the ledger across restarts; one writer (the service loop) at a time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+EXCLUSIVE = frozenset({"lease", "envelope", "sample"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (
+    kind TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    value TEXT NOT NULL,
+    submission_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (kind, digest)
+)
+"""
+
+
+class SeenLedger:
+    def __init__(self, path: Path | str = ":memory:"):
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def conflicts(self, submission_id: str, keys: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """(kind, digest, other submission id) for each key that clashes with the ledger."""
+        out = []
+        with self._lock:
+            for kind, digest, value in keys:
+                row = self._db.execute("SELECT value, submission_id FROM seen WHERE kind=? AND digest=?",
+                                       (kind, digest)).fetchone()
+                if row is None or row[1] == submission_id:
+                    continue
+                if kind in EXCLUSIVE or row[0] != value:
+                    out.append((kind, digest, row[1]))
+        return out
+
+    def remember(self, submission_id: str, keys: list[tuple[str, str, str]], now: float | None = None) -> None:
+        """Record keys not yet present (the first submission to show a key keeps it)."""
+        at = time.time() if now is None else now
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO seen (kind, digest, value, submission_id, at) VALUES (?, ?, ?, ?, ?)",
+                    [(k, d, v, submission_id, at) for k, d, v in keys])
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0])

@@ -1,0 +1,169 @@
+"""The verifier's work loop: claim jobs, judge them, post signed verdicts.
+
+    loop:  POST /v1/verification/claim (signed `verification_claim`)
+           for each job: verifier.pipeline.verify_job -> POST /v1/verdicts (signed `verdict`)
+           no jobs: wait `poll_interval_s`
+
+Collaborators: `verifier.main` builds it (key, coordinator client, run info, models,
+ledger, metrics); `verifier.app` reads its `status()` for /health.
+
+Failure handling: the coordinator down or failing (Unavailable) -> retry with exponential
+backoff and jitter, for ever, keeping a verdict not yet delivered; a verdict the coordinator
+refuses (4xx: already decided by another verifier, unknown submission) is logged and
+dropped; a job that cannot be judged now (JobError: its policy version cannot be had) gets
+no verdict and returns to the queue when the claim expires. `stop` ends the loop between
+jobs, after the verdict in hand is delivered or given up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from protocol.http import Rejected, SignedClient, Unavailable, backoff_delays
+from protocol.identity import PublicKey
+from protocol.messages import KIND_CLAIM, KIND_VERDICT, ClaimRequest, ClaimResponse, Verdict, VerificationJob
+from protocol.routes import VERDICTS, VERIFICATION_CLAIM
+from verifier.errors import JobError
+from verifier.judge import JudgeSettings
+from verifier.metrics import VerifierMetrics
+from verifier.pipeline import ModelSource, Timings, verify_job
+from verifier.seen import SeenLedger
+
+log = logging.getLogger("swarmrl.verifier")
+
+
+@dataclass
+class Counts:
+    claims: int = 0
+    jobs: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    deferred: int = 0
+    last_claim_at: float | None = None
+    last_error: str = ""
+    by_check: dict[str, int] = field(default_factory=dict)
+
+
+class VerifierService:
+    def __init__(self, client: SignedClient, *, coordinator_key: PublicKey, tokenizer: Any, models: ModelSource,
+                 settings: JudgeSettings, ledger: SeenLedger, metrics: VerifierMetrics, batch_jobs: int = 8,
+                 poll_interval_s: float = 0.5, clock: Callable[[], float] = time.time):
+        self.client = client
+        self.coordinator_key = coordinator_key
+        self.tokenizer = tokenizer
+        self.models = models
+        self.settings = settings
+        self.ledger = ledger
+        self.metrics = metrics
+        self.batch_jobs = batch_jobs
+        self.poll_interval_s = poll_interval_s
+        self.clock = clock
+        self.counts = Counts()
+        self._lock = threading.Lock()
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        delays = backoff_delays(0.5, 30.0)
+        while not stop.is_set():
+            try:
+                n = self.step(stop)
+                delays = backoff_delays(0.5, 30.0)
+                if n == 0:
+                    stop.wait(self.poll_interval_s)
+            except Unavailable as exc:
+                self._error("coordinator_unavailable", f"coordinator unavailable: {exc}")
+                stop.wait(next(delays))
+            except Rejected as exc:
+                hint = (" (is this verifier's key among the coordinator's verifier_keys?)"
+                        if exc.status in (401, 403) else "")
+                self._error("claim_rejected", f"claim refused: {exc.detail}{hint}")
+                stop.wait(next(delays))
+
+    def step(self, stop: threading.Event | None = None) -> int:
+        """One claim and its jobs; returns how many jobs were claimed."""
+        resp: ClaimResponse = self.client.post_signed(VERIFICATION_CLAIM, KIND_CLAIM,
+                                                      ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse)
+        with self._lock:
+            self.counts.claims += 1
+            self.counts.last_claim_at = self.clock()
+        for job in resp.jobs:
+            verdict = self.judge(job)
+            if verdict is not None:
+                self.deliver(verdict, stop)
+        return len(resp.jobs)
+
+    def judge(self, job: VerificationJob) -> Verdict | None:
+        self.metrics.jobs.labels(str(job.full_check).lower()).inc()
+        t = Timings()
+        started = time.perf_counter()
+        try:
+            verdict = verify_job(job, coordinator_key=self.coordinator_key, tokenizer=self.tokenizer,
+                                 models=self.models, settings=self.settings, ledger=self.ledger,
+                                 now=self.clock(), timings=t)
+        except JobError as exc:
+            with self._lock:
+                self.counts.deferred += 1
+            self._error("job_deferred", f"submission {job.submission_id} left for later: {exc}")
+            return None
+        if job.full_check:
+            self.metrics.prefill_seconds.observe(t.prefill_s)
+        self.metrics.job_seconds.observe(time.perf_counter() - started)
+        failed = [c.name for c in verdict.checks if not c.passed]
+        with self._lock:
+            self.counts.jobs += 1
+            for name in failed:
+                self.counts.by_check[name] = self.counts.by_check.get(name, 0) + 1
+        for name in failed:
+            self.metrics.check_failures.labels(name).inc()
+        if verdict.accepted:
+            log.info("submission %s of %s accepted (%s check)", job.submission_id, job.worker_id,
+                     "full" if job.full_check else "cheap")
+        else:
+            log.warning("submission %s of %s rejected: %s", job.submission_id, job.worker_id, verdict.reason)
+        return verdict
+
+    def deliver(self, verdict: Verdict, stop: threading.Event | None = None) -> bool:
+        """POST the verdict, retrying while the coordinator is unavailable (not after `stop`
+        unless this is the first attempt)."""
+        delays = backoff_delays(0.5, 30.0)
+        while True:
+            try:
+                self.client.post_signed(VERDICTS, KIND_VERDICT, verdict)
+            except Unavailable as exc:
+                self._error("verdict_unavailable", f"cannot deliver verdict on {verdict.submission_id}: {exc}")
+                if stop is not None and stop.is_set():
+                    return False
+                if stop is not None:
+                    stop.wait(next(delays))
+                else:
+                    time.sleep(next(delays))
+                continue
+            except Rejected as exc:
+                self._error("verdict_refused", f"verdict on {verdict.submission_id} refused: {exc.detail}")
+                return False
+            outcome = "accepted" if verdict.accepted else "rejected"
+            self.metrics.verdicts.labels(outcome).inc()
+            with self._lock:
+                if verdict.accepted:
+                    self.counts.accepted += 1
+                else:
+                    self.counts.rejected += 1
+            return True
+
+    # -- status -------------------------------------------------------------------------------
+    def _error(self, kind: str, message: str) -> None:
+        self.metrics.errors.labels(kind).inc()
+        with self._lock:
+            self.counts.last_error = message
+        log.warning("%s", message)
+
+    def status(self) -> dict:
+        with self._lock:
+            c = self.counts
+            return {"claims": c.claims, "jobs": c.jobs, "accepted": c.accepted, "rejected": c.rejected,
+                    "deferred": c.deferred, "last_claim_at": c.last_claim_at, "last_error": c.last_error,
+                    "check_failures": dict(c.by_check)}
