@@ -46,6 +46,6 @@ class Thresholds(BaseModel):
                                "exceeds this: pooling a group's chunks separates small weight changes "
                                "from honest rounding noise far better than any single chunk can")
     sampling_tolerance: float = Field(
-        0.25, ge=0, description="largest shortfall of a chosen token's perturbed score (logit/temperature "
+        0.05, ge=0, description="largest shortfall of a chosen token's perturbed score (logit/temperature "
                                 "+ Gumbel noise) below the best one, allowed for honest numeric noise")
     reward_tolerance: float = Field(1e-6, ge=0, description="rewards that differ by more are different")

@@ -1,0 +1,225 @@
+"""The verifier's check functions on hand-made jobs: each rule, pass and fail, with the
+numbers a verdict records."""
+
+import base64
+
+import pytest
+import torch
+
+from protocol.messages import Completion, EngineInfo, Submission
+from protocol.proof import build_proof
+from tests.adversarial.harness import engine_for, honest_submissions
+from verifier.checks.data import check_lease_and_data
+from verifier.checks.proof import check_proof
+from verifier.checks.replay import check_replay
+from verifier.checks.reward import check_reward
+from verifier.checks.sampling import check_sampling, sampling_gaps
+from verifier.checks.termination import check_termination
+from verifier.job import open_job
+from verifier.seen import SeenLedger
+from verifier.thresholds import Thresholds
+
+
+def proof_b64(T, H=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return base64.b64encode(build_proof(torch.randn(T, H, generator=g))).decode()
+
+
+def submission(lease, comps, version=None, **kw):
+    return Submission(lease_id=lease.lease_id, policy_version=lease.max_policy_version if version is None else version,
+                      completions=comps, engine=EngineInfo(name="test"), **kw)
+
+
+def eos_completion(lease, body):
+    toks = body + [lease.eos_token_id]
+    return Completion(token_ids=toks, finish_reason="eos", proof=proof_b64(len(toks)))
+
+
+def opened(world, worker_key, sub, lease_env, **kw):
+    return open_job(world.job(lease_env, sub, worker_key, **kw), world.coordinator.public)
+
+
+@pytest.fixture
+def leased(world, worker_key):
+    lease, env = world.lease(worker_key)
+    return lease, env
+
+
+def good_sub(lease):
+    return submission(lease, [eos_completion(lease, [5 + i, 6]) for i in range(len(lease.seeds))])
+
+
+def data(world, oj, **kw):
+    return check_lease_and_data(oj, run_id="redteam", chunk_size=32, topk=128, **kw)
+
+
+def test_data_check_passes_a_well_formed_submission(world, worker_key, leased):
+    lease, env = leased
+    r = data(world, opened(world, worker_key, good_sub(lease), env), vocab_size=80)
+    assert r.passed and r.stats["completions"] == len(lease.seeds)
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda s, l: s.model_copy(update={"lease_id": "Lother"}), "answers lease Lother"),
+    (lambda s, l: s.model_copy(update={"policy_version": l.max_policy_version + 1}), "outside the lease"),
+    (lambda s, l: s.model_copy(update={"completions": s.completions[:-1]}), "completions for"),
+    (lambda s, l: s.model_copy(update={"completions": [s.completions[0].model_copy(
+        update={"proof": "AAAA"})] + s.completions[1:]}), "proof truncated"),
+    (lambda s, l: s.model_copy(update={"completions": [s.completions[0].model_copy(
+        update={"proof": proof_b64(7)})] + s.completions[1:]}), "proof covers 7 tokens"),
+    (lambda s, l: s.model_copy(update={"completions": [s.completions[0].model_copy(
+        update={"token_ids": [1] * (l.sampling.max_tokens + 1)})] + s.completions[1:]}), "tokens (allowed"),
+    (lambda s, l: s.model_copy(update={"completions": [s.completions[0].model_copy(
+        update={"token_ids": [500, l.eos_token_id]})] + s.completions[1:]}), "outside the vocabulary"),
+])
+def test_data_check_failures(world, worker_key, leased, mutate, expected):
+    lease, env = leased
+    r = data(world, opened(world, worker_key, mutate(good_sub(lease), lease), env), vocab_size=80)
+    assert not r.passed and expected in r.detail
+
+
+def test_data_check_catches_another_workers_lease(world, worker_key, leased):
+    from protocol.identity import KeyPair
+
+    lease, env = leased
+    thief = KeyPair.generate()
+    oj = open_job(world.job(env, good_sub(lease), thief), world.coordinator.public)
+    r = data(world, oj)
+    assert not r.passed and "was issued to" in r.detail
+
+
+def test_a_lease_not_signed_by_the_coordinator_does_not_open(world, worker_key, leased):
+    from protocol.envelope import seal
+    from protocol.errors import SignatureError
+    from protocol.identity import KeyPair
+    from protocol.messages import KIND_LEASE
+
+    lease, _ = leased
+    forged = seal(KIND_LEASE, lease, KeyPair.generate())
+    with pytest.raises(SignatureError):
+        open_job(world.job(forged, good_sub(lease), worker_key), world.coordinator.public)
+
+
+def test_termination_rules(world, worker_key, leased):
+    lease, env = leased
+    eos, n = lease.eos_token_id, lease.sampling.max_tokens
+    ok_len = Completion(token_ids=[5] * n, finish_reason="length", proof=proof_b64(n))
+    short = Completion(token_ids=[5] * (n - 1), finish_reason="length", proof=proof_b64(n - 1))
+    no_eos = Completion(token_ids=[5, 6], finish_reason="eos", proof=proof_b64(2))
+    early = Completion(token_ids=[5, eos, 6, eos], finish_reason="eos", proof=proof_b64(4))
+    hidden_eos = Completion(token_ids=[5] * (n - 1) + [eos], finish_reason="length", proof=proof_b64(n))
+    good = eos_completion(lease, [5])
+
+    def term(comps, **kw):
+        return check_termination(opened(world, worker_key, submission(lease, comps), env), **kw)
+
+    assert term([ok_len, good, good, good]).passed
+    for bad, why in [(short, "stopped for length after"), (no_eos, "does not end with"),
+                     (early, "EOS before its end"), (hidden_eos, "contains EOS")]:
+        r = term([bad, good, good, good])
+        assert not r.passed and why in r.detail
+    # with the model: EOS must have been the sampled token at the end
+    assert term([good] * 4, last_gaps=[0.0, 0.01, 0.0, 0.0], tolerance=0.25).passed
+    r = term([good] * 4, last_gaps=[0.0, 3.0, 0.0, 0.0], tolerance=0.25)
+    assert not r.passed and "EOS was not the sampled token" in r.detail and r.stats["worst_eos_gap"] == 3.0
+
+
+def test_reward_is_recomputed_and_false_claims_fail(world, worker_key, leased):
+    lease, env = leased
+    task = world.task_of(lease)
+    answer = [world.tokenizer.convert_tokens_to_ids(ch) for ch in task.answer]
+    right = eos_completion(lease, answer)
+    wrong = eos_completion(lease, [world.tokenizer.convert_tokens_to_ids("7")] * 3)
+    sub = submission(lease, [right, wrong, wrong, right])
+    oj = opened(world, worker_key, sub, env)
+    texts = [world.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in sub.completions]
+    r = check_reward(oj, texts)
+    assert r.passed and r.stats["recomputed"] == [1.0, 0.0, 0.0, 1.0]
+    forged = opened(world, worker_key, sub.model_copy(update={"claimed_rewards": [1.0] * 4}), env)
+    r = check_reward(forged, texts)
+    assert not r.passed and "worker claims reward 1.0 for completion 1" in r.detail
+    honest_claim = opened(world, worker_key, sub.model_copy(update={"claimed_rewards": [1.0, 0.0, 0.0, 1.0]}), env)
+    assert check_reward(honest_claim, texts).passed
+    job = world.job(env, sub, worker_key).model_copy(update={"rewards": [1.0, 1.0, 0.0, 1.0]})
+    r = check_reward(open_job(job, world.coordinator.public), texts)
+    assert not r.passed and "coordinator reward" in r.detail
+
+
+def test_replay_ledger(world, worker_key, leased, tmp_path):
+    lease, env = leased
+    ledger = SeenLedger(tmp_path / "seen.sqlite")
+    sub = good_sub(lease)
+    first = opened(world, worker_key, sub, env, submission_id="S1")
+    assert check_replay(first, ledger).passed
+    assert check_replay(first, ledger).passed  # the same submission judged again (claim re-issued)
+    again = opened(world, worker_key, sub, env, submission_id="S2")  # same lease, new envelope
+    r = check_replay(again, ledger)
+    assert not r.passed and "lease already seen in submission S1" in r.detail
+    # the ledger survives a restart
+    ledger.close()
+    reopened = SeenLedger(tmp_path / "seen.sqlite")
+    assert not check_replay(opened(world, worker_key, sub, env, submission_id="S3"), reopened).passed
+
+
+def test_replay_copied_proof_on_other_content(world, worker_key):
+    ledger = SeenLedger()
+    l1, e1 = world.lease(worker_key, task_index=0)
+    l2, e2 = world.lease(worker_key, task_index=1)
+    assert l1.prompt_token_ids != l2.prompt_token_ids
+    s1 = good_sub(l1)
+    assert check_replay(opened(world, worker_key, s1, e1, submission_id="A"), ledger).passed
+    # other content (another prompt) carrying the first submission's proofs
+    s2 = good_sub(l2).model_copy(update={"completions": [
+        c2.model_copy(update={"proof": c1.proof}) for c1, c2 in zip(s1.completions, good_sub(l2).completions)]})
+    r = check_replay(opened(world, worker_key, s2, e2, submission_id="B"), ledger)
+    assert not r.passed and "proof already seen in submission A" in r.detail
+
+
+def test_sampling_gaps_follow_the_seeded_rule():
+    from protocol.sampling import perturbed_scores
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 30)
+    seed, temp = 12345, 0.8
+    best = perturbed_scores(logits, temp, seed, torch.arange(6)).argmax(-1).tolist()
+    assert sampling_gaps(logits, best, seed, temp).max() == 0
+    other = list(best)
+    other[3] = (best[3] + 1) % 30
+    g = sampling_gaps(logits, other, seed, temp)
+    assert g[3] > 0 and g[[0, 1, 2, 4, 5]].max() == 0
+
+
+def test_sampling_and_proof_pass_honest_rollouts_and_catch_an_edit(world, worker_key):
+    engine = engine_for(world.versions[1], 1)
+    lease, env = world.lease(worker_key)
+    sub = honest_submissions(engine, [lease], 1)[0]
+    oj, outs = world.verifier_outputs(world.job(env, sub, worker_key))
+    thr = Thresholds()
+    gaps = [sampling_gaps(lg, c.token_ids, s, lease.sampling.temperature)
+            for lg, c, s in zip(outs.logits, sub.completions, lease.seeds)]
+    r = check_sampling(oj, gaps, tolerance=thr.sampling_tolerance)
+    assert r.passed and r.stats["over_tolerance"] == 0 and r.stats["positions"] == sum(len(c.token_ids) for c in sub.completions)
+    p = check_proof(oj, outs.hidden, thr, chunk_size=32, topk=128)
+    assert p.passed and p.stats["failed_chunks"] == 0 and p.stats["group_exp_frac"] <= thr.group_exp_mismatch_frac
+    # two completions of the same length swap proofs: both fail
+    comps = list(sub.completions)
+    i, j = next((i, j) for i in range(len(comps)) for j in range(i + 1, len(comps))
+                if len(comps[i].token_ids) == len(comps[j].token_ids))
+    comps[i], comps[j] = comps[i].model_copy(update={"proof": comps[j].proof}), comps[j].model_copy(update={"proof": comps[i].proof})
+    swapped = opened(world, worker_key, sub.model_copy(update={"completions": comps}), env)
+    p = check_proof(swapped, outs.hidden, thr, chunk_size=32, topk=128)
+    assert not p.passed and min(p.stats["per_completion_worst_exp_frac"][k] for k in (i, j)) > 0.5
+
+
+def test_proof_check_pooled_threshold_catches_what_no_chunk_shows(world, worker_key, leased):
+    lease, env = leased
+    T = 24
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(T, 64, generator=g)
+    comp = Completion(token_ids=[5] * T, finish_reason="length", proof=base64.b64encode(build_proof(h)).decode())
+    oj = opened(world, worker_key, submission(lease, [comp] * len(lease.seeds)), env)
+    noisy = h * (1 + 0.02 * torch.randn(T, 64, generator=g))  # every value moved a little
+    strict_chunks = Thresholds(exp_mismatch_frac=1.0, mant_err_mean=100, mant_err_median=100)
+    r = check_proof(oj, [noisy] * len(lease.seeds), strict_chunks, chunk_size=32, topk=128)
+    assert not r.passed and "over the submission" in r.detail and r.stats["failed_chunks"] == 0
+    assert check_proof(oj, [h] * len(lease.seeds), Thresholds(), chunk_size=32, topk=128).passed

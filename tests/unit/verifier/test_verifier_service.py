@@ -1,0 +1,111 @@
+"""The verifier's work loop against a small fake coordinator on 127.0.0.1: claims, signed
+verdicts, backoff while the coordinator fails, refused verdicts, /health and /metrics."""
+
+import threading
+import time
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from protocol.envelope import Envelope, open_envelope
+from protocol.http import ServerThread, SignedClient
+from protocol.identity import KeyPair
+from protocol.messages import KIND_CLAIM, KIND_VERDICT, ClaimRequest, Verdict
+from tests.adversarial.harness import engine_for, generate_with, honest_submissions
+from verifier.app import create_app
+from verifier.judge import JudgeSettings
+from verifier.metrics import VerifierMetrics
+from verifier.service import VerifierService
+
+
+class FakeCoordinator:
+    """Hands out `jobs` once; fails the first `fail_claims` claims and the first verdict with
+    503; refuses verdicts on `refuse` with 409; records every verdict it accepts."""
+
+    def __init__(self, verifier: KeyPair, jobs, *, fail_claims=2, refuse=()):
+        self.jobs = list(jobs)
+        self.fail_claims = fail_claims
+        self.failed_verdict = False
+        self.refuse = set(refuse)
+        self.verdicts: dict[str, Verdict] = {}
+        self.claims = 0
+        app = FastAPI()
+
+        @app.post("/v1/verification/claim")
+        async def claim(request: Request):
+            env = Envelope.model_validate_json(await request.body())
+            body = open_envelope(env, KIND_CLAIM, ClaimRequest, signer=verifier.public).body
+            self.claims += 1
+            if self.claims <= self.fail_claims:
+                return JSONResponse({"detail": "database busy"}, status_code=503)
+            out, self.jobs = self.jobs[: body.max_jobs], self.jobs[body.max_jobs:]
+            return {"jobs": [j.model_dump(mode="json") for j in out]}
+
+        @app.post("/v1/verdicts")
+        async def verdict(request: Request):
+            env = Envelope.model_validate_json(await request.body())
+            v = open_envelope(env, KIND_VERDICT, Verdict, signer=verifier.public).body
+            if not self.failed_verdict:
+                self.failed_verdict = True
+                return JSONResponse({"detail": "try again"}, status_code=503)
+            if v.submission_id in self.refuse:
+                return JSONResponse({"detail": "already decided"}, status_code=409)
+            self.verdicts[v.submission_id] = v
+            return {"ok": True}
+
+        self.server = ServerThread(app).start()
+
+
+def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, worker_key):
+    engine = engine_for(world.versions[1], 1)
+    l1, e1 = world.lease(worker_key)
+    l2, e2 = world.lease(worker_key)
+    l3, e3 = world.lease(worker_key)
+    honest = honest_submissions(engine, [l1, l2], 1)
+    hot = generate_with(engine, l3, 1, temperature=3.0)  # sampled at another temperature
+    jobs = [world.job(e1, honest[0], worker_key, submission_id="honest-1"),
+            world.job(e2, honest[1], worker_key, submission_id="honest-2", full_check=False),
+            world.job(e3, hot, worker_key, submission_id="cheat"),
+            world.job(e1, honest[0], worker_key, submission_id="refused")]
+    verifier = KeyPair.generate()
+    fake = FakeCoordinator(verifier, jobs, refuse={"refused"})
+    metrics = VerifierMetrics()
+    client = SignedClient(fake.server.url, verifier)
+    service = VerifierService(client, coordinator_key=world.coordinator.public, tokenizer=world.tokenizer,
+                              models=world.models, settings=JudgeSettings(run_id="redteam"), ledger=world.ledger,
+                              metrics=metrics, batch_jobs=3, poll_interval_s=0.05)
+    stop = threading.Event()
+    health = ServerThread(create_app(service.status, metrics, {"verifier_id": verifier.peer_id})).start()
+    t = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(fake.verdicts) < 3 or service.status()["jobs"] < 4:
+            assert time.monotonic() < deadline, (fake.verdicts.keys(), service.status())
+            time.sleep(0.05)
+        v = fake.verdicts
+        assert v["honest-1"].accepted and v["honest-1"].full_check
+        assert {c.name for c in v["honest-1"].checks} == {"lease_and_data", "termination", "reward", "replay",
+                                                          "proof", "sampling"}
+        assert v["honest-2"].accepted and not v["honest-2"].full_check
+        assert "proof" not in {c.name for c in v["honest-2"].checks}
+        assert not v["cheat"].accepted and "sampling" in v["cheat"].reason
+        assert "refused" not in v  # 409: dropped, not retried
+        st = service.status()
+        assert st["accepted"] == 2 and st["rejected"] == 1 and st["check_failures"].get("sampling") == 1
+        assert "replay" in st["check_failures"]  # 'refused' re-used the lease of 'honest-1'
+        h = httpx.get(health.url + "/health").json()
+        assert h["status"] == "ok" and h["verifier_id"] == verifier.peer_id and h["jobs"] == 4
+        text = httpx.get(health.url + "/metrics").text
+        assert 'swarmrl_verifier_verdicts_total{outcome="accepted"} 2.0' in text
+        assert 'swarmrl_verifier_check_failures_total{check="sampling"} 1.0' in text
+        assert 'swarmrl_verifier_errors_total{kind="coordinator_unavailable"} 2.0' in text
+        assert "swarmrl_verifier_prefill_seconds_count" in text
+    finally:
+        stop.set()
+        t.join(timeout=30)
+        health.stop()
+        fake.server.stop()
+        client.close()
+    assert not t.is_alive()
