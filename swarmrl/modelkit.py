@@ -111,11 +111,21 @@ def greedy_accuracy(model, tokenizer, source, n: int = 200, max_new_tokens: int 
 
 def warm_start(directory: Path | str, *, seconds: float = 30.0, seed: int = 0, task_kind: str = "arithmetic",
                task_seed: int = 0, task_options: dict | None = None, lr: float = 2e-3, batch_size: int = 64,
-               max_steps: int | None = None) -> dict:
-    """Supervised training on the task's train split for `seconds` (or `max_steps`); saves in place."""
+               max_steps: int | None = None, target_accuracy: float | None = None, check_every: int = 50,
+               check_tasks: int = 200, warmup_steps: int = 50, threads: int = 0) -> dict:
+    """Supervised training on the task's train split; saves in place.
+
+    Stops at the first of: `max_steps` steps, `seconds` of wall time, or (when
+    `target_accuracy` is set) the first check, every `check_every` steps, where held-out
+    greedy accuracy on `check_tasks` tasks reaches the target. The target makes the RL
+    starting point robust: small models learn this task in a sudden jump (the carry), whose
+    timing varies from run to run, so a fixed number of steps can land before or after it.
+    The learning rate warms up linearly over `warmup_steps` and then stays constant."""
     from protocol.lm import load_model, load_tokenizer
     from protocol.tasks import get_source
 
+    if threads:
+        torch.set_num_threads(threads)
     directory = Path(directory)
     tokenizer = load_tokenizer(str(directory))
     model = load_model(str(directory))
@@ -123,10 +133,13 @@ def warm_start(directory: Path | str, *, seconds: float = 30.0, seed: int = 0, t
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
     model.train()
     start, steps = time.monotonic(), 0
     n_train = source.size("train")
-    while (max_steps is None or steps < max_steps) and (max_steps is not None or time.monotonic() - start < seconds):
+    acc: float | None = None
+    loss = torch.tensor(float("nan"))
+    while (max_steps is None or steps < max_steps) and time.monotonic() - start < seconds:
         idx = torch.randint(0, n_train, (batch_size,), generator=gen).tolist()
         ids, att, lmask = _sft_batch(tokenizer, [source.task("train", i) for i in idx], "cpu")
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
@@ -137,7 +150,13 @@ def warm_start(directory: Path | str, *, seconds: float = 30.0, seed: int = 0, t
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         steps += 1
+        if target_accuracy is not None and steps % check_every == 0:
+            acc = greedy_accuracy(model, tokenizer, source, n=check_tasks)
+            model.train()
+            if acc >= target_accuracy:
+                break
     model.eval()
     model.save_pretrained(directory)
     acc = greedy_accuracy(model, tokenizer, source)

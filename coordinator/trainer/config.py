@@ -25,6 +25,8 @@ class EvalConfig(BaseModel):
     every_versions: int = Field(5, ge=0, description="held-out evaluation every N versions (0 = off)")
     num_tasks: int = Field(200, ge=1, description="held-out tasks per evaluation")
     sampled: bool = Field(False, description="also measure sampled (temperature) accuracy")
+    temperature: float = Field(1.0, gt=0, description="temperature of the sampled accuracy (seeded Gumbel sampling)")
+    at_start: bool = Field(True, description="evaluate version 0 (or the resumed version) before training")
 
 
 class TrainerConfig(BaseModel):
@@ -48,4 +50,17 @@ class TrainerConfig(BaseModel):
     tasks_kind: str = Field("arithmetic", description="task source for held-out evaluation")
     tasks_seed: int = Field(0)
     tasks_options: dict = Field(default_factory=dict)
-    max_eval_tokens: int = Field(8, ge=1)
+    max_eval_tokens: int = Field(8, ge=1, description="completion cap of held-out evaluation")
+    # -- additions (trainer helper) --
+    host: str = Field("127.0.0.1", description="address of the trainer's own /health and /metrics")
+    port: int = Field(8760, description="port of /health and /metrics (0 = free port, written to data_dir/trainer.port)")
+    seed: int = Field(0, description="torch seed of the trainer")
+    updates_per_batch: int = Field(1, ge=1, description="optimizer updates per batch of groups (PPO epochs); 1 = one update per version")
+    advantage_scale: bool = Field(True, description="divide group advantages by the group's reward std (GRPO); False = only centre (Dr. GRPO)")
+    min_pass_rate: float = Field(0.0, ge=0, le=1, description="drop groups whose share of rewarded samples is below this")
+    max_pass_rate: float = Field(1.0, ge=0, le=1, description="drop groups whose share of rewarded samples is above this")
+    row_tokens: int = Field(1024, ge=16, description="packing: tokens per packed row")
+    micro_batch_tokens: int = Field(16384, ge=16, description="packing: padded tokens per micro-batch (bounds memory)")
+    batch_wait_s: float = Field(10.0, ge=0, le=60, description="long-poll time of each batch request")
+    keep_checkpoints: int = Field(4, ge=1, description="newest complete versions kept on disk (at least async_window + 1 are kept)")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")

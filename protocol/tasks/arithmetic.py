@@ -15,7 +15,8 @@ from protocol.tasks import Task, register
 class ArithmeticTasks:
     kind = "arithmetic"
 
-    def __init__(self, seed: int = 0, max_operand: int = 99, ops: str = "+-", eval_size: int = 500):
+    def __init__(self, seed: int = 0, max_operand: int = 99, ops: str = "+-", eval_size: int = 500,
+                 pad: bool = False):
         if max_operand < 1 or not ops or set(ops) - set("+-"):
             raise ValueError("max_operand must be >= 1 and ops a subset of '+-'")
         triples = [(a, op, b) for op in ops for a in range(max_operand + 1) for b in range(max_operand + 1)]
@@ -23,6 +24,7 @@ class ArithmeticTasks:
         eval_size = min(eval_size, len(triples) // 5)
         self._splits = {"eval": triples[:eval_size], "train": triples[eval_size:]}
         self.seed = seed
+        self.width = len(str(max_operand)) if pad else 0
 
     def size(self, split: str) -> int:
         return len(self._splits[split])
@@ -31,7 +33,7 @@ class ArithmeticTasks:
         items = self._splits[split]
         a, op, b = items[index % len(items)]
         answer = a + b if op == "+" else a - b
-        return Task(id=f"arith-{self.seed}-{split}-{index % len(items)}", prompt=f"{a}{op}{b}=",
+        return Task(id=f"arith-{self.seed}-{split}-{index % len(items)}", prompt=f"{a:0{self.width}d}{op}{b:0{self.width}d}=" if self.width else f"{a}{op}{b}=",
                     answer=str(answer), kind=self.kind)
 
 

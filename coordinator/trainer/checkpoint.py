@@ -1,0 +1,178 @@
+"""Checkpoints of policy versions on the trainer's disk, and the spool of received groups.
+
+Layout under `data_dir`:
+
+    versions/<N>/model/          the published checkpoint (safetensors + config + tokenizer)
+    versions/<N>/optimizer.pt    optimizer state, kept apart so it is never broadcast
+    versions/<N>/state.json      version, step, counters needed to resume
+    versions/<N>/COMPLETE        written last: a version without it does not exist
+    inbox/<sha256(id)>.json      groups taken from the coordinator and not yet trained on
+
+A version is written into `versions/.tmp-<N>-<pid>/`, every file fsynced, the folder renamed
+to `versions/<N>`, then `COMPLETE` written and the parent directory fsynced. At start-up
+incomplete folders are deleted and the newest complete version is where training resumes,
+so a crash at any moment loses at most the step in progress — and not its data: each group
+is spooled to `inbox/` (fsync + rename) before it is trained on and removed only once the
+version trained on it is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coordinator.trainer.errors import CheckpointError
+
+COMPLETE = "COMPLETE"
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under `path`, then every directory (children before parents)."""
+    path = Path(path)
+    for p in sorted(path.rglob("*"), key=lambda x: -len(x.parts)):
+        _fsync(p)
+    _fsync(path)
+
+
+def _fsync(p: Path) -> None:
+    fd = os.open(str(p), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+@dataclass(frozen=True)
+class Saved:
+    version: int
+    root: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def optimizer_path(self) -> Path:
+        return self.root / "optimizer.pt"
+
+    def state(self) -> dict:
+        return json.loads((self.root / "state.json").read_text())
+
+
+class CheckpointStore:
+    """Complete versions under data_dir/versions; see the module docstring for the layout."""
+
+    def __init__(self, data_dir: Path, keep: int):
+        self.root = Path(data_dir) / "versions"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = max(1, keep)
+
+    def clean_incomplete(self) -> list[Path]:
+        """Delete temporary and incomplete version folders (left by a crash); return them."""
+        removed = []
+        for p in self.root.iterdir():
+            if p.is_dir() and (p.name.startswith(".tmp-") or not (p / COMPLETE).exists()):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        return removed
+
+    def complete_versions(self) -> list[int]:
+        return sorted(int(p.name) for p in self.root.iterdir()
+                      if p.is_dir() and p.name.isdigit() and (p / COMPLETE).exists())
+
+    def latest(self) -> Saved | None:
+        versions = self.complete_versions()
+        return Saved(versions[-1], self.root / str(versions[-1])) if versions else None
+
+    def get(self, version: int) -> Saved:
+        p = self.root / str(version)
+        if not (p / COMPLETE).exists():
+            raise CheckpointError(f"version {version} has no complete checkpoint under {self.root}")
+        return Saved(version, p)
+
+    def save(self, version: int, *, model: Any, tokenizer: Any, optimizer_state: dict | None,
+             state: dict, state_dict: dict | None = None) -> Saved:
+        """Write version `version` atomically and mark it complete. `state_dict` (a full,
+        gathered state dict) replaces model.state_dict() when the model is sharded."""
+        final = self.root / str(version)
+        if (final / COMPLETE).exists():
+            raise CheckpointError(f"version {version} already exists at {final}; versions are never overwritten")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp = self.root / f".tmp-{version}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "model").mkdir(parents=True)
+        model.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "version": version, "saved_at": time.time()},
+                                                   indent=1, sort_keys=True) + "\n")
+        fsync_tree(tmp)
+        os.replace(tmp, final)
+        write_atomic(final / COMPLETE, f"{version}\n".encode())
+        self.prune()
+        return Saved(version, final)
+
+    def prune(self) -> list[int]:
+        """Keep the newest `keep` complete versions; delete older ones (oldest first)."""
+        versions = self.complete_versions()
+        dropped = versions[: max(0, len(versions) - self.keep)]
+        for v in dropped:
+            # Remove the marker first, so a crash mid-delete leaves an incomplete (ignored) folder.
+            (self.root / str(v) / COMPLETE).unlink(missing_ok=True)
+            shutil.rmtree(self.root / str(v), ignore_errors=True)
+        return dropped
+
+
+class Inbox:
+    """Groups taken from the coordinator and not yet part of a complete version."""
+
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir) / "inbox"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _name(submission_id: str) -> str:
+        return hashlib.sha256(submission_id.encode()).hexdigest()[:32] + ".json"
+
+    def put(self, groups: list) -> None:
+        """Spool `groups` (TrainingGroup models) durably before they are used."""
+        for g in groups:
+            write_atomic(self.root / self._name(g.submission_id), g.model_dump_json().encode())
+
+    def load(self, model_type: type) -> list:
+        """Every spooled group, oldest file first (a corrupt file is moved aside, not trusted)."""
+        out = []
+        for p in sorted(self.root.glob("*.json"), key=lambda x: (x.stat().st_mtime, x.name)):
+            try:
+                out.append(model_type.model_validate_json(p.read_bytes()))
+            except ValueError:
+                p.rename(p.with_suffix(".corrupt"))
+        return out
+
+    def remove(self, submission_ids: list[str]) -> None:
+        for sid in submission_ids:
+            (self.root / self._name(sid)).unlink(missing_ok=True)
+        if submission_ids:
+            _fsync(self.root)

@@ -1,0 +1,76 @@
+"""The trainer's conversation with the coordinator: take batches, announce versions.
+
+Both calls retry with jittered exponential backoff while the coordinator is unreachable
+(`Unavailable`), so a coordinator restart only pauses training. A refusal (`Rejected`, 4xx)
+is not retried: it means the trainer's key, clock or version numbering disagrees with the
+coordinator, which is a set-up error the operator must fix, and it is raised as one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import httpx
+
+from protocol import routes
+from protocol.envelope import Envelope
+from protocol.http import Rejected, SignedClient, Unavailable, backoff_delays, check_response, parse_response
+from protocol.identity import KeyPair
+from protocol.messages import KIND_BATCH_REQUEST, BatchRequest, BatchResponse, PolicyInfo
+
+from coordinator.trainer.errors import TrainerError
+
+log = logging.getLogger("swarmrl.trainer")
+
+
+class CoordinatorLink:
+    def __init__(self, url: str, key: KeyPair, stop: Callable[[], bool] = lambda: False, timeout_s: float = 30.0):
+        self.client = SignedClient(url, key, timeout_s=timeout_s)
+        self.stop = stop
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _retrying(self, what: str, fn):
+        delays = backoff_delays(0.5, 10.0)
+        while True:
+            try:
+                return fn()
+            except Unavailable as exc:
+                if self.stop():
+                    raise
+                delay = next(delays)
+                log.warning("coordinator unavailable for %s (%s); retrying in %.1f s", what, exc, delay)
+                time.sleep(delay)
+
+    def take_batch(self, max_groups: int, min_version: int, wait_s: float) -> BatchResponse:
+        req = BatchRequest(max_groups=max(1, min(4096, max_groups)), min_policy_version=max(0, min_version),
+                           wait_s=wait_s)
+        try:
+            return self._retrying("a batch", lambda: self.client.post_signed(
+                routes.TRAINER_BATCH, KIND_BATCH_REQUEST, req, BatchResponse, timeout_s=wait_s + 30.0))
+        except Rejected as exc:
+            raise TrainerError(f"the coordinator refused the batch request: {exc.detail} "
+                               "(is trainer.key_file the operator key the coordinator expects?)") from exc
+
+    def announce(self, manifest: Envelope) -> PolicyInfo:
+        """POST the signed manifest of a published version (idempotent for the same manifest)."""
+        def post() -> PolicyInfo:
+            try:
+                resp = self.client.http.post(self.client.base_url + routes.POLICY, content=manifest.model_dump_json(),
+                                             headers={"content-type": "application/json"})
+            except httpx.HTTPError as exc:  # transport errors -> Unavailable, as SignedClient does
+                raise Unavailable(f"{self.client.base_url}{routes.POLICY}: {type(exc).__name__}: {exc}") from exc
+            check_response(resp)
+            return parse_response(resp, PolicyInfo)
+
+        try:
+            return self._retrying("announcing a version", post)
+        except Rejected as exc:
+            raise TrainerError(f"the coordinator refused policy version {manifest.body.get('version')}: "
+                               f"{exc.detail}") from exc
+
+    def policy(self) -> PolicyInfo:
+        return self._retrying("the policy", lambda: self.client.get(routes.POLICY, PolicyInfo))

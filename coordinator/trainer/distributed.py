@@ -1,0 +1,176 @@
+"""One trainer over many processes: torchrun + FSDP2 (`fully_shard`), or a single process.
+
+`Team` is what the loop sees: `prepare(model)` shards the model (each decoder layer, then
+the root) over a 1-D device mesh; `step(...)` runs one GRPO step on every rank; `save(...)`
+gathers the full state dict (a collective) and rank 0 writes the checkpoint; `finish()`
+releases the followers. Rank 0 runs the loop (HTTP, origin, evaluation) and broadcasts each
+command — ("step", groups, version, history paths) / ("save", version, step, state) /
+("stop",) — as a pickled object; ranks >= 1 run `follower_loop`, which only obeys.
+
+Gradients: each rank's loss is its share of the token sum divided by the step's global token
+count; FSDP's reduce-scatter averages over ranks, so the loss is scaled by the world size and
+the summed gradient equals one process's gradient on the whole batch. Backends: gloo on the
+CPU (the 2-process test), NCCL on GPUs. With one process every method is a direct call.
+
+Behaviour log-probabilities of older versions come from an unsharded shadow model loaded
+from the version's checkpoint folder (shared disk); fine up to models that fit one device,
+and the place to shard next for larger ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from coordinator.trainer.errors import DistributedError
+from coordinator.trainer.history import WeightHistory
+from coordinator.trainer.step import StepOptions, StepResult, run_step
+
+
+@dataclass
+class Team:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    mesh: Any = None
+
+    @classmethod
+    def from_env(cls, device: str = "cpu") -> "Team":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls(device=device)
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        try:
+            dist.init_process_group(backend)
+        except (RuntimeError, ValueError) as exc:
+            raise DistributedError(f"could not join the torchrun process group ({backend}): {exc}") from exc
+        rank = dist.get_rank()
+        if device.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (world,))
+        return cls(rank=rank, world=world, device=device, mesh=mesh)
+
+    # -- collectives -----------------------------------------------------------------------
+    def broadcast(self, obj: Any) -> Any:
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    def all_reduce_max(self, n: int) -> int:
+        if self.world == 1:
+            return n
+        import torch.distributed as dist
+
+        t = torch.tensor([n], dtype=torch.long)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t[0])
+
+    # -- model -----------------------------------------------------------------------------
+    def prepare(self, model: Any) -> tuple[Any, Any]:
+        """(the model to train, sharded when world > 1; an unsharded template for shadows)."""
+        template = copy.deepcopy(model).eval() if self.world > 1 else model
+        if self.world == 1:
+            return model, template
+        from torch.distributed.fsdp import fully_shard
+
+        layers = getattr(getattr(model, model.base_model_prefix, model), "layers", [])
+        for layer in layers:
+            fully_shard(layer, mesh=self.mesh)
+        fully_shard(model, mesh=self.mesh)
+        return model, template
+
+    def full_state_dict(self, model: Any) -> dict | None:
+        """Full CPU state dict on rank 0 (None elsewhere; a collective when world > 1)."""
+        if self.world == 1:
+            return None  # save_pretrained reads the model itself
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if self.rank == 0 else None
+
+    def full_optimizer_state(self, model: Any, optimizer: Any) -> dict | None:
+        if self.world == 1:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        sd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if self.rank == 0 else None
+
+    def load_optimizer_state(self, model: Any, optimizer: Any, state: dict) -> None:
+        if self.world == 1:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))
+
+    # -- commands (rank 0 drives) -------------------------------------------------------------
+    def step(self, model: Any, optimizer: Any, groups: list, *, version: int, opts: StepOptions,
+             history: WeightHistory, ref_model: Any = None) -> StepResult:
+        if self.rank == 0 and self.world > 1:
+            self.broadcast(("step", groups, version, {v: str(p) for v, p in history.paths().items()}))
+        return run_step(model, optimizer, groups, version=version, opts=opts, history=history, ref_model=ref_model,
+                        rank=self.rank, world=self.world, all_reduce=self.all_reduce if self.world > 1 else None,
+                        loss_scale=float(self.world), max_count=self.all_reduce_max if self.world > 1 else None)
+
+    def gather_for_save(self, model: Any, optimizer: Any, version: int) -> tuple[dict | None, dict | None]:
+        if self.rank == 0 and self.world > 1:
+            self.broadcast(("save", version))
+        return self.full_state_dict(model), self.full_optimizer_state(model, optimizer)
+
+    def finish(self) -> None:
+        if self.rank == 0 and self.world > 1:
+            self.broadcast(("stop",))
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def follower_loop(cfg: Any, team: Team) -> None:
+    """Ranks >= 1: build the same model and optimizer, then obey rank 0's commands."""
+    from coordinator.trainer.setup import build_model_and_optimizer
+
+    model, template, optimizer, _ = build_model_and_optimizer(cfg, team)
+    history = WeightHistory(template, keep=max(1, cfg.async_window))
+    from coordinator.trainer.loop import step_options
+
+    opts = step_options(cfg, pad_id=0)
+    while True:
+        cmd = team.broadcast(None)
+        if cmd[0] == "stop":
+            return
+        if cmd[0] == "step":
+            _, groups, version, paths = cmd
+            history.replace_paths({int(v): p for v, p in paths.items()})
+            team.step(model, optimizer, groups, version=version, opts=opts, history=history)
+        elif cmd[0] == "save":
+            team.gather_for_save(model, optimizer, cmd[1])
+        else:
+            raise DistributedError(f"unknown command from rank 0: {cmd[0]!r}")

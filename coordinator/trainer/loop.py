@@ -1,0 +1,211 @@
+"""The trainer's run loop: batches in, policy versions out.
+
+    start:  newest complete checkpoint (or the initial model saved as version 0)
+            -> publish it through the shardcast origin -> POST its manifest to /v1/policy
+    loop:   spooled + new groups (POST /v1/trainer/batch, long-poll) -> filter (window,
+            zero advantage, pass rate) -> `groups_per_step` kept -> GRPO step -> save
+            version n+1 (atomic, COMPLETE marker) -> publish -> announce -> forget the
+            consumed groups -> evaluate every `eval.every_versions`
+
+Every phase is timed (`PhaseClock`): "waiting" is the idle time that bench/learning.py reports.
+A restart resumes from the newest complete version, keeps the numbering, re-announces that
+version (idempotent at the origin and at the coordinator) and trains on the groups left in
+the inbox first. In a torchrun world, rank 0 runs this loop and drives the other ranks
+through `distributed.Team` (they only join steps and checkpoint gathers).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from coordinator.trainer.advantages import FilterCounts, filter_groups
+from coordinator.trainer.checkpoint import CheckpointStore, Inbox
+from coordinator.trainer.client import CoordinatorLink
+from coordinator.trainer.config import TrainerConfig
+from coordinator.trainer.evaluate import append_csv, evaluate, read_csv
+from coordinator.trainer.history import WeightHistory
+from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics
+from coordinator.trainer.step import StepOptions, StepResult
+from protocol.messages import TrainingGroup
+
+log = logging.getLogger("swarmrl.trainer")
+
+
+@dataclass
+class Pending:
+    """Kept groups waiting for a step, with their recomputed advantages."""
+
+    items: list[tuple[TrainingGroup, list[float]]] = field(default_factory=list)
+
+    def ids(self) -> set[str]:
+        return {g.submission_id for g, _ in self.items}
+
+
+def step_options(cfg: TrainerConfig, pad_id: int) -> StepOptions:
+    return StepOptions(loss=cfg.loss, grad_clip=cfg.grad_clip, updates=cfg.updates_per_batch,
+                       row_tokens=cfg.row_tokens, micro_batch_tokens=cfg.micro_batch_tokens, pad_id=pad_id)
+
+
+class TrainerLoop:
+    """State of a running trainer (rank 0). `step_fn(groups) -> StepResult` runs one step on
+    every rank; `save_fn(version, step, state) -> Saved` writes a complete checkpoint."""
+
+    def __init__(self, cfg: TrainerConfig, *, model: Any, tokenizer: Any, store: CheckpointStore, inbox: Inbox,
+                 link: CoordinatorLink, origin: Any, history: WeightHistory, version: int, step: int,
+                 step_fn: Callable[[list], StepResult], save_fn: Callable[[int, int, dict], Any],
+                 source: Any, clock: PhaseClock, metrics: TrainerMetrics, board: StatusBoard,
+                 should_stop: Callable[[], bool]):
+        self.cfg = cfg
+        self.model, self.tokenizer = model, tokenizer
+        self.store, self.inbox, self.link, self.origin = store, inbox, link, origin
+        self.history = history
+        self.version, self.step = version, step
+        self.step_fn, self.save_fn = step_fn, save_fn
+        self.source = source
+        self.clock, self.metrics, self.board = clock, metrics, board
+        self.should_stop = should_stop
+        self.pending = Pending()
+        self.counts = FilterCounts()
+        self.evaluated = {int(r["version"]) for r in read_csv(cfg.data_dir / "eval.csv")}
+        self.eval_model_fn: Callable[[], Any] = lambda: self.model
+
+    # -- versions ------------------------------------------------------------------------------
+    def announce(self) -> None:
+        """Publish the current version through the origin and tell the coordinator."""
+        saved = self.store.get(self.version)
+        with self.clock.phase("publishing"):
+            env = self.origin.publish(saved.model_dir, self.version, self.step)
+            self.link.announce(env)
+        self.metrics.version.set(self.version)
+        self.board.update(version=self.version, step=self.step)
+        log.info("policy version %d published and announced", self.version)
+
+    def maybe_evaluate(self, force: bool = False) -> None:
+        every = self.cfg.eval.every_versions
+        if self.source is None or self.version in self.evaluated:
+            return
+        if not force and (every == 0 or self.version % every != 0):
+            return
+        with self.clock.phase("evaluating"):
+            res = evaluate(self.eval_model_fn(), self.tokenizer, self.source, version=self.version, step=self.step,
+                           wall_s=self.clock.elapsed(), num_tasks=self.cfg.eval.num_tasks,
+                           max_new_tokens=self.cfg.max_eval_tokens, sampled=self.cfg.eval.sampled,
+                           temperature=self.cfg.eval.temperature)
+        append_csv(self.cfg.data_dir / "eval.csv", res)
+        self.evaluated.add(self.version)
+        self.metrics.accuracy.labels("greedy").set(res.greedy_accuracy)
+        if res.sampled_accuracy is not None:
+            self.metrics.accuracy.labels("sampled").set(res.sampled_accuracy)
+        self.metrics.eval_version.set(self.version)
+        self.board.add_eval({"version": res.version, "step": res.step, "wall_s": round(res.wall_s, 2),
+                             "greedy_accuracy": res.greedy_accuracy, "sampled_accuracy": res.sampled_accuracy})
+        log.info("eval version %d: greedy accuracy %.1f%%%s (%d tasks, %.1f s)", self.version,
+                 100 * res.greedy_accuracy,
+                 "" if res.sampled_accuracy is None else f", sampled {100 * res.sampled_accuracy:.1f}%",
+                 res.num_tasks, res.seconds)
+
+    # -- data ----------------------------------------------------------------------------------
+    def window_floor(self) -> int:
+        return max(0, self.version - self.cfg.async_window)
+
+    def admit(self, groups: list[TrainingGroup]) -> None:
+        """Filter new (or re-loaded) groups into `pending`; forget the dropped ones at once."""
+        floor = self.window_floor()
+        fresh = [g for g in groups if g.submission_id not in self.pending.ids()]
+        stale = [g for g in fresh if g.policy_version < floor or g.policy_version > self.version]
+        if stale:
+            self.metrics.groups.labels("stale").inc(len(stale))
+        ok = [g for g in fresh if floor <= g.policy_version <= self.version]
+        kept, counts = filter_groups(ok, scale=self.cfg.advantage_scale, min_pass_rate=self.cfg.min_pass_rate,
+                                     max_pass_rate=self.cfg.max_pass_rate)
+        self.metrics.groups.labels("zero_advantage").inc(counts.zero_advantage)
+        self.metrics.groups.labels("pass_rate_window").inc(counts.outside_pass_window)
+        self.metrics.adv_mismatch.inc(counts.advantage_mismatch)
+        self.counts.zero_advantage += counts.zero_advantage
+        self.counts.outside_pass_window += counts.outside_pass_window
+        self.counts.advantage_mismatch += counts.advantage_mismatch
+        self.inbox.remove([g.submission_id for g in stale] + counts.dropped_ids)
+        self.pending.items.extend(kept)  # type: ignore[arg-type]
+
+    def refresh_window(self) -> None:
+        """After a new version, drop pending groups that fell out of the async window."""
+        floor = self.window_floor()
+        old = [g for g, _ in self.pending.items if g.policy_version < floor]
+        if old:
+            self.pending.items = [(g, a) for g, a in self.pending.items if g.policy_version >= floor]
+            self.inbox.remove([g.submission_id for g in old])
+            self.metrics.groups.labels("stale").inc(len(old))
+
+    def fill(self) -> bool:
+        """Take batches until `groups_per_step` groups are pending; False if asked to stop."""
+        need = self.cfg.groups_per_step
+        while len(self.pending.items) < need:
+            if self.should_stop():
+                return False
+            with self.clock.phase("waiting"):
+                resp = self.link.take_batch(need - len(self.pending.items), self.window_floor(),
+                                            self.cfg.batch_wait_s)
+            if resp.dropped_stale:
+                self.metrics.groups.labels("dropped_by_coordinator").inc(resp.dropped_stale)
+            if resp.groups:
+                self.inbox.put(resp.groups)
+                self.metrics.groups.labels("received").inc(len(resp.groups))
+                self.admit(resp.groups)
+            self.board.update(state="waiting", pending=len(self.pending.items))
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_once(self) -> StepResult:
+        batch = self.pending.items[: self.cfg.groups_per_step]
+        self.board.update(state="training")
+        with self.clock.phase("training"):
+            result = self.step_fn(batch)
+        self.step += 1
+        new_version = self.version + 1
+        with self.clock.phase("saving"):
+            self.save_fn(new_version, self.step, {"step": self.step, "filter": vars(self.counts) | {"dropped_ids": []}})
+        self.version = new_version
+        self.history.remember(self.version, self.store.get(self.version).model_dir)
+        consumed = [g.submission_id for g, _ in batch]
+        self.pending.items = self.pending.items[len(batch):]
+        self.announce()
+        self.inbox.remove(consumed)
+        self.refresh_window()
+        rewards = [r for g, _ in batch for r in g.rewards]
+        self.metrics.steps.inc()
+        self.metrics.loss.set(result.stats.get("loss", 0.0))
+        self.metrics.grad_norm.set(result.grad_norm)
+        self.metrics.clip_fraction.set(result.stats.get("clip_fraction", 0.0))
+        self.metrics.importance.set(result.stats.get("importance_weight", 1.0))
+        self.metrics.tokens.inc(result.tokens)
+        self.metrics.stale_tokens.inc(result.stale_tokens)
+        self.metrics.groups.labels("trained").inc(len(batch))
+        self.metrics.reward.set(sum(rewards) / max(1, len(rewards)))
+        log.info("step %d -> version %d: %d groups, %d tokens (%d stale), loss %.4f, grad %.3f, clip %.3f, "
+                 "reward %.3f, %.2f s", self.step, self.version, len(batch), result.tokens, result.stale_tokens,
+                 result.stats.get("loss", 0.0), result.grad_norm, result.stats.get("clip_fraction", 0.0),
+                 sum(rewards) / max(1, len(rewards)), result.seconds)
+        return result
+
+    def run(self) -> None:
+        self.admit(self.inbox.load(TrainingGroup))
+        self.announce()
+        if self.cfg.eval.at_start:
+            self.maybe_evaluate(force=True)
+        while not self.should_stop():
+            if self.cfg.max_versions and self.version >= self.cfg.max_versions:
+                log.info("reached max_versions=%d; stopping", self.cfg.max_versions)
+                break
+            if not self.fill():
+                break
+            self.train_once()
+            self.maybe_evaluate()
+        self.board.update(state="stopped")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)

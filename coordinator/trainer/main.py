@@ -1,0 +1,70 @@
+"""`swarmrl trainer`: set up the model, checkpoints, origin and HTTP status, then run the loop.
+
+Single process by default; under `torchrun --nproc_per_node=N swarmrl trainer ...` every rank
+runs `run`, rank 0 talks to the coordinator and the origin, and the model is sharded with
+FSDP2 (`distributed.py`). SIGINT/SIGTERM ask the loop to stop between phases (a second
+signal interrupts at once; nothing is lost either way: checkpoints are atomic and received
+groups are spooled).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from coordinator.trainer.config import TrainerConfig
+
+log = logging.getLogger("swarmrl.trainer")
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; a second signal raises KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+    def install(self) -> None:
+        def handler(signum, frame):  # noqa: ARG001
+            if self.event.is_set():
+                raise KeyboardInterrupt
+            log.info("signal %d: stopping after the current phase", signum)
+            self.event.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+            signal.signal(signal.SIGTERM, handler)
+
+
+def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
+    import torch
+
+    from coordinator.trainer import distributed
+    from coordinator.trainer.setup import build_trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    stop = stop or StopFlag()
+    stop.install()
+    team = distributed.Team.from_env(cfg.device)
+    try:
+        if team.rank == 0:
+            parts = build_trainer(cfg, team, stop)
+            try:
+                parts.loop.run()
+            finally:
+                team.finish()
+                parts.close()
+        else:
+            distributed.follower_loop(cfg, team)
+    finally:
+        team.close()
+
+
+def data_dir(cfg: TrainerConfig) -> Path:
+    return Path(cfg.data_dir)

@@ -1,0 +1,134 @@
+"""Assembling a trainer from its config: model, optimizer, checkpoints, origin, link, HTTP status.
+
+`build_model_and_optimizer` runs on every rank (same weights, same optimizer state: from the
+newest complete version, or the initial model); `build_trainer` runs on rank 0 and adds what
+only the leader has: the checkpoint store's version 0, the shardcast origin, the coordinator
+link, the held-out task source, the metrics server and the `TrainerLoop`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from coordinator.trainer.checkpoint import CheckpointStore, Inbox
+from coordinator.trainer.config import TrainerConfig
+from coordinator.trainer.errors import TrainerError
+from coordinator.trainer.history import WeightHistory
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("swarmrl.trainer")
+
+
+def checkpoint_store(cfg: TrainerConfig) -> CheckpointStore:
+    return CheckpointStore(Path(cfg.data_dir), keep=max(cfg.keep_checkpoints, cfg.async_window + 2))
+
+
+def make_optimizer(cfg: TrainerConfig, model: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def build_model_and_optimizer(cfg: TrainerConfig, team: Any) -> tuple[Any, Any, torch.optim.Optimizer, dict]:
+    """(model to train, unsharded template, optimizer, resume state) — identical on every rank."""
+    from protocol.lm import load_model
+
+    torch.manual_seed(cfg.seed)
+    store = checkpoint_store(cfg)
+    if team.rank == 0:
+        store.clean_incomplete()
+    latest = team.broadcast(store.latest())
+    if latest is None:
+        source, state = cfg.model, {"version": 0, "step": 0, "resumed": False}
+    else:
+        source, state = str(latest.model_dir), {**latest.state(), "resumed": True}
+    try:
+        model = load_model(source, device=team.device, dtype="float32")
+    except (OSError, ValueError) as exc:
+        raise TrainerError(f"cannot load the model {source!r}: {exc}") from exc
+    model.train()
+    model, template = team.prepare(model)
+    optimizer = make_optimizer(cfg, model)
+    if latest is not None and latest.optimizer_path.exists():
+        opt_state = torch.load(latest.optimizer_path, map_location="cpu", weights_only=False)
+        team.load_optimizer_state(model, optimizer, opt_state)
+    return model, template, optimizer, state
+
+
+@dataclass
+class Parts:
+    loop: Any
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fn in reversed(self.closers):
+            fn()
+
+
+def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Parts:
+    from coordinator.trainer.client import CoordinatorLink
+    from coordinator.trainer.loop import TrainerLoop, step_options
+    from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics, make_app
+    from protocol.http import ServerThread, write_port_file
+    from protocol.identity import KeyPair
+    from protocol.lm import load_tokenizer
+    from protocol.tasks import get_source
+    from shardcast.origin import Origin
+
+    data_dir = Path(cfg.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        key = KeyPair.load(cfg.key_file)
+    except ProtocolError as exc:
+        raise TrainerError(f"operator key {cfg.key_file}: {exc}") from exc
+    model, template, optimizer, state = build_model_and_optimizer(cfg, team)
+    store = checkpoint_store(cfg)
+    version, step = int(state["version"]), int(state.get("step", state["version"]))
+    tokenizer = load_tokenizer(str(store.get(version).model_dir) if state["resumed"] else cfg.model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    opts = step_options(cfg, pad_id)
+
+    def save(v: int, s: int, extra: dict) -> Any:
+        sd, opt_sd = team.gather_for_save(model, optimizer, v)
+        if team.rank != 0:
+            return None
+        return store.save(v, model=model if team.world == 1 else template, tokenizer=tokenizer,
+                          optimizer_state=opt_sd, state={**extra, "step": s}, state_dict=sd)
+
+    if not state["resumed"]:
+        save(0, 0, {"step": 0})
+        log.info("initial model %s saved as version 0", cfg.model)
+    else:
+        log.info("resuming from version %d (step %d)", version, step)
+
+    history = WeightHistory(template, keep=max(1, cfg.async_window))
+    for v in store.complete_versions():
+        if version - cfg.async_window <= v < version:
+            history.remember(v, store.get(v).model_dir)
+    source = get_source(cfg.tasks_kind, seed=cfg.tasks_seed, options=cfg.tasks_options) if cfg.eval.every_versions or cfg.eval.at_start else None
+
+    clock, metrics, board = PhaseClock(), TrainerMetrics(), StatusBoard()
+    clock.on_add = lambda phase, s: metrics.phase_seconds.labels(phase).inc(s)
+    server = ServerThread(make_app(board, metrics, clock), cfg.host, cfg.port).start()
+    write_port_file(data_dir / "trainer.port", server.port)
+    origin = Origin(cfg.origin, key, cfg.run_id)
+    origin.start()
+    link = CoordinatorLink(cfg.coordinator_url, key, stop=stop)
+    parts = Parts(loop=None, closers=[server.stop, origin.stop, link.close])
+
+    def step_fn(groups: list) -> Any:
+        return team.step(model, optimizer, groups, version=loop.version, opts=opts, history=history)
+
+    eval_model = model if team.world == 1 else None
+    loop = TrainerLoop(cfg, model=eval_model, tokenizer=tokenizer, store=store, inbox=Inbox(data_dir), link=link,
+                       origin=origin, history=history, version=version, step=step, step_fn=step_fn, save_fn=save,
+                       source=source, clock=clock, metrics=metrics, board=board, should_stop=stop)
+    if team.world > 1:
+        loop.eval_model_fn = lambda: history.model_at_path(store.get(loop.version).model_dir)
+    parts.loop = loop
+    log.info("trainer of run %s: version %d, origin %s, status http://%s:%d, coordinator %s", cfg.run_id, version,
+             origin.url, cfg.host, server.port, cfg.coordinator_url)
+    return parts

@@ -1,0 +1,123 @@
+"""The trainer as a process against a real coordinator: versions from verified groups,
+checkpoints, the origin, evaluation, metrics, zero-advantage filtering, and resuming after
+SIGKILL with the numbering continuing and no received group lost."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from coordinator.trainer.checkpoint import COMPLETE
+from shardcast.client import ShardcastClient
+from tests.integration.trainer_harness import TrainerRig, metric
+from tests.integration.worker_swarm import wait_until
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from swarmrl.modelkit import init_tiny_model
+
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    init_tiny_model(d, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1)
+    return d
+
+
+@pytest.fixture
+def rig(tmp_path, model_dir):
+    r = TrainerRig(tmp_path, model_dir)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _feed_until(rig: TrainerRig, version: int, timeout: float = 120.0) -> None:
+    def step():
+        if (rig.policy().version or 0) >= version:
+            return True
+        assert rig.trainer is not None and rig.trainer.alive, rig.trainer.tail() if rig.trainer else ""
+        rig.feed(2)
+        return False
+
+    wait_until(step, timeout, f"policy version {version}", every=0.5)
+
+
+def test_trainer_turns_verified_groups_into_published_versions(rig: TrainerRig):
+    rig.start_coordinator()
+    rig.start_trainer()
+    url = rig.trainer_url()
+    wait_until(lambda: rig.policy().version == 0, 60, "version 0 announced")
+    _feed_until(rig, 3)
+
+    info = rig.policy()
+    assert info.version >= 3 and info.manifest is not None
+    versions = rig.trainer_data / "versions"
+    complete = sorted(int(p.name) for p in versions.iterdir() if (p / COMPLETE).exists())
+    assert complete[-1] >= 3
+    # the announced version is exactly the trainer's checkpoint, fetched and verified through shardcast
+    client = ShardcastClient([rig.policy().relays[0]] if rig.policy().relays else [_origin_url(rig)],
+                             rig.operator.public, rig.root / "fetch-cache")
+    try:
+        got = client.fetch(info.version)
+    finally:
+        client.close()
+    want = versions / str(info.version) / "model" / "model.safetensors"
+    assert (got / "model.safetensors").read_bytes() == want.read_bytes()
+    # evaluation rows for version 0 and later versions, and the service's own surfaces
+    rows = list(csv.DictReader(open(rig.trainer_data / "eval.csv")))
+    assert [int(r["version"]) for r in rows][:2] == [0, 1]
+    assert all(0.0 <= float(r["greedy_accuracy"]) <= 1.0 for r in rows)
+    assert rig.http.get(url + "/health").json()["ok"] is True
+    text = rig.http.get(url + "/metrics").text
+    assert metric(text, "swarmrl_trainer_steps_total") >= 3
+    assert metric(text, "swarmrl_trainer_groups_total", outcome="trained") >= 6
+    assert metric(text, "swarmrl_trainer_phase_seconds_total", phase="waiting") > 0
+    status = rig.http.get(url + "/v1/trainer/status").json()
+    assert status["version"] >= 3 and 0.0 <= status["idle_fraction"] <= 1.0
+
+
+def _origin_url(rig: TrainerRig) -> str:
+    port = int((rig.root / "origin" / "origin.port").read_text())
+    return f"http://127.0.0.1:{port}"
+
+
+def test_groups_without_signal_are_counted_and_never_trained_on(rig: TrainerRig):
+    rig.start_coordinator()
+    rig.start_trainer()
+    url = rig.trainer_url()
+    wait_until(lambda: rig.policy().version == 0, 60, "version 0 announced")
+    rig.feed(3, right=0)  # every completion wrong: all advantages zero
+    wait_until(lambda: metric(rig.http.get(url + "/metrics").text, "swarmrl_trainer_groups_total",
+                              outcome="zero_advantage") >= 3, 60, "zero-advantage groups counted")
+    assert rig.policy().version == 0
+    assert metric(rig.http.get(url + "/metrics").text, "swarmrl_trainer_steps_total") == 0
+
+
+def test_trainer_killed_mid_run_resumes_from_its_last_complete_version(rig: TrainerRig):
+    rig.start_coordinator()
+    rig.start_trainer()
+    rig.trainer_url()
+    wait_until(lambda: rig.policy().version == 0, 60, "version 0 announced")
+    _feed_until(rig, 2)
+    rig.feed(1)  # one group waits in the trainer's inbox (a step needs 2)
+    wait_until(lambda: any((rig.trainer_data / "inbox").glob("*.json")), 30, "a spooled group")
+    rig.kill_trainer()
+    before = rig.policy().version
+    versions = rig.trainer_data / "versions"
+    last_complete = max(int(p.name) for p in versions.iterdir() if (p / COMPLETE).exists())
+    assert last_complete == before
+
+    rig.start_trainer()
+    rig.trainer_url()
+    rig.feed(1)  # with the spooled group this makes a step
+    wait_until(lambda: (rig.policy().version or 0) == before + 1, 90, "the next version after restart")
+    complete = sorted(int(p.name) for p in versions.iterdir() if (p / COMPLETE).exists())
+    assert complete[-1] == before + 1
+    assert not list((rig.trainer_data / "inbox").glob("*.json"))  # the spooled group was trained on
+    def evaluated() -> list[int]:
+        return [int(r["version"]) for r in csv.DictReader(open(rig.trainer_data / "eval.csv"))]
+
+    wait_until(lambda: before + 1 in evaluated(), 60, "the evaluation of the new version")
+    assert evaluated().count(before + 1) == 1
