@@ -18,11 +18,13 @@ def _dialect_insert(conn: Connection, table: Table):
 
 
 def insert_ignore(conn: Connection, table: Table, values: dict[str, Any] | list[dict[str, Any]]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted."""
+    """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted. Counted with
+    RETURNING, because drivers disagree on `rowcount` here (psycopg 3 reports -1)."""
     if isinstance(values, list) and not values:
         return 0
-    stmt = _dialect_insert(conn, table).on_conflict_do_nothing()
-    return conn.execute(stmt, values).rowcount
+    key = next(iter(table.primary_key.columns))
+    stmt = _dialect_insert(conn, table).on_conflict_do_nothing().returning(key)
+    return len(conn.execute(stmt, values).all())
 
 
 def upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) -> None:

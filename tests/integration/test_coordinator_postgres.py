@@ -1,0 +1,159 @@
+"""The same coordinator code on PostgreSQL: migrations, the whole flow, refusals that change
+nothing, and two coordinator replicas sharing one database without handing a job out twice.
+
+Runs a throwaway PostgreSQL cluster (Debian's packages) on a Unix socket; skipped with a
+reason when PostgreSQL or the psycopg driver is not installed.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from coordinator.store.pgtemp import TempPostgres, find_bin
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "coordinator"))
+from coord_harness import start_swarm  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(find_bin() is None, reason="PostgreSQL is not installed (apt-get install -y postgresql)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed (pip install 'swarmrl[postgres]')")
+    pg = TempPostgres(port=_free_port())
+    try:
+        yield pg.start()
+    finally:
+        pg.remove()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(postgres.url)
+    with eng.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    eng.dispose()
+    return postgres.url
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from swarmrl.modelkit import init_tiny_model
+
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    init_tiny_model(d, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
+    return d
+
+
+def test_migrations_create_exactly_the_schema_on_postgres(pg_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from coordinator.store.db import Database
+    from coordinator.store.schema import metadata
+
+    db = Database(pg_url)
+    db.migrate()
+    db.migrate()
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    db.dispose()
+
+
+def test_the_whole_flow_on_postgres(pg_url, tmp_path, tiny_model):
+    from protocol.messages import BatchResponse
+
+    s = start_swarm(tmp_path, tiny_model, database_url=pg_url)
+    try:
+        s.publish(0)
+        honest, cheat = s.new_worker(), s.new_worker()
+        hl = s.lease(honest, 2)
+        cl = s.lease(cheat, 2)
+        hs = [s.submit(honest, lease).json()["submission_id"] for lease in hl]
+        cs = s.submit(cheat, cl[0]).json()["submission_id"]
+        assert s.submit(honest, hl[0]).status_code == 409
+        assert sorted(j.submission_id for j in s.claim()) == sorted(hs + [cs])
+        for sid in hs:
+            assert s.verdict(sid, True).status_code == 200
+        assert s.verdict(cs, False, reason="sampling check failed").status_code == 200
+        before = s.snapshot()
+        assert s.submit(cheat, cl[1]).status_code == 403
+        assert s.verdict(hs[0], False).status_code == 409
+        assert s.snapshot() == before
+        groups = BatchResponse.model_validate_json(s.batch().content).groups
+        assert [g.submission_id for g in groups] == hs
+        st = s.stats()
+        assert st["submissions"] == {"accepted": 2, "rejected": 1}
+        assert {w["worker_id"]: w["status"] for w in st["workers"]}[cheat.peer_id] == "banned"
+        assert s.metric("swarmrl_coordinator_buffer_depth") == 0
+    finally:
+        s.close()
+
+
+def test_two_replicas_on_one_database_never_hand_out_a_job_twice(pg_url, tmp_path, tiny_model):
+    a = start_swarm(tmp_path / "a", tiny_model, database_url=pg_url)
+    b = start_swarm(tmp_path / "b", tiny_model, database_url=pg_url)
+    try:
+        b.clock.t = a.clock.t
+        a.publish(0)
+        w = a.new_worker()
+        sids = []
+        for _ in range(5):
+            sids += [a.submit(w, lease).json()["submission_id"] for lease in a.lease(w, 8)]
+        claimed: list[str] = []
+        lock = threading.Lock()
+
+        def drain(s):
+            while True:
+                jobs = s.claim(n=3)
+                if not jobs:
+                    return
+                with lock:
+                    claimed.extend(j.submission_id for j in jobs)
+
+        threads = [threading.Thread(target=drain, args=(s,)) for s in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(claimed) == sorted(sids)  # every job once, none twice
+        # the buffer is shared too: each accepted group is served by exactly one replica
+        for sid in sids:
+            assert a.verdict(sid, True).status_code == 200
+        from protocol.messages import BatchResponse
+
+        served: list[str] = []
+
+        def take(s):
+            while True:
+                groups = BatchResponse.model_validate_json(s.batch(max_groups=4).content).groups
+                if not groups:
+                    return
+                with lock:
+                    served.extend(g.submission_id for g in groups)
+
+        threads = [threading.Thread(target=take, args=(s,)) for s in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(served) == sorted(sids)
+    finally:
+        a.close()
+        b.close()
