@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -136,6 +138,12 @@ def test_new_policy_version_mid_run_is_picked_up_within_the_async_window(make_sw
     wait_until(lambda: (worker_status(cfg) or {}).get("policy_version") == 2, timeout=120, what="v2 loaded")
     n = submitted(s)
     wait_until(lambda: submitted(s) >= n + 2, what="work on v2")
+    # `swarmrl worker status` prints what the running worker's /status says
+    out = subprocess.run([sys.executable, "-m", "swarmrl", "worker", "--config", str(s.root / "worker.toml"),
+                          "--json", "status"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["policy_version"] == 2 and shown["run_id"] == "itest" and shown["submitted"] >= 2
     w.signal(signal.SIGTERM)
     assert w.wait(60) == 0, w.tail()
     by_version = {r["policy_version"]: r["submissions"] for r in s.stats()["rewards_by_version"]}
