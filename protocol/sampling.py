@@ -23,7 +23,7 @@ _C1 = 0x7FEB352D
 _C2 = 0x846CA68B
 _U_BITS = 24
 
-__all__ = ["gumbel_noise", "sample_tokens", "perturbed_scores", "hash32"]
+__all__ = ["gumbel_noise", "gumbel_noise_rows", "sample_tokens", "sample_rows", "perturbed_scores", "hash32"]
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -87,3 +87,39 @@ def sample_tokens(logits: torch.Tensor, temperature: float, seeds: list[int], po
     for i, seed in enumerate(seeds):
         out[i] = perturbed_scores(logits[i : i + 1], temperature, seed, pos).argmax(dim=-1)[0]
     return out
+
+
+# -- many samples at once (engines decoding a batch) ------------------------------------------
+def _hash32_int(x: int) -> int:
+    """lowbias32 on a Python int (same values as `hash32`)."""
+    x &= _M32
+    x ^= x >> 16
+    x = (x * _C1) & _M32
+    x ^= x >> 15
+    x = (x * _C2) & _M32
+    return x ^ (x >> 16)
+
+
+def _seed_key_int(seed: int) -> int:
+    """`_seed_key` without tensors (cheap enough to call per row and step)."""
+    return _hash32_int(_hash32_int((seed & _M32) ^ 0x9E3779B9) ^ ((seed >> 32) & _M32))
+
+
+def gumbel_noise_rows(seeds: list[int], positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Noise for B samples in one call: row i equals gumbel_noise(seeds[i], positions[i:i+1],
+    vocab_size)[0]. `positions` (B,) int64 on the device wanted; returns (B, vocab_size) float32."""
+    device = positions.device
+    keys = torch.tensor([_seed_key_int(s) for s in seeds], dtype=torch.int64, device=device)
+    pos = hash32(positions.to(torch.int64) ^ keys)
+    h = hash32(pos[:, None] ^ _vocab_hash(vocab_size, device)[None, :])
+    u = ((h >> (32 - _U_BITS)).to(torch.float64) + 0.5) / float(1 << _U_BITS)
+    return (-torch.log(-torch.log(u))).to(torch.float32)
+
+
+def sample_rows(logits: torch.Tensor, temperatures: torch.Tensor, seeds: list[int], positions: torch.Tensor) -> torch.Tensor:
+    """One decoding step for B samples, each with its own temperature (B,), seed and
+    completion position (B,): the same tokens as `sample_tokens` row by row, in one pass."""
+    if bool((temperatures <= 0).any()):
+        raise ValueError("temperature must be > 0 (greedy decoding is not a valid swarmrl policy)")
+    noise = gumbel_noise_rows(seeds, positions.to(logits.device), logits.shape[-1])
+    return (logits.float() / temperatures.to(logits.device, torch.float32)[:, None] + noise).argmax(dim=-1)

@@ -3,9 +3,15 @@
 Prompts are left-padded into one batch; position ids follow the attention mask so padding
 does not shift positions. At every step the final hidden state of the last position (the
 input of the LM head) is kept for each still-running row, which is exactly what the
-verifier's prefill recomputes. Sampling is `protocol.sampling.sample_tokens` on the float32
-logits. A new policy version is loaded by reading the new folder into the same module when
-the architecture is unchanged (in place), else by loading a new model.
+verifier's prefill recomputes: the engine calls the base model and the LM head itself, so
+the hidden states come free with decoding (no hook, no second pass; bench/worker.py shows
+what a prefill pass would add). Sampling is `protocol.sampling.sample_rows` on the float32
+logits, all rows in one pass and one host sync per step; hidden states are copied to the
+CPU in blocks of steps, not per token. Rows that finished keep being decoded (their tokens
+are discarded) until every row is done: simpler than shrinking the KV cache, and the batch
+ends when its longest completion does. A new policy version is loaded by reading the new
+folder into the same module when the architecture is unchanged (in place), else by loading
+a new model.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import torch
 
 from protocol.lm import base_model, load_model, resolve_device, resolve_dtype
 from protocol.messages import EngineInfo
-from protocol.sampling import sample_tokens
+from protocol.sampling import sample_rows
 from worker.engines.base import GenerationRequest, GenerationResult
+
+_HIDDEN_BLOCK = 64  # decode steps of hidden states gathered on the device before one copy to the CPU
 
 
 class TransformersEngine:
@@ -75,41 +83,49 @@ class TransformersEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         base = base_model(model)
         head = model.get_output_embeddings()
+        seeds = [r.seed for r in requests]
+        temps = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=dev)
+        eos = torch.tensor([r.eos_token_id for r in requests], dtype=torch.long, device=dev)
+        max_tokens = torch.tensor([r.max_tokens for r in requests], dtype=torch.long, device=dev)
         out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = out.past_key_values
         last_hidden = out.last_hidden_state[:, -1]
         next_pos = positions[:, -1] + 1
-        tokens: list[list[int]] = [[] for _ in requests]
-        hiddens: list[list[torch.Tensor]] = [[] for _ in requests]
-        finish: list[str | None] = [None] * B
-        max_steps = max(r.max_tokens for r in requests)
-        for step in range(max_steps):
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        length = torch.zeros(B, dtype=torch.long, device=dev)      # tokens kept per row
+        by_eos = torch.zeros(B, dtype=torch.bool, device=dev)
+        step_tokens: list[torch.Tensor] = []
+        hidden_blocks: list[torch.Tensor] = []     # (steps, B, H) on the CPU, moved in blocks
+        step_hidden: list[torch.Tensor] = []
+        for step in range(max(r.max_tokens for r in requests)):
+            # Every row is sampled at once: the noise depends only on (seed, step, token id),
+            # so batching changes nothing (protocol.sampling.sample_rows == sample_tokens row by row).
             logits = head(last_hidden).float()
-            running = [i for i in range(B) if finish[i] is None]
-            if not running:
-                break
-            feed = torch.zeros(B, dtype=torch.long)
-            # Rows sharing a temperature are sampled together; each row has its own seed.
-            for i in running:
-                r = requests[i]
-                tok = int(sample_tokens(logits[i : i + 1], r.temperature, [r.seed], step)[0])
-                tokens[i].append(tok)
-                hiddens[i].append(last_hidden[i].to("cpu", copy=True))
-                feed[i] = tok
-                if tok == r.eos_token_id:
-                    finish[i] = "eos"
-                elif len(tokens[i]) >= r.max_tokens:
-                    finish[i] = "length"
-            if all(f is not None for f in finish):
+            tok = sample_rows(logits, temps, seeds, torch.full((B,), step, dtype=torch.long, device=dev))
+            running = ~done
+            step_tokens.append(tok)
+            step_hidden.append(last_hidden)
+            length = length + running.long()
+            hit_eos = running & (tok == eos)
+            by_eos = by_eos | hit_eos
+            done = done | hit_eos | (running & (length >= max_tokens))
+            if len(step_hidden) == _HIDDEN_BLOCK:
+                hidden_blocks.append(torch.stack(step_hidden).to("cpu"))
+                step_hidden = []
+            if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=dev)], dim=1)
-            out = base(input_ids=feed.to(dev)[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+            out = base(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                        past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             last_hidden = out.last_hidden_state[:, -1]
             next_pos = next_pos + 1
-        results = []
-        for i, r in enumerate(requests):
-            h = torch.stack(hiddens[i]) if hiddens[i] else torch.zeros(0, last_hidden.shape[-1], dtype=last_hidden.dtype)
-            results.append(GenerationResult(token_ids=tokens[i], finish_reason=finish[i] or "length", hidden=h))
-        return results
+        if step_hidden:
+            hidden_blocks.append(torch.stack(step_hidden).to("cpu"))
+        hidden = torch.cat(hidden_blocks)                  # (steps, B, H)
+        tokens = torch.stack(step_tokens).to("cpu")        # (steps, B)
+        lengths, eos_rows = length.tolist(), by_eos.tolist()
+        return [GenerationResult(token_ids=tokens[: lengths[i], i].tolist(),
+                                 finish_reason="eos" if eos_rows[i] else "length",
+                                 hidden=hidden[: lengths[i], i].clone())
+                for i in range(B)]
