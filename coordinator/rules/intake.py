@@ -13,6 +13,7 @@ All functions are pure; the caller supplies the lease facts, the clock and the v
 from __future__ import annotations
 
 import base64
+from array import array
 import binascii
 import hashlib
 from dataclasses import dataclass
@@ -133,15 +134,14 @@ def _check_one(i: int, c: Completion, lease: LeaseFacts, vocab_size: int, proof_
     proof_check(blob, n)
 
 
-def content_hash(body_completions: list[dict]) -> str:
-    """Identity of a group's content (tokens and proofs), for duplicate detection. Takes the
-    completions as received (JSON dicts), hashed in a fixed field order."""
+def content_hash(completions: list[Completion]) -> str:
+    """Identity of a group's content (tokens, proofs, finish reasons), for duplicate detection."""
     h = hashlib.sha256()
-    for c in body_completions:
-        h.update(repr(c.get("token_ids")).encode())
+    for c in completions:
+        h.update(len(c.token_ids).to_bytes(4, "big"))
+        h.update(array("q", c.token_ids).tobytes())
+        h.update(c.finish_reason.encode())
         h.update(b"|")
-        h.update(str(c.get("proof")).encode())
-        h.update(b"|")
-        h.update(str(c.get("finish_reason")).encode())
+        h.update(c.proof.encode())
         h.update(b"\n")
     return h.hexdigest()

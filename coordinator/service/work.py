@@ -109,7 +109,7 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
                                   eos_token_id=row.eos_token_id)
         intake.check_lease(facts, worker_id, now)
         n_tokens = intake.check_completions(sub, facts, ctx.tasks.vocab_size, ctx.proof_check)
-        chash = intake.content_hash(opened.envelope.body["completions"])
+        chash = intake.content_hash(sub.completions)
         other = submissions.content_exists(conn, row.task_id, chash)
         if other is not None:
             raise Conflict("duplicate_completion", f"these completions were already submitted for task "
@@ -127,7 +127,6 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
             n_tokens=n_tokens, content_hash=chash, received_at=now, envelope=raw.decode("utf-8")))
         if not leases.close(conn, row.lease_id, "submitted", now):
             raise Conflict("duplicate_submission", f"lease {row.lease_id} was already submitted")
-        workers.seen(conn, worker_id, now)
     ctx.metrics.submissions.inc()
     return SubmissionResponse(submission_id=sid, status="queued")
 

@@ -168,13 +168,15 @@ def test_completion_checks_refuse_with_a_reason(comps, version, reason):
 
 
 def test_content_hash_depends_on_tokens_proofs_and_finish_reasons():
-    base = [{"token_ids": [1, 2], "proof": "AA==", "finish_reason": "eos"}]
-    h = content_hash(base)
-    assert h == content_hash([dict(base[0])])
-    assert h != content_hash([{**base[0], "token_ids": [1, 3]}])
-    assert h != content_hash([{**base[0], "proof": "AB=="}])
-    assert h != content_hash([{**base[0], "finish_reason": "length"}])
-    assert h != content_hash(base + base)
+    c = Completion(token_ids=[1, 2], proof="AA==", finish_reason="eos")
+    h = content_hash([c])
+    assert h == content_hash([c.model_copy()])
+    assert h != content_hash([c.model_copy(update={"token_ids": [1, 3]})])
+    assert h != content_hash([c.model_copy(update={"token_ids": [1, 2, 0]})])
+    assert h != content_hash([c.model_copy(update={"proof": "AB=="})])
+    assert h != content_hash([c.model_copy(update={"finish_reason": "length"})])
+    assert h != content_hash([c, c])
+    assert content_hash([c.model_copy(update={"token_ids": [1]}), c]) != content_hash([c.model_copy(update={"token_ids": [1, 1]}), c.model_copy(update={"token_ids": [2]})])
 
 
 def test_codec_proof_check_accepts_real_proofs_and_refuses_mismatches():
@@ -197,3 +199,13 @@ def test_codec_proof_check_accepts_real_proofs_and_refuses_mismatches():
         with pytest.raises(Invalid) as e:
             check(blob, n)
         assert e.value.reason == "bad_proof" and words in e.value.detail
+
+
+def test_taskbook_decodes_exactly_like_the_verifier(tiny_model):
+    from coordinator.taskbook import TaskBook
+    from protocol.lm import decode_completion
+
+    book = TaskBook.load(str(tiny_model), "arithmetic", 0, {})
+    rng = random.Random(0)
+    seqs = [[rng.randrange(book.vocab_size) for _ in range(rng.randrange(0, 40))] for _ in range(50)]
+    assert book.decode(seqs) == [decode_completion(book.tokenizer, s) for s in seqs]

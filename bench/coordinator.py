@@ -1,0 +1,417 @@
+"""Load test of the coordinator: 100 simulated workers against a real coordinator process,
+with a simulated verifier and trainer attached, on SQLite and on PostgreSQL.
+
+    python bench/coordinator.py                         # SQLite and PostgreSQL, 60 s each
+    python bench/coordinator.py --db sqlite --duration 20 --rate 300
+    python bench/coordinator.py --saturate              # no pacing: as fast as the server answers
+
+Each simulated worker registers, heartbeats every 5 s, polls GET /v1/policy every 10 s, leases
+tasks (2 per request) and submits realistic payloads: 16 completions of 256 tokens, each with
+a real activation proof (protocol.proof, hidden size of the model) — about 70 KB per
+submission. Workers are paced so that together they offer `--rate` submissions/s (or run
+unpaced with --saturate). A verifier claims queued submissions and posts a signed verdict for
+each (accepting), and a trainer long-polls training batches and publishes a new policy
+version every 10 s, so the window, the buffer and the verification queue all move.
+
+PostgreSQL comes from Debian's packages (installed with apt-get when missing) and runs as a
+throwaway cluster on a Unix socket. Workers run in `--client-procs` processes (asyncio +
+httpx), the verifier and trainer in this process; everything shares the machine's cores with
+the coordinator, so numbers on a 2-core machine are a floor, and noisy when anything else runs.
+Printed: sustained submissions/s over the measured window (after warm-up), verdicts/s, groups
+trained/s, and p50/p99 latency per endpoint as seen by the clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HEARTBEAT_S = 5.0
+POLICY_POLL_S = 10.0
+PUBLISH_EVERY_S = 10.0
+
+
+# -- fast, exact envelope building for the simulated clients ---------------------------------
+class Signer:
+    """Builds signed envelopes as JSON text without re-encoding the large, constant part of a
+    submission: the canonical bytes are assembled from pre-encoded pieces and checked once
+    against protocol.envelope, so the bench measures the server, not client-side JSON."""
+
+    def __init__(self, key):
+        self.key = key
+        self.hex = key.public.hex
+
+    def envelope(self, kind: str, canonical_body: str) -> str:
+        import time as _t
+
+        from protocol.envelope import ENVELOPE_DOMAIN
+
+        nonce = os.urandom(16).hex()
+        ts = float(_t.time())
+        signing = ('{"body":' + canonical_body + ',"kind":"' + kind + '","nonce":"' + nonce + '","signer":"'
+                   + self.hex + '","timestamp":' + repr(ts) + "}")
+        sig = self.key.sign(ENVELOPE_DOMAIN + signing.encode())
+        return ('{"kind":"' + kind + '","body":' + canonical_body + ',"signer":"' + self.hex + '","timestamp":'
+                + repr(ts) + ',"nonce":"' + nonce + '","signature":"' + sig + '"}')
+
+    def model(self, kind: str, body) -> str:
+        from protocol.canonical import canonical_bytes
+
+        return self.envelope(kind, canonical_bytes(body.model_dump(mode="json")).decode())
+
+
+def payload_pieces(group_size: int, tokens: int, hidden: int, vocab: int, eos: int) -> tuple[str, str]:
+    """Canonical JSON of a group's completions and of the engine info (constant per run)."""
+    import random
+
+    import torch
+
+    from protocol.canonical import canonical_bytes
+    from protocol.messages import Completion, EngineInfo
+    from protocol.proof import build_proof, to_b64
+
+    proof = to_b64(build_proof(torch.randn(tokens, hidden)))
+    rng = random.Random(0)
+    comps = []
+    for _ in range(group_size):
+        ids = [rng.randrange(3, vocab) for _ in range(tokens)]
+        ids = [i if i != eos else eos + 1 for i in ids]
+        comps.append(Completion(token_ids=ids, finish_reason="length", proof=proof).model_dump(mode="json"))
+    engine = EngineInfo(name="bench", version="0", dtype="bfloat16", device="cpu").model_dump(mode="json")
+    return canonical_bytes(comps).decode(), canonical_bytes(engine).decode()
+
+
+def submission_body(comps: str, engine: str, lease_id: str, version: int) -> str:
+    return ('{"claimed_rewards":null,"completions":' + comps + ',"engine":' + engine + ',"lease_id":"' + lease_id
+            + '","policy_version":' + str(version) + "}")
+
+
+def check_pieces(comps: str, engine: str) -> None:
+    """The hand-assembled canonical body must equal protocol.canonical's, byte for byte."""
+    from protocol.canonical import canonical_bytes
+    from protocol.messages import Submission
+
+    body = submission_body(comps, engine, "l-0", 3)
+    sub = Submission.model_validate(json.loads(body))
+    assert canonical_bytes(sub.model_dump(mode="json")).decode() == body, "bench payload is not canonical"
+
+
+# -- latency bookkeeping ---------------------------------------------------------------------
+class Recorder:
+    """Latencies per endpoint of requests that finish after `t_measure` (wall clock)."""
+
+    def __init__(self, t_measure: float):
+        self.t_measure = t_measure
+        self.samples: dict[str, list[float]] = {}
+        self.errors: dict[str, int] = {}
+        self.ok: dict[str, int] = {}
+
+    def add(self, name: str, t0: float, ok: bool) -> bool:
+        """Record a request started at perf_counter `t0`; True if it counts (measured window)."""
+        dt = time.perf_counter() - t0
+        if time.time() < self.t_measure:
+            return False
+        self.samples.setdefault(name, []).append(dt)
+        d = self.ok if ok else self.errors
+        d[name] = d.get(name, 0) + 1
+        return True
+
+    def merge(self, other: dict) -> None:
+        for k, v in other["samples"].items():
+            self.samples.setdefault(k, []).extend(v)
+        for k, v in other["ok"].items():
+            self.ok[k] = self.ok.get(k, 0) + v
+        for k, v in other["errors"].items():
+            self.errors[k] = self.errors.get(k, 0) + v
+
+    def dump(self) -> dict:
+        return {"samples": self.samples, "ok": self.ok, "errors": self.errors}
+
+
+# -- simulated workers (in client processes) -------------------------------------------------
+def worker_process(url: str, first: int, count: int, args: dict, t_measure: float, t_end: float, out) -> None:
+    asyncio.run(_workers(url, first, count, args, t_measure, t_end, out))
+
+
+async def _workers(url, first, count, args, t_measure, t_end, out) -> None:
+    import httpx
+
+    from protocol.identity import KeyPair
+    from protocol.messages import HardwareReport, Heartbeat, LeaseRequest, Registration
+
+    rec = Recorder(t_measure)
+    comps, engine = args["comps"], args["engine"]
+    interval = 0.0 if args["saturate"] else args["workers"] / args["rate"] * args["tasks_per_lease"]
+    limits = httpx.Limits(max_connections=count + 8, max_keepalive_connections=count + 8)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+
+        async def post(name: str, path: str, content: str):
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(path, content=content, headers={"content-type": "application/json"})
+            except httpx.HTTPError:
+                rec.add(name, t0, False)
+                return None
+            rec.add(name, t0, r.status_code < 400)
+            return r
+
+        async def one(i: int) -> None:
+            signer = Signer(KeyPair.from_seed((i + 1).to_bytes(32, "big")))
+            reg = Registration(hardware=HardwareReport(cpu_count=8, ram_bytes=1 << 34), client_version="bench")
+            await post("register", "/v1/workers/register", signer.model("registration", reg))
+            await asyncio.sleep((i % count) / max(1, count) * max(interval, 0.05))  # spread the starts
+            next_hb = next_poll = time.time()
+            next_work = time.time()
+            while time.time() < t_end:
+                now = time.time()
+                if now >= next_hb:
+                    next_hb = now + HEARTBEAT_S
+                    await post("heartbeat", "/v1/workers/heartbeat", signer.model("heartbeat", Heartbeat(status="bench")))
+                if now >= next_poll:
+                    next_poll = now + POLICY_POLL_S
+                    t0 = time.perf_counter()
+                    try:
+                        r = await http.get("/v1/policy")
+                        rec.add("policy", t0, r.status_code == 200)
+                    except httpx.HTTPError:
+                        rec.add("policy", t0, False)
+                r = await post("lease", "/v1/leases", signer.model("lease_request", LeaseRequest(max_tasks=args["tasks_per_lease"])))
+                if r is None or r.status_code != 200:
+                    await asyncio.sleep(0.5)
+                    continue
+                body = r.json()
+                leases = [e["body"] for e in body["leases"]]
+                if not leases:
+                    await asyncio.sleep(body.get("retry_after_s") or 0.5)
+                    continue
+                next_work += interval
+                wait = next_work - time.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # "generation"
+                else:
+                    next_work = time.time()
+                for lease in leases:
+                    content = signer.envelope("submission", submission_body(comps, engine, lease["lease_id"],
+                                                                            lease["max_policy_version"]))
+                    await post("submit", "/v1/submissions", content)
+
+        await asyncio.gather(*(one(i) for i in range(first, first + count)))
+    out.put(rec.dump())
+
+
+# -- simulated verifier and trainer (in this process) ---------------------------------------
+async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, run_id: str, t_measure: float,
+                               t_end: float, n_verifiers: int) -> tuple[Recorder, dict]:
+    import httpx
+
+    from protocol.manifest import build_manifest, sign_manifest
+    from protocol.messages import BatchRequest, ClaimRequest, Verdict
+
+    rec = Recorder(t_measure)
+    counts = {"verdicts": 0, "groups": 0, "versions": 1}
+    vs = Signer(verifier)
+    ts = Signer(operator)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+        async def verify_loop() -> None:
+            while time.time() < t_end:
+                t0 = time.perf_counter()
+                r = await http.post("/v1/verification/claim", content=vs.model("verification_claim", ClaimRequest(max_jobs=32)))
+                rec.add("claim", t0, r.status_code == 200)
+                jobs = r.json().get("jobs", []) if r.status_code == 200 else []
+                if not jobs:
+                    await asyncio.sleep(0.05)
+                    continue
+                for job in jobs:
+                    v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=[])
+                    t0 = time.perf_counter()
+                    r = await http.post("/v1/verdicts", content=vs.model("verdict", v))
+                    if rec.add("verdict", t0, r.status_code == 200) and r.status_code == 200:
+                        counts["verdicts"] += 1
+
+        async def train_loop() -> None:
+            version, next_publish = 0, time.time() + PUBLISH_EVERY_S
+            while time.time() < t_end:
+                t0 = time.perf_counter()
+                req = BatchRequest(max_groups=256, min_policy_version=0, wait_s=1.0)
+                r = await http.post("/v1/trainer/batch", content=ts.model("batch_request", req))
+                if rec.add("batch", t0, r.status_code == 200) and r.status_code == 200:
+                    counts["groups"] += len(r.json()["groups"])
+                if time.time() >= next_publish:
+                    version += 1
+                    next_publish += PUBLISH_EVERY_S
+                    m = build_manifest(model_dir, run_id=run_id, version=version, step=version)
+                    t0 = time.perf_counter()
+                    r = await http.post("/v1/policy", content=sign_manifest(m, operator).model_dump_json())
+                    rec.add("publish", t0, r.status_code == 200)
+                    counts["versions"] += 1
+
+        await asyncio.gather(train_loop(), *(verify_loop() for _ in range(n_verifiers)))
+    return rec, counts
+
+
+# -- one run ---------------------------------------------------------------------------------
+def start_coordinator(tmp: Path, cfg) -> subprocess.Popen:
+    from protocol.config import dump_toml
+
+    cfg_path = tmp / "coordinator.toml"
+    cfg_path.write_text(dump_toml(cfg))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "swarmrl", "coordinator", "--config", str(cfg_path)],
+                            stdout=open(tmp / "coordinator.log", "wb"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    port_file = cfg.data_dir / "coordinator.port"
+    deadline = time.time() + 120
+    while not port_file.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError("coordinator did not start:\n" + (tmp / "coordinator.log").read_text()[-2000:])
+        time.sleep(0.1)
+    return proc
+
+
+def run_one(db: str, args, tmp: Path) -> dict:
+    import httpx
+
+    from coordinator.config import CoordinatorConfig
+    from protocol.identity import KeyPair
+    from protocol.manifest import build_manifest, sign_manifest
+    from swarmrl.modelkit import init_tiny_model
+
+    model = tmp / "model"
+    info = init_tiny_model(model, hidden_size=args.hidden, num_layers=1, num_heads=2, num_kv_heads=1)
+    operator, verifier = KeyPair.generate(), KeyPair.generate()
+    pg = None
+    url = ""
+    if db == "postgres":
+        from coordinator.store.pgtemp import TempPostgres, find_bin
+
+        if find_bin() is None:
+            print("installing PostgreSQL with apt-get ...", flush=True)
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True,
+                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        pg = TempPostgres(port=args.pg_port).start()
+        url = pg.url
+    cfg = CoordinatorConfig(
+        operator_key=operator.public.hex, verifier_keys=[verifier.public.hex], model=str(model),
+        data_dir=tmp / "coordinator", key_file=tmp / "coordinator" / "coordinator.key", port=0,
+        database_url=url, group_size=args.group_size, async_window=2, lease_ttl_s=120,
+        sampling={"temperature": 1.0, "max_tokens": args.tokens},
+        limits={"requests_per_s_per_worker": 1000, "burst": 2000, "max_leases_per_worker": 64},
+        archive=not args.no_archive)
+    proc = start_coordinator(tmp, cfg)
+    try:
+        base = f"http://127.0.0.1:{(cfg.data_dir / 'coordinator.port').read_text().strip()}"
+        with httpx.Client(base_url=base) as http:
+            m = build_manifest(model, run_id=cfg.run_id, version=0, step=0)
+            http.post("/v1/policy", content=sign_manifest(m, operator).model_dump_json()).raise_for_status()
+        comps, engine = payload_pieces(args.group_size, args.tokens, args.hidden, info["vocab_size"], 1)
+        check_pieces(comps, engine)
+        body_kb = len(Signer(verifier).envelope("submission", submission_body(comps, engine, "l-" + "0" * 24, 0))) / 1024
+        t_start = time.time() + 2.0
+        t_measure = t_start + args.warmup
+        t_end = t_measure + args.duration
+        wargs = dict(comps=comps, engine=engine, workers=args.workers, rate=args.rate, saturate=args.saturate,
+                     tasks_per_lease=args.tasks_per_lease)
+        q: mp.Queue = mp.get_context("spawn").Queue()
+        per = -(-args.workers // args.client_procs)
+        procs = []
+        for p in range(args.client_procs):
+            n = min(per, args.workers - p * per)
+            if n <= 0:
+                break
+            procs.append(mp.get_context("spawn").Process(
+                target=worker_process, args=(base, p * per, n, wargs, t_measure, t_end, q), daemon=True))
+        for pr in procs:
+            pr.start()
+        rec, counts = asyncio.run(verifier_and_trainer(base, verifier, operator, model, cfg.run_id, t_measure,
+                                                       t_end, args.verifiers))
+        for _ in procs:
+            rec.merge(q.get(timeout=120))
+        for pr in procs:
+            pr.join(timeout=30)
+        with httpx.Client(base_url=base) as http:
+            stats = http.get("/v1/stats").json()
+        return {"db": db, "rec": rec, "counts": counts, "stats": stats, "body_kb": body_kb}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if pg is not None:
+            pg.remove()
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def report(res: dict, args) -> None:
+    rec, counts, dur = res["rec"], res["counts"], args.duration
+    subs = rec.ok.get("submit", 0)
+    print(f"\n== coordinator on {res['db']}: {args.workers} workers, {dur:.0f} s measured after {args.warmup:.0f} s "
+          f"warm-up, {args.group_size}x{args.tokens} tokens per submission ({res['body_kb']:.0f} KB), offered "
+          f"{'unpaced (saturate)' if args.saturate else f'{args.rate:.0f} submissions/s'}")
+    print(f"   sustained: {subs / dur:7.1f} submissions/s   {counts['verdicts'] / dur:7.1f} verdicts/s   "
+          f"{counts['groups'] / dur:7.1f} groups trained/s   {counts['versions']} policy versions")
+    print(f"   {'endpoint':<10} {'ok':>8} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name in ("submit", "lease", "heartbeat", "policy", "register", "claim", "verdict", "batch", "publish"):
+        xs = rec.samples.get(name, [])
+        if not xs:
+            continue
+        note = "  (long-poll, wait_s=1)" if name == "batch" else ""
+        print(f"   {name:<10} {rec.ok.get(name, 0):>8} {rec.errors.get(name, 0):>7} {len(xs) / dur:>8.1f} "
+              f"{1000 * _pct(xs, 0.5):>8.1f} {1000 * _pct(xs, 0.99):>8.1f} {1000 * max(xs):>8.1f}{note}")
+    st = res["stats"]
+    print(f"   end state: submissions {st['submissions']}, buffer depth {st['buffer']['depth']}, "
+          f"dropped stale {st['buffer']['dropped_stale']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    ap.add_argument("--workers", type=int, default=100)
+    ap.add_argument("--duration", type=float, default=60.0, help="measured seconds")
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--rate", type=float, default=250.0, help="offered submissions/s (all workers together)")
+    ap.add_argument("--saturate", action="store_true", help="no pacing: submit as fast as answers come")
+    ap.add_argument("--group-size", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--hidden", type=int, default=64, help="hidden size of the model (and of the proofs)")
+    ap.add_argument("--tasks-per-lease", type=int, default=2)
+    ap.add_argument("--client-procs", type=int, default=1)
+    ap.add_argument("--verifiers", type=int, default=2, help="concurrent verifier loops")
+    ap.add_argument("--no-archive", action="store_true")
+    ap.add_argument("--pg-port", type=int, default=55439)
+    args = ap.parse_args()
+    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    print(f"bench/coordinator.py on {os.cpu_count()} cores (shared with the clients; noisy if anything else runs)")
+    for db in dbs:
+        tmp = Path(tempfile.mkdtemp(prefix=f"swarmrl-bench-{db}-"))
+        try:
+            report(run_one(db, args, tmp), args)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
