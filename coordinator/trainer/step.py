@@ -149,7 +149,8 @@ def run_step(
             pass_stats.add(st)
         if grad_sync is not None:
             grad_sync(model)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor under FSDP
         optimizer.step()
         stats = pass_stats
     optimizer.zero_grad(set_to_none=True)
