@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from coordinator.auth import open_signed, parse_envelope
 from coordinator.context import Context
+from coordinator.dashboard import mount_dashboard
 from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge
 from coordinator.service import join, training, upkeep, verification, work
 from protocol import routes
@@ -275,6 +276,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """Workers, versions, buffer, submissions and rewards by version (JSON)."""
         return await api.plain(request, "stats", lambda: upkeep.stats(ctx))
 
+    mount_dashboard(app, ctx, api)  # read-only /v1/dashboard/*, the /dashboard page, POST /v1/trainer/eval
     ctx.metrics.attach_state(lambda: upkeep.state_counts(ctx))
     return app
 

@@ -54,6 +54,19 @@ class JoinConfig(BaseModel):
     missed_heartbeats_gone: int = Field(6, description="a worker missing this many heartbeats is gone; its leases return")
 
 
+class CheckpointArchiveConfig(BaseModel):
+    """Which policy versions the archive keeps at data_dir/archive/checkpoints/ so that any
+    archived rollout can be re-verified (`swarmrl audit reverify`). A version is kept if any
+    rule keeps it; the others are deleted once a newer version is archived."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="fetch every announced version through the relays (needs `archive` and `relays`)")
+    keep_last: int = Field(0, ge=0, description="keep the newest N versions (0 = keep every version)")
+    keep_every: int = Field(0, ge=0, description="also keep every k-th version for spot audits of long runs (0 = off)")
+    keep_rejected: bool = Field(True, description="also keep every version a rejected submission claims (the evidence behind each ban)")
+    poll_interval_s: float = Field(2.0, gt=0, description="how often newly announced versions are looked for")
+
+
 class CoordinatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run_id: str = Field("swarmrl-run", description="name of the run; part of every lease")
@@ -82,3 +95,6 @@ class CoordinatorConfig(BaseModel):
     housekeeping_interval_s: float = Field(1.0, gt=0, description="how often expired leases and silent workers are swept")
     archive_interval_s: float = Field(5.0, gt=0, description="how often new submissions and verdicts are written to Parquet")
     log_level: str = Field("info", description="python logging level of the service")
+    checkpoints: CheckpointArchiveConfig = Field(default_factory=CheckpointArchiveConfig,
+                                                 description="policy versions kept for re-verification")
+    dashboard_relay_poll_s: float = Field(3.0, gt=0, description="the dashboard asks each relay for its versions at most this often")

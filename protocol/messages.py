@@ -46,6 +46,7 @@ KIND_CLAIM = "verification_claim"
 KIND_VERDICT = "verdict"
 KIND_BATCH_REQUEST = "batch_request"
 KIND_POLICY_MANIFEST = "policy_manifest"
+KIND_EVAL_REPORT = "eval_report"
 
 
 # -- common pieces --------------------------------------------------------------------------
@@ -284,6 +285,19 @@ class TrainingGroup(Strict):
 class BatchResponse(Strict):
     groups: list[TrainingGroup]
     dropped_stale: int = Field(default=0, description="groups dropped because they fell out of the async window")
+
+
+class EvalReport(Strict):
+    """Trainer -> coordinator (`POST /v1/trainer/eval`), signed by the operator key: the
+    held-out evaluation of one policy version. The coordinator keeps the newest report per
+    version and shows them as the dashboard's training curve; a report changes nothing else."""
+
+    policy_version: int = Field(ge=0)
+    step: int = Field(default=0, ge=0)
+    greedy_accuracy: float = Field(ge=0.0, le=1.0, description="share of held-out tasks answered exactly, greedy")
+    sampled_accuracy: float | None = Field(default=None, ge=0.0, le=1.0, description="the same, sampled")
+    num_tasks: int = Field(ge=1, le=10_000_000)
+    seconds: float = Field(default=0.0, ge=0.0, description="time the evaluation took")
 
 
 # -- policy versions (trainer/origin -> everyone) -------------------------------------------

@@ -19,6 +19,9 @@ VERDICTS = "/v1/verdicts"                        # POST verdict (verifier key) -
 TRAINER_BATCH = "/v1/trainer/batch"              # POST batch_request (operator key) -> BatchResponse
 POLICY = "/v1/policy"                            # GET -> PolicyInfo; POST policy_manifest (operator key)
 STATS = "/v1/stats"                              # GET -> JSON summary for dashboards and the demo
+TRAINER_EVAL = "/v1/trainer/eval"                # POST eval_report (operator key) -> {"ok": true}
+DASHBOARD = "/dashboard"                         # GET -> the live web page (static HTML/JS/CSS)
+DASHBOARD_API = "/v1/dashboard"                  # GET {DASHBOARD_API}/... -> read-only JSON (see /docs)
 
 # -- shardcast origin and relays -----------------------------------------------------------
 SC_VERSIONS = "/v1/versions"                                 # GET -> {"versions": [int, ...]}

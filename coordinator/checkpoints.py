@@ -1,0 +1,226 @@
+"""Checkpoints kept for re-verification, next to the Parquet archive.
+
+An archived rollout can be re-verified only against the exact weights it claims. The
+trainer's origin and the relays keep a few recent versions; this keeper makes the
+coordinator hold the ones the archive needs, under `<data_dir>/archive/`:
+
+    run.json                  what an auditor needs besides the rows: run id, the coordinator,
+                              operator and verifier keys, the task source and the tokenizer
+    checkpoints/v000012/      policy version 12: the checkpoint files and `.manifest.json`,
+                              the operator-signed manifest (every file's sha256)
+    checkpoints/.fetch/       downloads in progress (never read by auditors)
+
+Data flow: every `poll_interval_s` the keeper reads the versions the coordinator accepted
+(`policy_versions`: each POSTed by the trainer with an operator-signed manifest), fetches each
+version it must keep through `shardcast.client.ShardcastClient` from the run's relays (signed
+manifest, every shard and file checked against it, written atomically), moves the finished
+folder to `checkpoints/vNNNNNN/`, and deletes archived versions no rule keeps any more.
+
+Retention (`CheckpointArchiveConfig`; `retained` is the pure rule): the newest `keep_last`
+versions (0 = all), every `keep_every`-th version, every version a rejected submission claims
+(`keep_rejected`: the evidence behind each ban), and always the versions that may still be
+claimed or judged (inside the async window, or with submissions still queued) — so a verdict
+that arrives late still finds its checkpoint.
+
+Runs in a daemon thread of the coordinator process (started by `coordinator.main`); it only
+reads the database, and a failure (relay down, version pruned upstream, disk full) is logged
+and retried on the next pass; a version no relay holds any more is given up with one warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from coordinator.context import Context
+from coordinator.rules.buffer import window_floor
+from coordinator.store import policy
+from coordinator.store.schema import policy_versions, submissions
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("swarmrl.coordinator")
+
+RUN_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+FETCH_DIR = ".fetch"
+
+
+def version_dir(root: Path, version: int) -> Path:
+    """`<archive>/checkpoints/v000012` for version 12."""
+    return Path(root) / CHECKPOINTS / f"v{version:06d}"
+
+
+def archived_versions(root: Path) -> list[int]:
+    """Versions complete in `<archive>/checkpoints/` (a folder holding its signed manifest)."""
+    folder = Path(root) / CHECKPOINTS
+    out = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith("v") and p.name[1:].isdigit() and (p / ".manifest.json").is_file():
+                out.append(int(p.name[1:]))
+    return sorted(out)
+
+
+def retained(versions: list[int], *, keep_last: int, keep_every: int, pinned: set[int]) -> set[int]:
+    """The versions among `versions` that retention keeps (pure)."""
+    vs = sorted(set(versions))
+    keep = set(vs if keep_last == 0 else vs[-keep_last:])
+    if keep_every > 0:
+        keep |= {v for v in vs if v % keep_every == 0}
+    return keep | (set(vs) & pinned)
+
+
+def write_run_description(ctx: Context, root: Path) -> Path:
+    """Write `<archive>/run.json` atomically (rewritten at every start: keys may be rotated)."""
+    cfg = ctx.cfg
+    doc = {
+        "format": 1, "run_id": cfg.run_id, "coordinator_key": ctx.key.public.hex, "operator_key": ctx.operator.hex,
+        "verifier_keys": sorted(ctx.verifier_keys), "model": str(cfg.model), "chat_template": cfg.chat_template,
+        "tasks": {"kind": cfg.tasks.kind, "seed": cfg.tasks.seed, "options": cfg.tasks.options},
+        "sampling": cfg.sampling.model_dump(), "group_size": cfg.group_size, "async_window": cfg.async_window,
+        "written_at": ctx.clock(),
+    }
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / RUN_FILE
+    tmp = root / f".{RUN_FILE}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+class CheckpointKeeper:
+    """Fetches the versions the archive must keep and prunes the others (see module docstring)."""
+
+    def __init__(self, ctx: Context, root: Path, client=None):
+        self.ctx = ctx
+        self.cfg = ctx.cfg.checkpoints
+        self.root = Path(root)
+        if client is None:
+            from shardcast.client import ShardcastClient
+
+            client = ShardcastClient(list(ctx.cfg.relays), ctx.operator, self.root / CHECKPOINTS / FETCH_DIR,
+                                     run_id=ctx.cfg.run_id, keep_versions=None)
+        self.client = client
+        self.unavailable: set[int] = set()
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one pass -------------------------------------------------------------------------
+    def _state(self) -> tuple[list[int], set[int]]:
+        """(announced versions, versions pinned by the rules that depend on live state)."""
+        c = submissions.c
+        with self.ctx.db.read() as conn:
+            announced = [int(v) for v in conn.execute(select(policy_versions.c.version)).scalars()]
+            current = policy.current(conn)
+            statuses = ["queued", "rejected"] if self.cfg.keep_rejected else ["queued"]
+            pinned = {int(v) for v in conn.execute(
+                select(c.policy_version).where(c.status.in_(statuses)).distinct()).scalars()}
+        floor = window_floor(current, self.ctx.cfg.async_window)
+        pinned |= {v for v in announced if v >= floor}
+        return announced, pinned
+
+    def step(self) -> dict[str, list[int]]:
+        """Fetch what must be kept and is missing, prune what no rule keeps; returns both."""
+        announced, pinned = self._state()
+        want = retained(announced, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every, pinned=pinned)
+        have = set(archived_versions(self.root))
+        fetched = []
+        for v in sorted(want - have - self.unavailable):
+            if self._stop.is_set():
+                break
+            if self._fetch(v):
+                fetched.append(v)
+        pruned = sorted(have - want)
+        for v in pruned:
+            self._remove(v)
+        return {"fetched": fetched, "pruned": pruned}
+
+    def _fetch(self, version: int) -> bool:
+        from shardcast.errors import VersionUnavailable
+
+        t0 = time.monotonic()
+        try:
+            src = Path(self.client.fetch(version))
+        except VersionUnavailable as exc:
+            self.unavailable.add(version)
+            log.warning("checkpoint archive: version %d cannot be archived, no relay holds it any more (%s); "
+                        "its rollouts cannot be re-verified", version, exc)
+            return False
+        dst = version_dir(self.root, version)
+        if dst.exists():  # archived meanwhile (another pass) — keep the first copy
+            return False
+        os.replace(src, dst)
+        _fsync_dir(dst.parent)
+        log.info("checkpoint archive: version %d kept at %s (%.1f s)", version, dst, time.monotonic() - t0)
+        return True
+
+    def _remove(self, version: int) -> None:
+        import shutil
+
+        folder = version_dir(self.root, version)
+        trash = folder.with_name(f".{folder.name}.deleting")
+        os.replace(folder, trash)  # never leave a half-deleted folder that looks complete
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("checkpoint archive: version %d pruned (no retention rule keeps it)", version)
+
+    # -- the thread -----------------------------------------------------------------------
+    def start(self) -> "CheckpointKeeper":
+        self._thread = threading.Thread(target=self._loop, name="checkpoint-archive", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        close = getattr(self.client, "close", None)
+        if close:
+            close()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+                self.last_error = ""
+            except (ProtocolError, OSError, SQLAlchemyError) as exc:
+                if str(exc) != self.last_error:
+                    log.warning("checkpoint archive: %s (retrying every %.0f s)", exc, self.cfg.poll_interval_s)
+                self.last_error = str(exc)
+            self._stop.wait(self.cfg.poll_interval_s)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def start_checkpoint_archive(ctx: Context) -> CheckpointKeeper | None:
+    """Write run.json and start the keeper; None when the archive or the keeper is off."""
+    cfg = ctx.cfg
+    if not cfg.archive:
+        return None
+    root = cfg.data_dir / "archive"
+    write_run_description(ctx, root)
+    if not cfg.checkpoints.enabled:
+        return None
+    if not cfg.relays:
+        log.warning("checkpoint archive off: no relays configured, so archived rollouts cannot be re-verified "
+                    "(set `relays` or checkpoints.enabled = false)")
+        return None
+    return CheckpointKeeper(ctx, root).start()

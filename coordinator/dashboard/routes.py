@@ -1,0 +1,168 @@
+"""The dashboard's HTTP surface: read-only JSON under /v1/dashboard, the page under /dashboard,
+and the trainer's signed evaluation reports (POST /v1/trainer/eval).
+
+Thin adapters: each GET goes through the coordinator's own request plumbing (`Api.plain`:
+per-address rate limit, request metrics, errors as `{"detail": ...}`) and calls one function
+of `coordinator.dashboard.views`; the POST goes through `Api.signed` (size limit, envelope,
+operator key, clock skew) and `record_eval`, which also spends the nonce, so a replayed
+report is refused. Response models are declared for /docs only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from coordinator.context import Context
+from coordinator.dashboard import queries, views
+from coordinator.dashboard.relays import RelayPoller
+from coordinator.errors import NotFound
+from coordinator.service import use_nonce
+from protocol import routes
+from protocol.envelope import Envelope, Opened
+from protocol.messages import KIND_EVAL_REPORT, EvalReport
+
+if TYPE_CHECKING:
+    from coordinator.app import Api
+
+STATIC = Path(__file__).resolve().parent / "static"
+API = routes.DASHBOARD_API
+
+
+# -- response models (documentation) -----------------------------------------------------------
+class Overview(BaseModel):
+    run_id: str
+    time: float
+    current_version: int | None
+    versions: int
+    async_window: int
+    workers: dict[str, int]
+    leases: dict[str, int]
+    submissions: dict[str, int]
+    verification_queue: int
+    buffer: dict[str, int]
+    tasks_returned: int
+    relays: list[str]
+    archive: dict[str, Any]
+
+
+class WorkerRow(BaseModel):
+    worker_id: str
+    status: str
+    tokens_per_s: float
+    reported_tokens_per_s: float
+    check_rate: float
+    accepted: int
+    rejected: int
+    queued: int
+    dropped: int
+    full_checked: int
+    accepted_tokens: int
+    active_leases: int
+    policy_version: int | None
+    last_seen_s_ago: float
+    ban_reason: str
+
+
+class VersionsView(BaseModel):
+    versions: list[dict[str, Any]]
+    relays: list[dict[str, Any]]
+
+
+class CurvePoint(BaseModel):
+    version: int
+    submissions: int
+    accepted: int
+    mean_reward: float | None
+    mean_reward_accepted: float | None
+    greedy_accuracy: float | None
+    sampled_accuracy: float | None
+    eval_tasks: int | None
+
+
+class Rejection(BaseModel):
+    submission_id: str
+    worker_id: str
+    policy_version: int
+    decided_at: float | None
+    reason: str
+    failed_checks: list[str]
+    audit_url: str
+    audit_command: str
+
+
+# -- the trainer's evaluation reports ------------------------------------------------------------
+def record_eval(ctx: Context, opened: Opened[EvalReport]) -> dict:
+    """Store the held-out evaluation of one announced version (the newest report wins)."""
+    r = opened.body
+    now = ctx.clock()
+    with ctx.db.write() as conn:
+        use_nonce(conn, opened, now)
+        if not queries.version_exists(conn, r.policy_version):
+            raise NotFound("unknown_version", f"policy version {r.policy_version} was never announced; "
+                                              "announce it (POST /v1/policy) before reporting its evaluation")
+        queries.put_eval(conn, r.policy_version, r.model_dump() | {"reported_at": now})
+    return {"ok": True}
+
+
+def mount_dashboard(app: FastAPI, ctx: Context, api: "Api") -> None:
+    """Add the dashboard routes, the static page and the eval-report route to `app`."""
+    poller = RelayPoller(list(ctx.cfg.relays), min_interval_s=ctx.cfg.dashboard_relay_poll_s)
+    r = APIRouter(tags=["dashboard"])
+
+    @r.get(API + "/overview", response_model=Overview)
+    async def overview(request: Request) -> Response:
+        """Run, versions, buffer depth, verification queue, counts by status."""
+        return await api.plain(request, "dash_overview", lambda: views.overview(ctx))
+
+    @r.get(API + "/workers", response_model=list[WorkerRow])
+    async def workers(request: Request) -> Response:
+        """Every worker: status, throughput (completion tokens/s over the last minute, and as reported),
+        check rate, verdicts, active leases."""
+        return await api.plain(request, "dash_workers", lambda: views.worker_rows(ctx))
+
+    @r.get(API + "/versions", response_model=VersionsView)
+    async def versions(request: Request, limit: int = Query(50, ge=1, le=1000)) -> Response:
+        """Policy versions (newest first) with their broadcast progress: which advertised relays hold
+        each version complete or in flight (relays are polled at most every few seconds)."""
+        relays = await poller.refresh()
+        return await api.plain(request, "dash_versions", lambda: views.version_rows(ctx, relays, limit))
+
+    @r.get(API + "/curve", response_model=list[CurvePoint])
+    async def curve(request: Request, limit: int = Query(500, ge=1, le=100_000)) -> Response:
+        """Training curve by policy version: mean reward of submissions (all, accepted) and the
+        trainer's held-out accuracy (from its signed eval reports)."""
+        return await api.plain(request, "dash_curve", lambda: views.curve(ctx, limit))
+
+    @r.get(API + "/rejections", response_model=list[Rejection])
+    async def rejections(request: Request, limit: int = Query(20, ge=1, le=1000)) -> Response:
+        """The newest rejected submissions with the verifier's reason and failed checks, each with a
+        link to its audit view."""
+        return await api.plain(request, "dash_rejections", lambda: views.rejections(ctx, limit))
+
+    @r.get(API + "/rollouts/{submission_id}")
+    async def rollout(request: Request, submission_id: str) -> Response:
+        """One rollout's audit view: decoded prompt and completions, rewards, verdict and every check
+        with its numbers (the same view as `swarmrl audit show`)."""
+        return await api.plain(request, "dash_rollout", lambda: views.rollout(ctx, submission_id))
+
+    @r.post(routes.TRAINER_EVAL, tags=["training"],
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/json": {"schema": Envelope.model_json_schema()}}}})
+    async def eval_report(request: Request) -> Response:
+        """`eval_report` signed by the operator key: held-out accuracy of one announced version."""
+        return await api.signed(request, "eval", KIND_EVAL_REPORT, EvalReport,
+                                lambda o, raw, addr: record_eval(ctx, o), signers=frozenset({ctx.operator.hex}),
+                                role="the operator key")
+
+    @r.get(routes.DASHBOARD, include_in_schema=False)
+    async def page() -> RedirectResponse:
+        return RedirectResponse(routes.DASHBOARD + "/")
+
+    app.include_router(r)
+    app.mount(routes.DASHBOARD, StaticFiles(directory=STATIC, html=True), name="dashboard")
