@@ -269,8 +269,8 @@ def greedy_submission(world: World, lease: Lease, version: int) -> Submission:
 
 
 def cherry_pick(world: World, engine: TransformersEngine, lease: Lease, version: int, tries: int = 8) -> Submission:
-    """Re-sample each completion with fresh seeds until it is correct (or tries run out), and
-    submit it under the lease's seed."""
+    """Re-sample each wrong completion with fresh seeds until it is correct (or tries run
+    out), and submit it under the lease's seed, with an honest proof of what was computed."""
     task = world.task_of(lease)
     rng = random.Random(lease.lease_id)
     out = generate_with(engine, lease, version)
@@ -279,8 +279,9 @@ def cherry_pick(world: World, engine: TransformersEngine, lease: Lease, version:
         for _ in range(tries):
             if score(task.kind, task.answer, decode_completion(world.tokenizer, c.token_ids)) > 0:
                 break
-            alt = generate_with(engine, lease, version, seeds=[rng.randrange(2**63)])
-            c = alt.completions[0]
+            r = engine.generate(_requests(lease, seeds=[rng.randrange(2**63)]))[0]
+            c = Completion(token_ids=r.token_ids, finish_reason=r.finish_reason,
+                           proof=base64.b64encode(build_proofs([r.hidden])[0]).decode())
         comps[i] = c
     return out.model_copy(update={"completions": comps})
 
