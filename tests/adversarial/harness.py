@@ -231,12 +231,12 @@ def reprove(world: World, lease: Lease, sub: Submission, version: int) -> Submis
 def edit_token(sub: Submission, rng: random.Random, vocab: int, eos: int) -> Submission:
     """Change one non-EOS token of one completion to another non-EOS token."""
     comps = list(sub.completions)
-    i = rng.randrange(len(comps))
-    toks = list(comps[i].token_ids)
-    positions = [j for j, t in enumerate(toks) if t != eos]
-    if not positions:
+    editable = [i for i, c in enumerate(comps) if any(t != eos for t in c.token_ids)]
+    if not editable:
         return sub
-    j = rng.choice(positions)
+    i = rng.choice(editable)
+    toks = list(comps[i].token_ids)
+    j = rng.choice([j for j, t in enumerate(toks) if t != eos])
     choices = [t for t in range(3, vocab) if t not in (toks[j], eos)]
     toks[j] = rng.choice(choices)
     comps[i] = comps[i].model_copy(update={"token_ids": toks})
