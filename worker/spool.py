@@ -115,6 +115,8 @@ class Spool:
         for p in (self.root / where).glob("*.json"):
             try:
                 out.append(_from_doc(json.loads(p.read_text())))
+            except FileNotFoundError:
+                continue  # settled or moved by another thread between the listing and the read
             except (ValueError, KeyError, TypeError) as exc:
                 # Written atomically, so this is outside damage: keep the bytes, stop resending.
                 p.rename(p.with_name(p.name + ".corrupt"))
