@@ -199,6 +199,118 @@ def demo(
     raise typer.Exit(code)
 
 
+# -- audit ------------------------------------------------------------------------------------
+audit_app = typer.Typer(no_args_is_help=True,
+                        help="Audit archived rollouts: list, show, re-verify, export, per-worker summary.")
+app.add_typer(audit_app, name="audit")
+
+ArchiveOpt = typer.Option(Path("./swarmrl-data/coordinator/archive"), "--archive", "-a", envvar="SWARMRL_ARCHIVE",
+                          help="the coordinator's archive folder (<data_dir>/archive)")
+JsonOpt = typer.Option(False, "--json", help="print JSON instead of tables")
+WorkerOpt = typer.Option([], "--worker", "-w", help="worker id or a prefix of 6+ characters (repeatable)")
+VersionOpt = typer.Option(None, "--version", "-v", help="policy version: N, A:B, :B or A:")
+VerdictOpt = typer.Option([], "--verdict", help="accepted, rejected or undecided (repeatable)")
+MinRewardOpt = typer.Option(None, "--min-reward", help="mean reward of the group at least this")
+MaxRewardOpt = typer.Option(None, "--max-reward", help="mean reward of the group at most this")
+SinceOpt = typer.Option(None, "--since", help="received at/after: unix s, ISO 8601 (UTC) or an age (15m, 2h)")
+UntilOpt = typer.Option(None, "--until", help="received at/before (same forms as --since)")
+LimitOpt = typer.Option(None, "--limit", "-n", help="only the newest N matching submissions")
+
+
+def _audit(fn, *args, **kwargs) -> None:
+    from protocol.errors import ProtocolError
+    from verifier.audit.errors import AuditError
+
+    try:
+        code = fn(*args, **kwargs)
+    except (AuditError, ProtocolError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+def _selection(worker, version, verdict, min_reward, max_reward, since, until, limit):
+    from verifier.audit.commands import Selection
+
+    return Selection(workers=worker, version=version, verdicts=verdict, min_reward=min_reward,
+                     max_reward=max_reward, since=since, until=until, limit=limit)
+
+
+@audit_app.command("list")
+def audit_list(archive: Path = ArchiveOpt, worker: list[str] = WorkerOpt, version: Optional[str] = VersionOpt,
+               verdict: list[str] = VerdictOpt, min_reward: Optional[float] = MinRewardOpt,
+               max_reward: Optional[float] = MaxRewardOpt, since: Optional[str] = SinceOpt,
+               until: Optional[str] = UntilOpt, limit: Optional[int] = LimitOpt, json_out: bool = JsonOpt) -> None:
+    """List archived submissions with their verdicts, filtered."""
+    from verifier.audit.commands import list_cmd
+
+    _audit(list_cmd, archive, _selection(worker, version, verdict, min_reward, max_reward, since, until, limit),
+           json_out)
+
+
+@audit_app.command("show")
+def audit_show(submission_id: str = typer.Argument(..., help="submission id (or a unique prefix)"),
+               archive: Path = ArchiveOpt, json_out: bool = JsonOpt,
+               model: Optional[str] = typer.Option(None, "--model", help="tokenizer to decode with (default: the "
+                                                   "archived checkpoint, else the run's model)")) -> None:
+    """Show one rollout: decoded prompt and completions, rewards, the verdict and every check."""
+    from verifier.audit.commands import show_cmd
+
+    _audit(show_cmd, archive, submission_id, model, json_out)
+
+
+@audit_app.command("reverify")
+def audit_reverify(
+    submission_ids: list[str] = typer.Argument(None, help="submission ids (none: every one the filters select)"),
+    archive: Path = ArchiveOpt, worker: list[str] = WorkerOpt, version: Optional[str] = VersionOpt,
+    verdict: list[str] = VerdictOpt, min_reward: Optional[float] = MinRewardOpt,
+    max_reward: Optional[float] = MaxRewardOpt, since: Optional[str] = SinceOpt, until: Optional[str] = UntilOpt,
+    limit: Optional[int] = LimitOpt, json_out: bool = JsonOpt,
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="TOML with the verifier's thresholds "
+                                              "(a verifier config or a bare [thresholds] table)"),
+    device: str = typer.Option("cpu", help="torch device of the prefill"),
+    dtype: str = typer.Option("float32", help="compute dtype of the prefill"),
+    model: Optional[str] = typer.Option(None, "--model", help="tokenizer to decode with"),
+    replay_history: bool = typer.Option(True, "--replay-history/--no-replay-history",
+                                        help="rebuild the replay ledger from earlier archived submissions"),
+) -> None:
+    """Re-run the verifier's checks on archived rollouts against their archived checkpoints and say whether
+    each recorded verdict holds (exit 1 if one does not)."""
+    from verifier.audit.commands import reverify_cmd
+
+    _audit(reverify_cmd, archive, submission_ids or [],
+           _selection(worker, version, verdict, min_reward, max_reward, since, until, limit),
+           thresholds=thresholds, device=device, dtype=dtype, model=model, replay_history=replay_history,
+           as_json=json_out)
+
+
+@audit_app.command("export")
+def audit_export(out: Path = typer.Argument(..., help="output file: *.parquet or *.jsonl"),
+                 archive: Path = ArchiveOpt, worker: list[str] = WorkerOpt, version: Optional[str] = VersionOpt,
+                 verdict: list[str] = VerdictOpt, min_reward: Optional[float] = MinRewardOpt,
+                 max_reward: Optional[float] = MaxRewardOpt, since: Optional[str] = SinceOpt,
+                 until: Optional[str] = UntilOpt, limit: Optional[int] = LimitOpt,
+                 fmt: Optional[str] = typer.Option(None, "--format", help="parquet or jsonl (default: from the name)"),
+                 ) -> None:
+    """Write the selected submissions (with verdicts and decoded token columns) to Parquet or JSONL."""
+    from verifier.audit.commands import export_cmd
+
+    _audit(export_cmd, archive, _selection(worker, version, verdict, min_reward, max_reward, since, until, limit),
+           out, fmt)
+
+
+@audit_app.command("summary")
+def audit_summary(archive: Path = ArchiveOpt, worker: list[str] = WorkerOpt, version: Optional[str] = VersionOpt,
+                  verdict: list[str] = VerdictOpt, min_reward: Optional[float] = MinRewardOpt,
+                  max_reward: Optional[float] = MaxRewardOpt, since: Optional[str] = SinceOpt,
+                  until: Optional[str] = UntilOpt, limit: Optional[int] = LimitOpt,
+                  json_out: bool = JsonOpt) -> None:
+    """Per worker: submissions, accepted, rejected, undecided, tokens, mean reward, rejection reasons."""
+    from verifier.audit.commands import summary_cmd
+
+    _audit(summary_cmd, archive, _selection(worker, version, verdict, min_reward, max_reward, since, until, limit),
+           json_out)
+
+
 def main() -> None:
     try:
         app()

@@ -89,11 +89,12 @@ def run_demo(opts: DemoOptions) -> int:
         console.print(f"[red]{exc}[/]")
         group.stop_all()
         return 1
+    relay_bytes = _relay_bytes_served(plan)
     final_version, final_dir, broadcast = _fetch_latest(plan, root)
     group.stop_all()
     acc_after = _accuracy(final_dir, opts, settings, greedy_accuracy) if final_dir else acc_before
     return _summary(console, plan, stats, _peer_names(plan), acc_before, acc_after, final_version,
-                    broadcast, opts, time.monotonic() - t0)
+                    broadcast, relay_bytes, opts, time.monotonic() - t0)
 
 
 class DemoFailure(RuntimeError):
@@ -147,19 +148,32 @@ def _worker_rows(stats: dict, names: dict[str, str]) -> list[tuple[str, dict]]:
 
 def _progress_table(stats: dict, names: dict[str, str], plan: SwarmPlan, deadline: float) -> Table:
     left = max(0, deadline - time.monotonic())
-    version = stats.get("current_policy_version")
+    version = (stats.get("policy") or {}).get("current_version")
     t = Table(title=f"policy version {version if version is not None else '-'} · "
-                    f"buffer {stats.get('buffer_depth', 0)} · {left:.0f} s left")
-    for col in ("worker", "status", "accepted", "rejected", "tokens credited", "note"):
+                    f"buffer {(stats.get('buffer') or {}).get('depth', 0)} · {left:.0f} s left")
+    for col in ("worker", "status", "version", "accepted", "rejected", "tokens credited", "note"):
         t.add_column(col)
     for name, w in _worker_rows(stats, names):
-        t.add_row(name, w.get("status", ""), str(w.get("accepted", 0)), str(w.get("rejected", 0)),
-                  str(w.get("accepted_tokens", 0)), w.get("ban_reason", "")[:60])
-    rewards = stats.get("reward_by_version") or {}
+        pv = w.get("policy_version")
+        t.add_row(name, w.get("status", ""), "-" if pv is None else str(pv), str(w.get("accepted", 0)),
+                  str(w.get("rejected", 0)), str(w.get("accepted_tokens", 0)), (w.get("ban_reason") or "")[:50])
+    rewards = sorted(stats.get("rewards_by_version") or [], key=lambda r: r["policy_version"])
     if rewards:
-        tail = list(rewards.items())[-6:]
-        t.caption = "mean reward by version: " + "  ".join(f"v{k}: {v:.2f}" for k, v in tail)
+        t.caption = "mean reward of submissions by policy version: " + "  ".join(
+            f"v{r['policy_version']}: {r['mean_reward']:.2f}" for r in rewards[-6:])
     return t
+
+
+def _relay_bytes_served(plan: SwarmPlan) -> float | None:
+    """Shard bytes the relay has served so far (its Prometheus counter)."""
+    try:
+        text = httpx.get(plan.relay_url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("shardcast_bytes_served_total"):
+            return float(line.split()[-1])
+    return None
 
 
 def _fetch_latest(plan: SwarmPlan, root: Path) -> tuple[int | None, Path | None, int]:
@@ -179,28 +193,32 @@ def _fetch_latest(plan: SwarmPlan, root: Path) -> tuple[int | None, Path | None,
 
 
 def _summary(console: Console, plan: SwarmPlan, stats: dict, names: dict[str, str], before: float,
-             after: float, version: int | None, final_bytes: int, opts: DemoOptions, elapsed: float) -> int:
+             after: float, version: int | None, final_bytes: int, relay_bytes: float | None, opts: DemoOptions,
+             elapsed: float) -> int:
     console.rule("[bold]summary")
     t = Table()
     for col in ("worker", "honest", "status", "accepted", "rejected", "reason"):
         t.add_column(col)
-    cheaters_banned, cheater_accepted = True, 0
+    cheaters_banned, cheater_accepted, cheaters_seen = True, 0, 0
     for name, w in _worker_rows(stats, names):
         honest = name in plan.worker_names
         if not honest:
-            cheaters_banned &= w.get("status") == "banned"
+            cheaters_seen += 1
+            cheaters_banned = cheaters_banned and w.get("status") == "banned"
             cheater_accepted += int(w.get("accepted", 0))
         t.add_row(name, "yes" if honest else "[red]no[/]", w.get("status", ""), str(w.get("accepted", 0)),
-                  str(w.get("rejected", 0)), w.get("ban_reason", "")[:70])
+                  str(w.get("rejected", 0)), (w.get("ban_reason") or "")[:70])
     console.print(t)
     gain = after - before
     versions_published = (version or 0)
     console.print(f"held-out greedy accuracy: {before:.1%} -> [bold]{after:.1%}[/] ({gain * 100:+.1f} points) "
                   f"after {versions_published} policy versions")
-    console.print(f"final checkpoint fetched through the relay: {final_bytes / 1e6:.1f} MB, every shard verified; "
-                  f"bytes broadcast by the relay: {stats.get('relay_bytes_served', 'n/a')}")
+    served = "n/a" if relay_bytes is None else f"{relay_bytes / 1e6:.1f} MB"
+    console.print(f"weights broadcast by the relay to workers and verifier: {served}; final checkpoint "
+                  f"({final_bytes / 1e6:.1f} MB) fetched through the relay with every shard verified")
     console.print(f"dishonest workers banned: {'yes' if cheaters_banned else 'NO'}; "
                   f"their rollouts in the training buffer: {cheater_accepted}")
+    cheaters_banned = cheaters_banned and cheaters_seen == len(plan.cheater_names)
     ok = gain >= opts.min_gain and cheaters_banned and cheater_accepted == 0
     console.print(f"total time {elapsed / 60:.1f} min · " + ("[green]demo passed[/]" if ok else "[red]demo did not meet its goals[/]"))
     return 0 if ok else 1

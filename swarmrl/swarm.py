@@ -86,7 +86,7 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         group_size=s.group_size, async_window=s.async_window))
     configs["trainer"] = write_config(cfgdir / "trainer.toml", TrainerConfig(
         run_id=run_id, coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),
-        data_dir=root / "trainer", threads=1, lr=s.lr, groups_per_step=s.groups_per_step,
+        data_dir=root / "trainer", port=0, threads=1, lr=s.lr, groups_per_step=s.groups_per_step,
         async_window=s.async_window, max_versions=s.max_versions,
         origin=OriginConfig(host=HOST, port=ports["origin"], data_dir=root / "origin",
                             shard_size=1024 * 1024, keep_versions=s.keep_versions),
