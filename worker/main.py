@@ -64,6 +64,9 @@ def run(cfg: WorkerConfig, engine: Engine | None = None) -> None:
             live.stop()
         for sig, h in old.items():
             signal.signal(sig, h)
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
 
 
 def fetch_status(cfg: WorkerConfig, timeout_s: float = 5.0) -> dict:
