@@ -141,10 +141,21 @@ def _micro_batch(rows: list[list[Sequence]], pad_id: int) -> MicroBatch:
     )
 
 
+AUTO_MIN_ROW = 128
+
+
+def auto_row_tokens(seqs: list[Sequence]) -> int:
+    """Rows as long as the longest sequence (at least AUTO_MIN_ROW): no sequence is alone in an
+    oversized row, and rows stay short because attention over a packed row costs L^2."""
+    return max([AUTO_MIN_ROW] + [len(s.input_ids) for s in seqs])
+
+
 def pack(seqs: list[Sequence], *, row_tokens: int, micro_batch_tokens: int, pad_id: int = 0) -> list[MicroBatch]:
-    """Packed micro-batches covering every sequence once."""
+    """Packed micro-batches covering every sequence once (`row_tokens` 0 = `auto_row_tokens`)."""
     if not seqs:
         return []
+    if row_tokens <= 0:
+        row_tokens = auto_row_tokens(seqs)
     rows = pack_rows(seqs, row_tokens)
     batches: list[MicroBatch] = []
     current: list[list[Sequence]] = []

@@ -37,7 +37,7 @@ class StepOptions:
     loss: LossConfig
     grad_clip: float
     updates: int = 1
-    row_tokens: int = 1024
+    row_tokens: int = 0
     micro_batch_tokens: int = 8192
     pad_id: int = 0
 

@@ -3,6 +3,11 @@
 Prompt "37+45=", answer "82"; "12-30=" gives "-18". Reward 1.0 for the exact answer
 (surrounding whitespace ignored), else 0.0. All (a, op, b) triples are shuffled once by
 the seed; the first `eval_size` form the held-out split, the rest the training split.
+
+Operands are zero-padded to the width of `max_operand` by default ("07+45="; `pad=False`
+gives "7+45="): with every digit at a fixed position a ~0.1M-parameter model learns the
+carry within a few hundred supervised steps instead of thousands, which is what lets the
+demo warm-start in seconds and then improve visibly by RL (measured by bench/learning.py).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ class ArithmeticTasks:
     kind = "arithmetic"
 
     def __init__(self, seed: int = 0, max_operand: int = 99, ops: str = "+-", eval_size: int = 500,
-                 pad: bool = False):
+                 pad: bool = True):
         if max_operand < 1 or not ops or set(ops) - set("+-"):
             raise ValueError("max_operand must be >= 1 and ops a subset of '+-'")
         triples = [(a, op, b) for op in ops for a in range(max_operand + 1) for b in range(max_operand + 1)]
