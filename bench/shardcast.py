@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,12 +39,13 @@ sys.path.insert(0, str(ROOT))
 MiB = 1024 * 1024
 
 CLIENT = textwrap.dedent("""
-    import json, sys, time
+    import json, resource, sys, time
     from shardcast.client import ShardcastClient
     from shardcast.fetch import FetchEvents, FetchOptions
     relays, key, cache, out, durable, parallel = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1", int(sys.argv[6])
-    first = []
-    ev = FetchEvents(on_bytes=lambda url, n: first or first.append(time.time()))
+    first, verified = [], []
+    ev = FetchEvents(on_bytes=lambda url, n: first or first.append(time.time()),
+                     on_verified=lambda s: verified.append(time.time()))
     c = ShardcastClient(relays, key, cache, durable=durable, events=ev, options=FetchOptions(parallel=parallel))
     v = c.wait_for_version(None, 300)
     announced = time.time()
@@ -51,7 +53,8 @@ CLIENT = textwrap.dedent("""
     done = time.time()
     stats = {s.url: [s.successes, s.failures] for s in c.sources.snapshot()}
     c.close()
-    open(out, "w").write(json.dumps({"announced": announced, "first_byte": first[0], "done": done, "sources": stats}))
+    open(out, "w").write(json.dumps({"announced": announced, "first_byte": first[0], "last_shard": max(verified), "done": done, "sources": stats,
+                                     "cpu_s": (lambda r: [r.ru_utime, r.ru_stime])(resource.getrusage(resource.RUSAGE_SELF))}))
 """)
 
 
@@ -114,6 +117,7 @@ def run_nginx(work: Path, ckpt: Path, clients: int) -> dict:
         out.mkdir()
         url = f"http://127.0.0.1:{port}/model.safetensors"
         t0 = time.time()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         curls = [subprocess.Popen(["curl", "-fsS", "-o", str(out / f"c{i}"), "-w", "%{time_starttransfer}",
                                   url], stdout=subprocess.PIPE) for i in range(clients)]
         ttfb = []
@@ -123,13 +127,24 @@ def run_nginx(work: Path, ckpt: Path, clients: int) -> dict:
             if c.returncode != 0:
                 raise RuntimeError("curl failed")
         elapsed = time.time() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         size = (ckpt / "model.safetensors").stat().st_size
         assert all((out / f"c{i}").stat().st_size == size for i in range(clients))
         shutil.rmtree(out)
-        return {"seconds": elapsed, "first_byte": statistics.median(ttfb), "first_byte_max": max(ttfb)}
+        return {"seconds": elapsed, "first_byte": statistics.median(ttfb), "first_byte_max": max(ttfb),
+                "cpu": {"curl user": ru1.ru_utime - ru0.ru_utime, "curl sys": ru1.ru_stime - ru0.ru_stime,
+                        "nginx": cpu_seconds_tree(proc.pid)}}
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def cpu_seconds_tree(pid: int) -> float:
+    """CPU seconds of a process and its children (nginx master + workers)."""
+    total = cpu_seconds(pid)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        total += cpu_seconds(int(child))
+    return total
 
 
 def wait_port(port: int, timeout_s: float = 20) -> None:
@@ -185,6 +200,7 @@ def run_shardcast(work: Path, ckpt: Path, clients: int, relays: int, shard_mb: i
                 [sys.executable, "-c", CLIENT, ",".join(relay_urls), operator.public.hex,
                  str(base / f"cache{i}"), str(out), "1" if durable else "0", str(parallel)], cwd=ROOT))
         time.sleep(2.0)  # every client is long-polling its relays now
+        cpu0 = time.process_time()
         t0 = time.time()
         origin.publish(ckpt, version=0, step=0)
         t_pub = time.time()
@@ -192,12 +208,19 @@ def run_shardcast(work: Path, ckpt: Path, clients: int, relays: int, shard_mb: i
             if p.wait(600) != 0:
                 raise RuntimeError("a client failed")
         rss = [peak_rss_mib(p.pid) for p in relay_procs]
+        relay_cpu = [cpu_seconds(p.pid) for p in relay_procs]
+        origin_cpu = time.process_time() - cpu0
         res = [json.loads(o.read_text()) for o in outs]
         done = max(r["done"] for r in res)
         first = [r["first_byte"] - t_pub for r in res]
-        return {"seconds": done - t_pub, "seconds_incl_hash": done - t0, "publish_s": t_pub - t0,
+        tails = [r["done"] - r["last_shard"] for r in res]
+        return {"seconds": done - t_pub, "last_shard": max(r["last_shard"] for r in res) - t_pub,
+                "assembly_tail": statistics.median(tails), "seconds_incl_hash": done - t0, "publish_s": t_pub - t0,
                 "first_byte": statistics.median(first), "first_byte_max": max(first),
-                "relay_rss_mib": rss, "sources": [r["sources"] for r in res]}
+                "relay_rss_mib": rss, "sources": [r["sources"] for r in res],
+                "cpu": {"origin (publish + serving)": origin_cpu, "relays": sum(relay_cpu),
+                        "clients user": sum(r["cpu_s"][0] for r in res),
+                        "clients sys": sum(r["cpu_s"][1] for r in res)}}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -209,6 +232,12 @@ def run_shardcast(work: Path, ckpt: Path, clients: int, relays: int, shard_mb: i
                 p.kill()
         origin.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        parts = fh.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port_file(path: Path, proc: subprocess.Popen, timeout_s: float = 30) -> int:
@@ -248,12 +277,15 @@ def main() -> None:
                 n = run_nginx(work, ckpt, a.clients)
                 rows_n.append(n)
                 print(f"run {run + 1}: nginx direct      {n['seconds']:6.2f} s  {total_mib / n['seconds']:7.0f} MiB/s  "
-                      f"first byte {n['first_byte']:.3f} s", flush=True)
+                      f"first byte {n['first_byte']:.3f} s; CPU s: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in n["cpu"].items()), flush=True)
             s = run_shardcast(work, ckpt, a.clients, a.relays, a.shard_mb, not a.no_durable, a.parallel)
             rows_s.append(s)
             print(f"run {run + 1}: shardcast         {s['seconds']:6.2f} s  {total_mib / s['seconds']:7.0f} MiB/s  "
                   f"first byte {s['first_byte']:.3f} s (worst {s['first_byte_max']:.3f})  publish {s['publish_s']:.2f} s  "
-                  f"relay peak RSS {', '.join(f'{m:.0f}' for m in s['relay_rss_mib'])} MiB", flush=True)
+                  f"relay peak RSS {', '.join(f'{m:.0f}' for m in s['relay_rss_mib'])} MiB; last shard verified at "
+                  f"{s['last_shard']:.2f} s, assembly (file hashes, fsync, rename) median {s['assembly_tail']:.2f} s; "
+                  f"CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in s["cpu"].items()), flush=True)
     finally:
         if a.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

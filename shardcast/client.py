@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +36,7 @@ from pathlib import Path
 import httpx
 
 from protocol.identity import PublicKey
-from shardcast.errors import ShardcastError
+from shardcast.errors import ShardcastError, VersionUnavailable
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions
 from shardcast.layout import (
     MANIFEST_NAME, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
@@ -98,7 +99,10 @@ class ShardcastClient:
         """The folder of `version`, downloading and verifying it if it is not cached.
 
         `progress(done_bytes, total_bytes)` is called after each verified shard. Raises
-        VersionUnavailable, FetchFailed or CorruptData (all ShardcastError)."""
+        VersionUnavailable (no source has it, after waiting `options.manifest_wait_s` for one
+        to learn of it), FetchFailed or CorruptData (all ShardcastError)."""
+        if version < 0:
+            raise VersionUnavailable(f"there is no version {version}: versions start at 0")
         final = self.cache_dir / str(version)
         if (final / MANIFEST_NAME).exists():
             return final
@@ -107,12 +111,33 @@ class ShardcastClient:
                 return final
             if final.exists():
                 raise ShardcastError(f"{final} exists but is not a shardcast version; move it away")
-            ann = self._announced.get(version)
-            if ann is None:
-                ann = fetch_manifest(self.http, self.sources, self.operator_key, version, self.run_id)
+            ann = self._announced.get(version) or self._find_manifest(version)
             self._download(ann, progress)
         self._prune(keep=version)
         return final
+
+    def _find_manifest(self, version: int) -> Announced:
+        """The verified manifest of `version`. A relay may not know of a version yet when a
+        worker learns of it from the coordinator, so wait (long-poll) up to
+        `options.manifest_wait_s` for one to announce it before giving up."""
+        deadline = time.monotonic() + self.options.manifest_wait_s
+        saw_newer = False
+        while True:
+            try:
+                return fetch_manifest(self.http, self.sources, self.operator_key, version, self.run_id)
+            except VersionUnavailable:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._abort.is_set() or saw_newer or self.sources.next_usable_in() is None:
+                    raise
+                found = wait_for_newer(self.sources, self.operator_key, version - 1, min(left, 5.0),
+                                       self.run_id)
+                if found is not None and found.version == version:
+                    return found
+                if found is not None:
+                    # Sources already hold something newer: `version` was pruned or skipped.
+                    # Ask once more shortly (a relay may still be catching up), then give up.
+                    saw_newer = True
+                    time.sleep(0.5)
 
     def _download(self, ann: Announced, progress: Callable[[int, int], None] | None) -> None:
         version, manifest = ann.version, ann.manifest

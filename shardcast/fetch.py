@@ -61,6 +61,7 @@ class FetchOptions:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0        # silence allowed mid-body
     max_attempts_per_shard: int = 16
+    manifest_wait_s: float = 30.0       # how long fetch(N) waits for a source to learn of N
 
 
 @dataclass

@@ -9,7 +9,7 @@ Policy:
   not used again for `HOSTILE_COOLDOWN_S` (bad data is never an accident we can afford to
   retry soon);
 - a source with transfer errors is benched for an exponential backoff (0.5 s doubling to
-  30 s) after each consecutive failure; one success clears it;
+  10 s) after each consecutive failure; one success, or an answer to a long-poll, clears it;
 - among usable sources, a source never measured and idle is tried first (exploration), then
   the one with the smallest expected time to deliver one more shard given the transfers
   already running on it: (inflight + 1) / (throughput x success rate).
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 HOSTILE_COOLDOWN_S = 600.0
 EWMA_ALPHA = 0.3
+MAX_BENCH_S = 10.0
 
 
 @dataclass
@@ -76,7 +77,7 @@ def record_success(s: SourceStats, nbytes: int, seconds: float) -> None:
 def record_failure(s: SourceStats, now: float, reason: str) -> None:
     s.failures += 1
     s.consecutive_failures += 1
-    s.benched_until = now + min(30.0, 0.5 * 2 ** (s.consecutive_failures - 1))
+    s.benched_until = now + min(MAX_BENCH_S, 0.5 * 2 ** (s.consecutive_failures - 1))
     s.last_error = reason
 
 
@@ -119,6 +120,13 @@ class Sources:
     def success(self, url: str, nbytes: int, seconds: float) -> None:
         with self._lock:
             record_success(self.stats[url], nbytes, seconds)
+
+    def alive(self, url: str) -> None:
+        """The source answered (e.g. a long-poll): end its bench, keep its statistics."""
+        with self._lock:
+            s = self.stats[url]
+            s.consecutive_failures = 0
+            s.benched_until = 0.0
 
     def failure(self, url: str, reason: str) -> None:
         with self._lock:

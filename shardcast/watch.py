@@ -29,6 +29,7 @@ from shardcast.selection import Sources
 
 log = logging.getLogger("shardcast.watch")
 POLL_CHUNK_S = 50.0   # one long-poll request never asks a source to hold it longer than this
+MAX_RETRY_S = 2.0     # an unreachable source is asked again at least this often
 
 
 @dataclass(frozen=True)
@@ -129,17 +130,19 @@ async def _poll_one(http: httpx.AsyncClient, sources: Sources, url: str, key: Pu
         except httpx.HTTPError as exc:
             sources.failure(url, f"long-poll: {type(exc).__name__}: {exc}")
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, MAX_RETRY_S)
             continue
+        if resp.status_code in (200, 204):
+            sources.alive(url)
         if resp.status_code == 204:
             if time.monotonic() - asked_at < wait / 2:  # a source that does not hold polls
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_RETRY_S)
             continue
         if resp.status_code != 200:
             sources.failure(url, f"long-poll: HTTP {resp.status_code}")
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, MAX_RETRY_S)
             continue
         try:
             env, manifest = verify_manifest_bytes(resp.content, key, run_id)

@@ -3,6 +3,8 @@ cache, against an in-process origin served over real HTTP on loopback."""
 
 import os
 import random
+import threading
+import time
 
 import pytest
 
@@ -10,6 +12,7 @@ from protocol.identity import KeyPair
 from protocol.manifest import build_manifest
 from shardcast.client import ShardcastClient
 from shardcast.config import OriginConfig
+from shardcast.fetch import FetchOptions
 from shardcast.errors import CorruptData, PublishError, ShardcastError, VersionUnavailable
 from shardcast.hashing import build_manifest_parallel
 from shardcast.origin import Origin
@@ -71,7 +74,8 @@ def test_publish_links_files_signs_and_refuses_bad_versions(tmp_path, origin, op
 def test_client_fetches_verifies_and_assembles_atomically(tmp_path, origin, op):
     d = ckpt(tmp_path / "c")
     origin.publish(d, 0, 0)
-    with ShardcastClient([origin.url], op.public.hex, tmp_path / "cache", run_id="r") as c:
+    with ShardcastClient([origin.url], op.public.hex, tmp_path / "cache", run_id="r",
+                         options=FetchOptions(manifest_wait_s=1.0)) as c:
         assert c.wait_for_version(None, 5) == 0
         assert c.wait_for_version(0, 0.3) is None        # nothing newer: the long-poll times out
         path = c.fetch(0)
@@ -82,6 +86,21 @@ def test_client_fetches_verifies_and_assembles_atomically(tmp_path, origin, op):
         with pytest.raises(VersionUnavailable):
             c.fetch(9)
         assert not (tmp_path / "cache" / "9").exists()
+
+
+def test_fetch_waits_for_a_version_its_sources_learn_of_shortly(tmp_path, origin, op):
+    origin.publish(ckpt(tmp_path / "c0"), 0, 0)
+    # the worker heard of version 1 from the coordinator before its source has it
+    threading.Timer(0.5, lambda: origin.publish(ckpt(tmp_path / "c1", seed=1), 1, 1)).start()
+    with ShardcastClient([origin.url], op.public, tmp_path / "cache",
+                         options=FetchOptions(manifest_wait_s=60)) as c:
+        assert (c.fetch(1) / "config.json").read_text() == '{"x": 1}'
+        origin.publish(ckpt(tmp_path / "c2", seed=2), 2, 2)     # keep 2: version 0 is pruned
+        with pytest.raises(VersionUnavailable):  # sources hold newer versions: gives up early
+            c.fetch(0)
+        with pytest.raises(VersionUnavailable):
+            c.fetch(-1)
+        assert c.cached_versions() == [1]
 
 
 def test_client_refuses_a_manifest_of_another_run(tmp_path, origin, op):
