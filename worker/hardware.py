@@ -56,13 +56,11 @@ def tasks_per_lease_request(target_sequences: int, group_size: int | None, confi
                             seconds_per_task: float | None = None, lease_ttl_s: float | None = None) -> int:
     """Leases to ask for in one request.
 
-    `configured` (cfg.max_tasks) wins when set. Otherwise enough tasks to fill
-    `target_sequences` (one sequence per seed; `group_size` is learnt from the first lease,
-    8 is assumed before), but no more than fit in a third of the lease TTL at the observed
+    `configured` (cfg.max_tasks) when set, else enough tasks to fill `target_sequences` (one
+    sequence per seed; `group_size` is learnt from the first lease, 8 is assumed before); in
+    both cases no more than fit in a third of the lease TTL at the observed
     `seconds_per_task`, so a slow or shared machine still submits in time. At least one."""
-    if configured > 0:
-        return configured
-    n = max(1, target_sequences // max(1, group_size or 8))
+    n = configured if configured > 0 else max(1, target_sequences // max(1, group_size or 8))
     if seconds_per_task and seconds_per_task > 0 and lease_ttl_s:
         n = min(n, int(lease_ttl_s / 3 / seconds_per_task))
     return max(1, n)

@@ -27,3 +27,4 @@ def test_tasks_per_request_fills_the_batch_but_fits_the_lease_ttl():
     # 10 s per task, 60 s TTL: a third of the TTL holds 2 tasks
     assert tasks_per_lease_request(16, 4, seconds_per_task=10.0, lease_ttl_s=60.0) == 2
     assert tasks_per_lease_request(16, 4, seconds_per_task=100.0, lease_ttl_s=60.0) == 1
+    assert tasks_per_lease_request(16, 4, configured=7, seconds_per_task=10.0, lease_ttl_s=60.0) == 2
