@@ -48,6 +48,13 @@ from shardcast.watch import Announced, fetch_manifest, wait_for_newer
 
 log = logging.getLogger("shardcast.client")
 PARTIAL_DIR = ".partial"
+PRUNE_GRACE_S = 120.0   # a version handed out this recently is not pruned
+
+
+def _touched(folder: Path) -> Path:
+    """Mark a version as just handed out (its folder's mtime), so pruning spares it a while."""
+    os.utime(folder)
+    return folder
 
 
 class ShardcastClient:
@@ -57,7 +64,8 @@ class ShardcastClient:
                  check_files: bool = True, events: FetchEvents | None = None):
         """`relays`: origin or relay URLs; `operator_key`: the key (or its hex) that signs
         manifests; `run_id`: when given, manifests of other runs are refused; `keep_versions`:
-        complete versions kept in the cache (None: all); `durable`: fsync before a version
+        complete versions kept in the cache (None: all; a version handed out in the last
+        two minutes is never pruned, so several clients may share one cache); `durable`: fsync before a version
         becomes visible; `check_files`: also check whole-file hashes (shards are always
         checked); `events`: callbacks for metrics (bytes received, shards verified,
         corrupt shards, transfer errors)."""
@@ -105,16 +113,16 @@ class ShardcastClient:
             raise VersionUnavailable(f"there is no version {version}: versions start at 0")
         final = self.cache_dir / str(version)
         if (final / MANIFEST_NAME).exists():
-            return final
+            return _touched(final)
         with self._version_lock(version):
             if (final / MANIFEST_NAME).exists():
-                return final
+                return _touched(final)
             if final.exists():
                 raise ShardcastError(f"{final} exists but is not a shardcast version; move it away")
             ann = self._announced.get(version) or self._find_manifest(version)
             self._download(ann, progress)
         self._prune(keep=version)
-        return final
+        return _touched(final)
 
     def _find_manifest(self, version: int) -> Announced:
         """The verified manifest of `version`. A relay may not know of a version yet when a
@@ -183,9 +191,17 @@ class ShardcastClient:
         if self.keep_versions is None:
             return
         cached = self.cached_versions()
+        now = time.time()
         for v in versions_to_prune(cached, self.keep_versions):
-            if v != keep:
-                remove_tree(self.cache_dir / str(v))
+            folder = self.cache_dir / str(v)
+            try:
+                recent = now - folder.stat().st_mtime < PRUNE_GRACE_S
+            except FileNotFoundError:
+                continue
+            # Another client sharing this cache (or this one) may have just handed it out
+            # to be loaded: leave it for a later prune.
+            if v != keep and not recent:
+                remove_tree(folder)
 
     def close(self) -> None:
         self._abort.set()

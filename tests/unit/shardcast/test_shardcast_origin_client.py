@@ -125,7 +125,12 @@ def test_client_keeps_only_newest_versions_when_asked(tmp_path, origin, op):
         for v in range(2):
             origin.publish(ckpt(tmp_path / f"c{v}", seed=v), v, v)
             c.fetch(v)
-        assert c.cached_versions() == [1]
+        assert c.cached_versions() == [0, 1]     # 0 was handed out a moment ago: spared
+        old = time.time() - 3600
+        os.utime(tmp_path / "cache" / "0", (old, old))
+        origin.publish(ckpt(tmp_path / "c2", seed=2), 2, 2)
+        c.fetch(2)
+        assert c.cached_versions() == [1, 2]
 
 
 def test_partial_resume_rehashes_logged_shards_and_whole_files(tmp_path, origin, op):
