@@ -242,3 +242,78 @@ def test_client_killed_mid_download_resumes_only_unverified_shards(tmp_path, ope
     fetched = origin.metrics.shard_requests.labels("ok")._value.get() - before
     assert fetched == total - len(kept) + 1
     assert not (cache / ".partial" / "0").exists()
+
+
+class GatedUpstream:
+    """The origin's versions, but shards from `gate_at` on are held until `gate` is set:
+    a slow upstream, to watch a relay serve the shards it has while it still mirrors."""
+
+    role = "origin"
+
+    def __init__(self, origin: Origin, gate_at: int):
+        self.origin, self.gate_at = origin, gate_at
+        self.gate = threading.Event()
+        self.signal = Signal()
+        self.metrics = NodeMetrics("origin")
+        self.server = ServerThread(build_app(self, title="gated")).start()
+        self.url = self.server.url
+
+    def versions(self):
+        return self.origin.versions()
+
+    complete_versions = versions
+
+    def manifest_bytes(self, version):
+        return self.origin.manifest_bytes(version)
+
+    def shard(self, version, index):
+        if index >= self.gate_at and not self.gate.is_set():
+            return None
+        return self.origin.shard(version, index)
+
+    def open(self):
+        self.gate.set()
+        self.signal.notify()
+
+    def stop(self):
+        self.signal.close()
+        self.server.stop()
+
+
+def test_relay_serves_verified_shards_while_it_still_mirrors_the_version(tmp_path, operator, origin, relays):
+    ck = make_checkpoint(tmp_path / "ck", 12 * SHARD, seed=9)
+    origin.publish(ck, 0, 0)
+    upstream = GatedUpstream(origin, gate_at=6)
+    try:
+        relay = relays(tmp_path / "relay", [upstream.url], operator)
+        got = []
+        with ShardcastClient([relay.url], operator.public, tmp_path / "cache",
+                             options=FetchOptions(parallel=1)) as c:
+            def progress(done, total):
+                if not got:
+                    # the client holds a verified shard, and the relay is not done mirroring
+                    got.append(relay.get("/v1/versions").json())
+                    upstream.open()
+            path = c.fetch(0, progress=progress)
+        assert got == [{"versions": [0], "complete": []}]
+        assert same_tree(ck, path)
+    finally:
+        upstream.stop()
+
+
+def test_relay_restart_reverifies_its_disk_and_refetches_only_what_is_bad(tmp_path, operator, origin, relays):
+    ck = make_checkpoint(tmp_path / "ck", 10 * SHARD, seed=10)
+    origin.publish(ck, 0, 0)
+    relay = relays(tmp_path / "relay", [origin.url], operator)
+    relay.wait_complete(0)
+    relay.kill()
+    shards = tmp_path / "relay" / "versions" / "0" / "shards"
+    victim = shards / "3"
+    victim.write_bytes(b"\x00" * victim.stat().st_size)         # rotted while it was down
+    (shards / ".7.part").write_bytes(b"junk")                    # an interrupted transfer
+    relay2 = relays(tmp_path / "relay", [origin.url], operator)
+    relay2.wait_complete(0)
+    assert relay2.metric("shardcast_shards_verified_total") == 1  # only shard 3 came again
+    assert not (shards / ".7.part").exists()
+    with ShardcastClient([relay2.url], operator.public, tmp_path / "cache") as c:
+        assert same_tree(ck, c.fetch(0))
