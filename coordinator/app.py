@@ -276,7 +276,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """Workers, versions, buffer, submissions and rewards by version (JSON)."""
         return await api.plain(request, "stats", lambda: upkeep.stats(ctx))
 
-    mount_dashboard(app, ctx, api)  # read-only /v1/dashboard/*, the /dashboard page, POST /v1/trainer/eval
+    mount_dashboard(app, ctx, api, background=background)  # /v1/dashboard/*, /dashboard, POST /v1/trainer/eval, checkpoints
     ctx.metrics.attach_state(lambda: upkeep.state_counts(ctx))
     return app
 

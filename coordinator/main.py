@@ -26,9 +26,6 @@ def run(cfg: CoordinatorConfig) -> None:
         from coordinator.archive import Archiver
 
         ctx.archiver = Archiver(ctx.db, cfg.data_dir / "archive", ctx.metrics, interval_s=cfg.archive_interval_s)
-    from coordinator.checkpoints import start_checkpoint_archive
-
-    keeper = start_checkpoint_archive(ctx)  # run.json + checkpoints for re-verification (None when off)
     app = create_app(ctx)
     where = "SQLite" if ctx.db.is_sqlite else "PostgreSQL"
     log.info("coordinator of run %s on %s:%s (%s, key %s)", cfg.run_id, cfg.host, cfg.port, where,
@@ -36,6 +33,4 @@ def run(cfg: CoordinatorConfig) -> None:
     try:
         serve(app, cfg.host, cfg.port, port_file=cfg.data_dir / "coordinator.port", log_level="warning")
     finally:
-        if keeper is not None:
-            keeper.stop()
         ctx.db.dispose()

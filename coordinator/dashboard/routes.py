@@ -5,11 +5,14 @@ Thin adapters: each GET goes through the coordinator's own request plumbing (`Ap
 per-address rate limit, request metrics, errors as `{"detail": ...}`) and calls one function
 of `coordinator.dashboard.views`; the POST goes through `Api.signed` (size limit, envelope,
 operator key, clock skew) and `record_eval`, which also spends the nonce, so a replayed
-report is refused. Response models are declared for /docs only.
+report is refused. Response models are declared for /docs only. In the process that runs
+the coordinator's background work, the router's lifespan also runs the checkpoint archive.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,10 +113,29 @@ def record_eval(ctx: Context, opened: Opened[EvalReport]) -> dict:
     return {"ok": True}
 
 
-def mount_dashboard(app: FastAPI, ctx: Context, api: "Api") -> None:
-    """Add the dashboard routes, the static page and the eval-report route to `app`."""
+def _keeper_lifespan(ctx: Context):
+    """Run the checkpoint archive (`coordinator.checkpoints`) for as long as the app runs."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        from coordinator.checkpoints import start_checkpoint_archive
+
+        keeper = await asyncio.to_thread(start_checkpoint_archive, ctx)
+        try:
+            yield
+        finally:
+            if keeper is not None:
+                await asyncio.to_thread(keeper.stop)
+
+    return lifespan
+
+
+def mount_dashboard(app: FastAPI, ctx: Context, api: "Api", *, background: bool = True) -> None:
+    """Add the dashboard routes, the static page and the eval-report route to `app`; with
+    `background` (the process that runs the coordinator's periodic work), also the checkpoint
+    archive that keeps what re-verification needs."""
     poller = RelayPoller(list(ctx.cfg.relays), min_interval_s=ctx.cfg.dashboard_relay_poll_s)
-    r = APIRouter(tags=["dashboard"])
+    r = APIRouter(tags=["dashboard"], lifespan=_keeper_lifespan(ctx) if background else None)
 
     @r.get(API + "/overview", response_model=Overview)
     async def overview(request: Request) -> Response:
