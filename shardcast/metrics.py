@@ -18,6 +18,7 @@ class NodeMetrics:
         self.bytes_served = Counter("shardcast_bytes_served", "shard bytes sent to downstream", registry=r)
         self.shard_requests = Counter("shardcast_shard_requests", "shard requests by outcome",
                                       ["outcome"], registry=r)
+        self.transfers = Gauge("shardcast_transfers_active", "shard bodies being sent now", registry=r)
         self.longpolls = Gauge("shardcast_longpolls_waiting", "long-polls waiting for a new version",
                                registry=r)
         self.latest_version = Gauge("shardcast_latest_version", "newest version held (-1: none)",

@@ -294,7 +294,8 @@ def run(cfg: RelayConfig) -> None:
     relay = Relay(cfg)
     relay.start()
     try:
-        serve(build_app(relay, title="swarmrl shardcast relay"), cfg.host, cfg.port,
+        app = build_app(relay, title="swarmrl shardcast relay", max_transfers=cfg.max_transfers)
+        serve(app, cfg.host, cfg.port,
               port_file=Path(cfg.data_dir) / "relay.port", on_exit=relay.signal.close)
     finally:
         relay.stop()

@@ -14,14 +14,16 @@ mirror). The app is a thin adapter: it never decides what is valid, it only serv
 catalog says is verified, so a relay never serves bytes it has not checked.
 
 HTTP stack: FastAPI under uvicorn (the project's one stack; uvloop and httptools when
-installed). Shard bodies are streamed from disk in 4 MiB blocks read with `os.pread` in a
+installed). Shard bodies are streamed from disk in 2 MiB blocks read with `os.pread` in a
 worker thread: large blocks keep the per-block cost of the ASGI layer small, the thread keeps
 a cold disk from stalling the event loop (long-polls share it), and one block per transfer
 is all a transfer holds in memory. Measured on this machine, serving CPU per GiB sent on
 loopback: Starlette's FileResponse (64 KiB per thread hop) 1.1-1.6 s, this at 1 MiB blocks
-0.6 s, at 4 MiB blocks 0.4-0.6 s. FileResponse also cannot serve a byte range *inside* a file
-as a whole resource, which the origin needs (it serves shards out of the checkpoint's files).
-Zero-copy sendfile would be cheaper still, but uvicorn offers no way to use it.
+0.6 s, at 4 MiB blocks 0.4-0.6 s; 2 MiB is the compromise with memory, which is bounded by
+`max_transfers` x (block + transport buffer) on top of the process's ~70 MB. FileResponse
+also cannot serve a byte range *inside* a file as a whole resource, which the origin needs
+(it serves shards out of the checkpoint's files). Zero-copy sendfile would be cheaper
+still, but uvicorn offers no way to use it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from protocol import routes
 from shardcast.metrics import NodeMetrics
 from shardcast.signal import Signal
 
-BLOCK = 4 * 1024 * 1024
+BLOCK = 2 * 1024 * 1024  # see the module docstring
+DEFAULT_MAX_TRANSFERS = 64
 MAX_WAIT_S = 60.0
 
 
@@ -103,11 +106,23 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return (start, end)
 
 
-async def _file_blocks(loc: ShardLocation, start: int, end: int, metrics: NodeMetrics):
+class _Transfers:
+    """Shard bodies being sent right now; each holds at most one block in memory (plus what
+    the transport buffers), so capping their number bounds the node's memory."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active = 0
+
+
+async def _file_blocks(loc: ShardLocation, start: int, end: int, metrics: NodeMetrics,
+                       transfers: _Transfers):
     # The file is opened here, not in the handler, so a request dropped before its body
     # starts leaks no descriptor. A pruned file surfaces as a short body, which every client
     # detects by the content length and the hash.
     fd = os.open(loc.path, os.O_RDONLY)
+    transfers.active += 1
+    metrics.transfers.set(transfers.active)
     try:
         pos = start
         while pos < end:
@@ -120,15 +135,20 @@ async def _file_blocks(loc: ShardLocation, start: int, end: int, metrics: NodeMe
             yield block
     finally:
         os.close(fd)
+        transfers.active -= 1
+        metrics.transfers.set(transfers.active)
 
 
 def _detail(status: int, text: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"detail": text}, status_code=status, headers=headers)
 
 
-def build_app(catalog: Catalog, *, title: str) -> FastAPI:
+def build_app(catalog: Catalog, *, title: str, max_transfers: int = DEFAULT_MAX_TRANSFERS) -> FastAPI:
+    """The API over `catalog`. At most `max_transfers` shard bodies are sent at once; a
+    request beyond that gets 503 + Retry-After and its client turns to another source."""
     app = FastAPI(title=title, description="shardcast: signed, sharded policy versions")
     m = catalog.metrics
+    transfers = _Transfers(max_transfers)
 
     @app.get(routes.HEALTH)
     def health() -> dict:
@@ -195,6 +215,10 @@ def build_app(catalog: Catalog, *, title: str) -> FastAPI:
             m.shard_requests.labels("bad_range").inc()
             return _detail(416, f"range {request.headers.get('range')!r} is outside shard of "
                                 f"{loc.size} bytes", {"content-range": f"bytes */{loc.size}"})
+        if transfers.active >= transfers.limit:
+            m.shard_requests.labels("busy").inc()
+            return _detail(503, f"busy: {transfers.active} transfers in progress; try another source",
+                           {"retry-after": "1"})
         if not loc.path.exists():
             m.shard_requests.labels("not_found").inc()
             return _detail(404, f"version {version} was just pruned here")
@@ -206,7 +230,7 @@ def build_app(catalog: Catalog, *, title: str) -> FastAPI:
             status = 206
             headers["content-range"] = f"bytes {start}-{end - 1}/{loc.size}"
         m.shard_requests.labels("ok").inc()
-        return StreamingResponse(_file_blocks(loc, start, end, m), status_code=status,
+        return StreamingResponse(_file_blocks(loc, start, end, m, transfers), status_code=status,
                                  headers=headers, media_type="application/octet-stream")
 
     return app

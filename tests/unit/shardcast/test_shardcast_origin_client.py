@@ -201,3 +201,54 @@ def test_whole_file_check_catches_a_file_longer_than_the_manifest(tmp_path, orig
     with pytest.raises(CorruptData, match="empty.bin"):
         p.finish(durable=False)
     p.close()
+
+
+def test_serving_caps_concurrent_transfers_and_supports_ranges(tmp_path, op):
+    from protocol.http import ServerThread
+    from shardcast.metrics import NodeMetrics
+    from shardcast.serving import ShardLocation, build_app
+    from shardcast.signal import Signal
+    import httpx
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(random.Random(1).randbytes(32 * 1024 * 1024))
+
+    class One:
+        role, signal, metrics = "relay", Signal(), NodeMetrics("relay")
+
+        def versions(self):
+            return [0]
+
+        complete_versions = versions
+
+        def manifest_bytes(self, v):
+            return None
+
+        def shard(self, v, i):
+            if (v, i) != (0, 0):
+                raise LookupError("no such shard")
+            return ShardLocation(blob, 1000, 30 * 1024 * 1024, "0" * 64)
+
+    srv = ServerThread(build_app(One(), title="t", max_transfers=1)).start()
+    try:
+        url = srv.url + "/v1/versions/0/shards/0"
+        with httpx.Client(timeout=10) as a, httpx.Client(timeout=10) as b:
+            with a.stream("GET", url) as first:            # its body is not read: it stays open
+                assert first.status_code == 200
+                busy = b.get(url)
+                assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            deadline = time.monotonic() + 30                # the server notices the hang-up
+            while "shardcast_transfers_active 0.0" not in b.get(srv.url + "/metrics").text:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            r = b.get(url, headers={"range": "bytes=10-19"})
+            assert r.status_code == 206 and r.content == blob.read_bytes()[1010:1020]
+            assert r.headers["content-range"] == f"bytes 10-19/{30 * 1024 * 1024}"
+            assert b.get(url, headers={"range": f"bytes={40 * 1024 * 1024}-"}).status_code == 416
+            assert b.get(srv.url + "/v1/versions/0/shards/1").status_code == 404
+            assert b.get(srv.url + "/v1/versions/x/shards/1").status_code == 422
+            assert b.get(srv.url + "/v1/versions/0/manifest").status_code == 404
+            assert b.get(srv.url + "/v1/versions/latest", params={"wait_s": 0}).status_code == 204
+            assert "shardcast_bytes_served_total" in b.get(srv.url + "/metrics").text
+    finally:
+        srv.stop()
