@@ -22,7 +22,8 @@ versions (0 = all), every `keep_every`-th version, every version a rejected subm
 claimed or judged (inside the async window, or with submissions still queued) — so a verdict
 that arrives late still finds its checkpoint.
 
-Runs in a daemon thread of the coordinator process (started by `coordinator.main`); it only
+Runs in a daemon thread of the coordinator process (started and stopped by the dashboard
+router's lifespan, in the process that runs background work); it only
 reads the database, and a failure (relay down, version pruned upstream, disk full) is logged
 and retried on the next pass; a version no relay holds any more is given up with one warning.
 """
