@@ -42,7 +42,7 @@ log = logging.getLogger("swarmrl.coordinator")
 
 _ENVELOPE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": Envelope.model_json_schema()}}}}
-BATCH_POLL_S = 1.0
+BATCH_POLL_S = 0.25  # long-polls also re-check the database this often (other processes, replicas)
 
 
 def _encode(result: Any) -> bytes:

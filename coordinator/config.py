@@ -95,6 +95,7 @@ class CoordinatorConfig(BaseModel):
     housekeeping_interval_s: float = Field(1.0, gt=0, description="how often expired leases and silent workers are swept")
     archive_interval_s: float = Field(5.0, gt=0, description="how often new submissions and verdicts are written to Parquet")
     log_level: str = Field("info", description="python logging level of the service")
+    workers: int = Field(1, ge=1, le=64, description="server processes sharing the listening socket and the database (2 uses both cores of a small machine; rate limits are split between them)")
     checkpoints: CheckpointArchiveConfig = Field(default_factory=CheckpointArchiveConfig,
                                                  description="policy versions kept for re-verification")
     dashboard_relay_poll_s: float = Field(3.0, gt=0, description="the dashboard asks each relay for its versions at most this often")

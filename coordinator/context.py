@@ -70,11 +70,13 @@ class Context:
     archiver: Any = None  # coordinator.archive.Archiver when archiving is on
 
     def __post_init__(self) -> None:
-        lim = self.cfg.limits
+        # each server process enforces its share of the configured limits (the kernel spreads
+        # connections over the processes), so together they approximate the configured rate
+        lim, n = self.cfg.limits, self.cfg.workers
         if self.identity_limiter is None:
-            self.identity_limiter = RateLimiter(lim.requests_per_s_per_worker, lim.burst)
+            self.identity_limiter = RateLimiter(lim.requests_per_s_per_worker / n, max(1.0, lim.burst / n))
         if self.address_limiter is None:
-            self.address_limiter = RateLimiter(lim.requests_per_s_per_address, lim.burst)
+            self.address_limiter = RateLimiter(lim.requests_per_s_per_address / n, max(1.0, lim.burst / n))
 
     @property
     def trusted_keys(self) -> frozenset[str]:
@@ -88,9 +90,19 @@ def _public_key(hex_key: str, what: str) -> PublicKey:
         raise ConfigError(f"{what} {hex_key!r} is not a hex Ed25519 public key: {exc}") from exc
 
 
+def prepare_database(cfg: CoordinatorConfig) -> Database:
+    """Open the database, create or upgrade its schema, and fix the run's proof-of-work challenge."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(normalise_url(cfg.database_url, cfg.data_dir), sqlite_synchronous=cfg.sqlite_synchronous)
+    db.migrate()
+    with db.write() as conn:
+        meta.init_once(conn, meta.POW_CHALLENGE, os.urandom(16).hex())
+    return db
+
+
 def build_context(cfg: CoordinatorConfig, *, clock: Callable[[], float] = time.time,
                   rng: random.Random | None = None, tasks: TaskBook | None = None,
-                  proof_check: ProofCheck | None = None) -> Context:
+                  proof_check: ProofCheck | None = None, metrics: Metrics | None = None) -> Context:
     """Open (and migrate) the database, load keys and the tokenizer: a ready Context."""
     operator = _public_key(cfg.operator_key, "operator_key")
     verifiers = frozenset(_public_key(k, "verifier key").hex for k in cfg.verifier_keys)
@@ -100,15 +112,12 @@ def build_context(cfg: CoordinatorConfig, *, clock: Callable[[], float] = time.t
         key = KeyPair.load_or_create(cfg.key_file)
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from exc
-    data_dir = cfg.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(normalise_url(cfg.database_url, data_dir), sqlite_synchronous=cfg.sqlite_synchronous)
-    db.migrate()
-    with db.write() as conn:
-        challenge = meta.init_once(conn, meta.POW_CHALLENGE, os.urandom(16).hex())
+    db = prepare_database(cfg)
+    with db.read() as conn:
+        challenge = meta.get(conn, meta.POW_CHALLENGE) or ""
     if tasks is None:
         tasks = TaskBook.load(cfg.model, cfg.tasks.kind, cfg.tasks.seed, cfg.tasks.options, cfg.chat_template)
     return Context(cfg=cfg, db=db, key=key, operator=operator, verifier_keys=verifiers, tasks=tasks,
-                   pow_challenge=challenge, metrics=Metrics(), clock=clock,
+                   pow_challenge=challenge, metrics=metrics or Metrics(), clock=clock,
                    rng=rng or random.SystemRandom(),
                    proof_check=proof_check or codec_proof_check(tasks.hidden_size))

@@ -4,6 +4,10 @@ Counters and histograms are updated by the routes and the service as events happ
 state gauges (workers, leases and submissions by status, buffer depth, policy versions) are
 read from the database at scrape time by `StateCollector`, so they are right after a restart
 and across replicas sharing one database.
+
+With several server processes (`workers > 1`), prometheus_client's multiprocess mode adds up
+the counters of all processes at scrape time: `coordinator.main` sets PROMETHEUS_MULTIPROC_DIR
+before prometheus_client is imported, and `Metrics(multiprocess_dir=...)` exposes the sum.
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ PREFIX = "swarmrl_coordinator"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        r: CollectorRegistry | None = self.registry
+        if multiprocess_dir:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            MultiProcessCollector(self.registry, path=multiprocess_dir)
+            r = None  # values live in the shared files; the collector above exposes their sum
         self.requests = Counter(f"{PREFIX}_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.latency = Histogram(f"{PREFIX}_request_seconds", "time to answer a request, by route", ["route"],
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
