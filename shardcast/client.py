@@ -32,23 +32,34 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
+from protocol.envelope import Envelope
 from protocol.identity import PublicKey
-from shardcast.errors import ShardcastError, VersionUnavailable
-from shardcast.fetch import Downloader, FetchEvents, FetchOptions
+from protocol.messages import ShardEntry
+from shardcast.errors import FetchFailed, ShardcastError, VersionUnavailable
+from shardcast.fetch import Downloader, FetchEvents, FetchOptions, ShardSink
 from shardcast.layout import (
     MANIFEST_NAME, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
 )
 from shardcast.partial import PartialCheckpoint
 from shardcast.selection import Sources
-from shardcast.watch import Announced, fetch_manifest, wait_for_newer
+from shardcast.watch import Announced, fetch_manifest, verify_manifest_bytes, wait_for_newer
 
 log = logging.getLogger("shardcast.client")
 PARTIAL_DIR = ".partial"
 PRUNE_GRACE_S = 120.0   # a version handed out this recently is not pruned
+
+
+class ShardFallback(Protocol):
+    """Another source of shards (shardcast.p2p.PeerShards fits): writes the given shards of
+    `version` through `sink`, committing each only after it matched the signed manifest;
+    raises a ShardcastError when it cannot."""
+
+    def fetch_into(self, version: int, shards: list[ShardEntry], sink: ShardSink) -> None: ...
 
 
 def _touched(folder: Path) -> Path:
@@ -61,14 +72,17 @@ class ShardcastClient:
     def __init__(self, relays: list[str], operator_key: PublicKey | str, cache_dir: Path, *,
                  run_id: str | None = None, keep_versions: int | None = None,
                  options: FetchOptions | None = None, durable: bool = True,
-                 check_files: bool = True, events: FetchEvents | None = None):
+                 check_files: bool = True, events: FetchEvents | None = None,
+                 fallback: ShardFallback | None = None):
         """`relays`: origin or relay URLs; `operator_key`: the key (or its hex) that signs
         manifests; `run_id`: when given, manifests of other runs are refused; `keep_versions`:
         complete versions kept in the cache (None: all; a version handed out in the last
         two minutes is never pruned, so several clients may share one cache); `durable`: fsync before a version
         becomes visible; `check_files`: also check whole-file hashes (shards are always
         checked); `events`: callbacks for metrics (bytes received, shards verified,
-        corrupt shards, transfer errors)."""
+        corrupt shards, transfer errors); `fallback`: another source of shards (e.g.
+        peers over libp2p, `shardcast.p2p.PeerShards`) for the shards the relays could not
+        deliver."""
         if not relays:
             raise ShardcastError("no shardcast relays configured: give at least one relay URL")
         self.operator_key = (PublicKey.from_hex(operator_key) if isinstance(operator_key, str)
@@ -81,6 +95,7 @@ class ShardcastClient:
         self.durable = durable
         self.check_files = check_files
         self.events = events
+        self.fallback = fallback
         self.sources = Sources(list(relays))
         conns = max(4, self.options.parallel * 2) * len(self.sources.urls)
         self.http = httpx.Client(limits=httpx.Limits(max_connections=conns,
@@ -97,6 +112,15 @@ class ShardcastClient:
             return None
         self._announced[found.version] = found
         return found.version
+
+    def offer_manifest(self, envelope: Envelope) -> int:
+        """Hand over a signed manifest obtained elsewhere (e.g. the coordinator's GET
+        /v1/policy), so `fetch` need not ask the relays for it. It is verified like any
+        other (operator key, run); returns its version. Raises SignatureError/MessageError."""
+        env, manifest = verify_manifest_bytes(envelope.model_dump_json().encode(), self.operator_key,
+                                              self.run_id)
+        self._announced.setdefault(manifest.version, Announced(env, manifest, "offered"))
+        return manifest.version
 
     def cached_versions(self) -> list[int]:
         """Complete versions in the local cache."""
@@ -166,8 +190,16 @@ class ShardcastClient:
             if len(todo) < len(manifest.shards):
                 log.info("version %d: resuming, %d of %d shards already verified", version,
                          len(manifest.shards) - len(todo), len(manifest.shards))
-            Downloader(self.sources, self.options, self.events, abort=self._abort).fetch_all(
-                version, todo, sink)
+            try:
+                Downloader(self.sources, self.options, self.events, abort=self._abort).fetch_all(
+                    version, todo, sink)
+            except (FetchFailed, VersionUnavailable) as exc:
+                if self.fallback is None:
+                    raise
+                rest = sink.missing()
+                log.warning("version %d: relays failed (%s); asking the fallback source for %d "
+                            "shards", version, exc, len(rest))
+                self.fallback.fetch_into(version, rest, sink)
             sink.finish(durable=self.durable)
         finally:
             sink.close()

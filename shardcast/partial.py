@@ -118,6 +118,7 @@ class PartialCheckpoint:
         self.hashes = FileHashes(self.folder, manifest) if check_files else None
         self._lock = threading.Lock()
         self._done_bytes = 0
+        self._committed: set[int] = set()
         self._fds: dict[str, int] = {}
         for f in manifest.files:
             p = self.folder / f.path
@@ -169,10 +170,16 @@ class PartialCheckpoint:
         if self.hashes is not None:
             self.hashes.add(shard)
         with self._lock:
+            self._committed.add(shard.index)
             self._done_bytes += shard.size
             done = self._done_bytes
         if self.progress is not None:
             self.progress(done, self.manifest.total_bytes)
+
+    def missing(self) -> list[ShardEntry]:
+        """Shards not committed yet, in index order."""
+        with self._lock:
+            return [s for s in self.manifest.shards if s.index not in self._committed]
 
     # -- completion --------------------------------------------------------------------------
     def finish(self, durable: bool = True) -> None:

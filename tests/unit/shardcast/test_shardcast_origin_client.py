@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from protocol.errors import SignatureError
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest
 from shardcast.client import ShardcastClient
@@ -252,3 +253,30 @@ def test_serving_caps_concurrent_transfers_and_supports_ranges(tmp_path, op):
             assert "shardcast_bytes_served_total" in b.get(srv.url + "/metrics").text
     finally:
         srv.stop()
+
+
+def test_offered_manifest_and_fallback_source_cover_for_dead_relays(tmp_path, origin, op):
+    from shardcast.fetch import Downloader
+    from shardcast.selection import Sources
+
+    d = ckpt(tmp_path / "c")
+    env = origin.publish(d, 0, 0)
+
+    class ViaOrigin:                      # stands in for peers over libp2p
+        asked: list[int] = []
+
+        def fetch_into(self, version, shards, sink):
+            self.asked.extend(s.index for s in shards)
+            Downloader(Sources([origin.url])).fetch_all(version, shards, sink)
+
+    dead = "http://127.0.0.1:9"           # nothing listens there
+    fb = ViaOrigin()
+    with ShardcastClient([dead], op.public, tmp_path / "cache", run_id="r", fallback=fb,
+                         options=FetchOptions(max_attempts_per_shard=2)) as c:
+        assert c.offer_manifest(env) == 0
+        forged = env.model_copy(update={"body": {**env.body, "step": 99}})
+        with pytest.raises(SignatureError):
+            c.offer_manifest(forged)
+        path = c.fetch(0)
+    assert sorted(fb.asked) == [s["index"] for s in env.body["shards"] if s["size"] > 0]
+    assert (path / "model.safetensors").read_bytes() == (d / "model.safetensors").read_bytes()
