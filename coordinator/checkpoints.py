@@ -163,6 +163,7 @@ class CheckpointKeeper:
         dst = version_dir(self.root, version)
         if dst.exists():  # archived meanwhile (another pass) — keep the first copy
             return False
+        dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
         _fsync_dir(dst.parent)
         log.info("checkpoint archive: version %d kept at %s (%.1f s)", version, dst, time.monotonic() - t0)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from verifier.audit.reverify import Reverification
+if TYPE_CHECKING:  # the re-verifier imports torch; listing an archive must not
+    from verifier.audit.reverify import Reverification
 
 STATUS_STYLE = {"accepted": "green", "rejected": "red", "undecided": "yellow"}
 
@@ -114,7 +115,7 @@ def summary(rows: list[dict], console: Console) -> None:
     console.print(t)
 
 
-def reverification(rv: Reverification, console: Console) -> None:
+def reverification(rv: "Reverification", console: Console) -> None:
     console.print(f"[bold]submission {rv.submission_id}[/] of {rv.worker_id}, policy version {rv.policy_version}",
                   highlight=False)
     console.print(f"  [dim]checkpoint[/]  {rv.checkpoint}", highlight=False)

@@ -1,0 +1,115 @@
+"""Checkpoints kept for re-verification: the retention rule and the keeper's passes.
+
+The keeper runs against a real coordinator database (coord_harness); its shardcast client is
+replaced by one that makes a folder the way `ShardcastClient.fetch` does (the real client is
+exercised in tests/integration/test_audit_checkpoints.py).
+"""
+
+import json
+import logging
+
+import pytest
+
+from coordinator.checkpoints import CheckpointKeeper, archived_versions, retained, version_dir
+from shardcast.errors import VersionUnavailable
+from tests.unit.coordinator.coord_harness import start_swarm
+
+
+@pytest.mark.parametrize("keep_last,keep_every,pinned,expected", [
+    (0, 0, set(), {0, 1, 2, 3, 4, 5, 6}),            # 0 = keep every version
+    (2, 0, set(), {5, 6}),
+    (2, 3, set(), {0, 3, 5, 6}),                     # every 3rd version, for spot audits
+    (1, 0, {2, 9}, {2, 6}),                          # pinned versions stay (9 was never announced)
+    (10, 0, set(), {0, 1, 2, 3, 4, 5, 6}),
+])
+def test_retention_rule(keep_last, keep_every, pinned, expected):
+    assert retained(list(range(7)), keep_last=keep_last, keep_every=keep_every, pinned=pinned) == expected
+
+
+class FolderClient:
+    """Stands in for ShardcastClient: fetch(v) -> cache/<v> holding the checkpoint and its manifest."""
+
+    def __init__(self, cache, missing=()):
+        self.cache, self.missing, self.fetched = cache, set(missing), []
+
+    def fetch(self, version):
+        if version in self.missing:
+            raise VersionUnavailable(f"no source holds version {version}")
+        d = self.cache / str(version)
+        d.mkdir(parents=True)
+        (d / ".manifest.json").write_text(json.dumps({"version": version}))
+        (d / "model.safetensors").write_bytes(b"w" * version)
+        self.fetched.append(version)
+        return d
+
+
+@pytest.fixture
+def coordinator(tmp_path, audit_model):
+    made = []
+
+    def make(**checkpoints):
+        s = start_swarm(tmp_path / f"c{len(made)}", audit_model, async_window=1, checkpoints=checkpoints)
+        made.append(s)
+        return s
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.close()
+
+
+def submit_at(s, key, version, accepted):
+    lease = s.lease(key, 1)[0]
+    r = s.submit(key, lease, version=version)
+    assert r.status_code == 200, r.text
+    sid = r.json()["submission_id"]
+    if accepted is not None:
+        claimed = {j.submission_id for j in s.claim()}
+        assert sid in claimed
+        assert s.verdict(sid, accepted).status_code == 200
+    return sid
+
+
+def test_keeper_keeps_what_rules_and_live_state_need(coordinator, tmp_path):
+    s = coordinator(keep_last=1, keep_rejected=True)
+    root = tmp_path / "archive"
+    client = FolderClient(tmp_path / "cache")
+    keeper = CheckpointKeeper(s.ctx, root, client=client)
+    honest, cheater = s.new_worker(), s.new_worker()
+    assert s.publish(0).status_code == 200
+    submit_at(s, cheater, 0, accepted=False)       # v0 is evidence behind a ban
+    assert s.publish(1).status_code == 200
+    assert s.publish(2).status_code == 200
+    submit_at(s, honest, 1, accepted=True)         # leased while v1 was in the window
+    assert s.publish(3).status_code == 200
+    assert s.publish(4).status_code == 200
+    queued = submit_at(s, honest, 3, accepted=None)  # v3: still to be judged
+    assert s.publish(5).status_code == 200
+    out = keeper.step()
+    # newest (5) + rejected (0) + queued (3) + async window floor 5-1=4 -> {0, 3, 4, 5}
+    assert out == {"fetched": [0, 3, 4, 5], "pruned": []}
+    assert archived_versions(root) == [0, 3, 4, 5]
+    assert (version_dir(root, 3) / "model.safetensors").read_bytes() == b"www"
+    # v3's submission is judged: nothing pins v3 any more, so it goes; v0 stays (the ban's evidence)
+    assert s.verdict(queued, True).status_code == 200
+    assert s.publish(6).status_code == 200
+    out = keeper.step()
+    assert out["fetched"] == [6] and out["pruned"] == [3, 4]
+    assert archived_versions(root) == [0, 5, 6]
+    assert not any(p.name.startswith(".v") for p in (root / "checkpoints").iterdir())  # no half-deleted folder
+    assert keeper.step() == {"fetched": [], "pruned": []}                                # idempotent
+
+
+def test_a_version_no_relay_holds_is_given_up_once(coordinator, tmp_path, caplog):
+    s = coordinator()  # keep every version
+    client = FolderClient(tmp_path / "cache", missing={1})
+    keeper = CheckpointKeeper(s.ctx, tmp_path / "archive", client=client)
+    for v in range(3):
+        assert s.publish(v).status_code == 200
+    with caplog.at_level(logging.WARNING, logger="swarmrl.coordinator"):
+        assert keeper.step()["fetched"] == [0, 2]
+        assert keeper.step()["fetched"] == []
+    assert client.fetched == [0, 2]
+    warnings = [r.getMessage() for r in caplog.records if "version 1 cannot be archived" in r.getMessage()]
+    assert len(warnings) == 1 and "cannot be re-verified" in warnings[0]
