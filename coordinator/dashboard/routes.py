@@ -134,7 +134,7 @@ def mount_dashboard(app: FastAPI, ctx: Context, api: "Api", *, background: bool 
     """Add the dashboard routes, the static page and the eval-report route to `app`; with
     `background` (the process that runs the coordinator's periodic work), also the checkpoint
     archive that keeps what re-verification needs."""
-    poller = RelayPoller(list(ctx.cfg.relays), min_interval_s=ctx.cfg.dashboard_relay_poll_s)
+    poller = RelayPoller(list(ctx.cfg.relays), min_interval_s=ctx.cfg.dashboard_relay_poll_s, clock=ctx.clock)
     r = APIRouter(tags=["dashboard"], lifespan=_keeper_lifespan(ctx) if background else None)
 
     @r.get(API + "/overview", response_model=Overview)
