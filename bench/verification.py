@@ -113,7 +113,19 @@ def honest_section(world: H.World, long_world: H.World, target: int, out: dict) 
              "false_rejections": sum(r["false_rejections"] for r in rows),
              **{s: max(r[s] for r in rows) for s, _ in STATS}}
     print_row(total)
-    out["honest"] = {"rows": rows, "total": total}
+    # for information: what a prefill in the other dtype would see (why the dtype is matched)
+    import dataclasses
+
+    matched = world.settings
+    world.settings = dataclasses.replace(matched, match_dtypes=("float32",))
+    engine = H.engine_for(world.versions[1], 1, dtype="bfloat16", threads=2)
+    leases = [world.lease(key) for _ in range(per_var)]
+    subs = generate_batched(engine, [l for l, _ in leases], 1, 4)
+    info = summarise("bf16 vs fp32 *", [judge(world, env, s, key) for (l, env), s in zip(leases, subs)])
+    world.settings = matched
+    print_row({**info, "reasons": []})
+    print("  * not a verifier setting: a bf16 worker judged by an fp32 prefill, shown to explain dtype matching")
+    out["honest"] = {"rows": rows, "total": total, "unmatched_dtype_info": info}
 
 
 def summarise(name: str, res: list[dict]) -> dict:

@@ -38,6 +38,7 @@ class JudgeSettings:
     thresholds: Thresholds = Thresholds()
     chunk_size: int = DEFAULT_CHUNK_SIZE
     topk: int = DEFAULT_TOPK
+    match_dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ModelOutputs:
 
     hidden: list[torch.Tensor]
     logits: list[torch.Tensor]
+    dtype: str = ""
 
 
 def model_ready(oj: OpenedJob, vocab_size: int) -> bool:
@@ -78,7 +80,8 @@ def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: lis
     checks.append(check_reward(oj, texts, tolerance=thr.reward_tolerance))
     checks.append(check_replay(oj, ledger, now=now))
     if outputs is not None and gaps is not None:
-        checks.append(check_proof(oj, outputs.hidden, thr, chunk_size=settings.chunk_size, topk=settings.topk))
+        proof = check_proof(oj, outputs.hidden, thr, chunk_size=settings.chunk_size, topk=settings.topk)
+        checks.append(proof.model_copy(update={"stats": {**proof.stats, "prefill_dtype": outputs.dtype}}))
         checks.append(check_sampling(oj, gaps, tolerance=thr.sampling_tolerance))
     return make_verdict(oj.job, checks)
 

@@ -76,7 +76,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         closers.append(ledger)
         service = VerifierService(
             client, coordinator_key=PublicKey.from_hex(info.coordinator_key), tokenizer=tokenizer, models=models,
-            settings=JudgeSettings(run_id=info.run_id, thresholds=cfg.thresholds), ledger=ledger, metrics=metrics,
+            settings=JudgeSettings(run_id=info.run_id, thresholds=cfg.thresholds,
+                                  match_dtypes=tuple(cfg.match_dtypes)), ledger=ledger, metrics=metrics,
             batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s)
         holder["service"] = service
         log.info("verifier %s judging submissions of run %s (relays: %s)", key.peer_id, info.run_id,

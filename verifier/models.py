@@ -1,7 +1,7 @@
 """Policy versions on the verifier: checkpoints from shardcast, models in a small LRU.
 
-Collaborators: `verifier.pipeline` asks `PolicyModels.model(version)` for the model a
-submission claims; `Prefetcher` runs in a background thread and downloads each new version
+Collaborators: `verifier.pipeline` asks `PolicyModels.model(version, dtype)` for the model a
+submission claims, computing in the dtype the worker declared (see `verifier.pipeline`); `Prefetcher` runs in a background thread and downloads each new version
 as soon as a relay announces it, so a job rarely waits for a download. Checkpoints are
 verified by the shardcast client (signed manifest, every shard hashed) before they are
 loaded; a version that cannot be had is a JobError (the job is left for a later claim).
@@ -35,29 +35,31 @@ class PolicyModels:
         self.dtype = dtype
         self.capacity = max(1, capacity)
         self.on_load = on_load
-        self._models: OrderedDict[int, Any] = OrderedDict()
+        self._models: OrderedDict[tuple[int, str], Any] = OrderedDict()
 
-    def loaded(self) -> list[int]:
+    def loaded(self) -> list[tuple[int, str]]:
         return list(self._models)
 
-    def model(self, version: int) -> Any:
-        hit = self._models.get(version)
+    def model(self, version: int, dtype: str | None = None) -> Any:
+        """The model of `version` computing in `dtype` (default: the configured one)."""
+        key = (version, dtype or self.dtype)
+        hit = self._models.get(key)
         if hit is not None:
-            self._models.move_to_end(version)
+            self._models.move_to_end(key)
             return hit
         started = time.perf_counter()
         try:
             path = self.fetch(version)
-            model = load_model(str(path), device=self.device, dtype=self.dtype)
+            model = load_model(str(path), device=self.device, dtype=key[1])
         except ProtocolError as exc:
             raise JobError(f"policy version {version} is not available: {exc}") from exc
         except (OSError, ValueError) as exc:
             raise JobError(f"policy version {version} cannot be loaded: {exc}") from exc
-        self._models[version] = model
+        self._models[key] = model
         while len(self._models) > self.capacity:
             self._models.popitem(last=False)
         seconds = time.perf_counter() - started
-        log.info("loaded policy version %d (%.2f s)", version, seconds)
+        log.info("loaded policy version %d in %s (%.2f s)", version, key[1], seconds)
         if self.on_load:
             self.on_load(version, seconds)
         return model

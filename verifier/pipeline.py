@@ -8,6 +8,13 @@ an LRU over shardcast-fetched checkpoints; tests pass a dict).
 Raises JobError only when the job cannot be judged now (its policy version cannot be
 had); everything wrong with the submission itself ends in a rejecting verdict. A version
 outside the lease is never fetched: the data check rejects it without the model.
+
+The prefill computes in the dtype the worker declares (`EngineInfo.dtype`) when it is one of
+`settings.match_dtypes`. Measured on the tiny model: a bf16 worker's KV-cache decode and a
+bf16 prefill agree almost bit for bit (pooled mantissa error <= 0.013), while bf16 against
+an fp32 prefill differs by ~1 ulp on average, which is as large as the effect of a small
+weight change. Matching the dtype lets the thresholds be tight for every honest worker;
+declaring another dtype gains a cheater nothing, because every matched comparison is tight.
 """
 
 from __future__ import annotations
@@ -27,8 +34,20 @@ from verifier.seen import SeenLedger
 
 
 class ModelSource(Protocol):
-    def model(self, version: int) -> Any:
-        """The policy model of `version`, ready for a forward pass (JobError if unavailable)."""
+    def model(self, version: int, dtype: str | None = None) -> Any:
+        """The policy model of `version` computing in `dtype` (None: the source's default),
+        ready for a forward pass (JobError if unavailable)."""
+
+
+_CANONICAL = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+              "float16": "float16", "fp16": "float16"}
+
+
+def prefill_dtype(declared: str, allowed: tuple[str, ...]) -> str | None:
+    """The dtype the verifier computes in for a worker that declares `declared`: the same one
+    when it is allowed, else None (the verifier's configured dtype)."""
+    name = _CANONICAL.get(declared.strip().lower().replace("torch.", ""))
+    return name if name in allowed else None
 
 
 @dataclass
@@ -54,7 +73,8 @@ def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: A
     version = oj.submission.policy_version
     if job.full_check and oj.lease.min_policy_version <= version <= oj.lease.max_policy_version:
         t0 = time.perf_counter()
-        model = models.model(version)
+        dtype = prefill_dtype(oj.submission.engine.dtype, settings.match_dtypes)
+        model = models.model(version, dtype)
         t1 = time.perf_counter()
         vocab = vocab_size(model)
         if model_ready(oj, vocab):

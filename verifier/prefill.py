@@ -39,4 +39,5 @@ def prefill(model: Any, oj: OpenedJob, *, max_batch_tokens: int = 65536) -> Mode
             hidden.append(h.to("cpu"))
             logits.append(lg.float().to("cpu"))
         start = end
-    return ModelOutputs(hidden=hidden, logits=logits)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return ModelOutputs(hidden=hidden, logits=logits, dtype=dtype)

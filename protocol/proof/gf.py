@@ -9,13 +9,14 @@ a loop of Python ints. Here every step works on a whole batch of chunks at once 
 
 - interpolation is Lagrange in the monomial basis. With M(z) = prod_i (z - x_i) and
   weights w_i = y_i / M'(x_i), the interpolant is sum_i w_i M(z)/(z - x_i), and the
-  coefficient of z^j in M(z)/(z - x_i) is sum_s m_{j+1+s} x_i^s. So with the power matrix
-  P[i, s] = x_i^s: M'(x_i) = P @ (s+1) m_{s+1}, v = w @ P, c_j = sum_s v_s m_{j+1+s}
-  (a Hankel product). Everything but M(z) itself is a batched matrix product: O(k^2) per
-  chunk, no Python loop over points.
+  coefficient of z^j in M(z)/(z - x_i) is sum_s m_{j+1+s} x_i^s. So: M'(x_i) is an
+  evaluation of M', v_s = sum_i w_i x_i^s is a power sum, and c_j = sum_s v_s m_{j+1+s} is
+  a Hankel product. Evaluations and power sums use baby-step/giant-step powers
+  (x^s = (x^b)^a * x^r with b ~ sqrt(k)), so they are small batched matrix products instead
+  of a (k, k) power matrix per chunk; only M(z) itself takes a loop of k vector steps.
 - all arithmetic is float64 holding exact integers: products of residues are < 2**32 and
   sums of up to 4096 of them stay below 2**44, where a division-free reduction (`_reduce`)
-  is exact; matrix products are batched einsums. (int64 `%` is several times slower here.)
+  is exact. (int64 `%` is several times slower here.)
 - inverses are a**(p-2) by square-and-multiply (16 vector steps), so no tables are kept.
 
 Invariants: every array holds canonical residues in [0, P); the points of one polynomial
@@ -31,7 +32,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 P = 65497  # the prime of TOPLOC's field
 _INV_P = 1.0 / P
-_MAX_EXACT = float(1 << 44)  # `_reduce` is exact below this
 
 
 def _reduce(a: np.ndarray) -> np.ndarray:

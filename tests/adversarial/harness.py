@@ -100,17 +100,18 @@ def perturbed_copy(src: Path, dst: Path, *, rel_noise: float, seed: int = 7) -> 
 
 
 class DictModels:
-    """The verifier's `ModelSource` for tests: versions preloaded from folders, fp32."""
+    """The verifier's `ModelSource` for tests: versions loaded from folders on first use."""
 
     def __init__(self, versions: dict[int, Path], dtype: str = "float32"):
         self.paths = versions
         self.dtype = dtype
-        self._cache: dict[int, Any] = {}
+        self._cache: dict[tuple[int, str], Any] = {}
 
-    def model(self, version: int) -> Any:
-        if version not in self._cache:
-            self._cache[version] = load_model(str(self.paths[version]), dtype=self.dtype)
-        return self._cache[version]
+    def model(self, version: int, dtype: str | None = None) -> Any:
+        key = (version, dtype or self.dtype)
+        if key not in self._cache:
+            self._cache[key] = load_model(str(self.paths[version]), dtype=key[1])
+        return self._cache[key]
 
 
 @dataclass
@@ -177,8 +178,11 @@ class World:
 
     def verifier_outputs(self, job: VerificationJob):
         """The verifier's prefill of a job (for calibration statistics)."""
+        from verifier.pipeline import prefill_dtype
+
         oj = open_job(job, self.coordinator.public)
-        return oj, prefill(self.models.model(oj.submission.policy_version), oj)
+        dtype = prefill_dtype(oj.submission.engine.dtype, self.settings.match_dtypes)
+        return oj, prefill(self.models.model(oj.submission.policy_version, dtype), oj)
 
 
 def make_world(model_root: Path, *, warm_seconds: float = 0.0, hidden: int = 128, layers: int = 4,
