@@ -170,3 +170,17 @@ def test_status_endpoint_reports_the_snapshot(fake, versions, start_daemon, tmp_
     assert httpx.get(f"http://127.0.0.1:{port}/health").json()["ok"] is True
     r.stop()
     torch.set_num_threads(torch.get_num_threads())  # (the engine set threads; keep the suite stable)
+
+
+def test_weights_unavailable_for_a_while_then_back_the_daemon_recovers(fake, versions, start_daemon):
+    versions.publish(0)
+    fake.version, fake.window = 1, 0     # leases need v1, which no relay serves yet
+    r = start_daemon()
+    wait_until(lambda: "syncing" in r.daemon.state.get("phase"), what="waiting for v1")
+    wait_until(lambda: versions.weights.fetches.count(1) >= 2, what="retries of the failed download")
+    assert not fake.submissions
+    versions.publish(1)                  # the relay is back / has caught up
+    wait_until(lambda: len(fake.submissions) >= 2, what="work once v1 is fetched")
+    r.stop()
+    assert r.error is None
+    assert all(s["body"].policy_version == 1 for s in fake.submissions.values())
