@@ -59,7 +59,7 @@ def model_ready(oj: OpenedJob, vocab_size: int) -> bool:
             and all(max(c.token_ids) < vocab_size for c in comps))
 
 
-def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: list[str], *,
+def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: list[str | None], *,
           outputs: ModelOutputs | None = None, vocab_size: int | None = None,
           now: float | None = None) -> Verdict:
     thr = settings.thresholds

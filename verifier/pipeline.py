@@ -20,13 +20,14 @@ declaring another dtype gains a cheater nothing, because every matched compariso
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol.errors import ProtocolError
 from protocol.identity import PublicKey
 from protocol.lm import decode_completion
 from protocol.messages import Verdict, VerificationJob
+from verifier.errors import JobError
 from verifier.job import open_job
 from verifier.judge import JudgeSettings, judge, model_ready, unopenable_verdict
 from verifier.prefill import prefill, vocab_size
@@ -57,7 +58,15 @@ class Timings:
     model_s: float = 0.0
     prefill_s: float = 0.0
     checks_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str | None:
+    """The completion's text, or None when the tokenizer cannot decode these ids (hostile
+    ids: the reward check then fails the submission instead of the verifier crashing)."""
+    try:
+        return decode_completion(tokenizer, ids)
+    except (OverflowError, ValueError, IndexError, TypeError, KeyError):
+        return None
 
 
 def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: Any, models: ModelSource,
@@ -68,7 +77,7 @@ def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: A
         oj = open_job(job, coordinator_key)
     except ProtocolError as exc:
         return unopenable_verdict(job, exc)
-    texts = [decode_completion(tokenizer, c.token_ids) for c in oj.submission.completions]
+    texts = [_decode(tokenizer, c.token_ids) for c in oj.submission.completions]
     outputs, vocab = None, None
     version = oj.submission.policy_version
     if job.full_check and oj.lease.min_policy_version <= version <= oj.lease.max_policy_version:
@@ -78,7 +87,11 @@ def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: A
         t1 = time.perf_counter()
         vocab = vocab_size(model)
         if model_ready(oj, vocab):
-            outputs = prefill(model, oj)
+            try:
+                outputs = prefill(model, oj)
+            except (RuntimeError, IndexError, ValueError) as exc:  # e.g. out of memory, context too long
+                raise JobError(f"the prefill of submission {job.submission_id} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
         t.model_s, t.prefill_s = t1 - t0, time.perf_counter() - t1
     t2 = time.perf_counter()
     verdict = judge(oj, settings, ledger, texts, outputs=outputs, vocab_size=vocab, now=now)

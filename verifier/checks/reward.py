@@ -17,8 +17,11 @@ from verifier.job import OpenedJob
 NAME = "reward"
 
 
-def check_reward(oj: OpenedJob, texts: list[str], *, tolerance: float = 1e-6) -> CheckResult:
+def check_reward(oj: OpenedJob, texts: list[str | None], *, tolerance: float = 1e-6) -> CheckResult:
     job, sub = oj.job, oj.submission
+    undecodable = [i for i, t in enumerate(texts) if t is None]
+    if undecodable:
+        return result(NAME, False, {}, f"completion {undecodable[0]} cannot be decoded by the run's tokenizer")
     try:
         mine = [float(score(job.task_kind, job.task_answer, t)) for t in texts]
     except ProtocolError as exc:

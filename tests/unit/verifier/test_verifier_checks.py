@@ -223,3 +223,19 @@ def test_proof_check_pooled_threshold_catches_what_no_chunk_shows(world, worker_
     r = check_proof(oj, [noisy] * len(lease.seeds), strict_chunks, chunk_size=32, topk=128)
     assert not r.passed and "over the submission" in r.detail and r.stats["failed_chunks"] == 0
     assert check_proof(oj, [h] * len(lease.seeds), Thresholds(), chunk_size=32, topk=128).passed
+
+
+def test_undecodable_completion_fails_the_reward_check(world, worker_key, leased):
+    lease, env = leased
+    oj = opened(world, worker_key, good_sub(lease), env)
+    r = check_reward(oj, ["1", None, "2", "3"])
+    assert not r.passed and "completion 1 cannot be decoded" in r.detail
+
+
+def test_hostile_token_ids_are_rejected_without_running_the_model(world, worker_key, leased):
+    lease, env = leased
+    comps = good_sub(lease).completions
+    bad = comps[0].model_copy(update={"token_ids": [2**31 - 1, lease.eos_token_id], "proof": proof_b64(2)})
+    v = world.verify(world.job(env, submission(lease, [bad] + list(comps[1:])), worker_key))
+    failed = {c.name for c in v.checks if not c.passed}
+    assert not v.accepted and "lease_and_data" in failed and "proof" not in {c.name for c in v.checks}
