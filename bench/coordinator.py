@@ -142,82 +142,133 @@ class Recorder:
         return {"samples": self.samples, "ok": self.ok, "errors": self.errors}
 
 
+# -- a lean keep-alive HTTP/1.1 client -------------------------------------------------------
+class Conn:
+    """One keep-alive HTTP/1.1 connection over asyncio streams. Written here because httpx
+    spends about a millisecond of CPU per request, so 100 simulated workers on the same 2 cores
+    as the server would measure the load generator instead of the coordinator."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        for attempt in (0, 1):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode()
+                self.writer.write(head + body)
+                await self.writer.drain()
+                status = int((await self.reader.readline()).split(b" ", 2)[1])
+                length, close = 0, False
+                while True:
+                    line = await self.reader.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    k, _, v = line.partition(b":")
+                    k = k.strip().lower()
+                    if k == b"content-length":
+                        length = int(v)
+                    elif k == b"connection" and v.strip().lower() == b"close":
+                        close = True
+                data = await self.reader.readexactly(length) if length else b""
+                if close:
+                    await self.close()
+                return status, data
+            except (ConnectionError, asyncio.IncompleteReadError, IndexError, ValueError):
+                await self.close()
+                if attempt:
+                    raise ConnectionError(f"{method} {path}: connection lost") from None
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        self.reader = self.writer = None
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    hostport = url.split("://", 1)[1].rstrip("/")
+    host, port = hostport.rsplit(":", 1)
+    return host, int(port)
+
+
 # -- simulated workers (in client processes) -------------------------------------------------
 def worker_process(url: str, first: int, count: int, args: dict, t_measure: float, t_end: float, out) -> None:
     asyncio.run(_workers(url, first, count, args, t_measure, t_end, out))
 
 
 async def _workers(url, first, count, args, t_measure, t_end, out) -> None:
-    import httpx
-
     from protocol.identity import KeyPair
     from protocol.messages import HardwareReport, Heartbeat, LeaseRequest, Registration
 
     rec = Recorder(t_measure)
     comps, engine = args["comps"], args["engine"]
     interval = 0.0 if args["saturate"] else args["workers"] / args["rate"] * args["tasks_per_lease"]
-    limits = httpx.Limits(max_connections=count + 8, max_keepalive_connections=count + 8)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    host, port = _host_port(url)
 
-        async def post(name: str, path: str, content: str):
+    async def one(i: int) -> None:
+        conn = Conn(host, port)
+
+        async def call(name: str, method: str, path: str, content: str = "") -> tuple[int, bytes] | None:
             t0 = time.perf_counter()
             try:
-                r = await http.post(path, content=content, headers={"content-type": "application/json"})
-            except httpx.HTTPError:
+                status, data = await conn.request(method, path, content.encode())
+            except (ConnectionError, OSError):
                 rec.add(name, t0, False)
                 return None
-            rec.add(name, t0, r.status_code < 400)
-            return r
+            rec.add(name, t0, status < 400)
+            return status, data
 
-        async def one(i: int) -> None:
-            signer = Signer(KeyPair.from_seed((i + 1).to_bytes(32, "big")))
-            reg = Registration(hardware=HardwareReport(cpu_count=8, ram_bytes=1 << 34), client_version="bench")
-            await post("register", "/v1/workers/register", signer.model("registration", reg))
-            await asyncio.sleep((i % count) / max(1, count) * max(interval, 0.05))  # spread the starts
-            next_hb = next_poll = time.time()
-            next_work = time.time()
-            while time.time() < t_end:
-                now = time.time()
-                if now >= next_hb:
-                    next_hb = now + HEARTBEAT_S
-                    await post("heartbeat", "/v1/workers/heartbeat", signer.model("heartbeat", Heartbeat(status="bench")))
-                if now >= next_poll:
-                    next_poll = now + POLICY_POLL_S
-                    t0 = time.perf_counter()
-                    try:
-                        r = await http.get("/v1/policy")
-                        rec.add("policy", t0, r.status_code == 200)
-                    except httpx.HTTPError:
-                        rec.add("policy", t0, False)
-                r = await post("lease", "/v1/leases", signer.model("lease_request", LeaseRequest(max_tasks=args["tasks_per_lease"])))
-                if r is None or r.status_code != 200:
-                    await asyncio.sleep(0.5)
-                    continue
-                body = r.json()
-                leases = [e["body"] for e in body["leases"]]
-                if not leases:
-                    await asyncio.sleep(body.get("retry_after_s") or 0.5)
-                    continue
-                next_work += interval
-                wait = next_work - time.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)  # "generation"
-                else:
-                    next_work = time.time()
-                for lease in leases:
-                    content = signer.envelope("submission", submission_body(comps, engine, lease["lease_id"],
-                                                                            lease["max_policy_version"]))
-                    await post("submit", "/v1/submissions", content)
+        signer = Signer(KeyPair.from_seed((i + 1).to_bytes(32, "big")))
+        reg = Registration(hardware=HardwareReport(cpu_count=8, ram_bytes=1 << 34), client_version="bench")
+        await call("register", "POST", "/v1/workers/register", signer.model("registration", reg))
+        await asyncio.sleep((i % count) / max(1, count) * max(interval, 0.05))  # spread the starts
+        next_hb = next_poll = next_work = time.time()
+        lease_req = LeaseRequest(max_tasks=args["tasks_per_lease"])
+        while time.time() < t_end:
+            now = time.time()
+            if now >= next_hb:
+                next_hb = now + HEARTBEAT_S
+                await call("heartbeat", "POST", "/v1/workers/heartbeat", signer.model("heartbeat", Heartbeat(status="bench")))
+            if now >= next_poll:
+                next_poll = now + POLICY_POLL_S
+                await call("policy", "GET", "/v1/policy")
+            r = await call("lease", "POST", "/v1/leases", signer.model("lease_request", lease_req))
+            if r is None or r[0] != 200:
+                await asyncio.sleep(0.5)
+                continue
+            body = json.loads(r[1])
+            leases = [e["body"] for e in body["leases"]]
+            if not leases:
+                await asyncio.sleep(body.get("retry_after_s") or 0.5)
+                continue
+            next_work += interval
+            wait = next_work - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # "generation"
+            else:
+                next_work = time.time()
+            for lease in leases:
+                content = signer.envelope("submission", submission_body(comps, engine, lease["lease_id"],
+                                                                        lease["max_policy_version"]))
+                await call("submit", "POST", "/v1/submissions", content)
+        await conn.close()
 
-        await asyncio.gather(*(one(i) for i in range(first, first + count)))
+    await asyncio.gather(*(one(i) for i in range(first, first + count)))
     out.put(rec.dump())
 
 
 # -- simulated verifier and trainer (in this process) ---------------------------------------
 async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, run_id: str, t_measure: float,
                                t_end: float, n_verifiers: int) -> tuple[Recorder, dict]:
-    import httpx
-
     from protocol.manifest import build_manifest, sign_manifest
     from protocol.messages import BatchRequest, ClaimRequest, Verdict
 
@@ -225,42 +276,47 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
     counts = {"verdicts": 0, "groups": 0, "versions": 1}
     vs = Signer(verifier)
     ts = Signer(operator)
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    host, port = _host_port(url)
 
-        async def verify_loop() -> None:
-            while time.time() < t_end:
+    async def verify_loop() -> None:
+        conn = Conn(host, port)
+        while time.time() < t_end:
+            t0 = time.perf_counter()
+            status, data = await conn.request("POST", "/v1/verification/claim",
+                                              vs.model("verification_claim", ClaimRequest(max_jobs=32)).encode())
+            rec.add("claim", t0, status == 200)
+            jobs = json.loads(data).get("jobs", []) if status == 200 else []
+            if not jobs:
+                await asyncio.sleep(0.05)
+                continue
+            for job in jobs:
+                v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=[])
                 t0 = time.perf_counter()
-                r = await http.post("/v1/verification/claim", content=vs.model("verification_claim", ClaimRequest(max_jobs=32)))
-                rec.add("claim", t0, r.status_code == 200)
-                jobs = r.json().get("jobs", []) if r.status_code == 200 else []
-                if not jobs:
-                    await asyncio.sleep(0.05)
-                    continue
-                for job in jobs:
-                    v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=[])
-                    t0 = time.perf_counter()
-                    r = await http.post("/v1/verdicts", content=vs.model("verdict", v))
-                    if rec.add("verdict", t0, r.status_code == 200) and r.status_code == 200:
-                        counts["verdicts"] += 1
+                status, _ = await conn.request("POST", "/v1/verdicts", vs.model("verdict", v).encode())
+                if rec.add("verdict", t0, status == 200) and status == 200:
+                    counts["verdicts"] += 1
+        await conn.close()
 
-        async def train_loop() -> None:
-            version, next_publish = 0, time.time() + PUBLISH_EVERY_S
-            while time.time() < t_end:
+    async def train_loop() -> None:
+        conn = Conn(host, port)
+        version, next_publish = 0, time.time() + PUBLISH_EVERY_S
+        while time.time() < t_end:
+            t0 = time.perf_counter()
+            req = BatchRequest(max_groups=256, min_policy_version=0, wait_s=1.0)
+            status, data = await conn.request("POST", "/v1/trainer/batch", ts.model("batch_request", req).encode())
+            if rec.add("batch", t0, status == 200) and status == 200:
+                counts["groups"] += len(json.loads(data)["groups"])
+            if time.time() >= next_publish:
+                version += 1
+                next_publish += PUBLISH_EVERY_S
+                m = build_manifest(model_dir, run_id=run_id, version=version, step=version)
                 t0 = time.perf_counter()
-                req = BatchRequest(max_groups=256, min_policy_version=0, wait_s=1.0)
-                r = await http.post("/v1/trainer/batch", content=ts.model("batch_request", req))
-                if rec.add("batch", t0, r.status_code == 200) and r.status_code == 200:
-                    counts["groups"] += len(r.json()["groups"])
-                if time.time() >= next_publish:
-                    version += 1
-                    next_publish += PUBLISH_EVERY_S
-                    m = build_manifest(model_dir, run_id=run_id, version=version, step=version)
-                    t0 = time.perf_counter()
-                    r = await http.post("/v1/policy", content=sign_manifest(m, operator).model_dump_json())
-                    rec.add("publish", t0, r.status_code == 200)
-                    counts["versions"] += 1
+                status, _ = await conn.request("POST", "/v1/policy", sign_manifest(m, operator).model_dump_json().encode())
+                rec.add("publish", t0, status == 200)
+                counts["versions"] += 1
+        await conn.close()
 
-        await asyncio.gather(train_loop(), *(verify_loop() for _ in range(n_verifiers)))
+    await asyncio.gather(train_loop(), *(verify_loop() for _ in range(n_verifiers)))
     return rec, counts
 
 
@@ -313,7 +369,7 @@ def run_one(db: str, args, tmp: Path) -> dict:
         database_url=url, group_size=args.group_size, async_window=2, lease_ttl_s=120,
         sampling={"temperature": 1.0, "max_tokens": args.tokens},
         limits={"requests_per_s_per_worker": 1000, "burst": 2000, "max_leases_per_worker": 64},
-        archive=not args.no_archive)
+        archive=not args.no_archive, workers=args.server_procs)
     proc = start_coordinator(tmp, cfg)
     try:
         base = f"http://127.0.0.1:{(cfg.data_dir / 'coordinator.port').read_text().strip()}"
@@ -347,7 +403,8 @@ def run_one(db: str, args, tmp: Path) -> dict:
             pr.join(timeout=30)
         with httpx.Client(base_url=base) as http:
             stats = http.get("/v1/stats").json()
-        return {"db": db, "rec": rec, "counts": counts, "stats": stats, "body_kb": body_kb}
+            server = server_latency(http.get("/metrics").text)
+        return {"db": db, "rec": rec, "counts": counts, "stats": stats, "body_kb": body_kb, "server": server}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -356,6 +413,42 @@ def run_one(db: str, args, tmp: Path) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
         if pg is not None:
             pg.remove()
+
+
+def server_latency(metrics_text: str) -> dict[str, dict]:
+    """Per route: request count, mean and bucket-interpolated p50/p99 of the coordinator's own
+    handling time (swarmrl_coordinator_request_seconds), over the whole run."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith("swarmrl_coordinator_request_seconds"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        labels = dict(kv.split("=", 1) for kv in name[name.index("{") + 1:name.rindex("}")].split(",")) if "{" in name else {}
+        route = labels.get("route", "").strip('"')
+        if name.startswith("swarmrl_coordinator_request_seconds_bucket"):
+            le = labels["le"].strip('"')
+            buckets.setdefault(route, []).append((float("inf") if le == "+Inf" else float(le), float(value)))
+        elif name.startswith("swarmrl_coordinator_request_seconds_sum"):
+            sums[route] = float(value)
+        elif name.startswith("swarmrl_coordinator_request_seconds_count"):
+            counts[route] = float(value)
+
+    def quantile(bs: list[tuple[float, float]], q: float) -> float:
+        bs = sorted(bs)
+        total = bs[-1][1]
+        prev_le, prev_n = 0.0, 0.0
+        for le, n in bs:
+            if n >= q * total:
+                if le == float("inf"):
+                    return prev_le
+                return prev_le + (le - prev_le) * ((q * total - prev_n) / max(n - prev_n, 1e-9))
+            prev_le, prev_n = le, n
+        return prev_le
+
+    return {r: {"n": counts.get(r, 0), "mean": sums.get(r, 0) / max(counts.get(r, 1), 1),
+                "p50": quantile(b, 0.5), "p99": quantile(b, 0.99)} for r, b in buckets.items() if b and b[-1][1]}
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -368,7 +461,7 @@ def _pct(xs: list[float], q: float) -> float:
 def report(res: dict, args) -> None:
     rec, counts, dur = res["rec"], res["counts"], args.duration
     subs = rec.ok.get("submit", 0)
-    print(f"\n== coordinator on {res['db']}: {args.workers} workers, {dur:.0f} s measured after {args.warmup:.0f} s "
+    print(f"\n== coordinator ({args.server_procs} process{'es' if args.server_procs > 1 else ''}) on {res['db']}: {args.workers} workers, {dur:.0f} s measured after {args.warmup:.0f} s "
           f"warm-up, {args.group_size}x{args.tokens} tokens per submission ({res['body_kb']:.0f} KB), offered "
           f"{'unpaced (saturate)' if args.saturate else f'{args.rate:.0f} submissions/s'}")
     print(f"   sustained: {subs / dur:7.1f} submissions/s   {counts['verdicts'] / dur:7.1f} verdicts/s   "
@@ -381,6 +474,10 @@ def report(res: dict, args) -> None:
         note = "  (long-poll, wait_s=1)" if name == "batch" else ""
         print(f"   {name:<10} {rec.ok.get(name, 0):>8} {rec.errors.get(name, 0):>7} {len(xs) / dur:>8.1f} "
               f"{1000 * _pct(xs, 0.5):>8.1f} {1000 * _pct(xs, 0.99):>8.1f} {1000 * max(xs):>8.1f}{note}")
+    print("   server-side handling time (coordinator's own histogram, whole run incl. warm-up):")
+    for route, v in sorted(res["server"].items(), key=lambda kv: -kv[1]["n"]):
+        print(f"     {route:<12} n={int(v['n']):>7}  mean {1000 * v['mean']:7.2f} ms  ~p50 {1000 * v['p50']:7.2f} ms  "
+              f"~p99 {1000 * v['p99']:7.2f} ms")
     st = res["stats"]
     print(f"   end state: submissions {st['submissions']}, buffer depth {st['buffer']['depth']}, "
           f"dropped stale {st['buffer']['dropped_stale']}")
@@ -399,6 +496,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64, help="hidden size of the model (and of the proofs)")
     ap.add_argument("--tasks-per-lease", type=int, default=2)
     ap.add_argument("--client-procs", type=int, default=1)
+    ap.add_argument("--server-procs", type=int, default=2, help="coordinator processes (its `workers` setting)")
     ap.add_argument("--verifiers", type=int, default=2, help="concurrent verifier loops")
     ap.add_argument("--no-archive", action="store_true")
     ap.add_argument("--pg-port", type=int, default=55439)

@@ -140,17 +140,18 @@ class Api:
         self.done(route, t0, resp.status_code)
         return resp
 
-    async def long_poll_batch(self, opened, _raw, _address) -> BatchResponse:
+    async def long_poll_batch(self, opened, _raw, _address) -> bytes:
         ctx = self.ctx
         req: BatchRequest = opened.body
-        resp = training.begin_batch(ctx, opened)
+        batch = training.begin_batch(ctx, opened)
         deadline = time.monotonic() + req.wait_s
-        dropped = resp.dropped_stale
-        while not resp.groups and time.monotonic() < deadline:
+        dropped = batch.dropped_stale
+        while not batch.groups and time.monotonic() < deadline:
             await ctx.groups.wait(min(BATCH_POLL_S, deadline - time.monotonic()))
-            resp = training.take_batch(ctx, req)
-            dropped += resp.dropped_stale
-        return BatchResponse(groups=resp.groups, dropped_stale=dropped)
+            batch = training.take_batch(ctx, req)
+            dropped += batch.dropped_stale
+        batch.dropped_stale = dropped
+        return batch.to_json()
 
 
 def create_app(ctx: Context, *, background: bool = True) -> FastAPI:

@@ -73,8 +73,7 @@ def heartbeat(ctx: Context, opened: Opened[Heartbeat]) -> dict:
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         row = require_worker(conn, opened.signer_id)
-        workers.seen(conn, row.worker_id, now, policy_version=hb.policy_version,
-                     tokens_per_s=hb.tokens_per_s, status_text=hb.status)
+        workers.heartbeat(conn, row.worker_id, now, hb.policy_version, hb.tokens_per_s, hb.status)
         current = policy.current(conn)
     return {"ok": True, "policy_version": current, "check_rate": worker_check_rate(ctx, row.clean_checks)}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 
 from coordinator.context import Context
 from coordinator.errors import Conflict, Invalid, Unauthorized
@@ -29,14 +30,31 @@ from protocol.messages import BatchRequest, BatchResponse, PolicyInfo, TrainingG
 log = logging.getLogger("swarmrl.coordinator")
 
 
-def begin_batch(ctx: Context, opened: Opened[BatchRequest]) -> BatchResponse:
+@dataclass
+class Batch:
+    """Groups taken from the buffer, as `TrainingGroup` dicts (built from stored, validated
+    rows: encoding them with json is much cheaper than a pydantic round trip per group)."""
+
+    groups: list[dict]
+    dropped_stale: int = 0
+
+    def to_json(self) -> bytes:
+        return json.dumps({"groups": self.groups, "dropped_stale": self.dropped_stale},
+                          separators=(",", ":")).encode()
+
+    def to_response(self) -> BatchResponse:
+        return BatchResponse(groups=[TrainingGroup.model_validate(g) for g in self.groups],
+                             dropped_stale=self.dropped_stale)
+
+
+def begin_batch(ctx: Context, opened: Opened[BatchRequest]) -> Batch:
     """The first attempt of a batch request: records its nonce, then takes what is there."""
     with ctx.db.write() as conn:
         use_nonce(conn, opened, ctx.clock())
     return take_batch(ctx, opened.body)
 
 
-def take_batch(ctx: Context, req: BatchRequest) -> BatchResponse:
+def take_batch(ctx: Context, req: BatchRequest) -> Batch:
     now = ctx.clock()
     with ctx.db.write() as conn:
         current = policy.current(conn)
@@ -50,19 +68,19 @@ def take_batch(ctx: Context, req: BatchRequest) -> BatchResponse:
         ctx.metrics.dropped_stale.inc(stale)
     if groups:
         ctx.metrics.groups_served.inc(len(groups))
-    return BatchResponse(groups=groups, dropped_stale=stale)
+    return Batch(groups=groups, dropped_stale=stale)
 
 
-def _group(r) -> TrainingGroup:
+def _group(r) -> dict:
+    """A `TrainingGroup` as a dict (same fields; a test checks it validates)."""
     sub = json.loads(r.envelope)["body"]
     lease = json.loads(r.lease_envelope)["body"]
     comps = sub["completions"]
-    return TrainingGroup(submission_id=r.submission_id, task_id=r.task_id, worker_id=r.worker_id,
-                         policy_version=r.policy_version, prompt_token_ids=lease["prompt_token_ids"],
-                         completions=[c["token_ids"] for c in comps],
-                         finish_reasons=[c["finish_reason"] for c in comps],
-                         rewards=json.loads(r.rewards), advantages=json.loads(r.advantages),
-                         temperature=lease["sampling"]["temperature"])
+    return {"submission_id": r.submission_id, "task_id": r.task_id, "worker_id": r.worker_id,
+            "policy_version": int(r.policy_version), "prompt_token_ids": lease["prompt_token_ids"],
+            "completions": [c["token_ids"] for c in comps], "finish_reasons": [c["finish_reason"] for c in comps],
+            "rewards": json.loads(r.rewards), "advantages": json.loads(r.advantages),
+            "temperature": lease["sampling"]["temperature"]}
 
 
 def post_policy(ctx: Context, env: Envelope) -> PolicyInfo:

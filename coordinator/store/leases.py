@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, select, update
 
 from coordinator.rules.leasing import ReturnedTask
 from coordinator.store.schema import leases, task_returns
 from coordinator.store.sql import insert_ignore
 
+# hot statements, built once (see workers.py)
+_GET = select(leases).where(leases.c.lease_id == bindparam("l"))
+_COUNT_ACTIVE = select(func.count()).select_from(leases).where(
+    and_(leases.c.worker_id == bindparam("w"), leases.c.status == "active"))
+_INSERT = leases.insert()
+_CLOSE = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.status == "active"))
+          .values(status=bindparam("to"), closed_at=bindparam("now")))
+_RETURNED = (select(task_returns.c.task_index, task_returns.c.previous_worker)
+             .order_by(task_returns.c.returned_at, task_returns.c.task_index).limit(bindparam("n")))
+_TAKE_RETURNED = delete(task_returns).where(task_returns.c.task_index.in_(bindparam("ids", expanding=True)))
+
 
 def get(conn: Connection, lease_id: str) -> Row | None:
-    return conn.execute(select(leases).where(leases.c.lease_id == lease_id)).first()
+    return conn.execute(_GET, {"l": lease_id}).first()
 
 
 def get_many(conn: Connection, lease_ids: list[str]) -> list[Row]:
@@ -20,21 +31,17 @@ def get_many(conn: Connection, lease_ids: list[str]) -> list[Row]:
 
 
 def count_active(conn: Connection, worker_id: str) -> int:
-    q = select(func.count()).select_from(leases).where(
-        and_(leases.c.worker_id == worker_id, leases.c.status == "active"))
-    return int(conn.execute(q).scalar_one())
+    return int(conn.execute(_COUNT_ACTIVE, {"w": worker_id}).scalar_one())
 
 
 def insert_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(leases.insert(), rows)
+        conn.execute(_INSERT, rows)
 
 
 def close(conn: Connection, lease_id: str, to_status: str, now: float) -> bool:
     """active -> to_status; False if the lease was not active (someone else closed it)."""
-    res = conn.execute(update(leases).where(and_(leases.c.lease_id == lease_id, leases.c.status == "active"))
-                       .values(status=to_status, closed_at=now))
-    return res.rowcount == 1
+    return conn.execute(_CLOSE, {"l": lease_id, "to": to_status, "now": now}).rowcount == 1
 
 
 def close_many(conn: Connection, lease_ids: list[str], to_status: str, now: float) -> list[Row]:
@@ -75,15 +82,13 @@ def return_tasks(conn: Connection, rows: list[Row], now: float) -> int:
 
 
 def returned(conn: Connection, limit: int) -> list[ReturnedTask]:
-    q = select(task_returns.c.task_index, task_returns.c.previous_worker).order_by(
-        task_returns.c.returned_at, task_returns.c.task_index).limit(limit)
-    return [ReturnedTask(int(i), w) for i, w in conn.execute(q)]
+    return [ReturnedTask(int(i), w) for i, w in conn.execute(_RETURNED, {"n": limit})]
 
 
 def take_returned(conn: Connection, indices: list[int]) -> int:
     if not indices:
         return 0
-    return conn.execute(delete(task_returns).where(task_returns.c.task_index.in_(indices))).rowcount
+    return conn.execute(_TAKE_RETURNED, {"ids": indices}).rowcount
 
 
 def count_returned(conn: Connection) -> int:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Row, func, select
+from sqlalchemy import Connection, Row, bindparam, func, select
 
 from coordinator.store.schema import policy_versions
 
+_CURRENT = select(func.max(policy_versions.c.version))
+_GET = select(policy_versions).where(policy_versions.c.version == bindparam("v"))
+
 
 def current(conn: Connection) -> int | None:
-    return conn.execute(select(func.max(policy_versions.c.version))).scalar_one_or_none()
+    return conn.execute(_CURRENT).scalar_one_or_none()
 
 
 def get(conn: Connection, version: int) -> Row | None:
-    return conn.execute(select(policy_versions).where(policy_versions.c.version == version)).first()
+    return conn.execute(_GET, {"v": version}).first()
 
 
 def insert(conn: Connection, version: int, step: int, created_at: float, received_at: float, manifest: str) -> None:

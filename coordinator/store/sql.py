@@ -17,13 +17,20 @@ def _dialect_insert(conn: Connection, table: Table):
     return insert(table)
 
 
+_INSERT_IGNORE: dict[tuple[str, str], Any] = {}
+
+
 def insert_ignore(conn: Connection, table: Table, values: dict[str, Any] | list[dict[str, Any]]) -> int:
     """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted. Counted with
-    RETURNING, because drivers disagree on `rowcount` here (psycopg 3 reports -1)."""
+    RETURNING, because drivers disagree on `rowcount` here (psycopg 3 reports -1). The
+    statement is built once per (dialect, table) and reused (it only takes parameters)."""
     if isinstance(values, list) and not values:
         return 0
-    key = next(iter(table.primary_key.columns))
-    stmt = _dialect_insert(conn, table).on_conflict_do_nothing().returning(key)
+    key = (conn.dialect.name, table.name)
+    stmt = _INSERT_IGNORE.get(key)
+    if stmt is None:
+        pk = next(iter(table.primary_key.columns))
+        stmt = _INSERT_IGNORE[key] = _dialect_insert(conn, table).on_conflict_do_nothing().returning(pk)
     return len(conn.execute(stmt, values).all())
 
 

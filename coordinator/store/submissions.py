@@ -5,9 +5,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, case, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, case, func, or_, select, update
 
 from coordinator.store.schema import leases, submissions
+
+c_ = submissions.c
+# hot statements, built once (see workers.py)
+_STATUS = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_tokens, c_.full_check, c_.policy_version,
+                 c_.lease_id).where(c_.submission_id == bindparam("s"))
+_CONTENT = select(c_.submission_id).where(and_(c_.task_id == bindparam("t"), c_.content_hash == bindparam("h")))
+_INSERT = submissions.insert()
+_CLAIMABLE = (select(c_.submission_id)
+              .where(and_(c_.status == "queued", or_(c_.claimed_at.is_(None), c_.claimed_at < bindparam("before"))))
+              .order_by(c_.received_at, c_.submission_id).limit(bindparam("n")))
+_MARK_CLAIMED = (update(submissions).where(and_(c_.submission_id.in_(bindparam("ids", expanding=True)),
+                                                c_.status == "queued"))
+                 .values(claimed_by=bindparam("by"), claimed_at=bindparam("now")))
+_JOBS = (select(c_.submission_id, c_.worker_id, c_.task_index, c_.rewards, c_.full_check, c_.envelope,
+                leases.c.envelope.label("lease_envelope"))
+         .join(leases, leases.c.lease_id == c_.lease_id)
+         .where(c_.submission_id.in_(bindparam("ids", expanding=True))).order_by(c_.received_at, c_.submission_id))
+_DECIDE = (update(submissions).where(and_(c_.submission_id == bindparam("s"), c_.status == "queued"))
+           .values(status=bindparam("st"), verdict=bindparam("v"), reason=bindparam("r"), decided_at=bindparam("now"),
+                   buffer=bindparam("buf")))
 
 
 def get(conn: Connection, submission_id: str) -> Row | None:
@@ -15,49 +35,33 @@ def get(conn: Connection, submission_id: str) -> Row | None:
 
 
 def get_status(conn: Connection, submission_id: str) -> Row | None:
-    c = submissions.c
-    q = select(c.submission_id, c.worker_id, c.status, c.reason, c.n_tokens, c.full_check, c.policy_version,
-               c.lease_id).where(c.submission_id == submission_id)
-    return conn.execute(q).first()
+    return conn.execute(_STATUS, {"s": submission_id}).first()
 
 
 def content_exists(conn: Connection, task_id: str, content_hash: str) -> str | None:
-    q = select(submissions.c.submission_id).where(
-        and_(submissions.c.task_id == task_id, submissions.c.content_hash == content_hash))
-    return conn.execute(q).scalar_one_or_none()
+    return conn.execute(_CONTENT, {"t": task_id, "h": content_hash}).scalar_one_or_none()
 
 
 def insert(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(submissions.insert().values(**values))
+    conn.execute(_INSERT, values)
 
 
 # -- verification queue ----------------------------------------------------------------------
 def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit: int) -> list[Row]:
     """Hand up to `limit` queued submissions to `verifier`: unclaimed ones, or ones whose
     claim is older than `claim_ttl_s` (the verifier that took them died). Oldest first."""
-    c = submissions.c
-    cond = and_(c.status == "queued", or_(c.claimed_at.is_(None), c.claimed_at < now - claim_ttl_s))
-    q = select(c.submission_id).where(cond).order_by(c.received_at, c.submission_id).limit(limit)
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    ids = list(conn.execute(q).scalars())
+    q = _CLAIMABLE.with_for_update(skip_locked=True) if conn.dialect.name == "postgresql" else _CLAIMABLE
+    ids = list(conn.execute(q, {"before": now - claim_ttl_s, "n": limit}).scalars())
     if not ids:
         return []
-    conn.execute(update(submissions).where(and_(c.submission_id.in_(ids), c.status == "queued"))
-                 .values(claimed_by=verifier, claimed_at=now))
-    q = (select(c.submission_id, c.worker_id, c.task_index, c.rewards, c.full_check, c.envelope,
-                leases.c.envelope.label("lease_envelope"))
-         .join(leases, leases.c.lease_id == c.lease_id)
-         .where(c.submission_id.in_(ids)).order_by(c.received_at, c.submission_id))
-    return list(conn.execute(q))
+    conn.execute(_MARK_CLAIMED, {"ids": ids, "by": verifier, "now": now})
+    return list(conn.execute(_JOBS, {"ids": ids}))
 
 
 def decide(conn: Connection, submission_id: str, accepted: bool, verdict_json: str, reason: str, now: float) -> bool:
     """queued -> accepted (into the buffer) or rejected; False if it was no longer queued."""
-    c = submissions.c
-    res = conn.execute(update(submissions).where(and_(c.submission_id == submission_id, c.status == "queued"))
-                       .values(status="accepted" if accepted else "rejected", verdict=verdict_json,
-                               reason=reason[:2000], decided_at=now, buffer="ready" if accepted else None))
+    res = conn.execute(_DECIDE, {"s": submission_id, "st": "accepted" if accepted else "rejected", "v": verdict_json,
+                                 "r": reason[:2000], "now": now, "buf": "ready" if accepted else None})
     return res.rowcount == 1
 
 

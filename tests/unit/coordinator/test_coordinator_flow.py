@@ -154,3 +154,20 @@ def test_stats_report_workers_versions_buffer_and_rewards(swarm):
     assert st["rewards_by_version"] == [{"policy_version": 1, "submissions": 1, "accepted": 1,
                                          "mean_reward": 0.0, "mean_reward_accepted": 0.0}]
     json.dumps(st)
+
+
+def test_training_groups_are_valid_wire_types(swarm):
+    """The batch route encodes groups without pydantic; they must still be exact TrainingGroups."""
+    from protocol.messages import TrainingGroup
+
+    swarm.publish(0)
+    w = swarm.new_worker()
+    (lease,) = swarm.lease(w)
+    sid = swarm.submit(w, lease).json()["submission_id"]
+    swarm.claim()
+    swarm.verdict(sid, True)
+    raw = swarm.batch().json()
+    assert set(raw) == {"groups", "dropped_stale"}
+    (g,) = raw["groups"]
+    assert set(g) == set(TrainingGroup.model_fields)
+    assert TrainingGroup.model_validate(g).model_dump(mode="json") == g
