@@ -1,0 +1,228 @@
+"""bench/learning.py — does the swarm learn, and what does asynchrony buy?
+
+Runs the whole local swarm (coordinator, trainer with its origin, relay, verifier, honest
+workers; the demo's launcher `swarmrl.swarm`) on the demo task from the same warm-started
+model and seed, once per async window (default: 0 = synchronous, and 2), and reports
+
+  * held-out greedy accuracy against wall time and against policy version (the trainer's
+    eval.csv), as a PNG plot and a table;
+  * the trainer's idle fraction (its own phase accounting: waiting for data / total) and the
+    workers' idle fraction (1 - CPU seconds / wall seconds of each worker process);
+  * how long the async run took to reach the synchronous run's final accuracy, as a share
+    of the synchronous run's wall time (goal: <= 0.6).
+
+The trainer is pinned to CPU 0 and every other process to CPU 1 (os.sched_setaffinity on
+each thread), as if they were separate machines, so the overlap of training and generation
+is real. Timings on a shared machine are noisy: the table says what else was running.
+
+    python bench/learning.py                       # windows 0 and 2, 4 minutes each
+    python bench/learning.py --windows 2 --minutes 5 --out bench/out/learning
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+# `python bench/learning.py` puts bench/ first on sys.path, where bench/coordinator.py would
+# shadow the coordinator package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import httpx  # noqa: E402
+
+from coordinator.trainer.config import TrainerConfig  # noqa: E402
+from protocol.config import load_config  # noqa: E402
+from swarmrl.modelkit import DEMO_RECIPE, build_demo_model  # noqa: E402
+from swarmrl.procs import ProcessGroup, write_config  # noqa: E402
+from swarmrl.swarm import SwarmSettings, plan_swarm, start_swarm  # noqa: E402
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of `pid` (threads created later inherit from their creator)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, OSError):
+            pass
+
+
+def settings_for(window: int, seed: int, workers: int) -> SwarmSettings:
+    r = DEMO_RECIPE
+    return SwarmSettings(seed=seed, honest_workers=workers, cheaters=0, group_size=r.group_size,
+                         temperature=r.temperature, max_tokens=r.max_tokens, task_options=dict(r.task_options),
+                         async_window=window, lr=r.lr, groups_per_step=r.groups_per_step, eval_every=3,
+                         eval_tasks=300)
+
+
+def run_one(root: Path, model_src: Path, window: int, args) -> dict:
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    model_dir = root / "model"
+    shutil.copytree(model_src, model_dir)
+    plan = plan_swarm(root, model_dir, settings_for(window, args.seed, args.workers))
+    tcfg = load_config(TrainerConfig, plan.configs["trainer"])
+    write_config(plan.configs["trainer"], tcfg.model_copy(update={
+        "updates_per_batch": DEMO_RECIPE.updates_per_batch, "grad_clip": DEMO_RECIPE.grad_clip}))
+    ncpu = os.cpu_count() or 1
+    trainer_cpus, other_cpus = ({0}, {1}) if ncpu >= 2 and args.pin else (set(range(ncpu)), set(range(ncpu)))
+    with ProcessGroup(plan.logs) as group:
+        start_swarm(plan, group)
+        t_start = time.time()
+        deadline = time.monotonic() + args.minutes * 60
+        cpu0: dict[str, float] = {}
+        pinned_at = 0.0
+        with httpx.Client(timeout=5) as http:
+            while time.monotonic() < deadline:
+                if time.monotonic() - pinned_at > 5:  # re-pin: catches threads started since
+                    for c in group.children:
+                        pin(c.popen.pid, trainer_cpus if c.name == "trainer" else other_cpus)
+                    pinned_at = time.monotonic()
+                for c in group.children:
+                    if not c.alive:
+                        raise SystemExit(f"{c.name} died:\n{c.tail(30)}")
+                    cpu0.setdefault(c.name, cpu_seconds(c.popen.pid))
+                time.sleep(1.0)
+            wall = time.time() - t_start
+            cpu = {c.name: cpu_seconds(c.popen.pid) - cpu0.get(c.name, 0.0) for c in group.children}
+            status = _trainer_status(http, root)
+    evals = list(csv.DictReader(open(root / "trainer" / "eval.csv"))) if (root / "trainer" / "eval.csv").exists() else []
+    curve = [{"version": int(r["version"]), "t": float(r["unix_time"]) - t_start, "acc": float(r["greedy_accuracy"])}
+             for r in evals]
+    workers = [n for n in plan.worker_names]
+    worker_busy = [min(1.0, cpu.get(n, 0.0) / wall) for n in workers]
+    phases = status.get("phase_seconds", {})
+    total = sum(phases.values()) or 1.0
+    return {"window": window, "wall_s": wall, "curve": curve, "final_version": status.get("version"),
+            "trainer_idle": phases.get("waiting", 0.0) / total, "trainer_phases": phases,
+            "trainer_cpu_busy": cpu.get("trainer", 0.0) / wall,
+            "worker_idle": 1.0 - sum(worker_busy) / max(1, len(worker_busy)), "cpu_s": cpu}
+
+
+def _trainer_status(http: httpx.Client, root: Path) -> dict:
+    try:
+        port = int((root / "trainer" / "trainer.port").read_text())
+        return http.get(f"http://127.0.0.1:{port}/v1/trainer/status").json()
+    except (OSError, ValueError, httpx.HTTPError):
+        return {}
+
+
+def smoothed(curve: list[dict], k: int = 3) -> list[tuple[float, int, float]]:
+    """(time, version, mean of the last k evaluations) along the curve."""
+    out = []
+    for i in range(len(curve)):
+        w = curve[max(0, i - k + 1): i + 1]
+        out.append((curve[i]["t"], curve[i]["version"], sum(p["acc"] for p in w) / len(w)))
+    return out
+
+
+def compare(sync: dict, asyn: dict) -> dict:
+    s, a = smoothed(sync["curve"]), smoothed(asyn["curve"])
+    if not s or not a:
+        return {}
+    target = s[-1][2]
+    t_sync = s[-1][0]
+    reach = next((t for t, _, acc in a if acc >= target), None)
+    return {"sync_final_acc": target, "sync_time_s": t_sync, "async_time_to_reach_s": reach,
+            "ratio": None if reach is None else reach / t_sync}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        label = f"async window {r['window']}" + (" (synchronous)" if r["window"] == 0 else "")
+        ax1.plot([p["t"] for p in r["curve"]], [p["acc"] for p in r["curve"]], marker=".", label=label)
+        ax2.plot([p["version"] for p in r["curve"]], [p["acc"] for p in r["curve"]], marker=".", label=label)
+    ax1.set_xlabel("wall time since the swarm started (s)")
+    ax2.set_xlabel("policy version")
+    for ax in (ax1, ax2):
+        ax.set_ylabel("held-out greedy accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("swarmrl demo task: GRPO on the local swarm (trainer on CPU 0, everything else on CPU 1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(results: list[dict], cmp: dict) -> str:
+    lines = ["| window | wall s | versions | acc start | acc end (mean last 3) | best | trainer idle | "
+             "trainer CPU busy | worker idle |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["curve"]
+        sm = smoothed(c)
+        lines.append(f"| {r['window']} | {r['wall_s']:.0f} | {r['final_version']} | "
+                     f"{c[0]['acc']:.3f} | {sm[-1][2] if sm else float('nan'):.3f} | "
+                     f"{max((p['acc'] for p in c), default=float('nan')):.3f} | {r['trainer_idle']:.2f} | "
+                     f"{r['trainer_cpu_busy']:.2f} | {r['worker_idle']:.2f} |")
+    if cmp:
+        reach = cmp["async_time_to_reach_s"]
+        lines.append("")
+        lines.append(f"synchronous final accuracy {cmp['sync_final_acc']:.3f} after {cmp['sync_time_s']:.0f} s; "
+                     + (f"async reached it after {reach:.0f} s = {cmp['ratio']:.2f} of the synchronous time (goal <= 0.6)"
+                        if reach is not None else "async never reached it"))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--windows", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--no-pin", dest="pin", action="store_false")
+    ap.add_argument("--out", type=Path, default=Path("bench/out/learning"))
+    ap.add_argument("--model", type=Path, default=None, help="an already warm-started model (default: build one)")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        model = args.out / "model"
+        if model.exists():
+            shutil.rmtree(model)
+        info = build_demo_model(model, seed=args.seed)
+        print(f"model: {info['parameters']:,} parameters; warm start {info['warm_start']}")
+    results = []
+    for w in args.windows:
+        print(f"running the swarm with async window {w} for {args.minutes:g} min ...", flush=True)
+        r = run_one(args.out / f"run-window{w}", model, w, args)
+        results.append(r)
+        print(f"  versions {r['final_version']}, evals {[(p['version'], round(p['acc'], 3)) for p in r['curve']]}", flush=True)
+    by = {r["window"]: r for r in results}
+    cmp = compare(by[0], by[max(by)]) if 0 in by and len(by) > 1 else {}
+    text = table(results, cmp)
+    load = os.getloadavg()
+    text += f"\n\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores; other jobs add noise)"
+    print(text)
+    (args.out / "learning.md").write_text(text + "\n")
+    (args.out / "learning.json").write_text(json.dumps({"results": results, "compare": cmp,
+                                                        "recipe": asdict(replace(DEMO_RECIPE))}, indent=1))
+    plot(results, args.out / "learning.png")
+    print(f"wrote {args.out / 'learning.png'}, learning.md, learning.json")
+
+
+if __name__ == "__main__":
+    main()
