@@ -58,6 +58,11 @@ class TaskBook:
         return cls(tokenizer, source, vocab_size=vocab, eos_token_id=eos, chat_template=chat_template,
                    hidden_size=hidden)
 
+    def task(self, index: int) -> Task:
+        """The task at `index` without encoding its prompt (answers and kinds for the verifier)."""
+        hit = self._cache.get(index % self._train_size)
+        return hit.task if hit is not None else self.source.task("train", index)
+
     def prepare(self, index: int) -> PreparedTask:
         key = index % self._train_size
         hit = self._cache.get(key)

@@ -25,26 +25,26 @@ from coordinator.store import meta, policy, submissions
 from protocol.envelope import Envelope, Opened
 from protocol.errors import MessageError, SignatureError
 from protocol.manifest import open_manifest
-from protocol.messages import BatchRequest, BatchResponse, PolicyInfo, TrainingGroup
+from protocol.messages import BatchRequest, BatchResponse, PolicyInfo
 
 log = logging.getLogger("swarmrl.coordinator")
 
 
 @dataclass
 class Batch:
-    """Groups taken from the buffer, as `TrainingGroup` dicts (built from stored, validated
-    rows: encoding them with json is much cheaper than a pydantic round trip per group)."""
+    """Groups taken from the buffer, each the JSON text of a `TrainingGroup`, assembled from
+    stored, validated pieces (a test checks they validate): the token ids are never decoded
+    and re-encoded on this path."""
 
-    groups: list[dict]
+    groups: list[str]
     dropped_stale: int = 0
 
     def to_json(self) -> bytes:
-        return json.dumps({"groups": self.groups, "dropped_stale": self.dropped_stale},
-                          separators=(",", ":")).encode()
+        return ('{"groups":[' + ",".join(self.groups) + '],"dropped_stale":' + str(int(self.dropped_stale))
+                + "}").encode()
 
     def to_response(self) -> BatchResponse:
-        return BatchResponse(groups=[TrainingGroup.model_validate(g) for g in self.groups],
-                             dropped_stale=self.dropped_stale)
+        return BatchResponse.model_validate_json(self.to_json())
 
 
 def begin_batch(ctx: Context, opened: Opened[BatchRequest]) -> Batch:
@@ -71,16 +71,13 @@ def take_batch(ctx: Context, req: BatchRequest) -> Batch:
     return Batch(groups=groups, dropped_stale=stale)
 
 
-def _group(r) -> dict:
-    """A `TrainingGroup` as a dict (same fields; a test checks it validates)."""
-    sub = json.loads(r.envelope)["body"]
+def _group(r) -> str:
+    """The JSON of one `TrainingGroup`: small fields encoded here, the stored payload spliced in."""
     lease = json.loads(r.lease_envelope)["body"]
-    comps = sub["completions"]
-    return {"submission_id": r.submission_id, "task_id": r.task_id, "worker_id": r.worker_id,
-            "policy_version": int(r.policy_version), "prompt_token_ids": lease["prompt_token_ids"],
-            "completions": [c["token_ids"] for c in comps], "finish_reasons": [c["finish_reason"] for c in comps],
-            "rewards": json.loads(r.rewards), "advantages": json.loads(r.advantages),
-            "temperature": lease["sampling"]["temperature"]}
+    head = json.dumps({"submission_id": r.submission_id, "task_id": r.task_id, "worker_id": r.worker_id,
+                       "policy_version": int(r.policy_version), "prompt_token_ids": lease["prompt_token_ids"],
+                       "temperature": lease["sampling"]["temperature"]}, separators=(",", ":"))
+    return (head[:-1] + ',"rewards":' + r.rewards + ',"advantages":' + r.advantages + "," + r.group_json[1:])
 
 
 def post_policy(ctx: Context, env: Envelope) -> PolicyInfo:

@@ -37,7 +37,7 @@ def claim(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
                                  opened.body.max_jobs)
     parts = []
     for r in rows:
-        task = ctx.tasks.prepare(r.task_index).task
+        task = ctx.tasks.task(r.task_index)
         head = json.dumps({"submission_id": r.submission_id, "worker_id": r.worker_id,
                            "rewards": json.loads(r.rewards), "task_answer": task.answer,
                            "task_kind": task.kind, "full_check": bool(r.full_check)}, separators=(",", ":"))

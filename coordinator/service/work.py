@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+from coordinator.auth import Verified, group_json
 from coordinator.context import Context
 from coordinator.errors import Conflict, Forbidden, NotFound
 from coordinator.rules import intake
@@ -114,17 +115,20 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
         if other is not None:
             raise Conflict("duplicate_completion", f"these completions were already submitted for task "
                                                    f"{row.task_id} (submission {other})")
-        task = ctx.tasks.prepare(row.task_index).task
+        task = ctx.tasks.task(row.task_index)
         rewards = ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
         rate = check_rate(worker.clean_checks, initial=cfg.check_rate.initial, floor=cfg.check_rate.floor,
                           halve_every=cfg.check_rate.halve_every)
         sid = submission_id_for(row.lease_id)
+        group = (group_json(opened.canonical_body, len(sub.completions)) if isinstance(opened, Verified) else None) \
+            or json.dumps({"completions": [c.token_ids for c in sub.completions],
+                           "finish_reasons": [c.finish_reason for c in sub.completions]}, separators=(",", ":"))
         submissions.insert(conn, dict(
             submission_id=sid, lease_id=row.lease_id, worker_id=worker_id, task_id=row.task_id,
             task_index=row.task_index, policy_version=sub.policy_version, status="queued",
             full_check=full_check(rate, ctx.rng.random()), rewards=json.dumps(rewards),
             advantages=json.dumps(group_advantages(rewards)), reward_mean=sum(rewards) / len(rewards),
-            n_tokens=n_tokens, content_hash=chash, received_at=now, envelope=raw.decode("utf-8")))
+            n_tokens=n_tokens, content_hash=chash, received_at=now), envelope=raw.decode("utf-8"), group_json=group)
         if not leases.close(conn, row.lease_id, "submitted", now):
             raise Conflict("duplicate_submission", f"lease {row.lease_id} was already submitted")
     ctx.metrics.submissions.inc()

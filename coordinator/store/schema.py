@@ -6,8 +6,9 @@ workers          one row per identity (peer id): status, ban reason, ledger coun
 nonces           (signer, nonce) of every signed request seen recently: replay protection
 leases           every lease issued, with its signed envelope and state
 task_returns     tasks whose lease expired or was released, waiting to be leased again
-submissions      every accepted-for-intake submission: raw signed envelope, rewards,
-                 advantages, verification state, verdict, training-buffer state, archive flags
+submissions      every submission that passed intake: rewards, advantages, verification
+                 state, verdict, training-buffer state, archive flags
+submission_payloads  its signed envelope as received and the compact training payload
 policy_versions  every policy version announced by the trainer, with its signed manifest
 meta             small key/value facts (task counter, pow challenge, counters)
 """
@@ -93,7 +94,6 @@ submissions = Table(
     Column("n_tokens", Integer, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("received_at", Float, nullable=False),
-    Column("envelope", Text, nullable=False),                # the worker's signed Submission, JSON
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_at", Float, nullable=True),
     Column("decided_at", Float, nullable=True),
@@ -109,6 +109,16 @@ submissions = Table(
     Index("ix_submissions_worker_status", "worker_id", "status"),
     Index("ix_submissions_archived", "archived"),
     Index("ix_submissions_verdict_archived", "verdict_archived", "status"),
+)
+
+# The large, write-once part of a submission, apart from its state: SQLite rewrites a whole
+# row (overflow pages included) on every update, so keeping ~70 KB envelopes out of
+# `submissions` keeps claims, verdicts, consumption and archive flags cheap.
+submission_payloads = Table(
+    "submission_payloads", metadata,
+    Column("submission_id", String(64), primary_key=True),
+    Column("envelope", Text, nullable=False),                # the worker's signed Submission, JSON as received
+    Column("group_json", Text, nullable=False),              # {"completions": [[ids]...], "finish_reasons": [...]}
 )
 
 policy_versions = Table(

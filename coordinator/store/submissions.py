@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, case, func, or_, select, update
 
-from coordinator.store.schema import leases, submissions
+from coordinator.store.schema import leases, submission_payloads, submissions
 
 c_ = submissions.c
 # hot statements, built once (see workers.py)
@@ -15,15 +15,18 @@ _STATUS = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_toke
                  c_.lease_id).where(c_.submission_id == bindparam("s"))
 _CONTENT = select(c_.submission_id).where(and_(c_.task_id == bindparam("t"), c_.content_hash == bindparam("h")))
 _INSERT = submissions.insert()
+_INSERT_PAYLOAD = submission_payloads.insert()
+p_ = submission_payloads.c
 _CLAIMABLE = (select(c_.submission_id)
               .where(and_(c_.status == "queued", or_(c_.claimed_at.is_(None), c_.claimed_at < bindparam("before"))))
               .order_by(c_.received_at, c_.submission_id).limit(bindparam("n")))
 _MARK_CLAIMED = (update(submissions).where(and_(c_.submission_id.in_(bindparam("ids", expanding=True)),
                                                 c_.status == "queued"))
                  .values(claimed_by=bindparam("by"), claimed_at=bindparam("now")))
-_JOBS = (select(c_.submission_id, c_.worker_id, c_.task_index, c_.rewards, c_.full_check, c_.envelope,
+_JOBS = (select(c_.submission_id, c_.worker_id, c_.task_index, c_.rewards, c_.full_check, p_.envelope,
                 leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c_.lease_id)
+         .join(submission_payloads, p_.submission_id == c_.submission_id)
          .where(c_.submission_id.in_(bindparam("ids", expanding=True))).order_by(c_.received_at, c_.submission_id))
 _DECIDE = (update(submissions).where(and_(c_.submission_id == bindparam("s"), c_.status == "queued"))
            .values(status=bindparam("st"), verdict=bindparam("v"), reason=bindparam("r"), decided_at=bindparam("now"),
@@ -42,8 +45,10 @@ def content_exists(conn: Connection, task_id: str, content_hash: str) -> str | N
     return conn.execute(_CONTENT, {"t": task_id, "h": content_hash}).scalar_one_or_none()
 
 
-def insert(conn: Connection, values: dict[str, Any]) -> None:
+def insert(conn: Connection, values: dict[str, Any], envelope: str, group_json: str) -> None:
     conn.execute(_INSERT, values)
+    conn.execute(_INSERT_PAYLOAD, {"submission_id": values["submission_id"], "envelope": envelope,
+                                   "group_json": group_json})
 
 
 # -- verification queue ----------------------------------------------------------------------
@@ -96,8 +101,9 @@ def take_batch(conn: Connection, lower: int, limit: int, now: float) -> list[Row
     conn.execute(update(submissions).where(and_(c.submission_id.in_(ids), c.buffer == "ready"))
                  .values(buffer="consumed", consumed_at=now))
     q = (select(c.submission_id, c.task_id, c.worker_id, c.policy_version, c.rewards, c.advantages,
-                c.envelope, leases.c.envelope.label("lease_envelope"))
+                p_.group_json, leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c.lease_id)
+         .join(submission_payloads, p_.submission_id == c.submission_id)
          .where(c.submission_id.in_(ids)).order_by(c.decided_at, c.submission_id))
     return list(conn.execute(q))
 
@@ -142,9 +148,10 @@ def accepted_reward_by_version(conn: Connection, last: int = 20) -> dict[int, fl
 def unarchived(conn: Connection, limit: int) -> list[Row]:
     c = submissions.c
     q = (select(c.submission_id, c.lease_id, c.worker_id, c.task_id, c.task_index, c.policy_version,
-                c.rewards, c.advantages, c.n_tokens, c.full_check, c.received_at, c.envelope,
+                c.rewards, c.advantages, c.n_tokens, c.full_check, c.received_at, p_.envelope,
                 leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c.lease_id)
+         .join(submission_payloads, p_.submission_id == c.submission_id)
          .where(c.archived.is_(False)).order_by(c.received_at).limit(limit))
     return list(conn.execute(q))
 

@@ -209,3 +209,36 @@ def test_taskbook_decodes_exactly_like_the_verifier(tiny_model):
     rng = random.Random(0)
     seqs = [[rng.randrange(book.vocab_size) for _ in range(rng.randrange(0, 40))] for _ in range(50)]
     assert book.decode(seqs) == [decode_completion(book.tokenizer, s) for s in seqs]
+
+
+def test_coordinator_signs_over_exactly_the_protocol_bytes():
+    from coordinator.auth import signing_bytes
+    from protocol.canonical import canonical_bytes
+    from protocol.envelope import envelope_signing_bytes, seal
+    from protocol.identity import KeyPair
+    from protocol.messages import Heartbeat
+
+    key = KeyPair.generate()
+    rng = random.Random(1)
+    for i in range(50):
+        env = seal("heartbeat", Heartbeat(tokens_per_s=rng.random() * 10 ** rng.randint(-5, 9), status="é∑" * (i % 3)),
+                   key, now=rng.uniform(0, 2e9))
+        body = {"x": [rng.random(), None, True, "ü", {"b": 1, "a": [1.5e300, -0.0]}], "n": i}
+        env = env.model_copy(update={"body": body})
+        assert signing_bytes(env, canonical_bytes(env.body)) == envelope_signing_bytes(
+            env.kind, env.body, env.signer, env.timestamp, env.nonce)
+
+
+def test_training_payload_is_cut_from_the_canonical_body_exactly():
+    import json
+
+    from coordinator.auth import group_json
+    from protocol.canonical import canonical_bytes
+
+    sub = _sub(GOOD + [([7, 8, 9, EOS], "eos", None)])
+    body = canonical_bytes(sub.model_dump(mode="json"))
+    got = group_json(body, 3)
+    assert json.loads(got) == {"completions": [c.token_ids for c in sub.completions],
+                               "finish_reasons": [c.finish_reason for c in sub.completions]}
+    assert group_json(body, 2) is None  # shape mismatch: the caller encodes it itself
+    assert group_json(b'{"x":1}', 0) is None

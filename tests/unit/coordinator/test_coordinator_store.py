@@ -80,3 +80,34 @@ def test_archive_holds_submissions_and_verdicts_by_version_readable_with_duckdb(
     v = open_envelope(Envelope.model_validate_json(rej.verdict_envelope), KIND_VERDICT, Verdict, max_skew_s=None)
     assert v.signer.hex == swarm.verifier.public.hex and rej.reason == "proof check failed"
     assert not list(root.rglob(".*.tmp"))
+
+
+def test_migration_0002_moves_envelopes_out_of_submissions(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from coordinator.store.db import MIGRATIONS
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    env = json.dumps({"kind": "submission", "body": {"completions": [
+        {"token_ids": [5, 6, 1], "finish_reason": "eos", "proof": "AA=="},
+        {"token_ids": [7, 7, 7, 7], "finish_reason": "length", "proof": "AA=="}]}})
+    with db.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text(
+            "INSERT INTO submissions (submission_id, lease_id, worker_id, task_id, task_index, policy_version, status,"
+            " full_check, rewards, advantages, reward_mean, n_tokens, content_hash, received_at, envelope) VALUES"
+            " ('s-1', 'l-1', 'w', 't', 0, 0, 'queued', 1, '[0.0, 1.0]', '[-1.0, 1.0]', 0.5, 7, 'h', 1.0, :e)"),
+            {"e": env})
+        conn.commit()
+        command.upgrade(cfg, "head")
+        conn.commit()
+        row = conn.execute(text("SELECT envelope, group_json FROM submission_payloads")).one()
+        cols = [r[1] for r in conn.execute(text("PRAGMA table_info(submissions)"))]
+    assert row[0] == env and "envelope" not in cols
+    assert json.loads(row[1]) == {"completions": [[5, 6, 1], [7, 7, 7, 7]], "finish_reasons": ["eos", "length"]}
+    db.dispose()
