@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, select
 
 from coordinator.store import meta as meta_store
-from coordinator.store.schema import leases, meta, policy_versions, submissions
+from coordinator.store.schema import leases, meta, policy_versions, submission_payloads, submissions
 
 EVAL_PREFIX = "eval/v"
 
@@ -84,7 +84,8 @@ def rollout(conn: Connection, submission_id: str) -> Any | None:
     c = submissions.c
     q = (select(c.submission_id, c.worker_id, c.task_id, c.task_index, c.policy_version, c.status, c.full_check,
                 c.rewards, c.advantages, c.n_tokens, c.received_at, c.decided_at, c.reason, c.buffer, c.verdict,
-                c.archived, c.envelope, leases.c.envelope.label("lease_envelope"))
+                c.archived, submission_payloads.c.envelope, leases.c.envelope.label("lease_envelope"))
+         .join(submission_payloads, submission_payloads.c.submission_id == c.submission_id, isouter=True)
          .join(leases, leases.c.lease_id == c.lease_id, isouter=True)
          .where(c.submission_id == submission_id))
     return conn.execute(q).first()

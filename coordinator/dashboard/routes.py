@@ -170,7 +170,8 @@ def mount_dashboard(app: FastAPI, ctx: Context, api: "Api", *, background: bool 
     @r.get(API + "/rollouts/{submission_id}")
     async def rollout(request: Request, submission_id: str) -> Response:
         """One rollout's audit view: decoded prompt and completions, rewards, verdict and every check
-        with its numbers (the same view as `swarmrl audit show`)."""
+        with its numbers (the same view as `swarmrl audit show`; seeds as decimal strings, since they
+        exceed the integers a browser represents exactly)."""
         return await api.plain(request, "dash_rollout", lambda: views.rollout(ctx, submission_id))
 
     @r.post(routes.TRAINER_EVAL, tags=["training"],

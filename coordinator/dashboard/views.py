@@ -140,6 +140,10 @@ def rollout(ctx: Context, submission_id: str) -> dict[str, Any]:
     rewards, advantages = json.loads(r.rewards), json.loads(r.advantages)
     view = rollout_view(r.envelope, r.lease_envelope, r.verdict, rewards=rewards, advantages=advantages,
                         decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+    # Seeds are 63-bit: as JSON numbers a browser would round them, so the page gets decimal strings.
+    view["lease"]["seeds"] = [str(x) for x in view["lease"].get("seeds") or []]
+    for c in view["completions"]:
+        c["seed"] = None if c["seed"] is None else str(c["seed"])
     archive = _archive_root(ctx)
     view.update({
         "submission_id": r.submission_id, "status": r.status, "reason": r.reason, "buffer": r.buffer,

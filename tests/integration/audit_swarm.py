@@ -119,7 +119,15 @@ class LiveSwarm:
         return 0
 
     def stop(self) -> None:
-        self.group.stop_all(timeout_s=20)
+        """Workers first (they finish and report while the coordinator still answers), then the
+        verifier, the relay, and the coordinator last (it flushes the archive on SIGTERM)."""
+        for c in list(self.group.children):
+            if c.name not in ("coordinator", "relay", "verifier"):
+                self.group.stop(c.name, timeout_s=20)
+        for name in ("verifier", "relay", "coordinator"):
+            if any(c.name == name for c in self.group.children):
+                self.group.stop(name, timeout_s=20)
+        self.group.stop_all(timeout_s=5)
         self.origin.stop()
         self.http.close()
 

@@ -60,7 +60,7 @@ async function load() {
   facts(document.getElementById("lease"), [
     ["lease", el("span", { class: "mono" }, l.lease_id)], ["versions allowed", "v" + l.min_policy_version + " – v" + l.max_policy_version],
     ["sampling", l.sampling ? "temperature " + l.sampling.temperature + ", max " + l.sampling.max_tokens + " tokens" : null],
-    ["seeds", el("span", { class: "mono small" }, JSON.stringify(l.seeds))], ["EOS token", l.eos_token_id],
+    ["seeds", el("span", { class: "mono small" }, (l.seeds || []).join(", "))], ["EOS token", l.eos_token_id],
     ["issued", when(l.issued_at)], ["expires", when(l.expires_at)]]);
   document.getElementById("commands").textContent = (r.audit_commands || []).join("\n");
   document.body.dataset.loaded = "1";

@@ -1,5 +1,6 @@
 """The dashboard's read-only JSON, the trainer's signed eval reports, relay polling and the page."""
 
+import json
 import re
 from pathlib import Path
 
@@ -95,6 +96,11 @@ def test_dashboard_shows_workers_versions_curve_and_rejections(make_coordinator)
     assert view["prompt"]["text"] == task.prompt and len(view["completions"]) == s.cfg.group_size
     assert [(c["name"], c["passed"]) for c in view["verdict"]["checks"]] == [("reward", True), ("proof", False)]
     assert view["verdict"]["checks"][1]["stats"] == {"group_exp_frac": 0.3}
+    with s.ctx.db.read() as conn:
+        lease = json.loads(conn.exec_driver_sql("SELECT envelope FROM leases WHERE lease_id = ?",
+                                                (view["lease_id"],)).scalar_one())["body"]
+    assert view["lease"]["seeds"] == [str(x) for x in lease["seeds"]]  # exact: 63-bit seeds as strings
+    assert [c["seed"] for c in view["completions"]] == view["lease"]["seeds"]
     right = get(s, f"/rollouts/{ids[0]}")
     assert {c["text"] for c in right["completions"]} == {s.ctx.tasks.prepare(0).task.answer}
     assert all(c["reward"] == 1.0 for c in right["completions"])
