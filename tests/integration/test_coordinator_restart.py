@@ -69,6 +69,7 @@ class Ledger:
         self.leases: dict[str, Lease] = {}
         self.submitted: dict[str, str] = {}     # submission id -> lease id
         self.verdicts: dict[str, bool] = {}     # submission id -> accepted
+        self.verdict_worker: dict[str, str] = {}  # submission id -> worker id (its submit answer may be lost)
         self.envelopes: list[tuple[str, str]] = []  # (path, envelope json) acknowledged, for replays
 
 
@@ -125,6 +126,7 @@ def _traffic(stop: threading.Event, coord: Coordinator, ledger: Ledger, worker: 
                     if r is not None and r.status_code == 200:
                         with ledger.lock:
                             ledger.verdicts[job.submission_id] = accepted
+                            ledger.verdict_worker[job.submission_id] = job.worker_id
                             ledger.envelopes.append(("/v1/verdicts", env.model_dump_json()))
                 time.sleep(0.01)
 
@@ -142,8 +144,8 @@ def _check(coord: Coordinator, ledger: Ledger, workers: list[KeyPair]) -> dict:
         by_worker = {w["worker_id"]: w for w in stats["workers"]}
         for key in workers:
             w = by_worker[key.peer_id]
-            acked_accepts = sum(1 for sid, ok in ledger.verdicts.items() if ok and sid.startswith("s-")
-                                and ledger.leases[ledger.submitted[sid]].worker_id == key.peer_id)
+            acked_accepts = sum(1 for sid, ok in ledger.verdicts.items()
+                                if ok and ledger.verdict_worker[sid] == key.peer_id)
             assert w["accepted"] >= acked_accepts, "ledger lost an acknowledged acceptance"
         # the ledger agrees with the submissions it counts
         accepted_rows = stats["submissions"].get("accepted", 0) + stats["buffer"]["by_state"].get("dropped", 0)
