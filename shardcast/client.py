@@ -85,6 +85,9 @@ class ShardcastClient:
         deliver."""
         if not relays:
             raise ShardcastError("no shardcast relays configured: give at least one relay URL")
+        for url in relays:
+            if not str(url).startswith(("http://", "https://")):
+                raise ShardcastError(f"relay {url!r} must be an http:// or https:// URL")
         self.operator_key = (PublicKey.from_hex(operator_key) if isinstance(operator_key, str)
                              else operator_key)
         self.cache_dir = Path(cache_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class RelayConfig(BaseModel):
@@ -20,6 +20,14 @@ class RelayConfig(BaseModel):
                                description="shard bodies sent to downstream at once (bounds memory: "
                                            "about 2 x 2 MiB each); more get 503 and go elsewhere")
     log_level: str = Field("info", description="python logging level of the relay process")
+
+    @field_validator("upstreams")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for u in v:
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"upstream {u!r} must be an http:// or https:// URL")
+        return [u.rstrip("/") for u in v]
 
 
 class OriginConfig(BaseModel):

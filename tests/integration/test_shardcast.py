@@ -205,3 +205,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_relay_command_reports_a_bad_key_or_missing_upstream_in_one_line(tmp_path):
+    base = [sys.executable, "-m", "swarmrl", "relay", "--port", "0", "--set", f"data_dir={tmp_path}"]
+    bad_key = subprocess.run(base + ["--upstream", "http://127.0.0.1:9", "--operator-key", "zz"],
+                             capture_output=True, text=True, timeout=60)
+    assert bad_key.returncode == 2
+    assert bad_key.stderr.strip() == "swarmrl: public key is not hex"
+    no_upstream = subprocess.run(base + ["--operator-key", "ab" * 32], capture_output=True, text=True,
+                                 timeout=60)
+    assert no_upstream.returncode == 2 and "upstreams" in no_upstream.stderr
+    no_scheme = subprocess.run(base + ["--upstream", "127.0.0.1:8750", "--operator-key", "ab" * 32],
+                               capture_output=True, text=True, timeout=60)
+    assert no_scheme.returncode == 2 and "http:// or https://" in no_scheme.stderr
+    assert "Traceback" not in bad_key.stderr + no_upstream.stderr + no_scheme.stderr
