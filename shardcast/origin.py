@@ -69,6 +69,7 @@ class Origin:
         self.signal = Signal()
         self.metrics = NodeMetrics(self.role)
         self._lock = threading.RLock()
+        self._publishing = threading.Lock()
         self._versions: dict[int, _Published] = {}
         self._server: ServerThread | None = None
         clean_work_dirs(self.root)
@@ -104,11 +105,14 @@ class Origin:
             raise PublishError(f"checkpoint folder {src} does not exist")
         if version < 0 or step < 0:
             raise PublishError("version and step must be >= 0")
-        with self._lock:
-            existing = self._versions.get(version)
+        # `_publishing` serialises publishers for the seconds that hashing takes; `_lock`
+        # guards the catalog only briefly, so the server thread never waits on a publish.
+        with self._publishing:
+            with self._lock:
+                existing = self._versions.get(version)
+                latest = self.latest_version()
             if existing is not None:
                 return self._republish(existing, src, version, step)
-            latest = self.latest_version()
             if latest is not None and version < latest:
                 raise PublishError(f"version {version} is older than the latest published "
                                    f"version {latest}; versions must increase")
@@ -118,8 +122,8 @@ class Origin:
             try:
                 _link_or_copy_tree(src, work)
                 try:
-                    manifest = build_manifest_parallel(work, run_id=self.run_id, version=version, step=step,
-                                              shard_size=self.cfg.shard_size)
+                    manifest = build_manifest_parallel(work, run_id=self.run_id, version=version,
+                                                       step=step, shard_size=self.cfg.shard_size)
                 except MessageError as exc:
                     raise PublishError(str(exc)) from exc
                 env = sign_manifest(manifest, self.operator)
@@ -130,9 +134,13 @@ class Origin:
             finally:
                 if work.exists():
                     shutil.rmtree(work, ignore_errors=True)
-            self._versions[version] = _Published(final, manifest, env, env.model_dump_json().encode())
-            self._prune()
-            self._update_gauges()
+            with self._lock:
+                self._versions[version] = _Published(final, manifest, env,
+                                                     env.model_dump_json().encode())
+                doomed = self._prune()
+                self._update_gauges()
+            for folder in doomed:
+                remove_tree(folder)
         self.metrics.publishes.inc()
         self.metrics.publish_seconds.observe(time.monotonic() - t0)
         self.signal.notify()
@@ -143,17 +151,19 @@ class Origin:
 
     def _republish(self, existing: _Published, src: Path, version: int, step: int) -> Envelope:
         again = build_manifest_parallel(src, run_id=self.run_id, version=version, step=step,
-                               shard_size=self.cfg.shard_size)
+                                        shard_size=self.cfg.shard_size)
         if again.files != existing.manifest.files or step != existing.manifest.step:
             raise PublishError(f"version {version} is already published with other content; "
                                f"publish a new version number")
         return existing.envelope
 
-    def _prune(self) -> None:
+    def _prune(self) -> list[Path]:
+        """Drop old versions from the catalog (caller holds `_lock`); returns their folders."""
+        doomed = []
         for v in versions_to_prune(list(self._versions), self.cfg.keep_versions):
-            pub = self._versions.pop(v)
-            remove_tree(pub.folder)
+            doomed.append(self._versions.pop(v).folder)
             log.info("pruned version %d", v)
+        return doomed
 
     def _update_gauges(self) -> None:
         latest = self.latest_version()

@@ -218,29 +218,36 @@ class Relay:
             return
 
     def _adopt(self, ann: Announced) -> None:
+        """Hold version `ann` (its manifest verified): announce it, queue its shards, prune.
+        Only the watch thread calls this; the lock is held for the catalog update alone, so
+        the server thread never waits on disk work."""
         version = ann.version
         with self._lock:
             if version in self._versions:
                 return
-            work = self.root / f".tmp-{version}-{os.getpid()}"
-            shutil.rmtree(work, ignore_errors=True)
-            (work / "shards").mkdir(parents=True)
-            write_manifest(work, ann.envelope)
-            final = self.root / str(version)
-            os.rename(work, final)
-            fsync_dir(self.root)
+        work = self.root / f".tmp-{version}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "shards").mkdir(parents=True)
+        write_manifest(work, ann.envelope)
+        final = self.root / str(version)
+        os.rename(work, final)
+        fsync_dir(self.root)
+        doomed = []
+        with self._lock:
             self._versions[version] = _Mirrored(final, ann.manifest, ann.envelope,
                                                 ann.envelope.model_dump_json().encode())
             for v in versions_to_prune(list(self._versions), self.cfg.keep_versions):
                 old = self._versions.pop(v)
                 old.abort.set()
-                remove_tree(old.folder)
-                log.info("pruned version %d", v)
+                doomed.append((v, old.folder))
             self._update_gauges()
             self._pending.notify_all()
         log.info("version %d announced by %s: %d shards, %.1f MB", version, ann.source,
                  len(ann.manifest.shards), ann.manifest.total_bytes / 1e6)
         self.signal.notify()
+        for v, folder in doomed:
+            remove_tree(folder)
+            log.info("pruned version %d", v)
 
     def _download_loop(self) -> None:
         while not self._stop.is_set():
