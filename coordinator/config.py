@@ -60,9 +60,9 @@ class CheckpointArchiveConfig(BaseModel):
     rule keeps it; the others are deleted once a newer version is archived."""
 
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(True, description="fetch every announced version through the relays (needs `archive` and `relays`)")
-    keep_last: int = Field(0, ge=0, description="keep the newest N versions (0 = keep every version)")
-    keep_every: int = Field(0, ge=0, description="also keep every k-th version for spot audits of long runs (0 = off)")
+    enabled: bool = Field(True, description="fetch the versions retention keeps through the relays (needs `archive` and `relays`)")
+    keep_last: int = Field(16, ge=0, description="keep the newest N versions (0 = keep every version: any archived rollout can be re-verified, at one checkpoint of disk per version)")
+    keep_every: int = Field(10, ge=0, description="also keep every k-th version for spot audits of long runs (0 = off)")
     keep_rejected: bool = Field(True, description="also keep every version a rejected submission claims (the evidence behind each ban)")
     poll_interval_s: float = Field(2.0, gt=0, description="how often newly announced versions are looked for")
 

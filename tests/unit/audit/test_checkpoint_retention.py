@@ -102,7 +102,7 @@ def test_keeper_keeps_what_rules_and_live_state_need(coordinator, tmp_path):
 
 
 def test_a_version_no_relay_holds_is_given_up_once(coordinator, tmp_path, caplog):
-    s = coordinator()  # keep every version
+    s = coordinator(keep_last=0)  # keep every version
     client = FolderClient(tmp_path / "cache", missing={1})
     keeper = CheckpointKeeper(s.ctx, tmp_path / "archive", client=client)
     for v in range(3):
