@@ -320,6 +320,31 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
     return rec, counts
 
 
+# -- server CPU time (load-independent efficiency) --------------------------------------------
+def _proc_tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process and its children (Linux /proc)."""
+    total = 0
+    for p in _proc_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 # -- one run ---------------------------------------------------------------------------------
 def start_coordinator(tmp: Path, cfg) -> subprocess.Popen:
     from protocol.config import dump_toml
@@ -395,8 +420,21 @@ def run_one(db: str, args, tmp: Path) -> dict:
                 target=worker_process, args=(base, p * per, n, wargs, t_measure, t_end, q), daemon=True))
         for pr in procs:
             pr.start()
+        cpu_marks: dict[str, float] = {}
+
+        def sample_cpu() -> None:
+            time.sleep(max(0.0, t_measure - time.time()))
+            cpu_marks["start"] = cpu_seconds(proc.pid)
+            time.sleep(max(0.0, t_end - time.time()))
+            cpu_marks["end"] = cpu_seconds(proc.pid)
+
+        import threading
+
+        sampler = threading.Thread(target=sample_cpu, daemon=True)
+        sampler.start()
         rec, counts = asyncio.run(verifier_and_trainer(base, verifier, operator, model, cfg.run_id, t_measure,
                                                        t_end, args.verifiers))
+        sampler.join(timeout=30)
         for _ in procs:
             rec.merge(q.get(timeout=120))
         for pr in procs:
@@ -404,7 +442,9 @@ def run_one(db: str, args, tmp: Path) -> dict:
         with httpx.Client(base_url=base) as http:
             stats = http.get("/v1/stats").json()
             server = server_latency(http.get("/metrics").text)
-        return {"db": db, "rec": rec, "counts": counts, "stats": stats, "body_kb": body_kb, "server": server}
+        server_cpu = cpu_marks.get("end", 0.0) - cpu_marks.get("start", 0.0)
+        return {"db": db, "rec": rec, "counts": counts, "stats": stats, "body_kb": body_kb, "server": server,
+                "server_cpu_s": server_cpu}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -466,6 +506,10 @@ def report(res: dict, args) -> None:
           f"{'unpaced (saturate)' if args.saturate else f'{args.rate:.0f} submissions/s'}")
     print(f"   sustained: {subs / dur:7.1f} submissions/s   {counts['verdicts'] / dur:7.1f} verdicts/s   "
           f"{counts['groups'] / dur:7.1f} groups trained/s   {counts['versions']} policy versions")
+    if subs:
+        per = 1000 * res["server_cpu_s"] / subs
+        print(f"   coordinator CPU: {res['server_cpu_s']:.1f} s over {dur:.0f} s = {per:.2f} ms per submission, all "
+              f"endpoints' work included (one core sustains ~{1000 / per:.0f} submissions/s at this cost)")
     print(f"   {'endpoint':<10} {'ok':>8} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name in ("submit", "lease", "heartbeat", "policy", "register", "claim", "verdict", "batch", "publish"):
         xs = rec.samples.get(name, [])

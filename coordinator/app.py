@@ -287,5 +287,6 @@ async def _sweep_loop(ctx: Context) -> None:
         await asyncio.sleep(ctx.cfg.housekeeping_interval_s)
         try:
             upkeep.sweep(ctx)
+            await asyncio.to_thread(ctx.db.checkpoint)
         except Exception:  # noqa: BLE001 - the loop must survive a failed sweep; it is logged, not swallowed
             log.exception("housekeeping sweep failed; retrying next interval")
