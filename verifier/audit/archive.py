@@ -115,6 +115,7 @@ class Archive:
             hint = " (point --archive at <coordinator data_dir>/archive)" if self.root.exists() else ""
             raise AuditError(f"{self.root} is not a swarmrl archive: no {SUBMISSIONS}/ folder{hint}")
         self._run: RunDescription | None = None
+        self._all: pa.Table | None = None  # every row, read once per Archive (an archive is append-only)
 
     # -- run description and checkpoints ------------------------------------------------------
     @property
@@ -136,6 +137,13 @@ class Archive:
     # -- rows ---------------------------------------------------------------------------------
     def rollouts(self, min_version: int | None = None, max_version: int | None = None) -> pa.Table:
         """Every archived submission (once) with its verdict, in versions [min, max] when given."""
+        if min_version is None and max_version is None:
+            if self._all is None:
+                self._all = self._read_rollouts(None, None)
+            return self._all
+        return self._read_rollouts(min_version, max_version)
+
+    def _read_rollouts(self, min_version: int | None, max_version: int | None) -> pa.Table:
         subs = _read(_parts(self.root, SUBMISSIONS, min_version, max_version))
         if subs is None:
             return _empty()

@@ -163,23 +163,27 @@ class Reverifier:
                          f"says {row['task_id']}: the reward check compares with the wrong answer")
         return t.kind, t.answer, notes
 
+    def _replay_keys(self) -> list[tuple[str, float, list]]:
+        """(submission id, received_at, replay keys) of every archived row, computed once."""
+        if self._rows is None:
+            t = self.archive.rollouts()
+            self._rows = []
+            for r in t.select(["submission_id", "worker_id", "received_at", "submission_envelope",
+                               "lease_envelope"]).to_pylist():
+                try:
+                    keys = replay_keys(open_unverified(self._job(r, [], "", "")))
+                except (ProtocolError, ValueError):
+                    continue  # an unreadable row cannot be replayed from
+                self._rows.append((r["submission_id"], r["received_at"], keys))
+        return self._rows
+
     def ledger_before(self, row: dict) -> SeenLedger:
         """A replay ledger holding every archived submission received before this one."""
         ledger = SeenLedger(":memory:")
-        if not self.replay_history:
-            return ledger
-        if self._rows is None:
-            t = self.archive.rollouts()
-            self._rows = t.select(["submission_id", "worker_id", "received_at", "submission_envelope",
-                                   "lease_envelope"]).to_pylist()
-        for r in self._rows:
-            if r["received_at"] >= row["received_at"] or r["submission_id"] == row["submission_id"]:
-                continue
-            try:
-                job = self._job(r, [], "", "")
-                ledger.remember(r["submission_id"], replay_keys(open_unverified(job)), r["received_at"])
-            except (ProtocolError, ValueError):
-                continue  # an unreadable earlier row cannot be replayed from
+        if self.replay_history:
+            for sid, at, keys in self._replay_keys():
+                if at < row["received_at"] and sid != row["submission_id"]:
+                    ledger.remember(sid, keys, at)
         return ledger
 
     @staticmethod
