@@ -106,10 +106,17 @@ def test_export_parquet_and_jsonl_are_readable_without_swarmrl(archived, tmp_pat
         export(rows, tmp_path / "out.csv")
     assert pq.read_table(tmp_path / "honest.parquet").column("completion_token_ids").to_pylist()[0][0][-1] == \
         archived.swarm.ctx.tasks.eos_token_id
-    # A reader with pandas and DuckDB only, in a fresh interpreter outside the repository: reading
-    # the archive and the exports imports none of swarmrl's packages.
+    # A reader with pandas and DuckDB only, in a fresh interpreter outside the repository where
+    # swarmrl's packages cannot be imported at all.
     script = f"""
-import json, sys
+import importlib.util, json, sys
+# as if swarmrl were not installed: drop its editable-install finder, then make sure of it
+sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")
+                 and "editable" not in getattr(f, "__name__", "")]
+sys.path[:] = [p for p in sys.path if "editable" not in p]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "")]
+sys.path_importer_cache.clear()
+assert all(importlib.util.find_spec(m) is None for m in ("swarmrl", "protocol", "coordinator", "verifier"))
 import duckdb, pandas as pd
 root = {str(archived.root)!r}
 n = duckdb.sql(f"SELECT count(DISTINCT submission_id) FROM read_parquet('{{root}}/submissions/*/*.parquet')").fetchall()[0][0]
