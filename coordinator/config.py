@@ -99,3 +99,4 @@ class CoordinatorConfig(BaseModel):
     checkpoints: CheckpointArchiveConfig = Field(default_factory=CheckpointArchiveConfig,
                                                  description="policy versions kept for re-verification")
     dashboard_relay_poll_s: float = Field(3.0, gt=0, description="the dashboard asks each relay for its versions at most this often")
+    dashboard_cache_s: float = Field(1.0, ge=0, description="dashboard answers are reused this long, however many dashboards are open (0 = always fresh)")

@@ -5,7 +5,8 @@ Thin adapters: each GET goes through the coordinator's own request plumbing (`Ap
 per-address rate limit, request metrics, errors as `{"detail": ...}`) and calls one function
 of `coordinator.dashboard.views`; the POST goes through `Api.signed` (size limit, envelope,
 operator key, clock skew) and `record_eval`, which also spends the nonce, so a replayed
-report is refused. Response models are declared for /docs only. In the process that runs
+report is refused. Answers are reused for `dashboard_cache_s` (`Recent`), so open dashboards
+cost the database little. Response models are declared for /docs only. In the process that runs
 the coordinator's background work, the router's lifespan also runs the checkpoint archive.
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -130,42 +132,67 @@ def _keeper_lifespan(ctx: Context):
     return lifespan
 
 
+class Recent:
+    """Answers reused for `ttl_s` (wall clock): any number of open dashboards, refreshing every two
+    seconds, cost the database one query per endpoint per `ttl_s`."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, size: int = 64):
+        self.ttl_s, self.clock, self.size = ttl_s, clock, size
+        self._hits: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if self.ttl_s <= 0:
+            return compute()
+        now = self.clock()
+        hit = self._hits.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        value = compute()
+        self._hits[key] = (now, value)
+        if len(self._hits) > self.size:
+            self._hits.pop(min(self._hits, key=lambda k: self._hits[k][0]))
+        return value
+
+
 def mount_dashboard(app: FastAPI, ctx: Context, api: "Api", *, background: bool = True) -> None:
     """Add the dashboard routes, the static page and the eval-report route to `app`; with
     `background` (the process that runs the coordinator's periodic work), also the checkpoint
     archive that keeps what re-verification needs."""
     poller = RelayPoller(list(ctx.cfg.relays), min_interval_s=ctx.cfg.dashboard_relay_poll_s, clock=ctx.clock)
     r = APIRouter(tags=["dashboard"], lifespan=_keeper_lifespan(ctx) if background else None)
+    recent = Recent(ctx.cfg.dashboard_cache_s)
 
     @r.get(API + "/overview", response_model=Overview)
     async def overview(request: Request) -> Response:
         """Run, versions, buffer depth, verification queue, counts by status."""
-        return await api.plain(request, "dash_overview", lambda: views.overview(ctx))
+        return await api.plain(request, "dash_overview", lambda: recent.get("overview", lambda: views.overview(ctx)))
 
     @r.get(API + "/workers", response_model=list[WorkerRow])
     async def workers(request: Request) -> Response:
         """Every worker: status, throughput (completion tokens/s over the last minute, and as reported),
         check rate, verdicts, active leases."""
-        return await api.plain(request, "dash_workers", lambda: views.worker_rows(ctx))
+        return await api.plain(request, "dash_workers", lambda: recent.get("workers", lambda: views.worker_rows(ctx)))
 
     @r.get(API + "/versions", response_model=VersionsView)
     async def versions(request: Request, limit: int = Query(50, ge=1, le=1000)) -> Response:
         """Policy versions (newest first) with their broadcast progress: which advertised relays hold
         each version complete or in flight (relays are polled at most every few seconds)."""
         relays = await poller.refresh()
-        return await api.plain(request, "dash_versions", lambda: views.version_rows(ctx, relays, limit))
+        return await api.plain(request, "dash_versions", lambda: recent.get(("versions", limit),
+                                                                                lambda: views.version_rows(ctx, relays, limit)))
 
     @r.get(API + "/curve", response_model=list[CurvePoint])
     async def curve(request: Request, limit: int = Query(500, ge=1, le=100_000)) -> Response:
         """Training curve by policy version: mean reward of submissions (all, accepted) and the
         trainer's held-out accuracy (from its signed eval reports)."""
-        return await api.plain(request, "dash_curve", lambda: views.curve(ctx, limit))
+        return await api.plain(request, "dash_curve", lambda: recent.get(("curve", limit), lambda: views.curve(ctx, limit)))
 
     @r.get(API + "/rejections", response_model=list[Rejection])
     async def rejections(request: Request, limit: int = Query(20, ge=1, le=1000)) -> Response:
         """The newest rejected submissions with the verifier's reason and failed checks, each with a
         link to its audit view."""
-        return await api.plain(request, "dash_rejections", lambda: views.rejections(ctx, limit))
+        return await api.plain(request, "dash_rejections", lambda: recent.get(("rejections", limit),
+                                                                                  lambda: views.rejections(ctx, limit)))
 
     @r.get(API + "/rollouts/{submission_id}")
     async def rollout(request: Request, submission_id: str) -> Response:

@@ -17,7 +17,7 @@ def make_coordinator(tmp_path, dash_model):
     made = []
 
     def make(**overrides):
-        s = start_swarm(tmp_path / f"c{len(made)}", dash_model, **overrides)
+        s = start_swarm(tmp_path / f"c{len(made)}", dash_model, **{"dashboard_cache_s": 0.0, **overrides})
         made.append(s)
         return s
 

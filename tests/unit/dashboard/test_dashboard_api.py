@@ -197,3 +197,21 @@ def test_dashboard_api_is_documented(make_coordinator):
         assert paths[f"{API}/{p}"]["get"]["tags"] == ["dashboard"]
     assert "post" in paths["/v1/trainer/eval"]
     assert "/dashboard" not in paths  # the page itself is not an API
+
+
+def test_answers_are_reused_for_dashboard_cache_s(make_coordinator):
+    from coordinator.dashboard.routes import Recent
+
+    t = [0.0]
+    calls = []
+    recent = Recent(1.0, clock=lambda: t[0])
+    compute = lambda: calls.append(1) or len(calls)  # noqa: E731
+    assert [recent.get("k", compute), recent.get("k", compute)] == [1, 1]
+    t[0] = 1.0
+    assert recent.get("k", compute) == 2 and recent.get(("k", 2), compute) == 3
+    assert Recent(0.0).get("k", compute) == 4  # 0 = always fresh
+    s = make_coordinator(dashboard_cache_s=600.0)
+    assert get(s, "/overview")["current_version"] is None
+    assert s.publish(0).status_code == 200
+    assert get(s, "/overview")["current_version"] is None  # the cached answer, however many viewers ask
+    assert get(s, "/versions")["versions"][0]["version"] == 0  # another endpoint computes its own
