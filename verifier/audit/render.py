@@ -46,13 +46,18 @@ def _numbers(stats: dict) -> str:
     return " ".join(parts)
 
 
+MAX_LISTED = 200
+
+
 def rollout_list(table: pa.Table, console: Console, total: int) -> None:
-    t = Table(title=f"{table.num_rows} of {total} archived submissions", title_justify="left")
+    shown = table if table.num_rows <= MAX_LISTED else table.slice(table.num_rows - MAX_LISTED)
+    more = f" (the newest {MAX_LISTED} shown; --json or export for all)" if shown is not table else ""
+    t = Table(title=f"{table.num_rows} of {total} archived submissions{more}", title_justify="left")
     for col, kw in (("submission", {}), ("worker", {}), ("version", {"justify": "right"}), ("verdict", {}),
                     ("mean reward", {"justify": "right"}), ("tokens", {"justify": "right"}), ("received", {}),
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)
-    for r in table.select(["submission_id", "worker_id", "policy_version", "status", "mean_reward", "n_tokens",
+    for r in shown.select(["submission_id", "worker_id", "policy_version", "status", "mean_reward", "n_tokens",
                            "received_at", "reason"]).to_pylist():
         t.add_row(r["submission_id"], short(r["worker_id"]), str(r["policy_version"]), _status(r["status"]),
                   _num(r["mean_reward"]), str(r["n_tokens"]), utc(r["received_at"]), (r["reason"] or "")[:200])
