@@ -95,6 +95,7 @@ class CoordinatorConfig(BaseModel):
     housekeeping_interval_s: float = Field(1.0, gt=0, description="how often expired leases and silent workers are swept")
     archive_interval_s: float = Field(5.0, gt=0, description="how often new submissions and verdicts are written to Parquet")
     log_level: str = Field("info", description="python logging level of the service")
+    payload_retention_s: float = Field(86400.0, ge=0, description="a decided, archived and no longer needed submission's envelope is deleted from the database after this long (it stays in the Parquet archive); 0 keeps every envelope")
     workers: int = Field(1, ge=1, le=64, description="server processes sharing the listening socket and the database (2 uses both cores of a small machine; rate limits are split between them)")
     checkpoints: CheckpointArchiveConfig = Field(default_factory=CheckpointArchiveConfig,
                                                  description="policy versions kept for re-verification")

@@ -4,7 +4,8 @@
 'expired' and their tasks return to the pool; workers silent for `missed_heartbeats_gone`
 heartbeat intervals become 'gone' and their leases return too; groups that fell out of the
 async window leave the buffer; nonces older than twice the clock skew (they could no longer
-pass the timestamp check) are forgotten.
+pass the timestamp check) are forgotten; envelopes of finished, archived submissions older than
+`payload_retention_s` leave the database (the Parquet archive keeps them).
 
 `stats(ctx)` is the JSON of GET /v1/stats (the demo prints it) and `state_counts(ctx)` feeds
 the Prometheus gauges.
@@ -35,6 +36,7 @@ def sweep(ctx: Context) -> dict:
         if stale:
             meta.add_int(conn, meta.DROPPED_STALE, stale)
         pruned = workers.prune_nonces(conn, now - 2 * cfg.max_clock_skew_s - 10)
+        payloads = submissions.prune_payloads(conn, now - cfg.payload_retention_s) if cfg.payload_retention_s else 0
     m = ctx.metrics
     if expired:
         m.leases_returned.labels("expired").inc(len(expired))
@@ -44,7 +46,8 @@ def sweep(ctx: Context) -> dict:
         m.dropped_stale.inc(stale)
     if gone:
         log.info("%d worker(s) gone silent: %s", len(gone), ", ".join(gone[:5]))
-    return {"expired": len(expired), "gone": len(gone), "orphaned": len(orphaned), "stale": stale, "pruned": pruned}
+    return {"expired": len(expired), "gone": len(gone), "orphaned": len(orphaned), "stale": stale, "pruned": pruned,
+            "payloads_pruned": payloads}
 
 
 def state_counts(ctx: Context) -> dict:

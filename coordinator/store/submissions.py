@@ -166,6 +166,22 @@ def unarchived_verdicts(conn: Connection, limit: int) -> list[Row]:
     return list(conn.execute(q))
 
 
+def prune_payloads(conn: Connection, before: float, limit: int = 5000) -> int:
+    """Delete the envelopes of submissions that no longer need them: archived (both the
+    submission and, if decided by a verifier, its verdict), decided before `before`, and not
+    waiting in the training buffer. The Parquet archive keeps them."""
+    c = submissions.c
+    done = and_(c.archived.is_(True), c.decided_at < before, c.status != "queued",
+                or_(c.buffer.is_(None), c.buffer != "ready"),
+                or_(c.verdict_archived.is_(True), c.status == "dropped"))
+    ids = select(c.submission_id).where(done).limit(limit)
+    present = select(p_.submission_id).where(p_.submission_id.in_(ids.scalar_subquery()))
+    doomed = list(conn.execute(present).scalars())
+    if not doomed:
+        return 0
+    return conn.execute(submission_payloads.delete().where(p_.submission_id.in_(doomed))).rowcount
+
+
 def mark_archived(conn: Connection, ids: list[str], column: str) -> None:
     if ids:
         conn.execute(update(submissions).where(submissions.c.submission_id.in_(ids)).values(**{column: True}))

@@ -111,3 +111,32 @@ def test_migration_0002_moves_envelopes_out_of_submissions(tmp_path):
     assert row[0] == env and "envelope" not in cols
     assert json.loads(row[1]) == {"completions": [[5, 6, 1], [7, 7, 7, 7]], "finish_reasons": ["eos", "length"]}
     db.dispose()
+
+
+def test_finished_archived_envelopes_leave_the_database_after_the_retention(swarm, tmp_path):
+    from sqlalchemy import select
+
+    from coordinator.service import upkeep
+    from coordinator.store.schema import submission_payloads
+
+    swarm.publish(0)
+    honest, cheat = swarm.new_worker(), swarm.new_worker()
+    a = [swarm.submit(honest, lease).json()["submission_id"] for lease in swarm.lease(honest, 2)]
+    b = [swarm.submit(cheat, lease).json()["submission_id"] for lease in swarm.lease(cheat, 2)]
+    swarm.claim()
+    swarm.verdict(a[0], True)
+    swarm.verdict(a[1], True)
+    swarm.verdict(b[0], False)          # the cheater is banned; b[1] is dropped unjudged
+    assert [g["submission_id"] for g in swarm.batch(max_groups=1).json()["groups"]] == [a[0]]
+    Archiver(swarm.ctx.db, tmp_path / "archive").flush()
+
+    def kept():
+        with swarm.ctx.db.read() as conn:
+            return set(conn.execute(select(submission_payloads.c.submission_id)).scalars())
+
+    swarm.clock.advance(swarm.cfg.payload_retention_s - 10)
+    assert upkeep.sweep(swarm.ctx)["payloads_pruned"] == 0
+    swarm.clock.advance(20)
+    assert upkeep.sweep(swarm.ctx)["payloads_pruned"] == 3
+    assert kept() == {a[1]}             # accepted but not trained on yet: still needed
+    assert [g["submission_id"] for g in swarm.batch().json()["groups"]] == [a[1]]
