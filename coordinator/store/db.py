@@ -107,8 +107,14 @@ class Database:
         Called off the event loop, so request handling never waits for it."""
         if not self.is_sqlite:
             return
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        raw = self.engine.raw_connection()  # autocommit: a checkpoint must run outside any transaction
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            cur.fetchall()
+            cur.close()
+        finally:
+            raw.close()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -140,3 +140,27 @@ def test_finished_archived_envelopes_leave_the_database_after_the_retention(swar
     assert upkeep.sweep(swarm.ctx)["payloads_pruned"] == 3
     assert kept() == {a[1]}             # accepted but not trained on yet: still needed
     assert [g["submission_id"] for g in swarm.batch().json()["groups"]] == [a[1]]
+
+
+def test_background_checkpoint_moves_the_wal_into_the_database_while_writers_go_on(tmp_path):
+    import threading
+
+    from coordinator.store import meta
+
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    db.migrate()
+    for i in range(200):
+        with db.write() as conn:
+            meta.put(conn, f"k{i}", "x" * 4000)
+    wal = tmp_path / "c.db-wal"
+    before = (tmp_path / "c.db").stat().st_size
+    t = threading.Thread(target=db.checkpoint)
+    t.start()
+    with db.write() as conn:  # a writer is not blocked by a passive checkpoint
+        meta.put(conn, "during", "y")
+    t.join(timeout=30)
+    assert (tmp_path / "c.db").stat().st_size > before + 200 * 4000 * 0.9
+    assert wal.exists()
+    with db.read() as conn:
+        assert meta.get(conn, "during") == "y" and meta.get(conn, "k199") == "x" * 4000
+    db.dispose()
