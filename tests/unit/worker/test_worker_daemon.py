@@ -10,7 +10,7 @@ import base64
 
 import torch
 
-from conftest import wait_until
+from worker_fakes import wait_until
 from protocol.lm import completion_outputs, load_model
 from protocol.proof import verify_proof
 

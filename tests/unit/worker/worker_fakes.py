@@ -219,3 +219,11 @@ class LocalWeights:
 
     def close(self) -> None:
         pass
+
+
+def wait_until(cond, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
