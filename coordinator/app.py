@@ -256,7 +256,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
 
     @app.get(routes.POLICY, tags=["training"], responses={200: {"model": PolicyInfo}})
     async def get_policy(request: Request) -> Response:
-        return await api.plain(request, "policy", lambda: training.policy_info(ctx))
+        return await api.plain(request, "policy", lambda: training.policy_info_json(ctx))
 
     @app.post(routes.POLICY, tags=["training"], openapi_extra=_ENVELOPE_BODY,
               responses={200: {"model": PolicyInfo}})

@@ -68,6 +68,7 @@ class Context:
     identity_limiter: RateLimiter | None = None
     address_limiter: RateLimiter | None = None
     archiver: Any = None  # coordinator.archive.Archiver when archiving is on
+    policy_cache: tuple[int | None, bytes] | None = None  # (version, JSON of GET /v1/policy)
 
     def __post_init__(self) -> None:
         # each server process enforces its share of the configured limits (the kernel spreads

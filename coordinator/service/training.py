@@ -113,3 +113,16 @@ def policy_info(ctx: Context) -> PolicyInfo:
         row = policy.get(conn, current) if current is not None else None
     return PolicyInfo(version=current, manifest=Envelope.model_validate_json(row.manifest) if row else None,
                       async_window=ctx.cfg.async_window, relays=list(ctx.cfg.relays))
+
+
+def policy_info_json(ctx: Context) -> bytes:
+    """GET /v1/policy, the hot poll of every worker: the JSON is encoded once per version (one
+    indexed query per request tells whether the version moved, also across processes)."""
+    with ctx.db.read() as conn:
+        current = policy.current(conn)
+    cached = ctx.policy_cache
+    if cached is not None and cached[0] == current:
+        return cached[1]
+    body = policy_info(ctx).model_dump_json().encode()
+    ctx.policy_cache = (current, body)
+    return body

@@ -171,3 +171,17 @@ def test_training_groups_are_valid_wire_types(swarm):
     (g,) = raw["groups"]
     assert set(g) == set(TrainingGroup.model_fields)
     assert TrainingGroup.model_validate(g).model_dump(mode="json") == g
+
+
+def test_policy_info_follows_every_new_version(swarm):
+    from protocol.manifest import open_manifest
+    from protocol.messages import PolicyInfo
+
+    empty = PolicyInfo.model_validate(swarm.http.get("/v1/policy").json())
+    assert empty.version is None and empty.manifest is None
+    for v in (0, 1, 2):
+        swarm.publish(v)
+        info = PolicyInfo.model_validate(swarm.http.get("/v1/policy").json())
+        assert info.version == v and info.async_window == swarm.cfg.async_window
+        assert open_manifest(info.manifest, swarm.operator.public).version == v
+        assert swarm.http.get("/v1/policy").json() == info.model_dump(mode="json")  # cached answer, same bytes
