@@ -2,7 +2,8 @@
 
 Collaborators: `coordinator.dashboard.queries` (the SQL), `coordinator.dashboard.relays`
 (the relays' last answers, passed in), `protocol.rollout_view` (one rollout, the same view
-`swarmrl audit show` prints). The routes (`coordinator.dashboard.routes`) are thin adapters.
+`swarmrl audit show` prints; a submission whose payload the database has dropped is read back
+from the Parquet archive). The routes (`coordinator.dashboard.routes`) are thin adapters.
 Time comes from `ctx.clock`, so tests drive it.
 """
 
@@ -131,6 +132,19 @@ def rejections(ctx: Context, limit: int) -> list[dict[str, Any]]:
             for r in rows]
 
 
+def archived_submission(root: Path, version: int, submission_id: str) -> str | None:
+    """The submission envelope as the Parquet archive holds it (the database drops old payloads)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(root) / "submissions" / f"v{version:06d}"
+    for f in sorted(folder.glob("part-*.parquet"), reverse=True):
+        t = pq.read_table(f, columns=["submission_id", "submission_envelope"],
+                          filters=[("submission_id", "==", submission_id)])
+        if t.num_rows:
+            return t.column("submission_envelope")[0].as_py()
+    return None
+
+
 def rollout(ctx: Context, submission_id: str) -> dict[str, Any]:
     with ctx.db.read() as conn:
         r = queries.rollout(conn, submission_id)
@@ -138,8 +152,17 @@ def rollout(ctx: Context, submission_id: str) -> dict[str, Any]:
         raise NotFound("unknown_submission", f"no submission {submission_id}")
     tok = ctx.tasks.tokenizer
     rewards, advantages = json.loads(r.rewards), json.loads(r.advantages)
-    view = rollout_view(r.envelope, r.lease_envelope, r.verdict, rewards=rewards, advantages=advantages,
+    envelope, source = r.envelope, "database"
+    if envelope is None:  # payload retention dropped it from the database; the archive keeps it
+        envelope = archived_submission(_archive_root(ctx), int(r.policy_version), r.submission_id)
+        source = "archive" if envelope is not None else "gone"
+    view = rollout_view(envelope or {}, r.lease_envelope, r.verdict, rewards=rewards, advantages=advantages,
                         decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+    view["submission_source"] = source
+    if view["worker_id"] is None:
+        view["worker_id"] = r.worker_id
+    if view["policy_version"] is None:
+        view["policy_version"] = int(r.policy_version)
     # Seeds are 63-bit: as JSON numbers a browser would round them, so the page gets decimal strings.
     view["lease"]["seeds"] = [str(x) for x in view["lease"].get("seeds") or []]
     for c in view["completions"]:

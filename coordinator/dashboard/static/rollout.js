@@ -36,6 +36,7 @@ async function load() {
     ["received", when(r.received_at)], ["decided", when(r.decided_at)], ["tokens", r.n_tokens],
     ["mean reward", num(r.mean_reward, 3)], ["engine", r.engine ? [r.engine.name, r.engine.version, r.engine.dtype, r.engine.device].filter(Boolean).join(" ") : null],
     ["archived", r.archived ? "yes" : "not yet"], ["checkpoint archived", r.checkpoint_archived ? "yes" : "no"],
+    ["completions read from", r.submission_source === "gone" ? "nowhere: no longer in the database nor in the archive" : r.submission_source],
   ]);
   document.getElementById("prompt").textContent = r.prompt.text === null ? "(cannot decode)" : r.prompt.text;
   document.getElementById("prompt-ids").textContent = "token ids: " + JSON.stringify(r.prompt.token_ids);

@@ -215,3 +215,25 @@ def test_answers_are_reused_for_dashboard_cache_s(make_coordinator):
     assert s.publish(0).status_code == 200
     assert get(s, "/overview")["current_version"] is None  # the cached answer, however many viewers ask
     assert get(s, "/versions")["versions"][0]["version"] == 0  # another endpoint computes its own
+
+
+def test_a_rollout_whose_payload_left_the_database_is_read_from_the_archive(make_coordinator):
+    from coordinator.archive import Archiver
+
+    s = make_coordinator()
+    honest, cheater, ids, bad, queued = scripted_run(s)
+    before = get(s, f"/rollouts/{bad[0]}")
+    assert before["submission_source"] == "database"
+    Archiver(s.ctx.db, s.cfg.data_dir / "archive").flush()
+    with s.ctx.db.write() as conn:  # what payload retention does to old, archived submissions
+        conn.exec_driver_sql("DELETE FROM submission_payloads WHERE submission_id IN (?, ?)", (bad[0], ids[0]))
+    after = get(s, f"/rollouts/{bad[0]}")
+    assert after["submission_source"] == "archive"
+    assert {k: v for k, v in after.items() if k != "submission_source"} == \
+        {k: v for k, v in before.items() if k not in ("submission_source", "archived")} | {"archived": True}
+    late = s.submit(honest, s.lease(honest, 1)[0]).json()["submission_id"]  # after the archive sweep
+    with s.ctx.db.write() as conn:
+        conn.exec_driver_sql("DELETE FROM submission_payloads WHERE submission_id = ?", (late,))
+    gone = get(s, f"/rollouts/{late}")  # in neither place: only what the row says
+    assert gone["submission_source"] == "gone" and gone["completions"] == []
+    assert gone["worker_id"] == honest.peer_id and gone["policy_version"] == 1
