@@ -25,7 +25,8 @@ that arrives late still finds its checkpoint.
 Runs in a daemon thread of the coordinator process (started and stopped by the dashboard
 router's lifespan, in the process that runs background work); it only
 reads the database, and a failure (relay down, version pruned upstream, disk full) is logged
-and retried on the next pass; a version no relay holds any more is given up with one warning.
+and retried on the next pass; a version no relay serves for `give_up_after_s` (pruned upstream,
+or a long outage) is given up with one warning.
 """
 
 from __future__ import annotations
@@ -104,8 +105,12 @@ def write_run_description(ctx: Context, root: Path) -> Path:
 class CheckpointKeeper:
     """Fetches the versions the archive must keep and prunes the others (see module docstring)."""
 
-    def __init__(self, ctx: Context, root: Path, client=None):
+    def __init__(self, ctx: Context, root: Path, client=None, *, give_up_after_s: float = 600.0,
+                 clock=time.monotonic):
         self.ctx = ctx
+        self.give_up_after_s = give_up_after_s
+        self.clock = clock
+        self._missing_since: dict[int, float] = {}
         self.cfg = ctx.cfg.checkpoints
         self.root = Path(root)
         if client is None:
@@ -156,10 +161,19 @@ class CheckpointKeeper:
         try:
             src = Path(self.client.fetch(version))
         except VersionUnavailable as exc:
-            self.unavailable.add(version)
-            log.warning("checkpoint archive: version %d cannot be archived, no relay holds it any more (%s); "
-                        "its rollouts cannot be re-verified", version, exc)
+            # Pruned by every relay, or every relay unreachable: the client cannot tell us which,
+            # so keep asking for `give_up_after_s` (an outage ends; a pruned version never returns).
+            now = self.clock()
+            first = self._missing_since.setdefault(version, now)
+            if now - first >= self.give_up_after_s:
+                self.unavailable.add(version)
+                log.warning("checkpoint archive: giving up on version %d, no relay has served it for %.0f s "
+                            "(%s); its rollouts cannot be re-verified", version, now - first, exc)
+            elif first == now:
+                log.warning("checkpoint archive: no relay serves version %d now (%s); retrying for %.0f s",
+                            version, exc, self.give_up_after_s)
             return False
+        self._missing_since.pop(version, None)
         dst = version_dir(self.root, version)
         if dst.exists():  # archived meanwhile (another pass) — keep the first copy
             return False

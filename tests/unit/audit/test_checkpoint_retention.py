@@ -101,15 +101,25 @@ def test_keeper_keeps_what_rules_and_live_state_need(coordinator, tmp_path):
     assert keeper.step() == {"fetched": [], "pruned": []}                                # idempotent
 
 
-def test_a_version_no_relay_holds_is_given_up_once(coordinator, tmp_path, caplog):
+def test_a_version_no_relay_serves_is_retried_then_given_up(coordinator, tmp_path, caplog):
     s = coordinator(keep_last=0)  # keep every version
-    client = FolderClient(tmp_path / "cache", missing={1})
-    keeper = CheckpointKeeper(s.ctx, tmp_path / "archive", client=client)
-    for v in range(3):
+    client = FolderClient(tmp_path / "cache", missing={1, 2})
+    now = [0.0]
+    keeper = CheckpointKeeper(s.ctx, tmp_path / "archive", client=client, give_up_after_s=60.0,
+                              clock=lambda: now[0])
+    for v in range(4):
         assert s.publish(v).status_code == 200
     with caplog.at_level(logging.WARNING, logger="swarmrl.coordinator"):
-        assert keeper.step()["fetched"] == [0, 2]
+        assert keeper.step()["fetched"] == [0, 3]
+        now[0] = 30.0
+        client.missing.discard(2)          # a relay outage ends: version 2 is served again
+        assert keeper.step()["fetched"] == [2]
+        now[0] = 61.0                      # version 1 never comes back (pruned upstream)
         assert keeper.step()["fetched"] == []
-    assert client.fetched == [0, 2]
-    warnings = [r.getMessage() for r in caplog.records if "version 1 cannot be archived" in r.getMessage()]
-    assert len(warnings) == 1 and "cannot be re-verified" in warnings[0]
+        now[0] = 600.0
+        assert keeper.step()["fetched"] == []
+    assert client.fetched == [0, 3, 2] and keeper.unavailable == {1}
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("no relay serves version 1 now" in m for m in msgs) == 1
+    gave_up = [m for m in msgs if "giving up on version 1" in m]
+    assert len(gave_up) == 1 and "cannot be re-verified" in gave_up[0]
