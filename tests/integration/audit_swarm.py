@@ -174,7 +174,7 @@ def run_until_archived(swarm: LiveSwarm, versions: int = 3, per_version: int = 3
     for v in range(versions):
         if v not in swarm.published:
             swarm.publish(v)
-        wait_until(lambda: swarm.accepted_at(v) >= per_version, timeout_s,
+        wait_until(lambda v=v: swarm.accepted_at(v) >= per_version, timeout_s,
                    f"{per_version} accepted submissions at v{v}", group=g)
     wait_until(lambda: set(range(versions)) <= set(swarm.get("/v1/dashboard/overview")["archive"]["checkpoints"]),
                timeout_s, "the checkpoints to be archived", group=g)

@@ -217,7 +217,7 @@ class Reverifier:
         try:
             job = self._job(row, list(row["rewards"] or []), kind, answer)
         except ValueError as exc:
-            raise AuditError(f"submission {row['submission_id']}: archived envelopes are not JSON envelopes: {exc}")
+            raise AuditError(f"submission {row['submission_id']}: archived envelopes are not JSON envelopes: {exc}") from None
         tokenizer = self.tokenizer(version)
         ledger = self.ledger_before(row)
         try:

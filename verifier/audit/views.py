@@ -108,7 +108,8 @@ def summary(table: pa.Table) -> list[dict[str, Any]]:
 def with_token_columns(table: pa.Table) -> pa.Table:
     """Add prompt_token_ids, completion_token_ids and finish_reasons decoded from the envelopes."""
     prompts, comps, reasons = [], [], []
-    for sub, lease in zip(table.column("submission_envelope").to_pylist(), table.column("lease_envelope").to_pylist()):
+    for sub, lease in zip(table.column("submission_envelope").to_pylist(), table.column("lease_envelope").to_pylist(),
+                          strict=True):
         sb = json.loads(sub).get("body", {}) if sub else {}
         lb = json.loads(lease).get("body", {}) if lease else {}
         cs = sb.get("completions") or []

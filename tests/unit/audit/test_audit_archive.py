@@ -58,7 +58,7 @@ def test_not_an_archive_says_where_to_point(tmp_path):
         Archive(tmp_path)
     (tmp_path / "submissions").mkdir()
     with pytest.raises(AuditError, match="run.json is missing"):
-        Archive(tmp_path).run
+        _ = Archive(tmp_path).run
 
 
 def test_run_description_names_keys_and_task_source(archived):

@@ -17,7 +17,7 @@ def table() -> pa.Table:
         ("s4", "12D3KooWBBBBbbbb2", 2, "undecided", None, NOW - 60),
         ("s5", "12D3KooWCCCCcccc3", 3, "accepted", 0.25, NOW - 10),
     ]
-    cols = list(zip(*rows))
+    cols = list(zip(*rows, strict=True))
     return pa.table({"submission_id": cols[0], "worker_id": cols[1], "policy_version": pa.array(cols[2], pa.int64()),
                      "status": cols[3], "mean_reward": pa.array(cols[4], pa.float64()),
                      "received_at": pa.array(cols[5], pa.float64())})
