@@ -18,7 +18,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -32,11 +33,33 @@ from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLar
 from coordinator.service import join, training, upkeep, verification, work
 from protocol import routes
 from protocol.envelope import Envelope
-from protocol.messages import (KIND_BATCH_REQUEST, KIND_CLAIM, KIND_HEARTBEAT, KIND_LEASE_RELEASE, KIND_LEASE_REQUEST,
-                               KIND_REGISTRATION, KIND_SUBMISSION, KIND_VERDICT, BatchRequest, BatchResponse,
-                               ClaimRequest, ClaimResponse, Heartbeat, LeaseRelease, LeaseRequest, LeaseResponse,
-                               PolicyInfo, Registration, RegistrationResponse, RunInfo, Submission,
-                               SubmissionResponse, SubmissionStatus, Verdict, WorkerInfo)
+from protocol.messages import (
+    KIND_BATCH_REQUEST,
+    KIND_CLAIM,
+    KIND_HEARTBEAT,
+    KIND_LEASE_RELEASE,
+    KIND_LEASE_REQUEST,
+    KIND_REGISTRATION,
+    KIND_SUBMISSION,
+    KIND_VERDICT,
+    BatchRequest,
+    BatchResponse,
+    ClaimRequest,
+    ClaimResponse,
+    Heartbeat,
+    LeaseRelease,
+    LeaseRequest,
+    LeaseResponse,
+    PolicyInfo,
+    Registration,
+    RegistrationResponse,
+    RunInfo,
+    Submission,
+    SubmissionResponse,
+    SubmissionStatus,
+    Verdict,
+    WorkerInfo,
+)
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -288,5 +311,5 @@ async def _sweep_loop(ctx: Context) -> None:
         try:
             upkeep.sweep(ctx)
             await asyncio.to_thread(ctx.db.checkpoint)
-        except Exception:  # noqa: BLE001 - the loop must survive a failed sweep; it is logged, not swallowed
+        except Exception:
             log.exception("housekeeping sweep failed; retrying next interval")

@@ -13,8 +13,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import ConfigError
@@ -47,7 +48,7 @@ class GroupSignal:
             self._event = asyncio.Event()
         try:
             await asyncio.wait_for(self._event.wait(), timeout=max(0.0, timeout_s))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

@@ -66,7 +66,6 @@ def _serve_many(cfg: CoordinatorConfig) -> None:
     prom_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)  # before prometheus_client is imported
     from coordinator.context import prepare_database
-
     from protocol.identity import KeyPair
 
     prepare_database(cfg).dispose()  # migrate once, before any child opens the database
@@ -82,7 +81,7 @@ def _serve_many(cfg: CoordinatorConfig) -> None:
             code = 0
             try:
                 _child(cfg, sock, index, str(prom_dir), port)
-            except BaseException:  # noqa: BLE001 - report, then leave the forked child without unwinding the parent's state
+            except BaseException:
                 log.exception("coordinator process %d failed", index)
                 code = 1
             os._exit(code)

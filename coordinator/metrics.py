@@ -12,7 +12,7 @@ before prometheus_client is imported, and `Metrics(multiprocess_dir=...)` expose
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily

@@ -43,7 +43,7 @@ class TaskBook:
 
     @classmethod
     def load(cls, model_ref: str, task_kind: str, task_seed: int, task_options: dict,
-             chat_template: bool = False) -> "TaskBook":
+             chat_template: bool = False) -> TaskBook:
         from protocol.lm import eos_token_id, load_tokenizer
 
         try:

@@ -19,7 +19,7 @@ def leading_zero_bits(digest: bytes) -> int:
 
 
 def _digest(challenge: str, signer_hex: str, nonce: int) -> bytes:
-    return hashlib.sha256(f"{challenge}{signer_hex}{nonce}".encode("utf-8")).digest()
+    return hashlib.sha256(f"{challenge}{signer_hex}{nonce}".encode()).digest()
 
 
 def pow_ok(challenge: str, signer_hex: str, nonce: int | None, difficulty: int) -> bool:

@@ -13,11 +13,11 @@ All functions are pure; the caller supplies the lease facts, the clock and the v
 from __future__ import annotations
 
 import base64
-from array import array
 import binascii
 import hashlib
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from coordinator.errors import Conflict, Forbidden, Gone, Invalid
 from protocol.messages import Completion, Submission

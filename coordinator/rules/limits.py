@@ -19,7 +19,7 @@ class RateLimiter:
     rate: float
     burst: float
     max_keys: int = 100_000
-    _buckets: "OrderedDict[str, tuple[float, float]]" = field(default_factory=OrderedDict, repr=False)
+    _buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict, repr=False)
 
     def take(self, key: str, now: float, cost: float = 1.0) -> float:
         """Take `cost` tokens from `key`'s bucket at time `now`; return 0.0 if allowed, else

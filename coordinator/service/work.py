@@ -11,13 +11,28 @@ from coordinator.context import Context
 from coordinator.errors import Conflict, Forbidden, NotFound
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.leasing import allowed_versions, draw_seeds, leases_to_issue, new_id, pick_returned
+from coordinator.rules.leasing import (
+    allowed_versions,
+    draw_seeds,
+    leases_to_issue,
+    new_id,
+    pick_returned,
+)
 from coordinator.rules.reputation import check_rate, full_check
 from coordinator.service import require_worker, use_nonce
 from coordinator.store import leases, meta, policy, submissions, workers
 from protocol.envelope import Opened, seal
-from protocol.messages import (KIND_LEASE, Lease, LeaseRelease, LeaseRequest, LeaseResponse, SamplingParams,
-                               Submission, SubmissionResponse, SubmissionStatus)
+from protocol.messages import (
+    KIND_LEASE,
+    Lease,
+    LeaseRelease,
+    LeaseRequest,
+    LeaseResponse,
+    SamplingParams,
+    Submission,
+    SubmissionResponse,
+    SubmissionStatus,
+)
 
 log = logging.getLogger("swarmrl.coordinator")
 

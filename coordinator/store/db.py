@@ -24,9 +24,9 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
@@ -70,16 +70,14 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         if self._lock_fd is None:
-            with self.engine.connect() as conn:
-                with conn.begin():
-                    yield conn
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
             return
         with self._thread_lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                with self.engine.connect() as conn:
-                    with conn.begin():
-                        yield conn
+                with self.engine.connect() as conn, conn.begin():
+                    yield conn
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 

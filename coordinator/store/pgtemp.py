@@ -48,7 +48,7 @@ class TempPostgres:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@/swarmrl?host={self.folder}&port={self.port}"
 
-    def start(self, timeout_s: float = 60.0) -> "TempPostgres":
+    def start(self, timeout_s: float = 60.0) -> TempPostgres:
         if self.bin is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install -y postgresql)")
         data = self.folder / "data"
@@ -56,7 +56,7 @@ class TempPostgres:
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
         r = subprocess.run(self._as_postgres([str(self.bin / "initdb"), "-D", str(data), "-U", "postgres",
-                                              "--auth=trust", "-E", "UTF8", "--no-sync"]), capture_output=True)
+                                              "--auth=trust", "-E", "UTF8", "--no-sync"]), capture_output=True, check=False)
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed: {(r.stderr or r.stdout).decode(errors='replace')[-500:]}")
         log = open(self.folder / "postgres.log", "ab")
@@ -67,7 +67,7 @@ class TempPostgres:
         deadline = time.monotonic() + timeout_s
         while True:
             r = subprocess.run([str(self.bin / "pg_isready"), "-h", str(self.folder), "-p", str(self.port)],
-                               capture_output=True)
+                               capture_output=True, check=False)
             if r.returncode == 0:
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -15,8 +15,20 @@ meta             small key/value facts (task counter, pow challenge, counters)
 
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, false)
+from sqlalchemy import (
+                        BigInteger,
+                        Boolean,
+                        Column,
+                        Float,
+                        Index,
+                        Integer,
+                        MetaData,
+                        String,
+                        Table,
+                        Text,
+                        UniqueConstraint,
+                        false,
+)
 
 metadata = MetaData()
 

@@ -17,7 +17,7 @@ import pytest
 from coordinator.store.pgtemp import TempPostgres, find_bin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "coordinator"))
-from coord_harness import start_swarm  # noqa: E402
+from coord_harness import start_swarm
 
 pytestmark = [
     pytest.mark.skipif(find_bin() is None, reason="PostgreSQL is not installed (apt-get install -y postgresql)"),

@@ -26,9 +26,23 @@ from protocol.config import dump_toml
 from protocol.envelope import seal
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest, sign_manifest
-from protocol.messages import (KIND_CLAIM, KIND_LEASE_REQUEST, KIND_REGISTRATION, KIND_SUBMISSION, KIND_VERDICT,
-                               ClaimRequest, ClaimResponse, Completion, EngineInfo, HardwareReport, Lease,
-                               LeaseRequest, Registration, Submission, Verdict)
+from protocol.messages import (
+    KIND_CLAIM,
+    KIND_LEASE_REQUEST,
+    KIND_REGISTRATION,
+    KIND_SUBMISSION,
+    KIND_VERDICT,
+    ClaimRequest,
+    ClaimResponse,
+    Completion,
+    EngineInfo,
+    HardwareReport,
+    Lease,
+    LeaseRequest,
+    Registration,
+    Submission,
+    Verdict,
+)
 from protocol.proof import build_proof, to_b64
 
 CYCLES = 4

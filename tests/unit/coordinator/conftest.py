@@ -1,7 +1,7 @@
 import pytest
+from coord_harness import start_swarm
 
 from swarmrl.modelkit import init_tiny_model
-from coord_harness import start_swarm
 
 
 @pytest.fixture(scope="session")

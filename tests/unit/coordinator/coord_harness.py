@@ -19,10 +19,27 @@ from protocol.envelope import Envelope, envelope_signing_bytes, seal
 from protocol.http import ServerThread
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest, sign_manifest
-from protocol.messages import (KIND_BATCH_REQUEST, KIND_CLAIM, KIND_HEARTBEAT, KIND_LEASE_REQUEST,
-                               KIND_REGISTRATION, KIND_SUBMISSION, KIND_VERDICT, BatchRequest, ClaimRequest,
-                               ClaimResponse, Completion, EngineInfo, HardwareReport, Heartbeat, Lease,
-                               LeaseRequest, Registration, Submission, Verdict)
+from protocol.messages import (
+    KIND_BATCH_REQUEST,
+    KIND_CLAIM,
+    KIND_HEARTBEAT,
+    KIND_LEASE_REQUEST,
+    KIND_REGISTRATION,
+    KIND_SUBMISSION,
+    KIND_VERDICT,
+    BatchRequest,
+    ClaimRequest,
+    ClaimResponse,
+    Completion,
+    EngineInfo,
+    HardwareReport,
+    Heartbeat,
+    Lease,
+    LeaseRequest,
+    Registration,
+    Submission,
+    Verdict,
+)
 
 
 class Clock:

@@ -13,10 +13,23 @@ from coord_harness import proof_for
 
 from protocol.envelope import Envelope
 from protocol.identity import KeyPair
-from protocol.messages import (KIND_BATCH_REQUEST, KIND_CLAIM, KIND_HEARTBEAT, KIND_LEASE_RELEASE, KIND_LEASE_REQUEST,
-                               KIND_REGISTRATION, KIND_SUBMISSION, BatchRequest, ClaimRequest, HardwareReport,
-                               Heartbeat, LeaseRelease, LeaseRequest, Registration)
 from protocol.manifest import build_manifest, sign_manifest
+from protocol.messages import (
+    KIND_BATCH_REQUEST,
+    KIND_CLAIM,
+    KIND_HEARTBEAT,
+    KIND_LEASE_RELEASE,
+    KIND_LEASE_REQUEST,
+    KIND_REGISTRATION,
+    KIND_SUBMISSION,
+    BatchRequest,
+    ClaimRequest,
+    HardwareReport,
+    Heartbeat,
+    LeaseRelease,
+    LeaseRequest,
+    Registration,
+)
 
 
 @pytest.fixture
@@ -331,7 +344,8 @@ def test_a_refused_request_leaves_its_nonce_unused(world):
     env = s.seal(KIND_SUBMISSION, s.submission(world["la"][1], version=9), world["a"])
     assert s.send("/v1/submissions", env).status_code == 422
     with s.ctx.db.read() as conn:
-        from coordinator.store.schema import nonces
         from sqlalchemy import select
+
+        from coordinator.store.schema import nonces
 
         assert conn.execute(select(nonces).where(nonces.c.nonce == env.nonce)).first() is None

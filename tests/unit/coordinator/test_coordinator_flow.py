@@ -4,7 +4,14 @@ import json
 
 from protocol.envelope import Envelope, open_envelope
 from protocol.identity import PublicKey
-from protocol.messages import KIND_LEASE, BatchResponse, Lease, RunInfo, SubmissionStatus, WorkerInfo
+from protocol.messages import (
+    KIND_LEASE,
+    BatchResponse,
+    Lease,
+    RunInfo,
+    SubmissionStatus,
+    WorkerInfo,
+)
 
 
 def test_run_info_names_the_keys_and_no_policy_before_the_trainer_publishes(swarm):

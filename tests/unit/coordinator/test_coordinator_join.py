@@ -2,7 +2,14 @@
 rate limits when the operator turns them on."""
 
 from protocol.identity import KeyPair
-from protocol.messages import KIND_HEARTBEAT, KIND_REGISTRATION, HardwareReport, Heartbeat, Registration, RunInfo
+from protocol.messages import (
+    KIND_HEARTBEAT,
+    KIND_REGISTRATION,
+    HardwareReport,
+    Heartbeat,
+    Registration,
+    RunInfo,
+)
 from protocol.pow import pow_ok, solve_pow
 
 

@@ -8,9 +8,21 @@ import pytest
 from coordinator.errors import Conflict, Forbidden, Gone, Invalid
 from coordinator.rules.advantages import group_advantages
 from coordinator.rules.buffer import Candidate, select_batch, window_floor
-from coordinator.rules.intake import LeaseFacts, check_completions, check_lease, content_hash, proof_size_bounds
-from coordinator.rules.leasing import (ReturnedTask, allowed_versions, draw_seeds, leases_to_issue, new_id,
-                                       pick_returned)
+from coordinator.rules.intake import (
+    LeaseFacts,
+    check_completions,
+    check_lease,
+    content_hash,
+    proof_size_bounds,
+)
+from coordinator.rules.leasing import (
+    ReturnedTask,
+    allowed_versions,
+    draw_seeds,
+    leases_to_issue,
+    new_id,
+    pick_returned,
+)
 from coordinator.rules.limits import RateLimiter
 from coordinator.rules.reputation import check_rate, full_check
 from protocol.messages import Completion, EngineInfo, Submission
@@ -19,7 +31,7 @@ from protocol.pow import leading_zero_bits, pow_ok, solve_pow
 
 # -- reputation -----------------------------------------------------------------------------
 def test_check_rate_starts_full_halves_with_clean_checks_and_stops_at_the_floor():
-    rate = lambda n: check_rate(n, initial=1.0, floor=0.1, halve_every=20)  # noqa: E731
+    rate = lambda n: check_rate(n, initial=1.0, floor=0.1, halve_every=20)
     assert rate(0) == 1.0 and rate(19) == 1.0
     assert rate(20) == 0.5 and rate(40) == 0.25 and rate(60) == 0.125
     assert rate(80) == 0.1 and rate(10_000) == 0.1
