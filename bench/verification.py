@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
 from protocol.proof import build_proofs  # noqa: E402
 from tests.adversarial import harness as H  # noqa: E402
-from verifier.thresholds import Thresholds  # noqa: E402
+from verifier.thresholds import LOW_PRECISION, Thresholds  # noqa: E402
 from worker.rollout import build_submission  # noqa: E402
 
 VERIFY_THREADS = 2
@@ -135,10 +135,11 @@ def summarise(name: str, res: list[dict]) -> dict:
             **{s: max(r[s] for r in res) for s, _ in STATS}}
 
 
-def print_header(thr: Thresholds) -> None:
+def print_header() -> None:
     names = "".join(f"{s:>17}" for s, _ in STATS)
     print(f"{'variation':<16}{'compl.':>7}{'false rej.':>11}{names}")
-    print(f"{'(threshold)':<16}{'':>7}{'':>11}" + "".join(f"{getattr(thr, t):>17g}" for _, t in STATS))
+    for label, thr in (("(fp32 limit)", Thresholds()), ("(bf16 limit)", LOW_PRECISION)):
+        print(f"{label:<16}{'':>7}{'':>11}" + "".join(f"{getattr(thr, t):>17g}" for _, t in STATS))
 
 
 def print_row(r: dict) -> None:
@@ -157,16 +158,20 @@ def attack_section(world: H.World, root: Path, n: int, out: dict) -> None:
     noisy10 = H.perturbed_copy(v1, root / "noise-10pct", rel_noise=0.1)
     engines = {"other": H.engine_for(other_dir, 1), "noise10": H.engine_for(noisy10, 1),
                "v0": H.engine_for(world.versions[0], 0)}
+    bf16 = {"other": H.engine_for(other_dir, 1, dtype="bfloat16"),
+            "noise10": H.engine_for(noisy10, 1, dtype="bfloat16"),
+            "v0": H.engine_for(world.versions[0], 0, dtype="bfloat16"),
+            "honest": H.engine_for(v1, 1, dtype="bfloat16")}
     vocab = len(world.tokenizer)
     rng = world.rng
 
-    def changed_prompt(lease):
+    def changed_prompt(lease, engine=honest_engine):
         p = list(lease.prompt_token_ids)
         digits = [i for i, t in enumerate(p) if world.tokenizer.convert_ids_to_tokens(t).isdigit()]
         i = digits[0] if digits else 0
         d = world.tokenizer.convert_ids_to_tokens(p[i])
         p[i] = world.tokenizer.convert_tokens_to_ids(str((int(d) + 1) % 10) if d.isdigit() else "1")
-        return H.generate_with(honest_engine, lease, 1, prompt=p)
+        return H.generate_with(engine, lease, 1, prompt=p)
 
     attacks = {
         "other weights (another seed)": lambda l, e, h: H.generate_with(engines["other"], l, 1),
@@ -182,6 +187,13 @@ def attack_section(world: H.World, root: Path, n: int, out: dict) -> None:
         "truncation": lambda l, e, h: H.truncate(h, forge_eos=False, eos=world.eos),
         "forged EOS (re-proved)": lambda l, e, h: H.reprove(world, l, H.truncate(h, forge_eos=True, eos=world.eos), 1),
         "forged reward claim": lambda l, e, h: H.with_claimed_rewards(h, 1.0),
+        # the same weight and prompt cheats by a worker that computes in, and declares, bf16
+        # (it is then judged by a bf16 prefill against the wider low-precision limits)
+        "bf16: other weights": lambda l, e, h: H.generate_with(bf16["other"], l, 1),
+        "bf16: weights + 10% noise": lambda l, e, h: H.generate_with(bf16["noise10"], l, 1),
+        "bf16: previous version as current": lambda l, e, h: H.generate_with(bf16["v0"], l, 1),
+        "bf16: changed prompt (one digit)": lambda l, e, h: changed_prompt(l, bf16["honest"]),
+        "bf16: temperature 0.7": lambda l, e, h: H.generate_with(bf16["honest"], l, 1, temperature=0.7),
     }
     rows = []
     print(f"{'attack':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}  caught by")
@@ -237,10 +249,11 @@ def weights_section(world: H.World, root: Path, n: int, out: dict) -> None:
                 for r in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)]
     variants += [(f"policy 1 AdamW step away, lr {lr:g}", lambda lr=lr: H.next_version(world.versions[1], root / f"step-{lr:g}", lr=lr))
                  for lr in (1e-4, 3e-5, 1e-5, 3e-6, 1e-6)]
-    for name, build in variants:
+    for (name, build), dtype in [(v, dt) for dt in ("float32", "bfloat16") for v in variants]:
         path = build()
+        name = f"{dtype[:4]}: {name}"
         # the cheater holds `path` but claims version 1
-        engine = H.engine_for(path, 1, threads=VERIFY_THREADS)
+        engine = H.engine_for(path, 1, dtype=dtype, threads=VERIFY_THREADS)
         leases = [world.lease(key) for _ in range(n)]
         honest = H.honest_submissions(honest_engine, [l for l, _ in leases], 1)
         cheats = H.honest_submissions(engine, [l for l, _ in leases], 1)
@@ -323,14 +336,14 @@ def main() -> None:
     tmp = None if args.workdir else tempfile.TemporaryDirectory()
     root = args.workdir or Path(tmp.name)
     root.mkdir(parents=True, exist_ok=True)
-    out: dict = {"thresholds": Thresholds().model_dump(), "args": {k: str(v) for k, v in vars(args).items()}}
+    out: dict = {"thresholds": Thresholds().model_dump(), "low_precision": LOW_PRECISION.model_dump(), "args": {k: str(v) for k, v in vars(args).items()}}
     started = time.monotonic()
     world = H.make_world(root / "demo", warm_seconds=args.warm_seconds, group_size=8, max_tokens=8)
     print(f"tiny model ready ({time.monotonic() - started:.0f} s)")
     if "honest" in args.sections:
         long_world = H.make_world(root / "long", group_size=8, max_tokens=64)
         print(f"\n1. honest rollouts (full check of every submission; false rejections must be 0)")
-        print_header(Thresholds())
+        print_header()
         honest_section(world, long_world, args.completions, out)
     if "attacks" in args.sections:
         print(f"\n2. attacks (check rate 100%, {args.per_attack} submissions of 8 completions each)")

@@ -29,16 +29,21 @@ from verifier.checks.sampling import check_sampling, sampling_gaps
 from verifier.checks.termination import check_termination
 from verifier.job import OpenedJob
 from verifier.seen import SeenLedger
-from verifier.thresholds import Thresholds
+from verifier.thresholds import LOW_PRECISION, Thresholds
 
 
 @dataclass(frozen=True)
 class JudgeSettings:
     run_id: str | None
     thresholds: Thresholds = Thresholds()
+    low_precision: Thresholds = LOW_PRECISION
     chunk_size: int = DEFAULT_CHUNK_SIZE
     topk: int = DEFAULT_TOPK
     match_dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+    def for_dtype(self, prefill_dtype: str) -> Thresholds:
+        """The limits for a prefill computed in `prefill_dtype`."""
+        return self.low_precision if prefill_dtype in ("bfloat16", "float16") else self.thresholds
 
 
 @dataclass
@@ -62,7 +67,7 @@ def model_ready(oj: OpenedJob, vocab_size: int) -> bool:
 def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: list[str | None], *,
           outputs: ModelOutputs | None = None, vocab_size: int | None = None,
           now: float | None = None) -> Verdict:
-    thr = settings.thresholds
+    thr = settings.for_dtype(outputs.dtype if outputs is not None else "")
     checks: list[CheckResult] = [
         check_lease_and_data(oj, run_id=settings.run_id, chunk_size=settings.chunk_size, topk=settings.topk,
                              vocab_size=vocab_size),

@@ -77,6 +77,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         service = VerifierService(
             client, coordinator_key=PublicKey.from_hex(info.coordinator_key), tokenizer=tokenizer, models=models,
             settings=JudgeSettings(run_id=info.run_id, thresholds=cfg.thresholds,
+                                  low_precision=cfg.low_precision_thresholds,
                                   match_dtypes=tuple(cfg.match_dtypes)), ledger=ledger, metrics=metrics,
             batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s)
         holder["service"] = service

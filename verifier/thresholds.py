@@ -5,19 +5,25 @@ lets an operator override them per run. They must be calibrated per model and ha
 `python bench/verification.py` measures the honest and dishonest distributions and prints
 each statistic's worst honest value next to its threshold.
 
-Calibration (tiny demo model, Qwen2 128x4, CPU; honest workers decoding with a KV cache in
-fp32 or bf16, batch 1/4/16, 1 or 2 threads; the verifier's prefill in the dtype the worker
-declares, see `verifier.pipeline`):
-- proof: a dtype-matched honest worker agrees with the prefill almost bit for bit: pooled
-  over a submission, at most ~0.1% of exponents differ and the mean mantissa error stays
-  below ~0.02 (a chunk alone below ~0.1). A prefill in the *other* dtype would differ by
-  ~1 ulp on average, which is why the dtype is matched rather than the thresholds widened.
-  The limits below leave a wide margin (10x and more) for other CPUs and thread counts, and
-  still catch a weight change of ~0.3% of each tensor's std, or a policy one AdamW step
-  (lr 1e-5) away from the claimed one; other weights, another prompt or an edited token
-  move the numbers by orders of magnitude more. The reference's own limits (mean 10,
-  median 8, 38/128 exponents) were set for GPUs of different makes; a fleet of mixed GPUs
-  needs wider limits, measured the same way.
+There are two sets: `Thresholds()` for full precision (the prefill runs in fp32) and
+`LOW_PRECISION` for bf16/fp16 (the prefill runs in the worker's declared low-precision dtype;
+see `verifier.pipeline`). Calibration: tiny demo model (Qwen2 128x4) and the same model
+untrained, CPU, honest workers decoding with a KV cache, batch 1/4/16, 1 or 2 threads,
+completions of up to 8 and up to 64 tokens:
+- fp32: the worker's decode and the verifier's prefill agree almost bit for bit: pooled
+  over a submission the mean mantissa error stays <= 0.001, a chunk's <= 0.01. The limits
+  leave a wide margin for other CPUs and thread counts, and still catch a weight change of
+  ~0.3% of each tensor's std, or a policy one AdamW step (lr 1e-5) from the claimed one.
+- bf16: decode and prefill round differently (the KV-cache path and the batched prefill do
+  not accumulate in the same order), and the difference grows with the completion: pooled
+  means up to ~1.1 and chunk means up to ~2.7 on the untrained model (far less on a trained
+  one). The limits sit about 2x above that; what they still catch is measured per attack by
+  the bench. A prefill in the *other* dtype would add ~1 ulp on average, which is why the
+  dtype is matched instead of widening every limit. Declaring bf16 buys a cheater only the
+  low-precision limits, never a free pass: every weight, prompt or token cheat moves the
+  numbers far past them (bench/verification.py, section 2).
+- The reference's limits (mean 10, median 8, 38/128 exponents) were set for mixed GPUs; a
+  fleet of mixed GPUs needs wider limits, measured the same way.
 - sampling: the chosen token must be the Gumbel-perturbed argmax of the verifier's own
   logits; numeric noise can flip a near-tie, so a chosen token may trail the best perturbed
   score by up to `sampling_tolerance` (logit / temperature units). Honest shortfalls
@@ -56,3 +62,8 @@ class Thresholds(BaseModel):
         0.05, ge=0, description="largest shortfall of a chosen token's perturbed score (logit/temperature "
                                 "+ Gumbel noise) below the best one, allowed for honest numeric noise")
     reward_tolerance: float = Field(1e-6, ge=0, description="rewards that differ by more are different")
+
+
+# bf16 / fp16 prefills: honest decode-vs-prefill rounding noise is much larger (see above).
+LOW_PRECISION = Thresholds(exp_mismatch_frac=0.15, mant_err_mean=5.0, mant_err_median=4.0, sign_mismatch_frac=0.05,
+                           group_exp_mismatch_frac=0.05, group_mant_err_mean=2.0)
