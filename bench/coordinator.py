@@ -424,8 +424,10 @@ def run_one(db: str, args, tmp: Path) -> dict:
         def sample_cpu() -> None:
             time.sleep(max(0.0, t_measure - time.time()))
             cpu_marks["start"] = cpu_seconds(proc.pid)
+            cpu_marks["clients_start"] = sum(cpu_seconds(pr.pid) for pr in procs) + cpu_seconds(os.getpid())
             time.sleep(max(0.0, t_end - time.time()))
             cpu_marks["end"] = cpu_seconds(proc.pid)
+            cpu_marks["clients_end"] = sum(cpu_seconds(pr.pid) for pr in procs) + cpu_seconds(os.getpid())
 
         import threading
 
@@ -442,8 +444,9 @@ def run_one(db: str, args, tmp: Path) -> dict:
             stats = http.get("/v1/stats").json()
             server = server_latency(http.get("/metrics").text)
         server_cpu = cpu_marks.get("end", 0.0) - cpu_marks.get("start", 0.0)
+        client_cpu = cpu_marks.get("clients_end", 0.0) - cpu_marks.get("clients_start", 0.0)
         return {"db": db, "rec": rec, "counts": counts, "stats": stats, "body_kb": body_kb, "server": server,
-                "server_cpu_s": server_cpu}
+                "server_cpu_s": server_cpu, "client_cpu_s": client_cpu}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -508,7 +511,8 @@ def report(res: dict, args) -> None:
     if subs:
         per = 1000 * res["server_cpu_s"] / subs
         print(f"   coordinator CPU: {res['server_cpu_s']:.1f} s over {dur:.0f} s = {per:.2f} ms per submission, all "
-              f"endpoints' work included (one core sustains ~{1000 / per:.0f} submissions/s at this cost)")
+              f"endpoints' work included (one core sustains ~{1000 / per:.0f} submissions/s at this cost); "
+              f"load generator CPU: {res['client_cpu_s']:.1f} s")
     print(f"   {'endpoint':<10} {'ok':>8} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name in ("submit", "lease", "heartbeat", "policy", "register", "claim", "verdict", "batch", "publish"):
         xs = rec.samples.get(name, [])
