@@ -77,7 +77,8 @@ class ShardcastClient:
         """`relays`: origin or relay URLs; `operator_key`: the key (or its hex) that signs
         manifests; `run_id`: when given, manifests of other runs are refused; `keep_versions`:
         complete versions kept in the cache (None: all; a version handed out in the last
-        two minutes is never pruned, so several clients may share one cache); `durable`: fsync before a version
+        two minutes is never pruned, so several clients may share one cache); `durable`: fsync
+        before a version
         becomes visible; `check_files`: also check whole-file hashes (shards are always
         checked); `events`: callbacks for metrics (bytes received, shards verified,
         corrupt shards, transfer errors); `fallback`: another source of shards (e.g.
@@ -120,14 +121,15 @@ class ShardcastClient:
         """Hand over a signed manifest obtained elsewhere (e.g. the coordinator's GET
         /v1/policy), so `fetch` need not ask the relays for it. It is verified like any
         other (operator key, run); returns its version. Raises SignatureError/MessageError."""
-        env, manifest = verify_manifest_bytes(envelope.model_dump_json().encode(), self.operator_key,
-                                              self.run_id)
+        env, manifest = verify_manifest_bytes(envelope.model_dump_json().encode(),
+                                              self.operator_key, self.run_id)
         self._announced.setdefault(manifest.version, Announced(env, manifest, "offered"))
         return manifest.version
 
     def cached_versions(self) -> list[int]:
         """Complete versions in the local cache."""
-        return sorted(v for v, p in version_dirs(self.cache_dir).items() if (p / MANIFEST_NAME).exists())
+        return sorted(v for v, p in version_dirs(self.cache_dir).items()
+                      if (p / MANIFEST_NAME).exists())
 
     # -- fetching ------------------------------------------------------------------------------
     def fetch(self, version: int, progress: Callable[[int, int], None] | None = None) -> Path:
@@ -159,10 +161,12 @@ class ShardcastClient:
         saw_newer = False
         while True:
             try:
-                return fetch_manifest(self.http, self.sources, self.operator_key, version, self.run_id)
+                return fetch_manifest(self.http, self.sources, self.operator_key, version,
+                                      self.run_id)
             except VersionUnavailable:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._abort.is_set() or saw_newer or self.sources.next_usable_in() is None:
+                hopeless = saw_newer or self.sources.next_usable_in() is None
+                if left <= 0 or self._abort.is_set() or hopeless:
                     raise
                 found = wait_for_newer(self.sources, self.operator_key, version - 1, min(left, 5.0),
                                        self.run_id)

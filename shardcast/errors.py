@@ -4,7 +4,7 @@
     └── ShardcastError            base of everything below
         ├── PublishError          the origin refused a checkpoint (empty folder, version not newer,
         │                         same version with other content)
-        ├── VersionUnavailable    no source holds this version (pruned everywhere, or never published)
+        ├── VersionUnavailable    no source holds this version (pruned, or never published)
         ├── CorruptData           bytes do not match the signed manifest (a shard or a whole file)
         └── FetchFailed           every source failed for a shard after the allowed attempts
 

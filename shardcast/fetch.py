@@ -201,7 +201,8 @@ class Downloader:
     def _transfer(self, url: str, version: int, shard: ShardEntry, fd: int, base: int,
                   st: _ShardState) -> None:
         headers = {"range": f"bytes={st.pos}-"} if st.pos else {}
-        path = f"{routes.SC_SHARD.format(version=version, index=shard.index)}?wait_s={self.opts.shard_wait_s:g}"
+        path = (routes.SC_SHARD.format(version=version, index=shard.index)
+                + f"?wait_s={self.opts.shard_wait_s:g}")
         st.used.add(url)
         resp = self.conns.get(url, path, headers)
         complete = False
@@ -275,6 +276,7 @@ class Downloader:
                 self.events.on_corrupt(url, shard)
         else:
             for url in st.used:
-                self._error(url, f"shard {shard.index} assembled from several sources failed its hash")
+                self._error(url, f"shard {shard.index} assembled from several sources failed "
+                                 f"its hash")
 
 

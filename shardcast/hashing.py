@@ -60,9 +60,9 @@ def build_manifest_parallel(checkpoint_dir: Path, *, run_id: str, version: int, 
         shard_jobs = [[pool.submit(sha256_file, p, off, n) for off, n in pieces]
                       for _, p, _, pieces in plan]
         file_entries, shards = [], []
-        for (rel, p, size, pieces), jobs in zip(plan, shard_jobs):
+        for (rel, _, size, pieces), jobs in zip(plan, shard_jobs, strict=True):
             file_entries.append(FileEntry(path=rel, size=size, sha256=file_jobs[rel].result()))
-            for (off, n), job in zip(pieces, jobs):
+            for (off, n), job in zip(pieces, jobs, strict=True):
                 shards.append(ShardEntry(index=len(shards), path=rel, offset=off, size=n,
                                          sha256=job.result()))
     by_path = {f.path: f.sha256 for f in file_entries}

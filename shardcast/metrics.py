@@ -15,24 +15,26 @@ class NodeMetrics:
     def __init__(self, role: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.bytes_served = Counter("shardcast_bytes_served", "shard bytes sent to downstream", registry=r)
+        self.bytes_served = Counter("shardcast_bytes_served", "shard bytes sent downstream",
+                                    registry=r)
         self.shard_requests = Counter("shardcast_shard_requests", "shard requests by outcome",
                                       ["outcome"], registry=r)
-        self.transfers = Gauge("shardcast_transfers_active", "shard bodies being sent now", registry=r)
-        self.longpolls = Gauge("shardcast_longpolls_waiting", "long-polls waiting for a new version",
+        self.transfers = Gauge("shardcast_transfers_active", "shard bodies being sent now",
                                registry=r)
+        self.longpolls = Gauge("shardcast_longpolls_waiting",
+                               "long-polls waiting for a new version", registry=r)
         self.latest_version = Gauge("shardcast_latest_version", "newest version held (-1: none)",
                                     registry=r)
         self.versions_held = Gauge("shardcast_versions_held", "versions held on disk", registry=r)
         self.bytes_fetched = Counter("shardcast_bytes_fetched", "bytes received from upstreams",
                                      registry=r)
-        self.shards_verified = Counter("shardcast_shards_verified", "shards that matched the manifest",
-                                       registry=r)
+        self.shards_verified = Counter("shardcast_shards_verified",
+                                       "shards that matched the manifest", registry=r)
         self.verify_failures = Counter("shardcast_verify_failures",
                                        "shards or manifests that failed verification, by source",
                                        ["source"], registry=r)
-        self.fetch_errors = Counter("shardcast_fetch_errors", "transfer errors by source", ["source"],
-                                    registry=r)
+        self.fetch_errors = Counter("shardcast_fetch_errors", "transfer errors by source",
+                                    ["source"], registry=r)
         self.publishes = Counter("shardcast_publishes", "versions published (origin)", registry=r)
         self.publish_seconds = Histogram("shardcast_publish_seconds", "time to publish a version",
                                          registry=r, buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))

@@ -91,7 +91,8 @@ class Origin:
             if manifest.version != version:
                 log.warning("ignoring %s: its manifest is for version %d", folder, manifest.version)
                 continue
-            self._versions[version] = _Published(folder, manifest, env, env.model_dump_json().encode())
+            self._versions[version] = _Published(folder, manifest, env,
+                                                 env.model_dump_json().encode())
         self._update_gauges()
         if self._versions:
             log.info("origin reloaded versions %s from %s", sorted(self._versions), self.root)

@@ -77,8 +77,9 @@ class FileHashes:
         """Raise CorruptData unless every file is complete and matches its hash."""
         for path, size in self.sizes.items():
             if (self.folder / path).stat().st_size != size:
-                raise CorruptData(f"{path} has {(self.folder / path).stat().st_size} bytes on disk, "
-                                  f"the signed manifest says {size}")
+                on_disk = (self.folder / path).stat().st_size
+                raise CorruptData(f"{path} has {on_disk} bytes on disk, the signed manifest "
+                                  f"says {size}")
             if self._next[path] != size:
                 # Not all in order (cannot happen when every shard was added): hash from scratch.
                 digest = sha256_file(self.folder / path)
@@ -140,7 +141,8 @@ class PartialCheckpoint:
     def resume(self) -> list[ShardEntry]:
         """Commit the shards the log lists whose bytes on disk still match; return the rest."""
         try:
-            logged = {int(x) for x in (self.folder / VERIFIED_LOG).read_text().split() if x.isdigit()}
+            text = (self.folder / VERIFIED_LOG).read_text()
+            logged = {int(x) for x in text.split() if x.isdigit()}
         except FileNotFoundError:
             logged = set()
         todo = []
@@ -149,7 +151,8 @@ class PartialCheckpoint:
                 if s.sha256 != EMPTY_SHA256:
                     raise CorruptData(f"manifest gives empty shard {s.index} a non-empty hash")
                 self.commit(s, log=False)
-            elif s.index in logged and shard_digest_on_disk(self.folder / s.path, s.offset, s.size) == s.sha256:
+            elif s.index in logged and shard_digest_on_disk(
+                    self.folder / s.path, s.offset, s.size) == s.sha256:
                 self.commit(s, log=False)
             else:
                 todo.append(s)

@@ -41,7 +41,7 @@ from shardcast.config import RelayConfig
 from shardcast.errors import ShardcastError
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions
 from shardcast.layout import (
-    clean_work_dirs, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
+    clean_work_dirs, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
 )
 from shardcast.metrics import NodeMetrics
@@ -77,7 +77,8 @@ class _ShardFiles:
         self.dir = m.folder / "shards"
 
     def begin(self, shard: ShardEntry) -> tuple[int, int]:
-        return os.open(self.dir / f".{shard.index}.part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        return os.open(self.dir / f".{shard.index}.part", flags, 0o644), 0
 
     def end(self, shard: ShardEntry, fd: int) -> None:
         os.close(fd)
@@ -168,7 +169,8 @@ class Relay:
 
     # -- mirroring -----------------------------------------------------------------------------
     def start(self) -> None:
-        for target, name in ((self._watch_loop, "relay-watch"), (self._download_loop, "relay-download")):
+        loops = ((self._watch_loop, "relay-watch"), (self._download_loop, "relay-download"))
+        for target, name in loops:
             t = threading.Thread(target=target, daemon=True, name=name)
             t.start()
             self._threads.append(t)
@@ -228,10 +230,11 @@ class Relay:
         work = self.root / f".tmp-{version}-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         (work / "shards").mkdir(parents=True)
-        write_manifest(work, ann.envelope)
+        # No fsync on this path (it is between the upstream's announcement and ours): after a
+        # crash, start-up re-verifies every manifest and shard on disk and drops what is torn.
+        write_manifest(work, ann.envelope, durable=False)
         final = self.root / str(version)
         os.rename(work, final)
-        fsync_dir(self.root)
         doomed = []
         with self._lock:
             self._versions[version] = _Mirrored(final, ann.manifest, ann.envelope,
@@ -252,7 +255,8 @@ class Relay:
     def _download_loop(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                todo = [v for v, m in self._versions.items() if not m.complete and not m.abort.is_set()]
+                todo = [v for v, m in self._versions.items()
+                        if not m.complete and not m.abort.is_set()]
                 if not todo:
                     self._pending.wait(timeout=5.0)
                     continue

@@ -157,7 +157,8 @@ class Sources:
         with self._lock:
             now = self.now()
             usable = [s for s in self.stats.values() if s.usable(now)]
-            benched = [s for s in self.stats.values() if now >= s.hostile_until and not s.usable(now)]
+            benched = [s for s in self.stats.values()
+                       if now >= s.hostile_until and not s.usable(now)]
             known = [s.throughput_bps for s in usable if s.throughput_bps is not None]
             best = max(known) if known else 1e9
             usable.sort(key=lambda s: expected_seconds(s, best))

@@ -143,7 +143,8 @@ def _detail(status: int, text: str, headers: dict | None = None) -> JSONResponse
     return JSONResponse({"detail": text}, status_code=status, headers=headers)
 
 
-def build_app(catalog: Catalog, *, title: str, max_transfers: int = DEFAULT_MAX_TRANSFERS) -> FastAPI:
+def build_app(catalog: Catalog, *, title: str,
+              max_transfers: int = DEFAULT_MAX_TRANSFERS) -> FastAPI:
     """The API over `catalog`. At most `max_transfers` shard bodies are sent at once; a
     request beyond that gets 503 + Retry-After and its client turns to another source."""
     app = FastAPI(title=title, description="shardcast: signed, sharded policy versions")
@@ -217,14 +218,16 @@ def build_app(catalog: Catalog, *, title: str, max_transfers: int = DEFAULT_MAX_
                                 f"{loc.size} bytes", {"content-range": f"bytes */{loc.size}"})
         if transfers.active >= transfers.limit:
             m.shard_requests.labels("busy").inc()
-            return _detail(503, f"busy: {transfers.active} transfers in progress; try another source",
+            return _detail(503, f"busy: {transfers.active} transfers in progress; "
+                                f"try another source",
                            {"retry-after": "1"})
         if not loc.path.exists():
             m.shard_requests.labels("not_found").inc()
             return _detail(404, f"version {version} was just pruned here")
         start, end = rng if rng is not None else (0, loc.size)
         headers = {"content-length": str(end - start), "accept-ranges": "bytes",
-                   "etag": f'"{loc.sha256}"', "cache-control": "public, max-age=31536000, immutable"}
+                   "etag": f'"{loc.sha256}"',
+                   "cache-control": "public, max-age=31536000, immutable"}
         status = 200
         if rng is not None:
             status = 206

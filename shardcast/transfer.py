@@ -41,7 +41,8 @@ class ShardResponse:
             return self.resp.readinto(buf)
         except (OSError, http.client.HTTPException) as exc:
             self.pool.drop(self.base)
-            raise TransferError(f"{self.base}: body read failed: {type(exc).__name__}: {exc}") from exc
+            raise TransferError(f"{self.base}: body read failed: {type(exc).__name__}: "
+                                f"{exc}") from exc
 
     def finish(self, complete: bool) -> None:
         """Release the response: keep the connection if the body was read to its end."""

@@ -45,7 +45,8 @@ class Announced:
         return self.manifest.version
 
 
-def verify_manifest_bytes(data: bytes, operator_key: PublicKey, run_id: str | None) -> tuple[Envelope, PolicyManifest]:
+def verify_manifest_bytes(data: bytes, operator_key: PublicKey,
+                          run_id: str | None) -> tuple[Envelope, PolicyManifest]:
     """Parse and verify a served manifest. Raises MessageError or SignatureError."""
     try:
         env = Envelope.model_validate_json(data)
@@ -76,9 +77,11 @@ def fetch_manifest(http: httpx.Client, sources: Sources, operator_key: PublicKey
         try:
             env, manifest = verify_manifest_bytes(resp.content, operator_key, run_id)
             if manifest.version != version:
-                raise SignatureError(f"asked for version {version}, got a manifest of {manifest.version}")
+                raise SignatureError(f"asked for version {version}, got a manifest of "
+                                     f"{manifest.version}")
         except (MessageError, SignatureError) as exc:
-            log.warning("source %s served a bad manifest for version %d: %s; avoiding it", url, version, exc)
+            log.warning("source %s served a bad manifest for version %d: %s; avoiding it",
+                        url, version, exc)
             sources.hostile(url, f"bad manifest: {exc}")
             continue
         return Announced(env, manifest, url)
@@ -90,7 +93,8 @@ def wait_for_newer(sources: Sources, operator_key: PublicKey, after: int | None,
                    run_id: str | None = None) -> Announced | None:
     """The newest verified manifest with version > `after` that any source announces within
     `timeout_s` (None: nothing newer in time). Runs its own event loop in the calling thread."""
-    return asyncio.run(_race(sources, operator_key, -1 if after is None else after, timeout_s, run_id))
+    after_v = -1 if after is None else after
+    return asyncio.run(_race(sources, operator_key, after_v, timeout_s, run_id))
 
 
 async def _race(sources: Sources, key: PublicKey, after: int, timeout_s: float,

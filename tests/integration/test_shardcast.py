@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,6 @@ from protocol.identity import KeyPair
 from shardcast.client import ShardcastClient
 from shardcast.config import OriginConfig
 from shardcast.errors import PublishError
-from shardcast.fetch import FetchOptions
 from shardcast.origin import Origin
 
 SHARD = 256 * 1024
@@ -35,9 +35,12 @@ def make_checkpoint(folder: Path, weights_bytes: int, seed: int) -> Path:
 
 
 def same_tree(a: Path, b: Path) -> bool:
-    files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*")
-                             if p.is_file() and not p.name.startswith("."))
-    return files(a) == files(b) and all((a / f).read_bytes() == (b / f).read_bytes() for f in files(a))
+    def files(d: Path) -> list[str]:
+        return sorted(p.relative_to(d).as_posix() for p in d.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+
+    return files(a) == files(b) and all((a / f).read_bytes() == (b / f).read_bytes()
+                                        for f in files(a))
 
 
 class RelayProc:
@@ -57,7 +60,8 @@ class RelayProc:
         deadline = time.monotonic() + 30
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"relay did not start: {(data_dir / 'relay.log').read_text()[-2000:]}")
+                log = (data_dir / "relay.log").read_text()[-2000:]
+                raise RuntimeError(f"relay did not start: {log}")
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{int(port_file.read_text())}"
 
@@ -91,8 +95,9 @@ def operator():
     return KeyPair.generate()
 
 
-@pytest.fixture
-def relays():
+@contextmanager
+def relay_starter():
+    """A function that starts relay processes, all killed when the block ends."""
     started: list[RelayProc] = []
 
     def start(*args, **kw) -> RelayProc:
@@ -100,22 +105,31 @@ def relays():
         started.append(r)
         return r
 
-    yield start
-    for r in started:
-        r.kill()
-        r.log.close()
+    try:
+        yield start
+    finally:
+        for r in started:
+            r.kill()
+            r.log.close()
+
+
+@pytest.fixture
+def relays():
+    with relay_starter() as start:
+        yield start
 
 
 @pytest.fixture
 def origin(tmp_path, operator):
-    o = Origin(OriginConfig(data_dir=tmp_path / "origin", port=0, shard_size=SHARD, keep_versions=2),
-               operator, "run-test")
+    cfg = OriginConfig(data_dir=tmp_path / "origin", port=0, shard_size=SHARD, keep_versions=2)
+    o = Origin(cfg, operator, "run-test")
     o.start()
     yield o
     o.stop()
 
 
-def test_version_flows_origin_relay_client_and_is_byte_identical(tmp_path, operator, origin, relays):
+def test_version_flows_origin_relay_client_and_is_byte_identical(tmp_path, operator, origin,
+                                                                 relays):
     ckpt = make_checkpoint(tmp_path / "ck0", 3 * SHARD + 1000, seed=0)
     origin.publish(ckpt, version=0, step=0)
     relay = relays(tmp_path / "relay", [origin.url], operator)
@@ -125,7 +139,8 @@ def test_version_flows_origin_relay_client_and_is_byte_identical(tmp_path, opera
         path = c.fetch(0, progress=lambda done, total: seen.append((done, total)))
         assert path == tmp_path / "cache" / "0"
         assert same_tree(ckpt, path)
-        assert seen[-1][0] == seen[-1][1] == sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+        total = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+        assert seen[-1][0] == seen[-1][1] == total
         assert c.fetch(0) == path                       # cached: no second download
     health = relay.get("/health").json()
     assert health["role"] == "relay" and health["complete"] == [0]
@@ -155,7 +170,8 @@ def test_long_poll_learns_a_new_version_and_relay_tree_of_depth_two_delivers_it(
     assert c.wait_for_version is not None
 
 
-def test_old_versions_are_pruned_everywhere_and_numbering_only_grows(tmp_path, operator, origin, relays):
+def test_old_versions_are_pruned_everywhere_and_numbering_only_grows(tmp_path, operator, origin,
+                                                                     relays):
     relay = relays(tmp_path / "relay", [origin.url], operator, keep=2)
     for v in range(3):
         origin.publish(make_checkpoint(tmp_path / f"ck{v}", SHARD // 2, seed=v), v, v)
@@ -208,13 +224,14 @@ def _free_port() -> int:
 
 
 def test_relay_command_reports_a_bad_key_or_missing_upstream_in_one_line(tmp_path):
-    base = [sys.executable, "-m", "swarmrl", "relay", "--port", "0", "--set", f"data_dir={tmp_path}"]
+    base = [sys.executable, "-m", "swarmrl", "relay", "--port", "0",
+            "--set", f"data_dir={tmp_path}"]
     bad_key = subprocess.run(base + ["--upstream", "http://127.0.0.1:9", "--operator-key", "zz"],
                              capture_output=True, text=True, timeout=60)
     assert bad_key.returncode == 2
     assert bad_key.stderr.strip() == "swarmrl: public key is not hex"
-    no_upstream = subprocess.run(base + ["--operator-key", "ab" * 32], capture_output=True, text=True,
-                                 timeout=60)
+    no_upstream = subprocess.run(base + ["--operator-key", "ab" * 32], capture_output=True,
+                                 text=True, timeout=60)
     assert no_upstream.returncode == 2 and "upstreams" in no_upstream.stderr
     no_scheme = subprocess.run(base + ["--upstream", "127.0.0.1:8750", "--operator-key", "ab" * 32],
                                capture_output=True, text=True, timeout=60)

@@ -26,14 +26,24 @@ from shardcast.metrics import NodeMetrics
 from shardcast.origin import Origin
 from shardcast.serving import ShardLocation, build_app
 from shardcast.signal import Signal
-from tests.integration.test_shardcast import (  # noqa: F401 (fixtures)
-    SHARD, make_checkpoint, operator, relays, same_tree,
-)
+from tests.integration.test_shardcast import SHARD, make_checkpoint, relay_starter, same_tree
+
+
+@pytest.fixture
+def operator():
+    return KeyPair.generate()
+
+
+@pytest.fixture
+def relays():
+    with relay_starter() as start:
+        yield start
 
 
 @pytest.fixture
 def origin(tmp_path, operator):
-    o = Origin(OriginConfig(data_dir=tmp_path / "origin", port=0, shard_size=SHARD), operator, "run-f")
+    cfg = OriginConfig(data_dir=tmp_path / "origin", port=0, shard_size=SHARD)
+    o = Origin(cfg, operator, "run-f")
     o.start()
     yield o
     o.stop()
@@ -113,7 +123,8 @@ def hostile(tmp_path, origin):
         h.stop()
 
 
-def test_relay_killed_mid_transfer_client_finishes_from_the_other(tmp_path, operator, origin, relays):
+def test_relay_killed_mid_transfer_client_finishes_from_the_other(tmp_path, operator, origin,
+                                                                  relays):
     ck = make_checkpoint(tmp_path / "ck", 60 * SHARD, seed=3)
     origin.publish(ck, 0, 0)
     a = relays(tmp_path / "ra", [origin.url], operator)
@@ -137,7 +148,8 @@ def test_relay_killed_mid_transfer_client_finishes_from_the_other(tmp_path, oper
     assert stats[b.url].successes > stats[a.url].successes
 
 
-def test_corrupt_relay_is_detected_on_first_bad_shard_and_avoided(tmp_path, operator, origin, relays, hostile):
+def test_corrupt_relay_is_detected_on_first_bad_shard_and_avoided(tmp_path, operator, origin,
+                                                                  relays, hostile):
     ck = make_checkpoint(tmp_path / "ck", 20 * SHARD, seed=4)
     origin.publish(ck, 0, 0)
     bad = hostile("corrupt")
@@ -159,12 +171,14 @@ def test_only_corrupt_sources_means_no_checkpoint_ever_appears(tmp_path, operato
             c.fetch(0)
     assert not (tmp_path / "cache" / "0").exists()
     log = tmp_path / "cache" / ".partial" / "0" / ".verified"
-    weights = {s["index"] for s in origin.manifest(0).body["shards"] if s["path"] == "model.safetensors"}
+    weights = {s["index"] for s in origin.manifest(0).body["shards"]
+               if s["path"] == "model.safetensors"}
     logged = {int(x) for x in log.read_text().split()} if log.exists() else set()
     assert weights and not (logged & weights)      # no corrupt shard was ever counted
 
 
-def test_forged_manifests_are_refused_and_their_relay_avoided(tmp_path, operator, origin, relays, hostile):
+def test_forged_manifests_are_refused_and_their_relay_avoided(tmp_path, operator, origin, relays,
+                                                              hostile):
     ck = make_checkpoint(tmp_path / "ck", 3 * SHARD, seed=6)
     origin.publish(ck, 0, 0)
     forger = hostile("forge")
@@ -184,7 +198,8 @@ def test_forged_manifests_are_refused_and_their_relay_avoided(tmp_path, operator
         assert c.sources.is_hostile(forger.url)
 
 
-def test_relay_refuses_corrupt_upstream_and_serves_only_verified_bytes(tmp_path, operator, origin, relays, hostile):
+def test_relay_refuses_corrupt_upstream_and_serves_only_verified_bytes(tmp_path, operator, origin,
+                                                                       relays, hostile):
     ck = make_checkpoint(tmp_path / "ck", 12 * SHARD, seed=7)
     origin.publish(ck, 0, 0)
     bad = hostile("corrupt")
@@ -231,7 +246,8 @@ def test_client_killed_mid_download_resumes_only_unverified_shards(tmp_path, ope
     total = len(origin.manifest(0).body["shards"])
     assert 10 <= len(kept) < total
     # damage one kept shard on disk: it must be detected and fetched again
-    damaged = min(i for i in kept if origin.manifest(0).body["shards"][i]["path"] == "model.safetensors")
+    shards = origin.manifest(0).body["shards"]
+    damaged = min(i for i in kept if shards[i]["path"] == "model.safetensors")
     entry = origin.manifest(0).body["shards"][damaged]
     with open(cache / ".partial" / "0" / "model.safetensors", "r+b") as fh:
         fh.seek(entry["offset"])
@@ -280,7 +296,8 @@ class GatedUpstream:
         self.server.stop()
 
 
-def test_relay_serves_verified_shards_while_it_still_mirrors_the_version(tmp_path, operator, origin, relays):
+def test_relay_serves_verified_shards_while_it_still_mirrors_the_version(tmp_path, operator,
+                                                                         origin, relays):
     ck = make_checkpoint(tmp_path / "ck", 12 * SHARD, seed=9)
     origin.publish(ck, 0, 0)
     upstream = GatedUpstream(origin, gate_at=6)
@@ -301,7 +318,8 @@ def test_relay_serves_verified_shards_while_it_still_mirrors_the_version(tmp_pat
         upstream.stop()
 
 
-def test_relay_restart_reverifies_its_disk_and_refetches_only_what_is_bad(tmp_path, operator, origin, relays):
+def test_relay_restart_reverifies_its_disk_and_refetches_only_what_is_bad(tmp_path, operator,
+                                                                          origin, relays):
     ck = make_checkpoint(tmp_path / "ck", 10 * SHARD, seed=10)
     origin.publish(ck, 0, 0)
     relay = relays(tmp_path / "relay", [origin.url], operator)

@@ -40,7 +40,8 @@ def op():
 
 @pytest.fixture
 def origin(tmp_path, op):
-    o = Origin(OriginConfig(data_dir=tmp_path / "o", port=0, shard_size=SHARD, keep_versions=2), op, "r")
+    cfg = OriginConfig(data_dir=tmp_path / "o", port=0, shard_size=SHARD, keep_versions=2)
+    o = Origin(cfg, op, "r")
     o.start()
     yield o
     o.stop()
