@@ -121,11 +121,12 @@ def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
     from protocol.errors import ProtocolError
     from protocol.http import backoff_delays
     from protocol.lm import load_tokenizer
+    from verifier.errors import SetupError
 
     delays = backoff_delays(0.5, 10.0)
+    version = info.current_policy_version
     while not stop.is_set():
         try:
-            version = info.current_policy_version
             if version is None:
                 version = sc.wait_for_version(None, 5.0)
             if version is None:
@@ -135,10 +136,14 @@ def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
                 return load_tokenizer(str(path))
             except (OSError, ValueError) as exc:
                 if not info.tokenizer_ref:
-                    raise
+                    raise SetupError(f"policy version {version} has no tokenizer ({exc}) and the coordinator "
+                                     "advertises no tokenizer_ref") from exc
                 log.info("version %d has no tokenizer (%s); using %s", version, exc, info.tokenizer_ref)
                 return load_tokenizer(info.tokenizer_ref)
+        except SetupError:
+            raise
         except ProtocolError as exc:
+            version = None  # that one may be gone: take the newest the relays announce
             wait = next(delays)
             log.warning("waiting for a policy version: %s (retrying in %.1f s)", exc, wait)
             stop.wait(wait)
