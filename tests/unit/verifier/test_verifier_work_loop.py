@@ -109,3 +109,53 @@ def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, work
         fake.server.stop()
         client.close()
     assert not t.is_alive()
+
+
+def _run_info_app(relays):
+    from protocol.messages import RunInfo
+
+    app = FastAPI()
+    coordinator = KeyPair.generate()
+
+    @app.get("/v1/run")
+    def run():
+        return RunInfo(run_id="r", coordinator_key=coordinator.public.hex, operator_key=coordinator.public.hex,
+                       verifier_keys=[], relays=relays, current_policy_version=None, async_window=1).model_dump()
+
+    return ServerThread(app).start()
+
+
+def test_run_without_relays_is_a_clear_setup_error(tmp_path):
+    import pytest
+
+    from verifier.config import VerifierConfig
+    from verifier.errors import SetupError
+    from verifier.main import run
+
+    server = _run_info_app([])
+    try:
+        cfg = VerifierConfig(coordinator_url=server.url, key_file=tmp_path / "v.key", data_dir=tmp_path / "v")
+        with pytest.raises(SetupError, match="no shardcast relays"):
+            run(cfg, stop=threading.Event())
+        assert (tmp_path / "v.key").exists() and (tmp_path / "v" / "verifier.port").exists()
+    finally:
+        server.stop()
+
+
+def test_run_waits_for_an_absent_coordinator_and_stops_on_request(tmp_path):
+    from swarmrl.procs import free_port
+    from verifier.config import VerifierConfig
+    from verifier.main import run
+
+    cfg = VerifierConfig(coordinator_url=f"http://127.0.0.1:{free_port()}", key_file=tmp_path / "v.key",
+                         data_dir=tmp_path / "v")
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(cfg, stop), daemon=True)
+    t.start()
+    from protocol.http import read_port_file
+
+    port = read_port_file(tmp_path / "v" / "verifier.port", timeout_s=30)
+    assert httpx.get(f"http://127.0.0.1:{port}/health").json()["state"] == "starting"
+    stop.set()
+    t.join(timeout=30)
+    assert not t.is_alive()
