@@ -158,7 +158,7 @@ def follower_loop(cfg: Any, team: Team) -> None:
     from coordinator.trainer.setup import build_model_and_optimizer
 
     model, template, optimizer, _ = build_model_and_optimizer(cfg, team)
-    history = WeightHistory(template, keep=max(1, cfg.async_window))
+    history = WeightHistory(template, keep=cfg.async_window + 1)
     from coordinator.trainer.loop import step_options
 
     opts = step_options(cfg, pad_id=0)

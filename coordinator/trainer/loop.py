@@ -183,12 +183,14 @@ class TrainerLoop:
         self.metrics.importance.set(result.stats.get("importance_weight", 1.0))
         self.metrics.tokens.inc(result.tokens)
         self.metrics.stale_tokens.inc(result.stale_tokens)
+        self.metrics.missing_behaviour.inc(result.missing_behaviour_tokens)
         self.metrics.groups.labels("trained").inc(len(batch))
         self.metrics.reward.set(sum(rewards) / max(1, len(rewards)))
-        log.info("step %d -> version %d: %d groups, %d tokens (%d stale), loss %.4f, grad %.3f, clip %.3f, "
-                 "reward %.3f, %.2f s", self.step, self.version, len(batch), result.tokens, result.stale_tokens,
-                 result.stats.get("loss", 0.0), result.grad_norm, result.stats.get("clip_fraction", 0.0),
-                 sum(rewards) / max(1, len(rewards)), result.seconds)
+        log.info("step %d -> version %d: %d groups, %d tokens (%d stale, %d without weights), importance %.3f, "
+                 "loss %.4f, grad %.3f, clip %.3f, reward %.3f, %.2f s", self.step, self.version, len(batch),
+                 result.tokens, result.stale_tokens, result.missing_behaviour_tokens,
+                 result.stats.get("importance_weight", 1.0), result.stats.get("loss", 0.0), result.grad_norm,
+                 result.stats.get("clip_fraction", 0.0), sum(rewards) / max(1, len(rewards)), result.seconds)
         return result
 
     def run(self) -> None:

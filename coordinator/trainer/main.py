@@ -47,6 +47,7 @@ def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
     from coordinator.trainer.setup import build_trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the step log
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     stop = stop or StopFlag()

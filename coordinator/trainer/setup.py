@@ -104,9 +104,11 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Pa
     else:
         log.info("resuming from version %d (step %d)", version, step)
 
-    history = WeightHistory(template, keep=max(1, cfg.async_window))
+    # Rollouts may come from versions current-k .. current, and `remember` runs right after
+    # each new version: k + 1 versions must be held or the oldest allowed one would be missing.
+    history = WeightHistory(template, keep=cfg.async_window + 1)
     for v in store.complete_versions():
-        if version - cfg.async_window <= v < version:
+        if version - cfg.async_window <= v <= version:
             history.remember(v, store.get(v).model_dir)
     source = get_source(cfg.tasks_kind, seed=cfg.tasks_seed, options=cfg.tasks_options) if cfg.eval.every_versions or cfg.eval.at_start else None
 
