@@ -52,6 +52,7 @@ from shardcast.watch import Announced, fetch_manifest, verify_manifest_bytes, wa
 log = logging.getLogger("shardcast.client")
 PARTIAL_DIR = ".partial"
 PRUNE_GRACE_S = 120.0   # a version handed out this recently is not pruned
+MANIFESTS_REMEMBERED = 16
 
 
 class ShardFallback(Protocol):
@@ -78,9 +79,8 @@ class ShardcastClient:
         manifests; `run_id`: when given, manifests of other runs are refused; `keep_versions`:
         complete versions kept in the cache (None: all; a version handed out in the last
         two minutes is never pruned, so several clients may share one cache); `durable`: fsync
-        before a version
-        becomes visible; `check_files`: also check whole-file hashes (shards are always
-        checked); `events`: callbacks for metrics (bytes received, shards verified,
+        before a version becomes visible; `check_files`: also check whole-file hashes (shards
+        are always checked); `events`: callbacks for metrics (bytes received, shards verified,
         corrupt shards, transfer errors); `fallback`: another source of shards (e.g.
         peers over libp2p, `shardcast.p2p.PeerShards`) for the shards the relays could not
         deliver."""
@@ -114,8 +114,14 @@ class ShardcastClient:
         found = wait_for_newer(self.sources, self.operator_key, after, timeout_s, self.run_id)
         if found is None:
             return None
-        self._announced[found.version] = found
+        self._remember(found)
         return found.version
+
+    def _remember(self, ann: Announced) -> None:
+        """Keep a verified manifest for `fetch`; only the newest few (they can be large)."""
+        self._announced.setdefault(ann.version, ann)
+        for v in sorted(self._announced)[:-MANIFESTS_REMEMBERED]:
+            self._announced.pop(v, None)
 
     def offer_manifest(self, envelope: Envelope) -> int:
         """Hand over a signed manifest obtained elsewhere (e.g. the coordinator's GET
@@ -123,7 +129,7 @@ class ShardcastClient:
         other (operator key, run); returns its version. Raises SignatureError/MessageError."""
         env, manifest = verify_manifest_bytes(envelope.model_dump_json().encode(),
                                               self.operator_key, self.run_id)
-        self._announced.setdefault(manifest.version, Announced(env, manifest, "offered"))
+        self._remember(Announced(env, manifest, "offered"))
         return manifest.version
 
     def cached_versions(self) -> list[int]:
