@@ -60,7 +60,7 @@ class ShardFallback(Protocol):
     `version` through `sink`, committing each only after it matched the signed manifest;
     raises a ShardcastError when it cannot."""
 
-    def fetch_into(self, version: int, shards: list[ShardEntry], sink: ShardSink) -> None: ...
+    def fetch_into(self, version: int, shards: list[ShardEntry], sink: ShardSink) -> object: ...
 
 
 def _touched(folder: Path) -> Path:

@@ -53,6 +53,11 @@ def verify_manifest_bytes(data: bytes, operator_key: PublicKey,
     except ValidationError as exc:
         raise MessageError(f"not a signed manifest: {exc.errors()[:1]}") from exc
     manifest = open_manifest(env, operator_key)
+    for entry in manifest.files:
+        if any(part.startswith(".") for part in entry.path.split("/")):
+            # Hidden names are shardcast's own bookkeeping (.manifest.json, .verified) and
+            # are never published (build_manifest skips them).
+            raise MessageError(f"manifest lists a hidden path {entry.path!r}")
     if run_id is not None and manifest.run_id != run_id:
         raise SignatureError(f"manifest is for run {manifest.run_id!r}, not {run_id!r}")
     return env, manifest

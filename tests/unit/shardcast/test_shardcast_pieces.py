@@ -101,3 +101,21 @@ def test_signal_wakes_an_async_waiter_from_another_thread():
         return await sig.wait(sig.generation, 0.05)
 
     assert asyncio.run(nothing()) is False
+
+
+def test_a_signed_manifest_with_hidden_paths_is_refused(tmp_path):
+    from protocol.errors import MessageError
+    from protocol.identity import KeyPair
+    from protocol.manifest import build_manifest, sign_manifest
+    from shardcast.watch import verify_manifest_bytes
+
+    op = KeyPair.generate()
+    (tmp_path / "config.json").write_text("{}")
+    m = build_manifest(tmp_path, run_id="r", version=0, step=0, shard_size=1024)
+    bad = m.model_copy(update={
+        "files": [m.files[0].model_copy(update={"path": ".manifest.json"})],
+        "shards": [m.shards[0].model_copy(update={"path": ".manifest.json"})]})
+    with pytest.raises(MessageError, match="hidden"):
+        verify_manifest_bytes(sign_manifest(bad, op).model_dump_json().encode(), op.public, None)
+    env, got = verify_manifest_bytes(sign_manifest(m, op).model_dump_json().encode(), op.public, "r")
+    assert got == m
