@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from shardcast.watch import Announced, fetch_manifest, list_versions, wait_for_n
 
 log = logging.getLogger("shardcast.relay")
 WATCH_CHUNK_S = 30.0
+MIRROR_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -63,6 +65,8 @@ class _Mirrored:
     envelope_bytes: bytes
     verified: set[int] = field(default_factory=set)
     abort: threading.Event = field(default_factory=threading.Event)
+    retry_at: float = 0.0       # monotonic time before which a failed mirror is not retried
+    failures: int = 0
 
     @property
     def complete(self) -> bool:
@@ -255,13 +259,15 @@ class Relay:
     def _download_loop(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                todo = [v for v, m in self._versions.items()
+                now = time.monotonic()
+                todo = [(v, m) for v, m in self._versions.items()
                         if not m.complete and not m.abort.is_set()]
-                if not todo:
-                    self._pending.wait(timeout=5.0)
+                due = [(v, m) for v, m in todo if m.retry_at <= now]
+                if not due:
+                    wait = min((m.retry_at - now for _, m in todo), default=5.0)
+                    self._pending.wait(timeout=max(0.05, min(wait, 5.0)))
                     continue
-                version = max(todo)  # the newest first: that is what clients want
-                m = self._versions[version]
+                version, m = max(due, key=lambda x: x[0])  # the newest first: clients want it
             self._mirror(version, m)
 
     def _mirror(self, version: int, m: _Mirrored) -> None:
@@ -276,9 +282,13 @@ class Relay:
                 version, todo, _ShardFiles(self, version, m))
             log.info("version %d complete: %d shards verified", version, len(m.manifest.shards))
         except (ShardcastError, OSError, httpx.HTTPError) as exc:
-            if not m.abort.is_set() and not self._stop.is_set():
-                log.warning("mirroring version %d stopped: %s; retrying", version, exc)
-                self._stop.wait(1.0)
+            if m.abort.is_set() or self._stop.is_set():
+                return
+            # Back off per version (an upstream may have pruned it; newer versions go first).
+            m.failures += 1
+            delay = min(MIRROR_RETRY_MAX_S, 0.5 * 2 ** (m.failures - 1))
+            m.retry_at = time.monotonic() + delay
+            log.warning("mirroring version %d stopped: %s; retrying in %.1f s", version, exc, delay)
 
     def _shard_verified(self, version: int, index: int) -> None:
         with self._lock:
