@@ -344,6 +344,12 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _own_cpu() -> float:
+    """This process alone (its children, the coordinator among them, are counted separately)."""
+    t = os.times()
+    return t.user + t.system
+
+
 # -- one run ---------------------------------------------------------------------------------
 def start_coordinator(tmp: Path, cfg) -> subprocess.Popen:
     from protocol.config import dump_toml
@@ -424,10 +430,10 @@ def run_one(db: str, args, tmp: Path) -> dict:
         def sample_cpu() -> None:
             time.sleep(max(0.0, t_measure - time.time()))
             cpu_marks["start"] = cpu_seconds(proc.pid)
-            cpu_marks["clients_start"] = sum(cpu_seconds(pr.pid) for pr in procs) + cpu_seconds(os.getpid())
+            cpu_marks["clients_start"] = sum(cpu_seconds(pr.pid) for pr in procs) + _own_cpu()
             time.sleep(max(0.0, t_end - time.time()))
             cpu_marks["end"] = cpu_seconds(proc.pid)
-            cpu_marks["clients_end"] = sum(cpu_seconds(pr.pid) for pr in procs) + cpu_seconds(os.getpid())
+            cpu_marks["clients_end"] = sum(cpu_seconds(pr.pid) for pr in procs) + _own_cpu()
 
         import threading
 
