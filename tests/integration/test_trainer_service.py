@@ -74,6 +74,8 @@ def test_trainer_turns_verified_groups_into_published_versions(rig: TrainerRig):
     assert metric(text, "swarmrl_trainer_steps_total") >= 3
     assert metric(text, "swarmrl_trainer_groups_total", outcome="trained") >= 6
     assert metric(text, "swarmrl_trainer_phase_seconds_total", phase="waiting") > 0
+    # every stale rollout found its version's weights for the importance weight
+    assert metric(text, "swarmrl_trainer_missing_behaviour_tokens_total") == 0
     status = rig.http.get(url + "/v1/trainer/status").json()
     assert status["version"] >= 3 and 0.0 <= status["idle_fraction"] <= 1.0
 
