@@ -17,7 +17,7 @@ downloaded, from whom and how it is checked is decided here:
 
 Threads rather than asyncio: socket reads, sha256 and file writes release the GIL, so
 threads use both cores. Bodies arrive through shardcast.transfer (keep-alive http.client
-connections read into a 1 MiB buffer), not httpx: see that module for the measurement.
+connections read into a 256 KiB buffer), not httpx: see that module for the measurement.
 """
 
 from __future__ import annotations
