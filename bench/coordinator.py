@@ -278,23 +278,29 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
     host, port = _host_port(url)
 
     async def verify_loop() -> None:
-        conn = Conn(host, port)
-        while time.time() < t_end:
-            t0 = time.perf_counter()
-            status, data = await conn.request("POST", "/v1/verification/claim",
-                                              vs.model("verification_claim", ClaimRequest(max_jobs=32)).encode())
-            rec.add("claim", t0, status == 200)
-            jobs = json.loads(data).get("jobs", []) if status == 200 else []
-            if not jobs:
-                await asyncio.sleep(0.05)
-                continue
+        """One verifier process: claim a few jobs, post their verdicts on 4 connections."""
+        conns = [Conn(host, port) for _ in range(4)]
+
+        async def post_verdicts(conn: Conn, jobs: list[dict]) -> None:
             for job in jobs:
                 v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=[])
                 t0 = time.perf_counter()
                 status, _ = await conn.request("POST", "/v1/verdicts", vs.model("verdict", v).encode())
                 if rec.add("verdict", t0, status == 200) and status == 200:
                     counts["verdicts"] += 1
-        await conn.close()
+
+        while time.time() < t_end:
+            t0 = time.perf_counter()
+            status, data = await conns[0].request("POST", "/v1/verification/claim",
+                                                  vs.model("verification_claim", ClaimRequest(max_jobs=16)).encode())
+            rec.add("claim", t0, status == 200)
+            jobs = json.loads(data).get("jobs", []) if status == 200 else []
+            if not jobs:
+                await asyncio.sleep(0.05)
+                continue
+            await asyncio.gather(*(post_verdicts(c, jobs[i::len(conns)]) for i, c in enumerate(conns)))
+        for c in conns:
+            await c.close()
 
     async def train_loop() -> None:
         conn = Conn(host, port)
