@@ -27,8 +27,11 @@ completions of up to 8 and up to 64 tokens:
 - sampling: the chosen token must be the Gumbel-perturbed argmax of the verifier's own
   logits; numeric noise can flip a near-tie, so a chosen token may trail the best perturbed
   score by up to `sampling_tolerance` (logit / temperature units). Honest shortfalls
-  measured: 0 when dtypes match, up to ~0.01 across dtypes; another temperature, greedy
-  decoding, cherry-picking or an edited token produce shortfalls of ~0.1 to several units.
+  measured: 0 in fp32, below 0.001 in bf16 (dtype matched), ~0.01 across dtypes. Another
+  temperature, greedy decoding, cherry-picking or an edited token produce shortfalls of
+  ~0.1 to several units; the tolerance is kept small because a forged token whose
+  perturbed score lies within it of the best one is accepted (a near-tie the cheater
+  could only exploit by computing the honest scores anyway).
 """
 
 from __future__ import annotations
@@ -59,11 +62,11 @@ class Thresholds(BaseModel):
                                "exceeds this: pooling a group's chunks separates small weight changes "
                                "from rounding noise far better than any single chunk can")
     sampling_tolerance: float = Field(
-        0.05, ge=0, description="largest shortfall of a chosen token's perturbed score (logit/temperature "
+        0.01, ge=0, description="largest shortfall of a chosen token's perturbed score (logit/temperature "
                                 "+ Gumbel noise) below the best one, allowed for honest numeric noise")
     reward_tolerance: float = Field(1e-6, ge=0, description="rewards that differ by more are different")
 
 
 # bf16 / fp16 prefills: honest decode-vs-prefill rounding noise is much larger (see above).
 LOW_PRECISION = Thresholds(exp_mismatch_frac=0.15, mant_err_mean=5.0, mant_err_median=4.0, sign_mismatch_frac=0.05,
-                           group_exp_mismatch_frac=0.05, group_mant_err_mean=2.0)
+                           group_exp_mismatch_frac=0.05, group_mant_err_mean=2.0, sampling_tolerance=0.02)

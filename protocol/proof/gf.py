@@ -13,7 +13,8 @@ a loop of Python ints. Here every step works on a whole batch of chunks at once 
   evaluation of M', v_s = sum_i w_i x_i^s is a power sum, and c_j = sum_s v_s m_{j+1+s} is
   a Hankel product. Evaluations and power sums use baby-step/giant-step powers
   (x^s = (x^b)^a * x^r with b ~ sqrt(k)), so they are small batched matrix products instead
-  of a (k, k) power matrix per chunk; only M(z) itself takes a loop of k vector steps.
+  of a (k, k) power matrix per chunk; M(z) itself is a few vector steps per group of
+  points, then a product tree.
 - all arithmetic is float64 holding exact integers: products of residues are < 2**32 and
   sums of up to 4096 of them stay below 2**44, where a division-free reduction (`_reduce`)
   is exact. (int64 `%` is several times slower here.)
@@ -82,20 +83,38 @@ def inverse(a: np.ndarray) -> np.ndarray:
     return result
 
 
-def master_poly(x: np.ndarray) -> np.ndarray:
+def _poly_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Products of polynomial pairs (..., L) x (..., L) -> (..., 2L-1), coefficients ascending:
+    out[t] = sum_u a[L-1-u] * b[t+u-(L-1)], a sliding window over zero-padded b."""
+    L = a.shape[-1]
+    padded = np.zeros(b.shape[:-1] + (3 * L - 2,), dtype=np.float64)
+    padded[..., L - 1 : 2 * L - 1] = b
+    windows = sliding_window_view(padded, L, axis=-1)  # [..., t, u] = padded[t + u]
+    return _reduce(np.einsum("...tu,...u->...t", windows, a[..., ::-1]))
+
+
+def master_poly(x: np.ndarray, group: int = 8) -> np.ndarray:
     """Coefficients (ascending, length k+1, float64) of prod_i (z - x_i) for each row of
-    x (C, k)."""
+    x (C, k). The points are split into groups of `group`: each group's product takes
+    `group` vector steps (all groups and rows at once), then the group products are
+    multiplied pairwise in a tree (padding points contribute the constant 1)."""
     xr = _residues(x)
     C, k = xr.shape
-    neg = (P - xr) % P
-    m = np.zeros((C, k + 1), dtype=np.float64)
-    m[:, 0] = 1.0
-    for i in range(k):  # multiply by (z - x_i): one vector step per point, for all rows
-        top = m[:, : i + 2]                     # degree <= i+1 after this step
-        new = top * neg[:, i : i + 1]
-        new[:, 1:] += top[:, :-1]
-        m[:, : i + 2] = _reduce(new)
-    return m
+    n_groups = 1
+    while n_groups * group < k:
+        n_groups *= 2
+    pad = n_groups * group - k
+    scale = np.concatenate([(P - xr) % P, np.ones((C, pad))], axis=1).reshape(C, n_groups, group)
+    shift = np.concatenate([np.ones((C, k)), np.zeros((C, pad))], axis=1).reshape(C, n_groups, group)
+    m = np.zeros((C, n_groups, group + 1), dtype=np.float64)
+    m[..., 0] = 1.0
+    for i in range(group):  # multiply by (z - x_i), or by 1 for a padding point
+        new = m * scale[..., i : i + 1]
+        new[..., 1:] += m[..., :-1] * shift[..., i : i + 1]
+        m = _reduce(new)
+    while m.shape[1] > 1:
+        m = _poly_mul(m[:, 0::2], m[:, 1::2])
+    return m[:, 0, : k + 1]
 
 
 def _split(n: int) -> tuple[int, int]:
@@ -113,10 +132,11 @@ def _bases(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int, int]:
     return baby[..., :b], giant, b, g
 
 
-def evaluate_residues(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """sum_s coeffs[c, s] * x[c, i]**s mod P as float64 (C, n); coeffs (C, K) residues."""
+def evaluate_residues(coeffs: np.ndarray, x: np.ndarray, bases=None) -> np.ndarray:
+    """sum_s coeffs[c, s] * x[c, i]**s mod P as float64 (C, n); coeffs (C, K) residues.
+    `bases`: `_bases(x, K)` when the caller already has them."""
     C, K = coeffs.shape
-    baby, giant, b, g = _bases(x, K)
+    baby, giant, b, g = bases or _bases(x, K)
     padded = np.zeros((C, b * g), dtype=np.float64)
     padded[:, :K] = coeffs
     blocks = padded.reshape(C, g, b)                                   # [a, r] = c_{a*b+r}
@@ -124,10 +144,10 @@ def evaluate_residues(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
     return _reduce(np.einsum("cna,cna->cn", inner, giant))              # sum over a
 
 
-def power_sums(w: np.ndarray, x: np.ndarray, K: int) -> np.ndarray:
+def power_sums(w: np.ndarray, x: np.ndarray, K: int, bases=None) -> np.ndarray:
     """v[c, s] = sum_i w[c, i] * x[c, i]**s mod P for s < K, as float64 (C, K)."""
     C = w.shape[0]
-    baby, giant, b, g = _bases(x, K)
+    baby, giant, b, g = bases or _bases(x, K)
     wg = _reduce(w[:, :, None] * giant)                                 # w_i x_i^(a*b)
     v = _reduce(np.matmul(wg.transpose(0, 2, 1), baby))                # [a, r]: (C, g, b)
     return v.reshape(C, g * b)[:, :K]
@@ -146,9 +166,10 @@ def interpolate(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.zeros((C, 0), dtype=np.int64)
     m = master_poly(x)                                              # (C, k+1)
     dm = _reduce(m[:, 1:] * np.arange(1, k + 1, dtype=np.float64))  # M'(z)
-    deriv = evaluate_residues(dm, x)                                # M'(x_i)
+    bases = _bases(x, k)
+    deriv = evaluate_residues(dm, x, bases)                         # M'(x_i)
     w = _reduce(_residues(y) * inverse(deriv))                      # Lagrange weights
-    v = power_sums(w, x, k)                                         # v_s = sum_i w_i x_i^s
+    v = power_sums(w, x, k, bases)                                  # v_s = sum_i w_i x_i^s
     # c_j = sum_s v_s m_{j+1+s}: windows of m (zero past degree k) against v
     m_pad = np.concatenate([m[:, 1:], np.zeros((C, k - 1), dtype=np.float64)], axis=1)
     hankel = sliding_window_view(m_pad, k, axis=1)                  # (C, k, k): [j, s] = m_{j+1+s}

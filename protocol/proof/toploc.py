@@ -60,7 +60,7 @@ class ChunkStats:
 
 
 def bf16_bits(hidden: torch.Tensor) -> np.ndarray:
-    """(T, H) hidden states of any float dtype -> int64 array of their bf16 bit patterns.
+    """(T, H) hidden states of any float dtype -> uint16 array of their bf16 bit patterns.
 
     fp32 is rounded to nearest-even in numpy (the same bits as torch's cast for every
     non-NaN value; NaN becomes a quiet NaN). Doing it in numpy keeps proof building
@@ -74,15 +74,17 @@ def bf16_bits(hidden: torch.Tensor) -> np.ndarray:
     if h.device.type != "cpu":
         h = h.to("cpu")
     if h.dtype == torch.bfloat16:
-        return h.contiguous().view(torch.int16).numpy().astype(np.int64) & 0xFFFF
+        return h.contiguous().view(torch.int16).numpy().view(np.uint16)
     if h.dtype in (torch.float32, torch.float16, torch.float64):
         f = np.ascontiguousarray(h.numpy(), dtype=np.float32)
     else:
         f = h.to(torch.float32).contiguous().numpy()
-    u = f.view(np.uint32).astype(np.int64)
-    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    u = f.view(np.uint32)
+    rounded = ((u + ((u >> 16) & 1) + 0x7FFF) >> 16).astype(np.uint16)  # wraps only for NaN patterns
     nan = (u & 0x7FFFFFFF) > 0x7F800000
-    return np.where(nan, (u >> 16) | 0x0040, rounded) & 0xFFFF
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
 
 
 def chunk_rows(T: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -95,12 +97,12 @@ def topk_indices(flat_bits: np.ndarray, k: int) -> np.ndarray:
     Ties break towards the lower index: the sort key is (|value| bits, -index), all distinct,
     so the selected set is unique (numpy's introselect is faster here than torch.topk)."""
     n = flat_bits.shape[1]
-    neg_keys = np.arange(n, dtype=np.int64) - ((flat_bits & 0x7FFF) << 32)
-    if k < n:
-        idx = np.argpartition(neg_keys, k - 1, axis=1)[:, :k]
-    else:
-        idx = np.broadcast_to(np.arange(n), flat_bits.shape)
-    return np.sort(idx, axis=1)
+    if k >= n:
+        return np.broadcast_to(np.arange(n), flat_bits.shape).copy()
+    mag = flat_bits.astype(np.int32 if n <= 1 << 16 else np.int64) & 0x7FFF
+    shift = 16 if n <= 1 << 16 else 32
+    keys = (mag << shift) | ((1 << shift) - 1 - np.arange(n, dtype=mag.dtype))
+    return np.sort(np.argpartition(keys, n - k, axis=1)[:, n - k:], axis=1)
 
 
 def injective_modulus(x: np.ndarray) -> int:
@@ -114,88 +116,103 @@ def injective_modulus(x: np.ndarray) -> int:
     return 0
 
 
-def _groups(chunks: list[np.ndarray]) -> dict[int, list[int]]:
-    """Positions of chunks with the same element count (they are processed as one batch)."""
-    out: dict[int, list[int]] = {}
+@dataclass
+class _Group:
+    """Chunks with the same number of values, processed as one batch."""
+
+    n: int
+    rows: np.ndarray                  # (C, n) bf16 bits, one chunk per row
+    where: list[tuple[int, int]]      # (array index, chunk index) of each row
+
+
+def _chunk_groups(bit_arrays: list[np.ndarray], chunk_size: int) -> list[_Group]:
+    """Full chunks are reshaped views of each array (no per-chunk Python work); the short
+    last chunk of each array goes to the group of its size."""
+    rows: dict[int, list[np.ndarray]] = {}
+    where: dict[int, list[tuple[int, int]]] = {}
+    for j, bits in enumerate(bit_arrays):
+        T, H = bits.shape
+        nfull = T // chunk_size
+        if nfull and H:
+            n = chunk_size * H
+            rows.setdefault(n, []).append(bits[: nfull * chunk_size].reshape(nfull, n))
+            where.setdefault(n, []).extend((j, c) for c in range(nfull))
+        if T > nfull * chunk_size and H:
+            n = (T - nfull * chunk_size) * H
+            rows.setdefault(n, []).append(bits[nfull * chunk_size:].reshape(1, n))
+            where.setdefault(n, []).append((j, nfull))
+    return [_Group(n, np.concatenate(rows[n]) if len(rows[n]) > 1 else rows[n][0], where[n]) for n in rows]
+
+
+def encode_chunks(moduli: np.ndarray, coeffs: np.ndarray, topk: int) -> list[bytes]:
+    """TOPLOC chunk bytes of C polynomials: [modulus][coefficients, zero-padded to top-k]."""
+    C, k = coeffs.shape
+    arr = np.zeros((C, topk + 1), dtype=">u2")
+    arr[:, 0] = moduli
+    arr[:, 1 : 1 + k] = coeffs
+    raw, size = arr.tobytes(), 2 * (topk + 1)
+    return [raw[i * size : (i + 1) * size] for i in range(C)]
+
+
+def decode_chunks(chunks: list[bytes], topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """(moduli (C,), coefficients (C, topk)) of well-formed chunks; ProofError otherwise."""
+    size = 2 + 2 * topk
     for i, c in enumerate(chunks):
-        out.setdefault(c.size, []).append(i)
-    return out
-
-
-def _flat_chunks(bits: np.ndarray, chunk_size: int) -> list[np.ndarray]:
-    return [bits[s:e].reshape(-1) for s, e in chunk_rows(bits.shape[0], chunk_size)]
-
-
-def encode_chunk(modulus: int, coeffs: np.ndarray, topk: int) -> bytes:
-    out = np.zeros(topk + 1, dtype=">u2")
-    out[0] = modulus
-    out[1 : 1 + len(coeffs)] = coeffs
-    return out.tobytes()
-
-
-def decode_chunk(data: bytes, topk: int) -> tuple[int, np.ndarray]:
-    """(modulus, coefficients) of one chunk; ProofError unless it is well formed."""
-    if len(data) != 2 + 2 * topk:
-        raise ProofError(f"proof chunk has {len(data)} bytes, expected {2 + 2 * topk}")
-    arr = np.frombuffer(data, dtype=">u2").astype(np.int64)
-    modulus, coeffs = int(arr[0]), arr[1:]
-    if modulus == 0:
-        raise ProofError("null proof chunk (modulus 0): the prover produced no proof")
-    if modulus > gf.P:
-        raise ProofError(f"proof chunk modulus {modulus} exceeds the field prime {gf.P}")
+        if len(c) != size:
+            raise ProofError(f"proof chunk {i} has {len(c)} bytes, expected {size}")
+    arr = np.frombuffer(b"".join(chunks), dtype=">u2").reshape(len(chunks), topk + 1).astype(np.int64)
+    moduli, coeffs = arr[:, 0], arr[:, 1:]
+    for i in np.flatnonzero(moduli == 0)[:1]:
+        raise ProofError(f"null proof chunk {i} (modulus 0): the prover produced no proof")
+    for i in np.flatnonzero(moduli > gf.P)[:1]:
+        raise ProofError(f"proof chunk {i} modulus {moduli[i]} exceeds the field prime {gf.P}")
     if np.any(coeffs >= gf.P):
         raise ProofError("proof chunk coefficient outside GF(65497)")
-    return modulus, coeffs
+    return moduli, coeffs
 
 
 def build_chunk_lists(bit_arrays: list[np.ndarray], chunk_size: int, topk: int) -> list[list[bytes]]:
     """Proof chunks for several (T, H) bf16 bit arrays at once (all chunks of the same
     size are interpolated in one batch)."""
-    flat: list[np.ndarray] = []
-    owner: list[int] = []
-    for j, bits in enumerate(bit_arrays):
-        cs = _flat_chunks(bits, chunk_size)
-        flat.extend(cs)
-        owner.extend([j] * len(cs))
-    encoded: list[bytes] = [b""] * len(flat)
-    for n, members in _groups(flat).items():
-        k = min(topk, n)
-        batch = np.stack([flat[i] for i in members])
-        idx = topk_indices(batch, k)
-        ys = np.take_along_axis(batch, idx, axis=1)
-        moduli = np.array([injective_modulus(row) for row in idx], dtype=np.int64)
-        if np.any(moduli == 0):
-            raise ProofError("no injective modulus for a chunk (top-k too large)")
+    out: list[list[bytes]] = [[b""] * -(-bits.shape[0] // chunk_size) for bits in bit_arrays]
+    for g in _chunk_groups(bit_arrays, chunk_size):
+        k = min(topk, g.n)
+        idx = topk_indices(g.rows, k)
+        ys = np.take_along_axis(g.rows, idx, axis=1)
+        if g.n <= gf.P:  # every index is already below the prime: the first modulus works
+            moduli = np.full(len(idx), gf.P, dtype=np.int64)
+        else:
+            moduli = np.array([injective_modulus(row) for row in idx], dtype=np.int64)
+            if np.any(moduli == 0):
+                raise ProofError("no injective modulus for a chunk (top-k too large)")
         coeffs = gf.interpolate(idx % moduli[:, None], ys)
-        for row, i in enumerate(members):
-            encoded[i] = encode_chunk(int(moduli[row]), coeffs[row], topk)
-    out: list[list[bytes]] = [[] for _ in bit_arrays]
-    for i, j in enumerate(owner):
-        out[j].append(encoded[i])
+        for (j, c), data in zip(g.where, encode_chunks(moduli, coeffs, topk)):
+            out[j][c] = data
     return out
 
 
 def verify_chunk_list(bits: np.ndarray, chunks: list[bytes], chunk_size: int, topk: int) -> list[ChunkStats]:
     """Compare (T, H) bf16 bits with one proof chunk per chunk of rows."""
-    flat = _flat_chunks(bits, chunk_size)
-    if len(chunks) != len(flat):
-        raise ProofError(f"proof has {len(chunks)} chunks, the hidden states have {len(flat)}")
-    decoded = [decode_chunk(c, topk) for c in chunks]
-    stats: list[ChunkStats | None] = [None] * len(flat)
-    for n, members in _groups(flat).items():
-        k = min(topk, n)
-        batch = np.stack([flat[i] for i in members])
-        moduli = np.array([decoded[i][0] for i in members], dtype=np.int64)
-        coeffs = np.stack([decoded[i][1] for i in members])
+    n_chunks = -(-bits.shape[0] // chunk_size)
+    if len(chunks) != n_chunks:
+        raise ProofError(f"proof has {len(chunks)} chunks, the hidden states have {n_chunks}")
+    if not chunks:
+        return []
+    moduli_all, coeffs_all = decode_chunks(chunks, topk)
+    stats: list[ChunkStats | None] = [None] * n_chunks
+    for g in _chunk_groups([bits], chunk_size):
+        k = min(topk, g.n)
+        members = [c for _, c in g.where]
+        moduli, coeffs = moduli_all[members], coeffs_all[members]
         if k < topk and np.any(coeffs[:, k:]):
-            raise ProofError(f"proof chunk of {n} values must have zero coefficients past {k}")
-        if n <= gf.P and np.any(moduli != gf.P):
-            raise ProofError(f"proof chunk of {n} values must use modulus {gf.P}")
-        idx = topk_indices(batch, k)
-        actual = np.take_along_axis(batch, idx, axis=1)
+            raise ProofError(f"proof chunk of {g.n} values must have zero coefficients past {k}")
+        if g.n <= gf.P and np.any(moduli != gf.P):
+            raise ProofError(f"proof chunk of {g.n} values must use modulus {gf.P}")
+        idx = topk_indices(g.rows, k)
+        actual = np.take_along_axis(g.rows, idx, axis=1).astype(np.int64)
         claimed = gf.evaluate(coeffs, idx % moduli[:, None])
-        for row, st in zip(members, _compare(claimed, actual)):
-            stats[row] = st
+        for c, st in zip(members, _compare(claimed, actual)):
+            stats[c] = st
     return [s for s in stats if s is not None]
 
 
