@@ -205,12 +205,14 @@ def client_main(relays: str, key: str, cache: str, out: str, durable: bool, para
     version = c.wait_for_version(None, 300)
     if version is None:
         raise SystemExit("no version announced within 300 s")
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)  # start-up and waiting, not counted
     c.fetch(version)
     done = time.time()
     c.close()
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    Path(out).write_text(json.dumps({"first_byte": first[0], "last_shard": max(verified),
-                                     "done": done, "cpu": [ru.ru_utime, ru.ru_stime]}))
+    Path(out).write_text(json.dumps({
+        "first_byte": first[0], "last_shard": max(verified), "done": done,
+        "cpu": [ru.ru_utime - ru0.ru_utime, ru.ru_stime - ru0.ru_stime]}))
 
 
 def start_relay(d: Path, upstream: str, operator_hex: str) -> tuple[subprocess.Popen, str]:
@@ -267,8 +269,8 @@ def run_shardcast(work: Path, ckpt: Path, a: argparse.Namespace) -> dict:
             "relay_rss_mib": [peak_rss_mib(p.pid) for p in relays], "load": os.getloadavg()[0],
             "cpu": {"origin (publish + serving)": time.process_time() - cpu0,
                     "relays": sum(cpu_seconds(p.pid) for p in relays),
-                    "clients user": sum(r["cpu"][0] for r in res),
-                    "clients sys": sum(r["cpu"][1] for r in res)},
+                    "clients fetch user": sum(r["cpu"][0] for r in res),
+                    "clients fetch sys": sum(r["cpu"][1] for r in res)},
         }
     finally:
         stop_all(clients + relays)
