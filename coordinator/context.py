@@ -70,8 +70,11 @@ class Context:
     address_limiter: RateLimiter | None = None
     archiver: Any = None  # coordinator.archive.Archiver when archiving is on
     policy_cache: tuple[int | None, bytes] | None = None  # (version, JSON of GET /v1/policy)
+    started_at: float = 0.0  # this process's start (clock time); set in __post_init__
 
     def __post_init__(self) -> None:
+        if not self.started_at:
+            self.started_at = self.clock()
         # each server process enforces its share of the configured limits (the kernel spreads
         # connections over the processes), so together they approximate the configured rate
         lim, n = self.cfg.limits, self.cfg.workers

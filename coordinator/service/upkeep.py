@@ -29,7 +29,10 @@ def sweep(ctx: Context) -> dict:
     with ctx.db.write() as conn:
         expired = leases.close_many(conn, leases.due(conn, now), "expired", now)
         leases.return_tasks(conn, expired, now)
-        gone = workers.mark_gone(conn, now - cfg.join.heartbeat_interval_s * cfg.join.missed_heartbeats_gone)
+        # Silence is measured from the later of a worker's last heartbeat and this process's
+        # start: a coordinator that was down must not blame workers for its own outage.
+        cutoff = now - cfg.join.heartbeat_interval_s * cfg.join.missed_heartbeats_gone
+        gone = workers.mark_gone(conn, cutoff) if ctx.started_at <= cutoff else []
         orphaned = leases.close_many(conn, leases.active_of_workers(conn, gone), "expired", now)
         leases.return_tasks(conn, orphaned, now)
         stale = submissions.drop_stale(conn, window_floor(policy.current(conn), cfg.async_window))

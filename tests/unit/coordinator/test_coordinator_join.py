@@ -118,3 +118,21 @@ def test_trusted_keys_are_not_rate_limited_per_identity(make_swarm):
     for _ in range(5):
         assert s.batch().status_code == 200
         s.claim()
+
+
+def test_a_restarted_coordinator_does_not_count_its_own_downtime_as_worker_silence(swarm):
+    from coordinator.service import upkeep
+
+    key = KeyPair.generate()
+    assert _register(swarm, key).status_code == 200
+    j = swarm.cfg.join
+    silence = j.heartbeat_interval_s * j.missed_heartbeats_gone
+    # The coordinator was down for longer than the silence limit and has just come back:
+    swarm.clock.advance(silence * 3)
+    swarm.ctx.started_at = swarm.clock()
+    upkeep.sweep(swarm.ctx)
+    assert [w["status"] for w in swarm.stats()["workers"]] == ["active"]
+    # A worker that stays silent after the restart is gone once the limit has passed again.
+    swarm.clock.advance(silence + 1)
+    upkeep.sweep(swarm.ctx)
+    assert [w["status"] for w in swarm.stats()["workers"]] == ["gone"]
