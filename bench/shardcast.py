@@ -191,7 +191,8 @@ def run_nginx(work: Path, ckpt: Path, clients: int) -> dict:
 
 
 # -- shardcast -------------------------------------------------------------------------------
-def client_main(relays: str, key: str, cache: str, out: str, durable: bool, parallel: int) -> None:
+def client_main(relays: str, key: str, cache: str, out: str, durable: bool, parallel: int,
+                check_files: bool) -> None:
     """One client process: wait for the version, fetch it, write timings as JSON."""
     from shardcast.client import ShardcastClient
     from shardcast.fetch import FetchEvents, FetchOptions
@@ -201,7 +202,7 @@ def client_main(relays: str, key: str, cache: str, out: str, durable: bool, para
     events = FetchEvents(on_bytes=lambda url, n: first or first.append(time.time()),
                          on_verified=lambda s: verified.append(time.time()))
     c = ShardcastClient(relays.split(","), key, Path(cache), durable=durable, events=events,
-                        options=FetchOptions(parallel=parallel))
+                        check_files=check_files, options=FetchOptions(parallel=parallel))
     version = c.wait_for_version(None, 300)
     if version is None:
         raise SystemExit("no version announced within 300 s")
@@ -249,7 +250,7 @@ def run_shardcast(work: Path, ckpt: Path, a: argparse.Namespace) -> dict:
             clients.append(subprocess.Popen(
                 [sys.executable, __file__, "--client", ",".join(urls), operator.public.hex,
                  str(base / f"cache{i}"), str(out), "0" if a.no_durable else "1",
-                 str(a.parallel)], cwd=ROOT))
+                 str(a.parallel), "0" if a.no_file_check else "1"], cwd=ROOT))
         time.sleep(2.0)  # every client is long-polling its relays now
         cpu0 = time.process_time()
         t0 = time.time()
@@ -326,8 +327,8 @@ def report(a: argparse.Namespace, total_mib: float, rows_n: list[dict], rows_s: 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        relays, key, cache, out, durable, parallel = sys.argv[2:8]
-        client_main(relays, key, cache, out, durable == "1", int(parallel))
+        relays, key, cache, out, durable, parallel, files = sys.argv[2:9]
+        client_main(relays, key, cache, out, durable == "1", int(parallel), files == "1")
         return
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -339,6 +340,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-durable", action="store_true",
                     help="clients skip fsync (not the default)")
+    ap.add_argument("--no-file-check", action="store_true",
+                    help="clients skip whole-file hashes (not the default; shards are checked)")
     ap.add_argument("--skip-nginx", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
