@@ -190,7 +190,7 @@ class LearningRecipe:
     max_tokens: int = 6
     async_window: int = 2
     # trainer
-    lr: float = 1e-4
+    lr: float = 5e-5
     groups_per_step: int = 16
     updates_per_batch: int = 1
     grad_clip: float = 1.0
