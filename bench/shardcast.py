@@ -303,7 +303,9 @@ def report(a: argparse.Namespace, total_mib: float, rows_n: list[dict], rows_s: 
               f"| {total_mib / lim:.0f} | {median_of(rows_n, 'first_byte'):.3f} s | 1.00 |")
     t = median_of(rows_s, "seconds")
     worst = max(r["first_byte_max"] for r in rows_s)
-    print(f"| shardcast: origin -> {a.relays} relays -> {a.clients} clients (verified, fsynced) "
+    checks = ", ".join(["shards verified"] + ([] if a.no_file_check else ["files verified"])
+                       + ([] if a.no_durable else ["fsynced"]))
+    print(f"| shardcast: origin -> {a.relays} relays -> {a.clients} clients ({checks}) "
           f"| {t:.2f} s | {total_mib / t:.0f} | {median_of(rows_s, 'first_byte'):.3f} s "
           f"(worst {worst:.3f} s) | {f'{lim / t:.2f}' if lim else 'n/a'} |")
     print()
@@ -311,7 +313,7 @@ def report(a: argparse.Namespace, total_mib: float, rows_n: list[dict], rows_s: 
           f"{median_of(rows_s, 'publish_s'):.2f} s; counting from the publish() call, first byte "
           f"at a client after {median_of(rows_s, 'first_byte_from_call'):.2f} s, all clients done "
           f"after {median_of(rows_s, 'seconds_from_call'):.2f} s")
-    print(f"client assembly after its last shard (file hashes, fsync, rename): median "
+    print(f"client assembly after its last shard (size/hash checks, fsync, rename): median "
           f"{median_of(rows_s, 'assembly_tail'):.2f} s")
     peak = max(max(r["relay_rss_mib"]) for r in rows_s)
     print(f"peak relay memory (VmHWM): {peak:.0f} MiB; bounded by the process (~70 MiB) + "
