@@ -250,7 +250,7 @@ def run_shardcast(work: Path, ckpt: Path, a: argparse.Namespace) -> dict:
             clients.append(subprocess.Popen(
                 [sys.executable, __file__, "--client", ",".join(urls), operator.public.hex,
                  str(base / f"cache{i}"), str(out), "0" if a.no_durable else "1",
-                 str(a.parallel), "0" if a.no_file_check else "1"], cwd=ROOT))
+                 str(a.parallel), "1" if a.file_check else "0"], cwd=ROOT))
         time.sleep(2.0)  # every client is long-polling its relays now
         cpu0 = time.process_time()
         t0 = time.time()
@@ -303,7 +303,7 @@ def report(a: argparse.Namespace, total_mib: float, rows_n: list[dict], rows_s: 
               f"| {total_mib / lim:.0f} | {median_of(rows_n, 'first_byte'):.3f} s | 1.00 |")
     t = median_of(rows_s, "seconds")
     worst = max(r["first_byte_max"] for r in rows_s)
-    checks = ", ".join(["shards verified"] + ([] if a.no_file_check else ["files verified"])
+    checks = ", ".join(["shards verified"] + (["files re-hashed"] if a.file_check else [])
                        + ([] if a.no_durable else ["fsynced"]))
     print(f"| shardcast: origin -> {a.relays} relays -> {a.clients} clients ({checks}) "
           f"| {t:.2f} s | {total_mib / t:.0f} | {median_of(rows_s, 'first_byte'):.3f} s "
@@ -342,8 +342,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-durable", action="store_true",
                     help="clients skip fsync (not the default)")
-    ap.add_argument("--no-file-check", action="store_true",
-                    help="clients skip whole-file hashes (not the default; shards are checked)")
+    ap.add_argument("--file-check", action="store_true",
+                    help="clients also re-hash whole files after assembly (not the client default: "
+                         "verified shards already tile every file)")
     ap.add_argument("--skip-nginx", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()

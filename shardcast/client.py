@@ -73,14 +73,18 @@ class ShardcastClient:
     def __init__(self, relays: list[str], operator_key: PublicKey | str, cache_dir: Path, *,
                  run_id: str | None = None, keep_versions: int | None = None,
                  options: FetchOptions | None = None, durable: bool = True,
-                 check_files: bool = True, events: FetchEvents | None = None,
+                 check_files: bool = False, events: FetchEvents | None = None,
                  fallback: ShardFallback | None = None):
         """`relays`: origin or relay URLs; `operator_key`: the key (or its hex) that signs
         manifests; `run_id`: when given, manifests of other runs are refused; `keep_versions`:
         complete versions kept in the cache (None: all; a version handed out in the last
         two minutes is never pruned, so several clients may share one cache); `durable`: fsync
-        before a version becomes visible; `check_files`: also check whole-file hashes (shards
-        are always checked); `events`: callbacks for metrics (bytes received, shards verified,
+        before a version becomes visible; `check_files`: also re-hash every assembled file against its
+        whole-file hash. Off by default because it proves nothing more: the signed manifest's
+        shards tile each file exactly (protocol.manifest.check_manifest_consistency) and every
+        shard is hashed on arrival, so verified shards ARE the file; the second pass only costs
+        a full re-read (it measured as the largest client CPU cost in bench/shardcast.py).
+        Auditors still re-check whole files (`swarmrl audit reverify`); `events`: callbacks for metrics (bytes received, shards verified,
         corrupt shards, transfer errors); `fallback`: another source of shards (e.g.
         peers over libp2p, `shardcast.p2p.PeerShards`) for the shards the relays could not
         deliver."""
