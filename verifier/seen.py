@@ -5,10 +5,9 @@ Collaborators: `verifier.checks.replay` asks for conflicts and records a job's k
 
 A key is (kind, digest) with a value; it conflicts with an earlier record when that record
 belongs to another submission and either the kind is exclusive (a lease, a signed envelope,
-a sample — each may be answered once) or the values differ (a proof digest seen with other
-content is a copied proof; the same proof of the same content is the same computation and
-harmless). Judging the same submission again (a claim re-issued after a timeout) is never a
-conflict. SQLite keeps the ledger across restarts; one writer (the service loop) at a time.
+a sample — each may be answered once) or, for other kinds, the values differ (a digest seen
+with other content). Judging the same submission again (a claim re-issued after a timeout)
+is never a conflict. SQLite keeps the ledger across restarts; one writer (the service loop) at a time.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ logits — so that tests, the service and bench scripts call the same code.
                                                      wrong counts, lengths, malformed proofs
     termination      termination   partly            a completion cut short, a forged EOS
     reward           reward        no                a forged reward claim, a wrong reward
-    replay           replay        no                the same lease, envelope, sample or a copied
-                                                     proof seen under another submission
+    replay           replay        no                the same lease, envelope or sample seen
+                                                     under another submission
     proof            proof         yes               other weights, other prompt, edited tokens
     sampling         sampling      yes               other temperature, greedy, cherry-picking
 

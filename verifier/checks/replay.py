@@ -1,10 +1,15 @@
 """The replay check: nothing of a submission may have been seen under another submission.
 
 Keys (see `verifier.seen`): the lease (answered once), the signed envelope (signer + nonce),
-each sample (seed + prompt + tokens: the same completion submitted twice, by anyone), and
-each proof (its digest, with the digest of the prompt + tokens it claims to prove: a proof
-copied onto other content). The coordinator refuses most replays at intake; this check is
-the verifier's own, and it holds across coordinator mistakes and restarts.
+and each sample (seed + prompt + tokens: the same completion submitted twice, by anyone).
+The coordinator refuses most replays at intake; this check is the verifier's own, and it
+holds across coordinator mistakes and restarts.
+
+Proofs are deliberately not keys: a proof copied onto other content fails the proof check
+(it is compared with the verifier's own hidden states of that content), and two honest
+completions can carry byte-identical proofs (measured: short bf16 completions of a trained
+model whose hidden states round to the same values), so a "seen this proof" rule would
+reject honest work and catch nothing the proof check does not.
 """
 
 from __future__ import annotations
@@ -32,9 +37,7 @@ def replay_keys(oj: OpenedJob) -> list[tuple[str, str, str]]:
     keys = [("lease", _h(oj.lease.run_id, oj.lease.lease_id), ""),
             ("envelope", _h(oj.signer_hex, oj.nonce), "")]
     for seed, c in zip(oj.lease.seeds, oj.submission.completions):
-        content = _h(prompt, tuple(c.token_ids))
-        keys.append(("sample", _h(seed, content), ""))
-        keys.append(("proof", hashlib.sha256(c.proof.encode()).hexdigest(), content))
+        keys.append(("sample", _h(seed, prompt, tuple(c.token_ids)), ""))
     return keys
 
 

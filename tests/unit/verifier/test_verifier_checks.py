@@ -161,18 +161,26 @@ def test_replay_ledger(world, worker_key, leased, tmp_path):
     assert not check_replay(opened(world, worker_key, sub, env, submission_id="S3"), reopened).passed
 
 
-def test_replay_copied_proof_on_other_content(world, worker_key):
+def test_replay_ignores_proof_bytes_and_flags_a_resubmitted_sample(world, worker_key):
+    """Identical proofs on other content are the proof check's business (honest completions can
+    share proof bytes); the same sample (seed + prompt + tokens) under another lease is a replay."""
     ledger = SeenLedger()
     l1, e1 = world.lease(worker_key, task_index=0)
     l2, e2 = world.lease(worker_key, task_index=1)
-    assert l1.prompt_token_ids != l2.prompt_token_ids
     s1 = good_sub(l1)
     assert check_replay(opened(world, worker_key, s1, e1, submission_id="A"), ledger).passed
-    # other content (another prompt) carrying the first submission's proofs
     s2 = good_sub(l2).model_copy(update={"completions": [
         c2.model_copy(update={"proof": c1.proof}) for c1, c2 in zip(s1.completions, good_sub(l2).completions)]})
-    r = check_replay(opened(world, worker_key, s2, e2, submission_id="B"), ledger)
-    assert not r.passed and "proof already seen in submission A" in r.detail
+    assert check_replay(opened(world, worker_key, s2, e2, submission_id="B"), ledger).passed
+    # a lease re-issued with the same seeds and prompt: the same completion again is a replay
+    l3 = l1.model_copy(update={"lease_id": "Lreissued"})
+    from protocol.envelope import seal
+    from protocol.messages import KIND_LEASE
+
+    e3 = seal(KIND_LEASE, l3, world.coordinator)
+    s3 = s1.model_copy(update={"lease_id": "Lreissued"})
+    r = check_replay(opened(world, worker_key, s3, e3, submission_id="C"), ledger)
+    assert not r.passed and r.stats["kinds"] == ["sample"] and "submission A" in r.detail
 
 
 def test_sampling_gaps_follow_the_seeded_rule():
