@@ -243,7 +243,7 @@ def attack_row(name: str, res: list[tuple[bool, dict]]) -> dict:
 def weights_section(world: H.World, root: Path, n: int, out: dict) -> None:
     key = KeyPair.generate()
     rows = []
-    print(f"{'change':<36}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}  group mant. mean (max honest-like)")
+    print(f"{'change':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}  caught by")
     honest_engine = H.engine_for(world.versions[1], 1, threads=VERIFY_THREADS)
     variants = [(f"noise {r:g} x std", lambda r=r: H.perturbed_copy(world.versions[1], root / f"noise-{r:g}", rel_noise=r))
                 for r in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)]

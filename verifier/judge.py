@@ -25,7 +25,7 @@ from verifier.checks.data import check_lease_and_data
 from verifier.checks.proof import check_proof
 from verifier.checks.replay import check_replay
 from verifier.checks.reward import check_reward
-from verifier.checks.sampling import check_sampling, sampling_gaps
+from verifier.checks.sampling import check_sampling, sampling_gaps_batch
 from verifier.checks.termination import check_termination
 from verifier.job import OpenedJob
 from verifier.seen import SeenLedger
@@ -74,9 +74,8 @@ def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: lis
     ]
     gaps = None
     if outputs is not None:
-        temp = oj.lease.sampling.temperature
-        gaps = [sampling_gaps(lg, c.token_ids, seed, temp)
-                for lg, c, seed in zip(outputs.logits, oj.submission.completions, oj.lease.seeds)]
+        gaps = sampling_gaps_batch(outputs.logits, oj.completions, list(oj.lease.seeds),
+                                   oj.lease.sampling.temperature)
     last_gaps = None
     if gaps is not None:
         last_gaps = [float(g[-1]) if c.finish_reason == "eos" and g.numel() else None

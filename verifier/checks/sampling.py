@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from protocol.messages import CheckResult
-from protocol.sampling import perturbed_scores
+from protocol.sampling import gumbel_noise_rows, perturbed_scores
 from verifier.checks import first_failures, result
 from verifier.job import OpenedJob
 
@@ -30,6 +30,25 @@ def sampling_gaps(logits: torch.Tensor, tokens: list[int], seed: int, temperatur
     scores = perturbed_scores(logits[:T], temperature, seed, pos)
     chosen = scores.gather(1, torch.tensor(tokens, dtype=torch.int64, device=scores.device)[:, None])[:, 0]
     return (scores.max(dim=1).values - chosen).clamp(min=0).to("cpu", torch.float64)
+
+
+def sampling_gaps_batch(logits: list[torch.Tensor], tokens: list[list[int]], seeds: list[int],
+                        temperature: float) -> list[torch.Tensor]:
+    """`sampling_gaps` of every completion of a submission with one noise computation (the
+    same values: `gumbel_noise_rows` row i is `gumbel_noise(seed_i, position_i)`)."""
+    lens = [len(t) for t in tokens]
+    if not any(lens):
+        return [torch.zeros(0, dtype=torch.float64) for _ in tokens]
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    lg = torch.cat([l[:n].float() for l, n in zip(logits, lens)])
+    pos = torch.cat([torch.arange(n, dtype=torch.int64) for n in lens]).to(lg.device)
+    flat_seeds = [s for s, n in zip(seeds, lens) for _ in range(n)]
+    scores = lg / temperature + gumbel_noise_rows(flat_seeds, pos, lg.shape[-1])
+    chosen_ids = torch.tensor([t for toks in tokens for t in toks], dtype=torch.int64, device=lg.device)
+    chosen = scores.gather(1, chosen_ids[:, None])[:, 0]
+    gaps = (scores.max(dim=1).values - chosen).clamp(min=0).to("cpu", torch.float64)
+    return list(torch.split(gaps, lens))
 
 
 def check_sampling(oj: OpenedJob, gaps: list[torch.Tensor], *, tolerance: float) -> CheckResult:

@@ -247,3 +247,15 @@ def test_hostile_token_ids_are_rejected_without_running_the_model(world, worker_
     v = world.verify(world.job(env, submission(lease, [bad] + list(comps[1:])), worker_key))
     failed = {c.name for c in v.checks if not c.passed}
     assert not v.accepted and "lease_and_data" in failed and "proof" not in {c.name for c in v.checks}
+
+
+def test_batched_gaps_equal_per_completion_gaps():
+    from verifier.checks.sampling import sampling_gaps_batch
+
+    torch.manual_seed(3)
+    logits = [torch.randn(n, 40) for n in (5, 1, 9)]
+    tokens = [torch.randint(0, 40, (n,)).tolist() for n in (5, 1, 9)]
+    seeds = [11, 2**62 + 5, 0]
+    batch = sampling_gaps_batch(logits, tokens, seeds, 0.7)
+    for lg, tk, s, b in zip(logits, tokens, seeds, batch):
+        assert torch.equal(sampling_gaps(lg, tk, s, 0.7), b)
