@@ -40,7 +40,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
+    """No progress bars or info chatter from transformers (errors still show)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -50,7 +51,7 @@ def _quiet_transformers() -> None:
 def load_tokenizer(ref: str) -> Any:
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
 
     return AutoTokenizer.from_pretrained(str(ref))
 
@@ -59,7 +60,7 @@ def load_model(ref: str, device: str | torch.device = "cpu", dtype: str | torch.
     """A causal LM from a folder or hub id, in eval mode on `device` with `dtype`."""
     from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
+    quiet_transformers()
     dt = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
     model = AutoModelForCausalLM.from_pretrained(str(ref), dtype=dt)
     return model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()

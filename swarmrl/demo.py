@@ -37,17 +37,26 @@ class DemoOptions:
     seed: int = 0
     honest_workers: int = 3
     cheaters: int = 1
-    warm_start_s: float = 45.0
     eval_tasks: int = 500
     min_gain: float = 0.15
 
 
 def demo_settings(opts: DemoOptions) -> SwarmSettings:
-    return SwarmSettings(seed=opts.seed, honest_workers=opts.honest_workers, cheaters=opts.cheaters)
+    """The swarm half of the tuned learning recipe (swarmrl.modelkit.DEMO_RECIPE)."""
+    from swarmrl.modelkit import DEMO_RECIPE as r
+
+    return SwarmSettings(seed=opts.seed, honest_workers=opts.honest_workers, cheaters=opts.cheaters,
+                         group_size=r.group_size, temperature=r.temperature, max_tokens=r.max_tokens,
+                         task_options=dict(r.task_options), async_window=r.async_window, lr=r.lr,
+                         groups_per_step=r.groups_per_step, updates_per_batch=r.updates_per_batch,
+                         grad_clip=r.grad_clip)
 
 
 def run_demo(opts: DemoOptions) -> int:
-    from swarmrl.modelkit import greedy_accuracy, init_tiny_model, warm_start
+    from protocol.lm import quiet_transformers
+    from swarmrl.modelkit import build_demo_model, greedy_accuracy
+
+    quiet_transformers()
 
     console = Console()
     root = Path(opts.workdir or tempfile.mkdtemp(prefix="swarmrl-demo-")).resolve()
@@ -58,10 +67,9 @@ def run_demo(opts: DemoOptions) -> int:
 
     model_dir = root / "model"
     t0 = time.monotonic()
-    with console.status("building the tiny model and warming it up on the task ..."):
-        info = init_tiny_model(model_dir, seed=opts.seed)
-        ws = warm_start(model_dir, seconds=opts.warm_start_s, seed=opts.seed, task_seed=opts.seed,
-                        task_options=settings.task_options)
+    with console.status("building the tiny model and warming it up on the task (supervised) ..."):
+        info = build_demo_model(model_dir, seed=opts.seed)
+    ws = info["warm_start"]
     console.print(f"model: {info['parameters']:,} parameters, warm start {ws['steps']} steps in {ws['seconds']:.0f} s")
     acc_before = _accuracy(model_dir, opts, settings, greedy_accuracy)
     console.print(f"held-out greedy accuracy before RL: [bold]{acc_before:.1%}[/] ({opts.eval_tasks} tasks)")
@@ -75,6 +83,7 @@ def run_demo(opts: DemoOptions) -> int:
         deadline = time.monotonic() + opts.minutes * 60
         console.print(f"swarm started: coordinator {plan.coordinator_url}, relay {plan.relay_url}; "
                       f"RL for {opts.minutes:g} min (Ctrl-C stops early)")
+        console.print(f"live dashboard while it runs: {plan.coordinator_url}/dashboard/")
         with httpx.Client(timeout=5) as http, Live(console=console, refresh_per_second=2,
                                                    transient=False) as live:
             while time.monotonic() < deadline:
@@ -197,7 +206,7 @@ def _summary(console: Console, plan: SwarmPlan, stats: dict, names: dict[str, st
              elapsed: float) -> int:
     console.rule("[bold]summary")
     t = Table()
-    for col in ("worker", "honest", "status", "accepted", "rejected", "reason"):
+    for col in ("worker", "honest", "status", "accepted", "rejected", "tokens credited"):
         t.add_column(col)
     cheaters_banned, cheater_accepted, cheaters_seen = True, 0, 0
     for name, w in _worker_rows(stats, names):
@@ -207,8 +216,11 @@ def _summary(console: Console, plan: SwarmPlan, stats: dict, names: dict[str, st
             cheaters_banned = cheaters_banned and w.get("status") == "banned"
             cheater_accepted += int(w.get("accepted", 0))
         t.add_row(name, "yes" if honest else "[red]no[/]", w.get("status", ""), str(w.get("accepted", 0)),
-                  str(w.get("rejected", 0)), (w.get("ban_reason") or "")[:70])
+                  str(w.get("rejected", 0)), str(w.get("accepted_tokens", 0)))
     console.print(t)
+    for name, w in _worker_rows(stats, names):
+        if w.get("ban_reason"):
+            console.print(f"{name} banned: {w['ban_reason']}")
     gain = after - before
     versions_published = (version or 0)
     console.print(f"held-out greedy accuracy: {before:.1%} -> [bold]{after:.1%}[/] ({gain * 100:+.1f} points) "
@@ -220,5 +232,6 @@ def _summary(console: Console, plan: SwarmPlan, stats: dict, names: dict[str, st
                   f"their rollouts in the training buffer: {cheater_accepted}")
     cheaters_banned = cheaters_banned and cheaters_seen == len(plan.cheater_names)
     ok = gain >= opts.min_gain and cheaters_banned and cheater_accepted == 0
+    console.print(f"audit every rollout, proof and verdict: swarmrl audit summary --archive {plan.root / 'coordinator' / 'archive'}")
     console.print(f"total time {elapsed / 60:.1f} min · " + ("[green]demo passed[/]" if ok else "[red]demo did not meet its goals[/]"))
     return 0 if ok else 1

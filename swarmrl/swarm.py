@@ -38,6 +38,8 @@ class SwarmSettings:
     async_window: int = 2
     lr: float = 1e-4
     groups_per_step: int = 16
+    updates_per_batch: int = 1
+    grad_clip: float = 1.0
     max_versions: int = 0                 # 0 = until stopped
     eval_every: int = 5
     eval_tasks: int = 200
@@ -87,6 +89,7 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
     configs["trainer"] = write_config(cfgdir / "trainer.toml", TrainerConfig(
         run_id=run_id, coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),
         data_dir=root / "trainer", port=0, threads=1, lr=s.lr, groups_per_step=s.groups_per_step,
+        updates_per_batch=s.updates_per_batch, grad_clip=s.grad_clip,
         async_window=s.async_window, max_versions=s.max_versions,
         origin=OriginConfig(host=HOST, port=ports["origin"], data_dir=root / "origin",
                             shard_size=1024 * 1024, keep_versions=s.keep_versions),
