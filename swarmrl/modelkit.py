@@ -168,7 +168,7 @@ def warm_start(directory: Path | str, *, seconds: float = 30.0, seed: int = 0, t
 class LearningRecipe:
     """Settings under which the demo learns on a 2-core CPU (tuned with bench/learning.py).
 
-    Model and warm start (`build_demo_model`): a ~0.6M-parameter Qwen2 (128 x 3 layers)
+    Model and warm start (`build_demo_model`): a ~0.76M-parameter Qwen2 (128 x 3 layers)
     trained by SFT on the zero-padded arithmetic task until held-out greedy accuracy reaches
     `warm_start_target` (checked every 50 steps): the model then sits at the start of the
     sudden rise in accuracy (learning the carry), where RL improves it fastest. The swarm
