@@ -155,9 +155,10 @@ class Team:
 
 def follower_loop(cfg: Any, team: Team) -> None:
     """Ranks >= 1: build the same model and optimizer, then obey rank 0's commands."""
-    from coordinator.trainer.setup import build_model_and_optimizer
+    from coordinator.trainer.setup import build_model_and_optimizer, reference_model
 
     model, template, optimizer, _ = build_model_and_optimizer(cfg, team)
+    ref_model = reference_model(cfg, team)
     history = WeightHistory(template, keep=cfg.async_window + 1)
     from coordinator.trainer.loop import step_options
 
@@ -169,7 +170,7 @@ def follower_loop(cfg: Any, team: Team) -> None:
         if cmd[0] == "step":
             _, groups, version, paths = cmd
             history.replace_paths({int(v): p for v, p in paths.items()})
-            team.step(model, optimizer, groups, version=version, opts=opts, history=history)
+            team.step(model, optimizer, groups, version=version, opts=opts, history=history, ref_model=ref_model)
         elif cmd[0] == "save":
             team.gather_for_save(model, optimizer, cmd[1])
         else:

@@ -28,6 +28,19 @@ def checkpoint_store(cfg: TrainerConfig) -> CheckpointStore:
     return CheckpointStore(Path(cfg.data_dir), keep=max(cfg.keep_checkpoints, cfg.async_window + 2))
 
 
+def reference_model(cfg: TrainerConfig, team: Any) -> Any:
+    """The frozen initial policy for the KL term (None when kl_coef is 0): always `cfg.model`,
+    also after a resume, so the penalty keeps pulling towards where the run started."""
+    if cfg.loss.kl_coef <= 0:
+        return None
+    from protocol.lm import load_model
+
+    ref = load_model(cfg.model, device=team.device, dtype="float32").eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
 def make_optimizer(cfg: TrainerConfig, model: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
@@ -121,8 +134,11 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Pa
     link = CoordinatorLink(cfg.coordinator_url, key, stop=stop)
     parts = Parts(loop=None, closers=[server.stop, origin.stop, link.close])
 
+    ref_model = reference_model(cfg, team)
+
     def step_fn(groups: list) -> Any:
-        return team.step(model, optimizer, groups, version=loop.version, opts=opts, history=history)
+        return team.step(model, optimizer, groups, version=loop.version, opts=opts, history=history,
+                         ref_model=ref_model)
 
     eval_model = model if team.world == 1 else None
     loop = TrainerLoop(cfg, model=eval_model, tokenizer=tokenizer, store=store, inbox=Inbox(data_dir), link=link,

@@ -120,3 +120,16 @@ def test_inbox_survives_a_restart_and_forgets_consumed_groups(tmp_path):
     (again.root / "garbage.json").write_text(json.dumps({"nope": 1}))
     assert sorted(g.submission_id for g in Inbox(tmp_path).load(TrainingGroup)) == ["sub-0", "sub-2"]
     assert list(again.root.glob("*.corrupt"))
+
+
+def test_kl_and_entropy_terms_run_through_a_step(tiny_model):
+    model = copy.deepcopy(tiny_model).train()
+    ref = copy.deepcopy(tiny_model).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    cfg = LossConfig(kl_coef=0.1, entropy_coef=0.01)
+    res = run_step(model, opt, [(_group(), [1.0, -1.0])], version=0,
+                   opts=StepOptions(loss=cfg, grad_clip=1.0), ref_model=ref)
+    assert res.stats["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
+    assert res.stats["entropy"] > 0.0
+    with pytest.raises(ValueError):
+        run_step(model, opt, [(_group(), [1.0, -1.0])], version=0, opts=StepOptions(loss=cfg, grad_clip=1.0))
