@@ -44,11 +44,17 @@ def _feed_until(rig: TrainerRig, version: int, timeout: float = 120.0) -> None:
     wait_until(step, timeout, f"policy version {version}", every=0.5)
 
 
-def test_trainer_turns_verified_groups_into_published_versions(rig: TrainerRig):
+def test_trainer_turns_verified_groups_into_published_versions_and_skips_groups_without_signal(rig: TrainerRig):
     rig.start_coordinator()
     rig.start_trainer()
     url = rig.trainer_url()
     wait_until(lambda: rig.policy().version == 0, 60, "version 0 announced")
+    # groups without signal (every completion wrong: all advantages zero) are counted, never trained on
+    rig.feed(3, right=0)
+    wait_until(lambda: metric(rig.http.get(url + "/metrics").text, "swarmrl_trainer_groups_total",
+                              outcome="zero_advantage") >= 3, 60, "zero-advantage groups counted")
+    assert rig.policy().version == 0
+    assert metric(rig.http.get(url + "/metrics").text, "swarmrl_trainer_steps_total") == 0
     _feed_until(rig, 3)
 
     info = rig.policy()
@@ -83,18 +89,6 @@ def test_trainer_turns_verified_groups_into_published_versions(rig: TrainerRig):
 def _origin_url(rig: TrainerRig) -> str:
     port = int((rig.root / "origin" / "origin.port").read_text())
     return f"http://127.0.0.1:{port}"
-
-
-def test_groups_without_signal_are_counted_and_never_trained_on(rig: TrainerRig):
-    rig.start_coordinator()
-    rig.start_trainer()
-    url = rig.trainer_url()
-    wait_until(lambda: rig.policy().version == 0, 60, "version 0 announced")
-    rig.feed(3, right=0)  # every completion wrong: all advantages zero
-    wait_until(lambda: metric(rig.http.get(url + "/metrics").text, "swarmrl_trainer_groups_total",
-                              outcome="zero_advantage") >= 3, 60, "zero-advantage groups counted")
-    assert rig.policy().version == 0
-    assert metric(rig.http.get(url + "/metrics").text, "swarmrl_trainer_steps_total") == 0
 
 
 def test_trainer_killed_mid_run_resumes_from_its_last_complete_version(rig: TrainerRig):
