@@ -7,7 +7,9 @@ model and seed, once per async window (default: 0 = synchronous, and 2), and rep
   * held-out greedy accuracy against wall time and against policy version (the trainer's
     eval.csv), as a PNG plot and a table;
   * the trainer's idle fraction (its own phase accounting: waiting for data / total) and the
-    workers' idle fraction (1 - CPU seconds / wall seconds of each worker process);
+    workers' idle fraction (1 - CPU seconds / wall seconds of each worker process; the
+    workers share CPU 1 with the coordinator, verifier and relay, so this also counts time
+    that core spent on those: it is an upper bound of their true idleness);
   * how long the async run took to reach the synchronous run's final accuracy, as a share
     of the synchronous run's wall time (goal: <= 0.6).
 
