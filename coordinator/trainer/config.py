@@ -61,6 +61,6 @@ class TrainerConfig(BaseModel):
     max_pass_rate: float = Field(1.0, ge=0, le=1, description="drop groups whose share of rewarded samples is above this")
     row_tokens: int = Field(0, ge=0, description="packing: tokens per packed row (0 = auto: the step's longest sequence, at least 128; attention over a row costs its length squared)")
     micro_batch_tokens: int = Field(16384, ge=16, description="packing: padded tokens per micro-batch (bounds memory)")
-    batch_wait_s: float = Field(10.0, ge=0, le=60, description="long-poll time of each batch request")
+    batch_wait_s: float = Field(5.0, ge=0, le=60, description="long-poll time of each batch request (also bounds how long a stop request waits)")
     keep_checkpoints: int = Field(4, ge=1, description="newest complete versions kept on disk (at least async_window + 1 are kept)")
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")

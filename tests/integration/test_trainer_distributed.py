@@ -42,3 +42,51 @@ def test_two_gloo_ranks_take_the_same_step_as_one_process(tmp_path):
     assert w1.keys() == w2.keys()
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
+
+
+def test_swarmrl_trainer_under_torchrun_publishes_full_checkpoints(tmp_path):
+    """`torchrun --nproc_per_node=2 -m swarmrl trainer`: rank 0 talks to a real coordinator,
+    both ranks train (FSDP2, gloo), and every published version is a whole, loadable model."""
+    import signal
+
+    from protocol.lm import load_model
+    from swarmrl.modelkit import init_tiny_model
+    from tests.integration.trainer_harness import TrainerRig
+    from tests.integration.worker_swarm import wait_until
+
+    init_tiny_model(tmp_path / "m", hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1)
+    rig = TrainerRig(tmp_path / "rig", tmp_path / "m")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    log = open(tmp_path / "torchrun.log", "wb")
+    proc = None
+    try:
+        rig.start_coordinator()
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                 "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0",
+                                 "-m", "swarmrl", "trainer", "--config", str(rig.trainer_cfg)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+        def advanced() -> bool:
+            assert proc.poll() is None, (tmp_path / "torchrun.log").read_text()[-3000:]
+            if (rig.policy().version or 0) >= 3:
+                return True
+            if rig.policy().version is not None:
+                rig.feed(2)
+            return False
+
+        wait_until(advanced, 180, "version 3 from the torchrun trainer", every=0.5)
+        model = load_model(str(rig.trainer_data / "versions" / "3" / "model"))
+        base = load_model(str(tmp_path / "m"))
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+        assert changed, "the published version equals the initial model"
+        rows = (rig.trainer_data / "eval.csv").read_text().splitlines()
+        assert rows[0].startswith("version,") and len(rows) >= 4
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        rig.close()

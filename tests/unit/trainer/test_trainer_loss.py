@@ -23,7 +23,7 @@ def _run(ratio: list[float], adv: list[float], mask: list[float] | None = None, 
     loss, stats = policy_loss(logp, prox, behav, torch.tensor(adv, dtype=torch.float64), m, cfg or LossConfig(),
                               num_tokens=num_tokens, **kw)
     loss.backward()
-    return float(loss), logp.grad.tolist(), stats
+    return float(loss.detach()), logp.grad.tolist(), stats
 
 
 def test_on_policy_loss_is_minus_mean_advantage_and_gradient_is_minus_advantage_over_n():
