@@ -38,13 +38,13 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
-import httpx  # noqa: E402
+import httpx
 
-from coordinator.trainer.config import TrainerConfig  # noqa: E402
-from protocol.config import load_config  # noqa: E402
-from swarmrl.modelkit import DEMO_RECIPE, build_demo_model  # noqa: E402
-from swarmrl.procs import ProcessGroup, write_config  # noqa: E402
-from swarmrl.swarm import SwarmSettings, plan_swarm, start_swarm  # noqa: E402
+from coordinator.trainer.config import TrainerConfig
+from protocol.config import load_config
+from swarmrl.modelkit import DEMO_RECIPE, build_demo_model
+from swarmrl.procs import ProcessGroup, write_config
+from swarmrl.swarm import SwarmSettings, plan_swarm, start_swarm
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -107,7 +107,8 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
             wall = time.time() - t_start
             cpu = {c.name: cpu_seconds(c.popen.pid) - cpu0.get(c.name, 0.0) for c in group.children}
             status = _trainer_status(http, root)
-    evals = list(csv.DictReader(open(root / "trainer" / "eval.csv"))) if (root / "trainer" / "eval.csv").exists() else []
+    eval_csv = root / "trainer" / "eval.csv"
+    evals = list(csv.DictReader(eval_csv.read_text().splitlines())) if eval_csv.exists() else []
     curve = [{"version": int(r["version"]), "t": float(r["unix_time"]) - t_start, "acc": float(r["greedy_accuracy"])}
              for r in evals]
     workers = [n for n in plan.worker_names]
@@ -171,8 +172,9 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def table(results: list[dict], cmp: dict) -> str:
-    lines = ["| window | wall s | versions | acc start | acc end (mean last 3) | best | trainer idle | "
-             "trainer CPU busy | worker idle |", "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| window | wall s | versions | acc start | acc end (mean last 3) | best | trainer idle | "
+              "trainer CPU busy | worker idle |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         c = r["curve"]
         sm = smoothed(c)

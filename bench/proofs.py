@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the engine (the demo runs workers with 1)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "proofs.json")
     args = ap.parse_args()
 

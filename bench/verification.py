@@ -49,7 +49,7 @@ from tests.adversarial import harness as H  # noqa: E402
 from verifier.thresholds import LOW_PRECISION, Thresholds  # noqa: E402
 from worker.rollout import build_submission  # noqa: E402
 
-VERIFY_THREADS = 2
+VERIFY_THREADS = 1  # the demo runs workers and the verifier with one torch thread each
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -210,3 +210,17 @@ def test_numpy_bf16_rounding_equals_torch_cast():
         assert np.array_equal(bf16_bits(t), expected)
     nan = bf16_bits(torch.tensor([[float("nan")]]))[0, 0]
     assert (nan >> 7) & 0xFF == 0xFF and nan & 0x7F
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 37, 100, 128, 256])
+def test_interpolation_reproduces_its_points(k):
+    from protocol.proof import gf
+
+    rng = np.random.default_rng(k)
+    x = np.stack([rng.choice(gf.P, k, replace=False) for _ in range(6)])
+    y = rng.integers(0, 65536, (6, k))
+    x[0] = np.arange(1, k + 1)  # factors (z - x) close to P: the largest intermediate values
+    y[0] = gf.P - 1
+    coeffs = gf.interpolate(x, y)
+    assert coeffs.shape == (6, k) and coeffs.max() < gf.P
+    assert np.array_equal(gf.evaluate(coeffs, x), y % gf.P)
