@@ -13,8 +13,8 @@ Pure functions: they take groups and return decisions; counters are the caller's
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 ADV_EPS = 1e-6
 ADV_TOLERANCE = 1e-3

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import httpx
 
+from coordinator.trainer.errors import TrainerError
 from protocol import routes
 from protocol.envelope import Envelope
-from protocol.http import Rejected, SignedClient, Unavailable, backoff_delays, check_response, parse_response
+from protocol.http import (
+    Rejected,
+    SignedClient,
+    Unavailable,
+    backoff_delays,
+    check_response,
+    parse_response,
+)
 from protocol.identity import KeyPair
 from protocol.messages import KIND_BATCH_REQUEST, BatchRequest, BatchResponse, PolicyInfo
-
-from coordinator.trainer.errors import TrainerError
 
 log = logging.getLogger("swarmrl.trainer")
 

@@ -39,7 +39,7 @@ class Team:
     mesh: Any = None
 
     @classmethod
-    def from_env(cls, device: str = "cpu") -> "Team":
+    def from_env(cls, device: str = "cpu") -> Team:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls(device=device)
@@ -113,7 +113,10 @@ class Team:
     def full_optimizer_state(self, model: Any, optimizer: Any) -> dict | None:
         if self.world == 1:
             return optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
 
         sd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return sd if self.rank == 0 else None
@@ -122,7 +125,10 @@ class Team:
         if self.world == 1:
             optimizer.load_state_dict(state)
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
         set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
                                  options=StateDictOptions(full_state_dict=True))

@@ -17,8 +17,9 @@ through `distributed.Team` (they only join steps and checkpoint gathers).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -48,7 +48,7 @@ class LossStats:
     entropy_sum: float = 0.0
     extra: dict = field(default_factory=dict)
 
-    def add(self, other: "LossStats") -> None:
+    def add(self, other: LossStats) -> None:
         for name in ("tokens", "loss_sum", "clipped", "ratio_sum", "iw_sum", "iw_capped", "kl_sum", "entropy_sum"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 

@@ -29,7 +29,7 @@ class StopFlag:
         return self.event.is_set()
 
     def install(self) -> None:
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             if self.event.is_set():
                 raise KeyboardInterrupt
             log.info("signal %d: stopping after the current phase", signum)

@@ -9,9 +9,10 @@ link, the held-out task source, the metrics server and the `TrainerLoop`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

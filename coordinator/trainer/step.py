@@ -19,8 +19,9 @@ Order of work inside a step (the proximal policy is the weights at the start of 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -28,8 +29,14 @@ from coordinator.trainer.config import LossConfig
 from coordinator.trainer.history import WeightHistory
 from coordinator.trainer.logprobs import token_logprobs
 from coordinator.trainer.loss import LossStats, policy_loss
-from coordinator.trainer.packing import (MicroBatch, count_targets, empty_micro_batch, pack, sequences_from_groups,
-                                        shard_for_rank)
+from coordinator.trainer.packing import (
+    MicroBatch,
+    count_targets,
+    empty_micro_batch,
+    pack,
+    sequences_from_groups,
+    shard_for_rank,
+)
 
 
 @dataclass

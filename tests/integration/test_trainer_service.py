@@ -72,7 +72,7 @@ def test_trainer_turns_verified_groups_into_published_versions_and_skips_groups_
     want = versions / str(info.version) / "model" / "model.safetensors"
     assert (got / "model.safetensors").read_bytes() == want.read_bytes()
     # evaluation rows for version 0 and later versions, and the service's own surfaces
-    rows = list(csv.DictReader(open(rig.trainer_data / "eval.csv")))
+    rows = list(csv.DictReader((rig.trainer_data / "eval.csv").read_text().splitlines()))
     assert [int(r["version"]) for r in rows][:2] == [0, 1]
     assert all(0.0 <= float(r["greedy_accuracy"]) <= 1.0 for r in rows)
     assert rig.http.get(url + "/health").json()["ok"] is True
@@ -113,7 +113,7 @@ def test_trainer_killed_mid_run_resumes_from_its_last_complete_version(rig: Trai
     assert complete[-1] == before + 1
     assert not list((rig.trainer_data / "inbox").glob("*.json"))  # the spooled group was trained on
     def evaluated() -> list[int]:
-        return [int(r["version"]) for r in csv.DictReader(open(rig.trainer_data / "eval.csv"))]
+        return [int(r["version"]) for r in csv.DictReader((rig.trainer_data / "eval.csv").read_text().splitlines())]
 
     wait_until(lambda: before + 1 in evaluated(), 60, "the evaluation of the new version")
     assert evaluated().count(before + 1) == 1

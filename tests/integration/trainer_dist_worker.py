@@ -49,7 +49,7 @@ def main(model_dir: str, out: str, row_tokens: int) -> None:
     history = WeightHistory(template, keep=1)
     groups = batch() if team.rank == 0 else None
     if team.rank != 0:  # a follower receives the command the way distributed.follower_loop does
-        _, groups, version, paths = team.broadcast(None)
+        _, groups, _version, paths = team.broadcast(None)
         history.replace_paths(paths)
     res = team.step(model, opt, groups, version=0, opts=opts, history=history)
     sd = team.full_state_dict(model)

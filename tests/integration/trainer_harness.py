@@ -26,9 +26,24 @@ from protocol.config import dump_toml
 from protocol.envelope import seal
 from protocol.identity import KeyPair
 from protocol.lm import load_tokenizer
-from protocol.messages import (KIND_CLAIM, KIND_LEASE_REQUEST, KIND_REGISTRATION, KIND_SUBMISSION, KIND_VERDICT,
-                               ClaimRequest, ClaimResponse, Completion, EngineInfo, HardwareReport, Lease,
-                               LeaseRequest, PolicyInfo, Registration, Submission, Verdict)
+from protocol.messages import (
+    KIND_CLAIM,
+    KIND_LEASE_REQUEST,
+    KIND_REGISTRATION,
+    KIND_SUBMISSION,
+    KIND_VERDICT,
+    ClaimRequest,
+    ClaimResponse,
+    Completion,
+    EngineInfo,
+    HardwareReport,
+    Lease,
+    LeaseRequest,
+    PolicyInfo,
+    Registration,
+    Submission,
+    Verdict,
+)
 from protocol.proof import build_proof, to_b64
 from protocol.tasks import get_source
 from shardcast.config import OriginConfig

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from coordinator.trainer.advantages import filter_groups, group_advantages
-from coordinator.trainer.packing import count_targets, pack, pack_rows, sequences_from_groups, shard_for_rank
+from coordinator.trainer.packing import (
+    count_targets,
+    pack,
+    pack_rows,
+    sequences_from_groups,
+    shard_for_rank,
+)
 
 
 def _group(sid: str, rewards: list[float], advantages: list[float] | None = None, version: int = 0,

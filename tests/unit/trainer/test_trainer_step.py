@@ -12,6 +12,7 @@ import torch
 
 from coordinator.trainer.checkpoint import COMPLETE, CheckpointStore, Inbox
 from coordinator.trainer.config import LossConfig
+from coordinator.trainer.errors import CheckpointError
 from coordinator.trainer.history import WeightHistory
 from coordinator.trainer.logprobs import token_logprobs
 from coordinator.trainer.packing import pack, sequences_from_groups
@@ -102,7 +103,7 @@ def test_checkpoints_are_complete_or_absent_and_pruned(tmp_path, tiny_model_dir)
     assert store.latest().version == 2
     removed = store.clean_incomplete()
     assert len(removed) == 2 and store.complete_versions() == [1, 2]
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError):
         store.save(2, model=model, tokenizer=tok, optimizer_state=None, state={})
     assert (store.root / "2" / COMPLETE).read_text().strip() == "2"
 
