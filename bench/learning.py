@@ -67,9 +67,9 @@ def pin(pid: int, cpus: set[int]) -> None:
             pass
 
 
-def settings_for(window: int, seed: int, workers: int) -> SwarmSettings:
+def settings_for(window: int, seed: int, workers: int, cheaters: int = 0) -> SwarmSettings:
     r = DEMO_RECIPE
-    return SwarmSettings(seed=seed, honest_workers=workers, cheaters=0, group_size=r.group_size,
+    return SwarmSettings(seed=seed, honest_workers=workers, cheaters=cheaters, group_size=r.group_size,
                          temperature=r.temperature, max_tokens=r.max_tokens, task_options=dict(r.task_options),
                          async_window=window, lr=r.lr, groups_per_step=r.groups_per_step, eval_every=3,
                          eval_tasks=300)
@@ -81,7 +81,7 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
     root.mkdir(parents=True)
     model_dir = root / "model"
     shutil.copytree(model_src, model_dir)
-    plan = plan_swarm(root, model_dir, settings_for(window, args.seed, args.workers))
+    plan = plan_swarm(root, model_dir, settings_for(window, args.seed, args.workers, args.cheaters))
     tcfg = load_config(TrainerConfig, plan.configs["trainer"])
     write_config(plan.configs["trainer"], tcfg.model_copy(update={
         "updates_per_batch": DEMO_RECIPE.updates_per_batch, "grad_clip": DEMO_RECIPE.grad_clip}))
@@ -111,7 +111,7 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
     evals = list(csv.DictReader(eval_csv.read_text().splitlines())) if eval_csv.exists() else []
     curve = [{"version": int(r["version"]), "t": float(r["unix_time"]) - t_start, "acc": float(r["greedy_accuracy"])}
              for r in evals]
-    workers = [n for n in plan.worker_names]
+    workers = list(plan.worker_names)
     worker_busy = [min(1.0, cpu.get(n, 0.0) / wall) for n in workers]
     phases = status.get("phase_seconds", {})
     total = sum(phases.values()) or 1.0
@@ -197,7 +197,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=3)
-    ap.add_argument("--no-pin", dest="pin", action="store_false")
+    ap.add_argument("--cheaters", type=int, default=0, help="dishonest workers too (the demo runs 1)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning (as the demo runs)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/learning"))
     ap.add_argument("--model", type=Path, default=None, help="an already warm-started model (default: build one)")
     args = ap.parse_args()
