@@ -62,7 +62,8 @@ def judge(world: H.World, env, sub, key) -> dict:
     return {"accepted": v.accepted, "failed": [c.name for c in v.checks if not c.passed],
             "completions": len(sub.completions), "reason": v.reason[:200],
             "chunk_exp_frac": proof.get("worst_exp_frac", 0.0), "chunk_mant_mean": proof.get("worst_mant_mean", 0.0),
-            "chunk_mant_median": proof.get("worst_mant_median", 0.0), "chunk_sign_frac": proof.get("worst_sign_frac", 0.0),
+            "chunk_mant_median": proof.get("worst_mant_median", 0.0),
+            "chunk_sign_frac": proof.get("worst_sign_frac", 0.0),
             "group_exp_frac": proof.get("group_exp_frac", 0.0), "group_mant_mean": proof.get("group_mant_mean", 0.0),
             "sampling_gap": sampling.get("worst_gap", 0.0)}
 
@@ -98,15 +99,15 @@ def honest_section(world: H.World, long_world: H.World, target: int, out: dict) 
         engine = H.engine_for(world.versions[1], 1, dtype=dt, threads=th)
         leases = [world.lease(key) for _ in range(per_var)]
         torch.set_num_threads(th)
-        subs = generate_batched(engine, [l for l, _ in leases], 1, b)
-        res = [judge(world, env, s, key) for (l, env), s in zip(leases, subs)]
+        subs = generate_batched(engine, [ls for ls, _ in leases], 1, b)
+        res = [judge(world, env, s, key) for (ls, env), s in zip(leases, subs)]
         rows.append(summarise(f"{dt[:4]} t{th} b{b}", res))
         print_row(rows[-1])
     for dt in ("float32", "bfloat16"):
         engine = H.engine_for(long_world.versions[1], 1, dtype=dt, threads=2)
         leases = [long_world.lease(key) for _ in range(max(2, per_var // 2))]
-        subs = generate_batched(engine, [l for l, _ in leases], 1, 16)
-        res = [judge(long_world, env, s, key) for (l, env), s in zip(leases, subs)]
+        subs = generate_batched(engine, [ls for ls, _ in leases], 1, 16)
+        res = [judge(long_world, env, s, key) for (ls, env), s in zip(leases, subs)]
         rows.append(summarise(f"long {dt[:4]}", res))
         print_row(rows[-1])
     total = {"name": "ALL", "completions": sum(r["completions"] for r in rows),
@@ -120,8 +121,8 @@ def honest_section(world: H.World, long_world: H.World, target: int, out: dict) 
     world.settings = dataclasses.replace(matched, match_dtypes=("float32",))
     engine = H.engine_for(world.versions[1], 1, dtype="bfloat16", threads=2)
     leases = [world.lease(key) for _ in range(per_var)]
-    subs = generate_batched(engine, [l for l, _ in leases], 1, 4)
-    info = summarise("bf16 vs fp32 *", [judge(world, env, s, key) for (l, env), s in zip(leases, subs)])
+    subs = generate_batched(engine, [ls for ls, _ in leases], 1, 4)
+    info = summarise("bf16 vs fp32 *", [judge(world, env, s, key) for (ls, env), s in zip(leases, subs)])
     world.settings = matched
     print_row({**info, "reasons": []})
     print("  * not a verifier setting: a bf16 worker judged by an fp32 prefill, shown to explain dtype matching")
@@ -174,32 +175,34 @@ def attack_section(world: H.World, root: Path, n: int, out: dict) -> None:
         return H.generate_with(engine, lease, 1, prompt=p)
 
     attacks = {
-        "other weights (another seed)": lambda l, e, h: H.generate_with(engines["other"], l, 1),
-        "weights + 10% noise (demo cheat)": lambda l, e, h: H.generate_with(engines["noise10"], l, 1),
-        "previous version claimed as current": lambda l, e, h: H.generate_with(engines["v0"], l, 1),
-        "changed prompt (one digit)": lambda l, e, h: changed_prompt(l),
-        "one edited token (proof kept)": lambda l, e, h: H.edit_token(h, rng, vocab, world.eos),
-        "one edited token (re-proved)": lambda l, e, h: H.reprove(world, l, H.edit_token(h, rng, vocab, world.eos), 1),
-        "temperature 0.7": lambda l, e, h: H.generate_with(honest_engine, l, 1, temperature=0.7),
-        "temperature 1.5": lambda l, e, h: H.generate_with(honest_engine, l, 1, temperature=1.5),
-        "greedy decoding": lambda l, e, h: H.greedy_submission(world, l, 1),
-        "cherry-picking (resample until right)": lambda l, e, h: H.cherry_pick(world, honest_engine, l, 1),
-        "truncation": lambda l, e, h: H.truncate(h, forge_eos=False, eos=world.eos),
-        "forged EOS (re-proved)": lambda l, e, h: H.reprove(world, l, H.truncate(h, forge_eos=True, eos=world.eos), 1),
-        "forged reward claim": lambda l, e, h: H.with_claimed_rewards(h, 1.0),
+        "other weights (another seed)": lambda ls, e, h: H.generate_with(engines["other"], ls, 1),
+        "weights + 10% noise (demo cheat)": lambda ls, e, h: H.generate_with(engines["noise10"], ls, 1),
+        "previous version claimed as current": lambda ls, e, h: H.generate_with(engines["v0"], ls, 1),
+        "changed prompt (one digit)": lambda ls, e, h: changed_prompt(ls),
+        "one edited token (proof kept)": lambda ls, e, h: H.edit_token(h, rng, vocab, world.eos),
+        "one edited token (re-proved)":
+            lambda ls, e, h: H.reprove(world, ls, H.edit_token(h, rng, vocab, world.eos), 1),
+        "temperature 0.7": lambda ls, e, h: H.generate_with(honest_engine, ls, 1, temperature=0.7),
+        "temperature 1.5": lambda ls, e, h: H.generate_with(honest_engine, ls, 1, temperature=1.5),
+        "greedy decoding": lambda ls, e, h: H.greedy_submission(world, ls, 1),
+        "cherry-picking (resample until right)": lambda ls, e, h: H.cherry_pick(world, honest_engine, ls, 1),
+        "truncation": lambda ls, e, h: H.truncate(h, forge_eos=False, eos=world.eos),
+        "forged EOS (re-proved)":
+            lambda ls, e, h: H.reprove(world, ls, H.truncate(h, forge_eos=True, eos=world.eos), 1),
+        "forged reward claim": lambda ls, e, h: H.with_claimed_rewards(h, 1.0),
         # the same weight and prompt cheats by a worker that computes in, and declares, bf16
         # (it is then judged by a bf16 prefill against the wider low-precision limits)
-        "bf16: other weights": lambda l, e, h: H.generate_with(bf16["other"], l, 1),
-        "bf16: weights + 10% noise": lambda l, e, h: H.generate_with(bf16["noise10"], l, 1),
-        "bf16: previous version as current": lambda l, e, h: H.generate_with(bf16["v0"], l, 1),
-        "bf16: changed prompt (one digit)": lambda l, e, h: changed_prompt(l, bf16["honest"]),
-        "bf16: temperature 0.7": lambda l, e, h: H.generate_with(bf16["honest"], l, 1, temperature=0.7),
+        "bf16: other weights": lambda ls, e, h: H.generate_with(bf16["other"], ls, 1),
+        "bf16: weights + 10% noise": lambda ls, e, h: H.generate_with(bf16["noise10"], ls, 1),
+        "bf16: previous version as current": lambda ls, e, h: H.generate_with(bf16["v0"], ls, 1),
+        "bf16: changed prompt (one digit)": lambda ls, e, h: changed_prompt(ls, bf16["honest"]),
+        "bf16: temperature 0.7": lambda ls, e, h: H.generate_with(bf16["honest"], ls, 1, temperature=0.7),
     }
     rows = []
     print(f"{'attack':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}  caught by")
     for name, make in attacks.items():
         leases = [world.lease(key) for _ in range(n)]
-        honest = H.honest_submissions(honest_engine, [l for l, _ in leases], 1)
+        honest = H.honest_submissions(honest_engine, [ls for ls, _ in leases], 1)
         res = []
         for (lease, env), h in zip(leases, honest):
             cheat = make(lease, env, h)
@@ -209,7 +212,7 @@ def attack_section(world: H.World, root: Path, n: int, out: dict) -> None:
         rows.append(attack_row(name, res))
     # replay and copied proofs need an honest submission that was already judged
     leases = [world.lease(key) for _ in range(2 * n)]
-    honest = H.honest_submissions(honest_engine, [l for l, _ in leases], 1)
+    honest = H.honest_submissions(honest_engine, [ls for ls, _ in leases], 1)
     for (lease, env), h in zip(leases[:n], honest[:n]):
         judge(world, env, h, key)
     replay = [(True, judge(world, env, h, key)) for (lease, env), h in zip(leases[:n], honest[:n])]
@@ -245,9 +248,11 @@ def weights_section(world: H.World, root: Path, n: int, out: dict) -> None:
     rows = []
     print(f"{'change':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}  caught by")
     honest_engine = H.engine_for(world.versions[1], 1, threads=VERIFY_THREADS)
-    variants = [(f"noise {r:g} x std", lambda r=r: H.perturbed_copy(world.versions[1], root / f"noise-{r:g}", rel_noise=r))
+    v1 = world.versions[1]
+    variants = [(f"noise {r:g} x std", lambda r=r: H.perturbed_copy(v1, root / f"noise-{r:g}", rel_noise=r))
                 for r in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)]
-    variants += [(f"policy 1 AdamW step away, lr {lr:g}", lambda lr=lr: H.next_version(world.versions[1], root / f"step-{lr:g}", lr=lr))
+    variants += [(f"policy 1 AdamW step away, lr {lr:g}",
+                  lambda lr=lr: H.next_version(v1, root / f"step-{lr:g}", lr=lr))
                  for lr in (1e-4, 3e-5, 1e-5, 3e-6, 1e-6)]
     for (name, build), dtype in [(v, dt) for dt in ("float32", "bfloat16") for v in variants]:
         path = build()
@@ -255,10 +260,10 @@ def weights_section(world: H.World, root: Path, n: int, out: dict) -> None:
         # the cheater holds `path` but claims version 1
         engine = H.engine_for(path, 1, dtype=dtype, threads=VERIFY_THREADS)
         leases = [world.lease(key) for _ in range(n)]
-        honest = H.honest_submissions(honest_engine, [l for l, _ in leases], 1)
-        cheats = H.honest_submissions(engine, [l for l, _ in leases], 1)
+        honest = H.honest_submissions(honest_engine, [ls for ls, _ in leases], 1)
+        cheats = H.honest_submissions(engine, [ls for ls, _ in leases], 1)
         res = [(_differs_tokens_or_proofs(c, h), judge(world, env, c, key))
-               for (l, env), c, h in zip(leases, cheats, honest)]
+               for (ls, env), c, h in zip(leases, cheats, honest)]
         row = attack_row(name, res)
         row["group_mant_mean"] = [round(r["group_mant_mean"], 3) for _, r in res][:8]
         rows.append(row)
@@ -314,7 +319,8 @@ def cost_section(root: Path, out: dict, reps: int) -> None:
     print(f"{'model':>6}{'params':>9}{'tokens':>8}{'gen s':>8}{'gen CPU s':>10}{'verify s':>9}{'verify CPU s':>13}"
           f"{'gen/verify (CPU)':>17}{'build/gen (CPU)':>16}{'bytes/32 tok':>13}")
     for r in rows:
-        print(f"{r['model']:>6}{r['params'] / 1e6:>8.1f}M{r['tokens']:>8}{r['generate_s']:>8.2f}{r['generate_cpu_s']:>10.2f}"
+        print(f"{r['model']:>6}{r['params'] / 1e6:>8.1f}M{r['tokens']:>8}{r['generate_s']:>8.2f}"
+              f"{r['generate_cpu_s']:>10.2f}"
               f"{r['verify_s']:>9.3f}{r['verify_cpu_s']:>13.3f}{r['gen_over_verify_cpu']:>16.1f}x"
               f"{r['build_pct_of_gen_cpu']:>15.2f}%{r['bytes_per_32_tokens']:>13.1f}")
     out["cost"] = rows
@@ -336,13 +342,14 @@ def main() -> None:
     tmp = None if args.workdir else tempfile.TemporaryDirectory()
     root = args.workdir or Path(tmp.name)
     root.mkdir(parents=True, exist_ok=True)
-    out: dict = {"thresholds": Thresholds().model_dump(), "low_precision": LOW_PRECISION.model_dump(), "args": {k: str(v) for k, v in vars(args).items()}}
+    out: dict = {"thresholds": Thresholds().model_dump(), "low_precision": LOW_PRECISION.model_dump(),
+                 "args": {k: str(v) for k, v in vars(args).items()}}
     started = time.monotonic()
     world = H.make_world(root / "demo", warm_seconds=args.warm_seconds, group_size=8, max_tokens=8)
     print(f"tiny model ready ({time.monotonic() - started:.0f} s)")
     if "honest" in args.sections:
         long_world = H.make_world(root / "long", group_size=8, max_tokens=64)
-        print(f"\n1. honest rollouts (full check of every submission; false rejections must be 0)")
+        print("\n1. honest rollouts (full check of every submission; false rejections must be 0)")
         print_header()
         honest_section(world, long_world, args.completions, out)
     if "attacks" in args.sections:

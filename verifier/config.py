@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shardcast.p2p.config import P2PConfig
+
 from verifier.thresholds import LOW_PRECISION, Thresholds
 
 
@@ -24,7 +26,15 @@ class VerifierConfig(BaseModel):
     port: int = Field(0, description="port of the /health and /metrics endpoints (0 = free port)")
     max_models: int = Field(3, ge=1, le=64, description="policy versions kept loaded in memory (LRU)")
     keep_versions: int = Field(8, ge=1, description="policy versions kept in the checkpoint cache on disk")
-    thresholds: Thresholds = Field(default_factory=Thresholds, description="decision thresholds of the checks for fp32 prefills (calibrate per model: bench/verification.py)")
-    low_precision_thresholds: Thresholds = Field(default_factory=lambda: LOW_PRECISION, description="decision thresholds for bf16/fp16 prefills (workers declaring a low-precision dtype)")
-    match_dtypes: list[str] = Field(default_factory=lambda: ["float32", "bfloat16", "float16"], description="a worker declaring one of these compute dtypes is checked by a prefill in the same dtype (honest workers then agree almost bit for bit, so thresholds can be tight)")
+    thresholds: Thresholds = Field(
+        default_factory=Thresholds,
+        description="decision thresholds of the checks for fp32 prefills (calibrate per model: bench/verification.py)")
+    low_precision_thresholds: Thresholds = Field(
+        default_factory=lambda: LOW_PRECISION,
+        description="decision thresholds for bf16/fp16 prefills (workers declaring a low-precision dtype)")
+    match_dtypes: list[str] = Field(
+        default_factory=lambda: ["float32", "bfloat16", "float16"],
+        description="a worker declaring one of these compute dtypes is checked by a prefill in the same dtype "
+                    "(honest workers then agree almost bit for bit, so thresholds can be tight)")
     log_level: str = Field("info", description="python logging level")
+    p2p: P2PConfig = Field(default_factory=P2PConfig, description="libp2p swarm layer: hear versions and relays on the run's topic, fetch verified shards from peers when relays fail (bootstrap: the coordinator's, from GET /v1/run, unless set)")

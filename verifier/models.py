@@ -1,8 +1,9 @@
 """Policy versions on the verifier: checkpoints from shardcast, models in a small LRU.
 
 Collaborators: `verifier.pipeline` asks `PolicyModels.model(version, dtype)` for the model a
-submission claims, computing in the dtype the worker declared (see `verifier.pipeline`); `Prefetcher` runs in a background thread and downloads each new version
-as soon as a relay announces it, so a job rarely waits for a download. Checkpoints are
+submission claims, computing in the dtype the worker declared (see `verifier.pipeline`);
+`Prefetcher` runs in a background thread and downloads each new version as soon as a relay
+announces it, so a job rarely waits for a download. Checkpoints are
 verified by the shardcast client (signed manifest, every shard hashed) before they are
 loaded; a version that cannot be had is a JobError (the job is left for a later claim).
 

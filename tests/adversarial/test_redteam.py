@@ -43,21 +43,21 @@ def _changed_prompt(world, engine, lease):
 
 ATTACKS = {
     # name: (make(rt, lease, honest_submission) -> cheat, the check that must fail)
-    "other_weights": (lambda rt, l, h: H.generate_with(rt["other"], l, 1), "proof"),
-    "weights_plus_noise": (lambda rt, l, h: H.generate_with(rt["noisy"], l, 1), "proof"),
-    "previous_version_as_current": (lambda rt, l, h: H.generate_with(rt["v0"], l, 1), "proof"),
-    "changed_prompt": (lambda rt, l, h: _changed_prompt(rt["world"], rt["honest"], l), "proof"),
-    "edited_token": (lambda rt, l, h: H.edit_token(h, random.Random(1), 60, rt["world"].eos), "sampling"),
-    "edited_token_reproved": (lambda rt, l, h: H.reprove(rt["world"], l, H.edit_token(h, random.Random(2), 60,
+    "other_weights": (lambda rt, ls, h: H.generate_with(rt["other"], ls, 1), "proof"),
+    "weights_plus_noise": (lambda rt, ls, h: H.generate_with(rt["noisy"], ls, 1), "proof"),
+    "previous_version_as_current": (lambda rt, ls, h: H.generate_with(rt["v0"], ls, 1), "proof"),
+    "changed_prompt": (lambda rt, ls, h: _changed_prompt(rt["world"], rt["honest"], ls), "proof"),
+    "edited_token": (lambda rt, ls, h: H.edit_token(h, random.Random(1), 60, rt["world"].eos), "sampling"),
+    "edited_token_reproved": (lambda rt, ls, h: H.reprove(rt["world"], ls, H.edit_token(h, random.Random(2), 60,
                                                                                          rt["world"].eos), 1),
                               "sampling"),
-    "other_temperature": (lambda rt, l, h: H.generate_with(rt["honest"], l, 1, temperature=3.0), "sampling"),
-    "greedy": (lambda rt, l, h: H.greedy_submission(rt["world"], l, 1), "sampling"),
-    "cherry_picking": (lambda rt, l, h: H.cherry_pick(rt["world"], rt["honest"], l, 1, tries=2), "sampling"),
-    "truncation": (lambda rt, l, h: H.truncate(h, forge_eos=False, eos=rt["world"].eos), "termination"),
-    "forged_eos": (lambda rt, l, h: H.reprove(rt["world"], l, H.truncate(h, forge_eos=True, eos=rt["world"].eos), 1),
+    "other_temperature": (lambda rt, ls, h: H.generate_with(rt["honest"], ls, 1, temperature=3.0), "sampling"),
+    "greedy": (lambda rt, ls, h: H.greedy_submission(rt["world"], ls, 1), "sampling"),
+    "cherry_picking": (lambda rt, ls, h: H.cherry_pick(rt["world"], rt["honest"], ls, 1, tries=2), "sampling"),
+    "truncation": (lambda rt, ls, h: H.truncate(h, forge_eos=False, eos=rt["world"].eos), "termination"),
+    "forged_eos": (lambda rt, ls, h: H.reprove(rt["world"], ls, H.truncate(h, forge_eos=True, eos=rt["world"].eos), 1),
                    "termination"),
-    "forged_reward": (lambda rt, l, h: H.with_claimed_rewards(h, 1.0), "reward"),
+    "forged_reward": (lambda rt, ls, h: H.with_claimed_rewards(h, 1.0), "reward"),
 }
 
 
@@ -102,7 +102,7 @@ def test_redteam_at_scale(redteam, key):
     world = redteam["world"]
     for name, (make, _) in ATTACKS.items():
         leases = [world.lease(key) for _ in range(10)]
-        honest = H.honest_submissions(redteam["honest"], [l for l, _ in leases], 1)
+        honest = H.honest_submissions(redteam["honest"], [ls for ls, _ in leases], 1)
         for (lease, env), h in zip(leases, honest):
             cheat = make(redteam, lease, h)
             if cheat.model_dump() != h.model_dump():

@@ -41,7 +41,7 @@ def sampling_gaps_batch(logits: list[torch.Tensor], tokens: list[list[int]], see
         return [torch.zeros(0, dtype=torch.float64) for _ in tokens]
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
-    lg = torch.cat([l[:n].float() for l, n in zip(logits, lens)])
+    lg = torch.cat([x[:n].float() for x, n in zip(logits, lens)])
     pos = torch.cat([torch.arange(n, dtype=torch.int64) for n in lens]).to(lg.device)
     flat_seeds = [s for s, n in zip(seeds, lens) for _ in range(n)]
     scores = lg / temperature + gumbel_noise_rows(flat_seeds, pos, lg.shape[-1])

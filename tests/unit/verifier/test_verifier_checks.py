@@ -60,17 +60,17 @@ def test_data_check_passes_a_well_formed_submission(world, worker_key, leased):
 
 
 @pytest.mark.parametrize("mutate,expected", [
-    (lambda s, l: s.model_copy(update={"lease_id": "Lother"}), "answers lease Lother"),
-    (lambda s, l: s.model_copy(update={"policy_version": l.max_policy_version + 1}), "outside the lease"),
-    (lambda s, l: s.model_copy(update={"completions": s.completions[:-1]}), "completions for"),
-    (lambda s, l: s.model_copy(update={"completions": [s.completions[0].model_copy(
+    (lambda s, ls: s.model_copy(update={"lease_id": "Lother"}), "answers lease Lother"),
+    (lambda s, ls: s.model_copy(update={"policy_version": ls.max_policy_version + 1}), "outside the lease"),
+    (lambda s, ls: s.model_copy(update={"completions": s.completions[:-1]}), "completions for"),
+    (lambda s, ls: s.model_copy(update={"completions": [s.completions[0].model_copy(
         update={"proof": "AAAA"})] + s.completions[1:]}), "proof truncated"),
-    (lambda s, l: s.model_copy(update={"completions": [s.completions[0].model_copy(
+    (lambda s, ls: s.model_copy(update={"completions": [s.completions[0].model_copy(
         update={"proof": proof_b64(7)})] + s.completions[1:]}), "proof covers 7 tokens"),
-    (lambda s, l: s.model_copy(update={"completions": [s.completions[0].model_copy(
-        update={"token_ids": [1] * (l.sampling.max_tokens + 1)})] + s.completions[1:]}), "tokens (allowed"),
-    (lambda s, l: s.model_copy(update={"completions": [s.completions[0].model_copy(
-        update={"token_ids": [500, l.eos_token_id]})] + s.completions[1:]}), "outside the vocabulary"),
+    (lambda s, ls: s.model_copy(update={"completions": [s.completions[0].model_copy(
+        update={"token_ids": [1] * (ls.sampling.max_tokens + 1)})] + s.completions[1:]}), "tokens (allowed"),
+    (lambda s, ls: s.model_copy(update={"completions": [s.completions[0].model_copy(
+        update={"token_ids": [500, ls.eos_token_id]})] + s.completions[1:]}), "outside the vocabulary"),
 ])
 def test_data_check_failures(world, worker_key, leased, mutate, expected):
     lease, env = leased
@@ -206,14 +206,16 @@ def test_sampling_and_proof_pass_honest_rollouts_and_catch_an_edit(world, worker
     gaps = [sampling_gaps(lg, c.token_ids, s, lease.sampling.temperature)
             for lg, c, s in zip(outs.logits, sub.completions, lease.seeds)]
     r = check_sampling(oj, gaps, tolerance=thr.sampling_tolerance)
-    assert r.passed and r.stats["over_tolerance"] == 0 and r.stats["positions"] == sum(len(c.token_ids) for c in sub.completions)
+    assert r.passed and r.stats["over_tolerance"] == 0
+    assert r.stats["positions"] == sum(len(c.token_ids) for c in sub.completions)
     p = check_proof(oj, outs.hidden, thr, chunk_size=32, topk=128)
     assert p.passed and p.stats["failed_chunks"] == 0 and p.stats["group_exp_frac"] <= thr.group_exp_mismatch_frac
     # two completions of the same length swap proofs: both fail
     comps = list(sub.completions)
     i, j = next((i, j) for i in range(len(comps)) for j in range(i + 1, len(comps))
                 if len(comps[i].token_ids) == len(comps[j].token_ids))
-    comps[i], comps[j] = comps[i].model_copy(update={"proof": comps[j].proof}), comps[j].model_copy(update={"proof": comps[i].proof})
+    pi, pj = comps[i].proof, comps[j].proof
+    comps[i], comps[j] = comps[i].model_copy(update={"proof": pj}), comps[j].model_copy(update={"proof": pi})
     swapped = opened(world, worker_key, sub.model_copy(update={"completions": comps}), env)
     p = check_proof(swapped, outs.hidden, thr, chunk_size=32, topk=128)
     assert not p.passed and min(p.stats["per_completion_worst_exp_frac"][k] for k in (i, j)) > 0.5
