@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shardcast.p2p.config import P2PConfig
+
 
 class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -101,3 +103,4 @@ class CoordinatorConfig(BaseModel):
                                                  description="policy versions kept for re-verification")
     dashboard_relay_poll_s: float = Field(3.0, gt=0, description="the dashboard asks each relay for its versions at most this often")
     dashboard_cache_s: float = Field(1.0, ge=0, description="dashboard answers are reused this long, however many dashboards are open (0 = always fresh)")
+    p2p: P2PConfig = Field(default_factory=P2PConfig, description="libp2p swarm layer: the coordinator is the bootstrap peer (its multiaddrs are in GET /v1/run) and announces each policy version")

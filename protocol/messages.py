@@ -211,6 +211,9 @@ class RunInfo(Strict):
     pow_challenge: str = ""
     pow_difficulty: int = 0
     tokenizer_ref: str = Field(default="", description="where the run's tokenizer comes from (model dir or hub id)")
+    p2p_bootstrap: list[str] = Field(default_factory=list, max_length=16,
+                                     description="libp2p multiaddrs of the run's bootstrap peers (the coordinator's "
+                                                 "node first; empty: no swarm layer, HTTP only)")
 
 
 # -- verifier <-> coordinator ---------------------------------------------------------------

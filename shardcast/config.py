@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shardcast.p2p.config import P2PConfig
+
 
 class RelayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -20,6 +22,15 @@ class RelayConfig(BaseModel):
                                description="shard bodies sent downstream at once (bounds memory: "
                                            "about 2 x 2 MiB each); more get 503, go elsewhere")
     log_level: str = Field("info", description="python logging level of the relay process")
+    # -- the libp2p swarm layer (shardcast.p2p): the relay advertises itself on the run's topic
+    p2p: P2PConfig = Field(default_factory=P2PConfig,
+                           description="libp2p swarm layer: advertise this relay and serve its verified shards to "
+                                       "peers; needs p2p.bootstrap (the coordinator's multiaddr, first: its peer id "
+                                       "names the key whose version announcements are admitted)")
+    run_id: str = Field("", description="run whose swarm topic to join (empty = the run of the manifests mirrored)")
+    public_url: str = Field("", description="URL advertised to peers (empty = http://host:port as bound)")
+    region: str = Field("", max_length=64, description="region advertised to peers (free text, e.g. eu-west)")
+    capacity_mbps: float = Field(0.0, ge=0, description="upload capacity advertised to peers (relays are ranked by it)")
 
     @field_validator("upstreams")
     @classmethod

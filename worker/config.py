@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shardcast.p2p.config import P2PConfig
+
 
 class WorkerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,3 +23,4 @@ class WorkerConfig(BaseModel):
     status_host: str = Field("127.0.0.1", description="address of the local /status endpoint")
     status_port: int = Field(0, description="port of the local /status endpoint (0 = free port, written to data_dir/status.port)")
     json_logs: bool = Field(False, description="JSON log lines instead of the live terminal view")
+    p2p: P2PConfig = Field(default_factory=P2PConfig, description="libp2p swarm layer: hear versions and relays on the run's topic, serve and fetch verified shards from peers (bootstrap: the coordinator's, from GET /v1/run, unless set)")
