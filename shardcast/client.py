@@ -19,6 +19,16 @@ verified (and still intact on disk) are kept, only the others are downloaded.
 Collaborators: shardcast.watch (manifests, long-polls), shardcast.fetch (parallel shard
 downloads with failover), shardcast.selection (choice of relay by measured throughput and
 success).
+
+With `peers` (a shardcast.p2p.PeerShards over the role's running libp2p node), the swarm
+layer joins in, always beside HTTP and never trusted more: relays advertised on the run's
+topic are used beside the configured ones (and dropped when their adverts are withdrawn or
+expire; configured ones stay); a version announced on the topic wins the race of
+`wait_for_version` against the relays' long-polls (its embedded manifest verified like a
+relay's); a manifest is taken from the swarm before relays are asked; shards the relays
+cannot deliver (no relay, or no byte for `PEER_STALL_S`) come from peers, each checked
+against the signed manifest; and a version that lands in the cache is advertised at once
+(the node serves the cache when it is the node's store).
 """
 
 from __future__ import annotations
@@ -31,12 +41,14 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from protocol.envelope import Envelope
+from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
 from protocol.messages import ShardEntry
 from shardcast.errors import FetchFailed, ShardcastError, VersionUnavailable
@@ -49,10 +61,14 @@ from shardcast.partial import PartialCheckpoint
 from shardcast.selection import Sources
 from shardcast.watch import Announced, fetch_manifest, verify_manifest_bytes, wait_for_newer
 
+if TYPE_CHECKING:
+    from shardcast.p2p.exchange import PeerShards
+
 log = logging.getLogger("shardcast.client")
 PARTIAL_DIR = ".partial"
 PRUNE_GRACE_S = 120.0   # a version handed out this recently is not pruned
 MANIFESTS_REMEMBERED = 16
+PEER_STALL_S = 10.0     # with peers: a shard without a byte from any relay this long goes to peers
 
 
 class ShardFallback(Protocol):
@@ -74,7 +90,7 @@ class ShardcastClient:
                  run_id: str | None = None, keep_versions: int | None = None,
                  options: FetchOptions | None = None, durable: bool = True,
                  check_files: bool = False, events: FetchEvents | None = None,
-                 fallback: ShardFallback | None = None):
+                 fallback: ShardFallback | None = None, peers: "PeerShards | None" = None):
         """`relays`: origin or relay URLs; `operator_key`: the key (or its hex) that signs
         manifests; `run_id`: when given, manifests of other runs are refused; `keep_versions`:
         complete versions kept in the cache (None: all; a version handed out in the last
@@ -87,8 +103,9 @@ class ShardcastClient:
         Auditors still re-check whole files (`swarmrl audit reverify`); `events`: callbacks for metrics (bytes received, shards verified,
         corrupt shards, transfer errors); `fallback`: another source of shards (e.g.
         peers over libp2p, `shardcast.p2p.PeerShards`) for the shards the relays could not
-        deliver."""
-        if not relays:
+        deliver; `peers`: the libp2p swarm layer (see the module docstring), also the
+        fallback unless one is given; `relays` may then be empty (relays are learned)."""
+        if not relays and peers is None:
             raise ShardcastError("no shardcast relays configured: give at least one relay URL")
         for url in relays:
             if not str(url).startswith(("http://", "https://")):
@@ -100,12 +117,17 @@ class ShardcastClient:
         self.run_id = run_id
         self.keep_versions = keep_versions
         self.options = options or FetchOptions()
+        if peers is not None and self.options.stall_s is None:
+            self.options = replace(self.options, stall_s=PEER_STALL_S)
         self.durable = durable
         self.check_files = check_files
         self.events = events
-        self.fallback = fallback
+        self.fallback = fallback if fallback is not None else peers
+        self.peers = peers
         self.sources = Sources(list(relays))
-        conns = max(4, self.options.parallel * 2) * len(self.sources.urls)
+        self._configured = set(self.sources.urls)
+        self._learned: set[str] = set()
+        conns = max(4, self.options.parallel * 2) * max(1, len(self.sources.urls))
         self.http = httpx.Client(limits=httpx.Limits(max_connections=conns,
                                                      max_keepalive_connections=conns),
                                  timeout=httpx.Timeout(30.0, connect=5.0))
@@ -114,8 +136,11 @@ class ShardcastClient:
 
     # -- versions ------------------------------------------------------------------------------
     def wait_for_version(self, after: int | None, timeout_s: float) -> int | None:
-        """Newest version > `after` announced by any relay within `timeout_s`, else None."""
-        found = wait_for_newer(self.sources, self.operator_key, after, timeout_s, self.run_id)
+        """Newest version > `after` announced by any relay (or on the swarm's topic, with
+        `peers`) within `timeout_s`, else None."""
+        self._merge_relays()
+        found = wait_for_newer(self.sources, self.operator_key, after, timeout_s, self.run_id,
+                               also=self._swarm_version if self.peers is not None else None)
         if found is None:
             return None
         self._remember(found)
@@ -158,9 +183,13 @@ class ShardcastClient:
                 return _touched(final)
             if final.exists():
                 raise ShardcastError(f"{final} exists but is not a shardcast version; move it away")
-            ann = self._announced.get(version) or self._find_manifest(version)
+            self._merge_relays()
+            ann = (self._announced.get(version) or self._swarm_announced(version)
+                   or self._find_manifest(version))
             self._download(ann, progress)
         self._prune(keep=version)
+        if self.peers is not None:
+            self.peers.node.refresh_have()
         return _touched(final)
 
     def _find_manifest(self, version: int) -> Announced:
@@ -174,6 +203,9 @@ class ShardcastClient:
                 return fetch_manifest(self.http, self.sources, self.operator_key, version,
                                       self.run_id)
             except VersionUnavailable:
+                from_peers = self._peer_manifest(version)
+                if from_peers is not None:
+                    return from_peers
                 left = deadline - time.monotonic()
                 hopeless = saw_newer or self.sources.next_usable_in() is None
                 if left <= 0 or self._abort.is_set() or hopeless:
@@ -225,6 +257,81 @@ class ShardcastClient:
             fsync_dir(self.cache_dir)
         log.info("version %d: %d files, %.1f MB verified and in place", version,
                  len(manifest.files), manifest.total_bytes / 1e6)
+
+    # -- the libp2p swarm layer (with `peers`) ----------------------------------------------------
+    def _merge_relays(self) -> None:
+        """Use the relays advertised on the topic now, beside the configured ones."""
+        if self.peers is None:
+            return
+        advertised = {r.url.rstrip("/"): r for r in self.peers.node.relays()}
+        for url, r in advertised.items():
+            if url not in self._configured and self.sources.add(url):
+                self._learned.add(url)
+                log.info("relay %s learned from the swarm (advertised by %s, region %r)", url,
+                         r.signer_id, r.region)
+        for url in sorted(self._learned - set(advertised)):
+            if self.sources.remove(url):
+                self._learned.discard(url)
+                log.info("relay %s is no longer advertised; not using it", url)
+
+    def _verified(self, envelope: Envelope, source: str) -> Announced | None:
+        try:
+            env, manifest = verify_manifest_bytes(envelope.model_dump_json().encode(),
+                                                  self.operator_key, self.run_id)
+        except (MessageError, SignatureError) as exc:
+            log.warning("a manifest from %s does not verify: %s; ignored", source, exc)
+            return None
+        ann = Announced(env, manifest, source)
+        self._remember(ann)
+        return ann
+
+    def _swarm_announced(self, version: int) -> Announced | None:
+        """`version`'s manifest as announced on the topic (embedded in the announcement)."""
+        if self.peers is None:
+            return None
+        info = self.peers.node.view.version(version)
+        if info is None or info.manifest is None:
+            return None
+        return self._verified(info.manifest, "p2p")
+
+    def _peer_manifest(self, version: int) -> Announced | None:
+        """`version`'s manifest asked of peers that hold it (when no relay has it)."""
+        if self.peers is None or not self.peers.peers_with(version):
+            return None
+        try:
+            env = self.peers.manifest_envelope(version)
+        except ShardcastError as exc:
+            log.info("version %d: no manifest from peers: %s", version, exc)
+            return None
+        return self._verified(env, "p2p-peer")
+
+    async def _swarm_version(self, after: int, deadline: float) -> Announced | None:
+        """Racer of `wait_for_newer`: the newest version > `after` announced on the topic."""
+        import asyncio
+
+        from shardcast.p2p.announcements import KIND_VERSION
+
+        assert self.peers is not None
+        node = self.peers.node
+        sub = node.subscribe({KIND_VERSION}, loop=asyncio.get_running_loop(), maxsize=16)
+        try:
+            while True:
+                newest = node.latest_version()
+                if newest is not None and newest > after:
+                    found = self._swarm_announced(newest)
+                    if found is None:  # announced by hash only: ask the peers that hold it
+                        found = await asyncio.to_thread(self._peer_manifest, newest)
+                    if found is not None:
+                        return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(sub.aget(), timeout=left)
+                except TimeoutError:
+                    return None
+        finally:
+            sub.close()
 
     @contextmanager
     def _version_lock(self, version: int):

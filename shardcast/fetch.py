@@ -62,6 +62,11 @@ class FetchOptions:
     read_timeout_s: float = 30.0        # silence allowed mid-body
     max_attempts_per_shard: int = 16
     manifest_wait_s: float = 30.0       # how long fetch(N) waits for a source to learn of N
+    stall_s: float | None = None        # a shard that received no byte for this long (its sources
+                                        # unreachable or breaking transfers; "not ready yet" does not
+                                        # count) fails with FetchFailed instead of waiting out
+                                        # max_attempts_per_shard: for callers with another source
+                                        # (the client with libp2p peers); None = off
 
 
 @dataclass
@@ -164,9 +169,15 @@ class Downloader:
         st = _ShardState()
         missing: set[str] = set()
         attempts = 0
+        moved_at, moved_pos = time.monotonic(), 0
         while True:
             if self.abort.is_set() or (stop is not None and stop.is_set()):
                 raise FetchFailed(f"download of version {version} was stopped")
+            if st.pos != moved_pos:
+                moved_at, moved_pos = time.monotonic(), st.pos
+            if self.opts.stall_s is not None and time.monotonic() - moved_at > self.opts.stall_s:
+                raise FetchFailed(f"shard {shard.index} of version {version}: no byte from any source "
+                                  f"in {self.opts.stall_s:g} s ({attempts} attempts)")
             url = self.sources.acquire(missing)
             if url is None:
                 self._wait_for_a_source(version, shard, missing)
@@ -181,6 +192,8 @@ class Downloader:
             except (_NotReady, _Restart, OSError) as exc:
                 reason = (f"shard {shard.index} of version {version} not ready"
                           if isinstance(exc, _NotReady) else f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, _NotReady):
+                    moved_at = time.monotonic()  # the source is alive, still receiving it: no stall
                 self._error(url, reason)
                 if isinstance(exc, _Restart) or st.single_source:
                     st.reset()

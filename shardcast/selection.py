@@ -113,34 +113,70 @@ class Sources:
             s.inflight += 1
             return s.url
 
+    # Sources may be added and removed while transfers run (relays learned from the libp2p
+    # swarm layer come and go): `urls` is replaced, never mutated, and a report about a URL
+    # removed meanwhile is ignored.
+    def add(self, url: str) -> bool:
+        """Start using `url` (True when it is new)."""
+        url = url.rstrip("/")
+        with self._lock:
+            if url in self.stats:
+                return False
+            self.stats[url] = SourceStats(url)
+            self.urls = [*self.urls, url]
+            return True
+
+    def remove(self, url: str) -> bool:
+        """Stop using `url` (True when it was there); transfers already on it finish. A
+        source found hostile stays (benched as such), so that leaving and coming back does
+        not wipe its record."""
+        url = url.rstrip("/")
+        with self._lock:
+            s = self.stats.get(url)
+            if s is None or self.now() < s.hostile_until:
+                return False
+            del self.stats[url]
+            self.urls = [u for u in self.urls if u != url]
+            return True
+
     def done(self, url: str) -> None:
         with self._lock:
-            self.stats[url].inflight = max(0, self.stats[url].inflight - 1)
+            s = self.stats.get(url)
+            if s is not None:
+                s.inflight = max(0, s.inflight - 1)
 
     def success(self, url: str, nbytes: int, seconds: float) -> None:
         with self._lock:
-            record_success(self.stats[url], nbytes, seconds)
+            s = self.stats.get(url)
+            if s is not None:
+                record_success(s, nbytes, seconds)
 
     def alive(self, url: str) -> None:
         """The source answered (e.g. a long-poll): end its bench, keep its statistics."""
         with self._lock:
-            s = self.stats[url]
-            s.consecutive_failures = 0
-            s.benched_until = 0.0
+            s = self.stats.get(url)
+            if s is not None:
+                s.consecutive_failures = 0
+                s.benched_until = 0.0
 
     def failure(self, url: str, reason: str) -> None:
         with self._lock:
-            record_failure(self.stats[url], self.now(), reason)
+            s = self.stats.get(url)
+            if s is not None:
+                record_failure(s, self.now(), reason)
 
     def hostile(self, url: str, reason: str) -> None:
         with self._lock:
-            record_hostile(self.stats[url], self.now(), reason)
+            s = self.stats.get(url)
+            if s is not None:
+                record_hostile(s, self.now(), reason)
         if self.on_hostile is not None:
             self.on_hostile(url, reason)  # type: ignore[operator]
 
     def is_hostile(self, url: str) -> bool:
         with self._lock:
-            return self.now() < self.stats[url].hostile_until
+            s = self.stats.get(url)
+            return s is not None and self.now() < s.hostile_until
 
     def next_usable_in(self, exclude: frozenset[str] | set[str] = frozenset()) -> float | None:
         """Seconds until some source outside `exclude` becomes usable again (0 if one is

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -94,21 +95,30 @@ def fetch_manifest(http: httpx.Client, sources: Sources, operator_key: PublicKey
                              f"(asked: {', '.join(tried) or 'none usable'})")
 
 
+Also = Callable[[int, float], Awaitable["Announced | None"]]
+
+
 def wait_for_newer(sources: Sources, operator_key: PublicKey, after: int | None, timeout_s: float,
-                   run_id: str | None = None) -> Announced | None:
+                   run_id: str | None = None, also: Also | None = None) -> Announced | None:
     """The newest verified manifest with version > `after` that any source announces within
-    `timeout_s` (None: nothing newer in time). Runs its own event loop in the calling thread."""
+    `timeout_s` (None: nothing newer in time). Runs its own event loop in the calling thread.
+    `also(after, deadline)`, when given, is one more racer (e.g. the libp2p swarm's version
+    announcements): a coroutine returning a verified Announced newer than `after`, or None
+    when it has nothing by `deadline` (time.monotonic())."""
     after_v = -1 if after is None else after
-    return asyncio.run(_race(sources, operator_key, after_v, timeout_s, run_id))
+    return asyncio.run(_race(sources, operator_key, after_v, timeout_s, run_id, also))
 
 
 async def _race(sources: Sources, key: PublicKey, after: int, timeout_s: float,
-                run_id: str | None) -> Announced | None:
+                run_id: str | None, also: Also | None = None) -> Announced | None:
     deadline = time.monotonic() + max(0.0, timeout_s)
-    limits = httpx.Limits(max_connections=len(sources.urls) + 1)
+    urls = list(sources.urls)
+    limits = httpx.Limits(max_connections=len(urls) + 1)
     async with httpx.AsyncClient(limits=limits) as http:
         tasks = [asyncio.create_task(_poll_one(http, sources, url, key, after, deadline, run_id))
-                 for url in sources.urls]
+                 for url in urls]
+        if also is not None:
+            tasks.append(asyncio.create_task(also(after, deadline)))
         try:
             for fut in asyncio.as_completed(tasks):
                 found = await fut

@@ -6,6 +6,11 @@ the run's relays (or `cfg.relays`) trusting only the operator key, the tokenizer
 first policy version, /health and /metrics on `cfg.host:cfg.port` (port 0: a free port,
 written to `<data_dir>/verifier.port`), the prefetch thread, then the work loop
 (`verifier.service`). SIGINT/SIGTERM stop it after the verdict in hand.
+
+With the libp2p swarm layer (`cfg.p2p`, libp2p installed, a bootstrap peer from the config or
+from GET /v1/run), the shardcast clients also hear versions and relays on the run's topic
+and fetch shards from peers when relays fail (shardcast.p2p.roles.join_run); otherwise
+HTTP only, as before.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
     write_port_file(cfg.data_dir / "verifier.port", server.port)
     client = SignedClient(cfg.coordinator_url, key)
     closers: list[Any] = [client]
+    node = None
     try:
         info = _wait_for_run(client, stop)
         if info is None:
@@ -58,12 +64,18 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
             log.error("this verifier's key %s is not among the coordinator's verifier_keys; its claims will "
                       "be refused until the coordinator is configured with it", key.public.hex)
         relays = cfg.relays or info.relays
-        if not relays:
-            raise SetupError("no shardcast relays: set `relays` in the verifier config or in the coordinator's")
         cache = cfg.data_dir / "checkpoints"
-        sc = ShardcastClient(relays, info.operator_key, cache, run_id=info.run_id, keep_versions=cfg.keep_versions)
+        from shardcast.p2p import PeerShards
+        from shardcast.p2p.roles import join_run
+
+        node = join_run(cfg.p2p, key, info, store_dir=cache, role="verifier")
+        peers = PeerShards(node, PublicKey.from_hex(info.operator_key)) if node is not None else None
+        if not relays and peers is None:
+            raise SetupError("no shardcast relays: set `relays` in the verifier config or in the coordinator's")
+        sc = ShardcastClient(relays, info.operator_key, cache, run_id=info.run_id, keep_versions=cfg.keep_versions,
+                             peers=peers)
         prefetch_client = ShardcastClient(relays, info.operator_key, cache, run_id=info.run_id,
-                                          keep_versions=cfg.keep_versions)
+                                          keep_versions=cfg.keep_versions, peers=peers)
         closers += [sc, prefetch_client]
         models = PolicyModels(sc.fetch, device=cfg.device, dtype=cfg.dtype, capacity=cfg.max_models,
                               on_load=lambda v, s: metrics.model_loads.inc())
@@ -81,8 +93,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
                                   match_dtypes=tuple(cfg.match_dtypes)), ledger=ledger, metrics=metrics,
             batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s)
         holder["service"] = service
-        log.info("verifier %s judging submissions of run %s (relays: %s)", key.peer_id, info.run_id,
-                 ", ".join(relays))
+        log.info("verifier %s judging submissions of run %s (relays: %s%s)", key.peer_id, info.run_id,
+                 ", ".join(relays) or "none configured", "; p2p on" if node is not None else "")
         service.run(stop)
         prefetcher.join(timeout=5.0)
     finally:
@@ -90,6 +102,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         server.stop()
         for c in reversed(closers):
             c.close()
+        if node is not None:
+            node.stop()
 
 
 def _install_signals(stop: threading.Event) -> None:
