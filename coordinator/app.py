@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from coordinator import p2p
 from coordinator.auth import open_signed, parse_envelope
 from coordinator.context import Context
 from coordinator.dashboard import mount_dashboard
@@ -185,6 +186,8 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if background:
+            await asyncio.to_thread(p2p.start, ctx)  # the swarm layer's bootstrap peer (coordinator.p2p)
         tasks = [asyncio.create_task(_sweep_loop(ctx))] if background else []
         if background and ctx.archiver is not None:
             tasks.append(asyncio.create_task(ctx.archiver.loop()))
@@ -198,6 +201,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
                     await t
             if ctx.archiver is not None:
                 await asyncio.to_thread(ctx.archiver.flush)
+            await asyncio.to_thread(p2p.stop, ctx)
 
     app = FastAPI(title="swarmrl coordinator", version="1", lifespan=lifespan,
                   description="Worker registry, task leases, submission intake and rewards, verification "
@@ -289,7 +293,10 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         try:
             api.limit_address(api.address(request))
             env = parse_envelope(await api.body(request))
-            resp = Response(_encode(training.post_policy(ctx, env)), media_type="application/json")
+            info = training.post_policy(ctx, env)
+            resp = Response(_encode(info), media_type="application/json")
+            if info.version is not None and info.manifest is not None:
+                await p2p.announce(ctx, info.manifest, info.version)
         except CoordinatorError as exc:
             resp = api.refuse("post_policy", exc)
         api.done("post_policy", t0, resp.status_code)
@@ -311,5 +318,6 @@ async def _sweep_loop(ctx: Context) -> None:
         try:
             upkeep.sweep(ctx)
             await asyncio.to_thread(ctx.db.checkpoint)
+            await p2p.catch_up(ctx)
         except Exception:
             log.exception("housekeeping sweep failed; retrying next interval")

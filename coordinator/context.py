@@ -71,6 +71,7 @@ class Context:
     archiver: Any = None  # coordinator.archive.Archiver when archiving is on
     policy_cache: tuple[int | None, bytes] | None = None  # (version, JSON of GET /v1/policy)
     started_at: float = 0.0  # this process's start (clock time); set in __post_init__
+    p2p: Any = None  # coordinator.p2p.CoordinatorSwarm while this process runs the swarm node
 
     def __post_init__(self) -> None:
         if not self.started_at:

@@ -18,6 +18,12 @@ trusts only the operator key:
 
 Threads: the uvicorn server runs in the main thread; the watcher and the downloader are
 daemon threads that talk to the server only through the `Catalog` methods and `Signal`.
+
+Swarm layer (`cfg.p2p`, shardcast.p2p.roles.RelaySwarm): with libp2p installed and a bootstrap
+peer configured, the relay advertises itself on the run's topic under its own key
+(`data_dir/relay.key`, created if missing), so workers find it without an operator editing a
+list, serves its verified shards to peers over libp2p streams, and withdraws the advert
+when it stops.
 """
 
 from __future__ import annotations
@@ -312,11 +318,17 @@ def run(cfg: RelayConfig) -> None:
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    from shardcast.p2p.roles import RelaySwarm
+
     relay = Relay(cfg)
     relay.start()
+    port_file = Path(cfg.data_dir) / "relay.port"
+    port_file.unlink(missing_ok=True)  # a previous run's port must not be advertised
+    swarm = RelaySwarm(cfg, relay, Path(cfg.data_dir) / "relay.key", port_file)
+    swarm.start()
     try:
         app = build_app(relay, title="swarmrl shardcast relay", max_transfers=cfg.max_transfers)
-        serve(app, cfg.host, cfg.port,
-              port_file=Path(cfg.data_dir) / "relay.port", on_exit=relay.signal.close)
+        serve(app, cfg.host, cfg.port, port_file=port_file, on_exit=relay.signal.close)
     finally:
+        swarm.stop()
         relay.stop()

@@ -88,6 +88,7 @@ class Daemon:
         self.run_info: RunInfo | None = None
         self.banned: str | None = None
         self.sync: PolicySync | None = None
+        self.p2p: Any = None               # the libp2p node (worker.p2p), None: HTTP only
 
     # -- lifecycle ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -100,12 +101,18 @@ class Daemon:
         status = start_status_server(self.state, self.cfg.status_host, self.cfg.status_port, self.data_dir)
         keeper = None
         shard_client = None
+        watch = None
         try:
             log.info("worker %s starting (engine %s, %d sequences per batch, data in %s)", self.worker_id,
                      self.engine.name, self.target_sequences, self.data_dir)
             self.submitter.refresh_counts()
             self._join()
             shard_client = self._shardcast_client()
+            if self.p2p is not None:
+                from worker.p2p import SwarmWatch
+
+                watch = SwarmWatch(self.p2p, self.state, self.stop)
+                watch.start()
             self.sync = PolicySync(shard_client, self.stop, on_progress=self.state.progress,
                                    on_newest=lambda v: self.state.set(newest_version=v))
             self.sync.start()
@@ -124,6 +131,10 @@ class Daemon:
                 keeper.join()
             if self.sync is not None:
                 self.sync.join()
+            if watch is not None:
+                watch.join()
+            if self.p2p is not None:
+                self.p2p.stop()
             status.stop()
             self.coord.close()
         if self.banned:
@@ -166,12 +177,22 @@ class Daemon:
         from shardcast.client import ShardcastClient
 
         assert self.run_info is not None
+        operator = PublicKey.from_hex(self.run_info.operator_key)
+        cache = self.data_dir / "checkpoints"
+        peers = None
+        from worker import p2p
+
+        self.p2p = p2p.join(self.cfg, self.key, self.run_info, cache)
+        if self.p2p is not None:
+            from shardcast.p2p import PeerShards
+
+            peers = PeerShards(self.p2p, operator)
         relays = self.cfg.relays or self.run_info.relays
-        if not relays:
+        if not relays and peers is None:
             raise WorkerError("no relay to fetch weights from: the coordinator advertises none; "
                               "pass one with --set relays='[\"http://HOST:PORT\"]'")
-        return ShardcastClient(relays, PublicKey.from_hex(self.run_info.operator_key), self.data_dir / "checkpoints",
-                               run_id=self.run_info.run_id, keep_versions=KEEP_VERSIONS)
+        return ShardcastClient(relays, operator, cache, run_id=self.run_info.run_id, keep_versions=KEEP_VERSIONS,
+                               peers=peers)
 
     # -- the loop -------------------------------------------------------------------------------
     def _held_ids(self) -> list[str]:

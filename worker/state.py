@@ -51,6 +51,7 @@ class _Fields:
     coordinator_error: str = ""
     last_error: str = ""
     lifetime: dict | None = None
+    p2p: dict | None = None        # the libp2p node (worker.p2p.SwarmWatch); None: HTTP only
 
 
 class WorkerState:

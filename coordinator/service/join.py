@@ -3,6 +3,7 @@ address), heartbeats, and a worker's public standing."""
 
 from __future__ import annotations
 
+from coordinator import p2p
 from coordinator.context import Context
 from coordinator.errors import Forbidden, NotFound, RateLimited
 from coordinator.rules.reputation import check_rate
@@ -22,7 +23,7 @@ def run_info(ctx: Context, current: int | None = None) -> RunInfo:
                    verifier_keys=sorted(ctx.verifier_keys), relays=list(cfg.relays),
                    current_policy_version=current, async_window=cfg.async_window,
                    pow_challenge=ctx.pow_challenge, pow_difficulty=cfg.join.pow_difficulty,
-                   tokenizer_ref=str(cfg.model))
+                   tokenizer_ref=str(cfg.model), p2p_bootstrap=p2p.bootstrap_addrs(ctx))
 
 
 def worker_check_rate(ctx: Context, clean_checks: int) -> float:
