@@ -43,7 +43,7 @@ from verifier.errors import JobError
 from verifier.job import OpenedJob, open_job
 from verifier.judge import JudgeSettings, judge, make_verdict, model_ready
 from verifier.models import PolicyModels
-from verifier.pipeline import verify_job
+from verifier.pipeline import prefill_dtype, verify_job
 from verifier.prefill import prefill, vocab_size
 from verifier.seen import SeenLedger
 from verifier.thresholds import Thresholds
@@ -254,7 +254,9 @@ class Reverifier:
         texts = [decode_completion(tokenizer, c.token_ids) for c in oj.submission.completions]
         outputs, vocab = None, None
         if oj.lease.min_policy_version <= oj.submission.policy_version <= oj.lease.max_policy_version:
-            model = self.models.model(oj.submission.policy_version)
+            # the same prefill dtype the verifier chose: the one the worker declared, when allowed
+            dtype = prefill_dtype(oj.submission.engine.dtype, self.settings.match_dtypes)
+            model = self.models.model(oj.submission.policy_version, dtype)
             vocab = vocab_size(model)
             if model_ready(oj, vocab):
                 outputs = prefill(model, oj)
