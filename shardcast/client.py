@@ -246,8 +246,12 @@ class ShardcastClient:
                 if self.fallback is None:
                     raise
                 rest = sink.missing()
-                log.warning("version %d: relays failed (%s); asking the fallback source for %d "
-                            "shards", version, exc, len(rest))
+                if self.sources.urls:
+                    log.warning("version %d: relays failed (%s); asking the fallback source for %d "
+                                "shards", version, exc, len(rest))
+                else:
+                    log.info("version %d: no relay known; asking the fallback source (peers) for %d "
+                             "shards", version, len(rest))
                 self.fallback.fetch_into(version, rest, sink)
             sink.finish(durable=self.durable)
         finally:

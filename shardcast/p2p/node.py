@@ -47,6 +47,20 @@ log = logging.getLogger("shardcast.p2p")
 WITHDRAW_GRACE_S = 0.5
 
 
+def _quiet_libp2p() -> None:
+    """py-libp2p logs routine network events (a peer that went away: "Failed to open TCP
+    stream") at ERROR, and without LIBP2P_DEBUG it leaves its logger without handlers, so
+    Python's last-resort handler prints them raw into the role's log. This layer reports what
+    matters itself (one line per unreachable bootstrap peer, failed requests at INFO), so
+    py-libp2p's own log is shown only when asked for, with LIBP2P_DEBUG (e.g. =WARNING: its
+    handlers then write to stderr and a file)."""
+    import os
+
+    libp2p_log = logging.getLogger("libp2p")
+    if not os.environ.get("LIBP2P_DEBUG") and not libp2p_log.handlers:
+        libp2p_log.addHandler(logging.NullHandler())
+
+
 def libp2p_available() -> bool:
     try:
         import libp2p  # noqa: F401
@@ -146,9 +160,7 @@ class P2PNode:
             raise P2PUnavailable("libp2p is not installed (pip install 'swarmrl[p2p]')")
         if self._thread is not None:
             raise P2PError("this node was already started")
-        libp2p_log = logging.getLogger("libp2p")
-        if libp2p_log.level == logging.NOTSET:  # py-libp2p is chatty at INFO; the operator can lower this
-            libp2p_log.setLevel(logging.WARNING)
+        _quiet_libp2p()
         if self.store is not None:
             self._standing["have"] = self._have_advert
         self._thread = threading.Thread(target=self._thread_main, name=f"p2p-{self.role}", daemon=True)
