@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -e '.[dev]'
+	@# The libp2p swarm layer is an extra: without it every role runs over HTTP only.
+	$(PIP) install -e '.[p2p]' || echo "libp2p (the p2p extra) did not install: the demo runs over HTTP only and the libp2p tests will skip"
 	touch $@
 
 install: $(VENV)/.installed

@@ -13,6 +13,10 @@ id is the coordinator's protocol id and its announcements pass every peer's gate
   current one after a restart). The announcement carries the operator-signed manifest, so
   receivers verify it exactly as they would from a relay.
 
+With `p2p.listen_port = 0` the port picked is remembered in `data_dir/p2p.port` and asked for
+again at the next start, so the multiaddr that workers learned survives a coordinator restart
+(a fixed `listen_port` is what a public deployment sets anyway).
+
 Nothing here can fail a request: without libp2p, with `p2p.enabled = false` or with the node
 down, the coordinator serves HTTP exactly as before (one log line at start).
 """
@@ -30,10 +34,11 @@ from pathlib import Path
 from coordinator.context import Context
 from coordinator.store import policy
 from protocol.envelope import Envelope
-from shardcast.p2p import P2PError, P2PNode, start_node
+from shardcast.p2p import P2PError, P2PNode, P2PUnavailable, libp2p_available, start_node
 
 log = logging.getLogger("swarmrl.coordinator")
 ADDR_FILE = "coordinator.p2p"
+PORT_FILE = "p2p.port"
 
 
 @dataclass
@@ -50,17 +55,40 @@ def _addr_file(ctx: Context) -> Path:
 def start(ctx: Context) -> None:
     """Start the node (or log one line and leave `ctx.p2p` None)."""
     cfg = ctx.cfg
-    node = start_node(cfg.p2p, ctx.key, cfg.run_id, ctx.operator, ctx.key.public, None, role="coordinator")
+    node = _start_on_last_port(ctx) or start_node(cfg.p2p, ctx.key, cfg.run_id, ctx.operator, ctx.key.public,
+                                                  None, role="coordinator")
     if node is None:
         if not cfg.p2p.enabled:
             log.info("p2p: disabled in the config; HTTP only")
         return
     ctx.p2p = CoordinatorSwarm(node)
+    port = node.multiaddrs[0].split("/tcp/", 1)[1].split("/", 1)[0] if node.multiaddrs else ""
+    if cfg.p2p.listen_port == 0 and port.isdigit():
+        (Path(cfg.data_dir) / PORT_FILE).write_text(port + "\n")
     path = _addr_file(ctx)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(node.multiaddrs))
     os.replace(tmp, path)
     log.info("p2p: bootstrap peer of run %s at %s", cfg.run_id, ", ".join(node.multiaddrs))
+
+
+def _start_on_last_port(ctx: Context) -> P2PNode | None:
+    """With listen_port 0, try the port of the previous start first (None if it is taken)."""
+    cfg = ctx.cfg
+    if not cfg.p2p.enabled or cfg.p2p.listen_port != 0 or not libp2p_available():
+        return None
+    try:
+        port = int((Path(cfg.data_dir) / PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    node = P2PNode(cfg.p2p.model_copy(update={"listen_port": port}), ctx.key, cfg.run_id, ctx.operator,
+                   ctx.key.public, None, role="coordinator")
+    try:
+        node.start()
+    except P2PUnavailable as exc:
+        log.info("p2p: the previous port %d is not available (%s); picking another", port, exc)
+        return None
+    return node
 
 
 def stop(ctx: Context) -> None:

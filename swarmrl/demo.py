@@ -4,7 +4,8 @@ The script of the whole system, top to bottom:
   1. build a tiny model and tokenizer locally and warm-start it on the task (no download);
   2. measure its held-out accuracy;
   3. write keys and one config per role, start coordinator, trainer (+ shardcast origin),
-     relay, verifier, honest workers and a dishonest worker as separate processes;
+     relay, verifier, honest workers and a dishonest worker as separate processes (with the
+     libp2p swarm layer when libp2p is installed: the coordinator is the bootstrap peer);
   4. watch the swarm through the coordinator's public stats until the time budget ends;
   5. fetch the newest policy version through the relay exactly as a worker does (signed
      manifest, every shard checked) and measure its held-out accuracy;
@@ -84,6 +85,8 @@ def run_demo(opts: DemoOptions) -> int:
         console.print(f"swarm started: coordinator {plan.coordinator_url}, relay {plan.relay_url}; "
                       f"RL for {opts.minutes:g} min (Ctrl-C stops early)")
         console.print(f"live dashboard while it runs: {plan.coordinator_url}/dashboard/")
+        console.print(f"p2p swarm layer: on, bootstrap peer {plan.p2p_bootstrap}" if plan.p2p_bootstrap else
+                      "p2p swarm layer: off (libp2p is not installed: pip install -e '.[p2p]'); HTTP only")
         with httpx.Client(timeout=5) as http, Live(console=console, refresh_per_second=2,
                                                    transient=False) as live:
             while time.monotonic() < deadline:
@@ -99,8 +102,11 @@ def run_demo(opts: DemoOptions) -> int:
         group.stop_all()
         return 1
     relay_bytes = _relay_bytes_served(plan)
+    p2p_line = _p2p_summary(plan)
     final_version, final_dir, broadcast = _fetch_latest(plan, root)
     group.stop_all()
+    if p2p_line:
+        console.print(p2p_line)
     acc_after = _accuracy(final_dir, opts, settings, greedy_accuracy) if final_dir else acc_before
     return _summary(console, plan, stats, _peer_names(plan), acc_before, acc_after, final_version,
                     broadcast, relay_bytes, opts, time.monotonic() - t0)
@@ -183,6 +189,27 @@ def _relay_bytes_served(plan: SwarmPlan) -> float | None:
         if line.startswith("shardcast_bytes_served_total"):
             return float(line.split()[-1])
     return None
+
+
+def _p2p_summary(plan: SwarmPlan) -> str:
+    """What the honest workers' nodes saw of the swarm layer (their /status `p2p` sections)."""
+    if not plan.p2p_bootstrap:
+        return ""
+    nodes, relays, heard, served = 0, set(), 0, 0
+    for name in plan.worker_names:
+        try:
+            port = int((plan.root / name / "status.port").read_text().strip())
+            p2p = httpx.get(f"http://127.0.0.1:{port}/status", timeout=3).json().get("p2p") or {}
+        except (OSError, ValueError, httpx.HTTPError):
+            continue
+        if p2p.get("running"):
+            nodes += 1
+            relays |= set(p2p.get("relays", []))
+            heard += len(p2p.get("versions_heard", {}))
+            served += int((p2p.get("counters") or {}).get("served", 0))
+    return (f"p2p swarm layer: {nodes} of {len(plan.worker_names)} honest workers on the run's topic; relays "
+            f"they learned there: {', '.join(sorted(relays)) or 'none'}; policy versions heard there: {heard} "
+            f"(the newest 8 per worker); shard requests they served to peers: {served}")
 
 
 def _fetch_latest(plan: SwarmPlan, root: Path) -> tuple[int | None, Path | None, int]:

@@ -5,6 +5,11 @@ and `config/<role>.toml` for each process, exactly the files an operator would w
 and `start_swarm` launches each role as its own process in the order the data flow needs
 (coordinator, trainer with its shardcast origin, relay, verifier, workers). The demo and
 the integration tests both use this, so the demo is the script of the whole system.
+
+The libp2p swarm layer (shardcast.p2p) is on when libp2p imports (`SwarmSettings.p2p`):
+the coordinator's node listens on a port chosen like the others and is the bootstrap peer;
+the relay is configured with its multiaddr (and advertises itself on the topic); workers and
+the verifier learn it from GET /v1/run. Off, every role runs over HTTP only.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from coordinator.config import CoordinatorConfig, SamplingConfig, TaskConfig
 from coordinator.trainer.config import EvalConfig, TrainerConfig
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig, RelayConfig
+from shardcast.p2p import P2PConfig, bootstrap_multiaddr, libp2p_available
 from swarmrl.procs import ProcessGroup, child_env, free_port, write_config
 from verifier.config import VerifierConfig
 from worker.config import WorkerConfig
@@ -45,6 +51,7 @@ class SwarmSettings:
     eval_tasks: int = 200
     keep_versions: int = 4
     worker_max_tasks: int = 4
+    p2p: bool | None = None               # the libp2p swarm layer; None = on when libp2p imports
 
 
 @dataclass
@@ -59,6 +66,7 @@ class SwarmPlan:
     operator: KeyPair
     worker_names: list[str]
     cheater_names: list[str]
+    p2p_bootstrap: str = ""               # the coordinator's libp2p multiaddr ("" = swarm layer off)
 
     @property
     def logs(self) -> Path:
@@ -71,7 +79,11 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
     keys = root / "keys"
     operator = KeyPair.load_or_create(keys / "operator.key")
     verifier = KeyPair.load_or_create(keys / "verifier.key")
-    ports = {name: free_port(HOST) for name in ("coordinator", "origin", "relay")}
+    ports = {name: free_port(HOST) for name in ("coordinator", "origin", "relay", "p2p")}
+    p2p_on = libp2p_available() if s.p2p is None else s.p2p
+    coord_peer = KeyPair.load_or_create(keys / "coordinator.key").peer_id
+    p2p_boot = bootstrap_multiaddr(HOST, ports["p2p"], coord_peer) if p2p_on else ""
+    peer_cfg = P2PConfig(enabled=p2p_on)  # workers and the verifier: bootstrap from GET /v1/run
     coord_url = f"http://{HOST}:{ports['coordinator']}"
     origin_url = f"http://{HOST}:{ports['origin']}"
     relay_url = f"http://{HOST}:{ports['relay']}"
@@ -85,7 +97,8 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         key_file=keys / "coordinator.key", operator_key=operator.public.hex,
         verifier_keys=[verifier.public.hex], model=str(model_dir), relays=[relay_url], tasks=task,
         sampling=SamplingConfig(temperature=s.temperature, max_tokens=s.max_tokens),
-        group_size=s.group_size, async_window=s.async_window))
+        group_size=s.group_size, async_window=s.async_window,
+        p2p=P2PConfig(enabled=p2p_on, listen_host=HOST, listen_port=ports["p2p"])))
     configs["trainer"] = write_config(cfgdir / "trainer.toml", TrainerConfig(
         run_id=run_id, coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),
         data_dir=root / "trainer", port=0, threads=1, lr=s.lr, groups_per_step=s.groups_per_step,
@@ -97,10 +110,11 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         tasks_kind="arithmetic", tasks_seed=s.seed, tasks_options=s.task_options, max_eval_tokens=s.max_tokens))
     configs["relay"] = write_config(cfgdir / "relay.toml", RelayConfig(
         upstreams=[origin_url], operator_key=operator.public.hex, host=HOST, port=ports["relay"],
-        data_dir=root / "relay", keep_versions=s.keep_versions))
+        data_dir=root / "relay", keep_versions=s.keep_versions, run_id=run_id,
+        p2p=P2PConfig(enabled=p2p_on, bootstrap=[p2p_boot] if p2p_on else [])))
     configs["verifier"] = write_config(cfgdir / "verifier.toml", VerifierConfig(
         coordinator_url=coord_url, key_file=keys / "verifier.key", data_dir=root / "verifier",
-        relays=[relay_url], threads=1))
+        relays=[relay_url], threads=1, p2p=peer_cfg))
     workers, cheaters = [], []
     for i in range(s.honest_workers + s.cheaters):
         honest = i < s.honest_workers
@@ -109,10 +123,10 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         configs[name] = write_config(cfgdir / f"{name}.toml", WorkerConfig(
             coordinator_url=coord_url, key_file=root / name / "worker.key", data_dir=root / name,
             engine="transformers", device="cpu", dtype="float32", threads=1, max_tasks=s.worker_max_tasks,
-            json_logs=True))
+            json_logs=True, p2p=peer_cfg))
     return SwarmPlan(root=root, model_dir=model_dir, settings=s, configs=configs, coordinator_url=coord_url,
                      origin_url=origin_url, relay_url=relay_url, operator=operator,
-                     worker_names=workers, cheater_names=cheaters)
+                     worker_names=workers, cheater_names=cheaters, p2p_bootstrap=p2p_boot)
 
 
 def start_swarm(plan: SwarmPlan, group: ProcessGroup, *, workers: bool = True) -> None:

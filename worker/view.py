@@ -107,6 +107,11 @@ def render(s: dict) -> Table:
                    f"({life.get('accepted', 0)} accepted, {life.get('rejected', 0)} rejected, "
                    f"status {life.get('status', '?')}, checked {100 * life.get('check_rate', 0):.0f}%)")
     t.add_row("credits", credit)
+    p2p = s.get("p2p")
+    if p2p:  # the libp2p swarm layer (worker.p2p)
+        t.add_row("p2p", f"{p2p.get('connected', 0)} peers connected   {len(p2p.get('relays', []))} relays advertised   "
+                         f"{len(p2p.get('peers_holding', {}))} peers holding versions   "
+                         f"{(p2p.get('counters') or {}).get('served', 0)} shard requests served")
     if s.get("last_error"):
         t.add_row("last error", f"[yellow]{s['last_error'][:160]}[/yellow]")
     return t

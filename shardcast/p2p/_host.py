@@ -177,6 +177,12 @@ class SwarmHost:
             log.warning("p2p: %s", message)
 
     async def _connect(self, info: Libp2pPeerInfo) -> bool:
+        # py-libp2p's swarm refuses to dial a peer for 60 s after all its addresses failed once
+        # (a "negative cache"); this layer paces its own redials (bootstrap_interval_s, peer
+        # strikes), so a bootstrap peer that starts after us is reached at the next attempt.
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
         try:
             with trio.fail_after(min(10.0, self.cfg.request_timeout_s)):
                 await self.host.connect(info)
