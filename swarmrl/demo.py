@@ -106,6 +106,7 @@ def run_demo(opts: DemoOptions) -> int:
     final_version, final_dir, broadcast = _fetch_latest(plan, root)
     group.stop_all()
     if p2p_line:
+        console.print()
         console.print(p2p_line)
     acc_after = _accuracy(final_dir, opts, settings, greedy_accuracy) if final_dir else acc_before
     return _summary(console, plan, stats, _peer_names(plan), acc_before, acc_after, final_version,

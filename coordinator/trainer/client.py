@@ -1,4 +1,5 @@
-"""The trainer's conversation with the coordinator: take batches, announce versions.
+"""The trainer's conversation with the coordinator: take batches, announce versions, report
+held-out evaluations (the dashboard's accuracy curve).
 
 Both calls retry with jittered exponential backoff while the coordinator is unreachable
 (`Unavailable`), so a coordinator restart only pauses training. A refusal (`Rejected`, 4xx)
@@ -26,7 +27,14 @@ from protocol.http import (
     parse_response,
 )
 from protocol.identity import KeyPair
-from protocol.messages import KIND_BATCH_REQUEST, BatchRequest, BatchResponse, PolicyInfo
+from protocol.messages import (
+    KIND_BATCH_REQUEST,
+    KIND_EVAL_REPORT,
+    BatchRequest,
+    BatchResponse,
+    EvalReport,
+    PolicyInfo,
+)
 
 log = logging.getLogger("swarmrl.trainer")
 
@@ -77,6 +85,18 @@ class CoordinatorLink:
         except Rejected as exc:
             raise TrainerError(f"the coordinator refused policy version {manifest.body.get('version')}: "
                                f"{exc.detail}") from exc
+
+    def report_eval(self, report: EvalReport) -> bool:
+        """POST the held-out evaluation of an announced version; best effort, one try.
+
+        The trainer's own eval.csv is the record; the report only feeds the dashboard, so a
+        coordinator that is down or refuses it costs a warning, never a training step."""
+        try:
+            self.client.post_signed(routes.TRAINER_EVAL, KIND_EVAL_REPORT, report, timeout_s=10.0)
+            return True
+        except (Unavailable, Rejected) as exc:
+            log.warning("evaluation of version %d not reported to the coordinator: %s", report.policy_version, exc)
+            return False
 
     def policy(self) -> PolicyInfo:
         return self._retrying("the policy", lambda: self.client.get(routes.POLICY, PolicyInfo))

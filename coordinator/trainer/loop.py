@@ -31,7 +31,7 @@ from coordinator.trainer.evaluate import append_csv, evaluate, read_csv
 from coordinator.trainer.history import WeightHistory
 from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics
 from coordinator.trainer.step import StepOptions, StepResult
-from protocol.messages import TrainingGroup
+from protocol.messages import EvalReport, TrainingGroup
 
 log = logging.getLogger("swarmrl.trainer")
 
@@ -98,6 +98,9 @@ class TrainerLoop:
                            temperature=self.cfg.eval.temperature)
         append_csv(self.cfg.data_dir / "eval.csv", res)
         self.evaluated.add(self.version)
+        self.link.report_eval(EvalReport(policy_version=res.version, step=res.step,
+                                         greedy_accuracy=res.greedy_accuracy, sampled_accuracy=res.sampled_accuracy,
+                                         num_tasks=res.num_tasks, seconds=res.seconds))
         self.metrics.accuracy.labels("greedy").set(res.greedy_accuracy)
         if res.sampled_accuracy is not None:
             self.metrics.accuracy.labels("sampled").set(res.sampled_accuracy)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.trainer.checkpoint import COMPLETE
+from protocol import routes
 from shardcast.client import ShardcastClient
 from tests.integration.trainer_harness import TrainerRig, metric
 from tests.integration.worker_swarm import wait_until
@@ -75,6 +76,15 @@ def test_trainer_turns_verified_groups_into_published_versions_and_skips_groups_
     rows = list(csv.DictReader((rig.trainer_data / "eval.csv").read_text().splitlines()))
     assert [int(r["version"]) for r in rows][:2] == [0, 1]
     assert all(0.0 <= float(r["greedy_accuracy"]) <= 1.0 for r in rows)
+    # ... reported to the coordinator, whose dashboard curve shows the same accuracies
+    def curve() -> dict:
+        return {p["version"]: p for p in rig.http.get(rig.coord_url + routes.DASHBOARD_API + "/curve").json()}
+
+    wait_until(lambda: all(curve()[int(r["version"])]["greedy_accuracy"] is not None for r in rows), 30,
+               "the evaluations on the coordinator's curve")
+    points = curve()
+    for r in rows:
+        assert points[int(r["version"])]["greedy_accuracy"] == pytest.approx(float(r["greedy_accuracy"]))
     assert rig.http.get(url + "/health").json()["ok"] is True
     text = rig.http.get(url + "/metrics").text
     assert metric(text, "swarmrl_trainer_steps_total") >= 3
