@@ -11,10 +11,12 @@ a loop of Python ints. Here every step works on a whole batch of chunks at once 
   weights w_i = y_i / M'(x_i), the interpolant is sum_i w_i M(z)/(z - x_i), and the
   coefficient of z^j in M(z)/(z - x_i) is sum_s m_{j+1+s} x_i^s. So: M'(x_i) is an
   evaluation of M', v_s = sum_i w_i x_i^s is a power sum, and c_j = sum_s v_s m_{j+1+s} is
-  a Hankel product. Evaluations and power sums use baby-step/giant-step powers
+  a Hankel product, i.e. one convolution (`convolve`). Evaluations and power sums use baby-step/giant-step powers
   (x^s = (x^b)^a * x^r with b ~ sqrt(k)), so they are small batched matrix products instead
   of a (k, k) power matrix per chunk; M(z) itself is a few vector steps per group of
-  points, then a product tree.
+  points, then a product tree of convolutions.
+- convolutions of up to 512 terms go through a float64 FFT and are rounded: its error
+  bound stays far below 1/2 there (see FFT_MAX_LEN), so the result is still exact.
 - all arithmetic is float64 holding exact integers: products of residues are < 2**32 and
   sums of up to 4096 of them stay below 2**44, well inside 2**50, where a division-free
   reduction (`_reduce`) is exact. (int64 `%` is several times slower here.)
@@ -102,7 +104,7 @@ def inverse(a: np.ndarray) -> np.ndarray:
     return exp[(P - 1 - log[ai]) % (P - 1)].astype(np.float64)
 
 
-def _poly_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _poly_mul_direct(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Products of polynomial pairs (..., L) x (..., L) -> (..., 2L-1), coefficients ascending:
     out[t] = sum_u a[L-1-u] * b[t+u-(L-1)], a sliding window over zero-padded b."""
     L = a.shape[-1]
@@ -110,6 +112,32 @@ def _poly_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     padded[..., L - 1 : 2 * L - 1] = b
     windows = sliding_window_view(padded, L, axis=-1)  # [..., t, u] = padded[t + u]
     return _reduce(np.einsum("...tu,...u->...t", windows, a[..., ::-1]))
+
+
+# Longest operand convolved by FFT. A float64 FFT product of residues (< P) of length L has
+# an error below ||a||_2 ||b||_2 * 3 log2(N) * 5 eps (N the FFT size: the classic bound,
+# e.g. Percival 2003), at most L * P**2 * 3 log2(N) * 5 eps: 0.03 for L = 512, N = 1024,
+# so rounding gives the exact integers with a wide margin. Longer operands take the direct
+# path (sliding windows), which is exact by construction.
+FFT_MAX_LEN = 512
+
+
+def convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Linear convolutions mod P of residue vectors along the last axis (broadcast over the
+    leading ones): (..., La) x (..., Lb) -> (..., La+Lb-1) float64 residues."""
+    La, Lb = a.shape[-1], b.shape[-1]
+    n = La + Lb - 1
+    if max(La, Lb) > FFT_MAX_LEN:
+        L = max(La, Lb)
+        pa = np.zeros(a.shape[:-1] + (L,))
+        pa[..., :La] = a
+        pb = np.zeros(b.shape[:-1] + (L,))
+        pb[..., :Lb] = b
+        return _poly_mul_direct(pa, pb)[..., :n]
+    N = 1 << (n - 1).bit_length()
+    r = np.fft.irfft(np.fft.rfft(a, N) * np.fft.rfft(b, N), N)[..., :n]
+    np.rint(r, out=r)
+    return _reduce(r)
 
 
 def master_poly(x: np.ndarray, group: int = 8) -> np.ndarray:
@@ -133,7 +161,7 @@ def master_poly(x: np.ndarray, group: int = 8) -> np.ndarray:
         # residues < 2**16: one unreduced step stays < 2**33, the next < 2**50 (still exact)
         m = _reduce(new) if i % 2 or i == group - 1 else new
     while m.shape[1] > 1:
-        m = _poly_mul(m[:, 0::2], m[:, 1::2])
+        m = convolve(m[:, 0::2], m[:, 1::2])
     return m[:, 0, : k + 1]
 
 
@@ -190,10 +218,8 @@ def interpolate(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     deriv = evaluate_residues(dm, x, bases)                         # M'(x_i)
     w = _reduce(_residues(y) * inverse(deriv))                      # Lagrange weights
     v = power_sums(w, x, k, bases)                                  # v_s = sum_i w_i x_i^s
-    # c_j = sum_s v_s m_{j+1+s}: windows of m (zero past degree k) against v
-    m_pad = np.concatenate([m[:, 1:], np.zeros((C, k - 1), dtype=np.float64)], axis=1)
-    hankel = sliding_window_view(m_pad, k, axis=1)                  # (C, k, k): [j, s] = m_{j+1+s}
-    return _reduce(np.einsum("cjs,cs->cj", hankel, v)).astype(np.int64)
+    # c_j = sum_s v_s m_{j+1+s} (a Hankel product) = (reversed v * m)[j + k], one convolution
+    return convolve(v[:, ::-1], m)[:, k : 2 * k].astype(np.int64)
 
 
 def evaluate(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -80,9 +80,14 @@ def bf16_bits(hidden: torch.Tensor) -> np.ndarray:
     else:
         f = h.to(torch.float32).contiguous().numpy()
     u = f.view(np.uint32)
-    rounded = ((u + ((u >> 16) & 1) + 0x7FFF) >> 16).astype(np.uint16)  # wraps only for NaN patterns
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    if nan.any():
+    r = u >> 16  # round to nearest even, in place on one temporary; wraps only for NaN patterns
+    r &= 1
+    r += u
+    r += 0x7FFF
+    r >>= 16
+    rounded = r.astype(np.uint16)
+    if not np.isfinite(f).all():
+        nan = np.isnan(f)
         rounded[nan] = ((u[nan] >> 16) | 0x0040).astype(np.uint16)
     return rounded
 
@@ -94,15 +99,24 @@ def chunk_rows(T: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def topk_indices(flat_bits: np.ndarray, k: int) -> np.ndarray:
     """Indices (C, k), ascending, of the k largest |value| in each row of bf16 bits (C, n).
-    Ties break towards the lower index: the sort key is (|value| bits, -index), all distinct,
-    so the selected set is unique (numpy's introselect is faster here than torch.topk)."""
+    Ties break towards the lower index: each value's key packs (|value| bits, reversed index)
+    into one integer, all distinct, so the selected set is unique. Partitioning the keys
+    themselves and reading the index back from their low bits is ~5x faster than
+    argpartition (numpy's SIMD partition for int32) and than torch.topk."""
     n = flat_bits.shape[1]
     if k >= n:
         return np.broadcast_to(np.arange(n), flat_bits.shape).copy()
-    mag = flat_bits.astype(np.int32 if n <= 1 << 16 else np.int64) & 0x7FFF
-    shift = 16 if n <= 1 << 16 else 32
-    keys = (mag << shift) | ((1 << shift) - 1 - np.arange(n, dtype=mag.dtype))
-    return np.sort(np.argpartition(keys, n - k, axis=1)[:, n - k:], axis=1)
+    dtype, shift = (np.int32, 16) if n <= 1 << 16 else (np.int64, 32)
+    low = (1 << shift) - 1
+    # in place on one fresh array: each temporary of this size would be a fresh mmap (page faults)
+    keys = flat_bits.astype(dtype)
+    keys &= 0x7FFF
+    keys <<= shift
+    keys |= low - np.arange(n, dtype=dtype)
+    keys.partition(n - k, axis=1)
+    top = keys[:, n - k:]
+    top &= low
+    return np.sort(low - top, axis=1).astype(np.int64)
 
 
 def injective_modulus(x: np.ndarray) -> int:

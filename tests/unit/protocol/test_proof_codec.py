@@ -212,7 +212,7 @@ def test_numpy_bf16_rounding_equals_torch_cast():
     assert (nan >> 7) & 0xFF == 0xFF and nan & 0x7F
 
 
-@pytest.mark.parametrize("k", [1, 2, 5, 37, 100, 128, 256])
+@pytest.mark.parametrize("k", [1, 2, 5, 37, 100, 128, 256, 511, 512, 513, 1024])
 def test_interpolation_reproduces_its_points(k):
     from protocol.proof import gf
 
@@ -224,3 +224,18 @@ def test_interpolation_reproduces_its_points(k):
     coeffs = gf.interpolate(x, y)
     assert coeffs.shape == (6, k) and coeffs.max() < gf.P
     assert np.array_equal(gf.evaluate(coeffs, x), y % gf.P)
+
+
+@pytest.mark.parametrize("n", [1, 64, 300, 512, 513, 700])
+def test_convolution_is_exact_on_both_paths(n):
+    """gf.convolve rounds a float64 FFT up to FFT_MAX_LEN terms and slides windows past it;
+    both must give the exact residues, worst case (every coefficient P-1) included."""
+    from protocol.proof import gf
+
+    rng = np.random.default_rng(n)
+    a = rng.integers(0, gf.P, (3, n))
+    b = rng.integers(0, gf.P, (3, n // 2 + 1))
+    a[0], b[0] = gf.P - 1, gf.P - 1
+    exact = [[sum(int(a[r, i]) * int(b[r, t - i]) for i in range(max(0, t - b.shape[1] + 1), min(t, n - 1) + 1)) % gf.P
+              for t in range(n + b.shape[1] - 1)] for r in range(3)]
+    assert gf.convolve(a.astype(float), b.astype(float)).astype(np.int64).tolist() == exact
