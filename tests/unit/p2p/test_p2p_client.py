@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import filecmp
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("libp2p", reason="needs the p2p extra: pip install -e '.[p2p]'")
 
+from p2p_harness import T, signed_checkpoint, wait_for  # noqa: E402
+
 from protocol.identity import KeyPair  # noqa: E402
-from protocol.manifest import build_manifest, sign_manifest  # noqa: E402
 from protocol.messages import RunInfo  # noqa: E402
 from shardcast.client import ShardcastClient  # noqa: E402
 from shardcast.config import OriginConfig  # noqa: E402
 from shardcast.errors import ShardcastError  # noqa: E402
-from shardcast.layout import read_manifest, write_manifest  # noqa: E402
+from shardcast.layout import read_manifest  # noqa: E402
 from shardcast.origin import Origin  # noqa: E402
 from shardcast.p2p import FolderStore, P2PConfig, P2PNode, PeerShards  # noqa: E402
 from shardcast.p2p.roles import join_run, key_of_peer, node_status  # noqa: E402
@@ -31,27 +31,10 @@ from shardcast.p2p.roles import join_run, key_of_peer, node_status  # noqa: E402
 RUN = "client-run"
 OP, COORD = KeyPair.from_seed(b"P" * 32), KeyPair.from_seed(b"Q" * 32)
 FAST = dict(advert_interval_s=0.5, bootstrap_interval_s=0.3, advert_ttl_s=30.0)
-T = 30.0
-
-
-def wait_for(check, what: str, timeout: float = T):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def checkpoint(root: Path, version: int) -> Path:
-    folder = root / str(version)
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    (folder / "w.bin").write_bytes(os.urandom(150_000))
-    write_manifest(folder, sign_manifest(build_manifest(folder, run_id=RUN, version=version, step=version,
-                                                        shard_size=32 * 1024), OP))
-    return folder
+    return signed_checkpoint(root, version, run_id=RUN, operator=OP, size=150_000)
 
 
 @pytest.fixture

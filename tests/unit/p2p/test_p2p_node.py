@@ -13,41 +13,35 @@ import pytest
 
 pytest.importorskip("libp2p", reason="needs the p2p extra: pip install -e '.[p2p]'")
 
+from p2p_harness import T, signed_checkpoint, wait_for  # noqa: E402
+
 from protocol.envelope import seal  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
-from protocol.manifest import build_manifest, sign_manifest  # noqa: E402
 from shardcast.errors import CorruptData, VersionUnavailable  # noqa: E402
-from shardcast.layout import write_manifest  # noqa: E402
 from shardcast.p2p import (  # noqa: E402
-    KIND_NOTICE, KIND_VERSION, FolderStore, P2PConfig, P2PError, P2PNode, P2PStopped, P2PUnavailable,
-    PeerRequestFailed, PeerShards, VersionAnnouncement, bootstrap_multiaddr, manifest_digest,
+    KIND_NOTICE,
+    KIND_VERSION,
+    FolderStore,
+    P2PConfig,
+    P2PError,
+    P2PNode,
+    P2PStopped,
+    P2PUnavailable,
+    PeerRequestFailed,
+    PeerShards,
+    VersionAnnouncement,
+    bootstrap_multiaddr,
+    manifest_digest,
+    wire,  # noqa: E402
 )
-from shardcast.p2p import wire  # noqa: E402
 
 RUN = "unit-run"
 OP, COORD = KeyPair.from_seed(b"O" * 32), KeyPair.from_seed(b"C" * 32)
 FAST = dict(advert_interval_s=0.5, bootstrap_interval_s=0.3, advert_ttl_s=30.0)
-T = 30.0  # generous waits; nothing here asserts on speed
-
-
-def wait_for(check, what: str, timeout: float = T):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def checkpoint(root: Path, version: int) -> Path:
-    folder = root / str(version)
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    (folder / "w.bin").write_bytes(os.urandom(200_000))
-    write_manifest(folder, sign_manifest(build_manifest(folder, run_id=RUN, version=version, step=version,
-                                                        shard_size=32 * 1024), OP))
-    return folder
+    return signed_checkpoint(root, version, run_id=RUN, operator=OP, size=200_000)
 
 
 def held_by(swarm, version: int) -> Path:
