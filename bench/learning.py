@@ -67,12 +67,12 @@ def pin(pid: int, cpus: set[int]) -> None:
             pass
 
 
-def settings_for(window: int, seed: int, workers: int, cheaters: int = 0) -> SwarmSettings:
+def settings_for(window: int, seed: int, workers: int, cheaters: int = 0, p2p: bool | None = None) -> SwarmSettings:
     r = DEMO_RECIPE
     return SwarmSettings(seed=seed, honest_workers=workers, cheaters=cheaters, group_size=r.group_size,
                          temperature=r.temperature, max_tokens=r.max_tokens, task_options=dict(r.task_options),
                          async_window=window, lr=r.lr, groups_per_step=r.groups_per_step, eval_every=3,
-                         eval_tasks=300)
+                         eval_tasks=300, p2p=p2p)
 
 
 def run_one(root: Path, model_src: Path, window: int, args) -> dict:
@@ -81,7 +81,7 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
     root.mkdir(parents=True)
     model_dir = root / "model"
     shutil.copytree(model_src, model_dir)
-    plan = plan_swarm(root, model_dir, settings_for(window, args.seed, args.workers, args.cheaters))
+    plan = plan_swarm(root, model_dir, settings_for(window, args.seed, args.workers, args.cheaters, args.p2p))
     tcfg = load_config(TrainerConfig, plan.configs["trainer"])
     write_config(plan.configs["trainer"], tcfg.model_copy(update={
         "updates_per_batch": DEMO_RECIPE.updates_per_batch, "grad_clip": DEMO_RECIPE.grad_clip}))
@@ -199,6 +199,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--cheaters", type=int, default=0, help="dishonest workers too (the demo runs 1)")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning (as the demo runs)")
+    ap.add_argument("--p2p", dest="p2p", action="store_true", default=None,
+                    help="the libp2p swarm layer on (default: on when libp2p imports, as in the demo)")
+    ap.add_argument("--no-p2p", dest="p2p", action="store_false", help="HTTP only")
     ap.add_argument("--out", type=Path, default=Path("bench/out/learning"))
     ap.add_argument("--model", type=Path, default=None, help="an already warm-started model (default: build one)")
     args = ap.parse_args()
