@@ -9,6 +9,7 @@ above where the run started."""
 from __future__ import annotations
 
 import csv
+import re
 import signal
 import time
 from pathlib import Path
@@ -70,5 +71,8 @@ def test_swarm_learns_through_a_trainer_crash(tmp_path):
     after = [a for v, a in evals if v > before]
     assert after, evals
     assert max(after) >= start_acc + 0.10, f"accuracy did not keep rising: {evals}"
+    # the trainer resumes from its last complete version: the announced one, or the next if it was
+    # killed between writing a version and announcing it (it announces that one first on restart)
     log = (plan.logs / "trainer.log").read_text()
-    assert f"resuming from version {before}" in log
+    resumed = [int(m) for m in re.findall(r"resuming from version (\d+)", log)]
+    assert resumed and resumed[-1] in (before, before + 1), (before, resumed)
