@@ -30,19 +30,7 @@ from shardcast.config import OriginConfig
 from shardcast.origin import Origin
 from swarmrl.procs import ProcessGroup, child_env, write_config
 from swarmrl.swarm import SwarmPlan, SwarmSettings, plan_swarm, start_workers
-
-
-def wait_until(cond, timeout_s: float, what: str, every_s: float = 0.5, group: ProcessGroup | None = None):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            tails = "" if group is None else "\n".join(f"--- {c.name} (alive={c.alive})\n{c.tail(15)}"
-                                                         for c in group.children)
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{tails}")
-        time.sleep(every_s)
+from tests.waiting import wait_until
 
 
 @dataclass
@@ -156,7 +144,7 @@ def start_live_swarm(root: Path, *, honest: int = 2, cheaters: int = 1) -> LiveS
         env = child_env(threads=1)
         group.start("coordinator", ["coordinator", "--config", str(plan.configs["coordinator"])], env=env)
         group.start("relay", ["relay", "--config", str(plan.configs["relay"])], env=env)
-        wait_until(lambda: swarm.stats(), 90, "the coordinator to answer", group=group)
+        wait_until(lambda: swarm.stats(), 90, "the coordinator to answer", every=0.5, group=group)
         swarm.publish(0)
         group.start("verifier", ["verifier", "--config", str(plan.configs["verifier"])], env=env)
         start_workers(plan, group)
@@ -170,11 +158,11 @@ def run_until_archived(swarm: LiveSwarm, versions: int = 3, per_version: int = 3
     """Drive the swarm: a rejection (the cheater), `per_version` accepted submissions at each of
     `versions` versions, and every checkpoint archived."""
     g = swarm.group
-    wait_until(lambda: swarm.counts().get("rejected", 0) >= 1, timeout_s, "the cheater's rejection", group=g)
+    wait_until(lambda: swarm.counts().get("rejected", 0) >= 1, timeout_s, "the cheater's rejection", every=0.5, group=g)
     for v in range(versions):
         if v not in swarm.published:
             swarm.publish(v)
         wait_until(lambda v=v: swarm.accepted_at(v) >= per_version, timeout_s,
-                   f"{per_version} accepted submissions at v{v}", group=g)
+                   f"{per_version} accepted submissions at v{v}", every=0.5, group=g)
     wait_until(lambda: set(range(versions)) <= set(swarm.get("/v1/dashboard/overview")["archive"]["checkpoints"]),
-               timeout_s, "the checkpoints to be archived", group=g)
+               timeout_s, "the checkpoints to be archived", every=0.5, group=g)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.audit_swarm import run_until_archived, start_live_swarm, wait_until
+from tests.integration.audit_swarm import run_until_archived, start_live_swarm
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -92,7 +93,7 @@ def test_dashboard_of_a_live_swarm_in_headless_chromium(browser, tmp_path):
         ready = lambda: (count(driver, "#workers tbody tr[data-worker]") == 3 and  # noqa: E731
                          count(driver, "#versions tbody tr[data-version]") == 3 and
                          count(driver, "#rejections a.audit-link") >= 1)
-        wait_until(ready, 60, "workers, versions and a rejection on the page", every_s=0.5)
+        wait_until(ready, 60, "workers, versions and a rejection on the page", every=0.5)
         # workers: the cheater is banned, the honest ones active, with their verdict counts
         statuses = sorted(e.text for e in driver.find_elements("css selector", "#workers tbody td .badge"))
         assert statuses == ["active", "active", "banned"]

@@ -37,6 +37,8 @@ import pytest
 
 pytest.importorskip("libp2p", reason="needs the p2p extra: pip install -e '.[p2p]'")
 
+from worker_swarm import Proc, worker_status  # noqa: E402
+
 from coordinator.config import CoordinatorConfig, SamplingConfig  # noqa: E402
 from protocol import routes  # noqa: E402
 from protocol.config import dump_toml  # noqa: E402
@@ -47,8 +49,9 @@ from shardcast.config import OriginConfig, RelayConfig  # noqa: E402
 from shardcast.origin import Origin  # noqa: E402
 from shardcast.p2p import Announcement, P2PConfig, P2PNode  # noqa: E402
 from shardcast.p2p.announcements import version_announcement  # noqa: E402
+from swarmrl.procs import free_port  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 from worker.config import WorkerConfig  # noqa: E402
-from worker_swarm import Proc, free_port, wait_until, worker_status  # noqa: E402
 
 HOST = "127.0.0.1"
 RUN = "p2p-roles"

@@ -32,6 +32,7 @@ from protocol.manifest import build_manifest, sign_manifest  # noqa: E402
 from shardcast.layout import write_manifest  # noqa: E402
 from shardcast.p2p import Announcement, P2PConfig, P2PNode  # noqa: E402
 from shardcast.p2p.announcements import KIND_VERSION, version_announcement  # noqa: E402
+from tests import waiting  # noqa: E402
 
 RUN = "p2p-it"
 TIMEOUT = 30.0
@@ -105,13 +106,7 @@ class Peer:
 
 
 def wait_until(check, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what}")
+    return waiting.wait_until(check, timeout, what, every=0.05)
 
 
 class _AdmitAll:

@@ -9,14 +9,12 @@ are rejected and it is banned, and every honest worker picks up new versions.
 
 from __future__ import annotations
 
-import time
-
 import httpx
-import pytest
 
 from swarmrl.modelkit import init_tiny_model, warm_start
 from swarmrl.procs import ProcessGroup
 from swarmrl.swarm import SwarmSettings, plan_swarm, start_swarm
+from tests.waiting import wait_until
 
 TASKS = {"max_operand": 4}  # small answers: a few SFT steps give a model that is sometimes right
 
@@ -27,19 +25,6 @@ def _stats(url: str) -> dict:
         return r.json() if r.status_code == 200 else {}
     except httpx.HTTPError:
         return {}
-
-
-def _wait(group: ProcessGroup, cond, what: str, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for c in group.children:
-            assert c.alive or c.name.startswith("cheater"), f"{c.name} died:\n{c.tail(40)}"
-        st = cond()
-        if st:
-            return st
-        time.sleep(1.0)
-    logs = "\n".join(f"--- {c.name}\n{c.tail(15)}" for c in group.children)
-    pytest.fail(f"timed out waiting for {what}\n{logs}")
 
 
 def test_short_swarm_advances_versions_accepts_honest_work_and_bans_the_cheater(tmp_path):
@@ -76,7 +61,8 @@ def test_short_swarm_advances_versions_accepts_honest_work_and_bans_the_cheater(
                                        for h in honest) and cheater.get("status") == "banned")
             return st if ok else None
 
-        st = _wait(group, advanced, "versions >= 4, honest workers on version >= 3, cheater banned", 420)
+        st = wait_until(advanced, 420, "versions >= 4, honest workers on version >= 3, cheater banned", every=1.0,
+                        group=group, may_exit=lambda name: name.startswith("cheater"))
         workers = by_name(st)
         for n in plan.worker_names:
             assert workers[n]["status"] == "active" and workers[n]["rejected"] == 0

@@ -52,7 +52,7 @@ def test_swarmrl_trainer_under_torchrun_publishes_full_checkpoints(tmp_path):
     from protocol.lm import load_model
     from swarmrl.modelkit import init_tiny_model
     from tests.integration.trainer_harness import TrainerRig
-    from tests.integration.worker_swarm import wait_until
+    from tests.waiting import wait_until
 
     init_tiny_model(tmp_path / "m", hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1)
     rig = TrainerRig(tmp_path / "rig", tmp_path / "m")

@@ -13,7 +13,7 @@ from coordinator.trainer.checkpoint import COMPLETE
 from protocol import routes
 from shardcast.client import ShardcastClient
 from tests.integration.trainer_harness import TrainerRig, metric
-from tests.integration.worker_swarm import wait_until
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")

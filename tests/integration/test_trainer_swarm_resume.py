@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import re
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ import pytest
 from swarmrl.modelkit import DEMO_RECIPE, build_demo_model
 from swarmrl.procs import ProcessGroup, child_env
 from swarmrl.swarm import SwarmSettings, plan_swarm, start_swarm
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,8 @@ def _version(http: httpx.Client, url: str) -> int:
 
 
 def _wait_version(http, url, group, target: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while _version(http, url) < target:
-        for c in group.children:
-            assert c.alive, f"{c.name} died:\n{c.tail(30)}"
-        assert time.monotonic() < deadline, f"no version {target} after {timeout:.0f} s"
-        time.sleep(1.0)
+    wait_until(lambda: _version(http, url) >= target, timeout, f"version {target}", every=1.0, group=group,
+               may_exit=lambda name: False)
 
 
 def _evals(root: Path) -> list[tuple[int, float]]:

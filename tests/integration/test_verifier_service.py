@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 
 import httpx
 
@@ -22,24 +21,11 @@ from shardcast.config import OriginConfig
 from shardcast.origin import Origin
 from swarmrl.modelkit import init_tiny_model
 from swarmrl.procs import ProcessGroup, child_env, free_port, write_config
+from tests.waiting import wait_until
 from verifier.config import VerifierConfig
 from worker.config import WorkerConfig
 
 HOST = "127.0.0.1"
-
-
-def wait_until(cond, timeout: float, what: str, group: ProcessGroup):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        dead = [c for c in group.children if not c.alive]
-        if time.monotonic() > deadline or dead:
-            logs = "\n".join(f"--- {c.name} ({'dead' if not c.alive else 'alive'})\n{c.tail(25)}"
-                             for c in group.children)
-            raise AssertionError(f"timed out waiting for {what}\n{logs}")
-        time.sleep(0.25)
 
 
 def test_verifier_accepts_honest_rollouts_and_gets_a_cheater_banned(tmp_path):
@@ -72,6 +58,7 @@ def test_verifier_accepts_honest_rollouts_and_gets_a_cheater_banned(tmp_path):
     try:
         with ProcessGroup(tmp_path / "logs") as group:
             group.start("coordinator", ["coordinator", "--config", str(coord_cfg)], env=env)
+            watch = {"every": 0.25, "group": group, "may_exit": lambda name: False}  # any exit fails the wait
 
             def coordinator_up():
                 try:
@@ -79,7 +66,7 @@ def test_verifier_accepts_honest_rollouts_and_gets_a_cheater_banned(tmp_path):
                 except httpx.HTTPError:
                     return False
 
-            wait_until(coordinator_up, 90, "the coordinator", group)
+            wait_until(coordinator_up, 90, "the coordinator", **watch)
             v0 = tmp_path / "v0"
             shutil.copytree(model, v0)
             manifest = origin.publish(v0, 0, step=0)
@@ -96,9 +83,9 @@ def test_verifier_accepts_honest_rollouts_and_gets_a_cheater_banned(tmp_path):
                 return r.json() if r.status_code == 200 else None
 
             wait_until(lambda: (worker(cheater) or {}).get("status") == "banned", 300,
-                       "the cheater to be banned", group)
+                       "the cheater to be banned", **watch)
             wait_until(lambda: (worker(honest) or {}).get("accepted", 0) >= 2, 300,
-                       "two accepted submissions of the honest worker", group)
+                       "two accepted submissions of the honest worker", **watch)
             banned = worker(cheater)
             assert banned["accepted"] == 0 and "proof" in banned["ban_reason"], banned
             assert worker(honest)["status"] == "active" and worker(honest)["rejected"] == 0

@@ -15,8 +15,9 @@ import sys
 import time
 
 import pytest
+from worker_swarm import MiniSwarm, worker_status
 
-from worker_swarm import MiniSwarm, wait_until, worker_status
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +49,27 @@ def submitted(s: MiniSwarm) -> int:
     return sum(s.stats()["submissions"].values())
 
 
-def test_coordinator_down_30s_then_back_worker_recovers_and_loses_nothing(make_swarm):
-    # Default heartbeat settings (6 x 5 s): the restarted coordinator measures silence from
-    # its own start, so an outage of 30 s must not make the workers "gone".
-    s = make_swarm(group_size=8, max_tokens=100)
+def batch_in_progress(cfg) -> bool:
+    return (worker_status(cfg) or {}).get("phase", "").startswith("generating")
+
+
+def crash_coordinator_mid_batch(s: MiniSwarm):
+    """Coordinator up with version 0, one worker that has submitted; the coordinator is then
+    killed (no goodbye to anyone) while the worker is generating. Returns the worker and its config."""
     s.start_coordinator()
     s.publish(0)
     w, cfg = s.start_worker()
     wait_until(lambda: submitted(s) >= 1, what="first submissions")
-    wait_until(lambda: (worker_status(cfg) or {}).get("phase", "").startswith("generating"),
-               every=0.02, what="a batch in progress")
-    s.coordinator.kill()                       # a crash mid-batch: no goodbye to anyone
+    wait_until(lambda: batch_in_progress(cfg), every=0.02, what="a batch in progress")
+    s.coordinator.kill()
+    return w, cfg
+
+
+def test_coordinator_down_30s_then_back_worker_recovers_and_loses_nothing(make_swarm):
+    # Default heartbeat settings (6 x 5 s): the restarted coordinator measures silence from
+    # its own start, so an outage of 30 s must not make the workers "gone".
+    s = make_swarm(group_size=8, max_tokens=100)
+    w, cfg = crash_coordinator_mid_batch(s)
     wait_until(lambda: (worker_status(cfg) or {}).get("coordinator_up") is False, what="worker sees the outage")
     # while it is down the worker finishes its leases into the spool
     wait_until(lambda: (worker_status(cfg) or {}).get("spool_pending", 0) >= 1, what="work spooled")
@@ -86,8 +97,7 @@ def test_sigterm_mid_batch_finishes_the_batch_releases_the_rest_and_exits_0(make
     s.start_coordinator()
     s.publish(0)
     w, cfg = s.start_worker(max_tasks=4)
-    wait_until(lambda: (worker_status(cfg) or {}).get("phase", "").startswith("generating"),
-               every=0.02, what="a batch in progress")
+    wait_until(lambda: batch_in_progress(cfg), every=0.02, what="a batch in progress")
     w.signal(signal.SIGTERM)
     assert w.wait(120) == 0, w.tail()
     leases = s.stats()["leases"]
@@ -100,13 +110,7 @@ def test_sigterm_mid_batch_finishes_the_batch_releases_the_rest_and_exits_0(make
 
 def test_restart_with_spooled_submissions_sends_each_exactly_once(make_swarm):
     s = make_swarm(group_size=8, max_tokens=100)
-    s.start_coordinator()
-    s.publish(0)
-    w, cfg = s.start_worker()
-    wait_until(lambda: submitted(s) >= 1, what="first submission")
-    wait_until(lambda: (worker_status(cfg) or {}).get("phase", "").startswith("generating"),
-               every=0.02, what="a batch in progress")
-    s.coordinator.kill()
+    w, cfg = crash_coordinator_mid_batch(s)
     wait_until(lambda: (worker_status(cfg) or {}).get("spool_pending", 0) >= 2, what="work spooled")
     w.kill()                                   # the worker crashes with finished work on disk
     spooled = sorted(p.stem for p in (s.root / "worker" / "spool" / "pending").glob("*.json"))

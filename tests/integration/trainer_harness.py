@@ -47,7 +47,9 @@ from protocol.messages import (
 from protocol.proof import build_proof, to_b64
 from protocol.tasks import get_source
 from shardcast.config import OriginConfig
-from tests.integration.worker_swarm import HOST, Proc, free_port, wait_until
+from swarmrl.procs import free_port
+from tests.integration.worker_swarm import HOST, Proc
+from tests.waiting import wait_until
 
 
 class TrainerRig:

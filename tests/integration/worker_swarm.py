@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,28 +24,11 @@ from protocol.config import dump_toml
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig
 from shardcast.origin import Origin
+from swarmrl.procs import free_port
+from tests.waiting import wait_until
 from worker.config import WorkerConfig
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond, timeout: float = 90.0, what: str = "condition", every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 class Proc:

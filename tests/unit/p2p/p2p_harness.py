@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest, sign_manifest
 from shardcast.layout import write_manifest
+from tests.waiting import wait_until
 
 T = 30.0  # generous waits; nothing here asserts on speed
 
 
 def wait_for(check, what: str, timeout: float = T):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting until {what}")
+    return wait_until(check, timeout, what, every=0.05)
 
 
 def signed_checkpoint(root: Path, version: int, *, run_id: str, operator: KeyPair, size: int) -> Path:

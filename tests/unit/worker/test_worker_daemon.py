@@ -10,9 +10,9 @@ import base64
 
 import torch
 
-from worker_fakes import wait_until
 from protocol.lm import completion_outputs, load_model
 from protocol.proof import verify_proof
+from tests.waiting import wait_until
 
 
 def test_daemon_joins_leases_generates_and_submits_verifiable_rollouts(fake, versions, start_daemon, tiny_model):

@@ -21,9 +21,25 @@ from protocol.envelope import Envelope, open_envelope, seal
 from protocol.errors import ProtocolError
 from protocol.identity import KeyPair
 from protocol.messages import (
-    KIND_HEARTBEAT, KIND_LEASE, KIND_LEASE_RELEASE, KIND_LEASE_REQUEST, KIND_REGISTRATION, KIND_SUBMISSION,
-    Heartbeat, Lease, LeaseRelease, LeaseRequest, LeaseResponse, Registration, RegistrationResponse, RunInfo,
-    SamplingParams, Submission, SubmissionResponse, SubmissionStatus, WorkerInfo,
+    KIND_HEARTBEAT,
+    KIND_LEASE,
+    KIND_LEASE_RELEASE,
+    KIND_LEASE_REQUEST,
+    KIND_REGISTRATION,
+    KIND_SUBMISSION,
+    Heartbeat,
+    Lease,
+    LeaseRelease,
+    LeaseRequest,
+    LeaseResponse,
+    Registration,
+    RegistrationResponse,
+    RunInfo,
+    SamplingParams,
+    Submission,
+    SubmissionResponse,
+    SubmissionStatus,
+    WorkerInfo,
 )
 
 
@@ -220,10 +236,3 @@ class LocalWeights:
     def close(self) -> None:
         pass
 
-
-def wait_until(cond, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
