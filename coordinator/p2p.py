@@ -34,7 +34,7 @@ from pathlib import Path
 from coordinator.context import Context
 from coordinator.store import policy
 from protocol.envelope import Envelope
-from shardcast.p2p import P2PError, P2PNode, P2PUnavailable, libp2p_available, start_node
+from shardcast.p2p import P2PError, P2PNode, libp2p_available, start_node
 
 log = logging.getLogger("swarmrl.coordinator")
 ADDR_FILE = "coordinator.p2p"
@@ -55,8 +55,11 @@ def _addr_file(ctx: Context) -> Path:
 def start(ctx: Context) -> None:
     """Start the node (or log one line and leave `ctx.p2p` None)."""
     cfg = ctx.cfg
-    node = _start_on_last_port(ctx) or start_node(cfg.p2p, ctx.key, cfg.run_id, ctx.operator, ctx.key.public,
-                                                  None, role="coordinator")
+    node, last = None, _last_port(ctx)
+    if last is not None:
+        node = start_node(cfg.p2p.model_copy(update={"listen_port": last}), ctx.key, cfg.run_id, ctx.operator,
+                          ctx.key.public, role="coordinator", if_unavailable="picking another port")
+    node = node or start_node(cfg.p2p, ctx.key, cfg.run_id, ctx.operator, ctx.key.public, role="coordinator")
     if node is None:
         if not cfg.p2p.enabled:
             log.info("p2p: disabled in the config; HTTP only")
@@ -72,23 +75,15 @@ def start(ctx: Context) -> None:
     log.info("p2p: bootstrap peer of run %s at %s", cfg.run_id, ", ".join(node.multiaddrs))
 
 
-def _start_on_last_port(ctx: Context) -> P2PNode | None:
-    """With listen_port 0, try the port of the previous start first (None if it is taken)."""
+def _last_port(ctx: Context) -> int | None:
+    """With listen_port 0: the port of the previous start, to be asked for first."""
     cfg = ctx.cfg
     if not cfg.p2p.enabled or cfg.p2p.listen_port != 0 or not libp2p_available():
         return None
     try:
-        port = int((Path(cfg.data_dir) / PORT_FILE).read_text().strip())
+        return int((Path(cfg.data_dir) / PORT_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
-    node = P2PNode(cfg.p2p.model_copy(update={"listen_port": port}), ctx.key, cfg.run_id, ctx.operator,
-                   ctx.key.public, None, role="coordinator")
-    try:
-        node.start()
-    except P2PUnavailable as exc:
-        log.info("p2p: the previous port %d is not available (%s); picking another", port, exc)
-        return None
-    return node
 
 
 def stop(ctx: Context) -> None:

@@ -385,14 +385,15 @@ class P2PNode:
 
 def start_node(cfg: P2PConfig, key: KeyPair, run_id: str, operator_key: PublicKey,
                coordinator_key: PublicKey | None = None, store: ShardStore | None = None,
-               role: str = "peer") -> P2PNode | None:
-    """Start a node, or log one line and return None when it cannot run (HTTP only then)."""
+               role: str = "peer", if_unavailable: str = "continuing over HTTP only") -> P2PNode | None:
+    """Start a node, or log one line (`if_unavailable` says what happens next) and return None
+    when it cannot run."""
     if not cfg.enabled:
         return None
     node = P2PNode(cfg, key, run_id, operator_key, coordinator_key, store, role)
     try:
         node.start()
     except P2PUnavailable as exc:
-        log.warning("p2p: %s; continuing over HTTP only", exc)
+        log.warning("p2p: %s; %s", exc, if_unavailable)
         return None
     return node
