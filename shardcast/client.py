@@ -156,10 +156,15 @@ class ShardcastClient:
         """Hand over a signed manifest obtained elsewhere (e.g. the coordinator's GET
         /v1/policy), so `fetch` need not ask the relays for it. It is verified like any
         other (operator key, run); returns its version. Raises SignatureError/MessageError."""
+        return self._accept(envelope, "offered").version
+
+    def _accept(self, envelope: Envelope, source: str) -> Announced:
+        """Verify a manifest from outside the relays (operator key, run) and remember it."""
         env, manifest = verify_manifest_bytes(envelope.model_dump_json().encode(),
                                               self.operator_key, self.run_id)
-        self._remember(Announced(env, manifest, "offered"))
-        return manifest.version
+        ann = Announced(env, manifest, source)
+        self._remember(ann)
+        return ann
 
     def cached_versions(self) -> list[int]:
         """Complete versions in the local cache."""
@@ -280,14 +285,10 @@ class ShardcastClient:
 
     def _verified(self, envelope: Envelope, source: str) -> Announced | None:
         try:
-            env, manifest = verify_manifest_bytes(envelope.model_dump_json().encode(),
-                                                  self.operator_key, self.run_id)
+            return self._accept(envelope, source)
         except (MessageError, SignatureError) as exc:
             log.warning("a manifest from %s does not verify: %s; ignored", source, exc)
             return None
-        ann = Announced(env, manifest, source)
-        self._remember(ann)
-        return ann
 
     def _swarm_announced(self, version: int) -> Announced | None:
         """`version`'s manifest as announced on the topic (embedded in the announcement)."""
