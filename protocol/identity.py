@@ -39,13 +39,37 @@ def b58encode(data: bytes) -> str:
     return "1" * pad + out
 
 
+def b58decode(text: str) -> bytes | None:
+    """The inverse of `b58encode` (None if `text` has a character outside the alphabet)."""
+    n = 0
+    for ch in text:
+        i = _B58_ALPHABET.find(ch)
+        if i < 0:
+            return None
+        n = n * 58 + i
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
+    return b"\0" * (len(text) - len(text.lstrip("1"))) + raw
+
+
+# identity multihash (code 0x00, length 36) of protobuf PublicKey{Type: Ed25519 (1), Data: 32 bytes}
+_ED25519_PEER_ID_PREFIX = b"\x00\x24\x08\x01\x12\x20"
+
+
 def peer_id_from_public_bytes(raw: bytes) -> str:
     """The libp2p peer id of an Ed25519 public key (32 raw bytes)."""
     if len(raw) != 32:
         raise SignatureError(f"an Ed25519 public key has 32 bytes, got {len(raw)}")
-    # protobuf PublicKey{Type: Ed25519 (1), Data: raw}; identity multihash (code 0x00, length).
-    proto = b"\x08\x01\x12\x20" + raw
-    return b58encode(b"\x00" + bytes([len(proto)]) + proto)
+    return b58encode(_ED25519_PEER_ID_PREFIX + raw)
+
+
+def public_bytes_from_peer_id(peer_id: str) -> bytes | None:
+    """The Ed25519 public key (32 raw bytes) a libp2p peer id names (None: not such an id)."""
+    raw = b58decode(peer_id)
+    if raw is None or len(raw) != len(_ED25519_PEER_ID_PREFIX) + 32:
+        return None
+    if not raw.startswith(_ED25519_PEER_ID_PREFIX):
+        return None
+    return raw[len(_ED25519_PEER_ID_PREFIX):]
 
 
 @dataclass(frozen=True)

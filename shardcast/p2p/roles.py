@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from protocol.errors import ProtocolError
-from protocol.identity import KeyPair, PublicKey
+from protocol.identity import KeyPair, PublicKey, public_bytes_from_peer_id
 from protocol.manifest import open_manifest
 from protocol.messages import RunInfo
 from shardcast.layout import version_dirs
@@ -41,24 +41,12 @@ if TYPE_CHECKING:
     from shardcast.config import RelayConfig
 
 log = logging.getLogger("shardcast.p2p")
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_ED25519_ID_PREFIX = b"\x00\x24\x08\x01\x12\x20"  # identity multihash of protobuf PublicKey{Ed25519}
 
 
 def key_of_peer(addr: str) -> PublicKey | None:
     """The Ed25519 key named by the /p2p/<peer id> of a multiaddr (None if it names none)."""
-    peer_id = addr.rsplit("/p2p/", 1)[-1] if "/p2p/" in addr else ""
-    n = 0
-    for ch in peer_id:
-        i = _B58.find(ch)
-        if i < 0:
-            return None
-        n = n * 58 + i
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    raw = b"\0" * (len(peer_id) - len(peer_id.lstrip("1"))) + raw
-    if len(raw) != len(_ED25519_ID_PREFIX) + 32 or not raw.startswith(_ED25519_ID_PREFIX):
-        return None
-    return PublicKey(raw[len(_ED25519_ID_PREFIX):])
+    raw = public_bytes_from_peer_id(addr.rsplit("/p2p/", 1)[-1]) if "/p2p/" in addr else None
+    return PublicKey(raw) if raw is not None else None
 
 
 def _with_bootstrap(cfg: P2PConfig, bootstrap: list[str]) -> P2PConfig | None:

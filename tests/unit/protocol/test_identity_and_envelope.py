@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from protocol.envelope import Envelope, ReplayGuard, open_envelope, seal
 from protocol.errors import KeyFileError, MessageError, SignatureError, StaleMessageError
-from protocol.identity import KeyPair, PublicKey, peer_id_from_public_bytes
+from protocol.identity import KeyPair, PublicKey, peer_id_from_public_bytes, public_bytes_from_peer_id
 from protocol.messages import KIND_HEARTBEAT, KIND_LEASE_REQUEST, Heartbeat, LeaseRequest
 
 
@@ -28,6 +28,8 @@ def test_peer_id_is_the_libp2p_identity_multihash_of_the_key():
     assert _b58decode(pid) == b"\x00\x24\x08\x01\x12\x20" + key.public.raw
     assert pid == PublicKey.from_hex(key.public.hex).peer_id
     assert peer_id_from_public_bytes(bytes(32)) != pid
+    assert public_bytes_from_peer_id(pid) == key.public.raw  # and back (the key a /p2p/ address pins)
+    assert public_bytes_from_peer_id(pid[:-1]) is None and public_bytes_from_peer_id("0OIl") is None
 
 
 def test_keyfile_written_0600_and_reloaded(tmp_path):
