@@ -49,6 +49,13 @@ class Envelope(BaseModel):
     def signing_bytes(self) -> bytes:
         return envelope_signing_bytes(self.kind, self.body, self.signer, self.timestamp, self.nonce)
 
+    def signing_bytes_with(self, canonical_body: bytes) -> bytes:
+        """The same bytes from the body's canonical JSON, already encoded: canonical JSON sorts
+        keys and "body" sorts first, so the encoding splits exactly at the body."""
+        rest = canonical_bytes({"kind": self.kind, "nonce": self.nonce, "signer": self.signer,
+                                "timestamp": self.timestamp})
+        return ENVELOPE_DOMAIN + b'{"body":' + canonical_body + b"," + rest[1:]
+
     @property
     def signer_key(self) -> PublicKey:
         return PublicKey.from_hex(self.signer)
@@ -81,6 +88,7 @@ class Opened(Generic[B]):
     timestamp: float
     nonce: str
     envelope: Envelope
+    canonical_body: bytes = b""  # the body's canonical JSON, as signed (callers reuse it, e.g. intake)
 
     @property
     def signer_id(self) -> str:
@@ -111,7 +119,8 @@ def open_envelope(
         raise SignatureError(f"{kind} must be signed by {signer.peer_id}, not {key.peer_id}")
     if allowed_signers is not None and env.signer not in allowed_signers:
         raise SignatureError(f"{kind} signed by {key.peer_id}, which is not an authorised key")
-    key.verify(env.signature, env.signing_bytes())
+    body_bytes = canonical_bytes(env.body)
+    key.verify(env.signature, env.signing_bytes_with(body_bytes))
     if max_skew_s is not None:
         clock = time.time() if now is None else now
         if abs(clock - env.timestamp) > max_skew_s:
@@ -123,7 +132,8 @@ def open_envelope(
         body = body_type.model_validate(env.body)
     except ValidationError as exc:
         raise MessageError(f"invalid {kind}: {_first_error(exc)}") from exc
-    return Opened(body=body, signer=key, timestamp=env.timestamp, nonce=env.nonce, envelope=env)
+    return Opened(body=body, signer=key, timestamp=env.timestamp, nonce=env.nonce, envelope=env,
+                  canonical_body=body_bytes)
 
 
 def _first_error(exc: ValidationError) -> str:

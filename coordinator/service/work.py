@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from coordinator.auth import Verified, group_json
+from coordinator.auth import group_json
 from coordinator.context import Context
 from coordinator.errors import Conflict, Forbidden, NotFound
 from coordinator.rules import intake
@@ -135,7 +135,7 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
         rate = check_rate(worker.clean_checks, initial=cfg.check_rate.initial, floor=cfg.check_rate.floor,
                           halve_every=cfg.check_rate.halve_every)
         sid = submission_id_for(row.lease_id)
-        group = (group_json(opened.canonical_body, len(sub.completions)) if isinstance(opened, Verified) else None) \
+        group = group_json(opened.canonical_body, len(sub.completions)) \
             or json.dumps({"completions": [c.token_ids for c in sub.completions],
                            "finish_reasons": [c.finish_reason for c in sub.completions]}, separators=(",", ":"))
         submissions.insert(conn, dict(

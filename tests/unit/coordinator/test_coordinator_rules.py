@@ -224,7 +224,6 @@ def test_taskbook_decodes_exactly_like_the_verifier(tiny_model):
 
 
 def test_coordinator_signs_over_exactly_the_protocol_bytes():
-    from coordinator.auth import signing_bytes
     from protocol.canonical import canonical_bytes
     from protocol.envelope import envelope_signing_bytes, seal
     from protocol.identity import KeyPair
@@ -237,7 +236,7 @@ def test_coordinator_signs_over_exactly_the_protocol_bytes():
                    key, now=rng.uniform(0, 2e9))
         body = {"x": [rng.random(), None, True, "ü", {"b": 1, "a": [1.5e300, -0.0]}], "n": i}
         env = env.model_copy(update={"body": body})
-        assert signing_bytes(env, canonical_bytes(env.body)) == envelope_signing_bytes(
+        assert env.signing_bytes_with(canonical_bytes(env.body)) == envelope_signing_bytes(
             env.kind, env.body, env.signer, env.timestamp, env.nonce)
 
 
