@@ -31,19 +31,20 @@ from pathlib import Path
 
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
-from protocol.http import ServerThread, write_port_file
+from protocol.http import write_port_file
 from protocol.identity import KeyPair
 from protocol.manifest import open_manifest, sign_manifest
 from protocol.messages import PolicyManifest
 from shardcast.config import OriginConfig
 from shardcast.errors import PublishError
+from shardcast.front import NodeServer
 from shardcast.hashing import build_manifest_parallel, checkpoint_files
 from shardcast.layout import (
     clean_work_dirs, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
 )
 from shardcast.metrics import NodeMetrics
-from shardcast.serving import ShardLocation, build_app
+from shardcast.serving import ShardLocation
 from shardcast.signal import Signal
 
 log = logging.getLogger("shardcast.origin")
@@ -71,7 +72,7 @@ class Origin:
         self._lock = threading.RLock()
         self._publishing = threading.Lock()
         self._versions: dict[int, _Published] = {}
-        self._server: ServerThread | None = None
+        self._server: NodeServer | None = None
         clean_work_dirs(self.root)
         self._load_existing()
 
@@ -203,9 +204,9 @@ class Origin:
     def start(self) -> str:
         """Serve the origin API in a background thread; returns its URL."""
         if self._server is None:
-            app = build_app(self, title="swarmrl shardcast origin")
             self.signal = Signal() if self.signal.closed else self.signal
-            self._server = ServerThread(app, self.cfg.host, self.cfg.port).start()
+            self._server = NodeServer(self, title="swarmrl shardcast origin", host=self.cfg.host,
+                                      port=self.cfg.port).start()
             write_port_file(Path(self.cfg.data_dir) / "origin.port", self._server.port)
             log.info("origin serving %s at %s", self.root, self._server.url)
         return self._server.url

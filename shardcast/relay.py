@@ -16,8 +16,10 @@ trusts only the operator key:
   power loss cannot make it serve a torn file), and unfinished versions resume;
 - only the newest `keep_versions` versions are kept.
 
-Threads: the uvicorn server runs in the main thread; the watcher and the downloader are
-daemon threads that talk to the server only through the `Catalog` methods and `Signal`.
+Threads: the public port is served by shardcast.front (shard bodies with sendfile) in the
+main thread, the rest of the API by uvicorn in a background thread behind it; the watcher
+and the downloader are daemon threads that talk to the servers only through the `Catalog`
+methods and `Signal`.
 
 Swarm layer (`cfg.p2p`, shardcast.p2p.roles.RelaySwarm): with libp2p installed and a bootstrap
 peer configured, the relay advertises itself on the run's topic under its own key
@@ -40,13 +42,13 @@ import httpx
 
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
-from protocol.http import serve
 from protocol.identity import PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import PolicyManifest, ShardEntry
 from shardcast.config import RelayConfig
 from shardcast.errors import ShardcastError
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions
+from shardcast.front import NodeServer
 from shardcast.layout import (
     clean_work_dirs, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
@@ -54,7 +56,7 @@ from shardcast.layout import (
 from shardcast.metrics import NodeMetrics
 from shardcast.partial import shard_digest_on_disk
 from shardcast.selection import Sources
-from shardcast.serving import ShardLocation, build_app
+from shardcast.serving import ShardLocation
 from shardcast.signal import Signal
 from shardcast.watch import Announced, fetch_manifest, list_versions, wait_for_newer
 
@@ -327,8 +329,8 @@ def run(cfg: RelayConfig) -> None:
     swarm = RelaySwarm(cfg, relay, Path(cfg.data_dir) / "relay.key", port_file)
     swarm.start()
     try:
-        app = build_app(relay, title="swarmrl shardcast relay", max_transfers=cfg.max_transfers)
-        serve(app, cfg.host, cfg.port, port_file=port_file, on_exit=relay.signal.close)
+        NodeServer(relay, title="swarmrl shardcast relay", host=cfg.host, port=cfg.port,
+                   max_transfers=cfg.max_transfers).run(port_file, on_exit=relay.signal.close)
     finally:
         swarm.stop()
         relay.stop()

@@ -22,8 +22,10 @@ loopback: Starlette's FileResponse (64 KiB per thread hop) 1.1-1.6 s, this at 1 
 0.6 s, at 4 MiB blocks 0.4-0.6 s; 2 MiB is the compromise with memory, which is bounded by
 `max_transfers` x (block + transport buffer) on top of the process's ~70 MB. FileResponse
 also cannot serve a byte range *inside* a file as a whole resource, which the origin needs
-(it serves shards out of the checkpoint's files). Zero-copy sendfile would be cheaper
-still, but uvicorn offers no way to use it.
+(it serves shards out of the checkpoint's files). Zero-copy sendfile is cheaper still, but
+uvicorn offers no way to use it: origins and relays therefore put shardcast.front on their
+public port, which serves shard bodies with sendfile and hands every other request to this
+app; this shard route remains for requests that reach the app directly.
 """
 
 from __future__ import annotations
@@ -106,9 +108,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return (start, end)
 
 
-class _Transfers:
-    """Shard bodies being sent right now; each holds at most one block in memory (plus what
-    the transport buffers), so capping their number bounds the node's memory."""
+class Transfers:
+    """Shard bodies being sent right now, counted by this route and by shardcast.front (one
+    event loop thread each; a count off by one for a moment is harmless). Each holds at most
+    one block in memory (plus what the transport buffers), so capping their number bounds the
+    node's memory."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -116,7 +120,7 @@ class _Transfers:
 
 
 async def _file_blocks(loc: ShardLocation, start: int, end: int, metrics: NodeMetrics,
-                       transfers: _Transfers):
+                       transfers: Transfers):
     # The file is opened here, not in the handler, so a request dropped before its body
     # starts leaks no descriptor. A pruned file surfaces as a short body, which every client
     # detects by the content length and the hash.
@@ -143,13 +147,14 @@ def _detail(status: int, text: str, headers: dict | None = None) -> JSONResponse
     return JSONResponse({"detail": text}, status_code=status, headers=headers)
 
 
-def build_app(catalog: Catalog, *, title: str,
-              max_transfers: int = DEFAULT_MAX_TRANSFERS) -> FastAPI:
+def build_app(catalog: Catalog, *, title: str, max_transfers: int = DEFAULT_MAX_TRANSFERS,
+              transfers: Transfers | None = None) -> FastAPI:
     """The API over `catalog`. At most `max_transfers` shard bodies are sent at once; a
-    request beyond that gets 503 + Retry-After and its client turns to another source."""
+    request beyond that gets 503 + Retry-After and its client turns to another source.
+    `transfers`: a count shared with shardcast.front (its limit replaces `max_transfers`)."""
     app = FastAPI(title=title, description="shardcast: signed, sharded policy versions")
     m = catalog.metrics
-    transfers = _Transfers(max_transfers)
+    transfers = transfers if transfers is not None else Transfers(max_transfers)
 
     @app.get(routes.HEALTH)
     def health() -> dict:

@@ -1,0 +1,409 @@
+"""Zero-copy shard serving: a small HTTP/1.1 server in front of a node's FastAPI app.
+
+Shard bodies are nearly all the bytes an origin or a relay sends. uvicorn cannot send a file
+with sendfile(2) (it does not implement the ASGI zero-copy extension), so every byte crossed
+Python twice (pread into a block, then the socket write): on the 2-core reference VM that
+was ~0.6 CPU-s per GiB served, the largest part of a relay's CPU. This server owns the
+node's public port and answers
+
+    GET|HEAD /v1/versions/{v}/shards/{i}[?wait_s=S]   (routes.SC_SHARD; one Range supported)
+
+itself, with `loop.sendfile` (os.sendfile: the bytes go from the page cache to the socket
+without entering the process). Everything else (manifests, long-polls, /health, /metrics,
+/docs, and any request it does not recognise) is handed to the FastAPI app under uvicorn on a
+private loopback port: from the first such request on, the connection is spliced byte for
+byte to uvicorn, so those routes keep one HTTP stack. Shard requests reach this server on
+the data connections that shardcast.transfer keeps for shard bodies alone.
+
+Invariants (the same as shardcast.serving's shard route, which stays as the fallback):
+- it serves only what `Catalog.shard` returns, i.e. verified shards; the path on disk comes
+  from the catalog, never from the request (the request's path must be two decimal numbers);
+- a shard still in flight is waited for up to `wait_s` (capped), then 503 + Retry-After;
+  unknown version or shard 404; a range outside the shard 416; more than `max_transfers`
+  bodies at once 503 (shared count with the fallback route);
+- memory per transfer is the kernel's socket buffer: no block is read into the process, so
+  a relay's memory does not grow with the number of clients or the checkpoint size.
+Metrics: bytes_served counts bytes handed to the socket, per sendfile chunk.
+
+Why our own few lines and not a library: the stack is asyncio's own (start_server,
+loop.sendfile); no maintained ASGI server offers sendfile, and the parsing here is only the
+request line and headers of bodiless GET/HEAD requests (anything else goes to uvicorn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from protocol import routes
+from protocol.http import ServerThread, write_port_file
+from shardcast.serving import (
+    DEFAULT_MAX_TRANSFERS, MAX_WAIT_S, Catalog, RangeNotSatisfiable, Transfers, build_app,
+    parse_range,
+)
+
+log = logging.getLogger("shardcast.front")
+
+SHARD_PATH = re.compile("^" + re.escape(routes.SC_SHARD).replace(r"\{version\}", r"(\d{1,18})")
+                        .replace(r"\{index\}", r"(\d{1,9})") + "$")
+HEAD_LIMIT = 64 * 1024          # request line + headers
+SENDFILE_CHUNK = 8 * 1024 * 1024  # bytes per sendfile call (metrics move per chunk)
+REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found",
+           416: "Range Not Satisfiable", 422: "Unprocessable Content", 431: "Request Header Fields "
+           "Too Large", 503: "Service Unavailable"}
+
+
+class _Request:
+    def __init__(self, method: str, target: str, version: str, headers: dict[str, str]):
+        self.method, self.target, self.version, self.headers = method, target, version, headers
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.1":
+            return "close" not in conn
+        return "keep-alive" in conn
+
+
+def _parse_head(head: bytes) -> _Request | None:
+    """The request line and headers; None if they are not plain HTTP/1.x (uvicorn answers)."""
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or name != name.strip():
+            return None
+        headers[name.lower()] = value.strip()
+    return _Request(parts[0], parts[1], parts[2], headers)
+
+
+class ShardFront:
+    """The front server of one node: `catalog` for shards, uvicorn at `backend` for the rest."""
+
+    def __init__(self, catalog: Catalog, backend: tuple[str, int], transfers: Transfers):
+        self.catalog = catalog
+        self.m = catalog.metrics
+        self.backend = backend
+        self.transfers = transfers
+        self._tasks: set[asyncio.Task] = set()
+
+    async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
+        """Serve on `sock` until `stop` is set; then drop every open connection."""
+        server = await asyncio.start_server(self._connection, sock=sock, limit=HEAD_LIMIT)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            tasks = list(self._tasks)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
+
+    # -- one connection ------------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return  # the client closed between requests
+                except asyncio.LimitOverrunError:
+                    await self._error(writer, 431, "request headers too large", close=True)
+                    return
+                req = _parse_head(head)
+                match = None
+                if req is not None and req.method in ("GET", "HEAD"):
+                    match = SHARD_PATH.match(urlsplit(req.target).path)
+                if req is None or match is None:
+                    await self._splice(head, reader, writer)
+                    return
+                if not await self._shard(req, int(match[1]), int(match[2]), writer):
+                    return
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("connection ended: %s", exc)
+        except asyncio.CancelledError:
+            # Only `serve` cancels, when the node stops. Ending normally keeps asyncio's
+            # stream callback (3.11) from logging the cancellation as an error.
+            return
+        finally:
+            self._tasks.discard(task)
+            writer.close()  # sends what is still buffered, then closes
+
+    async def _splice(self, head: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        """Hand the rest of this connection to uvicorn, byte for byte."""
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.backend)
+        except OSError as exc:
+            await self._error(writer, 503, f"service unavailable: {exc}", close=True)
+            return
+        up_writer.write(head)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, eof: bool) -> None:
+            try:
+                while data := await src.read(256 * 1024):
+                    dst.write(data)
+                    await dst.drain()
+                if eof and dst.can_write_eof():
+                    dst.write_eof()
+            except (ConnectionError, OSError):
+                pass
+
+        up = asyncio.ensure_future(pump(reader, up_writer, True))
+        try:
+            await pump(up_reader, writer, False)  # uvicorn closed or the client went away
+        finally:
+            up.cancel()
+            await asyncio.gather(up, return_exceptions=True)
+            up_writer.close()
+
+    # -- shards --------------------------------------------------------------------------------
+    async def _shard(self, req: _Request, version: int, index: int,
+                     writer: asyncio.StreamWriter) -> bool:
+        """Answer one shard request; True if the connection stays open for the next."""
+        keep = req.keep_alive
+        if req.headers.get("transfer-encoding") or req.headers.get("content-length", "0") != "0":
+            await self._error(writer, 400, "a shard request has no body", close=True)
+            return False
+        try:
+            wait_s = float(parse_qs(urlsplit(req.target).query).get("wait_s", ["30"])[-1])
+            if not wait_s >= 0:
+                raise ValueError(wait_s)
+        except ValueError:
+            await self._error(writer, 422, "wait_s must be a number >= 0", close=not keep)
+            return keep
+        m = self.m
+        deadline = time.monotonic() + min(wait_s, MAX_WAIT_S)
+        while True:
+            seen = self.catalog.signal.generation
+            try:
+                loc = self.catalog.shard(version, index)
+            except LookupError as exc:
+                m.shard_requests.labels("not_found").inc()
+                await self._error(writer, 404, str(exc), close=not keep)
+                return keep
+            if loc is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or self.catalog.signal.closed:
+                m.shard_requests.labels("not_ready").inc()
+                await self._error(writer, 503, f"shard {index} of version {version} is not "
+                                  f"verified yet", {"retry-after": "1"}, close=not keep)
+                return keep
+            await self.catalog.signal.wait(seen, min(left, 5.0))
+        try:
+            rng = parse_range(req.headers.get("range"), loc.size)
+        except RangeNotSatisfiable:
+            m.shard_requests.labels("bad_range").inc()
+            await self._error(writer, 416, f"range {req.headers.get('range')!r} is outside shard "
+                              f"of {loc.size} bytes", {"content-range": f"bytes */{loc.size}"},
+                              close=not keep)
+            return keep
+        if self.transfers.active >= self.transfers.limit:
+            m.shard_requests.labels("busy").inc()
+            await self._error(writer, 503, f"busy: {self.transfers.active} transfers in progress; "
+                              f"try another source", {"retry-after": "1"}, close=not keep)
+            return keep
+        try:
+            fh = open(loc.path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            m.shard_requests.labels("not_found").inc()
+            await self._error(writer, 404, f"version {version} was just pruned here", close=not keep)
+            return keep
+        with fh:
+            start, end = rng if rng is not None else (0, loc.size)
+            headers = {"content-type": "application/octet-stream",
+                       "content-length": str(end - start), "accept-ranges": "bytes",
+                       "etag": f'"{loc.sha256}"',
+                       "cache-control": "public, max-age=31536000, immutable"}
+            status = 200
+            if rng is not None:
+                status = 206
+                headers["content-range"] = f"bytes {start}-{end - 1}/{loc.size}"
+            m.shard_requests.labels("ok").inc()
+            self._head(writer, status, headers, keep)
+            if req.method == "HEAD":
+                await writer.drain()
+                return keep
+            await writer.drain()
+            if not await self._send_file(writer, fh, loc.offset + start, end - start):
+                return False
+        return keep
+
+    async def _send_file(self, writer: asyncio.StreamWriter, fh, offset: int, count: int) -> bool:
+        """Send `count` bytes of `fh` from `offset`; False if the file ended early (a pruned
+        shard: the client sees a short body, which it detects by length and hash)."""
+        loop = asyncio.get_running_loop()
+        self.transfers.active += 1
+        self.m.transfers.set(self.transfers.active)
+        try:
+            sent_total = 0
+            while sent_total < count:
+                n = min(SENDFILE_CHUNK, count - sent_total)
+                sent = await loop.sendfile(writer.transport, fh, offset + sent_total, n)
+                self.m.bytes_served.inc(sent)
+                sent_total += sent
+                if sent < n:
+                    log.warning("%s ended %d bytes early", fh.name, count - sent_total)
+                    return False
+            return True
+        finally:
+            self.transfers.active -= 1
+            self.m.transfers.set(self.transfers.active)
+
+    # -- responses -----------------------------------------------------------------------------
+    @staticmethod
+    def _head(writer: asyncio.StreamWriter, status: int, headers: dict[str, str],
+              keep: bool) -> None:
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines.append("connection: keep-alive" if keep else "connection: close")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    async def _error(self, writer: asyncio.StreamWriter, status: int, text: str,
+                     headers: dict[str, str] | None = None, *, close: bool) -> None:
+        body = json.dumps({"detail": text}).encode()
+        h = {"content-type": "application/json", "content-length": str(len(body))}
+        h.update(headers or {})
+        self._head(writer, status, h, not close)
+        writer.write(body)
+        await writer.drain()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.create_server((host, port), reuse_port=False)
+    sock.setblocking(False)
+    return sock
+
+
+class FrontThread:
+    """A `ShardFront` on its own event loop in a background thread (the origin's)."""
+
+    def __init__(self, front: ShardFront, host: str, port: int):
+        self.front = front
+        self.sock = bind(host, port)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="shard-front")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self.front.serve(self.sock, self._stop)
+
+        try:
+            self._loop.run_until_complete(main())
+        finally:
+            self._loop.close()
+
+    def start(self) -> "FrontThread":
+        self.thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("shard front server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None and self.thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+class NodeServer:
+    """A node's API as clients see it: the FastAPI app (shardcast.serving) under uvicorn on a
+    private loopback port, and the front server on the public `host:port`."""
+
+    def __init__(self, catalog: Catalog, *, title: str, host: str, port: int,
+                 max_transfers: int = DEFAULT_MAX_TRANSFERS):
+        transfers = Transfers(max_transfers)
+        app = build_app(catalog, title=title, transfers=transfers)
+        self.backend = ServerThread(app, "127.0.0.1", 0)
+        self.front = ShardFront(catalog, ("127.0.0.1", self.backend.port), transfers)
+        self.host, self._port = host, port
+        self._thread: FrontThread | None = None
+
+    @property
+    def port(self) -> int:
+        """The public port (bound; the configured one before `start`)."""
+        return self._thread.port if self._thread is not None else self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "NodeServer":
+        """Serve from background threads of this process (the origin inside the trainer)."""
+        self.backend.start()
+        try:
+            self._thread = FrontThread(self.front, self.host, self._port).start()
+        except BaseException:
+            self.backend.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
+        self.backend.stop()
+
+    def run(self, port_file: Path | None = None, on_exit: Callable[[], None] | None = None) -> None:
+        """Serve in this (the main) thread until SIGINT/SIGTERM (`swarmrl relay`). The bound
+        port is written to `port_file` once the public port listens; `on_exit` runs first
+        thing on the stop signal (e.g. to end long-polls at once)."""
+        self.backend.start()
+        sock = bind(self.host, self._port)
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+
+            def _exit() -> None:
+                if on_exit is not None:
+                    on_exit()
+                stop.set()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _exit)
+            serving = asyncio.ensure_future(self.front.serve(sock, stop))
+            await asyncio.sleep(0)  # the listening socket is in the loop now
+            if port_file is not None:
+                write_port_file(Path(port_file), sock.getsockname()[1])
+            await serving
+
+        try:
+            asyncio.run(main())
+        finally:
+            sock.close()
+            self.backend.stop()
