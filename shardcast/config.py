@@ -22,6 +22,8 @@ class RelayConfig(BaseModel):
                                description="shard bodies sent downstream at once (bounds memory: "
                                            "about 2 x 2 MiB each); more get 503, go elsewhere")
     log_level: str = Field("info", description="python logging level of the relay process")
+    direct_io: bool = Field(True, description="write mirrored shards with O_DIRECT where the file "
+                                              "system allows it (around the page cache: less CPU)")
     # -- the libp2p swarm layer (shardcast.p2p): the relay advertises itself on the run's topic
     p2p: P2PConfig = Field(default_factory=P2PConfig,
                            description="libp2p swarm layer: advertise this relay and serve its verified shards to "

@@ -22,8 +22,10 @@ connections read into a 256 KiB buffer), not httpx: see that module for the meas
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import mmap
 import os
 import threading
 import time
@@ -37,6 +39,9 @@ from shardcast.errors import FetchFailed, VersionUnavailable
 from shardcast.selection import Sources
 from shardcast.transfer import BUFFER, Connections, TransferError
 
+ALIGN = 4096                     # O_DIRECT alignment of offsets, lengths and memory
+DIRECT_BUFFER = 1024 * 1024      # bytes per direct write (fills of the read buffer)
+
 log = logging.getLogger("shardcast.fetch")
 
 
@@ -44,6 +49,10 @@ class ShardSink(Protocol):
     def begin(self, shard: ShardEntry) -> tuple[int, int]:
         """An fd open for writing and the file offset where byte 0 of `shard` goes."""
         ...
+
+    # Optional: `direct_fd(shard) -> int | None`, an fd of the same file opened with O_DIRECT;
+    # when a sink has it, page-aligned runs of a shard are written through it (see
+    # `Downloader._write`), the rest through the fd of `begin`.
 
     def end(self, shard: ShardEntry, fd: int) -> None:
         """The transfer of `shard` stopped (verified or not); release `fd` if needed."""
@@ -77,6 +86,16 @@ class FetchEvents:
     on_verified: Callable[[ShardEntry], None] | None = None
     on_corrupt: Callable[[str, ShardEntry], None] | None = None  # (source, shard)
     on_error: Callable[[str, str], None] | None = None           # (source, reason)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a shard's bytes go: `fd` (buffered) and `dfd` (O_DIRECT, or None) of one file,
+    byte 0 of the shard at `base`."""
+
+    fd: int
+    dfd: int | None
+    base: int
 
 
 class _NotHere(Exception):
@@ -114,6 +133,7 @@ class Downloader:
         self.conns = Connections(self.opts.connect_timeout_s,
                                  max(self.opts.read_timeout_s, self.opts.shard_wait_s + 10))
         self._local = threading.local()
+        self._no_direct = False
         self._fd_locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -156,15 +176,17 @@ class Downloader:
     def fetch_one(self, version: int, shard: ShardEntry, sink: ShardSink,
                   stop: threading.Event | None = None) -> None:
         fd, base = sink.begin(shard)
+        direct = getattr(sink, "direct_fd", None)
+        dfd = direct(shard) if direct is not None else None
         try:
-            self._fetch_into(version, shard, fd, base, stop)
+            self._fetch_into(version, shard, _Target(fd, dfd, base), stop)
         finally:
             sink.end(shard, fd)
         sink.commit(shard)
         if self.events.on_verified:
             self.events.on_verified(shard)
 
-    def _fetch_into(self, version: int, shard: ShardEntry, fd: int, base: int,
+    def _fetch_into(self, version: int, shard: ShardEntry, target: "_Target",
                     stop: threading.Event | None) -> None:
         st = _ShardState()
         missing: set[str] = set()
@@ -185,7 +207,7 @@ class Downloader:
             attempts += 1
             t0, pos0 = time.monotonic(), st.pos
             try:
-                self._transfer(url, version, shard, fd, base, st)
+                self._transfer(url, version, shard, target, st)
             except _NotHere:
                 missing.add(url)
                 continue
@@ -213,7 +235,7 @@ class Downloader:
                 raise FetchFailed(f"shard {shard.index} of version {version}: no source served "
                                   f"bytes matching the manifest in {attempts} attempts")
 
-    def _transfer(self, url: str, version: int, shard: ShardEntry, fd: int, base: int,
+    def _transfer(self, url: str, version: int, shard: ShardEntry, target: "_Target",
                   st: _ShardState) -> None:
         headers = {"range": f"bytes={st.pos}-"} if st.pos else {}
         path = (routes.SC_SHARD.format(version=version, index=shard.index)
@@ -243,20 +265,27 @@ class Downloader:
                 raise _Restart(f"{url} announced {length} bytes for the {shard.size - st.pos} "
                                f"left of shard {shard.index}")
             on_bytes = self.events.on_bytes
-            view = self._buffer()
-            write_lock = self._write_lock(fd)
+            # With an O_DIRECT fd, fill a whole block before writing (large aligned writes);
+            # otherwise write what each read delivered (see shardcast.transfer.BUFFER).
+            fill = target.dfd is not None
+            view = self._buffer(DIRECT_BUFFER if fill else BUFFER)
             while st.pos < shard.size:
-                n = resp.readinto(view[: min(len(view), shard.size - st.pos)])
-                if n == 0:
-                    raise TransferError(f"{url} ended shard {shard.index} after {st.pos} of "
-                                        f"{shard.size} bytes")
-                chunk = view[:n]
-                with write_lock:
-                    os.pwrite(fd, chunk, base + st.pos)
+                want = min(len(view), shard.size - st.pos)
+                got = 0
+                while True:
+                    n = resp.readinto(view[got:want])
+                    if n == 0:
+                        raise TransferError(f"{url} ended shard {shard.index} after "
+                                            f"{st.pos + got} of {shard.size} bytes")
+                    got += n
+                    if got == want or not fill:
+                        break
+                chunk = view[:got]
+                self._write(target, chunk, target.base + st.pos)  # then hash: exactly these bytes
                 st.hasher.update(chunk)
-                st.pos += n
+                st.pos += got
                 if on_bytes:
-                    on_bytes(url, n)
+                    on_bytes(url, got)
             complete = True
         finally:
             resp.finish(complete)
@@ -272,11 +301,41 @@ class Downloader:
                 lock = self._fd_locks[fd] = threading.Lock()
             return lock
 
-    def _buffer(self) -> memoryview:
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(BUFFER))
-        return buf
+    def _write(self, t: "_Target", chunk: memoryview, offset: int) -> None:
+        """Write `chunk` at `offset`: its page-aligned part through the O_DIRECT fd when there
+        is one (the buffer is page-aligned, so is every slice from its start), the rest
+        buffered. Direct writes skip the page cache: on the reference VM a buffered write
+        costs ~2.5 CPU-s per GiB (copying into fresh page-cache memory), a direct one ~0.1
+        (measured with dd: 2 GiB in 4.95 s of kernel time buffered, 0.18 s direct), and the
+        disk takes 1.7 GB/s. Pages written directly lie wholly inside this shard, so they
+        never share a page with a buffered write of another shard."""
+        if t.dfd is not None and offset % ALIGN == 0 and not self._no_direct:
+            k = len(chunk) - len(chunk) % ALIGN
+            try:
+                if k and os.pwrite(t.dfd, chunk[:k], offset) != k:
+                    raise OSError(f"short direct write at {offset}")
+                chunk, offset = chunk[k:], offset + k
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                log.info("direct writes refused (%s); writing through the page cache", exc)
+                self._no_direct = True
+        if not len(chunk):
+            return
+        with self._write_lock(t.fd):
+            done = 0
+            while done < len(chunk):
+                done += os.pwrite(t.fd, chunk[done:], offset + done)
+
+    def _buffer(self, size: int) -> memoryview:
+        """This thread's read buffer of `size` bytes, page-aligned (an anonymous mmap) as
+        O_DIRECT writes require."""
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None:
+            bufs = self._local.bufs = {}
+        if size not in bufs:
+            bufs[size] = memoryview(mmap.mmap(-1, size))
+        return bufs[size]
 
     def _wait_for_a_source(self, version: int, shard: ShardEntry, missing: set[str]) -> None:
         if set(self.sources.urls) <= missing:

@@ -111,7 +111,10 @@ class PartialCheckpoint:
     """The `ShardSink` of a client download (see shardcast.fetch)."""
 
     def __init__(self, folder: Path, manifest: PolicyManifest, *, check_files: bool = True,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, direct: bool = False):
+        """`direct`: also open each file with O_DIRECT (`direct_fd`), so downloads write
+        around the page cache (shardcast.fetch.Downloader._write); ignored where the file
+        system refuses it."""
         self.folder = Path(folder)
         self.manifest = manifest
         self.check_files = check_files
@@ -128,12 +131,19 @@ class PartialCheckpoint:
             if os.fstat(fd).st_size != f.size:
                 os.ftruncate(fd, f.size)
             self._fds[f.path] = fd
+        self._direct: dict[str, int] = {}
+        if direct and hasattr(os, "O_DIRECT"):
+            for f in manifest.files:
+                try:
+                    self._direct[f.path] = os.open(self.folder / f.path, os.O_WRONLY | os.O_DIRECT)
+                except OSError:  # e.g. tmpfs: no direct I/O, everything goes buffered
+                    break
         self._log = open(self.folder / VERIFIED_LOG, "a", encoding="ascii")
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd in [*self._fds.values(), *self._direct.values()]:
             os.close(fd)
-        self._fds = {}
+        self._fds, self._direct = {}, {}
         if not self._log.closed:
             self._log.close()
 
@@ -161,6 +171,9 @@ class PartialCheckpoint:
     # -- ShardSink -----------------------------------------------------------------------------
     def begin(self, shard: ShardEntry) -> tuple[int, int]:
         return self._fds[shard.path], shard.offset
+
+    def direct_fd(self, shard: ShardEntry) -> int | None:
+        return self._direct.get(shard.path)
 
     def end(self, shard: ShardEntry, fd: int) -> None:
         pass

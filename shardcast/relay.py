@@ -87,13 +87,28 @@ class _ShardFiles:
     def __init__(self, relay: "Relay", version: int, m: _Mirrored):
         self.relay, self.version, self.m = relay, version, m
         self.dir = m.folder / "shards"
+        self._direct: dict[int, int] = {}
 
     def begin(self, shard: ShardEntry) -> tuple[int, int]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         return os.open(self.dir / f".{shard.index}.part", flags, 0o644), 0
 
+    def direct_fd(self, shard: ShardEntry) -> int | None:
+        """The same file with O_DIRECT (see shardcast.fetch.Downloader._write), or None."""
+        if not self.relay.cfg.direct_io or not hasattr(os, "O_DIRECT"):
+            return None
+        try:
+            fd = os.open(self.dir / f".{shard.index}.part", os.O_WRONLY | os.O_DIRECT)
+        except OSError:
+            return None
+        self._direct[shard.index] = fd
+        return fd
+
     def end(self, shard: ShardEntry, fd: int) -> None:
         os.close(fd)
+        direct = self._direct.pop(shard.index, None)
+        if direct is not None:
+            os.close(direct)
 
     def commit(self, shard: ShardEntry) -> None:
         os.rename(self.dir / f".{shard.index}.part", self.dir / str(shard.index))
