@@ -8,8 +8,11 @@ What runs (all on 127.0.0.1, all sharing this machine's cores and disk):
   N `curl` processes that write it to disk, all at once;
 - shardcast: an Origin in this process (as inside the trainer), R `swarmrl relay` processes
   mirroring it, and N client processes (ShardcastClient, given every relay URL) that are
-  already long-polling when the version is published. Each client verifies every shard and
-  every file, fsyncs (durable=True, the library default) and renames the version into place.
+  already long-polling when the version is published. Each client verifies every shard
+  (the signed manifest's shards tile every file, so verified shards are the file; the
+  whole-file re-hash is off by default, --file-check turns it on), writes with O_DIRECT
+  (--buffered: through the page cache like curl), fsyncs (durable=True, the library default)
+  and renames the version into place.
 
 Printed: time from publish (manifest signed and announced) until every client holds the
 verified version, aggregate throughput, the ratio to the nginx limit measured in the same
@@ -18,13 +21,23 @@ origin spent hashing and signing, the peak resident memory (VmHWM) of each relay
 seconds each side used, and the load average. Timings on a shared 2-core machine are
 noisy: run several times (--runs) and read medians.
 
+Figures (2026-11-22, `flock -x /tmp/cpu.lock python bench/shardcast.py --runs 3`):
+{FIGURES}
+
 Notes from measuring on the project's 2-core VM (Linux 6.18, ext4), which shaped the code:
-- CPU, not the network, is the bottleneck: shardcast verifies every byte twice per client
-  (shard hash on arrival, whole-file hash before the version becomes visible; sha256 runs at
-  ~1.1 GB/s per core here) and once per relay, while curl only copies. The CPU lines of the
-  report show the split; when other jobs load the machine, the CPU-heavier side loses most.
-- Buffered file writes of 1 MiB into fresh page-cache memory cost ~2-3 s of kernel time per
-  GiB, writes of 64-256 KiB ~0.2 s: shardcast writes 256 KiB at a time (shardcast.transfer).
+- CPU, not the network, is the bottleneck. Per 1 GiB broadcast to 8 clients, shardcast
+  must hash 8 GiB at the clients and 2 GiB at the relays (sha256 runs at ~1.6 GiB/s per core
+  here, with SHA-NI): ~6.5 CPU-s that curl does not spend. The CPU lines of the report show
+  the split; when other jobs load the machine, the CPU-heavier side loses most.
+- Buffered file writes into fresh page-cache memory cost ~2.5 CPU-s of kernel time per GiB
+  (dd: 2 GiB in 4.95 s of sys time), the same through O_DIRECT ~0.1 s (0.18 s, 1.7 GB/s to
+  the disk): the copy into fresh guest pages is the expensive part. Clients and relays
+  therefore write shards with O_DIRECT (shardcast.fetch): client kernel time per broadcast
+  fell from ~20 s to ~5 s. curl writes through the page cache, so nginx's figure varies
+  with the memory state: after the other side freed its copies a moment ago, curl spends
+  ~10 s of kernel time, into fresh memory 18-29 s (nginx runs of 6.7-15.8 s were seen).
+- Relays serve shard bodies with sendfile (shardcast.front): relay CPU per broadcast fell
+  from ~12.7 s (2 MiB blocks through uvicorn) to ~5-6 s, peak RSS from ~169 to ~80-93 MiB.
 - Writing into memory pages freed a moment ago is far cheaper than into fresh ones, so the
   runs alternate which side goes first.
 - nginx's copies are deleted right after each run and may never reach the disk; shardcast's
@@ -192,7 +205,7 @@ def run_nginx(work: Path, ckpt: Path, clients: int) -> dict:
 
 # -- shardcast -------------------------------------------------------------------------------
 def client_main(relays: str, key: str, cache: str, out: str, durable: bool, parallel: int,
-                check_files: bool) -> None:
+                check_files: bool, direct_io: bool) -> None:
     """One client process: wait for the version, fetch it, write timings as JSON."""
     from shardcast.client import ShardcastClient
     from shardcast.fetch import FetchEvents, FetchOptions
@@ -202,7 +215,8 @@ def client_main(relays: str, key: str, cache: str, out: str, durable: bool, para
     events = FetchEvents(on_bytes=lambda url, n: first or first.append(time.time()),
                          on_verified=lambda s: verified.append(time.time()))
     c = ShardcastClient(relays.split(","), key, Path(cache), durable=durable, events=events,
-                        check_files=check_files, options=FetchOptions(parallel=parallel))
+                        check_files=check_files, options=FetchOptions(parallel=parallel),
+                        direct_io=direct_io)
     version = c.wait_for_version(None, 300)
     if version is None:
         raise SystemExit("no version announced within 300 s")
@@ -216,12 +230,14 @@ def client_main(relays: str, key: str, cache: str, out: str, durable: bool, para
         "cpu": [ru.ru_utime - ru0.ru_utime, ru.ru_stime - ru0.ru_stime]}))
 
 
-def start_relay(d: Path, upstream: str, operator_hex: str) -> tuple[subprocess.Popen, str]:
+def start_relay(d: Path, upstream: str, operator_hex: str,
+                direct_io: bool) -> tuple[subprocess.Popen, str]:
     d.mkdir(parents=True)
     with open(d / "log", "wb") as log:
         p = subprocess.Popen([sys.executable, "-m", "swarmrl", "relay", "--upstream", upstream,
                               "--operator-key", operator_hex, "--port", "0",
-                              "--set", f"data_dir={d}", "--set", "log_level=warning"],
+                              "--set", f"data_dir={d}", "--set", "log_level=warning",
+                              "--set", f"direct_io={'true' if direct_io else 'false'}"],
                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     return p, f"http://127.0.0.1:{wait_port_file(d / 'relay.port', p)}"
 
@@ -242,7 +258,8 @@ def run_shardcast(work: Path, ckpt: Path, a: argparse.Namespace) -> dict:
     try:
         urls = []
         for r in range(a.relays):
-            p, relay_url = start_relay(base / f"relay{r}", url, operator.public.hex)
+            p, relay_url = start_relay(base / f"relay{r}", url, operator.public.hex,
+                                       not a.buffered)
             relays.append(p)
             urls.append(relay_url)
         outs = [base / f"client{i}.json" for i in range(a.clients)]
@@ -250,7 +267,8 @@ def run_shardcast(work: Path, ckpt: Path, a: argparse.Namespace) -> dict:
             clients.append(subprocess.Popen(
                 [sys.executable, __file__, "--client", ",".join(urls), operator.public.hex,
                  str(base / f"cache{i}"), str(out), "0" if a.no_durable else "1",
-                 str(a.parallel), "1" if a.file_check else "0"], cwd=ROOT))
+                 str(a.parallel), "1" if a.file_check else "0", "0" if a.buffered else "1"],
+                cwd=ROOT))
         time.sleep(2.0)  # every client is long-polling its relays now
         cpu0 = time.process_time()
         t0 = time.time()
@@ -304,7 +322,8 @@ def report(a: argparse.Namespace, total_mib: float, rows_n: list[dict], rows_s: 
     t = median_of(rows_s, "seconds")
     worst = max(r["first_byte_max"] for r in rows_s)
     checks = ", ".join(["shards verified"] + (["files re-hashed"] if a.file_check else [])
-                       + ([] if a.no_durable else ["fsynced"]))
+                       + ([] if a.no_durable else ["fsynced"])
+                       + (["buffered writes"] if a.buffered else ["O_DIRECT writes"]))
     print(f"| shardcast: origin -> {a.relays} relays -> {a.clients} clients ({checks}) "
           f"| {t:.2f} s | {total_mib / t:.0f} | {median_of(rows_s, 'first_byte'):.3f} s "
           f"(worst {worst:.3f} s) | {f'{lim / t:.2f}' if lim else 'n/a'} |")
@@ -316,8 +335,10 @@ def report(a: argparse.Namespace, total_mib: float, rows_n: list[dict], rows_s: 
     print(f"client assembly after its last shard (size/hash checks, fsync, rename): median "
           f"{median_of(rows_s, 'assembly_tail'):.2f} s")
     peak = max(max(r["relay_rss_mib"]) for r in rows_s)
-    print(f"peak relay memory (VmHWM): {peak:.0f} MiB; bounded by the process (~70 MiB) + "
-          f"max_transfers (64) x 2 x 2 MiB blocks, whatever the checkpoint size")
+    print(f"peak relay memory (VmHWM): {peak:.0f} MiB; bounded by the process (~75 MiB) + "
+          f"parallel (4) x 4 MiB download buffers, whatever the checkpoint size and the number "
+          f"of clients (shard bodies go out with sendfile: no block of theirs enters the relay; "
+          f"the kernel's socket buffers are not in RSS)")
     print(f"CPU seconds, shardcast (medians): {cpu_text(median_cpu(rows_s))}")
     if rows_n:
         print(f"CPU seconds, nginx + curl (medians): {cpu_text(median_cpu(rows_n))}")
@@ -329,8 +350,9 @@ def report(a: argparse.Namespace, total_mib: float, rows_n: list[dict], rows_s: 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        relays, key, cache, out, durable, parallel, files = sys.argv[2:9]
-        client_main(relays, key, cache, out, durable == "1", int(parallel), files == "1")
+        relays, key, cache, out, durable, parallel, files, direct = sys.argv[2:10]
+        client_main(relays, key, cache, out, durable == "1", int(parallel), files == "1",
+                    direct == "1")
         return
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -345,6 +367,9 @@ def main() -> None:
     ap.add_argument("--file-check", action="store_true",
                     help="clients also re-hash whole files after assembly (not the client default: "
                          "verified shards already tile every file)")
+    ap.add_argument("--buffered", action="store_true",
+                    help="clients and relays write through the page cache like curl (not the "
+                         "default: they write shards with O_DIRECT)")
     ap.add_argument("--skip-nginx", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()

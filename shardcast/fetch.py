@@ -7,8 +7,9 @@ downloaded, from whom and how it is checked is decided here:
 - `parallel` threads take shards in index order (relays mirror in the same order, so a
   client asking a relay that is still mirroring waits the least);
 - each transfer picks a source with `selection.Sources` (measured throughput, success rate,
-  transfers in flight) and streams the body to disk in the blocks the socket delivers,
-  hashing as it writes: no shard is ever held in memory;
+  transfers in flight) and streams the body to disk in blocks, hashing exactly the bytes it
+  writes, in one pass: no shard is ever held in memory; with a sink that offers an O_DIRECT
+  fd (`direct_fd`), page-aligned blocks go around the page cache (`Downloader._write`);
 - a transfer that breaks is resumed from the byte where it stopped (HTTP Range) at the
   next source, keeping the running hash;
 - a shard whose hash does not match the signed manifest is discarded; the source is marked
@@ -40,7 +41,8 @@ from shardcast.selection import Sources
 from shardcast.transfer import BUFFER, Connections, TransferError
 
 ALIGN = 4096                     # O_DIRECT alignment of offsets, lengths and memory
-DIRECT_BUFFER = 1024 * 1024      # bytes per direct write (fills of the read buffer)
+DIRECT_BUFFER = 4 * 1024 * 1024  # bytes per direct write (a filled read buffer); 256 KiB
+                                 # measured slower in bench/shardcast.py, 1-4 MiB alike
 
 log = logging.getLogger("shardcast.fetch")
 

@@ -19,10 +19,11 @@ import http.client
 import threading
 from urllib.parse import urlsplit
 
-# Bytes per read and per file write. Not larger: on this project's reference VM (Linux 6.18,
-# ext4), buffered writes of 1 MiB into fresh page-cache memory cost ~2-3 s of kernel time per
-# GiB against ~0.2 s for writes of 64-256 KiB (see the notes in bench/shardcast.py);
-# below 64 KiB the per-call overhead grows again.
+# Bytes per read and per buffered file write (writes through the page cache, used where
+# O_DIRECT is unavailable or off; direct writes use shardcast.fetch.DIRECT_BUFFER). Not
+# larger: on this project's reference VM (Linux 6.18, ext4), buffered writes of 1 MiB into
+# fresh page-cache memory measured ~2-3 s of kernel time per GiB against ~0.2 s for writes of
+# 64-256 KiB (see the notes in bench/shardcast.py); below 64 KiB the per-call overhead grows.
 BUFFER = 256 * 1024
 
 
