@@ -57,6 +57,9 @@ SHARD_PATH = re.compile("^" + re.escape(routes.SC_SHARD).replace(r"\{version\}",
                         .replace(r"\{index\}", r"(\d{1,9})") + "$")
 HEAD_LIMIT = 64 * 1024          # request line + headers
 SENDFILE_CHUNK = 8 * 1024 * 1024  # bytes per sendfile call (metrics move per chunk)
+IDLE_S = 75.0                   # a connection silent this long between requests is closed
+STALL_S = 60.0                  # a client that takes this long for one chunk is dropped (it
+                                # would hold one of the `max_transfers` slots)
 REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found",
            416: "Range Not Satisfiable", 422: "Unprocessable Content", 431: "Request Header Fields "
            "Too Large", 503: "Service Unavailable"}
@@ -126,9 +129,9 @@ class ShardFront:
         try:
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return  # the client closed between requests
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_S)
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    return  # the client closed between requests, or stayed silent too long
                 except asyncio.LimitOverrunError:
                     await self._error(writer, 431, "request headers too large", close=True)
                     return
@@ -143,6 +146,8 @@ class ShardFront:
                     return
         except (ConnectionError, TimeoutError) as exc:
             log.debug("connection ended: %s", exc)
+        except OSError as exc:  # e.g. a read error on the shard file: this connection ends
+            log.warning("shard transfer failed: %s", exc)
         except asyncio.CancelledError:
             # Only `serve` cancels, when the node stops. Ending normally keeps asyncio's
             # stream callback (3.11) from logging the cancellation as an error.
@@ -262,7 +267,13 @@ class ShardFront:
             sent_total = 0
             while sent_total < count:
                 n = min(SENDFILE_CHUNK, count - sent_total)
-                sent = await loop.sendfile(writer.transport, fh, offset + sent_total, n)
+                try:
+                    sent = await asyncio.wait_for(
+                        loop.sendfile(writer.transport, fh, offset + sent_total, n), STALL_S)
+                except TimeoutError:
+                    log.info("a client took over %.0f s for %d bytes; dropping it", STALL_S, n)
+                    writer.transport.abort()
+                    return False
                 self.m.bytes_served.inc(sent)
                 sent_total += sent
                 if sent < n:

@@ -209,3 +209,34 @@ def test_a_client_refuses_a_signed_manifest_whose_shards_leave_a_gap_or_overlap(
         assert c.cached_versions() == []
     finally:
         c.close()
+
+
+def wait_until(cond, what, timeout_s=20):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_reader_that_stalls_loses_its_transfer_slot_and_a_silent_one_its_connection(
+        node, monkeypatch):
+    import shardcast.front as front
+
+    monkeypatch.setattr(front, "STALL_S", 0.3)
+    monkeypatch.setattr(front, "IDLE_S", 0.3)
+    srv, cat, data = node
+    stalled = socket.create_connection(("127.0.0.1", srv.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /v1/versions/0/shards/0 HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert stalled.recv(12) == b"HTTP/1.1 200"
+    wait_until(lambda: cat.metrics.transfers._value.get() == 1, "the transfer to start")
+    wait_until(lambda: cat.metrics.transfers._value.get() == 0, "the stalled reader dropped")
+    c = conn(srv)
+    r, body = get(c, "/v1/versions/0/shards/0", {"range": "bytes=0-9"})
+    assert r.status == 206 and body == data[:10]
+    stalled.close()
+    silent = socket.create_connection(("127.0.0.1", srv.port))
+    silent.settimeout(20)
+    assert silent.recv(1) == b""  # closed by the server, nothing sent
+    silent.close()
+    c.close()
