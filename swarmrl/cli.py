@@ -190,12 +190,13 @@ def demo(
     seed: int = typer.Option(0, help="seed of the model, tasks and keys"),
     honest_workers: int = typer.Option(3, help="honest worker processes"),
     cheaters: int = typer.Option(1, help="dishonest worker processes (generate with other weights)"),
+    worker_device: str = typer.Option("cpu", help="torch device of the workers: 'cpu' or 'cuda' (bf16 on a GPU)"),
 ) -> None:
     """Start a whole swarm on this machine and train the tiny model until the budget ends."""
     from swarmrl.demo import DemoOptions, run_demo
 
     code = run_demo(DemoOptions(workdir=workdir, minutes=minutes, seed=seed,
-                                honest_workers=honest_workers, cheaters=cheaters))
+                                honest_workers=honest_workers, cheaters=cheaters, worker_device=worker_device))
     raise typer.Exit(code)
 
 

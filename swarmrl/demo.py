@@ -40,6 +40,7 @@ class DemoOptions:
     cheaters: int = 1
     eval_tasks: int = 500
     min_gain: float = 0.15
+    worker_device: str = "cpu"
 
 
 def demo_settings(opts: DemoOptions) -> SwarmSettings:
@@ -50,7 +51,7 @@ def demo_settings(opts: DemoOptions) -> SwarmSettings:
                          group_size=r.group_size, temperature=r.temperature, max_tokens=r.max_tokens,
                          task_options=dict(r.task_options), async_window=r.async_window, lr=r.lr,
                          groups_per_step=r.groups_per_step, updates_per_batch=r.updates_per_batch,
-                         grad_clip=r.grad_clip)
+                         grad_clip=r.grad_clip, worker_device=opts.worker_device)
 
 
 def run_demo(opts: DemoOptions) -> int:

@@ -52,6 +52,7 @@ class SwarmSettings:
     keep_versions: int = 4
     worker_max_tasks: int = 4
     p2p: bool | None = None               # the libp2p swarm layer; None = on when libp2p imports
+    worker_device: str = "cpu"            # 'cuda' puts the workers on the GPU (they then compute in bf16)
 
 
 @dataclass
@@ -122,7 +123,8 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         (workers if honest else cheaters).append(name)
         configs[name] = write_config(cfgdir / f"{name}.toml", WorkerConfig(
             coordinator_url=coord_url, key_file=root / name / "worker.key", data_dir=root / name,
-            engine="transformers", device="cpu", dtype="float32", threads=1, max_tasks=s.worker_max_tasks,
+            engine="transformers", device=s.worker_device, dtype="float32" if s.worker_device == "cpu" else "auto",
+            threads=1, max_tasks=s.worker_max_tasks,
             json_logs=True, p2p=peer_cfg))
     return SwarmPlan(root=root, model_dir=model_dir, settings=s, configs=configs, coordinator_url=coord_url,
                      origin_url=origin_url, relay_url=relay_url, operator=operator,

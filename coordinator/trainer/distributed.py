@@ -36,17 +36,23 @@ class Team:
     rank: int = 0
     world: int = 1
     device: str = "cpu"
-    mesh: Any = None
+    mesh: Any = None  # set under torchrun (even with one rank): the model is then FSDP2-sharded
+
+    @property
+    def sharded(self) -> bool:
+        return self.mesh is not None
 
     @classmethod
     def from_env(cls, device: str = "cpu") -> Team:
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        if world <= 1 and "RANK" not in os.environ:  # not under torchrun: one plain process
             return cls(device=device)
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        # On GPUs, NCCL for the model's tensors and gloo for the small CPU tensors and objects
+        # the ranks exchange (counts, commands): NCCL alone rejects CPU tensors.
+        backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
         try:
             dist.init_process_group(backend)
         except (RuntimeError, ValueError) as exc:
@@ -61,7 +67,7 @@ class Team:
 
     # -- collectives -----------------------------------------------------------------------
     def broadcast(self, obj: Any) -> Any:
-        if self.world == 1:
+        if not self.sharded:
             return obj
         import torch.distributed as dist
 
@@ -70,7 +76,7 @@ class Team:
         return box[0]
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
+        if not self.sharded:
             return t
         import torch.distributed as dist
 
@@ -79,7 +85,7 @@ class Team:
         return t
 
     def all_reduce_max(self, n: int) -> int:
-        if self.world == 1:
+        if not self.sharded:
             return n
         import torch.distributed as dist
 
@@ -90,8 +96,8 @@ class Team:
     # -- model -----------------------------------------------------------------------------
     def prepare(self, model: Any) -> tuple[Any, Any]:
         """(the model to train, sharded when world > 1; an unsharded template for shadows)."""
-        template = copy.deepcopy(model).eval() if self.world > 1 else model
-        if self.world == 1:
+        template = copy.deepcopy(model).eval() if self.sharded else model
+        if not self.sharded:
             return model, template
         from torch.distributed.fsdp import fully_shard
 
@@ -103,7 +109,7 @@ class Team:
 
     def full_state_dict(self, model: Any) -> dict | None:
         """Full CPU state dict on rank 0 (None elsewhere; a collective when world > 1)."""
-        if self.world == 1:
+        if not self.sharded:
             return None  # save_pretrained reads the model itself
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -111,7 +117,7 @@ class Team:
         return sd if self.rank == 0 else None
 
     def full_optimizer_state(self, model: Any, optimizer: Any) -> dict | None:
-        if self.world == 1:
+        if not self.sharded:
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -122,7 +128,7 @@ class Team:
         return sd if self.rank == 0 else None
 
     def load_optimizer_state(self, model: Any, optimizer: Any, state: dict) -> None:
-        if self.world == 1:
+        if not self.sharded:
             optimizer.load_state_dict(state)
             return
         from torch.distributed.checkpoint.state_dict import (
@@ -136,23 +142,23 @@ class Team:
     # -- commands (rank 0 drives) -------------------------------------------------------------
     def step(self, model: Any, optimizer: Any, groups: list, *, version: int, opts: StepOptions,
              history: WeightHistory, ref_model: Any = None) -> StepResult:
-        if self.rank == 0 and self.world > 1:
+        if self.rank == 0 and self.sharded:
             self.broadcast(("step", groups, version, {v: str(p) for v, p in history.paths().items()}))
         return run_step(model, optimizer, groups, version=version, opts=opts, history=history, ref_model=ref_model,
-                        rank=self.rank, world=self.world, all_reduce=self.all_reduce if self.world > 1 else None,
-                        loss_scale=float(self.world), max_count=self.all_reduce_max if self.world > 1 else None)
+                        rank=self.rank, world=self.world, all_reduce=self.all_reduce if self.sharded else None,
+                        loss_scale=float(self.world), max_count=self.all_reduce_max if self.sharded else None)
 
     def gather_for_save(self, model: Any, optimizer: Any, version: int) -> tuple[dict | None, dict | None]:
-        if self.rank == 0 and self.world > 1:
+        if self.rank == 0 and self.sharded:
             self.broadcast(("save", version))
         return self.full_state_dict(model), self.full_optimizer_state(model, optimizer)
 
     def finish(self) -> None:
-        if self.rank == 0 and self.world > 1:
+        if self.rank == 0 and self.sharded:
             self.broadcast(("stop",))
 
     def close(self) -> None:
-        if self.world > 1:
+        if self.sharded:
             import torch.distributed as dist
 
             if dist.is_initialized():

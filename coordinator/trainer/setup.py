@@ -109,7 +109,7 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Pa
         sd, opt_sd = team.gather_for_save(model, optimizer, v)
         if team.rank != 0:
             return None
-        return store.save(v, model=model if team.world == 1 else template, tokenizer=tokenizer,
+        return store.save(v, model=template if team.sharded else model, tokenizer=tokenizer,
                           optimizer_state=opt_sd, state={**extra, "step": s}, state_dict=sd)
 
     if not state["resumed"]:
@@ -141,11 +141,11 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Pa
         return team.step(model, optimizer, groups, version=loop.version, opts=opts, history=history,
                          ref_model=ref_model)
 
-    eval_model = model if team.world == 1 else None
+    eval_model = None if team.sharded else model
     loop = TrainerLoop(cfg, model=eval_model, tokenizer=tokenizer, store=store, inbox=Inbox(data_dir), link=link,
                        origin=origin, history=history, version=version, step=step, step_fn=step_fn, save_fn=save,
                        source=source, clock=clock, metrics=metrics, board=board, should_stop=stop)
-    if team.world > 1:
+    if team.sharded:
         loop.eval_model_fn = lambda: history.model_at_path(store.get(loop.version).model_dir)
     parts.loop = loop
     log.info("trainer of run %s: version %d, origin %s, status http://%s:%d, coordinator %s", cfg.run_id, version,

@@ -1,6 +1,8 @@
 """Run under torchrun by test_trainer_distributed.py: one GRPO step of a fixed batch on N ranks
 (FSDP2, gloo on the CPU) through `coordinator.trainer.distributed.Team`; rank 0 writes the
-merged loss statistics, the gradient norm and the gathered weights after the step."""
+merged loss statistics, the gradient norm and the gathered weights after the step.
+An optional 4th argument names the device (tests/gpu runs it with `cuda`: NCCL under torchrun);
+the output files then carry the device in their names."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def batch():
     return groups
 
 
-def main(model_dir: str, out: str, row_tokens: int) -> None:
+def main(model_dir: str, out: str, row_tokens: int, device: str = "cpu") -> None:
     from coordinator.trainer.config import LossConfig
     from coordinator.trainer.distributed import Team
     from coordinator.trainer.history import WeightHistory
@@ -38,9 +40,9 @@ def main(model_dir: str, out: str, row_tokens: int) -> None:
     from protocol.lm import load_model
 
     torch.set_num_threads(1)
-    team = Team.from_env("cpu")
+    team = Team.from_env(device)
     torch.manual_seed(0)
-    model = load_model(model_dir).train()
+    model = load_model(model_dir, device=team.device).train()
     model, template = team.prepare(model)
     # SGD: the weights after the step compare the summed gradients directly (Adam would
     # amplify float noise in parameters whose gradients are ~0)
@@ -53,14 +55,15 @@ def main(model_dir: str, out: str, row_tokens: int) -> None:
         history.replace_paths(paths)
     res = team.step(model, opt, groups, version=0, opts=opts, history=history)
     sd = team.full_state_dict(model)
-    if team.world == 1:
+    if not team.sharded:
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    name = f"{team.world}" if device == "cpu" else f"{team.world}-{device}{'-fsdp' if team.sharded else ''}"
     if team.rank == 0:
-        torch.save(sd, Path(out) / f"weights-{team.world}.pt")
-        (Path(out) / f"result-{team.world}.json").write_text(json.dumps(
+        torch.save(sd, Path(out) / f"weights-{name}.pt")
+        (Path(out) / f"result-{name}.json").write_text(json.dumps(
             {"stats": res.stats, "grad_norm": res.grad_norm, "tokens": res.tokens, "micro_batches": res.micro_batches}))
     team.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:5])

@@ -1,0 +1,159 @@
+"""Benchmark: a GPU worker judged by the verifier on another device (needs CUDA).
+
+    python bench/cross_hardware.py                      # ~1,000 honest completions per judge, attacks
+    python bench/cross_hardware.py --completions 200 --per-attack 10
+
+The verifier's thresholds were calibrated by bench/verification.py with workers and verifier on
+the same CPU. Real contributors generate on GPUs (other kernels, TF32, fused attention, bf16
+tensor cores) while the verifier may prefill on a CPU or on another GPU. This bench measures
+that gap on the same tiny models bench/verification.py uses:
+
+1. honest: rollouts from `TransformersEngine(device="cuda")` computing in fp32 and in bf16 (the
+   GPU default), batch 1 and 16, on the warm-started demo model (8-token completions) and on
+   the untrained model (64-token, multi-chunk proofs), each judged twice with a full check:
+   by a CPU verifier (the demo's and the default config's) and by a CUDA verifier. Printed
+   per variation: completions, false rejections, and the largest value of every statistic a
+   threshold applies to, next to the thresholds (bench/verification.py's table).
+2. attacks by a CUDA worker, judged by the CPU verifier: other weights, weights + 10% noise,
+   the previous version claimed as current, another temperature (0.7 and 1.5), in fp32 and
+   bf16; printed: submissions, effective ones, rejected, rate and the checks that caught them.
+
+Every judgement goes through `verifier.pipeline.verify_job` exactly as the service judges
+(tests/adversarial/harness.py builds the leases, jobs and signatures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.verification import STATS, _differs, attack_row, judge, print_header, print_row, summarise  # noqa: E402
+from protocol.identity import KeyPair  # noqa: E402
+from protocol.lm import load_model  # noqa: E402
+from tests.adversarial import harness as H  # noqa: E402
+from worker.engines.transformers_engine import TransformersEngine  # noqa: E402
+
+
+SHORT = {"float32": "fp32", "bfloat16": "bf16"}
+
+
+class DeviceModels(H.DictModels):
+    """The verifier's models on `device` (DictModels loads them on the CPU)."""
+
+    def __init__(self, versions, device: str):
+        super().__init__(versions)
+        self.device = device
+
+    def model(self, version, dtype=None):
+        key = (version, dtype or self.dtype)
+        if key not in self._cache:
+            self._cache[key] = load_model(str(self.paths[version]), device=self.device, dtype=key[1])
+        return self._cache[key]
+
+
+def cuda_engine(path: Path, version: int, dtype: str) -> TransformersEngine:
+    e = TransformersEngine(device="cuda", dtype=dtype)
+    e.load(path, version)
+    return e
+
+
+def honest_section(worlds: dict[str, H.World], target: int, out: dict) -> None:
+    key = KeyPair.generate()
+    judges = {"cpu": None, "cuda": DeviceModels}
+    variations = [(w, dt, b) for w in worlds for dt in ("float32", "bfloat16") for b in (1, 16)]
+    per_var = max(2, -(-target // (len(variations) * 8)))
+    rows: dict[str, list[dict]] = {j: [] for j in judges}
+    print_header()
+    for wname, dt, b in variations:
+        world = worlds[wname]
+        engine = cuda_engine(world.versions[1], 1, dt)
+        leases = [world.lease(key) for _ in range(per_var)]
+        reqs = [r for ls, _ in leases for r in H._requests(ls)]
+        results = [res for i in range(0, len(reqs), b) for res in engine.generate(reqs[i: i + b])]
+        from protocol.proof import build_proofs
+        from worker.rollout import build_submission
+
+        proofs = build_proofs([r.hidden for r in results])
+        subs, k = [], 0
+        for ls, _ in leases:
+            n = len(ls.seeds)
+            subs.append(build_submission(ls, results[k:k + n], proofs[k:k + n], 1, engine.info()))
+            k += n
+        for jname, models in judges.items():
+            saved = world.models
+            world.models = models(world.versions, "cuda") if models else saved
+            world.ledger = H.SeenLedger()  # each judge sees every submission once
+            res = [judge(world, env, s, key) for (ls, env), s in zip(leases, subs)]
+            world.models = saved
+            rows[jname].append(summarise(f"{jname}:{wname} {SHORT[dt]} b{b}", res))
+            print_row(rows[jname][-1])
+    totals = {}
+    for jname, rs in rows.items():
+        totals[jname] = {"name": f"ALL ({jname} judge)", "completions": sum(r["completions"] for r in rs),
+                         "false_rejections": sum(r["false_rejections"] for r in rs),
+                         **{s: max(r[s] for r in rs) for s, _ in STATS}}
+        print_row(totals[jname])
+    out["honest"] = {"rows": rows, "totals": totals}
+
+
+def attack_section(world: H.World, root: Path, n: int, out: dict) -> None:
+    key = KeyPair.generate()
+    v1 = world.versions[1]
+    other = H.build_model(root / "other-seed", seed=12345)
+    noisy = H.perturbed_copy(v1, root / "noise-10pct", rel_noise=0.1)
+    rows = []
+    print(f"{'attack (CUDA worker, CPU judge)':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}  caught by")
+    for dt in ("float32", "bfloat16"):
+        honest = cuda_engine(v1, 1, dt)
+        cheats = {"other weights": (cuda_engine(other, 1, dt), {}),
+                  "weights + 10% noise": (cuda_engine(noisy, 1, dt), {}),
+                  "previous version as current": (cuda_engine(world.versions[0], 0, dt), {}),
+                  "temperature 0.7": (honest, {"temperature": 0.7}),
+                  "temperature 1.5": (honest, {"temperature": 1.5})}
+        for name, (engine, kw) in cheats.items():
+            leases = [world.lease(key) for _ in range(n)]
+            hs = H.honest_submissions(honest, [ls for ls, _ in leases], 1)
+            res = []
+            for (ls, env), h in zip(leases, hs):
+                c = H.generate_with(engine, ls, 1, **kw)
+                res.append((_differs(c, h), judge(world, env, c, key)))
+            rows.append(attack_row(f"{SHORT[dt]}: {name}", res))
+    out["attacks"] = rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--completions", type=int, default=1000, help="honest completions per judge (at least)")
+    ap.add_argument("--per-attack", type=int, default=25)
+    ap.add_argument("--warm-seconds", type=float, default=45.0)
+    ap.add_argument("--sections", nargs="+", default=["honest", "attacks"], choices=["honest", "attacks"])
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "cross_hardware.json")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/cross_hardware.py needs a CUDA GPU")
+    print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; "
+          f"TF32 matmul: {torch.backends.cuda.matmul.allow_tf32}", flush=True)
+    out: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        warm = H.make_world(root / "warm", warm_seconds=args.warm_seconds)
+        long = H.make_world(root / "long", max_tokens=64)
+        if "honest" in args.sections:
+            honest_section({"warm": warm, "long": long}, args.completions, out)
+        if "attacks" in args.sections:
+            attack_section(warm, root, args.per_attack, out)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1, default=str))
+    print(f"\nwritten {args.json}")
+
+
+if __name__ == "__main__":
+    main()
