@@ -22,7 +22,16 @@ seconds each side used, and the load average. Timings on a shared 2-core machine
 noisy: run several times (--runs) and read medians.
 
 Figures (2026-11-22, `flock -x /tmp/cpu.lock python bench/shardcast.py --runs 3`):
-{FIGURES}
+  run 1: nginx 8.01 s (1023 MiB/s), shardcast 11.08 s (739 MiB/s)
+  run 2: nginx 8.86 s ( 924 MiB/s), shardcast 10.17 s (806 MiB/s)
+  run 3: nginx 6.83 s (1200 MiB/s), shardcast 11.26 s (728 MiB/s)
+  medians: nginx 8.01 s, shardcast 11.08 s: ratio 0.72 (goal >= 0.7); first byte at a client
+  0.105 s after publish (worst 0.175 s); relay peak RSS 93 MiB; CPU-s per broadcast (medians):
+  relays 5.7, clients 8.1 user + 4.9 sys, origin 2.2 (of which ~1.9 publish hashing, before
+  the clock starts); nginx 2.1, curl 0.5 user + 12.6 sys. Before sendfile and O_DIRECT the
+  same bench gave 19-22 s for shardcast (ratio 0.34-0.43; relays 12.7 CPU-s, client kernel
+  time ~20 s). With --buffered (page-cache writes like curl; sendfile kept), 2 runs: 19.3 and
+  18.8 s against nginx 11.7 and 7.8 s, ratio 0.51 (relays 8.3 CPU-s, client kernel 19-20 s).
 
 Notes from measuring on the project's 2-core VM (Linux 6.18, ext4), which shaped the code:
 - CPU, not the network, is the bottleneck. Per 1 GiB broadcast to 8 clients, shardcast

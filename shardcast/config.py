@@ -19,8 +19,9 @@ class RelayConfig(BaseModel):
     keep_versions: int = Field(3, ge=1, description="newest versions kept; older ones deleted")
     parallel: int = Field(4, ge=1, le=64, description="shard transfers from upstreams at once")
     max_transfers: int = Field(64, ge=1, le=4096,
-                               description="shard bodies sent downstream at once (bounds memory: "
-                                           "about 2 x 2 MiB each); more get 503, go elsewhere")
+                               description="shard bodies sent downstream at once (sent with sendfile: "
+                                           "kernel socket buffers, no block in the process); more get "
+                                           "503, go elsewhere")
     log_level: str = Field("info", description="python logging level of the relay process")
     direct_io: bool = Field(True, description="write mirrored shards with O_DIRECT where the file "
                                               "system allows it (around the page cache: less CPU)")
