@@ -13,7 +13,8 @@ without entering the process). Everything else (manifests, long-polls, /health, 
 /docs, and any request it does not recognise) is handed to the FastAPI app under uvicorn on a
 private loopback port: from the first such request on, the connection is spliced byte for
 byte to uvicorn, so those routes keep one HTTP stack. Shard requests reach this server on
-the data connections that shardcast.transfer keeps for shard bodies alone.
+the data connections that shardcast.transfer keeps for shard bodies alone. The two servers
+are started together by shardcast.node_server.
 
 Invariants (the same as shardcast.serving's shard route, which stays as the fallback):
 - it serves only what `Catalog.shard` returns, i.e. verified shards; the path on disk comes
@@ -36,20 +37,13 @@ import asyncio
 import json
 import logging
 import re
-import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from protocol import routes
-from protocol.http import ServerThread, write_port_file
-from shardcast.serving import (
-    DEFAULT_MAX_TRANSFERS, MAX_WAIT_S, Catalog, RangeNotSatisfiable, Transfers, build_app,
-    parse_range,
-)
+from shardcast.serving import MAX_WAIT_S, Catalog, RangeNotSatisfiable, Transfers, parse_range
 
 log = logging.getLogger("shardcast.front")
 
@@ -57,6 +51,7 @@ SHARD_PATH = re.compile("^" + re.escape(routes.SC_SHARD).replace(r"\{version\}",
                         .replace(r"\{index\}", r"(\d{1,9})") + "$")
 HEAD_LIMIT = 64 * 1024          # request line + headers
 SENDFILE_CHUNK = 8 * 1024 * 1024  # bytes per sendfile call (metrics move per chunk)
+GRACE_S = 1.0                   # on stop, how long spliced requests may take to finish
 IDLE_S = 75.0                   # a connection silent this long between requests is closed
 STALL_S = 60.0                  # a client that takes this long for one chunk is dropped (it
                                 # would hold one of the `max_transfers` slots)
@@ -107,14 +102,23 @@ class ShardFront:
         self.backend = backend
         self.transfers = transfers
         self._tasks: set[asyncio.Task] = set()
+        self._splicing: set[asyncio.Task] = set()
 
-    async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
-        """Serve on `sock` until `stop` is set; then drop every open connection."""
+    async def serve(self, sock: socket.socket, stop: asyncio.Event,
+                    stop_backend: Callable[[], None] | None = None) -> None:
+        """Serve on `sock` until `stop` is set. Then: accept nothing more; run `stop_backend`
+        (blocking: uvicorn's graceful stop answers requests in flight, e.g. long-polls
+        ended by the node's closed Signal, and closes its connections, which ends their
+        splices here); give splices still open `GRACE_S`; drop every other connection."""
         server = await asyncio.start_server(self._connection, sock=sock, limit=HEAD_LIMIT)
         try:
             await stop.wait()
         finally:
             server.close()
+            if stop_backend is not None:
+                await asyncio.get_running_loop().run_in_executor(None, stop_backend)
+            if self._splicing:
+                await asyncio.wait(list(self._splicing), timeout=GRACE_S)
             tasks = list(self._tasks)
             for t in tasks:
                 t.cancel()
@@ -140,6 +144,7 @@ class ShardFront:
                 if req is not None and req.method in ("GET", "HEAD"):
                     match = SHARD_PATH.match(urlsplit(req.target).path)
                 if req is None or match is None:
+                    self._splicing.add(task)
                     await self._splice(head, reader, writer)
                     return
                 if not await self._shard(req, int(match[1]), int(match[2]), writer):
@@ -154,6 +159,7 @@ class ShardFront:
             return
         finally:
             self._tasks.discard(task)
+            self._splicing.discard(task)
             writer.close()  # sends what is still buffered, then closes
 
     async def _splice(self, head: bytes, reader: asyncio.StreamReader,
@@ -301,120 +307,3 @@ class ShardFront:
         self._head(writer, status, h, not close)
         writer.write(body)
         await writer.drain()
-
-
-def bind(host: str, port: int) -> socket.socket:
-    sock = socket.create_server((host, port), reuse_port=False)
-    sock.setblocking(False)
-    return sock
-
-
-class FrontThread:
-    """A `ShardFront` on its own event loop in a background thread (the origin's)."""
-
-    def __init__(self, front: ShardFront, host: str, port: int):
-        self.front = front
-        self.sock = bind(host, port)
-        self.host, self.port = host, self.sock.getsockname()[1]
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="shard-front")
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self.front.serve(self.sock, self._stop)
-
-        try:
-            self._loop.run_until_complete(main())
-        finally:
-            self._loop.close()
-
-    def start(self) -> "FrontThread":
-        self.thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("shard front server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None and self.thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-class NodeServer:
-    """A node's API as clients see it: the FastAPI app (shardcast.serving) under uvicorn on a
-    private loopback port, and the front server on the public `host:port`."""
-
-    def __init__(self, catalog: Catalog, *, title: str, host: str, port: int,
-                 max_transfers: int = DEFAULT_MAX_TRANSFERS):
-        transfers = Transfers(max_transfers)
-        app = build_app(catalog, title=title, transfers=transfers)
-        self.backend = ServerThread(app, "127.0.0.1", 0)
-        self.front = ShardFront(catalog, ("127.0.0.1", self.backend.port), transfers)
-        self.host, self._port = host, port
-        self._thread: FrontThread | None = None
-
-    @property
-    def port(self) -> int:
-        """The public port (bound; the configured one before `start`)."""
-        return self._thread.port if self._thread is not None else self._port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> "NodeServer":
-        """Serve from background threads of this process (the origin inside the trainer)."""
-        self.backend.start()
-        try:
-            self._thread = FrontThread(self.front, self.host, self._port).start()
-        except BaseException:
-            self.backend.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._thread.stop()
-            self._thread = None
-        self.backend.stop()
-
-    def run(self, port_file: Path | None = None, on_exit: Callable[[], None] | None = None) -> None:
-        """Serve in this (the main) thread until SIGINT/SIGTERM (`swarmrl relay`). The bound
-        port is written to `port_file` once the public port listens; `on_exit` runs first
-        thing on the stop signal (e.g. to end long-polls at once)."""
-        self.backend.start()
-        sock = bind(self.host, self._port)
-
-        async def main() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-
-            def _exit() -> None:
-                if on_exit is not None:
-                    on_exit()
-                stop.set()
-
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, _exit)
-            serving = asyncio.ensure_future(self.front.serve(sock, stop))
-            await asyncio.sleep(0)  # the listening socket is in the loop now
-            if port_file is not None:
-                write_port_file(Path(port_file), sock.getsockname()[1])
-            await serving
-
-        try:
-            asyncio.run(main())
-        finally:
-            sock.close()
-            self.backend.stop()

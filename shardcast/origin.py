@@ -37,13 +37,13 @@ from protocol.manifest import open_manifest, sign_manifest
 from protocol.messages import PolicyManifest
 from shardcast.config import OriginConfig
 from shardcast.errors import PublishError
-from shardcast.front import NodeServer
 from shardcast.hashing import build_manifest_parallel, checkpoint_files
 from shardcast.layout import (
     clean_work_dirs, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
 )
 from shardcast.metrics import NodeMetrics
+from shardcast.node_server import NodeServer
 from shardcast.serving import ShardLocation
 from shardcast.signal import Signal
 

@@ -48,12 +48,12 @@ from protocol.messages import PolicyManifest, ShardEntry
 from shardcast.config import RelayConfig
 from shardcast.errors import ShardcastError
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions
-from shardcast.front import NodeServer
 from shardcast.layout import (
     clean_work_dirs, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
 )
 from shardcast.metrics import NodeMetrics
+from shardcast.node_server import NodeServer
 from shardcast.partial import shard_digest_on_disk
 from shardcast.selection import Sources
 from shardcast.serving import ShardLocation
@@ -209,7 +209,9 @@ class Relay:
                 m.abort.set()
             self._pending.notify_all()
         for t in self._threads:
-            t.join(timeout=5)
+            # The watcher may sit in a long-poll on an upstream (up to WATCH_CHUNK_S); it is a
+            # daemon that writes nothing once stopping (`_adopt`), so it is not waited for long.
+            t.join(timeout=0.5 if t.name == "relay-watch" else 5)
         self.http.close()
 
     def _watch_loop(self) -> None:
@@ -252,7 +254,7 @@ class Relay:
         the server thread never waits on disk work."""
         version = ann.version
         with self._lock:
-            if version in self._versions:
+            if version in self._versions or self._stop.is_set():
                 return
         work = self.root / f".tmp-{version}-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)

@@ -15,7 +15,7 @@ from protocol.errors import MessageError
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest, sign_manifest
 from shardcast.client import ShardcastClient
-from shardcast.front import NodeServer
+from shardcast.node_server import NodeServer
 from shardcast.metrics import NodeMetrics
 from shardcast.serving import ShardLocation
 from shardcast.signal import Signal
