@@ -25,7 +25,9 @@ Figures (2026-11-22, `flock -x /tmp/cpu.lock python bench/shardcast.py --runs 3`
   run 1: nginx 8.01 s (1023 MiB/s), shardcast 11.08 s (739 MiB/s)
   run 2: nginx 8.86 s ( 924 MiB/s), shardcast 10.17 s (806 MiB/s)
   run 3: nginx 6.83 s (1200 MiB/s), shardcast 11.26 s (728 MiB/s)
-  medians: nginx 8.01 s, shardcast 11.08 s: ratio 0.72 (goal >= 0.7); first byte at a client
+  medians: nginx 8.01 s, shardcast 11.08 s: ratio 0.72 (goal >= 0.7). A second set of 3 runs:
+  nginx 10.05 / 7.63 / 6.19 s, shardcast 10.60 / 10.09 / 10.52 s, ratio 0.73. shardcast is
+  steady at 10-11.3 s; nginx swings with the page-cache state (see below). First byte at a client
   0.105 s after publish (worst 0.175 s); relay peak RSS 93 MiB; CPU-s per broadcast (medians):
   relays 5.7, clients 8.1 user + 4.9 sys, origin 2.2 (of which ~1.9 publish hashing, before
   the clock starts); nginx 2.1, curl 0.5 user + 12.6 sys. Before sendfile and O_DIRECT the
