@@ -14,7 +14,11 @@ that gap on the same tiny models bench/verification.py uses:
    by a CPU verifier (the demo's and the default config's) and by a CUDA verifier. Printed
    per variation: completions, false rejections, and the largest value of every statistic a
    threshold applies to, next to the thresholds (bench/verification.py's table).
-2. attacks by a CUDA worker, judged by the CPU verifier: other weights, weights + 10% noise,
+2. shortfalls: many more honest GPU completions (batch 64), judged by a CPU prefill in the
+   worker's dtype; for every position where the chosen token is not the verifier's perturbed
+   argmax, the shortfall in logit/temperature units and relative to the larger |logit| of the
+   two tokens: the measurement behind `sampling_rel_tolerance` (verifier.thresholds).
+3. attacks by a CUDA worker, judged by the CPU verifier: other weights, weights + 10% noise,
    the previous version claimed as current, another temperature (0.7 and 1.5), in fp32 and
    bf16; printed: submissions, effective ones, rejected, rate and the checks that caught them.
 
@@ -104,6 +108,51 @@ def honest_section(worlds: dict[str, H.World], target: int, out: dict) -> None:
     out["honest"] = {"rows": rows, "totals": totals}
 
 
+def shortfall_section(worlds: dict[str, H.World], leases_per_world: int, out: dict) -> None:
+    from protocol.sampling import perturbed_scores
+    from verifier.thresholds import LOW_PRECISION
+
+    key = KeyPair.generate()
+    rows = []
+    print(f"{'worker (CUDA) -> CPU prefill':<28}{'positions':>10}{'not argmax':>11}{'max gap':>9}"
+          f"{'max gap/|logit|':>16}{'p99 gap/|logit|':>16}{'over limits':>12}")
+    for wname, world in worlds.items():
+        for dt in ("float32", "bfloat16"):
+            engine = cuda_engine(world.versions[1], 1, dt)
+            leases = [world.lease(key) for _ in range(leases_per_world)]
+            subs = []
+            for i in range(0, len(leases), 8):
+                subs += H.honest_submissions(engine, [ls for ls, _ in leases[i:i + 8]], 1)
+            positions, gaps, rel = 0, [], []
+            over = 0
+            for (ls, env), sub in zip(leases, subs):
+                oj, outputs = world.verifier_outputs(world.job(env, sub, key))
+                temp = ls.sampling.temperature
+                thr = world.settings.for_dtype(outputs.dtype)
+                for lg, c, seed in zip(outputs.logits, sub.completions, ls.seeds):
+                    T = len(c.token_ids)
+                    positions += T
+                    scores = perturbed_scores(lg[:T].float(), temp, seed, torch.arange(T))
+                    chosen = torch.tensor(c.token_ids)
+                    best_score, best = scores.max(dim=1)
+                    gap = best_score - scores.gather(1, chosen[:, None])[:, 0]
+                    mag = torch.maximum(lg[torch.arange(T), best].abs(), lg[torch.arange(T), chosen].abs()) / temp
+                    nz = gap > 0
+                    gaps += gap[nz].tolist()
+                    rel += (gap[nz] / mag[nz]).tolist()
+                    over += int((gap - thr.sampling_rel_tolerance * mag > thr.sampling_tolerance).sum())
+            q = sorted(rel)
+            row = {"world": wname, "dtype": dt, "positions": positions, "not_argmax": len(gaps),
+                   "max_gap": max(gaps, default=0.0), "max_rel": max(rel, default=0.0),
+                   "p99_rel": q[int(0.99 * (len(q) - 1))] if q else 0.0, "over_limits": over}
+            rows.append(row)
+            print(f"{wname + ' ' + SHORT[dt]:<28}{positions:>10}{len(gaps):>11}{row['max_gap']:>9.4f}"
+                  f"{row['max_rel']:>16.5f}{row['p99_rel']:>16.5f}{over:>12}")
+    print(f"limits (bf16 prefill): shortfall <= {LOW_PRECISION.sampling_tolerance} + "
+          f"{LOW_PRECISION.sampling_rel_tolerance:g} x |logit|/T; fp32 prefill: <= 0.01")
+    out["shortfalls"] = rows
+
+
 def attack_section(world: H.World, root: Path, n: int, out: dict) -> None:
     key = KeyPair.generate()
     v1 = world.versions[1]
@@ -134,7 +183,10 @@ def main() -> None:
     ap.add_argument("--completions", type=int, default=1000, help="honest completions per judge (at least)")
     ap.add_argument("--per-attack", type=int, default=25)
     ap.add_argument("--warm-seconds", type=float, default=45.0)
-    ap.add_argument("--sections", nargs="+", default=["honest", "attacks"], choices=["honest", "attacks"])
+    ap.add_argument("--leases", type=int, default=400, help="leases (8 completions each) per world and dtype "
+                                                           "in the shortfall section")
+    ap.add_argument("--sections", nargs="+", default=["honest", "shortfalls", "attacks"],
+                    choices=["honest", "shortfalls", "attacks"])
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "cross_hardware.json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -148,6 +200,8 @@ def main() -> None:
         long = H.make_world(root / "long", max_tokens=64)
         if "honest" in args.sections:
             honest_section({"warm": warm, "long": long}, args.completions, out)
+        if "shortfalls" in args.sections:
+            shortfall_section({"warm": warm, "long": long}, args.leases, out)
         if "attacks" in args.sections:
             attack_section(warm, root, args.per_attack, out)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: lis
     gaps = None
     if outputs is not None:
         gaps = sampling_gaps_batch(outputs.logits, oj.completions, list(oj.lease.seeds),
-                                   oj.lease.sampling.temperature)
+                                   oj.lease.sampling.temperature, rounding=thr.sampling_rel_tolerance)
     last_gaps = None
     if gaps is not None:
         last_gaps = [float(g[-1]) if c.finish_reason == "eos" and g.numel() else None

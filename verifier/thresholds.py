@@ -32,6 +32,13 @@ completions of up to 8 and up to 64 tokens:
   ~0.1 to several units; the tolerance is kept small because a forged token whose
   perturbed score lies within it of the best one is accepted (a near-tie the cheater
   could only exploit by computing the honest scores anyway).
+- sampling across hardware (bf16): a GPU worker's bf16 logits and a CPU verifier's bf16
+  prefill may each round a logit to a neighbouring point of the bf16 grid (8 significant
+  bits: a step is 2^-8..2^-7 of the value, 0.0625 at 10). An honest GPU worker in the demo
+  was banned for a shortfall of 0.028 > 0.02 (H100 worker, CPU verifier), and
+  bench/cross_hardware.py measures the shortfalls relative to the logits' magnitude. So
+  low-precision prefills judge the shortfall beyond `sampling_rel_tolerance` = 2^-6 (two grid
+  steps at worst) x the larger |logit| / temperature of the two tokens.
 """
 
 from __future__ import annotations
@@ -64,9 +71,14 @@ class Thresholds(BaseModel):
     sampling_tolerance: float = Field(
         0.01, ge=0, description="largest shortfall of a chosen token's perturbed score (logit/temperature "
                                 "+ Gumbel noise) below the best one, allowed for honest numeric noise")
+    sampling_rel_tolerance: float = Field(
+        0.0, ge=0, le=0.1, description="allowance for logits rounded to a low-precision grid: a shortfall is "
+                                       "judged after subtracting this x the larger |logit| / temperature of "
+                                       "the two tokens (bf16: one grid step is 2^-8..2^-7 of the value)")
     reward_tolerance: float = Field(1e-6, ge=0, description="rewards that differ by more are different")
 
 
 # bf16 / fp16 prefills: honest decode-vs-prefill rounding noise is much larger (see above).
 LOW_PRECISION = Thresholds(exp_mismatch_frac=0.15, mant_err_mean=5.0, mant_err_median=4.0, sign_mismatch_frac=0.05,
-                           group_exp_mismatch_frac=0.05, group_mant_err_mean=2.0, sampling_tolerance=0.02)
+                           group_exp_mismatch_frac=0.05, group_mant_err_mean=2.0, sampling_tolerance=0.02,
+                           sampling_rel_tolerance=2.0 ** -6)

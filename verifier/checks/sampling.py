@@ -7,6 +7,13 @@ the chosen token's. An honest worker has gap 0, except where numeric noise betwe
 engine and the verifier's prefill flips a near-tie; such flips are tiny, so a gap up to
 `tolerance` (logit/temperature units) is allowed. Another temperature, greedy decoding,
 re-sampling until correct (cherry-picking) or edited tokens produce gaps of order 1.
+
+Low-precision prefills: bf16 logits are rounded to 8 significant bits, so a logit of 10 sits
+on a grid of 0.0625, and a worker on other hardware (a GPU's bf16 kernels against the
+verifier's CPU) may land one step off on either of two near-tied logits. `rounding` (the
+thresholds' `sampling_rel_tolerance`) discounts that: the gap reported and judged is the
+shortfall beyond `rounding` x the larger magnitude of the two logits (per temperature). It is
+0 for fp32 prefills, whose logits agree to far below the absolute tolerance.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ def sampling_gaps(logits: torch.Tensor, tokens: list[int], seed: int, temperatur
 
 
 def sampling_gaps_batch(logits: list[torch.Tensor], tokens: list[list[int]], seeds: list[int],
-                        temperature: float) -> list[torch.Tensor]:
+                        temperature: float, *, rounding: float = 0.0) -> list[torch.Tensor]:
     """`sampling_gaps` of every completion of a submission with one noise computation (the
     same values: `gumbel_noise_rows` row i is `gumbel_noise(seed_i, position_i)`)."""
     lens = [len(t) for t in tokens]
@@ -47,7 +54,12 @@ def sampling_gaps_batch(logits: list[torch.Tensor], tokens: list[list[int]], see
     scores = lg / temperature + gumbel_noise_rows(flat_seeds, pos, lg.shape[-1])
     chosen_ids = torch.tensor([t for toks in tokens for t in toks], dtype=torch.int64, device=lg.device)
     chosen = scores.gather(1, chosen_ids[:, None])[:, 0]
-    gaps = (scores.max(dim=1).values - chosen).clamp(min=0).to("cpu", torch.float64)
+    best_score, best_ids = scores.max(dim=1)
+    gaps = best_score - chosen
+    if rounding:
+        pair = torch.stack([lg.gather(1, best_ids[:, None])[:, 0], lg.gather(1, chosen_ids[:, None])[:, 0]])
+        gaps = gaps - rounding * pair.abs().max(dim=0).values / temperature
+    gaps = gaps.clamp(min=0).to("cpu", torch.float64)
     return list(torch.split(gaps, lens))
 
 

@@ -261,3 +261,27 @@ def test_batched_gaps_equal_per_completion_gaps():
     batch = sampling_gaps_batch(logits, tokens, seeds, 0.7)
     for lg, tk, s, b in zip(logits, tokens, seeds, batch):
         assert torch.equal(sampling_gaps(lg, tk, s, 0.7), b)
+
+
+def test_low_precision_rounding_allowance_covers_one_bf16_step_and_no_more():
+    """A near-tie flipped by one bf16 grid step of a logit near 10 (0.0625: what a GPU worker's
+    bf16 logits and a CPU prefill's may differ by) passes with the bf16 limits' allowance and
+    fails without it; a shortfall of order 1 (another choice) fails with it too."""
+    from protocol.sampling import perturbed_scores
+    from verifier.checks.sampling import sampling_gaps_batch
+    from verifier.thresholds import LOW_PRECISION
+
+    seed, temp = 77, 1.0
+    logits = torch.full((1, 8), -5.0)
+    noise = perturbed_scores(torch.zeros(1, 8), temp, seed, torch.arange(1))[0]
+    # token 1 beats token 0 by exactly one bf16 step at 10 once the seeded noise is added
+    logits[0, 0] = 10.0 - float(noise[0])
+    logits[0, 1] = 10.0 + 0.0625 - float(noise[1])
+    best = int(perturbed_scores(logits, temp, seed, torch.arange(1)).argmax())
+    assert best == 1
+    rel, tol = LOW_PRECISION.sampling_rel_tolerance, LOW_PRECISION.sampling_tolerance
+    strict = sampling_gaps_batch([logits], [[0]], [seed], temp)[0]
+    assert float(strict[0]) == pytest.approx(0.0625, abs=1e-4) and float(strict[0]) > tol
+    assert float(sampling_gaps_batch([logits], [[0]], [seed], temp, rounding=rel)[0][0]) <= tol
+    logits[0, 1] += 1.0  # a real preference, not rounding
+    assert float(sampling_gaps_batch([logits], [[0]], [seed], temp, rounding=rel)[0][0]) > tol
