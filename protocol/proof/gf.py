@@ -13,15 +13,15 @@ a loop of Python ints. Here every step works on a whole batch of chunks at once 
   evaluation of M', v_s = sum_i w_i x_i^s is a power sum, and c_j = sum_s v_s m_{j+1+s} is
   a Hankel product, i.e. one convolution (`convolve`). Evaluations and power sums use baby-step/giant-step powers
   (x^s = (x^b)^a * x^r with b ~ sqrt(k)), so they are small batched matrix products instead
-  of a (k, k) power matrix per chunk; M(z) itself is a few vector steps per group of
+  of a (k, k) power matrix per chunk; the powers are rows of a table cached per point range; M(z) itself is a few vector steps per group of
   points, then a product tree of convolutions.
 - convolutions of up to 512 terms go through a float64 FFT and are rounded: its error
   bound stays far below 1/2 there (see FFT_MAX_LEN), so the result is still exact.
 - all arithmetic is float64 holding exact integers: products of residues are < 2**32 and
   sums of up to 4096 of them stay below 2**44, well inside 2**50, where a division-free
   reduction (`_reduce`) is exact. (int64 `%` is several times slower here.)
-- inverses are lookups in discrete-log tables (generator 7): two 65,497-entry arrays built
-  once per process and read-only afterwards (faster than a**(P-2) by 16 squarings).
+- inverses are lookups in a 65,497-entry table built once per process from discrete logs
+  (generator 7) and read-only afterwards (faster than a**(P-2) by 16 squarings).
 
 Invariants: every array holds canonical residues in [0, P); the points of one polynomial
 are distinct (the caller reduces them by an injective modulus first).
@@ -97,11 +97,22 @@ def powers(x: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(out, 0, -1))
 
 
-def inverse(a: np.ndarray) -> np.ndarray:
-    """The inverse mod P of every non-zero residue in `a`, as float64 (table lookups)."""
+@functools.cache
+def _inverse_table() -> np.ndarray:
+    """INV[a] = a**-1 mod P for 0 < a < P (INV[0] = 0, unused), float64, read-only."""
     exp, log = _tables()
-    ai = np.asarray(a).astype(np.int64) % P
-    return exp[(P - 1 - log[ai]) % (P - 1)].astype(np.float64)
+    inv = exp[(P - 1 - log) % (P - 1)].astype(np.float64)
+    inv[0] = 0.0
+    inv.flags.writeable = False
+    return inv
+
+
+def inverse(a: np.ndarray) -> np.ndarray:
+    """The inverse mod P of every non-zero residue in `a`, as float64 (one table lookup)."""
+    ai = np.asarray(a).astype(np.int64)
+    if ai.size and (ai.min() < 0 or ai.max() >= P):
+        ai %= P
+    return np.take(_inverse_table(), ai)
 
 
 def _poly_mul_direct(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -120,6 +131,9 @@ def _poly_mul_direct(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # so rounding gives the exact integers with a wide margin. Longer operands take the direct
 # path (sliding windows), which is exact by construction.
 FFT_MAX_LEN = 512
+# Equal-length operands up to this length are multiplied directly: for the small products at
+# the leaves of `master_poly` the sliding-window product is cheaper than three FFTs.
+DIRECT_MAX_LEN = 17
 
 
 def convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -127,7 +141,7 @@ def convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     leading ones): (..., La) x (..., Lb) -> (..., La+Lb-1) float64 residues."""
     La, Lb = a.shape[-1], b.shape[-1]
     n = La + Lb - 1
-    if max(La, Lb) > FFT_MAX_LEN:
+    if max(La, Lb) > FFT_MAX_LEN or (La == Lb and La <= DIRECT_MAX_LEN):
         L = max(La, Lb)
         pa = np.zeros(a.shape[:-1] + (L,))
         pa[..., :La] = a
@@ -171,13 +185,39 @@ def _split(n: int) -> tuple[int, int]:
     return b, -(-n // b)
 
 
+# Baby/giant powers come from a cached table with one row per possible point, sized to the
+# largest point in use rounded up to this step (capped at P): a chunk of 32 tokens x H = 128
+# has its indices below 4,096, so its table is 4,096 rows (~0.7 MB); a row gather is ~7x
+# cheaper than the doubling steps of `powers` on the points themselves.
+_TABLE_ROUNDING = 4096
+
+
+@functools.lru_cache(maxsize=8)
+def _power_table(limit: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(baby (limit, b), giant (limit, g)) powers of every point 0 <= x < limit for
+    polynomials of n coefficients. Read-only; a few hundred KB for limit 4096, n 128."""
+    b, g = _split(n)
+    x = np.arange(limit, dtype=np.int64)
+    baby = powers(x, b + 1)
+    giant = powers(baby[:, b], g)
+    baby = np.ascontiguousarray(baby[:, :b])
+    baby.flags.writeable = False
+    giant.flags.writeable = False
+    return baby, giant
+
+
 def _bases(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int, int]:
     """x**r for r < b and (x**b)**a for a < g: every x**s (s < n) is one product of the two.
-    Costs O(sqrt(n)) per point instead of a full (k, n) power matrix."""
+    Costs O(sqrt(n)) per point instead of a full (k, n) power matrix; rows of a cached
+    table (`_power_table`) for the point range in use."""
     b, g = _split(n)
-    baby = powers(x, b + 1)
-    giant = powers(baby[..., b], g)
-    return baby[..., :b], giant, b, g
+    xi = np.asarray(x, dtype=np.int64)
+    if xi.size and (xi.min() < 0 or xi.max() >= P):
+        xi = xi % P
+    top = int(xi.max()) + 1 if xi.size else 1
+    limit = min(P, -(-top // _TABLE_ROUNDING) * _TABLE_ROUNDING)
+    baby_tab, giant_tab = _power_table(limit, n)
+    return np.take(baby_tab, xi, axis=0), np.take(giant_tab, xi, axis=0), b, g  # take: ~2x fancy indexing
 
 
 def evaluate_residues(coeffs: np.ndarray, x: np.ndarray, bases=None) -> np.ndarray:

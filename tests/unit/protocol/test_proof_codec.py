@@ -239,3 +239,30 @@ def test_convolution_is_exact_on_both_paths(n):
     exact = [[sum(int(a[r, i]) * int(b[r, t - i]) for i in range(max(0, t - b.shape[1] + 1), min(t, n - 1) + 1)) % gf.P
               for t in range(n + b.shape[1] - 1)] for r in range(3)]
     assert gf.convolve(a.astype(float), b.astype(float)).astype(np.int64).tolist() == exact
+
+
+@pytest.mark.parametrize("L", [1, 2, 9, 17, 18])
+def test_equal_length_products_are_exact_on_the_direct_and_fft_paths(L):
+    """Equal operands up to gf.DIRECT_MAX_LEN are multiplied by sliding windows, longer by FFT."""
+    from protocol.proof import gf
+
+    rng = np.random.default_rng(L)
+    a, b = rng.integers(0, gf.P, (2, 4, L))
+    a[0], b[0] = gf.P - 1, gf.P - 1
+    exact = [[sum(int(a[r, i]) * int(b[r, t - i]) for i in range(max(0, t - L + 1), min(t, L - 1) + 1)) % gf.P
+              for t in range(2 * L - 1)] for r in range(4)]
+    assert gf.convolve(a.astype(float), b.astype(float)).astype(np.int64).tolist() == exact
+
+
+@pytest.mark.parametrize("n", [1, 7, 128, 129])
+def test_power_table_rows_are_the_powers_of_their_points(n):
+    """_bases reads x**r and (x**b)**a from a cached table sized to the largest point; the rows
+    must be the powers themselves, for small points and for points near P."""
+    from protocol.proof import gf
+
+    x = np.array([[0, 1, 2, 4095], [4096, 30000, gf.P - 2, gf.P - 1]])
+    baby, giant, b, g = gf._bases(x, n)
+    for (r, c), xv in np.ndenumerate(x):
+        assert baby[r, c].astype(np.int64).tolist() == [pow(int(xv), e, gf.P) for e in range(b)]
+        assert giant[r, c].astype(np.int64).tolist() == [pow(int(xv), b * e, gf.P) for e in range(g)]
+    assert b * g >= n
