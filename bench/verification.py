@@ -17,7 +17,9 @@ Rollouts come from tests/adversarial/harness.py: honest ones from the worker's o
    threshold applies to, next to that threshold (the margin).
 2. attacks: each cheat of issue 3 on fresh leases; printed: submissions, how many differ
    from the honest rollout of the same lease ("effective"), how many were rejected, the
-   rate, and which checks caught them.
+   rate, which checks caught them, and after how many submissions a worker sending them
+   would be banned (a rejection, or the coordinator's near-tie rate test over its accepted
+   full checks: the cheats that hide each deviation inside the sampling tolerance).
 3. weight changes: weights + relative Gaussian noise, and older policies (one AdamW step
    at decreasing learning rates) claimed as the current one, to find the smallest change
    that is still always caught.
@@ -65,7 +67,8 @@ def judge(world: H.World, env, sub, key) -> dict:
             "chunk_mant_median": proof.get("worst_mant_median", 0.0),
             "chunk_sign_frac": proof.get("worst_sign_frac", 0.0),
             "group_exp_frac": proof.get("group_exp_frac", 0.0), "group_mant_mean": proof.get("group_mant_mean", 0.0),
-            "sampling_gap": sampling.get("worst_gap", 0.0)}
+            "sampling_gap": sampling.get("worst_gap", 0.0),
+            "positions": sampling.get("positions", 0), "near_ties": sampling.get("not_argmax", 0)}
 
 
 def generate_batched(engine, leases, version: int, batch: int):
@@ -112,8 +115,19 @@ def honest_section(world: H.World, long_world: H.World, target: int, out: dict) 
         print_row(rows[-1])
     total = {"name": "ALL", "completions": sum(r["completions"] for r in rows),
              "false_rejections": sum(r["false_rejections"] for r in rows),
+             "near_ties": sum(r["near_ties"] for r in rows), "positions": sum(r["positions"] for r in rows),
              **{s: max(r[s] for r in rows) for s, _ in STATS}}
     print_row(total)
+    from coordinator.config import NearTieConfig
+    from coordinator.rules.near_ties import implausible
+
+    cfg = NearTieConfig()
+    for r in rows + [total]:
+        r["near_tie_ban"] = implausible(r["near_ties"], r["positions"], honest_rate=cfg.honest_rate, alpha=cfg.alpha)
+    print("  near-ties (tokens off the seeded argmax, within tolerance): "
+          + ", ".join(f"{r['name']} {r['near_ties']}/{r['positions']}" for r in rows)
+          + "; would the coordinator's near-tie test ban any of these honest workers: "
+          + ("YES" if any(r["near_tie_ban"] for r in rows + [total]) else "no"))
     # for information: what a prefill in the other dtype would see (why the dtype is matched)
     import dataclasses
 
@@ -133,6 +147,7 @@ def summarise(name: str, res: list[dict]) -> dict:
     return {"name": name, "submissions": len(res), "completions": sum(r["completions"] for r in res),
             "false_rejections": sum(not r["accepted"] for r in res),
             "reasons": [r["reason"] for r in res if not r["accepted"]][:3],
+            "near_ties": sum(r["near_ties"] for r in res), "positions": sum(r["positions"] for r in res),
             **{s: max(r[s] for r in res) for s, _ in STATS}}
 
 
@@ -199,7 +214,12 @@ def attack_section(world: H.World, root: Path, n: int, out: dict) -> None:
         "bf16: temperature 0.7": lambda ls, e, h: H.generate_with(bf16["honest"], ls, 1, temperature=0.7),
     }
     rows = []
-    print(f"{'attack':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}  caught by")
+    print("  rate: share of the effective cheats (those that differ from the honest rollout) rejected on their own;")
+    print("  banned: after how many of the submissions one worker sending them in order is banned, by a")
+    print("  rejection or by the coordinator's near-tie rate test ('-': never); by ties: by that test alone;")
+    print("  ties: share of the effective cheats' tokens that were not the seeded argmax (within tolerance or not)")
+    print(f"{'attack':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}{'banned':>8}{'by ties':>8}"
+          f"{'ties':>9}  caught by")
     for name, make in attacks.items():
         leases = [world.lease(key) for _ in range(n)]
         honest = H.honest_submissions(honest_engine, [ls for ls, _ in leases], 1)
@@ -229,15 +249,37 @@ def _differs(a, b) -> bool:
     return a.model_dump() != b.model_dump()
 
 
+def banned_after(res: list[tuple[bool, dict]], *, rejections: bool = True) -> int | None:
+    """How many of these submissions one worker sending them in order gets judged before it is
+    banned: by a rejection (unless `rejections` is False), or by the coordinator's near-tie
+    rate test over its full checks (`coordinator.rules.near_ties`, default settings; a
+    rejected submission's counts are added too when rejections are ignored). None: never."""
+    from coordinator.config import NearTieConfig
+    from coordinator.rules.near_ties import implausible
+
+    cfg, ties, positions = NearTieConfig(), 0, 0
+    for i, (_, r) in enumerate(res, 1):
+        if rejections and not r["accepted"]:
+            return i
+        ties, positions = ties + r["near_ties"], positions + r["positions"]
+        if implausible(ties, positions, honest_rate=cfg.honest_rate, alpha=cfg.alpha):
+            return i
+    return None
+
+
 def attack_row(name: str, res: list[tuple[bool, dict]]) -> dict:
     eff = [r for e, r in res if e]
     rejected = sum(not r["accepted"] for r in eff)
     caught = Counter(c for r in eff if not r["accepted"] for c in r["failed"])
+    ban, tie_ban = banned_after(res), banned_after(res, rejections=False)
     row = {"attack": name, "submissions": len(res), "effective": len(eff), "rejected": rejected,
-           "rate": rejected / len(eff) if eff else None, "caught_by": dict(caught),
+           "rate": rejected / len(eff) if eff else None, "caught_by": dict(caught), "worker_banned_after": ban,
+           "banned_by_near_ties_alone_after": tie_ban,
+           "near_tie_rate": sum(r["near_ties"] for r in eff) / max(1, sum(r["positions"] for r in eff)),
            "missed": [r["reason"] or "accepted" for r in eff if r["accepted"]][:2]}
     rate = f"{100 * row['rate']:.0f}%" if eff else "n/a"
-    print(f"{name:<40}{len(res):>6}{len(eff):>10}{rejected:>9}{rate:>8}  "
+    print(f"{name:<40}{len(res):>6}{len(eff):>10}{rejected:>9}{rate:>8}{'-' if ban is None else ban:>8}"
+          f"{'-' if tie_ban is None else tie_ban:>8}{100 * row['near_tie_rate']:>8.2f}%  "
           + ", ".join(f"{k} {v}" for k, v in caught.most_common()))
     return row
 
@@ -246,7 +288,8 @@ def attack_row(name: str, res: list[tuple[bool, dict]]) -> dict:
 def weights_section(world: H.World, root: Path, n: int, out: dict) -> None:
     key = KeyPair.generate()
     rows = []
-    print(f"{'change':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}  caught by")
+    print(f"{'change':<40}{'subm.':>6}{'effective':>10}{'rejected':>9}{'rate':>8}{'banned':>8}{'by ties':>8}"
+          f"{'ties':>9}  caught by")
     honest_engine = H.engine_for(world.versions[1], 1, threads=VERIFY_THREADS)
     v1 = world.versions[1]
     variants = [(f"noise {r:g} x std", lambda r=r: H.perturbed_copy(v1, root / f"noise-{r:g}", rel_noise=r))

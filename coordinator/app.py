@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from coordinator import p2p
-from coordinator.auth import open_signed, parse_envelope
+from coordinator.auth import open_signed, parse_body, parse_envelope
 from coordinator.context import Context
 from coordinator.dashboard import mount_dashboard
 from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge
@@ -59,6 +59,9 @@ from protocol.messages import (
     SubmissionResponse,
     SubmissionStatus,
     Verdict,
+    VerdictBatch,
+    VerdictBatchResponse,
+    VerdictOutcome,
     WorkerInfo,
 )
 
@@ -133,24 +136,54 @@ class Api:
         m.requests.labels(route, str(status)).inc()
         m.latency.labels(route).observe(time.perf_counter() - t0)
 
+    def open(self, env: Envelope, kind: str, body_type: type[BaseModel], signers: frozenset[str] | None,
+             role: str) -> Any:
+        """Verify one envelope (kind, signer, signature, freshness, body) and charge its signer's limit."""
+        opened = open_signed(env, kind, body_type, now=self.ctx.clock(), max_skew_s=self.ctx.cfg.max_clock_skew_s,
+                             allowed_signers=signers, role=role)
+        self.limit_identity(env.signer)
+        return opened
+
     async def signed(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
                      op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "") -> Response:
         t0 = time.perf_counter()
-        ctx = self.ctx
         try:
             address = self.address(request)
             self.limit_address(address)
             raw = await self.body(request)
-            env = parse_envelope(raw)
-            opened = open_signed(env, kind, body_type, now=ctx.clock(), max_skew_s=ctx.cfg.max_clock_skew_s,
-                                 allowed_signers=signers, role=role)
-            self.limit_identity(env.signer)
+            opened = self.open(parse_envelope(raw), kind, body_type, signers, role)
             result = op(opened, raw, address)
             if asyncio.iscoroutine(result):
                 result = await result
             resp = Response(_encode(result), media_type="application/json")
         except CoordinatorError as exc:
             resp = self.refuse(route, exc)
+        self.done(route, t0, resp.status_code)
+        return resp
+
+    async def signed_each(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
+                          op: Callable[[Any], Any], *, signers: frozenset[str] | None = None,
+                          role: str = "") -> Response:
+        """A `VerdictBatch`-shaped request: a list of signed envelopes, each verified, limited
+        and applied on its own as `signed` would (a refused one does not stop the others)."""
+        t0 = time.perf_counter()
+        ctx = self.ctx
+        try:
+            self.limit_address(self.address(request))
+            batch = parse_body(await self.body(request), VerdictBatch, "batch", "a list of signed envelopes")
+        except CoordinatorError as exc:
+            resp = self.refuse(route, exc)
+            self.done(route, t0, resp.status_code)
+            return resp
+        results = []
+        for env in batch.envelopes:
+            try:
+                op(self.open(env, kind, body_type, signers, role))
+                results.append(VerdictOutcome(status=200))
+            except CoordinatorError as exc:
+                ctx.metrics.rejections.labels(exc.reason).inc()
+                results.append(VerdictOutcome(status=exc.status, detail=exc.detail))
+        resp = Response(_encode(VerdictBatchResponse(results=results)), media_type="application/json")
         self.done(route, t0, resp.status_code)
         return resp
 
@@ -273,6 +306,17 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         return await api.signed(request, "verdict", KIND_VERDICT, Verdict,
                                 lambda o, raw, addr: verification.verdict(ctx, o), signers=verifiers,
                                 role="a configured verifier key")
+
+    @app.post(routes.VERDICTS_BATCH, tags=["verification"],
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": VerdictBatch.model_json_schema()}}}},
+              responses={200: {"model": VerdictBatchResponse}})
+    async def verdict_batch(request: Request) -> Response:
+        """`VerdictBatch`: the verdicts of one claim, each a `verdict` signed by a configured verifier
+        key and handled exactly as at POST /v1/verdicts -> one outcome per element, in order."""
+        return await api.signed_each(request, "verdict_batch", KIND_VERDICT, Verdict,
+                                     lambda o: verification.verdict(ctx, o), signers=verifiers,
+                                     role="a configured verifier key")
 
     @app.post(routes.TRAINER_BATCH, tags=["training"], openapi_extra=_ENVELOPE_BODY,
               responses={200: {"model": BatchResponse}})

@@ -29,17 +29,23 @@ B = TypeVar("B", bound=BaseModel)
 
 
 def parse_envelope(raw: bytes) -> Envelope:
+    return parse_body(raw, Envelope, "envelope", "a signed envelope")
+
+
+def parse_body(raw: bytes, model: type[B], what: str, expected: str) -> B:
+    """A request body as `model`; BadRequest when it is not JSON of that shape at all,
+    Invalid (`bad_<what>`) naming the first wrong field otherwise."""
     if not raw:
-        raise BadRequest("malformed", "empty request body; send a signed envelope as JSON")
+        raise BadRequest("malformed", f"empty request body; send {expected} as JSON")
     try:
-        return Envelope.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         errs = exc.errors()
         first = errs[0] if errs else {}
         if first.get("type") == "json_invalid" or first.get("type") == "model_type":
-            raise BadRequest("malformed", f"request body is not a JSON envelope: {first.get('msg', exc)}") from None
-        loc = ".".join(str(p) for p in first.get("loc", ())) or "envelope"
-        raise Invalid("bad_envelope", f"invalid envelope: {loc}: {first.get('msg')}") from None
+            raise BadRequest("malformed", f"request body is not a JSON {what}: {first.get('msg', exc)}") from None
+        loc = ".".join(str(p) for p in first.get("loc", ())) or what
+        raise Invalid(f"bad_{what}", f"invalid {what}: {loc}: {first.get('msg')}") from None
 
 
 def open_signed(env: Envelope, kind: str, body_type: type[B], *, now: float | None, max_skew_s: float | None,

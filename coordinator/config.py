@@ -33,6 +33,18 @@ class CheckRateConfig(BaseModel):
     halve_every: int = Field(20, ge=1, description="the share halves after this many clean checks")
 
 
+class NearTieConfig(BaseModel):
+    """The per-worker test of how often its tokens miss the seeded choice within the sampling
+    tolerances (`coordinator.rules.near_ties` explains it and the measured honest rates)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="ban workers whose near-tie count is implausible for honest noise")
+    honest_rate: float = Field(0.005, gt=0, le=1, description="the highest share of checked tokens that honest "
+                                                               "numeric noise moves off the seeded choice")
+    alpha: float = Field(1e-6, gt=0, lt=1, description="ban when the worker's count is less likely than this "
+                                                       "at honest_rate")
+
+
 class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_body_bytes: int = Field(4 * 1024 * 1024, description="largest request body accepted")
@@ -87,6 +99,7 @@ class CoordinatorConfig(BaseModel):
     async_window: int = Field(2, ge=0, description="leases allow policy versions current-k..current")
     lease_ttl_s: float = Field(60.0, gt=0, description="a lease not submitted in this time is re-leased")
     check_rate: CheckRateConfig = Field(default_factory=CheckRateConfig)
+    near_ties: NearTieConfig = Field(default_factory=NearTieConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     join: JoinConfig = Field(default_factory=JoinConfig)
     archive: bool = Field(True, description="archive submissions and verdicts as Parquet in data_dir/archive")

@@ -200,6 +200,22 @@ class SignedClient:
         check_response(resp)
         return parse_response(resp, response) if response is not None else resp.json()
 
+    def post_signed_each(self, path: str, kind: str, bodies: list[BaseModel], response: type[R],
+                         timeout_s: float | None = None) -> R:
+        """POST {"envelopes": [each body sealed as `kind`]}: several signed messages in one request
+        (`protocol.messages.VerdictBatch`); each keeps its own signature, nonce and timestamp."""
+        if self.key is None:
+            raise ProtocolError("this client has no key to sign with")
+        envs = ",".join(seal(kind, b, self.key).model_dump_json() for b in bodies)
+        try:
+            resp = self.http.post(self.base_url + path, content='{"envelopes":[' + envs + "]}",
+                                  headers={"content-type": "application/json"},
+                                  **({"timeout": timeout_s} if timeout_s else {}))
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+        check_response(resp)
+        return parse_response(resp, response)
+
     def get(self, path: str, response: type[R] | None = None, params: dict | None = None,
             timeout_s: float | None = None) -> Any:
         try:

@@ -196,6 +196,8 @@ class WorkerInfo(Strict):
     accepted_tokens: int
     check_rate: float
     ban_reason: str = ""
+    checked_positions: int = Field(0, description="tokens of this worker's clean full checks")
+    near_ties: int = Field(0, description="... of which were not the verifier's seeded argmax (within tolerance)")
 
 
 class RunInfo(Strict):
@@ -257,6 +259,26 @@ class Verdict(Strict):
     full_check: bool
     checks: list[CheckResult] = Field(max_length=1024)
     reason: str = Field(default="", max_length=2000)
+
+
+class VerdictBatch(Strict):
+    """Verifier -> coordinator (`POST /v1/verdicts/batch`): the verdicts of one claim in one
+    request. Not signed itself: each element is a `verdict` envelope signed by a configured
+    verifier key, checked and applied on its own exactly as at `POST /v1/verdicts` (one bad
+    element changes nothing for the others)."""
+
+    envelopes: list[Envelope] = Field(min_length=1, max_length=256)
+
+
+class VerdictOutcome(Strict):
+    """What `POST /v1/verdicts` would have answered for one element of a `VerdictBatch`."""
+
+    status: int = Field(description="200, or the HTTP status the single route would have refused it with")
+    detail: str = Field(default="", max_length=2000)
+
+
+class VerdictBatchResponse(Strict):
+    results: list[VerdictOutcome]
 
 
 # -- trainer <-> coordinator ----------------------------------------------------------------

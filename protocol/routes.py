@@ -16,6 +16,7 @@ SUBMISSIONS = "/v1/submissions"                  # POST submission -> Submission
 SUBMISSION = "/v1/submissions/{submission_id}"   # GET -> SubmissionStatus
 VERIFICATION_CLAIM = "/v1/verification/claim"    # POST verification_claim (verifier key) -> ClaimResponse
 VERDICTS = "/v1/verdicts"                        # POST verdict (verifier key) -> {"ok": true}
+VERDICTS_BATCH = "/v1/verdicts/batch"            # POST VerdictBatch (each a signed verdict) -> VerdictBatchResponse
 TRAINER_BATCH = "/v1/trainer/batch"              # POST batch_request (operator key) -> BatchResponse
 POLICY = "/v1/policy"                            # GET -> PolicyInfo; POST policy_manifest (operator key)
 STATS = "/v1/stats"                              # GET -> JSON summary for dashboards and the demo

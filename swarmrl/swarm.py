@@ -53,6 +53,12 @@ class SwarmSettings:
     worker_max_tasks: int = 4
     p2p: bool | None = None               # the libp2p swarm layer; None = on when libp2p imports
     worker_device: str = "cpu"            # 'cuda' puts the workers on the GPU (they then compute in bf16)
+    # Workers run at this lower CPU priority (nice) than the services. In a deployment the
+    # coordinator, verifier and relays have machines of their own; sharing one with busy
+    # workers, the verifier got a fair share of the core and fell seconds behind (bench/learning:
+    # submissions waited 2 s median, 12 s p90 to be claimed), so a third of the asynchronous
+    # rollouts aged out of the window in the queue. Workers only need the cycles left over.
+    worker_nice: int = 10
 
 
 @dataclass
@@ -145,8 +151,9 @@ def start_swarm(plan: SwarmPlan, group: ProcessGroup, *, workers: bool = True) -
 
 def start_workers(plan: SwarmPlan, group: ProcessGroup) -> None:
     env = child_env(threads=1)
+    nice = plan.settings.worker_nice
     for name in plan.worker_names:
-        group.start(name, ["worker", "--config", str(plan.configs[name])], env=env)
+        group.start(name, ["worker", "--config", str(plan.configs[name])], env=env, nice=nice)
     for name in plan.cheater_names:
         group.start(name, ["--config", str(plan.configs[name]), "--cheat", plan.settings.cheat],
-                    env=env, module="swarmrl.adversary")
+                    env=env, module="swarmrl.adversary", nice=nice)

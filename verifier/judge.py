@@ -25,7 +25,7 @@ from verifier.checks.data import check_lease_and_data
 from verifier.checks.proof import check_proof
 from verifier.checks.replay import check_replay
 from verifier.checks.reward import check_reward
-from verifier.checks.sampling import check_sampling, sampling_gaps_batch
+from verifier.checks.sampling import check_sampling, sampling_gaps_and_ties
 from verifier.checks.termination import check_termination
 from verifier.job import OpenedJob
 from verifier.seen import SeenLedger
@@ -72,10 +72,10 @@ def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: lis
         check_lease_and_data(oj, run_id=settings.run_id, chunk_size=settings.chunk_size, topk=settings.topk,
                              vocab_size=vocab_size),
     ]
-    gaps = None
+    gaps = ties = None
     if outputs is not None:
-        gaps = sampling_gaps_batch(outputs.logits, oj.completions, list(oj.lease.seeds),
-                                   oj.lease.sampling.temperature, rounding=thr.sampling_rel_tolerance)
+        gaps, ties = sampling_gaps_and_ties(outputs.logits, oj.completions, list(oj.lease.seeds),
+                                            oj.lease.sampling.temperature, rounding=thr.sampling_rel_tolerance)
     last_gaps = None
     if gaps is not None:
         last_gaps = [float(g[-1]) if c.finish_reason == "eos" and g.numel() else None
@@ -86,7 +86,7 @@ def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: lis
     if outputs is not None and gaps is not None:
         proof = check_proof(oj, outputs.hidden, thr, chunk_size=settings.chunk_size, topk=settings.topk)
         checks.append(proof.model_copy(update={"stats": {**proof.stats, "prefill_dtype": outputs.dtype}}))
-        checks.append(check_sampling(oj, gaps, tolerance=thr.sampling_tolerance))
+        checks.append(check_sampling(oj, gaps, tolerance=thr.sampling_tolerance, ties=ties))
     return make_verdict(oj.job, checks)
 
 

@@ -39,6 +39,11 @@ completions of up to 8 and up to 64 tokens:
   bench/cross_hardware.py measures the shortfalls relative to the logits' magnitude. So
   low-precision prefills judge the shortfall beyond `sampling_rel_tolerance` = 2^-6 (two grid
   steps at worst) x the larger |logit| / temperature of the two tokens.
+- what the tolerances let through is still counted: the sampling check reports every token
+  that was not the perturbed argmax (`not_argmax`), and the coordinator bans a worker whose
+  count over its full checks is implausible for honest noise (`coordinator.rules.near_ties`):
+  a temperature cheat that hides each token within the allowance misses ~5% of its tokens,
+  honest workers 0-0.16%.
 """
 
 from __future__ import annotations

@@ -86,4 +86,4 @@ def worker_info(ctx: Context, worker_id: str) -> WorkerInfo:
         raise NotFound("unknown_worker", f"no worker {worker_id}")
     return WorkerInfo(worker_id=row.worker_id, status=row.status, accepted=row.accepted, rejected=row.rejected,
                       accepted_tokens=row.accepted_tokens, check_rate=worker_check_rate(ctx, row.clean_checks),
-                      ban_reason=row.ban_reason)
+                      ban_reason=row.ban_reason, checked_positions=row.checked_positions, near_ties=row.near_ties)

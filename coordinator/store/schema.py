@@ -45,6 +45,8 @@ workers = Table(
     Column("rejected", Integer, nullable=False, server_default="0"),
     Column("accepted_tokens", BigInteger, nullable=False, server_default="0"),
     Column("clean_checks", Integer, nullable=False, server_default="0"),
+    Column("checked_positions", BigInteger, nullable=False, server_default="0"),  # tokens of clean full checks
+    Column("near_ties", BigInteger, nullable=False, server_default="0"),          # ... off the seeded argmax
     Column("hardware", Text, nullable=False, server_default="{}"),
     Column("client_version", String(64), nullable=False, server_default=""),
     Column("engine", String(64), nullable=False, server_default=""),

@@ -19,7 +19,9 @@ _SEEN = (update(workers).where(and_(workers.c.worker_id == bindparam("w"), worke
 _SEEN_HB = _SEEN.values(policy_version=bindparam("pv"), tokens_per_s=bindparam("tps"), status_text=bindparam("st"))
 _CREDIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(
     accepted=workers.c.accepted + 1, accepted_tokens=workers.c.accepted_tokens + bindparam("tokens"),
-    clean_checks=workers.c.clean_checks + bindparam("clean"))
+    clean_checks=workers.c.clean_checks + bindparam("clean"),
+    checked_positions=workers.c.checked_positions + bindparam("positions"),
+    near_ties=workers.c.near_ties + bindparam("ties"))
 _DEBIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(rejected=workers.c.rejected + 1)
 _BAN = update(workers).where(workers.c.worker_id == bindparam("w")).values(status="banned",
                                                                            ban_reason=bindparam("reason"))
@@ -67,8 +69,12 @@ def ban(conn: Connection, worker_id: str, reason: str) -> None:
     conn.execute(_BAN, {"w": worker_id, "reason": reason[:2000]})
 
 
-def credit_accepted(conn: Connection, worker_id: str, tokens: int, clean_check: bool) -> None:
-    conn.execute(_CREDIT, {"w": worker_id, "tokens": tokens, "clean": 1 if clean_check else 0})
+def credit_accepted(conn: Connection, worker_id: str, tokens: int, clean_check: bool, *,
+                    positions: int = 0, near_ties: int = 0) -> None:
+    """Count an accepted submission; a full check also adds its sampling counts (tokens
+    checked, tokens off the seeded argmax) to the worker's near-tie ledger."""
+    conn.execute(_CREDIT, {"w": worker_id, "tokens": tokens, "clean": 1 if clean_check else 0,
+                           "positions": positions, "ties": near_ties})
 
 
 def debit_rejected(conn: Connection, worker_id: str) -> None:

@@ -43,9 +43,17 @@ def sampling_gaps_batch(logits: list[torch.Tensor], tokens: list[list[int]], see
                         temperature: float, *, rounding: float = 0.0) -> list[torch.Tensor]:
     """`sampling_gaps` of every completion of a submission with one noise computation (the
     same values: `gumbel_noise_rows` row i is `gumbel_noise(seed_i, position_i)`)."""
+    return sampling_gaps_and_ties(logits, tokens, seeds, temperature, rounding=rounding)[0]
+
+
+def sampling_gaps_and_ties(logits: list[torch.Tensor], tokens: list[list[int]], seeds: list[int],
+                           temperature: float, *, rounding: float = 0.0) -> tuple[list[torch.Tensor], list[int]]:
+    """(`sampling_gaps_batch`, per completion the number of tokens that were not the
+    verifier's perturbed argmax at all, however small their shortfall: the near-ties that
+    the tolerances let through, counted so that a worker's rate of them can be watched)."""
     lens = [len(t) for t in tokens]
     if not any(lens):
-        return [torch.zeros(0, dtype=torch.float64) for _ in tokens]
+        return [torch.zeros(0, dtype=torch.float64) for _ in tokens], [0] * len(tokens)
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     lg = torch.cat([x[:n].float() for x, n in zip(logits, lens)])
@@ -56,14 +64,17 @@ def sampling_gaps_batch(logits: list[torch.Tensor], tokens: list[list[int]], see
     chosen = scores.gather(1, chosen_ids[:, None])[:, 0]
     best_score, best_ids = scores.max(dim=1)
     gaps = best_score - chosen
+    ties = [int(t.sum()) for t in torch.split((gaps > 0).to("cpu"), lens)]
     if rounding:
         pair = torch.stack([lg.gather(1, best_ids[:, None])[:, 0], lg.gather(1, chosen_ids[:, None])[:, 0]])
         gaps = gaps - rounding * pair.abs().max(dim=0).values / temperature
     gaps = gaps.clamp(min=0).to("cpu", torch.float64)
-    return list(torch.split(gaps, lens))
+    return list(torch.split(gaps, lens)), ties
 
 
-def check_sampling(oj: OpenedJob, gaps: list[torch.Tensor], *, tolerance: float) -> CheckResult:
+def check_sampling(oj: OpenedJob, gaps: list[torch.Tensor], *, tolerance: float,
+                   ties: list[int] | None = None) -> CheckResult:
+    """`ties`: `sampling_gaps_and_ties`'s count per completion of tokens off the argmax."""
     problems: list[str] = []
     worst, not_argmax, over, positions = 0.0, 0, 0, 0
     per_completion = []
@@ -78,6 +89,8 @@ def check_sampling(oj: OpenedJob, gaps: list[torch.Tensor], *, tolerance: float)
         if bad:
             problems.append(f"completion {i}: token {bad[0]} was not the seeded sample "
                             f"(shortfall {float(g[bad[0]]):.3f} > {tolerance}; {len(bad)} such tokens)")
+    if ties is not None:
+        not_argmax = sum(ties)
     stats = {"positions": positions, "not_argmax": not_argmax, "over_tolerance": over,
              "worst_gap": round(worst, 6), "tolerance": tolerance, "per_completion_worst": per_completion}
     return result(NAME, not problems, stats, first_failures(problems))

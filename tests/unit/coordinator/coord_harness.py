@@ -155,10 +155,10 @@ class Swarm:
         return ClaimResponse.model_validate_json(r.content).jobs
 
     def verdict(self, submission_id: str, accepted: bool, full_check: bool = True, reason: str = "",
-                key: KeyPair | None = None) -> httpx.Response:
+                key: KeyPair | None = None, checks: list | None = None) -> httpx.Response:
         return self.post("/v1/verdicts", KIND_VERDICT,
-                         Verdict(submission_id=submission_id, accepted=accepted, full_check=full_check, checks=[],
-                                 reason=reason), key or self.verifier)
+                         Verdict(submission_id=submission_id, accepted=accepted, full_check=full_check,
+                                 checks=checks or [], reason=reason), key or self.verifier)
 
     def batch(self, max_groups: int = 64, min_version: int = 0, wait_s: float = 0.0) -> httpx.Response:
         return self.post("/v1/trainer/batch", KIND_BATCH_REQUEST,

@@ -192,3 +192,86 @@ def test_policy_info_follows_every_new_version(swarm):
         assert info.version == v and info.async_window == swarm.cfg.async_window
         assert open_manifest(info.manifest, swarm.operator.public).version == v
         assert swarm.http.get("/v1/policy").json() == info.model_dump(mode="json")  # cached answer, same bytes
+
+
+def test_a_worker_whose_tokens_miss_the_seeded_choice_too_often_is_banned(make_swarm):
+    """Each verdict passes (every near-tie within tolerance), but one worker's tokens miss the
+    verifier's argmax at ~5% (a temperature cheat) while the other's miss at 0.3% (noise):
+    the first is banned by the near-tie rate test and its unconsumed work dropped, the second
+    keeps working. The counts are kept per worker and shown in its public record."""
+    from protocol.messages import CheckResult
+
+    s = make_swarm(near_ties={"honest_rate": 0.005, "alpha": 1e-6})
+    s.publish(0)
+    cheat, honest = s.new_worker(), s.new_worker()
+
+    def submit_and_judge(w, positions, ties):
+        (lease,) = s.lease(w)
+        sid = s.submit(w, lease).json()["submission_id"]
+        s.claim()
+        sampling = CheckResult(name="sampling", passed=True, stats={"positions": positions, "not_argmax": ties})
+        assert s.verdict(sid, True, checks=[sampling]).status_code == 200
+        return sid
+
+    sids = []
+    for i in range(20):
+        if s.snapshot_worker(cheat)["status"] == "banned":
+            break
+        sids.append(submit_and_judge(cheat, 40, 2))
+    info = WorkerInfo.model_validate(s.http.get(f"/v1/workers/{cheat.peer_id}").json())
+    assert info.status == "banned" and "not the seeded sample" in info.ban_reason
+    assert 3 <= len(sids) <= 10 and info.near_ties == 2 * len(sids) and info.checked_positions == 40 * len(sids)
+    # the verdicts stay as the verifier gave them; the banned worker's untrained submissions leave the buffer
+    assert {s.http.get(f"/v1/submissions/{sid}").json()["status"] for sid in sids} == {"dropped"}
+    assert s.metric("swarmrl_coordinator_bans_total") == 1
+    for i in range(30):  # 1,200 tokens, 4 misses: 0.33%, plausible at the honest rate
+        submit_and_judge(honest, 40, 1 if i % 8 == 0 else 0)
+    info = WorkerInfo.model_validate(s.http.get(f"/v1/workers/{honest.peer_id}").json())
+    assert info.status == "active" and info.near_ties == 4 and info.checked_positions == 1200
+    assert len(BatchResponse.model_validate_json(s.batch().content).groups) == 30
+
+
+def test_the_near_tie_test_can_be_switched_off(make_swarm):
+    from protocol.messages import CheckResult
+
+    s = make_swarm(near_ties={"enabled": False})
+    s.publish(0)
+    w = s.new_worker()
+    for _ in range(5):
+        (lease,) = s.lease(w)
+        sid = s.submit(w, lease).json()["submission_id"]
+        s.claim()
+        s.verdict(sid, True, checks=[CheckResult(name="sampling", passed=True,
+                                                 stats={"positions": 40, "not_argmax": 10})])
+    assert s.snapshot_worker(w)["status"] == "active" and s.snapshot_worker(w)["near_ties"] == 50
+
+
+def test_verdicts_in_one_batch_are_each_checked_and_applied_on_their_own(swarm):
+    """POST /v1/verdicts/batch: each element is a signed verdict handled as at /v1/verdicts; a
+    refused one (unknown submission, a key that is not a verifier's, a replayed envelope)
+    gets its own status and changes nothing, the others are applied."""
+    from protocol.messages import KIND_VERDICT, Verdict, VerdictBatchResponse
+
+    swarm.publish(0)
+    w = swarm.new_worker()
+    sids = [swarm.submit(w, lease).json()["submission_id"] for lease in swarm.lease(w, 3)]
+    swarm.claim()
+    good = [swarm.seal(KIND_VERDICT, Verdict(submission_id=sid, accepted=True, full_check=True, checks=[]), swarm.verifier)
+            for sid in sids[:2]]
+    unknown = swarm.seal(KIND_VERDICT, Verdict(submission_id="s-nope", accepted=True, full_check=True, checks=[]),
+                   swarm.verifier)
+    forged = swarm.seal(KIND_VERDICT, Verdict(submission_id=sids[2], accepted=False, full_check=True, checks=[]), w)
+    body = {"envelopes": [e.model_dump(mode="json") for e in (good[0], unknown, forged, good[1], good[0])]}
+    r = swarm.http.post("/v1/verdicts/batch", json=body)
+    assert r.status_code == 200, r.text
+    statuses = [o.status for o in VerdictBatchResponse.model_validate_json(r.content).results]
+    assert statuses[0] == 200 and statuses[3] == 200
+    assert statuses[1] == 404 and statuses[2] == 403 and statuses[4] in (400, 409)
+    assert [swarm.http.get(f"/v1/submissions/{sid}").json()["status"] for sid in sids] == \
+        ["accepted", "accepted", "queued"]
+    assert swarm.snapshot_worker(w)["status"] == "active"
+    before = swarm.snapshot()
+    for bad in (b"", b"[]", b'{"envelopes": []}', b'{"envelopes": [{"kind": 1}]}'):
+        r = swarm.http.post("/v1/verdicts/batch", content=bad, headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422) and "detail" in r.json()
+    assert swarm.snapshot() == before

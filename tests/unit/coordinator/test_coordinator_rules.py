@@ -253,3 +253,28 @@ def test_training_payload_is_cut_from_the_canonical_body_exactly():
                                "finish_reasons": [c.finish_reason for c in sub.completions]}
     assert group_json(body, 2) is None  # shape mismatch: the caller encodes it itself
     assert group_json(b'{"x":1}', 0) is None
+
+
+def test_poisson_tail_on_hand_checked_numbers():
+    import math
+
+    from coordinator.rules.near_ties import poisson_tail
+
+    assert poisson_tail(0, 3.0) == 1.0 and poisson_tail(1, 0.0) == 0.0
+    assert poisson_tail(3, 1.0) == pytest.approx(1 - math.exp(-1) * 2.5, rel=1e-12)       # 0.0803
+    assert poisson_tail(1, 2.0) == pytest.approx(1 - math.exp(-2), rel=1e-12)
+    assert poisson_tail(10, 0.5) == pytest.approx(sum(math.exp(-0.5) * 0.5**i / math.factorial(i)
+                                                      for i in range(10, 40)), rel=1e-9)
+    assert 0 < poisson_tail(400, 10.0) < 1e-300 or poisson_tail(400, 10.0) == 0.0  # far tail: no overflow
+
+
+def test_near_tie_test_bans_a_five_percent_rate_and_spares_honest_noise():
+    from coordinator.rules.near_ties import implausible
+
+    kw = dict(honest_rate=0.005, alpha=1e-6)
+    assert not implausible(0, 10_000, **kw) and not implausible(3, 0, **kw)
+    assert not implausible(5, 1000, **kw)          # 0.5%: exactly the honest rate
+    assert not implausible(3, 100, **kw)           # P(Poisson(0.5) >= 3) = 0.014
+    assert implausible(10, 200, **kw)              # 5% over 200 tokens: P ~ 1e-7
+    assert implausible(60, 4000, **kw)             # 1.5% over 4,000: P ~ 1e-15
+    assert not implausible(30, 4000, **kw)         # 0.75%: P ~ 0.08

@@ -5,13 +5,14 @@ import threading
 import time
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from protocol.envelope import Envelope, open_envelope
 from protocol.http import ServerThread, SignedClient
 from protocol.identity import KeyPair
-from protocol.messages import KIND_CLAIM, KIND_VERDICT, ClaimRequest, Verdict
+from protocol.messages import KIND_CLAIM, KIND_VERDICT, ClaimRequest, Verdict, VerdictBatch
 from tests.adversarial.harness import engine_for, generate_with, honest_submissions
 from verifier.app import create_app
 from verifier.judge import JudgeSettings
@@ -20,17 +21,37 @@ from verifier.service import VerifierService
 
 
 class FakeCoordinator:
-    """Hands out `jobs` once; fails the first `fail_claims` claims and the first verdict with
-    503; refuses verdicts on `refuse` with 409; records every verdict it accepts."""
+    """Hands out `jobs` once; fails the first `fail_claims` claims and the first verdict request
+    with 503; refuses verdicts on `refuse` with 409; records every verdict it accepts. With
+    `batch_route` it also serves POST /v1/verdicts/batch (an older coordinator does not)."""
 
-    def __init__(self, verifier: KeyPair, jobs, *, fail_claims=2, refuse=()):
+    def __init__(self, verifier: KeyPair, jobs, *, fail_claims=2, refuse=(), batch_route=False):
         self.jobs = list(jobs)
         self.fail_claims = fail_claims
         self.failed_verdict = False
         self.refuse = set(refuse)
         self.verdicts: dict[str, Verdict] = {}
         self.claims = 0
+        self.requests = {"single": 0, "batch": 0}
         app = FastAPI()
+
+        def take(env: Envelope) -> tuple[int, str]:
+            v = open_envelope(env, KIND_VERDICT, Verdict, signer=verifier.public).body
+            if v.submission_id in self.refuse:
+                return 409, "already decided"
+            self.verdicts[v.submission_id] = v
+            return 200, ""
+
+        if batch_route:
+            @app.post("/v1/verdicts/batch")
+            async def verdict_batch(request: Request):
+                batch = VerdictBatch.model_validate_json(await request.body())
+                self.requests["batch"] += 1
+                if not self.failed_verdict:
+                    self.failed_verdict = True
+                    return JSONResponse({"detail": "try again"}, status_code=503)
+                outcomes = [take(env) for env in batch.envelopes]
+                return {"results": [{"status": st, "detail": d} for st, d in outcomes]}
 
         @app.post("/v1/verification/claim")
         async def claim(request: Request):
@@ -45,19 +66,20 @@ class FakeCoordinator:
         @app.post("/v1/verdicts")
         async def verdict(request: Request):
             env = Envelope.model_validate_json(await request.body())
-            v = open_envelope(env, KIND_VERDICT, Verdict, signer=verifier.public).body
+            self.requests["single"] += 1
             if not self.failed_verdict:
                 self.failed_verdict = True
                 return JSONResponse({"detail": "try again"}, status_code=503)
-            if v.submission_id in self.refuse:
-                return JSONResponse({"detail": "already decided"}, status_code=409)
-            self.verdicts[v.submission_id] = v
-            return {"ok": True}
+            status, detail = take(env)
+            return {"ok": True} if status == 200 else JSONResponse({"detail": detail}, status_code=status)
 
         self.server = ServerThread(app).start()
 
 
-def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, worker_key):
+@pytest.mark.parametrize("batch_route", [True, False], ids=["verdict-batches", "one-by-one"])
+def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, worker_key, batch_route):
+    """The claim's verdicts go out in one request (retried whole after a 503; a refused element
+    is dropped, the others kept); a coordinator without the batch route gets them one by one."""
     engine = engine_for(world.versions[1], 1)
     l1, e1 = world.lease(worker_key)
     l2, e2 = world.lease(worker_key)
@@ -69,7 +91,7 @@ def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, work
             world.job(e3, hot, worker_key, submission_id="cheat"),
             world.job(e1, honest[0], worker_key, submission_id="refused")]
     verifier = KeyPair.generate()
-    fake = FakeCoordinator(verifier, jobs, refuse={"refused"})
+    fake = FakeCoordinator(verifier, jobs, refuse={"refused"}, batch_route=batch_route)
     metrics = VerifierMetrics()
     client = SignedClient(fake.server.url, verifier)
     service = VerifierService(client, coordinator_key=world.coordinator.public, tokenizer=world.tokenizer,
@@ -102,6 +124,10 @@ def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, work
         assert 'swarmrl_verifier_check_failures_total{check="sampling"} 1.0' in text
         assert 'swarmrl_verifier_errors_total{kind="coordinator_unavailable"} 2.0' in text
         assert "swarmrl_verifier_prefill_seconds_count" in text
+        if batch_route:  # claims of 3 jobs: one request for 3 verdicts and its retry; the last claim's one alone
+            assert fake.requests["batch"] == 2 and fake.requests["single"] == 1
+        else:
+            assert fake.requests["single"] == 5 and fake.requests["batch"] == 0
     finally:
         stop.set()
         t.join(timeout=30)
