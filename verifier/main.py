@@ -33,7 +33,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
     from protocol.identity import KeyPair, PublicKey
     from shardcast.client import ShardcastClient
     from verifier.app import create_app
-    from verifier.errors import SetupError
+    from verifier.errors import JobError, SetupError
     from verifier.judge import JudgeSettings
     from verifier.metrics import VerifierMetrics
     from verifier.models import PolicyModels, Prefetcher
@@ -79,9 +79,16 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         closers += [sc, prefetch_client]
         models = PolicyModels(sc.fetch, device=cfg.device, dtype=cfg.dtype, capacity=cfg.max_models,
                               on_load=lambda v, s: metrics.model_loads.inc())
-        tokenizer = _first_tokenizer(sc, info, stop)
-        if tokenizer is None:
+        first = _first_tokenizer(sc, info, stop)
+        if first is None:
             return
+        tokenizer, first_version = first
+        # Load the model before the first claim: the first load (imports, kernels) takes seconds
+        # on a busy machine, and submissions would queue behind it (bench/learning: ~8 s at start).
+        try:
+            models.model(first_version)
+        except JobError as exc:  # the first job that needs it will try again
+            log.warning("could not load policy version %d ahead of the first job: %s", first_version, exc)
         prefetcher = Prefetcher(prefetch_client, stop, on_version=lambda v: metrics.newest_version.set(v))
         prefetcher.start()
         ledger = SeenLedger(cfg.data_dir / "seen.sqlite")
@@ -130,8 +137,9 @@ def _wait_for_run(client: Any, stop: threading.Event):
 
 
 def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
-    """The run's tokenizer, from the first policy version the relays offer (the tokenizer
-    never changes within a run), or from `tokenizer_ref` if the checkpoint has none."""
+    """(The run's tokenizer, the policy version it came from): from the first version the
+    relays offer (the tokenizer never changes within a run), or from `tokenizer_ref` if the
+    checkpoint has none. None when stopped first."""
     from protocol.errors import ProtocolError
     from protocol.http import backoff_delays
     from protocol.lm import load_tokenizer
@@ -147,13 +155,13 @@ def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
                 continue
             path = Path(sc.fetch(version))
             try:
-                return load_tokenizer(str(path))
+                return load_tokenizer(str(path)), version
             except (OSError, ValueError) as exc:
                 if not info.tokenizer_ref:
                     raise SetupError(f"policy version {version} has no tokenizer ({exc}) and the coordinator "
                                      "advertises no tokenizer_ref") from exc
                 log.info("version %d has no tokenizer (%s); using %s", version, exc, info.tokenizer_ref)
-                return load_tokenizer(info.tokenizer_ref)
+                return load_tokenizer(info.tokenizer_ref), version
         except SetupError:
             raise
         except ProtocolError as exc:

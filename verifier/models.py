@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from protocol.errors import ProtocolError
 from protocol.http import backoff_delays
-from protocol.lm import load_model
+from protocol.lm import load_model, reload_weights
 from verifier.errors import JobError
 
 log = logging.getLogger("swarmrl.verifier")
@@ -36,27 +36,37 @@ class PolicyModels:
         self.dtype = dtype
         self.capacity = max(1, capacity)
         self.on_load = on_load
-        self._models: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self._models: OrderedDict[tuple[int, str], tuple[Any, str]] = OrderedDict()  # -> (model, config.json)
 
     def loaded(self) -> list[tuple[int, str]]:
         return list(self._models)
 
     def model(self, version: int, dtype: str | None = None) -> Any:
-        """The model of `version` computing in `dtype` (default: the configured one)."""
+        """The model of `version` computing in `dtype` (default: the configured one). When the
+        cache is full, the least recently used model of the same architecture and dtype gets
+        the new version's weights in place (`protocol.lm.reload_weights`) instead of a new
+        model being built: a new version every few seconds costs milliseconds, not ~0.1 s."""
         key = (version, dtype or self.dtype)
         hit = self._models.get(key)
         if hit is not None:
             self._models.move_to_end(key)
-            return hit
+            return hit[0]
         started = time.perf_counter()
         try:
-            path = self.fetch(version)
-            model = load_model(str(path), device=self.device, dtype=key[1])
+            path = Path(self.fetch(version))
+            config_json = (path / "config.json").read_text()
+            model = None
+            if len(self._models) >= self.capacity:
+                old_key, (old, old_config) = self._models.popitem(last=False)
+                if old_key[1] == key[1] and old_config == config_json and reload_weights(old, path, self.device):
+                    model = old
+            if model is None:
+                model = load_model(str(path), device=self.device, dtype=key[1])
         except ProtocolError as exc:
             raise JobError(f"policy version {version} is not available: {exc}") from exc
         except (OSError, ValueError) as exc:
             raise JobError(f"policy version {version} cannot be loaded: {exc}") from exc
-        self._models[key] = model
+        self._models[key] = (model, config_json)
         while len(self._models) > self.capacity:
             self._models.popitem(last=False)
         seconds = time.perf_counter() - started

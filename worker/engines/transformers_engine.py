@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from protocol.lm import base_model, load_model, resolve_device, resolve_dtype
+from protocol.lm import base_model, load_model, reload_weights, resolve_device, resolve_dtype
 from protocol.messages import EngineInfo
 from protocol.sampling import sample_rows
 from worker.engines.base import GenerationRequest, GenerationResult
@@ -46,13 +46,7 @@ class TransformersEngine:
         checkpoint_dir = Path(checkpoint_dir)
         config_json = (checkpoint_dir / "config.json").read_text()
         if self.model is not None and config_json == self._config_json:
-            from safetensors.torch import load_file
-
-            state = {}
-            for f in sorted(checkpoint_dir.glob("*.safetensors")):
-                state.update(load_file(str(f), device=str(self.device)))
-            missing, unexpected = self.model.load_state_dict(state, strict=False)
-            if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
+            if not reload_weights(self.model, checkpoint_dir, self.device):
                 self.model = load_model(str(checkpoint_dir), self.device, self.dtype)
         else:
             self.model = load_model(str(checkpoint_dir), self.device, self.dtype)
