@@ -198,6 +198,10 @@ def build_chunk_lists(bit_arrays: list[np.ndarray], chunk_size: int, topk: int) 
     """Proof chunks for several (T, H) bf16 bit arrays at once (all chunks of the same
     size are interpolated in one batch)."""
     out: list[list[bytes]] = [[b""] * -(-bits.shape[0] // chunk_size) for bits in bit_arrays]
+    # Top-k per group of equal chunk size; then one interpolation for all chunks with the same
+    # number of points (short completions of different lengths would otherwise cost one
+    # interpolation call each).
+    by_k: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]]] = {}
     for g in _chunk_groups(bit_arrays, chunk_size):
         k = min(topk, g.n)
         idx = topk_indices(g.rows, k)
@@ -208,8 +212,12 @@ def build_chunk_lists(bit_arrays: list[np.ndarray], chunk_size: int, topk: int) 
             moduli = np.array([injective_modulus(row) for row in idx], dtype=np.int64)
             if np.any(moduli == 0):
                 raise ProofError("no injective modulus for a chunk (top-k too large)")
-        coeffs = gf.interpolate(idx % moduli[:, None], ys)
-        for (j, c), data in zip(g.where, encode_chunks(moduli, coeffs, topk)):
+        by_k.setdefault(k, []).append((idx % moduli[:, None], ys, moduli, g.where))
+    for parts in by_k.values():
+        xs, ys, moduli = (np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in range(3))
+        coeffs = gf.interpolate(xs, ys)
+        where = [w for p in parts for w in p[3]]
+        for (j, c), data in zip(where, encode_chunks(moduli, coeffs, topk)):
             out[j][c] = data
     return out
 
