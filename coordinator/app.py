@@ -58,6 +58,7 @@ from protocol.messages import (
     Submission,
     SubmissionResponse,
     SubmissionStatus,
+    SubmissionStatuses,
     Verdict,
     VerdictBatch,
     VerdictBatchResponse,
@@ -287,6 +288,11 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """Signed `submission`: cheap checks, rewards, storage, verification queue."""
         return await api.signed(request, "submit", KIND_SUBMISSION, Submission,
                                 lambda o, raw, addr: work.submit(ctx, o, raw))
+
+    @app.get(routes.SUBMISSION_STATUSES, tags=["work"], responses={200: {"model": SubmissionStatuses}})
+    async def submission_statuses(request: Request, ids: str = "") -> Response:
+        """Up to 256 submissions' statuses in one request (`?ids=a,b,...`)."""
+        return await api.plain(request, "submission_statuses", lambda: work.submission_statuses(ctx, ids))
 
     @app.get(routes.SUBMISSION, tags=["work"], responses={200: {"model": SubmissionStatus}})
     async def submission(request: Request, submission_id: str) -> Response:

@@ -186,6 +186,14 @@ class SubmissionStatus(Strict):
     tokens: int = 0
 
 
+class SubmissionStatuses(Strict):
+    """`GET /v1/submission-statuses?ids=a,b,...`: several submissions at once (a worker polls
+    all it awaits in one request); ids the coordinator does not know are listed in `unknown`."""
+
+    statuses: list[SubmissionStatus]
+    unknown: list[str] = Field(default_factory=list)
+
+
 class WorkerInfo(Strict):
     """`GET /v1/workers/{id}`: a worker's standing (public)."""
 

@@ -14,6 +14,7 @@ LEASES = "/v1/leases"                            # POST lease_request -> LeaseRe
 LEASE_RELEASE = "/v1/leases/release"             # POST lease_release -> {"released": n}
 SUBMISSIONS = "/v1/submissions"                  # POST submission -> SubmissionResponse
 SUBMISSION = "/v1/submissions/{submission_id}"   # GET -> SubmissionStatus
+SUBMISSION_STATUSES = "/v1/submission-statuses"  # GET ?ids=a,b,... (up to 256) -> SubmissionStatuses
 VERIFICATION_CLAIM = "/v1/verification/claim"    # POST verification_claim (verifier key) -> ClaimResponse
 VERDICTS = "/v1/verdicts"                        # POST verdict (verifier key) -> {"ok": true}
 VERDICTS_BATCH = "/v1/verdicts/batch"            # POST VerdictBatch (each a signed verdict) -> VerdictBatchResponse

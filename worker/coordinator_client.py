@@ -15,7 +15,8 @@ from protocol.identity import KeyPair
 from protocol.messages import (
     KIND_HEARTBEAT, KIND_LEASE_RELEASE, KIND_LEASE_REQUEST, KIND_REGISTRATION, KIND_SUBMISSION,
     Heartbeat, LeaseRelease, LeaseRequest, LeaseResponse, PolicyInfo, Registration,
-    RegistrationResponse, RunInfo, Submission, SubmissionResponse, SubmissionStatus, WorkerInfo,
+    RegistrationResponse, RunInfo, Submission, SubmissionResponse, SubmissionStatus, SubmissionStatuses,
+    WorkerInfo,
 )
 
 
@@ -49,6 +50,11 @@ class CoordinatorClient:
 
     def submission_status(self, submission_id: str) -> SubmissionStatus:
         return self.http.get(routes.SUBMISSION.format(submission_id=submission_id), SubmissionStatus,
+                             timeout_s=10.0)
+
+    def submission_statuses(self, submission_ids: list[str]) -> SubmissionStatuses:
+        """Several statuses in one request (a coordinator without that route: Rejected 404/405)."""
+        return self.http.get(routes.SUBMISSION_STATUSES, SubmissionStatuses, params={"ids": ",".join(submission_ids)},
                              timeout_s=10.0)
 
     def worker_info(self, worker_id: str) -> WorkerInfo:

@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from protocol.http import Rejected, Unavailable
-from protocol.messages import Heartbeat
+from protocol.messages import Heartbeat, SubmissionStatus
 from worker.coordinator_client import CoordinatorClient
 from worker.spool import Spool
 from worker.state import WorkerState
@@ -42,6 +42,7 @@ class Housekeeper:
         self.on_banned = on_banned
         self.heartbeat_s, self.poll_s, self.info_s = heartbeat_s, poll_s, info_s
         self._thread = threading.Thread(target=self._loop, daemon=True, name="housekeeping")
+        self._batch_route = True  # False once the coordinator answered 404/405 to the statuses route
 
     def start(self) -> None:
         self._thread.start()
@@ -74,22 +75,27 @@ class Housekeeper:
             log.debug("heartbeat failed: %s", exc)
 
     def poll_verdicts(self) -> None:
-        """Turn verdicts of acknowledged submissions into counters (and credit)."""
+        """Turn verdicts of acknowledged submissions into counters (and credit). All awaited
+        submissions are asked for in one request; one request each from a coordinator that
+        does not serve the batch route."""
+        entries = []
         for entry in self.spool.awaiting()[:MAX_POLLS_PER_TICK]:
-            if self.stop.is_set():
-                return
-            if not entry.submission_id:
+            if entry.submission_id:
+                entries.append(entry)
+            else:
                 self.spool.settle(entry)
+        if not entries or self.stop.is_set():
+            return
+        statuses = self._statuses([e.submission_id for e in entries])
+        if statuses is None:
+            return
+        for entry in entries:
+            if entry.submission_id not in statuses:  # not asked this time (the coordinator went away)
                 continue
-            try:
-                st = self.coord.submission_status(entry.submission_id)
-            except Unavailable as exc:
-                log.debug("verdict poll failed: %s", exc)
-                return
-            except Rejected as exc:
-                if exc.status == 404:  # the coordinator lost it (e.g. a reset database)
-                    self.spool.settle(entry)
-                    self.state.add(dropped=1)
+            st = statuses[entry.submission_id]
+            if st is None:  # the coordinator lost it (e.g. a reset database)
+                self.spool.settle(entry)
+                self.state.add(dropped=1)
                 continue
             if st.status == "queued":
                 continue
@@ -103,6 +109,34 @@ class Housekeeper:
                 self.state.add(dropped=1)
             self.spool.settle(entry)
         self.state.set(spool_awaiting=len(self.spool.awaiting()))
+
+    def _statuses(self, ids: list[str]) -> dict[str, SubmissionStatus | None] | None:
+        """submission id -> its status (None: unknown to the coordinator); None if unreachable."""
+        if self._batch_route:
+            try:
+                got = self.coord.submission_statuses(ids)
+                return {**{s.submission_id: s for s in got.statuses}, **{i: None for i in got.unknown}}
+            except Unavailable as exc:
+                log.debug("verdict poll failed: %s", exc)
+                return None
+            except Rejected as exc:
+                if exc.status not in (404, 405):
+                    log.debug("verdict poll refused: %s", exc)
+                    return None
+                self._batch_route = False
+        out: dict[str, SubmissionStatus | None] = {}
+        for i in ids:
+            if self.stop.is_set():
+                break
+            try:
+                out[i] = self.coord.submission_status(i)
+            except Unavailable as exc:
+                log.debug("verdict poll failed: %s", exc)
+                break
+            except Rejected as exc:
+                if exc.status == 404:
+                    out[i] = None
+        return out
 
     def _standing(self) -> None:
         try:

@@ -8,7 +8,7 @@ import logging
 
 from coordinator.auth import group_json
 from coordinator.context import Context
-from coordinator.errors import Conflict, Forbidden, NotFound
+from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
 from coordinator.rules.leasing import (
@@ -32,6 +32,7 @@ from protocol.messages import (
     Submission,
     SubmissionResponse,
     SubmissionStatus,
+    SubmissionStatuses,
 )
 
 log = logging.getLogger("swarmrl.coordinator")
@@ -148,6 +149,24 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
             raise Conflict("duplicate_submission", f"lease {row.lease_id} was already submitted")
     ctx.metrics.submissions.inc()
     return SubmissionResponse(submission_id=sid, status="queued")
+
+
+MAX_STATUS_IDS = 256
+
+
+def submission_statuses(ctx: Context, ids_csv: str) -> SubmissionStatuses:
+    """The statuses of up to MAX_STATUS_IDS comma-separated submission ids, in one query."""
+    ids = list(dict.fromkeys(i for i in ids_csv.split(",") if i))
+    if not ids:
+        raise Invalid("no_ids", "give the submission ids as ?ids=a,b,...")
+    if len(ids) > MAX_STATUS_IDS or any(len(i) > 64 for i in ids):
+        raise Invalid("too_many_ids", f"at most {MAX_STATUS_IDS} ids of at most 64 characters")
+    with ctx.db.read() as conn:
+        rows = {r.submission_id: r for r in submissions.get_statuses(conn, ids)}
+    return SubmissionStatuses(
+        statuses=[SubmissionStatus(submission_id=r.submission_id, worker_id=r.worker_id, status=r.status,
+                                   reason=r.reason, tokens=r.n_tokens) for r in (rows[i] for i in ids if i in rows)],
+        unknown=[i for i in ids if i not in rows])
 
 
 def submission_status(ctx: Context, submission_id: str) -> SubmissionStatus:

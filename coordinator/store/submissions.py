@@ -13,6 +13,8 @@ c_ = submissions.c
 # hot statements, built once (see workers.py)
 _STATUS = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_tokens, c_.full_check, c_.policy_version,
                  c_.lease_id).where(c_.submission_id == bindparam("s"))
+_STATUSES = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_tokens).where(
+    c_.submission_id.in_(bindparam("ids", expanding=True)))
 _CONTENT = select(c_.submission_id).where(and_(c_.task_id == bindparam("t"), c_.content_hash == bindparam("h")))
 _INSERT = submissions.insert()
 _INSERT_PAYLOAD = submission_payloads.insert()
@@ -39,6 +41,10 @@ def get(conn: Connection, submission_id: str) -> Row | None:
 
 def get_status(conn: Connection, submission_id: str) -> Row | None:
     return conn.execute(_STATUS, {"s": submission_id}).first()
+
+
+def get_statuses(conn: Connection, submission_ids: list[str]) -> list[Row]:
+    return list(conn.execute(_STATUSES, {"ids": submission_ids}))
 
 
 def content_exists(conn: Connection, task_id: str, content_hash: str) -> str | None:

@@ -275,3 +275,21 @@ def test_verdicts_in_one_batch_are_each_checked_and_applied_on_their_own(swarm):
         r = swarm.http.post("/v1/verdicts/batch", content=bad, headers={"content-type": "application/json"})
         assert r.status_code in (400, 422) and "detail" in r.json()
     assert swarm.snapshot() == before
+
+
+def test_submission_statuses_in_one_request(swarm):
+    from protocol.messages import SubmissionStatuses
+
+    swarm.publish(0)
+    w = swarm.new_worker()
+    sids = [swarm.submit(w, lease).json()["submission_id"] for lease in swarm.lease(w, 2)]
+    swarm.claim()
+    swarm.verdict(sids[0], True)
+    r = swarm.http.get("/v1/submission-statuses", params={"ids": ",".join([sids[1], "s-unknown", sids[0], sids[1]])})
+    assert r.status_code == 200, r.text
+    got = SubmissionStatuses.model_validate_json(r.content)
+    assert [(s.submission_id, s.status) for s in got.statuses] == [(sids[1], "queued"), (sids[0], "accepted")]
+    assert got.unknown == ["s-unknown"] and got.statuses[1].tokens > 0
+    for bad in ("", ",".join(f"s-{i}" for i in range(257)), "x" * 65):
+        r = swarm.http.get("/v1/submission-statuses", params={"ids": bad})
+        assert r.status_code == 422 and "detail" in r.json()

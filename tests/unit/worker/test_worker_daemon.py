@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 import torch
 
 from protocol.lm import completion_outputs, load_model
@@ -184,3 +185,24 @@ def test_weights_unavailable_for_a_while_then_back_the_daemon_recovers(fake, ver
     r.stop()
     assert r.error is None
     assert all(s["body"].policy_version == 1 for s in fake.submissions.values())
+
+
+@pytest.mark.parametrize("statuses_route", [True, False], ids=["one-request", "older-coordinator"])
+def test_verdicts_are_polled_into_credit(fake, versions, start_daemon, statuses_route):
+    """Awaited submissions are asked for in one request per poll (GET /v1/submission-statuses);
+    against a coordinator without that route, one request each. Either way every accepted
+    submission is credited once and leaves spool/awaiting/."""
+    fake.statuses_route = statuses_route
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 4, what="four submissions")
+    wait_until(lambda: r.daemon.state.snapshot()["accepted"] >= 4, what="four verdicts polled", timeout=30)
+    r.stop()
+    snap = r.daemon.state.snapshot()
+    assert 4 <= snap["accepted"] <= len(fake.submissions)
+    assert snap["credits_tokens"] == sum(sum(len(c.token_ids) for c in s["body"].completions)
+                                         for s in fake.submissions.values() if s["status"] == "accepted")
+    if statuses_route:
+        assert fake.status_calls["batch"] >= 1 and fake.status_calls["single"] == 0
+    else:
+        assert fake.status_calls["single"] >= 4

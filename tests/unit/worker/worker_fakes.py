@@ -63,6 +63,8 @@ class FakeCoordinator:
         self.unavailable_until = 0.0
         self.refuse_submissions: int | None = None  # HTTP status to answer submissions with
         self.verdict = "accepted"                    # what a polled submission turns into
+        self.statuses_route = True                   # serve GET /v1/submission-statuses (newer coordinators)
+        self.status_calls = {"single": 0, "batch": 0}
         self.banned: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.app = self._make_app()
@@ -178,16 +180,32 @@ class FakeCoordinator:
                 self.submissions[sid] = {"lease_id": lid, "worker": o.signer_id, "body": o.body, "status": "queued"}
             return SubmissionResponse(submission_id=sid, status="queued").model_dump(mode="json")
 
-        @app.get(routes.SUBMISSION)
-        def submission(submission_id: str) -> dict:
-            self._guard()
+        def status_of(submission_id: str) -> dict | None:
             s = self.submissions.get(submission_id)
             if s is None:
-                raise HTTPException(404, "unknown submission")
+                return None
             s["status"] = self.verdict
             tokens = sum(len(c.token_ids) for c in s["body"].completions)
             return SubmissionStatus(submission_id=submission_id, worker_id=s["worker"], status=s["status"],
                                     tokens=tokens if s["status"] == "accepted" else 0).model_dump(mode="json")
+
+        @app.get(routes.SUBMISSION_STATUSES)
+        def submission_statuses(ids: str) -> dict:
+            self._guard()
+            if not self.statuses_route:
+                raise HTTPException(404, "Not Found")
+            self.status_calls["batch"] += 1
+            found = {i: status_of(i) for i in ids.split(",")}
+            return {"statuses": [s for s in found.values() if s], "unknown": [i for i, s in found.items() if not s]}
+
+        @app.get(routes.SUBMISSION)
+        def submission(submission_id: str) -> dict:
+            self._guard()
+            self.status_calls["single"] += 1
+            st = status_of(submission_id)
+            if st is None:
+                raise HTTPException(404, "unknown submission")
+            return st
 
         @app.get(routes.WORKER)
         def worker(worker_id: str) -> dict:
