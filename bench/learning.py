@@ -72,7 +72,7 @@ def settings_for(window: int, seed: int, workers: int, cheaters: int = 0, p2p: b
     return SwarmSettings(seed=seed, honest_workers=workers, cheaters=cheaters, group_size=r.group_size,
                          temperature=r.temperature, max_tokens=r.max_tokens, task_options=dict(r.task_options),
                          async_window=window, lr=r.lr, groups_per_step=r.groups_per_step, eval_every=3,
-                         eval_tasks=300, p2p=p2p)
+                         eval_tasks=500, p2p=p2p)  # the whole held-out split of the demo task
 
 
 def run_one(root: Path, model_src: Path, window: int, args) -> dict:

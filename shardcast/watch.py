@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from protocol import routes
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
+from protocol.http import tls_context
 from protocol.identity import PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import PolicyManifest
@@ -114,7 +115,7 @@ async def _race(sources: Sources, key: PublicKey, after: int, timeout_s: float,
     deadline = time.monotonic() + max(0.0, timeout_s)
     urls = list(sources.urls)
     limits = httpx.Limits(max_connections=len(urls) + 1)
-    async with httpx.AsyncClient(limits=limits) as http:
+    async with httpx.AsyncClient(limits=limits, verify=tls_context()) as http:
         tasks = [asyncio.create_task(_poll_one(http, sources, url, key, after, deadline, run_id))
                  for url in urls]
         if also is not None:

@@ -22,6 +22,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from protocol import routes
+from protocol.http import tls_context
 
 METRICS = {"shardcast_shards_verified": "shards_verified", "shardcast_bytes_served": "bytes_served",
            "shardcast_bytes_fetched": "bytes_fetched", "shardcast_verify_failures": "verify_failures",
@@ -77,7 +78,7 @@ class RelayPoller:
         if self.states and self.clock() - self._last >= self.min_interval_s:
             async with self._lock:
                 if self.clock() - self._last >= self.min_interval_s:
-                    async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+                    async with httpx.AsyncClient(timeout=self.timeout_s, verify=tls_context()) as http:
                         await asyncio.gather(*(self._poll(http, s) for s in self.states.values()))
                     self._last = self.clock()
         return [s.as_dict() for s in self.states.values()]
