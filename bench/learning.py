@@ -15,7 +15,10 @@ model and seed, once per async window (default: 0 = synchronous, and 2), and rep
 
 The trainer is pinned to CPU 0 and every other process to CPU 1 (os.sched_setaffinity on
 each thread), as if they were separate machines, so the overlap of training and generation
-is real. Timings on a shared machine are noisy: the table says what else was running.
+is real. With `--services operator` the coordinator, verifier and relay join the trainer on
+CPU 0 instead (the operator's machines), leaving CPU 1 to the workers (the contributors'):
+in a deployment neither side shares its machine with the other's services, and two cores
+can only approximate that one way or the other, so the table says which. Timings on a shared machine are noisy: the table says what else was running.
 
     python bench/learning.py                       # windows 0 and 2, 4 minutes each
     python bench/learning.py --windows 2 --minutes 5 --out bench/out/learning
@@ -87,6 +90,7 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
         "updates_per_batch": DEMO_RECIPE.updates_per_batch, "grad_clip": DEMO_RECIPE.grad_clip}))
     ncpu = os.cpu_count() or 1
     trainer_cpus, other_cpus = ({0}, {1}) if ncpu >= 2 and args.pin else (set(range(ncpu)), set(range(ncpu)))
+    on_trainer_cpu = {"trainer"} | ({"coordinator", "verifier", "relay"} if args.services == "operator" else set())
     with ProcessGroup(plan.logs) as group:
         start_swarm(plan, group)
         t_start = time.time()
@@ -97,7 +101,7 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
             while time.monotonic() < deadline:
                 if time.monotonic() - pinned_at > 5:  # re-pin: catches threads started since
                     for c in group.children:
-                        pin(c.popen.pid, trainer_cpus if c.name == "trainer" else other_cpus)
+                        pin(c.popen.pid, trainer_cpus if c.name in on_trainer_cpu else other_cpus)
                     pinned_at = time.monotonic()
                 for c in group.children:
                     if not c.alive and c.name not in plan.cheater_names:  # a banned cheater exits
@@ -199,6 +203,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--cheaters", type=int, default=0, help="dishonest workers too (the demo runs 1)")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning (as the demo runs)")
+    ap.add_argument("--services", choices=["workers", "operator"], default="workers",
+                    help="where the coordinator, verifier and relay run: on the workers' CPU 1 (default), or "
+                         "'operator': on CPU 0 with the trainer, the operator's side (then the workers, the "
+                         "contributors' side, have CPU 1 to themselves)")
     ap.add_argument("--p2p", dest="p2p", action="store_true", default=None,
                     help="the libp2p swarm layer on (default: on when libp2p imports, as in the demo)")
     ap.add_argument("--no-p2p", dest="p2p", action="store_false", help="HTTP only")
@@ -222,6 +230,9 @@ def main() -> None:
     by = {r["window"]: r for r in results}
     cmp = compare(by[0], by[max(by)]) if 0 in by and len(by) > 1 else {}
     text = table(results, cmp)
+    text += ("\n\nCPU 0: trainer" + (", coordinator, verifier, relay" if args.services == "operator" else "")
+             + "; CPU 1: workers" + ("" if args.services == "operator" else ", coordinator, verifier, relay")
+             + ("" if args.pin else " (not pinned)"))
     load = os.getloadavg()
     text += f"\n\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores; other jobs add noise)"
     print(text)

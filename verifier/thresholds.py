@@ -12,16 +12,21 @@ untrained, CPU, honest workers decoding with a KV cache, batch 1/4/16, 1 or 2 th
 completions of up to 8 and up to 64 tokens:
 - fp32: the worker's decode and the verifier's prefill agree almost bit for bit: pooled
   over a submission the mean mantissa error stays <= 0.001, a chunk's <= 0.01. The limits
-  leave a wide margin for other CPUs and thread counts, and still catch a weight change of
-  ~0.3% of each tensor's std, or a policy one AdamW step (lr 1e-5) from the claimed one.
+  leave a wide margin for other CPUs and thread counts. What they still catch per submission
+  (bench/verification.py section 3, warm-started demo model, measured 2026-11-22): weights +
+  noise of 1% of each tensor's std 100% (0.3%: 0%); a policy one AdamW step from the claimed
+  one 100% at lr 1e-4, 67% at 3e-5, 25% at 1e-5.
 - bf16: decode and prefill round differently (the KV-cache path and the batched prefill do
   not accumulate in the same order), and the difference grows with the completion: pooled
   means up to ~1.1 and chunk means up to ~2.7 on the untrained model (far less on a trained
   one). The limits sit about 2x above that; what they still catch is measured per attack by
   the bench. A prefill in the *other* dtype would add ~1 ulp on average, which is why the
   dtype is matched instead of widening every limit. Declaring bf16 buys a cheater only the
-  low-precision limits, never a free pass: every weight, prompt or token cheat moves the
-  numbers far past them (bench/verification.py, section 2).
+  low-precision limits: other weights, weights + 10% noise, prompt and token cheats move the
+  numbers far past them (bench/verification.py, section 2), but small weight changes hide in
+  bf16 rounding: per submission, noise of 3% of each tensor's std is caught 25% of the time,
+  1% not at all, and a policy one AdamW step away (lr 1e-4) not at all (section 3). An
+  operator who needs those caught restricts `match_dtypes` to float32.
 - The reference's limits (mean 10, median 8, 38/128 exponents) were set for mixed GPUs; a
   fleet of mixed GPUs needs wider limits, measured the same way.
 - sampling: the chosen token must be the Gumbel-perturbed argmax of the verifier's own
