@@ -26,7 +26,8 @@ completions of up to 8 and up to 64 tokens:
   numbers far past them (bench/verification.py, section 2), but small weight changes hide in
   bf16 rounding: per submission, noise of 3% of each tensor's std is caught 25% of the time,
   1% not at all, and a policy one AdamW step away (lr 1e-4) not at all (section 3). An
-  operator who needs those caught restricts `match_dtypes` to float32.
+  operator who needs those caught admits fp32 workers only (`match_dtypes = ["float32"]`:
+  a bf16 worker is then judged by an fp32 prefill with the fp32 limits, and fails).
 - The reference's limits (mean 10, median 8, 38/128 exponents) were set for mixed GPUs; a
   fleet of mixed GPUs needs wider limits, measured the same way.
 - sampling: the chosen token must be the Gumbel-perturbed argmax of the verifier's own
