@@ -201,14 +201,7 @@ class SignedClient:
                     timeout_s: float | None = None) -> Any:
         if self.key is None:
             raise ProtocolError("this client has no key to sign with")
-        env = seal(kind, body, self.key)
-        try:
-            resp = self.http.post(self.base_url + path, content=env.model_dump_json(),
-                                  headers={"content-type": "application/json"},
-                                  **({"timeout": timeout_s} if timeout_s else {}))
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
-        check_response(resp)
+        resp = self._post_json(path, seal(kind, body, self.key).model_dump_json(), timeout_s)
         return parse_response(resp, response) if response is not None else resp.json()
 
     def post_signed_each(self, path: str, kind: str, bodies: list[BaseModel], response: type[R],
@@ -218,14 +211,16 @@ class SignedClient:
         if self.key is None:
             raise ProtocolError("this client has no key to sign with")
         envs = ",".join(seal(kind, b, self.key).model_dump_json() for b in bodies)
+        return parse_response(self._post_json(path, '{"envelopes":[' + envs + "]}", timeout_s), response)
+
+    def _post_json(self, path: str, content: str, timeout_s: float | None) -> httpx.Response:
+        """POST a JSON body; transport errors become Unavailable, 4xx Rejected, 5xx Unavailable."""
         try:
-            resp = self.http.post(self.base_url + path, content='{"envelopes":[' + envs + "]}",
-                                  headers={"content-type": "application/json"},
+            resp = self.http.post(self.base_url + path, content=content, headers={"content-type": "application/json"},
                                   **({"timeout": timeout_s} if timeout_s else {}))
         except httpx.HTTPError as exc:
             raise Unavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
-        check_response(resp)
-        return parse_response(resp, response)
+        return check_response(resp)
 
     def get(self, path: str, response: type[R] | None = None, params: dict | None = None,
             timeout_s: float | None = None) -> Any:

@@ -31,8 +31,15 @@ from typing import Any, Callable
 
 from protocol.http import Rejected, SignedClient, Unavailable, backoff_delays
 from protocol.identity import PublicKey
-from protocol.messages import (KIND_CLAIM, KIND_VERDICT, ClaimRequest, ClaimResponse, Verdict, VerdictBatchResponse,
-                               VerificationJob)
+from protocol.messages import (
+    KIND_CLAIM,
+    KIND_VERDICT,
+    ClaimRequest,
+    ClaimResponse,
+    Verdict,
+    VerdictBatchResponse,
+    VerificationJob,
+)
 from protocol.routes import VERDICTS, VERDICTS_BATCH, VERIFICATION_CLAIM
 from verifier.errors import JobError
 from verifier.judge import JudgeSettings
@@ -109,23 +116,19 @@ class VerifierService:
             return 0
         if len(verdicts) == 1 or not self._batch_route:
             return sum(self.deliver(v, stop) for v in verdicts)
-        delays = backoff_delays(0.5, 30.0)
-        while True:
-            try:
-                resp = self.client.post_signed_each(VERDICTS_BATCH, KIND_VERDICT, verdicts, VerdictBatchResponse)
-                break
-            except Unavailable as exc:
-                self._error("verdict_unavailable", f"cannot deliver {len(verdicts)} verdicts: {exc}")
-                if stop is not None and stop.is_set():
-                    return 0
-                (stop.wait if stop is not None else time.sleep)(next(delays))
-            except Rejected as exc:
-                if exc.status in (404, 405):
-                    log.info("the coordinator has no %s; delivering verdicts one by one", VERDICTS_BATCH)
-                    self._batch_route = False
-                    return sum(self.deliver(v, stop) for v in verdicts)
+        try:
+            resp = self._retrying(lambda: self.client.post_signed_each(VERDICTS_BATCH, KIND_VERDICT, verdicts,
+                                                                       VerdictBatchResponse),
+                                  f"{len(verdicts)} verdicts", stop)
+        except Rejected as exc:
+            if exc.status not in (404, 405):
                 self._error("verdict_refused", f"{len(verdicts)} verdicts refused: {exc.detail}")
                 return 0
+            log.info("the coordinator has no %s; delivering verdicts one by one", VERDICTS_BATCH)
+            self._batch_route = False
+            return sum(self.deliver(v, stop) for v in verdicts)
+        if resp is None:
+            return 0
         taken = 0
         for verdict, outcome in zip(verdicts, resp.results):
             if outcome.status == 200:
@@ -168,24 +171,29 @@ class VerifierService:
     def deliver(self, verdict: Verdict, stop: threading.Event | None = None) -> bool:
         """POST the verdict, retrying while the coordinator is unavailable (not after `stop`
         unless this is the first attempt)."""
+        try:
+            sent = self._retrying(lambda: self.client.post_signed(VERDICTS, KIND_VERDICT, verdict),
+                                  f"verdict on {verdict.submission_id}", stop)
+        except Rejected as exc:
+            self._error("verdict_refused", f"verdict on {verdict.submission_id} refused: {exc.detail}")
+            return False
+        if sent is None:
+            return False
+        self._delivered(verdict)
+        return True
+
+    def _retrying(self, send: Callable[[], Any], what: str, stop: threading.Event | None) -> Any:
+        """`send()`, retried with backoff while the coordinator is unavailable; None when `stop`
+        is set after a failed attempt. Rejected (4xx) is the caller's to handle."""
         delays = backoff_delays(0.5, 30.0)
         while True:
             try:
-                self.client.post_signed(VERDICTS, KIND_VERDICT, verdict)
+                return send()
             except Unavailable as exc:
-                self._error("verdict_unavailable", f"cannot deliver verdict on {verdict.submission_id}: {exc}")
+                self._error("verdict_unavailable", f"cannot deliver {what}: {exc}")
                 if stop is not None and stop.is_set():
-                    return False
-                if stop is not None:
-                    stop.wait(next(delays))
-                else:
-                    time.sleep(next(delays))
-                continue
-            except Rejected as exc:
-                self._error("verdict_refused", f"verdict on {verdict.submission_id} refused: {exc.detail}")
-                return False
-            self._delivered(verdict)
-            return True
+                    return None
+                (stop.wait if stop is not None else time.sleep)(next(delays))
 
     def _delivered(self, verdict: Verdict) -> None:
         self.metrics.verdicts.labels("accepted" if verdict.accepted else "rejected").inc()

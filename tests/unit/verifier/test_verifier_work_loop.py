@@ -35,6 +35,14 @@ class FakeCoordinator:
         self.requests = {"single": 0, "batch": 0}
         app = FastAPI()
 
+        def first_request_fails(kind: str) -> JSONResponse | None:
+            """Count a verdict request; the first one of either kind is answered 503."""
+            self.requests[kind] += 1
+            if self.failed_verdict:
+                return None
+            self.failed_verdict = True
+            return JSONResponse({"detail": "try again"}, status_code=503)
+
         def take(env: Envelope) -> tuple[int, str]:
             v = open_envelope(env, KIND_VERDICT, Verdict, signer=verifier.public).body
             if v.submission_id in self.refuse:
@@ -46,10 +54,8 @@ class FakeCoordinator:
             @app.post("/v1/verdicts/batch")
             async def verdict_batch(request: Request):
                 batch = VerdictBatch.model_validate_json(await request.body())
-                self.requests["batch"] += 1
-                if not self.failed_verdict:
-                    self.failed_verdict = True
-                    return JSONResponse({"detail": "try again"}, status_code=503)
+                if failed := first_request_fails("batch"):
+                    return failed
                 outcomes = [take(env) for env in batch.envelopes]
                 return {"results": [{"status": st, "detail": d} for st, d in outcomes]}
 
@@ -66,10 +72,8 @@ class FakeCoordinator:
         @app.post("/v1/verdicts")
         async def verdict(request: Request):
             env = Envelope.model_validate_json(await request.body())
-            self.requests["single"] += 1
-            if not self.failed_verdict:
-                self.failed_verdict = True
-                return JSONResponse({"detail": "try again"}, status_code=503)
+            if failed := first_request_fails("single"):
+                return failed
             status, detail = take(env)
             return {"ok": True} if status == 200 else JSONResponse({"detail": detail}, status_code=status)
 
