@@ -359,16 +359,23 @@ class ShardcastClient:
             return
         cached = self.cached_versions()
         now = time.time()
-        for v in versions_to_prune(cached, self.keep_versions):
+        spared = 0
+        for v in reversed(versions_to_prune(cached, self.keep_versions)):  # newest first
             folder = self.cache_dir / str(v)
             try:
                 recent = now - folder.stat().st_mtime < PRUNE_GRACE_S
             except FileNotFoundError:
                 continue
+            if v == keep:
+                continue
             # Another client sharing this cache (or this one) may have just handed it out
-            # to be loaded: leave it for a later prune.
-            if v != keep and not recent:
-                remove_tree(folder)
+            # to be loaded: leave it for a later prune. At most keep_versions of them, though:
+            # when versions come every second the grace would keep two minutes' worth, every
+            # one of them on disk and re-listed in each p2p have-advert.
+            if recent and spared < self.keep_versions:
+                spared += 1
+                continue
+            remove_tree(folder)
 
     def close(self) -> None:
         self._abort.set()

@@ -43,7 +43,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from protocol.envelope import Envelope
 from protocol.identity import KeyPair
 from shardcast.p2p import wire
-from shardcast.p2p.announcements import Announcement, Gate, encode
+from shardcast.p2p.announcements import UNTRUSTED_KINDS, Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.errors import PeerRequestFailed, Rejected
 from shardcast.p2p.store import ShardStore
@@ -192,14 +192,32 @@ class SwarmHost:
             return False
 
     async def _advert_loop(self) -> None:
+        # Adverts anyone may sign (have, relay) are paced to the rate every peer's gate admits
+        # from one signer (rate_per_s): a new version every second would otherwise re-send
+        # them that often, and peers would pay to receive, decrypt and check each one only to
+        # drop most as rate-limited. Trusted announcements (versions, notices) go at once.
+        # The adverts skipped meanwhile are sent, re-sealed with what is current, when allowed.
+        untrusted_after = 0.0  # trio clock
         while True:
+            now = trio.current_time()
+            held_back = sent = 0
             for env in self.standing():
+                untrusted = env.kind in UNTRUSTED_KINDS
+                if untrusted and now < untrusted_after:
+                    held_back += 1
+                    continue
                 try:
                     await self.publish(env)
                 except NET_ERRORS as exc:
                     log.debug("p2p: publishing a standing advert failed: %s", exc)
+                sent += untrusted
+            if sent:
+                untrusted_after = now + sent / self.cfg.rate_per_s
             await self._dial_advertised()
-            with trio.move_on_after(self.cfg.advert_interval_s):
+            wait = self.cfg.advert_interval_s
+            if held_back:
+                wait = min(wait, max(0.0, untrusted_after - trio.current_time()))
+            with trio.move_on_after(wait):
                 await self._kick.wait()
             self._kick = trio.Event()
 

@@ -133,6 +133,10 @@ def test_client_keeps_only_newest_versions_when_asked(tmp_path, origin, op):
         origin.publish(ckpt(tmp_path / "c2", seed=2), 2, 2)
         c.fetch(2)
         assert c.cached_versions() == [1, 2]
+        for v in (3, 4):                         # versions every moment: all handed out recently,
+            origin.publish(ckpt(tmp_path / f"c{v}", seed=v), v, v)
+            c.fetch(v)
+        assert c.cached_versions() == [3, 4]     # but at most keep_versions of them are spared
 
 
 def test_partial_resume_rehashes_logged_shards_and_whole_files(tmp_path, origin, op):
