@@ -21,6 +21,7 @@ libp2p and transport errors are translated to PeerRequestFailed at this boundary
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections import OrderedDict
@@ -49,6 +50,12 @@ from shardcast.p2p.errors import PeerRequestFailed, Rejected
 from shardcast.p2p.store import ShardStore
 from shardcast.p2p.view import Counters, SwarmView
 
+# py-libp2p's yamux answers every read with a WINDOW_UPDATE frame by default (another Noise-
+# encrypted write per gossip message received, a tenth of a worker's p2p CPU in bench/learning);
+# without it the window is topped up once half of it is consumed, as yamux specifies. Read
+# from the environment at each read, so this must be set before any stream exists; an
+# operator's own PY_YAMUX_RELEASE_ON_READ wins.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
 MAX_ADMITTED = 4096
 REQUEST_READ_TIMEOUT_S = 10.0
