@@ -153,6 +153,20 @@ def compare(sync: dict, asyn: dict) -> dict:
             "ratio": None if reach is None else reach / t_sync}
 
 
+def times_to_reach(sync: dict, asyn: dict, levels: tuple[float, ...] = (0.55, 0.58, 0.60, 0.62, 0.64)) -> list[dict]:
+    """For each accuracy level: when each run's smoothed curve first reached it. One final
+    value of a curve that has levelled off is mostly evaluation noise; the levels on the way
+    there show what asynchrony buys where the curve still climbs."""
+    s, a = smoothed(sync["curve"]), smoothed(asyn["curve"])
+    out = []
+    for level in levels:
+        ts = next((t for t, _, acc in s if acc >= level), None)
+        ta = next((t for t, _, acc in a if acc >= level), None)
+        out.append({"level": level, "sync_s": ts, "async_s": ta,
+                    "ratio": ta / ts if ts and ta is not None else None})
+    return out
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -175,7 +189,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def table(results: list[dict], cmp: dict) -> str:
+def table(results: list[dict], cmp: dict, reached: list[dict] | None = None) -> str:
     header = ("| window | wall s | versions | acc start | acc end (mean last 3) | best | trainer idle | "
               "trainer CPU busy | worker idle |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
@@ -192,6 +206,11 @@ def table(results: list[dict], cmp: dict) -> str:
         lines.append(f"synchronous final accuracy {cmp['sync_final_acc']:.3f} after {cmp['sync_time_s']:.0f} s; "
                      + (f"async reached it after {reach:.0f} s = {cmp['ratio']:.2f} of the synchronous time (goal <= 0.6)"
                         if reach is not None else "async never reached it"))
+    if reached:
+        fmt = lambda x, f: "never" if x is None else format(x, f)  # noqa: E731
+        lines += ["", "| smoothed accuracy | sync reaches it (s) | async (s) | async / sync |", "|---|---|---|---|"]
+        lines += [f"| {r['level']:.2f} | {fmt(r['sync_s'], '.0f')} | {fmt(r['async_s'], '.0f')} | "
+                  f"{fmt(r['ratio'], '.2f')} |" for r in reached]
     return "\n".join(lines)
 
 
@@ -229,7 +248,8 @@ def main() -> None:
         print(f"  versions {r['final_version']}, evals {[(p['version'], round(p['acc'], 3)) for p in r['curve']]}", flush=True)
     by = {r["window"]: r for r in results}
     cmp = compare(by[0], by[max(by)]) if 0 in by and len(by) > 1 else {}
-    text = table(results, cmp)
+    reached = times_to_reach(by[0], by[max(by)]) if cmp else []
+    text = table(results, cmp, reached)
     text += ("\n\nCPU 0: trainer" + (", coordinator, verifier, relay" if args.services == "operator" else "")
              + "; CPU 1: workers" + ("" if args.services == "operator" else ", coordinator, verifier, relay")
              + ("" if args.pin else " (not pinned)"))
@@ -237,7 +257,7 @@ def main() -> None:
     text += f"\n\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores; other jobs add noise)"
     print(text)
     (args.out / "learning.md").write_text(text + "\n")
-    (args.out / "learning.json").write_text(json.dumps({"results": results, "compare": cmp,
+    (args.out / "learning.json").write_text(json.dumps({"results": results, "compare": cmp, "times_to_reach": reached,
                                                         "recipe": asdict(replace(DEMO_RECIPE))}, indent=1))
     plot(results, args.out / "learning.png")
     print(f"wrote {args.out / 'learning.png'}, learning.md, learning.json")
