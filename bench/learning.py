@@ -207,7 +207,8 @@ def table(results: list[dict], cmp: dict, reached: list[dict] | None = None) -> 
                      + (f"async reached it after {reach:.0f} s = {cmp['ratio']:.2f} of the synchronous time (goal <= 0.6)"
                         if reach is not None else "async never reached it"))
     if reached:
-        fmt = lambda x, f: "never" if x is None else format(x, f)  # noqa: E731
+        def fmt(x: float | None, f: str) -> str:
+            return "never" if x is None else format(x, f)
         lines += ["", "| smoothed accuracy | sync reaches it (s) | async (s) | async / sync |", "|---|---|---|---|"]
         lines += [f"| {r['level']:.2f} | {fmt(r['sync_s'], '.0f')} | {fmt(r['async_s'], '.0f')} | "
                   f"{fmt(r['ratio'], '.2f')} |" for r in reached]
