@@ -11,7 +11,10 @@ model and seed, once per async window (default: 0 = synchronous, and 2), and rep
     workers share CPU 1 with the coordinator, verifier and relay, so this also counts time
     that core spent on those: it is an upper bound of their true idleness);
   * how long the async run took to reach the synchronous run's final accuracy, as a share
-    of the synchronous run's wall time (goal: <= 0.6).
+    of the synchronous run's wall time (goal: <= 0.6), and the same for a ladder of accuracy
+    levels on the way (once both curves have levelled off, their final values differ by
+    evaluation noise, so the single ratio swings between runs; the ladder shows where
+    asynchrony gains time and where it does not).
 
 The trainer is pinned to CPU 0 and every other process to CPU 1 (os.sched_setaffinity on
 each thread), as if they were separate machines, so the overlap of training and generation
