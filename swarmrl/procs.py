@@ -9,6 +9,7 @@ ends — no child outlives its parent's `with` block.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,9 +23,41 @@ from pydantic import BaseModel
 from protocol.config import dump_toml
 
 
+LINUX_EPHEMERAL = (32768, 60999)
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return LINUX_EPHEMERAL
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the services bind it right after)."""
-    with socket.socket() as s:
+    """A port that is free now, for a service started next to bind.
+
+    Chosen outside the kernel's ephemeral range, so that until the service binds it no other
+    process can be handed it by a bind to port 0 or an outgoing connection. (From inside that
+    range, a coordinator slow to start on a busy core once lost its port to a worker's status
+    server, which answered the other roles' requests to the coordinator with 404s.) Never the
+    same port twice in one process."""
+    lo, hi = _ephemeral_range()
+    pool = range(max(1024, lo - 12000), lo) if lo > 2048 else range(hi + 1, 65536)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(pool)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # that pool is crowded: fall back to one the kernel picks
         s.bind((host, 0))
         return s.getsockname()[1]
 
