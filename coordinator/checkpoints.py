@@ -10,7 +10,7 @@ coordinator hold the ones the archive needs, under `<data_dir>/archive/`:
                               the operator-signed manifest (every file's sha256)
     checkpoints/.fetch/       downloads in progress (never read by auditors)
 
-Data flow: every `poll_interval_s` the keeper reads the versions the coordinator accepted
+Data flow: every `poll_interval_s`, and at once when this process accepts a new version, the keeper reads the versions the coordinator accepted
 (`policy_versions`: each POSTed by the trainer with an operator-signed manifest), fetches each
 version it must keep through `shardcast.client.ShardcastClient` from the run's relays (signed
 manifest, every shard and file checked against it, written atomically), moves the finished
@@ -25,8 +25,16 @@ that arrives late still finds its checkpoint.
 Runs in a daemon thread of the coordinator process (started and stopped by the dashboard
 router's lifespan, in the process that runs background work); it only
 reads the database, and a failure (relay down, version pruned upstream, disk full) is logged
-and retried on the next pass; a version no relay serves for `give_up_after_s` (pruned upstream,
+and retried on a later pass; a version no relay serves for `give_up_after_s` (pruned upstream,
 or a long outage) is given up with one warning.
+
+Order of a pass: newest version first. Relays keep only their last few versions, so in a fast
+run the newest are the ones that can still be had and the oldest missing ones may be gone
+for good; a version that was not served is asked again only after a back-off (doubling from
+`RETRY_FIRST_S` to `RETRY_MAX_S`), and a pass stops after `MAX_FAILURES_PER_PASS` misses.
+(Before, passes went oldest first and asked every missing version each time: once the keeper
+fell behind a run publishing a version a second, each pass spent itself on versions the
+relays had pruned and never reached the new ones before they were pruned too.)
 """
 
 from __future__ import annotations
@@ -102,6 +110,11 @@ def write_run_description(ctx: Context, root: Path) -> Path:
     return path
 
 
+RETRY_FIRST_S = 2.0        # back-off after a version was not served, doubled per miss
+RETRY_MAX_S = 60.0
+MAX_FAILURES_PER_PASS = 3  # misses cost a round trip to every relay; the rest wait for the next pass
+
+
 class CheckpointKeeper:
     """Fetches the versions the archive must keep and prunes the others (see module docstring)."""
 
@@ -111,6 +124,7 @@ class CheckpointKeeper:
         self.give_up_after_s = give_up_after_s
         self.clock = clock
         self._missing_since: dict[int, float] = {}
+        self._retry_at: dict[int, tuple[float, float]] = {}  # version -> (next try, current back-off)
         self.cfg = ctx.cfg.checkpoints
         self.root = Path(root)
         if client is None:
@@ -143,18 +157,29 @@ class CheckpointKeeper:
         announced, pinned = self._state()
         want = retained(announced, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every, pinned=pinned)
         have = set(archived_versions(self.root))
+        for v in set(self._retry_at) - want:  # no rule wants it any more: forget its misses
+            self._retry_at.pop(v, None)
+            self._missing_since.pop(v, None)
         fetched = []
-        for v in sorted(want - have - self.unavailable):
-            if self._stop.is_set():
+        misses = 0
+        now = self.clock()
+        for v in sorted(want - have - self.unavailable, reverse=True):
+            if self._stop.is_set() or misses >= MAX_FAILURES_PER_PASS:
                 break
-            if self._fetch(v):
+            if self._retry_at.get(v, (0.0, 0.0))[0] > now:
+                continue
+            outcome = self._fetch(v)
+            if outcome == "fetched":
                 fetched.append(v)
+            elif outcome == "missing":
+                misses += 1
         pruned = sorted(have - want)
         for v in pruned:
             self._remove(v)
         return {"fetched": fetched, "pruned": pruned}
 
-    def _fetch(self, version: int) -> bool:
+    def _fetch(self, version: int) -> str:
+        """'fetched', 'missing' (no relay served it) or 'exists' (archived meanwhile)."""
         from shardcast.errors import VersionUnavailable
 
         t0 = time.monotonic()
@@ -165,23 +190,27 @@ class CheckpointKeeper:
             # so keep asking for `give_up_after_s` (an outage ends; a pruned version never returns).
             now = self.clock()
             first = self._missing_since.setdefault(version, now)
+            backoff = min(RETRY_MAX_S, 2 * self._retry_at[version][1]) if version in self._retry_at else RETRY_FIRST_S
+            self._retry_at[version] = (now + backoff, backoff)
             if now - first >= self.give_up_after_s:
                 self.unavailable.add(version)
+                self._retry_at.pop(version, None)
                 log.warning("checkpoint archive: giving up on version %d, no relay has served it for %.0f s "
                             "(%s); its rollouts cannot be re-verified", version, now - first, exc)
             elif first == now:
                 log.warning("checkpoint archive: no relay serves version %d now (%s); retrying for %.0f s",
                             version, exc, self.give_up_after_s)
-            return False
+            return "missing"
         self._missing_since.pop(version, None)
+        self._retry_at.pop(version, None)
         dst = version_dir(self.root, version)
         if dst.exists():  # archived meanwhile (another pass) — keep the first copy
-            return False
+            return "exists"
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
         _fsync_dir(dst.parent)
         log.info("checkpoint archive: version %d kept at %s (%.1f s)", version, dst, time.monotonic() - t0)
-        return True
+        return "fetched"
 
     def _remove(self, version: int) -> None:
         import shutil
@@ -200,6 +229,7 @@ class CheckpointKeeper:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        self.ctx.new_version.set()  # wake the loop
         close = getattr(self.client, "close", None)
         if close:
             close()
@@ -215,7 +245,9 @@ class CheckpointKeeper:
                 if str(exc) != self.last_error:
                     log.warning("checkpoint archive: %s (retrying every %.0f s)", exc, self.cfg.poll_interval_s)
                 self.last_error = str(exc)
-            self._stop.wait(self.cfg.poll_interval_s)
+            # a new version announced in this process wakes the keeper before relays prune it
+            self.ctx.new_version.wait(self.cfg.poll_interval_s)
+            self.ctx.new_version.clear()
 
 
 def _fsync_dir(path: Path) -> None:

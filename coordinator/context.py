@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class Context:
     policy_cache: tuple[int | None, bytes] | None = None  # (version, JSON of GET /v1/policy)
     started_at: float = 0.0  # this process's start (clock time); set in __post_init__
     p2p: Any = None  # coordinator.p2p.CoordinatorSwarm while this process runs the swarm node
+    # set when this process accepts a new policy version: wakes the checkpoint keeper at once
+    # (relays keep only a few versions; its poll interval still covers other replicas)
+    new_version: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         if not self.started_at:

@@ -102,6 +102,7 @@ def post_policy(ctx: Context, env: Envelope) -> PolicyInfo:
                 raise Conflict("version_not_newer", f"policy version {manifest.version} is not newer than the "
                                                     f"current version {current}")
             policy.insert(conn, manifest.version, manifest.step, manifest.created_at, now, env.model_dump_json())
+            ctx.new_version.set()
             log.info("policy version %d (step %d, %d bytes) is current", manifest.version, manifest.step,
                      manifest.total_bytes)
     return policy_info(ctx)

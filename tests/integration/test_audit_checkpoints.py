@@ -45,7 +45,7 @@ def test_keeper_archives_published_versions_that_verify(tmp_path, model):
         root = s.cfg.data_dir / "archive"
         keeper = CheckpointKeeper(s.ctx, root)
         try:
-            assert keeper.step() == {"fetched": [0, 1], "pruned": []}
+            assert keeper.step() == {"fetched": [1, 0], "pruned": []}  # newest first
         finally:
             keeper.stop()
         assert archived_versions(root) == [0, 1]

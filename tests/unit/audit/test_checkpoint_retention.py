@@ -29,11 +29,13 @@ def test_retention_rule(keep_last, keep_every, pinned, expected):
 class FolderClient:
     """Stands in for ShardcastClient: fetch(v) -> cache/<v> holding the checkpoint and its manifest."""
 
-    def __init__(self, cache, missing=()):
-        self.cache, self.missing, self.fetched = cache, set(missing), []
+    def __init__(self, cache, missing=(), serves_from=None):
+        self.cache, self.missing, self.fetched, self.asked = cache, set(missing), [], []
+        self.serves_from = serves_from  # a relay's retention: versions below this are pruned
 
     def fetch(self, version):
-        if version in self.missing:
+        self.asked.append(version)
+        if version in self.missing or (self.serves_from is not None and version < self.serves_from):
             raise VersionUnavailable(f"no source holds version {version}")
         d = self.cache / str(version)
         d.mkdir(parents=True)
@@ -88,7 +90,7 @@ def test_keeper_keeps_what_rules_and_live_state_need(coordinator, tmp_path):
     assert s.publish(5).status_code == 200
     out = keeper.step()
     # newest (5) + rejected (0) + queued (3) + async window floor 5-1=4 -> {0, 3, 4, 5}
-    assert out == {"fetched": [0, 3, 4, 5], "pruned": []}
+    assert out == {"fetched": [5, 4, 3, 0], "pruned": []}  # newest first
     assert archived_versions(root) == [0, 3, 4, 5]
     assert (version_dir(root, 3) / "model.safetensors").read_bytes() == b"www"
     # v3's submission is judged: nothing pins v3 any more, so it goes; v0 stays (the ban's evidence)
@@ -110,7 +112,7 @@ def test_a_version_no_relay_serves_is_retried_then_given_up(coordinator, tmp_pat
     for v in range(4):
         assert s.publish(v).status_code == 200
     with caplog.at_level(logging.WARNING, logger="swarmrl.coordinator"):
-        assert keeper.step()["fetched"] == [0, 3]
+        assert keeper.step()["fetched"] == [3, 0]
         now[0] = 30.0
         client.missing.discard(2)          # a relay outage ends: version 2 is served again
         assert keeper.step()["fetched"] == [2]
@@ -118,8 +120,41 @@ def test_a_version_no_relay_serves_is_retried_then_given_up(coordinator, tmp_pat
         assert keeper.step()["fetched"] == []
         now[0] = 600.0
         assert keeper.step()["fetched"] == []
-    assert client.fetched == [0, 3, 2] and keeper.unavailable == {1}
+    assert client.fetched == [3, 0, 2] and keeper.unavailable == {1}
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("no relay serves version 1 now" in m for m in msgs) == 1
     gave_up = [m for m in msgs if "giving up on version 1" in m]
     assert len(gave_up) == 1 and "cannot be re-verified" in gave_up[0]
+
+
+def test_a_keeper_that_fell_behind_takes_the_newest_first_and_does_not_stall_on_pruned_ones(coordinator, tmp_path):
+    """A run publishing faster than the keeper polls, relays keeping their last 3 versions:
+    the newest are archived at once, each pruned one is asked at most a few times a pass and
+    then only after its back-off, so the next new version is still archived on the next pass."""
+    s = coordinator(keep_last=0)  # the rule wants every version: only the relays' retention limits it
+    client = FolderClient(tmp_path / "cache", serves_from=7)
+    now = [0.0]
+    keeper = CheckpointKeeper(s.ctx, tmp_path / "archive", client=client, give_up_after_s=600.0,
+                              clock=lambda: now[0])
+    for v in range(10):
+        assert s.publish(v).status_code == 200
+    assert keeper.step()["fetched"] == [9, 8, 7]
+    assert client.asked == [9, 8, 7, 6, 5, 4]            # three misses end the pass
+    client.asked.clear()
+    assert s.publish(10).status_code == 200
+    client.serves_from = 8
+    now[0] = 1.0                                          # misses 6, 5, 4 wait out their back-off
+    assert keeper.step()["fetched"] == [10]
+    assert client.asked == [10, 3, 2, 1]
+    client.asked.clear()
+    now[0] = 2.5                                          # 6, 5, 4 are due again (2 s), 3..1 not yet
+    assert keeper.step()["fetched"] == []
+    assert client.asked == [6, 5, 4]
+    client.asked.clear()
+    now[0] = 3.5                                          # 3, 2, 1 due; 0 never asked yet
+    keeper.step()
+    assert client.asked == [3, 2, 1]
+    client.asked.clear()
+    now[0] = 4.0
+    keeper.step()
+    assert client.asked == [0]                            # 6..1 back off for 4 s now, 0 gets its first try
