@@ -157,11 +157,18 @@ class Team:
         if self.rank == 0 and self.sharded:
             self.broadcast(("stop",))
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group. After a clean run every rank first waits for the others:
+        with gloo, a rank that tears down while its peer is still busy (rank 0 writing its
+        files) can make the peer's connection threads abort it ("terminate called without an
+        active exception", seen once in CI). After an error no rank waits (the others may be
+        inside another collective); their next collective fails instead."""
         if self.sharded:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if clean:
+                    dist.barrier()
                 dist.destroy_process_group()
 
 

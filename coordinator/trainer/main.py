@@ -53,6 +53,7 @@ def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
     stop = stop or StopFlag()
     stop.install()
     team = distributed.Team.from_env(cfg.device)
+    clean = False
     try:
         if team.rank == 0:
             parts = build_trainer(cfg, team, stop)
@@ -63,8 +64,9 @@ def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
                 parts.close()
         else:
             distributed.follower_loop(cfg, team)
+        clean = True
     finally:
-        team.close()
+        team.close(clean)
 
 
 def data_dir(cfg: TrainerConfig) -> Path:
