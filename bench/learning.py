@@ -73,11 +73,12 @@ def pin(pid: int, cpus: set[int]) -> None:
             pass
 
 
-def settings_for(window: int, seed: int, workers: int, cheaters: int = 0, p2p: bool | None = None) -> SwarmSettings:
+def settings_for(window: int, seed: int, workers: int, cheaters: int = 0, p2p: bool | None = None,
+                 groups_per_step: int | None = None) -> SwarmSettings:
     r = DEMO_RECIPE
     return SwarmSettings(seed=seed, honest_workers=workers, cheaters=cheaters, group_size=r.group_size,
                          temperature=r.temperature, max_tokens=r.max_tokens, task_options=dict(r.task_options),
-                         async_window=window, lr=r.lr, groups_per_step=r.groups_per_step, eval_every=3,
+                         async_window=window, lr=r.lr, groups_per_step=groups_per_step or r.groups_per_step, eval_every=3,
                          eval_tasks=500, p2p=p2p)  # the whole held-out split of the demo task
 
 
@@ -87,7 +88,8 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
     root.mkdir(parents=True)
     model_dir = root / "model"
     shutil.copytree(model_src, model_dir)
-    plan = plan_swarm(root, model_dir, settings_for(window, args.seed, args.workers, args.cheaters, args.p2p))
+    plan = plan_swarm(root, model_dir, settings_for(window, args.seed, args.workers, args.cheaters, args.p2p,
+                                                      args.groups_per_step))
     tcfg = load_config(TrainerConfig, plan.configs["trainer"])
     write_config(plan.configs["trainer"], tcfg.model_copy(update={
         "updates_per_batch": DEMO_RECIPE.updates_per_batch, "grad_clip": DEMO_RECIPE.grad_clip}))
@@ -233,6 +235,8 @@ def main() -> None:
     ap.add_argument("--p2p", dest="p2p", action="store_true", default=None,
                     help="the libp2p swarm layer on (default: on when libp2p imports, as in the demo)")
     ap.add_argument("--no-p2p", dest="p2p", action="store_false", help="HTTP only")
+    ap.add_argument("--groups-per-step", type=int, default=None,
+                    help=f"groups per trainer step, both windows (default: the demo recipe's {DEMO_RECIPE.groups_per_step})")
     ap.add_argument("--out", type=Path, default=Path("bench/out/learning"))
     ap.add_argument("--model", type=Path, default=None, help="an already warm-started model (default: build one)")
     args = ap.parse_args()
@@ -257,12 +261,16 @@ def main() -> None:
     text += ("\n\nCPU 0: trainer" + (", coordinator, verifier, relay" if args.services == "operator" else "")
              + "; CPU 1: workers" + ("" if args.services == "operator" else ", coordinator, verifier, relay")
              + ("" if args.pin else " (not pinned)"))
+    if args.groups_per_step:
+        text += f"; {args.groups_per_step} groups per trainer step (the demo recipe: {DEMO_RECIPE.groups_per_step})"
     load = os.getloadavg()
     text += f"\n\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores; other jobs add noise)"
     print(text)
     (args.out / "learning.md").write_text(text + "\n")
     (args.out / "learning.json").write_text(json.dumps({"results": results, "compare": cmp, "times_to_reach": reached,
-                                                        "recipe": asdict(replace(DEMO_RECIPE))}, indent=1))
+                                                        "recipe": asdict(replace(DEMO_RECIPE, groups_per_step=args.groups_per_step
+                                                                                 or DEMO_RECIPE.groups_per_step))},
+                                                       indent=1))
     plot(results, args.out / "learning.png")
     print(f"wrote {args.out / 'learning.png'}, learning.md, learning.json")
 
