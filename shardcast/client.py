@@ -359,23 +359,26 @@ class ShardcastClient:
             return
         cached = self.cached_versions()
         now = time.time()
-        spared = 0
-        for v in reversed(versions_to_prune(cached, self.keep_versions)):  # newest first
-            folder = self.cache_dir / str(v)
+        written: dict[int, float] = {}
+        for v in versions_to_prune(cached, self.keep_versions):
             try:
-                recent = now - folder.stat().st_mtime < PRUNE_GRACE_S
+                written[v] = (self.cache_dir / str(v)).stat().st_mtime
             except FileNotFoundError:
                 continue
+        spared = 0
+        # Most recently written first, not newest version first: a loader waiting for an
+        # older version its leases allow (fetched after newer ones) must find it still there.
+        for v in sorted(written, key=lambda v: written[v], reverse=True):
             if v == keep:
                 continue
             # Another client sharing this cache (or this one) may have just handed it out
             # to be loaded: leave it for a later prune. At most keep_versions of them, though:
             # when versions come every second the grace would keep two minutes' worth, every
             # one of them on disk and re-listed in each p2p have-advert.
-            if recent and spared < self.keep_versions:
+            if now - written[v] < PRUNE_GRACE_S and spared < self.keep_versions:
                 spared += 1
                 continue
-            remove_tree(folder)
+            remove_tree(self.cache_dir / str(v))
 
     def close(self) -> None:
         self._abort.set()

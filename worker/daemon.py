@@ -265,7 +265,8 @@ class Daemon:
             if p.version is None:
                 pending = self._wait_for_version(pending)
                 continue
-            self._load(p.version)
+            if not self._load(p.version):
+                continue
             self._generate(p.now, p.version)
             pending = p.later
         self._release(self._held_ids())
@@ -282,16 +283,23 @@ class Daemon:
             return []
         return leases
 
-    def _load(self, version: int) -> None:
+    def _load(self, version: int) -> bool:
+        """Load `version` into the engine; False if its folder has gone (plan again)."""
         if self.engine.version == version:
-            return
+            return True
         assert self.sync is not None
-        path = self.sync.ready()[version]
+        path = self.sync.ready().get(version)
+        if path is None or not path.is_dir():
+            # pruned from the cache between being ready and being loaded: plan again (the
+            # version is fetched again if a lease still needs it)
+            log.warning("policy version %d left the cache before it was loaded; planning again", version)
+            return False
         self.state.set(phase=f"loading policy v{version}")
         t0 = time.perf_counter()
         self.engine.load(path, version)
         self.state.set(policy_version=version)
         log.info("policy version %d loaded in %.2f s", version, time.perf_counter() - t0)
+        return True
 
     def _generate(self, leases: list[Lease], version: int) -> None:
         per_batch = max(1, self.target_sequences // max(1, self.group_size or 1))

@@ -137,6 +137,14 @@ def test_client_keeps_only_newest_versions_when_asked(tmp_path, origin, op):
             origin.publish(ckpt(tmp_path / f"c{v}", seed=v), v, v)
             c.fetch(v)
         assert c.cached_versions() == [3, 4]     # but at most keep_versions of them are spared
+        # The one spared is the one written last, not the newest: a worker whose leases allow
+        # only an older version fetches it after newer ones and must still find it to load it.
+        now = time.time()
+        os.utime(tmp_path / "cache" / "3", (now, now))
+        os.utime(tmp_path / "cache" / "4", (now - 10, now - 10))
+        origin.publish(ckpt(tmp_path / "c5", seed=5), 5, 5)
+        c.fetch(5)
+        assert c.cached_versions() == [3, 5]
 
 
 def test_partial_resume_rehashes_logged_shards_and_whole_files(tmp_path, origin, op):
