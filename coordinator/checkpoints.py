@@ -10,11 +10,12 @@ coordinator hold the ones the archive needs, under `<data_dir>/archive/`:
                               the operator-signed manifest (every file's sha256)
     checkpoints/.fetch/       downloads in progress (never read by auditors)
 
-Data flow: every `poll_interval_s`, and at once when this process accepts a new version, the keeper reads the versions the coordinator accepted
-(`policy_versions`: each POSTed by the trainer with an operator-signed manifest), fetches each
-version it must keep through `shardcast.client.ShardcastClient` from the run's relays (signed
-manifest, every shard and file checked against it, written atomically), moves the finished
-folder to `checkpoints/vNNNNNN/`, and deletes archived versions no rule keeps any more.
+Data flow: every `poll_interval_s`, and at once when this process accepts a new version, the
+keeper reads the versions the coordinator accepted (`policy_versions`: each POSTed by the
+trainer with an operator-signed manifest), fetches each version it must keep through
+`shardcast.client.ShardcastClient` from the run's relays (signed manifest, every shard and file
+checked against it, written atomically), moves the finished folder to `checkpoints/vNNNNNN/`,
+and deletes archived versions no rule keeps any more.
 
 Retention (`CheckpointArchiveConfig`; `retained` is the pure rule): the newest `keep_last`
 versions (0 = all), every `keep_every`-th version, every version a rejected submission claims
@@ -31,10 +32,8 @@ or a long outage) is given up with one warning.
 Order of a pass: newest version first. Relays keep only their last few versions, so in a fast
 run the newest are the ones that can still be had and the oldest missing ones may be gone
 for good; a version that was not served is asked again only after a back-off (doubling from
-`RETRY_FIRST_S` to `RETRY_MAX_S`), and a pass stops after `MAX_FAILURES_PER_PASS` misses.
-(Before, passes went oldest first and asked every missing version each time: once the keeper
-fell behind a run publishing a version a second, each pass spent itself on versions the
-relays had pruned and never reached the new ones before they were pruned too.)
+`RETRY_FIRST_S` to `RETRY_MAX_S`), and a pass stops after `MAX_FAILURES_PER_PASS` misses, so
+versions the relays have pruned never keep a pass from the new ones.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -115,6 +115,15 @@ RETRY_MAX_S = 60.0
 MAX_FAILURES_PER_PASS = 3  # misses cost a round trip to every relay; the rest wait for the next pass
 
 
+@dataclass
+class Miss:
+    """A version no relay served: since when, the current back-off, when to ask again."""
+
+    first_s: float
+    backoff_s: float
+    retry_at_s: float
+
+
 class CheckpointKeeper:
     """Fetches the versions the archive must keep and prunes the others (see module docstring)."""
 
@@ -123,8 +132,7 @@ class CheckpointKeeper:
         self.ctx = ctx
         self.give_up_after_s = give_up_after_s
         self.clock = clock
-        self._missing_since: dict[int, float] = {}
-        self._retry_at: dict[int, tuple[float, float]] = {}  # version -> (next try, current back-off)
+        self._misses: dict[int, Miss] = {}
         self.cfg = ctx.cfg.checkpoints
         self.root = Path(root)
         if client is None:
@@ -157,16 +165,15 @@ class CheckpointKeeper:
         announced, pinned = self._state()
         want = retained(announced, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every, pinned=pinned)
         have = set(archived_versions(self.root))
-        for v in set(self._retry_at) - want:  # no rule wants it any more: forget its misses
-            self._retry_at.pop(v, None)
-            self._missing_since.pop(v, None)
+        for v in set(self._misses) - want:  # no rule wants it any more: forget its misses
+            del self._misses[v]
         fetched = []
         misses = 0
         now = self.clock()
         for v in sorted(want - have - self.unavailable, reverse=True):
             if self._stop.is_set() or misses >= MAX_FAILURES_PER_PASS:
                 break
-            if self._retry_at.get(v, (0.0, 0.0))[0] > now:
+            if v in self._misses and self._misses[v].retry_at_s > now:
                 continue
             outcome = self._fetch(v)
             if outcome == "fetched":
@@ -189,20 +196,20 @@ class CheckpointKeeper:
             # Pruned by every relay, or every relay unreachable: the client cannot tell us which,
             # so keep asking for `give_up_after_s` (an outage ends; a pruned version never returns).
             now = self.clock()
-            first = self._missing_since.setdefault(version, now)
-            backoff = min(RETRY_MAX_S, 2 * self._retry_at[version][1]) if version in self._retry_at else RETRY_FIRST_S
-            self._retry_at[version] = (now + backoff, backoff)
+            miss = self._misses.get(version)
+            backoff = RETRY_FIRST_S if miss is None else min(RETRY_MAX_S, 2 * miss.backoff_s)
+            first = now if miss is None else miss.first_s
+            self._misses[version] = Miss(first_s=first, backoff_s=backoff, retry_at_s=now + backoff)
             if now - first >= self.give_up_after_s:
                 self.unavailable.add(version)
-                self._retry_at.pop(version, None)
+                del self._misses[version]
                 log.warning("checkpoint archive: giving up on version %d, no relay has served it for %.0f s "
                             "(%s); its rollouts cannot be re-verified", version, now - first, exc)
-            elif first == now:
+            elif miss is None:
                 log.warning("checkpoint archive: no relay serves version %d now (%s); retrying for %.0f s",
                             version, exc, self.give_up_after_s)
             return "missing"
-        self._missing_since.pop(version, None)
-        self._retry_at.pop(version, None)
+        self._misses.pop(version, None)
         dst = version_dir(self.root, version)
         if dst.exists():  # archived meanwhile (another pass) — keep the first copy
             return "exists"

@@ -288,10 +288,10 @@ class Daemon:
         if self.engine.version == version:
             return True
         assert self.sync is not None
-        path = self.sync.ready().get(version)
-        if path is None or not path.is_dir():
-            # pruned from the cache between being ready and being loaded: plan again (the
-            # version is fetched again if a lease still needs it)
+        path = self.sync.ready().get(version)  # ready() drops versions whose folder has gone
+        if path is None:
+            # pruned from the cache since the plan was made: plan again (the version is
+            # fetched again if a lease still needs it)
             log.warning("policy version %d left the cache before it was loaded; planning again", version)
             return False
         self.state.set(phase=f"loading policy v{version}")
