@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.dtypes import check_allowed
 
 from shardcast.p2p.config import P2PConfig
 
@@ -83,6 +85,12 @@ class CheckpointArchiveConfig(BaseModel):
 
 class CoordinatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("allowed_dtypes")
+    @classmethod
+    def _dtypes(cls, v: list[str]) -> list[str]:
+        return check_allowed(v)
+
     run_id: str = Field("swarmrl-run", description="name of the run; part of every lease")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8700, description="port to listen on (0 picks a free port, written to data_dir/coordinator.port)")
@@ -95,6 +103,12 @@ class CoordinatorConfig(BaseModel):
     relays: list[str] = Field(default_factory=list, description="shardcast URLs advertised to workers and verifiers")
     tasks: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    allowed_dtypes: list[str] = Field(
+        default_factory=lambda: ["float32", "bfloat16"],
+        description="compute dtypes workers may use (float32, bfloat16; carried in every lease, and the verifier "
+                    "rejects any other). bfloat16 admits GPUs' fast path but hides small weight changes in its "
+                    "rounding (verifier/thresholds.py says what each dtype's limits catch); [\"float32\"] is "
+                    "the strictest")
     group_size: int = Field(8, ge=2, le=256, description="samples per task (GRPO group)")
     async_window: int = Field(2, ge=0, description="leases allow policy versions current-k..current")
     lease_ttl_s: float = Field(60.0, gt=0, description="a lease not submitted in this time is re-leased")

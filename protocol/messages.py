@@ -157,6 +157,9 @@ class Lease(Strict):
     max_policy_version: int = Field(ge=0)
     issued_at: float
     expires_at: float
+    allowed_dtypes: list[str] = Field(default_factory=lambda: ["float32"], min_length=1, max_length=4,
+                                      description="compute dtypes the run allows (protocol.dtypes); the verifier "
+                                                  "rejects a submission computed in any other")
 
 
 class LeaseResponse(Strict):
@@ -221,6 +224,8 @@ class RunInfo(Strict):
     pow_challenge: str = ""
     pow_difficulty: int = 0
     tokenizer_ref: str = Field(default="", description="where the run's tokenizer comes from (model dir or hub id)")
+    allowed_dtypes: list[str] = Field(default_factory=lambda: ["float32"], max_length=4,
+                                      description="compute dtypes the run allows; a worker computes in one of them")
     p2p_bootstrap: list[str] = Field(default_factory=list, max_length=16,
                                      description="libp2p multiaddrs of the run's bootstrap peers (the coordinator's "
                                                  "node first; empty: no swarm layer, HTTP only)")

@@ -266,10 +266,10 @@ def audit_reverify(
     verdict: list[str] = VerdictOpt, min_reward: Optional[float] = MinRewardOpt,
     max_reward: Optional[float] = MaxRewardOpt, since: Optional[str] = SinceOpt, until: Optional[str] = UntilOpt,
     limit: Optional[int] = LimitOpt, json_out: bool = JsonOpt,
-    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="TOML with the verifier's thresholds "
-                                              "(a verifier config or a bare [thresholds] table)"),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="TOML with the verifier's limits "
+                                              "(a verifier config: [thresholds] for float32, [bf16_thresholds]; or a "
+                                              "bare float32 table); the prefill computes in each rollout's declared dtype"),
     device: str = typer.Option("cpu", help="torch device of the prefill"),
-    dtype: str = typer.Option("float32", help="compute dtype of the prefill"),
     model: Optional[str] = typer.Option(None, "--model", help="tokenizer to decode with"),
     replay_history: bool = typer.Option(True, "--replay-history/--no-replay-history",
                                         help="rebuild the replay ledger from earlier archived submissions"),
@@ -280,7 +280,7 @@ def audit_reverify(
 
     _audit(reverify_cmd, archive, submission_ids or [],
            _selection(worker, version, verdict, min_reward, max_reward, since, until, limit),
-           thresholds=thresholds, device=device, dtype=dtype, model=model, replay_history=replay_history,
+           thresholds=thresholds, device=device, model=model, replay_history=replay_history,
            as_json=json_out)
 
 

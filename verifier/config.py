@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shardcast.p2p.config import P2PConfig
 
-from verifier.thresholds import LOW_PRECISION, Thresholds
+from verifier.thresholds import BFLOAT16, FLOAT32, Thresholds
 
 
 class VerifierConfig(BaseModel):
@@ -18,7 +18,6 @@ class VerifierConfig(BaseModel):
     data_dir: Path = Field(Path("./swarmrl-data/verifier"), description="checkpoint cache")
     relays: list[str] = Field(default_factory=list, description="shardcast URLs; empty = those the coordinator advertises")
     device: str = Field("cpu", description="torch device for the prefill pass")
-    dtype: str = Field("float32", description="compute dtype of the prefill pass (for workers that declare none of match_dtypes)")
     batch_jobs: int = Field(8, ge=1, le=64, description="jobs claimed per request")
     poll_interval_s: float = Field(0.5, description="wait between claims when the queue is empty")
     threads: int = Field(0, ge=0, description="torch threads (0 = torch default)")
@@ -27,14 +26,12 @@ class VerifierConfig(BaseModel):
     max_models: int = Field(3, ge=1, le=64, description="policy versions kept loaded in memory (LRU)")
     keep_versions: int = Field(8, ge=1, description="policy versions kept in the checkpoint cache on disk")
     thresholds: Thresholds = Field(
-        default_factory=Thresholds,
-        description="decision thresholds of the checks for fp32 prefills (calibrate per model: bench/verification.py)")
-    low_precision_thresholds: Thresholds = Field(
-        default_factory=lambda: LOW_PRECISION,
-        description="decision thresholds for bf16/fp16 prefills (workers declaring a low-precision dtype)")
-    match_dtypes: list[str] = Field(
-        default_factory=lambda: ["float32", "bfloat16", "float16"],
-        description="a worker declaring one of these compute dtypes is checked by a prefill in the same dtype "
-                    "(honest workers then agree almost bit for bit, so thresholds can be tight)")
+        default_factory=lambda: FLOAT32,
+        description="limits for submissions computed in float32, judged by a float32 prefill (calibrate per model: "
+                    "bench/verification.py; verifier/thresholds.py says what they catch)")
+    bf16_thresholds: Thresholds = Field(
+        default_factory=lambda: BFLOAT16,
+        description="limits for submissions computed in bfloat16, judged by a bfloat16 prefill (the prefill always "
+                    "computes in the dtype the worker declares; the run's allowed_dtypes say which are accepted)")
     log_level: str = Field("info", description="python logging level")
     p2p: P2PConfig = Field(default_factory=P2PConfig, description="libp2p swarm layer: hear versions and relays on the run's topic, fetch verified shards from peers when relays fail (bootstrap: the coordinator's, from GET /v1/run, unless set)")

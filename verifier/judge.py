@@ -1,59 +1,85 @@
 """From an opened job (and, for a full check, the prefill's outputs) to a `Verdict`.
 
-Collaborators: `verifier.service` opens the job, decodes the completions, runs the prefill
-(`verifier.prefill`) when the coordinator asked for a full check, and posts what `judge`
-returns. `judge` itself is pure apart from the replay ledger it records into.
+Collaborators: `verifier.pipeline` opens the job, decodes the completions, runs the prefill
+(`verifier.prefill`) in the dtype the worker computed in when the coordinator asked for a
+full check, and posts what `judge` returns. `judge` itself is pure apart from the replay
+ledger it records into.
 
-Cheap checks (lease_and_data, termination without the model, reward, replay) run on every
-job; the model checks (proof, sampling, and termination's EOS test) run when `outputs` is
-given. A submission is accepted only if every check that ran passed. The verdict's
-`full_check` says whether the model checks were asked for; when the data is too broken to
-run the model on (wrong counts, token ids outside the vocabulary) the submission is
-rejected on the cheap checks alone.
+Cheap checks (lease_and_data — which includes "the declared compute dtype is one the run
+allows and the verifier has limits for" —, termination without the model, reward, replay)
+run on every job; the model checks (proof, sampling, and termination's EOS test) run when
+`outputs` is given. A submission is accepted only if every check that ran passed. The
+verdict's `full_check` says whether the model checks were asked for; when the data is too
+broken to run the model on (wrong counts, token ids outside the vocabulary, a dtype the
+run does not allow) the submission is rejected on the cheap checks alone.
+
+Failing closed: a prefill that produced a non-finite hidden state or logit is a rejection
+(proof check, reason "non-finite"), never something to compare against; a submission whose
+values the float32 prefill explains better than any bf16 computation could is judged by the
+float32 limits whatever it declared (`ModelOutputs.precision_note`), or rejected when the run
+does not allow float32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
+from protocol import dtypes
 from protocol.messages import CheckResult, Verdict, VerificationJob
 from protocol.proof import DEFAULT_CHUNK_SIZE, DEFAULT_TOPK
-from verifier.checks import result
+from verifier.checks import NON_FINITE, result
 from verifier.checks.data import check_lease_and_data
-from verifier.checks.proof import check_proof
+from verifier.checks.proof import NAME as PROOF, check_proof
 from verifier.checks.replay import check_replay
 from verifier.checks.reward import check_reward
-from verifier.checks.sampling import check_sampling, sampling_gaps_and_ties
+from verifier.checks.sampling import NAME as SAMPLING, check_sampling, sampling_gaps_and_ties
 from verifier.checks.termination import check_termination
 from verifier.job import OpenedJob
 from verifier.seen import SeenLedger
-from verifier.thresholds import LOW_PRECISION, Thresholds
+from verifier.thresholds import CALIBRATED, Thresholds
 
 
 @dataclass(frozen=True)
 class JudgeSettings:
     run_id: str | None
-    thresholds: Thresholds = Thresholds()
-    low_precision: Thresholds = LOW_PRECISION
+    limits: Mapping[str, Thresholds] = field(default_factory=lambda: dict(CALIBRATED))
     chunk_size: int = DEFAULT_CHUNK_SIZE
     topk: int = DEFAULT_TOPK
-    match_dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
-    def for_dtype(self, prefill_dtype: str) -> Thresholds:
-        """The limits for a prefill computed in `prefill_dtype`."""
-        return self.low_precision if prefill_dtype in ("bfloat16", "float16") else self.thresholds
+    def for_dtype(self, dtype: str) -> Thresholds | None:
+        """The limits for a computation in `dtype`, or None when it has none (not calibrated)."""
+        name = dtypes.canonical(dtype)
+        return self.limits.get(name) if name else None
+
+    def judgeable(self, oj: OpenedJob) -> str | None:
+        """The canonical dtype the worker declares when the run allows it and it has limits, else None."""
+        name = dtypes.canonical(oj.submission.engine.dtype)
+        if name is None or name not in oj.lease.allowed_dtypes or name not in self.limits:
+            return None
+        return name
 
 
 @dataclass
 class ModelOutputs:
     """The verifier's prefill of one submission: per completion, (T, H) final hidden states
-    and (T, V) logits at the positions that chose its tokens."""
+    and (T, V) logits at the positions that chose its tokens, computed in `dtype`.
+
+    `non_finite`: the prefill produced Inf/NaN somewhere (nothing is compared then).
+    `precision_note`: why the judged dtype is not the declared one (the float32 prefill
+    explained the values better than bf16 could), or why that makes the submission fail
+    (`precision_violation`). `probe`: the precision probe's completion index and its mean
+    mantissa error against the float32 prefill (recorded so audits repeat the same probe)."""
 
     hidden: list[torch.Tensor]
     logits: list[torch.Tensor]
     dtype: str = ""
+    non_finite: bool = False
+    precision_note: str = ""
+    precision_violation: bool = False
+    probe: dict | None = None
 
 
 def model_ready(oj: OpenedJob, vocab_size: int) -> bool:
@@ -67,27 +93,51 @@ def model_ready(oj: OpenedJob, vocab_size: int) -> bool:
 def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: list[str | None], *,
           outputs: ModelOutputs | None = None, vocab_size: int | None = None,
           now: float | None = None) -> Verdict:
-    thr = settings.for_dtype(outputs.dtype if outputs is not None else "")
     checks: list[CheckResult] = [
         check_lease_and_data(oj, run_id=settings.run_id, chunk_size=settings.chunk_size, topk=settings.topk,
-                             vocab_size=vocab_size),
+                             vocab_size=vocab_size, judgeable_dtypes=tuple(settings.limits)),
     ]
+    thr = settings.for_dtype(outputs.dtype) if outputs is not None else None
+    if outputs is not None and thr is None:  # a pipeline error: never judge without limits
+        raise ValueError(f"no limits for a prefill in {outputs.dtype!r}")
     gaps = ties = None
-    if outputs is not None:
+    if outputs is not None and thr is not None and not outputs.non_finite and not outputs.precision_violation:
         gaps, ties = sampling_gaps_and_ties(outputs.logits, oj.completions, list(oj.lease.seeds),
                                             oj.lease.sampling.temperature, rounding=thr.sampling_rel_tolerance)
     last_gaps = None
     if gaps is not None:
         last_gaps = [float(g[-1]) if c.finish_reason == "eos" and g.numel() else None
                      for g, c in zip(gaps, oj.submission.completions)]
-    checks.append(check_termination(oj, last_gaps=last_gaps, tolerance=thr.sampling_tolerance))
-    checks.append(check_reward(oj, texts, tolerance=thr.reward_tolerance))
+    tolerance = thr.sampling_tolerance if thr is not None else 0.0
+    checks.append(check_termination(oj, last_gaps=last_gaps, tolerance=tolerance))
+    checks.append(check_reward(oj, texts, tolerance=(thr or CALIBRATED["float32"]).reward_tolerance))
     checks.append(check_replay(oj, ledger, now=now))
-    if outputs is not None and gaps is not None:
-        proof = check_proof(oj, outputs.hidden, thr, chunk_size=settings.chunk_size, topk=settings.topk)
-        checks.append(proof.model_copy(update={"stats": {**proof.stats, "prefill_dtype": outputs.dtype}}))
-        checks.append(check_sampling(oj, gaps, tolerance=thr.sampling_tolerance, ties=ties))
+    if outputs is not None and thr is not None:
+        checks.extend(model_checks(oj, settings, outputs, thr, gaps, ties))
     return make_verdict(oj.job, checks)
+
+
+def model_checks(oj: OpenedJob, settings: JudgeSettings, outputs: ModelOutputs, thr: Thresholds,
+                 gaps: list[torch.Tensor] | None, ties: list[int] | None) -> list[CheckResult]:
+    """The proof and sampling checks, or their failures when the prefill cannot be compared."""
+    extra = {"prefill_dtype": outputs.dtype, "declared_dtype": dtypes.canonical(oj.submission.engine.dtype) or ""}
+    if outputs.probe is not None:
+        extra["precision_probe"] = outputs.probe
+    if outputs.non_finite:
+        why = (f"{NON_FINITE} values (NaN/Inf) in the verifier's {outputs.dtype} prefill of this submission: "
+               "it cannot be verified, so it is not accepted")
+        return [result(PROOF, False, extra, why), result(SAMPLING, False, {}, f"{NON_FINITE} logits; not checked")]
+    if outputs.precision_violation:
+        return [result(PROOF, False, extra, outputs.precision_note)]
+    proof = check_proof(oj, outputs.hidden, thr, chunk_size=settings.chunk_size, topk=settings.topk)
+    stats = {**proof.stats, **extra}
+    detail = proof.detail
+    if outputs.precision_note:
+        stats["precision_note"] = outputs.precision_note
+        detail = f"{detail} ({outputs.precision_note})" if detail else ""
+    assert gaps is not None
+    return [result(PROOF, proof.passed, stats, detail),
+            check_sampling(oj, gaps, tolerance=thr.sampling_tolerance, ties=ties)]
 
 
 def make_verdict(job: VerificationJob, checks: list[CheckResult]) -> Verdict:

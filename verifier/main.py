@@ -77,7 +77,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         prefetch_client = ShardcastClient(relays, info.operator_key, cache, run_id=info.run_id,
                                           keep_versions=cfg.keep_versions, peers=peers)
         closers += [sc, prefetch_client]
-        models = PolicyModels(sc.fetch, device=cfg.device, dtype=cfg.dtype, capacity=cfg.max_models,
+        models = PolicyModels(sc.fetch, device=cfg.device, capacity=cfg.max_models,
                               on_load=lambda v, s: metrics.model_loads.inc())
         first = _first_tokenizer(sc, info, stop)
         if first is None:
@@ -95,9 +95,9 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         closers.append(ledger)
         service = VerifierService(
             client, coordinator_key=PublicKey.from_hex(info.coordinator_key), tokenizer=tokenizer, models=models,
-            settings=JudgeSettings(run_id=info.run_id, thresholds=cfg.thresholds,
-                                  low_precision=cfg.low_precision_thresholds,
-                                  match_dtypes=tuple(cfg.match_dtypes)), ledger=ledger, metrics=metrics,
+            settings=JudgeSettings(run_id=info.run_id, limits={"float32": cfg.thresholds,
+                                                                "bfloat16": cfg.bf16_thresholds}),
+            ledger=ledger, metrics=metrics,
             batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s)
         holder["service"] = service
         log.info("verifier %s judging submissions of run %s (relays: %s%s)", key.peer_id, info.run_id,

@@ -1,54 +1,59 @@
 """One job, start to verdict: open, decode, prefill (for a full check), judge.
 
-Collaborators: `verifier.service` calls `verify_job` for every claimed job; bench scripts
-and the red-team tests call it too, so what they measure is what the service does. The
-model for a policy version comes from a `ModelSource` (the service's is `verifier.models`,
-an LRU over shardcast-fetched checkpoints; tests pass a dict).
+Collaborators: `verifier.service` calls `verify_job` for every claimed job; bench scripts,
+`swarmrl audit reverify` and the red-team tests call it too, so what they measure is what the
+service does. The model for a policy version comes from a `ModelSource` (the service's is
+`verifier.models`, an LRU over shardcast-fetched checkpoints; tests pass a dict).
 
 Raises JobError only when the job cannot be judged now (its policy version cannot be
 had); everything wrong with the submission itself ends in a rejecting verdict. A version
-outside the lease is never fetched: the data check rejects it without the model.
+outside the lease, or a compute dtype the run does not allow, is never fetched: the data
+check rejects it without the model.
 
-The prefill computes in the dtype the worker declares (`EngineInfo.dtype`) when it is one of
-`settings.match_dtypes`. Measured on the tiny model: a bf16 worker's KV-cache decode and a
-bf16 prefill agree almost bit for bit (pooled mantissa error <= 0.013), while bf16 against
-an fp32 prefill differs by ~1 ulp on average, which is as large as the effect of a small
-weight change. Matching the dtype lets the thresholds be tight for every honest worker;
-declaring another dtype gains a cheater nothing, because every matched comparison is tight.
+Which dtype the prefill computes in. The run decides which dtypes are allowed (the lease
+carries them); the worker declares the one it used; the verifier prefills in that dtype and
+judges with that dtype's limits (`verifier.thresholds`), because an honest worker and a
+prefill in the same dtype agree almost bit for bit. Declaring a dtype must buy a cheater
+nothing: bf16's limits are wider than fp32's (bf16 rounding noise between engines is as
+large as a small weight change), so a worker that computes in fp32 with slightly changed
+weights and declares bf16 would hide the change in bf16's allowance. The precision probe
+closes that: for a low-precision declaration, one completion (drawn at random, so a worker
+cannot compute only that one honestly) is also prefilled in fp32; a bf16 computation cannot
+come closer to the fp32 values than bf16 rounding allows (`higher_precision_floor`), so a
+completion that does was computed in fp32, and the whole submission is then judged by a
+fp32 prefill with the fp32 limits — or rejected, if the run does not allow fp32. The probe
+costs one completion's prefill (1/G of the submission's); the index is recorded in the
+verdict so an audit repeats the same probe.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from protocol.errors import ProtocolError
+import torch
+
+from protocol.errors import ProofError, ProtocolError
 from protocol.identity import PublicKey
 from protocol.lm import decode_completion
 from protocol.messages import Verdict, VerificationJob
+from verifier.checks.proof import completion_pool
 from verifier.errors import JobError
-from verifier.job import open_job
-from verifier.judge import JudgeSettings, judge, model_ready, unopenable_verdict
+from verifier.job import OpenedJob, open_job
+from verifier.judge import JudgeSettings, ModelOutputs, judge, model_ready, unopenable_verdict
 from verifier.prefill import prefill, vocab_size
 from verifier.seen import SeenLedger
+
+FULL = "float32"
+_PROBE_RNG = random.SystemRandom()
 
 
 class ModelSource(Protocol):
     def model(self, version: int, dtype: str | None = None) -> Any:
         """The policy model of `version` computing in `dtype` (None: the source's default),
         ready for a forward pass (JobError if unavailable)."""
-
-
-_CANONICAL = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-              "float16": "float16", "fp16": "float16"}
-
-
-def prefill_dtype(declared: str, allowed: tuple[str, ...]) -> str | None:
-    """The dtype the verifier computes in for a worker that declares `declared`: the same one
-    when it is allowed, else None (the verifier's configured dtype)."""
-    name = _CANONICAL.get(declared.strip().lower().replace("torch.", ""))
-    return name if name in allowed else None
 
 
 @dataclass
@@ -69,9 +74,52 @@ def _decode(tokenizer: Any, ids: list[int]) -> str | None:
         return None
 
 
+def _run_prefill(model: Any, oj: OpenedJob, job_id: str, only: list[int] | None = None) -> ModelOutputs:
+    try:
+        out = prefill(model, oj, only=only)
+    except (RuntimeError, IndexError, ValueError) as exc:  # e.g. out of memory, context too long
+        raise JobError(f"the prefill of submission {job_id} failed: {type(exc).__name__}: {exc}") from exc
+    out.non_finite = not all(bool(torch.isfinite(h).all()) for h in out.hidden) or \
+        not all(bool(torch.isfinite(lg).all()) for lg in out.logits)
+    return out
+
+
+def precision_probe(oj: OpenedJob, declared: str, outputs: ModelOutputs, models: ModelSource,
+                    settings: JudgeSettings, index: int | None) -> ModelOutputs:
+    """For a low-precision declaration: probe one completion with a float32 prefill, and
+    return what the submission must be judged on (see the module docstring)."""
+    thr = settings.for_dtype(declared)
+    if thr is None or thr.higher_precision_floor <= 0 or declared == FULL or outputs.non_finite:
+        return outputs
+    comps = oj.submission.completions
+    i = index if index is not None and 0 <= index < len(comps) else _PROBE_RNG.randrange(len(comps))
+    version = oj.submission.policy_version
+    model32 = models.model(version, FULL)
+    probe = _run_prefill(model32, oj, oj.submission_id, only=[i])
+    try:
+        pool = completion_pool(probe.hidden[0], comps[i].proof, chunk_size=settings.chunk_size, topk=settings.topk)
+    except ProofError:
+        return replace(outputs, probe={"completion": i, "fp32_mant_mean": None})
+    distance = pool.mant_mean
+    outputs = replace(outputs, probe={"completion": i, "fp32_mant_mean": round(distance, 4)
+                                      if distance == distance and distance < 1e18 else None})
+    if probe.non_finite or not distance < thr.higher_precision_floor:
+        return outputs
+    note = (f"declared {declared}, but the float32 prefill explains completion {i} to a mean mantissa error of "
+            f"{distance:.3f} (< {thr.higher_precision_floor}, closer than {declared} rounding allows): computed in "
+            "float32")
+    if FULL in oj.lease.allowed_dtypes and settings.for_dtype(FULL) is not None:
+        full = _run_prefill(model32, oj, oj.submission_id)
+        return replace(full, dtype=FULL, precision_note=note + ", so judged by the float32 limits",
+                       probe=outputs.probe)
+    return replace(outputs, precision_violation=True, precision_note=note + ", which this run does not allow")
+
+
 def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: Any, models: ModelSource,
                settings: JudgeSettings, ledger: SeenLedger, now: float | None = None,
-               timings: Timings | None = None) -> Verdict:
+               timings: Timings | None = None, probe_index: int | None = None) -> Verdict:
+    """`probe_index`: the completion the precision probe looks at (None: drawn at random;
+    audits pass the one the original verdict recorded)."""
     t = timings if timings is not None else Timings()
     try:
         oj = open_job(job, coordinator_key)
@@ -80,18 +128,16 @@ def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: A
     texts = [_decode(tokenizer, c.token_ids) for c in oj.submission.completions]
     outputs, vocab = None, None
     version = oj.submission.policy_version
-    if job.full_check and oj.lease.min_policy_version <= version <= oj.lease.max_policy_version:
+    declared = settings.judgeable(oj)
+    if job.full_check and declared and oj.lease.min_policy_version <= version <= oj.lease.max_policy_version:
         t0 = time.perf_counter()
-        dtype = prefill_dtype(oj.submission.engine.dtype, settings.match_dtypes)
-        model = models.model(version, dtype)
+        model = models.model(version, declared)
         t1 = time.perf_counter()
         vocab = vocab_size(model)
         if model_ready(oj, vocab):
-            try:
-                outputs = prefill(model, oj)
-            except (RuntimeError, IndexError, ValueError) as exc:  # e.g. out of memory, context too long
-                raise JobError(f"the prefill of submission {job.submission_id} failed: "
-                               f"{type(exc).__name__}: {exc}") from exc
+            outputs = _run_prefill(model, oj, job.submission_id)
+            outputs.dtype = declared
+            outputs = precision_probe(oj, declared, outputs, models, settings, probe_index)
         t.model_s, t.prefill_s = t1 - t0, time.perf_counter() - t1
     t2 = time.perf_counter()
     verdict = judge(oj, settings, ledger, texts, outputs=outputs, vocab_size=vocab, now=now)

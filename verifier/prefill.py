@@ -22,9 +22,10 @@ def vocab_size(model: Any) -> int:
 
 
 @torch.no_grad()
-def prefill(model: Any, oj: OpenedJob, *, max_batch_tokens: int = 65536) -> ModelOutputs:
+def prefill(model: Any, oj: OpenedJob, *, max_batch_tokens: int = 65536, only: list[int] | None = None) -> ModelOutputs:
+    """`only`: prefill just these completions (in this order; the precision probe's one)."""
     prompt = list(oj.lease.prompt_token_ids)
-    comps = oj.completions
+    comps = oj.completions if only is None else [oj.completions[i] for i in only]
     hidden: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
     start = 0

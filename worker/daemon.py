@@ -29,6 +29,7 @@ from typing import Any
 
 from protocol.http import Rejected, Unavailable
 from protocol.identity import KeyPair, PublicKey
+from protocol import dtypes
 from protocol.messages import Lease, Registration, RunInfo
 from protocol.pow import solve_pow
 from worker.config import WorkerConfig
@@ -152,7 +153,21 @@ class Daemon:
         self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
                                    self.stop, reach=self.reach)
         self.state.set(run_id=self.run_info.run_id, newest_version=self.run_info.current_policy_version)
+        self._agree_dtype(self.run_info.allowed_dtypes)
         self._register(self.stop)
+
+    def _agree_dtype(self, allowed: list[str]) -> None:
+        """Compute in a dtype the run allows: an 'auto' engine switches to one (bf16 on a GPU when
+        allowed, else fp32); a dtype set in the config that the run does not allow is an error."""
+        current = dtypes.canonical(self.engine.info().dtype)
+        if current in allowed:
+            return
+        if self.cfg.dtype != "auto":
+            raise WorkerError(f"this run allows the compute dtypes {', '.join(allowed)}; the worker is set to "
+                              f"{current}: set dtype = \"auto\" or one of those in the worker config")
+        chosen = dtypes.pick(allowed, cuda=str(self.engine.info().device).startswith("cuda"))
+        self.engine.use_dtype(chosen)
+        log.info("computing in %s (the dtypes this run allows: %s)", chosen, ", ".join(allowed))
 
     def _register(self, stop: threading.Event) -> None:
         info = self.run_info

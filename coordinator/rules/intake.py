@@ -1,7 +1,8 @@
 """The cheap checks: what a submission must satisfy before it is stored and queued.
 
 These run on every submission at once, in this order (the first failure is the answer):
-the lease belongs to the signer, is still active and unexpired; the policy version is in
+the lease belongs to the signer, is still active and unexpired; the declared compute dtype
+is one the run allows; the policy version is in
 the lease's range; there is one completion per seed; every token id is in the vocabulary;
 every completion respects max_tokens and ends as its finish reason says (EOS last and
 nowhere else, or exactly max_tokens without EOS); every proof is base64 whose decoded size
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from coordinator.errors import Conflict, Forbidden, Gone, Invalid
+from protocol import dtypes
 from protocol.messages import Completion, Submission
 
 CHUNK_TOKENS = 32          # tokens per proof chunk (TOPLOC decode batching); the only layout accepted
@@ -94,8 +96,13 @@ def codec_proof_check(hidden_size: int | None) -> ProofCheck:
 
 
 def check_completions(sub: Submission, lease: LeaseFacts, vocab_size: int,
-                      proof_check: ProofCheck = default_proof_check) -> int:
-    """Raise Invalid unless the completions fit the lease; return the total token count."""
+                      proof_check: ProofCheck = default_proof_check,
+                      allowed_dtypes: tuple[str, ...] | None = None) -> int:
+    """Raise Invalid unless the completions fit the lease; return the total token count.
+    `allowed_dtypes`: the run's compute dtypes (the declared one must be among them)."""
+    if allowed_dtypes is not None and dtypes.canonical(sub.engine.dtype) not in allowed_dtypes:
+        raise Invalid("dtype_not_allowed", f"computed in {sub.engine.dtype or 'an undeclared dtype'!r}; this run "
+                                           f"allows {', '.join(allowed_dtypes)} (set the worker's dtype to one)")
     if not lease.min_version <= sub.policy_version <= lease.max_version:
         raise Invalid("wrong_version", f"policy version {sub.policy_version} is outside this lease's "
                                        f"range [{lease.min_version}, {lease.max_version}]")

@@ -23,7 +23,8 @@ def run_info(ctx: Context, current: int | None = None) -> RunInfo:
                    verifier_keys=sorted(ctx.verifier_keys), relays=list(cfg.relays),
                    current_policy_version=current, async_window=cfg.async_window,
                    pow_challenge=ctx.pow_challenge, pow_difficulty=cfg.join.pow_difficulty,
-                   tokenizer_ref=str(cfg.model), p2p_bootstrap=p2p.bootstrap_addrs(ctx))
+                   tokenizer_ref=str(cfg.model), p2p_bootstrap=p2p.bootstrap_addrs(ctx),
+                   allowed_dtypes=list(cfg.allowed_dtypes))
 
 
 def worker_check_rate(ctx: Context, clean_checks: int) -> float:

@@ -75,7 +75,7 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
                          task_id=prepared.task.id, prompt_token_ids=list(prepared.prompt_ids),
                          seeds=draw_seeds(ctx.rng, cfg.group_size), sampling=sampling,
                          eos_token_id=ctx.tasks.eos_token_id, min_policy_version=lo, max_policy_version=hi,
-                         issued_at=now, expires_at=now + cfg.lease_ttl_s)
+                         issued_at=now, expires_at=now + cfg.lease_ttl_s, allowed_dtypes=list(cfg.allowed_dtypes))
             env = seal(KIND_LEASE, body, ctx.key, now=now)
             envs.append(env)
             rows.append(dict(lease_id=body.lease_id, worker_id=worker_id, task_index=index, task_id=body.task_id,
@@ -125,7 +125,8 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
                                   max_version=row.max_version, n_seeds=row.n_seeds, max_tokens=row.max_tokens,
                                   eos_token_id=row.eos_token_id)
         intake.check_lease(facts, worker_id, now)
-        n_tokens = intake.check_completions(sub, facts, ctx.tasks.vocab_size, ctx.proof_check)
+        n_tokens = intake.check_completions(sub, facts, ctx.tasks.vocab_size, ctx.proof_check,
+                                            tuple(cfg.allowed_dtypes))
         chash = intake.content_hash(sub.completions)
         other = submissions.content_exists(conn, row.task_id, chash)
         if other is not None:

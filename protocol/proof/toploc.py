@@ -53,6 +53,7 @@ class ChunkStats:
     mant_err_median: float    # upper median of the same
     sign_mismatches: int      # exponent-matched positions whose sign bit differs
     k: int                    # positions compared (top-k, or fewer in a small last chunk)
+    non_finite: int = 0       # values the proof claims that are Inf or NaN (exponent bits all ones)
 
     def as_tuple(self) -> tuple[int, float, float]:
         """The three numbers the reference reports."""
@@ -248,6 +249,7 @@ def _compare(claimed: np.ndarray, actual: np.ndarray) -> list[ChunkStats]:
     sums = np.where(exp_match, mant_err, 0).sum(axis=1)
     ordered = np.sort(np.where(exp_match, mant_err, np.iinfo(np.int64).max), axis=1)
     signs = (sign_diff & exp_match).sum(axis=1)
+    claimed_non_finite = (((claimed >> 7) & 0xFF) == 0xFF).sum(axis=1)
     out = []
     for r in range(claimed.shape[0]):
         cnt = int(matched[r])
@@ -256,7 +258,7 @@ def _compare(claimed: np.ndarray, actual: np.ndarray) -> list[ChunkStats]:
         else:
             mean = median = NO_MATCH
         out.append(ChunkStats(exp_mismatches=k - cnt, mant_err_mean=mean, mant_err_median=median,
-                              sign_mismatches=int(signs[r]), k=k))
+                              sign_mismatches=int(signs[r]), k=k, non_finite=int(claimed_non_finite[r])))
     return out
 
 

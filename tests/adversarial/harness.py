@@ -35,7 +35,6 @@ from verifier.judge import JudgeSettings
 from verifier.pipeline import Timings, verify_job
 from verifier.prefill import prefill
 from verifier.seen import SeenLedger
-from verifier.thresholds import Thresholds
 from verifier.job import open_job
 from worker.engines.base import GenerationRequest
 from worker.engines.transformers_engine import TransformersEngine
@@ -87,6 +86,44 @@ def next_version(src: Path, dst: Path, *, lr: float = 1e-4, seed: int = 1) -> Pa
     return dst
 
 
+QUANTIZATIONS = ("int8_tensor", "int8_channel", "int4_group", "fp8_e4m3")
+
+
+def _fake_quantize(w: torch.Tensor, scheme: str) -> torch.Tensor:
+    """`w` quantized and dequantized: the weights a worker running that quantized copy
+    effectively computes with (symmetric, round to nearest)."""
+    if scheme == "int8_tensor":
+        s = w.abs().max().clamp(min=1e-12) / 127
+        return (w / s).round().clamp(-127, 127) * s
+    if scheme == "int8_channel":  # one scale per output row, as LLM.int8 / SmoothQuant weights
+        s = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+        return (w / s).round().clamp(-127, 127) * s
+    if scheme == "int4_group":  # groups of 32 along the input dimension, as GPTQ/AWQ-style int4
+        g = 32 if w.shape[1] % 32 == 0 else w.shape[1]
+        ww = w.reshape(-1, g)
+        s = ww.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 7
+        return ((ww / s).round().clamp(-8, 7) * s).reshape(w.shape)
+    if scheme == "fp8_e4m3":  # per-tensor scale to e4m3's max (448), as FP8 weight-only serving
+        s = w.abs().max().clamp(min=1e-12) / 448
+        return (w / s).to(torch.float8_e4m3fn).to(w.dtype) * s
+    raise ValueError(f"unknown quantization {scheme!r}; one of {QUANTIZATIONS}")
+
+
+def quantized_copy(src: Path, dst: Path, *, scheme: str) -> Path:
+    """`src` with every linear layer's weight matrix (attention, MLP, LM head; not the
+    embeddings or norms, which quantized serving keeps) quantized by `scheme`."""
+    if (dst / "config.json").exists():
+        return dst
+    model = load_model(str(src))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.copy_(_fake_quantize(p.float(), scheme).to(p.dtype))
+    model.save_pretrained(dst)
+    load_tokenizer(str(src)).save_pretrained(dst)
+    return dst
+
+
 def perturbed_copy(src: Path, dst: Path, *, rel_noise: float, seed: int = 7) -> Path:
     """`src` with Gaussian noise of `rel_noise` x each tensor's std added to every weight."""
     model = load_model(str(src))
@@ -121,7 +158,8 @@ class World:
     versions: dict[int, Path]
     tokenizer: Any
     coordinator: KeyPair = field(default_factory=KeyPair.generate)
-    settings: JudgeSettings = field(default_factory=lambda: JudgeSettings(run_id=RUN_ID, thresholds=Thresholds()))
+    settings: JudgeSettings = field(default_factory=lambda: JudgeSettings(run_id=RUN_ID))
+    allowed_dtypes: tuple[str, ...] = ("float32", "bfloat16")
     ledger: SeenLedger = field(default_factory=SeenLedger)
     task_seed: int = 0
     group_size: int = 8
@@ -154,7 +192,7 @@ class World:
                       eos_token_id=self.eos,
                       min_policy_version=self.current if min_version is None else min_version,
                       max_policy_version=self.current if max_version is None else max_version,
-                      issued_at=now, expires_at=now + 600)
+                      issued_at=now, expires_at=now + 600, allowed_dtypes=list(self.allowed_dtypes))
         return lease, seal(KIND_LEASE, lease, self.coordinator)
 
     def task_of(self, lease: Lease):
@@ -178,10 +216,8 @@ class World:
 
     def verifier_outputs(self, job: VerificationJob):
         """The verifier's prefill of a job (for calibration statistics)."""
-        from verifier.pipeline import prefill_dtype
-
         oj = open_job(job, self.coordinator.public)
-        dtype = prefill_dtype(oj.submission.engine.dtype, self.settings.match_dtypes)
+        dtype = self.settings.judgeable(oj) or "float32"
         return oj, prefill(self.models.model(oj.submission.policy_version, dtype), oj)
 
 
@@ -319,6 +355,6 @@ def with_claimed_rewards(sub: Submission, value: float = 1.0) -> Submission:
 
 
 Cheat = Callable[..., Submission]
-__all__ = ["World", "make_world", "build_model", "next_version", "perturbed_copy", "engine_for",
+__all__ = ["World", "make_world", "build_model", "next_version", "perturbed_copy", "quantized_copy", "engine_for",
            "honest_submissions", "generate_with", "reprove", "edit_token", "greedy_submission", "cherry_pick",
            "truncate", "copy_proof", "with_claimed_rewards", "DictModels"]

@@ -120,7 +120,7 @@ def _traffic(stop: threading.Event, coord: Coordinator, ledger: Ledger, worker: 
                     ledger.leases.update({l.lease_id: l for l in leases})
                 for lease in leases:
                     sub = Submission(lease_id=lease.lease_id, policy_version=lease.max_policy_version,
-                                     completions=_completions(lease, proofs), engine=EngineInfo(name="test"))
+                                     completions=_completions(lease, proofs), engine=EngineInfo(name="test", dtype="float32"))
                     env = seal(KIND_SUBMISSION, sub, worker)
                     r = _post(http, url, "/v1/submissions", env)
                     if r is not None and r.status_code == 200:
@@ -168,7 +168,7 @@ def _check(coord: Coordinator, ledger: Ledger, workers: list[KeyPair]) -> dict:
         for lease_id, lease in list(ledger.leases.items())[-20:]:
             worker = next(k for k in workers if k.peer_id == lease.worker_id)
             sub = Submission(lease_id=lease_id, policy_version=lease.max_policy_version,
-                             completions=_completions(lease, _check.proofs), engine=EngineInfo(name="t"))
+                             completions=_completions(lease, _check.proofs), engine=EngineInfo(name="t", dtype="float32"))
             r = http.post("/v1/submissions", content=seal(KIND_SUBMISSION, sub, worker).model_dump_json())
             assert r.status_code != 404, f"acknowledged lease {lease_id} lost"
             if lease_id in ledger.submitted.values():

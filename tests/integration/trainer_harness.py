@@ -161,7 +161,7 @@ class TrainerRig:
             bad = self.tokenizer(answer + "7", add_special_tokens=False)["input_ids"]
             comps = [self._completion(good if i < right else bad, lease.eos_token_id) for i in range(len(lease.seeds))]
             sub = Submission(lease_id=lease.lease_id, policy_version=lease.max_policy_version, completions=comps,
-                             engine=EngineInfo(name="test"))
+                             engine=EngineInfo(name="test", dtype="float32"))
             r = self.post(routes.SUBMISSIONS, KIND_SUBMISSION, sub, self.worker)
             assert r.status_code == 200, r.text
             ids.append(r.json()["submission_id"])

@@ -110,20 +110,29 @@ def export_cmd(archive_dir: Path, sel: Selection, out: Path, fmt: str | None) ->
     return 0
 
 
-def load_thresholds(path: Path | None):
-    from verifier.thresholds import Thresholds
+def load_thresholds(path: Path | None) -> dict:
+    """The limits per dtype: the verifier's defaults, with a verifier config's `[thresholds]`
+    (float32) and `[bf16_thresholds]` tables (or a bare float32 table) put in their place."""
+    from verifier.thresholds import CALIBRATED, Thresholds
 
+    limits = dict(CALIBRATED)
     if path is None:
-        return Thresholds()
+        return limits
     try:
         data = tomllib.loads(Path(path).read_text())
-        return Thresholds.model_validate(data.get("thresholds", data))
+        if "thresholds" in data or "bf16_thresholds" in data:
+            for key, dtype in (("thresholds", "float32"), ("bf16_thresholds", "bfloat16")):
+                if key in data:
+                    limits[dtype] = Thresholds.model_validate(data[key])
+        else:
+            limits["float32"] = Thresholds.model_validate(data)
+        return limits
     except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
         raise AuditError(f"--thresholds {path}: {exc}") from None
 
 
 def reverify_cmd(archive_dir: Path, ids: list[str], sel: Selection, *, thresholds: Path | None, device: str,
-                 dtype: str, model: str | None, replay_history: bool, as_json: bool) -> int:
+                 model: str | None, replay_history: bool, as_json: bool) -> int:
     from verifier.audit.reverify import Reverifier
 
     archive = Archive(archive_dir)
@@ -137,8 +146,8 @@ def reverify_cmd(archive_dir: Path, ids: list[str], sel: Selection, *, threshold
         from protocol.lm import load_tokenizer
 
         tokenizer = load_tokenizer(model)
-    rv = Reverifier(archive, thresholds=load_thresholds(thresholds), device=device, dtype=dtype,
-                    tokenizer=tokenizer, replay_history=replay_history)
+    rv = Reverifier(archive, limits=load_thresholds(thresholds), device=device, tokenizer=tokenizer,
+                    replay_history=replay_history)
     results = []
     console = _console()
     for i, sid in enumerate(ids):

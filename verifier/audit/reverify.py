@@ -43,10 +43,10 @@ from verifier.errors import JobError
 from verifier.job import OpenedJob, open_job
 from verifier.judge import JudgeSettings, judge, make_verdict, model_ready
 from verifier.models import PolicyModels
-from verifier.pipeline import prefill_dtype, verify_job
+from verifier.pipeline import verify_job
 from verifier.prefill import prefill, vocab_size
 from verifier.seen import SeenLedger
-from verifier.thresholds import Thresholds
+from verifier.thresholds import CALIBRATED, Thresholds
 
 
 @dataclass
@@ -115,14 +115,14 @@ def _checks(checks: list[CheckResult]) -> list[dict]:
 class Reverifier:
     """Re-verifies rollouts of one archive; models and the tokenizer are loaded once per version."""
 
-    def __init__(self, archive: Archive, *, thresholds: Thresholds | None = None, device: str = "cpu",
-                 dtype: str = "float32", tokenizer: Any | None = None, replay_history: bool = True):
+    def __init__(self, archive: Archive, *, limits: dict[str, Thresholds] | None = None, device: str = "cpu",
+                 tokenizer: Any | None = None, replay_history: bool = True):
         self.archive = archive
         self.run = archive.run
-        self.settings = JudgeSettings(run_id=self.run.run_id, thresholds=thresholds or Thresholds())
+        self.settings = JudgeSettings(run_id=self.run.run_id, limits=limits or dict(CALIBRATED))
         self.coordinator_key = PublicKey.from_hex(self.run.coordinator_key)
         self._checked: dict[int, str] = {}
-        self.models = PolicyModels(self._checkpoint, device=device, dtype=dtype, capacity=2)
+        self.models = PolicyModels(self._checkpoint, device=device, capacity=4)
         self._tokenizer = tokenizer
         self.replay_history = replay_history
         self._rows = None
@@ -193,6 +193,15 @@ class Reverifier:
                                submission=Envelope.model_validate_json(row["submission_envelope"]),
                                rewards=rewards, task_answer=answer, task_kind=kind, full_check=True)
 
+    @staticmethod
+    def recorded_probe(checks: list[dict]) -> int | None:
+        """The completion the original verdict's precision probe looked at (audits repeat it)."""
+        for c in checks:
+            probe = (c.get("stats") or {}).get("precision_probe") if c.get("name") == "proof" else None
+            if isinstance(probe, dict) and isinstance(probe.get("completion"), int):
+                return probe["completion"]
+        return None
+
     def _recorded(self, row: dict) -> tuple[str, list[dict], str]:
         raw = row.get("verdict_envelope")
         if not raw:
@@ -220,11 +229,12 @@ class Reverifier:
             raise AuditError(f"submission {row['submission_id']}: archived envelopes are not JSON envelopes: {exc}") from None
         tokenizer = self.tokenizer(version)
         ledger = self.ledger_before(row)
+        probe = self.recorded_probe(self._recorded(row)[1])
         try:
             try:
                 open_job(job, self.coordinator_key)
                 verdict = verify_job(job, coordinator_key=self.coordinator_key, tokenizer=tokenizer,
-                                     models=self.models, settings=self.settings, ledger=ledger)
+                                     models=self.models, settings=self.settings, ledger=ledger, probe_index=probe)
             except ProtocolError as exc:
                 verdict = self._tampered(job, exc, tokenizer, ledger, notes)
         except JobError as exc:
@@ -255,10 +265,11 @@ class Reverifier:
         outputs, vocab = None, None
         if oj.lease.min_policy_version <= oj.submission.policy_version <= oj.lease.max_policy_version:
             # the same prefill dtype the verifier chose: the one the worker declared, when allowed
-            dtype = prefill_dtype(oj.submission.engine.dtype, self.settings.match_dtypes)
-            model = self.models.model(oj.submission.policy_version, dtype)
-            vocab = vocab_size(model)
-            if model_ready(oj, vocab):
-                outputs = prefill(model, oj)
+            dtype = self.settings.judgeable(oj)
+            if dtype is not None:
+                model = self.models.model(oj.submission.policy_version, dtype)
+                vocab = vocab_size(model)
+                if model_ready(oj, vocab):
+                    outputs = prefill(model, oj)
         v = judge(oj, self.settings, ledger, texts, outputs=outputs, vocab_size=vocab)
         return make_verdict(job, [failed, *v.checks])

@@ -1,4 +1,5 @@
-"""The lease-and-data check: does the submission answer exactly the lease it names?
+"""The lease-and-data check: does the submission answer exactly the lease it names, computed
+in a dtype the run allows?
 
 Everything here is decided from the signed lease and the signed submission alone, so it runs
 on every job (the coordinator ran the same rules at intake; re-checking them here means a
@@ -8,6 +9,7 @@ on archived envelopes gets the same answer).
 
 from __future__ import annotations
 
+from protocol import dtypes
 from protocol.errors import ProofError
 from protocol.proof import decode_header, from_b64
 from protocol.messages import CheckResult
@@ -18,9 +20,16 @@ NAME = "lease_and_data"
 
 
 def check_lease_and_data(oj: OpenedJob, *, run_id: str | None, chunk_size: int, topk: int,
-                         vocab_size: int | None = None) -> CheckResult:
+                         vocab_size: int | None = None, judgeable_dtypes: tuple[str, ...] | None = None) -> CheckResult:
+    """`judgeable_dtypes`: the dtypes this verifier has limits for (None: not checked)."""
     lease, sub, job = oj.lease, oj.submission, oj.job
     problems: list[str] = []
+    declared = dtypes.canonical(sub.engine.dtype)
+    if declared not in lease.allowed_dtypes:
+        problems.append(f"computed in {sub.engine.dtype or 'an undeclared dtype'!r}; this run allows "
+                        f"{', '.join(lease.allowed_dtypes)}")
+    elif judgeable_dtypes is not None and declared not in judgeable_dtypes:
+        problems.append(f"computed in {declared}, for which this verifier has no calibrated limits")
     if run_id is not None and lease.run_id != run_id:
         problems.append(f"lease is for run {lease.run_id!r}, not {run_id!r}")
     if not (job.worker_id == lease.worker_id == oj.signer_id):

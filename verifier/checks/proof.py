@@ -1,25 +1,34 @@
 """The proof check: the worker's activation proofs match the verifier's own hidden states.
 
 Per completion, the verifier's prefill hidden states (prompt + completion, claimed policy
-version) are compared with the proof chunk by chunk (`protocol.proof.verify_proof`). A chunk
-fails when any error measure passes its threshold (`verifier.thresholds`): the share of
-top-k values whose exponent differs, the mean or upper-median mantissa error of the others,
-or the share of sign flips. Shares, not counts, because a short last chunk compares fewer
-than top-k values. Then the whole submission is pooled (every compared value of every
-chunk): its exponent-mismatch share and mean mantissa error have their own, tighter limits,
-because a small weight change moves every value a little, which one chunk cannot tell
-from rounding noise but a group of chunks can. A proof that does not decode fails with the
-decoder's reason.
+version, in the dtype the worker computed in) are compared with the proof chunk by chunk
+(`protocol.proof.verify_proof`). Three levels of limits (`verifier.thresholds`), and the
+submission fails if any one fails:
+
+- each chunk: the share of top-k values whose exponent differs, the mean or upper-median
+  mantissa error of the others, the share of sign flips;
+- each completion, pooled over its chunks (exponent share, mean mantissa error): every
+  completion stands on its own, so one bad completion cannot hide among good ones;
+- the whole submission, pooled over every completion: tighter limits, because a small
+  weight change moves every value a little, which one completion cannot tell from
+  rounding noise but a group can. Pooling only adds power; it never rescues a completion.
+
+Failing closed: a proof that does not decode fails with the decoder's reason; a proof that
+claims a non-finite value (Inf/NaN bit pattern) fails; every limit is `within`, so a NaN
+statistic fails. Shares, not counts, because a short last chunk compares fewer than top-k
+values.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from protocol.errors import ProofError
 from protocol.messages import CheckResult
 from protocol.proof import ChunkStats, from_b64, verify_proof
-from verifier.checks import first_failures, result
+from verifier.checks import first_failures, result, within
 from verifier.job import OpenedJob
 from verifier.thresholds import Thresholds
 
@@ -27,15 +36,73 @@ NAME = "proof"
 
 
 def chunk_failure(s: ChunkStats, thr: Thresholds) -> str | None:
-    """Why one chunk fails the thresholds, or None if it passes."""
-    if s.exp_mismatches > thr.exp_mismatch_frac * s.k:
+    """Why one chunk fails the limits, or None if it passes."""
+    if s.non_finite:
+        return f"{s.non_finite} claimed values are not finite"
+    if not within(s.exp_mismatches, thr.exp_mismatch_frac * s.k):
         return f"{s.exp_mismatches}/{s.k} exponents differ"
-    if s.mant_err_mean > thr.mant_err_mean:
+    if not within(s.mant_err_mean, thr.mant_err_mean):
         return f"mean mantissa error {s.mant_err_mean:.2f} > {thr.mant_err_mean}"
-    if s.mant_err_median > thr.mant_err_median:
+    if not within(s.mant_err_median, thr.mant_err_median):
         return f"median mantissa error {s.mant_err_median:.1f} > {thr.mant_err_median}"
-    if s.sign_mismatches > thr.sign_mismatch_frac * s.k:
+    if not within(s.sign_mismatches, thr.sign_mismatch_frac * s.k):
         return f"{s.sign_mismatches}/{s.k} signs differ"
+    return None
+
+
+@dataclass
+class Pool:
+    """Values compared, exponent mismatches and the mantissa-error sum of a set of chunks."""
+
+    compared: int = 0
+    mismatched: int = 0
+    mant_sum: float = 0.0
+    chunks: list[ChunkStats] = field(default_factory=list)
+
+    def add(self, s: ChunkStats) -> None:
+        self.chunks.append(s)
+        self.compared += s.k
+        self.mismatched += s.exp_mismatches
+        if s.exp_mismatches < s.k:
+            self.mant_sum += s.mant_err_mean * (s.k - s.exp_mismatches)
+
+    def merge(self, other: "Pool") -> None:
+        self.compared += other.compared
+        self.mismatched += other.mismatched
+        self.mant_sum += other.mant_sum
+
+    @property
+    def exp_frac(self) -> float:
+        return self.mismatched / self.compared if self.compared else 0.0
+
+    @property
+    def mant_mean(self) -> float:
+        matched = self.compared - self.mismatched
+        return self.mant_sum / matched if matched else (float("inf") if self.compared else 0.0)
+
+
+def completion_pool(hidden: torch.Tensor, proof_b64: str, *, chunk_size: int, topk: int) -> Pool:
+    """The pooled statistics of one completion's proof against `hidden` (ProofError if the
+    proof does not decode or does not fit)."""
+    pool = Pool()
+    for s in verify_proof(hidden, from_b64(proof_b64), chunk_size=chunk_size, topk=topk):
+        pool.add(s)
+    return pool
+
+
+def completion_failure(p: Pool, thr: Thresholds) -> str | None:
+    if not within(p.exp_frac, thr.completion_exp_mismatch_frac):
+        return f"{p.mismatched}/{p.compared} exponents differ over the completion (> {thr.completion_exp_mismatch_frac:.0%})"
+    if not within(p.mant_mean, thr.completion_mant_err_mean):
+        return f"mean mantissa error {p.mant_mean:.3f} over the completion > {thr.completion_mant_err_mean}"
+    return None
+
+
+def group_failure(p: Pool, thr: Thresholds) -> str | None:
+    if not within(p.exp_frac, thr.group_exp_mismatch_frac):
+        return f"{p.mismatched}/{p.compared} exponents differ over the submission (> {thr.group_exp_mismatch_frac:.1%})"
+    if not within(p.mant_mean, thr.group_mant_err_mean):
+        return f"mean mantissa error {p.mant_mean:.3f} over the submission > {thr.group_mant_err_mean}"
     return None
 
 
@@ -46,47 +113,41 @@ def _finite(x: float) -> float:
 def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, chunk_size: int,
                 topk: int) -> CheckResult:
     problems: list[str] = []
-    chunks = failed = 0
-    compared = mismatched = 0
-    mant_sum = 0.0
+    group = Pool()
+    failed_chunks = n_chunks = 0
     worst = {"exp_frac": 0.0, "mant_mean": 0.0, "mant_median": 0.0, "sign_frac": 0.0}
-    per_completion = []
+    per_completion: list[float | None] = []
     for i, (c, h) in enumerate(zip(oj.submission.completions, hidden)):
         try:
-            stats = verify_proof(h, from_b64(c.proof), chunk_size=chunk_size, topk=topk)
+            pool = completion_pool(h, c.proof, chunk_size=chunk_size, topk=topk)
         except ProofError as exc:
             problems.append(f"completion {i}: {exc}")
             per_completion.append(None)
             continue
-        comp_worst = 0.0
-        for j, s in enumerate(stats):
-            chunks += 1
-            compared += s.k
-            mismatched += s.exp_mismatches
-            if s.exp_mismatches < s.k:
-                mant_sum += s.mant_err_mean * (s.k - s.exp_mismatches)
-            frac = s.exp_mismatches / s.k
-            comp_worst = max(comp_worst, frac)
-            worst["exp_frac"] = max(worst["exp_frac"], frac)
+        n_chunks += len(pool.chunks)
+        for j, s in enumerate(pool.chunks):
+            worst["exp_frac"] = max(worst["exp_frac"], s.exp_mismatches / s.k)
             worst["sign_frac"] = max(worst["sign_frac"], s.sign_mismatches / s.k)
             if s.exp_mismatches < s.k:
                 worst["mant_mean"] = max(worst["mant_mean"], s.mant_err_mean)
                 worst["mant_median"] = max(worst["mant_median"], s.mant_err_median)
             why = chunk_failure(s, thr)
             if why:
-                failed += 1
+                failed_chunks += 1
                 problems.append(f"completion {i} chunk {j}: {why}")
-        per_completion.append(round(comp_worst, 4))
-    group_exp = mismatched / compared if compared else 0.0
-    group_mant = mant_sum / (compared - mismatched) if compared > mismatched else 0.0
-    if compared and not problems:
-        if group_exp > thr.group_exp_mismatch_frac:
-            problems.append(f"{mismatched}/{compared} exponents differ over the submission "
-                            f"(> {thr.group_exp_mismatch_frac:.0%})")
-        elif group_mant > thr.group_mant_err_mean:
-            problems.append(f"mean mantissa error {group_mant:.3f} over the submission > {thr.group_mant_err_mean}")
-    stats_out = {"chunks": chunks, "failed_chunks": failed, "group_exp_frac": round(group_exp, 5),
-                 "group_mant_mean": round(group_mant, 4),
+        why = completion_failure(pool, thr)
+        if why:
+            problems.append(f"completion {i}: {why}")
+        per_completion.append(round(_finite(pool.mant_mean), 4))
+        group.merge(pool)
+    if group.compared:
+        why = group_failure(group, thr)
+        if why:
+            problems.append(why)
+    stats_out = {"chunks": n_chunks, "failed_chunks": failed_chunks,
+                 "values": group.compared, "group_exp_frac": round(group.exp_frac, 5),
+                 "group_mant_mean": round(_finite(group.mant_mean), 4),
                  **{f"worst_{k}": round(_finite(v), 4) for k, v in worst.items()},
-                 "per_completion_worst_exp_frac": per_completion}
+                 "per_completion_mant_mean": per_completion}
     return result(NAME, not problems, stats_out, first_failures(problems))
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 from protocol.errors import ProtocolError
 from protocol.messages import CheckResult
 from protocol.tasks import score
-from verifier.checks import first_failures, result
+from verifier.checks import first_failures, result, within
 from verifier.job import OpenedJob
 
 NAME = "reward"
@@ -30,7 +30,7 @@ def check_reward(oj: OpenedJob, texts: list[str | None], *, tolerance: float = 1
     if len(job.rewards) != len(mine):
         problems.append(f"{len(job.rewards)} coordinator rewards for {len(mine)} completions")
     else:
-        bad = [i for i, (a, b) in enumerate(zip(job.rewards, mine)) if abs(a - b) > tolerance]
+        bad = [i for i, (a, b) in enumerate(zip(job.rewards, mine)) if not within(abs(a - b), tolerance)]
         if bad:
             i = bad[0]
             problems.append(f"coordinator reward {job.rewards[i]} of completion {i} differs from the "
@@ -40,7 +40,7 @@ def check_reward(oj: OpenedJob, texts: list[str | None], *, tolerance: float = 1
         if len(claimed) != len(mine):
             problems.append(f"worker claims {len(claimed)} rewards for {len(mine)} completions")
         else:
-            lies = [i for i, (a, b) in enumerate(zip(claimed, mine)) if abs(a - b) > tolerance]
+            lies = [i for i, (a, b) in enumerate(zip(claimed, mine)) if not within(abs(a - b), tolerance)]
             if lies:
                 i = lies[0]
                 problems.append(f"worker claims reward {claimed[i]} for completion {i}, which scores "

@@ -22,7 +22,7 @@ import torch
 
 from protocol.messages import CheckResult
 from protocol.sampling import gumbel_noise_rows, perturbed_scores
-from verifier.checks import first_failures, result
+from verifier.checks import first_failures, result, within
 from verifier.job import OpenedJob
 
 NAME = "sampling"
@@ -82,9 +82,9 @@ def check_sampling(oj: OpenedJob, gaps: list[torch.Tensor], *, tolerance: float,
         positions += int(g.numel())
         gmax = float(g.max()) if g.numel() else 0.0
         per_completion.append(round(gmax, 6))
-        worst = max(worst, gmax)
-        not_argmax += int((g > 0).sum())
-        bad = (g > tolerance).nonzero().flatten().tolist()
+        worst = gmax if gmax != gmax else max(worst, gmax)  # NaN stays (and fails below)
+        not_argmax += int((~(g <= 0)).sum())
+        bad = (~(g <= tolerance)).nonzero().flatten().tolist()  # NaN fails
         over += len(bad)
         if bad:
             problems.append(f"completion {i}: token {bad[0]} was not the seeded sample "

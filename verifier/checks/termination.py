@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from protocol.messages import CheckResult
-from verifier.checks import first_failures, result
+from verifier.checks import first_failures, result, within
 from verifier.job import OpenedJob
 
 NAME = "termination"
@@ -32,8 +32,9 @@ def check_termination(oj: OpenedJob, *, last_gaps: list[float | None] | None = N
             elif early_eos:
                 problems.append(f"completion {i} has an EOS before its end")
             elif last_gaps is not None and last_gaps[i] is not None:
-                worst_eos_gap = max(worst_eos_gap, last_gaps[i])
-                if last_gaps[i] > tolerance:
+                gap = last_gaps[i]
+                worst_eos_gap = gap if gap != gap else max(worst_eos_gap, gap)
+                if not within(gap, tolerance):
                     problems.append(f"completion {i} ends in EOS, but EOS was not the sampled token there "
                                     f"(shortfall {last_gaps[i]:.3f} > {tolerance})")
         else:

@@ -41,6 +41,9 @@ class Engine(Protocol):
     def load(self, checkpoint_dir: Path, version: int) -> None:
         """Make `checkpoint_dir` (a verified transformers folder) the current policy."""
 
+    def use_dtype(self, dtype: str) -> None:
+        """Compute in `dtype` (a canonical name from `protocol.dtypes`) from the next load on."""
+
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Generate one completion per request with seeded sampling."""
 

@@ -42,6 +42,12 @@ class TransformersEngine:
         self.version: int | None = None
         self._config_json: str | None = None
 
+    def use_dtype(self, dtype: str) -> None:
+        """Compute in `dtype` from the next load on (the run decides which dtypes are allowed)."""
+        new = resolve_dtype(dtype)
+        if new != self.dtype:
+            self.dtype, self.model, self._config_json = new, None, None
+
     def load(self, checkpoint_dir: Path, version: int) -> None:
         checkpoint_dir = Path(checkpoint_dir)
         config_json = (checkpoint_dir / "config.json").read_text()

@@ -69,6 +69,13 @@ class VllmEngine:
             kwargs["max_model_len"] = self.max_model_len
         self.llm = LLM(**kwargs)
 
+    def use_dtype(self, dtype: str) -> None:
+        """Compute in `dtype` from the next load on (the engine is rebuilt)."""
+        if dtype != self.dtype_name:
+            self.close()
+            self.dtype_name, self._config_json = dtype, None
+            self.hf.use_dtype(dtype)
+
     def load(self, checkpoint_dir: Path, version: int) -> None:
         checkpoint_dir = Path(checkpoint_dir)
         config_json = (checkpoint_dir / "config.json").read_text()

@@ -143,7 +143,7 @@ class Swarm:
         return Submission(lease_id=lease.lease_id,
                           policy_version=lease.max_policy_version if version is None else version,
                           completions=completions if completions is not None else self.completions(lease),
-                          engine=EngineInfo(name="test"))
+                          engine=EngineInfo(name="test", dtype="float32"))
 
     def submit(self, key: KeyPair, lease: Lease, **kw) -> httpx.Response:
         self.clock.advance(0.001)  # submissions arrive one after another

@@ -132,7 +132,7 @@ def _proof(n):
 
 
 def _sub(comps, version=4):
-    return Submission(lease_id="l-1", policy_version=version, engine=EngineInfo(name="t"),
+    return Submission(lease_id="l-1", policy_version=version, engine=EngineInfo(name="t", dtype="float32"),
                       completions=[Completion(token_ids=t, finish_reason=f, proof=p if p is not None else _proof(len(t)))
                                    for t, f, p in comps])
 

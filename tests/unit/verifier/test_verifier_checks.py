@@ -27,7 +27,7 @@ def proof_b64(T, H=64, seed=0):
 
 def submission(lease, comps, version=None, **kw):
     return Submission(lease_id=lease.lease_id, policy_version=lease.max_policy_version if version is None else version,
-                      completions=comps, engine=EngineInfo(name="test"), **kw)
+                      completions=comps, engine=EngineInfo(name="test", dtype="float32"), **kw)
 
 
 def eos_completion(lease, body):
@@ -218,7 +218,8 @@ def test_sampling_and_proof_pass_honest_rollouts_and_catch_an_edit(world, worker
     comps[i], comps[j] = comps[i].model_copy(update={"proof": pj}), comps[j].model_copy(update={"proof": pi})
     swapped = opened(world, worker_key, sub.model_copy(update={"completions": comps}), env)
     p = check_proof(swapped, outs.hidden, thr, chunk_size=32, topk=128)
-    assert not p.passed and min(p.stats["per_completion_worst_exp_frac"][k] for k in (i, j)) > 0.5
+    worst = [p.stats["per_completion_mant_mean"][k] for k in (i, j)]
+    assert not p.passed and all(w == -1 or w > 1 for w in worst), worst  # -1: no exponent matched at all
 
 
 def test_proof_check_pooled_threshold_catches_what_no_chunk_shows(world, worker_key, leased):
@@ -229,10 +230,56 @@ def test_proof_check_pooled_threshold_catches_what_no_chunk_shows(world, worker_
     comp = Completion(token_ids=[5] * T, finish_reason="length", proof=base64.b64encode(build_proof(h)).decode())
     oj = opened(world, worker_key, submission(lease, [comp] * len(lease.seeds)), env)
     noisy = h * (1 + 0.02 * torch.randn(T, 64, generator=g))  # every value moved a little
-    strict_chunks = Thresholds(exp_mismatch_frac=1.0, mant_err_mean=100, mant_err_median=100)
-    r = check_proof(oj, [noisy] * len(lease.seeds), strict_chunks, chunk_size=32, topk=128)
+    lax = Thresholds(exp_mismatch_frac=1.0, mant_err_mean=100, mant_err_median=100,
+                     completion_exp_mismatch_frac=1.0, completion_mant_err_mean=100)
+    r = check_proof(oj, [noisy] * len(lease.seeds), lax, chunk_size=32, topk=128)
     assert not r.passed and "over the submission" in r.detail and r.stats["failed_chunks"] == 0
     assert check_proof(oj, [h] * len(lease.seeds), Thresholds(), chunk_size=32, topk=128).passed
+
+
+def test_one_bad_completion_fails_the_submission_whatever_the_pooled_numbers(world, worker_key, leased):
+    """Pooling adds power, never hides: 3 exact completions and 1 from moved hidden states fail
+    on the bad one's own limits even where the pooled limits would let the group pass."""
+    lease, env = leased
+    T = 24
+    g = torch.Generator().manual_seed(2)
+    hs = [torch.randn(T, 64, generator=g) for _ in lease.seeds]
+    comps = [Completion(token_ids=[5] * T, finish_reason="length", proof=base64.b64encode(build_proof(h)).decode())
+             for h in hs]
+    oj = opened(world, worker_key, submission(lease, comps), env)
+    moved = list(hs)
+    moved[2] = hs[2] * (1 + 0.02 * torch.randn(T, 64, generator=g))
+    lax_group = Thresholds(group_exp_mismatch_frac=1.0, group_mant_err_mean=100)
+    r = check_proof(oj, moved, lax_group, chunk_size=32, topk=128)
+    assert not r.passed and r.detail.startswith("completion 2") and "over the completion" in r.detail
+    assert r.stats["per_completion_mant_mean"][2] > 0.1 and r.stats["per_completion_mant_mean"][0] == 0
+    assert check_proof(oj, hs, lax_group, chunk_size=32, topk=128).passed
+
+
+def test_non_finite_claims_and_statistics_fail_closed(world, worker_key, leased):
+    """A proof that claims NaN/Inf values fails; a NaN statistic fails the check that has it and
+    is kept as the string "nan" (never null); NaN sampling gaps and EOS gaps fail."""
+    from verifier.checks import result
+
+    lease, env = leased
+    T = 4
+    h = torch.randn(T, 64, generator=torch.Generator().manual_seed(3))
+    claimed = h.clone()
+    claimed[0, :3] = float("inf")  # the proof claims Inf there
+    comp = Completion(token_ids=[5] * T, finish_reason="length", proof=base64.b64encode(build_proof(claimed)).decode())
+    oj = opened(world, worker_key, submission(lease, [comp] * len(lease.seeds)), env)
+    h[0, :3] = 1e30  # the verifier's own values there: finite and large, so they are in the top-k
+    r = check_proof(oj, [h] * len(lease.seeds), Thresholds(exp_mismatch_frac=1.0, completion_exp_mismatch_frac=1.0,
+                                                          group_exp_mismatch_frac=1.0), chunk_size=32, topk=128)
+    assert not r.passed and "not finite" in r.detail
+    bad = result("proof", True, {"group_mant_mean": float("nan"), "worst": [1.0, float("inf")]})
+    assert not bad.passed and "non-finite" in bad.detail and bad.stats["group_mant_mean"] == "nan"
+    assert bad.stats["worst"] == [1.0, "inf"] and "null" not in bad.model_dump_json()
+    g = [torch.tensor([0.0, float("nan")], dtype=torch.float64)] + [torch.zeros(2, dtype=torch.float64)] * 3
+    assert not check_sampling(oj, g, tolerance=0.01).passed
+    eos = opened(world, worker_key, good_sub(lease), env)
+    t = check_termination(eos, last_gaps=[float("nan")] + [0.0] * (len(lease.seeds) - 1), tolerance=0.01)
+    assert not t.passed
 
 
 def test_undecodable_completion_fails_the_reward_check(world, worker_key, leased):
@@ -269,7 +316,7 @@ def test_low_precision_rounding_allowance_covers_one_bf16_step_and_no_more():
     fails without it; a shortfall of order 1 (another choice) fails with it too."""
     from protocol.sampling import perturbed_scores
     from verifier.checks.sampling import sampling_gaps_batch
-    from verifier.thresholds import LOW_PRECISION
+    from verifier.thresholds import BFLOAT16 as LOW_PRECISION
 
     seed, temp = 77, 1.0
     logits = torch.full((1, 8), -5.0)
