@@ -41,13 +41,18 @@ def test_the_verdict_line_says_whether_the_record_holds():
 
 
 def test_thresholds_from_a_verifier_config_or_a_bare_table(tmp_path):
-    assert load_thresholds(None).exp_mismatch_frac > 0
+    from verifier.thresholds import CALIBRATED
+
+    assert load_thresholds(None) == CALIBRATED
     cfg = tmp_path / "verifier.toml"
-    cfg.write_text('coordinator_url = "http://x"\n[thresholds]\nexp_mismatch_frac = 0.2\n')
-    assert load_thresholds(cfg).exp_mismatch_frac == 0.2
+    cfg.write_text('coordinator_url = "http://x"\n[thresholds]\nexp_mismatch_frac = 0.2\n'
+                   '[bf16_thresholds]\ngroup_mant_err_mean = 0.7\n')
+    limits = load_thresholds(cfg)
+    assert limits["float32"].exp_mismatch_frac == 0.2 and limits["bfloat16"].group_mant_err_mean == 0.7
     bare = tmp_path / "t.toml"
     bare.write_text("sampling_tolerance = 0.5\n")
-    assert load_thresholds(bare).sampling_tolerance == 0.5
+    limits = load_thresholds(bare)
+    assert limits["float32"].sampling_tolerance == 0.5 and limits["bfloat16"] == CALIBRATED["bfloat16"]
     bad = tmp_path / "bad.toml"
     bad.write_text("no_such_threshold = 1\n")
     with pytest.raises(AuditError, match="--thresholds"):
