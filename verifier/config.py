@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shardcast.p2p.config import P2PConfig
 
-from verifier.thresholds import BFLOAT16, FLOAT32, Thresholds
+from verifier.thresholds import BFLOAT16, FLOAT32, Thresholds, overridden
 
 
 class VerifierConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("thresholds", "bf16_thresholds", mode="before")
+    @classmethod
+    def _partial(cls, v, info):
+        """A table that sets some limits keeps its dtype's calibrated values for the others."""
+        return overridden("float32" if info.field_name == "thresholds" else "bfloat16", v) if isinstance(v, dict) else v
     coordinator_url: str = Field("http://127.0.0.1:8700", description="coordinator to claim jobs from")
     key_file: Path = Field(Path("./swarmrl-data/keys/verifier.key"), description="verifier key (signs verdicts)")
     data_dir: Path = Field(Path("./swarmrl-data/verifier"), description="checkpoint cache")

@@ -73,3 +73,11 @@ BFLOAT16 = Thresholds(
     sampling_tolerance=0.02, sampling_rel_tolerance=2.0 ** -6)
 
 CALIBRATED: dict[str, Thresholds] = {"float32": FLOAT32, "bfloat16": BFLOAT16}
+
+
+def overridden(dtype: str, changes: dict | Thresholds) -> Thresholds:
+    """`dtype`'s calibrated limits with the fields an operator set in `changes` replaced (an
+    override of one field keeps that dtype's other limits, not the float32 defaults)."""
+    if isinstance(changes, Thresholds):
+        return changes
+    return Thresholds.model_validate({**CALIBRATED[dtype].model_dump(), **changes})

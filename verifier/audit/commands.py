@@ -113,7 +113,7 @@ def export_cmd(archive_dir: Path, sel: Selection, out: Path, fmt: str | None) ->
 def load_thresholds(path: Path | None) -> dict:
     """The limits per dtype: the verifier's defaults, with a verifier config's `[thresholds]`
     (float32) and `[bf16_thresholds]` tables (or a bare float32 table) put in their place."""
-    from verifier.thresholds import CALIBRATED, Thresholds
+    from verifier.thresholds import CALIBRATED, overridden
 
     limits = dict(CALIBRATED)
     if path is None:
@@ -123,9 +123,9 @@ def load_thresholds(path: Path | None) -> dict:
         if "thresholds" in data or "bf16_thresholds" in data:
             for key, dtype in (("thresholds", "float32"), ("bf16_thresholds", "bfloat16")):
                 if key in data:
-                    limits[dtype] = Thresholds.model_validate(data[key])
+                    limits[dtype] = overridden(dtype, data[key])
         else:
-            limits["float32"] = Thresholds.model_validate(data)
+            limits["float32"] = overridden("float32", data)
         return limits
     except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
         raise AuditError(f"--thresholds {path}: {exc}") from None

@@ -49,6 +49,7 @@ def test_thresholds_from_a_verifier_config_or_a_bare_table(tmp_path):
                    '[bf16_thresholds]\ngroup_mant_err_mean = 0.7\n')
     limits = load_thresholds(cfg)
     assert limits["float32"].exp_mismatch_frac == 0.2 and limits["bfloat16"].group_mant_err_mean == 0.7
+    assert limits["bfloat16"].sampling_rel_tolerance == CALIBRATED["bfloat16"].sampling_rel_tolerance > 0
     bare = tmp_path / "t.toml"
     bare.write_text("sampling_tolerance = 0.5\n")
     limits = load_thresholds(bare)
