@@ -47,6 +47,40 @@ class NearTieConfig(BaseModel):
                                                        "at honest_rate")
 
 
+class DriftLimits(BaseModel):
+    """One dtype's proof-drift test: a CUSUM over the error of each full check's proof."""
+
+    model_config = ConfigDict(extra="forbid")
+    allowance: float = Field(gt=0, description="error per full check that honest workers stay below (mean mantissa "
+                                               "steps, an exponent mismatch counting 8): only the excess accumulates")
+    limit: float = Field(gt=0, description="ban when the accumulated excess reaches this")
+
+
+class ProofDriftConfig(BaseModel):
+    """The per-worker sequential test over the proof statistics of its full checks
+    (`coordinator.rules.proof_drift` explains it and the measured honest levels)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="ban workers whose proofs drift from the policy's over their full checks")
+    float32: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.01, limit=0.2),
+                                 description="the test for submissions judged in float32")
+    bfloat16: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.6, limit=2.0),
+                                  description="the test for submissions judged in bfloat16")
+
+
+class StandingConfig(BaseModel):
+    """What else counts against a worker's standing (`coordinator.rules.reputation`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    hold_until_checked: bool = Field(True, description="accepted groups that were not fully checked wait in the buffer "
+                                                       "until a later full check of the same worker passes (a ban "
+                                                       "drops them): a worker that turns dishonest gets none of its "
+                                                       "unchecked groups trained")
+    drop_share: float = Field(0.1, ge=0, le=1, description="share of its leases a worker may release or let expire "
+                                                            "without cost")
+    drop_slack: int = Field(64, ge=0, description="... plus this many (one restart giving back a full quota)")
+
+
 class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_body_bytes: int = Field(4 * 1024 * 1024, description="largest request body accepted")
@@ -64,7 +98,11 @@ class LimitsConfig(BaseModel):
 class JoinConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     allowlist: list[str] = Field(default_factory=list, description="if set, only these hex public keys may register")
-    pow_difficulty: int = Field(0, ge=0, le=32, description="leading zero bits of the registration proof of work (0 = off)")
+    pow_difficulty: int = Field(16, ge=0, le=32, description="leading zero bits of the registration proof of work (0 = off; 16 costs ~0.1 s of one core, 22 ~5 s)")
+    pow_epoch_s: float = Field(3600.0, gt=0, description="the proof-of-work challenge changes this often (a solution "
+                                                         "is good for the epoch it was made in and the next)")
+    ban_cooldown_s: float = Field(86400.0, ge=0, description="a banned identity still counts against its address's "
+                                                             "identities_per_address for this long")
     identities_per_address: int = Field(1, ge=0, description="active identities allowed per client address (0 = unlimited); addresses in limits.exempt_addresses are not counted")
     heartbeat_interval_s: float = Field(5.0, description="how often workers should heartbeat")
     missed_heartbeats_gone: int = Field(6, description="a worker missing this many heartbeats is gone; its leases return")
@@ -114,6 +152,8 @@ class CoordinatorConfig(BaseModel):
     lease_ttl_s: float = Field(60.0, gt=0, description="a lease not submitted in this time is re-leased")
     check_rate: CheckRateConfig = Field(default_factory=CheckRateConfig)
     near_ties: NearTieConfig = Field(default_factory=NearTieConfig)
+    proof_drift: ProofDriftConfig = Field(default_factory=ProofDriftConfig)
+    standing: StandingConfig = Field(default_factory=StandingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     join: JoinConfig = Field(default_factory=JoinConfig)
     archive: bool = Field(True, description="archive submissions and verdicts as Parquet in data_dir/archive")

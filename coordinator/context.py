@@ -61,7 +61,7 @@ class Context:
     operator: PublicKey
     verifier_keys: frozenset[str]
     tasks: TaskBook
-    pow_challenge: str
+    pow_seed: str  # the run's secret proof-of-work seed (challenges per epoch: protocol.pow.epoch_challenge)
     metrics: Metrics
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.SystemRandom)
@@ -128,6 +128,6 @@ def build_context(cfg: CoordinatorConfig, *, clock: Callable[[], float] = time.t
     if tasks is None:
         tasks = TaskBook.load(cfg.model, cfg.tasks.kind, cfg.tasks.seed, cfg.tasks.options, cfg.chat_template)
     return Context(cfg=cfg, db=db, key=key, operator=operator, verifier_keys=verifiers, tasks=tasks,
-                   pow_challenge=challenge, metrics=metrics or Metrics(), clock=clock,
+                   pow_seed=challenge, metrics=metrics or Metrics(), clock=clock,
                    rng=rng or random.SystemRandom(),
                    proof_check=proof_check or codec_proof_check(tasks.hidden_size))

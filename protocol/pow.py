@@ -4,13 +4,24 @@ A registration passes when sha256(challenge || signer hex || nonce as decimal), 
 has at least `difficulty` leading zero bits. The challenge and difficulty come from the
 coordinator's `GET /v1/run`; the coordinator checks with `pow_ok`, workers find a nonce
 with `solve_pow` (about 2**difficulty hashes). Difficulty 0 means no proof is required.
+
+The challenge changes per run and per epoch (`epoch_challenge`): it is derived from a
+secret seed the coordinator draws once per run, the run id and the epoch number, so no one
+can solve ahead for a later epoch or reuse work across runs, and a ban cannot be dodged
+with a stock of pre-solved identities. A solution is good for its epoch and the next one
+(a worker that solved just before the turn is not refused).
 """
 
 from __future__ import annotations
 
 import hashlib
 
-__all__ = ["leading_zero_bits", "pow_ok", "solve_pow"]
+__all__ = ["leading_zero_bits", "pow_ok", "solve_pow", "epoch_challenge"]
+
+
+def epoch_challenge(seed: str, run_id: str, epoch: int) -> str:
+    """The challenge of `epoch` (32 hex characters)."""
+    return hashlib.sha256(f"swarmrl-pow/1|{seed}|{run_id}|{epoch}".encode()).hexdigest()[:32]
 
 
 def leading_zero_bits(digest: bytes) -> int:

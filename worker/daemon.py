@@ -170,8 +170,10 @@ class Daemon:
         log.info("computing in %s (the dtypes this run allows: %s)", chosen, ", ".join(allowed))
 
     def _register(self, stop: threading.Event) -> None:
+        # the proof-of-work challenge changes per epoch: solve the current one
+        self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
+                                   stop, reach=self.reach)
         info = self.run_info
-        assert info is not None
         nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty) \
             if info.pow_difficulty else None
         reg = Registration(hardware=self.hw, client_version=_client_version(), engine=self.engine.name,

@@ -62,7 +62,7 @@ def worker_rows(ctx: Context) -> list[dict[str, Any]]:
             "last_seen_s_ago": round(max(0.0, now - w.last_seen), 1), "registered_at": w.registered_at,
             "reported_tokens_per_s": round(float(w.tokens_per_s), 1),
             "tokens_per_s": round(tok_recent / THROUGHPUT_WINDOW_S, 2), "submissions_last_minute": n_recent,
-            "check_rate": round(worker_check_rate(ctx, w.clean_checks), 4), "clean_checks": w.clean_checks,
+            "check_rate": round(worker_check_rate(ctx, w), 4), "clean_checks": w.clean_checks,
             "accepted": s.get("accepted", 0), "rejected": s.get("rejected", 0), "queued": s.get("queued", 0),
             "dropped": s.get("dropped", 0), "full_checked": s.get("full_checked", 0),
             "full_check_share": round(s.get("full_checked", 0) / decided, 4) if decided else None,

@@ -6,9 +6,15 @@ full check that passed counts as clean; a cheap-only acceptance earns nothing, s
 cannot fall faster than the verifier actually looks. Whether a given submission is fully
 checked is decided once, at intake, by a uniform draw `u` (stored with the submission, so a
 restart or a second verifier never re-draws it).
+
+What else a worker's standing depends on: the leases it drops (`effective_clean_checks`),
+its proofs' drift (`proof_drift`) and its sampling near-ties (`near_ties`); what a verdict
+does to all of it is `verdicts.consequences`.
 """
 
 from __future__ import annotations
+
+import math
 
 
 def check_rate(clean_checks: int, *, initial: float, floor: float, halve_every: int) -> float:
@@ -22,3 +28,19 @@ def check_rate(clean_checks: int, *, initial: float, floor: float, halve_every: 
 def full_check(rate: float, u: float) -> bool:
     """Decide one submission with a uniform draw `u` in [0, 1)."""
     return u < rate
+
+
+def effective_clean_checks(clean_checks: int, *, leases_issued: int, leases_dropped: int, drop_share: float,
+                           drop_slack: int, halve_every: int) -> int:
+    """The clean checks a worker's check rate is computed from, after what its dropped leases cost.
+
+    Releasing a lease or letting it expire is free up to `drop_share` of the leases issued to
+    it plus `drop_slack` (honest workers give leases back when they stop or fall behind; one
+    restart gives back a full quota). Beyond that, every dropped lease costs `halve_every`
+    clean checks: its check rate doubles, so a worker that leases freely and submits only the
+    groups it likes pays with full checks. Derived from counters, never stored, so it is the
+    same wherever it is computed."""
+    excess = leases_dropped - drop_share * leases_issued - drop_slack
+    if excess <= 0:
+        return clean_checks
+    return max(0, clean_checks - int(math.ceil(excess)) * halve_every)

@@ -1,17 +1,27 @@
-"""Joining the run: run info, registration (allowlist, proof of work, identities per
-address), heartbeats, and a worker's public standing."""
+"""Joining the run: run info, registration (allowlist, proof of work over a challenge that
+changes per run and epoch, identities per address — banned ones count for a cooldown), heartbeats,
+and a worker's public standing (its check rate: `worker_check_rate`)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from coordinator import p2p
 from coordinator.context import Context
 from coordinator.errors import Forbidden, NotFound, RateLimited
-from coordinator.rules.reputation import check_rate
+from coordinator.rules.reputation import check_rate, effective_clean_checks
 from coordinator.service import require_worker, use_nonce
 from coordinator.store import policy, workers
 from protocol.envelope import Opened
 from protocol.messages import Heartbeat, Registration, RegistrationResponse, RunInfo, WorkerInfo
-from protocol.pow import pow_ok
+from protocol.pow import epoch_challenge, pow_ok
+
+
+def pow_challenges(ctx: Context, now: float) -> tuple[str, str]:
+    """(current, previous) epoch's proof-of-work challenge."""
+    epoch = int(now // ctx.cfg.join.pow_epoch_s)
+    return (epoch_challenge(ctx.pow_seed, ctx.cfg.run_id, epoch),
+            epoch_challenge(ctx.pow_seed, ctx.cfg.run_id, epoch - 1))
 
 
 def run_info(ctx: Context, current: int | None = None) -> RunInfo:
@@ -22,14 +32,18 @@ def run_info(ctx: Context, current: int | None = None) -> RunInfo:
     return RunInfo(run_id=cfg.run_id, coordinator_key=ctx.key.public.hex, operator_key=ctx.operator.hex,
                    verifier_keys=sorted(ctx.verifier_keys), relays=list(cfg.relays),
                    current_policy_version=current, async_window=cfg.async_window,
-                   pow_challenge=ctx.pow_challenge, pow_difficulty=cfg.join.pow_difficulty,
+                   pow_challenge=pow_challenges(ctx, ctx.clock())[0], pow_difficulty=cfg.join.pow_difficulty,
                    tokenizer_ref=str(cfg.model), p2p_bootstrap=p2p.bootstrap_addrs(ctx),
                    allowed_dtypes=list(cfg.allowed_dtypes))
 
 
-def worker_check_rate(ctx: Context, clean_checks: int) -> float:
-    c = ctx.cfg.check_rate
-    return check_rate(clean_checks, initial=c.initial, floor=c.floor, halve_every=c.halve_every)
+def worker_check_rate(ctx: Context, w: Any) -> float:
+    """The share of `w`'s submissions fully checked (a workers row: its clean checks, less what
+    its dropped leases cost: `coordinator.rules.reputation`)."""
+    c, s = ctx.cfg.check_rate, ctx.cfg.standing
+    clean = effective_clean_checks(w.clean_checks, leases_issued=w.leases_issued, leases_dropped=w.leases_dropped,
+                                   drop_share=s.drop_share, drop_slack=s.drop_slack, halve_every=c.halve_every)
+    return check_rate(clean, initial=c.initial, floor=c.floor, halve_every=c.halve_every)
 
 
 def register(ctx: Context, opened: Opened[Registration], address: str) -> RegistrationResponse:
@@ -38,10 +52,11 @@ def register(ctx: Context, opened: Opened[Registration], address: str) -> Regist
     worker_id = opened.signer_id
     if cfg.allowlist and signer not in cfg.allowlist:
         raise Forbidden("not_allowlisted", f"this run admits only allowlisted keys; {worker_id} is not one")
-    if not pow_ok(ctx.pow_challenge, signer, opened.body.pow_nonce, cfg.pow_difficulty):
-        raise Forbidden("bad_pow", f"registration needs a proof of work of {cfg.pow_difficulty} bits over "
-                                   f"challenge {ctx.pow_challenge} (see protocol.pow.solve_pow)")
     now = ctx.clock()
+    if not any(pow_ok(ch, signer, opened.body.pow_nonce, cfg.pow_difficulty) for ch in pow_challenges(ctx, now)):
+        raise Forbidden("bad_pow", f"registration needs a proof of work of {cfg.pow_difficulty} bits over the "
+                                   f"current challenge {pow_challenges(ctx, now)[0]} of GET /v1/run (see "
+                                   "protocol.pow.solve_pow)")
     body = opened.body
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
@@ -50,22 +65,25 @@ def register(ctx: Context, opened: Opened[Registration], address: str) -> Regist
             raise Forbidden("banned", f"worker {worker_id} is banned: {row.ban_reason}")
         if cfg.identities_per_address and address not in ctx.cfg.limits.exempt_addresses:
             others = [w for w in workers.active_ids_at_address(conn, address) if w != worker_id]
-            if len(others) >= cfg.identities_per_address:
-                wait = cfg.heartbeat_interval_s * cfg.missed_heartbeats_gone
+            banned = workers.banned_at_address_since(conn, address, now - cfg.ban_cooldown_s) \
+                if cfg.ban_cooldown_s else 0
+            if len(others) + banned >= cfg.identities_per_address:
+                wait = cfg.ban_cooldown_s if banned else cfg.heartbeat_interval_s * cfg.missed_heartbeats_gone
                 raise RateLimited("address_limit", f"address {address} already has {len(others)} active "
-                                                   f"identit{'y' if len(others) == 1 else 'ies'} (limit "
-                                                   f"{cfg.identities_per_address}); an idle one is released "
-                                                   f"after {wait:.0f} s without heartbeats", wait)
+                                                   f"identit{'y' if len(others) == 1 else 'ies'}"
+                                                   + (f" and {banned} banned in the last {cfg.ban_cooldown_s:.0f} s"
+                                                      if banned else "")
+                                                   + f" (limit {cfg.identities_per_address}); an idle one is "
+                                                   f"released after {wait:.0f} s", wait)
         fields = dict(address=address[:64], hardware=body.hardware.model_dump_json(),
                       client_version=body.client_version, engine=body.engine, last_seen=now, status="active")
         if row is None:
             workers.insert(conn, dict(worker_id=worker_id, public_key=signer, registered_at=now, **fields))
-            clean = 0
         else:
             workers.update_fields(conn, worker_id, **fields)
-            clean = row.clean_checks
+        row = workers.get(conn, worker_id)
         current = policy.current(conn)
-    return RegistrationResponse(worker_id=worker_id, check_rate=worker_check_rate(ctx, clean),
+    return RegistrationResponse(worker_id=worker_id, check_rate=worker_check_rate(ctx, row),
                                 run=run_info(ctx, current))
 
 
@@ -77,7 +95,7 @@ def heartbeat(ctx: Context, opened: Opened[Heartbeat]) -> dict:
         row = require_worker(conn, opened.signer_id)
         workers.heartbeat(conn, row.worker_id, now, hb.policy_version, hb.tokens_per_s, hb.status)
         current = policy.current(conn)
-    return {"ok": True, "policy_version": current, "check_rate": worker_check_rate(ctx, row.clean_checks)}
+    return {"ok": True, "policy_version": current, "check_rate": worker_check_rate(ctx, row)}
 
 
 def worker_info(ctx: Context, worker_id: str) -> WorkerInfo:
@@ -86,5 +104,5 @@ def worker_info(ctx: Context, worker_id: str) -> WorkerInfo:
     if row is None:
         raise NotFound("unknown_worker", f"no worker {worker_id}")
     return WorkerInfo(worker_id=row.worker_id, status=row.status, accepted=row.accepted, rejected=row.rejected,
-                      accepted_tokens=row.accepted_tokens, check_rate=worker_check_rate(ctx, row.clean_checks),
+                      accepted_tokens=row.accepted_tokens, check_rate=worker_check_rate(ctx, row),
                       ban_reason=row.ban_reason, checked_positions=row.checked_positions, near_ties=row.near_ties)

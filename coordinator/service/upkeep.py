@@ -14,6 +14,7 @@ the Prometheus gauges.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from coordinator.context import Context
 from coordinator.rules.buffer import window_floor
@@ -29,6 +30,7 @@ def sweep(ctx: Context) -> dict:
     with ctx.db.write() as conn:
         expired = leases.close_many(conn, leases.due(conn, now), "expired", now)
         leases.return_tasks(conn, expired, now)
+        workers.count_leases(conn, dropped=Counter(r.worker_id for r in expired))
         # Silence is measured from the later of a worker's last heartbeat and this process's
         # start: a coordinator that was down must not blame workers for its own outage.
         cutoff = now - cfg.join.heartbeat_interval_s * cfg.join.missed_heartbeats_gone
@@ -80,7 +82,7 @@ def stats(ctx: Context) -> dict:
         }
     out["workers"] = [{
         "worker_id": w.worker_id, "status": w.status, "accepted": w.accepted, "rejected": w.rejected,
-        "accepted_tokens": w.accepted_tokens, "check_rate": worker_check_rate(ctx, w.clean_checks),
+        "accepted_tokens": w.accepted_tokens, "check_rate": worker_check_rate(ctx, w),
         "ban_reason": w.ban_reason, "address": w.address, "last_seen": w.last_seen,
         "policy_version": w.policy_version, "tokens_per_s": w.tokens_per_s, "engine": w.engine,
     } for w in rows]

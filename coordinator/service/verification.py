@@ -5,13 +5,14 @@ older than `verification_claim_ttl_s` is handed out again). Each job carries the
 lease and the signed submission as received, the coordinator's rewards, the task's answer,
 and `full_check` as drawn at intake from the worker's check rate.
 
-A verdict is accepted only from a configured verifier key and only for a queued submission.
-Accepted: the group enters the training buffer (its advantages were computed at intake) and
-the worker is credited (accepted count, accepted tokens; a full check also counts towards a
-lower check rate, and its sampling counts to the worker's near-tie ledger). Rejected, or
-accepted but with the worker's near-tie count now implausible for honest noise
-(`coordinator.rules.near_ties`): the worker is banned with the reason, its queued and
-untrained submissions are dropped, and its active leases are revoked (their tasks return).
+A verdict is accepted only from a configured verifier key, only for a queued submission, and
+only when it is consistent (an acceptance must carry passing checks with finite numbers:
+`coordinator.rules.verdicts.verdict_problems`). What it causes — the buffer state of the
+group ('ready', or 'held' until the worker's next clean full check), the worker's credit,
+near-tie and proof-drift ledgers, the release of held groups, a ban — is decided by the pure
+rule `coordinator.rules.verdicts.consequences` and applied here in one transaction. A ban
+drops the worker's queued, held and untrained submissions and revokes its active leases
+(their tasks return).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 
 from coordinator.context import Context
 from coordinator.errors import Conflict, Invalid, NotFound
-from coordinator.rules import near_ties
+from coordinator.rules import verdicts
 from coordinator.service import use_nonce
 from coordinator.store import leases, submissions, workers
 from protocol.envelope import Opened
@@ -48,9 +49,21 @@ def claim(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
     return ('{"jobs":[' + ",".join(parts) + "]}").encode("utf-8")
 
 
+def verdict_rules(cfg) -> verdicts.Rules:
+    return verdicts.Rules(hold_until_checked=cfg.standing.hold_until_checked, near_ties_enabled=cfg.near_ties.enabled,
+                          honest_rate=cfg.near_ties.honest_rate, alpha=cfg.near_ties.alpha,
+                          drift_enabled=cfg.proof_drift.enabled,
+                          drift={d: (getattr(cfg.proof_drift, d).allowance, getattr(cfg.proof_drift, d).limit)
+                                 for d in ("float32", "bfloat16")})
+
+
 def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
+    """Record a verdict and apply what it causes (`coordinator.rules.verdicts.consequences`)."""
     v = opened.body
     now = ctx.clock()
+    problem = verdicts.verdict_problems(v.accepted, v.full_check, v.checks)
+    if problem:
+        raise Invalid("inconsistent_verdict", f"verdict for {v.submission_id} refused: {problem}")
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         row = submissions.get_status(conn, v.submission_id)
@@ -61,55 +74,39 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
         if row.full_check and not v.full_check:
             raise Invalid("check_skipped", f"submission {v.submission_id} was drawn for a full check; "
                                            "the verdict must come from one")
-        verdict_json = opened.envelope.model_dump_json()
-        if not submissions.decide(conn, v.submission_id, v.accepted, verdict_json, v.reason, now):
+        w = workers.get(conn, row.worker_id)
+        standing = verdicts.Standing(checked_positions=w.checked_positions if w else 0,
+                                     near_ties=w.near_ties if w else 0, drift_score=w.drift_score if w else 0.0,
+                                     last_clean_check_at=w.last_clean_check_at if w else None)
+        reason = f"submission {v.submission_id} rejected: {v.reason or _failed_checks(v)}" if not v.accepted else ""
+        c = verdicts.consequences(v.accepted, v.full_check, v.checks, reason, received_at=row.received_at,
+                                  standing=standing, rules=verdict_rules(ctx.cfg))
+        if not submissions.decide(conn, v.submission_id, v.accepted, opened.envelope.model_dump_json(), v.reason,
+                                  now, buffer=c.buffer):
             raise Conflict("already_decided", f"submission {v.submission_id} was decided meanwhile")
-        reason = ""
+        released = 0
         if v.accepted:
-            positions, ties = _sampling_counts(v)
-            workers.credit_accepted(conn, row.worker_id, row.n_tokens, clean_check=v.full_check,
-                                    positions=positions, near_ties=ties)
-            reason = _near_tie_excess(ctx, conn, row.worker_id) if ties else ""
+            workers.credit_accepted(conn, row.worker_id, row.n_tokens, clean_check=c.clean_check,
+                                    positions=c.positions, near_ties=c.near_ties)
+            workers.set_standing(conn, row.worker_id, c.drift_score, c.release_held_up_to)
+            if c.release_held_up_to is not None and not c.ban_reason:
+                released = submissions.release_held(conn, row.worker_id, c.release_held_up_to)
         else:
-            reason = f"submission {v.submission_id} rejected: {v.reason or _failed_checks(v)}"
             workers.debit_rejected(conn, row.worker_id)
-        if reason:
-            workers.ban(conn, row.worker_id, reason)
-            dropped = submissions.drop_unconsumed(conn, row.worker_id, f"worker banned: {reason}", now)
+        if c.ban_reason:
+            workers.ban(conn, row.worker_id, c.ban_reason, now)
+            dropped = submissions.drop_unconsumed(conn, row.worker_id, f"worker banned: {c.ban_reason}", now)
             revoked = leases.close_many(conn, leases.active_of_workers(conn, [row.worker_id]), "revoked", now)
             leases.return_tasks(conn, revoked, now)
     m = ctx.metrics
     m.verdicts.labels("accepted" if v.accepted else "rejected", str(v.full_check).lower()).inc()
-    if v.accepted and not reason:
+    if (c.buffer == "ready" or released) and not c.ban_reason:
         ctx.groups.notify()
-    if reason:
+    if c.ban_reason:
         m.bans.inc()
-        log.info("banned worker %s: %s (%d submissions dropped, %d leases revoked)", row.worker_id, reason,
+        log.info("banned worker %s: %s (%d submissions dropped, %d leases revoked)", row.worker_id, c.ban_reason,
                  dropped, len(revoked))
     return {"ok": True}
-
-
-def _sampling_counts(v: Verdict) -> tuple[int, int]:
-    """(tokens checked, tokens off the seeded argmax) of a full check's sampling result."""
-    for c in v.checks:
-        if c.name == "sampling" and v.full_check:
-            try:
-                return max(0, int(c.stats.get("positions", 0))), max(0, int(c.stats.get("not_argmax", 0)))
-            except (TypeError, ValueError):
-                return 0, 0
-    return 0, 0
-
-
-def _near_tie_excess(ctx: Context, conn, worker_id: str) -> str:
-    """The ban reason when the worker's near-tie count has become implausible, else ''."""
-    cfg = ctx.cfg.near_ties
-    w = workers.get(conn, worker_id)
-    if not cfg.enabled or w is None or not near_ties.implausible(
-            w.near_ties, w.checked_positions, honest_rate=cfg.honest_rate, alpha=cfg.alpha):
-        return ""
-    return (f"{w.near_ties} of {w.checked_positions} fully checked tokens were not the seeded sample "
-            f"(each within the sampling tolerance): P < {cfg.alpha:g} at the honest rate {cfg.honest_rate:g} "
-            "(another temperature or policy?)")
 
 
 def _failed_checks(v: Verdict) -> str:

@@ -18,8 +18,9 @@ from coordinator.rules.leasing import (
     new_id,
     pick_returned,
 )
-from coordinator.rules.reputation import check_rate, full_check
+from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, use_nonce
+from coordinator.service.join import worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, workers
 from protocol.envelope import Opened, seal
 from protocol.messages import (
@@ -83,6 +84,7 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
                              max_version=hi, n_seeds=len(body.seeds), max_tokens=sampling.max_tokens,
                              eos_token_id=body.eos_token_id, envelope=env.model_dump_json()))
         leases.insert_many(conn, rows)
+        workers.count_leases(conn, issued={worker_id: len(rows)})
     ctx.metrics.leases.inc(len(envs))
     return LeaseResponse(leases=envs)
 
@@ -104,6 +106,7 @@ def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
             raise Forbidden("not_your_lease", f"lease {foreign[0]} was issued to another worker")
         closed = leases.close_many(conn, ids, "released", now)
         leases.return_tasks(conn, closed, now)
+        workers.count_leases(conn, dropped={worker_id: len(closed)})
     if closed:
         ctx.metrics.leases_returned.labels("released").inc(len(closed))
     return {"released": len(closed)}
@@ -134,8 +137,7 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
                                                    f"{row.task_id} (submission {other})")
         task = ctx.tasks.task(row.task_index)
         rewards = ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
-        rate = check_rate(worker.clean_checks, initial=cfg.check_rate.initial, floor=cfg.check_rate.floor,
-                          halve_every=cfg.check_rate.halve_every)
+        rate = worker_check_rate(ctx, worker)
         sid = submission_id_for(row.lease_id)
         group = group_json(opened.canonical_body, len(sub.completions)) \
             or json.dumps({"completions": [c.token_ids for c in sub.completions],

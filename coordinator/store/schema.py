@@ -47,6 +47,11 @@ workers = Table(
     Column("clean_checks", Integer, nullable=False, server_default="0"),
     Column("checked_positions", BigInteger, nullable=False, server_default="0"),  # tokens of clean full checks
     Column("near_ties", BigInteger, nullable=False, server_default="0"),          # ... off the seeded argmax
+    Column("drift_score", Float, nullable=False, server_default="0"),    # proof-drift CUSUM (rules.proof_drift)
+    Column("last_clean_check_at", Float, nullable=True),  # received_at of its newest clean full check
+    Column("leases_issued", BigInteger, nullable=False, server_default="0"),
+    Column("leases_dropped", BigInteger, nullable=False, server_default="0"),  # released or let expire
+    Column("banned_at", Float, nullable=True),
     Column("hardware", Text, nullable=False, server_default="{}"),
     Column("client_version", String(64), nullable=False, server_default=""),
     Column("engine", String(64), nullable=False, server_default=""),
@@ -54,6 +59,7 @@ workers = Table(
     Column("tokens_per_s", Float, nullable=False, server_default="0"),
     Column("status_text", String(64), nullable=False, server_default=""),
     Index("ix_workers_status_address", "status", "address"),
+    Index("ix_workers_address_banned_at", "address", "banned_at"),
 )
 
 nonces = Table(
@@ -113,7 +119,7 @@ submissions = Table(
     Column("decided_at", Float, nullable=True),
     Column("verdict", Text, nullable=True),                  # the verifier's signed Verdict, JSON
     Column("reason", Text, nullable=False, server_default=""),
-    Column("buffer", String(16), nullable=True),             # ready | consumed | stale | dropped
+    Column("buffer", String(16), nullable=True),             # held | ready | consumed | stale | dropped
     Column("consumed_at", Float, nullable=True),
     Column("archived", Boolean, nullable=False, server_default=false()),
     Column("verdict_archived", Boolean, nullable=False, server_default=false()),

@@ -12,7 +12,7 @@ from coordinator.store.schema import leases, submission_payloads, submissions
 c_ = submissions.c
 # hot statements, built once (see workers.py)
 _STATUS = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_tokens, c_.full_check, c_.policy_version,
-                 c_.lease_id).where(c_.submission_id == bindparam("s"))
+                 c_.lease_id, c_.received_at).where(c_.submission_id == bindparam("s"))
 _STATUSES = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_tokens).where(
     c_.submission_id.in_(bindparam("ids", expanding=True)))
 _CONTENT = select(c_.submission_id).where(and_(c_.task_id == bindparam("t"), c_.content_hash == bindparam("h")))
@@ -69,11 +69,20 @@ def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit
     return list(conn.execute(_JOBS, {"ids": ids}))
 
 
-def decide(conn: Connection, submission_id: str, accepted: bool, verdict_json: str, reason: str, now: float) -> bool:
-    """queued -> accepted (into the buffer) or rejected; False if it was no longer queued."""
+def decide(conn: Connection, submission_id: str, accepted: bool, verdict_json: str, reason: str, now: float,
+           buffer: str | None = "ready") -> bool:
+    """queued -> accepted (into the buffer as `buffer`: 'ready' or 'held') or rejected; False
+    if it was no longer queued."""
     res = conn.execute(_DECIDE, {"s": submission_id, "st": "accepted" if accepted else "rejected", "v": verdict_json,
-                                 "r": reason[:2000], "now": now, "buf": "ready" if accepted else None})
+                                 "r": reason[:2000], "now": now, "buf": buffer if accepted else None})
     return res.rowcount == 1
+
+
+def release_held(conn: Connection, worker_id: str, received_up_to: float) -> int:
+    """A clean full check of `worker_id`: its held groups received at or before it become ready."""
+    c = submissions.c
+    return conn.execute(update(submissions).where(and_(
+        c.worker_id == worker_id, c.buffer == "held", c.received_at <= received_up_to)).values(buffer="ready")).rowcount
 
 
 def drop_unconsumed(conn: Connection, worker_id: str, reason: str, now: float) -> int:
@@ -82,7 +91,7 @@ def drop_unconsumed(conn: Connection, worker_id: str, reason: str, now: float) -
     n = conn.execute(update(submissions).where(and_(c.worker_id == worker_id, c.status == "queued"))
                      .values(status="dropped", reason=reason[:2000], decided_at=now)).rowcount
     n += conn.execute(update(submissions).where(
-        and_(c.worker_id == worker_id, c.status == "accepted", c.buffer == "ready"))
+        and_(c.worker_id == worker_id, c.status == "accepted", c.buffer.in_(("ready", "held"))))
         .values(status="dropped", buffer="dropped", reason=reason[:2000])).rowcount
     return n
 
@@ -90,7 +99,7 @@ def drop_unconsumed(conn: Connection, worker_id: str, reason: str, now: float) -
 # -- training buffer -------------------------------------------------------------------------
 def drop_stale(conn: Connection, floor: int) -> int:
     c = submissions.c
-    return conn.execute(update(submissions).where(and_(c.buffer == "ready", c.policy_version < floor))
+    return conn.execute(update(submissions).where(and_(c.buffer.in_(("ready", "held")), c.policy_version < floor))
                         .values(buffer="stale")).rowcount
 
 

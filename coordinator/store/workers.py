@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, case, delete, func, select, update
 
 from coordinator.store.schema import nonces, workers
 from coordinator.store.sql import insert_ignore
@@ -23,8 +23,19 @@ _CREDIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(
     checked_positions=workers.c.checked_positions + bindparam("positions"),
     near_ties=workers.c.near_ties + bindparam("ties"))
 _DEBIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(rejected=workers.c.rejected + 1)
-_BAN = update(workers).where(workers.c.worker_id == bindparam("w")).values(status="banned",
-                                                                           ban_reason=bindparam("reason"))
+_BAN = update(workers).where(workers.c.worker_id == bindparam("w")).values(
+    status="banned", ban_reason=bindparam("reason"), banned_at=bindparam("now"))
+_STANDING = update(workers).where(workers.c.worker_id == bindparam("w")).values(
+    drift_score=bindparam("score"),
+    last_clean_check_at=case((workers.c.last_clean_check_at.is_(None), bindparam("clean_at")),
+                             (workers.c.last_clean_check_at < bindparam("clean_at"), bindparam("clean_at")),
+                             else_=workers.c.last_clean_check_at))
+_ISSUED = update(workers).where(workers.c.worker_id == bindparam("w")).values(
+    leases_issued=workers.c.leases_issued + bindparam("n"))
+_DROPPED = update(workers).where(workers.c.worker_id == bindparam("w")).values(
+    leases_dropped=workers.c.leases_dropped + bindparam("n"))
+_BANNED_AT_ADDRESS = select(func.count()).select_from(workers).where(and_(
+    workers.c.address == bindparam("a"), workers.c.status == "banned", workers.c.banned_at >= bindparam("since")))
 _AT_ADDRESS = select(workers.c.worker_id).where(and_(workers.c.address == bindparam("a"), workers.c.status == "active"))
 
 
@@ -65,8 +76,27 @@ def mark_gone(conn: Connection, cutoff: float) -> list[str]:
     return ids
 
 
-def ban(conn: Connection, worker_id: str, reason: str) -> None:
-    conn.execute(_BAN, {"w": worker_id, "reason": reason[:2000]})
+def ban(conn: Connection, worker_id: str, reason: str, now: float) -> None:
+    conn.execute(_BAN, {"w": worker_id, "reason": reason[:2000], "now": now})
+
+
+def banned_at_address_since(conn: Connection, address: str, since: float) -> int:
+    """Identities at `address` banned at or after `since` (they still count against it)."""
+    return int(conn.execute(_BANNED_AT_ADDRESS, {"a": address, "since": since}).scalar_one())
+
+
+def set_standing(conn: Connection, worker_id: str, drift_score: float, clean_check_at: float | None) -> None:
+    """Store the drift score; `clean_check_at` (a clean full check's receipt time) moves the
+    worker's newest clean check forward, never back."""
+    conn.execute(_STANDING, {"w": worker_id, "score": drift_score, "clean_at": clean_check_at})
+
+
+def count_leases(conn: Connection, issued: dict[str, int] | None = None, dropped: dict[str, int] | None = None) -> None:
+    """Add to workers' issued / dropped (released or expired) lease counters."""
+    for stmt, counts in ((_ISSUED, issued), (_DROPPED, dropped)):
+        for w, n in (counts or {}).items():
+            if n:
+                conn.execute(stmt, {"w": w, "n": n})
 
 
 def credit_accepted(conn: Connection, worker_id: str, tokens: int, clean_check: bool, *,

@@ -44,6 +44,7 @@ from protocol.messages import (
     Verdict,
 )
 from protocol.proof import build_proof, to_b64
+from tests.verdict_fixtures import passing_checks
 
 CYCLES = 4
 
@@ -135,7 +136,8 @@ def _traffic(stop: threading.Event, coord: Coordinator, ledger: Ledger, worker: 
                 for job in ClaimResponse.model_validate_json(r.content).jobs:
                     accepted = rng.random() < 0.9
                     env = seal(KIND_VERDICT, Verdict(submission_id=job.submission_id, accepted=accepted,
-                                                     full_check=True, checks=[]), verifier)
+                                                     full_check=True, checks=passing_checks() if accepted else []),
+                               verifier)
                     r = _post(http, url, "/v1/verdicts", env)
                     if r is not None and r.status_code == 200:
                         with ledger.lock:

@@ -40,6 +40,7 @@ from protocol.messages import (
     Submission,
     Verdict,
 )
+from tests.verdict_fixtures import passing_checks
 
 
 class Clock:
@@ -158,7 +159,8 @@ class Swarm:
                 key: KeyPair | None = None, checks: list | None = None) -> httpx.Response:
         return self.post("/v1/verdicts", KIND_VERDICT,
                          Verdict(submission_id=submission_id, accepted=accepted, full_check=full_check,
-                                 checks=checks or [], reason=reason), key or self.verifier)
+                                 checks=passing_checks(full_check) if checks is None and accepted else (checks or []),
+                                 reason=reason), key or self.verifier)
 
     def batch(self, max_groups: int = 64, min_version: int = 0, wait_s: float = 0.0) -> httpx.Response:
         return self.post("/v1/trainer/batch", KIND_BATCH_REQUEST,
@@ -201,6 +203,8 @@ def start_swarm(tmp: Path, model_dir: Path, *, rng_seed: int = 0, **overrides) -
     fields = dict(operator_key=operator.public.hex, verifier_keys=[verifier.public.hex], model=str(model_dir),
                   data_dir=tmp / "coordinator", key_file=tmp / "coordinator" / "coordinator.key", port=0,
                   group_size=4, archive=False, limits={"burst": 100_000})
+    # registrations here are hand-made requests: no proof of work unless a test asks for one
+    overrides["join"] = {"pow_difficulty": 0, **overrides.get("join", {})}
     fields.update(overrides)
     cfg = CoordinatorConfig.model_validate(fields)
     clock = Clock()

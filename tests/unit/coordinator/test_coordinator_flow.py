@@ -12,6 +12,7 @@ from protocol.messages import (
     SubmissionStatus,
     WorkerInfo,
 )
+from tests.verdict_fixtures import passing_checks
 
 
 def test_run_info_names_the_keys_and_no_policy_before_the_trainer_publishes(swarm):
@@ -199,8 +200,6 @@ def test_a_worker_whose_tokens_miss_the_seeded_choice_too_often_is_banned(make_s
     verifier's argmax at ~5% (a temperature cheat) while the other's miss at 0.3% (noise):
     the first is banned by the near-tie rate test and its unconsumed work dropped, the second
     keeps working. The counts are kept per worker and shown in its public record."""
-    from protocol.messages import CheckResult
-
     s = make_swarm(near_ties={"honest_rate": 0.005, "alpha": 1e-6})
     s.publish(0)
     cheat, honest = s.new_worker(), s.new_worker()
@@ -209,8 +208,8 @@ def test_a_worker_whose_tokens_miss_the_seeded_choice_too_often_is_banned(make_s
         (lease,) = s.lease(w)
         sid = s.submit(w, lease).json()["submission_id"]
         s.claim()
-        sampling = CheckResult(name="sampling", passed=True, stats={"positions": positions, "not_argmax": ties})
-        assert s.verdict(sid, True, checks=[sampling]).status_code == 200
+        checks = passing_checks(positions=positions, near_ties=ties)
+        assert s.verdict(sid, True, checks=checks).status_code == 200
         return sid
 
     sids = []
@@ -232,8 +231,6 @@ def test_a_worker_whose_tokens_miss_the_seeded_choice_too_often_is_banned(make_s
 
 
 def test_the_near_tie_test_can_be_switched_off(make_swarm):
-    from protocol.messages import CheckResult
-
     s = make_swarm(near_ties={"enabled": False})
     s.publish(0)
     w = s.new_worker()
@@ -241,8 +238,7 @@ def test_the_near_tie_test_can_be_switched_off(make_swarm):
         (lease,) = s.lease(w)
         sid = s.submit(w, lease).json()["submission_id"]
         s.claim()
-        s.verdict(sid, True, checks=[CheckResult(name="sampling", passed=True,
-                                                 stats={"positions": 40, "not_argmax": 10})])
+        s.verdict(sid, True, checks=passing_checks(positions=40, near_ties=10))
     assert s.snapshot_worker(w)["status"] == "active" and s.snapshot_worker(w)["near_ties"] == 50
 
 
@@ -256,9 +252,11 @@ def test_verdicts_in_one_batch_are_each_checked_and_applied_on_their_own(swarm):
     w = swarm.new_worker()
     sids = [swarm.submit(w, lease).json()["submission_id"] for lease in swarm.lease(w, 3)]
     swarm.claim()
-    good = [swarm.seal(KIND_VERDICT, Verdict(submission_id=sid, accepted=True, full_check=True, checks=[]), swarm.verifier)
+    good = [swarm.seal(KIND_VERDICT, Verdict(submission_id=sid, accepted=True, full_check=True,
+                                             checks=passing_checks()), swarm.verifier)
             for sid in sids[:2]]
-    unknown = swarm.seal(KIND_VERDICT, Verdict(submission_id="s-nope", accepted=True, full_check=True, checks=[]),
+    unknown = swarm.seal(KIND_VERDICT, Verdict(submission_id="s-nope", accepted=True, full_check=True,
+                                               checks=passing_checks()),
                    swarm.verifier)
     forged = swarm.seal(KIND_VERDICT, Verdict(submission_id=sids[2], accepted=False, full_check=True, checks=[]), w)
     body = {"envelopes": [e.model_dump(mode="json") for e in (good[0], unknown, forged, good[1], good[0])]}

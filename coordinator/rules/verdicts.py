@@ -1,0 +1,138 @@
+"""What a verifier's verdict does: which buffer state the group enters, what the worker is
+credited with, whether held groups are released, and whether the worker is banned.
+
+`verdict_problems` first refuses a verdict that cannot be trusted as a pass (an acceptance
+with a failed check, a full-check acceptance without the model checks, or a statistic that is
+missing, NaN or infinite where a number belongs): verification fails closed at the
+coordinator too. `consequences` is then a pure function of the verdict's facts, the worker's
+standing before it and the configuration; `coordinator.service.verification.verdict`
+applies it in one transaction.
+
+    verdict                        group          worker
+    rejected                       (rejected)     banned: its queued, held and untrained
+                                                  groups are dropped, its leases revoked
+    accepted, full check           ready          clean check; its held groups received
+                                                  before this one become ready; sampling
+                                                  counts join the near-tie ledger and the
+                                                  proof error the drift score — either
+                                                  test may ban it (then as rejected)
+    accepted, cheap checks only    held, or ready if a clean full check of the worker was
+                                   received after it (`hold_until_checked` off: ready)
+
+Holding unchecked groups until the worker's next clean full check bounds what a worker that
+turns dishonest after earning a low check rate can get trained: its cheated groups wait for
+a full check that, when it cheats on every submission, rejects it and drops them all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.rules import near_ties, proof_drift
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A worker's ledger before the verdict."""
+
+    checked_positions: int
+    near_ties: int
+    drift_score: float
+    last_clean_check_at: float | None
+
+
+@dataclass(frozen=True)
+class Consequence:
+    buffer: str | None                 # 'ready', 'held', or None for a rejection
+    clean_check: bool
+    positions: int                     # sampling counts added to the near-tie ledger
+    near_ties: int
+    drift_score: float                 # the worker's new proof-drift score
+    release_held_up_to: float | None   # held groups received at or before this become ready
+    ban_reason: str                    # '' unless the worker is banned
+
+
+@dataclass(frozen=True)
+class Rules:
+    hold_until_checked: bool
+    near_ties_enabled: bool
+    honest_rate: float
+    alpha: float
+    drift_enabled: bool
+    drift: dict[str, tuple[float, float]]   # judged dtype -> (allowance, limit)
+
+
+def _numbers(v: Any, path: str, out: list[str]) -> None:
+    if isinstance(v, bool) or isinstance(v, (int, str)):
+        return
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        out.append(path)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _numbers(x, f"{path}.{k}", out)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _numbers(x, f"{path}[{i}]", out)
+
+
+def verdict_problems(accepted: bool, full_check: bool, checks: list[Any]) -> str:
+    """Why an acceptance cannot be trusted, or ''. `checks`: the verdict's CheckResults."""
+    if not accepted:
+        return ""
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        return f"an acceptance with failed checks ({', '.join(failed)})"
+    names = {c.name for c in checks}
+    if full_check and not {"proof", "sampling"} <= names:
+        return "a full-check acceptance without the proof and sampling checks"
+    missing: list[str] = []
+    for c in checks:
+        _numbers(c.stats, c.name, missing)
+    if missing:
+        return f"an acceptance with missing or non-finite statistics ({', '.join(missing[:3])})"
+    return ""
+
+
+def _sampling_counts(checks: list[Any]) -> tuple[int, int]:
+    for c in checks:
+        if c.name == "sampling":
+            try:
+                return max(0, int(c.stats.get("positions", 0))), max(0, int(c.stats.get("not_argmax", 0)))
+            except (TypeError, ValueError):
+                return 0, 0
+    return 0, 0
+
+
+def _proof_stats(checks: list[Any]) -> dict:
+    return next((c.stats for c in checks if c.name == "proof"), {})
+
+
+def consequences(accepted: bool, full_check: bool, checks: list[Any], reason: str, *, received_at: float,
+                 standing: Standing, rules: Rules) -> Consequence:
+    if not accepted:
+        return Consequence(None, False, 0, 0, standing.drift_score, None, reason or "rejected by the verifier")
+    if not full_check:
+        checked_after = standing.last_clean_check_at is not None and standing.last_clean_check_at >= received_at
+        held = rules.hold_until_checked and not checked_after
+        return Consequence("held" if held else "ready", False, 0, 0, standing.drift_score, None, "")
+    positions, ties = _sampling_counts(checks)
+    ban = ""
+    if rules.near_ties_enabled and ties:
+        total_ties, total_pos = standing.near_ties + ties, standing.checked_positions + positions
+        if near_ties.implausible(total_ties, total_pos, honest_rate=rules.honest_rate, alpha=rules.alpha):
+            ban = (f"{total_ties} of {total_pos} fully checked tokens were not the seeded sample (each within the "
+                   f"sampling tolerance): P < {rules.alpha:g} at the honest rate {rules.honest_rate:g} (another "
+                   "temperature or policy?)")
+    score = standing.drift_score
+    stats = _proof_stats(checks)
+    error = proof_drift.check_error(stats)
+    limits = rules.drift.get(str(stats.get("prefill_dtype", "")))
+    if rules.drift_enabled and error is not None and limits is not None:
+        score = proof_drift.update(score, error, allowance=limits[0], limit=limits[1])
+        if not ban and proof_drift.banned(score):
+            ban = (f"the proofs of this worker's full checks drift from the policy's: their error stays above the "
+                   f"honest allowance for {stats.get('prefill_dtype')} check after check (another or a quantized "
+                   "model?)")
+    return Consequence("ready", True, positions, ties, score, received_at, ban)
