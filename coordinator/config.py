@@ -54,6 +54,9 @@ class DriftLimits(BaseModel):
     allowance: float = Field(gt=0, description="error per full check that honest workers stay below (mean mantissa "
                                                "steps, an exponent mismatch counting 8): only the excess accumulates")
     limit: float = Field(gt=0, description="ban when the accumulated excess reaches this")
+    worst_allowance: float = Field(gt=0, description="the same for the submission's worst completion (its mean "
+                                                     "mantissa error): honest workers' worst stays below this")
+    worst_limit: float = Field(gt=0, description="ban when the worst completions' accumulated excess reaches this")
 
 
 class ProofDriftConfig(BaseModel):
@@ -62,9 +65,11 @@ class ProofDriftConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(True, description="ban workers whose proofs drift from the policy's over their full checks")
-    float32: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.01, limit=0.2),
+    float32: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.01, limit=0.2, worst_allowance=0.05,
+                                                                     worst_limit=0.5),
                                  description="the test for submissions judged in float32")
-    bfloat16: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.6, limit=2.0),
+    bfloat16: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.6, limit=2.0, worst_allowance=2.0,
+                                                                      worst_limit=3.0),
                                   description="the test for submissions judged in bfloat16")
 
 

@@ -14,6 +14,10 @@ over the error of each of its full checks:
                                                                 dtype the verifier judged in
     ban when score >= 1
 
+and a second one over the submission's *worst* completion (its mean mantissa error), so that
+a worker slipping one bad completion into each group, which barely moves the pooled error,
+still accumulates evidence check after check.
+
 `allowance` sits above the error honest workers show on average (so their score keeps
 returning to 0), `limit` is the excess it takes to ban: a cheat whose error averages `a`
 above the allowance is banned after about limit / a full checks. Both are per dtype
@@ -39,6 +43,20 @@ def check_error(stats: dict) -> float | None:
     if not (math.isfinite(mant) and math.isfinite(exp)) or mant < 0 or not 0 <= exp <= 1:
         return None
     return mant * (1 - exp) + EXP_WEIGHT * exp
+
+
+def worst_error(stats: dict) -> float | None:
+    """The largest per-completion mean mantissa error of one full check (a completion with no
+    matching exponent at all, recorded as -1, counts as 64 steps), or None."""
+    per = stats.get("per_completion_mant_mean")
+    if not isinstance(per, list) or not per:
+        return None
+    vals = []
+    for x in per:
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+            return None
+        vals.append(64.0 if x < 0 else float(x))
+    return max(vals)
 
 
 def update(score: float, error: float, *, allowance: float, limit: float) -> float:

@@ -39,7 +39,7 @@ class Standing:
 
     checked_positions: int
     near_ties: int
-    drift_score: float
+    drift: tuple[float, float]          # proof-drift scores: pooled, worst completion
     last_clean_check_at: float | None
 
 
@@ -49,7 +49,7 @@ class Consequence:
     clean_check: bool
     positions: int                     # sampling counts added to the near-tie ledger
     near_ties: int
-    drift_score: float                 # the worker's new proof-drift score
+    drift: tuple[float, float]         # the worker's new proof-drift scores
     release_held_up_to: float | None   # held groups received at or before this become ready
     ban_reason: str                    # '' unless the worker is banned
 
@@ -61,7 +61,7 @@ class Rules:
     honest_rate: float
     alpha: float
     drift_enabled: bool
-    drift: dict[str, tuple[float, float]]   # judged dtype -> (allowance, limit)
+    drift: dict[str, tuple[float, float, float, float]]  # judged dtype -> (allowance, limit, worst ditto)
 
 
 def _numbers(v: Any, path: str, out: list[str]) -> None:
@@ -112,11 +112,11 @@ def _proof_stats(checks: list[Any]) -> dict:
 def consequences(accepted: bool, full_check: bool, checks: list[Any], reason: str, *, received_at: float,
                  standing: Standing, rules: Rules) -> Consequence:
     if not accepted:
-        return Consequence(None, False, 0, 0, standing.drift_score, None, reason or "rejected by the verifier")
+        return Consequence(None, False, 0, 0, standing.drift, None, reason or "rejected by the verifier")
     if not full_check:
         checked_after = standing.last_clean_check_at is not None and standing.last_clean_check_at >= received_at
         held = rules.hold_until_checked and not checked_after
-        return Consequence("held" if held else "ready", False, 0, 0, standing.drift_score, None, "")
+        return Consequence("held" if held else "ready", False, 0, 0, standing.drift, None, "")
     positions, ties = _sampling_counts(checks)
     ban = ""
     if rules.near_ties_enabled and ties:
@@ -125,14 +125,18 @@ def consequences(accepted: bool, full_check: bool, checks: list[Any], reason: st
             ban = (f"{total_ties} of {total_pos} fully checked tokens were not the seeded sample (each within the "
                    f"sampling tolerance): P < {rules.alpha:g} at the honest rate {rules.honest_rate:g} (another "
                    "temperature or policy?)")
-    score = standing.drift_score
+    scores = standing.drift
     stats = _proof_stats(checks)
-    error = proof_drift.check_error(stats)
     limits = rules.drift.get(str(stats.get("prefill_dtype", "")))
-    if rules.drift_enabled and error is not None and limits is not None:
-        score = proof_drift.update(score, error, allowance=limits[0], limit=limits[1])
-        if not ban and proof_drift.banned(score):
-            ban = (f"the proofs of this worker's full checks drift from the policy's: their error stays above the "
-                   f"honest allowance for {stats.get('prefill_dtype')} check after check (another or a quantized "
+    if rules.drift_enabled and limits is not None:
+        pooled, worst = proof_drift.check_error(stats), proof_drift.worst_error(stats)
+        scores = (scores[0] if pooled is None else proof_drift.update(scores[0], pooled, allowance=limits[0],
+                                                                          limit=limits[1]),
+                  scores[1] if worst is None else proof_drift.update(scores[1], worst, allowance=limits[2],
+                                                                         limit=limits[3]))
+        if not ban and (proof_drift.banned(scores[0]) or proof_drift.banned(scores[1])):
+            which = "" if proof_drift.banned(scores[0]) else "worst completions' "
+            ban = (f"the proofs of this worker's full checks drift from the policy's: their {which}error stays above "
+                   f"the honest allowance for {stats.get('prefill_dtype')} check after check (another or a quantized "
                    "model?)")
-    return Consequence("ready", True, positions, ties, score, received_at, ban)
+    return Consequence("ready", True, positions, ties, scores, received_at, ban)

@@ -53,8 +53,9 @@ def verdict_rules(cfg) -> verdicts.Rules:
     return verdicts.Rules(hold_until_checked=cfg.standing.hold_until_checked, near_ties_enabled=cfg.near_ties.enabled,
                           honest_rate=cfg.near_ties.honest_rate, alpha=cfg.near_ties.alpha,
                           drift_enabled=cfg.proof_drift.enabled,
-                          drift={d: (getattr(cfg.proof_drift, d).allowance, getattr(cfg.proof_drift, d).limit)
-                                 for d in ("float32", "bfloat16")})
+                          drift={d: (lim.allowance, lim.limit, lim.worst_allowance, lim.worst_limit)
+                                 for d, lim in (("float32", cfg.proof_drift.float32),
+                                                ("bfloat16", cfg.proof_drift.bfloat16))})
 
 
 def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
@@ -76,7 +77,8 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
                                            "the verdict must come from one")
         w = workers.get(conn, row.worker_id)
         standing = verdicts.Standing(checked_positions=w.checked_positions if w else 0,
-                                     near_ties=w.near_ties if w else 0, drift_score=w.drift_score if w else 0.0,
+                                     near_ties=w.near_ties if w else 0,
+                                     drift=(w.drift_score, w.drift_worst_score) if w else (0.0, 0.0),
                                      last_clean_check_at=w.last_clean_check_at if w else None)
         reason = f"submission {v.submission_id} rejected: {v.reason or _failed_checks(v)}" if not v.accepted else ""
         c = verdicts.consequences(v.accepted, v.full_check, v.checks, reason, received_at=row.received_at,
@@ -88,7 +90,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
         if v.accepted:
             workers.credit_accepted(conn, row.worker_id, row.n_tokens, clean_check=c.clean_check,
                                     positions=c.positions, near_ties=c.near_ties)
-            workers.set_standing(conn, row.worker_id, c.drift_score, c.release_held_up_to)
+            workers.set_standing(conn, row.worker_id, c.drift, c.release_held_up_to)
             if c.release_held_up_to is not None and not c.ban_reason:
                 released = submissions.release_held(conn, row.worker_id, c.release_held_up_to)
         else:

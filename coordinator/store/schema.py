@@ -47,7 +47,8 @@ workers = Table(
     Column("clean_checks", Integer, nullable=False, server_default="0"),
     Column("checked_positions", BigInteger, nullable=False, server_default="0"),  # tokens of clean full checks
     Column("near_ties", BigInteger, nullable=False, server_default="0"),          # ... off the seeded argmax
-    Column("drift_score", Float, nullable=False, server_default="0"),    # proof-drift CUSUM (rules.proof_drift)
+    Column("drift_score", Float, nullable=False, server_default="0"),    # proof-drift CUSUMs (rules.proof_drift)
+    Column("drift_worst_score", Float, nullable=False, server_default="0"),  # ... of its worst completions
     Column("last_clean_check_at", Float, nullable=True),  # received_at of its newest clean full check
     Column("leases_issued", BigInteger, nullable=False, server_default="0"),
     Column("leases_dropped", BigInteger, nullable=False, server_default="0"),  # released or let expire

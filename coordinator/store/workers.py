@@ -26,7 +26,7 @@ _DEBIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(rej
 _BAN = update(workers).where(workers.c.worker_id == bindparam("w")).values(
     status="banned", ban_reason=bindparam("reason"), banned_at=bindparam("now"))
 _STANDING = update(workers).where(workers.c.worker_id == bindparam("w")).values(
-    drift_score=bindparam("score"),
+    drift_score=bindparam("score"), drift_worst_score=bindparam("worst"),
     last_clean_check_at=case((workers.c.last_clean_check_at.is_(None), bindparam("clean_at")),
                              (workers.c.last_clean_check_at < bindparam("clean_at"), bindparam("clean_at")),
                              else_=workers.c.last_clean_check_at))
@@ -85,10 +85,10 @@ def banned_at_address_since(conn: Connection, address: str, since: float) -> int
     return int(conn.execute(_BANNED_AT_ADDRESS, {"a": address, "since": since}).scalar_one())
 
 
-def set_standing(conn: Connection, worker_id: str, drift_score: float, clean_check_at: float | None) -> None:
-    """Store the drift score; `clean_check_at` (a clean full check's receipt time) moves the
-    worker's newest clean check forward, never back."""
-    conn.execute(_STANDING, {"w": worker_id, "score": drift_score, "clean_at": clean_check_at})
+def set_standing(conn: Connection, worker_id: str, drift: tuple[float, float], clean_check_at: float | None) -> None:
+    """Store the drift scores (pooled, worst completion); `clean_check_at` (a clean full
+    check's receipt time) moves the worker's newest clean check forward, never back."""
+    conn.execute(_STANDING, {"w": worker_id, "score": drift[0], "worst": drift[1], "clean_at": clean_check_at})
 
 
 def count_leases(conn: Connection, issued: dict[str, int] | None = None, dropped: dict[str, int] | None = None) -> None:

@@ -229,9 +229,16 @@ def make_world(model_root: Path, *, warm_seconds: float = 0.0, hidden: int = 128
 
 
 # -- honest rollouts --------------------------------------------------------------------------
-def engine_for(path: Path, version: int, *, dtype: str = "float32", threads: int = 0) -> TransformersEngine:
+def engine_for(path: Path, version: int, *, dtype: str = "float32", threads: int = 0,
+               attn: str = "sdpa") -> TransformersEngine:
+    """The worker's engine on `path`; `attn="eager"` swaps in another attention kernel than the
+    verifier's (an honest difference, as another machine's kernels would be)."""
     e = TransformersEngine(device="cpu", dtype=dtype, threads=threads)
     e.load(path, version)
+    if attn != "sdpa":
+        from transformers import AutoModelForCausalLM
+
+        e.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=e.dtype, attn_implementation=attn).eval()
     return e
 
 
@@ -256,10 +263,10 @@ def generate_with(engine: TransformersEngine, lease: Lease, version: int, **kw) 
     return build_submission(lease, results, build_proofs([r.hidden for r in results]), version, engine.info())
 
 
-def reprove(world: World, lease: Lease, sub: Submission, version: int) -> Submission:
+def reprove(world: World, lease: Lease, sub: Submission, version: int, dtype: str = "float32") -> Submission:
     """Rebuild every proof from the claimed model's own prefill of the (edited) tokens: the
     strongest cheater, whose proofs are genuine for the tokens it submits."""
-    model = world.models.model(version)
+    model = world.models.model(version, dtype)
     from protocol.lm import completion_outputs
 
     outs = completion_outputs(model, list(lease.prompt_token_ids), [c.token_ids for c in sub.completions])
@@ -283,9 +290,9 @@ def edit_token(sub: Submission, rng: random.Random, vocab: int, eos: int) -> Sub
     return sub.model_copy(update={"completions": comps})
 
 
-def greedy_submission(world: World, lease: Lease, version: int) -> Submission:
+def greedy_submission(world: World, lease: Lease, version: int, dtype: str = "float32") -> Submission:
     """Greedy decoding, proved honestly (temperature -> 0 makes the noise irrelevant)."""
-    model = world.models.model(version)
+    model = world.models.model(version, dtype)
     comps = []
     for _ in lease.seeds:
         ids = list(lease.prompt_token_ids)
@@ -305,7 +312,7 @@ def greedy_submission(world: World, lease: Lease, version: int) -> Submission:
                       completions=[Completion(token_ids=c, finish_reason="eos" if c[-1] == lease.eos_token_id
                                               else "length", proof=base64.b64encode(p).decode())
                                    for c, p in zip(comps, proofs)],
-                      engine=TransformersEngine(device="cpu").info())
+                      engine=TransformersEngine(device="cpu", dtype=dtype).info())
 
 
 def cherry_pick(world: World, engine: TransformersEngine, lease: Lease, version: int, tries: int = 8) -> Submission:
@@ -354,7 +361,54 @@ def with_claimed_rewards(sub: Submission, value: float = 1.0) -> Submission:
     return sub.model_copy(update={"claimed_rewards": [value] * len(sub.completions)})
 
 
+def declared(sub: Submission, dtype: str) -> Submission:
+    """The same submission with another compute dtype declared (what it computed is unchanged)."""
+    return sub.model_copy(update={"engine": sub.engine.model_copy(update={"dtype": dtype})})
+
+
+def mixed(honest: Submission, other: Submission, index: int) -> Submission:
+    """`honest` with completion `index` taken from `other` (one bad completion among good ones)."""
+    comps = list(honest.completions)
+    comps[index] = other.completions[index]
+    return honest.model_copy(update={"completions": comps})
+
+
+def answer_tokens(world: World, lease: Lease) -> list[int]:
+    """The task's correct answer, encoded, with EOS: what a worker that types answers in sends."""
+    from protocol.lm import encode_prompt
+
+    return encode_prompt(world.tokenizer, world.task_of(lease).answer)[: lease.sampling.max_tokens - 1] + [world.eos]
+
+
+def typed_answers(world: World, lease: Lease, engine: TransformersEngine, version: int) -> Submission:
+    """Every completion is the correct answer, with proofs of those tokens from `engine`'s model."""
+    from protocol.lm import completion_outputs
+
+    toks = answer_tokens(world, lease)
+    outs = completion_outputs(engine.model, list(lease.prompt_token_ids), [toks] * len(lease.seeds))
+    proofs = build_proofs([h for h, _ in outs])
+    return Submission(lease_id=lease.lease_id, policy_version=version,
+                      completions=[Completion(token_ids=toks, finish_reason="eos", proof=base64.b64encode(p).decode())
+                                   for p in proofs], engine=engine.info())
+
+
+def non_finite_proofs(sub: Submission, lease: Lease, engine: TransformersEngine) -> Submission:
+    """Proofs of hidden states with Inf in place of the largest values (a broken or hostile prover)."""
+    from protocol.lm import completion_outputs
+
+    outs = completion_outputs(engine.model, list(lease.prompt_token_ids), [c.token_ids for c in sub.completions])
+    hidden = []
+    for h, _ in outs:
+        h = h.float().clone()
+        h.view(-1)[h.abs().view(-1).argmax()] = float("inf")
+        hidden.append(h)
+    proofs = build_proofs(hidden)
+    comps = [c.model_copy(update={"proof": base64.b64encode(p).decode()}) for c, p in zip(sub.completions, proofs)]
+    return sub.model_copy(update={"completions": comps})
+
+
 Cheat = Callable[..., Submission]
 __all__ = ["World", "make_world", "build_model", "next_version", "perturbed_copy", "quantized_copy", "engine_for",
            "honest_submissions", "generate_with", "reprove", "edit_token", "greedy_submission", "cherry_pick",
-           "truncate", "copy_proof", "with_claimed_rewards", "DictModels"]
+           "truncate", "copy_proof", "with_claimed_rewards", "DictModels", "declared", "mixed", "typed_answers",
+           "non_finite_proofs", "QUANTIZATIONS"]

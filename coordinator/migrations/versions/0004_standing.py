@@ -20,6 +20,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("workers") as batch:
         batch.add_column(sa.Column("drift_score", sa.Float, nullable=False, server_default="0"))
+        batch.add_column(sa.Column("drift_worst_score", sa.Float, nullable=False, server_default="0"))
         batch.add_column(sa.Column("last_clean_check_at", sa.Float, nullable=True))
         batch.add_column(sa.Column("leases_issued", sa.BigInteger, nullable=False, server_default="0"))
         batch.add_column(sa.Column("leases_dropped", sa.BigInteger, nullable=False, server_default="0"))
@@ -30,5 +31,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("workers") as batch:
         batch.drop_index("ix_workers_address_banned_at")
-        for name in ("banned_at", "leases_dropped", "leases_issued", "last_clean_check_at", "drift_score"):
+        for name in ("banned_at", "leases_dropped", "leases_issued", "last_clean_check_at", "drift_worst_score",
+                     "drift_score"):
             batch.drop_column(name)

@@ -185,3 +185,17 @@ def test_dropping_leases_beyond_the_allowance_raises_the_check_rate(make_swarm):
 
     upkeep.sweep(s.ctx)
     assert rate() == pytest.approx(1.0)
+
+
+def test_one_bad_completion_per_group_is_caught_by_the_worst_completion_drift(make_swarm):
+    """Pooled errors stay honest (one completion of 8 barely moves them), but the worst
+    completion of every group sits at 3 steps in bf16 (allowance 2, limit 3): banned at the 3rd."""
+    s = make_swarm()
+    s.publish(0)
+    w = s.new_worker()
+    for n in range(1, 10):
+        (sid,) = submit(s, w)
+        s.verdict(sid, True, checks=passing_checks(dtype="bfloat16", mant_mean=0.4, per_completion=[0.3] * 7 + [3.0]))
+        if s.snapshot_worker(w)["status"] == "banned":
+            break
+    assert n == 3 and "worst completions" in s.snapshot_worker(w)["ban_reason"]
