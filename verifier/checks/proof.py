@@ -13,10 +13,13 @@ submission fails if any one fails:
   weight change moves every value a little, which one completion cannot tell from
   rounding noise but a group can. Pooling only adds power; it never rescues a completion.
 
-Failing closed: a proof that does not decode fails with the decoder's reason; a proof that
-claims a non-finite value (Inf/NaN bit pattern) fails; every limit is `within`, so a NaN
-statistic fails. Shares, not counts, because a short last chunk compares fewer than top-k
-values.
+Failing closed: a proof that does not decode fails with the decoder's reason; a claimed
+value that is Inf or NaN never matches the verifier's (finite) value — it counts as an
+exponent mismatch, and the count is reported (`claimed_non_finite`); it cannot be a
+rejection on its own, because the proof evaluated at an index the prover did not select
+yields an arbitrary bit pattern, non-finite 2 times in 256 (measured: honest bf16 workers hit
+it); every limit is `within`, so a NaN statistic fails. Shares, not counts, because a short
+last chunk compares fewer than top-k values.
 """
 
 from __future__ import annotations
@@ -37,8 +40,6 @@ NAME = "proof"
 
 def chunk_failure(s: ChunkStats, thr: Thresholds) -> str | None:
     """Why one chunk fails the limits, or None if it passes."""
-    if s.non_finite:
-        return f"{s.non_finite} claimed values are not finite"
     if not within(s.exp_mismatches, thr.exp_mismatch_frac * s.k):
         return f"{s.exp_mismatches}/{s.k} exponents differ"
     if not within(s.mant_err_mean, thr.mant_err_mean):
@@ -114,7 +115,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
                 topk: int) -> CheckResult:
     problems: list[str] = []
     group = Pool()
-    failed_chunks = n_chunks = 0
+    failed_chunks = n_chunks = claimed_non_finite = 0
     worst = {"exp_frac": 0.0, "mant_mean": 0.0, "mant_median": 0.0, "sign_frac": 0.0}
     per_completion: list[float | None] = []
     for i, (c, h) in enumerate(zip(oj.submission.completions, hidden)):
@@ -125,6 +126,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
             per_completion.append(None)
             continue
         n_chunks += len(pool.chunks)
+        claimed_non_finite += sum(s.non_finite for s in pool.chunks)
         for j, s in enumerate(pool.chunks):
             worst["exp_frac"] = max(worst["exp_frac"], s.exp_mismatches / s.k)
             worst["sign_frac"] = max(worst["sign_frac"], s.sign_mismatches / s.k)
@@ -144,7 +146,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
         why = group_failure(group, thr)
         if why:
             problems.append(why)
-    stats_out = {"chunks": n_chunks, "failed_chunks": failed_chunks,
+    stats_out = {"chunks": n_chunks, "failed_chunks": failed_chunks, "claimed_non_finite": claimed_non_finite,
                  "values": group.compared, "group_exp_frac": round(group.exp_frac, 5),
                  "group_mant_mean": round(_finite(group.mant_mean), 4),
                  **{f"worst_{k}": round(_finite(v), 4) for k, v in worst.items()},
