@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +74,7 @@ class _Child:
     sock: socket.socket
     pid: int
     pidfd: int | None
+    gen: int = 0          # the warm generation it was forked in: it knows the scorers warmed before
     enforced: dict | None = None
     batches: int = 0
 
@@ -103,12 +105,13 @@ class Sandbox:
         self._slots = threading.BoundedSemaphore(limits.max_children)
         self._idle: list[_Child] = []
         self._warmed: set[str] = set()
+        self._gen = 0  # bumped by every warm: children forked before it lack that scorer
         self._zygote: subprocess.Popen | None = None
         self._ctl: socket.socket | None = None
-        self._workdir = ""
+        self._workdir = self._home = ""
         self._closed = False
         self._filler: threading.Thread | None = None
-        self._finalizer = weakref.finalize(self, _shutdown, self._idle, [None], [None])
+        self._finalizer = weakref.finalize(self, _shutdown, self._idle, [None], "")
 
     # -- public -----------------------------------------------------------------------------
     def start(self, warm: tuple[str, ...] = ()) -> Sandbox:
@@ -129,6 +132,7 @@ class Sandbox:
             if "error" in reply:
                 raise MessageError(f"cannot load the scorer of task kind {ref!r}: {reply['error']}")
             self._warmed.add(ref)
+            self._gen += 1
             stale, self._idle[:] = list(self._idle), []  # forked before the warm: without it
             self._need.notify_all()
         for c in stale:
@@ -215,6 +219,9 @@ class Sandbox:
         with self._lock:
             child = self._idle.pop() if self._idle else None
             self._need.notify_all()
+            if child is not None and child.gen != self._gen:
+                child.kill()
+                child = None
             if child is None:
                 child = self._fork()
         if child.enforced is None:
@@ -223,7 +230,7 @@ class Sandbox:
 
     def _release(self, child: _Child, keep: bool) -> None:
         with self._lock:
-            if keep and not self._closed:
+            if keep and not self._closed and child.gen == self._gen:
                 self._idle.append(child)
                 return
         child.kill()
@@ -252,7 +259,8 @@ class Sandbox:
                 if not data or not fds:
                     raise OSError("the zygote closed its socket")
                 info = json.loads(data)
-                return _Child(socket.socket(fileno=fds[0]), int(info["pid"]), fds[1] if len(fds) > 1 else None)
+                return _Child(socket.socket(fileno=fds[0]), int(info["pid"]), fds[1] if len(fds) > 1 else None,
+                              gen=self._gen)
             except (OSError, ValueError, KeyError) as exc:
                 self._stop_zygote()
                 if attempt:
@@ -298,24 +306,32 @@ class Sandbox:
             return
         self._stop_zygote()
         if not self._workdir:
-            self._workdir = tempfile.mkdtemp(prefix="swarmrl-sandbox-")
-            os.chmod(self._workdir, 0o555)
+            # the zygote's scratch (its imports may cache files in HOME: matplotlib does) and,
+            # inside it, the children's working folder, which stays empty and unwritable
+            self._home = tempfile.mkdtemp(prefix="swarmrl-sandbox-")
+            self._workdir = os.path.join(self._home, "cwd")
+            os.mkdir(self._workdir, 0o555)
         host, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         args = {"fd": there.fileno(), "path": [os.path.abspath(p) for p in sys.path], "limits": self.limits.__dict__,
                 "workdir": self._workdir, "warm": sorted(self._warmed)}
-        env = {**_ENV, "HOME": self._workdir}
+        env = {**_ENV, "HOME": self._home, "MPLCONFIGDIR": os.path.join(self._home, ".config")}
         self._zygote = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, json.dumps(args)], pass_fds=(there.fileno(),),
                                         env=env, cwd=self._workdir, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, close_fds=True)
         there.close()
         self._ctl = host
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _shutdown, self._idle, [self._zygote, self._ctl], [self._workdir])
+        self._finalizer = weakref.finalize(self, _shutdown, self._idle, [self._zygote, self._ctl], self._home)
         if self._filler is None or not self._filler.is_alive():
             self._filler = threading.Thread(target=_fill, args=(weakref.ref(self),), name="sandbox-fill", daemon=True)
             self._filler.start()
 
     def _stop_zygote(self) -> None:
+        """(Caller holds the lock.) Its children die with it: drop the idle ones now."""
+        stale, self._idle[:] = list(self._idle), []
+        self._gen += 1
+        for c in stale:
+            c.kill()
         if self._ctl is not None:
             self._ctl.close()
             self._ctl = None
@@ -348,8 +364,8 @@ def _parse(frame: object, i: int, reason_chars: int) -> tuple[float | None, str]
     return float(r), why[:reason_chars]
 
 
-def _shutdown(idle: list[_Child], zygote: list, workdir: list) -> None:
-    """Finalizer: kill idle children and the zygote, remove the empty working folder."""
+def _shutdown(idle: list[_Child], zygote: list, home: str) -> None:
+    """Finalizer: kill idle children and the zygote, remove the zygote's scratch folder."""
     for c in list(idle):
         c.kill()
     idle.clear()
@@ -359,8 +375,5 @@ def _shutdown(idle: list[_Child], zygote: list, workdir: list) -> None:
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
-    if workdir and workdir[0]:
-        try:
-            os.rmdir(workdir[0])
-        except OSError:
-            pass
+    if home:
+        shutil.rmtree(home, ignore_errors=True)

