@@ -29,13 +29,15 @@ from protocol.sandbox.limits import Limits
 _REQUEST_LIMIT = 256 * 2**20  # requests come from the host (trusted); this only bounds a broken one
 
 
-def run(sock: socket.socket, limits: Limits, *, workdir: str, zygote_pid: int, network: str) -> None:
+def run(sock: socket.socket, limits: Limits, *, workdir: str, zygote_pid: int, network: str,
+        read_paths: list[str]) -> None:
     """The child's whole life; never returns (os._exit)."""
     code = 0
     try:
         try:
             enforced = {"network": network,
-                        **confine(limits, keep_fd=sock.fileno(), workdir=workdir, zygote_pid=zygote_pid)}
+                        **confine(limits, keep_fd=sock.fileno(), workdir=workdir, zygote_pid=zygote_pid,
+                                 read_paths=read_paths)}
         except Exception as exc:  # noqa: BLE001  (reported to the host, which refuses the child)
             write_frame(sock, {"ready": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
             os._exit(3)

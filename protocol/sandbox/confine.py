@@ -80,8 +80,9 @@ def read_only_paths() -> list[str]:
     return kept
 
 
-def confine(limits: Limits, *, keep_fd: int, workdir: str, zygote_pid: int) -> dict:
-    """Confine this freshly forked child (see the module docstring); returns what holds."""
+def confine(limits: Limits, *, keep_fd: int, workdir: str, zygote_pid: int, read_paths: list[str]) -> dict:
+    """Confine this freshly forked child (see the module docstring); returns what holds.
+    `read_paths`: `read_only_paths()` as the zygote computed it before forking (once per warm)."""
     die_with_parent(zygote_pid)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -91,7 +92,6 @@ def confine(limits: Limits, *, keep_fd: int, workdir: str, zygote_pid: int) -> d
     os.chdir(workdir)
     os.environ.clear()
     enforced: dict = {"workdir": workdir}
-    read_paths = read_only_paths()
     vm = _vm_bytes()
     rl = {"CORE": (0, 0), "FSIZE": (0, 0), "NOFILE": (limits.nofile, limits.nofile), "NPROC": (0, 0),
           "CPU": (limits.cpu_s, limits.cpu_s + 1),

@@ -20,12 +20,13 @@ host may start it from a pool thread.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import sys
 
-from protocol.sandbox.confine import isolate_network
+from protocol.sandbox.confine import isolate_network, read_only_paths
 from protocol.sandbox.limits import Limits
 
 
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> None:
 
     for ref in args.get("warm", []):
         _warm(ref)
+    paths = _settle()
     while True:
         _reap()
         try:
@@ -52,9 +54,11 @@ def main(argv: list[str]) -> None:
         except ValueError:
             continue
         if "warm" in cmd:
-            ctl.send(json.dumps(_warm(str(cmd["warm"]))).encode())
+            reply = _warm(str(cmd["warm"]))
+            paths = _settle()
+            ctl.send(json.dumps(reply).encode())
         elif cmd.get("fork"):
-            _fork(ctl, limits, workdir, network)
+            _fork(ctl, limits, workdir, network, paths)
 
 
 def _warm(ref: str) -> dict:
@@ -68,7 +72,16 @@ def _warm(ref: str) -> dict:
     return {"ok": True}
 
 
-def _fork(ctl: socket.socket, limits: Limits, workdir: str, network: str) -> None:
+def _settle() -> list[str]:
+    """After imports: what children may read (computed once here, not in every child), and
+    the heap frozen so that children's garbage collection does not copy every page."""
+    paths = read_only_paths()
+    gc.collect()
+    gc.freeze()
+    return paths
+
+
+def _fork(ctl: socket.socket, limits: Limits, workdir: str, network: str, paths: list[str]) -> None:
     host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     me = os.getpid()
     pid = os.fork()
@@ -77,7 +90,7 @@ def _fork(ctl: socket.socket, limits: Limits, workdir: str, network: str) -> Non
 
         ctl.close()
         host_end.close()
-        run(child_end, limits, workdir=workdir, zygote_pid=me, network=network)  # never returns
+        run(child_end, limits, workdir=workdir, zygote_pid=me, network=network, read_paths=paths)  # never returns
     child_end.close()
     fds = [host_end.fileno()]
     pidfd = None
