@@ -85,7 +85,8 @@ def main() -> None:
     for r in rows:
         print(f"   {r['group']:5d}   {r['in_p50']:14.3f}   {r['box_p50']:11.3f}   {r['box_p90']:11.3f}"
               f"   {r['extra']:10.3f}   {r['cpu']:17.3f}")
-    print(f"   enforced: {', '.join(f'{k}={v if isinstance(v, str) else bool(v)}' for k, v in (enforced or {}).items())}")
+    held = (f"{k}={v if isinstance(v, str) else bool(v)}" for k, v in (enforced or {}).items())
+    print(f"   enforced: {', '.join(held)}")
 
 
 if __name__ == "__main__":

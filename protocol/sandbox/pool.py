@@ -111,7 +111,7 @@ class Sandbox:
         self._workdir = self._home = ""
         self._closed = False
         self._filler: threading.Thread | None = None
-        self._finalizer = weakref.finalize(self, _shutdown, self._idle, [None], "")
+        self._finalizer = weakref.finalize(self, _shutdown, os.getpid(), self._idle, [None], "")
 
     # -- public -----------------------------------------------------------------------------
     def start(self, warm: tuple[str, ...] = ()) -> Sandbox:
@@ -313,15 +313,16 @@ class Sandbox:
             os.mkdir(self._workdir, 0o555)
         host, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         args = {"fd": there.fileno(), "path": [os.path.abspath(p) for p in sys.path], "limits": self.limits.__dict__,
-                "workdir": self._workdir, "warm": sorted(self._warmed)}
+                "workdir": self._workdir, "home": self._home, "warm": sorted(self._warmed)}
         env = {**_ENV, "HOME": self._home, "MPLCONFIGDIR": os.path.join(self._home, ".config")}
-        self._zygote = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, json.dumps(args)], pass_fds=(there.fileno(),),
-                                        env=env, cwd=self._workdir, stdin=subprocess.DEVNULL,
+        self._zygote = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, json.dumps(args)],
+                                        pass_fds=(there.fileno(),), env=env, cwd=self._workdir, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, close_fds=True)
         there.close()
         self._ctl = host
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _shutdown, self._idle, [self._zygote, self._ctl], self._home)
+        self._finalizer = weakref.finalize(self, _shutdown, os.getpid(), self._idle, [self._zygote, self._ctl],
+                                           self._home)
         if self._filler is None or not self._filler.is_alive():
             self._filler = threading.Thread(target=_fill, args=(weakref.ref(self),), name="sandbox-fill", daemon=True)
             self._filler.start()
@@ -364,8 +365,11 @@ def _parse(frame: object, i: int, reason_chars: int) -> tuple[float | None, str]
     return float(r), why[:reason_chars]
 
 
-def _shutdown(idle: list[_Child], zygote: list, home: str) -> None:
-    """Finalizer: kill idle children and the zygote, remove the zygote's scratch folder."""
+def _shutdown(owner: int, idle: list[_Child], zygote: list, home: str) -> None:
+    """Finalizer: kill idle children and the zygote, remove the zygote's scratch folder; only in
+    the process that started them (a forked copy of the host that exits must not touch them)."""
+    if os.getpid() != owner:
+        return
     for c in list(idle):
         c.kill()
     idle.clear()

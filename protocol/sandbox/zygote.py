@@ -8,8 +8,9 @@ to warm, and answers datagrams on its control socket (SOCK_SEQPACKET), one JSON 
 
 | host sends | zygote answers |
 |---|---|
-| `{"warm": ref}` | `{"ok": true}` after importing the scorer and running it once on its own answer, or `{"error": ...}` |
-| `{"fork": true}` | `{"pid": n}` with two descriptors attached (SCM_RIGHTS): the host's end of a socket pair to the new child, and a pidfd of the child (Linux >= 5.3; else only the socket) |
+| `{"warm": ref}` | `{"ok": true}` once the scorer is imported and ran on harmless text, or `{"error": ...}` |
+| `{"fork": true}` | `{"pid": n}` with descriptors attached (SCM_RIGHTS): the host's end of a socket pair |
+| | to the new child, and a pidfd of the child (Linux >= 5.3; without it only the socket) |
 
 The child (`protocol.sandbox.child.run`) confines itself before it reads anything. The zygote
 never sees untrusted text; it reaps its children and exits when the control socket closes
@@ -23,6 +24,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import socket
 import sys
 
@@ -47,7 +49,8 @@ def main(argv: list[str]) -> None:
             data = ctl.recv(65536)
         except InterruptedError:
             continue
-        if not data:
+        if not data:  # the host closed the socket or died: its scratch folder goes with us
+            shutil.rmtree(args["home"], ignore_errors=True)
             return
         try:
             cmd = json.loads(data)

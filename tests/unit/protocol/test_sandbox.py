@@ -254,3 +254,16 @@ def test_reasoning_gym_sympy_scorers_run_in_the_sandbox(gym_sandbox, open_dir):
     r = gym_sandbox.score("reasoning_gym:polynomial_multiplication", [ScoreItem(payload, "x**2")])[0]
     assert r.reward == 0.0
     assert not target.exists()
+
+
+def test_score_runs_impure_scorers_in_the_shared_sandbox(open_dir):
+    """`protocol.tasks.score` (the trainer's evaluation, the demo's warm-start) never runs an
+    impure scorer in its own process."""
+    pytest.importorskip("reasoning_gym", reason="reasoning-gym is not installed (pip install -e '.[tasks]')")
+    from protocol.tasks import score
+
+    target = open_dir / "eval.pwned"
+    assert score("reasoning_gym:spiral_matrix", "1 2 3", PAYLOADS["file_write"](target)) == 0.0
+    assert score("reasoning_gym:spiral_matrix", "1 2 3", "(1,2,3)") == 0.1
+    assert score("arithmetic", "82", "82") == 1.0  # pure: in-process
+    assert not target.exists()
