@@ -311,8 +311,9 @@ class Sandbox:
             self._home = tempfile.mkdtemp(prefix="swarmrl-sandbox-")
             self._workdir = os.path.join(self._home, "cwd")
             os.mkdir(self._workdir, 0o555)
-        host, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        args = {"fd": there.fileno(), "path": [os.path.abspath(p) for p in sys.path], "limits": self.limits.__dict__,
+        kind = socket.SOCK_SEQPACKET if sys.platform == "linux" else socket.SOCK_DGRAM  # message boundaries
+        host, there = socket.socketpair(socket.AF_UNIX, kind)
+        args = {"fd": there.fileno(), "host_pid": os.getpid(), "path": [os.path.abspath(p) for p in sys.path], "limits": self.limits.__dict__,
                 "workdir": self._workdir, "home": self._home, "warm": sorted(self._warmed)}
         env = {**_ENV, "HOME": self._home, "MPLCONFIGDIR": os.path.join(self._home, ".config")}
         self._zygote = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, json.dumps(args)],

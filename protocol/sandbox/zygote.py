@@ -4,7 +4,8 @@ Started by `protocol.sandbox.pool.Sandbox` as a fresh interpreter (`python -I`, 
 forked: it holds no byte of the host's memory, so no key; its environment is a fixed minimal
 one, so no database URL or token; only the control socket is passed to it). It joins a new
 network namespace where allowed (`confine.isolate_network`), imports the scorers it is asked
-to warm, and answers datagrams on its control socket (SOCK_SEQPACKET), one JSON object each:
+to warm, and answers messages on its control socket (SOCK_SEQPACKET on Linux, SOCK_DGRAM
+elsewhere), one JSON object each:
 
 | host sends | zygote answers |
 |---|---|
@@ -14,9 +15,9 @@ to warm, and answers datagrams on its control socket (SOCK_SEQPACKET), one JSON 
 
 The child (`protocol.sandbox.child.run`) confines itself before it reads anything. The zygote
 never sees untrusted text; it reaps its children and exits when the control socket closes
-(the host closed it or died), which kills the children (their PR_SET_PDEATHSIG). It does not
-use PR_SET_PDEATHSIG itself: that fires when the host *thread* that started it ends, and a
-host may start it from a pool thread.
+or its parent is no longer the host (the host closed it or died), which kills the children
+(their PR_SET_PDEATHSIG). It does not use PR_SET_PDEATHSIG itself: that fires when the host
+*thread* that started it ends, and a host may start it from a pool thread.
 """
 
 from __future__ import annotations
@@ -43,12 +44,16 @@ def main(argv: list[str]) -> None:
     for ref in args.get("warm", []):
         _warm(ref)
     paths = _settle()
+    host = int(args["host_pid"])
+    ctl.settimeout(2.0)
     while True:
         _reap()
         try:
             data = ctl.recv(65536)
-        except InterruptedError:
-            continue
+        except (InterruptedError, TimeoutError):
+            if os.getppid() == host:
+                continue
+            data = b""  # the host is gone (a datagram socket shows no end of file)
         if not data:  # the host closed the socket or died: its scratch folder goes with us
             shutil.rmtree(args["home"], ignore_errors=True)
             return
