@@ -318,7 +318,8 @@ class Sandbox:
         env = {**_ENV, "HOME": self._home, "MPLCONFIGDIR": os.path.join(self._home, ".config")}
         self._zygote = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, json.dumps(args)],
                                         pass_fds=(there.fileno(),), env=env, cwd=self._workdir, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, close_fds=True)
+                                        stdout=subprocess.DEVNULL, close_fds=True,
+                                        start_new_session=True)  # a kill of the host's group: it still cleans up
         there.close()
         self._ctl = host
         self._finalizer.detach()
