@@ -2,12 +2,16 @@
 
 `TaskBook` turns a task index (from the persistent counter) into a task of the source's
 train split, encodes its prompt with the run's tokenizer (cached: prompts repeat once the
-split wraps around), and scores completions by decoding them and calling the task's scorer.
-It also knows the vocabulary size (token ids are checked against it) and the EOS token.
+split wraps around), and scores completions by decoding them and sending them, one
+submission per round trip, to the scorer sandbox (`protocol.sandbox`): worker text never
+reaches a scorer in this process, which holds the coordinator's key and the database. It
+also knows the vocabulary size (token ids are checked against it) and the EOS token.
 
 The tokenizer is the only model artefact the coordinator loads (no weights): from a local
-model folder or a hub id, once at start-up. Rewards are always computed here, never taken
-from a worker.
+model folder or a hub id, once at start-up, when the sandbox is also started and the task's
+scorer warmed (a scorer that cannot load is a start-up error). Rewards are always computed
+here, never taken from a worker; a completion whose scoring fails (timeout, crash, garbage)
+scores 0, and the sandbox logs why.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 
 from coordinator.errors import ConfigError
 from protocol.errors import ProtocolError
-from protocol.tasks import Task, TaskSource, get_source, score
+from protocol.sandbox import Sandbox, ScoreItem, shared
+from protocol.tasks import Task, TaskSource, get_source
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,10 @@ class PreparedTask:
 
 class TaskBook:
     def __init__(self, tokenizer: Any, source: TaskSource, vocab_size: int, eos_token_id: int,
-                 chat_template: bool = False, cache_size: int = 65_536, hidden_size: int | None = None):
+                 chat_template: bool = False, cache_size: int = 65_536, hidden_size: int | None = None,
+                 sandbox: Sandbox | None = None):
         self.tokenizer = tokenizer
+        self.sandbox = sandbox if sandbox is not None else shared()
         self.hidden_size = hidden_size
         self.source = source
         self.vocab_size = vocab_size
@@ -50,6 +57,7 @@ class TaskBook:
             tokenizer = load_tokenizer(model_ref)
             eos = eos_token_id(tokenizer)
             source = get_source(task_kind, seed=task_seed, options=task_options)
+            shared().start(warm=(task_kind,))
         except ProtocolError as exc:
             raise ConfigError(str(exc)) from exc
         except (OSError, ValueError) as exc:
@@ -93,7 +101,9 @@ class TaskBook:
         return [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
 
     def rewards(self, task: Task, completions: list[list[int]]) -> list[float]:
-        return [float(score(task.kind, task.answer, t)) for t in self.decode(completions)]
+        """One reward per completion, scored in the sandbox in one round trip."""
+        items = [ScoreItem(t, task.answer) for t in self.decode(completions)]
+        return [r.reward for r in self.sandbox.score(task.kind, items)]
 
 
 def _model_sizes(model_ref: str, tokenizer: Any) -> tuple[int, int | None]:

@@ -1,17 +1,38 @@
 #!/usr/bin/env bash
-# Create the operator's keys for deploy/compose.yaml and write deploy/.env with their public halves.
+# Create the operator's keys for deploy/compose.yaml and deploy/kubernetes/, one folder per role,
+# so that each container mounts only its own private key:
+#   keys/coordinator/coordinator.key   the coordinator's (signs leases)
+#   keys/trainer/operator.key          the operator's (signs policy versions; only the trainer holds it)
+#   keys/verifier/verifier.key         the verifier's (signs verdicts)
+#   keys/tls/tls.crt, tls.key          a self-signed certificate for the TLS proxies, for trying the
+#                                      deployment out; replace it with one for your host name
+# and write deploy/.env with the public halves (the coordinator and relays get only these).
 #   bash deploy/make-keys.sh            (needs `swarmrl` on PATH: make install && . .venv/bin/activate)
+#   SWARMRL_HOST=swarm.example.org bash deploy/make-keys.sh    (the certificate's name)
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p keys
-for k in operator verifier coordinator; do
-  [ -f "keys/$k.key" ] || swarmrl keys new "keys/$k.key" >/dev/null
-done
-hex() { swarmrl keys show "keys/$1.key" | awk '/public_key/ {print $2}'; }
+key() {  # role folder, key name; a key from the old flat layout (keys/<name>.key) is moved, not replaced
+  mkdir -p "keys/$1"
+  chmod 700 "keys/$1"
+  if [ ! -f "keys/$1/$2.key" ]; then
+    if [ -f "keys/$2.key" ]; then mv "keys/$2.key" "keys/$1/$2.key"; else swarmrl keys new "keys/$1/$2.key" >/dev/null; fi
+  fi
+}
+key coordinator coordinator
+key trainer operator
+key verifier verifier
+if [ ! -f keys/tls/tls.crt ]; then
+  mkdir -p keys/tls
+  host="${SWARMRL_HOST:-localhost}"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 90 -subj "/CN=$host" \
+    -addext "subjectAltName=DNS:$host" -keyout keys/tls/tls.key -out keys/tls/tls.crt 2>/dev/null
+  chmod 600 keys/tls/tls.key
+fi
+hex() { swarmrl keys show "keys/$1" | awk '/public_key/ {print $2}'; }
 {
-  echo "OPERATOR_KEY=$(hex operator)"
-  echo "VERIFIER_KEY=$(hex verifier)"
+  echo "OPERATOR_KEY=$(hex trainer/operator.key)"
+  echo "VERIFIER_KEY=$(hex verifier/verifier.key)"
   echo "POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 } > .env
 chmod 600 .env
-echo "keys in deploy/keys/, public keys and the database password in deploy/.env"
+echo "keys in deploy/keys/<role>/, a self-signed TLS certificate in deploy/keys/tls/, public keys and the database password in deploy/.env"

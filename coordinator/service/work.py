@@ -117,26 +117,19 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
     sub = opened.body
     worker_id = opened.signer_id
     now = ctx.clock()
+    n_tokens, rewards = _checked_and_scored(ctx, sub, worker_id, now)
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         worker = require_worker(conn, worker_id)
         row = leases.get(conn, sub.lease_id)
         if row is None:
             raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
-        facts = intake.LeaseFacts(lease_id=row.lease_id, worker_id=row.worker_id, status=row.status,
-                                  expires_at=row.expires_at, min_version=row.min_version,
-                                  max_version=row.max_version, n_seeds=row.n_seeds, max_tokens=row.max_tokens,
-                                  eos_token_id=row.eos_token_id)
-        intake.check_lease(facts, worker_id, now)
-        n_tokens = intake.check_completions(sub, facts, ctx.tasks.vocab_size, ctx.proof_check,
-                                            tuple(cfg.allowed_dtypes))
+        intake.check_lease(_lease_facts(row), worker_id, now)  # again: it may have closed meanwhile
         chash = intake.content_hash(sub.completions)
         other = submissions.content_exists(conn, row.task_id, chash)
         if other is not None:
             raise Conflict("duplicate_completion", f"these completions were already submitted for task "
                                                    f"{row.task_id} (submission {other})")
-        task = ctx.tasks.task(row.task_index)
-        rewards = ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
         rate = worker_check_rate(ctx, worker)
         sid = submission_id_for(row.lease_id)
         group = group_json(opened.canonical_body, len(sub.completions)) \
@@ -152,6 +145,31 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
             raise Conflict("duplicate_submission", f"lease {row.lease_id} was already submitted")
     ctx.metrics.submissions.inc()
     return SubmissionResponse(submission_id=sid, status="queued")
+
+
+def _lease_facts(row) -> intake.LeaseFacts:
+    return intake.LeaseFacts(lease_id=row.lease_id, worker_id=row.worker_id, status=row.status,
+                             expires_at=row.expires_at, min_version=row.min_version, max_version=row.max_version,
+                             n_seeds=row.n_seeds, max_tokens=row.max_tokens, eos_token_id=row.eos_token_id)
+
+
+def _checked_and_scored(ctx: Context, sub: Submission, worker_id: str, now: float) -> tuple[int, list[float]]:
+    """(token count, rewards) of a submission, before the write transaction: the rewards come
+    from the scorer sandbox, which may take up to its batch limit on hostile text, and that
+    must not hold the database's write lock. The cheap checks run first (read-only), so
+    nothing is scored for an unknown or banned worker, someone else's or a closed lease, or
+    completions that do not fit the lease; the write transaction checks the lease again."""
+    with ctx.db.read() as conn:
+        require_worker(conn, worker_id)
+        row = leases.get(conn, sub.lease_id)
+    if row is None:
+        raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
+    facts = _lease_facts(row)
+    intake.check_lease(facts, worker_id, now)
+    n_tokens = intake.check_completions(sub, facts, ctx.tasks.vocab_size, ctx.proof_check,
+                                        tuple(ctx.cfg.allowed_dtypes))
+    task = ctx.tasks.task(row.task_index)
+    return n_tokens, ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
 
 
 MAX_STATUS_IDS = 256

@@ -46,4 +46,4 @@ def score_exact(answer: str, completion_text: str) -> float:
     return 1.0 if completion_text.strip() == answer.strip() else 0.0
 
 
-register("arithmetic", ArithmeticTasks, score_exact)
+register("arithmetic", ArithmeticTasks, score_exact, pure=True)

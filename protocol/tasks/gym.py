@@ -1,11 +1,18 @@
-"""Tasks from reasoning-gym (the optional `tasks` extra): `reasoning_gym:<dataset>`."""
+"""Tasks from reasoning-gym (the optional `tasks` extra): `reasoning_gym:<dataset>`.
+
+Several reasoning-gym scorers `eval` or `sympy.parse_expr` the answer text (spiral_matrix,
+string_insertion, binary_matrix, n_queens, polynomial_multiplication, puzzle24, countdown,
+...), so every one of them is impure (`protocol.tasks.describe`): `gym_scorer` is only ever
+called inside `protocol.sandbox`, one batch per process. The scorer gets the completion text
+stripped, and the entry `{"answer": answer, "metadata": metadata}`.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 from protocol.errors import MessageError
-from protocol.tasks import Task
+from protocol.tasks import Scorer, Task
 
 
 def _rg():
@@ -38,9 +45,13 @@ class ReasoningGymTasks:
 
 
 @lru_cache(maxsize=32)
-def _scorer(dataset: str):
-    return _rg().get_score_answer_fn(dataset)
+def gym_scorer(dataset: str) -> Scorer:
+    try:
+        fn = _rg().get_score_answer_fn(dataset)
+    except (KeyError, ValueError) as exc:
+        raise MessageError(f"reasoning-gym has no dataset {dataset!r}: {exc}") from None
 
+    def scorer(completion: str, answer: str, metadata: dict) -> float:
+        return float(fn(completion.strip(), {"answer": answer, "metadata": metadata}))
 
-def score_gym(dataset: str, answer: str, completion_text: str) -> float:
-    return float(_scorer(dataset)(completion_text.strip(), {"answer": answer}))
+    return scorer

@@ -41,8 +41,11 @@ class ArchivedRun:
 
 def _verdict(swarm, sid: str, accepted: bool, failing: str | None = None):
     checks = [CheckResult(name="lease_and_data", passed=True, stats={"problems": 0}),
-              CheckResult(name="proof", passed=failing != "proof", stats={"group_exp_frac": 0.31 if failing else 0.0},
-                          detail="completion 0 chunk 0: 40/128 exponents differ" if failing else "")]
+              CheckResult(name="proof", passed=failing != "proof",
+                          stats={"group_exp_frac": 0.31} if failing else {"group_exp_frac": 0.0, "group_mant_mean": 0.0,
+                                                                          "prefill_dtype": "float32"},
+                          detail="completion 0 chunk 0: 40/128 exponents differ" if failing else ""),
+              CheckResult(name="sampling", passed=True, stats={"positions": 3, "not_argmax": 0})]
     v = Verdict(submission_id=sid, accepted=accepted, full_check=True, checks=checks,
                 reason="" if accepted else "proof: completion 0 chunk 0: 40/128 exponents differ")
     r = swarm.post("/v1/verdicts", KIND_VERDICT, v, swarm.verifier)

@@ -88,7 +88,7 @@ def test_show_decodes_prompt_and_completions(archived, audit_model):
     assert [c["text"] for c in view["completions"]] == [task.answer] * 4
     assert [c["reward"] for c in view["completions"]] == [1.0] * 4
     assert view["verdict"]["accepted"] is True and [c["name"] for c in view["verdict"]["checks"]] == [
-        "lease_and_data", "proof"]
+        "lease_and_data", "proof", "sampling"]
     rejected = show(a, archived.rejected, None)
     assert rejected["status"] == "rejected" and rejected["completions"][0]["text"] is None  # no tokenizer: ids only
     assert rejected["verdict"]["checks"][1] == {"name": "proof", "passed": False, "stats": {"group_exp_frac": 0.31},
