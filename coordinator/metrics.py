@@ -40,7 +40,9 @@ class Metrics:
         self.leases = Counter(f"{PREFIX}_leases_issued", "leases issued", registry=r)
         self.leases_returned = Counter(f"{PREFIX}_leases_returned", "leases that came back unfinished",
                                        ["why"], registry=r)
-        self.groups_served = Counter(f"{PREFIX}_groups_served", "groups handed to the trainer", registry=r)
+        self.groups_served = Counter(f"{PREFIX}_groups_served", "groups handed to the trainer (again after a lost "
+                                     "acknowledgement)", registry=r)
+        self.groups_acked = Counter(f"{PREFIX}_groups_acked", "groups the trainer acknowledged (consumed)", registry=r)
         self.dropped_stale = Counter(f"{PREFIX}_groups_dropped_stale", "accepted groups that fell out of the async window",
                                      registry=r)
         self.bans = Counter(f"{PREFIX}_bans", "workers banned", registry=r)

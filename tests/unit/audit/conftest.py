@@ -15,7 +15,7 @@ import pytest
 from coordinator.archive import Archiver
 from coordinator.checkpoints import write_run_description
 from protocol.lm import load_tokenizer
-from protocol.messages import KIND_VERDICT, CheckResult, Verdict
+from protocol.messages import KIND_VERDICT, CheckResult
 from swarmrl.modelkit import init_tiny_model
 from tests.unit.coordinator.coord_harness import start_swarm
 
@@ -43,8 +43,8 @@ def _verdict(swarm, sid: str, accepted: bool, failing: str | None = None):
     checks = [CheckResult(name="lease_and_data", passed=True, stats={"problems": 0}),
               CheckResult(name="proof", passed=failing != "proof", stats={"group_exp_frac": 0.31 if failing else 0.0},
                           detail="completion 0 chunk 0: 40/128 exponents differ" if failing else "")]
-    v = Verdict(submission_id=sid, accepted=accepted, full_check=True, checks=checks,
-                reason="" if accepted else "proof: completion 0 chunk 0: 40/128 exponents differ")
+    v = swarm.verdict_body(sid, accepted, checks=checks,
+                           reason="" if accepted else "proof: completion 0 chunk 0: 40/128 exponents differ")
     r = swarm.post("/v1/verdicts", KIND_VERDICT, v, swarm.verifier)
     assert r.status_code == 200, r.text
 

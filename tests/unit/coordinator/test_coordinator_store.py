@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from coordinator.archive import Archiver
 from coordinator.store.db import Database
 from coordinator.store.schema import metadata
-from protocol.envelope import Envelope, open_envelope
+from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, open_envelope
 from protocol.messages import KIND_SUBMISSION, KIND_VERDICT, Submission, Verdict
 
 
@@ -70,14 +70,16 @@ def test_archive_holds_submissions_and_verdicts_by_version_readable_with_duckdb(
     assert list(subs.rewards[0]) == json.loads(swarm.snapshot_submission(s0)["rewards"])
     # the signed envelopes are there as received: an auditor can re-check the signatures
     env = Envelope.model_validate_json(subs.submission_envelope[1])
-    body = open_envelope(env, KIND_SUBMISSION, Submission, max_skew_s=None).body
+    body = open_envelope(env, KIND_SUBMISSION, Submission, max_skew_s=None, run_id=swarm.cfg.run_id,
+                         audience=AUDIENCE_COORDINATOR).body
     assert body.lease_id == l1.lease_id and env.signer == w.public.hex
     assert json.loads(subs.lease_envelope[1])["body"]["lease_id"] == l1.lease_id
 
     verdicts = pd.read_parquet(sorted((root / "verdicts").rglob("*.parquet")))
     assert sorted(zip(verdicts.submission_id, verdicts.status)) == sorted([(s0, "accepted"), (s1, "rejected")])
     rej = verdicts[verdicts.status == "rejected"].iloc[0]
-    v = open_envelope(Envelope.model_validate_json(rej.verdict_envelope), KIND_VERDICT, Verdict, max_skew_s=None)
+    v = open_envelope(Envelope.model_validate_json(rej.verdict_envelope), KIND_VERDICT, Verdict, max_skew_s=None,
+                      run_id=swarm.cfg.run_id, audience=AUDIENCE_COORDINATOR)
     assert v.signer.hex == swarm.verifier.public.hex and rej.reason == "proof check failed"
     assert not list(root.rglob(".*.tmp"))
 
@@ -128,6 +130,7 @@ def test_finished_archived_envelopes_leave_the_database_after_the_retention(swar
     swarm.verdict(a[1], True)
     swarm.verdict(b[0], False)          # the cheater is banned; b[1] is dropped unjudged
     assert [g["submission_id"] for g in swarm.batch(max_groups=1).json()["groups"]] == [a[0]]
+    assert swarm.ack([a[0]]).json() == {"acknowledged": 1}  # the trainer holds it: consumed
     Archiver(swarm.ctx.db, tmp_path / "archive").flush()
 
     def kept():
