@@ -21,7 +21,8 @@ Read them with DuckDB: `SELECT * FROM read_parquet('archive/submissions/*/*.parq
 pandas: `pd.read_parquet(list_of_files)`.
 
 The database is the source of truth and marks what was archived: a sweep reads unarchived
-rows, writes each file atomically (temporary name, fsync, rename), then marks the rows. A
+rows, writes each file atomically (temporary name, fsync, rename, fsync of the folder), then
+marks the rows. A
 crash between the two writes the same rows again in the next file: delivery is at least
 once, and `submission_id` is unique, so readers dedupe on it (`SELECT DISTINCT ON` or
 `drop_duplicates`).
@@ -42,6 +43,7 @@ import pyarrow.parquet as pq
 from coordinator.metrics import Metrics
 from coordinator.store import submissions
 from coordinator.store.db import Database
+from shardcast.layout import fsync_dir
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -142,7 +144,11 @@ class Archiver:
         return len(rows)
 
     def _write(self, table: str, version: int, name: str, data: pa.Table) -> Path:
+        """Write one Parquet file durably: its bytes, then the rename (and a folder made for it)
+        are fsynced before the caller marks its rows archived, so a power loss cannot leave rows
+        marked archived whose file is gone."""
         folder = self.root / table / f"v{version:06d}"
+        made = [p for p in (self.root, folder.parent, folder) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / name
         tmp = folder / f".{name}.tmp"
@@ -150,6 +156,9 @@ class Archiver:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        fsync_dir(folder)
+        for p in reversed(made):  # a new folder's own entry lives in its parent
+            fsync_dir(p.parent)
         return final
 
     def _count(self, table: str, n: int) -> None:

@@ -77,7 +77,9 @@ class CheckpointArchiveConfig(BaseModel):
     enabled: bool = Field(True, description="fetch the versions retention keeps through the relays (needs `archive` and `relays`)")
     keep_last: int = Field(16, ge=0, description="keep the newest N versions (0 = keep every version: any archived rollout can be re-verified, at one checkpoint of disk per version)")
     keep_every: int = Field(10, ge=0, description="also keep every k-th version for spot audits of long runs (0 = off)")
-    keep_rejected: bool = Field(True, description="also keep every version a rejected submission claims (the evidence behind each ban)")
+    keep_rejected: bool = Field(True, description="also keep the versions rejected submissions claim (the evidence behind each ban), within the two budgets below")
+    rejected_max_versions: int = Field(16, ge=0, description="at most this many versions are kept only because rejected submissions claim them; the oldest are evicted first (one garbage submission per version would otherwise pin every checkpoint)")
+    rejected_max_bytes: int = Field(20 * 1024**3, ge=0, description="at most this many bytes (the manifests' sizes) of versions kept only because rejected submissions claim them; the oldest are evicted first")
     poll_interval_s: float = Field(2.0, gt=0, description="how often newly announced versions are looked for")
 
 

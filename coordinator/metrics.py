@@ -47,6 +47,9 @@ class Metrics:
                                      registry=r)
         self.bans = Counter(f"{PREFIX}_bans", "workers banned", registry=r)
         self.archived = Counter(f"{PREFIX}_archived_rows", "rows written to the Parquet archive", ["table"], registry=r)
+        self.archive_over_budget = Counter(f"{PREFIX}_archive_evidence_over_budget",
+                                           "versions claimed by rejected submissions that the checkpoint archive "
+                                           "does not keep (over checkpoints.rejected_max_versions/_bytes)", registry=r)
 
     def attach_state(self, read_state: Callable[[], dict]) -> None:
         self.registry.register(StateCollector(read_state))

@@ -1,6 +1,7 @@
 """The store: migrations match the schema, state survives reopening, the archive is readable."""
 
 import json
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -82,6 +83,38 @@ def test_archive_holds_submissions_and_verdicts_by_version_readable_with_duckdb(
                       run_id=swarm.cfg.run_id, audience=AUDIENCE_COORDINATOR)
     assert v.signer.hex == swarm.verifier.public.hex and rej.reason == "proof check failed"
     assert not list(root.rglob(".*.tmp"))
+
+
+def test_archive_files_are_durable_before_their_rows_are_marked_archived(swarm, tmp_path, monkeypatch):
+    """Each Parquet rename is followed by an fsync of its folder (and of the parents of folders
+    made for it), all before the rows are marked archived: a power loss cannot leave rows marked
+    archived whose file's directory entry was never written."""
+    import coordinator.archive as archive_mod
+    from coordinator.store import submissions
+
+    events: list[tuple[str, object]] = []
+    real_fsync, real_mark = archive_mod.fsync_dir, submissions.mark_archived
+
+    def fsync_dir(path):
+        events.append(("fsync", (Path(path), sorted(q.name for q in Path(path).iterdir()))))
+        real_fsync(path)
+
+    def mark_archived(conn, ids, column):
+        events.append(("mark", column))
+        real_mark(conn, ids, column)
+
+    monkeypatch.setattr(archive_mod, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(submissions, "mark_archived", mark_archived)
+    swarm.publish(0)
+    w = swarm.new_worker()
+    (lease,) = swarm.lease(w)
+    swarm.submit(w, lease)
+    root = tmp_path / "archive"
+    assert Archiver(swarm.ctx.db, root).flush()["submissions"] == 1
+    (part,) = (root / "submissions" / "v000000").glob("*.parquet")
+    synced = [e[1] for e in events[:events.index(("mark", "archived"))] if e[0] == "fsync"]
+    assert (part.parent, [part.name]) in synced                       # the rename itself
+    assert {d for d, _ in synced} >= {part.parent, root / "submissions", root, root.parent}  # the new folders
 
 
 def test_migration_0002_moves_envelopes_out_of_submissions(tmp_path):
