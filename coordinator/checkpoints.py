@@ -196,16 +196,17 @@ class CheckpointKeeper:
 
     def _evidence(self, rejected: set[int], kept: set[int]) -> set[int]:
         """The rejected-claimed versions within the budget; warns (once per version) about the rest."""
-        evidence, over = rejected_within_budget(rejected, kept, self._sizes, max_versions=self.cfg.rejected_max_versions,
-                                                max_bytes=self.cfg.rejected_max_bytes)
+        cfg = self.cfg
+        evidence, over = rejected_within_budget(rejected, kept, self._sizes, max_versions=cfg.rejected_max_versions,
+                                                max_bytes=cfg.rejected_max_bytes)
         new = sorted(set(over) - self._over_budget)
         self._over_budget = set(over)
         if new:
             self.ctx.metrics.archive_over_budget.inc(len(new))
             log.warning("checkpoint archive: %d versions claimed only by rejected submissions exceed the evidence "
-                        "budget (%d versions, %d bytes); not keeping the oldest: %s (raise "
-                        "checkpoints.rejected_max_versions / rejected_max_bytes to keep more)", len(over) + len(evidence),
-                        self.cfg.rejected_max_versions, self.cfg.rejected_max_bytes, _short(new))
+                        "budget (%d versions, %d bytes); not keeping the oldest: %s (raise checkpoints."
+                        "rejected_max_versions / rejected_max_bytes to keep more)", len(over) + len(evidence),
+                        cfg.rejected_max_versions, cfg.rejected_max_bytes, _short(new))
         return evidence
 
     def step(self) -> dict[str, list[int]]:
@@ -307,7 +308,8 @@ class CheckpointKeeper:
 
 
 def _short(versions: list[int]) -> str:
-    return ", ".join(map(str, versions[:10])) + (f" and {len(versions) - 10} more" if len(versions) > 10 else "")
+    more = f" and {len(versions) - 10} more" if len(versions) > 10 else ""
+    return ", ".join(map(str, versions[:10])) + more
 
 
 def start_checkpoint_archive(ctx: Context) -> CheckpointKeeper | None:

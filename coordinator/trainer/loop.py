@@ -14,8 +14,9 @@ version (idempotent at the origin and at the coordinator), acknowledges and trai
 groups left in the inbox first. Exactly once: the coordinator hands a group out until it is
 acknowledged (at least once), and `trained` (the ids the complete versions on disk trained,
 see `CheckpointStore.trained`) keeps a group handed out twice, or left in the inbox by a crash
-right after its version was saved, from being trained twice. In a torchrun world, rank 0 runs this loop and drives the other ranks
-through `distributed.Team` (they only join steps and checkpoint gathers).
+right after its version was saved, from being trained twice. In a torchrun world, rank 0 runs
+this loop and drives the other ranks through `distributed.Team` (they only join steps and
+checkpoint gathers).
 """
 
 from __future__ import annotations
@@ -185,9 +186,10 @@ class TrainerLoop:
         self.step += 1
         new_version = self.version + 1
         trained = {g.submission_id: g.policy_version for g, _ in batch}
+        state = {"step": self.step, "filter": vars(self.counts) | {"dropped_ids": []},
+                 "trained": [[sid, v] for sid, v in trained.items()]}
         with self.clock.phase("saving"):
-            self.save_fn(new_version, self.step, {"step": self.step, "filter": vars(self.counts) | {"dropped_ids": []},
-                                                  "trained": [[sid, v] for sid, v in trained.items()]})
+            self.save_fn(new_version, self.step, state)
         self.trained.update(trained)  # durable with the version just saved
         self.version = new_version
         self.history.remember(self.version, self.store.get(self.version).model_dir)

@@ -29,6 +29,11 @@ def manifest_env(tmp_path_factory):
     return sign_manifest(build_manifest(d, run_id=RUN, version=4, step=40, shard_size=2048), OP)
 
 
+def sealed(kind, body, key, now=NOW):
+    """Signed for this run's swarm topic."""
+    return seal(kind, body, key, now=now, run_id=RUN, audience=AUDIENCE_SWARM)
+
+
 def gate(**kw) -> Gate:
     return Gate(RUN, OP.public, COORD.public, **kw)
 
@@ -79,28 +84,28 @@ def test_embedded_manifest_must_match_the_announced_version_and_hash(manifest_en
     other_version = version_announcement(manifest_env, RUN, 5, 40, OP, now=NOW)
     assert rejected(gate(), encode(other_version)) == "bad-manifest"
     body = VersionAnnouncement(run_id=RUN, version=4, step=40, manifest_sha256="0" * 64, manifest=manifest_env)
-    assert rejected(gate(), encode(seal(KIND_VERSION, body, OP, now=NOW, run_id=RUN, audience=AUDIENCE_SWARM))) == "bad-manifest"
+    assert rejected(gate(), encode(sealed(KIND_VERSION, body, OP, now=NOW))) == "bad-manifest"
 
 
 def test_hash_only_version_announcement_is_admitted(manifest_env):
     body = VersionAnnouncement(run_id=RUN, version=4, step=40, manifest_sha256=manifest_digest(manifest_env))
-    ann = gate().admit(encode(seal(KIND_VERSION, body, OP, now=NOW, run_id=RUN, audience=AUDIENCE_SWARM)), NOW)
+    ann = gate().admit(encode(sealed(KIND_VERSION, body, OP, now=NOW)), NOW)
     assert ann.body.manifest is None
 
 
 def test_notices_only_from_the_coordinator():
     notice = Notice(run_id=RUN, text="maintenance at noon")
-    assert gate().admit(encode(seal(KIND_NOTICE, notice, COORD, now=NOW, run_id=RUN, audience=AUDIENCE_SWARM)), NOW).body.text == "maintenance at noon"
-    assert rejected(gate(), encode(seal(KIND_NOTICE, notice, OP, now=NOW, run_id=RUN, audience=AUDIENCE_SWARM))) == "bad-signer"
+    assert gate().admit(encode(sealed(KIND_NOTICE, notice, COORD, now=NOW)), NOW).body.text == "maintenance at noon"
+    assert rejected(gate(), encode(sealed(KIND_NOTICE, notice, OP, now=NOW))) == "bad-signer"
     no_coordinator_known = Gate(RUN, OP.public, None)
-    assert rejected(no_coordinator_known, encode(seal(KIND_NOTICE, notice, COORD, now=NOW, run_id=RUN, audience=AUDIENCE_SWARM))) == "bad-signer"
+    assert rejected(no_coordinator_known, encode(sealed(KIND_NOTICE, notice, COORD, now=NOW))) == "bad-signer"
 
 
 def test_relay_and_have_adverts_from_any_key_are_admitted():
     g = gate()
     assert g.admit(encode(relay()), NOW).body.url == "http://r1:8800"
     have = HaveAdvert(run_id=RUN, versions=[1, 2], addrs=["/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWx"])
-    assert g.admit(encode(seal(KIND_HAVE, have, KeyPair.generate(), now=NOW, run_id=RUN, audience=AUDIENCE_SWARM)), NOW).body.versions == [1, 2]
+    assert g.admit(encode(sealed(KIND_HAVE, have, KeyPair.generate(), now=NOW)), NOW).body.versions == [1, 2]
 
 
 def test_stale_and_future_announcements_are_rejected():
@@ -124,7 +129,7 @@ def test_untrusted_adverts_are_rate_limited_per_signer_and_refill():
     # another signer has its own budget
     g.admit(encode(relay(key=KeyPair.generate())), NOW)
     # two seconds later one token is back
-    later = seal(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://r1:8800"), ANYONE, now=NOW + 2, run_id=RUN, audience=AUDIENCE_SWARM)
+    later = sealed(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://r1:8800"), ANYONE, now=NOW + 2)
     g.admit(encode(later), NOW + 2)
 
 
@@ -147,8 +152,8 @@ def test_malformed_messages_are_rejected(data, reason):
 def test_unknown_kind_and_invalid_body_are_rejected():
     from protocol.messages import KIND_HEARTBEAT, Heartbeat
 
-    assert rejected(gate(), encode(seal(KIND_HEARTBEAT, Heartbeat(), ANYONE, now=NOW, run_id=RUN, audience=AUDIENCE_SWARM))) == "unknown-kind"
-    bad_url = seal(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://ok"), ANYONE, now=NOW, run_id=RUN, audience=AUDIENCE_SWARM)
+    assert rejected(gate(), encode(sealed(KIND_HEARTBEAT, Heartbeat(), ANYONE, now=NOW))) == "unknown-kind"
+    bad_url = sealed(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://ok"), ANYONE, now=NOW)
     bad_url = bad_url.model_copy(update={"body": {**bad_url.body, "url": "file:///etc/passwd"}})
     # re-sign so only the schema can object
     from protocol.envelope import envelope_signing_bytes
