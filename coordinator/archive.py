@@ -11,7 +11,8 @@ policy_version, n_tokens (int64), received_at (float64, unix s), full_check (boo
 advantages (list<float64>: the coordinator's, one per completion), submission_envelope (the
 worker's signed Submission envelope, JSON, exactly as received), lease_envelope (the
 coordinator-signed Lease envelope, JSON). An auditor re-checks both signatures with
-`protocol.envelope.open_envelope(..., max_skew_s=None)` and re-runs the verifier on them.
+`protocol.envelope.open_envelope(..., max_skew_s=None, run_id=..., audience=...)` (each envelope
+names the run and the role it was signed for) and re-runs the verifier on them.
 
 `verdicts` columns: submission_id, worker_id (string), policy_version (int64), status
 ('accepted' | 'rejected'), reason (string), full_check (bool), decided_at (float64),

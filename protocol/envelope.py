@@ -98,8 +98,11 @@ def envelope_digest(env: Envelope, canonical_body: bytes | None = None) -> str:
     """Hex SHA-256 naming one signed envelope: of its signing bytes and its signature, so
     whitespace or key order of a JSON copy does not change it. `canonical_body`: the body's
     canonical bytes when the caller has them already (`Opened.canonical_body`)."""
-    data = env.signing_bytes() if canonical_body is None else env.signing_bytes_with(canonical_body)
-    return hashlib.sha256(data + b"\n" + env.signature.encode("ascii")).hexdigest()
+    try:
+        data = env.signing_bytes() if canonical_body is None else env.signing_bytes_with(canonical_body)
+    except MessageError:  # no canonical form (a NaN in the body): nothing signed has this digest
+        data = b"uncanonical\n" + env.model_dump_json().encode()
+    return hashlib.sha256(data + b"\n" + env.signature.encode("utf-8")).hexdigest()
 
 
 def seal(kind: str, body: BaseModel, key: KeyPair, *, run_id: str, audience: str,

@@ -188,3 +188,13 @@ def test_replay_guard_refuses_a_nonce_twice_and_forgets_after_window():
         guard.check_and_remember("s", "n1", 0, now=101.0)
     guard.check_and_remember("other", "n1", 0, now=101.0)
     guard.check_and_remember("s", "n1", 0, now=200.0)
+
+
+def test_envelope_digest_of_an_envelope_without_a_canonical_form_is_defined_and_matches_nothing():
+    from protocol.envelope import envelope_digest
+
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=2), key, **SCOPE)
+    odd = Envelope.model_validate_json(env.model_dump_json().replace('"max_tasks":2', '"max_tasks":NaN'))
+    assert odd.body["max_tasks"] != odd.body["max_tasks"]  # NaN got through JSON parsing
+    assert len(envelope_digest(odd)) == 64 and envelope_digest(odd) != envelope_digest(env)
