@@ -200,3 +200,31 @@ def test_a_spammer_rejected_once_per_version_cannot_pin_more_than_the_budget(coo
     assert s.metric("swarmrl_coordinator_archive_evidence_over_budget_total") == versions - 5
     warned = [r.getMessage() for r in caplog.records if "exceed the evidence budget" in r.getMessage()]
     assert warned and "not keeping the oldest" in warned[0]
+
+
+def test_the_evidence_spammer_fixture_meets_the_budget(tmp_path, audit_model):
+    """tests/hostile/evidence.EvidenceSpammer against a real coordinator: a fresh identity per
+    version, each queued at intake and rejected by the verifier (the test), and still the
+    archive keeps no more than the budget of evidence."""
+    import time
+
+    from tests.hostile.evidence import EvidenceSpammer
+
+    s = start_swarm(tmp_path / "c", audit_model, async_window=1, join={"identities_per_address": 0},
+                    checkpoints={"keep_last": 1, "keep_every": 0, "rejected_max_versions": 2})
+    s.clock.t = time.time()  # the spammer signs with the real clock
+    root = tmp_path / "archive"
+    keeper = CheckpointKeeper(s.ctx, root, client=FolderClient(tmp_path / "cache"))
+    try:
+        with EvidenceSpammer(s.server.url, hidden_size=32, poll_s=0.05) as spam:
+            for v in range(6):
+                assert s.publish(v).status_code == 200
+                assert spam.wait_for(v + 1, timeout_s=30), spam.errors
+                for job in s.claim():
+                    assert s.verdict(job.submission_id, False, reason="proof: garbage").status_code == 200
+                keeper.step()
+        assert [status for _, _, status in spam.spammed] == [200] * 6
+        assert len({peer for _, peer, _ in spam.spammed}) == 6           # a throw-away identity each
+        assert archived_versions(root) == [2, 3, 4, 5]                   # newest and window (4, 5), + 2 of evidence
+    finally:
+        s.close()

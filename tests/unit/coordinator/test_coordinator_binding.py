@@ -15,6 +15,7 @@ from protocol.messages import (
     ClaimRequest,
     Heartbeat,
 )
+from tests.hostile.evidence import replay
 
 
 def _accepted_group(s) -> str:
@@ -36,9 +37,9 @@ def test_a_captured_batch_request_replayed_against_another_run_with_the_same_key
     _accepted_group(run_b)
     captured = run_a.seal(KIND_BATCH_REQUEST, BatchRequest(max_groups=8, min_policy_version=0), run_a.operator)
     before = run_b.snapshot()
-    r = run_b.send("/v1/trainer/batch", captured)
-    assert r.status_code == 422, r.text
-    assert "signed for run 'run-a', but this coordinator serves run 'run-b'" in r.json()["detail"]
+    status, detail = replay(captured, run_b.server.url, "/v1/trainer/batch")  # tests/hostile/evidence.py
+    assert status == 422, detail
+    assert "signed for run 'run-a', but this coordinator serves run 'run-b'" in detail
     assert run_b.snapshot() == before
     assert run_b.metric("swarmrl_coordinator_rejections_total", reason="wrong_scope") == 1
     # signed for run B, the same request is served
