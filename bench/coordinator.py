@@ -47,25 +47,27 @@ PUBLISH_EVERY_S = 10.0
 # -- fast, exact envelope building for the simulated clients ---------------------------------
 class Signer:
     """Builds signed envelopes as JSON text without re-encoding the large, constant part of a
-    submission: the canonical bytes are assembled from pre-encoded pieces and checked once
-    against protocol.envelope, so the bench measures the server, not client-side JSON."""
+    submission: the signed bytes come from protocol.envelope (`Envelope.signing_bytes_with`) over
+    pre-encoded pieces, so the bench measures the server, not client-side JSON."""
 
-    def __init__(self, key):
+    def __init__(self, key, run_id: str):
         self.key = key
         self.hex = key.public.hex
+        self.run_id = run_id
 
     def envelope(self, kind: str, canonical_body: str) -> str:
         import time as _t
 
-        from protocol.envelope import ENVELOPE_DOMAIN
+        from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
 
         nonce = os.urandom(16).hex()
         ts = float(_t.time())
-        signing = ('{"body":' + canonical_body + ',"kind":"' + kind + '","nonce":"' + nonce + '","signer":"'
-                   + self.hex + '","timestamp":' + repr(ts) + "}")
-        sig = self.key.sign(ENVELOPE_DOMAIN + signing.encode())
-        return ('{"kind":"' + kind + '","body":' + canonical_body + ',"signer":"' + self.hex + '","timestamp":'
-                + repr(ts) + ',"nonce":"' + nonce + '","signature":"' + sig + '"}')
+        head = Envelope.model_construct(kind=kind, run_id=self.run_id, audience=AUDIENCE_COORDINATOR, body={},
+                                        signer=self.hex, timestamp=ts, nonce=nonce, signature="")
+        sig = self.key.sign(head.signing_bytes_with(canonical_body.encode()))
+        return ('{"kind":"' + kind + '","run_id":"' + self.run_id + '","audience":"' + AUDIENCE_COORDINATOR
+                + '","body":' + canonical_body + ',"signer":"' + self.hex + '","timestamp":' + repr(ts)
+                + ',"nonce":"' + nonce + '","signature":"' + sig + '"}')
 
     def model(self, kind: str, body) -> str:
         from protocol.canonical import canonical_bytes
@@ -100,13 +102,19 @@ def submission_body(comps: str, engine: str, lease_id: str, version: int) -> str
 
 
 def check_pieces(comps: str, engine: str) -> None:
-    """The hand-assembled canonical body must equal protocol.canonical's, byte for byte."""
+    """The hand-assembled canonical body must equal protocol.canonical's, byte for byte, and a
+    hand-assembled envelope around it must open with protocol.envelope."""
     from protocol.canonical import canonical_bytes
     from protocol.messages import Submission
 
     body = submission_body(comps, engine, "l-0", 3)
     sub = Submission.model_validate(json.loads(body))
     assert canonical_bytes(sub.model_dump(mode="json")).decode() == body, "bench payload is not canonical"
+    from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, open_envelope
+    from protocol.identity import KeyPair
+
+    env = Envelope.model_validate_json(Signer(KeyPair.generate(), "r").envelope("submission", body))
+    open_envelope(env, "submission", Submission, run_id="r", audience=AUDIENCE_COORDINATOR)  # signature checks out
 
 
 # -- latency bookkeeping ---------------------------------------------------------------------
@@ -226,7 +234,7 @@ async def _workers(url, first, count, args, t_measure, t_end, out) -> None:
             rec.add(name, t0, status < 400)
             return status, data
 
-        signer = Signer(KeyPair.from_seed((i + 1).to_bytes(32, "big")))
+        signer = Signer(KeyPair.from_seed((i + 1).to_bytes(32, "big")), args["run_id"])
         reg = Registration(hardware=HardwareReport(cpu_count=8, ram_bytes=1 << 34), client_version="bench")
         await call("register", "POST", "/v1/workers/register", signer.model("registration", reg))
         await asyncio.sleep((i % count) / max(1, count) * max(interval, 0.05))  # spread the starts
@@ -269,12 +277,13 @@ async def _workers(url, first, count, args, t_measure, t_end, out) -> None:
 async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, run_id: str, t_measure: float,
                                t_end: float, n_verifiers: int) -> tuple[Recorder, dict]:
     from protocol.manifest import build_manifest, sign_manifest
-    from protocol.messages import BatchRequest, ClaimRequest, Verdict
+    from protocol.envelope import Envelope, envelope_digest
+    from protocol.messages import BatchAck, BatchRequest, ClaimRequest, Verdict
 
     rec = Recorder(t_measure)
     counts = {"verdicts": 0, "groups": 0, "versions": 1}
-    vs = Signer(verifier)
-    ts = Signer(operator)
+    vs = Signer(verifier, run_id)
+    ts = Signer(operator, run_id)
     host, port = _host_port(url)
 
     async def verify_loop() -> None:
@@ -283,7 +292,9 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
 
         async def post_verdicts(conn: Conn, jobs: list[dict]) -> None:
             for job in jobs:
-                v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=[])
+                v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=[],
+                            submission_sha256=envelope_digest(Envelope.model_validate(job["submission"])),
+                            lease_sha256=envelope_digest(Envelope.model_validate(job["lease"])))
                 t0 = time.perf_counter()
                 status, _ = await conn.request("POST", "/v1/verdicts", vs.model("verdict", v).encode())
                 if rec.add("verdict", t0, status == 200) and status == 200:
@@ -309,8 +320,14 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
             t0 = time.perf_counter()
             req = BatchRequest(max_groups=256, min_policy_version=0, wait_s=1.0)
             status, data = await conn.request("POST", "/v1/trainer/batch", ts.model("batch_request", req).encode())
+            ids = [g["submission_id"] for g in json.loads(data)["groups"]] if status == 200 else []
             if rec.add("batch", t0, status == 200) and status == 200:
-                counts["groups"] += len(json.loads(data)["groups"])
+                counts["groups"] += len(ids)
+            if ids:  # a trainer acknowledges what it spooled, or the groups are handed out again
+                t0 = time.perf_counter()
+                status, _ = await conn.request("POST", "/v1/trainer/ack",
+                                               ts.model("batch_ack", BatchAck(submission_ids=ids)).encode())
+                rec.add("ack", t0, status == 200)
             if time.time() >= next_publish:
                 version += 1
                 next_publish += PUBLISH_EVERY_S
@@ -414,12 +431,13 @@ def run_one(db: str, args, tmp: Path) -> dict:
             http.post("/v1/policy", content=sign_manifest(m, operator).model_dump_json()).raise_for_status()
         comps, engine = payload_pieces(args.group_size, args.tokens, args.hidden, info["vocab_size"], 1)
         check_pieces(comps, engine)
-        body_kb = len(Signer(verifier).envelope("submission", submission_body(comps, engine, "l-" + "0" * 24, 0))) / 1024
+        body_kb = len(Signer(verifier, cfg.run_id).envelope("submission", submission_body(comps, engine, "l-" + "0" * 24,
+                                                                                        0))) / 1024
         t_start = time.time() + 2.0
         t_measure = t_start + args.warmup
         t_end = t_measure + args.duration
         wargs = dict(comps=comps, engine=engine, workers=args.workers, rate=args.rate, saturate=args.saturate,
-                     tasks_per_lease=args.tasks_per_lease)
+                     tasks_per_lease=args.tasks_per_lease, run_id=cfg.run_id)
         q: mp.Queue = mp.get_context("spawn").Queue()
         per = -(-args.workers // args.client_procs)
         procs = []
@@ -526,7 +544,7 @@ def report(res: dict, args) -> None:
               f"endpoints' work included (one core sustains ~{1000 / per:.0f} submissions/s at this cost); "
               f"load generator CPU: {res['client_cpu_s']:.1f} s")
     print(f"   {'endpoint':<10} {'ok':>8} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for name in ("submit", "lease", "heartbeat", "policy", "register", "claim", "verdict", "batch", "publish"):
+    for name in ("submit", "lease", "heartbeat", "policy", "register", "claim", "verdict", "batch", "ack", "publish"):
         xs = rec.samples.get(name, [])
         if not xs:
             continue

@@ -205,7 +205,7 @@ def honest_section(worlds: dict[str, H.World], target: int, out: dict) -> None:
 
 # -- 4. cost ------------------------------------------------------------------------------------
 def cost_section(root: Path, out: dict, reps: int) -> None:
-    from protocol.envelope import seal
+    from protocol.envelope import AUDIENCE_WORKER, seal
     from protocol.messages import KIND_LEASE
     from protocol.proof import from_b64
 
@@ -217,7 +217,7 @@ def cost_section(root: Path, out: dict, reps: int) -> None:
             engine = H.engine_for(w.versions[1], 1, dtype=dt, threads=VERIFY_THREADS)
             lease, _ = w.lease(key)
             lease = lease.model_copy(update={"eos_token_id": 10**9})  # exactly 128 tokens each
-            env = seal(KIND_LEASE, lease, w.coordinator)
+            env = seal(KIND_LEASE, lease, w.coordinator, run_id=lease.run_id, audience=AUDIENCE_WORKER)
             t_gen, t_gen_cpu, t_ver, t_ver_cpu = [], [], [], []
             for _ in range(reps):
                 c0, t0 = time.process_time(), time.perf_counter()

@@ -3,7 +3,7 @@
 Every POST takes a signed `Envelope` (kinds and paths from `protocol.routes` and
 `protocol.messages`). A route reads the body under the size limit, applies the per-address
 limit, verifies the envelope (auth.py), applies the per-identity limit, and calls one service
-function; a `CoordinatorError` becomes `{"detail": ...}` with its status (429 with
+function; a `CoordinatorError` becomes `{"detail": ..., "reason": ...}` with its status (429 with
 Retry-After) and is counted by reason. Handlers are `async` and run the short, CPU-bound
 service calls inline on the event loop: one thread owns the database connection at a time,
 and the only waiting (the trainer's long-poll) is an `await`. Responses are serialised once
@@ -33,8 +33,9 @@ from coordinator.dashboard import mount_dashboard
 from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge
 from coordinator.service import join, training, upkeep, verification, work
 from protocol import routes
-from protocol.envelope import Envelope
+from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
 from protocol.messages import (
+    KIND_BATCH_ACK,
     KIND_BATCH_REQUEST,
     KIND_CLAIM,
     KIND_HEARTBEAT,
@@ -43,6 +44,8 @@ from protocol.messages import (
     KIND_REGISTRATION,
     KIND_SUBMISSION,
     KIND_VERDICT,
+    BatchAck,
+    BatchAckResponse,
     BatchRequest,
     BatchResponse,
     ClaimRequest,
@@ -130,7 +133,7 @@ class Api:
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.999)))
         log.debug("%s refused (%s): %s", route, exc.reason, exc.detail)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+        return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=exc.status, headers=headers)
 
     def done(self, route: str, t0: float, status: int) -> None:
         m = self.ctx.metrics
@@ -141,7 +144,8 @@ class Api:
              role: str) -> Any:
         """Verify one envelope (kind, signer, signature, freshness, body) and charge its signer's limit."""
         opened = open_signed(env, kind, body_type, now=self.ctx.clock(), max_skew_s=self.ctx.cfg.max_clock_skew_s,
-                             allowed_signers=signers, role=role)
+                             run_id=self.ctx.cfg.run_id, audience=AUDIENCE_COORDINATOR, allowed_signers=signers,
+                             role=role)
         self.limit_identity(env.signer)
         return opened
 
@@ -330,6 +334,13 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """`batch_request` signed by the operator key; long-polls up to wait_s."""
         return await api.signed(request, "batch", KIND_BATCH_REQUEST, BatchRequest, api.long_poll_batch,
                                 signers=operator, role="the operator key")
+
+    @app.post(routes.TRAINER_ACK, tags=["training"], openapi_extra=_ENVELOPE_BODY,
+              responses={200: {"model": BatchAckResponse}})
+    async def batch_ack(request: Request) -> Response:
+        """`batch_ack` signed by the operator key: groups the trainer holds durably are consumed."""
+        return await api.signed(request, "batch_ack", KIND_BATCH_ACK, BatchAck,
+                                lambda o, raw, addr: training.ack(ctx, o), signers=operator, role="the operator key")
 
     @app.get(routes.POLICY, tags=["training"], responses={200: {"model": PolicyInfo}})
     async def get_policy(request: Request) -> Response:

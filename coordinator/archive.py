@@ -11,7 +11,8 @@ policy_version, n_tokens (int64), received_at (float64, unix s), full_check (boo
 advantages (list<float64>: the coordinator's, one per completion), submission_envelope (the
 worker's signed Submission envelope, JSON, exactly as received), lease_envelope (the
 coordinator-signed Lease envelope, JSON). An auditor re-checks both signatures with
-`protocol.envelope.open_envelope(..., max_skew_s=None)` and re-runs the verifier on them.
+`protocol.envelope.open_envelope(..., max_skew_s=None, run_id=..., audience=...)` (each envelope
+names the run and the role it was signed for) and re-runs the verifier on them.
 
 `verdicts` columns: submission_id, worker_id (string), policy_version (int64), status
 ('accepted' | 'rejected'), reason (string), full_check (bool), decided_at (float64),
@@ -21,7 +22,8 @@ Read them with DuckDB: `SELECT * FROM read_parquet('archive/submissions/*/*.parq
 pandas: `pd.read_parquet(list_of_files)`.
 
 The database is the source of truth and marks what was archived: a sweep reads unarchived
-rows, writes each file atomically (temporary name, fsync, rename), then marks the rows. A
+rows, writes each file atomically (temporary name, fsync, rename, fsync of the folder), then
+marks the rows. A
 crash between the two writes the same rows again in the next file: delivery is at least
 once, and `submission_id` is unique, so readers dedupe on it (`SELECT DISTINCT ON` or
 `drop_duplicates`).
@@ -42,6 +44,7 @@ import pyarrow.parquet as pq
 from coordinator.metrics import Metrics
 from coordinator.store import submissions
 from coordinator.store.db import Database
+from shardcast.layout import fsync_dir
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -142,7 +145,11 @@ class Archiver:
         return len(rows)
 
     def _write(self, table: str, version: int, name: str, data: pa.Table) -> Path:
+        """Write one Parquet file durably: its bytes, then the rename (and a folder made for it)
+        are fsynced before the caller marks its rows archived, so a power loss cannot leave rows
+        marked archived whose file is gone."""
         folder = self.root / table / f"v{version:06d}"
+        made = [p for p in (self.root, folder.parent, folder) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / name
         tmp = folder / f".{name}.tmp"
@@ -150,6 +157,9 @@ class Archiver:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        fsync_dir(folder)
+        for p in reversed(made):  # a new folder's own entry lives in its parent
+            fsync_dir(p.parent)
         return final
 
     def _count(self, table: str, n: int) -> None:

@@ -2,8 +2,9 @@
 
 Order (the cheapest refusals first, and nothing is written before all of them pass):
 body size (413) -> JSON and envelope shape (400/422) -> the kind and signer rules
-(403 when the key may not send this kind) -> signature (401) -> clock skew (400) -> the body
-against its schema (422). Replay protection (the nonce) is checked by the service inside the
+(403 when the key may not send this kind) -> the run and audience the envelope is signed
+for (422 `wrong_scope`: another run, or a message for another role) -> signature (401) ->
+clock skew (400) -> the body against its schema (422). Replay protection (the nonce) is checked by the service inside the
 same transaction as the state change, so a refused request leaves no nonce behind and an
 accepted one can never be replayed, even across a restart.
 
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from coordinator.errors import BadRequest, Forbidden, Invalid, Unauthorized
 from protocol.envelope import Envelope, Opened, open_envelope
-from protocol.errors import MessageError, SignatureError, StaleMessageError
+from protocol.errors import MessageError, ScopeError, SignatureError, StaleMessageError
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -49,15 +50,19 @@ def parse_body(raw: bytes, model: type[B], what: str, expected: str) -> B:
 
 
 def open_signed(env: Envelope, kind: str, body_type: type[B], *, now: float | None, max_skew_s: float | None,
-                allowed_signers: set[str] | frozenset[str] | None = None, role: str = "") -> Opened[B]:
-    """Verify `env` as a `kind` message; `allowed_signers` (hex keys) restricts who may send it."""
+                run_id: str, audience: str, allowed_signers: set[str] | frozenset[str] | None = None,
+                role: str = "") -> Opened[B]:
+    """Verify `env` as a `kind` message of run `run_id` addressed to `audience`;
+    `allowed_signers` (hex keys) restricts who may send it."""
     if env.kind != kind:
         raise Invalid("wrong_kind", f"expected a {kind!r} envelope, got {env.kind!r}")
     if allowed_signers is not None and env.signer not in allowed_signers:
         who = role or "an authorised key"
         raise Forbidden("unauthorised_key", f"{kind} must be signed by {who}; key {env.signer[:16]}… is not one")
     try:
-        return open_envelope(env, kind, body_type, now=now, max_skew_s=max_skew_s)
+        return open_envelope(env, kind, body_type, now=now, max_skew_s=max_skew_s, run_id=run_id, audience=audience)
+    except ScopeError as exc:
+        raise Invalid("wrong_scope", str(exc)) from None
     except SignatureError as exc:
         raise Unauthorized("bad_signature", str(exc)) from None
     except StaleMessageError as exc:

@@ -17,11 +17,16 @@ trainer with an operator-signed manifest), fetches each version it must keep thr
 checked against it, written atomically), moves the finished folder to `checkpoints/vNNNNNN/`,
 and deletes archived versions no rule keeps any more.
 
-Retention (`CheckpointArchiveConfig`; `retained` is the pure rule): the newest `keep_last`
-versions (0 = all), every `keep_every`-th version, every version a rejected submission claims
-(`keep_rejected`: the evidence behind each ban), and always the versions that may still be
-claimed or judged (inside the async window, or with submissions still queued) — so a verdict
-that arrives late still finds its checkpoint.
+Retention (`CheckpointArchiveConfig`; `retained` and `rejected_within_budget` are the pure
+rules): the newest `keep_last` versions (0 = all), every `keep_every`-th version, and always
+the versions that may still be claimed or judged (inside the async window, or with submissions
+still queued) — so a verdict that arrives late still finds its checkpoint; and, with
+`keep_rejected`, the versions rejected submissions claim (the evidence behind each ban), but
+only within a budget: at most `rejected_max_versions` versions and `rejected_max_bytes` bytes
+(the manifests' sizes) beyond what the other rules keep, the oldest evicted first. Without it,
+one garbage submission per version from throw-away identities pinned every checkpoint forever
+(200 of 200 versions kept instead of 35). When the budget bites, a warning names the versions
+left out and `swarmrl_coordinator_archive_evidence_over_budget_total` counts them.
 
 Runs in a daemon thread of the coordinator process (started and stopped by the dashboard
 router's lifespan, in the process that runs background work); it only
@@ -54,6 +59,7 @@ from coordinator.rules.buffer import window_floor
 from coordinator.store import policy
 from coordinator.store.schema import policy_versions, submissions
 from protocol.errors import ProtocolError
+from shardcast.layout import fsync_dir, write_atomic
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -78,6 +84,20 @@ def archived_versions(root: Path) -> list[int]:
     return sorted(out)
 
 
+def rejected_within_budget(rejected: set[int], kept: set[int], sizes: dict[int, int], *, max_versions: int,
+                           max_bytes: int) -> tuple[set[int], list[int]]:
+    """(versions kept as evidence of rejections, versions left out, oldest first) (pure).
+
+    Versions other rules keep anyway cost nothing; of the others, the oldest are left out until
+    at most `max_versions` remain and their sizes (`sizes`, bytes; unknown = 0) add up to at most
+    `max_bytes`."""
+    extra = sorted(set(rejected) - set(kept))
+    out: list[int] = []
+    while extra and (len(extra) > max_versions or sum(sizes.get(v, 0) for v in extra) > max_bytes):
+        out.append(extra.pop(0))
+    return set(extra), out
+
+
 def retained(versions: list[int], *, keep_last: int, keep_every: int, pinned: set[int]) -> set[int]:
     """The versions among `versions` that retention keeps (pure)."""
     vs = sorted(set(versions))
@@ -100,13 +120,7 @@ def write_run_description(ctx: Context, root: Path) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / RUN_FILE
-    tmp = root / f".{RUN_FILE}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
@@ -142,28 +156,64 @@ class CheckpointKeeper:
                                      run_id=ctx.cfg.run_id, keep_versions=None)
         self.client = client
         self.unavailable: set[int] = set()
+        self._sizes: dict[int, int] = {}          # version -> bytes (manifest total_bytes)
+        self._over_budget: set[int] = set()       # rejected-claimed versions the budget leaves out
         self.last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- one pass -------------------------------------------------------------------------
-    def _state(self) -> tuple[list[int], set[int]]:
-        """(announced versions, versions pinned by the rules that depend on live state)."""
+    def _state(self) -> tuple[list[int], set[int], set[int]]:
+        """(announced versions, versions pinned by the rules that depend on live state, versions
+        that rejected submissions claim when `keep_rejected`)."""
         c = submissions.c
+
+        def claimed(status: str) -> set[int]:
+            return {int(v) for v in conn.execute(
+                select(c.policy_version).where(c.status == status).distinct()).scalars()}
+
         with self.ctx.db.read() as conn:
             announced = [int(v) for v in conn.execute(select(policy_versions.c.version)).scalars()]
             current = policy.current(conn)
-            statuses = ["queued", "rejected"] if self.cfg.keep_rejected else ["queued"]
-            pinned = {int(v) for v in conn.execute(
-                select(c.policy_version).where(c.status.in_(statuses)).distinct()).scalars()}
+            pinned = claimed("queued")
+            rejected = claimed("rejected") if self.cfg.keep_rejected else set()
+            self._learn_sizes(conn, (rejected & set(announced)) - set(self._sizes))
         floor = window_floor(current, self.ctx.cfg.async_window)
         pinned |= {v for v in announced if v >= floor}
-        return announced, pinned
+        return announced, pinned, rejected & set(announced)
+
+    def _learn_sizes(self, conn, versions: set[int]) -> None:
+        """Bytes of each version, from its signed manifest (read once per version)."""
+        if not versions:
+            return
+        rows = conn.execute(select(policy_versions.c.version, policy_versions.c.manifest)
+                            .where(policy_versions.c.version.in_(sorted(versions))))
+        for v, manifest in rows:
+            try:
+                self._sizes[int(v)] = int(json.loads(manifest)["body"]["total_bytes"])
+            except (ValueError, KeyError, TypeError):
+                self._sizes[int(v)] = 0
+
+    def _evidence(self, rejected: set[int], kept: set[int]) -> set[int]:
+        """The rejected-claimed versions within the budget; warns (once per version) about the rest."""
+        cfg = self.cfg
+        evidence, over = rejected_within_budget(rejected, kept, self._sizes, max_versions=cfg.rejected_max_versions,
+                                                max_bytes=cfg.rejected_max_bytes)
+        new = sorted(set(over) - self._over_budget)
+        self._over_budget = set(over)
+        if new:
+            self.ctx.metrics.archive_over_budget.inc(len(new))
+            log.warning("checkpoint archive: %d versions claimed only by rejected submissions exceed the evidence "
+                        "budget (%d versions, %d bytes); not keeping the oldest: %s (raise checkpoints."
+                        "rejected_max_versions / rejected_max_bytes to keep more)", len(over) + len(evidence),
+                        cfg.rejected_max_versions, cfg.rejected_max_bytes, _short(new))
+        return evidence
 
     def step(self) -> dict[str, list[int]]:
         """Fetch what must be kept and is missing, prune what no rule keeps; returns both."""
-        announced, pinned = self._state()
+        announced, pinned, rejected = self._state()
         want = retained(announced, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every, pinned=pinned)
+        want |= self._evidence(rejected, want)
         have = set(archived_versions(self.root))
         for v in set(self._misses) - want:  # no rule wants it any more: forget its misses
             del self._misses[v]
@@ -215,7 +265,7 @@ class CheckpointKeeper:
             return "exists"
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         log.info("checkpoint archive: version %d kept at %s (%.1f s)", version, dst, time.monotonic() - t0)
         return "fetched"
 
@@ -257,12 +307,9 @@ class CheckpointKeeper:
             self.ctx.new_version.clear()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _short(versions: list[int]) -> str:
+    more = f" and {len(versions) - 10} more" if len(versions) > 10 else ""
+    return ", ".join(map(str, versions[:10])) + more
 
 
 def start_checkpoint_archive(ctx: Context) -> CheckpointKeeper | None:

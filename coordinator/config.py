@@ -122,7 +122,9 @@ class CheckpointArchiveConfig(BaseModel):
     enabled: bool = Field(True, description="fetch the versions retention keeps through the relays (needs `archive` and `relays`)")
     keep_last: int = Field(16, ge=0, description="keep the newest N versions (0 = keep every version: any archived rollout can be re-verified, at one checkpoint of disk per version)")
     keep_every: int = Field(10, ge=0, description="also keep every k-th version for spot audits of long runs (0 = off)")
-    keep_rejected: bool = Field(True, description="also keep every version a rejected submission claims (the evidence behind each ban)")
+    keep_rejected: bool = Field(True, description="also keep the versions rejected submissions claim (the evidence behind each ban), within the two budgets below")
+    rejected_max_versions: int = Field(16, ge=0, description="at most this many versions are kept only because rejected submissions claim them; the oldest are evicted first (one garbage submission per version would otherwise pin every checkpoint)")
+    rejected_max_bytes: int = Field(20 * 1024**3, ge=0, description="at most this many bytes (the manifests' sizes) of versions kept only because rejected submissions claim them; the oldest are evicted first")
     poll_interval_s: float = Field(2.0, gt=0, description="how often newly announced versions are looked for")
 
 
@@ -166,6 +168,7 @@ class CoordinatorConfig(BaseModel):
     chat_template: bool = Field(False, description="encode prompts with the tokenizer's chat template (one user turn)")
     sqlite_synchronous: str = Field("NORMAL", description="SQLite synchronous mode: NORMAL survives a killed process, FULL also power loss")
     verification_claim_ttl_s: float = Field(120.0, gt=0, description="a claimed submission without a verdict after this long is handed to another verifier")
+    batch_ack_timeout_s: float = Field(60.0, gt=0, description="a group handed to the trainer and not acknowledged (spooled) within this long is handed out again; the trainer never trains a group twice")
     housekeeping_interval_s: float = Field(1.0, gt=0, description="how often expired leases and silent workers are swept")
     archive_interval_s: float = Field(5.0, gt=0, description="how often new submissions and verdicts are written to Parquet")
     log_level: str = Field("info", description="python logging level of the service")

@@ -13,7 +13,7 @@ and a one-line `detail` that tells the sender what to change.
     ├── Invalid           422  well-formed but wrong: schema, token ids, lengths, proofs, versions
     └── RateLimited       429  too many requests (carries Retry-After)
 
-Routes translate these into `{"detail": ...}` responses; a request that raises one changes
+Routes translate these into `{"detail": ..., "reason": ...}` responses; a request that raises one changes
 no state (the store rolls the transaction back).
 """
 

@@ -40,11 +40,16 @@ class Metrics:
         self.leases = Counter(f"{PREFIX}_leases_issued", "leases issued", registry=r)
         self.leases_returned = Counter(f"{PREFIX}_leases_returned", "leases that came back unfinished",
                                        ["why"], registry=r)
-        self.groups_served = Counter(f"{PREFIX}_groups_served", "groups handed to the trainer", registry=r)
+        self.groups_served = Counter(f"{PREFIX}_groups_served", "groups handed to the trainer (again after a lost "
+                                     "acknowledgement)", registry=r)
+        self.groups_acked = Counter(f"{PREFIX}_groups_acked", "groups the trainer acknowledged (consumed)", registry=r)
         self.dropped_stale = Counter(f"{PREFIX}_groups_dropped_stale", "accepted groups that fell out of the async window",
                                      registry=r)
         self.bans = Counter(f"{PREFIX}_bans", "workers banned", registry=r)
         self.archived = Counter(f"{PREFIX}_archived_rows", "rows written to the Parquet archive", ["table"], registry=r)
+        self.archive_over_budget = Counter(f"{PREFIX}_archive_evidence_over_budget",
+                                           "versions claimed by rejected submissions that the checkpoint archive "
+                                           "does not keep (over checkpoints.rejected_max_versions/_bytes)", registry=r)
 
     def attach_state(self, read_state: Callable[[], dict]) -> None:
         self.registry.register(StateCollector(read_state))

@@ -6,7 +6,8 @@
 #   keys/verifier/verifier.key         the verifier's (signs verdicts)
 #   keys/tls/tls.crt, tls.key          a self-signed certificate for the TLS proxies, for trying the
 #                                      deployment out; replace it with one for your host name
-# and write deploy/.env with the public halves (the coordinator and relays get only these).
+# write deploy/.env with the public halves (the coordinator and relays get only these), and print
+# the [pins] block for the run's workers.
 #   bash deploy/make-keys.sh            (needs `swarmrl` on PATH: make install && . .venv/bin/activate)
 #   SWARMRL_HOST=swarm.example.org bash deploy/make-keys.sh    (the certificate's name)
 set -euo pipefail
@@ -32,7 +33,16 @@ hex() { swarmrl keys show "keys/$1" | awk '/public_key/ {print $2}'; }
 {
   echo "OPERATOR_KEY=$(hex trainer/operator.key)"
   echo "VERIFIER_KEY=$(hex verifier/verifier.key)"
+  echo "COORDINATOR_KEY=$(hex coordinator/coordinator.key)"
   echo "POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 } > .env
 chmod 600 .env
 echo "keys in deploy/keys/<role>/, a self-signed TLS certificate in deploy/keys/tls/, public keys and the database password in deploy/.env"
+# The pins every worker (and any independent verifier or relay) should carry: publish this block
+# where contributors get the coordinator's URL, over a channel they trust.
+echo
+echo "# the run's keys: paste into worker.toml (and the other roles' configs)"
+echo "[pins]"
+echo "operator = \"$(hex trainer/operator.key)\""
+echo "coordinator = \"$(hex coordinator/coordinator.key)\""
+echo "verifiers = [\"$(hex verifier/verifier.key)\"]"

@@ -7,6 +7,11 @@ are an error, so a typo in a config file is caught at start-up.
 
 Written here rather than taken from pydantic-settings because swarmrl needs one rule for
 all roles (TOML path chosen at run time, `--set` overrides, dotted keys) in a few lines.
+
+`KeyPins` is the one config section every role shares (the `pins` field of the worker,
+verifier, relay and trainer configs): the operator, coordinator and verifier keys the
+operator published out of band. A role that would otherwise take those keys from the network
+(GET /v1/run over plain HTTP, a relay, a peer) refuses to start when a pinned key differs.
 """
 
 from __future__ import annotations
@@ -15,13 +20,77 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from protocol.errors import MessageError
+from protocol.errors import MessageError, PinError
+
+if TYPE_CHECKING:
+    from protocol.messages import RunInfo
 
 C = TypeVar("C", bound=BaseModel)
+
+
+_HEX_KEY = r"^([0-9a-f]{64})?$"
+
+
+class KeyPins(BaseModel):
+    """Public keys this role trusts ahead of the network (hex Ed25519; empty = not pinned).
+
+    Without pins a role believes the keys the coordinator serves at GET /v1/run, which travel
+    over plain HTTP in most deployments: whoever sits on that path could hand a worker its own
+    "coordinator" and "operator" and feed it forged leases and weights. With pins, a served key
+    that differs is refused at start (`check`). `deploy/make-keys.sh` prints the lines to paste."""
+
+    model_config = ConfigDict(extra="forbid")
+    operator: str = Field("", pattern=_HEX_KEY, description="hex public key of the operator (signs policy "
+                                                            "manifests and batch requests); empty = not pinned")
+    coordinator: str = Field("", pattern=_HEX_KEY, description="hex public key of the coordinator (signs "
+                                                               "leases); empty = not pinned")
+    verifiers: list[str] = Field(default_factory=list, description="hex public keys of the run's verifiers; "
+                                 "every verifier key the coordinator serves must be one of them (empty = not pinned)")
+
+    @field_validator("operator", "coordinator", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("verifiers")
+    @classmethod
+    def _hex_list(cls, v: list[str]) -> list[str]:
+        out = [k.strip().lower() for k in v]
+        bad = [k for k in out if len(k) != 64 or any(ch not in "0123456789abcdef" for ch in k)]
+        if bad:
+            raise ValueError(f"verifier pin {bad[0]!r} is not a hex Ed25519 public key (64 hex digits)")
+        return out
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.operator or self.coordinator or self.verifiers)
+
+    def check(self, *, source: str, operator: str | None = None, coordinator: str | None = None,
+              verifiers: list[str] | None = None) -> None:
+        """Raise PinError naming every key from `source` that differs from its pin (a key the
+        source does not serve is passed as None and not checked)."""
+        wrong = []
+        if self.operator and operator is not None and operator.lower() != self.operator:
+            wrong.append(f"operator key {operator[:16]}… (pinned: {self.operator[:16]}…)")
+        if self.coordinator and coordinator is not None and coordinator.lower() != self.coordinator:
+            wrong.append(f"coordinator key {coordinator[:16]}… (pinned: {self.coordinator[:16]}…)")
+        if self.verifiers and verifiers is not None:
+            extra = [k for k in verifiers if k.lower() not in self.verifiers]
+            if extra:
+                wrong.append(f"verifier key {extra[0][:16]}… (not among the {len(self.verifiers)} pinned)")
+        if wrong:
+            raise PinError(f"{source} names " + "; ".join(wrong) + ": refusing to start. If the operator "
+                           "rotated keys, update `pins` in this config from a source you trust; otherwise "
+                           "something between you and the run is not the run")
+
+    def check_run(self, info: "RunInfo", source: str) -> None:
+        """`check` the three kinds of key a RunInfo (GET /v1/run) serves."""
+        self.check(source=source, operator=info.operator_key, coordinator=info.coordinator_key,
+                   verifiers=list(info.verifier_keys))
 
 
 def _parse_scalar(text: str) -> Any:

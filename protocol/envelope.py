@@ -1,19 +1,29 @@
 """Signed envelopes: how every state-changing message travels.
 
 An `Envelope` wraps a message body (a dict validated into a pydantic model by the receiver)
-with its kind, the signer's public key, a timestamp and a random nonce, and an Ed25519
-signature over the canonical bytes of all of those. The kind is signed, so a body signed as
-one kind of message cannot be replayed as another.
+with its kind, the run it belongs to, the role it is addressed to (its audience), the
+signer's public key, a timestamp and a random nonce, and an Ed25519 signature over the
+canonical bytes of all of those (signing domain `swarmrl-envelope/2`). Kind, run and
+audience are signed, so a body signed as one kind of message cannot be replayed as another,
+a message of one run cannot be replayed against another run that reuses the keys, and a
+message signed for one role (say a verifier) cannot be played to another (the coordinator).
 
-Receivers call `open_envelope`, which checks in order: the kind, the signer (when the
-receiver requires a particular key or one of a set), the signature, the timestamp skew,
-and finally the body against its schema. Replay protection (a nonce seen twice) needs
-state and is the receiver's job: `ReplayGuard` is the in-memory version; the coordinator
-keeps nonces in its database.
+Receivers call `open_envelope`, which checks in order: the kind, the run and the audience
+(each refusal names the expected and the received value), the signer (when the receiver
+requires a particular key or one of a set), the signature, the timestamp skew, and finally
+the body against its schema. `run_id=None` / `audience=None` skip a scope check; only
+callers that check the run against the body instead (signed manifests, whose body names
+their run) or that re-verify archived records pass None. Replay protection (a nonce seen
+twice) needs state and is the receiver's job: `ReplayGuard` is the in-memory version; the
+coordinator keeps nonces in its database.
+
+`envelope_digest` names one signed envelope by SHA-256: a verdict carries the digests of the
+submission and lease it judged, and the coordinator compares them with what it stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -24,11 +34,20 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.canonical import canonical_bytes
-from protocol.errors import MessageError, SignatureError, StaleMessageError
+from protocol.errors import MessageError, ScopeError, SignatureError, StaleMessageError
 from protocol.identity import KeyPair, PublicKey
 
-ENVELOPE_DOMAIN = b"swarmrl-envelope/1\n"
+ENVELOPE_DOMAIN = b"swarmrl-envelope/2\n"
 DEFAULT_MAX_SKEW_S = 120.0
+
+# The roles a message can be addressed to (the envelope's `audience`).
+AUDIENCE_COORDINATOR = "coordinator"   # registration, heartbeat, leases asked/released, submission,
+                                       # claim, verdict, batch request and ack, eval report
+AUDIENCE_WORKER = "worker"             # lease (the verifier and auditors re-open it as such)
+AUDIENCE_VERIFIER = "verifier"         # reserved: nothing is sent to a verifier yet
+AUDIENCE_SWARM = "swarm"               # broadcast: policy manifests, gossip on the run's topic
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -40,6 +59,9 @@ class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: str = Field(min_length=1, max_length=64, description="message type, e.g. 'submission'")
+    run_id: str = Field(pattern=RUN_ID_PATTERN, description="the run this message belongs to (signed)")
+    audience: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+                          description="the role it is addressed to: coordinator, worker, verifier or swarm (signed)")
     body: dict[str, Any] = Field(description="the message itself, as JSON")
     signer: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex Ed25519 public key of the signer")
     timestamp: float = Field(description="signer's clock, unix seconds")
@@ -47,35 +69,53 @@ class Envelope(BaseModel):
     signature: str = Field(max_length=100, description="base64 Ed25519 signature")
 
     def signing_bytes(self) -> bytes:
-        return envelope_signing_bytes(self.kind, self.body, self.signer, self.timestamp, self.nonce)
+        return envelope_signing_bytes(self.kind, self.body, self.signer, self.timestamp, self.nonce,
+                                      run_id=self.run_id, audience=self.audience)
 
     def signing_bytes_with(self, canonical_body: bytes) -> bytes:
         """The same bytes from the body's canonical JSON, already encoded: canonical JSON sorts
-        keys and "body" sorts first, so the encoding splits exactly at the body."""
-        rest = canonical_bytes({"kind": self.kind, "nonce": self.nonce, "signer": self.signer,
-                                "timestamp": self.timestamp})
-        return ENVELOPE_DOMAIN + b'{"body":' + canonical_body + b"," + rest[1:]
+        keys, and "audience" < "body" < every other key, so the encoding splits exactly around
+        the body (a test checks this against `signing_bytes`)."""
+        head = canonical_bytes({"audience": self.audience})
+        rest = canonical_bytes({"kind": self.kind, "nonce": self.nonce, "run_id": self.run_id,
+                                "signer": self.signer, "timestamp": self.timestamp})
+        return ENVELOPE_DOMAIN + head[:-1] + b',"body":' + canonical_body + b"," + rest[1:]
 
     @property
     def signer_key(self) -> PublicKey:
         return PublicKey.from_hex(self.signer)
 
 
-def envelope_signing_bytes(kind: str, body: dict, signer: str, timestamp: float, nonce: str) -> bytes:
+def envelope_signing_bytes(kind: str, body: dict, signer: str, timestamp: float, nonce: str, *,
+                           run_id: str, audience: str) -> bytes:
     return ENVELOPE_DOMAIN + canonical_bytes(
-        {"kind": kind, "body": body, "signer": signer, "timestamp": timestamp, "nonce": nonce}
+        {"kind": kind, "run_id": run_id, "audience": audience, "body": body, "signer": signer,
+         "timestamp": timestamp, "nonce": nonce}
     )
 
 
-def seal(kind: str, body: BaseModel, key: KeyPair, *, now: float | None = None) -> Envelope:
-    """Sign `body` as a message of `kind` with `key`."""
+def envelope_digest(env: Envelope, canonical_body: bytes | None = None) -> str:
+    """Hex SHA-256 naming one signed envelope: of its signing bytes and its signature, so
+    whitespace or key order of a JSON copy does not change it. `canonical_body`: the body's
+    canonical bytes when the caller has them already (`Opened.canonical_body`)."""
+    try:
+        data = env.signing_bytes() if canonical_body is None else env.signing_bytes_with(canonical_body)
+    except MessageError:  # no canonical form (a NaN in the body): nothing signed has this digest
+        data = b"uncanonical\n" + env.model_dump_json().encode()
+    return hashlib.sha256(data + b"\n" + env.signature.encode("utf-8")).hexdigest()
+
+
+def seal(kind: str, body: BaseModel, key: KeyPair, *, run_id: str, audience: str,
+         now: float | None = None) -> Envelope:
+    """Sign `body` as a message of `kind` in run `run_id`, addressed to `audience`, with `key`."""
     body_json = body.model_dump(mode="json")
     timestamp = float(time.time() if now is None else now)
     nonce = os.urandom(16).hex()
-    data = envelope_signing_bytes(kind, body_json, key.public.hex, timestamp, nonce)
+    data = envelope_signing_bytes(kind, body_json, key.public.hex, timestamp, nonce, run_id=run_id,
+                                  audience=audience)
     return Envelope(
-        kind=kind, body=body_json, signer=key.public.hex, timestamp=timestamp, nonce=nonce,
-        signature=key.sign(data),
+        kind=kind, run_id=run_id, audience=audience, body=body_json, signer=key.public.hex, timestamp=timestamp,
+        nonce=nonce, signature=key.sign(data),
     )
 
 
@@ -95,11 +135,23 @@ class Opened(Generic[B]):
         return self.signer.peer_id
 
 
+def check_scope(env: Envelope, *, run_id: str | None, audience: str | None) -> None:
+    """Raise ScopeError unless `env` was signed for run `run_id` and role `audience` (None: not checked)."""
+    if run_id is not None and env.run_id != run_id:
+        raise ScopeError(f"{env.kind} was signed for run {env.run_id!r}, but this {audience or 'receiver'} "
+                         f"serves run {run_id!r}; sign it with the run id of GET /v1/run")
+    if audience is not None and env.audience != audience:
+        raise ScopeError(f"{env.kind} was signed for the {env.audience!r} role, but was sent to the {audience!r}; "
+                         f"sign it with audience {audience!r}")
+
+
 def open_envelope(
     env: Envelope,
     kind: str,
     body_type: type[B],
     *,
+    run_id: str | None,
+    audience: str | None,
     now: float | None = None,
     max_skew_s: float | None = DEFAULT_MAX_SKEW_S,
     signer: PublicKey | None = None,
@@ -107,13 +159,16 @@ def open_envelope(
 ) -> Opened[B]:
     """Verify `env` and return its typed body.
 
-    `signer`: the one key that must have signed; `allowed_signers`: a set of hex keys of
-    which one must have signed. `max_skew_s=None` skips the clock check (for archived
-    messages that are re-verified later). Raises MessageError, SignatureError or
-    StaleMessageError; never returns an unverified body.
+    `run_id`, `audience`: the run and role this receiver serves (see `check_scope`; both are
+    required so that every call site decides). `signer`: the one key that must have signed;
+    `allowed_signers`: a set of hex keys of which one must have signed. `max_skew_s=None`
+    skips the clock check (for archived messages that are re-verified later). Raises
+    MessageError (ScopeError for another run or role), SignatureError or StaleMessageError;
+    never returns an unverified body.
     """
     if env.kind != kind:
         raise MessageError(f"expected a {kind!r} message, got {env.kind!r}")
+    check_scope(env, run_id=run_id, audience=audience)
     key = env.signer_key
     if signer is not None and key.raw != signer.raw:
         raise SignatureError(f"{kind} must be signed by {signer.peer_id}, not {key.peer_id}")

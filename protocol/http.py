@@ -26,7 +26,7 @@ from typing import Any, Callable, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from protocol.envelope import seal
+from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, seal
 from protocol.errors import ProtocolError
 from protocol.identity import KeyPair
 
@@ -34,13 +34,15 @@ R = TypeVar("R", bound=BaseModel)
 
 
 class Rejected(ProtocolError):
-    """The service refused the request (4xx). `status` and `detail` say why."""
+    """The service refused the request (4xx). `status` and `detail` say why; `reason` is the
+    machine-readable cause when the service names one (the coordinator's `reason` codes)."""
 
-    def __init__(self, status: int, detail: str, retry_after_s: float | None = None):
+    def __init__(self, status: int, detail: str, retry_after_s: float | None = None, reason: str = ""):
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
         self.detail = detail
         self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 class Unavailable(ProtocolError):
@@ -159,13 +161,21 @@ def error_detail(resp: httpx.Response) -> str:
         return resp.text[:300] or resp.reason_phrase
 
 
+def _error_reason(resp: httpx.Response) -> str:
+    try:
+        reason = resp.json().get("reason")
+    except (ValueError, AttributeError):
+        return ""
+    return reason if isinstance(reason, str) else ""
+
+
 def check_response(resp: httpx.Response) -> httpx.Response:
     """Raise Rejected for 4xx and Unavailable for 5xx; return the response otherwise."""
     if resp.status_code >= 500:
         raise Unavailable(f"{resp.request.url.path}: HTTP {resp.status_code}: {error_detail(resp)}")
     if resp.status_code >= 400:
         ra = resp.headers.get("retry-after")
-        raise Rejected(resp.status_code, error_detail(resp), float(ra) if ra else None)
+        raise Rejected(resp.status_code, error_detail(resp), float(ra) if ra else None, _error_reason(resp))
     return resp
 
 
@@ -186,12 +196,17 @@ def tls_context() -> ssl.SSLContext:
 
 
 class SignedClient:
-    """A small client for one service: signed POSTs and plain GETs, errors translated."""
+    """A small client for one service: signed POSTs and plain GETs, errors translated.
+
+    Every signed POST is sealed for `run_id` and addressed to `audience` (the role of the
+    service at `base_url`). A client that learns its run from GET /v1/run sets `run_id` then;
+    signing before that is an error, never an unbound message."""
 
     def __init__(self, base_url: str, key: KeyPair | None = None, timeout_s: float = 30.0,
-                 client: httpx.Client | None = None):
+                 client: httpx.Client | None = None, *, run_id: str = "", audience: str = AUDIENCE_COORDINATOR):
         self.base_url = base_url.rstrip("/")
         self.key = key
+        self.run_id, self.audience = run_id, audience
         self.http = client or httpx.Client(timeout=timeout_s)
 
     def close(self) -> None:
@@ -199,19 +214,22 @@ class SignedClient:
 
     def post_signed(self, path: str, kind: str, body: BaseModel, response: type[R] | None = None,
                     timeout_s: float | None = None) -> Any:
-        if self.key is None:
-            raise ProtocolError("this client has no key to sign with")
-        resp = self._post_json(path, seal(kind, body, self.key).model_dump_json(), timeout_s)
+        resp = self._post_json(path, self._seal(kind, body).model_dump_json(), timeout_s)
         return parse_response(resp, response) if response is not None else resp.json()
 
     def post_signed_each(self, path: str, kind: str, bodies: list[BaseModel], response: type[R],
                          timeout_s: float | None = None) -> R:
         """POST {"envelopes": [each body sealed as `kind`]}: several signed messages in one request
         (`protocol.messages.VerdictBatch`); each keeps its own signature, nonce and timestamp."""
+        envs = ",".join(self._seal(kind, b).model_dump_json() for b in bodies)
+        return parse_response(self._post_json(path, '{"envelopes":[' + envs + "]}", timeout_s), response)
+
+    def _seal(self, kind: str, body: BaseModel) -> Envelope:
         if self.key is None:
             raise ProtocolError("this client has no key to sign with")
-        envs = ",".join(seal(kind, b, self.key).model_dump_json() for b in bodies)
-        return parse_response(self._post_json(path, '{"envelopes":[' + envs + "]}", timeout_s), response)
+        if not self.run_id:
+            raise ProtocolError(f"cannot sign a {kind}: the run id is not known yet (GET /v1/run first)")
+        return seal(kind, body, self.key, run_id=self.run_id, audience=self.audience)
 
     def _post_json(self, path: str, content: str, timeout_s: float | None) -> httpx.Response:
         """POST a JSON body; transport errors become Unavailable, 4xx Rejected, 5xx Unavailable."""

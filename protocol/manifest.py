@@ -12,7 +12,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from protocol.envelope import Envelope, open_envelope, seal
+from protocol.envelope import AUDIENCE_SWARM, Envelope, open_envelope, seal
 from protocol.errors import MessageError, SignatureError
 from protocol.identity import KeyPair, PublicKey
 from protocol.messages import KIND_POLICY_MANIFEST, FileEntry, PolicyManifest, ShardEntry
@@ -74,14 +74,19 @@ def build_manifest(
 
 
 def sign_manifest(manifest: PolicyManifest, operator: KeyPair) -> Envelope:
-    return seal(KIND_POLICY_MANIFEST, manifest, operator)
+    return seal(KIND_POLICY_MANIFEST, manifest, operator, run_id=manifest.run_id, audience=AUDIENCE_SWARM)
 
 
 def open_manifest(env: Envelope, operator_key: PublicKey) -> PolicyManifest:
     """Verify a signed manifest against the operator key (no clock check: manifests are
-    long-lived) and its internal consistency. Raises SignatureError or MessageError."""
+    long-lived) and its internal consistency. Raises SignatureError or MessageError.
+
+    A manifest is addressed to the whole swarm and its envelope is bound to the run its body
+    names; callers compare `run_id` of the result with their own run (as they always did)."""
     manifest = open_envelope(env, KIND_POLICY_MANIFEST, PolicyManifest, signer=operator_key,
-                             max_skew_s=None).body
+                             max_skew_s=None, run_id=None, audience=AUDIENCE_SWARM).body
+    if manifest.run_id != env.run_id:
+        raise MessageError(f"manifest envelope is signed for run {env.run_id!r} but describes run {manifest.run_id!r}")
     check_manifest_consistency(manifest)
     return manifest
 

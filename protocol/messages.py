@@ -45,6 +45,7 @@ KIND_SUBMISSION = "submission"
 KIND_CLAIM = "verification_claim"
 KIND_VERDICT = "verdict"
 KIND_BATCH_REQUEST = "batch_request"
+KIND_BATCH_ACK = "batch_ack"
 KIND_POLICY_MANIFEST = "policy_manifest"
 KIND_EVAL_REPORT = "eval_report"
 
@@ -173,6 +174,12 @@ class RegistrationResponse(Strict):
     run: "RunInfo"
 
 
+# The `reason` of the coordinator's 409 to a submission whose lease this worker already
+# submitted: the resend of a submission whose first answer was lost ("already have it").
+# Every other refusal reason means the work was not stored.
+REASON_DUPLICATE_SUBMISSION = "duplicate_submission"
+
+
 class SubmissionResponse(Strict):
     submission_id: str
     status: Literal["queued", "accepted", "rejected"]
@@ -265,9 +272,15 @@ class CheckResult(Strict):
 
 
 class Verdict(Strict):
-    """Verifier -> coordinator (`POST /v1/verdicts`), signed by a configured verifier key."""
+    """Verifier -> coordinator (`POST /v1/verdicts`), signed by a configured verifier key.
+
+    `submission_sha256` and `lease_sha256` bind the verdict to exactly what was judged
+    (`protocol.envelope.envelope_digest` of the job's two envelopes): the coordinator refuses a
+    verdict whose digests are not those of the submission and lease it stored."""
 
     submission_id: Ident
+    submission_sha256: Hex64 = Field(description="envelope_digest of the submission envelope judged")
+    lease_sha256: Hex64 = Field(description="envelope_digest of the lease envelope judged")
     accepted: bool
     full_check: bool
     checks: list[CheckResult] = Field(max_length=1024)
@@ -298,7 +311,8 @@ class VerdictBatchResponse(Strict):
 class BatchRequest(Strict):
     """Trainer -> coordinator (`POST /v1/trainer/batch`), signed by the operator key:
     take up to `max_groups` accepted groups whose policy version is >= min_policy_version.
-    Groups handed out are consumed (each at most once)."""
+    A group handed out is consumed only when the trainer acknowledges it (`BatchAck`); one not
+    acknowledged within the coordinator's `batch_ack_timeout_s` is handed out again."""
 
     max_groups: int = Field(ge=1, le=4096)
     min_policy_version: int = Field(ge=0)
@@ -323,6 +337,19 @@ class TrainingGroup(Strict):
 class BatchResponse(Strict):
     groups: list[TrainingGroup]
     dropped_stale: int = Field(default=0, description="groups dropped because they fell out of the async window")
+
+
+class BatchAck(Strict):
+    """Trainer -> coordinator (`POST /v1/trainer/ack`), signed by the operator key: these
+    handed-out groups are durably in the trainer's hands (spooled, or already trained), so the
+    coordinator marks them consumed and never hands them out again. Acknowledging a group twice,
+    or one that is not handed out, changes nothing."""
+
+    submission_ids: list[Ident] = Field(min_length=1, max_length=4096)
+
+
+class BatchAckResponse(Strict):
+    acknowledged: int = Field(description="groups that went from handed out to consumed with this ack")
 
 
 class EvalReport(Strict):

@@ -19,6 +19,7 @@ VERIFICATION_CLAIM = "/v1/verification/claim"    # POST verification_claim (veri
 VERDICTS = "/v1/verdicts"                        # POST verdict (verifier key) -> {"ok": true}
 VERDICTS_BATCH = "/v1/verdicts/batch"            # POST VerdictBatch (each a signed verdict) -> VerdictBatchResponse
 TRAINER_BATCH = "/v1/trainer/batch"              # POST batch_request (operator key) -> BatchResponse
+TRAINER_ACK = "/v1/trainer/ack"                  # POST batch_ack (operator key) -> BatchAckResponse
 POLICY = "/v1/policy"                            # GET -> PolicyInfo; POST policy_manifest (operator key)
 STATS = "/v1/stats"                              # GET -> JSON summary for dashboards and the demo
 TRAINER_EVAL = "/v1/trainer/eval"                # POST eval_report (operator key) -> {"ok": true}

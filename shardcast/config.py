@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from protocol.config import KeyPins
+from protocol.errors import PinError
+from protocol.identity import public_bytes_from_peer_id
 from shardcast.p2p.config import P2PConfig
 
 
@@ -35,6 +38,12 @@ class RelayConfig(BaseModel):
     region: str = Field("", max_length=64, description="region advertised to peers (free text, e.g. eu-west)")
     capacity_mbps: float = Field(0.0, ge=0, description="upload capacity advertised to peers (relays are ranked by it)")
 
+    pins: KeyPins = Field(default_factory=KeyPins,
+                          description="keys trusted ahead of the network: `operator` must equal operator_key, and "
+                                      "`coordinator` the key named by the /p2p/ id of the first p2p.bootstrap "
+                                      "address (whose version announcements are admitted); a difference stops the "
+                                      "relay at start (empty = not checked)")
+
     @field_validator("upstreams")
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
@@ -42,6 +51,19 @@ class RelayConfig(BaseModel):
             if not u.startswith(("http://", "https://")):
                 raise ValueError(f"upstream {u!r} must be an http:// or https:// URL")
         return [u.rstrip("/") for u in v]
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "RelayConfig":
+        """The relay takes the operator key from its config and the coordinator's from its
+        bootstrap address: both must be the pinned ones."""
+        boot = self.p2p.bootstrap[0] if self.p2p.bootstrap else ""
+        raw = public_bytes_from_peer_id(boot.rsplit("/p2p/", 1)[-1]) if "/p2p/" in boot else None
+        try:
+            self.pins.check(source="this relay config (operator_key, p2p.bootstrap)", operator=self.operator_key,
+                            coordinator=raw.hex() if raw is not None else None)
+        except PinError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class OriginConfig(BaseModel):

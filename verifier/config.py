@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protocol.config import KeyPins
 from shardcast.p2p.config import P2PConfig
 
 from verifier.thresholds import BFLOAT16, FLOAT32, Thresholds, overridden
@@ -41,3 +42,6 @@ class VerifierConfig(BaseModel):
                     "computes in the dtype the worker declares; the run's allowed_dtypes say which are accepted)")
     log_level: str = Field("info", description="python logging level")
     p2p: P2PConfig = Field(default_factory=P2PConfig, description="libp2p swarm layer: hear versions and relays on the run's topic, fetch verified shards from peers when relays fail (bootstrap: the coordinator's, from GET /v1/run, unless set)")
+    pins: KeyPins = Field(default_factory=KeyPins, description="operator, coordinator and verifier keys trusted "
+                          "ahead of GET /v1/run: a served key that differs stops the verifier at start (empty = "
+                          "believe the coordinator)")

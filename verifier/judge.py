@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from protocol import dtypes
+from protocol.envelope import envelope_digest
 from protocol.messages import CheckResult, Verdict, VerificationJob
 from protocol.proof import DEFAULT_CHUNK_SIZE, DEFAULT_TOPK
 from verifier.checks import NON_FINITE, result
@@ -146,7 +147,8 @@ def make_verdict(job: VerificationJob, checks: list[CheckResult]) -> Verdict:
     if len(reason) > 2000:
         reason = reason[:1997] + "..."
     return Verdict(submission_id=job.submission_id, accepted=not failed, full_check=job.full_check,
-                   checks=checks, reason=reason)
+                   checks=checks, reason=reason, submission_sha256=envelope_digest(job.submission),
+                   lease_sha256=envelope_digest(job.lease))
 
 
 def unopenable_verdict(job: VerificationJob, error: Exception) -> Verdict:

@@ -60,6 +60,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         info = _wait_for_run(client, stop)
         if info is None:
             return
+        cfg.pins.check_run(info, f"the coordinator at {cfg.coordinator_url} (GET /v1/run)")
+        client.run_id = info.run_id  # every claim and verdict is signed for this run
         if key.public.hex not in info.verifier_keys:
             log.error("this verifier's key %s is not among the coordinator's verifier_keys; its claims will "
                       "be refused until the coordinator is configured with it", key.public.hex)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocol.config import KeyPins
 from shardcast.p2p.config import P2PConfig
 
 
@@ -24,3 +25,6 @@ class WorkerConfig(BaseModel):
     status_port: int = Field(0, description="port of the local /status endpoint (0 = free port, written to data_dir/status.port)")
     json_logs: bool = Field(False, description="JSON log lines instead of the live terminal view")
     p2p: P2PConfig = Field(default_factory=P2PConfig, description="libp2p swarm layer: hear versions and relays on the run's topic, serve and fetch verified shards from peers (bootstrap: the coordinator's, from GET /v1/run, unless set)")
+    pins: KeyPins = Field(default_factory=KeyPins, description="operator, coordinator and verifier keys trusted "
+                          "ahead of GET /v1/run: a served key that differs stops the worker at start (empty = "
+                          "believe the coordinator)")

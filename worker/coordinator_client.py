@@ -29,7 +29,10 @@ class CoordinatorClient:
         self.http.close()
 
     def run_info(self) -> RunInfo:
-        return self.http.get(routes.RUN, RunInfo)
+        """GET /v1/run; every message signed after it is bound to the run it names."""
+        info = self.http.get(routes.RUN, RunInfo)
+        self.http.run_id = info.run_id
+        return info
 
     def register(self, reg: Registration) -> RegistrationResponse:
         return self.http.post_signed(routes.REGISTER, KIND_REGISTRATION, reg, RegistrationResponse)

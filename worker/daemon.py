@@ -152,6 +152,7 @@ class Daemon:
         self.state.set(phase="joining")
         self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
                                    self.stop, reach=self.reach)
+        self.cfg.pins.check_run(self.run_info, f"the coordinator at {self.cfg.coordinator_url} (GET /v1/run)")
         self.state.set(run_id=self.run_info.run_id, newest_version=self.run_info.current_policy_version)
         self._agree_dtype(self.run_info.allowed_dtypes)
         self._register(self.stop)
@@ -184,6 +185,7 @@ class Daemon:
             if exc.status == 403:
                 raise Banned(f"the coordinator refuses this worker ({self.worker_id}): {exc.detail}") from exc
             raise WorkerError(f"registration refused (HTTP {exc.status}): {exc.detail}") from exc
+        self.cfg.pins.check_run(resp.run, f"the coordinator at {self.cfg.coordinator_url} (registration answer)")
         self.run_info = resp.run
         log.info("registered as %s in run %s (checked at %.0f%%)", resp.worker_id, resp.run.run_id,
                  100 * resp.check_rate)

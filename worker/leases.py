@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol.envelope import Envelope, open_envelope
+from protocol.envelope import AUDIENCE_WORKER, Envelope, open_envelope
 from protocol.errors import ProtocolError
 from protocol.identity import PublicKey
 from protocol.messages import KIND_LEASE, Lease
@@ -27,7 +27,8 @@ def open_lease(env: Envelope, coordinator_key: PublicKey, worker_id: str, run_id
     """The lease inside `env`, or LeaseError saying why it cannot be used."""
     try:
         # No clock-skew check: expiry below is what matters, and it is the coordinator's clock.
-        lease = open_envelope(env, KIND_LEASE, Lease, signer=coordinator_key, max_skew_s=None).body
+        lease = open_envelope(env, KIND_LEASE, Lease, signer=coordinator_key, max_skew_s=None, run_id=run_id,
+                              audience=AUDIENCE_WORKER).body
     except ProtocolError as exc:
         raise LeaseError(f"lease refused: {exc}") from exc
     if lease.worker_id != worker_id:

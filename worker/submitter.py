@@ -3,17 +3,21 @@
 `Submitter.flush` sends every entry of `spool/pending/` (oldest first), each sealed afresh,
 retrying network failures with backoff (`worker.retry`). What each answer means:
 
-| answer                          | spool                  | counters                    |
-|---------------------------------|------------------------|-----------------------------|
-| 200 queued / accepted           | -> awaiting (its id)   | submitted (+accepted)       |
-| 200 rejected                    | removed                | submitted, rejected         |
-| 409 "already have it"           | removed (acknowledged) | submitted                   |
-| 404 and this worker is unknown  | stays; re-register     |                             |
-| any other 4xx                   | -> rejected/ (reason)  | rejected                    |
-| no answer / 5xx / 429           | stays; retried later   |                             |
+| answer                                   | spool                  | counters                    |
+|------------------------------------------|------------------------|-----------------------------|
+| 200 queued / accepted                    | -> awaiting (its id)   | submitted (+accepted)       |
+| 200 rejected                             | removed                | submitted, rejected         |
+| 409 duplicate_submission: "already have" | removed (acknowledged) | submitted                   |
+| 404 and this worker is unknown           | stays; re-register     |                             |
+| any other 4xx (other 409s included)      | -> rejected/ (reason)  | rejected                    |
+| no answer / 5xx / 429                    | stays; retried later   |                             |
 
-A 409 is what a resend after a crash gets when the first send had arrived: the
-coordinator stores one submission per lease, so each is stored exactly once.
+A 409 with reason `duplicate_submission` is what a resend after a crash gets when the first
+send had arrived: the coordinator stores one submission per lease (and only the lease's own
+worker may submit it), so each is stored exactly once. Any other conflict (the same
+completions already stored for the task under another lease, a replayed nonce, or a
+coordinator that names no reason) means this submission was not stored: it is set aside with
+the coordinator's reason and counted, never taken for delivered.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 from typing import Callable
 
 from protocol.http import Rejected, Unavailable
+from protocol.messages import REASON_DUPLICATE_SUBMISSION
 from worker.coordinator_client import CoordinatorClient
 from worker.retry import Reachability, retry_call
 from worker.spool import Spool, SpoolEntry
@@ -66,7 +71,7 @@ class Submitter:
                 resp = retry_call(lambda: self.coord.submit(entry.submission), what, stop,
                                   reach=self.reach, give_up_after_s=give_up_after_s)
             except Rejected as exc:
-                if exc.status == 409:
+                if exc.status == 409 and exc.reason == REASON_DUPLICATE_SUBMISSION:
                     log.info("lease %s: the coordinator already has this submission (%s)", entry.lease_id, exc.detail)
                     self.spool.acknowledge(entry, "")
                     self.spool.settle(entry)
@@ -76,9 +81,10 @@ class Submitter:
                     log.warning("the coordinator does not know this worker any more; registering again")
                     self.reregister(stop)
                     continue
-                log.error("lease %s: submission refused (HTTP %d: %s); set aside in %s",
-                          entry.lease_id, exc.status, exc.detail, self.spool.root / "rejected")
-                self.spool.set_aside(entry, f"HTTP {exc.status}: {exc.detail}")
+                why = f"HTTP {exc.status}" + (f" {exc.reason}" if exc.reason else "") + f": {exc.detail}"
+                log.error("lease %s: submission refused (%s); set aside in %s", entry.lease_id, why,
+                          self.spool.root / "rejected")
+                self.spool.set_aside(entry, why)
                 self.state.add(rejected=1)
                 self.state.set(last_error=f"submission refused: {exc.detail}")
                 return

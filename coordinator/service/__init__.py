@@ -8,7 +8,8 @@ then changes nothing). The FastAPI routes in `coordinator.app` are thin adapters
 - `join`          run info, registration, heartbeats, worker standing
 - `work`          leases, releases, submissions (the cheap checks and rewards), their status
 - `verification`  the verifier's claims and verdicts (reputation, bans)
-- `training`      training batches (long-poll), policy versions
+- `judged`        a verdict must name the digests of the submission and lease stored
+- `training`      training batches (long-poll, acknowledgements), policy versions
 - `upkeep`        the periodic sweep (expired leases, silent workers, old nonces) and stats
 """
 

@@ -1,10 +1,14 @@
 """The trainer's side: training batches from the buffer, and policy versions.
 
 Batches: groups accepted by a verifier whose policy version is within the async window of
-the current version (and >= the request's own bound), oldest first, each handed out once
-(marked consumed in the same transaction). Groups that fell below the window are dropped
-and counted. The long-poll (wait_s) lives in the route: it calls `take_batch` again when an
-accepted verdict arrives, or every second, until the wait is over.
+the current version (and >= the request's own bound), oldest first. Delivery is at least
+once: a group handed out is `handed` until the trainer acknowledges it (`ack`, after it has
+spooled the group durably), and one not acknowledged within `batch_ack_timeout_s` is handed
+out again, so a lost answer or a trainer killed before its spool write loses nothing. The
+trainer remembers what it has spooled and trained (durably), so a second hand-out is never
+trained twice. Groups that fell below the window are dropped and counted. The long-poll
+(wait_s) lives in the route: it calls `take_batch` again when an accepted verdict arrives, or
+every second, until the wait is over.
 
 Policy versions: the trainer POSTs the operator-signed manifest of each version after
 publishing it through its shardcast origin. A version must be newer than the current one;
@@ -25,7 +29,7 @@ from coordinator.store import meta, policy, submissions
 from protocol.envelope import Envelope, Opened
 from protocol.errors import MessageError, SignatureError
 from protocol.manifest import open_manifest
-from protocol.messages import BatchRequest, BatchResponse, PolicyInfo
+from protocol.messages import BatchAck, BatchAckResponse, BatchRequest, BatchResponse, PolicyInfo
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -62,13 +66,25 @@ def take_batch(ctx: Context, req: BatchRequest) -> Batch:
         stale = submissions.drop_stale(conn, floor)
         if stale:
             meta.add_int(conn, meta.DROPPED_STALE, stale)
-        rows = submissions.take_batch(conn, max(floor, req.min_policy_version), req.max_groups, now)
+        rows = submissions.take_batch(conn, max(floor, req.min_policy_version), req.max_groups, now,
+                                      ctx.cfg.batch_ack_timeout_s)
     groups = [_group(r) for r in rows]
     if stale:
         ctx.metrics.dropped_stale.inc(stale)
     if groups:
         ctx.metrics.groups_served.inc(len(groups))
     return Batch(groups=groups, dropped_stale=stale)
+
+
+def ack(ctx: Context, opened: Opened[BatchAck]) -> BatchAckResponse:
+    """The trainer holds these groups durably: handed -> consumed (idempotent)."""
+    now = ctx.clock()
+    with ctx.db.write() as conn:
+        use_nonce(conn, opened, now)
+        n = submissions.ack(conn, list(dict.fromkeys(opened.body.submission_ids)), now)
+    if n:
+        ctx.metrics.groups_acked.inc(n)
+    return BatchAckResponse(acknowledged=n)
 
 
 def _group(r) -> str:

@@ -23,7 +23,7 @@ import logging
 from coordinator.context import Context
 from coordinator.errors import Conflict, Invalid, NotFound
 from coordinator.rules import verdicts
-from coordinator.service import use_nonce
+from coordinator.service import judged, use_nonce
 from coordinator.store import leases, submissions, workers
 from protocol.envelope import Opened
 from protocol.messages import ClaimRequest, Verdict
@@ -72,6 +72,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
             raise NotFound("unknown_submission", f"no submission {v.submission_id}")
         if row.status != "queued":
             raise Conflict("already_decided", f"submission {v.submission_id} is already {row.status}")
+        judged.check_judged(conn, v)  # the verdict names the stored submission and lease
         if row.full_check and not v.full_check:
             raise Invalid("check_skipped", f"submission {v.submission_id} was drawn for a full check; "
                                            "the verdict must come from one")

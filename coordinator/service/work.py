@@ -22,7 +22,7 @@ from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, use_nonce
 from coordinator.service.join import worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, workers
-from protocol.envelope import Opened, seal
+from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
 from protocol.messages import (
     KIND_LEASE,
     Lease,
@@ -77,7 +77,7 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
                          seeds=draw_seeds(ctx.rng, cfg.group_size), sampling=sampling,
                          eos_token_id=ctx.tasks.eos_token_id, min_policy_version=lo, max_policy_version=hi,
                          issued_at=now, expires_at=now + cfg.lease_ttl_s, allowed_dtypes=list(cfg.allowed_dtypes))
-            env = seal(KIND_LEASE, body, ctx.key, now=now)
+            env = seal(KIND_LEASE, body, ctx.key, now=now, run_id=cfg.run_id, audience=AUDIENCE_WORKER)
             envs.append(env)
             rows.append(dict(lease_id=body.lease_id, worker_id=worker_id, task_index=index, task_id=body.task_id,
                              status="active", issued_at=now, expires_at=body.expires_at, min_version=lo,
@@ -140,7 +140,9 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
             task_index=row.task_index, policy_version=sub.policy_version, status="queued",
             full_check=full_check(rate, ctx.rng.random()), rewards=json.dumps(rewards),
             advantages=json.dumps(group_advantages(rewards)), reward_mean=sum(rewards) / len(rewards),
-            n_tokens=n_tokens, content_hash=chash, received_at=now), envelope=raw.decode("utf-8"), group_json=group)
+            n_tokens=n_tokens, content_hash=chash, received_at=now,
+            envelope_sha256=envelope_digest(opened.envelope, opened.canonical_body)),
+            envelope=raw.decode("utf-8"), group_json=group)
         if not leases.close(conn, row.lease_id, "submitted", now):
             raise Conflict("duplicate_submission", f"lease {row.lease_id} was already submitted")
     ctx.metrics.submissions.inc()

@@ -7,7 +7,8 @@ nonces           (signer, nonce) of every signed request seen recently: replay p
 leases           every lease issued, with its signed envelope and state
 task_returns     tasks whose lease expired or was released, waiting to be leased again
 submissions      every submission that passed intake: rewards, advantages, verification
-                 state, verdict, training-buffer state, archive flags
+                 state, verdict, training-buffer state (ready -> handed -> consumed once the
+                 trainer acknowledges it), archive flags
 submission_payloads  its signed envelope as received and the compact training payload
 policy_versions  every policy version announced by the trainer, with its signed manifest
 meta             small key/value facts (task counter, pow challenge, counters)
@@ -120,8 +121,10 @@ submissions = Table(
     Column("decided_at", Float, nullable=True),
     Column("verdict", Text, nullable=True),                  # the verifier's signed Verdict, JSON
     Column("reason", Text, nullable=False, server_default=""),
-    Column("buffer", String(16), nullable=True),             # held | ready | consumed | stale | dropped
-    Column("consumed_at", Float, nullable=True),
+    Column("buffer", String(16), nullable=True),             # held | ready | handed | consumed | stale | dropped
+    Column("consumed_at", Float, nullable=True),             # when the trainer acknowledged it
+    Column("handed_at", Float, nullable=True),               # last hand-out to the trainer (re-handed if not acked)
+    Column("envelope_sha256", String(64), nullable=True),    # envelope_digest of the submission, named by verdicts
     Column("archived", Boolean, nullable=False, server_default=false()),
     Column("verdict_archived", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("task_id", "content_hash", name="uq_submissions_task_content"),

@@ -10,6 +10,10 @@ from sqlalchemy import Connection, Row, and_, bindparam, case, func, or_, select
 from coordinator.store.schema import leases, submission_payloads, submissions
 
 c_ = submissions.c
+# The training buffer: [held ->] ready -> handed (take_batch) -> consumed (ack); a group
+# accepted without a full check is held until its worker's next clean full check; a handed
+# group not acknowledged within the ack timeout is taken again. stale and dropped are final.
+UNCONSUMED = ("held", "ready", "handed")
 # hot statements, built once (see workers.py)
 _STATUS = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_tokens, c_.full_check, c_.policy_version,
                  c_.lease_id, c_.received_at).where(c_.submission_id == bindparam("s"))
@@ -69,6 +73,20 @@ def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit
     return list(conn.execute(_JOBS, {"ids": ids}))
 
 
+def judged(conn: Connection, submission_id: str) -> Row | None:
+    """What a verdict must name: the stored submission digest (NULL for rows older than
+    migration 0004), the stored envelope when there is no digest, and the lease envelope."""
+    q = (select(c_.envelope_sha256, leases.c.envelope.label("lease_envelope"))
+         .join(leases, leases.c.lease_id == c_.lease_id).where(c_.submission_id == submission_id))
+    row = conn.execute(q).first()
+    if row is None or row.envelope_sha256 is not None:
+        return row
+    q = (select(c_.envelope_sha256, leases.c.envelope.label("lease_envelope"), p_.envelope)
+         .join(leases, leases.c.lease_id == c_.lease_id)
+         .join(submission_payloads, p_.submission_id == c_.submission_id).where(c_.submission_id == submission_id))
+    return conn.execute(q).first()
+
+
 def decide(conn: Connection, submission_id: str, accepted: bool, verdict_json: str, reason: str, now: float,
            buffer: str | None = "ready") -> bool:
     """queued -> accepted (into the buffer as `buffer`: 'ready' or 'held') or rejected; False
@@ -86,41 +104,57 @@ def release_held(conn: Connection, worker_id: str, received_up_to: float) -> int
 
 
 def drop_unconsumed(conn: Connection, worker_id: str, reason: str, now: float) -> int:
-    """A banned worker's queued and not-yet-trained submissions leave the pipeline."""
+    """A banned worker's queued and unacknowledged submissions leave the pipeline (a handed-out
+    one is never handed out again; the trainer may hold it already)."""
     c = submissions.c
     n = conn.execute(update(submissions).where(and_(c.worker_id == worker_id, c.status == "queued"))
                      .values(status="dropped", reason=reason[:2000], decided_at=now)).rowcount
     n += conn.execute(update(submissions).where(
-        and_(c.worker_id == worker_id, c.status == "accepted", c.buffer.in_(("ready", "held"))))
+        and_(c.worker_id == worker_id, c.status == "accepted", c.buffer.in_(UNCONSUMED)))
         .values(status="dropped", buffer="dropped", reason=reason[:2000])).rowcount
     return n
 
 
 # -- training buffer -------------------------------------------------------------------------
+def _takeable(now: float, ack_timeout_s: float):
+    c = submissions.c
+    return or_(c.buffer == "ready", and_(c.buffer == "handed", c.handed_at < now - ack_timeout_s))
+
+
 def drop_stale(conn: Connection, floor: int) -> int:
     c = submissions.c
-    return conn.execute(update(submissions).where(and_(c.buffer.in_(("ready", "held")), c.policy_version < floor))
+    return conn.execute(update(submissions).where(and_(c.buffer.in_(UNCONSUMED), c.policy_version < floor))
                         .values(buffer="stale")).rowcount
 
 
-def take_batch(conn: Connection, lower: int, limit: int, now: float) -> list[Row]:
-    """Oldest ready groups with policy_version >= lower, marked consumed in this transaction."""
+def take_batch(conn: Connection, lower: int, limit: int, now: float, ack_timeout_s: float) -> list[Row]:
+    """Oldest takeable groups with policy_version >= lower: ready ones, and handed ones whose
+    hand-out is older than `ack_timeout_s` (the answer or the trainer was lost). They become
+    `handed` in this transaction; only `ack` consumes them."""
     c = submissions.c
-    q = (select(c.submission_id).where(and_(c.buffer == "ready", c.policy_version >= lower))
+    takeable = _takeable(now, ack_timeout_s)
+    q = (select(c.submission_id).where(and_(takeable, c.policy_version >= lower))
          .order_by(c.decided_at, c.submission_id).limit(limit))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     ids = list(conn.execute(q).scalars())
     if not ids:
         return []
-    conn.execute(update(submissions).where(and_(c.submission_id.in_(ids), c.buffer == "ready"))
-                 .values(buffer="consumed", consumed_at=now))
+    conn.execute(update(submissions).where(and_(c.submission_id.in_(ids), takeable))
+                 .values(buffer="handed", handed_at=now))
     q = (select(c.submission_id, c.task_id, c.worker_id, c.policy_version, c.rewards, c.advantages,
                 p_.group_json, leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c.lease_id)
          .join(submission_payloads, p_.submission_id == c.submission_id)
          .where(c.submission_id.in_(ids)).order_by(c.decided_at, c.submission_id))
     return list(conn.execute(q))
+
+
+def ack(conn: Connection, ids: list[str], now: float) -> int:
+    """handed -> consumed for `ids`; ids in any other state are left alone. Returns how many moved."""
+    c = submissions.c
+    return conn.execute(update(submissions).where(and_(c.submission_id.in_(ids), c.buffer == "handed"))
+                        .values(buffer="consumed", consumed_at=now)).rowcount
 
 
 def buffer_depth(conn: Connection) -> int:
@@ -184,10 +218,10 @@ def unarchived_verdicts(conn: Connection, limit: int) -> list[Row]:
 def prune_payloads(conn: Connection, before: float, limit: int = 5000) -> int:
     """Delete the envelopes of submissions that no longer need them: archived (both the
     submission and, if decided by a verifier, its verdict), decided before `before`, and not
-    waiting in the training buffer. The Parquet archive keeps them."""
+    waiting in the training buffer or for the trainer's acknowledgement. The Parquet archive keeps them."""
     c = submissions.c
     done = and_(c.archived.is_(True), c.decided_at < before, c.status != "queued",
-                or_(c.buffer.is_(None), c.buffer != "ready"),
+                or_(c.buffer.is_(None), c.buffer.not_in(UNCONSUMED)),
                 or_(c.verdict_archived.is_(True), c.status == "dropped"))
     ids = select(c.submission_id).where(done).limit(limit)
     present = select(p_.submission_id).where(p_.submission_id.in_(ids.scalar_subquery()))

@@ -4,7 +4,8 @@ Layout under `data_dir`:
 
     versions/<N>/model/          the published checkpoint (safetensors + config + tokenizer)
     versions/<N>/optimizer.pt    optimizer state, kept apart so it is never broadcast
-    versions/<N>/state.json      version, step, counters needed to resume
+    versions/<N>/state.json      version, step, counters needed to resume, and `trained`: the
+                                 [submission id, policy version] of every group its step trained
     versions/<N>/COMPLETE        written last: a version without it does not exist
     inbox/<sha256(id)>.json      groups taken from the coordinator and not yet trained on
 
@@ -12,8 +13,14 @@ A version is written into `versions/.tmp-<N>-<pid>/`, every file fsynced, the fo
 to `versions/<N>`, then `COMPLETE` written and the parent directory fsynced. At start-up
 incomplete folders are deleted and the newest complete version is where training resumes,
 so a crash at any moment loses at most the step in progress — and not its data: each group
-is spooled to `inbox/` (fsync + rename) before it is trained on and removed only once the
-version trained on it is complete.
+is spooled to `inbox/` (fsync + rename) before it is trained on (and before the coordinator is
+told it may forget it) and removed only once the version trained on it is complete. Which
+groups were trained is part of that version (`state.json`), so a crash between the version and
+the inbox clean-up, or the coordinator handing a group out twice, never trains it twice
+(`CheckpointStore.trained`).
+
+The optimizer state is loaded with `torch.load(weights_only=True)`: it is tensors and plain
+numbers, and a full unpickler would run whatever code a tampered file names.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -77,6 +85,14 @@ class Saved:
     def state(self) -> dict:
         return json.loads((self.root / "state.json").read_text())
 
+    def optimizer_state(self) -> dict:
+        """The saved optimizer state (tensors and plain values only; anything else is refused)."""
+        try:
+            return torch.load(self.optimizer_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{self.optimizer_path} holds more than an optimizer state (tensors and plain "
+                                  f"values); refusing to unpickle it: {str(exc).splitlines()[0]}") from None
+
 
 class CheckpointStore:
     """Complete versions under data_dir/versions; see the module docstring for the layout."""
@@ -102,6 +118,15 @@ class CheckpointStore:
     def latest(self) -> Saved | None:
         versions = self.complete_versions()
         return Saved(versions[-1], self.root / str(versions[-1])) if versions else None
+
+    def trained(self) -> dict[str, int]:
+        """{submission id: policy version} of the groups trained by the complete versions on disk
+        (at least the async window's worth: a group older than that is dropped as stale anyway)."""
+        out: dict[str, int] = {}
+        for v in self.complete_versions():
+            for sid, version in self.get(v).state().get("trained", []):
+                out[str(sid)] = int(version)
+        return out
 
     def get(self, version: int) -> Saved:
         p = self.root / str(version)

@@ -1,7 +1,8 @@
-"""The trainer's conversation with the coordinator: take batches, announce versions, report
+"""The trainer's conversation with the coordinator: take batches, acknowledge the groups it
+has spooled (the coordinator hands unacknowledged groups out again), announce versions, report
 held-out evaluations (the dashboard's accuracy curve).
 
-Both calls retry with jittered exponential backoff while the coordinator is unreachable
+These calls retry with jittered exponential backoff while the coordinator is unreachable
 (`Unavailable`), so a coordinator restart only pauses training. A refusal (`Rejected`, 4xx)
 is not retried: it means the trainer's key, clock or version numbering disagrees with the
 coordinator, which is a set-up error the operator must fix, and it is raised as one line.
@@ -28,20 +29,27 @@ from protocol.http import (
 )
 from protocol.identity import KeyPair
 from protocol.messages import (
+    KIND_BATCH_ACK,
     KIND_BATCH_REQUEST,
     KIND_EVAL_REPORT,
+    BatchAck,
+    BatchAckResponse,
     BatchRequest,
     BatchResponse,
     EvalReport,
     PolicyInfo,
+    RunInfo,
 )
 
 log = logging.getLogger("swarmrl.trainer")
 
+MAX_ACK = 4096  # submission ids per acknowledgement (BatchAck's limit)
+
 
 class CoordinatorLink:
-    def __init__(self, url: str, key: KeyPair, stop: Callable[[], bool] = lambda: False, timeout_s: float = 30.0):
-        self.client = SignedClient(url, key, timeout_s=timeout_s)
+    def __init__(self, url: str, key: KeyPair, stop: Callable[[], bool] = lambda: False, timeout_s: float = 30.0,
+                 *, run_id: str):
+        self.client = SignedClient(url, key, timeout_s=timeout_s, run_id=run_id)
         self.stop = stop
 
     def close(self) -> None:
@@ -68,6 +76,22 @@ class CoordinatorLink:
         except Rejected as exc:
             raise TrainerError(f"the coordinator refused the batch request: {exc.detail} "
                                "(is trainer.key_file the operator key the coordinator expects?)") from exc
+
+    def ack(self, submission_ids: list[str]) -> int:
+        """Tell the coordinator these groups are durably ours (spooled or trained); returns how
+        many it marked consumed. Retried while the coordinator is unreachable: an ack that never
+        arrives only costs a second hand-out, which the trainer recognises and acknowledges."""
+        n = 0
+        for i in range(0, len(submission_ids), MAX_ACK):
+            body = BatchAck(submission_ids=submission_ids[i:i + MAX_ACK])
+            try:
+                resp = self._retrying("an acknowledgement", lambda: self.client.post_signed(
+                    routes.TRAINER_ACK, KIND_BATCH_ACK, body, BatchAckResponse))
+            except Rejected as exc:
+                raise TrainerError(f"the coordinator refused the acknowledgement of {len(body.submission_ids)} "
+                                   f"groups: {exc.detail}") from exc
+            n += resp.acknowledged
+        return n
 
     def announce(self, manifest: Envelope) -> PolicyInfo:
         """POST the signed manifest of a published version (idempotent for the same manifest)."""
@@ -97,6 +121,10 @@ class CoordinatorLink:
         except (Unavailable, Rejected) as exc:
             log.warning("evaluation of version %d not reported to the coordinator: %s", report.policy_version, exc)
             return False
+
+    def run_info(self) -> RunInfo:
+        """GET /v1/run, retried while the coordinator is unreachable (the pins check at start)."""
+        return self._retrying("the run", lambda: self.client.get(routes.RUN, RunInfo))
 
     def policy(self) -> PolicyInfo:
         return self._retrying("the policy", lambda: self.client.get(routes.POLICY, PolicyInfo))

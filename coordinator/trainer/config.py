@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocol.config import KeyPins
 from shardcast.config import OriginConfig
 
 
@@ -64,3 +65,6 @@ class TrainerConfig(BaseModel):
     batch_wait_s: float = Field(5.0, ge=0, le=60, description="long-poll time of each batch request (also bounds how long a stop request waits)")
     keep_checkpoints: int = Field(4, ge=1, description="newest complete versions kept on disk (at least async_window + 1 are kept)")
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
+    pins: KeyPins = Field(default_factory=KeyPins, description="keys trusted ahead of the network: `operator` must "
+                          "be this trainer's own key, and the coordinator's GET /v1/run must serve the pinned keys, "
+                          "or the trainer stops at start (empty = not checked)")

@@ -2,16 +2,21 @@
 
     start:  newest complete checkpoint (or the initial model saved as version 0)
             -> publish it through the shardcast origin -> POST its manifest to /v1/policy
-    loop:   spooled + new groups (POST /v1/trainer/batch, long-poll) -> filter (window,
-            zero advantage, pass rate) -> `groups_per_step` kept -> GRPO step -> save
-            version n+1 (atomic, COMPLETE marker) -> publish -> announce -> forget the
-            consumed groups -> evaluate every `eval.every_versions`
+    loop:   spooled + new groups (POST /v1/trainer/batch, long-poll) -> spool them (fsync) ->
+            acknowledge them (POST /v1/trainer/ack) -> filter (already trained, window, zero
+            advantage, pass rate) -> `groups_per_step` kept -> GRPO step -> save version n+1
+            with the ids it trained (atomic, COMPLETE marker) -> publish -> announce -> forget
+            the consumed groups -> evaluate every `eval.every_versions`
 
 Every phase is timed (`PhaseClock`): "waiting" is the idle time that bench/learning.py reports.
 A restart resumes from the newest complete version, keeps the numbering, re-announces that
-version (idempotent at the origin and at the coordinator) and trains on the groups left in
-the inbox first. In a torchrun world, rank 0 runs this loop and drives the other ranks
-through `distributed.Team` (they only join steps and checkpoint gathers).
+version (idempotent at the origin and at the coordinator), acknowledges and trains on the
+groups left in the inbox first. Exactly once: the coordinator hands a group out until it is
+acknowledged (at least once), and `trained` (the ids the complete versions on disk trained,
+see `CheckpointStore.trained`) keeps a group handed out twice, or left in the inbox by a crash
+right after its version was saved, from being trained twice. In a torchrun world, rank 0 runs
+this loop and drives the other ranks through `distributed.Team` (they only join steps and
+checkpoint gathers).
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class TrainerLoop:
         self.clock, self.metrics, self.board = clock, metrics, board
         self.should_stop = should_stop
         self.pending = Pending()
+        self.trained: dict[str, int] = store.trained()  # submission id -> policy version, inside the window
         self.counts = FilterCounts()
         self.evaluated = {int(r["version"]) for r in read_csv(cfg.data_dir / "eval.csv")}
         self.eval_model_fn: Callable[[], Any] = lambda: self.model
@@ -119,7 +125,14 @@ class TrainerLoop:
     def admit(self, groups: list[TrainingGroup]) -> None:
         """Filter new (or re-loaded) groups into `pending`; forget the dropped ones at once."""
         floor = self.window_floor()
-        fresh = [g for g in groups if g.submission_id not in self.pending.ids()]
+        pending = self.pending.ids()
+        again = [g.submission_id for g in groups if g.submission_id in self.trained]
+        if again:  # handed out twice, or left in the inbox by a crash after its version was saved
+            self.inbox.remove(again)
+            log.info("%d groups were trained already; not training them again", len(again))
+        fresh = [g for g in groups if g.submission_id not in pending and g.submission_id not in self.trained]
+        if len(fresh) < len(groups):
+            self.metrics.groups.labels("duplicate").inc(len(groups) - len(fresh))
         stale = [g for g in fresh if g.policy_version < floor or g.policy_version > self.version]
         if stale:
             self.metrics.groups.labels("stale").inc(len(stale))
@@ -143,6 +156,7 @@ class TrainerLoop:
             self.pending.items = [(g, a) for g, a in self.pending.items if g.policy_version >= floor]
             self.inbox.remove([g.submission_id for g in old])
             self.metrics.groups.labels("stale").inc(len(old))
+        self.trained = {sid: v for sid, v in self.trained.items() if v >= floor}
 
     def fill(self) -> bool:
         """Take batches until `groups_per_step` groups are pending; False if asked to stop."""
@@ -156,7 +170,8 @@ class TrainerLoop:
             if resp.dropped_stale:
                 self.metrics.groups.labels("dropped_by_coordinator").inc(resp.dropped_stale)
             if resp.groups:
-                self.inbox.put(resp.groups)
+                self.inbox.put(resp.groups)  # durable first: only then may the coordinator forget them
+                self.link.ack([g.submission_id for g in resp.groups])
                 self.metrics.groups.labels("received").inc(len(resp.groups))
                 self.admit(resp.groups)
             self.board.update(state="waiting", pending=len(self.pending.items))
@@ -170,8 +185,12 @@ class TrainerLoop:
             result = self.step_fn(batch)
         self.step += 1
         new_version = self.version + 1
+        trained = {g.submission_id: g.policy_version for g, _ in batch}
+        state = {"step": self.step, "filter": vars(self.counts) | {"dropped_ids": []},
+                 "trained": [[sid, v] for sid, v in trained.items()]}
         with self.clock.phase("saving"):
-            self.save_fn(new_version, self.step, {"step": self.step, "filter": vars(self.counts) | {"dropped_ids": []}})
+            self.save_fn(new_version, self.step, state)
+        self.trained.update(trained)  # durable with the version just saved
         self.version = new_version
         self.history.remember(self.version, self.store.get(self.version).model_dir)
         consumed = [g.submission_id for g, _ in batch]
@@ -198,7 +217,10 @@ class TrainerLoop:
         return result
 
     def run(self) -> None:
-        self.admit(self.inbox.load(TrainingGroup))
+        spooled = self.inbox.load(TrainingGroup)
+        self.admit(spooled)
+        if spooled:  # a crash may have come between the spool write and the acknowledgement
+            self.link.ack([g.submission_id for g in spooled])
         self.announce()
         if self.cfg.eval.at_start:
             self.maybe_evaluate(force=True)

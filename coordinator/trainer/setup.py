@@ -67,8 +67,7 @@ def build_model_and_optimizer(cfg: TrainerConfig, team: Any) -> tuple[Any, Any, 
     model, template = team.prepare(model)
     optimizer = make_optimizer(cfg, model)
     if latest is not None and latest.optimizer_path.exists():
-        opt_state = torch.load(latest.optimizer_path, map_location="cpu", weights_only=False)
-        team.load_optimizer_state(model, optimizer, opt_state)
+        team.load_optimizer_state(model, optimizer, latest.optimizer_state())
     return model, template, optimizer, state
 
 
@@ -98,6 +97,10 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Pa
         key = KeyPair.load(cfg.key_file)
     except ProtocolError as exc:
         raise TrainerError(f"operator key {cfg.key_file}: {exc}") from exc
+    cfg.pins.check(source=f"the trainer's key file {cfg.key_file}", operator=key.public.hex)
+    link = CoordinatorLink(cfg.coordinator_url, key, stop=stop, run_id=cfg.run_id)
+    if cfg.pins.pinned:  # before anything heavy starts: a wrong coordinator is a set-up error
+        cfg.pins.check_run(link.run_info(), f"the coordinator at {cfg.coordinator_url} (GET /v1/run)")
     model, template, optimizer, state = build_model_and_optimizer(cfg, team)
     store = checkpoint_store(cfg)
     version, step = int(state["version"]), int(state.get("step", state["version"]))
@@ -132,7 +135,6 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Pa
     write_port_file(data_dir / "trainer.port", server.port)
     origin = Origin(cfg.origin, key, cfg.run_id)
     origin.start()
-    link = CoordinatorLink(cfg.coordinator_url, key, stop=stop)
     parts = Parts(loop=None, closers=[server.stop, origin.stop, link.close])
 
     ref_model = reference_model(cfg, team)

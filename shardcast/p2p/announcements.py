@@ -32,8 +32,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from protocol.canonical import canonical_bytes
-from protocol.envelope import Envelope, ReplayGuard, open_envelope, seal
-from protocol.errors import MessageError, ProtocolError, SignatureError, StaleMessageError
+from protocol.envelope import AUDIENCE_SWARM, Envelope, ReplayGuard, open_envelope, seal
+from protocol.errors import MessageError, ProtocolError, ScopeError, SignatureError, StaleMessageError
 from protocol.identity import KeyPair, PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import Hex64, Ident, Strict
@@ -133,7 +133,7 @@ def version_announcement(manifest_env: Envelope, run_id: str, version: int, step
     body = VersionAnnouncement(run_id=run_id, version=version, step=step,
                                manifest_sha256=manifest_digest(manifest_env),
                                manifest=manifest_env if embed else None)
-    return seal(KIND_VERSION, body, key, now=now)
+    return seal(KIND_VERSION, body, key, now=now, run_id=run_id, audience=AUDIENCE_SWARM)
 
 
 class TokenBuckets:
@@ -186,7 +186,9 @@ class Gate:
             raise Rejected("unknown-kind", env.kind)
         try:
             opened = open_envelope(env, env.kind, body_type, now=now, max_skew_s=self.max_skew_s,
-                                   allowed_signers=self._allowed(env.kind))
+                                   allowed_signers=self._allowed(env.kind), run_id=self.run_id, audience=AUDIENCE_SWARM)
+        except ScopeError as exc:
+            raise Rejected("other-run", str(exc)) from exc
         except StaleMessageError as exc:
             raise Rejected("stale", str(exc)) from exc
         except SignatureError as exc:

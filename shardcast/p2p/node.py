@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Callable
 
-from protocol.envelope import Envelope, seal
+from protocol.envelope import AUDIENCE_SWARM, Envelope, seal
 from protocol.errors import ProtocolError
 from protocol.identity import KeyPair, PublicKey
 from protocol.manifest import open_manifest
@@ -303,7 +303,7 @@ class P2PNode:
             held = list(versions())[-64:] if versions is not None else []
             body = RelayAdvert(run_id=self.run_id, url=url, region=region, capacity_mbps=capacity_mbps,
                                ttl_s=self.cfg.advert_ttl_s, versions=held)
-            return seal(KIND_RELAY, body, self.key)
+            return seal(KIND_RELAY, body, self.key, run_id=self.run_id, audience=AUDIENCE_SWARM)
 
         make()  # validate the arguments here, in the caller's thread
         with self._lock:
@@ -314,12 +314,12 @@ class P2PNode:
         with self._lock:
             self._standing.pop(f"relay:{url}", None)
         body = RelayAdvert(run_id=self.run_id, url=url, state="down", ttl_s=self.cfg.advert_ttl_s)
-        self.publish_envelope(seal(KIND_RELAY, body, self.key))
+        self.publish_envelope(seal(KIND_RELAY, body, self.key, run_id=self.run_id, audience=AUDIENCE_SWARM))
 
     def notice(self, text: str, *, level: str = "info", data: dict | None = None) -> None:
         """Publish a coordinator notice (this node's key must be the coordinator's)."""
         body = Notice(run_id=self.run_id, level=level, text=text, data=data or {})
-        self.publish_envelope(seal(KIND_NOTICE, body, self.key))
+        self.publish_envelope(seal(KIND_NOTICE, body, self.key, run_id=self.run_id, audience=AUDIENCE_SWARM))
 
     def refresh_have(self) -> None:
         """Advertise the store's versions now (call after a new version lands in it)."""
@@ -331,7 +331,7 @@ class P2PNode:
             return None
         body = HaveAdvert(run_id=self.run_id, versions=held[-64:], addrs=self._addrs[:8],
                           ttl_s=self.cfg.advert_ttl_s)
-        return seal(KIND_HAVE, body, self.key)
+        return seal(KIND_HAVE, body, self.key, run_id=self.run_id, audience=AUDIENCE_SWARM)
 
     def _standing_envelopes(self) -> list[Envelope]:
         with self._lock:

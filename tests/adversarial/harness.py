@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from protocol.envelope import Envelope, seal
+from protocol.envelope import AUDIENCE_COORDINATOR, AUDIENCE_WORKER, Envelope, seal
 from protocol.identity import KeyPair
 from protocol.lm import decode_completion, encode_prompt, load_model, load_tokenizer
 from protocol.messages import (KIND_LEASE, KIND_SUBMISSION, Completion, Lease, SamplingParams, Submission,
@@ -193,7 +193,7 @@ class World:
                       min_policy_version=self.current if min_version is None else min_version,
                       max_policy_version=self.current if max_version is None else max_version,
                       issued_at=now, expires_at=now + 600, allowed_dtypes=list(self.allowed_dtypes))
-        return lease, seal(KIND_LEASE, lease, self.coordinator)
+        return lease, seal(KIND_LEASE, lease, self.coordinator, run_id=RUN_ID, audience=AUDIENCE_WORKER)
 
     def task_of(self, lease: Lease):
         index = int(lease.task_id.rsplit("-", 1)[1])
@@ -207,7 +207,8 @@ class World:
         texts = [decode_completion(self.tokenizer, c.token_ids) for c in sub.completions]
         rewards = [float(score(task.kind, task.answer, t)) for t in texts]  # the coordinator's rule
         return VerificationJob(submission_id=submission_id or f"S{uuid.uuid4().hex[:16]}", worker_id=worker.peer_id,
-                               lease=lease_env, submission=seal(KIND_SUBMISSION, sub, worker), rewards=rewards,
+                               lease=lease_env, submission=seal(KIND_SUBMISSION, sub, worker, run_id=RUN_ID,
+                                                                audience=AUDIENCE_COORDINATOR), rewards=rewards,
                                task_answer=task.answer, task_kind=task.kind, full_check=full_check)
 
     def verify(self, job: VerificationJob, timings: Timings | None = None):

@@ -24,7 +24,7 @@ import httpx
 from coordinator.config import CheckpointArchiveConfig, CoordinatorConfig
 from protocol import routes
 from protocol.config import load_config
-from protocol.envelope import seal
+from protocol.envelope import AUDIENCE_COORDINATOR, seal
 from protocol.messages import KIND_EVAL_REPORT, EvalReport
 from shardcast.config import OriginConfig
 from shardcast.origin import Origin
@@ -92,8 +92,9 @@ class LiveSwarm:
                               max_new_tokens=s.max_tokens)
         report = EvalReport(policy_version=version, step=version, greedy_accuracy=acc, num_tasks=tasks,
                             seconds=time.monotonic() - t0)
-        r = self.http.post(self.url + routes.TRAINER_EVAL, content=seal(KIND_EVAL_REPORT, report,
-                                                                         self.plan.operator).model_dump_json(),
+        env = seal(KIND_EVAL_REPORT, report, self.plan.operator, run_id=self.origin.run_id,
+                   audience=AUDIENCE_COORDINATOR)
+        r = self.http.post(self.url + routes.TRAINER_EVAL, content=env.model_dump_json(),
                            headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
 

@@ -98,6 +98,12 @@ def test_the_whole_flow_on_postgres(pg_url, tmp_path, tiny_model):
         assert s.snapshot() == before
         groups = BatchResponse.model_validate_json(s.batch().content).groups
         assert [g.submission_id for g in groups] == hs
+        s.clock.advance(s.cfg.batch_ack_timeout_s + 1)   # not acknowledged: handed out again
+        again = BatchResponse.model_validate_json(s.batch().content).groups
+        assert [g.submission_id for g in again] == hs
+        assert s.ack(hs).json() == {"acknowledged": 2}
+        s.clock.advance(s.cfg.batch_ack_timeout_s + 1)
+        assert BatchResponse.model_validate_json(s.batch().content).groups == []
         st = s.stats()
         assert st["submissions"] == {"accepted": 2, "rejected": 1}
         assert {w["worker_id"]: w["status"] for w in st["workers"]}[cheat.peer_id] == "banned"

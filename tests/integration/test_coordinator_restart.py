@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from protocol.config import dump_toml
-from protocol.envelope import seal
+from protocol.envelope import AUDIENCE_COORDINATOR, envelope_digest
+from protocol.envelope import seal as seal_for
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest, sign_manifest
 from protocol.messages import (
@@ -45,6 +46,12 @@ from protocol.messages import (
 )
 from protocol.proof import build_proof, to_b64
 from tests.verdict_fixtures import passing_checks
+
+RUN_ID = "swarmrl-run"  # the CoordinatorConfig default this test runs with
+
+
+def seal(kind, body, key):
+    return seal_for(kind, body, key, run_id=RUN_ID, audience=AUDIENCE_COORDINATOR)
 
 CYCLES = 4
 
@@ -136,8 +143,9 @@ def _traffic(stop: threading.Event, coord: Coordinator, ledger: Ledger, worker: 
                 for job in ClaimResponse.model_validate_json(r.content).jobs:
                     accepted = rng.random() < 0.9
                     env = seal(KIND_VERDICT, Verdict(submission_id=job.submission_id, accepted=accepted,
-                                                     full_check=True, checks=passing_checks() if accepted else []),
-                               verifier)
+                                                     full_check=True, checks=passing_checks() if accepted else [],
+                                                     submission_sha256=envelope_digest(job.submission),
+                                                     lease_sha256=envelope_digest(job.lease)), verifier)
                     r = _post(http, url, "/v1/verdicts", env)
                     if r is not None and r.status_code == 200:
                         with ledger.lock:
@@ -207,6 +215,7 @@ def test_sigkill_at_any_moment_loses_nothing_acknowledged(tmp_path):
     try:
         coord.start()
         with httpx.Client(base_url=coord.url) as http:
+            assert cfg.run_id == RUN_ID
             m = build_manifest(model, run_id=cfg.run_id, version=0, step=0)
             assert http.post("/v1/policy", content=sign_manifest(m, operator).model_dump_json()).status_code == 200
             for key in worker_keys:

@@ -98,7 +98,7 @@ def test_verifier_accepts_honest_rollouts_and_gets_a_cheater_banned(tmp_path):
             assert 'swarmrl_verifier_check_failures_total{check="proof"}' in metrics
             assert 'swarmrl_verifier_verdicts_total{outcome="accepted"}' in metrics
             # the training buffer holds the honest worker's groups and none of the cheater's
-            trainer = SignedClient(coord_url, operator)
+            trainer = SignedClient(coord_url, operator, run_id="vtest")
             batch = trainer.post_signed(routes.TRAINER_BATCH, KIND_BATCH_REQUEST,
                                         BatchRequest(max_groups=256, min_policy_version=0), BatchResponse)
             trainer.close()

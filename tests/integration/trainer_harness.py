@@ -23,7 +23,7 @@ from coordinator.config import CoordinatorConfig, SamplingConfig
 from coordinator.trainer.config import EvalConfig, TrainerConfig
 from protocol import routes
 from protocol.config import dump_toml
-from protocol.envelope import seal
+from protocol.envelope import AUDIENCE_COORDINATOR, envelope_digest, seal
 from protocol.identity import KeyPair
 from protocol.lm import load_tokenizer
 from protocol.messages import (
@@ -130,7 +130,8 @@ class TrainerRig:
         return PolicyInfo.model_validate_json(self.http.get(self.coord_url + routes.POLICY).content)
 
     def post(self, path: str, kind: str, body, key: KeyPair) -> httpx.Response:
-        return self.http.post(self.coord_url + path, content=seal(kind, body, key).model_dump_json(),
+        env = seal(kind, body, key, run_id="trainer-itest", audience=AUDIENCE_COORDINATOR)
+        return self.http.post(self.coord_url + path, content=env.model_dump_json(),
                               headers={"content-type": "application/json"})
 
     # -- playing worker and verifier ----------------------------------------------------------
@@ -179,7 +180,8 @@ class TrainerRig:
                 return n
             for job in jobs:
                 v = Verdict(submission_id=job.submission_id, accepted=True, full_check=job.full_check,
-                            checks=passing_checks(job.full_check))
+                            checks=passing_checks(job.full_check),
+                            submission_sha256=envelope_digest(job.submission), lease_sha256=envelope_digest(job.lease))
                 r = self.post(routes.VERDICTS, KIND_VERDICT, v, self.verifier)
                 assert r.status_code == 200, r.text
                 n += 1

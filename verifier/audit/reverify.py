@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.envelope import Envelope, open_envelope
+from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, open_envelope
 from protocol.errors import ProtocolError
 from protocol.identity import PublicKey
 from protocol.lm import decode_completion
@@ -208,8 +208,8 @@ class Reverifier:
             return "absent", [], ""
         try:
             env = Envelope.model_validate_json(raw)
-            v = open_envelope(env, KIND_VERDICT, Verdict, max_skew_s=None,
-                              allowed_signers=set(self.run.verifier_keys)).body
+            v = open_envelope(env, KIND_VERDICT, Verdict, max_skew_s=None, run_id=self.run.run_id,
+                              audience=AUDIENCE_COORDINATOR, allowed_signers=set(self.run.verifier_keys)).body
             return "valid", _checks(v.checks), v.reason
         except (ValueError, ProtocolError) as exc:
             try:

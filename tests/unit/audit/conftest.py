@@ -15,7 +15,7 @@ import pytest
 from coordinator.archive import Archiver
 from coordinator.checkpoints import write_run_description
 from protocol.lm import load_tokenizer
-from protocol.messages import KIND_VERDICT, CheckResult, Verdict
+from protocol.messages import KIND_VERDICT, CheckResult
 from swarmrl.modelkit import init_tiny_model
 from tests.unit.coordinator.coord_harness import start_swarm
 
@@ -46,8 +46,8 @@ def _verdict(swarm, sid: str, accepted: bool, failing: str | None = None):
                                                                           "prefill_dtype": "float32"},
                           detail="completion 0 chunk 0: 40/128 exponents differ" if failing else ""),
               CheckResult(name="sampling", passed=True, stats={"positions": 3, "not_argmax": 0})]
-    v = Verdict(submission_id=sid, accepted=accepted, full_check=True, checks=checks,
-                reason="" if accepted else "proof: completion 0 chunk 0: 40/128 exponents differ")
+    v = swarm.verdict_body(sid, accepted, checks=checks,
+                           reason="" if accepted else "proof: completion 0 chunk 0: 40/128 exponents differ")
     r = swarm.post("/v1/verdicts", KIND_VERDICT, v, swarm.verifier)
     assert r.status_code == 200, r.text
 

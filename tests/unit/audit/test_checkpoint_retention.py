@@ -158,3 +158,73 @@ def test_a_keeper_that_fell_behind_takes_the_newest_first_and_does_not_stall_on_
     now[0] = 4.0
     keeper.step()
     assert client.asked == [0]                            # 6..1 back off for 4 s now, 0 gets its first try
+
+
+@pytest.mark.parametrize("rejected,kept,max_versions,max_bytes,evidence,left_out", [
+    ({1, 2, 3, 4}, set(), 2, 10**9, {3, 4}, [1, 2]),         # the oldest go first
+    ({1, 2, 3, 4}, {2, 3}, 2, 10**9, {1, 4}, []),            # kept by other rules: free of charge
+    ({1, 2, 3, 4}, set(), 9, 25, {3, 4}, [1, 2]),            # 10 bytes each: two fit in 25
+    ({1, 2, 3}, set(), 0, 10**9, set(), [1, 2, 3]),          # 0: no evidence kept at all
+])
+def test_evidence_budget_rule(rejected, kept, max_versions, max_bytes, evidence, left_out):
+    from coordinator.checkpoints import rejected_within_budget
+
+    sizes = {v: 10 for v in range(10)}
+    assert rejected_within_budget(rejected, kept, sizes, max_versions=max_versions, max_bytes=max_bytes) == \
+        (evidence, left_out)
+
+
+@pytest.mark.parametrize("budget", [{"rejected_max_versions": 3}, "bytes"])
+def test_a_spammer_rejected_once_per_version_cannot_pin_more_than_the_budget(coordinator, tmp_path, caplog, budget,
+                                                                               audit_model):
+    """Issue 18 item 5: one garbage submission per version from a throw-away identity, each
+    rejected. Without a budget every version stayed archived; with one, the archive holds the
+    versions the other rules keep plus at most the budget of evidence, the newest, and says so."""
+    from protocol.manifest import build_manifest
+
+    if budget == "bytes":
+        size = build_manifest(audit_model, run_id="x", version=0, step=0).total_bytes  # each version's bytes
+        budget = {"rejected_max_versions": 100, "rejected_max_bytes": int(3.5 * size)}
+    s = coordinator(keep_last=2, keep_every=0, keep_rejected=True, **budget)
+    root = tmp_path / "archive"
+    keeper = CheckpointKeeper(s.ctx, root, client=FolderClient(tmp_path / "cache"))
+    versions = 12
+    with caplog.at_level(logging.WARNING, logger="swarmrl.coordinator"):
+        for v in range(versions):
+            assert s.publish(v).status_code == 200
+            submit_at(s, s.new_worker(), v, accepted=False)  # a fresh identity, banned at once
+            keeper.step()
+            evidence_only = set(archived_versions(root)) - {v, v - 1}  # beyond keep_last=2 / the window
+            assert len(evidence_only) <= 3, archived_versions(root)
+    assert archived_versions(root) == [7, 8, 9, 10, 11]     # newest two + the newest three rejected-claimed
+    assert s.metric("swarmrl_coordinator_archive_evidence_over_budget_total") == versions - 5
+    warned = [r.getMessage() for r in caplog.records if "exceed the evidence budget" in r.getMessage()]
+    assert warned and "not keeping the oldest" in warned[0]
+
+
+def test_the_evidence_spammer_fixture_meets_the_budget(tmp_path, audit_model):
+    """tests/hostile/evidence.EvidenceSpammer against a real coordinator: a fresh identity per
+    version, each queued at intake and rejected by the verifier (the test), and still the
+    archive keeps no more than the budget of evidence."""
+    import time
+
+    from tests.hostile.evidence import EvidenceSpammer
+
+    s = start_swarm(tmp_path / "c", audit_model, async_window=1, join={"identities_per_address": 0},
+                    checkpoints={"keep_last": 1, "keep_every": 0, "rejected_max_versions": 2})
+    s.clock.t = time.time()  # the spammer signs with the real clock
+    root = tmp_path / "archive"
+    keeper = CheckpointKeeper(s.ctx, root, client=FolderClient(tmp_path / "cache"))
+    try:
+        with EvidenceSpammer(s.server.url, hidden_size=32, poll_s=0.05) as spam:
+            for v in range(6):
+                assert s.publish(v).status_code == 200
+                assert spam.wait_for(v + 1, timeout_s=30), spam.errors
+                for job in s.claim():
+                    assert s.verdict(job.submission_id, False, reason="proof: garbage").status_code == 200
+                keeper.step()
+        assert [status for _, _, status in spam.spammed] == [200] * 6
+        assert len({peer for _, peer, _ in spam.spammed}) == 6           # a throw-away identity each
+        assert archived_versions(root) == [2, 3, 4, 5]                   # newest and window (4, 5), + 2 of evidence
+    finally:
+        s.close()

@@ -15,11 +15,12 @@ from coordinator.app import create_app
 from coordinator.config import CoordinatorConfig
 from coordinator.context import Context, build_context
 from coordinator.store.schema import metadata
-from protocol.envelope import Envelope, envelope_signing_bytes, seal
+from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, envelope_signing_bytes, seal
 from protocol.http import ServerThread
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest, sign_manifest
 from protocol.messages import (
+    KIND_BATCH_ACK,
     KIND_BATCH_REQUEST,
     KIND_CLAIM,
     KIND_HEARTBEAT,
@@ -27,6 +28,7 @@ from protocol.messages import (
     KIND_REGISTRATION,
     KIND_SUBMISSION,
     KIND_VERDICT,
+    BatchAck,
     BatchRequest,
     ClaimRequest,
     ClaimResponse,
@@ -98,13 +100,16 @@ class Swarm:
         content = env.model_dump_json() if isinstance(env, Envelope) else env
         return self.http.post(path, content=content, headers={"content-type": "application/json"})
 
-    def seal(self, kind, body, key: KeyPair, dt: float = 0.0) -> Envelope:
-        return seal(kind, body, key, now=self.clock() + dt)
+    def seal(self, kind, body, key: KeyPair, dt: float = 0.0, *, run_id: str | None = None,
+             audience: str = AUDIENCE_COORDINATOR) -> Envelope:
+        """Sign for this coordinator's run and role (or the `run_id`/`audience` given)."""
+        return seal(kind, body, key, now=self.clock() + dt, run_id=run_id or self.cfg.run_id, audience=audience)
 
     def seal_raw(self, kind: str, body: dict, key: KeyPair, dt: float = 0.0) -> Envelope:
         """Sign any JSON body, valid or not (for hostile-input tests)."""
         env = self.seal(kind, Heartbeat(), key, dt)
-        sig = key.sign(envelope_signing_bytes(kind, body, env.signer, env.timestamp, env.nonce))
+        sig = key.sign(envelope_signing_bytes(kind, body, env.signer, env.timestamp, env.nonce, run_id=env.run_id,
+                                              audience=env.audience))
         return env.model_copy(update={"body": body, "signature": sig})
 
     def post(self, path: str, kind: str, body, key: KeyPair) -> httpx.Response:
@@ -157,15 +162,32 @@ class Swarm:
 
     def verdict(self, submission_id: str, accepted: bool, full_check: bool = True, reason: str = "",
                 key: KeyPair | None = None, checks: list | None = None) -> httpx.Response:
-        return self.post("/v1/verdicts", KIND_VERDICT,
-                         Verdict(submission_id=submission_id, accepted=accepted, full_check=full_check,
-                                 checks=passing_checks(full_check) if checks is None and accepted else (checks or []),
-                                 reason=reason), key or self.verifier)
+        return self.post("/v1/verdicts", KIND_VERDICT, self.verdict_body(submission_id, accepted, full_check, reason,
+                                                                          checks), key or self.verifier)
+
+    def verdict_body(self, submission_id: str, accepted: bool, full_check: bool = True, reason: str = "",
+                     checks: list | None = None) -> Verdict:
+        """A Verdict naming the digests of the submission and lease this coordinator stored
+        (what a verifier that judged the claimed job names); zeros for an unknown submission."""
+        from coordinator.store import submissions
+        from protocol.envelope import envelope_digest
+
+        with self.ctx.db.read() as conn:
+            row = submissions.judged(conn, submission_id)
+        sub_d, lease_d = ("0" * 64, "0" * 64) if row is None else (
+            row.envelope_sha256, envelope_digest(Envelope.model_validate_json(row.lease_envelope)))
+        if checks is None:
+            checks = passing_checks(full_check) if accepted else []
+        return Verdict(submission_id=submission_id, accepted=accepted, full_check=full_check, checks=checks,
+                       reason=reason, submission_sha256=sub_d, lease_sha256=lease_d)
 
     def batch(self, max_groups: int = 64, min_version: int = 0, wait_s: float = 0.0) -> httpx.Response:
         return self.post("/v1/trainer/batch", KIND_BATCH_REQUEST,
                          BatchRequest(max_groups=max_groups, min_policy_version=min_version, wait_s=wait_s),
                          self.operator)
+
+    def ack(self, submission_ids: list[str]) -> httpx.Response:
+        return self.post("/v1/trainer/ack", KIND_BATCH_ACK, BatchAck(submission_ids=submission_ids), self.operator)
 
     def stats(self) -> dict:
         return self.http.get("/v1/stats").json()

@@ -28,6 +28,10 @@ DEPLOY_ENV = {
     "SWARMRL_COORDINATOR_VERIFIER_KEYS": '["' + "cd" * 32 + '"]',
     "SWARMRL_COORDINATOR_DATABASE_URL": "postgresql://swarmrl:pw@postgres:5432/swarmrl",
     "SWARMRL_RELAY_OPERATOR_KEY": "ab" * 32,
+    # the key pins compose sets from deploy/.env (deploy/make-keys.sh)
+    "SWARMRL_TRAINER_PINS__OPERATOR": "ab" * 32, "SWARMRL_TRAINER_PINS__COORDINATOR": "ef" * 32,
+    "SWARMRL_VERIFIER_PINS__OPERATOR": "ab" * 32, "SWARMRL_VERIFIER_PINS__COORDINATOR": "ef" * 32,
+    "SWARMRL_VERIFIER_PINS__VERIFIERS": '["' + "cd" * 32 + '"]', "SWARMRL_RELAY_PINS__OPERATOR": "ab" * 32,
 }
 
 
@@ -56,6 +60,8 @@ def test_every_committed_config_parses(path):
     model, prefix = _model_for(path)
     cfg = load_config(model, path, env_prefix=prefix, environ=DEPLOY_ENV)
     assert cfg is not None
+    if path.parent == DEPLOY / "config" and model.__name__ != "CoordinatorConfig":
+        assert cfg.pins.operator == "ab" * 32, "the deployment pins the operator key"
 
 
 def test_deploy_coordinator_config_needs_the_keys_from_the_environment():

@@ -2,7 +2,7 @@
 
 import json
 
-from protocol.envelope import Envelope, open_envelope
+from protocol.envelope import AUDIENCE_WORKER, Envelope, open_envelope
 from protocol.identity import PublicKey
 from protocol.messages import (
     KIND_LEASE,
@@ -32,7 +32,8 @@ def test_leases_are_signed_by_the_coordinator_with_seeds_sampling_and_the_versio
     r = swarm.post("/v1/leases", "lease_request", __import__("protocol.messages").messages.LeaseRequest(max_tasks=3), w)
     envs = [Envelope.model_validate(e) for e in r.json()["leases"]]
     coord = PublicKey.from_hex(swarm.http.get("/v1/run").json()["coordinator_key"])
-    leases = [open_envelope(e, KIND_LEASE, Lease, signer=coord, now=swarm.clock()).body for e in envs]
+    leases = [open_envelope(e, KIND_LEASE, Lease, signer=coord, now=swarm.clock(), run_id=swarm.cfg.run_id,
+                            audience=AUDIENCE_WORKER).body for e in envs]
     assert len(leases) == 3 and len({l.lease_id for l in leases}) == 3
     for lease in leases:
         assert lease.worker_id == w.peer_id and lease.run_id == swarm.cfg.run_id
@@ -246,19 +247,15 @@ def test_verdicts_in_one_batch_are_each_checked_and_applied_on_their_own(swarm):
     """POST /v1/verdicts/batch: each element is a signed verdict handled as at /v1/verdicts; a
     refused one (unknown submission, a key that is not a verifier's, a replayed envelope)
     gets its own status and changes nothing, the others are applied."""
-    from protocol.messages import KIND_VERDICT, Verdict, VerdictBatchResponse
+    from protocol.messages import KIND_VERDICT, VerdictBatchResponse
 
     swarm.publish(0)
     w = swarm.new_worker()
     sids = [swarm.submit(w, lease).json()["submission_id"] for lease in swarm.lease(w, 3)]
     swarm.claim()
-    good = [swarm.seal(KIND_VERDICT, Verdict(submission_id=sid, accepted=True, full_check=True,
-                                             checks=passing_checks()), swarm.verifier)
-            for sid in sids[:2]]
-    unknown = swarm.seal(KIND_VERDICT, Verdict(submission_id="s-nope", accepted=True, full_check=True,
-                                               checks=passing_checks()),
-                   swarm.verifier)
-    forged = swarm.seal(KIND_VERDICT, Verdict(submission_id=sids[2], accepted=False, full_check=True, checks=[]), w)
+    good = [swarm.seal(KIND_VERDICT, swarm.verdict_body(sid, True), swarm.verifier) for sid in sids[:2]]
+    unknown = swarm.seal(KIND_VERDICT, swarm.verdict_body("s-nope", True), swarm.verifier)
+    forged = swarm.seal(KIND_VERDICT, swarm.verdict_body(sids[2], False), w)
     body = {"envelopes": [e.model_dump(mode="json") for e in (good[0], unknown, forged, good[1], good[0])]}
     r = swarm.http.post("/v1/verdicts/batch", json=body)
     assert r.status_code == 200, r.text

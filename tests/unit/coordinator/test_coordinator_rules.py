@@ -233,11 +233,12 @@ def test_coordinator_signs_over_exactly_the_protocol_bytes():
     rng = random.Random(1)
     for i in range(50):
         env = seal("heartbeat", Heartbeat(tokens_per_s=rng.random() * 10 ** rng.randint(-5, 9), status="é∑" * (i % 3)),
-                   key, now=rng.uniform(0, 2e9))
+                   key, now=rng.uniform(0, 2e9), run_id=rng.choice(["r", "run-1", "Z.z:9"]),
+                   audience=rng.choice(["coordinator", "worker", "swarm", "a", "zz"]))
         body = {"x": [rng.random(), None, True, "ü", {"b": 1, "a": [1.5e300, -0.0]}], "n": i}
         env = env.model_copy(update={"body": body})
         assert env.signing_bytes_with(canonical_bytes(env.body)) == envelope_signing_bytes(
-            env.kind, env.body, env.signer, env.timestamp, env.nonce)
+            env.kind, env.body, env.signer, env.timestamp, env.nonce, run_id=env.run_id, audience=env.audience)
 
 
 def test_training_payload_is_cut_from_the_canonical_body_exactly():

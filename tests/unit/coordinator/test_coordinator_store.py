@@ -1,6 +1,7 @@
 """The store: migrations match the schema, state survives reopening, the archive is readable."""
 
 import json
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -10,7 +11,7 @@ from alembic.migration import MigrationContext
 from coordinator.archive import Archiver
 from coordinator.store.db import Database
 from coordinator.store.schema import metadata
-from protocol.envelope import Envelope, open_envelope
+from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, open_envelope
 from protocol.messages import KIND_SUBMISSION, KIND_VERDICT, Submission, Verdict
 
 
@@ -70,16 +71,50 @@ def test_archive_holds_submissions_and_verdicts_by_version_readable_with_duckdb(
     assert list(subs.rewards[0]) == json.loads(swarm.snapshot_submission(s0)["rewards"])
     # the signed envelopes are there as received: an auditor can re-check the signatures
     env = Envelope.model_validate_json(subs.submission_envelope[1])
-    body = open_envelope(env, KIND_SUBMISSION, Submission, max_skew_s=None).body
+    body = open_envelope(env, KIND_SUBMISSION, Submission, max_skew_s=None, run_id=swarm.cfg.run_id,
+                         audience=AUDIENCE_COORDINATOR).body
     assert body.lease_id == l1.lease_id and env.signer == w.public.hex
     assert json.loads(subs.lease_envelope[1])["body"]["lease_id"] == l1.lease_id
 
     verdicts = pd.read_parquet(sorted((root / "verdicts").rglob("*.parquet")))
     assert sorted(zip(verdicts.submission_id, verdicts.status)) == sorted([(s0, "accepted"), (s1, "rejected")])
     rej = verdicts[verdicts.status == "rejected"].iloc[0]
-    v = open_envelope(Envelope.model_validate_json(rej.verdict_envelope), KIND_VERDICT, Verdict, max_skew_s=None)
+    v = open_envelope(Envelope.model_validate_json(rej.verdict_envelope), KIND_VERDICT, Verdict, max_skew_s=None,
+                      run_id=swarm.cfg.run_id, audience=AUDIENCE_COORDINATOR)
     assert v.signer.hex == swarm.verifier.public.hex and rej.reason == "proof check failed"
     assert not list(root.rglob(".*.tmp"))
+
+
+def test_archive_files_are_durable_before_their_rows_are_marked_archived(swarm, tmp_path, monkeypatch):
+    """Each Parquet rename is followed by an fsync of its folder (and of the parents of folders
+    made for it), all before the rows are marked archived: a power loss cannot leave rows marked
+    archived whose file's directory entry was never written."""
+    import coordinator.archive as archive_mod
+    from coordinator.store import submissions
+
+    events: list[tuple[str, object]] = []
+    real_fsync, real_mark = archive_mod.fsync_dir, submissions.mark_archived
+
+    def fsync_dir(path):
+        events.append(("fsync", (Path(path), sorted(q.name for q in Path(path).iterdir()))))
+        real_fsync(path)
+
+    def mark_archived(conn, ids, column):
+        events.append(("mark", column))
+        real_mark(conn, ids, column)
+
+    monkeypatch.setattr(archive_mod, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(submissions, "mark_archived", mark_archived)
+    swarm.publish(0)
+    w = swarm.new_worker()
+    (lease,) = swarm.lease(w)
+    swarm.submit(w, lease)
+    root = tmp_path / "archive"
+    assert Archiver(swarm.ctx.db, root).flush()["submissions"] == 1
+    (part,) = (root / "submissions" / "v000000").glob("*.parquet")
+    synced = [e[1] for e in events[:events.index(("mark", "archived"))] if e[0] == "fsync"]
+    assert (part.parent, [part.name]) in synced                       # the rename itself
+    assert {d for d, _ in synced} >= {part.parent, root / "submissions", root, root.parent}  # the new folders
 
 
 def test_migration_0002_moves_envelopes_out_of_submissions(tmp_path):
@@ -128,6 +163,7 @@ def test_finished_archived_envelopes_leave_the_database_after_the_retention(swar
     swarm.verdict(a[1], True)
     swarm.verdict(b[0], False)          # the cheater is banned; b[1] is dropped unjudged
     assert [g["submission_id"] for g in swarm.batch(max_groups=1).json()["groups"]] == [a[0]]
+    assert swarm.ack([a[0]]).json() == {"acknowledged": 1}  # the trainer holds it: consumed
     Archiver(swarm.ctx.db, tmp_path / "archive").flush()
 
     def kept():

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Response
 
 from protocol.http import ServerThread
 from protocol.lm import load_tokenizer
-from protocol.messages import KIND_EVAL_REPORT, KIND_VERDICT, CheckResult, EvalReport, Verdict
+from protocol.messages import KIND_EVAL_REPORT, KIND_VERDICT, CheckResult, EvalReport
 
 API = "/v1/dashboard"
 STATIC = Path(__file__).resolve().parents[3] / "coordinator" / "dashboard" / "static"
@@ -26,10 +26,10 @@ def report(s, version, acc, key=None, **kw):
 
 
 def reject(s, sid):
-    v = Verdict(submission_id=sid, accepted=False, full_check=True, reason="proof: 40/128 exponents differ",
-                checks=[CheckResult(name="reward", passed=True, stats={"mean": 0.0}),
-                        CheckResult(name="proof", passed=False, stats={"group_exp_frac": 0.3},
-                                    detail="completion 0 chunk 0: 40/128 exponents differ")])
+    v = s.verdict_body(sid, False, reason="proof: 40/128 exponents differ",
+                       checks=[CheckResult(name="reward", passed=True, stats={"mean": 0.0}),
+                               CheckResult(name="proof", passed=False, stats={"group_exp_frac": 0.3},
+                                           detail="completion 0 chunk 0: 40/128 exponents differ")])
     assert s.post("/v1/verdicts", KIND_VERDICT, v, s.verifier).status_code == 200
 
 

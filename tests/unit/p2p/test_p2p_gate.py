@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protocol.canonical import canonical_bytes
-from protocol.envelope import seal
+from protocol.envelope import AUDIENCE_SWARM, seal
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest, sign_manifest
 from shardcast.p2p.announcements import (
@@ -29,13 +29,18 @@ def manifest_env(tmp_path_factory):
     return sign_manifest(build_manifest(d, run_id=RUN, version=4, step=40, shard_size=2048), OP)
 
 
+def sealed(kind, body, key, now=NOW):
+    """Signed for this run's swarm topic."""
+    return seal(kind, body, key, now=now, run_id=RUN, audience=AUDIENCE_SWARM)
+
+
 def gate(**kw) -> Gate:
     return Gate(RUN, OP.public, COORD.public, **kw)
 
 
 def relay(key=ANYONE, **kw):
     body = RelayAdvert(run_id=kw.pop("run_id", RUN), url=kw.pop("url", "http://r1:8800"), **kw)
-    return seal(KIND_RELAY, body, key, now=NOW)
+    return seal(KIND_RELAY, body, key, now=NOW, run_id=body.run_id, audience=AUDIENCE_SWARM)
 
 
 def rejected(g: Gate, data: bytes, now: float = NOW) -> str:
@@ -79,28 +84,28 @@ def test_embedded_manifest_must_match_the_announced_version_and_hash(manifest_en
     other_version = version_announcement(manifest_env, RUN, 5, 40, OP, now=NOW)
     assert rejected(gate(), encode(other_version)) == "bad-manifest"
     body = VersionAnnouncement(run_id=RUN, version=4, step=40, manifest_sha256="0" * 64, manifest=manifest_env)
-    assert rejected(gate(), encode(seal(KIND_VERSION, body, OP, now=NOW))) == "bad-manifest"
+    assert rejected(gate(), encode(sealed(KIND_VERSION, body, OP, now=NOW))) == "bad-manifest"
 
 
 def test_hash_only_version_announcement_is_admitted(manifest_env):
     body = VersionAnnouncement(run_id=RUN, version=4, step=40, manifest_sha256=manifest_digest(manifest_env))
-    ann = gate().admit(encode(seal(KIND_VERSION, body, OP, now=NOW)), NOW)
+    ann = gate().admit(encode(sealed(KIND_VERSION, body, OP, now=NOW)), NOW)
     assert ann.body.manifest is None
 
 
 def test_notices_only_from_the_coordinator():
     notice = Notice(run_id=RUN, text="maintenance at noon")
-    assert gate().admit(encode(seal(KIND_NOTICE, notice, COORD, now=NOW)), NOW).body.text == "maintenance at noon"
-    assert rejected(gate(), encode(seal(KIND_NOTICE, notice, OP, now=NOW))) == "bad-signer"
+    assert gate().admit(encode(sealed(KIND_NOTICE, notice, COORD, now=NOW)), NOW).body.text == "maintenance at noon"
+    assert rejected(gate(), encode(sealed(KIND_NOTICE, notice, OP, now=NOW))) == "bad-signer"
     no_coordinator_known = Gate(RUN, OP.public, None)
-    assert rejected(no_coordinator_known, encode(seal(KIND_NOTICE, notice, COORD, now=NOW))) == "bad-signer"
+    assert rejected(no_coordinator_known, encode(sealed(KIND_NOTICE, notice, COORD, now=NOW))) == "bad-signer"
 
 
 def test_relay_and_have_adverts_from_any_key_are_admitted():
     g = gate()
     assert g.admit(encode(relay()), NOW).body.url == "http://r1:8800"
     have = HaveAdvert(run_id=RUN, versions=[1, 2], addrs=["/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWx"])
-    assert g.admit(encode(seal(KIND_HAVE, have, KeyPair.generate(), now=NOW)), NOW).body.versions == [1, 2]
+    assert g.admit(encode(sealed(KIND_HAVE, have, KeyPair.generate(), now=NOW)), NOW).body.versions == [1, 2]
 
 
 def test_stale_and_future_announcements_are_rejected():
@@ -124,7 +129,7 @@ def test_untrusted_adverts_are_rate_limited_per_signer_and_refill():
     # another signer has its own budget
     g.admit(encode(relay(key=KeyPair.generate())), NOW)
     # two seconds later one token is back
-    later = seal(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://r1:8800"), ANYONE, now=NOW + 2)
+    later = sealed(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://r1:8800"), ANYONE, now=NOW + 2)
     g.admit(encode(later), NOW + 2)
 
 
@@ -147,14 +152,23 @@ def test_malformed_messages_are_rejected(data, reason):
 def test_unknown_kind_and_invalid_body_are_rejected():
     from protocol.messages import KIND_HEARTBEAT, Heartbeat
 
-    assert rejected(gate(), encode(seal(KIND_HEARTBEAT, Heartbeat(), ANYONE, now=NOW))) == "unknown-kind"
-    bad_url = seal(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://ok"), ANYONE, now=NOW)
+    assert rejected(gate(), encode(sealed(KIND_HEARTBEAT, Heartbeat(), ANYONE, now=NOW))) == "unknown-kind"
+    bad_url = sealed(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://ok"), ANYONE, now=NOW)
     bad_url = bad_url.model_copy(update={"body": {**bad_url.body, "url": "file:///etc/passwd"}})
     # re-sign so only the schema can object
     from protocol.envelope import envelope_signing_bytes
-    sig = ANYONE.sign(envelope_signing_bytes(bad_url.kind, bad_url.body, bad_url.signer, bad_url.timestamp, bad_url.nonce))
+    sig = ANYONE.sign(envelope_signing_bytes(bad_url.kind, bad_url.body, bad_url.signer, bad_url.timestamp, bad_url.nonce,
+                                            run_id=bad_url.run_id, audience=bad_url.audience))
     assert rejected(gate(), encode(bad_url.model_copy(update={"signature": sig}))) == "malformed"
 
 
 def test_announcements_for_another_run_are_rejected():
     assert rejected(gate(), encode(relay(run_id="run-2"))) == "other-run"
+
+
+def test_an_announcement_signed_for_another_run_or_role_is_rejected_even_if_its_body_names_this_run():
+    body = RelayAdvert(run_id=RUN, url="http://r1:8800")
+    other_run = seal(KIND_RELAY, body, ANYONE, now=NOW, run_id="run-2", audience=AUDIENCE_SWARM)
+    assert rejected(gate(), encode(other_run)) == "other-run"
+    to_coordinator = seal(KIND_RELAY, body, ANYONE, now=NOW, run_id=RUN, audience="coordinator")
+    assert rejected(gate(), encode(to_coordinator)) == "other-run"

@@ -15,7 +15,7 @@ pytest.importorskip("libp2p", reason="needs the p2p extra: pip install -e '.[p2p
 
 from p2p_harness import T, signed_checkpoint, wait_for  # noqa: E402
 
-from protocol.envelope import seal  # noqa: E402
+from protocol.envelope import AUDIENCE_SWARM, seal  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
 from shardcast.errors import CorruptData, VersionUnavailable  # noqa: E402
 from shardcast.p2p import (  # noqa: E402
@@ -168,7 +168,7 @@ def test_manifest_is_asked_of_a_peer_when_only_its_hash_was_announced(swarm):
     folder = checkpoint(swarm["root"] / "holder", 2)
     env = _manifest(folder)
     body = VersionAnnouncement(run_id=RUN, version=2, step=2, manifest_sha256=manifest_digest(env))
-    boot.publish_envelope(seal(KIND_VERSION, body, COORD))
+    boot.publish_envelope(seal(KIND_VERSION, body, COORD, run_id=RUN, audience=AUDIENCE_SWARM))
     assert worker.wait_for_version(1, T) == 2
     assert worker.view.version(2).manifest is None
     holder.refresh_have()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from protocol.envelope import seal
+from protocol.envelope import AUDIENCE_SWARM, seal
 from protocol.identity import KeyPair
 from shardcast.p2p.announcements import (
     KIND_HAVE, KIND_NOTICE, KIND_RELAY, KIND_VERSION, Announcement, HaveAdvert, Notice, RelayAdvert,
@@ -17,7 +17,7 @@ T = 1_800_000_000.0
 
 
 def ann(kind, body, key, ts=T) -> Announcement:
-    env = seal(kind, body, key, now=ts)
+    env = seal(kind, body, key, now=ts, run_id=body.run_id, audience=AUDIENCE_SWARM)
     return Announcement(kind=kind, body=body, signer=key.public, timestamp=ts, envelope=env)
 
 

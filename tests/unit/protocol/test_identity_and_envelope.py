@@ -7,9 +7,12 @@ import pytest
 from pydantic import BaseModel
 
 from protocol.envelope import Envelope, ReplayGuard, open_envelope, seal
-from protocol.errors import KeyFileError, MessageError, SignatureError, StaleMessageError
+from protocol.canonical import canonical_bytes
+from protocol.errors import KeyFileError, MessageError, ScopeError, SignatureError, StaleMessageError
 from protocol.identity import KeyPair, PublicKey, peer_id_from_public_bytes, public_bytes_from_peer_id
 from protocol.messages import KIND_HEARTBEAT, KIND_LEASE_REQUEST, Heartbeat, LeaseRequest
+
+SCOPE = {"run_id": "run-a", "audience": "coordinator"}
 
 
 def _b58decode(text):
@@ -58,49 +61,114 @@ def test_corrupt_keyfile_is_a_clear_error(tmp_path):
 
 def test_sealed_message_opens_with_typed_body():
     key = KeyPair.generate()
-    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key)
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key, **SCOPE)
     wire = Envelope.model_validate_json(env.model_dump_json())
-    opened = open_envelope(wire, KIND_LEASE_REQUEST, LeaseRequest)
+    opened = open_envelope(wire, KIND_LEASE_REQUEST, LeaseRequest, **SCOPE)
     assert opened.body.max_tasks == 3
     assert opened.signer_id == key.peer_id
 
 
-@pytest.mark.parametrize("field,value", [("body", {"max_tasks": 4}), ("timestamp", 1.0), ("nonce", "0" * 32)])
+@pytest.mark.parametrize("field,value", [("body", {"max_tasks": 4}), ("timestamp", 1.0), ("nonce", "0" * 32),
+                                         ("run_id", "run-b"), ("audience", "verifier")])
 def test_any_tampered_field_breaks_the_signature(field, value):
     key = KeyPair.generate()
-    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key).model_dump()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key, **SCOPE).model_dump()
     env[field] = value
     with pytest.raises(SignatureError):
-        open_envelope(Envelope.model_validate(env), KIND_LEASE_REQUEST, LeaseRequest, max_skew_s=None)
+        # the receiver is the one the tampered envelope now names: only the signature can tell
+        open_envelope(Envelope.model_validate(env), KIND_LEASE_REQUEST, LeaseRequest, max_skew_s=None,
+                      run_id=env["run_id"], audience=env["audience"])
 
 
 def test_kind_is_signed_and_checked():
     key = KeyPair.generate()
-    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key)
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key, **SCOPE)
     with pytest.raises(MessageError, match="expected a 'heartbeat'"):
-        open_envelope(env, KIND_HEARTBEAT, Heartbeat)
+        open_envelope(env, KIND_HEARTBEAT, Heartbeat, **SCOPE)
     forged = env.model_copy(update={"kind": KIND_HEARTBEAT})
     with pytest.raises(SignatureError):
-        open_envelope(forged, KIND_HEARTBEAT, LeaseRequest)
+        open_envelope(forged, KIND_HEARTBEAT, LeaseRequest, **SCOPE)
+
+
+def test_run_and_audience_are_checked_before_the_signature_with_both_values_named():
+    """A message signed for one run (or role) is refused by a receiver of another, whatever the
+    signature: the error names what was expected and what came."""
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), key, run_id="run-a", audience="verifier")
+    with pytest.raises(ScopeError, match="signed for run 'run-a', but this coordinator serves run 'run-b'"):
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, run_id="run-b", audience="coordinator")
+    with pytest.raises(ScopeError, match="signed for the 'verifier' role, but was sent to the 'coordinator'"):
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, run_id="run-a", audience="coordinator")
+    assert open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, run_id="run-a", audience="verifier").body.max_tasks == 1
+    # None skips a scope check (archived records, manifests checked against their body); the signature still counts
+    assert open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, run_id=None, audience=None).nonce == env.nonce
+    with pytest.raises(SignatureError):
+        open_envelope(env.model_copy(update={"run_id": "run-b"}), KIND_LEASE_REQUEST, LeaseRequest, run_id=None,
+                      audience=None)
+
+
+def test_the_signing_domain_is_version_2_and_covers_run_and_audience():
+    from protocol.envelope import ENVELOPE_DOMAIN
+
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), key, run_id="r", audience="swarm", now=5.0)
+    data = env.signing_bytes()
+    assert data.startswith(ENVELOPE_DOMAIN) and ENVELOPE_DOMAIN == b"swarmrl-envelope/2\n"
+    assert b'"run_id":"r"' in data and b'"audience":"swarm"' in data
+    key.public.verify(env.signature, data)
+
+
+def test_envelope_digest_names_the_signed_envelope_not_its_json_spelling():
+    import json
+
+    from protocol.envelope import envelope_digest
+
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=2), key, **SCOPE)
+    respelled = Envelope.model_validate_json(json.dumps(json.loads(env.model_dump_json()), indent=3))
+    assert envelope_digest(respelled) == envelope_digest(env) == envelope_digest(env, canonical_bytes(env.body))
+    assert len(envelope_digest(env)) == 64
+    other = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=2), key, **SCOPE)  # same body, another nonce
+    assert envelope_digest(other) != envelope_digest(env)
+
+
+def test_key_pins_refuse_a_served_key_that_differs_and_name_it():
+    from protocol.config import KeyPins
+    from protocol.errors import PinError
+
+    op, co, ve, evil = (KeyPair.generate().public.hex for _ in range(4))
+    KeyPins().check(source="x", operator=evil, coordinator=evil, verifiers=[evil])  # nothing pinned: anything goes
+    pins = KeyPins(operator=op.upper(), coordinator=co, verifiers=[ve])
+    assert pins.operator == op and pins.pinned
+    pins.check(source="GET /v1/run", operator=op, coordinator=co, verifiers=[ve])
+    pins.check(source="GET /v1/run", operator=op, coordinator=co, verifiers=[])  # fewer verifiers: fine
+    with pytest.raises(PinError, match=f"GET /v1/run names operator key {evil[:16]}.*pinned: {op[:16]}"):
+        pins.check(source="GET /v1/run", operator=evil, coordinator=co, verifiers=[ve])
+    with pytest.raises(PinError, match="coordinator key"):
+        pins.check(source="GET /v1/run", operator=op, coordinator=evil)
+    with pytest.raises(PinError, match="verifier key"):
+        pins.check(source="GET /v1/run", verifiers=[ve, evil])
+    with pytest.raises(ValueError):
+        KeyPins(verifiers=["not-hex"])
 
 
 def test_wrong_signer_and_unauthorised_signer():
     a, b = KeyPair.generate(), KeyPair.generate()
-    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), a)
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), a, **SCOPE)
     with pytest.raises(SignatureError, match="must be signed by"):
-        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, signer=b.public)
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, signer=b.public, **SCOPE)
     with pytest.raises(SignatureError, match="not an authorised key"):
-        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, allowed_signers={b.public.hex})
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, allowed_signers={b.public.hex}, **SCOPE)
 
 
 def test_stale_and_future_timestamps_are_refused():
     key = KeyPair.generate()
-    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), key, now=1000.0)
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), key, now=1000.0, **SCOPE)
     with pytest.raises(StaleMessageError):
-        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1000.0 + 500)
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1000.0 + 500, **SCOPE)
     with pytest.raises(StaleMessageError):
-        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1000.0 - 500)
-    assert open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1010.0).body.max_tasks == 1
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1000.0 - 500, **SCOPE)
+    assert open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, now=1010.0, **SCOPE).body.max_tasks == 1
 
 
 def test_signed_but_invalid_body_is_a_message_error():
@@ -108,9 +176,9 @@ def test_signed_but_invalid_body_is_a_message_error():
         max_tasks: int
 
     key = KeyPair.generate()
-    env = seal(KIND_LEASE_REQUEST, Loose(max_tasks=100000), key)
+    env = seal(KIND_LEASE_REQUEST, Loose(max_tasks=100000), key, **SCOPE)
     with pytest.raises(MessageError, match="max_tasks"):
-        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest)
+        open_envelope(env, KIND_LEASE_REQUEST, LeaseRequest, **SCOPE)
 
 
 def test_replay_guard_refuses_a_nonce_twice_and_forgets_after_window():
@@ -120,3 +188,13 @@ def test_replay_guard_refuses_a_nonce_twice_and_forgets_after_window():
         guard.check_and_remember("s", "n1", 0, now=101.0)
     guard.check_and_remember("other", "n1", 0, now=101.0)
     guard.check_and_remember("s", "n1", 0, now=200.0)
+
+
+def test_envelope_digest_of_an_envelope_without_a_canonical_form_is_defined_and_matches_nothing():
+    from protocol.envelope import envelope_digest
+
+    key = KeyPair.generate()
+    env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=2), key, **SCOPE)
+    odd = Envelope.model_validate_json(env.model_dump_json().replace('"max_tasks":2', '"max_tasks":NaN'))
+    assert odd.body["max_tasks"] != odd.body["max_tasks"]  # NaN got through JSON parsing
+    assert len(envelope_digest(odd)) == 64 and envelope_digest(odd) != envelope_digest(env)

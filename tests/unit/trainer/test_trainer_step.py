@@ -96,7 +96,7 @@ def test_checkpoints_are_complete_or_absent_and_pruned(tmp_path, tiny_model_dir)
     assert saved.version == 2 and saved.state()["step"] == 2
     assert (saved.model_dir / "model.safetensors").exists() and (saved.model_dir / "tokenizer.json").exists()
     assert not (saved.model_dir / "optimizer.pt").exists()  # never inside the published folder
-    assert torch.load(saved.optimizer_path, weights_only=False) == {"x": 2}
+    assert saved.optimizer_state() == {"x": 2}
     # a crash mid-write leaves a temp folder and a folder without its marker: both are ignored and cleaned
     (store.root / ".tmp-3-123").mkdir()
     (store.root / "3" / "model").mkdir(parents=True)
@@ -106,6 +106,40 @@ def test_checkpoints_are_complete_or_absent_and_pruned(tmp_path, tiny_model_dir)
     with pytest.raises(CheckpointError):
         store.save(2, model=model, tokenizer=tok, optimizer_state=None, state={})
     assert (store.root / "2" / COMPLETE).read_text().strip() == "2"
+
+
+class _Payload:
+    """Unpickling this runs code (what a tampered optimizer.pt could carry)."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path(__import__('os').environ['PWNED_FILE']).write_text('ran')",))
+
+
+def test_optimizer_state_loads_with_weights_only_and_a_tampered_file_runs_nothing(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    """A real AdamW state (tensors, betas tuple, flags) loads under torch.load(weights_only=True);
+    a file that names any other object is refused with a clear error and its code never runs."""
+    from protocol.lm import load_model, load_tokenizer
+
+    model = load_model(str(tiny_model_dir)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    model(torch.tensor([[5, 6, 7]])).logits.sum().backward()
+    opt.step()
+    store = CheckpointStore(tmp_path, keep=2)
+    saved = store.save(1, model=model, tokenizer=load_tokenizer(str(tiny_model_dir)),
+                       optimizer_state=opt.state_dict(), state={"step": 1})
+    again = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    again.load_state_dict(saved.optimizer_state())
+    assert again.state_dict()["param_groups"][0]["betas"] == (0.9, 0.99)
+    first = next(iter(opt.state.values()))
+    assert torch.equal(next(iter(again.state.values()))["exp_avg"], first["exp_avg"])
+
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED_FILE", str(marker))
+    torch.save({"state": {}, "param_groups": [], "x": _Payload()}, saved.optimizer_path)
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        saved.optimizer_state()
+    assert not marker.exists()
 
 
 def test_inbox_survives_a_restart_and_forgets_consumed_groups(tmp_path):

@@ -89,15 +89,29 @@ def test_data_check_catches_another_workers_lease(world, worker_key, leased):
 
 
 def test_a_lease_not_signed_by_the_coordinator_does_not_open(world, worker_key, leased):
-    from protocol.envelope import seal
+    from protocol.envelope import AUDIENCE_WORKER, seal
     from protocol.errors import SignatureError
     from protocol.identity import KeyPair
     from protocol.messages import KIND_LEASE
 
     lease, _ = leased
-    forged = seal(KIND_LEASE, lease, KeyPair.generate())
+    forged = seal(KIND_LEASE, lease, KeyPair.generate(), run_id=lease.run_id, audience=AUDIENCE_WORKER)
     with pytest.raises(SignatureError):
         open_job(world.job(forged, good_sub(lease), worker_key), world.coordinator.public)
+
+
+def test_a_job_whose_envelopes_are_bound_to_another_run_or_role_does_not_open(world, worker_key, leased):
+    """The coordinator's key signed this lease for another run, or addressed it to the
+    coordinator role: neither is a lease of this job, whatever its body says."""
+    from protocol.envelope import AUDIENCE_COORDINATOR, AUDIENCE_WORKER, seal
+    from protocol.errors import ScopeError
+    from protocol.messages import KIND_LEASE
+
+    lease, _ = leased
+    for run_id, audience in (("another-run", AUDIENCE_WORKER), (lease.run_id, AUDIENCE_COORDINATOR)):
+        env = seal(KIND_LEASE, lease, world.coordinator, run_id=run_id, audience=audience)
+        with pytest.raises(ScopeError):
+            open_job(world.job(env, good_sub(lease), worker_key), world.coordinator.public)
 
 
 def test_termination_rules(world, worker_key, leased):
@@ -174,10 +188,10 @@ def test_replay_ignores_proof_bytes_and_flags_a_resubmitted_sample(world, worker
     assert check_replay(opened(world, worker_key, s2, e2, submission_id="B"), ledger).passed
     # a lease re-issued with the same seeds and prompt: the same completion again is a replay
     l3 = l1.model_copy(update={"lease_id": "Lreissued"})
-    from protocol.envelope import seal
+    from protocol.envelope import AUDIENCE_WORKER, seal
     from protocol.messages import KIND_LEASE
 
-    e3 = seal(KIND_LEASE, l3, world.coordinator)
+    e3 = seal(KIND_LEASE, l3, world.coordinator, run_id=l3.run_id, audience=AUDIENCE_WORKER)
     s3 = s1.model_copy(update={"lease_id": "Lreissued"})
     r = check_replay(opened(world, worker_key, s3, e3, submission_id="C"), ledger)
     assert not r.passed and r.stats["kinds"] == ["sample"] and "submission A" in r.detail

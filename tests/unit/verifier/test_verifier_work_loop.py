@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from protocol.envelope import Envelope, open_envelope
+from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, envelope_digest, open_envelope
 from protocol.http import ServerThread, SignedClient
 from protocol.identity import KeyPair
 from protocol.messages import KIND_CLAIM, KIND_VERDICT, ClaimRequest, Verdict, VerdictBatch
@@ -44,7 +44,8 @@ class FakeCoordinator:
             return JSONResponse({"detail": "try again"}, status_code=503)
 
         def take(env: Envelope) -> tuple[int, str]:
-            v = open_envelope(env, KIND_VERDICT, Verdict, signer=verifier.public).body
+            v = open_envelope(env, KIND_VERDICT, Verdict, signer=verifier.public, run_id="redteam",
+                              audience=AUDIENCE_COORDINATOR).body
             if v.submission_id in self.refuse:
                 return 409, "already decided"
             self.verdicts[v.submission_id] = v
@@ -62,7 +63,8 @@ class FakeCoordinator:
         @app.post("/v1/verification/claim")
         async def claim(request: Request):
             env = Envelope.model_validate_json(await request.body())
-            body = open_envelope(env, KIND_CLAIM, ClaimRequest, signer=verifier.public).body
+            body = open_envelope(env, KIND_CLAIM, ClaimRequest, signer=verifier.public, run_id="redteam",
+                                 audience=AUDIENCE_COORDINATOR).body
             self.claims += 1
             if self.claims <= self.fail_claims:
                 return JSONResponse({"detail": "database busy"}, status_code=503)
@@ -97,7 +99,7 @@ def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, work
     verifier = KeyPair.generate()
     fake = FakeCoordinator(verifier, jobs, refuse={"refused"}, batch_route=batch_route)
     metrics = VerifierMetrics()
-    client = SignedClient(fake.server.url, verifier)
+    client = SignedClient(fake.server.url, verifier, run_id="redteam")
     service = VerifierService(client, coordinator_key=world.coordinator.public, tokenizer=world.tokenizer,
                               models=world.models, settings=JudgeSettings(run_id="redteam"), ledger=world.ledger,
                               metrics=metrics, batch_jobs=3, poll_interval_s=0.05)
@@ -118,6 +120,9 @@ def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, work
         assert "proof" not in {c.name for c in v["honest-2"].checks}
         assert not v["cheat"].accepted and "sampling" in v["cheat"].reason
         assert "refused" not in v  # 409: dropped, not retried
+        for job in jobs[:3]:  # each verdict names, signed, the envelopes it judged
+            assert v[job.submission_id].submission_sha256 == envelope_digest(job.submission)
+            assert v[job.submission_id].lease_sha256 == envelope_digest(job.lease)
         st = service.status()
         assert st["accepted"] == 2 and st["rejected"] == 1 and st["check_failures"].get("sampling") == 1
         assert "replay" in st["check_failures"]  # 'refused' re-used the lease of 'honest-1'
@@ -141,11 +146,11 @@ def test_service_judges_claimed_jobs_and_survives_coordinator_errors(world, work
     assert not t.is_alive()
 
 
-def _run_info_app(relays):
+def _run_info_app(relays, coordinator: KeyPair | None = None):
     from protocol.messages import RunInfo
 
     app = FastAPI()
-    coordinator = KeyPair.generate()
+    coordinator = coordinator or KeyPair.generate()
 
     @app.get("/v1/run")
     def run():
@@ -189,3 +194,28 @@ def test_run_waits_for_an_absent_coordinator_and_stops_on_request(tmp_path):
     stop.set()
     t.join(timeout=30)
     assert not t.is_alive()
+
+
+def test_run_refuses_to_start_when_the_coordinator_serves_keys_other_than_the_pinned_ones(tmp_path):
+    """Whoever answers GET /v1/run names the coordinator and operator keys; with pins, a key that
+    differs stops the verifier before it claims anything or fetches any weights."""
+    from protocol.errors import PinError
+    from verifier.config import VerifierConfig
+    from verifier.main import run
+
+    real, impostor = KeyPair.generate(), KeyPair.generate()
+    server = _run_info_app([], coordinator=impostor)
+    try:
+        cfg = VerifierConfig(coordinator_url=server.url, key_file=tmp_path / "v.key", data_dir=tmp_path / "v",
+                             pins={"coordinator": real.public.hex, "operator": real.public.hex})
+        with pytest.raises(PinError, match=f"names operator key {impostor.public.hex[:16]}.*coordinator key"):
+            run(cfg, stop=threading.Event())
+        # pinned to what it serves, the verifier gets past the pins (to the next set-up error here)
+        from verifier.errors import SetupError
+
+        ok = cfg.model_copy(update={"pins": cfg.pins.model_copy(update={"coordinator": impostor.public.hex,
+                                                                          "operator": impostor.public.hex})})
+        with pytest.raises(SetupError, match="no shardcast relays"):
+            run(ok, stop=threading.Event())
+    finally:
+        server.stop()

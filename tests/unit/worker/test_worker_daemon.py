@@ -206,3 +206,24 @@ def test_verdicts_are_polled_into_credit(fake, versions, start_daemon, statuses_
         assert fake.status_calls["batch"] >= 1 and fake.status_calls["single"] == 0
     else:
         assert fake.status_calls["single"] >= 4
+
+
+def test_a_worker_with_pins_refuses_a_coordinator_serving_other_keys_before_registering(fake, versions,
+                                                                                        start_daemon):
+    """GET /v1/run over plain HTTP names the keys; pinned, a worker whose coordinator (or anyone
+    on the path) serves other keys stops at start with the mismatch named, and never registers,
+    leases or downloads anything. Pinned to the keys served, it runs as usual."""
+    from protocol.errors import PinError
+    from protocol.identity import KeyPair
+
+    versions.publish(0)
+    other = KeyPair.generate().public.hex
+    r = start_daemon(pins={"coordinator": other, "operator": fake.operator.public.hex})
+    r.thread.join(60)
+    assert isinstance(r.error, PinError), r.error
+    assert f"coordinator key {fake.key.public.hex[:16]}" in str(r.error) and other[:16] in str(r.error)
+    assert fake.workers == {} and fake.leases == {}
+    ok = start_daemon(pins={"coordinator": fake.key.public.hex, "operator": fake.operator.public.hex})
+    wait_until(lambda: len(fake.submissions) >= 1, what="a submission")
+    ok.stop()
+    assert ok.error is None

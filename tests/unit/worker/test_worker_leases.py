@@ -2,7 +2,7 @@
 
 import pytest
 
-from protocol.envelope import seal
+from protocol.envelope import AUDIENCE_COORDINATOR, AUDIENCE_WORKER, seal
 from protocol.identity import KeyPair
 from protocol.messages import KIND_LEASE, Lease, SamplingParams
 from worker.errors import LeaseError
@@ -10,6 +10,7 @@ from worker.leases import fallback_versions, open_lease, plan
 
 COORD = KeyPair.from_seed(b"c" * 32)
 ME = KeyPair.from_seed(b"w" * 32)
+FOR_WORKER = {"run_id": "run", "audience": AUDIENCE_WORKER}
 
 
 def lease(lease_id="l1", lo=0, hi=0, worker=None, run="run", expires=2000.0) -> Lease:
@@ -19,7 +20,7 @@ def lease(lease_id="l1", lo=0, hi=0, worker=None, run="run", expires=2000.0) -> 
 
 
 def test_open_lease_accepts_a_coordinator_signed_lease_for_this_worker():
-    env = seal(KIND_LEASE, lease(), COORD)
+    env = seal(KIND_LEASE, lease(), COORD, **FOR_WORKER)
     assert open_lease(env, COORD.public, ME.peer_id, "run", now=1500.0) == lease()
 
 
@@ -32,11 +33,22 @@ def test_open_lease_accepts_a_coordinator_signed_lease_for_this_worker():
 ])
 def test_open_lease_refuses_unusable_leases(signer, body, now, msg):
     with pytest.raises(LeaseError, match=msg):
-        open_lease(seal(KIND_LEASE, body, signer), COORD.public, ME.peer_id, "run", now=now)
+        open_lease(seal(KIND_LEASE, body, signer, **FOR_WORKER), COORD.public, ME.peer_id, "run", now=now)
+
+
+def test_open_lease_refuses_a_lease_signed_for_another_run_or_role():
+    """A coordinator key shared by two runs: its lease of the other run (or a message it addressed
+    to the coordinator role) is not a lease for this worker, whatever the body says."""
+    with pytest.raises(LeaseError, match="signed for run 'other'"):
+        open_lease(seal(KIND_LEASE, lease(), COORD, run_id="other", audience=AUDIENCE_WORKER), COORD.public,
+                   ME.peer_id, "run", now=1500.0)
+    with pytest.raises(LeaseError, match="signed for the 'coordinator' role"):
+        open_lease(seal(KIND_LEASE, lease(), COORD, run_id="run", audience=AUDIENCE_COORDINATOR), COORD.public,
+                   ME.peer_id, "run", now=1500.0)
 
 
 def test_open_lease_refuses_a_tampered_body():
-    env = seal(KIND_LEASE, lease(), COORD)
+    env = seal(KIND_LEASE, lease(), COORD, **FOR_WORKER)
     env.body["seeds"] = [7, 7]
     with pytest.raises(LeaseError, match="signature"):
         open_lease(env, COORD.public, ME.peer_id, "run", now=1500.0)

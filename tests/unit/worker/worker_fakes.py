@@ -13,11 +13,13 @@ import itertools
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from protocol import routes
-from protocol.envelope import Envelope, open_envelope, seal
+from protocol.envelope import AUDIENCE_COORDINATOR, AUDIENCE_WORKER, Envelope, open_envelope, seal
 from protocol.errors import ProtocolError
 from protocol.identity import KeyPair
 from protocol.messages import (
@@ -27,6 +29,7 @@ from protocol.messages import (
     KIND_LEASE_REQUEST,
     KIND_REGISTRATION,
     KIND_SUBMISSION,
+    REASON_DUPLICATE_SUBMISSION,
     Heartbeat,
     Lease,
     LeaseRelease,
@@ -62,6 +65,7 @@ class FakeCoordinator:
         self.heartbeats = 0
         self.unavailable_until = 0.0
         self.refuse_submissions: int | None = None  # HTTP status to answer submissions with
+        self.refuse_reason = ""                      # ... and the `reason` it names
         self.verdict = "accepted"                    # what a polled submission turns into
         self.statuses_route = True                   # serve GET /v1/submission-statuses (newer coordinators)
         self.status_calls = {"single": 0, "batch": 0}
@@ -84,7 +88,7 @@ class FakeCoordinator:
     async def _open(self, request: Request, kind: str, body_type):
         try:
             env = Envelope.model_validate_json(await request.body())
-            return open_envelope(env, kind, body_type)
+            return open_envelope(env, kind, body_type, run_id="run", audience=AUDIENCE_COORDINATOR)
         except (ProtocolError, ValueError) as exc:
             raise HTTPException(400, str(exc)) from exc
 
@@ -146,7 +150,7 @@ class FakeCoordinator:
                                   eos_token_id=self.eos, min_policy_version=max(0, self.version - self.window),
                                   max_policy_version=self.version, issued_at=now, expires_at=now + self.lease_ttl_s)
                     self.leases[lease.lease_id] = lease
-                    out.append(seal(KIND_LEASE, lease, self.key))
+                    out.append(seal(KIND_LEASE, lease, self.key, run_id="run", audience=AUDIENCE_WORKER))
             return LeaseResponse(leases=out, retry_after_s=0.0 if out else 0.2).model_dump(mode="json")
 
         @app.post(routes.LEASE_RELEASE)
@@ -162,19 +166,21 @@ class FakeCoordinator:
             return {"released": n}
 
         @app.post(routes.SUBMISSIONS)
-        async def submit(request: Request) -> dict:
+        async def submit(request: Request) -> Any:
             self._guard()
             o = await self._open(request, KIND_SUBMISSION, Submission)
             self.submit_calls += 1
             self._known(o.signer_id)
             if self.refuse_submissions:
-                raise HTTPException(self.refuse_submissions, "refused by the test")
+                return JSONResponse({"detail": "refused by the test", "reason": self.refuse_reason},
+                                    status_code=self.refuse_submissions)
             with self.lock:
                 lid = o.body.lease_id
                 if lid not in self.leases:
                     raise HTTPException(404, f"unknown lease {lid}")
                 if lid in self.by_lease:
-                    raise HTTPException(409, f"lease {lid} already submitted as {self.by_lease[lid]}")
+                    return JSONResponse({"detail": f"lease {lid} already submitted as {self.by_lease[lid]}",
+                                         "reason": REASON_DUPLICATE_SUBMISSION}, status_code=409)
                 sid = f"sub-{next(self._ids)}"
                 self.by_lease[lid] = sid
                 self.submissions[sid] = {"lease_id": lid, "worker": o.signer_id, "body": o.body, "status": "queued"}

@@ -4,15 +4,15 @@ wait in the buffer as 'held' until a later clean full check), leases issued and 
 (released or let expire), and when it was banned (banned identities count against their
 address for a cooldown). Existing workers start at 0 / unset.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
