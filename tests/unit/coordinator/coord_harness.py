@@ -12,7 +12,7 @@ import httpx
 from sqlalchemy import select
 
 from coordinator.app import create_app
-from coordinator.config import CoordinatorConfig
+from coordinator.config import LOOPBACK, CoordinatorConfig
 from coordinator.context import Context, build_context
 from coordinator.store.schema import metadata
 from protocol.envelope import Envelope, envelope_signing_bytes, seal
@@ -198,9 +198,12 @@ class Swarm:
 def start_swarm(tmp: Path, model_dir: Path, *, rng_seed: int = 0, **overrides) -> Swarm:
     operator = KeyPair.from_seed(b"o" * 32)
     verifier = KeyPair.from_seed(b"v" * 32)
+    # Every test client is on loopback: exempt it from the per-address limits unless a test
+    # says otherwise (limits={"exempt_addresses": [], ...}); other `limits` keys merge in.
+    limits = {"burst": 100_000, "exempt_addresses": LOOPBACK, **overrides.pop("limits", {})}
     fields = dict(operator_key=operator.public.hex, verifier_keys=[verifier.public.hex], model=str(model_dir),
                   data_dir=tmp / "coordinator", key_file=tmp / "coordinator" / "coordinator.key", port=0,
-                  group_size=4, archive=False, limits={"burst": 100_000})
+                  group_size=4, archive=False, limits=limits)
     fields.update(overrides)
     cfg = CoordinatorConfig.model_validate(fields)
     clock = Clock()
