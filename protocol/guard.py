@@ -199,6 +199,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 def guarded_protocol(guard: Guard) -> type:
     """uvicorn's httptools protocol with the guard's checks (a class per guard)."""
+    import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class GuardedProtocol(HttpToolsProtocol):
@@ -245,7 +246,10 @@ def guarded_protocol(guard: Guard) -> type:
                 declared = int(length) if length is not None else None
             except ValueError:
                 declared = None
-            path = urllib.parse.unquote(self.url.split(b"?", 1)[0].decode("latin-1"))
+            try:
+                path = urllib.parse.unquote(httptools.parse_url(self.url).path.decode("latin-1"))
+            except httptools.HttpParserInvalidURLError:
+                path = ""  # uvicorn answers it; admission sees a path no route has
             arrival = Arrival(address=address, peer=self._peer, method=self.parser.get_method().decode("ascii"),
                               path=path, content_length=declared, chunked=chunked)
             refusal = guard.admit(arrival)
