@@ -132,8 +132,8 @@ def test_dashboard_of_a_live_swarm_in_headless_chromium(browser, tmp_path):
         shot(driver, tmp_path, "rollout-public.png")
         # the operator's token (in the fragment: never sent to the server) unlocks every number
         driver.get(f"{swarm.url}/dashboard/rollout.html?id={sid}#token={swarm.plan.operator_token}")
-        wait_until(loaded, 30, "the rollout's operator view")
-        assert driver.find_element("css selector", "#mode [data-mode]").get_attribute("data-mode") == "operator"
+        mode = lambda: driver.find_element("css selector", "#mode [data-mode]").get_attribute("data-mode")  # noqa: E731
+        wait_until(lambda: mode() == "operator" and loaded(), 30, "the rollout's operator view")
         proof = driver.find_element("css selector", "#checks tr[data-check=proof]")
         assert "failed" in proof.text and "exponents differ" in proof.text and "failed_chunks" in proof.text
         assert "swarmrl audit reverify " + sid in driver.find_element("css selector", "#commands").text

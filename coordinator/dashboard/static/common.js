@@ -10,12 +10,15 @@
 const API = "/v1/dashboard";
 const TOKEN_KEY = "swarmrl-operator-token";
 
-(function tokenFromFragment() {
+function tokenFromFragment() {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-  if (!m) return;
+  if (!m) return false;
   sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
   history.replaceState(null, "", location.pathname + location.search);
-})();
+  return true;
+}
+tokenFromFragment();
+window.addEventListener("hashchange", () => { if (tokenFromFragment()) location.reload(); });
 
 function operatorToken() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
