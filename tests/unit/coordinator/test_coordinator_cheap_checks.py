@@ -206,3 +206,50 @@ def test_the_flooder_builds_envelope_shaped_json_of_the_asked_size():
     assert len(raw) == 100_000 and env["kind"] == "submission" and len(env["signer"]) == 64
     assert len(env["body"]["completions"][0]["token_ids"]) > 40_000
 
+
+
+def test_honest_large_bodies_pass_the_out_of_process_check_and_are_applied(make_swarm, monkeypatch):
+    """Bodies over INLINE_BYTES take the precheck path: a real 16 x 400-token submission and a
+    verdict batch with long reasons are accepted exactly as small ones are; in a batch, the
+    forged envelope is refused on its own and a batch with nothing valid is answered from the
+    precheck alone."""
+    from coordinator.auth import INLINE_BYTES
+    from protocol.messages import KIND_VERDICT, Verdict, VerdictBatchResponse
+
+    s = make_swarm(group_size=16, sampling={"max_tokens": 512})
+    assert s.publish(0).status_code == 200
+    w = s.new_worker()
+    leases = s.lease(w, 3)
+    subs = [s.submission(lease, completions=s.completions(lease, [5 + i % 7 for i in range(399)]))
+            for lease in leases]
+    assert all(len(s.seal("submission", sub, w).model_dump_json()) > INLINE_BYTES for sub in subs)
+    parsed = []
+    real = coordinator.api.open_request
+    monkeypatch.setattr(coordinator.api, "open_request", lambda *a, **k: parsed.append(1) or real(*a, **k))
+    sids = []
+    for sub in subs:
+        r = s.post("/v1/submissions", "submission", sub, w)
+        assert r.status_code == 200, r.text
+        sids.append(r.json()["submission_id"])
+    assert len(parsed) == 3  # parsed in the server process once each, after the precheck passed
+    assert s.snapshot_submission(sids[0])["n_tokens"] == 16 * 400
+    assert len(s.claim()) == 3
+    long = "x" * 1900
+    envs = [s.seal(KIND_VERDICT, Verdict(submission_id=sid, accepted=True, full_check=True, checks=[], reason=long),
+                   s.verifier) for sid in sids[:2]]
+    forged = s.seal(KIND_VERDICT, Verdict(submission_id=sids[2], accepted=True, full_check=True, checks=[],
+                                          reason=long), w)
+    body = json.dumps({"envelopes": [e.model_dump(mode="json") for e in envs * 8 + [forged]]})
+    assert len(body) > INLINE_BYTES
+    r = s.http.post("/v1/verdicts/batch", content=body, headers={"content-type": "application/json"})
+    results = VerdictBatchResponse.model_validate_json(r.content).results
+    assert [o.status for o in results[:2]] == [200, 200] and results[-1].status == 403
+    assert [s.http.get(f"/v1/submissions/{sid}").json()["status"] for sid in sids] == ["accepted", "accepted", "queued"]
+    batches = []
+    real_batch = coordinator.api.parse_body
+    monkeypatch.setattr(coordinator.api, "parse_body", lambda *a, **k: batches.append(1) or real_batch(*a, **k))
+    before = s.snapshot()
+    body = json.dumps({"envelopes": [forged.model_dump(mode="json")] * 20})
+    r = s.http.post("/v1/verdicts/batch", content=body, headers={"content-type": "application/json"})
+    assert [o.status for o in VerdictBatchResponse.model_validate_json(r.content).results] == [403] * 20
+    assert batches == [] and s.snapshot() == before  # never parsed in the server's process
