@@ -107,7 +107,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
             if ctx.archiver is not None:
                 await asyncio.to_thread(ctx.archiver.flush)
             await asyncio.to_thread(p2p.stop, ctx)
-            api.offload.close()
+            await asyncio.to_thread(api.offload.close)
 
     app = FastAPI(title="swarmrl coordinator", version="1", lifespan=lifespan,
                   description="Worker registry, task leases, submission intake and rewards, verification "

@@ -35,7 +35,10 @@ import asyncio
 import hmac
 import json
 import multiprocessing
+import os
 import re
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -140,9 +143,22 @@ def refusal(status: int, reason: str, detail: str) -> CoordinatorError:
     return kinds.get(status, BadRequest)(reason, detail)
 
 
+def _exit_with(parent_pid: int) -> None:
+    """In an `OffLoop` process: exit as soon as the server process that started it is gone, even
+    if it was killed and never said goodbye (its pipes stay open in this process, so nothing
+    else would end it)."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 class OffLoop:
     """Where large request bodies are checked: `precheck` in `processes` spawned processes (started
-    on the first large body), at most `queue` bodies waiting (429 `busy` beyond)."""
+    on the first large body, ended with the server process), at most `queue` bodies waiting
+    (429 `busy` beyond)."""
 
     def __init__(self, processes: int, queue: int):
         self.processes = processes
@@ -156,7 +172,8 @@ class OffLoop:
         if self.pending >= self.capacity:
             raise RateLimited("busy", "the coordinator is checking too many large requests; retry shortly", 1.0)
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_exit_with, initargs=(os.getpid(),))
         self.pending += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
@@ -178,8 +195,9 @@ class OffLoop:
             self.pending -= 1
 
     def close(self) -> None:
+        """Stop the processes (waits for the one body each may be checking)."""
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
 

@@ -8,6 +8,8 @@ so per-address limits see several clients; `exempt_addresses` is emptied where l
 """
 
 import json
+import os
+from pathlib import Path
 
 import httpx
 import coordinator.api
@@ -129,7 +131,21 @@ def test_large_unsigned_bodies_are_refused_outside_the_server_process(make_swarm
     assert one.statuses() == {401: 1}
 
 
+def _precheck_processes() -> set[int]:
+    """This process's children that run multiprocessing's spawn (the OffLoop pool)."""
+    me, found = str(os.getpid()), set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "stat").read_text().split(") ")[1].split()[1] == me and \
+                    b"spawn_main" in (d / "cmdline").read_bytes():
+                found.add(int(d.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
 def test_large_bodies_beyond_the_precheck_queue_are_told_to_retry(make_swarm):
+    before = _precheck_processes()
     s = make_swarm(limits={**LIMITED, "verify_processes": 1, "verify_queue": 0}, group_size=256,
                    sampling={"max_tokens": 4096})
     with BigBodies("127.0.0.1", s.server.port, "/v1/submissions", n=3, size=FOUR_MB,
@@ -137,6 +153,10 @@ def test_large_bodies_beyond_the_precheck_queue_are_told_to_retry(make_swarm):
         assert flood.wait(60)
     got = flood.statuses()
     assert got[401] >= 1 and got[401] + got[429] == 3 and rejections(s, "busy") == got[429]
+    started = _precheck_processes() - before
+    assert len(started) == 1  # verify_processes
+    s.close()  # the server's shutdown ends its precheck process
+    wait_until(lambda: not (_precheck_processes() & started), 30, "the precheck process to exit")
 
 
 def test_slowloris_connections_are_closed_after_the_header_and_body_deadlines(make_swarm):
