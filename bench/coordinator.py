@@ -396,7 +396,7 @@ def start_coordinator(tmp: Path, cfg) -> subprocess.Popen:
 def run_one(db: str, args, tmp: Path) -> dict:
     import httpx
 
-    from coordinator.config import CoordinatorConfig
+    from coordinator.config import LOOPBACK, CoordinatorConfig
     from protocol.identity import KeyPair
     from protocol.manifest import build_manifest, sign_manifest
     from swarmrl.modelkit import init_tiny_model
@@ -421,7 +421,8 @@ def run_one(db: str, args, tmp: Path) -> dict:
         data_dir=tmp / "coordinator", key_file=tmp / "coordinator" / "coordinator.key", port=0,
         database_url=url, group_size=args.group_size, async_window=2, lease_ttl_s=120,
         sampling={"temperature": 1.0, "max_tokens": args.tokens},
-        limits={"requests_per_s_per_worker": 1000, "burst": 2000, "max_leases_per_worker": 64},
+        limits={"requests_per_s_per_worker": 1000, "burst": 2000, "max_leases_per_worker": 64,
+                "exempt_addresses": LOOPBACK},  # every simulated worker is on loopback
         archive=not args.no_archive, workers=args.server_procs)
     proc = start_coordinator(tmp, cfg)
     try:

@@ -4,8 +4,11 @@ DESIGN.md). `coordinator.main.run` serves it; `coordinator.trainer` is the train
 a separate process that talks to the coordinator only over HTTP.
 
     main.py        `swarmrl coordinator`: one process, or N sharing a socket and the database
-    app.py         FastAPI routes: thin adapters (body limit, rate limits, auth, one service call)
-    auth.py        request bytes -> verified, typed message (or a clear 4xx)
+    app.py         FastAPI routes: thin adapters over one service call each
+    admission.py   the cheap checks on a request's headers: body caps per route, rate and byte budgets
+    api.py         the plumbing every route shares: body, verification, identity limit, errors
+    auth.py        request bytes -> verified, typed message (or a clear 4xx); the operator token
+    privacy.py     what anonymous readers (and workers) may learn from the read-only answers
     service/       one function per API call: join, work, verification, training, upkeep
     rules/         the decisions as pure functions (leases, intake checks, check rates,
                    advantages, buffer window, token buckets)

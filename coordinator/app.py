@@ -1,39 +1,37 @@
 """The coordinator's HTTP API: FastAPI routes as thin adapters over `coordinator.service`.
 
 Every POST takes a signed `Envelope` (kinds and paths from `protocol.routes` and
-`protocol.messages`). A route reads the body under the size limit, applies the per-address
-limit, verifies the envelope (auth.py), applies the per-identity limit, and calls one service
-function; a `CoordinatorError` becomes `{"detail": ..., "reason": ...}` with its status (429 with
-Retry-After) and is counted by reason. Handlers are `async` and run the short, CPU-bound
-service calls inline on the event loop: one thread owns the database connection at a time,
-and the only waiting (the trainer's long-poll) is an `await`. Responses are serialised once
-with pydantic (no FastAPI response-model re-validation on the hot path); `/docs` still
-documents every type.
+`protocol.messages`). The cheap checks come first, on the headers alone (`protocol.guard`
+with `coordinator.admission`: per-address rate and byte budget, the route's body cap,
+connection caps and header/body deadlines); then `coordinator.api.Api` reads the body,
+verifies the envelope (large ones off the event loop), charges the per-identity limit and
+calls one service function. `/docs` documents every type.
+
+Read-only views (GET /v1/stats and the dashboard) are anonymous unless the request carries
+the operator token (`coordinator.privacy` says what anonymous readers see); the submission
+statuses a worker polls name the failed checks, never their numbers, nor `full_check`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 
-from coordinator import p2p
-from coordinator.auth import open_signed, parse_body, parse_envelope
+from coordinator import p2p, privacy
+from coordinator.api import Api, encode
 from coordinator.context import Context
 from coordinator.dashboard import mount_dashboard
-from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge
+from coordinator.errors import CoordinatorError
 from coordinator.service import join, training, upkeep, verification, work
 from protocol import routes
-from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
+from protocol.envelope import Envelope
+from protocol.guard import attach
 from protocol.messages import (
     KIND_BATCH_ACK,
     KIND_BATCH_REQUEST,
@@ -65,7 +63,6 @@ from protocol.messages import (
     Verdict,
     VerdictBatch,
     VerdictBatchResponse,
-    VerdictOutcome,
     WorkerInfo,
 )
 
@@ -76,144 +73,17 @@ _ENVELOPE_BODY = {"requestBody": {"required": True, "content": {
 BATCH_POLL_S = 0.25  # long-polls also re-check the database this often (other processes, replicas)
 
 
-def _encode(result: Any) -> bytes:
-    if isinstance(result, bytes):
-        return result
-    if isinstance(result, BaseModel):
-        return result.model_dump_json().encode()
-    return json.dumps(result).encode()
-
-
-class Api:
-    """Binds a Context to the request plumbing shared by every route."""
-
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-
-    def address(self, request: Request) -> str:
-        return request.client.host if request.client else "unknown"
-
-    def limit_address(self, address: str) -> None:
-        ctx = self.ctx
-        if address in ctx.cfg.limits.exempt_addresses:
-            return
-        wait = ctx.address_limiter.take(address, ctx.clock())
-        if wait > 0:
-            raise RateLimited("rate_limited_address", f"too many requests from {address}; retry in {wait:.1f} s", wait)
-
-    def limit_identity(self, signer: str) -> None:
-        ctx = self.ctx
-        if signer in ctx.trusted_keys:
-            return
-        wait = ctx.identity_limiter.take(signer, ctx.clock())
-        if wait > 0:
-            raise RateLimited("rate_limited_identity", f"too many requests from this identity; retry in {wait:.1f} s",
-                              wait)
-
-    async def body(self, request: Request) -> bytes:
-        limit = self.ctx.cfg.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                if int(declared) > limit:
-                    raise TooLarge("too_large", f"request body of {int(declared)} bytes exceeds the limit of {limit}")
-            except ValueError:
-                raise BadRequest("malformed", "invalid Content-Length header") from None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge("too_large", f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def refuse(self, route: str, exc: CoordinatorError) -> Response:
-        self.ctx.metrics.rejections.labels(exc.reason).inc()
-        headers = {}
-        if isinstance(exc, RateLimited):
-            headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.999)))
-        log.debug("%s refused (%s): %s", route, exc.reason, exc.detail)
-        return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=exc.status, headers=headers)
-
-    def done(self, route: str, t0: float, status: int) -> None:
-        m = self.ctx.metrics
-        m.requests.labels(route, str(status)).inc()
-        m.latency.labels(route).observe(time.perf_counter() - t0)
-
-    def open(self, env: Envelope, kind: str, body_type: type[BaseModel], signers: frozenset[str] | None,
-             role: str) -> Any:
-        """Verify one envelope (kind, signer, signature, freshness, body) and charge its signer's limit."""
-        opened = open_signed(env, kind, body_type, now=self.ctx.clock(), max_skew_s=self.ctx.cfg.max_clock_skew_s,
-                             run_id=self.ctx.cfg.run_id, audience=AUDIENCE_COORDINATOR, allowed_signers=signers,
-                             role=role)
-        self.limit_identity(env.signer)
-        return opened
-
-    async def signed(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
-                     op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "") -> Response:
-        t0 = time.perf_counter()
-        try:
-            address = self.address(request)
-            self.limit_address(address)
-            raw = await self.body(request)
-            opened = self.open(parse_envelope(raw), kind, body_type, signers, role)
-            result = op(opened, raw, address)
-            if asyncio.iscoroutine(result):
-                result = await result
-            resp = Response(_encode(result), media_type="application/json")
-        except CoordinatorError as exc:
-            resp = self.refuse(route, exc)
-        self.done(route, t0, resp.status_code)
-        return resp
-
-    async def signed_each(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
-                          op: Callable[[Any], Any], *, signers: frozenset[str] | None = None,
-                          role: str = "") -> Response:
-        """A `VerdictBatch`-shaped request: a list of signed envelopes, each verified, limited
-        and applied on its own as `signed` would (a refused one does not stop the others)."""
-        t0 = time.perf_counter()
-        ctx = self.ctx
-        try:
-            self.limit_address(self.address(request))
-            batch = parse_body(await self.body(request), VerdictBatch, "batch", "a list of signed envelopes")
-        except CoordinatorError as exc:
-            resp = self.refuse(route, exc)
-            self.done(route, t0, resp.status_code)
-            return resp
-        results = []
-        for env in batch.envelopes:
-            try:
-                op(self.open(env, kind, body_type, signers, role))
-                results.append(VerdictOutcome(status=200))
-            except CoordinatorError as exc:
-                ctx.metrics.rejections.labels(exc.reason).inc()
-                results.append(VerdictOutcome(status=exc.status, detail=exc.detail))
-        resp = Response(_encode(VerdictBatchResponse(results=results)), media_type="application/json")
-        self.done(route, t0, resp.status_code)
-        return resp
-
-    async def plain(self, request: Request, route: str, op: Callable[[], Any]) -> Response:
-        t0 = time.perf_counter()
-        try:
-            self.limit_address(self.address(request))
-            resp = Response(_encode(op()), media_type="application/json")
-        except CoordinatorError as exc:
-            resp = self.refuse(route, exc)
-        self.done(route, t0, resp.status_code)
-        return resp
-
-    async def long_poll_batch(self, opened, _raw, _address) -> bytes:
-        ctx = self.ctx
-        req: BatchRequest = opened.body
-        batch = training.begin_batch(ctx, opened)
-        deadline = time.monotonic() + req.wait_s
-        dropped = batch.dropped_stale
-        while not batch.groups and time.monotonic() < deadline:
-            await ctx.groups.wait(min(BATCH_POLL_S, deadline - time.monotonic()))
-            batch = training.take_batch(ctx, req)
-            dropped += batch.dropped_stale
-        batch.dropped_stale = dropped
-        return batch.to_json()
+async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:
+    req: BatchRequest = opened.body
+    batch = training.begin_batch(ctx, opened)
+    deadline = time.monotonic() + req.wait_s
+    dropped = batch.dropped_stale
+    while not batch.groups and time.monotonic() < deadline:
+        await ctx.groups.wait(min(BATCH_POLL_S, deadline - time.monotonic()))
+        batch = training.take_batch(ctx, req)
+        dropped += batch.dropped_stale
+    batch.dropped_stale = dropped
+    return batch.to_json()
 
 
 def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
@@ -240,6 +110,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
             if ctx.archiver is not None:
                 await asyncio.to_thread(ctx.archiver.flush)
             await asyncio.to_thread(p2p.stop, ctx)
+            await asyncio.to_thread(api.offload.close)
 
     app = FastAPI(title="swarmrl coordinator", version="1", lifespan=lifespan,
                   description="Worker registry, task leases, submission intake and rewards, verification "
@@ -332,7 +203,8 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
               responses={200: {"model": BatchResponse}})
     async def batch(request: Request) -> Response:
         """`batch_request` signed by the operator key; long-polls up to wait_s."""
-        return await api.signed(request, "batch", KIND_BATCH_REQUEST, BatchRequest, api.long_poll_batch,
+        return await api.signed(request, "batch", KIND_BATCH_REQUEST, BatchRequest,
+                                lambda o, raw, addr: _long_poll_batch(ctx, o, raw, addr),
                                 signers=operator, role="the operator key")
 
     @app.post(routes.TRAINER_ACK, tags=["training"], openapi_extra=_ENVELOPE_BODY,
@@ -352,10 +224,8 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """The operator-signed `policy_manifest` of a newly published version."""
         t0 = time.perf_counter()
         try:
-            api.limit_address(api.address(request))
-            env = parse_envelope(await api.body(request))
-            info = training.post_policy(ctx, env)
-            resp = Response(_encode(info), media_type="application/json")
+            info = training.post_policy(ctx, await api.envelope(request))
+            resp = Response(encode(info), media_type="application/json")
             if info.version is not None and info.manifest is not None:
                 await p2p.announce(ctx, info.manifest, info.version)
         except CoordinatorError as exc:
@@ -365,12 +235,13 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
 
     @app.get(routes.STATS, tags=["ops"])
     async def stats(request: Request) -> Response:
-        """Workers, versions, buffer, submissions and rewards by version (JSON)."""
-        return await api.plain(request, "stats", lambda: upkeep.stats(ctx))
+        """Workers, versions, buffer, submissions and rewards by version (JSON); contributor addresses
+        only with the operator token."""
+        return await api.viewed(request, "stats", lambda full: privacy.stats(upkeep.stats(ctx), full))
 
     mount_dashboard(app, ctx, api, background=background)  # /v1/dashboard/*, /dashboard, POST /v1/trainer/eval, checkpoints
     ctx.metrics.attach_state(lambda: upkeep.state_counts(ctx))
-    return app
+    return attach(app, api.guard)  # protocol.http serves it behind the cheap checks
 
 
 async def _sweep_loop(ctx: Context) -> None:

@@ -6,6 +6,7 @@ Environment variables override the file as `SWARMRL_COORDINATOR_<FIELD>` (nested
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -45,6 +46,9 @@ class NearTieConfig(BaseModel):
                                                                "numeric noise moves off the seeded choice")
     alpha: float = Field(1e-6, gt=0, lt=1, description="ban when the worker's count is less likely than this "
                                                        "at honest_rate")
+
+
+LOOPBACK = ["127.0.0.1", "::1"]  # what local swarms (the demo, tests) put in limits.exempt_addresses
 
 
 class DriftLimits(BaseModel):
@@ -87,17 +91,60 @@ class StandingConfig(BaseModel):
 
 
 class LimitsConfig(BaseModel):
+    """What one client may cost the coordinator. The per-address limits, body caps, timeouts and
+    connection caps are checked before a request's body is read (`coordinator.admission`,
+    `protocol.guard`); the per-identity limit after its signature is verified."""
+
     model_config = ConfigDict(extra="forbid")
-    max_body_bytes: int = Field(4 * 1024 * 1024, description="largest request body accepted")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted on any route; each route's own cap (sized from its message type, group_size and sampling.max_tokens) is at most this")
     max_leases_per_worker: int = Field(64, ge=1, description="leases one worker may hold at once")
     requests_per_s_per_worker: float = Field(50.0, description="rate limit per identity (token bucket)")
-    requests_per_s_per_address: float = Field(200.0, description="rate limit per client address")
+    requests_per_s_per_address: float = Field(200.0, description="rate limit per client address, charged when a request's headers arrive (token bucket; an IPv6 address counts by its /64)")
     burst: int = Field(100, description="token bucket size")
+    bytes_per_s_per_address: float = Field(2 * 1024 * 1024, ge=0, description="request body bytes per second one client address may send (token bucket charged with the declared Content-Length before the body is read; 0 = no byte budget)")
+    byte_burst_per_address: int = Field(16 * 1024 * 1024, ge=1024, description="size of the per-address byte bucket")
+    max_connections_per_address: int = Field(32, ge=0, description="open connections one client address may hold (0 = no cap); more are answered 429 and closed")
+    max_connections: int = Field(4096, ge=1, description="open connections in all (uvicorn's limit_concurrency: 503 beyond it)")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within this many seconds of its first byte (or of the connection's opening); slower ones are closed (slowloris)")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this many seconds of its headers; slower ones are closed")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this many seconds")
+    verify_processes: int = Field(1, ge=1, le=64, description="processes that verify large request bodies (over 32 KiB) before the server parses them, so a flood of unsigned or forged bodies cannot stall /health and small requests")
+    verify_queue: int = Field(32, ge=0, description="large bodies that may wait for a verify process; more are answered 429 (busy)")
+    trusted_proxies: list[str] = Field(default_factory=list, description="addresses or CIDRs of reverse proxies whose X-Forwarded-For header names the client (empty: the header is ignored and the TCP peer is the client)")
     exempt_addresses: list[str] = Field(
-        default_factory=lambda: ["127.0.0.1", "::1"],
-        description="client addresses exempt from the per-address rate limit and the identities-per-address "
-                    "rule (loopback by default, for local swarms; clear it when a public reverse proxy "
-                    "connects from loopback)")
+        default_factory=list,
+        description="client addresses exempt from the per-address limits (rate, bytes, connections) and the "
+                    "identities-per-address rule (empty by default; a local swarm on one machine lists loopback)")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+        return v
+
+    @field_validator("exempt_addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address (CIDRs are not allowed here)") from None
+        return v
+
+
+class DashboardConfig(BaseModel):
+    """Who sees what on the dashboard and GET /v1/stats. Without the operator token a reader gets
+    the anonymous views: no contributor addresses, no undecided submission, and for decided ones
+    the outcome and the failed checks' names but not full_check nor any check's numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+    operator_token_file: str = Field("", description="file holding the operator token that unlocks the full views (sent as 'Authorization: Bearer <token>'; at least 16 characters; empty = no file)")
+    operator_token: str = Field("", description="the operator token itself, when not in a file (prefer the file or the environment variable SWARMRL_COORDINATOR_DASHBOARD__OPERATOR_TOKEN); with neither, the full views are off")
 
 
 class JoinConfig(BaseModel):
@@ -178,4 +225,5 @@ class CoordinatorConfig(BaseModel):
                                                  description="policy versions kept for re-verification")
     dashboard_relay_poll_s: float = Field(3.0, gt=0, description="the dashboard asks each relay for its versions at most this often")
     dashboard_cache_s: float = Field(1.0, ge=0, description="dashboard answers are reused this long, however many dashboards are open (0 = always fresh)")
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="the operator token that unlocks the full dashboard views")
     p2p: P2PConfig = Field(default_factory=P2PConfig, description="libp2p swarm layer: the coordinator is the bootstrap peer (its multiaddrs are in GET /v1/run) and announces each policy version")

@@ -121,13 +121,12 @@ def _serve_many(cfg: CoordinatorConfig) -> None:
 def _child(cfg: CoordinatorConfig, sock: socket.socket, index: int, prom_dir: str, port: int) -> None:
     import uvicorn
 
-    from protocol.http import write_port_file
+    from protocol.http import uvicorn_config, write_port_file
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     ctx, app = _build(cfg, leader=index == 0, multiprocess_dir=prom_dir)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                                           lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app))
     if index == 0:
         def announce() -> None:
             while not server.started and not server.should_exit:

@@ -3,7 +3,11 @@
 Servers: `serve` runs a FastAPI app under uvicorn on a socket bound before start-up, so
 port 0 works and the chosen port is written to a port file that the demo and tests read;
 `ServerThread` runs an app inside another process (the trainer's shardcast origin, tests).
-Uvicorn's own SIGINT/SIGTERM handling gives a graceful stop.
+Uvicorn's own SIGINT/SIGTERM handling gives a graceful stop. An app that declares a guard
+(`protocol.guard.attach`) is served behind it: connection caps, header and body deadlines and
+the app's admission rule run before the app sees a request (`uvicorn_config`). Uvicorn's
+X-Forwarded-For handling is off for every app: its default trusts loopback, and only the
+guard's `trusted_proxies` may name a client.
 
 Clients: `SignedClient` seals a body in an `Envelope`, POSTs it, and translates transport
 failures into the two errors callers handle: `Rejected` (the service answered 4xx: do not
@@ -79,11 +83,19 @@ def read_port_file(path: Path, timeout_s: float = 30.0) -> int:
             time.sleep(0.05)
 
 
-def _uvicorn_config(app: Any, log_level: str):
+def uvicorn_config(app: Any, log_level: str = "warning"):
+    """The one uvicorn configuration of every swarmrl service (behind the app's guard, if any)."""
     import uvicorn
 
+    from protocol.guard import guard_of, guarded_protocol
+
+    guard = guard_of(app)
+    extra: dict[str, Any] = {}
+    if guard is not None:
+        extra = dict(http=guarded_protocol(guard), limit_concurrency=guard.limits.max_connections,
+                     timeout_keep_alive=guard.limits.keepalive_timeout_s)
     return uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
-                          lifespan="on")
+                          lifespan="on", proxy_headers=False, **extra)
 
 
 def serve(app: Any, host: str, port: int, port_file: Path | None = None, log_level: str = "warning",
@@ -94,7 +106,7 @@ def serve(app: Any, host: str, port: int, port_file: Path | None = None, log_lev
     import uvicorn
 
     sock = bind_socket(host, port)
-    server = uvicorn.Server(_uvicorn_config(app, log_level))
+    server = uvicorn.Server(uvicorn_config(app, log_level))
     if on_exit is not None:
         handle_exit = server.handle_exit
 
@@ -127,7 +139,7 @@ class ServerThread:
         self.sock = bind_socket(host, port)
         self.host = host
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(_uvicorn_config(app, log_level))
+        self.server = uvicorn.Server(uvicorn_config(app, log_level))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True, name="uvicorn")

@@ -85,7 +85,8 @@ def run_demo(opts: DemoOptions) -> int:
         deadline = time.monotonic() + opts.minutes * 60
         console.print(f"swarm started: coordinator {plan.coordinator_url}, relay {plan.relay_url}; "
                       f"RL for {opts.minutes:g} min (Ctrl-C stops early)")
-        console.print(f"live dashboard while it runs: {plan.coordinator_url}/dashboard/")
+        console.print(f"live dashboard while it runs: {plan.coordinator_url}/dashboard/ (operator view: "
+                      f"{plan.coordinator_url}/dashboard/#token={plan.operator_token})")
         console.print(f"p2p swarm layer: on, bootstrap peer {plan.p2p_bootstrap}" if plan.p2p_bootstrap else
                       "p2p swarm layer: off (libp2p is not installed: pip install -e '.[p2p]'); HTTP only")
         with httpx.Client(timeout=5) as http, Live(console=console, refresh_per_second=2,

@@ -6,6 +6,11 @@ and `start_swarm` launches each role as its own process in the order the data fl
 (coordinator, trainer with its shardcast origin, relay, verifier, workers). The demo and
 the integration tests both use this, so the demo is the script of the whole system.
 
+Everything runs on 127.0.0.1, so the coordinator's config exempts loopback from the
+per-address limits (several identities and processes share the address); a real deployment
+exempts nobody. The dashboard's operator token is written to `keys/operator.token`
+(`SwarmPlan.operator_token`); without it the dashboard shows the public view.
+
 The libp2p swarm layer (shardcast.p2p) is on when libp2p imports (`SwarmSettings.p2p`):
 the coordinator's node listens on a port chosen like the others and is the bootstrap peer;
 the relay is configured with its multiaddr (and advertises itself on the topic); workers and
@@ -14,10 +19,19 @@ the verifier learn it from GET /v1/run. Off, every role runs over HTTP only.
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.config import CoordinatorConfig, SamplingConfig, TaskConfig
+from coordinator.config import (
+    LOOPBACK,
+    CoordinatorConfig,
+    DashboardConfig,
+    LimitsConfig,
+    SamplingConfig,
+    TaskConfig,
+)
 from coordinator.trainer.config import EvalConfig, TrainerConfig
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig, RelayConfig
@@ -78,6 +92,24 @@ class SwarmPlan:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def operator_token(self) -> str:
+        """The token that unlocks the dashboard's full views (Authorization: Bearer ...)."""
+        return (self.root / "keys" / TOKEN_FILE).read_text().strip()
+
+
+TOKEN_FILE = "operator.token"
+
+
+def _operator_token_file(keys: Path) -> Path:
+    path = keys / TOKEN_FILE
+    if not path.exists():
+        keys.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(24) + "\n")
+    return path
+
 
 def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
     """Write keys and one config file per role under `root` (the model must already exist)."""
@@ -103,7 +135,8 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         key_file=keys / "coordinator.key", operator_key=operator.public.hex,
         verifier_keys=[verifier.public.hex], model=str(model_dir), relays=[relay_url], tasks=task,
         sampling=SamplingConfig(temperature=s.temperature, max_tokens=s.max_tokens),
-        group_size=s.group_size, async_window=s.async_window,
+        group_size=s.group_size, async_window=s.async_window, limits=LimitsConfig(exempt_addresses=LOOPBACK),
+        dashboard=DashboardConfig(operator_token_file=str(_operator_token_file(keys))),
         p2p=P2PConfig(enabled=p2p_on, listen_host=HOST, listen_port=ports["p2p"])))
     configs["trainer"] = write_config(cfgdir / "trainer.toml", TrainerConfig(
         run_id=run_id, coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),

@@ -4,7 +4,9 @@ Served from a background thread of the daemon on `status_host:status_port` (loop
 default; port 0 picks a free port, written to `data_dir/status.port` so that
 `swarmrl worker status` and tests find it). Read-only: it reports `WorkerState.snapshot()`
 and never changes the daemon. Metrics are computed from the same snapshot at scrape time by
-a collector on the app's own registry, so there is one source of truth.
+a collector on the app's own registry, so there is one source of truth. Served behind
+`protocol.guard.read_only` (connection caps, header and body deadlines, no request body), in
+case `status_host` opens it beyond loopback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from protocol.guard import ServerLimits, attach, read_only
 from protocol.http import ServerThread, write_port_file
 from worker.state import WorkerState
 
@@ -54,7 +57,7 @@ class _SnapshotCollector:
                                 value=1.0 if s["coordinator_up"] else 0.0)
 
 
-def make_app(state: WorkerState) -> FastAPI:
+def make_app(state: WorkerState, limits: ServerLimits = ServerLimits()) -> FastAPI:
     app = FastAPI(title="swarmrl worker", description="Local status of a swarmrl worker daemon (read-only).")
     registry = CollectorRegistry()
     registry.register(_SnapshotCollector(state))
@@ -72,7 +75,7 @@ def make_app(state: WorkerState) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return attach(app, read_only(limits))
 
 
 def start_status_server(state: WorkerState, host: str, port: int, data_dir: Path) -> ServerThread:

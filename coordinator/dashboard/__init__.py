@@ -10,6 +10,11 @@
     GET /v1/dashboard/rollouts/{id}      decoded prompt, completions, rewards, every check
     POST /v1/trainer/eval                the trainer's signed held-out evaluation of a version
 
+Every GET answers the public view unless the request carries the operator token
+(`Authorization: Bearer`, `dashboard.operator_token_file`): no contributor addresses, no
+undecided submission, of a verdict only the outcome and the failed checks' names
+(`coordinator.privacy`). The page asks for the token (or takes it from `#token=...`).
+
 Modules: `routes` (thin FastAPI adapters, mounted by `coordinator.app` with one call),
 `views` (what each endpoint answers), `queries` (read-only SQL), `relays` (polling the
 advertised relays), `static/` (the page). Everything here reads the coordinator's state;

@@ -1,9 +1,10 @@
 """The dashboard's HTTP surface: read-only JSON under /v1/dashboard, the page under /dashboard,
 and the trainer's signed evaluation reports (POST /v1/trainer/eval).
 
-Thin adapters: each GET goes through the coordinator's own request plumbing (`Api.plain`:
-per-address rate limit, request metrics, errors as `{"detail": ...}`) and calls one function
-of `coordinator.dashboard.views`; the POST goes through `Api.signed` (size limit, envelope,
+Thin adapters: each GET goes through the coordinator's own request plumbing (`Api.viewed`:
+the operator token or the anonymous view, request metrics, errors as `{"detail": ...}`),
+calls one function of `coordinator.dashboard.views` and gives anonymous readers the public
+form of its answer (`coordinator.privacy`); the POST goes through `Api.signed` (size limit, envelope,
 operator key, clock skew) and `record_eval`, which also spends the nonce, so a replayed
 report is refused. Answers are reused for `dashboard_cache_s` (`Recent`), so open dashboards
 cost the database little. Response models are declared for /docs only. In the process that runs
@@ -23,6 +24,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from coordinator import privacy
 from coordinator.context import Context
 from coordinator.dashboard import queries, views
 from coordinator.dashboard.relays import RelayPoller
@@ -33,7 +35,7 @@ from protocol.envelope import Envelope, Opened
 from protocol.messages import KIND_EVAL_REPORT, EvalReport
 
 if TYPE_CHECKING:
-    from coordinator.app import Api
+    from coordinator.api import Api
 
 STATIC = Path(__file__).resolve().parent / "static"
 API = routes.DASHBOARD_API
@@ -165,41 +167,45 @@ def mount_dashboard(app: FastAPI, ctx: Context, api: "Api", *, background: bool 
     @r.get(API + "/overview", response_model=Overview)
     async def overview(request: Request) -> Response:
         """Run, versions, buffer depth, verification queue, counts by status."""
-        return await api.plain(request, "dash_overview", lambda: recent.get("overview", lambda: views.overview(ctx)))
+        return await api.viewed(request, "dash_overview", lambda _full: recent.get("overview", lambda: views.overview(ctx)))
 
     @r.get(API + "/workers", response_model=list[WorkerRow])
     async def workers(request: Request) -> Response:
         """Every worker: status, throughput (completion tokens/s over the last minute, and as reported),
-        check rate, verdicts, active leases."""
-        return await api.plain(request, "dash_workers", lambda: recent.get("workers", lambda: views.worker_rows(ctx)))
+        check rate, verdicts, active leases (addresses and full-check counts with the operator token)."""
+        return await api.viewed(request, "dash_workers", lambda full: [
+            privacy.worker_row(w, full) for w in recent.get("workers", lambda: views.worker_rows(ctx))])
 
     @r.get(API + "/versions", response_model=VersionsView)
     async def versions(request: Request, limit: int = Query(50, ge=1, le=1000)) -> Response:
         """Policy versions (newest first) with their broadcast progress: which advertised relays hold
         each version complete or in flight (relays are polled at most every few seconds)."""
         relays = await poller.refresh()
-        return await api.plain(request, "dash_versions", lambda: recent.get(("versions", limit),
-                                                                                lambda: views.version_rows(ctx, relays, limit)))
+        return await api.viewed(request, "dash_versions", lambda _full: recent.get(
+            ("versions", limit), lambda: views.version_rows(ctx, relays, limit)))
 
     @r.get(API + "/curve", response_model=list[CurvePoint])
     async def curve(request: Request, limit: int = Query(500, ge=1, le=100_000)) -> Response:
         """Training curve by policy version: mean reward of submissions (all, accepted) and the
         trainer's held-out accuracy (from its signed eval reports)."""
-        return await api.plain(request, "dash_curve", lambda: recent.get(("curve", limit), lambda: views.curve(ctx, limit)))
+        return await api.viewed(request, "dash_curve", lambda _full: recent.get(("curve", limit),
+                                                                                 lambda: views.curve(ctx, limit)))
 
     @r.get(API + "/rejections", response_model=list[Rejection])
     async def rejections(request: Request, limit: int = Query(20, ge=1, le=1000)) -> Response:
         """The newest rejected submissions with the verifier's reason and failed checks, each with a
-        link to its audit view."""
-        return await api.plain(request, "dash_rejections", lambda: recent.get(("rejections", limit),
-                                                                                  lambda: views.rejections(ctx, limit)))
+        link to its audit view (without the operator token: the failed checks' names, no numbers)."""
+        return await api.viewed(request, "dash_rejections", lambda full: [
+            privacy.rejection(r, full) for r in recent.get(("rejections", limit), lambda: views.rejections(ctx, limit))])
 
     @r.get(API + "/rollouts/{submission_id}")
     async def rollout(request: Request, submission_id: str) -> Response:
         """One rollout's audit view: decoded prompt and completions, rewards, verdict and every check
         with its numbers (the same view as `swarmrl audit show`; seeds as decimal strings, since they
-        exceed the integers a browser represents exactly)."""
-        return await api.plain(request, "dash_rollout", lambda: views.rollout(ctx, submission_id))
+        exceed the integers a browser represents exactly). Without the operator token: decided
+        submissions only, with the outcome and the failed checks' names (`coordinator.privacy`)."""
+        return await api.viewed(request, "dash_rollout",
+                                lambda full: privacy.rollout(views.rollout(ctx, submission_id), full))
 
     @r.post(routes.TRAINER_EVAL, tags=["training"],
             openapi_extra={"requestBody": {"required": True, "content": {

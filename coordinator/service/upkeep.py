@@ -7,8 +7,9 @@ async window leave the buffer; nonces older than twice the clock skew (they coul
 pass the timestamp check) are forgotten; envelopes of finished, archived submissions older than
 `payload_retention_s` leave the database (the Parquet archive keeps them).
 
-`stats(ctx)` is the JSON of GET /v1/stats (the demo prints it) and `state_counts(ctx)` feeds
-the Prometheus gauges.
+`stats(ctx)` is the JSON of GET /v1/stats (the demo prints it; anonymous readers get
+`coordinator.privacy.stats` of it, without addresses) and `state_counts(ctx)` feeds the
+Prometheus gauges.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Work: leasing tasks, giving leases back, and taking submissions in (the cheap checks,
-rewards computed here, storage and the verification queue), and a submission's status."""
+rewards computed here, storage and the verification queue), and a submission's status.
+
+A status names the checks a rejected submission failed, never the verifier's numbers
+(`coordinator.privacy.public_reason`), and never whether it was drawn for a full check: a
+worker must not learn how close it came to a threshold, nor which submissions were looked at."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import logging
 from coordinator.auth import group_json
 from coordinator.context import Context
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
+from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
 from coordinator.rules.leasing import (
@@ -113,7 +118,6 @@ def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
 
 
 def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionResponse:
-    cfg = ctx.cfg
     sub = opened.body
     worker_id = opened.signer_id
     now = ctx.clock()
@@ -186,10 +190,8 @@ def submission_statuses(ctx: Context, ids_csv: str) -> SubmissionStatuses:
         raise Invalid("too_many_ids", f"at most {MAX_STATUS_IDS} ids of at most 64 characters")
     with ctx.db.read() as conn:
         rows = {r.submission_id: r for r in submissions.get_statuses(conn, ids)}
-    return SubmissionStatuses(
-        statuses=[SubmissionStatus(submission_id=r.submission_id, worker_id=r.worker_id, status=r.status,
-                                   reason=r.reason, tokens=r.n_tokens) for r in (rows[i] for i in ids if i in rows)],
-        unknown=[i for i in ids if i not in rows])
+    return SubmissionStatuses(statuses=[_status(rows[i]) for i in ids if i in rows],
+                              unknown=[i for i in ids if i not in rows])
 
 
 def submission_status(ctx: Context, submission_id: str) -> SubmissionStatus:
@@ -197,5 +199,9 @@ def submission_status(ctx: Context, submission_id: str) -> SubmissionStatus:
         row = submissions.get_status(conn, submission_id)
     if row is None:
         raise NotFound("unknown_submission", f"no submission {submission_id}")
+    return _status(row)
+
+
+def _status(row) -> SubmissionStatus:
     return SubmissionStatus(submission_id=row.submission_id, worker_id=row.worker_id, status=row.status,
-                            reason=row.reason, tokens=row.n_tokens)
+                            reason=public_reason(row.reason), tokens=row.n_tokens)

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: headless Chromium on the page of a short live swarm.
 
 The swarm is tests/integration/audit_swarm.py (coordinator, relay, verifier, two honest workers,
-one cheater, versions published through a shardcast origin with signed eval reports). Chromium
+one cheater, versions published through a shardcast origin with signed eval reports), read first
+in the public view and then with the operator token (`coordinator.privacy`). Chromium
 and chromedriver are the Debian packages `chromium` and `chromium-driver`, installed here when
 missing (apt-get, as root); where that is impossible the test is skipped with the reason.
 Screenshots are saved under the test's tmp folder, or under $SWARMRL_SCREENSHOTS when set.
@@ -114,19 +115,29 @@ def test_dashboard_of_a_live_swarm_in_headless_chromium(browser, tmp_path):
         wait_until(lambda: count(driver, "#curve circle[data-series=greedy_accuracy]") == 4, 30, "v3 on the curve")
         shot(driver, tmp_path, "dashboard.png")
 
-        # follow the rejection to its audit view
+        # follow the rejection to its audit view: the public view names the failed check, no numbers
+        assert driver.find_element("css selector", "#mode [data-mode]").get_attribute("data-mode") == "public"
         link = driver.find_element("css selector", "#rejections a.audit-link")
         sid = link.get_attribute("href").rsplit("=", 1)[1]
         link.click()
-        wait_until(lambda: driver.find_element("css selector", "body").get_attribute("data-loaded") == "1", 30,
-                   "the rollout's audit view")
+        loaded = lambda: driver.find_element("css selector", "body").get_attribute("data-loaded") == "1"  # noqa: E731
+        wait_until(loaded, 30, "the rollout's audit view")
         assert driver.find_element("css selector", "#rollout-id").text == sid
         assert driver.find_element("css selector", "#rollout-status").text == "rejected"
         assert re.fullmatch(r"\d+[+-]\d+=", driver.find_element("css selector", "#prompt").text)
         assert count(driver, "#completions tbody tr") == 4
         proof = driver.find_element("css selector", "#checks tr[data-check=proof]")
+        assert "failed" in proof.text and "exponents differ" not in proof.text and "operator view only" in proof.text
+        assert "operator view only" in driver.find_element("css selector", "#summary").text  # full check drawn
+        shot(driver, tmp_path, "rollout-public.png")
+        # the operator's token (in the fragment: never sent to the server) unlocks every number
+        driver.get(f"{swarm.url}/dashboard/rollout.html?id={sid}#token={swarm.plan.operator_token}")
+        mode = lambda: driver.find_element("css selector", "#mode [data-mode]").get_attribute("data-mode")  # noqa: E731
+        wait_until(lambda: mode() == "operator" and loaded(), 30, "the rollout's operator view")
+        proof = driver.find_element("css selector", "#checks tr[data-check=proof]")
         assert "failed" in proof.text and "exponents differ" in proof.text and "failed_chunks" in proof.text
         assert "swarmrl audit reverify " + sid in driver.find_element("css selector", "#commands").text
+        assert "#token" not in driver.current_url
         shot(driver, tmp_path, "rollout.png")
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         assert errors == [], errors

@@ -39,7 +39,7 @@ pytest.importorskip("libp2p", reason="needs the p2p extra: pip install -e '.[p2p
 
 from worker_swarm import Proc, worker_status  # noqa: E402
 
-from coordinator.config import CoordinatorConfig, SamplingConfig  # noqa: E402
+from coordinator.config import LOOPBACK, CoordinatorConfig, SamplingConfig  # noqa: E402
 from protocol import routes  # noqa: E402
 from protocol.config import dump_toml  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
@@ -102,7 +102,7 @@ class Rig:
             run_id=RUN, host=HOST, port=port, data_dir=self.root / "coordinator",
             key_file=self.root / "keys" / "coordinator.key", operator_key=self.operator.public.hex,
             model=str(self.model), relays=[], group_size=2, sampling=SamplingConfig(max_tokens=4),
-            archive=False, log_level="info", p2p=P2PConfig(**FAST)))
+            archive=False, log_level="info", p2p=P2PConfig(**FAST), limits={"exempt_addresses": LOOPBACK}))
 
         def run_info() -> RunInfo | None:
             assert self.procs["coordinator"].alive, self.procs["coordinator"].tail()

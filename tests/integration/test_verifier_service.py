@@ -12,7 +12,7 @@ import signal
 
 import httpx
 
-from coordinator.config import CheckRateConfig, CoordinatorConfig, SamplingConfig
+from coordinator.config import LOOPBACK, CheckRateConfig, CoordinatorConfig, SamplingConfig
 from protocol import routes
 from protocol.http import SignedClient, read_port_file
 from protocol.identity import KeyPair
@@ -45,7 +45,8 @@ def test_verifier_accepts_honest_rollouts_and_gets_a_cheater_banned(tmp_path):
         run_id="vtest", host=HOST, port=int(coord_url.rsplit(":", 1)[1]), data_dir=tmp_path / "coordinator",
         key_file=keys / "coordinator.key", operator_key=operator.public.hex, verifier_keys=[verifier.public.hex],
         model=str(model), relays=[origin_url], group_size=2, archive=False, log_level="warning",
-        sampling=SamplingConfig(temperature=1.0, max_tokens=6), check_rate=CheckRateConfig(initial=1.0)))
+        sampling=SamplingConfig(temperature=1.0, max_tokens=6), check_rate=CheckRateConfig(initial=1.0),
+        limits={"exempt_addresses": LOOPBACK}))
     ver_cfg = write_config(cfg / "verifier.toml", VerifierConfig(
         coordinator_url=coord_url, key_file=keys / "verifier.key", data_dir=tmp_path / "verifier", threads=1,
         poll_interval_s=0.2))

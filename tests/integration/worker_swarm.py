@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from coordinator.config import CoordinatorConfig, JoinConfig, SamplingConfig
+from coordinator.config import LOOPBACK, CoordinatorConfig, JoinConfig, SamplingConfig
 from protocol import routes
 from protocol.config import dump_toml
 from protocol.identity import KeyPair
@@ -88,7 +88,8 @@ class MiniSwarm:
             key_file=root / "keys" / "coordinator.key", operator_key=self.operator.public.hex,
             model=str(base_model), relays=[self.origin_url], group_size=group_size,
             sampling=SamplingConfig(temperature=1.0, max_tokens=max_tokens), async_window=async_window,
-            lease_ttl_s=lease_ttl_s, archive=False, join=join or JoinConfig(), log_level="warning")))
+            lease_ttl_s=lease_ttl_s, archive=False, join=join or JoinConfig(), log_level="warning",
+            limits={"exempt_addresses": LOOPBACK})))
         self.coordinator: Proc | None = None
         self.http = httpx.Client(timeout=10.0)
 

@@ -22,7 +22,7 @@ import torch
 
 from protocol.messages import CheckResult
 from protocol.sampling import gumbel_noise_rows, perturbed_scores
-from verifier.checks import first_failures, result, within
+from verifier.checks import first_failures, result
 from verifier.job import OpenedJob
 
 NAME = "sampling"

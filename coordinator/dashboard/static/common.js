@@ -1,8 +1,45 @@
 // Helpers shared by the dashboard pages: DOM building without innerHTML (all data is untrusted
-// text from workers and relays), number formatting, and JSON fetching.
+// text from workers and relays), number formatting, JSON fetching, and the operator token.
+//
+// Without the operator token the coordinator answers the public views (no addresses, no
+// undecided submission, failed checks by name only). The token is kept in sessionStorage (this
+// tab only) and sent as "Authorization: Bearer <token>"; it arrives by the sign-in prompt or
+// in the page's fragment (#token=..., never sent to the server and removed from the address bar).
 "use strict";
 
 const API = "/v1/dashboard";
+const TOKEN_KEY = "swarmrl-operator-token";
+
+function tokenFromFragment() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!m) return false;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+  history.replaceState(null, "", location.pathname + location.search);
+  return true;
+}
+tokenFromFragment();
+window.addEventListener("hashchange", () => { if (tokenFromFragment()) location.reload(); });
+
+function operatorToken() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+
+function renderMode(onChange) {
+  const box = document.getElementById("mode");
+  if (!box) return;
+  const token = operatorToken();
+  const button = el("button", { type: "button", class: "link" }, token ? "sign out" : "operator sign-in");
+  button.addEventListener("click", () => {
+    if (token) sessionStorage.removeItem(TOKEN_KEY);
+    else {
+      const given = window.prompt("operator token (the coordinator's dashboard.operator_token_file)");
+      if (!given) return;
+      sessionStorage.setItem(TOKEN_KEY, given.trim());
+    }
+    renderMode(onChange);
+    onChange();
+  });
+  box.replaceChildren(el("span", { class: "muted", "data-mode": token ? "operator" : "public" },
+    token ? "operator view " : "public view "), button);
+}
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -54,7 +91,12 @@ function when(unix) { return unix ? new Date(unix * 1000).toLocaleTimeString() :
 function badge(status) { return el("span", { class: "badge " + status }, status); }
 
 async function getJSON(path) {
-  const r = await fetch(path, { cache: "no-store" });
+  const token = operatorToken();
+  const r = await fetch(path, { cache: "no-store", headers: token ? { Authorization: "Bearer " + token } : {} });
+  if (r.status === 401 && token) {
+    sessionStorage.removeItem(TOKEN_KEY);  // refused: fall back to the public view next time
+    renderMode(() => location.reload());
+  }
   if (!r.ok) {
     let detail = r.statusText;
     try { detail = (await r.json()).detail || detail; } catch (e) { /* not JSON */ }

@@ -140,5 +140,6 @@ async function refresh() {
   }
 }
 
+renderMode(refresh);
 refresh();
 setInterval(refresh, REFRESH_MS);

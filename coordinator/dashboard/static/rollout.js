@@ -1,5 +1,10 @@
-// One rollout's audit view: what the coordinator holds about a submission, decoded.
+// One rollout's audit view: what the coordinator holds about a submission, decoded. The public
+// view has no full_check and, of the verdict, only the failed checks' names.
 "use strict";
+
+const OPERATOR_ONLY = "(operator view only)";
+
+function shown(value, yes) { return value === undefined ? OPERATOR_ONLY : (value ? yes || "yes" : "no"); }
 
 function facts(dl, pairs) {
   dl.replaceChildren(...pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v === null || v === undefined ? "–" : v)]));
@@ -32,7 +37,7 @@ async function load() {
   facts(document.getElementById("summary"), [
     ["worker", el("span", { class: "mono" }, r.worker_id)], ["policy version", "v" + r.policy_version],
     ["task", r.task_id + " (index " + r.task_index + ")"], ["status", r.status],
-    ["reason", r.reason || "–"], ["full check drawn", r.full_check ? "yes" : "no"],
+    ["reason", r.reason || "–"], ["full check drawn", shown(r.full_check)],
     ["received", when(r.received_at)], ["decided", when(r.decided_at)], ["tokens", r.n_tokens],
     ["mean reward", num(r.mean_reward, 3)], ["engine", r.engine ? [r.engine.name, r.engine.version, r.engine.dtype, r.engine.device].filter(Boolean).join(" ") : null],
     ["archived", r.archived ? "yes" : "not yet"], ["checkpoint archived", r.checkpoint_archived ? "yes" : "no"],
@@ -48,11 +53,12 @@ async function load() {
   const v = r.verdict;
   if (v) {
     facts(document.getElementById("verdict"), [
-      ["decision", v.accepted ? "accepted" : "rejected"], ["full check", v.full_check ? "yes" : "no"],
+      ["decision", v.accepted ? "accepted" : "rejected"], ["full check", shown(v.full_check)],
       ["verifier", el("span", { class: "mono" }, v.verifier)], ["signed", when(v.signed_at)], ["reason", v.reason || "–"]]);
     fill(document.querySelector("#checks tbody"), v.checks.map(c => el("tr", { class: c.passed ? "pass" : "fail", "data-check": c.name },
       td(c.name, "mono"), el("td", {}, badge(c.passed ? "passed" : "failed")), el("td", { class: "reason" }, c.detail || ""),
-      el("td", {}, statsList(c.stats)))), "no check results");
+      el("td", {}, c.stats === undefined ? el("span", { class: "muted" }, OPERATOR_ONLY) : statsList(c.stats)))),
+      v.failed_checks ? "no check failed (which checks ran: " + OPERATOR_ONLY + ")" : "no check results");
   } else {
     facts(document.getElementById("verdict"), [["decision", "not decided yet"]]);
     fill(document.querySelector("#checks tbody"), [], "no verdict yet");
@@ -67,4 +73,5 @@ async function load() {
   document.body.dataset.loaded = "1";
 }
 
+renderMode(() => location.reload());
 load();

@@ -12,7 +12,7 @@ import httpx
 from sqlalchemy import select
 
 from coordinator.app import create_app
-from coordinator.config import CoordinatorConfig
+from coordinator.config import LOOPBACK, CoordinatorConfig
 from coordinator.context import Context, build_context
 from coordinator.store.schema import metadata
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, envelope_signing_bytes, seal
@@ -222,9 +222,12 @@ class Swarm:
 def start_swarm(tmp: Path, model_dir: Path, *, rng_seed: int = 0, **overrides) -> Swarm:
     operator = KeyPair.from_seed(b"o" * 32)
     verifier = KeyPair.from_seed(b"v" * 32)
+    # Every test client is on loopback: exempt it from the per-address limits unless a test
+    # says otherwise (limits={"exempt_addresses": [], ...}); other `limits` keys merge in.
+    limits = {"burst": 100_000, "exempt_addresses": LOOPBACK, **overrides.pop("limits", {})}
     fields = dict(operator_key=operator.public.hex, verifier_keys=[verifier.public.hex], model=str(model_dir),
                   data_dir=tmp / "coordinator", key_file=tmp / "coordinator" / "coordinator.key", port=0,
-                  group_size=4, archive=False, limits={"burst": 100_000})
+                  group_size=4, archive=False, limits=limits)
     # registrations here are hand-made requests: no proof of work unless a test asks for one
     overrides["join"] = {"pow_difficulty": 0, **overrides.get("join", {})}
     fields.update(overrides)

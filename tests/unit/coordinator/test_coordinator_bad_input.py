@@ -97,7 +97,8 @@ def case_oversized_token_list(w):
     lease = w["la"][1]
     sub = json.loads(s.submission(lease).model_dump_json())
     sub["completions"][0]["token_ids"] = [5] * 40_000 + [lease.eos_token_id]
-    return s.send("/v1/submissions", s.seal_raw(KIND_SUBMISSION, sub, w["a"])), 422, "bad_body"
+    # larger than any submission of this run (group_size x max_tokens): refused on its headers
+    return s.send("/v1/submissions", s.seal_raw(KIND_SUBMISSION, sub, w["a"])), 413, "too_large"
 
 
 def case_oversized_completion_list(w):
@@ -105,7 +106,7 @@ def case_oversized_completion_list(w):
     lease = w["la"][1]
     sub = json.loads(s.submission(lease).model_dump_json())
     sub["completions"] = sub["completions"] * 70  # 280 > the protocol's cap of 256
-    return s.send("/v1/submissions", s.seal_raw(KIND_SUBMISSION, sub, w["a"])), 422, "bad_body"
+    return s.send("/v1/submissions", s.seal_raw(KIND_SUBMISSION, sub, w["a"])), 413, "too_large"
 
 
 def case_completion_longer_than_max_tokens(w):

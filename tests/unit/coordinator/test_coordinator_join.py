@@ -82,8 +82,11 @@ def test_one_active_identity_per_address(make_swarm):
     assert _register(s, b).status_code == 200
 
 
-def test_loopback_is_exempt_from_the_address_rule_by_default(swarm):
-    assert swarm.cfg.join.identities_per_address == 1
+def test_no_address_is_exempt_by_default_and_a_local_swarm_lists_loopback(swarm):
+    from coordinator.config import LimitsConfig
+
+    assert LimitsConfig().exempt_addresses == [] and LimitsConfig().trusted_proxies == []
+    assert swarm.cfg.join.identities_per_address == 1 and "127.0.0.1" in swarm.cfg.limits.exempt_addresses
     for _ in range(3):
         assert _register(swarm, KeyPair.generate()).status_code == 200
 

@@ -1,5 +1,7 @@
 import pytest
 
+OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
+
 from swarmrl.modelkit import init_tiny_model
 from tests.unit.coordinator.coord_harness import start_swarm
 
@@ -13,11 +15,13 @@ def dash_model(tmp_path_factory):
 
 @pytest.fixture
 def make_coordinator(tmp_path, dash_model):
-    """A coordinator on 127.0.0.1 (real SQLite, real HTTP, the test's clock), with overrides."""
+    """A coordinator on 127.0.0.1 (real SQLite, real HTTP, the test's clock) whose operator token
+    is OPERATOR_TOKEN, with overrides."""
     made = []
 
     def make(**overrides):
-        s = start_swarm(tmp_path / f"c{len(made)}", dash_model, **{"dashboard_cache_s": 0.0, **overrides})
+        s = start_swarm(tmp_path / f"c{len(made)}", dash_model, **{
+            "dashboard_cache_s": 0.0, "dashboard": {"operator_token": OPERATOR_TOKEN}, **overrides})
         made.append(s)
         return s
 

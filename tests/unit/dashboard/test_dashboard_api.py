@@ -1,4 +1,6 @@
-"""The dashboard's read-only JSON, the trainer's signed eval reports, relay polling and the page."""
+"""The dashboard's read-only JSON, the trainer's signed eval reports, relay polling and the page.
+
+These read the full (operator) views; test_dashboard_private.py covers what anonymous readers get."""
 
 import json
 import re
@@ -9,13 +11,14 @@ from fastapi import FastAPI, Response
 from protocol.http import ServerThread
 from protocol.lm import load_tokenizer
 from protocol.messages import KIND_EVAL_REPORT, KIND_VERDICT, CheckResult, EvalReport
+from tests.unit.dashboard.conftest import OPERATOR_TOKEN
 
 API = "/v1/dashboard"
 STATIC = Path(__file__).resolve().parents[3] / "coordinator" / "dashboard" / "static"
 
 
-def get(s, path, status=200):
-    r = s.http.get(API + path)
+def get(s, path, status=200, token=OPERATOR_TOKEN):
+    r = s.http.get(API + path, headers={"authorization": f"Bearer {token}"} if token else {})
     assert r.status_code == status, r.text
     return r.json()
 

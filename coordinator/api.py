@@ -1,0 +1,225 @@
+"""The request plumbing every coordinator route shares (`Api`), and the guard it serves behind.
+
+Before a route runs, `protocol.guard` (with `coordinator.admission`'s rule) has charged the
+per-address request limit and byte budget and refused bodies over the route's cap, all on the
+headers alone. A signed route then reads the body (its cap again, for chunked bodies), opens
+the envelope (JSON, kind and signer rules, signature, clock skew, schema: `coordinator.auth`;
+large bodies on the `OffLoop` threads), charges the signer's per-identity limit and calls one
+service function. A `CoordinatorError` becomes `{"detail": ...}` with its status (429 with
+Retry-After) and is counted by reason, as are the guard's own refusals.
+
+Service calls run inline on the event loop: they are short, one thread owns the database
+connection at a time, and the only waiting (the trainer's long-poll) is an `await`. Responses
+are serialised once with pydantic (no FastAPI response-model re-validation on the hot path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
+
+from coordinator.admission import body_cap, make_guard, route_caps
+from coordinator.auth import (
+    INLINE_BYTES,
+    OffLoop,
+    is_operator,
+    open_request,
+    open_signed,
+    operator_token,
+    parse_body,
+    parse_envelope,
+    refusal,
+)
+from coordinator.context import Context
+from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge
+from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
+from protocol.guard import Guard
+from protocol.messages import VerdictBatch, VerdictBatchResponse, VerdictOutcome
+
+log = logging.getLogger("swarmrl.coordinator")
+
+
+def encode(result: Any) -> bytes:
+    if isinstance(result, bytes):
+        return result
+    if isinstance(result, BaseModel):
+        return result.model_dump_json().encode()
+    return json.dumps(result).encode()
+
+
+class Api:
+    """Binds a Context to the request plumbing shared by every route."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        cfg = ctx.cfg
+        self.caps = route_caps(cfg, ctx.tasks.vocab_size)
+        self.offload = OffLoop(cfg.limits.verify_processes, cfg.limits.verify_queue)
+        self.token = operator_token(cfg.dashboard.operator_token, cfg.dashboard.operator_token_file)
+        self.guard: Guard = make_guard(cfg, self.caps, ctx.address_limiter, ctx.clock,
+                                       lambda reason: ctx.metrics.rejections.labels(reason).inc())
+        # every message this service acts on must be signed for this run and for the coordinator
+        self.scope = {"run_id": cfg.run_id, "audience": AUDIENCE_COORDINATOR}
+
+    def address(self, request: Request) -> str:
+        """The client (the guard has already resolved X-Forwarded-For from trusted proxies)."""
+        return request.client.host if request.client else "unknown"
+
+    def operator(self, request: Request) -> bool:
+        """Whether the request carries the operator token (401 if it carries another)."""
+        return is_operator(request.headers.get("authorization"), self.token)
+
+    def limit_identity(self, signer: str) -> None:
+        ctx = self.ctx
+        if signer in ctx.trusted_keys:
+            return
+        wait = ctx.identity_limiter.take(signer, ctx.clock())
+        if wait > 0:
+            raise RateLimited("rate_limited_identity", f"too many requests from this identity; retry in {wait:.1f} s",
+                              wait)
+
+    async def body(self, request: Request) -> bytes:
+        """The body, at most the route's cap (the guard refused larger declared lengths already;
+        this catches chunked bodies)."""
+        limit = body_cap(self.caps, request.method, request.url.path)
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge("too_large", f"request body exceeds the limit of {limit} bytes for "
+                                                f"{request.method} {request.url.path}")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise BadRequest("disconnected", "the client went away before its body arrived") from None
+        return b"".join(chunks)
+
+    def refuse(self, route: str, exc: CoordinatorError) -> Response:
+        self.ctx.metrics.rejections.labels(exc.reason).inc()
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.999)))
+        log.debug("%s refused (%s): %s", route, exc.reason, exc.detail)
+        return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=exc.status, headers=headers)
+
+    def done(self, route: str, t0: float, status: int) -> None:
+        m = self.ctx.metrics
+        m.requests.labels(route, str(status)).inc()
+        m.latency.labels(route).observe(time.perf_counter() - t0)
+
+    async def open(self, raw: bytes, kind: str, body_type: type[BaseModel], signers: frozenset[str] | None,
+                   role: str) -> Any:
+        """Verify one request's envelope and charge its signer's limit; a large body is verified in
+        another process first and parsed here only if it passed (`coordinator.auth.OffLoop`)."""
+        ctx = self.ctx
+        now, skew = ctx.clock(), ctx.cfg.max_clock_skew_s
+        opening = functools.partial(open_request, raw, kind, body_type, now=now, max_skew_s=skew, **self.scope,
+                                    allowed_signers=signers, role=role)
+        if len(raw) <= INLINE_BYTES:
+            opened = opening()
+            self.limit_identity(opened.envelope.signer)
+            return opened
+        whole, checked = await self.offload.precheck(raw, kind, body_type, now, skew, signers, role, **self.scope)
+        problem = whole or checked[0]
+        if isinstance(problem, tuple):
+            raise refusal(*problem)
+        self.limit_identity(problem)  # the verified signer
+        return await self.offload.thread(opening)
+
+    async def signed(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
+                     op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "") -> Response:
+        t0 = time.perf_counter()
+        try:
+            raw = await self.body(request)
+            opened = await self.open(raw, kind, body_type, signers, role)
+            result = op(opened, raw, self.address(request))
+            if asyncio.iscoroutine(result):
+                result = await result
+            resp = Response(encode(result), media_type="application/json")
+        except CoordinatorError as exc:
+            resp = self.refuse(route, exc)
+        self.done(route, t0, resp.status_code)
+        return resp
+
+    async def signed_each(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
+                          op: Callable[[Any], Any], *, signers: frozenset[str] | None = None,
+                          role: str = "") -> Response:
+        """A `VerdictBatch`-shaped request: a list of signed envelopes, each verified, limited
+        and applied on its own as `signed` would (a refused one does not stop the others)."""
+        t0 = time.perf_counter()
+        ctx = self.ctx
+        now, skew = ctx.clock(), ctx.cfg.max_clock_skew_s
+        try:
+            raw = await self.body(request)
+            opening = functools.partial(self._open_each, raw, kind, body_type, signers, role, now)
+            if len(raw) <= INLINE_BYTES:
+                opened = opening()
+            else:
+                whole, checked = await self.offload.precheck(raw, kind, body_type, now, skew, signers, role,
+                                                             batch=True, **self.scope)
+                if whole is not None:
+                    raise refusal(*whole)
+                verified = [c for c in checked if not isinstance(c, tuple)]
+                opened = await self.offload.thread(opening) if verified else [refusal(*c) for c in checked]
+        except CoordinatorError as exc:
+            resp = self.refuse(route, exc)
+            self.done(route, t0, resp.status_code)
+            return resp
+        results = []
+        for item in opened:
+            try:
+                if isinstance(item, CoordinatorError):
+                    raise item
+                self.limit_identity(item.envelope.signer)
+                op(item)
+                results.append(VerdictOutcome(status=200))
+            except CoordinatorError as exc:
+                ctx.metrics.rejections.labels(exc.reason).inc()
+                results.append(VerdictOutcome(status=exc.status, detail=exc.detail))
+        resp = Response(encode(VerdictBatchResponse(results=results)), media_type="application/json")
+        self.done(route, t0, resp.status_code)
+        return resp
+
+    def _open_each(self, raw: bytes, kind: str, body_type: type[BaseModel], signers: frozenset[str] | None,
+                   role: str, now: float) -> list[Any]:
+        """Parse a batch and verify each envelope: an Opened, or the CoordinatorError it got."""
+        batch = parse_body(raw, VerdictBatch, "batch", "a list of signed envelopes")
+        out: list[Any] = []
+        for env in batch.envelopes:
+            try:
+                out.append(open_signed(env, kind, body_type, now=now, max_skew_s=self.ctx.cfg.max_clock_skew_s,
+                                       **self.scope, allowed_signers=signers, role=role))
+            except CoordinatorError as exc:
+                out.append(exc)
+        return out
+
+    async def envelope(self, request: Request) -> Envelope:
+        """The body parsed as an envelope, for services that verify it themselves (a policy
+        manifest: operator-signed, rare; a large one is parsed on a thread, within the bound)."""
+        raw = await self.body(request)
+        if len(raw) <= INLINE_BYTES:
+            return parse_envelope(raw)
+        return await self.offload.thread(functools.partial(parse_envelope, raw))
+
+    async def plain(self, request: Request, route: str, op: Callable[[], Any]) -> Response:
+        t0 = time.perf_counter()
+        try:
+            resp = Response(encode(op()), media_type="application/json")
+        except CoordinatorError as exc:
+            resp = self.refuse(route, exc)
+        self.done(route, t0, resp.status_code)
+        return resp
+
+    async def viewed(self, request: Request, route: str, op: Callable[[bool], Any]) -> Response:
+        """A read-only view: `op(full)`, full when the request carries the operator token."""
+        return await self.plain(request, route, lambda: op(self.operator(request)))

@@ -1,0 +1,93 @@
+"""What anonymous readers, and workers, may learn: the public form of every read-only answer.
+
+The attacker reads every public endpoint (docs/design.md, trust model). Without the operator
+token (`coordinator.auth.is_operator`) a reader of GET /v1/stats and /v1/dashboard/* gets:
+
+| field | anonymous | why |
+|---|---|---|
+| a worker's `address` | removed | contributors' IP addresses are theirs |
+| `full_check`, a worker's `full_checked`, `full_check_share`, `clean_checks` | removed | a worker that learns which of its submissions were fully checked (directly, or by diffing counters after each verdict) learns when cheating would have passed |
+| a verdict's checks | only the failed checks' names | the statistics say how far a submission was from each threshold, and which checks ran says whether it was a full check |
+| `reason`, `ban_reason` | `public_reason`: the failed checks' names, any other number replaced by `#` | the verifier's reasons quote the numbers the thresholds were compared with |
+| an undecided submission | refused (403) | its state (and whether it is queued for a full check) is the verifier's business until it decides |
+
+The submission statuses a worker polls (GET /v1/submissions/{id}, /v1/submission-statuses)
+carry `public_reason` whoever asks: a worker learns that it failed, and which check, never by
+how much. The operator token unlocks everything; the Parquet archive and `swarmrl audit` keep
+the full record for auditors.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from coordinator.errors import Forbidden
+
+_PREFIX = re.compile(r"^(worker banned: )?(submission [A-Za-z0-9_.:\-]+ rejected: )?")
+_CHECK = re.compile(r"(?:^|; )([a-z_]{1,64}): ")
+_NAMES_ONLY = re.compile(r"^failed [a-z_]+(, [a-z_]+)*$|^rejected by the verifier$")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+HIDDEN_WORKER_FIELDS = ("address", "full_checked", "full_check_share", "clean_checks")
+
+
+def public_reason(reason: str | None) -> str:
+    """A reason without its numbers: 'proof: 40/128 exponents differ; sampling: ...' becomes
+    'failed proof, sampling'; the prefixes the coordinator adds ('worker banned: ', 'submission
+    S rejected: ') stay; any other text keeps its words with every number replaced by '#'."""
+    if not reason:
+        return ""
+    prefix = _PREFIX.match(reason)
+    head, rest = reason[:prefix.end()], reason[prefix.end():]
+    if _NAMES_ONLY.match(rest):
+        return head + rest
+    if _CHECK.match(rest):
+        return head + "failed " + ", ".join(dict.fromkeys(_CHECK.findall(rest)))
+    return head + _NUMBER.sub("#", rest)
+
+
+def failed_check_names(checks: list[dict[str, Any]] | None) -> list[str]:
+    return [str(c.get("name", "?")) for c in checks or [] if isinstance(c, dict) and not c.get("passed")]
+
+
+def worker_row(row: dict[str, Any], full: bool) -> dict[str, Any]:
+    if full:
+        return row
+    out = {k: v for k, v in row.items() if k not in HIDDEN_WORKER_FIELDS}
+    if "ban_reason" in out:
+        out["ban_reason"] = public_reason(out["ban_reason"])
+    return out
+
+
+def stats(data: dict[str, Any], full: bool) -> dict[str, Any]:
+    """GET /v1/stats."""
+    if full:
+        return data
+    return {**data, "workers": [worker_row(w, False) for w in data.get("workers", [])]}
+
+
+def rejection(row: dict[str, Any], full: bool) -> dict[str, Any]:
+    """A row of /v1/dashboard/rejections."""
+    if full:
+        return row
+    out = {k: v for k, v in row.items() if k != "full_check"}
+    out["reason"] = public_reason(out.get("reason"))
+    return out
+
+
+def rollout(view: dict[str, Any], full: bool) -> dict[str, Any]:
+    """/v1/dashboard/rollouts/{id}: refused while undecided; then outcome and failed checks' names."""
+    if full:
+        return view
+    if view.get("status") == "queued":
+        raise Forbidden("undecided", f"submission {view.get('submission_id')} is not decided yet; its view is public "
+                                     "once the verifier has decided (the operator token shows it now)")
+    out = {k: v for k, v in view.items() if k != "full_check"}
+    out["reason"] = public_reason(out.get("reason"))
+    v = view.get("verdict")
+    if v is not None:
+        failed = failed_check_names(v.get("checks"))
+        out["verdict"] = {"accepted": v.get("accepted"), "reason": public_reason(v.get("reason")),
+                          "checks": [{"name": n, "passed": False} for n in failed], "failed_checks": failed,
+                          "verifier": v.get("verifier"), "signed_at": v.get("signed_at")}
+    return out
