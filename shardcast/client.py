@@ -20,10 +20,18 @@ Collaborators: shardcast.watch (manifests, long-polls), shardcast.fetch (paralle
 downloads with failover), shardcast.selection (choice of relay by measured throughput and
 success).
 
+Untrusted sources cannot hold it: every request to a relay has a deadline, a byte cap and
+identity encoding (shardcast.bounded for manifests and long-polls, shardcast.fetch and
+shardcast.transfer for shards: a minimum rate, bodies capped at the manifest's sizes), so
+`wait_for_version(after, timeout_s)` returns within `timeout_s` whatever relays do, and a
+relay that stalls, drips or lies is dropped, ranked down, and the fetch completes from the
+others (`FetchOptions` holds the limits).
+
 With `peers` (a shardcast.p2p.PeerShards over the role's running libp2p node), the swarm
 layer joins in, always beside HTTP and never trusted more: relays advertised on the run's
 topic are used beside the configured ones (and dropped when their adverts are withdrawn or
-expire; configured ones stay); a version announced on the topic wins the race of
+expire; configured ones stay; which adverts are kept is the swarm view's rule: operator-
+endorsed relays, plus a small budget of unendorsed ones); a version announced on the topic wins the race of
 `wait_for_version` against the relays' long-polls (its embedded manifest verified like a
 relay's); a manifest is taken from the swarm before relays are asked; shards the relays
 cannot deliver (no relay, or no byte for `PEER_STALL_S`) come from peers, each checked
@@ -43,14 +51,13 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
 from protocol.messages import ShardEntry
+from shardcast.bounded import short
 from shardcast.errors import FetchFailed, ShardcastError, VersionUnavailable
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions, ShardSink
 from shardcast.layout import (
@@ -69,6 +76,7 @@ PARTIAL_DIR = ".partial"
 PRUNE_GRACE_S = 120.0   # a version handed out this recently is not pruned
 MANIFESTS_REMEMBERED = 16
 PEER_STALL_S = 10.0     # with peers: a shard without a byte from any relay this long goes to peers
+T = TypeVar("T")
 
 
 class ShardFallback(Protocol):
@@ -77,6 +85,34 @@ class ShardFallback(Protocol):
     raises a ShardcastError when it cannot."""
 
     def fetch_into(self, version: int, shards: list[ShardEntry], sink: ShardSink) -> object: ...
+
+
+async def _in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+    """`fn(*args)` in a daemon thread of its own, awaited. Not `asyncio.to_thread`: the
+    default executor is joined when `asyncio.run` ends, so a peer request still running
+    there would hold `wait_for_version` past its deadline; a daemon thread is left to finish
+    on its own (its result is dropped)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def settle(ok: bool, value: object) -> None:
+        if not fut.done():
+            fut.set_result(value) if ok else fut.set_exception(value)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            ok, value = True, fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            ok, value = False, exc
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:
+            pass  # the loop has closed: nobody awaits the result any more
+
+    threading.Thread(target=run, daemon=True, name="shardcast-peer-ask").start()
+    return await fut
 
 
 def _touched(folder: Path) -> Path:
@@ -132,10 +168,6 @@ class ShardcastClient:
         self.sources = Sources(list(relays))
         self._configured = set(self.sources.urls)
         self._learned: set[str] = set()
-        conns = max(4, self.options.parallel * 2) * max(1, len(self.sources.urls))
-        self.http = httpx.Client(limits=httpx.Limits(max_connections=conns,
-                                                     max_keepalive_connections=conns),
-                                 timeout=httpx.Timeout(30.0, connect=5.0))
         self._announced: dict[int, Announced] = {}
         self._abort = threading.Event()
 
@@ -210,8 +242,9 @@ class ShardcastClient:
         saw_newer = False
         while True:
             try:
-                return fetch_manifest(self.http, self.sources, self.operator_key, version,
-                                      self.run_id)
+                return fetch_manifest(self.sources, self.operator_key, version, self.run_id,
+                                      timeout_s=min(self.options.control_timeout_s,
+                                                    max(1.0, deadline - time.monotonic())))
             except VersionUnavailable:
                 from_peers = self._peer_manifest(version)
                 if from_peers is not None:
@@ -331,7 +364,7 @@ class ShardcastClient:
                 if newest is not None and newest > after:
                     found = self._swarm_announced(newest)
                     if found is None:  # announced by hash only: ask the peers that hold it
-                        found = await asyncio.to_thread(self._peer_manifest, newest)
+                        found = await _in_daemon_thread(self._peer_manifest, newest)
                     if found is not None:
                         return found
                 left = deadline - time.monotonic()
@@ -382,7 +415,6 @@ class ShardcastClient:
 
     def close(self) -> None:
         self._abort.set()
-        self.http.close()
 
     def __enter__(self) -> "ShardcastClient":
         return self
