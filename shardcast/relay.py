@@ -364,7 +364,7 @@ def run(cfg: RelayConfig) -> None:
     swarm.start()
     try:
         NodeServer(relay, title="swarmrl shardcast relay", host=cfg.host, port=cfg.port,
-                   max_transfers=cfg.max_transfers).run(port_file, on_exit=relay.signal.close)
+                   max_transfers=cfg.max_transfers, limits=cfg.front).run(port_file, on_exit=relay.signal.close)
     finally:
         swarm.stop()
         relay.stop()
