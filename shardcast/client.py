@@ -315,8 +315,9 @@ class ShardcastClient:
         for url, r in advertised.items():
             if url not in self._configured and self.sources.add(url):
                 self._learned.add(url)
-                log.info("relay %s learned from the swarm (advertised by %s, region %r)", url,
-                         r.signer_id, r.region)
+                log.info("relay %s learned from the swarm (advertised by %s, %s, region %r)", url,
+                         r.signer_id, "endorsed by the operator" if r.endorsed else "not endorsed",
+                         short(r.region, 64))
         for url in sorted(self._learned - set(advertised)):
             if self.sources.remove(url):
                 self._learned.discard(url)
