@@ -41,6 +41,8 @@ from shardcast.selection import Sources
 log = logging.getLogger("shardcast.watch")
 POLL_CHUNK_S = 50.0   # one long-poll request never asks a source to hold it longer than this
 ANSWER_S = 10.0       # after the time a source may hold a poll, this long for its whole answer
+POLL_MARGIN_S = 2.0   # a poll is held at most this much (or half the time left) short of the deadline
+MIN_POLL_S = 0.25     # with less time left, no new poll is sent
 MAX_RETRY_S = 2.0     # an unreachable source is asked again at least this often
 
 
@@ -178,17 +180,21 @@ async def _poll_one(http: httpx.AsyncClient, sources: Sources, url: str, key: Pu
 
     while True:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left < MIN_POLL_S:  # too short a poll to judge a source by: wait out the deadline
+            await pause(left)
             return None
         if sources.is_hostile(url):
             await pause(5.0)
             continue
-        wait = min(left, POLL_CHUNK_S)
+        # The source may hold the poll `wait` s, a margin short of the time left, and must have
+        # answered by half that margin: a source that has not is late (a failure, ranked down),
+        # rather than cut off by the caller's own deadline.
+        margin = min(POLL_MARGIN_S, left / 2)
+        wait = min(left - margin, POLL_CHUNK_S)
         asked_at = time.monotonic()
         try:
-            # The source may hold the poll `wait` s; its answer gets ANSWER_S more to arrive.
             resp = await get_bounded(http, url + routes.SC_LATEST, params={"after": after, "wait_s": wait},
-                                     max_bytes=MAX_MANIFEST_BYTES, timeout_s=min(left, wait + ANSWER_S))
+                                     max_bytes=MAX_MANIFEST_BYTES, timeout_s=min(left - margin / 2, wait + ANSWER_S))
         except SOURCE_ERRORS as exc:
             _failed(sources, url, "long-poll", exc)
             await pause(delay)

@@ -97,6 +97,7 @@ def test_wait_for_version_returns_in_time_whatever_the_relay_does(tmp_path, op, 
             t0 = time.monotonic()
             assert c.wait_for_version(None, timeout_s=3) is None
             assert time.monotonic() - t0 < 5
+            assert c.sources.snapshot()[0].failures >= 1      # late: ranked down
         finally:
             c.close()
 
@@ -179,3 +180,14 @@ def test_the_dashboard_poll_of_hostile_relays_is_bounded_in_time_memory_and_word
     finally:
         for r in relays:
             r.stop()
+
+
+def test_long_polls_that_run_to_the_deadline_are_no_failure_of_an_honest_source(tmp_path, op, origin):
+    c = ShardcastClient([origin.url], op.public, tmp_path / "cache", run_id="run-h")
+    try:
+        for timeout_s in (0.5, 1.0, 2.0):
+            assert c.wait_for_version(0, timeout_s=timeout_s) is None   # nothing newer than 0
+        (stats,) = c.sources.snapshot()
+        assert stats.failures == 0 and stats.benched_until == 0.0
+    finally:
+        c.close()
