@@ -169,7 +169,7 @@ class ShardResponse:
         alarm = WATCHDOG.arm(self.conn.sock, time.monotonic() + DRAIN_S) if r.length else None
         try:
             r.read()
-        except (OSError, http.client.HTTPException):
+        except (OSError, ValueError, http.client.HTTPException):
             self.pool.drop(self.base)
             return
         if alarm is not None and alarm.disarm():
@@ -225,7 +225,7 @@ class Connections:
                 if alarm.disarm():
                     raise TimeoutError("the deadline passed as the head arrived")
                 return ShardResponse(self, base, conn, resp)
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ValueError, http.client.HTTPException) as exc:  # ValueError: TLS torn down
                 late = alarm.disarm()
                 self.drop(base)
                 if late:
