@@ -22,7 +22,9 @@ Slow and greedy clients (shardcast.front_guard, limits from `FrontLimits`): conn
 client address and in all are capped (503 and closed at once); a request head must arrive
 within `header_timeout_s` of its first byte and a body within `body_timeout_s` of its head
 (else the connection is closed); bodies must declare a length within their route's cap
-(411, 413); a head that is not plain HTTP/1.x is answered 400.
+(411, 413); a head that is not plain HTTP/1.x is answered 400. Each refusal is counted in
+shardcast_front_refusals{reason} and logged at debug level only (an attacker must not be
+able to fill the log).
 
 Invariants (the same as shardcast.serving's shard route, which stays as the fallback):
 - it serves only what `Catalog.shard` returns, i.e. verified shards; the path on disk comes
@@ -113,7 +115,8 @@ class ShardFront:
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         refused = self.admission.enter(address)
         if refused is not None:
-            log.info("refused a connection: %s", refused)
+            self.m.front_refusals.labels("connections").inc()
+            log.debug("refused a connection: %s", refused)
             try:
                 await self._error(writer, 503, refused, {"retry-after": "5"}, close=True)
             except (ConnectionError, OSError):
@@ -126,18 +129,21 @@ class ShardFront:
                 try:
                     head = await read_head(reader, self.limits)
                 except TimeoutError:
-                    log.info("closed a connection from %s: no complete request head within %g s", address,
-                             self.limits.header_timeout_s)
+                    self.m.front_refusals.labels("head_timeout").inc()
+                    log.debug("closed a connection from %s: no complete request head within %g s", address,
+                              self.limits.header_timeout_s)
                     await self._error(writer, 408, f"send the request head within "
                                                    f"{self.limits.header_timeout_s:g} s", close=True)
                     return
                 except asyncio.LimitOverrunError:
+                    self.m.front_refusals.labels("head_too_large").inc()
                     await self._error(writer, 431, "request headers too large", close=True)
                     return
                 if head is None:
                     return  # the client closed between requests, or stayed silent too long
                 req = parse_head(head)
                 if req is None:
+                    self.m.front_refusals.labels("malformed").inc()
                     await self._error(writer, 400, "not an HTTP/1.x request", close=True)
                     return
                 path = urlsplit(req.target).path
@@ -169,10 +175,12 @@ class ShardFront:
         try:
             body = await read_body(reader, body_length(req, path, self.limits), self.limits)
         except Refused as exc:
+            self.m.front_refusals.labels(f"body_{exc.status}").inc()
             await self._error(writer, exc.status, exc.detail, close=True)
             return
         except (TimeoutError, asyncio.IncompleteReadError):
-            log.info("closed a connection: request body not complete within %g s", self.limits.body_timeout_s)
+            self.m.front_refusals.labels("body_timeout").inc()
+            log.debug("closed a connection: request body not complete within %g s", self.limits.body_timeout_s)
             await self._error(writer, 408, f"send the request body within {self.limits.body_timeout_s:g} s",
                               close=True)
             return

@@ -29,6 +29,10 @@ def srv(tmp_path):
     s.stop()
 
 
+def refusals(srv, reason: str) -> float:
+    return srv.front.m.front_refusals.labels(reason)._value.get()
+
+
 def raw(srv) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", srv.port))
     s.settimeout(10)
@@ -69,6 +73,7 @@ def test_a_request_head_sent_a_line_at_a_time_is_cut_at_the_header_timeout(srv):
             break
     got = answer(s)
     assert got.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 4
+    assert refusals(srv, "head_timeout") == 1
     s.close()
 
 
@@ -78,6 +83,7 @@ def test_connections_per_address_are_capped_and_freed_when_closed(srv):
     extra = raw(srv)
     got = answer(extra)
     assert got.startswith(b"HTTP/1.1 503") and b"too many connections" in got
+    assert refusals(srv, "connections") == 1
     held.pop().close()
     time.sleep(0.2)
     c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
