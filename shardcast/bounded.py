@@ -15,7 +15,8 @@ version listings), and the coordinator dashboard's relay polls, go through `get_
   for as long as it likes.
 
 Shard bodies do not come through here: shardcast.transfer reads them (zero-copy, with a
-minimum rate). `short(text)` is how untrusted text may enter a log line or an error message.
+minimum rate). `short(text)` is how untrusted text may enter a log line or an error message;
+`in_daemon_thread` awaits a blocking call without letting it hold the event loop's end.
 
 Failures: `RefusedAnswer` (too large, compressed), `AnswerTimeout` (the deadline; a
 RefusedAnswer) and httpx.HTTPError (the transport). `SOURCE_ERRORS` names all of them for
@@ -26,6 +27,7 @@ overall deadline and no body cap (its docs suggest exactly this: stream, count, 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -105,3 +107,29 @@ def run_bounded(work: Callable[[httpx.AsyncClient], Awaitable[T]], connections: 
             return await work(http)
 
     return asyncio.run(main())
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+    """`fn(*args)` in a daemon thread of its own, awaited. Not `asyncio.to_thread`: the
+    default executor is joined when `asyncio.run` ends, so a blocking call still running
+    there (e.g. a peer request) would hold the caller past its deadline; a daemon thread is
+    left to finish on its own (its result is dropped)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def settle(ok: bool, value: object) -> None:
+        if not fut.done():
+            fut.set_result(value) if ok else fut.set_exception(value)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            ok, value = True, fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            ok, value = False, exc
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:
+            pass  # the loop has closed: nobody awaits the result any more
+
+    threading.Thread(target=run, daemon=True, name="shardcast-blocking-call").start()
+    return await fut

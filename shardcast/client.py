@@ -51,13 +51,13 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
 from protocol.messages import ShardEntry
-from shardcast.bounded import short
+from shardcast.bounded import in_daemon_thread, short
 from shardcast.errors import FetchFailed, ShardcastError, VersionUnavailable
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions, ShardSink
 from shardcast.layout import (
@@ -76,7 +76,6 @@ PARTIAL_DIR = ".partial"
 PRUNE_GRACE_S = 120.0   # a version handed out this recently is not pruned
 MANIFESTS_REMEMBERED = 16
 PEER_STALL_S = 10.0     # with peers: a shard without a byte from any relay this long goes to peers
-T = TypeVar("T")
 
 
 class ShardFallback(Protocol):
@@ -85,34 +84,6 @@ class ShardFallback(Protocol):
     raises a ShardcastError when it cannot."""
 
     def fetch_into(self, version: int, shards: list[ShardEntry], sink: ShardSink) -> object: ...
-
-
-async def _in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
-    """`fn(*args)` in a daemon thread of its own, awaited. Not `asyncio.to_thread`: the
-    default executor is joined when `asyncio.run` ends, so a peer request still running
-    there would hold `wait_for_version` past its deadline; a daemon thread is left to finish
-    on its own (its result is dropped)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future = loop.create_future()
-
-    def settle(ok: bool, value: object) -> None:
-        if not fut.done():
-            fut.set_result(value) if ok else fut.set_exception(value)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            ok, value = True, fn(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            ok, value = False, exc
-        try:
-            loop.call_soon_threadsafe(settle, ok, value)
-        except RuntimeError:
-            pass  # the loop has closed: nobody awaits the result any more
-
-    threading.Thread(target=run, daemon=True, name="shardcast-peer-ask").start()
-    return await fut
 
 
 def _touched(folder: Path) -> Path:
@@ -365,7 +336,7 @@ class ShardcastClient:
                 if newest is not None and newest > after:
                     found = self._swarm_announced(newest)
                     if found is None:  # announced by hash only: ask the peers that hold it
-                        found = await _in_daemon_thread(self._peer_manifest, newest)
+                        found = await in_daemon_thread(self._peer_manifest, newest)
                     if found is not None:
                         return found
                 left = deadline - time.monotonic()

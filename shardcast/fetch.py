@@ -13,14 +13,12 @@ downloaded, from whom and how it is checked is decided here:
 - a transfer that breaks is resumed from the byte where it stopped (HTTP Range) at the
   next source, keeping the running hash;
 - time is bounded whatever a source does: the response head must arrive within
-  `shard_wait_s + read_timeout_s`, and the body must keep up `min_rate_bps` with at most
-  `rate_window_s` of credit (a leaky bucket: each byte buys 1/min_rate seconds, the bank
-  never holds more than the window), so a source that drips, or bursts and then stalls, is
-  dropped within about `rate_window_s` and ranked down by the rate it managed
-  (`Sources.slow`); a transfer of S bytes therefore ends by rate_window_s + S/min_rate_bps
-  at the latest, and a shard's attempts together by `shard_deadline_s`;
-- bodies are capped at the size the signed manifest gives the shard: a Content-Length other
-  than the bytes still missing is refused before a byte is read, and nothing past it is read;
+  `shard_wait_s + read_timeout_s`; the body must keep up `min_rate_bps` (shardcast.transfer.
+  MinRate: a leaky bucket holding at most `rate_window_s` of credit), so a source that drips,
+  or bursts and then stalls, is dropped within about `rate_window_s` and ranked down by the
+  rate it managed (`Sources.slow`); a shard's attempts together end by `shard_deadline_s`;
+- a body is capped at the bytes of the shard still missing (signed manifest): another
+  Content-Length is refused before a byte is read, and nothing past it is read;
 - a shard whose hash does not match the signed manifest is discarded; the source is marked
   hostile when it alone served the shard, and the shard is fetched again from one source;
 - a shard counts only after its hash matched (`ShardSink.commit`).
