@@ -34,6 +34,11 @@ Figures (2026-11-22, `flock -x /tmp/cpu.lock python bench/shardcast.py --runs 3`
   same bench gave 19-22 s for shardcast (ratio 0.34-0.43; relays 12.7 CPU-s, client kernel
   time ~20 s). With --buffered (page-cache writes like curl; sendfile kept), 2 runs: 19.3 and
   18.8 s against nginx 11.7 and 7.8 s, ratio 0.51 (relays 8.3 CPU-s, client kernel 19-20 s).
+  Issue 18's bounds (deadlines, minimum rate, one-recv body reads, capped control requests)
+  left the figures where they were: 2026-12-06, `--size-mb 256 --runs 3 --skip-nginx`, the
+  code before and after run back to back with other jobs loading the machine (load 5-12):
+  before 4.10 s median (499 MiB/s), after 3.37 s (607 MiB/s); CPU-s relays 2.6 / 2.5, clients
+  1.5 + 1.1 / 1.5 + 1.2 (user + sys); relay peak RSS 92 / 92 MiB.
 
 Notes from measuring on the project's 2-core VM (Linux 6.18, ext4), which shaped the code:
 - CPU, not the network, is the bottleneck. Per 1 GiB broadcast to 8 clients, shardcast

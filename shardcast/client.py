@@ -20,10 +20,18 @@ Collaborators: shardcast.watch (manifests, long-polls), shardcast.fetch (paralle
 downloads with failover), shardcast.selection (choice of relay by measured throughput and
 success).
 
+Untrusted sources cannot hold it: every request to a relay has a deadline, a byte cap and
+identity encoding (shardcast.bounded for manifests and long-polls, shardcast.fetch and
+shardcast.transfer for shards: a minimum rate, bodies capped at the manifest's sizes), so
+`wait_for_version(after, timeout_s)` returns within `timeout_s` whatever relays do, and a
+relay that stalls, drips or lies is dropped, ranked down, and the fetch completes from the
+others (`FetchOptions` holds the limits).
+
 With `peers` (a shardcast.p2p.PeerShards over the role's running libp2p node), the swarm
 layer joins in, always beside HTTP and never trusted more: relays advertised on the run's
 topic are used beside the configured ones (and dropped when their adverts are withdrawn or
-expire; configured ones stay); a version announced on the topic wins the race of
+expire; configured ones stay; which adverts are kept is the swarm view's rule: operator-
+endorsed relays, plus a small budget of unendorsed ones); a version announced on the topic wins the race of
 `wait_for_version` against the relays' long-polls (its embedded manifest verified like a
 relay's); a manifest is taken from the swarm before relays are asked; shards the relays
 cannot deliver (no relay, or no byte for `PEER_STALL_S`) come from peers, each checked
@@ -45,12 +53,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import httpx
-
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
 from protocol.messages import ShardEntry
+from shardcast.bounded import in_daemon_thread, short
 from shardcast.errors import FetchFailed, ShardcastError, VersionUnavailable
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions, ShardSink
 from shardcast.layout import (
@@ -132,10 +139,6 @@ class ShardcastClient:
         self.sources = Sources(list(relays))
         self._configured = set(self.sources.urls)
         self._learned: set[str] = set()
-        conns = max(4, self.options.parallel * 2) * max(1, len(self.sources.urls))
-        self.http = httpx.Client(limits=httpx.Limits(max_connections=conns,
-                                                     max_keepalive_connections=conns),
-                                 timeout=httpx.Timeout(30.0, connect=5.0))
         self._announced: dict[int, Announced] = {}
         self._abort = threading.Event()
 
@@ -210,8 +213,9 @@ class ShardcastClient:
         saw_newer = False
         while True:
             try:
-                return fetch_manifest(self.http, self.sources, self.operator_key, version,
-                                      self.run_id)
+                return fetch_manifest(self.sources, self.operator_key, version, self.run_id,
+                                      timeout_s=min(self.options.control_timeout_s,
+                                                    max(1.0, deadline - time.monotonic())))
             except VersionUnavailable:
                 from_peers = self._peer_manifest(version)
                 if from_peers is not None:
@@ -282,8 +286,9 @@ class ShardcastClient:
         for url, r in advertised.items():
             if url not in self._configured and self.sources.add(url):
                 self._learned.add(url)
-                log.info("relay %s learned from the swarm (advertised by %s, region %r)", url,
-                         r.signer_id, r.region)
+                log.info("relay %s learned from the swarm (advertised by %s, %s, region %r)", url,
+                         r.signer_id, "endorsed by the operator" if r.endorsed else "not endorsed",
+                         short(r.region, 64))
         for url in sorted(self._learned - set(advertised)):
             if self.sources.remove(url):
                 self._learned.discard(url)
@@ -331,7 +336,7 @@ class ShardcastClient:
                 if newest is not None and newest > after:
                     found = self._swarm_announced(newest)
                     if found is None:  # announced by hash only: ask the peers that hold it
-                        found = await asyncio.to_thread(self._peer_manifest, newest)
+                        found = await in_daemon_thread(self._peer_manifest, newest)
                     if found is not None:
                         return found
                 left = deadline - time.monotonic()
@@ -382,7 +387,6 @@ class ShardcastClient:
 
     def close(self) -> None:
         self._abort.set()
-        self.http.close()
 
     def __enter__(self) -> "ShardcastClient":
         return self

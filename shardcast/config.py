@@ -1,4 +1,5 @@
-"""Configuration of a shardcast relay (`swarmrl relay --upstream URL`) and of the origin."""
+"""Configuration of a shardcast relay (`swarmrl relay --upstream URL`) and of the origin, and
+the limits of their public HTTP front (`FrontLimits`, shardcast.front)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,35 @@ from protocol.config import KeyPins
 from protocol.errors import PinError
 from protocol.identity import public_bytes_from_peer_id
 from shardcast.p2p.config import P2PConfig
+
+
+class FrontLimits(BaseModel):
+    """What one client may hold of a node's public port (shardcast.front). The node's API is
+    bodiless GETs, so requests with a body are refused unless a route is given a cap."""
+
+    model_config = ConfigDict(extra="forbid")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head (line and headers) must arrive "
+                                    "whole this soon after its first byte; slower, the connection is closed")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive whole this soon after "
+                                  "its head; slower, the connection is closed")
+    idle_timeout_s: float = Field(75.0, gt=0, description="a keep-alive connection silent this long between "
+                                  "requests is closed")
+    max_connections_per_address: int = Field(64, ge=1, description="open connections one client address may "
+                                             "hold; more are answered 503 and closed")
+    max_connections: int = Field(4096, ge=1, description="open connections in all; more are answered 503 "
+                                 "and closed")
+    body_caps: dict[str, int] = Field(default_factory=dict, description="request body bytes allowed by path "
+                                      "prefix (longest prefix wins), e.g. {\"/v1/\": 1024}")
+    default_body_bytes: int = Field(0, ge=0, description="request body bytes allowed on paths no prefix in "
+                                    "body_caps matches (the API's routes take none)")
+
+    @field_validator("body_caps")
+    @classmethod
+    def _caps(cls, v: dict[str, int]) -> dict[str, int]:
+        for prefix, cap in v.items():
+            if not prefix.startswith("/") or cap < 0:
+                raise ValueError(f"body_caps entry {prefix!r}: {cap} must map a path prefix (/...) to bytes >= 0")
+        return v
 
 
 class RelayConfig(BaseModel):
@@ -33,10 +63,16 @@ class RelayConfig(BaseModel):
                            description="libp2p swarm layer: advertise this relay and serve its verified shards to "
                                        "peers; needs p2p.bootstrap (the coordinator's multiaddr, first: its peer id "
                                        "names the key whose version announcements are admitted)")
-    run_id: str = Field("", description="run whose swarm topic to join (empty = the run of the manifests mirrored)")
+    run_id: str = Field("", description="the one run whose versions this relay mirrors and serves, and whose swarm "
+                                        "topic it joins (empty = the run of the first version it holds, pinned)")
     public_url: str = Field("", description="URL advertised to peers (empty = http://host:port as bound)")
     region: str = Field("", max_length=64, description="region advertised to peers (free text, e.g. eu-west)")
     capacity_mbps: float = Field(0.0, ge=0, description="upload capacity advertised to peers (relays are ranked by it)")
+    endorsement: Path | None = Field(None, description="file with the operator's endorsement of this relay's key "
+                                                       "and public URL (python -m shardcast.p2p.endorse), carried "
+                                                       "in its adverts: peers keep it in a table that unendorsed "
+                                                       "adverts cannot fill")
+    front: FrontLimits = Field(default_factory=FrontLimits, description="limits per client on the public port")
 
     pins: KeyPins = Field(default_factory=KeyPins,
                           description="keys trusted ahead of the network: `operator` must equal operator_key, and "
@@ -73,3 +109,4 @@ class OriginConfig(BaseModel):
     data_dir: Path = Field(Path("./swarmrl-data/origin"), description="published versions")
     shard_size: int = Field(50 * 1024 * 1024, ge=1024, description="bytes per shard")
     keep_versions: int = Field(3, ge=1, description="newest versions kept; older ones deleted")
+    front: FrontLimits = Field(default_factory=FrontLimits, description="limits per client on the public port")

@@ -6,7 +6,10 @@
         │                         same version with other content)
         ├── VersionUnavailable    no source holds this version (pruned, or never published)
         ├── CorruptData           bytes do not match the signed manifest (a shard or a whole file)
-        └── FetchFailed           every source failed for a shard after the allowed attempts
+        ├── FetchFailed           every source failed for a shard after the allowed attempts
+        └── RefusedAnswer         a relay, upstream or peer answered with something refused
+            │                     unread: a body over its cap, a compressed body
+            └── AnswerTimeout     ... or not within the request's deadline (dripped or silent)
 
 A forged or inconsistent manifest surfaces as protocol.errors.SignatureError / MessageError
 from `protocol.manifest.open_manifest`; shardcast catches those at the boundary and treats
@@ -34,3 +37,11 @@ class CorruptData(ShardcastError):
 
 class FetchFailed(ShardcastError):
     """A shard could not be fetched from any source."""
+
+
+class RefusedAnswer(ShardcastError):
+    """An untrusted source's answer that is refused (shardcast.bounded): too large or compressed."""
+
+
+class AnswerTimeout(RefusedAnswer):
+    """An untrusted source did not complete its answer within the request's deadline."""

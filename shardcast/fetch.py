@@ -12,6 +12,13 @@ downloaded, from whom and how it is checked is decided here:
   fd (`direct_fd`), page-aligned blocks go around the page cache (`Downloader._write`);
 - a transfer that breaks is resumed from the byte where it stopped (HTTP Range) at the
   next source, keeping the running hash;
+- time is bounded whatever a source does: the response head must arrive within
+  `shard_wait_s + read_timeout_s`; the body must keep up `min_rate_bps` (shardcast.transfer.
+  MinRate: a leaky bucket holding at most `rate_window_s` of credit), so a source that drips,
+  or bursts and then stalls, is dropped within about `rate_window_s` and ranked down by the
+  rate it managed (`Sources.slow`); a shard's attempts together end by `shard_deadline_s`;
+- a body is capped at the bytes of the shard still missing (signed manifest): another
+  Content-Length is refused before a byte is read, and nothing past it is read;
 - a shard whose hash does not match the signed manifest is discarded; the source is marked
   hostile when it alone served the shard, and the shard is fetched again from one source;
 - a shard counts only after its hash matched (`ShardSink.commit`).
@@ -36,11 +43,13 @@ from typing import Protocol
 
 from protocol import routes
 from protocol.messages import ShardEntry
+from shardcast.bounded import short
 from shardcast.errors import FetchFailed, VersionUnavailable
 from shardcast.selection import Sources
-from shardcast.transfer import BUFFER, Connections, TransferError
+from shardcast.transfer import BUFFER, Connections, MinRate, ReadTimeout, TooSlow, TransferError
 
 ALIGN = 4096                     # O_DIRECT alignment of offsets, lengths and memory
+RECHECK_MISSING_S = 0.5          # before asking again a source that lacked a version
 DIRECT_BUFFER = 4 * 1024 * 1024  # bytes per direct write (a filled read buffer); 256 KiB
                                  # measured slower in bench/shardcast.py, 1-4 MiB alike
 
@@ -70,9 +79,13 @@ class FetchOptions:
     parallel: int = 4
     shard_wait_s: float = 30.0          # how long a source may hold a request for a shard in flight
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0        # silence allowed mid-body
+    read_timeout_s: float = 30.0        # silence allowed mid-body; and after shard_wait_s, for the head
+    min_rate_bps: float = 64 * 1024     # a transfer slower than this (after its window) is dropped
+    rate_window_s: float = 10.0         # ... judged over this window (the most credit a burst buys)
+    shard_deadline_s: float = 1800.0    # all attempts at one shard together
     max_attempts_per_shard: int = 16
     manifest_wait_s: float = 30.0       # how long fetch(N) waits for a source to learn of N
+    control_timeout_s: float = 15.0     # one manifest request, whole answer (shardcast.bounded)
     stall_s: float | None = None        # a shard that received no byte for this long (its sources
                                         # unreachable or breaking transfers; "not ready yet" does not
                                         # count) fails with FetchFailed instead of waiting out
@@ -132,8 +145,7 @@ class Downloader:
         self.opts = opts or FetchOptions()
         self.events = events or FetchEvents()
         self.abort = abort or threading.Event()
-        self.conns = Connections(self.opts.connect_timeout_s,
-                                 max(self.opts.read_timeout_s, self.opts.shard_wait_s + 10))
+        self.conns = Connections(self.opts.connect_timeout_s)
         self._local = threading.local()
         self._no_direct = False
         self._fd_locks: dict[int, threading.Lock] = {}
@@ -194,9 +206,13 @@ class Downloader:
         missing: set[str] = set()
         attempts = 0
         moved_at, moved_pos = time.monotonic(), 0
+        give_up_at = moved_at + self.opts.shard_deadline_s
         while True:
             if self.abort.is_set() or (stop is not None and stop.is_set()):
                 raise FetchFailed(f"download of version {version} was stopped")
+            if time.monotonic() > give_up_at:
+                raise FetchFailed(f"shard {shard.index} of version {version}: not verified within "
+                                  f"{self.opts.shard_deadline_s:g} s ({attempts} attempts)")
             if st.pos != moved_pos:
                 moved_at, moved_pos = time.monotonic(), st.pos
             if self.opts.stall_s is not None and time.monotonic() - moved_at > self.opts.stall_s:
@@ -204,21 +220,28 @@ class Downloader:
                                   f"in {self.opts.stall_s:g} s ({attempts} attempts)")
             url = self.sources.acquire(missing)
             if url is None:
-                self._wait_for_a_source(version, shard, missing)
+                if self._wait_for_a_source(version, shard, missing):
+                    missing.clear()  # the sources that lacked the version may hold it by now
                 continue
             attempts += 1
             t0, pos0 = time.monotonic(), st.pos
             try:
-                self._transfer(url, version, shard, target, st)
+                self._transfer(url, version, shard, target, st, stop)
             except _NotHere:
                 missing.add(url)
+                if attempts >= self.opts.max_attempts_per_shard:
+                    raise VersionUnavailable(f"shard {shard.index} of version {version}: after {attempts} "
+                                             f"attempts, no source that is not hostile holds it") from None
                 continue
             except (_NotReady, _Restart, OSError) as exc:
                 reason = (f"shard {shard.index} of version {version} not ready"
-                          if isinstance(exc, _NotReady) else f"{type(exc).__name__}: {exc}")
+                          if isinstance(exc, _NotReady) else f"{type(exc).__name__}: {short(exc)}")
                 if isinstance(exc, _NotReady):
                     moved_at = time.monotonic()  # the source is alive, still receiving it: no stall
-                self._error(url, reason)
+                if isinstance(exc, TooSlow):
+                    self._slow(url, exc)
+                else:
+                    self._error(url, reason)
                 if isinstance(exc, _Restart) or st.single_source:
                     st.reset()
                 if attempts >= self.opts.max_attempts_per_shard:
@@ -238,12 +261,13 @@ class Downloader:
                                   f"bytes matching the manifest in {attempts} attempts")
 
     def _transfer(self, url: str, version: int, shard: ShardEntry, target: "_Target",
-                  st: _ShardState) -> None:
+                  st: _ShardState, stop: threading.Event | None) -> None:
         headers = {"range": f"bytes={st.pos}-"} if st.pos else {}
         path = (routes.SC_SHARD.format(version=version, index=shard.index)
                 + f"?wait_s={self.opts.shard_wait_s:g}")
         st.used.add(url)
-        resp = self.conns.get(url, path, headers)
+        o = self.opts
+        resp = self.conns.get(url, path, headers, head_timeout_s=o.shard_wait_s + o.read_timeout_s)
         complete = False
         try:
             code = resp.status
@@ -263,22 +287,30 @@ class Downloader:
                 st.reset()
                 st.used.add(url)
             length = resp.header("content-length")
-            if length is None or int(length) != shard.size - st.pos:
-                raise _Restart(f"{url} announced {length} bytes for the {shard.size - st.pos} "
+            if length is None or not length.isdigit() or int(length) != shard.size - st.pos:
+                raise _Restart(f"{url} announced {short(length, 30)} bytes for the {shard.size - st.pos} "
                                f"left of shard {shard.index}")
             on_bytes = self.events.on_bytes
             # With an O_DIRECT fd, fill a whole block before writing (large aligned writes);
             # otherwise write what each read delivered (see shardcast.transfer.BUFFER).
             fill = target.dfd is not None
             view = self._buffer(DIRECT_BUFFER if fill else BUFFER)
+            rate = MinRate(o.min_rate_bps, o.rate_window_s, o.read_timeout_s)
             while st.pos < shard.size:
                 want = min(len(view), shard.size - st.pos)
                 got = 0
                 while True:
-                    n = resp.readinto(view[got:want])
+                    if self.abort.is_set() or (stop is not None and stop.is_set()):
+                        raise FetchFailed(f"download of version {version} was stopped")
+                    try:
+                        n = resp.readinto(view[got:want], rate.next_read_s(url))
+                    except ReadTimeout:
+                        rate.next_read_s(url)  # raises TooSlow when the bucket ran dry meanwhile
+                        raise
                     if n == 0:
                         raise TransferError(f"{url} ended shard {shard.index} after "
                                             f"{st.pos + got} of {shard.size} bytes")
+                    rate.received(n)
                     got += n
                     if got == want or not fill:
                         break
@@ -339,19 +371,33 @@ class Downloader:
             bufs[size] = memoryview(mmap.mmap(-1, size))
         return bufs[size]
 
-    def _wait_for_a_source(self, version: int, shard: ShardEntry, missing: set[str]) -> None:
+    def _wait_for_a_source(self, version: int, shard: ShardEntry, missing: set[str]) -> bool:
+        """Wait until a source may be asked again; True when the ones that answered "not here"
+        should be asked again (every other source is hostile, and a relay that was still
+        catching up when asked, e.g. beside a corrupt one, may hold the version by now)."""
         if set(self.sources.urls) <= missing:
             raise VersionUnavailable(f"no source holds version {version} (asked "
                                      f"{', '.join(self.sources.urls)})")
         wait = self.sources.next_usable_in(missing)
         if wait is None:
+            if any(not self.sources.is_hostile(u) for u in missing):
+                time.sleep(RECHECK_MISSING_S)
+                return True
             raise FetchFailed(f"every source of version {version} served corrupt data; "
                               f"no trusted source is left for shard {shard.index}")
         time.sleep(min(max(wait, 0.05), 1.0))
+        return False
 
     def _error(self, url: str, reason: str) -> None:
         log.info("source %s: %s", url, reason)
         self.sources.failure(url, reason)
+        if self.events.on_error:
+            self.events.on_error(url, reason)
+
+    def _slow(self, url: str, exc: TooSlow) -> None:
+        reason = str(exc)
+        log.info("source %s: %s; dropped and ranked down", url, reason)
+        self.sources.slow(url, exc.nbytes, exc.seconds, reason)
         if self.events.on_error:
             self.events.on_error(url, reason)
 

@@ -9,12 +9,22 @@ node's public port and answers
     GET|HEAD /v1/versions/{v}/shards/{i}[?wait_s=S]   (routes.SC_SHARD; one Range supported)
 
 itself, with `loop.sendfile` (os.sendfile: the bytes go from the page cache to the socket
-without entering the process). Everything else (manifests, long-polls, /health, /metrics,
-/docs, and any request it does not recognise) is handed to the FastAPI app under uvicorn on a
-private loopback port: from the first such request on, the connection is spliced byte for
-byte to uvicorn, so those routes keep one HTTP stack. Shard requests reach this server on
-the data connections that shardcast.transfer keeps for shard bodies alone. The two servers
-are started together by shardcast.node_server.
+without entering the process). Every other well-formed request (manifests, long-polls,
+/health, /metrics, /docs) is handed, head and body, to the FastAPI app under uvicorn on a
+private loopback port, as the one request of a fresh connection with `connection: close`;
+uvicorn's answer is relayed back and the client's connection is closed after it, so those
+routes keep one HTTP stack and no request reaches uvicorn unchecked. Shard requests reach
+this server on the data connections that shardcast.transfer keeps for shard bodies alone
+(kept alive); control requests are few per version. The two servers are started together
+by shardcast.node_server.
+
+Slow and greedy clients (shardcast.front_guard, limits from `FrontLimits`): connections per
+client address and in all are capped (503 and closed at once); a request head must arrive
+within `header_timeout_s` of its first byte and a body within `body_timeout_s` of its head
+(else the connection is closed); bodies must declare a length within their route's cap
+(411, 413); a head that is not plain HTTP/1.x is answered 400. Each refusal is counted in
+shardcast_front_refusals{reason} and logged at debug level only (an attacker must not be
+able to fill the log).
 
 Invariants (the same as shardcast.serving's shard route, which stays as the fallback):
 - it serves only what `Catalog.shard` returns, i.e. verified shards; the path on disk comes
@@ -43,64 +53,36 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from protocol import routes
+from shardcast.config import FrontLimits
+from shardcast.front_guard import (
+    HEAD_LIMIT, Admission, Refused, Request, body_length, closing_head, parse_head, read_body, read_head,
+)
 from shardcast.serving import MAX_WAIT_S, Catalog, RangeNotSatisfiable, Transfers, parse_range
 
 log = logging.getLogger("shardcast.front")
 
 SHARD_PATH = re.compile("^" + re.escape(routes.SC_SHARD).replace(r"\{version\}", r"(\d{1,18})")
                         .replace(r"\{index\}", r"(\d{1,9})") + "$")
-HEAD_LIMIT = 64 * 1024          # request line + headers
 SENDFILE_CHUNK = 8 * 1024 * 1024  # bytes per sendfile call (metrics move per chunk)
 GRACE_S = 1.0                   # on stop, how long spliced requests may take to finish
-IDLE_S = 75.0                   # a connection silent this long between requests is closed
 STALL_S = 60.0                  # a client that takes this long for one chunk is dropped (it
                                 # would hold one of the `max_transfers` slots)
-REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found",
-           416: "Range Not Satisfiable", 422: "Unprocessable Content", 431: "Request Header Fields "
-           "Too Large", 503: "Service Unavailable"}
-
-
-class _Request:
-    def __init__(self, method: str, target: str, version: str, headers: dict[str, str]):
-        self.method, self.target, self.version, self.headers = method, target, version, headers
-
-    @property
-    def keep_alive(self) -> bool:
-        conn = self.headers.get("connection", "").lower()
-        if self.version == "HTTP/1.1":
-            return "close" not in conn
-        return "keep-alive" in conn
-
-
-def _parse_head(head: bytes) -> _Request | None:
-    """The request line and headers; None if they are not plain HTTP/1.x (uvicorn answers)."""
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:
-        return None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
-        return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or name != name.strip():
-            return None
-        headers[name.lower()] = value.strip()
-    return _Request(parts[0], parts[1], parts[2], headers)
+REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
+           411: "Length Required", 413: "Content Too Large", 416: "Range Not Satisfiable",
+           422: "Unprocessable Content", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
 class ShardFront:
     """The front server of one node: `catalog` for shards, uvicorn at `backend` for the rest."""
 
-    def __init__(self, catalog: Catalog, backend: tuple[str, int], transfers: Transfers):
+    def __init__(self, catalog: Catalog, backend: tuple[str, int], transfers: Transfers,
+                 limits: FrontLimits | None = None):
         self.catalog = catalog
         self.m = catalog.metrics
         self.backend = backend
         self.transfers = transfers
+        self.limits = limits or FrontLimits()
+        self.admission = Admission(self.limits)
         self._tasks: set[asyncio.Task] = set()
         self._splicing: set[asyncio.Task] = set()
 
@@ -129,23 +111,46 @@ class ShardFront:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        refused = self.admission.enter(address)
+        if refused is not None:
+            self.m.front_refusals.labels("connections").inc()
+            log.debug("refused a connection: %s", refused)
+            try:
+                await self._error(writer, 503, refused, {"retry-after": "5"}, close=True)
+            except (ConnectionError, OSError):
+                pass
+            writer.close()
+            return
         self._tasks.add(task)
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_S)
-                except (asyncio.IncompleteReadError, TimeoutError):
-                    return  # the client closed between requests, or stayed silent too long
+                    head = await read_head(reader, self.limits)
+                except TimeoutError:
+                    self.m.front_refusals.labels("head_timeout").inc()
+                    log.debug("closed a connection from %s: no complete request head within %g s", address,
+                              self.limits.header_timeout_s)
+                    await self._error(writer, 408, f"send the request head within "
+                                                   f"{self.limits.header_timeout_s:g} s", close=True)
+                    return
                 except asyncio.LimitOverrunError:
+                    self.m.front_refusals.labels("head_too_large").inc()
                     await self._error(writer, 431, "request headers too large", close=True)
                     return
-                req = _parse_head(head)
-                match = None
-                if req is not None and req.method in ("GET", "HEAD"):
-                    match = SHARD_PATH.match(urlsplit(req.target).path)
-                if req is None or match is None:
+                if head is None:
+                    return  # the client closed between requests, or stayed silent too long
+                req = parse_head(head)
+                if req is None:
+                    self.m.front_refusals.labels("malformed").inc()
+                    await self._error(writer, 400, "not an HTTP/1.x request", close=True)
+                    return
+                path = urlsplit(req.target).path
+                match = SHARD_PATH.match(path) if req.method in ("GET", "HEAD") else None
+                if match is None:
                     self._splicing.add(task)
-                    await self._splice(head, reader, writer)
+                    await self._forward(head, req, path, reader, writer)
                     return
                 if not await self._shard(req, int(match[1]), int(match[2]), writer):
                     return
@@ -158,40 +163,63 @@ class ShardFront:
             # stream callback (3.11) from logging the cancellation as an error.
             return
         finally:
+            self.admission.leave(address)
             self._tasks.discard(task)
             self._splicing.discard(task)
             writer.close()  # sends what is still buffered, then closes
 
-    async def _splice(self, head: bytes, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        """Hand the rest of this connection to uvicorn, byte for byte."""
+    async def _forward(self, head: bytes, req: Request, path: str, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        """Hand one checked request (head and body) to uvicorn with `connection: close`, relay
+        its answer, and end the client's connection with it."""
+        try:
+            body = await read_body(reader, body_length(req, path, self.limits), self.limits)
+        except Refused as exc:
+            self.m.front_refusals.labels(f"body_{exc.status}").inc()
+            await self._error(writer, exc.status, exc.detail, close=True)
+            return
+        except (TimeoutError, asyncio.IncompleteReadError):
+            self.m.front_refusals.labels("body_timeout").inc()
+            log.debug("closed a connection: request body not complete within %g s", self.limits.body_timeout_s)
+            await self._error(writer, 408, f"send the request body within {self.limits.body_timeout_s:g} s",
+                              close=True)
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.backend)
         except OSError as exc:
             await self._error(writer, 503, f"service unavailable: {exc}", close=True)
             return
-        up_writer.write(head)
+        up_writer.write(closing_head(head) + body)
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, eof: bool) -> None:
-            try:
-                while data := await src.read(256 * 1024):
-                    dst.write(data)
-                    await dst.drain()
-                if eof and dst.can_write_eof():
-                    dst.write_eof()
-            except (ConnectionError, OSError):
+        async def client_gone() -> None:
+            # Nothing more is taken from the client on this connection; read on only to see it
+            # leave (a long-poll then ends here instead of holding uvicorn), dropping what comes.
+            while await reader.read(64 * 1024):
                 pass
 
-        up = asyncio.ensure_future(pump(reader, up_writer, True))
+        watcher = asyncio.ensure_future(client_gone())
+        relay = asyncio.ensure_future(self._relay_answer(up_reader, writer))
         try:
-            await pump(up_reader, writer, False)  # uvicorn closed or the client went away
+            await asyncio.wait({watcher, relay}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            up.cancel()
-            await asyncio.gather(up, return_exceptions=True)
+            for t in (watcher, relay):
+                t.cancel()
+            await asyncio.gather(watcher, relay, return_exceptions=True)
             up_writer.close()
 
+    @staticmethod
+    async def _relay_answer(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        """uvicorn's answer to the client, until uvicorn closes (a client that stops reading for
+        STALL_S is dropped)."""
+        try:
+            while data := await src.read(256 * 1024):
+                dst.write(data)
+                await asyncio.wait_for(dst.drain(), STALL_S)
+        except (ConnectionError, OSError, TimeoutError):
+            pass
+
     # -- shards --------------------------------------------------------------------------------
-    async def _shard(self, req: _Request, version: int, index: int,
+    async def _shard(self, req: Request, version: int, index: int,
                      writer: asyncio.StreamWriter) -> bool:
         """Answer one shard request; True if the connection stays open for the next."""
         keep = req.keep_alive

@@ -35,6 +35,9 @@ class NodeMetrics:
                                        ["source"], registry=r)
         self.fetch_errors = Counter("shardcast_fetch_errors", "transfer errors by source",
                                     ["source"], registry=r)
+        self.front_refusals = Counter("shardcast_front_refusals",
+                                      "connections and requests the public port refused, by reason "
+                                      "(shardcast.front_guard)", ["reason"], registry=r)
         self.publishes = Counter("shardcast_publishes", "versions published (origin)", registry=r)
         self.publish_seconds = Histogram("shardcast_publish_seconds", "time to publish a version",
                                          registry=r, buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))

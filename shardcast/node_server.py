@@ -1,7 +1,7 @@
 """How an origin or a relay serves its API: shardcast.front on the public port, the FastAPI
 app (shardcast.serving) under uvicorn on a private loopback port behind it.
 
-    NodeServer(catalog, title=..., host=..., port=..., max_transfers=...)
+    NodeServer(catalog, title=..., host=..., port=..., max_transfers=..., limits=FrontLimits(...))
         .start() / .stop() / .url / .port   background threads (the origin, inside the trainer)
         .run(port_file, on_exit)             the main thread until SIGINT/SIGTERM (`swarmrl relay`)
 
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocol.http import ServerThread, write_port_file
+from shardcast.config import FrontLimits
 from shardcast.front import ShardFront
 from shardcast.serving import DEFAULT_MAX_TRANSFERS, Catalog, Transfers, build_app
 
@@ -78,11 +79,11 @@ class NodeServer:
     private loopback port, and the front server on the public `host:port`."""
 
     def __init__(self, catalog: Catalog, *, title: str, host: str, port: int,
-                 max_transfers: int = DEFAULT_MAX_TRANSFERS):
+                 max_transfers: int = DEFAULT_MAX_TRANSFERS, limits: FrontLimits | None = None):
         transfers = Transfers(max_transfers)
         app = build_app(catalog, title=title, transfers=transfers)
         self.backend = ServerThread(app, "127.0.0.1", 0)
-        self.front = ShardFront(catalog, ("127.0.0.1", self.backend.port), transfers)
+        self.front = ShardFront(catalog, ("127.0.0.1", self.backend.port), transfers, limits)
         self.host, self._port = host, port
         self._thread: FrontThread | None = None
 

@@ -206,7 +206,7 @@ class Origin:
         if self._server is None:
             self.signal = Signal() if self.signal.closed else self.signal
             self._server = NodeServer(self, title="swarmrl shardcast origin", host=self.cfg.host,
-                                      port=self.cfg.port).start()
+                                      port=self.cfg.port, limits=self.cfg.front).start()
             write_port_file(Path(self.cfg.data_dir) / "origin.port", self._server.port)
             log.info("origin serving %s at %s", self.root, self._server.url)
         return self._server.url

@@ -14,7 +14,13 @@ trusts only the operator key:
   still receiving it). A relay never serves a byte it has not verified;
 - on start-up every shard file on disk is hashed again before it is served (a crash or a
   power loss cannot make it serve a torn file), and unfinished versions resume;
-- only the newest `keep_versions` versions are kept.
+- only the newest `keep_versions` versions are kept;
+- one run only: the configured `run_id`, else the run of the first manifest it holds or
+  mirrors (pinned from then on). A manifest of another run, even one the operator signed, is
+  never mirrored nor served (an upstream that offers one is avoided as hostile), and
+  versions of another run found on disk at start-up are deleted;
+- every request upstream is bounded (shardcast.bounded, shardcast.fetch): an upstream that
+  stalls, drips, bloats or compresses its answers is dropped and ranked down.
 
 Threads: the public port is served by shardcast.front (shard bodies with sendfile) in the
 main thread, the rest of the API by uvicorn in a background thread behind it; the watcher
@@ -38,13 +44,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import PolicyManifest, ShardEntry
+from shardcast.bounded import SOURCE_ERRORS, short
 from shardcast.config import RelayConfig
 from shardcast.errors import ShardcastError
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions
@@ -126,10 +131,7 @@ class Relay:
         self.signal = Signal()
         self.metrics = NodeMetrics(self.role)
         self.sources = Sources(list(cfg.upstreams), on_hostile=self._on_hostile)
-        conns = (cfg.parallel + 2) * len(self.sources.urls)
-        self.http = httpx.Client(limits=httpx.Limits(max_connections=conns,
-                                                     max_keepalive_connections=conns),
-                                 timeout=httpx.Timeout(30.0, connect=5.0))
+        self.run_id: str | None = cfg.run_id or None
         self._lock = threading.RLock()
         self._versions: dict[int, _Mirrored] = {}
         self._pending = threading.Condition(self._lock)
@@ -140,6 +142,7 @@ class Relay:
 
     # -- start-up ------------------------------------------------------------------------------
     def _load_existing(self) -> None:
+        opened: list[tuple[int, Path, Envelope, PolicyManifest]] = []
         for version, folder in sorted(version_dirs(self.root).items()):
             try:
                 env = read_manifest(folder)
@@ -148,6 +151,15 @@ class Relay:
                     raise MessageError(f"manifest is for version {manifest.version}")
             except (OSError, ValueError, MessageError, SignatureError) as exc:
                 log.warning("deleting %s: %s", folder, exc)
+                remove_tree(folder)
+                continue
+            opened.append((version, folder, env, manifest))
+        if self.run_id is None and opened:
+            self.run_id = opened[-1][3].run_id  # the newest version's run
+        for version, folder, env, manifest in opened:
+            if manifest.run_id != self.run_id:
+                log.warning("deleting %s: it is a version of run %r, this relay serves run %r", folder,
+                            manifest.run_id, self.run_id)
                 remove_tree(folder)
                 continue
             m = _Mirrored(folder, manifest, env, env.model_dump_json().encode())
@@ -212,7 +224,6 @@ class Relay:
             # The watcher may sit in a long-poll on an upstream (up to WATCH_CHUNK_S); it is a
             # daemon that writes nothing once stopping (`_adopt`), so it is not waited for long.
             t.join(timeout=0.5 if t.name == "relay-watch" else 5)
-        self.http.close()
 
     def _watch_loop(self) -> None:
         while not self._stop.is_set():
@@ -220,8 +231,8 @@ class Relay:
             with self._lock:
                 newest = max(self._versions) if self._versions else None
             try:
-                ann = wait_for_newer(self.sources, self.operator_key, newest, WATCH_CHUNK_S)
-            except (httpx.HTTPError, OSError) as exc:
+                ann = wait_for_newer(self.sources, self.operator_key, newest, WATCH_CHUNK_S, self.run_id)
+            except (*SOURCE_ERRORS, OSError) as exc:
                 log.warning("watching upstreams failed: %s", exc)
                 self._stop.wait(1.0)
                 continue
@@ -232,9 +243,9 @@ class Relay:
         """Adopt versions that upstreams hold and this relay lacks, among the newest kept."""
         for url in self.sources.ranked():
             try:
-                upstream = list_versions(self.http, url)
-            except (httpx.HTTPError, ValueError) as exc:
-                self.sources.failure(url, f"versions: {exc}")
+                upstream = list_versions(url)
+            except (*SOURCE_ERRORS, ValueError) as exc:
+                self.sources.failure(url, f"versions: {type(exc).__name__}: {short(exc)}")
                 continue
             with self._lock:
                 held = set(self._versions)
@@ -243,7 +254,7 @@ class Relay:
                 if len(held) >= self.cfg.keep_versions and v < min(held):
                     continue  # it would be pruned at once
                 try:
-                    self._adopt(fetch_manifest(self.http, self.sources, self.operator_key, v))
+                    self._adopt(fetch_manifest(self.sources, self.operator_key, v, self.run_id))
                 except ShardcastError as exc:
                     log.info("cannot adopt version %d yet: %s", v, exc)
             return
@@ -253,6 +264,12 @@ class Relay:
         Only the watch thread calls this; the lock is held for the catalog update alone, so
         the server thread never waits on disk work."""
         version = ann.version
+        if self.run_id is None:
+            self.run_id = ann.manifest.run_id
+            log.info("relay serves run %r (the run of the first version mirrored)", self.run_id)
+        elif ann.manifest.run_id != self.run_id:  # only with a racer that skipped the run check
+            self.sources.hostile(ann.source, f"offered version {version} of run {ann.manifest.run_id!r}")
+            return
         with self._lock:
             if version in self._versions or self._stop.is_set():
                 return
@@ -306,7 +323,7 @@ class Relay:
             Downloader(self.sources, opts, events, abort=m.abort).fetch_all(
                 version, todo, _ShardFiles(self, version, m))
             log.info("version %d complete: %d shards verified", version, len(m.manifest.shards))
-        except (ShardcastError, OSError, httpx.HTTPError) as exc:
+        except (ShardcastError, OSError, *SOURCE_ERRORS) as exc:
             if m.abort.is_set() or self._stop.is_set():
                 return
             # Back off per version (an upstream may have pruned it; newer versions go first).
@@ -347,7 +364,7 @@ def run(cfg: RelayConfig) -> None:
     swarm.start()
     try:
         NodeServer(relay, title="swarmrl shardcast relay", host=cfg.host, port=cfg.port,
-                   max_transfers=cfg.max_transfers).run(port_file, on_exit=relay.signal.close)
+                   max_transfers=cfg.max_transfers, limits=cfg.front).run(port_file, on_exit=relay.signal.close)
     finally:
         swarm.stop()
         relay.stop()

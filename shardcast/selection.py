@@ -10,6 +10,9 @@ Policy:
   retry soon);
 - a source with transfer errors is benched for an exponential backoff (0.5 s doubling to
   10 s) after each consecutive failure; one success, or an answer to a long-poll, clears it;
+- a source dropped for being too slow (shardcast.fetch's minimum rate) is benched the same
+  way and its measured throughput takes the rate it managed, however few bytes that was, so
+  it ranks behind every source that delivers once its bench ends;
 - among usable sources, a source never measured and idle is tried first (exploration), then
   the one with the smallest expected time to deliver one more shard given the transfers
   already running on it: (inflight + 1) / (throughput x success rate).
@@ -79,6 +82,11 @@ def record_failure(s: SourceStats, now: float, reason: str) -> None:
     s.consecutive_failures += 1
     s.benched_until = now + min(MAX_BENCH_S, 0.5 * 2 ** (s.consecutive_failures - 1))
     s.last_error = reason
+
+
+def record_slow(s: SourceStats, now: float, nbytes: int, seconds: float, reason: str) -> None:
+    record_failure(s, now, reason)
+    s.throughput_bps = nbytes / max(seconds, 1e-3)  # not averaged in: what it does now counts
 
 
 def record_hostile(s: SourceStats, now: float, reason: str) -> None:
@@ -164,6 +172,13 @@ class Sources:
             s = self.stats.get(url)
             if s is not None:
                 record_failure(s, self.now(), reason)
+
+    def slow(self, url: str, nbytes: int, seconds: float, reason: str) -> None:
+        """`url` was dropped mid-transfer for delivering `nbytes` in `seconds` (too slow)."""
+        with self._lock:
+            s = self.stats.get(url)
+            if s is not None:
+                record_slow(s, self.now(), nbytes, seconds, reason)
 
     def hostile(self, url: str, reason: str) -> None:
         with self._lock:

@@ -6,11 +6,17 @@ returns the first manifest newer than N that verifies, cancelling the other poll
 trust only the operator key: a manifest whose signature, consistency, version or run does
 not check out marks its source hostile (`selection.Sources.hostile`), and the search goes
 on with the others. Nothing here downloads shards.
+
+Every request is bounded (shardcast.bounded): identity encoding, a byte cap, one deadline
+per answer; `wait_for_newer` returns by its own deadline whatever the sources do. A source
+that fails, drips, bloats or compresses its answer is benched like an unreachable one; error
+messages and logs quote at most a short prefix of what a source sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,15 +28,21 @@ from pydantic import ValidationError
 from protocol import routes
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
-from protocol.http import tls_context
 from protocol.identity import PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import PolicyManifest
+from shardcast.bounded import (
+    MAX_LISTING_BYTES, MAX_MANIFEST_BYTES, SOURCE_ERRORS, Answer, get_bounded, new_client, run_bounded,
+    short,
+)
 from shardcast.errors import VersionUnavailable
 from shardcast.selection import Sources
 
 log = logging.getLogger("shardcast.watch")
 POLL_CHUNK_S = 50.0   # one long-poll request never asks a source to hold it longer than this
+ANSWER_S = 10.0       # after the time a source may hold a poll, this long for its whole answer
+POLL_MARGIN_S = 2.0   # a poll is held at most this much (or half the time left) short of the deadline
+MIN_POLL_S = 0.25     # with less time left, no new poll is sent
 MAX_RETRY_S = 2.0     # an unreachable source is asked again at least this often
 
 
@@ -49,40 +61,52 @@ class Announced:
 
 def verify_manifest_bytes(data: bytes, operator_key: PublicKey,
                           run_id: str | None) -> tuple[Envelope, PolicyManifest]:
-    """Parse and verify a served manifest. Raises MessageError or SignatureError."""
+    """Parse and verify a served manifest. Raises MessageError or SignatureError, whose
+    message quotes none of the input (it came from an untrusted source and may be huge)."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise MessageError(f"a manifest of {len(data)} bytes is over the {MAX_MANIFEST_BYTES} accepted")
     try:
         env = Envelope.model_validate_json(data)
     except ValidationError as exc:
-        raise MessageError(f"not a signed manifest: {exc.errors()[:1]}") from exc
+        first = exc.errors(include_input=False, include_url=False, include_context=False)[:1]
+        raise MessageError(f"not a signed manifest: {short(first)}") from None
     manifest = open_manifest(env, operator_key)
     for entry in manifest.files:
         if any(part.startswith(".") for part in entry.path.split("/")):
             # Hidden names are shardcast's own bookkeeping (.manifest.json, .verified) and
             # are never published (build_manifest skips them).
-            raise MessageError(f"manifest lists a hidden path {entry.path!r}")
+            raise MessageError(f"manifest lists a hidden path {short(entry.path, 80)!r}")
     if run_id is not None and manifest.run_id != run_id:
-        raise SignatureError(f"manifest is for run {manifest.run_id!r}, not {run_id!r}")
+        raise SignatureError(f"manifest is for run {short(manifest.run_id, 80)!r}, not {run_id!r}")
     return env, manifest
 
 
-def fetch_manifest(http: httpx.Client, sources: Sources, operator_key: PublicKey, version: int,
+def fetch_manifest(sources: Sources, operator_key: PublicKey, version: int,
                    run_id: str | None = None, timeout_s: float = 15.0) -> Announced:
-    """The verified manifest of `version` from the best source that holds it."""
+    """The verified manifest of `version` from the best source that holds it; each source
+    is given `timeout_s` for its whole answer (at most MAX_MANIFEST_BYTES)."""
+    return run_bounded(lambda http: _fetch_manifest(http, sources, operator_key, version, run_id,
+                                                    timeout_s))
+
+
+async def _fetch_manifest(http: httpx.AsyncClient, sources: Sources, operator_key: PublicKey,
+                          version: int, run_id: str | None, timeout_s: float) -> Announced:
     tried: list[str] = []
     for url in sources.ranked():
         tried.append(url)
         try:
-            resp = http.get(url + routes.SC_MANIFEST.format(version=version), timeout=timeout_s)
-        except httpx.HTTPError as exc:
-            sources.failure(url, f"manifest {version}: {type(exc).__name__}: {exc}")
+            resp = await get_bounded(http, url + routes.SC_MANIFEST.format(version=version),
+                                     max_bytes=MAX_MANIFEST_BYTES, timeout_s=timeout_s)
+        except SOURCE_ERRORS as exc:
+            _failed(sources, url, f"manifest {version}", exc)
             continue
-        if resp.status_code == 404:
+        if resp.status == 404:
             continue
-        if resp.status_code != 200:
-            sources.failure(url, f"manifest {version}: HTTP {resp.status_code}")
+        if resp.status != 200:
+            sources.failure(url, f"manifest {version}: HTTP {resp.status}")
             continue
         try:
-            env, manifest = verify_manifest_bytes(resp.content, operator_key, run_id)
+            env, manifest = verify_manifest_bytes(resp.body, operator_key, run_id)
             if manifest.version != version:
                 raise SignatureError(f"asked for version {version}, got a manifest of "
                                      f"{manifest.version}")
@@ -96,16 +120,25 @@ def fetch_manifest(http: httpx.Client, sources: Sources, operator_key: PublicKey
                              f"(asked: {', '.join(tried) or 'none usable'})")
 
 
+def _failed(sources: Sources, url: str, what: str, exc: BaseException) -> None:
+    """A source's transport failure, refused answer or missed deadline: benched, and ranked
+    down (a source that drips or bloats its answers is as useless as a dead one)."""
+    sources.failure(url, f"{what}: {type(exc).__name__}: {short(exc)}")
+
+
 Also = Callable[[int, float], Awaitable["Announced | None"]]
 
 
 def wait_for_newer(sources: Sources, operator_key: PublicKey, after: int | None, timeout_s: float,
                    run_id: str | None = None, also: Also | None = None) -> Announced | None:
     """The newest verified manifest with version > `after` that any source announces within
-    `timeout_s` (None: nothing newer in time). Runs its own event loop in the calling thread.
+    `timeout_s` (None: nothing newer in time). Returns within `timeout_s` (plus the
+    scheduling of a fraction of a second) whatever the sources do: every poll in flight is
+    cancelled at the deadline. Runs its own event loop in the calling thread.
     `also(after, deadline)`, when given, is one more racer (e.g. the libp2p swarm's version
     announcements): a coroutine returning a verified Announced newer than `after`, or None
-    when it has nothing by `deadline` (time.monotonic())."""
+    when it has nothing by `deadline` (time.monotonic()); it must not wait on threads that
+    outlive it (the loop's default executor is joined when the loop closes)."""
     after_v = -1 if after is None else after
     return asyncio.run(_race(sources, operator_key, after_v, timeout_s, run_id, also))
 
@@ -114,17 +147,23 @@ async def _race(sources: Sources, key: PublicKey, after: int, timeout_s: float,
                 run_id: str | None, also: Also | None = None) -> Announced | None:
     deadline = time.monotonic() + max(0.0, timeout_s)
     urls = list(sources.urls)
-    limits = httpx.Limits(max_connections=len(urls) + 1)
-    async with httpx.AsyncClient(limits=limits, verify=tls_context()) as http:
+    async with new_client(len(urls) + 1) as http:
         tasks = [asyncio.create_task(_poll_one(http, sources, url, key, after, deadline, run_id))
                  for url in urls]
         if also is not None:
             tasks.append(asyncio.create_task(also(after, deadline)))
+        pending = set(tasks)
         try:
-            for fut in asyncio.as_completed(tasks):
-                found = await fut
-                if found is not None:
-                    return found
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                done, pending = await asyncio.wait(pending, timeout=left,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    found = fut.result()
+                    if found is not None:
+                        return found
             return None
         finally:
             for t in tasks:
@@ -135,52 +174,70 @@ async def _race(sources: Sources, key: PublicKey, after: int, timeout_s: float,
 async def _poll_one(http: httpx.AsyncClient, sources: Sources, url: str, key: PublicKey, after: int,
                     deadline: float, run_id: str | None) -> Announced | None:
     delay = 0.25
+
+    async def pause(seconds: float) -> None:
+        await asyncio.sleep(min(seconds, max(0.0, deadline - time.monotonic())))
+
     while True:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left < MIN_POLL_S:  # too short a poll to judge a source by: wait out the deadline
+            await pause(left)
             return None
         if sources.is_hostile(url):
-            await asyncio.sleep(min(left, 5.0))
+            await pause(5.0)
             continue
-        wait = min(left, POLL_CHUNK_S)
+        # The source may hold the poll `wait` s, a margin short of the time left, and must have
+        # answered by half that margin: a source that has not is late (a failure, ranked down),
+        # rather than cut off by the caller's own deadline.
+        margin = min(POLL_MARGIN_S, left / 2)
+        wait = min(left - margin, POLL_CHUNK_S)
         asked_at = time.monotonic()
         try:
-            resp = await http.get(url + routes.SC_LATEST, params={"after": after, "wait_s": wait},
-                                  timeout=httpx.Timeout(wait + 10, connect=5.0))
-        except httpx.HTTPError as exc:
-            sources.failure(url, f"long-poll: {type(exc).__name__}: {exc}")
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            resp = await get_bounded(http, url + routes.SC_LATEST, params={"after": after, "wait_s": wait},
+                                     max_bytes=MAX_MANIFEST_BYTES, timeout_s=min(left - margin / 2, wait + ANSWER_S))
+        except SOURCE_ERRORS as exc:
+            _failed(sources, url, "long-poll", exc)
+            await pause(delay)
             delay = min(delay * 2, MAX_RETRY_S)
             continue
-        if resp.status_code in (200, 204):
+        if resp.status in (200, 204):
             sources.alive(url)
-        if resp.status_code == 204:
+        if resp.status == 204:
             if time.monotonic() - asked_at < wait / 2:  # a source that does not hold polls
-                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                await pause(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
             continue
-        if resp.status_code != 200:
-            sources.failure(url, f"long-poll: HTTP {resp.status_code}")
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        if resp.status != 200:
+            sources.failure(url, f"long-poll: HTTP {resp.status}")
+            await pause(delay)
             delay = min(delay * 2, MAX_RETRY_S)
             continue
         try:
-            env, manifest = verify_manifest_bytes(resp.content, key, run_id)
+            env, manifest = verify_manifest_bytes(resp.body, key, run_id)
         except (MessageError, SignatureError) as exc:
             log.warning("source %s announced a bad manifest: %s; avoiding it", url, exc)
             sources.hostile(url, f"bad manifest: {exc}")
             continue
         if manifest.version <= after:
             sources.failure(url, f"long-poll answered version {manifest.version} <= {after}")
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            await pause(delay)
             continue
         return Announced(env, manifest, url)
 
 
-def list_versions(http: httpx.Client, url: str, timeout_s: float = 10.0) -> list[int]:
-    """The versions a source says it holds (unverified hints; the manifests are checked later)."""
-    resp = http.get(url + routes.SC_VERSIONS, timeout=timeout_s)
-    resp.raise_for_status()
-    data = resp.json()
+def list_versions(url: str, timeout_s: float = 10.0) -> list[int]:
+    """The versions a source says it holds (unverified hints; the manifests are checked later).
+    Raises RefusedAnswer, AnswerTimeout, httpx.HTTPError or ValueError (not a listing)."""
+
+    async def ask(http: httpx.AsyncClient) -> Answer:
+        return await get_bounded(http, url + routes.SC_VERSIONS, max_bytes=MAX_LISTING_BYTES,
+                                 timeout_s=timeout_s)
+
+    resp = run_bounded(ask, connections=1)
+    if resp.status != 200:
+        raise ValueError(f"GET {routes.SC_VERSIONS}: HTTP {resp.status}")
+    data = json.loads(resp.body)
     versions = data.get("versions", []) if isinstance(data, dict) else []
-    return sorted({int(v) for v in versions if isinstance(v, int) and v >= 0})
+    if not isinstance(versions, list):
+        raise ValueError("the listing's versions are not a list")
+    return sorted({v for v in versions if isinstance(v, int) and not isinstance(v, bool) and v >= 0})

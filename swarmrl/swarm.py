@@ -14,7 +14,8 @@ exempts nobody. The dashboard's operator token is written to `keys/operator.toke
 The libp2p swarm layer (shardcast.p2p) is on when libp2p imports (`SwarmSettings.p2p`):
 the coordinator's node listens on a port chosen like the others and is the bootstrap peer;
 the relay is configured with its multiaddr (and advertises itself on the topic); workers and
-the verifier learn it from GET /v1/run. Off, every role runs over HTTP only.
+the verifier learn it from GET /v1/run. Every role allows loopback addresses in adverts
+(`P2PConfig.allow_private_addresses`: off by default). Off, every role runs over HTTP only.
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
     p2p_on = libp2p_available() if s.p2p is None else s.p2p
     coord_peer = KeyPair.load_or_create(keys / "coordinator.key").peer_id
     p2p_boot = bootstrap_multiaddr(HOST, ports["p2p"], coord_peer) if p2p_on else ""
-    peer_cfg = P2PConfig(enabled=p2p_on)  # workers and the verifier: bootstrap from GET /v1/run
+    # Every address here is 127.0.0.1, which adverts may carry only where the operator allows it.
+    local = {"enabled": p2p_on, "allow_private_addresses": True}
+    peer_cfg = P2PConfig(**local)  # workers and the verifier: bootstrap from GET /v1/run
     coord_url = f"http://{HOST}:{ports['coordinator']}"
     origin_url = f"http://{HOST}:{ports['origin']}"
     relay_url = f"http://{HOST}:{ports['relay']}"
@@ -137,7 +140,7 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         sampling=SamplingConfig(temperature=s.temperature, max_tokens=s.max_tokens),
         group_size=s.group_size, async_window=s.async_window, limits=LimitsConfig(exempt_addresses=LOOPBACK),
         dashboard=DashboardConfig(operator_token_file=str(_operator_token_file(keys))),
-        p2p=P2PConfig(enabled=p2p_on, listen_host=HOST, listen_port=ports["p2p"])))
+        p2p=P2PConfig(**local, listen_host=HOST, listen_port=ports["p2p"])))
     configs["trainer"] = write_config(cfgdir / "trainer.toml", TrainerConfig(
         run_id=run_id, coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),
         data_dir=root / "trainer", port=0, threads=1, lr=s.lr, groups_per_step=s.groups_per_step,
@@ -150,7 +153,7 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
     configs["relay"] = write_config(cfgdir / "relay.toml", RelayConfig(
         upstreams=[origin_url], operator_key=operator.public.hex, host=HOST, port=ports["relay"],
         data_dir=root / "relay", keep_versions=s.keep_versions, run_id=run_id,
-        p2p=P2PConfig(enabled=p2p_on, bootstrap=[p2p_boot] if p2p_on else [])))
+        p2p=P2PConfig(**local, bootstrap=[p2p_boot] if p2p_on else [])))
     configs["verifier"] = write_config(cfgdir / "verifier.toml", VerifierConfig(
         coordinator_url=coord_url, key_file=keys / "verifier.key", data_dir=root / "verifier",
         relays=[relay_url], threads=1, p2p=peer_cfg))

@@ -8,25 +8,31 @@ keeps the last answer of each relay. A relay that does not answer is shown as un
 with the error, never as an error of the dashboard.
 
 Relays are untrusted: their answers are shown as what they claim, for the operator's eyes;
-nothing the coordinator decides depends on them.
+nothing the coordinator decides depends on them. And an anonymous dashboard request makes the
+coordinator do bounded work whatever a relay does: at most one poll per `min_interval_s`,
+each request of it through shardcast.bounded (identity encoding only, a compressed body
+refused unread, bodies capped at MAX_LISTING_BYTES / MAX_METRICS_BYTES), the whole poll of
+every relay ended at `timeout_s` (a relay that drips or never answers is shown unreachable),
+the metrics text parsed off the event loop, and errors kept to a short line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from protocol import routes
-from protocol.http import tls_context
+from shardcast.bounded import MAX_LISTING_BYTES, SOURCE_ERRORS, get_bounded, new_client, short
 
 METRICS = {"shardcast_shards_verified": "shards_verified", "shardcast_bytes_served": "bytes_served",
            "shardcast_bytes_fetched": "bytes_fetched", "shardcast_verify_failures": "verify_failures",
            "shardcast_fetch_errors": "fetch_errors", "shardcast_latest_version": "latest_version"}
+MAX_METRICS_BYTES = 256 * 1024  # a relay's /metrics is a few KiB
 
 
 @dataclass
@@ -74,25 +80,31 @@ class RelayPoller:
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> list[dict[str, Any]]:
-        """Poll every relay if the last poll is older than min_interval_s; return all states."""
+        """Poll every relay if the last poll is older than min_interval_s; return all states.
+        Returns within about `timeout_s` whatever the relays do."""
         if self.states and self.clock() - self._last >= self.min_interval_s:
             async with self._lock:
                 if self.clock() - self._last >= self.min_interval_s:
-                    async with httpx.AsyncClient(timeout=self.timeout_s, verify=tls_context()) as http:
+                    async with new_client(2 * len(self.states)) as http:
                         await asyncio.gather(*(self._poll(http, s) for s in self.states.values()))
                     self._last = self.clock()
         return [s.as_dict() for s in self.states.values()]
 
-    async def _poll(self, http: httpx.AsyncClient, s: RelayState) -> None:
+    async def _poll(self, http, s: RelayState) -> None:
         t0 = time.perf_counter()
+        deadline = time.monotonic() + self.timeout_s
         try:
-            r = await http.get(s.url + routes.SC_VERSIONS)
-            r.raise_for_status()
-            body = r.json()
-            m = await http.get(s.url + routes.METRICS)
-            metrics = parse_metrics(m.text) if m.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError) as exc:
-            s.reachable, s.error = False, f"{type(exc).__name__}: {exc}"[:300]
+            r = await get_bounded(http, s.url + routes.SC_VERSIONS, max_bytes=MAX_LISTING_BYTES,
+                                  timeout_s=self.timeout_s)
+            if r.status != 200:
+                raise ValueError(f"GET {routes.SC_VERSIONS}: HTTP {r.status}")
+            body = json.loads(r.body)
+            m = await get_bounded(http, s.url + routes.METRICS, max_bytes=MAX_METRICS_BYTES,
+                                  timeout_s=max(0.0, deadline - time.monotonic()))
+            text = m.body.decode("utf-8", "replace") if m.status == 200 else ""
+            metrics = await asyncio.to_thread(parse_metrics, text) if text else {}
+        except (*SOURCE_ERRORS, ValueError) as exc:
+            s.reachable, s.error = False, f"{type(exc).__name__}: {short(exc, 280)}"
         else:
             s.reachable, s.error = True, ""
             s.versions = _int_list(body.get("versions")) if isinstance(body, dict) else []

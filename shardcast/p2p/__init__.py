@@ -3,7 +3,8 @@
 Every role may run a `P2PNode` (its peer id is its protocol identity's, "12D3KooW..."). The
 coordinator is the bootstrap peer. On the run's gossipsub topic travel signed announcements:
 new policy versions (operator or coordinator key), relays joining and leaving (any key,
-rate-limited, expiring), peers holding shards (likewise) and coordinator notices. Receivers
+rate-limited, expiring, at public addresses unless allowed; kept apart when the operator
+endorsed them), peers holding shards (likewise) and coordinator notices. Receivers
 admit only what `Gate` accepts. Peers serve verified shards over libp2p streams
 (`/swarmrl/shards/1`), and `PeerShards` fetches and checks them like a relay's.
 
@@ -16,7 +17,9 @@ admit only what `Gate` accepts. Peers serve verified shards over libp2p streams
 Imports nothing of libp2p until a node starts, so this package imports without the `p2p`
 extra; `libp2p_available()` says whether it is installed.
 
-Modules: config (P2PConfig), announcements (kinds, bodies, Gate), view (SwarmView), store
+Modules: config (P2PConfig), announcements (kinds, bodies, Gate, relay endorsements),
+addresses (where an untrusted advert may point), view (SwarmView: endorsed relays apart from
+a small budget of unendorsed ones), endorse (`python -m shardcast.p2p.endorse`), store
 (ShardStore, FolderStore), wire (stream protocol), node (P2PNode, the trio bridge), _host
 (the trio side), exchange (PeerShards), errors.
 """

@@ -9,7 +9,11 @@ checked against the role allowed to say it:
                    embedded manifest must also open against the operator key.
     swarm_relay    a relay joining ("up", repeated while alive) or leaving ("down"): URL, region,
                    capacity. Any key (relays are untrusted: manifests are signed, shards hashed),
-                   so these are rate-limited per signer and expire after `ttl_s`.
+                   so these are rate-limited per signer and expire after `ttl_s`. It may carry
+                   an `endorsement`: a `swarm_relay_endorsement` envelope in which the operator
+                   (or coordinator) key names this relay's key and URL until a time; endorsed
+                   relays have a table of their own that unendorsed ones cannot fill
+                   (shardcast.p2p.view), and may use any address.
     swarm_have     "the peer with my key holds these versions; dial me at these addrs":
                    any key, rate-limited and expiring like relay adverts. The dialled peer id is
                    the signer's, which the libp2p secure channel authenticates.
@@ -18,13 +22,18 @@ checked against the role allowed to say it:
 `Gate.admit(data, now)` is the one place that decides; it is pure apart from its own memory
 (nonces seen, per-signer token buckets) and takes the clock as an argument. It raises
 `Rejected(reason)` for anything unsigned, malformed, oversized, for another run, stale,
-replayed, signed by a key without the right role, or over its signer's rate. The node runs it
-as the gossipsub topic validator, so a rejected message is neither delivered nor forwarded.
+replayed, signed by a key without the right role, over its signer's rate, pointing at an
+address it may not (shardcast.p2p.addresses: "address"), or carrying an endorsement that
+does not hold ("bad-endorsement"). The node runs it as the gossipsub topic validator, so a
+rejected message is neither delivered nor forwarded (and counted as rejected_<reason>).
+
+`endorse_relay` makes an endorsement (`python -m shardcast.p2p.endorse` from a shell).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -37,12 +46,14 @@ from protocol.errors import MessageError, ProtocolError, ScopeError, SignatureEr
 from protocol.identity import KeyPair, PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import Hex64, Ident, Strict
+from shardcast.p2p.addresses import AddressRefused, check_multiaddr, check_relay_url, relay_url_shape
 from shardcast.p2p.errors import Rejected
 
 KIND_VERSION = "swarm_version"
 KIND_RELAY = "swarm_relay"
 KIND_HAVE = "swarm_have"
 KIND_NOTICE = "swarm_notice"
+KIND_RELAY_ENDORSEMENT = "swarm_relay_endorsement"  # travels inside relay adverts only
 KINDS = (KIND_VERSION, KIND_RELAY, KIND_HAVE, KIND_NOTICE)
 
 MAX_ANNOUNCEMENT_BYTES = 1024 * 1024  # gossipsub's default frame limit in py-libp2p
@@ -64,16 +75,31 @@ class VersionAnnouncement(Strict):
     manifest: Envelope | None = None
 
 
-class RelayAdvert(Strict):
-    """A shardcast relay, announced by the relay's own key."""
+RelayUrl = Annotated[str, Field(max_length=512, pattern=r"^https?://[^\s]+$")]
+
+
+class RelayEndorsement(Strict):
+    """The operator's word (signed by its key, or the coordinator's) that the relay whose key
+    is `relay_key` serves run `run_id` at `url` until `expires_at` (unix seconds). Carried
+    inside that relay's adverts; made by `endorse_relay`."""
 
     run_id: Ident
-    url: str = Field(max_length=512, pattern=r"^https?://[^\s]+$")
+    relay_key: Hex64
+    url: RelayUrl
+    expires_at: float = Field(gt=0)
+
+
+class RelayAdvert(Strict):
+    """A shardcast relay, announced by the relay's own key (and endorsed or not)."""
+
+    run_id: Ident
+    url: RelayUrl
     region: str = Field(default="", max_length=64)
     capacity_mbps: float = Field(default=0.0, ge=0.0, le=1e7)
     state: Literal["up", "down"] = "up"
     ttl_s: float = Field(default=30.0, gt=0.0, le=MAX_ADVERT_TTL_S)
     versions: list[int] = Field(default_factory=list, max_length=64)
+    endorsement: Envelope | None = None
 
 
 class HaveAdvert(Strict):
@@ -103,13 +129,15 @@ UNTRUSTED_KINDS = (KIND_RELAY, KIND_HAVE)
 
 @dataclass(frozen=True)
 class Announcement:
-    """An admitted announcement: its kind, typed body and who signed it when."""
+    """An admitted announcement: its kind, typed body and who signed it when; `endorsed`: a
+    relay advert whose endorsement the gate checked."""
 
     kind: str
     body: Any
     signer: PublicKey
     timestamp: float
     envelope: Envelope
+    endorsed: bool = False
 
     @property
     def signer_id(self) -> str:
@@ -136,6 +164,35 @@ def version_announcement(manifest_env: Envelope, run_id: str, version: int, step
     return seal(KIND_VERSION, body, key, now=now, run_id=run_id, audience=AUDIENCE_SWARM)
 
 
+def endorse_relay(key: KeyPair, *, run_id: str, relay_key: PublicKey, url: str, valid_for_s: float,
+                  now: float | None = None) -> Envelope:
+    """The operator's (or coordinator's) endorsement of the relay with `relay_key` at `url`
+    for run `run_id`, valid `valid_for_s` from `now`. The relay carries it in its adverts
+    (RelayConfig.endorsement)."""
+    issued = time.time() if now is None else now
+    body = RelayEndorsement(run_id=run_id, relay_key=relay_key.hex, url=relay_url_shape(url),
+                            expires_at=issued + valid_for_s)
+    return seal(KIND_RELAY_ENDORSEMENT, body, key, now=issued, run_id=run_id, audience=AUDIENCE_SWARM)
+
+
+def check_endorsement(env: Envelope, *, run_id: str, relay_key: str, url: str, now: float,
+                      endorsers: set[str]) -> RelayEndorsement:
+    """The endorsement `env` if it holds for this relay key, URL and run at `now`, signed by
+    one of `endorsers` (hex keys); Rejected("bad-endorsement") otherwise."""
+    try:
+        body = open_envelope(env, KIND_RELAY_ENDORSEMENT, RelayEndorsement, max_skew_s=None,
+                             allowed_signers=endorsers, run_id=run_id, audience=AUDIENCE_SWARM).body
+    except ProtocolError as exc:
+        raise Rejected("bad-endorsement", str(exc)[:200]) from exc
+    if body.run_id != run_id:
+        raise Rejected("bad-endorsement", f"it endorses a relay of run {body.run_id}")
+    if body.relay_key != relay_key or body.url.rstrip("/") != url.rstrip("/"):
+        raise Rejected("bad-endorsement", "it endorses another relay key or URL")
+    if body.expires_at <= now:
+        raise Rejected("bad-endorsement", "it has expired")
+    return body
+
+
 class TokenBuckets:
     """Per-signer token buckets (burst, rate per second), bounded in the signers tracked."""
 
@@ -157,11 +214,13 @@ class Gate:
     """Admits or rejects raw topic messages for one run (see the module docstring)."""
 
     def __init__(self, run_id: str, operator_key: PublicKey, coordinator_key: PublicKey | None = None,
-                 *, max_skew_s: float = 60.0, rate_burst: int = 6, rate_per_s: float = 0.5):
+                 *, max_skew_s: float = 60.0, rate_burst: int = 6, rate_per_s: float = 0.5,
+                 allow_private: bool = False):
         self.run_id = run_id
         self.operator_key = operator_key
         self.coordinator_key = coordinator_key
         self.max_skew_s = max_skew_s
+        self.allow_private = allow_private
         self._replay = ReplayGuard(window_s=2 * max_skew_s + 1.0, max_entries=100_000)
         self._rate = TokenBuckets(rate_burst, rate_per_s)
 
@@ -198,8 +257,13 @@ class Gate:
         body = opened.body
         if body.run_id != self.run_id:
             raise Rejected("other-run", body.run_id)
+        endorsed = False
         if env.kind == KIND_VERSION:
             self._check_version(body)
+        elif env.kind == KIND_RELAY:
+            endorsed = self._check_relay(body, env.signer, now)
+        elif env.kind == KIND_HAVE:
+            self._check_addrs(body.addrs)
         try:
             self._replay.check_and_remember(env.signer, env.nonce, env.timestamp, now=now)
         except MessageError as exc:
@@ -207,7 +271,33 @@ class Gate:
         if env.kind in UNTRUSTED_KINDS and not self._rate.take(env.signer, now):
             raise Rejected("rate-limited", opened.signer_id)
         return Announcement(kind=env.kind, body=body, signer=opened.signer,
-                            timestamp=env.timestamp, envelope=env)
+                            timestamp=env.timestamp, envelope=env, endorsed=endorsed)
+
+    def _check_relay(self, body: RelayAdvert, signer: str, now: float) -> bool:
+        """True when the advert is endorsed; Rejected when its URL or endorsement may not be used."""
+        if body.endorsement is not None:
+            # The keys that may announce versions may endorse relays.
+            check_endorsement(body.endorsement, run_id=self.run_id, relay_key=signer, url=body.url,
+                              now=now, endorsers=self._allowed(KIND_VERSION) or set())
+            try:
+                relay_url_shape(body.url)
+            except AddressRefused as exc:
+                raise Rejected("address", str(exc)) from exc
+            return True
+        if body.state == "down":
+            return False  # withdraws only what this signer advertised: no address is used
+        try:
+            check_relay_url(body.url, allow_private=self.allow_private)
+        except AddressRefused as exc:
+            raise Rejected("address", str(exc)) from exc
+        return False
+
+    def _check_addrs(self, addrs: list[str]) -> None:
+        for a in addrs:
+            try:
+                check_multiaddr(a, allow_private=self.allow_private)
+            except AddressRefused as exc:
+                raise Rejected("address", str(exc)) from exc
 
     def _check_version(self, body: VersionAnnouncement) -> None:
         if body.manifest is None:

@@ -2,7 +2,7 @@
 
 Every role that joins the swarm layer (coordinator as bootstrap peer, trainer, relays,
 workers, verifiers) builds a `P2PNode` from one of these. Defaults suit the internet; tests
-and the demo shorten the intervals. `enabled=False`, a missing libp2p package or a blocked
+and the demo shorten the intervals and allow loopback addresses (`allow_private_addresses`). `enabled=False`, a missing libp2p package or a blocked
 network all mean "HTTP only" (see `shardcast.p2p.start_node`).
 """
 
@@ -33,6 +33,15 @@ class P2PConfig(BaseModel):
     max_dial_peers: int = Field(8, ge=0, description="peers from adverts this node keeps connections to (besides bootstrap)")
     request_timeout_s: float = Field(60.0, gt=0, description="one shard-exchange request (connect, ask, read the bytes)")
     max_concurrent_serves: int = Field(8, ge=1, description="shard requests this node serves at once")
+    allow_private_addresses: bool = Field(
+        False, description="admit adverts that point at private, loopback or link-local addresses or at DNS names "
+                           "(relay URLs, peer multiaddrs); off on the internet, on for local swarms and tests "
+                           "(operator-endorsed relays may use any address either way)")
+    unendorsed_relays: int = Field(8, ge=0, le=512, description="relays without the operator's endorsement kept at "
+                                   "once, in all (a budget throw-away keys cannot grow; endorsed relays never "
+                                   "compete for it)")
+    unendorsed_relays_per_signer: int = Field(1, ge=0, le=4, description="relays without endorsement one key may "
+                                              "have in that budget")
 
     @field_validator("bootstrap")
     @classmethod

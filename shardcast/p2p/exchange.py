@@ -37,6 +37,7 @@ from shardcast.p2p.announcements import manifest_digest
 from shardcast.p2p.errors import PeerRequestFailed
 from shardcast.p2p.node import P2PNode
 from shardcast.p2p.view import PeerInfo
+from shardcast.watch import verify_manifest_bytes
 
 if TYPE_CHECKING:
     from protocol.messages import ShardEntry
@@ -98,13 +99,12 @@ class PeerShards:
         for peer in peers[: self.attempts]:
             try:
                 raw = self.node.request(peer, req, wire.MAX_MANIFEST_BYTES)
-                env = Envelope.model_validate_json(raw)
-                manifest = open_manifest(env, self.operator_key)
+                env, manifest = verify_manifest_bytes(raw, self.operator_key, self.node.run_id)
             except PeerRequestFailed as exc:
                 log.info("p2p: manifest %d from %s failed: %s", version, peer.peer_id, exc)
                 self._strike(peer.peer_id)
                 continue
-            except (ValueError, ProtocolError) as exc:
+            except ProtocolError as exc:  # the message quotes none of the peer's bytes
                 log.warning("p2p: peer %s served an invalid manifest for version %d: %s", peer.peer_id, version, exc)
                 self._strike(peer.peer_id, self.max_strikes)
                 continue

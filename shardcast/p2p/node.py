@@ -123,9 +123,11 @@ class P2PNode:
                  role: str = "peer"):
         self.cfg, self.key, self.run_id, self.role = cfg, key, run_id, role
         self.operator_key, self.coordinator_key, self.store = operator_key, coordinator_key, store
-        self.view = SwarmView()
+        self.view = SwarmView(unendorsed_relays=cfg.unendorsed_relays,
+                              unendorsed_per_signer=cfg.unendorsed_relays_per_signer)
         self.gate = Gate(run_id, operator_key, coordinator_key, max_skew_s=cfg.max_skew_s,
-                         rate_burst=cfg.rate_burst, rate_per_s=cfg.rate_per_s)
+                         rate_burst=cfg.rate_burst, rate_per_s=cfg.rate_per_s,
+                         allow_private=cfg.allow_private_addresses)
         self.counters = Counters()
         self._lock = threading.Lock()
         self._subs: list[Subscription] = []
@@ -297,12 +299,14 @@ class P2PNode:
         return version_announcement(manifest_env, self.run_id, version, step, self.key)
 
     def advertise_relay(self, url: str, *, region: str = "", capacity_mbps: float = 0.0,
-                        versions: Callable[[], list[int]] | None = None) -> None:
-        """Advertise a relay run by this node's key until `withdraw_relay` or `stop`."""
+                        versions: Callable[[], list[int]] | None = None,
+                        endorsement: Envelope | None = None) -> None:
+        """Advertise a relay run by this node's key until `withdraw_relay` or `stop`, with the
+        operator's `endorsement` of this key and URL when it has one (see announcements)."""
         def make() -> Envelope:
             held = list(versions())[-64:] if versions is not None else []
             body = RelayAdvert(run_id=self.run_id, url=url, region=region, capacity_mbps=capacity_mbps,
-                               ttl_s=self.cfg.advert_ttl_s, versions=held)
+                               ttl_s=self.cfg.advert_ttl_s, versions=held, endorsement=endorsement)
             return seal(KIND_RELAY, body, self.key, run_id=self.run_id, audience=AUDIENCE_SWARM)
 
         make()  # validate the arguments here, in the caller's thread

@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from protocol.envelope import Envelope
 from protocol.errors import ProtocolError
 from protocol.identity import KeyPair, PublicKey, public_bytes_from_peer_id
-from protocol.manifest import open_manifest
 from protocol.messages import RunInfo
-from shardcast.layout import version_dirs
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.errors import P2PError
 from shardcast.p2p.node import P2PNode, start_node
@@ -134,7 +133,9 @@ class RelaySwarm:
         except ProtocolError as exc:
             log.warning("p2p: the relay's key: %s; continuing over HTTP only", exc)
             return
-        node = start_node(self.cfg.p2p, key, run_id, self.operator, key_of_peer(self.cfg.p2p.bootstrap[0]),
+        coordinator = key_of_peer(self.cfg.p2p.bootstrap[0])
+        endorsement = self._endorsement(key, run_id, url, coordinator)
+        node = start_node(self.cfg.p2p, key, run_id, self.operator, coordinator,
                           FolderStore(self.relay.root, self.operator), role="relay")
         if node is None:
             return
@@ -145,10 +146,28 @@ class RelaySwarm:
             self.node, self.url = node, url
         try:
             node.advertise_relay(url, region=self.cfg.region, capacity_mbps=self.cfg.capacity_mbps,
-                                 versions=self.relay.complete_versions)
-            log.info("p2p: relay %s advertised on the swarm of run %s", url, run_id)
+                                 versions=self.relay.complete_versions, endorsement=endorsement)
+            log.info("p2p: relay %s advertised on the swarm of run %s (%s)", url, run_id,
+                     "endorsed by the operator" if endorsement is not None else "not endorsed")
         except P2PError as exc:
             log.warning("p2p: could not advertise the relay: %s", exc)
+
+    def _endorsement(self, key: KeyPair, run_id: str, url: str, coordinator: PublicKey | None) -> Envelope | None:
+        """The operator's endorsement from `cfg.endorsement`, or None (with one line saying why)."""
+        if self.cfg.endorsement is None:
+            log.info("p2p: relay key %s has no endorsement (peers keep unendorsed relays within a small "
+                     "budget); the operator can endorse it: python -m shardcast.p2p.endorse --key OPERATOR_KEY "
+                     "--run-id %s --relay-key %s --url %s", key.public.hex, run_id, key.public.hex, url)
+            return None
+        from shardcast.p2p.endorse import load_endorsement
+
+        endorsers = {self.operator.hex} | ({coordinator.hex} if coordinator is not None else set())
+        try:
+            return load_endorsement(self.cfg.endorsement, run_id=run_id, relay_key=key.public, url=url,
+                                    endorsers=endorsers)
+        except P2PError as exc:
+            log.error("p2p: %s; advertising the relay without it", exc)
+            return None
 
     def _public_url(self) -> str | None:
         if self.cfg.public_url:
@@ -172,18 +191,12 @@ class RelaySwarm:
         return f"http://{host}:{port}"
 
     def _run_id(self) -> str | None:
-        """The configured run, else that of the first manifest the relay holds (waiting for one)."""
-        if self.cfg.run_id:
-            return self.cfg.run_id
+        """The relay's run: configured, else pinned by the first version it holds (waiting for one)."""
         said = False
         while not self._stop.is_set():
-            for version, folder in sorted(version_dirs(self.relay.root).items()):
-                env = FolderStore(self.relay.root, self.operator).manifest_envelope(version)
-                if env is not None:
-                    try:
-                        return open_manifest(env, self.operator).run_id
-                    except ProtocolError:
-                        continue
+            run_id = self.cfg.run_id or getattr(self.relay, "run_id", None)
+            if run_id:
+                return run_id
             if not said:
                 log.info("p2p: waiting for the first policy version to learn the run (or set run_id)")
                 said = True

@@ -7,6 +7,13 @@ after their signer's timestamp unless repeated, and a relay's "down" removes it 
 advert can only replace or withdraw one from the same signer. Tables are bounded, so a flood
 of keys cannot grow memory without limit (the gate's rate limit bounds each key).
 
+Relays live in two tables. Endorsed relays (the gate checked the operator's endorsement) have
+their own, up to MAX_RELAYS; keys cost nothing, so unendorsed relays share a small budget of
+their own (`unendorsed_relays` in all, `unendorsed_per_signer` each, first come, first kept
+until they expire or withdraw) and can never take an endorsed relay's place: 128 throw-away
+keys fill the budget and nothing else. A full table refuses the new advert (counted by the
+caller); it does not evict.
+
 Thread-safe (one lock and one condition); every method that depends on time takes `now`.
 """
 
@@ -31,7 +38,7 @@ MAX_URLS_PER_SIGNER = 4
 
 @dataclass(frozen=True)
 class RelayInfo:
-    """A relay alive now, as its own key advertised it."""
+    """A relay alive now, as its own key advertised it (`endorsed`: by the operator too)."""
 
     url: str
     region: str
@@ -39,6 +46,7 @@ class RelayInfo:
     versions: tuple[int, ...]
     signer_id: str
     expires_at: float
+    endorsed: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,11 +85,13 @@ class Counters:
 
 
 class SwarmView:
-    def __init__(self) -> None:
+    def __init__(self, *, unendorsed_relays: int = 8, unendorsed_per_signer: int = 1) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._versions: dict[int, VersionInfo] = {}
-        self._relays: dict[tuple[str, str], RelayInfo] = {}
+        self._relays: dict[tuple[str, str], RelayInfo] = {}       # endorsed
+        self._unendorsed: dict[tuple[str, str], RelayInfo] = {}
+        self.unendorsed_relays, self.unendorsed_per_signer = unendorsed_relays, unendorsed_per_signer
         self._peers: dict[str, PeerInfo] = {}
         self._notices: deque[tuple[float, str, Notice]] = deque(maxlen=64)
 
@@ -98,7 +108,7 @@ class SwarmView:
         if ann.kind == KIND_VERSION:
             return self._apply_version(ann.body, ann.timestamp)
         if ann.kind == KIND_RELAY:
-            return self._apply_relay(ann.body, ann.signer.hex, ann.signer_id, ann.timestamp, now)
+            return self._apply_relay(ann.body, ann.signer.hex, ann.signer_id, ann.timestamp, now, ann.endorsed)
         if ann.kind == KIND_HAVE:
             return self._apply_have(ann.body, ann.signer.hex, ann.signer_id, ann.timestamp, now)
         if ann.kind == KIND_NOTICE:
@@ -116,18 +126,24 @@ class SwarmView:
             del self._versions[v]
         return True
 
-    def _apply_relay(self, body: RelayAdvert, signer: str, signer_id: str, ts: float, now: float) -> bool:
-        key = (signer, body.url)
+    def _apply_relay(self, body: RelayAdvert, signer: str, signer_id: str, ts: float, now: float,
+                     endorsed: bool) -> bool:
+        key = (signer, body.url.rstrip("/"))
         if body.state == "down":
-            return self._relays.pop(key, None) is not None
+            gone = [t.pop(key, None) for t in (self._relays, self._unendorsed)]
+            return any(g is not None for g in gone)
         self._expire(now)
-        mine = [k for k in self._relays if k[0] == signer]
-        if key not in self._relays and (len(mine) >= MAX_URLS_PER_SIGNER or len(self._relays) >= MAX_RELAYS):
+        table, other = (self._relays, self._unendorsed) if endorsed else (self._unendorsed, self._relays)
+        per_signer, total = ((MAX_URLS_PER_SIGNER, MAX_RELAYS) if endorsed
+                             else (self.unendorsed_per_signer, self.unendorsed_relays))
+        mine = sum(1 for k in table if k[0] == signer)
+        if key not in table and (mine >= per_signer or len(table) >= total):
             return False
-        new = key not in self._relays
-        self._relays[key] = RelayInfo(body.url, body.region, body.capacity_mbps, tuple(body.versions),
-                                      signer_id, ts + body.ttl_s)
-        return new
+        moved = other.pop(key, None) is not None  # endorsed since, or no longer
+        new = key not in table
+        table[key] = RelayInfo(key[1], body.region, body.capacity_mbps, tuple(body.versions),
+                               signer_id, ts + body.ttl_s, endorsed)
+        return new or moved
 
     def _apply_have(self, body: HaveAdvert, signer: str, signer_id: str, ts: float, now: float) -> bool:
         self._expire(now)
@@ -139,8 +155,9 @@ class SwarmView:
         return old is None or old.versions != self._peers[signer].versions
 
     def _expire(self, now: float) -> None:
-        for k in [k for k, r in self._relays.items() if r.expires_at <= now]:
-            del self._relays[k]
+        for table in (self._relays, self._unendorsed):
+            for k in [k for k, r in table.items() if r.expires_at <= now]:
+                del table[k]
         for k in [k for k, p in self._peers.items() if p.expires_at <= now]:
             del self._peers[k]
 
@@ -154,10 +171,11 @@ class SwarmView:
             return self._versions.get(version)
 
     def relays(self, now: float) -> list[RelayInfo]:
-        """Relays alive at `now`, highest advertised capacity first."""
+        """Relays alive at `now`: endorsed ones first, then by highest advertised capacity."""
         with self._lock:
             self._expire(now)
-            return sorted(self._relays.values(), key=lambda r: (-r.capacity_mbps, r.url))
+            alive = [*self._relays.values(), *self._unendorsed.values()]
+            return sorted(alive, key=lambda r: (not r.endorsed, -r.capacity_mbps, r.url))
 
     def peers_with(self, version: int, now: float) -> list[PeerInfo]:
         with self._lock:

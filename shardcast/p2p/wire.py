@@ -24,11 +24,12 @@ from pydantic import Field, ValidationError
 
 from protocol.canonical import canonical_bytes
 from protocol.messages import Ident, Strict
+from shardcast import bounded
 from shardcast.p2p.errors import PeerRequestFailed
 
 PROTOCOL_ID = "/swarmrl/shards/1"
 MAX_FRAME = 4096
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = bounded.MAX_MANIFEST_BYTES  # the same cap as a manifest from a relay
 CHUNK = 1024 * 1024
 
 

@@ -125,11 +125,11 @@ def payload_completions(lease: Any, tokenizer: Any, text: str, *, hidden_size: i
 def send_payload(http: httpx.Client, key: Any, lease: Any, tokenizer: Any, text: str, *, hidden_size: int,
                  now: float) -> httpx.Response:
     """Sign and post a submission of `lease` whose completions carry `text`."""
-    from protocol.envelope import seal
+    from protocol.envelope import AUDIENCE_COORDINATOR, seal
     from protocol.messages import KIND_SUBMISSION, EngineInfo, Submission
 
     sub = Submission(lease_id=lease.lease_id, policy_version=lease.max_policy_version,
                      completions=payload_completions(lease, tokenizer, text, hidden_size=hidden_size),
-                     engine=EngineInfo(name="eval-payload"))
-    env = seal(KIND_SUBMISSION, sub, key, now=now)
+                     engine=EngineInfo(name="eval-payload", dtype="float32"))
+    env = seal(KIND_SUBMISSION, sub, key, now=now, run_id=lease.run_id, audience=AUDIENCE_COORDINATOR)
     return http.post("/v1/submissions", content=env.model_dump_json(), headers={"content-type": "application/json"})

@@ -55,7 +55,7 @@ from worker.config import WorkerConfig  # noqa: E402
 
 HOST = "127.0.0.1"
 RUN = "p2p-roles"
-FAST = {"advert_interval_s": 1.0, "bootstrap_interval_s": 0.5, "advert_ttl_s": 10.0}
+FAST = {"advert_interval_s": 1.0, "bootstrap_interval_s": 0.5, "advert_ttl_s": 10.0, "allow_private_addresses": True}
 TIMEOUT = 60.0
 
 

@@ -36,7 +36,7 @@ from tests import waiting  # noqa: E402
 
 RUN = "p2p-it"
 TIMEOUT = 30.0
-FAST = {"advert_interval_s": 1.0, "bootstrap_interval_s": 0.5, "advert_ttl_s": 10.0}
+FAST = {"advert_interval_s": 1.0, "bootstrap_interval_s": 0.5, "advert_ttl_s": 10.0, "allow_private_addresses": True}
 REPO = Path(__file__).resolve().parents[2]
 
 

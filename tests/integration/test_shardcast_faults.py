@@ -154,6 +154,7 @@ def test_corrupt_relay_is_detected_on_first_bad_shard_and_avoided(tmp_path, oper
     origin.publish(ck, 0, 0)
     bad = hostile("corrupt")
     good = relays(tmp_path / "good", [origin.url], operator)
+    good.wait_complete(0)  # else the bad relay is alone until the good one catches up (it answers 404)
     with ShardcastClient([bad.url, good.url], operator.public, tmp_path / "cache",
                          options=FetchOptions(parallel=2)) as c:
         path = c.fetch(0)

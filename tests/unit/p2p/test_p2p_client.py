@@ -30,7 +30,7 @@ from shardcast.p2p.roles import join_run, key_of_peer, node_status  # noqa: E402
 
 RUN = "client-run"
 OP, COORD = KeyPair.from_seed(b"P" * 32), KeyPair.from_seed(b"Q" * 32)
-FAST = dict(advert_interval_s=0.5, bootstrap_interval_s=0.3, advert_ttl_s=30.0)
+FAST = dict(advert_interval_s=0.5, bootstrap_interval_s=0.3, advert_ttl_s=30.0, allow_private_addresses=True)
 
 
 def checkpoint(root: Path, version: int) -> Path:

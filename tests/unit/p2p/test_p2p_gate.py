@@ -39,7 +39,7 @@ def gate(**kw) -> Gate:
 
 
 def relay(key=ANYONE, **kw):
-    body = RelayAdvert(run_id=kw.pop("run_id", RUN), url=kw.pop("url", "http://r1:8800"), **kw)
+    body = RelayAdvert(run_id=kw.pop("run_id", RUN), url=kw.pop("url", "http://1.2.3.4:8800"), **kw)
     return seal(KIND_RELAY, body, key, now=NOW, run_id=body.run_id, audience=AUDIENCE_SWARM)
 
 
@@ -103,8 +103,8 @@ def test_notices_only_from_the_coordinator():
 
 def test_relay_and_have_adverts_from_any_key_are_admitted():
     g = gate()
-    assert g.admit(encode(relay()), NOW).body.url == "http://r1:8800"
-    have = HaveAdvert(run_id=RUN, versions=[1, 2], addrs=["/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWx"])
+    assert g.admit(encode(relay()), NOW).body.url == "http://1.2.3.4:8800"
+    have = HaveAdvert(run_id=RUN, versions=[1, 2], addrs=["/ip4/1.2.3.5/tcp/4001/p2p/12D3KooWx"])
     assert g.admit(encode(sealed(KIND_HAVE, have, KeyPair.generate(), now=NOW)), NOW).body.versions == [1, 2]
 
 
@@ -129,7 +129,7 @@ def test_untrusted_adverts_are_rate_limited_per_signer_and_refill():
     # another signer has its own budget
     g.admit(encode(relay(key=KeyPair.generate())), NOW)
     # two seconds later one token is back
-    later = sealed(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://r1:8800"), ANYONE, now=NOW + 2)
+    later = sealed(KIND_RELAY, RelayAdvert(run_id=RUN, url="http://1.2.3.4:8800"), ANYONE, now=NOW + 2)
     g.admit(encode(later), NOW + 2)
 
 

@@ -37,7 +37,7 @@ from shardcast.p2p import (  # noqa: E402
 
 RUN = "unit-run"
 OP, COORD = KeyPair.from_seed(b"O" * 32), KeyPair.from_seed(b"C" * 32)
-FAST = dict(advert_interval_s=0.5, bootstrap_interval_s=0.3, advert_ttl_s=30.0)
+FAST = dict(advert_interval_s=0.5, bootstrap_interval_s=0.3, advert_ttl_s=30.0, allow_private_addresses=True)
 
 
 def checkpoint(root: Path, version: int) -> Path:

@@ -17,7 +17,8 @@ from shardcast.p2p import FolderStore, P2PConfig, P2PNode  # noqa: E402
 RUN = "pacing-run"
 OP, COORD = KeyPair.from_seed(b"P" * 32), KeyPair.from_seed(b"Q" * 32)
 RATE = 2.0  # untrusted adverts per signer per second, on every node
-CFG = {"advert_interval_s": 0.5, "bootstrap_interval_s": 0.3, "advert_ttl_s": 30.0, "rate_per_s": RATE, "rate_burst": 3}
+CFG = {"advert_interval_s": 0.5, "bootstrap_interval_s": 0.3, "advert_ttl_s": 30.0, "rate_per_s": RATE, "rate_burst": 3,
+       "allow_private_addresses": True}
 
 
 def test_have_adverts_are_paced_to_the_rate_peers_admit(tmp_path):

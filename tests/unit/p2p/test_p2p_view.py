@@ -16,13 +16,13 @@ RUN = "run-1"
 T = 1_800_000_000.0
 
 
-def ann(kind, body, key, ts=T) -> Announcement:
+def ann(kind, body, key, ts=T, endorsed=False) -> Announcement:
     env = seal(kind, body, key, now=ts, run_id=body.run_id, audience=AUDIENCE_SWARM)
-    return Announcement(kind=kind, body=body, signer=key.public, timestamp=ts, envelope=env)
+    return Announcement(kind=kind, body=body, signer=key.public, timestamp=ts, envelope=env, endorsed=endorsed)
 
 
-def relay(key, url="http://r:1", ts=T, **kw):
-    return ann(KIND_RELAY, RelayAdvert(run_id=RUN, url=url, **kw), key, ts)
+def relay(key, url="http://r:1", ts=T, endorsed=False, **kw):
+    return ann(KIND_RELAY, RelayAdvert(run_id=RUN, url=url, **kw), key, ts, endorsed)
 
 
 def version(v, manifest=None):
@@ -59,10 +59,14 @@ def test_only_the_advertiser_can_withdraw_its_relay():
 
 
 def test_one_key_cannot_flood_the_relay_table():
-    view, key = SwarmView(), KeyPair.generate()
+    view, key = SwarmView(unendorsed_per_signer=1), KeyPair.generate()
     for i in range(MAX_URLS_PER_SIGNER + 5):
-        view.apply(relay(key, f"http://r{i}:1"), T)
+        view.apply(relay(key, f"http://r{i}:1", endorsed=True), T)
     assert len(view.relays(T)) == MAX_URLS_PER_SIGNER
+    other = KeyPair.generate()
+    for i in range(5):
+        view.apply(relay(other, f"http://u{i}:1"), T)
+    assert [r.url for r in view.relays(T) if not r.endorsed] == ["http://u0:1"]
 
 
 def test_peers_with_a_version_and_their_expiry():

@@ -15,6 +15,7 @@ from protocol.errors import MessageError
 from protocol.identity import KeyPair
 from protocol.manifest import build_manifest, sign_manifest
 from shardcast.client import ShardcastClient
+from shardcast.config import FrontLimits
 from shardcast.node_server import NodeServer
 from shardcast.metrics import NodeMetrics
 from shardcast.serving import ShardLocation
@@ -223,8 +224,8 @@ def test_a_reader_that_stalls_loses_its_transfer_slot_and_a_silent_one_its_conne
     import shardcast.front as front
 
     monkeypatch.setattr(front, "STALL_S", 0.3)
-    monkeypatch.setattr(front, "IDLE_S", 0.3)
     srv, cat, data = node
+    monkeypatch.setattr(srv.front, "limits", FrontLimits(idle_timeout_s=0.3))
     stalled = socket.create_connection(("127.0.0.1", srv.port))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.sendall(b"GET /v1/versions/0/shards/0 HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -1,0 +1,193 @@
+"""Downloads against hostile relays (tests/hostile/relays.py) on loopback: every request has a
+deadline and a byte cap, a relay that drips, stalls, bombs or lies is dropped and ranked down,
+and the fetch completes from an honest source. Short limits (FetchOptions) keep this fast."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import tracemalloc
+
+import pytest
+
+from coordinator.dashboard.relays import RelayPoller
+from protocol.errors import MessageError
+from protocol.identity import KeyPair
+from shardcast.client import ShardcastClient
+from shardcast.config import OriginConfig
+from shardcast.errors import VersionUnavailable
+from shardcast.fetch import FetchOptions
+from shardcast.origin import Origin
+from shardcast.selection import Sources
+from shardcast.watch import fetch_manifest, verify_manifest_bytes
+from tests.hostile.relays import DripRelay, GzipBombRelay, HeadDripRelay, LyingRelay, SilentRelay
+
+SHARD = 64 * 1024
+QUICK = dict(parallel=2, shard_wait_s=1.0, read_timeout_s=2.0, min_rate_bps=256 * 1024, rate_window_s=1.0,
+             manifest_wait_s=2.0, control_timeout_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def op():
+    return KeyPair.generate()
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory, op):
+    root = tmp_path_factory.mktemp("origin")
+    o = Origin(OriginConfig(data_dir=root / "o", port=0, shard_size=SHARD), op, "run-h")
+    o.start()
+    ck = root / "ck"
+    ck.mkdir()  # whole shards only: a drip relay could deliver a shard of a few bytes in time
+    (ck / "model.safetensors").write_bytes(random.Random(7).randbytes(8 * SHARD))
+    o.publish(ck, 0, 0)
+    yield o
+    o.stop()
+
+
+def fetch_in_time(client: ShardcastClient, version: int, limit_s: float):
+    """client.fetch(version) in a thread: (the folder or the error, seconds); fails the test
+    instead of hanging when it takes longer than `limit_s`."""
+    out: list = []
+    t0 = time.monotonic()
+
+    def run() -> None:
+        try:
+            out.append(client.fetch(version))
+        except Exception as exc:  # handed to the test
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(limit_s)
+    assert not t.is_alive(), f"fetch still running after {limit_s} s"
+    return out[0], time.monotonic() - t0
+
+
+def test_a_drip_relay_is_dropped_and_ranked_down_and_the_fetch_completes_from_the_honest_one(
+        tmp_path, op, origin):
+    with DripRelay(origin.url, every_s=0.3) as drip:
+        c = ShardcastClient([drip.url, origin.url], op.public, tmp_path / "cache", run_id="run-h",
+                            options=FetchOptions(**QUICK))
+        try:
+            got, took = fetch_in_time(c, 0, 30)
+            assert not isinstance(got, Exception), got
+            assert (got / "model.safetensors").read_bytes() == random.Random(7).randbytes(8 * SHARD)
+            assert drip.hits.get("shard", 0) >= 1                       # it was tried ...
+            stats = {s.url: s for s in c.sources.snapshot()}
+            assert stats[drip.url].failures >= 1 and "below the minimum" in stats[drip.url].last_error
+            assert c.sources.ranked()[-1] == drip.url                   # ... and ranked last
+            assert took < 15
+        finally:
+            c.close()
+
+
+@pytest.mark.parametrize("make", [
+    lambda origin: SilentRelay(),                        # accepts, never answers
+    lambda origin: HeadDripRelay(every_s=0.3),           # a response head, a byte at a time
+    lambda origin: DripRelay(origin.url, every_s=0.3, control=True),  # a manifest, a byte at a time
+], ids=["silent", "head-drip", "body-drip"])
+def test_wait_for_version_returns_in_time_whatever_the_relay_does(tmp_path, op, origin, make):
+    with make(origin) as relay:
+        c = ShardcastClient([relay.url], op.public, tmp_path / "cache", run_id="run-h")
+        try:
+            t0 = time.monotonic()
+            assert c.wait_for_version(None, timeout_s=3) is None
+            assert time.monotonic() - t0 < 5
+            assert c.sources.snapshot()[0].failures >= 1      # late: ranked down
+        finally:
+            c.close()
+
+
+def test_a_version_a_drip_relay_announces_slowly_still_arrives_from_the_honest_one(tmp_path, op, origin):
+    with DripRelay(origin.url, every_s=0.3, control=True) as drip:
+        c = ShardcastClient([drip.url, origin.url], op.public, tmp_path / "cache", run_id="run-h")
+        try:
+            t0 = time.monotonic()
+            assert c.wait_for_version(None, timeout_s=3) == 0
+            assert time.monotonic() - t0 < 3
+        finally:
+            c.close()
+
+
+def test_a_gzip_bomb_is_refused_unread_memory_stays_bounded_and_logs_stay_short(op, caplog):
+    caplog.set_level(logging.DEBUG)
+    with GzipBombRelay(inflated_mib=256) as bomb:
+        sources = Sources([bomb.url])
+        tracemalloc.start()
+        try:
+            with pytest.raises(VersionUnavailable):
+                fetch_manifest(sources, op.public, 0, "run-h", timeout_s=5)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert bomb.hits.get("/v1/versions/0/manifest") == 1
+        assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB traced while refusing a 256 MiB bomb"
+        assert "compressed" in sources.snapshot()[0].last_error
+    assert max(len(r.getMessage()) for r in caplog.records) < 1000
+
+
+def test_a_garbage_manifest_is_reported_without_quoting_it():
+    with pytest.raises(MessageError) as info:
+        verify_manifest_bytes(b'{"kind": "' + b"A" * 5_000_000 + b'"}', KeyPair.generate().public, None)
+    assert len(str(info.value)) < 500
+    with pytest.raises(MessageError, match="over"):
+        verify_manifest_bytes(b" " * (17 * 2**20), KeyPair.generate().public, None)
+
+
+@pytest.mark.parametrize("mode", ["short", "long", "flip"])
+def test_a_relay_that_lies_about_bytes_is_avoided_and_the_fetch_completes(tmp_path, op, origin, mode):
+    with LyingRelay(origin.url, mode) as liar:
+        c = ShardcastClient([liar.url, origin.url], op.public, tmp_path / "cache", run_id="run-h",
+                            options=FetchOptions(**QUICK))
+        try:
+            got, _ = fetch_in_time(c, 0, 30)
+            assert not isinstance(got, Exception), got
+            assert liar.hits.get("shard", 0) >= 1
+            stats = {s.url: s for s in c.sources.snapshot()}
+            assert stats[liar.url].failures >= 1
+            if mode == "flip":
+                assert c.sources.is_hostile(liar.url)
+        finally:
+            c.close()
+
+
+def test_the_dashboard_poll_of_hostile_relays_is_bounded_in_time_memory_and_words(origin):
+    relays = [GzipBombRelay(inflated_mib=256).start(), HeadDripRelay(every_s=0.3).start(), SilentRelay().start()]
+    try:
+        poller = RelayPoller([r.url for r in relays] + [origin.url], timeout_s=1.0)
+        tracemalloc.start()
+        try:
+            t0 = time.monotonic()
+            states = {s["url"]: s for s in asyncio.run(poller.refresh())}
+            took = time.monotonic() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert took < 2.5
+        assert peak < 16 * 2**20
+        assert states[origin.url]["reachable"] and states[origin.url]["complete"] == [0]
+        for r in relays:
+            s = states[r.url]
+            assert not s["reachable"] and 0 < len(s["error"]) <= 300
+        assert "compressed" in states[relays[0].url]["error"]
+        t1 = time.monotonic()
+        asyncio.run(poller.refresh())  # within min_interval_s: the states kept, nobody asked
+        assert time.monotonic() - t1 < 0.1 and relays[0].hits.get("/v1/versions") == 1
+    finally:
+        for r in relays:
+            r.stop()
+
+
+def test_long_polls_that_run_to_the_deadline_are_no_failure_of_an_honest_source(tmp_path, op, origin):
+    c = ShardcastClient([origin.url], op.public, tmp_path / "cache", run_id="run-h")
+    try:
+        for timeout_s in (0.5, 1.0, 2.0):
+            assert c.wait_for_version(0, timeout_s=timeout_s) is None   # nothing newer than 0
+        (stats,) = c.sources.snapshot()
+        assert stats.failures == 0 and stats.benched_until == 0.0
+    finally:
+        c.close()
