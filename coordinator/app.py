@@ -143,7 +143,9 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
 
     @app.get(routes.WORKER, tags=["join"], responses={200: {"model": WorkerInfo}})
     async def worker(request: Request, worker_id: str) -> Response:
-        return await api.plain(request, "worker", lambda: join.worker_info(ctx, worker_id))
+        """A worker's standing; its near-tie ledger and the numbers of its ban reason only with the
+        operator token (they would tell a cheater how close it runs to the limits)."""
+        return await api.viewed(request, "worker", lambda full: join.worker_info(ctx, worker_id, full=full))
 
     @app.post(routes.LEASES, tags=["work"], openapi_extra=_ENVELOPE_BODY, responses={200: {"model": LeaseResponse}})
     async def lease(request: Request) -> Response:

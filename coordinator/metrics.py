@@ -36,7 +36,9 @@ class Metrics:
                                  registry=r)
         self.rejections = Counter(f"{PREFIX}_rejections", "refused requests by reason", ["reason"], registry=r)
         self.submissions = Counter(f"{PREFIX}_submissions_received", "submissions that passed intake", registry=r)
-        self.verdicts = Counter(f"{PREFIX}_verdicts", "verdicts recorded", ["verdict", "full_check"], registry=r)
+        # no full_check label: /metrics is public, and a worker watching it right after its own
+        # verdict would learn whether that submission was fully checked
+        self.verdicts = Counter(f"{PREFIX}_verdicts", "verdicts recorded", ["verdict"], registry=r)
         self.leases = Counter(f"{PREFIX}_leases_issued", "leases issued", registry=r)
         self.leases_returned = Counter(f"{PREFIX}_leases_returned", "leases that came back unfinished",
                                        ["why"], registry=r)

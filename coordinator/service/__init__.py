@@ -18,6 +18,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Row
 
 from coordinator.errors import Conflict, Forbidden, NotFound
+from coordinator.privacy import public_reason
 from coordinator.store import workers
 from protocol.envelope import Opened
 
@@ -33,5 +34,5 @@ def require_worker(conn: Connection, worker_id: str) -> Row:
     if row is None:
         raise NotFound("unknown_worker", f"worker {worker_id} is not registered; register first")
     if row.status == "banned":
-        raise Forbidden("banned", f"worker {worker_id} is banned: {row.ban_reason}")
+        raise Forbidden("banned", f"worker {worker_id} is banned: {public_reason(row.ban_reason)}")
     return row

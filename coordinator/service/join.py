@@ -9,6 +9,7 @@ from typing import Any
 from coordinator import p2p
 from coordinator.context import Context
 from coordinator.errors import Forbidden, NotFound, RateLimited
+from coordinator.privacy import public_reason
 from coordinator.rules.reputation import check_rate, effective_clean_checks
 from coordinator.service import require_worker, use_nonce
 from coordinator.store import policy, workers
@@ -98,11 +99,13 @@ def heartbeat(ctx: Context, opened: Opened[Heartbeat]) -> dict:
     return {"ok": True, "policy_version": current, "check_rate": worker_check_rate(ctx, row)}
 
 
-def worker_info(ctx: Context, worker_id: str) -> WorkerInfo:
+def worker_info(ctx: Context, worker_id: str, *, full: bool = True) -> WorkerInfo:
+    """`full`: the operator's view (the near-tie ledger, the ban reason with its numbers)."""
     with ctx.db.read() as conn:
         row = workers.get(conn, worker_id)
     if row is None:
         raise NotFound("unknown_worker", f"no worker {worker_id}")
     return WorkerInfo(worker_id=row.worker_id, status=row.status, accepted=row.accepted, rejected=row.rejected,
                       accepted_tokens=row.accepted_tokens, check_rate=worker_check_rate(ctx, row),
-                      ban_reason=row.ban_reason, checked_positions=row.checked_positions, near_ties=row.near_ties)
+                      ban_reason=row.ban_reason if full else public_reason(row.ban_reason),
+                      checked_positions=row.checked_positions if full else 0, near_ties=row.near_ties if full else 0)

@@ -102,7 +102,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
             revoked = leases.close_many(conn, leases.active_of_workers(conn, [row.worker_id]), "revoked", now)
             leases.return_tasks(conn, revoked, now)
     m = ctx.metrics
-    m.verdicts.labels("accepted" if v.accepted else "rejected", str(v.full_check).lower()).inc()
+    m.verdicts.labels("accepted" if v.accepted else "rejected").inc()
     if (c.buffer == "ready" or released) and not c.ban_reason:
         ctx.groups.notify()
     if c.ban_reason:

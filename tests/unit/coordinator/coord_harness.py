@@ -200,6 +200,13 @@ class Swarm:
                 return float(line.split()[-1])
         return 0.0
 
+    def worker_info(self, key: KeyPair, *, operator: bool = True) -> dict:
+        """GET /v1/workers/{id}: the operator's view (with the harness's token) or the public one."""
+        headers = {"authorization": f"Bearer {OPERATOR_TOKEN}"} if operator else {}
+        r = self.http.get(f"/v1/workers/{key.peer_id}", headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
     def snapshot_worker(self, key: KeyPair) -> dict:
         from coordinator.store import workers
 
@@ -219,6 +226,9 @@ class Swarm:
                     for t in metadata.sorted_tables}
 
 
+OPERATOR_TOKEN = "harness-operator-token-0123456789"
+
+
 def start_swarm(tmp: Path, model_dir: Path, *, rng_seed: int = 0, **overrides) -> Swarm:
     operator = KeyPair.from_seed(b"o" * 32)
     verifier = KeyPair.from_seed(b"v" * 32)
@@ -228,6 +238,7 @@ def start_swarm(tmp: Path, model_dir: Path, *, rng_seed: int = 0, **overrides) -
     fields = dict(operator_key=operator.public.hex, verifier_keys=[verifier.public.hex], model=str(model_dir),
                   data_dir=tmp / "coordinator", key_file=tmp / "coordinator" / "coordinator.key", port=0,
                   group_size=4, archive=False, limits=limits)
+    overrides.setdefault("dashboard", {"operator_token": OPERATOR_TOKEN})
     # registrations here are hand-made requests: no proof of work unless a test asks for one
     overrides["join"] = {"pow_difficulty": 0, **overrides.get("join", {})}
     fields.update(overrides)

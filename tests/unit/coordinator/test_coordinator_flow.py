@@ -89,7 +89,7 @@ def test_nothing_reaches_the_buffer_before_a_verdict_and_groups_are_served_once(
     assert BatchResponse.model_validate_json(swarm.batch().content).groups == []
     st = SubmissionStatus.model_validate(swarm.http.get(f"/v1/submissions/{sids[2]}").json())
     assert st.status == "queued"
-    info = WorkerInfo.model_validate(swarm.http.get(f"/v1/workers/{w.peer_id}").json())
+    info = WorkerInfo.model_validate(swarm.worker_info(w))
     assert info.accepted == 2 and info.accepted_tokens == sum(len(c.token_ids) for c in swarm.completions(leases[0])) * 2
 
 
@@ -104,8 +104,10 @@ def test_a_rejection_bans_the_worker_and_drops_its_unconsumed_work(swarm):
     swarm.verdict(cs[0], True)                       # accepted, waiting in the buffer
     r = swarm.verdict(cs[1], False, reason="proof check failed: 120/128 exponent mismatches")
     assert r.status_code == 200
-    info = WorkerInfo.model_validate(swarm.http.get(f"/v1/workers/{cheat.peer_id}").json())
+    info = WorkerInfo.model_validate(swarm.worker_info(cheat))
     assert info.status == "banned" and "proof check failed" in info.ban_reason and info.rejected == 1
+    public = WorkerInfo.model_validate(swarm.worker_info(cheat, operator=False))
+    assert "120" not in public.ban_reason and "proof check failed" in public.ban_reason
     for sid, status in ((cs[0], "dropped"), (cs[1], "rejected"), (cs[2], "dropped")):
         assert swarm.http.get(f"/v1/submissions/{sid}").json()["status"] == status
     swarm.verdict(hs, True)
@@ -218,7 +220,7 @@ def test_a_worker_whose_tokens_miss_the_seeded_choice_too_often_is_banned(make_s
         if s.snapshot_worker(cheat)["status"] == "banned":
             break
         sids.append(submit_and_judge(cheat, 40, 2))
-    info = WorkerInfo.model_validate(s.http.get(f"/v1/workers/{cheat.peer_id}").json())
+    info = WorkerInfo.model_validate(s.worker_info(cheat))
     assert info.status == "banned" and "not the seeded sample" in info.ban_reason
     assert 3 <= len(sids) <= 10 and info.near_ties == 2 * len(sids) and info.checked_positions == 40 * len(sids)
     # the verdicts stay as the verifier gave them; the banned worker's untrained submissions leave the buffer
@@ -226,8 +228,10 @@ def test_a_worker_whose_tokens_miss_the_seeded_choice_too_often_is_banned(make_s
     assert s.metric("swarmrl_coordinator_bans_total") == 1
     for i in range(30):  # 1,200 tokens, 4 misses: 0.33%, plausible at the honest rate
         submit_and_judge(honest, 40, 1 if i % 8 == 0 else 0)
-    info = WorkerInfo.model_validate(s.http.get(f"/v1/workers/{honest.peer_id}").json())
+    info = WorkerInfo.model_validate(s.worker_info(honest))
     assert info.status == "active" and info.near_ties == 4 and info.checked_positions == 1200
+    public = s.worker_info(honest, operator=False)  # the ledger would tell a cheater its margin
+    assert public["near_ties"] == 0 and public["checked_positions"] == 0 and public["accepted"] == info.accepted
     assert len(BatchResponse.model_validate_json(s.batch().content).groups) == 30
 
 

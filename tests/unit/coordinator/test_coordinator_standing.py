@@ -98,7 +98,7 @@ def test_proof_drift_bans_a_worker_whose_proofs_stay_a_little_off(make_swarm):
         (sid,) = submit(s, cheat)
         assert s.verdict(sid, True, checks=passing_checks(mant_mean=0.06)).status_code == 200
         judged += 1
-    worker = s.http.get(f"/v1/workers/{cheat.peer_id}").json()
+    worker = s.worker_info(cheat)
     assert worker["status"] == "banned" and "drift" in worker["ban_reason"] and judged == 4
     for _ in range(40):
         (sid,) = submit(s, honest)
