@@ -211,9 +211,10 @@ class World:
                                                                 audience=AUDIENCE_COORDINATOR), rewards=rewards,
                                task_answer=task.answer, task_kind=task.kind, full_check=full_check)
 
-    def verify(self, job: VerificationJob, timings: Timings | None = None):
+    def verify(self, job: VerificationJob, timings: Timings | None = None, probe_index: int | None = None):
         return verify_job(job, coordinator_key=self.coordinator.public, tokenizer=self.tokenizer,
-                          models=self.models, settings=self.settings, ledger=self.ledger, timings=timings)
+                          models=self.models, settings=self.settings, ledger=self.ledger, timings=timings,
+                          probe_index=probe_index)
 
     def verifier_outputs(self, job: VerificationJob):
         """The verifier's prefill of a job (for calibration statistics)."""
