@@ -146,6 +146,8 @@ def summarise(name: str, res: list[dict]) -> dict:
             "ban": f"{why} after {ban}" if ban else "",
             "reasons": [r["reason"] for r in res if not r["accepted"]][:3],
             "near_ties": sum(r["near_ties"] for r in res), "positions": sum(r["positions"] for r in res),
+            "group_mant_mean_avg": sum(r["group_mant_mean"] for r in res) / len(res),
+            "completion_mant_mean_avg": sum(r["completion_mant_mean"] for r in res) / len(res),
             **{s: max(r[s] for r in res) for s, _ in STATS}}
 
 
