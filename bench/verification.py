@@ -168,10 +168,10 @@ def print_row(r: dict) -> None:
 
 
 # -- 1. honest ----------------------------------------------------------------------------------
-def honest_section(worlds: dict[str, H.World], target: int, out: dict) -> None:
+def honest_section(worlds: dict[str, H.World], target: int, out: dict, threads: tuple[int, ...] = (1, 2)) -> None:
     """`target`: honest full checks (submissions) in all, spread over the variations."""
     key = KeyPair.generate()
-    variations = [(w, dt, th, b, attn) for w in worlds for dt in ("float32", "bfloat16") for th in (1, 2)
+    variations = [(w, dt, th, b, attn) for w in worlds for dt in ("float32", "bfloat16") for th in threads
                   for b in (1, 4, 16) for attn in ("sdpa", "eager")]
     per_var = max(2, -(-target // len(variations)))
     rows, floors = [], []
@@ -257,6 +257,9 @@ def main() -> None:
     ap.add_argument("--sections", nargs="+", default=["honest", "attacks", "damage", "cost"],
                     choices=["honest", "attacks", "damage", "cost"])
     ap.add_argument("--checks", type=int, default=10_000, help="honest full checks (submissions) in all")
+    ap.add_argument("--worlds", nargs="+", default=["demo", "long"], choices=["demo", "long"],
+                    help="honest section: the demo model (8-token completions) and/or the untrained one (64)")
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="honest section: worker torch threads")
     ap.add_argument("--per-attack", type=int, default=20, help="submissions per attack and dtype pair")
     ap.add_argument("--identities", type=int, default=200, help="cheating identities in the damage simulation")
     ap.add_argument("--warm-seconds", type=float, default=45.0, help="supervised warm start of the tiny model")
@@ -274,9 +277,12 @@ def main() -> None:
     world = H.make_world(root / "demo", warm_seconds=args.warm_seconds, group_size=8, max_tokens=8)
     print(f"tiny model ready ({time.monotonic() - started:.0f} s)", flush=True)
     if "honest" in args.sections:
-        long_world = H.make_world(root / "long", group_size=8, max_tokens=64)
+        worlds = {"demo": world}
+        if "long" in args.worlds:
+            worlds["long"] = H.make_world(root / "long", group_size=8, max_tokens=64)
+        worlds = {k: v for k, v in worlds.items() if k in args.worlds}
         print("\n1. honest rollouts (every submission fully checked; false rejections and bans must be 0)")
-        honest_section({"demo": world, "long": long_world}, args.checks, out)
+        honest_section(worlds, args.checks, out, tuple(args.threads))
     if "attacks" in args.sections:
         from bench.verification_attacks import attack_section
 
