@@ -15,7 +15,8 @@ Policy:
   it ranks behind every source that delivers once its bench ends;
 - among usable sources, a source never measured and idle is tried first (exploration), then
   the one with the smallest expected time to deliver one more shard given the transfers
-  already running on it: (inflight + 1) / (throughput x success rate).
+  already running on it: (inflight + 1) / (throughput x success rate), where a source not
+  measured yet is taken to be as fast as the best source measured on a completed transfer.
 """
 
 from __future__ import annotations
@@ -61,7 +62,13 @@ def choose(stats: list[SourceStats], now: float, rng: random.Random,
     fresh = [s for s in usable if s.throughput_bps is None and s.inflight == 0]
     if fresh:
         return rng.choice(fresh)
-    known = [s.throughput_bps for s in usable if s.throughput_bps is not None]
+    # An unmeasured source counts as fast as the best rate measured on a transfer that
+    # completed. A rate taken from a transfer dropped as too slow (`record_slow`: a dripping
+    # relay's bytes per second) says nothing about the others: used as "best", it made a busy
+    # honest relay, unmeasured because its shards are small, look as slow as the drip, which
+    # then got the next shard and held it for a whole rate window, every version (found by
+    # tests/integration/test_hostile_swarm.py).
+    known = [s.throughput_bps for s in usable if s.throughput_bps is not None and s.successes > 0]
     best = max(known) if known else 1e9
     costs = [(expected_seconds(s, best), rng.random(), s) for s in usable]
     return min(costs, key=lambda c: (c[0], c[1]))[2]
