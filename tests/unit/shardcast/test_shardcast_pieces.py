@@ -135,3 +135,24 @@ def test_a_signed_manifest_with_hidden_paths_is_refused(tmp_path):
         verify_manifest_bytes(sign_manifest(bad, op).model_dump_json().encode(), op.public, None)
     env, got = verify_manifest_bytes(sign_manifest(m, op).model_dump_json().encode(), op.public, "r")
     assert got == m
+
+
+def test_an_unvouched_source_is_not_explored_and_gets_shards_only_when_nothing_else_is_usable():
+    """Relays only an unendorsed libp2p advert names cost an attacker nothing to make: they are
+    not explored with a shard (a drip relay held each one for a whole rate window) and serve
+    only as the last resort; once one completes a transfer it ranks by what it delivered."""
+    rng = random.Random(2)
+    honest = SourceStats("honest")
+    learned = [SourceStats(f"advert-{i}", vouched=False) for i in range(8)]
+    assert all(choose([*learned, honest], 0.0, rng) is honest for _ in range(50))
+    record_success(honest, 1000, 0.01)          # honest served small shards: still unmeasured
+    honest.inflight = 3
+    assert all(choose([*learned, honest], 0.0, rng) is honest for _ in range(50))
+    record_failure(honest, 0.0, "connection refused")      # benched: the learned ones fill in
+    assert choose([*learned, honest], 0.1, rng) in learned
+    record_success(learned[0], 10_000_000, 0.1)            # proven at 100 MB/s: ranks as measured
+    honest.benched_until, honest.inflight = 0.0, 0
+    record_success(honest, 1_000_000, 1.0)                 # 1 MB/s
+    assert choose([*learned, honest], 0.0, rng) is learned[0]
+    s = Sources(["configured"])
+    assert s.add("http://advert", vouched=False) and not s.stats["http://advert"].vouched
