@@ -75,7 +75,10 @@ def envelope_shaped(size: int, kind: str = "submission", run_id: str = "swarmrl-
 
 def _status(sock: socket.socket, timeout_s: float) -> int | str:
     """The status code of the server's answer, or why there is none."""
-    sock.settimeout(timeout_s)
+    try:
+        sock.settimeout(timeout_s)
+    except OSError:
+        return "stopped"  # closed by `stop` before the answer came
     data = b""
     try:
         while b"\r\n" not in data:
@@ -87,6 +90,8 @@ def _status(sock: socket.socket, timeout_s: float) -> int | str:
         return "reset"
     except TimeoutError:
         return "no answer"
+    except OSError:
+        return "stopped"
     parts = data.split(b"\r\n", 1)[0].split()
     return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else "garbage"
 
