@@ -177,7 +177,7 @@ def run_hostile_swarm(tmp_path: Path, root: Path, *, honest_workers: int, attack
             report = json.dumps({"summary": summary, "versions": [v0, v1], "rss_clean": peak_clean,
                                  "rss_attack": peak_attack, "coordinator_halves": halves}, default=str)
             print(report)
-            _check_attackers(summary, attacks, relays, plan)
+            _check_attackers(summary, attacks, plan)
             # every role is still up; memory stayed bounded
             assert all(c.alive for c in group.children), report
             own, tree = peak_attack["coordinator"]
@@ -193,8 +193,7 @@ def run_hostile_swarm(tmp_path: Path, root: Path, *, honest_workers: int, attack
             for n in plan.worker_names:
                 group.stop(n)
             wait_until(lambda: not (_get(plan.coordinator_url + "/v1/stats").get("submissions") or {}).get("queued"),
-                       120, "the verification queue drained", every=0.5, group=group)
-            time.sleep(1.0)  # the verifier's last batch of verdicts is posted
+                       120, "the verification queue drained (every verdict recorded)", every=0.5, group=group)
         _check_payload_rewards(plan, attack)
         _check_nothing_verified_lost(plan)
     finally:
@@ -202,12 +201,12 @@ def run_hostile_swarm(tmp_path: Path, root: Path, *, honest_workers: int, attack
         relays.stop()
 
 
-def _check_attackers(summary: dict, attacks: tuple[str, ...], relays: HostileRelays, plan) -> None:
+def _check_attackers(summary: dict, attacks: tuple[str, ...], plan) -> None:
     """Each attacker really attacked, and was answered as the defences say."""
     assert not [e for e in summary["errors"] if "Timeout" in e], summary
     hits = summary["relay_hits"]
-    # the victims really tried the hostile relays in their configs
-    assert hits["drip"] > 0 and hits["gzip"] > 0, summary
+    for name in ("drip", "gzip"):  # the victims really tried the hostile relays in their configs
+        assert name not in attacks or hits[name] > 0, summary
     if "flood" in attacks:
         answers = summary["flood_answers"]
         assert summary["flood_waves"] >= 1 and sum(answers.values()) > 0, summary
