@@ -23,11 +23,13 @@ the window, interpolated within its buckets; under attack it includes the attack
 submissions), and the peak RSS of the coordinator, verifier and relay processes (from /proc;
 `+children`: with their verify and sandbox processes). The `ratio` column is scaled so that 1.0
 is "as clean" and less is worse: attack / clean for rates, clean / attack for latencies and
-memory; the goal is >= 0.8 everywhere. Two rows give context, without a ratio: the CPU the
-swarm's processes used (cores, over the window) and the CPU of this process, where the attackers
-run: on one machine they take cycles the swarm would have had, which a real attacker's machines
-would not. Timings on a shared 2-core machine are noisy: compare rows of one invocation, and use
---rounds for medians.
+memory; the goal is >= 0.8 everywhere. The attackers run in a process of their own at the
+lowest CPU priority (`--attacker-nice`, default 19; tests/hostile/campaign.NicedCampaign): on one
+machine they would otherwise take cycles from the services and workers that a real attacker's
+own machines would not (the summary printed to stderr says how much each attacker did). Rows
+without a ratio give that context: the CPU the swarm's processes, the attackers and this process
+(the probes) used over the window, in cores. Timings on a shared 2-core machine are
+noisy: compare rows of one invocation, and use --rounds for medians.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ import httpx  # noqa: E402
 
 from swarmrl.procs import ProcessGroup  # noqa: E402
 from swarmrl.swarm import plan_swarm, start_swarm  # noqa: E402
-from tests.hostile.campaign import ALL, HIDDEN, Campaign, HostileRelays, Targets, build_model, swarm_settings  # noqa: E402
+from tests.hostile.campaign import (  # noqa: E402
+    ALL, HIDDEN, HostileRelays, NicedCampaign, Spec, Targets, build_model, swarm_settings,
+)
 from tests.hostile.watch import HealthProbe, RssSampler, cpu_seconds, delta, histogram, percentile, quantile  # noqa: E402
 
 SERVICES = ("coordinator", "verifier", "relay")
@@ -76,9 +80,8 @@ def submit_histogram(url: str) -> list[tuple[float, float]]:
     return histogram(text, "swarmrl_coordinator_request_seconds", route="submit")
 
 
-def phase(name: str, work: Path, model: Path, a: argparse.Namespace, attacks: tuple[str, ...]) -> dict:
+def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...]) -> dict:
     from protocol.identity import KeyPair
-    from protocol.lm import load_tokenizer
 
     root = Path(tempfile.mkdtemp(prefix="hb", dir="/tmp"))  # short: the payloads name paths in it
     root.chmod(0o755)
@@ -106,22 +109,24 @@ def phase(name: str, work: Path, model: Path, a: argparse.Namespace, attacks: tu
                 if dead or time.monotonic() > deadline:
                     raise SystemExit(f"{name}: the swarm did not warm up ({dead or 'timed out'}); logs in {plan.logs}")
                 time.sleep(0.5)
-            tok = load_tokenizer(str(model))
             targets = Targets(marker=root / "open" / "m", key_file=root / "keys" / "coordinator.key", canary_port=9)
-            campaign = Campaign(plan, relays, tok, hidden_size=HIDDEN, targets=targets, attacks=attacks) \
-                if attacks else None
+            adverts = (relays.advert_drip.url, relays.advert_gzip.url) if relays else ()
+            campaign = NicedCampaign(Spec(url, plan.relay_url, str(model), HIDDEN, plan.p2p_bootstrap, adverts,
+                                          targets, attacks), nice=a.attacker_nice) if attacks else None
             everyone = [c.popen.pid for c in group.children]
+            if campaign:
+                campaign.start()  # returns once every attacker runs
             with RssSampler(pids, every_s=0.5) as rss, HealthProbe(int(url.rsplit(":", 1)[1]), every=0.05) as probe:
                 v0, g0 = progress(url, honest)
                 h0, t0 = submit_histogram(url), time.monotonic()
                 c0, s0 = time.process_time(), sum(cpu_seconds(p) for p in everyone)
-                if campaign:
-                    campaign.start()
+                a0 = cpu_seconds(campaign.pid) if campaign else 0.0
                 try:
                     time.sleep(a.seconds)
                     v1, g1 = progress(url, honest)
                     h1, t1 = submit_histogram(url), time.monotonic()
                     c1, s1 = time.process_time(), sum(cpu_seconds(p) for p in everyone)
+                    a1 = cpu_seconds(campaign.pid) if campaign else 0.0
                 finally:
                     if campaign:
                         campaign.stop()
@@ -131,12 +136,13 @@ def phase(name: str, work: Path, model: Path, a: argparse.Namespace, attacks: tu
                "/health p99 ms": percentile(probe.latencies, 0.99),
                "submit p99 ms": quantile(delta(h1, h0), 0.99) * 1000,
                "health errors": probe.errors, "all alive": alive,
-               "swarm CPU cores": (s1 - s0) / (t1 - t0), "this process CPU cores": (c1 - c0) / (t1 - t0)}
+               "swarm CPU cores": (s1 - s0) / (t1 - t0), "attackers CPU cores": (a1 - a0) / (t1 - t0),
+               "bench process CPU cores": (c1 - c0) / (t1 - t0)}
         for n in SERVICES:
             out[f"{n} RSS MiB"] = rss.peak(n) / 2**20
             out[f"{n}+children RSS MiB"] = rss.peak(n, tree=True) / 2**20
         if campaign:
-            out["campaign"] = campaign.summary()
+            out["campaign"] = {**campaign.summary, "relay_hits": relays.hits() if relays else {}}
             out["marker written"] = targets.marker.exists()
         return out
     finally:
@@ -153,7 +159,7 @@ def phase(name: str, work: Path, model: Path, a: argparse.Namespace, attacks: tu
 RATES = ("versions/min", "accepted groups/min")
 ROWS = (*RATES, "/health p99 ms", "submit p99 ms",
         *(f"{n}{s} RSS MiB" for n in SERVICES for s in ("", "+children")))
-CONTEXT = ("swarm CPU cores", "this process CPU cores")  # printed without a ratio
+CONTEXT = ("swarm CPU cores", "attackers CPU cores", "bench process CPU cores")  # printed without a ratio
 
 
 def ratio(row: str, clean: float, attack: float) -> float:
@@ -183,6 +189,8 @@ def main() -> None:
     ap.add_argument("--honest-workers", type=int, default=2)
     ap.add_argument("--attacks", default="all", help=f"comma-separated, of: {', '.join(ALL)} (or all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attacker-nice", type=int, default=19,
+                    help="CPU priority of the attackers' process (the workers run at 10; 0 = as the services)")
     ap.add_argument("--keep", action="store_true", help="keep each phase's run folder (logs, database)")
     a = ap.parse_args()
     attacks = ALL if a.attacks == "all" else tuple(x.strip() for x in a.attacks.split(","))
@@ -193,14 +201,14 @@ def main() -> None:
         for r in range(a.rounds):
             for name, which in (("clean", ()), ("attack", attacks)):
                 t = time.monotonic()
-                res = phase(name, Path(d), model, a, which)
+                res = phase(name, model, a, which)
                 runs[name].append(res)
                 print(f"round {r + 1} {name}: {time.monotonic() - t:.0f} s, all alive: {res['all alive']}, "
                       f"/health errors: {res['health errors']}", file=sys.stderr)
                 if "campaign" in res:
                     print(f"  attackers: {res['campaign']}; marker written: {res['marker written']}", file=sys.stderr)
     print(f"bench/hostile.py: {a.honest_workers} honest workers, {a.seconds:g} s measured per phase, "
-          f"{a.rounds} round(s), attacks: {', '.join(attacks)}")
+          f"{a.rounds} round(s), attacks: {', '.join(attacks)} (attackers at nice {a.attacker_nice})")
     print(table(runs))
 
 

@@ -7,9 +7,13 @@ hostile-swarm test (tests/integration/test_hostile_swarm.py) and bench/hostile.p
     relays.follow(plan.relay_url)                     # the drip relays serve the honest relay's bytes
     with ProcessGroup(plan.logs) as group:
         start_swarm(plan, group)
-        with Campaign(plan, relays, tokenizer, hidden_size=64, targets=Targets(...)) as attack:
+        with Campaign.against(plan, relays, tokenizer, hidden_size=64, targets=Targets(...)) as attack:
             ...                                       # the run goes on under attack
-        attack.summary()                              # what each attacker did and was answered
+        attack.summary(), relays.hits()               # what each attacker did and was answered
+
+`NicedCampaign(Spec(...), nice=10)` runs a campaign in a process of its own at a lower CPU
+priority (as the local swarm runs its workers): on one machine the attackers would otherwise
+take cycles from the services that a real attacker's own machines would not (bench/hostile.py).
 
 How each attacker reaches its victims, as it would in a deployment:
 
@@ -146,10 +150,12 @@ class Targets:
 
 @dataclass
 class Campaign:
-    plan: Any                                # swarmrl.swarm.SwarmPlan
-    relays: HostileRelays | None
+    coordinator_url: str
+    relay_url: str                           # the honest relay (the slowloris' second target)
     tokenizer: Any
     hidden_size: int
+    p2p_bootstrap: str = ""                  # the coordinator's libp2p multiaddr ("": no advert flood)
+    advert_urls: tuple[str, ...] = ()        # hostile relays only adverts name (HostileRelays.advert_*)
     targets: Targets | None = None
     attacks: tuple[str, ...] = ALL
     flood_n: int = 16
@@ -158,6 +164,13 @@ class Campaign:
     slow_n: int = 4
     advert_keys: int = 16
     advert_every_s: float = 20.0
+
+    @classmethod
+    def against(cls, plan: Any, relays: HostileRelays | None, tokenizer: Any, **kw: Any) -> "Campaign":
+        """A campaign against the swarm of `plan` (swarmrl.swarm.SwarmPlan) with `relays`' adverts."""
+        adverts = (relays.advert_drip.url, relays.advert_gzip.url) if relays else ()
+        return cls(plan.coordinator_url, plan.relay_url, tokenizer, p2p_bootstrap=plan.p2p_bootstrap,
+                   advert_urls=adverts, **kw)
 
     def __post_init__(self) -> None:
         unknown = set(self.attacks) - set(ALL)
@@ -181,8 +194,8 @@ class Campaign:
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> "Campaign":
         self.started_at = time.monotonic()
-        url = self.plan.coordinator_url
-        coord, relay = urlsplit(url), urlsplit(self.plan.relay_url)
+        url = self.coordinator_url
+        coord, relay = urlsplit(url), urlsplit(self.relay_url)
         if "payload" in self.attacks:
             self.payload = payload_worker(url, self.tokenizer, self.targets.programs(), hidden_size=self.hidden_size,
                                           sources=addresses(200, 50)).start()
@@ -194,7 +207,7 @@ class Campaign:
             for i, (target, port) in enumerate((("coordinator", coord.port), ("relay", relay.port))):
                 for j, phase in enumerate(("headers", "body", "idle")):
                     self._thread(self._slowloris, target, port, phase, addresses(40 + 10 * (3 * i + j), self.slow_n))
-        if "adverts" in self.attacks and self.plan.p2p_bootstrap:
+        if "adverts" in self.attacks and self.p2p_bootstrap:
             self._thread(self._adverts)
         return self
 
@@ -253,20 +266,19 @@ class Campaign:
         from protocol.messages import RunInfo
         from shardcast.p2p import P2PConfig, P2PNode
 
-        info = RunInfo.model_validate_json(httpx.get(self.plan.coordinator_url + "/v1/run", timeout=10).content)
-        cfg = P2PConfig(allow_private_addresses=True, bootstrap=[self.plan.p2p_bootstrap], bootstrap_interval_s=0.5)
+        info = RunInfo.model_validate_json(httpx.get(self.coordinator_url + "/v1/run", timeout=10).content)
+        cfg = P2PConfig(allow_private_addresses=True, bootstrap=[self.p2p_bootstrap], bootstrap_interval_s=0.5)
         self.node = P2PNode(cfg, KeyPair.generate(), info.run_id, PublicKey.from_hex(info.operator_key),
                             PublicKey.from_hex(info.coordinator_key))
         self.node.start()
-        boot_peer = self.plan.p2p_bootstrap.rsplit("/", 1)[-1]
+        boot_peer = self.p2p_bootstrap.rsplit("/", 1)[-1]
         while boot_peer not in self.node.connected_peers():
             if self._stop.wait(0.2):
                 return
         self._stop.wait(2.0)  # gossipsub meshes form on the heartbeat
         # one URL per key (receivers keep one unendorsed relay per signer): the hostile relays
         # that only adverts name, and dead ports
-        hostile = [self.relays.advert_drip.url, self.relays.advert_gzip.url] if self.relays else []
-        urls = [*hostile, "http://127.0.0.1:1", "http://127.0.0.1:9"]
+        urls = [*self.advert_urls, "http://127.0.0.1:1", "http://127.0.0.1:9"]
         while not self._stop.is_set():
             flood_relay_adverts(self.node, info.run_id, keys=self.advert_keys, url=lambda i: urls[i % len(urls)],
                                 urls_per_key=1)
@@ -275,7 +287,7 @@ class Campaign:
 
     def _run_id(self) -> str:
         if not hasattr(self, "_rid"):
-            self._rid = httpx.get(self.plan.coordinator_url + "/v1/run", timeout=10).json()["run_id"]
+            self._rid = httpx.get(self.coordinator_url + "/v1/run", timeout=10).json()["run_id"]
         return self._rid
 
     # -- what happened ------------------------------------------------------------------------
@@ -292,6 +304,73 @@ class Campaign:
                               "longest_s": max((x for x in v if x is not None), default=None)}
                           for k, v in lifetimes.items()},
             "advert_rounds": self.advert_rounds,
-            "relay_hits": self.relays.hits() if self.relays else {},
             "errors": list(self.errors) + (self.payload.errors if self.payload else []) + (self.spam.errors if self.spam else []),
         }
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A campaign for another process (picklable): `Campaign`'s fields, the tokenizer by its model folder."""
+
+    coordinator_url: str
+    relay_url: str
+    model_dir: str
+    hidden_size: int
+    p2p_bootstrap: str = ""
+    advert_urls: tuple[str, ...] = ()
+    targets: Targets | None = None
+    attacks: tuple[str, ...] = ALL
+
+
+def _niced(spec: Spec, conn: Any, nice: int) -> None:
+    import os
+
+    from protocol.lm import load_tokenizer
+
+    os.nice(nice)
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "model_dir"}
+    campaign = Campaign(tokenizer=load_tokenizer(spec.model_dir), **fields).start()
+    conn.send("started")
+    conn.recv()  # anything (or the parent gone) means stop
+    campaign.stop()
+    conn.send(campaign.summary())
+
+
+class NicedCampaign:
+    """`spec`'s campaign in a process of its own at `nice` (see the module docstring); leaving
+    the `with` block stops it and puts its summary in `.summary`."""
+
+    def __init__(self, spec: Spec, nice: int = 10, timeout_s: float = 120.0):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # this process runs threads: never fork it
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_niced, args=(spec, child, nice), daemon=True, name="campaign")
+        self.timeout_s = timeout_s
+        self.summary: dict = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def start(self) -> "NicedCampaign":
+        self._proc.start()
+        if not self._conn.poll(self.timeout_s):
+            self._proc.kill()
+            raise RuntimeError("the campaign process did not start")
+        self._conn.recv()
+        return self
+
+    def stop(self) -> None:
+        self._conn.send("stop")
+        if self._conn.poll(self.timeout_s):
+            self.summary = self._conn.recv()
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+    def __enter__(self) -> "NicedCampaign":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

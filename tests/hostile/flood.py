@@ -46,6 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 SLICE = 64 * 1024
+_bodies: dict[tuple[int, str], bytes] = {}
 
 
 def connect(host: str, port: int, source: str | None = None, timeout_s: float = 30.0) -> socket.socket:
@@ -118,7 +119,8 @@ class BigBodies:
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.body = envelope_shaped(self.size, run_id=self.run_id)
+        self.body = _bodies.get((self.size, self.run_id)) or envelope_shaped(self.size, run_id=self.run_id)
+        _bodies[(self.size, self.run_id)] = self.body  # waves of a flood send the same bytes (built once)
         self._threads: list[threading.Thread] = []
         self._go = threading.Event()
         self._sent = threading.Semaphore(0)

@@ -20,9 +20,10 @@ rejected-submission spammer. The test checks the state transitions the issue ask
   consumed by the trainer, or dropped as stale or for a ban; what the trainer trained was
   consumed; nothing accepted is in limbo.
 
-`test_hostile_swarm_every_attacker` (slow, ~2-3 min here) runs all of them for at least 40 s
-of attack; the default-suite test runs four at once (eval payload, hostile relays, 4 MB flood,
-slowloris) for a few versions.
+`test_hostile_swarm_every_attacker` (slow, ~2.5 min here) runs all of them for at least 40 s
+of attack; the default-suite test runs four at once (eval payload, gzip-bomb relay, 4 MB flood,
+slowloris) for a few versions (~1.5 min on this shared 2-core machine; the drip relay, which
+costs each victim one minimum-rate window at first contact, is left to the slow test).
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def run_hostile_swarm(tmp_path: Path, root: Path, *, honest_workers: int, attack
 
                 # -- under attack
                 tok = load_tokenizer(str(model))
-                with Campaign(plan, relays, tok, hidden_size=HIDDEN, targets=targets, attacks=attacks) as attack:
+                with Campaign.against(plan, relays, tok, hidden_size=HIDDEN, targets=targets,
+                                      attacks=attacks) as attack:
                     def attacked():
                         v, w = _progress(plan)
                         done = (v >= v0 + attack_versions and time.monotonic() - before_attack >= min_attack_s
@@ -168,7 +170,7 @@ def run_hostile_swarm(tmp_path: Path, root: Path, *, honest_workers: int, attack
 
                     v1, w1 = wait_until(attacked, 300, f"{attack_versions} versions and honest work under attack",
                                         every=0.5, group=group)
-                summary = attack.summary()
+                summary = {**attack.summary(), "relay_hits": relays.hits()}
                 peak_attack = {n: (rss.peak(n, since=before_attack), rss.peak(n, tree=True, since=before_attack))
                                for n in pids}
                 halfway = before_attack + summary["seconds"] / 2
@@ -281,8 +283,8 @@ def _check_nothing_verified_lost(plan) -> None:
     assert trained and trained <= consumed, sorted(trained - consumed)[:5]
 
 
-def test_hostile_swarm_payload_relays_flood_and_slowloris_at_once(tmp_path, root):
-    run_hostile_swarm(tmp_path, root, honest_workers=1, attacks=("payload", "drip", "gzip", "flood", "slowloris"),
+def test_hostile_swarm_payload_gzip_relay_flood_and_slowloris_at_once(tmp_path, root):
+    run_hostile_swarm(tmp_path, root, honest_workers=1, attacks=("payload", "gzip", "flood", "slowloris"),
                       attack_versions=3, min_attack_s=12.0)
 
 
