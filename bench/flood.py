@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -75,53 +73,9 @@ def start(code: Path, cfg: Path, tmp: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(port_file.read_text())
 
 
-class HealthProbe:
-    """GET /health every `every` s on one keep-alive connection; latencies in ms, errors counted."""
-
-    def __init__(self, port: int, every: float):
-        import httpx
-
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        self.every = every
-        self.latencies: list[float] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                ok = self.http.get("/health").status_code == 200
-            except Exception:  # noqa: BLE001 - any failure to answer is what we count
-                ok = False
-            dt = (time.perf_counter() - t0) * 1000
-            if ok:
-                self.latencies.append(dt)
-            else:
-                self.errors += 1
-            self._stop.wait(max(0.0, self.every - dt / 1000))
-
-    def __enter__(self) -> "HealthProbe":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(70)
-        self.http.close()
-
-
-def summary(lat: list[float]) -> tuple[str, str, str]:
-    if not lat:
-        return "-", "-", "-"
-    s = sorted(lat)
-    p99 = s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
-    return f"{statistics.median(s):.1f}", f"{p99:.1f}", f"{s[-1]:.1f}"
-
-
 def measure(code: Path, label: str, run: str, args, tmp: Path, model: Path, operator_hex: str) -> list[list[str]]:
     from tests.hostile.flood import BigBodies
+    from tests.hostile.watch import HealthProbe, summary
 
     spec = RUNS[run]
     cfg = write_config(tmp / "coordinator.toml", tmp, model, operator_hex, spec["group_size"], spec["max_tokens"])

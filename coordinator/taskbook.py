@@ -57,7 +57,7 @@ class TaskBook:
             tokenizer = load_tokenizer(model_ref)
             eos = eos_token_id(tokenizer)
             source = get_source(task_kind, seed=task_seed, options=task_options)
-            shared().start(warm=(task_kind,))
+            shared().start(warm=(source.kind,))  # the scorer its tasks name (option `scorer`)
         except ProtocolError as exc:
             raise ConfigError(str(exc)) from exc
         except (OSError, ValueError) as exc:

@@ -31,7 +31,8 @@ With `peers` (a shardcast.p2p.PeerShards over the role's running libp2p node), t
 layer joins in, always beside HTTP and never trusted more: relays advertised on the run's
 topic are used beside the configured ones (and dropped when their adverts are withdrawn or
 expire; configured ones stay; which adverts are kept is the swarm view's rule: operator-
-endorsed relays, plus a small budget of unendorsed ones); a version announced on the topic wins the race of
+endorsed relays, plus a small budget of unendorsed ones; an unendorsed one gets shards only when
+no other source is usable, `selection`); a version announced on the topic wins the race of
 `wait_for_version` against the relays' long-polls (its embedded manifest verified like a
 relay's); a manifest is taken from the swarm before relays are asked; shards the relays
 cannot deliver (no relay, or no byte for `PEER_STALL_S`) come from peers, each checked
@@ -284,7 +285,7 @@ class ShardcastClient:
             return
         advertised = {r.url.rstrip("/"): r for r in self.peers.node.relays()}
         for url, r in advertised.items():
-            if url not in self._configured and self.sources.add(url):
+            if url not in self._configured and self.sources.add(url, vouched=r.endorsed):
                 self._learned.add(url)
                 log.info("relay %s learned from the swarm (advertised by %s, %s, region %r)", url,
                          r.signer_id, "endorsed by the operator" if r.endorsed else "not endorsed",

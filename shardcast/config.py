@@ -23,7 +23,8 @@ class FrontLimits(BaseModel):
     body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive whole this soon after "
                                   "its head; slower, the connection is closed")
     idle_timeout_s: float = Field(75.0, gt=0, description="a keep-alive connection silent this long between "
-                                  "requests is closed")
+                                  "requests is closed (a new connection must start its first request within "
+                                  "header_timeout_s)")
     max_connections_per_address: int = Field(64, ge=1, description="open connections one client address may "
                                              "hold; more are answered 503 and closed")
     max_connections: int = Field(4096, ge=1, description="open connections in all; more are answered 503 "

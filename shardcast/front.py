@@ -20,8 +20,9 @@ by shardcast.node_server.
 
 Slow and greedy clients (shardcast.front_guard, limits from `FrontLimits`): connections per
 client address and in all are capped (503 and closed at once); a request head must arrive
-within `header_timeout_s` of its first byte and a body within `body_timeout_s` of its head
-(else the connection is closed); bodies must declare a length within their route's cap
+within `header_timeout_s` of its first byte (a new connection's first byte within
+`header_timeout_s` of its opening) and a body within `body_timeout_s` of its head (else the
+connection is closed); bodies must declare a length within their route's cap
 (411, 413); a head that is not plain HTTP/1.x is answered 400. Each refusal is counted in
 shardcast_front_refusals{reason} and logged at debug level only (an attacker must not be
 able to fill the log).
@@ -124,10 +125,12 @@ class ShardFront:
             writer.close()
             return
         self._tasks.add(task)
+        opening = True
         try:
             while True:
                 try:
-                    head = await read_head(reader, self.limits)
+                    head = await read_head(reader, self.limits, opening=opening)
+                    opening = False
                 except TimeoutError:
                     self.m.front_refusals.labels("head_timeout").inc()
                     log.debug("closed a connection from %s: no complete request head within %g s", address,

@@ -7,8 +7,10 @@ seconds kept a connection open for minutes, issue 18). shardcast.front applies, 
 
 - `Admission`: open connections per client address and in all; over a cap the connection
   is answered 503 at once and closed, before a byte of it is read;
-- `read_head`: between requests a connection may stay silent `idle_timeout_s`; once the
-  first byte of a request arrives, its whole head (at most HEAD_LIMIT bytes) must follow
+- `read_head`: between requests a connection may stay silent `idle_timeout_s`, but a new
+  connection must start its first request within `header_timeout_s` of opening (a client
+  that connects and says nothing held a connection for the whole idle timeout before); once
+  the first byte of a request arrives, its whole head (at most HEAD_LIMIT bytes) must follow
   within `header_timeout_s`;
 - `body_length` / `read_body`: a request body must declare its length (no chunked
   bodies: 411), stay within the cap of its route (`body_caps` by path prefix, else
@@ -106,12 +108,14 @@ class Admission:
             del self.by_address[address]
 
 
-async def read_head(reader: asyncio.StreamReader, limits: FrontLimits) -> bytes | None:
+async def read_head(reader: asyncio.StreamReader, limits: FrontLimits, *, opening: bool = False) -> bytes | None:
     """The next request head; None when the client closed or stayed silent `idle_timeout_s`
-    between requests. Raises TimeoutError when a head that started does not end within
-    `header_timeout_s`, asyncio.LimitOverrunError when it is over HEAD_LIMIT."""
+    between requests (`header_timeout_s` after the connection's `opening`). Raises TimeoutError
+    when a head that started does not end within `header_timeout_s`, asyncio.LimitOverrunError
+    when it is over HEAD_LIMIT."""
     try:
-        first = await asyncio.wait_for(reader.readexactly(1), limits.idle_timeout_s)
+        silence = limits.header_timeout_s if opening else limits.idle_timeout_s
+        first = await asyncio.wait_for(reader.readexactly(1), silence)
     except (asyncio.IncompleteReadError, TimeoutError):
         return None
     try:

@@ -15,7 +15,14 @@ Policy:
   it ranks behind every source that delivers once its bench ends;
 - among usable sources, a source never measured and idle is tried first (exploration), then
   the one with the smallest expected time to deliver one more shard given the transfers
-  already running on it: (inflight + 1) / (throughput x success rate).
+  already running on it: (inflight + 1) / (throughput x success rate), where a source not
+  measured yet is taken to be as fast as the best source measured on a completed transfer;
+- an *unvouched* source (a relay only an unendorsed libp2p advert names: anyone can make
+  one, with throw-away keys, at any URL) is never explored first and, until it completes a
+  transfer, counts as delivering 1 byte/s: it gets shards only when no other source is
+  usable. Explored like the others, every new drip relay an advert flood named held one
+  shard of each client for a whole minimum-rate window, and fresh URLs every advert round
+  kept a whole swarm at a fraction of its speed (tests/integration/test_hostile_swarm.py).
 """
 
 from __future__ import annotations
@@ -41,13 +48,14 @@ class SourceStats:
     benched_until: float = 0.0
     hostile_until: float = 0.0
     last_error: str = ""
+    vouched: bool = True                  # False: explored last, slow until proven (see the docstring)
 
     def usable(self, now: float) -> bool:
         return now >= self.hostile_until and now >= self.benched_until
 
 
 def expected_seconds(s: SourceStats, best_bps: float) -> float:
-    bps = s.throughput_bps if s.throughput_bps is not None else best_bps
+    bps = s.throughput_bps if s.throughput_bps is not None else best_bps if s.vouched else 1.0
     success = (s.successes + 1) / (s.successes + s.failures + 1)
     return (s.inflight + 1) / max(bps * success, 1.0)
 
@@ -58,10 +66,16 @@ def choose(stats: list[SourceStats], now: float, rng: random.Random,
     usable = [s for s in stats if s.url not in exclude and s.usable(now)]
     if not usable:
         return None
-    fresh = [s for s in usable if s.throughput_bps is None and s.inflight == 0]
+    fresh = [s for s in usable if s.throughput_bps is None and s.inflight == 0 and s.vouched]
     if fresh:
         return rng.choice(fresh)
-    known = [s.throughput_bps for s in usable if s.throughput_bps is not None]
+    # An unmeasured source counts as fast as the best rate measured on a transfer that
+    # completed. A rate taken from a transfer dropped as too slow (`record_slow`: a dripping
+    # relay's bytes per second) says nothing about the others: used as "best", it made a busy
+    # honest relay, unmeasured because its shards are small, look as slow as the drip, which
+    # then got the next shard and held it for a whole rate window, every version (found by
+    # tests/integration/test_hostile_swarm.py).
+    known = [s.throughput_bps for s in usable if s.throughput_bps is not None and s.successes > 0]
     best = max(known) if known else 1e9
     costs = [(expected_seconds(s, best), rng.random(), s) for s in usable]
     return min(costs, key=lambda c: (c[0], c[1]))[2]
@@ -124,13 +138,14 @@ class Sources:
     # Sources may be added and removed while transfers run (relays learned from the libp2p
     # swarm layer come and go): `urls` is replaced, never mutated, and a report about a URL
     # removed meanwhile is ignored.
-    def add(self, url: str) -> bool:
-        """Start using `url` (True when it is new)."""
+    def add(self, url: str, vouched: bool = True) -> bool:
+        """Start using `url` (True when it is new); `vouched=False` for a source nobody the
+        client trusts named (see the module docstring)."""
         url = url.rstrip("/")
         with self._lock:
             if url in self.stats:
                 return False
-            self.stats[url] = SourceStats(url)
+            self.stats[url] = SourceStats(url, vouched=vouched)
             self.urls = [*self.urls, url]
             return True
 

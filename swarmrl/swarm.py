@@ -11,6 +11,12 @@ per-address limits (several identities and processes share the address); a real 
 exempts nobody. The dashboard's operator token is written to `keys/operator.token`
 (`SwarmPlan.operator_token`); without it the dashboard shows the public view.
 
+`SwarmSettings.env`, `.extra_relays` and `.overrides` let a test or bench change what an
+operator (or a worker's owner) could change in these files: extra environment (e.g.
+`SWARMRL_SCORER_MODULES`), other relays in a role's `relays` list (e.g. hostile ones before
+the honest relay: tests/hostile), and any config value of a role ("coordinator", "trainer",
+"relay", "verifier", or a worker's name), merged into its file as `--set` would.
+
 The libp2p swarm layer (shardcast.p2p) is on when libp2p imports (`SwarmSettings.p2p`):
 the coordinator's node listens on a port chosen like the others and is the bootstrap peer;
 the relay is configured with its multiaddr (and advertises itself on the topic); workers and
@@ -25,6 +31,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from coordinator.config import (
     LOOPBACK,
     CoordinatorConfig,
@@ -34,6 +42,7 @@ from coordinator.config import (
     TaskConfig,
 )
 from coordinator.trainer.config import EvalConfig, TrainerConfig
+from protocol.config import load_config
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig, RelayConfig
 from shardcast.p2p import P2PConfig, bootstrap_multiaddr, libp2p_available
@@ -73,6 +82,10 @@ class SwarmSettings:
     # busy workers, which only need the cycles left over. (bench/learning: with it alone the
     # verification queue's wait fell from 2.2 s to 1.2 s median; batching verdicts did the rest.)
     worker_nice: int = 10
+    # Hooks for tests and benches that put hostile parties next to the honest ones:
+    env: dict[str, str] = field(default_factory=dict)            # extra environment of every role's process
+    extra_relays: dict[str, list[str]] = field(default_factory=dict)  # role -> URLs listed before the honest relay
+    overrides: dict[str, dict] = field(default_factory=dict)     # role -> nested config values over the plan's
 
 
 @dataclass
@@ -133,7 +146,7 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
     cfgdir = root / "config"
     configs: dict[str, Path] = {}
 
-    configs["coordinator"] = write_config(cfgdir / "coordinator.toml", CoordinatorConfig(
+    configs["coordinator"] = _write(s, "coordinator", cfgdir, CoordinatorConfig(
         run_id=run_id, host=HOST, port=ports["coordinator"], data_dir=root / "coordinator",
         key_file=keys / "coordinator.key", operator_key=operator.public.hex,
         verifier_keys=[verifier.public.hex], model=str(model_dir), relays=[relay_url], tasks=task,
@@ -141,7 +154,7 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         group_size=s.group_size, async_window=s.async_window, limits=LimitsConfig(exempt_addresses=LOOPBACK),
         dashboard=DashboardConfig(operator_token_file=str(_operator_token_file(keys))),
         p2p=P2PConfig(**local, listen_host=HOST, listen_port=ports["p2p"])))
-    configs["trainer"] = write_config(cfgdir / "trainer.toml", TrainerConfig(
+    configs["trainer"] = _write(s, "trainer", cfgdir, TrainerConfig(
         run_id=run_id, coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),
         data_dir=root / "trainer", port=0, threads=1, lr=s.lr, groups_per_step=s.groups_per_step,
         updates_per_batch=s.updates_per_batch, grad_clip=s.grad_clip,
@@ -150,20 +163,21 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
                             shard_size=1024 * 1024, keep_versions=s.keep_versions),
         eval=EvalConfig(every_versions=s.eval_every, num_tasks=s.eval_tasks),
         tasks_kind="arithmetic", tasks_seed=s.seed, tasks_options=s.task_options, max_eval_tokens=s.max_tokens))
-    configs["relay"] = write_config(cfgdir / "relay.toml", RelayConfig(
+    configs["relay"] = _write(s, "relay", cfgdir, RelayConfig(
         upstreams=[origin_url], operator_key=operator.public.hex, host=HOST, port=ports["relay"],
         data_dir=root / "relay", keep_versions=s.keep_versions, run_id=run_id,
         p2p=P2PConfig(**local, bootstrap=[p2p_boot] if p2p_on else [])))
-    configs["verifier"] = write_config(cfgdir / "verifier.toml", VerifierConfig(
+    configs["verifier"] = _write(s, "verifier", cfgdir, VerifierConfig(
         coordinator_url=coord_url, key_file=keys / "verifier.key", data_dir=root / "verifier",
-        relays=[relay_url], threads=1, p2p=peer_cfg))
+        relays=[*s.extra_relays.get("verifier", []), relay_url], threads=1, p2p=peer_cfg))
     workers, cheaters = [], []
     for i in range(s.honest_workers + s.cheaters):
         honest = i < s.honest_workers
         name = f"worker-{i + 1}" if honest else f"cheater-{i - s.honest_workers + 1}"
         (workers if honest else cheaters).append(name)
-        configs[name] = write_config(cfgdir / f"{name}.toml", WorkerConfig(
+        configs[name] = _write(s, name, cfgdir, WorkerConfig(
             coordinator_url=coord_url, key_file=root / name / "worker.key", data_dir=root / name,
+            relays=[*s.extra_relays[name], relay_url] if name in s.extra_relays else [],
             engine="transformers", device=s.worker_device, dtype="float32" if s.worker_device == "cpu" else "auto",
             threads=1, max_tasks=s.worker_max_tasks,
             json_logs=True, p2p=peer_cfg))
@@ -172,9 +186,17 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
                      worker_names=workers, cheater_names=cheaters, p2p_bootstrap=p2p_boot)
 
 
+def _write(s: SwarmSettings, name: str, cfgdir: Path, cfg: BaseModel) -> Path:
+    """Write role `name`'s config file, with `s.overrides[name]` merged in (checked like a file's)."""
+    path = write_config(cfgdir / f"{name}.toml", cfg)
+    if s.overrides.get(name):
+        write_config(path, load_config(type(cfg), path, overrides=s.overrides[name]))
+    return path
+
+
 def start_swarm(plan: SwarmPlan, group: ProcessGroup, *, workers: bool = True) -> None:
     """Start every role of `plan` in `group` (each with one compute thread)."""
-    env = child_env(threads=1)
+    env = child_env(threads=1, extra=plan.settings.env)
     cfg = plan.configs
     group.start("coordinator", ["coordinator", "--config", str(cfg["coordinator"])], env=env)
     group.start("trainer", ["trainer", "--config", str(cfg["trainer"])], env=env)
@@ -185,7 +207,7 @@ def start_swarm(plan: SwarmPlan, group: ProcessGroup, *, workers: bool = True) -
 
 
 def start_workers(plan: SwarmPlan, group: ProcessGroup) -> None:
-    env = child_env(threads=1)
+    env = child_env(threads=1, extra=plan.settings.env)
     nice = plan.settings.worker_nice
     for name in plan.worker_names:
         group.start(name, ["worker", "--config", str(plan.configs[name])], env=env, nice=nice)

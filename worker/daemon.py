@@ -315,7 +315,15 @@ class Daemon:
             return False
         self.state.set(phase=f"loading policy v{version}")
         t0 = time.perf_counter()
-        self.engine.load(path, version)
+        try:
+            self.engine.load(path, version)
+        except OSError as exc:
+            if path.exists():
+                raise
+            # pruned while it was being read (new versions every second prune old ones):
+            # the same as above; the engine holds no version until a load completes
+            log.warning("policy version %d left the cache while it was loaded (%s); planning again", version, exc)
+            return False
         self.state.set(policy_version=version)
         log.info("policy version %d loaded in %.2f s", version, time.perf_counter() - t0)
         return True

@@ -37,30 +37,43 @@ batch (one worker's own submission): the sandbox stops it from reaching anything
 the verifier's sampling check rejects text the policy did not generate.
 
 A later scorer (answer extraction, math-verify, reasoning-gym with metadata) plugs in through
-`protocol.tasks` (a registered kind or a `<module>:<function>` reference) and runs here
-unchanged. Limits are a protocol rule (`protocol.sandbox.limits`).
+`protocol.tasks` (a registered kind or a `<module>:<function>` reference, allowed in a process
+by `SWARMRL_SCORER_MODULES=mypkg.rewards,...`) and runs here unchanged. Limits are a protocol rule (`protocol.sandbox.limits`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 from protocol.sandbox.errors import SandboxError
 from protocol.sandbox.limits import DEFAULT_LIMITS, Limits
 from protocol.sandbox.pool import Sandbox, ScoreItem, ScoreResult
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "Sandbox", "SandboxError", "ScoreItem", "ScoreResult", "shared"]
+__all__ = ["DEFAULT_LIMITS", "SCORER_MODULES_ENV", "Limits", "Sandbox", "SandboxError", "ScoreItem", "ScoreResult",
+           "scorer_modules", "shared"]
 
 _shared: Sandbox | None = None
 _shared_lock = threading.Lock()
 
 
+SCORER_MODULES_ENV = "SWARMRL_SCORER_MODULES"
+
+
+def scorer_modules() -> tuple[str, ...]:
+    """The modules whose functions the operator allows as `<module>:<function>` scorers in this
+    process: the comma-separated `SWARMRL_SCORER_MODULES` (empty: none). An environment
+    variable rather than a field of each role's config because the sandbox is process-wide
+    and every role that scores (coordinator, verifier, trainer, audit) must allow the same."""
+    return tuple(m.strip() for m in os.environ.get(SCORER_MODULES_ENV, "").split(",") if m.strip())
+
+
 def shared() -> Sandbox:
     """The process's sandbox with the protocol's limits, started on first use. One per process,
     like a thread pool: the verifier, the audit and the trainer's evaluation use it; the
-    coordinator's TaskBook too unless given its own."""
+    coordinator's TaskBook too unless given its own. It allows the `scorer_modules()`."""
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = Sandbox(DEFAULT_LIMITS)
+            _shared = Sandbox(DEFAULT_LIMITS, allow_modules=scorer_modules())
         return _shared

@@ -11,7 +11,11 @@ Sources are looked up by name (`get_source`): `arithmetic` is built in (the demo
 
 Scorers are named by a reference string, the task kind: a registered kind (`arithmetic`),
 `reasoning_gym:<dataset>`, or `<module>:<function>` (called as `function(completion, answer,
-metadata)`; only where the sandbox was told to allow that module). Completion text comes from
+metadata)`; only where the sandbox was told to allow that module: `SWARMRL_SCORER_MODULES`,
+see `protocol.sandbox.shared`). The task option `scorer` scores a source's tasks with another
+scorer (`options = {"scorer": "mypkg.rewards:judge"}`): its tasks then carry that reference as
+their kind, so the coordinator's intake, the verifier and `swarmrl audit reverify` all score
+with it. Completion text comes from
 workers and is hostile: scorers of public task suites `eval` or `sympy.parse_expr` it. So
 every reward that counts is computed in `protocol.sandbox` (a confined process pool); this
 module only names scorers (`describe`, in the host) and loads them (`load_scorer`, inside
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 from protocol.errors import MessageError
@@ -68,7 +72,34 @@ def register(kind: str, factory: Callable[..., TaskSource], scorer: Callable[[st
     _SCORERS[kind] = (scorer, pure)
 
 
+@dataclass(frozen=True)
+class Rescored:
+    """A source whose tasks are scored by `kind` (a scorer reference) instead of their own."""
+
+    source: TaskSource
+    kind: str
+
+    def task(self, split: str, index: int) -> Task:
+        return replace(self.source.task(split, index), kind=self.kind)
+
+    def size(self, split: str) -> int:
+        return self.source.size(split)
+
+
 def get_source(kind: str, seed: int = 0, options: dict | None = None) -> TaskSource:
+    """The task source `kind` with `options`; the option `scorer` (a scorer reference) rescores it."""
+    options = dict(options or {})
+    scorer = options.pop("scorer", None)
+    source = _source(kind, seed, options)
+    if scorer is None:
+        return source
+    if not isinstance(scorer, str):
+        raise MessageError(f"task option 'scorer' must be a scorer reference string, not {scorer!r}")
+    describe(scorer)  # MessageError when it names no scorer
+    return Rescored(source, scorer)
+
+
+def _source(kind: str, seed: int, options: dict) -> TaskSource:
     _load_builtin()
     if kind.startswith("reasoning_gym:"):
         from protocol.tasks.gym import ReasoningGymTasks

@@ -9,6 +9,8 @@ coordinator (in-process or not).
         ...                                   # the run publishes versions; a verifier judges
         spam.wait_for(versions=5, timeout_s=60)
     spam.spammed                              # [(version, peer id, HTTP status of the submission)]
+    spam.submitted                            # ids of the submissions the coordinator took
+    spam.seen                                 # every answer body the coordinator sent it
 
     status, detail = replay(captured_envelope, "http://127.0.0.1:8701", "/v1/trainer/batch")
 
@@ -22,7 +24,9 @@ What they do:
   (`checkpoints.rejected_max_versions` / `_bytes`) that pinned every checkpoint in the archive
   (200 of 200 versions kept instead of 35). It needs `join.identities_per_address` to let one
   address register many identities (0, or the spammer's address exempt), as a spammer with many
-  addresses would have.
+  addresses would have -- or `sources`: local addresses (127.0.0.2, ...) the identities take
+  in turn, each speaking from its own. `completions(lease, version)` replaces the garbage with
+  any completions (tests/hostile/scoring.PayloadWorker sends eval payloads this way).
 - `replay(envelope, url, path)`: POSTs a captured signed envelope, byte for byte, to another
   service (another run reusing the keys, another role's route); returns (status, detail).
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -73,9 +78,14 @@ def garbage_proof(n_tokens: int, hidden_size: int, seed: int) -> str:
 class EvidenceSpammer:
     """One garbage submission per policy version, each from a throw-away identity (see module docstring)."""
 
-    def __init__(self, url: str, *, hidden_size: int, tokens: tuple[int, ...] = (5, 6), poll_s: float = 0.2):
+    def __init__(self, url: str, *, hidden_size: int, tokens: tuple[int, ...] = (5, 6), poll_s: float = 0.2,
+                 sources: list[str] | None = None,
+                 completions: Callable[[Lease, int], list[Completion]] | None = None):
         self.url, self.hidden_size, self.tokens, self.poll_s = url.rstrip("/"), hidden_size, list(tokens), poll_s
+        self.sources, self.completions = list(sources or []), completions or self.garbage
         self.spammed: list[tuple[int, str, int]] = []
+        self.submitted: list[str] = []
+        self.seen: list[bytes] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="evidence-spammer", daemon=True)
@@ -101,18 +111,35 @@ class EvidenceSpammer:
             time.sleep(0.05)
         return len(self.spammed) >= versions
 
+    def _client(self, n: int) -> httpx.Client:
+        """A client speaking from the n-th of `sources` (else the default address) that keeps
+        every answer body it receives in `seen`."""
+        def keep(r: httpx.Response) -> None:
+            self.seen.append(r.read())
+
+        transport = httpx.HTTPTransport(local_address=self.sources[n % len(self.sources)]) if self.sources else None
+        return httpx.Client(timeout=10.0, transport=transport, event_hooks={"response": [keep]})
+
     def _run(self) -> None:
         done: set[int] = set()
-        with httpx.Client(timeout=10.0) as http:
+        with self._client(0) as poller:
             while not self._stop.is_set():
                 try:
-                    version = PolicyInfo.model_validate_json(http.get(self.url + routes.POLICY).content).version
+                    version = PolicyInfo.model_validate_json(poller.get(self.url + routes.POLICY).content).version
                     if version is not None and version not in done:
                         done.add(version)
-                        self.spammed.append(self._spam_once(http, version))
+                        with self._client(len(done)) as http:
+                            self.spammed.append(self._spam_once(http, version))
                 except (httpx.HTTPError, ProtocolError, ValueError) as exc:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                 self._stop.wait(self.poll_s)
+
+    def garbage(self, lease: Lease, version: int) -> list[Completion]:
+        """`tokens` + EOS for every seed, each with a proof of random hidden states."""
+        toks = self.tokens + [lease.eos_token_id]
+        return [Completion(token_ids=toks, finish_reason="eos",
+                           proof=garbage_proof(len(toks), self.hidden_size, seed=version * 1000 + i))
+                for i in range(len(lease.seeds))]
 
     def _spam_once(self, http: httpx.Client, version: int) -> tuple[int, str, int]:
         info = RunInfo.model_validate_json(http.get(self.url + routes.RUN).content)
@@ -125,14 +152,11 @@ class EvidenceSpammer:
         if not leases:
             return version, key.peer_id, 0
         lease = Lease.model_validate(leases[0].body)
-        toks = self.tokens + [lease.eos_token_id]
-        comps = [Completion(token_ids=toks, finish_reason="eos",
-                            proof=garbage_proof(len(toks), self.hidden_size, seed=version * 1000 + i))
-                 for i in range(len(lease.seeds))]
-        sub = Submission(lease_id=lease.lease_id, policy_version=lease.max_policy_version, completions=comps,
-                         engine=EngineInfo(name="spam", dtype="float32"))
+        sub = Submission(lease_id=lease.lease_id, policy_version=lease.max_policy_version,
+                         completions=self.completions(lease, version), engine=EngineInfo(name="spam", dtype="float32"))
         try:
-            client.post_signed(routes.SUBMISSIONS, KIND_SUBMISSION, sub, SubmissionResponse)
+            answer = client.post_signed(routes.SUBMISSIONS, KIND_SUBMISSION, sub, SubmissionResponse)
+            self.submitted.append(answer.submission_id)
             return version, key.peer_id, 200
         except ProtocolError as exc:
             return version, key.peer_id, int(getattr(exc, "status", 0))

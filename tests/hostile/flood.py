@@ -46,6 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 SLICE = 64 * 1024
+_bodies: dict[tuple[int, str], bytes] = {}
 
 
 def connect(host: str, port: int, source: str | None = None, timeout_s: float = 30.0) -> socket.socket:
@@ -75,7 +76,10 @@ def envelope_shaped(size: int, kind: str = "submission", run_id: str = "swarmrl-
 
 def _status(sock: socket.socket, timeout_s: float) -> int | str:
     """The status code of the server's answer, or why there is none."""
-    sock.settimeout(timeout_s)
+    try:
+        sock.settimeout(timeout_s)
+    except OSError:
+        return "stopped"  # closed by `stop` before the answer came
     data = b""
     try:
         while b"\r\n" not in data:
@@ -87,6 +91,8 @@ def _status(sock: socket.socket, timeout_s: float) -> int | str:
         return "reset"
     except TimeoutError:
         return "no answer"
+    except OSError:
+        return "stopped"
     parts = data.split(b"\r\n", 1)[0].split()
     return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else "garbage"
 
@@ -113,7 +119,8 @@ class BigBodies:
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.body = envelope_shaped(self.size, run_id=self.run_id)
+        self.body = _bodies.get((self.size, self.run_id)) or envelope_shaped(self.size, run_id=self.run_id)
+        _bodies[(self.size, self.run_id)] = self.body  # waves of a flood send the same bytes (built once)
         self._threads: list[threading.Thread] = []
         self._go = threading.Event()
         self._sent = threading.Semaphore(0)

@@ -70,6 +70,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     relay: "HostileRelay"
 
+    def handle_error(self, request, client_address) -> None:  # quiet: clients leaving is what it is for
+        pass
+
 
 class HostileRelay:
     """Base: serves on 127.0.0.1:`port` (0 = a free port) until `stop`."""

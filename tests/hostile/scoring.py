@@ -17,6 +17,9 @@ needs only letters, digits, `(`, `)`, `,` and `.`, so even the demo's character 
 can carry it;
 `payload_completions` turns the text into completions with structurally valid proofs;
 `send_payload` signs and posts them. Nothing is left running: there is nothing to stop.
+`payload_worker(url, tokenizer, programs, hidden_size=...)` does the same against a whole
+running swarm, one throw-away identity per policy version (start/stop as
+tests/hostile/evidence.EvidenceSpammer).
 `PAYLOADS` are the hostile programs the sandbox tests use (file write, key read, network
 connect, infinite loop, memory bomb, fork bomb, crash, huge output, forged result frame), and
 `eval_scorer` is a scorer that evals its input like reasoning-gym's do (a `<module>:<function>`
@@ -26,6 +29,7 @@ be tested without the `tasks` extra.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import httpx
@@ -116,10 +120,43 @@ def payload_completions(lease: Any, tokenizer: Any, text: str, *, hidden_size: i
     ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
     if decode_completion(tokenizer, ids) != text:
         raise ValueError("this tokenizer cannot carry the payload exactly; use payload_text() forms")
-    ids = ids[: lease.sampling.max_tokens - 1] + [lease.eos_token_id]
+    if len(ids) >= lease.sampling.max_tokens:
+        raise ValueError(f"the payload takes {len(ids)} tokens + EOS; the run's leases allow "
+                         f"{lease.sampling.max_tokens}: raise sampling.max_tokens or shorten it")
+    ids = ids + [lease.eos_token_id]
     g = torch.Generator().manual_seed(len(ids))
     proof = to_b64(build_proof(torch.randn(len(ids), hidden_size, generator=g)))
     return [Completion(token_ids=ids, finish_reason="eos", proof=proof) for _ in lease.seeds]
+
+
+def arithmetic_answer(prompt: str) -> str:
+    """The answer to the demo's task prompt ("03+04=" -> "7"), worked out as any worker could."""
+    m = re.fullmatch(r"\s*(\d+)([+-])(\d+)=\s*", prompt)
+    if m is None:
+        raise ValueError(f"not an arithmetic prompt: {prompt!r}")
+    a, b = int(m[1]), int(m[3])
+    return str(a + b if m[2] == "+" else a - b)
+
+
+def payload_worker(url: str, tokenizer: Any, programs: list[Callable[[str], str]], *, hidden_size: int,
+                   sources: list[str] | None = None, poll_s: float = 0.2) -> Any:
+    """The eval-payload worker against a running swarm: an `EvidenceSpammer`
+    (tests/hostile/evidence.py: a throw-away identity per policy version, each from the next of
+    `sources`) whose completions are payloads. For its n-th submission the text is
+    `programs[n % len(programs)](answer)`, where `answer` is the answer to the leased arithmetic
+    task: a payload that evaluates to it scores 0.1 with `eval_scorer`, so a reward above 0 shows
+    that the code it ran succeeded (e.g. read a key file). Start and stop it like the spammer."""
+    from tests.hostile.evidence import EvidenceSpammer
+
+    sent = [0]
+
+    def completions(lease: Any, version: int) -> list[Any]:
+        prompt = tokenizer.decode(lease.prompt_token_ids, skip_special_tokens=True)
+        text = programs[sent[0] % len(programs)](arithmetic_answer(prompt))
+        sent[0] += 1
+        return payload_completions(lease, tokenizer, text, hidden_size=hidden_size)
+
+    return EvidenceSpammer(url, hidden_size=hidden_size, poll_s=poll_s, sources=sources, completions=completions)
 
 
 def send_payload(http: httpx.Client, key: Any, lease: Any, tokenizer: Any, text: str, *, hidden_size: int,

@@ -51,6 +51,7 @@ class TransformersEngine:
     def load(self, checkpoint_dir: Path, version: int) -> None:
         checkpoint_dir = Path(checkpoint_dir)
         config_json = (checkpoint_dir / "config.json").read_text()
+        self.version = None  # until the new weights are all in: a load that fails labels nothing
         if self.model is not None and config_json == self._config_json:
             if not reload_weights(self.model, checkpoint_dir, self.device):
                 self.model = load_model(str(checkpoint_dir), self.device, self.dtype)

@@ -130,3 +130,21 @@ def test_a_head_that_is_not_http_is_answered_400_and_a_control_request_still_wor
     assert r.status == 200 and json.loads(r.read())["versions"] == [0]
     assert r.getheader("connection") == "close"
     c.close()
+
+
+def test_a_connection_that_never_sends_a_byte_is_closed_at_the_header_timeout_not_the_idle_one(srv):
+    """A slowloris that connects and says nothing (tests/hostile/flood.Slowloris, phase "idle")
+    held a connection for the whole idle timeout (75 s by default); between the shard requests
+    of a kept-alive connection the idle timeout still applies."""
+    s = raw(srv)
+    t0 = time.monotonic()
+    assert answer(s) == b""                                    # closed without an answer...
+    assert time.monotonic() - t0 < LIMITS.idle_timeout_s - 2   # ...at the header timeout (1 s here)
+    s.close()
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    for _ in range(2):  # silent longer than the header timeout between the two: still served
+        c.request("GET", "/v1/versions/0/shards/0")
+        r = c.getresponse()
+        assert r.status == 200 and len(r.read()) == SIZE
+        time.sleep(LIMITS.header_timeout_s + 0.5)
+    c.close()

@@ -8,7 +8,7 @@ import pytest
 
 from shardcast.layout import versions_to_prune
 from shardcast.selection import (
-    SourceStats, Sources, choose, record_failure, record_hostile, record_success,
+    SourceStats, Sources, choose, record_failure, record_hostile, record_slow, record_success,
 )
 from shardcast.serving import RangeNotSatisfiable, parse_range
 from shardcast.signal import Signal
@@ -37,6 +37,22 @@ def test_choose_tries_unmeasured_sources_first_then_the_fastest():
     assert choose([a, b], 0.0, rng) is b
     b.inflight = 20                              # b is busy: a finishes one more shard sooner
     assert choose([a, b], 0.0, rng) is a
+
+
+def test_a_dripping_source_does_not_make_a_busy_unmeasured_one_look_as_slow():
+    """A relay dropped for dripping is measured at the rate it managed (0.5 B/s); an honest
+    relay that served only small shards (never measured) and has a transfer running must
+    still get the next shard, also once a long-poll answer has ended the drip's bench."""
+    rng = random.Random(0)
+    honest, drip = SourceStats("honest"), SourceStats("drip")
+    for _ in range(4):
+        record_success(honest, 1000, 0.01)          # shards under 64 KiB: no rate measured
+    record_slow(drip, 0.0, 5, 10.0, "sent 5 bytes in 10 s")
+    drip.benched_until, drip.consecutive_failures = 0.0, 0   # Sources.alive after a long-poll
+    honest.inflight = 1
+    assert all(choose([honest, drip], 100.0, rng) is honest for _ in range(50))
+    honest.inflight = 3
+    assert choose([honest, drip], 100.0, rng) is honest
 
 
 def test_failures_bench_a_source_with_backoff_and_success_clears_it():
@@ -119,3 +135,24 @@ def test_a_signed_manifest_with_hidden_paths_is_refused(tmp_path):
         verify_manifest_bytes(sign_manifest(bad, op).model_dump_json().encode(), op.public, None)
     env, got = verify_manifest_bytes(sign_manifest(m, op).model_dump_json().encode(), op.public, "r")
     assert got == m
+
+
+def test_an_unvouched_source_is_not_explored_and_gets_shards_only_when_nothing_else_is_usable():
+    """Relays only an unendorsed libp2p advert names cost an attacker nothing to make: they are
+    not explored with a shard (a drip relay held each one for a whole rate window) and serve
+    only as the last resort; once one completes a transfer it ranks by what it delivered."""
+    rng = random.Random(2)
+    honest = SourceStats("honest")
+    learned = [SourceStats(f"advert-{i}", vouched=False) for i in range(8)]
+    assert all(choose([*learned, honest], 0.0, rng) is honest for _ in range(50))
+    record_success(honest, 1000, 0.01)          # honest served small shards: still unmeasured
+    honest.inflight = 3
+    assert all(choose([*learned, honest], 0.0, rng) is honest for _ in range(50))
+    record_failure(honest, 0.0, "connection refused")      # benched: the learned ones fill in
+    assert choose([*learned, honest], 0.1, rng) in learned
+    record_success(learned[0], 10_000_000, 0.1)            # proven at 100 MB/s: ranks as measured
+    honest.benched_until, honest.inflight = 0.0, 0
+    record_success(honest, 1_000_000, 1.0)                 # 1 MB/s
+    assert choose([*learned, honest], 0.0, rng) is learned[0]
+    s = Sources(["configured"])
+    assert s.add("http://advert", vouched=False) and not s.stats["http://advert"].vouched

@@ -227,3 +227,36 @@ def test_a_worker_with_pins_refuses_a_coordinator_serving_other_keys_before_regi
     wait_until(lambda: len(fake.submissions) >= 1, what="a submission")
     ok.stop()
     assert ok.error is None
+
+
+def test_a_version_pruned_while_it_is_loaded_is_planned_again_not_a_crash(fake, versions, start_daemon):
+    """New versions every second prune old ones from the cache; one that goes between the
+    daemon's check and the engine's read made the honest worker exit with an OSError (seen in
+    tests/integration/test_swarm.py). Here the folder vanishes during the first load and is
+    fetched again: the daemon plans again and goes on."""
+    from worker.engines.transformers_engine import TransformersEngine
+
+    folder = versions.publish(0)
+    away = folder.with_name("away")
+    pruned = []
+    fetch = versions.weights.fetch
+
+    def fetch_again(version, progress=None):
+        if away.exists():
+            away.rename(folder)                     # ...and fetched again
+        return fetch(version, progress)
+
+    versions.weights.fetch = fetch_again
+
+    class PrunedOnce(TransformersEngine):
+        def load(self, checkpoint_dir, version):
+            if not pruned:
+                pruned.append(version)
+                folder.rename(away)                 # pruned under the reader...
+            return super().load(checkpoint_dir, version)
+
+    r = start_daemon(engine=PrunedOnce(device="cpu", dtype="float32", threads=1))
+    wait_until(lambda: len(fake.submissions) >= 2 or not r.thread.is_alive(), what="submissions after the prune")
+    r.stop()
+    assert r.error is None and pruned == [0]
+    assert len(fake.submissions) >= 2 and r.daemon.engine.version == 0

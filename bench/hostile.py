@@ -1,0 +1,216 @@
+"""bench/hostile.py — what the attackers of issue 18 cost the operator's side of a run.
+
+    python bench/hostile.py                          # 60 s clean, then 60 s under every attacker
+    python bench/hostile.py --seconds 180 --rounds 2 # clean, attack, clean, attack; medians
+    python bench/hostile.py --attacks flood,slowloris
+
+The demo's swarm (swarmrl.swarm: coordinator, trainer with its origin, relay, verifier, honest
+workers, the same launcher as `swarmrl demo`) from one warm-started tiny model, on a task whose
+scorer `eval`s worker text (tests/hostile/campaign.hostile_settings: the same as the hostile-swarm
+test). Each phase starts a fresh swarm, waits until it publishes versions and has honest work
+accepted, then measures for `--seconds`:
+
+- `clean`: nothing else runs;
+- `attack`: the hostile relays sit before the honest one in a worker's and the verifier's
+  `relays` and every attacker of tests/hostile/campaign.py runs (eval payloads, drip and
+  gzip-bomb relays, unsigned 4 MB floods, slowloris on the coordinator and the relay, advert
+  floods over libp2p, a rejected-submission spammer), from 127.0.0.2 and up.
+
+Printed per phase: policy versions per minute, honest groups accepted per minute, p99 latency of
+GET /health (a probe every 50 ms on one keep-alive connection) and of POST /v1/submissions (the
+coordinator's Prometheus histogram `swarmrl_coordinator_request_seconds{route="submit"}` over
+the window, interpolated within its buckets; under attack it includes the attackers'
+submissions), and the peak RSS of the coordinator, verifier and relay processes (from /proc;
+`+children`: with their verify and sandbox processes). The `ratio` column is scaled so that 1.0
+is "as clean" and less is worse: attack / clean for rates, clean / attack for latencies and
+memory; the goal is >= 0.8 everywhere. The attackers run in a process of their own at the
+lowest CPU priority (`--attacker-nice`, default 19; tests/hostile/campaign.NicedCampaign): on one
+machine they would otherwise take cycles from the services and workers that a real attacker's
+own machines would not (the summary printed to stderr says how much each attacker did). Rows
+without a ratio give that context: the CPU the swarm's processes, the attackers and this process
+(the probes) used over the window, in cores. Timings on a shared 2-core machine are
+noisy: compare rows of one invocation, and use --rounds for medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python bench/hostile.py` puts bench/ first on sys.path, where bench/coordinator.py would
+# shadow the coordinator package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from swarmrl.procs import ProcessGroup  # noqa: E402
+from swarmrl.swarm import plan_swarm, start_swarm  # noqa: E402
+from tests.hostile.campaign import (  # noqa: E402
+    ALL, HIDDEN, HostileRelays, NicedCampaign, Spec, Targets, build_model, swarm_settings,
+)
+from tests.hostile.watch import HealthProbe, RssSampler, cpu_seconds, delta, histogram, percentile, quantile  # noqa: E402
+
+SERVICES = ("coordinator", "verifier", "relay")
+
+
+def stats(url: str) -> dict:
+    try:
+        r = httpx.get(url + "/v1/stats", timeout=10)
+        return r.json() if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def progress(url: str, honest: set[str]) -> tuple[int, int]:
+    """(current policy version, groups accepted from the honest workers)."""
+    st = stats(url)
+    version = (st.get("policy") or {}).get("current_version") or 0
+    return version, sum(w.get("accepted", 0) for w in st.get("workers", []) if w["worker_id"] in honest)
+
+
+def submit_histogram(url: str) -> list[tuple[float, float]]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return histogram(text, "swarmrl_coordinator_request_seconds", route="submit")
+
+
+def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...]) -> dict:
+    from protocol.identity import KeyPair
+
+    root = Path(tempfile.mkdtemp(prefix="hb", dir="/tmp"))  # short: the payloads name paths in it
+    root.chmod(0o755)
+    relays = HostileRelays().start() if attacks else None
+    plan = plan_swarm(root, model, swarm_settings(a.honest_workers, relays, seed=a.seed, attacks=attacks))
+    if relays:
+        relays.follow(plan.relay_url)
+    (root / "open").mkdir(mode=0o777)
+    url = plan.coordinator_url
+    try:
+        with ProcessGroup(plan.logs) as group:
+            start_swarm(plan, group)
+            pids = {n: group.get(n).popen.pid for n in SERVICES}
+            honest: set[str] = set()
+            deadline = time.monotonic() + 300
+            while True:  # warm: versions come and every honest worker has had work accepted
+                honest = {KeyPair.load(plan.root / n / "worker.key").peer_id for n in plan.worker_names
+                          if (plan.root / n / "worker.key").exists()}
+                st = stats(url)
+                mine = [w for w in st.get("workers", []) if w["worker_id"] in honest]
+                if ((st.get("policy") or {}).get("current_version") or 0) >= 1 and len(mine) == a.honest_workers \
+                        and all(w.get("accepted", 0) > 0 for w in mine):
+                    break
+                dead = [c.name for c in group.children if not c.alive]
+                if dead or time.monotonic() > deadline:
+                    raise SystemExit(f"{name}: the swarm did not warm up ({dead or 'timed out'}); logs in {plan.logs}")
+                time.sleep(0.5)
+            targets = Targets(marker=root / "open" / "m", key_file=root / "keys" / "coordinator.key", canary_port=9)
+            adverts = (relays.advert_drip.url, relays.advert_gzip.url) if relays else ()
+            campaign = NicedCampaign(Spec(url, plan.relay_url, str(model), HIDDEN, plan.p2p_bootstrap, adverts,
+                                          targets, attacks), nice=a.attacker_nice) if attacks else None
+            everyone = [c.popen.pid for c in group.children]
+            if campaign:
+                campaign.start()  # returns once every attacker runs
+            with RssSampler(pids, every_s=0.5) as rss, HealthProbe(int(url.rsplit(":", 1)[1]), every=0.05) as probe:
+                v0, g0 = progress(url, honest)
+                h0, t0 = submit_histogram(url), time.monotonic()
+                c0, s0 = time.process_time(), sum(cpu_seconds(p) for p in everyone)
+                a0 = cpu_seconds(campaign.pid) if campaign else 0.0
+                try:
+                    time.sleep(a.seconds)
+                    v1, g1 = progress(url, honest)
+                    h1, t1 = submit_histogram(url), time.monotonic()
+                    c1, s1 = time.process_time(), sum(cpu_seconds(p) for p in everyone)
+                    a1 = cpu_seconds(campaign.pid) if campaign else 0.0
+                finally:
+                    if campaign:
+                        campaign.stop()
+            alive = all(c.alive for c in group.children)
+        minutes = (t1 - t0) / 60
+        out = {"versions/min": (v1 - v0) / minutes, "accepted groups/min": (g1 - g0) / minutes,
+               "/health p99 ms": percentile(probe.latencies, 0.99),
+               "submit p99 ms": quantile(delta(h1, h0), 0.99) * 1000,
+               "health errors": probe.errors, "all alive": alive,
+               "swarm CPU cores": (s1 - s0) / (t1 - t0), "attackers CPU cores": (a1 - a0) / (t1 - t0),
+               "bench process CPU cores": (c1 - c0) / (t1 - t0)}
+        for n in SERVICES:
+            out[f"{n} RSS MiB"] = rss.peak(n) / 2**20
+            out[f"{n}+children RSS MiB"] = rss.peak(n, tree=True) / 2**20
+        if campaign:
+            out["campaign"] = {**campaign.summary, "relay_hits": relays.hits() if relays else {}}
+            out["marker written"] = targets.marker.exists()
+        return out
+    finally:
+        if relays:
+            relays.stop()
+        if a.keep:
+            print(f"{name}: run folder kept at {root}", file=sys.stderr)
+        else:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+
+
+RATES = ("versions/min", "accepted groups/min")
+ROWS = (*RATES, "/health p99 ms", "submit p99 ms",
+        *(f"{n}{s} RSS MiB" for n in SERVICES for s in ("", "+children")))
+CONTEXT = ("swarm CPU cores", "attackers CPU cores", "bench process CPU cores")  # printed without a ratio
+
+
+def ratio(row: str, clean: float, attack: float) -> float:
+    """1.0 = as clean, less = worse (attack/clean for rates, clean/attack for the rest)."""
+    if row in CONTEXT:
+        return float("nan")
+    if row in RATES:
+        return attack / clean if clean else float("nan")
+    return clean / attack if attack else float("nan")
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    med = {k: {row: statistics.median(r[row] for r in v) for row in ROWS + CONTEXT} for k, v in runs.items()}
+    head = ["", "clean", "attack", "ratio (goal >= 0.8)"]
+    lines = [[row, f"{med['clean'][row]:.1f}", f"{med['attack'][row]:.1f}",
+              "" if row in CONTEXT else f"{ratio(row, med['clean'][row], med['attack'][row]):.2f}"]
+             for row in ROWS + CONTEXT]
+    widths = [max(len(r[i]) for r in lines + [head]) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths))
+                     for r in [head, ["-" * w for w in widths], *lines])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60.0, help="measured seconds per phase (after warm-up)")
+    ap.add_argument("--rounds", type=int, default=1, help="clean+attack pairs; the table shows medians")
+    ap.add_argument("--honest-workers", type=int, default=2)
+    ap.add_argument("--attacks", default="all", help=f"comma-separated, of: {', '.join(ALL)} (or all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attacker-nice", type=int, default=19,
+                    help="CPU priority of the attackers' process (the workers run at 10; 0 = as the services)")
+    ap.add_argument("--keep", action="store_true", help="keep each phase's run folder (logs, database)")
+    a = ap.parse_args()
+    attacks = ALL if a.attacks == "all" else tuple(x.strip() for x in a.attacks.split(","))
+
+    runs: dict[str, list[dict]] = {"clean": [], "attack": []}
+    with tempfile.TemporaryDirectory(prefix="hostile-bench-") as d:
+        model = build_model(Path(d) / "model", seed=a.seed)
+        for r in range(a.rounds):
+            for name, which in (("clean", ()), ("attack", attacks)):
+                t = time.monotonic()
+                res = phase(name, model, a, which)
+                runs[name].append(res)
+                print(f"round {r + 1} {name}: {time.monotonic() - t:.0f} s, all alive: {res['all alive']}, "
+                      f"/health errors: {res['health errors']}", file=sys.stderr)
+                if "campaign" in res:
+                    print(f"  attackers: {res['campaign']}; marker written: {res['marker written']}", file=sys.stderr)
+    print(f"bench/hostile.py: {a.honest_workers} honest workers, {a.seconds:g} s measured per phase, "
+          f"{a.rounds} round(s), attacks: {', '.join(attacks)} (attackers at nice {a.attacker_nice})")
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()
