@@ -33,7 +33,7 @@ from coordinator.config import (
     SamplingConfig,
     TaskConfig,
 )
-from coordinator.trainer.config import EvalConfig, TrainerConfig
+from trainer.config import EvalConfig, TrainerConfig
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig, RelayConfig
 from shardcast.p2p import P2PConfig, bootstrap_multiaddr, libp2p_available

@@ -48,8 +48,8 @@ def _run_info_server(coordinator: KeyPair) -> ServerThread:
 def test_a_trainer_refuses_a_key_file_or_a_coordinator_other_than_pinned(tmp_path):
     """Checked before the model is loaded or the origin starts (`build_trainer` gets no team here:
     it never gets that far)."""
-    from coordinator.trainer.config import TrainerConfig
-    from coordinator.trainer.setup import build_trainer
+    from trainer.config import TrainerConfig
+    from trainer.setup import build_trainer
 
     OPERATOR.save(tmp_path / "operator.key")
     server = _run_info_server(OTHER)

@@ -8,8 +8,8 @@ from types import SimpleNamespace as NS
 import pytest
 import torch
 
-from coordinator.trainer.advantages import filter_groups, group_advantages
-from coordinator.trainer.packing import (
+from trainer.advantages import filter_groups, group_advantages
+from trainer.packing import (
     count_targets,
     pack,
     pack_rows,
@@ -83,7 +83,7 @@ def test_packing_puts_each_target_at_its_predicting_position_and_bounds_padding(
 
 
 def test_packed_logprobs_equal_one_sequence_at_a_time(tiny_model):
-    from coordinator.trainer.logprobs import token_logprobs
+    from trainer.logprobs import token_logprobs
     from protocol.lm import completion_outputs
 
     g1 = _group("a", [1, 0], completions=[[9, 10, 1], [11, 1]], prompt=[5, 6, 7, 8])

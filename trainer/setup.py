@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.checkpoint import CheckpointStore, Inbox
-from coordinator.trainer.config import TrainerConfig
-from coordinator.trainer.errors import TrainerError
-from coordinator.trainer.history import WeightHistory
+from trainer.checkpoint import CheckpointStore, Inbox
+from trainer.config import TrainerConfig
+from trainer.errors import TrainerError
+from trainer.history import WeightHistory
 from protocol.errors import ProtocolError
 
 log = logging.getLogger("swarmrl.trainer")
@@ -82,9 +82,9 @@ class Parts:
 
 
 def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Parts:
-    from coordinator.trainer.client import CoordinatorLink
-    from coordinator.trainer.loop import TrainerLoop, step_options
-    from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics, make_app
+    from trainer.client import CoordinatorLink
+    from trainer.loop import TrainerLoop, step_options
+    from trainer.status import PhaseClock, StatusBoard, TrainerMetrics, make_app
     from protocol.http import ServerThread, write_port_file
     from protocol.identity import KeyPair
     from protocol.lm import load_tokenizer

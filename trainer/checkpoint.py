@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.errors import CheckpointError
+from trainer.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
 

@@ -14,7 +14,7 @@ import signal
 import threading
 from pathlib import Path
 
-from coordinator.trainer.config import TrainerConfig
+from trainer.config import TrainerConfig
 
 log = logging.getLogger("swarmrl.trainer")
 
@@ -43,8 +43,8 @@ class StopFlag:
 def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
     import torch
 
-    from coordinator.trainer import distributed
-    from coordinator.trainer.setup import build_trainer
+    from trainer import distributed
+    from trainer.setup import build_trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the step log

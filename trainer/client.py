@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
-from coordinator.trainer.errors import TrainerError
+from trainer.errors import TrainerError
 from protocol import routes
 from protocol.envelope import Envelope
 from protocol.http import (

@@ -28,14 +28,14 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.advantages import FilterCounts, filter_groups
-from coordinator.trainer.checkpoint import CheckpointStore, Inbox
-from coordinator.trainer.client import CoordinatorLink
-from coordinator.trainer.config import TrainerConfig
-from coordinator.trainer.evaluate import append_csv, evaluate, read_csv
-from coordinator.trainer.history import WeightHistory
-from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics
-from coordinator.trainer.step import StepOptions, StepResult
+from trainer.advantages import FilterCounts, filter_groups
+from trainer.checkpoint import CheckpointStore, Inbox
+from trainer.client import CoordinatorLink
+from trainer.config import TrainerConfig
+from trainer.evaluate import append_csv, evaluate, read_csv
+from trainer.history import WeightHistory
+from trainer.status import PhaseClock, StatusBoard, TrainerMetrics
+from trainer.step import StepOptions, StepResult
 from protocol.messages import EvalReport, TrainingGroup
 
 log = logging.getLogger("swarmrl.trainer")
