@@ -173,9 +173,11 @@ class Team:
 
 
 def follower_loop(cfg: Any, team: Team) -> None:
-    """Ranks >= 1: build the same model and optimizer, then obey rank 0's commands."""
+    """Ranks >= 1: take the config rank 0 completed with the run's terms (`setup.build_trainer`),
+    build the same model and optimizer, then obey rank 0's commands."""
     from trainer.setup import build_model_and_optimizer, reference_model
 
+    cfg = team.broadcast(None)
     model, template, optimizer, _ = build_model_and_optimizer(cfg, team)
     ref_model = reference_model(cfg, team)
     history = WeightHistory(template, keep=cfg.async_window + 1)
