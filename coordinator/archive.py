@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -44,7 +43,7 @@ import pyarrow.parquet as pq
 from coordinator.metrics import Metrics
 from coordinator.store import submissions
 from coordinator.store.db import Database
-from shardcast.layout import fsync_dir
+from protocol import durable
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -152,14 +151,10 @@ class Archiver:
         made = [p for p in (self.root, folder.parent, folder) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / name
-        tmp = folder / f".{name}.tmp"
-        pq.write_table(data, tmp, compression="zstd")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(folder)
+        with durable.atomic_path(final) as tmp:
+            pq.write_table(data, tmp, compression="zstd")
         for p in reversed(made):  # a new folder's own entry lives in its parent
-            fsync_dir(p.parent)
+            durable.fsync_dir(p.parent)
         return final
 
     def _count(self, table: str, n: int) -> None:

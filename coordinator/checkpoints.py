@@ -59,7 +59,7 @@ from coordinator.rules.buffer import window_floor
 from coordinator.store import policy
 from coordinator.store.schema import policy_versions, submissions
 from protocol.errors import ProtocolError
-from shardcast.layout import fsync_dir, write_atomic
+from protocol.durable import fsync_dir, write_atomic
 
 log = logging.getLogger("swarmrl.coordinator")
 

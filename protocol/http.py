@@ -19,7 +19,6 @@ Error bodies are `{"detail": "<one clear line>"}` everywhere.
 from __future__ import annotations
 
 import functools
-import os
 import socket
 import ssl
 import threading
@@ -30,6 +29,7 @@ from typing import Any, Callable, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from protocol.durable import write_atomic
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, seal
 from protocol.errors import ProtocolError, Rejected, Unavailable
 from protocol.identity import KeyPair
@@ -50,9 +50,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def write_port_file(path: Path, port: int) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{port}\n")
-    os.replace(tmp, path)
+    write_atomic(path, f"{port}\n", durable=False)
 
 
 def read_port_file(path: Path, timeout_s: float = 30.0) -> int:

@@ -89,11 +89,11 @@ def test_archive_files_are_durable_before_their_rows_are_marked_archived(swarm, 
     """Each Parquet rename is followed by an fsync of its folder (and of the parents of folders
     made for it), all before the rows are marked archived: a power loss cannot leave rows marked
     archived whose file's directory entry was never written."""
-    import coordinator.archive as archive_mod
     from coordinator.store import submissions
+    from protocol import durable
 
     events: list[tuple[str, object]] = []
-    real_fsync, real_mark = archive_mod.fsync_dir, submissions.mark_archived
+    real_fsync, real_mark = durable.fsync_dir, submissions.mark_archived
 
     def fsync_dir(path):
         events.append(("fsync", (Path(path), sorted(q.name for q in Path(path).iterdir()))))
@@ -103,7 +103,7 @@ def test_archive_files_are_durable_before_their_rows_are_marked_archived(swarm, 
         events.append(("mark", column))
         real_mark(conn, ids, column)
 
-    monkeypatch.setattr(archive_mod, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(durable, "fsync_dir", fsync_dir)
     monkeypatch.setattr(submissions, "mark_archived", mark_archived)
     swarm.publish(0)
     w = swarm.new_worker()
