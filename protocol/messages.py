@@ -15,12 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.envelope import Envelope
+from protocol.proof import max_proof_b64_chars
 
 # -- hard caps ----------------------------------------------------------------------------
 MAX_GROUP_SIZE = 256
 MAX_TOKENS_PER_SEQUENCE = 32_768
 MAX_LEASES_PER_REQUEST = 256
-MAX_PROOF_B64_CHARS = 4 * ((MAX_TOKENS_PER_SEQUENCE // 32 + 1) * 258 + 64) // 3 + 8
+MAX_PROOF_B64_CHARS = max_proof_b64_chars(MAX_TOKENS_PER_SEQUENCE)
 MAX_ID_CHARS = 128
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

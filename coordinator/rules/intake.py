@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from coordinator.errors import Conflict, Forbidden, Gone, Invalid
 from protocol import dtypes
 from protocol.messages import Completion, Submission
+from protocol.proof import DEFAULT_CHUNK_SIZE, DEFAULT_TOPK, proof_size_bounds
 
-CHUNK_TOKENS = 32          # tokens per proof chunk (TOPLOC decode batching); the only layout accepted
-TOPK = 128                 # values per chunk; a smaller top-k would be a weaker proof
-CHUNK_BYTES = 2 + 2 * TOPK
-PROOF_HEADER_MAX = 64      # room for the versioned container's header (16 bytes in layout 1)
+CHUNK_TOKENS, TOPK = DEFAULT_CHUNK_SIZE, DEFAULT_TOPK   # the only proof layout a run accepts
 
 @dataclass(frozen=True)
 class LeaseFacts:
@@ -54,12 +52,6 @@ def check_lease(lease: LeaseFacts, signer_id: str, now: float) -> None:
     if now > lease.expires_at:
         raise Gone("lease_expired", f"lease {lease.lease_id} expired {now - lease.expires_at:.0f} s ago; "
                                     "lease new work and submit sooner")
-
-
-def proof_size_bounds(n_tokens: int) -> tuple[int, int]:
-    """(min, max) decoded bytes of a proof for a completion of n_tokens."""
-    chunks = -(-n_tokens // CHUNK_TOKENS)
-    return chunks * CHUNK_BYTES, chunks * CHUNK_BYTES + PROOF_HEADER_MAX
 
 
 def default_proof_check(blob: bytes, n_tokens: int) -> None:
