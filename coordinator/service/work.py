@@ -85,9 +85,8 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
             env = seal(KIND_LEASE, body, ctx.key, now=now, run_id=cfg.run_id, audience=AUDIENCE_WORKER)
             envs.append(env)
             rows.append(dict(lease_id=body.lease_id, worker_id=worker_id, task_index=index, task_id=body.task_id,
-                             status="active", issued_at=now, expires_at=body.expires_at, min_version=lo,
-                             max_version=hi, n_seeds=len(body.seeds), max_tokens=sampling.max_tokens,
-                             eos_token_id=body.eos_token_id, envelope=env.model_dump_json()))
+                             status="active", issued_at=now, expires_at=body.expires_at,
+                             envelope=env.model_dump_json()))
         leases.insert_many(conn, rows)
         workers.count_leases(conn, issued={worker_id: len(rows)})
     ctx.metrics.leases.inc(len(envs))
@@ -128,7 +127,7 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
         row = leases.get(conn, sub.lease_id)
         if row is None:
             raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
-        intake.check_lease(_lease_facts(row), worker_id, now)  # again: it may have closed meanwhile
+        intake.check_lease(row, worker_id, now)  # again: it may have closed meanwhile
         chash = intake.content_hash(sub.completions)
         other = submissions.content_exists(conn, row.task_id, chash)
         if other is not None:
@@ -153,12 +152,6 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
     return SubmissionResponse(submission_id=sid, status="queued")
 
 
-def _lease_facts(row) -> intake.LeaseFacts:
-    return intake.LeaseFacts(lease_id=row.lease_id, worker_id=row.worker_id, status=row.status,
-                             expires_at=row.expires_at, min_version=row.min_version, max_version=row.max_version,
-                             n_seeds=row.n_seeds, max_tokens=row.max_tokens, eos_token_id=row.eos_token_id)
-
-
 def _checked_and_scored(ctx: Context, sub: Submission, worker_id: str, now: float) -> tuple[int, list[float]]:
     """(token count, rewards) of a submission, before the write transaction: the rewards come
     from the scorer sandbox, which may take up to its batch limit on hostile text, and that
@@ -170,10 +163,9 @@ def _checked_and_scored(ctx: Context, sub: Submission, worker_id: str, now: floa
         row = leases.get(conn, sub.lease_id)
     if row is None:
         raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
-    facts = _lease_facts(row)
-    intake.check_lease(facts, worker_id, now)
-    n_tokens = intake.check_completions(sub, facts, ctx.tasks.vocab_size, ctx.proof_check,
-                                        tuple(ctx.cfg.allowed_dtypes))
+    intake.check_lease(row, worker_id, now)
+    lease = Lease.model_validate(json.loads(row.envelope)["body"])  # the signed lease, as the worker got it
+    n_tokens = intake.check_completions(sub, lease, worker_id, ctx.tasks.vocab_size, ctx.tasks.hidden_size)
     task = ctx.tasks.task(row.task_index)
     return n_tokens, ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
 
