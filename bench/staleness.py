@@ -55,7 +55,8 @@ def run(model_dir: str, mode: str, seed: int, versions: int, eval_tasks: int) ->
     import torch
 
     from coordinator.taskbook import TaskBook
-    from trainer.advantages import filter_groups, group_advantages
+    from coordinator.rules.advantages import group_advantages
+    from trainer.filtering import filter_groups
     from trainer.config import LossConfig, TrainerConfig
     from trainer.evaluate import accuracy
     from trainer.history import WeightHistory

@@ -55,10 +55,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from coordinator.context import Context
-from coordinator.rules.buffer import window_floor
 from coordinator.store import policy
 from coordinator.store.schema import policy_versions, submissions
 from protocol.errors import ProtocolError
+from protocol.window import window_floor
 from protocol.durable import fsync_dir, write_atomic
 
 log = logging.getLogger("swarmrl.coordinator")

@@ -74,7 +74,6 @@ class TrainerConfig(BaseModel):
     port: int = Field(8760, description="port of /health and /metrics (0 = free port, written to data_dir/trainer.port)")
     seed: int = Field(0, description="torch seed of the trainer")
     updates_per_batch: int = Field(1, ge=1, description="optimizer updates per batch of groups (PPO epochs); 1 = one update per version")
-    advantage_scale: bool = Field(True, description="divide group advantages by the group's reward std (GRPO); False = only centre (Dr. GRPO)")
     min_pass_rate: float = Field(0.0, ge=0, le=1, description="drop groups whose share of rewarded samples is below this")
     max_pass_rate: float = Field(1.0, ge=0, le=1, description="drop groups whose share of rewarded samples is above this")
     row_tokens: int = Field(0, ge=0, description="packing: tokens per packed row (0 = auto: the step's longest sequence, at least 128; attention over a row costs its length squared)")

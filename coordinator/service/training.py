@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 from coordinator.context import Context
 from coordinator.errors import Conflict, Invalid, Unauthorized
-from coordinator.rules.buffer import window_floor
 from coordinator.service import use_nonce
 from coordinator.store import meta, policy, submissions
 from protocol.envelope import Envelope, Opened
 from protocol.errors import MessageError, SignatureError
 from protocol.manifest import open_manifest
 from protocol.messages import BatchAck, BatchAckResponse, BatchRequest, BatchResponse, PolicyInfo
+from protocol.window import window_floor
 
 log = logging.getLogger("swarmrl.coordinator")
 

@@ -16,13 +16,7 @@ from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.leasing import (
-    allowed_versions,
-    draw_seeds,
-    leases_to_issue,
-    new_id,
-    pick_returned,
-)
+from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, use_nonce
 from coordinator.service.join import worker_check_rate
@@ -40,6 +34,7 @@ from protocol.messages import (
     SubmissionStatus,
     SubmissionStatuses,
 )
+from protocol.window import allowed_versions
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -142,7 +137,7 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
             submission_id=sid, lease_id=row.lease_id, worker_id=worker_id, task_id=row.task_id,
             task_index=row.task_index, policy_version=sub.policy_version, status="queued",
             full_check=full_check(rate, ctx.rng.random()), rewards=json.dumps(rewards),
-            advantages=json.dumps(group_advantages(rewards)), reward_mean=sum(rewards) / len(rewards),
+            advantages=json.dumps(group_advantages(rewards, ctx.cfg.advantage_scale)), reward_mean=sum(rewards) / len(rewards),
             n_tokens=n_tokens, content_hash=chash, received_at=now,
             envelope_sha256=envelope_digest(opened.envelope, opened.canonical_body)),
             envelope=raw.decode("utf-8"), group_json=group)

@@ -24,7 +24,7 @@ def batch():
         rewards = [float(x) for x in torch.randint(0, 2, (4,), generator=g).tolist()]
         if len(set(rewards)) == 1:
             rewards[0] = 1.0 - rewards[0]
-        from trainer.advantages import group_advantages
+        from coordinator.rules.advantages import group_advantages
 
         adv = group_advantages(rewards)
         groups.append((NS(submission_id=f"g{i}", prompt_token_ids=list(range(5, 5 + 3 + i)), completions=comps,

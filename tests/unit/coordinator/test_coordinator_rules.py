@@ -8,20 +8,13 @@ import pytest
 
 from coordinator.errors import Conflict, Forbidden, Gone, Invalid
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.buffer import Candidate, select_batch, window_floor
 from coordinator.rules.intake import check_completions, check_lease, content_hash
-from coordinator.rules.leasing import (
-    ReturnedTask,
-    allowed_versions,
-    draw_seeds,
-    leases_to_issue,
-    new_id,
-    pick_returned,
-)
+from coordinator.rules.leasing import ReturnedTask, draw_seeds, leases_to_issue, new_id, pick_returned
 from coordinator.rules.limits import RateLimiter
 from coordinator.rules.reputation import check_rate, full_check
 from protocol.messages import Completion, EngineInfo, Lease, SamplingParams, Submission
 from protocol.pow import leading_zero_bits, pow_ok, solve_pow
+from protocol.window import allowed_versions, window_floor
 
 
 # -- reputation -----------------------------------------------------------------------------
@@ -46,6 +39,8 @@ def test_group_advantages_are_zero_mean_unit_std_and_zero_for_flat_groups():
     assert adv[0] == pytest.approx(3 / 3**0.5) and adv[1] == pytest.approx(-1 / 3**0.5)
     assert group_advantages([1.0, 1.0, 1.0]) == [0.0, 0.0, 0.0]
     assert group_advantages([]) == []
+    assert group_advantages([1.0, 0.0, 0.0, 0.0], scale=False) == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    assert group_advantages([1.0, 1.0], scale=False) == [0.0, 0.0]
 
 
 # -- leasing --------------------------------------------------------------------------------
@@ -53,6 +48,7 @@ def test_allowed_versions_follow_the_async_window():
     assert allowed_versions(0, 2) == (0, 0)
     assert allowed_versions(5, 2) == (3, 5)
     assert allowed_versions(5, 0) == (5, 5)
+    assert window_floor(None, 2) == 0 and window_floor(1, 2) == 0 and window_floor(9, 2) == 7
 
 
 def test_seeds_and_ids_come_from_the_given_rng():
@@ -74,18 +70,6 @@ def test_returned_tasks_go_to_other_workers_oldest_first():
     assert pick_returned(2, returned, "A") == [9, 1]
     assert pick_returned(10, returned, "B") == [3, 4, 1]
     assert pick_returned(1, returned, "Z") == [3]
-
-
-# -- buffer ---------------------------------------------------------------------------------
-def test_batch_takes_groups_in_the_window_and_drops_older_ones():
-    cands = [Candidate("a", 1), Candidate("b", 3), Candidate("c", 4), Candidate("d", 5), Candidate("e", 2)]
-    take, stale = select_batch(cands, current=5, window=2, min_policy_version=0, max_groups=10)
-    assert take == ["b", "c", "d"] and stale == ["a", "e"]
-    take, stale = select_batch(cands, current=5, window=2, min_policy_version=4, max_groups=10)
-    assert take == ["c", "d"] and stale == ["a", "e"]  # 'b' stays for a later request
-    take, _ = select_batch(cands, current=5, window=2, min_policy_version=0, max_groups=1)
-    assert take == ["b"]
-    assert window_floor(None, 2) == 0 and window_floor(1, 2) == 0 and window_floor(9, 2) == 7
 
 
 # -- limits ---------------------------------------------------------------------------------
