@@ -22,8 +22,8 @@ from pathlib import Path
 
 from protocol.durable import write_atomic
 from protocol.envelope import Envelope
+from protocol.manifest import MANIFEST_NAME
 
-MANIFEST_NAME = ".manifest.json"
 
 
 def write_manifest(folder: Path, env: Envelope, *, durable: bool = True) -> None:
