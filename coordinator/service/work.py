@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 
-from coordinator.auth import group_json
 from coordinator.context import Context
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.privacy import public_reason
@@ -34,6 +33,7 @@ from protocol.messages import (
     SubmissionStatus,
     SubmissionStatuses,
 )
+from protocol.rawjson import TrainingPayload
 from protocol.window import allowed_versions
 
 log = logging.getLogger("swarmrl.coordinator")
@@ -130,9 +130,7 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
                                                    f"{row.task_id} (submission {other})")
         rate = worker_check_rate(ctx, worker)
         sid = submission_id_for(row.lease_id)
-        group = group_json(opened.canonical_body, len(sub.completions)) \
-            or json.dumps({"completions": [c.token_ids for c in sub.completions],
-                           "finish_reasons": [c.finish_reason for c in sub.completions]}, separators=(",", ":"))
+        group = TrainingPayload.of(sub).model_dump_json()  # what each TrainingGroup of it will carry
         submissions.insert(conn, dict(
             submission_id=sid, lease_id=row.lease_id, worker_id=worker_id, task_id=row.task_id,
             task_index=row.task_index, policy_version=sub.policy_version, status="queued",

@@ -224,21 +224,6 @@ def test_coordinator_signs_over_exactly_the_protocol_bytes():
             env.kind, env.body, env.signer, env.timestamp, env.nonce, run_id=env.run_id, audience=env.audience)
 
 
-def test_training_payload_is_cut_from_the_canonical_body_exactly():
-    import json
-
-    from coordinator.auth import group_json
-    from protocol.canonical import canonical_bytes
-
-    sub = _sub(GOOD + [([7, 8, 9, EOS], "eos", None)])
-    body = canonical_bytes(sub.model_dump(mode="json"))
-    got = group_json(body, 3)
-    assert json.loads(got) == {"completions": [c.token_ids for c in sub.completions],
-                               "finish_reasons": [c.finish_reason for c in sub.completions]}
-    assert group_json(body, 2) is None  # shape mismatch: the caller encodes it itself
-    assert group_json(b'{"x":1}', 0) is None
-
-
 def test_poisson_tail_on_hand_checked_numbers():
     import math
 
