@@ -9,8 +9,8 @@ the first lease that allows it arrives: it is picked up within the async window 
 stalling generation.
 
 A download that fails (relays down, version pruned, corrupt bytes everywhere) is retried
-with backoff (`protocol.retry.retry_call`); a version that keeps failing is skipped in favour of the next one a lease
-allows. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
+with backoff (`protocol.retry.retry_call`); a version that keeps failing is skipped in favour
+of the next one a lease allows. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
 a version whose folder has gone is simply no longer `ready`.
 """
 
