@@ -28,16 +28,16 @@ from typing import Any
 
 import torch
 
-from trainer.filtering import FilterCounts, filter_groups
+from protocol.messages import EvalReport, TrainingGroup
+from protocol.window import window_floor
 from trainer.checkpoint import CheckpointStore, Inbox
 from trainer.client import CoordinatorLink
 from trainer.config import TrainerConfig
 from trainer.evaluate import append_csv, evaluate, read_csv
+from trainer.filtering import FilterCounts, filter_groups
 from trainer.history import WeightHistory
 from trainer.status import PhaseClock, StatusBoard, TrainerMetrics
 from trainer.step import StepOptions, StepResult
-from protocol.messages import EvalReport, TrainingGroup
-from protocol.window import window_floor
 
 log = logging.getLogger("swarmrl.trainer")
 

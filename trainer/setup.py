@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from protocol.errors import ProtocolError
 from trainer.checkpoint import CheckpointStore, Inbox
 from trainer.config import TrainerConfig, from_run
 from trainer.errors import TrainerError
 from trainer.history import WeightHistory
-from protocol.errors import ProtocolError
 
 log = logging.getLogger("swarmrl.trainer")
 
