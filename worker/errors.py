@@ -1,14 +1,14 @@
 """Errors of the worker daemon.
 
     WorkerError
-    ├── Stopped           the daemon was asked to stop (SIGTERM/SIGINT) while waiting or retrying
     ├── Banned            the coordinator banned this identity; nothing more to do with this key
     ├── LeaseError        a lease is not usable (bad signature, someone else's, wrong run, expired)
     └── PolicyUnavailable no allowed policy version could be fetched before the leases expired
 
-Network failures arrive as `protocol.http.Unavailable` (retry with backoff) or
-`protocol.http.Rejected` (do not retry the same message); the daemon handles those at its
-boundary and only raises these errors for what it cannot recover from by waiting.
+Network failures arrive as `protocol.errors.Unavailable` (retry with backoff) or
+`protocol.errors.Rejected` (do not retry the same message); the daemon handles those at its
+boundary (`protocol.retry.retry_call`) and only raises these errors for what it cannot recover
+from by waiting. A stop requested while waiting or retrying is `protocol.errors.Stopped`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ from protocol.errors import ProtocolError
 
 class WorkerError(ProtocolError):
     """Base of the worker's errors (a ProtocolError, so the CLI prints it as one line)."""
-
-
-class Stopped(WorkerError):
-    """Raised inside waits and retries once a stop was requested."""
 
 
 class Banned(WorkerError):
