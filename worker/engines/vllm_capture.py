@@ -14,8 +14,8 @@ Data flow, per decoding step of vLLM's worker process:
 2. The sampler then applies swarmrl's seeded-sampling logits processor (`vllm_sampling`) to
    the logits of the same rows; it already knows, for every row, the request (by the
    `swarmrl_key` of its extra_args) and the completion position t, and calls `CAPTURE.claim`
-   with them. `claim` keeps the rows of swarmrl's requests (a copy to the host, asynchronous
-   on a GPU) and forgets the offer.
+   with them. `claim` keeps a copy of the batch's rows with that attribution (to pinned host
+   memory, asynchronously, on a GPU: no per-step wait for the device) and forgets the offer.
 3. After `LLM.generate`, the engine calls `take` through `collective_rpc`: the rows of the
    call's keys travel back as bytes (plain msgpack types: vLLM's utility results need no
    pickling) and are assembled per request in token order by `assemble`.
@@ -70,7 +70,7 @@ class Capture:
     """The rows of one vLLM worker process, from `compute_logits` to `take`."""
 
     offered: torch.Tensor | None = None                 # rows of the last compute_logits call
-    claimed: list[tuple[list[int], Any, torch.Tensor]] = field(default_factory=list)  # (keys, t, rows)
+    claimed: list[tuple[list[int], Any, list[int], torch.Tensor]] = field(default_factory=list)  # keys, t, rows, batch
     lost: set[int] = field(default_factory=set)         # keys with a row that could not be matched
 
     def offer(self, hidden: torch.Tensor) -> None:
@@ -78,16 +78,19 @@ class Capture:
 
     def claim(self, n_rows: int, rows: list[int], keys: list[int], t: Any) -> None:
         """The processor's rows `rows` (of a logits batch of `n_rows`) are completion positions
-        `t` (a list, or a tensor on the rows' device) of requests `keys`."""
+        `t` (a list, or a tensor on the rows' device) of requests `keys`. Nothing here waits for
+        the device: on a GPU the batch's rows go to pinned host memory asynchronously and are
+        picked out in `take` (no index tensor is sent to the device)."""
         hidden, self.offered = self.offered, None
         if hidden is None or hidden.shape[0] != n_rows:
             self.lost.update(keys)
             return
-        picked = hidden[torch.as_tensor(rows, device=hidden.device)].detach()
-        if picked.device.type != "cpu":
-            picked = picked.to("cpu", non_blocking=True)   # pinned; synchronised in `take`
+        if hidden.device.type == "cpu":
+            hidden = hidden.detach().clone()       # never alias a buffer vLLM may reuse
+        else:
+            hidden = hidden.detach().to("cpu", non_blocking=True)
             t = t.to("cpu", non_blocking=True) if isinstance(t, torch.Tensor) else t
-        self.claimed.append((keys, t, picked))
+        self.claimed.append((keys, t, rows, hidden))
 
     def take(self, first: int, end: int) -> dict:
         """The rows of keys in [first, end), as plain types; forgets everything claimed."""
@@ -95,11 +98,11 @@ class Capture:
             torch.cuda.synchronize()
         claimed, lost, self.claimed, self.lost = self.claimed, self.lost, [], set()
         parts = []
-        for keys, t, rows in claimed:
+        for keys, t, rows, batch in claimed:
             t = t.tolist() if isinstance(t, torch.Tensor) else list(t)
             mine = [i for i, k in enumerate(keys) if first <= k < end]
             if mine:
-                sel = rows[mine].contiguous()
+                sel = batch[[rows[i] for i in mine]].contiguous()
                 parts.append({"keys": [keys[i] for i in mine], "t": [int(t[i]) for i in mine],
                               "dtype": str(sel.dtype).replace("torch.", ""), "width": int(sel.shape[1]),
                               "data": sel.view(torch.uint8).numpy().tobytes()})

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class VllmEngine:
         self.vocab_size = 0
         self._config_json: str | None = None
         self._next_key = 0      # request keys of one engine call are [first, end): never reused
+        self.last_capture_s = 0.0   # time the last `generate` spent fetching and assembling rows
 
     def _build(self, checkpoint_dir: Path) -> None:
         from vllm import LLM
@@ -151,9 +153,11 @@ class VllmEngine:
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         tokens = [list(o.outputs[0].token_ids) for o in outs]
+        t0 = time.perf_counter()
         taken = self.llm.collective_rpc("swarmrl_take_hidden", args=(first, first + len(requests)))
         hidden = assemble(next((t for t in taken if t["parts"] or t["lost"]), taken[0]), first,
                           [len(t) for t in tokens])
+        self.last_capture_s = time.perf_counter() - t0
         return [GenerationResult(token_ids=toks, finish_reason="eos" if toks and toks[-1] == r.eos_token_id
                                  else "length", hidden=h)
                 for r, toks, h in zip(requests, tokens, hidden)]
