@@ -73,17 +73,19 @@ def w8a8_int8_checkpoint(src: Path, dst: Path) -> Path:
     return dst
 
 
-def vllm_engine(name: str, model_dir: Path, version: int, dtype: str, root: Path, *, threads: int = 0):
-    """A `VllmEngine` forced to run `name` (a key of `VLLM_FORCED`), past the settings policy."""
+def vllm_engine(name: str | None, model_dir: Path, version: int, dtype: str, root: Path, *, threads: int = 0):
+    """A `VllmEngine` forced to run `name` (a key of `VLLM_FORCED`) past the settings policy;
+    None: the honest engine, policy applied."""
     from worker.config import VllmSettings
     from worker.engines.vllm_engine import VllmEngine
 
-    how, _ = VLLM_FORCED[name]
+    how = None if name is None else VLLM_FORCED[name][0]
     if how == "checkpoint":
         model_dir, how = w8a8_int8_checkpoint(model_dir, root / f"{model_dir.name}-w8a8-int8"), {}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     engine = VllmEngine(device=device, dtype=dtype, threads=threads,
-                        settings=VllmSettings(enforce_eager=device == "cpu"), unchecked_args=dict(how))
+                        settings=VllmSettings(enforce_eager=device == "cpu"),
+                        unchecked_args=None if how is None else dict(how))
     engine.load(model_dir, version)
     return engine
 
