@@ -185,9 +185,9 @@ def memory_child(args) -> int:
 
 def print_table(rows: list[tuple[str, dict]], args) -> None:
     n = args.batch * args.tokens
+    mode = "eager" if args.eager else "torch.compile" if args.device == "cpu" else "CUDA graphs + torch.compile"
     print(f"\nvLLM engine: batch {args.batch} x {args.tokens} new tokens, prompt {args.prompt}, {args.dtype} on "
-          f"{args.device} ({'eager' if args.eager else 'CUDA graphs + torch.compile' if args.device != 'cpu' else 'torch.compile'}), "
-          f"median of {args.reps}\n")
+          f"{args.device} ({mode}), {args.threads} threads, median of {args.reps}\n")
     head = ("model", "plain vLLM tok/s", "engine+proofs", "ratio", "capture", "former prefill", "peak before",
             "peak after")
     print(" | ".join(f"{h:>16}" for h in head))

@@ -73,15 +73,13 @@ class VllmEngine:
 
     def _build(self, checkpoint_dir: Path) -> None:
         import vllm
-        from vllm import LLM
-
         from packaging.version import Version
+        from vllm import LLM
 
         if Version(vllm.__version__).release[:2] < MIN_VLLM:
             raise EngineRefused(f"vLLM {vllm.__version__} has no V1 logits processors or worker extensions to "
                                 f"sample and prove with; install vllm >= {'.'.join(map(str, MIN_VLLM))} "
                                 f"(tested: {TESTED_VLLM}) or use the transformers engine")
-
         if self.device.type == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             if self.threads:

