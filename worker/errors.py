@@ -3,7 +3,9 @@
     WorkerError
     ├── Banned            the coordinator banned this identity; nothing more to do with this key
     ├── LeaseError        a lease is not usable (bad signature, someone else's, wrong run, expired)
-    └── PolicyUnavailable no allowed policy version could be fetched before the leases expired
+    ├── PolicyUnavailable no allowed policy version could be fetched before the leases expired
+    └── EngineRefused     the inference engine cannot run as the run requires (vLLM settings the run
+                          does not allow, hidden states that could not be captured for a proof)
 
 Network failures arrive as `protocol.errors.Unavailable` (retry with backoff) or
 `protocol.errors.Rejected` (do not retry the same message); the daemon handles those at its
@@ -30,3 +32,7 @@ class LeaseError(WorkerError):
 
 class PolicyUnavailable(WorkerError):
     """No allowed policy version could be obtained in time."""
+
+
+class EngineRefused(WorkerError):
+    """The engine would compute or prove differently from what the run allows; nothing is submitted."""
