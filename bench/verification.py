@@ -18,7 +18,8 @@ the functions there.
    in fp32 and bf16, with 1 or 2 torch threads, batches of 1, 4 or 16 sequences, and SDPA or
    eager attention in the worker (another kernel than the verifier's). Each variation is one
    worker: printed are its full checks, false rejections, false bans, and the largest value
-   of every statistic a limit applies to next to the limit; for bf16, the smallest distance
+   of every statistic a limit applies to next to the limit, the highest proof-drift score the
+   worker reached ('drift peak': 1 bans; how close honest work comes); for bf16, the smallest distance
    of any completion from the verifier's fp32 prefill (what `higher_precision_floor` must
    stay under).
 2. attacks (`attacks`, bench/verification_attacks.py): every cheat, computed in fp32 and in
@@ -91,10 +92,13 @@ def _num(x) -> float:
     return float(x) if isinstance(x, (int, float)) else 0.0
 
 
-def banned_after(results: list[dict]) -> tuple[int | None, str]:
+def banned_after(results: list[dict], peak: list | None = None) -> tuple[int | None, str]:
     """After how many of these full checks, sent in order by one worker, the coordinator bans
-    it, and why ('rejected', 'near-ties', 'drift'); (None, '') if never."""
+    it, and why ('rejected', 'near-ties', 'drift'); (None, '') if never. `peak`, when given,
+    receives the highest proof-drift score the worker reached (1 bans), pooled and worst."""
     standing = verdicts.Standing(0, 0, (0.0, 0.0), None)
+    peak = peak if peak is not None else []
+    peak[:] = [0.0, 0.0]
     for i, r in enumerate(results, 1):
         v = r["verdict"]
         c = verdicts.consequences(v.accepted, True, v.checks, v.reason, received_at=float(i), standing=standing,
@@ -104,6 +108,7 @@ def banned_after(results: list[dict]) -> tuple[int | None, str]:
             return i, why
         standing = verdicts.Standing(standing.checked_positions + c.positions, standing.near_ties + c.near_ties,
                                      c.drift, float(i))
+        peak[:] = [max(peak[0], c.drift[0]), max(peak[1], c.drift[1])]
     return None, ""
 
 
@@ -140,8 +145,9 @@ SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 def summarise(name: str, res: list[dict]) -> dict:
-    ban, why = banned_after(res)
-    return {"name": name, "submissions": len(res), "completions": sum(r["completions"] for r in res),
+    peak: list = []
+    ban, why = banned_after(res, peak)
+    return {"name": name, "drift_peak": peak, "submissions": len(res), "completions": sum(r["completions"] for r in res),
             "false_rejections": sum(not r["accepted"] for r in res), "false_bans": int(ban is not None),
             "ban": f"{why} after {ban}" if ban else "",
             "reasons": [r["reason"] for r in res if not r["accepted"]][:3],
@@ -153,14 +159,15 @@ def summarise(name: str, res: list[dict]) -> dict:
 
 def print_header() -> None:
     names = "".join(f"{s.replace('_', ' ')[:15]:>16}" for s, _ in STATS)
-    print(f"{'variation':<22}{'checks':>7}{'rej.':>6}{'bans':>6}{names}")
+    print(f"{'variation':<22}{'checks':>7}{'rej.':>6}{'bans':>6}{names}{'drift peak':>12}")
     for dtype, thr in CALIBRATED.items():
         print(f"{'(' + SHORT[dtype] + ' limit)':<22}{'':>19}" + "".join(f"{getattr(thr, t):>16g}" for _, t in STATS))
 
 
 def print_row(r: dict) -> None:
     print(f"{r['name']:<22}{r['submissions']:>7}{r['false_rejections']:>6}{r['false_bans']:>6}"
-          + "".join(f"{r[s]:>16.4g}" for s, _ in STATS), flush=True)
+          + "".join(f"{r[s]:>16.4g}" for s, _ in STATS)
+          + (f"{max(r['drift_peak']):>12.3f}" if r.get("drift_peak") else ""), flush=True)
     for reason in r.get("reasons", []):
         print(f"    rejected: {reason}")
     if r.get("ban"):
@@ -195,6 +202,7 @@ def honest_section(worlds: dict[str, H.World], target: int, out: dict, threads: 
              "completions": sum(r["completions"] for r in rows),
              "false_rejections": sum(r["false_rejections"] for r in rows),
              "false_bans": sum(r["false_bans"] for r in rows),
+             "drift_peak": [max(r["drift_peak"][0] for r in rows), max(r["drift_peak"][1] for r in rows)],
              **{s: max(r[s] for r in rows) for s, _ in STATS}}
     print_row(total)
     print(f"  honest full checks: {total['submissions']} ({total['completions']} completions) in "

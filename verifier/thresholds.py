@@ -67,9 +67,9 @@ class Thresholds(BaseModel):
 FLOAT32 = Thresholds()
 
 BFLOAT16 = Thresholds(
-    exp_mismatch_frac=0.12, mant_err_mean=4.0, mant_err_median=3.0, sign_mismatch_frac=0.05,
-    completion_exp_mismatch_frac=0.08, completion_mant_err_mean=3.5,
-    group_exp_mismatch_frac=0.04, group_mant_err_mean=1.2, higher_precision_floor=0.3,
+    exp_mismatch_frac=0.12, mant_err_mean=5.0, mant_err_median=3.0, sign_mismatch_frac=0.05,
+    completion_exp_mismatch_frac=0.08, completion_mant_err_mean=5.0,
+    group_exp_mismatch_frac=0.06, group_mant_err_mean=1.8, higher_precision_floor=0.3,
     sampling_tolerance=0.02, sampling_rel_tolerance=2.0 ** -6)
 
 CALIBRATED: dict[str, Thresholds] = {"float32": FLOAT32, "bfloat16": BFLOAT16}
