@@ -224,8 +224,14 @@ def test_the_tls_proxies_replace_x_forwarded_for_and_listen_with_tls():
         assert f"proxy_pass http://{upstream};" in text
         assert "proxy_set_header X-Forwarded-For $remote_addr;" in text  # replaced, never appended
         assert "$proxy_add_x_forwarded_for" not in text
-    text = (DEPLOY / "config" / "coordinator.toml").read_text()
-    assert '# trusted_proxies = ["127.0.0.1"]' in text or 'trusted_proxies = ["127.0.0.1"]' in text
+    from coordinator.config import CoordinatorConfig
+
+    # the coordinator believes the proxy's X-Forwarded-For, and only the proxy's (the Kubernetes
+    # config map holds the same file: test_kubernetes_config_map_holds_the_same_configs_as_deploy_config)
+    cfg = load_config(CoordinatorConfig, DEPLOY / "config" / "coordinator.toml", env_prefix="SWARMRL_COORDINATOR_",
+                      environ=DEPLOY_ENV)
+    assert cfg.limits.trusted_proxies == ["127.0.0.1"]
+    assert cfg.limits.exempt_addresses == []
 
 
 def test_the_tls_proxy_configs_are_valid_nginx(tmp_path):
