@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from coordinator.config import CoordinatorConfig  # noqa: E402
-from coordinator.rules import verdicts  # noqa: E402
+from coordinator.rules import proof_drift, verdicts  # noqa: E402
 from coordinator.service.verification import verdict_rules  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
 from protocol.proof import build_proofs  # noqa: E402
@@ -112,6 +112,13 @@ def banned_after(results: list[dict], peak: list | None = None) -> tuple[int | N
     return None, ""
 
 
+def drift_errors(r: dict) -> list:
+    """The proof-drift statistics of one full check (pooled, worst completion), kept in the JSON
+    so other drift allowances can be tried on the same honest checks without re-running them."""
+    stats = next((c.stats for c in r["verdict"].checks if c.name == "proof"), {})
+    return [proof_drift.check_error(stats), proof_drift.worst_error(stats)]
+
+
 def generate_batched(engine, leases, version: int, batch: int):
     """The worker's rollouts of `leases`, generated `batch` sequences at a time."""
     reqs = [r for lease in leases for r in H._requests(lease)]
@@ -147,7 +154,7 @@ SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 def summarise(name: str, res: list[dict]) -> dict:
     peak: list = []
     ban, why = banned_after(res, peak)
-    return {"name": name, "drift_peak": peak, "submissions": len(res), "completions": sum(r["completions"] for r in res),
+    return {"name": name, "drift_peak": peak, "drift_errors": [drift_errors(r) for r in res], "submissions": len(res), "completions": sum(r["completions"] for r in res),
             "false_rejections": sum(not r["accepted"] for r in res), "false_bans": int(ban is not None),
             "ban": f"{why} after {ban}" if ban else "",
             "reasons": [r["reason"] for r in res if not r["accepted"]][:3],
@@ -175,17 +182,20 @@ def print_row(r: dict) -> None:
 
 
 # -- 1. honest ----------------------------------------------------------------------------------
-def honest_section(worlds: dict[str, H.World], target: int, out: dict, threads: tuple[int, ...] = (1, 2)) -> None:
-    """`target`: honest full checks (submissions) in all, spread over the variations."""
+def honest_section(worlds: dict[str, H.World], target: int, out: dict, threads: tuple[int, ...] = (1, 2),
+                   dtypes: tuple[str, ...] = ("float32", "bfloat16"), attns: tuple[str, ...] = ("sdpa", "eager")) -> None:
+    """`target`: honest full checks (submissions) in all, spread over the variations (a long
+    completion costs about 8 short ones, so a long-model variation gets a quarter of the checks)."""
     key = KeyPair.generate()
-    variations = [(w, dt, th, b, attn) for w in worlds for dt in ("float32", "bfloat16") for th in threads
-                  for b in (1, 4, 16) for attn in ("sdpa", "eager")]
-    per_var = max(2, -(-target // len(variations)))
+    variations = [(w, dt, th, b, attn) for w in worlds for dt in dtypes for th in threads
+                  for b in (1, 4, 16) for attn in attns]
+    weight = sum(1.0 if w == "demo" else 0.25 for w, *_ in variations)
+    per_var = max(2, -(-target // weight))
     rows, floors = [], []
     print_header()
     for wname, dt, th, b, attn in variations:
         world = worlds[wname]
-        per = per_var if wname == "demo" else max(2, per_var // 4)  # long completions cost 8x: fewer of them
+        per = int(per_var if wname == "demo" else max(2, per_var // 4))  # long completions cost 8x: fewer of them
         engine = H.engine_for(world.versions[1], 1, dtype=dt, threads=th, attn=attn)
         leases = [world.lease(key) for _ in range(per)]
         torch.set_num_threads(th)
@@ -208,9 +218,10 @@ def honest_section(worlds: dict[str, H.World], target: int, out: dict, threads: 
     print(f"  honest full checks: {total['submissions']} ({total['completions']} completions) in "
           f"{len(rows)} variations, each one worker: false rejections {total['false_rejections']}, "
           f"false bans {total['false_bans']}")
-    print(f"  bf16 completions' smallest distance from the fp32 prefill: {min(floors):.3f} "
-          f"(higher_precision_floor {CALIBRATED['bfloat16'].higher_precision_floor})")
-    out["honest"] = {"rows": rows, "total": total, "min_fp32_distance_bf16": min(floors)}
+    if floors:
+        print(f"  bf16 completions' smallest distance from the fp32 prefill: {min(floors):.3f} "
+              f"(higher_precision_floor {CALIBRATED['bfloat16'].higher_precision_floor})")
+    out["honest"] = {"rows": rows, "total": total, "min_fp32_distance_bf16": min(floors) if floors else None}
 
 
 # -- 4. cost ------------------------------------------------------------------------------------
@@ -268,6 +279,10 @@ def main() -> None:
     ap.add_argument("--worlds", nargs="+", default=["demo", "long"], choices=["demo", "long"],
                     help="honest section: the demo model (8-token completions) and/or the untrained one (64)")
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="honest section: worker torch threads")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                    help="honest section: compute dtypes")
+    ap.add_argument("--attn", nargs="+", default=["sdpa", "eager"], choices=["sdpa", "eager"],
+                    help="honest section: the worker's attention kernels")
     ap.add_argument("--per-attack", type=int, default=20, help="submissions per attack and dtype pair")
     ap.add_argument("--identities", type=int, default=200, help="cheating identities in the damage simulation")
     ap.add_argument("--warm-seconds", type=float, default=45.0, help="supervised warm start of the tiny model")
@@ -290,7 +305,7 @@ def main() -> None:
             worlds["long"] = H.make_world(root / "long", group_size=8, max_tokens=64)
         worlds = {k: v for k, v in worlds.items() if k in args.worlds}
         print("\n1. honest rollouts (every submission fully checked; false rejections and bans must be 0)")
-        honest_section(worlds, args.checks, out, tuple(args.threads))
+        honest_section(worlds, args.checks, out, tuple(args.threads), tuple(args.dtypes), tuple(args.attn))
     if "attacks" in args.sections:
         from bench.verification_attacks import attack_section
 

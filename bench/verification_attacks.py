@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from bench.verification import SHORT, banned_after, judge
+from bench.verification import SHORT, banned_after, drift_errors, judge
 from protocol.identity import KeyPair
 from tests.adversarial import harness as H
 
@@ -81,7 +81,8 @@ def _cell(world: H.World, key: KeyPair, leases, cheats, honest, decl: str) -> di
             caught[name] = caught.get(name, 0) + 1
     return {"n": len(res), "effective": len(effective), "rejected": rejected,
             "rate": rejected / len(effective) if effective else None, "banned_after": ban, "ban_by": why,
-            "caught_by": caught, "judged": sorted({r["judged_dtype"] for r in res if r["judged_dtype"]})}
+            "caught_by": caught, "judged": sorted({r["judged_dtype"] for r in res if r["judged_dtype"]}),
+            "drift_errors": [drift_errors(r) for r in res]}
 
 
 def _fmt(c: dict) -> str:
