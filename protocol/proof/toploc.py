@@ -54,6 +54,7 @@ class ChunkStats:
     sign_mismatches: int      # exponent-matched positions whose sign bit differs
     k: int                    # positions compared (top-k, or fewer in a small last chunk)
     non_finite: int = 0       # values the proof claims that are Inf or NaN (exponent bits all ones)
+    non_finite_top: int = 0   # ... of them, where the verifier's value is in the top half of the top-k
 
     def as_tuple(self) -> tuple[int, float, float]:
         """The three numbers the reference reports."""
@@ -249,7 +250,16 @@ def _compare(claimed: np.ndarray, actual: np.ndarray) -> list[ChunkStats]:
     sums = np.where(exp_match, mant_err, 0).sum(axis=1)
     ordered = np.sort(np.where(exp_match, mant_err, np.iinfo(np.int64).max), axis=1)
     signs = (sign_diff & exp_match).sum(axis=1)
-    claimed_non_finite = (((claimed >> 7) & 0xFF) == 0xFF).sum(axis=1)
+    non_finite = ((claimed >> 7) & 0xFF) == 0xFF
+    claimed_non_finite = non_finite.sum(axis=1)
+    # A claimed value at an index the prover did not select is an arbitrary bit pattern (the
+    # polynomial evaluated off its points), so a non-finite claim there is honest noise. An index
+    # whose value ranks in the top half of the verifier's top-k was selected by any prover whose
+    # values are near the verifier's: a non-finite claim there is the prover's own.
+    mag = actual & 0x7FFF  # |value| order of finite bf16 bit patterns
+    half = max(1, k // 2)
+    cut = np.partition(mag, k - half, axis=1)[:, k - half][:, None]
+    top_non_finite = (non_finite & (mag >= cut)).sum(axis=1)
     out = []
     for r in range(claimed.shape[0]):
         cnt = int(matched[r])
@@ -258,7 +268,8 @@ def _compare(claimed: np.ndarray, actual: np.ndarray) -> list[ChunkStats]:
         else:
             mean = median = NO_MATCH
         out.append(ChunkStats(exp_mismatches=k - cnt, mant_err_mean=mean, mant_err_median=median,
-                              sign_mismatches=int(signs[r]), k=k, non_finite=int(claimed_non_finite[r])))
+                              sign_mismatches=int(signs[r]), k=k, non_finite=int(claimed_non_finite[r]),
+                              non_finite_top=int(top_non_finite[r])))
     return out
 
 

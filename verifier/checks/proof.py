@@ -15,11 +15,13 @@ submission fails if any one fails:
 
 Failing closed: a proof that does not decode fails with the decoder's reason; a claimed
 value that is Inf or NaN never matches the verifier's (finite) value — it counts as an
-exponent mismatch, and the count is reported (`claimed_non_finite`); it cannot be a
-rejection on its own, because the proof evaluated at an index the prover did not select
+exponent mismatch, and the count is reported (`claimed_non_finite`). Where the verifier's
+value ranks in the top half of the chunk's top-k, a non-finite claim fails the chunk on its
+own: any honest prover selected that index, so the value is the prover's. Elsewhere it cannot
+be a rejection on its own, because the proof evaluated at an index the prover did not select
 yields an arbitrary bit pattern, non-finite 2 times in 256 (measured: honest bf16 workers hit
-it); every limit is `within`, so a NaN statistic fails. Shares, not counts, because a short
-last chunk compares fewer than top-k values.
+it near the top-k boundary). Every limit is `within`, so a NaN statistic fails. Shares, not
+counts, because a short last chunk compares fewer than top-k values.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ NAME = "proof"
 
 def chunk_failure(s: ChunkStats, thr: Thresholds) -> str | None:
     """Why one chunk fails the limits, or None if it passes."""
+    if s.non_finite_top:
+        return f"non-finite value claimed at {s.non_finite_top} of the verifier's top-{max(1, s.k // 2)} positions"
     if not within(s.exp_mismatches, thr.exp_mismatch_frac * s.k):
         return f"{s.exp_mismatches}/{s.k} exponents differ"
     if not within(s.mant_err_mean, thr.mant_err_mean):
@@ -115,7 +119,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
                 topk: int) -> CheckResult:
     problems: list[str] = []
     group = Pool()
-    failed_chunks = n_chunks = claimed_non_finite = 0
+    failed_chunks = n_chunks = claimed_non_finite = top_non_finite = 0
     worst = {"exp_frac": 0.0, "mant_mean": 0.0, "mant_median": 0.0, "sign_frac": 0.0}
     per_completion: list[float | None] = []
     for i, (c, h) in enumerate(zip(oj.submission.completions, hidden)):
@@ -127,6 +131,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
             continue
         n_chunks += len(pool.chunks)
         claimed_non_finite += sum(s.non_finite for s in pool.chunks)
+        top_non_finite += sum(s.non_finite_top for s in pool.chunks)
         for j, s in enumerate(pool.chunks):
             worst["exp_frac"] = max(worst["exp_frac"], s.exp_mismatches / s.k)
             worst["sign_frac"] = max(worst["sign_frac"], s.sign_mismatches / s.k)
@@ -147,6 +152,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
         if why:
             problems.append(why)
     stats_out = {"chunks": n_chunks, "failed_chunks": failed_chunks, "claimed_non_finite": claimed_non_finite,
+                 "claimed_non_finite_top": top_non_finite,
                  "values": group.compared, "group_exp_frac": round(group.exp_frac, 5),
                  "group_mant_mean": round(_finite(group.mant_mean), 4),
                  **{f"worst_{k}": round(_finite(v), 4) for k, v in worst.items()},
