@@ -7,7 +7,40 @@ override them. Every limit is "fail unless provably within" (`verifier.checks.wi
 statistic fails. `python bench/verification.py` measures the honest and dishonest
 distributions and prints each statistic's worst honest value next to its limit.
 
-CALIBRATION (filled in from bench/verification.py; see the bottom of this docstring).
+Calibration (bench/verification.py on this project's test models, CPU, December 2026;
+fuller tables in its output and the issue notes):
+
+- float32. Honest workers (batch 1/4/16, 1-2 threads, SDPA or eager attention, 8- and
+  64-token completions; >9,000 full checks) stay at or below 0.0156 mantissa steps per chunk
+  and per completion, 0.0078 pooled, exponent shares 0.0078 per chunk and 0.001 pooled: the
+  limits sit 4-16x above. Every weight change in the red-team list (int8 per tensor and per
+  channel, int4, fp8, noise of 0.3-10% of each tensor's std, one AdamW step at 1e-5, the
+  previous version, one completion of 8 from changed weights) fails every single submission.
+- bfloat16. Honest noise depends on whether the worker runs the verifier's kernels: the same
+  kernels stay under 0.07 pooled and 0.25 per completion on the 8-token model, but longer
+  sequences (64 tokens) reach 0.81 pooled and 3.2 in a chunk, and another attention kernel
+  (eager vs the verifier's SDPA, the stand-in for other hardware) reaches 1.32 pooled, 3.79 in
+  a completion and 5.5% differing exponents in a chunk. The limits (1.8 pooled, 5.0 per
+  completion and chunk) are set for the second case, because a contributor's GPU rarely runs
+  the verifier's kernels. So one bf16 check catches only large changes (int4, 10% noise,
+  AdamW at 1e-4, another version, another model, edited tokens, any sampling change); smaller
+  ones are left to the per-worker proof-drift test (`coordinator.rules.proof_drift`), which bans
+  int8 per tensor after ~13 full checks, fp8 after 3, 1% noise after 10, 3% after 2, AdamW at
+  1e-5 after 4, one completion of 8 from 10% noise after 2-3. It does not ban int8 per channel
+  (pooled error 0.64 on average), 0.3% noise (0.50) or one completion of 8 from 3% noise
+  (banned after 16 in one run of 20 checks, not in another) within 20 full checks: honest workers on
+  other kernels average 0.41 (sd 0.14) and honest long sequences on the same kernel ~0.5, and
+  an allowance below that would ban them. A run that must catch those changes allows float32
+  only (`allowed_dtypes`), where they fail every check.
+- Declaring bfloat16 while computing in float32 buys wider limits only while the changed
+  weights keep the proofs further from the verifier's float32 prefill than bf16 rounding does
+  (`higher_precision_floor` 0.3; honest bf16 completions measured 0.42 and more): then a
+  single check catches int8 and fp8 15-70%, 1-3% noise 15-25% and AdamW at 1e-5 0% of the
+  time instead of 100%, and the worker is banned after 1-7 full checks (rejections and drift)
+  instead of 1.
+- Non-finite values: a NaN/Inf in the verifier's prefill or in a statistic rejects; a
+  non-finite value claimed in a proof at a top-ranked position rejects on its own
+  (`verifier.checks.proof`).
 """
 
 from __future__ import annotations
