@@ -34,7 +34,9 @@ fuller tables in its output and the issue notes):
   only (`allowed_dtypes`), where they fail every check.
 - Declaring bfloat16 while computing in float32 buys wider limits only while the changed
   weights keep the proofs further from the verifier's float32 prefill than bf16 rounding does
-  (`higher_precision_floor` 0.3; honest bf16 completions measured 0.42 and more): then a
+  (`higher_precision_floor` 0.15; honest bf16 completions measured 0.30 and more, lowest on
+  64-token completions: half that keeps an honest bf16 worker from being judged by the float32
+  limits; a real model's deeper stack rounds more, not less): then a
   single check catches int8 and fp8 15-70%, 1-3% noise 15-25% and AdamW at 1e-5 0% of the
   time instead of 100%, and the worker is banned after 1-7 full checks (rejections and drift)
   instead of 1.
@@ -102,7 +104,7 @@ FLOAT32 = Thresholds()
 BFLOAT16 = Thresholds(
     exp_mismatch_frac=0.12, mant_err_mean=5.0, mant_err_median=3.0, sign_mismatch_frac=0.05,
     completion_exp_mismatch_frac=0.08, completion_mant_err_mean=5.0,
-    group_exp_mismatch_frac=0.06, group_mant_err_mean=1.8, higher_precision_floor=0.3,
+    group_exp_mismatch_frac=0.06, group_mant_err_mean=1.8, higher_precision_floor=0.15,
     sampling_tolerance=0.02, sampling_rel_tolerance=2.0 ** -6)
 
 CALIBRATED: dict[str, Thresholds] = {"float32": FLOAT32, "bfloat16": BFLOAT16}

@@ -15,6 +15,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.rules import verdicts
 from coordinator.service.verification import verdict_rules
 from tests.adversarial import harness as H
+from verifier.thresholds import BFLOAT16
 
 
 def judge(world, env, sub, key, **kw):
@@ -141,7 +142,7 @@ def test_honest_bf16_is_judged_in_bf16_and_accepted(redteam, key):
     v = judge(world, env, sub, key)
     proof = next(c for c in v.checks if c.name == "proof")
     assert v.accepted, v.reason
-    assert proof.stats["prefill_dtype"] == "bfloat16" and proof.stats["precision_probe"]["fp32_mant_mean"] > 0.3
+    assert proof.stats["prefill_dtype"] == "bfloat16" and proof.stats["precision_probe"]["fp32_mant_mean"] > 2 * BFLOAT16.higher_precision_floor
 
 
 @pytest.mark.slow
