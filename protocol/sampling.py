@@ -32,7 +32,7 @@ _C1 = 0x7FEB352D
 _C2 = 0x846CA68B
 _U_BITS = 24
 
-__all__ = ["gumbel_noise", "gumbel_noise_rows", "gumbel_noise_at", "gumbel_max", "sample_tokens", "sample_rows",
+__all__ = ["gumbel_noise", "gumbel_noise_rows", "gumbel_noise_at", "gumbel_index_rows", "gumbel_index_at", "gumbel_table", "sample_tokens", "sample_rows",
            "perturbed_scores", "hash32"]
 
 
@@ -133,9 +133,9 @@ def _gumbel_table(device: torch.device) -> torch.Tensor:
     return t
 
 
-def gumbel_max(device: torch.device | str = "cpu") -> float:
-    """The largest value the noise can take (a bound for skipping tokens that cannot win)."""
-    return float(_gumbel_table(torch.device(device))[-1])
+def gumbel_table(device: torch.device | str = "cpu") -> torch.Tensor:
+    """G for every 24-bit index (`gumbel_index_rows`), float32; non-decreasing in the index."""
+    return _gumbel_table(torch.device(device))
 
 
 def _to_int32(x: torch.Tensor) -> torch.Tensor:
@@ -158,15 +158,24 @@ def _row_keys(seeds: list[int], positions: torch.Tensor) -> torch.Tensor:
     return _to_int32(hash32(positions.to(torch.int64) ^ keys))
 
 
-def _noise_of_mixed(x: torch.Tensor) -> torch.Tensor:
-    """G for int32 `x` = row key ^ vocab hash: lowbias32 in place with wrapping int32
-    multiplies, then the table lookup of its top 24 bits (equal to `_gumbel_of_hash(hash32(x))`)."""
+def _index_of_mixed(x: torch.Tensor) -> torch.Tensor:
+    """The G table index (top 24 bits of hash32(x)) for int32 `x` = row key ^ vocab hash,
+    computed in place: lowbias32 with wrapping int32 multiplies and masked shifts."""
     x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
     x.mul_(_C1 - (1 << 32) if _C1 >= 1 << 31 else _C1)
     x.bitwise_xor_(x.bitwise_right_shift(15).bitwise_and_(0x1FFFF))
     x.mul_(_C2 - (1 << 32) if _C2 >= 1 << 31 else _C2)
     x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
-    return _gumbel_table(x.device)[x.bitwise_right_shift_(32 - _U_BITS).bitwise_and_((1 << _U_BITS) - 1)]
+    return x.bitwise_right_shift_(32 - _U_BITS).bitwise_and_((1 << _U_BITS) - 1)
+
+
+def gumbel_index_rows(seeds: list[int], positions: torch.Tensor, vocab_size: int, *,
+                      vocab_start: int = 0, vocab_end: int | None = None) -> torch.Tensor:
+    """`gumbel_noise_rows` before its table lookup: int32 indices into `gumbel_table`
+    (noise = table[index]; a larger index never means smaller noise)."""
+    end = vocab_size if vocab_end is None else vocab_end
+    x = _row_keys(seeds, positions)[:, None] ^ _vocab_hash32(vocab_size, positions.device)[None, vocab_start:end]
+    return _index_of_mixed(x)
 
 
 def gumbel_noise_rows(seeds: list[int], positions: torch.Tensor, vocab_size: int, *,
@@ -174,17 +183,23 @@ def gumbel_noise_rows(seeds: list[int], positions: torch.Tensor, vocab_size: int
     """Noise for B samples in one call: row i equals gumbel_noise(seeds[i], positions[i:i+1],
     vocab_size)[0] (columns vocab_start:vocab_end only, when given). `positions` (B,) int64 on
     the device wanted; returns (B, vocab_end - vocab_start) float32."""
-    device = positions.device
-    end = vocab_size if vocab_end is None else vocab_end
-    x = _row_keys(seeds, positions)[:, None] ^ _vocab_hash32(vocab_size, device)[None, vocab_start:end]
-    return _noise_of_mixed(x)
+    index = gumbel_index_rows(seeds, positions, vocab_size, vocab_start=vocab_start, vocab_end=vocab_end)
+    return _gumbel_table(positions.device)[index]
+
+
+def gumbel_index_at(seeds: list[int], positions: torch.Tensor, token_ids: torch.Tensor,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
+    """`gumbel_index_rows` at one token per entry: entry k is row `rows[k]`'s (default: row
+    k's) index for `token_ids[k]`; int32, the shape of `token_ids`."""
+    vh = _to_int32(hash32(token_ids.to(torch.int64) * 2 + 1)).to(positions.device)
+    keys = _row_keys(seeds, positions)
+    return _index_of_mixed((keys if rows is None else keys[rows]) ^ vh)
 
 
 def gumbel_noise_at(seeds: list[int], positions: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """The noise of one token per row: element i equals gumbel_noise(seeds[i],
     positions[i:i+1], V)[0, token_ids[i]] for any V > token_ids[i]; float32 (B,)."""
-    vh = _to_int32(hash32(token_ids.to(torch.int64) * 2 + 1))
-    return _noise_of_mixed(_row_keys(seeds, positions) ^ vh.to(positions.device))
+    return _gumbel_table(positions.device)[gumbel_index_at(seeds, positions, token_ids)]
 
 
 def sample_rows(logits: torch.Tensor, temperatures: torch.Tensor, seeds: list[int], positions: torch.Tensor) -> torch.Tensor:

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 import torch
 
 from protocol.messages import CheckResult
-from protocol.sampling import gumbel_noise_at, gumbel_noise_rows
+from protocol.sampling import gumbel_index_at, gumbel_index_rows, gumbel_noise_at, gumbel_table
 from verifier.checks import first_failures, result
 from verifier.job import OpenedJob
 
 NAME = "sampling"
 POSITION_CHUNK = 256  # positions whose logits are held at once
 VOCAB_CELLS = 1 << 21  # positions x vocabulary entries of noise built at once
+MARGIN = 1.0  # score units below a bound that float32 rounding cannot cross (for |scores| < 2**20)
 
 
 @dataclass(frozen=True)
@@ -55,27 +56,62 @@ class PositionScores:
 
 
 def position_scores(logits: torch.Tensor, tokens: torch.Tensor, seeds: list[int], positions: torch.Tensor,
-                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(shortfall, magnitude) of N positions: logits (N, V), chosen `tokens` (N,), one seed
-    and completion position per row. Builds noise for `VOCAB_CELLS` cells at a time."""
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(shortfall, magnitude, all logits finite) of N positions: logits (N, V), chosen `tokens` (N,), one seed
+    and completion position per row. Works on `VOCAB_CELLS` cells at a time.
+
+    Only tokens that can reach the row's best score get their noise looked up and added. A
+    lower bound of the best is known: the chosen token's score, the highest logit's, and the
+    best of the slices done so far (the first slice is scored in full). A token below
+    (bound - MARGIN) even with the largest noise there is (`gumbel_table()[-1]`) cannot reach
+    it: with peaked logits that rules out most tokens by their logit alone. With flat logits
+    a token whose noise is below (bound - MARGIN - highest logit/temperature) cannot either,
+    and its noise's table index shows that without the lookup (G grows with the index). The
+    best score and its earliest token come out the same as from all tokens. A chunk with a
+    non-finite or huge value is scored in full."""
     n, vocab = logits.shape
     dev = logits.device
     tokens, positions = tokens.to(dev, torch.int64), positions.to(dev, torch.int64)
+    table = gumbel_table(dev)
+    lg_chosen = logits.gather(1, tokens[:, None])[:, 0].float()
+    chosen = lg_chosen / temperature + gumbel_noise_at(seeds, positions, tokens)
+    top_logit, top_ids = logits.max(dim=1)
+    x_top = top_logit.float() / temperature
+    bound = torch.maximum(chosen, x_top + gumbel_noise_at(seeds, positions, top_ids))
+    finite = bool(torch.isfinite(top_logit).all()) and bool(torch.isfinite(logits.amin()))  # max and min carry NaN
+    prune = finite and bool((bound.abs() < 2**20).all() & (x_top.abs() < 2**20).all())
+    g_max = float(table[-1])
     best = torch.full((n,), float("-inf"), dtype=torch.float32, device=dev)
     best_ids = torch.zeros(n, dtype=torch.int64, device=dev)
     step = max(1, VOCAB_CELLS // max(n, 1))
     for a in range(0, vocab, step):
         b = min(vocab, a + step)
-        scores = logits[:, a:b].float() / temperature
-        scores += gumbel_noise_rows(seeds, positions, vocab, vocab_start=a, vocab_end=b)
-        m, i = scores.max(dim=1)
+        rows = cols = index = None
+        if prune and a > 0:  # the first slice, scored in full, raises the bound to near the best
+            low = torch.maximum(bound, best) - MARGIN  # no token below this can reach the best
+            x = logits[:, a:b].float() / temperature
+            rows, cols = (x >= (low - g_max)[:, None]).nonzero(as_tuple=True)  # peaked logits: few tokens
+            if rows.numel() * 8 < x.numel():
+                index = gumbel_index_at(seeds, positions, cols + a, rows)
+            else:  # flat logits: only tokens with large noise
+                index = gumbel_index_rows(seeds, positions, vocab, vocab_start=a, vocab_end=b)
+                floor = torch.searchsorted(table, (low - x_top).contiguous()).to(torch.int32)
+                rows, cols = (index >= floor[:, None]).nonzero(as_tuple=True)
+                index = index[rows, cols]
+        if rows is not None and rows.numel() * 8 < (b - a) * n:
+            s = logits[rows, cols + a].float() / temperature + table[index]
+            m = torch.full((n,), float("-inf"), device=dev).scatter_reduce(0, rows, s, "amax")
+            hit = s == m[rows]
+            i = torch.full((n,), b - a, dtype=torch.int64, device=dev).scatter_reduce(0, rows[hit], cols[hit], "amin")
+        else:
+            scores = logits[:, a:b].float() / temperature
+            scores += table[gumbel_index_rows(seeds, positions, vocab, vocab_start=a, vocab_end=b)]
+            m, i = scores.max(dim=1)
         take = (m > best) | (m.isnan() & ~best.isnan())  # earlier slices win ties; NaN wins, as in torch.max
         best = torch.where(take, m, best)
         best_ids = torch.where(take, i + a, best_ids)
-    lg_chosen = logits.gather(1, tokens[:, None])[:, 0].float()
-    chosen = lg_chosen / temperature + gumbel_noise_at(seeds, positions, tokens)
     lg_best = logits.gather(1, best_ids[:, None])[:, 0].float()
-    return best - chosen, torch.stack([lg_best, lg_chosen]).abs().max(dim=0).values
+    return best - chosen, torch.stack([lg_best, lg_chosen]).abs().max(dim=0).values, finite
 
 
 def score_completion(logit_chunks, tokens: list[int], seed: int, temperature: float) -> PositionScores:
@@ -88,10 +124,9 @@ def score_completion(logit_chunks, tokens: list[int], seed: int, temperature: fl
         n = min(lg.shape[0], len(tokens) - start)
         if n <= 0:
             continue
-        lg = lg[:n]
-        finite = finite and bool(torch.isfinite(lg).all())
-        s, m = position_scores(lg, torch.tensor(tokens[start:start + n]), [seed] * n,
-                               torch.arange(start, start + n), temperature)
+        s, m, ok = position_scores(lg[:n], torch.tensor(tokens[start:start + n]), [seed] * n,
+                                   torch.arange(start, start + n), temperature)
+        finite = finite and ok
         short.append(s.to("cpu"))
         mag.append(m.to("cpu"))
     empty = torch.zeros(0, dtype=torch.float32)

@@ -44,13 +44,14 @@ def test_fast_noise_equals_the_reference_definition_bit_for_bit():
 
 
 @pytest.mark.parametrize("rounding", [0.0, 0.004])
-def test_chunked_gaps_and_ties_equal_the_one_tensor_version(monkeypatch, rounding):
+@pytest.mark.parametrize("scale", [0.1, 3.0, 40.0])  # flat, spread and peaked logits: pruning from none to most
+def test_chunked_gaps_and_ties_equal_the_one_tensor_version(monkeypatch, rounding, scale):
     monkeypatch.setattr(sampling, "POSITION_CHUNK", 7)  # many position and vocabulary chunks
     monkeypatch.setattr(sampling, "VOCAB_CELLS", 7 * 50)
     g = torch.Generator().manual_seed(2)
     V, seeds, temp = 997, [5, 2**40 + 3, 77], 0.7
     lens = [23, 1, 40]
-    logits = [torch.randn(n + 2, V, generator=g) * 3 for n in lens]
+    logits = [torch.randn(n + 2, V, generator=g) * scale for n in lens]
     logits[1] = logits[1].to(torch.bfloat16)  # low-precision logits are widened the same way
     tokens = []
     for lg, s, n in zip(logits, seeds, lens):  # mostly honest picks, some other tokens, some near-ties
