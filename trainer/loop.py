@@ -36,6 +36,7 @@ from trainer.config import TrainerConfig
 from trainer.evaluate import append_csv, evaluate, read_csv
 from trainer.filtering import FilterCounts, filter_groups
 from trainer.history import WeightHistory
+from trainer.schedule import lr_schedule
 from trainer.status import PhaseClock, StatusBoard, TrainerMetrics
 from trainer.step import StepOptions, StepResult
 
@@ -54,7 +55,9 @@ class Pending:
 
 def step_options(cfg: TrainerConfig, pad_id: int) -> StepOptions:
     return StepOptions(loss=cfg.loss, grad_clip=cfg.grad_clip, updates=cfg.updates_per_batch,
-                       row_tokens=cfg.row_tokens, micro_batch_tokens=cfg.micro_batch_tokens, pad_id=pad_id)
+                       row_tokens=cfg.row_tokens, micro_batch_tokens=cfg.micro_batch_tokens, pad_id=pad_id,
+                       lr_at=lr_schedule(cfg), autocast=torch.bfloat16 if cfg.precision == "bf16-mixed" else None,
+                       logit_rows=cfg.logit_rows)
 
 
 class TrainerLoop:
