@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.config import KeyPins
 from protocol.messages import RunInfo, TaskSpec
+from protocol.tracking import TrackingConfig
 from shardcast.config import OriginConfig
 from trainer.errors import TrainerError
 
@@ -99,6 +100,9 @@ class TrainerConfig(BaseModel):
     checkpoint_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype of published checkpoints (auto: the initial model's own dtype, e.g. bfloat16 "
         "for a bf16 model; the trainer keeps float32 master weights)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="experiment tracking of the "
+                                     "trainer's metrics (`protocol.tracking`; TensorBoard event files in "
+                                     "data_dir/tracking by default)")
     pins: KeyPins = Field(default_factory=KeyPins, description="keys trusted ahead of the network: `operator` must "
                           "be this trainer's own key, and the coordinator's GET /v1/run must serve the pinned keys, "
                           "or the trainer stops at start (empty = not checked)")

@@ -174,7 +174,7 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Any) -> Parts:
 
     # Rollouts may come from versions current-k .. current, and `remember` runs right after
     # each new version: k + 1 versions must be held or the oldest allowed one would be missing.
-    history = WeightHistory(template, keep=cfg.async_window + 1)
+    history = WeightHistory(template, keep=cfg.async_window + 1, device=team.device)
     for v in store.complete_versions():
         if version - cfg.async_window <= v <= version:
             history.remember(v, store.get(v).model_dir)
@@ -201,6 +201,12 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Any) -> Parts:
                        source=source, clock=clock, metrics=metrics, board=board, should_stop=stop)
     if team.sharded:
         loop.eval_model_fn = lambda: history.model_at_path(store.get(loop.version).model_dir)
+    from protocol.tracking import open_tracker
+
+    loop.tracker = open_tracker(cfg.tracking, default_dir=data_dir / "tracking", run_id=cfg.run_id, role="trainer",
+                                config={"model": cfg.model, "lr": cfg.lr, "precision": cfg.precision,
+                                        "groups_per_step": cfg.groups_per_step, "loss": cfg.loss.kind})
+    parts.closers.append(loop.tracker.close)
     parts.loop = loop
     log.info("trainer of run %s: version %d, origin %s, status http://%s:%d, coordinator %s", cfg.run_id, version,
              origin.url, cfg.host, server.port, cfg.coordinator_url)
