@@ -3,7 +3,7 @@ on a ~30M-parameter Qwen2-architecture model with Qwen's 151,936-entry vocabular
 
     python bench/memory.py                          # the verifier at 16 x 2,048 tokens, trainer steps
     python bench/memory.py --sections verifier --sequences 2 --tokens 512
-    python bench/memory.py --sections trainer
+    python bench/memory.py --sections trainer       # fp32 / bf16-mixed, 1 / 2 ranks, before / after
 
 The model is built here with transformers `from_config` (hidden 192, 4 layers, tied
 embeddings: the 29M-entry embedding dominates, as in a real small model with a large
@@ -164,6 +164,9 @@ def main() -> None:
     p.add_argument("--before-tokens", type=int, default=256)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--groups", type=int, default=2, help="trainer: groups of 4 completions per step")
+    p.add_argument("--completion", type=int, default=192, help="trainer: tokens per completion")
+    p.add_argument("--before-rev", default="e14af20", help="trainer: the code to compare with (git revision)")
     a = p.parse_args()
     if "verifier" in a.sections:
         verifier_section(a)

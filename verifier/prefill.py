@@ -3,7 +3,9 @@
 Collaborators: `verifier.models` supplies the model; `verifier.judge` consumes the outputs.
 All completions of a submission share the lease's prompt, so they go through the model as
 one right-padded batch (`protocol.lm.completion_hidden`, the same definition of "final
-hidden state" the workers use), split only when the batch would exceed `max_batch_tokens`.
+hidden state" the workers use), split only when the batch would exceed `max_batch_tokens`
+(8,192 by default: large enough to keep a GPU busy, small enough that one batch's activations
+stay a few hundred MB on a small model; the hidden states kept are T x H per completion).
 
 Memory is bounded by a chunk, not by the submission: the base model's pass yields hidden
 states only; the LM head then runs on `POSITION_CHUNK` positions at a time
@@ -28,12 +30,16 @@ from verifier.job import OpenedJob
 from verifier.judge import ModelOutputs
 
 
+MAX_BATCH_TOKENS = 8192  # prompt + completion tokens per forward pass: bounds the activations of one batch
+
+
 def vocab_size(model: Any) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
 @torch.no_grad()
-def prefill(model: Any, oj: OpenedJob, *, max_batch_tokens: int = 65536, only: list[int] | None = None) -> ModelOutputs:
+def prefill(model: Any, oj: OpenedJob, *, max_batch_tokens: int = MAX_BATCH_TOKENS,
+            only: list[int] | None = None) -> ModelOutputs:
     """`only`: prefill just these completions (in this order; the precision probe's one)."""
     prompt = list(oj.lease.prompt_token_ids)
     index = list(range(len(oj.completions))) if only is None else list(only)
