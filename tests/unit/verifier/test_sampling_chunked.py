@@ -92,3 +92,37 @@ def test_position_scores_from_the_prefill_must_match_the_lease():
     assert torch.equal(gaps[0], reference_gaps_and_ties([lg], [[1, 2, 3]], [4], 0.9)[0][0])
     with pytest.raises(ValueError):
         sampling_gaps_and_ties([ps], [[1, 2, 3]], [5], 0.9)
+
+
+def test_the_prefill_holds_one_chunk_of_logits_and_judges_as_full_logits_do(world, worker_key, monkeypatch):
+    """The verifier's prefill runs the LM head on at most POSITION_CHUNK positions at a time,
+    and its position scores give the same gaps as the whole (T, V) logits of the same model."""
+    from protocol.lm import completion_outputs
+    from tests.adversarial.harness import engine_for, honest_submissions
+    from verifier.checks.sampling import PositionScores
+    from verifier.job import open_job
+    from verifier.prefill import prefill
+
+    monkeypatch.setattr(sampling, "POSITION_CHUNK", 5)
+    engine = engine_for(world.versions[1], 1)
+    lease, env = world.lease(worker_key)
+    sub = honest_submissions(engine, [lease], 1)[0]
+    oj = open_job(world.job(env, sub, worker_key), world.coordinator.public)
+    model = world.models.model(1, "float32")
+    head = model.get_output_embeddings()
+    rows = []
+    hook = head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    try:
+        out = prefill(model, oj)
+    finally:
+        hook.remove()
+    lens = [len(c) for c in oj.completions]
+    assert max(lens) > 5 and max(rows) == 5 and sum(rows) == sum(lens)
+    assert all(isinstance(ps, PositionScores) for ps in out.logits) and not out.non_finite
+    full = [lg for _, lg in completion_outputs(model, list(lease.prompt_token_ids), oj.completions)]
+    seeds, temp = list(lease.seeds), lease.sampling.temperature
+    got = sampling_gaps_and_ties(out.logits, oj.completions, seeds, temp, rounding=0.004)
+    want = reference_gaps_and_ties(full, oj.completions, seeds, temp, 0.004)
+    assert got[1] == want[1]
+    for a, b in zip(got[0], want[0]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # the same model; logits from other matmul shapes
