@@ -7,7 +7,7 @@ Each configuration runs in fresh processes; a row is rank 0's figures. "peak / p
 the process's peak resident memory above its resident memory before the model was built,
 divided by the parameter count (weights, gradients, AdamW state, activations, logits); with 2
 ranks it is per rank, so sharding shows as a smaller figure. The step time is that of the
-second step (the first warms up). The batch is small (this 2-core machine is shared):
+second step (the first warms up), wall and CPU seconds of rank 0. The batch is small (this 2-core machine is shared):
 `--groups` groups of 4 completions of `--completion` tokens after a 16-token prompt.
 """
 
@@ -46,7 +46,7 @@ def trainer_child(precision: str, groups: str, completion: str, out: str) -> dic
 
     import torch
 
-    from bench.memory import build_model, peak_mb, rss_mb
+    from bench.memory import build_model, cpu_s, peak_mb, rss_mb
     from trainer.config import LossConfig
     from trainer.distributed import Team
     from trainer.history import WeightHistory
@@ -65,14 +65,15 @@ def trainer_child(precision: str, groups: str, completion: str, out: str) -> dic
         return {"error": "no bf16-mixed in this version"}
     opts = StepOptions(loss=LossConfig(), grad_clip=1.0, micro_batch_tokens=4096, **extra)
     batch = _batch(int(groups), int(completion))
-    times = []
+    times, cpus = [], []
     for _ in range(2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s()
         team.step(model, opt, batch if team.rank == 0 else team.broadcast(None)[1], version=0, opts=opts,
                   history=WeightHistory(None, keep=0))  # one version: no behaviour log-probs to recompute
         times.append(time.perf_counter() - t0)
+        cpus.append(cpu_s() - c0)
     res = {"params": params, "peak_per_param": (peak_mb() - base) * 2**20 / params, "step_s": times[-1],
-           "world": team.world}
+           "cpu_s": cpus[-1], "world": team.world}
     if team.rank == 0:
         Path(out).write_text(json.dumps(res))
     team.close()
@@ -106,7 +107,7 @@ def _run(tree: Path, precision: str, world: int, a) -> dict:
 
 def trainer_section(a, _run_child) -> None:
     print(f"\ntrainer: one GRPO step, {a.groups} groups x 4 x {a.completion} tokens, 1 thread per rank")
-    print(f"{'code':<8}{'precision':<12}{'ranks':>6}{'peak / parameter':>18}{'step s':>9}")
+    print(f"{'code':<8}{'precision':<12}{'ranks':>6}{'peak / parameter':>18}{'step s':>9}{'CPU s':>8}")
     before = _unpack(a.before_rev)
     for label, tree in (("before", before), ("after", ROOT)):
         for precision in ("fp32", "bf16-mixed"):
@@ -117,4 +118,5 @@ def trainer_section(a, _run_child) -> None:
                 if "error" in r:
                     print(f"{label:<8}{precision:<12}{world:>6}  failed: {r['error']}")
                     continue
-                print(f"{label:<8}{precision:<12}{world:>6}{r['peak_per_param']:>16.1f} B{r['step_s']:>9.1f}")
+                print(f"{label:<8}{precision:<12}{world:>6}{r['peak_per_param']:>16.1f} B{r['step_s']:>9.1f}"
+                      f"{r.get('cpu_s', float('nan')):>8.1f}")

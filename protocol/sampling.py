@@ -32,7 +32,8 @@ _C1 = 0x7FEB352D
 _C2 = 0x846CA68B
 _U_BITS = 24
 
-__all__ = ["gumbel_noise", "gumbel_noise_rows", "gumbel_noise_at", "gumbel_index_rows", "gumbel_index_at", "gumbel_table", "sample_tokens", "sample_rows",
+__all__ = ["gumbel_noise", "gumbel_noise_rows", "gumbel_noise_at", "gumbel_index_rows", "gumbel_index_at",
+           "gumbel_table", "sample_tokens", "sample_rows",
            "perturbed_scores", "hash32"]
 
 

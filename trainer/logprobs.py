@@ -11,8 +11,8 @@ recomputed in the backward, so one chunk of (rows, V) logits exists at a time in
 micro-batch's (targets, V) or (rows, L, V). At a 151,936-entry vocabulary and 16k targets
 that is 156 MB (512 rows) instead of 10 GB.
 
-The model is called as a whole (`model(...)`, asking transformers for no logits:
-`logits_to_keep` an all-False mask), so FSDP2's hooks on the root module run as in a normal
+The model is called as a whole (`model(...)`, asking transformers for the last position's
+logits only: `logits_to_keep=1`), so FSDP2's hooks on the root module run as in a normal
 forward (the root's parameters stay gathered from its forward to its backward); the final
 hidden states are taken from the base model's output with a forward hook.
 
@@ -35,14 +35,14 @@ LOGIT_ROWS = 512  # targets whose full-vocabulary logits exist at once
 
 def target_hidden(model: Any, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(final hidden states (N, H) at the positions that predict each completion token, the
-    model's (empty) logits output, to be tied into the loss so FSDP's backward hooks fire)."""
+    model's logits output (one position per row), tied into the loss with weight 0 so that
+    FSDP's backward hooks on the root fire as they do for a loss on the logits)."""
     device = next(model.parameters()).device
     ids = mb.input_ids.to(device)
     seen: list[torch.Tensor] = []
     hook = base_model(model).register_forward_hook(lambda _m, _a, out: seen.append(out.last_hidden_state))
     try:
-        out = model(input_ids=ids, position_ids=mb.position_ids.to(device), use_cache=False,
-                    logits_to_keep=torch.zeros_like(ids, dtype=torch.bool))
+        out = model(input_ids=ids, position_ids=mb.position_ids.to(device), use_cache=False, logits_to_keep=1)
     finally:
         hook.remove()
     return seen[-1][mb.row.to(device), mb.col.to(device)], out.logits
@@ -71,5 +71,6 @@ def token_logprobs(model: Any, mb: MicroBatch, with_entropy: bool = False,
         lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
         logps.append(lp)
         ents.append(ent)
-    logp = torch.cat(logps) + empty_logits.float().sum() * 0.0
+    tie = empty_logits.float()
+    logp = torch.cat(logps) + torch.where(torch.isfinite(tie), tie, 0.0).sum() * 0.0  # adds exactly 0
     return logp, torch.cat(ents) if with_entropy else None

@@ -89,23 +89,27 @@ def position_scores(logits: torch.Tensor, tokens: torch.Tensor, seeds: list[int]
         rows = cols = index = None
         if prune and a > 0:  # the first slice, scored in full, raises the bound to near the best
             low = torch.maximum(bound, best) - MARGIN  # no token below this can reach the best
-            x = logits[:, a:b].float() / temperature
-            rows, cols = (x >= (low - g_max)[:, None]).nonzero(as_tuple=True)  # peaked logits: few tokens
-            if rows.numel() * 8 < x.numel():
+            mask = logits[:, a:b].float() / temperature >= (low - g_max)[:, None]  # peaked logits: few tokens
+            if int(mask.sum()) * 8 < mask.numel():
+                rows, cols = mask.nonzero(as_tuple=True)
                 index = gumbel_index_at(seeds, positions, cols + a, rows)
             else:  # flat logits: only tokens with large noise
-                index = gumbel_index_rows(seeds, positions, vocab, vocab_start=a, vocab_end=b)
-                floor = torch.searchsorted(table, (low - x_top).contiguous()).to(torch.int32)
-                rows, cols = (index >= floor[:, None]).nonzero(as_tuple=True)
-                index = index[rows, cols]
-        if rows is not None and rows.numel() * 8 < (b - a) * n:
+                full = gumbel_index_rows(seeds, positions, vocab, vocab_start=a, vocab_end=b)
+                mask = full >= torch.searchsorted(table, (low - x_top).contiguous()).to(torch.int32)[:, None]
+                if int(mask.sum()) * 8 < mask.numel():
+                    rows, cols = mask.nonzero(as_tuple=True)
+                    index = full[rows, cols]
+                else:
+                    index = full
+        if rows is not None:
             s = logits[rows, cols + a].float() / temperature + table[index]
             m = torch.full((n,), float("-inf"), device=dev).scatter_reduce(0, rows, s, "amax")
             hit = s == m[rows]
             i = torch.full((n,), b - a, dtype=torch.int64, device=dev).scatter_reduce(0, rows[hit], cols[hit], "amin")
         else:
             scores = logits[:, a:b].float() / temperature
-            scores += table[gumbel_index_rows(seeds, positions, vocab, vocab_start=a, vocab_end=b)]
+            scores += table[index if index is not None else
+                            gumbel_index_rows(seeds, positions, vocab, vocab_start=a, vocab_end=b)]
             m, i = scores.max(dim=1)
         take = (m > best) | (m.isnan() & ~best.isnan())  # earlier slices win ties; NaN wins, as in torch.max
         best = torch.where(take, m, best)
