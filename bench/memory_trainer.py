@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,17 +99,27 @@ def _run(tree: Path, precision: str, world: int, a) -> dict:
     cmd = [sys.executable, script, *args] if world == 1 else [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_port=0",
         "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", script, *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
-    if p.returncode != 0 or not out.exists():
-        lines = (p.stderr or p.stdout).strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit {p.returncode}"}
-    return json.loads(out.read_text())
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
+        if p.returncode != 0 or not out.exists():
+            lines = (p.stderr or p.stdout).strip().splitlines()
+            return {"error": lines[-1] if lines else f"exit {p.returncode}"}
+        return json.loads(out.read_text())
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 def trainer_section(a, _run_child) -> None:
     print(f"\ntrainer: one GRPO step, {a.groups} groups x 4 x {a.completion} tokens, 1 thread per rank")
     print(f"{'code':<8}{'precision':<12}{'ranks':>6}{'peak / parameter':>18}{'step s':>9}{'CPU s':>8}")
     before = _unpack(a.before_rev)
+    try:
+        _rows(a, before)
+    finally:
+        shutil.rmtree(before, ignore_errors=True)
+
+
+def _rows(a, before: Path) -> None:
     for label, tree in (("before", before), ("after", ROOT)):
         for precision in ("fp32", "bf16-mixed"):
             for world in (1, 2):
