@@ -119,7 +119,6 @@ def honest_section(worlds: dict[str, H.World], target: int, out: dict) -> None:
 
 
 def shortfall_section(worlds: dict[str, H.World], leases_per_world: int, out: dict) -> None:
-    from protocol.sampling import perturbed_scores
     from verifier.thresholds import LOW_PRECISION
 
     key = KeyPair.generate()
@@ -139,14 +138,9 @@ def shortfall_section(worlds: dict[str, H.World], leases_per_world: int, out: di
                 oj, outputs = world.verifier_outputs(world.job(env, sub, key))
                 temp = ls.sampling.temperature
                 thr = world.settings.for_dtype(outputs.dtype)
-                for lg, c, seed in zip(outputs.logits, sub.completions, ls.seeds):
-                    T = len(c.token_ids)
-                    positions += T
-                    scores = perturbed_scores(lg[:T].float(), temp, seed, torch.arange(T))
-                    chosen = torch.tensor(c.token_ids)
-                    best_score, best = scores.max(dim=1)
-                    gap = best_score - scores.gather(1, chosen[:, None])[:, 0]
-                    mag = torch.maximum(lg[torch.arange(T), best].abs(), lg[torch.arange(T), chosen].abs()) / temp
+                for ps, c in zip(outputs.logits, sub.completions):  # the prefill's PositionScores
+                    positions += len(c.token_ids)
+                    gap, mag = ps.shortfall, ps.magnitude / temp  # best - chosen score; max |logit| of the two
                     nz = gap > 0
                     gaps += gap[nz].tolist()
                     rel += (gap[nz] / mag[nz]).tolist()

@@ -99,6 +99,8 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         tasks = [asyncio.create_task(_sweep_loop(ctx))] if background else []
         if background and ctx.archiver is not None:
             tasks.append(asyncio.create_task(ctx.archiver.loop()))
+        if background and ctx.cfg.tracking.backend != "none":
+            tasks.append(asyncio.create_task(_track_loop(ctx)))
         try:
             yield
         finally:
@@ -244,6 +246,32 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     mount_dashboard(app, ctx, api, background=background)  # /v1/dashboard/*, /dashboard, POST /v1/trainer/eval, checkpoints
     ctx.metrics.attach_state(lambda: upkeep.state_counts(ctx))
     return attach(app, api.guard)  # protocol.http serves it behind the cheap checks
+
+
+async def _track_loop(ctx: Context) -> None:
+    """Experiment tracking (`protocol.tracking`): a snapshot of the metrics every `every_s`."""
+    from coordinator.metrics import tracking_snapshot
+    from coordinator.store import submissions
+    from protocol.tracking import open_tracker
+
+    cfg = ctx.cfg.tracking
+    tracker = await asyncio.to_thread(open_tracker, cfg, default_dir=ctx.cfg.data_dir / "tracking",
+                                      run_id=ctx.cfg.run_id, role="coordinator")
+
+    def snap() -> None:
+        with ctx.db.read() as conn:
+            reward = submissions.accepted_reward_by_version(conn, last=1)
+        tracker.log(*tracking_snapshot(ctx.metrics.registry, reward))
+
+    try:
+        while True:
+            await asyncio.sleep(cfg.every_s)
+            try:
+                await asyncio.to_thread(snap)
+            except Exception:
+                log.exception("tracking snapshot failed; retrying next interval")
+    finally:
+        tracker.close()
 
 
 async def _sweep_loop(ctx: Context) -> None:

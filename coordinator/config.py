@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.dtypes import check_allowed
-
+from protocol.tracking import TrackingConfig
 from shardcast.p2p.config import P2PConfig
 
 
@@ -184,6 +184,9 @@ class CoordinatorConfig(BaseModel):
         return check_allowed(v)
 
     run_id: str = Field("swarmrl-run", description="name of the run; part of every lease")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="experiment tracking of the "
+                                     "coordinator's metrics (`protocol.tracking`; TensorBoard event files in "
+                                     "data_dir/tracking by default)")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8700, description="port to listen on (0 picks a free port, written to data_dir/coordinator.port)")
     data_dir: Path = Field(Path("./swarmrl-data/coordinator"), description="state: database, archive")

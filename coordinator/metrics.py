@@ -8,6 +8,11 @@ and across replicas sharing one database.
 With several server processes (`workers > 1`), prometheus_client's multiprocess mode adds up
 the counters of all processes at scrape time: `coordinator.main` sets PROMETHEUS_MULTIPROC_DIR
 before prometheus_client is imported, and `Metrics(multiprocess_dir=...)` exposes the sum.
+
+Experiment tracking (`protocol.tracking`, config `tracking`): `tracking_snapshot` turns the same
+registry (counters: verdicts, rejections by reason, bans, leases, groups; state gauges) and the
+accepted reward of the current version into one flat dict of scalars, which the app's
+`_track_loop` logs every `tracking.every_s` seconds with the policy version as the step.
 """
 
 from __future__ import annotations
@@ -79,3 +84,23 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_policy_versions", "policy versions announced", value=s.get("versions", 0))
         yield GaugeMetricFamily(f"{PREFIX}_tasks_returned", "tasks waiting to be leased again",
                                 value=s.get("tasks_returned", 0))
+
+
+def tracking_snapshot(registry: CollectorRegistry, accepted_reward: dict[int, float]) -> tuple[dict[str, float], int]:
+    """(scalars named "coordinator/<metric>[/<label values>]", the current policy version):
+    every counter total and gauge of `registry`, plus the mean reward of accepted submissions
+    of the current version (histograms are left out: Prometheus has them)."""
+    out: dict[str, float] = {}
+    for family in registry.collect():
+        if family.type not in ("counter", "gauge"):
+            continue
+        for sample in family.samples:
+            if family.type == "counter" and not sample.name.endswith("_total"):
+                continue  # the _created timestamps
+            name = sample.name.removeprefix(PREFIX + "_").removesuffix("_total")
+            labels = "/".join(str(v) for _, v in sorted(sample.labels.items()))
+            out["coordinator/" + name + (f"/{labels}" if labels else "")] = float(sample.value)
+    version = int(out.get("coordinator/policy_version", -1))
+    if version in accepted_reward:
+        out["coordinator/accepted_reward"] = accepted_reward[version]
+    return out, max(version, 0)

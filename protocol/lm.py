@@ -17,6 +17,7 @@ generic tokenizer API (plain text prompts, or the chat template when asked for).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,21 +114,36 @@ def base_model(model: Any) -> Any:
     return getattr(model, model.base_model_prefix)
 
 
+def final_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """One forward pass of the base model: (final hidden states (B, L, H), model output), no
+    logits. Extra kwargs (past_key_values, use_cache, position_ids) go to the base model."""
+    out = base_model(model)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return out.last_hidden_state, out
+
+
 def hidden_and_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """One forward pass: (final hidden states (B, L, H), logits (B, L, V), model output).
-    Extra kwargs (past_key_values, use_cache, position_ids) go to the base model."""
-    out = base_model(model)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    hidden = out.last_hidden_state
-    logits = model.get_output_embeddings()(hidden)
-    return hidden, logits, out
+    The logits cost L x V per sequence: callers with long sequences and a large vocabulary
+    use `final_hidden` and `logits_in_chunks` instead."""
+    hidden, out = final_hidden(model, input_ids, attention_mask, **kwargs)
+    return hidden, model.get_output_embeddings()(hidden), out
+
+
+def logits_in_chunks(model: Any, hidden: torch.Tensor, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, logits (n, V)) for `hidden` (T, H), `rows` positions at a time: the LM head
+    applied to one chunk, so a caller that drops each chunk holds one chunk's logits at most."""
+    head = model.get_output_embeddings()
+    for a in range(0, hidden.shape[0], rows):
+        yield a, head(hidden[a:a + rows])
 
 
 @torch.no_grad()
-def completion_outputs(model: Any, prompt_ids: list[int], completions: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def completion_hidden(model: Any, prompt_ids: list[int], completions: list[list[int]]) -> list[torch.Tensor]:
     """Prefill prompt + completion for each completion (one batch, right-padded) and return,
-    per completion of T tokens, (hidden (T, H), logits (T, V)) at the positions that chose
-    its tokens. Empty completions give empty tensors."""
+    per completion of T tokens, the final hidden states (T, H) at the positions that chose
+    its tokens (views into the batch's output). Empty completions give empty tensors."""
     device = next(model.parameters()).device
     P = len(prompt_ids)
     seqs = [prompt_ids + c[:-1] if c else list(prompt_ids) for c in completions]
@@ -137,9 +153,13 @@ def completion_outputs(model: Any, prompt_ids: list[int], completions: list[list
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
-    hidden, logits, _ = hidden_and_logits(model, ids, mask)
-    out = []
-    for i, c in enumerate(completions):
-        T = len(c)
-        out.append((hidden[i, P - 1 : P - 1 + T], logits[i, P - 1 : P - 1 + T]))
-    return out
+    hidden, _ = final_hidden(model, ids, mask)
+    return [hidden[i, P - 1 : P - 1 + len(c)] for i, c in enumerate(completions)]
+
+
+@torch.no_grad()
+def completion_outputs(model: Any, prompt_ids: list[int], completions: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`completion_hidden` with each completion's logits (T, V) as well (T x V each: for
+    short completions and small vocabularies; the verifier uses `logits_in_chunks`)."""
+    head = model.get_output_embeddings()
+    return [(h, head(h)) for h in completion_hidden(model, prompt_ids, completions)]

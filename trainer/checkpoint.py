@@ -68,6 +68,22 @@ class Saved:
                                   f"values); refusing to unpickle it: {str(exc).splitlines()[0]}") from None
 
 
+def publishable(model: Any, state_dict: dict | None, dtype: torch.dtype | None) -> dict:
+    """The tensors a checkpoint holds: floating-point weights in `dtype` (None: unchanged), and
+    a tied LM head stored once (as the input embedding; loaders tie it back). A gathered FSDP
+    state dict lists the tied head under its own name too, which would double the bytes every
+    relay carries."""
+    sd = dict(state_dict if state_dict is not None else model.state_dict())
+    if getattr(model.config, "tie_word_embeddings", False):
+        head = model.get_output_embeddings()
+        for name, module in model.named_modules():
+            if module is head:
+                sd.pop(f"{name}.weight" if name else "weight", None)
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    return sd
+
+
 class CheckpointStore:
     """Complete versions under data_dir/versions; see the module docstring for the layout."""
 
@@ -109,9 +125,10 @@ class CheckpointStore:
         return Saved(version, p)
 
     def save(self, version: int, *, model: Any, tokenizer: Any, optimizer_state: dict | None,
-             state: dict, state_dict: dict | None = None) -> Saved:
+             state: dict, state_dict: dict | None = None, dtype: torch.dtype | None = None) -> Saved:
         """Write version `version` atomically and mark it complete. `state_dict` (a full,
-        gathered state dict) replaces model.state_dict() when the model is sharded."""
+        gathered state dict) replaces model.state_dict() when the model is sharded; `dtype`:
+        the weights' dtype in the checkpoint (None: as they are)."""
         final = self.root / str(version)
         if (final / COMPLETE).exists():
             raise CheckpointError(f"version {version} already exists at {final}; versions are never overwritten")
@@ -121,7 +138,14 @@ class CheckpointStore:
         if tmp.exists():
             shutil.rmtree(tmp)
         (tmp / "model").mkdir(parents=True)
-        model.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
+        model.save_pretrained(tmp / "model", state_dict=publishable(model, state_dict, dtype), safe_serialization=True)
+        if dtype is not None:  # save_pretrained names the live (float32 master) weights' dtype
+            cfg_path = tmp / "model" / "config.json"
+            config = json.loads(cfg_path.read_text())
+            for key in ("dtype", "torch_dtype"):
+                if key in config or key == "dtype":
+                    config[key] = str(dtype).replace("torch.", "")
+            cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(tmp / "model")
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / "optimizer.pt")

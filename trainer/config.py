@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.config import KeyPins
 from protocol.messages import RunInfo, TaskSpec
+from protocol.tracking import TrackingConfig
 from shardcast.config import OriginConfig
 from trainer.errors import TrainerError
 
@@ -81,6 +82,27 @@ class TrainerConfig(BaseModel):
     batch_wait_s: float = Field(5.0, ge=0, le=60, description="long-poll time of each batch request (also bounds how long a stop request waits)")
     keep_checkpoints: int = Field(4, ge=1, description="newest complete versions kept on disk (at least async_window + 1 are kept)")
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
+    lr_warmup_versions: int = Field(0, ge=0, description="learning-rate warm-up: the rate rises linearly over the "
+                                    "first N versions (0 = none); `trainer.schedule`")
+    lr_decay: Literal["constant", "linear", "cosine"] = Field("constant", description="learning-rate decay after "
+                                                              "the warm-up, down to lr * lr_min_ratio")
+    lr_decay_versions: int = Field(0, ge=0, description="versions the decay takes (0 = until max_versions; "
+                                   "constant when max_versions is 0 too)")
+    lr_min_ratio: float = Field(0.1, ge=0, le=1, description="the decayed learning rate, as a share of lr")
+    precision: Literal["fp32", "bf16-mixed"] = Field("fp32", description="fp32: everything in float32. "
+                                                     "bf16-mixed: float32 master weights and AdamW state, forward "
+                                                     "and backward under bfloat16 autocast (about half the "
+                                                     "activation memory, faster matmuls on GPUs)")
+    activation_checkpointing: bool = Field(False, description="recompute each decoder layer's activations in the "
+                                           "backward instead of keeping them (less memory, ~30% more compute)")
+    logit_rows: int = Field(512, ge=1, description="completion tokens whose full-vocabulary logits are computed "
+                            "at once (the log-probabilities are chunked; bounds memory at rows x vocabulary)")
+    checkpoint_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of published checkpoints (auto: the initial model's own dtype, e.g. bfloat16 "
+        "for a bf16 model; the trainer keeps float32 master weights)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="experiment tracking of the "
+                                     "trainer's metrics (`protocol.tracking`; TensorBoard event files in "
+                                     "data_dir/tracking by default)")
     pins: KeyPins = Field(default_factory=KeyPins, description="keys trusted ahead of the network: `operator` must "
                           "be this trainer's own key, and the coordinator's GET /v1/run must serve the pinned keys, "
                           "or the trainer stops at start (empty = not checked)")

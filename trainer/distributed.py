@@ -12,9 +12,11 @@ count; FSDP's reduce-scatter averages over ranks, so the loss is scaled by the w
 the summed gradient equals one process's gradient on the whole batch. Backends: gloo on the
 CPU (the 2-process test), NCCL on GPUs. With one process every method is a direct call.
 
-Behaviour log-probabilities of older versions come from an unsharded shadow model loaded
-from the version's checkpoint folder (shared disk); fine up to models that fit one device,
-and the place to shard next for larger ones.
+Memory: each rank holds its shard of the weights, gradients and AdamW state (the model is
+loaded whole once, then `fully_shard` keeps only the rank's shard); the template is on the
+meta device. Behaviour log-probabilities of older versions come from an unsharded shadow
+model loaded from the version's checkpoint folder (shared disk) when a step needs one: fine
+up to models that fit one device, and the place to shard next for larger ones.
 """
 
 from __future__ import annotations
@@ -95,10 +97,17 @@ class Team:
 
     # -- model -----------------------------------------------------------------------------
     def prepare(self, model: Any) -> tuple[Any, Any]:
-        """(the model to train, sharded when world > 1; an unsharded template for shadows)."""
-        template = copy.deepcopy(model).eval() if self.sharded else model
+        """(the model to train, FSDP2-sharded under torchrun; a template of the same
+        architecture for saving and for the history's shadow model). Sharded, the template
+        is built on the meta device (no weights: a full copy per rank would defeat the
+        sharding); it saves a gathered state dict, and shadows load from checkpoint folders."""
         if not self.sharded:
-            return model, template
+            return model, model
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            template = AutoModelForCausalLM.from_config(model.config)
+        template.generation_config = copy.deepcopy(model.generation_config)  # the model's EOS ids
         from torch.distributed.fsdp import fully_shard
 
         layers = getattr(getattr(model, model.base_model_prefix, model), "layers", [])
@@ -180,7 +189,7 @@ def follower_loop(cfg: Any, team: Team) -> None:
     cfg = team.broadcast(None)
     model, template, optimizer, _ = build_model_and_optimizer(cfg, team)
     ref_model = reference_model(cfg, team)
-    history = WeightHistory(template, keep=cfg.async_window + 1)
+    history = WeightHistory(template, keep=cfg.async_window + 1, device=team.device)
     from trainer.loop import step_options
 
     opts = step_options(cfg, pad_id=0)

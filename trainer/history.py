@@ -35,8 +35,12 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 class WeightHistory:
     """Weights of recent versions; computes log-probabilities under any of them."""
 
-    def __init__(self, template: Any, keep: int):
+    def __init__(self, template: Any, keep: int, device: str = "cpu"):
+        """`template`: a model of the architecture (the shadow is a copy of it), or one on
+        the meta device (a sharded trainer's): the shadow is then loaded from a checkpoint
+        folder on `device`."""
         self._template = template
+        self._device = device
         self.keep = keep
         self._states: dict[int, dict[str, torch.Tensor] | Path] = {}
         self._shadow: Any = None
@@ -74,6 +78,15 @@ class WeightHistory:
             del self._states[v]
 
     def _load_shadow(self, state: dict[str, torch.Tensor] | Path, what: str) -> Any:
+        if self._shadow is None and next(self._template.parameters()).is_meta:
+            from protocol.lm import load_model
+
+            if not isinstance(state, Path):
+                raise KeyError(f"{what}: a sharded trainer's history holds checkpoint folders, not weights")
+            self._shadow = load_model(str(state), device=self._device, dtype="float32")
+            for p in self._shadow.parameters():
+                p.requires_grad_(False)
+            return self._shadow
         if self._shadow is None:
             self._shadow = copy.deepcopy(self._template).eval()
             for p in self._shadow.parameters():

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from protocol.messages import EvalReport, TrainingGroup
+from protocol.tracking import NullTracker, Tracker
 from protocol.window import window_floor
 from trainer.checkpoint import CheckpointStore, Inbox
 from trainer.client import CoordinatorLink
@@ -36,6 +37,7 @@ from trainer.config import TrainerConfig
 from trainer.evaluate import append_csv, evaluate, read_csv
 from trainer.filtering import FilterCounts, filter_groups
 from trainer.history import WeightHistory
+from trainer.schedule import lr_schedule
 from trainer.status import PhaseClock, StatusBoard, TrainerMetrics
 from trainer.step import StepOptions, StepResult
 
@@ -54,7 +56,23 @@ class Pending:
 
 def step_options(cfg: TrainerConfig, pad_id: int) -> StepOptions:
     return StepOptions(loss=cfg.loss, grad_clip=cfg.grad_clip, updates=cfg.updates_per_batch,
-                       row_tokens=cfg.row_tokens, micro_batch_tokens=cfg.micro_batch_tokens, pad_id=pad_id)
+                       row_tokens=cfg.row_tokens, micro_batch_tokens=cfg.micro_batch_tokens, pad_id=pad_id,
+                       lr_at=lr_schedule(cfg), autocast=torch.bfloat16 if cfg.precision == "bf16-mixed" else None,
+                       logit_rows=cfg.logit_rows)
+
+
+def step_scalars(result: StepResult, rewards: list[float], *, lr: float, groups: int) -> dict[str, float]:
+    """What the experiment tracker records of one step (names "train/..."); the step is the
+    version the step produced."""
+    st = result.stats
+    return {"train/loss": st.get("loss", 0.0), "train/kl": st.get("kl", 0.0),
+            "train/clip_fraction": st.get("clip_fraction", 0.0), "train/entropy": st.get("entropy", 0.0),
+            "train/importance_weight": st.get("importance_weight", 1.0),
+            "train/importance_capped_fraction": st.get("importance_capped_fraction", 0.0),
+            "train/grad_norm": result.grad_norm, "train/lr": lr, "train/reward": sum(rewards) / max(1, len(rewards)),
+            "train/groups": groups, "train/tokens": result.tokens, "train/stale_tokens": result.stale_tokens,
+            "train/tokens_per_s": result.tokens / max(result.seconds, 1e-9), "train/step_seconds": result.seconds,
+            "train/padding_fraction": 1 - result.real_tokens / max(result.padded_tokens, 1)}
 
 
 class TrainerLoop:
@@ -80,6 +98,8 @@ class TrainerLoop:
         self.counts = FilterCounts()
         self.evaluated = {int(r["version"]) for r in read_csv(cfg.data_dir / "eval.csv")}
         self.eval_model_fn: Callable[[], Any] = lambda: self.model
+        self.tracker: Tracker = NullTracker()  # `protocol.tracking`: set by setup.build_trainer
+        self.lr_at = lr_schedule(cfg)
 
     # -- versions ------------------------------------------------------------------------------
     def announce(self) -> None:
@@ -112,6 +132,8 @@ class TrainerLoop:
         if res.sampled_accuracy is not None:
             self.metrics.accuracy.labels("sampled").set(res.sampled_accuracy)
         self.metrics.eval_version.set(self.version)
+        self.tracker.log({"eval/greedy_accuracy": res.greedy_accuracy, "eval/sampled_accuracy": res.sampled_accuracy,
+                          "eval/seconds": res.seconds}, step=self.version)
         self.board.add_eval({"version": res.version, "step": res.step, "wall_s": round(res.wall_s, 2),
                              "greedy_accuracy": res.greedy_accuracy, "sampled_accuracy": res.sampled_accuracy})
         log.info("eval version %d: greedy accuracy %.1f%%%s (%d tasks, %.1f s)", self.version,
@@ -207,6 +229,8 @@ class TrainerLoop:
         self.metrics.missing_behaviour.inc(result.missing_behaviour_tokens)
         self.metrics.groups.labels("trained").inc(len(batch))
         self.metrics.reward.set(sum(rewards) / max(1, len(rewards)))
+        self.tracker.log(step_scalars(result, rewards, lr=self.lr_at(result.version), groups=len(batch)),
+                         step=self.version)
         log.info("step %d -> version %d: %d groups, %d tokens (%d stale, %d without weights), importance %.3f, "
                  "loss %.4f, grad %.3f, clip %.3f, reward %.3f, %.2f s", self.step, self.version, len(batch),
                  result.tokens, result.stale_tokens, result.missing_behaviour_tokens,

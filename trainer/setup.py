@@ -44,6 +44,32 @@ def reference_model(cfg: TrainerConfig, team: Any) -> Any:
     return ref
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute every decoder layer in the backward (transformers' own switch; its name
+    changed in transformers 5.x)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def publish_dtype(cfg: TrainerConfig) -> torch.dtype:
+    """The dtype checkpoints are published in: the config's, or (auto) the initial model's
+    own (its config.json's dtype; float32 when it names none)."""
+    from protocol.lm import resolve_dtype
+
+    if cfg.checkpoint_dtype != "auto":
+        return resolve_dtype(cfg.checkpoint_dtype)
+    from transformers import AutoConfig
+
+    try:
+        mc = AutoConfig.from_pretrained(cfg.model)
+    except (OSError, ValueError) as exc:
+        raise TrainerError(f"cannot read the model config of {cfg.model!r}: {exc}") from exc
+    dt = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None) or torch.float32
+    return resolve_dtype(dt) if isinstance(dt, str) else dt
+
+
 def make_optimizer(cfg: TrainerConfig, model: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
@@ -66,6 +92,8 @@ def build_model_and_optimizer(cfg: TrainerConfig, team: Any) -> tuple[Any, Any, 
     except (OSError, ValueError) as exc:
         raise TrainerError(f"cannot load the model {source!r}: {exc}") from exc
     model.train()
+    if cfg.activation_checkpointing:  # before sharding: FSDP wraps the checkpointed layers
+        enable_activation_checkpointing(model)
     model, template = team.prepare(model)
     optimizer = make_optimizer(cfg, model)
     if latest is not None and latest.optimizer_path.exists():
@@ -129,13 +157,14 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Any) -> Parts:
     tokenizer = load_tokenizer(str(store.get(version).model_dir) if state["resumed"] else cfg.model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     opts = step_options(cfg, pad_id)
+    dtype = publish_dtype(cfg)
 
     def save(v: int, s: int, extra: dict) -> Any:
         sd, opt_sd = team.gather_for_save(model, optimizer, v)
         if team.rank != 0:
             return None
         return store.save(v, model=template if team.sharded else model, tokenizer=tokenizer,
-                          optimizer_state=opt_sd, state={**extra, "step": s}, state_dict=sd)
+                          optimizer_state=opt_sd, state={**extra, "step": s}, state_dict=sd, dtype=dtype)
 
     if not state["resumed"]:
         save(0, 0, {"step": 0})
@@ -145,7 +174,7 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Any) -> Parts:
 
     # Rollouts may come from versions current-k .. current, and `remember` runs right after
     # each new version: k + 1 versions must be held or the oldest allowed one would be missing.
-    history = WeightHistory(template, keep=cfg.async_window + 1)
+    history = WeightHistory(template, keep=cfg.async_window + 1, device=team.device)
     for v in store.complete_versions():
         if version - cfg.async_window <= v <= version:
             history.remember(v, store.get(v).model_dir)
@@ -172,6 +201,12 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Any) -> Parts:
                        source=source, clock=clock, metrics=metrics, board=board, should_stop=stop)
     if team.sharded:
         loop.eval_model_fn = lambda: history.model_at_path(store.get(loop.version).model_dir)
+    from protocol.tracking import open_tracker
+
+    loop.tracker = open_tracker(cfg.tracking, default_dir=data_dir / "tracking", run_id=cfg.run_id, role="trainer",
+                                config={"model": cfg.model, "lr": cfg.lr, "precision": cfg.precision,
+                                        "groups_per_step": cfg.groups_per_step, "loss": cfg.loss.kind})
+    parts.closers.append(loop.tracker.close)
     parts.loop = loop
     log.info("trainer of run %s: version %d, origin %s, status http://%s:%d, coordinator %s", cfg.run_id, version,
              origin.url, cfg.host, server.port, cfg.coordinator_url)

@@ -11,13 +11,19 @@ Order of work inside a step (the proximal policy is the weights at the start of 
    pass records the proximal log-probabilities (they equal the current ones before any
    update, so no extra forward is needed);
 4. gradients are summed over ranks by `all_reduce` (identity in one process), clipped to
-   `grad_clip`, and applied.
+   `grad_clip`, and applied with the version's learning rate (`schedule.py`).
+
+Memory: log-probabilities come in chunks of `logit_rows` targets (`logprobs.py`); with
+`autocast` (the config's precision "bf16-mixed") the forward runs in bfloat16 while weights,
+gradients and AdamW state stay float32 (the master copy): the loss, the log-softmax and the
+reductions are float32 either way.
 
 `run_step` is a plain function; `main.py` owns the model, optimizer, history and counters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +33,7 @@ import torch
 
 from trainer.config import LossConfig
 from trainer.history import WeightHistory
-from trainer.logprobs import token_logprobs
+from trainer.logprobs import LOGIT_ROWS, token_logprobs
 from trainer.loss import LossStats, policy_loss
 from trainer.packing import (
     MicroBatch,
@@ -47,6 +53,9 @@ class StepOptions:
     row_tokens: int = 0
     micro_batch_tokens: int = 8192
     pad_id: int = 0
+    lr_at: Callable[[int], float] | None = None  # version -> learning rate (`trainer.schedule`); None: unchanged
+    autocast: torch.dtype | None = None  # bf16-mixed: the forward runs under autocast to this dtype
+    logit_rows: int = LOGIT_ROWS
 
 
 @dataclass
@@ -92,6 +101,14 @@ def stale_behaviour_logprobs(mbs: list[MicroBatch], version: int, history: Weigh
     return out, stale, missing
 
 
+def precision(model: Any, dtype: torch.dtype | None) -> Any:
+    """The forward's autocast context (float32 weights stay the master copy; the backward
+    runs outside it, as torch recommends), or a no-op."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+
+
 def run_step(
     model: Any,
     optimizer: torch.optim.Optimizer,
@@ -132,6 +149,9 @@ def run_step(
             ref = [token_logprobs(ref_model, mb)[0] for mb in mbs]
 
     stale_lp, stale, missing = stale_behaviour_logprobs(mbs, version, history)
+    if opts.lr_at is not None:
+        for g in optimizer.param_groups:
+            g["lr"] = opts.lr_at(version)
     prox: list[torch.Tensor] = []
     stats = LossStats()
     grad_norm = 0.0
@@ -139,7 +159,8 @@ def run_step(
         optimizer.zero_grad(set_to_none=True)
         pass_stats = LossStats()
         for i, mb in enumerate(mbs):
-            logp, entropy = token_logprobs(model, mb, with_entropy=need_entropy)
+            with precision(model, opts.autocast):
+                logp, entropy = token_logprobs(model, mb, with_entropy=need_entropy, logit_rows=opts.logit_rows)
             if mb.num_targets == 0:  # a padding pass: keeps FSDP's collectives in step across ranks
                 (logp.sum() * 0.0).backward()
                 prox.append(logp.detach())

@@ -36,7 +36,7 @@ from verifier.checks.data import check_lease_and_data
 from verifier.checks.proof import NAME as PROOF, check_proof
 from verifier.checks.replay import check_replay
 from verifier.checks.reward import check_reward
-from verifier.checks.sampling import NAME as SAMPLING, check_sampling, sampling_gaps_and_ties
+from verifier.checks.sampling import NAME as SAMPLING, PositionScores, check_sampling, sampling_gaps_and_ties
 from verifier.checks.termination import check_termination
 from verifier.job import OpenedJob
 from verifier.seen import SeenLedger
@@ -66,7 +66,9 @@ class JudgeSettings:
 @dataclass
 class ModelOutputs:
     """The verifier's prefill of one submission: per completion, (T, H) final hidden states
-    and (T, V) logits at the positions that chose its tokens, computed in `dtype`.
+    and (T, V) logits at the positions that chose its tokens, computed in `dtype`. The
+    verifier's own prefill gives each completion's logits already reduced, chunk by chunk, to
+    the sampling check's `PositionScores` (`verifier.prefill`); tests may pass logits.
 
     `non_finite`: the prefill produced Inf/NaN somewhere (nothing is compared then).
     `precision_note`: why the judged dtype is not the declared one (the float32 prefill
@@ -75,7 +77,7 @@ class ModelOutputs:
     mantissa error against the float32 prefill (recorded so audits repeat the same probe)."""
 
     hidden: list[torch.Tensor]
-    logits: list[torch.Tensor]
+    logits: list[torch.Tensor | PositionScores]
     dtype: str = ""
     non_finite: bool = False
     precision_note: str = ""

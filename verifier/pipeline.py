@@ -79,8 +79,7 @@ def _run_prefill(model: Any, oj: OpenedJob, job_id: str, only: list[int] | None 
         out = prefill(model, oj, only=only)
     except (RuntimeError, IndexError, ValueError) as exc:  # e.g. out of memory, context too long
         raise JobError(f"the prefill of submission {job_id} failed: {type(exc).__name__}: {exc}") from exc
-    out.non_finite = not all(bool(torch.isfinite(h).all()) for h in out.hidden) or \
-        not all(bool(torch.isfinite(lg).all()) for lg in out.logits)
+    out.non_finite = out.non_finite or not all(bool(torch.isfinite(h).all()) for h in out.hidden)  # logits: prefill
     return out
 
 

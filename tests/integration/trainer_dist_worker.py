@@ -48,7 +48,10 @@ def main(model_dir: str, out: str, row_tokens: int, device: str = "cpu") -> None
     # amplify float noise in parameters whose gradients are ~0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     opts = StepOptions(loss=LossConfig(), grad_clip=0.5, updates=2, row_tokens=row_tokens, micro_batch_tokens=64)
-    history = WeightHistory(template, keep=1)
+    history = WeightHistory(template, keep=1, device=team.device)
+    params = {id(p): p for m in (model, template) for p in m.parameters()}  # the same module twice in one process
+    held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size()
+               for p in params.values() if not p.is_meta)
     groups = batch() if team.rank == 0 else None
     if team.rank != 0:  # a follower receives the command the way distributed.follower_loop does
         _, groups, _version, paths = team.broadcast(None)
@@ -61,7 +64,8 @@ def main(model_dir: str, out: str, row_tokens: int, device: str = "cpu") -> None
     if team.rank == 0:
         torch.save(sd, Path(out) / f"weights-{name}.pt")
         (Path(out) / f"result-{name}.json").write_text(json.dumps(
-            {"stats": res.stats, "grad_norm": res.grad_norm, "tokens": res.tokens, "micro_batches": res.micro_batches}))
+            {"stats": res.stats, "grad_norm": res.grad_norm, "tokens": res.tokens, "micro_batches": res.micro_batches,
+             "param_bytes": held}))
     team.close()
 
 

@@ -1,0 +1,197 @@
+"""Benchmark: memory and time of the verifier's prefill + sampling check, and of a trainer step,
+on a ~30M-parameter Qwen2-architecture model with Qwen's 151,936-entry vocabulary (issue 20).
+
+    python bench/memory.py                          # the verifier at 16 x 2,048 tokens, trainer steps
+    python bench/memory.py --sections verifier --sequences 2 --tokens 512
+    python bench/memory.py --sections trainer       # fp32 / bf16-mixed, 1 / 2 ranks, before / after
+
+The model is built here with transformers `from_config` (hidden 192, 4 layers, tied
+embeddings: the 29M-entry embedding dominates, as in a real small model with a large
+vocabulary); nothing is downloaded. Every measurement runs in its own process, so each peak
+is that of one configuration: "peak above weights" is the process's peak resident memory
+(`ru_maxrss`) minus its resident memory once the model is built.
+
+verifier: a submission of `--sequences` completions of `--tokens` tokens each (a 16-token
+prompt, seeded tokens drawn at random: the cost does not depend on which tokens).
+- `verifier (chunked)`: `verifier.prefill.prefill` + the sampling check's gaps
+  (`sampling_gaps_and_ties`), what the service runs per full check (the proof check works
+  on the hidden states, a few MB, and is not included);
+- `bare prefill`: the same tokens through the base model and the LM head in the same chunks,
+  logits dropped: one forward pass, the floor the goal is stated against (time <= 1.3x it);
+- `before (unchunked)`: what the verifier did before issue 20, the whole batch's logits
+  and the whole position x vocabulary noise at once (`tests/unit/verifier/
+  test_sampling_chunked.py` keeps that implementation), at `--before-tokens` positions only:
+  at 16 x 2,048 it would need ~200 GB.
+The goal (issue 20 item 1): peak at most 2 GB above the weights, time at most 1.3x the bare
+prefill (judged on CPU seconds: this 2-core machine is shared, and wall times there measure
+the other jobs as much as this one; peaks are not affected).
+
+Measured here (2026-12-06, shared 2-core CPU, load ~12; `--sequences 4 --tokens 2048`: the
+prefill's peak is per batch of <= 8,192 tokens, so 16 x 2,048 has the same bound and 4x the time):
+verifier 0.73 GB above the weights (goal met), 104 CPU s vs 8.7 for the bare prefill (12x: goal
+NOT met: the seeded noise's hash over 151,936 entries per position, which the flat logits of an
+untrained model leave nothing to prune from); before, 1 x 256 positions alone took 1.50 GB.
+Trainer, 2 x 4 x 192 tokens, peak bytes per parameter: before fp32 111.7 (1 rank) / 66.4 (2 ranks),
+after fp32 56.6 / 52.0, bf16-mixed 57.4 / 53.1 (CPU bf16 is slow: 2.5x the fp32 step's CPU time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VOCAB = 151_936
+PROMPT = 16
+
+
+def build_model(dtype: str = "float32"):
+    """The ~30M Qwen2-architecture model (random weights, fixed seed)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from protocol.lm import quiet_transformers, resolve_dtype
+
+    quiet_transformers()
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=192, intermediate_size=768, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True)
+    return Qwen2ForCausalLM(cfg).to(resolve_dtype(dtype)).eval()
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process (user + system): on a shared machine, fairer than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fake_job(sequences: int, tokens: int):
+    """What `verifier.prefill.prefill` reads of an opened job (prompt, seeds, temperature, tokens)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    comps = [torch.randint(0, VOCAB, (tokens,), generator=g).tolist() for _ in range(sequences)]
+    lease = SimpleNamespace(prompt_token_ids=list(range(100, 100 + PROMPT)), seeds=list(range(7, 7 + sequences)),
+                            sampling=SimpleNamespace(temperature=1.0))
+    return SimpleNamespace(lease=lease, completions=comps)
+
+
+def verifier_child(mode: str, sequences: int, tokens: int, dtype: str) -> dict:
+    import torch
+
+    from protocol.lm import completion_hidden, hidden_and_logits, logits_in_chunks
+    from verifier.checks import sampling
+    from verifier.checks.sampling import sampling_gaps_and_ties
+    from verifier.prefill import prefill
+
+    model = build_model(dtype)
+    oj = fake_job(sequences, tokens)
+    torch.zeros(1) @ torch.zeros(1)  # warm the math libraries before the baseline
+    base = rss_mb()
+    t0, c0 = time.perf_counter(), cpu_s()
+    with torch.no_grad():
+        if mode == "chunked":
+            out = prefill(model, oj)
+            sampling_gaps_and_ties(out.logits, oj.completions, oj.lease.seeds, 1.0)
+        elif mode == "bare":
+            for h in completion_hidden(model, oj.lease.prompt_token_ids, oj.completions):
+                for _ in logits_in_chunks(model, h, sampling.POSITION_CHUNK):
+                    pass
+        else:
+            from tests.unit.verifier.test_sampling_chunked import reference_gaps_and_ties
+
+            P = PROMPT
+            ids = torch.tensor([oj.lease.prompt_token_ids + c[:-1] for c in oj.completions])
+            _, logits, _ = hidden_and_logits(model, ids)
+            reference_gaps_and_ties([lg[P - 1:].float() for lg in logits], oj.completions, oj.lease.seeds, 1.0)
+    seconds, cpu = time.perf_counter() - t0, cpu_s() - c0
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return {"seconds": seconds, "cpu_s": cpu, "peak_above_mb": peak_mb() - base, "weights_mb": weights,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def run_child(args: list[str], threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env,
+                         cwd=ROOT)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def verifier_section(a) -> None:
+    rows = [("verifier (chunked)", "chunked", a.sequences, a.tokens), ("bare prefill", "bare", a.sequences, a.tokens),
+            ("verifier (chunked)", "chunked", 1, a.before_tokens), ("before (unchunked)", "before", 1, a.before_tokens)]
+    print(f"verifier, {a.dtype}, {a.threads} thread(s), vocabulary {VOCAB:,}")
+    print(f"{'pass':<22}{'tokens':>12}{'seconds':>10}{'CPU s':>9}{'peak above weights':>20}{'weights':>10}")
+    res = {}
+    for name, mode, seqs, toks in rows:
+        r = run_child(["verifier", mode, str(seqs), str(toks), a.dtype], a.threads)
+        res[(mode, seqs, toks)] = r
+        if "error" in r:
+            print(f"{name:<22}{f'{seqs} x {toks}':>12}  failed: {r['error']}")
+            continue
+        print(f"{name:<22}{f'{seqs} x {toks}':>12}{r['seconds']:>10.1f}{r['cpu_s']:>9.1f}"
+              f"{r['peak_above_mb'] / 1024:>17.2f} GB"
+              f"{r['weights_mb']:>7.0f} MB")
+    c, b = res[("chunked", a.sequences, a.tokens)], res[("bare", a.sequences, a.tokens)]
+    if "error" not in c and "error" not in b:
+        print(f"goal at {a.sequences} x {a.tokens}: peak above weights {c['peak_above_mb'] / 1024:.2f} GB (<= 2 GB: "
+              f"{'met' if c['peak_above_mb'] <= 2048 else 'NOT met'}); time {c['seconds'] / b['seconds']:.2f}x "
+              f"the bare prefill, CPU time {c['cpu_s'] / b['cpu_s']:.2f}x (<= 1.3x: "
+              f"{'met' if c['cpu_s'] <= 1.3 * b['cpu_s'] else 'NOT met'}); "
+              f"model {c['params'] / 1e6:.1f}M parameters")
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        kind, rest = sys.argv[2], sys.argv[3:]
+        if kind == "verifier":
+            print(json.dumps(verifier_child(rest[0], int(rest[1]), int(rest[2]), rest[3])))
+        else:
+            from bench.memory_trainer import trainer_child
+
+            print(json.dumps(trainer_child(*rest)))
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sections", nargs="+", default=["verifier", "trainer"], choices=["verifier", "trainer"])
+    p.add_argument("--sequences", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--before-tokens", type=int, default=256)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--groups", type=int, default=2, help="trainer: groups of 4 completions per step")
+    p.add_argument("--completion", type=int, default=192, help="trainer: tokens per completion")
+    p.add_argument("--before-rev", default="e14af20", help="trainer: the code to compare with (git revision)")
+    a = p.parse_args()
+    if "verifier" in a.sections:
+        verifier_section(a)
+    if "trainer" in a.sections:
+        from bench.memory_trainer import trainer_section
+
+        trainer_section(a, run_child)
+
+
+if __name__ == "__main__":
+    main()
