@@ -37,7 +37,7 @@ fuller tables in its output and the issue notes):
   (`higher_precision_floor` 0.15; honest bf16 completions measured 0.30 and more, lowest on
   64-token completions: half that keeps an honest bf16 worker from being judged by the float32
   limits; a real model's deeper stack rounds more, not less): then a
-  single check catches int8 and fp8 15-70%, 1-3% noise 15-25% and AdamW at 1e-5 0% of the
+  single check catches int8 0-5%, fp8 15%, 0.3-3% noise 0-75% and AdamW at 1e-5 0% of the
   time instead of 100%, and the worker is banned after 1-7 full checks (rejections and drift)
   instead of 1.
 - Non-finite values: a NaN/Inf in the verifier's prefill or in a statistic rejects; a
