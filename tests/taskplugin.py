@@ -28,3 +28,13 @@ def make_source(seed: int = 0, **options):
 def last_word_scorer(completion: str, answer: str, metadata: dict) -> float:
     words = completion.split()
     return 1.0 if words and words[-1] == answer and int(answer) == metadata["n"] - 1 else 0.0
+
+
+def tagged_sum(completion: str, answer: str, metadata: dict) -> float:
+    """The number in the completion's <answer> tags, when it is the sum the task's metadata
+    describes (so a reward of 1 proves the metadata reached the scorer, wherever it ran)."""
+    from protocol.tasks.extract import tags
+
+    got = tags(completion)
+    want = int(metadata["a"]) + int(metadata["b"])
+    return 1.0 if got is not None and got.lstrip("-").isdigit() and int(got) == want == int(answer) else 0.0
