@@ -29,6 +29,7 @@ from swarmrl.demo import _peer_names, _worker_rows
 from swarmrl.modelkit import init_model, warm_start
 from swarmrl.procs import ProcessGroup, child_env
 from swarmrl.swarm import SwarmSettings, plan_swarm, start_swarm
+from tests.integration.test_swarm import _stats
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,14 +44,6 @@ def _write_tasks(folder: Path) -> dict:
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[5:]))
     (folder / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
     return {"path": str(folder / "train.jsonl"), "eval_path": str(folder / "eval.jsonl"), "scorer": SCORER}
-
-
-def _stats(url: str) -> dict:
-    try:
-        r = httpx.get(url + "/v1/stats", timeout=5)
-        return r.json() if r.status_code == 200 else {}
-    except httpx.HTTPError:
-        return {}
 
 
 def _eval_accuracy(model_dir: Path, options: dict, chat: bool) -> float:
