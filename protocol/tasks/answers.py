@@ -134,13 +134,28 @@ def math_equal(got: str, want: str) -> bool:
         return True
     if len(got) > MAX_MATH_CHARS or len(want) > MAX_MATH_CHARS:
         return False
-    try:
-        import math_verify
-    except ImportError:
+    math_verify = _math_verify()
+    if math_verify is None:
         return _sympy_equal(got, want)
     # math-verify reads LaTeX between $...$; bare text would be read as its first number only
     gold, pred = (math_verify.parse(t if "$" in t else f"${t}$") for t in (want, got))
     return bool(gold and pred and math_verify.verify(gold, pred))
+
+
+_MV: list = []  # [module or None], decided once per process
+
+
+def _math_verify():
+    """math-verify when installed, else None; decided on first use, which is when the scorer is
+    loaded and warmed before the sandbox confines its children (they may not read new files,
+    and a failed import is retried, not cached, by Python)."""
+    if not _MV:
+        try:
+            import math_verify
+        except Exception:  # noqa: BLE001  (ImportError, or a broken install: use sympy)
+            math_verify = None
+        _MV.append(math_verify)
+    return _MV[0]
 
 
 def _sympy_expr(text: str):
@@ -186,6 +201,8 @@ def score_spec(spec: ScorerSpec, completion: str, answer: str) -> float:
 def answer_scorer(ref: str):
     """The scorer function `(completion, answer, metadata) -> reward` for an `answer:` reference."""
     spec = parse_ref(ref)
+    if spec.compare == "math":
+        _math_verify()
 
     def scorer(completion: str, answer: str, metadata: dict) -> float:
         return score_spec(spec, completion, answer)
