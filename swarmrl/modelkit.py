@@ -41,7 +41,7 @@ def build_tokenizer():
 
 def init_tiny_model(directory: Path | str, *, hidden_size: int = 128, num_layers: int = 4,
                     num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int | None = None,
-                    seed: int = 0, max_positions: int = 512) -> dict:
+                    seed: int = 0, max_positions: int = 8192) -> dict:
     """Write a seeded Qwen2 causal LM (~1M parameters by default) and its character tokenizer."""
     return init_model(directory, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                       num_kv_heads=num_kv_heads, intermediate_size=intermediate_size, seed=seed,
@@ -54,10 +54,13 @@ TOKENIZERS = ("char", "bpe")
 
 def init_model(directory: Path | str, *, arch: str = "qwen2", tokenizer: str = "char", vocab_size: int = 1024,
                hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4, num_kv_heads: int = 2,
-               intermediate_size: int | None = None, seed: int = 0, max_positions: int = 512,
+               intermediate_size: int | None = None, seed: int = 0, max_positions: int = 8192,
                tie_word_embeddings: bool = False) -> dict:
     """Write a seeded causal LM of architecture `arch` with a `tokenizer` ('char', or 'bpe':
-    byte-level BPE of about `vocab_size` entries with a ChatML chat template, `swarmrl.bpe`)."""
+    byte-level BPE of about `vocab_size` entries with a ChatML chat template, `swarmrl.bpe`).
+    `max_positions` is the context the coordinator checks prompts plus max_tokens against
+    (RoPE has no position table, so a long one costs nothing; tests and benches use long
+    completions on these models)."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     if arch not in ARCHS or tokenizer not in TOKENIZERS:

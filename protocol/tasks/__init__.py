@@ -62,7 +62,7 @@ class Task:
     prompt: str
     answer: str
     kind: str
-    metadata: dict = field(default_factory=dict, compare=False)  # JSON values; the scorer receives them
+    metadata: dict = field(default_factory=dict, hash=False)  # JSON values; the scorer receives them
     system: str = ""  # the system prompt (protocol.tasks.prompts), used by protocol.lm.encode_task
 
 
