@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+DEMO_ARGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
@@ -23,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/swarmrl demo
+	$(VENV)/bin/swarmrl demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

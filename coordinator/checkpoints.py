@@ -102,7 +102,8 @@ def write_run_description(ctx: Context, root: Path) -> Path:
     doc = RunDescription(
         run_id=cfg.run_id, coordinator_key=ctx.key.public.hex, operator_key=ctx.operator.hex,
         verifier_keys=sorted(ctx.verifier_keys), model=str(cfg.model), chat_template=cfg.chat_template,
-        tasks=TaskSpec(kind=cfg.tasks.kind, seed=cfg.tasks.seed, options=dict(cfg.tasks.options)),
+        tasks=TaskSpec(kind=cfg.tasks.kind, seed=cfg.tasks.seed, options=dict(cfg.tasks.options),
+                       chat_template=cfg.chat_template),
         sampling=cfg.sampling.model_dump(), group_size=cfg.group_size, async_window=cfg.async_window,
         written_at=ctx.clock())
     root = Path(root)

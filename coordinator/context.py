@@ -124,7 +124,8 @@ def build_context(cfg: CoordinatorConfig, *, clock: Callable[[], float] = time.t
     with db.read() as conn:
         challenge = meta.get(conn, meta.POW_CHALLENGE) or ""
     if tasks is None:
-        tasks = TaskBook.load(cfg.model, cfg.tasks.kind, cfg.tasks.seed, cfg.tasks.options, cfg.chat_template)
+        tasks = TaskBook.load(cfg.model, cfg.tasks.kind, cfg.tasks.seed, cfg.tasks.options, cfg.chat_template,
+                              max_tokens=cfg.sampling.max_tokens)
     return Context(cfg=cfg, db=db, key=key, operator=operator, verifier_keys=verifiers, tasks=tasks,
                    pow_seed=challenge, metrics=metrics or Metrics(), clock=clock,
                    rng=rng or random.SystemRandom())

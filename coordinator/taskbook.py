@@ -5,7 +5,15 @@ train split, encodes its prompt with the run's tokenizer (cached: prompts repeat
 split wraps around), and scores completions by decoding them and sending them, one
 submission per round trip, to the scorer sandbox (`protocol.sandbox`): worker text never
 reaches a scorer in this process, which holds the coordinator's key and the database. It
-also knows the vocabulary size (token ids are checked against it) and the EOS token.
+also knows the vocabulary size (token ids are checked against it) and the EOS tokens (every
+end the model declares: `protocol.lm.eos_token_ids`; leases carry them all).
+
+At load it also refuses what would go wrong later: a model family whose logits the protocol
+does not compute (`protocol.lm.check_model_config`), and prompts that leave no room for
+`max_tokens` in the model's context (every prompt of both splits up to `CONTEXT_CHECK_TASKS`
+is encoded and measured; a longer source is checked on its first ones, and `prepare` refuses
+any later prompt that does not fit). The digests of the task definition that the trainer and
+verifier compare with theirs are computed here (`digests`, `protocol.tasks.digest`).
 
 The tokenizer is the only model artefact the coordinator loads (no weights): from a local
 model folder or a hub id, once at start-up, when the sandbox is also started and the task's
@@ -25,6 +33,8 @@ from protocol.errors import ProtocolError
 from protocol.sandbox import Sandbox, ScoreItem, shared
 from protocol.tasks import Task, TaskSource, get_source
 
+CONTEXT_CHECK_TASKS = 20_000
+
 
 @dataclass(frozen=True)
 class PreparedTask:
@@ -36,8 +46,13 @@ class PreparedTask:
 class TaskBook:
     def __init__(self, tokenizer: Any, source: TaskSource, vocab_size: int, eos_token_id: int,
                  chat_template: bool = False, cache_size: int = 65_536, hidden_size: int | None = None,
-                 sandbox: Sandbox | None = None):
+                 sandbox: Sandbox | None = None, eos_token_ids: tuple[int, ...] = (),
+                 context_length: int | None = None, max_tokens: int = 0, digests: dict[str, str] | None = None):
         self.tokenizer = tokenizer
+        self.eos_token_ids = tuple(eos_token_ids) or (eos_token_id,)
+        self.context_length = context_length
+        self.max_tokens = max_tokens
+        self.digests = dict(digests or {})
         self.sandbox = sandbox if sandbox is not None else shared()
         self.hidden_size = hidden_size
         self.source = source
@@ -50,21 +65,48 @@ class TaskBook:
 
     @classmethod
     def load(cls, model_ref: str, task_kind: str, task_seed: int, task_options: dict,
-             chat_template: bool = False) -> TaskBook:
-        from protocol.lm import eos_token_id, load_tokenizer
+             chat_template: bool = False, max_tokens: int = 0) -> TaskBook:
+        from protocol.lm import eos_token_ids, load_tokenizer
+        from protocol.tasks.digest import digest_parts
 
         try:
             tokenizer = load_tokenizer(model_ref)
-            eos = eos_token_id(tokenizer)
+            eos = eos_token_ids(tokenizer, model_ref)
+            vocab, hidden, context = _model_sizes(model_ref, tokenizer)
             source = get_source(task_kind, seed=task_seed, options=task_options)
             shared().start(warm=(source.kind,))  # the scorer its tasks name (option `scorer`)
+            digests = digest_parts(task_kind, task_seed, dict(task_options), chat_template, source.kind)
         except ProtocolError as exc:
             raise ConfigError(str(exc)) from exc
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load the tokenizer of {model_ref!r}: {exc}") from exc
-        vocab, hidden = _model_sizes(model_ref, tokenizer)
-        return cls(tokenizer, source, vocab_size=vocab, eos_token_id=eos, chat_template=chat_template,
-                   hidden_size=hidden)
+        book = cls(tokenizer, source, vocab_size=vocab, eos_token_id=eos[0], chat_template=chat_template,
+                   hidden_size=hidden, eos_token_ids=tuple(eos), context_length=context, max_tokens=max_tokens,
+                   digests=digests)
+        book.check_context()
+        return book
+
+    def check_context(self) -> None:
+        """ConfigError when a prompt (of the first CONTEXT_CHECK_TASKS of each split) plus
+        max_tokens exceeds the model's context."""
+        if not self.context_length or not self.max_tokens:
+            return
+        if self.max_tokens >= self.context_length:
+            raise ConfigError(f"sampling.max_tokens = {self.max_tokens} leaves no room for a prompt in the model's "
+                              f"context of {self.context_length} tokens; lower it")
+        from protocol.lm import encode_task
+
+        for split in ("train", "eval"):
+            longest, where = 0, ""
+            for i in range(min(self.source.size(split), CONTEXT_CHECK_TASKS)):
+                task = self.source.task(split, i)
+                n = len(encode_task(self.tokenizer, task, chat=self.chat_template))
+                if n > longest:
+                    longest, where = n, task.id
+            if longest + self.max_tokens > self.context_length:
+                raise ConfigError(f"task {where} has a prompt of {longest} tokens; with sampling.max_tokens = "
+                                  f"{self.max_tokens} it exceeds the model's context of {self.context_length} "
+                                  "tokens; lower max_tokens or shorten the prompts")
 
     def task(self, index: int) -> Task:
         """The task at `index` without encoding its prompt (answers and kinds for the verifier)."""
@@ -77,12 +119,15 @@ class TaskBook:
         if hit is not None:
             self._cache.move_to_end(key)
             return PreparedTask(index, hit.task, hit.prompt_ids)
-        from protocol.lm import encode_prompt
+        from protocol.lm import encode_task
 
         task = self.source.task("train", index)
-        ids = tuple(encode_prompt(self.tokenizer, task.prompt, chat=self.chat_template))
+        ids = tuple(encode_task(self.tokenizer, task, chat=self.chat_template))
         if not ids:
             raise ConfigError(f"task {task.id} has an empty prompt after tokenisation")
+        if self.context_length and self.max_tokens and len(ids) + self.max_tokens > self.context_length:
+            raise ConfigError(f"task {task.id} has a prompt of {len(ids)} tokens, too long for the model's context "
+                              f"of {self.context_length} with sampling.max_tokens = {self.max_tokens}")
         prepared = PreparedTask(index, task, ids)
         self._cache[key] = prepared
         while len(self._cache) > self._cache_size:
@@ -102,20 +147,24 @@ class TaskBook:
 
     def rewards(self, task: Task, completions: list[list[int]]) -> list[float]:
         """One reward per completion, scored in the sandbox in one round trip."""
-        items = [ScoreItem(t, task.answer) for t in self.decode(completions)]
+        items = [ScoreItem(t, task.answer, task.metadata) for t in self.decode(completions)]
         return [r.reward for r in self.sandbox.score(task.kind, items)]
 
 
-def _model_sizes(model_ref: str, tokenizer: Any) -> tuple[int, int | None]:
-    """(vocabulary size, hidden size) from the model's config: the vocabulary is the
-    embedding rows (else the tokenizer's length), the hidden size None when unknown."""
+def _model_sizes(model_ref: str, tokenizer: Any) -> tuple[int, int | None, int | None]:
+    """(vocabulary size, hidden size, context length) from the model's config: the vocabulary
+    is the embedding rows (else the tokenizer's length), the others None when unknown.
+    MessageError for a family whose logits the protocol does not compute."""
+    from protocol.lm import check_model_config, context_length
+
     try:
         from transformers import AutoConfig
 
-        conf = AutoConfig.from_pretrained(str(model_ref))
+        full = AutoConfig.from_pretrained(str(model_ref))
     except (OSError, ValueError):
-        return len(tokenizer), None
-    conf = getattr(conf, "text_config", None) or conf
+        return len(tokenizer), None, None
+    check_model_config(full)
+    conf = getattr(full, "text_config", None) or full
     vocab = getattr(conf, "vocab_size", None) or len(tokenizer)
     hidden = getattr(conf, "hidden_size", None)
-    return int(vocab), int(hidden) if hidden else None
+    return int(vocab), int(hidden) if hidden else None, context_length(full)

@@ -96,7 +96,7 @@ def lease_problems(lease: Lease, sub: Submission, *, signer_id: str, run_id: str
 def _completion_problems(i: int, c: Completion, lease: Lease, vocab_size: int | None, hidden_size: int | None,
                          chunk_size: int, topk: int) -> list[Problem]:
     ids, n = c.token_ids, len(c.token_ids)
-    max_tokens, eos = lease.sampling.max_tokens, lease.eos_token_id
+    max_tokens, eos = lease.sampling.max_tokens, lease_eos(lease)
     out: list[Problem] = []
     if n > max_tokens:
         out.append(Problem("too_long", LEASE_AND_DATA, f"completion {i} has {n} tokens (allowed: up to the lease's "
@@ -124,17 +124,22 @@ def _completion_problems(i: int, c: Completion, lease: Lease, vocab_size: int | 
     return out
 
 
-def _termination(i: int, c: Completion, eos: int, max_tokens: int) -> list[str]:
+def lease_eos(lease: Lease) -> frozenset[int]:
+    """Every token id that ends a completion of `lease`: its `eos_token_id` and `eos_token_ids`."""
+    return frozenset([lease.eos_token_id, *lease.eos_token_ids])
+
+
+def _termination(i: int, c: Completion, eos: frozenset[int], max_tokens: int) -> list[str]:
     ids = c.token_ids
     if c.finish_reason == "eos":
-        if not ids or ids[-1] != eos:
-            return [f"completion {i} says 'eos' but does not end with EOS (token {eos})"]
-        if eos in ids[:-1]:
+        if not ids or ids[-1] not in eos:
+            return [f"completion {i} says 'eos' but does not end with an EOS token (one of {sorted(eos)})"]
+        if any(t in eos for t in ids[:-1]):
             return [f"completion {i} has an EOS before its end (it must stop at the first)"]
         return []
     out = []
     if len(ids) != max_tokens:
         out.append(f"completion {i} stopped for length after {len(ids)} tokens, the lease's max_tokens is {max_tokens}")
-    if eos in ids:
+    if any(t in eos for t in ids):
         out.append(f"completion {i} contains EOS but claims finish reason 'length'")
     return out

@@ -5,14 +5,24 @@ states that proofs are built from and the logits that sampling is checked agains
 computed the same way everywhere:
 
 - final hidden state = the base model's `last_hidden_state` (after the final norm), which
-  is the input of the LM head; logits = LM head applied to it (models with extra logit
-  transforms, e.g. soft-capping, are not supported yet);
+  is the input of the LM head; logits = LM head applied to it, nothing else. Model families
+  whose logits get another transform (final soft-capping: Gemma-2/3; logit scaling: Cohere,
+  Granite) are refused at every role's start (`check_model_config`, called by `load_model`
+  and the coordinator's tokenizer load); implemented and tested: the plain head, tied or
+  untied (Qwen2, Llama);
 - for a completion of T tokens after a prompt of P tokens, the hidden state and logits
   "of completion token t" are those at sequence position P-1+t: the position whose output
   chose token t. So prompt + completion[:-1] is all a prefill needs.
 
+Prompts: `encode_task` is the one function that turns a task into prompt ids, for the
+coordinator's leases, the trainer's evaluation and the demo's warm start alike: the chat
+template (a system turn when the task has a system prompt, one user turn, the generation
+prompt), or plain text with the tokenizer's own leading special token (BOS, for Llama-style
+tokenizers; nothing for Qwen2's). Ends: `eos_token_ids` lists every id the model declares as
+an end (the tokenizer's EOS and the generation_config's list); leases carry them all.
+
 Any transformers causal LM folder or hub id works; tokenizers are used through the
-generic tokenizer API (plain text prompts, or the chat template when asked for).
+generic tokenizer API.
 """
 
 from __future__ import annotations
@@ -58,11 +68,43 @@ def load_tokenizer(ref: str) -> Any:
     return AutoTokenizer.from_pretrained(str(ref))
 
 
+# Config attributes of families whose logits are not `lm_head(final hidden state)`: the
+# protocol computes logits itself (`hidden_and_logits`), so these would silently differ from
+# what the model's own forward samples from. (value: what the attribute does)
+_LOGIT_TRANSFORMS = {"final_logit_softcapping": "soft-caps its logits", "logit_scale": "scales its logits",
+                     "logits_scaling": "divides its logits by a constant"}
+_TRANSFORM_FAMILIES = ("gemma2", "gemma3", "cohere", "granite")
+
+
+def check_model_config(config: Any) -> None:
+    """MessageError when the model's logits need a transform the protocol does not implement."""
+    conf = getattr(config, "text_config", None) or config
+    kind = str(getattr(conf, "model_type", "") or getattr(config, "model_type", ""))
+    for attr, what in _LOGIT_TRANSFORMS.items():
+        value = getattr(conf, attr, None)
+        if value is not None and not (attr != "final_logit_softcapping" and float(value) == 1.0):
+            raise MessageError(f"model type {kind!r} {what} ({attr} = {value}); swarmrl's logits are the LM head "
+                               "applied to the final hidden state and nothing else, so it cannot run this family "
+                               "(supported: plain heads such as Qwen2 and Llama)")
+    if kind.startswith(_TRANSFORM_FAMILIES):
+        raise MessageError(f"model type {kind!r} transforms its logits (soft-capping or scaling), which swarmrl's "
+                           "protocol does not implement; use a family with a plain LM head (e.g. Qwen2, Llama)")
+
+
+def context_length(config: Any) -> int | None:
+    """The longest sequence the model takes (max_position_embeddings), None when unknown."""
+    conf = getattr(config, "text_config", None) or config
+    n = getattr(conf, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
 def load_model(ref: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> Any:
-    """A causal LM from a folder or hub id, in eval mode on `device` with `dtype`."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM from a folder or hub id, in eval mode on `device` with `dtype` (MessageError
+    for a family whose logits the protocol does not compute, `check_model_config`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     quiet_transformers()
+    check_model_config(AutoConfig.from_pretrained(str(ref)))
     dt = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
     model = AutoModelForCausalLM.from_pretrained(str(ref), dtype=dt)
     return model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
@@ -95,15 +137,54 @@ def eos_token_id(tokenizer: Any) -> int:
     return int(eos)
 
 
-def encode_prompt(tokenizer: Any, text: str, chat: bool = False) -> list[int]:
-    """Token ids of a task prompt: plain text, or a one-turn chat with the generation prompt."""
+def eos_token_ids(tokenizer: Any, model_ref: str | None = None) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS first, then the ids the model's
+    generation_config declares (an int or a list; e.g. Llama-3 instruct: <|eot_id|> too)."""
+    ids = [eos_token_id(tokenizer)]
+    if model_ref is not None:
+        from transformers import GenerationConfig
+
+        try:
+            declared = GenerationConfig.from_pretrained(str(model_ref)).eos_token_id
+        except (OSError, ValueError):
+            declared = None
+        for i in declared if isinstance(declared, (list, tuple)) else [declared]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` as a continuation (no special tokens): answers, completions."""
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def encode_prompt(tokenizer: Any, text: str, chat: bool = False, system: str = "") -> list[int]:
+    """Token ids of a prompt: a chat (optional system turn, one user turn, the generation
+    prompt) with the tokenizer's template, or plain text (the system prompt and a blank line
+    before it) led by the tokenizer's own BOS when its tokenizer adds one."""
     if chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                            add_generation_prompt=True, tokenize=True)
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        try:
+            ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+        except Exception as exc:  # noqa: BLE001  (jinja errors: no template, no system role, ...)
+            raise MessageError(f"the tokenizer's chat template cannot encode this prompt: {exc}") from exc
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return [int(i) for i in ids]
-    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    text = f"{system}\n\n{text}" if system else text
+    ids = encode_text(tokenizer, text)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and (not ids or ids[0] != bos):
+        lead = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if lead and int(lead[0]) == int(bos):  # the tokenizer's own rule says BOS leads
+            ids = [int(bos), *ids]
+    return ids
+
+
+def encode_task(tokenizer: Any, task: Any, chat: bool = False) -> list[int]:
+    """The prompt ids of a `protocol.tasks.Task`: the one prompt builder every role uses."""
+    return encode_prompt(tokenizer, task.prompt, chat=chat, system=getattr(task, "system", ""))
 
 
 def decode_completion(tokenizer: Any, token_ids: list[int]) -> str:

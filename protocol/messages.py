@@ -155,6 +155,10 @@ class Lease(Strict):
     seeds: list[Seed] = Field(min_length=1, max_length=MAX_GROUP_SIZE)
     sampling: SamplingParams
     eos_token_id: TokenId
+    eos_token_ids: list[TokenId] = Field(default_factory=list, max_length=16,
+                                         description="every token id that ends a completion (the model's "
+                                                     "generation_config list, eos_token_id among them); empty: "
+                                                     "eos_token_id alone (protocol.conformance.lease_eos)")
     min_policy_version: int = Field(ge=0)
     max_policy_version: int = Field(ge=0)
     issued_at: float
@@ -226,6 +230,8 @@ class TaskSpec(Strict):
     kind: str = Field(max_length=200, description="task source name, e.g. 'arithmetic' or 'reasoning_gym:<name>'")
     seed: int = Field(description="seed of the task stream")
     options: dict[str, Any] = Field(default_factory=dict, description="options passed to the task source")
+    chat_template: bool = Field(default=False, description="prompts are encoded with the tokenizer's chat template "
+                                                           "(protocol.lm.encode_task), in leases and evaluation alike")
 
 
 class RunInfo(Strict):
@@ -252,6 +258,11 @@ class RunInfo(Strict):
                                                  "node first; empty: no swarm layer, HTTP only)")
     tasks: TaskSpec | None = Field(default=None, description="the run's task source (None: not served; a trainer "
                                                              "then needs its own tasks_kind)")
+    task_scorer: str = Field(default="", max_length=400, description="the scorer reference the run's tasks carry")
+    task_digests: dict[str, str] = Field(default_factory=dict, max_length=16,
+                                         description="digest of each part of the task definition "
+                                                     "(protocol.tasks.digest); the trainer and verifier refuse to "
+                                                     "start when theirs differ")
 
 
 # -- verifier <-> coordinator ---------------------------------------------------------------
@@ -271,6 +282,7 @@ class VerificationJob(Strict):
     rewards: list[float] = Field(description="rewards the coordinator computed, one per completion")
     task_answer: str = Field(default="", description="reference answer, for the verifier's own reward check")
     task_kind: str = ""
+    task_metadata: dict[str, Any] = Field(default_factory=dict, description="the task's metadata (its scorer gets it)")
     full_check: bool = Field(description="run the model checks (else only the cheap checks)")
 
 

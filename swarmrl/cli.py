@@ -169,15 +169,28 @@ def model_init(
     directory: Path = typer.Argument(..., help="output folder (a transformers model directory)"),
     hidden: int = typer.Option(128, help="hidden size"),
     layers: int = typer.Option(4, help="decoder layers"),
+    heads: int = typer.Option(4, help="attention heads"),
+    kv_heads: int = typer.Option(2, help="key/value heads"),
+    arch: str = typer.Option("qwen2", help="architecture: qwen2 or llama"),
+    tokenizer: str = typer.Option("char", help="char (one token per character) or bpe (byte-level BPE trained "
+                                  "here on text the project generates and ships, with a ChatML chat template)"),
+    vocab_size: int = typer.Option(1024, help="BPE vocabulary size (tokenizer bpe)"),
+    tied: bool = typer.Option(False, help="tie the LM head to the embeddings"),
     seed: int = typer.Option(0, help="seed of the weights"),
     warm_start_s: float = typer.Option(0.0, "--warm-start", help="seconds of supervised warm start on the demo task (0 = none)"),
     task_seed: int = typer.Option(0, help="seed of the demo task stream used for the warm start"),
 ) -> None:
-    """Write a small Qwen2-architecture model and a locally built tokenizer (no download)."""
-    from swarmrl.modelkit import init_tiny_model, warm_start
+    """Write a small Qwen2- or Llama-architecture model and a locally built tokenizer (no download)."""
+    from swarmrl.modelkit import init_model, warm_start
 
-    info = init_tiny_model(directory, hidden_size=hidden, num_layers=layers, seed=seed)
-    typer.echo(f"wrote {directory}: {info['parameters']:,} parameters, vocab {info['vocab_size']}")
+    try:
+        info = init_model(directory, arch=arch, tokenizer=tokenizer, vocab_size=vocab_size, hidden_size=hidden,
+                          num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, seed=seed,
+                          tie_word_embeddings=tied)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {directory}: {arch}, {tokenizer} tokenizer, {info['parameters']:,} parameters, "
+               f"vocab {info['vocab_size']}, EOS ids {info['eos_token_ids']}")
     if warm_start_s > 0:
         stats = warm_start(directory, seconds=warm_start_s, seed=seed, task_seed=task_seed)
         typer.echo(f"warm start: {stats['steps']} steps, held-out greedy accuracy {stats['accuracy']:.1%}")
@@ -191,12 +204,14 @@ def demo(
     honest_workers: int = typer.Option(3, help="honest worker processes"),
     cheaters: int = typer.Option(1, help="dishonest worker processes (generate with other weights)"),
     worker_device: str = typer.Option("cpu", help="torch device of the workers: 'cpu' or 'cuda' (bf16 on a GPU)"),
+    recipe: str = typer.Option("arithmetic", help="what to train: 'arithmetic' (built in), 'tasks' (a BPE Qwen2 "
+                               "model on a generated JSONL dataset with the chat template), or a recipe folder"),
 ) -> None:
     """Start a whole swarm on this machine and train the tiny model until the budget ends."""
     from swarmrl.demo import DemoOptions, run_demo
 
-    code = run_demo(DemoOptions(workdir=workdir, minutes=minutes, seed=seed,
-                                honest_workers=honest_workers, cheaters=cheaters, worker_device=worker_device))
+    code = run_demo(DemoOptions(workdir=workdir, minutes=minutes, seed=seed, honest_workers=honest_workers,
+                                cheaters=cheaters, worker_device=worker_device, recipe=recipe))
     raise typer.Exit(code)
 
 

@@ -2,6 +2,8 @@
 
 The script of the whole system, top to bottom:
   1. build a tiny model and tokenizer locally and warm-start it on the task (no download);
+     with `--recipe NAME` (`swarmrl.recipes`, `recipes/NAME/`), the recipe's model, generated
+     dataset, task source, prompt format and role configs instead of the built-in arithmetic;
   2. measure its held-out accuracy;
   3. write keys and one config per role, start coordinator, trainer (+ shardcast origin),
      relay, verifier, honest workers and a dishonest worker as separate processes (with the
@@ -41,6 +43,7 @@ class DemoOptions:
     eval_tasks: int = 500
     min_gain: float = 0.15
     worker_device: str = "cpu"
+    recipe: str = "arithmetic"
 
 
 def demo_settings(opts: DemoOptions) -> SwarmSettings:
@@ -54,23 +57,39 @@ def demo_settings(opts: DemoOptions) -> SwarmSettings:
                          grad_clip=r.grad_clip, worker_device=opts.worker_device)
 
 
+def recipe_settings(opts: DemoOptions, recipe, kind: str, options: dict) -> SwarmSettings:
+    """A recipe's swarm (`swarmrl.recipes`): its [swarm] settings, task source and role files."""
+    return SwarmSettings(seed=opts.seed, honest_workers=opts.honest_workers, cheaters=opts.cheaters,
+                         worker_device=opts.worker_device, task_kind=kind, task_options=options,
+                         chat_template=recipe.chat, overrides=dict(recipe.roles), **recipe.swarm)
+
+
 def run_demo(opts: DemoOptions) -> int:
     from protocol.lm import quiet_transformers
     from swarmrl.modelkit import build_demo_model, greedy_accuracy
+    from swarmrl.recipes import BUILTIN, build_model, load_recipe, task_options, write_dataset
 
     quiet_transformers()
 
     console = Console()
+    recipe = None if opts.recipe == BUILTIN else load_recipe(opts.recipe)
     root = Path(opts.workdir or tempfile.mkdtemp(prefix="swarmrl-demo-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     settings = demo_settings(opts)
-    console.rule("[bold]swarmrl demo")
+    console.rule(f"[bold]swarmrl demo · recipe {opts.recipe}")
     console.print(f"run folder: {root}  (configs in {root / 'config'}, logs in {root / 'logs'})")
 
     model_dir = root / "model"
     t0 = time.monotonic()
     with console.status("building the tiny model and warming it up on the task (supervised) ..."):
-        info = build_demo_model(model_dir, seed=opts.seed)
+        if recipe is None:
+            info = build_demo_model(model_dir, seed=opts.seed)
+        else:
+            options = task_options(recipe, write_dataset(recipe, root / "data", opts.seed))
+            settings = recipe_settings(opts, recipe, recipe.task.get("kind", "jsonl"), options)
+            opts.min_gain = float(recipe.goal.get("min_gain", opts.min_gain))
+            info = build_model(recipe, model_dir, settings.task_kind, options, opts.seed)
+            console.print(f"task: {settings.task_kind} {options} (chat template: {settings.chat_template})")
     ws = info["warm_start"]
     console.print(f"model: {info['parameters']:,} parameters, warm start {ws['steps']} steps in {ws['seconds']:.0f} s")
     acc_before = _accuracy(model_dir, opts, settings, greedy_accuracy)
@@ -125,8 +144,8 @@ def _accuracy(model_dir: Path, opts: DemoOptions, s: SwarmSettings, greedy_accur
 
     model = load_model(str(model_dir))
     tok = load_tokenizer(str(model_dir))
-    source = get_source("arithmetic", seed=s.seed, options=s.task_options)
-    return greedy_accuracy(model, tok, source, n=opts.eval_tasks, max_new_tokens=s.max_tokens)
+    source = get_source(s.task_kind, seed=s.seed, options=s.task_options)
+    return greedy_accuracy(model, tok, source, n=opts.eval_tasks, max_new_tokens=s.max_tokens, chat=s.chat_template)
 
 
 def _peer_names(plan: SwarmPlan) -> dict[str, str]:

@@ -1,10 +1,15 @@
-"""The tiny local model: a small Qwen2-architecture causal LM and a character tokenizer,
-built on this machine from a seed (no download), plus an optional supervised warm start.
+"""The tiny local model: a small Qwen2- or Llama-architecture causal LM with a character or a
+byte-level BPE tokenizer, built on this machine from a seed (no download), plus an optional
+supervised warm start.
 
-`init_tiny_model` writes a standard transformers folder (config.json, model.safetensors,
-tokenizer files) that `protocol.lm.load_model` / `load_tokenizer` open like any other
-model; `warm_start` trains it briefly on the demo task so RL starts from a policy that is
-sometimes right. Tests and the demo use this; users point swarmrl at real models instead.
+`init_model` (`init_tiny_model`: the demo's character-level Qwen2) writes a standard
+transformers folder (config.json, model.safetensors, generation_config.json, tokenizer files)
+that `protocol.lm.load_model` / `load_tokenizer` open like any other model. With
+`tokenizer="bpe"` the tokenizer is a byte-level BPE trained here with a ChatML chat template
+(`swarmrl.bpe`), and the generation config declares two EOS ids, as real instruct models do.
+`warm_start` trains it briefly on a task (prompts built by `protocol.lm.encode_task`, with the
+chat template when asked) so RL starts from a policy that is sometimes right. Tests, the demo
+and its recipes use this; users point swarmrl at real models instead.
 """
 
 from __future__ import annotations
@@ -36,38 +41,66 @@ def build_tokenizer():
 
 def init_tiny_model(directory: Path | str, *, hidden_size: int = 128, num_layers: int = 4,
                     num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int | None = None,
-                    seed: int = 0, max_positions: int = 512) -> dict:
-    """Write a seeded Qwen2 causal LM (~1M parameters by default) and its tokenizer."""
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+                    seed: int = 0, max_positions: int = 8192) -> dict:
+    """Write a seeded Qwen2 causal LM (~1M parameters by default) and its character tokenizer."""
+    return init_model(directory, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                      num_kv_heads=num_kv_heads, intermediate_size=intermediate_size, seed=seed,
+                      max_positions=max_positions)
 
+
+ARCHS = ("qwen2", "llama")
+TOKENIZERS = ("char", "bpe")
+
+
+def init_model(directory: Path | str, *, arch: str = "qwen2", tokenizer: str = "char", vocab_size: int = 1024,
+               hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4, num_kv_heads: int = 2,
+               intermediate_size: int | None = None, seed: int = 0, max_positions: int = 8192,
+               tie_word_embeddings: bool = False) -> dict:
+    """Write a seeded causal LM of architecture `arch` with a `tokenizer` ('char', or 'bpe':
+    byte-level BPE of about `vocab_size` entries with a ChatML chat template, `swarmrl.bpe`).
+    `max_positions` is the context the coordinator checks prompts plus max_tokens against
+    (RoPE has no position table, so a long one costs nothing; tests and benches use long
+    completions on these models)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if arch not in ARCHS or tokenizer not in TOKENIZERS:
+        raise ValueError(f"arch must be one of {ARCHS} and tokenizer one of {TOKENIZERS}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or 4 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=False, rope_theta=10000.0,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        use_sliding_window=False,
-    )
+    if tokenizer == "bpe":
+        from swarmrl.bpe import PAD, build_bpe_tokenizer, corpus
+
+        tok = build_bpe_tokenizer(corpus(seed), vocab_size=vocab_size, bos=arch == "llama")
+        eos_ids = [tok.eos_token_id, tok.convert_tokens_to_ids(PAD)]  # end of turn, end of text
+    else:
+        tok = build_tokenizer()
+        eos_ids = [tok.eos_token_id]
+    common = dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size or 4 * hidden_size,
+                  num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                  max_position_embeddings=max_positions, tie_word_embeddings=tie_word_embeddings, rope_theta=10000.0,
+                  bos_token_id=tok.bos_token_id, eos_token_id=eos_ids[0], pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    model.generation_config = GenerationConfig(eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0],
+                                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
     model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    tok.save_pretrained(directory)
     n = sum(p.numel() for p in model.parameters())
-    (directory / "swarmrl-model.json").write_text(json.dumps({"kind": "tiny-qwen2", "seed": seed, "parameters": n}) + "\n")
-    return {"parameters": n, "vocab_size": len(tokenizer)}
+    (directory / "swarmrl-model.json").write_text(json.dumps(
+        {"kind": f"tiny-{arch}-{tokenizer}", "seed": seed, "parameters": n}) + "\n")
+    return {"parameters": n, "vocab_size": len(tok), "eos_token_ids": eos_ids}
 
 
-def _sft_batch(tokenizer, tasks, device):
-    from protocol.lm import encode_prompt
+def _sft_batch(tokenizer, tasks, device, chat: bool = False, answer_format: str = "{answer}"):
+    from protocol.lm import encode_task, encode_text
 
     seqs, masks = [], []
     for t in tasks:
-        p = encode_prompt(tokenizer, t.prompt)
-        a = encode_prompt(tokenizer, t.answer) + [tokenizer.eos_token_id]
+        p = encode_task(tokenizer, t, chat=chat)
+        a = encode_text(tokenizer, answer_format.replace("{answer}", t.answer)) + [tokenizer.eos_token_id]
         seqs.append(p + a)
         masks.append([0] * len(p) + [1] * len(a))
     L = max(len(s) for s in seqs)
@@ -82,18 +115,20 @@ def _sft_batch(tokenizer, tasks, device):
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, source, n: int = 200, max_new_tokens: int = 8, batch: int = 100) -> float:
+def greedy_accuracy(model, tokenizer, source, n: int = 200, max_new_tokens: int = 8, batch: int = 100,
+                    chat: bool = False) -> float:
     """Held-out greedy accuracy on the first `n` eval tasks of `source` (left-padded batches)."""
-    from protocol.lm import decode_completion, encode_prompt
-    from protocol.tasks import score
+    from protocol.lm import decode_completion, encode_task, eos_token_ids
+    from protocol.tasks import score_many
 
     model.eval()
     device = next(model.parameters()).device
     correct = 0.0
+    ends = eos_token_ids(tokenizer, getattr(model.config, "_name_or_path", None) or None)
     tasks = [source.task("eval", i) for i in range(min(n, source.size("eval")))]
     for start in range(0, len(tasks), batch):
         chunk = tasks[start : start + batch]
-        prompts = [encode_prompt(tokenizer, t.prompt) for t in chunk]
+        prompts = [encode_task(tokenizer, t, chat=chat) for t in chunk]
         L = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), L), tokenizer.pad_token_id, dtype=torch.long)
         att = torch.zeros_like(ids)
@@ -101,19 +136,21 @@ def greedy_accuracy(model, tokenizer, source, n: int = 200, max_new_tokens: int 
             ids[i, L - len(p) :] = torch.tensor(p)
             att[i, L - len(p) :] = 1
         out = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             max_new_tokens=max_new_tokens, eos_token_id=ends,
                              pad_token_id=tokenizer.pad_token_id)
-        for t, row in zip(chunk, out[:, L:].tolist()):
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            correct += score(t.kind, t.answer, decode_completion(tokenizer, row))
+        texts = []
+        for row in out[:, L:].tolist():
+            cut = next((i for i, tok in enumerate(row) if tok in ends), len(row))
+            texts.append(decode_completion(tokenizer, row[:cut]))
+        correct += sum(score_many(list(zip(chunk, texts))))
     return correct / max(1, len(tasks))
 
 
 def warm_start(directory: Path | str, *, seconds: float = 30.0, seed: int = 0, task_kind: str = "arithmetic",
                task_seed: int = 0, task_options: dict | None = None, lr: float = 2e-3, batch_size: int = 64,
                max_steps: int | None = None, target_accuracy: float | None = None, check_every: int = 50,
-               check_tasks: int = 200, warmup_steps: int = 50, threads: int = 0) -> dict:
+               check_tasks: int = 200, warmup_steps: int = 50, threads: int = 0, chat: bool = False,
+               answer_format: str = "{answer}", max_new_tokens: int = 8) -> dict:
     """Supervised training on the task's train split; saves in place.
 
     Stops at the first of: `max_steps` steps, `seconds` of wall time, or (when
@@ -142,7 +179,7 @@ def warm_start(directory: Path | str, *, seconds: float = 30.0, seed: int = 0, t
     loss = torch.tensor(float("nan"))
     while (max_steps is None or steps < max_steps) and time.monotonic() - start < seconds:
         idx = torch.randint(0, n_train, (batch_size,), generator=gen).tolist()
-        ids, att, lmask = _sft_batch(tokenizer, [source.task("train", i) for i in idx], "cpu")
+        ids, att, lmask = _sft_batch(tokenizer, [source.task("train", i) for i in idx], "cpu", chat, answer_format)
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
         target, m = ids[:, 1:], lmask[:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
@@ -154,13 +191,13 @@ def warm_start(directory: Path | str, *, seconds: float = 30.0, seed: int = 0, t
         sched.step()
         steps += 1
         if target_accuracy is not None and steps % check_every == 0:
-            acc = greedy_accuracy(model, tokenizer, source, n=check_tasks)
+            acc = greedy_accuracy(model, tokenizer, source, n=check_tasks, chat=chat, max_new_tokens=max_new_tokens)
             model.train()
             if acc >= target_accuracy:
                 break
     model.eval()
     model.save_pretrained(directory)
-    acc = greedy_accuracy(model, tokenizer, source)
+    acc = greedy_accuracy(model, tokenizer, source, chat=chat, max_new_tokens=max_new_tokens)
     return {"steps": steps, "seconds": time.monotonic() - start, "accuracy": acc, "loss": float(loss.detach())}
 
 

@@ -64,7 +64,9 @@ class SwarmSettings:
     group_size: int = 8
     temperature: float = 1.0
     max_tokens: int = 6
+    task_kind: str = "arithmetic"         # the run's task source (a recipe: jsonl with generated files)
     task_options: dict = field(default_factory=dict)
+    chat_template: bool = False           # prompts through the tokenizer's chat template (the run's setting)
     async_window: int = 2
     lr: float = 1e-4
     groups_per_step: int = 16
@@ -142,7 +144,7 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
     origin_url = f"http://{HOST}:{ports['origin']}"
     relay_url = f"http://{HOST}:{ports['relay']}"
     run_id = f"demo-{s.seed}"
-    task = TaskConfig(kind="arithmetic", seed=s.seed, options=s.task_options)
+    task = TaskConfig(kind=s.task_kind, seed=s.seed, options=s.task_options)
     cfgdir = root / "config"
     configs: dict[str, Path] = {}
 
@@ -151,10 +153,9 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         key_file=keys / "coordinator.key", operator_key=operator.public.hex,
         verifier_keys=[verifier.public.hex], model=str(model_dir), relays=[relay_url], tasks=task,
         sampling=SamplingConfig(temperature=s.temperature, max_tokens=s.max_tokens),
-        group_size=s.group_size, async_window=s.async_window, limits=LimitsConfig(exempt_addresses=LOOPBACK),
+        group_size=s.group_size, async_window=s.async_window, chat_template=s.chat_template, limits=LimitsConfig(exempt_addresses=LOOPBACK),
         dashboard=DashboardConfig(operator_token_file=str(_operator_token_file(keys))),
         p2p=P2PConfig(**local, listen_host=HOST, listen_port=ports["p2p"])))
-    # The run's id, async window and task source are the coordinator's: the trainer takes them from GET /v1/run.
     # The run's id, async window and task source are the coordinator's: the trainer takes them from GET /v1/run.
     configs["trainer"] = _write(s, "trainer", cfgdir, TrainerConfig(
         coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),

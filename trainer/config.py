@@ -69,6 +69,8 @@ class TrainerConfig(BaseModel):
                                    "set: it must be the coordinator's)")
     tasks_options: dict | None = Field(None, description="options of that task source (empty: the coordinator's "
                                        "tasks.options; set: they must be the coordinator's)")
+    tasks_chat_template: bool | None = Field(None, description="held-out prompts use the chat template (empty: the "
+                                             "coordinator's chat_template; set: it must be the coordinator's)")
     max_eval_tokens: int = Field(8, ge=1, description="completion cap of held-out evaluation")
     # -- additions (trainer helper) --
     host: str = Field("127.0.0.1", description="address of the trainer's own /health and /metrics")
@@ -110,7 +112,8 @@ class TrainerConfig(BaseModel):
     @property
     def tasks(self) -> TaskSpec:
         """The task source (after `from_run`: the run's)."""
-        return TaskSpec(kind=self.tasks_kind, seed=self.tasks_seed or 0, options=dict(self.tasks_options or {}))
+        return TaskSpec(kind=self.tasks_kind, seed=self.tasks_seed or 0, options=dict(self.tasks_options or {}),
+                        chat_template=bool(self.tasks_chat_template))
 
 
 def from_run(cfg: TrainerConfig, info: RunInfo, where: str) -> TrainerConfig:
@@ -121,8 +124,10 @@ def from_run(cfg: TrainerConfig, info: RunInfo, where: str) -> TrainerConfig:
     ours: dict[str, Any] = {"run_id": cfg.run_id or None, "async_window": cfg.async_window}
     theirs: dict[str, Any] = {"run_id": info.run_id, "async_window": info.async_window}
     if info.tasks is not None:
-        ours |= {"tasks_kind": cfg.tasks_kind or None, "tasks_seed": cfg.tasks_seed, "tasks_options": cfg.tasks_options}
-        theirs |= {"tasks_kind": info.tasks.kind, "tasks_seed": info.tasks.seed, "tasks_options": info.tasks.options}
+        ours |= {"tasks_kind": cfg.tasks_kind or None, "tasks_seed": cfg.tasks_seed, "tasks_options": cfg.tasks_options,
+                 "tasks_chat_template": cfg.tasks_chat_template}
+        theirs |= {"tasks_kind": info.tasks.kind, "tasks_seed": info.tasks.seed, "tasks_options": info.tasks.options,
+                   "tasks_chat_template": info.tasks.chat_template}
     elif not cfg.tasks_kind:
         raise TrainerError(f"{where} does not say which task source the run uses; set tasks_kind (and tasks_seed, "
                            "tasks_options) in the trainer's config to the coordinator's tasks")

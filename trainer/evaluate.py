@@ -1,7 +1,11 @@
 """Held-out evaluation of a policy version: greedy and (optionally) sampled accuracy.
 
 Tasks are the first `num_tasks` of the task source's `eval` split, which never shares a
-task with the `train` split the coordinator leases from. Decoding is one batched,
+task with the `train` split the coordinator leases from. Prompts are built exactly as the
+coordinator builds its leases' (`protocol.lm.encode_task`, with the run's chat template
+setting and the task's system prompt), decoding stops at any of the model's EOS ids
+(`protocol.lm.eos_token_ids`), and each batch is scored in one round trip
+(`protocol.tasks.score_many`: the sandbox for impure scorers). Decoding is one batched,
 left-padded KV-cache loop; sampled accuracy uses the protocol's seeded Gumbel sampling
 (`protocol.sampling`), with seeds derived from the task index, so two evaluations of the
 same weights give the same number. Results are appended to `data_dir/eval.csv` (one row per
@@ -21,9 +25,9 @@ from typing import Any
 
 import torch
 
-from protocol.lm import decode_completion, encode_prompt
+from protocol.lm import decode_completion, encode_task, eos_token_ids
 from protocol.sampling import sample_tokens
-from protocol.tasks import TaskSource, score
+from protocol.tasks import TaskSource, score_many
 
 EVAL_FIELDS = ["version", "step", "wall_s", "unix_time", "greedy_accuracy", "sampled_accuracy", "num_tasks", "seconds"]
 
@@ -41,10 +45,11 @@ class EvalResult:
 
 
 @torch.no_grad()
-def decode(model: Any, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int,
+def decode(model: Any, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int | list[int], pad_id: int,
            temperature: float | None = None, seeds: list[int] | None = None) -> list[list[int]]:
     """Completions of `prompts` (EOS excluded): greedy when temperature is None, else seeded Gumbel."""
     device = next(model.parameters()).device
+    ends = {int(eos_id)} if isinstance(eos_id, int) else {int(e) for e in eos_id}
     B = len(prompts)
     L = max(len(p) for p in prompts)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -68,7 +73,7 @@ def decode(model: Any, prompts: list[list[int]], *, max_new_tokens: int, eos_id:
             if done[i]:
                 continue
             t = int(tok[i])
-            if t == eos_id:
+            if t in ends:
                 done[i] = True
             else:
                 result[i].append(t)
@@ -83,35 +88,35 @@ def decode(model: Any, prompts: list[list[int]], *, max_new_tokens: int, eos_id:
 
 
 def accuracy(model: Any, tokenizer: Any, source: TaskSource, *, num_tasks: int, max_new_tokens: int,
-             temperature: float | None = None, batch: int = 100, seed: int = 0) -> float:
+             temperature: float | None = None, batch: int = 100, seed: int = 0, chat: bool = False) -> float:
     """Mean reward over the first `num_tasks` held-out tasks."""
     was_training = model.training
     model.eval()
     n = min(num_tasks, source.size("eval"))
     tasks = [source.task("eval", i) for i in range(n)]
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    model_dir = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    eos = eos_token_ids(tokenizer, model_dir)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     total = 0.0
     try:
         for start in range(0, n, batch):
             chunk = tasks[start:start + batch]
-            prompts = [encode_prompt(tokenizer, t.prompt) for t in chunk]
+            prompts = [encode_task(tokenizer, t, chat=chat) for t in chunk]
             seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
             outs = decode(model, prompts, max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad,
                           temperature=temperature, seeds=seeds)
-            for t, o in zip(chunk, outs):
-                total += score(t.kind, t.answer, decode_completion(tokenizer, o))
+            total += sum(score_many([(t, decode_completion(tokenizer, o)) for t, o in zip(chunk, outs)]))
     finally:
         model.train(was_training)
     return total / max(1, n)
 
 
 def evaluate(model: Any, tokenizer: Any, source: TaskSource, *, version: int, step: int, wall_s: float,
-             num_tasks: int, max_new_tokens: int, sampled: bool, temperature: float) -> EvalResult:
+             num_tasks: int, max_new_tokens: int, sampled: bool, temperature: float, chat: bool = False) -> EvalResult:
     t0 = time.monotonic()
-    greedy = accuracy(model, tokenizer, source, num_tasks=num_tasks, max_new_tokens=max_new_tokens)
+    greedy = accuracy(model, tokenizer, source, num_tasks=num_tasks, max_new_tokens=max_new_tokens, chat=chat)
     samp = (accuracy(model, tokenizer, source, num_tasks=num_tasks, max_new_tokens=max_new_tokens,
-                     temperature=temperature, seed=version) if sampled else None)
+                     temperature=temperature, seed=version, chat=chat) if sampled else None)
     return EvalResult(version=version, step=step, wall_s=wall_s, unix_time=time.time(), greedy_accuracy=greedy,
                       sampled_accuracy=samp, num_tasks=min(num_tasks, source.size("eval")),
                       seconds=time.monotonic() - t0)

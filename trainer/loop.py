@@ -122,7 +122,7 @@ class TrainerLoop:
             res = evaluate(self.eval_model_fn(), self.tokenizer, self.source, version=self.version, step=self.step,
                            wall_s=self.clock.elapsed(), num_tasks=self.cfg.eval.num_tasks,
                            max_new_tokens=self.cfg.max_eval_tokens, sampled=self.cfg.eval.sampled,
-                           temperature=self.cfg.eval.temperature)
+                           temperature=self.cfg.eval.temperature, chat=self.cfg.tasks.chat_template)
         append_csv(self.cfg.data_dir / "eval.csv", res)
         self.evaluated.add(self.version)
         self.link.report_eval(EvalReport(policy_version=res.version, step=res.step,

@@ -130,11 +130,24 @@ def join_run(cfg: TrainerConfig, stop: Any) -> tuple[TrainerConfig, Any, Any]:
         info = link.run_info()
         cfg.pins.check_run(info, where)
         cfg = from_run(cfg, info, where)
+        check_tasks(info)
     except BaseException:
         link.close()
         raise
     link.client.run_id = cfg.run_id  # every batch request and acknowledgement is signed for this run
     return cfg, key, link
+
+
+def check_tasks(info: Any) -> None:
+    """TrainerError when this trainer would build or score the run's tasks otherwise than the
+    coordinator (other data files, plugin code or library versions: `protocol.tasks.digest`)."""
+    from protocol.errors import ProtocolError
+    from protocol.tasks.digest import check_run
+
+    try:
+        check_run("trainer", info)
+    except ProtocolError as exc:
+        raise TrainerError(str(exc)) from exc
 
 
 def build_trainer(cfg: TrainerConfig, team: Any, stop: Any) -> Parts:

@@ -61,6 +61,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         if info is None:
             return
         cfg.pins.check_run(info, f"the coordinator at {cfg.coordinator_url} (GET /v1/run)")
+        _check_tasks(info)
         client.run_id = info.run_id  # every claim and verdict is signed for this run
         if key.public.hex not in info.verifier_keys:
             log.error("this verifier's key %s is not among the coordinator's verifier_keys; its claims will "
@@ -120,6 +121,19 @@ def _install_signals(stop: threading.Event) -> None:
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+
+
+def _check_tasks(info: Any) -> None:
+    """SetupError when this verifier would score otherwise than the coordinator (another scorer
+    plugin or version: `protocol.tasks.digest`)."""
+    from protocol.errors import ProtocolError
+    from protocol.tasks.digest import SCORER_PARTS, check_run
+    from verifier.errors import SetupError
+
+    try:
+        check_run("verifier", info, SCORER_PARTS)
+    except ProtocolError as exc:
+        raise SetupError(str(exc)) from exc
 
 
 def _wait_for_run(client: Any, stop: threading.Event):

@@ -14,6 +14,7 @@ import base64
 import time
 from dataclasses import dataclass
 
+from protocol.conformance import lease_eos
 from protocol.messages import Completion, EngineInfo, Lease, Submission
 from protocol.proof import build_proofs
 from worker.engines.base import Engine, GenerationRequest, GenerationResult
@@ -37,7 +38,7 @@ class BatchStats:
 def requests_for(lease: Lease) -> list[GenerationRequest]:
     return [GenerationRequest(prompt_ids=list(lease.prompt_token_ids), seed=seed,
                               temperature=lease.sampling.temperature, max_tokens=lease.sampling.max_tokens,
-                              eos_token_id=lease.eos_token_id)
+                              eos_token_id=lease.eos_token_id, eos_token_ids=tuple(sorted(lease_eos(lease))))
             for seed in lease.seeds]
 
 

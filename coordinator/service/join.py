@@ -36,7 +36,9 @@ def run_info(ctx: Context, current: int | None = None) -> RunInfo:
                    pow_challenge=pow_challenges(ctx, ctx.clock())[0], pow_difficulty=cfg.join.pow_difficulty,
                    tokenizer_ref=str(cfg.model), p2p_bootstrap=p2p.bootstrap_addrs(ctx),
                    allowed_dtypes=list(cfg.allowed_dtypes),
-                   tasks=TaskSpec(kind=cfg.tasks.kind, seed=cfg.tasks.seed, options=dict(cfg.tasks.options)))
+                   tasks=TaskSpec(kind=cfg.tasks.kind, seed=cfg.tasks.seed, options=dict(cfg.tasks.options),
+                                  chat_template=cfg.chat_template),
+                   task_scorer=ctx.tasks.source.kind, task_digests=dict(ctx.tasks.digests))
 
 
 def worker_check_rate(ctx: Context, w: Any) -> float:

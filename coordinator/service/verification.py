@@ -45,7 +45,8 @@ def claim(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
         task = ctx.tasks.task(r.task_index)
         jobs.append(rawjson.verification_job(
             {"submission_id": r.submission_id, "worker_id": r.worker_id, "rewards": json.loads(r.rewards),
-             "task_answer": task.answer, "task_kind": task.kind, "full_check": bool(r.full_check)},
+             "task_answer": task.answer, "task_kind": task.kind,
+             "task_metadata": task.metadata, "full_check": bool(r.full_check)},
             lease=r.lease_envelope, submission=r.envelope))
     return rawjson.claim_response(jobs).encode("utf-8")
 

@@ -75,7 +75,8 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
             body = Lease(lease_id=new_id(ctx.rng, "l-"), run_id=cfg.run_id, worker_id=worker_id,
                          task_id=prepared.task.id, prompt_token_ids=list(prepared.prompt_ids),
                          seeds=draw_seeds(ctx.rng, cfg.group_size), sampling=sampling,
-                         eos_token_id=ctx.tasks.eos_token_id, min_policy_version=lo, max_policy_version=hi,
+                         eos_token_id=ctx.tasks.eos_token_id, eos_token_ids=_extra_eos(ctx),
+                         min_policy_version=lo, max_policy_version=hi,
                          issued_at=now, expires_at=now + cfg.lease_ttl_s, allowed_dtypes=list(cfg.allowed_dtypes))
             env = seal(KIND_LEASE, body, ctx.key, now=now, run_id=cfg.run_id, audience=AUDIENCE_WORKER)
             envs.append(env)
@@ -190,3 +191,9 @@ def submission_status(ctx: Context, submission_id: str) -> SubmissionStatus:
 def _status(row) -> SubmissionStatus:
     return SubmissionStatus(submission_id=row.submission_id, worker_id=row.worker_id, status=row.status,
                             reason=public_reason(row.reason), tokens=row.n_tokens)
+
+
+def _extra_eos(ctx: Context) -> list[int]:
+    """The lease's `eos_token_ids`: empty when the model has one EOS (leases stay as before)."""
+    ids = list(getattr(ctx.tasks, "eos_token_ids", ()))
+    return ids if len(ids) > 1 else []

@@ -36,9 +36,10 @@ holds, a scorer that runs its input as code lets that input choose the rewards o
 batch (one worker's own submission): the sandbox stops it from reaching anything else, and
 the verifier's sampling check rejects text the policy did not generate.
 
-A later scorer (answer extraction, math-verify, reasoning-gym with metadata) plugs in through
-`protocol.tasks` (a registered kind or a `<module>:<function>` reference, allowed in a process
-by `SWARMRL_SCORER_MODULES=mypkg.rewards,...`) and runs here unchanged. Limits are a protocol rule (`protocol.sandbox.limits`).
+Every scorer plugs in through `protocol.tasks` (a registered kind, `answer:...` with extraction
+and math-verify comparison, reasoning-gym with each task's metadata, or a `<module>:<function>`
+reference, allowed in a process by `SWARMRL_SCORER_MODULES=mypkg.rewards,...`) and runs here
+unchanged; each item carries the task's metadata. Limits are a protocol rule (`protocol.sandbox.limits`).
 """
 
 from __future__ import annotations

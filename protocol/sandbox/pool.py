@@ -169,10 +169,11 @@ class Sandbox:
 
     # -- children -----------------------------------------------------------------------------
     def _check(self, ref: str) -> bool:
-        from protocol.tasks import describe
+        from protocol.tasks import describe, plugin_module
 
         pure = describe(ref)
-        if ":" in ref and not ref.startswith("reasoning_gym:") and ref.split(":")[0] not in self.allow_modules:
+        module = plugin_module(ref)
+        if module is not None and module not in self.allow_modules:
             raise MessageError(f"scorer {ref!r} is a module reference this sandbox was not told to allow")
         return pure
 

@@ -147,8 +147,8 @@ class Reverifier:
             self._tokenizer, _ = load_tokenizer_for(self.archive, version)
         return self._tokenizer
 
-    def task(self, row: dict) -> tuple[str, str, list[str]]:
-        """(kind, answer, notes) of the row's task, from the task source in run.json."""
+    def task(self, row: dict) -> tuple[str, str, list[str], dict]:
+        """(kind, answer, notes, metadata) of the row's task, from the task source in run.json."""
         from protocol.tasks import get_source
 
         if self._source is None:
@@ -161,7 +161,7 @@ class Reverifier:
         if t.id != row["task_id"]:
             notes.append(f"the task source of run.json gives task {t.id} for index {row['task_index']}, the archive "
                          f"says {row['task_id']}: the reward check compares with the wrong answer")
-        return t.kind, t.answer, notes
+        return t.kind, t.answer, notes, dict(t.metadata)
 
     def _replay_keys(self) -> list[tuple[str, float, list]]:
         """(submission id, received_at, replay keys) of every archived row, computed once."""
@@ -187,11 +187,12 @@ class Reverifier:
         return ledger
 
     @staticmethod
-    def _job(row: dict, rewards: list[float], kind: str, answer: str) -> VerificationJob:
+    def _job(row: dict, rewards: list[float], kind: str, answer: str, metadata: dict | None = None) -> VerificationJob:
         return VerificationJob(submission_id=row["submission_id"], worker_id=row["worker_id"],
                                lease=Envelope.model_validate_json(row["lease_envelope"]),
                                submission=Envelope.model_validate_json(row["submission_envelope"]),
-                               rewards=rewards, task_answer=answer, task_kind=kind, full_check=True)
+                               rewards=rewards, task_answer=answer, task_kind=kind,
+                               task_metadata=dict(metadata or {}), full_check=True)
 
     @staticmethod
     def recorded_probe(checks: list[dict]) -> int | None:
@@ -222,9 +223,9 @@ class Reverifier:
     def reverify(self, submission_id: str) -> Reverification:
         row = self.archive.rollout(submission_id)
         version = int(row["policy_version"])
-        kind, answer, notes = self.task(row)
+        kind, answer, notes, metadata = self.task(row)
         try:
-            job = self._job(row, list(row["rewards"] or []), kind, answer)
+            job = self._job(row, list(row["rewards"] or []), kind, answer, metadata)
         except ValueError as exc:
             raise AuditError(f"submission {row['submission_id']}: archived envelopes are not JSON envelopes: {exc}") from None
         tokenizer = self.tokenizer(version)

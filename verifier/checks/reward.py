@@ -30,7 +30,7 @@ def check_reward(oj: OpenedJob, texts: list[str | None], *, tolerance: float = 1
     if undecodable:
         return result(NAME, False, {}, f"completion {undecodable[0]} cannot be decoded by the run's tokenizer")
     try:
-        scored = (sandbox or shared()).score(job.task_kind, [ScoreItem(t, job.task_answer) for t in texts])
+        scored = (sandbox or shared()).score(job.task_kind, [ScoreItem(t, job.task_answer, job.task_metadata) for t in texts])
     except SandboxError as exc:  # nothing was scored: no verdict now, the job goes back to the queue
         raise JobError(f"the scorer sandbox cannot score submission {job.submission_id} now: {exc}") from exc
     except ProtocolError as exc:

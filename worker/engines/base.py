@@ -25,6 +25,11 @@ class GenerationRequest:
     temperature: float
     max_tokens: int
     eos_token_id: int
+    eos_token_ids: tuple[int, ...] = ()  # every id that ends it (protocol.conformance.lease_eos); () = eos_token_id
+
+    @property
+    def ends(self) -> tuple[int, ...]:
+        return self.eos_token_ids or (self.eos_token_id,)
 
 
 @dataclass

@@ -86,7 +86,9 @@ class TransformersEngine:
         head = model.get_output_embeddings()
         seeds = [r.seed for r in requests]
         temps = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=dev)
-        eos = torch.tensor([r.eos_token_id for r in requests], dtype=torch.long, device=dev)
+        width = max(len(r.ends) for r in requests)  # each row's end ids, padded with its first
+        eos = torch.tensor([list(r.ends) + [r.ends[0]] * (width - len(r.ends)) for r in requests],
+                           dtype=torch.long, device=dev)
         max_tokens = torch.tensor([r.max_tokens for r in requests], dtype=torch.long, device=dev)
         out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = out.past_key_values
@@ -107,7 +109,7 @@ class TransformersEngine:
             step_tokens.append(tok)
             step_hidden.append(last_hidden)
             length = length + running.long()
-            hit_eos = running & (tok == eos)
+            hit_eos = running & (tok[:, None] == eos).any(dim=1)
             by_eos = by_eos | hit_eos
             done = done | hit_eos | (running & (length >= max_tokens))
             if len(step_hidden) == _HIDDEN_BLOCK:

@@ -122,6 +122,11 @@ class VllmEngine:
         checkpoint_dir = Path(checkpoint_dir)
         config_json = (checkpoint_dir / "config.json").read_text()
         if self.llm is None or config_json != self._config_json:
+            from transformers import AutoConfig
+
+            from protocol.lm import check_model_config
+
+            check_model_config(AutoConfig.from_pretrained(str(checkpoint_dir)))  # no logit transforms
             self.close()
             self._build(checkpoint_dir)
         else:
@@ -154,7 +159,7 @@ class VllmEngine:
         first = self._next_key
         self._next_key += len(requests)
         params = [SamplingParams(temperature=0.0, max_tokens=r.max_tokens, ignore_eos=True,
-                                 stop_token_ids=[r.eos_token_id] if r.eos_token_id < self.vocab_size else [],
+                                 stop_token_ids=[e for e in r.ends if e < self.vocab_size],
                                  detokenize=False,
                                  extra_args={ARG_SEED: r.seed, ARG_TEMP: r.temperature,
                                              ARG_PROMPT_LEN: len(r.prompt_ids), ARG_KEY: first + i})
@@ -167,6 +172,6 @@ class VllmEngine:
         hidden = assemble(next((t for t in taken if t["parts"] or t["lost"]), taken[0]), first,
                           [len(t) for t in tokens])
         self.last_capture_s = time.perf_counter() - t0
-        return [GenerationResult(token_ids=toks, finish_reason="eos" if toks and toks[-1] == r.eos_token_id
+        return [GenerationResult(token_ids=toks, finish_reason="eos" if toks and toks[-1] in r.ends
                                  else "length", hidden=h)
                 for r, toks, h in zip(requests, tokens, hidden)]

@@ -46,3 +46,15 @@ def test_every_problem_in_order_and_the_first_alone_for_intake():
     assert lease_problems(LEASE, sub, signer_id="X", run_id="other", vocab_size=10, first=True) == found[:1]
     assert "stopped for length after 3 tokens" in found[4].detail and "contains EOS" in found[5].detail
     assert "proof covers 2 tokens, the completion has 3" in found[7].detail
+
+
+def test_every_eos_id_of_the_lease_ends_a_completion():
+    lease = LEASE.model_copy(update={"eos_token_ids": [EOS, 9]})
+    ok = _sub([_c([5, 9]), _c([5, EOS]), _c([5, 6, 7, 8], "length")])
+    assert lease_problems(lease, ok, signer_id="W", run_id="r") == []
+    assert [p.reason for p in lease_problems(LEASE, ok, signer_id="W", run_id="r")] == ["bad_termination"]  # 9 alone: no end
+    bad = _sub([_c([9, 5, EOS]), _c([5, 9, 7, 8], "length"), _c([5, 6])])
+    found = lease_problems(lease, bad, signer_id="W", run_id="r")
+    assert [(p.reason, p.completion) for p in found] == [("bad_termination", 0), ("bad_termination", 1),
+                                                          ("bad_termination", 2)]
+    assert "EOS before its end" in found[0].detail and "contains EOS" in found[1].detail

@@ -105,3 +105,22 @@ def test_a_stop_ends_the_trainers_wait_for_a_busy_coordinator():
     finally:
         link.close()
         server.stop()
+
+
+def test_the_runs_chat_template_and_task_digests_bind_the_trainer(tmp_path):
+    from protocol.tasks.digest import digest_parts
+    from trainer.setup import check_tasks
+
+    cfg = from_run(TrainerConfig(model="m"), _info(tasks=TaskSpec(kind="arithmetic", seed=7, chat_template=True)), "here")
+    assert cfg.tasks.chat_template is True  # held-out prompts are built like the leases'
+    with pytest.raises(TrainerError, match="tasks_chat_template = False"):
+        from_run(TrainerConfig(model="m", tasks_chat_template=False),
+                 _info(tasks=TaskSpec(kind="arithmetic", seed=7, chat_template=True)), "here")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"prompt": "{i}?", "answer": "{i}"}}\n' for i in range(20)))
+    spec = TaskSpec(kind="jsonl", seed=0, options={"path": str(data)})
+    served = digest_parts("jsonl", 0, spec.options, False, "answer:exact")
+    check_tasks(_info(tasks=spec, task_scorer="answer:exact", task_digests=served))  # the same files: starts
+    data.write_text(data.read_text() + '{"prompt": "x?", "answer": "x"}\n')
+    with pytest.raises(TrainerError, match="differs from the run's in data"):
+        check_tasks(_info(tasks=spec, task_scorer="answer:exact", task_digests=served))

@@ -72,3 +72,19 @@ def test_batched_noise_and_sampling_equal_the_one_sample_rule():
     for i, s in enumerate(seeds):
         assert torch.equal(rows[i], gumbel_noise(s, pos[i: i + 1], 300)[0])
         assert int(got[i]) == int(perturbed_scores(logits[i: i + 1], float(temps[i]), s, pos[i: i + 1]).argmax(-1)[0])
+
+
+def test_any_eos_id_of_the_lease_ends_a_completion(tiny_model):
+    """With a second EOS id (a lease's `eos_token_ids`), a row stops at the first token that is
+    any of them, and the others keep going: the same rows as one unbounded run, cut there."""
+    e = _engine(tiny_model)
+    free = [GenerationRequest([5, 6, 7][: 1 + i % 3], seed=40 + i, temperature=1.5, max_tokens=16,
+                              eos_token_id=10**6) for i in range(8)]
+    runs = [r.token_ids for r in e.generate(free)]
+    second = next(t for run in runs for t in run[1:])  # a token some row samples after its first
+    reqs = [GenerationRequest(r.prompt_ids, seed=r.seed, temperature=r.temperature, max_tokens=16,
+                              eos_token_id=10**6, eos_token_ids=(10**6, second)) for r in free]
+    for run, res in zip(runs, e.generate(reqs)):
+        cut = run.index(second) + 1 if second in run else len(run)
+        assert res.token_ids == run[:cut]
+        assert res.finish_reason == ("eos" if second in run else "length")
