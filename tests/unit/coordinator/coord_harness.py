@@ -186,8 +186,9 @@ class Swarm:
                          BatchRequest(max_groups=max_groups, min_policy_version=min_version, wait_s=wait_s),
                          self.operator)
 
-    def ack(self, submission_ids: list[str]) -> httpx.Response:
-        return self.post("/v1/trainer/ack", KIND_BATCH_ACK, BatchAck(submission_ids=submission_ids), self.operator)
+    def ack(self, submission_ids: list[str], unused: dict[str, str] | None = None) -> httpx.Response:
+        return self.post("/v1/trainer/ack", KIND_BATCH_ACK, BatchAck(submission_ids=submission_ids,
+                                                                      unused=unused or {}), self.operator)
 
     def stats(self) -> dict:
         return self.http.get("/v1/stats").json()
