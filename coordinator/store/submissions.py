@@ -184,6 +184,14 @@ def ack(conn: Connection, ids: list[str], now: float, unused: dict[str, str] | N
     return n, marked
 
 
+def recent_verify_times(conn: Connection, limit: int = 32) -> list[float]:
+    """Seconds from receipt to verdict of the newest accepted submissions."""
+    c = submissions.c
+    q = (select(c.decided_at - c.received_at).where(c.status == "accepted")
+         .order_by(c.received_at.desc()).limit(limit))
+    return [float(t) for t in conn.execute(q).scalars() if t is not None]
+
+
 def buffer_depth(conn: Connection) -> int:
     q = select(func.count()).select_from(submissions).where(submissions.c.buffer == "ready")
     return int(conn.execute(q).scalar_one())
