@@ -74,6 +74,26 @@ def test_a_ban_drops_every_held_group_so_none_of_a_turned_cheaters_work_is_train
     assert s.snapshot_worker(w)["status"] == "banned"
     assert {s.snapshot_submission(sid)["buffer"] for sid in cheap} == {"dropped"}
     assert groups(s) == []
+    waste = s.stats()["waste"]                  # issue 23: counted as waste, cause "ban"
+    assert waste["causes"]["ban"]["groups"] == 5 and waste["taken"] == 0
+
+
+def test_held_groups_that_go_stale_are_waste_of_their_own_cause(make_swarm):
+    """Issue 23: a group held for its worker's next clean check that falls below the buffer's
+    floor first is counted as stale_held, apart from the stale groups that were ready."""
+    s = make_swarm(check_rate=CHEAP)
+    s.publish(0)
+    w = s.new_worker()
+    held = submit(s, w, 2)
+    for sid in held:
+        s.verdict(sid, True, full_check=False)
+    for v in range(1, s.cfg.async_window + 2):
+        assert s.publish(v).status_code == 200
+    assert groups(s) == []
+    assert {s.snapshot_submission(sid)["buffer"] for sid in held} == {"stale"}
+    causes = s.stats()["waste"]["causes"]
+    assert causes["stale_held"]["groups"] == 2 and causes["stale"]["groups"] == 0
+    assert s.metric("swarmrl_coordinator_groups_unused_total", cause="stale_held") == 2
 
 
 def test_holding_can_be_switched_off(make_swarm):
