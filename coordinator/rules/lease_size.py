@@ -10,7 +10,18 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
               waits for its verdict and a safety margin)
     rate    = the worker's recent throughput: its newest `history` submitted leases divided by
               the span from the first one's issue to the last one's submission
-    allowed = rate x budget leases, at least 1 and at most `max_leases`
+    own     = rate x budget leases, at least 1 and at most `max_leases`
+    room    = what the trainer takes per version x (staleness + 1) - the groups already on
+              their way (active leases, queued submissions, the buffer above the floor)
+    allowed = min(own, what it holds + room), at least 1
+
+The first bound keeps a worker from taking more than it can finish in time; the second keeps
+the swarm from making more than the trainer can take in time (workers that together outrun the
+trainer would otherwise fill the buffer with groups that go stale: in bench/learning.py on a
+busy machine, 60% of the accepted groups did). What the trainer takes per version is measured
+on settled versions (below the buffer's floor, where nothing more will be taken), so it stays
+the trainer's step size however short of groups the swarm is; with too few settled versions
+there is no second bound.
 
 A worker with fewer than `min_history` submitted leases is new: it may hold `new_worker_leases`
 until its rate is known. A worker that falls behind (slower submissions, or faster versions)
@@ -42,6 +53,19 @@ class SizingTerms:
     new_worker_leases: int = 8     # what a worker holds before its rate is known
     min_versions: int = 3          # versions before the interval counts
     margin_s: float = 0.5          # slack for the trainer's take and the network
+    demand_versions: int = 8       # settled versions that measure what the trainer takes per version
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What the trainer can take, and what is already on its way to it."""
+
+    per_version: float             # groups taken per version (mean over settled versions)
+    in_flight: int                 # active leases + queued submissions + unconsumed groups above the floor
+
+    def room(self, staleness: int) -> float:
+        """Groups that may still be leased now and taken before they go stale."""
+        return self.per_version * (staleness + 1) - self.in_flight
 
 
 @dataclass(frozen=True)
@@ -71,16 +95,31 @@ def worker_rate(leases: Sequence[tuple[float, float]]) -> float | None:
     return len(leases) / span if span > 0 else None
 
 
-def leases_allowed(*, max_leases: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float],
-                   staleness: int, verify_s: Sequence[float], now: float, terms: SizingTerms) -> Sizing:
+def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float],
+                   staleness: int, verify_s: Sequence[float], demand: Demand | None, now: float,
+                   terms: SizingTerms) -> Sizing:
     """How many leases a worker may hold now (see the module docstring for the rule).
 
-    `recent`: (issued_at, submitted_at) of its newest submitted leases; `arrivals`: arrival
-    times of the newest policy versions, ascending; `staleness`: versions a group may lag when
-    the trainer takes it (current - the buffer's floor); `verify_s`: recent submission-to-verdict
-    times (their median is used)."""
+    `held`: its active leases; `recent`: (issued_at, submitted_at) of its newest submitted
+    leases; `arrivals`: arrival times of the newest policy versions, ascending; `staleness`:
+    versions a group may lag when the trainer takes it (current - the buffer's floor);
+    `verify_s`: recent submission-to-verdict times (their median is used); `demand`: what the
+    trainer takes and what is on its way (None: not measured yet)."""
     if not terms.enabled:
         return Sizing(max_leases, None, None, "lease sizing off")
+    own = _own(max_leases, recent, arrivals, staleness, verify_s, now, terms)
+    if demand is None:
+        return own
+    room = math.floor(demand.room(staleness))
+    if held + room >= own.allowed:
+        return own
+    return Sizing(max(1, held + room), own.budget_s, own.rate,
+                  f"the trainer takes {demand.per_version:.1f} groups a version; {demand.in_flight} on their way")
+
+
+def _own(max_leases: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float], staleness: int,
+         verify_s: Sequence[float], now: float, terms: SizingTerms) -> Sizing:
+    """The first bound: what this worker can finish in time."""
     if len(recent) < terms.min_history:
         return Sizing(min(max_leases, terms.new_worker_leases), None, None, "new worker")
     interval = version_interval(arrivals, now) if len(arrivals) >= terms.min_versions else None
@@ -91,3 +130,11 @@ def leases_allowed(*, max_leases: int, recent: Sequence[tuple[float, float]], ar
     budget = max(1, staleness) * interval - verify - terms.margin_s
     allowed = max(1, min(max_leases, math.floor(rate * budget))) if budget > 0 else 1
     return Sizing(allowed, budget, rate, f"{rate:.2f} groups/s x {budget:.1f} s")
+
+
+def settled_range(current: int, staleness: int, versions: int) -> tuple[int, int] | None:
+    """The newest `versions` versions below the buffer's floor (nothing more of them will be
+    taken), or None while there are not that many."""
+    hi = current - staleness - 1
+    lo = hi - versions + 1
+    return None if lo < 0 else (lo, hi)

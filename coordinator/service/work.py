@@ -19,7 +19,7 @@ from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.lease_size import Sizing, SizingTerms, leases_allowed
+from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed, settled_range
 from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, training, use_nonce
@@ -63,8 +63,8 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
         current = policy.current(conn)
         if current is None:
             return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S)
-        n = leases_to_issue(opened.body.max_tasks, leases.count_active(conn, worker_id),
-                            _sizing(ctx, conn, worker_id, current, now).allowed)
+        held = leases.count_active(conn, worker_id)
+        n = leases_to_issue(opened.body.max_tasks, held, _sizing(ctx, conn, worker_id, held, current, now).allowed)
         if n == 0:
             return LeaseResponse(leases=[], retry_after_s=QUOTA_RETRY_S)
         reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
@@ -93,18 +93,24 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
     return LeaseResponse(leases=envs)
 
 
-def _sizing(ctx: Context, conn, worker_id: str, current: int, now: float) -> Sizing:
+def _sizing(ctx: Context, conn, worker_id: str, held: int, current: int, now: float) -> Sizing:
     """How many leases `worker_id` may hold now (`coordinator.rules.lease_size`), from the
     coordinator's own measurements: the worker's newest submitted leases, the versions' arrival
-    times, recent verification times, and how many versions the buffer keeps."""
+    times, recent verification times, how many versions the buffer keeps, what the trainer took
+    per settled version and what is on its way to it."""
     terms = SizingTerms(**ctx.cfg.lease_sizing.model_dump())
+    max_leases = ctx.cfg.limits.max_leases_per_worker
     if not terms.enabled:
-        return leases_allowed(max_leases=ctx.cfg.limits.max_leases_per_worker, recent=[], arrivals=[], staleness=0,
-                              verify_s=[], now=now, terms=terms)
-    return leases_allowed(max_leases=ctx.cfg.limits.max_leases_per_worker,
-                          recent=leases.recent_submitted(conn, worker_id, terms.history),
-                          arrivals=policy.recent_arrivals(conn), staleness=current - training.floor(ctx, conn),
-                          verify_s=submissions.recent_verify_times(conn), now=now, terms=terms)
+        return Sizing(max_leases, None, None, "lease sizing off")
+    floor = training.floor(ctx, conn)
+    staleness = current - floor
+    settled = settled_range(current, staleness, terms.demand_versions)
+    demand = None if settled is None else Demand(
+        per_version=submissions.taken_in_versions(conn, *settled) / terms.demand_versions,
+        in_flight=leases.count_all_active(conn) + submissions.on_their_way(conn, floor))
+    return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
+                          arrivals=policy.recent_arrivals(conn), staleness=staleness,
+                          verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms)
 
 
 def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:

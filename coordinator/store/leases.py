@@ -101,3 +101,7 @@ def recent_submitted(conn: Connection, worker_id: str, limit: int) -> list[tuple
     q = (select(c.issued_at, c.closed_at).where(and_(c.worker_id == worker_id, c.status == "submitted"))
          .order_by(c.closed_at.desc()).limit(limit))
     return [(float(i), float(s)) for i, s in conn.execute(q)]
+
+
+def count_all_active(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(leases).where(leases.c.status == "active")).scalar_one())

@@ -192,6 +192,23 @@ def recent_verify_times(conn: Connection, limit: int = 32) -> list[float]:
     return [float(t) for t in conn.execute(q).scalars() if t is not None]
 
 
+def taken_in_versions(conn: Connection, lo: int, hi: int) -> int:
+    """Groups of policy versions lo..hi the trainer took (acknowledged)."""
+    c = submissions.c
+    q = select(func.count()).select_from(submissions).where(and_(c.buffer == "consumed", c.policy_version >= lo,
+                                                                 c.policy_version <= hi))
+    return int(conn.execute(q).scalar_one())
+
+
+def on_their_way(conn: Connection, floor: int) -> int:
+    """Submissions queued for the verifier, and unconsumed groups at or above `floor`."""
+    c = submissions.c
+    queued = select(func.count()).select_from(submissions).where(c.status == "queued")
+    waiting = select(func.count()).select_from(submissions).where(and_(c.buffer.in_(UNCONSUMED),
+                                                                       c.policy_version >= floor))
+    return int(conn.execute(queued).scalar_one()) + int(conn.execute(waiting).scalar_one())
+
+
 def buffer_depth(conn: Connection) -> int:
     q = select(func.count()).select_from(submissions).where(submissions.c.buffer == "ready")
     return int(conn.execute(q).scalar_one())

@@ -3,7 +3,14 @@
 
 from types import SimpleNamespace as Row
 
-from coordinator.rules.lease_size import SizingTerms, leases_allowed, version_interval, worker_rate
+from coordinator.rules.lease_size import (
+    Demand,
+    SizingTerms,
+    leases_allowed,
+    settled_range,
+    version_interval,
+    worker_rate,
+)
 from coordinator.rules.waste import report, summary_line
 from protocol.window import buffer_floor, staleness_limit
 
@@ -20,9 +27,9 @@ def _versions(n: int, every_s: float, end: float = NOW) -> list[float]:
     return [end - (n - 1 - i) * every_s for i in range(n)]
 
 
-def _allowed(recent, arrivals, staleness=4, verify=(0.5,), max_leases=64, terms=TERMS) -> int:
-    return leases_allowed(max_leases=max_leases, recent=recent, arrivals=arrivals, staleness=staleness,
-                          verify_s=list(verify), now=NOW, terms=terms).allowed
+def _allowed(recent, arrivals, staleness=4, verify=(0.5,), max_leases=64, terms=TERMS, held=0, demand=None) -> int:
+    return leases_allowed(max_leases=max_leases, held=held, recent=recent, arrivals=arrivals, staleness=staleness,
+                          verify_s=list(verify), demand=demand, now=NOW, terms=terms).allowed
 
 
 def test_a_worker_gets_what_it_can_submit_before_its_groups_go_stale():
@@ -50,6 +57,24 @@ def test_new_workers_and_runs_without_a_version_rate_get_the_fixed_allowances():
     assert _allowed(_leases(16, 0.5, 2.0), _versions(8, 2.0), max_leases=5) == 5
     off = SizingTerms(enabled=False)
     assert _allowed(_leases(16, 5.0, 20.0), _versions(8, 0.2), terms=off) == 64
+
+
+def test_workers_that_together_outrun_the_trainer_get_only_what_it_can_take_in_time():
+    """The trainer takes 20 groups a version and 4 versions of staleness are allowed: at most
+    100 groups on their way to it; a fast worker gets what is left of that room, and one lease
+    when there is none left (it keeps being measured)."""
+    fast = _leases(16, every_s=0.1, latency_s=0.5)
+    own = _allowed(fast, _versions(8, 2.0))                                   # no demand measured: its own bound
+    assert own == 56                                                          # 8 groups/s x 7 s
+    assert _allowed(fast, _versions(8, 2.0), held=3, demand=Demand(20.0, 90)) == 3 + 10
+    assert _allowed(fast, _versions(8, 2.0), held=0, demand=Demand(20.0, 130)) == 1
+    assert _allowed(fast, _versions(8, 2.0), held=0, demand=Demand(20.0, 0)) == own  # room enough: its own bound
+    slow = _leases(16, every_s=2.0, latency_s=8.0)
+    assert _allowed(slow, _versions(8, 2.0), demand=Demand(20.0, 0)) == _allowed(slow, _versions(8, 2.0))
+    # synchronous (staleness 0): room for the next step only
+    assert Demand(20.0, 5).room(0) == 15
+    # what the trainer takes is measured on versions below the floor only
+    assert settled_range(20, 4, 8) == (8, 15) and settled_range(10, 4, 8) is None
 
 
 def test_a_trainer_that_waits_for_data_stretches_the_interval():
