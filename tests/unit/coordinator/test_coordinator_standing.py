@@ -62,13 +62,19 @@ def test_a_cheap_verdict_that_arrives_after_a_later_clean_check_goes_straight_to
     assert sorted(groups(s)) == sorted([first, second])
 
 
-def test_a_ban_drops_every_held_group_so_none_of_a_turned_cheaters_work_is_trained(make_swarm):
-    s = make_swarm(check_rate=CHEAP)
+def held(s, n: int):
+    """A new worker whose `n` groups were accepted without a full check (held), and their ids."""
     s.publish(0)
     w = s.new_worker()
-    cheap = submit(s, w, 5)
+    cheap = submit(s, w, n)
     for sid in cheap:
         s.verdict(sid, True, full_check=False)
+    return w, cheap
+
+
+def test_a_ban_drops_every_held_group_so_none_of_a_turned_cheaters_work_is_trained(make_swarm):
+    s = make_swarm(check_rate=CHEAP)
+    w, cheap = held(s, 5)
     (caught,) = submit(s, w)
     assert s.verdict(caught, False, full_check=True, reason="proof: completion 0: ...").status_code == 200
     assert s.snapshot_worker(w)["status"] == "banned"
@@ -82,15 +88,11 @@ def test_held_groups_that_go_stale_are_waste_of_their_own_cause(make_swarm):
     """Issue 23: a group held for its worker's next clean check that falls below the buffer's
     floor first is counted as stale_held, apart from the stale groups that were ready."""
     s = make_swarm(check_rate=CHEAP)
-    s.publish(0)
-    w = s.new_worker()
-    held = submit(s, w, 2)
-    for sid in held:
-        s.verdict(sid, True, full_check=False)
+    _, waiting = held(s, 2)
     for v in range(1, s.cfg.async_window + 2):
         assert s.publish(v).status_code == 200
     assert groups(s) == []
-    assert {s.snapshot_submission(sid)["buffer"] for sid in held} == {"stale"}
+    assert {s.snapshot_submission(sid)["buffer"] for sid in waiting} == {"stale"}
     causes = s.stats()["waste"]["causes"]
     assert causes["stale_held"]["groups"] == 2 and causes["stale"]["groups"] == 0
     assert s.metric("swarmrl_coordinator_groups_unused_total", cause="stale_held") == 2
