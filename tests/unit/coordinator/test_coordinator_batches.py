@@ -155,3 +155,15 @@ def test_the_trainers_ack_names_the_groups_it_will_not_train_and_stats_split_the
     assert w["unused_share"] == 0.5 and w["stale_share"] == 0.25
     assert swarm.metric("swarmrl_coordinator_groups_unused_total", cause="zero_advantage") == 1
     assert swarm.metric("swarmrl_coordinator_groups_unused_total", cause="trainer_stale") == 1
+
+
+def test_an_ack_of_a_whole_step_with_reasons_fits_the_routes_body_cap(swarm):
+    """A step's worth of groups and more, each named in `unused` (before issue 23 the ack route
+    had the 1 KiB cap of unknown routes: 17 ids already did not fit)."""
+    swarm.publish(0)
+    sids = [sid for _ in range(4) for sid in _accepted(swarm, 8)]
+    assert len(_taken(swarm)) == 32
+    r = swarm.ack(sids, dict.fromkeys(sids, "zero_advantage"))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"acknowledged": 32}
+    assert swarm.stats()["waste"]["causes"]["zero_advantage"]["groups"] == 32
