@@ -152,7 +152,7 @@ class LeaseSizingConfig(BaseModel):
                               "limits.max_leases_per_worker applies)")
     margin_s: float = Field(0.5, ge=0, description="seconds kept back from each lease's budget for the trainer's take "
                             "and the network")
-    demand_versions: int = Field(8, ge=1, le=1000, description="settled versions (below the buffer's floor) that "
+    demand_versions: int = Field(4, ge=1, le=1000, description="settled versions (below the buffer's floor) that "
                                  "measure how many groups the trainer takes per version; the swarm as a whole holds "
                                  "at most that x (staleness + 1) groups on their way to it")
 

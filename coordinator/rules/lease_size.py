@@ -13,7 +13,9 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
     own     = rate x budget leases, at least 1 and at most `max_leases`
     room    = what the trainer takes per version x (staleness + 1) - the groups already on
               their way (active leases, queued submissions, the buffer above the floor)
-    allowed = min(own, what it holds + room), at least 1
+    allowed = min(own, what it holds + room); with no room left, what it holds (it waits
+              for the trainer: a lease more would only make a group that goes stale), but
+              one lease when nothing at all is on its way
 
 The first bound keeps a worker from taking more than it can finish in time; the second keeps
 the swarm from making more than the trainer can take in time (workers that together outrun the
@@ -53,7 +55,7 @@ class SizingTerms:
     new_worker_leases: int = 8     # what a worker holds before its rate is known
     min_versions: int = 3          # versions before the interval counts
     margin_s: float = 0.5          # slack for the trainer's take and the network
-    demand_versions: int = 8       # settled versions that measure what the trainer takes per version
+    demand_versions: int = 4       # settled versions that measure what the trainer takes per version
 
 
 @dataclass(frozen=True)
@@ -110,10 +112,11 @@ def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, 
     own = _own(max_leases, recent, arrivals, staleness, verify_s, now, terms)
     if demand is None:
         return own
-    room = math.floor(demand.room(staleness))
+    room = max(0, math.floor(demand.room(staleness)))
     if held + room >= own.allowed:
         return own
-    return Sizing(max(1, held + room), own.budget_s, own.rate,
+    allowed = max(1, held + room) if demand.in_flight == 0 else held + room
+    return Sizing(allowed, own.budget_s, own.rate,
                   f"the trainer takes {demand.per_version:.1f} groups a version; {demand.in_flight} on their way")
 
 

@@ -105,8 +105,9 @@ def _sizing(ctx: Context, conn, worker_id: str, held: int, current: int, now: fl
     floor = training.floor(ctx, conn)
     staleness = current - floor
     settled = settled_range(current, staleness, terms.demand_versions)
-    demand = None if settled is None else Demand(
-        per_version=submissions.taken_in_versions(conn, *settled) / terms.demand_versions,
+    taken = 0 if settled is None else submissions.taken_in_versions(conn, *settled)
+    demand = None if taken < terms.demand_versions else Demand(  # at least one group a version, or unmeasured
+        per_version=taken / terms.demand_versions,
         in_flight=leases.count_all_active(conn) + submissions.on_their_way(conn, floor))
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
                           arrivals=policy.recent_arrivals(conn), staleness=staleness,
