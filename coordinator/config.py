@@ -153,8 +153,11 @@ class LeaseSizingConfig(BaseModel):
     margin_s: float = Field(0.5, ge=0, description="seconds kept back from each lease's budget for the trainer's take "
                             "and the network")
     demand_versions: int = Field(4, ge=1, le=1000, description="settled versions (below the buffer's floor) that "
-                                 "measure how many groups the trainer takes per version; the swarm as a whole holds "
-                                 "at most that x (staleness + 1) groups on their way to it")
+                                 "measure how many groups the trainer takes per version")
+    demand_steps: float = Field(2.0, gt=0, description="the swarm as a whole holds at most this many versions' worth "
+                                "of what the trainer takes on their way to it (never more than staleness + 1): "
+                                "enough that the trainer rarely waits, little enough that the buffer turns over "
+                                "before its groups go stale")
 
 
 class DashboardConfig(BaseModel):

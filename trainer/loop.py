@@ -11,8 +11,9 @@
 
 Staleness (issue 23): groups up to `cfg.staleness_limit` versions old are trained (the async
 window's leases, plus `max_staleness` for work that arrives late; the step's decoupled
-importance weights correct for the policy that made them). A step takes the freshest pending
-groups; older ones wait while they are within the limit, and those that fall below it are
+importance weights correct for the policy that made them). A step takes the pending groups in
+their last version within the limit, then the freshest; older ones wait while they are within
+the limit, and those that fall below it are
 reported to the coordinator as stale (`BatchAck.unused`), like those the filter drops, so its
 waste report (GET /v1/stats `waste`) counts every accepted group that never reached a step.
 
@@ -191,8 +192,10 @@ class TrainerLoop:
 
     # -- the loop ------------------------------------------------------------------------------
     def train_once(self) -> StepResult:
-        # freshest first (stable: among one version, in arrival order); the rest wait in `pending`
-        self.pending.items.sort(key=lambda item: -item[0].policy_version)
+        # groups in their last version within the limit first (they go stale at the next version),
+        # then the freshest (stable: among one version, in arrival order); the rest wait in `pending`
+        floor = self.window_floor()
+        self.pending.items.sort(key=lambda item: (floor == 0 or item[0].policy_version > floor, -item[0].policy_version))
         batch = self.pending.items[: self.cfg.groups_per_step]
         self.board.update(state="training")
         with self.clock.phase("training"):

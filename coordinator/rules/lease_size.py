@@ -11,8 +11,9 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
     rate    = the worker's recent throughput: its newest `history` submitted leases divided by
               the span from the first one's issue to the last one's submission
     own     = rate x budget leases, at least 1 and at most `max_leases`
-    room    = what the trainer takes per version x (staleness + 1) - the groups already on
-              their way (active leases, queued submissions, the buffer above the floor)
+    room    = what the trainer takes per version x min(staleness + 1, demand_steps) - the
+              groups already on their way (active leases, queued submissions, the buffer
+              above the floor)
     allowed = min(own, what it holds + room); with no room left, what it holds (it waits
               for the trainer: a lease more would only make a group that goes stale), but
               one lease when nothing at all is on its way
@@ -20,7 +21,11 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
 The first bound keeps a worker from taking more than it can finish in time; the second keeps
 the swarm from making more than the trainer can take in time (workers that together outrun the
 trainer would otherwise fill the buffer with groups that go stale: in bench/learning.py on a
-busy machine, 60% of the accepted groups did). What the trainer takes per version is measured
+busy machine, 60% of the accepted groups did). `demand_steps` (2) is small on purpose: a
+buffer that holds more than a step or two of surplus is drained by staleness, not by the
+trainer, and a drained group frees room for the next one to go stale; with a step's worth in
+the pipeline and a step's worth waiting, the trainer takes fresh groups and rarely waits.
+What the trainer takes per version is measured
 on settled versions (below the buffer's floor, where nothing more will be taken), so it stays
 the trainer's step size however short of groups the swarm is; with too few settled versions
 there is no second bound.
@@ -56,6 +61,7 @@ class SizingTerms:
     min_versions: int = 3          # versions before the interval counts
     margin_s: float = 0.5          # slack for the trainer's take and the network
     demand_versions: int = 4       # settled versions that measure what the trainer takes per version
+    demand_steps: float = 2.0      # steps' worth of groups the swarm may have on their way to the trainer
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,9 @@ class Demand:
     per_version: float             # groups taken per version (mean over settled versions)
     in_flight: int                 # active leases + queued submissions + unconsumed groups above the floor
 
-    def room(self, staleness: int) -> float:
+    def room(self, staleness: int, steps: float) -> float:
         """Groups that may still be leased now and taken before they go stale."""
-        return self.per_version * (staleness + 1) - self.in_flight
+        return self.per_version * min(staleness + 1, steps) - self.in_flight
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, 
     own = _own(max_leases, recent, arrivals, staleness, verify_s, now, terms)
     if demand is None:
         return own
-    room = max(0, math.floor(demand.room(staleness)))
+    room = max(0, math.floor(demand.room(staleness, terms.demand_steps)))
     if held + room >= own.allowed:
         return own
     allowed = max(1, held + room) if demand.in_flight == 0 else held + room

@@ -138,20 +138,24 @@ def drop_stale(conn: Connection, floor: int) -> dict[str, int]:
             "stale_held": held}
 
 
-# Freshest first (issue 23): the newest policy version, and within it the earliest accepted,
-# so a step trains on the least stale data there is; older groups still come while they are
-# above the floor, instead of leaving the buffer a whole version at a time.
-_FRESHEST = (c_.policy_version.desc(), c_.decided_at, c_.submission_id)
+def _freshest(lower: int) -> tuple:
+    """Issue 23: groups in their last version above the floor (`lower`: they go stale at the next
+    version) first, then the newest policy version, and within one the earliest accepted: a step
+    trains on the least stale data there is, and older groups still come while they are above
+    the floor instead of leaving the buffer a whole version at a time."""
+    c = submissions.c
+    fresh = (c.policy_version.desc(), c.decided_at, c.submission_id)
+    return fresh if lower == 0 else (case((c.policy_version <= lower, 0), else_=1), *fresh)  # a floor of 0 may be clamped
 
 
 def take_batch(conn: Connection, lower: int, limit: int, now: float, ack_timeout_s: float) -> list[Row]:
-    """Freshest takeable groups with policy_version >= lower: ready ones, and handed ones whose
-    hand-out is older than `ack_timeout_s` (the answer or the trainer was lost). They become
-    `handed` in this transaction; only `ack` consumes them."""
+    """Takeable groups with policy_version >= lower, in `_freshest` order: ready ones, and handed
+    ones whose hand-out is older than `ack_timeout_s` (the answer or the trainer was lost). They
+    become `handed` in this transaction; only `ack` consumes them."""
     c = submissions.c
     takeable = _takeable(now, ack_timeout_s)
     q = (select(c.submission_id).where(and_(takeable, c.policy_version >= lower))
-         .order_by(*_FRESHEST).limit(limit))
+         .order_by(*_freshest(lower)).limit(limit))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     ids = list(conn.execute(q).scalars())
@@ -163,7 +167,7 @@ def take_batch(conn: Connection, lower: int, limit: int, now: float, ack_timeout
                 p_.group_json, leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c.lease_id)
          .join(submission_payloads, p_.submission_id == c.submission_id)
-         .where(c.submission_id.in_(ids)).order_by(*_FRESHEST))
+         .where(c.submission_id.in_(ids)).order_by(*_freshest(lower)))
     return list(conn.execute(q))
 
 

@@ -104,15 +104,16 @@ def _accepted_by_version(swarm, versions=(1, 2, 3, 4, 5), order=(1, 3, 4, 5, 2))
     return sids
 
 
-def test_a_batch_takes_the_freshest_groups_above_the_floor_up_to_its_size_and_the_stale_are_dropped(swarm):
+def test_a_batch_takes_the_last_chance_then_the_freshest_groups_up_to_its_size_and_the_stale_are_dropped(swarm):
     """The buffer's rule where it runs: the SQL of `coordinator.store.submissions` (take_batch,
     drop_stale) behind POST /v1/trainer/batch, with the floor of `protocol.window`. Current
     version 5, window 2: groups of versions 1 and 2 are dropped and counted, a group between the
-    window and the request's own bound waits, the freshest come first, at most max_groups."""
+    window and the request's own bound waits, at most max_groups; the group in its last version
+    above the floor (4: the request's bound) first, then the freshest."""
     assert swarm.cfg.async_window == 2
     sids = _accepted_by_version(swarm)
     r = BatchResponse.model_validate_json(swarm.batch(min_version=4).content)
-    assert [g.submission_id for g in r.groups] == [sids[5], sids[4]] and r.dropped_stale == 2
+    assert [g.submission_id for g in r.groups] == [sids[4], sids[5]] and r.dropped_stale == 2
     assert {swarm.snapshot_submission(sids[v])["buffer"] for v in (1, 2)} == {"stale"}
     assert [g.submission_id for g in BatchResponse.model_validate_json(
         swarm.batch(max_groups=1, min_version=3).content).groups] == [sids[3]]  # it waited for a request that allows it
@@ -123,16 +124,16 @@ def test_a_batch_takes_the_freshest_groups_above_the_floor_up_to_its_size_and_th
     assert swarm.metric("swarmrl_coordinator_groups_unused_total", cause="stale") == 2
 
 
-def test_a_trainer_with_a_longer_staleness_limit_gets_what_the_window_would_drop_freshest_first(swarm):
+def test_a_trainer_with_a_longer_staleness_limit_gets_what_the_window_would_drop(swarm):
     """Issue 23: the trainer asks from its own floor (current 5 - limit 4 = 1), below the async
-    window's (3): nothing is dropped, and a batch of 3 takes versions 5, 4, 3; the older ones
-    stay for the next batch instead of leaving the buffer a version at a time."""
+    window's (3): nothing is dropped, and a batch of 3 takes version 1 (its last chance), then the
+    freshest, 5 and 4; versions 3 and 2 stay for the next batch instead of leaving the buffer."""
     sids = _accepted_by_version(swarm)
     r = BatchResponse.model_validate_json(swarm.batch(max_groups=3, min_version=1).content)
-    assert [g.submission_id for g in r.groups] == [sids[5], sids[4], sids[3]] and r.dropped_stale == 0
+    assert [g.submission_id for g in r.groups] == [sids[1], sids[5], sids[4]] and r.dropped_stale == 0
     upkeep.sweep(swarm.ctx)                           # the sweep keeps the trainer's floor too
-    assert {swarm.snapshot_submission(sids[v])["buffer"] for v in (1, 2)} == {"ready"}
-    assert _taken(swarm, min_version=1) == sorted([sids[2], sids[1]])
+    assert {swarm.snapshot_submission(sids[v])["buffer"] for v in (2, 3)} == {"ready"}
+    assert _taken(swarm, min_version=1) == sorted([sids[3], sids[2]])
     assert swarm.publish(6).status_code == 200        # the trainer's floor moves on to 2: the group of
     r = BatchResponse.model_validate_json(swarm.batch(min_version=2).content)  # version 1, never acknowledged,
     assert r.groups == [] and r.dropped_stale == 1    # is stale now; the acknowledged ones are the trainer's

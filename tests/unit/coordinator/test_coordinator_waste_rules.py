@@ -60,21 +60,21 @@ def test_new_workers_and_runs_without_a_version_rate_get_the_fixed_allowances():
 
 
 def test_workers_that_together_outrun_the_trainer_get_only_what_it_can_take_in_time():
-    """The trainer takes 20 groups a version and 4 versions of staleness are allowed: at most
-    100 groups on their way to it; a fast worker gets what is left of that room, and waits when
-    there is none left (unless nothing at all is on its way)."""
+    """The trainer takes 20 groups a version: at most demand_steps (2) versions' worth, 40 groups,
+    may be on their way to it; a fast worker gets what is left of that room, and waits when there
+    is none left (unless nothing at all is on its way)."""
     fast = _leases(16, every_s=0.1, latency_s=0.5)
     own = _allowed(fast, _versions(8, 2.0))                                   # no demand measured: its own bound
     assert own == 56                                                          # 8 groups/s x 7 s
-    assert _allowed(fast, _versions(8, 2.0), held=3, demand=Demand(20.0, 90)) == 3 + 10
+    assert _allowed(fast, _versions(8, 2.0), held=3, demand=Demand(20.0, 30)) == 3 + 10
     assert _allowed(fast, _versions(8, 2.0), held=0, demand=Demand(20.0, 130)) == 0   # it waits for the trainer
     assert _allowed(fast, _versions(8, 2.0), held=2, demand=Demand(20.0, 130)) == 2
     assert _allowed(fast, _versions(8, 2.0), held=0, demand=Demand(0.1, 0)) == 1      # nothing on its way: one
-    assert _allowed(fast, _versions(8, 2.0), held=0, demand=Demand(20.0, 0)) == own  # room enough: its own bound
+    assert _allowed(fast, _versions(8, 2.0), held=0, demand=Demand(40.0, 0)) == own   # room enough: its own bound
     slow = _leases(16, every_s=2.0, latency_s=8.0)
     assert _allowed(slow, _versions(8, 2.0), demand=Demand(20.0, 0)) == _allowed(slow, _versions(8, 2.0))
-    # synchronous (staleness 0): room for the next step only
-    assert Demand(20.0, 5).room(0) == 15
+    # synchronous (staleness 0): room for the next step only; otherwise demand_steps' worth
+    assert Demand(20.0, 5).room(0, 2.0) == 15 and Demand(20.0, 5).room(4, 2.0) == 35
     # what the trainer takes is measured on versions below the floor only
     assert settled_range(20, 4, 8) == (8, 15) and settled_range(10, 4, 8) is None
 
