@@ -1,7 +1,8 @@
 """The trainer's side: training batches from the buffer, and policy versions.
 
 Batches: groups accepted by a verifier whose policy version is at or above the buffer's floor
-(and >= the request's own bound), freshest first (`submissions.take_batch`). The floor is
+(and >= the request's own bound), those in their last version above the floor first, then
+the freshest (`submissions.take_batch`). The floor is
 `protocol.window.buffer_floor`: the async window's, or the lower floor the trainer asks for
 when its staleness limit is longer than the window (issue 23: work that arrives a little late is
 still trained). Delivery is at least
