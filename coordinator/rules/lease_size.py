@@ -25,10 +25,11 @@ busy machine, 60% of the accepted groups did). `demand_steps` (2) is small on pu
 buffer that holds more than a step or two of surplus is drained by staleness, not by the
 trainer, and a drained group frees room for the next one to go stale; with a step's worth in
 the pipeline and a step's worth waiting, the trainer takes fresh groups and rarely waits.
-What the trainer takes per version is measured
-on settled versions (below the buffer's floor, where nothing more will be taken), so it stays
-the trainer's step size however short of groups the swarm is; with too few settled versions
-there is no second bound.
+What the trainer takes per version is every group it
+acknowledged divided by the versions it published: its step size (with what it filters), however
+short of groups the swarm is (a per-version count of groups *of* recent versions is not: when
+versions outrun the swarm a version has none of its own, the bound shrinks, and the trainer
+starves; bench/learning saw that). Before `demand_versions` versions there is no second bound.
 
 A worker with fewer than `min_history` submitted leases is new: it may hold `new_worker_leases`
 until its rate is known. A worker that falls behind (slower submissions, or faster versions)
@@ -60,7 +61,7 @@ class SizingTerms:
     new_worker_leases: int = 8     # what a worker holds before its rate is known
     min_versions: int = 3          # versions before the interval counts
     margin_s: float = 0.5          # slack for the trainer's take and the network
-    demand_versions: int = 4       # settled versions that measure what the trainer takes per version
+    demand_versions: int = 4       # versions before what the trainer takes per version counts
     demand_steps: float = 2.0      # steps' worth of groups the swarm may have on their way to the trainer
 
 
@@ -68,7 +69,7 @@ class SizingTerms:
 class Demand:
     """What the trainer can take, and what is already on its way to it."""
 
-    per_version: float             # groups taken per version (mean over settled versions)
+    per_version: float             # groups the trainer takes per version (all it acknowledged / versions)
     in_flight: int                 # active leases + queued submissions + unconsumed groups above the floor
 
     def room(self, staleness: int, steps: float) -> float:
@@ -139,11 +140,3 @@ def _own(max_leases: int, recent: Sequence[tuple[float, float]], arrivals: Seque
     budget = max(1, staleness) * interval - verify - terms.margin_s
     allowed = max(1, min(max_leases, math.floor(rate * budget))) if budget > 0 else 1
     return Sizing(allowed, budget, rate, f"{rate:.2f} groups/s x {budget:.1f} s")
-
-
-def settled_range(current: int, staleness: int, versions: int) -> tuple[int, int] | None:
-    """The newest `versions` versions below the buffer's floor (nothing more of them will be
-    taken), or None while there are not that many."""
-    hi = current - staleness - 1
-    lo = hi - versions + 1
-    return None if lo < 0 else (lo, hi)

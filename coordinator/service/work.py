@@ -19,7 +19,7 @@ from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed, settled_range
+from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed
 from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, training, use_nonce
@@ -97,18 +97,17 @@ def _sizing(ctx: Context, conn, worker_id: str, held: int, current: int, now: fl
     """How many leases `worker_id` may hold now (`coordinator.rules.lease_size`), from the
     coordinator's own measurements: the worker's newest submitted leases, the versions' arrival
     times, recent verification times, how many versions the buffer keeps, what the trainer took
-    per settled version and what is on its way to it."""
+    per version (all groups it acknowledged / versions: its step size, however short of groups
+    the swarm is) and what is on its way to it."""
     terms = SizingTerms(**ctx.cfg.lease_sizing.model_dump())
     max_leases = ctx.cfg.limits.max_leases_per_worker
     if not terms.enabled:
         return Sizing(max_leases, None, None, "lease sizing off")
     floor = training.floor(ctx, conn)
     staleness = current - floor
-    settled = settled_range(current, staleness, terms.demand_versions)
-    taken = 0 if settled is None else submissions.taken_in_versions(conn, *settled)
-    demand = None if taken < terms.demand_versions else Demand(  # at least one group a version, or unmeasured
-        per_version=taken / terms.demand_versions,
-        in_flight=leases.count_all_active(conn) + submissions.on_their_way(conn, floor))
+    taken = submissions.taken(conn) if current >= terms.demand_versions else 0
+    demand = None if taken < current or current == 0 else Demand(  # at least one group a version, or unmeasured
+        per_version=taken / current, in_flight=leases.count_all_active(conn) + submissions.on_their_way(conn, floor))
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
                           arrivals=policy.recent_arrivals(conn), staleness=staleness,
                           verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms)

@@ -196,11 +196,9 @@ def recent_verify_times(conn: Connection, limit: int = 32) -> list[float]:
     return [float(t) for t in conn.execute(q).scalars() if t is not None]
 
 
-def taken_in_versions(conn: Connection, lo: int, hi: int) -> int:
-    """Groups of policy versions lo..hi the trainer took (acknowledged)."""
-    c = submissions.c
-    q = select(func.count()).select_from(submissions).where(and_(c.buffer == "consumed", c.policy_version >= lo,
-                                                                 c.policy_version <= hi))
+def taken(conn: Connection) -> int:
+    """Groups the trainer took (acknowledged) in all (index ix_submissions_buffer_version)."""
+    q = select(func.count()).select_from(submissions).where(submissions.c.buffer == "consumed")
     return int(conn.execute(q).scalar_one())
 
 

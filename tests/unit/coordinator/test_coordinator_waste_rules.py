@@ -7,7 +7,6 @@ from coordinator.rules.lease_size import (
     Demand,
     SizingTerms,
     leases_allowed,
-    settled_range,
     version_interval,
     worker_rate,
 )
@@ -75,8 +74,6 @@ def test_workers_that_together_outrun_the_trainer_get_only_what_it_can_take_in_t
     assert _allowed(slow, _versions(8, 2.0), demand=Demand(20.0, 0)) == _allowed(slow, _versions(8, 2.0))
     # synchronous (staleness 0): room for the next step only; otherwise demand_steps' worth
     assert Demand(20.0, 5).room(0, 2.0) == 15 and Demand(20.0, 5).room(4, 2.0) == 35
-    # what the trainer takes is measured on versions below the floor only
-    assert settled_range(20, 4, 8) == (8, 15) and settled_range(10, 4, 8) is None
 
 
 def test_a_trainer_that_waits_for_data_stretches_the_interval():
