@@ -203,10 +203,12 @@ def taken(conn: Connection) -> int:
 
 
 def on_their_way(conn: Connection, floor: int) -> int:
-    """Submissions queued for the verifier, and unconsumed groups at or above `floor`."""
+    """Submissions queued for the verifier, and takeable groups (ready or handed out) at or above
+    `floor`. Held groups do not count: they wait for their worker's next clean check, which needs
+    its next submissions (counting them, a lease bound could wait for them for ever)."""
     c = submissions.c
     queued = select(func.count()).select_from(submissions).where(c.status == "queued")
-    waiting = select(func.count()).select_from(submissions).where(and_(c.buffer.in_(UNCONSUMED),
+    waiting = select(func.count()).select_from(submissions).where(and_(c.buffer.in_(("ready", "handed")),
                                                                        c.policy_version >= floor))
     return int(conn.execute(queued).scalar_one()) + int(conn.execute(waiting).scalar_one())
 
