@@ -221,3 +221,21 @@ def test_one_bad_completion_per_group_is_caught_by_the_worst_completion_drift(ma
         if s.snapshot_worker(w)["status"] == "banned":
             break
     assert n == 3 and "worst completions" in s.snapshot_worker(w)["ban_reason"]
+
+
+def test_held_groups_are_not_on_their_way_to_the_trainer_for_the_lease_bound(make_swarm):
+    """Issue 23 (`coordinator.rules.lease_size`): held groups wait for their worker's next
+    submissions, so they must not use up the swarm's room for leases (a bench run's leases
+    stopped for good when they did); ready ones and queued submissions do."""
+    from coordinator.store import submissions
+
+    s = make_swarm(check_rate=CHEAP)
+    w, _ = held(s, 3)
+    with s.ctx.db.read() as conn:
+        assert submissions.on_their_way(conn, 0) == 0
+    (checked,) = submit(s, w)
+    with s.ctx.db.read() as conn:
+        assert submissions.on_their_way(conn, 0) == 1            # queued for the verifier
+    assert s.verdict(checked, True, full_check=True).status_code == 200
+    with s.ctx.db.read() as conn:
+        assert submissions.on_their_way(conn, 0) == 4            # the clean check released the held three
