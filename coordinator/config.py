@@ -152,7 +152,7 @@ class LeaseSizingConfig(BaseModel):
                               "limits.max_leases_per_worker applies)")
     margin_s: float = Field(0.5, ge=0, description="seconds kept back from each lease's budget for the trainer's take "
                             "and the network")
-    demand_versions: int = Field(4, ge=1, le=1000, description="policy versions before what the trainer takes per "
+    demand_versions: int = Field(1, ge=1, le=1000, description="policy versions before what the trainer takes per "
                                  "version (all groups it acknowledged / versions) bounds the swarm's leases")
     demand_steps: float = Field(2.0, gt=0, description="the swarm as a whole holds at most this many versions' worth "
                                 "of what the trainer takes on their way to it (never more than staleness + 1): "

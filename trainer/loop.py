@@ -195,7 +195,7 @@ class TrainerLoop:
         # groups in their last version within the limit first (they go stale at the next version),
         # then the freshest (stable: among one version, in arrival order); the rest wait in `pending`
         floor = self.window_floor()
-        self.pending.items.sort(key=lambda item: (floor == 0 or item[0].policy_version > floor, -item[0].policy_version))
+        self.pending.items.sort(key=lambda item: (item[0].policy_version > floor, -item[0].policy_version))
         batch = self.pending.items[: self.cfg.groups_per_step]
         self.board.update(state="training")
         with self.clock.phase("training"):

@@ -61,7 +61,7 @@ class SizingTerms:
     new_worker_leases: int = 8     # what a worker holds before its rate is known
     min_versions: int = 3          # versions before the interval counts
     margin_s: float = 0.5          # slack for the trainer's take and the network
-    demand_versions: int = 4       # versions before what the trainer takes per version counts
+    demand_versions: int = 1       # versions before what the trainer takes per version counts
     demand_steps: float = 2.0      # steps' worth of groups the swarm may have on their way to the trainer
 
 

@@ -144,8 +144,7 @@ def _freshest(lower: int) -> tuple:
     trains on the least stale data there is, and older groups still come while they are above
     the floor instead of leaving the buffer a whole version at a time."""
     c = submissions.c
-    fresh = (c.policy_version.desc(), c.decided_at, c.submission_id)
-    return fresh if lower == 0 else (case((c.policy_version <= lower, 0), else_=1), *fresh)  # a floor of 0 may be clamped
+    return (case((c.policy_version <= lower, 0), else_=1), c.policy_version.desc(), c.decided_at, c.submission_id)
 
 
 def take_batch(conn: Connection, lower: int, limit: int, now: float, ack_timeout_s: float) -> list[Row]:
