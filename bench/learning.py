@@ -10,6 +10,11 @@ model and seed, once per async window (default: 0 = synchronous, and 2), and rep
     workers' idle fraction (1 - CPU seconds / wall seconds of each worker process; the
     workers share CPU 1 with the coordinator, verifier and relay, so this also counts time
     that core spent on those: it is an upper bound of their true idleness);
+  * the share of accepted (verified) groups that never reached a training step, split by cause
+    (stale at the coordinator, stale while held, dropped by a ban, filtered by the trainer for
+    zero advantage or pass rate, stale at the trainer, left in the buffer at the end) and the
+    worker-seconds they cost (GET /v1/stats `waste`, `coordinator.rules.waste`; issue 23, goal:
+    at most 5% stale);
   * how long the async run took to reach the synchronous run's final accuracy, as a share
     of the synchronous run's wall time (goal: <= 0.6), and the same for a ladder of accuracy
     levels on the way (once both curves have levelled off, their final values differ by
@@ -46,6 +51,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import httpx
 
+from coordinator.rules.waste import CAUSES as WASTE_CAUSES
 from trainer.config import TrainerConfig
 from protocol.config import load_config
 from swarmrl.modelkit import DEMO_RECIPE, build_demo_model
@@ -74,12 +80,15 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 
 def settings_for(window: int, seed: int, workers: int, cheaters: int = 0, p2p: bool | None = None,
-                 groups_per_step: int | None = None) -> SwarmSettings:
+                 groups_per_step: int | None = None, max_staleness: int | None = None) -> SwarmSettings:
     r = DEMO_RECIPE
+    # a synchronous run (window 0) stays synchronous: the trainer's limit is the window too
+    staleness = 0 if window == 0 else max_staleness
     return SwarmSettings(seed=seed, honest_workers=workers, cheaters=cheaters, group_size=r.group_size,
                          temperature=r.temperature, max_tokens=r.max_tokens, task_options=dict(r.task_options),
                          async_window=window, lr=r.lr, groups_per_step=groups_per_step or r.groups_per_step, eval_every=3,
-                         eval_tasks=500, p2p=p2p)  # the whole held-out split of the demo task
+                         eval_tasks=500, p2p=p2p,  # the whole held-out split of the demo task
+                         overrides={} if staleness is None else {"trainer": {"max_staleness": staleness}})
 
 
 def run_one(root: Path, model_src: Path, window: int, args) -> dict:
@@ -89,7 +98,7 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
     model_dir = root / "model"
     shutil.copytree(model_src, model_dir)
     plan = plan_swarm(root, model_dir, settings_for(window, args.seed, args.workers, args.cheaters, args.p2p,
-                                                      args.groups_per_step))
+                                                      args.groups_per_step, args.max_staleness))
     tcfg = load_config(TrainerConfig, plan.configs["trainer"])
     write_config(plan.configs["trainer"], tcfg.model_copy(update={
         "updates_per_batch": DEMO_RECIPE.updates_per_batch, "grad_clip": DEMO_RECIPE.grad_clip}))
@@ -116,6 +125,7 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
             wall = time.time() - t_start
             cpu = {c.name: cpu_seconds(c.popen.pid) - cpu0.get(c.name, 0.0) for c in group.children}
             status = _trainer_status(http, root)
+            waste = _waste(http, plan.coordinator_url)
     eval_csv = root / "trainer" / "eval.csv"
     evals = list(csv.DictReader(eval_csv.read_text().splitlines())) if eval_csv.exists() else []
     curve = [{"version": int(r["version"]), "t": float(r["unix_time"]) - t_start, "acc": float(r["greedy_accuracy"])}
@@ -127,7 +137,35 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
     return {"window": window, "wall_s": wall, "curve": curve, "final_version": status.get("version"),
             "trainer_idle": phases.get("waiting", 0.0) / total, "trainer_phases": phases,
             "trainer_cpu_busy": cpu.get("trainer", 0.0) / wall,
-            "worker_idle": 1.0 - sum(worker_busy) / max(1, len(worker_busy)), "cpu_s": cpu}
+            "worker_idle": 1.0 - sum(worker_busy) / max(1, len(worker_busy)), "cpu_s": cpu, "waste": waste}
+
+
+def _waste(http: httpx.Client, coordinator_url: str) -> dict:
+    """The coordinator's waste report (GET /v1/stats `waste`) at the end of the run."""
+    try:
+        return http.get(coordinator_url + "/v1/stats").json().get("waste") or {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def waste_table(results: list[dict]) -> str:
+    """Per run: accepted groups, the share never trained and the stale share, and per cause the
+    share of accepted groups and the worker-seconds they cost."""
+    causes = [c for c in WASTE_CAUSES if any((r.get("waste") or {}).get("causes", {}).get(c, {}).get("groups")
+                                              for r in results)]
+    lines = ["| window | accepted | never trained | stale (goal <= 5%) | " + " | ".join(causes)
+             + " | worker-s never trained |",
+             "|---|---|---|---|" + "---|" * len(causes) + "---|"]
+    for r in results:
+        w = r.get("waste") or {}
+        acc = w.get("accepted") or 0
+        if not acc:
+            lines.append(f"| {r['window']} | 0 | - | - |" + " - |" * len(causes) + " - |")
+            continue
+        cells = [f"{w['causes'][c]['groups'] / acc:.1%} ({w['causes'][c]['worker_s']:.0f} s)" for c in causes]
+        lines.append(f"| {r['window']} | {acc} | {w['unused_share']:.1%} | {w['stale_share']:.1%} | "
+                     + " | ".join(cells) + f" | {w['worker_s']:.0f} |")
+    return "\n".join(lines)
 
 
 def _trainer_status(http: httpx.Client, root: Path) -> dict:
@@ -237,6 +275,9 @@ def main() -> None:
     ap.add_argument("--no-p2p", dest="p2p", action="store_false", help="HTTP only")
     ap.add_argument("--groups-per-step", type=int, default=None,
                     help=f"groups per trainer step, both windows (default: the demo recipe's {DEMO_RECIPE.groups_per_step})")
+    ap.add_argument("--max-staleness", type=int, default=None,
+                    help="the trainer's staleness limit in async runs (default: the trainer's own default; "
+                         "window-0 runs always use 0)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/learning"))
     ap.add_argument("--model", type=Path, default=None, help="an already warm-started model (default: build one)")
     args = ap.parse_args()
@@ -257,7 +298,8 @@ def main() -> None:
     by = {r["window"]: r for r in results}
     cmp = compare(by[0], by[max(by)]) if 0 in by and len(by) > 1 else {}
     reached = times_to_reach(by[0], by[max(by)]) if cmp else []
-    text = table(results, cmp, reached)
+    text = table(results, cmp, reached) + "\n\naccepted groups that never reached a training step, by cause " \
+        "(share of accepted; worker-seconds they cost):\n\n" + waste_table(results)
     text += ("\n\nCPU 0: trainer" + (", coordinator, verifier, relay" if args.services == "operator" else "")
              + "; CPU 1: workers" + ("" if args.services == "operator" else ", coordinator, verifier, relay")
              + ("" if args.pin else " (not pinned)"))

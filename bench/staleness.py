@@ -8,18 +8,21 @@ with the worker's engine and seeded sampler from policy version n - lag, scores 
 task's scorer, drops zero-advantage groups as the trainer does, and evaluates held-out greedy
 accuracy every few versions. Modes:
 
-    sync        lag 0 (what async window 0 trains on)
-    lag1, lag2  every group 1 (2) versions old
-    mix         each group 1 version old with p = 0.6, else 2 (what an async window-2 run
-                consumed in bench/learning: about 58% / 40%)
-    mix-uncorrected  as mix, but the behaviour policy is taken to be the current one
-                (no importance weight): what the staleness correction is worth
+    lag0 (= sync)   every group made with the current version (what async window 0 trains on)
+    lag1 .. lag8    every group k versions old (issue 23: what each extra version of staleness
+                    costs, up to the trainer's `max_staleness` and beyond)
+    mix             each group 1 version old with p = 0.6, else 2 (what an async window-2 run
+                    consumed in bench/learning: about 58% / 40%)
+    <mode>-uncorrected  the same, but the behaviour policy is taken to be the current one (no
+                    importance weight): what the staleness correction is worth
 
 The table gives, per mode, the mean over seeds of the held-out accuracy averaged over the
-evaluations at versions 6-60 (the climb) and 66-90, with the spread over seeds.
+evaluations of the climb (versions 6 .. 2/3 of the run) and of the rest, with the spread over
+seeds, the final accuracy, and the late-span difference to lag0.
 
-    python bench/staleness.py --model bench/out/learning/model          # 5 modes x 3 seeds, ~6 min
-    python bench/staleness.py --modes sync mix --seeds 5 --versions 120
+    python bench/staleness.py --model bench/out/learning/model          # lags 0-8 both ways x 3 seeds
+    python bench/staleness.py --modes lag0 lag4 lag4-uncorrected --seeds 5 --versions 120
+    python bench/staleness.py --seeds 1 --versions 48 --eval-tasks 200  # a small run for a busy machine
 """
 
 from __future__ import annotations
@@ -36,16 +39,20 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # bench/coordinator.py would shadow the coordinator package
 
-MODES = ("sync", "lag1", "lag2", "mix", "mix-uncorrected")
+MAX_LAG = 8
+BASES = ("sync", *(f"lag{k}" for k in range(MAX_LAG + 1)), "mix")
+MODES = (*BASES, *(f"{b}-uncorrected" for b in BASES if b not in ("sync", "lag0")))
+DEFAULT_MODES = (*(f"lag{k}" for k in range(MAX_LAG + 1)), *(f"lag{k}-uncorrected" for k in range(1, MAX_LAG + 1)))
 EVAL_EVERY = 6
 
 
 def lag_for(mode: str, rng: random.Random) -> int:
-    if mode == "sync":
+    base = mode.removesuffix("-uncorrected")
+    if base == "sync":
         return 0
-    if mode in ("lag1", "lag2"):
-        return int(mode[-1])
-    return 1 if rng.random() < 0.6 else 2  # mix, mix-uncorrected
+    if base.startswith("lag"):
+        return int(base[3:])
+    return 1 if rng.random() < 0.6 else 2  # mix
 
 
 def run(model_dir: str, mode: str, seed: int, versions: int, eval_tasks: int) -> dict:
@@ -82,7 +89,7 @@ def run(model_dir: str, mode: str, seed: int, versions: int, eval_tasks: int) ->
     engine = TransformersEngine(device="cpu", dtype="float32", threads=1)
     engine.load(Path(model_dir), 0)
     states = {0: {k: v.clone() for k, v in model.state_dict().items()}}
-    history = WeightHistory(copy.deepcopy(model), keep=3)
+    history = WeightHistory(copy.deepcopy(model), keep=MAX_LAG + 1)
     history.remember(0, model)
     opts = StepOptions(loss=LossConfig(), grad_clip=R.grad_clip, updates=R.updates_per_batch,
                        pad_id=tokenizer.pad_token_id or 0)
@@ -114,9 +121,9 @@ def run(model_dir: str, mode: str, seed: int, versions: int, eval_tasks: int) ->
         while len(batch) < R.groups_per_step:
             batch += filter_groups([group(max(0, n - lag_for(mode, lag_rng)))])[0]
         run_step(model, optimizer, batch, version=n, opts=opts,
-                 history=None if mode == "mix-uncorrected" else history)  # None: behaviour = proximal
+                 history=None if mode.endswith("-uncorrected") else history)  # None: behaviour = proximal
         states[n + 1] = {k: v.clone() for k, v in model.state_dict().items()}
-        states.pop(n - 2, None)
+        states.pop(n - MAX_LAG, None)
         history.remember(n + 1, model)
         if (n + 1) % EVAL_EVERY == 0:
             curve.append((n + 1, held_out()))
@@ -128,10 +135,22 @@ def window_mean(curve: list, lo: int, hi: int) -> float | None:
     return statistics.mean(vals) if vals else None
 
 
+def spans_for(versions: int) -> list[tuple[int, int]]:
+    """The climb (versions 6 .. about 2/3 of the run) and the rest (6-60 and 66-90 for 90 versions)."""
+    mid = max(EVAL_EVERY, (versions * 2 // 3) // EVAL_EVERY * EVAL_EVERY)
+    return [(EVAL_EVERY, mid), (mid + EVAL_EVERY, versions)]
+
+
 def table(results: list[dict], modes: list[str], versions: int) -> list[str]:
-    spans = [(6, 60), (66, versions)]
-    lines = ["| mode | seeds | " + " | ".join(f"acc v{lo}-{hi} (mean ± sd over seeds)" for lo, hi in spans) + " | final |",
-             "|---|---|" + "---|" * (len(spans) + 1)]
+    spans = spans_for(versions)
+    lines = ["| mode | seeds | " + " | ".join(f"acc v{lo}-{hi} (mean ± sd over seeds)" for lo, hi in spans)
+             + " | final | late span vs lag0 |", "|---|---|" + "---|" * (len(spans) + 2)]
+
+    def late(mode: str) -> float | None:
+        vals = [m for m in (window_mean(r["curve"], *spans[-1]) for r in results if r["mode"] == mode) if m is not None]
+        return statistics.mean(vals) if vals else None
+
+    base = late("lag0") if late("lag0") is not None else late("sync")
     for mode in modes:
         runs = [r for r in results if r["mode"] == mode]
         cells = []
@@ -140,14 +159,16 @@ def table(results: list[dict], modes: list[str], versions: int) -> list[str]:
             cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.3f}"
                          if vals else "-")
         final = statistics.mean(r["curve"][-1][1] for r in runs)
-        lines.append(f"| {mode} | {len(runs)} | " + " | ".join(cells) + f" | {final:.3f} |")
+        diff = late(mode)
+        delta = "-" if diff is None or base is None else f"{diff - base:+.3f}"
+        lines.append(f"| {mode} | {len(runs)} | " + " | ".join(cells) + f" | {final:.3f} | {delta} |")
     return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="an already warm-started demo model (default: build one, ~2 min)")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--versions", type=int, default=90)
     ap.add_argument("--eval-tasks", type=int, default=500)

@@ -40,6 +40,7 @@ REGISTRATION = 32 * 1024     # a hardware report lists at most 64 GPUs of 200-ch
 VERDICT = 64 * 1024          # a handful of checks with scalar statistics and a 2,000-character reason
 MAX_JOBS_PER_CLAIM = 64      # protocol.messages.ClaimRequest.max_jobs
 OTHER_CAP = 1024             # GETs and unknown routes carry no body worth reading
+MAX_ACK_IDS = 4096           # protocol.messages.BatchAck.submission_ids
 COMPLETION_KEYS = 96         # {"finish_reason":"length","proof":"","token_ids":[]} and separators
 
 
@@ -66,6 +67,8 @@ def route_caps(cfg: CoordinatorConfig, vocab_size: int) -> dict[str, int]:
         routes.VERDICTS_BATCH: MAX_JOBS_PER_CLAIM * VERDICT,
         routes.TRAINER_BATCH: ENVELOPE + SMALL,
         routes.TRAINER_EVAL: ENVELOPE + SMALL,
+        # up to MAX_ACK_IDS ids, each maybe also in `unused` with a reason (protocol.messages.BatchAck)
+        routes.TRAINER_ACK: ENVELOPE + MAX_ACK_IDS * (2 * MAX_ID_CHARS + 24) + 2048,
         routes.POLICY: lim.max_body_bytes,  # a manifest grows with the model: only the global cap
     }
     return {path: min(cap, lim.max_body_bytes) for path, cap in caps.items()}

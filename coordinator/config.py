@@ -140,6 +140,29 @@ class LimitsConfig(BaseModel):
         return v
 
 
+class LeaseSizingConfig(BaseModel):
+    """How many leases a worker may hold, from its measured throughput and the current version
+    rate, so that what it is given can be submitted, verified and trained before it goes stale
+    (`coordinator.rules.lease_size`; never more than limits.max_leases_per_worker)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="size leases from measurements (off: only limits.max_leases_per_worker)")
+    history: int = Field(16, ge=1, le=1000, description="a worker's newest submitted leases that measure its rate")
+    min_history: int = Field(4, ge=1, description="submitted leases before a worker's rate counts (until then it "
+                             "may hold new_worker_leases)")
+    new_worker_leases: int = Field(8, ge=1, description="leases a worker may hold before its rate is known")
+    min_versions: int = Field(3, ge=2, description="policy versions before their interval counts (until then only "
+                              "limits.max_leases_per_worker applies)")
+    margin_s: float = Field(0.5, ge=0, description="seconds kept back from each lease's budget for the trainer's take "
+                            "and the network")
+    demand_versions: int = Field(1, ge=1, le=1000, description="policy versions before what the trainer takes per "
+                                 "version (all groups it acknowledged / versions) bounds the swarm's leases")
+    demand_steps: float = Field(2.0, gt=0, description="the swarm as a whole holds at most this many versions' worth "
+                                "of what the trainer takes on their way to it (never more than staleness + 1): "
+                                "enough that the trainer rarely waits, little enough that the buffer turns over "
+                                "before its groups go stale")
+
+
 class DashboardConfig(BaseModel):
     """Who sees what on the dashboard and GET /v1/stats. Without the operator token a reader gets
     the anonymous views: no contributor addresses, no undecided submission, and for decided ones
@@ -218,6 +241,7 @@ class CoordinatorConfig(BaseModel):
     proof_drift: ProofDriftConfig = Field(default_factory=ProofDriftConfig)
     standing: StandingConfig = Field(default_factory=StandingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    lease_sizing: LeaseSizingConfig = Field(default_factory=LeaseSizingConfig)
     join: JoinConfig = Field(default_factory=JoinConfig)
     archive: bool = Field(True, description="archive submissions and verdicts as Parquet in data_dir/archive")
     max_clock_skew_s: float = Field(120.0, description="signed messages older or newer than this are refused")

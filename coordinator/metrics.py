@@ -52,6 +52,9 @@ class Metrics:
         self.groups_acked = Counter(f"{PREFIX}_groups_acked", "groups the trainer acknowledged (consumed)", registry=r)
         self.dropped_stale = Counter(f"{PREFIX}_groups_dropped_stale", "accepted groups that fell out of the async window",
                                      registry=r)
+        self.groups_unused = Counter(f"{PREFIX}_groups_unused", "accepted groups that will never reach a training "
+                                     "step, by cause (stale, stale_held; the trainer's zero_advantage, pass_rate, "
+                                     "trainer_stale; bans: GET /v1/stats `waste`)", ["cause"], registry=r)
         self.bans = Counter(f"{PREFIX}_bans", "workers banned", registry=r)
         self.archived = Counter(f"{PREFIX}_archived_rows", "rows written to the Parquet archive", ["table"], registry=r)
         self.archive_over_budget = Counter(f"{PREFIX}_archive_evidence_over_budget",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protocol.envelope import Envelope
 from protocol.proof import max_proof_b64_chars
@@ -367,6 +367,11 @@ class BatchResponse(Strict):
     dropped_stale: int = Field(default=0, description="groups dropped because they fell out of the async window")
 
 
+# Why the trainer did not train an acknowledged group: every advantage zero (no GRPO signal),
+# outside its pass-rate window, or below its staleness limit by the time a step could take it.
+UnusedReason = Literal["zero_advantage", "pass_rate", "stale"]
+
+
 class BatchAck(Strict):
     """Trainer -> coordinator (`POST /v1/trainer/ack`), signed by the operator key: these
     handed-out groups are durably in the trainer's hands (spooled, or already trained), so the
@@ -374,6 +379,17 @@ class BatchAck(Strict):
     or one that is not handed out, changes nothing."""
 
     submission_ids: list[Ident] = Field(min_length=1, max_length=4096)
+    unused: dict[Ident, UnusedReason] = Field(
+        default_factory=dict, max_length=4096,
+        description="acknowledged groups the trainer will not train, and why (each one of submission_ids): "
+                    "the coordinator counts them as waste (GET /v1/stats `waste`)")
+
+    @model_validator(mode="after")
+    def _unused_are_acknowledged(self) -> "BatchAck":
+        extra = set(self.unused) - set(self.submission_ids)
+        if extra:
+            raise ValueError(f"unused names {len(extra)} group(s) that are not in submission_ids; list them there too")
+        return self
 
 
 class BatchAckResponse(Strict):

@@ -11,8 +11,9 @@ The script of the whole system, top to bottom:
   4. watch the swarm through the coordinator's public stats until the time budget ends;
   5. fetch the newest policy version through the relay exactly as a worker does (signed
      manifest, every shard checked) and measure its held-out accuracy;
-  6. stop everything and print the summary; exit 0 only if the run learned, the cheater
-     was banned and none of its rollouts reached the training buffer.
+  6. stop everything and print the summary (with the share of accepted groups that never
+     reached a training step, by cause: `coordinator.rules.waste`); exit 0 only if the run
+     learned, the cheater was banned and none of its rollouts reached the training buffer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from coordinator.rules.waste import summary_line
 from swarmrl.procs import ProcessGroup
 from swarmrl.swarm import SwarmPlan, SwarmSettings, plan_swarm, start_swarm
 
@@ -279,6 +281,8 @@ def _summary(console: Console, plan: SwarmPlan, stats: dict, names: dict[str, st
                   f"({final_bytes / 1e6:.1f} MB) fetched through the relay with every shard verified")
     console.print(f"dishonest workers banned: {'yes' if cheaters_banned else 'NO'}; "
                   f"their rollouts in the training buffer: {cheater_accepted}")
+    if stats.get("waste"):  # issue 23: verified work that never reached a training step, by cause
+        console.print(summary_line(stats["waste"]))
     cheaters_banned = cheaters_banned and cheaters_seen == len(plan.cheater_names)
     ok = gain >= opts.min_gain and cheaters_banned and cheater_accepted == 0
     console.print(f"audit every rollout, proof and verdict: swarmrl audit summary --archive {plan.root / 'coordinator' / 'archive'}")

@@ -66,13 +66,16 @@ class CoordinatorLink:
             raise TrainerError(f"the coordinator refused the batch request: {exc.detail} "
                                "(is trainer.key_file the operator key the coordinator expects?)") from exc
 
-    def ack(self, submission_ids: list[str]) -> int:
-        """Tell the coordinator these groups are durably ours (spooled or trained); returns how
-        many it marked consumed. Retried while the coordinator is unreachable: an ack that never
-        arrives only costs a second hand-out, which the trainer recognises and acknowledges."""
+    def ack(self, submission_ids: list[str], unused: dict[str, str] | None = None) -> int:
+        """Tell the coordinator these groups are durably ours (spooled or trained), and which of
+        them will not be trained and why (`unused`, `BatchAck.unused`); returns how many it marked
+        consumed. Retried while the coordinator is unreachable: an ack that never arrives only
+        costs a second hand-out, which the trainer recognises and acknowledges."""
         n = 0
+        unused = unused or {}
         for i in range(0, len(submission_ids), MAX_ACK):
-            body = BatchAck(submission_ids=submission_ids[i:i + MAX_ACK])
+            part = submission_ids[i:i + MAX_ACK]
+            body = BatchAck(submission_ids=part, unused={s: unused[s] for s in part if s in unused})
             try:
                 resp = self._retrying("acknowledging groups", lambda: self.client.post_signed(
                     routes.TRAINER_ACK, KIND_BATCH_ACK, body, BatchAckResponse))

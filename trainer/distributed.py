@@ -189,7 +189,7 @@ def follower_loop(cfg: Any, team: Team) -> None:
     cfg = team.broadcast(None)
     model, template, optimizer, _ = build_model_and_optimizer(cfg, team)
     ref_model = reference_model(cfg, team)
-    history = WeightHistory(template, keep=cfg.async_window + 1, device=team.device)
+    history = WeightHistory(template, keep=cfg.staleness_limit + 1, device=team.device)
     from trainer.loop import step_options
 
     opts = step_options(cfg, pad_id=0)

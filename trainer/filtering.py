@@ -21,6 +21,7 @@ class FilterCounts:
     zero_advantage: int = 0
     outside_pass_window: int = 0
     dropped_ids: list[str] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)  # dropped id -> "pass_rate" | "zero_advantage" (BatchAck.unused)
 
 
 def filter_groups(groups: Sequence, *, min_pass_rate: float = 0.0,
@@ -38,11 +39,13 @@ def filter_groups(groups: Sequence, *, min_pass_rate: float = 0.0,
         if not (min_pass_rate <= pass_rate <= max_pass_rate):
             counts.outside_pass_window += 1
             counts.dropped_ids.append(g.submission_id)
+            counts.why[g.submission_id] = "pass_rate"
             continue
         adv = [float(a) for a in g.advantages]
         if all(a == 0.0 for a in adv):
             counts.zero_advantage += 1
             counts.dropped_ids.append(g.submission_id)
+            counts.why[g.submission_id] = "zero_advantage"
             continue
         kept.append((g, adv))
         counts.kept += 1

@@ -2,11 +2,20 @@
 
     start:  newest complete checkpoint (or the initial model saved as version 0)
             -> publish it through the shardcast origin -> POST its manifest to /v1/policy
-    loop:   spooled + new groups (POST /v1/trainer/batch, long-poll) -> spool them (fsync) ->
-            acknowledge them (POST /v1/trainer/ack) -> filter (already trained, window, zero
-            advantage, pass rate) -> `groups_per_step` kept -> GRPO step -> save version n+1
+    loop:   spooled + new groups (POST /v1/trainer/batch, long-poll, from the staleness floor)
+            -> spool them (fsync) -> filter (already trained, staleness limit, zero advantage,
+            pass rate) -> acknowledge them (POST /v1/trainer/ack), naming the ones it will not
+            train and why -> the freshest `groups_per_step` kept -> GRPO step -> save version n+1
             with the ids it trained (atomic, COMPLETE marker) -> publish -> announce -> forget
             the consumed groups -> evaluate every `eval.every_versions`
+
+Staleness (issue 23): groups up to `cfg.staleness_limit` versions old are trained (the async
+window's leases, plus `max_staleness` for work that arrives late; the step's decoupled
+importance weights correct for the policy that made them). A step takes the pending groups in
+their last version within the limit, then the freshest; older ones wait while they are within
+the limit, and those that fall below it are
+reported to the coordinator as stale (`BatchAck.unused`), like those the filter drops, so its
+waste report (GET /v1/stats `waste`) counts every accepted group that never reached a step.
 
 Every phase is timed (`PhaseClock`): "waiting" is the idle time that bench/learning.py reports.
 A restart resumes from the newest complete version, keeps the numbering, re-announces that
@@ -143,10 +152,12 @@ class TrainerLoop:
 
     # -- data ----------------------------------------------------------------------------------
     def window_floor(self) -> int:
-        return window_floor(self.version, self.cfg.async_window)
+        """The oldest version a step still trains: the staleness limit below the current one."""
+        return window_floor(self.version, self.cfg.staleness_limit)
 
-    def admit(self, groups: list[TrainingGroup]) -> None:
-        """Filter new (or re-loaded) groups into `pending`; forget the dropped ones at once."""
+    def admit(self, groups: list[TrainingGroup]) -> dict[str, str]:
+        """Filter new (or re-loaded) groups into `pending`; forget the dropped ones at once.
+        Returns the dropped ones that the coordinator should count as unused, with why."""
         floor = self.window_floor()
         pending = self.pending.ids()
         again = [g.submission_id for g in groups if g.submission_id in self.trained]
@@ -167,15 +178,19 @@ class TrainerLoop:
         self.counts.outside_pass_window += counts.outside_pass_window
         self.inbox.remove([g.submission_id for g in stale] + counts.dropped_ids)
         self.pending.items.extend(kept)  # type: ignore[arg-type]
+        return {g.submission_id: "stale" for g in stale} | counts.why
 
     def refresh_window(self) -> None:
-        """After a new version, drop pending groups that fell out of the async window."""
+        """After a new version, drop pending groups that fell below the staleness limit, and tell
+        the coordinator they will not be trained."""
         floor = self.window_floor()
         old = [g for g, _ in self.pending.items if g.policy_version < floor]
         if old:
             self.pending.items = [(g, a) for g, a in self.pending.items if g.policy_version >= floor]
             self.inbox.remove([g.submission_id for g in old])
             self.metrics.groups.labels("stale").inc(len(old))
+            ids = [g.submission_id for g in old]
+            self.link.ack(ids, dict.fromkeys(ids, "stale"))
         self.trained = {sid: v for sid, v in self.trained.items() if v >= floor}
 
     def fill(self) -> bool:
@@ -191,14 +206,18 @@ class TrainerLoop:
                 self.metrics.groups.labels("dropped_by_coordinator").inc(resp.dropped_stale)
             if resp.groups:
                 self.inbox.put(resp.groups)  # durable first: only then may the coordinator forget them
-                self.link.ack([g.submission_id for g in resp.groups])
                 self.metrics.groups.labels("received").inc(len(resp.groups))
-                self.admit(resp.groups)
+                unused = self.admit(resp.groups)
+                self.link.ack([g.submission_id for g in resp.groups], unused)
             self.board.update(state="waiting", pending=len(self.pending.items))
         return True
 
     # -- the loop ------------------------------------------------------------------------------
     def train_once(self) -> StepResult:
+        # groups in their last version within the limit first (they go stale at the next version),
+        # then the freshest (stable: among one version, in arrival order); the rest wait in `pending`
+        floor = self.window_floor()
+        self.pending.items.sort(key=lambda item: (item[0].policy_version > floor, -item[0].policy_version))
         batch = self.pending.items[: self.cfg.groups_per_step]
         self.board.update(state="training")
         with self.clock.phase("training"):
@@ -240,9 +259,9 @@ class TrainerLoop:
 
     def run(self) -> None:
         spooled = self.inbox.load(TrainingGroup)
-        self.admit(spooled)
+        unused = self.admit(spooled)
         if spooled:  # a crash may have come between the spool write and the acknowledgement
-            self.link.ack([g.submission_id for g in spooled])
+            self.link.ack([g.submission_id for g in spooled], unused)
         self.announce()
         if self.cfg.eval.at_start:
             self.maybe_evaluate(force=True)

@@ -28,7 +28,7 @@ log = logging.getLogger("swarmrl.trainer")
 
 
 def checkpoint_store(cfg: TrainerConfig) -> CheckpointStore:
-    return CheckpointStore(Path(cfg.data_dir), keep=max(cfg.keep_checkpoints, cfg.async_window + 2))
+    return CheckpointStore(Path(cfg.data_dir), keep=max(cfg.keep_checkpoints, cfg.staleness_limit + 2))
 
 
 def reference_model(cfg: TrainerConfig, team: Any) -> Any:
@@ -185,11 +185,11 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Any) -> Parts:
     else:
         log.info("resuming from version %d (step %d)", version, step)
 
-    # Rollouts may come from versions current-k .. current, and `remember` runs right after
-    # each new version: k + 1 versions must be held or the oldest allowed one would be missing.
-    history = WeightHistory(template, keep=cfg.async_window + 1, device=team.device)
+    # Rollouts may come from versions current-k .. current (k: the staleness limit), and `remember`
+    # runs right after each new version: k + 1 versions must be held or the oldest would be missing.
+    history = WeightHistory(template, keep=cfg.staleness_limit + 1, device=team.device)
     for v in store.complete_versions():
-        if version - cfg.async_window <= v <= version:
+        if version - cfg.staleness_limit <= v <= version:
             history.remember(v, store.get(v).model_dir)
     tasks = cfg.tasks
     source = get_source(tasks.kind, seed=tasks.seed, options=tasks.options) if cfg.eval.every_versions or cfg.eval.at_start else None

@@ -53,6 +53,7 @@ class Overview(BaseModel):
     submissions: dict[str, int]
     verification_queue: int
     buffer: dict[str, int]
+    waste: dict[str, Any] = {}  # coordinator.rules.waste.report: accepted groups never trained, by cause
     tasks_returned: int
     relays: list[str]
     archive: dict[str, Any]

@@ -18,7 +18,8 @@ from coordinator.dashboard import queries
 from coordinator.errors import NotFound
 from coordinator.service.join import worker_check_rate
 from coordinator.service.upkeep import state_counts
-from coordinator.store import meta, workers
+from coordinator.rules import waste
+from coordinator.store import meta, submissions, workers
 from protocol.archive import checkpoint_versions
 from protocol.rollout_view import rollout_view
 
@@ -35,11 +36,12 @@ def overview(ctx: Context) -> dict[str, Any]:
     with ctx.db.read() as conn:
         dropped = meta.get_int(conn, meta.DROPPED_STALE)
         queued = queries.queue_depth(conn)
+        unused = waste.report(submissions.waste(conn), submissions.worker_spans(conn))
     cfg = ctx.cfg
     return {"run_id": cfg.run_id, "time": ctx.clock(), "current_version": s["current_version"],
             "versions": s["versions"], "async_window": cfg.async_window, "workers": s["workers"],
             "leases": s["leases"], "submissions": s["submissions"], "verification_queue": queued,
-            "buffer": {"depth": s["buffer_depth"], "dropped_stale": dropped}, "tasks_returned": s["tasks_returned"],
+            "buffer": {"depth": s["buffer_depth"], "dropped_stale": dropped}, "waste": unused, "tasks_returned": s["tasks_returned"],
             "relays": list(cfg.relays), "archive": {"enabled": cfg.archive, "path": str(_archive_root(ctx)),
                                                      "checkpoints": checkpoint_versions(_archive_root(ctx))}}
 

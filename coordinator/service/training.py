@@ -1,12 +1,17 @@
 """The trainer's side: training batches from the buffer, and policy versions.
 
-Batches: groups accepted by a verifier whose policy version is within the async window of
-the current version (and >= the request's own bound), oldest first. Delivery is at least
+Batches: groups accepted by a verifier whose policy version is at or above the buffer's floor
+(and >= the request's own bound), those in their last version above the floor first, then
+the freshest (`submissions.take_batch`). The floor is
+`protocol.window.buffer_floor`: the async window's, or the lower floor the trainer asks for
+when its staleness limit is longer than the window (issue 23: work that arrives a little late is
+still trained). Delivery is at least
 once: a group handed out is `handed` until the trainer acknowledges it (`ack`, after it has
 spooled the group durably), and one not acknowledged within `batch_ack_timeout_s` is handed
 out again, so a lost answer or a trainer killed before its spool write loses nothing. The
 trainer remembers what it has spooled and trained (durably), so a second hand-out is never
-trained twice. Groups that fell below the window are dropped and counted. The long-poll
+trained twice. Groups that fell below the floor are dropped and counted; an ack may name
+groups the trainer will not train (`BatchAck.unused`), counted as waste too. The long-poll
 (wait_s) lives in the route: it calls `take_batch` again when an accepted verdict arrives, or
 every second, until the wait is over.
 
@@ -30,7 +35,7 @@ from protocol.envelope import Envelope, Opened
 from protocol.errors import MessageError, SignatureError
 from protocol.manifest import open_manifest
 from protocol.messages import BatchAck, BatchAckResponse, BatchRequest, BatchResponse, PolicyInfo
-from protocol.window import window_floor
+from protocol.window import buffer_floor
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -58,22 +63,44 @@ def begin_batch(ctx: Context, opened: Opened[BatchRequest]) -> Batch:
     return take_batch(ctx, opened.body)
 
 
+def floor(ctx: Context, conn) -> int:
+    """The oldest policy version the buffer keeps now (`protocol.window.buffer_floor`)."""
+    trainer = meta.get(conn, meta.TRAINER_FLOOR)
+    return buffer_floor(policy.current(conn), ctx.cfg.async_window, None if trainer is None else int(trainer))
+
+
+def drop_stale(ctx: Context, conn) -> dict[str, int]:
+    """Drop the groups below the floor and count them (in the caller's write transaction; the
+    caller adds them to the metrics with `count_stale` once it has committed)."""
+    stale = submissions.drop_stale(conn, floor(ctx, conn))
+    if sum(stale.values()):
+        meta.add_int(conn, meta.DROPPED_STALE, sum(stale.values()))
+    return stale
+
+
+def count_stale(ctx: Context, stale: dict[str, int]) -> int:
+    """Add dropped stale groups to the metrics; returns how many there were."""
+    for cause, n in stale.items():
+        if n:
+            ctx.metrics.groups_unused.labels(cause).inc(n)
+    if sum(stale.values()):
+        ctx.metrics.dropped_stale.inc(sum(stale.values()))
+    return sum(stale.values())
+
+
 def take_batch(ctx: Context, req: BatchRequest) -> Batch:
     now = ctx.clock()
     with ctx.db.write() as conn:
-        current = policy.current(conn)
-        floor = window_floor(current, ctx.cfg.async_window)
-        stale = submissions.drop_stale(conn, floor)
-        if stale:
-            meta.add_int(conn, meta.DROPPED_STALE, stale)
-        rows = submissions.take_batch(conn, max(floor, req.min_policy_version), req.max_groups, now,
+        if meta.get(conn, meta.TRAINER_FLOOR) != str(req.min_policy_version):
+            meta.put(conn, meta.TRAINER_FLOOR, str(req.min_policy_version))
+        stale = drop_stale(ctx, conn)
+        rows = submissions.take_batch(conn, max(floor(ctx, conn), req.min_policy_version), req.max_groups, now,
                                       ctx.cfg.batch_ack_timeout_s)
     groups = [_group(r) for r in rows]
-    if stale:
-        ctx.metrics.dropped_stale.inc(stale)
+    dropped = count_stale(ctx, stale)
     if groups:
         ctx.metrics.groups_served.inc(len(groups))
-    return Batch(groups=groups, dropped_stale=stale)
+    return Batch(groups=groups, dropped_stale=dropped)
 
 
 def ack(ctx: Context, opened: Opened[BatchAck]) -> BatchAckResponse:
@@ -81,9 +108,13 @@ def ack(ctx: Context, opened: Opened[BatchAck]) -> BatchAckResponse:
     now = ctx.clock()
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
-        n = submissions.ack(conn, list(dict.fromkeys(opened.body.submission_ids)), now)
+        n, marked = submissions.ack(conn, list(dict.fromkeys(opened.body.submission_ids)), now,
+                                    dict(opened.body.unused))
     if n:
         ctx.metrics.groups_acked.inc(n)
+    for cause, k in marked.items():
+        if k:
+            ctx.metrics.groups_unused.labels(cause).inc(k)
     return BatchAckResponse(acknowledged=n)
 
 

@@ -3,11 +3,12 @@
 `sweep(ctx)` runs every `housekeeping_interval_s`: leases past their expiry become
 'expired' and their tasks return to the pool; workers silent for `missed_heartbeats_gone`
 heartbeat intervals become 'gone' and their leases return too; groups that fell out of the
-async window leave the buffer; nonces older than twice the clock skew (they could no longer
+buffer's floor leave the buffer (`training.drop_stale`); nonces older than twice the clock skew (they could no longer
 pass the timestamp check) are forgotten; envelopes of finished, archived submissions older than
 `payload_retention_s` leave the database (the Parquet archive keeps them).
 
-`stats(ctx)` is the JSON of GET /v1/stats (the demo prints it; anonymous readers get
+`stats(ctx)` is the JSON of GET /v1/stats (the demo prints it, `waste` included: the accepted
+groups that never reached a training step, by cause, `coordinator.rules.waste`; anonymous readers get
 `coordinator.privacy.stats` of it, without addresses) and `state_counts(ctx)` feeds the
 Prometheus gauges.
 """
@@ -18,9 +19,10 @@ import logging
 from collections import Counter
 
 from coordinator.context import Context
+from coordinator.rules import waste
+from coordinator.service import training
 from coordinator.service.join import worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, workers
-from protocol.window import window_floor
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -38,9 +40,7 @@ def sweep(ctx: Context) -> dict:
         gone = workers.mark_gone(conn, cutoff) if ctx.started_at <= cutoff else []
         orphaned = leases.close_many(conn, leases.active_of_workers(conn, gone), "expired", now)
         leases.return_tasks(conn, orphaned, now)
-        stale = submissions.drop_stale(conn, window_floor(policy.current(conn), cfg.async_window))
-        if stale:
-            meta.add_int(conn, meta.DROPPED_STALE, stale)
+        dropped = training.drop_stale(ctx, conn)
         pruned = workers.prune_nonces(conn, now - 2 * cfg.max_clock_skew_s - 10)
         payloads = submissions.prune_payloads(conn, now - cfg.payload_retention_s) if cfg.payload_retention_s else 0
     m = ctx.metrics
@@ -48,8 +48,7 @@ def sweep(ctx: Context) -> dict:
         m.leases_returned.labels("expired").inc(len(expired))
     if orphaned:
         m.leases_returned.labels("worker_gone").inc(len(orphaned))
-    if stale:
-        m.dropped_stale.inc(stale)
+    stale = training.count_stale(ctx, dropped)
     if gone:
         log.info("%d worker(s) gone silent: %s", len(gone), ", ".join(gone[:5]))
     return {"expired": len(expired), "gone": len(gone), "orphaned": len(orphaned), "stale": stale, "pruned": pruned,
@@ -80,6 +79,7 @@ def stats(ctx: Context) -> dict:
             "submissions": submissions.count_by_status(conn),
             "leases": leases.count_by_status(conn),
             "tasks_returned": leases.count_returned(conn),
+            "waste": waste.report(submissions.waste(conn), submissions.worker_spans(conn)),
         }
     out["workers"] = [{
         "worker_id": w.worker_id, "status": w.status, "accepted": w.accepted, "rejected": w.rejected,

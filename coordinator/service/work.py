@@ -1,6 +1,10 @@
 """Work: leasing tasks, giving leases back, and taking submissions in (the cheap checks,
 rewards computed here, storage and the verification queue), and a submission's status.
 
+A lease request gets at most what the worker may hold: `coordinator.rules.lease_size` sizes it
+from the worker's measured throughput and the version rate (issue 23), within
+limits.max_leases_per_worker.
+
 A status names the checks a rejected submission failed, never the verifier's numbers
 (`coordinator.privacy.public_reason`), and never whether it was drawn for a full check: a
 worker must not learn how close it came to a threshold, nor which submissions were looked at."""
@@ -15,9 +19,10 @@ from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
+from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed
 from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned
 from coordinator.rules.reputation import full_check
-from coordinator.service import require_worker, use_nonce
+from coordinator.service import require_worker, training, use_nonce
 from coordinator.service.join import worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, workers
 from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
@@ -58,8 +63,8 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
         current = policy.current(conn)
         if current is None:
             return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S)
-        n = leases_to_issue(opened.body.max_tasks, leases.count_active(conn, worker_id),
-                            cfg.limits.max_leases_per_worker)
+        held = leases.count_active(conn, worker_id)
+        n = leases_to_issue(opened.body.max_tasks, held, _sizing(ctx, conn, worker_id, held, current, now).allowed)
         if n == 0:
             return LeaseResponse(leases=[], retry_after_s=QUOTA_RETRY_S)
         reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
@@ -87,6 +92,26 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
         workers.count_leases(conn, issued={worker_id: len(rows)})
     ctx.metrics.leases.inc(len(envs))
     return LeaseResponse(leases=envs)
+
+
+def _sizing(ctx: Context, conn, worker_id: str, held: int, current: int, now: float) -> Sizing:
+    """How many leases `worker_id` may hold now (`coordinator.rules.lease_size`), from the
+    coordinator's own measurements: the worker's newest submitted leases, the versions' arrival
+    times, recent verification times, how many versions the buffer keeps, what the trainer took
+    per version (all groups it acknowledged / versions: its step size, however short of groups
+    the swarm is) and what is on its way to it."""
+    terms = SizingTerms(**ctx.cfg.lease_sizing.model_dump())
+    max_leases = ctx.cfg.limits.max_leases_per_worker
+    if not terms.enabled:
+        return Sizing(max_leases, None, None, "lease sizing off")
+    floor = training.floor(ctx, conn)
+    staleness = current - floor
+    taken = submissions.taken(conn) if current >= terms.demand_versions else 0
+    demand = None if taken < current or current == 0 else Demand(  # at least one group a version, or unmeasured
+        per_version=taken / current, in_flight=leases.count_all_active(conn) + submissions.on_their_way(conn, floor))
+    return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
+                          arrivals=policy.recent_arrivals(conn), staleness=staleness,
+                          verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms)
 
 
 def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:

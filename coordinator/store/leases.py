@@ -93,3 +93,15 @@ def take_returned(conn: Connection, indices: list[int]) -> int:
 
 def count_returned(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(task_returns)).scalar_one())
+
+
+def recent_submitted(conn: Connection, worker_id: str, limit: int) -> list[tuple[float, float]]:
+    """(issued_at, closed_at) of `worker_id`'s newest submitted leases (index ix_leases_worker_status_closed)."""
+    c = leases.c
+    q = (select(c.issued_at, c.closed_at).where(and_(c.worker_id == worker_id, c.status == "submitted"))
+         .order_by(c.closed_at.desc()).limit(limit))
+    return [(float(i), float(s)) for i, s in conn.execute(q)]
+
+
+def count_all_active(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(leases).where(leases.c.status == "active")).scalar_one())

@@ -10,6 +10,7 @@ from coordinator.store.sql import insert_ignore, upsert
 NEXT_TASK = "next_task_index"
 POW_CHALLENGE = "pow_challenge"
 DROPPED_STALE = "dropped_stale"
+TRAINER_FLOOR = "trainer_floor"  # the min_policy_version of the trainer's newest batch request
 
 
 def get(conn: Connection, key: str, default: str | None = None) -> str | None:

@@ -25,3 +25,9 @@ def insert(conn: Connection, version: int, step: int, created_at: float, receive
 
 def count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(policy_versions)).scalar_one())
+
+
+def recent_arrivals(conn: Connection, limit: int = 8) -> list[float]:
+    """When the newest `limit` versions were announced here, oldest first."""
+    q = select(policy_versions.c.received_at).order_by(policy_versions.c.version.desc()).limit(limit)
+    return sorted(float(t) for t in conn.execute(q).scalars())

@@ -85,6 +85,7 @@ leases = Table(
     Column("envelope", Text, nullable=False),                # the signed Lease, JSON: its terms live only here
     Index("ix_leases_status_expires", "status", "expires_at"),
     Index("ix_leases_worker_status", "worker_id", "status"),
+    Index("ix_leases_worker_status_closed", "worker_id", "status", "closed_at"),  # a worker's newest submitted
 )
 
 task_returns = Table(
@@ -117,6 +118,7 @@ submissions = Table(
     Column("verdict", Text, nullable=True),                  # the verifier's signed Verdict, JSON
     Column("reason", Text, nullable=False, server_default=""),
     Column("buffer", String(16), nullable=True),             # held | ready | handed | consumed | stale | dropped
+    Column("unused", String(16), nullable=True),             # why an accepted group was never trained (WASTE_CAUSES)
     Column("consumed_at", Float, nullable=True),             # when the trainer acknowledged it
     Column("handed_at", Float, nullable=True),               # last hand-out to the trainer (re-handed if not acked)
     Column("envelope_sha256", String(64), nullable=True),    # envelope_digest of the submission, named by verdicts

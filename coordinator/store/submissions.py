@@ -14,6 +14,12 @@ c_ = submissions.c
 # accepted without a full check is held until its worker's next clean full check; a handed
 # group not acknowledged within the ack timeout is taken again. stale and dropped are final.
 UNCONSUMED = ("held", "ready", "handed")
+# Why an accepted group never reached a training step (`unused`; issue 23): it fell below the
+# buffer's floor (stale), the same while it was held for its worker's next clean check
+# (stale_held), its worker was banned (ban), or the trainer reported it in an ack
+# (zero_advantage, pass_rate, trainer_stale). `waste` adds the groups still in the buffer.
+WASTE_CAUSES = ("stale", "stale_held", "ban", "zero_advantage", "pass_rate", "trainer_stale")
+TRAINER_CAUSES = {"zero_advantage": "zero_advantage", "pass_rate": "pass_rate", "stale": "trainer_stale"}
 # hot statements, built once (see workers.py)
 _STATUS = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_tokens, c_.full_check, c_.policy_version,
                  c_.lease_id, c_.received_at).where(c_.submission_id == bindparam("s"))
@@ -111,7 +117,7 @@ def drop_unconsumed(conn: Connection, worker_id: str, reason: str, now: float) -
                      .values(status="dropped", reason=reason[:2000], decided_at=now)).rowcount
     n += conn.execute(update(submissions).where(
         and_(c.worker_id == worker_id, c.status == "accepted", c.buffer.in_(UNCONSUMED)))
-        .values(status="dropped", buffer="dropped", reason=reason[:2000])).rowcount
+        .values(status="dropped", buffer="dropped", reason=reason[:2000], unused="ban")).rowcount
     return n
 
 
@@ -121,20 +127,34 @@ def _takeable(now: float, ack_timeout_s: float):
     return or_(c.buffer == "ready", and_(c.buffer == "handed", c.handed_at < now - ack_timeout_s))
 
 
-def drop_stale(conn: Connection, floor: int) -> int:
+def drop_stale(conn: Connection, floor: int) -> dict[str, int]:
+    """Unconsumed groups below `floor` leave the buffer as stale; returns how many by cause:
+    `stale_held` for those still held for their worker's next clean check, `stale` the others."""
     c = submissions.c
-    return conn.execute(update(submissions).where(and_(c.buffer.in_(UNCONSUMED), c.policy_version < floor))
-                        .values(buffer="stale")).rowcount
+    below = and_(c.buffer.in_(UNCONSUMED), c.policy_version < floor)
+    held = conn.execute(update(submissions).where(and_(below, c.buffer == "held"))
+                        .values(buffer="stale", unused="stale_held")).rowcount
+    return {"stale": conn.execute(update(submissions).where(below).values(buffer="stale", unused="stale")).rowcount,
+            "stale_held": held}
+
+
+def _freshest(lower: int) -> tuple:
+    """Issue 23: groups in their last version above the floor (`lower`: they go stale at the next
+    version) first, then the newest policy version, and within one the earliest accepted: a step
+    trains on the least stale data there is, and older groups still come while they are above
+    the floor instead of leaving the buffer a whole version at a time."""
+    c = submissions.c
+    return (case((c.policy_version <= lower, 0), else_=1), c.policy_version.desc(), c.decided_at, c.submission_id)
 
 
 def take_batch(conn: Connection, lower: int, limit: int, now: float, ack_timeout_s: float) -> list[Row]:
-    """Oldest takeable groups with policy_version >= lower: ready ones, and handed ones whose
-    hand-out is older than `ack_timeout_s` (the answer or the trainer was lost). They become
-    `handed` in this transaction; only `ack` consumes them."""
+    """Takeable groups with policy_version >= lower, in `_freshest` order: ready ones, and handed
+    ones whose hand-out is older than `ack_timeout_s` (the answer or the trainer was lost). They
+    become `handed` in this transaction; only `ack` consumes them."""
     c = submissions.c
     takeable = _takeable(now, ack_timeout_s)
     q = (select(c.submission_id).where(and_(takeable, c.policy_version >= lower))
-         .order_by(c.decided_at, c.submission_id).limit(limit))
+         .order_by(*_freshest(lower)).limit(limit))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     ids = list(conn.execute(q).scalars())
@@ -146,15 +166,50 @@ def take_batch(conn: Connection, lower: int, limit: int, now: float, ack_timeout
                 p_.group_json, leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c.lease_id)
          .join(submission_payloads, p_.submission_id == c.submission_id)
-         .where(c.submission_id.in_(ids)).order_by(c.decided_at, c.submission_id))
+         .where(c.submission_id.in_(ids)).order_by(*_freshest(lower)))
     return list(conn.execute(q))
 
 
-def ack(conn: Connection, ids: list[str], now: float) -> int:
-    """handed -> consumed for `ids`; ids in any other state are left alone. Returns how many moved."""
+def ack(conn: Connection, ids: list[str], now: float, unused: dict[str, str] | None = None) -> tuple[int, dict[str, int]]:
+    """handed -> consumed for `ids`; ids in any other state are left alone. `unused` (id -> the
+    trainer's reason, a key of `TRAINER_CAUSES`) marks consumed groups the trainer will not train;
+    a group keeps the first cause recorded for it. Returns how many moved, and how many were
+    newly marked per cause (so a resent ack counts nothing twice)."""
     c = submissions.c
-    return conn.execute(update(submissions).where(and_(c.submission_id.in_(ids), c.buffer == "handed"))
-                        .values(buffer="consumed", consumed_at=now)).rowcount
+    n = conn.execute(update(submissions).where(and_(c.submission_id.in_(ids), c.buffer == "handed"))
+                     .values(buffer="consumed", consumed_at=now)).rowcount
+    marked: dict[str, int] = {}
+    for reason, cause in TRAINER_CAUSES.items():
+        named = [i for i, r in (unused or {}).items() if r == reason]
+        if named:
+            marked[cause] = conn.execute(update(submissions).where(and_(
+                c.submission_id.in_(named), c.buffer == "consumed", c.unused.is_(None))).values(unused=cause)).rowcount
+    return n, marked
+
+
+def recent_verify_times(conn: Connection, limit: int = 32) -> list[float]:
+    """Seconds from receipt to verdict of the newest accepted submissions."""
+    c = submissions.c
+    q = (select(c.decided_at - c.received_at).where(c.status == "accepted")
+         .order_by(c.received_at.desc()).limit(limit))
+    return [float(t) for t in conn.execute(q).scalars() if t is not None]
+
+
+def taken(conn: Connection) -> int:
+    """Groups the trainer took (acknowledged) in all (index ix_submissions_buffer_version)."""
+    q = select(func.count()).select_from(submissions).where(submissions.c.buffer == "consumed")
+    return int(conn.execute(q).scalar_one())
+
+
+def on_their_way(conn: Connection, floor: int) -> int:
+    """Submissions queued for the verifier, and takeable groups (ready or handed out) at or above
+    `floor`. Held groups do not count: they wait for their worker's next clean check, which needs
+    its next submissions (counting them, a lease bound could wait for them for ever)."""
+    c = submissions.c
+    queued = select(func.count()).select_from(submissions).where(c.status == "queued")
+    waiting = select(func.count()).select_from(submissions).where(and_(c.buffer.in_(("ready", "handed")),
+                                                                       c.policy_version >= floor))
+    return int(conn.execute(queued).scalar_one()) + int(conn.execute(waiting).scalar_one())
 
 
 def buffer_depth(conn: Connection) -> int:
@@ -172,6 +227,29 @@ def count_by_buffer(conn: Connection) -> dict[str, int]:
     q = (select(submissions.c.buffer, func.count()).where(submissions.c.buffer.is_not(None))
          .group_by(submissions.c.buffer))
     return {s: n for s, n in conn.execute(q)}
+
+
+def waste(conn: Connection) -> list[Row]:
+    """Per worker and cause: accepted groups that never reached a training step and their tokens
+    (cause NULL: trained or still waiting; `buffer` tells which), with the worker's submitted
+    tokens and active span, from which `coordinator.rules.waste` prices them in worker-seconds."""
+    c = submissions.c
+    # rows from before migration 0007 have no cause: their buffer state says it
+    cause = func.coalesce(c.unused, case((c.buffer == "stale", "stale"), (c.buffer == "dropped", "ban"), else_=None))
+    q = (select(c.worker_id, cause.label("cause"), c.buffer, func.count().label("groups"),
+                func.sum(c.n_tokens).label("tokens"))
+         .where(or_(c.status == "accepted", and_(c.status == "dropped", c.buffer == "dropped")))
+         .group_by(c.worker_id, cause, c.buffer))
+    return list(conn.execute(q))
+
+
+def worker_spans(conn: Connection) -> list[Row]:
+    """Per worker: tokens submitted, and the span from its first lease to its last submission."""
+    c, lc = submissions.c, leases.c
+    q = (select(c.worker_id, func.sum(c.n_tokens).label("tokens"), func.min(lc.issued_at).label("first"),
+                func.max(c.received_at).label("last"))
+         .join(leases, lc.lease_id == c.lease_id).group_by(c.worker_id))
+    return list(conn.execute(q))
 
 
 def rewards_by_version(conn: Connection, last: int = 20) -> list[Row]:

@@ -14,6 +14,11 @@ function renderOverview(o) {
   const s = o.submissions || {};
   document.getElementById("card-verdicts").textContent = num(s.accepted || 0, 0) + " / " + num(s.rejected || 0, 0);
   document.getElementById("card-stale").textContent = num(o.buffer.dropped_stale, 0);
+  const waste = o.waste || {};
+  const card = document.getElementById("card-waste");
+  card.textContent = pct(waste.unused_share);
+  card.title = Object.entries(waste.causes || {}).filter(([, c]) => c.groups)
+    .map(([k, c]) => k + ": " + c.groups + " groups, " + num(c.worker_s, 0) + " worker-s").join("\n");
 }
 
 function renderWorkers(rows) {

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from coordinator.app import create_app
 from coordinator.config import LOOPBACK, CoordinatorConfig
 from coordinator.context import Context, build_context
+from coordinator.store import policy as policy_store
 from coordinator.store.schema import metadata
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, envelope_signing_bytes, seal
 from protocol.http import ServerThread
@@ -42,6 +43,7 @@ from protocol.messages import (
     Submission,
     Verdict,
 )
+from protocol.window import window_floor
 from tests.verdict_fixtures import passing_checks
 
 
@@ -181,13 +183,19 @@ class Swarm:
         return Verdict(submission_id=submission_id, accepted=accepted, full_check=full_check, checks=checks,
                        reason=reason, submission_sha256=sub_d, lease_sha256=lease_d)
 
-    def batch(self, max_groups: int = 64, min_version: int = 0, wait_s: float = 0.0) -> httpx.Response:
+    def batch(self, max_groups: int = 64, min_version: int | None = None, wait_s: float = 0.0) -> httpx.Response:
+        """POST /v1/trainer/batch; `min_version` None: the async window's floor (a trainer whose
+        staleness limit is the window; the coordinator keeps groups down to the floor asked for)."""
+        if min_version is None:
+            with self.ctx.db.read() as conn:
+                min_version = window_floor(policy_store.current(conn), self.cfg.async_window)
         return self.post("/v1/trainer/batch", KIND_BATCH_REQUEST,
                          BatchRequest(max_groups=max_groups, min_policy_version=min_version, wait_s=wait_s),
                          self.operator)
 
-    def ack(self, submission_ids: list[str]) -> httpx.Response:
-        return self.post("/v1/trainer/ack", KIND_BATCH_ACK, BatchAck(submission_ids=submission_ids), self.operator)
+    def ack(self, submission_ids: list[str], unused: dict[str, str] | None = None) -> httpx.Response:
+        return self.post("/v1/trainer/ack", KIND_BATCH_ACK, BatchAck(submission_ids=submission_ids,
+                                                                      unused=unused or {}), self.operator)
 
     def stats(self) -> dict:
         return self.http.get("/v1/stats").json()

@@ -141,3 +141,31 @@ def test_a_claim_without_verdict_is_handed_out_again_after_its_ttl(swarm):
     assert swarm.claim() == []
     swarm.clock.advance(swarm.cfg.verification_claim_ttl_s + 1)
     assert [j.submission_id for j in swarm.claim()] == [sid]
+
+
+def _submitted_one_by_one(s, w, leases, latency_s: float) -> None:
+    """Each lease submitted `latency_s` after the previous one, and accepted at once."""
+    for lease in leases:
+        s.clock.advance(latency_s)
+        sid = s.submit(w, lease).json()["submission_id"]
+        s.claim()
+        assert s.verdict(sid, True).status_code == 200
+
+
+def test_lease_requests_are_sized_from_the_workers_measured_rate_and_the_version_rate(make_swarm):
+    """Issue 23 (`coordinator.rules.lease_size`): a new worker gets new_worker_leases; once its
+    submissions are measured, a worker that finishes a group every 5 s while versions come every
+    second (window 2: a lease has about 1.5 s) gets one lease at a time, and a fast one what it asks."""
+    s = make_swarm(limits={"burst": 1000})
+    s.publish(0)
+    slow, fast = s.new_worker(), s.new_worker()
+    first = s.lease(slow, 20)
+    assert len(first) == s.cfg.lease_sizing.new_worker_leases == 8
+    _submitted_one_by_one(s, slow, first, latency_s=5.0)
+    _submitted_one_by_one(s, fast, s.lease(fast, 8), latency_s=0.01)
+    for v in range(1, 9):                              # the newest 8 versions: one a second
+        s.clock.advance(1.0)
+        assert s.publish(v).status_code == 200
+    assert len(s.lease(slow, 20)) == 1
+    assert len(s.lease(slow, 20)) == 0                 # it holds what it may hold
+    assert len(s.lease(fast, 20)) == 20

@@ -62,18 +62,40 @@ def test_a_cheap_verdict_that_arrives_after_a_later_clean_check_goes_straight_to
     assert sorted(groups(s)) == sorted([first, second])
 
 
-def test_a_ban_drops_every_held_group_so_none_of_a_turned_cheaters_work_is_trained(make_swarm):
-    s = make_swarm(check_rate=CHEAP)
+def held(s, n: int):
+    """A new worker whose `n` groups were accepted without a full check (held), and their ids."""
     s.publish(0)
     w = s.new_worker()
-    cheap = submit(s, w, 5)
+    cheap = submit(s, w, n)
     for sid in cheap:
         s.verdict(sid, True, full_check=False)
+    return w, cheap
+
+
+def test_a_ban_drops_every_held_group_so_none_of_a_turned_cheaters_work_is_trained(make_swarm):
+    s = make_swarm(check_rate=CHEAP)
+    w, cheap = held(s, 5)
     (caught,) = submit(s, w)
     assert s.verdict(caught, False, full_check=True, reason="proof: completion 0: ...").status_code == 200
     assert s.snapshot_worker(w)["status"] == "banned"
     assert {s.snapshot_submission(sid)["buffer"] for sid in cheap} == {"dropped"}
     assert groups(s) == []
+    waste = s.stats()["waste"]                  # issue 23: counted as waste, cause "ban"
+    assert waste["causes"]["ban"]["groups"] == 5 and waste["taken"] == 0
+
+
+def test_held_groups_that_go_stale_are_waste_of_their_own_cause(make_swarm):
+    """Issue 23: a group held for its worker's next clean check that falls below the buffer's
+    floor first is counted as stale_held, apart from the stale groups that were ready."""
+    s = make_swarm(check_rate=CHEAP)
+    _, waiting = held(s, 2)
+    for v in range(1, s.cfg.async_window + 2):
+        assert s.publish(v).status_code == 200
+    assert groups(s) == []
+    assert {s.snapshot_submission(sid)["buffer"] for sid in waiting} == {"stale"}
+    causes = s.stats()["waste"]["causes"]
+    assert causes["stale_held"]["groups"] == 2 and causes["stale"]["groups"] == 0
+    assert s.metric("swarmrl_coordinator_groups_unused_total", cause="stale_held") == 2
 
 
 def test_holding_can_be_switched_off(make_swarm):
@@ -199,3 +221,21 @@ def test_one_bad_completion_per_group_is_caught_by_the_worst_completion_drift(ma
         if s.snapshot_worker(w)["status"] == "banned":
             break
     assert n == 3 and "worst completions" in s.snapshot_worker(w)["ban_reason"]
+
+
+def test_held_groups_are_not_on_their_way_to_the_trainer_for_the_lease_bound(make_swarm):
+    """Issue 23 (`coordinator.rules.lease_size`): held groups wait for their worker's next
+    submissions, so they must not use up the swarm's room for leases (a bench run's leases
+    stopped for good when they did); ready ones and queued submissions do."""
+    from coordinator.store import submissions
+
+    s = make_swarm(check_rate=CHEAP)
+    w, _ = held(s, 3)
+    with s.ctx.db.read() as conn:
+        assert submissions.on_their_way(conn, 0) == 0
+    (checked,) = submit(s, w)
+    with s.ctx.db.read() as conn:
+        assert submissions.on_their_way(conn, 0) == 1            # queued for the verifier
+    assert s.verdict(checked, True, full_check=True).status_code == 200
+    with s.ctx.db.read() as conn:
+        assert submissions.on_their_way(conn, 0) == 4            # the clean check released the held three

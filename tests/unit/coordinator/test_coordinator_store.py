@@ -183,6 +183,43 @@ def test_migration_0006_keeps_a_leases_terms_only_in_its_envelope(tmp_path):
     db.dispose()
 
 
+def test_migration_0007_keeps_old_rows_waste_readable_from_their_buffer_state(tmp_path):
+    """Rows from before issue 23 have no `unused` cause: the waste report reads their buffer
+    state (stale -> stale, dropped -> ban); a downgrade removes the column and the index."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from coordinator.rules.waste import report
+    from coordinator.store import submissions
+
+    db, cfg = _old_database(tmp_path)
+    with db.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+        for i, (status, buf) in enumerate([("accepted", "stale"), ("dropped", "dropped"), ("accepted", "consumed")]):
+            conn.execute(text(
+                "INSERT INTO leases (lease_id, worker_id, task_index, task_id, status, issued_at, expires_at,"
+                " closed_at, envelope) VALUES (:l, 'w', :i, 't', 'submitted', 1.0, 9.0, 2.0, '{}')"),
+                {"l": f"l-{i}", "i": i})
+            conn.execute(text(
+                "INSERT INTO submissions (submission_id, lease_id, worker_id, task_id, task_index, policy_version,"
+                " status, full_check, rewards, advantages, reward_mean, n_tokens, content_hash, received_at, buffer)"
+                " VALUES (:s, :l, 'w', 't', :i, 0, :st, 1, '[]', '[]', 0.0, 10, :h, 2.0, :b)"),
+                {"s": f"s-{i}", "l": f"l-{i}", "i": i, "st": status, "h": f"h{i}", "b": buf})
+        conn.commit()
+        command.upgrade(cfg, "head")
+        conn.commit()
+        w = report(submissions.waste(conn), submissions.worker_spans(conn))
+        command.downgrade(cfg, "0006")
+        conn.commit()
+        cols = [r[1] for r in conn.execute(text("PRAGMA table_info(submissions)"))]
+        indexes = [r[1] for r in conn.execute(text("PRAGMA index_list(leases)"))]
+    assert (w["accepted"], w["taken"]) == (3, 1)
+    assert {k: c["groups"] for k, c in w["causes"].items() if c["groups"]} == {"stale": 1, "ban": 1}
+    assert "unused" not in cols and "ix_leases_worker_status_closed" not in indexes
+    db.dispose()
+
+
 def test_finished_archived_envelopes_leave_the_database_after_the_retention(swarm, tmp_path):
     from sqlalchemy import select
 

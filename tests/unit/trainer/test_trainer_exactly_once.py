@@ -47,8 +47,8 @@ class FaultyLink(CoordinatorLink):
             return BatchResponse(groups=[])
         return resp
 
-    def ack(self, submission_ids: list[str]) -> int:
-        return 0 if self.lose_acks else super().ack(submission_ids)
+    def ack(self, submission_ids: list[str], unused: dict[str, str] | None = None) -> int:
+        return 0 if self.lose_acks else super().ack(submission_ids, unused)
 
 
 class Origin:
@@ -78,10 +78,11 @@ def coordinator(tmp_path, tiny_model_dir):
         s.close()
 
 
-def _loop(s, data_dir, tiny_model, tiny_model_dir, trained: list[list[str]], max_versions: int) -> TrainerLoop:
+def _loop(s, data_dir, tiny_model, tiny_model_dir, trained: list[list[str]], max_versions: int,
+          max_staleness: int = 0) -> TrainerLoop:
     cfg = TrainerConfig(run_id=s.cfg.run_id, model=str(tiny_model_dir), data_dir=data_dir, groups_per_step=2,
-                        async_window=4, batch_wait_s=0.0, max_versions=max_versions,
-                        eval=EvalConfig(every_versions=0, at_start=False))
+                        async_window=s.cfg.async_window, max_staleness=max_staleness, batch_wait_s=0.0,
+                        max_versions=max_versions, eval=EvalConfig(every_versions=0, at_start=False))
     store = CheckpointStore(data_dir, keep=6)
     tok = load_tokenizer(str(tiny_model_dir))
     if not store.complete_versions():
@@ -105,8 +106,9 @@ def _loop(s, data_dir, tiny_model, tiny_model_dir, trained: list[list[str]], max
                        should_stop=lambda: False)
 
 
-def _accepted_groups(s, n: int) -> list[str]:
-    """`n` verified groups whose completions differ in reward (so none is dropped for zero advantage)."""
+def _accepted_groups(s, n: int, version: int = 0, signal: bool = True) -> list[str]:
+    """`n` verified groups of policy `version` whose completions differ in reward (so none is
+    dropped for zero advantage; `signal=False`: every completion is wrong, zero advantage)."""
     w = s.new_worker()
     sids = []
     for lease in s.lease(w, n):
@@ -115,9 +117,9 @@ def _accepted_groups(s, n: int) -> list[str]:
         answer = s.ctx.tasks.tokenizer(s.ctx.tasks.task(index).answer, add_special_tokens=False)["input_ids"]
         comps = []
         for i in range(len(lease.seeds)):
-            toks = (answer if i == 0 else [5, 6 + i]) + [lease.eos_token_id]
+            toks = (answer if i == 0 and signal else [5, 6 + i]) + [lease.eos_token_id]
             comps.append(Completion(token_ids=toks, finish_reason="eos", proof=proof_for(len(toks))))
-        r = s.submit(w, lease, completions=comps)
+        r = s.submit(w, lease, completions=comps, version=version)
         assert r.status_code == 200, r.text
         sids.append(r.json()["submission_id"])
     s.claim()
@@ -153,7 +155,8 @@ def test_groups_lost_on_the_way_come_back_and_every_group_is_trained_exactly_onc
     assert set(second.trained) == set(seen)            # what version 1 trained, read back from its state.json
     second.run()
     # the lost two come back and are trained; the two whose ack was lost come back too and are
-    # recognised (acknowledged, not trained); then the new two
+    # recognised (acknowledged, not trained); then the new two (all of version 0: within one
+    # version, batches come in the order of acceptance)
     assert second.version == 3 and [sorted(t) for t in trained[1:]] == [sorted(lost), sorted(more)]
     counts = Counter(g for step in trained for g in step)
     assert sorted(counts) == sorted(groups + more) and set(counts.values()) == {1}
@@ -185,3 +188,35 @@ def test_a_group_left_in_the_inbox_by_a_crash_after_its_version_was_saved_is_not
     second.run()
     assert len(trained) == 2 and sorted(trained[1]) == sorted(more)
     assert list(second.inbox.root.glob("*.json")) == []
+
+
+def test_late_groups_within_the_staleness_limit_are_trained_and_unused_ones_are_reported(
+        tmp_path, tiny_model, tiny_model_dir):
+    """Issue 23. Async window 1, trainer staleness limit 3: two groups of version 0 accepted while
+    version 1 is current (at the floor: their last chance first) and two of version 1 are both
+    trained; before issue 23 the version-0 ones were dropped as stale once version 2 came and
+    this run never finished. A zero-advantage group is acknowledged as unused, and the
+    coordinator's waste report counts it and nothing stale."""
+    s = start_swarm(tmp_path / "coord", tiny_model_dir, batch_ack_timeout_s=ACK_TIMEOUT_S, async_window=1,
+                    lease_sizing={"enabled": False})  # this test leases by hand, ahead of the trainer
+    s.clock.t = __import__("time").time()
+    try:
+        trained: list[list[str]] = []
+        data = tmp_path / "trainer"
+        first = _loop(s, data, tiny_model, tiny_model_dir, trained, max_versions=1, max_staleness=3)
+        first.announce()
+        early = _accepted_groups(s, 2)
+        (flat,) = _accepted_groups(s, 1, signal=False)
+        first.run()
+        assert first.version == 1 and sorted(trained[0]) == sorted(early)
+        late = _accepted_groups(s, 2, version=0)       # leased at version 1, made with version 0
+        fresh = _accepted_groups(s, 2, version=1)
+        second = _loop(s, data, tiny_model, tiny_model_dir, trained, max_versions=3, max_staleness=3)
+        second.run()
+        assert [sorted(t) for t in trained[1:]] == [sorted(late), sorted(fresh)]
+        waste = s.stats()["waste"]
+        assert (waste["accepted"], waste["taken"]) == (7, 6)
+        assert {k: c["groups"] for k, c in waste["causes"].items() if c["groups"]} == {"zero_advantage": 1}
+        assert s.snapshot_submission(flat)["buffer"] == "consumed" and waste["stale_share"] == 0.0
+    finally:
+        s.close()

@@ -1,0 +1,142 @@
+"""Lease sizing: how many leases a worker may hold, so that the work handed out can be
+submitted, verified and taken by the trainer before it falls below the buffer's floor
+(issue 23: in a 2.5-minute demo, three in ten verified groups were dropped as stale).
+
+The rule (`leases_allowed`, a pure function of the measurements it is given):
+
+    budget  = staleness x version interval - verification time - margin
+              (how long a group leased now has before the trainer's floor passes its version:
+              `staleness` versions, each `interval` seconds apart, less the time a submission
+              waits for its verdict and a safety margin)
+    rate    = the worker's recent throughput: its newest `history` submitted leases divided by
+              the span from the first one's issue to the last one's submission
+    own     = rate x budget leases, at least 1 and at most `max_leases`
+    room    = what the trainer takes per version x min(staleness + 1, demand_steps) - the
+              groups already on their way (active leases, queued submissions, the buffer
+              above the floor)
+    allowed = min(own, what it holds + room); with no room left, what it holds (it waits
+              for the trainer: a lease more would only make a group that goes stale), but
+              one lease when nothing at all is on its way
+
+The first bound keeps a worker from taking more than it can finish in time; the second keeps
+the swarm from making more than the trainer can take in time (workers that together outrun the
+trainer would otherwise fill the buffer with groups that go stale: in bench/learning.py on a
+busy machine, 60% of the accepted groups did). `demand_steps` (2) is small on purpose: a
+buffer that holds more than a step or two of surplus is drained by staleness, not by the
+trainer, and a drained group frees room for the next one to go stale; with a step's worth in
+the pipeline and a step's worth waiting, the trainer takes fresh groups and rarely waits.
+What the trainer takes per version is every group it
+acknowledged divided by the versions it published: its step size (with what it filters), however
+short of groups the swarm is (a per-version count of groups *of* recent versions is not: when
+versions outrun the swarm a version has none of its own, the bound shrinks, and the trainer
+starves; bench/learning saw that). Before `demand_versions` versions there is no second bound.
+
+A worker with fewer than `min_history` submitted leases is new: it may hold `new_worker_leases`
+until its rate is known. A worker that falls behind (slower submissions, or faster versions)
+measures a lower rate or a shorter budget and gets fewer leases, never none: one lease keeps
+measuring it, and costs at most one group. Before the trainer has published `min_versions`
+versions there is no interval to fit and only `max_leases` applies.
+
+Collaborators: `coordinator.service.work.lease` reads the measurements (the worker's newest
+submitted leases, the newest versions' arrival times, recent verification times, the buffer's
+floor) and caps each lease request with the result (`rules.leasing.leases_to_issue`); `coordinator.config.LeaseSizingConfig` holds
+the knobs. The measurements are the coordinator's own clock: nothing a worker reports.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SizingTerms:
+    """The knobs (from `coordinator.config.LeaseSizingConfig`)."""
+
+    enabled: bool = True
+    history: int = 16              # newest submitted leases of a worker that measure its rate
+    min_history: int = 4           # submitted leases before a worker's rate counts
+    new_worker_leases: int = 8     # what a worker holds before its rate is known
+    min_versions: int = 3          # versions before the interval counts
+    margin_s: float = 0.5          # slack for the trainer's take and the network
+    demand_versions: int = 1       # versions before what the trainer takes per version counts
+    demand_steps: float = 2.0      # steps' worth of groups the swarm may have on their way to the trainer
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What the trainer can take, and what is already on its way to it."""
+
+    per_version: float             # groups the trainer takes per version (all it acknowledged / versions)
+    in_flight: int                 # active leases + queued submissions + unconsumed groups above the floor
+
+    def room(self, staleness: int, steps: float) -> float:
+        """Groups that may still be leased now and taken before they go stale."""
+        return self.per_version * min(staleness + 1, steps) - self.in_flight
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The decision and what it came from (for logs and tests)."""
+
+    allowed: int                   # leases the worker may hold in all
+    budget_s: float | None         # None: no version interval yet
+    rate: float | None             # groups per second; None: not enough history
+    why: str
+
+
+def version_interval(arrivals: Sequence[float], now: float) -> float | None:
+    """Seconds between versions from the newest arrival times (ascending): their mean gap, or the
+    time since the newest when that is longer (a trainer waiting for data gives more time)."""
+    if len(arrivals) < 2:
+        return None
+    mean = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)
+    return max(mean, now - arrivals[-1])
+
+
+def worker_rate(leases: Sequence[tuple[float, float]]) -> float | None:
+    """Groups per second from (issued_at, submitted_at) of a worker's newest submitted leases."""
+    if not leases:
+        return None
+    span = max(s for _, s in leases) - min(i for i, _ in leases)
+    return len(leases) / span if span > 0 else None
+
+
+def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float],
+                   staleness: int, verify_s: Sequence[float], demand: Demand | None, now: float,
+                   terms: SizingTerms) -> Sizing:
+    """How many leases a worker may hold now (see the module docstring for the rule).
+
+    `held`: its active leases; `recent`: (issued_at, submitted_at) of its newest submitted
+    leases; `arrivals`: arrival times of the newest policy versions, ascending; `staleness`:
+    versions a group may lag when the trainer takes it (current - the buffer's floor);
+    `verify_s`: recent submission-to-verdict times (their median is used); `demand`: what the
+    trainer takes and what is on its way (None: not measured yet)."""
+    if not terms.enabled:
+        return Sizing(max_leases, None, None, "lease sizing off")
+    own = _own(max_leases, recent, arrivals, staleness, verify_s, now, terms)
+    if demand is None:
+        return own
+    room = max(0, math.floor(demand.room(staleness, terms.demand_steps)))
+    if held + room >= own.allowed:
+        return own
+    allowed = max(1, held + room) if demand.in_flight == 0 else held + room
+    return Sizing(allowed, own.budget_s, own.rate,
+                  f"the trainer takes {demand.per_version:.1f} groups a version; {demand.in_flight} on their way")
+
+
+def _own(max_leases: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float], staleness: int,
+         verify_s: Sequence[float], now: float, terms: SizingTerms) -> Sizing:
+    """The first bound: what this worker can finish in time."""
+    if len(recent) < terms.min_history:
+        return Sizing(min(max_leases, terms.new_worker_leases), None, None, "new worker")
+    interval = version_interval(arrivals, now) if len(arrivals) >= terms.min_versions else None
+    rate = worker_rate(recent)
+    if interval is None or rate is None:
+        return Sizing(max_leases, None, rate, "no version interval yet")
+    verify = statistics.median(verify_s) if verify_s else 0.0
+    budget = max(1, staleness) * interval - verify - terms.margin_s
+    allowed = max(1, min(max_leases, math.floor(rate * budget))) if budget > 0 else 1
+    return Sizing(allowed, budget, rate, f"{rate:.2f} groups/s x {budget:.1f} s")
