@@ -2,6 +2,7 @@
 
     python bench/cross_hardware.py                      # ~1,000 honest completions per judge, attacks
     python bench/cross_hardware.py --completions 200 --per-attack 10
+    python bench/cross_hardware.py --engine vllm        # the workers run the vLLM engine (CUDA graphs on)
 
 The verifier's thresholds were calibrated by bench/verification.py with workers and verifier on
 the same CPU. Real contributors generate on GPUs (other kernels, TF32, fused attention, bf16
@@ -63,8 +64,17 @@ class DeviceModels(H.DictModels):
         return self._cache[key]
 
 
+ENGINE = {"name": "transformers"}   # --engine: the workers' engine
+
+
 def cuda_engine(path: Path, version: int, dtype: str) -> TransformersEngine:
-    e = TransformersEngine(device="cuda", dtype=dtype)
+    if ENGINE["name"] == "vllm":   # several engines live at once here: a small share of the GPU each
+        from worker.config import VllmSettings
+        from worker.engines.vllm_engine import VllmEngine
+
+        e = VllmEngine(device="cuda", dtype=dtype, settings=VllmSettings(gpu_memory_utilization=0.08))
+    else:
+        e = TransformersEngine(device="cuda", dtype=dtype)
     e.load(path, version)
     return e
 
@@ -187,8 +197,11 @@ def main() -> None:
                                                            "in the shortfall section")
     ap.add_argument("--sections", nargs="+", default=["honest", "shortfalls", "attacks"],
                     choices=["honest", "shortfalls", "attacks"])
+    ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                    help="the GPU workers' engine")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "cross_hardware.json")
     args = ap.parse_args()
+    ENGINE["name"] = args.engine
     if not torch.cuda.is_available():
         sys.exit("bench/cross_hardware.py needs a CUDA GPU")
     print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; "

@@ -46,7 +46,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import httpx
 
-from coordinator.trainer.config import TrainerConfig
+from trainer.config import TrainerConfig
 from protocol.config import load_config
 from swarmrl.modelkit import DEMO_RECIPE, build_demo_model
 from swarmrl.procs import ProcessGroup, write_config

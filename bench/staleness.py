@@ -2,7 +2,7 @@
 
 bench/learning.py measures the whole swarm, where an async run's batches are 1-2 versions old
 but also differ in timing, placement and noise. This bench isolates the algorithm: one process
-runs the trainer's own step (`coordinator.trainer.step.run_step`, the decoupled GRPO loss, the
+runs the trainer's own step (`trainer.step.run_step`, the decoupled GRPO loss, the
 `WeightHistory` that recomputes behaviour log-probabilities) on rollouts it generates itself
 with the worker's engine and seeded sampler from policy version n - lag, scores them with the
 task's scorer, drops zero-advantage groups as the trainer does, and evaluates held-out greedy
@@ -55,11 +55,12 @@ def run(model_dir: str, mode: str, seed: int, versions: int, eval_tasks: int) ->
     import torch
 
     from coordinator.taskbook import TaskBook
-    from coordinator.trainer.advantages import filter_groups, group_advantages
-    from coordinator.trainer.config import LossConfig, TrainerConfig
-    from coordinator.trainer.evaluate import accuracy
-    from coordinator.trainer.history import WeightHistory
-    from coordinator.trainer.step import StepOptions, run_step
+    from coordinator.rules.advantages import group_advantages
+    from trainer.filtering import filter_groups
+    from trainer.config import LossConfig, TrainerConfig
+    from trainer.evaluate import accuracy
+    from trainer.history import WeightHistory
+    from trainer.step import StepOptions, run_step
     from protocol.lm import load_model, load_tokenizer
     from protocol.messages import TrainingGroup
     from protocol.tasks import get_source

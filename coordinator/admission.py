@@ -32,6 +32,7 @@ from coordinator.rules.limits import RateLimiter
 from protocol import routes
 from protocol.guard import Arrival, Guard, Networks, Refusal, ServerLimits, address_key
 from protocol.messages import MAX_ID_CHARS, MAX_LEASES_PER_REQUEST
+from protocol.proof import max_proof_b64_chars
 
 ENVELOPE = 1024              # kind, signer, timestamp, nonce, signature and JSON punctuation
 SMALL = 4 * 1024             # lease/claim/batch requests, eval reports: a few numbers
@@ -42,16 +43,10 @@ OTHER_CAP = 1024             # GETs and unknown routes carry no body worth readi
 COMPLETION_KEYS = 96         # {"finish_reason":"length","proof":"","token_ids":[]} and separators
 
 
-def proof_b64_chars(max_tokens: int) -> int:
-    """Base64 characters of the largest proof of `max_tokens` tokens (258 bytes per 32-token
-    chunk; the same bound as protocol.messages.MAX_PROOF_B64_CHARS)."""
-    return 4 * ((max_tokens // 32 + 1) * 258 + 64) // 3 + 8
-
-
 def submission_cap(group_size: int, max_tokens: int, vocab_size: int) -> int:
     """The largest honest submission of this run, in bytes, with room for spaces after commas."""
     per_token = len(str(max(1, vocab_size - 1))) + 2
-    completion = max_tokens * per_token + proof_b64_chars(max_tokens) + COMPLETION_KEYS
+    completion = max_tokens * per_token + max_proof_b64_chars(max_tokens) + COMPLETION_KEYS
     claimed_rewards = 26 * group_size
     return ENVELOPE + 1024 + group_size * completion + claimed_rewards
 

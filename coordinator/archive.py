@@ -1,7 +1,7 @@
 """The Parquet archive of submissions and verdicts, by policy version, for auditors.
 
-Layout under `<data_dir>/archive/` (one folder per policy version, zero-padded so that a
-listing sorts; no `key=value` folder names, so readers never confuse a folder with a column):
+The layout and the schemas are the protocol's (`protocol.archive`, read by `verifier.audit`);
+under `<data_dir>/archive/`:
 
     submissions/v000012/part-<first received_at in ms>-<first submission id>.parquet
     verdicts/v000012/part-<first decided_at in ms>-<first submission id>.parquet
@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -44,23 +43,17 @@ import pyarrow.parquet as pq
 from coordinator.metrics import Metrics
 from coordinator.store import submissions
 from coordinator.store.db import Database
-from shardcast.layout import fsync_dir
+from protocol import durable
+from protocol.archive import (
+    SUBMISSIONS,
+    SUBMISSIONS_SCHEMA,
+    VERDICTS,
+    VERDICTS_SCHEMA,
+    part_name,
+    table_folder,
+)
 
 log = logging.getLogger("swarmrl.coordinator")
-
-SUBMISSIONS_SCHEMA = pa.schema([
-    ("submission_id", pa.string()), ("lease_id", pa.string()), ("worker_id", pa.string()),
-    ("task_id", pa.string()), ("task_index", pa.int64()), ("policy_version", pa.int64()),
-    ("n_tokens", pa.int64()), ("received_at", pa.float64()), ("full_check", pa.bool_()),
-    ("rewards", pa.list_(pa.float64())), ("advantages", pa.list_(pa.float64())),
-    ("submission_envelope", pa.string()), ("lease_envelope", pa.string()),
-])
-VERDICTS_SCHEMA = pa.schema([
-    ("submission_id", pa.string()), ("worker_id", pa.string()), ("policy_version", pa.int64()),
-    ("status", pa.string()), ("reason", pa.string()), ("full_check", pa.bool_()),
-    ("decided_at", pa.float64()), ("verdict_envelope", pa.string()),
-])
-
 
 class Archiver:
     def __init__(self, db: Database, root: Path, metrics: Metrics | None = None, *, interval_s: float = 5.0,
@@ -114,8 +107,8 @@ class Archiver:
                 "submission_envelope": [r.envelope for r in group],
                 "lease_envelope": [r.lease_envelope for r in group],
             }
-            name = f"part-{int(group[0].received_at * 1000)}-{group[0].submission_id}.parquet"
-            self._write("submissions", version, name, pa.table(cols, schema=SUBMISSIONS_SCHEMA))
+            name = part_name(group[0].received_at, group[0].submission_id)
+            self._write(SUBMISSIONS, version, name, pa.table(cols, schema=SUBMISSIONS_SCHEMA))
         with self.db.write() as conn:
             submissions.mark_archived(conn, [r.submission_id for r in rows], "archived")
         self._count("submissions", len(rows))
@@ -137,8 +130,8 @@ class Archiver:
                 "decided_at": [float(r.decided_at) for r in group],
                 "verdict_envelope": [r.verdict or "" for r in group],
             }
-            name = f"part-{int(group[0].decided_at * 1000)}-{group[0].submission_id}.parquet"
-            self._write("verdicts", version, name, pa.table(cols, schema=VERDICTS_SCHEMA))
+            name = part_name(group[0].decided_at, group[0].submission_id)
+            self._write(VERDICTS, version, name, pa.table(cols, schema=VERDICTS_SCHEMA))
         with self.db.write() as conn:
             submissions.mark_archived(conn, [r.submission_id for r in rows], "verdict_archived")
         self._count("verdicts", len(rows))
@@ -148,18 +141,14 @@ class Archiver:
         """Write one Parquet file durably: its bytes, then the rename (and a folder made for it)
         are fsynced before the caller marks its rows archived, so a power loss cannot leave rows
         marked archived whose file is gone."""
-        folder = self.root / table / f"v{version:06d}"
+        folder = table_folder(self.root, table, version)
         made = [p for p in (self.root, folder.parent, folder) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / name
-        tmp = folder / f".{name}.tmp"
-        pq.write_table(data, tmp, compression="zstd")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(folder)
+        with durable.atomic_path(final) as tmp:
+            pq.write_table(data, tmp, compression="zstd")
         for p in reversed(made):  # a new folder's own entry lives in its parent
-            fsync_dir(p.parent)
+            durable.fsync_dir(p.parent)
         return final
 
     def _count(self, table: str, n: int) -> None:

@@ -10,8 +10,7 @@ accepted one can never be replayed, even across a restart.
 
 `open_signed` is `protocol.envelope.open_envelope` with its errors turned into HTTP answers.
 The opened envelope keeps the canonical bytes of the body that the signature covers
-(`Opened.canonical_body`): intake takes the submission's training payload from them
-(`group_json`) instead of encoding 4,000 token ids a second time.
+(`Opened.canonical_body`), so intake digests it without encoding it a second time.
 
 Parsing, canonical encoding and the signature check of a large body take ~30 ms per MB of
 CPU, each in one C call that holds the GIL. A body over `INLINE_BYTES` is therefore first
@@ -37,7 +36,6 @@ import hmac
 import json
 import multiprocessing
 import os
-import re
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -231,23 +229,6 @@ def is_operator(authorization: str | None, token: str) -> bool:
         raise Unauthorized("bad_operator_token", "the Authorization header does not hold the operator token; "
                                                   "send 'Authorization: Bearer <token>' or no header for the public view")
     return True
-
-
-# In canonical JSON a completion is {"finish_reason":"...","proof":"<base64>","token_ids":[...]}.
-_COMPLETION = re.compile(rb'\{"finish_reason":"(eos|length)","proof":"[A-Za-z0-9+/=]*","token_ids":(\[[0-9,]*\])\}')
-
-
-def group_json(canonical_body: bytes, n_completions: int) -> str | None:
-    """The compact training payload {"completions": [[ids]...], "finish_reasons": [...]} cut out
-    of a submission's canonical body, or None if it does not have the expected shape."""
-    start = canonical_body.find(b'"completions":[')
-    if start < 0:
-        return None
-    found = _COMPLETION.findall(canonical_body, start)
-    if len(found) != n_completions:
-        return None
-    return ('{"completions":[' + ",".join(ids.decode() for _, ids in found) + '],"finish_reasons":['
-            + ",".join('"' + r.decode() + '"' for r, _ in found) + "]}")
 
 
 def json_detail(detail: str) -> bytes:

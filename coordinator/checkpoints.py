@@ -2,10 +2,11 @@
 
 An archived rollout can be re-verified only against the exact weights it claims. The
 trainer's origin and the relays keep a few recent versions; this keeper makes the
-coordinator hold the ones the archive needs, under `<data_dir>/archive/`:
+coordinator hold the ones the archive needs, under `<data_dir>/archive/` (the layout is
+`protocol.archive`'s, which `verifier.audit` reads):
 
-    run.json                  what an auditor needs besides the rows: run id, the coordinator,
-                              operator and verifier keys, the task source and the tokenizer
+    run.json                  what an auditor needs besides the rows (`RunDescription`): run id,
+                              the coordinator, operator and verifier keys, the task source, the tokenizer
     checkpoints/v000012/      policy version 12: the checkpoint files and `.manifest.json`,
                               the operator-signed manifest (every file's sha256)
     checkpoints/.fetch/       downloads in progress (never read by auditors)
@@ -55,34 +56,22 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from coordinator.context import Context
-from coordinator.rules.buffer import window_floor
 from coordinator.store import policy
 from coordinator.store.schema import policy_versions, submissions
 from protocol.errors import ProtocolError
-from shardcast.layout import fsync_dir, write_atomic
+from protocol.messages import TaskSpec
+from protocol.window import window_floor
+from protocol.archive import (
+    CHECKPOINTS,
+    FETCH_DIR,
+    RUN_FILE,
+    RunDescription,
+    checkpoint_dir,
+    checkpoint_versions,
+)
+from protocol.durable import fsync_dir, write_atomic
 
 log = logging.getLogger("swarmrl.coordinator")
-
-RUN_FILE = "run.json"
-CHECKPOINTS = "checkpoints"
-FETCH_DIR = ".fetch"
-
-
-def version_dir(root: Path, version: int) -> Path:
-    """`<archive>/checkpoints/v000012` for version 12."""
-    return Path(root) / CHECKPOINTS / f"v{version:06d}"
-
-
-def archived_versions(root: Path) -> list[int]:
-    """Versions complete in `<archive>/checkpoints/` (a folder holding its signed manifest)."""
-    folder = Path(root) / CHECKPOINTS
-    out = []
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.name.startswith("v") and p.name[1:].isdigit() and (p / ".manifest.json").is_file():
-                out.append(int(p.name[1:]))
-    return sorted(out)
-
 
 def rejected_within_budget(rejected: set[int], kept: set[int], sizes: dict[int, int], *, max_versions: int,
                            max_bytes: int) -> tuple[set[int], list[int]]:
@@ -110,17 +99,16 @@ def retained(versions: list[int], *, keep_last: int, keep_every: int, pinned: se
 def write_run_description(ctx: Context, root: Path) -> Path:
     """Write `<archive>/run.json` atomically (rewritten at every start: keys may be rotated)."""
     cfg = ctx.cfg
-    doc = {
-        "format": 1, "run_id": cfg.run_id, "coordinator_key": ctx.key.public.hex, "operator_key": ctx.operator.hex,
-        "verifier_keys": sorted(ctx.verifier_keys), "model": str(cfg.model), "chat_template": cfg.chat_template,
-        "tasks": {"kind": cfg.tasks.kind, "seed": cfg.tasks.seed, "options": cfg.tasks.options},
-        "sampling": cfg.sampling.model_dump(), "group_size": cfg.group_size, "async_window": cfg.async_window,
-        "written_at": ctx.clock(),
-    }
+    doc = RunDescription(
+        run_id=cfg.run_id, coordinator_key=ctx.key.public.hex, operator_key=ctx.operator.hex,
+        verifier_keys=sorted(ctx.verifier_keys), model=str(cfg.model), chat_template=cfg.chat_template,
+        tasks=TaskSpec(kind=cfg.tasks.kind, seed=cfg.tasks.seed, options=dict(cfg.tasks.options)),
+        sampling=cfg.sampling.model_dump(), group_size=cfg.group_size, async_window=cfg.async_window,
+        written_at=ctx.clock())
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / RUN_FILE
-    write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, doc.to_json())
     return path
 
 
@@ -214,7 +202,7 @@ class CheckpointKeeper:
         announced, pinned, rejected = self._state()
         want = retained(announced, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every, pinned=pinned)
         want |= self._evidence(rejected, want)
-        have = set(archived_versions(self.root))
+        have = set(checkpoint_versions(self.root))
         for v in set(self._misses) - want:  # no rule wants it any more: forget its misses
             del self._misses[v]
         fetched = []
@@ -260,7 +248,7 @@ class CheckpointKeeper:
                             version, exc, self.give_up_after_s)
             return "missing"
         self._misses.pop(version, None)
-        dst = version_dir(self.root, version)
+        dst = checkpoint_dir(self.root, version)
         if dst.exists():  # archived meanwhile (another pass) — keep the first copy
             return "exists"
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -272,7 +260,7 @@ class CheckpointKeeper:
     def _remove(self, version: int) -> None:
         import shutil
 
-        folder = version_dir(self.root, version)
+        folder = checkpoint_dir(self.root, version)
         trash = folder.with_name(f".{folder.name}.deleting")
         os.replace(folder, trash)  # never leave a half-deleted folder that looks complete
         shutil.rmtree(trash, ignore_errors=True)

@@ -202,7 +202,10 @@ class CoordinatorConfig(BaseModel):
                     "rounding (verifier/thresholds.py says what each dtype's limits catch); [\"float32\"] is "
                     "the strictest")
     group_size: int = Field(8, ge=2, le=256, description="samples per task (GRPO group)")
-    async_window: int = Field(2, ge=0, description="leases allow policy versions current-k..current")
+    async_window: int = Field(2, ge=0, description="leases allow policy versions current-k..current (the run's one "
+                              "window setting: the trainer takes it from GET /v1/run)")
+    advantage_scale: bool = Field(True, description="advantages divide a group's centred rewards by their std (GRPO); "
+                                  "false = only centre them (Dr. GRPO); computed once, at intake")
     lease_ttl_s: float = Field(60.0, gt=0, description="a lease not submitted in this time is re-leased")
     check_rate: CheckRateConfig = Field(default_factory=CheckRateConfig)
     near_ties: NearTieConfig = Field(default_factory=NearTieConfig)

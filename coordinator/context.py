@@ -21,7 +21,6 @@ from typing import Any
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import ConfigError
 from coordinator.metrics import Metrics
-from coordinator.rules.intake import ProofCheck, codec_proof_check, default_proof_check
 from coordinator.rules.limits import RateLimiter
 from coordinator.store import meta
 from coordinator.store.db import Database, normalise_url
@@ -65,7 +64,6 @@ class Context:
     metrics: Metrics
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.SystemRandom)
-    proof_check: ProofCheck = default_proof_check
     groups: GroupSignal = field(default_factory=GroupSignal)
     identity_limiter: RateLimiter | None = None
     address_limiter: RateLimiter | None = None
@@ -112,7 +110,7 @@ def prepare_database(cfg: CoordinatorConfig) -> Database:
 
 def build_context(cfg: CoordinatorConfig, *, clock: Callable[[], float] = time.time,
                   rng: random.Random | None = None, tasks: TaskBook | None = None,
-                  proof_check: ProofCheck | None = None, metrics: Metrics | None = None) -> Context:
+                  metrics: Metrics | None = None) -> Context:
     """Open (and migrate) the database, load keys and the tokenizer: a ready Context."""
     operator = _public_key(cfg.operator_key, "operator_key")
     verifiers = frozenset(_public_key(k, "verifier key").hex for k in cfg.verifier_keys)
@@ -129,5 +127,4 @@ def build_context(cfg: CoordinatorConfig, *, clock: Callable[[], float] = time.t
         tasks = TaskBook.load(cfg.model, cfg.tasks.kind, cfg.tasks.seed, cfg.tasks.options, cfg.chat_template)
     return Context(cfg=cfg, db=db, key=key, operator=operator, verifier_keys=verifiers, tasks=tasks,
                    pow_seed=challenge, metrics=metrics or Metrics(), clock=clock,
-                   rng=rng or random.SystemRandom(),
-                   proof_check=proof_check or codec_proof_check(tasks.hidden_size))
+                   rng=rng or random.SystemRandom())

@@ -26,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.context import Context
 from coordinator.store import policy
+from protocol.durable import write_atomic
 from protocol.envelope import Envelope
 from shardcast.p2p import P2PError, P2PNode, libp2p_available, start_node
 
@@ -67,11 +67,8 @@ def start(ctx: Context) -> None:
     ctx.p2p = CoordinatorSwarm(node)
     port = node.multiaddrs[0].split("/tcp/", 1)[1].split("/", 1)[0] if node.multiaddrs else ""
     if cfg.p2p.listen_port == 0 and port.isdigit():
-        (Path(cfg.data_dir) / PORT_FILE).write_text(port + "\n")
-    path = _addr_file(ctx)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(node.multiaddrs))
-    os.replace(tmp, path)
+        write_atomic(Path(cfg.data_dir) / PORT_FILE, port + "\n", durable=False)
+    write_atomic(_addr_file(ctx), json.dumps(node.multiaddrs), durable=False)
     log.info("p2p: bootstrap peer of run %s at %s", cfg.run_id, ", ".join(node.multiaddrs))
 
 

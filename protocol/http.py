@@ -10,16 +10,15 @@ X-Forwarded-For handling is off for every app: its default trusts loopback, and 
 guard's `trusted_proxies` may name a client.
 
 Clients: `SignedClient` seals a body in an `Envelope`, POSTs it, and translates transport
-failures into the two errors callers handle: `Rejected` (the service answered 4xx: do not
-retry the same message) and `Unavailable` (no answer or 5xx: retry later with backoff).
+failures into the two errors callers handle (`protocol.errors`): `Rejected` (the service
+answered 4xx: do not retry the same message) and `Unavailable` (no answer or 5xx: retry
+later, with `protocol.retry.retry_call`).
 Error bodies are `{"detail": "<one clear line>"}` everywhere.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import random
 import socket
 import ssl
 import threading
@@ -30,27 +29,12 @@ from typing import Any, Callable, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from protocol.durable import write_atomic
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, seal
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, Rejected, Unavailable
 from protocol.identity import KeyPair
 
 R = TypeVar("R", bound=BaseModel)
-
-
-class Rejected(ProtocolError):
-    """The service refused the request (4xx). `status` and `detail` say why; `reason` is the
-    machine-readable cause when the service names one (the coordinator's `reason` codes)."""
-
-    def __init__(self, status: int, detail: str, retry_after_s: float | None = None, reason: str = ""):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
-        self.retry_after_s = retry_after_s
-        self.reason = reason
-
-
-class Unavailable(ProtocolError):
-    """The service could not be reached or failed (connection error, timeout, 5xx)."""
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -66,9 +50,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def write_port_file(path: Path, port: int) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{port}\n")
-    os.replace(tmp, path)
+    write_atomic(path, f"{port}\n", durable=False)
 
 
 def read_port_file(path: Path, timeout_s: float = 30.0) -> int:
@@ -236,6 +218,10 @@ class SignedClient:
         envs = ",".join(self._seal(kind, b).model_dump_json() for b in bodies)
         return parse_response(self._post_json(path, '{"envelopes":[' + envs + "]}", timeout_s), response)
 
+    def post_envelope(self, path: str, env: Envelope, response: type[R], timeout_s: float | None = None) -> R:
+        """POST an envelope sealed elsewhere (the trainer's operator-signed policy manifest)."""
+        return parse_response(self._post_json(path, env.model_dump_json(), timeout_s), response)
+
     def _seal(self, kind: str, body: BaseModel) -> Envelope:
         if self.key is None:
             raise ProtocolError("this client has no key to sign with")
@@ -261,12 +247,3 @@ class SignedClient:
             raise Unavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
         check_response(resp)
         return parse_response(resp, response) if response is not None else resp.json()
-
-
-def backoff_delays(base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None):
-    """Exponential backoff with full jitter: an endless iterator of sleep durations."""
-    r = rng or random.Random()
-    attempt = 0
-    while True:
-        yield r.uniform(0, min(cap_s, base_s * (2 ** attempt)))
-        attempt = min(attempt + 1, 30)

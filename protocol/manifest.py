@@ -18,6 +18,8 @@ from protocol.identity import KeyPair, PublicKey
 from protocol.messages import KIND_POLICY_MANIFEST, FileEntry, PolicyManifest, ShardEntry
 
 DEFAULT_SHARD_SIZE = 50 * 1024 * 1024
+MANIFEST_NAME = ".manifest.json"  # the file a stored checkpoint folder keeps its signed manifest in (hidden:
+                                  # `build_manifest` skips dot files, so it never lists itself)
 _READ = 1024 * 1024
 
 

@@ -15,12 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.envelope import Envelope
+from protocol.proof import max_proof_b64_chars
 
 # -- hard caps ----------------------------------------------------------------------------
 MAX_GROUP_SIZE = 256
 MAX_TOKENS_PER_SEQUENCE = 32_768
 MAX_LEASES_PER_REQUEST = 256
-MAX_PROOF_B64_CHARS = 4 * ((MAX_TOKENS_PER_SEQUENCE // 32 + 1) * 258 + 64) // 3 + 8
+MAX_PROOF_B64_CHARS = max_proof_b64_chars(MAX_TOKENS_PER_SEQUENCE)
 MAX_ID_CHARS = 128
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -218,8 +219,21 @@ class WorkerInfo(Strict):
     near_ties: int = Field(0, description="... of which were not the verifier's seeded argmax (within tolerance)")
 
 
+class TaskSpec(Strict):
+    """The run's task source, `protocol.tasks.get_source(kind, seed, options)`: the coordinator
+    leases its train split; the trainer evaluates each version on its held-out split."""
+
+    kind: str = Field(max_length=200, description="task source name, e.g. 'arithmetic' or 'reasoning_gym:<name>'")
+    seed: int = Field(description="seed of the task stream")
+    options: dict[str, Any] = Field(default_factory=dict, description="options passed to the task source")
+
+
 class RunInfo(Strict):
-    """`GET /v1/run`: what every party needs to join the run (served by the coordinator)."""
+    """`GET /v1/run`: what every party needs to join the run (served by the coordinator).
+
+    The run's own terms — `run_id`, `async_window`, `tasks` — are the coordinator's config and
+    nobody else's: the trainer takes them from here (and refuses to start when its own config
+    says otherwise)."""
 
     run_id: str
     coordinator_key: Hex64 = Field(description="signs leases")
@@ -236,6 +250,8 @@ class RunInfo(Strict):
     p2p_bootstrap: list[str] = Field(default_factory=list, max_length=16,
                                      description="libp2p multiaddrs of the run's bootstrap peers (the coordinator's "
                                                  "node first; empty: no swarm layer, HTTP only)")
+    tasks: TaskSpec | None = Field(default=None, description="the run's task source (None: not served; a trainer "
+                                                             "then needs its own tasks_kind)")
 
 
 # -- verifier <-> coordinator ---------------------------------------------------------------

@@ -54,6 +54,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from protocol.durable import fsync_dir
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
@@ -62,7 +63,7 @@ from shardcast.bounded import in_daemon_thread, short
 from shardcast.errors import FetchFailed, ShardcastError, VersionUnavailable
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions, ShardSink
 from shardcast.layout import (
-    MANIFEST_NAME, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
+    MANIFEST_NAME, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
 )
 from shardcast.partial import PartialCheckpoint

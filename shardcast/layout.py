@@ -1,4 +1,5 @@
-"""On-disk layout and durability helpers shared by the origin, the relay and the client.
+"""On-disk layout shared by the origin, the relay and the client (files are replaced with
+`protocol.durable`, the one atomic-write helper of every role).
 
 Every party keeps one folder per policy version, named by its decimal number, next to
 hidden work folders that are never served or loaded:
@@ -19,32 +20,10 @@ import os
 import shutil
 from pathlib import Path
 
+from protocol.durable import write_atomic
 from protocol.envelope import Envelope
+from protocol.manifest import MANIFEST_NAME
 
-MANIFEST_NAME = ".manifest.json"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
 
 
 def write_manifest(folder: Path, env: Envelope, *, durable: bool = True) -> None:

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol.durable import fsync_dir
 from protocol.envelope import Envelope
 from protocol.errors import MessageError, SignatureError
 from protocol.http import write_port_file
@@ -39,7 +40,7 @@ from shardcast.config import OriginConfig
 from shardcast.errors import PublishError
 from shardcast.hashing import build_manifest_parallel, checkpoint_files
 from shardcast.layout import (
-    clean_work_dirs, fsync_dir, read_manifest, remove_tree, version_dirs, versions_to_prune,
+    clean_work_dirs, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
 )
 from shardcast.metrics import NodeMetrics

@@ -20,10 +20,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from protocol.durable import fsync_dir
 from protocol.manifest import sha256_file
 from protocol.messages import PolicyManifest, ShardEntry
 from shardcast.errors import CorruptData
-from shardcast.layout import fsync_dir
 
 VERIFIED_LOG = ".verified"
 _READ = 1024 * 1024

@@ -66,10 +66,10 @@ def coordinator(config: Optional[Path] = ConfigOpt, set_: list[str] = SetOpt,
 @app.command()
 def trainer(config: Optional[Path] = ConfigOpt, set_: list[str] = SetOpt) -> None:
     """Run the trainer: GRPO steps on verified groups, publishing each policy version."""
-    from coordinator.trainer.config import TrainerConfig
+    from trainer.config import TrainerConfig
 
     cfg = _load(TrainerConfig, config, "SWARMRL_TRAINER_", set_, {})
-    from coordinator.trainer.main import run
+    from trainer.main import run
 
     _run(run, cfg)
 

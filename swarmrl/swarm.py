@@ -41,12 +41,12 @@ from coordinator.config import (
     SamplingConfig,
     TaskConfig,
 )
-from coordinator.trainer.config import EvalConfig, TrainerConfig
 from protocol.config import load_config
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig, RelayConfig
 from shardcast.p2p import P2PConfig, bootstrap_multiaddr, libp2p_available
 from swarmrl.procs import ProcessGroup, child_env, free_port, write_config
+from trainer.config import EvalConfig, TrainerConfig
 from verifier.config import VerifierConfig
 from worker.config import WorkerConfig
 
@@ -154,15 +154,15 @@ def plan_swarm(root: Path, model_dir: Path, s: SwarmSettings) -> SwarmPlan:
         group_size=s.group_size, async_window=s.async_window, limits=LimitsConfig(exempt_addresses=LOOPBACK),
         dashboard=DashboardConfig(operator_token_file=str(_operator_token_file(keys))),
         p2p=P2PConfig(**local, listen_host=HOST, listen_port=ports["p2p"])))
+    # The run's id, async window and task source are the coordinator's: the trainer takes them from GET /v1/run.
+    # The run's id, async window and task source are the coordinator's: the trainer takes them from GET /v1/run.
     configs["trainer"] = _write(s, "trainer", cfgdir, TrainerConfig(
-        run_id=run_id, coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),
+        coordinator_url=coord_url, key_file=keys / "operator.key", model=str(model_dir),
         data_dir=root / "trainer", port=0, threads=1, lr=s.lr, groups_per_step=s.groups_per_step,
-        updates_per_batch=s.updates_per_batch, grad_clip=s.grad_clip,
-        async_window=s.async_window, max_versions=s.max_versions,
+        updates_per_batch=s.updates_per_batch, grad_clip=s.grad_clip, max_versions=s.max_versions,
         origin=OriginConfig(host=HOST, port=ports["origin"], data_dir=root / "origin",
                             shard_size=1024 * 1024, keep_versions=s.keep_versions),
-        eval=EvalConfig(every_versions=s.eval_every, num_tasks=s.eval_tasks),
-        tasks_kind="arithmetic", tasks_seed=s.seed, tasks_options=s.task_options, max_eval_tokens=s.max_tokens))
+        eval=EvalConfig(every_versions=s.eval_every, num_tasks=s.eval_tasks), max_eval_tokens=s.max_tokens))
     configs["relay"] = _write(s, "relay", cfgdir, RelayConfig(
         upstreams=[origin_url], operator_key=operator.public.hex, host=HOST, port=ports["relay"],
         data_dir=root / "relay", keep_versions=s.keep_versions, run_id=run_id,

@@ -123,52 +123,59 @@ def _install_signals(stop: threading.Event) -> None:
 
 
 def _wait_for_run(client: Any, stop: threading.Event):
-    from protocol.http import Rejected, Unavailable, backoff_delays
+    """GET /v1/run, retried until the coordinator answers (None when stopped first)."""
+    from protocol.errors import Rejected, Stopped, Unavailable
     from protocol.messages import RunInfo
+    from protocol.retry import retry_call
     from protocol.routes import RUN
 
-    delays = backoff_delays(0.5, 10.0)
-    while not stop.is_set():
-        try:
-            return client.get(RUN, RunInfo)
-        except (Unavailable, Rejected) as exc:
-            wait = next(delays)
-            log.warning("waiting for the coordinator at %s: %s (retrying in %.1f s)", client.base_url, exc, wait)
-            stop.wait(wait)
-    return None
+    def waiting(exc: BaseException, wait: float) -> None:
+        log.warning("waiting for the coordinator at %s: %s (retrying in %.1f s)", client.base_url, exc, wait)
+
+    try:
+        return retry_call(lambda: client.get(RUN, RunInfo), "waiting for the run", stop,
+                          retry_on=(Unavailable, Rejected), cap_s=10.0, on_retry=waiting)
+    except Stopped:
+        return None
 
 
 def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
     """(The run's tokenizer, the policy version it came from): from the first version the
     relays offer (the tokenizer never changes within a run), or from `tokenizer_ref` if the
     checkpoint has none. None when stopped first."""
-    from protocol.errors import ProtocolError
-    from protocol.http import backoff_delays
+    from protocol.errors import ProtocolError, Stopped, Unavailable
     from protocol.lm import load_tokenizer
+    from protocol.retry import retry_call
     from verifier.errors import SetupError
 
-    delays = backoff_delays(0.5, 10.0)
-    version = info.current_policy_version
-    while not stop.is_set():
+    wanted = [info.current_policy_version]
+
+    def attempt():
+        version = wanted[0]
         try:
-            if version is None:
+            while version is None:
+                if stop.is_set():
+                    raise Stopped("stopped while waiting for a policy version")
                 version = sc.wait_for_version(None, 5.0)
-            if version is None:
-                continue
             path = Path(sc.fetch(version))
-            try:
-                return load_tokenizer(str(path)), version
-            except (OSError, ValueError) as exc:
-                if not info.tokenizer_ref:
-                    raise SetupError(f"policy version {version} has no tokenizer ({exc}) and the coordinator "
-                                     "advertises no tokenizer_ref") from exc
-                log.info("version %d has no tokenizer (%s); using %s", version, exc, info.tokenizer_ref)
-                return load_tokenizer(info.tokenizer_ref), version
-        except SetupError:
+        except Stopped:
             raise
         except ProtocolError as exc:
-            version = None  # that one may be gone: take the newest the relays announce
-            wait = next(delays)
-            log.warning("waiting for a policy version: %s (retrying in %.1f s)", exc, wait)
-            stop.wait(wait)
-    return None
+            wanted[0] = None  # that one may be gone: take the newest the relays announce
+            raise Unavailable(f"policy version {version}: {exc}") from exc
+        try:
+            return load_tokenizer(str(path)), version
+        except (OSError, ValueError) as exc:
+            if not info.tokenizer_ref:
+                raise SetupError(f"policy version {version} has no tokenizer ({exc}) and the coordinator "
+                                 "advertises no tokenizer_ref") from exc
+            log.info("version %d has no tokenizer (%s); using %s", version, exc, info.tokenizer_ref)
+            return load_tokenizer(info.tokenizer_ref), version
+
+    def waiting(exc: BaseException, wait: float) -> None:
+        log.warning("waiting for a policy version: %s (retrying in %.1f s)", exc, wait)
+
+    try:
+        return retry_call(attempt, "waiting for a policy version", stop, cap_s=10.0, on_retry=waiting)
+    except Stopped:
+        return None

@@ -20,8 +20,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from protocol.errors import ProtocolError
-from protocol.http import backoff_delays
+from protocol.errors import ProtocolError, Stopped
+from protocol.retry import log_failures, retry_call
 from protocol.lm import load_model, reload_weights
 from verifier.errors import JobError
 
@@ -95,21 +95,17 @@ class Prefetcher:
         self._thread.join(timeout)
 
     def _loop(self) -> None:
-        delays = backoff_delays(0.5, 30.0)
         while not self.stop.is_set():
             try:
-                v = self.client.wait_for_version(self.newest, self.poll_s)
-                if v is not None:
-                    self.client.fetch(v)
-                    self.newest = v
-                    if self.on_version:
-                        self.on_version(v)
-                delays = backoff_delays(0.5, 30.0)
-            except ProtocolError as exc:
-                wait = next(delays)
-                log.warning("prefetch: %s (retrying in %.1f s)", exc, wait)
-                self.stop.wait(wait)
-            except OSError as exc:
-                wait = next(delays)
-                log.error("prefetch: cannot write the checkpoint cache: %s (retrying in %.1f s)", exc, wait)
-                self.stop.wait(wait)
+                retry_call(self._round, "prefetch", self.stop, retry_on=(ProtocolError, OSError), cap_s=30.0,
+                           on_retry=log_failures(log, "prefetch"))
+            except Stopped:
+                return
+
+    def _round(self) -> None:
+        v = self.client.wait_for_version(self.newest, self.poll_s)
+        if v is not None:
+            self.client.fetch(v)
+            self.newest = v
+            if self.on_version:
+                self.on_version(v)

@@ -13,8 +13,9 @@ asynchronous rollouts aged out of the training window while they waited.
 Collaborators: `verifier.main` builds it (key, coordinator client, run info, models,
 ledger, metrics); `verifier.app` reads its `status()` for /health.
 
-Failure handling: the coordinator down or failing (Unavailable) -> retry with exponential
-backoff and jitter, for ever, keeping a verdict not yet delivered; a verdict the coordinator
+Failure handling (`protocol.retry.retry_call`): the coordinator down or failing (Unavailable)
+or asking to wait (429) -> retry with exponential backoff and jitter (or its Retry-After), for
+ever, keeping a verdict not yet delivered; a verdict the coordinator
 refuses (4xx: already decided by another verifier, unknown submission) is logged and
 dropped; a job that cannot be judged now (JobError: its policy version cannot be had) gets
 no verdict and returns to the queue when the claim expires. `stop` ends the loop between
@@ -29,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from protocol.http import Rejected, SignedClient, Unavailable, backoff_delays
+from protocol.errors import Rejected, Stopped, Unavailable
+from protocol.http import SignedClient
 from protocol.identity import PublicKey
 from protocol.messages import (
     KIND_CLAIM,
@@ -40,6 +42,7 @@ from protocol.messages import (
     VerdictBatchResponse,
     VerificationJob,
 )
+from protocol.retry import retry_call
 from protocol.routes import VERDICTS, VERDICTS_BATCH, VERIFICATION_CLAIM
 from verifier.errors import JobError
 from verifier.judge import JudgeSettings
@@ -82,21 +85,22 @@ class VerifierService:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        delays = backoff_delays(0.5, 30.0)
         while not stop.is_set():
             try:
-                n = self.step(stop)
-                delays = backoff_delays(0.5, 30.0)
-                if n == 0:
-                    stop.wait(self.poll_interval_s)
-            except Unavailable as exc:
-                self._error("coordinator_unavailable", f"coordinator unavailable: {exc}")
-                stop.wait(next(delays))
-            except Rejected as exc:
-                hint = (" (is this verifier's key among the coordinator's verifier_keys?)"
-                        if exc.status in (401, 403) else "")
-                self._error("claim_rejected", f"claim refused: {exc.detail}{hint}")
-                stop.wait(next(delays))
+                n = retry_call(lambda: self.step(stop), "claiming jobs", stop, retry_on=(Unavailable, Rejected),
+                               cap_s=30.0, on_retry=self._claim_failed)
+            except Stopped:
+                return
+            if n == 0:
+                stop.wait(self.poll_interval_s)
+
+    def _claim_failed(self, exc: BaseException, wait: float) -> None:
+        if isinstance(exc, Rejected):
+            hint = (" (is this verifier's key among the coordinator's verifier_keys?)"
+                    if exc.status in (401, 403) else "")
+            self._error("claim_rejected", f"claim refused: {exc.detail}{hint}")
+        else:
+            self._error("coordinator_unavailable", f"coordinator unavailable: {exc}")
 
     def step(self, stop: threading.Event | None = None) -> int:
         """One claim and its jobs; returns how many jobs were claimed."""
@@ -183,17 +187,14 @@ class VerifierService:
         return True
 
     def _retrying(self, send: Callable[[], Any], what: str, stop: threading.Event | None) -> Any:
-        """`send()`, retried with backoff while the coordinator is unavailable; None when `stop`
-        is set after a failed attempt. Rejected (4xx) is the caller's to handle."""
-        delays = backoff_delays(0.5, 30.0)
-        while True:
-            try:
-                return send()
-            except Unavailable as exc:
-                self._error("verdict_unavailable", f"cannot deliver {what}: {exc}")
-                if stop is not None and stop.is_set():
-                    return None
-                (stop.wait if stop is not None else time.sleep)(next(delays))
+        """`send()`, retried while the coordinator is unavailable or asks to wait (429); None when
+        `stop` is set after a failed attempt. Rejected (4xx) is the caller's to handle."""
+        try:
+            return retry_call(send, f"delivering {what}", stop, cap_s=30.0, first_try_when_stopped=True,
+                              on_retry=lambda exc, wait: self._error("verdict_unavailable",
+                                                                     f"cannot deliver {what}: {exc}"))
+        except Stopped:
+            return None
 
     def _delivered(self, verdict: Verdict) -> None:
         self.metrics.verdicts.labels("accepted" if verdict.accepted else "rejected").inc()

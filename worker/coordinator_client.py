@@ -2,7 +2,7 @@
 
 Every method is one HTTP request with the paths of `protocol.routes` and the types of
 `protocol.messages`; state-changing ones are signed with the worker's key. The methods do
-not retry: the daemon wraps them in `worker.retry.retry_call` where waiting is right (run
+not retry: the daemon wraps them in `protocol.retry.retry_call` where waiting is right (run
 info, registration, leases, releases) and handles failures itself where it is not
 (heartbeats are fire-and-forget, submissions are retried from the spool).
 """

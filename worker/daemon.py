@@ -27,20 +27,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from protocol.http import Rejected, Unavailable
-from protocol.identity import KeyPair, PublicKey
 from protocol import dtypes
+from protocol.errors import Rejected, Stopped, Unavailable
+from protocol.identity import KeyPair, PublicKey
 from protocol.messages import Lease, Registration, RunInfo
 from protocol.pow import solve_pow
+from protocol.retry import Reachability, retry_call
 from worker.config import WorkerConfig
 from worker.coordinator_client import CoordinatorClient
 from worker.engines.base import Engine
-from worker.errors import Banned, PolicyUnavailable, Stopped, WorkerError
+from worker.errors import Banned, PolicyUnavailable, WorkerError
 from worker.hardware import hardware_report, sequences_per_batch, tasks_per_lease_request
 from worker.housekeeping import Housekeeper
 from worker.leases import fallback_versions, open_lease, plan
 from worker.policy_sync import PolicySync
-from worker.retry import Reachability, retry_call
 from worker.rollout import generate_batch
 from worker.spool import Spool
 from worker.state import WorkerState

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable
 
-from protocol.http import Rejected, Unavailable
+from protocol.errors import Rejected, Unavailable
 from protocol.messages import Heartbeat, SubmissionStatus
 from worker.coordinator_client import CoordinatorClient
 from worker.spool import Spool

@@ -51,7 +51,7 @@ def run(cfg: WorkerConfig, engine: Engine | None = None) -> None:
     from worker.engines import make_engine
 
     if engine is None:
-        engine = make_engine(cfg.engine, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
+        engine = make_engine(cfg.engine, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads, vllm=cfg.vllm)
     daemon = Daemon(cfg, engine)
     old = _install_signals(daemon)
     live = live_view(daemon.state.snapshot, console) if console is not None else None

@@ -9,8 +9,8 @@ the first lease that allows it arrives: it is picked up within the async window 
 stalling generation.
 
 A download that fails (relays down, version pruned, corrupt bytes everywhere) is retried
-with backoff; a version that keeps failing is skipped in favour of the next one a lease
-allows. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
+with backoff (`protocol.retry.retry_call`); a version that keeps failing is skipped in favour
+of the next one a lease allows. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
 a version whose folder has gone is simply no longer `ready`.
 """
 
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from protocol.errors import ProtocolError
-from protocol.http import backoff_delays
-from worker.errors import PolicyUnavailable, Stopped
+from protocol.errors import ProtocolError, Stopped
+from protocol.retry import log_failures, retry_call
+from worker.errors import PolicyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,28 +100,27 @@ class PolicySync:
             return max(todo) if todo else None
 
     def _loop(self) -> None:
-        delays = backoff_delays(0.5, 15.0)
         while not self.stop.is_set():
-            target = self._next_target()
             try:
-                if target is None:
-                    self._poll_newest()
-                    delays = backoff_delays(0.5, 15.0)
-                    continue
-                self._fetch(target)
-                delays = backoff_delays(0.5, 15.0)
-            except ProtocolError as exc:
-                if target is not None:
-                    with self._cv:
-                        self._failed_at[target] = time.monotonic()
-                        self._cv.notify_all()
-                wait = next(delays)
-                log.warning("policy sync: %s (retrying in %.1f s)", exc, wait)
-                self.stop.wait(wait)
-            except OSError as exc:  # disk full, permissions: say so, keep trying
-                wait = next(delays)
-                log.error("policy sync: cannot write the checkpoint cache: %s (retrying in %.1f s)", exc, wait)
-                self.stop.wait(wait)
+                retry_call(self._round, "policy sync", self.stop, retry_on=(ProtocolError, OSError), cap_s=15.0,
+                           on_retry=log_failures(log, "policy sync"))
+            except Stopped:
+                return
+
+    def _round(self) -> None:
+        """Fetch the newest wanted version, or long-poll for a newer one when nothing is wanted.
+        A failed fetch is remembered, so the next round may pick an older allowed version."""
+        target = self._next_target()
+        if target is None:
+            self._poll_newest()
+            return
+        try:
+            self._fetch(target)
+        except ProtocolError:
+            with self._cv:
+                self._failed_at[target] = time.monotonic()
+                self._cv.notify_all()
+            raise
 
     def _poll_newest(self) -> None:
         with self._cv:
@@ -151,3 +150,4 @@ class PolicySync:
                 self._newest_known = version
             self._cv.notify_all()
         log.info("policy version %d ready (%.1f s)", version, time.monotonic() - started)
+

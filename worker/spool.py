@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol.durable import fsync_dir, write_atomic
 from protocol.messages import Submission
 
 log = logging.getLogger(__name__)
@@ -42,24 +42,8 @@ class SpoolEntry:
     submission_id: str = ""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, doc: dict, durable: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, separators=(",", ":"))
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if durable:
-        _fsync_dir(path.parent)
+def _write_doc(path: Path, doc: dict, durable: bool = True) -> None:
+    write_atomic(path, json.dumps(doc, separators=(",", ":")), durable=durable)
 
 
 class Spool:
@@ -80,7 +64,7 @@ class Spool:
     def put(self, submission: Submission, tokens: int, expires_at: float) -> SpoolEntry:
         entry = SpoolEntry(lease_id=submission.lease_id, submission=submission, tokens=tokens,
                            created_at=time.time(), expires_at=expires_at)
-        _write_atomic(self._path(PENDING, entry.lease_id), _to_doc(entry))
+        _write_doc(self._path(PENDING, entry.lease_id), _to_doc(entry))
         return entry
 
     def pending(self) -> list[SpoolEntry]:
@@ -100,16 +84,16 @@ class Spool:
         process crash loses nothing either way. This saves three fsyncs per submission."""
         doc = _to_doc(entry)
         doc["submission_id"] = submission_id
-        _write_atomic(self._path(AWAITING, entry.lease_id), doc, durable=False)
+        _write_doc(self._path(AWAITING, entry.lease_id), doc, durable=False)
         self._path(PENDING, entry.lease_id).unlink(missing_ok=True)
 
     def set_aside(self, entry: SpoolEntry, reason: str) -> None:
         """Refused for good: keep it under `rejected/` with the reason, never resend."""
         doc = _to_doc(entry)
         doc["reason"] = reason
-        _write_atomic(self._path(REJECTED, entry.lease_id), doc)
+        _write_doc(self._path(REJECTED, entry.lease_id), doc)
         self._path(PENDING, entry.lease_id).unlink(missing_ok=True)
-        _fsync_dir(self.root / PENDING)
+        fsync_dir(self.root / PENDING)
 
     def settle(self, entry: SpoolEntry) -> None:
         """Its verdict is known (credit counted): forget it."""

@@ -1,7 +1,7 @@
 """Sending spooled submissions, and turning the coordinator's answers into spool moves.
 
 `Submitter.flush` sends every entry of `spool/pending/` (oldest first), each sealed afresh,
-retrying network failures with backoff (`worker.retry`). What each answer means:
+retrying network failures with backoff (`protocol.retry`). What each answer means:
 
 | answer                                   | spool                  | counters                    |
 |------------------------------------------|------------------------|-----------------------------|
@@ -26,10 +26,10 @@ import logging
 import threading
 from typing import Callable
 
-from protocol.http import Rejected, Unavailable
+from protocol.errors import Rejected, Unavailable
 from protocol.messages import REASON_DUPLICATE_SUBMISSION
+from protocol.retry import Reachability, retry_call
 from worker.coordinator_client import CoordinatorClient
-from worker.retry import Reachability, retry_call
 from worker.spool import Spool, SpoolEntry
 from worker.state import WorkerState
 

@@ -13,13 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from coordinator.checkpoints import archived_versions
 from coordinator.context import Context
 from coordinator.dashboard import queries
 from coordinator.errors import NotFound
 from coordinator.service.join import worker_check_rate
 from coordinator.service.upkeep import state_counts
 from coordinator.store import meta, workers
+from protocol.archive import checkpoint_versions
 from protocol.rollout_view import rollout_view
 
 THROUGHPUT_WINDOW_S = 60.0
@@ -41,7 +41,7 @@ def overview(ctx: Context) -> dict[str, Any]:
             "leases": s["leases"], "submissions": s["submissions"], "verification_queue": queued,
             "buffer": {"depth": s["buffer_depth"], "dropped_stale": dropped}, "tasks_returned": s["tasks_returned"],
             "relays": list(cfg.relays), "archive": {"enabled": cfg.archive, "path": str(_archive_root(ctx)),
-                                                     "checkpoints": archived_versions(_archive_root(ctx))}}
+                                                     "checkpoints": checkpoint_versions(_archive_root(ctx))}}
 
 
 def worker_rows(ctx: Context) -> list[dict[str, Any]]:
@@ -76,7 +76,7 @@ def version_rows(ctx: Context, relays: list[dict[str, Any]], limit: int) -> dict
     with ctx.db.read() as conn:
         rows = queries.versions(conn, limit)
         counts = queries.by_version(conn, min((int(r.version) for r in rows), default=0))
-    kept = set(archived_versions(_archive_root(ctx)))
+    kept = set(checkpoint_versions(_archive_root(ctx)))
     reachable = [r for r in relays if r["reachable"]]
     out = []
     for r in rows:
@@ -172,7 +172,7 @@ def rollout(ctx: Context, submission_id: str) -> dict[str, Any]:
         "submission_id": r.submission_id, "status": r.status, "reason": r.reason, "buffer": r.buffer,
         "full_check": bool(r.full_check), "received_at": r.received_at, "decided_at": r.decided_at,
         "task_index": int(r.task_index), "n_tokens": int(r.n_tokens), "archived": bool(r.archived),
-        "checkpoint_archived": int(r.policy_version) in set(archived_versions(archive)),
+        "checkpoint_archived": int(r.policy_version) in set(checkpoint_versions(archive)),
         "audit_commands": [f"swarmrl audit show {r.submission_id} --archive {archive}",
                            f"swarmrl audit reverify {r.submission_id} --archive {archive}"],
     })

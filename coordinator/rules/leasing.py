@@ -1,7 +1,7 @@
 """Lease decisions: which policy versions a lease allows, its seeds, ids, and which task goes
 out next.
 
-- Allowed versions follow the async window: [max(0, current - window), current]. No lease is
+- Allowed versions follow the async window (`protocol.window.allowed_versions`). No lease is
   issued before the trainer has published version 0.
 - Seeds are drawn by the coordinator (63-bit, from the `rng` it is given), one per sample:
   a worker cannot choose them, so it cannot re-draw a sample until it likes the answer.
@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-
-
-def allowed_versions(current: int, window: int) -> tuple[int, int]:
-    return max(0, current - window), current
 
 
 def draw_seeds(rng: random.Random, n: int) -> list[int]:

@@ -14,7 +14,7 @@ from coordinator.rules.reputation import check_rate, effective_clean_checks
 from coordinator.service import require_worker, use_nonce
 from coordinator.store import policy, workers
 from protocol.envelope import Opened
-from protocol.messages import Heartbeat, Registration, RegistrationResponse, RunInfo, WorkerInfo
+from protocol.messages import Heartbeat, Registration, RegistrationResponse, RunInfo, TaskSpec, WorkerInfo
 from protocol.pow import epoch_challenge, pow_ok
 
 
@@ -35,7 +35,8 @@ def run_info(ctx: Context, current: int | None = None) -> RunInfo:
                    current_policy_version=current, async_window=cfg.async_window,
                    pow_challenge=pow_challenges(ctx, ctx.clock())[0], pow_difficulty=cfg.join.pow_difficulty,
                    tokenizer_ref=str(cfg.model), p2p_bootstrap=p2p.bootstrap_addrs(ctx),
-                   allowed_dtypes=list(cfg.allowed_dtypes))
+                   allowed_dtypes=list(cfg.allowed_dtypes),
+                   tasks=TaskSpec(kind=cfg.tasks.kind, seed=cfg.tasks.seed, options=dict(cfg.tasks.options)))
 
 
 def worker_check_rate(ctx: Context, w: Any) -> float:

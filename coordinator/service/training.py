@@ -23,13 +23,14 @@ from dataclasses import dataclass
 
 from coordinator.context import Context
 from coordinator.errors import Conflict, Invalid, Unauthorized
-from coordinator.rules.buffer import window_floor
 from coordinator.service import use_nonce
 from coordinator.store import meta, policy, submissions
+from protocol import rawjson
 from protocol.envelope import Envelope, Opened
 from protocol.errors import MessageError, SignatureError
 from protocol.manifest import open_manifest
 from protocol.messages import BatchAck, BatchAckResponse, BatchRequest, BatchResponse, PolicyInfo
+from protocol.window import window_floor
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -37,15 +38,14 @@ log = logging.getLogger("swarmrl.coordinator")
 @dataclass
 class Batch:
     """Groups taken from the buffer, each the JSON text of a `TrainingGroup`, assembled from
-    stored, validated pieces (a test checks they validate): the token ids are never decoded
-    and re-encoded on this path."""
+    stored, validated pieces (`protocol.rawjson`; a test checks they validate): the token ids
+    are never decoded and re-encoded on this path."""
 
     groups: list[str]
     dropped_stale: int = 0
 
     def to_json(self) -> bytes:
-        return ('{"groups":[' + ",".join(self.groups) + '],"dropped_stale":' + str(int(self.dropped_stale))
-                + "}").encode()
+        return rawjson.batch_response(self.groups, self.dropped_stale).encode()
 
     def to_response(self) -> BatchResponse:
         return BatchResponse.model_validate_json(self.to_json())
@@ -90,10 +90,11 @@ def ack(ctx: Context, opened: Opened[BatchAck]) -> BatchAckResponse:
 def _group(r) -> str:
     """The JSON of one `TrainingGroup`: small fields encoded here, the stored payload spliced in."""
     lease = json.loads(r.lease_envelope)["body"]
-    head = json.dumps({"submission_id": r.submission_id, "task_id": r.task_id, "worker_id": r.worker_id,
-                       "policy_version": int(r.policy_version), "prompt_token_ids": lease["prompt_token_ids"],
-                       "temperature": lease["sampling"]["temperature"]}, separators=(",", ":"))
-    return (head[:-1] + ',"rewards":' + r.rewards + ',"advantages":' + r.advantages + "," + r.group_json[1:])
+    return rawjson.training_group(
+        {"submission_id": r.submission_id, "task_id": r.task_id, "worker_id": r.worker_id,
+         "policy_version": int(r.policy_version), "prompt_token_ids": lease["prompt_token_ids"],
+         "temperature": lease["sampling"]["temperature"]},
+        rewards=r.rewards, advantages=r.advantages, payload=r.group_json)
 
 
 def post_policy(ctx: Context, env: Envelope) -> PolicyInfo:

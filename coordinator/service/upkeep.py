@@ -18,9 +18,9 @@ import logging
 from collections import Counter
 
 from coordinator.context import Context
-from coordinator.rules.buffer import window_floor
 from coordinator.service.join import worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, workers
+from protocol.window import window_floor
 
 log = logging.getLogger("swarmrl.coordinator")
 

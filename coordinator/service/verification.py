@@ -25,6 +25,7 @@ from coordinator.errors import Conflict, Invalid, NotFound
 from coordinator.rules import verdicts
 from coordinator.service import judged, use_nonce
 from coordinator.store import leases, submissions, workers
+from protocol import rawjson
 from protocol.envelope import Opened
 from protocol.messages import ClaimRequest, Verdict
 
@@ -33,20 +34,20 @@ log = logging.getLogger("swarmrl.coordinator")
 
 def claim(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
     """Claim jobs; returns the JSON of a `ClaimResponse`, assembled from the stored envelopes
-    without re-encoding them (they are large and already JSON)."""
+    without re-encoding them (they are large and already JSON: `protocol.rawjson`)."""
     now = ctx.clock()
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         rows = submissions.claim(conn, opened.envelope.signer, now, ctx.cfg.verification_claim_ttl_s,
                                  opened.body.max_jobs)
-    parts = []
+    jobs = []
     for r in rows:
         task = ctx.tasks.task(r.task_index)
-        head = json.dumps({"submission_id": r.submission_id, "worker_id": r.worker_id,
-                           "rewards": json.loads(r.rewards), "task_answer": task.answer,
-                           "task_kind": task.kind, "full_check": bool(r.full_check)}, separators=(",", ":"))
-        parts.append(head[:-1] + ',"lease":' + r.lease_envelope + ',"submission":' + r.envelope + "}")
-    return ('{"jobs":[' + ",".join(parts) + "]}").encode("utf-8")
+        jobs.append(rawjson.verification_job(
+            {"submission_id": r.submission_id, "worker_id": r.worker_id, "rewards": json.loads(r.rewards),
+             "task_answer": task.answer, "task_kind": task.kind, "full_check": bool(r.full_check)},
+            lease=r.lease_envelope, submission=r.envelope))
+    return rawjson.claim_response(jobs).encode("utf-8")
 
 
 def verdict_rules(cfg) -> verdicts.Rules:

@@ -10,19 +10,12 @@ from __future__ import annotations
 import json
 import logging
 
-from coordinator.auth import group_json
 from coordinator.context import Context
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.leasing import (
-    allowed_versions,
-    draw_seeds,
-    leases_to_issue,
-    new_id,
-    pick_returned,
-)
+from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, use_nonce
 from coordinator.service.join import worker_check_rate
@@ -40,6 +33,8 @@ from protocol.messages import (
     SubmissionStatus,
     SubmissionStatuses,
 )
+from protocol.rawjson import TrainingPayload
+from protocol.window import allowed_versions
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -85,9 +80,8 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
             env = seal(KIND_LEASE, body, ctx.key, now=now, run_id=cfg.run_id, audience=AUDIENCE_WORKER)
             envs.append(env)
             rows.append(dict(lease_id=body.lease_id, worker_id=worker_id, task_index=index, task_id=body.task_id,
-                             status="active", issued_at=now, expires_at=body.expires_at, min_version=lo,
-                             max_version=hi, n_seeds=len(body.seeds), max_tokens=sampling.max_tokens,
-                             eos_token_id=body.eos_token_id, envelope=env.model_dump_json()))
+                             status="active", issued_at=now, expires_at=body.expires_at,
+                             envelope=env.model_dump_json()))
         leases.insert_many(conn, rows)
         workers.count_leases(conn, issued={worker_id: len(rows)})
     ctx.metrics.leases.inc(len(envs))
@@ -128,7 +122,7 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
         row = leases.get(conn, sub.lease_id)
         if row is None:
             raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
-        intake.check_lease(_lease_facts(row), worker_id, now)  # again: it may have closed meanwhile
+        intake.check_lease(row, worker_id, now)  # again: it may have closed meanwhile
         chash = intake.content_hash(sub.completions)
         other = submissions.content_exists(conn, row.task_id, chash)
         if other is not None:
@@ -136,14 +130,12 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
                                                    f"{row.task_id} (submission {other})")
         rate = worker_check_rate(ctx, worker)
         sid = submission_id_for(row.lease_id)
-        group = group_json(opened.canonical_body, len(sub.completions)) \
-            or json.dumps({"completions": [c.token_ids for c in sub.completions],
-                           "finish_reasons": [c.finish_reason for c in sub.completions]}, separators=(",", ":"))
+        group = TrainingPayload.of(sub).model_dump_json()  # what each TrainingGroup of it will carry
         submissions.insert(conn, dict(
             submission_id=sid, lease_id=row.lease_id, worker_id=worker_id, task_id=row.task_id,
             task_index=row.task_index, policy_version=sub.policy_version, status="queued",
             full_check=full_check(rate, ctx.rng.random()), rewards=json.dumps(rewards),
-            advantages=json.dumps(group_advantages(rewards)), reward_mean=sum(rewards) / len(rewards),
+            advantages=json.dumps(group_advantages(rewards, ctx.cfg.advantage_scale)), reward_mean=sum(rewards) / len(rewards),
             n_tokens=n_tokens, content_hash=chash, received_at=now,
             envelope_sha256=envelope_digest(opened.envelope, opened.canonical_body)),
             envelope=raw.decode("utf-8"), group_json=group)
@@ -151,12 +143,6 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
             raise Conflict("duplicate_submission", f"lease {row.lease_id} was already submitted")
     ctx.metrics.submissions.inc()
     return SubmissionResponse(submission_id=sid, status="queued")
-
-
-def _lease_facts(row) -> intake.LeaseFacts:
-    return intake.LeaseFacts(lease_id=row.lease_id, worker_id=row.worker_id, status=row.status,
-                             expires_at=row.expires_at, min_version=row.min_version, max_version=row.max_version,
-                             n_seeds=row.n_seeds, max_tokens=row.max_tokens, eos_token_id=row.eos_token_id)
 
 
 def _checked_and_scored(ctx: Context, sub: Submission, worker_id: str, now: float) -> tuple[int, list[float]]:
@@ -170,10 +156,9 @@ def _checked_and_scored(ctx: Context, sub: Submission, worker_id: str, now: floa
         row = leases.get(conn, sub.lease_id)
     if row is None:
         raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
-    facts = _lease_facts(row)
-    intake.check_lease(facts, worker_id, now)
-    n_tokens = intake.check_completions(sub, facts, ctx.tasks.vocab_size, ctx.proof_check,
-                                        tuple(ctx.cfg.allowed_dtypes))
+    intake.check_lease(row, worker_id, now)
+    lease = Lease.model_validate(json.loads(row.envelope)["body"])  # the signed lease, as the worker got it
+    n_tokens = intake.check_completions(sub, lease, worker_id, ctx.tasks.vocab_size, ctx.tasks.hidden_size)
     task = ctx.tasks.task(row.task_index)
     return n_tokens, ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
 

@@ -82,12 +82,7 @@ leases = Table(
     Column("issued_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("closed_at", Float, nullable=True),
-    Column("min_version", Integer, nullable=False),
-    Column("max_version", Integer, nullable=False),
-    Column("n_seeds", Integer, nullable=False),
-    Column("max_tokens", Integer, nullable=False),
-    Column("eos_token_id", Integer, nullable=False),
-    Column("envelope", Text, nullable=False),                # the signed Lease, JSON
+    Column("envelope", Text, nullable=False),                # the signed Lease, JSON: its terms live only here
     Index("ix_leases_status_expires", "status", "expires_at"),
     Index("ix_leases_worker_status", "worker_id", "status"),
 )

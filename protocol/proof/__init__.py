@@ -14,30 +14,66 @@ deliberately differ), wrapped in a versioned container (`blob.py`). Modules:
 
 Every decoding failure (null, truncated, wrong version, bad modulus, wrong size) is a
 `protocol.errors.ProofError`; nothing here crashes or returns a silent null proof.
+
+The layout's numbers are declared here and nowhere else: `DEFAULT_CHUNK_SIZE` tokens per
+chunk and `DEFAULT_TOPK` values per chunk (the only layout a run accepts: TOPLOC's decode
+batching, and a smaller top-k would be a weaker proof), `CHUNK_BYTES` per chunk, and the size
+bounds the coordinator's intake (`proof_size_bounds`) and the wire caps (`max_proof_b64_chars`)
+derive from them. Importing this package is cheap: torch is imported by the functions that
+build or verify a proof (`toploc.py`), not by `import protocol.proof`, so `protocol.messages`
+and the coordinator can use the constants without it.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Any
 
 from protocol.errors import ProofError
 from protocol.proof import blob as _blob
 from protocol.proof.blob import LAYOUT_VERSION, ProofHeader, from_b64, to_b64
-from protocol.proof.toploc import ChunkStats, bf16_bits, build_chunk_lists, verify_chunk_list
 
-DEFAULT_CHUNK_SIZE = 32
-DEFAULT_TOPK = 128
+if TYPE_CHECKING:
+    import torch
+
+    from protocol.proof.toploc import ChunkStats
+
+DEFAULT_CHUNK_SIZE = 32                 # tokens per chunk
+DEFAULT_TOPK = 128                      # values per chunk
+CHUNK_BYTES = 2 + 2 * DEFAULT_TOPK      # [modulus u16][top-k coefficients u16] = 258
+HEADER_ROOM = 64                        # bytes the size bounds allow for the container header (16 in layout 1)
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE", "DEFAULT_TOPK", "LAYOUT_VERSION", "ChunkStats", "ProofError", "ProofHeader",
-    "build_proof", "build_proofs", "verify_proof", "decode_header", "to_b64", "from_b64",
+    "CHUNK_BYTES", "DEFAULT_CHUNK_SIZE", "DEFAULT_TOPK", "HEADER_ROOM", "LAYOUT_VERSION", "ChunkStats", "ProofError",
+    "ProofHeader", "build_proof", "build_proofs", "verify_proof", "decode_header", "to_b64", "from_b64",
+    "proof_size_bounds", "max_proof_b64_chars",
 ]
+
+
+def proof_size_bounds(n_tokens: int) -> tuple[int, int]:
+    """(min, max) decoded bytes of a proof for a completion of `n_tokens` tokens."""
+    chunks = -(-n_tokens // DEFAULT_CHUNK_SIZE)
+    return chunks * CHUNK_BYTES, chunks * CHUNK_BYTES + HEADER_ROOM
+
+
+def max_proof_b64_chars(max_tokens: int) -> int:
+    """Base64 characters of the largest proof of a completion of up to `max_tokens` tokens."""
+    return 4 * ((max_tokens // DEFAULT_CHUNK_SIZE + 1) * CHUNK_BYTES + HEADER_ROOM) // 3 + 8
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ChunkStats":  # lives with the torch code; imported when asked for
+        from protocol.proof.toploc import ChunkStats
+
+        return ChunkStats
+    raise AttributeError(f"module 'protocol.proof' has no attribute {name!r}")
 
 
 def build_proofs(hiddens: list[torch.Tensor], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  topk: int = DEFAULT_TOPK) -> list[bytes]:
     """One proof blob per (T, H) hidden-state tensor (any float dtype; cast to bf16). All
     chunks of the batch are interpolated together, so a group costs about one call."""
+    from protocol.proof.toploc import bf16_bits, build_chunk_lists
+
     _blob.check_params(chunk_size, topk)
     bits = [bf16_bits(h) for h in hiddens]
     chunk_lists = build_chunk_lists(bits, chunk_size, topk)
@@ -64,6 +100,8 @@ def verify_proof(hidden: torch.Tensor, proof: bytes, *, chunk_size: int = DEFAUL
 
     The proof must use the expected chunk size and top-k (a prover may not weaken its own
     proof) and cover exactly T tokens of hidden size H; otherwise ProofError."""
+    from protocol.proof.toploc import bf16_bits, verify_chunk_list
+
     header, chunks = _blob.decode(proof)
     if (header.chunk_size, header.topk) != (chunk_size, topk):
         raise ProofError(f"proof uses chunk size {header.chunk_size} and top-k {header.topk}; "

@@ -32,11 +32,12 @@ import threading
 import time
 from pathlib import Path
 
+from protocol.durable import fsync_dir
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError
 from protocol.identity import KeyPair, PublicKey
 from shardcast.errors import CorruptData
-from shardcast.layout import fsync_dir, write_manifest
+from shardcast.layout import write_manifest
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.exchange import PeerShards
 from shardcast.p2p.node import P2PNode

@@ -51,7 +51,8 @@ class LiveSwarm:
         return self.root / "coordinator" / "archive"
 
     def get(self, path: str):
-        r = self.http.get(self.url + path)
+        """A coordinator view as the operator sees it (the audit tests compare full views)."""
+        r = self.http.get(self.url + path, headers={"authorization": f"Bearer {self.plan.operator_token}"})
         r.raise_for_status()
         return r.json()
 

@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from coordinator.checkpoints import CheckpointKeeper, archived_versions, version_dir
+from coordinator.checkpoints import CheckpointKeeper
+from protocol.archive import checkpoint_dir, checkpoint_versions
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig
 from shardcast.origin import Origin
@@ -48,21 +49,21 @@ def test_keeper_archives_published_versions_that_verify(tmp_path, model):
             assert keeper.step() == {"fetched": [1, 0], "pruned": []}  # newest first
         finally:
             keeper.stop()
-        assert archived_versions(root) == [0, 1]
+        assert checkpoint_versions(root) == [0, 1]
         for v in (0, 1):
-            folder = version_dir(root, v)
+            folder = checkpoint_dir(root, v)
             assert (folder / "note.txt").read_text() == f"version {v}"
             assert verify_checkpoint(folder, operator.public.hex, "swarmrl-run").startswith(f"version {v}:")
         with pytest.raises(AuditError, match="belongs to run"):
-            verify_checkpoint(version_dir(root, 0), operator.public.hex, "another-run")
+            verify_checkpoint(checkpoint_dir(root, 0), operator.public.hex, "another-run")
         with pytest.raises(AuditError, match="no valid operator-signed manifest"):
-            verify_checkpoint(version_dir(root, 0), KeyPair.generate().public.hex, "swarmrl-run")
-        weights = version_dir(root, 1) / "model.safetensors"
+            verify_checkpoint(checkpoint_dir(root, 0), KeyPair.generate().public.hex, "swarmrl-run")
+        weights = checkpoint_dir(root, 1) / "model.safetensors"
         data = bytearray(weights.read_bytes())
         data[-1] ^= 1
         weights.write_bytes(bytes(data))
         with pytest.raises(AuditError, match="does not match its signed manifest"):
-            verify_checkpoint(version_dir(root, 1), operator.public.hex, "swarmrl-run")
+            verify_checkpoint(checkpoint_dir(root, 1), operator.public.hex, "swarmrl-run")
     finally:
         s.close()
         origin.stop()

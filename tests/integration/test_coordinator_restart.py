@@ -204,7 +204,8 @@ def test_sigkill_at_any_moment_loses_nothing_acknowledged(tmp_path):
     cfg = CoordinatorConfig(operator_key=operator.public.hex, verifier_keys=[verifier.public.hex], model=str(model),
                             data_dir=tmp_path / "coordinator", key_file=tmp_path / "coordinator" / "key", port=0,
                             group_size=4, archive=True, archive_interval_s=0.2, housekeeping_interval_s=0.2,
-                            limits={"burst": 100000, "exempt_addresses": LOOPBACK})
+                            limits={"burst": 100000, "exempt_addresses": LOOPBACK},
+                            join={"pow_difficulty": 0})  # its workers register by hand, without proof of work
     cfg_path = tmp_path / "coordinator.toml"
     cfg_path.write_text(dump_toml(cfg))
     proofs = {n: to_b64(build_proof(__import__("torch").randn(n, 32))) for n in (3,)}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.trainer.checkpoint import COMPLETE
+from trainer.checkpoint import COMPLETE
 from protocol import routes
 from shardcast.client import ShardcastClient
 from tests.integration.trainer_harness import TrainerRig, metric

@@ -1,5 +1,5 @@
 """Run under torchrun by test_trainer_distributed.py: one GRPO step of a fixed batch on N ranks
-(FSDP2, gloo on the CPU) through `coordinator.trainer.distributed.Team`; rank 0 writes the
+(FSDP2, gloo on the CPU) through `trainer.distributed.Team`; rank 0 writes the
 merged loss statistics, the gradient norm and the gathered weights after the step.
 An optional 4th argument names the device (tests/gpu runs it with `cuda`: NCCL under torchrun);
 the output files then carry the device in their names."""
@@ -24,7 +24,7 @@ def batch():
         rewards = [float(x) for x in torch.randint(0, 2, (4,), generator=g).tolist()]
         if len(set(rewards)) == 1:
             rewards[0] = 1.0 - rewards[0]
-        from coordinator.trainer.advantages import group_advantages
+        from coordinator.rules.advantages import group_advantages
 
         adv = group_advantages(rewards)
         groups.append((NS(submission_id=f"g{i}", prompt_token_ids=list(range(5, 5 + 3 + i)), completions=comps,
@@ -33,10 +33,10 @@ def batch():
 
 
 def main(model_dir: str, out: str, row_tokens: int, device: str = "cpu") -> None:
-    from coordinator.trainer.config import LossConfig
-    from coordinator.trainer.distributed import Team
-    from coordinator.trainer.history import WeightHistory
-    from coordinator.trainer.step import StepOptions
+    from trainer.config import LossConfig
+    from trainer.distributed import Team
+    from trainer.history import WeightHistory
+    from trainer.step import StepOptions
     from protocol.lm import load_model
 
     torch.set_num_threads(1)

@@ -20,7 +20,7 @@ import httpx
 import torch
 
 from coordinator.config import LOOPBACK, CoordinatorConfig, SamplingConfig
-from coordinator.trainer.config import EvalConfig, TrainerConfig
+from trainer.config import EvalConfig, TrainerConfig
 from protocol import routes
 from protocol.config import dump_toml
 from protocol.envelope import AUDIENCE_COORDINATOR, envelope_digest, seal
@@ -67,7 +67,8 @@ class TrainerRig:
             data_dir=root / "coordinator", key_file=root / "keys" / "coordinator.key",
             operator_key=self.operator.public.hex, verifier_keys=[self.verifier.public.hex], model=str(model_dir),
             group_size=group_size, sampling=SamplingConfig(temperature=1.0, max_tokens=6), async_window=async_window,
-            archive=False, log_level="warning", limits={"exempt_addresses": LOOPBACK})))
+            archive=False, log_level="warning", limits={"exempt_addresses": LOOPBACK},
+            join={"pow_difficulty": 0})))  # the rig registers its worker without solving one
         self.trainer_data = root / "trainer"
         fields = dict(run_id="trainer-itest", coordinator_url=self.coord_url, key_file=root / "keys" / "operator.key",
                       model=str(model_dir), data_dir=self.trainer_data,

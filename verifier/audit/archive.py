@@ -1,7 +1,8 @@
 """Reading a coordinator's archive: Parquet rows, run description, kept checkpoints.
 
 The archive is a folder written by the coordinator (`coordinator.archive`,
-`coordinator.checkpoints`; the layout and every column are documented in docs/archive.md):
+`coordinator.checkpoints`); its layout, schemas and run description are the protocol's
+(`protocol.archive`), and docs/archive.md documents every column:
 
     submissions/v000012/part-*.parquet    one row per submission (signed envelopes included)
     verdicts/v000012/part-*.parquet       one row per verdict (the verifier's signed envelope)
@@ -18,8 +19,6 @@ the files themselves need nothing of swarmrl — pandas or DuckDB read them as t
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,62 +26,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from protocol.archive import (
+    RUN_FILE,
+    SUBMISSIONS,
+    VERDICTS,
+    RunDescription,
+    checkpoint_dir,
+    checkpoint_versions,
+    parts,
+)
+from protocol.errors import MessageError
+from protocol.manifest import MANIFEST_NAME
 from verifier.audit.errors import AuditError
 
-SUBMISSIONS = "submissions"
-VERDICTS = "verdicts"
-CHECKPOINTS = "checkpoints"
-RUN_FILE = "run.json"
 UNDECIDED = "undecided"  # no verdict archived: still queued, or dropped when its worker was banned
 VERDICT_COLUMNS = ("status", "reason", "decided_at", "verdict_envelope")
 
 
-@dataclass(frozen=True)
-class RunDescription:
-    """`run.json`: what an auditor needs besides the rows (written by the coordinator)."""
-
-    run_id: str
-    coordinator_key: str
-    operator_key: str
-    verifier_keys: list[str]
-    model: str
-    task_kind: str
-    task_seed: int
-    task_options: dict = field(default_factory=dict)
-    chat_template: bool = False
-
-    @classmethod
-    def load(cls, path: Path) -> "RunDescription":
-        try:
-            d = json.loads(Path(path).read_text())
-            t = d.get("tasks") or {}
-            return cls(run_id=d["run_id"], coordinator_key=d["coordinator_key"], operator_key=d["operator_key"],
-                       verifier_keys=list(d.get("verifier_keys") or []), model=str(d.get("model", "")),
-                       task_kind=t.get("kind", ""), task_seed=int(t.get("seed", 0)),
-                       task_options=dict(t.get("options") or {}), chat_template=bool(d.get("chat_template")))
-        except FileNotFoundError:
-            raise AuditError(f"{path} is missing: the coordinator writes it when it starts with archive = true "
-                             "(it names the keys and task source re-verification needs)") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AuditError(f"{path} is not a readable run description: {exc}") from None
-
-
-def _version_of(folder: Path) -> int | None:
-    name = folder.name
-    return int(name[1:]) if name.startswith("v") and name[1:].isdigit() else None
-
-
-def _parts(root: Path, table: str, lo: int | None, hi: int | None) -> list[Path]:
-    base = root / table
-    if not base.is_dir():
-        return []
-    out = []
-    for folder in sorted(base.iterdir()):
-        v = _version_of(folder)
-        if v is None or not folder.is_dir() or (lo is not None and v < lo) or (hi is not None and v > hi):
-            continue
-        out.extend(sorted(p for p in folder.glob("part-*.parquet") if p.is_file()))
-    return out
+def load_run(path: Path) -> RunDescription:
+    """`run.json`, or an AuditError that says what is wrong."""
+    try:
+        return RunDescription.load(path)
+    except FileNotFoundError:
+        raise AuditError(f"{path} is missing: the coordinator writes it when it starts with archive = true "
+                         "(it names the keys and task source re-verification needs)") from None
+    except MessageError as exc:
+        raise AuditError(str(exc)) from None
 
 
 def _read(files: list[Path]) -> pa.Table | None:
@@ -121,18 +90,16 @@ class Archive:
     @property
     def run(self) -> RunDescription:
         if self._run is None:
-            self._run = RunDescription.load(self.root / RUN_FILE)
+            self._run = load_run(self.root / RUN_FILE)
         return self._run
 
     def checkpoint_dir(self, version: int) -> Path | None:
-        p = self.root / CHECKPOINTS / f"v{version:06d}"
-        return p if (p / ".manifest.json").is_file() else None
+        """The archived checkpoint of `version`, when it is complete."""
+        p = checkpoint_dir(self.root, version)
+        return p if (p / MANIFEST_NAME).is_file() else None
 
     def checkpoint_versions(self) -> list[int]:
-        base = self.root / CHECKPOINTS
-        if not base.is_dir():
-            return []
-        return sorted(v for p in base.iterdir() if (v := _version_of(p)) is not None and (p / ".manifest.json").is_file())
+        return checkpoint_versions(self.root)
 
     # -- rows ---------------------------------------------------------------------------------
     def rollouts(self, min_version: int | None = None, max_version: int | None = None) -> pa.Table:
@@ -144,11 +111,11 @@ class Archive:
         return self._read_rollouts(min_version, max_version)
 
     def _read_rollouts(self, min_version: int | None, max_version: int | None) -> pa.Table:
-        subs = _read(_parts(self.root, SUBMISSIONS, min_version, max_version))
+        subs = _read(parts(self.root, SUBMISSIONS, min_version, max_version))
         if subs is None:
             return _empty()
         subs = first_per_key(subs, "submission_id")
-        verdicts = _read(_parts(self.root, VERDICTS, min_version, max_version))
+        verdicts = _read(parts(self.root, VERDICTS, min_version, max_version))
         if verdicts is not None and verdicts.num_rows:
             # A left join by hand: Arrow's hash join cannot carry list columns (rewards).
             verdicts = first_per_key(verdicts, "submission_id")

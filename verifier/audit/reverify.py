@@ -32,7 +32,7 @@ from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, open_envelope
 from protocol.errors import ProtocolError
 from protocol.identity import PublicKey
 from protocol.lm import decode_completion
-from protocol.manifest import open_manifest, sha256_file
+from protocol.manifest import MANIFEST_NAME, open_manifest, sha256_file
 from protocol.messages import (KIND_VERDICT, CheckResult, Lease, Submission, Verdict,
                                VerificationJob)
 from verifier.audit.archive import Archive
@@ -81,7 +81,7 @@ class Reverification:
 def verify_checkpoint(folder: Path, operator_key: str, run_id: str) -> str:
     """Check an archived checkpoint against its signed manifest; AuditError if it does not match."""
     try:
-        env = Envelope.model_validate_json((folder / ".manifest.json").read_bytes())
+        env = Envelope.model_validate_json((folder / MANIFEST_NAME).read_bytes())
         manifest = open_manifest(env, PublicKey.from_hex(operator_key))
     except (OSError, ValueError, ProtocolError) as exc:
         raise AuditError(f"the archived checkpoint {folder} has no valid operator-signed manifest: {exc}") from None
@@ -153,7 +153,7 @@ class Reverifier:
 
         if self._source is None:
             try:
-                self._source = get_source(self.run.task_kind, seed=self.run.task_seed, options=self.run.task_options)
+                self._source = get_source(self.run.tasks.kind, seed=self.run.tasks.seed, options=self.run.tasks.options)
             except ProtocolError as exc:
                 raise AuditError(f"run.json names a task source that cannot be built here: {exc}") from None
         t = self._source.task("train", int(row["task_index"]))

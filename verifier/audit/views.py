@@ -15,7 +15,6 @@ Collaborators: `verifier.audit.archive` (the rows), `verifier.audit.filters` (th
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from protocol.durable import atomic_path
 from protocol.rollout_view import rollout_view
 from verifier.audit.archive import UNDECIDED, Archive
 from verifier.audit.errors import AuditError
@@ -130,15 +130,14 @@ def export(table: pa.Table, path: Path, fmt: str | None = None) -> tuple[int, st
         raise AuditError(f"cannot tell the format of {path.name}: name it *.parquet or *.jsonl, or pass --format")
     out = with_token_columns(table) if table.num_rows else table
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        if fmt == "parquet":
-            pq.write_table(out, tmp, compression="zstd")
-        else:
-            with open(tmp, "w") as fh:
-                for row in out.to_pylist():
-                    fh.write(json.dumps(row, separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        with atomic_path(path, durable=False) as tmp:
+            if fmt == "parquet":
+                pq.write_table(out, tmp, compression="zstd")
+            else:
+                with open(tmp, "w") as fh:
+                    for row in out.to_pylist():
+                        fh.write(json.dumps(row, separators=(",", ":")) + "\n")
     except OSError as exc:
         raise AuditError(f"cannot write {path}: {exc}") from None
     return out.num_rows, fmt

@@ -9,6 +9,7 @@ logits — so that tests, the service and bench scripts call the same code.
     lease_and_data   data          no (vocab: yes)   a submission that does not answer its lease:
                                                      other lease, version outside the lease,
                                                      wrong counts, lengths, malformed proofs
+                                                     (`protocol.conformance`, intake's rule too)
     termination      termination   partly            a completion cut short, a forged EOS
     reward           reward        no                a forged reward claim, a wrong reward
     replay           replay        no                the same lease, envelope or sample seen

@@ -4,10 +4,17 @@ file per backend; `make_engine` picks one by name."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from worker.engines.base import Engine, GenerationRequest, GenerationResult
 
+if TYPE_CHECKING:
+    from worker.config import VllmSettings
 
-def make_engine(name: str, device: str = "auto", dtype: str = "auto", threads: int = 0) -> Engine:
+
+def make_engine(name: str, device: str = "auto", dtype: str = "auto", threads: int = 0,
+                vllm: "VllmSettings | None" = None) -> Engine:
+    """`vllm`: the vLLM engine's settings (worker config `[vllm]`), used when vLLM is picked."""
     if name in ("auto", "transformers"):
         if name == "auto":
             try:
@@ -26,7 +33,7 @@ def make_engine(name: str, device: str = "auto", dtype: str = "auto", threads: i
     if name == "vllm":
         from worker.engines.vllm_engine import VllmEngine  # type: ignore[import-not-found]
 
-        return VllmEngine(device=device, dtype=dtype)
+        return VllmEngine(device=device, dtype=dtype, threads=threads, settings=vllm)
     raise ValueError(f"unknown engine {name!r}; use auto, transformers or vllm")
 
 

@@ -8,9 +8,14 @@ token finite (-inf elsewhere). Whatever vLLM does afterwards (temperature, top-k
 argmax), it can only pick that token.
 
 Per-request parameters travel in `SamplingParams.extra_args`: `swarmrl_seed`,
-`swarmrl_temperature`, `swarmrl_prompt_len`. The completion position t of a row is the
-number of tokens it has generated so far (legacy runner: the live output list; Model Runner
-V2: the row's sequence position minus the prompt length, plus one).
+`swarmrl_temperature`, `swarmrl_prompt_len`, and `swarmrl_key` (which request of the engine
+call it is). The completion position t of a row is the number of tokens it has generated so
+far (legacy runner: the live output list; Model Runner V2: the row's sequence position minus
+the prompt length, plus one).
+
+The same row-to-request mapping serves the proofs: every `apply` tells
+`vllm_capture.CAPTURE` which rows of the batch belong to which request and position, so the
+hidden states that `compute_logits` received for those rows are kept for that request.
 
 Two classes because vLLM has two incompatible interfaces: `GumbelV1` for the legacy model
 runner (`vllm.v1.sample.logits_processor`, vLLM >= 0.10) and `GumbelV2` for Model Runner V2
@@ -26,15 +31,17 @@ from typing import Any
 import torch
 
 from protocol.sampling import gumbel_noise_rows
+from worker.engines.vllm_capture import ARG_KEY, CAPTURE
 
 ARG_SEED, ARG_TEMP, ARG_PROMPT_LEN = "swarmrl_seed", "swarmrl_temperature", "swarmrl_prompt_len"
 
 
-def _params(sampling_params: Any) -> tuple[int, float, int] | None:
+def _params(sampling_params: Any) -> tuple[int, float, int, int] | None:
+    """(seed, temperature, prompt length, key) of one of swarmrl's requests, else None."""
     extra = getattr(sampling_params, "extra_args", None) or {}
     if ARG_SEED not in extra:
         return None
-    return int(extra[ARG_SEED]), float(extra[ARG_TEMP]), int(extra[ARG_PROMPT_LEN])
+    return int(extra[ARG_SEED]), float(extra[ARG_TEMP]), int(extra[ARG_PROMPT_LEN]), int(extra.get(ARG_KEY, -1))
 
 
 def _validate(sampling_params: Any) -> None:
@@ -87,7 +94,7 @@ class GumbelV1(_V1Base):  # type: ignore[misc,valid-type]
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
         self.device = device
-        self.rows: dict[int, tuple[int, float, list[int]]] = {}   # index -> (seed, T, live outputs)
+        self.rows: dict[int, tuple[int, float, list[int], int]] = {}   # index -> (seed, T, live outputs, key)
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -106,7 +113,7 @@ class GumbelV1(_V1Base):  # type: ignore[misc,valid-type]
             if p is None:
                 self.rows.pop(index, None)
             else:
-                self.rows[index] = (p[0], p[1], output_ids)
+                self.rows[index] = (p[0], p[1], output_ids, p[3])
         for a, b, direction in batch_update.moved:
             va, vb = self.rows.pop(a, None), self.rows.pop(b, None)
             if va is not None:
@@ -120,7 +127,9 @@ class GumbelV1(_V1Base):  # type: ignore[misc,valid-type]
         idx = sorted(i for i in self.rows if i < logits.shape[0])
         rows = torch.tensor(idx, dtype=torch.long, device=logits.device)
         temps = torch.tensor([self.rows[i][1] for i in idx], dtype=torch.float32, device=logits.device)
-        pos = torch.tensor([len(self.rows[i][2]) for i in idx], dtype=torch.long, device=logits.device)
+        t = [len(self.rows[i][2]) for i in idx]
+        CAPTURE.claim(logits.shape[0], idx, [self.rows[i][3] for i in idx], t)
+        pos = torch.tensor(t, dtype=torch.long, device=logits.device)
         force_chosen(logits, rows, temps, [self.rows[i][0] for i in idx], pos)
         return logits
 
@@ -135,7 +144,7 @@ class GumbelV2(_V2Base):  # type: ignore[misc,valid-type]
     """Model Runner V2: state keyed by request slot; rows are mapped to slots every step."""
 
     def __init__(self, vllm_config: Any, req_states: Any):
-        self.slots: dict[int, tuple[int, float, int]] = {}   # slot -> (seed, T, prompt length)
+        self.slots: dict[int, tuple[int, float, int, int]] = {}   # slot -> (seed, T, prompt length, key)
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -161,5 +170,6 @@ class GumbelV2(_V2Base):  # type: ignore[misc,valid-type]
         temps = torch.tensor([self.slots[slots[i]][1] for i in mine], dtype=torch.float32, device=dev)
         prompt_len = torch.tensor([self.slots[slots[i]][2] for i in mine], dtype=torch.long, device=dev)
         positions = ctx.pos[rows].to(torch.long) - prompt_len + 1
+        CAPTURE.claim(logits.shape[0], mine, [self.slots[slots[i]][3] for i in mine], positions)
         force_chosen(logits, rows, temps, [self.slots[slots[i]][0] for i in mine], positions)
         return logits

@@ -66,7 +66,7 @@ def test_run_description_names_keys_and_task_source(archived):
     ctx = archived.swarm.ctx
     assert run.coordinator_key == ctx.key.public.hex and run.operator_key == ctx.operator.hex
     assert run.verifier_keys == [archived.swarm.verifier.public.hex]
-    assert (run.task_kind, run.task_seed) == ("arithmetic", 0)
+    assert (run.tasks.kind, run.tasks.seed) == ("arithmetic", 0)
 
 
 def test_summary_per_worker_counts_and_reasons(archived):

@@ -10,7 +10,8 @@ import logging
 
 import pytest
 
-from coordinator.checkpoints import CheckpointKeeper, archived_versions, retained, version_dir
+from coordinator.checkpoints import CheckpointKeeper, retained
+from protocol.archive import checkpoint_dir, checkpoint_versions
 from shardcast.errors import VersionUnavailable
 from tests.unit.coordinator.coord_harness import start_swarm
 
@@ -91,14 +92,14 @@ def test_keeper_keeps_what_rules_and_live_state_need(coordinator, tmp_path):
     out = keeper.step()
     # newest (5) + rejected (0) + queued (3) + async window floor 5-1=4 -> {0, 3, 4, 5}
     assert out == {"fetched": [5, 4, 3, 0], "pruned": []}  # newest first
-    assert archived_versions(root) == [0, 3, 4, 5]
-    assert (version_dir(root, 3) / "model.safetensors").read_bytes() == b"www"
+    assert checkpoint_versions(root) == [0, 3, 4, 5]
+    assert (checkpoint_dir(root, 3) / "model.safetensors").read_bytes() == b"www"
     # v3's submission is judged: nothing pins v3 any more, so it goes; v0 stays (the ban's evidence)
     assert s.verdict(queued, True).status_code == 200
     assert s.publish(6).status_code == 200
     out = keeper.step()
     assert out["fetched"] == [6] and out["pruned"] == [3, 4]
-    assert archived_versions(root) == [0, 5, 6]
+    assert checkpoint_versions(root) == [0, 5, 6]
     assert not any(p.name.startswith(".v") for p in (root / "checkpoints").iterdir())  # no half-deleted folder
     assert keeper.step() == {"fetched": [], "pruned": []}                                # idempotent
 
@@ -194,9 +195,9 @@ def test_a_spammer_rejected_once_per_version_cannot_pin_more_than_the_budget(coo
             assert s.publish(v).status_code == 200
             submit_at(s, s.new_worker(), v, accepted=False)  # a fresh identity, banned at once
             keeper.step()
-            evidence_only = set(archived_versions(root)) - {v, v - 1}  # beyond keep_last=2 / the window
-            assert len(evidence_only) <= 3, archived_versions(root)
-    assert archived_versions(root) == [7, 8, 9, 10, 11]     # newest two + the newest three rejected-claimed
+            evidence_only = set(checkpoint_versions(root)) - {v, v - 1}  # beyond keep_last=2 / the window
+            assert len(evidence_only) <= 3, checkpoint_versions(root)
+    assert checkpoint_versions(root) == [7, 8, 9, 10, 11]     # newest two + the newest three rejected-claimed
     assert s.metric("swarmrl_coordinator_archive_evidence_over_budget_total") == versions - 5
     warned = [r.getMessage() for r in caplog.records if "exceed the evidence budget" in r.getMessage()]
     assert warned and "not keeping the oldest" in warned[0]
@@ -225,6 +226,6 @@ def test_the_evidence_spammer_fixture_meets_the_budget(tmp_path, audit_model):
                 keeper.step()
         assert [status for _, _, status in spam.spammed] == [200] * 6
         assert len({peer for _, peer, _ in spam.spammed}) == 6           # a throw-away identity each
-        assert archived_versions(root) == [2, 3, 4, 5]                   # newest and window (4, 5), + 2 of evidence
+        assert checkpoint_versions(root) == [2, 3, 4, 5]                   # newest and window (4, 5), + 2 of evidence
     finally:
         s.close()

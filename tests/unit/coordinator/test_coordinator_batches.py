@@ -86,3 +86,28 @@ def test_unacknowledged_groups_leave_with_a_banned_worker_and_with_the_async_win
     swarm.clock.advance(swarm.cfg.batch_ack_timeout_s + 1)
     assert _taken(swarm) == []
     assert swarm.snapshot_submission(good)["buffer"] == "stale"
+
+
+def test_a_batch_takes_the_oldest_groups_in_the_window_up_to_its_size_and_the_stale_are_dropped(swarm):
+    """The buffer's rule where it runs: the SQL of `coordinator.store.submissions` (take_batch,
+    drop_stale) behind POST /v1/trainer/batch, with the floor of `protocol.window`. Current
+    version 5, window 2: groups of versions 1 and 2 are dropped and counted, a group between the
+    window and the request's own bound waits, the oldest accepted come first, at most max_groups."""
+    assert swarm.cfg.async_window == 2
+    w = swarm.new_worker()
+    leased = {}
+    for v in (1, 2, 3, 4, 5):
+        assert swarm.publish(v).status_code == 200
+        (leased[v],) = swarm.lease(w)
+    order = (1, 3, 4, 5, 2)  # accepted in this order: the group of version 2 last
+    sids = {v: swarm.submit(w, leased[v], version=v).json()["submission_id"] for v in order}
+    swarm.claim()
+    for v in order:
+        swarm.clock.advance(1.0)
+        assert swarm.verdict(sids[v], True).status_code == 200
+    r = BatchResponse.model_validate_json(swarm.batch(min_version=4).content)
+    assert [g.submission_id for g in r.groups] == [sids[4], sids[5]] and r.dropped_stale == 2
+    assert {swarm.snapshot_submission(sids[v])["buffer"] for v in (1, 2)} == {"stale"}
+    assert [g.submission_id for g in BatchResponse.model_validate_json(swarm.batch(max_groups=1).content).groups] \
+        == [sids[3]]                                  # it waited for a request that allows it
+    assert _taken(swarm) == []

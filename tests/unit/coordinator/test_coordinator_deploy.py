@@ -37,7 +37,7 @@ DEPLOY_ENV = {
 
 def _model_for(path: Path):
     from coordinator.config import CoordinatorConfig
-    from coordinator.trainer.config import TrainerConfig
+    from trainer.config import TrainerConfig
     from shardcast.config import RelayConfig
     from verifier.config import VerifierConfig
     from worker.config import WorkerConfig

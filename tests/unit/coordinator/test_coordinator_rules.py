@@ -2,31 +2,19 @@
 
 import base64
 import random
+from types import SimpleNamespace
 
 import pytest
 
 from coordinator.errors import Conflict, Forbidden, Gone, Invalid
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.buffer import Candidate, select_batch, window_floor
-from coordinator.rules.intake import (
-    LeaseFacts,
-    check_completions,
-    check_lease,
-    content_hash,
-    proof_size_bounds,
-)
-from coordinator.rules.leasing import (
-    ReturnedTask,
-    allowed_versions,
-    draw_seeds,
-    leases_to_issue,
-    new_id,
-    pick_returned,
-)
+from coordinator.rules.intake import check_completions, check_lease, content_hash
+from coordinator.rules.leasing import ReturnedTask, draw_seeds, leases_to_issue, new_id, pick_returned
 from coordinator.rules.limits import RateLimiter
 from coordinator.rules.reputation import check_rate, full_check
-from protocol.messages import Completion, EngineInfo, Submission
+from protocol.messages import Completion, EngineInfo, Lease, SamplingParams, Submission
 from protocol.pow import leading_zero_bits, pow_ok, solve_pow
+from protocol.window import allowed_versions, window_floor
 
 
 # -- reputation -----------------------------------------------------------------------------
@@ -51,6 +39,8 @@ def test_group_advantages_are_zero_mean_unit_std_and_zero_for_flat_groups():
     assert adv[0] == pytest.approx(3 / 3**0.5) and adv[1] == pytest.approx(-1 / 3**0.5)
     assert group_advantages([1.0, 1.0, 1.0]) == [0.0, 0.0, 0.0]
     assert group_advantages([]) == []
+    assert group_advantages([1.0, 0.0, 0.0, 0.0], scale=False) == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    assert group_advantages([1.0, 1.0], scale=False) == [0.0, 0.0]
 
 
 # -- leasing --------------------------------------------------------------------------------
@@ -58,6 +48,7 @@ def test_allowed_versions_follow_the_async_window():
     assert allowed_versions(0, 2) == (0, 0)
     assert allowed_versions(5, 2) == (3, 5)
     assert allowed_versions(5, 0) == (5, 5)
+    assert window_floor(None, 2) == 0 and window_floor(1, 2) == 0 and window_floor(9, 2) == 7
 
 
 def test_seeds_and_ids_come_from_the_given_rng():
@@ -79,18 +70,6 @@ def test_returned_tasks_go_to_other_workers_oldest_first():
     assert pick_returned(2, returned, "A") == [9, 1]
     assert pick_returned(10, returned, "B") == [3, 4, 1]
     assert pick_returned(1, returned, "Z") == [3]
-
-
-# -- buffer ---------------------------------------------------------------------------------
-def test_batch_takes_groups_in_the_window_and_drops_older_ones():
-    cands = [Candidate("a", 1), Candidate("b", 3), Candidate("c", 4), Candidate("d", 5), Candidate("e", 2)]
-    take, stale = select_batch(cands, current=5, window=2, min_policy_version=0, max_groups=10)
-    assert take == ["b", "c", "d"] and stale == ["a", "e"]
-    take, stale = select_batch(cands, current=5, window=2, min_policy_version=4, max_groups=10)
-    assert take == ["c", "d"] and stale == ["a", "e"]  # 'b' stays for a later request
-    take, _ = select_batch(cands, current=5, window=2, min_policy_version=0, max_groups=1)
-    assert take == ["b"]
-    assert window_floor(None, 2) == 0 and window_floor(1, 2) == 0 and window_floor(9, 2) == 7
 
 
 # -- limits ---------------------------------------------------------------------------------
@@ -120,19 +99,26 @@ def test_proof_of_work_round_trip_and_refusals():
     assert leading_zero_bits(b"\x00\x0f") == 12 and leading_zero_bits(b"\x80") == 0
 
 
-# -- intake ---------------------------------------------------------------------------------
-EOS = 1
-FACTS = LeaseFacts(lease_id="l-1", worker_id="W", status="active", expires_at=100.0, min_version=3,
-                   max_version=5, n_seeds=2, max_tokens=4, eos_token_id=EOS)
+# -- intake ----------------------------------------------------------------------------------
+# The rule is protocol.conformance's (the verifier's too, tests/unit/verifier/test_verifier_checks.py);
+# intake answers its first problem, with its reason.
+EOS, H = 1, 16
+LEASE = Lease(lease_id="l-1", run_id="r", worker_id="W", task_id="t", prompt_token_ids=[2], seeds=[1, 2],
+              sampling=SamplingParams(temperature=1.0, max_tokens=4), eos_token_id=EOS, min_policy_version=3,
+              max_policy_version=5, issued_at=0.0, expires_at=100.0)
+STATE = SimpleNamespace(lease_id="l-1", worker_id="W", status="active", expires_at=100.0)
 
 
-def _proof(n):
-    lo, _ = proof_size_bounds(n)
-    return base64.b64encode(b"\x02" * (lo + 8)).decode()
+def _proof(n, hidden=H, **kw):
+    import torch
+
+    from protocol.proof import build_proof
+
+    return base64.b64encode(build_proof(torch.randn(n, hidden), **kw)).decode()
 
 
-def _sub(comps, version=4):
-    return Submission(lease_id="l-1", policy_version=version, engine=EngineInfo(name="t", dtype="float32"),
+def _sub(comps, version=4, dtype="float32"):
+    return Submission(lease_id="l-1", policy_version=version, engine=EngineInfo(name="t", dtype=dtype),
                       completions=[Completion(token_ids=t, finish_reason=f, proof=p if p is not None else _proof(len(t)))
                                    for t, f, p in comps])
 
@@ -141,19 +127,19 @@ GOOD = [([5, 6, EOS], "eos", None), ([5, 6, 7, 8], "length", None)]
 
 
 def test_a_good_submission_passes_and_counts_its_tokens():
-    check_lease(FACTS, "W", now=50.0)
-    assert check_completions(_sub(GOOD), FACTS, vocab_size=10) == 7
+    check_lease(STATE, "W", now=50.0)
+    assert check_completions(_sub(GOOD), LEASE, "W", vocab_size=10, hidden_size=H) == 7
 
 
-@pytest.mark.parametrize("facts,signer,now,err,reason", [
-    (FACTS, "X", 50.0, Forbidden, "not_your_lease"),
-    (FACTS.__class__(**{**FACTS.__dict__, "status": "submitted"}), "W", 50.0, Conflict, "duplicate_submission"),
-    (FACTS.__class__(**{**FACTS.__dict__, "status": "expired"}), "W", 50.0, Gone, "lease_closed"),
-    (FACTS, "W", 100.5, Gone, "lease_expired"),
+@pytest.mark.parametrize("state,signer,now,err,reason", [
+    (STATE, "X", 50.0, Forbidden, "not_your_lease"),
+    (SimpleNamespace(**{**vars(STATE), "status": "submitted"}), "W", 50.0, Conflict, "duplicate_submission"),
+    (SimpleNamespace(**{**vars(STATE), "status": "expired"}), "W", 50.0, Gone, "lease_closed"),
+    (STATE, "W", 100.5, Gone, "lease_expired"),
 ])
-def test_lease_checks_refuse_with_a_reason(facts, signer, now, err, reason):
+def test_lease_checks_refuse_with_a_reason(state, signer, now, err, reason):
     with pytest.raises(err) as e:
-        check_lease(facts, signer, now)
+        check_lease(state, signer, now)
     assert e.value.reason == reason
 
 
@@ -175,8 +161,27 @@ def test_lease_checks_refuse_with_a_reason(facts, signer, now, err, reason):
 ])
 def test_completion_checks_refuse_with_a_reason(comps, version, reason):
     with pytest.raises(Invalid) as e:
-        check_completions(_sub(comps, version), FACTS, vocab_size=10)
+        check_completions(_sub(comps, version), LEASE, "W", vocab_size=10, hidden_size=H)
     assert e.value.reason == reason
+
+
+def test_a_dtype_the_lease_does_not_allow_is_refused_first():
+    with pytest.raises(Invalid) as e:
+        check_completions(_sub(GOOD, version=9, dtype="float16"), LEASE, "W", vocab_size=10)
+    assert e.value.reason == "dtype_not_allowed" and "allows float32" in e.value.detail
+
+
+@pytest.mark.parametrize("proof,words", [
+    (_proof(3, hidden=H), "covers 3 tokens"),
+    (_proof(4, topk=8), "top-k 8"),
+    (_proof(4, hidden=8), "hidden size 8"),
+    (base64.b64encode(b"\x00" * (2 * 258 + 16)).decode(), "does not decode"),
+    (base64.b64encode(base64.b64decode(_proof(4))[:-1]).decode(), "does not decode"),
+])
+def test_proofs_must_decode_to_the_completion_with_the_protocols_layout(proof, words):
+    with pytest.raises(Invalid) as e:
+        check_completions(_sub([GOOD[0], ([5, 6, 7, 8], "length", proof)]), LEASE, "W", vocab_size=10, hidden_size=H)
+    assert e.value.reason == "bad_proof" and words in e.value.detail
 
 
 def test_content_hash_depends_on_tokens_proofs_and_finish_reasons():
@@ -189,28 +194,6 @@ def test_content_hash_depends_on_tokens_proofs_and_finish_reasons():
     assert h != content_hash([c.model_copy(update={"finish_reason": "length"})])
     assert h != content_hash([c, c])
     assert content_hash([c.model_copy(update={"token_ids": [1]}), c]) != content_hash([c.model_copy(update={"token_ids": [1, 1]}), c.model_copy(update={"token_ids": [2]})])
-
-
-def test_codec_proof_check_accepts_real_proofs_and_refuses_mismatches():
-    import torch
-
-    from coordinator.rules.intake import codec_proof_check
-    from protocol.proof import build_proof
-
-    check = codec_proof_check(hidden_size=16)
-    h = torch.randn(40, 16)
-    check(build_proof(h), 40)
-    check(build_proof(torch.zeros(0, 16)), 0)
-    for blob, n, words in [
-        (build_proof(h), 39, "covers 40 tokens"),
-        (build_proof(h, topk=8), 40, "top-k 8"),
-        (build_proof(torch.randn(40, 8)), 40, "hidden size 8"),
-        (b"\x00" * (2 * 258 + 16), 40, "does not decode"),
-        (build_proof(h)[:-1], 40, "does not decode"),
-    ]:
-        with pytest.raises(Invalid) as e:
-            check(blob, n)
-        assert e.value.reason == "bad_proof" and words in e.value.detail
 
 
 def test_taskbook_decodes_exactly_like_the_verifier(tiny_model):
@@ -239,21 +222,6 @@ def test_coordinator_signs_over_exactly_the_protocol_bytes():
         env = env.model_copy(update={"body": body})
         assert env.signing_bytes_with(canonical_bytes(env.body)) == envelope_signing_bytes(
             env.kind, env.body, env.signer, env.timestamp, env.nonce, run_id=env.run_id, audience=env.audience)
-
-
-def test_training_payload_is_cut_from_the_canonical_body_exactly():
-    import json
-
-    from coordinator.auth import group_json
-    from protocol.canonical import canonical_bytes
-
-    sub = _sub(GOOD + [([7, 8, 9, EOS], "eos", None)])
-    body = canonical_bytes(sub.model_dump(mode="json"))
-    got = group_json(body, 3)
-    assert json.loads(got) == {"completions": [c.token_ids for c in sub.completions],
-                               "finish_reasons": [c.finish_reason for c in sub.completions]}
-    assert group_json(body, 2) is None  # shape mismatch: the caller encodes it itself
-    assert group_json(b'{"x":1}', 0) is None
 
 
 def test_poisson_tail_on_hand_checked_numbers():

@@ -89,11 +89,11 @@ def test_archive_files_are_durable_before_their_rows_are_marked_archived(swarm, 
     """Each Parquet rename is followed by an fsync of its folder (and of the parents of folders
     made for it), all before the rows are marked archived: a power loss cannot leave rows marked
     archived whose file's directory entry was never written."""
-    import coordinator.archive as archive_mod
     from coordinator.store import submissions
+    from protocol import durable
 
     events: list[tuple[str, object]] = []
-    real_fsync, real_mark = archive_mod.fsync_dir, submissions.mark_archived
+    real_fsync, real_mark = durable.fsync_dir, submissions.mark_archived
 
     def fsync_dir(path):
         events.append(("fsync", (Path(path), sorted(q.name for q in Path(path).iterdir()))))
@@ -103,7 +103,7 @@ def test_archive_files_are_durable_before_their_rows_are_marked_archived(swarm, 
         events.append(("mark", column))
         real_mark(conn, ids, column)
 
-    monkeypatch.setattr(archive_mod, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(durable, "fsync_dir", fsync_dir)
     monkeypatch.setattr(submissions, "mark_archived", mark_archived)
     swarm.publish(0)
     w = swarm.new_worker()
@@ -117,16 +117,22 @@ def test_archive_files_are_durable_before_their_rows_are_marked_archived(swarm, 
     assert {d for d, _ in synced} >= {part.parent, root / "submissions", root, root.parent}  # the new folders
 
 
-def test_migration_0002_moves_envelopes_out_of_submissions(tmp_path):
-    from alembic import command
+def _old_database(tmp_path):
+    """(a Database with no schema yet, the Alembic config that migrates it)."""
     from alembic.config import Config
-    from sqlalchemy import text
 
     from coordinator.store.db import MIGRATIONS
 
-    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    return Database(f"sqlite:///{tmp_path / 'old.db'}"), cfg
+
+
+def test_migration_0002_moves_envelopes_out_of_submissions(tmp_path):
+    from alembic import command
+    from sqlalchemy import text
+
+    db, cfg = _old_database(tmp_path)
     env = json.dumps({"kind": "submission", "body": {"completions": [
         {"token_ids": [5, 6, 1], "finish_reason": "eos", "proof": "AA=="},
         {"token_ids": [7, 7, 7, 7], "finish_reason": "length", "proof": "AA=="}]}})
@@ -145,6 +151,35 @@ def test_migration_0002_moves_envelopes_out_of_submissions(tmp_path):
         cols = [r[1] for r in conn.execute(text("PRAGMA table_info(submissions)"))]
     assert row[0] == env and "envelope" not in cols
     assert json.loads(row[1]) == {"completions": [[5, 6, 1], [7, 7, 7, 7]], "finish_reasons": ["eos", "length"]}
+    db.dispose()
+
+
+def test_migration_0006_keeps_a_leases_terms_only_in_its_envelope(tmp_path):
+    """The row's copies of the lease's terms go (intake reads the signed lease); a downgrade
+    takes them back from the envelope."""
+    from alembic import command
+    from sqlalchemy import text
+
+    db, cfg = _old_database(tmp_path)
+    env = json.dumps({"kind": "lease", "body": {"min_policy_version": 3, "max_policy_version": 5, "seeds": [1, 2],
+                                                "sampling": {"temperature": 1.0, "max_tokens": 8}, "eos_token_id": 1}})
+    with db.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        conn.execute(text(
+            "INSERT INTO leases (lease_id, worker_id, task_index, task_id, status, issued_at, expires_at, min_version,"
+            " max_version, n_seeds, max_tokens, eos_token_id, envelope) VALUES"
+            " ('l-1', 'w', 0, 't', 'active', 1.0, 2.0, 3, 5, 2, 8, 1, :e)"), {"e": env})
+        conn.commit()
+        command.upgrade(cfg, "head")
+        conn.commit()
+        cols = [r[1] for r in conn.execute(text("PRAGMA table_info(leases)"))]
+        kept = conn.execute(text("SELECT status, expires_at, envelope FROM leases")).one()
+        command.downgrade(cfg, "0005")
+        conn.commit()
+        back = conn.execute(text("SELECT min_version, max_version, n_seeds, max_tokens, eos_token_id FROM leases")).one()
+    assert not {"min_version", "max_version", "n_seeds", "max_tokens", "eos_token_id"} & set(cols)
+    assert tuple(kept) == ("active", 2.0, env) and tuple(back) == (3, 5, 2, 8, 1)
     db.dispose()
 
 

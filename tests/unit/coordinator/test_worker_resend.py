@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from coordinator.store.schema import leases, submissions
 from worker.coordinator_client import CoordinatorClient
-from worker.retry import Reachability
+from protocol.retry import Reachability
 from worker.spool import Spool
 from worker.state import WorkerState
 from worker.submitter import Submitter

@@ -48,8 +48,9 @@ def _run_info_server(coordinator: KeyPair) -> ServerThread:
 def test_a_trainer_refuses_a_key_file_or_a_coordinator_other_than_pinned(tmp_path):
     """Checked before the model is loaded or the origin starts (`build_trainer` gets no team here:
     it never gets that far)."""
-    from coordinator.trainer.config import TrainerConfig
-    from coordinator.trainer.setup import build_trainer
+    from trainer.config import TrainerConfig
+    from trainer.main import StopFlag
+    from trainer.setup import build_trainer
 
     OPERATOR.save(tmp_path / "operator.key")
     server = _run_info_server(OTHER)
@@ -58,9 +59,9 @@ def test_a_trainer_refuses_a_key_file_or_a_coordinator_other_than_pinned(tmp_pat
                             coordinator_url=server.url,
                             pins={"operator": OTHER.public.hex, "coordinator": COORDINATOR.public.hex})
         with pytest.raises(PinError, match="the trainer's key file .* names operator key"):
-            build_trainer(cfg, team=None, stop=lambda: False)
+            build_trainer(cfg, team=None, stop=StopFlag())
         cfg = cfg.model_copy(update={"pins": cfg.pins.model_copy(update={"operator": OPERATOR.public.hex})})
         with pytest.raises(PinError, match=f"GET /v1/run.* names coordinator key {OTHER.public.hex[:16]}"):
-            build_trainer(cfg, team=None, stop=lambda: False)
+            build_trainer(cfg, team=None, stop=StopFlag())
     finally:
         server.stop()

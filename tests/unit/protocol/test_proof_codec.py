@@ -266,3 +266,21 @@ def test_power_table_rows_are_the_powers_of_their_points(n):
         assert baby[r, c].astype(np.int64).tolist() == [pow(int(xv), e, gf.P) for e in range(b)]
         assert giant[r, c].astype(np.int64).tolist() == [pow(int(xv), b * e, gf.P) for e in range(g)]
     assert b * g >= n
+
+
+def test_the_layout_numbers_are_the_codecs_and_need_no_torch():
+    """protocol.proof owns 32 / 128 / 258: the size bounds are those of real proofs, and the
+    wire types and the coordinator's intake import them without importing torch."""
+    import subprocess
+    import sys
+
+    from protocol.proof import CHUNK_BYTES, DEFAULT_CHUNK_SIZE, DEFAULT_TOPK, proof_size_bounds
+
+    for T in (1, 32, 33, 100):
+        lo, hi = proof_size_bounds(T)
+        assert lo <= len(build_proof(hidden(T))) <= hi
+    assert (DEFAULT_CHUNK_SIZE, DEFAULT_TOPK, CHUNK_BYTES) == (32, 128, 258) and HEADER.size + CHUNK_BYTES == 274
+    code = ("import sys, protocol.messages, protocol.proof, coordinator.rules.intake, coordinator.admission; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

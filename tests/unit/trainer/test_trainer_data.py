@@ -1,15 +1,16 @@
-"""Advantages, online filtering and packing: hand-checked values and the invariants a step relies on."""
+"""Online filtering and packing: hand-checked values and the invariants a step relies on (the
+advantages come from the coordinator: tests/unit/coordinator/test_coordinator_rules.py)."""
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace as NS
 
 import pytest
 import torch
 
-from coordinator.trainer.advantages import filter_groups, group_advantages
-from coordinator.trainer.packing import (
+from coordinator.rules.advantages import group_advantages
+from trainer.filtering import filter_groups
+from trainer.packing import (
     count_targets,
     pack,
     pack_rows,
@@ -25,23 +26,13 @@ def _group(sid: str, rewards: list[float], advantages: list[float] | None = None
               policy_version=version, prompt_token_ids=prompt or [5, 6, 7], completions=completions, temperature=1.0)
 
 
-def test_group_advantages_hand_checked():
-    adv = group_advantages([1.0, 0.0, 0.0, 0.0])
-    std = math.sqrt(0.25 * 0.75)
-    assert adv == pytest.approx([0.75 / std, -0.25 / std, -0.25 / std, -0.25 / std])
-    assert group_advantages([1.0, 0.0, 0.0, 0.0], scale=False) == pytest.approx([0.75, -0.25, -0.25, -0.25])
-    assert group_advantages([1.0, 1.0]) == [0.0, 0.0]
-    assert group_advantages([]) == []
-
-
-def test_filter_drops_and_counts_zero_advantage_groups_and_recomputes_advantages():
+def test_filter_drops_and_counts_zero_advantage_groups_and_trains_on_the_coordinators_advantages():
     groups = [_group("a", [1, 0]), _group("b", [0, 0]), _group("c", [1, 1]),
-              _group("d", [1, 0], advantages=[5.0, -5.0])]  # a coordinator that sent wrong advantages
+              _group("d", [1, 0], advantages=[0.5, -0.5])]  # a coordinator that only centres (Dr. GRPO)
     kept, counts = filter_groups(groups)
     assert [g.submission_id for g, _ in kept] == ["a", "d"]
     assert counts.zero_advantage == 2 and counts.kept == 2
-    assert counts.advantage_mismatch == 1
-    assert kept[1][1] == pytest.approx([1.0, -1.0])  # ours, not the coordinator's
+    assert kept[0][1] == pytest.approx([1.0, -1.0]) and kept[1][1] == [0.5, -0.5]  # as they came, never recomputed
     assert sorted(counts.dropped_ids) == ["b", "c"]
 
 
@@ -83,7 +74,7 @@ def test_packing_puts_each_target_at_its_predicting_position_and_bounds_padding(
 
 
 def test_packed_logprobs_equal_one_sequence_at_a_time(tiny_model):
-    from coordinator.trainer.logprobs import token_logprobs
+    from trainer.logprobs import token_logprobs
     from protocol.lm import completion_outputs
 
     g1 = _group("a", [1, 0], completions=[[9, 10, 1], [11, 1]], prompt=[5, 6, 7, 8])

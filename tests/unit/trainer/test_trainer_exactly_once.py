@@ -16,13 +16,13 @@ from collections import Counter
 import pytest
 
 from coordinator.store import leases as lease_store
-from coordinator.trainer.checkpoint import CheckpointStore, Inbox
-from coordinator.trainer.client import CoordinatorLink
-from coordinator.trainer.config import EvalConfig, TrainerConfig
-from coordinator.trainer.history import WeightHistory
-from coordinator.trainer.loop import TrainerLoop
-from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics
-from coordinator.trainer.step import StepResult
+from trainer.checkpoint import CheckpointStore, Inbox
+from trainer.client import CoordinatorLink
+from trainer.config import EvalConfig, TrainerConfig
+from trainer.history import WeightHistory
+from trainer.loop import TrainerLoop
+from trainer.status import PhaseClock, StatusBoard, TrainerMetrics
+from trainer.step import StepResult
 from protocol.lm import load_tokenizer
 from protocol.manifest import build_manifest, sign_manifest
 from protocol.messages import BatchResponse, Completion

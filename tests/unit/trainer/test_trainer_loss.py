@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from coordinator.trainer.config import LossConfig
-from coordinator.trainer.loss import kl_k3, policy_loss
+from trainer.config import LossConfig
+from trainer.loss import kl_k3, policy_loss
 
 
 def _run(ratio: list[float], adv: list[float], mask: list[float] | None = None, *, iw: list[float] | None = None,

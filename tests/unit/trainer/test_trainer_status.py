@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics, make_app
+from trainer.status import PhaseClock, StatusBoard, TrainerMetrics, make_app
 from protocol.http import ServerThread
 
 

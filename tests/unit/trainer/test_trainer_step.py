@@ -10,13 +10,13 @@ from types import SimpleNamespace as NS
 import pytest
 import torch
 
-from coordinator.trainer.checkpoint import COMPLETE, CheckpointStore, Inbox
-from coordinator.trainer.config import LossConfig
-from coordinator.trainer.errors import CheckpointError
-from coordinator.trainer.history import WeightHistory
-from coordinator.trainer.logprobs import token_logprobs
-from coordinator.trainer.packing import pack, sequences_from_groups
-from coordinator.trainer.step import StepOptions, run_step, stale_behaviour_logprobs
+from trainer.checkpoint import COMPLETE, CheckpointStore, Inbox
+from trainer.config import LossConfig
+from trainer.errors import CheckpointError
+from trainer.history import WeightHistory
+from trainer.logprobs import token_logprobs
+from trainer.packing import pack, sequences_from_groups
+from trainer.step import StepOptions, run_step, stale_behaviour_logprobs
 
 
 def _group(version: int = 0):

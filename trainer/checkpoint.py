@@ -37,36 +37,10 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.errors import CheckpointError
+from protocol.durable import fsync_dir, fsync_tree, write_atomic
+from trainer.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
-
-
-def fsync_tree(path: Path) -> None:
-    """fsync every file under `path`, then every directory (children before parents)."""
-    path = Path(path)
-    for p in sorted(path.rglob("*"), key=lambda x: -len(x.parts)):
-        _fsync(p)
-    _fsync(path)
-
-
-def _fsync(p: Path) -> None:
-    fd = os.open(str(p), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 @dataclass(frozen=True)
@@ -200,4 +174,4 @@ class Inbox:
         for sid in submission_ids:
             (self.root / self._name(sid)).unlink(missing_ok=True)
         if submission_ids:
-            _fsync(self.root)
+            fsync_dir(self.root)

@@ -2,31 +2,24 @@
 has spooled (the coordinator hands unacknowledged groups out again), announce versions, report
 held-out evaluations (the dashboard's accuracy curve).
 
-These calls retry with jittered exponential backoff while the coordinator is unreachable
-(`Unavailable`), so a coordinator restart only pauses training. A refusal (`Rejected`, 4xx)
-is not retried: it means the trainer's key, clock or version numbering disagrees with the
-coordinator, which is a set-up error the operator must fix, and it is raised as one line.
+These calls retry by the one rule of every role (`protocol.retry.retry_call`): with jittered
+exponential backoff while the coordinator is unreachable (`Unavailable`), and for as long as
+it says (Retry-After) when it answers 429, so a coordinator restart or a busy coordinator only
+pauses training. Another refusal (`Rejected`, 4xx) is not retried: it means the trainer's
+key, clock or version numbering disagrees with the coordinator, which is a set-up error the
+operator must fix, and it is raised as one line. A stop requested while waiting raises
+`protocol.errors.Stopped`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+import threading
 
-import httpx
-
-from coordinator.trainer.errors import TrainerError
 from protocol import routes
 from protocol.envelope import Envelope
-from protocol.http import (
-    Rejected,
-    SignedClient,
-    Unavailable,
-    backoff_delays,
-    check_response,
-    parse_response,
-)
+from protocol.errors import Rejected, Unavailable
+from protocol.http import SignedClient
 from protocol.identity import KeyPair
 from protocol.messages import (
     KIND_BATCH_ACK,
@@ -40,6 +33,8 @@ from protocol.messages import (
     PolicyInfo,
     RunInfo,
 )
+from protocol.retry import retry_call
+from trainer.errors import TrainerError
 
 log = logging.getLogger("swarmrl.trainer")
 
@@ -47,31 +42,25 @@ MAX_ACK = 4096  # submission ids per acknowledgement (BatchAck's limit)
 
 
 class CoordinatorLink:
-    def __init__(self, url: str, key: KeyPair, stop: Callable[[], bool] = lambda: False, timeout_s: float = 30.0,
-                 *, run_id: str):
+    def __init__(self, url: str, key: KeyPair, stop: threading.Event | None = None, timeout_s: float = 30.0,
+                 *, run_id: str = ""):
         self.client = SignedClient(url, key, timeout_s=timeout_s, run_id=run_id)
-        self.stop = stop
+        self.stop = stop if stop is not None else threading.Event()
 
     def close(self) -> None:
         self.client.close()
 
     def _retrying(self, what: str, fn):
-        delays = backoff_delays(0.5, 10.0)
-        while True:
-            try:
-                return fn()
-            except Unavailable as exc:
-                if self.stop():
-                    raise
-                delay = next(delays)
-                log.warning("coordinator unavailable for %s (%s); retrying in %.1f s", what, exc, delay)
-                time.sleep(delay)
+        def waiting(exc: BaseException, wait: float) -> None:
+            log.warning("%s: the coordinator is unavailable (%s); retrying in %.1f s", what, exc, wait)
+
+        return retry_call(fn, what, self.stop, cap_s=10.0, on_retry=waiting)
 
     def take_batch(self, max_groups: int, min_version: int, wait_s: float) -> BatchResponse:
         req = BatchRequest(max_groups=max(1, min(4096, max_groups)), min_policy_version=max(0, min_version),
                            wait_s=wait_s)
         try:
-            return self._retrying("a batch", lambda: self.client.post_signed(
+            return self._retrying("taking a batch", lambda: self.client.post_signed(
                 routes.TRAINER_BATCH, KIND_BATCH_REQUEST, req, BatchResponse, timeout_s=wait_s + 30.0))
         except Rejected as exc:
             raise TrainerError(f"the coordinator refused the batch request: {exc.detail} "
@@ -85,7 +74,7 @@ class CoordinatorLink:
         for i in range(0, len(submission_ids), MAX_ACK):
             body = BatchAck(submission_ids=submission_ids[i:i + MAX_ACK])
             try:
-                resp = self._retrying("an acknowledgement", lambda: self.client.post_signed(
+                resp = self._retrying("acknowledging groups", lambda: self.client.post_signed(
                     routes.TRAINER_ACK, KIND_BATCH_ACK, body, BatchAckResponse))
             except Rejected as exc:
                 raise TrainerError(f"the coordinator refused the acknowledgement of {len(body.submission_ids)} "
@@ -95,17 +84,9 @@ class CoordinatorLink:
 
     def announce(self, manifest: Envelope) -> PolicyInfo:
         """POST the signed manifest of a published version (idempotent for the same manifest)."""
-        def post() -> PolicyInfo:
-            try:
-                resp = self.client.http.post(self.client.base_url + routes.POLICY, content=manifest.model_dump_json(),
-                                             headers={"content-type": "application/json"})
-            except httpx.HTTPError as exc:  # transport errors -> Unavailable, as SignedClient does
-                raise Unavailable(f"{self.client.base_url}{routes.POLICY}: {type(exc).__name__}: {exc}") from exc
-            check_response(resp)
-            return parse_response(resp, PolicyInfo)
-
         try:
-            return self._retrying("announcing a version", post)
+            return self._retrying("announcing a version",
+                                  lambda: self.client.post_envelope(routes.POLICY, manifest, PolicyInfo))
         except Rejected as exc:
             raise TrainerError(f"the coordinator refused policy version {manifest.body.get('version')}: "
                                f"{exc.detail}") from exc
@@ -123,8 +104,6 @@ class CoordinatorLink:
             return False
 
     def run_info(self) -> RunInfo:
-        """GET /v1/run, retried while the coordinator is unreachable (the pins check at start)."""
-        return self._retrying("the run", lambda: self.client.get(routes.RUN, RunInfo))
-
-    def policy(self) -> PolicyInfo:
-        return self._retrying("the policy", lambda: self.client.get(routes.POLICY, PolicyInfo))
+        """GET /v1/run, retried while the coordinator is unreachable (what the trainer takes from
+        the run at start, and the pins check)."""
+        return self._retrying("reading the run", lambda: self.client.get(routes.RUN, RunInfo))

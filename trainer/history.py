@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.logprobs import token_logprobs
-from coordinator.trainer.packing import MicroBatch
+from trainer.logprobs import token_logprobs
+from trainer.packing import MicroBatch
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:

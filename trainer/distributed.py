@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.errors import DistributedError
-from coordinator.trainer.history import WeightHistory
-from coordinator.trainer.step import StepOptions, StepResult, run_step
+from trainer.errors import DistributedError
+from trainer.history import WeightHistory
+from trainer.step import StepOptions, StepResult, run_step
 
 
 @dataclass
@@ -173,13 +173,15 @@ class Team:
 
 
 def follower_loop(cfg: Any, team: Team) -> None:
-    """Ranks >= 1: build the same model and optimizer, then obey rank 0's commands."""
-    from coordinator.trainer.setup import build_model_and_optimizer, reference_model
+    """Ranks >= 1: take the config rank 0 completed with the run's terms (`setup.build_trainer`),
+    build the same model and optimizer, then obey rank 0's commands."""
+    from trainer.setup import build_model_and_optimizer, reference_model
 
+    cfg = team.broadcast(None)
     model, template, optimizer, _ = build_model_and_optimizer(cfg, team)
     ref_model = reference_model(cfg, team)
     history = WeightHistory(template, keep=cfg.async_window + 1)
-    from coordinator.trainer.loop import step_options
+    from trainer.loop import step_options
 
     opts = step_options(cfg, pad_id=0)
     while True:

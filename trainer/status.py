@@ -70,7 +70,6 @@ class TrainerMetrics:
         self.stale_tokens = Counter("swarmrl_trainer_stale_tokens", "tokens from older versions (importance-weighted)", registry=r)
         self.missing_behaviour = Counter("swarmrl_trainer_missing_behaviour_tokens",
                                          "stale tokens whose version's weights were gone (treated as on-policy)", registry=r)
-        self.adv_mismatch = Counter("swarmrl_trainer_advantage_mismatch", "groups whose advantages disagreed with ours", registry=r)
         self.phase_seconds = Counter("swarmrl_trainer_phase_seconds", "wall seconds per phase", ["phase"], registry=r)
         self.idle = Gauge("swarmrl_trainer_idle_fraction", "share of time waiting for data", registry=r)
         self.accuracy = Gauge("swarmrl_trainer_eval_accuracy", "held-out accuracy of the last evaluation", ["kind"], registry=r)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from coordinator.trainer.config import LossConfig
+from trainer.config import LossConfig
 
 
 @dataclass

@@ -28,22 +28,23 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.advantages import FilterCounts, filter_groups
-from coordinator.trainer.checkpoint import CheckpointStore, Inbox
-from coordinator.trainer.client import CoordinatorLink
-from coordinator.trainer.config import TrainerConfig
-from coordinator.trainer.evaluate import append_csv, evaluate, read_csv
-from coordinator.trainer.history import WeightHistory
-from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics
-from coordinator.trainer.step import StepOptions, StepResult
 from protocol.messages import EvalReport, TrainingGroup
+from protocol.window import window_floor
+from trainer.checkpoint import CheckpointStore, Inbox
+from trainer.client import CoordinatorLink
+from trainer.config import TrainerConfig
+from trainer.evaluate import append_csv, evaluate, read_csv
+from trainer.filtering import FilterCounts, filter_groups
+from trainer.history import WeightHistory
+from trainer.status import PhaseClock, StatusBoard, TrainerMetrics
+from trainer.step import StepOptions, StepResult
 
 log = logging.getLogger("swarmrl.trainer")
 
 
 @dataclass
 class Pending:
-    """Kept groups waiting for a step, with their recomputed advantages."""
+    """Kept groups waiting for a step, with their advantages."""
 
     items: list[tuple[TrainingGroup, list[float]]] = field(default_factory=list)
 
@@ -120,7 +121,7 @@ class TrainerLoop:
 
     # -- data ----------------------------------------------------------------------------------
     def window_floor(self) -> int:
-        return max(0, self.version - self.cfg.async_window)
+        return window_floor(self.version, self.cfg.async_window)
 
     def admit(self, groups: list[TrainingGroup]) -> None:
         """Filter new (or re-loaded) groups into `pending`; forget the dropped ones at once."""
@@ -137,14 +138,11 @@ class TrainerLoop:
         if stale:
             self.metrics.groups.labels("stale").inc(len(stale))
         ok = [g for g in fresh if floor <= g.policy_version <= self.version]
-        kept, counts = filter_groups(ok, scale=self.cfg.advantage_scale, min_pass_rate=self.cfg.min_pass_rate,
-                                     max_pass_rate=self.cfg.max_pass_rate)
+        kept, counts = filter_groups(ok, min_pass_rate=self.cfg.min_pass_rate, max_pass_rate=self.cfg.max_pass_rate)
         self.metrics.groups.labels("zero_advantage").inc(counts.zero_advantage)
         self.metrics.groups.labels("pass_rate_window").inc(counts.outside_pass_window)
-        self.metrics.adv_mismatch.inc(counts.advantage_mismatch)
         self.counts.zero_advantage += counts.zero_advantage
         self.counts.outside_pass_window += counts.outside_pass_window
-        self.counts.advantage_mismatch += counts.advantage_mismatch
         self.inbox.remove([g.submission_id for g in stale] + counts.dropped_ids)
         self.pending.items.extend(kept)  # type: ignore[arg-type]
 

@@ -1,9 +1,11 @@
 """Assembling a trainer from its config: model, optimizer, checkpoints, origin, link, HTTP status.
 
+`build_trainer` runs on rank 0: it joins the run first (`join_run`: the operator key, the
+coordinator's GET /v1/run, whose run id, async window and task source complete the config),
+then adds what only the leader has: the checkpoint store's version 0, the shardcast origin, the
+coordinator link, the held-out task source, the metrics server and the `TrainerLoop`.
 `build_model_and_optimizer` runs on every rank (same weights, same optimizer state: from the
-newest complete version, or the initial model); `build_trainer` runs on rank 0 and adds what
-only the leader has: the checkpoint store's version 0, the shardcast origin, the coordinator
-link, the held-out task source, the metrics server and the `TrainerLoop`.
+newest complete version, or the initial model).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.checkpoint import CheckpointStore, Inbox
-from coordinator.trainer.config import TrainerConfig
-from coordinator.trainer.errors import TrainerError
-from coordinator.trainer.history import WeightHistory
 from protocol.errors import ProtocolError
+from trainer.checkpoint import CheckpointStore, Inbox
+from trainer.config import TrainerConfig, from_run
+from trainer.errors import TrainerError
+from trainer.history import WeightHistory
 
 log = logging.getLogger("swarmrl.trainer")
 
@@ -81,26 +83,46 @@ class Parts:
             fn()
 
 
-def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Parts:
-    from coordinator.trainer.client import CoordinatorLink
-    from coordinator.trainer.loop import TrainerLoop, step_options
-    from coordinator.trainer.status import PhaseClock, StatusBoard, TrainerMetrics, make_app
-    from protocol.http import ServerThread, write_port_file
+def join_run(cfg: TrainerConfig, stop: Any) -> tuple[TrainerConfig, Any, Any]:
+    """(the config with the run's terms, the operator key, the coordinator link), before anything
+    heavy starts: the key file (and its pin), GET /v1/run (waited for while the coordinator is
+    unreachable; its keys checked against the pins), then `from_run` — a config that disagrees
+    with the coordinator, like a wrong key, is a set-up error. `stop`: the `main.StopFlag`."""
     from protocol.identity import KeyPair
-    from protocol.lm import load_tokenizer
-    from protocol.tasks import get_source
-    from shardcast.origin import Origin
+    from trainer.client import CoordinatorLink
 
-    data_dir = Path(cfg.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     try:
         key = KeyPair.load(cfg.key_file)
     except ProtocolError as exc:
         raise TrainerError(f"operator key {cfg.key_file}: {exc}") from exc
     cfg.pins.check(source=f"the trainer's key file {cfg.key_file}", operator=key.public.hex)
-    link = CoordinatorLink(cfg.coordinator_url, key, stop=stop, run_id=cfg.run_id)
-    if cfg.pins.pinned:  # before anything heavy starts: a wrong coordinator is a set-up error
-        cfg.pins.check_run(link.run_info(), f"the coordinator at {cfg.coordinator_url} (GET /v1/run)")
+    link = CoordinatorLink(cfg.coordinator_url, key, stop=stop.event, run_id=cfg.run_id)
+    where = f"the coordinator at {cfg.coordinator_url} (GET /v1/run)"
+    try:
+        info = link.run_info()
+        cfg.pins.check_run(info, where)
+        cfg = from_run(cfg, info, where)
+    except BaseException:
+        link.close()
+        raise
+    link.client.run_id = cfg.run_id  # every batch request and acknowledgement is signed for this run
+    return cfg, key, link
+
+
+def build_trainer(cfg: TrainerConfig, team: Any, stop: Any) -> Parts:
+    """Rank 0's trainer. `cfg` is what the operator wrote: the run's terms are taken from the
+    coordinator here (`join_run`) and sent to the other ranks before the model is built."""
+    from protocol.http import ServerThread, write_port_file
+    from protocol.lm import load_tokenizer
+    from protocol.tasks import get_source
+    from shardcast.origin import Origin
+    from trainer.loop import TrainerLoop, step_options
+    from trainer.status import PhaseClock, StatusBoard, TrainerMetrics, make_app
+
+    cfg, key, link = join_run(cfg, stop)
+    team.broadcast(cfg)  # the followers' `follower_loop` receives it
+    data_dir = Path(cfg.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
     model, template, optimizer, state = build_model_and_optimizer(cfg, team)
     store = checkpoint_store(cfg)
     version, step = int(state["version"]), int(state.get("step", state["version"]))
@@ -127,7 +149,8 @@ def build_trainer(cfg: TrainerConfig, team: Any, stop: Callable[[], bool]) -> Pa
     for v in store.complete_versions():
         if version - cfg.async_window <= v <= version:
             history.remember(v, store.get(v).model_dir)
-    source = get_source(cfg.tasks_kind, seed=cfg.tasks_seed, options=cfg.tasks_options) if cfg.eval.every_versions or cfg.eval.at_start else None
+    tasks = cfg.tasks
+    source = get_source(tasks.kind, seed=tasks.seed, options=tasks.options) if cfg.eval.every_versions or cfg.eval.at_start else None
 
     clock, metrics, board = PhaseClock(), TrainerMetrics(), StatusBoard()
     clock.on_add = lambda phase, s: metrics.phase_seconds.labels(phase).inc(s)

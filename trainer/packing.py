@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from coordinator.trainer.errors import BatchError
+from trainer.errors import BatchError
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,25 @@
-"""Configuration of the trainer (`swarmrl trainer --config trainer.toml`)."""
+"""Configuration of the trainer (`swarmrl trainer --config trainer.toml`), and what it takes
+from the run.
+
+The run's terms are the coordinator's config, served at GET /v1/run (`RunInfo`): its id, the
+async window and the task source. `from_run` fills them into the trainer's config at start;
+a trainer config may still name them (`run_id`, `async_window`, `tasks_*`), but only as a check:
+a value that differs from the coordinator's stops the trainer before anything starts, with a
+line naming each field. Everything else here (learning rate, loss, packing, evaluation,
+checkpoints) is the trainer's own.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.config import KeyPins
+from protocol.messages import RunInfo, TaskSpec
 from shardcast.config import OriginConfig
+from trainer.errors import TrainerError
 
 
 class LossConfig(BaseModel):
@@ -32,7 +43,8 @@ class EvalConfig(BaseModel):
 
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    run_id: str = Field("swarmrl-run", description="must match the coordinator's run_id")
+    run_id: str = Field("", description="the run to train (empty: the coordinator's run_id, from GET /v1/run; "
+                        "set: it must be the coordinator's, or the trainer does not start)")
     coordinator_url: str = Field("http://127.0.0.1:8700", description="coordinator to take batches from")
     key_file: Path = Field(Path("./swarmrl-data/keys/operator.key"), description="operator key (signs manifests and batch requests)")
     model: str = Field(..., description="initial model folder or hub id (version 0)")
@@ -44,20 +56,24 @@ class TrainerConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="max gradient norm")
     groups_per_step: int = Field(16, ge=1, description="accepted groups per optimizer step")
-    async_window: int = Field(2, ge=0, description="train on groups from versions current-k..current")
+    async_window: int | None = Field(None, ge=0, description="train on groups from versions current-k..current "
+                                     "(empty: the coordinator's async_window, the run's one setting of the "
+                                     "window; set: it must be the coordinator's, or the trainer does not start)")
     max_versions: int = Field(0, ge=0, description="stop after publishing this many versions (0 = run forever)")
     loss: LossConfig = Field(default_factory=LossConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    tasks_kind: str = Field("arithmetic", description="task source for held-out evaluation")
-    tasks_seed: int = Field(0)
-    tasks_options: dict = Field(default_factory=dict)
+    tasks_kind: str = Field("", description="task source of the held-out evaluation (empty: the coordinator's "
+                            "tasks.kind; set: it must be the coordinator's, or the trainer does not start)")
+    tasks_seed: int | None = Field(None, description="seed of that task source (empty: the coordinator's tasks.seed; "
+                                   "set: it must be the coordinator's)")
+    tasks_options: dict | None = Field(None, description="options of that task source (empty: the coordinator's "
+                                       "tasks.options; set: they must be the coordinator's)")
     max_eval_tokens: int = Field(8, ge=1, description="completion cap of held-out evaluation")
     # -- additions (trainer helper) --
     host: str = Field("127.0.0.1", description="address of the trainer's own /health and /metrics")
     port: int = Field(8760, description="port of /health and /metrics (0 = free port, written to data_dir/trainer.port)")
     seed: int = Field(0, description="torch seed of the trainer")
     updates_per_batch: int = Field(1, ge=1, description="optimizer updates per batch of groups (PPO epochs); 1 = one update per version")
-    advantage_scale: bool = Field(True, description="divide group advantages by the group's reward std (GRPO); False = only centre (Dr. GRPO)")
     min_pass_rate: float = Field(0.0, ge=0, le=1, description="drop groups whose share of rewarded samples is below this")
     max_pass_rate: float = Field(1.0, ge=0, le=1, description="drop groups whose share of rewarded samples is above this")
     row_tokens: int = Field(0, ge=0, description="packing: tokens per packed row (0 = auto: the step's longest sequence, at least 128; attention over a row costs its length squared)")
@@ -68,3 +84,29 @@ class TrainerConfig(BaseModel):
     pins: KeyPins = Field(default_factory=KeyPins, description="keys trusted ahead of the network: `operator` must "
                           "be this trainer's own key, and the coordinator's GET /v1/run must serve the pinned keys, "
                           "or the trainer stops at start (empty = not checked)")
+
+    @property
+    def tasks(self) -> TaskSpec:
+        """The task source (after `from_run`: the run's)."""
+        return TaskSpec(kind=self.tasks_kind, seed=self.tasks_seed or 0, options=dict(self.tasks_options or {}))
+
+
+def from_run(cfg: TrainerConfig, info: RunInfo, where: str) -> TrainerConfig:
+    """`cfg` with the run's terms taken from the coordinator's `info` (a pure function).
+
+    Raises TrainerError naming every field the trainer's config sets to another value than the
+    coordinator's (`where` says which coordinator), or when neither names a task source."""
+    ours: dict[str, Any] = {"run_id": cfg.run_id or None, "async_window": cfg.async_window}
+    theirs: dict[str, Any] = {"run_id": info.run_id, "async_window": info.async_window}
+    if info.tasks is not None:
+        ours |= {"tasks_kind": cfg.tasks_kind or None, "tasks_seed": cfg.tasks_seed, "tasks_options": cfg.tasks_options}
+        theirs |= {"tasks_kind": info.tasks.kind, "tasks_seed": info.tasks.seed, "tasks_options": info.tasks.options}
+    elif not cfg.tasks_kind:
+        raise TrainerError(f"{where} does not say which task source the run uses; set tasks_kind (and tasks_seed, "
+                           "tasks_options) in the trainer's config to the coordinator's tasks")
+    wrong = [f"{k} = {ours[k]!r} (the coordinator's: {theirs[k]!r})" for k in theirs
+             if ours[k] is not None and ours[k] != theirs[k]]
+    if wrong:
+        raise TrainerError(f"the trainer's config disagrees with the run at {where}: {'; '.join(wrong)}. These are "
+                           "the coordinator's settings: leave them out of the trainer's config, or make them equal")
+    return cfg.model_copy(update={k: v for k, v in theirs.items() if ours[k] is None})

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from pathlib import Path
 
-from coordinator.trainer.config import TrainerConfig
+from protocol.errors import Stopped
+from trainer.config import TrainerConfig
 
 log = logging.getLogger("swarmrl.trainer")
 
@@ -43,8 +43,8 @@ class StopFlag:
 def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
     import torch
 
-    from coordinator.trainer import distributed
-    from coordinator.trainer.setup import build_trainer
+    from trainer import distributed
+    from trainer.setup import build_trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the step log
@@ -56,9 +56,15 @@ def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
     clean = False
     try:
         if team.rank == 0:
-            parts = build_trainer(cfg, team, stop)
+            try:
+                parts = build_trainer(cfg, team, stop)
+            except Stopped:
+                log.info("stopped before the trainer started")
+                return
             try:
                 parts.loop.run()
+            except Stopped as exc:  # a stop request ended a wait for the coordinator
+                log.info("%s; stopping", exc)
             finally:
                 team.finish()
                 parts.close()
@@ -67,7 +73,3 @@ def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
         clean = True
     finally:
         team.close(clean)
-
-
-def data_dir(cfg: TrainerConfig) -> Path:
-    return Path(cfg.data_dir)

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.config import LossConfig
-from coordinator.trainer.history import WeightHistory
-from coordinator.trainer.logprobs import token_logprobs
-from coordinator.trainer.loss import LossStats, policy_loss
-from coordinator.trainer.packing import (
+from trainer.config import LossConfig
+from trainer.history import WeightHistory
+from trainer.logprobs import token_logprobs
+from trainer.loss import LossStats, policy_loss
+from trainer.packing import (
     MicroBatch,
     count_targets,
     empty_micro_batch,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from coordinator.trainer.packing import MicroBatch
+from trainer.packing import MicroBatch
 
 
 def target_logits(model: Any, mb: MicroBatch) -> torch.Tensor:

@@ -1,0 +1,30 @@
+"""JSON log lines and the status view (the worker's retries: tests/unit/protocol/test_retry.py)."""
+
+import json
+import logging
+
+from worker.state import WorkerState
+from worker.view import JsonFormatter, render
+
+
+def test_json_log_lines_carry_the_message_and_extras():
+    rec = logging.LogRecord("worker", logging.WARNING, __file__, 1, "lease %s refused", ("l-1",), None)
+    rec.lease_id = "l-1"
+    doc = json.loads(JsonFormatter().format(rec))
+    assert doc["msg"] == "lease l-1 refused" and doc["level"] == "warning" and doc["lease_id"] == "l-1"
+
+
+def test_status_view_shows_what_the_contributor_needs():
+    from rich.console import Console
+
+    st = WorkerState(peer_id="12D3KooWabc", coordinator_url="http://c", run_id="run")
+    st.set(policy_version=3, newest_version=4, coordinator_up=False, coordinator_error="connection refused")
+    st.progress(4, 5_000_000, 10_000_000)
+    st.record_batch(1000, 2.0)
+    st.add(submitted=5, accepted=3, rejected=1, credits_tokens=1234)
+    console = Console(width=200, record=True)
+    console.print(render(st.snapshot()))
+    text = console.export_text()
+    for part in ("12D3KooWabc", "unreachable", "v3", "newest v4", "downloading v4", "50%", "500.0 tokens/s",
+                 "submitted 5", "accepted 3", "rejected 1", "1,234 accepted tokens"):
+        assert part in text, part
