@@ -78,5 +78,29 @@ def spool_counts(wan, name: str) -> dict[str, int]:
     return {d.name: sum(1 for _ in d.iterdir()) for d in root.iterdir() if d.is_dir()}
 
 
+def worker_id(wan, name: str) -> str:
+    from protocol.identity import KeyPair
+
+    return KeyPair.load(wan.plan.root / name / "worker.key").peer_id
+
+
+def spooled_leases(wan, name: str, folder: str = "pending") -> set[str]:
+    """Lease ids of the entries in one folder of a worker's spool (worker.spool: one file per lease)."""
+    d = wan.plan.root / name / "spool" / folder
+    return {p.name[:-len(".json")] for p in d.glob("*.json")} if d.exists() else set()
+
+
+def stored_leases(wan, lease_ids: set[str]) -> dict[str, int]:
+    """How many submissions the coordinator's database (SQLite, read-only) holds per lease id."""
+    import sqlite3
+
+    db = wan.plan.root / "coordinator" / "coordinator.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        rows = dict(conn.execute(
+            f"SELECT lease_id, COUNT(*) FROM submissions WHERE lease_id IN ({','.join('?' * len(lease_ids))}) "
+            "GROUP BY lease_id", sorted(lease_ids)).fetchall()) if lease_ids else {}
+    return {lid: rows.get(lid, 0) for lid in lease_ids}
+
+
 def dump(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1, default=str))
