@@ -278,7 +278,7 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
                                t_end: float, n_verifiers: int) -> tuple[Recorder, dict]:
     from protocol.manifest import build_manifest, sign_manifest
     from protocol.envelope import Envelope, envelope_digest
-    from protocol.messages import BatchAck, BatchRequest, ClaimRequest, Verdict
+    from protocol.messages import BatchAck, BatchRequest, CheckResult, ClaimRequest, Verdict
 
     rec = Recorder(t_measure)
     counts = {"verdicts": 0, "groups": 0, "versions": 1}
@@ -292,7 +292,10 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
 
         async def post_verdicts(conn: Conn, jobs: list[dict]) -> None:
             for job in jobs:
-                v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=[],
+                # A full-check acceptance must name the proof and sampling checks (coordinator.rules.verdicts).
+                checks = [CheckResult(name="proof", passed=True), CheckResult(
+                    name="sampling", passed=True, stats={"positions": 0, "not_argmax": 0})] if job["full_check"] else []
+                v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=checks,
                             submission_sha256=envelope_digest(Envelope.model_validate(job["submission"])),
                             lease_sha256=envelope_digest(Envelope.model_validate(job["lease"])))
                 t0 = time.perf_counter()
