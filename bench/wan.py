@@ -21,8 +21,19 @@ then the same swarm on loopback; versions per minute, accepted groups per minute
 lag at consumption, and the WAN/loopback ratios (goal >= 0.8 at RTT 100 ms).
 
 Rates are scaled (--scale) so a run fits this shared 2-core machine: the emulator is one Python
-process that moves every packet, and the roles share the same cores. Figures: see the README
-("Across the internet") and the end of this docstring.
+process that moves every packet, and the roles share the same cores. The emulator reports how
+late it delivered packets (a busy machine delays them beyond the model).
+
+Figures (2026-12-06, the shared 2-core machine at load average 12-15; also in the README):
+  `broadcast --size-mb 32 --workers 12 --nat-workers 3 --shard-mb 1` (rates x0.1): bound 53.7 s
+  (the slowest home downlink, 5 Mbit/s); relays only 60.2 s (1.12x), peer-assisted 58.0 s
+  (1.08x, 0% of bytes from peers: peers serve only shards relays cannot deliver); first byte
+  median/worst 2.67/3.55 s relays only (heard after 1.5-2.6 s), 0.84/1.32 s with the topic
+  (heard after 0.1-0.2 s); within RTT + 0.5 s: 0/12 and 4/12. An earlier 16 MiB, 8-worker run:
+  1.06x and 1.11x, first byte 0.92/1.78 and 0.78/1.33 s.
+  `rollouts --rtt-min 100 --rtt-max 100 --loss 0.005 --seconds 90` (3 workers, rates x1): WAN
+  21.9 versions/min, 579 accepted groups/min, lag 1.74 mean; loopback 25.1, 997, 1.97: ratios
+  0.88 and 0.58. (At rates x0.1, before the worker's policy-sync fix: 0.68 and 0.49.)
 """
 
 from __future__ import annotations
@@ -103,8 +114,9 @@ def cmd_broadcast(a: argparse.Namespace) -> None:
               f"| {peer_bytes / (len(r.clients) * size):.0%} |")
     print()
     for peers, (r, _) in rows.items():
-        print(("peer-assisted" if peers else "relays only") + " per worker (rtt ms: first byte / done s): "
-              + ", ".join(f"{c.name} {c.rtt_ms:.0f}: {c.first_byte_s:.2f}/{c.done_s:.2f}" for c in r.clients))
+        print(("peer-assisted" if peers else "relays only") + " per worker (RTT ms: heard / first byte / done s): "
+              + ", ".join(f"{c.name} {c.rtt_ms:.0f}: {c.heard_s:.2f}/{c.first_byte_s:.2f}/{c.done_s:.2f}"
+                          for c in r.clients))
     if a.json:
         Path(a.json).write_text(json.dumps({str(k): {"bound": bounds[k].seconds, "done": r.all_done_s,
                                                      "clients": [c.__dict__ for c in r.clients]}
