@@ -102,14 +102,16 @@ def delivered_once(wan, name: str, leases: set[str]):
 
 
 def test_a_region_partitioned_for_60_s_carries_on_and_catches_up_losing_nothing(tmp_path):
-    """The coordinator's lease TTL must outlast the partition: a submission for a lease that
-    expired meanwhile is refused (410 lease_expired, its task went back to the pool), so the
-    operator of a swarm that should ride out 60 s partitions sets `lease_ttl_s` above 60 s
-    (here 180 s; the default is 60 s)."""
+    """The coordinator's lease TTL and its patience with silent workers must outlast the
+    partition: a submission for a lease that expired meanwhile (`lease_ttl_s`, 60 s by default)
+    or that was returned because its worker missed `join.missed_heartbeats_gone` heartbeats (6 x
+    5 s = 30 s by default) is refused (410 lease_expired / lease_closed; its task went back to
+    the pool). With the defaults, a run of this test lost 1 of 229 spooled submissions that way;
+    an operator whose swarm should ride out 60 s partitions sets both above 60 s, as here."""
     topo = standard(workers=2, regions=2, nat_workers=0, rtt_ms=(40, 120))
     cut_off = ["region-a", "worker-1"]
     rest = ["operator", "region-b", "worker-2"]
-    with running(tmp_path, topo, coordinator={"lease_ttl_s": 180.0}) as (wan, group):
+    with running(tmp_path, topo, coordinator={"lease_ttl_s": 180.0, "join": {"missed_heartbeats_gone": 30}}) as (wan, group):
         before = by_worker(wan, wan.stats())
         with SpoolWatch(wan, "worker-1") as spool:
             wan.net.control({"op": "partition", "a": cut_off, "b": rest})
