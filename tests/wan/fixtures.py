@@ -78,12 +78,6 @@ def spool_counts(wan, name: str) -> dict[str, int]:
     return {d.name: sum(1 for _ in d.iterdir()) for d in root.iterdir() if d.is_dir()}
 
 
-def worker_id(wan, name: str) -> str:
-    from protocol.identity import KeyPair
-
-    return KeyPair.load(wan.plan.root / name / "worker.key").peer_id
-
-
 def spooled_leases(wan, name: str, folder: str = "pending") -> set[str]:
     """Lease ids of the entries in one folder of a worker's spool (worker.spool: one file per lease)."""
     d = wan.plan.root / name / "spool" / folder
