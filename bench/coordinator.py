@@ -278,7 +278,7 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
                                t_end: float, n_verifiers: int) -> tuple[Recorder, dict]:
     from protocol.manifest import build_manifest, sign_manifest
     from protocol.envelope import Envelope, envelope_digest
-    from protocol.messages import BatchAck, BatchRequest, ClaimRequest, Verdict
+    from protocol.messages import BatchAck, BatchRequest, CheckResult, ClaimRequest, Verdict
 
     rec = Recorder(t_measure)
     counts = {"verdicts": 0, "groups": 0, "versions": 1}
@@ -292,7 +292,10 @@ async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, ru
 
         async def post_verdicts(conn: Conn, jobs: list[dict]) -> None:
             for job in jobs:
-                v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=[],
+                # A full-check acceptance must name the proof and sampling checks (coordinator.rules.verdicts).
+                checks = [CheckResult(name="proof", passed=True), CheckResult(
+                    name="sampling", passed=True, stats={"positions": 0, "not_argmax": 0})] if job["full_check"] else []
+                v = Verdict(submission_id=job["submission_id"], accepted=True, full_check=job["full_check"], checks=checks,
                             submission_sha256=envelope_digest(Envelope.model_validate(job["submission"])),
                             lease_sha256=envelope_digest(Envelope.model_validate(job["lease"])))
                 t0 = time.perf_counter()
@@ -393,6 +396,57 @@ def start_coordinator(tmp: Path, cfg) -> subprocess.Popen:
     return proc
 
 
+def start_replicas(tmp: Path, cfg, replicas: int) -> list[subprocess.Popen]:
+    """`replicas` coordinator instances sharing one database (PostgreSQL) and one key, each
+    with a data folder of its own and a free port (each is the leader of its own `workers`
+    processes, so each runs the periodic sweep; the bench turns the archive off for them)."""
+    if replicas == 1:
+        return [start_coordinator(tmp, cfg)]
+    procs = []
+    for r in range(replicas):
+        d = tmp / f"replica-{r}"
+        d.mkdir(parents=True, exist_ok=True)
+        procs.append(start_coordinator(d, cfg.model_copy(update={"data_dir": d / "coordinator"})))
+    return procs
+
+
+def replica_urls(tmp: Path, cfg, replicas: int) -> list[str]:
+    dirs = [cfg.data_dir] if replicas == 1 else [tmp / f"replica-{r}" / "coordinator" for r in range(replicas)]
+    return [f"http://127.0.0.1:{(d / 'coordinator.port').read_text().strip()}" for d in dirs]
+
+
+def start_haproxy(tmp: Path, backends: list[str]) -> tuple[subprocess.Popen, str]:
+    """HAProxy (Debian's package, installed with apt-get when missing) on a free loopback port,
+    balancing HTTP requests round-robin over `backends`; returns it and its URL."""
+    import socket
+
+    if shutil.which("haproxy") is None:
+        print("installing HAProxy with apt-get ...", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    servers = "".join(f"    server r{i} {u.split('://', 1)[1]} maxconn 2000\n" for i, u in enumerate(backends))
+    cfg = (f"global\n    maxconn 8000\n"
+           f"defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n"
+           f"    option http-keep-alive\n    http-reuse always\n"
+           f"frontend coordinator\n    bind 127.0.0.1:{port}\n    maxconn 8000\n    default_backend replicas\n"
+           f"backend replicas\n    balance roundrobin\n{servers}")
+    (tmp / "haproxy.cfg").write_text(cfg)
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(tmp / "haproxy.cfg")], stdout=open(tmp / "haproxy.log", "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("haproxy did not start:\n" + (tmp / "haproxy.log").read_text()[-2000:])
+            time.sleep(0.1)
+
+
 def run_one(db: str, args, tmp: Path) -> dict:
     import httpx
 
@@ -423,10 +477,18 @@ def run_one(db: str, args, tmp: Path) -> dict:
         sampling={"temperature": 1.0, "max_tokens": args.tokens},
         limits={"requests_per_s_per_worker": 1000, "burst": 2000, "max_leases_per_worker": 64,
                 "exempt_addresses": LOOPBACK},  # every simulated worker is on loopback
-        archive=not args.no_archive, workers=args.server_procs)
-    proc = start_coordinator(tmp, cfg)
+        join={"pow_difficulty": 0},  # registration's proof of work is the client's cost, not the server's
+        archive=not args.no_archive and args.replicas == 1, workers=args.server_procs)
+    if db == "sqlite" and args.replicas > 1:
+        raise SystemExit("replicas share one database: --replicas > 1 needs --db postgres")
+    servers = start_replicas(tmp, cfg, args.replicas)
+    balancer = None
     try:
-        base = f"http://127.0.0.1:{(cfg.data_dir / 'coordinator.port').read_text().strip()}"
+        backends = replica_urls(tmp, cfg, args.replicas)
+        base = backends[0]
+        if args.balancer == "haproxy" or args.replicas > 1:
+            balancer, base = start_haproxy(tmp, backends)
+        coordinator_cpu = lambda: sum(cpu_seconds(p.pid) for p in servers)  # noqa: E731
         with httpx.Client(base_url=base) as http:
             m = build_manifest(model, run_id=cfg.run_id, version=0, step=0)
             http.post("/v1/policy", content=sign_manifest(m, operator).model_dump_json()).raise_for_status()
@@ -454,10 +516,10 @@ def run_one(db: str, args, tmp: Path) -> dict:
 
         def sample_cpu() -> None:
             time.sleep(max(0.0, t_measure - time.time()))
-            cpu_marks["start"] = cpu_seconds(proc.pid)
+            cpu_marks["start"] = coordinator_cpu()
             cpu_marks["clients_start"] = sum(cpu_seconds(pr.pid) for pr in procs) + _own_cpu()
             time.sleep(max(0.0, t_end - time.time()))
-            cpu_marks["end"] = cpu_seconds(proc.pid)
+            cpu_marks["end"] = coordinator_cpu()
             cpu_marks["clients_end"] = sum(cpu_seconds(pr.pid) for pr in procs) + _own_cpu()
 
         import threading
@@ -473,17 +535,22 @@ def run_one(db: str, args, tmp: Path) -> dict:
             pr.join(timeout=30)
         with httpx.Client(base_url=base) as http:
             stats = http.get("/v1/stats").json()
-            server = server_latency(http.get("/metrics").text)
+        # The coordinator's own histograms, per replica (each counts what it handled).
+        server = {}
+        for i, u in enumerate(backends):
+            for route, v in server_latency(httpx.get(u + "/metrics").text).items():
+                server[route if len(backends) == 1 else f"{route}@r{i}"] = v
         server_cpu = cpu_marks.get("end", 0.0) - cpu_marks.get("start", 0.0)
         client_cpu = cpu_marks.get("clients_end", 0.0) - cpu_marks.get("clients_start", 0.0)
         return {"db": db, "rec": rec, "counts": counts, "stats": stats, "body_kb": body_kb, "server": server,
                 "server_cpu_s": server_cpu, "client_cpu_s": client_cpu}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        for proc in [*servers, *([balancer] if balancer else [])]:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
         if pg is not None:
             pg.remove()
 
@@ -534,7 +601,8 @@ def _pct(xs: list[float], q: float) -> float:
 def report(res: dict, args) -> None:
     rec, counts, dur = res["rec"], res["counts"], args.duration
     subs = rec.ok.get("submit", 0)
-    print(f"\n== coordinator ({args.server_procs} process{'es' if args.server_procs > 1 else ''}) on {res['db']}: {args.workers} workers, {dur:.0f} s measured after {args.warmup:.0f} s "
+    replicas = f"{args.replicas} replicas x " if args.replicas > 1 else ""
+    print(f"\n== coordinator ({replicas}{args.server_procs} process{'es' if args.server_procs > 1 else ''}) on {res['db']}: {args.workers} workers, {dur:.0f} s measured after {args.warmup:.0f} s "
           f"warm-up, {args.group_size}x{args.tokens} tokens per submission ({res['body_kb']:.0f} KB), offered "
           f"{'unpaced (saturate)' if args.saturate else f'{args.rate:.0f} submissions/s'}")
     print(f"   sustained: {subs / dur:7.1f} submissions/s   {counts['verdicts'] / dur:7.1f} verdicts/s   "
@@ -578,13 +646,25 @@ def main() -> None:
     ap.add_argument("--verifiers", type=int, default=2, help="concurrent verifier loops")
     ap.add_argument("--no-archive", action="store_true")
     ap.add_argument("--pg-port", type=int, default=55439)
+    ap.add_argument("--replicas", type=int, default=1, help="coordinator instances sharing PostgreSQL, behind "
+                    "HAProxy (> 1 needs --db postgres; bench/many_workers.py compares 1 and 2)")
+    ap.add_argument("--balancer", choices=["none", "haproxy"], default="none",
+                    help="put HAProxy in front even of one replica (always with --replicas > 1)")
+    ap.add_argument("--json", default="", help="also write each run's figures here (bench/many_workers.py)")
     args = ap.parse_args()
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     print(f"bench/coordinator.py on {os.cpu_count()} cores (shared with the clients; noisy if anything else runs)")
     for db in dbs:
         tmp = Path(tempfile.mkdtemp(prefix=f"swarmrl-bench-{db}-"))
         try:
-            report(run_one(db, args, tmp), args)
+            res = run_one(db, args, tmp)
+            report(res, args)
+            if args.json:
+                rec = res["rec"]
+                Path(args.json).write_text(json.dumps({
+                    "db": db, "replicas": args.replicas, "duration": args.duration, "ok": rec.ok,
+                    "errors": rec.errors, "server_cpu_s": res["server_cpu_s"],
+                    "pct": {ep: {"p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99)} for ep, xs in rec.samples.items()}}))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

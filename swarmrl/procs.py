@@ -100,12 +100,13 @@ class ProcessGroup:
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, args: list[str], env: dict | None = None, module: str = "swarmrl",
-              nice: int = 0) -> Child:
-        """Start `python -m module *args`; `nice` > 0 runs it (and its threads) at lower CPU priority."""
+              nice: int = 0, prefix: list[str] | None = None) -> Child:
+        """Start `python -m module *args`; `nice` > 0 runs it (and its threads) at lower CPU priority;
+        `prefix` goes before the command line and must exec it (e.g. `ip netns exec NS`, tests/wan)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         fh = open(log, "ab")
-        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT,
                                  env=env or child_env(), start_new_session=True,
                                  preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None)
         fh.close()

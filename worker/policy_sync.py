@@ -144,7 +144,11 @@ class PolicySync:
         path = Path(self.client.fetch(version, progress=progress))
         with self._cv:
             self._ready[version] = path
-            self._wanted.discard(version)
+            # A ready version supersedes older wants: the main loop prefers the newest allowed
+            # version, and one that still needs an older one asks again through `wait_any`. Kept,
+            # they sent the thread after versions the relays had pruned long ago (seen on slow
+            # links: tests/integration/test_wan_*, issue 22).
+            self._wanted = {v for v in self._wanted if v > version}
             self._failed_at.pop(version, None)
             if self._newest_known is None or version > self._newest_known:
                 self._newest_known = version

@@ -1,0 +1,57 @@
+"""PolicySync drops wants that a newer ready version superseded (found on the simulated internet,
+issue 22: a worker on a slow link finished version 13, then spent its download thread on
+version 2, which a lease had wanted long before and the relays had already pruned). A caller
+that still needs the older version asks again through `wait_any`, which still fetches it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from protocol.errors import ProtocolError
+from worker.policy_sync import PolicySync
+
+
+class FakeClient:
+    """Holds versions >= 10 (older ones pruned) and 5; the first fetch waits for `gate`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.calls: list[int] = []
+        self.gate = threading.Event()
+
+    def fetch(self, version: int, progress=None) -> Path:
+        self.calls.append(version)
+        self.gate.wait(5)
+        if version < 10 and version != 5:
+            raise ProtocolError(f"no source holds version {version}")
+        d = self.root / str(version)
+        d.mkdir(exist_ok=True)
+        return d
+
+    def wait_for_version(self, after, timeout_s):
+        time.sleep(0.05)
+        return None
+
+
+def test_a_newer_ready_version_supersedes_older_wants_and_an_old_one_is_still_fetched_on_demand(tmp_path):
+    client = FakeClient(tmp_path)
+    stop = threading.Event()
+    sync = PolicySync(client, stop)
+    sync.want([13])
+    sync.want([2])           # a lease's version from long ago, still wanted
+    sync.start()
+    try:
+        client.gate.set()
+        deadline = time.time() + 5
+        while 13 not in sync.ready() and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)      # room for the download thread to pick a next target
+        assert client.calls == [13]
+        # A lease that allows only older versions still gets one.
+        assert sync.wait_any([5, 4], time.time() + 5)[0] == 5
+        assert client.calls == [13, 5]
+    finally:
+        stop.set()
+        sync.join(5)
