@@ -75,7 +75,9 @@ class ProofDriftConfig(BaseModel):
     float32: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.01, limit=0.2, worst_allowance=0.05,
                                                                      worst_limit=0.5),
                                  description="the test for submissions judged in float32")
-    bfloat16: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.6, limit=2.0, worst_allowance=2.0,
+    # bf16: above the honest levels measured (another attention kernel: 0.41 on average, 64-token
+    # completions: ~0.5, vLLM's own CPU kernels: 0.61, which 0.6 banned after 14 honest checks)
+    bfloat16: DriftLimits = Field(default_factory=lambda: DriftLimits(allowance=0.9, limit=2.0, worst_allowance=2.5,
                                                                       worst_limit=3.0),
                                   description="the test for submissions judged in bfloat16")
 

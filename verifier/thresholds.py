@@ -24,13 +24,15 @@ fuller tables in its output and the issue notes):
   completion and chunk) are set for the second case, because a contributor's GPU rarely runs
   the verifier's kernels. So one bf16 check catches only large changes (int4, 10% noise,
   AdamW at 1e-4, another version, another model, edited tokens, any sampling change); smaller
-  ones are left to the per-worker proof-drift test (`coordinator.rules.proof_drift`), which bans
-  int8 per tensor after ~13 full checks, fp8 after 3, 1% noise after 10, 3% after 2, AdamW at
-  1e-5 after 4, one completion of 8 from 10% noise after 2-3. It does not ban int8 per channel
-  (pooled error 0.64 on average), 0.3% noise (0.50) or one completion of 8 from 3% noise
-  (banned after 16 in one run of 20 checks, not in another) within 20 full checks: honest workers on
-  other kernels average 0.41 (sd 0.14) and honest long sequences on the same kernel ~0.5, and
-  an allowance below that would ban them. A run that must catch those changes allows float32
+  ones are left to the per-worker proof-drift test (`coordinator.rules.proof_drift`), whose bf16
+  allowance must sit above every honest engine's level: another attention kernel averages 0.41
+  (sd 0.14), 64-token completions ~0.5, and vLLM's own CPU kernels 0.61, which the first
+  allowance (0.6) banned after 14 honest checks. At the allowance 0.9 it bans fp8 after ~4 full
+  checks, 3% noise after 2, AdamW at 1e-5 after ~10, one completion of 8 from 10% noise after
+  2-3 (replayed on the recorded checks: bench/verification_drift.py). It does not ban int8 per
+  tensor (pooled error 0.75) or per channel (0.64), 0.3% or 1% noise (0.50, 0.84) or one
+  completion of 8 from 3% noise within 20 full checks: in bf16 they look like an honest
+  contributor on other hardware. A run that must catch them allows float32
   only (`allowed_dtypes`), where they fail every check.
 - Declaring bfloat16 while computing in float32 buys wider limits only while the changed
   weights keep the proofs further from the verifier's float32 prefill than bf16 rounding does
@@ -38,8 +40,8 @@ fuller tables in its output and the issue notes):
   64-token completions: half that keeps an honest bf16 worker from being judged by the float32
   limits; a real model's deeper stack rounds more, not less): then a
   single check catches int8 0-5%, fp8 15%, 0.3-3% noise 0-75% and AdamW at 1e-5 0% of the
-  time instead of 100%, and the worker is banned after 1-7 full checks (rejections and drift)
-  instead of 1.
+  time instead of 100%; int8 per tensor and 1% noise are then not banned within 20 full checks
+  (as when computed in bf16), the others after 1-12 (rejections and drift) instead of 1.
 - Non-finite values: a NaN/Inf in the verifier's prefill or in a statistic rejects; a
   non-finite value claimed in a proof at a top-ranked position rejects on its own
   (`verifier.checks.proof`).

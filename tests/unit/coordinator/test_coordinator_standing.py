@@ -126,10 +126,11 @@ def test_proof_drift_bans_a_worker_whose_proofs_stay_a_little_off(make_swarm):
         (sid,) = submit(s, honest)
         s.verdict(sid, True, checks=passing_checks(mant_mean=0.004))
     assert s.snapshot_worker(honest)["status"] == "active" and s.snapshot_worker(honest)["drift_score"] == 0
-    # bf16 has its own, wider allowance: 0.5 steps is honest there
-    for _ in range(20):
+    # bf16 has its own, wider allowance: 0.65 steps is honest there (vLLM's own kernels measured
+    # 0.61 on average against the verifier's transformers prefill)
+    for _ in range(40):
         (sid,) = submit(s, honest)
-        s.verdict(sid, True, checks=passing_checks(dtype="bfloat16", mant_mean=0.5))
+        s.verdict(sid, True, checks=passing_checks(dtype="bfloat16", mant_mean=0.65))
     assert s.snapshot_worker(honest)["status"] == "active"
 
 
@@ -211,16 +212,16 @@ def test_dropping_leases_beyond_the_allowance_raises_the_check_rate(make_swarm):
 
 def test_one_bad_completion_per_group_is_caught_by_the_worst_completion_drift(make_swarm):
     """Pooled errors stay honest (one completion of 8 barely moves them), but the worst
-    completion of every group sits at 3 steps in bf16 (allowance 2, limit 3): banned at the 3rd."""
+    completion of every group sits at 4 steps in bf16 (allowance 2.5, limit 3): banned at the 2nd."""
     s = make_swarm()
     s.publish(0)
     w = s.new_worker()
     for n in range(1, 10):
         (sid,) = submit(s, w)
-        s.verdict(sid, True, checks=passing_checks(dtype="bfloat16", mant_mean=0.4, per_completion=[0.3] * 7 + [3.0]))
+        s.verdict(sid, True, checks=passing_checks(dtype="bfloat16", mant_mean=0.4, per_completion=[0.3] * 7 + [4.0]))
         if s.snapshot_worker(w)["status"] == "banned":
             break
-    assert n == 3 and "worst completions" in s.snapshot_worker(w)["ban_reason"]
+    assert n == 2 and "worst completions" in s.snapshot_worker(w)["ban_reason"]
 
 
 def test_held_groups_are_not_on_their_way_to_the_trainer_for_the_lease_bound(make_swarm):
