@@ -69,8 +69,8 @@ def envelope_shaped(size: int, kind: str = "submission", run_id: str = "swarmrl-
     room = size - len(prefix) - len(suffix)
     if room < 2:
         return head
-    ids = (b"7," * (room // 2))[:room]
-    ids = ids[:-1] + b"7" if ids.endswith(b",") else ids
+    # odd room: "7,7,...,7"; even room: the last id is "77" (the timestamp's length varies)
+    ids = b"7," * (room // 2) + b"7" if room % 2 else b"7," * (room // 2 - 1) + b"77"
     return prefix + ids + suffix
 
 

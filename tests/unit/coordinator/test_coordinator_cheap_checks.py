@@ -225,6 +225,8 @@ def test_the_flooder_builds_envelope_shaped_json_of_the_asked_size():
     env = json.loads(raw)
     assert len(raw) == 100_000 and env["kind"] == "submission" and len(env["signer"]) == 64
     assert len(env["body"]["completions"][0]["token_ids"]) > 40_000
+    for size in range(2_000, 2_010):  # odd and even room (the timestamp's length varies too)
+        assert len(envelope_shaped(size)) == size and json.loads(envelope_shaped(size))["body"]
 
 
 
