@@ -27,6 +27,7 @@ from coordinator import p2p, privacy
 from coordinator.api import Api, encode
 from coordinator.context import Context
 from coordinator.dashboard import mount_dashboard
+from coordinator.dashboard.routes import Recent
 from coordinator.errors import CoordinatorError
 from coordinator.service import join, training, upkeep, verification, work
 from protocol import routes
@@ -237,11 +238,20 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         api.done("post_policy", t0, resp.status_code)
         return resp
 
+    # Anonymous pollers share one computation per `dashboard_cache_s`: the waste and reward
+    # aggregates scan every submission, and /v1/stats is open to anyone (the operator's token
+    # always gets a fresh answer).
+    shared_stats = Recent(ctx.cfg.dashboard_cache_s)
+
+    def stats_view(full: bool) -> dict:
+        raw = upkeep.stats(ctx) if full else shared_stats.get("stats", lambda: upkeep.stats(ctx))
+        return privacy.stats(raw, full)
+
     @app.get(routes.STATS, tags=["ops"])
     async def stats(request: Request) -> Response:
         """Workers, versions, buffer, submissions and rewards by version (JSON); contributor addresses
         only with the operator token."""
-        return await api.viewed(request, "stats", lambda full: privacy.stats(upkeep.stats(ctx), full))
+        return await api.viewed(request, "stats", stats_view)
 
     mount_dashboard(app, ctx, api, background=background)  # /v1/dashboard/*, /dashboard, POST /v1/trainer/eval, checkpoints
     ctx.metrics.attach_state(lambda: upkeep.state_counts(ctx))

@@ -259,6 +259,6 @@ class CoordinatorConfig(BaseModel):
     checkpoints: CheckpointArchiveConfig = Field(default_factory=CheckpointArchiveConfig,
                                                  description="policy versions kept for re-verification")
     dashboard_relay_poll_s: float = Field(3.0, gt=0, description="the dashboard asks each relay for its versions at most this often")
-    dashboard_cache_s: float = Field(1.0, ge=0, description="dashboard answers are reused this long, however many dashboards are open (0 = always fresh)")
+    dashboard_cache_s: float = Field(1.0, ge=0, description="dashboard answers and anonymous GET /v1/stats are reused this long, however many readers poll (0 = always fresh)")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="the operator token that unlocks the full dashboard views")
     p2p: P2PConfig = Field(default_factory=P2PConfig, description="libp2p swarm layer: the coordinator is the bootstrap peer (its multiaddrs are in GET /v1/run) and announces each policy version")

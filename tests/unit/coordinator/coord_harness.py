@@ -245,7 +245,7 @@ def start_swarm(tmp: Path, model_dir: Path, *, rng_seed: int = 0, **overrides) -
     limits = {"burst": 100_000, "exempt_addresses": LOOPBACK, **overrides.pop("limits", {})}
     fields = dict(operator_key=operator.public.hex, verifier_keys=[verifier.public.hex], model=str(model_dir),
                   data_dir=tmp / "coordinator", key_file=tmp / "coordinator" / "coordinator.key", port=0,
-                  group_size=4, archive=False, limits=limits)
+                  group_size=4, archive=False, limits=limits, dashboard_cache_s=0.0)
     overrides.setdefault("dashboard", {"operator_token": OPERATOR_TOKEN})
     # registrations here are hand-made requests: no proof of work unless a test asks for one
     overrides["join"] = {"pow_difficulty": 0, **overrides.get("join", {})}

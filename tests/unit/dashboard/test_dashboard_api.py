@@ -220,6 +220,20 @@ def test_answers_are_reused_for_dashboard_cache_s(make_coordinator):
     assert get(s, "/versions")["versions"][0]["version"] == 0  # another endpoint computes its own
 
 
+def test_anonymous_stats_share_one_snapshot_and_the_operator_reads_fresh(make_coordinator):
+    """GET /v1/stats is open to anyone and aggregates every submission: anonymous pollers get one
+    computation per dashboard_cache_s; the operator's token always gets a fresh answer."""
+    s = make_coordinator(dashboard_cache_s=600.0)
+    operator = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+    assert s.http.get("/v1/stats").json()["policy"]["current_version"] is None
+    assert s.publish(0).status_code == 200
+    assert s.http.get("/v1/stats").json()["policy"]["current_version"] is None  # the shared snapshot
+    assert s.http.get("/v1/stats", headers=operator).json()["policy"]["current_version"] == 0
+    fresh = make_coordinator(dashboard_cache_s=0.0)
+    assert fresh.publish(0).status_code == 200
+    assert fresh.http.get("/v1/stats").json()["policy"]["current_version"] == 0
+
+
 def test_a_rollout_whose_payload_left_the_database_is_read_from_the_archive(make_coordinator):
     from coordinator.archive import Archiver
 
