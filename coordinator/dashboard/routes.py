@@ -137,21 +137,29 @@ def _keeper_lifespan(ctx: Context):
 
 class Recent:
     """Answers reused for `ttl_s` (wall clock): any number of open dashboards, refreshing every two
-    seconds, cost the database one query per endpoint per `ttl_s`."""
+    seconds, cost the database one query per endpoint per `ttl_s`.
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, size: int = 64):
-        self.ttl_s, self.clock, self.size = ttl_s, clock, size
-        self._hits: dict[Any, tuple[float, Any]] = {}
+    With `busy_share`, an answer is reused only as long as it took to compute times
+    (1 / busy_share - 1), up to `ttl_s`: pollers can then hold the server busy with this answer
+    at most that share of the time, and a cheap answer (a small database) stays fresh."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, size: int = 64,
+                 busy_share: float | None = None):
+        self.ttl_s, self.clock, self.size, self.busy_share = ttl_s, clock, size, busy_share
+        self._hits: dict[Any, tuple[float, float, Any]] = {}  # key -> (computed at, reuse for, value)
 
     def get(self, key: Any, compute: Callable[[], Any]) -> Any:
         if self.ttl_s <= 0:
             return compute()
         now = self.clock()
         hit = self._hits.get(key)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
+        if hit is not None and now - hit[0] < hit[1]:
+            return hit[2]
         value = compute()
-        self._hits[key] = (now, value)
+        done = self.clock()
+        reuse = self.ttl_s if self.busy_share is None else \
+            min(self.ttl_s, (done - now) * (1.0 / self.busy_share - 1.0))
+        self._hits[key] = (done, reuse, value)
         if len(self._hits) > self.size:
             self._hits.pop(min(self._hits, key=lambda k: self._hits[k][0]))
         return value

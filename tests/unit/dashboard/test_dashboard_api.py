@@ -4,6 +4,7 @@ These read the full (operator) views; test_dashboard_private.py covers what anon
 
 import json
 import re
+import time
 from pathlib import Path
 
 from fastapi import FastAPI, Response
@@ -220,18 +221,48 @@ def test_answers_are_reused_for_dashboard_cache_s(make_coordinator):
     assert get(s, "/versions")["versions"][0]["version"] == 0  # another endpoint computes its own
 
 
-def test_anonymous_stats_share_one_snapshot_and_the_operator_reads_fresh(make_coordinator):
-    """GET /v1/stats is open to anyone and aggregates every submission: anonymous pollers get one
-    computation per dashboard_cache_s; the operator's token always gets a fresh answer."""
+def test_anonymous_stats_share_one_answer_and_the_operator_reads_fresh(make_coordinator, monkeypatch):
+    """GET /v1/stats is open to anyone and aggregates every submission: anonymous pollers share one
+    answer for up to 19x its cost (<= dashboard_cache_s); the operator's token always reads fresh."""
+    from coordinator.service import upkeep
+
+    slow = upkeep.stats
+    monkeypatch.setattr(upkeep, "stats", lambda ctx: time.sleep(0.3) or slow(ctx))  # as on a big database
     s = make_coordinator(dashboard_cache_s=600.0)
     operator = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
     assert s.http.get("/v1/stats").json()["policy"]["current_version"] is None
     assert s.publish(0).status_code == 200
-    assert s.http.get("/v1/stats").json()["policy"]["current_version"] is None  # the shared snapshot
+    assert s.http.get("/v1/stats").json()["policy"]["current_version"] is None  # the shared answer
     assert s.http.get("/v1/stats", headers=operator).json()["policy"]["current_version"] == 0
+    deadline = time.monotonic() + 30  # reused no longer than 19x its cost (~6 s here), not 600 s
+    while s.http.get("/v1/stats").json()["policy"]["current_version"] != 0:
+        assert time.monotonic() < deadline, "the shared answer outlived 19x its cost"
+        time.sleep(1.0)
     fresh = make_coordinator(dashboard_cache_s=0.0)
     assert fresh.publish(0).status_code == 200
     assert fresh.http.get("/v1/stats").json()["policy"]["current_version"] == 0
+
+
+def test_a_cheap_answer_is_reused_only_for_its_share_of_the_time():
+    from coordinator.dashboard.routes import Recent
+
+    t = [0.0]
+
+    def compute(cost):
+        t[0] += cost
+        return t[0]
+
+    recent = Recent(10.0, clock=lambda: t[0], busy_share=0.05)
+    first = recent.get("k", lambda: compute(0.1))  # cost 0.1 s: reused for 1.9 s
+    t[0] += 1.8
+    assert recent.get("k", lambda: compute(0.1)) == first
+    t[0] += 0.2
+    assert recent.get("k", lambda: compute(1.0)) != first  # cost 1 s: reused for 10 s (ttl), not 19
+    again = recent.get("k", lambda: compute(0))
+    t[0] += 9.9
+    assert recent.get("k", lambda: compute(0)) == again
+    t[0] += 0.2
+    assert recent.get("k", lambda: compute(0)) != again
 
 
 def test_a_rollout_whose_payload_left_the_database_is_read_from_the_archive(make_coordinator):
