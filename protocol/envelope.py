@@ -56,7 +56,7 @@ class Envelope(BaseModel):
     """A signed message. Produced by whoever sends a state-changing request; consumed by
     the service that acts on it (and archived, so auditors can re-check the signature)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN timestamp is within no window
 
     kind: str = Field(min_length=1, max_length=64, description="message type, e.g. 'submission'")
     run_id: str = Field(pattern=RUN_ID_PATTERN, description="the run this message belongs to (signed)")
@@ -178,7 +178,7 @@ def open_envelope(
     key.verify(env.signature, env.signing_bytes_with(body_bytes))
     if max_skew_s is not None:
         clock = time.time() if now is None else now
-        if abs(clock - env.timestamp) > max_skew_s:
+        if not abs(clock - env.timestamp) <= max_skew_s:  # written so that NaN fails
             raise StaleMessageError(
                 f"{kind} timestamp is {clock - env.timestamp:+.0f} s off this server's clock "
                 f"(allowed: {max_skew_s:.0f} s); check the sender's clock"

@@ -31,9 +31,11 @@ Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[
 
 
 class Strict(BaseModel):
-    """Base for wire types: unknown fields are an error, values are validated strictly."""
+    """Base for wire types: unknown fields are an error, values are validated strictly, and a
+    float field holds a finite number (JSON `NaN`/`Infinity`/`1e400` are refused: they would pass
+    `ge` bounds or skew windows and poison sums, rates and the JSON other readers parse)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # -- message kinds (the `kind` of the envelope that carries each body) ---------------------

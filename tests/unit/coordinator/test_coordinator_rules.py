@@ -177,7 +177,7 @@ def test_a_dtype_the_lease_does_not_allow_is_refused_first():
     (_proof(4, hidden=8), "hidden size 8"),
     (base64.b64encode(b"\x00" * (2 * 258 + 16)).decode(), "does not decode"),
     (base64.b64encode(base64.b64decode(_proof(4))[:-1]).decode(), "does not decode"),
-])
+], ids=["short", "topk", "hidden", "zeros", "truncated"])  # proofs hold random bytes: not an id
 def test_proofs_must_decode_to_the_completion_with_the_protocols_layout(proof, words):
     with pytest.raises(Invalid) as e:
         check_completions(_sub([GOOD[0], ([5, 6, 7, 8], "length", proof)]), LEASE, "W", vocab_size=10, hidden_size=H)

@@ -198,3 +198,19 @@ def test_envelope_digest_of_an_envelope_without_a_canonical_form_is_defined_and_
     odd = Envelope.model_validate_json(env.model_dump_json().replace('"max_tasks":2', '"max_tasks":NaN'))
     assert odd.body["max_tasks"] != odd.body["max_tasks"]  # NaN got through JSON parsing
     assert len(envelope_digest(odd)) == 64 and envelope_digest(odd) != envelope_digest(env)
+
+
+@pytest.mark.parametrize("spelling", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_wire_floats_are_finite_or_refused(spelling):
+    """A float that is not a number passes `ge` bounds (inf) or every comparison (NaN): wire types
+    and the envelope's timestamp refuse it at parse time, whatever the JSON spelling."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="finite"):
+        Heartbeat.model_validate_json('{"tokens_per_s": %s}' % spelling.lstrip("-"))
+    key = KeyPair.generate()
+    env = seal(KIND_HEARTBEAT, Heartbeat(), key, **SCOPE).model_dump_json()
+    ts = env.split('"timestamp":', 1)[1].split(",", 1)[0]
+    with pytest.raises(ValidationError, match="finite"):
+        Envelope.model_validate_json(env.replace(f'"timestamp":{ts}', f'"timestamp":{spelling}'))
+
