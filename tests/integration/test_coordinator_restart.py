@@ -110,8 +110,14 @@ def _post(http: httpx.Client, url: str, path: str, env) -> httpx.Response | None
         return None
 
 
+def _register(http: httpx.Client, url: str, key: KeyPair) -> bool:
+    env = seal(KIND_REGISTRATION, Registration(hardware=HardwareReport(cpu_count=1, ram_bytes=1)), key)
+    r = _post(http, url, "/v1/workers/register", env)
+    return r is not None and r.status_code == 200
+
+
 def _traffic(stop: threading.Event, coord: Coordinator, ledger: Ledger, worker: KeyPair, verifier: KeyPair,
-             proofs: dict[int, str], role: str) -> None:
+             proofs: dict[int, str], role: str, workers: list[KeyPair] | None = None) -> None:
     rng = random.Random(hash(role))
     with httpx.Client(timeout=5) as http:
         while not stop.is_set():
@@ -119,6 +125,15 @@ def _traffic(stop: threading.Event, coord: Coordinator, ledger: Ledger, worker: 
             if role == "worker":
                 env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=2), worker)
                 r = _post(http, url, "/v1/leases", env)
+                if r is not None and r.status_code == 403 and workers is not None:
+                    # banned by one of the verifier's random rejections: carry on as a new identity
+                    # (its acknowledged registration is checked after each restart like the rest)
+                    fresh = KeyPair.generate()
+                    if _register(http, url, fresh):
+                        with ledger.lock:
+                            workers.append(fresh)
+                        worker = fresh
+                    continue
                 if r is None or r.status_code != 200:
                     time.sleep(0.05)
                     continue
@@ -220,13 +235,14 @@ def test_sigkill_at_any_moment_loses_nothing_acknowledged(tmp_path):
             m = build_manifest(model, run_id=cfg.run_id, version=0, step=0)
             assert http.post("/v1/policy", content=sign_manifest(m, operator).model_dump_json()).status_code == 200
             for key in worker_keys:
-                env = seal(KIND_REGISTRATION, Registration(hardware=HardwareReport(cpu_count=1, ram_bytes=1)), key)
-                assert http.post("/v1/workers/register", content=env.model_dump_json()).status_code == 200
+                assert _register(http, coord.url, key)
         last = None
         for cycle in range(CYCLES):
             stop = threading.Event()
-            threads = [threading.Thread(target=_traffic, args=(stop, coord, ledger, k, verifier, proofs, "worker"))
-                       for k in worker_keys]
+            with ledger.lock:
+                current = list(worker_keys[-2:])
+            threads = [threading.Thread(target=_traffic, args=(stop, coord, ledger, k, verifier, proofs, "worker",
+                                                                worker_keys)) for k in current]
             threads.append(threading.Thread(target=_traffic, args=(stop, coord, ledger, None, verifier, proofs,
                                                                     "verifier")))
             for t in threads:
