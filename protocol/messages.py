@@ -23,6 +23,7 @@ MAX_TOKENS_PER_SEQUENCE = 32_768
 MAX_LEASES_PER_REQUEST = 256
 MAX_PROOF_B64_CHARS = max_proof_b64_chars(MAX_TOKENS_PER_SEQUENCE)
 MAX_ID_CHARS = 128
+MAX_VERSION = 2**31 - 1  # policy versions and steps: SQL INTEGER columns are 32-bit on PostgreSQL
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
@@ -36,6 +37,26 @@ class Strict(BaseModel):
     `ge` bounds or skew windows and poison sums, rates and the JSON other readers parse)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _fits_the_databases(self):
+        """JSON integers have no size limit; the databases' have (a 10**30 reached SQLite as an
+        OverflowError, a 500). Every int field, and every int in a list field, fits in int64; no
+        text field holds a NUL."""
+        for name, value in self.__dict__.items():
+            if type(value) is str:
+                if "\x00" in value:  # PostgreSQL text cannot hold NUL (an error, a 500, there)
+                    raise ValueError(f"{name}: NUL character in text")
+                continue
+            if type(value) is int:
+                bad = not -2**63 <= value < 2**63
+            elif type(value) is list and value and type(value[0]) is int:
+                bad = not -2**63 <= min(value) and max(value) < 2**63
+            else:
+                continue
+            if bad:
+                raise ValueError(f"{name}: integer out of the 64-bit range")
+        return self
 
 
 # -- message kinds (the `kind` of the envelope that carries each body) ---------------------
@@ -102,7 +123,7 @@ class Registration(Strict):
 class Heartbeat(Strict):
     """Worker -> coordinator (`POST /v1/workers/heartbeat`), every few seconds."""
 
-    policy_version: int | None = Field(default=None, ge=0)
+    policy_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
     active_lease_ids: list[Ident] = Field(default_factory=list, max_length=MAX_LEASES_PER_REQUEST)
     tokens_per_s: float = Field(default=0.0, ge=0.0)
     status: str = Field(default="", max_length=64, description="free text: 'generating', 'syncing', ...")
@@ -135,7 +156,7 @@ class Submission(Strict):
     ignored: the coordinator always computes rewards itself."""
 
     lease_id: Ident
-    policy_version: int = Field(ge=0)
+    policy_version: int = Field(ge=0, le=MAX_VERSION)
     completions: list[Completion] = Field(min_length=1, max_length=MAX_GROUP_SIZE)
     engine: EngineInfo
     claimed_rewards: list[float] | None = Field(default=None, max_length=MAX_GROUP_SIZE)
@@ -161,8 +182,8 @@ class Lease(Strict):
                                          description="every token id that ends a completion (the model's "
                                                      "generation_config list, eos_token_id among them); empty: "
                                                      "eos_token_id alone (protocol.conformance.lease_eos)")
-    min_policy_version: int = Field(ge=0)
-    max_policy_version: int = Field(ge=0)
+    min_policy_version: int = Field(ge=0, le=MAX_VERSION)
+    max_policy_version: int = Field(ge=0, le=MAX_VERSION)
     issued_at: float
     expires_at: float
     allowed_dtypes: list[str] = Field(default_factory=lambda: ["float32"], min_length=1, max_length=4,
@@ -345,7 +366,7 @@ class BatchRequest(Strict):
     acknowledged within the coordinator's `batch_ack_timeout_s` is handed out again."""
 
     max_groups: int = Field(ge=1, le=4096)
-    min_policy_version: int = Field(ge=0)
+    min_policy_version: int = Field(ge=0, le=MAX_VERSION)
     wait_s: float = Field(default=0.0, ge=0.0, le=60.0, description="long-poll: wait this long for groups")
 
 
@@ -403,8 +424,8 @@ class EvalReport(Strict):
     held-out evaluation of one policy version. The coordinator keeps the newest report per
     version and shows them as the dashboard's training curve; a report changes nothing else."""
 
-    policy_version: int = Field(ge=0)
-    step: int = Field(default=0, ge=0)
+    policy_version: int = Field(ge=0, le=MAX_VERSION)
+    step: int = Field(default=0, ge=0, le=MAX_VERSION)
     greedy_accuracy: float = Field(ge=0.0, le=1.0, description="share of held-out tasks answered exactly, greedy")
     sampled_accuracy: float | None = Field(default=None, ge=0.0, le=1.0, description="the same, sampled")
     num_tasks: int = Field(ge=1, le=10_000_000)
@@ -434,8 +455,8 @@ class PolicyManifest(Strict):
     `shards`. Nothing may be loaded unless every shard matches and every file's hash too."""
 
     run_id: Ident
-    version: int = Field(ge=0)
-    step: int = Field(ge=0)
+    version: int = Field(ge=0, le=MAX_VERSION)
+    step: int = Field(ge=0, le=MAX_VERSION)
     created_at: float
     shard_size: int = Field(ge=1)
     files: list[FileEntry] = Field(min_length=1, max_length=10_000)
