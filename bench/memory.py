@@ -4,6 +4,7 @@ on a ~30M-parameter Qwen2-architecture model with Qwen's 151,936-entry vocabular
     python bench/memory.py                          # the verifier at 16 x 2,048 tokens, trainer steps
     python bench/memory.py --sections verifier --sequences 2 --tokens 512
     python bench/memory.py --sections trainer       # fp32 / bf16-mixed, 1 / 2 ranks, before / after
+    python bench/memory.py --sections worker --worker-tokens 256   # the worker's generate + proofs
 
 The model is built here with transformers `from_config` (hidden 192, 4 layers, tied
 embeddings: the 29M-entry embedding dominates, as in a real small model with a large
@@ -22,6 +23,11 @@ prompt, seeded tokens drawn at random: the cost does not depend on which tokens)
   and the whole position x vocabulary noise at once (`tests/unit/verifier/
   test_sampling_chunked.py` keeps that implementation), at `--before-tokens` positions only:
   at 16 x 2,048 it would need ~200 GB.
+worker: `TransformersEngine.generate` of `--sequences` x `--worker-tokens` tokens (KV-cache
+decode, seeded sampling over the full vocabulary per step, hidden states kept) plus
+`build_proofs`; its peak is read as VmHWM after resetting it once the model is loaded
+(/proc/self/clear_refs), so loading does not count. The engine holds one step's logits
+(batch x vocabulary) at a time and the hidden states of what it generated.
 The goal (issue 20 item 1): peak at most 2 GB above the weights, time at most 1.3x the bare
 prefill (judged on CPU seconds: this 2-core machine is shared, and wall times there measure
 the other jobs as much as this one; peaks are not affected).
@@ -86,6 +92,19 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak() -> None:
+    """Start the high-water mark (VmHWM) afresh at the current resident size (Linux 4.0+), so the
+    peak read by `hwm_mb` is that of what follows, not of loading the model."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def fake_job(sequences: int, tokens: int):
     """What `verifier.prefill.prefill` reads of an opened job (prompt, seeds, temperature, tokens)."""
     import torch
@@ -131,6 +150,51 @@ def verifier_child(mode: str, sequences: int, tokens: int, dtype: str) -> dict:
             "params": sum(p.numel() for p in model.parameters())}
 
 
+def worker_child(sequences: int, tokens: int, dtype: str) -> dict:
+    """The worker's side: `TransformersEngine.generate` of `sequences` x `tokens` (KV-cache
+    decode, seeded sampling over the full vocabulary at each step, hidden states kept) and
+    `build_proofs` over them, what a worker does per lease."""
+    import tempfile
+
+    from protocol.proof import build_proofs
+    from worker.engines.base import GenerationRequest
+    from worker.engines.transformers_engine import TransformersEngine
+
+    with tempfile.TemporaryDirectory() as d:
+        build_model(dtype).save_pretrained(d)
+        engine = TransformersEngine(device="cpu", dtype=dtype)
+        engine.load(Path(d), 0)
+    reqs = [GenerationRequest(list(range(100, 100 + PROMPT)), seed=7 + i, temperature=1.0, max_tokens=tokens,
+                              eos_token_id=VOCAB + 1) for i in range(sequences)]  # no EOS: every row runs to the end
+    engine.generate([GenerationRequest(list(range(100, 100 + PROMPT)), seed=1, temperature=1.0, max_tokens=2,
+                                       eos_token_id=VOCAB + 1)])  # warm the math libraries before the baseline
+    reset_peak()
+    base = rss_mb()
+    t0, c0 = time.perf_counter(), cpu_s()
+    res = engine.generate(reqs)
+    build_proofs([r.hidden for r in res])
+    seconds, cpu = time.perf_counter() - t0, cpu_s() - c0
+    peak = hwm_mb()
+    model = engine.model
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    made = sum(len(r.token_ids) for r in res)
+    return {"seconds": seconds, "cpu_s": cpu, "peak_above_mb": peak - base, "weights_mb": weights,
+            "params": sum(p.numel() for p in model.parameters()), "tokens": made}
+
+
+def worker_section(a) -> None:
+    print(f"worker (transformers engine + proofs), {a.dtype}, {a.threads} thread(s), vocabulary {VOCAB:,}")
+    print(f"{'batch':<22}{'tokens':>12}{'seconds':>10}{'CPU s':>9}{'tokens/s':>10}{'peak above weights':>20}"
+          f"{'weights':>10}")
+    for seqs, toks in ((a.sequences, a.worker_tokens), (1, a.worker_tokens)):
+        r = run_child(["worker", str(seqs), str(toks), a.dtype], a.threads)
+        if "error" in r:
+            print(f"{'generate + proofs':<22}{f'{seqs} x {toks}':>12}  failed: {r['error']}")
+            continue
+        print(f"{'generate + proofs':<22}{f'{seqs} x {toks}':>12}{r['seconds']:>10.1f}{r['cpu_s']:>9.1f}"
+              f"{r['tokens'] / r['seconds']:>10.0f}{r['peak_above_mb'] / 1024:>17.2f} GB{r['weights_mb']:>7.0f} MB")
+
+
 def run_child(args: list[str], threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env,
@@ -169,16 +233,20 @@ def main() -> None:
         kind, rest = sys.argv[2], sys.argv[3:]
         if kind == "verifier":
             print(json.dumps(verifier_child(rest[0], int(rest[1]), int(rest[2]), rest[3])))
+        elif kind == "worker":
+            print(json.dumps(worker_child(int(rest[0]), int(rest[1]), rest[2])))
         else:
             from bench.memory_trainer import trainer_child
 
             print(json.dumps(trainer_child(*rest)))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sections", nargs="+", default=["verifier", "trainer"], choices=["verifier", "trainer"])
+    p.add_argument("--sections", nargs="+", default=["verifier", "worker", "trainer"],
+                   choices=["verifier", "worker", "trainer"])
     p.add_argument("--sequences", type=int, default=16)
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--before-tokens", type=int, default=256)
+    p.add_argument("--worker-tokens", type=int, default=256, help="worker: tokens generated per sequence")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--groups", type=int, default=2, help="trainer: groups of 4 completions per step")
@@ -187,6 +255,8 @@ def main() -> None:
     a = p.parse_args()
     if "verifier" in a.sections:
         verifier_section(a)
+    if "worker" in a.sections:
+        worker_section(a)
     if "trainer" in a.sections:
         from bench.memory_trainer import trainer_section
 
