@@ -27,7 +27,12 @@ worker: `TransformersEngine.generate` of `--sequences` x `--worker-tokens` token
 decode, seeded sampling over the full vocabulary per step, hidden states kept) plus
 `build_proofs`; its peak is read as VmHWM after resetting it once the model is loaded
 (/proc/self/clear_refs), so loading does not count. The engine holds one step's logits
-(batch x vocabulary) at a time and the hidden states of what it generated.
+(batch x vocabulary) at a time and the hidden states of what it generated. Measured here
+(2026-12-06, load 4-13, fp32, 2 threads): 16 x 64 tokens 0.52 GB above the weights and 16 x 160
+1.21 GB before `protocol.heap.trim` (glibc heap fragmentation, ~7.6 MB per decoding step, not
+memory held: it varied from 0.06 to 1.21 GB between identical runs); trimming every 16 steps:
+16 x 160 0.28 GB; paired 16 x 96 runs 0.59 / 0.06 GB before vs 0.28 / 0.06 GB after, CPU time
+19.2 / 16.2 s vs 21.4 / 17.3 s (+6-11%, within this machine's noise); 1 x 64 tokens 0.01 GB.
 The goal (issue 20 item 1): peak at most 2 GB above the weights, time at most 1.3x the bare
 prefill (judged on CPU seconds: this 2-core machine is shared, and wall times there measure
 the other jobs as much as this one; peaks are not affected).

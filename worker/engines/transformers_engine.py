@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 
+from protocol import heap
 from protocol.lm import base_model, load_model, reload_weights, resolve_device, resolve_dtype
 from protocol.messages import EngineInfo
 from protocol.sampling import sample_rows
 from worker.engines.base import GenerationRequest, GenerationResult
 
 _HIDDEN_BLOCK = 64  # decode steps of hidden states gathered on the device before one copy to the CPU
+_TRIM_EVERY = 16  # CPU decoding: free heap pages go back to the OS this often (protocol.heap)
 
 
 class TransformersEngine:
@@ -117,6 +119,8 @@ class TransformersEngine:
                 step_hidden = []
             if bool(done.all()):
                 break
+            if dev.type == "cpu" and step % _TRIM_EVERY == _TRIM_EVERY - 1:
+                heap.trim()  # protocol.heap: glibc would otherwise grow ~8 MB per step here
             mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=dev)], dim=1)
             out = base(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                        past_key_values=cache, use_cache=True)
