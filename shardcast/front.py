@@ -285,13 +285,23 @@ class ShardFront:
                 status = 206
                 headers["content-range"] = f"bytes {start}-{end - 1}/{loc.size}"
             m.shard_requests.labels("ok").inc()
-            self._head(writer, status, headers, keep)
             if req.method == "HEAD":
+                self._head(writer, status, headers, keep)
                 await writer.drain()
                 return keep
-            await writer.drain()
-            if not await self._send_file(writer, fh, loc.offset + start, end - start):
-                return False
+            # The head and the body's first bytes leave in one segment (TCP_CORK, as nginx's
+            # tcp_nopush): sent alone, the head went out and Linux held the body back until the
+            # head's ACK came, one round trip later (bench/wan.py broadcast: first byte at
+            # head + 1 RTT on every worker; issue 22).
+            sock = writer.get_extra_info("socket")
+            _cork(sock, True)
+            try:
+                self._head(writer, status, headers, keep)
+                await writer.drain()
+                if not await self._send_file(writer, fh, loc.offset + start, end - start):
+                    return False
+            finally:
+                _cork(sock, False)
         return keep
 
     async def _send_file(self, writer: asyncio.StreamWriter, fh, offset: int, count: int) -> bool:
@@ -338,3 +348,13 @@ class ShardFront:
         self._head(writer, status, h, not close)
         writer.write(body)
         await writer.drain()
+
+
+def _cork(sock, on: bool) -> None:
+    """TCP_CORK on or off (Linux; elsewhere, and on a socket already gone, nothing)."""
+    if sock is None or not hasattr(socket, "TCP_CORK"):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
+    except OSError:
+        pass
