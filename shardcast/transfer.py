@@ -17,9 +17,9 @@ connections in the pool's idle list, the next download's threads take them from 
 makes it a kept-alive one with a cheap probe the node's front answers itself (the first byte
 of a shard of the version not yet held: a small 404), because a node closes a new connection
 that sends no request within its header timeout, but keeps an answered one for its idle
-timeout (75 s by default; `PARKED_MAX_S` stays inside it). Not a HEAD: shardcast.front writes
-its error bodies after a HEAD answer too, which would poison the connection's next response.
-At most `max_idle` idle connections per source.
+timeout (75 s by default; `PARKED_MAX_S` stays inside it). Not a HEAD: fronts before this
+change wrote their error bodies after a HEAD answer too, which would poison the connection's
+next response. At most `max_idle` idle connections per source.
 
 Time is bounded for sources that drip. A response head must arrive whole by a deadline
 (`Connections.get(head_timeout_s=...)`): http.client reads it line by line with a timeout per
