@@ -32,7 +32,8 @@ Figures (2026-12-06, the shared 2-core machine; also in the README, with the bef
   issue 22's second round, with this round's harness: 1.13x / 1.16x, 0.81/1.33 s, 4/12). Earlier 32 MiB runs: 1.12x, 1.08x.
   `rollouts --rtt-min 100 --rtt-max 100 --loss 0.005 --seconds 60` (3 workers, rates x1):
   accepted groups/min WAN/loopback 969/1192 = 0.81 at load 6-8 (before: 685/883 = 0.78) and
-  804/1125 = 0.71 at load 12-13 (before: 611/1023 = 0.60); versions/min 0.90 and 0.71.
+  804/1125 = 0.71 at load 12-13 (before: 611/1023 = 0.60); versions/min 0.90 and 0.71. A third
+  run alone at load 9-13 (the emulator 19% late): 528/1113 = 0.47, versions/min 0.24.
 """
 
 from __future__ import annotations
