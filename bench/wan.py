@@ -24,16 +24,16 @@ Rates are scaled (--scale) so a run fits this shared 2-core machine: the emulato
 process that moves every packet, and the roles share the same cores. The emulator reports how
 late it delivered packets (a busy machine delays them beyond the model).
 
-Figures (2026-12-06, the shared 2-core machine at load average 12-15; also in the README):
-  `broadcast --size-mb 32 --workers 12 --nat-workers 3 --shard-mb 1` (rates x0.1): bound 53.7 s
-  (the slowest home downlink, 5 Mbit/s); relays only 60.2 s (1.12x), peer-assisted 58.0 s
-  (1.08x, 0% of bytes from peers: peers serve only shards relays cannot deliver); first byte
-  median/worst 2.67/3.55 s relays only (heard after 1.5-2.6 s), 0.84/1.32 s with the topic
-  (heard after 0.1-0.2 s); within RTT + 0.5 s: 0/12 and 4/12. An earlier 16 MiB, 8-worker run:
-  1.06x and 1.11x, first byte 0.92/1.78 and 0.78/1.33 s.
-  `rollouts --rtt-min 100 --rtt-max 100 --loss 0.005 --seconds 90` (3 workers, rates x1): WAN
-  21.9 versions/min, 579 accepted groups/min, lag 1.74 mean; loopback 25.1, 997, 1.97: ratios
-  0.88 and 0.58. (At rates x0.1, before the worker's policy-sync fix: 0.68 and 0.49.)
+Figures (2026-12-06, the shared 2-core machine; also in the README, with the before/after pairs):
+  `broadcast --size-mb 16 --workers 12 --nat-workers 3 --shard-mb 1` (rates x0.1, load 3.3-5.4):
+  bound 26.8 s (the slowest home downlink, 5 Mbit/s); relays only 28.5 s (1.06x), peer-assisted
+  33.1 s (1.23x, one straggler; 0% of bytes from peers); first byte median/worst 0.36/0.58 s and
+  0.38/0.55 s, within RTT + 0.5 s at 12/12 workers in both (the same command on the code before
+  issue 22's second round, with this round's harness: 1.13x / 1.16x, 0.81/1.33 s, 4/12). Earlier 32 MiB runs: 1.12x, 1.08x.
+  `rollouts --rtt-min 100 --rtt-max 100 --loss 0.005 --seconds 60` (3 workers, rates x1):
+  accepted groups/min WAN/loopback 969/1192 = 0.81 at load 6-8 (before: 685/883 = 0.78) and
+  804/1125 = 0.71 at load 12-13 (before: 611/1023 = 0.60); versions/min 0.90 and 0.71. A third
+  run alone at load 9-13 (the emulator 19% late): 528/1113 = 0.47, versions/min 0.24.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ verified (and still intact on disk) are kept, only the others are downloaded.
 
 Collaborators: shardcast.watch (manifests, long-polls), shardcast.fetch (parallel shard
 downloads with failover), shardcast.selection (choice of relay by measured throughput and
-success).
+success), shardcast.transfer (data connections: kept across downloads, and one pre-opened to
+each of the best relays while `wait_for_version` waits, so a new version's first shard request
+does not pay a TCP handshake on a slow link).
 
 Untrusted sources cannot hold it: every request to a relay has a deadline, a byte cap and
 identity encoding (shardcast.bounded for manifests and long-polls, shardcast.fetch and
@@ -61,13 +63,14 @@ from protocol.identity import PublicKey
 from protocol.messages import ShardEntry
 from shardcast.bounded import in_daemon_thread, short
 from shardcast.errors import FetchFailed, ShardcastError, VersionUnavailable
-from shardcast.fetch import Downloader, FetchEvents, FetchOptions, ShardSink
+from shardcast.fetch import Downloader, FetchEvents, FetchOptions, ShardSink, prewarm
 from shardcast.layout import (
     MANIFEST_NAME, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
 )
 from shardcast.partial import PartialCheckpoint
 from shardcast.selection import Sources
+from shardcast.transfer import Connections
 from shardcast.watch import Announced, fetch_manifest, verify_manifest_bytes, wait_for_newer
 
 if TYPE_CHECKING:
@@ -143,12 +146,15 @@ class ShardcastClient:
         self._learned: set[str] = set()
         self._announced: dict[int, Announced] = {}
         self._abort = threading.Event()
+        # data connections kept across downloads, one pre-opened per best relay while waiting
+        self.conns = Connections(self.options.connect_timeout_s)
 
     # -- versions ------------------------------------------------------------------------------
     def wait_for_version(self, after: int | None, timeout_s: float) -> int | None:
         """Newest version > `after` announced by any relay (or on the swarm's topic, with
         `peers`) within `timeout_s`, else None."""
         self._merge_relays()
+        prewarm(self.conns, self.sources, -1 if after is None else after + 1)
         found = wait_for_newer(self.sources, self.operator_key, after, timeout_s, self.run_id,
                                also=self._swarm_version if self.peers is not None else None)
         if found is None:
@@ -257,7 +263,8 @@ class ShardcastClient:
                 log.info("version %d: resuming, %d of %d shards already verified", version,
                          len(manifest.shards) - len(todo), len(manifest.shards))
             try:
-                Downloader(self.sources, self.options, self.events, abort=self._abort).fetch_all(
+                Downloader(self.sources, self.options, self.events, abort=self._abort,
+                           conns=self.conns).fetch_all(
                     version, todo, sink)
             except (FetchFailed, VersionUnavailable) as exc:
                 if self.fallback is None:
@@ -389,6 +396,7 @@ class ShardcastClient:
 
     def close(self) -> None:
         self._abort.set()
+        self.conns.close_idle()
 
     def __enter__(self) -> "ShardcastClient":
         return self

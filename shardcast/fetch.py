@@ -56,6 +56,27 @@ DIRECT_BUFFER = 4 * 1024 * 1024  # bytes per direct write (a filled read buffer)
 log = logging.getLogger("shardcast.fetch")
 
 
+PREWARM_SOURCES = 2              # sources given a pre-opened connection while waiting for a version
+
+
+def prewarm(conns: Connections, sources: Sources, next_version: int) -> None:
+    """Open, in a daemon thread, one kept-alive data connection to each of the best
+    `PREWARM_SOURCES` sources that has none idle, so the first shard request of
+    `next_version` (when it is announced) does not wait for a TCP handshake. The probe asks
+    for the first byte of shard 0 of `next_version` without waiting (`wait_s=0`): a small 404
+    or 503, or that byte."""
+    todo = [url for url in sources.ranked()[:PREWARM_SOURCES] if not conns.idle(url)]
+    if not todo:
+        return
+    probe = routes.SC_SHARD.format(version=max(0, next_version), index=0) + "?wait_s=0"
+
+    def run() -> None:
+        for url in todo:
+            conns.prewarm(url, probe)
+
+    threading.Thread(target=run, daemon=True, name="shard-prewarm").start()
+
+
 class ShardSink(Protocol):
     def begin(self, shard: ShardEntry) -> tuple[int, int]:
         """An fd open for writing and the file offset where byte 0 of `shard` goes."""
@@ -140,12 +161,16 @@ class _ShardState:
 
 class Downloader:
     def __init__(self, sources: Sources, opts: FetchOptions | None = None,
-                 events: FetchEvents | None = None, abort: threading.Event | None = None):
+                 events: FetchEvents | None = None, abort: threading.Event | None = None,
+                 conns: Connections | None = None):
+        """`conns`: a connection pool that outlives this download (the client's or relay's,
+        pre-opened while it waited for the version); None: one of its own, closed after."""
         self.sources = sources
         self.opts = opts or FetchOptions()
         self.events = events or FetchEvents()
         self.abort = abort or threading.Event()
-        self.conns = Connections(self.opts.connect_timeout_s)
+        self._own_conns = conns is None
+        self.conns = conns if conns is not None else Connections(self.opts.connect_timeout_s)
         self._local = threading.local()
         self._no_direct = False
         self._fd_locks: dict[int, threading.Lock] = {}
@@ -175,7 +200,7 @@ class Downloader:
                         errors.append(exc)
                     stop.set()
                     break
-            self.conns.close_all()  # this thread's connections
+            self.conns.park()  # this thread's connections, for the next download
 
         threads = [threading.Thread(target=worker, daemon=True, name=f"shard-{i}")
                    for i in range(max(1, min(self.opts.parallel, len(shards))))]
@@ -183,6 +208,8 @@ class Downloader:
             t.start()
         for t in threads:
             t.join()
+        if self._own_conns:
+            self.conns.close_idle()
         if errors:
             raise errors[0]
 
@@ -312,14 +339,16 @@ class Downloader:
                                             f"{st.pos + got} of {shard.size} bytes")
                     rate.received(n)
                     got += n
+                    if on_bytes:
+                        # per socket read, not per written block: an O_DIRECT block is a whole
+                        # 1-4 MiB shard, so counting at the write hid when the first byte came
+                        on_bytes(url, n)
                     if got == want or not fill:
                         break
                 chunk = view[:got]
                 self._write(target, chunk, target.base + st.pos)  # then hash: exactly these bytes
                 st.hasher.update(chunk)
                 st.pos += got
-                if on_bytes:
-                    on_bytes(url, got)
             complete = True
         finally:
             resp.finish(complete)

@@ -234,7 +234,7 @@ class ShardFront:
             if not wait_s >= 0:
                 raise ValueError(wait_s)
         except ValueError:
-            await self._error(writer, 422, "wait_s must be a number >= 0", close=not keep)
+            await self._error(writer, 422, "wait_s must be a number >= 0", close=not keep, head=req.method == "HEAD")
             return keep
         m = self.m
         deadline = time.monotonic() + min(wait_s, MAX_WAIT_S)
@@ -244,7 +244,7 @@ class ShardFront:
                 loc = self.catalog.shard(version, index)
             except LookupError as exc:
                 m.shard_requests.labels("not_found").inc()
-                await self._error(writer, 404, str(exc), close=not keep)
+                await self._error(writer, 404, str(exc), close=not keep, head=req.method == "HEAD")
                 return keep
             if loc is not None:
                 break
@@ -252,7 +252,7 @@ class ShardFront:
             if left <= 0 or self.catalog.signal.closed:
                 m.shard_requests.labels("not_ready").inc()
                 await self._error(writer, 503, f"shard {index} of version {version} is not "
-                                  f"verified yet", {"retry-after": "1"}, close=not keep)
+                                  f"verified yet", {"retry-after": "1"}, close=not keep, head=req.method == "HEAD")
                 return keep
             await self.catalog.signal.wait(seen, min(left, 5.0))
         try:
@@ -261,18 +261,18 @@ class ShardFront:
             m.shard_requests.labels("bad_range").inc()
             await self._error(writer, 416, f"range {req.headers.get('range')!r} is outside shard "
                               f"of {loc.size} bytes", {"content-range": f"bytes */{loc.size}"},
-                              close=not keep)
+                              close=not keep, head=req.method == "HEAD")
             return keep
         if self.transfers.active >= self.transfers.limit:
             m.shard_requests.labels("busy").inc()
             await self._error(writer, 503, f"busy: {self.transfers.active} transfers in progress; "
-                              f"try another source", {"retry-after": "1"}, close=not keep)
+                              f"try another source", {"retry-after": "1"}, close=not keep, head=req.method == "HEAD")
             return keep
         try:
             fh = open(loc.path, "rb", buffering=0)  # noqa: SIM115 (closed below)
         except FileNotFoundError:
             m.shard_requests.labels("not_found").inc()
-            await self._error(writer, 404, f"version {version} was just pruned here", close=not keep)
+            await self._error(writer, 404, f"version {version} was just pruned here", close=not keep, head=req.method == "HEAD")
             return keep
         with fh:
             start, end = rng if rng is not None else (0, loc.size)
@@ -285,13 +285,23 @@ class ShardFront:
                 status = 206
                 headers["content-range"] = f"bytes {start}-{end - 1}/{loc.size}"
             m.shard_requests.labels("ok").inc()
-            self._head(writer, status, headers, keep)
             if req.method == "HEAD":
+                self._head(writer, status, headers, keep)
                 await writer.drain()
                 return keep
-            await writer.drain()
-            if not await self._send_file(writer, fh, loc.offset + start, end - start):
-                return False
+            # The head and the body's first bytes leave in one segment (TCP_CORK, as nginx's
+            # tcp_nopush): sent alone, the head went out and Linux held the body back until the
+            # head's ACK came, one round trip later (bench/wan.py broadcast: first byte at
+            # head + 1 RTT on every worker; issue 22).
+            sock = writer.get_extra_info("socket")
+            _cork(sock, True)
+            try:
+                self._head(writer, status, headers, keep)
+                await writer.drain()
+                if not await self._send_file(writer, fh, loc.offset + start, end - start):
+                    return False
+            finally:
+                _cork(sock, False)
         return keep
 
     async def _send_file(self, writer: asyncio.StreamWriter, fh, offset: int, count: int) -> bool:
@@ -331,10 +341,21 @@ class ShardFront:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
     async def _error(self, writer: asyncio.StreamWriter, status: int, text: str,
-                     headers: dict[str, str] | None = None, *, close: bool) -> None:
+                     headers: dict[str, str] | None = None, *, close: bool, head: bool = False) -> None:
         body = json.dumps({"detail": text}).encode()
         h = {"content-type": "application/json", "content-length": str(len(body))}
         h.update(headers or {})
         self._head(writer, status, h, not close)
-        writer.write(body)
+        if not head:  # an answer to HEAD has no body (RFC 9110 9.3.2): the client reads none
+            writer.write(body)
         await writer.drain()
+
+
+def _cork(sock, on: bool) -> None:
+    """TCP_CORK on or off (Linux; elsewhere, and on a socket already gone, nothing)."""
+    if sock is None or not hasattr(socket, "TCP_CORK"):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
+    except OSError:
+        pass

@@ -5,9 +5,12 @@ work) and serves the same API (shardcast.serving) to clients and to relays below
 trusts only the operator key:
 
 - a long-poll on every upstream (shardcast.watch) learns of a new version within one round
-  trip; the manifest must verify before anything else happens;
+  trip; the manifest must verify before anything else happens; meanwhile a data connection
+  to the best upstreams is kept open (shardcast.fetch.prewarm), so the first shard request
+  needs no handshake;
 - the version is announced downstream as soon as its manifest verified, and its shards are
-  downloaded in index order by `parallel` threads (shardcast.fetch), each streamed to
+  downloaded in index order by `parallel` threads (shardcast.fetch; the first shard of a
+  version alone, at the full upstream rate, as every client's first byte waits for it), each streamed to
   `versions/N/shards/.I.part`, hashed on arrival, and renamed to `versions/N/shards/I` only
   when it matched: a request for shard I is served from that file, and one that arrives
   earlier waits until it exists (pipelining: clients download version N while the relay is
@@ -52,7 +55,7 @@ from protocol.messages import PolicyManifest, ShardEntry
 from shardcast.bounded import SOURCE_ERRORS, short
 from shardcast.config import RelayConfig
 from shardcast.errors import ShardcastError
-from shardcast.fetch import Downloader, FetchEvents, FetchOptions
+from shardcast.fetch import Downloader, FetchEvents, FetchOptions, prewarm
 from shardcast.layout import (
     clean_work_dirs, read_manifest, remove_tree, version_dirs, versions_to_prune,
     write_manifest,
@@ -63,6 +66,7 @@ from shardcast.partial import shard_digest_on_disk
 from shardcast.selection import Sources
 from shardcast.serving import ShardLocation
 from shardcast.signal import Signal
+from shardcast.transfer import Connections
 from shardcast.watch import Announced, fetch_manifest, list_versions, wait_for_newer
 
 log = logging.getLogger("shardcast.relay")
@@ -137,6 +141,7 @@ class Relay:
         self._pending = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.conns = Connections(FetchOptions().connect_timeout_s)  # upstream data connections, kept
         clean_work_dirs(self.root)
         self._load_existing()
 
@@ -224,12 +229,14 @@ class Relay:
             # The watcher may sit in a long-poll on an upstream (up to WATCH_CHUNK_S); it is a
             # daemon that writes nothing once stopping (`_adopt`), so it is not waited for long.
             t.join(timeout=0.5 if t.name == "relay-watch" else 5)
+        self.conns.close_idle()
 
     def _watch_loop(self) -> None:
         while not self._stop.is_set():
             self._catch_up()
             with self._lock:
                 newest = max(self._versions) if self._versions else None
+            prewarm(self.conns, self.sources, -1 if newest is None else newest + 1)
             try:
                 ann = wait_for_newer(self.sources, self.operator_key, newest, WATCH_CHUNK_S, self.run_id)
             except (*SOURCE_ERRORS, OSError) as exc:
@@ -319,9 +326,15 @@ class Relay:
             on_error=lambda url, reason: self.metrics.fetch_errors.labels(url).inc(),
         )
         opts = FetchOptions(parallel=self.cfg.parallel)
+        dl = Downloader(self.sources, opts, events, abort=m.abort, conns=self.conns)
         try:
-            Downloader(self.sources, opts, events, abort=m.abort).fetch_all(
-                version, todo, _ShardFiles(self, version, m))
+            if not m.verified and len(todo) > 1:
+                # The first shard alone, at the whole upstream rate: every client's first byte
+                # waits for it (a relay serves verified shards only), and shared with
+                # `parallel` - 1 others it arrived that many times later (issue 22).
+                dl.fetch_all(version, todo[:1], _ShardFiles(self, version, m))
+                todo = todo[1:]
+            dl.fetch_all(version, todo, _ShardFiles(self, version, m))
             log.info("version %d complete: %d shards verified", version, len(m.manifest.shards))
         except (ShardcastError, OSError, *SOURCE_ERRORS) as exc:
             if m.abort.is_set() or self._stop.is_set():

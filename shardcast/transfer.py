@@ -10,6 +10,17 @@ few lines. Each download thread keeps one connection per source (`threading.loca
 request that fails on a reused connection before any response arrived is retried once on a
 fresh one (the server may have closed an idle keep-alive connection).
 
+Connections outlive a download (issue 22: over a 300 ms link, opening one cost a round trip
+before the first shard byte of every version): a thread that ends `park`s its clean
+connections in the pool's idle list, the next download's threads take them from there, and
+`prewarm` opens one ahead of time (while a client or relay waits for the next version) and
+makes it a kept-alive one with a cheap probe the node's front answers itself (the first byte
+of a shard of the version not yet held: a small 404), because a node closes a new connection
+that sends no request within its header timeout, but keeps an answered one for its idle
+timeout (75 s by default; `PARKED_MAX_S` stays inside it). Not a HEAD: fronts before this
+change wrote their error bodies after a HEAD answer too, which would poison the connection's
+next response. At most `max_idle` idle connections per source.
+
 Time is bounded for sources that drip. A response head must arrive whole by a deadline
 (`Connections.get(head_timeout_s=...)`): http.client reads it line by line with a timeout per
 socket read, so a source sending a byte every few seconds would hold it forever; a `Watchdog`
@@ -176,12 +187,19 @@ class ShardResponse:
             self.pool.drop(self.base)
 
 
-class Connections:
-    """Per-thread keep-alive HTTP/1.1 connections, one per source URL."""
+PARKED_MAX_S = 60.0   # an idle connection older than this is closed rather than reused
 
-    def __init__(self, connect_timeout_s: float = 5.0):
+
+class Connections:
+    """Per-thread keep-alive HTTP/1.1 connections, one per source URL, and a shared list of
+    idle ones (parked by threads that ended, or pre-opened) that new threads take first."""
+
+    def __init__(self, connect_timeout_s: float = 5.0, max_idle: int = 4):
         self.connect_timeout_s = connect_timeout_s
+        self.max_idle = max_idle
         self._local = threading.local()
+        self._idle: dict[str, list[tuple[float, http.client.HTTPConnection]]] = {}
+        self._idle_lock = threading.Lock()
 
     def _conns(self) -> dict[str, http.client.HTTPConnection]:
         d = getattr(self._local, "conns", None)
@@ -208,14 +226,85 @@ class Connections:
         for base in list(self._conns()):
             self.drop(base)
 
+    def park(self) -> None:
+        """This thread is done: keep its connections (each idle after a finished response) for
+        the next thread, up to `max_idle` per source; close the rest."""
+        conns = self._conns()
+        for base in list(conns):
+            self._put_idle(base, conns.pop(base))
+
+    def idle(self, base: str) -> int:
+        """Idle connections to `base` fresh enough to be taken."""
+        now = time.monotonic()
+        with self._idle_lock:
+            return sum(1 for t, _ in self._idle.get(base, []) if now - t < PARKED_MAX_S)
+
+    def prewarm(self, base: str, probe_path: str) -> bool:
+        """Open a connection to `base`, send the probe `GET base+probe_path` for its first byte
+        (any answer will do, read whole if small), and park it; False if the node cannot be
+        reached, answers oddly or closes the connection."""
+        try:
+            conn = self._connect(base)
+        except TransferError:
+            return False
+        try:
+            conn.sock.settimeout(self.connect_timeout_s)
+            conn.request("GET", urlsplit(base).path.rstrip("/") + probe_path,
+                         headers={"accept-encoding": "identity", "range": "bytes=0-0"})
+            resp = conn.getresponse()
+            if resp.length is None or resp.length > DRAIN_LIMIT:
+                conn.close()
+                return False
+            resp.read()
+            if resp.will_close:
+                conn.close()
+                return False
+        except (OSError, ValueError, http.client.HTTPException):
+            conn.close()
+            return False
+        self._put_idle(base, conn)
+        return True
+
+    def close_idle(self) -> None:
+        with self._idle_lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for _, conn in conns:
+                conn.close()
+
+    def _put_idle(self, base: str, conn: http.client.HTTPConnection) -> None:
+        with self._idle_lock:
+            idle = self._idle.setdefault(base, [])
+            if len(idle) < self.max_idle:
+                idle.append((time.monotonic(), conn))
+                return
+        conn.close()
+
+    def _take_idle(self, base: str) -> http.client.HTTPConnection | None:
+        now = time.monotonic()
+        stale = []
+        taken = None
+        with self._idle_lock:
+            idle = self._idle.get(base, [])
+            while idle:
+                parked_at, conn = idle.pop()  # the newest first
+                if now - parked_at < PARKED_MAX_S:
+                    taken = conn
+                    break
+                stale.append(conn)
+        for conn in stale:
+            conn.close()
+        return taken
+
     def get(self, base: str, path: str, headers: dict[str, str], head_timeout_s: float) -> ShardResponse:
         """Send GET `base+path`; return the response once its head arrived, which must be
         within `head_timeout_s` (else TransferError)."""
         conns = self._conns()
         headers = {"accept-encoding": "identity", **headers}
         for attempt in (0, 1):
-            reused = base in conns
-            conn = conns.get(base) or self._connect(base)
+            conn = conns.get(base) or (self._take_idle(base) if attempt == 0 else None)
+            reused = conn is not None
+            conn = conn or self._connect(base)
             conns[base] = conn
             conn.sock.settimeout(head_timeout_s)
             alarm = WATCHDOG.arm(conn.sock, time.monotonic() + head_timeout_s)

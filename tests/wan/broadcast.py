@@ -13,7 +13,9 @@ What runs, each process in its site's namespace (so every byte crosses the emula
   long-polls the relays, then fetches, verifies every shard against the signed manifest,
   fsyncs and renames the version into place, and writes its timings.
 
-`run_broadcast` publishes once every client is waiting and returns, per client, the time from
+`run_broadcast` starts the clients once the relays serve (as in a run, where relays are up
+before workers come), publishes once every client's long-poll is held by every relay (the
+relays' `shardcast_longpolls_waiting`) and returns, per client, the time from
 publish to its first shard byte and to holding the verified version, and the bytes it took
 from peers. `during(seconds_after_publish, action)` runs fault actions mid-broadcast (e.g. a
 relay's uplink cut). The process entry points (`origin`, `client`) are this module's `main`.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from swarmrl.procs import ProcessGroup, child_env, write_config
-from tests.wan.netns import Net
+from tests.wan.netns import InNamespace, Net
 
 ORIGIN_PORT = 8750
 RELAY_PORT = 8800
@@ -182,6 +185,34 @@ def _wait_files(paths: list[Path], group: ProcessGroup, timeout_s: float, what: 
         time.sleep(0.1)
 
 
+LONGPOLLS = re.compile(r"^shardcast_longpolls_waiting(?:\{[^}]*\})? ([0-9.eE+-]+)$", re.MULTILINE)
+
+
+def _wait_longpolls(net: Net, site: str, url: str, n: int, group: ProcessGroup, timeout_s: float) -> None:
+    """Wait until the node at `url` (in `site`) holds at least `n` long-polls."""
+    import httpx
+
+    probe = InNamespace(net, site)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                held = sum(float(x) for x in LONGPOLLS.findall(probe.call(
+                    lambda: httpx.get(url + "/metrics", timeout=5).text, timeout=10)))
+            except (httpx.HTTPError, TimeoutError):
+                held = 0
+            if held >= n:
+                return
+            dead = [c.name for c in group.children if not c.alive and c.popen.returncode != 0]
+            if dead:
+                raise RuntimeError(f"long-polls at {site}: {dead} exited")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{site} holds {held:.0f} of {n} long-polls after {timeout_s:.0f} s")
+            time.sleep(0.2)
+    finally:
+        probe.close()
+
+
 def run_broadcast(net: Net, work: Path, size_bytes: int, *, peers: bool = False, shard_mb: int = 8,
                   parallel: int = 4, clients: list[str] | None = None, timeout_s: float = 900,
                   during: list[tuple[float, Callable[[], None]]] = ()) -> BroadcastResult:
@@ -205,12 +236,16 @@ def run_broadcast(net: Net, work: Path, size_bytes: int, *, peers: bool = False,
         for r in topo.regions:
             cfg = _relay_config(net, work, r.name, peers, operator.public.hex, coordinator.peer_id)
             group.start(r.name, ["relay", "--config", str(cfg)], env=env, prefix=net.exec_prefix(r.name))
+        _wait_files([work / r.name / "relay.port" for r in topo.regions], group, 120, "relays")
         for name in names:
             group.start(name, ["client", str(work), name, topo.site(name).address, ",".join(relay_urls),
                                str(int(peers)), str(parallel)],
                         env=env, module="tests.wan.broadcast", prefix=net.exec_prefix(name))
         _wait_files([work / "clients" / f"{n}.ready" for n in names], group, 180, "clients")
-        time.sleep(3.0 if peers else 1.5)   # every client is long-polling (and its node has met the swarm)
+        for r, url in zip(topo.regions, relay_urls):
+            _wait_longpolls(net, r.name, url, len(names), group, 120)   # every client is long-polling
+        if peers:
+            time.sleep(3.0)   # every client's node has met the swarm
         before = net.stats()["links"]
         (work / "publish").write_text("1")
         _wait_files([work / "origin.json"], group, 300, "publish")

@@ -241,3 +241,16 @@ def test_a_reader_that_stalls_loses_its_transfer_slot_and_a_silent_one_its_conne
     assert silent.recv(1) == b""  # closed by the server, nothing sent
     silent.close()
     c.close()
+
+
+def test_a_refused_head_request_sends_no_body_and_its_connection_stays_usable(node):
+    srv, cat, data = node
+    c = conn(srv)
+    for path in ("/v1/versions/9/shards/0", "/v1/versions/0/shards/1?wait_s=0"):  # 404, 503
+        r, body = get(c, path, method="HEAD")
+        assert r.status in (404, 503) and body == b""
+    sock = c.sock
+    r, body = get(c, "/v1/versions/0/shards/0", {"range": "bytes=0-9"})
+    assert r.status == 206 and body == data[:10]       # not the refusals' JSON read as this answer
+    assert c.sock is sock
+    c.close()
