@@ -46,7 +46,7 @@ from protocol.messages import ShardEntry
 from shardcast.bounded import short
 from shardcast.errors import FetchFailed, VersionUnavailable
 from shardcast.selection import Sources
-from shardcast.transfer import BUFFER, Connections, MinRate, ReadTimeout, TooSlow, TransferError
+from shardcast.transfer import BUFFER, DRAIN_S, Connections, MinRate, ReadTimeout, TooSlow, TransferError
 
 ALIGN = 4096                     # O_DIRECT alignment of offsets, lengths and memory
 RECHECK_MISSING_S = 0.5          # before asking again a source that lacked a version
@@ -322,7 +322,9 @@ class Downloader:
                     on_bytes(url, got)
             complete = True
         finally:
-            resp.finish(complete)
+            if not resp.finish(complete):
+                self._error(url, f"the body of its HTTP {resp.status} answer for shard {shard.index} "
+                                 f"did not arrive within {DRAIN_S:g} s")
 
     def _write_lock(self, fd: int) -> threading.Lock:
         """One lock per open file. The kernel serialises buffered writes to a file anyway

@@ -39,7 +39,9 @@ from urllib.parse import urlsplit
 # 64-256 KiB (see the notes in bench/shardcast.py); below 64 KiB the per-call overhead grows.
 BUFFER = 256 * 1024
 DRAIN_LIMIT = 64 * 1024  # an error body up to this size is read to keep its connection
-DRAIN_S = 5.0            # ... if it arrives within this time
+DRAIN_S = 1.0            # ... if it arrives within this time (an honest source sends its few
+                         # bytes with the head; at 5 s, a relay that drips its 404 and 503 bodies
+                         # held a download thread 5 s per request, uncharged: bench/hostile.py)
 
 
 class TransferError(OSError):
@@ -157,23 +159,26 @@ class ShardResponse:
         r.length -= n
         return n
 
-    def finish(self, complete: bool) -> None:
+    def finish(self, complete: bool) -> bool:
         """Release the response: keep the connection if the body was read to its end, or is
-        a small one (an error's detail) that arrives within DRAIN_S."""
+        a small one (an error's detail) that arrives within DRAIN_S. False when that small
+        body did not arrive in time (the source drips its answers: the caller charges it)."""
         r = self.resp
         if complete and r.isclosed():
-            return
+            return True
         if not complete or r.length is None or r.length > DRAIN_LIMIT:
             self.pool.drop(self.base)
-            return
+            return True
         alarm = WATCHDOG.arm(self.conn.sock, time.monotonic() + DRAIN_S) if r.length else None
         try:
             r.read()
         except (OSError, ValueError, http.client.HTTPException):
             self.pool.drop(self.base)
-            return
+            return not (alarm is not None and alarm.disarm())
         if alarm is not None and alarm.disarm():
             self.pool.drop(self.base)
+            return False
+        return True
 
 
 class Connections:
