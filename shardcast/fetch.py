@@ -16,7 +16,10 @@ downloaded, from whom and how it is checked is decided here:
   `shard_wait_s + read_timeout_s`; the body must keep up `min_rate_bps` (shardcast.transfer.
   MinRate: a leaky bucket holding at most `rate_window_s` of credit), so a source that drips,
   or bursts and then stalls, is dropped within about `rate_window_s` and ranked down by the
-  rate it managed (`Sources.slow`); a shard's attempts together end by `shard_deadline_s`;
+  rate it managed (`Sources.slow`); a source that has not completed a transfer yet, while
+  another source is usable, starts with `probation_s` of credit instead (a drip relay listed
+  first held each client's first shard a whole window: 10 s per client in bench/hostile.py);
+  a shard's attempts together end by `shard_deadline_s`;
 - a body is capped at the bytes of the shard still missing (signed manifest): another
   Content-Length is refused before a byte is read, and nothing past it is read;
 - a shard whose hash does not match the signed manifest is discarded; the source is marked
@@ -82,6 +85,8 @@ class FetchOptions:
     read_timeout_s: float = 30.0        # silence allowed mid-body; and after shard_wait_s, for the head
     min_rate_bps: float = 64 * 1024     # a transfer slower than this (after its window) is dropped
     rate_window_s: float = 10.0         # ... judged over this window (the most credit a burst buys)
+    probation_s: float = 2.0            # the first credit of a source with no completed transfer, while
+                                        # another source is usable (it is resumed there by Range)
     shard_deadline_s: float = 1800.0    # all attempts at one shard together
     max_attempts_per_shard: int = 16
     manifest_wait_s: float = 30.0       # how long fetch(N) waits for a source to learn of N
@@ -295,7 +300,8 @@ class Downloader:
             # otherwise write what each read delivered (see shardcast.transfer.BUFFER).
             fill = target.dfd is not None
             view = self._buffer(DIRECT_BUFFER if fill else BUFFER)
-            rate = MinRate(o.min_rate_bps, o.rate_window_s, o.read_timeout_s)
+            first = o.probation_s if self.sources.on_probation(url) else None
+            rate = MinRate(o.min_rate_bps, o.rate_window_s, o.read_timeout_s, first_s=first)
             while st.pos < shard.size:
                 want = min(len(view), shard.size - st.pos)
                 got = 0

@@ -211,6 +211,15 @@ class Sources:
             s = self.stats.get(url)
             return s is not None and self.now() < s.hostile_until
 
+    def on_probation(self, url: str) -> bool:
+        """`url` has not completed a transfer yet and another source is usable now: its
+        transfers get a short first window (shardcast.fetch's `probation_s`)."""
+        with self._lock:
+            s = self.stats.get(url)
+            now = self.now()
+            return (s is not None and s.successes == 0
+                    and any(o.url != url and o.usable(now) for o in self.stats.values()))
+
     def next_usable_in(self, exclude: frozenset[str] | set[str] = frozenset()) -> float | None:
         """Seconds until some source outside `exclude` becomes usable again (0 if one is
         usable now; None if every such source is hostile)."""

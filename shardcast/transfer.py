@@ -244,14 +244,14 @@ class Connections:
 
 class MinRate:
     """The minimum rate of one transfer as a leaky bucket: it starts with `window_s` of
-    credit, each byte received buys 1/min_bps seconds more, and the credit is capped at
-    `window_s` ahead of now (a burst cannot pay for a long stall). The transfer is too slow
-    when the credit runs out."""
+    credit (`first_s`, when given and smaller: a source on probation), each byte received buys
+    1/min_bps seconds more, and the credit is capped at `window_s` ahead of now (a burst cannot
+    pay for a long stall). The transfer is too slow when the credit runs out."""
 
-    def __init__(self, min_bps: float, window_s: float, silence_s: float):
+    def __init__(self, min_bps: float, window_s: float, silence_s: float, first_s: float | None = None):
         self.min_bps, self.window_s, self.silence_s = min_bps, window_s, silence_s
         self.started = time.monotonic()
-        self.until = self.started + window_s
+        self.until = self.started + (window_s if first_s is None else min(first_s, window_s))
         self.nbytes = 0
 
     def received(self, n: int) -> None:

@@ -85,6 +85,25 @@ def test_a_drip_relay_is_dropped_and_ranked_down_and_the_fetch_completes_from_th
             c.close()
 
 
+def test_a_drip_relay_tried_first_holds_a_shard_for_its_probation_not_a_whole_rate_window(
+        tmp_path, op, origin):
+    """Two download threads explore both relays at once, so the drip relay always gets a shard.
+    A source that has not completed a transfer, while another is usable, starts with
+    `probation_s` of credit: the drip held that shard a whole `rate_window_s` (10 s per client
+    in bench/hostile.py) before."""
+    opts = FetchOptions(**{**QUICK, "rate_window_s": 10.0, "read_timeout_s": 10.0, "probation_s": 1.0})
+    with DripRelay(origin.url, every_s=0.3) as drip:
+        c = ShardcastClient([drip.url, origin.url], op.public, tmp_path / "cache", run_id="run-h", options=opts)
+        try:
+            got, took = fetch_in_time(c, 0, 30)
+            assert not isinstance(got, Exception), got
+            assert drip.hits.get("shard", 0) == 1
+            assert "below the minimum" in {s.url: s for s in c.sources.snapshot()}[drip.url].last_error
+            assert took < 5, took
+        finally:
+            c.close()
+
+
 def test_a_relay_that_drips_its_error_answers_holds_no_download_and_is_not_explored_again(
         tmp_path, op, origin):
     """A drip relay in front of a source that lacks the version answers each shard request
