@@ -3,6 +3,8 @@
     python bench/hostile.py                          # 60 s clean, then 60 s under every attacker
     python bench/hostile.py --seconds 180 --rounds 2 # clean, attack, clean, attack; medians
     python bench/hostile.py --attacks flood,slowloris
+    python bench/hostile.py --per-attacker --seconds 45   # clean, then each attacker alone
+    python bench/hostile.py --burn 0.25                   # + a control: that much niced CPU, no attack
 
 The demo's swarm (swarmrl.swarm: coordinator, trainer with its origin, relay, verifier, honest
 workers, the same launcher as `swarmrl demo`) from one warm-started tiny model, on a task whose
@@ -28,8 +30,15 @@ lowest CPU priority (`--attacker-nice`, default 19; tests/hostile/campaign.Niced
 machine they would otherwise take cycles from the services and workers that a real attacker's
 own machines would not (the summary printed to stderr says how much each attacker did). Rows
 without a ratio give that context: the CPU the swarm's processes, the attackers and this process
-(the probes) used over the window, in cores. Timings on a shared 2-core machine are
-noisy: compare rows of one invocation, and use --rounds for medians.
+(the probes) used over the window, in cores, and each role's CPU with its children (the
+coordinator's scorer sandbox and verify processes): a service that does more work per attack
+shows there, the attackers' own CPU in their row. `--burn CORES` adds a control phase: no
+attack, a process at the attackers' priority spinning CORES (tests/hostile/campaign.Burner),
+so what the attackers' CPU alone costs on this machine is measured, not guessed.
+`--per-attacker` runs each attacker alone after the clean phase and prints one row per
+attacker (the goal rows as ratios to clean, then CPU). Timings on a shared 2-core machine are
+noisy: compare rows of one invocation, say the load average (printed), and use --rounds for
+medians.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ import httpx  # noqa: E402
 from swarmrl.procs import ProcessGroup  # noqa: E402
 from swarmrl.swarm import plan_swarm, start_swarm  # noqa: E402
 from tests.hostile.campaign import (  # noqa: E402
-    ALL, HIDDEN, HostileRelays, NicedCampaign, Spec, Targets, build_model, swarm_settings,
+    ALL, HIDDEN, Burner, HostileRelays, NicedCampaign, Spec, Targets, build_model, swarm_settings,
 )
 from tests.hostile.watch import (  # noqa: E402
     HealthProbe, RssSampler, children_map, cpu_seconds, delta, descendants, histogram, percentile, quantile,
@@ -96,7 +105,7 @@ def submit_histogram(url: str) -> list[tuple[float, float]]:
     return histogram(text, "swarmrl_coordinator_request_seconds", route="submit")
 
 
-def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...]) -> dict:
+def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...], burn: float = 0.0) -> dict:
     from protocol.identity import KeyPair
 
     root = Path(tempfile.mkdtemp(prefix="hb", dir="/tmp"))  # short: the payloads name paths in it
@@ -129,6 +138,8 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
             adverts = (relays.advert_drip.url, relays.advert_gzip.url) if relays else ()
             campaign = NicedCampaign(Spec(url, plan.relay_url, str(model), HIDDEN, plan.p2p_bootstrap, adverts,
                                           targets, attacks), nice=a.attacker_nice) if attacks else None
+            if burn:
+                campaign = Burner(burn, a.attacker_nice)
             everyone = [c.popen.pid for c in group.children]
             roles = role_pids(group, plan)
             if campaign:
@@ -161,7 +172,7 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
         for n in SERVICES:
             out[f"{n} RSS MiB"] = rss.peak(n) / 2**20
             out[f"{n}+children RSS MiB"] = rss.peak(n, tree=True) / 2**20
-        if campaign:
+        if attacks:
             out["campaign"] = {**campaign.summary, "relay_hits": relays.hits() if relays else {}}
             out["marker written"] = targets.marker.exists()
         return out
@@ -204,11 +215,17 @@ def grid(head: list[str], lines: list[list[str]]) -> str:
 
 
 def table(runs: dict[str, list[dict]]) -> str:
+    """Medians of every phase; after each phase but clean, its ratio to clean (goal >= 0.8)."""
     med = {k: medians(v) for k, v in runs.items()}
-    head = ["", "clean", "attack", "ratio (goal >= 0.8)"]
-    lines = [[row, f"{med['clean'][row]:.1f}", f"{med['attack'][row]:.1f}",
-              "" if row in CONTEXT else f"{ratio(row, med['clean'][row], med['attack'][row]):.2f}"]
-             for row in ROWS + CONTEXT]
+    others = [k for k in med if k != "clean"]
+    head = ["", "clean", *(c for k in others for c in (k, f"ratio ({k}, goal >= 0.8)" if k == "attack" else "ratio"))]
+    lines = []
+    for row in ROWS + CONTEXT:
+        fmt = "{:.2f}" if row in CONTEXT else "{:.1f}"
+        cells = [row, fmt.format(med["clean"][row])]
+        for k in others:
+            cells += [fmt.format(med[k][row]), "" if row in CONTEXT else f"{ratio(row, med['clean'][row], med[k][row]):.2f}"]
+        lines.append(cells)
     return grid(head, lines)
 
 
@@ -237,6 +254,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attacker-nice", type=int, default=19,
                     help="CPU priority of the attackers' process (the workers run at 10; 0 = as the services)")
+    ap.add_argument("--burn", type=float, default=0.0,
+                    help="add a control phase: no attack, a process at --attacker-nice spinning this many cores "
+                         "(e.g. what the attackers used): what their CPU alone costs the swarm")
     ap.add_argument("--per-attacker", action="store_true",
                     help="one phase per attacker (alone) after the clean one; prints ratios and CPU per attacker")
     ap.add_argument("--keep", action="store_true", help="keep each phase's run folder (logs, database)")
@@ -244,13 +264,15 @@ def main() -> None:
     attacks = ALL if a.attacks == "all" else tuple(x.strip() for x in a.attacks.split(","))
 
     ap_phases = [("clean", ())] + ([(x, (x,)) for x in attacks] if a.per_attacker else [("attack", attacks)])
+    if a.burn:
+        ap_phases.append(("burn", ()))
     runs: dict[str, list[dict]] = {name: [] for name, _ in ap_phases}
     with tempfile.TemporaryDirectory(prefix="hostile-bench-") as d:
         model = build_model(Path(d) / "model", seed=a.seed)
         for r in range(a.rounds):
             for name, which in ap_phases:
                 t = time.monotonic()
-                res = phase(name, model, a, which)
+                res = phase(name, model, a, which, burn=a.burn if name == "burn" else 0.0)
                 runs[name].append(res)
                 print(f"round {r + 1} {name}: {time.monotonic() - t:.0f} s, all alive: {res['all alive']}, "
                       f"/health errors: {res['health errors']}, " + ", ".join(
