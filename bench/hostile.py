@@ -3,6 +3,8 @@
     python bench/hostile.py                          # 60 s clean, then 60 s under every attacker
     python bench/hostile.py --seconds 180 --rounds 2 # clean, attack, clean, attack; medians
     python bench/hostile.py --attacks flood,slowloris
+    python bench/hostile.py --per-attacker --seconds 45   # clean, then each attacker alone
+    python bench/hostile.py --burn 0.25                   # + a control: that much niced CPU, no attack
 
 The demo's swarm (swarmrl.swarm: coordinator, trainer with its origin, relay, verifier, honest
 workers, the same launcher as `swarmrl demo`) from one warm-started tiny model, on a task whose
@@ -28,13 +30,21 @@ lowest CPU priority (`--attacker-nice`, default 19; tests/hostile/campaign.Niced
 machine they would otherwise take cycles from the services and workers that a real attacker's
 own machines would not (the summary printed to stderr says how much each attacker did). Rows
 without a ratio give that context: the CPU the swarm's processes, the attackers and this process
-(the probes) used over the window, in cores. Timings on a shared 2-core machine are
-noisy: compare rows of one invocation, and use --rounds for medians.
+(the probes) used over the window, in cores, and each role's CPU with its children (the
+coordinator's scorer sandbox and verify processes): a service that does more work per attack
+shows there, the attackers' own CPU in their row. `--burn CORES` adds a control phase: no
+attack, a process at the attackers' priority spinning CORES (tests/hostile/campaign.Burner),
+so what the attackers' CPU alone costs on this machine is measured, not guessed.
+`--per-attacker` runs each attacker alone after the clean phase and prints one row per
+attacker (the goal rows as ratios to clean, then CPU). Timings on a shared 2-core machine are
+noisy: compare rows of one invocation, say the load average (printed), and use --rounds for
+medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -53,11 +63,26 @@ import httpx  # noqa: E402
 from swarmrl.procs import ProcessGroup  # noqa: E402
 from swarmrl.swarm import plan_swarm, start_swarm  # noqa: E402
 from tests.hostile.campaign import (  # noqa: E402
-    ALL, HIDDEN, HostileRelays, NicedCampaign, Spec, Targets, build_model, swarm_settings,
+    ALL, HIDDEN, Burner, HostileRelays, NicedCampaign, Spec, Targets, build_model, swarm_settings,
 )
-from tests.hostile.watch import HealthProbe, RssSampler, cpu_seconds, delta, histogram, percentile, quantile  # noqa: E402
+from tests.hostile.watch import (  # noqa: E402
+    HealthProbe, RssSampler, children_map, cpu_seconds, delta, descendants, histogram, percentile, quantile,
+)
 
 SERVICES = ("coordinator", "verifier", "relay")
+CPU_OF = ("coordinator", "verifier", "relay", "trainer", "workers")  # CPU cores each, with descendants
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds of `pids` and their living descendants (the sandbox pool, verify processes)."""
+    kids = children_map()
+    return sum(cpu_seconds(p) for pid in pids for p in descendants(pid, kids))
+
+
+def role_pids(group: ProcessGroup, plan) -> dict[str, list[int]]:
+    names = {"coordinator": ["coordinator"], "verifier": ["verifier"], "relay": ["relay"], "trainer": ["trainer"],
+             "workers": list(plan.worker_names)}
+    return {role: [group.get(n).popen.pid for n in ns] for role, ns in names.items()}
 
 
 def stats(url: str) -> dict:
@@ -80,7 +105,7 @@ def submit_histogram(url: str) -> list[tuple[float, float]]:
     return histogram(text, "swarmrl_coordinator_request_seconds", route="submit")
 
 
-def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...]) -> dict:
+def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...], burn: float = 0.0) -> dict:
     from protocol.identity import KeyPair
 
     root = Path(tempfile.mkdtemp(prefix="hb", dir="/tmp"))  # short: the payloads name paths in it
@@ -113,7 +138,10 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
             adverts = (relays.advert_drip.url, relays.advert_gzip.url) if relays else ()
             campaign = NicedCampaign(Spec(url, plan.relay_url, str(model), HIDDEN, plan.p2p_bootstrap, adverts,
                                           targets, attacks), nice=a.attacker_nice) if attacks else None
+            if burn:
+                campaign = Burner(burn, a.attacker_nice)
             everyone = [c.popen.pid for c in group.children]
+            roles = role_pids(group, plan)
             if campaign:
                 campaign.start()  # returns once every attacker runs
             with RssSampler(pids, every_s=0.5) as rss, HealthProbe(int(url.rsplit(":", 1)[1]), every=0.05) as probe:
@@ -121,12 +149,14 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
                 h0, t0 = submit_histogram(url), time.monotonic()
                 c0, s0 = time.process_time(), sum(cpu_seconds(p) for p in everyone)
                 a0 = cpu_seconds(campaign.pid) if campaign else 0.0
+                r0 = {role: tree_cpu(ps) for role, ps in roles.items()}
                 try:
                     time.sleep(a.seconds)
                     v1, g1 = progress(url, honest)
                     h1, t1 = submit_histogram(url), time.monotonic()
                     c1, s1 = time.process_time(), sum(cpu_seconds(p) for p in everyone)
                     a1 = cpu_seconds(campaign.pid) if campaign else 0.0
+                    r1 = {role: tree_cpu(ps) for role, ps in roles.items()}
                 finally:
                     if campaign:
                         campaign.stop()
@@ -137,11 +167,12 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
                "submit p99 ms": quantile(delta(h1, h0), 0.99) * 1000,
                "health errors": probe.errors, "all alive": alive,
                "swarm CPU cores": (s1 - s0) / (t1 - t0), "attackers CPU cores": (a1 - a0) / (t1 - t0),
-               "bench process CPU cores": (c1 - c0) / (t1 - t0)}
+               "bench process CPU cores": (c1 - c0) / (t1 - t0),
+               **{f"{role} CPU cores": (r1[role] - r0[role]) / (t1 - t0) for role in CPU_OF}}
         for n in SERVICES:
             out[f"{n} RSS MiB"] = rss.peak(n) / 2**20
             out[f"{n}+children RSS MiB"] = rss.peak(n, tree=True) / 2**20
-        if campaign:
+        if attacks:
             out["campaign"] = {**campaign.summary, "relay_hits": relays.hits() if relays else {}}
             out["marker written"] = targets.marker.exists()
         return out
@@ -159,7 +190,9 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
 RATES = ("versions/min", "accepted groups/min")
 ROWS = (*RATES, "/health p99 ms", "submit p99 ms",
         *(f"{n}{s} RSS MiB" for n in SERVICES for s in ("", "+children")))
-CONTEXT = ("swarm CPU cores", "attackers CPU cores", "bench process CPU cores")  # printed without a ratio
+CONTEXT = ("swarm CPU cores", *(f"{r} CPU cores" for r in CPU_OF), "attackers CPU cores",
+           "bench process CPU cores")  # printed without a ratio
+GOALS = ("versions/min", "accepted groups/min", "/health p99 ms", "submit p99 ms")
 
 
 def ratio(row: str, clean: float, attack: float) -> float:
@@ -171,15 +204,45 @@ def ratio(row: str, clean: float, attack: float) -> float:
     return clean / attack if attack else float("nan")
 
 
-def table(runs: dict[str, list[dict]]) -> str:
-    med = {k: {row: statistics.median(r[row] for r in v) for row in ROWS + CONTEXT} for k, v in runs.items()}
-    head = ["", "clean", "attack", "ratio (goal >= 0.8)"]
-    lines = [[row, f"{med['clean'][row]:.1f}", f"{med['attack'][row]:.1f}",
-              "" if row in CONTEXT else f"{ratio(row, med['clean'][row], med['attack'][row]):.2f}"]
-             for row in ROWS + CONTEXT]
-    widths = [max(len(r[i]) for r in lines + [head]) for i in range(4)]
+def medians(runs: list[dict]) -> dict[str, float]:
+    return {row: statistics.median(r[row] for r in runs) for row in ROWS + CONTEXT}
+
+
+def grid(head: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in lines + [head]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths))
                      for r in [head, ["-" * w for w in widths], *lines])
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    """Medians of every phase; after each phase but clean, its ratio to clean (goal >= 0.8)."""
+    med = {k: medians(v) for k, v in runs.items()}
+    others = [k for k in med if k != "clean"]
+    head = ["", "clean", *(c for k in others for c in (k, f"ratio ({k}, goal >= 0.8)" if k == "attack" else "ratio"))]
+    lines = []
+    for row in ROWS + CONTEXT:
+        fmt = "{:.2f}" if row in CONTEXT else "{:.1f}"
+        cells = [row, fmt.format(med["clean"][row])]
+        for k in others:
+            cells += [fmt.format(med[k][row]), "" if row in CONTEXT else f"{ratio(row, med['clean'][row], med[k][row]):.2f}"]
+        lines.append(cells)
+    return grid(head, lines)
+
+
+PER_ATTACKER_CPU = ("attackers CPU cores", "coordinator CPU cores", "verifier CPU cores", "relay CPU cores",
+                    "swarm CPU cores")
+
+
+def per_attacker_table(runs: dict[str, list[dict]]) -> str:
+    """One row per phase: the goal rows as ratios to clean (1.0 = as clean), then CPU in cores
+    (the attackers' own process, the services with their children, the whole swarm)."""
+    med = {k: medians(v) for k, v in runs.items()}
+    head = ["phase", *(f"{g} ratio" for g in GOALS), *(c.replace(" CPU cores", " CPU") for c in PER_ATTACKER_CPU)]
+    lines = []
+    for name, m in med.items():
+        ratios = ["" if name == "clean" else f"{ratio(g, med['clean'][g], m[g]):.2f}" for g in GOALS]
+        lines.append([name, *ratios, *(f"{m[c]:.2f}" for c in PER_ATTACKER_CPU)])
+    return grid(head, lines)
 
 
 def main() -> None:
@@ -191,26 +254,39 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attacker-nice", type=int, default=19,
                     help="CPU priority of the attackers' process (the workers run at 10; 0 = as the services)")
+    ap.add_argument("--burn", type=float, default=0.0,
+                    help="add a control phase: no attack, a process at --attacker-nice spinning this many cores "
+                         "(e.g. what the attackers used): what their CPU alone costs the swarm")
+    ap.add_argument("--per-attacker", action="store_true",
+                    help="one phase per attacker (alone) after the clean one; prints ratios and CPU per attacker")
     ap.add_argument("--keep", action="store_true", help="keep each phase's run folder (logs, database)")
     a = ap.parse_args()
     attacks = ALL if a.attacks == "all" else tuple(x.strip() for x in a.attacks.split(","))
 
-    runs: dict[str, list[dict]] = {"clean": [], "attack": []}
+    ap_phases = [("clean", ())] + ([(x, (x,)) for x in attacks] if a.per_attacker else [("attack", attacks)])
+    if a.burn:
+        ap_phases.append(("burn", ()))
+    runs: dict[str, list[dict]] = {name: [] for name, _ in ap_phases}
     with tempfile.TemporaryDirectory(prefix="hostile-bench-") as d:
         model = build_model(Path(d) / "model", seed=a.seed)
         for r in range(a.rounds):
-            for name, which in (("clean", ()), ("attack", attacks)):
+            for name, which in ap_phases:
                 t = time.monotonic()
-                res = phase(name, model, a, which)
+                res = phase(name, model, a, which, burn=a.burn if name == "burn" else 0.0)
                 runs[name].append(res)
                 print(f"round {r + 1} {name}: {time.monotonic() - t:.0f} s, all alive: {res['all alive']}, "
-                      f"/health errors: {res['health errors']}", file=sys.stderr)
+                      f"/health errors: {res['health errors']}, " + ", ".join(
+                          f"{g} {res[g]:.1f}" for g in GOALS), file=sys.stderr)
                 if "campaign" in res:
                     print(f"  attackers: {res['campaign']}; marker written: {res['marker written']}", file=sys.stderr)
+    mode = "each attacker alone" if a.per_attacker else "all at once"
     print(f"bench/hostile.py: {a.honest_workers} honest workers, {a.seconds:g} s measured per phase, "
-          f"{a.rounds} round(s), attacks: {', '.join(attacks)} (attackers at nice {a.attacker_nice})")
-    print(table(runs))
-
+          f"{a.rounds} round(s), attacks ({mode}): {', '.join(attacks)} (attackers at nice {a.attacker_nice}); "
+          f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if a.per_attacker:
+        print(per_attacker_table(runs))
+    else:
+        print(table(runs))
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,10 @@ downloaded, from whom and how it is checked is decided here:
   `shard_wait_s + read_timeout_s`; the body must keep up `min_rate_bps` (shardcast.transfer.
   MinRate: a leaky bucket holding at most `rate_window_s` of credit), so a source that drips,
   or bursts and then stalls, is dropped within about `rate_window_s` and ranked down by the
-  rate it managed (`Sources.slow`); a shard's attempts together end by `shard_deadline_s`;
+  rate it managed (`Sources.slow`); a source that has not completed a transfer yet, while
+  another source is usable, starts with `probation_s` of credit instead (a drip relay listed
+  first held each client's first shard a whole window: 10 s per client in bench/hostile.py);
+  a shard's attempts together end by `shard_deadline_s`;
 - a body is capped at the bytes of the shard still missing (signed manifest): another
   Content-Length is refused before a byte is read, and nothing past it is read;
 - a shard whose hash does not match the signed manifest is discarded; the source is marked
@@ -46,7 +49,7 @@ from protocol.messages import ShardEntry
 from shardcast.bounded import short
 from shardcast.errors import FetchFailed, VersionUnavailable
 from shardcast.selection import Sources
-from shardcast.transfer import BUFFER, Connections, MinRate, ReadTimeout, TooSlow, TransferError
+from shardcast.transfer import BUFFER, DRAIN_S, Connections, MinRate, ReadTimeout, TooSlow, TransferError
 
 ALIGN = 4096                     # O_DIRECT alignment of offsets, lengths and memory
 RECHECK_MISSING_S = 0.5          # before asking again a source that lacked a version
@@ -103,6 +106,8 @@ class FetchOptions:
     read_timeout_s: float = 30.0        # silence allowed mid-body; and after shard_wait_s, for the head
     min_rate_bps: float = 64 * 1024     # a transfer slower than this (after its window) is dropped
     rate_window_s: float = 10.0         # ... judged over this window (the most credit a burst buys)
+    probation_s: float = 2.0            # the first credit of a source with no completed transfer, while
+                                        # another source is usable (it is resumed there by Range)
     shard_deadline_s: float = 1800.0    # all attempts at one shard together
     max_attempts_per_shard: int = 16
     manifest_wait_s: float = 30.0       # how long fetch(N) waits for a source to learn of N
@@ -322,7 +327,8 @@ class Downloader:
             # otherwise write what each read delivered (see shardcast.transfer.BUFFER).
             fill = target.dfd is not None
             view = self._buffer(DIRECT_BUFFER if fill else BUFFER)
-            rate = MinRate(o.min_rate_bps, o.rate_window_s, o.read_timeout_s)
+            first = o.probation_s if self.sources.on_probation(url) else None
+            rate = MinRate(o.min_rate_bps, o.rate_window_s, o.read_timeout_s, first_s=first)
             while st.pos < shard.size:
                 want = min(len(view), shard.size - st.pos)
                 got = 0
@@ -351,7 +357,9 @@ class Downloader:
                 st.pos += got
             complete = True
         finally:
-            resp.finish(complete)
+            if not resp.finish(complete):
+                self._error(url, f"the body of its HTTP {resp.status} answer for shard {shard.index} "
+                                 f"did not arrive within {DRAIN_S:g} s")
 
     def _write_lock(self, fd: int) -> threading.Lock:
         """One lock per open file. The kernel serialises buffered writes to a file anyway

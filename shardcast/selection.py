@@ -13,10 +13,13 @@ Policy:
 - a source dropped for being too slow (shardcast.fetch's minimum rate) is benched the same
   way and its measured throughput takes the rate it managed, however few bytes that was, so
   it ranks behind every source that delivers once its bench ends;
-- among usable sources, a source never measured and idle is tried first (exploration), then
-  the one with the smallest expected time to deliver one more shard given the transfers
-  already running on it: (inflight + 1) / (throughput x success rate), where a source not
-  measured yet is taken to be as fast as the best source measured on a completed transfer;
+- among usable sources, a source never measured, never failed and idle is tried first
+  (exploration), then the one with the smallest expected time to deliver one more shard given
+  the transfers already running on it: (inflight + 1) / (throughput x success rate), where a
+  source not measured yet is taken to be as fast as the best source measured on a completed
+  transfer. A source that failed is explored no more: one that never completes a transfer
+  (a gzip-bomb relay's refused answers, a drip relay's dripped 404s) stayed unmeasured, was
+  "new" again each time its bench ended, and took the next shard before every honest source;
 - an *unvouched* source (a relay only an unendorsed libp2p advert names: anyone can make
   one, with throw-away keys, at any URL) is never explored first and, until it completes a
   transfer, counts as delivering 1 byte/s: it gets shards only when no other source is
@@ -66,7 +69,7 @@ def choose(stats: list[SourceStats], now: float, rng: random.Random,
     usable = [s for s in stats if s.url not in exclude and s.usable(now)]
     if not usable:
         return None
-    fresh = [s for s in usable if s.throughput_bps is None and s.inflight == 0 and s.vouched]
+    fresh = [s for s in usable if s.throughput_bps is None and s.inflight == 0 and s.vouched and not s.failures]
     if fresh:
         return rng.choice(fresh)
     # An unmeasured source counts as fast as the best rate measured on a transfer that
@@ -207,6 +210,15 @@ class Sources:
         with self._lock:
             s = self.stats.get(url)
             return s is not None and self.now() < s.hostile_until
+
+    def on_probation(self, url: str) -> bool:
+        """`url` has not completed a transfer yet and another source is usable now: its
+        transfers get a short first window (shardcast.fetch's `probation_s`)."""
+        with self._lock:
+            s = self.stats.get(url)
+            now = self.now()
+            return (s is not None and s.successes == 0
+                    and any(o.url != url and o.usable(now) for o in self.stats.values()))
 
     def next_usable_in(self, exclude: frozenset[str] | set[str] = frozenset()) -> float | None:
         """Seconds until some source outside `exclude` becomes usable again (0 if one is

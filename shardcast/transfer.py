@@ -50,7 +50,9 @@ from urllib.parse import urlsplit
 # 64-256 KiB (see the notes in bench/shardcast.py); below 64 KiB the per-call overhead grows.
 BUFFER = 256 * 1024
 DRAIN_LIMIT = 64 * 1024  # an error body up to this size is read to keep its connection
-DRAIN_S = 5.0            # ... if it arrives within this time
+DRAIN_S = 1.0            # ... if it arrives within this time (an honest source sends its few
+                         # bytes with the head; at 5 s, a relay that drips its 404 and 503 bodies
+                         # held a download thread 5 s per request, uncharged: bench/hostile.py)
 
 
 class TransferError(OSError):
@@ -168,23 +170,26 @@ class ShardResponse:
         r.length -= n
         return n
 
-    def finish(self, complete: bool) -> None:
+    def finish(self, complete: bool) -> bool:
         """Release the response: keep the connection if the body was read to its end, or is
-        a small one (an error's detail) that arrives within DRAIN_S."""
+        a small one (an error's detail) that arrives within DRAIN_S. False when that small
+        body did not arrive in time (the source drips its answers: the caller charges it)."""
         r = self.resp
         if complete and r.isclosed():
-            return
+            return True
         if not complete or r.length is None or r.length > DRAIN_LIMIT:
             self.pool.drop(self.base)
-            return
+            return True
         alarm = WATCHDOG.arm(self.conn.sock, time.monotonic() + DRAIN_S) if r.length else None
         try:
             r.read()
         except (OSError, ValueError, http.client.HTTPException):
             self.pool.drop(self.base)
-            return
+            return not (alarm is not None and alarm.disarm())
         if alarm is not None and alarm.disarm():
             self.pool.drop(self.base)
+            return False
+        return True
 
 
 PARKED_MAX_S = 60.0   # an idle connection older than this is closed rather than reused
@@ -328,14 +333,14 @@ class Connections:
 
 class MinRate:
     """The minimum rate of one transfer as a leaky bucket: it starts with `window_s` of
-    credit, each byte received buys 1/min_bps seconds more, and the credit is capped at
-    `window_s` ahead of now (a burst cannot pay for a long stall). The transfer is too slow
-    when the credit runs out."""
+    credit (`first_s`, when given and smaller: a source on probation), each byte received buys
+    1/min_bps seconds more, and the credit is capped at `window_s` ahead of now (a burst cannot
+    pay for a long stall). The transfer is too slow when the credit runs out."""
 
-    def __init__(self, min_bps: float, window_s: float, silence_s: float):
+    def __init__(self, min_bps: float, window_s: float, silence_s: float, first_s: float | None = None):
         self.min_bps, self.window_s, self.silence_s = min_bps, window_s, silence_s
         self.started = time.monotonic()
-        self.until = self.started + window_s
+        self.until = self.started + (window_s if first_s is None else min(first_s, window_s))
         self.nbytes = 0
 
     def received(self, n: int) -> None:

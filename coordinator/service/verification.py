@@ -1,7 +1,9 @@
 """The verifier's side: claiming queued submissions and recording verdicts.
 
 A claim hands out the oldest queued submissions not claimed by a live verifier (a claim
-older than `verification_claim_ttl_s` is handed out again). Each job carries the signed
+older than `verification_claim_ttl_s` is handed out again); submissions of workers without a
+clean full check come after the others, in claims of their own, for up to
+`verification_newcomer_wait_s` (`coordinator.store.submissions.claim`). Each job carries the signed
 lease and the signed submission as received, the coordinator's rewards, the task's answer,
 and `full_check` as drawn at intake from the worker's check rate.
 
@@ -39,7 +41,7 @@ def claim(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         rows = submissions.claim(conn, opened.envelope.signer, now, ctx.cfg.verification_claim_ttl_s,
-                                 opened.body.max_jobs)
+                                 opened.body.max_jobs, ctx.cfg.verification_newcomer_wait_s)
     jobs = []
     for r in rows:
         task = ctx.tasks.task(r.task_index)

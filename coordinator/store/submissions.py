@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, case, func, or_, select, update
 
-from coordinator.store.schema import leases, submission_payloads, submissions
+from coordinator.store.schema import leases, submission_payloads, submissions, workers
 
 c_ = submissions.c
 # The training buffer: [held ->] ready -> handed (take_batch) -> consumed (ack); a group
@@ -29,9 +29,13 @@ _CONTENT = select(c_.submission_id).where(and_(c_.task_id == bindparam("t"), c_.
 _INSERT = submissions.insert()
 _INSERT_PAYLOAD = submission_payloads.insert()
 p_ = submission_payloads.c
-_CLAIMABLE = (select(c_.submission_id)
+# A newcomer's job (its worker has no clean full check yet) received after `young` waits
+# behind every other job: 1 orders it last (see `claim`).
+_NEWCOMER = case((and_(workers.c.clean_checks == 0, c_.received_at > bindparam("young")), 1), else_=0)
+_CLAIMABLE = (select(c_.submission_id, _NEWCOMER.label("newcomer"))
+              .join(workers, workers.c.worker_id == c_.worker_id)
               .where(and_(c_.status == "queued", or_(c_.claimed_at.is_(None), c_.claimed_at < bindparam("before"))))
-              .order_by(c_.received_at, c_.submission_id).limit(bindparam("n")))
+              .order_by(_NEWCOMER, c_.received_at, c_.submission_id).limit(bindparam("n")))
 _MARK_CLAIMED = (update(submissions).where(and_(c_.submission_id.in_(bindparam("ids", expanding=True)),
                                                 c_.status == "queued"))
                  .values(claimed_by=bindparam("by"), claimed_at=bindparam("now")))
@@ -68,11 +72,18 @@ def insert(conn: Connection, values: dict[str, Any], envelope: str, group_json: 
 
 
 # -- verification queue ----------------------------------------------------------------------
-def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit: int) -> list[Row]:
+def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit: int,
+          newcomer_wait_s: float = 0.0) -> list[Row]:
     """Hand up to `limit` queued submissions to `verifier`: unclaimed ones, or ones whose
-    claim is older than `claim_ttl_s` (the verifier that took them died). Oldest first."""
-    q = _CLAIMABLE.with_for_update(skip_locked=True) if conn.dialect.name == "postgresql" else _CLAIMABLE
-    ids = list(conn.execute(q, {"before": now - claim_ttl_s, "n": limit}).scalars())
+    claim is older than `claim_ttl_s` (the verifier that took them died). Oldest first, except
+    that a newcomer's submission (its worker has no clean full check) younger than
+    `newcomer_wait_s` comes after all others and never shares a claim with them: throw-away
+    identities (a spammer, one per policy version, each checked in full) then neither delay
+    the verdicts of workers with a record in the same claim nor go before them; a newcomer
+    waits at most `newcomer_wait_s` behind them (0: strictly oldest first)."""
+    q = _CLAIMABLE.with_for_update(skip_locked=True, of=submissions) if conn.dialect.name == "postgresql" else _CLAIMABLE
+    found = list(conn.execute(q, {"before": now - claim_ttl_s, "n": limit, "young": now - newcomer_wait_s}))
+    ids = [r.submission_id for r in found if r.newcomer == found[0].newcomer] if found else []
     if not ids:
         return []
     conn.execute(_MARK_CLAIMED, {"ids": ids, "by": verifier, "now": now})

@@ -14,6 +14,8 @@ hostile-swarm test (tests/integration/test_hostile_swarm.py) and bench/hostile.p
 `NicedCampaign(Spec(...), nice=10)` runs a campaign in a process of its own at a lower CPU
 priority (as the local swarm runs its workers): on one machine the attackers would otherwise
 take cycles from the services that a real attacker's own machines would not (bench/hostile.py).
+`Burner(cores, nice)` is its control: a process at the same priority that only spins `cores`
+of a core, so a bench can show what the attackers' CPU alone costs the swarm.
 
 How each attacker reaches its victims, as it would in a deployment:
 
@@ -374,3 +376,42 @@ class NicedCampaign:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _burn(cores: float, nice: int, conn) -> None:
+    import os
+
+    os.nice(nice)
+    period = 0.1
+    while not conn.poll(period * (1 - cores)):
+        until = time.monotonic() + period * cores
+        while time.monotonic() < until:
+            pass
+
+
+class Burner:
+    """The control for the attackers' own CPU: a process at the attackers' priority that only
+    spins, `cores` of a core at most (a duty cycle per 0.1 s), and attacks nothing. A phase
+    with it (`--burn`) shows what that much CPU alone costs the swarm on this machine."""
+
+    def __init__(self, cores: float, nice: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_burn, args=(min(max(cores, 0.0), 1.0), nice, child), daemon=True)
+        self.summary: dict = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def start(self) -> "Burner":
+        self._proc.start()
+        return self
+
+    def stop(self) -> None:
+        self._conn.send("stop")
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()

@@ -143,6 +143,31 @@ def test_a_claim_without_verdict_is_handed_out_again_after_its_ttl(swarm):
     assert [j.submission_id for j in swarm.claim()] == [sid]
 
 
+def test_a_claim_takes_workers_with_a_clean_check_first_and_newcomers_in_claims_of_their_own(swarm):
+    """Throw-away identities (checked in full, one per policy version in bench/hostile.py) shared
+    claims with workers that have a record and went before their newer submissions; now a
+    newcomer's submission waits behind the others, alone, for verification_newcomer_wait_s."""
+    swarm.publish(0)
+    old, new = swarm.new_worker(), swarm.new_worker()
+    (first,) = swarm.lease(old)
+    sid = swarm.submit(old, first).json()["submission_id"]
+    assert [j.submission_id for j in swarm.claim()] == [sid]
+    assert swarm.verdict(sid, True).status_code == 200                 # old: one clean full check
+    (ln,) = swarm.lease(new)
+    s_new = swarm.submit(new, ln).json()["submission_id"]
+    swarm.clock.advance(0.1)
+    (lo,) = swarm.lease(old)
+    s_old = swarm.submit(old, lo).json()["submission_id"]
+    assert [j.submission_id for j in swarm.claim()] == [s_old]         # not [s_new, s_old]
+    assert [j.submission_id for j in swarm.claim()] == [s_new]         # nothing else queued: its turn
+    (ln2,) = swarm.lease(new)
+    s_new2 = swarm.submit(new, ln2).json()["submission_id"]
+    swarm.clock.advance(swarm.cfg.verification_newcomer_wait_s + 0.1)  # waited long enough: by age
+    (lo2,) = swarm.lease(old)
+    s_old2 = swarm.submit(old, lo2).json()["submission_id"]
+    assert [j.submission_id for j in swarm.claim()] == [s_new2, s_old2]
+
+
 def _submitted_one_by_one(s, w, leases, latency_s: float) -> None:
     """Each lease submitted `latency_s` after the previous one, and accepted at once."""
     for lease in leases:

@@ -85,6 +85,49 @@ def test_a_drip_relay_is_dropped_and_ranked_down_and_the_fetch_completes_from_th
             c.close()
 
 
+def test_a_drip_relay_tried_first_holds_a_shard_for_its_probation_not_a_whole_rate_window(
+        tmp_path, op, origin):
+    """Two download threads explore both relays at once, so the drip relay always gets a shard.
+    A source that has not completed a transfer, while another is usable, starts with
+    `probation_s` of credit: the drip held that shard a whole `rate_window_s` (10 s per client
+    in bench/hostile.py) before."""
+    opts = FetchOptions(**{**QUICK, "rate_window_s": 10.0, "read_timeout_s": 10.0, "probation_s": 1.0})
+    with DripRelay(origin.url, every_s=0.3) as drip:
+        c = ShardcastClient([drip.url, origin.url], op.public, tmp_path / "cache", run_id="run-h", options=opts)
+        try:
+            got, took = fetch_in_time(c, 0, 30)
+            assert not isinstance(got, Exception), got
+            assert drip.hits.get("shard", 0) == 1
+            assert "below the minimum" in {s.url: s for s in c.sources.snapshot()}[drip.url].last_error
+            assert took < 5, took
+        finally:
+            c.close()
+
+
+def test_a_relay_that_drips_its_error_answers_holds_no_download_and_is_not_explored_again(
+        tmp_path, op, origin):
+    """A drip relay in front of a source that lacks the version answers each shard request
+    404 at once and then drips the 404's body. Draining that body held a download thread 5 s,
+    uncharged, and the relay stayed "new", so it took the next shard again (bench/hostile.py)."""
+    empty = Origin(OriginConfig(data_dir=tmp_path / "empty", port=0, shard_size=SHARD), op, "run-h")
+    empty.start()
+    try:
+        with DripRelay(empty.url, every_s=1.0) as drip:
+            c = ShardcastClient([drip.url, origin.url], op.public, tmp_path / "cache", run_id="run-h",
+                                options=FetchOptions(**QUICK))
+            try:
+                got, took = fetch_in_time(c, 0, 60)
+                assert not isinstance(got, Exception), got
+                assert drip.hits.get("shard", 0) == 1, drip.hits          # asked once, then avoided
+                stats = {s.url: s for s in c.sources.snapshot()}
+                assert stats[drip.url].failures >= 1 and "did not arrive" in stats[drip.url].last_error
+                assert took < 3, took
+            finally:
+                c.close()
+    finally:
+        empty.stop()
+
+
 @pytest.mark.parametrize("make", [
     lambda origin: SilentRelay(),                        # accepts, never answers
     lambda origin: HeadDripRelay(every_s=0.3),           # a response head, a byte at a time

@@ -55,6 +55,19 @@ def test_a_dripping_source_does_not_make_a_busy_unmeasured_one_look_as_slow():
     assert choose([honest, drip], 100.0, rng) is honest
 
 
+def test_a_source_that_failed_is_not_explored_again_when_its_bench_ends():
+    """A relay that never completes a transfer (a gzip bomb's refused answers, a drip relay's
+    dripped 404s) stays unmeasured; it must not count as new, and take the next shard before
+    the honest relay, each time its bench ends."""
+    rng = random.Random(0)
+    honest, bomb = SourceStats("honest"), SourceStats("bomb")
+    record_success(honest, 1_000_000, 0.1)               # 10 MB/s
+    record_failure(bomb, 0.0, "announced 262144 bytes for the 65536 left of shard 0")
+    assert all(choose([bomb, honest], 100.0, rng) is honest for _ in range(50))   # bench over
+    record_failure(honest, 100.0, "connection reset")    # only when the honest one is benched
+    assert choose([bomb, honest], 100.1, rng) is bomb
+
+
 def test_failures_bench_a_source_with_backoff_and_success_clears_it():
     s = SourceStats("a")
     record_failure(s, 100.0, "boom")
