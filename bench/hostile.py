@@ -105,12 +105,17 @@ def submit_histogram(url: str) -> list[tuple[float, float]]:
     return histogram(text, "swarmrl_coordinator_request_seconds", route="submit")
 
 
+RELAY_ATTACKS = {"drip", "gzip", "adverts"}  # the attacks that need tests.hostile.relays running
+
+
 def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...], burn: float = 0.0) -> dict:
     from protocol.identity import KeyPair
 
     root = Path(tempfile.mkdtemp(prefix="hb", dir="/tmp"))  # short: the payloads name paths in it
     root.chmod(0o755)
-    relays = HostileRelays().start() if attacks else None
+    # The hostile relays mirror the honest one (they follow it to serve real-looking versions):
+    # started only for the attacks that use them, so a per-attacker phase measures its attacker.
+    relays = HostileRelays().start() if set(attacks) & RELAY_ATTACKS else None
     plan = plan_swarm(root, model, swarm_settings(a.honest_workers, relays, seed=a.seed, attacks=attacks))
     if relays:
         relays.follow(plan.relay_url)
