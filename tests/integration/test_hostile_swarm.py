@@ -241,7 +241,10 @@ def _check_no_key_leak(plan, key_file: Path, attack: Campaign) -> None:
     keys = plan.root / "keys"
     for path in plan.root.rglob("*"):
         if path.is_file() and keys not in path.parents:
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # the run goes on: an old version was pruned meanwhile
+                continue
             assert not any(f in data for f in forms), f"the coordinator's key secret is in {path}"
 
 
