@@ -41,20 +41,12 @@ class Strict(BaseModel):
     @model_validator(mode="after")
     def _fits_the_databases(self):
         """JSON integers have no size limit; the databases' have (a 10**30 reached SQLite as an
-        OverflowError, a 500). Every int field, and every int in a list field, fits in int64; no
-        text field holds a NUL."""
+        OverflowError, a 500). Every int field fits in int64 (int lists are token ids and seeds,
+        bounded by their element types); no text field holds a NUL."""
         for name, value in self.__dict__.items():
-            if type(value) is str:
-                if "\x00" in value:  # PostgreSQL text cannot hold NUL (an error, a 500, there)
-                    raise ValueError(f"{name}: NUL character in text")
-                continue
-            if type(value) is int:
-                bad = not -2**63 <= value < 2**63
-            elif type(value) is list and value and type(value[0]) is int:
-                bad = not -2**63 <= min(value) and max(value) < 2**63
-            else:
-                continue
-            if bad:
+            if type(value) is str and "\x00" in value:  # PostgreSQL text cannot hold NUL (a 500 there)
+                raise ValueError(f"{name}: NUL character in text")
+            if type(value) is int and not -2**63 <= value < 2**63:
                 raise ValueError(f"{name}: integer out of the 64-bit range")
         return self
 
