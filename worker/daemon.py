@@ -3,15 +3,24 @@
     Daemon.run()
       GET /v1/run -> register (signed Registration + HardwareReport [+ proof of work])
       start: status server, policy downloader (shardcast), housekeeping (heartbeats, verdicts)
+      start: background sender (worker.sender: sends the spool, and what a previous run left)
       loop until stopped:
-        flush the spool          (resend what a previous run or a failed send left)
-        lease a batch            (POST /v1/leases; each lease's coordinator signature checked)
+        lease a batch            (POST /v1/leases; each lease's coordinator signature checked),
+                                 or take the one leased ahead
+        lease the next batch ahead, in the background, while this one generates
+                                 (worker.hardware.lease_ahead_tasks: only what can still finish
+                                 within two thirds of its TTL after this batch)
         for each version plan    (worker.leases.plan: newest ready version the leases allow)
           load it into the engine, generate every seed of the leases in one batch,
-          build proofs, spool each submission (fsync) and send it
+          build proofs, spool each submission (fsync) and kick the sender
+
+Over a slow link nothing in the loop waits for a round trip while work is at hand: the next
+batch's leases arrive while this batch generates, and submissions go out from the sender's
+thread (bench/wan.py rollouts). Heartbeats, verdict polling (worker.housekeeping) and policy
+downloads (worker.policy_sync) have their own threads. All share one keep-alive HTTP client.
 
 Stopping: the first SIGTERM/SIGINT lets the current generation batch finish and be
-submitted, releases every other lease (POST /v1/leases/release) and exits 0; a second
+submitted, releases every other lease (those leased ahead too) (POST /v1/leases/release) and exits 0; a second
 signal aborts the batch at once (its leases are released too). Finished work that could not
 be sent stays in the spool for the next start. A ban from the coordinator ends the daemon
 with its reason. The engine is passed in (`worker.main.run(cfg, engine=...)`), so tests
@@ -23,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,11 +47,12 @@ from worker.config import WorkerConfig
 from worker.coordinator_client import CoordinatorClient
 from worker.engines.base import Engine
 from worker.errors import Banned, PolicyUnavailable, WorkerError
-from worker.hardware import hardware_report, sequences_per_batch, tasks_per_lease_request
+from worker.hardware import hardware_report, lease_ahead_tasks, sequences_per_batch, tasks_per_lease_request
 from worker.housekeeping import Housekeeper
 from worker.leases import fallback_versions, open_lease, plan
 from worker.policy_sync import PolicySync
 from worker.rollout import generate_batch
+from worker.sender import BackgroundSender
 from worker.spool import Spool
 from worker.state import WorkerState
 from worker.status_server import start_status_server
@@ -78,6 +89,9 @@ class Daemon:
         self.coord = CoordinatorClient(cfg.coordinator_url, self.key)
         self.spool = Spool(self.data_dir / "spool")
         self.submitter = Submitter(self.coord, self.spool, self.state, self.reach, self.worker_id, self._register)
+        self.sender = BackgroundSender(self.submitter, self.stop)
+        self._register_lock = threading.Lock()  # the loop, the lease-ahead and sender threads may re-register
+        self._registered_at = 0.0
         self.hw = hardware_report()
         device = engine.info().device or "cpu"
         self.target_sequences = sequences_per_batch(self.hw, device)
@@ -120,12 +134,14 @@ class Daemon:
             keeper = Housekeeper(self.coord, self.spool, self.state, self.worker_id, self.stop,
                                  held_leases=self._held_ids, on_banned=self._banned)
             keeper.start()
+            self.sender.start()
             self._loop()
         except Stopped:
             pass
         finally:
             self.stop.set()
-            self._shutdown()
+            sender_done = self.sender.stop_and_join()
+            self._shutdown(flush=sender_done)
             if shard_client is not None:
                 shard_client.close()  # aborts a download in progress
             if keeper is not None:
@@ -171,6 +187,16 @@ class Daemon:
         log.info("computing in %s (the dtypes this run allows: %s)", chosen, ", ".join(allowed))
 
     def _register(self, stop: threading.Event) -> None:
+        """Register (again); a thread that finds another one registered meanwhile is done too
+        (the loop, the lease-ahead request and the sender can each learn it was forgotten)."""
+        asked = time.monotonic()
+        with self._register_lock:
+            if self._registered_at > asked:
+                return
+            self._register_locked(stop)
+            self._registered_at = time.monotonic()
+
+    def _register_locked(self, stop: threading.Event) -> None:
         # the proof-of-work challenge changes per epoch: solve the current one
         self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
                                    stop, reach=self.reach)
@@ -231,18 +257,34 @@ class Daemon:
             self.state.set(leases_active=len(self.held))
 
     def _loop(self) -> None:
-        while not self.stop.is_set():
-            self.state.set(phase="submitting")
-            self.submitter.flush(self.stop)
-            self.state.set(phase="leasing")
-            leases = self._lease()
-            if not leases:
-                continue
-            self._work(leases)
+        ahead: Future[list[Lease]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="lease-ahead") as pool:
+            try:
+                while not self.stop.is_set():
+                    if ahead is not None:
+                        leases, ahead = ahead.result(), None
+                    else:
+                        self.state.set(phase="leasing")
+                        leases = self._lease(self._request_size(), wait_if_none=True)
+                    if not leases:
+                        continue
+                    n = lease_ahead_tasks(self._request_size(), len(leases), self.seconds_per_task, self.lease_ttl_s)
+                    if n:
+                        ahead = pool.submit(self._lease, n, False)
+                    self._work(leases)
+            finally:
+                if ahead is not None:
+                    # the loop ends only when the daemon stops: end a request still retrying; what it
+                    # leased is held and released by _shutdown, and its error (if any) adds nothing
+                    self.stop.set()
+                    ahead.cancel() or ahead.exception()
 
-    def _lease(self) -> list[Lease]:
-        n = tasks_per_lease_request(self.target_sequences, self.group_size, self.cfg.max_tasks,
-                                    self.seconds_per_task, self.lease_ttl_s)
+    def _request_size(self) -> int:
+        return tasks_per_lease_request(self.target_sequences, self.group_size, self.cfg.max_tasks,
+                                       self.seconds_per_task, self.lease_ttl_s)
+
+    def _lease(self, n: int, wait_if_none: bool) -> list[Lease]:
+        """Lease up to `n` tasks; none offered: wait the coordinator's retry_after first if `wait_if_none`."""
         try:
             resp = retry_call(lambda: self.coord.lease(n), "leasing tasks", self.stop, reach=self.reach)
         except Rejected as exc:
@@ -263,9 +305,9 @@ class Daemon:
             except WorkerError as exc:
                 log.error("%s; ignored", exc)
         if not leases:
-            wait = resp.retry_after_s or IDLE_WAIT_S
-            self.state.set(phase="idle (no work offered)")
-            self.stop.wait(wait)
+            if wait_if_none:
+                self.state.set(phase="idle (no work offered)")
+                self.stop.wait(resp.retry_after_s or IDLE_WAIT_S)
             return []
         self._hold(leases)
         self.group_size = len(leases[0].seeds)
@@ -273,6 +315,8 @@ class Daemon:
         return leases
 
     def _work(self, leases: list[Lease]) -> None:
+        """Generate `leases` (the version plan), then give back those of them not generated
+        (no version they allow could be fetched, or a stop); leases leased ahead stay held."""
         assert self.sync is not None
         pending = leases
         while pending and not self.stop.is_set():
@@ -288,7 +332,8 @@ class Daemon:
                 continue
             self._generate(p.now, p.version)
             pending = p.later
-        self._release(self._held_ids())
+        held = set(self._held_ids())
+        self._release([lease.lease_id for lease in leases if lease.lease_id in held])
 
     def _wait_for_version(self, leases: list[Lease]) -> list[Lease]:
         assert self.sync is not None
@@ -349,11 +394,9 @@ class Daemon:
                 self.spool.put(f.submission, f.tokens, f.lease.expires_at)
             self._unhold([f.lease.lease_id for f in finished])
             self.submitter.refresh_counts()
+            self.sender.kick()  # sent in the background (after a stop: by _shutdown's flush)
             log.info("generated %d sequences (%d tokens) with v%d in %.2f s (+%.3f s proofs)",
                      stats.sequences, stats.tokens, version, stats.generate_s, stats.proof_s)
-            self.state.set(phase="submitting")
-            self.submitter.flush(self.abort if self.stop.is_set() else self.stop,
-                                 give_up_after_s=SHUTDOWN_SEND_S if self.stop.is_set() else None)
 
     # -- shutdown -------------------------------------------------------------------------------
     def _release(self, lease_ids: list[str]) -> None:
@@ -372,10 +415,12 @@ class Daemon:
             pass
         self._unhold(lease_ids)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, flush: bool = True) -> None:
+        """Send what is spooled (unless the background sender is still stuck in a send: then the
+        next start sends it), release every lease still held."""
         self.state.set(phase="stopping")
         try:
-            if self.run_info is not None and not self.banned:
+            if flush and self.run_info is not None and not self.banned:
                 self.submitter.flush(self.abort, give_up_after_s=SHUTDOWN_SEND_S)
         except Stopped:
             pass

@@ -1,9 +1,10 @@
 """What this machine is, and how much work to ask for.
 
 `hardware_report` fills the (informational, untrusted) `HardwareReport` of a registration from
-os and torch. `sequences_per_batch` and `tasks_per_lease_request` turn the hardware and the
-observed batch times into how many leases to ask for: a batch must be big enough to keep the
-device busy, and small enough to be finished and submitted well inside the lease TTL. Both
+os and torch. `sequences_per_batch`, `tasks_per_lease_request` and `lease_ahead_tasks` turn
+the hardware and the observed batch times into how many leases to ask for: a batch must be big
+enough to keep the device busy, and small enough to be finished and submitted well inside the
+lease TTL, also when it was leased ahead while the previous batch generated. All three
 are pure functions of their inputs so that tests can pin the rules.
 """
 
@@ -64,3 +65,18 @@ def tasks_per_lease_request(target_sequences: int, group_size: int | None, confi
     if seconds_per_task and seconds_per_task > 0 and lease_ttl_s:
         n = min(n, int(lease_ttl_s / 3 / seconds_per_task))
     return max(1, n)
+
+
+def lease_ahead_tasks(n: int, current_tasks: int, seconds_per_task: float | None,
+                      lease_ttl_s: float | None) -> int:
+    """Tasks to lease ahead (the next request, sent while `current_tasks` generate): at most `n`,
+    and only as many as still finish within two thirds of their TTL after the current batch
+    ((current + ahead) x seconds_per_task <= 2/3 TTL: a lease leased ahead waits one batch, then
+    takes its own, and keeps the last third for sending and verification as
+    `tasks_per_lease_request` does). 0 until the worker's speed and the TTL are known (its first
+    batch), so a worker never holds work it has not shown it can finish in time. The
+    coordinator's caps (`limits.max_leases_per_worker`, lease sizing) still decide what it gets."""
+    if not seconds_per_task or seconds_per_task <= 0 or not lease_ttl_s:
+        return 0
+    room = int(lease_ttl_s * 2 / 3 / seconds_per_task) - current_tasks
+    return max(0, min(n, room))

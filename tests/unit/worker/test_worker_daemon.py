@@ -260,3 +260,21 @@ def test_a_version_pruned_while_it_is_loaded_is_planned_again_not_a_crash(fake, 
     r.stop()
     assert r.error is None and pruned == [0]
     assert len(fake.submissions) >= 2 and r.daemon.engine.version == 0
+
+
+def test_over_a_slow_link_the_next_leases_and_the_submissions_travel_while_the_engine_works(fake, versions,
+                                                                                           start_daemon):
+    """Every answer takes 0.2 s: the worker asks for its next batch while it still holds the
+    current one (leased ahead), and sends submissions from the background (a lease request
+    arrives while a submission is in flight); everything is still delivered or released."""
+    versions.publish(0)
+    fake.delay_s = 0.2
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 6, what="six submissions over the slow link", timeout=60)
+    r.stop()
+    assert r.error is None
+    log = list(fake.lease_log)
+    assert any(held > 0 for held, _ in log), f"no lease request was sent ahead: {log}"
+    assert any(sending > 0 for _, sending in log), f"lease requests waited for submissions: {log}"
+    assert r.daemon.spool.pending() == []
+    assert set(fake.leases) == set(fake.by_lease) | set(fake.released)

@@ -1,7 +1,9 @@
 """Batch sizing from the hardware and the lease TTL."""
 
 from protocol.messages import GpuInfo, HardwareReport
-from worker.hardware import CPU_SEQUENCES, hardware_report, sequences_per_batch, tasks_per_lease_request
+from worker.hardware import (
+    CPU_SEQUENCES, hardware_report, lease_ahead_tasks, sequences_per_batch, tasks_per_lease_request,
+)
 
 
 def test_hardware_report_describes_this_machine():
@@ -28,3 +30,13 @@ def test_tasks_per_request_fills_the_batch_but_fits_the_lease_ttl():
     assert tasks_per_lease_request(16, 4, seconds_per_task=10.0, lease_ttl_s=60.0) == 2
     assert tasks_per_lease_request(16, 4, seconds_per_task=100.0, lease_ttl_s=60.0) == 1
     assert tasks_per_lease_request(16, 4, configured=7, seconds_per_task=10.0, lease_ttl_s=60.0) == 2
+
+
+def test_leasing_ahead_waits_for_the_workers_speed_and_fits_two_thirds_of_the_ttl():
+    assert lease_ahead_tasks(4, 4, None, 60.0) == 0             # first batch: speed unknown, nothing ahead
+    assert lease_ahead_tasks(4, 4, 1.0, None) == 0
+    assert lease_ahead_tasks(4, 4, 1.0, 60.0) == 4              # (4 + 4) s <= 40 s
+    # 5 s per task, 60 s TTL: 8 tasks fit two thirds; 4 are generating, so 4 more at most
+    assert lease_ahead_tasks(6, 4, 5.0, 60.0) == 4
+    assert lease_ahead_tasks(6, 8, 5.0, 60.0) == 0              # the current batch fills the budget
+    assert lease_ahead_tasks(6, 4, 50.0, 60.0) == 0             # a slow worker never leases ahead

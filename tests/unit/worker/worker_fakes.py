@@ -9,6 +9,7 @@ One submission per lease, like the real one: a second gets 409. The integration 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -70,6 +71,9 @@ class FakeCoordinator:
         self.statuses_route = True                   # serve GET /v1/submission-statuses (newer coordinators)
         self.status_calls = {"single": 0, "batch": 0}
         self.banned: dict[str, str] = {}
+        self.delay_s = 0.0             # every answer waits this long (a slow link's round trip)
+        self.submits_in_flight = 0
+        self.lease_log: list[tuple[int, int]] = []  # per lease request: (leases the worker held, submits in flight)
         self._ids = itertools.count(1)
         self.app = self._make_app()
 
@@ -106,6 +110,17 @@ class FakeCoordinator:
     def _make_app(self) -> FastAPI:
         app = FastAPI()
 
+        @app.middleware("http")
+        async def round_trip(request: Request, call_next):
+            submit = request.url.path == routes.SUBMISSIONS
+            self.submits_in_flight += submit
+            try:
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                return await call_next(request)
+            finally:
+                self.submits_in_flight -= submit
+
         @app.get(routes.RUN)
         def run() -> dict:
             self._guard()
@@ -138,6 +153,9 @@ class FakeCoordinator:
             out = []
             now = time.time()
             with self.lock:
+                held = sum(1 for lid, le in self.leases.items() if le.worker_id == o.signer_id
+                           and lid not in self.by_lease and lid not in self.released and le.expires_at > now)
+                self.lease_log.append((held, self.submits_in_flight))
                 for _ in range(o.body.max_tasks):
                     if self.tasks_left is not None:
                         if self.tasks_left <= 0:
