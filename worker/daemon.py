@@ -8,7 +8,8 @@
         lease a batch            (POST /v1/leases; each lease's coordinator signature checked),
                                  or take the one leased ahead
         lease the next batch ahead, in the background, while this one generates
-                                 (worker.hardware.lease_ahead_tasks: only what can still finish
+                                 (worker.hardware.lease_ahead_tasks, lease_ahead_delay: halfway
+                                 through the batch, and only what can still finish
                                  within two thirds of its TTL after this batch)
         for each version plan    (worker.leases.plan: newest ready version the leases allow)
           load it into the engine, generate every seed of the leases in one batch,
@@ -47,7 +48,13 @@ from worker.config import WorkerConfig
 from worker.coordinator_client import CoordinatorClient
 from worker.engines.base import Engine
 from worker.errors import Banned, PolicyUnavailable, WorkerError
-from worker.hardware import hardware_report, lease_ahead_tasks, sequences_per_batch, tasks_per_lease_request
+from worker.hardware import (
+    hardware_report,
+    lease_ahead_delay,
+    lease_ahead_tasks,
+    sequences_per_batch,
+    tasks_per_lease_request,
+)
 from worker.housekeeping import Housekeeper
 from worker.leases import fallback_versions, open_lease, plan
 from worker.policy_sync import PolicySync
@@ -92,6 +99,7 @@ class Daemon:
         self.sender = BackgroundSender(self.submitter, self.stop)
         self._register_lock = threading.Lock()  # the loop, the lease-ahead and sender threads may re-register
         self._registered_at = 0.0
+        self._lease_rtt_s = 0.0            # how long the last lease request took
         self.hw = hardware_report()
         device = engine.info().device or "cpu"
         self.target_sequences = sequences_per_batch(self.hw, device)
@@ -270,7 +278,9 @@ class Daemon:
                         continue
                     n = lease_ahead_tasks(self._request_size(), len(leases), self.seconds_per_task, self.lease_ttl_s)
                     if n:
-                        ahead = pool.submit(self._lease, n, False)
+                        assert self.seconds_per_task is not None
+                        delay = lease_ahead_delay(self.seconds_per_task * len(leases), self._lease_rtt_s)
+                        ahead = pool.submit(self._lease_after, delay, n)
                     self._work(leases)
             finally:
                 if ahead is not None:
@@ -283,10 +293,18 @@ class Daemon:
         return tasks_per_lease_request(self.target_sequences, self.group_size, self.cfg.max_tasks,
                                        self.seconds_per_task, self.lease_ttl_s)
 
+    def _lease_after(self, delay_s: float, n: int) -> list[Lease]:
+        """The lease-ahead request, sent `delay_s` into the batch (leases issued later allow
+        newer policy versions)."""
+        self.stop.wait(delay_s)
+        return [] if self.stop.is_set() else self._lease(n, False)
+
     def _lease(self, n: int, wait_if_none: bool) -> list[Lease]:
         """Lease up to `n` tasks; none offered: wait the coordinator's retry_after first if `wait_if_none`."""
         try:
+            t0 = time.monotonic()
             resp = retry_call(lambda: self.coord.lease(n), "leasing tasks", self.stop, reach=self.reach)
+            self._lease_rtt_s = time.monotonic() - t0
         except Rejected as exc:
             if exc.status == 403:
                 self._banned(exc.detail)

@@ -80,3 +80,12 @@ def lease_ahead_tasks(n: int, current_tasks: int, seconds_per_task: float | None
         return 0
     room = int(lease_ttl_s * 2 / 3 / seconds_per_task) - current_tasks
     return max(0, min(n, room))
+
+
+def lease_ahead_delay(batch_s: float, lease_rtt_s: float) -> float:
+    """When to send the lease-ahead request, in seconds after a batch of `batch_s` (expected)
+    started: halfway through, less two of the last lease request's durations, so the leases
+    arrive before the engine is free with room for a slow answer or a slower batch, and are
+    issued as late as that allows (a later lease allows newer policy versions: less version
+    lag at consumption). 0 when the batch is shorter than that."""
+    return max(0.0, batch_s / 2 - 2 * lease_rtt_s)

@@ -2,7 +2,8 @@
 
 from protocol.messages import GpuInfo, HardwareReport
 from worker.hardware import (
-    CPU_SEQUENCES, hardware_report, lease_ahead_tasks, sequences_per_batch, tasks_per_lease_request,
+    CPU_SEQUENCES, hardware_report, lease_ahead_delay, lease_ahead_tasks, sequences_per_batch,
+    tasks_per_lease_request,
 )
 
 
@@ -40,3 +41,9 @@ def test_leasing_ahead_waits_for_the_workers_speed_and_fits_two_thirds_of_the_tt
     assert lease_ahead_tasks(6, 4, 5.0, 60.0) == 4
     assert lease_ahead_tasks(6, 8, 5.0, 60.0) == 0              # the current batch fills the budget
     assert lease_ahead_tasks(6, 4, 50.0, 60.0) == 0             # a slow worker never leases ahead
+
+
+def test_the_lease_ahead_request_leaves_halfway_less_two_round_trips():
+    assert lease_ahead_delay(10.0, 0.5) == 4.0      # leases arrive ~4 s before the engine is free
+    assert lease_ahead_delay(10.0, 0.0) == 5.0
+    assert lease_ahead_delay(1.0, 0.4) == 0.0       # a short batch or a slow link: at once
