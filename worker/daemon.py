@@ -58,6 +58,7 @@ from worker.hardware import (
 from worker.housekeeping import Housekeeper
 from worker.leases import fallback_versions, open_lease, plan
 from worker.policy_sync import PolicySync
+from worker.registration import Registrations
 from worker.rollout import generate_batch
 from worker.sender import BackgroundSender
 from worker.spool import Spool
@@ -95,10 +96,9 @@ class Daemon:
         self.reach = Reachability(lambda up, err: self.state.set(coordinator_up=up, coordinator_error=err))
         self.coord = CoordinatorClient(cfg.coordinator_url, self.key)
         self.spool = Spool(self.data_dir / "spool")
-        self.submitter = Submitter(self.coord, self.spool, self.state, self.reach, self.worker_id, self._register)
+        self.registrations = Registrations(self._register)  # the loop, lease-ahead and sender threads
+        self.submitter = Submitter(self.coord, self.spool, self.state, self.reach, self.worker_id, self.registrations)
         self.sender = BackgroundSender(self.submitter, self.stop)
-        self._register_lock = threading.Lock()  # the loop, the lease-ahead and sender threads may re-register
-        self._registered_at = 0.0
         self._lease_rtt_s = 0.0            # how long the last lease request took
         self.hw = hardware_report()
         device = engine.info().device or "cpu"
@@ -179,7 +179,7 @@ class Daemon:
         self.cfg.pins.check_run(self.run_info, f"the coordinator at {self.cfg.coordinator_url} (GET /v1/run)")
         self.state.set(run_id=self.run_info.run_id, newest_version=self.run_info.current_policy_version)
         self._agree_dtype(self.run_info.allowed_dtypes)
-        self._register(self.stop)
+        self.registrations.again(self.registrations.epoch(), self.stop)
 
     def _agree_dtype(self, allowed: list[str]) -> None:
         """Compute in a dtype the run allows: an 'auto' engine switches to one (bf16 on a GPU when
@@ -195,16 +195,7 @@ class Daemon:
         log.info("computing in %s (the dtypes this run allows: %s)", chosen, ", ".join(allowed))
 
     def _register(self, stop: threading.Event) -> None:
-        """Register (again); a thread that finds another one registered meanwhile is done too
-        (the loop, the lease-ahead request and the sender can each learn it was forgotten)."""
-        asked = time.monotonic()
-        with self._register_lock:
-            if self._registered_at > asked:
-                return
-            self._register_locked(stop)
-            self._registered_at = time.monotonic()
-
-    def _register_locked(self, stop: threading.Event) -> None:
+        """Register; called only through `self.registrations` (once per forgetting)."""
         # the proof-of-work challenge changes per epoch: solve the current one
         self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
                                    stop, reach=self.reach)
@@ -270,6 +261,9 @@ class Daemon:
             try:
                 while not self.stop.is_set():
                     if ahead is not None:
+                        # the batch is spooled: say so (a status left at "generating" would claim
+                        # work in hand while the loop only waits for the leases asked ahead)
+                        self.state.set(phase="leasing")
                         leases, ahead = ahead.result(), None
                     else:
                         self.state.set(phase="leasing")
@@ -302,7 +296,7 @@ class Daemon:
     def _lease(self, n: int, wait_if_none: bool) -> list[Lease]:
         """Lease up to `n` tasks; none offered: wait the coordinator's retry_after first if `wait_if_none`."""
         try:
-            t0 = time.monotonic()
+            t0, seen = time.monotonic(), self.registrations.epoch()
             resp = retry_call(lambda: self.coord.lease(n), "leasing tasks", self.stop, reach=self.reach)
             self._lease_rtt_s = time.monotonic() - t0
         except Rejected as exc:
@@ -311,7 +305,7 @@ class Daemon:
                 return []
             if exc.status in (401, 404):
                 log.warning("lease refused (HTTP %d: %s); registering again", exc.status, exc.detail)
-                self._register(self.stop)
+                self.registrations.again(seen, self.stop)
                 return []
             raise WorkerError(f"lease request refused (HTTP {exc.status}): {exc.detail}") from exc
         assert self.run_info is not None

@@ -8,7 +8,7 @@ retrying network failures with backoff (`protocol.retry`). What each answer mean
 | 200 queued / accepted                    | -> awaiting (its id)   | submitted (+accepted)       |
 | 200 rejected                             | removed                | submitted, rejected         |
 | 409 duplicate_submission: "already have" | removed (acknowledged) | submitted                   |
-| 404 and this worker is unknown           | stays; re-register     |                             |
+| 404 and this worker is unknown           | stays; re-register (*) |                             |
 | any other 4xx (other 409s included)      | -> rejected/ (reason)  | rejected                    |
 | no answer / 5xx / 429                    | stays; retried later   |                             |
 
@@ -18,18 +18,21 @@ worker may submit it), so each is stored exactly once. Any other conflict (the s
 completions already stored for the task under another lease, a replayed nonce, or a
 coordinator that names no reason) means this submission was not stored: it is set aside with
 the coordinator's reason and counted, never taken for delivered.
+
+(*) once per forgetting, with the daemon's other threads (`worker.registration`): a 404 that
+arrives after another thread registered again is sent again without registering.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
 
 from protocol.errors import Rejected, Unavailable
 from protocol.messages import REASON_DUPLICATE_SUBMISSION
 from protocol.retry import Reachability, retry_call
 from worker.coordinator_client import CoordinatorClient
+from worker.registration import Registrations
 from worker.spool import Spool, SpoolEntry
 from worker.state import WorkerState
 
@@ -38,13 +41,13 @@ log = logging.getLogger(__name__)
 
 class Submitter:
     def __init__(self, coord: CoordinatorClient, spool: Spool, state: WorkerState, reach: Reachability,
-                 worker_id: str, reregister: Callable[[threading.Event], None]):
+                 worker_id: str, registrations: Registrations):
         self.coord = coord
         self.spool = spool
         self.state = state
         self.reach = reach
         self.worker_id = worker_id
-        self.reregister = reregister
+        self.registrations = registrations
 
     def flush(self, stop: threading.Event, give_up_after_s: float | None = None) -> int:
         """Send everything pending; returns how many entries are still pending.
@@ -67,6 +70,7 @@ class Submitter:
     def _send(self, entry: SpoolEntry, stop: threading.Event, give_up_after_s: float | None) -> None:
         what = f"submitting lease {entry.lease_id}"
         for attempt in range(2):
+            seen = self.registrations.epoch()
             try:
                 resp = retry_call(lambda: self.coord.submit(entry.submission), what, stop,
                                   reach=self.reach, give_up_after_s=give_up_after_s)
@@ -77,9 +81,8 @@ class Submitter:
                     self.spool.settle(entry)
                     self.state.add(submitted=1)
                     return
-                if exc.status == 404 and attempt == 0 and self._forgotten():
-                    log.warning("the coordinator does not know this worker any more; registering again")
-                    self.reregister(stop)
+                if exc.status == 404 and attempt == 0 and self.registrations.again(seen, stop, self._forgotten):
+                    log.warning("the coordinator did not know this worker; sending again after registering")
                     continue
                 why = f"HTTP {exc.status}" + (f" {exc.reason}" if exc.reason else "") + f": {exc.detail}"
                 log.error("lease %s: submission refused (%s); set aside in %s", entry.lease_id, why,

@@ -278,3 +278,23 @@ def test_over_a_slow_link_the_next_leases_and_the_submissions_travel_while_the_e
     assert any(sending > 0 for _, sending in log), f"lease requests waited for submissions: {log}"
     assert r.daemon.spool.pending() == []
     assert set(fake.leases) == set(fake.by_lease) | set(fake.released)
+
+
+def test_while_the_leases_asked_ahead_are_awaited_the_phase_says_leasing_not_generating(fake, versions,
+                                                                                       start_daemon):
+    """A batch is spooled and sent, the lease requested ahead has no answer yet: the status must
+    not still say "generating" (a stale phase sent the coordinator-down integration test into
+    an outage when no batch was in progress, so nothing could reach the spool)."""
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 4, what="batches after the first (leased ahead)")
+    fake.hold_leases = True
+    try:
+        wait_until(lambda: fake.leases_held_back and not r.daemon._held_ids() and not r.daemon.spool.pending(),
+                   what="every held lease done and sent, a lease request unanswered")
+        wait_until(lambda: r.daemon.state.get("phase") == "leasing", timeout=10,
+                   what=f"the phase to say leasing (it says {r.daemon.state.get('phase')!r})")
+    finally:
+        fake.hold_leases = False
+    r.stop()
+    assert r.error is None

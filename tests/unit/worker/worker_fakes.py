@@ -72,6 +72,8 @@ class FakeCoordinator:
         self.status_calls = {"single": 0, "batch": 0}
         self.banned: dict[str, str] = {}
         self.delay_s = 0.0             # every answer waits this long (a slow link's round trip)
+        self.hold_leases = False       # lease requests wait while this is True
+        self.leases_held_back = 0      # lease requests waiting now
         self.submits_in_flight = 0
         self.lease_log: list[tuple[int, int]] = []  # per lease request: (leases the worker held, submits in flight)
         self._ids = itertools.count(1)
@@ -150,6 +152,12 @@ class FakeCoordinator:
             self._guard()
             o = await self._open(request, KIND_LEASE_REQUEST, LeaseRequest)
             self._known(o.signer_id)
+            self.leases_held_back += 1
+            try:
+                while self.hold_leases:
+                    await asyncio.sleep(0.02)
+            finally:
+                self.leases_held_back -= 1
             out = []
             now = time.time()
             with self.lock:
