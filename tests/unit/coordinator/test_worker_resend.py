@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 
 from coordinator.store.schema import leases, submissions
 from worker.coordinator_client import CoordinatorClient
+from worker.registration import Registrations
 from protocol.retry import Reachability
 from worker.spool import Spool
 from worker.state import WorkerState
@@ -27,7 +28,7 @@ def _worker_side(swarm, key, tmp_path):
     coord.run_info()  # binds what it signs to the run
     spool = Spool(tmp_path / "spool")
     state = WorkerState(peer_id=key.peer_id)
-    sub = Submitter(coord, spool, state, Reachability(), key.peer_id, reregister=lambda stop: None)
+    sub = Submitter(coord, spool, state, Reachability(), key.peer_id, registrations=Registrations(lambda stop: None))
     return coord, spool, state, sub
 
 
