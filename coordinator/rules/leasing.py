@@ -8,7 +8,8 @@ out next.
 - Tasks come from the source's train split in order (a persistent counter). A task whose
   lease expired or was given back returns to a pool and is handed out first, preferably to
   a worker other than the one that dropped it; it gets fresh seeds and a new lease id.
-- A worker holds at most `max_leases` active leases.
+- A worker holds at most `max_leases` active leases, and never two active leases of one task
+  (`split_held`).
 """
 
 from __future__ import annotations
@@ -47,3 +48,25 @@ def pick_returned(n: int, returned: list[ReturnedTask], worker_id: str) -> list[
         if r.previous_worker != worker_id:
             chosen.append(r.task_index)
     return chosen
+
+
+def split_held(candidates: list[tuple[int, str]], held_task_ids: set[str]) -> tuple[list[int], list[int]]:
+    """(task indices to lease, task indices to put back) of `candidates` ((index, task id) in
+    order) for a worker whose active leases are of `held_task_ids`.
+
+    A worker never holds two active leases of one task (indices repeat a task past the end of
+    the train split; a worker that leases ahead holds two batches): a policy that answers a
+    task alike every time (a peaked policy on a short answer) would give the second lease the
+    first one's group, which `submit` refuses as a content duplicate (409 duplicate_completion),
+    and the worker would lose that credit. The tasks put back go to the returned pool, for any
+    worker (this one too, once it no longer holds the task)."""
+    take: list[int] = []
+    back: list[int] = []
+    seen = set(held_task_ids)
+    for index, task_id in candidates:
+        if task_id in seen:
+            back.append(index)
+        else:
+            seen.add(task_id)
+            take.append(index)
+    return take, back

@@ -20,7 +20,7 @@ from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
 from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed
-from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned
+from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned, split_held
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, training, use_nonce
 from coordinator.service.join import worker_check_rate
@@ -71,12 +71,14 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
         leases.take_returned(conn, reused)
         fresh = n - len(reused)
         end = meta.add_int(conn, meta.NEXT_TASK, fresh) if fresh else 0
-        indices = reused + list(range(end - fresh, end))
+        drawn = {i: ctx.tasks.prepare(i) for i in reused + list(range(end - fresh, end))}
+        indices, back = split_held([(i, p.task.id) for i, p in drawn.items()], leases.active_task_ids(conn, worker_id))
+        leases.put_back(conn, back, now)
         lo, hi = allowed_versions(current, cfg.async_window)
         sampling = SamplingParams(temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens)
         envs, rows = [], []
         for index in indices:
-            prepared = ctx.tasks.prepare(index)
+            prepared = drawn[index]
             body = Lease(lease_id=new_id(ctx.rng, "l-"), run_id=cfg.run_id, worker_id=worker_id,
                          task_id=prepared.task.id, prompt_token_ids=list(prepared.prompt_ids),
                          seeds=draw_seeds(ctx.rng, cfg.group_size), sampling=sampling,

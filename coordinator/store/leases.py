@@ -34,6 +34,12 @@ def count_active(conn: Connection, worker_id: str) -> int:
     return int(conn.execute(_COUNT_ACTIVE, {"w": worker_id}).scalar_one())
 
 
+def active_task_ids(conn: Connection, worker_id: str) -> set[str]:
+    """The task ids of `worker_id`'s active leases (index ix_leases_worker_status)."""
+    q = select(leases.c.task_id).where(and_(leases.c.worker_id == worker_id, leases.c.status == "active"))
+    return set(conn.execute(q).scalars())
+
+
 def insert_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
         conn.execute(_INSERT, rows)
@@ -79,6 +85,12 @@ def count_by_status(conn: Connection) -> dict[str, int]:
 def return_tasks(conn: Connection, rows: list[Row], now: float) -> int:
     return insert_ignore(conn, task_returns, [
         {"task_index": r.task_index, "previous_worker": r.worker_id, "returned_at": now} for r in rows])
+
+
+def put_back(conn: Connection, task_indices: list[int], now: float) -> int:
+    """Tasks drawn for a lease but not leased: to the returned pool, for any worker."""
+    return insert_ignore(conn, task_returns, [
+        {"task_index": i, "previous_worker": "", "returned_at": now} for i in task_indices]) if task_indices else 0
 
 
 def returned(conn: Connection, limit: int) -> list[ReturnedTask]:

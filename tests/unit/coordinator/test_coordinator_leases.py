@@ -194,3 +194,21 @@ def test_lease_requests_are_sized_from_the_workers_measured_rate_and_the_version
     assert len(s.lease(slow, 20)) == 1
     assert len(s.lease(slow, 20)) == 0                 # it holds what it may hold
     assert len(s.lease(fast, 20)) == 20
+
+
+def test_a_worker_never_holds_two_live_leases_of_one_task(make_swarm):
+    """Four tasks in the train split: task indices repeat them. A worker's second request gets
+    only the task it does not hold (a peaked policy would repeat its group for a second lease of
+    a task it holds, refused as a content duplicate: lost credit); the others go back to the
+    pool and go out first, to this worker too once it no longer holds the task."""
+    s = make_swarm(tasks={"kind": "arithmetic", "options": {"max_operand": 1, "ops": "+", "eval_size": 1}})
+    s.publish(0)
+    a, b = s.new_worker(), s.new_worker()
+    first = s.lease(a, 3)
+    more = s.lease(a, 3)                           # indices 3, 4, 5: tasks 3, 0, 1
+    held = [lease.task_id for lease in first + more]
+    assert len(more) == 1 and len(set(held)) == len(held) == 4
+    assert s.submit(a, first[0]).status_code == 200
+    (again,) = s.lease(a, 1)                       # put back, and no longer held by a
+    assert again.task_id == first[0].task_id
+    assert [lease.task_id for lease in s.lease(b, 1)] == [first[1].task_id]  # the other one put back

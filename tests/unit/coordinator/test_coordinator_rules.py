@@ -9,7 +9,7 @@ import pytest
 from coordinator.errors import Conflict, Forbidden, Gone, Invalid
 from coordinator.rules.advantages import group_advantages
 from coordinator.rules.intake import check_completions, check_lease, content_hash
-from coordinator.rules.leasing import ReturnedTask, draw_seeds, leases_to_issue, new_id, pick_returned
+from coordinator.rules.leasing import ReturnedTask, draw_seeds, leases_to_issue, new_id, pick_returned, split_held
 from coordinator.rules.limits import RateLimiter
 from coordinator.rules.reputation import check_rate, full_check
 from protocol.messages import Completion, EngineInfo, Lease, SamplingParams, Submission
@@ -247,3 +247,8 @@ def test_near_tie_test_bans_a_five_percent_rate_and_spares_honest_noise():
     assert implausible(10, 200, **kw)              # 5% over 200 tokens: P ~ 1e-7
     assert implausible(60, 4000, **kw)             # 1.5% over 4,000: P ~ 1e-15
     assert not implausible(30, 4000, **kw)         # 0.75%: P ~ 0.08
+
+
+def test_a_worker_is_not_leased_a_task_it_holds_nor_one_task_twice():
+    assert split_held([(10, "t0"), (11, "t1"), (12, "t2"), (13, "t0")], {"t1"}) == ([10, 12], [11, 13])
+    assert split_held([], {"t1"}) == ([], [])
