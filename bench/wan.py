@@ -53,7 +53,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 sys.path.insert(0, str(ROOT))
 
-from tests.wan.netns import Net, available, sweep_stale  # noqa: E402
+from tests.wan.netns import InNamespace, Net, available, sweep_stale  # noqa: E402
 from tests.wan.topology import Topology, broadcast_bound, standard  # noqa: E402
 
 MiB = 1024 * 1024
@@ -144,9 +144,10 @@ def demo_model(a: argparse.Namespace) -> Path:
     return d
 
 
-def measure(progress, trainer_dir: Path, seconds: float, warm_s: float, alive) -> dict:
+def measure(progress, trainer_dir: Path, seconds: float, warm_s: float, alive, phases=None) -> dict:
     """Wait until versions come and every worker has work accepted, then count for `seconds`:
-    versions/min, accepted groups/min and the version lag of what the versions trained."""
+    versions/min, accepted groups/min and the version lag of what the versions trained; with
+    `phases` (worker -> its /status phase_seconds), where the workers' loops spent that time."""
     from tests.wan.swarm import VersionLag
 
     deadline = time.monotonic() + warm_s
@@ -159,15 +160,50 @@ def measure(progress, trainer_dir: Path, seconds: float, warm_s: float, alive) -
         time.sleep(1.0)
     with VersionLag(trainer_dir) as lag:
         v0, g0, _ = progress()
+        p0 = phases() if phases else {}
         t0 = time.monotonic()
         time.sleep(seconds)
         v1, g1, _ = progress()
+        p1 = phases() if phases else {}
         t1 = time.monotonic()
     lags = lag.between(v0, v1)
     minutes = (t1 - t0) / 60
     return {"versions/min": (v1 - v0) / minutes, "accepted groups/min": (g1 - g0) / minutes,
             "lag mean": statistics.fmean(lags) if lags else float("nan"),
-            "lag max": max(lags) if lags else float("nan"), "versions": v1 - v0}
+            "lag max": max(lags) if lags else float("nan"), "versions": v1 - v0,
+            "worker time": phase_shares(p0, p1)}
+
+
+def phase_shares(before: dict, after: dict) -> dict:
+    """Per worker, the share of the measured window its loop spent in each phase (generating,
+    leasing, syncing, loading, ...), from two readings of its /status phase_seconds."""
+    out = {}
+    for name, p1 in after.items():
+        p0 = before.get(name, {})
+        spent = {k: v - p0.get(k, 0.0) for k, v in p1.items()}
+        total = sum(spent.values()) or 1.0
+        out[name] = {k: round(v / total, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
+    return out
+
+
+def worker_phases(plan, call):
+    """worker name -> its /status phase_seconds; `call` runs the request where the worker's
+    status port is reachable (its namespace, on the simulated internet)."""
+    from protocol.config import load_config
+    from worker.config import WorkerConfig
+    from worker.main import fetch_status
+
+    cfgs = {name: load_config(WorkerConfig, plan.configs[name]) for name in plan.worker_names}
+
+    def read() -> dict:
+        out = {}
+        for name, cfg in cfgs.items():
+            try:
+                out[name] = call(name, fetch_status, cfg).get("phase_seconds", {})
+            except Exception as exc:  # a worker that does not answer is left out of the breakdown
+                print(f"({name}: no status: {exc})", flush=True)
+        return out
+    return read
 
 
 def swarm_progress(stats, n_workers: int):
@@ -189,8 +225,14 @@ def rollouts_wan(a: argparse.Namespace, model: Path, topo: Topology, work: Path)
         try:
             with ProcessGroup(wan.plan.logs) as group:
                 wan.start(group)
-                out = measure(swarm_progress(wan.stats, a.rollout_workers), wan.plan.root / "trainer",
-                              a.seconds, a.warm, lambda: all(c.alive for c in group.children))
+                sites = {name: InNamespace(net, wan.site_of[name]) for name in wan.plan.worker_names}
+                try:
+                    out = measure(swarm_progress(wan.stats, a.rollout_workers), wan.plan.root / "trainer",
+                                  a.seconds, a.warm, lambda: all(c.alive for c in group.children),
+                                  worker_phases(wan.plan, lambda name, fn, *args: sites[name].call(fn, *args)))
+                finally:
+                    for site in sites.values():
+                        site.close()
             st = net.stats()
             out["emulator late > 5 ms"] = st["late_over_5ms"] / max(1, st["delivered"])
             return out
@@ -216,7 +258,8 @@ def rollouts_loopback(a: argparse.Namespace, model: Path, work: Path) -> dict:
     with ProcessGroup(plan.logs) as group:
         start_swarm(plan, group)
         return measure(swarm_progress(stats, a.rollout_workers), plan.root / "trainer", a.seconds, a.warm,
-                       lambda: all(c.alive for c in group.children))
+                       lambda: all(c.alive for c in group.children),
+                       worker_phases(plan, lambda name, fn, *args: fn(*args)))
 
 
 def cmd_rollouts(a: argparse.Namespace) -> None:
@@ -244,6 +287,9 @@ def cmd_rollouts(a: argparse.Namespace) -> None:
         elif len(rows) == 2:
             ratio = " |"
         print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
+    for phase, r in rows.items():
+        for name, shares in r["worker time"].items():
+            print(f"{phase} {name} loop time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

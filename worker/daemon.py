@@ -402,6 +402,7 @@ class Daemon:
             finished, stats = generate_batch(self.engine, chunk, version)
             self.seconds_per_task = (stats.generate_s + stats.proof_s) / len(chunk)
             self.state.record_batch(stats.tokens, stats.generate_s + stats.proof_s)
+            self.state.set(phase="spooling")
             for f in finished:
                 self.spool.put(f.submission, f.tokens, f.lease.expires_at)
             self._unhold([f.lease.lease_id for f in finished])

@@ -5,6 +5,10 @@ terminal view, the JSON logs, the local `/status` endpoint and its Prometheus `/
 read `snapshot()`, a plain JSON-able dict whose keys are the contract of
 `GET /status` (and of `swarmrl worker status`). Counters are this session's; `lifetime`
 is the coordinator's record of this identity (`GET /v1/workers/{id}`).
+
+`phase_seconds` is where the main loop's time went, by the phase's first word (generating,
+leasing, syncing, loading, idle, ...): how a contributor (or bench/wan.py) sees that its
+engine waits for leases or policy versions instead of generating.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class _Fields:
     last_error: str = ""
     lifetime: dict | None = None
     p2p: dict | None = None        # the libp2p node (worker.p2p.SwarmWatch); None: HTTP only
+    phase_seconds: dict = field(default_factory=dict)  # seconds spent per phase (its first word)
 
 
 class WorkerState:
@@ -60,13 +65,23 @@ class WorkerState:
     def __init__(self, **initial: Any):
         self._lock = threading.Lock()
         self._f = _Fields(**initial)
+        self._phase_since = time.monotonic()
 
     def set(self, **values: Any) -> None:
         with self._lock:
+            if "phase" in values:
+                self._close_phase()
             for k, v in values.items():
                 if not hasattr(self._f, k):
                     raise AttributeError(k)
                 setattr(self._f, k, v)
+
+    def _close_phase(self) -> None:
+        """Add the time since the last phase change to the current phase's total (lock held)."""
+        now = time.monotonic()
+        key = self._f.phase.split(" ", 1)[0]
+        self._f.phase_seconds[key] = self._f.phase_seconds.get(key, 0.0) + now - self._phase_since
+        self._phase_since = now
 
     def add(self, **deltas: int) -> None:
         with self._lock:
@@ -91,7 +106,9 @@ class WorkerState:
 
     def snapshot(self) -> dict:
         with self._lock:
+            self._close_phase()
             d = asdict(self._f)
+        d["phase_seconds"] = {k: round(v, 2) for k, v in d["phase_seconds"].items()}
         d["uptime_s"] = round(time.time() - d["started_at"], 1)
         d["tokens_per_s"] = round(d["tokens_per_s"], 1)
         return d

@@ -33,7 +33,7 @@ from protocol.messages import REASON_DUPLICATE_SUBMISSION
 from protocol.retry import Reachability, retry_call
 from worker.coordinator_client import CoordinatorClient
 from worker.registration import Registrations
-from worker.spool import Spool, SpoolEntry
+from worker.spool import AWAITING, PENDING, REJECTED, Spool, SpoolEntry
 from worker.state import WorkerState
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ class Submitter:
         return self.state.get("spool_pending")
 
     def refresh_counts(self) -> None:
-        self.state.set(spool_pending=len(self.spool.pending()), spool_awaiting=len(self.spool.awaiting()),
-                       spool_rejected=len(self.spool.rejected()))
+        self.state.set(spool_pending=self.spool.count(PENDING), spool_awaiting=self.spool.count(AWAITING),
+                       spool_rejected=self.spool.count(REJECTED))
 
     def _send(self, entry: SpoolEntry, stop: threading.Event, give_up_after_s: float | None) -> None:
         what = f"submitting lease {entry.lease_id}"

@@ -28,3 +28,18 @@ def test_status_view_shows_what_the_contributor_needs():
     for part in ("12D3KooWabc", "unreachable", "v3", "newest v4", "downloading v4", "50%", "500.0 tokens/s",
                  "submitted 5", "accepted 3", "rejected 1", "1,234 accepted tokens"):
         assert part in text, part
+
+
+def test_the_loop_time_is_counted_by_phase_including_the_current_one():
+    import time
+
+    st = WorkerState(peer_id="p")
+    st.set(phase="leasing")
+    time.sleep(0.05)
+    st.set(phase="generating (2 tasks, v3)")
+    time.sleep(0.05)
+    st.set(phase="generating (2 tasks, v4)", leases_active=2)
+    time.sleep(0.05)
+    spent = st.snapshot()["phase_seconds"]
+    assert set(spent) == {"starting", "leasing", "generating"}
+    assert spent["leasing"] >= 0.05 and spent["generating"] >= 0.1
