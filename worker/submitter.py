@@ -1,7 +1,9 @@
 """Sending spooled submissions, and turning the coordinator's answers into spool moves.
 
 `Submitter.flush` sends every entry of `spool/pending/` (oldest first), each sealed afresh,
-retrying network failures with backoff (`protocol.retry`). What each answer means:
+retrying network failures with backoff (`protocol.retry`), with up to `lanes` sends in flight
+(the background sender uses several: over a long round trip, one send at a time held every
+finished group in the spool for the round trips of those before it). What each answer means:
 
 | answer                                   | spool                  | counters                    |
 |------------------------------------------|------------------------|-----------------------------|
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from protocol.errors import Rejected, Unavailable
 from protocol.messages import REASON_DUPLICATE_SUBMISSION
@@ -49,18 +52,37 @@ class Submitter:
         self.worker_id = worker_id
         self.registrations = registrations
 
-    def flush(self, stop: threading.Event, give_up_after_s: float | None = None) -> int:
-        """Send everything pending; returns how many entries are still pending.
+    def flush(self, stop: threading.Event, give_up_after_s: float | None = None, lanes: int = 1) -> int:
+        """Send everything pending, oldest first, up to `lanes` sends in flight at once; returns
+        how many entries are still pending.
 
         Blocks (retrying with backoff) while the coordinator is unreachable, until `stop`
-        is set (raises Stopped) or `give_up_after_s` passes for one entry (then returns)."""
-        for entry in self.spool.pending():
-            try:
-                self._send(entry, stop, give_up_after_s)
-            except Unavailable:
-                break
-            finally:
-                self.refresh_counts()
+        is set (raises Stopped, once every lane has ended) or `give_up_after_s` passes for one
+        entry (then no further entry is started). Each entry is sent by one lane only."""
+        todo = iter(self.spool.pending())
+        take = threading.Lock()
+        gave_up = threading.Event()
+
+        def lane() -> None:
+            while not gave_up.is_set():
+                with take:
+                    entry = next(todo, None)
+                if entry is None:
+                    return
+                try:
+                    self._send(entry, stop, give_up_after_s)
+                except Unavailable:
+                    gave_up.set()
+                finally:
+                    self.refresh_counts()
+
+        if lanes <= 1:
+            lane()
+        else:
+            # leaving the block waits for every lane, also when one raised Stopped
+            with ThreadPoolExecutor(lanes, thread_name_prefix="send") as pool:
+                for f in [pool.submit(lane) for _ in range(lanes)]:
+                    f.result()
         return self.state.get("spool_pending")
 
     def refresh_counts(self) -> None:

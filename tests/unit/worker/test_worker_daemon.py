@@ -298,3 +298,18 @@ def test_while_the_leases_asked_ahead_are_awaited_the_phase_says_leasing_not_gen
         fake.hold_leases = False
     r.stop()
     assert r.error is None
+
+
+def test_over_a_slow_link_several_submissions_travel_at_once_each_stored_once(fake, versions, start_daemon):
+    """Every answer takes 0.3 s and a batch finishes four leases: the sender has more than one
+    of them in flight at once (one at a time, each finished group waited for the round trips
+    of those before it), and each lease is still stored exactly once."""
+    versions.publish(0)
+    fake.delay_s = 0.3
+    r = start_daemon(max_tasks=4)
+    wait_until(lambda: len(fake.submissions) >= 8, what="eight submissions over the slow link", timeout=60)
+    r.stop()
+    assert r.error is None
+    assert fake.most_submits_in_flight >= 2, "the submissions were sent one at a time"
+    assert len(fake.by_lease) == len(fake.submissions) and fake.submit_calls == len(fake.submissions)
+    assert r.daemon.spool.pending() == [] and r.daemon.spool.rejected() == []

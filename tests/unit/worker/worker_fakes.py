@@ -75,6 +75,7 @@ class FakeCoordinator:
         self.hold_leases = False       # lease requests wait while this is True
         self.leases_held_back = 0      # lease requests waiting now
         self.submits_in_flight = 0
+        self.most_submits_in_flight = 0
         self.lease_log: list[tuple[int, int]] = []  # per lease request: (leases the worker held, submits in flight)
         self._ids = itertools.count(1)
         self.app = self._make_app()
@@ -116,6 +117,7 @@ class FakeCoordinator:
         async def round_trip(request: Request, call_next):
             submit = request.url.path == routes.SUBMISSIONS
             self.submits_in_flight += submit
+            self.most_submits_in_flight = max(self.most_submits_in_flight, self.submits_in_flight)
             try:
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
