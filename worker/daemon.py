@@ -50,6 +50,7 @@ from worker.engines.base import Engine
 from worker.errors import Banned, PolicyUnavailable, WorkerError
 from worker.hardware import (
     hardware_report,
+    lease_ahead_batches,
     lease_ahead_delay,
     lease_ahead_tasks,
     sequences_per_batch,
@@ -270,7 +271,10 @@ class Daemon:
                         leases = self._lease(self._request_size(), wait_if_none=True)
                     if not leases:
                         continue
-                    n = lease_ahead_tasks(self._request_size(), len(leases), self.seconds_per_task, self.lease_ttl_s)
+                    size = self._request_size()
+                    if self.seconds_per_task:
+                        size *= lease_ahead_batches(self.seconds_per_task * size, self._lease_rtt_s)
+                    n = lease_ahead_tasks(size, len(leases), self.seconds_per_task, self.lease_ttl_s)
                     if n:
                         assert self.seconds_per_task is not None
                         delay = lease_ahead_delay(self.seconds_per_task * len(leases), self._lease_rtt_s)
