@@ -50,7 +50,6 @@ from worker.engines.base import Engine
 from worker.errors import Banned, PolicyUnavailable, WorkerError
 from worker.hardware import (
     hardware_report,
-    lease_ahead_batches,
     lease_ahead_delay,
     lease_ahead_tasks,
     sequences_per_batch,
@@ -271,10 +270,7 @@ class Daemon:
                         leases = self._lease(self._request_size(), wait_if_none=True)
                     if not leases:
                         continue
-                    size = self._request_size()
-                    if self.seconds_per_task:
-                        size *= lease_ahead_batches(self.seconds_per_task * size, self._lease_rtt_s)
-                    n = lease_ahead_tasks(size, len(leases), self.seconds_per_task, self.lease_ttl_s)
+                    n = lease_ahead_tasks(self._request_size(), len(leases), self.seconds_per_task, self.lease_ttl_s)
                     if n:
                         assert self.seconds_per_task is not None
                         delay = lease_ahead_delay(self.seconds_per_task * len(leases), self._lease_rtt_s)

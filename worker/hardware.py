@@ -10,7 +10,6 @@ are pure functions of their inputs so that tests can pin the rules.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 
@@ -22,7 +21,6 @@ from protocol.messages import GpuInfo, HardwareReport
 CPU_SEQUENCES = 16
 GPU_SEQUENCES_PER_GIB = 3.2
 MAX_SEQUENCES = 512
-MAX_AHEAD_BATCHES = 4      # lease requests' worth of tasks held ahead at most (lease_ahead_batches)
 
 
 def _ram_bytes() -> int:
@@ -91,16 +89,3 @@ def lease_ahead_delay(batch_s: float, lease_rtt_s: float) -> float:
     issued as late as that allows (a later lease allows newer policy versions: less version
     lag at consumption). 0 when the batch is shorter than that."""
     return max(0.0, batch_s / 2 - 2 * lease_rtt_s)
-
-
-def lease_ahead_batches(request_s: float, lease_rtt_s: float) -> int:
-    """How many lease requests' worth of tasks to ask for ahead, when one request's worth
-    generates in `request_s`: enough that the next lease-ahead answer (sent when they start)
-    arrives before they are done, with half a round trip to spare (1.5 x `lease_rtt_s`). One
-    while a batch outlasts the round trip; over a long one (300 ms against ~0.2 s batches in
-    bench/wan.py rollouts, where the loop waited for lease answers 38-40% of its time with one)
-    more, at most MAX_AHEAD_BATCHES. `lease_ahead_tasks` still bounds it by the lease TTL, and
-    the coordinator's lease sizing by what the worker may hold."""
-    if request_s <= 0:
-        return 1
-    return max(1, min(MAX_AHEAD_BATCHES, math.ceil(1.5 * lease_rtt_s / request_s)))

@@ -2,7 +2,7 @@
 
 from protocol.messages import GpuInfo, HardwareReport
 from worker.hardware import (
-    CPU_SEQUENCES, hardware_report, lease_ahead_batches, lease_ahead_delay, lease_ahead_tasks, sequences_per_batch,
+    CPU_SEQUENCES, hardware_report, lease_ahead_delay, lease_ahead_tasks, sequences_per_batch,
     tasks_per_lease_request,
 )
 
@@ -47,11 +47,3 @@ def test_the_lease_ahead_request_leaves_halfway_less_two_round_trips():
     assert lease_ahead_delay(10.0, 0.5) == 4.0      # leases arrive ~4 s before the engine is free
     assert lease_ahead_delay(10.0, 0.0) == 5.0
     assert lease_ahead_delay(1.0, 0.4) == 0.0       # a short batch or a slow link: at once
-
-
-def test_over_a_round_trip_longer_than_a_batch_more_batches_are_leased_ahead():
-    assert lease_ahead_batches(2.0, 0.1) == 1       # the answer comes well inside the batch
-    assert lease_ahead_batches(0.2, 0.1) == 1       # 0.15 s <= 0.2 s
-    assert lease_ahead_batches(0.2, 0.3) == 3       # 0.45 s of round trip over 0.2 s batches
-    assert lease_ahead_batches(0.05, 1.0) == 4      # capped
-    assert lease_ahead_batches(0.0, 0.3) == 1
