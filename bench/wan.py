@@ -34,6 +34,12 @@ Figures (2026-12-06, the shared 2-core machine; also in the README, with the bef
   accepted groups/min WAN/loopback 969/1192 = 0.81 at load 6-8 (before: 685/883 = 0.78) and
   804/1125 = 0.71 at load 12-13 (before: 611/1023 = 0.60); versions/min 0.90 and 0.71. A third
   run alone at load 9-13 (the emulator 19% late): 528/1113 = 0.47, versions/min 0.24.
+  The same command with the worker of 2026-12-06's third round (lease ahead, up to four
+  submissions in flight), load 9-15, other swarms on the cores: 872/1365 = 0.64, paired with one
+  submission at a time 703/931 = 0.75 (a group reached the coordinator 0.10-0.11 s after its batch
+  instead of 0.40-0.75 s, median); RTT 20 ms 612/1075 = 0.57; RTT 300 ms 770/605 (loopback
+  starved). Each worker's loop time by phase is printed below the table: idle (no work offered
+  by the coordinator's lease sizing) 50-76% on both sides at RTT 20-100 ms.
 """
 
 from __future__ import annotations
