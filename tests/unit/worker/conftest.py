@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from protocol.http import ServerThread
-from worker.config import WorkerConfig
-from worker_fakes import FakeCoordinator, LocalWeights
+from worker_fakes import FakeCoordinator, LocalWeights, worker_config
 
 
 @pytest.fixture(scope="session")
@@ -60,13 +59,6 @@ def fake():
         yield coord
     finally:
         server.stop()
-
-
-def worker_config(url: str, tmp_path: Path, **kw) -> WorkerConfig:
-    base = dict(coordinator_url=url, key_file=tmp_path / "worker.key", data_dir=tmp_path / "worker",
-                engine="transformers", device="cpu", dtype="float32", threads=1, max_tasks=2, json_logs=True)
-    base.update(kw)
-    return WorkerConfig(**base)
 
 
 class Running:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import worker_config
+from worker_fakes import worker_config
 
 from protocol.errors import Rejected
 from protocol.messages import Completion, Submission

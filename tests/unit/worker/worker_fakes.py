@@ -45,6 +45,7 @@ from protocol.messages import (
     SubmissionStatus,
     WorkerInfo,
 )
+from worker.config import WorkerConfig
 
 
 class FakeCoordinator:
@@ -288,3 +289,10 @@ class LocalWeights:
     def close(self) -> None:
         pass
 
+
+def worker_config(url: str, tmp_path: Path, **kw) -> WorkerConfig:
+    """A worker config for the daemon under test: the fake coordinator at `url`, files under `tmp_path`."""
+    base = dict(coordinator_url=url, key_file=tmp_path / "worker.key", data_dir=tmp_path / "worker",
+                engine="transformers", device="cpu", dtype="float32", threads=1, max_tasks=2, json_logs=True)
+    base.update(kw)
+    return WorkerConfig(**base)
