@@ -4,20 +4,23 @@ Both the worker's CPU decoding (`protocol.sampling.sample_rows`) and the verifie
 check (`verifier.checks.sampling.position_scores`) need, per row, the best perturbed score
 max_v(logits[v] / T + G(seed, t, v)) and its earliest token. Written with torch tensor
 operations that costs about a dozen passes over a rows x vocabulary block of int32 hashes and
-a random lookup into the 64 MiB noise table per cell: on a 151,936-entry vocabulary it took
-4x the model's own forward pass. Here one compiled loop per row computes each token's hash in
-registers and looks the noise up only for tokens that can still reach the row's best score
-(the noise table grows with the hash's top 24 bits, so the hash alone shows which cannot):
-the same float32 operations on the same values, so the same best score and token, bit for bit
-(tests/unit/protocol/test_sampling_fused.py compares with the tensor path).
+random lookups into the 64 MiB noise table: with a 151,936-entry vocabulary the verifier's
+full check took 4.4x the model's own forward pass. Here compiled loops per row compute each
+token's hash in registers and look the noise up only for tokens that can still reach the row's
+best score (the noise table grows with the hash's top 24 bits, so the hash alone shows which
+cannot): the same float32 operations on the same values, so the same best score and token, bit
+for bit (tests/unit/protocol/test_sampling_fused.py compares with the tensor path).
 
 Why our own kernel: torch has no fused integer-hash-then-argmax operation, `torch.compile`
 needs a C++ toolchain at run time on every verifier and worker, and numba (a well-kept
-LLVM-based compiler for exactly such loops) gives explicit, wrapping-free 64-bit integer
-arithmetic, so the hash is exact by construction. Compiled once per machine (`cache=True`).
+LLVM-based compiler for exactly such loops) has explicit unsigned 32-bit arithmetic (products
+widened to 64 bits, cast back), so the hash is exact by construction. Compiled once per
+installation (`cache=True`, next to this file or in the user's cache), ~10 s; loading it
+takes about a second, so `protocol.sampling` imports this module only for vocabularies where
+it pays.
 
-Only CPU logits come here, and `best_rows` answers None for a block with a NaN or infinite
-logit (whose max rules differ): callers keep the tensor path for those and for other devices.
+Only CPU logits come here, and `best_rows` answers None for logits with a NaN or an infinity
+(whose max rules differ): callers keep the tensor path for those and for other devices.
 Reading the logits costs one pass (each block's highest logit, and whether all are finite) plus
 the few blocks the scan scores.
 """
