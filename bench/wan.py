@@ -34,6 +34,10 @@ Figures (2026-12-06, the shared 2-core machine; also in the README, with the bef
   accepted groups/min WAN/loopback 969/1192 = 0.81 at load 6-8 (before: 685/883 = 0.78) and
   804/1125 = 0.71 at load 12-13 (before: 611/1023 = 0.60); versions/min 0.90 and 0.71. A third
   run alone at load 9-13 (the emulator 19% late): 528/1113 = 0.47, versions/min 0.24.
+  Waste (issue 23; the run's last line, GET /v1/stats `waste` over the whole run): `rollouts
+  --rtt-min 100 --rtt-max 100 --loss 0.005 --seconds 60 --phases wan` with max_staleness 6:
+  37 versions/min, lag mean 1.97; of 882 accepted groups none stale, zero advantage 22.8%, left in
+  the buffer 6.5% (one run, load 3-8).
 """
 
 from __future__ import annotations
@@ -191,6 +195,7 @@ def rollouts_wan(a: argparse.Namespace, model: Path, topo: Topology, work: Path)
                 wan.start(group)
                 out = measure(swarm_progress(wan.stats, a.rollout_workers), wan.plan.root / "trainer",
                               a.seconds, a.warm, lambda: all(c.alive for c in group.children))
+                out["waste"] = wan.stats().get("waste") or {}  # issue 23: accepted groups never trained, by cause
             st = net.stats()
             out["emulator late > 5 ms"] = st["late_over_5ms"] / max(1, st["delivered"])
             return out
@@ -215,8 +220,10 @@ def rollouts_loopback(a: argparse.Namespace, model: Path, work: Path) -> dict:
 
     with ProcessGroup(plan.logs) as group:
         start_swarm(plan, group)
-        return measure(swarm_progress(stats, a.rollout_workers), plan.root / "trainer", a.seconds, a.warm,
-                       lambda: all(c.alive for c in group.children))
+        out = measure(swarm_progress(stats, a.rollout_workers), plan.root / "trainer", a.seconds, a.warm,
+                      lambda: all(c.alive for c in group.children))
+        out["waste"] = stats().get("waste") or {}
+        return out
 
 
 def cmd_rollouts(a: argparse.Namespace) -> None:
@@ -244,6 +251,10 @@ def cmd_rollouts(a: argparse.Namespace) -> None:
         elif len(rows) == 2:
             ratio = " |"
         print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
+    from coordinator.rules.waste import summary_line
+
+    for phase, r in rows.items():
+        print(f"{phase}, the whole run: {summary_line(r['waste'])}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 
