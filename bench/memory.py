@@ -37,11 +37,14 @@ The goal (issue 20 item 1): peak at most 2 GB above the weights, time at most 1.
 prefill (judged on CPU seconds: this 2-core machine is shared, and wall times there measure
 the other jobs as much as this one; peaks are not affected).
 
-Measured here (2026-12-06, shared 2-core CPU, load ~12; `--sequences 4 --tokens 2048`: the
-prefill's peak is per batch of <= 8,192 tokens, so 16 x 2,048 has the same bound and 4x the time):
-verifier 0.73 GB above the weights (goal met), 104 CPU s vs 8.7 for the bare prefill (12x: goal
-NOT met: the seeded noise's hash over 151,936 entries per position, which the flat logits of an
-untrained model leave nothing to prune from); before, 1 x 256 positions alone took 1.50 GB.
+Measured here (2026-12-06, shared 2-core CPU, load ~12; `--sequences 4 --tokens 2048`), before
+the fused kernel: verifier 0.73 GB above the weights, 104 CPU s vs 8.7 for the bare prefill
+(12x at that load; 4.4x on a quiet machine at 1 x 1,024: the tensor path's passes over
+positions x 151,936 noise hashes). With the fused CPU kernel (`protocol/sampling_fused.py`;
+2026-12-06, load 2-6, the goal pair alternated, fastest of each): 16 x 2,048 at 2 threads
+18.9 s / 36.6 CPU s vs 15.9 / 30.9 bare: 1.19x (goal met), 0.41 GB above the weights;
+4 x 2,048 at 1 thread 1.21x wall / 1.20x CPU, at 2 threads 1.02x / 1.17x. Before issue 20,
+1 x 256 positions alone took 1.49 GB.
 Trainer, 2 x 4 x 192 tokens, peak bytes per parameter: before fp32 111.7 (1 rank) / 66.4 (2 ranks),
 after fp32 56.6 / 52.0, bf16-mixed 57.4 / 53.1 (CPU bf16 is slow: 2.5x the fp32 step's CPU time).
 """
