@@ -5,6 +5,7 @@
     python bench/hostile.py --attacks flood,slowloris
     python bench/hostile.py --per-attacker --seconds 45   # clean, then each attacker alone
     python bench/hostile.py --burn 0.25                   # + a control: that much niced CPU, no attack
+    python bench/hostile.py --clean-again                 # + a control: a second clean phase, last
 
 The demo's swarm (swarmrl.swarm: coordinator, trainer with its origin, relay, verifier, honest
 workers, the same launcher as `swarmrl demo`) from one warm-started tiny model, on a task whose
@@ -264,6 +265,9 @@ def main() -> None:
                          "(e.g. what the attackers used): what their CPU alone costs the swarm")
     ap.add_argument("--per-attacker", action="store_true",
                     help="one phase per attacker (alone) after the clean one; prints ratios and CPU per attacker")
+    ap.add_argument("--clean-again", action="store_true",
+                    help="add a control phase: clean again, after the attack phases (a phase's place in the order "
+                         "must not be what its ratio measures)")
     ap.add_argument("--keep", action="store_true", help="keep each phase's run folder (logs, database)")
     a = ap.parse_args()
     attacks = ALL if a.attacks == "all" else tuple(x.strip() for x in a.attacks.split(","))
@@ -271,6 +275,8 @@ def main() -> None:
     ap_phases = [("clean", ())] + ([(x, (x,)) for x in attacks] if a.per_attacker else [("attack", attacks)])
     if a.burn:
         ap_phases.append(("burn", ()))
+    if a.clean_again:
+        ap_phases.append(("clean again", ()))
     runs: dict[str, list[dict]] = {name: [] for name, _ in ap_phases}
     with tempfile.TemporaryDirectory(prefix="hostile-bench-") as d:
         model = build_model(Path(d) / "model", seed=a.seed)

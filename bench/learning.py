@@ -30,16 +30,25 @@ can only approximate that one way or the other, so the table says which. Timings
 
     python bench/learning.py                       # windows 0 and 2, 4 minutes each
     python bench/learning.py --windows 2 --minutes 5 --out bench/out/learning
+    python bench/learning.py --revs e14af20:2 . --seeds 0 1 2 --minutes 2.5   # before/after, pooled
+
+`--revs` runs other git revisions from their own files (unpacked with `git archive`) back to
+back with this tree, per seed, on the same warm-started model; a revision from before issue
+23 reports the waste its coordinator and trainer counted (no worker-seconds, no held split).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -51,14 +60,17 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import httpx
 
-from coordinator.rules.waste import CAUSES as WASTE_CAUSES
-from trainer.config import TrainerConfig
 from protocol.config import load_config
 from swarmrl.modelkit import DEMO_RECIPE, build_demo_model
 from swarmrl.procs import ProcessGroup, write_config
 from swarmrl.swarm import SwarmSettings, plan_swarm, start_swarm
+from trainer.config import TrainerConfig
 
 CLK = os.sysconf("SC_CLK_TCK")
+try:
+    from coordinator.rules.waste import CAUSES as WASTE_CAUSES
+except ImportError:  # a revision from before issue 23 (`--revs`): only what its coordinator and trainer counted
+    WASTE_CAUSES = ("stale", "ban", "zero_advantage", "pass_rate", "trainer_stale", "in_buffer")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -125,7 +137,7 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
             wall = time.time() - t_start
             cpu = {c.name: cpu_seconds(c.popen.pid) - cpu0.get(c.name, 0.0) for c in group.children}
             status = _trainer_status(http, root)
-            waste = _waste(http, plan.coordinator_url)
+            waste = _waste(http, plan.coordinator_url) or _waste_before_issue23(http, plan.coordinator_url, root)
     eval_csv = root / "trainer" / "eval.csv"
     evals = list(csv.DictReader(eval_csv.read_text().splitlines())) if eval_csv.exists() else []
     curve = [{"version": int(r["version"]), "t": float(r["unix_time"]) - t_start, "acc": float(r["greedy_accuracy"])}
@@ -146,6 +158,33 @@ def _waste(http: httpx.Client, coordinator_url: str) -> dict:
         return http.get(coordinator_url + "/v1/stats").json().get("waste") or {}
     except (httpx.HTTPError, ValueError):
         return {}
+
+
+def _waste_before_issue23(http: httpx.Client, coordinator_url: str, root: Path) -> dict:
+    """The same split, as far as a revision from before issue 23 counted it: the coordinator's
+    buffer states (GET /v1/stats `buffer.by_state`: stale, unconsumed) and the trainer's groups
+    counter by outcome (its /metrics). No worker-seconds; a ban's drops are not split out."""
+    try:
+        stats = http.get(coordinator_url + "/v1/stats").json()
+        port = int((root / "trainer" / "trainer.port").read_text())
+        metrics = http.get(f"http://127.0.0.1:{port}/metrics").text
+    except (OSError, ValueError, httpx.HTTPError):
+        return {}
+    outcome = {}
+    for line in metrics.splitlines():
+        if line.startswith('swarmrl_trainer_groups_total{outcome="'):
+            name = line.split('outcome="', 1)[1].split('"', 1)[0]
+            outcome[name] = int(float(line.rsplit(" ", 1)[1]))
+    by_state = (stats.get("buffer") or {}).get("by_state") or {}
+    accepted = sum(v for k, v in by_state.items() if k) or 0
+    groups = {"stale": by_state.get("stale", 0), "ban": by_state.get("dropped", 0), "zero_advantage": outcome.get("zero_advantage", 0),
+              "pass_rate": outcome.get("pass_rate_window", 0), "trainer_stale": outcome.get("stale", 0),
+              "in_buffer": sum(by_state.get(k, 0) for k in ("held", "ready", "handed"))}
+    causes = {k: {"groups": n, "tokens": 0, "worker_s": 0.0} for k, n in groups.items()}
+    stale = groups["stale"] + groups["trainer_stale"]
+    return {"accepted": accepted, "taken": accepted - sum(groups.values()), "causes": causes,
+            "unused_share": sum(groups.values()) / accepted if accepted else 0.0,
+            "stale_share": stale / accepted if accepted else 0.0, "worker_s": 0.0}
 
 
 def waste_table(results: list[dict]) -> str:
@@ -218,7 +257,8 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in results:
-        label = f"async window {r['window']}" + (" (synchronous)" if r["window"] == 0 else "")
+        label = (f"async window {r['window']}" + (" (synchronous)" if r["window"] == 0 else "")
+                 + ("" if r.get("rev", ".") == "." else f", {r['rev']}") + f", seed {r.get('seed', 0)}")
         ax1.plot([p["t"] for p in r["curve"]], [p["acc"] for p in r["curve"]], marker=".", label=label)
         ax2.plot([p["version"] for p in r["curve"]], [p["acc"] for p in r["curve"]], marker=".", label=label)
     ax1.set_xlabel("wall time since the swarm started (s)")
@@ -258,11 +298,75 @@ def table(results: list[dict], cmp: dict, reached: list[dict] | None = None) -> 
     return "\n".join(lines)
 
 
+def revision_tree(rev: str, out: Path) -> tuple[str, Path | None]:
+    """(label, folder): '.' is this working tree (None: run in this process); any other git
+    revision is unpacked once (`git archive`) into OUT/tree-<sha> and its runs import from there."""
+    if rev == ".":
+        return ".", None
+    repo = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=repo, check=True, capture_output=True,
+                         text=True).stdout.strip()
+    tree = out / f"tree-{sha}"
+    if not (tree / "pyproject.toml").exists():
+        data = subprocess.run(["git", "archive", sha], cwd=repo, check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(tree, filter="data")
+    return sha, tree
+
+
+def run_at(tree: Path | None, root: Path, model: Path, window: int, seed: int, args) -> dict:
+    """One run of the swarm; with a revision's `tree`, this script runs it in a child process whose
+    imports (and so every role it starts) come from that tree (PYTHONPATH goes before the venv's
+    editable install of this one). Paths in `args` must be absolute (the child runs in the tree)."""
+    ns = argparse.Namespace(**{**vars(args), "seed": seed, "out": str(args.out)})
+    if tree is None:
+        return run_one(root, model, window, ns)
+    spec = root.parent / f"{root.name}.spec.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps({"args": vars(ns), "root": str(root), "model": str(model), "window": window}, default=str))
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    # cwd: `python -m swarmrl` puts it first on the path, so the roles must start in the tree
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(spec.resolve())], env=env, check=True,
+                   cwd=tree)
+    return json.loads(spec.with_suffix(".result.json").read_text())
+
+
+def _mean_sd(xs: list[float], f: str = ".3f") -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    return format(statistics.mean(xs), f) + (" ± " + format(statistics.stdev(xs), f) if len(xs) > 1 else "")
+
+
+def pooled_table(results: list[dict], ratios: dict) -> str:
+    """Per revision and window, over the seeds: mean ± sd of the versions, the final accuracy
+    (mean of the last 3 evaluations), the stale and never-trained shares, and the async/sync ratio."""
+    lines = [("| revision | window | seeds | versions | acc end (mean last 3) | stale (goal <= 5%) | zero advantage | "
+             "never trained | async/sync time to sync's final acc (goal <= 0.6) |"), "|---|---|---|---|---|---|---|---|---|"]
+    for rev, window in dict.fromkeys((r["rev"], r["window"]) for r in results):
+        rs = [r for r in results if (r["rev"], r["window"]) == (rev, window)]
+        acc = [smoothed(r["curve"])[-1][2] for r in rs if r["curve"]]
+        w = [r.get("waste") or {} for r in rs]
+        zero = [x["causes"]["zero_advantage"]["groups"] / x["accepted"] for x in w if x.get("accepted")]
+        ratio = [ratios.get((rev, r["seed"])) for r in rs] if window else []
+        lines.append(f"| {rev} | {window} | {', '.join(str(r['seed']) for r in rs)} | "
+                     f"{_mean_sd([r['final_version'] for r in rs], '.1f')} | {_mean_sd(acc)} | "
+                     f"{_mean_sd([x.get('stale_share') for x in w if x.get('accepted')], '.1%')} | {_mean_sd(zero, '.1%')} | "
+                     f"{_mean_sd([x.get('unused_share') for x in w if x.get('accepted')], '.1%')} | {_mean_sd(ratio, '.2f')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--windows", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="several seeds (each its own warm-started model, shared by the revisions): a pooled table")
+    ap.add_argument("--revs", nargs="+", default=["."],
+                    help="git revisions to compare, run back to back per seed ('.' = this working tree; e.g. "
+                         "--revs e14af20 . for before/after; REV:2 runs only window 2 of that revision)")
+    ap.add_argument("--one", type=Path, default=None, help=argparse.SUPPRESS)  # a child of run_at
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--cheaters", type=int, default=0, help="dishonest workers too (the demo runs 1)")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning (as the demo runs)")
@@ -281,35 +385,53 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out/learning"))
     ap.add_argument("--model", type=Path, default=None, help="an already warm-started model (default: build one)")
     args = ap.parse_args()
+    if args.one:  # a revision's run, started by run_at with that revision's code on the path
+        spec = json.loads(args.one.read_text())
+        ns = argparse.Namespace(**{**spec["args"], "out": Path(spec["args"]["out"])})
+        r = run_one(Path(spec["root"]), Path(spec["model"]), spec["window"], ns)
+        args.one.with_suffix(".result.json").write_text(json.dumps(r))
+        return
+    args.out, args.model = args.out.resolve(), args.model and args.model.resolve()  # a revision's child runs elsewhere
     args.out.mkdir(parents=True, exist_ok=True)
-    model = args.model
-    if model is None:
-        model = args.out / "model"
-        if model.exists():
-            shutil.rmtree(model)
-        info = build_demo_model(model, seed=args.seed)
-        print(f"model: {info['parameters']:,} parameters; warm start {info['warm_start']}")
-    results = []
-    for w in args.windows:
-        print(f"running the swarm with async window {w} for {args.minutes:g} min ...", flush=True)
-        r = run_one(args.out / f"run-window{w}", model, w, args)
-        results.append(r)
-        print(f"  versions {r['final_version']}, evals {[(p['version'], round(p['acc'], 3)) for p in r['curve']]}", flush=True)
-    by = {r["window"]: r for r in results}
-    cmp = compare(by[0], by[max(by)]) if 0 in by and len(by) > 1 else {}
-    reached = times_to_reach(by[0], by[max(by)]) if cmp else []
-    text = table(results, cmp, reached) + "\n\naccepted groups that never reached a training step, by cause " \
-        "(share of accepted; worker-seconds they cost):\n\n" + waste_table(results)
+    trees = [(*revision_tree(rev.split(":")[0], args.out),
+              [int(w) for w in rev.split(":")[1].split(",")] if ":" in rev else args.windows) for rev in args.revs]
+    results, ratios, texts = [], {}, []
+    for seed in args.seeds or [args.seed]:
+        model = args.model
+        if model is None:
+            model = args.out / f"model-s{seed}"
+            if model.exists():
+                shutil.rmtree(model)
+            info = build_demo_model(model, seed=seed)
+            print(f"model (seed {seed}): {info['parameters']:,} parameters; warm start {info['warm_start']}")
+        for label, tree, windows in trees:
+            runs = []
+            for w in windows:
+                print(f"revision {label}, seed {seed}: async window {w} for {args.minutes:g} min ...", flush=True)
+                name = ("" if tree is None else f"rev-{label}-") + f"s{seed}-window{w}"
+                r = run_at(tree, args.out / name, model, w, seed, args) | {"rev": label, "seed": seed}
+                runs.append(r)
+                print(f"  versions {r['final_version']}, evals {[(p['version'], round(p['acc'], 3)) for p in r['curve']]}",
+                      flush=True)
+            by = {r["window"]: r for r in runs}
+            cmp = compare(by[0], by[max(by)]) if 0 in by and len(by) > 1 else {}
+            reached = times_to_reach(by[0], by[max(by)]) if cmp else []
+            ratios[(label, seed)] = cmp.get("ratio")
+            texts.append(f"### revision {label}, seed {seed}\n\n" + table(runs, cmp, reached)
+                         + "\n\naccepted groups that never reached a training step, by cause "
+                         "(share of accepted; worker-seconds they cost):\n\n" + waste_table(runs))
+            results += runs
+    text = "\n\n".join(texts) + "\n\n### pooled (mean ± sd over the seeds)\n\n" + pooled_table(results, ratios)
     text += ("\n\nCPU 0: trainer" + (", coordinator, verifier, relay" if args.services == "operator" else "")
              + "; CPU 1: workers" + ("" if args.services == "operator" else ", coordinator, verifier, relay")
-             + ("" if args.pin else " (not pinned)"))
+             + ("" if args.pin else " (not pinned)") + f"; {args.minutes:g} min per run")
     if args.groups_per_step:
         text += f"; {args.groups_per_step} groups per trainer step (the demo recipe: {DEMO_RECIPE.groups_per_step})"
     load = os.getloadavg()
     text += f"\n\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores; other jobs add noise)"
     print(text)
     (args.out / "learning.md").write_text(text + "\n")
-    (args.out / "learning.json").write_text(json.dumps({"results": results, "compare": cmp, "times_to_reach": reached,
+    (args.out / "learning.json").write_text(json.dumps({"results": results, "ratios": [[k[0], k[1], v] for k, v in ratios.items()],
                                                         "recipe": asdict(replace(DEMO_RECIPE, groups_per_step=args.groups_per_step
                                                                                  or DEMO_RECIPE.groups_per_step))},
                                                        indent=1))

@@ -42,6 +42,10 @@ Figures (2026-12-06, the shared 2-core machine; also in the README, with the bef
   by the coordinator's lease sizing) 50-76% on both sides at RTT 20-100 ms. A pair on a quieter
   machine (load 2-8): WAN 1465 groups/min with four in flight vs 999 with one (+47%); loopback
   1313 and 1973 (its load differed), so 1465/1973 = 0.74 against the quiet loopback.
+  Waste (issue 23; the run's last line, GET /v1/stats `waste` over the whole run): `rollouts
+  --rtt-min 100 --rtt-max 100 --loss 0.005 --seconds 60 --phases wan` with max_staleness 6:
+  37 versions/min, lag mean 1.97; of 882 accepted groups none stale, zero advantage 22.8%, left in
+  the buffer 6.5% (one run, load 3-8).
 """
 
 from __future__ import annotations
@@ -238,6 +242,7 @@ def rollouts_wan(a: argparse.Namespace, model: Path, topo: Topology, work: Path)
                     out = measure(swarm_progress(wan.stats, a.rollout_workers), wan.plan.root / "trainer",
                                   a.seconds, a.warm, lambda: all(c.alive for c in group.children),
                                   worker_phases(wan.plan, lambda name, fn, *args: sites[name].call(fn, *args)))
+                    out["waste"] = wan.stats().get("waste") or {}  # issue 23: accepted groups never trained, by cause
                 finally:
                     for site in sites.values():
                         site.close()
@@ -265,9 +270,11 @@ def rollouts_loopback(a: argparse.Namespace, model: Path, work: Path) -> dict:
 
     with ProcessGroup(plan.logs) as group:
         start_swarm(plan, group)
-        return measure(swarm_progress(stats, a.rollout_workers), plan.root / "trainer", a.seconds, a.warm,
-                       lambda: all(c.alive for c in group.children),
-                       worker_phases(plan, lambda name, fn, *args: fn(*args)))
+        out = measure(swarm_progress(stats, a.rollout_workers), plan.root / "trainer", a.seconds, a.warm,
+                      lambda: all(c.alive for c in group.children),
+                      worker_phases(plan, lambda name, fn, *args: fn(*args)))
+        out["waste"] = stats().get("waste") or {}
+        return out
 
 
 def cmd_rollouts(a: argparse.Namespace) -> None:
@@ -295,9 +302,12 @@ def cmd_rollouts(a: argparse.Namespace) -> None:
         elif len(rows) == 2:
             ratio = " |"
         print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
+    from coordinator.rules.waste import summary_line
+
     for phase, r in rows.items():
         for name, shares in r["worker time"].items():
             print(f"{phase} {name} loop time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+        print(f"{phase}, the whole run: {summary_line(r['waste'])}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

@@ -163,6 +163,9 @@ class LeaseSizingConfig(BaseModel):
                                 "of what the trainer takes on their way to it (never more than staleness + 1): "
                                 "enough that the trainer rarely waits, little enough that the buffer turns over "
                                 "before its groups go stale")
+    retry_share: float = Field(0.25, gt=0, le=1, description="a worker refused because the swarm holds enough "
+                               "already asks again after this share of the version interval (0.2-1 s): room "
+                               "appears when the trainer takes its next batch")
 
 
 class DashboardConfig(BaseModel):

@@ -21,6 +21,10 @@ faster and in a quarter of the memory: the hash in int32 with wrapping multiplie
 masked), and G looked up in a table of its 2**24 possible float32 values (U has 24 bits;
 the table is built once per device with the float64 formula above, 64 MiB). Tests check it
 against `gumbel_noise` bit for bit.
+
+On the CPU, the best perturbed score of a row and its token (`perturbed_max_rows`: a worker's
+decoding step, the verifier's sampling check) come from a compiled kernel that never builds
+the rows x vocabulary noise (`protocol/sampling_fused.py`; `fused_max_rows`): the same bits.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ _M32 = 0xFFFFFFFF
 _C1 = 0x7FEB352D
 _C2 = 0x846CA68B
 _U_BITS = 24
+FUSED_MIN_VOCAB = 4096  # below this the tensor path's per-call cost is lower than the fused kernel's
 
 __all__ = ["gumbel_noise", "gumbel_noise_rows", "gumbel_noise_at", "gumbel_index_rows", "gumbel_index_at",
-           "gumbel_table", "sample_tokens", "sample_rows",
+           "gumbel_table", "sample_tokens", "sample_rows", "perturbed_max_rows", "fused_max_rows",
            "perturbed_scores", "hash32"]
 
 
@@ -203,10 +208,39 @@ def gumbel_noise_at(seeds: list[int], positions: torch.Tensor, token_ids: torch.
     return _gumbel_table(positions.device)[gumbel_index_at(seeds, positions, token_ids)]
 
 
+def fused_max_rows(logits: torch.Tensor, temperatures: torch.Tensor, seeds: list[int], positions: torch.Tensor,
+                   floor_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`perturbed_max_rows` by the fused CPU kernel (`protocol.sampling_fused`: no rows x
+    vocabulary tensor, the same bits), or None where it does not serve: another device, a
+    vocabulary below `FUSED_MIN_VOCAB`, a non-finite logit, no numba. `floor_tokens` (N,), a
+    token per row likely to score near the best (the chosen one), lets it skip more."""
+    if logits.shape[-1] < FUSED_MIN_VOCAB or logits.device.type != "cpu":
+        return None
+    from protocol import sampling_fused  # numba: imported (and compiled) only where it serves
+
+    if not sampling_fused.available():
+        return None
+    return sampling_fused.best_rows(logits, temperatures, _row_keys(seeds, positions.to(logits.device)),
+                                    _vocab_hash32(logits.shape[-1], logits.device), _gumbel_table(logits.device),
+                                    floor_tokens)
+
+
+def perturbed_max_rows(logits: torch.Tensor, temperatures: torch.Tensor, seeds: list[int],
+                       positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row i: the best perturbed score max_v(logits[i, v] / temperatures[i] + G(seeds[i],
+    positions[i], v)) (float32) and its earliest token (int64), as `torch.max` over
+    `perturbed_scores` gives them (NaN wins); by the fused kernel where it serves."""
+    temps = temperatures.to(logits.device, torch.float32)
+    if bool((temps <= 0).any()):
+        raise ValueError("temperature must be > 0 (greedy decoding is not a valid swarmrl policy)")
+    fused = fused_max_rows(logits, temps, seeds, positions)
+    if fused is not None:
+        return fused
+    noise = gumbel_noise_rows(seeds, positions.to(logits.device), logits.shape[-1])
+    return (logits.float() / temps[:, None] + noise).max(dim=-1)
+
+
 def sample_rows(logits: torch.Tensor, temperatures: torch.Tensor, seeds: list[int], positions: torch.Tensor) -> torch.Tensor:
     """One decoding step for B samples, each with its own temperature (B,), seed and
     completion position (B,): the same tokens as `sample_tokens` row by row, in one pass."""
-    if bool((temperatures <= 0).any()):
-        raise ValueError("temperature must be > 0 (greedy decoding is not a valid swarmrl policy)")
-    noise = gumbel_noise_rows(seeds, positions.to(logits.device), logits.shape[-1])
-    return (logits.float() / temperatures.to(logits.device, torch.float32)[:, None] + noise).argmax(dim=-1)
+    return perturbed_max_rows(logits, temperatures, seeds, positions)[1]

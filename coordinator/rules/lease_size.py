@@ -18,6 +18,13 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
               for the trainer: a lease more would only make a group that goes stale), but
               one lease when nothing at all is on its way
 
+A worker refused by the second bound is told to ask again after `retry_share` of the version
+interval (between `MIN_RETRY_S` and `MAX_RETRY_S`; `Sizing.retry_after_s`): room appears when
+the trainer takes its next batch, about once a version, and a fixed 1 s wait left the demo's
+workers idle for half of the time while the trainer waited for data (versions ~1 s apart).
+Where versions are minutes apart the wait stays at `MAX_RETRY_S`, so a large swarm's refused
+workers do not poll faster than before.
+
 The first bound keeps a worker from taking more than it can finish in time; the second keeps
 the swarm from making more than the trainer can take in time (workers that together outrun the
 trainer would otherwise fill the buffer with groups that go stale: in bench/learning.py on a
@@ -63,6 +70,7 @@ class SizingTerms:
     margin_s: float = 0.5          # slack for the trainer's take and the network
     demand_versions: int = 1       # versions before what the trainer takes per version counts
     demand_steps: float = 2.0      # steps' worth of groups the swarm may have on their way to the trainer
+    retry_share: float = 0.25      # a worker refused by the swarm bound asks again after this share of the version interval
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,19 @@ class Sizing:
     budget_s: float | None         # None: no version interval yet
     rate: float | None             # groups per second; None: not enough history
     why: str
+    retry_after_s: float | None = None  # when it may hold no more: when to ask again (None: the caller's default)
+
+
+MIN_RETRY_S = 0.2                  # a refused worker's fastest retry (bounds the lease requests of a waiting swarm)
+MAX_RETRY_S = 1.0                  # and its slowest (the wait before issue 23's second bound could shorten it)
+
+
+def retry_after(interval: float | None, share: float) -> float:
+    """When a worker refused for lack of room should ask again: `share` of the version interval
+    (room appears when the trainer takes a batch, about once a version), within the bounds."""
+    if interval is None:
+        return MAX_RETRY_S
+    return min(MAX_RETRY_S, max(MIN_RETRY_S, share * interval))
 
 
 def version_interval(arrivals: Sequence[float], now: float) -> float | None:
@@ -123,8 +144,10 @@ def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, 
     if held + room >= own.allowed:
         return own
     allowed = max(1, held + room) if demand.in_flight == 0 else held + room
+    interval = version_interval(arrivals, now) if len(arrivals) >= terms.min_versions else None
     return Sizing(allowed, own.budget_s, own.rate,
-                  f"the trainer takes {demand.per_version:.1f} groups a version; {demand.in_flight} on their way")
+                  f"the trainer takes {demand.per_version:.1f} groups a version; {demand.in_flight} on their way",
+                  retry_after(interval, terms.retry_share))
 
 
 def _own(max_leases: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float], staleness: int,

@@ -64,9 +64,10 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
         if current is None:
             return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S)
         held = leases.count_active(conn, worker_id)
-        n = leases_to_issue(opened.body.max_tasks, held, _sizing(ctx, conn, worker_id, held, current, now).allowed)
+        sizing = _sizing(ctx, conn, worker_id, held, current, now)
+        n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
         if n == 0:
-            return LeaseResponse(leases=[], retry_after_s=QUOTA_RETRY_S)
+            return LeaseResponse(leases=[], retry_after_s=sizing.retry_after_s or QUOTA_RETRY_S)
         reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
         leases.take_returned(conn, reused)
         fresh = n - len(reused)

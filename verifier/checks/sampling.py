@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from protocol.messages import CheckResult
-from protocol.sampling import gumbel_index_at, gumbel_index_rows, gumbel_noise_at, gumbel_table
+from protocol.sampling import fused_max_rows, gumbel_index_at, gumbel_index_rows, gumbel_noise_at, gumbel_table
 from verifier.checks import first_failures, result
 from verifier.job import OpenedJob
 
@@ -58,9 +58,11 @@ class PositionScores:
 def position_scores(logits: torch.Tensor, tokens: torch.Tensor, seeds: list[int], positions: torch.Tensor,
                     temperature: float) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(shortfall, magnitude, all logits finite) of N positions: logits (N, V), chosen `tokens` (N,), one seed
-    and completion position per row. Works on `VOCAB_CELLS` cells at a time.
+    and completion position per row.
 
-    Only tokens that can reach the row's best score get their noise looked up and added. A
+    On the CPU with finite logits the fused kernel finds each row's best perturbed score
+    (`protocol.sampling.fused_max_rows`); otherwise tensor operations do, `VOCAB_CELLS` cells
+    at a time. Only tokens that can reach the row's best score get their noise looked up and added. A
     lower bound of the best is known: the chosen token's score, the highest logit's, and the
     best of the slices done so far (the first slice is scored in full). A token below
     (bound - MARGIN) even with the largest noise there is (`gumbel_table()[-1]`) cannot reach
@@ -69,16 +71,32 @@ def position_scores(logits: torch.Tensor, tokens: torch.Tensor, seeds: list[int]
     and its noise's table index shows that without the lookup (G grows with the index). The
     best score and its earliest token come out the same as from all tokens. A chunk with a
     non-finite or huge value is scored in full."""
-    n, vocab = logits.shape
+    n = logits.shape[0]
     dev = logits.device
     tokens, positions = tokens.to(dev, torch.int64), positions.to(dev, torch.int64)
-    table = gumbel_table(dev)
     lg_chosen = logits.gather(1, tokens[:, None])[:, 0].float()
     chosen = lg_chosen / temperature + gumbel_noise_at(seeds, positions, tokens)
-    top_logit, top_ids = logits.max(dim=1)
-    x_top = top_logit.float() / temperature
-    bound = torch.maximum(chosen, x_top + gumbel_noise_at(seeds, positions, top_ids))
-    finite = bool(torch.isfinite(top_logit).all()) and bool(torch.isfinite(logits.amin()))  # max and min carry NaN
+    fused = fused_max_rows(logits, torch.full((n,), temperature), seeds, positions, floor_tokens=tokens)
+    if fused is not None:  # all logits finite
+        best, best_ids = fused
+        finite = True
+    else:
+        top_logit, top_ids = logits.max(dim=1)
+        x_top = top_logit.float() / temperature
+        bound = torch.maximum(chosen, x_top + gumbel_noise_at(seeds, positions, top_ids))
+        finite = bool(torch.isfinite(top_logit).all()) and bool(torch.isfinite(logits.amin()))  # max, min carry NaN
+        best, best_ids = _best_in_slices(logits, seeds, positions, temperature, bound, x_top, finite)
+    lg_best = logits.gather(1, best_ids[:, None])[:, 0].float()
+    return best - chosen, torch.stack([lg_best, lg_chosen]).abs().max(dim=0).values, finite
+
+
+def _best_in_slices(logits: torch.Tensor, seeds: list[int], positions: torch.Tensor, temperature: float,
+                    bound: torch.Tensor, x_top: torch.Tensor, finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' best perturbed scores and earliest tokens with tensor operations, `VOCAB_CELLS`
+    cells at a time, given a lower `bound` of the best and the highest logit / temperature."""
+    n, vocab = logits.shape
+    dev = logits.device
+    table = gumbel_table(dev)
     prune = finite and bool((bound.abs() < 2**20).all() & (x_top.abs() < 2**20).all())
     g_max = float(table[-1])
     best = torch.full((n,), float("-inf"), dtype=torch.float32, device=dev)
@@ -114,8 +132,7 @@ def position_scores(logits: torch.Tensor, tokens: torch.Tensor, seeds: list[int]
         take = (m > best) | (m.isnan() & ~best.isnan())  # earlier slices win ties; NaN wins, as in torch.max
         best = torch.where(take, m, best)
         best_ids = torch.where(take, i + a, best_ids)
-    lg_best = logits.gather(1, best_ids[:, None])[:, 0].float()
-    return best - chosen, torch.stack([lg_best, lg_chosen]).abs().max(dim=0).values, finite
+    return best, best_ids
 
 
 def score_completion(logit_chunks, tokens: list[int], seed: int, temperature: float) -> PositionScores:

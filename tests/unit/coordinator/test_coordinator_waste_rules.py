@@ -4,6 +4,8 @@
 from types import SimpleNamespace as Row
 
 from coordinator.rules.lease_size import (
+    MAX_RETRY_S,
+    MIN_RETRY_S,
     Demand,
     SizingTerms,
     leases_allowed,
@@ -74,6 +76,25 @@ def test_workers_that_together_outrun_the_trainer_get_only_what_it_can_take_in_t
     assert _allowed(slow, _versions(8, 2.0), demand=Demand(20.0, 0)) == _allowed(slow, _versions(8, 2.0))
     # synchronous (staleness 0): room for the next step only; otherwise demand_steps' worth
     assert Demand(20.0, 5).room(0, 2.0) == 15 and Demand(20.0, 5).room(4, 2.0) == 35
+
+
+def test_a_worker_refused_for_lack_of_room_asks_again_within_a_share_of_the_version_interval():
+    """Room appears when the trainer takes its next batch, about once a version: a worker that
+    waits for it asks again after a quarter of the interval (the demo's 1 s versions: 0.25 s, not
+    the fixed 1 s that left its workers idle half of the time), never faster than MIN_RETRY_S,
+    never slower than MAX_RETRY_S (the old fixed wait: slow runs poll no faster than before)."""
+    fast = _leases(16, every_s=0.1, latency_s=0.5)
+
+    def refused(every_s: float, n_versions: int = 8):
+        return leases_allowed(max_leases=64, held=0, recent=fast, arrivals=_versions(n_versions, every_s), staleness=4,
+                              verify_s=[0.1], demand=Demand(20.0, 130), now=NOW, terms=TERMS)
+
+    assert refused(1.0).allowed == 0 and refused(1.0).retry_after_s == 0.25
+    assert refused(0.2).retry_after_s == MIN_RETRY_S and refused(60.0).retry_after_s == MAX_RETRY_S
+    assert refused(1.0, n_versions=2).retry_after_s == MAX_RETRY_S          # no interval yet
+    # not refused by the swarm bound: no advice (the caller's fixed wait)
+    assert leases_allowed(max_leases=64, held=0, recent=fast, arrivals=_versions(8, 1.0), staleness=4, verify_s=[0.1],
+                          demand=None, now=NOW, terms=TERMS).retry_after_s is None
 
 
 def test_a_trainer_that_waits_for_data_stretches_the_interval():

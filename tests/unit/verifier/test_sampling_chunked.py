@@ -4,6 +4,7 @@ bit for bit gaps and tie counts, on random inputs, across position and vocabular
 import pytest
 import torch
 
+from protocol import sampling as protocol_sampling
 from protocol.sampling import gumbel_noise, gumbel_noise_at, gumbel_noise_rows
 from verifier.checks import sampling
 from verifier.checks.sampling import sampling_gaps, sampling_gaps_and_ties, score_completion
@@ -43,9 +44,11 @@ def test_fast_noise_equals_the_reference_definition_bit_for_bit():
         assert torch.equal(at[i], ref[toks[i]])
 
 
+@pytest.mark.parametrize("path", ["fused", "tensor"])  # the CPU kernel (protocol.sampling_fused) or tensor slices
 @pytest.mark.parametrize("rounding", [0.0, 0.004])
 @pytest.mark.parametrize("scale", [0.1, 3.0, 40.0])  # flat, spread and peaked logits: pruning from none to most
-def test_chunked_gaps_and_ties_equal_the_one_tensor_version(monkeypatch, rounding, scale):
+def test_chunked_gaps_and_ties_equal_the_one_tensor_version(monkeypatch, rounding, scale, path):
+    monkeypatch.setattr(protocol_sampling, "FUSED_MIN_VOCAB", 1 if path == "fused" else 1 << 40)
     monkeypatch.setattr(sampling, "POSITION_CHUNK", 7)  # many position and vocabulary chunks
     monkeypatch.setattr(sampling, "VOCAB_CELLS", 7 * 50)
     g = torch.Generator().manual_seed(2)
