@@ -239,11 +239,16 @@ def _check_no_key_leak(plan, key_file: Path, attack: Campaign) -> None:
     for blob in seen + public:
         assert not any(f in blob for f in forms), "the coordinator's key secret reached an attacker"
     keys = plan.root / "keys"
-    for path in plan.root.rglob("*"):
-        if path.is_file() and keys not in path.parents:
+    # The run goes on while this walks it: files and whole folders (a version being written, an
+    # old one pruned) vanish meanwhile; os.walk skips a folder it cannot list, rglob raised.
+    for folder, _dirs, files in os.walk(plan.root):
+        if Path(folder) == keys or keys in Path(folder).parents:
+            continue
+        for name in files:
+            path = Path(folder) / name
             try:
                 data = path.read_bytes()
-            except FileNotFoundError:  # the run goes on: an old version was pruned meanwhile
+            except (FileNotFoundError, IsADirectoryError):
                 continue
             assert not any(f in data for f in forms), f"the coordinator's key secret is in {path}"
 
