@@ -23,7 +23,9 @@ interval (between `MIN_RETRY_S` and `MAX_RETRY_S`; `Sizing.retry_after_s`): room
 the trainer takes its next batch, about once a version, and a fixed 1 s wait left the demo's
 workers idle for half of the time while the trainer waited for data (versions ~1 s apart).
 Where versions are minutes apart the wait stays at `MAX_RETRY_S`, so a large swarm's refused
-workers do not poll faster than before.
+workers do not poll faster than before; and the wait is never shorter than the swarm's active
+workers over `MAX_REFUSED_POLLS_PER_S` (`spread_retry`), so that with fast versions a large
+swarm does not poll faster than before either (1,000 workers: 1 s, as before issue 23).
 
 The first bound keeps a worker from taking more than it can finish in time; the second keeps
 the swarm from making more than the trainer can take in time (workers that together outrun the
@@ -98,6 +100,7 @@ class Sizing:
 
 MIN_RETRY_S = 0.2                  # a refused worker's fastest retry (bounds the lease requests of a waiting swarm)
 MAX_RETRY_S = 1.0                  # and its slowest (the wait before issue 23's second bound could shorten it)
+MAX_REFUSED_POLLS_PER_S = 200.0    # lease requests a second that a swarm's refused workers may make together
 
 
 def retry_after(interval: float | None, share: float) -> float:
@@ -106,6 +109,15 @@ def retry_after(interval: float | None, share: float) -> float:
     if interval is None:
         return MAX_RETRY_S
     return min(MAX_RETRY_S, max(MIN_RETRY_S, share * interval))
+
+
+def spread_retry(advice: float | None, active_workers: int) -> float:
+    """The wait a refused worker is told: the sizing's `advice` (`Sizing.retry_after_s`; None:
+    `MAX_RETRY_S`), but at least `active_workers` / `MAX_REFUSED_POLLS_PER_S` (at most
+    `MAX_RETRY_S`): shortening the wait must not multiply a large swarm's lease requests."""
+    if advice is None:
+        return MAX_RETRY_S
+    return max(advice, min(MAX_RETRY_S, active_workers / MAX_REFUSED_POLLS_PER_S))
 
 
 def version_interval(arrivals: Sequence[float], now: float) -> float | None:

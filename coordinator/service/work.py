@@ -19,7 +19,7 @@ from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed
+from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed, spread_retry
 from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned, split_held
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, training, use_nonce
@@ -44,7 +44,6 @@ from protocol.window import allowed_versions
 log = logging.getLogger("swarmrl.coordinator")
 
 NO_POLICY_RETRY_S = 2.0
-QUOTA_RETRY_S = 1.0
 
 
 def submission_id_for(lease_id: str) -> str:
@@ -67,7 +66,8 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
         sizing = _sizing(ctx, conn, worker_id, held, current, now)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
         if n == 0:
-            return LeaseResponse(leases=[], retry_after_s=sizing.retry_after_s or QUOTA_RETRY_S)
+            active = workers.count_by_status(conn).get("active", 0) if sizing.retry_after_s is not None else 0
+            return LeaseResponse(leases=[], retry_after_s=spread_retry(sizing.retry_after_s, active))
         reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
         leases.take_returned(conn, reused)
         fresh = n - len(reused)

@@ -4,11 +4,13 @@
 from types import SimpleNamespace as Row
 
 from coordinator.rules.lease_size import (
+    MAX_REFUSED_POLLS_PER_S,
     MAX_RETRY_S,
     MIN_RETRY_S,
     Demand,
     SizingTerms,
     leases_allowed,
+    spread_retry,
     version_interval,
     worker_rate,
 )
@@ -95,6 +97,15 @@ def test_a_worker_refused_for_lack_of_room_asks_again_within_a_share_of_the_vers
     # not refused by the swarm bound: no advice (the caller's fixed wait)
     assert leases_allowed(max_leases=64, held=0, recent=fast, arrivals=_versions(8, 1.0), staleness=4, verify_s=[0.1],
                           demand=None, now=NOW, terms=TERMS).retry_after_s is None
+
+
+def test_a_large_swarm_of_refused_workers_polls_no_faster_than_before():
+    """The shorter wait is spread over the swarm: its active workers together ask at most
+    MAX_REFUSED_POLLS_PER_S times a second, and never wait longer than MAX_RETRY_S."""
+    assert spread_retry(0.25, 3) == 0.25                          # the demo's three workers: the advice
+    assert spread_retry(0.25, 100) == 100 / MAX_REFUSED_POLLS_PER_S  # 0.5 s: 200 requests a second in all
+    assert spread_retry(0.25, 1000) == MAX_RETRY_S                 # 1,000 workers: 1 s, as before issue 23
+    assert spread_retry(None, 3) == MAX_RETRY_S
 
 
 def test_a_trainer_that_waits_for_data_stretches_the_interval():
