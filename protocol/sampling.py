@@ -38,7 +38,7 @@ _U_BITS = 24
 FUSED_MIN_VOCAB = 4096  # below this the tensor path's per-call cost is lower than the fused kernel's
 
 __all__ = ["gumbel_noise", "gumbel_noise_rows", "gumbel_noise_at", "gumbel_index_rows", "gumbel_index_at",
-           "gumbel_table", "sample_tokens", "sample_rows", "perturbed_max_rows", "fused_max_rows",
+           "gumbel_table", "sample_tokens", "sample_rows", "perturbed_max_rows", "fused_max_rows", "check_temperatures",
            "perturbed_scores", "hash32"]
 
 
@@ -92,10 +92,17 @@ def _gumbel_of_hash(h: torch.Tensor) -> torch.Tensor:
     return (-torch.log(-torch.log(u))).to(torch.float32)
 
 
+def check_temperatures(temperatures: float | torch.Tensor) -> None:
+    """Refuse a temperature that is not a finite number > 0 (NaN included: a NaN would make every
+    score NaN, which no comparison catches). Greedy decoding is not a valid swarmrl policy."""
+    t = torch.as_tensor(temperatures, dtype=torch.float64)
+    if not bool((torch.isfinite(t) & (t > 0)).all()):
+        raise ValueError("temperature must be a finite number > 0 (greedy decoding is not a valid swarmrl policy)")
+
+
 def perturbed_scores(logits: torch.Tensor, temperature: float, seed: int, positions: torch.Tensor) -> torch.Tensor:
     """logits (N, V) / temperature + Gumbel noise of (seed, positions); float32."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 (greedy decoding is not a valid swarmrl policy)")
+    check_temperatures(temperature)
     noise = gumbel_noise(seed, positions.to(logits.device), logits.shape[-1])
     return logits.float() / temperature + noise
 
@@ -214,6 +221,7 @@ def fused_max_rows(logits: torch.Tensor, temperatures: torch.Tensor, seeds: list
     vocabulary tensor, the same bits), or None where it does not serve: another device, a
     vocabulary below `FUSED_MIN_VOCAB`, a non-finite logit, no numba. `floor_tokens` (N,), a
     token per row likely to score near the best (the chosen one), lets it skip more."""
+    check_temperatures(temperatures)
     if logits.shape[-1] < FUSED_MIN_VOCAB or logits.device.type != "cpu":
         return None
     from protocol import sampling_fused  # numba: imported (and compiled) only where it serves
@@ -231,9 +239,7 @@ def perturbed_max_rows(logits: torch.Tensor, temperatures: torch.Tensor, seeds: 
     positions[i], v)) (float32) and its earliest token (int64), as `torch.max` over
     `perturbed_scores` gives them (NaN wins); by the fused kernel where it serves."""
     temps = temperatures.to(logits.device, torch.float32)
-    if bool((temps <= 0).any()):
-        raise ValueError("temperature must be > 0 (greedy decoding is not a valid swarmrl policy)")
-    fused = fused_max_rows(logits, temps, seeds, positions)
+    fused = fused_max_rows(logits, temps, seeds, positions)  # checks the temperatures
     if fused is not None:
         return fused
     noise = gumbel_noise_rows(seeds, positions.to(logits.device), logits.shape[-1])

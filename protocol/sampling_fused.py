@@ -174,6 +174,14 @@ def _coarse(table: torch.Tensor) -> np.ndarray:
     return held[1]
 
 
+def _as_uint32(values: torch.Tensor) -> np.ndarray:
+    """32-bit hash values as uint32: int32 tensors (what `protocol.sampling` keeps) are viewed
+    without a copy, so a decoding step does not convert the vocabulary's hashes each time."""
+    if values.dtype == torch.int32:
+        return values.contiguous().numpy().view(np.uint32)
+    return (values.to(torch.int64).numpy() & _M32).astype(np.uint32)
+
+
 def best_rows(logits: torch.Tensor, temperatures: torch.Tensor, row_keys: torch.Tensor, vocab_hash: torch.Tensor,
               table: torch.Tensor, floor_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(best perturbed score float32 (N,), its earliest token int64 (N,)) of N rows of CPU
@@ -191,8 +199,7 @@ def best_rows(logits: torch.Tensor, temperatures: torch.Tensor, row_keys: torch.
     ids = np.empty(n, dtype=np.int64)
     finite = np.empty(n, dtype=np.bool_)
     _best_rows(lg, lg.view(np.uint32), temperatures.to(torch.float32).contiguous().numpy(),
-               (row_keys.to(torch.int64).numpy() & _M32).astype(np.uint32),
-               (vocab_hash.to(torch.int64).numpy() & _M32).astype(np.uint32), table.numpy(), _coarse(table),
+               _as_uint32(row_keys), _as_uint32(vocab_hash), table.numpy(), _coarse(table),
                np.ascontiguousarray(floors), best, ids, finite)
     if not finite.all():
         return None

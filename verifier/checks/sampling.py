@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from protocol.messages import CheckResult
-from protocol.sampling import fused_max_rows, gumbel_index_at, gumbel_index_rows, gumbel_noise_at, gumbel_table
+from protocol.sampling import check_temperatures, fused_max_rows, gumbel_index_at, gumbel_index_rows, gumbel_noise_at, gumbel_table
 from verifier.checks import first_failures, result
 from verifier.job import OpenedJob
 
@@ -138,8 +138,7 @@ def _best_in_slices(logits: torch.Tensor, seeds: list[int], positions: torch.Ten
 def score_completion(logit_chunks, tokens: list[int], seed: int, temperature: float) -> PositionScores:
     """`PositionScores` of one completion from its logits given as (start, (n, V) logits)
     chunks in position order (a generator, so that only one chunk is held at a time)."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
+    check_temperatures(temperature)
     short, mag, finite = [], [], True
     for start, lg in logit_chunks:
         n = min(lg.shape[0], len(tokens) - start)
@@ -183,8 +182,7 @@ def sampling_gaps_and_ties(logits: list[torch.Tensor | PositionScores], tokens: 
     lens = [len(t) for t in tokens]
     if not any(lens):
         return [torch.zeros(0, dtype=torch.float64) for _ in tokens], [0] * len(tokens)
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
+    check_temperatures(temperature)
     gaps_out, ties = [], []
     for lg, toks, seed, n in zip(logits, tokens, seeds, lens):
         ps = lg if isinstance(lg, PositionScores) else score_completion(_tensor_chunks(lg, n), toks, seed, temperature)

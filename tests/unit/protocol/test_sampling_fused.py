@@ -84,3 +84,17 @@ def test_a_floor_token_outside_the_vocabulary_is_refused():
     logits = torch.zeros(2, 5000)
     with pytest.raises(ValueError, match="floor tokens"):
         fused_max_rows(logits, torch.ones(2), [1, 2], torch.arange(2), floor_tokens=torch.tensor([3, 5000]))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_temperature_that_is_not_a_finite_positive_number_is_refused_on_every_path(bad):
+    from verifier.checks.sampling import score_completion
+
+    logits = torch.randn(2, 5000, generator=torch.Generator().manual_seed(5))
+    temps = torch.tensor([1.0, bad])
+    with pytest.raises(ValueError, match="temperature"):
+        fused_max_rows(logits, temps, [1, 2], torch.arange(2))
+    with pytest.raises(ValueError, match="temperature"):
+        perturbed_max_rows(logits[:, :100], temps, [1, 2], torch.arange(2))  # the tensor path
+    with pytest.raises(ValueError, match="temperature"):
+        score_completion(iter([(0, logits)]), [3, 4], 7, bad)
