@@ -260,13 +260,12 @@ class Daemon:
         with ThreadPoolExecutor(1, thread_name_prefix="lease-ahead") as pool:
             try:
                 while not self.stop.is_set():
+                    # also while only the leases asked ahead are awaited: a status left at
+                    # "generating" would claim work in hand
+                    self.state.set(phase="leasing")
                     if ahead is not None:
-                        # the batch is spooled: say so (a status left at "generating" would claim
-                        # work in hand while the loop only waits for the leases asked ahead)
-                        self.state.set(phase="leasing")
                         leases, ahead = ahead.result(), None
                     else:
-                        self.state.set(phase="leasing")
                         leases = self._lease(self._request_size(), wait_if_none=True)
                     if not leases:
                         continue
