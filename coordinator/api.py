@@ -8,8 +8,9 @@ large bodies on the `OffLoop` threads), charges the signer's per-identity limit 
 service function. A `CoordinatorError` becomes `{"detail": ...}` with its status (429 with
 Retry-After) and is counted by reason, as are the guard's own refusals.
 
-Service calls run inline on the event loop: they are short, one thread owns the database
-connection at a time, and the only waiting (the trainer's long-poll) is an `await`. Responses
+Service calls run inline on the event loop (they are short, and the only waiting, the
+trainer's long-poll, is an `await`), except a submission's: it waits for the scorer sandbox, so
+its scoring runs on an `Intake` thread while the loop serves everything else. Responses
 are serialised once with pydantic (no FastAPI response-model re-validation on the hot path).
 """
 
@@ -21,7 +22,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -46,6 +48,8 @@ from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
 from protocol.guard import Guard
 from protocol.messages import VerdictBatch, VerdictBatchResponse, VerdictOutcome
 
+T = TypeVar("T")
+
 log = logging.getLogger("swarmrl.coordinator")
 
 
@@ -57,6 +61,36 @@ def encode(result: Any) -> bytes:
     return json.dumps(result).encode()
 
 
+class Intake:
+    """Submissions are scored on threads of their own, not on the event loop: scoring waits for
+    the scorer sandbox, up to its time limits on hostile text (3 s an item, 20 s a batch), and on
+    the loop that held up /health and every other request. The sandbox is thread-safe with its
+    own bound on children. At most `threads` run and `queue` wait; more are answered 429 `busy`
+    (workers spool and retry). The write transaction that follows stays on the loop."""
+
+    def __init__(self, threads: int, queue: int):
+        self.threads, self.capacity = threads, threads + queue
+        self.pending = 0
+        self.pool: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.pending >= self.capacity:
+            raise RateLimited("busy", "the coordinator is taking in too many submissions; retry shortly", 1.0)
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coordinator-intake")
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        """Stop the threads (waits for the submissions they are taking in)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
 class Api:
     """Binds a Context to the request plumbing shared by every route."""
 
@@ -65,6 +99,7 @@ class Api:
         cfg = ctx.cfg
         self.caps = route_caps(cfg, ctx.tasks.vocab_size)
         self.offload = OffLoop(cfg.limits.verify_processes, cfg.limits.verify_queue)
+        self.intake = Intake(cfg.limits.intake_threads, cfg.limits.intake_queue)
         self.token = operator_token(cfg.dashboard.operator_token, cfg.dashboard.operator_token_file)
         self.guard: Guard = make_guard(cfg, self.caps, ctx.address_limiter, ctx.clock,
                                        lambda reason: ctx.metrics.rejections.labels(reason).inc())

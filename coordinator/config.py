@@ -115,6 +115,8 @@ class LimitsConfig(BaseModel):
     keepalive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this many seconds")
     verify_processes: int = Field(1, ge=1, le=64, description="processes that verify large request bodies (over 32 KiB) before the server parses them, so a flood of unsigned or forged bodies cannot stall /health and small requests")
     verify_queue: int = Field(32, ge=0, description="large bodies that may wait for a verify process; more are answered 429 (busy)")
+    intake_threads: int = Field(1, ge=0, le=64, description="threads that score submissions off the event loop (0: on the loop): a scorer that takes its whole time limit on hostile text holds one of them, not /health and every other request (bench/hostile.py, clean: /health p99 ~36 ms with one against ~70 ms with 0, submit p99 ~95 ms against ~40 ms; more threads score in parallel, but beyond the sandbox's 2 pre-forked children they wait for forks)")
+    intake_queue: int = Field(64, ge=0, description="submissions that may wait for an intake thread; more are answered 429 (busy)")
     trusted_proxies: list[str] = Field(default_factory=list, description="addresses or CIDRs of reverse proxies whose X-Forwarded-For header names the client (empty: the header is ignored and the TCP peer is the client)")
     exempt_addresses: list[str] = Field(
         default_factory=list,

@@ -141,10 +141,23 @@ def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
 
 
 def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionResponse:
+    """Take in one submission: `scored` (cheap checks and rewards), then `store`."""
+    return store(ctx, opened, raw, scored(ctx, opened))
+
+
+def scored(ctx: Context, opened: Opened[Submission]) -> tuple[int, list[float]]:
+    """(token count, rewards) of a submission: read-only checks and the scorer sandbox, no
+    write lock, so it may run on a thread beside the event loop (`coordinator.api.Intake`)."""
+    return _checked_and_scored(ctx, opened.body, opened.signer_id, ctx.clock())
+
+
+def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[int, list[float]]) -> SubmissionResponse:
+    """The write transaction of a scored submission (its checks again, as the lease may have
+    closed meanwhile): queued for the verifier, or a refusal that changes nothing."""
     sub = opened.body
     worker_id = opened.signer_id
     now = ctx.clock()
-    n_tokens, rewards = _checked_and_scored(ctx, sub, worker_id, now)
+    n_tokens, rewards = scores
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         worker = require_worker(conn, worker_id)

@@ -273,3 +273,71 @@ def test_honest_large_bodies_pass_the_out_of_process_check_and_are_applied(make_
     r = s.http.post("/v1/verdicts/batch", content=body, headers={"content-type": "application/json"})
     assert [o.status for o in VerdictBatchResponse.model_validate_json(r.content).results] == [403] * 20
     assert batches == [] and s.snapshot() == before  # never parsed in the server's process
+
+
+def test_a_submission_being_scored_does_not_hold_up_health_or_other_requests(make_swarm):
+    """Issue 18: scoring waits for the scorer sandbox (up to its time limit on hostile text); on
+    the event loop it held up /health and every other request. Here the scorer blocks until the
+    test lets it go: meanwhile /health, a heartbeat and another worker's lease are answered."""
+    import threading
+
+    s = make_swarm()
+    s.publish(0)
+    w, other = s.new_worker(), s.new_worker()
+    (lease,) = s.lease(w, 1)
+    scoring, release = threading.Event(), threading.Event()
+    score = s.ctx.tasks.rewards
+
+    def slow_rewards(task, completions):
+        scoring.set()
+        assert release.wait(30)
+        return score(task, completions)
+
+    s.ctx.tasks.rewards = slow_rewards
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", s.submit(w, lease)))
+    t.start()
+    try:
+        assert scoring.wait(30)
+        with httpx.Client(base_url=s.server.url, timeout=5) as quick:  # the loop answers meanwhile
+            assert quick.get("/health").status_code == 200
+        assert s.heartbeat(other).status_code == 200
+        assert len(s.lease(other, 1)) == 1
+    finally:
+        release.set()
+        t.join(30)
+    assert out["r"].status_code == 200, out["r"].text
+
+
+def test_submissions_beyond_the_intake_bound_are_answered_busy_and_change_nothing(make_swarm):
+    """One intake thread and no queue: while a submission is scored, the next is a 429 `busy`
+    with Retry-After, its lease stays active, and it is taken once the first is done."""
+    import threading
+
+    s = make_swarm(limits={"intake_threads": 1, "intake_queue": 0})
+    s.publish(0)
+    w = s.new_worker()
+    first, second = s.lease(w, 2)
+    scoring, release = threading.Event(), threading.Event()
+    score = s.ctx.tasks.rewards
+
+    def slow_rewards(task, completions):
+        scoring.set()
+        assert release.wait(30)
+        return score(task, completions)
+
+    s.ctx.tasks.rewards = slow_rewards
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", s.submit(w, first)))
+    t.start()
+    try:
+        assert scoring.wait(30)
+        busy = s.submit(w, second)
+        assert busy.status_code == 429 and busy.json()["reason"] == "busy", busy.text
+        assert "retry-after" in busy.headers
+    finally:
+        release.set()
+        t.join(30)
+    assert out["r"].status_code == 200, out["r"].text
+    s.ctx.tasks.rewards = score
+    assert s.submit(w, second).status_code == 200
