@@ -121,7 +121,7 @@ def _serve_many(cfg: CoordinatorConfig) -> None:
 def _child(cfg: CoordinatorConfig, sock: socket.socket, index: int, prom_dir: str, port: int) -> None:
     import uvicorn
 
-    from protocol.http import uvicorn_config, write_port_file
+    from protocol.http import settle_heap, uvicorn_config, write_port_file
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -135,6 +135,7 @@ def _child(cfg: CoordinatorConfig, sock: socket.socket, index: int, prom_dir: st
                 write_port_file(Path(cfg.data_dir) / "coordinator.port", port)
 
         threading.Thread(target=announce, daemon=True, name="port-file").start()
+    settle_heap()
     try:
         server.run(sockets=[sock])
     finally:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from protocol.http import ServerThread, write_port_file
+from protocol.http import ServerThread, settle_heap, write_port_file
 from shardcast.config import FrontLimits
 from shardcast.front import ShardFront
 from shardcast.serving import DEFAULT_MAX_TRANSFERS, Catalog, Transfers, build_app
@@ -137,6 +137,7 @@ class NodeServer:
                 write_port_file(Path(port_file), sock.getsockname()[1])
             await serving
 
+        settle_heap()  # protocol.http: startup objects out of the collector's reach, no full-collection stalls
         try:
             asyncio.run(main())
         finally:
