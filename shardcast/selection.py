@@ -12,7 +12,8 @@ Policy:
   10 s) after each consecutive failure; one success, or an answer to a long-poll, clears it;
 - a source dropped for being too slow (shardcast.fetch's minimum rate) is benched the same
   way and its measured throughput takes the rate it managed, however few bytes that was, so
-  it ranks behind every source that delivers once its bench ends;
+  it ranks behind every source that delivers once its bench ends; an answer to a long-poll
+  does not end its bench (only a transfer that succeeds does);
 - among usable sources, a source never measured, never failed and idle is tried first
   (exploration), then the one with the smallest expected time to deliver one more shard given
   the transfers already running on it: (inflight + 1) / (throughput x success rate), where a
@@ -52,6 +53,7 @@ class SourceStats:
     hostile_until: float = 0.0
     last_error: str = ""
     vouched: bool = True                  # False: explored last, slow until proven (see the docstring)
+    slow: bool = False                    # its last transfer was dropped as too slow (until one succeeds)
 
     def usable(self, now: float) -> bool:
         return now >= self.hostile_until and now >= self.benched_until
@@ -88,6 +90,7 @@ def record_success(s: SourceStats, nbytes: int, seconds: float) -> None:
     s.successes += 1
     s.consecutive_failures = 0
     s.benched_until = 0.0
+    s.slow = False
     if nbytes >= 64 * 1024 and seconds > 0:  # tiny transfers measure latency, not throughput
         bps = nbytes / seconds
         s.throughput_bps = bps if s.throughput_bps is None else (
@@ -104,6 +107,7 @@ def record_failure(s: SourceStats, now: float, reason: str) -> None:
 def record_slow(s: SourceStats, now: float, nbytes: int, seconds: float, reason: str) -> None:
     record_failure(s, now, reason)
     s.throughput_bps = nbytes / max(seconds, 1e-3)  # not averaged in: what it does now counts
+    s.slow = True
 
 
 def record_hostile(s: SourceStats, now: float, reason: str) -> None:
@@ -178,10 +182,15 @@ class Sources:
                 record_success(s, nbytes, seconds)
 
     def alive(self, url: str) -> None:
-        """The source answered (e.g. a long-poll): end its bench, keep its statistics."""
+        """The source answered (e.g. a long-poll): end its bench, keep its statistics. Not for
+        a source dropped as too slow: a drip relay answers long-polls at once (they are small),
+        and un-benched by each answer it was usable again whenever the honest relay did not
+        hold a new version yet, and held a shard of that version for the probation window: the
+        verifier in bench/hostile.py lost 2 s on many versions. Its backoff goes on growing
+        until a transfer from it succeeds."""
         with self._lock:
             s = self.stats.get(url)
-            if s is not None:
+            if s is not None and not s.slow:
                 s.consecutive_failures = 0
                 s.benched_until = 0.0
 

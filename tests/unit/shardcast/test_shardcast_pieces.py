@@ -169,3 +169,25 @@ def test_an_unvouched_source_is_not_explored_and_gets_shards_only_when_nothing_e
     assert choose([*learned, honest], 0.0, rng) is learned[0]
     s = Sources(["configured"])
     assert s.add("http://advert", vouched=False) and not s.stats["http://advert"].vouched
+
+
+def test_a_long_poll_answer_does_not_end_the_bench_of_a_source_dropped_as_too_slow():
+    """A drip relay answers long-polls at once; un-benched by each answer, it was usable again
+    whenever the honest relay did not hold a new version yet. Its backoff goes on growing until
+    a transfer from it succeeds; a source that merely failed is still un-benched by an answer."""
+    t = [0.0]
+    src = Sources(["honest", "drip"], rng=random.Random(0), clock=lambda: t[0])
+    src.slow("drip", 2, 2.0, "sent 2 bytes in 2.0 s")
+    src.alive("drip")
+    assert not src.stats["drip"].usable(0.1)
+    t[0] = 1.0
+    src.slow("drip", 1, 2.0, "sent 1 byte in 2.0 s")    # the second drop: benched longer
+    src.alive("drip")
+    assert not src.stats["drip"].usable(1.9) and src.stats["drip"].usable(2.1)
+    src.success("drip", 1_000_000, 0.1)                  # a transfer that succeeds clears it
+    src.failure("drip", "connection reset")
+    src.alive("drip")
+    assert src.stats["drip"].usable(t[0])
+    src.failure("honest", "connection reset")
+    src.alive("honest")
+    assert src.stats["honest"].usable(t[0])
