@@ -140,8 +140,11 @@ def run_one(root: Path, model_src: Path, window: int, args) -> dict:
             waste = _waste(http, plan.coordinator_url) or _waste_before_issue23(http, plan.coordinator_url, root)
     eval_csv = root / "trainer" / "eval.csv"
     evals = list(csv.DictReader(eval_csv.read_text().splitlines())) if eval_csv.exists() else []
-    curve = [{"version": int(r["version"]), "t": float(r["unix_time"]) - t_start, "acc": float(r["greedy_accuracy"])}
-             for r in evals]
+    curve, eval_s = [], 0.0
+    for r in evals:  # unix_time is taken when an evaluation ends: its own seconds are in it
+        eval_s += float(r.get("seconds") or 0.0)
+        t = float(r["unix_time"]) - t_start
+        curve.append({"version": int(r["version"]), "t": t, "t_train": t - eval_s, "acc": float(r["greedy_accuracy"])})
     workers = list(plan.worker_names)
     worker_busy = [min(1.0, cpu.get(n, 0.0) / wall) for n in workers]
     phases = status.get("phase_seconds", {})
@@ -215,17 +218,21 @@ def _trainer_status(http: httpx.Client, root: Path) -> dict:
         return {}
 
 
-def smoothed(curve: list[dict], k: int = 3) -> list[tuple[float, int, float]]:
-    """(time, version, mean of the last k evaluations) along the curve."""
+def smoothed(curve: list[dict], k: int = 3, clock: str = "t") -> list[tuple[float, int, float]]:
+    """(time, version, mean of the last k evaluations) along the curve. `clock` "t": wall time
+    since the start; "t_train": the same less the time spent in the held-out evaluations so far
+    (the bench's instrument: it evaluates every 3 versions, so a run with 3x the versions spends
+    ~3x the time on it while the trainer stands still; without it both runs are timed on training
+    alone). A revision's run from before the split has only "t"."""
     out = []
     for i in range(len(curve)):
         w = curve[max(0, i - k + 1): i + 1]
-        out.append((curve[i]["t"], curve[i]["version"], sum(p["acc"] for p in w) / len(w)))
+        out.append((curve[i].get(clock, curve[i]["t"]), curve[i]["version"], sum(p["acc"] for p in w) / len(w)))
     return out
 
 
-def compare(sync: dict, asyn: dict) -> dict:
-    s, a = smoothed(sync["curve"]), smoothed(asyn["curve"])
+def compare(sync: dict, asyn: dict, clock: str = "t") -> dict:
+    s, a = smoothed(sync["curve"], clock=clock), smoothed(asyn["curve"], clock=clock)
     if not s or not a:
         return {}
     target = s[-1][2]
@@ -235,11 +242,12 @@ def compare(sync: dict, asyn: dict) -> dict:
             "ratio": None if reach is None else reach / t_sync}
 
 
-def times_to_reach(sync: dict, asyn: dict, levels: tuple[float, ...] = (0.55, 0.58, 0.60, 0.62, 0.64)) -> list[dict]:
+def times_to_reach(sync: dict, asyn: dict, levels: tuple[float, ...] = (0.55, 0.58, 0.60, 0.62, 0.64),
+                   clock: str = "t") -> list[dict]:
     """For each accuracy level: when each run's smoothed curve first reached it. One final
     value of a curve that has levelled off is mostly evaluation noise; the levels on the way
     there show what asynchrony buys where the curve still climbs."""
-    s, a = smoothed(sync["curve"]), smoothed(asyn["curve"])
+    s, a = smoothed(sync["curve"], clock=clock), smoothed(asyn["curve"], clock=clock)
     out = []
     for level in levels:
         ts = next((t for t, _, acc in s if acc >= level), None)
@@ -272,7 +280,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def table(results: list[dict], cmp: dict, reached: list[dict] | None = None) -> str:
+def table(results: list[dict], cmp: dict, reached: list[dict] | None = None, cmp_train: dict | None = None) -> str:
     header = ("| window | wall s | versions | acc start | acc end (mean last 3) | best | trainer idle | "
               "trainer CPU busy | worker idle |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
@@ -289,6 +297,10 @@ def table(results: list[dict], cmp: dict, reached: list[dict] | None = None) -> 
         lines.append(f"synchronous final accuracy {cmp['sync_final_acc']:.3f} after {cmp['sync_time_s']:.0f} s; "
                      + (f"async reached it after {reach:.0f} s = {cmp['ratio']:.2f} of the synchronous time (goal <= 0.6)"
                         if reach is not None else "async never reached it"))
+    if cmp_train:
+        reach = cmp_train["async_time_to_reach_s"]
+        lines.append(f"less the evaluations' own time: synchronous {cmp_train['sync_time_s']:.0f} s; "
+                     + (f"async {reach:.0f} s = {cmp_train['ratio']:.2f}" if reach is not None else "async never reached it"))
     if reached:
         def fmt(x: float | None, f: str) -> str:
             return "never" if x is None else format(x, f)
@@ -338,21 +350,26 @@ def _mean_sd(xs: list[float], f: str = ".3f") -> str:
     return format(statistics.mean(xs), f) + (" ± " + format(statistics.stdev(xs), f) if len(xs) > 1 else "")
 
 
-def pooled_table(results: list[dict], ratios: dict) -> str:
+def pooled_table(results: list[dict], ratios: dict, ratios_train: dict | None = None) -> str:
     """Per revision and window, over the seeds: mean ± sd of the versions, the final accuracy
-    (mean of the last 3 evaluations), the stale and never-trained shares, and the async/sync ratio."""
+    (mean of the last 3 evaluations), the stale and never-trained shares, and the async/sync ratio
+    (wall time, and less the evaluations' own time)."""
+    ratios_train = ratios_train or {}
     lines = [("| revision | window | seeds | versions | acc end (mean last 3) | stale (goal <= 5%) | zero advantage | "
-             "never trained | async/sync time to sync's final acc (goal <= 0.6) |"), "|---|---|---|---|---|---|---|---|---|"]
+             "never trained | async/sync time to sync's final acc (goal <= 0.6) | the same less evaluation time |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for rev, window in dict.fromkeys((r["rev"], r["window"]) for r in results):
         rs = [r for r in results if (r["rev"], r["window"]) == (rev, window)]
         acc = [smoothed(r["curve"])[-1][2] for r in rs if r["curve"]]
         w = [r.get("waste") or {} for r in rs]
         zero = [x["causes"]["zero_advantage"]["groups"] / x["accepted"] for x in w if x.get("accepted")]
         ratio = [ratios.get((rev, r["seed"])) for r in rs] if window else []
+        ratio_train = [ratios_train.get((rev, r["seed"])) for r in rs] if window else []
         lines.append(f"| {rev} | {window} | {', '.join(str(r['seed']) for r in rs)} | "
                      f"{_mean_sd([r['final_version'] for r in rs], '.1f')} | {_mean_sd(acc)} | "
                      f"{_mean_sd([x.get('stale_share') for x in w if x.get('accepted')], '.1%')} | {_mean_sd(zero, '.1%')} | "
-                     f"{_mean_sd([x.get('unused_share') for x in w if x.get('accepted')], '.1%')} | {_mean_sd(ratio, '.2f')} |")
+                     f"{_mean_sd([x.get('unused_share') for x in w if x.get('accepted')], '.1%')} | {_mean_sd(ratio, '.2f')} | "
+                     f"{_mean_sd(ratio_train, '.2f')} |")
     return "\n".join(lines)
 
 
@@ -395,7 +412,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     trees = [(*revision_tree(rev.split(":")[0], args.out),
               [int(w) for w in rev.split(":")[1].split(",")] if ":" in rev else args.windows) for rev in args.revs]
-    results, ratios, texts = [], {}, []
+    results, ratios, ratios_train, texts = [], {}, {}, []
     for seed in args.seeds or [args.seed]:
         model = args.model
         if model is None:
@@ -416,12 +433,14 @@ def main() -> None:
             by = {r["window"]: r for r in runs}
             cmp = compare(by[0], by[max(by)]) if 0 in by and len(by) > 1 else {}
             reached = times_to_reach(by[0], by[max(by)]) if cmp else []
+            cmp_train = compare(by[0], by[max(by)], clock="t_train") if cmp else {}
             ratios[(label, seed)] = cmp.get("ratio")
-            texts.append(f"### revision {label}, seed {seed}\n\n" + table(runs, cmp, reached)
+            ratios_train[(label, seed)] = cmp_train.get("ratio")
+            texts.append(f"### revision {label}, seed {seed}\n\n" + table(runs, cmp, reached, cmp_train)
                          + "\n\naccepted groups that never reached a training step, by cause "
                          "(share of accepted; worker-seconds they cost):\n\n" + waste_table(runs))
             results += runs
-    text = "\n\n".join(texts) + "\n\n### pooled (mean ± sd over the seeds)\n\n" + pooled_table(results, ratios)
+    text = "\n\n".join(texts) + "\n\n### pooled (mean ± sd over the seeds)\n\n" + pooled_table(results, ratios, ratios_train)
     text += ("\n\nCPU 0: trainer" + (", coordinator, verifier, relay" if args.services == "operator" else "")
              + "; CPU 1: workers" + ("" if args.services == "operator" else ", coordinator, verifier, relay")
              + ("" if args.pin else " (not pinned)") + f"; {args.minutes:g} min per run")
@@ -432,6 +451,7 @@ def main() -> None:
     print(text)
     (args.out / "learning.md").write_text(text + "\n")
     (args.out / "learning.json").write_text(json.dumps({"results": results, "ratios": [[k[0], k[1], v] for k, v in ratios.items()],
+                                                        "ratios_less_evaluation": [[k[0], k[1], v] for k, v in ratios_train.items()],
                                                         "recipe": asdict(replace(DEMO_RECIPE, groups_per_step=args.groups_per_step
                                                                                  or DEMO_RECIPE.groups_per_step))},
                                                        indent=1))
