@@ -38,7 +38,10 @@ What the trainer takes per version is every group it
 acknowledged divided by the versions it published: its step size (with what it filters), however
 short of groups the swarm is (a per-version count of groups *of* recent versions is not: when
 versions outrun the swarm a version has none of its own, the bound shrinks, and the trainer
-starves; bench/learning saw that). Before `demand_versions` versions there is no second bound.
+starves; bench/learning saw that). Until the trainer has taken a group a version (and before
+`demand_versions` versions), it counts as taking one step a version: the most groups one of its
+batch requests asked for (`coordinator.service.work._sizing`); before its first request there is
+no second bound.
 
 A worker with fewer than `min_history` submitted leases is new: it may hold `new_worker_leases`
 until its rate is known. A worker that falls behind (slower submissions, or faster versions)

@@ -93,6 +93,8 @@ def take_batch(ctx: Context, req: BatchRequest) -> Batch:
     with ctx.db.write() as conn:
         if meta.get(conn, meta.TRAINER_FLOOR) != str(req.min_policy_version):
             meta.put(conn, meta.TRAINER_FLOOR, str(req.min_policy_version))
+        if req.max_groups > meta.get_int(conn, meta.TRAINER_STEP):  # what lease sizing assumes a step takes
+            meta.put(conn, meta.TRAINER_STEP, str(req.max_groups))
         stale = drop_stale(ctx, conn)
         rows = submissions.take_batch(conn, max(floor(ctx, conn), req.min_policy_version), req.max_groups, now,
                                       ctx.cfg.batch_ack_timeout_s)

@@ -11,6 +11,7 @@ NEXT_TASK = "next_task_index"
 POW_CHALLENGE = "pow_challenge"
 DROPPED_STALE = "dropped_stale"
 TRAINER_FLOOR = "trainer_floor"  # the min_policy_version of the trainer's newest batch request
+TRAINER_STEP = "trainer_step"    # the most groups one batch request of the trainer asked for (its step)
 
 
 def get(conn: Connection, key: str, default: str | None = None) -> str | None:

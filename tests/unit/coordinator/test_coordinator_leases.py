@@ -212,3 +212,20 @@ def test_a_worker_never_holds_two_live_leases_of_one_task(make_swarm):
     (again,) = s.lease(a, 1)                       # put back, and no longer held by a
     assert again.task_id == first[0].task_id
     assert [lease.task_id for lease in s.lease(b, 1)] == [first[1].task_id]  # the other one put back
+
+
+def test_before_the_trainer_takes_anything_the_swarm_holds_one_step_of_its_request(make_swarm):
+    """Issue 23: at the start every worker is new and checked in full; without a swarm bound until
+    the trainer's first take, the workers leased more than the verifier could check before the
+    versions moved past it (most of a short bench run's stale groups). Once the trainer has asked
+    for a batch, the swarm holds one step of what it asked for; before any request, no bound."""
+    s = make_swarm(limits={"burst": 1000})
+    s.publish(0)
+    early = s.new_worker()
+    assert len(s.lease(early, 20)) == s.cfg.lease_sizing.new_worker_leases == 8   # no request yet
+    assert s.batch(max_groups=12).status_code == 200                             # the trainer's step: 12
+    a, b = s.new_worker(), s.new_worker()
+    assert len(s.lease(a, 20)) == 4              # 12 - the 8 the first worker holds
+    assert s.lease(b, 20) == []                  # the step is on its way: b waits for the trainer
+    assert s.batch(max_groups=3).status_code == 200  # a smaller request later does not shrink the step
+    assert s.lease(b, 20) == []
