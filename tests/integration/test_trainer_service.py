@@ -51,9 +51,10 @@ def test_trainer_turns_verified_groups_into_published_versions_and_skips_groups_
     url = rig.trainer_url()
     wait_until(lambda: rig.policy().version == 0, 60, "version 0 announced")
     # groups without signal (every completion wrong: all advantages zero) are counted, never trained on
-    rig.feed(3, right=0)
+    # (2: the trainer asked for a step of 2, and until it has taken some the swarm holds one step)
+    assert len(rig.feed(2, right=0)) == 2
     wait_until(lambda: metric(rig.http.get(url + "/metrics").text, "swarmrl_trainer_groups_total",
-                              outcome="zero_advantage") >= 3, 60, "zero-advantage groups counted")
+                              outcome="zero_advantage") >= 2, 60, "zero-advantage groups counted")
     assert rig.policy().version == 0
     assert metric(rig.http.get(url + "/metrics").text, "swarmrl_trainer_steps_total") == 0
     _feed_until(rig, 3)
@@ -110,6 +111,7 @@ def test_trainer_killed_mid_run_resumes_from_its_last_complete_version(rig: Trai
     rig.feed(1)  # one group waits in the trainer's inbox (a step needs 2)
     wait_until(lambda: any((rig.trainer_data / "inbox").glob("*.json")), 30, "a spooled group")
     rig.kill_trainer()
+    spooled = {p.name for p in (rig.trainer_data / "inbox").glob("*.json")}
     before = rig.policy().version
     versions = rig.trainer_data / "versions"
     last_complete = max(int(p.name) for p in versions.iterdir() if (p / COMPLETE).exists())
@@ -121,7 +123,9 @@ def test_trainer_killed_mid_run_resumes_from_its_last_complete_version(rig: Trai
     wait_until(lambda: (rig.policy().version or 0) == before + 1, 90, "the next version after restart")
     complete = sorted(int(p.name) for p in versions.iterdir() if (p / COMPLETE).exists())
     assert complete[-1] == before + 1
-    assert not list((rig.trainer_data / "inbox").glob("*.json"))  # the spooled group was trained on
+    # the group spooled before the kill was trained on (a later batch may have left others there:
+    # groups handed out before the kill and not acknowledged are handed out again)
+    assert not spooled & {p.name for p in (rig.trainer_data / "inbox").glob("*.json")}
     def evaluated() -> list[int]:
         return [int(r["version"]) for r in csv.DictReader((rig.trainer_data / "eval.csv").read_text().splitlines())]
 
