@@ -34,6 +34,7 @@ from coordinator.admission import body_cap, make_guard, route_caps
 from coordinator.auth import (
     INLINE_BYTES,
     OffLoop,
+    Slots,
     is_operator,
     open_request,
     open_signed,
@@ -69,20 +70,15 @@ class Intake:
     (workers spool and retry). The write transaction that follows stays on the loop."""
 
     def __init__(self, threads: int, queue: int):
-        self.threads, self.capacity = threads, threads + queue
-        self.pending = 0
+        self.threads = threads
+        self.slots = Slots(threads + queue, "taking in too many submissions")
         self.pool: ThreadPoolExecutor | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self.pending >= self.capacity:
-            raise RateLimited("busy", "the coordinator is taking in too many submissions; retry shortly", 1.0)
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coordinator-intake")
-        self.pending += 1
-        try:
+        with self.slots.slot():
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coordinator-intake")
             return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
-        finally:
-            self.pending -= 1
 
     def close(self) -> None:
         """Stop the threads (waits for the submissions they are taking in)."""

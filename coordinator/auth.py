@@ -32,6 +32,7 @@ token the anonymous view).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import multiprocessing
@@ -41,6 +42,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -159,6 +161,25 @@ def _exit_with(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
+class Slots:
+    """At most `capacity` pieces of work running or waiting; one more is a 429 `busy` (the caller
+    retries) before anything is queued. Used on the event loop only (no lock needed)."""
+
+    def __init__(self, capacity: int, busy: str):
+        self.capacity, self.busy = capacity, busy
+        self.pending = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.pending >= self.capacity:
+            raise RateLimited("busy", f"the coordinator is {self.busy}; retry shortly", 1.0)
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+
 class OffLoop:
     """Where large request bodies are checked: `precheck` in `processes` spawned processes (started
     on the first large body, ended with the server process), at most `queue` bodies waiting
@@ -166,38 +187,28 @@ class OffLoop:
 
     def __init__(self, processes: int, queue: int):
         self.processes = processes
-        self.capacity = processes + queue
-        self.pending = 0
+        self.slots = Slots(processes + queue, "checking too many large requests")
         self.pool: ProcessPoolExecutor | None = None
 
     async def precheck(self, raw: bytes, kind: str, body_type: type[BaseModel], now: float, max_skew_s: float,
                        allowed_signers: frozenset[str] | None, role: str, *, run_id: str, audience: str,
                        batch: bool = False) -> tuple[Problem | None, list[str | Problem]]:
-        if self.pending >= self.capacity:
-            raise RateLimited("busy", "the coordinator is checking too many large requests; retry shortly", 1.0)
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_exit_with, initargs=(os.getpid(),))
-        self.pending += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.pool, precheck, raw, kind, body_type, now, max_skew_s, allowed_signers, role, batch, run_id,
-                audience)
-        except BrokenProcessPool:
-            self.pool = None  # a child died (killed, out of memory): the next large body starts a new pool
-            raise RateLimited("busy", "the coordinator's checking process failed; retry shortly", 1.0) from None
-        finally:
-            self.pending -= 1
+        with self.slots.slot():
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_exit_with, initargs=(os.getpid(),))
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self.pool, precheck, raw, kind, body_type, now, max_skew_s, allowed_signers, role, batch, run_id,
+                    audience)
+            except BrokenProcessPool:
+                self.pool = None  # a child died (killed, out of memory): the next large body starts a new pool
+                raise RateLimited("busy", "the coordinator's checking process failed; retry shortly", 1.0) from None
 
     async def thread(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a thread, within the same bound (the work that follows a precheck)."""
-        if self.pending >= self.capacity:
-            raise RateLimited("busy", "the coordinator is checking too many large requests; retry shortly", 1.0)
-        self.pending += 1
-        try:
+        with self.slots.slot():
             return await asyncio.to_thread(fn, *args)
-        finally:
-            self.pending -= 1
 
     def close(self) -> None:
         """Stop the processes (waits for the one body each may be checking)."""

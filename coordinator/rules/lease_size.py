@@ -40,8 +40,7 @@ short of groups the swarm is (a per-version count of groups *of* recent versions
 versions outrun the swarm a version has none of its own, the bound shrinks, and the trainer
 starves; bench/learning saw that). Until the trainer has taken a group a version (and before
 `demand_versions` versions), it counts as taking one step a version: the most groups one of its
-batch requests asked for (`coordinator.service.work._sizing`); before its first request there is
-no second bound.
+batch requests asked for (`trainer_take`); before its first request there is no second bound.
 
 A worker with fewer than `min_history` submitted leases is new: it may hold `new_worker_leases`
 until its rate is known. A worker that falls behind (slower submissions, or faster versions)
@@ -121,6 +120,16 @@ def spread_retry(advice: float | None, active_workers: int) -> float:
     if advice is None:
         return MAX_RETRY_S
     return max(advice, min(MAX_RETRY_S, active_workers / MAX_REFUSED_POLLS_PER_S))
+
+
+def trainer_take(taken: int, versions: int, step: int) -> float:
+    """Groups the trainer takes per version: all it acknowledged over the versions it published
+    once that is at least one a version; until then one step (`step`: the most groups one of its
+    batch requests asked for), so that the start, when every worker is new and checked in full,
+    does not lease more than the verifier can check before the versions move past it (issue 23:
+    140 of a 2.5-minute bench's 219 stale groups were leased in its first 15 s); 0 before any
+    request (no swarm bound)."""
+    return taken / versions if taken >= versions > 0 else float(step)
 
 
 def version_interval(arrivals: Sequence[float], now: float) -> float | None:

@@ -19,7 +19,7 @@ from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
-from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed, spread_retry
+from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed, spread_retry, trainer_take
 from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned, split_held
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, training, use_nonce
@@ -110,13 +110,7 @@ def _sizing(ctx: Context, conn, worker_id: str, held: int, current: int, now: fl
     floor = training.floor(ctx, conn)
     staleness = current - floor
     taken = submissions.taken(conn) if current >= terms.demand_versions else 0
-    if taken >= current > 0:  # at least one group a version: what the trainer took per version
-        per_version = taken / current
-    else:  # not measured yet: one step of the trainer per version (the most one batch request asked
-        # for), so that the start, when every worker is new and checked in full, does not lease
-        # more than the verifier can check before the versions move past it (issue 23: 140 of a
-        # 2.5-minute bench's 219 stale groups were leased in its first 15 s); none before a request
-        per_version = float(meta.get_int(conn, meta.TRAINER_STEP))
+    per_version = trainer_take(taken, current, meta.get_int(conn, meta.TRAINER_STEP))
     demand = None if per_version <= 0 else Demand(
         per_version=per_version, in_flight=leases.count_all_active(conn) + submissions.on_their_way(conn, floor))
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),

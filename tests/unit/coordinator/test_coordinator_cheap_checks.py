@@ -9,6 +9,7 @@ so per-address limits see several clients; `exempt_addresses` is emptied where l
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import httpx
@@ -275,16 +276,11 @@ def test_honest_large_bodies_pass_the_out_of_process_check_and_are_applied(make_
     assert batches == [] and s.snapshot() == before  # never parsed in the server's process
 
 
-def test_a_submission_being_scored_does_not_hold_up_health_or_other_requests(make_swarm):
-    """Issue 18: scoring waits for the scorer sandbox (up to its time limit on hostile text); on
-    the event loop it held up /health and every other request. Here the scorer blocks until the
-    test lets it go: meanwhile /health, a heartbeat and another worker's lease are answered."""
+def _blocked_scorer(s):
+    """Make the coordinator's scorer wait until the test sets `release`; `scoring` is set once a
+    submission is being scored. Returns (scoring, release, the original scorer)."""
     import threading
 
-    s = make_swarm()
-    s.publish(0)
-    w, other = s.new_worker(), s.new_worker()
-    (lease,) = s.lease(w, 1)
     scoring, release = threading.Event(), threading.Event()
     score = s.ctx.tasks.rewards
 
@@ -294,6 +290,18 @@ def test_a_submission_being_scored_does_not_hold_up_health_or_other_requests(mak
         return score(task, completions)
 
     s.ctx.tasks.rewards = slow_rewards
+    return scoring, release, score
+
+
+def test_a_submission_being_scored_does_not_hold_up_health_or_other_requests(make_swarm):
+    """Issue 18: scoring waits for the scorer sandbox (up to its time limit on hostile text); on
+    the event loop it held up /health and every other request. Here the scorer blocks until the
+    test lets it go: meanwhile /health, a heartbeat and another worker's lease are answered."""
+    s = make_swarm()
+    s.publish(0)
+    w, other = s.new_worker(), s.new_worker()
+    (lease,) = s.lease(w, 1)
+    scoring, release, score = _blocked_scorer(s)
     out = {}
     t = threading.Thread(target=lambda: out.setdefault("r", s.submit(w, lease)))
     t.start()
@@ -312,21 +320,11 @@ def test_a_submission_being_scored_does_not_hold_up_health_or_other_requests(mak
 def test_submissions_beyond_the_intake_bound_are_answered_busy_and_change_nothing(make_swarm):
     """One intake thread and no queue: while a submission is scored, the next is a 429 `busy`
     with Retry-After, its lease stays active, and it is taken once the first is done."""
-    import threading
-
     s = make_swarm(limits={"intake_threads": 1, "intake_queue": 0})
     s.publish(0)
     w = s.new_worker()
     first, second = s.lease(w, 2)
-    scoring, release = threading.Event(), threading.Event()
-    score = s.ctx.tasks.rewards
-
-    def slow_rewards(task, completions):
-        scoring.set()
-        assert release.wait(30)
-        return score(task, completions)
-
-    s.ctx.tasks.rewards = slow_rewards
+    scoring, release, score = _blocked_scorer(s)
     out = {}
     t = threading.Thread(target=lambda: out.setdefault("r", s.submit(w, first)))
     t.start()
