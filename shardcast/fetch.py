@@ -410,18 +410,23 @@ class Downloader:
 
     def _wait_for_a_source(self, version: int, shard: ShardEntry, missing: set[str]) -> bool:
         """Wait until a source may be asked again; True when the ones that answered "not here"
-        should be asked again (every other source is hostile, and a relay that was still
-        catching up when asked, e.g. beside a corrupt one, may hold the version by now)."""
+        should be asked again: after RECHECK_MISSING_S when one of them is not hostile (a relay
+        still catching up, e.g. one that had not heard of a version its client learned first
+        from the swarm, holds it a moment later) and no other source is usable sooner. Waiting
+        instead for the end of another source's bench (up to MAX_BENCH_S: a gzip-bomb relay's
+        refused answers, four shards failing at once) held a verifier's first version for
+        8-10 s in bench/hostile.py while the honest relay held it from 1.5 s on."""
         if set(self.sources.urls) <= missing:
             raise VersionUnavailable(f"no source holds version {version} (asked "
                                      f"{', '.join(self.sources.urls)})")
         wait = self.sources.next_usable_in(missing)
-        if wait is None:
-            if any(not self.sources.is_hostile(u) for u in missing):
-                time.sleep(RECHECK_MISSING_S)
-                return True
+        recheck = any(not self.sources.is_hostile(u) for u in missing)
+        if wait is None and not recheck:
             raise FetchFailed(f"every source of version {version} served corrupt data; "
                               f"no trusted source is left for shard {shard.index}")
+        if recheck and (wait is None or wait >= RECHECK_MISSING_S):
+            time.sleep(RECHECK_MISSING_S)
+            return True
         time.sleep(min(max(wait, 0.05), 1.0))
         return False
 

@@ -23,7 +23,7 @@ from shardcast.fetch import FetchOptions
 from shardcast.origin import Origin
 from shardcast.selection import Sources
 from shardcast.watch import fetch_manifest, verify_manifest_bytes
-from tests.hostile.relays import DripRelay, GzipBombRelay, HeadDripRelay, LyingRelay, SilentRelay
+from tests.hostile.relays import DripRelay, GzipBombRelay, HeadDripRelay, HostileRelay, LyingRelay, SilentRelay
 
 SHARD = 64 * 1024
 QUICK = dict(parallel=2, shard_wait_s=1.0, read_timeout_s=2.0, min_rate_bps=256 * 1024, rate_window_s=1.0,
@@ -171,6 +171,44 @@ def test_a_gzip_bomb_is_refused_unread_memory_stays_bounded_and_logs_stay_short(
         assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB traced while refusing a 256 MiB bomb"
         assert "compressed" in sources.snapshot()[0].last_error
     assert max(len(r.getMessage()) for r in caplog.records) < 1000
+
+
+class LateRelay(HostileRelay):
+    """An honest relay that has not heard of the version yet: its shards are 404 until
+    `after_s` from start, then `upstream`'s (a client that learned the version from the swarm
+    asks before the relay's mirror holds it)."""
+
+    def __init__(self, upstream: str, after_s: float):
+        super().__init__()
+        self.upstream, self.ready_at = upstream, time.monotonic() + after_s
+
+    def answer(self, h, kind: str) -> None:
+        if kind == "shard" and time.monotonic() < self.ready_at:
+            status, headers, body = 404, {}, b'{"detail": "version 0 is not held here"}'
+        else:
+            status, headers, body = self.upstream_get(self.upstream, h)
+        keep = {k: v for k, v in headers.items() if k in ("content-type", "content-range")}
+        self.head(h, status, {**keep, "content-length": str(len(body))})
+        h.wfile.write(body)
+
+
+def test_a_relay_still_catching_up_is_asked_again_soon_not_after_a_benched_bombs_backoff(tmp_path, op, origin):
+    """The relay that 404s at first holds the version 1 s later; the other source (a gzip
+    bomb) is benched for 8 s. The fetch asks the relay again every RECHECK_MISSING_S instead
+    of waiting for the bomb's bench to end (it took 8-10 s in bench/hostile.py)."""
+    with GzipBombRelay(inflated_mib=16) as bomb, LateRelay(origin.url, after_s=1.0) as late:
+        c = ShardcastClient([bomb.url, late.url], op.public, tmp_path / "cache", run_id="run-h",
+                            options=FetchOptions(**QUICK))
+        try:
+            for _ in range(5):
+                c.sources.failure(bomb.url, "a refused compressed body")  # benched 0.5 * 2**4 = 8 s
+            got, took = fetch_in_time(c, 0, 30)
+            assert not isinstance(got, Exception), got
+            assert (got / "model.safetensors").read_bytes() == random.Random(7).randbytes(8 * SHARD)
+            assert late.hits.get("shard", 0) > 8   # 404s, then the 8 shards
+            assert took < 5.0, f"{took:.1f} s: waited for the bomb's bench"
+        finally:
+            c.close()
 
 
 def test_a_garbage_manifest_is_reported_without_quoting_it():
