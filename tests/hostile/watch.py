@@ -121,41 +121,67 @@ class RssSampler:
         self._thread.join(10)
 
 
-class HealthProbe:
-    """GET /health every `every` s on one keep-alive connection; latencies in ms, errors counted."""
+def _probe(host: str, port: int, every: float, conn) -> None:
+    """HealthProbe's process: GET /health every `every` s until told to stop, then send
+    (latencies, errors) back."""
+    import httpx
 
-    def __init__(self, port: int, every: float, host: str = "127.0.0.1"):
-        import httpx
-
-        self.http = httpx.Client(base_url=f"http://{host}:{port}", timeout=60)
-        self.every = every
-        self.latencies: list[float] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    latencies: list[float] = []
+    errors = 0
+    with httpx.Client(base_url=f"http://{host}:{port}", timeout=60) as http:
+        conn.send("ready")
+        while not conn.poll(0):
             t0 = time.perf_counter()
             try:
-                ok = self.http.get("/health").status_code == 200
+                ok = http.get("/health").status_code == 200
             except Exception:  # noqa: BLE001 - any failure to answer is what we count
                 ok = False
             dt = (time.perf_counter() - t0) * 1000
             if ok:
-                self.latencies.append(dt)
+                latencies.append(dt)
             else:
-                self.errors += 1
-            self._stop.wait(max(0.0, self.every - dt / 1000))
+                errors += 1
+            conn.poll(max(0.0, every - dt / 1000))
+    conn.send((latencies, errors))
+
+
+class HealthProbe:
+    """GET /health every `every` s on one keep-alive connection; latencies in ms, errors counted.
+
+    It runs in a process of its own: as a thread of the caller it measured the caller's own
+    GIL too, and bench/hostile.py's caller also serves the hostile relays (hundreds of gzip and
+    drip answers a minute), which showed as /health latency the coordinator never had."""
+
+    def __init__(self, port: int, every: float, host: str = "127.0.0.1"):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_probe, args=(host, port, every, child), daemon=True,
+                                 name="health-probe")
+        self.latencies: list[float] = []
+        self.errors = 0
 
     def __enter__(self) -> "HealthProbe":
-        self._thread.start()
+        self._proc.start()
+        try:
+            ready = self._conn.poll(60) and self._conn.recv() == "ready"
+        except EOFError:
+            ready = False
+        if not ready:
+            self._proc.kill()
+            raise RuntimeError("the health probe's process did not start")
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(70)
-        self.http.close()
+        try:
+            self._conn.send("stop")
+            if self._conn.poll(70):
+                self.latencies, self.errors = self._conn.recv()
+        finally:
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
 
 
 def summary(lat: list[float]) -> tuple[str, str, str]:
