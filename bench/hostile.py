@@ -20,16 +20,17 @@ accepted, then measures for `--seconds`:
   floods over libp2p, a rejected-submission spammer), from 127.0.0.2 and up.
 
 Printed per phase: policy versions per minute, honest groups accepted per minute, p99 latency of
-GET /health (a probe every 50 ms on one keep-alive connection) and of POST /v1/submissions (the
+GET /health (a probe every 50 ms on one keep-alive connection, from a process of its own:
+this one also serves the hostile relays) and of POST /v1/submissions (the
 coordinator's Prometheus histogram `swarmrl_coordinator_request_seconds{route="submit"}` over
 the window, interpolated within its buckets; under attack it includes the attackers'
 submissions), and the peak RSS of the coordinator, verifier and relay processes (from /proc;
 `+children`: with their verify and sandbox processes). The `ratio` column is scaled so that 1.0
 is "as clean" and less is worse: attack / clean for rates, clean / attack for latencies and
 memory; the goal is >= 0.8 everywhere. The attackers run in a process of their own at the
-lowest CPU priority (`--attacker-nice`, default 19; tests/hostile/campaign.NicedCampaign): on one
-machine they would otherwise take cycles from the services and workers that a real attacker's
-own machines would not (the summary printed to stderr says how much each attacker did). Rows
+lowest CPU priority (`--attacker-nice`, default 19; tests/hostile/campaign.NicedCampaign;
+`--attacker-idle` also puts them in Linux's SCHED_IDLE class): on one machine they would
+otherwise take cycles from the services and workers that a real attacker's own machines would not (the summary printed to stderr says how much each attacker did). Rows
 without a ratio give that context: the CPU the swarm's processes, the attackers and this process
 (the probes) used over the window, in cores, and each role's CPU with its children (the
 coordinator's scorer sandbox and verify processes): a service that does more work per attack
@@ -143,9 +144,10 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
             targets = Targets(marker=root / "open" / "m", key_file=root / "keys" / "coordinator.key", canary_port=9)
             adverts = (relays.advert_drip.url, relays.advert_gzip.url) if relays else ()
             campaign = NicedCampaign(Spec(url, plan.relay_url, str(model), HIDDEN, plan.p2p_bootstrap, adverts,
-                                          targets, attacks), nice=a.attacker_nice) if attacks else None
+                                          targets, attacks), nice=a.attacker_nice,
+                                     idle=a.attacker_idle) if attacks else None
             if burn:
-                campaign = Burner(burn, a.attacker_nice)
+                campaign = Burner(burn, a.attacker_nice, idle=a.attacker_idle)
             everyone = [c.popen.pid for c in group.children]
             roles = role_pids(group, plan)
             if campaign:
@@ -260,6 +262,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attacker-nice", type=int, default=19,
                     help="CPU priority of the attackers' process (the workers run at 10; 0 = as the services)")
+    ap.add_argument("--attacker-idle", action="store_true",
+                    help="also run the attackers in Linux's SCHED_IDLE class (only on CPU time nothing else wants)")
     ap.add_argument("--burn", type=float, default=0.0,
                     help="add a control phase: no attack, a process at --attacker-nice spinning this many cores "
                          "(e.g. what the attackers used): what their CPU alone costs the swarm")
@@ -292,7 +296,8 @@ def main() -> None:
                     print(f"  attackers: {res['campaign']}; marker written: {res['marker written']}", file=sys.stderr)
     mode = "each attacker alone" if a.per_attacker else "all at once"
     print(f"bench/hostile.py: {a.honest_workers} honest workers, {a.seconds:g} s measured per phase, "
-          f"{a.rounds} round(s), attacks ({mode}): {', '.join(attacks)} (attackers at nice {a.attacker_nice}); "
+          f"{a.rounds} round(s), attacks ({mode}): {', '.join(attacks)} (attackers at nice {a.attacker_nice}"
+          f"{', SCHED_IDLE' if a.attacker_idle else ''}); "
           f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if a.per_attacker:
         print(per_attacker_table(runs))

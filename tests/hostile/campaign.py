@@ -11,10 +11,10 @@ hostile-swarm test (tests/integration/test_hostile_swarm.py) and bench/hostile.p
             ...                                       # the run goes on under attack
         attack.summary(), relays.hits()               # what each attacker did and was answered
 
-`NicedCampaign(Spec(...), nice=10)` runs a campaign in a process of its own at a lower CPU
-priority (as the local swarm runs its workers): on one machine the attackers would otherwise
+`NicedCampaign(Spec(...), nice=10, idle=False)` runs a campaign in a process of its own at a
+lower CPU priority (as the local swarm runs its workers; `idle=True`: also SCHED_IDLE): on one machine the attackers would otherwise
 take cycles from the services that a real attacker's own machines would not (bench/hostile.py).
-`Burner(cores, nice)` is its control: a process at the same priority that only spins `cores`
+`Burner(cores, nice, idle=False)` is its control: a process at the same priority that only spins `cores`
 of a core, so a bench can show what the attackers' CPU alone costs the swarm.
 
 How each attacker reaches its victims, as it would in a deployment:
@@ -324,12 +324,21 @@ class Spec:
     attacks: tuple[str, ...] = ALL
 
 
-def _niced(spec: Spec, conn: Any, nice: int) -> None:
+def lower_priority(nice: int, idle: bool = False) -> None:
+    """This process at `nice`; with `idle`, also in the SCHED_IDLE class (Linux: it runs only
+    on a CPU that nothing else wants, and a waking task of any other class preempts it at
+    once: nice 19 alone still shares a CPU's time with a waking service in small slices)."""
     import os
 
+    os.nice(nice)
+    if idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _niced(spec: Spec, conn: Any, nice: int, idle: bool = False) -> None:
     from protocol.lm import load_tokenizer
 
-    os.nice(nice)
+    lower_priority(nice, idle)
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "model_dir"}
     campaign = Campaign(tokenizer=load_tokenizer(spec.model_dir), **fields).start()
     conn.send("started")
@@ -342,12 +351,12 @@ class NicedCampaign:
     """`spec`'s campaign in a process of its own at `nice` (see the module docstring); leaving
     the `with` block stops it and puts its summary in `.summary`."""
 
-    def __init__(self, spec: Spec, nice: int = 10, timeout_s: float = 120.0):
+    def __init__(self, spec: Spec, nice: int = 10, timeout_s: float = 120.0, idle: bool = False):
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")  # this process runs threads: never fork it
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_niced, args=(spec, child, nice), daemon=True, name="campaign")
+        self._proc = ctx.Process(target=_niced, args=(spec, child, nice, idle), daemon=True, name="campaign")
         self.timeout_s = timeout_s
         self.summary: dict = {}
 
@@ -378,10 +387,8 @@ class NicedCampaign:
         self.stop()
 
 
-def _burn(cores: float, nice: int, conn) -> None:
-    import os
-
-    os.nice(nice)
+def _burn(cores: float, nice: int, conn, idle: bool = False) -> None:
+    lower_priority(nice, idle)
     period = 0.1
     while not conn.poll(period * (1 - cores)):
         until = time.monotonic() + period * cores
@@ -394,12 +401,12 @@ class Burner:
     spins, `cores` of a core at most (a duty cycle per 0.1 s), and attacks nothing. A phase
     with it (`--burn`) shows what that much CPU alone costs the swarm on this machine."""
 
-    def __init__(self, cores: float, nice: int):
+    def __init__(self, cores: float, nice: int, idle: bool = False):
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_burn, args=(min(max(cores, 0.0), 1.0), nice, child), daemon=True)
+        self._proc = ctx.Process(target=_burn, args=(min(max(cores, 0.0), 1.0), nice, child, idle), daemon=True)
         self.summary: dict = {}
 
     @property
