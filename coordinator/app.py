@@ -30,7 +30,7 @@ from coordinator.dashboard import mount_dashboard
 from coordinator.dashboard.routes import Recent
 from coordinator.errors import CoordinatorError
 from coordinator.service import join, training, upkeep, verification, work
-from protocol import routes
+from protocol import loopwatch, routes
 from protocol.envelope import Envelope
 from protocol.guard import attach
 from protocol.messages import (
@@ -112,9 +112,12 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
             tasks.append(asyncio.create_task(ctx.archiver.loop()))
         if background and ctx.cfg.tracking.backend != "none":
             tasks.append(asyncio.create_task(_track_loop(ctx)))
+        unwatch = loopwatch.watch_running_loop("coordinator")  # None unless SWARMRL_LOOP_WATCH_MS
         try:
             yield
         finally:
+            if unwatch:
+                unwatch()
             for t in tasks:
                 t.cancel()
             for t in tasks:
