@@ -53,6 +53,9 @@ from shardcast.transfer import BUFFER, DRAIN_S, Connections, MinRate, ReadTimeou
 
 ALIGN = 4096                     # O_DIRECT alignment of offsets, lengths and memory
 RECHECK_MISSING_S = 0.5          # before asking again a source that lacked a version
+MISSING_GRACE_S = 3.0            # a shard that every source either lacks (404) or failed to send
+                                 # this long is given up (VersionUnavailable): pruned everywhere
+                                 # (a worker that fell behind), not a relay still catching up
 DIRECT_BUFFER = 4 * 1024 * 1024  # bytes per direct write (a filled read buffer); 256 KiB
                                  # measured slower in bench/shardcast.py, 1-4 MiB alike
 
@@ -236,6 +239,8 @@ class Downloader:
                     stop: threading.Event | None) -> None:
         st = _ShardState()
         missing: set[str] = set()
+        failed: set[str] = set()           # sources whose transfer of this shard failed
+        missing_since: float | None = None
         attempts = 0
         moved_at, moved_pos = time.monotonic(), 0
         give_up_at = moved_at + self.opts.shard_deadline_s
@@ -250,6 +255,11 @@ class Downloader:
             if self.opts.stall_s is not None and time.monotonic() - moved_at > self.opts.stall_s:
                 raise FetchFailed(f"shard {shard.index} of version {version}: no byte from any source "
                                   f"in {self.opts.stall_s:g} s ({attempts} attempts)")
+            if missing_since is not None and time.monotonic() - missing_since >= MISSING_GRACE_S \
+                    and all(u in missing or u in failed or self.sources.is_hostile(u) for u in self.sources.urls):
+                raise VersionUnavailable(
+                    f"shard {shard.index} of version {version}: no source that works holds it (not held: "
+                    f"{', '.join(sorted(missing))}; the others failed) for {MISSING_GRACE_S:g} s")
             url = self.sources.acquire(missing)
             if url is None:
                 if self._wait_for_a_source(version, shard, missing):
@@ -261,6 +271,8 @@ class Downloader:
                 self._transfer(url, version, shard, target, st, stop)
             except _NotHere:
                 missing.add(url)
+                if missing_since is None:
+                    missing_since = time.monotonic()
                 if attempts >= self.opts.max_attempts_per_shard:
                     raise VersionUnavailable(f"shard {shard.index} of version {version}: after {attempts} "
                                              f"attempts, no source that is not hostile holds it") from None
@@ -274,6 +286,8 @@ class Downloader:
                     self._slow(url, exc)
                 else:
                     self._error(url, reason)
+                if not isinstance(exc, _NotReady):
+                    failed.add(url)
                 if isinstance(exc, _Restart) or st.single_source:
                     st.reset()
                 if attempts >= self.opts.max_attempts_per_shard:

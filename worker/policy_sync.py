@@ -109,18 +109,28 @@ class PolicySync:
 
     def _round(self) -> None:
         """Fetch the newest wanted version, or long-poll for a newer one when nothing is wanted.
-        A failed fetch is remembered, so the next round may pick an older allowed version."""
+        A failed fetch is remembered, so the next round may pick an older allowed version.
+
+        The failure of one version sends the thread into `retry_call`'s backoff only when no
+        other version is wanted: a version that is gone (pruned at every relay while the worker
+        was busy) held the thread in a backoff of up to 15 s, and each round of it went on
+        fetching the next gone version, not the one a new lease wanted (bench/hostile.py: a
+        victim of the drip relay fetched nothing for a minute). Each failed version waits
+        RETRY_AFTER_FAIL_S before it is tried again whatever the backoff."""
         target = self._next_target()
         if target is None:
             self._poll_newest()
             return
         try:
             self._fetch(target)
-        except ProtocolError:
+        except ProtocolError as exc:
             with self._cv:
                 self._failed_at[target] = time.monotonic()
                 self._cv.notify_all()
-            raise
+            if self._next_target() is None:
+                raise
+            log.warning("policy version %d could not be fetched (%s); going on with the next wanted one",
+                        target, exc)
 
     def _poll_newest(self) -> None:
         with self._cv:

@@ -19,7 +19,7 @@ from protocol.identity import KeyPair
 from shardcast.client import ShardcastClient
 from shardcast.config import OriginConfig
 from shardcast.errors import VersionUnavailable
-from shardcast.fetch import FetchOptions
+from shardcast.fetch import MISSING_GRACE_S, FetchOptions
 from shardcast.origin import Origin
 from shardcast.selection import Sources
 from shardcast.watch import fetch_manifest, verify_manifest_bytes
@@ -207,6 +207,24 @@ def test_a_relay_still_catching_up_is_asked_again_soon_not_after_a_benched_bombs
             assert (got / "model.safetensors").read_bytes() == random.Random(7).randbytes(8 * SHARD)
             assert late.hits.get("shard", 0) > 8   # 404s, then the 8 shards
             assert took < 5.0, f"{took:.1f} s: waited for the bomb's bench"
+        finally:
+            c.close()
+
+
+def test_a_version_pruned_at_the_only_honest_relay_is_given_up_soon_beside_failing_sources(tmp_path, op, origin):
+    """The honest relay answers 404 for good (pruned: a worker that fell behind asks for an old
+    version) and the other source fails every transfer (a gzip bomb): the fetch gives up
+    (VersionUnavailable, so the caller moves on) MISSING_GRACE_S after the first 404, instead of
+    going on until its 16 attempts are spent on the bomb's growing bench (10 s and more)."""
+    with GzipBombRelay(inflated_mib=16) as bomb, LateRelay(origin.url, after_s=1e9) as gone:
+        c = ShardcastClient([bomb.url, gone.url], op.public, tmp_path / "cache", run_id="run-h",
+                            options=FetchOptions(**QUICK))
+        try:
+            got, took = fetch_in_time(c, 0, 60)
+            assert isinstance(got, VersionUnavailable), got
+            assert "no source that works holds it" in str(got)
+            assert bomb.hits.get("shard", 0) >= 1 and gone.hits.get("shard", 0) >= 1
+            assert took < MISSING_GRACE_S + 3.0, f"{took:.1f} s"
         finally:
             c.close()
 

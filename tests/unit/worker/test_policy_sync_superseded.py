@@ -55,3 +55,49 @@ def test_a_newer_ready_version_supersedes_older_wants_and_an_old_one_is_still_fe
     finally:
         stop.set()
         sync.join(5)
+
+
+class GoneClient:
+    """Versions below 20 are gone everywhere (each failed fetch takes 0.1 s); 20 and up are held."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.calls: list[int] = []
+
+    def fetch(self, version: int, progress=None) -> Path:
+        self.calls.append(version)
+        time.sleep(0.1)
+        if version < 20:
+            raise ProtocolError(f"no source holds version {version}")
+        d = self.root / str(version)
+        d.mkdir(exist_ok=True)
+        return d
+
+    def wait_for_version(self, after, timeout_s):
+        time.sleep(0.05)
+        return None
+
+
+def test_a_version_gone_everywhere_does_not_hold_the_thread_back_from_a_newer_want(tmp_path):
+    """Four gone versions wanted, then a new lease's version: it is fetched at once, not after
+    the retry backoff that four failures in a row would have started (0.5 s doubling, up to
+    15 s: about 4 s after the fourth; the old code waited it)."""
+    client = GoneClient(tmp_path)
+    stop = threading.Event()
+    sync = PolicySync(client, stop)
+    for v in (14, 13, 12, 11):
+        sync.want([v])
+    sync.start()
+    try:
+        deadline = time.time() + 10
+        while len(client.calls) < 4 and time.time() < deadline:
+            time.sleep(0.01)
+        assert client.calls[:4] == [14, 13, 12, 11]
+        t0 = time.monotonic()
+        sync.want([25])
+        assert sync.wait_any([25], time.time() + 20)[0] == 25
+        assert time.monotonic() - t0 < 1.5, "the new want waited for a backoff"
+        assert all(client.calls.count(v) == 1 for v in (14, 13, 12, 11))  # each retried only after 5 s
+    finally:
+        stop.set()
+        sync.join(5)
