@@ -80,6 +80,13 @@ class PolicySync:
                     return v, self._ready[v]
                 if self.stop.is_set():
                     raise Stopped("stopped while waiting for a policy version")
+                if all(v in self._failed_at for v in versions) and self._newest_known is not None \
+                        and self._newest_known > max(versions):
+                    # Every version the caller allows failed, and newer ones are out: they were
+                    # pruned everywhere and will not come back (waiting held the leases, and the
+                    # worker's loop, until they expired). Not in an outage: nothing newer is known.
+                    raise PolicyUnavailable(f"policy versions {versions} could not be fetched and version "
+                                            f"{self._newest_known} is out: they are gone")
                 left = deadline - time.time()
                 if left <= 0:
                     raise PolicyUnavailable(f"none of policy versions {versions} could be fetched in time")

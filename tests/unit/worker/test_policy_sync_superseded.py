@@ -101,3 +101,46 @@ def test_a_version_gone_everywhere_does_not_hold_the_thread_back_from_a_newer_wa
     finally:
         stop.set()
         sync.join(5)
+
+
+class GoneBehindClient(GoneClient):
+    """GoneClient whose long-poll says version 25 is out."""
+
+    def wait_for_version(self, after, timeout_s):
+        time.sleep(0.05)
+        return 25 if after is None or after < 25 else None
+
+
+def test_leases_that_allow_only_gone_versions_are_given_up_once_a_newer_version_is_known(tmp_path):
+    """Every version the leases allow failed and version 25 is out: `wait_any` raises at once
+    (the worker gives the leases back) instead of waiting for their deadline; without a newer
+    version known (relays down) it waits as before."""
+    from worker.errors import PolicyUnavailable
+
+    stop = threading.Event()
+    sync = PolicySync(GoneBehindClient(tmp_path), stop)
+    sync.start()
+    try:
+        t0 = time.monotonic()
+        try:
+            sync.wait_any([12, 11], time.time() + 30)
+            raise AssertionError("wait_any returned a gone version")
+        except PolicyUnavailable as exc:
+            assert "gone" in str(exc)
+        assert time.monotonic() - t0 < 10, "waited for the deadline"
+    finally:
+        stop.set()
+        sync.join(5)
+    stop = threading.Event()
+    sync = PolicySync(GoneClient(tmp_path), stop)   # nothing newer known: waits until the deadline
+    sync.start()
+    try:
+        t0 = time.monotonic()
+        try:
+            sync.wait_any([12, 11], time.time() + 2)
+        except PolicyUnavailable as exc:
+            assert "in time" in str(exc)
+        assert time.monotonic() - t0 >= 1.9
+    finally:
+        stop.set()
+        sync.join(5)
