@@ -39,10 +39,10 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError

@@ -279,8 +279,6 @@ def test_honest_large_bodies_pass_the_out_of_process_check_and_are_applied(make_
 def _blocked_scorer(s):
     """Make the coordinator's scorer wait until the test sets `release`; `scoring` is set once a
     submission is being scored. Returns (scoring, release, the original scorer)."""
-    import threading
-
     scoring, release = threading.Event(), threading.Event()
     score = s.ctx.tasks.rewards
 

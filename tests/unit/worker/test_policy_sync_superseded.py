@@ -14,17 +14,23 @@ from worker.policy_sync import PolicySync
 
 
 class FakeClient:
-    """Holds versions >= 10 (older ones pruned) and 5; the first fetch waits for `gate`."""
+    """A shardcast client's two calls. Holds the versions `held` accepts (by default >= 10, older
+    ones pruned, and 5); each fetch waits for `gate` (set by the test; already set with
+    `gated=False`), then `delay_s`; the long-poll reports `newest` once (None: nothing new)."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, held=lambda v: v >= 10 or v == 5, delay_s: float = 0.0,
+                 newest: int | None = None, gated: bool = True):
+        self.root, self.held, self.delay_s, self.newest = root, held, delay_s, newest
         self.calls: list[int] = []
         self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
 
     def fetch(self, version: int, progress=None) -> Path:
         self.calls.append(version)
         self.gate.wait(5)
-        if version < 10 and version != 5:
+        time.sleep(self.delay_s)
+        if not self.held(version):
             raise ProtocolError(f"no source holds version {version}")
         d = self.root / str(version)
         d.mkdir(exist_ok=True)
@@ -32,6 +38,8 @@ class FakeClient:
 
     def wait_for_version(self, after, timeout_s):
         time.sleep(0.05)
+        if self.newest is not None and (after is None or after < self.newest):
+            return self.newest
         return None
 
 
@@ -57,32 +65,16 @@ def test_a_newer_ready_version_supersedes_older_wants_and_an_old_one_is_still_fe
         sync.join(5)
 
 
-class GoneClient:
+def gone_client(root: Path, newest: int | None = None) -> FakeClient:
     """Versions below 20 are gone everywhere (each failed fetch takes 0.1 s); 20 and up are held."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.calls: list[int] = []
-
-    def fetch(self, version: int, progress=None) -> Path:
-        self.calls.append(version)
-        time.sleep(0.1)
-        if version < 20:
-            raise ProtocolError(f"no source holds version {version}")
-        d = self.root / str(version)
-        d.mkdir(exist_ok=True)
-        return d
-
-    def wait_for_version(self, after, timeout_s):
-        time.sleep(0.05)
-        return None
+    return FakeClient(root, held=lambda v: v >= 20, delay_s=0.1, newest=newest, gated=False)
 
 
 def test_a_version_gone_everywhere_does_not_hold_the_thread_back_from_a_newer_want(tmp_path):
     """Four gone versions wanted, then a new lease's version: it is fetched at once, not after
     the retry backoff that four failures in a row would have started (0.5 s doubling, up to
     15 s: about 4 s after the fourth; the old code waited it)."""
-    client = GoneClient(tmp_path)
+    client = gone_client(tmp_path)
     stop = threading.Event()
     sync = PolicySync(client, stop)
     for v in (14, 13, 12, 11):
@@ -103,14 +95,6 @@ def test_a_version_gone_everywhere_does_not_hold_the_thread_back_from_a_newer_wa
         sync.join(5)
 
 
-class GoneBehindClient(GoneClient):
-    """GoneClient whose long-poll says version 25 is out."""
-
-    def wait_for_version(self, after, timeout_s):
-        time.sleep(0.05)
-        return 25 if after is None or after < 25 else None
-
-
 def test_leases_that_allow_only_gone_versions_are_given_up_once_a_newer_version_is_known(tmp_path):
     """Every version the leases allow failed and version 25 is out: `wait_any` raises at once
     (the worker gives the leases back) instead of waiting for their deadline; without a newer
@@ -118,7 +102,7 @@ def test_leases_that_allow_only_gone_versions_are_given_up_once_a_newer_version_
     from worker.errors import PolicyUnavailable
 
     stop = threading.Event()
-    sync = PolicySync(GoneBehindClient(tmp_path), stop)
+    sync = PolicySync(gone_client(tmp_path, newest=25), stop)
     sync.start()
     try:
         t0 = time.monotonic()
@@ -132,7 +116,7 @@ def test_leases_that_allow_only_gone_versions_are_given_up_once_a_newer_version_
         stop.set()
         sync.join(5)
     stop = threading.Event()
-    sync = PolicySync(GoneClient(tmp_path), stop)   # nothing newer known: waits until the deadline
+    sync = PolicySync(gone_client(tmp_path), stop)   # nothing newer known: waits until the deadline
     sync.start()
     try:
         t0 = time.monotonic()
