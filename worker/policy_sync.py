@@ -80,7 +80,7 @@ class PolicySync:
                     return v, self._ready[v]
                 if self.stop.is_set():
                     raise Stopped("stopped while waiting for a policy version")
-                if all(v in self._failed_at for v in versions) and self._newest_known is not None \
+                if versions and all(v in self._failed_at for v in versions) and self._newest_known is not None \
                         and self._newest_known > max(versions):
                     # Every version the caller allows failed, and newer ones are out: they were
                     # pruned everywhere and will not come back (waiting held the leases, and the

@@ -128,3 +128,22 @@ def test_leases_that_allow_only_gone_versions_are_given_up_once_a_newer_version_
     finally:
         stop.set()
         sync.join(5)
+
+
+def test_no_allowed_version_waits_for_the_deadline_and_does_not_crash(tmp_path):
+    """An empty list (no version allowed) ends as PolicyUnavailable at the deadline, as before
+    the gone-version rule (which must not take max() of nothing)."""
+    from worker.errors import PolicyUnavailable
+
+    stop = threading.Event()
+    sync = PolicySync(gone_client(tmp_path, newest=25), stop)
+    sync.start()
+    try:
+        try:
+            sync.wait_any([], time.time() + 1)
+            raise AssertionError("wait_any returned without a version")
+        except PolicyUnavailable as exc:
+            assert "in time" in str(exc)
+    finally:
+        stop.set()
+        sync.join(5)
