@@ -51,7 +51,9 @@ Figures (2026-12-06, the shared 2-core machine; also in the README, with the bef
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -88,18 +90,26 @@ def describe(topo: Topology) -> None:
 
 
 # -- broadcast ---------------------------------------------------------------------------------
-def cmd_broadcast(a: argparse.Namespace) -> None:
+
+@contextlib.contextmanager
+def run_folder(prefix: str, keep: bool):
+    """A scratch folder for one bench run, removed at the end unless --keep (a rollouts run leaves
+    ~600 MB of checkpoints and databases; runs left in /tmp once filled this machine's disk)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"run folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def broadcast_runs(a: argparse.Namespace, topo, work: Path, size: int) -> dict:
+    """One shardcast broadcast per mode on a fresh namespace build: {peers: (result, emulator stats)}."""
     from tests.wan.broadcast import run_broadcast
 
-    topo = topology(a)
-    size = a.size_mb * MiB
-    describe(topo)
-    bounds = {peers: broadcast_bound(topo, size, peers=peers) for peers in (False, True)}
-    for peers, b in bounds.items():
-        terms = ", ".join(f"{k} {v:.2f}" for k, v in sorted(b.terms.items(), key=lambda kv: -kv[1])[:4])
-        print(f"bound ({'peers' if peers else 'relays only'}): {b.seconds:.2f} s, set by {b.limit} ({terms} ...)")
     rows = {}
-    work = Path(tempfile.mkdtemp(prefix="swarmrl-wanbench-"))
     for peers in ([False, True] if a.mode == "both" else [a.mode == "peers"]):
         with Net(topo, workdir=work / f"net-{int(peers)}", seed=a.seed) as net:
             r = run_broadcast(net, work / f"bc-{int(peers)}", size, peers=peers, shard_mb=a.shard_mb,
@@ -109,6 +119,18 @@ def cmd_broadcast(a: argparse.Namespace) -> None:
         print(f"{'peer-assisted' if peers else 'relays only'}: all {len(r.clients)} hold it after "
               f"{r.all_done_s:.2f} s (emulator late max {stats['late_max_s'] * 1000:.0f} ms, "
               f"{stats['late_over_5ms']} of {stats['delivered']} packets > 5 ms late)", flush=True)
+    return rows
+
+def cmd_broadcast(a: argparse.Namespace) -> None:
+    topo = topology(a)
+    size = a.size_mb * MiB
+    describe(topo)
+    bounds = {peers: broadcast_bound(topo, size, peers=peers) for peers in (False, True)}
+    for peers, b in bounds.items():
+        terms = ", ".join(f"{k} {v:.2f}" for k, v in sorted(b.terms.items(), key=lambda kv: -kv[1])[:4])
+        print(f"bound ({'peers' if peers else 'relays only'}): {b.seconds:.2f} s, set by {b.limit} ({terms} ...)")
+    with run_folder("swarmrl-wanbench-", a.keep) as work:
+        rows = broadcast_runs(a, topo, work, size)
     print()
     print(f"checkpoint {a.size_mb} MiB, {len(topo.workers)} workers ({a.nat_workers} behind NAT), "
           f"{len(topo.regions)} relays, shards {a.shard_mb} MiB, rates x{a.scale}")
@@ -282,13 +304,13 @@ def cmd_rollouts(a: argparse.Namespace) -> None:
                     rtt_ms=(a.rtt_min, a.rtt_max), loss=a.loss).scaled(a.scale)
     describe(topo)
     model = demo_model(a)
-    work = Path(tempfile.mkdtemp(prefix="swarmrl-wanroll-"))
     rows = {}
-    for phase in a.phases.split(","):
-        t = time.monotonic()
-        rows[phase] = rollouts_wan(a, model, topo, work / phase) if phase == "wan" else \
-            rollouts_loopback(a, model, work / phase)
-        print(f"{phase}: {rows[phase]} ({time.monotonic() - t:.0f} s)", flush=True)
+    with run_folder("swarmrl-wanroll-", a.keep) as work:
+        for phase in a.phases.split(","):
+            t = time.monotonic()
+            rows[phase] = rollouts_wan(a, model, topo, work / phase) if phase == "wan" else \
+                rollouts_loopback(a, model, work / phase)
+            print(f"{phase}: {rows[phase]} ({time.monotonic() - t:.0f} s)", flush=True)
     print()
     print(f"the demo recipe, {a.rollout_workers} workers, {a.seconds:.0f} s measured per phase after warm-up; "
           f"RTT to the operator {a.rtt_min:.0f}-{a.rtt_max:.0f} ms, loss {a.loss:.2%}, rates x{a.scale}")
@@ -329,6 +351,8 @@ def main() -> None:
                        "rates, for the demo model's real 3 MB checkpoints)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--json", default="")
+        s.add_argument("--keep", action="store_true", help="keep the run folder (logs, databases) and print "
+                       "where; by default it is removed at the end")
     b = sub.choices["broadcast"]
     b.add_argument("--size-mb", type=int, default=32)
     b.add_argument("--shard-mb", type=int, default=4)

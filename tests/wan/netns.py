@@ -87,6 +87,7 @@ class Net:
         self.topo = topo
         self.tag = str(os.getpid())
         self.seed = seed
+        self._own_work = workdir is None   # a folder it made itself, it removes at down()
         self.work = Path(workdir or tempfile.mkdtemp(prefix="swarmrl-wan-"))
         self.ns = {s.name: f"{PREFIX}{self.tag}-{s.name}" for s in topo.sites}
         self.hosts: dict[str, str] = {h: topo.site(site).address for h, site in topo.names.items()}
@@ -131,6 +132,8 @@ class Net:
             _run("ip", "netns", "del", ns, check=False)
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
         Path(self.control_path).unlink(missing_ok=True)
+        if self._own_work:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def _start_emulator(self) -> None:
         spec = {"tag": self.tag, "mtu": self.topo.mtu, "seed": self.seed, "control": self.control_path,
