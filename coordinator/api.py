@@ -22,7 +22,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -45,6 +44,7 @@ from coordinator.auth import (
 )
 from coordinator.context import Context
 from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge
+from coordinator.fairpool import FairPool
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
 from protocol.guard import Guard
 from protocol.messages import VerdictBatch, VerdictBatchResponse, VerdictOutcome
@@ -67,23 +67,27 @@ class Intake:
     the scorer sandbox, up to its time limits on hostile text (3 s an item, 20 s a batch), and on
     the loop that held up /health and every other request. The sandbox is thread-safe with its
     own bound on children. At most `threads` run and `queue` wait; more are answered 429 `busy`
-    (workers spool and retry). The write transaction that follows stays on the loop."""
+    (workers spool and retry). The write transaction that follows stays on the loop.
+
+    The threads serve signers in turn, workers with verified work accepted first
+    (`coordinator.fairpool`): an attacker's queue of slow hostile texts, from one identity or
+    from fresh ones, delays an honest worker's submission by at most the item in progress."""
 
     def __init__(self, threads: int, queue: int):
         self.threads = threads
         self.slots = Slots(threads + queue, "taking in too many submissions")
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: FairPool | None = None
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, signer: str, established: bool, fn: Callable[..., T], *args: Any) -> T:
         with self.slots.slot():
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coordinator-intake")
-            return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+                self.pool = FairPool(self.threads, name="coordinator-intake")
+            return await asyncio.wrap_future(self.pool.submit(signer, established, functools.partial(fn, *args)))
 
     def close(self) -> None:
         """Stop the threads (waits for the submissions they are taking in)."""
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.close()
             self.pool = None
 
 

@@ -80,7 +80,8 @@ async def _submit(ctx: Context, api: Api, opened, raw: bytes) -> SubmissionRespo
     thread too, bench/hostile.py's clean submit p99 was 210-240 ms, against 95-99 ms so)."""
     if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
         return work.submit(ctx, opened, raw)
-    scores = await api.intake.run(work.scored, ctx, opened)
+    established = work.established(ctx, opened.signer_id)
+    scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened)
     return work.store(ctx, opened, raw, scores)
 
 

@@ -146,6 +146,17 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
     return store(ctx, opened, raw, scored(ctx, opened))
 
 
+def established(ctx: Context, worker_id: str) -> bool:
+    """Whether `worker_id`'s submissions are scored in the intake's established lane
+    (`coordinator.fairpool`): an operator-trusted key, or a worker not banned with at least
+    `limits.intake_established_after` verified accepted submissions. One primary-key read."""
+    if worker_id in ctx.trusted_keys:
+        return True
+    with ctx.db.read() as conn:
+        row = workers.get(conn, worker_id)
+    return row is not None and row.status != "banned" and row.accepted >= ctx.cfg.limits.intake_established_after
+
+
 def scored(ctx: Context, opened: Opened[Submission]) -> tuple[int, list[float]]:
     """(token count, rewards) of a submission: read-only checks and the scorer sandbox, no
     write lock, so it may run on a thread beside the event loop (`coordinator.api.Intake`)."""

@@ -10,6 +10,7 @@ so per-address limits see several clients; `exempt_addresses` is emptied where l
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -337,3 +338,47 @@ def test_submissions_beyond_the_intake_bound_are_answered_busy_and_change_nothin
     assert out["r"].status_code == 200, out["r"].text
     s.ctx.tasks.rewards = score
     assert s.submit(w, second).status_code == 200
+
+
+def test_new_identities_slow_submissions_do_not_hold_up_an_established_workers(make_swarm):
+    """The payload and spam attackers of bench/hostile.py send, from fresh identities, texts that
+    keep the scorer busy for its whole time limit. With two intake threads (the default), two
+    such submissions held both threads and an honest worker's submission waited for them; now
+    new identities hold at most one thread and the established worker's is scored at once."""
+    from coordinator.store import workers
+
+    s = make_swarm(limits={"intake_threads": 2})
+    s.publish(0)
+    honest, evil1, evil2 = s.new_worker(), s.new_worker(), s.new_worker()
+    with s.ctx.db.write() as conn:   # verified work accepted before (the lane's threshold)
+        workers.update_fields(conn, honest.peer_id, accepted=s.cfg.limits.intake_established_after)
+    (h,), (e1,), (e2,) = s.lease(honest, 1), s.lease(evil1, 1), s.lease(evil2, 1)
+    hostile = {e1.task_id, e2.task_id} - {h.task_id}
+    assert len(hostile) == 2
+    score, release, started = s.ctx.tasks.rewards, threading.Event(), []
+
+    def rewards(task, completions):
+        if task.id in hostile:   # the attackers' texts: the scorer's whole time limit
+            started.append(task.id)
+            assert release.wait(30)
+        return score(task, completions)
+
+    s.ctx.tasks.rewards = rewards
+    out = {}
+    threads = [threading.Thread(target=lambda k=k, lease=lease: out.setdefault(k, s.submit(k, lease)))
+               for k, lease in ((evil1, e1), (evil2, e2))]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while not started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert len(started) == 1          # the second new identity waits: one thread stays free
+        r = s.submit(honest, h)
+        assert r.status_code == 200, r.text
+    finally:
+        release.set()
+        for t in threads:
+            t.join(30)
+    assert [out[k].status_code for k in (evil1, evil2)] == [200, 200]
