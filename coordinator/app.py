@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -72,6 +73,8 @@ log = logging.getLogger("swarmrl.coordinator")
 _ENVELOPE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": Envelope.model_json_schema()}}}}
 BATCH_POLL_S = 0.25  # long-polls also re-check the database this often (other processes, replicas)
+T = TypeVar("T")
+LEASE_POLL_S = 1.0   # a held lease request re-checks at least this often when its refusal named no time
 
 
 async def _submit(ctx: Context, api: Api, opened, raw: bytes) -> SubmissionResponse:
@@ -95,7 +98,45 @@ async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:
         batch = training.take_batch(ctx, req)
         dropped += batch.dropped_stale
     batch.dropped_stale = dropped
+    if batch.groups or dropped:
+        ctx.room.notify()
     return batch.to_json()
+
+
+async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
+    """A lease request that asked to be held (`LeaseRequest.wait_s`) and was refused for lack of
+    room in the swarm waits here, off every thread, until room may have appeared
+    (`ctx.room`: the trainer took groups, leases were released, ...) or the refusal's own retry
+    time passes (other replicas' changes), and tries again, until `wait_s`. Over a long link this
+    saves the refused worker's wait and a round trip per refusal (bench/wan.py rollouts: workers
+    at 100 ms spent 38-46% of their loop on lease calls). A request that got leases passes the
+    wake on: there may be room for the next held one."""
+    resp, room = work.try_lease(ctx, opened)
+    wait_s = opened.body.wait_s
+    if resp.leases or not room or wait_s <= 0:
+        return resp
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:   # held for all it asked: it may ask again at once (and be held again)
+            return resp.model_copy(update={"retry_after_s": 0.0})
+        woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, left))
+        try:
+            resp, room = work.try_lease(ctx, opened, again=True)
+        except BaseException:
+            if woken:   # banned meanwhile, say: the wake was not used, pass it on
+                ctx.room.notify()
+            raise
+        if resp.leases or not room:
+            if woken:   # leases taken (there may be room for more), or refused for its own reasons
+                ctx.room.notify()
+            return resp
+
+
+def _freed(ctx: Context, result: T) -> T:
+    """`result`, after waking a lease request held for room (something that frees room happened)."""
+    ctx.room.notify()
+    return result
 
 
 def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
@@ -169,13 +210,13 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     async def lease(request: Request) -> Response:
         """Signed `lease_request` -> coordinator-signed `lease` envelopes."""
         return await api.signed(request, "lease", KIND_LEASE_REQUEST, LeaseRequest,
-                                lambda o, raw, addr: work.lease(ctx, o))
+                                lambda o, raw, addr: _long_poll_lease(ctx, o))
 
     @app.post(routes.LEASE_RELEASE, tags=["work"], openapi_extra=_ENVELOPE_BODY)
     async def release(request: Request) -> Response:
         """Signed `lease_release` -> {"released": n}."""
         return await api.signed(request, "release", KIND_LEASE_RELEASE, LeaseRelease,
-                                lambda o, raw, addr: work.release(ctx, o))
+                                lambda o, raw, addr: _freed(ctx, work.release(ctx, o)))
 
     @app.post(routes.SUBMISSIONS, tags=["work"], openapi_extra=_ENVELOPE_BODY,
               responses={200: {"model": SubmissionResponse}})
@@ -205,7 +246,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     async def verdict(request: Request) -> Response:
         """`verdict` signed by a configured verifier key -> {"ok": true}."""
         return await api.signed(request, "verdict", KIND_VERDICT, Verdict,
-                                lambda o, raw, addr: verification.verdict(ctx, o), signers=verifiers,
+                                lambda o, raw, addr: _freed(ctx, verification.verdict(ctx, o)), signers=verifiers,
                                 role="a configured verifier key")
 
     @app.post(routes.VERDICTS_BATCH, tags=["verification"],
@@ -216,7 +257,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """`VerdictBatch`: the verdicts of one claim, each a `verdict` signed by a configured verifier
         key and handled exactly as at POST /v1/verdicts -> one outcome per element, in order."""
         return await api.signed_each(request, "verdict_batch", KIND_VERDICT, Verdict,
-                                     lambda o: verification.verdict(ctx, o), signers=verifiers,
+                                     lambda o: _freed(ctx, verification.verdict(ctx, o)), signers=verifiers,
                                      role="a configured verifier key")
 
     @app.post(routes.TRAINER_BATCH, tags=["training"], openapi_extra=_ENVELOPE_BODY,
@@ -232,7 +273,8 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     async def batch_ack(request: Request) -> Response:
         """`batch_ack` signed by the operator key: groups the trainer holds durably are consumed."""
         return await api.signed(request, "batch_ack", KIND_BATCH_ACK, BatchAck,
-                                lambda o, raw, addr: training.ack(ctx, o), signers=operator, role="the operator key")
+                                lambda o, raw, addr: _freed(ctx, training.ack(ctx, o)), signers=operator,
+                                role="the operator key")
 
     @app.get(routes.POLICY, tags=["training"], responses={200: {"model": PolicyInfo}})
     async def get_policy(request: Request) -> Response:
@@ -245,6 +287,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         t0 = time.perf_counter()
         try:
             info = training.post_policy(ctx, await api.envelope(request))
+            ctx.room.notify()  # a new version moves the buffer's floor: room may have appeared
             resp = Response(encode(info), media_type="application/json")
             if info.version is not None and info.manifest is not None:
                 await p2p.announce(ctx, info.manifest, info.version)
@@ -305,6 +348,7 @@ async def _sweep_loop(ctx: Context) -> None:
         await asyncio.sleep(ctx.cfg.housekeeping_interval_s)
         try:
             upkeep.sweep(ctx)
+            ctx.room.notify()
             await asyncio.to_thread(ctx.db.checkpoint)
             await p2p.catch_up(ctx)
         except Exception:

@@ -9,6 +9,8 @@ one process (as in tests) share nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import os
 import random
@@ -52,6 +54,57 @@ class GroupSignal:
             pass
 
 
+class RoomSignal:
+    """Wakes lease requests held for room (`LeaseRequest.wait_s`, `coordinator.app`) when the
+    swarm may have room for more work again: the trainer took or acknowledged groups, leases were
+    released or swept, a verdict came, a version was published. One held request at a time,
+    oldest first: the one woken passes the wake on when it got leases (there may be room for
+    more), so a thousand held requests are not all woken for one lease's worth of room.
+    In-process only; held requests also re-check on their own timer (other replicas' changes)."""
+
+    def __init__(self) -> None:
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def notify(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop:   # called off the loop's thread: hand it to the loop
+            with contextlib.suppress(RuntimeError):   # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(self.notify)
+            return
+        while self._waiters:
+            f = self._waiters.popleft()
+            if not f.done():
+                f.set_result(None)
+                return
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until notified (True) or `timeout_s` (False)."""
+        self._loop = asyncio.get_running_loop()
+        f = self._loop.create_future()
+        self._waiters.append(f)
+        try:
+            await asyncio.wait_for(asyncio.shield(f), timeout=max(0.0, timeout_s))
+            return True
+        except TimeoutError:
+            return f.done() and not f.cancelled()   # woken as its time ran out: still a wake
+        except asyncio.CancelledError:
+            if f.done() and not f.cancelled():      # its request went away: pass the wake on
+                self.notify()
+            raise
+        finally:
+            if not f.done():
+                f.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(f)
+
+
 @dataclass
 class Context:
     cfg: CoordinatorConfig
@@ -65,6 +118,7 @@ class Context:
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.SystemRandom)
     groups: GroupSignal = field(default_factory=GroupSignal)
+    room: RoomSignal = field(default_factory=RoomSignal)
     identity_limiter: RateLimiter | None = None
     address_limiter: RateLimiter | None = None
     archiver: Any = None  # coordinator.archive.Archiver when archiving is on

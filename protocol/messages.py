@@ -21,6 +21,7 @@ from protocol.proof import max_proof_b64_chars
 MAX_GROUP_SIZE = 256
 MAX_TOKENS_PER_SEQUENCE = 32_768
 MAX_LEASES_PER_REQUEST = 256
+MAX_LEASE_WAIT_S = 10.0      # the longest a lease request may ask to be held (LeaseRequest.wait_s)
 MAX_PROOF_B64_CHARS = max_proof_b64_chars(MAX_TOKENS_PER_SEQUENCE)
 MAX_ID_CHARS = 128
 MAX_VERSION = 2**31 - 1  # policy versions and steps: SQL INTEGER columns are 32-bit on PostgreSQL
@@ -125,6 +126,9 @@ class LeaseRequest(Strict):
     """Worker -> coordinator (`POST /v1/leases`): ask for up to `max_tasks` tasks."""
 
     max_tasks: int = Field(ge=1, le=MAX_LEASES_PER_REQUEST)
+    wait_s: float = Field(default=0.0, ge=0.0, le=MAX_LEASE_WAIT_S,
+                          description="when the swarm has no room for more work now, the coordinator may hold the "
+                                      "request up to this long and answer as soon as it can lease (0: answer at once)")
 
 
 class LeaseRelease(Strict):

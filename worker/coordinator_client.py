@@ -23,6 +23,7 @@ from protocol.messages import (
 class CoordinatorClient:
     def __init__(self, url: str, key: KeyPair, timeout_s: float = 30.0):
         self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
         self.http = SignedClient(self.url, key, timeout_s=timeout_s)
 
     def close(self) -> None:
@@ -40,9 +41,11 @@ class CoordinatorClient:
     def heartbeat(self, hb: Heartbeat) -> None:
         self.http.post_signed(routes.HEARTBEAT, KIND_HEARTBEAT, hb, timeout_s=10.0)
 
-    def lease(self, max_tasks: int) -> LeaseResponse:
-        return self.http.post_signed(routes.LEASES, KIND_LEASE_REQUEST, LeaseRequest(max_tasks=max_tasks),
-                                     LeaseResponse)
+    def lease(self, max_tasks: int, wait_s: float = 0.0) -> LeaseResponse:
+        """`wait_s`: with no room for work now, the coordinator may hold the request this long."""
+        req = LeaseRequest(max_tasks=max_tasks, wait_s=wait_s)
+        return self.http.post_signed(routes.LEASES, KIND_LEASE_REQUEST, req, LeaseResponse,
+                                     timeout_s=self.timeout_s + wait_s)
 
     def release(self, lease_ids: list[str]) -> int:
         out = self.http.post_signed(routes.LEASE_RELEASE, KIND_LEASE_RELEASE, LeaseRelease(lease_ids=lease_ids))

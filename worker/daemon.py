@@ -69,6 +69,7 @@ from worker.submitter import Submitter
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 2.0          # no work offered and no retry_after given: ask again after this
+LEASE_WAIT_S = 2.0         # a lease request that finds no room may be held this long at the coordinator
 SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
 KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
 
@@ -100,6 +101,7 @@ class Daemon:
         self.submitter = Submitter(self.coord, self.spool, self.state, self.reach, self.worker_id, self.registrations)
         self.sender = BackgroundSender(self.submitter, self.stop)
         self._lease_rtt_s = 0.0            # how long the last lease request took
+        self.lease_wait_s = LEASE_WAIT_S     # how long a lease request may be held at the coordinator (0: not)
         self.hw = hardware_report()
         device = engine.info().device or "cpu"
         self.target_sequences = sequences_per_batch(self.hw, device)
@@ -294,11 +296,18 @@ class Daemon:
 
     def _lease(self, n: int, wait_if_none: bool) -> list[Lease]:
         """Lease up to `n` tasks; none offered: wait the coordinator's retry_after first if `wait_if_none`."""
+        wait_s = self.lease_wait_s if wait_if_none else 0.0
         try:
             t0, seen = time.monotonic(), self.registrations.epoch()
-            resp = retry_call(lambda: self.coord.lease(n), "leasing tasks", self.stop, reach=self.reach)
-            self._lease_rtt_s = time.monotonic() - t0
+            resp = retry_call(lambda: self.coord.lease(n, wait_s), "leasing tasks", self.stop, reach=self.reach)
+            if not wait_s:   # a held request's time is no round trip
+                self._lease_rtt_s = time.monotonic() - t0
         except Rejected as exc:
+            if exc.status == 422 and wait_s:
+                # a coordinator from before held lease requests refuses the field: ask as before
+                log.warning("the coordinator does not hold lease requests (HTTP 422: %s); asking without", exc.detail)
+                self.lease_wait_s = 0.0
+                return []
             if exc.status == 403:
                 self._banned(exc.detail)
                 return []
@@ -318,7 +327,10 @@ class Daemon:
         if not leases:
             if wait_if_none:
                 self.state.set(phase="idle (no work offered)")
-                self.stop.wait(resp.retry_after_s or IDLE_WAIT_S)
+                # a request held until its wait ended is answered with retry_after 0: ask again at
+                # once; an empty answer that came back quickly is no hold (never a busy loop)
+                held = wait_s and time.monotonic() - t0 >= wait_s / 2
+                self.stop.wait(resp.retry_after_s if held else (resp.retry_after_s or IDLE_WAIT_S))
             return []
         self._hold(leases)
         self.group_size = len(leases[0].seeds)

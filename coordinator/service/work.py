@@ -52,22 +52,33 @@ def submission_id_for(lease_id: str) -> str:
 
 
 def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
+    """Lease up to `max_tasks` tasks now (none: with when to ask again)."""
+    return try_lease(ctx, opened)[0]
+
+
+def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False) -> tuple[LeaseResponse, bool]:
+    """`lease`, and whether an empty answer was for lack of room in the swarm (the second bound of
+    `rules.lease_size`: room appears when the trainer takes groups, so a request held for it
+    (`LeaseRequest.wait_s`, `coordinator.app`) may try again then). `again`: such a held
+    request's later try (the first used its nonce)."""
     cfg = ctx.cfg
     now = ctx.clock()
     worker_id = opened.signer_id
     with ctx.db.write() as conn:
-        use_nonce(conn, opened, now)
+        if not again:
+            use_nonce(conn, opened, now)
         require_worker(conn, worker_id)
         workers.seen(conn, worker_id, now)
         current = policy.current(conn)
         if current is None:
-            return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S)
+            return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S), False
         held = leases.count_active(conn, worker_id)
         sizing = _sizing(ctx, conn, worker_id, held, current, now)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
         if n == 0:
-            active = workers.count_by_status(conn).get("active", 0) if sizing.retry_after_s is not None else 0
-            return LeaseResponse(leases=[], retry_after_s=spread_retry(sizing.retry_after_s, active))
+            room = sizing.retry_after_s is not None
+            active = workers.count_by_status(conn).get("active", 0) if room else 0
+            return LeaseResponse(leases=[], retry_after_s=spread_retry(sizing.retry_after_s, active)), room
         reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
         leases.take_returned(conn, reused)
         fresh = n - len(reused)
@@ -94,7 +105,7 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
         leases.insert_many(conn, rows)
         workers.count_leases(conn, issued={worker_id: len(rows)})
     ctx.metrics.leases.inc(len(envs))
-    return LeaseResponse(leases=envs)
+    return LeaseResponse(leases=envs), False
 
 
 def _sizing(ctx: Context, conn, worker_id: str, held: int, current: int, now: float) -> Sizing:

@@ -229,3 +229,86 @@ def test_before_the_trainer_takes_anything_the_swarm_holds_one_step_of_its_reque
     assert s.lease(b, 20) == []                  # the step is on its way: b waits for the trainer
     assert s.batch(max_groups=3).status_code == 200  # a smaller request later does not shrink the step
     assert s.lease(b, 20) == []
+
+
+def _held_lease(s, key, n: int, wait_s: float) -> dict:
+    """A lease request asking to be held up to `wait_s`, sent from a thread: {"resp", "t"} once answered."""
+    from protocol.messages import KIND_LEASE_REQUEST, LeaseRequest
+
+    out: dict = {}
+
+    def ask():
+        t0 = time.monotonic()
+        out["resp"] = s.post("/v1/leases", KIND_LEASE_REQUEST, LeaseRequest(max_tasks=n, wait_s=wait_s), key)
+        out["t"] = time.monotonic() - t0
+
+    out["thread"] = threading.Thread(target=ask)
+    out["thread"].start()
+    return out
+
+
+def test_a_lease_request_held_for_room_is_answered_when_room_appears(make_swarm):
+    """Issue 22: a worker refused for lack of room waited its retry time and asked again, a round
+    trip per refusal (workers at 100 ms RTT spent 38-46% of their loop on lease calls). A request
+    with `wait_s` is held at the coordinator and answered as soon as room appears (here: another
+    worker releases leases), well before its wait ends; without room it is answered at the end of
+    its wait with retry_after 0, and a request without `wait_s` is answered at once as before."""
+    s = make_swarm(limits={"burst": 1000})
+    s.publish(0)
+    holder = s.new_worker()
+    assert s.batch(max_groups=4).status_code == 200        # the trainer's step: 4 groups
+    leased = s.lease(holder, 4)
+    assert len(leased) == 4
+    waiter = s.new_worker()
+    t0 = time.monotonic()
+    assert s.lease(waiter, 2) == []                         # no room, no wait asked: at once
+    assert time.monotonic() - t0 < 1.0
+
+    out = _held_lease(s, waiter, 2, wait_s=0.6)            # no room for its whole wait
+    out["thread"].join(10)
+    assert out["resp"].status_code == 200 and out["resp"].json() == {"leases": [], "retry_after_s": 0.0}
+    assert out["t"] >= 0.55
+
+    out = _held_lease(s, waiter, 2, wait_s=8.0)
+    time.sleep(0.5)
+    assert "resp" not in out                                # held: still no room
+    r = s.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[x.lease_id for x in leased[:2]]),
+               holder)
+    assert r.status_code == 200, r.text
+    out["thread"].join(10)
+    assert out["resp"].status_code == 200, out["resp"].text
+    assert len(out["resp"].json()["leases"]) == 2
+    assert out["t"] < 3.0                                   # answered on the release, not at 8 s
+
+
+def test_a_held_lease_request_is_not_a_second_use_of_its_nonce_and_a_ban_ends_it(make_swarm):
+    """The held request's later tries do not count as replays of its envelope (it gets its lease
+    when room appears); a worker banned while its request is held gets the ban (403), not a lease."""
+    from coordinator.store import workers
+
+    s = make_swarm(limits={"burst": 1000})
+    s.publish(0)
+    holder = s.new_worker()
+    assert s.batch(max_groups=2).status_code == 200
+    leased = s.lease(holder, 2)
+    assert len(leased) == 2
+
+    def release(lease):
+        r = s.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[lease.lease_id]), holder)
+        assert r.status_code == 200, r.text
+
+    waiter, banned = s.new_worker(), s.new_worker()
+    out = _held_lease(s, waiter, 1, wait_s=8.0)
+    time.sleep(0.3)
+    release(leased[0])
+    out["thread"].join(10)
+    assert out["resp"].status_code == 200 and len(out["resp"].json()["leases"]) == 1, out["resp"].text
+
+    out = _held_lease(s, banned, 1, wait_s=8.0)
+    time.sleep(0.3)
+    assert "resp" not in out
+    with s.ctx.db.write() as conn:
+        workers.ban(conn, banned.peer_id, "test", s.clock())
+    release(leased[1])
+    out["thread"].join(10)
+    assert out["resp"].status_code == 403, out["resp"].text

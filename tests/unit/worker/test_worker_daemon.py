@@ -7,6 +7,7 @@ a stand-in (tests/integration/test_worker*.py use the real one in separate proce
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 import torch
@@ -313,3 +314,24 @@ def test_over_a_slow_link_several_submissions_travel_at_once_each_stored_once(fa
     assert fake.most_submits_in_flight >= 2, "the submissions were sent one at a time"
     assert len(fake.by_lease) == len(fake.submissions) and fake.submit_calls == len(fake.submissions)
     assert r.daemon.spool.pending() == [] and r.daemon.spool.rejected() == []
+
+
+def test_a_worker_with_no_work_asks_to_be_held_and_never_polls_in_a_busy_loop(fake, versions, start_daemon):
+    """Issue 22: the worker's blocking lease request asks the coordinator to hold it while the
+    swarm has no room (`LeaseRequest.wait_s`), and asks again at once only after a real hold;
+    an empty answer that comes back at once with retry_after 0 (a coordinator that does not
+    hold, or a hostile one) is not a licence to poll in a loop."""
+    from worker.daemon import IDLE_WAIT_S, LEASE_WAIT_S
+
+    versions.publish(0)
+    fake.tasks_left = 0
+    r = start_daemon()
+    wait_until(lambda: len(fake.lease_waits) >= 3, what="lease requests while no work is offered", timeout=30)
+    assert set(fake.lease_waits) == {LEASE_WAIT_S}, fake.lease_waits
+    fake.empty_retry_s = 0.0
+    time.sleep(0.5)
+    n0 = len(fake.lease_waits)
+    time.sleep(2.5)
+    r.stop()
+    assert r.error is None
+    assert len(fake.lease_waits) - n0 <= 2 + 2.5 / IDLE_WAIT_S, fake.lease_waits

@@ -78,6 +78,8 @@ class FakeCoordinator:
         self.submits_in_flight = 0
         self.most_submits_in_flight = 0
         self.lease_log: list[tuple[int, int]] = []  # per lease request: (leases the worker held, submits in flight)
+        self.lease_waits: list[float] = []          # per lease request: the wait_s it asked for
+        self.empty_retry_s = 0.2                    # retry_after_s of an answer with no leases
         self._ids = itertools.count(1)
         self.app = self._make_app()
 
@@ -155,6 +157,7 @@ class FakeCoordinator:
             self._guard()
             o = await self._open(request, KIND_LEASE_REQUEST, LeaseRequest)
             self._known(o.signer_id)
+            self.lease_waits.append(o.body.wait_s)
             self.leases_held_back += 1
             try:
                 while self.hold_leases:
@@ -180,7 +183,7 @@ class FakeCoordinator:
                                   max_policy_version=self.version, issued_at=now, expires_at=now + self.lease_ttl_s)
                     self.leases[lease.lease_id] = lease
                     out.append(seal(KIND_LEASE, lease, self.key, run_id="run", audience=AUDIENCE_WORKER))
-            return LeaseResponse(leases=out, retry_after_s=0.0 if out else 0.2).model_dump(mode="json")
+            return LeaseResponse(leases=out, retry_after_s=0.0 if out else self.empty_retry_s).model_dump(mode="json")
 
         @app.post(routes.LEASE_RELEASE)
         async def release(request: Request) -> dict:
