@@ -98,7 +98,7 @@ async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:
         batch = training.take_batch(ctx, req)
         dropped += batch.dropped_stale
     batch.dropped_stale = dropped
-    if batch.groups or dropped:
+    if dropped:   # stale groups dropped from the buffer: room for more work
         ctx.room.notify()
     return batch.to_json()
 
@@ -106,7 +106,7 @@ async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:
 async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
     """A lease request that asked to be held (`LeaseRequest.wait_s`) and was refused for lack of
     room in the swarm waits here, off every thread, until room may have appeared
-    (`ctx.room`: the trainer took groups, leases were released, ...) or the refusal's own retry
+    (`ctx.room`: the trainer acknowledged groups, leases were released, ...) or the refusal's own retry
     time passes (other replicas' changes), and tries again, until `wait_s`. Over a long link this
     saves the refused worker's wait and a round trip per refusal (bench/wan.py rollouts: workers
     at 100 ms spent 38-46% of their loop on lease calls). A request that got leases passes the
@@ -246,7 +246,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     async def verdict(request: Request) -> Response:
         """`verdict` signed by a configured verifier key -> {"ok": true}."""
         return await api.signed(request, "verdict", KIND_VERDICT, Verdict,
-                                lambda o, raw, addr: _freed(ctx, verification.verdict(ctx, o)), signers=verifiers,
+                                lambda o, raw, addr: verification.verdict(ctx, o), signers=verifiers,
                                 role="a configured verifier key")
 
     @app.post(routes.VERDICTS_BATCH, tags=["verification"],
@@ -257,7 +257,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """`VerdictBatch`: the verdicts of one claim, each a `verdict` signed by a configured verifier
         key and handled exactly as at POST /v1/verdicts -> one outcome per element, in order."""
         return await api.signed_each(request, "verdict_batch", KIND_VERDICT, Verdict,
-                                     lambda o: _freed(ctx, verification.verdict(ctx, o)), signers=verifiers,
+                                     lambda o: verification.verdict(ctx, o), signers=verifiers,
                                      role="a configured verifier key")
 
     @app.post(routes.TRAINER_BATCH, tags=["training"], openapi_extra=_ENVELOPE_BODY,

@@ -56,8 +56,9 @@ class GroupSignal:
 
 class RoomSignal:
     """Wakes lease requests held for room (`LeaseRequest.wait_s`, `coordinator.app`) when the
-    swarm may have room for more work again: the trainer took or acknowledged groups, leases were
-    released or swept, a verdict came, a version was published. One held request at a time,
+    swarm may have room for more work again (`submissions.on_their_way` and the active leases
+    went down): the trainer acknowledged groups or stale ones were dropped, leases were released
+    or swept, a verdict rejected or held a submission, a version was published. One held request at a time,
     oldest first: the one woken passes the wake on when it got leases (there may be room for
     more), so a thousand held requests are not all woken for one lease's worth of room.
     In-process only; held requests also re-check on their own timer (other replicas' changes)."""

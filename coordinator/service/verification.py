@@ -109,6 +109,8 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
     m.verdicts.labels("accepted" if v.accepted else "rejected").inc()
     if (c.buffer == "ready" or released) and not c.ban_reason:
         ctx.groups.notify()
+    if c.buffer != "ready" or c.ban_reason:  # a rejection, a held group or a ban's drops: room for more work
+        ctx.room.notify()
     if c.ban_reason:
         m.bans.inc()
         log.info("banned worker %s: %s (%d submissions dropped, %d leases revoked)", row.worker_id, c.ban_reason,
