@@ -118,11 +118,10 @@ async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
     deadline = time.monotonic() + wait_s
     while True:
         left = deadline - time.monotonic()
-        if left <= 0:   # held for all it asked: it may ask again at once (and be held again)
-            return resp.model_copy(update={"retry_after_s": 0.0})
-        woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, left))
-        try:
-            resp, room = work.try_lease(ctx, opened, again=True)
+        woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, max(0.0, left)))
+        last = time.monotonic() >= deadline
+        try:   # until its last try, a full batch or nothing (small batches generate slower)
+            resp, room = work.try_lease(ctx, opened, again=True, fill=not last)
         except BaseException:
             if woken:   # banned meanwhile, say: the wake was not used, pass it on
                 ctx.room.notify()
@@ -131,6 +130,8 @@ async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
             if woken:   # leases taken (there may be room for more), or refused for its own reasons
                 ctx.room.notify()
             return resp
+        if last:   # held for all it asked: it may ask again at once (and be held again)
+            return resp.model_copy(update={"retry_after_s": 0.0})
 
 
 def _freed(ctx: Context, result: T) -> T:

@@ -98,6 +98,7 @@ class Sizing:
     rate: float | None             # groups per second; None: not enough history
     why: str
     retry_after_s: float | None = None  # when it may hold no more: when to ask again (None: the caller's default)
+    own: int | None = None         # refused for room: what the first bound alone allows (a held request waits for it)
 
 
 MIN_RETRY_S = 0.2                  # a refused worker's fastest retry (bounds the lease requests of a waiting swarm)
@@ -171,7 +172,7 @@ def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, 
     interval = version_interval(arrivals, now) if len(arrivals) >= terms.min_versions else None
     return Sizing(allowed, own.budget_s, own.rate,
                   f"the trainer takes {demand.per_version:.1f} groups a version; {demand.in_flight} on their way",
-                  retry_after(interval, terms.retry_share))
+                  retry_after(interval, terms.retry_share), own.allowed)
 
 
 def _own(max_leases: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float], staleness: int,

@@ -56,11 +56,15 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
     return try_lease(ctx, opened)[0]
 
 
-def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False) -> tuple[LeaseResponse, bool]:
+def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False,
+              fill: bool = False) -> tuple[LeaseResponse, bool]:
     """`lease`, and whether an empty answer was for lack of room in the swarm (the second bound of
     `rules.lease_size`: room appears when the trainer takes groups, so a request held for it
     (`LeaseRequest.wait_s`, `coordinator.app`) may try again then). `again`: such a held
-    request's later try (the first used its nonce)."""
+    request's later try (the first used its nonce). `fill`: while room is short of what the
+    request and the worker's own bound would take, lease nothing (a held request waits for a
+    full batch rather than taking the first lease's worth of room: small batches generate
+    slower)."""
     cfg = ctx.cfg
     now = ctx.clock()
     worker_id = opened.signer_id
@@ -75,6 +79,8 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         held = leases.count_active(conn, worker_id)
         sizing = _sizing(ctx, conn, worker_id, held, current, now)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
+        if fill and sizing.own is not None and n < leases_to_issue(opened.body.max_tasks, held, sizing.own):
+            n = 0
         if n == 0:
             room = sizing.retry_after_s is not None
             active = workers.count_by_status(conn).get("active", 0) if room else 0
