@@ -59,7 +59,7 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
 def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False,
               fill: bool = False) -> tuple[LeaseResponse, bool]:
     """`lease`, and whether an empty answer was for lack of room in the swarm (the second bound of
-    `rules.lease_size`: room appears when the trainer takes groups, so a request held for it
+    `rules.lease_size`: room appears when the trainer acknowledges groups, so a request held for it
     (`LeaseRequest.wait_s`, `coordinator.app`) may try again then). `again`: such a held
     request's later try (the first used its nonce). `fill`: while room is short of what the
     request and the worker's own bound would take, lease nothing (a held request waits for a

@@ -312,3 +312,25 @@ def test_a_held_lease_request_is_not_a_second_use_of_its_nonce_and_a_ban_ends_it
     release(leased[1])
     out["thread"].join(10)
     assert out["resp"].status_code == 403, out["resp"].text
+
+
+def test_a_held_lease_request_waits_for_a_full_batch_until_its_last_try(make_swarm):
+    """Answered on the first lease's worth of room, held requests made workers generate smaller,
+    slower batches (bench/wan.py): until its last try a held request takes what it asked for
+    (within the worker's own bound) or nothing; at its last try, what there is."""
+    s = make_swarm(limits={"burst": 1000})
+    s.publish(0)
+    holder = s.new_worker()
+    assert s.batch(max_groups=4).status_code == 200
+    leased = s.lease(holder, 4)
+    assert len(leased) == 4
+    waiter = s.new_worker()
+    out = _held_lease(s, waiter, 2, wait_s=1.5)
+    time.sleep(0.3)
+    r = s.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[leased[0].lease_id]), holder)
+    assert r.status_code == 200, r.text
+    time.sleep(0.5)
+    assert "resp" not in out                   # room for one of the two it asked for: still held
+    out["thread"].join(10)
+    assert out["resp"].status_code == 200, out["resp"].text
+    assert len(out["resp"].json()["leases"]) == 1 and out["t"] >= 1.4   # its last try takes the one
