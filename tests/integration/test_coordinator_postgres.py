@@ -7,7 +7,6 @@ reason when PostgreSQL or the psycopg driver is not installed.
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.store.pgtemp import TempPostgres, find_bin
+from swarmrl.procs import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "coordinator"))
 from coord_harness import start_swarm
@@ -24,16 +24,11 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory):
     pytest.importorskip("psycopg", reason="the postgres extra is not installed (pip install 'swarmrl[postgres]')")
-    pg = TempPostgres(port=_free_port())
+    pg = TempPostgres(port=free_port())
     try:
         yield pg.start()
     finally:

@@ -20,6 +20,7 @@ from shardcast.client import ShardcastClient
 from shardcast.config import OriginConfig
 from shardcast.errors import PublishError
 from shardcast.origin import Origin
+from swarmrl.procs import free_port
 
 SHARD = 256 * 1024
 
@@ -188,7 +189,7 @@ def test_old_versions_are_pruned_everywhere_and_numbering_only_grows(tmp_path, o
 
 
 def test_origin_restart_keeps_versions_and_numbering_continues(tmp_path, operator, relays):
-    cfg = OriginConfig(data_dir=tmp_path / "origin", port=_free_port(), shard_size=SHARD)
+    cfg = OriginConfig(data_dir=tmp_path / "origin", port=free_port(), shard_size=SHARD)
     o = Origin(cfg, operator, "run-test")
     o.start()
     ck0 = make_checkpoint(tmp_path / "ck0", 2 * SHARD, seed=0)
@@ -215,12 +216,6 @@ def test_origin_restart_keeps_versions_and_numbering_continues(tmp_path, operato
     finally:
         o2.stop()
 
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_relay_command_reports_a_bad_key_or_missing_upstream_in_one_line(tmp_path):
