@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -73,7 +72,6 @@ log = logging.getLogger("swarmrl.coordinator")
 _ENVELOPE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": Envelope.model_json_schema()}}}}
 BATCH_POLL_S = 0.25  # long-polls also re-check the database this often (other processes, replicas)
-T = TypeVar("T")
 LEASE_POLL_S = 1.0   # a held lease request re-checks at least this often when its refusal named no time
 
 
@@ -98,8 +96,6 @@ async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:
         batch = training.take_batch(ctx, req)
         dropped += batch.dropped_stale
     batch.dropped_stale = dropped
-    if dropped:   # stale groups dropped from the buffer: room for more work
-        ctx.room.notify()
     return batch.to_json()
 
 
@@ -132,12 +128,6 @@ async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
             return resp
         if last:   # held for all it asked: it may ask again at once (and be held again)
             return resp.model_copy(update={"retry_after_s": 0.0})
-
-
-def _freed(ctx: Context, result: T) -> T:
-    """`result`, after waking a lease request held for room (something that frees room happened)."""
-    ctx.room.notify()
-    return result
 
 
 def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
@@ -217,7 +207,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     async def release(request: Request) -> Response:
         """Signed `lease_release` -> {"released": n}."""
         return await api.signed(request, "release", KIND_LEASE_RELEASE, LeaseRelease,
-                                lambda o, raw, addr: _freed(ctx, work.release(ctx, o)))
+                                lambda o, raw, addr: work.release(ctx, o))
 
     @app.post(routes.SUBMISSIONS, tags=["work"], openapi_extra=_ENVELOPE_BODY,
               responses={200: {"model": SubmissionResponse}})
@@ -274,8 +264,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     async def batch_ack(request: Request) -> Response:
         """`batch_ack` signed by the operator key: groups the trainer holds durably are consumed."""
         return await api.signed(request, "batch_ack", KIND_BATCH_ACK, BatchAck,
-                                lambda o, raw, addr: _freed(ctx, training.ack(ctx, o)), signers=operator,
-                                role="the operator key")
+                                lambda o, raw, addr: training.ack(ctx, o), signers=operator, role="the operator key")
 
     @app.get(routes.POLICY, tags=["training"], responses={200: {"model": PolicyInfo}})
     async def get_policy(request: Request) -> Response:
@@ -288,7 +277,6 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         t0 = time.perf_counter()
         try:
             info = training.post_policy(ctx, await api.envelope(request))
-            ctx.room.notify()  # a new version moves the buffer's floor: room may have appeared
             resp = Response(encode(info), media_type="application/json")
             if info.version is not None and info.manifest is not None:
                 await p2p.announce(ctx, info.manifest, info.version)
@@ -349,7 +337,6 @@ async def _sweep_loop(ctx: Context) -> None:
         await asyncio.sleep(ctx.cfg.housekeeping_interval_s)
         try:
             upkeep.sweep(ctx)
-            ctx.room.notify()
             await asyncio.to_thread(ctx.db.checkpoint)
             await p2p.catch_up(ctx)
         except Exception:

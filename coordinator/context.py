@@ -33,43 +33,21 @@ from protocol.identity import KeyPair, PublicKey
 log = logging.getLogger("swarmrl.coordinator")
 
 
-class GroupSignal:
-    """Wakes long-polling batch requests when accepted groups arrive (in-process only;
-    waiters also re-check the database periodically, which covers other replicas)."""
-
-    def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait(self, timeout_s: float) -> None:
-        if self._event is None:
-            self._event = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout=max(0.0, timeout_s))
-        except TimeoutError:
-            pass
-
-
-class RoomSignal:
-    """Wakes lease requests held for room (`LeaseRequest.wait_s`, `coordinator.app`) when the
-    swarm may have room for more work again (`submissions.on_their_way` and the active leases
-    went down): the trainer acknowledged groups or stale ones were dropped, leases were released
-    or swept, a verdict rejected or held a submission, a version was published. One held request at a time,
-    oldest first: the one woken passes the wake on when it got leases (there may be room for
-    more), so a thousand held requests are not all woken for one lease's worth of room.
-    In-process only; held requests also re-check on their own timer (other replicas' changes)."""
+class Wakeup:
+    """Wakes requests that long-poll on this process's event loop for something to change:
+    `notify_all` every waiter (the trainer's batch requests, `Context.groups`: accepted groups
+    arrived), `notify` the oldest one (lease requests held for room, `Context.room`: a woken
+    request that got leases wakes the next, so a thousand held requests are not all woken for
+    one lease's worth of room). In-process only: waiters also re-check the database on their own
+    timer (other replicas, other processes). Safe to call from any thread."""
 
     def __init__(self) -> None:
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def notify(self) -> None:
+    def notify(self, everyone: bool = False) -> None:
         loop = self._loop
-        if loop is None:
+        if loop is None:   # nobody has waited yet
             return
         try:
             running = asyncio.get_running_loop()
@@ -77,13 +55,17 @@ class RoomSignal:
             running = None
         if running is not loop:   # called off the loop's thread: hand it to the loop
             with contextlib.suppress(RuntimeError):   # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(self.notify)
+                loop.call_soon_threadsafe(self.notify, everyone)
             return
         while self._waiters:
             f = self._waiters.popleft()
             if not f.done():
                 f.set_result(None)
-                return
+                if not everyone:
+                    return
+
+    def notify_all(self) -> None:
+        self.notify(everyone=True)
 
     async def wait(self, timeout_s: float) -> bool:
         """Until notified (True) or `timeout_s` (False)."""
@@ -118,8 +100,10 @@ class Context:
     metrics: Metrics
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.SystemRandom)
-    groups: GroupSignal = field(default_factory=GroupSignal)
-    room: RoomSignal = field(default_factory=RoomSignal)
+    groups: Wakeup = field(default_factory=Wakeup)   # accepted groups arrived (the trainer's batch long-poll)
+    # the swarm may have room for more work (`submissions.on_their_way` or the active leases went
+    # down): lease requests held for room (`coordinator.app._long_poll_lease`)
+    room: Wakeup = field(default_factory=Wakeup)
     identity_limiter: RateLimiter | None = None
     address_limiter: RateLimiter | None = None
     archiver: Any = None  # coordinator.archive.Archiver when archiving is on

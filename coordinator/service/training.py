@@ -85,6 +85,7 @@ def count_stale(ctx: Context, stale: dict[str, int]) -> int:
             ctx.metrics.groups_unused.labels(cause).inc(n)
     if sum(stale.values()):
         ctx.metrics.dropped_stale.inc(sum(stale.values()))
+        ctx.room.notify()   # room for a lease request held for it
     return sum(stale.values())
 
 
@@ -114,6 +115,7 @@ def ack(ctx: Context, opened: Opened[BatchAck]) -> BatchAckResponse:
                                     dict(opened.body.unused))
     if n:
         ctx.metrics.groups_acked.inc(n)
+        ctx.room.notify()   # consumed groups are no longer on their way: room for a held lease request
     for cause, k in marked.items():
         if k:
             ctx.metrics.groups_unused.labels(cause).inc(k)
@@ -153,6 +155,7 @@ def post_policy(ctx: Context, env: Envelope) -> PolicyInfo:
                                                     f"current version {current}")
             policy.insert(conn, manifest.version, manifest.step, manifest.created_at, now, env.model_dump_json())
             ctx.new_version.set()
+            ctx.room.notify()   # the buffer's floor moved up: room may have appeared
             log.info("policy version %d (step %d, %d bytes) is current", manifest.version, manifest.step,
                      manifest.total_bytes)
     return policy_info(ctx)

@@ -48,6 +48,8 @@ def sweep(ctx: Context) -> dict:
         m.leases_returned.labels("expired").inc(len(expired))
     if orphaned:
         m.leases_returned.labels("worker_gone").inc(len(orphaned))
+    if expired or orphaned:
+        ctx.room.notify()   # room for a lease request held for it
     stale = training.count_stale(ctx, dropped)
     if gone:
         log.info("%d worker(s) gone silent: %s", len(gone), ", ".join(gone[:5]))

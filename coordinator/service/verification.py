@@ -108,7 +108,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
     m = ctx.metrics
     m.verdicts.labels("accepted" if v.accepted else "rejected").inc()
     if (c.buffer == "ready" or released) and not c.ban_reason:
-        ctx.groups.notify()
+        ctx.groups.notify_all()
     if c.buffer != "ready" or c.ban_reason:  # a rejection, a held group or a ban's drops: room for more work
         ctx.room.notify()
     if c.ban_reason:

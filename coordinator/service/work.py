@@ -155,6 +155,7 @@ def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
         workers.count_leases(conn, dropped={worker_id: len(closed)})
     if closed:
         ctx.metrics.leases_returned.labels("released").inc(len(closed))
+        ctx.room.notify()   # room for a lease request held for it
     return {"released": len(closed)}
 
 
