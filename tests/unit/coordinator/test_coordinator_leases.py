@@ -247,18 +247,30 @@ def _held_lease(s, key, n: int, wait_s: float) -> dict:
     return out
 
 
+def _swarm_without_room(make_swarm, step: int):
+    """A coordinator whose trainer asked for `step` groups and a worker ("holder") that holds
+    them all as leases: the swarm has no room until some come back. -> (swarm, holder, leases)."""
+    s = make_swarm(limits={"burst": 1000})
+    s.publish(0)
+    holder = s.new_worker()
+    assert s.batch(max_groups=step).status_code == 200        # the trainer's step
+    leased = s.lease(holder, step)
+    assert len(leased) == step
+    return s, holder, leased
+
+
+def _release(s, key, leases) -> None:
+    r = s.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[x.lease_id for x in leases]), key)
+    assert r.status_code == 200, r.text
+
+
 def test_a_lease_request_held_for_room_is_answered_when_room_appears(make_swarm):
     """Issue 22: a worker refused for lack of room waited its retry time and asked again, a round
     trip per refusal (workers at 100 ms RTT spent 38-46% of their loop on lease calls). A request
     with `wait_s` is held at the coordinator and answered as soon as room appears (here: another
     worker releases leases), well before its wait ends; without room it is answered at the end of
     its wait with retry_after 0, and a request without `wait_s` is answered at once as before."""
-    s = make_swarm(limits={"burst": 1000})
-    s.publish(0)
-    holder = s.new_worker()
-    assert s.batch(max_groups=4).status_code == 200        # the trainer's step: 4 groups
-    leased = s.lease(holder, 4)
-    assert len(leased) == 4
+    s, holder, leased = _swarm_without_room(make_swarm, 4)
     waiter = s.new_worker()
     t0 = time.monotonic()
     assert s.lease(waiter, 2) == []                         # no room, no wait asked: at once
@@ -272,9 +284,7 @@ def test_a_lease_request_held_for_room_is_answered_when_room_appears(make_swarm)
     out = _held_lease(s, waiter, 2, wait_s=8.0)
     time.sleep(0.5)
     assert "resp" not in out                                # held: still no room
-    r = s.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[x.lease_id for x in leased[:2]]),
-               holder)
-    assert r.status_code == 200, r.text
+    _release(s, holder, leased[:2])
     out["thread"].join(10)
     assert out["resp"].status_code == 200, out["resp"].text
     assert len(out["resp"].json()["leases"]) == 2
@@ -286,21 +296,12 @@ def test_a_held_lease_request_is_not_a_second_use_of_its_nonce_and_a_ban_ends_it
     when room appears); a worker banned while its request is held gets the ban (403), not a lease."""
     from coordinator.store import workers
 
-    s = make_swarm(limits={"burst": 1000})
-    s.publish(0)
-    holder = s.new_worker()
-    assert s.batch(max_groups=2).status_code == 200
-    leased = s.lease(holder, 2)
-    assert len(leased) == 2
-
-    def release(lease):
-        r = s.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[lease.lease_id]), holder)
-        assert r.status_code == 200, r.text
+    s, holder, leased = _swarm_without_room(make_swarm, 2)
 
     waiter, banned = s.new_worker(), s.new_worker()
     out = _held_lease(s, waiter, 1, wait_s=8.0)
     time.sleep(0.3)
-    release(leased[0])
+    _release(s, holder, leased[:1])
     out["thread"].join(10)
     assert out["resp"].status_code == 200 and len(out["resp"].json()["leases"]) == 1, out["resp"].text
 
@@ -309,7 +310,7 @@ def test_a_held_lease_request_is_not_a_second_use_of_its_nonce_and_a_ban_ends_it
     assert "resp" not in out
     with s.ctx.db.write() as conn:
         workers.ban(conn, banned.peer_id, "test", s.clock())
-    release(leased[1])
+    _release(s, holder, leased[1:])
     out["thread"].join(10)
     assert out["resp"].status_code == 403, out["resp"].text
 
@@ -318,17 +319,11 @@ def test_a_held_lease_request_waits_for_a_full_batch_until_its_last_try(make_swa
     """Answered on the first lease's worth of room, held requests made workers generate smaller,
     slower batches (bench/wan.py): until its last try a held request takes what it asked for
     (within the worker's own bound) or nothing; at its last try, what there is."""
-    s = make_swarm(limits={"burst": 1000})
-    s.publish(0)
-    holder = s.new_worker()
-    assert s.batch(max_groups=4).status_code == 200
-    leased = s.lease(holder, 4)
-    assert len(leased) == 4
+    s, holder, leased = _swarm_without_room(make_swarm, 4)
     waiter = s.new_worker()
     out = _held_lease(s, waiter, 2, wait_s=1.5)
     time.sleep(0.3)
-    r = s.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[leased[0].lease_id]), holder)
-    assert r.status_code == 200, r.text
+    _release(s, holder, leased[:1])
     time.sleep(0.5)
     assert "resp" not in out                   # room for one of the two it asked for: still held
     out["thread"].join(10)
