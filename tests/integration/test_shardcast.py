@@ -146,7 +146,9 @@ def test_version_flows_origin_relay_client_and_is_byte_identical(tmp_path, opera
     health = relay.get("/health").json()
     assert health["role"] == "relay" and health["complete"] == [0]
     assert relay.metric("shardcast_shards_verified_total") == 6   # 4 weight shards + 2 small files
-    assert relay.metric("shardcast_bytes_served_total") == seen[-1][1]
+    # every byte once, plus the first byte of shard 0 when the client's prewarm probe (sent by
+    # wait_for_version, shardcast.fetch.prewarm) reached the relay after that shard was verified
+    assert relay.metric("shardcast_bytes_served_total") - seen[-1][1] in (0, 1)
     assert relay.terminate() in (0, -signal.SIGTERM)      # SIGTERM: a clean, prompt stop
     assert "Traceback" not in (relay.data_dir / "relay.log").read_text()
 
