@@ -24,7 +24,9 @@ GET /health (a probe every 50 ms on one keep-alive connection, from a process of
 this one also serves the hostile relays) and of POST /v1/submissions (the
 coordinator's Prometheus histogram `swarmrl_coordinator_request_seconds{route="submit"}` over
 the window, interpolated within its buckets; under attack it includes the attackers'
-submissions), and the peak RSS of the coordinator, verifier and relay processes (from /proc;
+submissions; `established submit`: the same for the intake's established lane only,
+`swarmrl_coordinator_submission_seconds{lane="established"}`, the honest workers' own
+submissions once they have verified work), and the peak RSS of the coordinator, verifier and relay processes (from /proc;
 `+children`: with their verify and sandbox processes). The `ratio` column is scaled so that 1.0
 is "as clean" and less is worse: attack / clean for rates, clean / attack for latencies and
 memory; the goal is >= 0.8 everywhere. The attackers run in a process of their own at the
@@ -68,17 +70,11 @@ from tests.hostile.campaign import (  # noqa: E402
     ALL, HIDDEN, Burner, HostileRelays, NicedCampaign, Spec, Targets, build_model, swarm_settings,
 )
 from tests.hostile.watch import (  # noqa: E402
-    HealthProbe, RssSampler, children_map, cpu_seconds, delta, descendants, histogram, percentile, quantile,
+    HealthProbe, RssSampler, cpu_seconds, delta, histogram, percentile, quantile, tree_cpu,
 )
 
 SERVICES = ("coordinator", "verifier", "relay")
 CPU_OF = ("coordinator", "verifier", "relay", "trainer", "workers")  # CPU cores each, with descendants
-
-
-def tree_cpu(pids: list[int]) -> float:
-    """CPU seconds of `pids` and their living descendants (the sandbox pool, verify processes)."""
-    kids = children_map()
-    return sum(cpu_seconds(p) for pid in pids for p in descendants(pid, kids))
 
 
 def role_pids(group: ProcessGroup, plan) -> dict[str, list[int]]:
@@ -102,9 +98,13 @@ def progress(url: str, honest: set[str]) -> tuple[int, int]:
     return version, sum(w.get("accepted", 0) for w in st.get("workers", []) if w["worker_id"] in honest)
 
 
-def submit_histogram(url: str) -> list[tuple[float, float]]:
+def submit_histograms(url: str) -> dict[str, list[tuple[float, float]]]:
+    """The submit route's latency buckets: every submission, and the established intake lane's
+    (workers with verified work: the honest workers once warmed up; fresh identities are not)."""
     text = httpx.get(url + "/metrics", timeout=10).text
-    return histogram(text, "swarmrl_coordinator_request_seconds", route="submit")
+    return {"submit p99 ms": histogram(text, "swarmrl_coordinator_request_seconds", route="submit"),
+            "established submit p99 ms": histogram(text, "swarmrl_coordinator_submission_seconds",
+                                                   lane="established")}
 
 
 RELAY_ATTACKS = {"drip", "gzip", "adverts"}  # the attacks that need tests.hostile.relays running
@@ -154,14 +154,14 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
                 campaign.start()  # returns once every attacker runs
             with RssSampler(pids, every_s=0.5) as rss, HealthProbe(int(url.rsplit(":", 1)[1]), every=0.05) as probe:
                 v0, g0 = progress(url, honest)
-                h0, t0 = submit_histogram(url), time.monotonic()
+                h0, t0 = submit_histograms(url), time.monotonic()
                 c0, s0 = time.process_time(), sum(cpu_seconds(p) for p in everyone)
                 a0 = cpu_seconds(campaign.pid) if campaign else 0.0
                 r0 = {role: tree_cpu(ps) for role, ps in roles.items()}
                 try:
                     time.sleep(a.seconds)
                     v1, g1 = progress(url, honest)
-                    h1, t1 = submit_histogram(url), time.monotonic()
+                    h1, t1 = submit_histograms(url), time.monotonic()
                     c1, s1 = time.process_time(), sum(cpu_seconds(p) for p in everyone)
                     a1 = cpu_seconds(campaign.pid) if campaign else 0.0
                     r1 = {role: tree_cpu(ps) for role, ps in roles.items()}
@@ -172,7 +172,7 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
         minutes = (t1 - t0) / 60
         out = {"versions/min": (v1 - v0) / minutes, "accepted groups/min": (g1 - g0) / minutes,
                "/health p99 ms": percentile(probe.latencies, 0.99),
-               "submit p99 ms": quantile(delta(h1, h0), 0.99) * 1000,
+               **{row: quantile(delta(h1[row], h0[row]), 0.99) * 1000 for row in h1},
                "health errors": probe.errors, "all alive": alive,
                "swarm CPU cores": (s1 - s0) / (t1 - t0), "attackers CPU cores": (a1 - a0) / (t1 - t0),
                "bench process CPU cores": (c1 - c0) / (t1 - t0),
@@ -196,11 +196,11 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
 
 
 RATES = ("versions/min", "accepted groups/min")
-ROWS = (*RATES, "/health p99 ms", "submit p99 ms",
+ROWS = (*RATES, "/health p99 ms", "submit p99 ms", "established submit p99 ms",
         *(f"{n}{s} RSS MiB" for n in SERVICES for s in ("", "+children")))
 CONTEXT = ("swarm CPU cores", *(f"{r} CPU cores" for r in CPU_OF), "attackers CPU cores",
            "bench process CPU cores")  # printed without a ratio
-GOALS = ("versions/min", "accepted groups/min", "/health p99 ms", "submit p99 ms")
+GOALS = ("versions/min", "accepted groups/min", "/health p99 ms", "submit p99 ms", "established submit p99 ms")
 
 
 def ratio(row: str, clean: float, attack: float) -> float:

@@ -75,13 +75,15 @@ BATCH_POLL_S = 0.25  # long-polls also re-check the database this often (other p
 LEASE_POLL_S = 1.0   # a held lease request re-checks at least this often when its refusal named no time
 
 
-async def _submit(ctx: Context, api: Api, opened, raw: bytes) -> SubmissionResponse:
+async def _submit(ctx: Context, api: Api, opened, raw: bytes, lane: dict[str, str]) -> SubmissionResponse:
     """Scoring (the sandbox: up to its time limits on hostile text) on an intake thread; the
     write transaction here on the loop, like every other one (with the write on the intake
-    thread too, bench/hostile.py's clean submit p99 was 210-240 ms, against 95-99 ms so)."""
+    thread too, bench/hostile.py's clean submit p99 was 210-240 ms, against 95-99 ms so).
+    `lane` gets the intake lane the signer's submission was scored in (for the latency metric)."""
+    established = work.established(ctx, opened.signer_id)
+    lane["lane"] = "established" if established else "new"
     if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
         return work.submit(ctx, opened, raw)
-    established = work.established(ctx, opened.signer_id)
     scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened)
     return work.store(ctx, opened, raw, scores)
 
@@ -213,8 +215,12 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
               responses={200: {"model": SubmissionResponse}})
     async def submit(request: Request) -> Response:
         """Signed `submission`: cheap checks, rewards, storage, verification queue."""
-        return await api.signed(request, "submit", KIND_SUBMISSION, Submission,
-                                lambda o, raw, addr: _submit(ctx, api, o, raw))
+        t0, lane = time.perf_counter(), {}
+        resp = await api.signed(request, "submit", KIND_SUBMISSION, Submission,
+                                lambda o, raw, addr: _submit(ctx, api, o, raw, lane))
+        if lane:  # its signature held: the answer's latency by intake lane
+            ctx.metrics.submission_latency.labels(lane["lane"]).observe(time.perf_counter() - t0)
+        return resp
 
     @app.get(routes.SUBMISSION_STATUSES, tags=["work"], responses={200: {"model": SubmissionStatuses}})
     async def submission_statuses(request: Request, ids: str = "") -> Response:

@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "swarmrl_coordinator"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 
 class Metrics:
@@ -37,8 +38,12 @@ class Metrics:
             r = None  # values live in the shared files; the collector above exposes their sum
         self.requests = Counter(f"{PREFIX}_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.latency = Histogram(f"{PREFIX}_request_seconds", "time to answer a request, by route", ["route"],
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-                                 registry=r)
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        # the submit route's latency by intake lane (coordinator.fairpool): `established` is what
+        # workers with verified work wait, whatever fresh identities send (bench/hostile.py)
+        self.submission_latency = Histogram(f"{PREFIX}_submission_seconds", "time to answer a signed submission, by "
+                                            "intake lane (established: workers with verified work accepted; new: "
+                                            "the rest)", ["lane"], buckets=LATENCY_BUCKETS, registry=r)
         self.rejections = Counter(f"{PREFIX}_rejections", "refused requests by reason", ["reason"], registry=r)
         self.submissions = Counter(f"{PREFIX}_submissions_received", "submissions that passed intake", registry=r)
         # no full_check label: /metrics is public, and a worker watching it right after its own

@@ -79,6 +79,13 @@ def descendants(pid: int, kids: dict[int, list[int]]) -> list[int]:
     return out
 
 
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds of `pids` and their living descendants (a service's sandbox pool and verify
+    processes; a role started through `ip netns exec`)."""
+    kids = children_map()
+    return sum(cpu_seconds(p) for pid in pids for p in descendants(pid, kids))
+
+
 class RssSampler:
     """Samples the RSS of named processes (alone and with their descendants) every `every_s`."""
 

@@ -382,3 +382,9 @@ def test_new_identities_slow_submissions_do_not_hold_up_an_established_workers(m
         for t in threads:
             t.join(30)
     assert [out[k].status_code for k in (evil1, evil2)] == [200, 200]
+    # the latency metric by lane: the established worker's answer came while both new ones waited
+    sample = s.ctx.metrics.registry.get_sample_value
+    count = {lane: sample("swarmrl_coordinator_submission_seconds_count", {"lane": lane}) for lane in ("established", "new")}
+    total = {lane: sample("swarmrl_coordinator_submission_seconds_sum", {"lane": lane}) for lane in ("established", "new")}
+    assert count == {"established": 1, "new": 2}
+    assert total["new"] > 2 * total["established"]
