@@ -178,10 +178,15 @@ def demo_model(a: argparse.Namespace) -> Path:
     return d
 
 
-def measure(progress, trainer_dir: Path, seconds: float, warm_s: float, alive, phases=None) -> dict:
+def measure(progress, trainer_dir: Path, seconds: float, warm_s: float, alive, phases=None, trainer=None,
+            cpu=None) -> dict:
     """Wait until versions come and every worker has work accepted, then count for `seconds`:
     versions/min, accepted groups/min and the version lag of what the versions trained; with
-    `phases` (worker -> its /status phase_seconds), where the workers' loops spent that time."""
+    `phases` (worker -> its /status phase_seconds), where the workers' loops spent that time;
+    with `trainer` (its status phase_seconds), where the trainer's did (waiting for data or
+    training) and its training seconds per version; with `cpu` (role -> CPU seconds), the cores
+    each role used (the link emulator's among them: on one machine it takes cycles that the roles
+    of a real deployment would not give up)."""
     from tests.wan.swarm import VersionLag
 
     deadline = time.monotonic() + warm_s
@@ -192,32 +197,72 @@ def measure(progress, trainer_dir: Path, seconds: float, warm_s: float, alive, p
         if time.monotonic() > deadline or not alive():
             raise SystemExit("the swarm did not warm up (versions and accepted work from every worker)")
         time.sleep(1.0)
+    read = {"worker time": phases, "trainer": trainer, "cpu": cpu}
     with VersionLag(trainer_dir) as lag:
         v0, g0, _ = progress()
-        p0 = phases() if phases else {}
+        r0 = {k: f() for k, f in read.items() if f}
         t0 = time.monotonic()
         time.sleep(seconds)
         v1, g1, _ = progress()
-        p1 = phases() if phases else {}
+        r1 = {k: f() for k, f in read.items() if f}
         t1 = time.monotonic()
     lags = lag.between(v0, v1)
     minutes = (t1 - t0) / 60
-    return {"versions/min": (v1 - v0) / minutes, "accepted groups/min": (g1 - g0) / minutes,
-            "lag mean": statistics.fmean(lags) if lags else float("nan"),
-            "lag max": max(lags) if lags else float("nan"), "versions": v1 - v0,
-            "worker time": phase_shares(p0, p1)}
-
-
-def phase_shares(before: dict, after: dict) -> dict:
-    """Per worker, the share of the measured window its loop spent in each phase (generating,
-    leasing, syncing, loading, ...), from two readings of its /status phase_seconds."""
-    out = {}
-    for name, p1 in after.items():
-        p0 = before.get(name, {})
-        spent = {k: v - p0.get(k, 0.0) for k, v in p1.items()}
-        total = sum(spent.values()) or 1.0
-        out[name] = {k: round(v / total, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
+    out = {"versions/min": (v1 - v0) / minutes, "accepted groups/min": (g1 - g0) / minutes,
+           "lag mean": statistics.fmean(lags) if lags else float("nan"),
+           "lag max": max(lags) if lags else float("nan"), "versions": v1 - v0}
+    if phases:
+        out["worker time"] = {name: shares(r0["worker time"].get(name, {}), p1)
+                              for name, p1 in r1["worker time"].items()}
+    if trainer:
+        out["trainer time"] = shares(r0["trainer"], r1["trainer"])
+        trained = r1["trainer"].get("training", 0.0) - r0["trainer"].get("training", 0.0)
+        out["trainer s/version"] = trained / max(1, v1 - v0)
+    if cpu:
+        out["cpu cores"] = {k: round((r1["cpu"][k] - r0["cpu"].get(k, 0.0)) / (t1 - t0), 2) for k in r1["cpu"]}
     return out
+
+
+def shares(before: dict, after: dict) -> dict:
+    """The share of a window spent in each phase, from two readings of a phase_seconds dict
+    (a worker's /status: generating, leasing, ...; the trainer's: waiting, training, ...)."""
+    spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    total = sum(spent.values()) or 1.0
+    return {k: round(v / total, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def trainer_phases(trainer_dir: Path, call):
+    """The trainer's status phase_seconds (waiting, training, saving, publishing, ...); `call`
+    runs the request where its status port (loopback of its site) is reachable."""
+    from trainer.status import STATUS_PATH
+
+    def get(port: int) -> dict:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{port}{STATUS_PATH}", timeout=10).json().get("phase_seconds", {})
+
+    def read() -> dict:
+        try:
+            return call(get, int((trainer_dir / "trainer.port").read_text()))
+        except Exception as exc:  # noqa: BLE001 (a trainer that does not answer is left out)
+            print(f"(trainer: no status: {exc})", flush=True)
+            return {}
+    return read
+
+
+def role_cpu(group, plan, extra: dict[str, int] | None = None):
+    """role -> CPU seconds so far (with descendants): the trainer, the workers, every other role
+    of the swarm together, and `extra` processes by name (the link emulator)."""
+    from tests.hostile.watch import tree_cpu
+
+    def read() -> dict:
+        named = {"trainer": ["trainer"], "workers": list(plan.worker_names)}
+        taken = {n for ns in named.values() for n in ns}
+        pids = {role: [group.get(n).popen.pid for n in ns] for role, ns in named.items()}
+        pids["other roles"] = [c.popen.pid for c in group.children if c.name not in taken]
+        pids.update({name: [pid] for name, pid in (extra or {}).items()})
+        return {role: tree_cpu(ps) for role, ps in pids.items()}
+    return read
 
 
 def worker_phases(plan, call):
@@ -259,11 +304,14 @@ def rollouts_wan(a: argparse.Namespace, model: Path, topo: Topology, work: Path)
         try:
             with ProcessGroup(wan.plan.logs) as group:
                 wan.start(group)
-                sites = {name: InNamespace(net, wan.site_of[name]) for name in wan.plan.worker_names}
+                sites = {name: InNamespace(net, wan.site_of[name]) for name in (*wan.plan.worker_names, "trainer")}
+                trainer_dir = wan.plan.root / "trainer"
                 try:
-                    out = measure(swarm_progress(wan.stats, a.rollout_workers), wan.plan.root / "trainer",
+                    out = measure(swarm_progress(wan.stats, a.rollout_workers), trainer_dir,
                                   a.seconds, a.warm, lambda: all(c.alive for c in group.children),
-                                  worker_phases(wan.plan, lambda name, fn, *args: sites[name].call(fn, *args)))
+                                  worker_phases(wan.plan, lambda name, fn, *args: sites[name].call(fn, *args)),
+                                  trainer_phases(trainer_dir, sites["trainer"].call),
+                                  role_cpu(group, wan.plan, {"link emulator": net.emulator.pid}))
                     out["waste"] = wan.stats().get("waste") or {}  # issue 23: accepted groups never trained, by cause
                 finally:
                     for site in sites.values():
@@ -292,9 +340,11 @@ def rollouts_loopback(a: argparse.Namespace, model: Path, work: Path) -> dict:
 
     with ProcessGroup(plan.logs) as group:
         start_swarm(plan, group)
-        out = measure(swarm_progress(stats, a.rollout_workers), plan.root / "trainer", a.seconds, a.warm,
+        trainer_dir = plan.root / "trainer"
+        out = measure(swarm_progress(stats, a.rollout_workers), trainer_dir, a.seconds, a.warm,
                       lambda: all(c.alive for c in group.children),
-                      worker_phases(plan, lambda name, fn, *args: fn(*args)))
+                      worker_phases(plan, lambda name, fn, *args: fn(*args)),
+                      trainer_phases(trainer_dir, lambda fn, *args: fn(*args)), role_cpu(group, plan))
         out["waste"] = stats().get("waste") or {}
         return out
 
@@ -304,34 +354,52 @@ def cmd_rollouts(a: argparse.Namespace) -> None:
                     rtt_ms=(a.rtt_min, a.rtt_max), loss=a.loss).scaled(a.scale)
     describe(topo)
     model = demo_model(a)
-    rows = {}
+    phases = a.phases.split(",")
+    runs: dict[str, list[dict]] = {p: [] for p in phases}
     with run_folder("swarmrl-wanroll-", a.keep) as work:
-        for phase in a.phases.split(","):
-            t = time.monotonic()
-            rows[phase] = rollouts_wan(a, model, topo, work / phase) if phase == "wan" else \
-                rollouts_loopback(a, model, work / phase)
-            print(f"{phase}: {rows[phase]} ({time.monotonic() - t:.0f} s)", flush=True)
+        for k in range(a.rounds):
+            # every other round in the other order, so a machine that slows down (or speeds up)
+            # over the run does not favour the phase that always comes first
+            for phase in phases if k % 2 == 0 else phases[::-1]:
+                t = time.monotonic()
+                where = work / f"{phase}{k}"
+                r = rollouts_wan(a, model, topo, where) if phase == "wan" else rollouts_loopback(a, model, where)
+                runs[phase].append(r)
+                print(f"round {k + 1} {phase}: {r} ({time.monotonic() - t:.0f} s)", flush=True)
+    rows = {p: {key: statistics.median(r[key] for r in rs) for key in KEYS} for p, rs in runs.items()}
+    both = len(rows) == 2 and "wan" in rows and "loopback" in rows
     print()
-    print(f"the demo recipe, {a.rollout_workers} workers, {a.seconds:.0f} s measured per phase after warm-up; "
-          f"RTT to the operator {a.rtt_min:.0f}-{a.rtt_max:.0f} ms, loss {a.loss:.2%}, rates x{a.scale}")
-    print("| | " + " | ".join(rows) + (" | WAN / loopback (goal >= 0.8) |" if len(rows) == 2 else " |"))
-    print("|---|" + "---|" * (len(rows) + (len(rows) == 2)))
-    for key in ("versions/min", "accepted groups/min", "lag mean", "lag max"):
-        vals = [r[key] for r in rows.values()]
+    print(f"the demo recipe, {a.rollout_workers} workers, {a.seconds:.0f} s measured per phase after warm-up"
+          f"{f', medians of {a.rounds} rounds' if a.rounds > 1 else ''}; RTT to the operator {a.rtt_min:.0f}-"
+          f"{a.rtt_max:.0f} ms, loss {a.loss:.2%}, rates x{a.scale}")
+    print("| | " + " | ".join(rows) + (" | WAN / loopback (goal >= 0.8) |" if both else " |"))
+    print("|---|" + "---|" * (len(rows) + both))
+    for key in KEYS:
         ratio = ""
-        if len(rows) == 2 and "lag" not in key and rows.get("loopback", {}).get(key):
-            ratio = f" {rows['wan'][key] / rows['loopback'][key]:.2f} |"
-        elif len(rows) == 2:
-            ratio = " |"
-        print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
+        if both:
+            ratio = " |" if "lag" in key or not rows["loopback"][key] else \
+                f" {rows['wan'][key] / rows['loopback'][key]:.2f} |"
+        print(f"| {key} | " + " | ".join(f"{r[key]:.2f}" for r in rows.values()) + " |" + ratio)
+    if both and a.rounds > 1:
+        for key in KEYS[:2]:
+            print(f"{key} WAN / loopback by round: " + ", ".join(
+                f"{w[key] / lo[key]:.2f}" for w, lo in zip(runs["wan"], runs["loopback"]) if lo[key]))
     from coordinator.rules.waste import summary_line
 
-    for phase, r in rows.items():
-        for name, shares in r["worker time"].items():
-            print(f"{phase} {name} loop time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
-        print(f"{phase}, the whole run: {summary_line(r['waste'])}")
+    for phase, rs in runs.items():
+        for k, r in enumerate(rs):
+            tag = f"{phase}{f' round {k + 1}' if len(rs) > 1 else ''}"
+            for name, spent in r["worker time"].items():
+                print(f"{tag} {name} loop time: " + ", ".join(f"{p} {v:.0%}" for p, v in spent.items()))
+            print(f"{tag} trainer time: " + ", ".join(f"{p} {v:.0%}" for p, v in r.get("trainer time", {}).items())
+                  + f"; {r.get('trainer s/version', float('nan')):.3f} s training per version")
+            print(f"{tag} CPU cores: " + ", ".join(f"{p} {v:.2f}" for p, v in r.get("cpu cores", {}).items()))
+            print(f"{tag}, the whole run: {summary_line(r['waste'])}")
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
+        Path(a.json).write_text(json.dumps(runs, indent=1))
+
+
+KEYS = ("versions/min", "accepted groups/min", "lag mean", "lag max")
 
 
 def main() -> None:
@@ -364,6 +432,8 @@ def main() -> None:
     r.add_argument("--seconds", type=float, default=120)
     r.add_argument("--warm", type=float, default=300, help="seconds allowed for the swarm to warm up")
     r.add_argument("--phases", default="wan,loopback")
+    r.add_argument("--rounds", type=int, default=1, help="phases per round, every other round in the other "
+                   "order; the table shows medians and the ratio per round")
     r.add_argument("--model-dir", default="/tmp/swarmrl-wan-model")
     a = p.parse_args()
     ok, why = available()
