@@ -17,6 +17,7 @@ are serialised once with pydantic (no FastAPI response-model re-validation on th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -71,15 +72,24 @@ class Intake:
 
     The threads serve signers in turn, workers with verified work accepted first
     (`coordinator.fairpool`): an attacker's queue of slow hostile texts, from one identity or
-    from fresh ones, delays an honest worker's submission by at most the item in progress."""
+    from fresh ones, delays an honest worker's submission by at most the item in progress.
+    Admission is split the same way: new identities' submissions (running or waiting) take at
+    most half of the places, so established workers always find the other half. Before, a
+    handful of fresh identities, each with its first leases, filled every place with texts that
+    take the scorer's whole limit on the one thread new identities may hold (64 x 3 s), and every
+    honest submission was answered 429 `busy` for minutes."""
 
     def __init__(self, threads: int, queue: int):
         self.threads = threads
         self.slots = Slots(threads + queue, "taking in too many submissions")
+        self.new_slots = Slots(max(1, (threads + queue) // 2), "taking in too many submissions from new identities")
         self.pool: FairPool | None = None
 
     async def run(self, signer: str, established: bool, fn: Callable[..., T], *args: Any) -> T:
-        with self.slots.slot():
+        with contextlib.ExitStack() as places:
+            if not established:
+                places.enter_context(self.new_slots.slot())
+            places.enter_context(self.slots.slot())
             if self.pool is None:
                 self.pool = FairPool(self.threads, name="coordinator-intake")
             return await asyncio.wrap_future(self.pool.submit(signer, established, functools.partial(fn, *args)))

@@ -388,3 +388,45 @@ def test_new_identities_slow_submissions_do_not_hold_up_an_established_workers(m
     total = {lane: sample("swarmrl_coordinator_submission_seconds_sum", {"lane": lane}) for lane in ("established", "new")}
     assert count == {"established": 1, "new": 2}
     assert total["new"] > 2 * total["established"]
+
+
+def test_new_identities_cannot_fill_the_intake_and_shut_out_an_established_worker(make_swarm):
+    """Admission by lane: fresh identities whose first leases' texts keep the scorer busy take
+    at most half of the intake's places (threads + queue); beyond that they are answered 429
+    `busy`, and an established worker's submission is still admitted and scored at once. On the
+    old code the four new submissions took all four places and the honest one got the 429."""
+    from coordinator.store import workers
+
+    s = make_swarm(limits={"intake_threads": 2, "intake_queue": 2})
+    s.publish(0)
+    honest, evil1, evil2 = s.new_worker(), s.new_worker(), s.new_worker()
+    with s.ctx.db.write() as conn:
+        workers.update_fields(conn, honest.peer_id, accepted=s.cfg.limits.intake_established_after)
+    (h,) = s.lease(honest, 1)
+    evil = [(k, lease) for k in (evil1, evil2) for lease in s.lease(k, 2)]
+    hostile = {lease.task_id for _, lease in evil} - {h.task_id}
+    assert len(hostile) == 4
+    score, release, started = s.ctx.tasks.rewards, threading.Event(), []
+
+    def rewards(task, completions):
+        if task.id in hostile:
+            started.append(task.id)
+            assert release.wait(30)
+        return score(task, completions)
+
+    s.ctx.tasks.rewards = rewards
+    out: dict = {}
+    threads = [threading.Thread(target=lambda i=i, k=k, lease=lease: out.setdefault(i, s.submit(k, lease)))
+               for i, (k, lease) in enumerate(evil)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: sum(1 for r in out.values() if r.status_code == 429) == 2 and started, 30)
+        assert sorted(r.json()["reason"] for r in out.values()) == ["busy", "busy"]
+        r = s.submit(honest, h)
+        assert r.status_code == 200, r.text
+    finally:
+        release.set()
+        for t in threads:
+            t.join(30)
+    assert sorted(r.status_code for r in out.values()) == [200, 200, 429, 429]
