@@ -13,7 +13,9 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
     own     = rate x budget leases, at least 1 and at most `max_leases`
     room    = what the trainer takes per version x min(staleness + 1, demand_steps) - the
               groups already on their way (active leases, queued submissions, the buffer
-              above the floor)
+              above the floor); workers without verified work accepted (new identities) hold
+              at most `new_identity_share` of it between them, and established workers
+              always have the rest (`Demand.room`)
     allowed = min(own, what it holds + room); with no room left, what it holds (it waits
               for the trainer: a lease more would only make a group that goes stale), but
               one lease when nothing at all is on its way
@@ -75,18 +77,34 @@ class SizingTerms:
     demand_versions: int = 1       # versions before what the trainer takes per version counts
     demand_steps: float = 2.0      # steps' worth of groups the swarm may have on their way to the trainer
     retry_share: float = 0.25      # a worker refused by the swarm bound asks again after this share of the version interval
+    new_identity_share: float = 0.25  # share of the swarm bound that workers without verified work may hold together
 
 
 @dataclass(frozen=True)
 class Demand:
-    """What the trainer can take, and what is already on its way to it."""
+    """What the trainer can take, and what is already on its way to it: `in_flight` from
+    established workers (verified work accepted), `new` from the others (their active leases
+    and queued submissions). `new_share`: the share of the bound that new identities may hold
+    together; None while no established worker is active (the start of a run: everyone is new)."""
 
     per_version: float             # groups the trainer takes per version (all it acknowledged / versions)
     in_flight: int                 # active leases + queued submissions + unconsumed groups above the floor
+    new: int = 0                   # of those not in in_flight: new identities' active leases and queued submissions
+    new_share: float | None = None
 
-    def room(self, staleness: int, steps: float) -> float:
-        """Groups that may still be leased now and taken before they go stale."""
-        return self.per_version * min(staleness + 1, steps) - self.in_flight
+    def room(self, staleness: int, steps: float, new_identity: bool = False) -> float:
+        """Groups that may still be leased now (by a new identity, or by an established worker)
+        and taken before they go stale. New identities hold at most `new_share` of the bound
+        between them, and established workers always have the rest: throw-away identities
+        that take leases and sit on them until they expire (free to make) must not hold the
+        room that honest workers need (they did: every worker was in one pool, first come)."""
+        bound = self.per_version * min(staleness + 1, steps)
+        if self.new_share is None:
+            return bound - self.in_flight - self.new
+        budget = max(1.0, self.new_share * bound)
+        if new_identity:
+            return min(budget - self.new, bound - self.in_flight - self.new)
+        return bound - self.in_flight - min(self.new, budget)
 
 
 @dataclass(frozen=True)
@@ -152,23 +170,24 @@ def worker_rate(leases: Sequence[tuple[float, float]]) -> float | None:
 
 def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float],
                    staleness: int, verify_s: Sequence[float], demand: Demand | None, now: float,
-                   terms: SizingTerms) -> Sizing:
+                   terms: SizingTerms, new_identity: bool = False) -> Sizing:
     """How many leases a worker may hold now (see the module docstring for the rule).
 
     `held`: its active leases; `recent`: (issued_at, submitted_at) of its newest submitted
     leases; `arrivals`: arrival times of the newest policy versions, ascending; `staleness`:
     versions a group may lag when the trainer takes it (current - the buffer's floor);
     `verify_s`: recent submission-to-verdict times (their median is used); `demand`: what the
-    trainer takes and what is on its way (None: not measured yet)."""
+    trainer takes and what is on its way (None: not measured yet); `new_identity`: the worker has
+    no verified work yet (its room is the new identities' share, `Demand.room`)."""
     if not terms.enabled:
         return Sizing(max_leases, None, None, "lease sizing off")
     own = _own(max_leases, recent, arrivals, staleness, verify_s, now, terms)
     if demand is None:
         return own
-    room = max(0, math.floor(demand.room(staleness, terms.demand_steps)))
+    room = max(0, math.floor(demand.room(staleness, terms.demand_steps, new_identity)))
     if held + room >= own.allowed:
         return own
-    allowed = max(1, held + room) if demand.in_flight == 0 else held + room
+    allowed = max(1, held + room) if demand.in_flight + demand.new == 0 else held + room
     interval = version_interval(arrivals, now) if len(arrivals) >= terms.min_versions else None
     return Sizing(allowed, own.budget_s, own.rate,
                   f"the trainer takes {demand.per_version:.1f} groups a version; {demand.in_flight} on their way",

@@ -71,13 +71,13 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
     with ctx.db.write() as conn:
         if not again:
             use_nonce(conn, opened, now)
-        require_worker(conn, worker_id)
+        row = require_worker(conn, worker_id)
         workers.seen(conn, worker_id, now)
         current = policy.current(conn)
         if current is None:
             return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S), False
         held = leases.count_active(conn, worker_id)
-        sizing = _sizing(ctx, conn, worker_id, held, current, now)
+        sizing = _sizing(ctx, conn, worker_id, established_row(ctx, worker_id, row), held, current, now)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
         if fill and sizing.own is not None and n < leases_to_issue(opened.body.max_tasks, held, sizing.own):
             n = 0
@@ -114,7 +114,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
     return LeaseResponse(leases=envs), False
 
 
-def _sizing(ctx: Context, conn, worker_id: str, held: int, current: int, now: float) -> Sizing:
+def _sizing(ctx: Context, conn, worker_id: str, established: bool, held: int, current: int, now: float) -> Sizing:
     """How many leases `worker_id` may hold now (`coordinator.rules.lease_size`), from the
     coordinator's own measurements: the worker's newest submitted leases, the versions' arrival
     times, recent verification times, how many versions the buffer keeps, what the trainer took
@@ -128,11 +128,17 @@ def _sizing(ctx: Context, conn, worker_id: str, held: int, current: int, now: fl
     staleness = current - floor
     taken = submissions.taken(conn) if current >= terms.demand_versions else 0
     per_version = trainer_take(taken, current, meta.get_int(conn, meta.TRAINER_STEP))
-    demand = None if per_version <= 0 else Demand(
-        per_version=per_version, in_flight=leases.count_all_active(conn) + submissions.on_their_way(conn, floor))
+    demand = None
+    if per_version > 0:
+        who = workers.new_identity(ctx.cfg.limits.intake_established_after, ctx.trusted_keys)
+        in_flight = leases.count_all_active(conn) + submissions.on_their_way(conn, floor)
+        of_new = leases.count_active_of(conn, who) + submissions.count_queued_of(conn, who)
+        share = terms.new_identity_share if workers.any_active_established(conn, who) else None
+        demand = Demand(per_version=per_version, in_flight=in_flight - of_new, new=of_new, new_share=share)
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
                           arrivals=policy.recent_arrivals(conn), staleness=staleness,
-                          verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms)
+                          verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms,
+                          new_identity=not established)
 
 
 def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
@@ -166,12 +172,18 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
 
 def established(ctx: Context, worker_id: str) -> bool:
     """Whether `worker_id`'s submissions are scored in the intake's established lane
-    (`coordinator.fairpool`): an operator-trusted key, or a worker not banned with at least
+    (`coordinator.fairpool`) and its leases come from the established workers' room
+    (`rules.lease_size.Demand`): an operator-trusted key, or a worker not banned with at least
     `limits.intake_established_after` verified accepted submissions. One primary-key read."""
+    with ctx.db.read() as conn:
+        return established_row(ctx, worker_id, workers.get(conn, worker_id))
+
+
+def established_row(ctx: Context, worker_id: str, row) -> bool:
+    """`established` from the worker's row (None: unknown); `store.workers.new_identity` is the
+    same rule as a condition on the table."""
     if worker_id in ctx.trusted_keys:
         return True
-    with ctx.db.read() as conn:
-        row = workers.get(conn, worker_id)
     return row is not None and row.status != "banned" and row.accepted >= ctx.cfg.limits.intake_established_after
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, func, or_, select, update
 
 from coordinator.store.schema import leases, submission_payloads, submissions, workers
 
@@ -221,6 +221,13 @@ def on_their_way(conn: Connection, floor: int) -> int:
     waiting = select(func.count()).select_from(submissions).where(and_(c.buffer.in_(("ready", "handed")),
                                                                        c.policy_version >= floor))
     return int(conn.execute(queued).scalar_one()) + int(conn.execute(waiting).scalar_one())
+
+
+def count_queued_of(conn: Connection, who: ColumnElement[bool]) -> int:
+    """Submissions queued for the verifier from the workers matched by `who` (a condition on `workers`)."""
+    q = select(func.count()).select_from(submissions).where(
+        and_(submissions.c.worker_id.in_(select(workers.c.worker_id).where(who)), submissions.c.status == "queued"))
+    return int(conn.execute(q).scalar_one())
 
 
 def buffer_depth(conn: Connection) -> int:

@@ -6,9 +6,10 @@ form, which costs a quarter of building a new expression per request (bench/coor
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, case, delete, func, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, not_, or_, select, update
 
 from coordinator.store.schema import nonces, workers
 from coordinator.store.sql import insert_ignore
@@ -113,6 +114,21 @@ def debit_rejected(conn: Connection, worker_id: str) -> None:
 
 def all_rows(conn: Connection, limit: int = 10_000) -> list[Row]:
     return list(conn.execute(select(workers).order_by(workers.c.registered_at).limit(limit)))
+
+
+def new_identity(established_after: int, trusted: Collection[str]) -> ColumnElement[bool]:
+    """The condition on `workers` of a worker without verified work: fewer than
+    `established_after` accepted submissions (or banned), and not an operator-trusted key. The
+    negation is `coordinator.service.work.established` (the intake's lanes) for one row."""
+    w = workers.c
+    cond = or_(w.accepted < established_after, w.status == "banned")
+    return and_(cond, w.worker_id.not_in(sorted(trusted))) if trusted else cond
+
+
+def any_active_established(conn: Connection, new: ColumnElement[bool]) -> bool:
+    """Whether an active worker is not matched by `new` (`new_identity`)."""
+    q = select(workers.c.worker_id).where(and_(workers.c.status == "active", not_(new))).limit(1)
+    return conn.execute(q).first() is not None
 
 
 def count_by_status(conn: Connection) -> dict[str, int]:

@@ -231,6 +231,27 @@ def test_before_the_trainer_takes_anything_the_swarm_holds_one_step_of_its_reque
     assert s.lease(b, 20) == []
 
 
+def test_throw_away_identities_sitting_on_leases_cannot_take_the_room_of_an_established_worker(make_swarm):
+    """Fresh identities are free (one per address, a small proof of work): each took its first
+    leases and sat on them until they expired, and while they held the swarm's whole bound an
+    honest worker with verified work was refused every lease (one pool, first come). Now new
+    identities hold at most `lease_sizing.new_identity_share` of the bound between them once an
+    established worker is active; the established worker gets the rest."""
+    from coordinator.store import workers
+
+    s = make_swarm(limits={"burst": 1000})
+    s.publish(0)
+    honest = s.new_worker()
+    with s.ctx.db.write() as conn:          # verified work accepted before
+        workers.update_fields(conn, honest.peer_id, accepted=s.cfg.limits.intake_established_after)
+    assert s.batch(max_groups=8).status_code == 200                 # the trainer's step: a bound of 8
+    squatters = [s.new_worker() for _ in range(4)]
+    taken = [len(s.lease(k, 8)) for k in squatters]
+    assert sum(taken) == 2, taken            # lease_sizing.new_identity_share (0.25) of 8 between them
+    assert len(s.lease(honest, 8)) == 6      # the rest is the established worker's
+    assert all(s.lease(k, 8) == [] for k in squatters)
+
+
 def _held_lease(s, key, n: int, wait_s: float) -> dict:
     """A lease request asking to be held up to `wait_s`, sent from a thread: {"resp", "t"} once answered."""
     from protocol.messages import KIND_LEASE_REQUEST, LeaseRequest
