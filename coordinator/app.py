@@ -108,25 +108,27 @@ async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
     time passes (other replicas' changes), and tries again, until `wait_s`. Over a long link this
     saves the refused worker's wait and a round trip per refusal (bench/wan.py rollouts: workers
     at 100 ms spent 38-46% of their loop on lease calls). A request that got leases passes the
-    wake on: there may be room for the next held one."""
+    wake on: there may be room for the next held one. Requests wait in their worker's lane
+    (`Context.room`): new identities' requests are woken apart from established workers'."""
     resp, room = work.try_lease(ctx, opened)
     wait_s = opened.body.wait_s
     if resp.leases or not room or wait_s <= 0:
         return resp
+    lane = "established" if work.established(ctx, opened.signer_id) else "new"
     deadline = time.monotonic() + wait_s
     while True:
         left = deadline - time.monotonic()
-        woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, max(0.0, left)))
+        woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, max(0.0, left)), lane)
         last = time.monotonic() >= deadline
         try:   # until its last try, a full batch or nothing (small batches generate slower)
             resp, room = work.try_lease(ctx, opened, again=True, fill=not last)
         except BaseException:
             if woken:   # banned meanwhile, say: the wake was not used, pass it on
-                ctx.room.notify()
+                ctx.room.notify(lane)
             raise
         if resp.leases or not room:
             if woken:   # leases taken (there may be room for more), or refused for its own reasons
-                ctx.room.notify()
+                ctx.room.notify(lane)
             return resp
         if last:   # held for all it asked: it may ask again at once (and be held again)
             return resp.model_copy(update={"retry_after_s": 0.0})

@@ -36,7 +36,7 @@ log = logging.getLogger("swarmrl.coordinator")
 class Wakeup:
     """Wakes requests that long-poll on this process's event loop for something to change:
     `notify_all` every waiter (the trainer's batch requests, `Context.groups`: accepted groups
-    arrived), `notify` the oldest one (lease requests held for room, `Context.room`: a woken
+    arrived), `notify` the oldest one (lease requests held for room, one per lane in `Context.room`: a woken
     request that got leases wakes the next, so a thousand held requests are not all woken for
     one lease's worth of room). In-process only: waiters also re-check the database on their own
     timer (other replicas, other processes). Safe to call from any thread."""
@@ -88,6 +88,28 @@ class Wakeup:
                     self._waiters.remove(f)
 
 
+class LaneWakeup:
+    """`Wakeup`s for held lease requests, one per intake lane (established workers, new
+    identities): `notify()` wakes the oldest waiter of each lane, `notify(lane)` of one (a woken
+    request passing the wake on). New identities hold at most their share of the swarm's room
+    (`rules.lease_size.Demand`): in one queue, their held requests (the oldest, when they sit
+    waiting) took the wakes, were refused for their share and slept again, and the established
+    worker whose room it was waited for its retry time."""
+
+    LANES = ("established", "new")
+
+    def __init__(self) -> None:
+        self.lanes = {lane: Wakeup() for lane in self.LANES}
+
+    def notify(self, lane: str | None = None) -> None:
+        for name, w in self.lanes.items():
+            if lane is None or name == lane:
+                w.notify()
+
+    async def wait(self, timeout_s: float, lane: str) -> bool:
+        return await self.lanes[lane].wait(timeout_s)
+
+
 @dataclass
 class Context:
     cfg: CoordinatorConfig
@@ -103,7 +125,7 @@ class Context:
     groups: Wakeup = field(default_factory=Wakeup)   # accepted groups arrived (the trainer's batch long-poll)
     # the swarm may have room for more work (`submissions.on_their_way` or the active leases went
     # down): lease requests held for room (`coordinator.app._long_poll_lease`)
-    room: Wakeup = field(default_factory=Wakeup)
+    room: LaneWakeup = field(default_factory=LaneWakeup)
     identity_limiter: RateLimiter | None = None
     address_limiter: RateLimiter | None = None
     archiver: Any = None  # coordinator.archive.Archiver when archiving is on

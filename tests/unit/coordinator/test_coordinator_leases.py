@@ -252,6 +252,37 @@ def test_throw_away_identities_sitting_on_leases_cannot_take_the_room_of_an_esta
     assert all(s.lease(k, 8) == [] for k in squatters)
 
 
+def test_a_new_identitys_held_request_does_not_take_the_wake_meant_for_an_established_worker(make_swarm):
+    """Held lease requests wait per lane: room that an established worker releases wakes the
+    oldest established request at once, though a new identity (its share full) has waited
+    longer. In one queue the new identity took the wake, was refused and slept again, and the
+    established request waited for its retry time (1 s here)."""
+    from coordinator.store import workers
+
+    s = make_swarm(limits={"burst": 1000})
+    s.publish(0)
+    honest, other, squatter = s.new_worker(), s.new_worker(), s.new_worker()
+    with s.ctx.db.write() as conn:
+        for k in (honest, other):
+            workers.update_fields(conn, k.peer_id, accepted=s.cfg.limits.intake_established_after)
+    assert s.batch(max_groups=8).status_code == 200                  # a bound of 8
+    assert len(s.lease(squatter, 8)) == 2                            # the new identities' share
+    held = s.lease(other, 8)
+    assert len(held) == 6                                            # the bound is full
+    old = _held_lease(s, squatter, 2, wait_s=8.0)                    # waits first
+    time.sleep(0.3)
+    out = _held_lease(s, honest, 2, wait_s=8.0)
+    time.sleep(0.3)
+    assert "resp" not in out and "resp" not in old
+    t0 = time.monotonic()
+    _release(s, other, held[:2])
+    out["thread"].join(10)
+    assert len(out["resp"].json()["leases"]) == 2, out["resp"].text
+    assert time.monotonic() - t0 < 0.6                                # woken, not its 1 s retry
+    old["thread"].join(10)
+    assert old["resp"].json()["leases"] == []                        # its share is still full
+
+
 def _held_lease(s, key, n: int, wait_s: float) -> dict:
     """A lease request asking to be held up to `wait_s`, sent from a thread: {"resp", "t"} once answered."""
     from protocol.messages import KIND_LEASE_REQUEST, LeaseRequest
