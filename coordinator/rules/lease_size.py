@@ -170,7 +170,7 @@ def worker_rate(leases: Sequence[tuple[float, float]]) -> float | None:
 
 def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float],
                    staleness: int, verify_s: Sequence[float], demand: Demand | None, now: float,
-                   terms: SizingTerms, new_identity: bool = False) -> Sizing:
+                   terms: SizingTerms, new_identity: bool = False, dropped: int = 0) -> Sizing:
     """How many leases a worker may hold now (see the module docstring for the rule).
 
     `held`: its active leases; `recent`: (issued_at, submitted_at) of its newest submitted
@@ -178,10 +178,15 @@ def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, 
     versions a group may lag when the trainer takes it (current - the buffer's floor);
     `verify_s`: recent submission-to-verdict times (their median is used); `demand`: what the
     trainer takes and what is on its way (None: not measured yet); `new_identity`: the worker has
-    no verified work yet (its room is the new identities' share, `Demand.room`)."""
+    no verified work yet (its room is the new identities' share, `Demand.room`); `dropped`: leases
+    it released or let expire. A worker that dropped leases and has never submitted one holds
+    one at a time until it submits: an identity that takes leases only to sit on them (to fill
+    the new identities' share) holds one after its first ones expire."""
     if not terms.enabled:
         return Sizing(max_leases, None, None, "lease sizing off")
     own = _own(max_leases, recent, arrivals, staleness, verify_s, now, terms)
+    if dropped > 0 and not recent:
+        own = Sizing(1, own.budget_s, own.rate, "dropped leases and never submitted one")
     if demand is None:
         return own
     room = max(0, math.floor(demand.room(staleness, terms.demand_steps, new_identity)))

@@ -77,7 +77,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         if current is None:
             return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S), False
         held = leases.count_active(conn, worker_id)
-        sizing = _sizing(ctx, conn, worker_id, established_row(ctx, worker_id, row), held, current, now)
+        sizing = _sizing(ctx, conn, worker_id, row, held, current, now)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
         if fill and sizing.own is not None and n < leases_to_issue(opened.body.max_tasks, held, sizing.own):
             n = 0
@@ -114,7 +114,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
     return LeaseResponse(leases=envs), False
 
 
-def _sizing(ctx: Context, conn, worker_id: str, established: bool, held: int, current: int, now: float) -> Sizing:
+def _sizing(ctx: Context, conn, worker_id: str, row, held: int, current: int, now: float) -> Sizing:
     """How many leases `worker_id` may hold now (`coordinator.rules.lease_size`), from the
     coordinator's own measurements: the worker's newest submitted leases, the versions' arrival
     times, recent verification times, how many versions the buffer keeps, what the trainer took
@@ -138,7 +138,7 @@ def _sizing(ctx: Context, conn, worker_id: str, established: bool, held: int, cu
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
                           arrivals=policy.recent_arrivals(conn), staleness=staleness,
                           verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms,
-                          new_identity=not established)
+                          new_identity=not established_row(ctx, worker_id, row), dropped=row.leases_dropped)
 
 
 def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:

@@ -28,6 +28,7 @@ How each attacker reaches its victims, as it would in a deployment:
 | slowloris | `slowloris` | connections to the coordinator and the honest relay sending a byte a second (headers, body, or nothing) from other addresses, opened again as the servers close them |
 | advert flood | `adverts` | an attacker's libp2p node bootstrapped to the coordinator's; every `advert_every_s` it publishes relay adverts from fresh keys, pointing at hostile relays that only adverts name and at dead ports |
 | rejected-submission spammer | `spam` | tests/hostile/evidence.EvidenceSpammer, a garbage group per version, each identity from its own address |
+| lease squatters | `squat` | tests/hostile/squat.LeaseSquatter: `squat_n` throw-away identities, each from its own address, that take all the leases they may and never submit |
 
 Attackers speak from 127.0.0.2 and up; the honest processes from 127.0.0.1, which the local
 swarm exempts from the per-address limits, so every per-address limit applies to attackers.
@@ -53,8 +54,9 @@ from tests.hostile.evidence import EvidenceSpammer
 from tests.hostile.flood import BigBodies, Slowloris
 from tests.hostile.relays import DripRelay, GzipBombRelay, flood_relay_adverts
 from tests.hostile.scoring import EVAL_SCORER, PAYLOADS, payload_expr, payload_worker
+from tests.hostile.squat import LeaseSquatter
 
-ALL = ("payload", "drip", "gzip", "flood", "slowloris", "adverts", "spam")
+ALL = ("payload", "drip", "gzip", "flood", "slowloris", "adverts", "spam", "squat")
 SCORER_MODULE = EVAL_SCORER.split(":")[0]
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = {"max_operand": 9}   # 160 training tasks: an honest group rarely repeats an earlier one
@@ -166,6 +168,7 @@ class Campaign:
     slow_n: int = 4
     advert_keys: int = 16
     advert_every_s: float = 20.0
+    squat_n: int = 2   # 2 identities hold the new identities' share of a small swarm's bound until their leases expire
 
     @classmethod
     def against(cls, plan: Any, relays: HostileRelays | None, tokenizer: Any, **kw: Any) -> "Campaign":
@@ -190,6 +193,7 @@ class Campaign:
         self.errors: list[str] = []
         self.payload: EvidenceSpammer | None = None
         self.spam: EvidenceSpammer | None = None
+        self.squat: LeaseSquatter | None = None
         self.node: Any = None
         self.started_at = self.stopped_at = 0.0
 
@@ -203,6 +207,8 @@ class Campaign:
                                           sources=addresses(200, 50)).start()
         if "spam" in self.attacks:
             self.spam = EvidenceSpammer(url, hidden_size=self.hidden_size, sources=addresses(100, 50)).start()
+        if "squat" in self.attacks:
+            self.squat = LeaseSquatter(url, sources=addresses(150, self.squat_n)).start()
         if "flood" in self.attacks:
             self._thread(self._flood, coord.port)
         if "slowloris" in self.attacks:
@@ -215,7 +221,7 @@ class Campaign:
 
     def stop(self) -> None:
         self._stop.set()
-        for s in (self.payload, self.spam):
+        for s in (self.payload, self.spam, self.squat):
             if s is not None:
                 s.stop()
         for t in self._threads:
@@ -306,6 +312,7 @@ class Campaign:
                               "longest_s": max((x for x in v if x is not None), default=None)}
                           for k, v in lifetimes.items()},
             "advert_rounds": self.advert_rounds,
+            "squat": self.squat.summary() if self.squat else {},
             "errors": list(self.errors) + (self.payload.errors if self.payload else []) + (self.spam.errors if self.spam else []),
         }
 

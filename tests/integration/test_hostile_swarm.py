@@ -6,8 +6,9 @@ scorer `eval`s worker text (tests/hostile/scoring.eval_scorer, as reasoning-gym'
 has published versions and accepted honest work, the attackers of tests/hostile/campaign.py
 join: the eval-payload worker, a drip relay and a gzip-bomb relay (in a worker's and the
 verifier's `relays`, and advertised over libp2p), a flood of unsigned 4 MB bodies, slowloris
-connections to the coordinator and the relay, an advert flood from throw-away keys, and a
-rejected-submission spammer. The test checks the state transitions the issue asks for:
+connections to the coordinator and the relay, an advert flood from throw-away keys, a
+rejected-submission spammer, and lease squatters (throw-away identities that take every lease
+they may and never submit). The test checks the state transitions the issue asks for:
 
 - the run keeps publishing versions and accepting honest rollouts, every role stays up, and
   the honest workers fetch new versions through their hostile relay lists;
@@ -23,7 +24,9 @@ rejected-submission spammer. The test checks the state transitions the issue ask
 `test_hostile_swarm_every_attacker` (slow, ~2.5 min here) runs all of them for at least 40 s
 of attack; the default-suite test runs four at once (eval payload, gzip-bomb relay, 4 MB flood,
 slowloris) for a few versions (~1.5 min on this shared 2-core machine; the drip relay, which
-costs each victim one minimum-rate window at first contact, is left to the slow test).
+costs each victim one minimum-rate window at first contact, and the lease squatters, who keep
+the payload worker's throw-away identities from leases for their first minute, are left to
+the slow test).
 """
 
 from __future__ import annotations
@@ -220,6 +223,8 @@ def _check_attackers(summary: dict, attacks: tuple[str, ...], plan) -> None:
                 assert s["closed_by_server"] > 0, (key, summary)
             if s["longest_s"] is not None:
                 assert s["longest_s"] <= deadline + 5, (key, summary)
+    if "squat" in attacks:   # the squatters really held leases (a share of the bound: the run went on)
+        assert summary["squat"]["most_held"] > 0, summary
     if "adverts" in attacks and plan.p2p_bootstrap:
         assert summary["advert_rounds"] >= 1, summary
         assert hits["advert_drip"] + hits["advert_gzip"] > 0, summary  # adverts reached a victim

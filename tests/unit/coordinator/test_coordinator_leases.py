@@ -250,6 +250,14 @@ def test_throw_away_identities_sitting_on_leases_cannot_take_the_room_of_an_esta
     assert sum(taken) == 2, taken            # lease_sizing.new_identity_share (0.25) of 8 between them
     assert len(s.lease(honest, 8)) == 6      # the rest is the established worker's
     assert all(s.lease(k, 8) == [] for k in squatters)
+    # their leases expire unsubmitted: from then on each holds one at a time until it submits
+    s.clock.advance(s.cfg.lease_ttl_s + 1)
+    for k in (honest, *squatters):
+        s.heartbeat(k)
+    assert upkeep.sweep(s.ctx)["expired"] == 8
+    assert len(s.lease(squatters[0], 8)) == 1
+    assert len(s.lease(squatters[1], 8)) == 1
+    assert s.lease(squatters[0], 8) == []
 
 
 def test_a_new_identitys_held_request_does_not_take_the_wake_meant_for_an_established_worker(make_swarm):

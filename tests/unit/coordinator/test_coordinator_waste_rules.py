@@ -160,3 +160,14 @@ def test_new_identities_hold_at_most_their_share_of_the_swarm_bound_and_establis
     assert _allowed(recent, arrivals, demand=crowded) > 0
     assert leases_allowed(max_leases=64, held=0, recent=recent, arrivals=arrivals, staleness=4, verify_s=[0.5],
                           demand=crowded, now=NOW, terms=TERMS, new_identity=True).allowed == 0
+
+
+def test_a_worker_that_dropped_leases_and_never_submitted_one_holds_one_at_a_time():
+    def allowed(recent, dropped):
+        return leases_allowed(max_leases=64, held=0, recent=recent, arrivals=_versions(8, every_s=2.0), staleness=4,
+                              verify_s=[0.5], demand=None, now=NOW, terms=TERMS, dropped=dropped).allowed
+
+    assert allowed([], dropped=0) == TERMS.new_worker_leases
+    assert allowed([], dropped=8) == 1                          # sat on its first leases until they expired
+    recent = _leases(16, every_s=0.5, latency_s=1.0)
+    assert allowed(recent, dropped=8) == allowed(recent, dropped=0) > 1   # it submits: its rate decides
