@@ -144,7 +144,7 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
             targets = Targets(marker=root / "open" / "m", key_file=root / "keys" / "coordinator.key", canary_port=9)
             adverts = (relays.advert_drip.url, relays.advert_gzip.url) if relays else ()
             campaign = NicedCampaign(Spec(url, plan.relay_url, str(model), HIDDEN, plan.p2p_bootstrap, adverts,
-                                          targets, attacks), nice=a.attacker_nice,
+                                          targets, attacks, a.squatters), nice=a.attacker_nice,
                                      idle=a.attacker_idle) if attacks else None
             if burn:
                 campaign = Burner(burn, a.attacker_nice, idle=a.attacker_idle)
@@ -259,6 +259,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="clean+attack pairs; the table shows medians")
     ap.add_argument("--honest-workers", type=int, default=2)
     ap.add_argument("--attacks", default="all", help=f"comma-separated, of: {', '.join(ALL)} (or all)")
+    ap.add_argument("--squatters", type=int, default=2, help="identities of the lease squatters (attack `squat`), "
+                    "each from its own address")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attacker-nice", type=int, default=19,
                     help="CPU priority of the attackers' process (the workers run at 10; 0 = as the services)")

@@ -329,6 +329,7 @@ class Spec:
     advert_urls: tuple[str, ...] = ()
     targets: Targets | None = None
     attacks: tuple[str, ...] = ALL
+    squat_n: int = 2
 
 
 def lower_priority(nice: int, idle: bool = False) -> None:
