@@ -168,9 +168,10 @@ class LeaseSizingConfig(BaseModel):
                                 "before its groups go stale")
     new_identity_share: float = Field(0.25, gt=0, le=1, description="share of the swarm's bound (demand_steps) that "
                                       "workers without limits.intake_established_after verified accepted "
-                                      "submissions may hold between them (leases and queued submissions), once "
-                                      "any established worker is active: throw-away identities that take leases "
-                                      "and sit on them cannot hold the room honest workers need")
+                                      "submissions may hold between them (leases and queued submissions), on top "
+                                      "of the bound, which is the established workers' own once any of them is "
+                                      "active: throw-away identities that take leases and sit on them cannot hold "
+                                      "the room honest workers need")
     retry_share: float = Field(0.25, gt=0, le=1, description="a worker refused because the swarm holds enough "
                                "already asks again after this share of the version interval (0.2-1 s): room "
                                "appears when the trainer takes its next batch")

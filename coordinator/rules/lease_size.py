@@ -13,9 +13,9 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
     own     = rate x budget leases, at least 1 and at most `max_leases`
     room    = what the trainer takes per version x min(staleness + 1, demand_steps) - the
               groups already on their way (active leases, queued submissions, the buffer
-              above the floor); workers without verified work accepted (new identities) hold
-              at most `new_identity_share` of it between them, and established workers
-              always have the rest (`Demand.room`)
+              above the floor), for workers with verified work accepted (established);
+              the others (new identities) hold at most `new_identity_share` of it between
+              them, on top (`Demand.room`)
     allowed = min(own, what it holds + room); with no room left, what it holds (it waits
               for the trainer: a lease more would only make a group that goes stale), but
               one lease when nothing at all is on its way
@@ -94,17 +94,19 @@ class Demand:
 
     def room(self, staleness: int, steps: float, new_identity: bool = False) -> float:
         """Groups that may still be leased now (by a new identity, or by an established worker)
-        and taken before they go stale. New identities hold at most `new_share` of the bound
-        between them, and established workers always have the rest: throw-away identities
-        that take leases and sit on them until they expire (free to make) must not hold the
-        room that honest workers need (they did: every worker was in one pool, first come)."""
+        and taken before they go stale. Established workers have the whole bound, whatever new
+        identities hold; new identities hold at most `new_share` of it between them, on top:
+        throw-away identities that take leases and sit on them until they expire (free to
+        make) must not hold the room that honest workers need (they did: every worker was in
+        one pool, first come, and the run stopped), nor any part of it (carved out of the
+        bound, a full share cost the established workers a quarter of their pipeline:
+        bench/hostile.py versions 0.66 of clean)."""
         bound = self.per_version * min(staleness + 1, steps)
         if self.new_share is None:
             return bound - self.in_flight - self.new
-        budget = max(1.0, self.new_share * bound)
         if new_identity:
-            return min(budget - self.new, bound - self.in_flight - self.new)
-        return bound - self.in_flight - min(self.new, budget)
+            return max(1.0, self.new_share * bound) - self.new
+        return bound - self.in_flight
 
 
 @dataclass(frozen=True)

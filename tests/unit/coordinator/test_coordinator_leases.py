@@ -234,9 +234,9 @@ def test_before_the_trainer_takes_anything_the_swarm_holds_one_step_of_its_reque
 def test_throw_away_identities_sitting_on_leases_cannot_take_the_room_of_an_established_worker(make_swarm):
     """Fresh identities are free (one per address, a small proof of work): each took its first
     leases and sat on them until they expired, and while they held the swarm's whole bound an
-    honest worker with verified work was refused every lease (one pool, first come). Now new
-    identities hold at most `lease_sizing.new_identity_share` of the bound between them once an
-    established worker is active; the established worker gets the rest."""
+    honest worker with verified work was refused every lease (one pool, first come). Now, once
+    an established worker is active, the bound is the established workers' and new identities
+    hold at most `lease_sizing.new_identity_share` of it between them, on top."""
     from coordinator.store import workers
 
     s = make_swarm(limits={"burst": 1000})
@@ -248,13 +248,13 @@ def test_throw_away_identities_sitting_on_leases_cannot_take_the_room_of_an_esta
     squatters = [s.new_worker() for _ in range(4)]
     taken = [len(s.lease(k, 8)) for k in squatters]
     assert sum(taken) == 2, taken            # lease_sizing.new_identity_share (0.25) of 8 between them
-    assert len(s.lease(honest, 8)) == 6      # the rest is the established worker's
+    assert len(s.lease(honest, 8)) == 8      # the bound is the established worker's
     assert all(s.lease(k, 8) == [] for k in squatters)
     # their leases expire unsubmitted: from then on each holds one at a time until it submits
     s.clock.advance(s.cfg.lease_ttl_s + 1)
     for k in (honest, *squatters):
         s.heartbeat(k)
-    assert upkeep.sweep(s.ctx)["expired"] == 8
+    assert upkeep.sweep(s.ctx)["expired"] == 10
     assert len(s.lease(squatters[0], 8)) == 1
     assert len(s.lease(squatters[1], 8)) == 1
     assert s.lease(squatters[0], 8) == []
@@ -276,7 +276,7 @@ def test_a_new_identitys_held_request_does_not_take_the_wake_meant_for_an_establ
     assert s.batch(max_groups=8).status_code == 200                  # a bound of 8
     assert len(s.lease(squatter, 8)) == 2                            # the new identities' share
     held = s.lease(other, 8)
-    assert len(held) == 6                                            # the bound is full
+    assert len(held) == 8                                            # the bound is full
     old = _held_lease(s, squatter, 2, wait_s=8.0)                    # waits first
     time.sleep(0.3)
     out = _held_lease(s, honest, 2, wait_s=8.0)

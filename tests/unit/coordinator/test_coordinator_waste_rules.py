@@ -143,16 +143,17 @@ def test_the_waste_report_splits_accepted_groups_by_cause_and_prices_them_in_wor
     assert report([], [])["unused_share"] == 0.0
 
 
-def test_new_identities_hold_at_most_their_share_of_the_swarm_bound_and_established_workers_the_rest():
+def test_new_identities_hold_at_most_their_share_of_the_swarm_bound_on_top_of_the_established_workers():
     # the trainer takes 8 groups a version, a bound of 2 versions' worth: 16; new identities' share 0.25: 4
     crowded = Demand(per_version=8, in_flight=2, new=4, new_share=0.25)
     assert crowded.room(4, 2.0, new_identity=True) == 0             # their 4 are taken
-    assert crowded.room(4, 2.0, new_identity=False) == 16 - 2 - 4   # the rest stays the established workers'
+    assert crowded.room(4, 2.0, new_identity=False) == 16 - 2       # the bound stays the established workers'
     assert Demand(8, in_flight=2, new=1, new_share=0.25).room(4, 2.0, new_identity=True) == 3
-    # established workers that fill the bound leave nothing for anyone
-    assert Demand(8, in_flight=15, new=1, new_share=0.25).room(4, 2.0, new_identity=True) == 0
-    # new identities over their share (it shrank) do not cost established workers more than the share
-    assert Demand(8, in_flight=0, new=10, new_share=0.25).room(4, 2.0, new_identity=False) == 12
+    # established workers that fill the bound leave the new identities' share as it is
+    assert Demand(8, in_flight=16, new=1, new_share=0.25).room(4, 2.0, new_identity=True) == 3
+    assert Demand(8, in_flight=16, new=1, new_share=0.25).room(4, 2.0, new_identity=False) == 0
+    # new identities over their share (it shrank) cost established workers nothing
+    assert Demand(8, in_flight=0, new=10, new_share=0.25).room(4, 2.0, new_identity=False) == 16
     # no established worker active (a run's start: everyone is new): one pool, as before
     assert Demand(8, in_flight=0, new=10, new_share=None).room(4, 2.0, new_identity=True) == 6
     # through the rule: a new identity holding none is refused; an established worker gets its own bound
