@@ -81,7 +81,7 @@ async def _submit(ctx: Context, api: Api, opened, raw: bytes, lane: dict[str, st
     thread too, bench/hostile.py's clean submit p99 was 210-240 ms, against 95-99 ms so).
     `lane` gets the intake lane the signer's submission was scored in (for the latency metric)."""
     established = work.established(ctx, opened.signer_id)
-    lane["lane"] = "established" if established else "new"
+    lane["lane"] = work.lane_of(established)
     if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
         return work.submit(ctx, opened, raw)
     scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened)
@@ -110,23 +110,22 @@ async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
     at 100 ms spent 38-46% of their loop on lease calls). A request that got leases passes the
     wake on: there may be room for the next held one. Requests wait in their worker's lane
     (`Context.room`): new identities' requests are woken apart from established workers'."""
-    resp, room = work.try_lease(ctx, opened)
+    resp, lane = work.try_lease(ctx, opened)
     wait_s = opened.body.wait_s
-    if resp.leases or not room or wait_s <= 0:
+    if resp.leases or lane is None or wait_s <= 0:
         return resp
-    lane = "established" if work.established(ctx, opened.signer_id) else "new"
     deadline = time.monotonic() + wait_s
     while True:
         left = deadline - time.monotonic()
         woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, max(0.0, left)), lane)
         last = time.monotonic() >= deadline
         try:   # until its last try, a full batch or nothing (small batches generate slower)
-            resp, room = work.try_lease(ctx, opened, again=True, fill=not last)
+            resp, short = work.try_lease(ctx, opened, again=True, fill=not last)
         except BaseException:
             if woken:   # banned meanwhile, say: the wake was not used, pass it on
                 ctx.room.notify(lane)
             raise
-        if resp.leases or not room:
+        if resp.leases or short is None:
             if woken:   # leases taken (there may be room for more), or refused for its own reasons
                 ctx.room.notify(lane)
             return resp

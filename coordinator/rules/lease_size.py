@@ -99,8 +99,8 @@ class Demand:
         throw-away identities that take leases and sit on them until they expire (free to
         make) must not hold the room that honest workers need (they did: every worker was in
         one pool, first come, and the run stopped), nor any part of it (carved out of the
-        bound, a full share cost the established workers a quarter of their pipeline:
-        bench/hostile.py versions 0.66 of clean)."""
+        bound, new identities that fill their share would take a quarter of the established
+        workers' pipeline whenever they like)."""
         bound = self.per_version * min(staleness + 1, steps)
         if self.new_share is None:
             return bound - self.in_flight - self.new

@@ -57,10 +57,11 @@ def lease(ctx: Context, opened: Opened[LeaseRequest]) -> LeaseResponse:
 
 
 def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False,
-              fill: bool = False) -> tuple[LeaseResponse, bool]:
-    """`lease`, and whether an empty answer was for lack of room in the swarm (the second bound of
+              fill: bool = False) -> tuple[LeaseResponse, str | None]:
+    """`lease`, and, when an empty answer was for lack of room in the swarm (the second bound of
     `rules.lease_size`: room appears when the trainer acknowledges groups, so a request held for it
-    (`LeaseRequest.wait_s`, `coordinator.app`) may try again then). `again`: such a held
+    (`LeaseRequest.wait_s`, `coordinator.app`) may try again then), the lane whose room it was
+    ("established" or "new", as `established_row`; None otherwise). `again`: such a held
     request's later try (the first used its nonce). `fill`: while room is short of what the
     request and the worker's own bound would take, lease nothing (a held request waits for a
     full batch rather than taking the first lease's worth of room: small batches generate
@@ -75,16 +76,18 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         workers.seen(conn, worker_id, now)
         current = policy.current(conn)
         if current is None:
-            return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S), False
+            return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S), None
         held = leases.count_active(conn, worker_id)
-        sizing = _sizing(ctx, conn, worker_id, row, held, current, now)
+        established = established_row(ctx, row)
+        sizing = _sizing(ctx, conn, worker_id, established, row.leases_dropped, held, current, now)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
         if fill and sizing.own is not None and n < leases_to_issue(opened.body.max_tasks, held, sizing.own):
             n = 0
         if n == 0:
             room = sizing.retry_after_s is not None
             active = workers.count_by_status(conn).get("active", 0) if room else 0
-            return LeaseResponse(leases=[], retry_after_s=spread_retry(sizing.retry_after_s, active)), room
+            lane = lane_of(established) if room else None
+            return LeaseResponse(leases=[], retry_after_s=spread_retry(sizing.retry_after_s, active)), lane
         reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
         leases.take_returned(conn, reused)
         fresh = n - len(reused)
@@ -111,10 +114,11 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         leases.insert_many(conn, rows)
         workers.count_leases(conn, issued={worker_id: len(rows)})
     ctx.metrics.leases.inc(len(envs))
-    return LeaseResponse(leases=envs), False
+    return LeaseResponse(leases=envs), None
 
 
-def _sizing(ctx: Context, conn, worker_id: str, row, held: int, current: int, now: float) -> Sizing:
+def _sizing(ctx: Context, conn, worker_id: str, established: bool, dropped: int, held: int, current: int,
+            now: float) -> Sizing:
     """How many leases `worker_id` may hold now (`coordinator.rules.lease_size`), from the
     coordinator's own measurements: the worker's newest submitted leases, the versions' arrival
     times, recent verification times, how many versions the buffer keeps, what the trainer took
@@ -130,7 +134,7 @@ def _sizing(ctx: Context, conn, worker_id: str, row, held: int, current: int, no
     per_version = trainer_take(taken, current, meta.get_int(conn, meta.TRAINER_STEP))
     demand = None
     if per_version > 0:
-        who = workers.new_identity(ctx.cfg.limits.intake_established_after, ctx.trusted_keys)
+        who = workers.new_identity(ctx.cfg.limits.intake_established_after)
         in_flight = leases.count_all_active(conn) + submissions.on_their_way(conn, floor)
         of_new = leases.count_active_of(conn, who) + submissions.count_queued_of(conn, who)
         share = terms.new_identity_share if workers.any_active_established(conn, who) else None
@@ -138,7 +142,7 @@ def _sizing(ctx: Context, conn, worker_id: str, row, held: int, current: int, no
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
                           arrivals=policy.recent_arrivals(conn), staleness=staleness,
                           verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms,
-                          new_identity=not established_row(ctx, worker_id, row), dropped=row.leases_dropped)
+                          new_identity=not established, dropped=dropped)
 
 
 def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
@@ -173,17 +177,20 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
 def established(ctx: Context, worker_id: str) -> bool:
     """Whether `worker_id`'s submissions are scored in the intake's established lane
     (`coordinator.fairpool`) and its leases come from the established workers' room
-    (`rules.lease_size.Demand`): an operator-trusted key, or a worker not banned with at least
+    (`rules.lease_size.Demand`): a worker not banned with at least
     `limits.intake_established_after` verified accepted submissions. One primary-key read."""
     with ctx.db.read() as conn:
-        return established_row(ctx, worker_id, workers.get(conn, worker_id))
+        return established_row(ctx, workers.get(conn, worker_id))
 
 
-def established_row(ctx: Context, worker_id: str, row) -> bool:
+def lane_of(established: bool) -> str:
+    """The lane's name (metrics, `coordinator.context.LaneWakeup`)."""
+    return "established" if established else "new"
+
+
+def established_row(ctx: Context, row) -> bool:
     """`established` from the worker's row (None: unknown); `store.workers.new_identity` is the
     same rule as a condition on the table."""
-    if worker_id in ctx.trusted_keys:
-        return True
     return row is not None and row.status != "banned" and row.accepted >= ctx.cfg.limits.intake_established_after
 
 

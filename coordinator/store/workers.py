@@ -6,7 +6,6 @@ form, which costs a quarter of building a new expression per request (bench/coor
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, not_, or_, select, update
@@ -116,13 +115,12 @@ def all_rows(conn: Connection, limit: int = 10_000) -> list[Row]:
     return list(conn.execute(select(workers).order_by(workers.c.registered_at).limit(limit)))
 
 
-def new_identity(established_after: int, trusted: Collection[str]) -> ColumnElement[bool]:
+def new_identity(established_after: int) -> ColumnElement[bool]:
     """The condition on `workers` of a worker without verified work: fewer than
-    `established_after` accepted submissions (or banned), and not an operator-trusted key. The
-    negation is `coordinator.service.work.established` (the intake's lanes) for one row."""
+    `established_after` accepted submissions, or banned. The negation is
+    `coordinator.service.work.established_row` (the intake's and the leases' lanes) for one row."""
     w = workers.c
-    cond = or_(w.accepted < established_after, w.status == "banned")
-    return and_(cond, w.worker_id.not_in(sorted(trusted))) if trusted else cond
+    return or_(w.accepted < established_after, w.status == "banned")
 
 
 def any_active_established(conn: Connection, new: ColumnElement[bool]) -> bool:
