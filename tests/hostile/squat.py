@@ -45,6 +45,7 @@ from protocol.pow import solve_pow
 class LeaseSquatter:
     def __init__(self, url: str, *, sources: list[str], max_tasks: int = 64, wait_s: float = 2.0):
         self.url, self.sources, self.max_tasks, self.wait_s = url.rstrip("/"), list(sources), max_tasks, wait_s
+        self._run_id = ""                         # the run's id, from GET /v1/run at the first registration
         self.leased = 0
         self.held: dict[str, list[float]] = {}    # identity -> expiry times of the leases it holds
         self.most_held = 0

@@ -126,6 +126,15 @@ class Swarm:
         self.workers.append(key)
         return key
 
+    def establish(self, *keys: KeyPair) -> None:
+        """Give these workers the verified accepted submissions of an established worker
+        (`limits.intake_established_after`): the intake's and the leases' established lane."""
+        from coordinator.store import workers
+
+        with self.ctx.db.write() as conn:
+            for key in keys:
+                workers.update_fields(conn, key.peer_id, accepted=self.cfg.limits.intake_established_after)
+
     def publish(self, version: int) -> httpx.Response:
         m = build_manifest(self.model_dir, run_id=self.cfg.run_id, version=version, step=version,
                            created_at=self.clock())

@@ -340,30 +340,35 @@ def test_submissions_beyond_the_intake_bound_are_answered_busy_and_change_nothin
     assert s.submit(w, second).status_code == 200
 
 
-def test_new_identities_slow_submissions_do_not_hold_up_an_established_workers(make_swarm):
-    """The payload and spam attackers of bench/hostile.py send, from fresh identities, texts that
-    keep the scorer busy for its whole time limit. With two intake threads (the default), two
-    such submissions held both threads and an honest worker's submission waited for them; now
-    new identities hold at most one thread and the established worker's is scored at once."""
-    from coordinator.store import workers
-
-    s = make_swarm(limits={"intake_threads": 2})
-    s.publish(0)
-    honest, evil1, evil2 = s.new_worker(), s.new_worker(), s.new_worker()
-    with s.ctx.db.write() as conn:   # verified work accepted before (the lane's threshold)
-        workers.update_fields(conn, honest.peer_id, accepted=s.cfg.limits.intake_established_after)
-    (h,), (e1,), (e2,) = s.lease(honest, 1), s.lease(evil1, 1), s.lease(evil2, 1)
-    hostile = {e1.task_id, e2.task_id} - {h.task_id}
-    assert len(hostile) == 2
+def _hostile_scorer(s, hostile: set[str]):
+    """The attackers' texts (the tasks in `hostile`) keep the scorer busy until the test sets
+    `release`, as a text that takes the scorer's whole time limit; `started` lists them as they
+    start. Returns (release, started)."""
     score, release, started = s.ctx.tasks.rewards, threading.Event(), []
 
     def rewards(task, completions):
-        if task.id in hostile:   # the attackers' texts: the scorer's whole time limit
+        if task.id in hostile:
             started.append(task.id)
             assert release.wait(30)
         return score(task, completions)
 
     s.ctx.tasks.rewards = rewards
+    return release, started
+
+
+def test_new_identities_slow_submissions_do_not_hold_up_an_established_workers(make_swarm):
+    """The payload and spam attackers of bench/hostile.py send, from fresh identities, texts that
+    keep the scorer busy for its whole time limit. With two intake threads (the default), two
+    such submissions held both threads and an honest worker's submission waited for them; now
+    new identities hold at most one thread and the established worker's is scored at once."""
+    s = make_swarm(limits={"intake_threads": 2})
+    s.publish(0)
+    honest, evil1, evil2 = s.new_worker(), s.new_worker(), s.new_worker()
+    s.establish(honest)              # verified work accepted before (the lane's threshold)
+    (h,), (e1,), (e2,) = s.lease(honest, 1), s.lease(evil1, 1), s.lease(evil2, 1)
+    hostile = {e1.task_id, e2.task_id} - {h.task_id}
+    assert len(hostile) == 2
+    release, started = _hostile_scorer(s, hostile)
     out = {}
     threads = [threading.Thread(target=lambda k=k, lease=lease: out.setdefault(k, s.submit(k, lease)))
                for k, lease in ((evil1, e1), (evil2, e2))]
@@ -395,26 +400,15 @@ def test_new_identities_cannot_fill_the_intake_and_shut_out_an_established_worke
     at most half of the intake's places (threads + queue); beyond that they are answered 429
     `busy`, and an established worker's submission is still admitted and scored at once. On the
     old code the four new submissions took all four places and the honest one got the 429."""
-    from coordinator.store import workers
-
     s = make_swarm(limits={"intake_threads": 2, "intake_queue": 2})
     s.publish(0)
     honest, evil1, evil2 = s.new_worker(), s.new_worker(), s.new_worker()
-    with s.ctx.db.write() as conn:
-        workers.update_fields(conn, honest.peer_id, accepted=s.cfg.limits.intake_established_after)
+    s.establish(honest)
     (h,) = s.lease(honest, 1)
     evil = [(k, lease) for k in (evil1, evil2) for lease in s.lease(k, 2)]
     hostile = {lease.task_id for _, lease in evil} - {h.task_id}
     assert len(hostile) == 4
-    score, release, started = s.ctx.tasks.rewards, threading.Event(), []
-
-    def rewards(task, completions):
-        if task.id in hostile:
-            started.append(task.id)
-            assert release.wait(30)
-        return score(task, completions)
-
-    s.ctx.tasks.rewards = rewards
+    release, started = _hostile_scorer(s, hostile)
     out: dict = {}
     threads = [threading.Thread(target=lambda i=i, k=k, lease=lease: out.setdefault(i, s.submit(k, lease)))
                for i, (k, lease) in enumerate(evil)]

@@ -237,13 +237,10 @@ def test_throw_away_identities_sitting_on_leases_cannot_take_the_room_of_an_esta
     honest worker with verified work was refused every lease (one pool, first come). Now, once
     an established worker is active, the bound is the established workers' and new identities
     hold at most `lease_sizing.new_identity_share` of it between them, on top."""
-    from coordinator.store import workers
-
     s = make_swarm(limits={"burst": 1000})
     s.publish(0)
     honest = s.new_worker()
-    with s.ctx.db.write() as conn:          # verified work accepted before
-        workers.update_fields(conn, honest.peer_id, accepted=s.cfg.limits.intake_established_after)
+    s.establish(honest)                     # verified work accepted before
     assert s.batch(max_groups=8).status_code == 200                 # the trainer's step: a bound of 8
     squatters = [s.new_worker() for _ in range(4)]
     taken = [len(s.lease(k, 8)) for k in squatters]
@@ -265,14 +262,10 @@ def test_a_new_identitys_held_request_does_not_take_the_wake_meant_for_an_establ
     oldest established request at once, though a new identity (its share full) has waited
     longer. In one queue the new identity took the wake, was refused and slept again, and the
     established request waited for its retry time (1 s here)."""
-    from coordinator.store import workers
-
     s = make_swarm(limits={"burst": 1000})
     s.publish(0)
     honest, other, squatter = s.new_worker(), s.new_worker(), s.new_worker()
-    with s.ctx.db.write() as conn:
-        for k in (honest, other):
-            workers.update_fields(conn, k.peer_id, accepted=s.cfg.limits.intake_established_after)
+    s.establish(honest, other)
     assert s.batch(max_groups=8).status_code == 200                  # a bound of 8
     assert len(s.lease(squatter, 8)) == 2                            # the new identities' share
     held = s.lease(other, 8)
