@@ -95,7 +95,7 @@ def decode_header(proof: bytes) -> ProofHeader:
 
 
 def verify_proof(hidden: torch.Tensor, proof: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 topk: int = DEFAULT_TOPK) -> list[ChunkStats]:
+                 topk: int = DEFAULT_TOPK, boundary_ulps: int = 0) -> list[ChunkStats]:
     """Per-chunk statistics of the verifier's (T, H) hidden states against a proof blob.
 
     The proof must use the expected chunk size and top-k (a prover may not weaken its own
@@ -110,4 +110,4 @@ def verify_proof(hidden: torch.Tensor, proof: bytes, *, chunk_size: int = DEFAUL
     if (header.tokens, header.hidden_size) != bits.shape:
         raise ProofError(f"proof covers {header.tokens} tokens of hidden size {header.hidden_size}, "
                          f"the completion has {bits.shape[0]} of size {bits.shape[1]}")
-    return verify_chunk_list(bits, chunks, chunk_size, topk)
+    return verify_chunk_list(bits, chunks, chunk_size, topk, boundary_ulps=boundary_ulps)

@@ -86,11 +86,13 @@ class Pool:
         return self.mant_sum / matched if matched else (float("inf") if self.compared else 0.0)
 
 
-def completion_pool(hidden: torch.Tensor, proof_b64: str, *, chunk_size: int, topk: int) -> Pool:
+def completion_pool(hidden: torch.Tensor, proof_b64: str, *, chunk_size: int, topk: int,
+                    boundary_ulps: int = 0) -> Pool:
     """The pooled statistics of one completion's proof against `hidden` (ProofError if the
-    proof does not decode or does not fit)."""
+    proof does not decode or does not fit; `boundary_ulps`: `protocol.proof.verify_proof`)."""
     pool = Pool()
-    for s in verify_proof(hidden, from_b64(proof_b64), chunk_size=chunk_size, topk=topk):
+    for s in verify_proof(hidden, from_b64(proof_b64), chunk_size=chunk_size, topk=topk,
+                          boundary_ulps=boundary_ulps):
         pool.add(s)
     return pool
 
@@ -119,12 +121,13 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
                 topk: int) -> CheckResult:
     problems: list[str] = []
     group = Pool()
-    failed_chunks = n_chunks = claimed_non_finite = top_non_finite = 0
+    failed_chunks = n_chunks = claimed_non_finite = top_non_finite = boundary_skipped = 0
     worst = {"exp_frac": 0.0, "mant_mean": 0.0, "mant_median": 0.0, "sign_frac": 0.0}
     per_completion: list[float | None] = []
     for i, (c, h) in enumerate(zip(oj.submission.completions, hidden)):
         try:
-            pool = completion_pool(h, c.proof, chunk_size=chunk_size, topk=topk)
+            pool = completion_pool(h, c.proof, chunk_size=chunk_size, topk=topk,
+                                   boundary_ulps=thr.topk_boundary_ulps)
         except ProofError as exc:
             problems.append(f"completion {i}: {exc}")
             per_completion.append(None)
@@ -132,6 +135,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
         n_chunks += len(pool.chunks)
         claimed_non_finite += sum(s.non_finite for s in pool.chunks)
         top_non_finite += sum(s.non_finite_top for s in pool.chunks)
+        boundary_skipped += sum(s.boundary_skipped for s in pool.chunks)
         for j, s in enumerate(pool.chunks):
             worst["exp_frac"] = max(worst["exp_frac"], s.exp_mismatches / s.k)
             worst["sign_frac"] = max(worst["sign_frac"], s.sign_mismatches / s.k)
@@ -153,7 +157,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
             problems.append(why)
     stats_out = {"chunks": n_chunks, "failed_chunks": failed_chunks, "claimed_non_finite": claimed_non_finite,
                  "claimed_non_finite_top": top_non_finite,
-                 "values": group.compared, "group_exp_frac": round(group.exp_frac, 5),
+                 "values": group.compared, "boundary_skipped": boundary_skipped, "group_exp_frac": round(group.exp_frac, 5),
                  "group_mant_mean": round(_finite(group.mant_mean), 4),
                  **{f"worst_{k}": round(_finite(v), 4) for k, v in worst.items()},
                  "per_completion_mant_mean": per_completion}
