@@ -15,7 +15,8 @@ What runs, each process in its site's namespace (so every byte crosses the emula
 
 `run_broadcast` starts the clients once the relays serve (as in a run, where relays are up
 before workers come), publishes once every client's long-poll is held by every relay (the
-relays' `shardcast_longpolls_waiting`) and returns, per client, the time from
+relays' `shardcast_longpolls_waiting`) and had time to pre-open its data connections (two
+round trips and 0.5 s more), and returns, per client, the time from
 publish to its first shard byte and to holding the verified version, and the bytes it took
 from peers. `during(seconds_after_publish, action)` runs fault actions mid-broadcast (e.g. a
 relay's uplink cut). The process entry points (`origin`, `client`) are this module's `main`.
@@ -244,8 +245,13 @@ def run_broadcast(net: Net, work: Path, size_bytes: int, *, peers: bool = False,
         _wait_files([work / "clients" / f"{n}.ready" for n in names], group, 180, "clients")
         for r, url in zip(topo.regions, relay_urls):
             _wait_longpolls(net, r.name, url, len(names), group, 120)   # every client is long-polling
-        if peers:
-            time.sleep(3.0)   # every client's node has met the swarm
+        # A waiting client pre-opens a data connection to its best relays (`shardcast.fetch.
+        # prewarm`: a connect and a probe, two round trips) as it starts each long-poll; a
+        # swarm publishes minutes apart, so a waiting client has long finished that. Publishing
+        # the instant the long-polls are held would measure the start-up instead (the farthest
+        # clients then paid a handshake more: first byte 0.86-0.93 s at RTT 275-300 ms).
+        settle = max(2 * topo.rtt_ms(n, r.name) for n in names for r in topo.regions) / 1000 + 0.5
+        time.sleep(max(settle, 3.0 if peers else 0.0))   # with peers: every client's node has met the swarm
         before = net.stats()["links"]
         (work / "publish").write_text("1")
         _wait_files([work / "origin.json"], group, 300, "publish")
