@@ -25,11 +25,10 @@ submit, lease and heartbeat, errors, and the ratio of each setup's submissions/s
 on the 2-core machine this was written on, the figures are a floor and CPU-bound (the
 coordinator CPU per submission is printed by bench/coordinator.py's report above each row).
 
-Figures (2026-12-06, `--warmup 90 --duration 30`, load average ~14 from other jobs):
-  sqlite 86.4 submissions/s (submit p50/p99 9.5/21.4 s), pg1 14.9 (2.3/4.5 s), pg2 28.5 (1.9/88 s):
-  pg2/pg1 = 1.91. Registrations dominate: 1,000 arrive at once and on PostgreSQL 900+ were still
-  timing out (120 s) at the end of the window, so the p99s and the errors are theirs. With
-  --warmup 10, the same order: 73.8 / 13.5 / 22.1 (pg2/pg1 1.63).
+Figures (2026-12-07, `--warmup 90 --duration 30`, nothing else running): sqlite 26.0
+submissions/s, pg1 50.8, pg2 84.1: pg2/pg1 = 1.66 (README: what changed since 2026-12-06, and
+the registration storm that every setup starts with and that stalled the two-replica run's
+trainer and verifier for ~95 s).
 """
 
 from __future__ import annotations
