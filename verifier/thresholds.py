@@ -46,7 +46,7 @@ fuller tables in its output and the issue notes):
   |value| is within 2 bf16 steps of its k-th largest and the claim is further off are left
   out (an honest prover whose values differ by one step may not have selected them, and the
   proof read there is an arbitrary pattern). Measured on honest rollouts (tiny model,
-  2/8/40-token completions): float32 had none in 1,300 chunks in one process, but the
+  2/8/40-token completions): float32 had none in ~4,300 chunks in one process, but the
   hostile-swarm test banned an honest worker for them in 2 of ~13 runs; bf16 with another
   attention kernel: chunks with any differing exponent 74% -> 49% (2-token completions),
   82% -> 45% (8 tokens), 82% -> 31% (40 tokens). Wider bands than 2 steps removed almost nothing more. Changed
