@@ -5,12 +5,10 @@ pattern. The rule leaves such positions out, and only those."""
 
 import torch
 
-from protocol.proof import build_proof, verify_proof
+from protocol.proof import build_proof, to_b64, verify_proof
 from protocol.proof.toploc import bf16_bits
-from verifier.checks.proof import completion_failure, completion_pool, group_failure
-from verifier.checks.proof import Pool
+from verifier.checks.proof import Pool, completion_failure, completion_pool, group_failure
 from verifier.thresholds import FLOAT32
-from protocol.proof import to_b64
 
 
 def hidden(T, H=128, seed=0):
