@@ -66,6 +66,19 @@ def read_port_file(path: Path, timeout_s: float = 30.0) -> int:
             time.sleep(0.05)
 
 
+# The event loop of every service: asyncio's own, not uvloop (uvicorn's "auto" choice when it is
+# installed). Under load, uvloop (libuv) accepts one new connection per loop iteration: with
+# 1,000 simulated workers keeping the coordinator's loop busy (~1 s an iteration), ~900 new
+# connections sat in its accept queue, taken at ~2 a second, so requests on them (the trainer's
+# and the verifier's among them, behind a load balancer that opens server connections as it
+# needs them) were answered after 95-120 s (bench/many_workers.py, 2026-12-07; reproduced in
+# tests/unit/protocol/test_http_accept.py). asyncio's loop accepts every queued connection each
+# time the listening socket is readable. It cost nothing measurable: bench/coordinator.py with
+# 100 unpaced workers took 164 submissions/s at 6.3 ms of coordinator CPU each, against 145 at
+# 7.3 ms with uvloop (the work is in Python handlers, not in the loop).
+EVENT_LOOP = "asyncio"
+
+
 def uvicorn_config(app: Any, log_level: str = "warning"):
     """The one uvicorn configuration of every swarmrl service (behind the app's guard, if any)."""
     import uvicorn
@@ -78,7 +91,7 @@ def uvicorn_config(app: Any, log_level: str = "warning"):
         extra = dict(http=guarded_protocol(guard), limit_concurrency=guard.limits.max_connections,
                      timeout_keep_alive=guard.limits.keepalive_timeout_s)
     return uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
-                          lifespan="on", proxy_headers=False, **extra)
+                          lifespan="on", proxy_headers=False, loop=EVENT_LOOP, **extra)
 
 
 def settle_heap() -> None:

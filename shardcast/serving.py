@@ -13,8 +13,8 @@ The node behind the API is a `Catalog` (the origin's published versions, or the 
 mirror). The app is a thin adapter: it never decides what is valid, it only serves what the
 catalog says is verified, so a relay never serves bytes it has not checked.
 
-HTTP stack: FastAPI under uvicorn (the project's one stack; uvloop and httptools when
-installed). Shard bodies are streamed from disk in 2 MiB blocks read with `os.pread` in a
+HTTP stack: FastAPI under uvicorn (the project's one stack: httptools on asyncio's loop,
+`protocol.http.uvicorn_config`). Shard bodies are streamed from disk in 2 MiB blocks read with `os.pread` in a
 worker thread: large blocks keep the per-block cost of the ASGI layer small, the thread keeps
 a cold disk from stalling the event loop (long-polls share it), and one block per transfer
 is all a transfer holds in memory. Measured on this machine, serving CPU per GiB sent on
