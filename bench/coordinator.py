@@ -163,6 +163,7 @@ class Conn:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.retry_after = 0.0  # the last answer's Retry-After header (seconds; 0 without one)
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         for attempt in (0, 1):
@@ -175,6 +176,7 @@ class Conn:
                 await self.writer.drain()
                 status = int((await self.reader.readline()).split(b" ", 2)[1])
                 length, close = 0, False
+                self.retry_after = 0.0
                 while True:
                     line = await self.reader.readline()
                     if line in (b"\r\n", b"\n", b""):
@@ -185,6 +187,8 @@ class Conn:
                         length = int(v)
                     elif k == b"connection" and v.strip().lower() == b"close":
                         close = True
+                    elif k == b"retry-after":
+                        self.retry_after = float(v)
                 data = await self.reader.readexactly(length) if length else b""
                 if close:
                     await self.close()
@@ -254,7 +258,7 @@ async def _workers(url, first, count, args, t_measure, t_end, out) -> None:
                 await call("policy", "GET", "/v1/policy")
             r = await call("lease", "POST", "/v1/leases", signer.model("lease_request", lease_req))
             if r is None or r[0] != 200:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(conn.retry_after or 0.5)
                 continue
             body = json.loads(r[1])
             leases = [e["body"] for e in body["leases"]]
@@ -268,9 +272,11 @@ async def _workers(url, first, count, args, t_measure, t_end, out) -> None:
             else:
                 next_work = time.time()
             for lease in leases:
-                content = signer.envelope("submission", submission_body(comps, engine, lease["lease_id"],
-                                                                        lease["max_policy_version"]))
-                await call("submit", "POST", "/v1/submissions", content)
+                body = submission_body(comps, engine, lease["lease_id"], lease["max_policy_version"])
+                # as the worker's spool does: a submission answered 429 is sent again after Retry-After
+                while (r := await call("submit", "POST", "/v1/submissions", signer.envelope("submission", body))) \
+                        is not None and r[0] == 429 and time.time() < t_end:
+                    await asyncio.sleep(conn.retry_after or 1.0)
         await conn.close()
 
     await asyncio.gather(*(one(i) for i in range(first, first + count)))

@@ -46,6 +46,7 @@ from coordinator.auth import (
 from coordinator.context import Context
 from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge
 from coordinator.fairpool import FairPool
+from coordinator.gate import SwarmGate
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
 from protocol.guard import Guard
 from protocol.messages import VerdictBatch, VerdictBatchResponse, VerdictOutcome
@@ -110,6 +111,8 @@ class Api:
         self.caps = route_caps(cfg, ctx.tasks.vocab_size)
         self.offload = OffLoop(cfg.limits.verify_processes, cfg.limits.verify_queue)
         self.intake = Intake(cfg.limits.intake_threads, cfg.limits.intake_queue)
+        self.gate = SwarmGate(cfg.limits.swarm_in_flight, cfg.limits.swarm_waiting,
+                              min(cfg.limits.swarm_wait_s, cfg.limits.body_timeout_s / 2), ctx.metrics.gate_wait.observe)
         self.token = operator_token(cfg.dashboard.operator_token, cfg.dashboard.operator_token_file)
         self.guard: Guard = make_guard(cfg, self.caps, ctx.address_limiter, ctx.clock,
                                        lambda reason: ctx.metrics.rejections.labels(reason).inc())
@@ -181,16 +184,24 @@ class Api:
         self.limit_identity(problem)  # the verified signer
         return await self.offload.thread(opening)
 
+    def place(self, swarm: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        """A place at the swarm's gate for a swarm route's request; nothing for the operator's
+        roles (`coordinator.gate`)."""
+        return self.gate.place() if swarm else contextlib.nullcontext()
+
     async def signed(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
                      op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "") -> Response:
+        """A signed request. A route open to any signer (`signers` None) is the swarm's: it waits
+        for a place at the gate first."""
         t0 = time.perf_counter()
         try:
-            raw = await self.body(request)
-            opened = await self.open(raw, kind, body_type, signers, role)
-            result = op(opened, raw, self.address(request))
-            if asyncio.iscoroutine(result):
-                result = await result
-            resp = Response(encode(result), media_type="application/json")
+            async with self.place(signers is None):
+                raw = await self.body(request)
+                opened = await self.open(raw, kind, body_type, signers, role)
+                result = op(opened, raw, self.address(request))
+                if asyncio.iscoroutine(result):
+                    result = await result
+                resp = Response(encode(result), media_type="application/json")
         except CoordinatorError as exc:
             resp = self.refuse(route, exc)
         self.done(route, t0, resp.status_code)
@@ -256,15 +267,24 @@ class Api:
             return parse_envelope(raw)
         return await self.offload.thread(functools.partial(parse_envelope, raw))
 
-    async def plain(self, request: Request, route: str, op: Callable[[], Any]) -> Response:
+    async def plain(self, request: Request, route: str, op: Callable[[], Any], *, swarm: bool = True) -> Response:
+        """A public read (the swarm's, at the gate, unless `swarm` is False)."""
         t0 = time.perf_counter()
         try:
-            resp = Response(encode(op()), media_type="application/json")
+            async with self.place(swarm):
+                resp = Response(encode(op()), media_type="application/json")
         except CoordinatorError as exc:
             resp = self.refuse(route, exc)
         self.done(route, t0, resp.status_code)
         return resp
 
     async def viewed(self, request: Request, route: str, op: Callable[[bool], Any]) -> Response:
-        """A read-only view: `op(full)`, full when the request carries the operator token."""
-        return await self.plain(request, route, lambda: op(self.operator(request)))
+        """A read-only view: `op(full)`, full when the request carries the operator token (which
+        also skips the swarm's gate)."""
+        try:
+            full = self.operator(request)
+        except CoordinatorError as exc:
+            resp = self.refuse(route, exc)
+            self.done(route, time.perf_counter(), resp.status_code)
+            return resp
+        return await self.plain(request, route, lambda: op(full), swarm=not full)

@@ -29,6 +29,7 @@ from coordinator.context import Context
 from coordinator.dashboard import mount_dashboard
 from coordinator.dashboard.routes import Recent
 from coordinator.errors import CoordinatorError
+from coordinator.gate import SwarmGate
 from coordinator.service import join, training, upkeep, verification, work
 from protocol import loopwatch, routes
 from protocol.envelope import Envelope
@@ -101,7 +102,7 @@ async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:
     return batch.to_json()
 
 
-async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
+async def _long_poll_lease(ctx: Context, opened, gate: SwarmGate) -> LeaseResponse:
     """A lease request that asked to be held (`LeaseRequest.wait_s`) and was refused for lack of
     room in the swarm waits here, off every thread, until room may have appeared
     (`ctx.room`: the trainer acknowledged groups, leases were released, ...) or the refusal's own retry
@@ -109,7 +110,8 @@ async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
     saves the refused worker's wait and a round trip per refusal (bench/wan.py rollouts: workers
     at 100 ms spent 38-46% of their loop on lease calls). A request that got leases passes the
     wake on: there may be room for the next held one. Requests wait in their worker's lane
-    (`Context.room`): new identities' requests are woken apart from established workers'."""
+    (`Context.room`): new identities' requests are woken apart from established workers'. While it
+    waits it gives its place at the swarm's gate back (`coordinator.gate`)."""
     resp, lane = work.try_lease(ctx, opened)
     wait_s = opened.body.wait_s
     if resp.leases or lane is None or wait_s <= 0:
@@ -117,7 +119,8 @@ async def _long_poll_lease(ctx: Context, opened) -> LeaseResponse:
     deadline = time.monotonic() + wait_s
     while True:
         left = deadline - time.monotonic()
-        woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, max(0.0, left)), lane)
+        async with gate.set_aside():
+            woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, max(0.0, left)), lane)
         last = time.monotonic() >= deadline
         try:   # until its last try, a full batch or nothing (small batches generate slower)
             resp, short = work.try_lease(ctx, opened, again=True, fill=not last)
@@ -168,6 +171,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     app = FastAPI(title="swarmrl coordinator", version="1", lifespan=lifespan,
                   description="Worker registry, task leases, submission intake and rewards, verification "
                               "queue, training buffer and policy versions of a swarmrl run.")
+    app.state.gate = api.gate  # the swarm's gate of this process (tests and debugging look at it)
 
     @app.get(routes.HEALTH, tags=["ops"])
     async def health() -> dict:
@@ -204,7 +208,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     async def lease(request: Request) -> Response:
         """Signed `lease_request` -> coordinator-signed `lease` envelopes."""
         return await api.signed(request, "lease", KIND_LEASE_REQUEST, LeaseRequest,
-                                lambda o, raw, addr: _long_poll_lease(ctx, o))
+                                lambda o, raw, addr: _long_poll_lease(ctx, o, api.gate))
 
     @app.post(routes.LEASE_RELEASE, tags=["work"], openapi_extra=_ENVELOPE_BODY)
     async def release(request: Request) -> Response:

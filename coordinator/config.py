@@ -118,6 +118,9 @@ class LimitsConfig(BaseModel):
     intake_threads: int = Field(2, ge=0, le=64, description="threads that score submissions off the event loop (0: on the loop): a scorer that takes its whole time limit on hostile text holds one of them, not /health and every other request (bench/hostile.py, clean: /health p99 ~36 ms with one against ~70 ms with 0, submit p99 ~95 ms against ~40 ms). They serve signers in turn, established workers first, and new identities hold at most all but one of them (coordinator.fairpool): with two or more, one is always free for workers with verified work; beyond the sandbox's 2 pre-forked children more threads wait for forks")
     intake_established_after: int = Field(3, ge=1, description="verified accepted submissions after which a worker's submissions are scored in the established lane of the intake threads (before that: the lane of new identities)")
     intake_queue: int = Field(64, ge=0, description="submissions that may wait for an intake thread; more are answered 429 (busy)")
+    swarm_in_flight: int = Field(32, ge=1, description="requests of the swarm's routes (registration, heartbeats, leases, submissions, public views) handled at once in one server process; the trainer's, verifier's and operator's routes never wait for them (coordinator.gate)")
+    swarm_waiting: int = Field(2048, ge=0, description="swarm requests that may wait for a place in one server process; more are answered 429 (busy)")
+    swarm_wait_s: float = Field(15.0, gt=0, description="longest a swarm request waits for a place before it is answered 429 (busy); at most half of body_timeout_s is used, since a waiting body is not read")
     trusted_proxies: list[str] = Field(default_factory=list, description="addresses or CIDRs of reverse proxies whose X-Forwarded-For header names the client (empty: the header is ignored and the TCP peer is the client)")
     exempt_addresses: list[str] = Field(
         default_factory=list,

@@ -39,6 +39,8 @@ class Metrics:
         self.requests = Counter(f"{PREFIX}_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.latency = Histogram(f"{PREFIX}_request_seconds", "time to answer a request, by route", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.gate_wait = Histogram(f"{PREFIX}_swarm_gate_wait_seconds", "time a swarm request waited for a place "
+                                   "at the gate (coordinator.gate)", buckets=LATENCY_BUCKETS, registry=r)
         # the submit route's latency by intake lane (coordinator.fairpool): `established` is what
         # workers with verified work wait, whatever fresh identities send (bench/hostile.py)
         self.submission_latency = Histogram(f"{PREFIX}_submission_seconds", "time to answer a signed submission, by "
