@@ -8,8 +8,9 @@ with a simulated verifier and trainer attached, on SQLite and on PostgreSQL.
 Each simulated worker registers, heartbeats every 5 s, polls GET /v1/policy every 10 s, leases
 tasks (2 per request) and submits realistic payloads: 16 completions of 256 tokens, each with
 a real activation proof (protocol.proof, hidden size of the model) — about 70 KB per
-submission. Workers are paced so that together they offer `--rate` submissions/s (or run
-unpaced with --saturate). A verifier claims queued submissions and posts a signed verdict for
+submission; one answered 429 is sent again after its Retry-After, as the worker's spool does.
+Workers are paced so that together they offer `--rate` submissions/s (or run unpaced with
+--saturate). A verifier claims queued submissions and posts a signed verdict for
 each (accepting; a claim's verdicts in one request, as `verifier.service` does), and a trainer
 long-polls training batches and publishes a new policy version every 10 s, so the window, the
 buffer and the verification queue all move. The coordinator's pacing of the swarm (the lease
@@ -684,7 +685,7 @@ def main() -> None:
                 rec = res["rec"]
                 Path(args.json).write_text(json.dumps({
                     "db": db, "replicas": args.replicas, "duration": args.duration, "ok": rec.ok,
-                    "errors": rec.errors, "server_cpu_s": res["server_cpu_s"],
+                    "errors": rec.errors, "server_cpu_s": res["server_cpu_s"], "counts": res["counts"],
                     "pct": {ep: {"p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99)} for ep, xs in rec.samples.items()}}))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
