@@ -48,7 +48,7 @@ from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLar
 from coordinator.fairpool import FairPool
 from coordinator.gate import SwarmGate
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
-from protocol.guard import Guard
+from protocol.guard import Guard, address_key
 from protocol.messages import VerdictBatch, VerdictBatchResponse, VerdictOutcome
 
 T = TypeVar("T")
@@ -184,10 +184,10 @@ class Api:
         self.limit_identity(problem)  # the verified signer
         return await self.offload.thread(opening)
 
-    def place(self, swarm: bool) -> contextlib.AbstractAsyncContextManager[None]:
-        """A place at the swarm's gate for a swarm route's request; nothing for the operator's
-        roles (`coordinator.gate`)."""
-        return self.gate.place() if swarm else contextlib.nullcontext()
+    def place(self, request: Request, swarm: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        """A place at the swarm's gate for a swarm route's request (its client address waits in
+        turn with the others); nothing for the operator's roles (`coordinator.gate`)."""
+        return self.gate.place(address_key(self.address(request))) if swarm else contextlib.nullcontext()
 
     async def signed(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
                      op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "") -> Response:
@@ -195,7 +195,7 @@ class Api:
         for a place at the gate first."""
         t0 = time.perf_counter()
         try:
-            async with self.place(signers is None):
+            async with self.place(request, signers is None):
                 raw = await self.body(request)
                 opened = await self.open(raw, kind, body_type, signers, role)
                 result = op(opened, raw, self.address(request))
@@ -271,7 +271,7 @@ class Api:
         """A public read (the swarm's, at the gate, unless `swarm` is False)."""
         t0 = time.perf_counter()
         try:
-            async with self.place(swarm):
+            async with self.place(request, swarm):
                 resp = Response(encode(op()), media_type="application/json")
         except CoordinatorError as exc:
             resp = self.refuse(route, exc)

@@ -9,9 +9,12 @@ swarm: with 1,000 unpaced workers on one coordinator, every request, the trainer
 verifier's too, waited ~2.5 s in the event loop's one queue, and the trainer took 6 groups a
 second while 38 were submitted (bench/many_workers.py, 2026-12-07).
 
-A request without a place waits for one, first come first served, at most `swarm_wait_s`
-seconds and behind at most `swarm_waiting` others; otherwise it is answered 429 `busy` with a
-Retry-After from the queue ahead of it (workers spool and retry). A waiting request costs its
+A request without a place waits for one, at most `swarm_wait_s` seconds and behind at most
+`swarm_waiting` others; otherwise it is answered 429 `busy` with a Retry-After from the queue
+ahead of it (workers spool and retry). Places go to the waiting client addresses in turn (first
+come first served within one address; an IPv6 address counts by its /64, as in
+`protocol.guard`), so an address with many connections or identities gets no more places than
+any other waiting address. A waiting request costs its
 headers and the first 64 KiB of its body in memory and no CPU: uvicorn stops reading a body
 the app has not asked for. A held lease request gives its place back while it waits for room
 (`set_aside`) and takes one again to try.
@@ -31,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 
 from coordinator.errors import RateLimited
 
-_HELD: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("swarm_gate_held", default=None)
+_HELD: contextvars.ContextVar[list | None] = contextvars.ContextVar("swarm_gate_held", default=None)
 EWMA = 0.05  # weight of the newest place's hold time in the mean that Retry-After is estimated from
 
 
@@ -43,24 +46,28 @@ class SwarmGate:
         self.max_wait_s = max_wait_s
         self.observe_wait = observe_wait
         self.busy = 0
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # waiting requests by client address key, the keys in the order they are served (a key
+        # whose request was just served goes to the back)
+        self.queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self.n_waiting = 0
         self.mean_hold_s = 0.01
 
     def retry_after_s(self) -> float:
         """Seconds until the queue ahead of a new request has likely drained."""
-        return min(30.0, max(1.0, len(self.waiters) * self.mean_hold_s / max(1, self.places)))
+        return min(30.0, max(1.0, self.n_waiting * self.mean_hold_s / max(1, self.places)))
 
-    async def _take(self) -> None:
-        if self.busy < self.places and not self.waiters:
+    async def _take(self, key: str) -> None:
+        if self.busy < self.places and not self.n_waiting:
             self.busy += 1
             self.observe_wait(0.0)
             return
-        if len(self.waiters) >= self.waiting:
+        if self.n_waiting >= self.waiting:
             raise RateLimited("busy", f"the coordinator is serving {self.busy} workers' requests with "
-                                      f"{len(self.waiters)} waiting; retry shortly", self.retry_after_s())
+                                      f"{self.n_waiting} waiting; retry shortly", self.retry_after_s())
         t0 = time.monotonic()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
+        self.queues.setdefault(key, collections.deque()).append(fut)
+        self.n_waiting += 1
         try:
             await asyncio.wait([fut], timeout=self.max_wait_s)
         except BaseException:  # cancelled (the client went away): a place handed over meanwhile goes on
@@ -68,33 +75,45 @@ class SwarmGate:
                 self._give()
             else:
                 fut.cancel()
-                self._forget(fut)
+                self._forget(key, fut)
             raise
         if not fut.done():
             fut.cancel()
-            self._forget(fut)
+            self._forget(key, fut)
             raise RateLimited("busy", f"no place for a worker's request within {self.max_wait_s:.0f} s "
-                                      f"({len(self.waiters)} waiting); retry shortly", self.retry_after_s())
+                                      f"({self.n_waiting} waiting); retry shortly", self.retry_after_s())
         self.observe_wait(time.monotonic() - t0)
 
-    def _forget(self, fut: asyncio.Future[None]) -> None:
+    def _forget(self, key: str, fut: asyncio.Future[None]) -> None:
+        queue = self.queues.get(key)
+        if queue is None:
+            return
         with contextlib.suppress(ValueError):
-            self.waiters.remove(fut)
+            queue.remove(fut)
+            self.n_waiting -= 1
+        if not queue:
+            del self.queues[key]
 
     def _give(self) -> None:
-        """Hand the place to the first waiter still waiting, or free it."""
-        while self.waiters:
-            fut = self.waiters.popleft()
+        """Hand the place to the next address's first waiter (addresses in turn), or free it."""
+        while self.queues:
+            key = next(iter(self.queues))
+            queue = self.queues.pop(key)
+            fut = queue.popleft()
+            self.n_waiting -= 1
+            if queue:
+                self.queues[key] = queue  # to the back: every other waiting address comes first
             if not fut.done():
                 fut.set_result(None)
                 return
         self.busy -= 1
 
     @contextlib.asynccontextmanager
-    async def place(self) -> AsyncIterator[None]:
-        """Hold a place for the body of the `async with` (429 `busy` if none comes in time)."""
-        await self._take()
-        held = [True]  # set_aside clears it while the place is given back
+    async def place(self, key: str = "") -> AsyncIterator[None]:
+        """Hold a place for the body of the `async with` (429 `busy` if none comes in time).
+        `key`: the client's address key; waiting addresses are served in turn."""
+        await self._take(key)
+        held = [True, key]  # set_aside clears held[0] while the place is given back
         token = _HELD.set(held)
         t0 = time.monotonic()
         try:
@@ -116,5 +135,5 @@ class SwarmGate:
         held[0] = False
         self._give()
         yield  # an exception here ends the request: no place is taken again
-        await self._take()
+        await self._take(held[1])
         held[0] = True

@@ -30,11 +30,40 @@ def test_places_are_bounded_and_handed_on_first_come_first_served() -> None:
 
         tasks = [asyncio.create_task(request(i)) for i in range(5)]
         await asyncio.sleep(0.05)
-        assert order == [0, 1] and gate.busy == 2 and len(gate.waiters) == 3
+        assert order == [0, 1] and gate.busy == 2 and gate.n_waiting == 3
         release.set()
         await asyncio.gather(*tasks)
         assert order == [0, 1, 2, 3, 4]
-        assert gate.busy == 0 and not gate.waiters
+        assert gate.busy == 0 and not gate.n_waiting and not gate.queues
+
+    run(main())
+
+
+def test_waiting_addresses_are_served_in_turn() -> None:
+    """One address with five requests waiting and another with one: the second address's
+    request gets the next place but one, not the sixth."""
+    async def main() -> None:
+        gate = SwarmGate(places=1, waiting=16, max_wait_s=5)
+        hold = asyncio.Event()
+        order: list[str] = []
+
+        async def request(key: str, name: str, wait: asyncio.Event | None = None) -> None:
+            async with gate.place(key):
+                order.append(name)
+                if wait is not None:
+                    await wait.wait()
+                await asyncio.sleep(0)
+
+        first = asyncio.create_task(request("10.0.0.1", "a0", hold))
+        await asyncio.sleep(0.01)
+        crowd = [asyncio.create_task(request("10.0.0.1", f"a{i}")) for i in range(1, 6)]
+        await asyncio.sleep(0.01)
+        other = asyncio.create_task(request("10.0.0.2", "b1"))
+        await asyncio.sleep(0.01)
+        hold.set()
+        await asyncio.gather(first, other, *crowd)
+        assert order == ["a0", "a1", "b1", "a2", "a3", "a4", "a5"]
+        assert gate.busy == 0 and not gate.queues
 
     run(main())
 
@@ -58,7 +87,7 @@ def test_a_full_queue_and_a_long_wait_are_answered_busy() -> None:
         with pytest.raises(RateLimited) as late:  # the waiter's time runs out
             await waiter
         assert late.value.reason == "busy"
-        assert not gate.waiters and gate.busy == 1
+        assert not gate.n_waiting and not gate.queues and gate.busy == 1
         hold.set()
         await h
         assert gate.busy == 0
@@ -85,7 +114,7 @@ def test_a_cancelled_waiter_leaves_no_trace_and_a_handed_place_goes_on() -> None
         await asyncio.sleep(0.01)
         gone.cancel()  # the client went away while waiting
         await asyncio.sleep(0.01)
-        assert len(gate.waiters) == 1
+        assert gate.n_waiting == 1
         hold.set()
         await asyncio.gather(first, last)
         assert got == ["first", "last"] and gate.busy == 0
@@ -101,7 +130,7 @@ def test_a_cancelled_waiter_leaves_no_trace_and_a_handed_place_goes_on() -> None
         await asyncio.sleep(0)  # a gives its place to b's future; b has not run yet
         b.cancel()
         await asyncio.gather(a, c)
-        assert "c" in got and gate.busy == 0 and not gate.waiters
+        assert "c" in got and gate.busy == 0 and not gate.n_waiting and not gate.queues
 
     run(main())
 
