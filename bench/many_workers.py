@@ -27,8 +27,8 @@ on the 2-core machine this was written on, the figures are a floor and CPU-bound
 coordinator CPU per submission is printed by bench/coordinator.py's report above each row).
 
 Figures (2026-12-07, `--warmup 90 --duration 30`, nothing else running, after the event-loop
-and gate fixes in the README): sqlite 162.1 submissions/s, pg1 112.5, pg2 169.7: pg2/pg1 = 1.51,
-the machine out of cores (README: "across the internet", many workers).
+and gate fixes in the README): sqlite 157.2 submissions/s, pg1 111.1, pg2 154.6: pg2/pg1 = 1.39
+(1.51 in an earlier run), the machine out of cores (README: "across the internet").
 """
 
 from __future__ import annotations
