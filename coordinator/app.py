@@ -119,8 +119,14 @@ async def _long_poll_lease(ctx: Context, opened, gate: SwarmGate) -> LeaseRespon
     deadline = time.monotonic() + wait_s
     while True:
         left = deadline - time.monotonic()
-        async with gate.set_aside():
-            woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, max(0.0, left)), lane)
+        woken = False
+        try:
+            async with gate.set_aside():
+                woken = await ctx.room.wait(min(resp.retry_after_s or LEASE_POLL_S, max(0.0, left)), lane)
+        except CoordinatorError:  # no place again in time (429 busy): the wake is not used, pass it on
+            if woken:
+                ctx.room.notify(lane)
+            raise
         last = time.monotonic() >= deadline
         try:   # until its last try, a full batch or nothing (small batches generate slower)
             resp, short = work.try_lease(ctx, opened, again=True, fill=not last)

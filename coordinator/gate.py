@@ -113,15 +113,15 @@ class SwarmGate:
         """Hold a place for the body of the `async with` (429 `busy` if none comes in time).
         `key`: the client's address key; waiting addresses are served in turn."""
         await self._take(key)
-        held = [True, key]  # set_aside clears held[0] while the place is given back
+        # [holding, address key, since when]: set_aside clears held[0] while the place is given back
+        held = [True, key, time.monotonic()]
         token = _HELD.set(held)
-        t0 = time.monotonic()
         try:
             yield
         finally:
             _HELD.reset(token)
             if held[0]:
-                self.mean_hold_s += EWMA * (time.monotonic() - t0 - self.mean_hold_s)
+                self.mean_hold_s += EWMA * (time.monotonic() - held[2] - self.mean_hold_s)
                 self._give()
 
     @contextlib.asynccontextmanager
@@ -136,4 +136,4 @@ class SwarmGate:
         self._give()
         yield  # an exception here ends the request: no place is taken again
         await self._take(held[1])
-        held[0] = True
+        held[0], held[2] = True, time.monotonic()
