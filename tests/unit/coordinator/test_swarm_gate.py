@@ -17,18 +17,21 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def request(gate: SwarmGate, got: list, name, wait: asyncio.Event | None = None, key: str = "") -> None:
+    """A swarm request from address `key`: take a place, note `name` in `got`, hold the place
+    until `wait` is set."""
+    async with gate.place(key):
+        got.append(name)
+        if wait is not None:
+            await wait.wait()
+
+
 def test_places_are_bounded_and_handed_on_first_come_first_served() -> None:
     async def main() -> None:
         gate = SwarmGate(places=2, waiting=8, max_wait_s=5)
         order: list[int] = []
         release = asyncio.Event()
-
-        async def request(i: int) -> None:
-            async with gate.place():
-                order.append(i)
-                await release.wait()
-
-        tasks = [asyncio.create_task(request(i)) for i in range(5)]
+        tasks = [asyncio.create_task(request(gate, order, i, release)) for i in range(5)]
         await asyncio.sleep(0.05)
         assert order == [0, 1] and gate.busy == 2 and gate.n_waiting == 3
         release.set()
@@ -46,19 +49,11 @@ def test_waiting_addresses_are_served_in_turn() -> None:
         gate = SwarmGate(places=1, waiting=16, max_wait_s=5)
         hold = asyncio.Event()
         order: list[str] = []
-
-        async def request(key: str, name: str, wait: asyncio.Event | None = None) -> None:
-            async with gate.place(key):
-                order.append(name)
-                if wait is not None:
-                    await wait.wait()
-                await asyncio.sleep(0)
-
-        first = asyncio.create_task(request("10.0.0.1", "a0", hold))
+        first = asyncio.create_task(request(gate, order, "a0", hold, key="10.0.0.1"))
         await asyncio.sleep(0.01)
-        crowd = [asyncio.create_task(request("10.0.0.1", f"a{i}")) for i in range(1, 6)]
+        crowd = [asyncio.create_task(request(gate, order, f"a{i}", key="10.0.0.1")) for i in range(1, 6)]
         await asyncio.sleep(0.01)
-        other = asyncio.create_task(request("10.0.0.2", "b1"))
+        other = asyncio.create_task(request(gate, order, "b1", key="10.0.0.2"))
         await asyncio.sleep(0.01)
         hold.set()
         await asyncio.gather(first, other, *crowd)
@@ -72,12 +67,7 @@ def test_a_full_queue_and_a_long_wait_are_answered_busy() -> None:
     async def main() -> None:
         gate = SwarmGate(places=1, waiting=1, max_wait_s=0.2)
         hold = asyncio.Event()
-
-        async def holder() -> None:
-            async with gate.place():
-                await hold.wait()
-
-        h = asyncio.create_task(holder())
+        h = asyncio.create_task(request(gate, [], "holder", hold))
         await asyncio.sleep(0.01)
         waiter = asyncio.create_task(gate.place().__aenter__())
         await asyncio.sleep(0.01)
@@ -100,17 +90,10 @@ def test_a_cancelled_waiter_leaves_no_trace_and_a_handed_place_goes_on() -> None
         gate = SwarmGate(places=1, waiting=8, max_wait_s=5)
         hold = asyncio.Event()
         got: list[str] = []
-
-        async def request(name: str, wait: asyncio.Event | None = None) -> None:
-            async with gate.place():
-                got.append(name)
-                if wait is not None:
-                    await wait.wait()
-
-        first = asyncio.create_task(request("first", hold))
+        first = asyncio.create_task(request(gate, got, "first", hold))
         await asyncio.sleep(0.01)
-        gone = asyncio.create_task(request("gone"))
-        last = asyncio.create_task(request("last"))
+        gone = asyncio.create_task(request(gate, got, "gone"))
+        last = asyncio.create_task(request(gate, got, "last"))
         await asyncio.sleep(0.01)
         gone.cancel()  # the client went away while waiting
         await asyncio.sleep(0.01)
@@ -121,10 +104,10 @@ def test_a_cancelled_waiter_leaves_no_trace_and_a_handed_place_goes_on() -> None
 
         # cancelled just after the place was handed to it: the place goes to the next waiter
         hold2 = asyncio.Event()
-        a = asyncio.create_task(request("a", hold2))
+        a = asyncio.create_task(request(gate, got, "a", hold2))
         await asyncio.sleep(0.01)
-        b = asyncio.create_task(request("b"))
-        c = asyncio.create_task(request("c"))
+        b = asyncio.create_task(request(gate, got, "b"))
+        c = asyncio.create_task(request(gate, got, "c"))
         await asyncio.sleep(0.01)
         hold2.set()
         await asyncio.sleep(0)  # a gives its place to b's future; b has not run yet
@@ -147,13 +130,9 @@ def test_set_aside_gives_the_place_back_while_waiting() -> None:
                     await room.wait()
                 got.append("long-poll")
 
-        async def quick() -> None:
-            async with gate.place():
-                got.append("quick")
-
         lp = asyncio.create_task(long_poll())
         await asyncio.sleep(0.01)
-        await asyncio.wait_for(quick(), 1)  # not blocked by the held long-poll
+        await asyncio.wait_for(request(gate, got, "quick"), 1)  # not blocked by the held long-poll
         room.set()
         await lp
         assert got == ["quick", "long-poll"] and gate.busy == 0
