@@ -287,9 +287,9 @@ async def _workers(url, first, count, args, t_measure, t_end, out) -> None:
 # -- simulated verifier and trainer (in this process) ---------------------------------------
 async def verifier_and_trainer(url: str, verifier, operator, model_dir: Path, run_id: str, t_measure: float,
                                t_end: float, n_verifiers: int) -> tuple[Recorder, dict]:
-    from protocol.manifest import build_manifest, sign_manifest
-    from protocol.envelope import Envelope, envelope_digest
     from protocol import routes
+    from protocol.envelope import Envelope, envelope_digest
+    from protocol.manifest import build_manifest, sign_manifest
     from protocol.messages import BatchAck, BatchRequest, CheckResult, ClaimRequest, Verdict
 
     rec = Recorder(t_measure)
