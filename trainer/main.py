@@ -73,3 +73,5 @@ def run(cfg: TrainerConfig, stop: StopFlag | None = None) -> None:
         clean = True
     finally:
         team.close(clean)
+    if team.sharded:  # a clean run under torchrun: end the rank before gloo's exit-time abort
+        distributed.exit_rank(0)

@@ -33,11 +33,11 @@ def batch():
 
 
 def main(model_dir: str, out: str, row_tokens: int, device: str = "cpu") -> None:
+    from protocol.lm import load_model
     from trainer.config import LossConfig
-    from trainer.distributed import Team
+    from trainer.distributed import Team, exit_rank
     from trainer.history import WeightHistory
     from trainer.step import StepOptions
-    from protocol.lm import load_model
 
     torch.set_num_threads(1)
     team = Team.from_env(device)
@@ -67,6 +67,8 @@ def main(model_dir: str, out: str, row_tokens: int, device: str = "cpu") -> None
             {"stats": res.stats, "grad_norm": res.grad_norm, "tokens": res.tokens, "micro_batches": res.micro_batches,
              "param_bytes": held}))
     team.close()
+    if team.sharded:
+        exit_rank(0)
 
 
 if __name__ == "__main__":
