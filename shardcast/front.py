@@ -145,11 +145,14 @@ class ShardFront:
                 if head is None:
                     return  # the client closed between requests, or stayed silent too long
                 req = parse_head(head)
+                try:
+                    path = urlsplit(req.target).path if req is not None else ""
+                except ValueError:  # e.g. "//[x": urlsplit refuses the target
+                    req = None
                 if req is None:
                     self.m.front_refusals.labels("malformed").inc()
                     await self._error(writer, 400, "not an HTTP/1.x request", close=True)
                     return
-                path = urlsplit(req.target).path
                 match = SHARD_PATH.match(path) if req.method in ("GET", "HEAD") else None
                 if match is None:
                     self._splicing.add(task)

@@ -236,7 +236,10 @@ def list_versions(url: str, timeout_s: float = 10.0) -> list[int]:
     resp = run_bounded(ask, connections=1)
     if resp.status != 200:
         raise ValueError(f"GET {routes.SC_VERSIONS}: HTTP {resp.status}")
-    data = json.loads(resp.body)
+    try:
+        data = json.loads(resp.body)
+    except RecursionError:  # nested deeper than the parser allows: a hostile listing, not a crash
+        raise ValueError("the listing is nested too deeply to be one") from None
     versions = data.get("versions", []) if isinstance(data, dict) else []
     if not isinstance(versions, list):
         raise ValueError("the listing's versions are not a list")

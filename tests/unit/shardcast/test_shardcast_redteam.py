@@ -1,0 +1,126 @@
+"""Red-team findings against shardcast, each a hostile relay, peer or client on loopback:
+
+- JSON nested deeper than the parser's recursion limit (a 64 KiB version listing of `[[[[...`,
+  a 4 KiB p2p frame) raised RecursionError, which no caller expects: it killed a relay's watch
+  thread (the relay never learned another version) and escaped the p2p exchange's handlers;
+- a request target that `urlsplit` refuses (`//[`) raised ValueError out of the front's
+  connection handler: no 4xx, and a traceback in the error log per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+
+import pytest
+
+from protocol.identity import KeyPair
+from shardcast.config import OriginConfig, RelayConfig
+from shardcast.origin import Origin
+from shardcast.p2p import wire
+from shardcast.p2p.errors import PeerRequestFailed
+from shardcast.relay import Relay
+from shardcast.watch import list_versions
+from tests.hostile.relays import HostileRelay
+
+DEEP = b"[" * 60_000  # under MAX_LISTING_BYTES, far over the json module's recursion limit
+
+
+@pytest.fixture
+def op():
+    return KeyPair.generate()
+
+
+def wait(cond, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class DeepListingRelay(HostileRelay):
+    """Proxies `upstream`, except that its version listing is JSON nested 60 000 deep."""
+
+    def __init__(self, upstream: str):
+        super().__init__()
+        self.upstream = upstream
+
+    def answer(self, h, kind: str) -> None:
+        if kind == "/v1/versions":
+            status, headers, body = 200, {"content-type": "application/json"}, DEEP
+        else:
+            status, headers, body = self.upstream_get(self.upstream, h)
+            headers = {k: v for k, v in headers.items() if k in ("content-type", "content-range")}
+        self.head(h, status, {**headers, "content-length": str(len(body))})
+        h.wfile.write(body)
+
+
+def test_a_deeply_nested_version_listing_is_a_refused_answer_not_a_recursion_error():
+    with DeepListingRelay("http://127.0.0.1:9") as bad:
+        with pytest.raises(ValueError):
+            list_versions(bad.url, timeout_s=5.0)
+
+
+def test_a_deeply_nested_listing_does_not_kill_the_relays_watch_thread(tmp_path, op):
+    o = Origin(OriginConfig(data_dir=tmp_path / "o", port=0, shard_size=4096), op, "run-r")
+    o.start()
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "w.bin").write_bytes(bytes(range(256)) * 40)
+    with DeepListingRelay(o.url) as bad:
+        relay = Relay(RelayConfig(upstreams=[bad.url], operator_key=op.public.hex, port=0,
+                                  data_dir=tmp_path / "relay", run_id="run-r"))
+        relay.start()
+        try:
+            o.publish(ck, 0, 0)
+            # the long-poll through the same upstream still brings version 0
+            assert wait(lambda: relay.complete_versions() == [0]), "the relay stopped watching"
+            assert all(t.is_alive() for t in relay._threads)
+        finally:
+            relay.stop()
+            o.stop()
+
+
+def test_a_deeply_nested_p2p_frame_is_a_failed_request():
+    deep = b"[" * (wire.MAX_FRAME - 8)
+    with pytest.raises(PeerRequestFailed):
+        wire.decode_request(deep)
+    with pytest.raises(PeerRequestFailed):
+        wire.decode_reply(deep)
+
+
+@pytest.fixture
+def front(tmp_path, op):
+    o = Origin(OriginConfig(data_dir=tmp_path / "o", port=0, shard_size=4096), op, "run-f")
+    o.start()
+    yield o
+    o.stop()
+
+
+def _ask(port: int, request: bytes) -> bytes:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(10)
+    try:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def test_a_request_target_urlsplit_refuses_is_answered_400_without_an_error_log(front, caplog):
+    port = int(front.url.rsplit(":", 1)[1])
+    with caplog.at_level(logging.ERROR):
+        got = _ask(port, b"GET //[x/v1/versions/0/shards/0 HTTP/1.1\r\nhost: x\r\n\r\n")
+        time.sleep(0.2)
+    assert got.startswith(b"HTTP/1.1 400"), got[:100]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # the port still answers
+    assert _ask(port, b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
