@@ -124,3 +124,74 @@ def test_a_request_target_urlsplit_refuses_is_answered_400_without_an_error_log(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     # the port still answers
     assert _ask(port, b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
+
+
+# -- transfer slots of the front: one address must not hold them all ----------------------------
+
+from test_shardcast_front import OFFSET, SIZE, Catalog  # noqa: E402
+
+from shardcast.node_server import NodeServer  # noqa: E402
+
+
+@pytest.fixture
+def slots(tmp_path):
+    import random
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(random.Random(1).randbytes(OFFSET + SIZE + 500))
+    cat = Catalog(blob, tmp_path / "pruned")
+    srv = NodeServer(cat, title="t", host="127.0.0.1", port=0, max_transfers=4).start()
+    yield srv, cat, blob.read_bytes()[OFFSET:OFFSET + SIZE]
+    srv.stop()
+
+
+def _stalled_shard_request(port: int, path: str = "/v1/versions/0/shards/0") -> socket.socket:
+    """Ask for a 30 MiB shard and never read it (a small receive buffer: the send stalls)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    return s
+
+
+def _get_from(source_ip: str, port: int, path: str) -> tuple[int, bytes]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source_ip, 0))
+    f = s.makefile("rb")
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        status = int(f.readline().split()[1])
+        length = 0
+        while (line := f.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        return status, f.read(length)
+    finally:
+        f.close()
+        s.close()
+
+
+def test_one_address_that_stalls_its_transfers_cannot_take_every_slot(slots):
+    srv, cat, data = slots
+    hogs = [_stalled_shard_request(srv.port) for _ in range(4)]   # as many as max_transfers
+    try:
+        time.sleep(0.5)
+        status, body = _get_from("127.0.0.2", srv.port, "/v1/versions/0/shards/0")
+        assert status == 200 and body == data, "another client got no transfer slot"
+    finally:
+        for s in hogs:
+            s.close()
+
+
+@pytest.mark.parametrize("path", ["/v1/versions/%30/shards/0", "/v1%2Fversions/0/shards/0",
+                                  "/v1/versions/0000000000000000000000/shards/0"])
+def test_a_shard_path_the_front_does_not_take_as_one_is_not_served_behind_it(slots, path):
+    """uvicorn decodes and parses what the front's pattern refuses; its shard route would serve
+    the body outside the front's accounting of transfers (and without sendfile)."""
+    srv, cat, _ = slots
+    status, _body = _get_from("127.0.0.1", srv.port, path)
+    assert status == 404
+    assert served(cat) == 0
+
+
+def served(cat):
+    return cat.metrics.bytes_served._value.get()
