@@ -195,3 +195,57 @@ def test_a_shard_path_the_front_does_not_take_as_one_is_not_served_behind_it(slo
 
 def served(cat):
     return cat.metrics.bytes_served._value.get()
+
+
+# -- p2p fallback: peers' bytes must match the manifest being assembled ---------------------------
+
+
+def test_peer_shards_of_another_signed_manifest_of_the_same_version_are_not_committed(tmp_path):
+    """Two operator-signed manifests of one version (an origin that lost its data folder
+    published version 3 again with other weights): relays hold one, peers the other. The
+    fallback checked each peer's shard against the peers' manifest and wrote it into the
+    client's partial checkpoint of the other one, which committed it: a mixed checkpoint whose
+    files no hash ever checked (check_files is off by default)."""
+    from protocol.manifest import build_manifest, sign_manifest
+    from shardcast.errors import ShardcastError
+    from shardcast.p2p.exchange import PeerShards
+    from shardcast.p2p.view import PeerInfo
+    from shardcast.partial import PartialCheckpoint
+
+    op = KeyPair.generate()
+    manifests = []
+    for tag in (b"A", b"B"):
+        ck = tmp_path / f"ck-{tag.decode()}"
+        ck.mkdir()
+        (ck / "w.bin").write_bytes(tag * 8192)
+        m = build_manifest(ck, run_id="run-p", version=3, step=3, shard_size=4096)
+        manifests.append((m, sign_manifest(m, op), ck))
+    (mine, _, _), (theirs, theirs_env, their_ck) = manifests
+
+    class Node:
+        run_id = "run-p"
+
+        class view:  # noqa: N801 (the node's attribute)
+            @staticmethod
+            def version(v):
+                return None
+
+        def peers_with(self, v):
+            return [PeerInfo("peer-1", (), (3,), time.time() + 60)]
+
+        def request(self, peer, req, max_size):
+            if req.op == "manifest":
+                return theirs_env.model_dump_json().encode()
+            s = theirs.shards[req.index]
+            with open(their_ck / s.path, "rb") as fh:
+                fh.seek(s.offset)
+                return fh.read(s.size)
+
+    peers = PeerShards(Node(), op.public)
+    sink = PartialCheckpoint(tmp_path / "partial", mine, check_files=False)
+    try:
+        with pytest.raises(ShardcastError):
+            peers.fetch_into(3, list(mine.shards), sink)
+        assert sink.missing() == list(mine.shards), "a shard of the other manifest was committed"
+    finally:
+        sink.close()
