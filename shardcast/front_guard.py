@@ -27,6 +27,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass
 
+from shardcast.bounded import decimal
 from shardcast.config import FrontLimits
 
 HEAD_LIMIT = 64 * 1024  # request line + headers
@@ -140,7 +141,7 @@ def body_length(req: Request, path: str, limits: FrontLimits) -> int:
     if req.headers.get("transfer-encoding"):
         raise Refused(411, "send the request body with a Content-Length (chunked bodies are not accepted)")
     declared = req.headers.get("content-length", "0")
-    if not declared.isdigit():
+    if not decimal(declared):
         raise Refused(400, "Content-Length must be a decimal number")
     n = int(declared)
     cap = body_cap(path, limits)

@@ -52,7 +52,7 @@ from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import PolicyManifest, ShardEntry
-from shardcast.bounded import SOURCE_ERRORS, short
+from shardcast.bounded import SOURCE_ERRORS, decimal, short
 from shardcast.config import RelayConfig
 from shardcast.errors import ShardcastError
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions, prewarm
@@ -171,7 +171,7 @@ class Relay:
             shards_dir = folder / "shards"
             shards_dir.mkdir(exist_ok=True)
             for p in shards_dir.iterdir():
-                if not p.name.isdigit():
+                if not decimal(p.name):
                     p.unlink(missing_ok=True)
                     continue
                 i = int(p.name)

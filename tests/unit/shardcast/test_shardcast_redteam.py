@@ -249,3 +249,75 @@ def test_peer_shards_of_another_signed_manifest_of_the_same_version_are_not_comm
         assert sink.missing() == list(mine.shards), "a shard of the other manifest was committed"
     finally:
         sink.close()
+
+
+# -- Content-Length values that str.isdigit() takes for numbers and int() does not ("²") ----------
+
+SUPERSCRIPT_TWO = "\u00b2"  # latin-1 0xB2: "²".isdigit() is True, int("²") raises ValueError
+
+
+class OddLengthRelay(HostileRelay):
+    """Proxies `upstream`, but answers shard requests (or, with control=True, every request)
+    with `content-length: ²`."""
+
+    def __init__(self, upstream: str, control: bool = False):
+        super().__init__()
+        self.upstream, self.control = upstream, control
+
+    def answer(self, h, kind: str) -> None:
+        if kind == "shard" or self.control:
+            self.head(h, 200, {"content-length": SUPERSCRIPT_TWO})
+            h.wfile.write(b"xx")
+            h.close_connection = True
+            return
+        status, headers, body = self.upstream_get(self.upstream, h)
+        self.head(h, status, {"content-type": headers.get("content-type", "application/json"),
+                              "content-length": str(len(body))})
+        h.wfile.write(body)
+
+
+@pytest.fixture
+def published(tmp_path, op):
+    import random
+
+    o = Origin(OriginConfig(data_dir=tmp_path / "o", port=0, shard_size=64 * 1024), op, "run-l")
+    o.start()
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "w.bin").write_bytes(random.Random(3).randbytes(8 * 64 * 1024))
+    o.publish(ck, 0, 0)
+    yield o
+    o.stop()
+
+
+def test_a_shard_answer_whose_length_is_a_superscript_digit_fails_that_source_not_the_fetch(tmp_path, op, published):
+    from shardcast.client import ShardcastClient
+    from shardcast.fetch import FetchOptions
+
+    with OddLengthRelay(published.url) as odd:
+        opts = FetchOptions(parallel=2, shard_wait_s=1.0, read_timeout_s=2.0, manifest_wait_s=2.0,
+                            control_timeout_s=2.0)
+        with ShardcastClient([odd.url, published.url], op.public, tmp_path / "cache", run_id="run-l",
+                             options=opts, durable=False) as c:
+            folder = c.fetch(0)
+        assert (folder / "w.bin").read_bytes() == (tmp_path / "ck" / "w.bin").read_bytes()
+        assert odd.hits.get("shard", 0) >= 1
+
+
+def test_a_control_answer_whose_length_is_a_superscript_digit_is_a_source_failure(op):
+    from shardcast.errors import VersionUnavailable
+    from shardcast.selection import Sources
+    from shardcast.watch import fetch_manifest
+
+    with OddLengthRelay("http://127.0.0.1:9", control=True) as odd:
+        with pytest.raises(VersionUnavailable):
+            fetch_manifest(Sources([odd.url]), op.public, 0, "run-l", timeout_s=3.0)
+
+
+def test_a_request_body_length_that_is_a_superscript_digit_is_answered_400(front, caplog):
+    port = int(front.url.rsplit(":", 1)[1])
+    with caplog.at_level(logging.ERROR):
+        got = _ask(port, b"GET /v1/versions HTTP/1.1\r\nhost: x\r\ncontent-length: \xb2\r\n\r\n")
+        time.sleep(0.2)
+    assert got.startswith(b"HTTP/1.1 400"), got[:100]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
