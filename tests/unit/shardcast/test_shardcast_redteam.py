@@ -321,3 +321,16 @@ def test_a_request_body_length_that_is_a_superscript_digit_is_answered_400(front
         time.sleep(0.2)
     assert got.startswith(b"HTTP/1.1 400"), got[:100]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("line", [b"x-a: 1\nContent-Length: 5", b"x-a: 1\nTransfer-Encoding: chunked",
+                                  b"x-a: 1\x00", b"x-a: 1\rx-b: 2"])
+def test_a_head_with_bare_line_breaks_or_controls_is_refused_by_the_front_not_logged_by_the_app(front, caplog, line):
+    """The front split the head on CRLF only and forwarded the rest; the app (httptools) saw
+    bare LF, CR or NUL, answered 400 and logged a warning per request: a log any client fills."""
+    port = int(front.url.rsplit(":", 1)[1])
+    with caplog.at_level(logging.WARNING):
+        got = _ask(port, b"GET /health HTTP/1.1\r\nhost: x\r\n" + line + b"\r\n\r\n")
+        time.sleep(0.2)
+    assert got.startswith(b"HTTP/1.1 400"), got[:100]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
