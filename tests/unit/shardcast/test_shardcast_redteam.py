@@ -334,3 +334,29 @@ def test_a_head_with_bare_line_breaks_or_controls_is_refused_by_the_front_not_lo
         time.sleep(0.2)
     assert got.startswith(b"HTTP/1.1 400"), got[:100]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
+
+
+# -- unendorsed adverts: IPv6 addresses that carry an IPv4 one ------------------------------------
+
+
+@pytest.mark.parametrize("host", [
+    "64:ff9b::a00:1",          # NAT64 (RFC 6052) of 10.0.0.1: a NAT64 gateway dials the private address
+    "64:ff9b::a9fe:a9fe",      # ... of 169.254.169.254, the cloud metadata address
+    "::7f00:1",                # IPv4-compatible ::127.0.0.1
+    "2002:a00:1::1",           # 6to4 of 10.0.0.1
+])
+def test_an_ipv6_address_carrying_a_private_ipv4_one_is_refused_in_unendorsed_adverts(host):
+    from shardcast.p2p.addresses import AddressRefused, check_multiaddr, check_relay_url
+
+    with pytest.raises(AddressRefused):
+        check_relay_url(f"http://[{host}]:8800", allow_private=False)
+    with pytest.raises(AddressRefused):
+        check_multiaddr(f"/ip6/{host}/tcp/4001", allow_private=False)
+
+
+def test_a_public_ipv6_address_is_still_accepted():
+    from shardcast.p2p.addresses import check_multiaddr, check_relay_url
+
+    assert check_relay_url("http://[2a00:1450:4001:80b::200e]:8800", allow_private=False)
+    check_multiaddr("/ip6/2a00:1450:4001:80b::200e/tcp/4001", allow_private=False)
+    check_multiaddr("/ip4/8.8.8.8/tcp/4001", allow_private=False)
