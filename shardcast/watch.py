@@ -219,8 +219,12 @@ async def _poll_one(http: httpx.AsyncClient, sources: Sources, url: str, key: Pu
             sources.hostile(url, f"bad manifest: {exc}")
             continue
         if manifest.version <= after:
-            sources.failure(url, f"long-poll answered version {manifest.version} <= {after}")
-            await pause(delay)
+            # A source answers a poll with a version newer than `after` or not at all (204):
+            # an older one, signed or not, is a replay; it would be polled (and its manifest
+            # verified) again and again, so it is avoided like any source that lies.
+            log.warning("source %s answered a long-poll for versions > %d with version %d; avoiding it",
+                        url, after, manifest.version)
+            sources.hostile(url, f"long-poll answered version {manifest.version} <= {after}")
             continue
         return Announced(env, manifest, url)
 

@@ -360,3 +360,34 @@ def test_a_public_ipv6_address_is_still_accepted():
     assert check_relay_url("http://[2a00:1450:4001:80b::200e]:8800", allow_private=False)
     check_multiaddr("/ip6/2a00:1450:4001:80b::200e/tcp/4001", allow_private=False)
     check_multiaddr("/ip4/8.8.8.8/tcp/4001", allow_private=False)
+
+
+# -- long-polls answered with an old signed manifest (replay) -------------------------------------
+
+
+class ReplayRelay(HostileRelay):
+    """Answers every long-poll at once with `manifest` (an authentic, older version)."""
+
+    def __init__(self, manifest: bytes):
+        super().__init__()
+        self.manifest = manifest
+
+    def answer(self, h, kind: str) -> None:
+        body = self.manifest if kind == "/v1/versions/latest" else b'{"detail": "no"}'
+        self.head(h, 200 if kind == "/v1/versions/latest" else 404,
+                  {"content-type": "application/json", "content-length": str(len(body))})
+        h.wfile.write(body)
+
+
+def test_a_relay_that_replays_an_old_version_to_long_polls_is_dropped_not_polled_in_a_loop(op, published):
+    from shardcast.selection import Sources
+    from shardcast.watch import wait_for_newer
+
+    old = published.manifest_bytes(0)
+    with ReplayRelay(old) as replay:
+        sources = Sources([replay.url, published.url])
+        t0 = time.monotonic()
+        assert wait_for_newer(sources, op.public, 0, 3.0, "run-l") is None
+        assert time.monotonic() - t0 < 4.0
+        assert sources.is_hostile(replay.url)
+        assert replay.hits.get("/v1/versions/latest", 0) <= 2, replay.hits
