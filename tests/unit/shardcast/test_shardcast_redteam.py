@@ -391,3 +391,25 @@ def test_a_relay_that_replays_an_old_version_to_long_polls_is_dropped_not_polled
         assert time.monotonic() - t0 < 4.0
         assert sources.is_hostile(replay.url)
         assert replay.hits.get("/v1/versions/latest", 0) <= 2, replay.hits
+
+
+# -- manifest paths: two entries that name one file, or a file that is another's folder -----------
+
+
+@pytest.mark.parametrize("paths", [["w.bin", "w.bin/"], ["a/w.bin", "a//w.bin"], ["w.bin", "./w.bin"],
+                                   ["a", "a/b"]])
+def test_a_manifest_whose_paths_collide_on_disk_is_refused(op, paths):
+    """The path pattern and the '..' rule let two distinct strings name one file ("w.bin" and
+    "w.bin/" are one path to the file system) or a file be another's folder: two entries whose
+    shards overwrite each other's bytes, or a download that dies on NotADirectoryError."""
+    from protocol.errors import MessageError
+    from protocol.manifest import open_manifest, sign_manifest
+    from protocol.messages import FileEntry, PolicyManifest, ShardEntry
+
+    sha = "0" * 64
+    files = [FileEntry(path=p, size=1, sha256=sha) for p in paths]
+    shards = [ShardEntry(index=i, path=p, offset=0, size=1, sha256=sha) for i, p in enumerate(paths)]
+    m = PolicyManifest(run_id="run-m", version=1, step=1, created_at=0.0, shard_size=1, files=files,
+                       shards=shards, config_sha256=sha, total_bytes=len(paths))
+    with pytest.raises(MessageError):
+        open_manifest(sign_manifest(m, op), op.public)
