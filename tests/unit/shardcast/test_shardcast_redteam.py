@@ -1,24 +1,31 @@
-"""Red-team findings against shardcast, each a hostile relay, peer or client on loopback:
+"""Red-team findings against shardcast, each a hostile relay, peer or client on loopback (each
+test failed before its fix):
 
-- JSON nested deeper than the parser's recursion limit (a 64 KiB version listing of `[[[[...`,
-  a 4 KiB p2p frame) raised RecursionError, which no caller expects: it killed a relay's watch
-  thread (the relay never learned another version) and escaped the p2p exchange's handlers;
-- a request target that `urlsplit` refuses (`//[`) raised ValueError out of the front's
-  connection handler: no 4xx, and a traceback in the error log per request.
+- JSON nested past the parser's recursion limit (a version listing, a p2p frame) raised
+  RecursionError: it killed a relay's watch thread and escaped the p2p wire decoders;
+- request targets urlsplit refuses ("//[x"), a Content-Length of "²" (isdigit() but not int())
+  and heads with bare CR/LF/NUL raised out of the front or reached the app's parser: no 4xx, or
+  an error/warning log line per request; "²" as a shard answer's length failed a whole fetch;
+- one address that requests shards and never reads them held every transfer slot; shard paths
+  only the app decodes ("%30", "%2F", zero-padded) were served behind the front's accounting;
+- peers' shards of another signed manifest of the same version were committed by the fallback;
+- a source replaying an old version to long-polls was polled (and verified) 4 times a second;
+- IPv6 addresses carrying a private IPv4 one (NAT64, 6to4, IPv4-compatible) passed the advert gate;
+- manifest paths that meet on disk ("w" and "w/", "a" and "a/b") were accepted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-import struct
 import time
 
 import pytest
+from test_shardcast_front import OFFSET, SIZE, Catalog
 
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig, RelayConfig
+from shardcast.node_server import NodeServer
 from shardcast.origin import Origin
 from shardcast.p2p import wire
 from shardcast.p2p.errors import PeerRequestFailed
@@ -61,9 +68,8 @@ class DeepListingRelay(HostileRelay):
 
 
 def test_a_deeply_nested_version_listing_is_a_refused_answer_not_a_recursion_error():
-    with DeepListingRelay("http://127.0.0.1:9") as bad:
-        with pytest.raises(ValueError):
-            list_versions(bad.url, timeout_s=5.0)
+    with DeepListingRelay("http://127.0.0.1:9") as bad, pytest.raises(ValueError):
+        list_versions(bad.url, timeout_s=5.0)
 
 
 def test_a_deeply_nested_listing_does_not_kill_the_relays_watch_thread(tmp_path, op):
@@ -128,11 +134,6 @@ def test_a_request_target_urlsplit_refuses_is_answered_400_without_an_error_log(
 
 # -- transfer slots of the front: one address must not hold them all ----------------------------
 
-from test_shardcast_front import OFFSET, SIZE, Catalog  # noqa: E402
-
-from shardcast.node_server import NodeServer  # noqa: E402
-
-
 @pytest.fixture
 def slots(tmp_path):
     import random
@@ -171,7 +172,7 @@ def _get_from(source_ip: str, port: int, path: str) -> tuple[int, bytes]:
 
 
 def test_one_address_that_stalls_its_transfers_cannot_take_every_slot(slots):
-    srv, cat, data = slots
+    srv, _cat, data = slots
     hogs = [_stalled_shard_request(srv.port) for _ in range(4)]   # as many as max_transfers
     try:
         time.sleep(0.5)
@@ -187,7 +188,7 @@ def test_one_address_that_stalls_its_transfers_cannot_take_every_slot(slots):
 def test_a_shard_path_the_front_does_not_take_as_one_is_not_served_behind_it(slots, path):
     """uvicorn decodes and parses what the front's pattern refuses; its shard route would serve
     the body outside the front's accounting of transfers (and without sendfile)."""
-    srv, cat, _ = slots
+    srv, cat, _data = slots
     status, _body = _get_from("127.0.0.1", srv.port, path)
     assert status == 404
     assert served(cat) == 0
@@ -225,7 +226,7 @@ def test_peer_shards_of_another_signed_manifest_of_the_same_version_are_not_comm
     class Node:
         run_id = "run-p"
 
-        class view:  # noqa: N801 (the node's attribute)
+        class view:
             @staticmethod
             def version(v):
                 return None
@@ -309,9 +310,8 @@ def test_a_control_answer_whose_length_is_a_superscript_digit_is_a_source_failur
     from shardcast.selection import Sources
     from shardcast.watch import fetch_manifest
 
-    with OddLengthRelay("http://127.0.0.1:9", control=True) as odd:
-        with pytest.raises(VersionUnavailable):
-            fetch_manifest(Sources([odd.url]), op.public, 0, "run-l", timeout_s=3.0)
+    with OddLengthRelay("http://127.0.0.1:9", control=True) as odd, pytest.raises(VersionUnavailable):
+        fetch_manifest(Sources([odd.url]), op.public, 0, "run-l", timeout_s=3.0)
 
 
 def test_a_request_body_length_that_is_a_superscript_digit_is_answered_400(front, caplog):
