@@ -94,14 +94,22 @@ def open_manifest(env: Envelope, operator_key: PublicKey) -> PolicyManifest:
 
 
 def check_manifest_consistency(m: PolicyManifest) -> None:
-    """Shards tile every file exactly, indices are 0..n-1, paths are safe and relative."""
+    """Shards tile every file exactly, indices are 0..n-1, paths are safe and relative, and
+    no two paths meet on disk (each is normal: no empty, "." or ".." part, so two distinct
+    strings never name one file; no file is another one's folder)."""
     sizes = {}
+    folders: set[str] = set()
     for f in m.files:
         if f.path in sizes:
             raise MessageError(f"manifest lists {f.path} twice")
-        if ".." in f.path.split("/") or f.path.startswith("/"):
-            raise MessageError(f"manifest path {f.path!r} is not a safe relative path")
+        parts = f.path.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise MessageError(f"manifest path {f.path!r} is not a safe, normal relative path")
         sizes[f.path] = f.size
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    for path in sizes:
+        if path in folders:
+            raise MessageError(f"manifest path {path!r} is both a file and a folder of other files")
     covered: dict[str, int] = {p: 0 for p in sizes}
     for i, s in enumerate(m.shards):
         if s.index != i:

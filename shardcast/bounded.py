@@ -55,6 +55,13 @@ class Answer:
     headers: httpx.Headers
 
 
+def decimal(text: str) -> bool:
+    """True when `text` is a non-empty run of ASCII digits: what a Content-Length, a version
+    folder or a shard file name may be. Not `str.isdigit` alone: "²" (latin-1 0xB2, as a
+    header can carry) and "٣" are digits to it, and int("²") raises ValueError."""
+    return text.isascii() and text.isdigit()
+
+
 def short(text: str | bytes | object, limit: int = LOG_PREFIX) -> str:
     """At most `limit` characters of untrusted text, for logs and error messages."""
     if isinstance(text, bytes):
@@ -83,7 +90,7 @@ async def get_bounded(http: httpx.AsyncClient, url: str, *, max_bytes: int, time
                     raise RefusedAnswer(f"{url}: refused a compressed body (content-encoding "
                                         f"{short(encoding, 40)}); sources must send identity")
                 declared = resp.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
+                if decimal(declared) and int(declared) > max_bytes:
                     raise RefusedAnswer(f"{url}: announced {short(declared, 20)} bytes, more than "
                                         f"the {max_bytes} accepted")
                 parts: list[bytes] = []

@@ -25,6 +25,10 @@ class FrontLimits(BaseModel):
     idle_timeout_s: float = Field(75.0, gt=0, description="a keep-alive connection silent this long between "
                                   "requests is closed (a new connection must start its first request within "
                                   "header_timeout_s)")
+    max_transfers_per_address: int | None = Field(None, ge=1, description="shard bodies one client address "
+                                                  "may be sent at once (more get 503 and go elsewhere); None: "
+                                                  "half the node's max_transfers, so one address that "
+                                                  "stalls its transfers never holds every slot")
     max_connections_per_address: int = Field(64, ge=1, description="open connections one client address may "
                                              "hold; more are answered 503 and closed")
     max_connections: int = Field(4096, ge=1, description="open connections in all; more are answered 503 "

@@ -46,7 +46,7 @@ from typing import Protocol
 
 from protocol import routes
 from protocol.messages import ShardEntry
-from shardcast.bounded import short
+from shardcast.bounded import decimal, short
 from shardcast.errors import FetchFailed, VersionUnavailable
 from shardcast.selection import Sources
 from shardcast.transfer import BUFFER, DRAIN_S, Connections, MinRate, ReadTimeout, TooSlow, TransferError
@@ -333,7 +333,7 @@ class Downloader:
                 st.reset()
                 st.used.add(url)
             length = resp.header("content-length")
-            if length is None or not length.isdigit() or int(length) != shard.size - st.pos:
+            if length is None or not decimal(length) or int(length) != shard.size - st.pos:
                 raise _Restart(f"{url} announced {short(length, 30)} bytes for the {shard.size - st.pos} "
                                f"left of shard {shard.index}")
             on_bytes = self.events.on_bytes

@@ -32,7 +32,12 @@ Invariants (the same as shardcast.serving's shard route, which stays as the fall
   from the catalog, never from the request (the request's path must be two decimal numbers);
 - a shard still in flight is waited for up to `wait_s` (capped), then 503 + Retry-After;
   unknown version or shard 404; a range outside the shard 416; more than `max_transfers`
-  bodies at once 503 (shared count with the fallback route);
+  bodies at once 503 (shared count with the fallback route), and more than
+  `max_transfers_per_address` to one client address (default half of them: one address that
+  requests shards and never reads them held every slot, 503 for everyone else for as long as
+  it kept asking); a path the app would decode into a shard path (`%30`, `%2F`, zero-padded
+  numbers) is answered 404 here, so no shard body leaves through the app's fallback route,
+  outside these counts;
 - memory per transfer is the kernel's socket buffer: no block is read into the process, so
   a relay's memory does not grow with the number of clients or the checkpoint size.
 Metrics: bytes_served counts bytes handed to the socket, per sendfile chunk.
@@ -50,8 +55,9 @@ import logging
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from protocol import routes
 from shardcast.config import FrontLimits
@@ -64,6 +70,10 @@ log = logging.getLogger("shardcast.front")
 
 SHARD_PATH = re.compile("^" + re.escape(routes.SC_SHARD).replace(r"\{version\}", r"(\d{1,18})")
                         .replace(r"\{index\}", r"(\d{1,9})") + "$")
+# What the app's shard route would take as one once decoded ("%30", "%2F", "000...0"): the
+# front answers 404 to these itself, so no shard body leaves outside its accounting.
+LOOSE_SHARD_PATH = re.compile("^" + re.escape(routes.SC_SHARD).replace(r"\{version\}", "[^/]+")
+                              .replace(r"\{index\}", "[^/]+") + "/?$")
 SENDFILE_CHUNK = 8 * 1024 * 1024  # bytes per sendfile call (metrics move per chunk)
 GRACE_S = 1.0                   # on stop, how long spliced requests may take to finish
 STALL_S = 60.0                  # a client that takes this long for one chunk is dropped (it
@@ -84,6 +94,9 @@ class ShardFront:
         self.transfers = transfers
         self.limits = limits or FrontLimits()
         self.admission = Admission(self.limits)
+        self.per_address = (self.limits.max_transfers_per_address
+                            or max(1, transfers.limit // 2))
+        self._sending: Counter[str] = Counter()   # shard bodies being sent, by client address
         self._tasks: set[asyncio.Task] = set()
         self._splicing: set[asyncio.Task] = set()
 
@@ -145,17 +158,25 @@ class ShardFront:
                 if head is None:
                     return  # the client closed between requests, or stayed silent too long
                 req = parse_head(head)
+                try:
+                    path = urlsplit(req.target).path if req is not None else ""
+                except ValueError:  # e.g. "//[x": urlsplit refuses the target
+                    req = None
                 if req is None:
                     self.m.front_refusals.labels("malformed").inc()
                     await self._error(writer, 400, "not an HTTP/1.x request", close=True)
                     return
-                path = urlsplit(req.target).path
                 match = SHARD_PATH.match(path) if req.method in ("GET", "HEAD") else None
+                if match is None and req.method in ("GET", "HEAD") and LOOSE_SHARD_PATH.match(unquote(path)):
+                    self.m.shard_requests.labels("not_found").inc()
+                    await self._error(writer, 404, "a shard path is /v1/versions/<decimal>/shards/<decimal>",
+                                      close=True, head=req.method == "HEAD")
+                    return
                 if match is None:
                     self._splicing.add(task)
                     await self._forward(head, req, path, reader, writer)
                     return
-                if not await self._shard(req, int(match[1]), int(match[2]), writer):
+                if not await self._shard(req, int(match[1]), int(match[2]), writer, address):
                     return
         except (ConnectionError, TimeoutError) as exc:
             log.debug("connection ended: %s", exc)
@@ -223,7 +244,7 @@ class ShardFront:
 
     # -- shards --------------------------------------------------------------------------------
     async def _shard(self, req: Request, version: int, index: int,
-                     writer: asyncio.StreamWriter) -> bool:
+                     writer: asyncio.StreamWriter, address: str = "?") -> bool:
         """Answer one shard request; True if the connection stays open for the next."""
         keep = req.keep_alive
         if req.headers.get("transfer-encoding") or req.headers.get("content-length", "0") != "0":
@@ -268,6 +289,11 @@ class ShardFront:
             await self._error(writer, 503, f"busy: {self.transfers.active} transfers in progress; "
                               f"try another source", {"retry-after": "1"}, close=not keep, head=req.method == "HEAD")
             return keep
+        if req.method == "GET" and self._sending[address] >= self.per_address:
+            m.shard_requests.labels("busy").inc()
+            await self._error(writer, 503, f"busy: {self._sending[address]} transfers to {address} in "
+                              f"progress; try another source", {"retry-after": "1"}, close=not keep)
+            return keep
         try:
             fh = open(loc.path, "rb", buffering=0)  # noqa: SIM115 (closed below)
         except FileNotFoundError:
@@ -294,6 +320,11 @@ class ShardFront:
             # head's ACK came, one round trip later (bench/wan.py broadcast: first byte at
             # head + 1 RTT on every worker; issue 22).
             sock = writer.get_extra_info("socket")
+            # The slot is taken before the first await, so requests arriving together cannot all
+            # pass the checks above before any of them is counted.
+            self.transfers.active += 1
+            self.m.transfers.set(self.transfers.active)
+            self._sending[address] += 1
             _cork(sock, True)
             try:
                 self._head(writer, status, headers, keep)
@@ -302,34 +333,33 @@ class ShardFront:
                     return False
             finally:
                 _cork(sock, False)
+                self.transfers.active -= 1
+                self.m.transfers.set(self.transfers.active)
+                self._sending[address] -= 1
+                if self._sending[address] <= 0:
+                    del self._sending[address]
         return keep
 
     async def _send_file(self, writer: asyncio.StreamWriter, fh, offset: int, count: int) -> bool:
         """Send `count` bytes of `fh` from `offset`; False if the file ended early (a pruned
         shard: the client sees a short body, which it detects by length and hash)."""
         loop = asyncio.get_running_loop()
-        self.transfers.active += 1
-        self.m.transfers.set(self.transfers.active)
-        try:
-            sent_total = 0
-            while sent_total < count:
-                n = min(SENDFILE_CHUNK, count - sent_total)
-                try:
-                    sent = await asyncio.wait_for(
-                        loop.sendfile(writer.transport, fh, offset + sent_total, n), STALL_S)
-                except TimeoutError:
-                    log.info("a client took over %.0f s for %d bytes; dropping it", STALL_S, n)
-                    writer.transport.abort()
-                    return False
-                self.m.bytes_served.inc(sent)
-                sent_total += sent
-                if sent < n:
-                    log.warning("%s ended %d bytes early", fh.name, count - sent_total)
-                    return False
-            return True
-        finally:
-            self.transfers.active -= 1
-            self.m.transfers.set(self.transfers.active)
+        sent_total = 0
+        while sent_total < count:
+            n = min(SENDFILE_CHUNK, count - sent_total)
+            try:
+                sent = await asyncio.wait_for(
+                    loop.sendfile(writer.transport, fh, offset + sent_total, n), STALL_S)
+            except TimeoutError:
+                log.info("a client took over %.0f s for %d bytes; dropping it", STALL_S, n)
+                writer.transport.abort()
+                return False
+            self.m.bytes_served.inc(sent)
+            sent_total += sent
+            if sent < n:
+                log.warning("%s ended %d bytes early", fh.name, count - sent_total)
+                return False
+        return True
 
     # -- responses -----------------------------------------------------------------------------
     @staticmethod

@@ -24,9 +24,11 @@ responses are the front's.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from dataclasses import dataclass
 
+from shardcast.bounded import decimal
 from shardcast.config import FrontLimits
 
 HEAD_LIMIT = 64 * 1024  # request line + headers
@@ -55,10 +57,17 @@ class Refused(Exception):
         self.status, self.detail = status, detail
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB, once the head is split on CRLF
+
+
 def parse_head(head: bytes) -> Request | None:
-    """The request line and headers; None if they are not plain HTTP/1.x."""
+    """The request line and headers; None if they are not plain HTTP/1.x (a bare CR or LF,
+    a NUL or another control character in a line is not: the app's parser would read those
+    lines otherwise than this one does, and log a warning for each)."""
     text = head.decode("latin-1")
     lines = text.split("\r\n")
+    if any(_CONTROLS.search(line) for line in lines):
+        return None
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].startswith("/"):
         return None
@@ -140,7 +149,7 @@ def body_length(req: Request, path: str, limits: FrontLimits) -> int:
     if req.headers.get("transfer-encoding"):
         raise Refused(411, "send the request body with a Content-Length (chunked bodies are not accepted)")
     declared = req.headers.get("content-length", "0")
-    if not declared.isdigit():
+    if not decimal(declared):
         raise Refused(400, "Content-Length must be a decimal number")
     n = int(declared)
     cap = body_cap(path, limits)

@@ -23,6 +23,7 @@ from pathlib import Path
 from protocol.durable import write_atomic
 from protocol.envelope import Envelope
 from protocol.manifest import MANIFEST_NAME
+from shardcast.bounded import decimal
 
 
 
@@ -40,7 +41,7 @@ def version_dirs(root: Path) -> dict[int, Path]:
     root = Path(root)
     if not root.is_dir():
         return {}
-    return {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+    return {int(p.name): p for p in root.iterdir() if p.is_dir() and decimal(p.name)}
 
 
 def remove_tree(path: Path) -> None:

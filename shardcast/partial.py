@@ -23,6 +23,7 @@ from pathlib import Path
 from protocol.durable import fsync_dir
 from protocol.manifest import sha256_file
 from protocol.messages import PolicyManifest, ShardEntry
+from shardcast.bounded import decimal
 from shardcast.errors import CorruptData
 
 VERIFIED_LOG = ".verified"
@@ -152,7 +153,7 @@ class PartialCheckpoint:
         """Commit the shards the log lists whose bytes on disk still match; return the rest."""
         try:
             text = (self.folder / VERIFIED_LOG).read_text()
-            logged = {int(x) for x in text.split() if x.isdigit()}
+            logged = {int(x) for x in text.split() if decimal(x)}
         except FileNotFoundError:
             logged = set()
         todo = []

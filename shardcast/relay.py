@@ -52,7 +52,7 @@ from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import PolicyManifest, ShardEntry
-from shardcast.bounded import SOURCE_ERRORS, short
+from shardcast.bounded import SOURCE_ERRORS, decimal, short
 from shardcast.config import RelayConfig
 from shardcast.errors import ShardcastError
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions, prewarm
@@ -171,7 +171,7 @@ class Relay:
             shards_dir = folder / "shards"
             shards_dir.mkdir(exist_ok=True)
             for p in shards_dir.iterdir():
-                if not p.name.isdigit():
+                if not decimal(p.name):
                     p.unlink(missing_ok=True)
                     continue
                 i = int(p.name)
@@ -233,18 +233,25 @@ class Relay:
 
     def _watch_loop(self) -> None:
         while not self._stop.is_set():
-            self._catch_up()
-            with self._lock:
-                newest = max(self._versions) if self._versions else None
-            prewarm(self.conns, self.sources, -1 if newest is None else newest + 1)
             try:
-                ann = wait_for_newer(self.sources, self.operator_key, newest, WATCH_CHUNK_S, self.run_id)
-            except (*SOURCE_ERRORS, OSError) as exc:
-                log.warning("watching upstreams failed: %s", exc)
+                self._watch_once()
+            except Exception:  # an upstream's answer nobody foresaw must not end the watching
+                log.exception("watching upstreams failed; going on in 1 s")
                 self._stop.wait(1.0)
-                continue
-            if ann is not None:
-                self._adopt(ann)
+
+    def _watch_once(self) -> None:
+        self._catch_up()
+        with self._lock:
+            newest = max(self._versions) if self._versions else None
+        prewarm(self.conns, self.sources, -1 if newest is None else newest + 1)
+        try:
+            ann = wait_for_newer(self.sources, self.operator_key, newest, WATCH_CHUNK_S, self.run_id)
+        except (*SOURCE_ERRORS, OSError) as exc:
+            log.warning("watching upstreams failed: %s", exc)
+            self._stop.wait(1.0)
+            return
+        if ann is not None:
+            self._adopt(ann)
 
     def _catch_up(self) -> None:
         """Adopt versions that upstreams hold and this relay lacks, among the newest kept."""

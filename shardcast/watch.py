@@ -219,8 +219,12 @@ async def _poll_one(http: httpx.AsyncClient, sources: Sources, url: str, key: Pu
             sources.hostile(url, f"bad manifest: {exc}")
             continue
         if manifest.version <= after:
-            sources.failure(url, f"long-poll answered version {manifest.version} <= {after}")
-            await pause(delay)
+            # A source answers a poll with a version newer than `after` or not at all (204):
+            # an older one, signed or not, is a replay; it would be polled (and its manifest
+            # verified) again and again, so it is avoided like any source that lies.
+            log.warning("source %s answered a long-poll for versions > %d with version %d; avoiding it",
+                        url, after, manifest.version)
+            sources.hostile(url, f"long-poll answered version {manifest.version} <= {after}")
             continue
         return Announced(env, manifest, url)
 
@@ -236,7 +240,10 @@ def list_versions(url: str, timeout_s: float = 10.0) -> list[int]:
     resp = run_bounded(ask, connections=1)
     if resp.status != 200:
         raise ValueError(f"GET {routes.SC_VERSIONS}: HTTP {resp.status}")
-    data = json.loads(resp.body)
+    try:
+        data = json.loads(resp.body)
+    except RecursionError:  # nested deeper than the parser allows: a hostile listing, not a crash
+        raise ValueError("the listing is nested too deeply to be one") from None
     versions = data.get("versions", []) if isinstance(data, dict) else []
     if not isinstance(versions, list):
         raise ValueError("the listing's versions are not a list")

@@ -55,6 +55,30 @@ def _public_ip(host: str) -> None:
                              f"name a host: its resolution is out of sight)") from exc
     if not ip.is_global or ip.is_multicast:
         raise AddressRefused(f"{ip} is not a public address (private, loopback, link-local or reserved)")
+    inner = _embedded_ipv4(ip)
+    if inner is not None and (not inner.is_global or inner.is_multicast):
+        raise AddressRefused(f"{ip} carries the IPv4 address {inner}, which is not a public one")
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")      # RFC 6052: a NAT64 gateway dials the low 32 bits
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")     # deprecated IPv4-compatible addresses (::a.b.c.d)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one reaches through a translator or tunnel (NAT64, 6to4,
+    Teredo, IPv4-compatible or -mapped), None otherwise. `is_global` of the IPv6 address says
+    nothing of it: 64:ff9b::a00:1 is "global", and a NAT64 gateway connects it to 10.0.0.1."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64 or ip in _V4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def check_relay_url(url: str, *, allow_private: bool) -> str:

@@ -154,6 +154,13 @@ class PeerShards:
         shardcast.fetch). Returns the bytes written; raises like `fetch_shard`."""
         written = 0
         for shard in shards:
+            # `fetch_shard` checks the bytes against the manifest peers serve; they are written
+            # into the caller's, so both must describe this shard alike (two signed manifests of
+            # one version: an origin that lost its data folder and published the number again).
+            theirs = self.manifest(version).shards
+            if shard.index >= len(theirs) or theirs[shard.index] != shard:
+                raise CorruptData(f"peers hold another signed manifest of version {version} than the "
+                                  f"one being downloaded (shard {shard.index} differs)")
             data = self.fetch_shard(version, shard.index)
             fd, base = sink.begin(shard)
             try:

@@ -95,12 +95,12 @@ def encode_model(model: Strict) -> bytes:
 def decode_request(payload: bytes) -> ShardRequest:
     try:
         return ShardRequest.model_validate(json.loads(payload))
-    except (ValueError, ValidationError) as exc:
+    except (ValueError, RecursionError, ValidationError) as exc:  # RecursionError: `[[[[...` of 4 KiB
         raise PeerRequestFailed("malformed shard request") from exc
 
 
 def decode_reply(payload: bytes) -> ShardReply:
     try:
         return ShardReply.model_validate(json.loads(payload))
-    except (ValueError, ValidationError) as exc:
+    except (ValueError, RecursionError, ValidationError) as exc:
         raise PeerRequestFailed("malformed reply from peer") from exc
