@@ -100,34 +100,35 @@ def run_demo(opts: DemoOptions) -> int:
     plan = plan_swarm(root, model_dir, settings)
     group = ProcessGroup(plan.logs)
     stats: dict = {}
-    try:
-        start_swarm(plan, group)
-        names = _peer_names(plan)
-        deadline = time.monotonic() + opts.minutes * 60
-        console.print(f"swarm started: coordinator {plan.coordinator_url}, relay {plan.relay_url}; "
-                      f"RL for {opts.minutes:g} min (Ctrl-C stops early)")
-        console.print(f"live dashboard while it runs: {plan.coordinator_url}/dashboard/ (operator view: "
-                      f"{plan.coordinator_url}/dashboard/#token={plan.operator_token})")
-        console.print(f"p2p swarm layer: on, bootstrap peer {plan.p2p_bootstrap}" if plan.p2p_bootstrap else
-                      "p2p swarm layer: off (libp2p is not installed: pip install -e '.[p2p]'); HTTP only")
-        with httpx.Client(timeout=5) as http, Live(console=console, refresh_per_second=2,
-                                                   transient=False) as live:
-            while time.monotonic() < deadline:
-                _check_alive(group)
-                stats = _stats(http, plan) or stats
-                names.update(_peer_names(plan))
-                live.update(_progress_table(stats, names, plan, deadline))
-                time.sleep(1.0)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: stopping the swarm[/]")
-    except DemoFailure as exc:
-        console.print(f"[red]{exc}[/]")
+    try:  # every process of the swarm stops however this ends (an error here left them running)
+        try:
+            start_swarm(plan, group)
+            names = _peer_names(plan)
+            deadline = time.monotonic() + opts.minutes * 60
+            console.print(f"swarm started: coordinator {plan.coordinator_url}, relay {plan.relay_url}; "
+                          f"RL for {opts.minutes:g} min (Ctrl-C stops early)")
+            console.print(f"live dashboard while it runs: {plan.coordinator_url}/dashboard/ (operator view: "
+                          f"{plan.coordinator_url}/dashboard/#token={plan.operator_token})")
+            console.print(f"p2p swarm layer: on, bootstrap peer {plan.p2p_bootstrap}" if plan.p2p_bootstrap else
+                          "p2p swarm layer: off (libp2p is not installed: pip install -e '.[p2p]'); HTTP only")
+            with httpx.Client(timeout=5) as http, Live(console=console, refresh_per_second=2,
+                                                       transient=False) as live:
+                while time.monotonic() < deadline:
+                    _check_alive(group)
+                    stats = _stats(http, plan) or stats
+                    names.update(_peer_names(plan))
+                    live.update(_progress_table(stats, names, plan, deadline))
+                    time.sleep(1.0)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: stopping the swarm[/]")
+        except DemoFailure as exc:
+            console.print(f"[red]{exc}[/]")
+            return 1
+        relay_bytes = _relay_bytes_served(plan)
+        p2p_line = _p2p_summary(plan)
+        final_version, final_dir, broadcast = _fetch_latest(plan, root)
+    finally:
         group.stop_all()
-        return 1
-    relay_bytes = _relay_bytes_served(plan)
-    p2p_line = _p2p_summary(plan)
-    final_version, final_dir, broadcast = _fetch_latest(plan, root)
-    group.stop_all()
     if p2p_line:
         console.print()
         console.print(p2p_line)
