@@ -166,6 +166,15 @@ def make_verdict(job: VerificationJob, checks: list[CheckResult]) -> Verdict:
                    lease_sha256=envelope_digest(job.lease))
 
 
+def unjudgeable_verdict(job: VerificationJob, error: Exception) -> Verdict:
+    """A submission whose judging raised (anything but JobError) is rejected: what cannot be
+    judged is not accepted. The error is named (escaped: it may quote worker data)."""
+    what = f"{type(error).__name__}: {error}"[:500]
+    what = what.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")
+    return make_verdict(job, [result("verifier", False, {}, f"the verifier could not judge this submission ({what}); "
+                                                             "it is not accepted")])
+
+
 def unopenable_verdict(job: VerificationJob, error: Exception) -> Verdict:
     """A job whose envelopes do not verify is rejected: nothing in it can be trusted."""
     return make_verdict(job, [result("signatures", False, {}, str(error))])
