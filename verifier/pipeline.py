@@ -77,10 +77,16 @@ class Timings:
 
 def _decode(tokenizer: Any, ids: list[int]) -> str | None:
     """The completion's text, or None when the tokenizer cannot decode these ids (hostile
-    ids: the reward check then fails the submission instead of the verifier crashing)."""
+    ids: the reward check then fails the submission instead of the verifier crashing).
+    Whatever the tokenizer raises counts, pyo3's PanicException included: a Rust tokenizer
+    that panics (tiktoken-backed ones do on an id in their vocabulary's gap, which the
+    model's padded vocabulary still allows) raises a BaseException, which `except Exception`
+    would let through to stop the service loop. Only the "stop now" ones pass."""
     try:
         return decode_completion(tokenizer, ids)
-    except (OverflowError, ValueError, IndexError, TypeError, KeyError):
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException:  # noqa: BLE001 - see the docstring
         return None
 
 

@@ -119,3 +119,49 @@ def test_a_model_source_that_breaks_is_no_verdict_not_a_rejection(world, worker_
     monkeypatch.setattr(world.models, "model", broken)
     with pytest.raises(JobError, match="cannot be had"):
         world.verify(job)
+
+
+class PanicException(BaseException):
+    """What a Rust tokenizer raises through pyo3 when it panics (tiktoken-backed tokenizers
+    on an id in their vocabulary's gap: openai/tiktoken#47): a BaseException, so an
+    `except Exception` does not catch it."""
+
+
+class PanickingTokenizer:
+    def __init__(self, inner, bad_id):
+        self.inner, self.bad_id = inner, bad_id
+
+    def decode(self, ids, **kw):
+        if self.bad_id in ids:
+            raise PanicException("no entry found for key")
+        return self.inner.decode(ids, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_tokenizer_panic_on_a_worker_token_is_a_rejection(world, worker_key):
+    """A token id inside the model's vocabulary that the tokenizer cannot decode (and panics
+    on) fails the reward check; it does not escape and stop the service loop."""
+    job = _honest(world, worker_key)
+    oj = open_job(job, world.coordinator.public)
+    bad = oj.submission.completions[0].token_ids[0]
+    world.tokenizer = PanickingTokenizer(world.tokenizer, bad)
+    v = world.verify(job)
+    assert not v.accepted
+    assert any(c.name == "reward" and "cannot be decoded" in c.detail for c in v.checks)
+
+
+def test_keyboard_interrupt_while_decoding_still_stops(world, worker_key):
+    job = _honest(world, worker_key)
+
+    class Interrupting:
+        def __getattr__(self, name):
+            return getattr(world.tokenizer, name)
+
+        def decode(self, ids, **kw):
+            raise KeyboardInterrupt
+
+    world.tokenizer = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        world.verify(job)
