@@ -56,6 +56,9 @@ FULL = "float32"
 # Errors of the verifier's own machine while judging: no verdict now (JobError), the job
 # returns to the queue. Any other exception is a check that the submission broke: a rejection.
 _NOT_NOW = (OSError, sqlite3.Error, MemoryError)
+# What still ends the work: everything else raised while judging (pyo3's PanicException, a
+# BaseException, included) is a rejection or, from the model source, JobError.
+_STOP = (KeyboardInterrupt, SystemExit, GeneratorExit)
 log = logging.getLogger("swarmrl.verifier")
 _PROBE_RNG = random.SystemRandom()
 
@@ -84,7 +87,7 @@ def _decode(tokenizer: Any, ids: list[int]) -> str | None:
     would let through to stop the service loop. Only the "stop now" ones pass."""
     try:
         return decode_completion(tokenizer, ids)
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+    except _STOP:
         raise
     except BaseException:  # noqa: BLE001 - see the docstring
         return None
@@ -97,7 +100,9 @@ def _model(models: ModelSource, version: int, dtype: str, job_id: str) -> Any:
         return models.model(version, dtype)
     except JobError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except _STOP:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException (safetensors) included
         raise JobError(f"policy version {version} in {dtype} for submission {job_id} cannot be had: "
                        f"{type(exc).__name__}: {exc}") from exc
 
@@ -159,7 +164,9 @@ def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: A
         raise
     except _NOT_NOW as exc:  # the verifier's machine (disk, ledger, memory), not the submission
         raise JobError(f"submission {job.submission_id} cannot be judged now: {type(exc).__name__}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - a check the submission broke: fail closed, and keep the service up
+    except _STOP:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a check the submission broke (a Rust panic included): fail closed
         log.exception("judging submission %s failed; it is rejected", job.submission_id)
         return unjudgeable_verdict(job, exc)
 

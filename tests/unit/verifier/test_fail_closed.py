@@ -165,3 +165,20 @@ def test_keyboard_interrupt_while_decoding_still_stops(world, worker_key):
     world.tokenizer = Interrupting()
     with pytest.raises(KeyboardInterrupt):
         world.verify(job)
+
+
+def test_a_panic_in_a_check_is_a_rejection_and_in_the_model_source_no_verdict(world, worker_key, monkeypatch):
+    from verifier.errors import JobError
+
+    job = _honest(world, worker_key)
+
+    def panics(*a, **kw):
+        raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    with monkeypatch.context() as m:
+        m.setattr(judge_mod, "check_proof", panics)
+        v = world.verify(job)
+        assert not v.accepted and "PanicException" in v.reason
+    monkeypatch.setattr(world.models, "model", panics)
+    with pytest.raises(JobError, match="PanicException"):
+        world.verify(_honest(world, worker_key))
