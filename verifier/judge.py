@@ -14,7 +14,8 @@ broken to run the model on (wrong counts, token ids outside the vocabulary, a dt
 run does not allow) the submission is rejected on the cheap checks alone.
 
 Failing closed: a prefill that produced a non-finite hidden state or logit is a rejection
-(proof check, reason "non-finite"), never something to compare against; a submission whose
+(proof check, reason "non-finite"), never something to compare against; so are outputs that
+do not cover every completion (`covers`: an uncovered completion was not checked); a submission whose
 values the float32 prefill explains better than any bf16 computation could is judged by the
 float32 limits whatever it declared (`ModelOutputs.precision_note`), or rejected when the run
 does not allow float32.
@@ -104,7 +105,8 @@ def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: lis
     if outputs is not None and thr is None:  # a pipeline error: never judge without limits
         raise ValueError(f"no limits for a prefill in {outputs.dtype!r}")
     gaps = ties = None
-    if outputs is not None and thr is not None and not outputs.non_finite and not outputs.precision_violation:
+    if (outputs is not None and thr is not None and covers(oj, outputs) and not outputs.non_finite
+            and not outputs.precision_violation):
         gaps, ties = sampling_gaps_and_ties(outputs.logits, oj.completions, list(oj.lease.seeds),
                                             oj.lease.sampling.temperature, rounding=thr.sampling_rel_tolerance)
     last_gaps = None
@@ -120,6 +122,13 @@ def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: lis
     return make_verdict(oj.job, checks)
 
 
+def covers(oj: OpenedJob, outputs: ModelOutputs) -> bool:
+    """Whether `outputs` holds the prefill of every completion (a completion it does not cover
+    was not checked, so it cannot count as passed)."""
+    n = len(oj.submission.completions)
+    return len(outputs.hidden) == n and len(outputs.logits) == n
+
+
 def model_checks(oj: OpenedJob, settings: JudgeSettings, outputs: ModelOutputs, thr: Thresholds,
                  gaps: list[torch.Tensor] | None, ties: list[int] | None) -> list[CheckResult]:
     """The proof and sampling checks, or their failures when the prefill cannot be compared."""
@@ -132,6 +141,10 @@ def model_checks(oj: OpenedJob, settings: JudgeSettings, outputs: ModelOutputs, 
         return [result(PROOF, False, extra, why), result(SAMPLING, False, {}, f"{NON_FINITE} logits; not checked")]
     if outputs.precision_violation:
         return [result(PROOF, False, extra, outputs.precision_note)]
+    if not covers(oj, outputs):
+        why = (f"the verifier's prefill covers {len(outputs.hidden)} hidden-state and {len(outputs.logits)} logit "
+               f"sets for {len(oj.submission.completions)} completions: not judged, so not accepted")
+        return [result(PROOF, False, extra, why), result(SAMPLING, False, {}, why)]
     proof = check_proof(oj, outputs.hidden, thr, chunk_size=settings.chunk_size, topk=settings.topk)
     stats = {**proof.stats, **extra}
     detail = proof.detail
@@ -151,6 +164,15 @@ def make_verdict(job: VerificationJob, checks: list[CheckResult]) -> Verdict:
     return Verdict(submission_id=job.submission_id, accepted=not failed, full_check=job.full_check,
                    checks=checks, reason=reason, submission_sha256=envelope_digest(job.submission),
                    lease_sha256=envelope_digest(job.lease))
+
+
+def unjudgeable_verdict(job: VerificationJob, error: Exception) -> Verdict:
+    """A submission whose judging raised (anything but JobError) is rejected: what cannot be
+    judged is not accepted. The error is named (escaped: it may quote worker data)."""
+    what = f"{type(error).__name__}: {error}"[:500]
+    what = what.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")
+    return make_verdict(job, [result("verifier", False, {}, f"the verifier could not judge this submission ({what}); "
+                                                             "it is not accepted")])
 
 
 def unopenable_verdict(job: VerificationJob, error: Exception) -> Verdict:

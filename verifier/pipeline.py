@@ -6,7 +6,11 @@ service does. The model for a policy version comes from a `ModelSource` (the ser
 `verifier.models`, an LRU over shardcast-fetched checkpoints; tests pass a dict).
 
 Raises JobError only when the job cannot be judged now (its policy version cannot be
-had); everything wrong with the submission itself ends in a rejecting verdict. A version
+had, the prefill or the scorer sandbox fails, the verifier's disk or memory gives out);
+everything wrong with the submission itself ends in a rejecting verdict — and so does any
+other exception raised while judging it (a check the submission broke): it is rejected with
+a failed `verifier` check naming the error, never accepted, and it cannot stop the service
+loop (which would stop every verifier that claims the job in turn). A version
 outside the lease, or a compute dtype the run does not allow, is never fetched: the data
 check rejects it without the model.
 
@@ -28,7 +32,9 @@ verdict so an audit repeats the same probe.
 
 from __future__ import annotations
 
+import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -42,11 +48,18 @@ from protocol.messages import Verdict, VerificationJob
 from verifier.checks.proof import completion_pool
 from verifier.errors import JobError
 from verifier.job import OpenedJob, open_job
-from verifier.judge import JudgeSettings, ModelOutputs, judge, model_ready, unopenable_verdict
+from verifier.judge import JudgeSettings, ModelOutputs, judge, model_ready, unjudgeable_verdict, unopenable_verdict
 from verifier.prefill import prefill, vocab_size
 from verifier.seen import SeenLedger
 
 FULL = "float32"
+# Errors of the verifier's own machine while judging: no verdict now (JobError), the job
+# returns to the queue. Any other exception is a check that the submission broke: a rejection.
+_NOT_NOW = (OSError, sqlite3.Error, MemoryError)
+# What still ends the work: everything else raised while judging (pyo3's PanicException, a
+# BaseException, included) is a rejection or, from the model source, JobError.
+_STOP = (KeyboardInterrupt, SystemExit, GeneratorExit)
+log = logging.getLogger("swarmrl.verifier")
 _PROBE_RNG = random.SystemRandom()
 
 
@@ -67,11 +80,31 @@ class Timings:
 
 def _decode(tokenizer: Any, ids: list[int]) -> str | None:
     """The completion's text, or None when the tokenizer cannot decode these ids (hostile
-    ids: the reward check then fails the submission instead of the verifier crashing)."""
+    ids: the reward check then fails the submission instead of the verifier crashing).
+    Whatever the tokenizer raises counts, pyo3's PanicException included: a Rust tokenizer
+    that panics (tiktoken-backed ones do on an id in their vocabulary's gap, which the
+    model's padded vocabulary still allows) raises a BaseException, which `except Exception`
+    would let through to stop the service loop. Only the "stop now" ones pass."""
     try:
         return decode_completion(tokenizer, ids)
-    except (OverflowError, ValueError, IndexError, TypeError, KeyError):
+    except _STOP:
+        raise
+    except BaseException:  # noqa: BLE001 - see the docstring
         return None
+
+
+def _model(models: ModelSource, version: int, dtype: str, job_id: str) -> Any:
+    """The model from `models`; any failure to provide it is the verifier's, not the
+    submission's: JobError (no verdict now), never a rejection."""
+    try:
+        return models.model(version, dtype)
+    except JobError:
+        raise
+    except _STOP:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException (safetensors) included
+        raise JobError(f"policy version {version} in {dtype} for submission {job_id} cannot be had: "
+                       f"{type(exc).__name__}: {exc}") from exc
 
 
 def _run_prefill(model: Any, oj: OpenedJob, job_id: str, only: list[int] | None = None) -> ModelOutputs:
@@ -93,7 +126,7 @@ def precision_probe(oj: OpenedJob, declared: str, outputs: ModelOutputs, models:
     comps = oj.submission.completions
     i = index if index is not None and 0 <= index < len(comps) else _PROBE_RNG.randrange(len(comps))
     version = oj.submission.policy_version
-    model32 = models.model(version, FULL)
+    model32 = _model(models, version, FULL, oj.submission_id)
     probe = _run_prefill(model32, oj, oj.submission_id, only=[i])
     try:
         pool = completion_pool(probe.hidden[0], comps[i].proof, chunk_size=settings.chunk_size, topk=settings.topk)
@@ -124,13 +157,30 @@ def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: A
         oj = open_job(job, coordinator_key)
     except ProtocolError as exc:
         return unopenable_verdict(job, exc)
+    try:
+        return _judge_opened(job, oj, tokenizer=tokenizer, models=models, settings=settings, ledger=ledger,
+                             now=now, t=t, probe_index=probe_index)
+    except JobError:
+        raise
+    except _NOT_NOW as exc:  # the verifier's machine (disk, ledger, memory), not the submission
+        raise JobError(f"submission {job.submission_id} cannot be judged now: {type(exc).__name__}: {exc}") from exc
+    except _STOP:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a check the submission broke (a Rust panic included): fail closed
+        log.exception("judging submission %s failed; it is rejected", job.submission_id)
+        return unjudgeable_verdict(job, exc)
+
+
+def _judge_opened(job: VerificationJob, oj: OpenedJob, *, tokenizer: Any, models: ModelSource,
+                  settings: JudgeSettings, ledger: SeenLedger, now: float | None, t: Timings,
+                  probe_index: int | None) -> Verdict:
     texts = [_decode(tokenizer, c.token_ids) for c in oj.submission.completions]
     outputs, vocab = None, None
     version = oj.submission.policy_version
     declared = settings.judgeable(oj)
     if job.full_check and declared and oj.lease.min_policy_version <= version <= oj.lease.max_policy_version:
         t0 = time.perf_counter()
-        model = models.model(version, declared)
+        model = _model(models, version, declared, job.submission_id)
         t1 = time.perf_counter()
         vocab = vocab_size(model)
         if model_ready(oj, vocab):

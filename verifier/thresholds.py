@@ -66,7 +66,9 @@ class Thresholds(BaseModel):
     (the proof stores bf16 bit patterns): "mantissa error" is |claimed - recomputed| of the 7
     mantissa bits of a value whose exponent matched; shares are of compared values."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A limit is a finite number: an infinite one (TOML `inf`, or 1e400) would pass every value,
+    # the "no exponent matched" 2**64 and an infinite shortfall included.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # one proof chunk (32 tokens x hidden size, its top-128 values)
     topk_boundary_ulps: int = Field(

@@ -42,6 +42,8 @@ NAME = "proof"
 
 def chunk_failure(s: ChunkStats, thr: Thresholds) -> str | None:
     """Why one chunk fails the limits, or None if it passes."""
+    if s.k <= 0:  # every position was left out at the top-k boundary: nothing vouches for this chunk
+        return f"nothing compared ({s.boundary_skipped} top-k positions at the boundary, every claim off)"
     if s.non_finite_top:
         return f"non-finite value claimed at {s.non_finite_top} of the verifier's top-{max(1, s.k // 2)} positions"
     if not within(s.exp_mismatches, thr.exp_mismatch_frac * s.k):
@@ -137,8 +139,9 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
         top_non_finite += sum(s.non_finite_top for s in pool.chunks)
         boundary_skipped += sum(s.boundary_skipped for s in pool.chunks)
         for j, s in enumerate(pool.chunks):
-            worst["exp_frac"] = max(worst["exp_frac"], s.exp_mismatches / s.k)
-            worst["sign_frac"] = max(worst["sign_frac"], s.sign_mismatches / s.k)
+            if s.k:
+                worst["exp_frac"] = max(worst["exp_frac"], s.exp_mismatches / s.k)
+                worst["sign_frac"] = max(worst["sign_frac"], s.sign_mismatches / s.k)
             if s.exp_mismatches < s.k:
                 worst["mant_mean"] = max(worst["mant_mean"], s.mant_err_mean)
                 worst["mant_median"] = max(worst["mant_median"], s.mant_err_median)

@@ -21,6 +21,12 @@ from verifier.errors import JobError
 from verifier.job import OpenedJob
 
 NAME = "reward"
+# A scorer's reasons may quote worker text (an exception's message): only the first few, cut,
+# go into the verdict, whose size the coordinator caps (64 KiB per verdict): a group of 256
+# reasons of 160 characters each (4 bytes each in UTF-8) would not fit, and a refused verdict
+# leaves the job undecided, claimed and prefilled again and again.
+MAX_REASONS = 8
+MAX_REASON_CHARS = 160
 
 
 def check_reward(oj: OpenedJob, texts: list[str | None], *, tolerance: float = 1e-6,
@@ -55,7 +61,9 @@ def check_reward(oj: OpenedJob, texts: list[str | None], *, tolerance: float = 1
                 i = lies[0]
                 problems.append(f"worker claims reward {claimed[i]} for completion {i}, which scores "
                                 f"{mine[i]} ({len(lies)} false claims)")
+    failures = [(str(i), r.reason) for i, r in enumerate(scored) if r.reason]
     stats = {"recomputed": mine, "mean": sum(mine) / len(mine) if mine else 0.0,
              "worker_claimed": claimed is not None,
-             "scoring_failures": {str(i): r.reason for i, r in enumerate(scored) if r.reason}}
+             "scoring_failure_count": len(failures),
+             "scoring_failures": {i: why[:MAX_REASON_CHARS] for i, why in failures[:MAX_REASONS]}}
     return result(NAME, not problems, stats, first_failures(problems))
