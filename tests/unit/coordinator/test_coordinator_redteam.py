@@ -1,0 +1,57 @@
+"""Red-team findings against the coordinator over real HTTP: each test failed before its fix."""
+
+from coordinator.service import upkeep
+from protocol.identity import KeyPair
+from protocol.messages import KIND_HEARTBEAT, KIND_LEASE_REQUEST, KIND_REGISTRATION, HardwareReport, Heartbeat, \
+    LeaseRequest, Registration
+
+
+def _register(s, key, headers=None):
+    env = s.seal(KIND_REGISTRATION, Registration(hardware=HardwareReport(cpu_count=1, ram_bytes=1)), key)
+    return s.http.post("/v1/workers/register", content=env.model_dump_json(),
+                       headers={"content-type": "application/json", **(headers or {})})
+
+
+def _go_silent(s):
+    j = s.cfg.join
+    s.clock.advance(j.heartbeat_interval_s * (j.missed_heartbeats_gone + 1))
+    upkeep.sweep(s.ctx)
+
+
+def test_identities_per_address_counts_an_ipv6_slash64_as_one_address(make_swarm):
+    """The gate and the guard key an IPv6 client by its /64 (one customer's allocation); the
+    identities-per-address cap counted each of its 2^64 addresses apart, so one home line
+    registered as many identities as it liked."""
+    s = make_swarm(limits={"exempt_addresses": [], "trusted_proxies": ["127.0.0.1"]},
+                   join={"identities_per_address": 1})
+    first = _register(s, KeyPair.generate(), {"x-forwarded-for": "2001:db8:1:2::1"})
+    assert first.status_code == 200, first.text
+    r = _register(s, KeyPair.generate(), {"x-forwarded-for": "2001:db8:1:2::2"})
+    assert r.status_code == 429 and r.json()["reason"] == "address_limit", r.text
+    # another /64 is another address
+    assert _register(s, KeyPair.generate(), {"x-forwarded-for": "2001:db8:1:3::1"}).status_code == 200
+    # an IPv4-mapped IPv6 peer is its IPv4 address
+    assert _register(s, KeyPair.generate(), {"x-forwarded-for": "198.51.100.7"}).status_code == 200
+    r = _register(s, KeyPair.generate(), {"x-forwarded-for": "::ffff:198.51.100.7"})
+    assert r.status_code == 429, r.text
+
+
+def test_a_gone_identity_cannot_come_back_past_the_address_cap(make_swarm):
+    """An identity that went silent frees its address's place; before, a heartbeat or a lease
+    request made it active again without asking the cap, so an address collected any number of
+    active identities by registering one per silence period and waking them all."""
+    s = make_swarm(limits={"exempt_addresses": []}, join={"identities_per_address": 1})
+    a, b = KeyPair.generate(), KeyPair.generate()
+    assert _register(s, a).status_code == 200
+    _go_silent(s)
+    assert _register(s, b).status_code == 200          # a's place went to b
+    before = s.snapshot_worker(a)
+    hb = s.post("/v1/workers/heartbeat", KIND_HEARTBEAT, Heartbeat(), a)
+    assert hb.status_code == 429 and hb.json()["reason"] == "address_limit", hb.text
+    lease = s.post("/v1/leases", KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), a)
+    assert lease.status_code == 429 and lease.json()["reason"] == "address_limit", lease.text
+    assert s.snapshot_worker(a)["status"] == "gone" and s.snapshot_worker(a) == before
+    # once b is silent too, a may come back
+    _go_silent(s)
+    assert s.post("/v1/workers/heartbeat", KIND_HEARTBEAT, Heartbeat(), a).status_code == 200
+    assert s.snapshot_worker(a)["status"] == "active"
