@@ -109,7 +109,7 @@ def register(ctx: Context, opened: Opened[Registration], address: str) -> Regist
         use_nonce(conn, opened, now)
         row = workers.get(conn, worker_id)
         if row is not None and row.status == "banned":
-            raise Forbidden("banned", f"worker {worker_id} is banned: {row.ban_reason}")
+            raise Forbidden("banned", f"worker {worker_id} is banned: {public_reason(row.ban_reason)}")
         address = stored_address(ctx, address)
         check_address_room(ctx, conn, address, worker_id, now)
         fields = dict(address=address[:64], hardware=body.hardware.model_dump_json(),

@@ -55,3 +55,20 @@ def test_a_gone_identity_cannot_come_back_past_the_address_cap(make_swarm):
     _go_silent(s)
     assert s.post("/v1/workers/heartbeat", KIND_HEARTBEAT, Heartbeat(), a).status_code == 200
     assert s.snapshot_worker(a)["status"] == "active"
+
+
+def test_a_banned_worker_that_registers_again_learns_no_numbers_of_its_ban(swarm):
+    """The ban reason quotes the verifier's numbers (how far the cheat was from each threshold):
+    every other answer to a worker gives `public_reason`; registering again gave it whole."""
+    swarm.publish(0)
+    cheat = swarm.new_worker()
+    lease = swarm.lease(cheat, 1)[0]
+    sid = swarm.submit(cheat, lease).json()["submission_id"]
+    swarm.claim()
+    assert swarm.verdict(sid, False, reason="proof check failed: 120/128 exponent mismatches").status_code == 200
+    assert swarm.snapshot_worker(cheat)["status"] == "banned"
+    before = swarm.snapshot()
+    r = _register(swarm, cheat)
+    assert r.status_code == 403 and r.json()["reason"] == "banned", r.text
+    assert "proof check failed" in r.json()["detail"] and "120" not in r.json()["detail"], r.text
+    assert swarm.snapshot() == before
