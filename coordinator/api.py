@@ -259,12 +259,16 @@ class Api:
                 out.append(exc)
         return out
 
-    async def envelope(self, request: Request) -> Envelope:
-        """The body parsed as an envelope, for services that verify it themselves (a policy
-        manifest: operator-signed, rare; a large one is parsed on a thread, within the bound)."""
+    async def manifest(self, request: Request) -> Envelope:
+        """The body parsed as an envelope, for the service that verifies it itself (a policy
+        manifest: operator-signed, rare). A large one is first checked in an `OffLoop` process
+        (the route is open to anyone), then parsed on a thread, within the bound."""
         raw = await self.body(request)
         if len(raw) <= INLINE_BYTES:
             return parse_envelope(raw)
+        problem = await self.offload.precheck_manifest(raw, self.ctx.operator.hex)
+        if problem is not None:
+            raise refusal(*problem)
         return await self.offload.thread(functools.partial(parse_envelope, raw))
 
     async def plain(self, request: Request, route: str, op: Callable[[], Any], *, swarm: bool = True) -> Response:

@@ -72,3 +72,46 @@ def test_a_banned_worker_that_registers_again_learns_no_numbers_of_its_ban(swarm
     assert r.status_code == 403 and r.json()["reason"] == "banned", r.text
     assert "proof check failed" in r.json()["detail"] and "120" not in r.json()["detail"], r.text
     assert swarm.snapshot() == before
+
+
+def _large_manifest_dir(tmp_path, model_dir, files: int = 300):
+    import shutil
+
+    d = tmp_path / "big-checkpoint"
+    shutil.copytree(model_dir, d)
+    for i in range(files):
+        (d / "extra" / f"{i:04d}.bin").parent.mkdir(exist_ok=True)
+        (d / "extra" / f"{i:04d}.bin").write_bytes(i.to_bytes(4, "big"))
+    return d
+
+
+def test_a_forged_large_policy_manifest_is_refused_before_the_server_process_parses_it(swarm, tmp_path,
+                                                                                     monkeypatch):
+    """POST /v1/policy is open to anyone (only the operator's signature makes a manifest count). A
+    forged manifest of up to limits.max_body_bytes (4 MB of small JSON keys) was parsed on a thread
+    and canonicalised and checked on the event loop: ~1.4 s of the coordinator's one loop (and its
+    GIL) per unsigned request, every 2 s from one address within its byte budget. Like every other
+    large body, it is now checked in an `OffLoop` process first: the server process never parses a
+    forged one."""
+    import coordinator.api
+    import coordinator.service.training
+    from protocol.manifest import build_manifest, sign_manifest
+
+    calls = []
+    for module, name in ((coordinator.api, "parse_envelope"), (coordinator.service.training, "open_manifest")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    m = build_manifest(_large_manifest_dir(tmp_path, swarm.model_dir), run_id=swarm.cfg.run_id, version=0, step=0,
+                       created_at=swarm.clock())
+    good = sign_manifest(m, swarm.operator)
+    assert len(good.model_dump_json()) > 32 * 1024
+    before = swarm.snapshot()
+    for forged in (sign_manifest(m, KeyPair.generate()),                                  # another key
+                   good.model_copy(update={"body": {**good.body, "version": 7}})):        # tampered
+        r = swarm.send("/v1/policy", forged)
+        assert r.status_code == 401 and r.json()["reason"] == "bad_signature", r.text
+    assert calls == [] and swarm.snapshot() == before
+    # the operator's large manifest is taken as before
+    r = swarm.send("/v1/policy", good)
+    assert r.status_code == 200 and r.json()["version"] == 0, r.text
+    assert calls == ["parse_envelope", "open_manifest"]
