@@ -115,3 +115,44 @@ def test_a_forged_large_policy_manifest_is_refused_before_the_server_process_par
     r = swarm.send("/v1/policy", good)
     assert r.status_code == 200 and r.json()["version"] == 0, r.text
     assert calls == ["parse_envelope", "open_manifest"]
+
+
+def _raw_exchange(swarm, chunks: list[bytes]) -> bytes:
+    import socket
+    import time
+
+    host, port = swarm.server.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as c:
+        try:
+            for chunk in chunks:
+                c.sendall(chunk)
+                time.sleep(0.01)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        try:
+            while d := c.recv(65536):
+                data += d
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return data
+
+
+def test_a_request_s_headers_are_bounded_in_bytes(swarm):
+    """Headers cost the server memory before any limit saw them: one connection sent 16 MB of one
+    header value and got 200 (32 connections per address held ~500 MB, 4,096 in all). Now the
+    line and headers may take `ServerLimits.max_header_bytes`: 431 and the connection closed."""
+    pad = [b"x" * 65536] * 32   # 2 MB of one header value, in reads
+    answer = _raw_exchange(swarm, [b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: ", *pad, b"\r\nConnection: close\r\n\r\n"])
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    # many small headers add up the same way
+    many = [b"".join(b"X-H%d: %s\r\n" % (i * 1000 + j, b"y" * 50) for j in range(1000)) for i in range(4)]
+    answer = _raw_exchange(swarm, [b"GET /health HTTP/1.1\r\nHost: x\r\n", *many, b"Connection: close\r\n\r\n"])
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    # an ordinary request, and a large body behind ordinary headers, are unaffected
+    assert _raw_exchange(swarm, [b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"]).startswith(
+        b"HTTP/1.1 200 ")
+    body = b'{"x": "' + b"z" * 300_000 + b'"}'
+    answer = _raw_exchange(swarm, [b"POST /v1/verdicts/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body), body])
+    assert answer.startswith(b"HTTP/1.1 4") and b" 431 " not in answer[:20], answer[:200]
