@@ -156,3 +156,39 @@ def test_a_request_s_headers_are_bounded_in_bytes(swarm):
     answer = _raw_exchange(swarm, [b"POST /v1/verdicts/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body), body])
     assert answer.startswith(b"HTTP/1.1 4") and b" 431 " not in answer[:20], answer[:200]
+
+
+def test_slow_bodies_do_not_hold_the_swarm_s_places(make_swarm):
+    """A swarm request took its place at the gate before its body was read and held it while the
+    body dripped in (up to limits.body_timeout_s, 30 s): one address with as many connections as
+    there are places (32 of each by default) held every place, and every other worker's request
+    was answered 429 busy. A body that is not in within `api.BODY_IN_PLACE_S` now gives its place
+    back until it is, and then waits for one in turn."""
+    import socket
+    import time
+
+    from protocol.messages import KIND_HEARTBEAT
+
+    s = make_swarm(limits={"trusted_proxies": ["127.0.0.1"], "swarm_in_flight": 4, "swarm_wait_s": 3.0})
+    w = s.new_worker()
+    host, port = s.server.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    env = s.seal(KIND_HEARTBEAT, Heartbeat(), w).model_dump_json().encode()
+    head = (b"POST /v1/workers/heartbeat HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(env))
+    socks = []
+    try:
+        for _ in range(4):   # one address, a connection per place, each body's first byte and no more
+            c = socket.create_connection((host, int(port)))
+            c.sendall(head + env[:1])
+            socks.append(c)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r = s.http.get("/v1/run", headers={"x-forwarded-for": "203.0.113.9"})
+        assert r.status_code == 200 and time.monotonic() - t0 < 2.0, r.text
+        # a slow body is still taken once it is in
+        socks[0].sendall(env[1:])
+        answer = socks[0].recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    finally:
+        for c in socks:
+            c.close()
