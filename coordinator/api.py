@@ -52,6 +52,10 @@ from protocol.guard import Guard, address_key
 from protocol.messages import VerdictBatch, VerdictBatchResponse, VerdictOutcome
 
 T = TypeVar("T")
+# A swarm request's body read within this many seconds of taking its place at the gate keeps
+# the place; a slower one gives it back until the body is in, then waits for one in turn (before,
+# bodies dripped in by one address's connections held every place for limits.body_timeout_s).
+BODY_IN_PLACE_S = 0.25
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -152,6 +156,22 @@ class Api:
             raise BadRequest("disconnected", "the client went away before its body arrived") from None
         return b"".join(chunks)
 
+    async def body_in_place(self, request: Request) -> bytes:
+        """`body`, read while holding a place at the swarm's gate: a body not in within
+        BODY_IN_PLACE_S gives the place back (`SwarmGate.set_aside`) until it is. The gate bounds
+        the work in progress, not clients' upload speed (the byte budget and body_timeout_s
+        bound what a slow body costs)."""
+        reading = asyncio.ensure_future(self.body(request))
+        try:
+            done, _ = await asyncio.wait({reading}, timeout=BODY_IN_PLACE_S)
+            if done:
+                return reading.result()
+            async with self.gate.set_aside():
+                return await reading
+        finally:
+            if not reading.done():
+                reading.cancel()
+
     def refuse(self, route: str, exc: CoordinatorError) -> Response:
         self.ctx.metrics.rejections.labels(exc.reason).inc()
         headers = {}
@@ -196,7 +216,7 @@ class Api:
         t0 = time.perf_counter()
         try:
             async with self.place(request, signers is None):
-                raw = await self.body(request)
+                raw = await self.body_in_place(request)
                 opened = await self.open(raw, kind, body_type, signers, role)
                 result = op(opened, raw, self.address(request))
                 if asyncio.iscoroutine(result):
@@ -259,12 +279,16 @@ class Api:
                 out.append(exc)
         return out
 
-    async def envelope(self, request: Request) -> Envelope:
-        """The body parsed as an envelope, for services that verify it themselves (a policy
-        manifest: operator-signed, rare; a large one is parsed on a thread, within the bound)."""
+    async def manifest(self, request: Request) -> Envelope:
+        """The body parsed as an envelope, for the service that verifies it itself (a policy
+        manifest: operator-signed, rare). A large one is first checked in an `OffLoop` process
+        (the route is open to anyone), then parsed on a thread, within the bound."""
         raw = await self.body(request)
         if len(raw) <= INLINE_BYTES:
             return parse_envelope(raw)
+        problem = await self.offload.precheck_manifest(raw, self.ctx.operator.hex)
+        if problem is not None:
+            raise refusal(*problem)
         return await self.offload.thread(functools.partial(parse_envelope, raw))
 
     async def plain(self, request: Request, route: str, op: Callable[[], Any], *, swarm: bool = True) -> Response:

@@ -293,7 +293,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """The operator-signed `policy_manifest` of a newly published version."""
         t0 = time.perf_counter()
         try:
-            info = training.post_policy(ctx, await api.envelope(request))
+            info = training.post_policy(ctx, await api.manifest(request))
             resp = Response(encode(info), media_type="application/json")
             if info.version is not None and info.manifest is not None:
                 await p2p.announce(ctx, info.manifest, info.version)

@@ -17,7 +17,9 @@ come first served within one address; an IPv6 address counts by its /64, as in
 any other waiting address. A waiting request costs its
 headers and the first 64 KiB of its body in memory and no CPU: uvicorn stops reading a body
 the app has not asked for. A held lease request gives its place back while it waits for room
-(`set_aside`) and takes one again to try.
+(`set_aside`) and takes one again to try; so does a request whose body is not in within
+`coordinator.api.BODY_IN_PLACE_S` of taking its place, until the body is in (bodies dripped
+in by one address's 32 connections held every place for body_timeout_s).
 
 Runs on the event loop only (no locks): places are handed from a finishing request straight to
 the next waiter.

@@ -9,6 +9,7 @@ one. What each limit stops:
 |---|---|---|
 | `max_connections_per_address` | connection opened | one address holding thousands of idle sockets (file descriptors, memory); answered 429 and closed |
 | `header_timeout_s` | from the connection's first byte (or a keep-alive request's first byte) to the end of its headers | slowloris: a request line and headers dripped a byte every few seconds, and sockets that never send at all; closed (408 when nothing is in flight) |
+| `max_header_bytes` | while a request's line and headers arrive | one connection buffering megabytes of headers (uvicorn and httptools keep a header value until it ends: 32 connections of one address held 16 MB each, any number of addresses); answered 431 and closed |
 | `body_timeout_s` | from the end of the headers to the end of the body | bodies dripped a byte at a time behind honest-looking headers; closed, the app sees a disconnect |
 | `admit(arrival)` | headers complete, before the app runs and before a byte of the body is read | whatever the service decides from the address, method, path and Content-Length: body caps per route (413), request rate and byte budget per address (429); the coordinator's is `coordinator.admission` |
 | `trusted_proxies` | headers complete | a client claiming another address (loopback, an exempt one) with `X-Forwarded-For`: the header is honoured only when the TCP peer is a trusted proxy |
@@ -48,6 +49,7 @@ class ServerLimits:
 
     max_connections_per_address: int = 32  # 0 = no cap
     header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024  # a request's line and headers (past the read that began them)
     body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 5.0
     max_connections: int = 4096
@@ -189,7 +191,8 @@ def refusal_bytes(r: Refusal) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-_PHRASES = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 429: "Too Many Requests"}
+_PHRASES = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 429: "Too Many Requests",
+            431: "Request Header Fields Too Large"}
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -208,6 +211,9 @@ def guarded_protocol(guard: Guard) -> type:
             self._peer = self.client[0] if self.client else ""
             self._timer = None
             self._refused = False
+            # header bytes of the request being read, counted from the read after the one that
+            # began it (that read is bounded by the transport's read size): `max_header_bytes`
+            self._in_head, self._heads, self._head_bytes = True, 0, 0
             refusal = guard.connection_opened(self._peer)
             self._counted = refusal is None
             if refusal is not None:
@@ -225,17 +231,25 @@ def guarded_protocol(guard: Guard) -> type:
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return  # lingering after a refusal: discarded unparsed
+            head, heads = self._in_head, self._heads
             super().data_received(data)
+            if head and self._in_head and heads == self._heads and not self._refused:
+                self._head_bytes += len(data)   # a whole read inside one request's headers
+                if self._head_bytes > guard.limits.max_header_bytes:
+                    self._refuse(Refusal(431, "headers_too_large", f"a request's line and headers may take at "
+                                                                   f"most {guard.limits.max_header_bytes} bytes"))
 
         def on_message_begin(self) -> None:
             if self._refused:
                 return
+            self._in_head, self._heads, self._head_bytes = True, self._heads + 1, 0
             super().on_message_begin()
             if self._timer is None:  # a keep-alive request: its own header deadline
                 self._arm(guard.limits.header_timeout_s, "header_timeout")
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            self._in_head = False
             if self._refused:
                 return
             address = forwarded_client(self._peer, _header(self.headers, b"x-forwarded-for"), guard.proxies)

@@ -1,10 +1,20 @@
 """Joining the run: run info, registration (allowlist, proof of work over a challenge that
 changes per run and epoch, identities per address — banned ones count for a cooldown), heartbeats,
-and a worker's public standing (its check rate: `worker_check_rate`)."""
+and a worker's public standing (its check rate: `worker_check_rate`).
+
+Identities per address count by `protocol.guard.address_key`, as the rate limits and the
+swarm's gate do: an IPv4 address (IPv4-mapped IPv6 included), or the /64 of an IPv6 address
+(one line's allocation: counted address by address, one home line held 2^64 places). A worker's
+row keeps that key as its `address` (an exempt address as it is). A silent ('gone') identity
+frees its place; it takes one again, under the same cap, when it comes back (`revive`):
+before, a heartbeat or a lease request made it active past the cap, so an address gathered any
+number of active identities, one per silence period."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from sqlalchemy import Connection, Row
 
 from coordinator import p2p
 from coordinator.context import Context
@@ -14,6 +24,7 @@ from coordinator.rules.reputation import check_rate, effective_clean_checks
 from coordinator.service import require_worker, use_nonce
 from coordinator.store import policy, workers
 from protocol.envelope import Opened
+from protocol.guard import Networks, address_key
 from protocol.messages import Heartbeat, Registration, RegistrationResponse, RunInfo, TaskSpec, WorkerInfo
 from protocol.pow import epoch_challenge, pow_ok
 
@@ -50,6 +61,38 @@ def worker_check_rate(ctx: Context, w: Any) -> float:
     return check_rate(clean, initial=c.initial, floor=c.floor, halve_every=c.halve_every)
 
 
+def stored_address(ctx: Context, address: str) -> str:
+    """What a worker's row keeps as its address: the per-address limits' key
+    (`protocol.guard.address_key`), or an exempt address as it is."""
+    return address if address in Networks(ctx.cfg.limits.exempt_addresses) else address_key(address)
+
+
+def check_address_room(ctx: Context, conn: Connection, address: str, worker_id: str, now: float) -> None:
+    """429 `address_limit` unless `worker_id` may be active at `address` (a stored address:
+    `stored_address`): fewer than join.identities_per_address other active identities there,
+    banned ones within join.ban_cooldown_s included."""
+    cfg = ctx.cfg.join
+    if not cfg.identities_per_address or address in Networks(ctx.cfg.limits.exempt_addresses):
+        return
+    others = [w for w in workers.active_ids_at_address(conn, address) if w != worker_id]
+    banned = workers.banned_at_address_since(conn, address, now - cfg.ban_cooldown_s) if cfg.ban_cooldown_s else 0
+    if len(others) + banned >= cfg.identities_per_address:
+        wait = cfg.ban_cooldown_s if banned else cfg.heartbeat_interval_s * cfg.missed_heartbeats_gone
+        raise RateLimited("address_limit", f"address {address} already has {len(others)} active "
+                                           f"identit{'y' if len(others) == 1 else 'ies'}"
+                                           + (f" and {banned} banned in the last {cfg.ban_cooldown_s:.0f} s"
+                                              if banned else "")
+                                           + f" (limit {cfg.identities_per_address}); an idle one is "
+                                           f"released after {wait:.0f} s", wait)
+
+
+def revive(ctx: Context, conn: Connection, row: Row, now: float) -> None:
+    """Before a request makes a 'gone' worker active again (a heartbeat, a lease request): its
+    address must have room for it (`check_address_room`), as at registration."""
+    if row.status == "gone":
+        check_address_room(ctx, conn, row.address, row.worker_id, now)
+
+
 def register(ctx: Context, opened: Opened[Registration], address: str) -> RegistrationResponse:
     cfg = ctx.cfg.join
     signer = opened.envelope.signer
@@ -66,19 +109,9 @@ def register(ctx: Context, opened: Opened[Registration], address: str) -> Regist
         use_nonce(conn, opened, now)
         row = workers.get(conn, worker_id)
         if row is not None and row.status == "banned":
-            raise Forbidden("banned", f"worker {worker_id} is banned: {row.ban_reason}")
-        if cfg.identities_per_address and address not in ctx.cfg.limits.exempt_addresses:
-            others = [w for w in workers.active_ids_at_address(conn, address) if w != worker_id]
-            banned = workers.banned_at_address_since(conn, address, now - cfg.ban_cooldown_s) \
-                if cfg.ban_cooldown_s else 0
-            if len(others) + banned >= cfg.identities_per_address:
-                wait = cfg.ban_cooldown_s if banned else cfg.heartbeat_interval_s * cfg.missed_heartbeats_gone
-                raise RateLimited("address_limit", f"address {address} already has {len(others)} active "
-                                                   f"identit{'y' if len(others) == 1 else 'ies'}"
-                                                   + (f" and {banned} banned in the last {cfg.ban_cooldown_s:.0f} s"
-                                                      if banned else "")
-                                                   + f" (limit {cfg.identities_per_address}); an idle one is "
-                                                   f"released after {wait:.0f} s", wait)
+            raise Forbidden("banned", f"worker {worker_id} is banned: {public_reason(row.ban_reason)}")
+        address = stored_address(ctx, address)
+        check_address_room(ctx, conn, address, worker_id, now)
         fields = dict(address=address[:64], hardware=body.hardware.model_dump_json(),
                       client_version=body.client_version, engine=body.engine, last_seen=now, status="active")
         if row is None:
@@ -97,6 +130,7 @@ def heartbeat(ctx: Context, opened: Opened[Heartbeat]) -> dict:
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         row = require_worker(conn, opened.signer_id)
+        revive(ctx, conn, row, now)
         workers.heartbeat(conn, row.worker_id, now, hb.policy_version, hb.tokens_per_s, hb.status)
         current = policy.current(conn)
     return {"ok": True, "policy_version": current, "check_rate": worker_check_rate(ctx, row)}

@@ -23,7 +23,7 @@ from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_all
 from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned, split_held
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, training, use_nonce
-from coordinator.service.join import worker_check_rate
+from coordinator.service.join import revive, worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, workers
 from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
 from protocol.messages import (
@@ -73,6 +73,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         if not again:
             use_nonce(conn, opened, now)
         row = require_worker(conn, worker_id)
+        revive(ctx, conn, row, now)
         workers.seen(conn, worker_id, now)
         current = policy.current(conn)
         if current is None:

@@ -1,0 +1,194 @@
+"""Red-team findings against the coordinator over real HTTP: each test failed before its fix."""
+
+from coordinator.service import upkeep
+from protocol.identity import KeyPair
+from protocol.messages import KIND_HEARTBEAT, KIND_LEASE_REQUEST, KIND_REGISTRATION, HardwareReport, Heartbeat, \
+    LeaseRequest, Registration
+
+
+def _register(s, key, headers=None):
+    env = s.seal(KIND_REGISTRATION, Registration(hardware=HardwareReport(cpu_count=1, ram_bytes=1)), key)
+    return s.http.post("/v1/workers/register", content=env.model_dump_json(),
+                       headers={"content-type": "application/json", **(headers or {})})
+
+
+def _go_silent(s):
+    j = s.cfg.join
+    s.clock.advance(j.heartbeat_interval_s * (j.missed_heartbeats_gone + 1))
+    upkeep.sweep(s.ctx)
+
+
+def test_identities_per_address_counts_an_ipv6_slash64_as_one_address(make_swarm):
+    """The gate and the guard key an IPv6 client by its /64 (one customer's allocation); the
+    identities-per-address cap counted each of its 2^64 addresses apart, so one home line
+    registered as many identities as it liked."""
+    s = make_swarm(limits={"exempt_addresses": [], "trusted_proxies": ["127.0.0.1"]},
+                   join={"identities_per_address": 1})
+    first = _register(s, KeyPair.generate(), {"x-forwarded-for": "2001:db8:1:2::1"})
+    assert first.status_code == 200, first.text
+    r = _register(s, KeyPair.generate(), {"x-forwarded-for": "2001:db8:1:2::2"})
+    assert r.status_code == 429 and r.json()["reason"] == "address_limit", r.text
+    # another /64 is another address
+    assert _register(s, KeyPair.generate(), {"x-forwarded-for": "2001:db8:1:3::1"}).status_code == 200
+    # an IPv4-mapped IPv6 peer is its IPv4 address
+    assert _register(s, KeyPair.generate(), {"x-forwarded-for": "198.51.100.7"}).status_code == 200
+    r = _register(s, KeyPair.generate(), {"x-forwarded-for": "::ffff:198.51.100.7"})
+    assert r.status_code == 429, r.text
+
+
+def test_a_gone_identity_cannot_come_back_past_the_address_cap(make_swarm):
+    """An identity that went silent frees its address's place; before, a heartbeat or a lease
+    request made it active again without asking the cap, so an address collected any number of
+    active identities by registering one per silence period and waking them all."""
+    s = make_swarm(limits={"exempt_addresses": []}, join={"identities_per_address": 1})
+    a, b = KeyPair.generate(), KeyPair.generate()
+    assert _register(s, a).status_code == 200
+    _go_silent(s)
+    assert _register(s, b).status_code == 200          # a's place went to b
+    before = s.snapshot_worker(a)
+    hb = s.post("/v1/workers/heartbeat", KIND_HEARTBEAT, Heartbeat(), a)
+    assert hb.status_code == 429 and hb.json()["reason"] == "address_limit", hb.text
+    lease = s.post("/v1/leases", KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), a)
+    assert lease.status_code == 429 and lease.json()["reason"] == "address_limit", lease.text
+    assert s.snapshot_worker(a)["status"] == "gone" and s.snapshot_worker(a) == before
+    # once b is silent too, a may come back
+    _go_silent(s)
+    assert s.post("/v1/workers/heartbeat", KIND_HEARTBEAT, Heartbeat(), a).status_code == 200
+    assert s.snapshot_worker(a)["status"] == "active"
+
+
+def test_a_banned_worker_that_registers_again_learns_no_numbers_of_its_ban(swarm):
+    """The ban reason quotes the verifier's numbers (how far the cheat was from each threshold):
+    every other answer to a worker gives `public_reason`; registering again gave it whole."""
+    swarm.publish(0)
+    cheat = swarm.new_worker()
+    lease = swarm.lease(cheat, 1)[0]
+    sid = swarm.submit(cheat, lease).json()["submission_id"]
+    swarm.claim()
+    assert swarm.verdict(sid, False, reason="proof check failed: 120/128 exponent mismatches").status_code == 200
+    assert swarm.snapshot_worker(cheat)["status"] == "banned"
+    before = swarm.snapshot()
+    r = _register(swarm, cheat)
+    assert r.status_code == 403 and r.json()["reason"] == "banned", r.text
+    assert "proof check failed" in r.json()["detail"] and "120" not in r.json()["detail"], r.text
+    assert swarm.snapshot() == before
+
+
+def _large_manifest_dir(tmp_path, model_dir, files: int = 300):
+    import shutil
+
+    d = tmp_path / "big-checkpoint"
+    shutil.copytree(model_dir, d)
+    for i in range(files):
+        (d / "extra" / f"{i:04d}.bin").parent.mkdir(exist_ok=True)
+        (d / "extra" / f"{i:04d}.bin").write_bytes(i.to_bytes(4, "big"))
+    return d
+
+
+def test_a_forged_large_policy_manifest_is_refused_before_the_server_process_parses_it(swarm, tmp_path,
+                                                                                     monkeypatch):
+    """POST /v1/policy is open to anyone (only the operator's signature makes a manifest count). A
+    forged manifest of up to limits.max_body_bytes (4 MB of small JSON keys) was parsed on a thread
+    and canonicalised and checked on the event loop: ~1.4 s of the coordinator's one loop (and its
+    GIL) per unsigned request, every 2 s from one address within its byte budget. Like every other
+    large body, it is now checked in an `OffLoop` process first: the server process never parses a
+    forged one."""
+    import coordinator.api
+    import coordinator.service.training
+    from protocol.manifest import build_manifest, sign_manifest
+
+    calls = []
+    for module, name in ((coordinator.api, "parse_envelope"), (coordinator.service.training, "open_manifest")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    m = build_manifest(_large_manifest_dir(tmp_path, swarm.model_dir), run_id=swarm.cfg.run_id, version=0, step=0,
+                       created_at=swarm.clock())
+    good = sign_manifest(m, swarm.operator)
+    assert len(good.model_dump_json()) > 32 * 1024
+    before = swarm.snapshot()
+    for forged in (sign_manifest(m, KeyPair.generate()),                                  # another key
+                   good.model_copy(update={"body": {**good.body, "version": 7}})):        # tampered
+        r = swarm.send("/v1/policy", forged)
+        assert r.status_code == 401 and r.json()["reason"] == "bad_signature", r.text
+    assert calls == [] and swarm.snapshot() == before
+    # the operator's large manifest is taken as before
+    r = swarm.send("/v1/policy", good)
+    assert r.status_code == 200 and r.json()["version"] == 0, r.text
+    assert calls == ["parse_envelope", "open_manifest"]
+
+
+def _raw_exchange(swarm, chunks: list[bytes]) -> bytes:
+    import socket
+    import time
+
+    host, port = swarm.server.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as c:
+        try:
+            for chunk in chunks:
+                c.sendall(chunk)
+                time.sleep(0.01)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        try:
+            while d := c.recv(65536):
+                data += d
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return data
+
+
+def test_a_request_s_headers_are_bounded_in_bytes(swarm):
+    """Headers cost the server memory before any limit saw them: one connection sent 16 MB of one
+    header value and got 200 (32 connections per address held ~500 MB, 4,096 in all). Now the
+    line and headers may take `ServerLimits.max_header_bytes`: 431 and the connection closed."""
+    pad = [b"x" * 65536] * 32   # 2 MB of one header value, in reads
+    answer = _raw_exchange(swarm, [b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: ", *pad, b"\r\nConnection: close\r\n\r\n"])
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    # many small headers add up the same way
+    many = [b"".join(b"X-H%d: %s\r\n" % (i * 1000 + j, b"y" * 50) for j in range(1000)) for i in range(4)]
+    answer = _raw_exchange(swarm, [b"GET /health HTTP/1.1\r\nHost: x\r\n", *many, b"Connection: close\r\n\r\n"])
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    # an ordinary request, and a large body behind ordinary headers, are unaffected
+    assert _raw_exchange(swarm, [b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"]).startswith(
+        b"HTTP/1.1 200 ")
+    body = b'{"x": "' + b"z" * 300_000 + b'"}'
+    answer = _raw_exchange(swarm, [b"POST /v1/verdicts/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body), body])
+    assert answer.startswith(b"HTTP/1.1 4") and b" 431 " not in answer[:20], answer[:200]
+
+
+def test_slow_bodies_do_not_hold_the_swarm_s_places(make_swarm):
+    """A swarm request took its place at the gate before its body was read and held it while the
+    body dripped in (up to limits.body_timeout_s, 30 s): one address with as many connections as
+    there are places (32 of each by default) held every place, and every other worker's request
+    was answered 429 busy. A body that is not in within `api.BODY_IN_PLACE_S` now gives its place
+    back until it is, and then waits for one in turn."""
+    import socket
+    import time
+
+    from protocol.messages import KIND_HEARTBEAT
+
+    s = make_swarm(limits={"trusted_proxies": ["127.0.0.1"], "swarm_in_flight": 4, "swarm_wait_s": 3.0})
+    w = s.new_worker()
+    host, port = s.server.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    env = s.seal(KIND_HEARTBEAT, Heartbeat(), w).model_dump_json().encode()
+    head = (b"POST /v1/workers/heartbeat HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(env))
+    socks = []
+    try:
+        for _ in range(4):   # one address, a connection per place, each body's first byte and no more
+            c = socket.create_connection((host, int(port)))
+            c.sendall(head + env[:1])
+            socks.append(c)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r = s.http.get("/v1/run", headers={"x-forwarded-for": "203.0.113.9"})
+        assert r.status_code == 200 and time.monotonic() - t0 < 2.0, r.text
+        # a slow body is still taken once it is in
+        socks[0].sendall(env[1:])
+        answer = socks[0].recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    finally:
+        for c in socks:
+            c.close()
