@@ -12,7 +12,7 @@ canonical spelling of a spec and `parse_ref` reads it back.
 | compare | reward 1 when | pure |
 |---|---|---|
 | `exact` | the extracted text equals the answer (surrounding whitespace ignored) | yes |
-| `numeric` | both parse as numbers (decimals, fractions `2/3`, thousands commas, exponents up to 3 digits) and are equal within 1e-6 relative | yes |
+| `numeric` | both parse as numbers (decimals, fractions `2/3`, thousands commas, exponents up to 3 digits) and are equal within 1e-6 relative; an answer written as an integer only exactly (in value: `42.0` is 42) | yes |
 | `math` | mathematically equivalent (`1/2` = `0.5` = `\\frac{1}{2}`, `2x+2` = `2(x+1)`): math-verify when installed, else sympy (`parse_expr` + `simplify`) | no: both parse worker text into expressions, so it runs sandboxed, one batch per process |
 
 `format` (0..1, default 0) is the weight of a format reward: the completion gets
@@ -105,10 +105,17 @@ def spec_from_options(options: dict) -> ScorerSpec:
 
 
 # -- comparisons ------------------------------------------------------------------------------
+_INTEGER = re.compile(r"[-+]?\d+")
+
+
+def _clean(text: str) -> str:
+    return text.strip().replace(",", "").rstrip(".").removeprefix("$").strip()
+
+
 def parse_number(text: str) -> Fraction | None:
     """A number written as an integer, decimal, fraction or with a short exponent; else None.
     Exact (Fraction), bounded: at most 64 characters, exponents of at most 3 digits."""
-    s = text.strip().replace(",", "").rstrip(".").removeprefix("$").strip()
+    s = _clean(text)
     if not s or len(s) > 64 or not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d{1,3})?(/\d+)?", s):
         return None
     try:
@@ -118,10 +125,16 @@ def parse_number(text: str) -> Fraction | None:
 
 
 def numeric_equal(got: str, want: str, rel: float = 1e-6) -> bool:
+    """Equal within `rel` relative, for rounded decimals (0.3333333 for 1/3); a reference written
+    as an integer (a count, a sum) is matched exactly, or 1000001 would be right for 1000000."""
     a, b = parse_number(got), parse_number(want)
     if a is None or b is None:
         return False
-    return a == b or abs(a - b) <= Fraction(rel) * max(abs(a), abs(b))
+    if a == b:
+        return True
+    if _INTEGER.fullmatch(_clean(want)):
+        return False
+    return abs(a - b) <= Fraction(rel) * max(abs(a), abs(b))
 
 
 def exact_equal(got: str, want: str) -> bool:
