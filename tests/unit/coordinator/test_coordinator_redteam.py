@@ -2,8 +2,9 @@
 
 from coordinator.service import upkeep
 from protocol.identity import KeyPair
-from protocol.messages import KIND_HEARTBEAT, KIND_LEASE_REQUEST, KIND_REGISTRATION, HardwareReport, Heartbeat, \
-    LeaseRequest, Registration
+from protocol.messages import (
+    KIND_HEARTBEAT, KIND_LEASE_REQUEST, KIND_REGISTRATION, HardwareReport, Heartbeat, LeaseRequest, Registration,
+)
 
 
 def _register(s, key, headers=None):
