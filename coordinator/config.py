@@ -265,6 +265,7 @@ class CoordinatorConfig(BaseModel):
     chat_template: bool = Field(False, description="encode prompts with the tokenizer's chat template (one user turn)")
     sqlite_synchronous: str = Field("NORMAL", description="SQLite synchronous mode: NORMAL survives a killed process, FULL also power loss")
     verification_claim_ttl_s: float = Field(120.0, gt=0, description="a claimed submission without a verdict after this long is handed to another verifier")
+    verification_max_claims: int = Field(5, ge=1, description="a queued submission handed to verifiers this many times without a verdict (each claim expired: every verifier that took it failed to judge it) is dropped, without a ban (a submission no verifier can judge, or a version no verifier can fetch any more, was otherwise handed out again every verification_claim_ttl_s, first in every claim, forever)")
     verification_newcomer_wait_s: float = Field(2.0, ge=0, description="a submission from a worker without a clean full check yet is claimed after every other queued one, in claims of its own, until it has waited this long (throw-away identities are checked in full and must not delay workers with a record); 0 = oldest first")
     batch_ack_timeout_s: float = Field(60.0, gt=0, description="a group handed to the trainer and not acknowledged (spooled) within this long is handed out again; the trainer never trains a group twice")
     housekeeping_interval_s: float = Field(1.0, gt=0, description="how often expired leases and silent workers are swept")

@@ -3,7 +3,8 @@
 `sweep(ctx)` runs every `housekeeping_interval_s`: leases past their expiry become
 'expired' and their tasks return to the pool; workers silent for `missed_heartbeats_gone`
 heartbeat intervals become 'gone' and their leases return too; groups that fell out of the
-buffer's floor leave the buffer (`training.drop_stale`); nonces older than twice the clock skew (they could no longer
+buffer's floor leave the buffer (`training.drop_stale`); queued submissions whose
+`verification_max_claims`-th claim expired without a verdict are dropped, without a ban; nonces older than twice the clock skew (they could no longer
 pass the timestamp check) are forgotten; envelopes of finished, archived submissions older than
 `payload_retention_s` leave the database (the Parquet archive keeps them).
 
@@ -41,6 +42,7 @@ def sweep(ctx: Context) -> dict:
         orphaned = leases.close_many(conn, leases.active_of_workers(conn, gone), "expired", now)
         leases.return_tasks(conn, orphaned, now)
         dropped = training.drop_stale(ctx, conn)
+        unjudged = submissions.drop_unjudged(conn, now, cfg.verification_claim_ttl_s, cfg.verification_max_claims)
         pruned = workers.prune_nonces(conn, now - 2 * cfg.max_clock_skew_s - 10)
         payloads = submissions.prune_payloads(conn, now - cfg.payload_retention_s) if cfg.payload_retention_s else 0
     m = ctx.metrics
@@ -53,8 +55,12 @@ def sweep(ctx: Context) -> dict:
     stale = training.count_stale(ctx, dropped)
     if gone:
         log.info("%d worker(s) gone silent: %s", len(gone), ", ".join(gone[:5]))
+    if unjudged:
+        m.unjudged.inc(len(unjudged))
+        log.warning("%d submission(s) dropped after %d claims without a verdict: %s", len(unjudged),
+                    cfg.verification_max_claims, ", ".join(f"{r.submission_id} of {r.worker_id}" for r in unjudged[:5]))
     return {"expired": len(expired), "gone": len(gone), "orphaned": len(orphaned), "stale": stale, "pruned": pruned,
-            "payloads_pruned": payloads}
+            "payloads_pruned": payloads, "unjudged": len(unjudged)}
 
 
 def state_counts(ctx: Context) -> dict:

@@ -41,7 +41,8 @@ def claim(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         rows = submissions.claim(conn, opened.envelope.signer, now, ctx.cfg.verification_claim_ttl_s,
-                                 opened.body.max_jobs, ctx.cfg.verification_newcomer_wait_s)
+                                 opened.body.max_jobs, ctx.cfg.verification_newcomer_wait_s,
+                                 ctx.cfg.verification_max_claims)
     jobs = []
     for r in rows:
         task = ctx.tasks.task(r.task_index)

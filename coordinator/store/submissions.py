@@ -34,11 +34,12 @@ p_ = submission_payloads.c
 _NEWCOMER = case((and_(workers.c.clean_checks == 0, c_.received_at > bindparam("young")), 1), else_=0)
 _CLAIMABLE = (select(c_.submission_id, _NEWCOMER.label("newcomer"))
               .join(workers, workers.c.worker_id == c_.worker_id)
-              .where(and_(c_.status == "queued", or_(c_.claimed_at.is_(None), c_.claimed_at < bindparam("before"))))
+              .where(and_(c_.status == "queued", c_.claims < bindparam("max_claims"),
+                          or_(c_.claimed_at.is_(None), c_.claimed_at < bindparam("before"))))
               .order_by(_NEWCOMER, c_.received_at, c_.submission_id).limit(bindparam("n")))
 _MARK_CLAIMED = (update(submissions).where(and_(c_.submission_id.in_(bindparam("ids", expanding=True)),
                                                 c_.status == "queued"))
-                 .values(claimed_by=bindparam("by"), claimed_at=bindparam("now")))
+                 .values(claimed_by=bindparam("by"), claimed_at=bindparam("now"), claims=c_.claims + 1))
 _JOBS = (select(c_.submission_id, c_.worker_id, c_.task_index, c_.rewards, c_.full_check, p_.envelope,
                 leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c_.lease_id)
@@ -73,16 +74,18 @@ def insert(conn: Connection, values: dict[str, Any], envelope: str, group_json: 
 
 # -- verification queue ----------------------------------------------------------------------
 def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit: int,
-          newcomer_wait_s: float = 0.0) -> list[Row]:
+          newcomer_wait_s: float = 0.0, max_claims: int = 5) -> list[Row]:
     """Hand up to `limit` queued submissions to `verifier`: unclaimed ones, or ones whose
     claim is older than `claim_ttl_s` (the verifier that took them died). Oldest first, except
     that a newcomer's submission (its worker has no clean full check) younger than
     `newcomer_wait_s` comes after all others and never shares a claim with them: throw-away
     identities (a spammer, one per policy version, each checked in full) then neither delay
     the verdicts of workers with a record in the same claim nor go before them; a newcomer
-    waits at most `newcomer_wait_s` behind them (0: strictly oldest first)."""
+    waits at most `newcomer_wait_s` behind them (0: strictly oldest first). A submission already
+    handed out `max_claims` times is not handed out again (`drop_unjudged` ends it)."""
     q = _CLAIMABLE.with_for_update(skip_locked=True, of=submissions) if conn.dialect.name == "postgresql" else _CLAIMABLE
-    found = list(conn.execute(q, {"before": now - claim_ttl_s, "n": limit, "young": now - newcomer_wait_s}))
+    found = list(conn.execute(q, {"before": now - claim_ttl_s, "n": limit, "young": now - newcomer_wait_s,
+                                  "max_claims": max_claims}))
     ids = [r.submission_id for r in found if r.newcomer == found[0].newcomer] if found else []
     if not ids:
         return []
@@ -130,6 +133,20 @@ def drop_unconsumed(conn: Connection, worker_id: str, reason: str, now: float) -
         and_(c.worker_id == worker_id, c.status == "accepted", c.buffer.in_(UNCONSUMED)))
         .values(status="dropped", buffer="dropped", reason=reason[:2000], unused="ban")).rowcount
     return n
+
+
+def drop_unjudged(conn: Connection, now: float, claim_ttl_s: float, max_claims: int) -> list[Row]:
+    """Queued submissions handed to verifiers `max_claims` times whose last claim expired
+    without a verdict leave the queue as 'dropped' (no ban: the failure may be the verifiers'
+    own); returns their (submission_id, worker_id) rows."""
+    c = submissions.c
+    due = and_(c.status == "queued", c.claims >= max_claims, c.claimed_at < now - claim_ttl_s)
+    rows = list(conn.execute(select(c.submission_id, c.worker_id).where(due)))
+    if rows:
+        conn.execute(update(submissions).where(and_(due, c.submission_id.in_([r.submission_id for r in rows])))
+                     .values(status="dropped", decided_at=now,
+                             reason=f"no verdict after {max_claims} claims by verifiers (none could judge it)"))
+    return rows
 
 
 # -- training buffer -------------------------------------------------------------------------

@@ -143,6 +143,31 @@ def test_a_claim_without_verdict_is_handed_out_again_after_its_ttl(swarm):
     assert [j.submission_id for j in swarm.claim()] == [sid]
 
 
+def test_a_submission_no_verifier_can_judge_is_dropped_after_its_last_claim_without_a_ban(make_swarm):
+    """A submission whose every claim expires without a verdict (every verifier that took it
+    failed to judge it, or its version can no longer be fetched) was handed out again every
+    claim TTL, first in every claim, forever; now after verification_max_claims claims it is
+    dropped, its worker not banned, and the rest of the queue goes on."""
+    s = make_swarm(verification_max_claims=3)
+    s.publish(0)
+    w = s.new_worker()
+    (first, second) = s.lease(w, 2)
+    poison = s.submit(w, first).json()["submission_id"]
+    s.clock.advance(0.1)
+    other = s.submit(w, second).json()["submission_id"]
+    for _ in range(3):
+        assert [j.submission_id for j in s.claim(n=1)] == [poison]   # oldest first, each time
+        s.clock.advance(s.cfg.verification_claim_ttl_s + 1)
+    assert upkeep.sweep(s.ctx)["unjudged"] == 1
+    row = s.snapshot_submission(poison)
+    assert row["status"] == "dropped" and "no verdict after 3 claims" in row["reason"]
+    assert s.snapshot_worker(w)["status"] != "banned"
+    assert s.metric("swarmrl_coordinator_submissions_unjudged_total") == 1
+    assert [j.submission_id for j in s.claim()] == [other]
+    assert s.verdict(poison, True).status_code == 409                  # too late for a verdict
+    assert upkeep.sweep(s.ctx)["unjudged"] == 0
+
+
 def test_a_claim_takes_workers_with_a_clean_check_first_and_newcomers_in_claims_of_their_own(swarm):
     """Throw-away identities (checked in full, one per policy version in bench/hostile.py) shared
     claims with workers that have a record and went before their newer submissions; now a
