@@ -1,0 +1,109 @@
+"""Red-team regressions of the swarm layer (hostile peers with free keys):
+
+- have adverts pointing at addresses that accept TCP and then never speak must not stall the
+  node's advert loop: its own standing adverts (relay, shards held) keep going out within
+  their ttl, so honest peers do not expire them;
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("libp2p", reason="needs the p2p extra: pip install -e '.[p2p]'")
+
+from p2p_harness import wait_for  # noqa: E402
+
+from protocol.envelope import AUDIENCE_SWARM, seal  # noqa: E402
+from protocol.identity import KeyPair  # noqa: E402
+from shardcast.p2p import P2PConfig, P2PNode  # noqa: E402
+from shardcast.p2p.announcements import KIND_HAVE, HaveAdvert  # noqa: E402
+
+RUN = "redteam-run"
+OP, COORD = KeyPair.from_seed(b"R" * 32), KeyPair.from_seed(b"S" * 32)
+
+
+def test_have_adverts_at_silent_addresses_do_not_stall_standing_adverts():
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never says a byte
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    port = silent.getsockname()[1]
+    cfg = dict(advert_interval_s=0.3, bootstrap_interval_s=0.3, advert_ttl_s=2.0, request_timeout_s=4.0,
+               allow_private_addresses=True, max_dial_peers=8)
+    nodes: list[P2PNode] = []
+
+    def node(key, **more) -> P2PNode:
+        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public)
+        n.start()
+        nodes.append(n)
+        return n
+
+    try:
+        listener = node(COORD)
+        boot = {"bootstrap": listener.multiaddrs}
+        relay, attacker = node(KeyPair.generate(), **boot), node(KeyPair.generate(), **boot)
+        for n in (relay, attacker):
+            wait_for(lambda n=n: listener.peer_id in n.connected_peers(), "connected to the listener")
+        url = "http://127.0.0.1:18900"
+        relay.advertise_relay(url)
+        wait_for(lambda: url in [r.url for r in listener.relays()], "the relay in the listener's view")
+        fakes = [KeyPair.generate() for _ in range(8)]
+        for k in fakes:
+            body = HaveAdvert(run_id=RUN, versions=[1], addrs=[f"/ip4/127.0.0.1/tcp/{port}/p2p/{k.peer_id}"],
+                              ttl_s=600.0)
+            attacker.publish_envelope(seal(KIND_HAVE, body, k, run_id=RUN, audience=AUDIENCE_SWARM))
+        wait_for(lambda: len(relay.view.peers(time.time())) >= 8, "the relay hearing the fake holders")
+        missing = 0.0
+        t_end = time.monotonic() + 10.0
+        while time.monotonic() < t_end:  # the relay dials the fakes; its advert must stay alive
+            if url not in [r.url for r in listener.relays()]:
+                missing += 0.1
+            time.sleep(0.1)
+        assert missing == 0.0, f"the relay's advert expired at the listener for {missing:.1f} s"
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+        silent.close()
+
+
+def test_a_have_advert_with_an_unparsable_multiaddr_does_not_kill_the_nodes_that_hear_it():
+    cfg = dict(advert_interval_s=0.3, bootstrap_interval_s=0.3, allow_private_addresses=True)
+    nodes: list[P2PNode] = []
+
+    def node(key, **more) -> P2PNode:
+        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public)
+        n.start()
+        nodes.append(n)
+        return n
+
+    try:
+        listener = node(COORD, allow_private_addresses=False)  # as on the internet
+        attacker = node(KeyPair.generate(), bootstrap=listener.multiaddrs)
+        wait_for(lambda: listener.peer_id in attacker.connected_peers(), "connected to the listener")
+        time.sleep(1.5)  # the gossipsub mesh forms on the heartbeat
+        attacker.gate._check_addrs = lambda addrs: None  # a hostile peer's own gate lets anything out
+        fake = KeyPair.generate()
+        body = HaveAdvert(run_id=RUN, versions=[1], addrs=["/ip4/8.8.8.8/tcp/notaport"], ttl_s=60.0)
+        attacker.publish_envelope(seal(KIND_HAVE, body, fake, run_id=RUN, audience=AUDIENCE_SWARM))
+        wait_for(lambda: not listener.running or listener.counters.snapshot().get("admitted", 0)
+                 + listener.counters.snapshot().get("rejected_address", 0) >= 1, "the listener hearing the advert")
+        time.sleep(1.0)  # a few rounds of dialling advertised peers
+        assert listener.running, "the listener's libp2p node died"
+        assert listener.counters.snapshot().get("rejected_address", 0) == 1
+        assert fake.peer_id not in [p.peer_id for p in listener.view.peers(time.time())]
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+
+
+@pytest.mark.parametrize("addr", ["/ip4/8.8.8.8/tcp/notaport", "/ip4/8.8.8.8/tcp/99999",
+                                  "/ip4/8.8.8.8/tcp/4001/x/y", "/ip6/2001:4860::1/tcp/-1"])
+def test_the_gate_refuses_multiaddrs_that_would_not_parse_when_dialled(addr):
+    from shardcast.p2p.addresses import AddressRefused, check_multiaddr
+
+    for allow_private in (False, True):
+        with pytest.raises(AddressRefused):
+            check_multiaddr(addr, allow_private=allow_private)
+    check_multiaddr("/ip4/8.8.8.8/tcp/4001/p2p/" + KeyPair.generate().peer_id, allow_private=False)
