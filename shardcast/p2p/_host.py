@@ -59,6 +59,8 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
 MAX_ADMITTED = 4096
 REQUEST_READ_TIMEOUT_S = 10.0
+DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
+MAX_DIAL_FAILED = 4096
 # What the network side can raise at this boundary; translated, never swallowed silently.
 NET_ERRORS = (BaseLibp2pError, multiaddr.exceptions.Error, ValueError, OSError,
               trio.BrokenResourceError, trio.ClosedResourceError)
@@ -82,6 +84,7 @@ class SwarmHost:
         self._serving = trio.Semaphore(cfg.max_concurrent_serves)
         self._kick = trio.Event()
         self._unreachable: set[str] = set()
+        self._dial_failed: OrderedDict[str, float] = OrderedDict()  # peer id -> monotonic time
         self.host = None
         self.pubsub = None
 
@@ -107,6 +110,7 @@ class SwarmHost:
                 nursery.start_soon(self._receive_loop, sub)
                 nursery.start_soon(self._bootstrap_loop)
                 nursery.start_soon(self._advert_loop)
+                nursery.start_soon(self._dial_loop)
                 addrs = self.multiaddrs()
                 if not addrs:  # py-libp2p logs a failed listen and goes on; we refuse to
                     raise OSError(f"not listening on {listen} (address in use or not available)")
@@ -220,7 +224,6 @@ class SwarmHost:
                 sent += untrusted
             if sent:
                 untrusted_after = now + sent / self.cfg.rate_per_s
-            await self._dial_advertised()
             wait = self.cfg.advert_interval_s
             if held_back:
                 wait = min(wait, max(0.0, untrusted_after - trio.current_time()))
@@ -228,16 +231,41 @@ class SwarmHost:
                 await self._kick.wait()
             self._kick = trio.Event()
 
+    async def _dial_loop(self) -> None:
+        # Its own task: a dial to an advertised address may take the whole connect timeout (a
+        # hostile advert names a port that accepts and never speaks), and the advert loop must
+        # keep repeating this node's standing adverts within their ttl meanwhile.
+        while True:
+            await self._dial_advertised()
+            await trio.sleep(self.cfg.advert_interval_s)
+
     async def _dial_advertised(self) -> None:
         connected = set(self.host.get_connected_peers())
         if len(connected) >= self.cfg.max_dial_peers + len(self.cfg.bootstrap):
             return
-        me = self.key.peer_id
+        me, now = self.key.peer_id, time.monotonic()
+        for pid in [p for p, t in self._dial_failed.items() if now - t >= DIAL_BACKOFF_S]:
+            del self._dial_failed[pid]
         candidates = [p for p in self.view.peers(time.time())
-                      if p.peer_id != me and ID.from_base58(p.peer_id) not in connected]
+                      if p.peer_id != me and p.peer_id not in self._dial_failed
+                      and ID.from_base58(p.peer_id) not in connected]
         random.shuffle(candidates)
-        for p in candidates[: max(0, self.cfg.max_dial_peers - len(connected))]:
-            await self._connect(_peer_info(p.peer_id, p.addrs))
+        async with trio.open_nursery() as nursery:  # at once: a round lasts one connect timeout at most
+            for p in candidates[: max(0, self.cfg.max_dial_peers - len(connected))]:
+                nursery.start_soon(self._dial_advertised_peer, p)
+
+    async def _dial_advertised_peer(self, p) -> None:
+        try:
+            info = _peer_info(p.peer_id, p.addrs)
+        except NET_ERRORS:
+            ok = False
+        else:
+            ok = await self._connect(info)
+        if not ok:  # not again for a while (bounded: the oldest failures are forgotten first)
+            self._dial_failed.pop(p.peer_id, None)
+            self._dial_failed[p.peer_id] = time.monotonic()
+            while len(self._dial_failed) > MAX_DIAL_FAILED:
+                self._dial_failed.popitem(last=False)
 
     # -- shard exchange: serving ------------------------------------------------------------
     async def _serve(self, stream) -> None:
