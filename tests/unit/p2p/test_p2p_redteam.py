@@ -19,7 +19,11 @@ from p2p_harness import wait_for  # noqa: E402
 from protocol.envelope import AUDIENCE_SWARM, seal  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
 from shardcast.p2p import P2PConfig, P2PNode  # noqa: E402
-from shardcast.p2p.announcements import KIND_HAVE, HaveAdvert  # noqa: E402
+from shardcast.p2p import announcements  # noqa: E402
+from shardcast.p2p.announcements import (  # noqa: E402
+    KIND_HAVE, KIND_RELAY, MAX_UNTRUSTED_BYTES, Gate, HaveAdvert, RelayAdvert, encode, endorse_relay,
+)
+from shardcast.p2p.errors import Rejected  # noqa: E402
 
 RUN = "redteam-run"
 OP, COORD = KeyPair.from_seed(b"R" * 32), KeyPair.from_seed(b"S" * 32)
@@ -107,3 +111,47 @@ def test_the_gate_refuses_multiaddrs_that_would_not_parse_when_dialled(addr):
         with pytest.raises(AddressRefused):
             check_multiaddr(addr, allow_private=allow_private)
     check_multiaddr("/ip4/8.8.8.8/tcp/4001/p2p/" + KeyPair.generate().peer_id, allow_private=False)
+
+
+def test_an_oversized_relay_advert_is_refused_before_it_is_encoded_or_its_signature_checked(monkeypatch):
+    now = 1_800_000_000.0
+    key = KeyPair.generate()
+    gate = Gate(RUN, OP.public, COORD.public, allow_private=True)
+    # the largest honest adverts: an endorsed relay with a 512-byte URL and 64 versions, and a
+    # holder with 8 addresses of 256 bytes; both stay well under the cap
+    url = "https://" + "a" * 490 + ".example:8800"
+    endorsement = endorse_relay(OP, run_id=RUN, relay_key=key.public, url=url, valid_for_s=600, now=now)
+    big_relay = seal(KIND_RELAY, RelayAdvert(run_id=RUN, url=url, region="r" * 64, versions=[2**63 - 1] * 64,
+                                             endorsement=endorsement), key, run_id=RUN, audience=AUDIENCE_SWARM, now=now)
+    addr = "/ip4/8.8.8.8/tcp/4001/p2p/" + key.peer_id
+    big_have = seal(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[2**63 - 1] * 64, addrs=[addr] * 8),
+                    key, run_id=RUN, audience=AUDIENCE_SWARM, now=now)
+    for env in (big_relay, big_have):
+        assert len(encode(env)) < MAX_UNTRUSTED_BYTES // 2
+        gate.admit(encode(env), now)
+
+    padded = big_relay.model_copy(update={"body": {**big_relay.body, "pad": ["x" * 100] * 9000}})
+
+    def no_verify(*a, **k):
+        raise AssertionError("an oversized untrusted advert was encoded and its signature checked")
+
+    monkeypatch.setattr(announcements, "open_envelope", no_verify)
+    with pytest.raises(Rejected) as err:
+        gate.admit(encode(padded), now)
+    assert err.value.reason == "oversized"
+
+
+def test_version_numbers_in_adverts_anyone_signs_are_bounded():
+    now = 1_800_000_000.0
+    key = KeyPair.generate()
+    body = {"run_id": RUN, "versions": [10**4000], "addrs": ["/ip4/8.8.8.8/tcp/4001"]}
+    env = seal(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1], addrs=body["addrs"]), key, run_id=RUN,
+               audience=AUDIENCE_SWARM, now=now)
+    from protocol.envelope import envelope_signing_bytes
+
+    sig = key.sign(envelope_signing_bytes(KIND_HAVE, body, key.public.hex, now, env.nonce, run_id=RUN,
+                                          audience=AUDIENCE_SWARM))
+    forged = env.model_copy(update={"body": body, "signature": sig})
+    with pytest.raises(Rejected) as err:
+        Gate(RUN, OP.public, COORD.public).admit(encode(forged), now)
+    assert err.value.reason == "malformed"
