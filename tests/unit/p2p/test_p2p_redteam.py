@@ -34,7 +34,7 @@ def test_have_adverts_at_silent_addresses_do_not_stall_standing_adverts():
     silent.bind(("127.0.0.1", 0))
     silent.listen(64)
     port = silent.getsockname()[1]
-    cfg = dict(advert_interval_s=0.3, bootstrap_interval_s=0.3, advert_ttl_s=2.0, request_timeout_s=4.0,
+    cfg = dict(advert_interval_s=0.3, bootstrap_interval_s=0.3, advert_ttl_s=2.0, request_timeout_s=4.0, rate_per_s=5.0,
                allow_private_addresses=True, max_dial_peers=8)
     nodes: list[P2PNode] = []
 
@@ -155,3 +155,40 @@ def test_version_numbers_in_adverts_anyone_signs_are_bounded():
     with pytest.raises(Rejected) as err:
         Gate(RUN, OP.public, COORD.public).admit(encode(forged), now)
     assert err.value.reason == "malformed"
+
+
+def _ann(kind, body, key, ts):
+    from shardcast.p2p.announcements import Announcement
+
+    env = seal(kind, body, key, now=ts, run_id=RUN, audience=AUDIENCE_SWARM)
+    return Announcement(kind=kind, body=body, signer=key.public, timestamp=ts, envelope=env)
+
+
+def test_a_relay_advert_held_back_until_after_its_withdrawal_does_not_bring_the_relay_back():
+    from shardcast.p2p.view import SwarmView
+
+    t, key, url = 1_800_000_000.0, KeyPair.generate(), "http://8.8.8.8:8800"
+    view = SwarmView()
+    view.apply(_ann(KIND_RELAY, RelayAdvert(run_id=RUN, url=url, ttl_s=600), key, t), t)
+    held_back = _ann(KIND_RELAY, RelayAdvert(run_id=RUN, url=url, ttl_s=600), key, t + 10)  # never forwarded yet
+    view.apply(_ann(KIND_RELAY, RelayAdvert(run_id=RUN, url=url, state="down"), key, t + 20), t + 20)
+    assert view.relays(t + 20) == []
+    assert not view.apply(held_back, t + 30)  # a forwarder (or a slow gossip path) delivers it late
+    assert view.relays(t + 30) == []
+    # an old "down" delivered after the relay came back does not remove it either
+    view.apply(_ann(KIND_RELAY, RelayAdvert(run_id=RUN, url=url, ttl_s=30), key, t + 40), t + 40)
+    assert not view.apply(_ann(KIND_RELAY, RelayAdvert(run_id=RUN, url=url, state="down"), key, t + 35), t + 41)
+    assert [r.url for r in view.relays(t + 41)] == [url]
+
+
+def test_an_older_have_advert_does_not_replace_a_newer_one():
+    from shardcast.p2p.view import SwarmView
+
+    t, key = 1_800_000_000.0, KeyPair.generate()
+    view = SwarmView()
+    addrs = ["/ip4/8.8.8.8/tcp/4001"]
+    view.apply(_ann(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1, 2], addrs=addrs, ttl_s=30), key, t + 10), t + 10)
+    assert not view.apply(_ann(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1], addrs=["/ip4/9.9.9.9/tcp/1"],
+                                                     ttl_s=600), key, t), t + 11)
+    [peer] = view.peers(t + 11)
+    assert peer.versions == (1, 2) and peer.addrs == tuple(addrs) and peer.expires_at == t + 40
