@@ -192,3 +192,59 @@ def test_an_older_have_advert_does_not_replace_a_newer_one():
                                                      ttl_s=600), key, t), t + 11)
     [peer] = view.peers(t + 11)
     assert peer.versions == (1, 2) and peer.addrs == tuple(addrs) and peer.expires_at == t + 40
+
+
+def test_peers_that_delivered_are_asked_before_fresh_keys(tmp_path):
+    """4096 throw-away keys can advertise any version; each one that stalls costs a worker a
+    request timeout. A peer that has served verified shards is asked before untried ones."""
+    import random
+
+    from p2p_harness import signed_checkpoint
+
+    from shardcast.layout import read_manifest
+    from shardcast.p2p.errors import PeerRequestFailed
+    from shardcast.p2p.exchange import PeerShards
+    from shardcast.p2p.view import PeerInfo, VersionInfo
+
+    folder = signed_checkpoint(tmp_path, 1, run_id=RUN, operator=OP, size=200 * 1024)
+    env = read_manifest(folder)
+    from protocol.manifest import open_manifest
+
+    manifest = open_manifest(env, OP.public)
+    honest = PeerInfo("honest", (), (1,), time.time() + 600)
+    sybils = [PeerInfo(f"sybil-{i}", (), (1,), time.time() + 600) for i in range(40)]
+    asked: list[str] = []
+
+    class View:
+        @staticmethod
+        def version(v):
+            return VersionInfo(1, 1, "a" * 64, env, time.time())
+
+    class Node:
+        run_id, view = RUN, View()
+
+        def peers_with(self, v):
+            return [*sybils, honest]
+
+        def request(self, peer, req, max_size):
+            asked.append(peer.peer_id)
+            if peer is not honest:
+                raise PeerRequestFailed("stalled until the deadline")
+            s = manifest.shards[req.index]
+            with open(folder / s.path, "rb") as fh:
+                fh.seek(s.offset)
+                return fh.read(s.size)
+
+    peers = PeerShards(Node(), OP.public, rng=random.Random(1))
+    for _ in range(20):  # the first shards may meet only sybils (each struck once per stall)
+        try:
+            peers.fetch_shard(1, 0)
+        except Exception:  # noqa: BLE001
+            pass
+        if "honest" in asked:
+            break
+    assert "honest" in asked
+    asked.clear()
+    for s in manifest.shards:
+        peers.fetch_shard(1, s.index)
+    assert asked == ["honest"] * len(manifest.shards), asked[:8]
