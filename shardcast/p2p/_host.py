@@ -58,6 +58,7 @@ from shardcast.p2p.view import Counters, SwarmView
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
 MAX_ADMITTED = 4096
+MAX_TRUSTED_IDS = 1024
 REQUEST_READ_TIMEOUT_S = 10.0
 DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
 MAX_DIAL_FAILED = 4096
@@ -81,6 +82,7 @@ class SwarmHost:
         self.deliver, self.standing, self.counters = deliver, standing, counters
         self.topic = topic_for(run_id)
         self._admitted: OrderedDict[bytes, Announcement] = OrderedDict()
+        self._trusted: OrderedDict[bytes, None] = OrderedDict()  # ids of admitted versions and notices
         self._serving = trio.Semaphore(cfg.max_concurrent_serves)
         self._kick = trio.Event()
         self._unreachable: set[str] = set()
@@ -92,8 +94,8 @@ class SwarmHost:
     async def run(self, ready: Callable[[list[str]], None]) -> None:
         cfg = self.cfg
         self.host = new_host(key_pair=create_new_key_pair(self.key.seed))
-        router = GossipSub(
-            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
+        router = _SwarmGossipSub(
+            self._is_trusted, protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
             degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,
             heartbeat_interval=cfg.heartbeat_interval_s, heartbeat_initial_delay=0.1,
             max_messages_per_topic_per_second=cfg.max_messages_per_s,
@@ -140,10 +142,19 @@ class SwarmHost:
             self.counters.inc(f"rejected_{exc.reason}")
             log.debug("dropped an announcement from %s: %s", forwarder, exc)
             return False
-        self._admitted[self.pubsub.get_message_id(msg)] = ann
+        msg_id = self.pubsub.get_message_id(msg)
+        self._admitted[msg_id] = ann
         while len(self._admitted) > MAX_ADMITTED:
             self._admitted.popitem(last=False)
+        if ann.kind not in UNTRUSTED_KINDS:
+            self._trusted[msg_id] = None
+            while len(self._trusted) > MAX_TRUSTED_IDS:
+                self._trusted.popitem(last=False)
         return True
+
+    def _is_trusted(self, msg) -> bool:
+        """Whether the gate admitted `msg` as signed by the operator or coordinator key."""
+        return self.pubsub is not None and self.pubsub.get_message_id(msg) in self._trusted
 
     async def _receive_loop(self, sub) -> None:
         while True:
@@ -335,6 +346,23 @@ class SwarmHost:
         finally:
             if stream is not None and not _is_closed(stream):
                 await _reset(stream)
+
+
+class _SwarmGossipSub(GossipSub):
+    """GossipSub whose per-forwarder spam gate (max_messages_per_s) never holds back what the
+    gate admitted as signed by the operator or coordinator key (a version, a notice): those
+    cannot be forged or replayed, while adverts any throw-away key may sign can fill a
+    forwarder's budget, and a hub that relays such a flood would otherwise have its own
+    version announcement dropped by every peer it reaches, never forwarded further."""
+
+    def __init__(self, trusted: Callable[[object], bool], **kwargs):
+        super().__init__(**kwargs)
+        self._trusted_msg = trusted
+
+    def _check_spam_protection(self, peer_id: ID, msg) -> bool:
+        if self._trusted_msg(msg):
+            return True
+        return super()._check_spam_protection(peer_id, msg)
 
 
 def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:

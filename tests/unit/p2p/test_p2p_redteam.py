@@ -248,3 +248,62 @@ def test_peers_that_delivered_are_asked_before_fresh_keys(tmp_path):
     for s in manifest.shards:
         peers.fetch_shard(1, s.index)
     assert asked == ["honest"] * len(manifest.shards), asked[:8]
+
+
+def test_a_flood_of_admitted_adverts_does_not_stop_a_version_announcement_two_hops_away(tmp_path):
+    """Gossipsub's spam gate (max_messages_per_s per forwarding peer) does not forward what
+    one peer relays beyond that rate. A flood of throw-away keys, each advert admitted, that
+    passes through the coordinator made every worker drop the coordinator's own version
+    announcement too, so peers one hop further never heard it while the flood lasted."""
+    import threading
+
+    from p2p_harness import signed_checkpoint
+
+    from shardcast.layout import read_manifest
+
+    cfg = dict(advert_interval_s=30.0, bootstrap_interval_s=0.3, allow_private_addresses=True,
+               max_messages_per_s=5.0, max_dial_peers=0)
+    nodes: list[P2PNode] = []
+
+    def node(key, **more) -> P2PNode:
+        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public)
+        n.start()
+        nodes.append(n)
+        return n
+
+    stop = threading.Event()
+    try:
+        coord = node(COORD)
+        worker = node(KeyPair.generate(), bootstrap=coord.multiaddrs)
+        far = node(KeyPair.generate(), bootstrap=worker.multiaddrs)
+        attacker = node(KeyPair.generate(), bootstrap=coord.multiaddrs)
+        for n, peer in ((worker, coord), (far, worker), (attacker, coord)):
+            wait_for(lambda n=n, peer=peer: peer.peer_id in n.connected_peers(), "connected")
+        time.sleep(2.0)  # meshes form on the heartbeat
+
+        def flood():
+            i = 0
+            while not stop.is_set():
+                k = KeyPair.generate()
+                body = HaveAdvert(run_id=RUN, versions=[1], addrs=["/ip4/8.8.8.8/tcp/4001"], ttl_s=60.0)
+                try:
+                    attacker.publish_envelope(seal(KIND_HAVE, body, k, run_id=RUN, audience=AUDIENCE_SWARM))
+                except Exception:  # noqa: BLE001 - the node stopping
+                    return
+                i += 1
+                time.sleep(0.02)
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        wait_for(lambda: len(far.view.peers(time.time())) >= 3, "the flood reaching the far peer")
+        folder = signed_checkpoint(tmp_path, 1, run_id=RUN, operator=OP, size=1000)
+        coord.announce_version(read_manifest(folder))
+        deadline = time.monotonic() + 5.0
+        while far.latest_version() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.latest_version() == 1
+        assert far.latest_version() == 1, "the version announcement did not get past the first hop"
+    finally:
+        stop.set()
+        for n in reversed(nodes):
+            n.stop()
