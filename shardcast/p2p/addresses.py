@@ -98,7 +98,7 @@ def _parses(addr: str) -> None:
         return
     try:
         multiaddr.Multiaddr(addr.split("/p2p/")[0])
-    except Exception as exc:  # noqa: BLE001 - any parse failure of an untrusted string is a refusal
+    except Exception as exc:  # any parse failure of an untrusted string is a refusal
         raise AddressRefused(f"not a multiaddr py-libp2p can dial: {type(exc).__name__}") from exc
 
 

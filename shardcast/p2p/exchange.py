@@ -17,7 +17,8 @@ returned. A peer that fails or serves a wrong byte gets a strike and is tried la
 `max_strikes` strikes is not asked again. Peer ids cost nothing, so a peer that has served
 verified bytes is asked before untried ones (ranked by strikes less deliveries): thousands of
 fresh keys that stall cannot push it behind them. Among equals, peers are tried in random
-order so that load spreads. What is remembered per peer and per version is bounded. Blocking; call it from a worker thread in asyncio code.
+order so that load spreads. What is remembered per peer and per version is bounded.
+Blocking; call it from a worker thread in asyncio code.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ class PeerShards:
         return written
 
 
-def _count(lock: threading.Lock, table: "OrderedDict[str, int]", peer_id: str, n: int) -> None:
+def _count(lock: threading.Lock, table: OrderedDict[str, int], peer_id: str, n: int) -> None:
     with lock:
         table[peer_id] = table.pop(peer_id, 0) + n
         while len(table) > MAX_TRACKED_PEERS:

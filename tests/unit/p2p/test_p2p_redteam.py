@@ -1,8 +1,16 @@
-"""Red-team regressions of the swarm layer (hostile peers with free keys):
+"""Red-team regressions of the swarm layer (hostile peers with free keys), one finding each:
 
 - have adverts pointing at addresses that accept TCP and then never speak must not stall the
   node's advert loop: its own standing adverts (relay, shards held) keep going out within
   their ttl, so honest peers do not expire them;
+- a have advert whose multiaddr py-libp2p cannot parse (/ip4/8.8.8.8/tcp/notaport) is refused
+  by the gate, and could not kill the node that dials it;
+- relay and have adverts over 16 KiB are refused before their body is encoded and their
+  signature checked; version numbers in them are bounded;
+- an advert older than what its signer last said (an "up" held back until after the "down")
+  changes nothing in the view;
+- a peer that has delivered verified shards is asked before untried throw-away keys;
+- gossipsub's per-forwarder spam gate never holds back an admitted version announcement.
 """
 
 from __future__ import annotations
@@ -18,8 +26,7 @@ from p2p_harness import wait_for  # noqa: E402
 
 from protocol.envelope import AUDIENCE_SWARM, seal  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
-from shardcast.p2p import P2PConfig, P2PNode  # noqa: E402
-from shardcast.p2p import announcements  # noqa: E402
+from shardcast.p2p import P2PConfig, P2PNode, announcements  # noqa: E402
 from shardcast.p2p.announcements import (  # noqa: E402
     KIND_HAVE, KIND_RELAY, MAX_UNTRUSTED_BYTES, Gate, HaveAdvert, RelayAdvert, encode, endorse_relay,
 )
