@@ -11,8 +11,9 @@ Relays live in two tables. Endorsed relays (the gate checked the operator's endo
 their own, up to MAX_RELAYS; keys cost nothing, so unendorsed relays share a small budget of
 their own (`unendorsed_relays` in all, `unendorsed_per_signer` each, first come, first kept
 until they expire or withdraw) and can never take an endorsed relay's place: 128 throw-away
-keys fill the budget and nothing else. A full table refuses the new advert (counted by the
-caller); it does not evict.
+keys fill the budget and nothing else. A full relay table refuses the new advert (counted by
+the caller); it does not evict. A full table of peers holding versions makes room for a newer
+advert by dropping the peer whose last advert is oldest.
 
 Thread-safe (one lock and one condition); every method that depends on time takes `now`.
 """
@@ -167,7 +168,13 @@ class SwarmView:
         if old is not None and ts < old.signed_at:  # older than what this signer last said
             return False
         if old is None and len(self._peers) >= MAX_PEERS:
-            return False
+            # Keys are free: a table filled once with long-lived adverts would keep every honest
+            # holder out. The peer whose last word is oldest makes room for a newer one, so
+            # holding the table takes re-advertising every key faster than honest peers do.
+            stalest = min(self._peers, key=lambda k: self._peers[k].signed_at)
+            if self._peers[stalest].signed_at >= ts:
+                return False
+            del self._peers[stalest]
         self._peers[signer] = PeerInfo(signer_id, tuple(body.addrs), tuple(sorted(set(body.versions))),
                                        ts + body.ttl_s, ts)
         return old is None or old.versions != self._peers[signer].versions

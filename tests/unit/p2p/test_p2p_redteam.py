@@ -314,3 +314,26 @@ def test_a_flood_of_admitted_adverts_does_not_stop_a_version_announcement_two_ho
         stop.set()
         for n in reversed(nodes):
             n.stop()
+
+
+def test_throw_away_keys_that_filled_the_peer_table_once_do_not_keep_honest_holders_out():
+    from shardcast.p2p.view import MAX_PEERS, SwarmView
+
+    t = 1_800_000_000.0
+    view = SwarmView()
+    addrs = ["/ip4/8.8.8.8/tcp/4001"]
+    fill = KeyPair.generate()  # one key signs them all here; the view keys them by signer alone
+    for i in range(MAX_PEERS):
+        body = HaveAdvert(run_id=RUN, versions=[1], addrs=addrs, ttl_s=600)
+        a = _ann(KIND_HAVE, body, fill, t)
+        view.apply(type(a)(kind=a.kind, body=a.body, signer=KeyPair.from_seed(i.to_bytes(32, "big")).public,
+                           timestamp=t, envelope=a.envelope), t)
+    assert len(view.peers(t)) == MAX_PEERS
+    honest = KeyPair.generate()
+    assert view.apply(_ann(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1], addrs=addrs, ttl_s=30), honest, t + 10),
+                      t + 10)
+    assert honest.peer_id in [p.peer_id for p in view.peers_with(1, t + 10)]
+    assert len(view.peers(t + 10)) == MAX_PEERS
+    # an advert no newer than every one held still finds the table full
+    late = KeyPair.generate()
+    assert not view.apply(_ann(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1], addrs=addrs), late, t - 1), t + 10)
