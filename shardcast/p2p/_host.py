@@ -59,6 +59,7 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
 MAX_ADMITTED = 4096
 MAX_TRUSTED_IDS = 1024
+MAX_SERVES_PER_PEER = 2
 REQUEST_READ_TIMEOUT_S = 10.0
 DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
 MAX_DIAL_FAILED = 4096
@@ -84,6 +85,7 @@ class SwarmHost:
         self._admitted: OrderedDict[bytes, Announcement] = OrderedDict()
         self._trusted: OrderedDict[bytes, None] = OrderedDict()  # ids of admitted versions and notices
         self._serving = trio.Semaphore(cfg.max_concurrent_serves)
+        self._serving_peers: dict[str | None, int] = {}  # requests being served, per remote peer
         self._kick = trio.Event()
         self._unreachable: set[str] = set()
         self._dial_failed: OrderedDict[str, float] = OrderedDict()  # peer id -> monotonic time
@@ -280,25 +282,37 @@ class SwarmHost:
 
     # -- shard exchange: serving ------------------------------------------------------------
     async def _serve(self, stream) -> None:
-        if self._serving.value == 0:
+        # One peer may hold only a few of the slots: a peer that opens streams and says nothing
+        # (or never reads) would otherwise keep every slot taken, one read timeout after another.
+        peer = _remote_peer(stream)
+        if self._serving.value == 0 or self._serving_peers.get(peer, 0) >= MAX_SERVES_PER_PEER:
             await self._reply_error(stream, "busy")
             return
-        async with self._serving:
-            try:
-                with trio.fail_after(REQUEST_READ_TIMEOUT_S):  # a silent peer cannot hold a slot long
-                    req = wire.decode_request(await wire.read_frame(stream, StreamEOF))
-                with trio.fail_after(self.cfg.request_timeout_s):
-                    data = await self._lookup(req)
-                    if isinstance(data, str):
-                        await self._reply_error(stream, data)
-                        return
-                    await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=True, size=len(data))))
-                    await wire.write_body(stream, data)
-                    self.counters.inc("served")
-                await stream.close()
-            except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
-                log.debug("p2p: a shard request failed while serving: %s", exc)
-                await _reset(stream)
+        self._serving_peers[peer] = self._serving_peers.get(peer, 0) + 1
+        try:
+            async with self._serving:
+                await self._serve_one(stream)
+        finally:
+            left = self._serving_peers.pop(peer, 1) - 1
+            if left > 0:
+                self._serving_peers[peer] = left
+
+    async def _serve_one(self, stream) -> None:
+        try:
+            with trio.fail_after(REQUEST_READ_TIMEOUT_S):  # a silent peer cannot hold a slot long
+                req = wire.decode_request(await wire.read_frame(stream, StreamEOF))
+            with trio.fail_after(self.cfg.request_timeout_s):
+                data = await self._lookup(req)
+                if isinstance(data, str):
+                    await self._reply_error(stream, data)
+                    return
+                await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=True, size=len(data))))
+                await wire.write_body(stream, data)
+                self.counters.inc("served")
+            await stream.close()
+        except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
+            log.debug("p2p: a shard request failed while serving: %s", exc)
+            await _reset(stream)
 
     async def _lookup(self, req: wire.ShardRequest) -> bytes | str:
         if req.run_id != self.run_id:
@@ -368,6 +382,12 @@ class _SwarmGossipSub(GossipSub):
 def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:
     maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
     return Libp2pPeerInfo(ID.from_base58(peer_id), maddrs)
+
+
+def _remote_peer(stream) -> str | None:
+    """The remote peer's id (authenticated by the secure channel), None if it cannot be told."""
+    peer = getattr(getattr(stream, "muxed_conn", None), "peer_id", None)
+    return None if peer is None else str(peer)
 
 
 async def _reset(stream) -> None:

@@ -10,7 +10,9 @@
 - an advert older than what its signer last said (an "up" held back until after the "down")
   changes nothing in the view;
 - a peer that has delivered verified shards is asked before untried throw-away keys;
-- gossipsub's per-forwarder spam gate never holds back an admitted version announcement.
+- gossipsub's per-forwarder spam gate never holds back an admitted version announcement;
+- a full table of version holders makes room for newer adverts (oldest advert out);
+- one peer holds at most MAX_SERVES_PER_PEER of a node's serving slots.
 """
 
 from __future__ import annotations
@@ -337,3 +339,47 @@ def test_throw_away_keys_that_filled_the_peer_table_once_do_not_keep_honest_hold
     # an advert no newer than every one held still finds the table full
     late = KeyPair.generate()
     assert not view.apply(_ann(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1], addrs=addrs), late, t - 1), t + 10)
+
+
+def test_one_peer_that_opens_streams_and_says_nothing_cannot_take_every_serving_slot(tmp_path):
+    from p2p_harness import signed_checkpoint
+
+    from shardcast.p2p import FolderStore, PeerShards, wire
+
+    cfg = {"advert_interval_s": 0.3, "bootstrap_interval_s": 0.3, "allow_private_addresses": True,
+           "max_concurrent_serves": 4}
+    nodes: list[P2PNode] = []
+
+    def node(key, store=None, **more) -> P2PNode:
+        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public, store=store)
+        n.start()
+        nodes.append(n)
+        return n
+
+    signed_checkpoint(tmp_path / "held", 1, run_id=RUN, operator=OP, size=1000)
+    try:
+        boot = node(COORD)
+        b = {"bootstrap": boot.multiaddrs}
+        holder = node(KeyPair.generate(), FolderStore(tmp_path / "held", OP.public), **b)
+        worker, attacker = node(KeyPair.generate(), **b), node(KeyPair.generate(), **b)
+        wait_for(lambda: holder.peer_id in {p.peer_id for p in worker.peers_with(1)}, "the holder advertised")
+        target = next(p for p in attacker.peers_with(1) if p.peer_id == holder.peer_id)
+        silent = []
+
+        async def open_silent_streams():
+            from libp2p.peer.id import ID
+
+            from shardcast.p2p._host import _peer_info
+
+            host = attacker._host.host
+            await host.connect(_peer_info(target.peer_id, target.addrs))
+            for _ in range(8):
+                silent.append(await host.new_stream(ID.from_base58(target.peer_id), [wire.PROTOCOL_ID]))
+
+        attacker._call(open_silent_streams)
+        time.sleep(0.5)  # the holder's handlers are waiting for requests that never come
+        peers = PeerShards(worker, OP.public)
+        assert peers.fetch_shard(1, 0)
+    finally:
+        for n in reversed(nodes):
+            n.stop()
