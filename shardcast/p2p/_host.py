@@ -8,10 +8,11 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   are neither delivered nor forwarded. Message ids are content-addressed (sha256 of the data),
   so the same envelope re-published by anyone is a duplicate gossipsub drops itself; the
   validation cache is kept to a second so no admitted message skips the gate on re-arrival.
-  Only messages the gate admitted in this process are delivered (the `_admitted` table).
-- Loops: receive (apply to the view; hand what changed it to the node), bootstrap (re-dial unconnected
-  bootstrap peers), adverts (re-seal and repeat standing adverts; dial a few advertised
-  peers so the mesh does not hang on the bootstrap peer alone).
+  The validator itself applies what it admits to the view and hands what changed it to the
+  node (py-libp2p's subscription channel drops when full: nothing admitted depends on it).
+- Loops: receive (drains the subscription), bootstrap (re-dial unconnected bootstrap peers),
+  adverts (re-seal and repeat standing adverts), dial (a few advertised peers at once, so the
+  mesh does not hang on the bootstrap peer alone).
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
   at once, reading disk in a worker thread.
 
@@ -57,7 +58,6 @@ from shardcast.p2p.view import Counters, SwarmView
 # operator's own PY_YAMUX_RELEASE_ON_READ wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
-MAX_ADMITTED = 4096
 MAX_TRUSTED_IDS = 1024
 MAX_SERVES_PER_PEER = 2
 REQUEST_READ_TIMEOUT_S = 10.0
@@ -82,7 +82,6 @@ class SwarmHost:
         self.gate, self.view, self.store = gate, view, store
         self.deliver, self.standing, self.counters = deliver, standing, counters
         self.topic = topic_for(run_id)
-        self._admitted: OrderedDict[bytes, Announcement] = OrderedDict()
         self._trusted: OrderedDict[bytes, None] = OrderedDict()  # ids of admitted versions and notices
         self._serving = trio.Semaphore(cfg.max_concurrent_serves)
         self._serving_peers: dict[str | None, int] = {}  # requests being served, per remote peer
@@ -138,20 +137,23 @@ class SwarmHost:
 
     # -- gossip -----------------------------------------------------------------------------
     def _validate(self, forwarder: ID, msg) -> bool:
+        now = time.time()
         try:
-            ann = self.gate.admit(msg.data, now=time.time())
+            ann = self.gate.admit(msg.data, now=now)
         except Rejected as exc:
             self.counters.inc(f"rejected_{exc.reason}")
             log.debug("dropped an announcement from %s: %s", forwarder, exc)
             return False
-        msg_id = self.pubsub.get_message_id(msg)
-        self._admitted[msg_id] = ann
-        while len(self._admitted) > MAX_ADMITTED:
-            self._admitted.popitem(last=False)
         if ann.kind not in UNTRUSTED_KINDS:
-            self._trusted[msg_id] = None
+            self._trusted[self.pubsub.get_message_id(msg)] = None
             while len(self._trusted) > MAX_TRUSTED_IDS:
                 self._trusted.popitem(last=False)
+        # Applied here, once admitted: py-libp2p hands admitted messages to the subscription
+        # through a channel of 32 that drops when full (after marking them seen), and one RPC
+        # of many admitted adverts fills it at once; what arrives through it is not needed.
+        self.counters.inc("admitted")
+        if self.view.apply(ann, now=now):  # repeats of standing adverts are not news
+            self.deliver(ann)
         return True
 
     def _is_trusted(self, msg) -> bool:
@@ -159,14 +161,8 @@ class SwarmHost:
         return self.pubsub is not None and self.pubsub.get_message_id(msg) in self._trusted
 
     async def _receive_loop(self, sub) -> None:
-        while True:
-            msg = await sub.get()
-            ann = self._admitted.pop(self.pubsub.get_message_id(msg), None)
-            if ann is None:  # re-delivery of something already handled
-                continue
-            self.counters.inc("admitted")
-            if self.view.apply(ann, now=time.time()):  # repeats of standing adverts are not news
-                self.deliver(ann)
+        while True:  # keeps the subscription's channel empty: the validator applied each message
+            await sub.get()
 
     async def publish(self, env: Envelope) -> None:
         await self.pubsub.publish(self.topic, encode(env))

@@ -12,7 +12,9 @@
 - a peer that has delivered verified shards is asked before untried throw-away keys;
 - gossipsub's per-forwarder spam gate never holds back an admitted version announcement;
 - a full table of version holders makes room for newer adverts (oldest advert out);
-- one peer holds at most MAX_SERVES_PER_PEER of a node's serving slots.
+- one peer holds at most MAX_SERVES_PER_PEER of a node's serving slots;
+- an announcement in one RPC with 40 admitted adverts is applied, not lost to py-libp2p's
+  subscription channel of 32.
 """
 
 from __future__ import annotations
@@ -380,6 +382,63 @@ def test_one_peer_that_opens_streams_and_says_nothing_cannot_take_every_serving_
         time.sleep(0.5)  # the holder's handlers are waiting for requests that never come
         peers = PeerShards(worker, OP.public)
         assert peers.fetch_shard(1, 0)
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+
+
+def test_an_announcement_in_a_burst_of_admitted_adverts_is_not_lost(tmp_path):
+    """py-libp2p runs every message of an incoming RPC as its own task, and hands admitted
+    messages to the topic subscription through a channel of 32 that drops when full, after
+    marking the message seen. An attacker writes one RPC with 40 adverts of its throw-away
+    keys (each admitted) and, last, the coordinator's version announcement it just received:
+    the announcement was admitted, then dropped, and never delivered."""
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
+
+    from p2p_harness import signed_checkpoint
+    from shardcast.layout import read_manifest
+    from shardcast.p2p.announcements import version_announcement
+
+    cfg = {"advert_interval_s": 30.0, "bootstrap_interval_s": 0.3, "allow_private_addresses": True,
+           "rate_burst": 64}
+    nodes: list[P2PNode] = []
+
+    def node(key, **more) -> P2PNode:
+        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public)
+        n.start()
+        nodes.append(n)
+        return n
+
+    try:
+        victim = node(KeyPair.generate())
+        attacker = node(KeyPair.generate(), bootstrap=victim.multiaddrs)
+        wait_for(lambda: victim.peer_id in attacker.connected_peers(), "connected")
+        env = read_manifest(signed_checkpoint(tmp_path, 1, run_id=RUN, operator=OP, size=1000))
+        payloads = [encode(seal(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1], addrs=["/ip4/8.8.8.8/tcp/4001"]),
+                                KeyPair.generate(), run_id=RUN, audience=AUDIENCE_SWARM)) for _ in range(40)]
+        payloads.append(encode(version_announcement(env, RUN, 1, 1, COORD)))
+
+        async def burst():  # what handle_rpc does with one RPC of 41 messages
+            ps = victim._host.pubsub
+            from libp2p.peer.id import ID
+
+            forwarder = ID.from_base58(attacker.peer_id)
+            for i, data in enumerate(payloads):
+                a = attacker._host.pubsub
+                msg = rpc_pb2.Message(data=data, topicIDs=[victim._host.topic], from_id=a.my_id.to_bytes(),
+                                      seqno=(10_000 + i).to_bytes(8, "big"))
+                msg.signature = a.sign_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+                msg.key = a.host.get_public_key().serialize()
+                ps.manager.run_task(ps.push_msg, forwarder, msg)
+
+        victim._call(burst)
+        deadline = time.monotonic() + 5.0
+        while victim.counters.snapshot().get("admitted", 0) < 41 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert victim.latest_version() == 1, victim.counters.snapshot()
+        assert len(victim.view.peers(time.time())) == 40
     finally:
         for n in reversed(nodes):
             n.stop()
