@@ -8,10 +8,11 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   are neither delivered nor forwarded. Message ids are content-addressed (sha256 of the data),
   so the same envelope re-published by anyone is a duplicate gossipsub drops itself; the
   validation cache is kept to a second so no admitted message skips the gate on re-arrival.
-  Only messages the gate admitted in this process are delivered (the `_admitted` table).
-- Loops: receive (apply to the view; hand what changed it to the node), bootstrap (re-dial unconnected
-  bootstrap peers), adverts (re-seal and repeat standing adverts; dial a few advertised
-  peers so the mesh does not hang on the bootstrap peer alone).
+  The validator itself applies what it admits to the view and hands what changed it to the
+  node (py-libp2p's subscription channel drops when full: nothing admitted depends on it).
+- Loops: receive (drains the subscription), bootstrap (re-dial unconnected bootstrap peers),
+  adverts (re-seal and repeat standing adverts), dial (a few advertised peers at once, so the
+  mesh does not hang on the bootstrap peer alone).
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
   at once, reading disk in a worker thread.
 
@@ -57,8 +58,11 @@ from shardcast.p2p.view import Counters, SwarmView
 # operator's own PY_YAMUX_RELEASE_ON_READ wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
-MAX_ADMITTED = 4096
+MAX_TRUSTED_IDS = 1024
+MAX_SERVES_PER_PEER = 2
 REQUEST_READ_TIMEOUT_S = 10.0
+DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
+MAX_DIAL_FAILED = 4096
 # What the network side can raise at this boundary; translated, never swallowed silently.
 NET_ERRORS = (BaseLibp2pError, multiaddr.exceptions.Error, ValueError, OSError,
               trio.BrokenResourceError, trio.ClosedResourceError)
@@ -78,10 +82,12 @@ class SwarmHost:
         self.gate, self.view, self.store = gate, view, store
         self.deliver, self.standing, self.counters = deliver, standing, counters
         self.topic = topic_for(run_id)
-        self._admitted: OrderedDict[bytes, Announcement] = OrderedDict()
+        self._trusted: OrderedDict[bytes, None] = OrderedDict()  # ids of admitted versions and notices
         self._serving = trio.Semaphore(cfg.max_concurrent_serves)
+        self._serving_peers: dict[str | None, int] = {}  # requests being served, per remote peer
         self._kick = trio.Event()
         self._unreachable: set[str] = set()
+        self._dial_failed: OrderedDict[str, float] = OrderedDict()  # peer id -> monotonic time
         self.host = None
         self.pubsub = None
 
@@ -89,8 +95,8 @@ class SwarmHost:
     async def run(self, ready: Callable[[list[str]], None]) -> None:
         cfg = self.cfg
         self.host = new_host(key_pair=create_new_key_pair(self.key.seed))
-        router = GossipSub(
-            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
+        router = _SwarmGossipSub(
+            self._is_trusted, protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
             degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,
             heartbeat_interval=cfg.heartbeat_interval_s, heartbeat_initial_delay=0.1,
             max_messages_per_topic_per_second=cfg.max_messages_per_s,
@@ -107,6 +113,7 @@ class SwarmHost:
                 nursery.start_soon(self._receive_loop, sub)
                 nursery.start_soon(self._bootstrap_loop)
                 nursery.start_soon(self._advert_loop)
+                nursery.start_soon(self._dial_loop)
                 addrs = self.multiaddrs()
                 if not addrs:  # py-libp2p logs a failed listen and goes on; we refuse to
                     raise OSError(f"not listening on {listen} (address in use or not available)")
@@ -130,26 +137,32 @@ class SwarmHost:
 
     # -- gossip -----------------------------------------------------------------------------
     def _validate(self, forwarder: ID, msg) -> bool:
+        now = time.time()
         try:
-            ann = self.gate.admit(msg.data, now=time.time())
+            ann = self.gate.admit(msg.data, now=now)
         except Rejected as exc:
             self.counters.inc(f"rejected_{exc.reason}")
             log.debug("dropped an announcement from %s: %s", forwarder, exc)
             return False
-        self._admitted[self.pubsub.get_message_id(msg)] = ann
-        while len(self._admitted) > MAX_ADMITTED:
-            self._admitted.popitem(last=False)
+        if ann.kind not in UNTRUSTED_KINDS:
+            self._trusted[self.pubsub.get_message_id(msg)] = None
+            while len(self._trusted) > MAX_TRUSTED_IDS:
+                self._trusted.popitem(last=False)
+        # Applied here, once admitted: py-libp2p hands admitted messages to the subscription
+        # through a channel of 32 that drops when full (after marking them seen), and one RPC
+        # of many admitted adverts fills it at once; what arrives through it is not needed.
+        self.counters.inc("admitted")
+        if self.view.apply(ann, now=now):  # repeats of standing adverts are not news
+            self.deliver(ann)
         return True
 
+    def _is_trusted(self, msg) -> bool:
+        """Whether the gate admitted `msg` as signed by the operator or coordinator key."""
+        return self.pubsub is not None and self.pubsub.get_message_id(msg) in self._trusted
+
     async def _receive_loop(self, sub) -> None:
-        while True:
-            msg = await sub.get()
-            ann = self._admitted.pop(self.pubsub.get_message_id(msg), None)
-            if ann is None:  # re-delivery of something already handled
-                continue
-            self.counters.inc("admitted")
-            if self.view.apply(ann, now=time.time()):  # repeats of standing adverts are not news
-                self.deliver(ann)
+        while True:  # keeps the subscription's channel empty: the validator applied each message
+            await sub.get()
 
     async def publish(self, env: Envelope) -> None:
         await self.pubsub.publish(self.topic, encode(env))
@@ -220,7 +233,6 @@ class SwarmHost:
                 sent += untrusted
             if sent:
                 untrusted_after = now + sent / self.cfg.rate_per_s
-            await self._dial_advertised()
             wait = self.cfg.advert_interval_s
             if held_back:
                 wait = min(wait, max(0.0, untrusted_after - trio.current_time()))
@@ -228,38 +240,75 @@ class SwarmHost:
                 await self._kick.wait()
             self._kick = trio.Event()
 
+    async def _dial_loop(self) -> None:
+        # Its own task: a dial to an advertised address may take the whole connect timeout (a
+        # hostile advert names a port that accepts and never speaks), and the advert loop must
+        # keep repeating this node's standing adverts within their ttl meanwhile.
+        while True:
+            await self._dial_advertised()
+            await trio.sleep(self.cfg.advert_interval_s)
+
     async def _dial_advertised(self) -> None:
         connected = set(self.host.get_connected_peers())
         if len(connected) >= self.cfg.max_dial_peers + len(self.cfg.bootstrap):
             return
-        me = self.key.peer_id
+        me, now = self.key.peer_id, time.monotonic()
+        for pid in [p for p, t in self._dial_failed.items() if now - t >= DIAL_BACKOFF_S]:
+            del self._dial_failed[pid]
         candidates = [p for p in self.view.peers(time.time())
-                      if p.peer_id != me and ID.from_base58(p.peer_id) not in connected]
+                      if p.peer_id != me and p.peer_id not in self._dial_failed
+                      and ID.from_base58(p.peer_id) not in connected]
         random.shuffle(candidates)
-        for p in candidates[: max(0, self.cfg.max_dial_peers - len(connected))]:
-            await self._connect(_peer_info(p.peer_id, p.addrs))
+        async with trio.open_nursery() as nursery:  # at once: a round lasts one connect timeout at most
+            for p in candidates[: max(0, self.cfg.max_dial_peers - len(connected))]:
+                nursery.start_soon(self._dial_advertised_peer, p)
+
+    async def _dial_advertised_peer(self, p) -> None:
+        try:
+            info = _peer_info(p.peer_id, p.addrs)
+        except NET_ERRORS:
+            ok = False
+        else:
+            ok = await self._connect(info)
+        if not ok:  # not again for a while (bounded: the oldest failures are forgotten first)
+            self._dial_failed.pop(p.peer_id, None)
+            self._dial_failed[p.peer_id] = time.monotonic()
+            while len(self._dial_failed) > MAX_DIAL_FAILED:
+                self._dial_failed.popitem(last=False)
 
     # -- shard exchange: serving ------------------------------------------------------------
     async def _serve(self, stream) -> None:
-        if self._serving.value == 0:
+        # One peer may hold only a few of the slots: a peer that opens streams and says nothing
+        # (or never reads) would otherwise keep every slot taken, one read timeout after another.
+        peer = _remote_peer(stream)
+        if self._serving.value == 0 or self._serving_peers.get(peer, 0) >= MAX_SERVES_PER_PEER:
             await self._reply_error(stream, "busy")
             return
-        async with self._serving:
-            try:
-                with trio.fail_after(REQUEST_READ_TIMEOUT_S):  # a silent peer cannot hold a slot long
-                    req = wire.decode_request(await wire.read_frame(stream, StreamEOF))
-                with trio.fail_after(self.cfg.request_timeout_s):
-                    data = await self._lookup(req)
-                    if isinstance(data, str):
-                        await self._reply_error(stream, data)
-                        return
-                    await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=True, size=len(data))))
-                    await wire.write_body(stream, data)
-                    self.counters.inc("served")
-                await stream.close()
-            except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
-                log.debug("p2p: a shard request failed while serving: %s", exc)
-                await _reset(stream)
+        self._serving_peers[peer] = self._serving_peers.get(peer, 0) + 1
+        try:
+            async with self._serving:
+                await self._serve_one(stream)
+        finally:
+            left = self._serving_peers.pop(peer, 1) - 1
+            if left > 0:
+                self._serving_peers[peer] = left
+
+    async def _serve_one(self, stream) -> None:
+        try:
+            with trio.fail_after(REQUEST_READ_TIMEOUT_S):  # a silent peer cannot hold a slot long
+                req = wire.decode_request(await wire.read_frame(stream, StreamEOF))
+            with trio.fail_after(self.cfg.request_timeout_s):
+                data = await self._lookup(req)
+                if isinstance(data, str):
+                    await self._reply_error(stream, data)
+                    return
+                await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=True, size=len(data))))
+                await wire.write_body(stream, data)
+                self.counters.inc("served")
+            await stream.close()
+        except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
+            log.debug("p2p: a shard request failed while serving: %s", exc)
+            await _reset(stream)
 
     async def _lookup(self, req: wire.ShardRequest) -> bytes | str:
         if req.run_id != self.run_id:
@@ -309,9 +358,32 @@ class SwarmHost:
                 await _reset(stream)
 
 
+class _SwarmGossipSub(GossipSub):
+    """GossipSub whose per-forwarder spam gate (max_messages_per_s) never holds back what the
+    gate admitted as signed by the operator or coordinator key (a version, a notice): those
+    cannot be forged or replayed, while adverts any throw-away key may sign can fill a
+    forwarder's budget, and a hub that relays such a flood would otherwise have its own
+    version announcement dropped by every peer it reaches, never forwarded further."""
+
+    def __init__(self, trusted: Callable[[object], bool], **kwargs):
+        super().__init__(**kwargs)
+        self._trusted_msg = trusted
+
+    def _check_spam_protection(self, peer_id: ID, msg) -> bool:
+        if self._trusted_msg(msg):
+            return True
+        return super()._check_spam_protection(peer_id, msg)
+
+
 def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:
     maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
     return Libp2pPeerInfo(ID.from_base58(peer_id), maddrs)
+
+
+def _remote_peer(stream) -> str | None:
+    """The remote peer's id (authenticated by the secure channel), None if it cannot be told."""
+    peer = getattr(getattr(stream, "muxed_conn", None), "peer_id", None)
+    return None if peer is None else str(peer)
 
 
 async def _reset(stream) -> None:

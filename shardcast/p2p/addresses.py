@@ -89,11 +89,25 @@ def check_relay_url(url: str, *, allow_private: bool) -> str:
     return url
 
 
+def _parses(addr: str) -> None:
+    """AddressRefused unless the part a dialler uses (before any /p2p/) is a multiaddr that
+    py-libp2p parses: an advert that only fails when dialled would fail in every peer."""
+    try:
+        import multiaddr
+    except ImportError:  # no libp2p here: nothing will dial it
+        return
+    try:
+        multiaddr.Multiaddr(addr.split("/p2p/")[0])
+    except Exception as exc:  # any parse failure of an untrusted string is a refusal
+        raise AddressRefused(f"not a multiaddr py-libp2p can dial: {type(exc).__name__}") from exc
+
+
 def check_multiaddr(addr: str, *, allow_private: bool) -> None:
     """AddressRefused unless a peer's advertised multiaddr (/ip4|ip6|dns.../HOST/...) may be dialled."""
     parts = addr.split("/")
     if len(parts) < 3 or parts[0] != "":
         raise AddressRefused("not a multiaddr")
+    _parses(addr)
     if allow_private:
         return
     if parts[1] not in ("ip4", "ip6"):

@@ -14,8 +14,11 @@ Integrity is exactly as from a relay: the manifest is the operator-signed one (e
 a version announcement, or asked of a peer and opened with the operator key, and compared
 with the hash the announcement named), and every shard is checked against it before it is
 returned. A peer that fails or serves a wrong byte gets a strike and is tried last; one with
-`max_strikes` strikes is not asked again. Peers are tried in random order so that load
-spreads. Blocking; call it from a worker thread in asyncio code.
+`max_strikes` strikes is not asked again. Peer ids cost nothing, so a peer that has served
+verified bytes is asked before untried ones (ranked by strikes less deliveries): thousands of
+fresh keys that stall cannot push it behind them. Among equals, peers are tried in random
+order so that load spreads. What is remembered per peer and per version is bounded.
+Blocking; call it from a worker thread in asyncio code.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import os
 import random
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from protocol.envelope import Envelope
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
     from shardcast.fetch import ShardSink
 
 log = logging.getLogger("shardcast.p2p")
+MAX_TRACKED_PEERS = 4096   # peers whose strikes and deliveries are remembered (the oldest forgotten)
+MANIFESTS_KEPT = 16
 
 
 class PeerShards:
@@ -53,7 +59,8 @@ class PeerShards:
         self.attempts, self.max_strikes = attempts, max_strikes
         self.rng = rng or random.Random()
         self._lock = threading.Lock()
-        self._strikes: dict[str, int] = {}
+        self._strikes: OrderedDict[str, int] = OrderedDict()
+        self._delivered: OrderedDict[str, int] = OrderedDict()
         self._manifests: dict[int, tuple[Envelope, PolicyManifest]] = {}
 
     def peers_with(self, version: int) -> list[str]:
@@ -61,14 +68,16 @@ class PeerShards:
 
     def _candidates(self, version: int) -> list[PeerInfo]:
         with self._lock:
-            strikes = dict(self._strikes)
+            strikes, delivered = dict(self._strikes), dict(self._delivered)
         peers = [p for p in self.node.peers_with(version) if strikes.get(p.peer_id, 0) < self.max_strikes]
         self.rng.shuffle(peers)
-        return sorted(peers, key=lambda p: strikes.get(p.peer_id, 0))
+        return sorted(peers, key=lambda p: strikes.get(p.peer_id, 0) - delivered.get(p.peer_id, 0))
 
     def _strike(self, peer_id: str, n: int = 1) -> None:
-        with self._lock:
-            self._strikes[peer_id] = self._strikes.get(peer_id, 0) + n
+        _count(self._lock, self._strikes, peer_id, n)
+
+    def _credit(self, peer_id: str) -> None:
+        _count(self._lock, self._delivered, peer_id, 1)
 
     def manifest_envelope(self, version: int) -> Envelope:
         return self._manifest(version)[0]
@@ -89,6 +98,8 @@ class PeerShards:
             hit = self._ask_manifest(version, want)
         with self._lock:
             self._manifests[version] = hit
+            for v in sorted(self._manifests)[:-MANIFESTS_KEPT]:
+                del self._manifests[v]
         return hit
 
     def _ask_manifest(self, version: int, want_sha: str | None) -> tuple[Envelope, PolicyManifest]:
@@ -142,6 +153,7 @@ class PeerShards:
                 self._strike(peer.peer_id, self.max_strikes)
                 corrupt += 1
                 continue
+            self._credit(peer.peer_id)
             return data
         tried = min(len(peers), self.attempts)
         if corrupt == tried:
@@ -173,3 +185,10 @@ class PeerShards:
             sink.commit(shard)
             written += len(data)
         return written
+
+
+def _count(lock: threading.Lock, table: OrderedDict[str, int], peer_id: str, n: int) -> None:
+    with lock:
+        table[peer_id] = table.pop(peer_id, 0) + n
+        while len(table) > MAX_TRACKED_PEERS:
+            table.popitem(last=False)

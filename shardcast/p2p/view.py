@@ -11,8 +11,9 @@ Relays live in two tables. Endorsed relays (the gate checked the operator's endo
 their own, up to MAX_RELAYS; keys cost nothing, so unendorsed relays share a small budget of
 their own (`unendorsed_relays` in all, `unendorsed_per_signer` each, first come, first kept
 until they expire or withdraw) and can never take an endorsed relay's place: 128 throw-away
-keys fill the budget and nothing else. A full table refuses the new advert (counted by the
-caller); it does not evict.
+keys fill the budget and nothing else. A full relay table refuses the new advert (counted by
+the caller); it does not evict. A full table of peers holding versions makes room for a newer
+advert by dropping the peer whose last advert is oldest.
 
 Thread-safe (one lock and one condition); every method that depends on time takes `now`.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from protocol.envelope import Envelope
@@ -34,6 +35,7 @@ MAX_RELAYS = 512
 MAX_PEERS = 4096
 MAX_VERSIONS_KEPT = 16
 MAX_URLS_PER_SIGNER = 4
+MAX_WITHDRAWN = 1024  # remembered relay withdrawals (signer, url) -> their timestamp
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class RelayInfo:
     signer_id: str
     expires_at: float
     endorsed: bool = False
+    signed_at: float = 0.0  # the advert's timestamp: an older one never replaces it
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class PeerInfo:
     addrs: tuple[str, ...]
     versions: tuple[int, ...]
     expires_at: float
+    signed_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class SwarmView:
         self._relays: dict[tuple[str, str], RelayInfo] = {}       # endorsed
         self._unendorsed: dict[tuple[str, str], RelayInfo] = {}
         self.unendorsed_relays, self.unendorsed_per_signer = unendorsed_relays, unendorsed_per_signer
+        self._withdrawn: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._peers: dict[str, PeerInfo] = {}
         self._notices: deque[tuple[float, str, Notice]] = deque(maxlen=64)
 
@@ -129,9 +134,21 @@ class SwarmView:
     def _apply_relay(self, body: RelayAdvert, signer: str, signer_id: str, ts: float, now: float,
                      endorsed: bool) -> bool:
         key = (signer, body.url.rstrip("/"))
+        # Gossip does not keep order, and a forwarder may hold a message back until the signer
+        # has said something newer: an advert older than what this signer last said of this URL
+        # (an "up" sealed before its "down", a "down" before a restart's "up") changes nothing.
+        current = self._relays.get(key) or self._unendorsed.get(key)
+        if (current is not None and ts < current.signed_at) or ts < self._withdrawn.get(key, float("-inf")):
+            return False
         if body.state == "down":
             gone = [t.pop(key, None) for t in (self._relays, self._unendorsed)]
-            return any(g is not None for g in gone)
+            if any(g is not None for g in gone):
+                self._withdrawn.pop(key, None)
+                self._withdrawn[key] = ts
+                while len(self._withdrawn) > MAX_WITHDRAWN:
+                    self._withdrawn.popitem(last=False)
+                return True
+            return False
         self._expire(now)
         table, other = (self._relays, self._unendorsed) if endorsed else (self._unendorsed, self._relays)
         per_signer, total = ((MAX_URLS_PER_SIGNER, MAX_RELAYS) if endorsed
@@ -142,16 +159,24 @@ class SwarmView:
         moved = other.pop(key, None) is not None  # endorsed since, or no longer
         new = key not in table
         table[key] = RelayInfo(key[1], body.region, body.capacity_mbps, tuple(body.versions),
-                               signer_id, ts + body.ttl_s, endorsed)
+                               signer_id, ts + body.ttl_s, endorsed, ts)
         return new or moved
 
     def _apply_have(self, body: HaveAdvert, signer: str, signer_id: str, ts: float, now: float) -> bool:
         self._expire(now)
         old = self._peers.get(signer)
-        if old is None and len(self._peers) >= MAX_PEERS:
+        if old is not None and ts < old.signed_at:  # older than what this signer last said
             return False
+        if old is None and len(self._peers) >= MAX_PEERS:
+            # Keys are free: a table filled once with long-lived adverts would keep every honest
+            # holder out. The peer whose last word is oldest makes room for a newer one, so
+            # holding the table takes re-advertising every key faster than honest peers do.
+            stalest = min(self._peers, key=lambda k: self._peers[k].signed_at)
+            if self._peers[stalest].signed_at >= ts:
+                return False
+            del self._peers[stalest]
         self._peers[signer] = PeerInfo(signer_id, tuple(body.addrs), tuple(sorted(set(body.versions))),
-                                       ts + body.ttl_s)
+                                       ts + body.ttl_s, ts)
         return old is None or old.versions != self._peers[signer].versions
 
     def _expire(self, now: float) -> None:
