@@ -101,12 +101,21 @@ def test_a_have_advert_with_an_unparsable_multiaddr_does_not_kill_the_nodes_that
         attacker.gate._check_addrs = lambda addrs: None  # a hostile peer's own gate lets anything out
         fake = KeyPair.generate()
         body = HaveAdvert(run_id=RUN, versions=[1], addrs=["/ip4/8.8.8.8/tcp/notaport"], ttl_s=60.0)
-        attacker.publish_envelope(seal(KIND_HAVE, body, fake, run_id=RUN, audience=AUDIENCE_SWARM))
-        wait_for(lambda: not listener.running or listener.counters.snapshot().get("admitted", 0)
-                 + listener.counters.snapshot().get("rejected_address", 0) >= 1, "the listener hearing the advert")
+        sent = [0.0]
+
+        def heard() -> bool:  # sealed and published again until heard: a mesh still forming drops it
+            seen = listener.counters.snapshot()
+            if not listener.running or seen.get("admitted", 0) + seen.get("rejected_address", 0) >= 1:
+                return True
+            if time.monotonic() - sent[0] > 0.5:  # a new envelope: the same one is a duplicate
+                attacker.publish_envelope(seal(KIND_HAVE, body, fake, run_id=RUN, audience=AUDIENCE_SWARM))
+                sent[0] = time.monotonic()
+            return False
+
+        wait_for(heard, "the listener hearing the advert")
         time.sleep(1.0)  # a few rounds of dialling advertised peers
         assert listener.running, "the listener's libp2p node died"
-        assert listener.counters.snapshot().get("rejected_address", 0) == 1
+        assert listener.counters.snapshot().get("rejected_address", 0) >= 1
         assert fake.peer_id not in [p.peer_id for p in listener.view.peers(time.time())]
     finally:
         for n in reversed(nodes):
@@ -309,7 +318,7 @@ def test_a_flood_of_admitted_adverts_does_not_stop_a_version_announcement_two_ho
         wait_for(lambda: len(far.view.peers(time.time())) >= 3, "the flood reaching the far peer")
         folder = signed_checkpoint(tmp_path, 1, run_id=RUN, operator=OP, size=1000)
         coord.announce_version(read_manifest(folder))
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 15.0  # before the fix it never arrived; a loaded machine is slow
         while far.latest_version() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert worker.latest_version() == 1
@@ -364,7 +373,8 @@ def test_one_peer_that_opens_streams_and_says_nothing_cannot_take_every_serving_
         b = {"bootstrap": boot.multiaddrs}
         holder = node(KeyPair.generate(), FolderStore(tmp_path / "held", OP.public), **b)
         worker, attacker = node(KeyPair.generate(), **b), node(KeyPair.generate(), **b)
-        wait_for(lambda: holder.peer_id in {p.peer_id for p in worker.peers_with(1)}, "the holder advertised")
+        for who in (worker, attacker):  # each hears the holder's advert in its own time
+            wait_for(lambda who=who: holder.peer_id in {p.peer_id for p in who.peers_with(1)}, "the holder advertised")
         target = next(p for p in attacker.peers_with(1) if p.peer_id == holder.peer_id)
         silent = []
 
