@@ -17,8 +17,8 @@ from protocol.errors import Rejected, Stopped
 from protocol.http import ServerThread
 from protocol.identity import KeyPair
 from protocol.retry import retry_call
-from worker.coordinator_client import MAX_RETRY_AFTER_S, MIN_RETRY_AFTER_S, CoordinatorClient
 from tests.waiting import wait_until
+from worker.coordinator_client import MAX_RETRY_AFTER_S, MIN_RETRY_AFTER_S, CoordinatorClient
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_a_thread_retrying_under_a_hostile_retry_after_keeps_retrying_and_stops_
     def run():
         try:
             retry_call(coord.policy, "asking for the policy", stop)
-        except BaseException as exc:  # handed to the test
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
             out.append(exc)
 
     t = threading.Thread(target=run, daemon=True)
