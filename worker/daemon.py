@@ -45,7 +45,7 @@ from protocol.messages import Lease, Registration, RunInfo
 from protocol.pow import solve_pow
 from protocol.retry import Reachability, retry_call
 from worker.config import WorkerConfig
-from worker.coordinator_client import CoordinatorClient
+from worker.coordinator_client import CoordinatorClient, sane_wait
 from worker.engines.base import Engine
 from worker.errors import Banned, PolicyUnavailable, WorkerError
 from worker.hardware import (
@@ -69,6 +69,7 @@ from worker.submitter import Submitter
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 2.0          # no work offered and no retry_after given: ask again after this
+MAX_IDLE_WAIT_S = 60.0     # the longest retry_after of an empty lease answer the worker honours
 LEASE_WAIT_S = 2.0         # a lease request that finds no room may be held this long at the coordinator
 SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
 KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
@@ -330,7 +331,10 @@ class Daemon:
                 # a request held until its wait ended is answered with retry_after 0: ask again at
                 # once; an empty answer that came back quickly is no hold (never a busy loop)
                 held = wait_s and time.monotonic() - t0 >= wait_s / 2
-                self.stop.wait(resp.retry_after_s if held else (resp.retry_after_s or IDLE_WAIT_S))
+                wait = resp.retry_after_s if held else (resp.retry_after_s or IDLE_WAIT_S)
+                # the coordinator's number, bounded: 1e308 raised OverflowError out of the loop
+                # and 1e9 slept for years
+                self.stop.wait(sane_wait(wait, IDLE_WAIT_S, floor=0.0, cap=MAX_IDLE_WAIT_S))
             return []
         self._hold(leases)
         self.group_size = len(leases[0].seeds)

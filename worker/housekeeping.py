@@ -27,6 +27,12 @@ from worker.state import WorkerState
 log = logging.getLogger(__name__)
 
 MAX_POLLS_PER_TICK = 64
+# An acknowledged submission whose verdict is still unknown this long after its lease expired
+# is forgotten locally (the credit is the coordinator's; `awaiting/` only feeds this session's
+# counters). Without it, a coordinator that never answers for some ids (neither a status nor
+# `unknown`) grew `awaiting/` without bound, every file read back every `poll_s`, and the
+# oldest MAX_POLLS_PER_TICK entries kept the newer ones from ever being asked about.
+AWAITING_MAX_S = 24 * 3600.0
 
 
 class Housekeeper:
@@ -79,11 +85,17 @@ class Housekeeper:
         submissions are asked for in one request; one request each from a coordinator that
         does not serve the batch route."""
         entries = []
-        for entry in self.spool.awaiting()[:MAX_POLLS_PER_TICK]:
-            if entry.submission_id:
-                entries.append(entry)
-            else:
+        now = time.time()
+        for entry in self.spool.awaiting():
+            if entry.submission_id and now - entry.expires_at > AWAITING_MAX_S:
+                log.warning("submission %s (lease %s): no verdict %.0f h after its lease expired; no longer polled",
+                            entry.submission_id, entry.lease_id, (now - entry.expires_at) / 3600)
                 self.spool.settle(entry)
+                self.state.add(dropped=1)
+            elif not entry.submission_id:
+                self.spool.settle(entry)
+            elif len(entries) < MAX_POLLS_PER_TICK:
+                entries.append(entry)
         if not entries or self.stop.is_set():
             return
         statuses = self._statuses([e.submission_id for e in entries])

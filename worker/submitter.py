@@ -13,6 +13,7 @@ finished group in the spool for the round trips of those before it). What each a
 | 404 and this worker is unknown           | stays; re-register (*) |                             |
 | any other 4xx (other 409s included)      | -> rejected/ (reason)  | rejected                    |
 | no answer / 5xx / 429                    | stays; retried later   |                             |
+| 408, 400 stale / disconnected            | stays; retried later   |                             |
 
 A 409 with reason `duplicate_submission` is what a resend after a crash gets when the first
 send had arrived: the coordinator stores one submission per lease (and only the lease's own
@@ -20,6 +21,12 @@ worker may submit it), so each is stored exactly once. Any other conflict (the s
 completions already stored for the task under another lease, a replayed nonce, or a
 coordinator that names no reason) means this submission was not stored: it is set aside with
 the coordinator's reason and counted, never taken for delivered.
+
+A refusal that says nothing about the submission (`TRANSIENT_REFUSALS`: a timestamp outside the
+coordinator's clock-skew window, a body cut off in transit, a proxy's 408) is retried like an
+outage: the body is sealed afresh at every send, so a worker clock that drifted (a laptop
+resumed from sleep, NTP not synced yet at boot) once set finished work aside for good. The
+retries end when the lease expires (410: set aside) or the send goes through.
 
 (*) once per forgetting, with the daemon's other threads (`worker.registration`): a 404 that
 arrives after another thread registered again is sent again without registering.
@@ -40,6 +47,14 @@ from worker.spool import AWAITING, PENDING, REJECTED, Spool, SpoolEntry
 from worker.state import WorkerState
 
 log = logging.getLogger(__name__)
+
+# (status, reason) of refusals that say nothing about the submission itself: retried, kept
+# pending (reason None: any reason). See the module docstring.
+TRANSIENT_REFUSALS = {(400, "stale"), (400, "disconnected"), (408, None)}
+
+
+def transient(exc: Rejected) -> bool:
+    return (exc.status, exc.reason) in TRANSIENT_REFUSALS or (exc.status, None) in TRANSIENT_REFUSALS
 
 
 class Submitter:
@@ -94,7 +109,7 @@ class Submitter:
         for attempt in range(2):
             seen = self.registrations.epoch()
             try:
-                resp = retry_call(lambda: self.coord.submit(entry.submission), what, stop,
+                resp = retry_call(lambda: self._submit_once(entry), what, stop,
                                   reach=self.reach, give_up_after_s=give_up_after_s)
             except Rejected as exc:
                 if exc.status == 409 and exc.reason == REASON_DUPLICATE_SUBMISSION:
@@ -128,6 +143,17 @@ class Submitter:
             log.info("lease %s submitted as %s (%s, %d tokens)", entry.lease_id, resp.submission_id,
                      resp.status, entry.tokens)
             return
+
+    def _submit_once(self, entry: SpoolEntry):
+        """One send; a transient refusal becomes Unavailable (kept pending, retried with backoff)."""
+        try:
+            return self.coord.submit(entry.submission)
+        except Rejected as exc:
+            if not transient(exc):
+                raise
+            raise Unavailable(f"lease {entry.lease_id}: refused for now (HTTP {exc.status}"
+                              + (f" {exc.reason}" if exc.reason else "") + f": {exc.detail}); "
+                              "kept in the spool and sent again") from exc
 
     def _forgotten(self) -> bool:
         """Is this worker unknown to the coordinator (as opposed to the lease)?"""

@@ -165,6 +165,14 @@ class Recent:
         return value
 
 
+def _computed_for(limit: int, default: int, most: int) -> int:
+    """The `limit` an answer is computed (and cached) for: the endpoint's default or its most;
+    every other limit is a slice of one of them. Keyed by the asked limit, a reader cycling
+    limit=51, 52, ... made every request a cache miss (a full aggregation over the submissions
+    per anonymous request, and the cache evicted for everyone)."""
+    return default if limit <= default else most
+
+
 def mount_dashboard(app: FastAPI, ctx: Context, api: "Api", *, background: bool = True) -> None:
     """Add the dashboard routes, the static page and the eval-report route to `app`; with
     `background` (the process that runs the coordinator's periodic work), also the checkpoint
@@ -190,22 +198,29 @@ def mount_dashboard(app: FastAPI, ctx: Context, api: "Api", *, background: bool 
         """Policy versions (newest first) with their broadcast progress: which advertised relays hold
         each version complete or in flight (relays are polled at most every few seconds)."""
         relays = await poller.refresh()
-        return await api.viewed(request, "dash_versions", lambda _full: recent.get(
-            ("versions", limit), lambda: views.version_rows(ctx, relays, limit)))
+        n = _computed_for(limit, 50, 1000)
+
+        def answer(_full: bool) -> dict:
+            got = recent.get(("versions", n), lambda: views.version_rows(ctx, relays, n))
+            return {**got, "versions": got["versions"][:limit]}
+
+        return await api.viewed(request, "dash_versions", answer)
 
     @r.get(API + "/curve", response_model=list[CurvePoint])
     async def curve(request: Request, limit: int = Query(500, ge=1, le=100_000)) -> Response:
         """Training curve by policy version: mean reward of submissions (all, accepted) and the
         trainer's held-out accuracy (from its signed eval reports)."""
-        return await api.viewed(request, "dash_curve", lambda _full: recent.get(("curve", limit),
-                                                                                 lambda: views.curve(ctx, limit)))
+        n = _computed_for(limit, 500, 100_000)
+        return await api.viewed(request, "dash_curve", lambda _full: views.trim_curve(
+            recent.get(("curve", n), lambda: views.curve_data(ctx, n)), limit))
 
     @r.get(API + "/rejections", response_model=list[Rejection])
     async def rejections(request: Request, limit: int = Query(20, ge=1, le=1000)) -> Response:
         """The newest rejected submissions with the verifier's reason and failed checks, each with a
         link to its audit view (without the operator token: the failed checks' names, no numbers)."""
+        n = _computed_for(limit, 20, 1000)
         return await api.viewed(request, "dash_rejections", lambda full: [
-            privacy.rejection(r, full) for r in recent.get(("rejections", limit), lambda: views.rejections(ctx, limit))])
+            privacy.rejection(r, full) for r in recent.get(("rejections", n), lambda: views.rejections(ctx, n))[:limit]])
 
     @r.get(API + "/rollouts/{submission_id}")
     async def rollout(request: Request, submission_id: str) -> Response:

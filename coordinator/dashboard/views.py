@@ -98,6 +98,19 @@ def version_rows(ctx: Context, relays: list[dict[str, Any]], limit: int) -> dict
 
 
 def curve(ctx: Context, limit: int) -> list[dict[str, Any]]:
+    return trim_curve(curve_data(ctx, limit), limit)
+
+
+def trim_curve(data: tuple[list[dict[str, Any]], list[int]], limit: int) -> list[dict[str, Any]]:
+    """`curve(ctx, limit)` out of `curve_data(ctx, n)` for any n >= limit (the points of the
+    `limit` newest announced versions and after)."""
+    points, announced = data
+    lowest = min(announced[:limit], default=0)
+    return [p for p in points if p["version"] >= lowest]
+
+
+def curve_data(ctx: Context, limit: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """The curve's points and the announced versions they start from (newest first)."""
     with ctx.db.read() as conn:
         announced = [int(r.version) for r in queries.versions(conn, limit)]
         lowest = min(announced, default=0)
@@ -110,7 +123,7 @@ def curve(ctx: Context, limit: int) -> list[dict[str, Any]]:
                        "mean_reward": c.get("mean_reward"), "mean_reward_accepted": c.get("mean_reward_accepted"),
                        "greedy_accuracy": e.get("greedy_accuracy"), "sampled_accuracy": e.get("sampled_accuracy"),
                        "eval_tasks": e.get("num_tasks")})
-    return points
+    return points, announced
 
 
 def _failed_checks(verdict_json: str | None) -> list[str]:
