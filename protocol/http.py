@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
+import math
 import socket
 import ssl
 import threading
@@ -36,6 +38,7 @@ from protocol.errors import ProtocolError, Rejected, Unavailable
 from protocol.identity import KeyPair
 
 R = TypeVar("R", bound=BaseModel)
+log = logging.getLogger("swarmrl.http")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -195,13 +198,37 @@ def _error_reason(resp: httpx.Response) -> str:
     return reason if isinstance(reason, str) else ""
 
 
+MIN_RETRY_AFTER_S = 0.5     # a Retry-After below this (0, negative) would make a busy loop
+MAX_RETRY_AFTER_S = 300.0   # ... above this, a client asleep for as long as the server likes
+
+
+def sane_wait(value: object, default: float | None, *, floor: float = MIN_RETRY_AFTER_S,
+              cap: float = MAX_RETRY_AFTER_S) -> float | None:
+    """`value` (a wait in seconds read from the network: untrusted) as a float within
+    [floor, cap]; `default` when it is no finite number (text, None, NaN, infinity). Read
+    raw, `float("soon")` raised out of a client's thread, `Event.wait(1e308)` overflowed, 1e9
+    slept for years and 0 or a negative number retried in a busy loop."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    if not math.isfinite(v):
+        return default
+    return min(max(v, floor), cap)
+
+
 def check_response(resp: httpx.Response) -> httpx.Response:
-    """Raise Rejected for 4xx and Unavailable for 5xx; return the response otherwise."""
+    """Raise Rejected for 4xx and Unavailable for 5xx; return the response otherwise. A
+    Retry-After comes back bounded (`sane_wait`), or as None when it is no number (the
+    caller's own backoff then applies)."""
     if resp.status_code >= 500:
         raise Unavailable(f"{resp.request.url.path}: HTTP {resp.status_code}: {error_detail(resp)}")
     if resp.status_code >= 400:
-        ra = resp.headers.get("retry-after")
-        raise Rejected(resp.status_code, error_detail(resp), float(ra) if ra else None, _error_reason(resp))
+        raw = resp.headers.get("retry-after")
+        ra = sane_wait(raw, None) if raw else None
+        if raw and ra is None:
+            log.warning("%s: ignored an unusable Retry-After header %r", resp.request.url.path, raw[:40])
+        raise Rejected(resp.status_code, error_detail(resp), ra, _error_reason(resp))
     return resp
 
 

@@ -6,20 +6,14 @@ not retry: the daemon wraps them in `protocol.retry.retry_call` where waiting is
 info, registration, leases, releases) and handles failures itself where it is not
 (heartbeats are fire-and-forget, submissions are retried from the spool).
 
-Waits the network asks for are untrusted input: a `Retry-After` header is made sane before
-`protocol.http` reads it (`sane_retry_after`), and `sane_wait` bounds any other wait a
-response names. Text, NaN or infinity are dropped (the caller's own backoff applies) and a
-number is clamped to [MIN_RETRY_AFTER_S, MAX_RETRY_AFTER_S]: a hostile or broken coordinator
-can neither crash a thread (`float("soon")`, `Event.wait(1e308)` raise), put the daemon to
-sleep for years, nor make it retry in a busy loop (0, negative).
+Waits the network asks for are untrusted input: `protocol.http.check_response` reads a
+`Retry-After` header through `protocol.http.sane_wait` (text, NaN or infinity dropped, a number
+clamped to [0.5, 300] s), and the daemon bounds the wait an empty lease answer names the same
+way: a hostile or broken coordinator can neither crash a thread, put the daemon to sleep for
+years, nor make it retry in a busy loop.
 """
 
 from __future__ import annotations
-
-import logging
-import math
-
-import httpx
 
 from protocol import routes
 from protocol.http import SignedClient
@@ -31,47 +25,12 @@ from protocol.messages import (
     WorkerInfo,
 )
 
-log = logging.getLogger(__name__)
-
-MIN_RETRY_AFTER_S = 0.5     # a Retry-After below this (0, negative) would make a busy loop
-MAX_RETRY_AFTER_S = 300.0   # ... above this, a daemon asleep for as long as the server likes
-
-
-def sane_wait(value: object, default: float | None, *, floor: float = MIN_RETRY_AFTER_S,
-              cap: float = MAX_RETRY_AFTER_S) -> float | None:
-    """`value` (a wait in seconds read from the network) as a float within [floor, cap];
-    `default` when it is no finite number (text, None, NaN, infinity)."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return default
-    if not math.isfinite(v):
-        return default
-    return min(max(v, floor), cap)
-
-
-def sane_retry_after(resp: httpx.Response) -> None:
-    """httpx response hook: rewrite a Retry-After header into a bounded number of seconds, or
-    drop it when it is none (then the retry rule's own backoff applies)."""
-    raw = resp.headers.get("retry-after")
-    if raw is None:
-        return
-    v = sane_wait(raw, None)
-    if v is None:
-        del resp.headers["retry-after"]
-        log.warning("%s: ignored an unusable Retry-After header %r", resp.request.url.path, raw[:40])
-        return
-    if v != float(raw):
-        log.warning("%s: Retry-After %r taken as %.1f s", resp.request.url.path, raw[:40], v)
-    resp.headers["retry-after"] = str(v)
-
 
 class CoordinatorClient:
     def __init__(self, url: str, key: KeyPair, timeout_s: float = 30.0):
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
-        http = httpx.Client(timeout=timeout_s, event_hooks={"response": [sane_retry_after]})
-        self.http = SignedClient(self.url, key, timeout_s=timeout_s, client=http)
+        self.http = SignedClient(self.url, key, timeout_s=timeout_s)
 
     def close(self) -> None:
         self.http.close()

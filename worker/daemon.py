@@ -40,12 +40,13 @@ from typing import Any
 
 from protocol import dtypes
 from protocol.errors import Rejected, Stopped, Unavailable
+from protocol.http import sane_wait
 from protocol.identity import KeyPair, PublicKey
 from protocol.messages import Lease, Registration, RunInfo
 from protocol.pow import solve_pow
 from protocol.retry import Reachability, retry_call
 from worker.config import WorkerConfig
-from worker.coordinator_client import CoordinatorClient, sane_wait
+from worker.coordinator_client import CoordinatorClient
 from worker.engines.base import Engine
 from worker.errors import Banned, PolicyUnavailable, WorkerError
 from worker.hardware import (

@@ -1,4 +1,4 @@
-"""Waits the coordinator asks for are untrusted input (worker.coordinator_client.sane_wait):
+"""Waits the coordinator asks for are untrusted input (protocol.http.sane_wait):
 a Retry-After of text, NaN, infinity, 1e308, a negative number or 0, and an empty lease
 answer's retry_after_s of 1e308, neither crash a worker thread, put it to sleep for years,
 nor make it retry in a busy loop."""
@@ -14,11 +14,11 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from protocol.errors import Rejected, Stopped
-from protocol.http import ServerThread
+from protocol.http import MAX_RETRY_AFTER_S, MIN_RETRY_AFTER_S, ServerThread
 from protocol.identity import KeyPair
 from protocol.retry import retry_call
 from tests.waiting import wait_until
-from worker.coordinator_client import MAX_RETRY_AFTER_S, MIN_RETRY_AFTER_S, CoordinatorClient
+from worker.coordinator_client import CoordinatorClient
 
 
 @pytest.fixture
