@@ -11,10 +11,9 @@ import pytest
 
 pytest.importorskip("libp2p", reason="needs the p2p extra: pip install -e '.[p2p]'")
 
-from p2p_harness import wait_for  # noqa: E402
+from p2p_harness import Nodes, wait_for  # noqa: E402
 
 from protocol.identity import KeyPair  # noqa: E402
-from shardcast.p2p import P2PConfig, P2PNode  # noqa: E402
 from shardcast.p2p.announcements import endorse_relay  # noqa: E402
 from tests.hostile.relays import flood_relay_adverts  # noqa: E402
 
@@ -28,14 +27,7 @@ def public_url(i: int) -> str:
 
 
 def test_an_endorsed_relay_is_kept_through_a_flood_of_128_keys_and_a_loopback_one_is_refused():
-    nodes: list[P2PNode] = []
-
-    def node(key, **cfg) -> P2PNode:
-        n = P2PNode(P2PConfig(**{**CFG, **cfg}), key, RUN, OP.public, COORD.public)
-        n.start()
-        nodes.append(n)
-        return n
-
+    node = Nodes(CFG, RUN, OP, COORD)
     try:
         listener = node(COORD)                                   # allow_private_addresses: off
         boot = {"bootstrap": listener.multiaddrs}
@@ -59,5 +51,4 @@ def test_an_endorsed_relay_is_kept_through_a_flood_of_128_keys_and_a_loopback_on
         assert sum(not r.endorsed for r in relays) == 8
         assert "http://127.0.0.1:18801" not in [r.url for r in relays]
     finally:
-        for n in reversed(nodes):
-            n.stop()
+        node.stop_all()

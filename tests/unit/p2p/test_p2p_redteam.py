@@ -26,11 +26,11 @@ import pytest
 
 pytest.importorskip("libp2p", reason="needs the p2p extra: pip install -e '.[p2p]'")
 
-from p2p_harness import wait_for  # noqa: E402
+from p2p_harness import Nodes, wait_for  # noqa: E402
 
 from protocol.envelope import AUDIENCE_SWARM, seal  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
-from shardcast.p2p import P2PConfig, P2PNode, announcements  # noqa: E402
+from shardcast.p2p import announcements  # noqa: E402
 from shardcast.p2p.announcements import (  # noqa: E402
     KIND_HAVE, KIND_RELAY, MAX_UNTRUSTED_BYTES, Gate, HaveAdvert, RelayAdvert, encode, endorse_relay,
 )
@@ -47,14 +47,7 @@ def test_have_adverts_at_silent_addresses_do_not_stall_standing_adverts():
     port = silent.getsockname()[1]
     cfg = dict(advert_interval_s=0.3, bootstrap_interval_s=0.3, advert_ttl_s=2.0, request_timeout_s=4.0, rate_per_s=5.0,
                allow_private_addresses=True, max_dial_peers=8)
-    nodes: list[P2PNode] = []
-
-    def node(key, **more) -> P2PNode:
-        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public)
-        n.start()
-        nodes.append(n)
-        return n
-
+    node = Nodes(cfg, RUN, OP, COORD)
     try:
         listener = node(COORD)
         boot = {"bootstrap": listener.multiaddrs}
@@ -78,21 +71,13 @@ def test_have_adverts_at_silent_addresses_do_not_stall_standing_adverts():
             time.sleep(0.1)
         assert missing == 0.0, f"the relay's advert expired at the listener for {missing:.1f} s"
     finally:
-        for n in reversed(nodes):
-            n.stop()
+        node.stop_all()
         silent.close()
 
 
 def test_a_have_advert_with_an_unparsable_multiaddr_does_not_kill_the_nodes_that_hear_it():
     cfg = dict(advert_interval_s=0.3, bootstrap_interval_s=0.3, allow_private_addresses=True)
-    nodes: list[P2PNode] = []
-
-    def node(key, **more) -> P2PNode:
-        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public)
-        n.start()
-        nodes.append(n)
-        return n
-
+    node = Nodes(cfg, RUN, OP, COORD)
     try:
         listener = node(COORD, allow_private_addresses=False)  # as on the internet
         attacker = node(KeyPair.generate(), bootstrap=listener.multiaddrs)
@@ -118,8 +103,7 @@ def test_a_have_advert_with_an_unparsable_multiaddr_does_not_kill_the_nodes_that
         assert listener.counters.snapshot().get("rejected_address", 0) >= 1
         assert fake.peer_id not in [p.peer_id for p in listener.view.peers(time.time())]
     finally:
-        for n in reversed(nodes):
-            n.stop()
+        node.stop_all()
 
 
 @pytest.mark.parametrize("addr", ["/ip4/8.8.8.8/tcp/notaport", "/ip4/8.8.8.8/tcp/99999",
@@ -283,13 +267,7 @@ def test_a_flood_of_admitted_adverts_does_not_stop_a_version_announcement_two_ho
 
     cfg = dict(advert_interval_s=30.0, bootstrap_interval_s=0.3, allow_private_addresses=True,
                max_messages_per_s=5.0, max_dial_peers=0)
-    nodes: list[P2PNode] = []
-
-    def node(key, **more) -> P2PNode:
-        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public)
-        n.start()
-        nodes.append(n)
-        return n
+    node = Nodes(cfg, RUN, OP, COORD)
 
     stop = threading.Event()
     try:
@@ -325,8 +303,7 @@ def test_a_flood_of_admitted_adverts_does_not_stop_a_version_announcement_two_ho
         assert far.latest_version() == 1, "the version announcement did not get past the first hop"
     finally:
         stop.set()
-        for n in reversed(nodes):
-            n.stop()
+        node.stop_all()
 
 
 def test_throw_away_keys_that_filled_the_peer_table_once_do_not_keep_honest_holders_out():
@@ -359,13 +336,7 @@ def test_one_peer_that_opens_streams_and_says_nothing_cannot_take_every_serving_
 
     cfg = {"advert_interval_s": 0.3, "bootstrap_interval_s": 0.3, "allow_private_addresses": True,
            "max_concurrent_serves": 4}
-    nodes: list[P2PNode] = []
-
-    def node(key, store=None, **more) -> P2PNode:
-        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public, store=store)
-        n.start()
-        nodes.append(n)
-        return n
+    node = Nodes(cfg, RUN, OP, COORD)
 
     signed_checkpoint(tmp_path / "held", 1, run_id=RUN, operator=OP, size=1000)
     try:
@@ -393,8 +364,7 @@ def test_one_peer_that_opens_streams_and_says_nothing_cannot_take_every_serving_
         peers = PeerShards(worker, OP.public)
         assert peers.fetch_shard(1, 0)
     finally:
-        for n in reversed(nodes):
-            n.stop()
+        node.stop_all()
 
 
 def test_an_announcement_in_a_burst_of_admitted_adverts_is_not_lost(tmp_path):
@@ -412,14 +382,7 @@ def test_an_announcement_in_a_burst_of_admitted_adverts_is_not_lost(tmp_path):
 
     cfg = {"advert_interval_s": 30.0, "bootstrap_interval_s": 0.3, "allow_private_addresses": True,
            "rate_burst": 64}
-    nodes: list[P2PNode] = []
-
-    def node(key, **more) -> P2PNode:
-        n = P2PNode(P2PConfig(**{**cfg, **more}), key, RUN, OP.public, COORD.public)
-        n.start()
-        nodes.append(n)
-        return n
-
+    node = Nodes(cfg, RUN, OP, COORD)
     try:
         victim = node(KeyPair.generate())
         attacker = node(KeyPair.generate(), bootstrap=victim.multiaddrs)
@@ -450,5 +413,4 @@ def test_an_announcement_in_a_burst_of_admitted_adverts_is_not_lost(tmp_path):
         assert victim.latest_version() == 1, victim.counters.snapshot()
         assert len(victim.view.peers(time.time())) == 40
     finally:
-        for n in reversed(nodes):
-            n.stop()
+        node.stop_all()
