@@ -1,12 +1,14 @@
 """shardcast.front: shard bodies with sendfile on the node's public port, the rest of the API
 spliced to the FastAPI app; real sockets on loopback, a catalog whose shards are files."""
 
+import contextlib
 import http.client
 import json
 import random
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -58,14 +60,23 @@ class Catalog:
         self.signal.notify()
 
 
-@pytest.fixture
-def node(tmp_path):
+@contextlib.contextmanager
+def served_shard(tmp_path: Path, max_transfers: int):
+    """A NodeServer serving one SIZE-byte shard cut from a random blob: (server, catalog, bytes)."""
     blob = tmp_path / "blob"
     blob.write_bytes(random.Random(1).randbytes(OFFSET + SIZE + 500))
     cat = Catalog(blob, tmp_path / "pruned")
-    srv = NodeServer(cat, title="t", host="127.0.0.1", port=0, max_transfers=1).start()
-    yield srv, cat, blob.read_bytes()[OFFSET:OFFSET + SIZE]
-    srv.stop()
+    srv = NodeServer(cat, title="t", host="127.0.0.1", port=0, max_transfers=max_transfers).start()
+    try:
+        yield srv, cat, blob.read_bytes()[OFFSET:OFFSET + SIZE]
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def node(tmp_path):
+    with served_shard(tmp_path, max_transfers=1) as served:
+        yield served
 
 
 def conn(srv):

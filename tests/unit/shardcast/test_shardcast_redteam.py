@@ -21,17 +21,17 @@ import socket
 import time
 
 import pytest
-from test_shardcast_front import OFFSET, SIZE, Catalog
+from test_shardcast_front import served_shard
 
 from protocol.identity import KeyPair
 from shardcast.config import OriginConfig, RelayConfig
-from shardcast.node_server import NodeServer
 from shardcast.origin import Origin
 from shardcast.p2p import wire
 from shardcast.p2p.errors import PeerRequestFailed
 from shardcast.relay import Relay
 from shardcast.watch import list_versions
 from tests.hostile.relays import HostileRelay
+from tests.waiting import wait_until
 
 DEEP = b"[" * 60_000  # under MAX_LISTING_BYTES, far over the json module's recursion limit
 
@@ -39,15 +39,6 @@ DEEP = b"[" * 60_000  # under MAX_LISTING_BYTES, far over the json module's recu
 @pytest.fixture
 def op():
     return KeyPair.generate()
-
-
-def wait(cond, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 class DeepListingRelay(HostileRelay):
@@ -85,7 +76,7 @@ def test_a_deeply_nested_listing_does_not_kill_the_relays_watch_thread(tmp_path,
         try:
             o.publish(ck, 0, 0)
             # the long-poll through the same upstream still brings version 0
-            assert wait(lambda: relay.complete_versions() == [0]), "the relay stopped watching"
+            wait_until(lambda: relay.complete_versions() == [0], 20.0, "the relay still watching", every=0.05)
             assert all(t.is_alive() for t in relay._threads)
         finally:
             relay.stop()
@@ -121,13 +112,17 @@ def _ask(port: int, request: bytes) -> bytes:
         s.close()
 
 
-def test_a_request_target_urlsplit_refuses_is_answered_400_without_an_error_log(front, caplog):
-    port = int(front.url.rsplit(":", 1)[1])
+def _refused_400_without_an_error_log(port: int, request: bytes, caplog) -> None:
     with caplog.at_level(logging.ERROR):
-        got = _ask(port, b"GET //[x/v1/versions/0/shards/0 HTTP/1.1\r\nhost: x\r\n\r\n")
+        got = _ask(port, request)
         time.sleep(0.2)
     assert got.startswith(b"HTTP/1.1 400"), got[:100]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_request_target_urlsplit_refuses_is_answered_400_without_an_error_log(front, caplog):
+    port = int(front.url.rsplit(":", 1)[1])
+    _refused_400_without_an_error_log(port, b"GET //[x/v1/versions/0/shards/0 HTTP/1.1\r\nhost: x\r\n\r\n", caplog)
     # the port still answers
     assert _ask(port, b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
 
@@ -136,14 +131,8 @@ def test_a_request_target_urlsplit_refuses_is_answered_400_without_an_error_log(
 
 @pytest.fixture
 def slots(tmp_path):
-    import random
-
-    blob = tmp_path / "blob"
-    blob.write_bytes(random.Random(1).randbytes(OFFSET + SIZE + 500))
-    cat = Catalog(blob, tmp_path / "pruned")
-    srv = NodeServer(cat, title="t", host="127.0.0.1", port=0, max_transfers=4).start()
-    yield srv, cat, blob.read_bytes()[OFFSET:OFFSET + SIZE]
-    srv.stop()
+    with served_shard(tmp_path, max_transfers=4) as served:
+        yield served
 
 
 def _stalled_shard_request(port: int, path: str = "/v1/versions/0/shards/0") -> socket.socket:
@@ -316,11 +305,8 @@ def test_a_control_answer_whose_length_is_a_superscript_digit_is_a_source_failur
 
 def test_a_request_body_length_that_is_a_superscript_digit_is_answered_400(front, caplog):
     port = int(front.url.rsplit(":", 1)[1])
-    with caplog.at_level(logging.ERROR):
-        got = _ask(port, b"GET /v1/versions HTTP/1.1\r\nhost: x\r\ncontent-length: \xb2\r\n\r\n")
-        time.sleep(0.2)
-    assert got.startswith(b"HTTP/1.1 400"), got[:100]
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    _refused_400_without_an_error_log(port, b"GET /v1/versions HTTP/1.1\r\nhost: x\r\ncontent-length: \xb2\r\n\r\n",
+                                      caplog)
 
 
 @pytest.mark.parametrize("line", [b"x-a: 1\nContent-Length: 5", b"x-a: 1\nTransfer-Encoding: chunked",
