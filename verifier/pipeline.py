@@ -98,9 +98,7 @@ def _model(models: ModelSource, version: int, dtype: str, job_id: str) -> Any:
     submission's: JobError (no verdict now), never a rejection."""
     try:
         return models.model(version, dtype)
-    except JobError:
-        raise
-    except _STOP:
+    except (JobError, *_STOP):
         raise
     except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException (safetensors) included
         raise JobError(f"policy version {version} in {dtype} for submission {job_id} cannot be had: "
@@ -160,12 +158,10 @@ def verify_job(job: VerificationJob, *, coordinator_key: PublicKey, tokenizer: A
     try:
         return _judge_opened(job, oj, tokenizer=tokenizer, models=models, settings=settings, ledger=ledger,
                              now=now, t=t, probe_index=probe_index)
-    except JobError:
+    except (JobError, *_STOP):
         raise
     except _NOT_NOW as exc:  # the verifier's machine (disk, ledger, memory), not the submission
         raise JobError(f"submission {job.submission_id} cannot be judged now: {type(exc).__name__}: {exc}") from exc
-    except _STOP:
-        raise
     except BaseException as exc:  # noqa: BLE001 - a check the submission broke (a Rust panic included): fail closed
         log.exception("judging submission %s failed; it is rejected", job.submission_id)
         return unjudgeable_verdict(job, exc)
