@@ -24,17 +24,20 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 
 from coordinator.errors import ConfigError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 WAL_AUTOCHECKPOINT_PAGES = 20_000  # ~80 MB of WAL
+PING_IDLE_S = 1.0  # PostgreSQL: a pooled connection idle this long is pinged before use
 
 
 def normalise_url(url: str, data_dir: Path) -> str:
@@ -62,7 +65,8 @@ class Database:
                                                                "timeout": busy_timeout_ms / 1000})
                 _sqlite_setup(self.engine, sqlite_synchronous, busy_timeout_ms)
             else:
-                self.engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+                self.engine = create_engine(url, pool_size=8, max_overflow=8)
+                _ping_when_idle(self.engine, PING_IDLE_S)
         except ImportError as exc:
             raise ConfigError(f"database driver missing for {url.split(':', 1)[0]}: {exc} "
                               "(for PostgreSQL: pip install 'swarmrl[postgres]')") from exc
@@ -119,6 +123,34 @@ class Database:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Check a pooled connection before use only when it sat idle for `idle_s` or more (a
+    restarted or failed-over server, a connection cut by a firewall): SQLAlchemy's
+    `pool_pre_ping` pings on every checkout, a round trip per transaction that was ~10% of a
+    busy coordinator's event loop (issue 22). A connection the pool handed out within the last
+    second has just worked; if the server went away since, that request fails, SQLAlchemy
+    invalidates the pool, and the next ones reconnect. A failed ping raises
+    DisconnectionError, on which the pool replaces the connection and tries again."""
+
+    @event.listens_for(engine, "connect")
+    def _connected(_dbapi_conn, record) -> None:
+        record.info["swarmrl_used_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record) -> None:
+        if record is not None:
+            record.info["swarmrl_used_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy) -> None:
+        if time.monotonic() - record.info.get("swarmrl_used_at", 0.0) < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure of the ping means: not usable
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def _sqlite_setup(engine: Engine, synchronous: str, busy_timeout_ms: int) -> None:

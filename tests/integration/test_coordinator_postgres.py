@@ -158,3 +158,42 @@ def test_two_replicas_on_one_database_never_hand_out_a_job_twice(pg_url, tmp_pat
     finally:
         a.close()
         b.close()
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_after_an_idle_pause(pg_url, monkeypatch):
+    """The pool pings a connection only when it sat idle (coordinator.store.db._ping_when_idle),
+    not on every checkout: a connection the server dropped while idle is replaced unseen; one
+    dropped within the idle window fails one request, and the pool reconnects for the next."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from coordinator.store import db as dbmod
+
+    monkeypatch.setattr(dbmod, "PING_IDLE_S", 0.3)
+    db = dbmod.Database(pg_url)
+    admin = create_engine(pg_url)
+
+    def drop_connections():
+        with admin.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = 'swarmrl' AND pid <> pg_backend_pid()"))
+
+    def backend_pid():
+        with db.read() as conn:
+            return conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+    try:
+        first = backend_pid()
+        assert backend_pid() == first            # reused from the pool
+        drop_connections()
+        import time
+        time.sleep(0.4)                          # idle past the window: pinged, found dead, replaced
+        second = backend_pid()
+        assert second != first
+        drop_connections()                       # within the window: not pinged, one request fails
+        with pytest.raises(OperationalError):
+            backend_pid()
+        assert backend_pid() not in (first, second)
+    finally:
+        admin.dispose()
+        db.dispose()
