@@ -65,14 +65,20 @@ def begin_batch(ctx: Context, opened: Opened[BatchRequest]) -> Batch:
 
 def floor(ctx: Context, conn) -> int:
     """The oldest policy version the buffer keeps now (`protocol.window.buffer_floor`)."""
-    trainer = meta.get(conn, meta.TRAINER_FLOOR)
-    return buffer_floor(policy.current(conn), ctx.cfg.async_window, None if trainer is None else int(trainer))
+    return floor_of(ctx, policy.current(conn), meta.get(conn, meta.TRAINER_FLOOR))
 
 
-def drop_stale(ctx: Context, conn) -> dict[str, int]:
-    """Drop the groups below the floor and count them (in the caller's write transaction; the
-    caller adds them to the metrics with `count_stale` once it has committed)."""
-    stale = submissions.drop_stale(conn, floor(ctx, conn))
+def floor_of(ctx: Context, current: int | None, trainer_floor: str | int | None) -> int:
+    """`floor` from values the caller read in its transaction (the current version, the stored
+    `meta.TRAINER_FLOOR`): the lease and batch paths read them once for several uses."""
+    return buffer_floor(current, ctx.cfg.async_window, None if trainer_floor is None else int(trainer_floor))
+
+
+def drop_stale(ctx: Context, conn, cut: int | None = None) -> dict[str, int]:
+    """Drop the groups below the floor (`cut`, when the caller has it) and count them (in the
+    caller's write transaction; the caller adds them to the metrics with `count_stale` once it
+    has committed)."""
+    stale = submissions.drop_stale(conn, floor(ctx, conn) if cut is None else cut)
     if sum(stale.values()):
         meta.add_int(conn, meta.DROPPED_STALE, sum(stale.values()))
     return stale
@@ -92,12 +98,14 @@ def count_stale(ctx: Context, stale: dict[str, int]) -> int:
 def take_batch(ctx: Context, req: BatchRequest) -> Batch:
     now = ctx.clock()
     with ctx.db.write() as conn:
-        if meta.get(conn, meta.TRAINER_FLOOR) != str(req.min_policy_version):
+        known = meta.get_many(conn, meta.TRAINER_FLOOR, meta.TRAINER_STEP)
+        if known.get(meta.TRAINER_FLOOR) != str(req.min_policy_version):
             meta.put(conn, meta.TRAINER_FLOOR, str(req.min_policy_version))
-        if req.max_groups > meta.get_int(conn, meta.TRAINER_STEP):  # what lease sizing assumes a step takes
+        if req.max_groups > int(known.get(meta.TRAINER_STEP, 0)):  # what lease sizing assumes a step takes
             meta.put(conn, meta.TRAINER_STEP, str(req.max_groups))
-        stale = drop_stale(ctx, conn)
-        rows = submissions.take_batch(conn, max(floor(ctx, conn), req.min_policy_version), req.max_groups, now,
+        cut = floor_of(ctx, policy.current(conn), req.min_policy_version)
+        stale = drop_stale(ctx, conn, cut)
+        rows = submissions.take_batch(conn, max(cut, req.min_policy_version), req.max_groups, now,
                                       ctx.cfg.batch_ack_timeout_s)
     groups = [_group(r) for r in rows]
     dropped = count_stale(ctx, stale)

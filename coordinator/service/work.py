@@ -78,7 +78,8 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         current = policy.current(conn)
         if current is None:
             return LeaseResponse(leases=[], retry_after_s=NO_POLICY_RETRY_S), None
-        held = leases.count_active(conn, worker_id)
+        held_tasks = leases.active_task_ids(conn, worker_id)
+        held = len(held_tasks)
         established = established_row(ctx, row)
         sizing = _sizing(ctx, conn, worker_id, established, row.leases_dropped, held, current, now)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
@@ -94,7 +95,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         fresh = n - len(reused)
         end = meta.add_int(conn, meta.NEXT_TASK, fresh) if fresh else 0
         drawn = {i: ctx.tasks.prepare(i) for i in reused + list(range(end - fresh, end))}
-        indices, back = split_held([(i, p.task.id) for i, p in drawn.items()], leases.active_task_ids(conn, worker_id))
+        indices, back = split_held([(i, p.task.id) for i, p in drawn.items()], set(held_tasks))
         leases.put_back(conn, back, now)
         lo, hi = allowed_versions(current, cfg.async_window)
         sampling = SamplingParams(temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens)
@@ -129,10 +130,11 @@ def _sizing(ctx: Context, conn, worker_id: str, established: bool, dropped: int,
     max_leases = ctx.cfg.limits.max_leases_per_worker
     if not terms.enabled:
         return Sizing(max_leases, None, None, "lease sizing off")
-    floor = training.floor(ctx, conn)
+    known = meta.get_many(conn, meta.TRAINER_FLOOR, meta.TRAINER_STEP)
+    floor = training.floor_of(ctx, current, known.get(meta.TRAINER_FLOOR))
     staleness = current - floor
     taken = submissions.taken(conn) if current >= terms.demand_versions else 0
-    per_version = trainer_take(taken, current, meta.get_int(conn, meta.TRAINER_STEP))
+    per_version = trainer_take(taken, current, int(known.get(meta.TRAINER_STEP, 0)))
     demand = None
     if per_version > 0:
         who = workers.new_identity(ctx.cfg.limits.intake_established_after)

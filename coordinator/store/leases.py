@@ -12,8 +12,7 @@ from coordinator.store.sql import insert_ignore
 
 # hot statements, built once (see workers.py)
 _GET = select(leases).where(leases.c.lease_id == bindparam("l"))
-_COUNT_ACTIVE = select(func.count()).select_from(leases).where(
-    and_(leases.c.worker_id == bindparam("w"), leases.c.status == "active"))
+_ACTIVE_TASKS = select(leases.c.task_id).where(and_(leases.c.worker_id == bindparam("w"), leases.c.status == "active"))
 _INSERT = leases.insert()
 _CLOSE = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.status == "active"))
           .values(status=bindparam("to"), closed_at=bindparam("now")))
@@ -30,14 +29,10 @@ def get_many(conn: Connection, lease_ids: list[str]) -> list[Row]:
     return list(conn.execute(select(leases).where(leases.c.lease_id.in_(lease_ids))))
 
 
-def count_active(conn: Connection, worker_id: str) -> int:
-    return int(conn.execute(_COUNT_ACTIVE, {"w": worker_id}).scalar_one())
-
-
-def active_task_ids(conn: Connection, worker_id: str) -> set[str]:
-    """The task ids of `worker_id`'s active leases (index ix_leases_worker_status)."""
-    q = select(leases.c.task_id).where(and_(leases.c.worker_id == worker_id, leases.c.status == "active"))
-    return set(conn.execute(q).scalars())
+def active_task_ids(conn: Connection, worker_id: str) -> list[str]:
+    """The task ids of `worker_id`'s active leases, one per lease (index ix_leases_worker_status):
+    the lease path takes its count and its set from this one query."""
+    return list(conn.execute(_ACTIVE_TASKS, {"w": worker_id}).scalars())
 
 
 def insert_many(conn: Connection, rows: list[dict[str, Any]]) -> None:

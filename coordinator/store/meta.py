@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Connection, Text, cast, select, update
+from sqlalchemy import BigInteger, Connection, Text, cast, select
 
 from coordinator.store.schema import meta
-from coordinator.store.sql import insert_ignore, upsert
+from coordinator.store.sql import dialect_insert, insert_ignore, upsert
 
 NEXT_TASK = "next_task_index"
 POW_CHALLENGE = "pow_challenge"
@@ -19,6 +19,11 @@ def get(conn: Connection, key: str, default: str | None = None) -> str | None:
     return default if v is None else v
 
 
+def get_many(conn: Connection, *keys: str) -> dict[str, str]:
+    """The stored values of `keys` in one statement (a missing key is absent)."""
+    return {k: v for k, v in conn.execute(select(meta.c.key, meta.c.value).where(meta.c.key.in_(keys)))}
+
+
 def put(conn: Connection, key: str, value: str) -> None:
     upsert(conn, meta, "key", {"key": key, "value": value})
 
@@ -29,12 +34,12 @@ def get_int(conn: Connection, key: str, default: int = 0) -> int:
 
 
 def add_int(conn: Connection, key: str, delta: int) -> int:
-    """Atomically add `delta` to an integer fact (created at 0); return the new value."""
-    insert_ignore(conn, meta, {"key": key, "value": "0"})
-    stmt = (update(meta).where(meta.c.key == key)
-            .values(value=cast(cast(meta.c.value, BigInteger) + delta, Text))
-            .returning(meta.c.value))
-    return int(conn.execute(stmt).scalar_one())
+    """Atomically add `delta` to an integer fact (created at 0); return the new value. One
+    statement (an upsert), so one round trip on PostgreSQL."""
+    stmt = dialect_insert(conn, meta).values(key=key, value=str(int(delta)))
+    stmt = stmt.on_conflict_do_update(index_elements=["key"],
+                                      set_={"value": cast(cast(meta.c.value, BigInteger) + delta, Text)})
+    return int(conn.execute(stmt.returning(meta.c.value)).scalar_one())
 
 
 def init_once(conn: Connection, key: str, value: str) -> str:

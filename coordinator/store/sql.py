@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, Table
 
 
-def _dialect_insert(conn: Connection, table: Table):
+def dialect_insert(conn: Connection, table: Table):
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
@@ -30,12 +30,12 @@ def insert_ignore(conn: Connection, table: Table, values: dict[str, Any] | list[
     stmt = _INSERT_IGNORE.get(key)
     if stmt is None:
         pk = next(iter(table.primary_key.columns))
-        stmt = _INSERT_IGNORE[key] = _dialect_insert(conn, table).on_conflict_do_nothing().returning(pk)
+        stmt = _INSERT_IGNORE[key] = dialect_insert(conn, table).on_conflict_do_nothing().returning(pk)
     return len(conn.execute(stmt, values).all())
 
 
 def upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) -> None:
-    stmt = _dialect_insert(conn, table).values(**values)
+    stmt = dialect_insert(conn, table).values(**values)
     stmt = stmt.on_conflict_do_update(index_elements=[key],
                                       set_={k: v for k, v in values.items() if k != key})
     conn.execute(stmt)

@@ -155,15 +155,16 @@ def _takeable(now: float, ack_timeout_s: float):
     return or_(c.buffer == "ready", and_(c.buffer == "handed", c.handed_at < now - ack_timeout_s))
 
 
+_STALE_CAUSE = case((submissions.c.buffer == "held", "stale_held"), else_="stale")  # from the row before the update
+
+
 def drop_stale(conn: Connection, floor: int) -> dict[str, int]:
     """Unconsumed groups below `floor` leave the buffer as stale; returns how many by cause:
     `stale_held` for those still held for their worker's next clean check, `stale` the others."""
     c = submissions.c
-    below = and_(c.buffer.in_(UNCONSUMED), c.policy_version < floor)
-    held = conn.execute(update(submissions).where(and_(below, c.buffer == "held"))
-                        .values(buffer="stale", unused="stale_held")).rowcount
-    return {"stale": conn.execute(update(submissions).where(below).values(buffer="stale", unused="stale")).rowcount,
-            "stale_held": held}
+    causes = list(conn.execute(update(submissions).where(and_(c.buffer.in_(UNCONSUMED), c.policy_version < floor))
+                               .values(buffer="stale", unused=_STALE_CAUSE).returning(c.unused)).scalars())
+    return {"stale": causes.count("stale"), "stale_held": causes.count("stale_held")}
 
 
 def _freshest(lower: int) -> tuple:
