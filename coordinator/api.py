@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 from starlette.requests import ClientDisconnect
 
 from coordinator.admission import body_cap, make_guard, route_caps
@@ -44,7 +45,7 @@ from coordinator.auth import (
     refusal,
 )
 from coordinator.context import Context
-from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge
+from coordinator.errors import BadRequest, CoordinatorError, RateLimited, TooLarge, database_unavailable
 from coordinator.fairpool import FairPool
 from coordinator.gate import SwarmGate
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope
@@ -175,7 +176,7 @@ class Api:
     def refuse(self, route: str, exc: CoordinatorError) -> Response:
         self.ctx.metrics.rejections.labels(exc.reason).inc()
         headers = {}
-        if isinstance(exc, RateLimited):
+        if getattr(exc, "retry_after_s", None) is not None:  # RateLimited, Unavailable
             headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.999)))
         log.debug("%s refused (%s): %s", route, exc.reason, exc.detail)
         return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=exc.status, headers=headers)
@@ -224,6 +225,9 @@ class Api:
                 resp = Response(encode(result), media_type="application/json")
         except CoordinatorError as exc:
             resp = self.refuse(route, exc)
+        except OperationalError as exc:
+            log.warning("%s: database error, answered 503: %s", route, exc)
+            resp = self.refuse(route, database_unavailable(exc))
         self.done(route, t0, resp.status_code)
         return resp
 
@@ -259,7 +263,10 @@ class Api:
                 self.limit_identity(item.envelope.signer)
                 op(item)
                 results.append(VerdictOutcome(status=200))
-            except CoordinatorError as exc:
+            except (CoordinatorError, OperationalError) as exc:
+                if isinstance(exc, OperationalError):
+                    log.warning("%s: database error, answered 503: %s", route, exc)
+                    exc = database_unavailable(exc)
                 ctx.metrics.rejections.labels(exc.reason).inc()
                 results.append(VerdictOutcome(status=exc.status, detail=exc.detail))
         resp = Response(encode(VerdictBatchResponse(results=results)), media_type="application/json")

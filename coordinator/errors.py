@@ -11,7 +11,9 @@ and a one-line `detail` that tells the sender what to change.
     ├── Gone              410  expired or returned lease
     ├── TooLarge          413  body over the configured limit
     ├── Invalid           422  well-formed but wrong: schema, token ids, lengths, proofs, versions
-    └── RateLimited       429  too many requests (carries Retry-After)
+    ├── RateLimited       429  too many requests (carries Retry-After)
+    └── Unavailable       503  the database did not answer (a dropped connection, a busy
+                               SQLite); nothing changed, send the same request again
 
 Routes translate these into `{"detail": ..., "reason": ...}` responses; a request that raises one changes
 no state (the store rolls the transaction back).
@@ -69,6 +71,23 @@ class RateLimited(CoordinatorError):
     def __init__(self, reason: str, detail: str, retry_after_s: float):
         super().__init__(reason, detail)
         self.retry_after_s = retry_after_s
+
+
+class Unavailable(CoordinatorError):
+    status = 503
+
+    def __init__(self, reason: str, detail: str, retry_after_s: float = 1.0):
+        super().__init__(reason, detail)
+        self.retry_after_s = retry_after_s
+
+
+def database_unavailable(exc: Exception) -> Unavailable:
+    """The refusal for a database error that is not the request's fault (SQLAlchemy's
+    OperationalError: the server went away, a connection was cut, SQLite stayed locked past
+    its busy timeout). The transaction was rolled back, so the same envelope may be sent again."""
+    first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
+    return Unavailable("database_unavailable", f"the coordinator's database did not answer ({first}); "
+                                               "nothing changed, send the request again")
 
 
 class ConfigError(ProtocolError):

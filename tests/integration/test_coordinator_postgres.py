@@ -197,3 +197,32 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_after_an_idle_pause(
     finally:
         admin.dispose()
         db.dispose()
+
+
+def test_a_request_that_meets_a_dropped_connection_gets_503_and_may_be_sent_again(pg_url, tmp_path, tiny_model,
+                                                                                   monkeypatch):
+    """A database error that is not the request's fault is a 503 with Retry-After (not a 500),
+    the transaction is rolled back (the nonce too), so the same signed request succeeds next."""
+    from sqlalchemy import create_engine, text
+
+    from coordinator.store import db as dbmod
+    from protocol.messages import KIND_LEASE_REQUEST, LeaseRequest
+
+    monkeypatch.setattr(dbmod, "PING_IDLE_S", 600.0)   # no ping: the request meets the dead connection
+    s = start_swarm(tmp_path, tiny_model, database_url=pg_url)
+    admin = create_engine(pg_url)
+    try:
+        s.publish(0)
+        w = s.new_worker()
+        env = s.seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=1), w)
+        with admin.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = 'swarmrl' AND pid <> pg_backend_pid()"))
+        r = s.send("/v1/leases", env)
+        assert r.status_code == 503 and r.json()["reason"] == "database_unavailable", r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        r = s.send("/v1/leases", env)
+        assert r.status_code == 200 and len(r.json()["leases"]) == 1, r.text
+    finally:
+        admin.dispose()
+        s.close()
