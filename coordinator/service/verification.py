@@ -95,8 +95,8 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
         released = 0
         if v.accepted:
             workers.credit_accepted(conn, row.worker_id, row.n_tokens, clean_check=c.clean_check,
-                                    positions=c.positions, near_ties=c.near_ties)
-            workers.set_standing(conn, row.worker_id, c.drift, c.release_held_up_to)
+                                    positions=c.positions, near_ties=c.near_ties, drift=c.drift,
+                                    clean_check_at=c.release_held_up_to)
             if c.release_held_up_to is not None and not c.ban_reason:
                 released = submissions.release_held(conn, row.worker_id, c.release_held_up_to)
         else:

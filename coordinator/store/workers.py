@@ -17,19 +17,18 @@ _GET = select(workers).where(workers.c.worker_id == bindparam("w"))
 _SEEN = (update(workers).where(and_(workers.c.worker_id == bindparam("w"), workers.c.status != "banned"))
          .values(last_seen=bindparam("now"), status="active"))
 _SEEN_HB = _SEEN.values(policy_version=bindparam("pv"), tokens_per_s=bindparam("tps"), status_text=bindparam("st"))
+_NEWEST_CLEAN = case((workers.c.last_clean_check_at.is_(None), bindparam("clean_at")),
+                     (workers.c.last_clean_check_at < bindparam("clean_at"), bindparam("clean_at")),
+                     else_=workers.c.last_clean_check_at)
 _CREDIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(
     accepted=workers.c.accepted + 1, accepted_tokens=workers.c.accepted_tokens + bindparam("tokens"),
     clean_checks=workers.c.clean_checks + bindparam("clean"),
     checked_positions=workers.c.checked_positions + bindparam("positions"),
-    near_ties=workers.c.near_ties + bindparam("ties"))
+    near_ties=workers.c.near_ties + bindparam("ties"),
+    drift_score=bindparam("score"), drift_worst_score=bindparam("worst"), last_clean_check_at=_NEWEST_CLEAN)
 _DEBIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(rejected=workers.c.rejected + 1)
 _BAN = update(workers).where(workers.c.worker_id == bindparam("w")).values(
     status="banned", ban_reason=bindparam("reason"), banned_at=bindparam("now"))
-_STANDING = update(workers).where(workers.c.worker_id == bindparam("w")).values(
-    drift_score=bindparam("score"), drift_worst_score=bindparam("worst"),
-    last_clean_check_at=case((workers.c.last_clean_check_at.is_(None), bindparam("clean_at")),
-                             (workers.c.last_clean_check_at < bindparam("clean_at"), bindparam("clean_at")),
-                             else_=workers.c.last_clean_check_at))
 _ISSUED = update(workers).where(workers.c.worker_id == bindparam("w")).values(
     leases_issued=workers.c.leases_issued + bindparam("n"))
 _DROPPED = update(workers).where(workers.c.worker_id == bindparam("w")).values(
@@ -85,12 +84,6 @@ def banned_at_address_since(conn: Connection, address: str, since: float) -> int
     return int(conn.execute(_BANNED_AT_ADDRESS, {"a": address, "since": since}).scalar_one())
 
 
-def set_standing(conn: Connection, worker_id: str, drift: tuple[float, float], clean_check_at: float | None) -> None:
-    """Store the drift scores (pooled, worst completion); `clean_check_at` (a clean full
-    check's receipt time) moves the worker's newest clean check forward, never back."""
-    conn.execute(_STANDING, {"w": worker_id, "score": drift[0], "worst": drift[1], "clean_at": clean_check_at})
-
-
 def count_leases(conn: Connection, issued: dict[str, int] | None = None, dropped: dict[str, int] | None = None) -> None:
     """Add to workers' issued / dropped (released or expired) lease counters."""
     for stmt, counts in ((_ISSUED, issued), (_DROPPED, dropped)):
@@ -100,11 +93,15 @@ def count_leases(conn: Connection, issued: dict[str, int] | None = None, dropped
 
 
 def credit_accepted(conn: Connection, worker_id: str, tokens: int, clean_check: bool, *,
-                    positions: int = 0, near_ties: int = 0) -> None:
-    """Count an accepted submission; a full check also adds its sampling counts (tokens
-    checked, tokens off the seeded argmax) to the worker's near-tie ledger."""
+                    drift: tuple[float, float], clean_check_at: float | None, positions: int = 0,
+                    near_ties: int = 0) -> None:
+    """Count an accepted submission, in one statement: a full check also adds its sampling
+    counts (tokens checked, tokens off the seeded argmax) to the worker's near-tie ledger; the
+    drift scores (pooled, worst completion) are stored; `clean_check_at` (a clean full check's
+    receipt time) moves the worker's newest clean check forward, never back."""
     conn.execute(_CREDIT, {"w": worker_id, "tokens": tokens, "clean": 1 if clean_check else 0,
-                           "positions": positions, "ties": near_ties})
+                           "positions": positions, "ties": near_ties, "score": drift[0], "worst": drift[1],
+                           "clean_at": clean_check_at})
 
 
 def debit_rejected(conn: Connection, worker_id: str) -> None:
