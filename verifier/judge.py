@@ -50,6 +50,10 @@ class JudgeSettings:
     limits: Mapping[str, Thresholds] = field(default_factory=lambda: dict(CALIBRATED))
     chunk_size: int = DEFAULT_CHUNK_SIZE
     topk: int = DEFAULT_TOPK
+    # The run's vocabulary (the model's embedding rows), known without loading the model, so the
+    # cheap path checks token ids too: the coordinator's intake refuses ids outside it, but a
+    # verdict must not rest on the coordinator's word (a tokenizer decodes such ids silently).
+    vocab_size: int | None = None
 
     def for_dtype(self, dtype: str) -> Thresholds | None:
         """The limits for a computation in `dtype`, or None when it has none (not calibrated)."""
@@ -97,9 +101,11 @@ def model_ready(oj: OpenedJob, vocab_size: int) -> bool:
 def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: list[str | None], *,
           outputs: ModelOutputs | None = None, vocab_size: int | None = None,
           now: float | None = None) -> Verdict:
+    """`vocab_size`: the loaded model's (a full check); else the settings' (the cheap path)."""
     checks: list[CheckResult] = [
         check_lease_and_data(oj, run_id=settings.run_id, chunk_size=settings.chunk_size, topk=settings.topk,
-                             vocab_size=vocab_size, judgeable_dtypes=tuple(settings.limits)),
+                             vocab_size=vocab_size if vocab_size is not None else settings.vocab_size,
+                             judgeable_dtypes=tuple(settings.limits)),
     ]
     thr = settings.for_dtype(outputs.dtype) if outputs is not None else None
     if outputs is not None and thr is None:  # a pipeline error: never judge without limits

@@ -85,7 +85,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         first = _first_tokenizer(sc, info, stop)
         if first is None:
             return
-        tokenizer, first_version = first
+        tokenizer, first_version, first_path = first
         # Load the model before the first claim: the first load (imports, kernels) takes seconds
         # on a busy machine, and submissions would queue behind it (bench/learning: ~8 s at start).
         try:
@@ -99,7 +99,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         service = VerifierService(
             client, coordinator_key=PublicKey.from_hex(info.coordinator_key), tokenizer=tokenizer, models=models,
             settings=JudgeSettings(run_id=info.run_id, limits={"float32": cfg.thresholds,
-                                                                "bfloat16": cfg.bf16_thresholds}),
+                                                                "bfloat16": cfg.bf16_thresholds},
+                                   vocab_size=run_vocab_size(first_path, tokenizer)),
             ledger=ledger, metrics=metrics,
             batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s)
         holder["service"] = service
@@ -153,10 +154,24 @@ def _wait_for_run(client: Any, stop: threading.Event):
         return None
 
 
+def run_vocab_size(checkpoint: Path, tokenizer: Any) -> int:
+    """The run's vocabulary size, read from a checkpoint's config without loading its weights
+    (the embedding rows; else the tokenizer's length): the coordinator's intake rule, so the
+    cheap path refuses the token ids intake refuses (`JudgeSettings.vocab_size`)."""
+    try:
+        from transformers import AutoConfig
+
+        full = AutoConfig.from_pretrained(str(checkpoint))
+    except (OSError, ValueError):
+        return len(tokenizer)
+    conf = getattr(full, "text_config", None) or full
+    return int(getattr(conf, "vocab_size", None) or len(tokenizer))
+
+
 def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
-    """(The run's tokenizer, the policy version it came from): from the first version the
-    relays offer (the tokenizer never changes within a run), or from `tokenizer_ref` if the
-    checkpoint has none. None when stopped first."""
+    """(The run's tokenizer, the policy version it came from, that version's folder): from the
+    first version the relays offer (the tokenizer never changes within a run), or from
+    `tokenizer_ref` if the checkpoint has none. None when stopped first."""
     from protocol.errors import ProtocolError, Stopped, Unavailable
     from protocol.lm import load_tokenizer
     from protocol.retry import retry_call
@@ -178,13 +193,13 @@ def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
             wanted[0] = None  # that one may be gone: take the newest the relays announce
             raise Unavailable(f"policy version {version}: {exc}") from exc
         try:
-            return load_tokenizer(str(path)), version
+            return load_tokenizer(str(path)), version, path
         except (OSError, ValueError) as exc:
             if not info.tokenizer_ref:
                 raise SetupError(f"policy version {version} has no tokenizer ({exc}) and the coordinator "
                                  "advertises no tokenizer_ref") from exc
             log.info("version %d has no tokenizer (%s); using %s", version, exc, info.tokenizer_ref)
-            return load_tokenizer(info.tokenizer_ref), version
+            return load_tokenizer(info.tokenizer_ref), version, path
 
     def waiting(exc: BaseException, wait: float) -> None:
         log.warning("waiting for a policy version: %s (retrying in %.1f s)", exc, wait)

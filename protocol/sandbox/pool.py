@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import weakref
 from dataclasses import dataclass, field
 
@@ -195,7 +196,8 @@ class Sandbox:
                     self._fail(scorer, results, i, why)
                     return i + 1
                 if isinstance(frame, dict) and i == k and set(frame) == {"error"}:
-                    raise MessageError(f"cannot load the scorer of task kind {scorer!r}: {str(frame['error'])[:300]}")
+                    raise MessageError(f"cannot load the scorer of task kind {scorer!r}: "
+                                       f"{printable(str(frame['error']), 300)}")
                 reward, why = _parse(frame, i, self.limits.reason_chars)
                 if reward is None:
                     self._fail(scorer, results, i, why)
@@ -213,7 +215,7 @@ class Sandbox:
             self._release(child, keep)
 
     def _fail(self, scorer: str, results: list, i: int, why: str) -> None:
-        results[i] = ScoreResult(0.0, why[: self.limits.reason_chars])
+        results[i] = ScoreResult(0.0, printable(why, self.limits.reason_chars))
         log.warning("sandbox: %s: item %d scored 0: %s", scorer, i, results[i].reason)
 
     def _take(self) -> _Child:
@@ -356,6 +358,25 @@ def _fill(ref: weakref.ref) -> None:
         del sandbox
 
 
+_INVISIBLE = ("Cc", "Cf", "Zl", "Zp", "Cs")  # controls, format (bidi), line/paragraph separators
+
+
+def printable(text: str, limit: int) -> str:
+    """Text a child sent (a scorer's reason quotes worker text; a child that ran its text writes
+    any frame) as one printable line of at most `limit` characters: every control, format or
+    separator character (newlines, escape sequences, NUL, bidi overrides, U+2028) written as
+    an escape (`\\n`, `\\x1b`, `\\u202e`), so a reason stored in a verdict or written to a log
+    cannot forge lines or drive a terminal."""
+    return "".join(_escape(c) if unicodedata.category(c) in _INVISIBLE else c for c in text[:limit])[:limit]
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    if c in "\n\r\t":
+        return repr(c)[1:-1]
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def _parse(frame: object, i: int, reason_chars: int) -> tuple[float | None, str]:
     """(reward, reason) of a child's frame for item i; reward None when the frame is garbage."""
     if not isinstance(frame, dict) or frame.get("i") != i:
@@ -365,7 +386,7 @@ def _parse(frame: object, i: int, reason_chars: int) -> tuple[float | None, str]
         return None, "bad output: the reward is not a number in [0, 1]"
     if not isinstance(why, str):
         return None, "bad output: the reason is not text"
-    return float(r), why[:reason_chars]
+    return float(r), printable(why, reason_chars)
 
 
 def _shutdown(owner: int, idle: list[_Child], zygote: list, home: str) -> None:

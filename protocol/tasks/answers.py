@@ -15,6 +15,10 @@ canonical spelling of a spec and `parse_ref` reads it back.
 | `numeric` | both parse as numbers (decimals, fractions `2/3`, thousands commas, exponents up to 3 digits) and are equal within 1e-6 relative; an answer written as an integer only exactly (in value: `42.0` is 42) | yes |
 | `math` | mathematically equivalent (`1/2` = `0.5` = `\\frac{1}{2}`, `2x+2` = `2(x+1)`): math-verify when installed, else sympy (`parse_expr` + `simplify`) | no: both parse worker text into expressions, so it runs sandboxed, one batch per process |
 
+A `math` answer whose shape could cost unbounded time or memory to compare (`9**9**9**9`,
+`(10^10)!`, `(x+1)^1000`: `protocol.tasks.mathcost`) is wrong at once, before either backend
+parses it; the sympy fallback resolves no name outside `mathcost.NAMES` (no builtins).
+
 `format` (0..1, default 0) is the weight of a format reward: the completion gets
 `(1 - format) * correct + format * well_formed`, where well-formed means the first extractor
 of the list found something (e.g. an `<answer>` pair). Extraction: `protocol.tasks.extract`.
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from protocol.tasks.extract import DEFAULT_ORDER, check_order, extract
+from protocol.tasks.mathcost import check_code, namespace, sympy_code, too_costly
 
 COMPARES = ("exact", "numeric", "math")
 PURE_COMPARES = ("exact", "numeric")
@@ -147,6 +152,8 @@ def math_equal(got: str, want: str) -> bool:
         return True
     if len(got) > MAX_MATH_CHARS or len(want) > MAX_MATH_CHARS:
         return False
+    if too_costly(got):  # by its shape alone: `9**9**9**9` never reaches a parser
+        return False
     math_verify = _math_verify()
     if math_verify is None:
         return _sympy_equal(got, want)
@@ -172,20 +179,14 @@ def _math_verify():
 
 
 def _sympy_expr(text: str):
-    from sympy.parsing.sympy_parser import (
-        convert_xor,
-        implicit_multiplication_application,
-        parse_expr,
-        standard_transformations,
-    )
+    """The expression sympy's parser makes of `text`, evaluated only when its shape is bounded
+    (`protocol.tasks.mathcost`), with no name but `mathcost.NAMES` (no builtins: `pow`, `eval`
+    or `__import__` are symbols); Costly or the parser's error otherwise."""
+    from sympy.parsing.sympy_parser import eval_expr
 
-    s = text.strip().strip("$")
-    s = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))", s)
-    s = re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", s)
-    s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\pi", "pi").replace("{", "(").replace("}", ")")
-    s = s.replace("\\left", "").replace("\\right", "").replace("\\", "")
-    return parse_expr(s, transformations=standard_transformations + (implicit_multiplication_application, convert_xor),
-                      evaluate=True)
+    code = sympy_code(text)
+    check_code(code)
+    return eval_expr(code, {}, namespace())
 
 
 def _sympy_equal(got: str, want: str) -> bool:

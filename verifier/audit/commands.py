@@ -8,6 +8,7 @@ the CLI, exit status 2).
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
 import time
@@ -16,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from rich.console import Console
 
 from verifier.audit import render
-from verifier.audit.archive import Archive
+from verifier.audit.archive import Archive, empty_rollouts
 from verifier.audit.errors import AuditError
-from verifier.audit.filters import Filter, apply, parse_time, parse_versions
+from verifier.audit.filters import Filter, parse_time, parse_versions, select
 
 
 @dataclass
@@ -53,21 +55,40 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _select(archive: Archive, sel: Selection):
-    f = sel.to_filter(time.time())
-    table = archive.rollouts(f.min_version, f.max_version)
-    return apply(table, f), table.num_rows
+LIST_COLUMNS = ["submission_id", "worker_id", "task_id", "policy_version", "status", "reason", "mean_reward",
+                "rewards", "n_tokens", "n_completions", "full_check", "received_at", "decided_at"]
+
+
+def _select(archive: Archive, sel: Selection, columns: list[str] | None = None):
+    """The selected rows, streamed (`filters.select`): bounded memory for any archive size."""
+    return select(archive, sel.to_filter(time.time()), columns)
 
 
 def list_cmd(archive_dir: Path, sel: Selection, as_json: bool) -> int:
     archive = Archive(archive_dir)
-    rows, total = _select(archive, sel)
-    if as_json:
-        cols = ["submission_id", "worker_id", "task_id", "policy_version", "status", "reason", "mean_reward",
-                "rewards", "n_tokens", "n_completions", "full_check", "received_at", "decided_at"]
-        _print_json(rows.select(cols).to_pylist())
-    else:
-        render.rollout_list(rows, _console(), total)
+    f = sel.to_filter(time.time())
+    if as_json:  # every selected row, written as it is read
+        sys.stdout.write("[")
+        first = True
+        for t in select(archive, f, LIST_COLUMNS):
+            for row in t.to_pylist():
+                sys.stdout.write(("\n" if first else ",\n") + json.dumps(row, default=str))
+                first = False
+        sys.stdout.write("\n]\n" if not first else "]\n")
+        return 0
+    total = sum(t.num_rows for t in archive.stream(f.min_version, f.max_version, ["submission_id"]))
+    matched, newest = 0, []  # a min-heap of the newest rows shown
+    for t in select(archive, f, render.LIST_COLUMNS):
+        matched += t.num_rows
+        for row in t.to_pylist():
+            key = (row["received_at"], row["submission_id"])
+            if len(newest) < render.MAX_LISTED:
+                heapq.heappush(newest, (key, row))
+            elif key > newest[0][0]:
+                heapq.heapreplace(newest, (key, row))
+    shown = [row for _, row in sorted(newest, key=lambda kr: kr[0])]
+    table = pa.Table.from_pylist(shown, schema=empty_rollouts().select(render.LIST_COLUMNS).schema)
+    render.rollout_list(table, _console(), total, matched=matched)
     return 0
 
 
@@ -90,10 +111,9 @@ def show_cmd(archive_dir: Path, submission_id: str, model: str | None, as_json: 
 
 
 def summary_cmd(archive_dir: Path, sel: Selection, as_json: bool) -> int:
-    from verifier.audit.views import summary
+    from verifier.audit.views import SUMMARY_COLUMNS, summary
 
-    rows, _ = _select(Archive(archive_dir), sel)
-    result = summary(rows)
+    result = summary(_select(Archive(archive_dir), sel, SUMMARY_COLUMNS))
     if as_json:
         _print_json(result)
     else:
@@ -104,8 +124,7 @@ def summary_cmd(archive_dir: Path, sel: Selection, as_json: bool) -> int:
 def export_cmd(archive_dir: Path, sel: Selection, out: Path, fmt: str | None) -> int:
     from verifier.audit.views import export
 
-    rows, _ = _select(Archive(archive_dir), sel)
-    n, fmt = export(rows, out, fmt)
+    n, fmt = export(_select(Archive(archive_dir), sel), out, fmt)
     print(f"wrote {n} submissions to {out} ({fmt})")
     return 0
 
@@ -137,8 +156,7 @@ def reverify_cmd(archive_dir: Path, ids: list[str], sel: Selection, *, threshold
 
     archive = Archive(archive_dir)
     if not ids:
-        rows, _ = _select(archive, sel)
-        ids = rows.column("submission_id").to_pylist()
+        ids = [sid for t in _select(archive, sel, ["submission_id"]) for sid in t.column("submission_id").to_pylist()]
         if not ids:
             raise AuditError("no archived submission matches the filters; nothing to re-verify")
     tokenizer = None

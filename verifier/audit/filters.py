@@ -1,7 +1,10 @@
 """Selecting archived rollouts: by worker, policy version, verdict, reward and time.
 
 `Filter` is plain data (the CLI builds it from flags); `apply(table, filter)` keeps the
-matching rows of an `Archive.rollouts()` table with pyarrow compute. The parsers turn the
+matching rows of an `Archive.rollouts()` table with pyarrow compute, and `select(archive,
+filter)` streams them from the archive (`Archive.stream`) in bounded memory: worker prefixes
+and `limit` (the newest N) need the whole selection, so they are settled by a first pass over
+three small columns, keeping at most the set of worker ids and N arrival keys. The parsers turn the
 command line's spellings into values: versions `7`, `3:9`, `:9`, `3:`; times as unix seconds,
 ISO 8601 (`2026-11-22T04:30:00`, UTC unless it carries an offset) or an age (`90s`, `15m`,
 `2h`, `1d` ago, relative to `now`, which the caller passes).
@@ -9,14 +12,20 @@ ISO 8601 (`2026-11-22T04:30:00`, UTC unless it carries an offset) or an age (`90
 
 from __future__ import annotations
 
+import heapq
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from verifier.audit.errors import AuditError
+
+if TYPE_CHECKING:
+    from verifier.audit.archive import Archive
 
 VERDICTS = ("accepted", "rejected", "undecided")
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -69,9 +78,13 @@ def parse_time(text: str | None, now: float) -> float | None:
     return dt.timestamp()
 
 
-def resolve_workers(table: pa.Table, wanted: tuple[str, ...]) -> list[str]:
-    """Full worker ids for exact ids or unambiguous prefixes (>= 6 characters)."""
-    known = sorted(set(table.column("worker_id").to_pylist())) if table.num_rows else []
+def resolve_workers(table: pa.Table | Iterable[str], wanted: tuple[str, ...]) -> list[str]:
+    """Full worker ids for exact ids or unambiguous prefixes (>= 6 characters), among the
+    workers of `table` (or the ids given)."""
+    if isinstance(table, pa.Table):
+        known = sorted(set(table.column("worker_id").to_pylist())) if table.num_rows else []
+    else:
+        known = sorted(set(table))
     out = []
     for w in wanted:
         if w in known:
@@ -118,3 +131,47 @@ def apply(table: pa.Table, f: Filter) -> pa.Table:
     if f.limit is not None and out.num_rows > f.limit:
         out = out.slice(out.num_rows - f.limit)
     return out
+
+
+FILTER_COLUMNS = ("submission_id", "worker_id", "policy_version", "status", "mean_reward", "received_at")
+
+
+def select(archive: Archive, f: Filter, columns: Iterable[str] | None = None) -> Iterator[pa.Table]:
+    """The rows of `archive` that `f` keeps, streamed (`Archive.stream`'s order: version by
+    version), with `columns` (None: all)."""
+    bad = [v for v in f.verdicts if v not in VERDICTS]
+    if bad:
+        raise AuditError(f"--verdict {bad[0]!r}: use one of {', '.join(VERDICTS)}")
+    lo, hi = f.min_version, f.max_version
+    if f.workers:
+        known: set[str] = set()
+        for t in archive.stream(lo, hi, ["worker_id"]):
+            known.update(t.column("worker_id").to_pylist())
+        f = replace(f, workers=tuple(resolve_workers(known, f.workers)))
+    each = replace(f, limit=None)
+    cutoff = None
+    if f.limit is not None:
+        if f.limit <= 0:
+            return
+        newest: list[tuple[float, str]] = []  # a min-heap of the newest `limit` (received_at, id)
+        for t in archive.stream(lo, hi, FILTER_COLUMNS):
+            t = apply(t, each)
+            for key in zip(t.column("received_at").to_pylist(), t.column("submission_id").to_pylist(), strict=True):
+                if len(newest) < f.limit:
+                    heapq.heappush(newest, key)
+                elif key > newest[0]:
+                    heapq.heapreplace(newest, key)
+        if not newest:
+            return
+        cutoff = newest[0]
+    wanted = None if columns is None else list(dict.fromkeys(columns))
+    read = None if wanted is None else list(dict.fromkeys([*wanted, *FILTER_COLUMNS]))
+    for t in archive.stream(lo, hi, read):
+        t = apply(t, each)
+        if cutoff is not None and t.num_rows:
+            at, sid = t.column("received_at"), t.column("submission_id")
+            later = pc.or_(pc.greater(at, cutoff[0]),
+                           pc.and_(pc.equal(at, cutoff[0]), pc.greater_equal(sid, cutoff[1])))
+            t = t.filter(pc.fill_null(later, False))
+        if t.num_rows:
+            yield t if wanted is None else t.select(wanted)

@@ -60,18 +60,22 @@ def _numbers(stats: dict) -> str:
 
 
 MAX_LISTED = 200
+LIST_COLUMNS = ["submission_id", "worker_id", "policy_version", "status", "mean_reward", "n_tokens", "received_at",
+                "reason"]
 
 
-def rollout_list(table: pa.Table, console: Console, total: int) -> None:
+def rollout_list(table: pa.Table, console: Console, total: int, matched: int | None = None) -> None:
+    """`table`: the rows to show, oldest first (the newest MAX_LISTED are shown); `matched`: how
+    many rows the selection has when `table` holds only those shown (None: table's rows)."""
+    matched = table.num_rows if matched is None else matched
     shown = table if table.num_rows <= MAX_LISTED else table.slice(table.num_rows - MAX_LISTED)
-    more = f" (the newest {MAX_LISTED} shown; --json or export for all)" if shown is not table else ""
-    t = Table(title=f"{table.num_rows} of {total} archived submissions{more}", title_justify="left")
+    more = f" (the newest {MAX_LISTED} shown; --json or export for all)" if shown.num_rows < matched else ""
+    t = Table(title=f"{matched} of {total} archived submissions{more}", title_justify="left")
     for col, kw in (("submission", {}), ("worker", {}), ("version", {"justify": "right"}), ("verdict", {}),
                     ("mean reward", {"justify": "right"}), ("tokens", {"justify": "right"}), ("received", {}),
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)
-    for r in shown.select(["submission_id", "worker_id", "policy_version", "status", "mean_reward", "n_tokens",
-                           "received_at", "reason"]).to_pylist():
+    for r in shown.select(LIST_COLUMNS).to_pylist():
         t.add_row(safe(r["submission_id"]), short(r["worker_id"]), str(r["policy_version"]), _status(r["status"]),
                   _num(r["mean_reward"]), str(r["n_tokens"]), utc(r["received_at"]), safe((r["reason"] or "")[:200]))
     console.print(t)

@@ -166,15 +166,15 @@ class Reverifier:
     def _replay_keys(self) -> list[tuple[str, float, list]]:
         """(submission id, received_at, replay keys) of every archived row, computed once."""
         if self._rows is None:
-            t = self.archive.rollouts()
-            self._rows = []
-            for r in t.select(["submission_id", "worker_id", "received_at", "submission_envelope",
-                               "lease_envelope"]).to_pylist():
-                try:
-                    keys = replay_keys(open_unverified(self._job(r, [], "", "")))
-                except (ProtocolError, ValueError):
-                    continue  # an unreadable row cannot be replayed from
-                self._rows.append((r["submission_id"], r["received_at"], keys))
+            self._rows = []  # the keys only: the envelopes are read a batch at a time
+            for t in self.archive.stream(columns=["submission_id", "worker_id", "received_at", "submission_envelope",
+                                                  "lease_envelope"]):
+                for r in t.to_pylist():
+                    try:
+                        keys = replay_keys(open_unverified(self._job(r, [], "", "")))
+                    except (ProtocolError, ValueError):
+                        continue  # an unreadable row cannot be replayed from
+                    self._rows.append((r["submission_id"], r["received_at"], keys))
         return self._rows
 
     def ledger_before(self, row: dict) -> SeenLedger:

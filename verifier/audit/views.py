@@ -8,6 +8,9 @@
   (prompt_token_ids, completion_token_ids, finish_reasons) so that a reader needs no swarmrl
   to get at the tokens. Files are written atomically (temporary name, then rename).
 
+`summary` and `export` take a Table or the batches of `filters.select` (streamed: memory stays
+bounded by one batch, whatever the archive's size).
+
 Collaborators: `verifier.audit.archive` (the rows), `verifier.audit.filters` (the selection),
 `swarmrl.cli` (the commands) and `verifier.audit.render` (the text output).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ import pyarrow.parquet as pq
 
 from protocol.durable import atomic_path
 from protocol.rollout_view import rollout_view
-from verifier.audit.archive import UNDECIDED, Archive
+from verifier.audit.archive import UNDECIDED, Archive, empty_rollouts
 from verifier.audit.errors import AuditError
 
 
@@ -72,37 +76,52 @@ def failed_checks(verdict_envelope: str | None) -> list[str]:
     return [c.get("name", "?") for c in checks if isinstance(c, dict) and not c.get("passed")]
 
 
-def summary(table: pa.Table) -> list[dict[str, Any]]:
+SUMMARY_COLUMNS = ["worker_id", "status", "n_tokens", "mean_reward", "policy_version", "received_at",
+                   "verdict_envelope", "reason"]
+
+
+def _tables(rows: pa.Table | Iterable[pa.Table]) -> Iterable[pa.Table]:
+    return [rows] if isinstance(rows, pa.Table) else rows
+
+
+def summary(rows: pa.Table | Iterable[pa.Table]) -> list[dict[str, Any]]:
     by: dict[str, dict[str, Any]] = {}
-    for r in table.select(["worker_id", "status", "n_tokens", "mean_reward", "policy_version", "received_at",
-                           "verdict_envelope", "reason"]).to_pylist():
-        w = by.setdefault(r["worker_id"], {
-            "worker_id": r["worker_id"], "submissions": 0, "accepted": 0, "rejected": 0, UNDECIDED: 0, "tokens": 0,
-            "accepted_tokens": 0, "_rewards": [], "min_version": None, "max_version": None, "first_at": None,
-            "last_at": None, "reasons": Counter(), "first_rejection": ""})
-        w["submissions"] += 1
-        w[r["status"]] = w.get(r["status"], 0) + 1
-        w["tokens"] += int(r["n_tokens"] or 0)
-        if r["status"] == "accepted":
-            w["accepted_tokens"] += int(r["n_tokens"] or 0)
-        if r["mean_reward"] is not None:
-            w["_rewards"].append(r["mean_reward"])
-        v, t = r["policy_version"], r["received_at"]
-        w["min_version"] = v if w["min_version"] is None else min(w["min_version"], v)
-        w["max_version"] = v if w["max_version"] is None else max(w["max_version"], v)
-        w["first_at"] = t if w["first_at"] is None else min(w["first_at"], t)
-        w["last_at"] = t if w["last_at"] is None else max(w["last_at"], t)
-        if r["status"] == "rejected":
-            w["reasons"].update(failed_checks(r["verdict_envelope"]) or ["(no failed check named)"])
-            if not w["first_rejection"]:
-                w["first_rejection"] = r["reason"] or ""
+    for table in _tables(rows):
+        for r in table.select(SUMMARY_COLUMNS).to_pylist():
+            _count(by, r)
     out = []
     for w in by.values():
-        rewards = w.pop("_rewards")
-        w["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
+        n, total = w.pop("_rewards")
+        w["mean_reward"] = total / n if n else None
         w["reasons"] = dict(w["reasons"].most_common())
+        w["first_rejection"] = w.pop("_first")[1]
         out.append(w)
     return sorted(out, key=lambda w: (-w["submissions"], w["worker_id"]))
+
+
+def _count(by: dict[str, dict[str, Any]], r: dict[str, Any]) -> None:
+    w = by.setdefault(r["worker_id"], {
+        "worker_id": r["worker_id"], "submissions": 0, "accepted": 0, "rejected": 0, UNDECIDED: 0, "tokens": 0,
+        "accepted_tokens": 0, "_rewards": (0, 0.0), "min_version": None, "max_version": None, "first_at": None,
+        "last_at": None, "reasons": Counter(), "_first": (None, "")})
+    w["submissions"] += 1
+    w[r["status"]] = w.get(r["status"], 0) + 1
+    w["tokens"] += int(r["n_tokens"] or 0)
+    if r["status"] == "accepted":
+        w["accepted_tokens"] += int(r["n_tokens"] or 0)
+    if r["mean_reward"] is not None:
+        n, total = w["_rewards"]
+        w["_rewards"] = (n + 1, total + r["mean_reward"])
+    v, t = r["policy_version"], r["received_at"]
+    w["min_version"] = v if w["min_version"] is None else min(w["min_version"], v)
+    w["max_version"] = v if w["max_version"] is None else max(w["max_version"], v)
+    w["first_at"] = t if w["first_at"] is None else min(w["first_at"], t)
+    w["last_at"] = t if w["last_at"] is None else max(w["last_at"], t)
+    if r["status"] == "rejected":
+        w["reasons"].update(failed_checks(r["verdict_envelope"]) or ["(no failed check named)"])
+        first_at, _ = w["_first"]
+        if first_at is None or (t is not None and t < first_at):  # the earliest rejection, in any order
+            w["_first"] = (t, r["reason"] or "")
 
 
 def with_token_columns(table: pa.Table) -> pa.Table:
@@ -121,23 +140,40 @@ def with_token_columns(table: pa.Table) -> pa.Table:
             .append_column("finish_reasons", pa.array(reasons, pa.list_(pa.string()))))
 
 
-def export(table: pa.Table, path: Path, fmt: str | None = None) -> tuple[int, str]:
-    """Write `table` (plus token columns) to `path` as 'parquet' or 'jsonl' (from the suffix
-    when `fmt` is None); returns (rows, format)."""
+def export(rows: pa.Table | Iterable[pa.Table], path: Path, fmt: str | None = None) -> tuple[int, str]:
+    """Write `rows` (a Table, or batches of one schema, streamed) plus token columns to `path`
+    as 'parquet' or 'jsonl' (from the suffix when `fmt` is None); returns (rows, format)."""
     path = Path(path)
     fmt = fmt or {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix)
     if fmt not in ("parquet", "jsonl"):
         raise AuditError(f"cannot tell the format of {path.name}: name it *.parquet or *.jsonl, or pass --format")
-    out = with_token_columns(table) if table.num_rows else table
     path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
     try:
         with atomic_path(path, durable=False) as tmp:
             if fmt == "parquet":
-                pq.write_table(out, tmp, compression="zstd")
+                writer = None
+                try:
+                    for table in _tables(rows):
+                        if not table.num_rows:
+                            continue
+                        out = with_token_columns(table)
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, out.schema, compression="zstd")
+                        writer.write_table(out.cast(writer.schema))
+                        n += out.num_rows
+                    if writer is None:  # nothing selected: an empty file with the archive's columns
+                        pq.write_table(rows if isinstance(rows, pa.Table) else empty_rollouts(), tmp, compression="zstd")
+                finally:
+                    if writer is not None:
+                        writer.close()
             else:
                 with open(tmp, "w") as fh:
-                    for row in out.to_pylist():
-                        fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+                    for table in _tables(rows):
+                        if table.num_rows:
+                            for row in with_token_columns(table).to_pylist():
+                                fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+                                n += 1
     except OSError as exc:
         raise AuditError(f"cannot write {path}: {exc}") from None
-    return out.num_rows, fmt
+    return n, fmt

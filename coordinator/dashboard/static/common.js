@@ -5,24 +5,53 @@
 // undecided submission, failed checks by name only). The token is kept in sessionStorage (this
 // tab only) and sent as "Authorization: Bearer <token>"; it arrives by the sign-in prompt or
 // in the page's fragment (#token=..., never sent to the server and removed from the address bar).
+//
+// A fragment is anyone's link, so it signs in a tab that holds no token, but replaces the
+// token a tab holds only when the operator confirms (a link must not swap the operator's token
+// for its author's, nor get the operator's dropped when the coordinator refuses its own); a
+// fragment that is not a token (a malformed % escape, control characters, too long) is
+// ignored, with a note by the sign-in control, and the page runs on.
 "use strict";
 
 const API = "/v1/dashboard";
 const TOKEN_KEY = "swarmrl-operator-token";
+const TOKEN_SHAPE = /^[\x21-\x7e]{1,4096}$/;  // visible ASCII: what an Authorization header carries
+let tokenNote = "";      // why a token (a link's, or one typed) was not used, shown by renderMode
+let modeChanged = null;  // the page's onChange, to redraw the note after a hashchange
 
 function tokenFromFragment() {
-  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
   if (!m) return false;
-  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
-  history.replaceState(null, "", location.pathname + location.search);
+  history.replaceState(null, "", location.pathname + location.search);  // out of the address bar first
+  let given = null;
+  try {
+    given = decodeURIComponent(m[1]);
+  } catch (e) { /* a malformed % escape: not a token */ }
+  if (given === null || !TOKEN_SHAPE.test(given)) {
+    tokenNote = "the link's #token is not a token (malformed); ignored";
+    return false;
+  }
+  const held = operatorToken();
+  if (held === given) return false;
+  if (held && !window.confirm("This link carries an operator token other than the one this tab is signed in " +
+                              "with. Use the link's token instead?")) {
+    tokenNote = "the link's operator token was not used: this tab keeps its own";
+    return false;
+  }
+  tokenNote = "";
+  sessionStorage.setItem(TOKEN_KEY, given);
   return true;
 }
 tokenFromFragment();
-window.addEventListener("hashchange", () => { if (tokenFromFragment()) location.reload(); });
+window.addEventListener("hashchange", () => {
+  if (tokenFromFragment()) location.reload();
+  else if (tokenNote && modeChanged) renderMode(modeChanged);
+});
 
 function operatorToken() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
 function renderMode(onChange) {
+  modeChanged = onChange;
   const box = document.getElementById("mode");
   if (!box) return;
   const token = operatorToken();
@@ -30,15 +59,23 @@ function renderMode(onChange) {
   button.addEventListener("click", () => {
     if (token) sessionStorage.removeItem(TOKEN_KEY);
     else {
-      const given = window.prompt("operator token (the coordinator's dashboard.operator_token_file)");
+      const given = (window.prompt("operator token (the coordinator's dashboard.operator_token_file)") || "").trim();
       if (!given) return;
-      sessionStorage.setItem(TOKEN_KEY, given.trim());
+      if (!TOKEN_SHAPE.test(given)) {  // a header could not carry it: every request would fail
+        tokenNote = "that is not a token (spaces or control characters, or too long); not used";
+        renderMode(onChange);
+        return;
+      }
+      tokenNote = "";
+      sessionStorage.setItem(TOKEN_KEY, given);
     }
     renderMode(onChange);
     onChange();
   });
-  box.replaceChildren(el("span", { class: "muted", "data-mode": token ? "operator" : "public" },
-    token ? "operator view " : "public view "), button);
+  const parts = [el("span", { class: "muted", "data-mode": token ? "operator" : "public" },
+    token ? "operator view " : "public view "), button];
+  if (tokenNote) parts.push(el("span", { class: "small bad", "data-note": "token" }, " " + tokenNote));
+  box.replaceChildren(...parts);
 }
 
 function el(tag, attrs, ...children) {

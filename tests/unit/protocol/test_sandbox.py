@@ -20,7 +20,7 @@ import pytest
 from protocol.errors import MessageError
 from protocol.identity import KeyPair
 from protocol.sandbox import Limits, Sandbox, ScoreItem
-from tests.hostile.scoring import EVAL_SCORER, PAYLOADS, eval_scorer
+from tests.hostile.scoring import EVAL_SCORER, PAYLOADS, eval_scorer, payload_text
 
 LINUX = platform.system() == "Linux"
 LIMITS = Limits(item_timeout_s=1.5, batch_timeout_s=6.0, memory_mb=256, spares=1, max_children=4)
@@ -267,3 +267,32 @@ def test_score_runs_impure_scorers_in_the_shared_sandbox(open_dir):
     assert score("reasoning_gym:spiral_matrix", "1 2 3", "(1,2,3)") == 0.1
     assert score("arithmetic", "82", "82") == 1.0  # pure: in-process
     assert not target.exists()
+
+
+# -- a scorer's reason is worker-influenced text ---------------------------------------------------
+def _unprintable(text: str) -> list[str]:
+    import unicodedata
+
+    return [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")]
+
+
+def test_a_scorers_reason_reaches_the_host_without_control_characters(sandbox):
+    """The reason of a 0 is the scorer's exception, which quotes worker text (up to 160
+    characters, and a child that ran the text writes its own frame): it goes into the signed
+    verdict's reward stats (stored, archived, shown) and may be logged, so newlines, escape
+    sequences and other invisible characters would forge log lines or terminal output. The
+    host writes them as escapes; the reason stays within `reason_chars`."""
+    nasty = "ok\nWARNING forged log line\r\x1b[2J\x00\u2028\u202e\x85end"
+    raising = payload_text(f"raise ValueError({nasty!r})")
+    forged = payload_text(  # a child taken over by its text writes any reason it likes
+        "import os, json, struct\nb = json.dumps({'i': 0, 'r': 0.0, 'why': " + repr(nasty * 20) + "}).encode()\n"
+        "for fd in range(3, 64):\n    try:\n        os.write(fd, struct.pack('>I', len(b)) + b)\n"
+        "    except OSError:\n        pass\nos._exit(0)")
+    for text in (raising, forged):
+        r = score1(sandbox, text)
+        assert r.reward == 0.0 and r.reason
+        assert _unprintable(r.reason) == [], repr(r.reason)
+        assert "\\n" in r.reason and "\\x1b" in r.reason  # shown, not acted on
+        assert len(r.reason) <= LIMITS.reason_chars
+    assert "ValueError: ok\\nWARNING forged log line" in score1(sandbox, raising).reason
+    still_serves(sandbox)

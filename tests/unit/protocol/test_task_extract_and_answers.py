@@ -160,3 +160,52 @@ def test_math_scoring_in_the_sandbox_runs_no_payload(sandbox, tmp_path):
     got = [r.reward for r in sandbox.score("answer:math", items)]
     assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     assert not Path(marker).exists()
+
+
+# -- math answers that cost unbounded time -------------------------------------------------------
+# Each was parsed and evaluated by sympy (`9**9**9**9` builds a number of 10**369693100 digits;
+# `(x+1)^1000` takes seconds to simplify): a completion held a scorer slot until the item's
+# wall clock killed its process, and a group of them held one of the 8 slots for the whole
+# 20 s batch limit. They are now refused by their shape, before any parser sees them.
+COSTLY = ["9**9**9**9", "9^9^9^9", "9^(9^9)", r"9^{9^{9}}", "10^(10^10)", "(10^10)!", "(9!)!", "2^9!",
+          "9**(9*9*9*9*9*9*9*9*9)", "factorial(10**6)", "gamma(10**7)", "binomial(10**9, 10**8)",
+          "pow(9, pow(9, 9))", "(x+1)^1000", "(x+y+z)^40", r"\binom{1000000000}{500000000}", "100000!",
+          "x**(10**9)", "expand((x+1)**300)", "().__class__.__base__", "[0 for a in (1,)*10**9]"]
+
+
+@pytest.fixture(scope="module")
+def tight_sandbox():
+    sb = Sandbox(Limits(item_timeout_s=2.0, batch_timeout_s=8.0, spares=1, max_children=2))
+    try:
+        sb.start(warm=("answer:math",))
+        yield sb
+    finally:
+        sb.close()
+
+
+def test_costly_math_answers_are_scored_wrong_at_once_in_the_sandbox(tight_sandbox):
+    items = [ScoreItem(f"<answer>{a}</answer>", "1") for a in COSTLY[:8]]
+    t0 = time.monotonic()
+    got = tight_sandbox.score("answer:math", items)
+    took = time.monotonic() - t0
+    assert [r.reward for r in got] == [0.0] * len(items)
+    assert [r.reason for r in got] == [""] * len(items)  # the scorer's own 0, not a killed process
+    assert took < 2.0, f"{took:.1f} s for {len(items)} answers"
+
+
+@pytest.mark.parametrize("got", COSTLY)
+def test_costly_math_answers_are_refused_before_parsing(got):
+    t0 = time.monotonic()
+    assert math_equal(got, "1") is False
+    assert _sympy_equal(got, "1") is False
+    assert time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.parametrize("got,want", [
+    ("2^{10}", "1024"), ("2**100", "1267650600228229401496703205376"), ("10^{18}", "1000000000000000000"),
+    ("(x+1)^2", "x^2+2x+1"), ("(x+1)^{10}", "(1+x)^10"), ("x^2 y^3", "y^3 x^2"), ("5!", "120"), ("n!/n", "(n-1)!"),
+    (r"\frac{x}{2}", "x/2"), (r"\sqrt{12}", "2\\sqrt{3}"), ("2^{-3}", "1/8"), ("3^{1/2}", "sqrt(3)"), ("sin(pi/6)", "1/2"),
+    ("e^{i pi}", "e^{i pi}"), ("(x-1)(x+1)", "x^2-1"), ("0.[3]", "1/3"), ("2x^2 y^3", "2 y^3 x^2"),
+])
+def test_honest_math_answers_still_score_right(got, want):
+    assert math_equal(got, want) is True

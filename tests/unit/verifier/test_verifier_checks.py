@@ -363,3 +363,30 @@ def test_low_precision_rounding_allowance_covers_one_bf16_step_and_no_more():
     assert float(sampling_gaps_batch([logits], [[0]], [seed], temp, rounding=rel)[0][0]) <= tol
     logits[0, 1] += 1.0  # a real preference, not rounding
     assert float(sampling_gaps_batch([logits], [[0]], [seed], temp, rounding=rel)[0][0]) > tol
+
+
+def test_out_of_vocabulary_ids_fail_the_cheap_check_too(world, worker_key, leased):
+    """Defence in depth: the coordinator's intake refuses token ids outside the vocabulary, but a
+    verdict must not rest on it. On the cheap path (no model loaded) the verifier checked no
+    vocabulary at all, and the tokenizer decodes such an id without complaint, so a submission
+    carrying one was accepted. The verifier now knows the run's vocabulary size without the
+    model (`JudgeSettings.vocab_size`, from the checkpoint's config at start)."""
+    from dataclasses import replace
+
+    from verifier.main import run_vocab_size
+    from verifier.prefill import vocab_size
+
+    lease, env = leased
+    vocab = run_vocab_size(world.versions[0], world.tokenizer)  # what the service sets, from config.json
+    assert vocab == vocab_size(world.models.model(0, "float32"))  # the full path's: the embedding rows
+    world.settings = replace(world.settings, vocab_size=vocab)
+    comps = good_sub(lease).completions
+    bad = comps[0].model_copy(update={"token_ids": [vocab + 3, lease.eos_token_id], "proof": proof_b64(2)})
+    v = world.verify(world.job(env, submission(lease, [bad] + list(comps[1:])), worker_key, full_check=False))
+    data_check = next(c for c in v.checks if c.name == "lease_and_data")
+    assert not v.accepted and not data_check.passed and "outside the vocabulary" in data_check.detail
+    assert "proof" not in {c.name for c in v.checks}  # still the cheap path: no model was run
+    # the honest submission of another lease still passes the cheap checks
+    lease2, env2 = world.lease(worker_key)
+    ok = world.verify(world.job(env2, good_sub(lease2), worker_key, full_check=False))
+    assert ok.checks[0].passed, ok.checks[0].detail
