@@ -2,7 +2,8 @@
 
 `fetch_manifest` asks sources (best first) for one version's manifest; `wait_for_newer`
 long-polls every usable source at once (`/v1/versions/latest?after=N&wait_s=S`) and
-returns the first manifest newer than N that verifies, cancelling the other polls. Both
+returns the newest manifest newer than N that verifies (the first one, plus whatever newer
+the other polls bring within a short settle window), cancelling the other polls. Both
 trust only the operator key: a manifest whose signature, consistency, version or run does
 not check out marks its source hostile (`selection.Sources.hostile`), and the search goes
 on with the others. Nothing here downloads shards.
@@ -44,6 +45,8 @@ ANSWER_S = 10.0       # after the time a source may hold a poll, this long for i
 POLL_MARGIN_S = 2.0   # a poll is held at most this much (or half the time left) short of the deadline
 MIN_POLL_S = 0.25     # with less time left, no new poll is sent
 MAX_RETRY_S = 2.0     # an unreachable source is asked again at least this often
+SETTLE_S = 0.5        # after the first newer manifest, how long the other polls may still bring a newer one
+SETTLE_TICK_S = 0.05  # ... re-checking this often whether a usable source is left to wait for
 
 
 @dataclass(frozen=True)
@@ -130,41 +133,65 @@ Also = Callable[[int, float], Awaitable["Announced | None"]]
 
 
 def wait_for_newer(sources: Sources, operator_key: PublicKey, after: int | None, timeout_s: float,
-                   run_id: str | None = None, also: Also | None = None) -> Announced | None:
+                   run_id: str | None = None, also: Also | None = None,
+                   settle_s: float = SETTLE_S) -> Announced | None:
     """The newest verified manifest with version > `after` that any source announces within
     `timeout_s` (None: nothing newer in time). Returns within `timeout_s` (plus the
     scheduling of a fraction of a second) whatever the sources do: every poll in flight is
     cancelled at the deadline. Runs its own event loop in the calling thread.
+
+    Newest, not first: once a verified newer manifest arrives, the other polls still in flight
+    on usable sources are given up to `settle_s` (ending early when none is left) to announce
+    a newer one. A source's answer to `after=N` is its newest version; taking the
+    first one verified let a fast relay walk its clients forward one genuine version per call
+    (answering N + 1 at once) while a farther honest relay announced the newest.
+
     `also(after, deadline)`, when given, is one more racer (e.g. the libp2p swarm's version
     announcements): a coroutine returning a verified Announced newer than `after`, or None
     when it has nothing by `deadline` (time.monotonic()); it must not wait on threads that
     outlive it (the loop's default executor is joined when the loop closes)."""
     after_v = -1 if after is None else after
-    return asyncio.run(_race(sources, operator_key, after_v, timeout_s, run_id, also))
+    return asyncio.run(_race(sources, operator_key, after_v, timeout_s, run_id, also, settle_s))
 
 
 async def _race(sources: Sources, key: PublicKey, after: int, timeout_s: float,
-                run_id: str | None, also: Also | None = None) -> Announced | None:
+                run_id: str | None, also: Also | None = None,
+                settle_s: float = SETTLE_S) -> Announced | None:
     deadline = time.monotonic() + max(0.0, timeout_s)
     urls = list(sources.urls)
     async with new_client(len(urls) + 1) as http:
-        tasks = [asyncio.create_task(_poll_one(http, sources, url, key, after, deadline, run_id))
-                 for url in urls]
+        polls = {asyncio.create_task(_poll_one(http, sources, url, key, after, deadline, run_id)): url
+                 for url in urls}
+        tasks = list(polls)
         if also is not None:
             tasks.append(asyncio.create_task(also(after, deadline)))
         pending = set(tasks)
+        best: Announced | None = None
+        settle_at = deadline
+
+        def worth_waiting() -> bool:
+            """A poll still running on a source usable now (one benched or found hostile
+            meanwhile is not waited for). Not `also`: it answers at once with the newest it
+            knows, so while it runs it knows of nothing newer than `after`."""
+            now = sources.now()
+            return any(t in polls and sources.usable(polls[t], now) for t in pending)
+
         try:
             while pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
+                left = min(deadline, settle_at) - time.monotonic()
+                if left <= 0 or (best is not None and not worth_waiting()):
+                    break
+                if best is not None:
+                    left = min(left, SETTLE_TICK_S)
                 done, pending = await asyncio.wait(pending, timeout=left,
                                                    return_when=asyncio.FIRST_COMPLETED)
                 for fut in done:
                     found = fut.result()
-                    if found is not None:
-                        return found
-            return None
+                    if found is not None and (best is None or found.version > best.version):
+                        if best is None:
+                            settle_at = min(deadline, time.monotonic() + max(0.0, settle_s))
+                        best = found
+            return best
         finally:
             for t in tasks:
                 t.cancel()
