@@ -5,23 +5,30 @@ round of learning versions (real servers on 127.0.0.1; each test failed before i
   client forward one version per call, while a farther honest relay already announced the
   newest: `wait_for_newer` returned the first newer manifest it verified, not the newest;
 - a relay ranked first in a relay's catch-up that lists made-up versions and drips its
-  manifest answers held the catch-up (and so the relay's long-poll watch) up to ~45 s a round.
+  manifest answers held the catch-up (and so the relay's long-poll watch) up to ~45 s a round;
+- `fetch_manifest` asked sources one after the other with the whole timeout each, so a relay
+  ranked first that drips its manifest answers held a client's manifest request 15 s.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import threading
 import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+import shardcast.relay as relay_mod
 from protocol.identity import KeyPair
-from shardcast.config import OriginConfig
+from shardcast.config import OriginConfig, RelayConfig
 from shardcast.origin import Origin
+from shardcast.relay import Relay
 from shardcast.selection import Sources
 from shardcast.watch import wait_for_newer
-from tests.hostile.relays import HostileRelay
+from tests.hostile.relays import DripRelay, HostileRelay
+from tests.waiting import wait_until
 
 RUN = "run-rounds"
 SHARD = 4096
@@ -103,3 +110,96 @@ def test_waiting_for_the_newest_costs_nothing_when_every_usable_source_answered(
         t0 = time.monotonic()
         assert wait_for_newer(sources, op.public, 1, 5.0, RUN).version == 3
         assert time.monotonic() - t0 < 0.4, urls
+
+
+# -- a relay's catch-up: one upstream that lists made-up versions and drips its manifests ---------
+
+
+class MadeUpListingRelay(HostileRelay):
+    """Looks like a relay ahead of the others: its listing names versions nobody published
+    (`made_up`); asked for one of their manifests, it drips a byte every `every_s` s. Long-polls
+    are `upstream`'s (it answers them like an honest relay)."""
+
+    def __init__(self, upstream: str, made_up: list[int], every_s: float = 0.5):
+        super().__init__()
+        self.upstream, self.made_up, self.every_s = upstream, made_up, every_s
+
+    def answer(self, h, kind: str) -> None:
+        if kind == "/v1/versions":
+            body = json.dumps({"versions": self.made_up, "complete": self.made_up}).encode()
+            self.head(h, 200, {"content-type": "application/json", "content-length": str(len(body))})
+            h.wfile.write(body)
+            return
+        if kind.endswith("/manifest"):
+            self.head(h, 200, {"content-type": "application/json", "content-length": "100000"})
+            self.drip(h, b"{" + b" " * 99_999, self.every_s, 1)
+            return
+        status, _headers, body = self.upstream_get(self.upstream, h)
+        self.head(h, status, {"content-type": "application/json", "content-length": str(len(body))})
+        h.wfile.write(body)
+
+
+def _origin_with(root, op, versions: int) -> Origin:
+    o = Origin(OriginConfig(data_dir=root / "o", port=0, shard_size=SHARD, keep_versions=8), op, RUN)
+    o.start()
+    for v in range(versions):
+        _publish(o, root, v)
+    return o
+
+
+def _publish(o: Origin, root, v: int) -> None:
+    ck = root / f"ck{v}"
+    ck.mkdir()
+    (ck / "w.bin").write_bytes(random.Random(v).randbytes(2 * SHARD))
+    o.publish(ck, v, v)
+
+
+def test_an_upstream_listing_made_up_versions_and_dripping_their_manifests_holds_no_catch_up(
+        tmp_path, op, monkeypatch):
+    """Listed first, the liar's made-up versions were asked of it one after the other (15 s
+    each, the honest upstream answering 404 in between) before the relay long-polled at all:
+    ~45 s without a version. Now each upstream's listing is served by that upstream in a race
+    with the others, one answer has a short deadline, and an upstream that cannot serve what it
+    listed is not consulted again for a while."""
+    # short deadlines for a short test (absent before the fix: raising=False)
+    monkeypatch.setattr(relay_mod, "CATCH_UP_ASK_S", 1.0, raising=False)
+    monkeypatch.setattr(relay_mod, "CATCH_UP_S", 2.0, raising=False)
+    o = _origin_with(tmp_path, op, 4)
+    with MadeUpListingRelay(o.url, [1000, 1001, 1002]) as liar:
+        relay = Relay(RelayConfig(upstreams=[liar.url, o.url], operator_key=op.public.hex, port=0,
+                                  data_dir=tmp_path / "relay", run_id=RUN, keep_versions=3))
+        relay.start()
+        try:
+            wait_until(lambda: relay.versions() == [1, 2, 3], 4.0, "the relay catching up with the honest upstream",
+                       every=0.05)
+            # the round ends by the per-upstream deadline; the long-poll watch then runs
+            _publish(o, tmp_path, 4)
+            wait_until(lambda: 4 in relay.versions(), 6.0, "version 4 from the long-poll",
+                       every=0.05)
+            asked = liar.hits.get("/v1/versions/1002/manifest", 0) + liar.hits.get("/v1/versions/1001/manifest", 0)
+            _publish(o, tmp_path, 5)
+            wait_until(lambda: 5 in relay.versions(), 3.0, "version 5 at once", every=0.05)
+            time.sleep(0.5)  # later rounds do not ask the liar for what it listed again
+            assert liar.hits.get("/v1/versions/1002/manifest", 0) + liar.hits.get(
+                "/v1/versions/1001/manifest", 0) == asked <= 1, liar.hits
+            assert not any(v >= 1000 for v in relay.versions())
+        finally:
+            relay.stop()
+            o.stop()
+
+
+def test_a_manifest_asked_of_a_relay_that_drips_it_comes_from_the_next_one_within_the_hedge(op, origin):
+    """fetch_manifest asked sources one after the other, each with the whole timeout (15 s for
+    a client): a relay ranked first that drips its manifest answers held every such call."""
+    from shardcast.watch import HEDGE_S, fetch_manifest
+
+    with DripRelay(origin.url, every_s=0.3, control=True) as drip:
+        sources = Sources([drip.url, origin.url])
+        out: list = []
+        t0 = time.monotonic()
+        t = threading.Thread(target=lambda: out.append(fetch_manifest(sources, op.public, 3, RUN, timeout_s=15.0)),
+                             daemon=True)
+        t.start()
+        t.join(HEDGE_S + 3.0)
+        assert out, f"no manifest after {time.monotonic() - t0:.1f} s"
+        assert out[0].version == 3 and out[0].source == origin.url
