@@ -15,6 +15,9 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   mesh does not hang on the bootstrap peer alone).
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
   at once, reading disk in a worker thread.
+- Asking (`request`): besides the request deadline, the reply's head must come within
+  `rate_window_s` and its body keep up `min_rate_bps` (`Pace`), so a peer that drips is
+  dropped within about a window and the shard asked of another.
 
 libp2p and transport errors are translated to PeerRequestFailed at this boundary.
 """
@@ -341,12 +344,14 @@ class SwarmHost:
                     raise PeerRequestFailed(f"cannot connect to peer {peer_id}")
                 stream = await self.host.new_stream(info.peer_id, [wire.PROTOCOL_ID])
                 await wire.write_frame(stream, wire.encode_model(req))
-                reply = wire.decode_reply(await wire.read_frame(stream, StreamEOF))
+                with trio.fail_after(self.cfg.rate_window_s):
+                    reply = wire.decode_reply(await wire.read_frame(stream, StreamEOF))
                 if not reply.ok:
                     raise PeerRequestFailed(f"peer {peer_id} refused: {reply.error}")
                 if reply.size > max_size:
                     raise PeerRequestFailed(f"peer {peer_id} offers {reply.size} bytes, at most {max_size} expected")
-                data = await wire.read_exactly(stream, reply.size, StreamEOF)
+                data = await wire.read_exactly(stream, reply.size, StreamEOF,
+                                               pace=Pace(self.cfg.min_rate_bps, self.cfg.rate_window_s, peer_id))
             await stream.close()
             return data
         except trio.TooSlowError as exc:
@@ -356,6 +361,34 @@ class SwarmHost:
         finally:
             if stream is not None and not _is_closed(stream):
                 await _reset(stream)
+
+
+class Pace:
+    """The minimum rate of one reply body (or of a body served), as shardcast.transfer.MinRate
+    is for a relay's shard: a leaky bucket that starts with `window_s` of credit, each byte buys
+    1/min_bps s more, capped at `window_s` ahead (a burst cannot pay for a long stall). A read
+    (write) not done when the credit runs out ends the exchange: `PeerRequestFailed`, and the
+    shard is asked of another peer. Without it, a peer that dripped a shard held the asker for
+    the whole request deadline (60 s)."""
+
+    def __init__(self, min_bps: float, window_s: float, peer: str):
+        self.min_bps, self.window_s, self.peer = min_bps, window_s, peer
+        self.started = trio.current_time()
+        self.until = self.started + window_s
+        self.nbytes = 0
+
+    def moved(self, n: int) -> None:
+        self.nbytes += n
+        self.until = min(trio.current_time() + self.window_s, self.until + n / self.min_bps)
+
+    async def run(self, afn, *args):
+        """`await afn(*args)` (one read or write) by the end of the credit."""
+        with trio.move_on_at(self.until) as scope:
+            return await afn(*args)
+        if scope.cancelled_caught:
+            took = trio.current_time() - self.started
+            raise PeerRequestFailed(f"peer {self.peer}: {self.nbytes} bytes in {took:.1f} s, below the minimum "
+                                    f"{self.min_bps:.0f} B/s")
 
 
 class _SwarmGossipSub(GossipSub):
