@@ -7,7 +7,9 @@ round of learning versions (real servers on 127.0.0.1; each test failed before i
 - a relay ranked first in a relay's catch-up that lists made-up versions and drips its
   manifest answers held the catch-up (and so the relay's long-poll watch) up to ~45 s a round;
 - `fetch_manifest` asked sources one after the other with the whole timeout each, so a relay
-  ranked first that drips its manifest answers held a client's manifest request 15 s.
+  ranked first that drips its manifest answers held a client's manifest request 15 s;
+- a relay that held each shard request the whole `shard_wait_s` (30 s) and then answered 503
+  "not ready" held a new client's first version that long, where another relay had it.
 """
 
 from __future__ import annotations
@@ -203,3 +205,50 @@ def test_a_manifest_asked_of_a_relay_that_drips_it_comes_from_the_next_one_withi
         t.join(HEDGE_S + 3.0)
         assert out, f"no manifest after {time.monotonic() - t0:.1f} s"
         assert out[0].version == 3 and out[0].source == origin.url
+
+
+# -- a shard request held to the last moment, then "not ready" -------------------------------------
+
+
+class HoldRelay(HostileRelay):
+    """Control answers are `upstream`'s; a shard request is held `hold_s` (whatever its wait_s)
+    and then answered 503 "not ready", as a relay still mirroring the shard would."""
+
+    def __init__(self, upstream: str, hold_s: float):
+        super().__init__()
+        self.upstream, self.hold_s = upstream, hold_s
+
+    def answer(self, h, kind: str) -> None:
+        if kind == "shard":
+            if self.stopped.wait(self.hold_s):
+                return
+            body = b'{"detail": "not ready"}'
+            self.head(h, 503, {"content-type": "application/json", "retry-after": "1",
+                               "content-length": str(len(body))})
+            h.wfile.write(body)
+            return
+        status, _headers, body = self.upstream_get(self.upstream, h)
+        self.head(h, status, {"content-type": "application/json", "content-length": str(len(body))})
+        h.wfile.write(body)
+
+
+def test_a_relay_that_holds_shard_requests_and_answers_not_ready_holds_a_new_client_for_its_probation(
+        tmp_path, op, origin):
+    """The drip relay's body was cut at `probation_s` while another source was usable; its head
+    was not: a relay listed first that held each shard request the whole `shard_wait_s` (30 s by
+    default) before answering 503 held every new client's first version that long."""
+    from shardcast.client import ShardcastClient
+    from shardcast.fetch import FetchOptions
+
+    opts = FetchOptions(shard_wait_s=10.0, probation_s=1.0)
+    with HoldRelay(origin.url, hold_s=10.0) as hold:
+        c = ShardcastClient([hold.url, origin.url], op.public, tmp_path / "cache", run_id=RUN, options=opts,
+                            durable=False)
+        try:
+            t0 = time.monotonic()
+            c.fetch(3)
+            took = time.monotonic() - t0
+        finally:
+            c.close()
+        assert hold.hits.get("shard", 0) >= 1, "the holding relay was never asked: nothing was shown"
+        assert took < 4.0, f"the first version took {took:.1f} s"
