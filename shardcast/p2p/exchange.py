@@ -14,11 +14,12 @@ Integrity is exactly as from a relay: the manifest is the operator-signed one (e
 a version announcement, or asked of a peer and opened with the operator key, and compared
 with the hash the announcement named), and every shard is checked against it before it is
 returned. A peer that fails or serves a wrong byte gets a strike and is tried last; one with
-`max_strikes` strikes is not asked again. A peer the node would not dial (its host out of
-dial budget: many keys naming one address) is passed over without a strike or an attempt. Peer ids cost nothing, so a peer that has served
+`max_strikes` strikes is not asked again. Peer ids cost nothing, so a peer that has served
 verified bytes is asked before untried ones (ranked by strikes less deliveries): thousands of
 fresh keys that stall cannot push it behind them. Among equals, peers are tried in random
-order so that load spreads. What is remembered per peer and per version is bounded.
+order so that load spreads. A peer the node will not dial now (its address out of dial
+budget: many keys naming one address, shardcast.p2p._host) is passed over without a strike
+or an attempt. What is remembered per peer and per version is bounded.
 Blocking; call it from a worker thread in asyncio code.
 """
 
