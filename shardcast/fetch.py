@@ -18,7 +18,9 @@ downloaded, from whom and how it is checked is decided here:
   or bursts and then stalls, is dropped within about `rate_window_s` and ranked down by the
   rate it managed (`Sources.slow`); a source that has not completed a transfer yet, while
   another source is usable, starts with `probation_s` of credit instead (a drip relay listed
-  first held each client's first shard a whole window: 10 s per client in bench/hostile.py);
+  first held each client's first shard a whole window: 10 s per client in bench/hostile.py),
+  and may hold the request only `probation_s` (its head due as much later) rather than
+  `shard_wait_s` (a relay that held requests 30 s and answered 503 held the first version);
   a shard's attempts together end by `shard_deadline_s`;
 - a body is capped at the bytes of the shard still missing (signed manifest): another
   Content-Length is refused before a byte is read, and nothing past it is read;
@@ -110,7 +112,8 @@ class FetchOptions:
     min_rate_bps: float = 64 * 1024     # a transfer slower than this (after its window) is dropped
     rate_window_s: float = 10.0         # ... judged over this window (the most credit a burst buys)
     probation_s: float = 2.0            # the first credit of a source with no completed transfer, while
-                                        # another source is usable (it is resumed there by Range)
+                                        # another source is usable (it is resumed there by Range); also
+                                        # how long it may hold a request (its head due as much later)
     shard_deadline_s: float = 1800.0    # all attempts at one shard together
     max_attempts_per_shard: int = 16
     manifest_wait_s: float = 30.0       # how long fetch(N) waits for a source to learn of N
@@ -309,11 +312,17 @@ class Downloader:
     def _transfer(self, url: str, version: int, shard: ShardEntry, target: "_Target",
                   st: _ShardState, stop: threading.Event | None) -> None:
         headers = {"range": f"bytes={st.pos}-"} if st.pos else {}
-        path = (routes.SC_SHARD.format(version=version, index=shard.index)
-                + f"?wait_s={self.opts.shard_wait_s:g}")
-        st.used.add(url)
         o = self.opts
-        resp = self.conns.get(url, path, headers, head_timeout_s=o.shard_wait_s + o.read_timeout_s)
+        # A source on probation (no completed transfer, another usable) may hold the request
+        # `probation_s` and must answer within as much again: one that held every request
+        # the whole shard_wait_s and then answered 503 held each new client's first shards that
+        # long (30 s), where another source had them.
+        probation = self.sources.on_probation(url)
+        wait_s = min(o.shard_wait_s, o.probation_s) if probation else o.shard_wait_s
+        head_s = wait_s + (min(o.read_timeout_s, o.probation_s) if probation else o.read_timeout_s)
+        path = routes.SC_SHARD.format(version=version, index=shard.index) + f"?wait_s={wait_s:g}"
+        st.used.add(url)
+        resp = self.conns.get(url, path, headers, head_timeout_s=head_s)
         complete = False
         try:
             code = resp.status
@@ -341,7 +350,7 @@ class Downloader:
             # otherwise write what each read delivered (see shardcast.transfer.BUFFER).
             fill = target.dfd is not None
             view = self._buffer(DIRECT_BUFFER if fill else BUFFER)
-            first = o.probation_s if self.sources.on_probation(url) else None
+            first = o.probation_s if probation else None
             rate = MinRate(o.min_rate_bps, o.rate_window_s, o.read_timeout_s, first_s=first)
             while st.pos < shard.size:
                 want = min(len(view), shard.size - st.pos)

@@ -23,7 +23,11 @@ trusts only the operator key:
   never mirrored nor served (an upstream that offers one is avoided as hostile), and
   versions of another run found on disk at start-up are deleted;
 - every request upstream is bounded (shardcast.bounded, shardcast.fetch): an upstream that
-  stalls, drips, bloats or compresses its answers is dropped and ranked down.
+  stalls, drips, bloats or compresses its answers is dropped and ranked down;
+- each watch round first catches up (`_catch_up`): every upstream is asked at once for its
+  listing and for the manifests of the newest versions it listed, with a short deadline per
+  answer and one for the round; an upstream that lists what it cannot serve is not consulted
+  again for a while (its long-polls go on).
 
 Threads: the public port is served by shardcast.front (shard bodies with sendfile) in the
 main thread, the rest of the API by uvicorn in a background thread behind it; the watcher
@@ -39,6 +43,7 @@ when it stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -52,9 +57,9 @@ from protocol.errors import MessageError, SignatureError
 from protocol.identity import PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import PolicyManifest, ShardEntry
-from shardcast.bounded import SOURCE_ERRORS, decimal, short
+from shardcast.bounded import SOURCE_ERRORS, decimal, run_bounded, short
 from shardcast.config import RelayConfig
-from shardcast.errors import ShardcastError
+from shardcast.errors import RefusedAnswer, ShardcastError
 from shardcast.fetch import Downloader, FetchEvents, FetchOptions, prewarm
 from shardcast.layout import (
     clean_work_dirs, read_manifest, remove_tree, version_dirs, versions_to_prune,
@@ -67,11 +72,15 @@ from shardcast.selection import Sources
 from shardcast.serving import ShardLocation
 from shardcast.signal import Signal
 from shardcast.transfer import Connections
-from shardcast.watch import Announced, fetch_manifest, list_versions, wait_for_newer
+from shardcast.watch import Announced, ask_manifest, ask_versions, wait_for_newer
 
 log = logging.getLogger("shardcast.relay")
 WATCH_CHUNK_S = 30.0
 MIRROR_RETRY_MAX_S = 30.0
+CATCH_UP_S = 10.0              # one catch-up round, all upstreams together
+CATCH_UP_ASK_S = 5.0           # one listing or manifest answer of one upstream, in a catch-up
+CATCH_UP_DEMOTE_S = 30.0       # an upstream that failed a catch-up is skipped this long (doubling)
+CATCH_UP_DEMOTE_MAX_S = 600.0
 
 
 @dataclass
@@ -142,6 +151,7 @@ class Relay:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.conns = Connections(FetchOptions().connect_timeout_s)  # upstream data connections, kept
+        self._demoted: dict[str, tuple[float, int]] = {}  # url -> (skipped in catch-up until, times)
         clean_work_dirs(self.root)
         self._load_existing()
 
@@ -254,24 +264,70 @@ class Relay:
             self._adopt(ann)
 
     def _catch_up(self) -> None:
-        """Adopt versions that upstreams hold and this relay lacks, among the newest kept."""
-        for url in self.sources.ranked():
-            try:
-                upstream = list_versions(url)
-            except (*SOURCE_ERRORS, ValueError) as exc:
-                self.sources.failure(url, f"versions: {type(exc).__name__}: {short(exc)}")
-                continue
-            with self._lock:
-                held = set(self._versions)
-            wanted = [v for v in sorted(upstream)[-self.cfg.keep_versions:] if v not in held]
-            for v in wanted:
-                if len(held) >= self.cfg.keep_versions and v < min(held):
-                    continue  # it would be pruned at once
-                try:
-                    self._adopt(fetch_manifest(self.sources, self.operator_key, v, self.run_id))
-                except ShardcastError as exc:
-                    log.info("cannot adopt version %d yet: %s", v, exc)
+        """Adopt versions that upstreams hold and this relay lacks, among the newest kept.
+
+        Every upstream not demoted is asked at once for its listing, and each for the
+        manifests of the newest versions it listed (itself: it claims to hold them), racing
+        the others: a version is adopted as soon as one upstream served its manifest. Each
+        answer has CATCH_UP_ASK_S, the round CATCH_UP_S in all, and an upstream whose listing
+        failed or was refused, or that did not serve a version it listed, is not consulted
+        again for a backoff (`_demote`). Asked one after the other, an upstream ranked first
+        that listed made-up versions and dripped their manifests held the round (and the
+        long-poll watch behind it) for ~45 s."""
+        now = time.monotonic()
+        urls = [u for u in self.sources.ranked() if self._demoted.get(u, (0.0, 0))[0] <= now]
+        if not urls:
             return
+        run_bounded(lambda http: self._catch_up_round(http, urls), connections=2 * len(urls))
+
+    async def _catch_up_round(self, http, urls: list[str]) -> None:
+        async def one(url: str) -> None:
+            try:
+                listed = await ask_versions(http, url, CATCH_UP_ASK_S)
+            except (RefusedAnswer, ValueError) as exc:  # late, bloated, compressed, not a listing
+                self.sources.failure(url, f"versions: {type(exc).__name__}: {short(exc)}")
+                self._demote(url, f"its listing was refused: {short(exc)}")
+                return
+            except SOURCE_ERRORS as exc:  # unreachable: benched, asked again next round
+                self.sources.failure(url, f"versions: {type(exc).__name__}: {short(exc)}")
+                return
+            for v in sorted(listed, reverse=True)[: self.cfg.keep_versions]:
+                with self._lock:
+                    held = set(self._versions)
+                if v in held or self._stop.is_set():
+                    continue
+                if len(held) >= self.cfg.keep_versions and v < min(held):
+                    break  # it (and every older one) would be pruned at once
+                ann = await ask_manifest(http, self.sources, url, self.operator_key, v, self.run_id,
+                                         CATCH_UP_ASK_S)
+                if ann is None:
+                    self._demote(url, f"it listed version {v} and did not serve its manifest")
+                    return
+                self._adopt(ann)
+            self._demoted.pop(url, None)
+
+        tasks = [asyncio.create_task(one(u)) for u in urls]
+        try:
+            await asyncio.wait(tasks, timeout=CATCH_UP_S)
+        finally:
+            late = [not t.done() for t in tasks]
+            for t in tasks:
+                t.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for url, was_late, r in zip(urls, late, results, strict=True):
+                if was_late:
+                    self.sources.failure(url, f"catch-up: not done within {CATCH_UP_S:g} s")
+                    self._demote(url, f"its catch-up took over {CATCH_UP_S:g} s")
+                elif isinstance(r, Exception):  # nobody foresaw it: logged, the round goes on
+                    log.error("catching up from %s failed: %s: %s", url, type(r).__name__, short(r))
+
+    def _demote(self, url: str, why: str) -> None:
+        """Skip `url` in catch-up rounds for a backoff that doubles each time (up to
+        CATCH_UP_DEMOTE_MAX_S) until a round with it goes through; long-polls go on."""
+        _until, n = self._demoted.get(url, (0.0, 0))
+        wait = min(CATCH_UP_DEMOTE_MAX_S, CATCH_UP_DEMOTE_S * 2 ** n)
+        self._demoted[url] = (time.monotonic() + wait, n + 1)
+        log.warning("upstream %s: %s; not consulted to catch up for %.0f s", url, why, wait)
 
     def _adopt(self, ann: Announced) -> None:
         """Hold version `ann` (its manifest verified): announce it, queue its shards, prune.

@@ -220,6 +220,12 @@ class Sources:
             s = self.stats.get(url)
             return s is not None and self.now() < s.hostile_until
 
+    def usable(self, url: str, now: float | None = None) -> bool:
+        """`url` is known, neither benched nor hostile at `now` (default: the clock)."""
+        with self._lock:
+            s = self.stats.get(url)
+            return s is not None and s.usable(self.now() if now is None else now)
+
     def on_probation(self, url: str) -> bool:
         """`url` has not completed a transfer yet and another source is usable now: its
         transfers get a short first window (shardcast.fetch's `probation_s`)."""

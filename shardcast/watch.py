@@ -1,8 +1,10 @@
 """Learning about versions from untrusted sources: signed manifests and long-polls.
 
-`fetch_manifest` asks sources (best first) for one version's manifest; `wait_for_newer`
+`fetch_manifest` asks sources (best first, hedged: the next is asked too when one is slow
+to answer) for one version's manifest; `wait_for_newer`
 long-polls every usable source at once (`/v1/versions/latest?after=N&wait_s=S`) and
-returns the first manifest newer than N that verifies, cancelling the other polls. Both
+returns the newest manifest newer than N that verifies (the first one, plus whatever newer
+the other polls bring within a short settle window), cancelling the other polls. Both
 trust only the operator key: a manifest whose signature, consistency, version or run does
 not check out marks its source hostile (`selection.Sources.hostile`), and the search goes
 on with the others. Nothing here downloads shards.
@@ -32,7 +34,7 @@ from protocol.identity import PublicKey
 from protocol.manifest import open_manifest
 from protocol.messages import PolicyManifest
 from shardcast.bounded import (
-    MAX_LISTING_BYTES, MAX_MANIFEST_BYTES, SOURCE_ERRORS, Answer, get_bounded, new_client, run_bounded,
+    MAX_LISTING_BYTES, MAX_MANIFEST_BYTES, SOURCE_ERRORS, get_bounded, new_client, run_bounded,
     short,
 )
 from shardcast.errors import VersionUnavailable
@@ -44,6 +46,9 @@ ANSWER_S = 10.0       # after the time a source may hold a poll, this long for i
 POLL_MARGIN_S = 2.0   # a poll is held at most this much (or half the time left) short of the deadline
 MIN_POLL_S = 0.25     # with less time left, no new poll is sent
 MAX_RETRY_S = 2.0     # an unreachable source is asked again at least this often
+HEDGE_S = 1.0         # a manifest request not answered this soon: the next source is asked too
+SETTLE_S = 0.5        # after the first newer manifest, how long the other polls may still bring a newer one
+SETTLE_TICK_S = 0.05  # ... re-checking this often whether a usable source is left to wait for
 
 
 @dataclass(frozen=True)
@@ -82,40 +87,70 @@ def verify_manifest_bytes(data: bytes, operator_key: PublicKey,
 
 
 def fetch_manifest(sources: Sources, operator_key: PublicKey, version: int,
-                   run_id: str | None = None, timeout_s: float = 15.0) -> Announced:
+                   run_id: str | None = None, timeout_s: float = 15.0,
+                   hedge_s: float = HEDGE_S) -> Announced:
     """The verified manifest of `version` from the best source that holds it; each source
-    is given `timeout_s` for its whole answer (at most MAX_MANIFEST_BYTES)."""
+    is given `timeout_s` for its whole answer (at most MAX_MANIFEST_BYTES). Sources are asked
+    best first, the next one `hedge_s` after the last without waiting for its answer (and at
+    once after a failure or a "not here"); the first manifest that verifies wins and the other
+    requests are cancelled. Asked one after the other, a source ranked first that dripped its
+    answer held every call its whole `timeout_s` (15 s) before the next was asked."""
     return run_bounded(lambda http: _fetch_manifest(http, sources, operator_key, version, run_id,
-                                                    timeout_s))
+                                                    timeout_s, hedge_s))
+
+
+async def ask_manifest(http: httpx.AsyncClient, sources: Sources, url: str, operator_key: PublicKey,
+                       version: int, run_id: str | None, timeout_s: float) -> Announced | None:
+    """`version`'s verified manifest from `url` alone; None when it did not serve one (it
+    answered "not here", failed or was late: ranked down; or it served a manifest that does
+    not verify or is of another version: marked hostile)."""
+    try:
+        resp = await get_bounded(http, url + routes.SC_MANIFEST.format(version=version),
+                                 max_bytes=MAX_MANIFEST_BYTES, timeout_s=timeout_s)
+    except SOURCE_ERRORS as exc:
+        _failed(sources, url, f"manifest {version}", exc)
+        return None
+    if resp.status == 404:
+        return None
+    if resp.status != 200:
+        sources.failure(url, f"manifest {version}: HTTP {resp.status}")
+        return None
+    try:
+        env, manifest = verify_manifest_bytes(resp.body, operator_key, run_id)
+        if manifest.version != version:
+            raise SignatureError(f"asked for version {version}, got a manifest of "
+                                 f"{manifest.version}")
+    except (MessageError, SignatureError) as exc:
+        log.warning("source %s served a bad manifest for version %d: %s; avoiding it",
+                    url, version, exc)
+        sources.hostile(url, f"bad manifest: {exc}")
+        return None
+    return Announced(env, manifest, url)
 
 
 async def _fetch_manifest(http: httpx.AsyncClient, sources: Sources, operator_key: PublicKey,
-                          version: int, run_id: str | None, timeout_s: float) -> Announced:
+                          version: int, run_id: str | None, timeout_s: float,
+                          hedge_s: float = HEDGE_S) -> Announced:
+    todo = sources.ranked()
     tried: list[str] = []
-    for url in sources.ranked():
-        tried.append(url)
-        try:
-            resp = await get_bounded(http, url + routes.SC_MANIFEST.format(version=version),
-                                     max_bytes=MAX_MANIFEST_BYTES, timeout_s=timeout_s)
-        except SOURCE_ERRORS as exc:
-            _failed(sources, url, f"manifest {version}", exc)
-            continue
-        if resp.status == 404:
-            continue
-        if resp.status != 200:
-            sources.failure(url, f"manifest {version}: HTTP {resp.status}")
-            continue
-        try:
-            env, manifest = verify_manifest_bytes(resp.body, operator_key, run_id)
-            if manifest.version != version:
-                raise SignatureError(f"asked for version {version}, got a manifest of "
-                                     f"{manifest.version}")
-        except (MessageError, SignatureError) as exc:
-            log.warning("source %s served a bad manifest for version %d: %s; avoiding it",
-                        url, version, exc)
-            sources.hostile(url, f"bad manifest: {exc}")
-            continue
-        return Announced(env, manifest, url)
+    running: set[asyncio.Task] = set()
+    try:
+        while todo or running:
+            if todo:
+                url = todo.pop(0)
+                tried.append(url)
+                running.add(asyncio.create_task(
+                    ask_manifest(http, sources, url, operator_key, version, run_id, timeout_s)))
+            done, running = await asyncio.wait(running, timeout=max(0.0, hedge_s) if todo else None,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                found = fut.result()
+                if found is not None:
+                    return found
+    finally:
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
     raise VersionUnavailable(f"no source has a valid manifest for version {version} "
                              f"(asked: {', '.join(tried) or 'none usable'})")
 
@@ -130,41 +165,65 @@ Also = Callable[[int, float], Awaitable["Announced | None"]]
 
 
 def wait_for_newer(sources: Sources, operator_key: PublicKey, after: int | None, timeout_s: float,
-                   run_id: str | None = None, also: Also | None = None) -> Announced | None:
+                   run_id: str | None = None, also: Also | None = None,
+                   settle_s: float = SETTLE_S) -> Announced | None:
     """The newest verified manifest with version > `after` that any source announces within
     `timeout_s` (None: nothing newer in time). Returns within `timeout_s` (plus the
     scheduling of a fraction of a second) whatever the sources do: every poll in flight is
     cancelled at the deadline. Runs its own event loop in the calling thread.
+
+    Newest, not first: once a verified newer manifest arrives, the other polls still in flight
+    on usable sources are given up to `settle_s` (ending early when none is left) to announce
+    a newer one. A source's answer to `after=N` is its newest version; taking the
+    first one verified let a fast relay walk its clients forward one genuine version per call
+    (answering N + 1 at once) while a farther honest relay announced the newest.
+
     `also(after, deadline)`, when given, is one more racer (e.g. the libp2p swarm's version
     announcements): a coroutine returning a verified Announced newer than `after`, or None
     when it has nothing by `deadline` (time.monotonic()); it must not wait on threads that
     outlive it (the loop's default executor is joined when the loop closes)."""
     after_v = -1 if after is None else after
-    return asyncio.run(_race(sources, operator_key, after_v, timeout_s, run_id, also))
+    return asyncio.run(_race(sources, operator_key, after_v, timeout_s, run_id, also, settle_s))
 
 
 async def _race(sources: Sources, key: PublicKey, after: int, timeout_s: float,
-                run_id: str | None, also: Also | None = None) -> Announced | None:
+                run_id: str | None, also: Also | None = None,
+                settle_s: float = SETTLE_S) -> Announced | None:
     deadline = time.monotonic() + max(0.0, timeout_s)
     urls = list(sources.urls)
     async with new_client(len(urls) + 1) as http:
-        tasks = [asyncio.create_task(_poll_one(http, sources, url, key, after, deadline, run_id))
-                 for url in urls]
+        polls = {asyncio.create_task(_poll_one(http, sources, url, key, after, deadline, run_id)): url
+                 for url in urls}
+        tasks = list(polls)
         if also is not None:
             tasks.append(asyncio.create_task(also(after, deadline)))
         pending = set(tasks)
+        best: Announced | None = None
+        settle_at = deadline
+
+        def worth_waiting() -> bool:
+            """A poll still running on a source usable now (one benched or found hostile
+            meanwhile is not waited for). Not `also`: it answers at once with the newest it
+            knows, so while it runs it knows of nothing newer than `after`."""
+            now = sources.now()
+            return any(t in polls and sources.usable(polls[t], now) for t in pending)
+
         try:
             while pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
+                left = min(deadline, settle_at) - time.monotonic()
+                if left <= 0 or (best is not None and not worth_waiting()):
+                    break
+                if best is not None:
+                    left = min(left, SETTLE_TICK_S)
                 done, pending = await asyncio.wait(pending, timeout=left,
                                                    return_when=asyncio.FIRST_COMPLETED)
                 for fut in done:
                     found = fut.result()
-                    if found is not None:
-                        return found
-            return None
+                    if found is not None and (best is None or found.version > best.version):
+                        if best is None:
+                            settle_at = min(deadline, time.monotonic() + max(0.0, settle_s))
+                        best = found
+            return best
         finally:
             for t in tasks:
                 t.cancel()
@@ -232,12 +291,13 @@ async def _poll_one(http: httpx.AsyncClient, sources: Sources, url: str, key: Pu
 def list_versions(url: str, timeout_s: float = 10.0) -> list[int]:
     """The versions a source says it holds (unverified hints; the manifests are checked later).
     Raises RefusedAnswer, AnswerTimeout, httpx.HTTPError or ValueError (not a listing)."""
+    return run_bounded(lambda http: ask_versions(http, url, timeout_s), connections=1)
 
-    async def ask(http: httpx.AsyncClient) -> Answer:
-        return await get_bounded(http, url + routes.SC_VERSIONS, max_bytes=MAX_LISTING_BYTES,
-                                 timeout_s=timeout_s)
 
-    resp = run_bounded(ask, connections=1)
+async def ask_versions(http: httpx.AsyncClient, url: str, timeout_s: float) -> list[int]:
+    """`list_versions` in the caller's event loop."""
+    resp = await get_bounded(http, url + routes.SC_VERSIONS, max_bytes=MAX_LISTING_BYTES,
+                             timeout_s=timeout_s)
     if resp.status != 200:
         raise ValueError(f"GET {routes.SC_VERSIONS}: HTTP {resp.status}")
     try:

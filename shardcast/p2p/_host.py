@@ -13,8 +13,16 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
 - Loops: receive (drains the subscription), bootstrap (re-dial unconnected bootstrap peers),
   adverts (re-seal and repeat standing adverts), dial (a few advertised peers at once, so the
   mesh does not hang on the bootstrap peer alone).
+- Dials of peers that adverts named (the dial loop, requests) are budgeted per address and
+  per host across peer ids (DIALS_PER_ADDRESS, DIALS_PER_HOST per DIAL_BACKOFF_S; a dial that
+  reaches its peer is not counted): keys are free, so adverts of many keys can all name one
+  victim's address. A peer out of budget is not dialled (DialDeferred, no strike). py-libp2p's
+  own retries are off: one TCP attempt per address a dial.
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
   at once, reading disk in a worker thread.
+- Asking (`request`): besides the request deadline, the reply's head must come within
+  `rate_window_s` and its body keep up `min_rate_bps` (`Pace`), so a peer that drips is
+  dropped within about a window and the shard asked of another.
 
 libp2p and transport errors are translated to PeerRequestFailed at this boundary.
 """
@@ -34,6 +42,7 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.config import RetryConfig
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
@@ -47,7 +56,7 @@ from protocol.identity import KeyPair
 from shardcast.p2p import wire
 from shardcast.p2p.announcements import UNTRUSTED_KINDS, Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
-from shardcast.p2p.errors import PeerRequestFailed, Rejected
+from shardcast.p2p.errors import DialDeferred, PeerRequestFailed, Rejected
 from shardcast.p2p.store import ShardStore
 from shardcast.p2p.view import Counters, SwarmView
 
@@ -63,6 +72,11 @@ MAX_SERVES_PER_PEER = 2
 REQUEST_READ_TIMEOUT_S = 10.0
 DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
 MAX_DIAL_FAILED = 4096
+DIALS_PER_ADDRESS = 2   # dials of advertised peers to one address in flight or failed per DIAL_BACKOFF_S,
+DIALS_PER_HOST = 16     # ... and to one host (IP or name), whatever the ports and peer ids: keys are free,
+                        # and adverts of many keys naming one victim's address made every node dial it
+                        # once per key (a dial that reaches its peer is not counted)
+MAX_DIAL_TARGETS = 4096
 # What the network side can raise at this boundary; translated, never swallowed silently.
 NET_ERRORS = (BaseLibp2pError, multiaddr.exceptions.Error, ValueError, OSError,
               trio.BrokenResourceError, trio.ClosedResourceError)
@@ -88,6 +102,7 @@ class SwarmHost:
         self._kick = trio.Event()
         self._unreachable: set[str] = set()
         self._dial_failed: OrderedDict[str, float] = OrderedDict()  # peer id -> monotonic time
+        self._dials: OrderedDict[str, list[float]] = OrderedDict()  # address or host -> dials counted
         self.host = None
         self.pubsub = None
 
@@ -95,6 +110,13 @@ class SwarmHost:
     async def run(self, ready: Callable[[list[str]], None]) -> None:
         cfg = self.cfg
         self.host = new_host(key_pair=create_new_key_pair(self.key.seed))
+        # One TCP attempt per address a dial: py-libp2p's swarm retries each failed one 3 times
+        # (0.1-0.4 s apart), so each dial of an address an advert named cost its host up to four
+        # connections. This layer paces its own redials (bootstrap_interval_s, the dial rounds,
+        # DIAL_BACKOFF_S, DIALS_PER_HOST; a request goes to another peer).
+        network = self.host.get_network()
+        if hasattr(network, "retry_config"):
+            network.retry_config = RetryConfig(max_retries=0)
         router = _SwarmGossipSub(
             self._is_trusted, protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
             degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,
@@ -196,20 +218,60 @@ class SwarmHost:
             self._unreachable.add(addr)
             log.warning("p2p: %s", message)
 
-    async def _connect(self, info: Libp2pPeerInfo) -> bool:
+    async def _connect(self, info: Libp2pPeerInfo, budget: bool = False) -> bool:
+        """Connect to `info` (at once when connected already). `budget`: the peer and its
+        addresses came from an advert anyone may sign, so the dial is counted against the
+        budget of each address and host it names (`_spend_dial`); DialDeferred when one of
+        them is spent."""
         # py-libp2p's swarm refuses to dial a peer for 60 s after all its addresses failed once
         # (a "negative cache"); this layer paces its own redials (bootstrap_interval_s, peer
         # strikes), so a bootstrap peer that starts after us is reached at the next attempt.
+        targets: dict[str, int] = {}
+        if budget and info.peer_id not in self.host.get_connected_peers():
+            targets = _dial_targets(info.addrs)
+            if not self._spend_dial(targets):
+                raise DialDeferred(f"peer {info.peer_id}: not dialled, its address is out of dial budget "
+                                   f"({DIALS_PER_ADDRESS} per address, {DIALS_PER_HOST} per host, per "
+                                   f"{DIAL_BACKOFF_S:.0f} s)")
         unblock = getattr(self.host.get_network(), "unblock_peer", None)
         if unblock is not None:
             unblock(info.peer_id)
         try:
             with trio.fail_after(min(10.0, self.cfg.request_timeout_s)):
                 await self.host.connect(info)
-            return True
         except (*NET_ERRORS, trio.TooSlowError) as exc:
             log.debug("p2p: could not connect to %s: %s", info.peer_id, exc)
             return False
+        self._refund_dial(targets)  # a peer answered there: no victim of a flood of adverts
+        return True
+
+    def _dial_budget_left(self, targets: dict[str, int], now: float) -> bool:
+        for key, limit in targets.items():
+            times = self._dials.get(key)
+            if times is not None:
+                times[:] = [t for t in times if now - t < DIAL_BACKOFF_S]
+                if len(times) >= limit:
+                    return False
+        return True
+
+    def _spend_dial(self, targets: dict[str, int]) -> bool:
+        """Count one dial against each of `targets` (address or host -> its budget); False
+        (nothing counted) when one of them had its budget of dials in flight or failed in the
+        last DIAL_BACKOFF_S."""
+        now = time.monotonic()
+        if not self._dial_budget_left(targets, now):
+            return False
+        for key in targets:
+            self._dials[key] = [*self._dials.pop(key, []), now]
+        while len(self._dials) > MAX_DIAL_TARGETS:
+            self._dials.popitem(last=False)
+        return True
+
+    def _refund_dial(self, targets: dict[str, int]) -> None:
+        for key in targets:
+            times = self._dials.get(key)
+            if times:
+                times.pop()
 
     async def _advert_loop(self) -> None:
         # Adverts anyone may sign (have, relay) are paced to the rate every peer's gate admits
@@ -259,17 +321,30 @@ class SwarmHost:
                       if p.peer_id != me and p.peer_id not in self._dial_failed
                       and ID.from_base58(p.peer_id) not in connected]
         random.shuffle(candidates)
+        # One peer per address a round, and none at an address or host out of dial budget: the
+        # round's places go to other peers, not to a crowd of keys that all name one address.
+        chosen, taken = [], set()
+        for p in candidates:
+            if len(chosen) >= self.cfg.max_dial_peers - len(connected):
+                break
+            targets = _dial_targets(p.addrs)
+            addrs = {k for k in targets if k.startswith("addr ")}
+            if addrs & taken or not self._dial_budget_left(targets, now):
+                continue
+            taken |= addrs
+            chosen.append(p)
         async with trio.open_nursery() as nursery:  # at once: a round lasts one connect timeout at most
-            for p in candidates[: max(0, self.cfg.max_dial_peers - len(connected))]:
+            for p in chosen:
                 nursery.start_soon(self._dial_advertised_peer, p)
 
     async def _dial_advertised_peer(self, p) -> None:
         try:
             info = _peer_info(p.peer_id, p.addrs)
+            ok = await self._connect(info, budget=True)
+        except DialDeferred:
+            return  # not dialled: asked again when the host's budget allows
         except NET_ERRORS:
             ok = False
-        else:
-            ok = await self._connect(info)
         if not ok:  # not again for a while (bounded: the oldest failures are forgotten first)
             self._dial_failed.pop(p.peer_id, None)
             self._dial_failed[p.peer_id] = time.monotonic()
@@ -337,16 +412,18 @@ class SwarmHost:
         try:
             with trio.fail_after(self.cfg.request_timeout_s):
                 info = _peer_info(peer_id, addrs)
-                if not await self._connect(info):
+                if not await self._connect(info, budget=True):
                     raise PeerRequestFailed(f"cannot connect to peer {peer_id}")
                 stream = await self.host.new_stream(info.peer_id, [wire.PROTOCOL_ID])
                 await wire.write_frame(stream, wire.encode_model(req))
-                reply = wire.decode_reply(await wire.read_frame(stream, StreamEOF))
+                with trio.fail_after(self.cfg.rate_window_s):
+                    reply = wire.decode_reply(await wire.read_frame(stream, StreamEOF))
                 if not reply.ok:
                     raise PeerRequestFailed(f"peer {peer_id} refused: {reply.error}")
                 if reply.size > max_size:
                     raise PeerRequestFailed(f"peer {peer_id} offers {reply.size} bytes, at most {max_size} expected")
-                data = await wire.read_exactly(stream, reply.size, StreamEOF)
+                data = await wire.read_exactly(stream, reply.size, StreamEOF,
+                                               pace=Pace(self.cfg.min_rate_bps, self.cfg.rate_window_s, peer_id))
             await stream.close()
             return data
         except trio.TooSlowError as exc:
@@ -356,6 +433,34 @@ class SwarmHost:
         finally:
             if stream is not None and not _is_closed(stream):
                 await _reset(stream)
+
+
+class Pace:
+    """The minimum rate of one reply body (or of a body served), as shardcast.transfer.MinRate
+    is for a relay's shard: a leaky bucket that starts with `window_s` of credit, each byte buys
+    1/min_bps s more, capped at `window_s` ahead (a burst cannot pay for a long stall). A read
+    (write) not done when the credit runs out ends the exchange: `PeerRequestFailed`, and the
+    shard is asked of another peer. Without it, a peer that dripped a shard held the asker for
+    the whole request deadline (60 s)."""
+
+    def __init__(self, min_bps: float, window_s: float, peer: str):
+        self.min_bps, self.window_s, self.peer = min_bps, window_s, peer
+        self.started = trio.current_time()
+        self.until = self.started + window_s
+        self.nbytes = 0
+
+    def moved(self, n: int) -> None:
+        self.nbytes += n
+        self.until = min(trio.current_time() + self.window_s, self.until + n / self.min_bps)
+
+    async def run(self, afn, *args):
+        """`await afn(*args)` (one read or write) by the end of the credit."""
+        with trio.move_on_at(self.until) as scope:
+            return await afn(*args)
+        if scope.cancelled_caught:
+            took = trio.current_time() - self.started
+            raise PeerRequestFailed(f"peer {self.peer}: {self.nbytes} bytes in {took:.1f} s, below the minimum "
+                                    f"{self.min_bps:.0f} B/s")
 
 
 class _SwarmGossipSub(GossipSub):
@@ -378,6 +483,18 @@ class _SwarmGossipSub(GossipSub):
 def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:
     maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
     return Libp2pPeerInfo(ID.from_base58(peer_id), maddrs)
+
+
+def _dial_targets(addrs) -> dict[str, int]:
+    """What dialling `addrs` (multiaddrs) costs: each address (without its /p2p/ part) and
+    each host (/ip4|ip6|dns.../HOST), with its budget of dials per DIAL_BACKOFF_S."""
+    out: dict[str, int] = {}
+    for a in addrs:
+        text = str(a).split("/p2p/")[0]
+        parts = text.split("/")
+        out[f"addr {text}"] = DIALS_PER_ADDRESS
+        out[f"host {'/'.join(parts[1:3])}"] = DIALS_PER_HOST
+    return out
 
 
 def _remote_peer(stream) -> str | None:

@@ -32,6 +32,10 @@ class P2PConfig(BaseModel):
     max_messages_per_s: float = Field(200.0, gt=0, description="gossipsub spam gate: messages per forwarding peer per second")
     max_dial_peers: int = Field(8, ge=0, description="peers from adverts this node keeps connections to (besides bootstrap)")
     request_timeout_s: float = Field(60.0, gt=0, description="one shard-exchange request (connect, ask, read the bytes)")
+    min_rate_bps: float = Field(64 * 1024, gt=0, description="a shard-exchange reply body slower than this (after "
+                                "its window) is dropped and the peer struck, as a relay's shard transfer is")
+    rate_window_s: float = Field(10.0, gt=0, description="... judged over this window (the most credit a burst "
+                                 "buys); a reply's head must also come within it")
     max_concurrent_serves: int = Field(8, ge=1, description="shard requests this node serves at once")
     allow_private_addresses: bool = Field(
         False, description="admit adverts that point at private, loopback or link-local addresses or at DNS names "

@@ -8,7 +8,9 @@
         ├── Rejected               an announcement failed the gate (unsigned, forged, stale,
         │                          replayed, wrong role, rate-limited); `reason` says which
         └── PeerRequestFailed      a shard-exchange request to one peer failed (no route, refused,
-                                   timed out, malformed or oversized reply)
+            │                      timed out, malformed or oversized reply)
+            └── DialDeferred       ... not even tried: its address's host is out of dial budget
+                                   (throw-away keys naming one host); no fault of the peer
 
 Shard bytes that do not match the signed manifest surface as shardcast.errors.CorruptData, and
 a shard that no peer could supply as shardcast.errors.FetchFailed, exactly as from relays.
@@ -40,3 +42,8 @@ class Rejected(P2PError):
 
 class PeerRequestFailed(P2PError):
     """One shard-exchange request to one peer failed."""
+
+
+class DialDeferred(PeerRequestFailed):
+    """A request not sent: dialling the peer would pass its host's dial budget (shardcast.p2p.
+    _host.DIALS_PER_HOST). Nothing was dialled, so the peer is not to blame."""

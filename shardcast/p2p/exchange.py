@@ -17,7 +17,9 @@ returned. A peer that fails or serves a wrong byte gets a strike and is tried la
 `max_strikes` strikes is not asked again. Peer ids cost nothing, so a peer that has served
 verified bytes is asked before untried ones (ranked by strikes less deliveries): thousands of
 fresh keys that stall cannot push it behind them. Among equals, peers are tried in random
-order so that load spreads. What is remembered per peer and per version is bounded.
+order so that load spreads. A peer the node will not dial now (its address out of dial
+budget: many keys naming one address, shardcast.p2p._host) is passed over without a strike
+or an attempt. What is remembered per peer and per version is bounded.
 Blocking; call it from a worker thread in asyncio code.
 """
 
@@ -38,7 +40,7 @@ from protocol.messages import PolicyManifest
 from shardcast.errors import CorruptData, FetchFailed, VersionUnavailable
 from shardcast.p2p import wire
 from shardcast.p2p.announcements import manifest_digest
-from shardcast.p2p.errors import PeerRequestFailed
+from shardcast.p2p.errors import DialDeferred, PeerRequestFailed
 from shardcast.p2p.node import P2PNode
 from shardcast.p2p.view import PeerInfo
 from shardcast.watch import verify_manifest_bytes
@@ -107,10 +109,17 @@ class PeerShards:
         if not peers:
             raise VersionUnavailable(f"no peer advertises version {version}")
         req = wire.ShardRequest(run_id=self.node.run_id, op="manifest", version=version)
-        for peer in peers[: self.attempts]:
+        asked = 0
+        for peer in peers:
+            if asked >= self.attempts:
+                break
+            asked += 1
             try:
                 raw = self.node.request(peer, req, wire.MAX_MANIFEST_BYTES)
                 env, manifest = verify_manifest_bytes(raw, self.operator_key, self.node.run_id)
+            except DialDeferred:
+                asked -= 1  # not dialled (its host is out of dial budget): no attempt, no strike
+                continue
             except PeerRequestFailed as exc:
                 log.info("p2p: manifest %d from %s failed: %s", version, peer.peer_id, exc)
                 self._strike(peer.peer_id)
@@ -138,10 +147,16 @@ class PeerShards:
         if not peers:
             raise VersionUnavailable(f"no peer advertises version {version}")
         req = wire.ShardRequest(run_id=self.node.run_id, op="shard", version=version, index=index)
-        corrupt = 0
-        for peer in peers[: self.attempts]:
+        corrupt = asked = 0
+        for peer in peers:
+            if asked >= self.attempts:
+                break
+            asked += 1
             try:
                 data = self.node.request(peer, req, shard.size)
+            except DialDeferred:
+                asked -= 1  # not dialled (its host is out of dial budget): no attempt, no strike
+                continue
             except PeerRequestFailed as exc:
                 log.info("p2p: shard %d of version %d from %s failed: %s", index, version, peer.peer_id, exc)
                 self._strike(peer.peer_id)
@@ -155,10 +170,10 @@ class PeerShards:
                 continue
             self._credit(peer.peer_id)
             return data
-        tried = min(len(peers), self.attempts)
-        if corrupt == tried:
-            raise CorruptData(f"every peer asked ({tried}) served a corrupt shard {index} of version {version}")
-        raise FetchFailed(f"no peer supplied shard {index} of version {version} ({tried} tried)")
+        if asked and corrupt == asked:
+            raise CorruptData(f"every peer asked ({asked}) served a corrupt shard {index} of version {version}")
+        raise FetchFailed(f"no peer supplied shard {index} of version {version} ({asked} tried, "
+                          f"{len(peers)} advertise it)")
 
     def fetch_into(self, version: int, shards: "list[ShardEntry]", sink: "ShardSink") -> int:
         """Fetch `shards` of `version` from peers, one at a time, writing each verified shard

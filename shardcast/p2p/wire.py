@@ -51,16 +51,29 @@ class Stream(Protocol):
     async def write(self, data: bytes) -> None: ...
 
 
-async def read_exactly(stream: Stream, n: int, eof_error: type[Exception] | tuple = ()) -> bytes:
-    """Read exactly `n` bytes; PeerRequestFailed if the stream ends first."""
+class Pacer(Protocol):
+    """A minimum rate (shardcast.p2p._host.Pace): `run` awaits one read or write by the end
+    of the credit (else PeerRequestFailed); `moved(n)` credits the bytes it moved."""
+
+    async def run(self, afn, *args): ...
+    def moved(self, n: int) -> None: ...
+
+
+async def read_exactly(stream: Stream, n: int, eof_error: type[Exception] | tuple = (),
+                       pace: Pacer | None = None) -> bytes:
+    """Read exactly `n` bytes; PeerRequestFailed if the stream ends first (or, with `pace`,
+    falls below its minimum rate)."""
     parts, got = [], 0
     while got < n:
         try:
-            chunk = await stream.read(min(CHUNK, n - got))
+            size = min(CHUNK, n - got)
+            chunk = await (stream.read(size) if pace is None else pace.run(stream.read, size))
         except eof_error as exc:  # libp2p raises StreamEOF instead of returning b""
             raise PeerRequestFailed(f"stream ended after {got} of {n} bytes") from exc
         if not chunk:
             raise PeerRequestFailed(f"stream ended after {got} of {n} bytes")
+        if pace is not None:
+            pace.moved(len(chunk))
         parts.append(chunk)
         got += len(chunk)
     data = b"".join(parts)
