@@ -70,10 +70,13 @@ def stored_address(ctx: Context, address: str) -> str:
 def check_address_room(ctx: Context, conn: Connection, address: str, worker_id: str, now: float) -> None:
     """429 `address_limit` unless `worker_id` may be active at `address` (a stored address:
     `stored_address`): fewer than join.identities_per_address other active identities there,
-    banned ones within join.ban_cooldown_s included."""
+    banned ones within join.ban_cooldown_s included. Takes the address's lock
+    (`store.workers.lock_address`) first, so the caller must make the worker active in the same
+    transaction: the count and the write are then one step for every replica."""
     cfg = ctx.cfg.join
     if not cfg.identities_per_address or address in Networks(ctx.cfg.limits.exempt_addresses):
         return
+    workers.lock_address(conn, address)  # held until the caller's transaction has made it active
     others = [w for w in workers.active_ids_at_address(conn, address) if w != worker_id]
     banned = workers.banned_at_address_since(conn, address, now - cfg.ban_cooldown_s) if cfg.ban_cooldown_s else 0
     if len(others) + banned >= cfg.identities_per_address:

@@ -6,14 +6,17 @@ form, which costs a quarter of building a new expression per request (bench/coor
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, not_, or_, select, text, update
 
 from coordinator.store.schema import nonces, workers
 from coordinator.store.sql import insert_ignore
 
 _GET = select(workers).where(workers.c.worker_id == bindparam("w"))
+_GET_FOR_UPDATE = _GET.with_for_update()
+_ADDRESS_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _SEEN = (update(workers).where(and_(workers.c.worker_id == bindparam("w"), workers.c.status != "banned"))
          .values(last_seen=bindparam("now"), status="active"))
 _SEEN_HB = _SEEN.values(policy_version=bindparam("pv"), tokens_per_s=bindparam("tps"), status_text=bindparam("st"))
@@ -39,8 +42,29 @@ _BANNED_AT_ADDRESS = select(func.count()).select_from(workers).where(and_(
 _AT_ADDRESS = select(workers.c.worker_id).where(and_(workers.c.address == bindparam("a"), workers.c.status == "active"))
 
 
-def get(conn: Connection, worker_id: str) -> Row | None:
+def get(conn: Connection, worker_id: str, *, for_update: bool = False) -> Row | None:
+    """`for_update`: lock the row until the transaction ends (PostgreSQL; on SQLite a write
+    transaction already holds the database's one write lock), for a read-modify-write of it."""
+    if for_update and conn.dialect.name == "postgresql":
+        return conn.execute(_GET_FOR_UPDATE, {"w": worker_id}).first()
     return conn.execute(_GET, {"w": worker_id}).first()
+
+
+def address_lock_key(address: str) -> int:
+    """The advisory lock key of a stored address: 64 bits of its hash, as PostgreSQL's bigint."""
+    digest = hashlib.blake2b(address.encode(), digest_size=8, person=b"swarmrl-addr").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_address(conn: Connection, address: str) -> None:
+    """Serialise, until this transaction ends, the transactions that count the identities at
+    `address` and then make one active there (`coordinator.service.join.check_address_room`):
+    without it two replicas on PostgreSQL both counted before either wrote, and both took the
+    last place. PostgreSQL: a transaction-scoped advisory lock on the address's key (a hash
+    collision only serialises two addresses needlessly); SQLite: nothing to do, a write
+    transaction holds the database's one write lock from its BEGIN IMMEDIATE."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_ADDRESS_LOCK, {"k": address_lock_key(address)})
 
 
 def insert(conn: Connection, values: dict[str, Any]) -> None:
