@@ -91,13 +91,10 @@ def heartbeat(conn: Connection, worker_id: str, now: float, policy_version: int 
 
 
 def mark_gone(conn: Connection, cutoff: float) -> list[str]:
-    """Active workers not seen since `cutoff` become 'gone'; returns their ids."""
-    ids = list(conn.execute(select(workers.c.worker_id).where(
-        and_(workers.c.status == "active", workers.c.last_seen < cutoff))).scalars())
-    if ids:
-        conn.execute(update(workers).where(and_(workers.c.worker_id.in_(ids), workers.c.status == "active"))
-                     .values(status="gone"))
-    return ids
+    """Active workers not seen since `cutoff` become 'gone'; returns the ids this call changed
+    (UPDATE ... RETURNING: another replica's sweep may have marked the same ones meanwhile)."""
+    return list(conn.execute(update(workers).where(and_(workers.c.status == "active", workers.c.last_seen < cutoff))
+                             .values(status="gone").returning(workers.c.worker_id)).scalars())
 
 
 def ban(conn: Connection, worker_id: str, reason: str, now: float) -> None:
