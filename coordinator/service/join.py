@@ -5,7 +5,9 @@ and a worker's public standing (its check rate: `worker_check_rate`).
 Identities per address count by `protocol.guard.address_key`, as the rate limits and the
 swarm's gate do: an IPv4 address (IPv4-mapped IPv6 included), or the /64 of an IPv6 address
 (one line's allocation: counted address by address, one home line held 2^64 places). A worker's
-row keeps that key as its `address` (an exempt address as it is). A silent ('gone') identity
+row keeps that key as its `address` (an exempt address as it is); rows stored before the key
+(a whole IPv6 address, an IPv4-mapped one) are re-keyed when a coordinator starts
+(`coordinator.context.prepare_database`), so they count too. A silent ('gone') identity
 frees its place; it takes one again, under the same cap, when it comes back (`revive`):
 before, a heartbeat or a lease request made it active past the cap, so an address gathered any
 number of active identities, one per silence period."""
@@ -17,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from coordinator import p2p
+from coordinator.admission import identity_address
 from coordinator.context import Context
 from coordinator.errors import Forbidden, NotFound, RateLimited
 from coordinator.privacy import public_reason
@@ -24,7 +27,7 @@ from coordinator.rules.reputation import check_rate, effective_clean_checks
 from coordinator.service import require_worker, use_nonce
 from coordinator.store import policy, workers
 from protocol.envelope import Opened
-from protocol.guard import Networks, address_key
+from protocol.guard import Networks
 from protocol.messages import Heartbeat, Registration, RegistrationResponse, RunInfo, TaskSpec, WorkerInfo
 from protocol.pow import epoch_challenge, pow_ok
 
@@ -63,8 +66,8 @@ def worker_check_rate(ctx: Context, w: Any) -> float:
 
 def stored_address(ctx: Context, address: str) -> str:
     """What a worker's row keeps as its address: the per-address limits' key
-    (`protocol.guard.address_key`), or an exempt address as it is."""
-    return address if address in Networks(ctx.cfg.limits.exempt_addresses) else address_key(address)
+    (`protocol.guard.address_key`), or an exempt address as it is (`admission.identity_address`)."""
+    return identity_address(address, Networks(ctx.cfg.limits.exempt_addresses))
 
 
 def check_address_room(ctx: Context, conn: Connection, address: str, worker_id: str, now: float) -> None:

@@ -7,6 +7,7 @@ form, which costs a quarter of building a new expression per request (bench/coor
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, not_, or_, select, text, update
@@ -73,6 +74,17 @@ def insert(conn: Connection, values: dict[str, Any]) -> None:
 
 def update_fields(conn: Connection, worker_id: str, **values: Any) -> None:
     conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(**values))
+
+
+def rekey_addresses(conn: Connection, key_of: Callable[[str], str]) -> int:
+    """Rewrite every stored address `a` as `key_of(a)` where they differ; returns the rows
+    changed. `key_of` must map its own results to themselves (then this is idempotent)."""
+    changed = 0
+    for address in list(conn.execute(select(workers.c.address).distinct()).scalars()):
+        key = key_of(address)[:64]
+        if key != address:
+            changed += conn.execute(update(workers).where(workers.c.address == address).values(address=key)).rowcount
+    return changed
 
 
 def active_ids_at_address(conn: Connection, address: str) -> list[str]:

@@ -193,3 +193,37 @@ def test_slow_bodies_do_not_hold_the_swarm_s_places(make_swarm):
     finally:
         for c in socks:
             c.close()
+
+
+def test_identities_registered_before_the_address_key_count_against_their_slash64(tmp_path, tiny_model):
+    """Rows written before the cap counted by `protocol.guard.address_key` keep the client's whole
+    IPv6 address (and an IPv4-mapped one its IPv6 form); the cap compares stored addresses with the
+    key, so those identities did not count until they registered again: a line with identities from
+    before the upgrade got as many new ones on top. A coordinator now re-keys stored addresses when
+    it starts (with its exempt addresses, which keep their form)."""
+    from coord_harness import start_swarm
+
+    from coordinator.store import workers
+
+    limits = {"exempt_addresses": ["2001:db8:ff::1"], "trusted_proxies": ["127.0.0.1"]}
+    s = start_swarm(tmp_path, tiny_model, limits=limits, join={"identities_per_address": 1})
+    old6, old4, exempt = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    try:
+        for key, addr in ((old6, "2001:db8:1:2::1"), (old4, "198.51.100.7"), (exempt, "2001:db8:ff::1")):
+            assert _register(s, key, {"x-forwarded-for": addr}).status_code == 200
+        with s.ctx.db.write() as conn:   # as the coordinator before the address key stored them
+            workers.update_fields(conn, old6.peer_id, address="2001:db8:1:2::1")
+            workers.update_fields(conn, old4.peer_id, address="::ffff:198.51.100.7")
+    finally:
+        s.close()
+    s = start_swarm(tmp_path, tiny_model, limits=limits, join={"identities_per_address": 1})   # the upgrade
+    try:
+        for addr in ("2001:db8:1:2::2", "198.51.100.7"):
+            r = _register(s, KeyPair.generate(), {"x-forwarded-for": addr})
+            assert r.status_code == 429 and r.json()["reason"] == "address_limit", (addr, r.text)
+        assert s.snapshot_worker(old6)["address"] == "2001:db8:1:2::/64"
+        assert s.snapshot_worker(old4)["address"] == "198.51.100.7"
+        assert s.snapshot_worker(exempt)["address"] == "2001:db8:ff::1"   # exempt: as it is
+        assert _register(s, KeyPair.generate(), {"x-forwarded-for": "2001:db8:ff::1"}).status_code == 200
+    finally:
+        s.close()
