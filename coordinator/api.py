@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -89,6 +89,27 @@ class Intake:
         self.slots = Slots(threads + queue, "taking in too many submissions")
         self.new_slots = Slots(max(1, (threads + queue) // 2), "taking in too many submissions from new identities")
         self.pool: FairPool | None = None
+        self.in_flight: set[tuple[str, str]] = set()   # (signer, lease id) being taken in
+
+    @contextlib.contextmanager
+    def taking(self, signer: str, lease_id: str) -> Iterator[None]:
+        """Hold (signer, lease) while its submission is checked, scored and stored; a second
+        submission of that lease meanwhile (a replay, or a resend under a new nonce) is answered
+        429 `submission_in_progress` before it is scored. Before, every copy sent at once passed
+        the read-only checks (the lease was still active) and cost a sandbox round trip; only the
+        write transaction refused all but one. Retried, a copy gets the first one's outcome
+        (409 `duplicate_submission` once it is stored). Per server process (the event loop's, no
+        lock): copies sent to several processes or replicas are scored at most once in each.
+        Keyed by the signer too, so nobody else's request on a lease id can hold it."""
+        key = (signer, lease_id)
+        if key in self.in_flight:
+            raise RateLimited("submission_in_progress", f"a submission for lease {lease_id} is being taken in; "
+                                                        "retry shortly for its outcome", 1.0)
+        self.in_flight.add(key)
+        try:
+            yield
+        finally:
+            self.in_flight.discard(key)
 
     async def run(self, signer: str, established: bool, fn: Callable[..., T], *args: Any) -> T:
         with contextlib.ExitStack() as places:

@@ -81,12 +81,13 @@ async def _submit(ctx: Context, api: Api, opened, raw: bytes, lane: dict[str, st
     write transaction here on the loop, like every other one (with the write on the intake
     thread too, bench/hostile.py's clean submit p99 was 210-240 ms, against 95-99 ms so).
     `lane` gets the intake lane the signer's submission was scored in (for the latency metric)."""
-    established = work.established(ctx, opened.signer_id)
-    lane["lane"] = work.lane_of(established)
-    if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
-        return work.submit(ctx, opened, raw)
-    scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened)
-    return work.store(ctx, opened, raw, scores)
+    with api.intake.taking(opened.signer_id, opened.body.lease_id):  # one copy of a submission at a time
+        established = work.established(ctx, opened.signer_id)
+        lane["lane"] = work.lane_of(established)
+        if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
+            return work.submit(ctx, opened, raw)
+        scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened)
+        return work.store(ctx, opened, raw, scores)
 
 
 async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:

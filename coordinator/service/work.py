@@ -198,7 +198,7 @@ def established_row(ctx: Context, row) -> bool:
 def scored(ctx: Context, opened: Opened[Submission]) -> tuple[int, list[float]]:
     """(token count, rewards) of a submission: read-only checks and the scorer sandbox, no
     write lock, so it may run on a thread beside the event loop (`coordinator.api.Intake`)."""
-    return _checked_and_scored(ctx, opened.body, opened.signer_id, ctx.clock())
+    return _checked_and_scored(ctx, opened, ctx.clock())
 
 
 def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[int, list[float]]) -> SubmissionResponse:
@@ -237,20 +237,35 @@ def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[in
     return SubmissionResponse(submission_id=sid, status="queued")
 
 
-def _checked_and_scored(ctx: Context, sub: Submission, worker_id: str, now: float) -> tuple[int, list[float]]:
+def _checked_and_scored(ctx: Context, opened: Opened[Submission], now: float) -> tuple[int, list[float]]:
     """(token count, rewards) of a submission, before the write transaction: the rewards come
     from the scorer sandbox, which may take up to its batch limit on hostile text, and that
-    must not hold the database's write lock. The cheap checks run first (read-only), so
-    nothing is scored for an unknown or banned worker, someone else's or a closed lease, or
-    completions that do not fit the lease; the write transaction checks the lease again."""
+    must not hold the database's write lock. Every refusal the write transaction would give
+    that does not depend on what happens meanwhile is given here first, read-only, so nothing
+    is scored for an unknown or banned worker, someone else's or a closed lease (a lease
+    already submitted: 409 `duplicate_submission`, which a resend after a lost answer relies
+    on), a replayed nonce, completions that do not fit the lease, or completions already stored
+    for the task (before, the last two were refused only after scoring, and a refused duplicate
+    left its lease open: the same envelope sent again was scored every time). The write
+    transaction checks them again (`store`); copies of one submission in flight at once are the
+    route's to refuse (`coordinator.api.Intake.taking`)."""
+    sub, worker_id = opened.body, opened.signer_id
+    chash = intake.content_hash(sub.completions)
     with ctx.db.read() as conn:
         require_worker(conn, worker_id)
         row = leases.get(conn, sub.lease_id)
+        replayed = workers.nonce_seen(conn, opened.envelope.signer, opened.nonce)
+        other = submissions.content_exists(conn, row.task_id, chash) if row is not None else None
     if row is None:
         raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
     intake.check_lease(row, worker_id, now)
+    if replayed:
+        raise Conflict("replay", "replayed message: this nonce was already used by this signer")
     lease = Lease.model_validate(json.loads(row.envelope)["body"])  # the signed lease, as the worker got it
     n_tokens = intake.check_completions(sub, lease, worker_id, ctx.tasks.vocab_size, ctx.tasks.hidden_size)
+    if other is not None:
+        raise Conflict("duplicate_completion", f"these completions were already submitted for task "
+                                               f"{row.task_id} (submission {other})")
     task = ctx.tasks.task(row.task_index)
     return n_tokens, ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
 

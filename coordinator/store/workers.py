@@ -17,6 +17,7 @@ from coordinator.store.sql import insert_ignore
 
 _GET = select(workers).where(workers.c.worker_id == bindparam("w"))
 _GET_FOR_UPDATE = _GET.with_for_update()
+_NONCE_SEEN = select(nonces.c.seen_at).where(and_(nonces.c.signer == bindparam("s"), nonces.c.nonce == bindparam("n")))
 _ADDRESS_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _SEEN = (update(workers).where(and_(workers.c.worker_id == bindparam("w"), workers.c.status != "banned"))
          .values(last_seen=bindparam("now"), status="active"))
@@ -171,6 +172,11 @@ def count_by_status(conn: Connection) -> dict[str, int]:
 def remember_nonce(conn: Connection, signer: str, nonce: str, now: float) -> bool:
     """Record a (signer, nonce); False if it was seen before (a replay)."""
     return insert_ignore(conn, nonces, {"signer": signer, "nonce": nonce, "seen_at": now}) == 1
+
+
+def nonce_seen(conn: Connection, signer: str, nonce: str) -> bool:
+    """Whether (signer, nonce) was recorded (a read: `remember_nonce` is the check that counts)."""
+    return conn.execute(_NONCE_SEEN, {"s": signer, "n": nonce}).first() is not None
 
 
 def prune_nonces(conn: Connection, before: float) -> int:

@@ -227,3 +227,120 @@ def test_identities_registered_before_the_address_key_count_against_their_slash6
         assert _register(s, KeyPair.generate(), {"x-forwarded-for": "2001:db8:ff::1"}).status_code == 200
     finally:
         s.close()
+
+
+# -- the intake: cheap refusals before the scorer sandbox ------------------------------------------
+def _count_scoring(s, monkeypatch, meet=None) -> list:
+    """Count the submissions scored (one sandbox round trip each); `meet`: hold each scoring
+    until another one has started too (at most 2 s)."""
+    import threading
+
+    calls: list = []
+    real = s.ctx.tasks.rewards
+    arrived = threading.Condition()
+
+    def rewards(task, completions):
+        calls.append(task.id)
+        if meet:
+            with arrived:
+                arrived.notify_all()
+                arrived.wait_for(lambda: len(calls) >= 2, timeout=2.0)
+        return real(task, completions)
+
+    monkeypatch.setattr(s.ctx.tasks, "rewards", rewards)
+    return calls
+
+
+def _signed_with_nonce(s, kind, body, key, nonce: str):
+    from protocol.envelope import envelope_signing_bytes
+
+    env = s.seal(kind, body, key)
+    data = envelope_signing_bytes(kind, env.body, env.signer, env.timestamp, nonce, run_id=env.run_id,
+                                  audience=env.audience)
+    return env.model_copy(update={"nonce": nonce, "signature": key.sign(data)})
+
+
+def test_a_submission_sent_twice_at_once_is_scored_once(make_swarm, monkeypatch):
+    """The replay check (the nonce) and the lease's 'already submitted' ran in the write
+    transaction after scoring, and the read-only checks before scoring saw the lease still
+    active while the first copy was being scored: every copy sent at once (the same envelope, or
+    a resend under a new nonce) cost a scorer sandbox round trip, up to its time limits on
+    hostile text, for one lease. A submission whose lease is being taken in by this process is
+    now answered 429 (retry: the answer is then the first copy's outcome) before any scoring."""
+    import threading
+
+    import httpx
+
+    from protocol.messages import KIND_SUBMISSION
+
+    s = make_swarm(limits={"intake_threads": 4})
+    s.publish(0)
+    w = s.new_worker()
+    s.establish(w)   # two threads for its submissions (new identities get one)
+    (lease,) = s.lease(w, 1)
+    calls = _count_scoring(s, monkeypatch, meet=True)
+    env = s.seal(KIND_SUBMISSION, s.submission(lease), w).model_dump_json()
+    out: list = []
+
+    def send():
+        with httpx.Client(base_url=s.server.url, timeout=30) as c:
+            out.append(c.post("/v1/submissions", content=env, headers={"content-type": "application/json"}))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(calls) == 1, calls
+    assert sorted(r.status_code for r in out) == [200, 429], [r.text for r in out]
+    refused = next(r for r in out if r.status_code == 429)
+    assert refused.json()["reason"] == "submission_in_progress" and refused.headers["retry-after"] == "1"
+    # sent again later, the copy is told what became of the first, without being scored
+    r = s.send("/v1/submissions", env)
+    assert r.status_code == 409 and r.json()["reason"] == "duplicate_submission", r.text
+    assert len(calls) == 1
+
+
+def test_a_duplicate_of_stored_completions_is_refused_before_it_is_scored(swarm, monkeypatch):
+    """The content duplicate check ran in the write transaction, after scoring, and its refusal
+    left the lease active: the same envelope sent again and again was scored every time."""
+    from coordinator.store import leases as lq
+    from protocol.messages import KIND_LEASE_RELEASE, KIND_SUBMISSION, LeaseRelease
+
+    s = swarm
+    s.publish(0)
+    a, b = s.new_worker(), s.new_worker()
+    (first,) = s.lease(a, 1)
+    (other,) = s.lease(b, 1)
+    assert s.submit(a, first).status_code == 200
+    s.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[other.lease_id]), b)
+    with s.ctx.db.write() as conn:  # the task a answered comes round again (the split wraps around)
+        lq.return_tasks(conn, [lq.get(conn, first.lease_id)], s.clock())
+    again = s.lease(b, 1)[0]
+    assert again.task_id == first.task_id
+    calls = _count_scoring(s, monkeypatch)
+    env = s.seal(KIND_SUBMISSION, s.submission(again, completions=s.completions(first)), b)
+    before = s.snapshot()
+    for _ in range(3):
+        r = s.send("/v1/submissions", env)
+        assert r.status_code == 409 and r.json()["reason"] == "duplicate_completion", r.text
+    assert calls == [] and s.snapshot() == before
+
+
+def test_a_replayed_nonce_is_refused_before_the_submission_is_scored(swarm, monkeypatch):
+    """A nonce is one message's: a submission under a nonce its signer already used (here by a
+    heartbeat) is a replay, refused in the write transaction, but only after it was scored."""
+    from protocol.messages import KIND_HEARTBEAT, KIND_SUBMISSION
+
+    s = swarm
+    s.publish(0)
+    w = s.new_worker()
+    (lease,) = s.lease(w, 1)
+    nonce = "ab" * 16
+    hb = _signed_with_nonce(s, KIND_HEARTBEAT, Heartbeat(), w, nonce)
+    assert s.send("/v1/workers/heartbeat", hb).status_code == 200
+    calls = _count_scoring(s, monkeypatch)
+    before = s.snapshot()
+    r = s.send("/v1/submissions", _signed_with_nonce(s, KIND_SUBMISSION, s.submission(lease), w, nonce))
+    assert r.status_code == 409 and r.json()["reason"] == "replay", r.text
+    assert calls == [] and s.snapshot() == before
