@@ -201,14 +201,16 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
 
     @app.post(routes.HEARTBEAT, tags=["join"], openapi_extra=_ENVELOPE_BODY)
     async def heartbeat(request: Request) -> Response:
-        """Signed `heartbeat` -> {"ok": true, "policy_version": n, "check_rate": r}."""
+        """Signed `heartbeat` -> {"ok": true, "policy_version": n}."""
         return await api.signed(request, "heartbeat", KIND_HEARTBEAT, Heartbeat,
                                 lambda o, raw, addr: join.heartbeat(ctx, o))
 
     @app.get(routes.WORKER, tags=["join"], responses={200: {"model": WorkerInfo}})
     async def worker(request: Request, worker_id: str) -> Response:
-        """A worker's standing; its near-tie ledger and the numbers of its ban reason only with the
-        operator token (they would tell a cheater how close it runs to the limits)."""
+        """A worker's standing; its own check rate, its near-tie ledger and the numbers of its ban
+        reason only with the operator token (they would tell a cheater which of its submissions were
+        fully checked and how close it runs to the limits; without it `check_rate` is the rate every
+        new identity starts at)."""
         return await api.viewed(request, "worker", lambda full: join.worker_info(ctx, worker_id, full=full))
 
     @app.post(routes.LEASES, tags=["work"], openapi_extra=_ENVELOPE_BODY, responses={200: {"model": LeaseResponse}})

@@ -344,3 +344,96 @@ def test_a_replayed_nonce_is_refused_before_the_submission_is_scored(swarm, monk
     r = s.send("/v1/submissions", _signed_with_nonce(s, KIND_SUBMISSION, s.submission(lease), w, nonce))
     assert r.status_code == 409 and r.json()["reason"] == "replay", r.text
     assert calls == [] and s.snapshot() == before
+
+
+# -- what workers and anonymous readers learn ---------------------------------------------------
+def _worker_visible_rates(s, key) -> dict:
+    """Every check rate of `key` a worker or an anonymous reader can read (no operator token)."""
+    out = {"worker": s.worker_info(key, operator=False).get("check_rate"),
+           "stats": next(w for w in s.stats()["workers"] if w["worker_id"] == key.peer_id).get("check_rate"),
+           "dashboard": next(w for w in s.http.get("/v1/dashboard/workers").json()
+                             if w["worker_id"] == key.peer_id).get("check_rate")}
+    hb = s.heartbeat(key)
+    assert hb.status_code == 200, hb.text
+    out["heartbeat"] = hb.json().get("check_rate")
+    reg = _register(s, key)
+    assert reg.status_code == 200, reg.text
+    out["registration"] = reg.json()["check_rate"]
+    return out
+
+
+def test_a_worker_cannot_tell_from_its_check_rate_which_submission_was_fully_checked(make_swarm):
+    """The check rate halves at every `halve_every`-th clean full check, and it was public (GET
+    /v1/workers/{id}, /v1/stats, /v1/dashboard/workers) and in the answers to a worker's
+    heartbeats and registrations: a worker that read it after each verdict learned which of its
+    submissions had been fully checked, and when its rate reached the floor (when cheating
+    pays). Only the operator's views carry it now; workers and anonymous readers get the rate
+    every new identity starts at, or nothing."""
+    from coord_harness import OPERATOR_TOKEN
+
+    s = make_swarm(check_rate={"initial": 1.0, "floor": 0.25, "halve_every": 1})
+    s.publish(0)
+    w = s.new_worker()
+    before = _worker_visible_rates(s, w)
+    (lease,) = s.lease(w, 1)
+    sid = s.submit(w, lease).json()["submission_id"]
+    assert s.verdict(sid, True, full_check=True).status_code == 200   # one clean full check: 0.5
+    after = _worker_visible_rates(s, w)
+    assert after == before, (before, after)
+    assert set(after.values()) <= {None, 1.0}, after
+    # the operator still sees it
+    op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+    assert s.worker_info(w)["check_rate"] == 0.5
+    assert [x["check_rate"] for x in s.http.get("/v1/stats", headers=op).json()["workers"]] == [0.5]
+    assert [x["check_rate"] for x in s.http.get("/v1/dashboard/workers", headers=op).json()] == [0.5]
+
+
+def test_the_public_rollout_view_does_not_say_whether_a_group_waits_for_a_full_check(make_swarm):
+    """A group accepted without a full check is held until its worker's next clean full check;
+    one accepted by a full check is ready at once. The public rollout view carried the group's
+    `buffer` state, so a worker read 'held' or 'ready' off each of its accepted submissions:
+    which ones were fully checked (and, watching its held groups turn ready, which later one
+    was)."""
+    from coord_harness import OPERATOR_TOKEN
+
+    s = make_swarm(check_rate={"initial": 0.0, "floor": 0.0, "halve_every": 1})
+    s.publish(0)
+    w = s.new_worker()
+    cheap, full = (s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 2))
+    assert s.verdict(cheap, True, full_check=False).status_code == 200
+    views = [s.http.get(f"/v1/dashboard/rollouts/{cheap}").json()]
+    assert s.verdict(full, True, full_check=True).status_code == 200
+    views += [s.http.get(f"/v1/dashboard/rollouts/{i}").json() for i in (cheap, full)]
+    for v in views:
+        assert v["status"] == "accepted" and "buffer" not in v and "full_check" not in v, v
+    op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+    assert s.http.get(f"/v1/dashboard/rollouts/{cheap}", headers=op).json()["buffer"] == "ready"
+
+
+def test_anonymous_readers_see_no_path_on_the_coordinator_s_machine(make_swarm):
+    """The anonymous dashboard showed where the coordinator keeps its archive (GET
+    /v1/dashboard/overview `archive.path`, and in the audit commands of /rejections and
+    /rollouts/{id}): the layout of the operator's machine (a user name, a mount) is not the
+    public's. The operator's views keep it."""
+    import json
+
+    from coord_harness import OPERATOR_TOKEN
+
+    s = make_swarm()
+    s.publish(0)
+    w = s.new_worker()
+    (lease,) = s.lease(w, 1)
+    sid = s.submit(w, lease).json()["submission_id"]
+    assert s.verdict(sid, False, reason="proof: 3/128 exponents differ").status_code == 200
+    root = str(s.cfg.data_dir.resolve())
+    paths = ["/v1/dashboard/overview", "/v1/dashboard/rejections", f"/v1/dashboard/rollouts/{sid}", "/v1/stats",
+             "/v1/dashboard/versions", "/v1/dashboard/workers", f"/v1/workers/{w.peer_id}", "/v1/run"]
+    anonymous = {p: s.http.get(p).json() for p in paths}
+    leaked = [p for p, v in anonymous.items() if root in json.dumps(v) or str(s.cfg.data_dir) in json.dumps(v)]
+    assert leaked == [], leaked
+    view = anonymous[f"/v1/dashboard/rollouts/{sid}"]
+    assert view["audit_commands"] == [f"swarmrl audit show {sid} --archive <archive>",
+                                      f"swarmrl audit reverify {sid} --archive <archive>"]
+    assert anonymous["/v1/dashboard/rejections"][0]["audit_command"] == f"swarmrl audit show {sid} --archive <archive>"
+    op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+    assert s.http.get("/v1/dashboard/overview", headers=op).json()["archive"]["path"].startswith(root)
