@@ -207,9 +207,11 @@ class Api:
         m.latency.labels(route).observe(time.perf_counter() - t0)
 
     async def open(self, raw: bytes, kind: str, body_type: type[BaseModel], signers: frozenset[str] | None,
-                   role: str) -> Any:
+                   role: str, admit: Callable[[str], None] | None = None) -> Any:
         """Verify one request's envelope and charge its signer's limit; a large body is verified in
-        another process first and parsed here only if it passed (`coordinator.auth.OffLoop`)."""
+        another process first and parsed here only if it passed (`coordinator.auth.OffLoop`) and
+        `admit` (given the verified signer's hex key) did not refuse its signer: a correct
+        signature proves only that someone made a key, which is free."""
         ctx = self.ctx
         now, skew = ctx.clock(), ctx.cfg.max_clock_skew_s
         opening = functools.partial(open_request, raw, kind, body_type, now=now, max_skew_s=skew, **self.scope,
@@ -223,6 +225,8 @@ class Api:
         if isinstance(problem, tuple):
             raise refusal(*problem)
         self.limit_identity(problem)  # the verified signer
+        if admit is not None:
+            admit(problem)
         return await self.offload.thread(opening)
 
     def place(self, request: Request, swarm: bool) -> contextlib.AbstractAsyncContextManager[None]:
@@ -231,14 +235,15 @@ class Api:
         return self.gate.place(address_key(self.address(request))) if swarm else contextlib.nullcontext()
 
     async def signed(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
-                     op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "") -> Response:
+                     op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "",
+                     admit: Callable[[str], None] | None = None) -> Response:
         """A signed request. A route open to any signer (`signers` None) is the swarm's: it waits
-        for a place at the gate first."""
+        for a place at the gate first. `admit`: see `open`."""
         t0 = time.perf_counter()
         try:
             async with self.place(request, signers is None):
                 raw = await self.body_in_place(request)
-                opened = await self.open(raw, kind, body_type, signers, role)
+                opened = await self.open(raw, kind, body_type, signers, role, admit)
                 result = op(opened, raw, self.address(request))
                 if asyncio.iscoroutine(result):
                     result = await result

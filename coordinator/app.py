@@ -231,7 +231,8 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """Signed `submission`: cheap checks, rewards, storage, verification queue."""
         t0, lane = time.perf_counter(), {}
         resp = await api.signed(request, "submit", KIND_SUBMISSION, Submission,
-                                lambda o, raw, addr: _submit(ctx, api, o, raw, lane))
+                                lambda o, raw, addr: _submit(ctx, api, o, raw, lane),
+                                admit=lambda signer: work.admit_submitter(ctx, signer))
         if lane:  # its signature held: the answer's latency by intake lane
             ctx.metrics.submission_latency.labels(lane["lane"]).observe(time.perf_counter() - t0)
         return resp

@@ -437,3 +437,39 @@ def test_anonymous_readers_see_no_path_on_the_coordinator_s_machine(make_swarm):
     assert anonymous["/v1/dashboard/rejections"][0]["audit_command"] == f"swarmrl audit show {sid} --archive <archive>"
     op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
     assert s.http.get("/v1/dashboard/overview", headers=op).json()["archive"]["path"].startswith(root)
+
+
+def test_a_large_submission_from_a_key_that_is_no_worker_is_refused_before_the_server_process_parses_it(
+        make_swarm, monkeypatch):
+    """A large body is verified in an `OffLoop` process first, so a forged one never costs the
+    server process a parse; but one correctly signed by any key (keys are free) was then parsed
+    again on a thread of the server process (~30 ms of its GIL per MB) before anything asked
+    whether the signer is a worker at all: every fresh key's 40 KB-4 MB submission cost that, to
+    be refused as `unknown_worker` afterwards (a banned worker's as `banned`). The signer's
+    registration is now checked (one read) between the two parses."""
+    import coordinator.api
+    from coordinator.store import workers
+    from protocol.messages import KIND_SUBMISSION, Completion, EngineInfo, Submission
+
+    s = make_swarm(group_size=16, sampling={"max_tokens": 128})
+    s.publish(0)
+    banned, w = s.new_worker(), s.new_worker()
+    with s.ctx.db.write() as conn:
+        workers.ban(conn, banned.peer_id, "proof: 40/128 exponents differ", s.clock())
+    parsed: list = []   # parses of a request in the server process
+    real = coordinator.api.open_request
+    monkeypatch.setattr(coordinator.api, "open_request", lambda *a, **kw: parsed.append(1) or real(*a, **kw))
+    eos = s.ctx.tasks.eos_token_id
+    big = Submission(lease_id="l-" + "0" * 24, policy_version=0, engine=EngineInfo(name="test", dtype="float32"),
+                     completions=[Completion(token_ids=[7] * 127 + [eos], finish_reason="eos", proof="A" * 1800)] * 16)
+    for key, status, reason in ((KeyPair.generate(), 404, "unknown_worker"), (banned, 403, "banned")):
+        env = s.seal(KIND_SUBMISSION, big, key)
+        assert len(env.model_dump_json()) > coordinator.api.INLINE_BYTES
+        before = s.snapshot()
+        r = s.send("/v1/submissions", env)
+        assert (r.status_code, r.json()["reason"]) == (status, reason), r.text
+        assert parsed == [] and s.snapshot() == before
+    # a worker's large submission is parsed (and judged) as before
+    r = s.send("/v1/submissions", s.seal(KIND_SUBMISSION, big, w))
+    assert r.status_code == 404 and r.json()["reason"] == "unknown_lease", r.text
+    assert parsed == [1]
