@@ -90,8 +90,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
             active = workers.count_by_status(conn).get("active", 0) if room else 0
             lane = lane_of(established) if room else None
             return LeaseResponse(leases=[], retry_after_s=spread_retry(sizing.retry_after_s, active)), lane
-        reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
-        leases.take_returned(conn, reused)
+        reused = leases.take_returned(conn, pick_returned(n, leases.returned(conn, n + 64), worker_id))
         fresh = n - len(reused)
         end = meta.add_int(conn, meta.NEXT_TASK, fresh) if fresh else 0
         drawn = {i: ctx.tasks.prepare(i) for i in reused + list(range(end - fresh, end))}
@@ -221,7 +220,9 @@ def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[in
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         worker = require_worker(conn, worker_id)
-        row = leases.get(conn, sub.lease_id)
+        # locked: checked active here and closed below; a copy on another replica waits, then
+        # finds it submitted (409 duplicate_submission, not a primary-key error)
+        row = leases.get(conn, sub.lease_id, for_update=True)
         if row is None:
             raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
         intake.check_lease(row, worker_id, now)  # again: it may have closed meanwhile

@@ -12,6 +12,7 @@ from coordinator.store.sql import insert_ignore
 
 # hot statements, built once (see workers.py)
 _GET = select(leases).where(leases.c.lease_id == bindparam("l"))
+_GET_FOR_UPDATE = _GET.with_for_update()
 _COUNT_ACTIVE = select(func.count()).select_from(leases).where(
     and_(leases.c.worker_id == bindparam("w"), leases.c.status == "active"))
 _INSERT = leases.insert()
@@ -19,10 +20,16 @@ _CLOSE = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.
           .values(status=bindparam("to"), closed_at=bindparam("now")))
 _RETURNED = (select(task_returns.c.task_index, task_returns.c.previous_worker)
              .order_by(task_returns.c.returned_at, task_returns.c.task_index).limit(bindparam("n")))
-_TAKE_RETURNED = delete(task_returns).where(task_returns.c.task_index.in_(bindparam("ids", expanding=True)))
+_TAKE_RETURNED = (delete(task_returns).where(task_returns.c.task_index.in_(bindparam("ids", expanding=True)))
+                  .returning(task_returns.c.task_index))
 
 
-def get(conn: Connection, lease_id: str) -> Row | None:
+def get(conn: Connection, lease_id: str, *, for_update: bool = False) -> Row | None:
+    """`for_update`: lock the row until the transaction ends (PostgreSQL; a SQLite write
+    transaction already holds the one write lock), for a check of its state that a write of
+    this transaction depends on."""
+    if for_update and conn.dialect.name == "postgresql":
+        return conn.execute(_GET_FOR_UPDATE, {"l": lease_id}).first()
     return conn.execute(_GET, {"l": lease_id}).first()
 
 
@@ -96,10 +103,14 @@ def returned(conn: Connection, limit: int) -> list[ReturnedTask]:
     return [ReturnedTask(int(i), w) for i, w in conn.execute(_RETURNED, {"n": limit})]
 
 
-def take_returned(conn: Connection, indices: list[int]) -> int:
+def take_returned(conn: Connection, indices: list[int]) -> list[int]:
+    """Take `indices` out of the returned pool; returns those this call took, in the order given.
+    Only those may be leased: another replica's lease request may have read the same returned
+    tasks and taken them first (its delete then wins, and this one takes nothing)."""
     if not indices:
-        return 0
-    return conn.execute(_TAKE_RETURNED, {"ids": indices}).rowcount
+        return []
+    taken = set(conn.execute(_TAKE_RETURNED, {"ids": indices}).scalars())
+    return [i for i in indices if i in taken]
 
 
 def count_returned(conn: Connection) -> int:

@@ -202,7 +202,7 @@ def _at_once(*calls):
 
 def _replicas(pg_url, tmp_path, tiny_model, **overrides):
     a = start_swarm(tmp_path / "a", tiny_model, database_url=pg_url, **overrides)
-    b = start_swarm(tmp_path / "b", tiny_model, database_url=pg_url, **overrides)
+    b = start_swarm(tmp_path / "b", tiny_model, database_url=pg_url, rng_seed=1, **overrides)  # its own ids
     b.clock.t = a.clock.t
     return a, b
 
@@ -356,6 +356,59 @@ def test_two_lease_requests_of_one_worker_at_once_keep_its_lease_quota(pg_url, t
         monkeypatch.setattr(store_leases, "count_active", meet.after(store_leases.count_active))
         got = _at_once(lambda: a.lease(w, 2), lambda: b.lease(w, 2))
         assert sorted(len(g) for g in got) == [0, 2], got
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_replicas_taking_in_one_lease_s_submission_at_once_answer_409_not_500(
+        pg_url, tmp_path, tiny_model, monkeypatch):
+    """A resend of a submission (a new nonce) that reaches another replica while the first copy is
+    being stored: both passed the lease check, both inserted, and the second died on the
+    primary key (500, an error logged) instead of being told it was stored (409
+    duplicate_submission, which the worker takes for delivered). The lease row is now locked by
+    the write transaction that checks and closes it."""
+    import coordinator.store.submissions as store_submissions
+    from protocol.messages import KIND_SUBMISSION
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        (lease,) = a.lease(w, 1)
+        envs = [s.seal(KIND_SUBMISSION, s.submission(lease), w) for s in (a, b)]   # two nonces
+        meet = Rendezvous()
+        real = store_submissions.insert
+        monkeypatch.setattr(store_submissions, "insert", lambda *x, **kw: (meet.arrive(), real(*x, **kw))[1])
+        ra, rb = _at_once(lambda: a.send("/v1/submissions", envs[0]), lambda: b.send("/v1/submissions", envs[1]))
+        assert sorted([ra.status_code, rb.status_code]) == [200, 409], (ra.text, rb.text)
+        assert "duplicate_submission" in (ra.text + rb.text)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_replicas_leasing_at_once_never_hand_one_returned_task_to_two_workers(
+        pg_url, tmp_path, tiny_model, monkeypatch):
+    """A returned task was read from the pool, then deleted from it, and leased whether the delete
+    took it or not: two lease requests on two replicas read the same returned task and both
+    leased it (two workers on one task, with the same prompt, while the next task waited). A
+    request now leases only the returned tasks its own delete took."""
+    import coordinator.store.leases as store_leases
+    from protocol.messages import KIND_LEASE_RELEASE, LeaseRelease
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model, lease_sizing={"enabled": False})
+    try:
+        a.publish(0)
+        x, y, z = a.new_worker(), a.new_worker(), a.new_worker()
+        (given_up,) = a.lease(x, 1)
+        r = a.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[given_up.lease_id]), x)
+        assert r.status_code == 200, r.text
+        meet = Rendezvous()
+        monkeypatch.setattr(store_leases, "returned", meet.after(store_leases.returned))
+        (ly,), (lz,) = _at_once(lambda: a.lease(y, 1), lambda: b.lease(z, 1))
+        assert ly.task_id != lz.task_id, (ly.task_id, lz.task_id)
+        assert given_up.task_id in (ly.task_id, lz.task_id)
     finally:
         a.close()
         b.close()
