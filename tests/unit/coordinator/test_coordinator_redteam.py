@@ -473,3 +473,46 @@ def test_a_large_submission_from_a_key_that_is_no_worker_is_refused_before_the_s
     r = s.send("/v1/submissions", s.seal(KIND_SUBMISSION, big, w))
     assert r.status_code == 404 and r.json()["reason"] == "unknown_lease", r.text
     assert parsed == [1]
+
+
+def test_two_coordinator_processes_on_one_sqlite_file_keep_the_identities_per_address_cap(
+        tmp_path, tiny_model, monkeypatch):
+    """SQLite's side of the PostgreSQL replicas' race (tests/integration/test_coordinator_postgres.py):
+    not a hole here, and kept as a guard. Two coordinators on one database file (as `workers > 1`
+    server processes are) each hold the first registration between its count and its write until
+    the other has counted too (or 2 s): a write transaction holds the file's write lock (BEGIN
+    IMMEDIATE and the flock) from its start, so the second counts after the first wrote."""
+    import threading
+
+    from coord_harness import start_swarm
+
+    import coordinator.store.workers as store_workers
+
+    over = dict(limits={"exempt_addresses": [], "trusted_proxies": ["127.0.0.1"]}, join={"identities_per_address": 1})
+    a = start_swarm(tmp_path, tiny_model, **over)
+    b = start_swarm(tmp_path, tiny_model, rng_seed=1, **over)   # the same data folder: one SQLite file
+    try:
+        arrived = threading.Condition()
+        count = [0]
+        real = store_workers.active_ids_at_address
+
+        def held(conn, address):
+            out = real(conn, address)
+            with arrived:
+                count[0] += 1
+                arrived.notify_all()
+                arrived.wait_for(lambda: count[0] >= 2, timeout=2.0)
+            return out
+
+        monkeypatch.setattr(store_workers, "active_ids_at_address", held)
+        out: list = []
+        threads = [threading.Thread(target=lambda s=s: out.append(
+            _register(s, KeyPair.generate(), {"x-forwarded-for": "198.51.100.30"}).status_code)) for s in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(out) == [200, 429], out
+    finally:
+        a.close()
+        b.close()
