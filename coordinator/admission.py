@@ -44,6 +44,14 @@ MAX_ACK_IDS = 4096           # protocol.messages.BatchAck.submission_ids
 COMPLETION_KEYS = 96         # {"finish_reason":"length","proof":"","token_ids":[]} and separators
 
 
+def identity_address(address: str, exempt: Networks) -> str:
+    """What a worker's row keeps as its address, which the identities-per-address cap counts by
+    (`coordinator.service.join`): the per-address limits' key (`protocol.guard.address_key`: an
+    IPv4 address, IPv4-mapped ones included, or the /64 of an IPv6 address), or an exempt address
+    as it is (so that it is still recognised as exempt). A stored key maps to itself."""
+    return address if address in exempt else address_key(address)
+
+
 def submission_cap(group_size: int, max_tokens: int, vocab_size: int) -> int:
     """The largest honest submission of this run, in bytes, with room for spaces after commas."""
     per_token = len(str(max(1, vocab_size - 1))) + 2

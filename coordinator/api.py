@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -90,6 +90,27 @@ class Intake:
         self.slots = Slots(threads + queue, "taking in too many submissions")
         self.new_slots = Slots(max(1, (threads + queue) // 2), "taking in too many submissions from new identities")
         self.pool: FairPool | None = None
+        self.in_flight: set[tuple[str, str]] = set()   # (signer, lease id) being taken in
+
+    @contextlib.contextmanager
+    def taking(self, signer: str, lease_id: str) -> Iterator[None]:
+        """Hold (signer, lease) while its submission is checked, scored and stored; a second
+        submission of that lease meanwhile (a replay, or a resend under a new nonce) is answered
+        429 `submission_in_progress` before it is scored. Before, every copy sent at once passed
+        the read-only checks (the lease was still active) and cost a sandbox round trip; only the
+        write transaction refused all but one. Retried, a copy gets the first one's outcome
+        (409 `duplicate_submission` once it is stored). Per server process (the event loop's, no
+        lock): copies sent to several processes or replicas are scored at most once in each.
+        Keyed by the signer too, so nobody else's request on a lease id can hold it."""
+        key = (signer, lease_id)
+        if key in self.in_flight:
+            raise RateLimited("submission_in_progress", f"a submission for lease {lease_id} is being taken in; "
+                                                        "retry shortly for its outcome", 1.0)
+        self.in_flight.add(key)
+        try:
+            yield
+        finally:
+            self.in_flight.discard(key)
 
     async def run(self, signer: str, established: bool, fn: Callable[..., T], *args: Any) -> T:
         with contextlib.ExitStack() as places:
@@ -187,9 +208,11 @@ class Api:
         m.latency.labels(route).observe(time.perf_counter() - t0)
 
     async def open(self, raw: bytes, kind: str, body_type: type[BaseModel], signers: frozenset[str] | None,
-                   role: str) -> Any:
+                   role: str, admit: Callable[[str], None] | None = None) -> Any:
         """Verify one request's envelope and charge its signer's limit; a large body is verified in
-        another process first and parsed here only if it passed (`coordinator.auth.OffLoop`)."""
+        another process first and parsed here only if it passed (`coordinator.auth.OffLoop`) and
+        `admit` (given the verified signer's hex key) did not refuse its signer: a correct
+        signature proves only that someone made a key, which is free."""
         ctx = self.ctx
         now, skew = ctx.clock(), ctx.cfg.max_clock_skew_s
         opening = functools.partial(open_request, raw, kind, body_type, now=now, max_skew_s=skew, **self.scope,
@@ -203,6 +226,8 @@ class Api:
         if isinstance(problem, tuple):
             raise refusal(*problem)
         self.limit_identity(problem)  # the verified signer
+        if admit is not None:
+            admit(problem)
         return await self.offload.thread(opening)
 
     def place(self, request: Request, swarm: bool) -> contextlib.AbstractAsyncContextManager[None]:
@@ -211,14 +236,15 @@ class Api:
         return self.gate.place(address_key(self.address(request))) if swarm else contextlib.nullcontext()
 
     async def signed(self, request: Request, route: str, kind: str, body_type: type[BaseModel],
-                     op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "") -> Response:
+                     op: Callable[..., Any], *, signers: frozenset[str] | None = None, role: str = "",
+                     admit: Callable[[str], None] | None = None) -> Response:
         """A signed request. A route open to any signer (`signers` None) is the swarm's: it waits
-        for a place at the gate first."""
+        for a place at the gate first. `admit`: see `open`."""
         t0 = time.perf_counter()
         try:
             async with self.place(request, signers is None):
                 raw = await self.body_in_place(request)
-                opened = await self.open(raw, kind, body_type, signers, role)
+                opened = await self.open(raw, kind, body_type, signers, role, admit)
                 result = op(opened, raw, self.address(request))
                 if asyncio.iscoroutine(result):
                     result = await result

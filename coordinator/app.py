@@ -81,12 +81,13 @@ async def _submit(ctx: Context, api: Api, opened, raw: bytes, lane: dict[str, st
     write transaction here on the loop, like every other one (with the write on the intake
     thread too, bench/hostile.py's clean submit p99 was 210-240 ms, against 95-99 ms so).
     `lane` gets the intake lane the signer's submission was scored in (for the latency metric)."""
-    established = work.established(ctx, opened.signer_id)
-    lane["lane"] = work.lane_of(established)
-    if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
-        return work.submit(ctx, opened, raw)
-    scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened)
-    return work.store(ctx, opened, raw, scores)
+    with api.intake.taking(opened.signer_id, opened.body.lease_id):  # one copy of a submission at a time
+        established = work.established(ctx, opened.signer_id)
+        lane["lane"] = work.lane_of(established)
+        if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
+            return work.submit(ctx, opened, raw)
+        scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened)
+        return work.store(ctx, opened, raw, scores)
 
 
 async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:
@@ -200,14 +201,16 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
 
     @app.post(routes.HEARTBEAT, tags=["join"], openapi_extra=_ENVELOPE_BODY)
     async def heartbeat(request: Request) -> Response:
-        """Signed `heartbeat` -> {"ok": true, "policy_version": n, "check_rate": r}."""
+        """Signed `heartbeat` -> {"ok": true, "policy_version": n}."""
         return await api.signed(request, "heartbeat", KIND_HEARTBEAT, Heartbeat,
                                 lambda o, raw, addr: join.heartbeat(ctx, o))
 
     @app.get(routes.WORKER, tags=["join"], responses={200: {"model": WorkerInfo}})
     async def worker(request: Request, worker_id: str) -> Response:
-        """A worker's standing; its near-tie ledger and the numbers of its ban reason only with the
-        operator token (they would tell a cheater how close it runs to the limits)."""
+        """A worker's standing; its own check rate, its near-tie ledger and the numbers of its ban
+        reason only with the operator token (they would tell a cheater which of its submissions were
+        fully checked and how close it runs to the limits; without it `check_rate` is the rate every
+        new identity starts at)."""
         return await api.viewed(request, "worker", lambda full: join.worker_info(ctx, worker_id, full=full))
 
     @app.post(routes.LEASES, tags=["work"], openapi_extra=_ENVELOPE_BODY, responses={200: {"model": LeaseResponse}})
@@ -228,7 +231,8 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """Signed `submission`: cheap checks, rewards, storage, verification queue."""
         t0, lane = time.perf_counter(), {}
         resp = await api.signed(request, "submit", KIND_SUBMISSION, Submission,
-                                lambda o, raw, addr: _submit(ctx, api, o, raw, lane))
+                                lambda o, raw, addr: _submit(ctx, api, o, raw, lane),
+                                admit=lambda signer: work.admit_submitter(ctx, signer))
         if lane:  # its signature held: the answer's latency by intake lane
             ctx.metrics.submission_latency.labels(lane["lane"]).observe(time.perf_counter() - t0)
         return resp

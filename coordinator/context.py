@@ -20,14 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.admission import identity_address
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import ConfigError
 from coordinator.metrics import Metrics
 from coordinator.rules.limits import RateLimiter
-from coordinator.store import meta
+from coordinator.store import meta, workers
 from coordinator.store.db import Database, normalise_url
 from coordinator.taskbook import TaskBook
 from protocol.errors import ProtocolError
+from protocol.guard import Networks
 from protocol.identity import KeyPair, PublicKey
 
 log = logging.getLogger("swarmrl.coordinator")
@@ -160,12 +162,21 @@ def _public_key(hex_key: str, what: str) -> PublicKey:
 
 
 def prepare_database(cfg: CoordinatorConfig) -> Database:
-    """Open the database, create or upgrade its schema, and fix the run's proof-of-work challenge."""
+    """Open the database, create or upgrade its schema, fix the run's proof-of-work challenge,
+    and store every worker's address in the form the identities-per-address cap counts
+    (`coordinator.admission.identity_address`). That form depends on the configured exempt
+    addresses (kept as they are), which a migration cannot see, so it is applied here, at every
+    start (it changes nothing the second time): rows written before the cap counted an IPv6 /64
+    as one address kept the whole address and did not count against their /64."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(normalise_url(cfg.database_url, cfg.data_dir), sqlite_synchronous=cfg.sqlite_synchronous)
     db.migrate()
+    exempt = Networks(cfg.limits.exempt_addresses)
     with db.write() as conn:
         meta.init_once(conn, meta.POW_CHALLENGE, os.urandom(16).hex())
+        rekeyed = workers.rekey_addresses(conn, lambda a: identity_address(a, exempt))
+    if rekeyed:
+        log.info("stored %d worker address(es) by their per-address key (an IPv6 /64, an IPv4 address)", rekeyed)
     return db
 
 

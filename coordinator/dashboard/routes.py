@@ -184,7 +184,8 @@ def mount_dashboard(app: FastAPI, ctx: Context, api: "Api", *, background: bool 
     @r.get(API + "/overview", response_model=Overview)
     async def overview(request: Request) -> Response:
         """Run, versions, buffer depth, verification queue, counts by status."""
-        return await api.viewed(request, "dash_overview", lambda _full: recent.get("overview", lambda: views.overview(ctx)))
+        return await api.viewed(request, "dash_overview", lambda full: privacy.overview(
+            recent.get("overview", lambda: views.overview(ctx)), full))
 
     @r.get(API + "/workers", response_model=list[WorkerRow])
     async def workers(request: Request) -> Response:

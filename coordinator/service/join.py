@@ -1,11 +1,14 @@
 """Joining the run: run info, registration (allowlist, proof of work over a challenge that
 changes per run and epoch, identities per address — banned ones count for a cooldown), heartbeats,
-and a worker's public standing (its check rate: `worker_check_rate`).
+and a worker's standing (its check rate: `worker_check_rate`, the operator's to see; everyone
+else is told `public_check_rate`).
 
 Identities per address count by `protocol.guard.address_key`, as the rate limits and the
 swarm's gate do: an IPv4 address (IPv4-mapped IPv6 included), or the /64 of an IPv6 address
 (one line's allocation: counted address by address, one home line held 2^64 places). A worker's
-row keeps that key as its `address` (an exempt address as it is). A silent ('gone') identity
+row keeps that key as its `address` (an exempt address as it is); rows stored before the key
+(a whole IPv6 address, an IPv4-mapped one) are re-keyed when a coordinator starts
+(`coordinator.context.prepare_database`), so they count too. A silent ('gone') identity
 frees its place; it takes one again, under the same cap, when it comes back (`revive`):
 before, a heartbeat or a lease request made it active past the cap, so an address gathered any
 number of active identities, one per silence period."""
@@ -17,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from coordinator import p2p
+from coordinator.admission import identity_address
 from coordinator.context import Context
 from coordinator.errors import Forbidden, NotFound, RateLimited
 from coordinator.privacy import public_reason
@@ -24,7 +28,7 @@ from coordinator.rules.reputation import check_rate, effective_clean_checks
 from coordinator.service import require_worker, use_nonce
 from coordinator.store import policy, workers
 from protocol.envelope import Opened
-from protocol.guard import Networks, address_key
+from protocol.guard import Networks
 from protocol.messages import Heartbeat, Registration, RegistrationResponse, RunInfo, TaskSpec, WorkerInfo
 from protocol.pow import epoch_challenge, pow_ok
 
@@ -61,19 +65,32 @@ def worker_check_rate(ctx: Context, w: Any) -> float:
     return check_rate(clean, initial=c.initial, floor=c.floor, halve_every=c.halve_every)
 
 
+def public_check_rate(ctx: Context) -> float:
+    """The check rate workers and anonymous readers are told, whoever they ask about: the rate
+    every new identity starts at (an upper bound on anyone's, as long as no lease drops raised it).
+    A worker's own rate halves at every `halve_every`-th clean full check, so reading it after
+    each verdict told the worker which submission had been fully checked, and when its rate sat
+    at the floor; only the operator's views carry it (`coordinator.privacy`)."""
+    c = ctx.cfg.check_rate
+    return check_rate(0, initial=c.initial, floor=c.floor, halve_every=c.halve_every)
+
+
 def stored_address(ctx: Context, address: str) -> str:
     """What a worker's row keeps as its address: the per-address limits' key
-    (`protocol.guard.address_key`), or an exempt address as it is."""
-    return address if address in Networks(ctx.cfg.limits.exempt_addresses) else address_key(address)
+    (`protocol.guard.address_key`), or an exempt address as it is (`admission.identity_address`)."""
+    return identity_address(address, Networks(ctx.cfg.limits.exempt_addresses))
 
 
 def check_address_room(ctx: Context, conn: Connection, address: str, worker_id: str, now: float) -> None:
     """429 `address_limit` unless `worker_id` may be active at `address` (a stored address:
     `stored_address`): fewer than join.identities_per_address other active identities there,
-    banned ones within join.ban_cooldown_s included."""
+    banned ones within join.ban_cooldown_s included. Takes the address's lock
+    (`store.workers.lock_address`) first, so the caller must make the worker active in the same
+    transaction: the count and the write are then one step for every replica."""
     cfg = ctx.cfg.join
     if not cfg.identities_per_address or address in Networks(ctx.cfg.limits.exempt_addresses):
         return
+    workers.lock_address(conn, address)  # held until the caller's transaction has made it active
     others = [w for w in workers.active_ids_at_address(conn, address) if w != worker_id]
     banned = workers.banned_at_address_since(conn, address, now - cfg.ban_cooldown_s) if cfg.ban_cooldown_s else 0
     if len(others) + banned >= cfg.identities_per_address:
@@ -118,10 +135,8 @@ def register(ctx: Context, opened: Opened[Registration], address: str) -> Regist
             workers.insert(conn, dict(worker_id=worker_id, public_key=signer, registered_at=now, **fields))
         else:
             workers.update_fields(conn, worker_id, **fields)
-        row = workers.get(conn, worker_id)
         current = policy.current(conn)
-    return RegistrationResponse(worker_id=worker_id, check_rate=worker_check_rate(ctx, row),
-                                run=run_info(ctx, current))
+    return RegistrationResponse(worker_id=worker_id, check_rate=public_check_rate(ctx), run=run_info(ctx, current))
 
 
 def heartbeat(ctx: Context, opened: Opened[Heartbeat]) -> dict:
@@ -133,16 +148,18 @@ def heartbeat(ctx: Context, opened: Opened[Heartbeat]) -> dict:
         revive(ctx, conn, row, now)
         workers.heartbeat(conn, row.worker_id, now, hb.policy_version, hb.tokens_per_s, hb.status)
         current = policy.current(conn)
-    return {"ok": True, "policy_version": current, "check_rate": worker_check_rate(ctx, row)}
+    return {"ok": True, "policy_version": current}
 
 
 def worker_info(ctx: Context, worker_id: str, *, full: bool = True) -> WorkerInfo:
-    """`full`: the operator's view (the near-tie ledger, the ban reason with its numbers)."""
+    """`full`: the operator's view (the worker's own check rate, the near-tie ledger, the ban
+    reason with its numbers); otherwise the rate is `public_check_rate`."""
     with ctx.db.read() as conn:
         row = workers.get(conn, worker_id)
     if row is None:
         raise NotFound("unknown_worker", f"no worker {worker_id}")
     return WorkerInfo(worker_id=row.worker_id, status=row.status, accepted=row.accepted, rejected=row.rejected,
-                      accepted_tokens=row.accepted_tokens, check_rate=worker_check_rate(ctx, row),
+                      accepted_tokens=row.accepted_tokens,
+                      check_rate=worker_check_rate(ctx, row) if full else public_check_rate(ctx),
                       ban_reason=row.ban_reason if full else public_reason(row.ban_reason),
                       checked_positions=row.checked_positions if full else 0, near_ties=row.near_ties if full else 0)

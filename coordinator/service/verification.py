@@ -81,7 +81,9 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
         if row.full_check and not v.full_check:
             raise Invalid("check_skipped", f"submission {v.submission_id} was drawn for a full check; "
                                            "the verdict must come from one")
-        w = workers.get(conn, row.worker_id)
+        # locked: the new standing is computed from this read and written back whole (the
+        # drift scores), so a verdict of the same worker on another replica must wait for it
+        w = workers.get(conn, row.worker_id, for_update=True)
         standing = verdicts.Standing(checked_positions=w.checked_positions if w else 0,
                                      near_ties=w.near_ties if w else 0,
                                      drift=(w.drift_score, w.drift_worst_score) if w else (0.0, 0.0),

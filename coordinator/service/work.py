@@ -26,6 +26,7 @@ from coordinator.service import require_worker, training, use_nonce
 from coordinator.service.join import revive, worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, workers
 from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
+from protocol.identity import PublicKey
 from protocol.messages import (
     KIND_LEASE,
     Lease,
@@ -90,8 +91,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
             active = workers.count_by_status(conn).get("active", 0) if room else 0
             lane = lane_of(established) if room else None
             return LeaseResponse(leases=[], retry_after_s=spread_retry(sizing.retry_after_s, active)), lane
-        reused = pick_returned(n, leases.returned(conn, n + 64), worker_id)
-        leases.take_returned(conn, reused)
+        reused = leases.take_returned(conn, pick_returned(n, leases.returned(conn, n + 64), worker_id))
         fresh = n - len(reused)
         end = meta.add_int(conn, meta.NEXT_TASK, fresh) if fresh else 0
         drawn = {i: ctx.tasks.prepare(i) for i in reused + list(range(end - fresh, end))}
@@ -177,6 +177,15 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
     return store(ctx, opened, raw, scored(ctx, opened))
 
 
+def admit_submitter(ctx: Context, signer_hex: str) -> None:
+    """Between a large submission's verification in an `OffLoop` process and its parse in this
+    one (`coordinator.api.Api.open`): refuse, with one primary-key read, a signer that is no
+    registered worker (404 `unknown_worker`) or is banned (403 `banned`), the first refusals the
+    intake would give after that parse (~30 ms of the server process's GIL per MB)."""
+    with ctx.db.read() as conn:
+        require_worker(conn, PublicKey.from_hex(signer_hex).peer_id)
+
+
 def established(ctx: Context, worker_id: str) -> bool:
     """Whether `worker_id`'s submissions are scored in the intake's established lane
     (`coordinator.fairpool`) and its leases come from the established workers' room
@@ -200,7 +209,7 @@ def established_row(ctx: Context, row) -> bool:
 def scored(ctx: Context, opened: Opened[Submission]) -> tuple[int, list[float]]:
     """(token count, rewards) of a submission: read-only checks and the scorer sandbox, no
     write lock, so it may run on a thread beside the event loop (`coordinator.api.Intake`)."""
-    return _checked_and_scored(ctx, opened.body, opened.signer_id, ctx.clock())
+    return _checked_and_scored(ctx, opened, ctx.clock())
 
 
 def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[int, list[float]]) -> SubmissionResponse:
@@ -213,7 +222,9 @@ def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[in
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         worker = require_worker(conn, worker_id)
-        row = leases.get(conn, sub.lease_id)
+        # locked: checked active here and closed below; a copy on another replica waits, then
+        # finds it submitted (409 duplicate_submission, not a primary-key error)
+        row = leases.get(conn, sub.lease_id, for_update=True)
         if row is None:
             raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
         intake.check_lease(row, worker_id, now)  # again: it may have closed meanwhile
@@ -239,20 +250,35 @@ def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[in
     return SubmissionResponse(submission_id=sid, status="queued")
 
 
-def _checked_and_scored(ctx: Context, sub: Submission, worker_id: str, now: float) -> tuple[int, list[float]]:
+def _checked_and_scored(ctx: Context, opened: Opened[Submission], now: float) -> tuple[int, list[float]]:
     """(token count, rewards) of a submission, before the write transaction: the rewards come
     from the scorer sandbox, which may take up to its batch limit on hostile text, and that
-    must not hold the database's write lock. The cheap checks run first (read-only), so
-    nothing is scored for an unknown or banned worker, someone else's or a closed lease, or
-    completions that do not fit the lease; the write transaction checks the lease again."""
+    must not hold the database's write lock. Every refusal the write transaction would give
+    that does not depend on what happens meanwhile is given here first, read-only, so nothing
+    is scored for an unknown or banned worker, someone else's or a closed lease (a lease
+    already submitted: 409 `duplicate_submission`, which a resend after a lost answer relies
+    on), a replayed nonce, completions that do not fit the lease, or completions already stored
+    for the task (before, the last two were refused only after scoring, and a refused duplicate
+    left its lease open: the same envelope sent again was scored every time). The write
+    transaction checks them again (`store`); copies of one submission in flight at once are the
+    route's to refuse (`coordinator.api.Intake.taking`)."""
+    sub, worker_id = opened.body, opened.signer_id
+    chash = intake.content_hash(sub.completions)
     with ctx.db.read() as conn:
         require_worker(conn, worker_id)
         row = leases.get(conn, sub.lease_id)
+        replayed = workers.nonce_seen(conn, opened.envelope.signer, opened.nonce)
+        other = submissions.content_exists(conn, row.task_id, chash) if row is not None else None
     if row is None:
         raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
     intake.check_lease(row, worker_id, now)
+    if replayed:
+        raise Conflict("replay", "replayed message: this nonce was already used by this signer")
     lease = Lease.model_validate(json.loads(row.envelope)["body"])  # the signed lease, as the worker got it
     n_tokens = intake.check_completions(sub, lease, worker_id, ctx.tasks.vocab_size, ctx.tasks.hidden_size)
+    if other is not None:
+        raise Conflict("duplicate_completion", f"these completions were already submitted for task "
+                                               f"{row.task_id} (submission {other})")
     task = ctx.tasks.task(row.task_index)
     return n_tokens, ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
 

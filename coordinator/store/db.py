@@ -6,7 +6,12 @@ so two writers queue on the busy timeout instead of failing on a lock upgrade) a
 transaction with a plain BEGIN (a WAL snapshot that never blocks the writer). On PostgreSQL
 both are ordinary READ COMMITTED transactions; the queries that race (claims, batches) use
 row locks with SKIP LOCKED and conditional updates, so several coordinator replicas can share
-one database.
+one database. A write that depends on an earlier read of the same transaction locks what it
+read (a worker's row before its standing is recomputed, a lease's row before a submission
+closes it, the address key before the identities-per-address count: `pg_advisory_xact_lock`),
+and an update that closes or takes rows returns only the rows it changed (RETURNING), never
+what a select before it saw: another replica may have changed them in between
+(tests/integration/test_coordinator_postgres.py holds two replicas in that window).
 
 Writers on SQLite also take an exclusive `flock` on `<database>.lock` (and a thread lock)
 around each write transaction: with several server processes, SQLite's own busy handler

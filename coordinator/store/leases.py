@@ -12,16 +12,23 @@ from coordinator.store.sql import insert_ignore
 
 # hot statements, built once (see workers.py)
 _GET = select(leases).where(leases.c.lease_id == bindparam("l"))
+_GET_FOR_UPDATE = _GET.with_for_update()
 _ACTIVE_TASKS = select(leases.c.task_id).where(and_(leases.c.worker_id == bindparam("w"), leases.c.status == "active"))
 _INSERT = leases.insert()
 _CLOSE = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.status == "active"))
           .values(status=bindparam("to"), closed_at=bindparam("now")))
 _RETURNED = (select(task_returns.c.task_index, task_returns.c.previous_worker)
              .order_by(task_returns.c.returned_at, task_returns.c.task_index).limit(bindparam("n")))
-_TAKE_RETURNED = delete(task_returns).where(task_returns.c.task_index.in_(bindparam("ids", expanding=True)))
+_TAKE_RETURNED = (delete(task_returns).where(task_returns.c.task_index.in_(bindparam("ids", expanding=True)))
+                  .returning(task_returns.c.task_index))
 
 
-def get(conn: Connection, lease_id: str) -> Row | None:
+def get(conn: Connection, lease_id: str, *, for_update: bool = False) -> Row | None:
+    """`for_update`: lock the row until the transaction ends (PostgreSQL; a SQLite write
+    transaction already holds the one write lock), for a check of its state that a write of
+    this transaction depends on."""
+    if for_update and conn.dialect.name == "postgresql":
+        return conn.execute(_GET_FOR_UPDATE, {"l": lease_id}).first()
     return conn.execute(_GET, {"l": lease_id}).first()
 
 
@@ -46,16 +53,15 @@ def close(conn: Connection, lease_id: str, to_status: str, now: float) -> bool:
 
 
 def close_many(conn: Connection, lease_ids: list[str], to_status: str, now: float) -> list[Row]:
-    """Close the active ones among `lease_ids`; return (task_index, worker_id) of those closed."""
+    """Close the active ones among `lease_ids`; return (lease_id, task_index, worker_id) of those
+    this call closed. One UPDATE ... RETURNING: a select first, then the update, returned leases
+    that another replica's transaction closed meanwhile (its sweep, or a release), and they
+    were counted as dropped and their tasks returned twice."""
     if not lease_ids:
         return []
-    rows = list(conn.execute(select(leases.c.lease_id, leases.c.task_index, leases.c.worker_id).where(
-        and_(leases.c.lease_id.in_(lease_ids), leases.c.status == "active"))))
-    if rows:
-        conn.execute(update(leases).where(and_(leases.c.lease_id.in_([r.lease_id for r in rows]),
-                                               leases.c.status == "active"))
-                     .values(status=to_status, closed_at=now))
-    return rows
+    return list(conn.execute(update(leases).where(and_(leases.c.lease_id.in_(lease_ids), leases.c.status == "active"))
+                             .values(status=to_status, closed_at=now)
+                             .returning(leases.c.lease_id, leases.c.task_index, leases.c.worker_id)))
 
 
 def due(conn: Connection, now: float, limit: int = 10_000) -> list[str]:
@@ -92,10 +98,14 @@ def returned(conn: Connection, limit: int) -> list[ReturnedTask]:
     return [ReturnedTask(int(i), w) for i, w in conn.execute(_RETURNED, {"n": limit})]
 
 
-def take_returned(conn: Connection, indices: list[int]) -> int:
+def take_returned(conn: Connection, indices: list[int]) -> list[int]:
+    """Take `indices` out of the returned pool; returns those this call took, in the order given.
+    Only those may be leased: another replica's lease request may have read the same returned
+    tasks and taken them first (its delete then wins, and this one takes nothing)."""
     if not indices:
-        return 0
-    return conn.execute(_TAKE_RETURNED, {"ids": indices}).rowcount
+        return []
+    taken = set(conn.execute(_TAKE_RETURNED, {"ids": indices}).scalars())
+    return [i for i in indices if i in taken]
 
 
 def count_returned(conn: Connection) -> int:

@@ -141,12 +141,10 @@ def drop_unjudged(conn: Connection, now: float, claim_ttl_s: float, max_claims: 
     own); returns their (submission_id, worker_id) rows."""
     c = submissions.c
     due = and_(c.status == "queued", c.claims >= max_claims, c.claimed_at < now - claim_ttl_s)
-    rows = list(conn.execute(select(c.submission_id, c.worker_id).where(due)))
-    if rows:
-        conn.execute(update(submissions).where(and_(due, c.submission_id.in_([r.submission_id for r in rows])))
-                     .values(status="dropped", decided_at=now,
-                             reason=f"no verdict after {max_claims} claims by verifiers (none could judge it)"))
-    return rows
+    return list(conn.execute(update(submissions).where(due)
+                             .values(status="dropped", decided_at=now,
+                                     reason=f"no verdict after {max_claims} claims by verifiers (none could judge it)")
+                             .returning(c.submission_id, c.worker_id)))
 
 
 # -- training buffer -------------------------------------------------------------------------

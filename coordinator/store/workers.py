@@ -6,14 +6,19 @@ form, which costs a quarter of building a new expression per request (bench/coor
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, not_, or_, select, text, update
 
 from coordinator.store.schema import nonces, workers
 from coordinator.store.sql import insert_ignore
 
 _GET = select(workers).where(workers.c.worker_id == bindparam("w"))
+_GET_FOR_UPDATE = _GET.with_for_update()
+_NONCE_SEEN = select(nonces.c.seen_at).where(and_(nonces.c.signer == bindparam("s"), nonces.c.nonce == bindparam("n")))
+_ADDRESS_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _SEEN = (update(workers).where(and_(workers.c.worker_id == bindparam("w"), workers.c.status != "banned"))
          .values(last_seen=bindparam("now"), status="active"))
 _SEEN_HB = _SEEN.values(policy_version=bindparam("pv"), tokens_per_s=bindparam("tps"), status_text=bindparam("st"))
@@ -38,8 +43,29 @@ _BANNED_AT_ADDRESS = select(func.count()).select_from(workers).where(and_(
 _AT_ADDRESS = select(workers.c.worker_id).where(and_(workers.c.address == bindparam("a"), workers.c.status == "active"))
 
 
-def get(conn: Connection, worker_id: str) -> Row | None:
+def get(conn: Connection, worker_id: str, *, for_update: bool = False) -> Row | None:
+    """`for_update`: lock the row until the transaction ends (PostgreSQL; on SQLite a write
+    transaction already holds the database's one write lock), for a read-modify-write of it."""
+    if for_update and conn.dialect.name == "postgresql":
+        return conn.execute(_GET_FOR_UPDATE, {"w": worker_id}).first()
     return conn.execute(_GET, {"w": worker_id}).first()
+
+
+def address_lock_key(address: str) -> int:
+    """The advisory lock key of a stored address: 64 bits of its hash, as PostgreSQL's bigint."""
+    digest = hashlib.blake2b(address.encode(), digest_size=8, person=b"swarmrl-addr").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_address(conn: Connection, address: str) -> None:
+    """Serialise, until this transaction ends, the transactions that count the identities at
+    `address` and then make one active there (`coordinator.service.join.check_address_room`):
+    without it two replicas on PostgreSQL both counted before either wrote, and both took the
+    last place. PostgreSQL: a transaction-scoped advisory lock on the address's key (a hash
+    collision only serialises two addresses needlessly); SQLite: nothing to do, a write
+    transaction holds the database's one write lock from its BEGIN IMMEDIATE."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_ADDRESS_LOCK, {"k": address_lock_key(address)})
 
 
 def insert(conn: Connection, values: dict[str, Any]) -> None:
@@ -48,6 +74,17 @@ def insert(conn: Connection, values: dict[str, Any]) -> None:
 
 def update_fields(conn: Connection, worker_id: str, **values: Any) -> None:
     conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(**values))
+
+
+def rekey_addresses(conn: Connection, key_of: Callable[[str], str]) -> int:
+    """Rewrite every stored address `a` as `key_of(a)` where they differ; returns the rows
+    changed. `key_of` must map its own results to themselves (then this is idempotent)."""
+    changed = 0
+    for address in list(conn.execute(select(workers.c.address).distinct()).scalars()):
+        key = key_of(address)[:64]
+        if key != address:
+            changed += conn.execute(update(workers).where(workers.c.address == address).values(address=key)).rowcount
+    return changed
 
 
 def active_ids_at_address(conn: Connection, address: str) -> list[str]:
@@ -66,13 +103,10 @@ def heartbeat(conn: Connection, worker_id: str, now: float, policy_version: int 
 
 
 def mark_gone(conn: Connection, cutoff: float) -> list[str]:
-    """Active workers not seen since `cutoff` become 'gone'; returns their ids."""
-    ids = list(conn.execute(select(workers.c.worker_id).where(
-        and_(workers.c.status == "active", workers.c.last_seen < cutoff))).scalars())
-    if ids:
-        conn.execute(update(workers).where(and_(workers.c.worker_id.in_(ids), workers.c.status == "active"))
-                     .values(status="gone"))
-    return ids
+    """Active workers not seen since `cutoff` become 'gone'; returns the ids this call changed
+    (UPDATE ... RETURNING: another replica's sweep may have marked the same ones meanwhile)."""
+    return list(conn.execute(update(workers).where(and_(workers.c.status == "active", workers.c.last_seen < cutoff))
+                             .values(status="gone").returning(workers.c.worker_id)).scalars())
 
 
 def ban(conn: Connection, worker_id: str, reason: str, now: float) -> None:
@@ -135,6 +169,11 @@ def count_by_status(conn: Connection) -> dict[str, int]:
 def remember_nonce(conn: Connection, signer: str, nonce: str, now: float) -> bool:
     """Record a (signer, nonce); False if it was seen before (a replay)."""
     return insert_ignore(conn, nonces, {"signer": signer, "nonce": nonce, "seen_at": now}) == 1
+
+
+def nonce_seen(conn: Connection, signer: str, nonce: str) -> bool:
+    """Whether (signer, nonce) was recorded (a read: `remember_nonce` is the check that counts)."""
+    return conn.execute(_NONCE_SEEN, {"s": signer, "n": nonce}).first() is not None
 
 
 def prune_nonces(conn: Connection, before: float) -> int:

@@ -226,3 +226,257 @@ def test_a_request_that_meets_a_dropped_connection_gets_503_and_may_be_sent_agai
     finally:
         admin.dispose()
         s.close()
+
+
+# -- check-then-act races between replicas ------------------------------------------------------
+# Each test below makes two replicas run the same transaction at once and holds each one, at the
+# point between its read and its write, until the other one has read too (or `Rendezvous.wait_s`
+# has passed: then a replica that serialises them goes on alone). Without a lock both read the
+# state before either wrote, which is the interleaving two replicas behind a load balancer get
+# by chance under load.
+class Rendezvous:
+    def __init__(self, n: int = 2, wait_s: float = 2.0):
+        self.n, self.wait_s, self.arrived = n, wait_s, 0
+        self.cond = threading.Condition()
+
+    def arrive(self) -> None:
+        with self.cond:
+            self.arrived += 1
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.arrived >= self.n, timeout=self.wait_s)
+
+    def after(self, fn):
+        """`fn`, then the rendezvous (the window between a read and the write that depends on it)."""
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            self.arrive()
+            return out
+        return wrapped
+
+
+def _at_once(*calls):
+    out: list = [None] * len(calls)
+
+    def run(i, call):
+        out[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return out
+
+
+def _replicas(pg_url, tmp_path, tiny_model, **overrides):
+    a = start_swarm(tmp_path / "a", tiny_model, database_url=pg_url, **overrides)
+    b = start_swarm(tmp_path / "b", tiny_model, database_url=pg_url, rng_seed=1, **overrides)  # its own ids
+    b.clock.t = a.clock.t
+    return a, b
+
+
+def _register_from(s, key, address: str):
+    from protocol.messages import KIND_REGISTRATION, HardwareReport, Registration
+
+    env = s.seal(KIND_REGISTRATION, Registration(hardware=HardwareReport(cpu_count=1, ram_bytes=1)), key)
+    return s.http.post("/v1/workers/register", content=env.model_dump_json(),
+                       headers={"content-type": "application/json", "x-forwarded-for": address})
+
+
+def _active_at(s, address: str) -> int:
+    from coordinator.store import workers
+
+    with s.ctx.db.read() as conn:
+        return len(workers.active_ids_at_address(conn, address))
+
+
+ONE_PER_ADDRESS = dict(limits={"exempt_addresses": [], "trusted_proxies": ["127.0.0.1"]},
+                       join={"identities_per_address": 1})
+
+
+def test_two_replicas_registering_from_one_address_at_once_keep_the_identities_per_address_cap(
+        pg_url, tmp_path, tiny_model, monkeypatch):
+    """The cap was a count, then an insert, with no lock: two registrations from one address on
+    two replicas both counted 0 others and both became active (cap 1). An advisory lock on the
+    address key, held to the end of the transaction, now makes the second count the first."""
+    import coordinator.store.workers as store_workers
+    from protocol.identity import KeyPair
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model, **ONE_PER_ADDRESS)
+    try:
+        meet = Rendezvous()
+        monkeypatch.setattr(store_workers, "active_ids_at_address", meet.after(store_workers.active_ids_at_address))
+        ra, rb = _at_once(lambda: _register_from(a, KeyPair.generate(), "198.51.100.20"),
+                          lambda: _register_from(b, KeyPair.generate(), "198.51.100.20"))
+        assert sorted([ra.status_code, rb.status_code]) == [200, 429], (ra.text, rb.text)
+        assert _active_at(a, "198.51.100.20") == 1
+        # one IPv6 /64, two addresses in it, at once: the same key, the same lock
+        ra, rb = _at_once(lambda: _register_from(a, KeyPair.generate(), "2001:db8:7:7::1"),
+                          lambda: _register_from(b, KeyPair.generate(), "2001:db8:7:7::2"))
+        assert sorted([ra.status_code, rb.status_code]) == [200, 429], (ra.text, rb.text)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_gone_identities_of_one_address_waking_at_once_keep_the_cap(pg_url, tmp_path, tiny_model, monkeypatch):
+    """The same race through `revive`: two silent identities of one address (each registered
+    while the other was gone) heartbeat at once on two replicas; both found room."""
+    import coordinator.store.workers as store_workers
+    from coordinator.service import upkeep
+    from protocol.identity import KeyPair
+    from protocol.messages import KIND_HEARTBEAT, Heartbeat
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model, **ONE_PER_ADDRESS)
+    try:
+        j = a.cfg.join
+
+        def go_silent():
+            for s in (a, b):
+                s.clock.advance(j.heartbeat_interval_s * (j.missed_heartbeats_gone + 1))
+            upkeep.sweep(a.ctx)
+
+        x, y = KeyPair.generate(), KeyPair.generate()
+        assert _register_from(a, x, "198.51.100.21").status_code == 200
+        go_silent()
+        assert _register_from(a, y, "198.51.100.21").status_code == 200
+        go_silent()
+        assert _active_at(a, "198.51.100.21") == 0
+        meet = Rendezvous()
+        monkeypatch.setattr(store_workers, "active_ids_at_address", meet.after(store_workers.active_ids_at_address))
+        ra, rb = _at_once(lambda: a.post("/v1/workers/heartbeat", KIND_HEARTBEAT, Heartbeat(), x),
+                          lambda: b.post("/v1/workers/heartbeat", KIND_HEARTBEAT, Heartbeat(), y))
+        assert sorted([ra.status_code, rb.status_code]) == [200, 429], (ra.text, rb.text)
+        assert _active_at(a, "198.51.100.21") == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_replicas_recording_verdicts_of_one_worker_at_once_lose_no_proof_drift(
+        pg_url, tmp_path, tiny_model, monkeypatch):
+    """A verdict read the worker's standing (its proof-drift CUSUMs), computed the new scores
+    and wrote them back whole: two verdicts of one worker recorded at once on two replicas (the
+    verifiers run many processes) each added their step to the same old score, and one step was
+    lost. A worker whose proofs drift was banned later than the test says, or never. The
+    worker's row is now locked before its standing is read."""
+    import coordinator.rules.verdicts as rules_verdicts
+    from tests.verdict_fixtures import passing_checks
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        sids = [a.submit(w, lease).json()["submission_id"] for lease in a.lease(w, 2)]
+        assert all(a.snapshot_submission(sid)["full_check"] for sid in sids)
+        # each check's error is (0.11 - 0.01) / 0.2 = half of the float32 limit: two ban the worker
+        checks = passing_checks(mant_mean=0.11, per_completion=[0.11])
+        meet = Rendezvous()
+        monkeypatch.setattr(rules_verdicts, "consequences", meet.after(rules_verdicts.consequences))
+        ra, rb = _at_once(lambda: a.verdict(sids[0], True, checks=checks),
+                          lambda: b.verdict(sids[1], True, checks=checks))
+        assert ra.status_code == 200 and rb.status_code == 200, (ra.text, rb.text)
+        row = a.snapshot_worker(w)
+        assert row["drift_score"] >= 1.0 - 1e-9 and row["status"] == "banned", row
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_replicas_sweeping_at_once_count_each_expired_lease_once(pg_url, tmp_path, tiny_model, monkeypatch):
+    """`close_many` selected the active leases, then closed those still active, and returned what
+    it had selected: a replica whose update waited for another's (the same leases expiring in
+    both sweeps) closed nothing but still counted every lease as dropped by its worker again, so
+    an honest worker's dropped leases doubled (each beyond the allowance doubles its check rate),
+    and put their tasks back in the pool a second time. It now returns only the leases it closed."""
+    import coordinator.store.leases as store_leases
+    from coordinator.service import upkeep
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model, lease_sizing={"enabled": False})
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        assert len(a.lease(w, 3)) == 3
+        for s in (a, b):
+            s.clock.advance(s.cfg.lease_ttl_s + 1)
+        meet = Rendezvous()
+        monkeypatch.setattr(store_leases, "return_tasks", meet.after(store_leases.return_tasks))
+        done = _at_once(lambda: upkeep.sweep(a.ctx), lambda: upkeep.sweep(b.ctx))
+        assert a.snapshot_worker(w)["leases_dropped"] == 3
+        assert sorted(d["expired"] for d in done) == [0, 3], done
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_lease_requests_of_one_worker_at_once_keep_its_lease_quota(pg_url, tmp_path, tiny_model, monkeypatch):
+    """Not a hole (kept as a guard): the lease request counts the worker's active leases after
+    its `seen` update, which locks the worker's row, so the second request waits for the
+    first and, under READ COMMITTED, counts its leases."""
+    import coordinator.store.leases as store_leases
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model, lease_sizing={"enabled": False},
+                     limits={"max_leases_per_worker": 2})
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        meet = Rendezvous()
+        monkeypatch.setattr(store_leases, "active_task_ids", meet.after(store_leases.active_task_ids))
+        got = _at_once(lambda: a.lease(w, 2), lambda: b.lease(w, 2))
+        assert sorted(len(g) for g in got) == [0, 2], got
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_replicas_taking_in_one_lease_s_submission_at_once_answer_409_not_500(
+        pg_url, tmp_path, tiny_model, monkeypatch):
+    """A resend of a submission (a new nonce) that reaches another replica while the first copy is
+    being stored: both passed the lease check, both inserted, and the second died on the
+    primary key (500, an error logged) instead of being told it was stored (409
+    duplicate_submission, which the worker takes for delivered). The lease row is now locked by
+    the write transaction that checks and closes it."""
+    import coordinator.store.submissions as store_submissions
+    from protocol.messages import KIND_SUBMISSION
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        (lease,) = a.lease(w, 1)
+        envs = [s.seal(KIND_SUBMISSION, s.submission(lease), w) for s in (a, b)]   # two nonces
+        meet = Rendezvous()
+        real = store_submissions.insert
+        monkeypatch.setattr(store_submissions, "insert", lambda *x, **kw: (meet.arrive(), real(*x, **kw))[1])
+        ra, rb = _at_once(lambda: a.send("/v1/submissions", envs[0]), lambda: b.send("/v1/submissions", envs[1]))
+        assert sorted([ra.status_code, rb.status_code]) == [200, 409], (ra.text, rb.text)
+        assert "duplicate_submission" in (ra.text + rb.text)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_replicas_leasing_at_once_never_hand_one_returned_task_to_two_workers(
+        pg_url, tmp_path, tiny_model, monkeypatch):
+    """A returned task was read from the pool, then deleted from it, and leased whether the delete
+    took it or not: two lease requests on two replicas read the same returned task and both
+    leased it (two workers on one task, with the same prompt, while the next task waited). A
+    request now leases only the returned tasks its own delete took."""
+    import coordinator.store.leases as store_leases
+    from protocol.messages import KIND_LEASE_RELEASE, LeaseRelease
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model, lease_sizing={"enabled": False})
+    try:
+        a.publish(0)
+        x, y, z = a.new_worker(), a.new_worker(), a.new_worker()
+        (given_up,) = a.lease(x, 1)
+        r = a.post("/v1/leases/release", KIND_LEASE_RELEASE, LeaseRelease(lease_ids=[given_up.lease_id]), x)
+        assert r.status_code == 200, r.text
+        meet = Rendezvous()
+        monkeypatch.setattr(store_leases, "returned", meet.after(store_leases.returned))
+        (ly,), (lz,) = _at_once(lambda: a.lease(y, 1), lambda: b.lease(z, 1))
+        assert ly.task_id != lz.task_id, (ly.task_id, lz.task_id)
+        assert given_up.task_id in (ly.task_id, lz.task_id)
+    finally:
+        a.close()
+        b.close()

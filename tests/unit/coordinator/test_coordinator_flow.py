@@ -132,7 +132,7 @@ def test_check_rate_halves_with_clean_full_checks(make_swarm):
         (job,) = s.claim()
         drawn.append(job.full_check)
         s.verdict(sid, True, full_check=True)
-        rates.append(s.http.get(f"/v1/workers/{w.peer_id}").json()["check_rate"])
+        rates.append(s.worker_info(w)["check_rate"])
     assert rates == [1.0, 0.5, 0.5, 0.25, 0.25, 0.25]
     assert drawn[:2] == [True, True]  # drawn at the rate of the moment: 100% at first
     # an acceptance without a full check earns nothing towards a lower rate
