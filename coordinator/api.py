@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.requests import ClientDisconnect
 
 from coordinator.admission import body_cap, make_guard, route_caps
@@ -251,7 +251,7 @@ class Api:
                 resp = Response(encode(result), media_type="application/json")
         except CoordinatorError as exc:
             resp = self.refuse(route, exc)
-        except OperationalError as exc:
+        except (OperationalError, IntegrityError) as exc:
             log.warning("%s: database error, answered 503: %s", route, exc)
             resp = self.refuse(route, database_unavailable(exc))
         self.done(route, t0, resp.status_code)
@@ -289,8 +289,8 @@ class Api:
                 self.limit_identity(item.envelope.signer)
                 op(item)
                 results.append(VerdictOutcome(status=200))
-            except (CoordinatorError, OperationalError) as exc:
-                if isinstance(exc, OperationalError):
+            except (CoordinatorError, OperationalError, IntegrityError) as exc:
+                if not isinstance(exc, CoordinatorError):
                     log.warning("%s: database error, answered 503: %s", route, exc)
                     exc = database_unavailable(exc)
                 ctx.metrics.rejections.labels(exc.reason).inc()

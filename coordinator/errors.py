@@ -13,7 +13,8 @@ and a one-line `detail` that tells the sender what to change.
     ├── Invalid           422  well-formed but wrong: schema, token ids, lengths, proofs, versions
     ├── RateLimited       429  too many requests (carries Retry-After)
     └── Unavailable       503  the database did not answer (a dropped connection, a busy
-                               SQLite); nothing changed, send the same request again
+                               SQLite) or a concurrent request changed the same rows first;
+                               nothing changed, send the same request again
 
 Routes translate these into `{"detail": ..., "reason": ...}` responses; a request that raises one changes
 no state (the store rolls the transaction back).
@@ -82,10 +83,18 @@ class Unavailable(CoordinatorError):
 
 
 def database_unavailable(exc: Exception) -> Unavailable:
-    """The refusal for a database error that is not the request's fault (SQLAlchemy's
-    OperationalError: the server went away, a connection was cut, SQLite stayed locked past
-    its busy timeout). The transaction was rolled back, so the same envelope may be sent again."""
+    """The refusal for a database error that is not the request's fault: SQLAlchemy's
+    OperationalError (the server went away, a connection was cut, a deadlock was broken,
+    SQLite stayed locked past its busy timeout) or IntegrityError (a request on another replica
+    changed the same rows first: two registrations of one key, identical completions on two
+    leases). The transaction was rolled back, so the same envelope may be sent again; sent
+    again, it meets the checks that name what happened (409 duplicate_completion, ...)."""
+    from sqlalchemy.exc import IntegrityError
+
     first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
+    if isinstance(exc, IntegrityError):
+        return Unavailable("concurrent_change", "a concurrent request changed the same records first; nothing "
+                                                "changed, send the request again")
     return Unavailable("database_unavailable", f"the coordinator's database did not answer ({first}); "
                                                "nothing changed, send the request again")
 
