@@ -480,3 +480,30 @@ def test_two_replicas_leasing_at_once_never_hand_one_returned_task_to_two_worker
     finally:
         a.close()
         b.close()
+
+
+def test_one_key_registering_on_two_replicas_at_once_gets_a_retry_not_a_500(pg_url, tmp_path, tiny_model,
+                                                                             monkeypatch):
+    """Both replicas read "no such worker", both insert; the second insert breaks the primary key.
+    That was a 500 with a traceback; a constraint a concurrent request broke first is now a 503
+    `concurrent_change` with Retry-After (nothing changed), and the same request sent again is
+    answered as a registration of a known key."""
+    import coordinator.store.workers as store_workers
+    from protocol.identity import KeyPair
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        key = KeyPair.generate()
+        meet = Rendezvous()
+        monkeypatch.setattr(store_workers, "get", meet.after(store_workers.get))
+        ra, rb = _at_once(lambda: _register_from(a, key, "198.51.100.30"),
+                          lambda: _register_from(b, key, "198.51.100.31"))
+        codes = sorted([ra.status_code, rb.status_code])
+        assert codes == [200, 503], (ra.text, rb.text)
+        refused = ra if ra.status_code == 503 else rb
+        assert refused.json()["reason"] == "concurrent_change" and refused.headers["Retry-After"] == "1"
+        again = _register_from(b, key, "198.51.100.31")
+        assert again.status_code == 200, again.text
+    finally:
+        a.close()
+        b.close()
