@@ -90,7 +90,7 @@ class StateCollector(Collector):
             for status, n in sorted(s.get(key, {}).items()):
                 g.add_metric([status], n)
             yield g
-        yield GaugeMetricFamily(f"{PREFIX}_buffer_depth", "accepted groups waiting for the trainer",
+        yield GaugeMetricFamily(f"{PREFIX}_buffer_depth", "accepted groups waiting for the trainer (ready and held for a full check together)",
                                 value=s.get("buffer_depth", 0))
         yield GaugeMetricFamily(f"{PREFIX}_policy_version", "current policy version (-1 before the first)",
                                 value=-1 if s.get("current_version") is None else s["current_version"])

@@ -7,7 +7,8 @@ token (`coordinator.auth.is_operator`) a reader of GET /v1/stats and /v1/dashboa
 |---|---|---|
 | a worker's `address` | removed | contributors' IP addresses are theirs |
 | `full_check`, a worker's `full_checked`, `full_check_share`, `clean_checks` | removed | a worker that learns which of its submissions were fully checked (directly, or by diffing counters after each verdict) learns when cheating would have passed |
-| a worker's `check_rate` | removed (GET /v1/workers/{id}: the rate a new identity starts at) | it halves at every `halve_every`-th clean full check: read after each verdict, it says which submission was fully checked, and when the rate reached its floor |
+| a worker's `check_rate` | removed (GET /v1/workers/{id}: null) | it halves at every `halve_every`-th clean full check: read after each verdict, it says which submission was fully checked, and when the rate reached its floor |
+| the buffer's `by_state` (held, ready, handed); `depth` counts held and ready together | removed | a worker watching the number of ready groups right after its own verdict learned whether its submission was fully checked (ready at once) or not (held) |
 | a rollout's `buffer` | removed | a group accepted without a full check is `held` until its worker's next clean full check, one accepted by a full check is `ready` |
 | paths on the coordinator's machine (the archive's, in `/overview` and the audit commands) | removed (`<archive>` in the commands) | the layout of the operator's machine is not the public's |
 | a verdict's checks | only the failed checks' names | the statistics say how far a submission was from each threshold, and which checks ran says whether it was a full check |
@@ -17,7 +18,7 @@ token (`coordinator.auth.is_operator`) a reader of GET /v1/stats and /v1/dashboa
 The submission statuses a worker polls (GET /v1/submissions/{id}, /v1/submission-statuses)
 carry `public_reason` whoever asks: a worker learns that it failed, and which check, never by
 how much. The answers to a worker's own signed requests carry no standing either: a
-registration's `check_rate` is the rate a new identity starts at, a heartbeat's answer has none
+registration's `check_rate` is null, a heartbeat's answer has none
 (`coordinator.service.join`). The operator token unlocks everything; the Parquet archive and `swarmrl audit` keep
 the full record for auditors.
 """
@@ -70,7 +71,8 @@ def stats(data: dict[str, Any], full: bool) -> dict[str, Any]:
     """GET /v1/stats."""
     if full:
         return data
-    return {**data, "workers": [worker_row(w, False) for w in data.get("workers", [])]}
+    buffer = {k: v for k, v in (data.get("buffer") or {}).items() if k != "by_state"}
+    return {**data, "buffer": buffer, "workers": [worker_row(w, False) for w in data.get("workers", [])]}
 
 
 def audit_command(command: str) -> str:

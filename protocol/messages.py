@@ -194,7 +194,8 @@ class LeaseResponse(Strict):
 
 class RegistrationResponse(Strict):
     worker_id: str
-    check_rate: float
+    check_rate: float | None = Field(None, description="not told to workers (None): read after each verdict, a "
+                                                        "worker's own rate would say which submission was fully checked")
     run: "RunInfo"
 
 
@@ -236,7 +237,8 @@ class WorkerInfo(Strict):
     accepted: int
     rejected: int
     accepted_tokens: int
-    check_rate: float
+    check_rate: float | None = Field(None, description="the share of its submissions fully checked: the operator's "
+                                                        "view only (None for anyone else)")
     ban_reason: str = ""
     checked_positions: int = Field(0, description="tokens of this worker's clean full checks")
     near_ties: int = Field(0, description="... of which were not the verifier's seeded argmax (within tolerance)")

@@ -216,8 +216,7 @@ class Daemon:
             raise WorkerError(f"registration refused (HTTP {exc.status}): {exc.detail}") from exc
         self.cfg.pins.check_run(resp.run, f"the coordinator at {self.cfg.coordinator_url} (registration answer)")
         self.run_info = resp.run
-        log.info("registered as %s in run %s (checked at %.0f%%)", resp.worker_id, resp.run.run_id,
-                 100 * resp.check_rate)
+        log.info("registered as %s in run %s", resp.worker_id, resp.run.run_id)
 
     def _shardcast_client(self) -> Any:
         if self._weights_client is not None:

@@ -105,7 +105,7 @@ def render(s: dict) -> Table:
     if life:
         credit += (f"; lifetime {life.get('accepted_tokens', 0):,} tokens "
                    f"({life.get('accepted', 0)} accepted, {life.get('rejected', 0)} rejected, "
-                   f"status {life.get('status', '?')}, checked {100 * life.get('check_rate', 0):.0f}%)")
+                   f"status {life.get('status', '?')})")
     t.add_row("credits", credit)
     p2p = s.get("p2p")
     if p2p:  # the libp2p swarm layer (worker.p2p)

@@ -1,7 +1,7 @@
 """Joining the run: run info, registration (allowlist, proof of work over a challenge that
 changes per run and epoch, identities per address — banned ones count for a cooldown), heartbeats,
-and a worker's standing (its check rate: `worker_check_rate`, the operator's to see; everyone
-else is told `public_check_rate`).
+and a worker's standing (its check rate: `worker_check_rate`, the operator's to see; no one
+else is told a rate).
 
 Identities per address count by `protocol.guard.address_key`, as the rate limits and the
 swarm's gate do: an IPv4 address (IPv4-mapped IPv6 included), or the /64 of an IPv6 address
@@ -65,16 +65,6 @@ def worker_check_rate(ctx: Context, w: Any) -> float:
     return check_rate(clean, initial=c.initial, floor=c.floor, halve_every=c.halve_every)
 
 
-def public_check_rate(ctx: Context) -> float:
-    """The check rate workers and anonymous readers are told, whoever they ask about: the rate
-    every new identity starts at (an upper bound on anyone's, as long as no lease drops raised it).
-    A worker's own rate halves at every `halve_every`-th clean full check, so reading it after
-    each verdict told the worker which submission had been fully checked, and when its rate sat
-    at the floor; only the operator's views carry it (`coordinator.privacy`)."""
-    c = ctx.cfg.check_rate
-    return check_rate(0, initial=c.initial, floor=c.floor, halve_every=c.halve_every)
-
-
 def stored_address(ctx: Context, address: str) -> str:
     """What a worker's row keeps as its address: the per-address limits' key
     (`protocol.guard.address_key`), or an exempt address as it is (`admission.identity_address`)."""
@@ -136,7 +126,7 @@ def register(ctx: Context, opened: Opened[Registration], address: str) -> Regist
         else:
             workers.update_fields(conn, worker_id, **fields)
         current = policy.current(conn)
-    return RegistrationResponse(worker_id=worker_id, check_rate=public_check_rate(ctx), run=run_info(ctx, current))
+    return RegistrationResponse(worker_id=worker_id, run=run_info(ctx, current))
 
 
 def heartbeat(ctx: Context, opened: Opened[Heartbeat]) -> dict:
@@ -152,14 +142,16 @@ def heartbeat(ctx: Context, opened: Opened[Heartbeat]) -> dict:
 
 
 def worker_info(ctx: Context, worker_id: str, *, full: bool = True) -> WorkerInfo:
-    """`full`: the operator's view (the worker's own check rate, the near-tie ledger, the ban
-    reason with its numbers); otherwise the rate is `public_check_rate`."""
+    """`full`: the operator's view (the worker's check rate, the near-tie ledger, the ban reason
+    with its numbers); otherwise no check rate (it halves at every `halve_every`-th clean full
+    check, so read after each verdict it would tell the worker which submission had been fully
+    checked: `coordinator.privacy`)."""
     with ctx.db.read() as conn:
         row = workers.get(conn, worker_id)
     if row is None:
         raise NotFound("unknown_worker", f"no worker {worker_id}")
     return WorkerInfo(worker_id=row.worker_id, status=row.status, accepted=row.accepted, rejected=row.rejected,
                       accepted_tokens=row.accepted_tokens,
-                      check_rate=worker_check_rate(ctx, row) if full else public_check_rate(ctx),
+                      check_rate=worker_check_rate(ctx, row) if full else None,
                       ban_reason=row.ban_reason if full else public_reason(row.ban_reason),
                       checked_positions=row.checked_positions if full else 0, near_ties=row.near_ties if full else 0)

@@ -247,7 +247,12 @@ def count_queued_of(conn: Connection, who: ColumnElement[bool]) -> int:
 
 
 def buffer_depth(conn: Connection) -> int:
-    q = select(func.count()).select_from(submissions).where(submissions.c.buffer == "ready")
+    """Accepted groups not yet handed to the trainer: ready ones and those held for their
+    worker's next clean full check together. Public (/metrics, /v1/stats, the dashboard): with
+    ready groups alone, a worker watching it right after its own verdict learned whether that
+    submission was fully checked (ready at once) or not (held); `count_by_buffer` splits it for
+    the operator."""
+    q = select(func.count()).select_from(submissions).where(submissions.c.buffer.in_(("ready", "held")))
     return int(conn.execute(q).scalar_one())
 
 

@@ -179,7 +179,7 @@ def _check(coord: Coordinator, ledger: Ledger, workers: list[KeyPair]) -> dict:
             if sid in ledger.verdicts:
                 want = "accepted" if ledger.verdicts[sid] else "rejected"
                 assert status in (want, "dropped"), f"{sid}: acknowledged verdict {want}, found {status}"
-        stats = http.get("/v1/stats").json()
+        stats = http.get("/v1/stats", headers={"authorization": f"Bearer {OPERATOR_TOKEN}"}).json()
         by_worker = {w["worker_id"]: w for w in stats["workers"]}
         for key in workers:
             w = by_worker[key.peer_id]
@@ -206,6 +206,9 @@ def _check(coord: Coordinator, ledger: Ledger, workers: list[KeyPair]) -> dict:
         return stats
 
 
+OPERATOR_TOKEN = "restart-test-operator-token"
+
+
 @pytest.mark.timeout(300)
 def test_sigkill_at_any_moment_loses_nothing_acknowledged(tmp_path):
     from swarmrl.modelkit import init_tiny_model
@@ -220,7 +223,8 @@ def test_sigkill_at_any_moment_loses_nothing_acknowledged(tmp_path):
                             data_dir=tmp_path / "coordinator", key_file=tmp_path / "coordinator" / "key", port=0,
                             group_size=4, archive=True, archive_interval_s=0.2, housekeeping_interval_s=0.2,
                             limits={"burst": 100000, "exempt_addresses": LOOPBACK},
-                            join={"pow_difficulty": 0})  # its workers register by hand, without proof of work
+                            join={"pow_difficulty": 0},  # its workers register by hand, without proof of work
+                            dashboard={"operator_token": OPERATOR_TOKEN})  # /v1/stats in full (buffer.by_state)
     cfg_path = tmp_path / "coordinator.toml"
     cfg_path.write_text(dump_toml(cfg))
     proofs = {n: to_b64(build_proof(__import__("torch").randn(n, 32))) for n in (3,)}

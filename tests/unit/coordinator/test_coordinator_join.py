@@ -22,7 +22,7 @@ def test_anyone_can_join_and_the_worker_id_is_the_key_s_peer_id(swarm):
     key = KeyPair.generate()
     r = _register(swarm, key)
     assert r.status_code == 200
-    assert r.json()["worker_id"] == key.peer_id and r.json()["check_rate"] == 1.0
+    assert r.json()["worker_id"] == key.peer_id and r.json()["check_rate"] is None
     again = _register(swarm, key)  # registering again (a restart) keeps the identity's record
     assert again.status_code == 200
     assert [w["worker_id"] for w in swarm.stats()["workers"]] == [key.peer_id]

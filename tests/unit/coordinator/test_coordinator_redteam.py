@@ -367,8 +367,8 @@ def test_a_worker_cannot_tell_from_its_check_rate_which_submission_was_fully_che
     /v1/workers/{id}, /v1/stats, /v1/dashboard/workers) and in the answers to a worker's
     heartbeats and registrations: a worker that read it after each verdict learned which of its
     submissions had been fully checked, and when its rate reached the floor (when cheating
-    pays). Only the operator's views carry it now; workers and anonymous readers get the rate
-    every new identity starts at, or nothing."""
+    pays). Only the operator's views carry it now; workers and anonymous readers get null, or
+    no field."""
     from coord_harness import OPERATOR_TOKEN
 
     s = make_swarm(check_rate={"initial": 1.0, "floor": 0.25, "halve_every": 1})
@@ -380,7 +380,7 @@ def test_a_worker_cannot_tell_from_its_check_rate_which_submission_was_fully_che
     assert s.verdict(sid, True, full_check=True).status_code == 200   # one clean full check: 0.5
     after = _worker_visible_rates(s, w)
     assert after == before, (before, after)
-    assert set(after.values()) <= {None, 1.0}, after
+    assert set(after.values()) == {None}, after
     # the operator still sees it
     op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
     assert s.worker_info(w)["check_rate"] == 0.5
@@ -408,6 +408,34 @@ def test_the_public_rollout_view_does_not_say_whether_a_group_waits_for_a_full_c
         assert v["status"] == "accepted" and "buffer" not in v and "full_check" not in v, v
     op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
     assert s.http.get(f"/v1/dashboard/rollouts/{cheap}", headers=op).json()["buffer"] == "ready"
+
+
+def test_the_public_buffer_depth_moves_alike_for_a_fully_checked_group_and_a_held_one(make_swarm):
+    """The public buffer depth (/metrics, /v1/stats, the dashboard's overview) counted ready
+    groups only: a group accepted by a full check is ready at once, one accepted on the cheap
+    checks is held, so a worker reading the depth right before and after its own verdict learned
+    whether that submission was fully checked. Now held and ready count together publicly, and
+    `buffer.by_state` is the operator's."""
+    from coord_harness import OPERATOR_TOKEN
+
+    s = make_swarm(check_rate={"initial": 0.0, "floor": 0.0, "halve_every": 1})
+    s.publish(0)
+    w = s.new_worker()
+    cheap, full = (s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 2))
+
+    def public() -> tuple:
+        return (s.metric("swarmrl_coordinator_buffer_depth"), s.http.get("/v1/stats").json()["buffer"].get("depth"),
+                s.http.get("/v1/dashboard/overview").json()["buffer"]["depth"])
+
+    seen = [public()]
+    assert s.verdict(cheap, True, full_check=False).status_code == 200      # held
+    seen.append(public())
+    assert s.verdict(full, True, full_check=True).status_code == 200        # ready (and releases the held one)
+    seen.append(public())
+    assert seen == [(0, 0, 0), (1, 1, 1), (2, 2, 2)], seen
+    assert "by_state" not in s.http.get("/v1/stats").json()["buffer"]
+    op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+    assert s.http.get("/v1/stats", headers=op).json()["buffer"]["by_state"].get("ready") == 2
 
 
 def test_anonymous_readers_see_no_path_on_the_coordinator_s_machine(make_swarm):
