@@ -76,13 +76,17 @@ BATCH_POLL_S = 0.25  # long-polls also re-check the database this often (other p
 LEASE_POLL_S = 1.0   # a held lease request re-checks at least this often when its refusal named no time
 
 
-async def _submit(ctx: Context, api: Api, opened, raw: bytes, lane: dict[str, str]) -> SubmissionResponse:
+async def _submit(ctx: Context, api: Api, opened, raw: bytes, lane: dict) -> SubmissionResponse:
     """Scoring (the sandbox: up to its time limits on hostile text) on an intake thread; the
     write transaction here on the loop, like every other one (with the write on the intake
     thread too, bench/hostile.py's clean submit p99 was 210-240 ms, against 95-99 ms so).
-    `lane` gets the intake lane the signer's submission was scored in (for the latency metric)."""
+    `lane` gets the intake lane the signer's submission was scored in (for the latency metric);
+    `lane["admitted"]`, when a large body's admission (`work.admit_submitter`, before its parse)
+    already read the signer's row, is whether it is established (one read per submission)."""
     with api.intake.taking(opened.signer_id, opened.body.lease_id):  # one copy of a submission at a time
-        established = work.established(ctx, opened.signer_id)
+        established = lane.pop("admitted", None)
+        if established is None:
+            established = work.admit_submitter(ctx, opened.envelope.signer)
         lane["lane"] = work.lane_of(established)
         if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
             return work.submit(ctx, opened, raw)
@@ -209,8 +213,7 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
     async def worker(request: Request, worker_id: str) -> Response:
         """A worker's standing; its own check rate, its near-tie ledger and the numbers of its ban
         reason only with the operator token (they would tell a cheater which of its submissions were
-        fully checked and how close it runs to the limits; without it `check_rate` is the rate every
-        new identity starts at)."""
+        fully checked and how close it runs to the limits; without it `check_rate` is null)."""
         return await api.viewed(request, "worker", lambda full: join.worker_info(ctx, worker_id, full=full))
 
     @app.post(routes.LEASES, tags=["work"], openapi_extra=_ENVELOPE_BODY, responses={200: {"model": LeaseResponse}})
@@ -232,8 +235,8 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         t0, lane = time.perf_counter(), {}
         resp = await api.signed(request, "submit", KIND_SUBMISSION, Submission,
                                 lambda o, raw, addr: _submit(ctx, api, o, raw, lane),
-                                admit=lambda signer: work.admit_submitter(ctx, signer))
-        if lane:  # its signature held: the answer's latency by intake lane
+                                admit=lambda signer: lane.update(admitted=work.admit_submitter(ctx, signer)))
+        if "lane" in lane:  # its signature held: the answer's latency by intake lane
             ctx.metrics.submission_latency.labels(lane["lane"]).observe(time.perf_counter() - t0)
         return resp
 

@@ -177,22 +177,14 @@ def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionRe
     return store(ctx, opened, raw, scored(ctx, opened))
 
 
-def admit_submitter(ctx: Context, signer_hex: str) -> None:
-    """Between a large submission's verification in an `OffLoop` process and its parse in this
-    one (`coordinator.api.Api.open`): refuse, with one primary-key read, a signer that is no
-    registered worker (404 `unknown_worker`) or is banned (403 `banned`), the first refusals the
-    intake would give after that parse (~30 ms of the server process's GIL per MB)."""
+def admit_submitter(ctx: Context, signer_hex: str) -> bool:
+    """Refuse, with one primary-key read, a signer that is no registered worker (404
+    `unknown_worker`) or is banned (403 `banned`); otherwise whether it is `established` (its
+    intake lane). A large submission's is run between its verification in an `OffLoop` process
+    and its parse in this one (`coordinator.api.Api.open`: the parse costs ~30 ms of the server
+    process's GIL per MB), a small one's before it is queued for scoring."""
     with ctx.db.read() as conn:
-        require_worker(conn, PublicKey.from_hex(signer_hex).peer_id)
-
-
-def established(ctx: Context, worker_id: str) -> bool:
-    """Whether `worker_id`'s submissions are scored in the intake's established lane
-    (`coordinator.fairpool`) and its leases come from the established workers' room
-    (`rules.lease_size.Demand`): a worker not banned with at least
-    `limits.intake_established_after` verified accepted submissions. One primary-key read."""
-    with ctx.db.read() as conn:
-        return established_row(ctx, workers.get(conn, worker_id))
+        return established_row(ctx, require_worker(conn, PublicKey.from_hex(signer_hex).peer_id))
 
 
 def lane_of(established: bool) -> str:
@@ -201,8 +193,11 @@ def lane_of(established: bool) -> str:
 
 
 def established_row(ctx: Context, row) -> bool:
-    """`established` from the worker's row (None: unknown); `store.workers.new_identity` is the
-    same rule as a condition on the table."""
+    """Whether a worker (its row; None: unknown) is established: its submissions are scored in
+    the intake's established lane (`coordinator.fairpool`) and its leases come from the
+    established workers' room (`rules.lease_size.Demand`): not banned, with at least
+    `limits.intake_established_after` verified accepted submissions. `store.workers.new_identity`
+    is the same rule as a condition on the table."""
     return row is not None and row.status != "banned" and row.accepted >= ctx.cfg.limits.intake_established_after
 
 
