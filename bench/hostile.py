@@ -123,6 +123,7 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
         relays.follow(plan.relay_url)
     (root / "open").mkdir(mode=0o777)
     url = plan.coordinator_url
+    failed = True  # a phase that fails keeps its folder: its message points at the logs in it
     try:
         with ProcessGroup(plan.logs) as group:
             start_swarm(plan, group)
@@ -183,11 +184,12 @@ def phase(name: str, model: Path, a: argparse.Namespace, attacks: tuple[str, ...
         if attacks:
             out["campaign"] = {**campaign.summary, "relay_hits": relays.hits() if relays else {}}
             out["marker written"] = targets.marker.exists()
+        failed = False
         return out
     finally:
         if relays:
             relays.stop()
-        if a.keep:
+        if a.keep or failed:
             print(f"{name}: run folder kept at {root}", file=sys.stderr)
         else:
             import shutil
