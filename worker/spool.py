@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ from protocol.messages import Submission
 log = logging.getLogger(__name__)
 
 PENDING, AWAITING, REJECTED = "pending", "awaiting", "rejected"
+
+# A spool file larger than this is not one this worker wrote (a submission is bounded by the
+# coordinator's body cap, 4 MiB by default): it is set aside unread rather than read into memory.
+MAX_ENTRY_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,14 +114,43 @@ class Spool:
         out = []
         for p in (self.root / where).glob("*.json"):
             try:
-                out.append(_from_doc(json.loads(p.read_text())))
+                out.append(_read_entry(p))
             except FileNotFoundError:
                 continue  # settled or moved by another thread between the listing and the read
-            except (ValueError, KeyError, TypeError) as exc:
-                # Written atomically, so this is outside damage: keep the bytes, stop resending.
-                p.rename(p.with_name(p.name + ".corrupt"))
-                log.error("spool file %s is unreadable (%s); moved aside", p, exc)
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError, OSError) as exc:
+                # Written atomically, so this is outside damage (or no file at all: a folder, a
+                # file no submission could fill): keep the bytes, stop resending, list the rest.
+                _set_aside_damaged(p, exc)
         return sorted(out, key=lambda e: e.created_at)
+
+
+def _read_entry(p: Path) -> SpoolEntry:
+    with open(p, "rb") as fh:  # a folder named *.json raises IsADirectoryError here
+        if os.fstat(fh.fileno()).st_size > MAX_ENTRY_BYTES:
+            raise ValueError(f"over {MAX_ENTRY_BYTES} bytes, larger than any submission")
+        data = fh.read(MAX_ENTRY_BYTES + 1)  # and a file that grows meanwhile is still bounded
+    if len(data) > MAX_ENTRY_BYTES:
+        raise ValueError(f"over {MAX_ENTRY_BYTES} bytes, larger than any submission")
+    doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise TypeError(f"a JSON {type(doc).__name__}, not an object")
+    return _from_doc(doc)
+
+
+def _set_aside_damaged(p: Path, exc: BaseException) -> None:
+    """Rename `p` to `<name>.corrupt` (`.corrupt.N` when that is taken: an earlier damaged file of
+    the same name is never overwritten) and say so; the bytes stay for the contributor."""
+    target = p.with_name(p.name + ".corrupt")
+    n = 1
+    while target.exists() or target.is_symlink():
+        target = p.with_name(f"{p.name}.corrupt.{n}")
+        n += 1
+    try:
+        p.rename(target)
+    except FileNotFoundError:
+        return  # moved by another thread meanwhile
+    log.error("spool file %s is unreadable (%s: %s); moved aside to %s, never resent",
+              p, type(exc).__name__, str(exc)[:200], target.name)
 
 
 def _to_doc(e: SpoolEntry) -> dict:
