@@ -77,3 +77,7 @@ class BackgroundSender:
                 self.submitter.flush(self.stop, lanes=SEND_LANES)
             except Stopped:
                 return
+            except OSError as exc:
+                # the spool's disk failed (full, read-only, ...): the entries stay where they are;
+                # this thread must outlive it, or nothing would be sent until the next start
+                log.error("sending the spool failed on its disk (%s); trying again in %.0f s", exc, IDLE_CHECK_S)

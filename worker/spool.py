@@ -106,6 +106,13 @@ class Spool:
         self._path(PENDING, entry.lease_id).unlink(missing_ok=True)
         fsync_dir(self.root / PENDING)
 
+    def forget(self, entry: SpoolEntry) -> None:
+        """The coordinator settled it at once (accepted, rejected at intake, "already have it"):
+        nothing is awaited, so it leaves `pending/` by a delete alone, which a full disk allows
+        (it used to be written to `awaiting/` first, only to be deleted from there)."""
+        self._path(PENDING, entry.lease_id).unlink(missing_ok=True)
+        self._path(AWAITING, entry.lease_id).unlink(missing_ok=True)
+
     def settle(self, entry: SpoolEntry) -> None:
         """Its verdict is known (credit counted): forget it."""
         self._path(AWAITING, entry.lease_id).unlink(missing_ok=True)

@@ -114,8 +114,7 @@ class Submitter:
             except Rejected as exc:
                 if exc.status == 409 and exc.reason == REASON_DUPLICATE_SUBMISSION:
                     log.info("lease %s: the coordinator already has this submission (%s)", entry.lease_id, exc.detail)
-                    self.spool.acknowledge(entry, "")
-                    self.spool.settle(entry)
+                    self.spool.forget(entry)
                     self.state.add(submitted=1)
                     return
                 if exc.status == 404 and attempt == 0 and self.registrations.again(seen, stop, self._forgotten):
@@ -124,25 +123,39 @@ class Submitter:
                 why = f"HTTP {exc.status}" + (f" {exc.reason}" if exc.reason else "") + f": {exc.detail}"
                 log.error("lease %s: submission refused (%s); set aside in %s", entry.lease_id, why,
                           self.spool.root / "rejected")
-                self.spool.set_aside(entry, why)
+                try:
+                    self.spool.set_aside(entry, why)
+                except OSError as disk:
+                    self._disk_error(entry, "set aside", disk)
+                    return
                 self.state.add(rejected=1)
                 self.state.set(last_error=f"submission refused: {exc.detail}")
                 return
             self.state.add(submitted=1)
             if resp.status == "rejected":
                 log.warning("lease %s: submission rejected at intake: %s", entry.lease_id, resp.message)
-                self.spool.acknowledge(entry, resp.submission_id)
-                self.spool.settle(entry)
+                self.spool.forget(entry)
                 self.state.add(rejected=1)
             elif resp.status == "accepted":
-                self.spool.acknowledge(entry, resp.submission_id)
-                self.spool.settle(entry)
+                self.spool.forget(entry)
                 self.state.add(accepted=1, credits_tokens=entry.tokens)
             else:
-                self.spool.acknowledge(entry, resp.submission_id)
+                try:
+                    self.spool.acknowledge(entry, resp.submission_id)
+                except OSError as disk:
+                    # the coordinator holds it; the entry stays pending and its resend is
+                    # answered "already have it" (forgotten then: a delete needs no space)
+                    self._disk_error(entry, f"noted as {resp.submission_id} (awaiting its verdict)", disk)
             log.info("lease %s submitted as %s (%s, %d tokens)", entry.lease_id, resp.submission_id,
                      resp.status, entry.tokens)
             return
+
+    def _disk_error(self, entry: SpoolEntry, what: str, exc: OSError) -> None:
+        """The spool could not record the coordinator's answer (a full disk, most often): the
+        entry stays in `pending/`, nothing is lost, and a later pass sends it again."""
+        log.error("lease %s: the coordinator answered but the spool could not be %s (%s); it stays in %s "
+                  "and is sent again later", entry.lease_id, what, exc, self.spool.root / PENDING)
+        self.state.set(last_error=f"spool write failed: {exc}")
 
     def _submit_once(self, entry: SpoolEntry):
         """One send; a transient refusal becomes Unavailable (kept pending, retried with backoff)."""
