@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -41,6 +42,11 @@ from protocol.durable import fsync_dir, fsync_tree, write_atomic
 from trainer.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
+# An inbox file larger than this is not one the trainer wrote (a group is bounded by the
+# coordinator's body cap on its submission, 4 MiB by default): set aside unread.
+MAX_INBOX_FILE_BYTES = 256 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,13 +191,27 @@ class Inbox:
             write_atomic(self.root / self._name(g.submission_id), g.model_dump_json().encode())
 
     def load(self, model_type: type) -> list:
-        """Every spooled group, oldest file first (a corrupt file is moved aside, not trusted)."""
+        """Every spooled group, oldest file first (a damaged file is moved aside with a log line,
+        not trusted and not deleted: `<name>.corrupt`, `.corrupt.N` when that name is taken)."""
         out = []
         for p in sorted(self.root.glob("*.json"), key=lambda x: (x.stat().st_mtime, x.name)):
             try:
-                out.append(model_type.model_validate_json(p.read_bytes()))
-            except ValueError:
-                p.rename(p.with_suffix(".corrupt"))
+                with open(p, "rb") as fh:  # a folder named *.json raises IsADirectoryError here
+                    if os.fstat(fh.fileno()).st_size > MAX_INBOX_FILE_BYTES:
+                        raise ValueError(f"over {MAX_INBOX_FILE_BYTES} bytes, larger than any group")
+                    data = fh.read(MAX_INBOX_FILE_BYTES + 1)
+                out.append(model_type.model_validate_json(data))
+            except FileNotFoundError:
+                continue
+            except (ValueError, OSError) as exc:
+                target = p.with_name(p.stem + ".corrupt")
+                n = 1
+                while target.exists() or target.is_symlink():
+                    target = p.with_name(f"{p.stem}.corrupt.{n}")
+                    n += 1
+                p.rename(target)
+                log.error("inbox file %s is unreadable (%s: %s); moved aside to %s, its group is not trained",
+                          p, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", target.name)
         return out
 
     def remove(self, submission_ids: list[str]) -> None:
