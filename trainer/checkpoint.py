@@ -45,6 +45,7 @@ COMPLETE = "COMPLETE"
 # An inbox file larger than this is not one the trainer wrote (a group is bounded by the
 # coordinator's body cap on its submission, 4 MiB by default): set aside unread.
 MAX_INBOX_FILE_BYTES = 256 * 1024 * 1024
+MAX_STATE_BYTES = 64 * 1024 * 1024   # a state.json: counters and one [id, version] per group trained
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,27 @@ class Saved:
         return self.root / "optimizer.pt"
 
     def state(self) -> dict:
-        return json.loads((self.root / "state.json").read_text())
+        """The version's state.json; damaged (unreadable, not an object, `trained` not a list of
+        [submission id, policy version]): a CheckpointError naming the file. Nothing is guessed
+        past it: resuming elsewhere could train a group twice or publish a second version N."""
+        path = self.root / "state.json"
+        try:
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size > MAX_STATE_BYTES:
+                    raise ValueError(f"over {MAX_STATE_BYTES} bytes")
+                state = json.loads(fh.read(MAX_STATE_BYTES + 1))
+            if not isinstance(state, dict):
+                raise ValueError(f"a JSON {type(state).__name__}, not an object")
+            trained = state.get("trained", [])
+            if not isinstance(trained, list) or not all(
+                    isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and type(t[1]) is int
+                    for t in trained):
+                raise ValueError("'trained' is not a list of [submission id, policy version]")
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CheckpointError(f"the checkpoint state {path} is unreadable ({type(exc).__name__}: {exc}); "
+                                  f"it was changed after it was saved. Move the folder {self.root} aside by hand "
+                                  "to resume from an older version") from None
+        return state
 
     def optimizer_state(self) -> dict:
         """The saved optimizer state (tensors and plain values only; anything else is refused)."""
