@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from verifier.errors import SetupError
+
 EXCLUSIVE = frozenset({"lease", "envelope", "sample"})
 
 _SCHEMA = """
@@ -35,10 +37,18 @@ class SeenLedger:
     def __init__(self, path: Path | str = ":memory:"):
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            self._db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM seen LIMIT 1)").fetchone()
+        except sqlite3.Error as exc:
+            # damaged on disk (SQLite itself never leaves this after a crash): say so once, touch
+            # nothing; an empty ledger would let every earlier submission be replayed here
+            raise SetupError(f"the replay ledger {path} cannot be opened ({type(exc).__name__}: {exc}); if it "
+                             "is damaged, move it aside by hand to start an empty one (replays of submissions "
+                             "judged before are then no longer caught by this verifier)") from None
         self._lock = threading.Lock()
 
     def close(self) -> None:

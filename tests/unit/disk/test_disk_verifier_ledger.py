@@ -1,0 +1,71 @@
+"""The verifier's replay ledger (seen.sqlite) on a hostile disk.
+
+Damaged (garbage, truncated, a folder): the service does not start, with a SetupError naming the
+file and what moving it aside costs (the CLI prints it as one line), instead of a bare sqlite
+traceback at every start; the file is left as it is (forgetting it would let replays through).
+Full: recording fails with a sqlite error (the pipeline turns it into JobError: the job returns
+to the queue), what was recorded before stays, and recording works again once space returns."""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+
+import pytest
+
+from verifier.errors import SetupError
+from verifier.seen import SeenLedger
+
+
+def _ledger(path, n=2000):
+    led = SeenLedger(path)
+    for i in range(n):
+        led.remember(f"s{i}", [("lease", f"d{i}", ""), ("sample", f"x{i}", "")])
+    led.close()
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "directory"])
+def test_a_damaged_ledger_is_a_clear_setup_error_and_is_left_alone(tmp_path, how):
+    p = tmp_path / "seen.sqlite"
+    _ledger(p)
+    if how == "garbage":
+        p.write_bytes(bytes(range(256)) * 16)
+    elif how == "truncated":
+        os.truncate(p, p.stat().st_size // 2)
+    else:
+        p.unlink()
+        p.mkdir()
+    before = p.read_bytes() if p.is_file() else None
+    with pytest.raises(SetupError, match="seen.sqlite"):
+        SeenLedger(p)
+    assert (p.read_bytes() if p.is_file() else None) == before
+
+
+def test_a_full_disk_fails_the_write_keeps_the_ledger_and_recovers(tmp_path):
+    d = tmp_path / "fs"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        led = SeenLedger(d / "seen.sqlite")
+        led.remember("first", [("lease", "a", "")])
+        fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        with pytest.raises(sqlite3.Error):
+            for i in range(200):
+                led.remember(f"s{i}", [("sample", f"{i}-{j}" * 20, "v" * 200) for j in range(50)])
+        assert led.conflicts("other", [("lease", "a", "")]) == [("lease", "a", "first")]
+        (d / "filler").unlink()
+        led.remember("later", [("lease", "b", "")])
+        assert led.conflicts("other", [("lease", "b", "")]) == [("lease", "b", "later")]
+        led.close()
+        assert len(SeenLedger(d / "seen.sqlite")) >= 2
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
