@@ -418,8 +418,20 @@ class Daemon:
             self.seconds_per_task = (stats.generate_s + stats.proof_s) / len(chunk)
             self.state.record_batch(stats.tokens, stats.generate_s + stats.proof_s)
             self.state.set(phase="spooling")
-            for f in finished:
-                self.spool.put(f.submission, f.tokens, f.lease.expires_at)
+            for n, f in enumerate(finished):
+                try:
+                    self.spool.put(f.submission, f.tokens, f.lease.expires_at)
+                except OSError as exc:
+                    # a full (or failing) disk: what is spooled stays and is sent, its leases are
+                    # no longer held (releasing one would make its submission refused); the
+                    # rest of the batch cannot be kept: its leases are released by the shutdown
+                    self._unhold([g.lease.lease_id for g in finished[:n]])
+                    self.sender.kick()
+                    raise WorkerError(
+                        f"cannot write finished work to the spool {self.spool.root / 'pending'} ({exc}); "
+                        f"{len(finished) - n} finished submissions of this batch are dropped and their leases "
+                        f"released, the {n} spooled before are kept and sent; free space there and start "
+                        "the worker again") from exc
             self._unhold([f.lease.lease_id for f in finished])
             self.submitter.refresh_counts()
             self.sender.kick()  # sent in the background (after a stop: by _shutdown's flush)

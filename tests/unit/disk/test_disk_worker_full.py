@@ -130,3 +130,4 @@ def test_the_background_sender_survives_a_disk_error(tmp_path, monkeypatch):
     finally:
         stop.set()
         sender.stop_and_join(5)
+
