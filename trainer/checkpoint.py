@@ -164,23 +164,36 @@ class CheckpointStore:
         tmp = self.root / f".tmp-{version}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        (tmp / "model").mkdir(parents=True)
-        model.save_pretrained(tmp / "model", state_dict=publishable(model, state_dict, dtype), safe_serialization=True)
-        if dtype is not None:  # save_pretrained names the live (float32 master) weights' dtype
-            cfg_path = tmp / "model" / "config.json"
-            config = json.loads(cfg_path.read_text())
-            for key in ("dtype", "torch_dtype"):
-                if key in config or key == "dtype":
-                    config[key] = str(dtype).replace("torch.", "")
-            cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tokenizer.save_pretrained(tmp / "model")
-        if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "version": version, "saved_at": time.time()},
-                                                   indent=1, sort_keys=True) + "\n")
-        fsync_tree(tmp)
-        os.replace(tmp, final)
-        write_atomic(final / COMPLETE, f"{version}\n".encode())
+        try:
+            (tmp / "model").mkdir(parents=True)
+            model.save_pretrained(tmp / "model", state_dict=publishable(model, state_dict, dtype), safe_serialization=True)
+            if dtype is not None:  # save_pretrained names the live (float32 master) weights' dtype
+                cfg_path = tmp / "model" / "config.json"
+                config = json.loads(cfg_path.read_text())
+                for key in ("dtype", "torch_dtype"):
+                    if key in config or key == "dtype":
+                        config[key] = str(dtype).replace("torch.", "")
+                cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            tokenizer.save_pretrained(tmp / "model")
+            if optimizer_state is not None:
+                torch.save(optimizer_state, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({**state, "version": version, "saved_at": time.time()},
+                                                       indent=1, sort_keys=True) + "\n")
+            fsync_tree(tmp)
+            os.replace(tmp, final)
+            write_atomic(final / COMPLETE, f"{version}\n".encode())
+        except BaseException as exc:
+            # a full (or failing) disk -- OSError, or torch.save's RuntimeError and safetensors'
+            # SafetensorError around it: remove the half-written folder now (it would hold the
+            # space until the next start); the previous versions and the inbox are untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+            if final.exists() and not (final / COMPLETE).exists():
+                shutil.rmtree(final, ignore_errors=True)
+            if not isinstance(exc, Exception):
+                raise
+            raise CheckpointError(f"cannot save version {version} under {self.root} ({exc}); the half-written "
+                                  f"folder was removed, version {self.latest().version if self.latest() else None} "
+                                  "is still the newest and the groups it has not trained stay in the inbox") from exc
         self.prune()
         return Saved(version, final)
 
