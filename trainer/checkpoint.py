@@ -222,7 +222,12 @@ class Inbox:
     def put(self, groups: list) -> None:
         """Spool `groups` (TrainingGroup models) durably before they are used."""
         for g in groups:
-            write_atomic(self.root / self._name(g.submission_id), g.model_dump_json().encode())
+            try:
+                write_atomic(self.root / self._name(g.submission_id), g.model_dump_json().encode())
+            except OSError as exc:
+                # before the acknowledgement: the coordinator still holds every one of them
+                raise CheckpointError(f"cannot spool group {g.submission_id} into {self.root} ({exc}); the "
+                                      "groups are not acknowledged, so the coordinator hands them out again") from exc
 
     def load(self, model_type: type) -> list:
         """Every spooled group, oldest file first (a damaged file is moved aside with a log line,

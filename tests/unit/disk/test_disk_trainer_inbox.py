@@ -57,3 +57,28 @@ def test_a_second_damaged_file_of_the_same_name_keeps_the_first(tmp_path):
     inbox.load(TrainingGroup)
     kept = sorted(p.read_text() for p in inbox.root.iterdir() if "corrupt" in p.name)
     assert kept == ["first", "second"]
+
+
+def test_a_full_disk_while_spooling_groups_is_a_clear_error_and_keeps_what_was_written(tmp_path, monkeypatch):
+    """Inbox.put runs before the trainer acknowledges the groups: failing, it is a CheckpointError
+    (printed as one line), the groups written before stay whole, and the coordinator, never told,
+    hands the rest out again."""
+    import errno
+
+    from trainer.errors import CheckpointError
+
+    real = ckpt.write_atomic
+    calls = []
+
+    def write_atomic(path, data, **kw):
+        calls.append(path)
+        if len(calls) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(ckpt, "write_atomic", write_atomic)
+    inbox = Inbox(tmp_path)
+    with pytest.raises(CheckpointError, match="No space left"):
+        inbox.put([_group("a"), _group("b")])
+    assert [g.submission_id for g in inbox.load(TrainingGroup)] == ["a"]
+    assert [p.name for p in inbox.root.iterdir()] == [calls[0].name]
