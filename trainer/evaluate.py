@@ -17,6 +17,7 @@ The trainer may not import `swarmrl`; this mirrors `swarmrl.modelkit.greedy_accu
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +29,8 @@ import torch
 from protocol.lm import decode_completion, encode_task, eos_token_ids
 from protocol.sampling import sample_tokens
 from protocol.tasks import TaskSource, score_many
+
+log = logging.getLogger(__name__)
 
 EVAL_FIELDS = ["version", "step", "wall_s", "unix_time", "greedy_accuracy", "sampled_accuracy", "num_tasks", "seconds"]
 
@@ -127,6 +130,8 @@ def append_csv(path: Path, result: EvalResult) -> None:
     path = Path(path)
     new = not path.exists()
     with open(path, "a", newline="") as fh:
+        if not new and not _ends_with_newline(path):
+            fh.write("\n")  # a crash mid-append left a torn row: end it, or it swallows this one
         w = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
         if new:
             w.writeheader()
@@ -138,8 +143,43 @@ def append_csv(path: Path, result: EvalResult) -> None:
         os.fsync(fh.fileno())
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return True
+        fh.seek(size - 1)
+        return fh.read(1) == b"\n"
+
+
 def read_csv(path: Path) -> list[dict]:
     if not Path(path).exists():
         return []
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def evaluated_versions(path: Path) -> set[int]:
+    """The versions `path` (eval.csv) records as evaluated. Rows that do not parse (a torn last
+    row) are skipped; a file that cannot be read at all (not text, a folder) is renamed to
+    `<name>.corrupt` with a log line and nothing is taken as evaluated: the start goes on."""
+    path = Path(path)
+    try:
+        rows = read_csv(path)
+    except (OSError, ValueError, csv.Error) as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        n = 1
+        while aside.exists():
+            aside = path.with_name(f"{path.name}.corrupt.{n}")
+            n += 1
+        path.rename(aside)
+        log.error("evaluation log %s is unreadable (%s: %s); moved aside to %s", path, type(exc).__name__,
+                  str(exc)[:200], aside.name)
+        return set()
+    out = set()
+    for r in rows:
+        try:
+            out.add(int(r.get("version") or ""))
+        except (TypeError, ValueError):
+            continue
+    return out

@@ -43,7 +43,7 @@ from protocol.window import window_floor
 from trainer.checkpoint import CheckpointStore, Inbox
 from trainer.client import CoordinatorLink
 from trainer.config import TrainerConfig
-from trainer.evaluate import append_csv, evaluate, read_csv
+from trainer.evaluate import append_csv, evaluate, evaluated_versions
 from trainer.filtering import FilterCounts, filter_groups
 from trainer.history import WeightHistory
 from trainer.schedule import lr_schedule
@@ -105,7 +105,7 @@ class TrainerLoop:
         self.pending = Pending()
         self.trained: dict[str, int] = store.trained()  # submission id -> policy version, inside the window
         self.counts = FilterCounts()
-        self.evaluated = {int(r["version"]) for r in read_csv(cfg.data_dir / "eval.csv")}
+        self.evaluated = evaluated_versions(cfg.data_dir / "eval.csv")
         self.eval_model_fn: Callable[[], Any] = lambda: self.model
         self.tracker: Tracker = NullTracker()  # `protocol.tracking`: set by setup.build_trainer
         self.lr_at = lr_schedule(cfg)
