@@ -74,13 +74,13 @@ class Saved:
                     raise ValueError(f"over {MAX_STATE_BYTES} bytes")
                 state = json.loads(fh.read(MAX_STATE_BYTES + 1))
             if not isinstance(state, dict):
-                raise ValueError(f"a JSON {type(state).__name__}, not an object")
+                raise TypeError(f"a JSON {type(state).__name__}, not an object")
             trained = state.get("trained", [])
             if not isinstance(trained, list) or not all(
                     isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and type(t[1]) is int
                     for t in trained):
                 raise ValueError("'trained' is not a list of [submission id, policy version]")
-        except (OSError, ValueError, RecursionError) as exc:
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
             raise CheckpointError(f"the checkpoint state {path} is unreadable ({type(exc).__name__}: {exc}); "
                                   f"it was changed after it was saved. Move the folder {self.root} aside by hand "
                                   "to resume from an older version") from None

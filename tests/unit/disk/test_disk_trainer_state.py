@@ -5,7 +5,6 @@ Resuming from it, or reading which groups it trained, is a clear CheckpointError
 past it could train a group twice or publish a second, different version N."""
 
 import json
-import os
 
 import pytest
 

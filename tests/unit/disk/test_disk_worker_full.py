@@ -13,7 +13,13 @@ import time
 import pytest
 
 from protocol.errors import Rejected
-from protocol.messages import REASON_DUPLICATE_SUBMISSION, Completion, EngineInfo, Submission, SubmissionResponse
+from protocol.messages import (
+    REASON_DUPLICATE_SUBMISSION,
+    Completion,
+    EngineInfo,
+    Submission,
+    SubmissionResponse,
+)
 from protocol.retry import Reachability
 from worker import spool as spool_mod
 from worker.sender import BackgroundSender
@@ -71,7 +77,7 @@ def _submitter(tmp_path, status):
 @pytest.mark.parametrize("status", ["accepted", "rejected"])
 def test_a_settled_submission_leaves_pending_on_a_full_disk(tmp_path, monkeypatch, status):
     disk = _DiskFull(monkeypatch)
-    sub, spool, coord = _submitter(tmp_path, status)
+    sub, spool, _ = _submitter(tmp_path, status)
     spool.put(_sub("l1"), 3, time.time() + 60)
     disk.full = True
     assert sub.flush(threading.Event()) == 0
@@ -91,7 +97,7 @@ def test_already_have_it_leaves_pending_on_a_full_disk(tmp_path, monkeypatch):
 
 def test_a_queued_submission_stays_pending_while_its_note_cannot_be_written(tmp_path, monkeypatch, caplog):
     disk = _DiskFull(monkeypatch)
-    sub, spool, coord = _submitter(tmp_path, "queued")
+    sub, spool, _ = _submitter(tmp_path, "queued")
     spool.put(_sub("l1"), 3, time.time() + 60)
     disk.full = True
     with caplog.at_level(logging.ERROR):
@@ -104,7 +110,7 @@ def test_a_queued_submission_stays_pending_while_its_note_cannot_be_written(tmp_
 
 
 def test_the_background_sender_survives_a_disk_error(tmp_path, monkeypatch):
-    sub, spool, coord = _submitter(tmp_path, "queued")
+    sub, spool, _ = _submitter(tmp_path, "queued")
     calls = []
     real = sub.flush
 

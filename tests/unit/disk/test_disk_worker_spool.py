@@ -4,10 +4,8 @@ Every damaged entry is set aside (renamed, logged) and never stops the spool fro
 good ones; a full disk is a clear error that leaves the entry pending, and the background
 sender keeps running through it."""
 
-import errno
 import json
 import logging
-import threading
 
 import pytest
 
