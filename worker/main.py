@@ -78,8 +78,11 @@ def fetch_status(cfg: WorkerConfig, timeout_s: float = 5.0) -> dict:
 
     port_file = Path(cfg.data_dir).expanduser() / PORT_FILE
     try:
-        port = int(port_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        with open(port_file, "rb") as fh:  # a folder, unreadable: OSError
+            port = int(fh.read(64).strip())
+        if not 0 < port < 65536:
+            raise ValueError(port)
+    except (OSError, ValueError):
         raise ProtocolError(f"no worker status at {port_file}: is a worker running with this data_dir?") from None
     host = cfg.status_host if cfg.status_host not in ("0.0.0.0", "::") else "127.0.0.1"
     try:
