@@ -11,6 +11,7 @@ shardcast's manifests, the coordinator's archive and run description, key files 
     fsync_dir(path)                 make a rename or a new entry inside `path` durable
     fsync_tree(path)                fsync every file and folder under `path` (a folder that is
                                     renamed into place as a whole)
+    remove_temporaries(paths)       at start-up: delete the temporary files a killed writer left
 
 `durable=False` keeps the rename (readers still never see half a file) but skips the fsyncs:
 for files that are cheap to lose (port files, the worker's awaiting list). Temporary files are
@@ -21,7 +22,7 @@ write fails. Python's standard library has no atomic replace-a-file helper, henc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +42,14 @@ def fsync_tree(path: Path) -> None:
     for p in sorted(path.rglob("*"), key=lambda x: -len(x.parts)):
         fsync_dir(p)  # an O_RDONLY descriptor fsyncs a file as well as a folder
     fsync_dir(path)
+
+
+def remove_temporaries(paths: Iterable[Path]) -> None:
+    """Delete the temporary files (`.<name>.<pid>.tmp`) in `paths` that a writer killed midway
+    left behind; anything else by such a name (a folder) is not one of ours and is left alone."""
+    for p in paths:
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
 
 
 def _tmp_name(path: Path) -> Path:

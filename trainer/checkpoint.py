@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from protocol.durable import fsync_dir, fsync_tree, write_atomic
+from protocol.durable import fsync_dir, fsync_tree, remove_temporaries, write_atomic
 from trainer.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
@@ -214,6 +214,7 @@ class Inbox:
     def __init__(self, data_dir: Path):
         self.root = Path(data_dir) / "inbox"
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.root.glob(".*.tmp"))  # left by a write killed midway
 
     @staticmethod
     def _name(submission_id: str) -> str:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.durable import fsync_dir, write_atomic
+from protocol.durable import fsync_dir, remove_temporaries, write_atomic
 from protocol.messages import Submission
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ class Spool:
         self.root = Path(root)
         for sub in (PENDING, AWAITING, REJECTED):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob("*/.*.tmp"):  # a crash mid-write leaves only these
-            stale.unlink(missing_ok=True)
+        remove_temporaries(self.root.glob("*/.*.tmp"))  # a crash mid-write leaves only these
 
     def _path(self, where: str, lease_id: str) -> Path:
         if not lease_id or "/" in lease_id or lease_id.startswith("."):

@@ -82,3 +82,16 @@ def test_a_full_disk_while_spooling_groups_is_a_clear_error_and_keeps_what_was_w
         inbox.put([_group("a"), _group("b")])
     assert [g.submission_id for g in inbox.load(TrainingGroup)] == ["a"]
     assert [p.name for p in inbox.root.iterdir()] == [calls[0].name]
+
+
+def test_temporaries_left_by_a_killed_write_are_removed_at_start(tmp_path):
+    """write_atomic removes its temporary on an error, but not when the process is killed: each
+    such crash left one in inbox/ for good (hidden from load, still holding its bytes)."""
+    inbox = Inbox(tmp_path)
+    inbox.put([_group("a")])
+    (inbox.root / ".0123.json.999.tmp").write_bytes(b"x" * 4096)
+    (inbox.root / ".4567.json.999.tmp").mkdir()
+    again = Inbox(tmp_path)
+    # the file is removed; a folder by that name is no temporary of ours and is left alone
+    assert sorted(p.name for p in again.root.iterdir() if p.name.startswith(".")) == [".4567.json.999.tmp"]
+    assert [g.submission_id for g in again.load(TrainingGroup)] == ["a"]

@@ -76,3 +76,12 @@ def test_a_second_damaged_file_of_the_same_name_does_not_overwrite_the_first(tmp
     s.pending()
     kept = sorted(p.read_text() for p in (tmp_path / "pending").glob("bad.json.corrupt*"))
     assert kept == ["first", "second"]
+
+
+def test_a_folder_in_place_of_a_leftover_temporary_does_not_stop_the_start(tmp_path, caplog):
+    (tmp_path / "pending").mkdir(parents=True)
+    (tmp_path / "pending" / ".lease-9.json.123.tmp").mkdir()
+    (tmp_path / "pending" / ".lease-8.json.123.tmp").write_text("{half")
+    s = Spool(tmp_path)
+    assert s.pending() == []
+    assert not (tmp_path / "pending" / ".lease-8.json.123.tmp").exists()
