@@ -132,7 +132,11 @@ class TrainerLoop:
                            wall_s=self.clock.elapsed(), num_tasks=self.cfg.eval.num_tasks,
                            max_new_tokens=self.cfg.max_eval_tokens, sampled=self.cfg.eval.sampled,
                            temperature=self.cfg.eval.temperature, chat=self.cfg.tasks.chat_template)
-        append_csv(self.cfg.data_dir / "eval.csv", res)
+        try:
+            append_csv(self.cfg.data_dir / "eval.csv", res)
+        except OSError as exc:  # a local log (a full disk): the result is still reported below
+            log.error("could not append version %d's evaluation to %s (%s); it is still reported", self.version,
+                      self.cfg.data_dir / "eval.csv", exc)
         self.evaluated.add(self.version)
         self.link.report_eval(EvalReport(policy_version=res.version, step=res.step,
                                          greedy_accuracy=res.greedy_accuracy, sampled_accuracy=res.sampled_accuracy,

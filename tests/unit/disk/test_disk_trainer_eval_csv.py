@@ -46,3 +46,30 @@ def test_a_torn_last_row_does_not_swallow_the_next(tmp_path):
     append_csv(p, _res(7))
     assert 7 in evaluated_versions(p)
     assert p.read_text().splitlines()[-1].startswith("7,")
+
+
+def test_a_full_disk_while_logging_an_evaluation_does_not_stop_the_trainer(tmp_path, monkeypatch, caplog):
+    """eval.csv is a local log: a failed append is logged and the evaluation is still reported
+    (it ended the trainer with a bare OSError)."""
+    import contextlib
+    import errno
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import trainer.loop as loop_mod
+
+    def full(path, res):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(loop_mod, "evaluate", lambda *a, **k: _res(4))
+    monkeypatch.setattr(loop_mod, "append_csv", full)
+    cfg = SimpleNamespace(eval=SimpleNamespace(every_versions=1, num_tasks=4, sampled=False, temperature=1.0),
+                          data_dir=tmp_path, max_eval_tokens=8, tasks=SimpleNamespace(chat_template=False))
+    me = SimpleNamespace(cfg=cfg, source=object(), version=4, step=4, evaluated=set(), tokenizer=None,
+                         eval_model_fn=lambda: None, clock=SimpleNamespace(phase=lambda _: contextlib.nullcontext(),
+                                                                         elapsed=lambda: 1.0),
+                         link=mock.Mock(), metrics=mock.MagicMock(), tracker=mock.Mock(), board=mock.Mock())
+    with caplog.at_level(logging.ERROR):
+        loop_mod.TrainerLoop.maybe_evaluate(me)
+    assert me.link.report_eval.called
+    assert any("eval.csv" in r.getMessage() for r in caplog.records)
