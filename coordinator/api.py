@@ -53,6 +53,8 @@ from protocol.guard import Guard, address_key
 from protocol.messages import VerdictBatch, VerdictBatchResponse, VerdictOutcome
 
 T = TypeVar("T")
+# a database error that is not the request's fault: rolled back, answered 503 (`database_unavailable`)
+DATABASE_ERRORS = (OperationalError, IntegrityError)
 # A swarm request's body read within this many seconds of taking its place at the gate keeps
 # the place; a slower one gives it back until the body is in, then waits for one in turn (before,
 # bodies dripped in by one address's connections held every place for limits.body_timeout_s).
@@ -202,6 +204,11 @@ class Api:
         log.debug("%s refused (%s): %s", route, exc.reason, exc.detail)
         return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=exc.status, headers=headers)
 
+    def database_error(self, route: str, exc: Exception) -> CoordinatorError:
+        """The refusal (503) for a database error that is not the request's fault, logged."""
+        log.warning("%s: database error, answered 503: %s", route, exc)
+        return database_unavailable(exc)
+
     def done(self, route: str, t0: float, status: int) -> None:
         m = self.ctx.metrics
         m.requests.labels(route, str(status)).inc()
@@ -251,9 +258,8 @@ class Api:
                 resp = Response(encode(result), media_type="application/json")
         except CoordinatorError as exc:
             resp = self.refuse(route, exc)
-        except (OperationalError, IntegrityError) as exc:
-            log.warning("%s: database error, answered 503: %s", route, exc)
-            resp = self.refuse(route, database_unavailable(exc))
+        except DATABASE_ERRORS as exc:
+            resp = self.refuse(route, self.database_error(route, exc))
         self.done(route, t0, resp.status_code)
         return resp
 
@@ -289,10 +295,9 @@ class Api:
                 self.limit_identity(item.envelope.signer)
                 op(item)
                 results.append(VerdictOutcome(status=200))
-            except (CoordinatorError, OperationalError, IntegrityError) as exc:
+            except (CoordinatorError, *DATABASE_ERRORS) as exc:
                 if not isinstance(exc, CoordinatorError):
-                    log.warning("%s: database error, answered 503: %s", route, exc)
-                    exc = database_unavailable(exc)
+                    exc = self.database_error(route, exc)
                 ctx.metrics.rejections.labels(exc.reason).inc()
                 results.append(VerdictOutcome(status=exc.status, detail=exc.detail))
         resp = Response(encode(VerdictBatchResponse(results=results)), media_type="application/json")
@@ -332,6 +337,8 @@ class Api:
                 resp = Response(encode(op()), media_type="application/json")
         except CoordinatorError as exc:
             resp = self.refuse(route, exc)
+        except DATABASE_ERRORS as exc:
+            resp = self.refuse(route, self.database_error(route, exc))
         self.done(route, t0, resp.status_code)
         return resp
 

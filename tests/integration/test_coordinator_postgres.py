@@ -223,6 +223,12 @@ def test_a_request_that_meets_a_dropped_connection_gets_503_and_may_be_sent_agai
         assert int(r.headers["Retry-After"]) >= 1
         r = s.send("/v1/leases", env)
         assert r.status_code == 200 and len(r.json()["leases"]) == 1, r.text
+        with admin.begin() as conn:                      # the same for a public read
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = 'swarmrl' AND pid <> pg_backend_pid()"))
+        r = s.http.get(f"/v1/workers/{w.peer_id}")
+        assert r.status_code == 503 and r.json()["reason"] == "database_unavailable", r.text
+        assert s.http.get(f"/v1/workers/{w.peer_id}").status_code == 200
     finally:
         admin.dispose()
         s.close()
