@@ -26,6 +26,7 @@ from protocol.errors import KeyFileError, SignatureError
 
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 KEY_FILE_FORMAT = "swarmrl-ed25519/1"
+MAX_KEY_FILE_BYTES = 64 * 1024  # a key file is ~200 bytes; a larger one is read no further
 
 
 def b58encode(data: bytes) -> str:
@@ -166,20 +167,28 @@ class KeyPair:
             mode = path.stat().st_mode
         except FileNotFoundError as exc:
             raise KeyFileError(f"key file {path} does not exist (create one with `swarmrl keys new`)") from exc
+        if not stat.S_ISREG(mode):
+            raise KeyFileError(f"key file {path} is not a regular file (a folder or a device is in its place)")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise KeyFileError(
                 f"key file {path} is accessible by other users (mode {oct(mode & 0o777)}); "
                 f"run `chmod 600 {path}`"
             )
         try:
-            doc = json.loads(path.read_text())
+            with path.open("rb") as f:
+                raw = f.read(MAX_KEY_FILE_BYTES + 1)
+            if len(raw) > MAX_KEY_FILE_BYTES:
+                raise KeyFileError(f"key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a swarmrl key file")
+            doc = json.loads(raw.decode("utf-8"))
             if doc.get("format") != KEY_FILE_FORMAT:
                 raise KeyFileError(f"key file {path} has format {doc.get('format')!r}, expected {KEY_FILE_FORMAT!r}")
             key = cls.from_seed(bytes.fromhex(doc["private_seed"]))
         except KeyFileError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise KeyFileError(f"key file {path} is not a valid swarmrl key file: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise KeyFileError(f"key file {path} is not a valid swarmrl key file: {str(exc)[:200]}") from exc
+        except OSError as exc:
+            raise KeyFileError(f"key file {path} cannot be read: {exc}") from exc
         if doc.get("public_key") not in (None, key.public.hex):
             raise KeyFileError(f"key file {path}: public key does not match the private seed")
         return key

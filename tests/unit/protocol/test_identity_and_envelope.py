@@ -59,6 +59,28 @@ def test_corrupt_keyfile_is_a_clear_error(tmp_path):
         KeyPair.load(path)
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("folder", "not a regular file"),
+    ("huge", "larger than"),
+    ("binary", "not a valid swarmrl key file"),
+    ("nested", "not a valid swarmrl key file"),
+    ("list", "not a valid swarmrl key file"),
+])
+def test_a_damaged_keyfile_is_a_clear_error_not_a_traceback(tmp_path, damage, message):
+    """What a crash or a wrong path leaves in place of a key file: a folder (IsADirectoryError
+    before), a huge file (read whole before), bytes that are not UTF-8, JSON nested past the
+    recursion limit (RecursionError before), JSON of another shape."""
+    path = tmp_path / "worker.key"
+    if damage == "folder":
+        path.mkdir(mode=0o700)
+    else:
+        path.write_bytes({"huge": b" " * (2 << 20), "binary": b"\xff\xfe\x00garbage",
+                          "nested": b"[" * 50_000, "list": b"[1, 2]"}[damage])
+        os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError, match=message):
+        KeyPair.load(path)
+
+
 def test_sealed_message_opens_with_typed_body():
     key = KeyPair.generate()
     env = seal(KIND_LEASE_REQUEST, LeaseRequest(max_tasks=3), key, **SCOPE)
