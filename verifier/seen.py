@@ -12,12 +12,15 @@ is never a conflict. SQLite keeps the ledger across restarts; one writer (the se
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from verifier.errors import SetupError
+
+log = logging.getLogger("swarmrl.verifier")
 
 EXCLUSIVE = frozenset({"lease", "envelope", "sample"})
 
@@ -37,6 +40,12 @@ class SeenLedger:
     def __init__(self, path: Path | str = ":memory:"):
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if Path(path).is_file() and Path(path).stat().st_size == 0:
+                # SQLite opens an empty file as a new database without a word; a ledger this
+                # service made has its header from the start, so an empty one was truncated (or
+                # made by someone else): start it, and say what that costs
+                log.warning("the replay ledger %s is an empty file: starting an empty ledger; replays of "
+                            "submissions judged before it was emptied are not caught by this verifier", path)
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -69,3 +69,24 @@ def test_a_full_disk_fails_the_write_keeps_the_ledger_and_recovers(tmp_path):
         assert len(SeenLedger(d / "seen.sqlite")) >= 2
     finally:
         subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_a_ledger_emptied_to_zero_bytes_starts_empty_and_says_so(tmp_path, caplog):
+    """SQLite opens a 0-byte file as a new database without a word, so a ledger truncated to
+    nothing forgot every submission silently. A ledger the service made has its header from the
+    start (WAL mode writes it at once), so an empty file is not one of ours: it still starts (an
+    operator need not step in), with a warning that says what was lost."""
+    p = tmp_path / "seen.sqlite"
+    _ledger(p, n=10)
+    for extra in ("-wal", "-shm"):
+        (tmp_path / f"seen.sqlite{extra}").unlink(missing_ok=True)
+    os.truncate(p, 0)
+    with caplog.at_level("WARNING", logger="swarmrl.verifier"):
+        led = SeenLedger(p)
+    led.close()
+    assert any("empty file" in r.getMessage() and "seen.sqlite" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="swarmrl.verifier"):
+        SeenLedger(tmp_path / "new.sqlite").close()   # a new ledger: no warning
+        SeenLedger(p).close()                         # the one started above has its header now
+    assert not caplog.records
