@@ -393,6 +393,36 @@ class ShardcastClient:
                 spared += 1
                 continue
             remove_tree(self.cache_dir / str(v))
+        self._prune_partials(keep)
+
+    def _prune_partials(self, keep: int) -> None:
+        """Remove the unfinished downloads of versions older than every version the cache
+        still holds, unless someone is fetching one now (its version lock is taken). A failed
+        fetch leaves its folder so that a retry resumes it; once newer versions are in, nothing
+        asks for it again, and a client that failed version after version (a relay serving bad
+        shards, a link that drops) kept one whole checkpoint's worth of disk per failure. The
+        lock files (empty) stay: removing one could let two fetches of a version lock
+        different files."""
+        kept = self.cached_versions()
+        root = self.cache_dir / PARTIAL_DIR
+        if not kept or not root.is_dir():
+            return
+        for entry in list(root.iterdir()):
+            if not entry.name.isdigit() or not entry.is_dir():
+                continue
+            v = int(entry.name)
+            if v >= min(kept) or v == keep:
+                continue
+            fd = os.open(root / f"{v}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # being fetched: its fetcher finishes or fails it
+                remove_tree(entry)
+                log.info("removed the unfinished download of version %d (older than every cached version)", v)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         self._abort.set()

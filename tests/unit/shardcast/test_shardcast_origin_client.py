@@ -293,3 +293,34 @@ def test_offered_manifest_and_fallback_source_cover_for_dead_relays(tmp_path, or
         path = c.fetch(0)
     assert sorted(fb.asked) == [s["index"] for s in env.body["shards"] if s["size"] > 0]
     assert (path / "model.safetensors").read_bytes() == (d / "model.safetensors").read_bytes()
+
+
+def test_unfinished_downloads_older_than_the_cache_are_removed_unless_being_fetched(tmp_path, origin, op):
+    """A failed fetch leaves `.partial/N/` for a retry to resume; it was never removed, so a
+    client that failed version after version kept a checkpoint's worth of disk per failure.
+    Once every cached version is newer, the folder goes, unless someone holds its version lock
+    (a fetch in progress); a partial newer than the cache (a retry may still resume it) stays."""
+    import fcntl
+
+    cache = tmp_path / "cache"
+    with ShardcastClient([origin.url], op.public, cache, keep_versions=1) as c:
+        origin.publish(ckpt(tmp_path / "c0", seed=0), 0, 0)
+        c.fetch(0)
+        partial = cache / ".partial"
+        for v in (1, 2, 9):                      # what failed downloads of 1, 2 and 9 leave
+            (partial / str(v)).mkdir(parents=True)
+            (partial / str(v) / "model.safetensors").write_bytes(b"\0" * SHARD)
+            (partial / f"{v}.lock").touch()
+        fd = os.open(partial / "2.lock", os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)           # version 2 is being fetched by another client
+        try:
+            for v in (3, 4):
+                origin.publish(ckpt(tmp_path / f"c{v}", seed=v), v, v)
+                c.fetch(v)
+        finally:
+            os.close(fd)
+        left = sorted(p.name for p in partial.iterdir() if p.is_dir())
+        assert left == ["2", "9"], left          # 1 removed; 2 in use; 9 newer than the cache
+        origin.publish(ckpt(tmp_path / "c5", seed=5), 5, 5)
+        c.fetch(5)                               # 2's lock is free now
+        assert sorted(p.name for p in partial.iterdir() if p.is_dir()) == ["9"]
