@@ -165,16 +165,22 @@ def prepare_database(cfg: CoordinatorConfig) -> Database:
     """Open the database, create or upgrade its schema, fix the run's proof-of-work challenge,
     and store every worker's address in the form the identities-per-address cap counts
     (`coordinator.admission.identity_address`). That form depends on the configured exempt
-    addresses (kept as they are), which a migration cannot see, so it is applied here, at every
-    start (it changes nothing the second time): rows written before the cap counted an IPv6 /64
-    as one address kept the whole address and did not count against their /64."""
+    addresses (kept as they are), which a migration cannot see, so it is applied here, at a
+    start whose exempt addresses differ from those the stored rows were keyed with
+    (`meta.ADDRESS_KEYS_FOR`; the first start after the upgrade included): rows written before
+    the cap counted an IPv6 /64 as one address kept the whole address and did not count against
+    their /64. Rows registered since are stored keyed, so other starts skip the table scan."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(normalise_url(cfg.database_url, cfg.data_dir), sqlite_synchronous=cfg.sqlite_synchronous)
     db.migrate()
     exempt = Networks(cfg.limits.exempt_addresses)
     with db.write() as conn:
         meta.init_once(conn, meta.POW_CHALLENGE, os.urandom(16).hex())
-        rekeyed = workers.rekey_addresses(conn, lambda a: identity_address(a, exempt))
+        keyed_for = ",".join(sorted(cfg.limits.exempt_addresses))
+        rekeyed = 0
+        if meta.get(conn, meta.ADDRESS_KEYS_FOR) != keyed_for:
+            rekeyed = workers.rekey_addresses(conn, lambda a: identity_address(a, exempt))
+            meta.put(conn, meta.ADDRESS_KEYS_FOR, keyed_for)
     if rekeyed:
         log.info("stored %d worker address(es) by their per-address key (an IPv6 /64, an IPv4 address)", rekeyed)
     return db

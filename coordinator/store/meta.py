@@ -12,6 +12,7 @@ POW_CHALLENGE = "pow_challenge"
 DROPPED_STALE = "dropped_stale"
 TRAINER_FLOOR = "trainer_floor"  # the min_policy_version of the trainer's newest batch request
 TRAINER_STEP = "trainer_step"    # the most groups one batch request of the trainer asked for (its step)
+ADDRESS_KEYS_FOR = "address_keys_for"  # the exempt addresses the stored worker addresses were keyed with
 
 
 def get(conn: Connection, key: str, default: str | None = None) -> str | None:

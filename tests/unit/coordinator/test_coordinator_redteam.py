@@ -202,8 +202,10 @@ def test_identities_registered_before_the_address_key_count_against_their_slash6
     before the upgrade got as many new ones on top. A coordinator now re-keys stored addresses when
     it starts (with its exempt addresses, which keep their form)."""
     from coord_harness import start_swarm
+    from sqlalchemy import delete
 
-    from coordinator.store import workers
+    from coordinator.store import meta, workers
+    from coordinator.store.schema import meta as meta_table
 
     limits = {"exempt_addresses": ["2001:db8:ff::1"], "trusted_proxies": ["127.0.0.1"]}
     s = start_swarm(tmp_path, tiny_model, limits=limits, join={"identities_per_address": 1})
@@ -214,6 +216,8 @@ def test_identities_registered_before_the_address_key_count_against_their_slash6
         with s.ctx.db.write() as conn:   # as the coordinator before the address key stored them
             workers.update_fields(conn, old6.peer_id, address="2001:db8:1:2::1")
             workers.update_fields(conn, old4.peer_id, address="::ffff:198.51.100.7")
+            # ... which kept no record of the exempt addresses its rows were keyed with
+            conn.execute(delete(meta_table).where(meta_table.c.key == meta.ADDRESS_KEYS_FOR))
     finally:
         s.close()
     s = start_swarm(tmp_path, tiny_model, limits=limits, join={"identities_per_address": 1})   # the upgrade
