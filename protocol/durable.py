@@ -15,13 +15,14 @@ shardcast's manifests, the coordinator's archive and run description, key files 
 
 `durable=False` keeps the rename (readers still never see half a file) but skips the fsyncs:
 for files that are cheap to lose (port files, the worker's awaiting list). Temporary files are
-named `.<name>.<pid>.tmp`, hidden and never matching a reader's glob, and are removed when the
+named `.<name>.<pid>-<thread>.tmp`, hidden and never matching a reader's glob, and are removed when the
 write fails. Python's standard library has no atomic replace-a-file helper, hence these few lines.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +46,7 @@ def fsync_tree(path: Path) -> None:
 
 
 def remove_temporaries(paths: Iterable[Path]) -> None:
-    """Delete the temporary files (`.<name>.<pid>.tmp`) in `paths` that a writer killed midway
+    """Delete the temporary files (`.<name>.<pid>-<thread>.tmp`) in `paths` that a writer killed midway
     left behind; anything else by such a name (a folder) is not one of ours and is left alone."""
     for p in paths:
         if p.is_file() and not p.is_symlink():
@@ -53,7 +54,9 @@ def remove_temporaries(paths: Iterable[Path]) -> None:
 
 
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A name of this writer's own: the process and the thread (two threads replacing one file
+    at once must not write into one temporary file)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
 
 def _commit(tmp: Path, path: Path, durable: bool) -> None:

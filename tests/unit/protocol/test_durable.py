@@ -49,3 +49,32 @@ def test_atomic_path_and_fsync_tree_for_writers_that_want_a_path(tmp_path):
     (tmp_path / "d" / "e" / "f").write_bytes(b"1")
     fsync_tree(tmp_path / "d")
     assert (tmp_path / "out.jsonl").read_text() == "{}\n"
+
+
+def test_two_threads_replacing_one_file_never_mix_their_bytes(tmp_path):
+    """Two threads of one process writing the same path at once: each write must land whole or
+    be replaced whole (a temporary name shared by the threads let one thread's bytes run into
+    the other's file, and its rename then failed with FileNotFoundError)."""
+    import threading
+
+    p = tmp_path / "state.json"
+    bodies = [bytes([65 + i]) * 200_000 for i in range(2)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def writer(body: bytes) -> None:
+        start.wait()
+        try:
+            for _ in range(40):
+                write_atomic(p, body, durable=False)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert p.read_bytes() in bodies
+    assert os.listdir(tmp_path) == ["state.json"]
