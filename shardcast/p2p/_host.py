@@ -18,6 +18,13 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   reaches its peer is not counted): keys are free, so adverts of many keys can all name one
   victim's address. A peer out of budget is not dialled (DialDeferred, no strike). py-libp2p's
   own retries are off: one TCP attempt per address a dial.
+- Such dials go to one address at a time (at most MAX_ADDRS_DIALLED of an advert's), each
+  counted against that address and its host alone (py-libp2p dials one of the addresses it
+  is given; every address was charged). A handshake proves who listens at an address (the
+  peer dialled, or another key: the advert lied), and that is remembered OWNER_TTL_S: the
+  owner is dialled there without a budget, other keys naming the address are not dialled.
+  So throw-away keys naming an honest peer's address cannot spend that address's budget and
+  keep the honest peer undialled (two such dials did, for 60 s).
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
   at once, reading disk in a worker thread.
 - Asking (`request`): besides the request deadline, the reply's head must come within
@@ -32,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 from collections import OrderedDict
 from typing import Callable
@@ -49,6 +57,7 @@ from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub, get_content_addressed_msg_id
+from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.envelope import Envelope
@@ -77,6 +86,9 @@ DIALS_PER_HOST = 16     # ... and to one host (IP or name), whatever the ports a
                         # and adverts of many keys naming one victim's address made every node dial it
                         # once per key (a dial that reaches its peer is not counted)
 MAX_DIAL_TARGETS = 4096
+MAX_ADDRS_DIALLED = 3   # addresses of one advertised peer tried in one dial, one at a time
+OWNER_TTL_S = DIAL_BACKOFF_S  # how long a handshake's proof of who listens at an address is used
+_MISMATCH = re.compile(r"remote_peer_id_from_pubkey=(\w+)")
 # What the network side can raise at this boundary; translated, never swallowed silently.
 NET_ERRORS = (BaseLibp2pError, multiaddr.exceptions.Error, ValueError, OSError,
               trio.BrokenResourceError, trio.ClosedResourceError)
@@ -103,6 +115,7 @@ class SwarmHost:
         self._unreachable: set[str] = set()
         self._dial_failed: OrderedDict[str, float] = OrderedDict()  # peer id -> monotonic time
         self._dials: OrderedDict[str, list[float]] = OrderedDict()  # address or host -> dials counted
+        self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()  # address -> (peer id proven there, when)
         self.host = None
         self.pubsub = None
 
@@ -223,16 +236,15 @@ class SwarmHost:
         addresses came from an advert anyone may sign, so the dial is counted against the
         budget of each address and host it names (`_spend_dial`); DialDeferred when one of
         them is spent."""
+        if budget and info.peer_id not in self.host.get_connected_peers():
+            return await self._connect_advertised(info)
+        return (await self._dial(info))[0]
+
+    async def _dial(self, info: Libp2pPeerInfo) -> tuple[bool, str | None]:
+        """One connect; (connected, the peer id a handshake proved listens there instead)."""
         # py-libp2p's swarm refuses to dial a peer for 60 s after all its addresses failed once
         # (a "negative cache"); this layer paces its own redials (bootstrap_interval_s, peer
         # strikes), so a bootstrap peer that starts after us is reached at the next attempt.
-        targets: dict[str, int] = {}
-        if budget and info.peer_id not in self.host.get_connected_peers():
-            targets = _dial_targets(info.addrs)
-            if not self._spend_dial(targets):
-                raise DialDeferred(f"peer {info.peer_id}: not dialled, its address is out of dial budget "
-                                   f"({DIALS_PER_ADDRESS} per address, {DIALS_PER_HOST} per host, per "
-                                   f"{DIAL_BACKOFF_S:.0f} s)")
         unblock = getattr(self.host.get_network(), "unblock_peer", None)
         if unblock is not None:
             unblock(info.peer_id)
@@ -241,9 +253,65 @@ class SwarmHost:
                 await self.host.connect(info)
         except (*NET_ERRORS, trio.TooSlowError) as exc:
             log.debug("p2p: could not connect to %s: %s", info.peer_id, exc)
-            return False
-        self._refund_dial(targets)  # a peer answered there: no victim of a flood of adverts
-        return True
+            return False, _proven_instead(exc)
+        return True, None
+
+    async def _connect_advertised(self, info: Libp2pPeerInfo) -> bool:
+        """Dial a peer an advert named, one address at a time (see the module docstring)."""
+        pid, deferred, tried = info.peer_id.to_base58(), False, 0
+        for maddr in _unique(info.addrs):
+            if tried >= MAX_ADDRS_DIALLED:
+                break
+            addr = _addr_key(maddr)
+            owner = self._owner(addr)
+            if owner is not None and owner != pid:
+                continue  # another key proved it listens there: this advert lied
+            targets = {} if owner == pid else _dial_targets([maddr])
+            if not self._spend_dial(targets):
+                deferred = True
+                continue
+            tried += 1
+            # exactly this address: py-libp2p dials what its peerstore holds for the peer
+            self.host.get_peerstore().clear_addrs(info.peer_id)
+            ok, proven = await self._dial(Libp2pPeerInfo(info.peer_id, [maddr]))
+            if ok:
+                self._refund_dial(targets)  # a peer answered there: no victim of a flood of adverts
+                self._set_owner(addr, pid)
+                return True
+            if proven is not None:
+                self._set_owner(addr, proven)
+            elif owner == pid:
+                self._owners.pop(addr, None)  # not there any more
+        if deferred and not tried:
+            raise DialDeferred(f"peer {info.peer_id}: not dialled, its address is out of dial budget "
+                               f"({DIALS_PER_ADDRESS} per address, {DIALS_PER_HOST} per host, per "
+                               f"{DIAL_BACKOFF_S:.0f} s)")
+        return False
+
+    def _owner(self, addr: str) -> str | None:
+        hit = self._owners.get(addr)
+        if hit is None:
+            return None
+        if time.monotonic() - hit[1] >= OWNER_TTL_S:
+            del self._owners[addr]
+            return None
+        return hit[0]
+
+    def _set_owner(self, addr: str, peer_id: str) -> None:
+        self._owners.pop(addr, None)
+        self._owners[addr] = (peer_id, time.monotonic())
+        while len(self._owners) > MAX_DIAL_TARGETS:
+            self._owners.popitem(last=False)
+
+    def _dialable(self, peer_id: str, addrs, now: float) -> str | None:
+        """The first address of `addrs` a dial of `peer_id` would try now (not another key's,
+        within its budget), None when there is none."""
+        for maddr in _unique(addrs):
+            addr = _addr_key(maddr)
+            owner = self._owner(addr)
+            if owner == peer_id or (owner is None and self._dial_budget_left(_dial_targets([maddr]), now)):
+                return addr
+        return None
 
     def _dial_budget_left(self, targets: dict[str, int], now: float) -> bool:
         for key, limit in targets.items():
@@ -327,11 +395,10 @@ class SwarmHost:
         for p in candidates:
             if len(chosen) >= self.cfg.max_dial_peers - len(connected):
                 break
-            targets = _dial_targets(p.addrs)
-            addrs = {k for k in targets if k.startswith("addr ")}
-            if addrs & taken or not self._dial_budget_left(targets, now):
+            addr = self._dialable(p.peer_id, p.addrs, now)
+            if addr is None or addr in taken:
                 continue
-            taken |= addrs
+            taken.add(addr)
             chosen.append(p)
         async with trio.open_nursery() as nursery:  # at once: a round lasts one connect timeout at most
             for p in chosen:
@@ -495,6 +562,42 @@ def _dial_targets(addrs) -> dict[str, int]:
         out[f"addr {text}"] = DIALS_PER_ADDRESS
         out[f"host {'/'.join(parts[1:3])}"] = DIALS_PER_HOST
     return out
+
+
+def _addr_key(maddr) -> str:
+    return f"addr {str(maddr).split('/p2p/')[0]}"
+
+
+def _unique(addrs) -> list:
+    out, seen = [], set()
+    for a in addrs:
+        key = _addr_key(a)
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
+def _proven_instead(exc: BaseException) -> str | None:
+    """The peer id whose key answered a handshake meant for another (py-libp2p's Noise raises
+    PeerIDMismatchesPubkey, naming it, deep in the dial's exception chain), else None."""
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, PeerIDMismatchesPubkey):
+            m = _MISMATCH.search(str(e))
+            if m is not None:
+                try:
+                    return ID.from_base58(m.group(1)).to_base58()
+                except (ValueError, BaseLibp2pError):
+                    return None
+        errors = getattr(e, "errors", ())
+        stack.extend([e.__cause__, e.__context__,
+                      *(x for x in (errors if isinstance(errors, (list, tuple)) else ()) if isinstance(x, BaseException))])
+    return None
 
 
 def _remote_peer(stream) -> str | None:
