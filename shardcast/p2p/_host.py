@@ -26,7 +26,13 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   So throw-away keys naming an honest peer's address cannot spend that address's budget and
   keep the honest peer undialled (two such dials did, for 60 s).
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
-  at once, reading disk in a worker thread.
+  at once, reading disk in a worker thread. A stream waits for its request (REQUEST_READ_
+  TIMEOUT_S) in a table of its own (MAX_WAITING_PER_SLOT per serving slot), and takes a
+  serving slot only once its request is read; a body written must keep up `min_rate_bps`
+  (`Pace`, as a reply read must); slots are shared among peers (`shardcast.p2p.slots`: at
+  most MAX_SERVES_PER_PEER each, and a peer holding none takes one from a peer holding that
+  many). Two fresh keys held all 4 slots of a holder: silent streams for 10 s at a time,
+  requests never read for the whole 60 s request deadline.
 - Asking (`request`): besides the request deadline, the reply's head must come within
   `rate_window_s` and its body keep up `min_rate_bps` (`Pace`), so a peer that drips is
   dropped within about a window and the shard asked of another.
@@ -66,6 +72,7 @@ from shardcast.p2p import wire
 from shardcast.p2p.announcements import UNTRUSTED_KINDS, Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.errors import DialDeferred, PeerRequestFailed, Rejected
+from shardcast.p2p.slots import Slots
 from shardcast.p2p.store import ShardStore
 from shardcast.p2p.view import Counters, SwarmView
 
@@ -78,7 +85,8 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
 MAX_TRUSTED_IDS = 1024
 MAX_SERVES_PER_PEER = 2
-REQUEST_READ_TIMEOUT_S = 10.0
+MAX_WAITING_PER_SLOT = 4  # streams that may wait for their request, per serving slot
+REQUEST_READ_TIMEOUT_S = 5.0  # a request is one small frame, written as soon as the stream opens
 DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
 MAX_DIAL_FAILED = 4096
 DIALS_PER_ADDRESS = 2   # dials of advertised peers to one address in flight or failed per DIAL_BACKOFF_S,
@@ -109,8 +117,8 @@ class SwarmHost:
         self.deliver, self.standing, self.counters = deliver, standing, counters
         self.topic = topic_for(run_id)
         self._trusted: OrderedDict[bytes, None] = OrderedDict()  # ids of admitted versions and notices
-        self._serving = trio.Semaphore(cfg.max_concurrent_serves)
-        self._serving_peers: dict[str | None, int] = {}  # requests being served, per remote peer
+        self._serving = Slots(cfg.max_concurrent_serves, MAX_SERVES_PER_PEER)  # requests being answered
+        self._waiting = Slots(MAX_WAITING_PER_SLOT * cfg.max_concurrent_serves, MAX_SERVES_PER_PEER)
         self._kick = trio.Event()
         self._unreachable: set[str] = set()
         self._dial_failed: OrderedDict[str, float] = OrderedDict()  # peer id -> monotonic time
@@ -420,37 +428,63 @@ class SwarmHost:
 
     # -- shard exchange: serving ------------------------------------------------------------
     async def _serve(self, stream) -> None:
-        # One peer may hold only a few of the slots: a peer that opens streams and says nothing
-        # (or never reads) would otherwise keep every slot taken, one read timeout after another.
-        peer = _remote_peer(stream)
-        if self._serving.value == 0 or self._serving_peers.get(peer, 0) >= MAX_SERVES_PER_PEER:
-            await self._reply_error(stream, "busy")
-            return
-        self._serving_peers[peer] = self._serving_peers.get(peer, 0) + 1
-        try:
-            async with self._serving:
-                await self._serve_one(stream)
-        finally:
-            left = self._serving_peers.pop(peer, 1) - 1
-            if left > 0:
-                self._serving_peers[peer] = left
+        await self._serve_one(stream)
 
     async def _serve_one(self, stream) -> None:
+        peer = _remote_peer(stream)
+        req = await self._read_request(stream, peer)
+        if req is None:
+            return
+        finished = False
+        with trio.CancelScope() as scope:
+            slot = self._serving.take(peer, trio.current_time(), scope.cancel)
+            if slot is None:
+                await self._reply_error(stream, "busy")
+                return
+            try:
+                finished = await self._answer(stream, req, peer)
+            finally:
+                self._serving.release(slot, finished)
+        if scope.cancelled_caught:
+            self.counters.inc("serve_taken_back")
+            log.debug("p2p: a transfer to %s gave its slot to a peer that held none", peer)
+            await _reset(stream)
+
+    async def _read_request(self, stream, peer: str | None) -> wire.ShardRequest | None:
+        """The stream's request, read in the waiting table (no serving slot meanwhile); None
+        when refused (busy), silent past REQUEST_READ_TIMEOUT_S, malformed or taken back."""
+        with trio.CancelScope() as scope:
+            slot = self._waiting.take(peer, trio.current_time(), scope.cancel)
+            if slot is None:
+                await self._reply_error(stream, "busy")
+                return None
+            try:
+                with trio.fail_after(REQUEST_READ_TIMEOUT_S):
+                    return wire.decode_request(await wire.read_frame(stream, StreamEOF))
+            except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
+                log.debug("p2p: no valid shard request from %s: %s", peer, exc)
+            finally:
+                self._waiting.release(slot)
+        await _reset(stream)
+        return None
+
+    async def _answer(self, stream, req: wire.ShardRequest, peer: str | None) -> bool:
+        """Serve one request; True when the whole reply was written."""
         try:
-            with trio.fail_after(REQUEST_READ_TIMEOUT_S):  # a silent peer cannot hold a slot long
-                req = wire.decode_request(await wire.read_frame(stream, StreamEOF))
             with trio.fail_after(self.cfg.request_timeout_s):
                 data = await self._lookup(req)
                 if isinstance(data, str):
                     await self._reply_error(stream, data)
-                    return
+                    return False
                 await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=True, size=len(data))))
-                await wire.write_body(stream, data)
+                await wire.write_body(stream, data, Pace(self.cfg.min_rate_bps, self.cfg.rate_window_s, str(peer)))
                 self.counters.inc("served")
             await stream.close()
+            return True
         except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
             log.debug("p2p: a shard request failed while serving: %s", exc)
             await _reset(stream)
+            return False
 
     async def _lookup(self, req: wire.ShardRequest) -> bytes | str:
         if req.run_id != self.run_id:

@@ -75,3 +75,102 @@ def test_sybil_adverts_naming_an_honest_holders_address_do_not_delay_dialling_it
         assert took < 5.0, f"took {took:.1f} s"
     finally:
         node.stop_all()
+
+
+def _big_checkpoint(root, version: int, size: int):
+    """root/<version>: one file of `size` bytes in a single shard (larger than yamux's window
+    of 256 KiB, so a reader that does not read holds the server's write)."""
+    import os
+
+    from protocol.manifest import build_manifest, sign_manifest
+    from shardcast.layout import write_manifest
+
+    folder = root / str(version)
+    folder.mkdir(parents=True)
+    (folder / "w.bin").write_bytes(os.urandom(size))
+    write_manifest(folder, sign_manifest(build_manifest(folder, run_id=RUN, version=version, step=version,
+                                                        shard_size=size), OP))
+    return folder
+
+
+def _open_streams(attacker, target, n: int, request=None) -> list:
+    """`n` shard-exchange streams from `attacker` to `target`, each sending `request` (or
+    nothing) and then reading nothing."""
+    from shardcast.p2p import wire
+
+    streams: list = []
+
+    async def go():
+        from libp2p.peer.id import ID
+
+        from shardcast.p2p._host import _peer_info
+
+        host = attacker._host.host
+        await host.connect(_peer_info(target.peer_id, tuple(target.multiaddrs)))
+        for _ in range(n):
+            s = await host.new_stream(ID.from_base58(target.peer_id), [wire.PROTOCOL_ID])
+            if request is not None:
+                await wire.write_frame(s, wire.encode_model(request))
+            streams.append(s)
+
+    attacker._call(go)
+    return streams
+
+
+@pytest.mark.parametrize("what", ["silent", "never-reads"])
+def test_two_fresh_peer_ids_cannot_hold_every_serving_slot(tmp_path, what):
+    """Before: two keys, each with its 2 slots, held all 4 of a holder's: silent streams (no
+    request) until the 10 s request read deadline, requests of a 4 MiB shard never read until
+    yamux's 5 s zero-window limit (the body was written at no minimum rate), and the worker got
+    "busy" (a strike) meanwhile. Now a stream takes a slot only once its request is read, a
+    body written must keep up the minimum rate, and a requester holding no slot takes one from
+    a peer holding two."""
+    from shardcast.p2p import FolderStore, PeerShards, wire
+
+    _big_checkpoint(tmp_path / "held", 1, 4 * 1024 * 1024)
+    cfg = {**FAST, "max_concurrent_serves": 4, "request_timeout_s": 30.0, "rate_window_s": 1.0}
+    node = Nodes(cfg, RUN, OP, COORD)
+    try:
+        boot = node(COORD, max_dial_peers=0)
+        b = {"bootstrap": boot.multiaddrs}
+        holder = node(KeyPair.generate(), FolderStore(tmp_path / "held", OP.public), **b)
+        worker = node(KeyPair.generate(), **b)
+        attackers = [node(KeyPair.generate(), max_dial_peers=0, **b) for _ in range(2)]
+        wait_for(lambda: holder.peer_id in {p.peer_id for p in worker.peers_with(1)}, "the holder advertised")
+        req = None if what == "silent" else wire.ShardRequest(run_id=RUN, op="shard", version=1, index=0)
+        t_open = time.monotonic()
+        for a in attackers:
+            _open_streams(a, holder, 2, req)
+        time.sleep(0.5)  # the holder's handlers are all taken (waiting to read, or to write)
+        peers = PeerShards(worker, OP.public, attempts=1)
+        t0 = time.monotonic()
+        assert len(peers.fetch_shard(1, 0)) == 4 * 1024 * 1024
+        assert time.monotonic() - t0 < 5.0
+        if what == "never-reads":  # the slots still held go at the minimum rate, not the request deadline
+            assert holder.counters.snapshot().get("serve_taken_back", 0) >= 1
+            # (py-libp2p's yamux gives up a write after 5 s of zero window; one that reads a
+            # byte now and then held the slot for the request deadline)
+            wait_for(lambda: not holder._host._serving.live(), "the readers that never read dropped", timeout=15.0)
+            held = time.monotonic() - t_open
+            assert held < 3.5, f"slots held {held:.1f} s by readers that never read"
+    finally:
+        node.stop_all()
+
+
+def test_a_peer_holding_no_slot_takes_one_from_a_peer_holding_two():
+    from shardcast.p2p.slots import Slots
+
+    slots, cancelled = Slots(4, 2), []
+
+    def take(peer, t):
+        return slots.take(peer, t, lambda: cancelled.append((peer, t)))
+
+    done = take("honest", 0.0)
+    slots.release(done, finished=True)  # "honest" finished a transfer here once
+    held = [take("honest", 1.0), take("honest", 2.0), take("a", 3.0), take("a", 4.0)]
+    assert all(held) and take("a", 5.0) is None             # its two, at most
+    assert take("c", 6.0) is not None and cancelled == [("a", 3.0)]  # never finished: taken back first
+    assert take("c", 7.0) is None                           # a peer holding one takes nothing back
+    assert take("d", 8.0) is not None and cancelled[-1] == ("honest", 1.0)
+    assert take("e", 9.0) is None                           # every peer holds one: busy
+    assert len(slots.live()) == 4
