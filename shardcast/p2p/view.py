@@ -15,6 +15,11 @@ keys fill the budget and nothing else. A full relay table refuses the new advert
 the caller); it does not evict. A full table of peers holding versions makes room for a newer
 advert by dropping the peer whose last advert is oldest.
 
+Adverts anyone may sign are judged by when they were heard, not by the time their signer
+claims: the gate admits timestamps up to max_skew_s ahead, and adverts dated 59 s ahead
+outranked every honest holder when a full table made room (and lived 59 s past their ttl).
+An advert counts from min(its timestamp, now): expiry, and the oldest out of a full table.
+
 Thread-safe (one lock and one condition); every method that depends on time takes `now`.
 """
 
@@ -61,6 +66,7 @@ class PeerInfo:
     versions: tuple[int, ...]
     expires_at: float
     signed_at: float = 0.0
+    heard_at: float = 0.0  # the signer's timestamp, or the receiver's clock when that is earlier
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ class SwarmView:
         moved = other.pop(key, None) is not None  # endorsed since, or no longer
         new = key not in table
         table[key] = RelayInfo(key[1], body.region, body.capacity_mbps, tuple(body.versions),
-                               signer_id, ts + body.ttl_s, endorsed, ts)
+                               signer_id, min(ts, now) + body.ttl_s, endorsed, ts)
         return new or moved
 
     def _apply_have(self, body: HaveAdvert, signer: str, signer_id: str, ts: float, now: float) -> bool:
@@ -167,16 +173,17 @@ class SwarmView:
         old = self._peers.get(signer)
         if old is not None and ts < old.signed_at:  # older than what this signer last said
             return False
+        heard = min(ts, now)
         if old is None and len(self._peers) >= MAX_PEERS:
             # Keys are free: a table filled once with long-lived adverts would keep every honest
-            # holder out. The peer whose last word is oldest makes room for a newer one, so
-            # holding the table takes re-advertising every key faster than honest peers do.
-            stalest = min(self._peers, key=lambda k: self._peers[k].signed_at)
-            if self._peers[stalest].signed_at >= ts:
+            # holder out. The peer whose last word was heard longest ago makes room for a newer
+            # one, so holding the table takes re-advertising every key faster than honest peers do.
+            stalest = min(self._peers, key=lambda k: self._peers[k].heard_at)
+            if self._peers[stalest].heard_at >= heard:
                 return False
             del self._peers[stalest]
         self._peers[signer] = PeerInfo(signer_id, tuple(body.addrs), tuple(sorted(set(body.versions))),
-                                       ts + body.ttl_s, ts)
+                                       heard + body.ttl_s, ts, heard)
         return old is None or old.versions != self._peers[signer].versions
 
     def _expire(self, now: float) -> None:

@@ -174,3 +174,31 @@ def test_a_peer_holding_no_slot_takes_one_from_a_peer_holding_two():
     assert take("d", 8.0) is not None and cancelled[-1] == ("honest", 1.0)
     assert take("e", 9.0) is None                           # every peer holds one: busy
     assert len(slots.live()) == 4
+
+
+def _ann(kind, body, key, ts):
+    from shardcast.p2p.announcements import Announcement
+
+    env = seal(kind, body, key, now=ts, run_id=RUN, audience=AUDIENCE_SWARM)
+    return Announcement(kind=kind, body=body, signer=key.public, timestamp=ts, envelope=env)
+
+
+def test_adverts_dated_in_the_future_do_not_outrank_honest_ones_in_a_full_peer_table():
+    """The gate admits timestamps up to max_skew_s (60 s) ahead of the receiver's clock. A full
+    table of holders makes room by dropping the oldest advert, judged by the signer's own
+    timestamp: throw-away keys dating theirs 59 s ahead, re-sent once a minute, kept every
+    honest holder (dated now) out. Their adverts also lived 59 s past their ttl."""
+    from shardcast.p2p.view import MAX_PEERS, SwarmView
+
+    t = 1_800_000_000.0
+    view = SwarmView()
+    addrs = ["/ip4/8.8.8.8/tcp/4001"]
+    a = _ann(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1], addrs=addrs, ttl_s=30), KeyPair.generate(), t + 59)
+    for i in range(MAX_PEERS):  # one key signs them; the view keys them by signer alone
+        view.apply(type(a)(kind=a.kind, body=a.body, signer=KeyPair.from_seed(i.to_bytes(32, "big")).public,
+                           timestamp=t + 59, envelope=a.envelope), t)
+    honest = KeyPair.generate()
+    assert view.apply(_ann(KIND_HAVE, HaveAdvert(run_id=RUN, versions=[1], addrs=addrs, ttl_s=30), honest, t + 10),
+                      t + 10)
+    assert honest.peer_id in [p.peer_id for p in view.peers_with(1, t + 10)]
+    assert len(view.peers(t + 31)) == 1  # the future-dated ones expired 30 s after they arrived
