@@ -10,6 +10,10 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   validation cache is kept to a second so no admitted message skips the gate on re-arrival.
   The validator itself applies what it admits to the view and hands what changed it to the
   node (py-libp2p's subscription channel drops when full: nothing admitted depends on it).
+  A direct peer that forwards FORGED_STRIKES messages the gate calls forged (a signature that
+  fails for the key it names: no honest peer forwards one) is blacklisted by the pubsub (its
+  messages dropped unchecked; bootstrap peers excepted): forgeries naming a trusted key cost
+  ~7 ms of CPU a MiB to check, at up to max_messages_per_s a peer.
 - Loops: receive (drains the subscription), bootstrap (re-dial unconnected bootstrap peers),
   adverts (re-seal and repeat standing adverts), dial (a few advertised peers at once, so the
   mesh does not hang on the bootstrap peer alone).
@@ -84,6 +88,8 @@ from shardcast.p2p.view import Counters, SwarmView
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
 MAX_TRUSTED_IDS = 1024
+FORGED_STRIKES = 3      # forged messages a direct peer may forward before it is blacklisted
+MAX_BLOCKED = 1024      # forwarders blacklisted at once (the oldest let back first)
 MAX_SERVES_PER_PEER = 2
 MAX_WAITING_PER_SLOT = 4  # streams that may wait for their request, per serving slot
 REQUEST_READ_TIMEOUT_S = 5.0  # a request is one small frame, written as soon as the stream opens
@@ -117,6 +123,8 @@ class SwarmHost:
         self.deliver, self.standing, self.counters = deliver, standing, counters
         self.topic = topic_for(run_id)
         self._trusted: OrderedDict[bytes, None] = OrderedDict()  # ids of admitted versions and notices
+        self._forged: OrderedDict[ID, int] = OrderedDict()  # forwarder -> forged messages it sent
+        self._blocked: OrderedDict[ID, None] = OrderedDict()
         self._serving = Slots(cfg.max_concurrent_serves, MAX_SERVES_PER_PEER)  # requests being answered
         self._waiting = Slots(MAX_WAITING_PER_SLOT * cfg.max_concurrent_serves, MAX_SERVES_PER_PEER)
         self._kick = trio.Event()
@@ -186,6 +194,8 @@ class SwarmHost:
         except Rejected as exc:
             self.counters.inc(f"rejected_{exc.reason}")
             log.debug("dropped an announcement from %s: %s", forwarder, exc)
+            if exc.forged:
+                self._strike_forwarder(forwarder)
             return False
         if ann.kind not in UNTRUSTED_KINDS:
             self._trusted[self.pubsub.get_message_id(msg)] = None
@@ -198,6 +208,24 @@ class SwarmHost:
         if self.view.apply(ann, now=now):  # repeats of standing adverts are not news
             self.deliver(ann)
         return True
+
+    def _strike_forwarder(self, forwarder: ID) -> None:
+        if forwarder == self.host.get_id() or forwarder in self._blocked or any(
+                forwarder.to_base58() in a for a in self.cfg.bootstrap):
+            return
+        n = self._forged.pop(forwarder, 0) + 1
+        self._forged[forwarder] = n
+        while len(self._forged) > MAX_DIAL_FAILED:
+            self._forged.popitem(last=False)
+        if n < FORGED_STRIKES:
+            return
+        del self._forged[forwarder]
+        log.warning("p2p: blacklisting peer %s: it forwarded %d messages with forged signatures", forwarder, n)
+        self.counters.inc("forwarders_blocked")
+        self._blocked[forwarder] = None
+        self.pubsub.add_to_blacklist(forwarder)
+        while len(self._blocked) > MAX_BLOCKED:
+            self.pubsub.remove_from_blacklist(self._blocked.popitem(last=False)[0])
 
     def _is_trusted(self, msg) -> bool:
         """Whether the gate admitted `msg` as signed by the operator or coordinator key."""

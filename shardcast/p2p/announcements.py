@@ -24,7 +24,8 @@ checked against the role allowed to say it:
 `Rejected(reason)` for anything unsigned, malformed, oversized, for another run, stale,
 replayed, signed by a key without the right role, over its signer's rate, pointing at an
 address it may not (shardcast.p2p.addresses: "address"), or carrying an endorsement that
-does not hold ("bad-endorsement"). The node runs it as the gossipsub topic validator, so a
+does not hold ("bad-endorsement"). A signature that does not verify for the key it names is
+`forged` besides: no honest peer forwards it, and the host cuts off peers that do. The node runs it as the gossipsub topic validator, so a
 rejected message is neither delivered nor forwarded (and counted as rejected_<reason>).
 
 `endorse_relay` makes an endorsement (`python -m shardcast.p2p.endorse` from a shell).
@@ -260,7 +261,10 @@ class Gate:
         except StaleMessageError as exc:
             raise Rejected("stale", str(exc)) from exc
         except SignatureError as exc:
-            raise Rejected("bad-signer", str(exc)) from exc
+            # A key that may not sign this kind depends on this node's configuration; a
+            # signature that does not verify fails at every peer (forged: see Rejected).
+            allowed = self._allowed(env.kind)
+            raise Rejected("bad-signer", str(exc), forged=allowed is None or env.signer in allowed) from exc
         except ProtocolError as exc:
             raise Rejected("malformed", str(exc)) from exc
         body = opened.body
