@@ -75,7 +75,7 @@ from protocol.identity import KeyPair
 from shardcast.p2p import wire
 from shardcast.p2p.announcements import UNTRUSTED_KINDS, Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
-from shardcast.p2p.errors import DialDeferred, PeerRequestFailed, Rejected
+from shardcast.p2p.errors import DialDeferred, PeerBusy, PeerRequestFailed, Rejected
 from shardcast.p2p.slots import Slots
 from shardcast.p2p.store import ShardStore
 from shardcast.p2p.view import Counters, SwarmView
@@ -548,7 +548,8 @@ class SwarmHost:
                 with trio.fail_after(self.cfg.rate_window_s):
                     reply = wire.decode_reply(await wire.read_frame(stream, StreamEOF))
                 if not reply.ok:
-                    raise PeerRequestFailed(f"peer {peer_id} refused: {reply.error}")
+                    refused = PeerBusy if reply.error == "busy" else PeerRequestFailed
+                    raise refused(f"peer {peer_id} refused: {reply.error}")
                 if reply.size > max_size:
                     raise PeerRequestFailed(f"peer {peer_id} offers {reply.size} bytes, at most {max_size} expected")
                 data = await wire.read_exactly(stream, reply.size, StreamEOF,

@@ -47,6 +47,11 @@ class PeerRequestFailed(P2PError):
     """One shard-exchange request to one peer failed."""
 
 
+class PeerBusy(PeerRequestFailed):
+    """The peer refused a request as busy (its serving slots are full): no fault of its own,
+    and throw-away keys can keep an honest holder's slots full; not a strike."""
+
+
 class DialDeferred(PeerRequestFailed):
     """A request not sent: dialling the peer would pass its host's dial budget (shardcast.p2p.
     _host.DIALS_PER_HOST). Nothing was dialled, so the peer is not to blame."""

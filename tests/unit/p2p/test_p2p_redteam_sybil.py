@@ -260,3 +260,32 @@ def test_the_gate_calls_forged_only_what_fails_at_every_peer():
         with pytest.raises(Rejected) as err:
             gate.admit(encode(e), now)
         assert (err.value.reason, err.value.forged) == ("bad-signer", forged)
+
+
+def test_a_holder_that_answers_busy_is_not_struck_off(tmp_path):
+    """A holder whose slots are full answers "busy" (throw-away keys can keep them full: as
+    many keys as slots, one each). Each "busy" was a strike, and three struck the honest
+    holder off the worker's list for good: once the slots were free, the worker never asked
+    it again ("no peer advertises version 1")."""
+    from shardcast.p2p import FolderStore, PeerShards
+    from shardcast.p2p.slots import Slots
+
+    signed_checkpoint(tmp_path / "held", 1, run_id=RUN, operator=OP, size=1000)
+    node = Nodes(FAST, RUN, OP, COORD)
+    try:
+        boot = node(COORD, max_dial_peers=0)
+        b = {"bootstrap": boot.multiaddrs}
+        holder = node(KeyPair.generate(), FolderStore(tmp_path / "held", OP.public), **b)
+        worker = node(KeyPair.generate(), **b)
+        wait_for(lambda: holder.peer_id in {p.peer_id for p in worker.peers_with(1)}, "the holder advertised")
+        full, free = Slots(0, 2), holder._host._serving
+        holder._host._serving = full   # every slot taken
+        peers = PeerShards(worker, OP.public)
+        for _ in range(4):
+            with pytest.raises(Exception):  # noqa: B017 - FetchFailed: the one holder is busy
+                peers.manifest(1)
+        holder._host._serving = free
+        assert peers.manifest(1).version == 1
+        assert len(peers.fetch_shard(1, 0)) > 0
+    finally:
+        node.stop_all()
