@@ -66,7 +66,9 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, get_content_addressed_msg_id
+from libp2p.pubsub.utils import safe_bytes_from_hex
 from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.tools.anyio_service import background_trio_service
 
@@ -100,6 +102,9 @@ DIALS_PER_HOST = 16     # ... and to one host (IP or name), whatever the ports a
                         # and adverts of many keys naming one victim's address made every node dial it
                         # once per key (a dial that reaches its peer is not counted)
 MAX_DIAL_TARGETS = 4096
+IWANT_RETRANSMISSIONS = 3  # times one cached gossip message is sent to one peer that asks for it
+MAX_IWANT_IDS = 512        # ids answered of one IWANT request
+MAX_IWANT_TRACKED = 16384  # (peer, message) pairs whose retransmissions are counted
 MAX_ADDRS_DIALLED = 3   # addresses of one advertised peer tried in one dial, one at a time
 OWNER_TTL_S = DIAL_BACKOFF_S  # how long a handshake's proof of who listens at an address is used
 _MISMATCH = re.compile(r"remote_peer_id_from_pubkey=(\w+)")
@@ -598,11 +603,37 @@ class _SwarmGossipSub(GossipSub):
     gate admitted as signed by the operator or coordinator key (a version, a notice): those
     cannot be forged or replayed, while adverts any throw-away key may sign can fill a
     forwarder's budget, and a hub that relays such a flood would otherwise have its own
-    version announcement dropped by every peer it reaches, never forwarded further."""
+    version announcement dropped by every peer it reaches, never forwarded further.
+
+    IWANT requests are answered once per id listed, each cached message at most
+    IWANT_RETRANSMISSIONS times to one peer (go-libp2p's GossipRetransmission), at most
+    MAX_IWANT_IDS ids a request: py-libp2p answered repeats too, as often as asked (10 IWANTs
+    a second), and a 68 KB IWANT naming one 3.5 KB advert 2000 times had 7 MB queued for the
+    asker (a cached version announcement with its manifest: 256 KiB a repeat)."""
 
     def __init__(self, trusted: Callable[[object], bool], **kwargs):
         super().__init__(**kwargs)
         self._trusted_msg = trusted
+        self._iwant_sent: OrderedDict[tuple[ID, bytes], int] = OrderedDict()
+
+    async def handle_iwant(self, iwant_msg, sender_peer_id: ID) -> None:
+        wanted, seen = [], set()
+        for wire_id in iwant_msg.messageIDs:
+            mid = safe_bytes_from_hex(wire_id)
+            if mid is None or mid in seen or self.mcache.get(mid) is None:
+                continue
+            seen.add(mid)
+            key = (sender_peer_id, mid)
+            sent = self._iwant_sent.pop(key, 0)
+            self._iwant_sent[key] = sent + (sent < IWANT_RETRANSMISSIONS)
+            if sent < IWANT_RETRANSMISSIONS:
+                wanted.append(wire_id)
+            if len(wanted) >= MAX_IWANT_IDS:
+                break
+        while len(self._iwant_sent) > MAX_IWANT_TRACKED:
+            self._iwant_sent.popitem(last=False)
+        if wanted:
+            await super().handle_iwant(rpc_pb2.ControlIWant(messageIDs=wanted), sender_peer_id)
 
     def _check_spam_protection(self, peer_id: ID, msg) -> bool:
         if self._trusted_msg(msg):

@@ -289,3 +289,50 @@ def test_a_holder_that_answers_busy_is_not_struck_off(tmp_path):
         assert len(peers.fetch_shard(1, 0)) > 0
     finally:
         node.stop_all()
+
+
+def test_one_iwant_cannot_make_a_node_send_a_message_over_and_over():
+    """py-libp2p's gossipsub answers an IWANT with every id it lists found in its message
+    cache, repeats included, and to the same peer as often as it asks (10 IWANTs a second): a
+    68 KB IWANT naming one cached 16 KiB advert 2000 times made the node queue ~32 MB for the
+    asker (an amplification of ~500). Now ids are answered once per IWANT, at most
+    IWANT_RETRANSMISSIONS times per peer (go-libp2p's GossipRetransmission), and at most
+    MAX_IWANT_IDS a request."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from shardcast.p2p.announcements import MAX_UNTRUSTED_BYTES
+
+    node = Nodes({**FAST, "max_dial_peers": 0}, RUN, OP, COORD)
+    try:
+        victim = node(KeyPair.generate())
+        asker = node(KeyPair.generate(), bootstrap=victim.multiaddrs)
+        wait_for(lambda: victim.peer_id in asker.connected_peers(), "connected")
+        time.sleep(1.5)
+        k = KeyPair.generate()  # an advert near the 16 KiB cap, in the victim's message cache
+        addrs = [f"/dns4/{'a' * 60}.{'b' * 60}.{'c' * 60}.ex{i}/tcp/4001" for i in range(8)]
+        body = HaveAdvert(run_id=RUN, versions=[2**62 + i for i in range(64)], addrs=addrs, ttl_s=60.0)
+        asker.publish_envelope(seal(KIND_HAVE, body, k, run_id=RUN, audience=AUDIENCE_SWARM))
+        router = victim._host.pubsub.router
+        wait_for(lambda: max([m.ByteSize() for m in router.mcache.msgs.values()] or [0]) > MAX_UNTRUSTED_BYTES // 8,
+                 "the advert in the victim's message cache")
+        mid = max(router.mcache.msgs, key=lambda m: router.mcache.msgs[m].ByteSize())
+        size = router.mcache.msgs[mid].ByteSize()
+        sent = []
+        real_send = router.send_rpc
+
+        def counting_send(peer_id, rpc, priority=False):
+            sent.append(rpc.ByteSize())
+            return real_send(peer_id, rpc, priority)
+
+        router.send_rpc = counting_send
+        asker_id = ID.from_base58(asker.peer_id)
+
+        async def ask():
+            for _ in range(5):
+                await router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid] * 2000), asker_id)
+
+        victim._call(ask)
+        assert sum(sent) <= 3 * size + 4096, f"{sum(sent)} bytes queued for 5 IWANTs of one {size}-byte message"
+    finally:
+        node.stop_all()
