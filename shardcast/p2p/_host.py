@@ -28,7 +28,10 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   peer dialled, or another key: the advert lied), and that is remembered OWNER_TTL_S: the
   owner is dialled there without a budget, other keys naming the address are not dialled.
   So throw-away keys naming an honest peer's address cannot spend that address's budget and
-  keep the honest peer undialled (two such dials did, for 60 s).
+  keep the honest peer undialled (two such dials did, for 60 s). A dial the host refused
+  (nothing listens on that port: its kernel answered, at no cost to it) is charged to the
+  address alone, so keys naming closed ports of an honest peer's host cannot spend the
+  host's budget either.
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
   at once, reading disk in a worker thread. A stream waits for its request (REQUEST_READ_
   TIMEOUT_S) in a table of its own (MAX_WAITING_PER_SLOT per serving slot), and takes a
@@ -279,10 +282,10 @@ class SwarmHost:
         them is spent."""
         if budget and info.peer_id not in self.host.get_connected_peers():
             return await self._connect_advertised(info)
-        return (await self._dial(info))[0]
+        return (await self._dial(info)) is None
 
-    async def _dial(self, info: Libp2pPeerInfo) -> tuple[bool, str | None]:
-        """One connect; (connected, the peer id a handshake proved listens there instead)."""
+    async def _dial(self, info: Libp2pPeerInfo) -> BaseException | None:
+        """One connect; None when connected, else what failed."""
         # py-libp2p's swarm refuses to dial a peer for 60 s after all its addresses failed once
         # (a "negative cache"); this layer paces its own redials (bootstrap_interval_s, peer
         # strikes), so a bootstrap peer that starts after us is reached at the next attempt.
@@ -294,8 +297,8 @@ class SwarmHost:
                 await self.host.connect(info)
         except (*NET_ERRORS, trio.TooSlowError) as exc:
             log.debug("p2p: could not connect to %s: %s", info.peer_id, exc)
-            return False, _proven_instead(exc)
-        return True, None
+            return exc
+        return None
 
     async def _connect_advertised(self, info: Libp2pPeerInfo) -> bool:
         """Dial a peer an advert named, one address at a time (see the module docstring)."""
@@ -314,15 +317,20 @@ class SwarmHost:
             tried += 1
             # exactly this address: py-libp2p dials what its peerstore holds for the peer
             self.host.get_peerstore().clear_addrs(info.peer_id)
-            ok, proven = await self._dial(Libp2pPeerInfo(info.peer_id, [maddr]))
-            if ok:
+            failed = await self._dial(Libp2pPeerInfo(info.peer_id, [maddr]))
+            if failed is None:
                 self._refund_dial(targets)  # a peer answered there: no victim of a flood of adverts
                 self._set_owner(addr, pid)
                 return True
+            proven = _proven_instead(failed)
             if proven is not None:
                 self._set_owner(addr, proven)
             elif owner == pid:
                 self._owners.pop(addr, None)  # not there any more
+            if any(isinstance(e, ConnectionRefusedError) for e in _causes(failed)):
+                # refused by the host's kernel: no cost to it, and keys naming its closed ports
+                # would spend the host's budget for the peers that do listen there
+                self._refund_dial({k: n for k, n in targets.items() if k.startswith("host ")})
         if deferred and not tried:
             raise DialDeferred(f"peer {info.peer_id}: not dialled, its address is out of dial budget "
                                f"({DIALS_PER_ADDRESS} per address, {DIALS_PER_HOST} per host, per "
@@ -672,15 +680,25 @@ def _unique(addrs) -> list:
     return out
 
 
-def _proven_instead(exc: BaseException) -> str | None:
-    """The peer id whose key answered a handshake meant for another (py-libp2p's Noise raises
-    PeerIDMismatchesPubkey, naming it, deep in the dial's exception chain), else None."""
+def _causes(exc: BaseException):
+    """`exc` and every exception under it: causes, contexts, py-libp2p's MultiError.errors and
+    exception groups' members (a failed dial nests the one that says why a few levels down)."""
     stack, seen = [exc], set()
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        yield e
+        inner = [x for name in ("errors", "exceptions")
+                 for x in (lambda v: v if isinstance(v, (list, tuple)) else ())(getattr(e, name, None))]
+        stack.extend([e.__cause__, e.__context__, *(x for x in inner if isinstance(x, BaseException))])
+
+
+def _proven_instead(exc: BaseException) -> str | None:
+    """The peer id whose key answered a handshake meant for another (py-libp2p's Noise raises
+    PeerIDMismatchesPubkey, naming it, deep in the dial's exception chain), else None."""
+    for e in _causes(exc):
         if isinstance(e, PeerIDMismatchesPubkey):
             m = _MISMATCH.search(str(e))
             if m is not None:
@@ -688,9 +706,6 @@ def _proven_instead(exc: BaseException) -> str | None:
                     return ID.from_base58(m.group(1)).to_base58()
                 except (ValueError, BaseLibp2pError):
                     return None
-        errors = getattr(e, "errors", ())
-        stack.extend([e.__cause__, e.__context__,
-                      *(x for x in (errors if isinstance(errors, (list, tuple)) else ()) if isinstance(x, BaseException))])
     return None
 
 

@@ -35,11 +35,25 @@ def _publish_sybils(attacker, keys, addrs_of) -> None:
         attacker.publish_envelope(seal(KIND_HAVE, body, k, run_id=RUN, audience=AUDIENCE_SWARM))
 
 
-@pytest.mark.parametrize("shape", ["same-address", "dead-address-first"])
+def _closed_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()  # nothing listens there now: a dial is refused at once
+    return ports
+
+
+@pytest.mark.parametrize("shape", ["same-address", "dead-address-first", "closed-ports-same-host"])
 def test_sybil_adverts_naming_an_honest_holders_address_do_not_delay_dialling_it(tmp_path, shape):
-    """Before: both shapes kept the worker from the honest holder for 60 s (the address's dial
-    budget spent by two sybil dials; with a dead address first, py-libp2p dialled only that
-    one, and every address the advert named was charged all the same)."""
+    """Before: each shape kept the worker from the honest holder for 60 s or more: the
+    address's dial budget spent by two sybil dials; with a dead address first, py-libp2p
+    dialled only that one, and every address the advert named was charged all the same; 20
+    keys naming closed ports of the holder's host spent that host's budget (16), though a
+    refused connection costs the host nothing (its kernel answers)."""
     from shardcast.p2p import FolderStore, PeerShards
 
     signed_checkpoint(tmp_path / "held", 1, run_id=RUN, operator=OP, size=1000)
@@ -55,10 +69,12 @@ def test_sybil_adverts_naming_an_honest_holders_address_do_not_delay_dialling_it
         time.sleep(1.0)  # the gossipsub mesh forms on the heartbeat
         honest_addr = holder.multiaddrs[0].split("/p2p/")[0]
         dead = "/ip4/127.0.0.1/tcp/9"  # discard: nothing listens on loopback's port 9
-        sybils = [KeyPair.generate() for _ in range(6)]
-        _publish_sybils(attacker, sybils, lambda k: ([honest_addr] if shape == "same-address"
-                                                     else [dead, honest_addr]))
-        wait_for(lambda: len(worker.peers_with(1)) >= 7, "the worker hearing the holder and every sybil")
+        sybils = [KeyPair.generate() for _ in range(20 if shape == "closed-ports-same-host" else 6)]
+        closed = dict(zip([k.peer_id for k in sybils], _closed_ports(len(sybils))))
+        _publish_sybils(attacker, sybils, lambda k: {
+            "same-address": [honest_addr], "dead-address-first": [dead, honest_addr],
+            "closed-ports-same-host": [f"/ip4/127.0.0.1/tcp/{closed[k.peer_id]}"]}[shape])
+        wait_for(lambda: len(worker.peers_with(1)) >= len(sybils) + 1, "the worker hearing the holder and every sybil")
         peers = PeerShards(worker, OP.public)
         for k in sybils:  # the sybils are asked first (as if they had delivered before)
             peers._credit(k.peer_id)
@@ -336,3 +352,26 @@ def test_one_iwant_cannot_make_a_node_send_a_message_over_and_over():
         assert sum(sent) <= 3 * size + 4096, f"{sum(sent)} bytes queued for 5 IWANTs of one {size}-byte message"
     finally:
         node.stop_all()
+
+
+def test_the_causes_of_a_failed_dial_are_found_however_they_nest():
+    from libp2p.exceptions import MultiError
+    from pydantic import BaseModel, ValidationError
+
+    from shardcast.p2p._host import _causes
+
+    class M(BaseModel):
+        x: int
+
+    try:
+        M(x="no")
+    except ValidationError as exc:
+        invalid = exc  # its `errors` is a method, not a list
+    refused = ConnectionRefusedError(111, "refused")
+    try:
+        try:
+            raise MultiError([OSError("a"), ExceptionGroup("g", [refused]), invalid])
+        except MultiError as inner:
+            raise OSError("dial failed") from inner
+    except OSError as outer:
+        assert refused in list(_causes(outer)) and invalid in list(_causes(outer))
