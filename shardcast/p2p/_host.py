@@ -284,8 +284,9 @@ class SwarmHost:
             return await self._connect_advertised(info)
         return (await self._dial(info)) is None
 
-    async def _dial(self, info: Libp2pPeerInfo) -> BaseException | None:
-        """One connect; None when connected, else what failed."""
+    async def _dial(self, info: Libp2pPeerInfo, timeout_s: float | None = None) -> BaseException | None:
+        """One connect (within `timeout_s`, default the connect timeout); None when connected,
+        else what failed."""
         # py-libp2p's swarm refuses to dial a peer for 60 s after all its addresses failed once
         # (a "negative cache"); this layer paces its own redials (bootstrap_interval_s, peer
         # strikes), so a bootstrap peer that starts after us is reached at the next attempt.
@@ -293,18 +294,23 @@ class SwarmHost:
         if unblock is not None:
             unblock(info.peer_id)
         try:
-            with trio.fail_after(min(10.0, self.cfg.request_timeout_s)):
+            with trio.fail_after(self._connect_timeout_s() if timeout_s is None else timeout_s):
                 await self.host.connect(info)
         except (*NET_ERRORS, trio.TooSlowError) as exc:
             log.debug("p2p: could not connect to %s: %s", info.peer_id, exc)
             return exc
         return None
 
+    def _connect_timeout_s(self) -> float:
+        return min(10.0, self.cfg.request_timeout_s)
+
     async def _connect_advertised(self, info: Libp2pPeerInfo) -> bool:
-        """Dial a peer an advert named, one address at a time (see the module docstring)."""
+        """Dial a peer an advert named, one address at a time (see the module docstring),
+        all of them within one connect timeout."""
         pid, deferred, tried = info.peer_id.to_base58(), False, 0
+        until = trio.current_time() + self._connect_timeout_s()
         for maddr in _unique(info.addrs):
-            if tried >= MAX_ADDRS_DIALLED:
+            if tried >= MAX_ADDRS_DIALLED or trio.current_time() >= until:
                 break
             addr = _addr_key(maddr)
             owner = self._owner(addr)
@@ -317,7 +323,7 @@ class SwarmHost:
             tried += 1
             # exactly this address: py-libp2p dials what its peerstore holds for the peer
             self.host.get_peerstore().clear_addrs(info.peer_id)
-            failed = await self._dial(Libp2pPeerInfo(info.peer_id, [maddr]))
+            failed = await self._dial(Libp2pPeerInfo(info.peer_id, [maddr]), until - trio.current_time())
             if failed is None:
                 self._refund_dial(targets)  # a peer answered there: no victim of a flood of adverts
                 self._set_owner(addr, pid)

@@ -375,3 +375,29 @@ def test_the_causes_of_a_failed_dial_are_found_however_they_nest():
             raise OSError("dial failed") from inner
     except OSError as outer:
         assert refused in list(_causes(outer)) and invalid in list(_causes(outer))
+
+
+def test_a_dial_of_an_advert_with_several_silent_addresses_takes_one_connect_timeout():
+    """Addresses are dialled one at a time (up to 3): each that accepts TCP and never speaks
+    would take its own connect timeout, a dial round three of them. The whole dial has one."""
+    import socket
+
+    from shardcast.p2p._host import _peer_info
+
+    silent = [socket.socket() for _ in range(3)]
+    for s in silent:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+    node = Nodes({**FAST, "request_timeout_s": 1.5, "max_dial_peers": 0}, RUN, OP, COORD)
+    try:
+        n = node(KeyPair.generate())
+        fake = KeyPair.generate()
+        info = _peer_info(fake.peer_id, tuple(f"/ip4/127.0.0.1/tcp/{s.getsockname()[1]}" for s in silent))
+        t0 = time.monotonic()
+        assert n._call(n._host._connect, info, True) is False
+        took = time.monotonic() - t0
+        assert took < 2.5, f"the dial took {took:.1f} s"
+    finally:
+        node.stop_all()
+        for s in silent:
+            s.close()
