@@ -21,7 +21,8 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   per host across peer ids (DIALS_PER_ADDRESS, DIALS_PER_HOST per DIAL_BACKOFF_S; a dial that
   reaches its peer is not counted): keys are free, so adverts of many keys can all name one
   victim's address. A peer out of budget is not dialled (DialDeferred, no strike). py-libp2p's
-  own retries are off: one TCP attempt per address a dial.
+  own retries are off: one TCP attempt per address a dial; nor does gossipsub peer exchange
+  dial anything.
 - Such dials go to one address at a time (at most MAX_ADDRS_DIALLED of an advert's), each
   counted against that address and its host alone (py-libp2p dials one of the addresses it
   is given; every address was charged). A handshake proves who listens at an address (the
@@ -623,7 +624,12 @@ class _SwarmGossipSub(GossipSub):
     IWANT_RETRANSMISSIONS times to one peer (go-libp2p's GossipRetransmission), at most
     MAX_IWANT_IDS ids a request: py-libp2p answered repeats too, as often as asked (10 IWANTs
     a second), and a 68 KB IWANT naming one 3.5 KB advert 2000 times had 7 MB queued for the
-    asker (a cached version announcement with its manifest: 256 KiB a repeat)."""
+    asker (a cached version announcement with its manifest: 256 KiB a repeat).
+
+    Peer exchange in a PRUNE is ignored: py-libp2p dialled up to 16 peers any PRUNE listed
+    (signed records of free keys naming any address: a private one, a victim's port), past
+    the dial budgets and the gate's address rules. This swarm sends none (do_px off) and
+    finds peers through its adverts."""
 
     def __init__(self, trusted: Callable[[object], bool], **kwargs):
         super().__init__(**kwargs)
@@ -648,6 +654,9 @@ class _SwarmGossipSub(GossipSub):
             self._iwant_sent.popitem(last=False)
         if wanted:
             await super().handle_iwant(rpc_pb2.ControlIWant(messageIDs=wanted), sender_peer_id)
+
+    async def _do_px(self, px_peers) -> None:
+        return None
 
     def _check_spam_protection(self, peer_id: ID, msg) -> bool:
         if self._trusted_msg(msg):

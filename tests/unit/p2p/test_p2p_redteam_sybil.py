@@ -444,3 +444,60 @@ def test_a_nodes_status_stays_small_when_throw_away_keys_fill_its_peer_table():
     status = node_status(Node())
     assert len(json.dumps(status)) < 64 * 1024
     assert status["peers_holding_total"] == MAX_PEERS
+
+
+def test_a_prune_with_peer_exchange_does_not_make_a_node_dial_what_it_names():
+    """py-libp2p's gossipsub dials up to 16 peers that any PRUNE lists (peer exchange), each a
+    signed peer record of a free key naming any address: past the dial budgets and the gate's
+    address rules (a private address, a port of a victim), one PRUNE after another. The swarm
+    finds peers through its own adverts and sends no peer exchange; it takes none either."""
+    import socket
+    import threading
+
+    import multiaddr
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.envelope import seal_record
+    from libp2p.peer.id import ID
+    from libp2p.peer.peer_record import PeerRecord
+    from libp2p.pubsub.pb import rpc_pb2
+
+    victim_port = socket.socket()
+    victim_port.bind(("127.0.0.1", 0))
+    victim_port.listen(64)
+    accepted: list = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(victim_port.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    node = Nodes({**FAST, "max_dial_peers": 0, "request_timeout_s": 1.0}, RUN, OP, COORD)
+    try:
+        n = node(KeyPair.generate(), allow_private_addresses=False)
+        attacker = node(KeyPair.generate(), bootstrap=n.multiaddrs)
+        wait_for(lambda: n.peer_id in attacker.connected_peers(), "connected")
+        records = []
+        for _ in range(4):
+            kp = create_new_key_pair()
+            pid = ID.from_pubkey(kp.public_key)
+            rec = PeerRecord(pid, [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{victim_port.getsockname()[1]}")])
+            records.append(rpc_pb2.PeerInfo(peerID=pid.to_bytes(),
+                                            signedPeerRecord=seal_record(rec, kp.private_key).marshal_envelope()))
+        prune = rpc_pb2.ControlPrune(topicID=n._host.topic, peers=records, backoff=1)
+
+        async def send():
+            with __import__("trio").move_on_after(3.0):
+                await n._host.pubsub.router.handle_prune(prune, ID.from_base58(attacker.peer_id))
+
+        n._call(send)
+        time.sleep(0.5)
+        assert not accepted, f"a PRUNE made the node dial the address it named {len(accepted)} times"
+    finally:
+        node.stop_all()
+        victim_port.close()
+        for c in accepted:
+            c.close()
+
