@@ -21,8 +21,8 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   per host across peer ids (DIALS_PER_ADDRESS, DIALS_PER_HOST per DIAL_BACKOFF_S; a dial that
   reaches its peer is not counted): keys are free, so adverts of many keys can all name one
   victim's address. A peer out of budget is not dialled (DialDeferred, no strike). py-libp2p's
-  own retries are off: one TCP attempt per address a dial; nor does gossipsub peer exchange
-  dial anything.
+  own retries are off: one TCP attempt per address a dial; nor do its auto-connector (which
+  re-dialled what the peerstore learned) or gossipsub peer exchange dial anything.
 - Such dials go to one address at a time (at most MAX_ADDRS_DIALLED of an advert's), each
   counted against that address and its host alone (py-libp2p dials one of the addresses it
   is given; every address was charged). A handshake proves who listens at an address (the
@@ -155,6 +155,13 @@ class SwarmHost:
         network = self.host.get_network()
         if hasattr(network, "retry_config"):
             network.retry_config = RetryConfig(max_retries=0)
+        # Nor does py-libp2p's auto-connector dial for it: below 50 connections (always, here)
+        # it dialled up to 32 peers of the peerstore every 10 s, which keeps for 120 s every
+        # address this node dialled (throw-away keys naming a victim's address included) and
+        # what peers say of themselves, past every dial budget.
+        connector = getattr(network, "auto_connector", None)
+        if connector is not None:
+            connector.maybe_connect = _no_auto_dials
         router = _SwarmGossipSub(
             self._is_trusted, protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
             degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,
@@ -662,6 +669,10 @@ class _SwarmGossipSub(GossipSub):
         if self._trusted_msg(msg):
             return True
         return super()._check_spam_protection(peer_id, msg)
+
+
+async def _no_auto_dials() -> None:
+    return None
 
 
 def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:

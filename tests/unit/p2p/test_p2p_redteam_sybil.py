@@ -501,3 +501,51 @@ def test_a_prune_with_peer_exchange_does_not_make_a_node_dial_what_it_names():
         for c in accepted:
             c.close()
 
+
+def test_py_libp2ps_auto_connector_does_not_dial_what_the_peerstore_learned():
+    """py-libp2p's swarm runs an auto-connector that, below 50 connections (always, in this
+    swarm), dials up to 16-32 peers of its peerstore every 10 s, with a backoff of 5, 15,
+    20... s per peer. The peerstore keeps for 120 s every address this node dialled, the dials
+    of throw-away keys naming a victim's address included, and what peers say of themselves
+    (identify): it re-dialled them past every dial budget of this layer, which dials for
+    itself (bootstrap peers, advertised peers)."""
+    import socket
+    import threading
+
+    import multiaddr
+    from libp2p.peer.id import ID
+
+    victim = socket.socket()
+    victim.bind(("127.0.0.1", 0))
+    victim.listen(64)
+    accepted: list = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(victim.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    node = Nodes({**FAST, "max_dial_peers": 0, "request_timeout_s": 1.0}, RUN, OP, COORD)
+    try:
+        n = node(KeyPair.generate())
+        sybils = [ID.from_base58(KeyPair.generate().peer_id) for _ in range(4)]
+
+        async def learn_and_wait():  # as a failed dial of each leaves them in the peerstore
+            import trio
+
+            store = n._host.host.get_peerstore()
+            for pid in sybils:
+                store.add_addrs(pid, [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{victim.getsockname()[1]}")], 120)
+            await n._host.host.get_network().auto_connector.maybe_connect()
+            await trio.sleep(0.5)
+
+        n._call(learn_and_wait)
+        assert not accepted, f"py-libp2p's auto-connector dialled the victim {len(accepted)} times"
+    finally:
+        node.stop_all()
+        victim.close()
+        for c in accepted:
+            c.close()
