@@ -25,6 +25,7 @@ Thread-safe (one lock and one condition); every method that depends on time take
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import OrderedDict, deque
@@ -104,6 +105,12 @@ class SwarmView:
         self.unendorsed_relays, self.unendorsed_per_signer = unendorsed_relays, unendorsed_per_signer
         self._withdrawn: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._peers: dict[str, PeerInfo] = {}
+        # Heaps of (expires_at, signer) and (heard_at, signer) over the peers, stale entries
+        # skipped when met and the heaps rebuilt when mostly stale: each advert costs O(log n),
+        # not two scans of the whole table (0.48 ms an advert with 4096 holders).
+        self._peer_expiry: list[tuple[float, str]] = []
+        self._peer_heard: list[tuple[float, str]] = []
+        self._relays_expire_at = float("inf")  # no relay expires before this
         self._notices: deque[tuple[float, str, Notice]] = deque(maxlen=64)
 
     # -- writing (the node's thread) --------------------------------------------------------
@@ -166,6 +173,7 @@ class SwarmView:
         new = key not in table
         table[key] = RelayInfo(key[1], body.region, body.capacity_mbps, tuple(body.versions),
                                signer_id, min(ts, now) + body.ttl_s, endorsed, ts)
+        self._relays_expire_at = min(self._relays_expire_at, table[key].expires_at)
         return new or moved
 
     def _apply_have(self, body: HaveAdvert, signer: str, signer_id: str, ts: float, now: float) -> bool:
@@ -178,20 +186,44 @@ class SwarmView:
             # Keys are free: a table filled once with long-lived adverts would keep every honest
             # holder out. The peer whose last word was heard longest ago makes room for a newer
             # one, so holding the table takes re-advertising every key faster than honest peers do.
-            stalest = min(self._peers, key=lambda k: self._peers[k].heard_at)
+            stalest = self._stalest_peer()
             if self._peers[stalest].heard_at >= heard:
                 return False
             del self._peers[stalest]
-        self._peers[signer] = PeerInfo(signer_id, tuple(body.addrs), tuple(sorted(set(body.versions))),
-                                       heard + body.ttl_s, ts, heard)
-        return old is None or old.versions != self._peers[signer].versions
+        new = self._peers[signer] = PeerInfo(signer_id, tuple(body.addrs), tuple(sorted(set(body.versions))),
+                                             heard + body.ttl_s, ts, heard)
+        heapq.heappush(self._peer_expiry, (new.expires_at, signer))
+        heapq.heappush(self._peer_heard, (new.heard_at, signer))
+        if len(self._peer_expiry) + len(self._peer_heard) > 4 * len(self._peers) + 64:
+            self._peer_expiry = [(p.expires_at, k) for k, p in self._peers.items()]
+            self._peer_heard = [(p.heard_at, k) for k, p in self._peers.items()]
+            heapq.heapify(self._peer_expiry)
+            heapq.heapify(self._peer_heard)
+        return old is None or old.versions != new.versions
+
+    def _stalest_peer(self) -> str:
+        """The signer of the peer heard from longest ago (the table is not empty)."""
+        heap = self._peer_heard
+        while True:
+            heard, k = heap[0]
+            p = self._peers.get(k)
+            if p is not None and p.heard_at == heard:
+                return k
+            heapq.heappop(heap)
 
     def _expire(self, now: float) -> None:
-        for table in (self._relays, self._unendorsed):
-            for k in [k for k, r in table.items() if r.expires_at <= now]:
-                del table[k]
-        for k in [k for k, p in self._peers.items() if p.expires_at <= now]:
-            del self._peers[k]
+        if self._relays_expire_at <= now:
+            for table in (self._relays, self._unendorsed):
+                for k in [k for k, r in table.items() if r.expires_at <= now]:
+                    del table[k]
+            self._relays_expire_at = min((r.expires_at for t in (self._relays, self._unendorsed)
+                                          for r in t.values()), default=float("inf"))
+        heap = self._peer_expiry
+        while heap and heap[0][0] <= now:
+            expires_at, k = heapq.heappop(heap)
+            p = self._peers.get(k)
+            if p is not None and p.expires_at == expires_at:
+                del self._peers[k]
 
     # -- reading (any thread) ---------------------------------------------------------------
     def latest_version(self) -> int | None:

@@ -549,3 +549,28 @@ def test_py_libp2ps_auto_connector_does_not_dial_what_the_peerstore_learned():
         victim.close()
         for c in accepted:
             c.close()
+
+
+def test_an_advert_costs_the_view_about_as_much_with_a_full_peer_table_as_with_a_small_one():
+    """Each admitted advert scanned the whole peer table twice (expiry, then the oldest to drop
+    when full): 0.48 ms an advert with 4096 holders, 2.6 times the gate's signature and schema
+    checks, at up to max_messages_per_s (200) adverts a second from each peer."""
+    from shardcast.p2p.view import MAX_PEERS, SwarmView
+
+    body = HaveAdvert(run_id=RUN, versions=[1], addrs=["/ip4/8.8.8.8/tcp/4001"], ttl_s=600)
+    a = _ann(KIND_HAVE, body, KeyPair.generate(), 1_800_000_000.0)
+    keys = [KeyPair.from_seed(i.to_bytes(32, "big")).public for i in range(MAX_PEERS + 1000)]
+
+    def cost(table: int) -> float:
+        t, view = 1_800_000_000.0, SwarmView()
+        for i in range(table):
+            view.apply(type(a)(kind=a.kind, body=body, signer=keys[i], timestamp=t, envelope=a.envelope), t)
+        t0 = time.perf_counter()
+        for j in range(1000):  # newer adverts of new keys: each makes room when the table is full
+            ts = t + 1 + j * 0.001
+            view.apply(type(a)(kind=a.kind, body=body, signer=keys[MAX_PEERS + j], timestamp=ts,
+                               envelope=a.envelope), ts)
+        return (time.perf_counter() - t0) / 1000
+
+    small, full = min(cost(256) for _ in range(2)), min(cost(MAX_PEERS) for _ in range(2))
+    assert full < 4 * small, f"{full * 1e3:.3f} ms an advert with {MAX_PEERS} holders, {small * 1e3:.3f} ms with 256"
