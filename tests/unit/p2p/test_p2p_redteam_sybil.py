@@ -574,3 +574,55 @@ def test_an_advert_costs_the_view_about_as_much_with_a_full_peer_table_as_with_a
 
     small, full = min(cost(256) for _ in range(2)), min(cost(MAX_PEERS) for _ in range(2))
     assert full < 4 * small, f"{full * 1e3:.3f} ms an advert with {MAX_PEERS} holders, {small * 1e3:.3f} ms with 256"
+
+
+def test_hostile_frames_on_the_shard_exchange_are_dropped_and_the_holder_keeps_serving(tmp_path):
+    """A frame announcing 4 GiB, 4 KiB of nested brackets, bytes that are not UTF-8, a frame
+    cut short, a request of another run: each stream is dropped (or refused), nothing is kept
+    waiting, and the holder serves the next honest request."""
+    import struct
+
+    import trio
+
+    from shardcast.p2p import FolderStore, PeerShards, wire
+
+    signed_checkpoint(tmp_path / "held", 1, run_id=RUN, operator=OP, size=1000)
+    node = Nodes({**FAST, "max_dial_peers": 0}, RUN, OP, COORD)
+    try:
+        holder = node(KeyPair.generate(), FolderStore(tmp_path / "held", OP.public))
+        b = {"bootstrap": holder.multiaddrs}
+        attacker, worker = node(KeyPair.generate(), **b), node(KeyPair.generate(), **b)
+        wait_for(lambda: holder.peer_id in {p.peer_id for p in worker.peers_with(1)}, "the holder advertised")
+        other_run = wire.encode_model(wire.ShardRequest(run_id="other-run", op="manifest", version=1))
+        payloads = [struct.pack(">I", 2**32 - 1), struct.pack(">I", 4096) + b"[" * 4096,
+                    struct.pack(">I", 8) + b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8", struct.pack(">I", 100) + b"{",
+                    struct.pack(">I", len(other_run)) + other_run]
+        answers: list = []
+
+        async def send_all():
+            from libp2p.network.stream.exceptions import StreamEOF
+            from libp2p.peer.id import ID
+
+            from shardcast.p2p._host import NET_ERRORS, _peer_info
+
+            host = attacker._host.host
+            await host.connect(_peer_info(holder.peer_id, tuple(holder.multiaddrs)))
+            for data in payloads:
+                s = await host.new_stream(ID.from_base58(holder.peer_id), [wire.PROTOCOL_ID])
+                await s.write(data)
+                if data.endswith(b"{"):
+                    await s.close()  # cut short
+                try:
+                    with trio.fail_after(8.0):
+                        answers.append(await s.read(4096))
+                except (StreamEOF, *NET_ERRORS) as exc:
+                    answers.append(type(exc).__name__)
+
+        attacker._call(send_all)
+        assert len(answers) == len(payloads)
+        assert b"other-run" in answers[-1]
+        wait_for(lambda: not holder._host._waiting.live() and not holder._host._serving.live(), "nothing held")
+        assert holder.running
+        assert len(PeerShards(worker, OP.public).fetch_shard(1, 0)) > 0
+    finally:
+        node.stop_all()
