@@ -79,6 +79,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from protocol.envelope import Envelope
 from protocol.identity import KeyPair
 from shardcast.p2p import wire
+from shardcast.p2p.addresses import dial_host
 from shardcast.p2p.announcements import UNTRUSTED_KINDS, Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.errors import DialDeferred, PeerBusy, PeerRequestFailed, Rejected
@@ -682,18 +683,25 @@ def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:
 
 def _dial_targets(addrs) -> dict[str, int]:
     """What dialling `addrs` (multiaddrs) costs: each address (without its /p2p/ part) and
-    each host (/ip4|ip6|dns.../HOST), with its budget of dials per DIAL_BACKOFF_S."""
+    each host (/ip4|ip6|dns.../HOST), with its budget of dials per DIAL_BACKOFF_S. Hosts are
+    spelt one way (`dial_host`): /ip6/::ffff:A.B.C.D is A.B.C.D, with its budget."""
     out: dict[str, int] = {}
     for a in addrs:
-        text = str(a).split("/p2p/")[0]
-        parts = text.split("/")
-        out[f"addr {text}"] = DIALS_PER_ADDRESS
-        out[f"host {'/'.join(parts[1:3])}"] = DIALS_PER_HOST
+        out[_addr_key(a)] = DIALS_PER_ADDRESS
+        out[f"host {_host_of(a)}"] = DIALS_PER_HOST
     return out
 
 
+def _host_of(maddr) -> str:
+    parts = str(maddr).split("/p2p/")[0].split("/")
+    return dial_host(parts[1], parts[2]) if len(parts) > 2 else "/".join(parts)
+
+
 def _addr_key(maddr) -> str:
-    return f"addr {str(maddr).split('/p2p/')[0]}"
+    parts = str(maddr).split("/p2p/")[0].split("/")
+    if len(parts) > 2:
+        parts = ["", *dial_host(parts[1], parts[2]).split("/", 1), *parts[3:]]
+    return f"addr {'/'.join(parts)}"
 
 
 def _unique(addrs) -> list:

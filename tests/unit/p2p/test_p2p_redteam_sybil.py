@@ -626,3 +626,25 @@ def test_hostile_frames_on_the_shard_exchange_are_dropped_and_the_holder_keeps_s
         assert len(PeerShards(worker, OP.public).fetch_shard(1, 0)) > 0
     finally:
         node.stop_all()
+
+
+def test_other_spellings_of_an_address_share_its_dial_budget():
+    """The dial budget was keyed by the multiaddr's text: /ip6/::ffff:203.0.113.7 (which a
+    dual-stack socket dials over IPv4 to 203.0.113.7, and which the gate admits, the IPv4
+    inside being public) and /ip6/0:0:0:0:0:ffff:cb00:7107 were other hosts, each with a
+    budget of its own; the gate admits them alike."""
+    from collections import OrderedDict
+
+    from shardcast.p2p import _host
+    from shardcast.p2p.addresses import check_multiaddr
+
+    spellings = ["/ip4/203.0.113.7/tcp/4001", "/ip6/::ffff:203.0.113.7/tcp/4001",
+                 "/ip6/0:0:0:0:0:ffff:cb00:7107/tcp/4001", "/ip6/::ffff:cb00:7107/tcp/4001"]
+    for a in spellings[1:]:
+        check_multiaddr(a.replace("203.0.113.7", "8.8.8.8").replace("cb00:7107", "808:808"), allow_private=False)
+    h = _host.SwarmHost.__new__(_host.SwarmHost)
+    h._dials = OrderedDict()
+    spent = [h._spend_dial(_host._dial_targets([a])) for a in spellings]
+    assert spent == [True, True, False, False], spent  # 2 per address, whatever the spelling
+    hosts = [_host._dial_targets([f"/ip6/::ffff:203.0.113.7/tcp/{5000 + i}"]) for i in range(_host.DIALS_PER_HOST)]
+    assert [h._spend_dial(t) for t in hosts].count(True) == _host.DIALS_PER_HOST - 2  # the host's budget too
