@@ -64,6 +64,10 @@ MAX_EMBEDDED_MANIFEST_BYTES = 256 * 1024
 # checked, which for a 1 MiB message costs the receiver ~10 ms of CPU (its signer need not even
 # sign: the encoding is paid before the signature fails).
 MAX_UNTRUSTED_BYTES = 16 * 1024
+# Trusted kinds are as large as honest ones get: a version announcement embeds a manifest of
+# at most MAX_EMBEDDED_MANIFEST_BYTES, a notice is 2000 characters and 32 small values. A
+# forgery naming the coordinator's key cost ~7 ms of CPU a MiB to refuse.
+MAX_KIND_BYTES = {KIND_VERSION: MAX_EMBEDDED_MANIFEST_BYTES + 16 * 1024, KIND_NOTICE: 64 * 1024}
 MAX_VERSION = 2**63 - 1  # what a version number may be in an advert anyone may sign
 MAX_ADVERT_TTL_S = 600.0
 MAX_TRACKED_SIGNERS = 10_000
@@ -251,7 +255,7 @@ class Gate:
         body_type = BODY_TYPES.get(env.kind)
         if body_type is None:
             raise Rejected("unknown-kind", env.kind)
-        if env.kind in UNTRUSTED_KINDS and len(data) > MAX_UNTRUSTED_BYTES:
+        if len(data) > (MAX_UNTRUSTED_BYTES if env.kind in UNTRUSTED_KINDS else MAX_KIND_BYTES[env.kind]):
             raise Rejected("oversized", f"{len(data)} bytes of {env.kind}")
         # Before the body is encoded and the signature checked (~2 ms for an announcement
         # with a 256 KiB manifest): old announcements replayed are each a new message to

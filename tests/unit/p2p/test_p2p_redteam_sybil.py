@@ -247,7 +247,7 @@ def test_a_peer_that_forwards_forged_signatures_of_a_trusted_key_is_cut_off():
         time.sleep(1.5)  # the gossipsub mesh forms on the heartbeat
         k = KeyPair.generate()
         for i in range(12):
-            env = seal(KIND_NOTICE, Notice(run_id=RUN, text="x" * 2000, data={f"k{j}": "y" * 4000 for j in range(32)}),
+            env = seal(KIND_NOTICE, Notice(run_id=RUN, text="x" * 2000, data={f"k{j}": "y" * 1500 for j in range(32)}),
                        k, run_id=RUN, audience=AUDIENCE_SWARM)
             attacker.publish_envelope(env.model_copy(update={"signer": COORD.public.hex}))
             time.sleep(0.05)
@@ -672,3 +672,26 @@ def test_a_stale_announcement_is_refused_before_its_signature_is_checked(monkeyp
     with pytest.raises(Rejected) as err:
         gate.admit(encode(old), now)
     assert err.value.reason == "stale"
+
+
+@pytest.mark.parametrize("kind", ["swarm_version", "swarm_notice"])
+def test_a_trusted_kind_larger_than_any_honest_one_is_refused_before_its_signature_is_checked(monkeypatch, kind):
+    """Versions and notices were allowed 1 MiB (gossipsub's frame): a forgery naming the
+    coordinator's key cost ~7 ms of CPU to refuse. No honest one comes near: a version
+    announcement embeds a manifest of at most 256 KiB (else only its hash), a notice is 2000
+    characters and 32 small values."""
+    from shardcast.p2p import announcements
+    from shardcast.p2p.announcements import Gate, Notice, encode
+    from shardcast.p2p.errors import Rejected
+
+    now = time.time()
+    env = seal("swarm_notice", Notice(run_id=RUN, text="x"), COORD, run_id=RUN, audience=AUDIENCE_SWARM, now=now)
+    big = env.model_copy(update={"kind": kind, "body": {**env.body, "pad": "x" * (600 * 1024)}})
+
+    def no_verify(*a, **k):
+        raise AssertionError("an oversized announcement was encoded and its signature checked")
+
+    monkeypatch.setattr(announcements, "open_envelope", no_verify)
+    with pytest.raises(Rejected) as err:
+        Gate(RUN, OP.public, COORD.public).admit(encode(big), now)
+    assert err.value.reason == "oversized"
