@@ -1,13 +1,28 @@
-"""Red-team findings against what throw-away keys can make a node do to honest peers (real
-libp2p hosts on loopback; each test failed before its fix):
+"""Red-team findings against what throw-away keys and hostile peers can make a node do (real
+libp2p hosts on loopback where it matters; each test but the two probes at the end failed
+before its fix):
 
-- have adverts of throw-away keys that name an honest holder's address: each dial of such a
-  "holder" reaches the honest peer, whose handshake proves another key, and was counted
-  against that address's dial budget (2 per 60 s), so two of them kept every node from
-  dialling the honest holder itself for a minute. Dials are now made one address at a
-  time, each counted against that address alone, and a handshake that proves who listens at
-  an address is remembered: the owner is dialled there without a budget, other keys naming
-  it are not dialled at all.
+- have adverts of throw-away keys naming an honest holder's address (or a dead address
+  first, or closed ports of its host) spent that address's or host's dial budget: the worker
+  got no shard from the honest holder for 60 s and more. Dials go one address at a time,
+  each charged alone; a handshake proves who listens at an address (the owner is dialled
+  there without a budget, other keys naming it are not dialled); a refused dial is not
+  charged to the host; other spellings of an address share its budget; the whole dial has
+  one connect timeout;
+- two fresh keys held all 4 serving slots of a holder (silent streams, or requests never
+  read): requests wait in a table of their own, bodies are written at a minimum rate, and a
+  peer holding no slot takes one from a peer holding two; a holder answering "busy" is not
+  struck off;
+- adverts dated up to 60 s ahead outranked honest ones in a full peer table (and lived past
+  their ttl); each advert scanned the whole table twice (0.48 ms with 4096 holders);
+- a peer forwarding forged signatures of the coordinator's key (7 ms of CPU a MiB) went on
+  for ever: blacklisted after 3; stale and oversized trusted announcements are refused before
+  their signature is checked;
+- py-libp2p's gossipsub answered an IWANT with as many copies as it listed (34.8 MB queued for
+  5 IWANTs of 68 KB), dialled the peers any PRUNE listed, and its auto-connector re-dialled
+  whatever the peerstore learned, past every dial budget;
+- node_status listed every peer with every version (5.7 MB of JSON with 4096 keys);
+- probes that held: hostile frames on the shard exchange, a holder that never answers.
 """
 
 from __future__ import annotations
@@ -695,3 +710,29 @@ def test_a_trusted_kind_larger_than_any_honest_one_is_refused_before_its_signatu
     with pytest.raises(Rejected) as err:
         Gate(RUN, OP.public, COORD.public).admit(encode(big), now)
     assert err.value.reason == "oversized"
+
+
+def test_a_holder_that_takes_the_request_and_never_answers_is_left_within_the_rate_window(tmp_path):
+    """A probe of the asking side (it held): the reply's head must come within rate_window_s,
+    not the request deadline."""
+    import trio
+
+    from shardcast.p2p import FolderStore, PeerShards
+
+    signed_checkpoint(tmp_path / "held", 1, run_id=RUN, operator=OP, size=1000)
+    node = Nodes({**FAST, "rate_window_s": 1.0, "request_timeout_s": 30.0, "max_dial_peers": 0}, RUN, OP, COORD)
+    try:
+        mute = node(KeyPair.generate(), FolderStore(tmp_path / "held", OP.public))
+
+        async def never_answer(stream):
+            await trio.sleep(3600)
+
+        mute._host._serve_one = never_answer
+        worker = node(KeyPair.generate(), bootstrap=mute.multiaddrs)
+        wait_for(lambda: mute.peer_id in {p.peer_id for p in worker.peers_with(1)}, "the holder advertised")
+        t0 = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017 - FetchFailed: the one holder is mute
+            PeerShards(worker, OP.public, attempts=1).manifest(1)
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        node.stop_all()
