@@ -10,6 +10,10 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   validation cache is kept to a second so no admitted message skips the gate on re-arrival.
   The validator itself applies what it admits to the view and hands what changed it to the
   node (py-libp2p's subscription channel drops when full: nothing admitted depends on it).
+  A direct peer that forwards FORGED_STRIKES messages the gate calls forged (a signature that
+  fails for the key it names: no honest peer forwards one) is blacklisted by the pubsub (its
+  messages dropped unchecked; bootstrap peers excepted): forgeries naming a trusted key cost
+  ~7 ms of CPU a MiB to check, at up to max_messages_per_s a peer.
 - Loops: receive (drains the subscription), bootstrap (re-dial unconnected bootstrap peers),
   adverts (re-seal and repeat standing adverts), dial (a few advertised peers at once, so the
   mesh does not hang on the bootstrap peer alone).
@@ -17,9 +21,26 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   per host across peer ids (DIALS_PER_ADDRESS, DIALS_PER_HOST per DIAL_BACKOFF_S; a dial that
   reaches its peer is not counted): keys are free, so adverts of many keys can all name one
   victim's address. A peer out of budget is not dialled (DialDeferred, no strike). py-libp2p's
-  own retries are off: one TCP attempt per address a dial.
+  own retries are off: one TCP attempt per address a dial; nor do its auto-connector (which
+  re-dialled what the peerstore learned) or gossipsub peer exchange dial anything.
+- Such dials go to one address at a time (at most MAX_ADDRS_DIALLED of an advert's), each
+  counted against that address and its host alone (py-libp2p dials one of the addresses it
+  is given; every address was charged). A handshake proves who listens at an address (the
+  peer dialled, or another key: the advert lied), and that is remembered OWNER_TTL_S: the
+  owner is dialled there without a budget, other keys naming the address are not dialled.
+  So throw-away keys naming an honest peer's address cannot spend that address's budget and
+  keep the honest peer undialled (two such dials did, for 60 s). A dial the host refused
+  (nothing listens on that port: its kernel answered, at no cost to it) is charged to the
+  address alone, so keys naming closed ports of an honest peer's host cannot spend the
+  host's budget either.
 - Stream handler: serves manifests and shards from the node's ShardStore, a bounded number
-  at once, reading disk in a worker thread.
+  at once, reading disk in a worker thread. A stream waits for its request (REQUEST_READ_
+  TIMEOUT_S) in a table of its own (MAX_WAITING_PER_SLOT per serving slot), and takes a
+  serving slot only once its request is read; a body written must keep up `min_rate_bps`
+  (`Pace`, as a reply read must); slots are shared among peers (`shardcast.p2p.slots`: at
+  most MAX_SERVES_PER_PEER each, and a peer holding none takes one from a peer holding that
+  many). Two fresh keys held all 4 slots of a holder: silent streams for 10 s at a time,
+  requests never read for the whole 60 s request deadline.
 - Asking (`request`): besides the request deadline, the reply's head must come within
   `rate_window_s` and its body keep up `min_rate_bps` (`Pace`), so a peer that drips is
   dropped within about a window and the shard asked of another.
@@ -32,6 +53,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 from collections import OrderedDict
 from typing import Callable
@@ -48,15 +70,20 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, get_content_addressed_msg_id
+from libp2p.pubsub.utils import safe_bytes_from_hex
+from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.envelope import Envelope
 from protocol.identity import KeyPair
 from shardcast.p2p import wire
+from shardcast.p2p.addresses import dial_host
 from shardcast.p2p.announcements import UNTRUSTED_KINDS, Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
-from shardcast.p2p.errors import DialDeferred, PeerRequestFailed, Rejected
+from shardcast.p2p.errors import DialDeferred, PeerBusy, PeerRequestFailed, Rejected
+from shardcast.p2p.slots import Slots
 from shardcast.p2p.store import ShardStore
 from shardcast.p2p.view import Counters, SwarmView
 
@@ -68,8 +95,11 @@ from shardcast.p2p.view import Counters, SwarmView
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 log = logging.getLogger("shardcast.p2p")
 MAX_TRUSTED_IDS = 1024
+FORGED_STRIKES = 3      # forged messages a direct peer may forward before it is blacklisted
+MAX_BLOCKED = 1024      # forwarders blacklisted at once (the oldest let back first)
 MAX_SERVES_PER_PEER = 2
-REQUEST_READ_TIMEOUT_S = 10.0
+MAX_WAITING_PER_SLOT = 4  # streams that may wait for their request, per serving slot
+REQUEST_READ_TIMEOUT_S = 5.0  # a request is one small frame, written as soon as the stream opens
 DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
 MAX_DIAL_FAILED = 4096
 DIALS_PER_ADDRESS = 2   # dials of advertised peers to one address in flight or failed per DIAL_BACKOFF_S,
@@ -77,6 +107,12 @@ DIALS_PER_HOST = 16     # ... and to one host (IP or name), whatever the ports a
                         # and adverts of many keys naming one victim's address made every node dial it
                         # once per key (a dial that reaches its peer is not counted)
 MAX_DIAL_TARGETS = 4096
+IWANT_RETRANSMISSIONS = 3  # times one cached gossip message is sent to one peer that asks for it
+MAX_IWANT_IDS = 512        # ids answered of one IWANT request
+MAX_IWANT_TRACKED = 16384  # (peer, message) pairs whose retransmissions are counted
+MAX_ADDRS_DIALLED = 3   # addresses of one advertised peer tried in one dial, one at a time
+OWNER_TTL_S = DIAL_BACKOFF_S  # how long a handshake's proof of who listens at an address is used
+_MISMATCH = re.compile(r"remote_peer_id_from_pubkey=(\w+)")
 # What the network side can raise at this boundary; translated, never swallowed silently.
 NET_ERRORS = (BaseLibp2pError, multiaddr.exceptions.Error, ValueError, OSError,
               trio.BrokenResourceError, trio.ClosedResourceError)
@@ -97,12 +133,15 @@ class SwarmHost:
         self.deliver, self.standing, self.counters = deliver, standing, counters
         self.topic = topic_for(run_id)
         self._trusted: OrderedDict[bytes, None] = OrderedDict()  # ids of admitted versions and notices
-        self._serving = trio.Semaphore(cfg.max_concurrent_serves)
-        self._serving_peers: dict[str | None, int] = {}  # requests being served, per remote peer
+        self._forged: OrderedDict[ID, int] = OrderedDict()  # forwarder -> forged messages it sent
+        self._blocked: OrderedDict[ID, None] = OrderedDict()
+        self._serving = Slots(cfg.max_concurrent_serves, MAX_SERVES_PER_PEER)  # requests being answered
+        self._waiting = Slots(MAX_WAITING_PER_SLOT * cfg.max_concurrent_serves, MAX_SERVES_PER_PEER)
         self._kick = trio.Event()
         self._unreachable: set[str] = set()
         self._dial_failed: OrderedDict[str, float] = OrderedDict()  # peer id -> monotonic time
         self._dials: OrderedDict[str, list[float]] = OrderedDict()  # address or host -> dials counted
+        self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()  # address -> (peer id proven there, when)
         self.host = None
         self.pubsub = None
 
@@ -117,6 +156,13 @@ class SwarmHost:
         network = self.host.get_network()
         if hasattr(network, "retry_config"):
             network.retry_config = RetryConfig(max_retries=0)
+        # Nor does py-libp2p's auto-connector dial for it: below 50 connections (always, here)
+        # it dialled up to 32 peers of the peerstore every 10 s, which keeps for 120 s every
+        # address this node dialled (throw-away keys naming a victim's address included) and
+        # what peers say of themselves, past every dial budget.
+        connector = getattr(network, "auto_connector", None)
+        if connector is not None:
+            connector.maybe_connect = _no_auto_dials
         router = _SwarmGossipSub(
             self._is_trusted, protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
             degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,
@@ -165,6 +211,8 @@ class SwarmHost:
         except Rejected as exc:
             self.counters.inc(f"rejected_{exc.reason}")
             log.debug("dropped an announcement from %s: %s", forwarder, exc)
+            if exc.forged:
+                self._strike_forwarder(forwarder)
             return False
         if ann.kind not in UNTRUSTED_KINDS:
             self._trusted[self.pubsub.get_message_id(msg)] = None
@@ -177,6 +225,24 @@ class SwarmHost:
         if self.view.apply(ann, now=now):  # repeats of standing adverts are not news
             self.deliver(ann)
         return True
+
+    def _strike_forwarder(self, forwarder: ID) -> None:
+        if forwarder == self.host.get_id() or forwarder in self._blocked or any(
+                forwarder.to_base58() in a for a in self.cfg.bootstrap):
+            return
+        n = self._forged.pop(forwarder, 0) + 1
+        self._forged[forwarder] = n
+        while len(self._forged) > MAX_DIAL_FAILED:
+            self._forged.popitem(last=False)
+        if n < FORGED_STRIKES:
+            return
+        del self._forged[forwarder]
+        log.warning("p2p: blacklisting peer %s: it forwarded %d messages with forged signatures", forwarder, n)
+        self.counters.inc("forwarders_blocked")
+        self._blocked[forwarder] = None
+        self.pubsub.add_to_blacklist(forwarder)
+        while len(self._blocked) > MAX_BLOCKED:
+            self.pubsub.remove_from_blacklist(self._blocked.popitem(last=False)[0])
 
     def _is_trusted(self, msg) -> bool:
         """Whether the gate admitted `msg` as signed by the operator or coordinator key."""
@@ -223,27 +289,93 @@ class SwarmHost:
         addresses came from an advert anyone may sign, so the dial is counted against the
         budget of each address and host it names (`_spend_dial`); DialDeferred when one of
         them is spent."""
+        if budget and info.peer_id not in self.host.get_connected_peers():
+            return await self._connect_advertised(info)
+        return (await self._dial(info)) is None
+
+    async def _dial(self, info: Libp2pPeerInfo, timeout_s: float | None = None) -> BaseException | None:
+        """One connect (within `timeout_s`, default the connect timeout); None when connected,
+        else what failed."""
         # py-libp2p's swarm refuses to dial a peer for 60 s after all its addresses failed once
         # (a "negative cache"); this layer paces its own redials (bootstrap_interval_s, peer
         # strikes), so a bootstrap peer that starts after us is reached at the next attempt.
-        targets: dict[str, int] = {}
-        if budget and info.peer_id not in self.host.get_connected_peers():
-            targets = _dial_targets(info.addrs)
-            if not self._spend_dial(targets):
-                raise DialDeferred(f"peer {info.peer_id}: not dialled, its address is out of dial budget "
-                                   f"({DIALS_PER_ADDRESS} per address, {DIALS_PER_HOST} per host, per "
-                                   f"{DIAL_BACKOFF_S:.0f} s)")
         unblock = getattr(self.host.get_network(), "unblock_peer", None)
         if unblock is not None:
             unblock(info.peer_id)
         try:
-            with trio.fail_after(min(10.0, self.cfg.request_timeout_s)):
+            with trio.fail_after(self._connect_timeout_s() if timeout_s is None else timeout_s):
                 await self.host.connect(info)
         except (*NET_ERRORS, trio.TooSlowError) as exc:
             log.debug("p2p: could not connect to %s: %s", info.peer_id, exc)
-            return False
-        self._refund_dial(targets)  # a peer answered there: no victim of a flood of adverts
-        return True
+            return exc
+        return None
+
+    def _connect_timeout_s(self) -> float:
+        return min(10.0, self.cfg.request_timeout_s)
+
+    async def _connect_advertised(self, info: Libp2pPeerInfo) -> bool:
+        """Dial a peer an advert named, one address at a time (see the module docstring),
+        all of them within one connect timeout."""
+        pid, deferred, tried = info.peer_id.to_base58(), False, 0
+        until = trio.current_time() + self._connect_timeout_s()
+        for maddr in _unique(info.addrs):
+            if tried >= MAX_ADDRS_DIALLED or trio.current_time() >= until:
+                break
+            addr = _addr_key(maddr)
+            owner = self._owner(addr)
+            if owner is not None and owner != pid:
+                continue  # another key proved it listens there: this advert lied
+            targets = {} if owner == pid else _dial_targets([maddr])
+            if not self._spend_dial(targets):
+                deferred = True
+                continue
+            tried += 1
+            # exactly this address: py-libp2p dials what its peerstore holds for the peer
+            self.host.get_peerstore().clear_addrs(info.peer_id)
+            failed = await self._dial(Libp2pPeerInfo(info.peer_id, [maddr]), until - trio.current_time())
+            if failed is None:
+                self._refund_dial(targets)  # a peer answered there: no victim of a flood of adverts
+                self._set_owner(addr, pid)
+                return True
+            proven = _proven_instead(failed)
+            if proven is not None:
+                self._set_owner(addr, proven)
+            elif owner == pid:
+                self._owners.pop(addr, None)  # not there any more
+            if any(isinstance(e, ConnectionRefusedError) for e in _causes(failed)):
+                # refused by the host's kernel: no cost to it, and keys naming its closed ports
+                # would spend the host's budget for the peers that do listen there
+                self._refund_dial({k: n for k, n in targets.items() if k.startswith("host ")})
+        if deferred and not tried:
+            raise DialDeferred(f"peer {info.peer_id}: not dialled, its address is out of dial budget "
+                               f"({DIALS_PER_ADDRESS} per address, {DIALS_PER_HOST} per host, per "
+                               f"{DIAL_BACKOFF_S:.0f} s)")
+        return False
+
+    def _owner(self, addr: str) -> str | None:
+        hit = self._owners.get(addr)
+        if hit is None:
+            return None
+        if time.monotonic() - hit[1] >= OWNER_TTL_S:
+            del self._owners[addr]
+            return None
+        return hit[0]
+
+    def _set_owner(self, addr: str, peer_id: str) -> None:
+        self._owners.pop(addr, None)
+        self._owners[addr] = (peer_id, time.monotonic())
+        while len(self._owners) > MAX_DIAL_TARGETS:
+            self._owners.popitem(last=False)
+
+    def _dialable(self, peer_id: str, addrs, now: float) -> str | None:
+        """The first address of `addrs` a dial of `peer_id` would try now (not another key's,
+        within its budget), None when there is none."""
+        for maddr in _unique(addrs):
+            addr = _addr_key(maddr)
+            owner = self._owner(addr)
+            if owner == peer_id or (owner is None and self._dial_budget_left(_dial_targets([maddr]), now)):
+                return addr
+        return None
 
     def _dial_budget_left(self, targets: dict[str, int], now: float) -> bool:
         for key, limit in targets.items():
@@ -327,11 +459,10 @@ class SwarmHost:
         for p in candidates:
             if len(chosen) >= self.cfg.max_dial_peers - len(connected):
                 break
-            targets = _dial_targets(p.addrs)
-            addrs = {k for k in targets if k.startswith("addr ")}
-            if addrs & taken or not self._dial_budget_left(targets, now):
+            addr = self._dialable(p.peer_id, p.addrs, now)
+            if addr is None or addr in taken:
                 continue
-            taken |= addrs
+            taken.add(addr)
             chosen.append(p)
         async with trio.open_nursery() as nursery:  # at once: a round lasts one connect timeout at most
             for p in chosen:
@@ -353,37 +484,63 @@ class SwarmHost:
 
     # -- shard exchange: serving ------------------------------------------------------------
     async def _serve(self, stream) -> None:
-        # One peer may hold only a few of the slots: a peer that opens streams and says nothing
-        # (or never reads) would otherwise keep every slot taken, one read timeout after another.
-        peer = _remote_peer(stream)
-        if self._serving.value == 0 or self._serving_peers.get(peer, 0) >= MAX_SERVES_PER_PEER:
-            await self._reply_error(stream, "busy")
-            return
-        self._serving_peers[peer] = self._serving_peers.get(peer, 0) + 1
-        try:
-            async with self._serving:
-                await self._serve_one(stream)
-        finally:
-            left = self._serving_peers.pop(peer, 1) - 1
-            if left > 0:
-                self._serving_peers[peer] = left
+        await self._serve_one(stream)
 
     async def _serve_one(self, stream) -> None:
+        peer = _remote_peer(stream)
+        req = await self._read_request(stream, peer)
+        if req is None:
+            return
+        finished = False
+        with trio.CancelScope() as scope:
+            slot = self._serving.take(peer, trio.current_time(), scope.cancel)
+            if slot is None:
+                await self._reply_error(stream, "busy")
+                return
+            try:
+                finished = await self._answer(stream, req, peer)
+            finally:
+                self._serving.release(slot, finished)
+        if scope.cancelled_caught:
+            self.counters.inc("serve_taken_back")
+            log.debug("p2p: a transfer to %s gave its slot to a peer that held none", peer)
+            await _reset(stream)
+
+    async def _read_request(self, stream, peer: str | None) -> wire.ShardRequest | None:
+        """The stream's request, read in the waiting table (no serving slot meanwhile); None
+        when refused (busy), silent past REQUEST_READ_TIMEOUT_S, malformed or taken back."""
+        with trio.CancelScope() as scope:
+            slot = self._waiting.take(peer, trio.current_time(), scope.cancel)
+            if slot is None:
+                await self._reply_error(stream, "busy")
+                return None
+            try:
+                with trio.fail_after(REQUEST_READ_TIMEOUT_S):
+                    return wire.decode_request(await wire.read_frame(stream, StreamEOF))
+            except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
+                log.debug("p2p: no valid shard request from %s: %s", peer, exc)
+            finally:
+                self._waiting.release(slot)
+        await _reset(stream)
+        return None
+
+    async def _answer(self, stream, req: wire.ShardRequest, peer: str | None) -> bool:
+        """Serve one request; True when the whole reply was written."""
         try:
-            with trio.fail_after(REQUEST_READ_TIMEOUT_S):  # a silent peer cannot hold a slot long
-                req = wire.decode_request(await wire.read_frame(stream, StreamEOF))
             with trio.fail_after(self.cfg.request_timeout_s):
                 data = await self._lookup(req)
                 if isinstance(data, str):
                     await self._reply_error(stream, data)
-                    return
+                    return False
                 await wire.write_frame(stream, wire.encode_model(wire.ShardReply(ok=True, size=len(data))))
-                await wire.write_body(stream, data)
+                await wire.write_body(stream, data, Pace(self.cfg.min_rate_bps, self.cfg.rate_window_s, str(peer)))
                 self.counters.inc("served")
             await stream.close()
+            return True
         except (PeerRequestFailed, *NET_ERRORS, trio.TooSlowError) as exc:
             log.debug("p2p: a shard request failed while serving: %s", exc)
             await _reset(stream)
+            return False
 
     async def _lookup(self, req: wire.ShardRequest) -> bytes | str:
         if req.run_id != self.run_id:
@@ -419,7 +576,8 @@ class SwarmHost:
                 with trio.fail_after(self.cfg.rate_window_s):
                     reply = wire.decode_reply(await wire.read_frame(stream, StreamEOF))
                 if not reply.ok:
-                    raise PeerRequestFailed(f"peer {peer_id} refused: {reply.error}")
+                    refused = PeerBusy if reply.error == "busy" else PeerRequestFailed
+                    raise refused(f"peer {peer_id} refused: {reply.error}")
                 if reply.size > max_size:
                     raise PeerRequestFailed(f"peer {peer_id} offers {reply.size} bytes, at most {max_size} expected")
                 data = await wire.read_exactly(stream, reply.size, StreamEOF,
@@ -468,16 +626,54 @@ class _SwarmGossipSub(GossipSub):
     gate admitted as signed by the operator or coordinator key (a version, a notice): those
     cannot be forged or replayed, while adverts any throw-away key may sign can fill a
     forwarder's budget, and a hub that relays such a flood would otherwise have its own
-    version announcement dropped by every peer it reaches, never forwarded further."""
+    version announcement dropped by every peer it reaches, never forwarded further.
+
+    IWANT requests are answered once per id listed, each cached message at most
+    IWANT_RETRANSMISSIONS times to one peer (go-libp2p's GossipRetransmission), at most
+    MAX_IWANT_IDS ids a request: py-libp2p answered repeats too, as often as asked (10 IWANTs
+    a second), and a 68 KB IWANT naming one 3.5 KB advert 2000 times had 7 MB queued for the
+    asker (a cached version announcement with its manifest: 256 KiB a repeat).
+
+    Peer exchange in a PRUNE is ignored: py-libp2p dialled up to 16 peers any PRUNE listed
+    (signed records of free keys naming any address: a private one, a victim's port), past
+    the dial budgets and the gate's address rules. This swarm sends none (do_px off) and
+    finds peers through its adverts."""
 
     def __init__(self, trusted: Callable[[object], bool], **kwargs):
         super().__init__(**kwargs)
         self._trusted_msg = trusted
+        self._iwant_sent: OrderedDict[tuple[ID, bytes], int] = OrderedDict()
+
+    async def handle_iwant(self, iwant_msg, sender_peer_id: ID) -> None:
+        wanted, seen = [], set()
+        for wire_id in iwant_msg.messageIDs:
+            mid = safe_bytes_from_hex(wire_id)
+            if mid is None or mid in seen or self.mcache.get(mid) is None:
+                continue
+            seen.add(mid)
+            key = (sender_peer_id, mid)
+            sent = self._iwant_sent.pop(key, 0)
+            self._iwant_sent[key] = sent + (sent < IWANT_RETRANSMISSIONS)
+            if sent < IWANT_RETRANSMISSIONS:
+                wanted.append(wire_id)
+            if len(wanted) >= MAX_IWANT_IDS:
+                break
+        while len(self._iwant_sent) > MAX_IWANT_TRACKED:
+            self._iwant_sent.popitem(last=False)
+        if wanted:
+            await super().handle_iwant(rpc_pb2.ControlIWant(messageIDs=wanted), sender_peer_id)
+
+    async def _do_px(self, px_peers) -> None:
+        return None
 
     def _check_spam_protection(self, peer_id: ID, msg) -> bool:
         if self._trusted_msg(msg):
             return True
         return super()._check_spam_protection(peer_id, msg)
+
+
+async def _no_auto_dials() -> None:
+    return None
 
 
 def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:
@@ -487,14 +683,64 @@ def _peer_info(peer_id: str, addrs: tuple[str, ...]) -> Libp2pPeerInfo:
 
 def _dial_targets(addrs) -> dict[str, int]:
     """What dialling `addrs` (multiaddrs) costs: each address (without its /p2p/ part) and
-    each host (/ip4|ip6|dns.../HOST), with its budget of dials per DIAL_BACKOFF_S."""
+    each host (/ip4|ip6|dns.../HOST), with its budget of dials per DIAL_BACKOFF_S. Hosts are
+    spelt one way (`dial_host`): /ip6/::ffff:A.B.C.D is A.B.C.D, with its budget."""
     out: dict[str, int] = {}
     for a in addrs:
-        text = str(a).split("/p2p/")[0]
-        parts = text.split("/")
-        out[f"addr {text}"] = DIALS_PER_ADDRESS
-        out[f"host {'/'.join(parts[1:3])}"] = DIALS_PER_HOST
+        out[_addr_key(a)] = DIALS_PER_ADDRESS
+        out[f"host {_host_of(a)}"] = DIALS_PER_HOST
     return out
+
+
+def _host_of(maddr) -> str:
+    parts = str(maddr).split("/p2p/")[0].split("/")
+    return dial_host(parts[1], parts[2]) if len(parts) > 2 else "/".join(parts)
+
+
+def _addr_key(maddr) -> str:
+    parts = str(maddr).split("/p2p/")[0].split("/")
+    if len(parts) > 2:
+        parts = ["", *dial_host(parts[1], parts[2]).split("/", 1), *parts[3:]]
+    return f"addr {'/'.join(parts)}"
+
+
+def _unique(addrs) -> list:
+    out, seen = [], set()
+    for a in addrs:
+        key = _addr_key(a)
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
+def _causes(exc: BaseException):
+    """`exc` and every exception under it: causes, contexts, py-libp2p's MultiError.errors and
+    exception groups' members (a failed dial nests the one that says why a few levels down)."""
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        inner = [x for name in ("errors", "exceptions")
+                 for x in (lambda v: v if isinstance(v, (list, tuple)) else ())(getattr(e, name, None))]
+        stack.extend([e.__cause__, e.__context__, *(x for x in inner if isinstance(x, BaseException))])
+
+
+def _proven_instead(exc: BaseException) -> str | None:
+    """The peer id whose key answered a handshake meant for another (py-libp2p's Noise raises
+    PeerIDMismatchesPubkey, naming it, deep in the dial's exception chain), else None."""
+    for e in _causes(exc):
+        if isinstance(e, PeerIDMismatchesPubkey):
+            m = _MISMATCH.search(str(e))
+            if m is not None:
+                try:
+                    return ID.from_base58(m.group(1)).to_base58()
+                except (ValueError, BaseLibp2pError):
+                    return None
+    return None
 
 
 def _remote_peer(stream) -> str | None:

@@ -81,6 +81,20 @@ def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddre
     return None
 
 
+def dial_host(proto: str, host: str) -> str:
+    """The host a multiaddr's `/proto/host` reaches, spelt one way (for budgets keyed by host):
+    an IPv6 address that carries an IPv4 one (mapped, NAT64, 6to4, ...) is that IPv4 address,
+    IP addresses are in their compressed form, names are lower case."""
+    if proto in ("ip4", "ip6"):
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return f"{proto}/{host}"
+        inner = _embedded_ipv4(ip)
+        return f"ip4/{inner}" if inner is not None else f"ip{ip.version}/{ip.compressed}"
+    return f"{proto}/{host.lower().rstrip('.')}"
+
+
 def check_relay_url(url: str, *, allow_private: bool) -> str:
     """The normalised URL of an unendorsed relay advert; AddressRefused if it may not be used."""
     url = relay_url_shape(url)

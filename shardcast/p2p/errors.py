@@ -32,16 +32,24 @@ class P2PStopped(P2PError):
 
 
 class Rejected(P2PError):
-    """An announcement that must be dropped. `reason` is a short machine-readable word."""
+    """An announcement that must be dropped. `reason` is a short machine-readable word;
+    `forged`: no honest peer forwards it (a signature that fails for the key it names fails at
+    every peer), so whoever forwarded it made it."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", *, forged: bool = False):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.forged = forged
 
 
 class PeerRequestFailed(P2PError):
     """One shard-exchange request to one peer failed."""
+
+
+class PeerBusy(PeerRequestFailed):
+    """The peer refused a request as busy (its serving slots are full): no fault of its own,
+    and throw-away keys can keep an honest holder's slots full; not a strike."""
 
 
 class DialDeferred(PeerRequestFailed):

@@ -17,7 +17,8 @@ returned. A peer that fails or serves a wrong byte gets a strike and is tried la
 `max_strikes` strikes is not asked again. Peer ids cost nothing, so a peer that has served
 verified bytes is asked before untried ones (ranked by strikes less deliveries): thousands of
 fresh keys that stall cannot push it behind them. Among equals, peers are tried in random
-order so that load spreads. A peer the node will not dial now (its address out of dial
+order so that load spreads. A peer that answers "busy" (its serving slots full, which
+throw-away keys can arrange) is an attempt but no strike. A peer the node will not dial now (its address out of dial
 budget: many keys naming one address, shardcast.p2p._host) is passed over without a strike
 or an attempt. What is remembered per peer and per version is bounded.
 Blocking; call it from a worker thread in asyncio code.
@@ -40,7 +41,7 @@ from protocol.messages import PolicyManifest
 from shardcast.errors import CorruptData, FetchFailed, VersionUnavailable
 from shardcast.p2p import wire
 from shardcast.p2p.announcements import manifest_digest
-from shardcast.p2p.errors import DialDeferred, PeerRequestFailed
+from shardcast.p2p.errors import DialDeferred, PeerBusy, PeerRequestFailed
 from shardcast.p2p.node import P2PNode
 from shardcast.p2p.view import PeerInfo
 from shardcast.watch import verify_manifest_bytes
@@ -120,6 +121,9 @@ class PeerShards:
             except DialDeferred:
                 asked -= 1  # not dialled (its host is out of dial budget): no attempt, no strike
                 continue
+            except PeerBusy as exc:
+                log.info("p2p: manifest %d from %s: %s", version, peer.peer_id, exc)  # an attempt, no strike
+                continue
             except PeerRequestFailed as exc:
                 log.info("p2p: manifest %d from %s failed: %s", version, peer.peer_id, exc)
                 self._strike(peer.peer_id)
@@ -157,6 +161,9 @@ class PeerShards:
             except DialDeferred:
                 asked -= 1  # not dialled (its host is out of dial budget): no attempt, no strike
                 continue
+            except PeerBusy as exc:
+                log.info("p2p: shard %d of version %d from %s: %s", index, version, peer.peer_id, exc)
+                continue  # an attempt, no strike
             except PeerRequestFailed as exc:
                 log.info("p2p: shard %d of version %d from %s failed: %s", index, version, peer.peer_id, exc)
                 self._strike(peer.peer_id)

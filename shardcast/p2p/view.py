@@ -15,11 +15,17 @@ keys fill the budget and nothing else. A full relay table refuses the new advert
 the caller); it does not evict. A full table of peers holding versions makes room for a newer
 advert by dropping the peer whose last advert is oldest.
 
+Adverts anyone may sign are judged by when they were heard, not by the time their signer
+claims: the gate admits timestamps up to max_skew_s ahead, and adverts dated 59 s ahead
+outranked every honest holder when a full table made room (and lived 59 s past their ttl).
+An advert counts from min(its timestamp, now): expiry, and the oldest out of a full table.
+
 Thread-safe (one lock and one condition); every method that depends on time takes `now`.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import OrderedDict, deque
@@ -61,6 +67,7 @@ class PeerInfo:
     versions: tuple[int, ...]
     expires_at: float
     signed_at: float = 0.0
+    heard_at: float = 0.0  # the signer's timestamp, or the receiver's clock when that is earlier
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,12 @@ class SwarmView:
         self.unendorsed_relays, self.unendorsed_per_signer = unendorsed_relays, unendorsed_per_signer
         self._withdrawn: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._peers: dict[str, PeerInfo] = {}
+        # Heaps of (expires_at, signer) and (heard_at, signer) over the peers, stale entries
+        # skipped when met and the heaps rebuilt when mostly stale: each advert costs O(log n),
+        # not two scans of the whole table (0.48 ms an advert with 4096 holders).
+        self._peer_expiry: list[tuple[float, str]] = []
+        self._peer_heard: list[tuple[float, str]] = []
+        self._relays_expire_at = float("inf")  # no relay expires before this
         self._notices: deque[tuple[float, str, Notice]] = deque(maxlen=64)
 
     # -- writing (the node's thread) --------------------------------------------------------
@@ -159,7 +172,8 @@ class SwarmView:
         moved = other.pop(key, None) is not None  # endorsed since, or no longer
         new = key not in table
         table[key] = RelayInfo(key[1], body.region, body.capacity_mbps, tuple(body.versions),
-                               signer_id, ts + body.ttl_s, endorsed, ts)
+                               signer_id, min(ts, now) + body.ttl_s, endorsed, ts)
+        self._relays_expire_at = min(self._relays_expire_at, table[key].expires_at)
         return new or moved
 
     def _apply_have(self, body: HaveAdvert, signer: str, signer_id: str, ts: float, now: float) -> bool:
@@ -167,24 +181,49 @@ class SwarmView:
         old = self._peers.get(signer)
         if old is not None and ts < old.signed_at:  # older than what this signer last said
             return False
+        heard = min(ts, now)
         if old is None and len(self._peers) >= MAX_PEERS:
             # Keys are free: a table filled once with long-lived adverts would keep every honest
-            # holder out. The peer whose last word is oldest makes room for a newer one, so
-            # holding the table takes re-advertising every key faster than honest peers do.
-            stalest = min(self._peers, key=lambda k: self._peers[k].signed_at)
-            if self._peers[stalest].signed_at >= ts:
+            # holder out. The peer whose last word was heard longest ago makes room for a newer
+            # one, so holding the table takes re-advertising every key faster than honest peers do.
+            stalest = self._stalest_peer()
+            if self._peers[stalest].heard_at >= heard:
                 return False
             del self._peers[stalest]
-        self._peers[signer] = PeerInfo(signer_id, tuple(body.addrs), tuple(sorted(set(body.versions))),
-                                       ts + body.ttl_s, ts)
-        return old is None or old.versions != self._peers[signer].versions
+        new = self._peers[signer] = PeerInfo(signer_id, tuple(body.addrs), tuple(sorted(set(body.versions))),
+                                             heard + body.ttl_s, ts, heard)
+        heapq.heappush(self._peer_expiry, (new.expires_at, signer))
+        heapq.heappush(self._peer_heard, (new.heard_at, signer))
+        if len(self._peer_expiry) + len(self._peer_heard) > 4 * len(self._peers) + 64:
+            self._peer_expiry = [(p.expires_at, k) for k, p in self._peers.items()]
+            self._peer_heard = [(p.heard_at, k) for k, p in self._peers.items()]
+            heapq.heapify(self._peer_expiry)
+            heapq.heapify(self._peer_heard)
+        return old is None or old.versions != new.versions
+
+    def _stalest_peer(self) -> str:
+        """The signer of the peer heard from longest ago (the table is not empty)."""
+        heap = self._peer_heard
+        while True:
+            heard, k = heap[0]
+            p = self._peers.get(k)
+            if p is not None and p.heard_at == heard:
+                return k
+            heapq.heappop(heap)
 
     def _expire(self, now: float) -> None:
-        for table in (self._relays, self._unendorsed):
-            for k in [k for k, r in table.items() if r.expires_at <= now]:
-                del table[k]
-        for k in [k for k, p in self._peers.items() if p.expires_at <= now]:
-            del self._peers[k]
+        if self._relays_expire_at <= now:
+            for table in (self._relays, self._unendorsed):
+                for k in [k for k, r in table.items() if r.expires_at <= now]:
+                    del table[k]
+            self._relays_expire_at = min((r.expires_at for t in (self._relays, self._unendorsed)
+                                          for r in t.values()), default=float("inf"))
+        heap = self._peer_expiry
+        while heap and heap[0][0] <= now:
+            expires_at, k = heapq.heappop(heap)
+            p = self._peers.get(k)
+            if p is not None and p.expires_at == expires_at:
+                del self._peers[k]
 
     # -- reading (any thread) ---------------------------------------------------------------
     def latest_version(self) -> int | None:

@@ -95,10 +95,16 @@ async def read_frame(stream: Stream, eof_error: type[Exception] | tuple = ()) ->
     return await read_exactly(stream, n, eof_error)
 
 
-async def write_body(stream: Stream, data: bytes) -> None:
+async def write_body(stream: Stream, data: bytes, pace: Pacer | None = None) -> None:
+    """Write `data` in chunks (with `pace`: each by the end of its credit, else PeerRequestFailed)."""
     view = memoryview(data)
     for start in range(0, len(data), CHUNK):
-        await stream.write(bytes(view[start:start + CHUNK]))
+        chunk = bytes(view[start:start + CHUNK])
+        if pace is None:
+            await stream.write(chunk)
+        else:
+            await pace.run(stream.write, chunk)
+            pace.moved(len(chunk))
 
 
 def encode_model(model: Strict) -> bytes:
