@@ -284,3 +284,24 @@ def test_a_request_the_parser_refuses_leaves_no_warning_in_the_log(swarm, head):
     assert status.startswith(b"HTTP/1.1 4") and not got, (status, [r.getMessage() for r in got])
     assert swarm.http.get(routes.HEALTH).status_code == 200
 
+
+@pytest.mark.parametrize("stats", [{"positions": 10**30, "not_argmax": 0}, {"positions": 0, "not_argmax": 10**30},
+                                   {"positions": 2**63, "not_argmax": 2**63}, {"positions": 2**62, "not_argmax": 2**62}])
+def test_a_verdict_with_sampling_counts_beyond_64_bits_is_refused_and_changes_nothing(swarm, stats):
+    """Found by the fuzz (seed 2): a full-check acceptance whose sampling check counted 10^30
+    positions or near ties was a 500 (the counts reached the workers table's 64-bit columns)."""
+    from protocol.messages import CheckResult
+    from tests.verdict_fixtures import passing_checks
+
+    s = swarm
+    s.publish(0)
+    w = s.new_worker()
+    sid = s.submit(w, s.lease(w)[0]).json()["submission_id"]
+    s.claim()
+    checks = [c if c.name != "sampling" else CheckResult(name="sampling", passed=True, stats=stats)
+              for c in passing_checks(True)]
+    before = s.snapshot()
+    r = s.post(routes.VERDICTS, KIND_VERDICT, s.verdict_body(sid, True, checks=checks), s.verifier)
+    _assert_clear(r, stats)
+    if r.status_code >= 400:
+        assert s.snapshot() == before
