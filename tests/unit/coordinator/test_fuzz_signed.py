@@ -305,3 +305,32 @@ def test_a_verdict_with_sampling_counts_beyond_64_bits_is_refused_and_changes_no
     _assert_clear(r, stats)
     if r.status_code >= 400:
         assert s.snapshot() == before
+
+
+READ_VALUES = ["", "x", "-1", "0", str(2**63), "9" * 40, "s-" + "0" * 24, "%00", "%ff", "%ud800", "\u202e", "é",
+               "..", "../..", "a" * 5000, ",", ",,,,", ",".join(["s-x"] * 300), "null", "[]", "1e308", "nan", "%2F",
+               "%0a", "x%0d%0ay", "%09"]
+
+
+def test_hostile_values_in_the_read_routes_paths_and_queries(swarm):
+    """GET routes (submission statuses, a submission, a worker, the dashboard's views) with odd
+    ids and query values, with and without the operator token: below 500, and no row changes."""
+    s = swarm
+    s.publish(0)
+    w = s.new_worker()
+    s.submit(w, s.lease(w)[0])
+    rng = random.Random(3)
+    before = s.snapshot()
+    templates = ["/v1/submission-statuses?ids={}", "/v1/submissions/{}", "/v1/workers/{}",
+                 "/v1/dashboard/rollouts/{}", "/v1/dashboard/versions?limit={}", "/v1/dashboard/curve?limit={}",
+                 "/v1/dashboard/rejections?limit={}", "/v1/stats?full={}", "/v1/submission-statuses?ids={}&ids={}"]
+    for _ in range(300):
+        path = rng.choice(templates).replace("{}", rng.choice(READ_VALUES))
+        headers = {"authorization": f"Bearer {OPERATOR}"} if rng.random() < 0.5 else {}
+        r = s.http.get(path, headers=headers)
+        _assert_clear(r, path[:100])
+    assert s.snapshot() == before
+    assert s.http.get(routes.HEALTH).status_code == 200
+
+
+OPERATOR = "harness-operator-token-0123456789"
