@@ -334,3 +334,19 @@ def test_hostile_values_in_the_read_routes_paths_and_queries(swarm):
 
 
 OPERATOR = "harness-operator-token-0123456789"
+
+
+def test_a_verdict_batch_whose_verdict_has_a_nul_key_is_refused_not_a_500(swarm):
+    """Found by the fuzz (seed 2): a verdict with an extra key "\\x00" in a VerdictBatch."""
+    s = swarm
+    s.publish(0)
+    w = s.new_worker()
+    sid = s.submit(w, s.lease(w)[0]).json()["submission_id"]
+    s.claim()
+    body = {**json.loads(s.verdict_body(sid, True).model_dump_json()), "\x00": None}
+    env = s.seal_raw(KIND_VERDICT, body, s.verifier)
+    before = s.snapshot()
+    r = s.http.post(routes.VERDICTS_BATCH, content=b'{"envelopes":[' + env.model_dump_json().encode() + b"]}",
+                    headers={"content-type": "application/json"})
+    _assert_clear(r, "nul key")
+    assert s.snapshot() == before
