@@ -8,7 +8,9 @@ the logic behind the signature (a variant with no canonical form, NaN or a lone 
 sent with a signature over the original). Some are signed with timestamps far off the clock.
 What must hold: every answer is below 500 and a 4xx is one clear line, a 4xx changes no row of
 the database, and afterwards the service still answers /health and every read of what it took
-in (stats, dashboard, claims, batches). Seeds are fixed; `-m slow` runs ten times as many.
+in (stats, dashboard, claims, batches). Seeds are fixed; `-m slow` runs 500 a route with
+another seed (seeds 2-5 at 500-1000 a route were run by hand: the 500s they found have their
+own tests below).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from protocol.messages import (
 from tests.hostile.mutate import Case, Mutator, signable, splice_body
 
 CASES = 120          # per route in the default run
-SLOW_CASES = 1200
-DEBUG: set = set()
+SLOW_CASES = 500
+DEBUG: set = set()   # statuses whose cases a hand run prints (see `fuzz`)
 SKEWS = [-1e9, 1e9, -121.0, 121.0, 1e308, -1e308]
 
 
@@ -249,7 +251,7 @@ def test_mutated_signed_bodies_never_5xx_and_refusals_change_nothing(swarm):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(900)
 def test_mutated_signed_bodies_long_run(swarm):
     fuzz(swarm, SLOW_CASES, seed=2)
     _reads_still_answer(swarm)
