@@ -6,7 +6,9 @@ try: a value replaced (wrong type, integers at 0/-1/2^31/2^53/2^63/10^30, floats
 NaN/Infinity, empty/huge/NUL/RTL/lone-surrogate text, lists of 0/1/10^5 items, nesting 10^4
 deep), a number nudged (x+1, -x, x*2^32), a string truncated or grown, base64 whose decoded
 bytes are truncated/extended/flipped (a proof), a list emptied/repeated/shuffled, a key
-deleted/added/renamed, a key given twice in the JSON text. Same seed, same cases.
+deleted/added/renamed, a key given twice in the JSON text. `Mutator(seed, typed=True)` keeps
+each value's type (a hostile int for an int, a nudged list for a list), so more variants pass
+a schema and reach the logic behind it. Same seed, same cases.
 
     for case in Mutator(seed=1).cases(body, n=200):
         case.label     # what was done, for a failure message
@@ -121,9 +123,10 @@ def _is_b64(text: str) -> bool:
 class Mutator:
     """Seeded mutations of one JSON body (see the module docstring)."""
 
-    def __init__(self, seed: int, max_chars: int = 1_000_000):
+    def __init__(self, seed: int, max_chars: int = 1_000_000, typed: bool = False):
         self.rng = random.Random(seed)
         self.max_chars = max_chars
+        self.typed = typed  # only values of the type already there: past a schema, into the logic
 
     def cases(self, body: Any, n: int) -> Iterator[Case]:
         for _ in range(n):
@@ -145,7 +148,10 @@ class Mutator:
             paths = list(_paths(value, self.rng))
             path = self.rng.choice(paths[1:] or paths)
             what = self.rng.random()
-            if what < 0.04 and path and dup is None:
+            if self.typed:
+                value, label = self._same_type(value, path)
+                labels.append(label)
+            elif what < 0.04 and path and dup is None:
                 raw.append((path, "[" * DEEP + "]" * DEEP))
                 labels.append(f"{path}=[...{DEEP} deep]")
                 value = _set(value, path, [])
@@ -196,6 +202,17 @@ class Mutator:
             item = old if isinstance(old, (int, float)) or (isinstance(old, str) and len(old) < 64) else 0
             return [item] * n
         return copy.deepcopy(self.rng.choice(OTHERS))
+
+    def _same_type(self, value: Any, path: tuple) -> tuple[Any, str]:
+        """A hostile value of the type already at `path`, or a nudge of it."""
+        old = _get(value, path)
+        pool = ([v for v in INTS] if isinstance(old, int) and not isinstance(old, bool) else
+                [v for v in FLOATS if math.isfinite(v)] if isinstance(old, float) else
+                [v for v in STRINGS if "\ud800" not in v and "\udfff" not in v] if isinstance(old, str) else [])
+        if pool and self.rng.random() < 0.5:
+            new = self.rng.choice(pool)
+            return _set(value, path, new), f"{path}={_short(new)}"
+        return self._nudge(value, path)
 
     def _replace(self, value: Any, path: tuple) -> tuple[Any, str]:
         new = self._hostile(_get(value, path))

@@ -195,11 +195,11 @@ def fuzz(s, n: int, seed: int) -> dict[str, dict[int, int]]:
     bodies = Bodies(s)
     seen: dict[str, dict[int, int]] = {}
     for i, route in enumerate(bodies.routes()):
-        mutator = Mutator(seed * 1000 + i)
+        mutators = [Mutator(seed * 1000 + i), Mutator(seed * 1000 + i, typed=True)]
         body, key = route.fresh()
         state = s.snapshot()
-        for _ in range(n):
-            case = mutator.case(body)
+        for j in range(n):
+            case = mutators[j % 2].case(body)
             dt = rng.choice(SKEWS) if rng.random() < 0.05 else 0.0
             s.clock.advance(0.001)
             what = (route.path, case.label, dt)
