@@ -43,7 +43,7 @@ from protocol.messages import (
 )
 from tests.hostile.mutate import Case, Mutator, signable, splice_body
 
-CASES = 120          # per route in the default run
+CASES = 100          # per route in the default run
 SLOW_CASES = 500
 DEBUG: set = set()   # statuses whose cases a hand run prints (see `fuzz`)
 SKEWS = [-1e9, 1e9, -121.0, 121.0, 1e308, -1e308]
