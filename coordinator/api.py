@@ -21,6 +21,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -59,8 +60,19 @@ DATABASE_ERRORS = (OperationalError, IntegrityError)
 # the place; a slower one gives it back until the body is in, then waits for one in turn (before,
 # bodies dripped in by one address's connections held every place for limits.body_timeout_s).
 BODY_IN_PLACE_S = 0.25
+MAX_DETAIL_CHARS = 1000  # a refusal's detail is cut to this (`one_line`)
+_CONTROLS = re.compile("[\x00-\x1f\x7f]")
 
 log = logging.getLogger("swarmrl.coordinator")
+
+
+def one_line(detail: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """A refusal's detail as one line of at most `limit` characters, its control characters
+    escaped: details quote what the request sent (an id of 5000 characters, a path with an
+    encoded newline, a body key "\\x00"), which must not make the answer or a log line long or
+    several lines, nor put a NUL where wire text may not hold one (`VerdictOutcome.detail`)."""
+    detail = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", detail)
+    return detail if len(detail) <= limit else detail[: limit - 1] + "…"
 
 
 def encode(result: Any) -> bytes:
@@ -201,8 +213,9 @@ class Api:
         headers = {}
         if getattr(exc, "retry_after_s", None) is not None:  # RateLimited, Unavailable
             headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.999)))
-        log.debug("%s refused (%s): %s", route, exc.reason, exc.detail)
-        return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=exc.status, headers=headers)
+        detail = one_line(exc.detail)
+        log.debug("%s refused (%s): %s", route, exc.reason, detail)
+        return JSONResponse({"detail": detail, "reason": exc.reason}, status_code=exc.status, headers=headers)
 
     def database_error(self, route: str, exc: Exception) -> CoordinatorError:
         """The refusal (503) for a database error that is not the request's fault, logged."""
@@ -299,7 +312,7 @@ class Api:
                 if not isinstance(exc, CoordinatorError):
                     exc = self.database_error(route, exc)
                 ctx.metrics.rejections.labels(exc.reason).inc()
-                results.append(VerdictOutcome(status=exc.status, detail=exc.detail))
+                results.append(VerdictOutcome(status=exc.status, detail=one_line(exc.detail)))
         resp = Response(encode(VerdictBatchResponse(results=results)), media_type="application/json")
         self.done(route, t0, resp.status_code)
         return resp

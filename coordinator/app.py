@@ -20,6 +20,7 @@ import logging
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -28,7 +29,7 @@ from coordinator.api import Api, encode
 from coordinator.context import Context
 from coordinator.dashboard import mount_dashboard
 from coordinator.dashboard.routes import Recent
-from coordinator.errors import CoordinatorError
+from coordinator.errors import CoordinatorError, Invalid
 from coordinator.gate import SwarmGate
 from coordinator.service import join, training, upkeep, verification, work
 from protocol import loopwatch, routes
@@ -183,6 +184,15 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
                   description="Worker registry, task leases, submission intake and rewards, verification "
                               "queue, training buffer and policy versions of a swarmrl run.")
     app.state.gate = api.gate  # the swarm's gate of this process (tests and debugging look at it)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request: Request, exc: RequestValidationError) -> Response:
+        """A query or path value a route's signature refuses (`?limit=x`): the one-line `detail`
+        and `reason` of every other refusal, not FastAPI's list of error objects."""
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        msg = " ".join(str(first.get("msg", "invalid")).split())
+        return api.refuse(request.url.path, Invalid("bad_query", f"invalid {where}: {msg}"[:300]))
 
     @app.get(routes.HEALTH, tags=["ops"])
     async def health() -> dict:

@@ -200,6 +200,32 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     return b",".join(values).decode("latin-1") if values else None
 
 
+# uvicorn's warnings about one client's request (a head httptools cannot parse, an upgrade asked for)
+_CLIENT_FAULTS = ("Invalid HTTP request received.", "Unsupported upgrade request.", "No supported WebSocket library")
+
+
+class _ClientFaults(logging.LoggerAdapter):
+    """uvicorn's protocol logger with its warnings about one client's request (`_CLIENT_FAULTS`)
+    at debug level, counted as `malformed` refusals: they are logged before the guard charged
+    anything, so at warning level anyone reconnecting could write the service's log at any rate
+    it liked. Its other warnings (the concurrency limit) stay warnings."""
+
+    def __init__(self, logger: logging.Logger, guard: Guard):
+        super().__init__(logger, {})
+        self.guard = guard
+
+    @property
+    def level(self) -> int:  # uvicorn reads it to decide whether to trace
+        return self.logger.level
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not str(msg).startswith(_CLIENT_FAULTS):
+            self.logger.warning(msg, *args, **kwargs)
+            return
+        self.guard.on_refuse("malformed")
+        self.logger.debug(msg, *args, **kwargs)
+
+
 def guarded_protocol(guard: Guard) -> type:
     """uvicorn's httptools protocol with the guard's checks (a class per guard)."""
     import httptools
@@ -207,6 +233,7 @@ def guarded_protocol(guard: Guard) -> type:
 
     class GuardedProtocol(HttpToolsProtocol):
         def connection_made(self, transport) -> None:  # type: ignore[override]
+            self.logger = _ClientFaults(logging.getLogger("uvicorn.error"), guard)
             super().connection_made(transport)
             self._peer = self.client[0] if self.client else ""
             self._timer = None

@@ -58,25 +58,35 @@ class Refused(Exception):
 
 
 _CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB, once the head is split on CRLF
+# What the app's parser (httptools) takes without a warning: one of these methods, a target of
+# printable ASCII, header names that are RFC 9110 tokens. A head it refuses is answered 400 by
+# uvicorn AND logged as a warning, one line per request: the front refuses such heads itself.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+_TARGET = re.compile("^/[\x21-\x7e]*$")
+_TOKEN = re.compile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def parse_head(head: bytes) -> Request | None:
     """The request line and headers; None if they are not plain HTTP/1.x (a bare CR or LF,
     a NUL or another control character in a line is not: the app's parser would read those
-    lines otherwise than this one does, and log a warning for each)."""
+    lines otherwise than this one does, and log a warning for each; nor is a method outside
+    `METHODS`, a byte over 0x7e in the target or a header name that is not a token, which the
+    app's parser refuses with a warning each)."""
     text = head.decode("latin-1")
     lines = text.split("\r\n")
     if any(_CONTROLS.search(line) for line in lines):
         return None
     parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].startswith("/"):
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or parts[0] not in METHODS:
+        return None
+    if not _TARGET.match(parts[1]):
         return None
     headers: dict[str, str] = {}
     for line in lines[1:]:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
+        if not sep or not _TOKEN.match(name):
             return None
         headers[name.lower()] = value.strip()
     return Request(parts[0], parts[1], parts[2], headers)

@@ -2,8 +2,8 @@
 credited with, whether held groups are released, and whether the worker is banned.
 
 `verdict_problems` first refuses a verdict that cannot be trusted as a pass (an acceptance
-with a failed check, a full-check acceptance without the model checks, or a statistic that is
-missing, NaN or infinite where a number belongs): verification fails closed at the
+with a failed check, a full-check acceptance without the model checks, a statistic that is
+missing, NaN or infinite where a number belongs, or sampling counts no group can have): verification fails closed at the
 coordinator too. `consequences` is then a pure function of the verdict's facts, the worker's
 standing before it and the configuration; `coordinator.service.verification.verdict`
 applies it in one transaction.
@@ -31,6 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator.rules import near_ties, proof_drift
+from protocol.messages import MAX_GROUP_SIZE, MAX_TOKENS_PER_SEQUENCE
+
+# the most sampled positions (and near ties among them) one group can have: the sampling check's
+# counts are added to the worker's 64-bit ledger columns, so a count beyond it is refused
+MAX_SAMPLING_COUNT = MAX_GROUP_SIZE * MAX_TOKENS_PER_SEQUENCE
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,13 @@ def verdict_problems(accepted: bool, full_check: bool, checks: list[Any]) -> str
         _numbers(c.stats, c.name, missing)
     if missing:
         return f"an acceptance with missing or non-finite statistics ({', '.join(missing[:3])})"
+    for c in checks:
+        if c.name != "sampling":
+            continue
+        for key in ("positions", "not_argmax"):
+            n = c.stats.get(key)
+            if isinstance(n, (int, float)) and not isinstance(n, bool) and not 0 <= n <= MAX_SAMPLING_COUNT:
+                return f"an acceptance whose sampling.{key} ({n:.6g}) is outside [0, {MAX_SAMPLING_COUNT}]"
     return ""
 
 
