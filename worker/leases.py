@@ -69,6 +69,14 @@ def plan(leases: list[Lease], ready: set[int]) -> Plan:
     return Plan(version=best, now=now, later=later, fetch=fetch)
 
 
+# Versions worth trying, newest first, when the newest a lease allows cannot be fetched: each
+# one that fails costs a manifest wait, and the coordinator's window is a few versions.
+MAX_FALLBACK_VERSIONS = 16
+
+
 def fallback_versions(lease: Lease) -> list[int]:
-    """Versions a lease allows, newest first (what to try when the newest cannot be fetched)."""
-    return list(range(lease.max_policy_version, lease.min_policy_version - 1, -1))
+    """The newest MAX_FALLBACK_VERSIONS versions a lease allows, newest first (what to try when
+    the newest cannot be fetched). Not all of them: a lease allowing 0..2**31-1 made a list of
+    2**31 ints (the daemon died of memory) that `PolicySync.wait_any` walked at every tick."""
+    lowest = max(lease.min_policy_version, lease.max_policy_version - MAX_FALLBACK_VERSIONS + 1)
+    return list(range(lease.max_policy_version, lowest - 1, -1))
