@@ -31,6 +31,9 @@ def open_lease(env: Envelope, coordinator_key: PublicKey, worker_id: str, run_id
                               audience=AUDIENCE_WORKER).body
     except ProtocolError as exc:
         raise LeaseError(f"lease refused: {exc}") from exc
+    if lease.lease_id.startswith("."):
+        # the id names its spool file (worker.spool): ".." or a hidden name is none it may take
+        raise LeaseError(f"lease id {lease.lease_id!r} cannot name a spool file; lease refused")
     if lease.worker_id != worker_id:
         raise LeaseError(f"lease {lease.lease_id} is for worker {lease.worker_id}, not this one")
     if lease.run_id != run_id:
