@@ -44,6 +44,12 @@ MAX_ANSWER_BYTES = 32 * 1024 * 1024
 MAX_LEASE_BYTES = 2 * (MAX_TOKENS_PER_SEQUENCE * 11 + MAX_GROUP_SIZE * 20 + 4096)
 
 
+# The hardest registration proof of work a coordinator may ask for (its config's own limit:
+# about 2**32 hashes), and the longest challenge (it derives 32 hex characters).
+MAX_POW_DIFFICULTY = 32
+MAX_POW_CHALLENGE_CHARS = 256
+
+
 def lease_answer_cap(max_tasks: int) -> int:
     """The most bytes a lease answer for `max_tasks` tasks may take."""
     return MAX_ANSWER_BYTES + max(1, max_tasks) * MAX_LEASE_BYTES
@@ -51,10 +57,16 @@ def lease_answer_cap(max_tasks: int) -> int:
 
 def unusable_run_info(info: RunInfo) -> str:
     """Why a worker cannot join the run `info` describes ("" when it can): a run id that no
-    signed message may carry (signing raised at the registration), or compute dtypes that are
-    none or unknown ('auto' took `allowed[0]` of an empty list, or computed in anything named)."""
+    signed message may carry (signing raised at the registration), compute dtypes that are
+    none or unknown ('auto' took `allowed[0]` of an empty list, or computed in anything named),
+    or a proof of work no coordinator asks for (difficulty 200: ~2**200 hashes, a core spun for
+    ever; a challenge of megabytes hashed at every try)."""
     if not re.fullmatch(RUN_ID_PATTERN, info.run_id):
         return f"run id {info.run_id[:80]!r} is not a valid run id"
+    if not 0 <= info.pow_difficulty <= MAX_POW_DIFFICULTY:
+        return f"a registration proof of work of {info.pow_difficulty} bits (at most {MAX_POW_DIFFICULTY} are asked)"
+    if len(info.pow_challenge) > MAX_POW_CHALLENGE_CHARS:
+        return f"a proof of work challenge of {len(info.pow_challenge)} characters"
     try:
         dtypes.check_allowed(info.allowed_dtypes)
     except ValueError as exc:

@@ -31,6 +31,7 @@ and the demo's dishonest worker reuse this loop unchanged.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +46,7 @@ from protocol.identity import KeyPair, PublicKey
 from protocol.messages import Lease, Registration, RunInfo
 from protocol.pow import solve_pow
 from protocol.retry import Reachability, retry_call
+from shardcast.bounded import short
 from worker.config import WorkerConfig
 from worker.coordinator_client import CoordinatorClient
 from worker.engines.base import Engine
@@ -74,6 +76,33 @@ MAX_IDLE_WAIT_S = 60.0     # the longest retry_after of an empty lease answer th
 LEASE_WAIT_S = 2.0         # a lease request that finds no room may be held this long at the coordinator
 SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
 KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
+MAX_ADVERTISED_RELAYS = 32  # relays taken from GET /v1/run (a random sample of them, if more)
+MAX_RELAY_URL_CHARS = 2048
+
+
+def advertised_relays(urls: list[str]) -> list[str]:
+    """The relays a coordinator advertises that the worker will use: http(s) URLs of sane length,
+    once each, at most MAX_ADVERTISED_RELAYS (a random sample: workers spread over the relays).
+    The list is untrusted: one "ftp://" entry made the shardcast client raise at start-up (the
+    daemon exited, again at every restart), and every relay in it is long-polled at once."""
+    good, bad = [], 0
+    for url in dict.fromkeys(urls):
+        if isinstance(url, str) and len(url) <= MAX_RELAY_URL_CHARS and url.startswith(("http://", "https://")) \
+                and url.isprintable():
+            good.append(url)
+        else:
+            bad += 1
+    if bad:
+        log.warning("ignored %d relay URLs the coordinator advertises that are no http(s) URLs", bad)
+    if len(good) > MAX_ADVERTISED_RELAYS:
+        log.warning("the coordinator advertises %d relays; using %d of them, at random", len(good),
+                    MAX_ADVERTISED_RELAYS)
+        good = random.sample(good, MAX_ADVERTISED_RELAYS)
+    return good
+
+
+def _terms(info: RunInfo) -> tuple[str, str, str]:
+    return info.run_id, info.coordinator_key, info.operator_key
 
 
 def _client_version() -> str:
@@ -114,6 +143,8 @@ class Daemon:
         self.lease_ttl_s: float | None = None
         self.run_info: RunInfo | None = None
         self.banned: str | None = None
+        self._joined: tuple[str, str, str] | None = None   # the run joined: id, coordinator key, operator key
+        self.run_changed: str | None = None                 # why the daemon ended: the run changed under it
         self.sync: PolicySync | None = None
         self.p2p: Any = None               # the libp2p node (worker.p2p), None: HTTP only
 
@@ -168,11 +199,13 @@ class Daemon:
             self.coord.close()
         if self.banned:
             raise Banned(f"this worker ({self.worker_id}) is banned by the coordinator: {self.banned}")
+        if self.run_changed:
+            raise WorkerError(self.run_changed)
 
     def _banned(self, reason: str) -> None:
         if not self.banned:
-            log.error("banned by the coordinator: %s", reason)
-        self.banned = reason
+            log.error("banned by the coordinator: %s", short(reason))
+        self.banned = short(reason)
         self.stop.set()
 
     # -- joining --------------------------------------------------------------------------------
@@ -183,7 +216,29 @@ class Daemon:
         self.cfg.pins.check_run(self.run_info, f"the coordinator at {self.cfg.coordinator_url} (GET /v1/run)")
         self.state.set(run_id=self.run_info.run_id, newest_version=self.run_info.current_policy_version)
         self._agree_dtype(self.run_info.allowed_dtypes)
+        self._joined = _terms(self.run_info)
         self.registrations.again(self.registrations.epoch(), self.stop)
+
+    def _same_run(self, info: RunInfo, where: str) -> None:
+        """Stop the daemon (Stopped; `run` then raises WorkerError) when `info` describes another
+        run than the one joined, or one that no longer allows the engine's dtype. Everything the
+        daemon holds is the joined run's: its shardcast client trusts that run's operator key
+        (the new run's manifests were refused and its relays marked hostile), its engine computes
+        in the dtype agreed then, its leases and spool are that run's. The worker registered into
+        the new run and sat idle, refusing its leases, for ever; a new start joins it cleanly
+        (and the spool keeps the first run's finished work: worker.spool)."""
+        dtype = dtypes.canonical(self.engine.info().dtype)
+        allowed = {dtypes.canonical(d) for d in info.allowed_dtypes}
+        if self._joined is None or (_terms(info) == self._joined and (dtype is None or dtype in allowed)):
+            return
+        self.run_changed = (
+            f"the coordinator at {self.cfg.coordinator_url} ({where}) now describes run {info.run_id!r} "
+            f"(coordinator key {info.coordinator_key[:16]}..., operator key {info.operator_key[:16]}..., dtypes "
+            f"{', '.join(info.allowed_dtypes)}), not run {self._joined[0]!r} as this worker joined it "
+            f"(computing in {dtype}): start the worker again to join the run it serves now")
+        log.error("%s", self.run_changed)
+        self.stop.set()
+        raise Stopped("stopped: the coordinator's run changed")
 
     def _agree_dtype(self, allowed: list[str]) -> None:
         """Compute in a dtype the run allows: an 'auto' engine switches to one (bf16 on a GPU when
@@ -203,8 +258,9 @@ class Daemon:
         # the proof-of-work challenge changes per epoch: solve the current one
         self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
                                    stop, reach=self.reach)
+        self._same_run(self.run_info, "GET /v1/run")
         info = self.run_info
-        nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty) \
+        nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty, stop=stop) \
             if info.pow_difficulty else None
         reg = Registration(hardware=self.hw, client_version=_client_version(), engine=self.engine.name,
                            pow_nonce=nonce)
@@ -215,8 +271,9 @@ class Daemon:
                 raise Banned(f"the coordinator refuses this worker ({self.worker_id}): {exc.detail}") from exc
             raise WorkerError(f"registration refused (HTTP {exc.status}): {exc.detail}") from exc
         self.cfg.pins.check_run(resp.run, f"the coordinator at {self.cfg.coordinator_url} (registration answer)")
+        self._same_run(resp.run, "registration answer")
         self.run_info = resp.run
-        log.info("registered as %s in run %s", resp.worker_id, resp.run.run_id)
+        log.info("registered as %s in run %s", short(resp.worker_id, 80), resp.run.run_id)
 
     def _shardcast_client(self) -> Any:
         if self._weights_client is not None:
@@ -234,7 +291,7 @@ class Daemon:
             from shardcast.p2p import PeerShards
 
             peers = PeerShards(self.p2p, operator)
-        relays = self.cfg.relays or self.run_info.relays
+        relays = self.cfg.relays or advertised_relays(self.run_info.relays)
         if not relays and peers is None:
             raise WorkerError("no relay to fetch weights from: the coordinator advertises none; "
                               "pass one with --set relays='[\"http://HOST:PORT\"]'")
@@ -319,8 +376,13 @@ class Daemon:
             raise WorkerError(f"lease request refused (HTTP {exc.status}): {exc.detail}") from exc
         assert self.run_info is not None
         key = PublicKey.from_hex(self.run_info.coordinator_key)
+        if len(resp.leases) > n:
+            # signed or not, work beyond what was asked is none the worker has shown it can finish
+            # in the TTL (and each would cost a signature check): it is left to expire
+            log.warning("the coordinator answered a request for %d tasks with %d leases; taking the first %d",
+                        n, len(resp.leases), n)
         leases = []
-        for env in resp.leases:
+        for env in resp.leases[:n]:
             try:
                 leases.append(open_lease(env, key, self.worker_id, self.run_info.run_id, time.time()))
             except WorkerError as exc:
@@ -420,7 +482,7 @@ class Daemon:
             self.state.set(phase="spooling")
             for n, f in enumerate(finished):
                 try:
-                    self.spool.put(f.submission, f.tokens, f.lease.expires_at)
+                    self.spool.put(f.submission, f.tokens, f.lease.expires_at, run_id=f.lease.run_id)
                 except OSError as exc:
                     # a full (or failing) disk: what is spooled stays and is sent, its leases are
                     # no longer held (releasing one would make its submission refused); the

@@ -8,12 +8,17 @@ Real HTTP on loopback (the fake coordinator of worker_fakes.py, one route made h
 
 from __future__ import annotations
 
-import pytest
+import time
 
+import pytest
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from protocol import routes
+from protocol.envelope import AUDIENCE_WORKER, Envelope, seal
+from protocol.identity import PublicKey
+from protocol.messages import KIND_LEASE, Completion, EngineInfo, Lease, LeaseResponse, SamplingParams, Submission
 from tests.waiting import wait_until
+from worker.spool import Spool
 
 
 def test_a_release_answered_with_garbage_does_not_end_the_daemon(fake, versions, start_daemon):
@@ -31,6 +36,88 @@ def test_a_release_answered_with_garbage_does_not_end_the_daemon(fake, versions,
     r.stop()
     assert r.error is None, f"the daemon ended with {r.error!r}"
     assert r.daemon.state.get("leases_active") == 0
+
+
+def test_a_lease_answer_with_more_leases_than_asked_is_cut_to_the_request(fake, versions, start_daemon):
+    """Asked for 2 tasks, the coordinator signs and sends 300: each was opened (an Ed25519 check
+    each) and held, whatever the worker had shown it could finish in the TTL. Only as many as
+    were asked for are taken."""
+    answers: list[int] = []
+
+    async def flood(request):
+        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
+        now = time.time()
+        leases = []
+        for i in range(300):
+            n = len(answers) * 1000 + i
+            lease = Lease(lease_id=f"flood-{n}", run_id="run", worker_id=wid, task_id=f"t{n}",
+                          prompt_token_ids=[5, 6, 7], seeds=[n, n + 1],
+                          sampling=SamplingParams(temperature=1.0, max_tokens=2), eos_token_id=1,
+                          min_policy_version=0, max_policy_version=0, issued_at=now, expires_at=now + 600)
+            fake.leases[lease.lease_id] = lease
+            leases.append(seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER))
+        answers.append(len(leases))
+        return JSONResponse(LeaseResponse(leases=leases).model_dump(mode="json"))
+
+    fake.hostile[routes.LEASES] = flood
+    versions.publish(0)
+    r = start_daemon(max_tasks=2)
+    most = wait_until(lambda: answers and r.daemon.state.get("leases_active"), what="the flooded answer taken")
+    t_end = time.monotonic() + 2
+    while time.monotonic() < t_end:
+        most = max(most, r.daemon.state.get("leases_active"))
+        time.sleep(0.01)
+    r.stop()
+    assert r.error is None
+    assert most <= 2 * 2, f"held {most} leases having asked for 2 at a time (and 2 ahead)"
+
+
+def _submission(lease_id: str) -> Submission:
+    return Submission(lease_id=lease_id, policy_version=0,
+                      completions=[Completion(token_ids=[1], finish_reason="eos", proof="AAAA")],
+                      engine=EngineInfo(name="transformers"))
+
+
+def test_finished_work_of_another_run_stays_pending(fake, versions, start_daemon, tmp_path):
+    """The spool held a finished submission of run 'old-run' when the worker was started
+    against a coordinator of run 'run' (a wrong URL, or the operator's next run): it was sealed
+    for 'run', refused there (unknown lease: 404, the worker known) and set aside under
+    rejected/ for good, never to be sent to its own run's coordinator. It stays in pending/,
+    sent only to a coordinator of its run."""
+    spool = Spool(tmp_path / "worker" / "spool")
+    spool.put(_submission("lease-of-old-run"), tokens=1, expires_at=time.time() + 3600, run_id="old-run")
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 2, what="two submissions of this run")
+    r.stop()
+    assert r.error is None
+    assert spool.rejected() == []
+    assert [e.lease_id for e in spool.pending()] == ["lease-of-old-run"]
+    assert fake.submit_calls == len(fake.submissions), "the other run's submission was sent here"
+
+
+def test_relays_the_coordinator_advertises_are_checked_and_bounded(fake, tmp_path):
+    """GET /v1/run names the relays to fetch weights from. One that is no http(s) URL made the
+    shardcast client raise at start-up, so the daemon exited (at every restart: a crash loop
+    while the coordinator advertises it); 5,000 of them were all long-polled at once, each
+    round, a connection each. Unusable ones are dropped with a warning, and a sample of at most
+    MAX_ADVERTISED_RELAYS is kept."""
+    from conftest import Running
+    from worker.daemon import MAX_ADVERTISED_RELAYS, Daemon
+    from worker.engines.transformers_engine import TransformersEngine
+    from worker_fakes import worker_config
+
+    fake.relays = ["ftp://relay.example", "http://" + "a" * 5000, *(f"http://127.0.0.1:9/r{i}" for i in range(5000))]
+    cfg = worker_config(fake.url, tmp_path)
+    r = Running(Daemon(cfg, TransformersEngine(device="cpu", dtype="float32", threads=1))).start()
+    wait_until(lambda: r.error is not None or r.daemon.sync is not None, what="the policy downloader started")
+    try:
+        assert r.error is None, f"the daemon ended with {r.error!r}"
+        urls = r.daemon.sync.client.sources.urls
+        assert 0 < len(urls) <= MAX_ADVERTISED_RELAYS
+        assert all(u.startswith("http://127.0.0.1:9/r") for u in urls)
+    finally:
+        r.stop()
 
 
 @pytest.mark.parametrize("change", [{"run_id": "a run id no envelope can carry"}, {"allowed_dtypes": []},
@@ -56,3 +143,86 @@ def test_an_unusable_run_info_is_waited_out_like_an_outage(fake, versions, start
     wait_until(lambda: len(fake.submissions) >= 1 or r.error is not None, what="a submission once the answer is usable")
     r.stop()
     assert r.error is None
+
+
+def test_untrusted_text_from_the_coordinator_enters_log_lines_cut(fake, versions, start_daemon, caplog):
+    """A verdict's `reason` and an intake answer's `message` are logged per submission: 4 MB of
+    either made a 4 MB log line for every submission (the log's disk filled at the pace of the
+    worker's work). They enter log lines cut to a few hundred characters."""
+    async def wordy_intake(request):
+        fake.submit_calls += 1
+        return JSONResponse({"submission_id": f"s-{fake.submit_calls}", "status": "rejected",
+                             "message": "M" * 4_000_000})
+
+    fake.hostile[routes.SUBMISSIONS] = wordy_intake
+    versions.publish(0)
+    with caplog.at_level("INFO"):
+        r = start_daemon()
+        wait_until(lambda: fake.submit_calls >= 2, what="two submissions")
+        r.stop()
+    assert r.error is None
+    longest = max(len(rec.getMessage()) for rec in caplog.records)
+    assert longest < 2000, f"a log line of {longest} characters"
+
+
+def test_a_run_change_mid_run_ends_the_daemon_with_a_clear_error(fake, versions, start_daemon):
+    """The coordinator forgets the worker, and its GET /v1/run and registration answer now name
+    another run. The worker registered into it and went on with the first run's shardcast client
+    (the old operator key: every new manifest refused, its relays marked hostile), dtype and
+    spool, and refused every lease of the new run as signed for another: wedged, idle for ever.
+    It ends with an error saying so; a start joins the new run cleanly, and finished work of the
+    first run stays in the spool (test_finished_work_of_another_run_stays_pending)."""
+    from protocol.messages import RegistrationResponse
+
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1, what="a submission")
+    other = fake.run_info().model_copy(update={"run_id": "run2"})
+
+    async def run2(request):
+        return JSONResponse(other.model_dump(mode="json"))
+
+    registered: list[str] = []
+
+    async def register_run2(request):
+        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
+        registered.append(wid)
+        return JSONResponse(RegistrationResponse(worker_id=wid, run=other).model_dump(mode="json"))
+
+    async def no_work(request):  # once registered into run2 (the fake's own refuses run2's requests)
+        return JSONResponse({"leases": [], "retry_after_s": 0.2}) if registered else None
+
+    fake.hostile[routes.RUN] = run2
+    fake.hostile[routes.REGISTER] = register_run2
+    fake.hostile[routes.LEASES] = no_work
+    fake.forget_workers()
+    wait_until(lambda: r.error is not None, timeout=30, what="the daemon to end")
+    assert "run2" in str(r.error) and "'run'" in str(r.error)
+    assert not r.thread.is_alive() or r.thread.join(10) is None
+
+
+@pytest.mark.parametrize("difficulty, refused", [(200, True), (30, False)])
+def test_a_proof_of_work_the_worker_cannot_finish_does_not_hold_it(fake, versions, start_daemon, difficulty, refused):
+    """GET /v1/run asks for a registration proof of work of `difficulty` leading zero bits. 200
+    (no coordinator asks for more than 32) was ~2**200 hashes: the daemon spun a core for ever, and
+    `solve_pow` never looked at the stop, so SIGTERM could not end it. 30 (allowed: about 2**30
+    hashes, ~15 min here) held a stop as long. Over 32 is an unusable run info (waited out); a
+    solve in progress ends within a moment of a stop."""
+    bad = fake.run_info().model_copy(update={"pow_difficulty": difficulty, "pow_challenge": "c" * 32})
+
+    async def hard(request):
+        return JSONResponse(bad.model_dump(mode="json"))
+
+    fake.hostile[routes.RUN] = hard
+    versions.publish(0)
+    r = start_daemon()
+    if refused:
+        wait_until(lambda: "proof of work" in r.daemon.state.get("coordinator_error"), what="the run info refused")
+    else:
+        wait_until(lambda: r.daemon.state.get("phase") == "joining", what="joining")
+        time.sleep(1.0)  # solving now
+    t0 = time.monotonic()
+    r.daemon.request_stop()
+    r.thread.join(10)
+    assert not r.thread.is_alive(), "the daemon did not stop within 10 s of a stop"
+    assert time.monotonic() - t0 < 5
