@@ -76,6 +76,7 @@ MAX_IDLE_WAIT_S = 60.0     # the longest retry_after of an empty lease answer th
 LEASE_WAIT_S = 2.0         # a lease request that finds no room may be held this long at the coordinator
 SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
 KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
+MAX_LEASE_TTL_S = 86400.0  # the longest lease lifetime the worker sizes its requests by
 MAX_ADVERTISED_RELAYS = 32  # relays taken from GET /v1/run (a random sample of them, if more)
 MAX_RELAY_URL_CHARS = 2048
 
@@ -400,7 +401,9 @@ class Daemon:
             return []
         self._hold(leases)
         self.group_size = len(leases[0].seeds)
-        self.lease_ttl_s = max(1.0, leases[0].expires_at - leases[0].issued_at)
+        # the coordinator's times, bounded: issued at -1.7e308 and expiring at 1.7e308 made the
+        # TTL infinite, and sizing the next request raised OverflowError out of the loop
+        self.lease_ttl_s = min(MAX_LEASE_TTL_S, max(1.0, leases[0].expires_at - leases[0].issued_at))
         return leases
 
     def _work(self, leases: list[Lease]) -> None:

@@ -226,3 +226,27 @@ def test_a_proof_of_work_the_worker_cannot_finish_does_not_hold_it(fake, version
     r.thread.join(10)
     assert not r.thread.is_alive(), "the daemon did not stop within 10 s of a stop"
     assert time.monotonic() - t0 < 5
+
+
+def test_a_lease_with_absurd_times_does_not_end_the_daemon(fake, versions, start_daemon):
+    """Leases issued at -1.7e308 expiring at 1.7e308 (finite floats, valid to the schema): their TTL,
+    expires_at - issued_at, is infinity, and sizing the next request took int(inf / ...): an
+    OverflowError out of the loop once the first batch had set the worker's speed (the daemon
+    ended, again at every restart while the coordinator leases so)."""
+    async def absurd(request):
+        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
+        n = len(fake.leases) + 1
+        lease = Lease(lease_id=f"absurd-{n}", run_id="run", worker_id=wid, task_id=f"t{n}",
+                      prompt_token_ids=[5, 6, 7], seeds=[n, n + 1],
+                      sampling=SamplingParams(temperature=1.0, max_tokens=2), eos_token_id=1,
+                      min_policy_version=0, max_policy_version=0, issued_at=-1.7e308, expires_at=1.7e308)
+        fake.leases[lease.lease_id] = lease
+        env = seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER)
+        return JSONResponse(LeaseResponse(leases=[env]).model_dump(mode="json"))
+
+    fake.hostile[routes.LEASES] = absurd
+    versions.publish(0)
+    r = start_daemon(max_tasks=1)
+    wait_until(lambda: len(fake.submissions) >= 3 or r.error is not None, what="three submissions")
+    r.stop()
+    assert r.error is None, f"the daemon ended with {r.error!r}"
