@@ -30,6 +30,7 @@ and the demo's dishonest worker reuse this loop unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -102,6 +103,15 @@ def advertised_relays(urls: list[str]) -> list[str]:
     return good
 
 
+def _vocab_size(checkpoint: Path) -> int | None:
+    """`vocab_size` of a checkpoint's config.json (None when it names none)."""
+    try:
+        v = json.loads((Path(checkpoint) / "config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return v if type(v) is int and v > 0 else None
+
+
 def _terms(info: RunInfo) -> tuple[str, str, str]:
     return info.run_id, info.coordinator_key, info.operator_key
 
@@ -148,6 +158,7 @@ class Daemon:
         self.run_changed: str | None = None                 # why the daemon ended: the run changed under it
         self.sync: PolicySync | None = None
         self.p2p: Any = None               # the libp2p node (worker.p2p), None: HTTP only
+        self.vocab_size: int | None = None  # of the loaded version (its config.json), None: unknown
 
     # -- lifecycle ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -462,8 +473,23 @@ class Daemon:
             log.warning("policy version %d left the cache while it was loaded (%s); planning again", version, exc)
             return False
         self.state.set(policy_version=version)
+        self.vocab_size = _vocab_size(path)
         log.info("policy version %d loaded in %.2f s", version, time.perf_counter() - t0)
         return True
+
+    def _runnable(self, leases: list[Lease]) -> list[Lease]:
+        """`leases` whose prompts the loaded model can read; the others are given back. A prompt
+        token id past the vocabulary (valid to the schema up to 2**31-1) raised IndexError out of
+        the engine, past the loop (the daemon ended; on a GPU, a device-side assert spoils the
+        CUDA context for good)."""
+        if not self.vocab_size:
+            return leases
+        bad = [lease for lease in leases if max(lease.prompt_token_ids) >= self.vocab_size]
+        if bad:
+            log.error("%d leases have prompt token ids past the model's vocabulary (%d); given back: %s",
+                      len(bad), self.vocab_size, ", ".join(lease.lease_id for lease in bad[:5]))
+            self._release([lease.lease_id for lease in bad])
+        return [lease for lease in leases if lease not in bad]
 
     def _generate(self, leases: list[Lease], version: int) -> None:
         per_batch = max(1, self.target_sequences // max(1, self.group_size or 1))
@@ -475,6 +501,7 @@ class Daemon:
             if expired:
                 log.warning("%d leases expired before generation; dropped", len(expired))
                 self._unhold(expired)
+            chunk = self._runnable(chunk)
             if not chunk:
                 continue
             self.state.set(phase=f"generating ({len(chunk)} tasks, v{version})",

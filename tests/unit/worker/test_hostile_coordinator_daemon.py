@@ -250,3 +250,33 @@ def test_a_lease_with_absurd_times_does_not_end_the_daemon(fake, versions, start
     wait_until(lambda: len(fake.submissions) >= 3 or r.error is not None, what="three submissions")
     r.stop()
     assert r.error is None, f"the daemon ended with {r.error!r}"
+
+
+def test_a_lease_the_model_cannot_run_is_given_back_not_a_crash(fake, versions, start_daemon):
+    """A signed lease whose prompt holds token id 2**31-1 (valid to the schema, far outside the
+    model's vocabulary): the engine's embedding lookup raised IndexError out of generate_batch,
+    past the loop: the daemon ended with the batch's other leases, and at every restart while the
+    coordinator leases so. The batch's leases are given back, the error said, and work goes on."""
+    bad = {"done": False}
+
+    async def one_bad_lease(request):
+        if bad["done"]:
+            return None
+        bad["done"] = True
+        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
+        now = time.time()
+        lease = Lease(lease_id="out-of-vocab", run_id="run", worker_id=wid, task_id="t-oov",
+                      prompt_token_ids=[5, 2**31 - 1], seeds=[1, 2], sampling=SamplingParams(temperature=1.0,
+                                                                                             max_tokens=2),
+                      eos_token_id=1, min_policy_version=0, max_policy_version=0, issued_at=now, expires_at=now + 60)
+        fake.leases[lease.lease_id] = lease
+        env = seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER)
+        return JSONResponse(LeaseResponse(leases=[env]).model_dump(mode="json"))
+
+    fake.hostile[routes.LEASES] = one_bad_lease
+    versions.publish(0)
+    r = start_daemon(max_tasks=1)
+    wait_until(lambda: len(fake.submissions) >= 2 or r.error is not None, what="submissions after the bad lease")
+    r.stop()
+    assert r.error is None, f"the daemon ended with {r.error!r}"
+    assert "out-of-vocab" in fake.released
