@@ -89,13 +89,13 @@ class Housekeeper:
         now = time.time()
         run = getattr(self.coord, "run_id", "")  # (a stand-in coordinator may not say)
         for entry in self.spool.awaiting():
-            if entry.run_id and run and entry.run_id != run:
-                continue  # another run's: this coordinator would call it unknown (worker.spool)
             if entry.submission_id and now - entry.expires_at > AWAITING_MAX_S:
                 log.warning("submission %s (lease %s): no verdict %.0f h after its lease expired; no longer polled",
                             entry.submission_id, entry.lease_id, (now - entry.expires_at) / 3600)
                 self.spool.settle(entry)
                 self.state.add(dropped=1)
+            elif entry.run_id and run and entry.run_id != run:
+                continue  # another run's: this coordinator would call it unknown (worker.spool)
             elif not entry.submission_id:
                 self.spool.settle(entry)
             elif len(entries) < MAX_POLLS_PER_TICK:
