@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -268,6 +269,69 @@ def parse_json(resp: httpx.Response) -> Any:
 # once the client's timeout has passed, or the exchange is given up (see `_read_bounded`).
 MIN_ANSWER_RATE_BPS = 64 * 1024
 
+# The time by which the answer head of the request this thread is sending must be complete
+# (`monotonic`; None: no deadline). Set by SignedClient._exchange, read by _DeadlineStream.
+_head_deadline = threading.local()
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose reads end by the deadline of the request its thread is sending.
+    httpx's timeouts bound each read: a head dripped a byte per read held the caller for as long
+    as the server liked (h11 accepts a 16 KiB head: at a byte per 29 s, five days)."""
+
+    def __init__(self, inner: httpcore.NetworkStream):
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        deadline = getattr(_head_deadline, "at", None)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise httpcore.ReadTimeout("no complete answer head within the request's timeout")
+            timeout = left if timeout is None else min(timeout, left)
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _bounded_client(timeout_s: float) -> httpx.Client:
+    """An httpx client whose direct connections honour `_head_deadline` (connections through a
+    proxy named by the environment do not: httpx builds those transports itself)."""
+    transport = httpx.HTTPTransport(verify=tls_context())
+    limits = httpx.Limits()
+    transport._pool = httpcore.ConnectionPool(  # httpx has no public way to give its pool a backend
+        ssl_context=tls_context(), max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_DeadlineBackend())
+    return httpx.Client(timeout=timeout_s, transport=transport)
+
 
 @functools.cache
 def tls_context() -> ssl.SSLContext:
@@ -296,7 +360,8 @@ class SignedClient:
         self.run_id, self.audience = run_id, audience
         self.timeout_s = timeout_s
         self.max_response_bytes = max_response_bytes
-        self.http = client or httpx.Client(timeout=timeout_s)
+        self.http = client or (httpx.Client(timeout=timeout_s) if max_response_bytes is None
+                               else _bounded_client(timeout_s))
 
     def close(self) -> None:
         self.http.close()
@@ -345,10 +410,14 @@ class SignedClient:
             if cap is None:
                 return self.http.request(method, url, **kw, **timeout)
             headers = {**kw.pop("headers", {}), "accept-encoding": "identity"}
+            _head_deadline.at = time.monotonic() + (timeout_s or self.timeout_s)
             with self.http.stream(method, url, headers=headers, **kw, **timeout) as resp:
+                _head_deadline.at = None  # the body has its own rule
                 return _read_bounded(resp, url, cap, timeout_s or self.timeout_s)
         except httpx.HTTPError as exc:
             raise Unavailable(f"{url}: {type(exc).__name__}: {_cut(str(exc), MAX_DETAIL_CHARS)}") from exc
+        finally:
+            _head_deadline.at = None
 
 
 def _read_bounded(resp: httpx.Response, url: str, cap: int, timeout_s: float) -> httpx.Response:
@@ -358,8 +427,8 @@ def _read_bounded(resp: httpx.Response, url: str, cap: int, timeout_s: float) ->
     or counted) is refused at the byte that passes it (an endless chunked answer grew memory
     without end); and the body must have arrived by `timeout_s` plus its length at
     MIN_ANSWER_RATE_BPS (httpx's timeout bounds each read, not their sum: a body dripped a byte
-    every 0.2 s held the caller for days). All are `Unavailable`. The head is still bounded only
-    by httpx's per-read timeout and h11's 16 KiB cap on its size."""
+    every 0.2 s held the caller for days). All are `Unavailable`. The head is bounded before this
+    (`_DeadlineStream`: complete within `timeout_s` of the request being sent)."""
     encoding = resp.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise Unavailable(f"{url}: refused a compressed answer (content-encoding {_cut(encoding, 40)})")

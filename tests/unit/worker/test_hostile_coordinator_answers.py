@@ -239,3 +239,28 @@ def test_an_error_detail_of_megabytes_is_cut(hostile):
         c.close()
     assert info.value.status == 400
     assert len(info.value.detail) <= 1000 and len(str(info.value)) <= 1100
+
+
+def test_a_dripped_answer_head_has_a_deadline(hostile):
+    """The answer's head itself dripped, a byte every 0.5 s (a 10 KB header: h11 accepts up to
+    16 KiB): every read came within httpx's timeout, so the client waited as long as the
+    coordinator liked (still waiting after 15 s with a 2 s timeout; 16 KiB at one byte per 29 s
+    would be five days). The head must be complete within the client's timeout."""
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-pad: " + b"a" * 10_000
+
+    def drip_head(h, owner) -> None:
+        for b in head:
+            if owner.done.is_set():
+                return
+            owner.write(h, bytes([b]))
+            time.sleep(0.5)
+
+    c = _client(hostile(drip_head).url, timeout_s=2.0)
+    try:
+        t0 = time.monotonic()
+        finished, exc = _call_within(c.run_info, 15.0)
+    finally:
+        c.close()
+    assert finished, "a dripped head held the client for 15 s with a 2 s timeout"
+    assert isinstance(exc, Unavailable), exc
+    assert time.monotonic() - t0 < 6.0
