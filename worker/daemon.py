@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 2.0          # no work offered and no retry_after given: ask again after this
 MAX_IDLE_WAIT_S = 60.0     # the longest retry_after of an empty lease answer the worker honours
+LEASE_REFUSED_WAIT_S = 10.0  # a lease request refused (a 4xx the daemon has no rule for): ask again after this
+REGISTER_REFUSED_WAIT_S = 10.0  # a registration refused (not a ban): register again after this
 LEASE_WAIT_S = 2.0         # a lease request that finds no room may be held this long at the coordinator
 SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
 KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
@@ -266,22 +268,34 @@ class Daemon:
         log.info("computing in %s (the dtypes this run allows: %s)", chosen, ", ".join(allowed))
 
     def _register(self, stop: threading.Event) -> None:
-        """Register; called only through `self.registrations` (once per forgetting)."""
-        # the proof-of-work challenge changes per epoch: solve the current one
-        self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
-                                   stop, reach=self.reach)
-        self._same_run(self.run_info, "GET /v1/run")
-        info = self.run_info
-        nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty, stop=stop) \
-            if info.pow_difficulty else None
-        reg = Registration(hardware=self.hw, client_version=_client_version(), engine=self.engine.name,
-                           pow_nonce=nonce)
-        try:
-            resp = retry_call(lambda: self.coord.register(reg), "registering", stop, reach=self.reach)
-        except Rejected as exc:
-            if exc.status == 403:
-                raise Banned(f"the coordinator refuses this worker ({self.worker_id}): {exc.detail}") from exc
-            raise WorkerError(f"registration refused (HTTP {exc.status}): {exc.detail}") from exc
+        """Register; called only through `self.registrations` (once per forgetting), from the
+        loop's, the lease-ahead or the sender's thread. A refusal other than a ban (403) is tried
+        again, from a fresh GET /v1/run and proof of work, after REGISTER_REFUSED_WAIT_S: it
+        raised WorkerError, which ended the daemon from the loop's thread (at every restart while
+        it lasted: a worker clock outside the coordinator's skew window, 400 stale) and the
+        background sender silently from its own. A ban stops the daemon from any thread."""
+        while True:
+            # the proof-of-work challenge changes per epoch: solve the current one
+            self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
+                                       stop, reach=self.reach)
+            self._same_run(self.run_info, "GET /v1/run")
+            info = self.run_info
+            nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty, stop=stop) \
+                if info.pow_difficulty else None
+            reg = Registration(hardware=self.hw, client_version=_client_version(), engine=self.engine.name,
+                               pow_nonce=nonce)
+            try:
+                resp = retry_call(lambda: self.coord.register(reg), "registering", stop, reach=self.reach)
+                break
+            except Rejected as exc:
+                if exc.status == 403:
+                    self._banned(f"the coordinator refuses this worker ({self.worker_id}): {exc.detail}")
+                    raise Stopped("stopped: banned") from exc
+                log.error("registration refused (HTTP %d%s: %s); trying again in %.0f s", exc.status,
+                          f" {exc.reason}" if exc.reason else "", exc.detail, REGISTER_REFUSED_WAIT_S)
+                self.state.set(last_error=f"registration refused (HTTP {exc.status}): {exc.detail}"[:300])
+                if stop.wait(REGISTER_REFUSED_WAIT_S):
+                    raise Stopped("stopped while registering") from exc
         self.cfg.pins.check_run(resp.run, f"the coordinator at {self.cfg.coordinator_url} (registration answer)")
         self._same_run(resp.run, "registration answer")
         self.run_info = resp.run
@@ -385,7 +399,15 @@ class Daemon:
                 log.warning("lease refused (HTTP %d: %s); registering again", exc.status, exc.detail)
                 self.registrations.again(seen, self.stop)
                 return []
-            raise WorkerError(f"lease request refused (HTTP {exc.status}): {exc.detail}") from exc
+            # Anything else (a clock outside the skew window: 400 stale; a proxy's 408; whatever a
+            # broken coordinator says) ended the daemon, at every restart while it lasted: wait
+            # and ask again, the refusal on the status page
+            wait = sane_wait(exc.retry_after_s, LEASE_REFUSED_WAIT_S, floor=0.0, cap=MAX_IDLE_WAIT_S)
+            log.error("lease request refused (HTTP %d%s: %s); asking again in %.0f s", exc.status,
+                      f" {exc.reason}" if exc.reason else "", exc.detail, wait)
+            self.state.set(last_error=f"lease request refused (HTTP {exc.status}): {exc.detail}"[:300])
+            self.stop.wait(wait)
+            return []
         assert self.run_info is not None
         key = PublicKey.from_hex(self.run_info.coordinator_key)
         if len(resp.leases) > n:

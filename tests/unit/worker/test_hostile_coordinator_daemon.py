@@ -280,3 +280,55 @@ def test_a_lease_the_model_cannot_run_is_given_back_not_a_crash(fake, versions, 
     r.stop()
     assert r.error is None, f"the daemon ended with {r.error!r}"
     assert "out-of-vocab" in fake.released
+
+
+@pytest.mark.parametrize("status, reason", [(400, "stale"), (408, ""), (409, "whatever")])
+def test_a_refused_lease_request_is_asked_again_not_an_exit(fake, versions, start_daemon, monkeypatch,
+                                                            status, reason):
+    """A lease request answered with a 4xx other than 401/403/404/422 (a worker clock outside the
+    coordinator's skew window: 400 stale; a proxy's 408; anything a broken or hostile coordinator
+    says) raised WorkerError out of the loop: the daemon exited, and at every restart for as long
+    as the answer stays (a clock that stays off: a crash loop). It waits and asks again."""
+    import worker.daemon
+
+    monkeypatch.setattr(worker.daemon, "LEASE_REFUSED_WAIT_S", 0.2)
+    refusals = []
+
+    async def refuse_twice(request):
+        if len(refusals) >= 2:
+            return None
+        refusals.append(status)
+        return JSONResponse({"detail": "refused by the test", "reason": reason}, status_code=status)
+
+    fake.hostile[routes.LEASES] = refuse_twice
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1 or r.error is not None, what="a submission after two refusals")
+    r.stop()
+    assert r.error is None, f"the daemon ended with {r.error!r}"
+    assert len(refusals) == 2
+
+
+def test_a_refused_registration_is_tried_again_not_an_exit(fake, versions, start_daemon, monkeypatch):
+    """A registration answered 400 stale (a worker clock outside the coordinator's skew window) or
+    any 4xx but a ban raised WorkerError: at start-up the daemon exited (at every restart while
+    the clock stayed off); after a forgetting, from the background sender's thread, that thread
+    died and nothing more was sent. It registers again, from a fresh GET /v1/run, after a wait."""
+    import worker.daemon
+
+    monkeypatch.setattr(worker.daemon, "REGISTER_REFUSED_WAIT_S", 0.2)
+    refusals = []
+
+    async def refuse_twice(request):
+        if len(refusals) >= 2:
+            return None
+        refusals.append(1)
+        return JSONResponse({"detail": "timestamp outside the accepted window", "reason": "stale"}, status_code=400)
+
+    fake.hostile[routes.REGISTER] = refuse_twice
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: len(fake.submissions) >= 1 or r.error is not None, what="a submission after two refusals")
+    r.stop()
+    assert r.error is None, f"the daemon ended with {r.error!r}"
+    assert len(refusals) == 2
