@@ -264,3 +264,23 @@ def test_a_dripped_answer_head_has_a_deadline(hostile):
     assert finished, "a dripped head held the client for 15 s with a 2 s timeout"
     assert isinstance(exc, Unavailable), exc
     assert time.monotonic() - t0 < 6.0
+
+
+def test_a_redirect_is_not_followed(hostile):
+    """A 302 to another host (or a loop back to itself) is not followed: it is no answer of the
+    coordinator's, and the other host never sees the worker's (signed) request. Checked, no hole:
+    httpx does not follow redirects unless asked; kept as a regression test."""
+    elsewhere = hostile(lambda h, owner: owner.write(h, _head(h, length=2).encode() + b"{}"))
+
+    def redirect(h, owner) -> None:
+        owner.write(h, _head(h, status=302, length=0, extra=f"location: {elsewhere.url}/v1/run").encode())
+
+    c = _client(hostile(redirect).url)
+    try:
+        with pytest.raises(Unavailable):
+            c.run_info()
+        with pytest.raises(Unavailable):
+            c.heartbeat(Heartbeat())
+    finally:
+        c.close()
+    assert elsewhere.sent == 0
