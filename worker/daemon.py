@@ -76,6 +76,7 @@ IDLE_WAIT_S = 2.0          # no work offered and no retry_after given: ask again
 MAX_IDLE_WAIT_S = 60.0     # the longest retry_after of an empty lease answer the worker honours
 LEASE_REFUSED_WAIT_S = 10.0  # a lease request refused (a 4xx the daemon has no rule for): ask again after this
 REGISTER_REFUSED_WAIT_S = 10.0  # a registration refused (not a ban): register again after this
+REREGISTER_WAIT_S = 10.0   # forgotten again within this long of registering: wait this long first
 LEASE_WAIT_S = 2.0         # a lease request that finds no room may be held this long at the coordinator
 SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
 KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
@@ -161,6 +162,7 @@ class Daemon:
         self.sync: PolicySync | None = None
         self.p2p: Any = None               # the libp2p node (worker.p2p), None: HTTP only
         self.vocab_size: int | None = None  # of the loaded version (its config.json), None: unknown
+        self._registered_at = -1e9          # time.monotonic() of the last registration
 
     # -- lifecycle ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -299,6 +301,7 @@ class Daemon:
         self.cfg.pins.check_run(resp.run, f"the coordinator at {self.cfg.coordinator_url} (registration answer)")
         self._same_run(resp.run, "registration answer")
         self.run_info = resp.run
+        self._registered_at = time.monotonic()
         log.info("registered as %s in run %s", short(resp.worker_id, 80), resp.run.run_id)
 
     def _shardcast_client(self) -> Any:
@@ -396,7 +399,15 @@ class Daemon:
                 self._banned(exc.detail)
                 return []
             if exc.status in (401, 404):
-                log.warning("lease refused (HTTP %d: %s); registering again", exc.status, exc.detail)
+                if time.monotonic() - self._registered_at < REREGISTER_WAIT_S:
+                    # forgotten again moments after registering: a coordinator answering so every
+                    # time made the loop register (GET /v1/run, proof of work, POST) ~225 times a second
+                    log.warning("lease refused (HTTP %d: %s) right after registering; registering again in %.0f s",
+                                exc.status, exc.detail, REREGISTER_WAIT_S)
+                    if self.stop.wait(REREGISTER_WAIT_S):
+                        return []
+                else:
+                    log.warning("lease refused (HTTP %d: %s); registering again", exc.status, exc.detail)
                 self.registrations.again(seen, self.stop)
                 return []
             # Anything else (a clock outside the skew window: 400 stale; a proxy's 408; whatever a

@@ -332,3 +332,28 @@ def test_a_refused_registration_is_tried_again_not_an_exit(fake, versions, start
     r.stop()
     assert r.error is None, f"the daemon ended with {r.error!r}"
     assert len(refusals) == 2
+
+
+def test_a_coordinator_that_forgets_the_worker_at_every_lease_request_is_not_hammered(fake, versions, start_daemon):
+    """Every lease request answered 404 (unknown worker) though each registration succeeds: the
+    loop registered again (GET /v1/run, a proof of work, POST) and asked again at once, without
+    a pause, as fast as the round trips allowed. A registration that is refused again straight
+    away is followed by a wait."""
+    registrations = []
+
+    async def count(request):
+        registrations.append(time.monotonic())
+        return None
+
+    async def forgotten(request):
+        return JSONResponse({"detail": "unknown worker; register first"}, status_code=404)
+
+    fake.hostile[routes.REGISTER] = count
+    fake.hostile[routes.LEASES] = forgotten
+    versions.publish(0)
+    r = start_daemon()
+    wait_until(lambda: registrations, what="a registration")
+    time.sleep(4.0)
+    r.stop()
+    assert r.error is None
+    assert len(registrations) <= 4, f"{len(registrations)} registrations in about 4 s"
