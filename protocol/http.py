@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -180,22 +181,33 @@ class ServerThread:
         self.sock.close()
 
 
+MAX_DETAIL_CHARS = 500      # of an error body's detail: it goes into exceptions, log lines, status pages
+MAX_REASON_CHARS = 64       # of its machine-readable `reason`
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def error_detail(resp: httpx.Response) -> str:
+    """The `detail` of an error answer, at most MAX_DETAIL_CHARS (plus a note of the length).
+    Untrusted: a body nested past the parser's recursion limit raised RecursionError out of
+    `check_response` (past every caller's handling), and an 8 MB detail made 8 MB log lines."""
     try:
         d = resp.json().get("detail")
         if isinstance(d, list):  # FastAPI validation errors
             d = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in d[:3])
-        return str(d) if d else resp.text[:300]
-    except (ValueError, AttributeError):
+        return _cut(str(d), MAX_DETAIL_CHARS) if d else resp.text[:300]
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return resp.text[:300] or resp.reason_phrase
 
 
 def _error_reason(resp: httpx.Response) -> str:
     try:
         reason = resp.json().get("reason")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
-    return reason if isinstance(reason, str) else ""
+    return reason[:MAX_REASON_CHARS] if isinstance(reason, str) else ""
 
 
 MIN_RETRY_AFTER_S = 0.5     # a Retry-After below this (0, negative) would make a busy loop
@@ -236,7 +248,89 @@ def parse_response(resp: httpx.Response, model: type[R]) -> R:
     try:
         return model.model_validate_json(resp.content)
     except ValidationError as exc:
-        raise Unavailable(f"{resp.request.url.path}: unexpected response: {exc.errors()[:1]}") from exc
+        first = exc.errors(include_input=False, include_url=False)[:1]
+        raise Unavailable(f"{resp.request.url.path}: unexpected response: {_cut(str(first), MAX_DETAIL_CHARS)}") \
+            from exc
+
+
+def parse_json(resp: httpx.Response) -> Any:
+    """A 2xx body read as plain JSON (answers without a model: heartbeats, releases). Text, or
+    JSON nested past the parser's recursion limit, is `Unavailable` (a broken or hostile
+    service): JSONDecodeError and RecursionError escaped every caller's handling (the worker's
+    housekeeping thread died of one, the daemon's lease release of the other)."""
+    try:
+        return resp.json()
+    except (ValueError, RecursionError):
+        raise Unavailable(f"{resp.request.url.path}: HTTP {resp.status_code} answer is not JSON "
+                          f"({len(resp.content)} bytes)") from None
+
+
+# Bounded answers (SignedClient's `max_response_bytes`): a body must arrive at least this fast
+# once the client's timeout has passed, or the exchange is given up (see `_read_bounded`).
+MIN_ANSWER_RATE_BPS = 64 * 1024
+
+# The time by which the answer head of the request this thread is sending must be complete
+# (`monotonic`; None: no deadline). Set by SignedClient._exchange, read by _DeadlineStream.
+_head_deadline = threading.local()
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose reads end by the deadline of the request its thread is sending.
+    httpx's timeouts bound each read: a head dripped a byte per read held the caller for as long
+    as the server liked (h11 accepts a 16 KiB head: at a byte per 29 s, five days)."""
+
+    def __init__(self, inner: httpcore.NetworkStream):
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        deadline = getattr(_head_deadline, "at", None)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise httpcore.ReadTimeout("no complete answer head within the request's timeout")
+            timeout = left if timeout is None else min(timeout, left)
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _bounded_client(timeout_s: float) -> httpx.Client:
+    """An httpx client whose direct connections honour `_head_deadline` (connections through a
+    proxy named by the environment do not: httpx builds those transports itself)."""
+    transport = httpx.HTTPTransport(verify=tls_context())
+    limits = httpx.Limits()
+    transport._pool = httpcore.ConnectionPool(  # httpx has no public way to give its pool a backend
+        ssl_context=tls_context(), max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_DeadlineBackend())
+    return httpx.Client(timeout=timeout_s, transport=transport)
 
 
 @functools.cache
@@ -256,19 +350,26 @@ class SignedClient:
     signing before that is an error, never an unbound message."""
 
     def __init__(self, base_url: str, key: KeyPair | None = None, timeout_s: float = 30.0,
-                 client: httpx.Client | None = None, *, run_id: str = "", audience: str = AUDIENCE_COORDINATOR):
+                 client: httpx.Client | None = None, *, run_id: str = "", audience: str = AUDIENCE_COORDINATOR,
+                 max_response_bytes: int | None = None):
+        """`max_response_bytes`: answers are read bounded (`_read_bounded`: identity encoding, a
+        byte cap, a deadline) with this cap unless a call names its own; None reads them whole,
+        as httpx does (for callers that trust the service's answers' size)."""
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.run_id, self.audience = run_id, audience
-        self.http = client or httpx.Client(timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
+        self.http = client or (httpx.Client(timeout=timeout_s) if max_response_bytes is None
+                               else _bounded_client(timeout_s))
 
     def close(self) -> None:
         self.http.close()
 
     def post_signed(self, path: str, kind: str, body: BaseModel, response: type[R] | None = None,
-                    timeout_s: float | None = None) -> Any:
-        resp = self._post_json(path, self._seal(kind, body).model_dump_json(), timeout_s)
-        return parse_response(resp, response) if response is not None else resp.json()
+                    timeout_s: float | None = None, max_bytes: int | None = None) -> Any:
+        resp = self._post_json(path, self._seal(kind, body).model_dump_json(), timeout_s, max_bytes)
+        return parse_response(resp, response) if response is not None else parse_json(resp)
 
     def post_signed_each(self, path: str, kind: str, bodies: list[BaseModel], response: type[R],
                          timeout_s: float | None = None) -> R:
@@ -288,21 +389,60 @@ class SignedClient:
             raise ProtocolError(f"cannot sign a {kind}: the run id is not known yet (GET /v1/run first)")
         return seal(kind, body, self.key, run_id=self.run_id, audience=self.audience)
 
-    def _post_json(self, path: str, content: str, timeout_s: float | None) -> httpx.Response:
+    def _post_json(self, path: str, content: str, timeout_s: float | None,
+                   max_bytes: int | None = None) -> httpx.Response:
         """POST a JSON body; transport errors become Unavailable, 4xx Rejected, 5xx Unavailable."""
-        try:
-            resp = self.http.post(self.base_url + path, content=content, headers={"content-type": "application/json"},
-                                  **({"timeout": timeout_s} if timeout_s else {}))
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
-        return check_response(resp)
+        return check_response(self._exchange("POST", path, timeout_s, max_bytes, content=content,
+                                             headers={"content-type": "application/json"}))
 
     def get(self, path: str, response: type[R] | None = None, params: dict | None = None,
-            timeout_s: float | None = None) -> Any:
+            timeout_s: float | None = None, max_bytes: int | None = None) -> Any:
+        resp = check_response(self._exchange("GET", path, timeout_s, max_bytes, params=params))
+        return parse_response(resp, response) if response is not None else parse_json(resp)
+
+    def _exchange(self, method: str, path: str, timeout_s: float | None, max_bytes: int | None,
+                  **kw: Any) -> httpx.Response:
+        """One request; its answer read whole (no cap set) or bounded (`_read_bounded`)."""
+        url = self.base_url + path
+        cap = max_bytes or self.max_response_bytes
+        timeout = {"timeout": timeout_s} if timeout_s else {}
         try:
-            resp = self.http.get(self.base_url + path, params=params,
-                                 **({"timeout": timeout_s} if timeout_s else {}))
+            if cap is None:
+                return self.http.request(method, url, **kw, **timeout)
+            headers = {**kw.pop("headers", {}), "accept-encoding": "identity"}
+            _head_deadline.at = time.monotonic() + (timeout_s or self.timeout_s)
+            with self.http.stream(method, url, headers=headers, **kw, **timeout) as resp:
+                _head_deadline.at = None  # the body has its own rule
+                return _read_bounded(resp, url, cap, timeout_s or self.timeout_s)
         except httpx.HTTPError as exc:
-            raise Unavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
-        check_response(resp)
-        return parse_response(resp, response) if response is not None else resp.json()
+            raise Unavailable(f"{url}: {type(exc).__name__}: {_cut(str(exc), MAX_DETAIL_CHARS)}") from exc
+        finally:
+            _head_deadline.at = None
+
+
+def _read_bounded(resp: httpx.Response, url: str, cap: int, timeout_s: float) -> httpx.Response:
+    """`resp` (streamed) read whole into a new Response, within bounds an untrusted service cannot
+    stretch: a Content-Encoding other than identity is refused unread (a 0.26 MB gzip body inflated
+    to 256 MiB, and httpx held 2.5 GiB at its peak decoding it); a body over `cap` bytes (declared
+    or counted) is refused at the byte that passes it (an endless chunked answer grew memory
+    without end); and the body must have arrived by `timeout_s` plus its length at
+    MIN_ANSWER_RATE_BPS (httpx's timeout bounds each read, not their sum: a body dripped a byte
+    every 0.2 s held the caller for days). All are `Unavailable`. The head is bounded before this
+    (`_DeadlineStream`: complete within `timeout_s` of the request being sent)."""
+    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Unavailable(f"{url}: refused a compressed answer (content-encoding {_cut(encoding, 40)})")
+    declared = resp.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > cap:
+        raise Unavailable(f"{url}: an answer of {_cut(declared, 20)} bytes, over the {cap} accepted")
+    started = time.monotonic()
+    parts: list[bytes] = []
+    got = 0
+    for chunk in resp.iter_raw():
+        got += len(chunk)
+        if got > cap:
+            raise Unavailable(f"{url}: the answer passed the {cap} bytes accepted")
+        if time.monotonic() - started > timeout_s + got / MIN_ANSWER_RATE_BPS:
+            raise Unavailable(f"{url}: the answer came too slowly ({got} bytes in {time.monotonic() - started:.0f} s)")
+        parts.append(chunk)
+    return httpx.Response(resp.status_code, headers=resp.headers, content=b"".join(parts), request=resp.request)

@@ -199,14 +199,17 @@ class ShardcastClient:
         final = self.cache_dir / str(version)
         if (final / MANIFEST_NAME).exists():
             return _touched(final)
+        # The manifest first, the lock (a file that stays) only for a version that exists: a lock
+        # taken first left `.partial/<N>.lock` behind for every version a lease named that no
+        # source holds (a coordinator naming a new future version per lease: a file each, for ever).
+        self._merge_relays()
+        ann = (self._announced.get(version) or self._swarm_announced(version)
+               or self._find_manifest(version))
         with self._version_lock(version):
             if (final / MANIFEST_NAME).exists():
                 return _touched(final)
             if final.exists():
                 raise ShardcastError(f"{final} exists but is not a shardcast version; move it away")
-            self._merge_relays()
-            ann = (self._announced.get(version) or self._swarm_announced(version)
-                   or self._find_manifest(version))
             self._download(ann, progress)
         self._prune(keep=version)
         if self.peers is not None:

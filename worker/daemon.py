@@ -30,7 +30,9 @@ and the demo's dishonest worker reuse this loop unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +47,7 @@ from protocol.identity import KeyPair, PublicKey
 from protocol.messages import Lease, Registration, RunInfo
 from protocol.pow import solve_pow
 from protocol.retry import Reachability, retry_call
+from shardcast.bounded import short
 from worker.config import WorkerConfig
 from worker.coordinator_client import CoordinatorClient
 from worker.engines.base import Engine
@@ -71,9 +74,49 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 2.0          # no work offered and no retry_after given: ask again after this
 MAX_IDLE_WAIT_S = 60.0     # the longest retry_after of an empty lease answer the worker honours
+LEASE_REFUSED_WAIT_S = 10.0  # a lease request refused (a 4xx the daemon has no rule for): ask again after this
+REGISTER_REFUSED_WAIT_S = 10.0  # a registration refused (not a ban): register again after this
+REREGISTER_WAIT_S = 10.0   # forgotten again within this long of registering: wait this long first
 LEASE_WAIT_S = 2.0         # a lease request that finds no room may be held this long at the coordinator
 SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
 KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
+MAX_LEASE_TTL_S = 86400.0  # the longest lease lifetime the worker sizes its requests by
+MAX_ADVERTISED_RELAYS = 32  # relays taken from GET /v1/run (a random sample of them, if more)
+MAX_RELAY_URL_CHARS = 2048
+
+
+def advertised_relays(urls: list[str]) -> list[str]:
+    """The relays a coordinator advertises that the worker will use: http(s) URLs of sane length,
+    once each, at most MAX_ADVERTISED_RELAYS (a random sample: workers spread over the relays).
+    The list is untrusted: one "ftp://" entry made the shardcast client raise at start-up (the
+    daemon exited, again at every restart), and every relay in it is long-polled at once."""
+    good, bad = [], 0
+    for url in dict.fromkeys(urls):
+        if isinstance(url, str) and len(url) <= MAX_RELAY_URL_CHARS and url.startswith(("http://", "https://")) \
+                and url.isprintable():
+            good.append(url)
+        else:
+            bad += 1
+    if bad:
+        log.warning("ignored %d relay URLs the coordinator advertises that are no http(s) URLs", bad)
+    if len(good) > MAX_ADVERTISED_RELAYS:
+        log.warning("the coordinator advertises %d relays; using %d of them, at random", len(good),
+                    MAX_ADVERTISED_RELAYS)
+        good = random.sample(good, MAX_ADVERTISED_RELAYS)
+    return good
+
+
+def _vocab_size(checkpoint: Path) -> int | None:
+    """`vocab_size` of a checkpoint's config.json (None when it names none)."""
+    try:
+        v = json.loads((Path(checkpoint) / "config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return v if type(v) is int and v > 0 else None
+
+
+def _terms(info: RunInfo) -> tuple[str, str, str]:
+    return info.run_id, info.coordinator_key, info.operator_key
 
 
 def _client_version() -> str:
@@ -114,8 +157,12 @@ class Daemon:
         self.lease_ttl_s: float | None = None
         self.run_info: RunInfo | None = None
         self.banned: str | None = None
+        self._joined: tuple[str, str, str] | None = None   # the run joined: id, coordinator key, operator key
+        self.run_changed: str | None = None                 # why the daemon ended: the run changed under it
         self.sync: PolicySync | None = None
         self.p2p: Any = None               # the libp2p node (worker.p2p), None: HTTP only
+        self.vocab_size: int | None = None  # of the loaded version (its config.json), None: unknown
+        self._registered_at = -1e9          # time.monotonic() of the last registration
 
     # -- lifecycle ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -168,11 +215,13 @@ class Daemon:
             self.coord.close()
         if self.banned:
             raise Banned(f"this worker ({self.worker_id}) is banned by the coordinator: {self.banned}")
+        if self.run_changed:
+            raise WorkerError(self.run_changed)
 
     def _banned(self, reason: str) -> None:
         if not self.banned:
-            log.error("banned by the coordinator: %s", reason)
-        self.banned = reason
+            log.error("banned by the coordinator: %s", short(reason))
+        self.banned = short(reason)
         self.stop.set()
 
     # -- joining --------------------------------------------------------------------------------
@@ -183,7 +232,29 @@ class Daemon:
         self.cfg.pins.check_run(self.run_info, f"the coordinator at {self.cfg.coordinator_url} (GET /v1/run)")
         self.state.set(run_id=self.run_info.run_id, newest_version=self.run_info.current_policy_version)
         self._agree_dtype(self.run_info.allowed_dtypes)
+        self._joined = _terms(self.run_info)
         self.registrations.again(self.registrations.epoch(), self.stop)
+
+    def _same_run(self, info: RunInfo, where: str) -> None:
+        """Stop the daemon (Stopped; `run` then raises WorkerError) when `info` describes another
+        run than the one joined, or one that no longer allows the engine's dtype. Everything the
+        daemon holds is the joined run's: its shardcast client trusts that run's operator key
+        (the new run's manifests were refused and its relays marked hostile), its engine computes
+        in the dtype agreed then, its leases and spool are that run's. The worker registered into
+        the new run and sat idle, refusing its leases, for ever; a new start joins it cleanly
+        (and the spool keeps the first run's finished work: worker.spool)."""
+        dtype = dtypes.canonical(self.engine.info().dtype)
+        allowed = {dtypes.canonical(d) for d in info.allowed_dtypes}
+        if self._joined is None or (_terms(info) == self._joined and (dtype is None or dtype in allowed)):
+            return
+        self.run_changed = (
+            f"the coordinator at {self.cfg.coordinator_url} ({where}) now describes run {info.run_id!r} "
+            f"(coordinator key {info.coordinator_key[:16]}..., operator key {info.operator_key[:16]}..., dtypes "
+            f"{', '.join(info.allowed_dtypes)}), not run {self._joined[0]!r} as this worker joined it "
+            f"(computing in {dtype}): start the worker again to join the run it serves now")
+        log.error("%s", self.run_changed)
+        self.stop.set()
+        raise Stopped("stopped: the coordinator's run changed")
 
     def _agree_dtype(self, allowed: list[str]) -> None:
         """Compute in a dtype the run allows: an 'auto' engine switches to one (bf16 on a GPU when
@@ -199,24 +270,39 @@ class Daemon:
         log.info("computing in %s (the dtypes this run allows: %s)", chosen, ", ".join(allowed))
 
     def _register(self, stop: threading.Event) -> None:
-        """Register; called only through `self.registrations` (once per forgetting)."""
-        # the proof-of-work challenge changes per epoch: solve the current one
-        self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
-                                   stop, reach=self.reach)
-        info = self.run_info
-        nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty) \
-            if info.pow_difficulty else None
-        reg = Registration(hardware=self.hw, client_version=_client_version(), engine=self.engine.name,
-                           pow_nonce=nonce)
-        try:
-            resp = retry_call(lambda: self.coord.register(reg), "registering", stop, reach=self.reach)
-        except Rejected as exc:
-            if exc.status == 403:
-                raise Banned(f"the coordinator refuses this worker ({self.worker_id}): {exc.detail}") from exc
-            raise WorkerError(f"registration refused (HTTP {exc.status}): {exc.detail}") from exc
+        """Register; called only through `self.registrations` (once per forgetting), from the
+        loop's, the lease-ahead or the sender's thread. A refusal other than a ban (403) is tried
+        again, from a fresh GET /v1/run and proof of work, after REGISTER_REFUSED_WAIT_S: it
+        raised WorkerError, which ended the daemon from the loop's thread (at every restart while
+        it lasted: a worker clock outside the coordinator's skew window, 400 stale) and the
+        background sender silently from its own. A ban stops the daemon from any thread."""
+        while True:
+            # the proof-of-work challenge changes per epoch: solve the current one
+            self.run_info = retry_call(self.coord.run_info, f"reaching the coordinator at {self.cfg.coordinator_url}",
+                                       stop, reach=self.reach)
+            self._same_run(self.run_info, "GET /v1/run")
+            info = self.run_info
+            nonce = solve_pow(info.pow_challenge, self.key.public.hex, info.pow_difficulty, stop=stop) \
+                if info.pow_difficulty else None
+            reg = Registration(hardware=self.hw, client_version=_client_version(), engine=self.engine.name,
+                               pow_nonce=nonce)
+            try:
+                resp = retry_call(lambda: self.coord.register(reg), "registering", stop, reach=self.reach)
+                break
+            except Rejected as exc:
+                if exc.status == 403:
+                    self._banned(f"the coordinator refuses this worker ({self.worker_id}): {exc.detail}")
+                    raise Stopped("stopped: banned") from exc
+                log.error("registration refused (HTTP %d%s: %s); trying again in %.0f s", exc.status,
+                          f" {exc.reason}" if exc.reason else "", exc.detail, REGISTER_REFUSED_WAIT_S)
+                self.state.set(last_error=f"registration refused (HTTP {exc.status}): {exc.detail}"[:300])
+                if stop.wait(REGISTER_REFUSED_WAIT_S):
+                    raise Stopped("stopped while registering") from exc
         self.cfg.pins.check_run(resp.run, f"the coordinator at {self.cfg.coordinator_url} (registration answer)")
+        self._same_run(resp.run, "registration answer")
         self.run_info = resp.run
-        log.info("registered as %s in run %s", resp.worker_id, resp.run.run_id)
+        self._registered_at = time.monotonic()
+        log.info("registered as %s in run %s", short(resp.worker_id, 80), resp.run.run_id)
 
     def _shardcast_client(self) -> Any:
         if self._weights_client is not None:
@@ -234,7 +320,7 @@ class Daemon:
             from shardcast.p2p import PeerShards
 
             peers = PeerShards(self.p2p, operator)
-        relays = self.cfg.relays or self.run_info.relays
+        relays = self.cfg.relays or advertised_relays(self.run_info.relays)
         if not relays and peers is None:
             raise WorkerError("no relay to fetch weights from: the coordinator advertises none; "
                               "pass one with --set relays='[\"http://HOST:PORT\"]'")
@@ -313,14 +399,35 @@ class Daemon:
                 self._banned(exc.detail)
                 return []
             if exc.status in (401, 404):
-                log.warning("lease refused (HTTP %d: %s); registering again", exc.status, exc.detail)
+                if time.monotonic() - self._registered_at < REREGISTER_WAIT_S:
+                    # forgotten again moments after registering: a coordinator answering so every
+                    # time made the loop register (GET /v1/run, proof of work, POST) ~225 times a second
+                    log.warning("lease refused (HTTP %d: %s) right after registering; registering again in %.0f s",
+                                exc.status, exc.detail, REREGISTER_WAIT_S)
+                    if self.stop.wait(REREGISTER_WAIT_S):
+                        return []
+                else:
+                    log.warning("lease refused (HTTP %d: %s); registering again", exc.status, exc.detail)
                 self.registrations.again(seen, self.stop)
                 return []
-            raise WorkerError(f"lease request refused (HTTP {exc.status}): {exc.detail}") from exc
+            # Anything else (a clock outside the skew window: 400 stale; a proxy's 408; whatever a
+            # broken coordinator says) ended the daemon, at every restart while it lasted: wait
+            # and ask again, the refusal on the status page
+            wait = sane_wait(exc.retry_after_s, LEASE_REFUSED_WAIT_S, floor=0.0, cap=MAX_IDLE_WAIT_S)
+            log.error("lease request refused (HTTP %d%s: %s); asking again in %.0f s", exc.status,
+                      f" {exc.reason}" if exc.reason else "", exc.detail, wait)
+            self.state.set(last_error=f"lease request refused (HTTP {exc.status}): {exc.detail}"[:300])
+            self.stop.wait(wait)
+            return []
         assert self.run_info is not None
         key = PublicKey.from_hex(self.run_info.coordinator_key)
+        if len(resp.leases) > n:
+            # signed or not, work beyond what was asked is none the worker has shown it can finish
+            # in the TTL (and each would cost a signature check): it is left to expire
+            log.warning("the coordinator answered a request for %d tasks with %d leases; taking the first %d",
+                        n, len(resp.leases), n)
         leases = []
-        for env in resp.leases:
+        for env in resp.leases[:n]:
             try:
                 leases.append(open_lease(env, key, self.worker_id, self.run_info.run_id, time.time()))
             except WorkerError as exc:
@@ -338,7 +445,9 @@ class Daemon:
             return []
         self._hold(leases)
         self.group_size = len(leases[0].seeds)
-        self.lease_ttl_s = max(1.0, leases[0].expires_at - leases[0].issued_at)
+        # the coordinator's times, bounded: issued at -1.7e308 and expiring at 1.7e308 made the
+        # TTL infinite, and sizing the next request raised OverflowError out of the loop
+        self.lease_ttl_s = min(MAX_LEASE_TTL_S, max(1.0, leases[0].expires_at - leases[0].issued_at))
         return leases
 
     def _work(self, leases: list[Lease]) -> None:
@@ -397,8 +506,23 @@ class Daemon:
             log.warning("policy version %d left the cache while it was loaded (%s); planning again", version, exc)
             return False
         self.state.set(policy_version=version)
+        self.vocab_size = _vocab_size(path)
         log.info("policy version %d loaded in %.2f s", version, time.perf_counter() - t0)
         return True
+
+    def _runnable(self, leases: list[Lease]) -> list[Lease]:
+        """`leases` whose prompts the loaded model can read; the others are given back. A prompt
+        token id past the vocabulary (valid to the schema up to 2**31-1) raised IndexError out of
+        the engine, past the loop (the daemon ended; on a GPU, a device-side assert spoils the
+        CUDA context for good)."""
+        if not self.vocab_size:
+            return leases
+        bad = [lease for lease in leases if max(lease.prompt_token_ids) >= self.vocab_size]
+        if bad:
+            log.error("%d leases have prompt token ids past the model's vocabulary (%d); given back: %s",
+                      len(bad), self.vocab_size, ", ".join(lease.lease_id for lease in bad[:5]))
+            self._release([lease.lease_id for lease in bad])
+        return [lease for lease in leases if lease not in bad]
 
     def _generate(self, leases: list[Lease], version: int) -> None:
         per_batch = max(1, self.target_sequences // max(1, self.group_size or 1))
@@ -410,6 +534,7 @@ class Daemon:
             if expired:
                 log.warning("%d leases expired before generation; dropped", len(expired))
                 self._unhold(expired)
+            chunk = self._runnable(chunk)
             if not chunk:
                 continue
             self.state.set(phase=f"generating ({len(chunk)} tasks, v{version})",
@@ -420,7 +545,7 @@ class Daemon:
             self.state.set(phase="spooling")
             for n, f in enumerate(finished):
                 try:
-                    self.spool.put(f.submission, f.tokens, f.lease.expires_at)
+                    self.spool.put(f.submission, f.tokens, f.lease.expires_at, run_id=f.lease.run_id)
                 except OSError as exc:
                     # a full (or failing) disk: what is spooled stays and is sent, its leases are
                     # no longer held (releasing one would make its submission refused); the

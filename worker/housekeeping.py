@@ -20,6 +20,7 @@ from typing import Callable
 
 from protocol.errors import Rejected, Unavailable
 from protocol.messages import Heartbeat, SubmissionStatus
+from shardcast.bounded import short
 from worker.coordinator_client import CoordinatorClient
 from worker.spool import Spool
 from worker.state import WorkerState
@@ -86,12 +87,15 @@ class Housekeeper:
         does not serve the batch route."""
         entries = []
         now = time.time()
+        run = getattr(self.coord, "run_id", "")  # (a stand-in coordinator may not say)
         for entry in self.spool.awaiting():
             if entry.submission_id and now - entry.expires_at > AWAITING_MAX_S:
                 log.warning("submission %s (lease %s): no verdict %.0f h after its lease expired; no longer polled",
                             entry.submission_id, entry.lease_id, (now - entry.expires_at) / 3600)
                 self.spool.settle(entry)
                 self.state.add(dropped=1)
+            elif entry.run_id and run and entry.run_id != run:
+                continue  # another run's: this coordinator would call it unknown (worker.spool)
             elif not entry.submission_id:
                 self.spool.settle(entry)
             elif len(entries) < MAX_POLLS_PER_TICK:
@@ -114,7 +118,8 @@ class Housekeeper:
             if st.status == "accepted":
                 self.state.add(accepted=1, credits_tokens=st.tokens or entry.tokens)
             elif st.status == "rejected":
-                log.warning("submission %s (lease %s) rejected: %s", st.submission_id, entry.lease_id, st.reason)
+                log.warning("submission %s (lease %s) rejected: %s", entry.submission_id, entry.lease_id,
+                            short(st.reason))
                 self.state.add(rejected=1)
                 self.state.set(last_error=f"rejected: {st.reason}"[:300])
             else:
@@ -156,6 +161,7 @@ class Housekeeper:
         except (Unavailable, Rejected) as exc:
             log.debug("worker info failed: %s", exc)
             return
-        self.state.set(lifetime=info.model_dump(mode="json"))
+        self.state.set(lifetime={**info.model_dump(mode="json"), "ban_reason": short(info.ban_reason),
+                                 "worker_id": short(info.worker_id, 80)})
         if info.status == "banned":
             self.on_banned(info.ban_reason or "no reason given")

@@ -31,6 +31,9 @@ def open_lease(env: Envelope, coordinator_key: PublicKey, worker_id: str, run_id
                               audience=AUDIENCE_WORKER).body
     except ProtocolError as exc:
         raise LeaseError(f"lease refused: {exc}") from exc
+    if lease.lease_id.startswith("."):
+        # the id names its spool file (worker.spool): ".." or a hidden name is none it may take
+        raise LeaseError(f"lease id {lease.lease_id!r} cannot name a spool file; lease refused")
     if lease.worker_id != worker_id:
         raise LeaseError(f"lease {lease.lease_id} is for worker {lease.worker_id}, not this one")
     if lease.run_id != run_id:
@@ -69,6 +72,14 @@ def plan(leases: list[Lease], ready: set[int]) -> Plan:
     return Plan(version=best, now=now, later=later, fetch=fetch)
 
 
+# Versions worth trying, newest first, when the newest a lease allows cannot be fetched: each
+# one that fails costs a manifest wait, and the coordinator's window is a few versions.
+MAX_FALLBACK_VERSIONS = 16
+
+
 def fallback_versions(lease: Lease) -> list[int]:
-    """Versions a lease allows, newest first (what to try when the newest cannot be fetched)."""
-    return list(range(lease.max_policy_version, lease.min_policy_version - 1, -1))
+    """The newest MAX_FALLBACK_VERSIONS versions a lease allows, newest first (what to try when
+    the newest cannot be fetched). Not all of them: a lease allowing 0..2**31-1 made a list of
+    2**31 ints (the daemon died of memory) that `PolicySync.wait_any` walked at every tick."""
+    lowest = max(lease.min_policy_version, lease.max_policy_version - MAX_FALLBACK_VERSIONS + 1)
+    return list(range(lease.max_policy_version, lowest - 1, -1))

@@ -13,7 +13,10 @@ So a crash at any point loses no finished work, and a restart resends each pendi
 the coordinator answers a resend of something it already holds as "already have it", so
 each submission is stored exactly once. The spool stores the unsigned body: it is sealed
 afresh at every send, because a signed envelope goes stale after the clock-skew window.
-One submission per lease, so the lease id names the file.
+One submission per lease, so the lease id names the file. Each entry records the run of its
+lease: it is sent only to a coordinator of that run (`worker.submitter`), so a worker started
+against another run's coordinator (a wrong URL, the operator's next run) keeps it pending
+instead of having it refused there and set aside for good.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class SpoolEntry:
     created_at: float
     expires_at: float
     submission_id: str = ""
+    run_id: str = ""          # the run of its lease ("": written before runs were recorded)
 
 
 def _write_doc(path: Path, doc: dict, durable: bool = True) -> None:
@@ -65,9 +69,9 @@ class Spool:
             raise ValueError(f"unsafe lease id {lease_id!r}")
         return self.root / where / f"{lease_id}.json"
 
-    def put(self, submission: Submission, tokens: int, expires_at: float) -> SpoolEntry:
+    def put(self, submission: Submission, tokens: int, expires_at: float, run_id: str = "") -> SpoolEntry:
         entry = SpoolEntry(lease_id=submission.lease_id, submission=submission, tokens=tokens,
-                           created_at=time.time(), expires_at=expires_at)
+                           created_at=time.time(), expires_at=expires_at, run_id=run_id)
         _write_doc(self._path(PENDING, entry.lease_id), _to_doc(entry))
         return entry
 
@@ -162,10 +166,11 @@ def _set_aside_damaged(p: Path, exc: BaseException) -> None:
 def _to_doc(e: SpoolEntry) -> dict:
     return {"lease_id": e.lease_id, "submission": e.submission.model_dump(mode="json"),
             "tokens": e.tokens, "created_at": e.created_at, "expires_at": e.expires_at,
-            "submission_id": e.submission_id}
+            "submission_id": e.submission_id, "run_id": e.run_id}
 
 
 def _from_doc(d: dict) -> SpoolEntry:
     return SpoolEntry(lease_id=d["lease_id"], submission=Submission.model_validate(d["submission"]),
                       tokens=int(d["tokens"]), created_at=float(d["created_at"]),
-                      expires_at=float(d["expires_at"]), submission_id=d.get("submission_id", ""))
+                      expires_at=float(d["expires_at"]), submission_id=d.get("submission_id", ""),
+                      run_id=str(d.get("run_id") or ""))

@@ -14,6 +14,7 @@ finished group in the spool for the round trips of those before it). What each a
 | any other 4xx (other 409s included)      | -> rejected/ (reason)  | rejected                    |
 | no answer / 5xx / 429                    | stays; retried later   |                             |
 | 408, 400 stale / disconnected            | stays; retried later   |                             |
+| (not sent: the entry is of another run)  | stays pending          |                             |
 
 A 409 with reason `duplicate_submission` is what a resend after a crash gets when the first
 send had arrived: the coordinator stores one submission per lease (and only the lease's own
@@ -35,12 +36,14 @@ arrives after another thread registered again is sent again without registering.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from protocol.errors import Rejected, Unavailable
 from protocol.messages import REASON_DUPLICATE_SUBMISSION
 from protocol.retry import Reachability, retry_call
+from shardcast.bounded import short
 from worker.coordinator_client import CoordinatorClient
 from worker.registration import Registrations
 from worker.spool import AWAITING, PENDING, REJECTED, Spool, SpoolEntry
@@ -51,6 +54,12 @@ log = logging.getLogger(__name__)
 # (status, reason) of refusals that say nothing about the submission itself: retried, kept
 # pending (reason None: any reason). See the module docstring.
 TRANSIENT_REFUSALS = {(400, "stale"), (400, "disconnected"), (408, None)}
+
+
+def sane_id(submission_id: str) -> str:
+    """The coordinator's id for a submission, or "" when it is none a coordinator would give (it
+    is stored in `awaiting/` and sent back in every verdict poll's URL; "" is settled unpolled)."""
+    return submission_id if re.fullmatch(r"[A-Za-z0-9_.:\-]{1,128}", submission_id) else ""
 
 
 def transient(exc: Rejected) -> bool:
@@ -66,6 +75,7 @@ class Submitter:
         self.reach = reach
         self.worker_id = worker_id
         self.registrations = registrations
+        self._other_run_noted: set[str] = set()   # lease ids of other runs' entries, logged once
 
     def flush(self, stop: threading.Event, give_up_after_s: float | None = None, lanes: int = 1) -> int:
         """Send everything pending, oldest first, up to `lanes` sends in flight at once; returns
@@ -74,7 +84,7 @@ class Submitter:
         Blocks (retrying with backoff) while the coordinator is unreachable, until `stop`
         is set (raises Stopped, once every lane has ended) or `give_up_after_s` passes for one
         entry (then no further entry is started). Each entry is sent by one lane only."""
-        todo = iter(self.spool.pending())
+        todo = iter(self._of_this_run(self.spool.pending()))
         take = threading.Lock()
         gave_up = threading.Event()
 
@@ -99,6 +109,20 @@ class Submitter:
                 for f in [pool.submit(lane) for _ in range(lanes)]:
                     f.result()
         return self.state.get("spool_pending")
+
+    def _of_this_run(self, entries: list[SpoolEntry]) -> list[SpoolEntry]:
+        """`entries` that may be sent to this coordinator: those of its run, and those written
+        before entries recorded their run. The others stay pending, said once per process."""
+        run = getattr(self.coord, "run_id", "")  # (a stand-in coordinator may not say)
+        out = []
+        for e in entries:
+            if not e.run_id or not run or e.run_id == run:
+                out.append(e)
+            elif e.lease_id not in self._other_run_noted:
+                self._other_run_noted.add(e.lease_id)
+                log.warning("lease %s: finished work of run %r, not of this coordinator's run %r; kept in %s "
+                            "for a coordinator of its run", e.lease_id, e.run_id, run, self.spool.root / PENDING)
+        return out
 
     def refresh_counts(self) -> None:
         self.state.set(spool_pending=self.spool.count(PENDING), spool_awaiting=self.spool.count(AWAITING),
@@ -133,7 +157,7 @@ class Submitter:
                 return
             self.state.add(submitted=1)
             if resp.status == "rejected":
-                log.warning("lease %s: submission rejected at intake: %s", entry.lease_id, resp.message)
+                log.warning("lease %s: submission rejected at intake: %s", entry.lease_id, short(resp.message))
                 self.spool.forget(entry)
                 self.state.add(rejected=1)
             elif resp.status == "accepted":
@@ -141,12 +165,12 @@ class Submitter:
                 self.state.add(accepted=1, credits_tokens=entry.tokens)
             else:
                 try:
-                    self.spool.acknowledge(entry, resp.submission_id)
+                    self.spool.acknowledge(entry, sane_id(resp.submission_id))
                 except OSError as disk:
                     # the coordinator holds it; the entry stays pending and its resend is
                     # answered "already have it" (forgotten then: a delete needs no space)
                     self._disk_error(entry, f"noted as {resp.submission_id} (awaiting its verdict)", disk)
-            log.info("lease %s submitted as %s (%s, %d tokens)", entry.lease_id, resp.submission_id,
+            log.info("lease %s submitted as %s (%s, %d tokens)", entry.lease_id, short(resp.submission_id, 80),
                      resp.status, entry.tokens)
             return
 

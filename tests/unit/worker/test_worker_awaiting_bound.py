@@ -42,3 +42,20 @@ def test_awaited_verdicts_that_never_come_are_forgotten_and_newer_ones_still_pol
     assert [e.lease_id for e in spool.awaiting()] == ["new"]  # before: all 71 kept for ever
     keeper.poll_verdicts()
     assert [e.lease_id for e in spool.awaiting()] == ["new"]  # still awaited: its lease is recent
+
+
+def test_awaited_verdicts_of_another_run_are_not_asked_of_this_coordinator_but_still_age_out(tmp_path):
+    """A coordinator of another run knows none of this spool's submission ids: asked, it called
+    them unknown and they were settled as dropped. They are not asked; past AWAITING_MAX_S they
+    are forgotten like any other."""
+    spool = Spool(tmp_path / "spool")
+    spool.acknowledge(spool.put(_sub("other"), 2, time.time() + 60, run_id="old-run"), "sub-other")
+    spool.acknowledge(spool.put(_sub("ancient"), 2, time.time() - AWAITING_MAX_S - 60, run_id="old-run"), "sub-a")
+    spool.acknowledge(spool.put(_sub("mine"), 2, time.time() + 60, run_id="run"), "sub-mine")
+    coord = Silent()
+    coord.run_id = "run"
+    state = WorkerState(peer_id="w", coordinator_url="http://x", engine={})
+    keeper = Housekeeper(coord, spool, state, "w", threading.Event(), held_leases=list, on_banned=lambda r: None)
+    keeper.poll_verdicts()
+    assert coord.asked == [["sub-mine"]]
+    assert sorted(e.lease_id for e in spool.awaiting()) == ["mine", "other"]

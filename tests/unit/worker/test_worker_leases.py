@@ -75,3 +75,27 @@ def test_plan_splits_leases_whose_windows_differ():
 
 def test_fallback_versions_newest_first():
     assert fallback_versions(lease(lo=3, hi=5)) == [5, 4, 3]
+
+
+def test_fallback_versions_are_the_newest_few_whatever_range_a_lease_allows():
+    """A lease (signed by whatever coordinator the worker was pointed at) may allow versions
+    0..2**31-1: the fallback list was every one of them (2**31 ints, ~80 GB: the daemon died of
+    memory the first time the newest could not be fetched), and `PolicySync.wait_any` walked the
+    whole list twice per 0.5 s tick. Only the newest MAX_FALLBACK_VERSIONS are worth trying (each
+    failed one costs a manifest wait)."""
+    from worker.leases import MAX_FALLBACK_VERSIONS
+
+    got = fallback_versions(lease(lo=0, hi=10**6))
+    assert got == list(range(10**6, 10**6 - MAX_FALLBACK_VERSIONS, -1))
+    assert fallback_versions(lease(lo=0, hi=2**31 - 1))[0] == 2**31 - 1
+    assert len(fallback_versions(lease(lo=0, hi=2**31 - 1))) == MAX_FALLBACK_VERSIONS
+
+
+@pytest.mark.parametrize("lease_id", ["..", ".hidden", "."])
+def test_open_lease_refuses_a_lease_id_the_spool_cannot_name(lease_id):
+    """A lease id is a file name in the spool (`pending/<lease_id>.json`); one starting with "."
+    passes the protocol's id pattern but `Spool.put` raised ValueError for it once the lease was
+    generated, past `_generate`'s handling of OSError: the daemon ended (at every such lease)."""
+    body = lease().model_copy(update={"lease_id": lease_id})
+    with pytest.raises(LeaseError, match="lease id"):
+        open_lease(seal(KIND_LEASE, body, COORD, **FOR_WORKER), COORD.public, ME.peer_id, "run", now=1500.0)

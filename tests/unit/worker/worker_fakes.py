@@ -2,7 +2,8 @@
 
 `FakeCoordinator` speaks the real wire protocol (protocol.routes, protocol.messages, signed
 envelopes checked with protocol.envelope) but keeps its state in memory and lets a test
-script failures: answer 503 for a while, forget workers, ban one, refuse a submission.
+script failures: answer 503 for a while, forget workers, ban one, refuse a submission, answer
+a route with anything at all (`hostile`).
 One submission per lease, like the real one: a second gets 409. The integration tests
 (tests/integration/test_worker*.py) run the worker against the real coordinator instead.
 """
@@ -80,6 +81,7 @@ class FakeCoordinator:
         self.lease_log: list[tuple[int, int]] = []  # per lease request: (leases the worker held, submits in flight)
         self.lease_waits: list[float] = []          # per lease request: the wait_s it asked for
         self.empty_retry_s = 0.2                    # retry_after_s of an answer with no leases
+        self.hostile: dict[str, Any] = {}           # path -> async fn(request): its answer (None: the usual one)
         self._ids = itertools.count(1)
         self.app = self._make_app()
 
@@ -124,7 +126,9 @@ class FakeCoordinator:
             try:
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
-                return await call_next(request)
+                answer = self.hostile.get(request.url.path)
+                out = await answer(request) if answer is not None else None
+                return out if out is not None else await call_next(request)
             finally:
                 self.submits_in_flight -= submit
 
