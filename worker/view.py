@@ -110,7 +110,7 @@ def render(s: dict) -> Table:
     p2p = s.get("p2p")
     if p2p:  # the libp2p swarm layer (worker.p2p)
         t.add_row("p2p", f"{p2p.get('connected', 0)} peers connected   {len(p2p.get('relays', []))} relays advertised   "
-                         f"{len(p2p.get('peers_holding', {}))} peers holding versions   "
+                         f"{p2p.get('peers_holding_total', len(p2p.get('peers_holding', {})))} peers holding versions   "
                          f"{(p2p.get('counters') or {}).get('served', 0)} shard requests served")
     if s.get("last_error"):
         t.add_row("last error", f"[yellow]{s['last_error'][:160]}[/yellow]")

@@ -43,3 +43,16 @@ def test_the_loop_time_is_counted_by_phase_including_the_current_one():
     spent = st.snapshot()["phase_seconds"]
     assert set(spent) == {"starting", "leasing", "generating"}
     assert spent["leasing"] >= 0.05 and spent["generating"] >= 0.1
+
+
+def test_the_p2p_row_counts_every_peer_holding_versions_not_the_sample_listed():
+    """The p2p node lists 64 peers holding versions and states the total (shardcast.p2p.roles):
+    the view shows the total."""
+    from rich.console import Console
+
+    snap = WorkerState(peer_id="p").snapshot()
+    snap["p2p"] = {"connected": 3, "relays": [], "counters": {"served": 2},
+                   "peers_holding": {f"peer-{i}": [1] for i in range(64)}, "peers_holding_total": 4096}
+    console = Console(width=200, record=True)
+    console.print(render(snap))
+    assert "4096 peers holding versions" in console.export_text()
