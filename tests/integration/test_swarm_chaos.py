@@ -46,7 +46,7 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.slow
 
 TASKS = {"max_operand": 4}
-KILLS = 8
+KILLS = int(os.environ.get("SWARMRL_CHAOS_KILLS", "8"))
 SPAN_S = 120.0
 SEEDS = [int(s) for s in os.environ.get("SWARMRL_CHAOS_SEED", "1").split(",")]
 
