@@ -98,7 +98,6 @@ def acknowledged_submissions(log: Path) -> dict[str, str]:
     return out
 
 
-def spool_counts(worker_dir: Path) -> dict[str, int]:
-    spool = worker_dir / "spool"
-    return {sub: len(list((spool / sub).glob("*.json"))) if (spool / sub).is_dir() else 0
-            for sub in ("pending", "awaiting", "rejected")}
+def set_aside_reasons(worker_dir: Path) -> list[str]:
+    """The coordinator's reason for each submission a worker set aside (spool/rejected/)."""
+    return [json.loads(p.read_text()).get("reason", "") for p in sorted((worker_dir / "spool" / "rejected").glob("*.json"))]

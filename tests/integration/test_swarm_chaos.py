@@ -38,7 +38,7 @@ from tests.integration.swarm_chaos import (
     db_rows,
     kill_schedule,
     manifest_files,
-    spool_counts,
+    set_aside_reasons,
     trained_by_version,
 )
 from tests.waiting import wait_until
@@ -226,10 +226,16 @@ def test_swarm_keeps_every_acknowledged_thing_through_sigkills(tmp_path, seed):
     if last_trainer_restart is not None:
         assert final_version > resumed_expected[-1], f"no version after the trainer's last restart; {report}"
 
-    # workers' spools: nothing set aside
+    # workers' spools: nothing set aside, except (a known limit, not the chaos's doing) a group
+    # identical to one already stored for the task: a converged policy on a short answer repeats
+    # its group when a task comes round again (tasks cycle past the train split), and intake
+    # refuses it as a content duplicate (409 duplicate_completion)
     for name in plan.worker_names:
-        counts = spool_counts(plan.root / name)
-        assert counts["rejected"] == 0, f"{name} set work aside: {counts}; {report}"
+        reasons = set_aside_reasons(plan.root / name)
+        other = [r for r in reasons if "duplicate_completion" not in r]
+        assert not other, f"{name} set work aside: {other}; {report}"
+        if reasons:
+            print(f"{name}: {len(reasons)} groups refused as content duplicates")
 
     # the ledger equals the verdicts
     for w in db_rows(db, "SELECT worker_id, accepted, rejected, accepted_tokens FROM workers"):
