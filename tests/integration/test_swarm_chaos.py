@@ -134,6 +134,7 @@ def test_swarm_keeps_every_acknowledged_thing_through_sigkills(tmp_path, seed):
             while time.monotonic() - start < k.at_s:
                 watch.poll()
                 time.sleep(0.5)
+            print(f"{time.strftime('%H:%M:%S')} SIGKILL {k.name} (down {k.pause_s} s)", flush=True)
             _sigkill(group, k.name)
             if k.role == "trainer":
                 complete = trained_by_version(trainer_dir)
@@ -155,6 +156,7 @@ def test_swarm_keeps_every_acknowledged_thing_through_sigkills(tmp_path, seed):
 
         wait_until(delivered, 120, "the workers' pending submissions to be delivered", every=1.0, group=group)
         alive = {c.name: c.alive for c in group.children}
+        dead_tails = {c.name: c.tail(5) for c in group.children if not c.alive}
         for name in plan.worker_names:
             group.stop(name)
         db = plan.root / "coordinator" / "coordinator.db"
@@ -172,7 +174,7 @@ def test_swarm_keeps_every_acknowledged_thing_through_sigkills(tmp_path, seed):
     # -- invariants -----------------------------------------------------------------------------
     report = f"seed {seed}, schedule {schedule}, took {time.monotonic() - t0:.0f} s"
     print(report)
-    assert all(alive.values()), f"roles down before the end (crash loop?): {alive}; {report}"
+    assert all(alive.values()), f"roles down before the end (crash loop? banned?): {dead_tails}; {report}"
 
     subs = {r["submission_id"]: r for r in db_rows(db, "SELECT * FROM submissions")}
     assert subs, report
