@@ -160,8 +160,10 @@ class TrainerLoop:
         return window_floor(self.version, self.cfg.staleness_limit)
 
     def admit(self, groups: list[TrainingGroup]) -> dict[str, str]:
-        """Filter new (or re-loaded) groups into `pending`; forget the dropped ones at once.
-        Returns the dropped ones that the coordinator should count as unused, with why."""
+        """Filter new (or re-loaded) groups into `pending`. Returns the dropped ones that the
+        coordinator should count as unused, with why: the caller tells the coordinator, and
+        only then removes them from the inbox (`_report_unused`), so a trainer killed in
+        between reports them in its next life instead of leaving them without a cause."""
         floor = self.window_floor()
         pending = self.pending.ids()
         again = [g.submission_id for g in groups if g.submission_id in self.trained]
@@ -180,9 +182,13 @@ class TrainerLoop:
         self.metrics.groups.labels("pass_rate_window").inc(counts.outside_pass_window)
         self.counts.zero_advantage += counts.zero_advantage
         self.counts.outside_pass_window += counts.outside_pass_window
-        self.inbox.remove([g.submission_id for g in stale] + counts.dropped_ids)
         self.pending.items.extend(kept)  # type: ignore[arg-type]
         return {g.submission_id: "stale" for g in stale} | counts.why
+
+    def _report_unused(self, ids: list[str], unused: dict[str, str]) -> None:
+        """Acknowledge `ids`, naming the `unused` ones and why; then forget those (inbox)."""
+        self.link.ack(ids, unused)
+        self.inbox.remove(list(unused))
 
     def refresh_window(self) -> None:
         """After a new version, drop pending groups that fell below the staleness limit, and tell
@@ -191,10 +197,9 @@ class TrainerLoop:
         old = [g for g, _ in self.pending.items if g.policy_version < floor]
         if old:
             self.pending.items = [(g, a) for g, a in self.pending.items if g.policy_version >= floor]
-            self.inbox.remove([g.submission_id for g in old])
             self.metrics.groups.labels("stale").inc(len(old))
             ids = [g.submission_id for g in old]
-            self.link.ack(ids, dict.fromkeys(ids, "stale"))
+            self._report_unused(ids, dict.fromkeys(ids, "stale"))
         self.trained = {sid: v for sid, v in self.trained.items() if v >= floor}
 
     def fill(self) -> bool:
@@ -212,7 +217,7 @@ class TrainerLoop:
                 self.inbox.put(resp.groups)  # durable first: only then may the coordinator forget them
                 self.metrics.groups.labels("received").inc(len(resp.groups))
                 unused = self.admit(resp.groups)
-                self.link.ack([g.submission_id for g in resp.groups], unused)
+                self._report_unused([g.submission_id for g in resp.groups], unused)
             self.board.update(state="waiting", pending=len(self.pending.items))
         return True
 
@@ -265,7 +270,7 @@ class TrainerLoop:
         spooled = self.inbox.load(TrainingGroup)
         unused = self.admit(spooled)
         if spooled:  # a crash may have come between the spool write and the acknowledgement
-            self.link.ack([g.submission_id for g in spooled], unused)
+            self._report_unused([g.submission_id for g in spooled], unused)
         self.announce()
         if self.cfg.eval.at_start:
             self.maybe_evaluate(force=True)

@@ -220,3 +220,47 @@ def test_late_groups_within_the_staleness_limit_are_trained_and_unused_ones_are_
         assert s.snapshot_submission(flat)["buffer"] == "consumed" and waste["stale_share"] == 0.0
     finally:
         s.close()
+
+
+class Killed(BaseException):
+    """The trainer process dying (SIGKILL) at this point."""
+
+
+def test_a_group_that_fell_out_of_the_window_in_the_inbox_is_reported_unused_even_if_the_trainer_dies_first(
+        tmp_path, tiny_model, tiny_model_dir):
+    """Found reading the trainer for test_swarm_chaos.py's accounting invariant: an acknowledged group the
+    trainer drops as stale (here: spooled in its inbox, below the window after a restart) was
+    removed from the inbox before the coordinator was told why; a trainer killed in between left
+    it `consumed` at the coordinator with no cause and nowhere to be trained: silently gone. The
+    inbox must keep it until the coordinator has the reason, so the next life reports it."""
+    s = start_swarm(tmp_path / "coord", tiny_model_dir, batch_ack_timeout_s=ACK_TIMEOUT_S, async_window=1,
+                    lease_sizing={"enabled": False})
+    s.clock.t = __import__("time").time()
+    try:
+        trained: list[list[str]] = []
+        data = tmp_path / "trainer"
+        first = _loop(s, data, tiny_model, tiny_model_dir, trained, max_versions=1)
+        first.announce()
+        groups = _accepted_groups(s, 2)
+        received = BatchResponse.model_validate_json(s.batch().content).groups
+        first.inbox.put(received)                      # spooled and acknowledged, then the trainer moved on
+        s.ack(groups)
+        for v in (1, 2, 3):                            # versions trained on other groups
+            first.store.save(v, model=tiny_model, tokenizer=first.tokenizer, optimizer_state=None,
+                             state={"step": v, "trained": []})
+        second = _loop(s, data, tiny_model, tiny_model_dir, trained, max_versions=3)
+        assert second.window_floor() > 0              # the spooled groups (version 0) are below the window
+
+        def killed(*a, **kw):
+            raise Killed()
+
+        second.link.ack = killed                        # dies before the coordinator hears why
+        with pytest.raises(Killed):
+            second.run()
+        third = _loop(s, data, tiny_model, tiny_model_dir, trained, max_versions=3)
+        third.run()
+        assert trained == []
+        assert {s.snapshot_submission(g)["unused"] for g in groups} == {"trainer_stale"}
+        assert list(third.inbox.root.glob("*.json")) == []
+    finally:
+        s.close()
