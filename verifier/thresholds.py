@@ -104,6 +104,12 @@ class Thresholds(BaseModel):
         0.03, ge=0, description="... or when the mean mantissa error over all its exponent-matched values exceeds "
                                 "this: pooling separates small weight changes from rounding noise far better "
                                 "than one completion can")
+    group_min_values: int = Field(
+        1024, ge=1, description="the submission's pooled limits hold as set from this many compared values of "
+                                "distinct completions (the calibration's smallest groups: 8 completions of one "
+                                "128-value chunk); with fewer they widen by sqrt(this / values), never past the "
+                                "per-completion limits (a mean of n values spreads as 1/sqrt(n): four copies of "
+                                "one 2-token completion held to the 1,024-value limit banned an honest worker)")
     higher_precision_floor: float = Field(
         0.0, ge=0, description="low-precision dtypes only: a completion that the verifier's float32 prefill "
                                "explains better than this (mean mantissa error) was computed in float32, not the "

@@ -9,9 +9,14 @@ submission fails if any one fails:
   mantissa error of the others, the share of sign flips;
 - each completion, pooled over its chunks (exponent share, mean mantissa error): every
   completion stands on its own, so one bad completion cannot hide among good ones;
-- the whole submission, pooled over every completion: tighter limits, because a small
-  weight change moves every value a little, which one completion cannot tell from
+- the whole submission, pooled over its distinct completions: tighter limits, because a
+  small weight change moves every value a little, which one completion cannot tell from
   rounding noise but a group can. Pooling only adds power; it never rescues a completion.
+  Copies of one completion (a peaked policy answers alike) are pooled once: their states
+  are the same states, and counting one completion's rounding noise once per copy held it
+  to a limit meant for independent values (an honest worker was banned for four copies of
+  a 2-token completion). With fewer values than the limits were calibrated on
+  (`group_min_values`) the pooled limits widen as 1/sqrt(values), up to a completion's.
 
 Failing closed: a proof that does not decode fails with the decoder's reason; a claimed
 value that is Inf or NaN never matches the verifier's (finite) value — it counts as an
@@ -107,11 +112,23 @@ def completion_failure(p: Pool, thr: Thresholds) -> str | None:
     return None
 
 
+def group_limits(values: int, thr: Thresholds) -> tuple[float, float]:
+    """(exponent share, mean mantissa error) the pooled submission is held to when it compares
+    `values` values of distinct completions: the set limits from `thr.group_min_values` on,
+    wider by sqrt(group_min_values / values) below it (the pooled mean of n values spreads as
+    1/sqrt(n); the limits were calibrated on groups of at least that many), never wider than
+    one completion's limits."""
+    widen = max(1.0, (thr.group_min_values / max(1, values)) ** 0.5)
+    return (min(thr.group_exp_mismatch_frac * widen, max(thr.group_exp_mismatch_frac, thr.completion_exp_mismatch_frac)),
+            min(thr.group_mant_err_mean * widen, max(thr.group_mant_err_mean, thr.completion_mant_err_mean)))
+
+
 def group_failure(p: Pool, thr: Thresholds) -> str | None:
-    if not within(p.exp_frac, thr.group_exp_mismatch_frac):
-        return f"{p.mismatched}/{p.compared} exponents differ over the submission (> {thr.group_exp_mismatch_frac:.1%})"
-    if not within(p.mant_mean, thr.group_mant_err_mean):
-        return f"mean mantissa error {p.mant_mean:.3f} over the submission > {thr.group_mant_err_mean}"
+    exp_limit, mant_limit = group_limits(p.compared, thr)
+    if not within(p.exp_frac, exp_limit):
+        return f"{p.mismatched}/{p.compared} exponents differ over the submission (> {exp_limit:.1%})"
+    if not within(p.mant_mean, mant_limit):
+        return f"mean mantissa error {p.mant_mean:.3f} over the submission > {mant_limit:.3g}"
     return None
 
 
@@ -126,6 +143,7 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
     failed_chunks = n_chunks = claimed_non_finite = top_non_finite = boundary_skipped = 0
     worst = {"exp_frac": 0.0, "mant_mean": 0.0, "mant_median": 0.0, "sign_frac": 0.0}
     per_completion: list[float | None] = []
+    pooled: set[tuple[int, ...]] = set()  # token sequences whose proof is in `group`
     for i, (c, h) in enumerate(zip(oj.submission.completions, hidden)):
         try:
             pool = completion_pool(h, c.proof, chunk_size=chunk_size, topk=topk,
@@ -153,7 +171,9 @@ def check_proof(oj: OpenedJob, hidden: list[torch.Tensor], thr: Thresholds, *, c
         if why:
             problems.append(f"completion {i}: {why}")
         per_completion.append(round(_finite(pool.mant_mean), 4))
-        group.merge(pool)
+        if tuple(c.token_ids) not in pooled:  # a copy's states are the same states: no new evidence
+            pooled.add(tuple(c.token_ids))
+            group.merge(pool)
     if group.compared:
         why = group_failure(group, thr)
         if why:
