@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from protocol import dtypes
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, envelope_signing_bytes
 from protocol.errors import MessageError
 from protocol.identity import KeyPair
@@ -283,6 +284,72 @@ def comp_from_donor(case, body, rng):
     return Mutant("comp_from_donor", body, REJECT)
 
 
+def _reprove(case: Case, body: dict, version: int | None = None) -> dict | None:
+    """`body` with every proof rebuilt from the claimed model's own prefill of its tokens, in the
+    dtype computed in (the strongest cheater: its proofs are genuine for what it sends), or
+    None when its tokens cannot be run (out of the vocabulary)."""
+    from protocol.lm import completion_outputs
+
+    comps = body["completions"]
+    if any(not c["token_ids"] or max(c["token_ids"]) >= case.vocab or min(c["token_ids"]) < 0 for c in comps):
+        return None
+    model = case.world.models.model(body["policy_version"] if version is None else version, case.dtype)
+    outs = completion_outputs(model, list(case.lease.prompt_token_ids), [c["token_ids"] for c in comps])
+    for c, p in zip(comps, build_proofs([h for h, _ in outs])):
+        _set_proof(c, p)
+    return body
+
+
+@mutation
+def tok_change_reproved(case, body, rng):
+    """`tok_change`, with proofs genuine for the changed tokens: the sampling check's alone."""
+    m = tok_change(case, body, rng)
+    return m and _reprove(case, m.body) and Mutant("tok_change_reproved", m.body, REJECT)
+
+
+@mutation
+def tok_cut_eos_reproved(case, body, rng):
+    """A completion cut short and ended with a forged EOS, proofs genuine for that: EOS was not
+    the seeded sample there (an honest worker would have stopped)."""
+    i = _comp(body, rng, lambda c: len(c["token_ids"]) > 1)
+    if i is None:
+        return None
+    c = body["completions"][i]
+    c["token_ids"] = c["token_ids"][: rng.randrange(len(c["token_ids"]) - 1)] + [_eos(case)]
+    c["finish_reason"] = "eos"
+    return _reprove(case, body) and Mutant("tok_cut_eos_reproved", body, REJECT)
+
+
+@mutation
+def tok_extend_reproved(case, body, rng):
+    """An EOS-ended completion continued to max_tokens with other tokens ('length'), proofs
+    genuine: the token in place of the sampled EOS is not the seeded sample."""
+    i = _comp(body, rng, lambda c: c["finish_reason"] == "eos")
+    if i is None:
+        return None
+    c = body["completions"][i]
+    c["token_ids"] = c["token_ids"][:-1]
+    while len(c["token_ids"]) < case.lease.sampling.max_tokens:
+        c["token_ids"].append(_other_token(case, rng))
+    c["finish_reason"] = "length"
+    return _reprove(case, body) and Mutant("tok_extend_reproved", body, REJECT)
+
+
+@mutation
+def version_reproved(case, body, rng):
+    """Another version inside the lease's range claimed, with proofs genuine for that version's
+    prefill of the same tokens. EITHER: the sampling check then holds the tokens to that
+    version's seeded samples, so it passes only where they are (to the sampling tolerance)
+    the same tokens an honest worker on the claimed version would have sent."""
+    lo, hi = case.lease.min_policy_version, case.lease.max_policy_version
+    others = [x for x in range(lo, hi + 1) if x != body["policy_version"] and x in case.world.versions]
+    if not others:
+        return None
+    body["policy_version"] = rng.choice(others)
+    return _reprove(case, body) and Mutant("version_reproved", body, EITHER,
+                                           "the tokens are then checked as the claimed version's seeded samples")
+
+
 def _proof_bytes(c: dict) -> bytearray:
     return bytearray(base64.b64decode(c["proof"]))
 
@@ -426,7 +493,9 @@ def dtype_other(case, body, rng):
     choices.append("float32" if case.dtype == "bfloat16" else "bfloat16")
     d = rng.choice(choices)
     body["engine"]["dtype"] = d
-    if case.dtype == "float32" and d == "bfloat16":
+    if dtypes.canonical(d) == case.dtype:
+        return Mutant(f"dtype_other[{d!r}]", body, ACCEPT, "another spelling of the dtype computed in")
+    if case.dtype == "float32" and dtypes.canonical(d) == "bfloat16":
         return Mutant("dtype_other[bf16 over fp32]", body, EITHER,
                       "the precision probe judges a float32 computation declared bf16 by float32's limits")
     return Mutant(f"dtype_other[{d!r}]", body, REJECT)
@@ -506,11 +575,11 @@ def mutants(case: Case, rng: random.Random, n: int, names: list[str] | None = No
         done: list[Mutant] = []
         for _ in range(1 if rng.random() < 0.75 else 2):
             name = rng.choice(pool)
-            if any(_area(d.name) == _area(name) for d in done):
+            if any(_areas(d.name) & _areas(name) for d in done):
                 continue  # a second mutation of the same field could undo the first (and its expectation)
             try:  # on a copy: a mutation that gives up half-way leaves `body` as it was
                 m = MUTATIONS[name](case, copy.deepcopy(body), rng) if _intact(body) else None
-            except (ValueError, struct.error, IndexError, TypeError):  # binascii.Error included: a broken proof
+            except (ValueError, struct.error, IndexError, TypeError, KeyError):  # binascii.Error included: a broken proof
                 m = None  # not applicable to what an earlier mutation left
             if m is not None:
                 done.append(m)
@@ -524,9 +593,11 @@ def mutants(case: Case, rng: random.Random, n: int, names: list[str] | None = No
     return out
 
 
-def _area(name: str) -> str:
-    """What a mutation changes: its name's first word (tok, proof, dtype, claimed, ...)."""
-    return name.split("_", 1)[0]
+def _areas(name: str) -> set[str]:
+    """What a mutation changes: its name's first word (tok, proof, dtype, claimed, ...), and
+    every proof when it rebuilds them (`*_reproved`)."""
+    head = name.split("[", 1)[0]
+    return {head.split("_", 1)[0]} | ({"proof"} if head.endswith("_reproved") else set())
 
 
 def _intact(body: dict) -> bool:

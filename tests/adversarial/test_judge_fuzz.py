@@ -19,33 +19,46 @@ from verifier.prefill import vocab_size
 DTYPES = ("float32", "bfloat16")
 
 
-@pytest.fixture(scope="module")
-def fuzz(tmp_path_factory):
-    """Per dtype, three honest submissions (leases allowing versions 0..1, computed on 1)."""
-    root = tmp_path_factory.mktemp("judge_fuzz")
-    world = H.make_world(root, hidden=64, layers=2, group_size=4, max_tokens=10)
+def _cases(world, dtype: str, n: int = 3) -> list[F.Case]:
+    """`n` honest submissions of `world` computed in `dtype` (leases allowing versions 0..1, computed on 1)."""
     key = KeyPair.generate()
     vocab = vocab_size(world.models.model(1))
-    cases = {}
-    for dtype in DTYPES:
-        engine = H.engine_for(world.versions[1], 1, dtype=dtype)
-        leases = [world.lease(key, min_version=0) for _ in range(3)]
-        subs = H.honest_submissions(engine, [ls for ls, _ in leases], 1)
-        bodies = [s.model_dump(mode="json") for s in subs]
-        cases[dtype] = [F.Case(world=world, key=key, lease=ls, lease_env=env, body=b,
-                               donors=[d for d in bodies if d is not b], vocab=vocab, dtype=dtype)
-                        for (ls, env), b in zip(leases, bodies)]
-    return cases
+    engine = H.engine_for(world.versions[1], 1, dtype=dtype)
+    leases = [world.lease(key, min_version=0) for _ in range(n)]
+    bodies = [s.model_dump(mode="json") for s in H.honest_submissions(engine, [ls for ls, _ in leases], 1)]
+    return [F.Case(world=world, key=key, lease=ls, lease_env=env, body=b, donors=[d for d in bodies if d is not b],
+                   vocab=vocab, dtype=dtype) for (ls, env), b in zip(leases, bodies)]
+
+
+@pytest.fixture(scope="module")
+def fuzz(tmp_path_factory):
+    """Per dtype, honest submissions of two models: the random tiny model (completions run to
+    max_tokens, 'length') and the same after 60 supervised steps (short, EOS-ended ones)."""
+    from protocol.lm import load_tokenizer
+    from swarmrl.modelkit import init_tiny_model, warm_start
+
+    root = tmp_path_factory.mktemp("judge_fuzz")
+    world = H.make_world(root / "random", hidden=64, layers=2, group_size=4, max_tokens=10)
+    init_tiny_model(root / "warm" / "v0", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, seed=0)
+    warm_start(root / "warm" / "v0", seconds=120, max_steps=60, seed=0)
+    v1 = H.next_version(root / "warm" / "v0", root / "warm" / "v1")
+    warm = H.World(versions={0: root / "warm" / "v0", 1: v1}, tokenizer=load_tokenizer(str(v1)), group_size=4,
+                   max_tokens=10)
+    return {dtype: _cases(world, dtype) + _cases(warm, dtype) for dtype in DTYPES}
 
 
 def run_fuzz(cases: list[F.Case], seed: int, n: int, names: list[str] | None = None) -> dict[str, int]:
     """Judge `n` mutants drawn from `cases` with `seed`; assert every expectation; the count per outcome."""
     rng = random.Random(seed)
     problems: list[str] = []
-    seen = {"judged": 0, F.REJECT: 0, F.ACCEPT: 0, F.EITHER: 0, "either_accepted": 0}
+    seen = {"not_applicable": 0, "judged": 0, F.REJECT: 0, F.ACCEPT: 0, F.EITHER: 0, "either_accepted": 0}
     for k in range(n):
         case = cases[k % len(cases)]
-        (m,) = F.mutants(case, rng, 1, names)
+        found = F.mutants(case, rng, 1, names)
+        if not found:  # the mutation has nothing to change here (e.g. no EOS-ended completion)
+            seen["not_applicable"] = seen.get("not_applicable", 0) + 1
+            continue
+        (m,) = found
         probe = rng.randrange(len(case.lease.seeds))
         try:
             v = F.judge(case, m.body, probe_index=probe)
@@ -55,6 +68,10 @@ def run_fuzz(cases: list[F.Case], seed: int, n: int, names: list[str] | None = N
         seen["judged"] += 1
         seen[m.expect] += 1
         failed = {c.name for c in v.checks if not c.passed}
+        for name in failed:
+            seen[f"failed:{name}"] = seen.get(f"failed:{name}", 0) + 1
+        if any(c.name == "proof" for c in v.checks):
+            seen["model_checked"] = seen.get("model_checked", 0) + 1
         if m.expect == F.REJECT:
             if v.accepted or not failed:
                 problems.append(f"[seed {seed} #{k}] {m.name}: ACCEPTED a binding change")
@@ -82,21 +99,22 @@ def test_honest_submissions_are_accepted(fuzz, dtype):
 def test_every_mutation_kind_once(fuzz, dtype):
     """Each mutation on its own, at least once per dtype."""
     for i, name in enumerate(sorted(F.MUTATIONS)):
-        run_fuzz(fuzz[dtype], seed=1000 + i, n=1, names=[name])
+        seen = run_fuzz(fuzz[dtype], seed=1000 + i, n=len(fuzz[dtype]), names=[name])
+        assert seen["judged"] >= 1, name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_judge_fuzz(fuzz, dtype):
-    seen = run_fuzz(fuzz[dtype], seed=0, n=24)
-    assert seen["judged"] == 24 and seen[F.REJECT] >= 12
+    seen = run_fuzz(fuzz[dtype], seed=0, n=48)
+    assert seen["judged"] >= 40 and seen[F.REJECT] >= 24 and seen["model_checked"] >= 12
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_judge_fuzz_at_scale(fuzz, dtype, seed):
-    seen = run_fuzz(fuzz[dtype], seed=seed, n=200)
-    assert seen["judged"] == 200
+    seen = run_fuzz(fuzz[dtype], seed=seed, n=300)
+    assert seen["judged"] >= 250
 
 
 # -- findings of the fuzz, each reduced to a regression test --------------------------------------
