@@ -119,7 +119,8 @@ def test_judge_fuzz_at_scale(fuzz, dtype, seed):
 
 # -- findings of the fuzz, each reduced to a regression test --------------------------------------
 @pytest.mark.parametrize("path,value", [(("policy_version",), "1"), (("policy_version",), 1.0),
-                                        (("completions", 0, "token_ids", 0), None)])
+                                        (("completions", 0, "token_ids", 0), None),
+                                        (("completions", 0, "token_ids", 0), True)])
 def test_a_body_that_only_parses_to_the_honest_one_is_rejected(fuzz, path, value):
     """Finding (seed 1029, `version_change['1']`): pydantic's lax mode parsed a signed
     `"policy_version": "1"` (or `1.0`, or a token id as a string) to the honest values and the
@@ -134,3 +135,13 @@ def test_a_body_that_only_parses_to_the_honest_one_is_rejected(fuzz, path, value
     v = F.judge(case, body, probe_index=0)
     assert not v.accepted and v.reason
     assert {c.name for c in v.checks if not c.passed} <= F.CHECKS
+
+
+def test_an_integer_where_a_float_goes_is_the_same_number(fuzz):
+    """The one leniency of the canonical-form rule: JSON clients write 1 for 1.0 (a true
+    reward claim written as integers is accepted, as the float one is)."""
+    case = next(c for c in fuzz["float32"] if c.world.task_of(c.lease))
+    body = F.copy.deepcopy(case.body)
+    body["claimed_rewards"] = [int(F._reward(case.world, case.lease, c["token_ids"])) for c in body["completions"]]
+    v = F.judge(case, body, probe_index=0)
+    assert v.accepted, v.reason
