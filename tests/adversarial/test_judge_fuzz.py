@@ -106,7 +106,7 @@ def test_every_mutation_kind_once(fuzz, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_judge_fuzz(fuzz, dtype):
     seen = run_fuzz(fuzz[dtype], seed=0, n=48)
-    assert seen["judged"] >= 40 and seen[F.REJECT] >= 24 and seen["model_checked"] >= 12
+    assert seen["judged"] >= 40 and seen[F.REJECT] >= 24 and seen.get("model_checked", 0) >= 12
 
 
 @pytest.mark.slow
