@@ -187,8 +187,43 @@ def open_envelope(
         body = body_type.model_validate(env.body)
     except ValidationError as exc:
         raise MessageError(f"invalid {kind}: {_first_error(exc)}") from exc
+    parsed = body.model_dump(mode="json", exclude_unset=True)
+    if canonical_bytes(parsed) != body_bytes:
+        where = _coerced(env.body, parsed, "")
+        if where is not None:
+            raise MessageError(f"invalid {kind}: the signed body is not what it parses to at {where or 'its top'} "
+                               "(a value pydantic would convert, such as \"1\" for 1): what is signed must be "
+                               "exactly what is used")
     return Opened(body=body, signer=key, timestamp=env.timestamp, nonce=env.nonce, envelope=env,
                   canonical_body=body_bytes)
+
+
+def _coerced(sent: Any, parsed: Any, path: str) -> str | None:
+    """Where the body as signed (`sent`) differs from the JSON of what it parses to (`parsed`),
+    or None. pydantic's lax mode reads "1", 1.0 and true as the integer 1, so a body could be
+    used (judged, stored, trained on) as values its signer did not write byte for byte (found
+    by the judge fuzz: a signed "policy_version": "1" was judged as version 1). One leniency:
+    an integer where a float is expected (JSON writers put 1 for 1.0) is the same number.
+    Depth is the schema's: `parsed` is a validated model's dump."""
+    if isinstance(parsed, dict):
+        if not isinstance(sent, dict) or set(sent) != set(parsed):
+            return path
+        for k in parsed:
+            bad = _coerced(sent[k], parsed[k], f"{path}.{k}" if path else k)
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(parsed, list):
+        if not isinstance(sent, list) or len(sent) != len(parsed):
+            return path
+        for i, (a, b) in enumerate(zip(sent, parsed)):
+            bad = _coerced(a, b, f"{path}[{i}]")
+            if bad is not None:
+                return bad
+        return None
+    if type(parsed) is float and type(sent) is int and float(sent) == parsed:
+        return None
+    return None if type(sent) is type(parsed) and sent == parsed else path
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -352,3 +352,23 @@ def test_a_verdict_batch_whose_verdict_has_a_nul_key_is_refused_not_a_500(swarm)
                     headers={"content-type": "application/json"})
     _assert_clear(r, "nul key")
     assert s.snapshot() == before
+
+
+@pytest.mark.parametrize("spelling", [lambda v: str(v), lambda v: float(v)])
+def test_a_submission_whose_signed_body_only_parses_to_a_valid_one_is_refused_at_intake(swarm, spelling):
+    """The judge fuzz found the verifier judging a signed "policy_version": "1" as version 1
+    (pydantic's lax mode); the intake took it in too. One rule in protocol.envelope.open_envelope
+    for every role: refused 4xx at intake, nothing stored; the same body as the signer wrote it
+    (an int) is taken."""
+    s = swarm
+    s.publish(0)
+    w = s.new_worker()
+    lease = s.lease(w)[0]
+    body = s.submission(lease).model_dump(mode="json")
+    body["policy_version"] = spelling(body["policy_version"])
+    before = s.snapshot()
+    s.clock.advance(0.001)
+    r = s.send("/v1/submissions", s.seal_raw(KIND_SUBMISSION, body, w))
+    assert r.status_code in (400, 422) and "policy_version" in r.json()["detail"], r.text
+    assert s.snapshot() == before
+    assert s.submit(w, lease).status_code == 200
