@@ -472,7 +472,13 @@ def version_change(case, body, rng):
     lo, hi = case.lease.min_policy_version, case.lease.max_policy_version
     inside = [x for x in range(lo, hi + 1) if x != v and x in case.world.versions]
     body["policy_version"] = rng.choice(inside + [hi + 1, -1, 2**31, "1"])
-    return Mutant(f"version_change[{body['policy_version']!r}]", body, REJECT)
+    name = f"version_change[{body['policy_version']!r}]"
+    if case.dtype == "bfloat16" and body["policy_version"] in inside:
+        # the fuzz world's versions are one AdamW step (lr 1e-4) apart: under bf16 rounding one
+        # check catches that a third of the time (bench/verification.py, verifier/thresholds.py);
+        # the coordinator's proof-drift test over a worker's full checks is what bans it
+        return Mutant(name, body, EITHER, "a version one optimiser step away is within bf16's per-check limits")
+    return Mutant(name, body, REJECT)
 
 
 @mutation
