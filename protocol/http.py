@@ -185,8 +185,13 @@ MAX_DETAIL_CHARS = 500      # of an error body's detail: it goes into exceptions
 MAX_REASON_CHARS = 64       # of its machine-readable `reason`
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+def short(text: str | bytes | object, limit: int = 200) -> str:
+    """At most `limit` characters of untrusted text (a service's answer, a relay's bytes), for
+    logs and error messages, with a note of the whole length when cut."""
+    if isinstance(text, bytes):
+        text = text[: limit * 4].decode("utf-8", "replace")
+    s = str(text)
+    return s if len(s) <= limit else f"{s[:limit]}... ({len(s)} characters)"
 
 
 def error_detail(resp: httpx.Response) -> str:
@@ -197,7 +202,7 @@ def error_detail(resp: httpx.Response) -> str:
         d = resp.json().get("detail")
         if isinstance(d, list):  # FastAPI validation errors
             d = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in d[:3])
-        return _cut(str(d), MAX_DETAIL_CHARS) if d else resp.text[:300]
+        return short(str(d), MAX_DETAIL_CHARS) if d else resp.text[:300]
     except (ValueError, AttributeError, TypeError, RecursionError):
         return resp.text[:300] or resp.reason_phrase
 
@@ -249,7 +254,7 @@ def parse_response(resp: httpx.Response, model: type[R]) -> R:
         return model.model_validate_json(resp.content)
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[:1]
-        raise Unavailable(f"{resp.request.url.path}: unexpected response: {_cut(str(first), MAX_DETAIL_CHARS)}") \
+        raise Unavailable(f"{resp.request.url.path}: unexpected response: {short(str(first), MAX_DETAIL_CHARS)}") \
             from exc
 
 
@@ -415,7 +420,7 @@ class SignedClient:
                 _head_deadline.at = None  # the body has its own rule
                 return _read_bounded(resp, url, cap, timeout_s or self.timeout_s)
         except httpx.HTTPError as exc:
-            raise Unavailable(f"{url}: {type(exc).__name__}: {_cut(str(exc), MAX_DETAIL_CHARS)}") from exc
+            raise Unavailable(f"{url}: {type(exc).__name__}: {short(str(exc), MAX_DETAIL_CHARS)}") from exc
         finally:
             _head_deadline.at = None
 
@@ -431,10 +436,10 @@ def _read_bounded(resp: httpx.Response, url: str, cap: int, timeout_s: float) ->
     (`_DeadlineStream`: complete within `timeout_s` of the request being sent)."""
     encoding = resp.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise Unavailable(f"{url}: refused a compressed answer (content-encoding {_cut(encoding, 40)})")
+        raise Unavailable(f"{url}: refused a compressed answer (content-encoding {short(encoding, 40)})")
     declared = resp.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > cap:
-        raise Unavailable(f"{url}: an answer of {_cut(declared, 20)} bytes, over the {cap} accepted")
+        raise Unavailable(f"{url}: an answer of {short(declared, 20)} bytes, over the {cap} accepted")
     started = time.monotonic()
     parts: list[bytes] = []
     got = 0

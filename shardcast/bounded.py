@@ -15,7 +15,7 @@ version listings), and the coordinator dashboard's relay polls, go through `get_
   for as long as it likes.
 
 Shard bodies do not come through here: shardcast.transfer reads them (zero-copy, with a
-minimum rate). `short(text)` is how untrusted text may enter a log line or an error message;
+minimum rate). `short(text)` (`protocol.http.short`, shared with every role) is how untrusted text may enter a log line or an error message;
 `in_daemon_thread` awaits a blocking call without letting it hold the event loop's end.
 
 Failures: `RefusedAnswer` (too large, compressed), `AnswerTimeout` (the deadline; a
@@ -34,14 +34,13 @@ from typing import Any, TypeVar
 
 import httpx
 
-from protocol.http import tls_context
+from protocol.http import short, tls_context
 from shardcast.errors import AnswerTimeout, RefusedAnswer
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a signed manifest (~150 bytes per shard and file)
 MAX_LISTING_BYTES = 64 * 1024          # GET /v1/versions: a few version numbers
 IDENTITY = {"accept-encoding": "identity"}
 SOURCE_ERRORS = (httpx.HTTPError, RefusedAnswer)
-LOG_PREFIX = 200                       # characters of untrusted text a log line may carry
 
 T = TypeVar("T")
 
@@ -60,14 +59,6 @@ def decimal(text: str) -> bool:
     folder or a shard file name may be. Not `str.isdigit` alone: "²" (latin-1 0xB2, as a
     header can carry) and "٣" are digits to it, and int("²") raises ValueError."""
     return text.isascii() and text.isdigit()
-
-
-def short(text: str | bytes | object, limit: int = LOG_PREFIX) -> str:
-    """At most `limit` characters of untrusted text, for logs and error messages."""
-    if isinstance(text, bytes):
-        text = text[: limit * 4].decode("utf-8", "replace")
-    s = str(text)
-    return s if len(s) <= limit else f"{s[:limit]}... ({len(s)} characters)"
 
 
 def new_client(connections: int = 4) -> httpx.AsyncClient:

@@ -42,12 +42,11 @@ from typing import Any
 
 from protocol import dtypes
 from protocol.errors import Rejected, Stopped, Unavailable
-from protocol.http import sane_wait
+from protocol.http import sane_wait, short
 from protocol.identity import KeyPair, PublicKey
 from protocol.messages import Lease, Registration, RunInfo
 from protocol.pow import solve_pow
 from protocol.retry import Reachability, retry_call
-from shardcast.bounded import short
 from worker.config import WorkerConfig
 from worker.coordinator_client import CoordinatorClient
 from worker.engines.base import Engine

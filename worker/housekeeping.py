@@ -19,8 +19,8 @@ import time
 from typing import Callable
 
 from protocol.errors import Rejected, Unavailable
+from protocol.http import short
 from protocol.messages import Heartbeat, SubmissionStatus
-from shardcast.bounded import short
 from worker.coordinator_client import CoordinatorClient
 from worker.spool import Spool
 from worker.state import WorkerState

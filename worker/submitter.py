@@ -41,9 +41,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from protocol.errors import Rejected, Unavailable
+from protocol.http import short
 from protocol.messages import REASON_DUPLICATE_SUBMISSION
 from protocol.retry import Reachability, retry_call
-from shardcast.bounded import short
 from worker.coordinator_client import CoordinatorClient
 from worker.registration import Registrations
 from worker.spool import AWAITING, PENDING, REJECTED, Spool, SpoolEntry

@@ -4,13 +4,12 @@ running in a background thread of the test process."""
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
 from protocol.http import ServerThread
-from worker_fakes import FakeCoordinator, LocalWeights, worker_config
+from worker_fakes import FakeCoordinator, LocalWeights, Running, worker_config
 
 
 @pytest.fixture(scope="session")
@@ -59,30 +58,6 @@ def fake():
         yield coord
     finally:
         server.stop()
-
-
-class Running:
-    """A Daemon in a background thread; `stop()` asks it to stop and waits."""
-
-    def __init__(self, daemon):
-        self.daemon = daemon
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.daemon.run()
-        except BaseException as exc:  # handed to the test, which re-raises it
-            self.error = exc
-
-    def start(self) -> "Running":
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float = 60.0) -> None:
-        self.daemon.request_stop()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "daemon did not stop"
 
 
 @pytest.fixture

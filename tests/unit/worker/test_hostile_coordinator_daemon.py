@@ -102,10 +102,9 @@ def test_relays_the_coordinator_advertises_are_checked_and_bounded(fake, tmp_pat
     while the coordinator advertises it); 5,000 of them were all long-polled at once, each
     round, a connection each. Unusable ones are dropped with a warning, and a sample of at most
     MAX_ADVERTISED_RELAYS is kept."""
-    from conftest import Running
     from worker.daemon import MAX_ADVERTISED_RELAYS, Daemon
     from worker.engines.transformers_engine import TransformersEngine
-    from worker_fakes import worker_config
+    from worker_fakes import Running, worker_config
 
     fake.relays = ["ftp://relay.example", "http://" + "a" * 5000, *(f"http://127.0.0.1:9/r{i}" for i in range(5000))]
     cfg = worker_config(fake.url, tmp_path)

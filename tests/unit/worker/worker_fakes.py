@@ -303,3 +303,27 @@ def worker_config(url: str, tmp_path: Path, **kw) -> WorkerConfig:
                 engine="transformers", device="cpu", dtype="float32", threads=1, max_tasks=2, json_logs=True)
     base.update(kw)
     return WorkerConfig(**base)
+
+
+class Running:
+    """A Daemon in a background thread; `stop()` asks it to stop and waits."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as exc:  # handed to the test, which re-raises it
+            self.error = exc
+
+    def start(self) -> "Running":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.daemon.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "daemon did not stop"
