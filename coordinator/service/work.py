@@ -24,7 +24,7 @@ from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_
 from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, training, use_nonce
 from coordinator.service.join import revive, worker_check_rate
-from coordinator.store import leases, meta, policy, submissions, workers
+from coordinator.store import leases, meta, policy, submissions, swarm_counts, workers
 from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
 from protocol.identity import PublicKey
 from protocol.messages import (
@@ -130,17 +130,16 @@ def _sizing(ctx: Context, conn, worker_id: str, established: bool, dropped: int,
     max_leases = ctx.cfg.limits.max_leases_per_worker
     if not terms.enabled:
         return Sizing(max_leases, None, None, "lease sizing off")
-    known = meta.get_many(conn, meta.TRAINER_FLOOR, meta.TRAINER_STEP)
-    floor = training.floor_of(ctx, current, known.get(meta.TRAINER_FLOOR))
+    counts = swarm_counts.read(conn, ctx.cfg.limits.intake_established_after)
+    floor = training.floor_of(ctx, current, counts.trainer_floor)
     staleness = current - floor
-    taken = submissions.taken(conn) if current >= terms.demand_versions else 0
-    per_version = trainer_take(taken, current, int(known.get(meta.TRAINER_STEP, 0)))
+    taken = counts.taken if current >= terms.demand_versions else 0
+    per_version = trainer_take(taken, current, int(counts.trainer_step or 0))
     demand = None
     if per_version > 0:
-        who = workers.new_identity(ctx.cfg.limits.intake_established_after)
-        in_flight = leases.count_all_active(conn) + submissions.on_their_way(conn, floor)
-        of_new = leases.count_active_of(conn, who) + submissions.count_queued_of(conn, who)
-        share = terms.new_identity_share if workers.any_active_established(conn, who) else None
+        in_flight = counts.active + counts.queued + submissions.waiting(conn, floor)
+        of_new = counts.active_of_new + counts.queued_of_new
+        share = terms.new_identity_share if counts.established_active else None
         demand = Demand(per_version=per_version, in_flight=in_flight - of_new, new=of_new, new_share=share)
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
                           arrivals=policy.recent_arrivals(conn), staleness=staleness,

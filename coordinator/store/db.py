@@ -97,8 +97,8 @@ class Database:
             with conn.begin():
                 yield conn
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema to the newest migration (idempotent)."""
+    def migrate(self, revision: str = "head") -> None:
+        """Create or upgrade the schema to the newest migration (or `revision`; idempotent)."""
         from alembic import command
         from alembic.config import Config
 
@@ -106,7 +106,7 @@ class Database:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.connect() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
             conn.commit()
 
     def checkpoint(self) -> None:

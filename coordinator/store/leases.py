@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, select, update
 
 from coordinator.rules.leasing import ReturnedTask
-from coordinator.store.schema import leases, task_returns, workers
+from coordinator.store.schema import leases, task_returns
 from coordinator.store.sql import insert_ignore
 
 # hot statements, built once (see workers.py)
@@ -15,6 +15,9 @@ _GET = select(leases).where(leases.c.lease_id == bindparam("l"))
 _GET_FOR_UPDATE = _GET.with_for_update()
 _ACTIVE_TASKS = select(leases.c.task_id).where(and_(leases.c.worker_id == bindparam("w"), leases.c.status == "active"))
 _INSERT = leases.insert()
+_RECENT_SUBMITTED = (select(leases.c.issued_at, leases.c.closed_at)
+                     .where(and_(leases.c.worker_id == bindparam("w"), leases.c.status == "submitted"))
+                     .order_by(leases.c.closed_at.desc()).limit(bindparam("n")))
 _CLOSE = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.status == "active"))
           .values(status=bindparam("to"), closed_at=bindparam("now")))
 _RETURNED = (select(task_returns.c.task_index, task_returns.c.previous_worker)
@@ -114,21 +117,4 @@ def count_returned(conn: Connection) -> int:
 
 def recent_submitted(conn: Connection, worker_id: str, limit: int) -> list[tuple[float, float]]:
     """(issued_at, closed_at) of `worker_id`'s newest submitted leases (index ix_leases_worker_status_closed)."""
-    c = leases.c
-    q = (select(c.issued_at, c.closed_at).where(and_(c.worker_id == worker_id, c.status == "submitted"))
-         .order_by(c.closed_at.desc()).limit(limit))
-    return [(float(i), float(s)) for i, s in conn.execute(q)]
-
-
-def count_all_active(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(leases).where(leases.c.status == "active")).scalar_one())
-
-
-def count_active_of(conn: Connection, who: ColumnElement[bool]) -> int:
-    """Active leases of the workers matched by `who` (a condition on `workers`). As `IN (workers
-    matched)` the count seeks each such worker's active leases on ix_leases_worker_status_closed
-    (SQLite: 0.6 ms with 8,000 active leases of 1,000 workers, half of them matched; a join
-    walked every active lease, 2.3 ms: this runs in every lease request's transaction)."""
-    q = select(func.count()).select_from(leases).where(
-        and_(leases.c.worker_id.in_(select(workers.c.worker_id).where(who)), leases.c.status == "active"))
-    return int(conn.execute(q).scalar_one())
+    return [(float(i), float(s)) for i, s in conn.execute(_RECENT_SUBMITTED, {"w": worker_id, "n": limit})]

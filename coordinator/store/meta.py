@@ -12,6 +12,7 @@ POW_CHALLENGE = "pow_challenge"
 DROPPED_STALE = "dropped_stale"
 TRAINER_FLOOR = "trainer_floor"  # the min_policy_version of the trainer's newest batch request
 TRAINER_STEP = "trainer_step"    # the most groups one batch request of the trainer asked for (its step)
+TRAINER_TAKEN = "trainer_taken"  # groups the trainer acknowledged, in all (store.submissions.ack adds to it)
 ADDRESS_KEYS_FOR = "address_keys_for"  # the exempt addresses the stored worker addresses were keyed with
 
 

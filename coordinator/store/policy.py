@@ -8,6 +8,7 @@ from coordinator.store.schema import policy_versions
 
 _CURRENT = select(func.max(policy_versions.c.version))
 _GET = select(policy_versions).where(policy_versions.c.version == bindparam("v"))
+_ARRIVALS = select(policy_versions.c.received_at).order_by(policy_versions.c.version.desc()).limit(bindparam("n"))
 
 
 def current(conn: Connection) -> int | None:
@@ -29,5 +30,4 @@ def count(conn: Connection) -> int:
 
 def recent_arrivals(conn: Connection, limit: int = 8) -> list[float]:
     """When the newest `limit` versions were announced here, oldest first."""
-    q = select(policy_versions.c.received_at).order_by(policy_versions.c.version.desc()).limit(limit)
-    return sorted(float(t) for t in conn.execute(q).scalars())
+    return sorted(float(t) for t in conn.execute(_ARRIVALS, {"n": limit}).scalars())

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, case, func, or_, select, update
 
+from coordinator.store import meta
 from coordinator.store.schema import leases, submission_payloads, submissions, workers
 
 c_ = submissions.c
@@ -27,6 +28,11 @@ _STATUSES = select(c_.submission_id, c_.worker_id, c_.status, c_.reason, c_.n_to
     c_.submission_id.in_(bindparam("ids", expanding=True)))
 _CONTENT = select(c_.submission_id).where(and_(c_.task_id == bindparam("t"), c_.content_hash == bindparam("h")))
 _INSERT = submissions.insert()
+_QUEUED = select(func.count()).select_from(submissions).where(c_.status == "queued")
+_WAITING = select(func.count()).select_from(submissions).where(
+    and_(c_.buffer.in_(("ready", "handed")), c_.policy_version >= bindparam("floor")))
+_VERIFY_TIMES = (select(c_.decided_at - c_.received_at).where(c_.status == "accepted")
+                 .order_by(c_.received_at.desc()).limit(bindparam("n")))
 _INSERT_PAYLOAD = submission_payloads.insert()
 p_ = submission_payloads.c
 # A newcomer's job (its worker has no clean full check yet) received after `young` waits
@@ -201,10 +207,13 @@ def ack(conn: Connection, ids: list[str], now: float, unused: dict[str, str] | N
     """handed -> consumed for `ids`; ids in any other state are left alone. `unused` (id -> the
     trainer's reason, a key of `TRAINER_CAUSES`) marks consumed groups the trainer will not train;
     a group keeps the first cause recorded for it. Returns how many moved, and how many were
-    newly marked per cause (so a resent ack counts nothing twice)."""
+    newly marked per cause (so a resent ack counts nothing twice). The moved ones are added to
+    meta `TRAINER_TAKEN` (the lease bound's count of what the trainer took, `store.swarm_counts`)."""
     c = submissions.c
     n = conn.execute(update(submissions).where(and_(c.submission_id.in_(ids), c.buffer == "handed"))
                      .values(buffer="consumed", consumed_at=now)).rowcount
+    if n:
+        meta.add_int(conn, meta.TRAINER_TAKEN, n)
     marked: dict[str, int] = {}
     for reason, cause in TRAINER_CAUSES.items():
         named = [i for i, r in (unused or {}).items() if r == reason]
@@ -216,34 +225,21 @@ def ack(conn: Connection, ids: list[str], now: float, unused: dict[str, str] | N
 
 def recent_verify_times(conn: Connection, limit: int = 32) -> list[float]:
     """Seconds from receipt to verdict of the newest accepted submissions."""
-    c = submissions.c
-    q = (select(c.decided_at - c.received_at).where(c.status == "accepted")
-         .order_by(c.received_at.desc()).limit(limit))
-    return [float(t) for t in conn.execute(q).scalars() if t is not None]
+    return [float(t) for t in conn.execute(_VERIFY_TIMES, {"n": limit}).scalars() if t is not None]
 
-
-def taken(conn: Connection) -> int:
-    """Groups the trainer took (acknowledged) in all (index ix_submissions_buffer_version)."""
-    q = select(func.count()).select_from(submissions).where(submissions.c.buffer == "consumed")
-    return int(conn.execute(q).scalar_one())
 
 
 def on_their_way(conn: Connection, floor: int) -> int:
     """Submissions queued for the verifier, and takeable groups (ready or handed out) at or above
     `floor`. Held groups do not count: they wait for their worker's next clean check, which needs
     its next submissions (counting them, a lease bound could wait for them for ever)."""
-    c = submissions.c
-    queued = select(func.count()).select_from(submissions).where(c.status == "queued")
-    waiting = select(func.count()).select_from(submissions).where(and_(c.buffer.in_(("ready", "handed")),
-                                                                       c.policy_version >= floor))
-    return int(conn.execute(queued).scalar_one()) + int(conn.execute(waiting).scalar_one())
+    return int(conn.execute(_QUEUED).scalar_one()) + waiting(conn, floor)
 
 
-def count_queued_of(conn: Connection, who: ColumnElement[bool]) -> int:
-    """Submissions queued for the verifier from the workers matched by `who` (a condition on `workers`)."""
-    q = select(func.count()).select_from(submissions).where(
-        and_(submissions.c.worker_id.in_(select(workers.c.worker_id).where(who)), submissions.c.status == "queued"))
-    return int(conn.execute(q).scalar_one())
+def waiting(conn: Connection, floor: int) -> int:
+    """Takeable groups (ready or handed out) at or above `floor`."""
+    return int(conn.execute(_WAITING, {"floor": floor}).scalar_one())
+
 
 
 def buffer_depth(conn: Connection) -> int:

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, not_, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, delete, func, or_, select, text, update
 
 from coordinator.store.schema import nonces, workers
 from coordinator.store.sql import insert_ignore
@@ -146,18 +146,12 @@ def all_rows(conn: Connection, limit: int = 10_000) -> list[Row]:
     return list(conn.execute(select(workers).order_by(workers.c.registered_at).limit(limit)))
 
 
-def new_identity(established_after: int) -> ColumnElement[bool]:
+def new_identity(established_after: Any) -> ColumnElement[bool]:
     """The condition on `workers` of a worker without verified work: fewer than
-    `established_after` accepted submissions, or banned. The negation is
+    `established_after` (a number, or a bind parameter) accepted submissions, or banned. The negation is
     `coordinator.service.work.established_row` (the intake's and the leases' lanes) for one row."""
     w = workers.c
     return or_(w.accepted < established_after, w.status == "banned")
-
-
-def any_active_established(conn: Connection, new: ColumnElement[bool]) -> bool:
-    """Whether an active worker is not matched by `new` (`new_identity`)."""
-    q = select(workers.c.worker_id).where(and_(workers.c.status == "active", not_(new))).limit(1)
-    return conn.execute(q).first() is not None
 
 
 def count_by_status(conn: Connection) -> dict[str, int]:

@@ -513,3 +513,17 @@ def test_one_key_registering_on_two_replicas_at_once_gets_a_retry_not_a_500(pg_u
     finally:
         a.close()
         b.close()
+
+
+def test_the_lease_sizing_counts_read_in_one_statement_on_postgres(pg_url):
+    """coordinator.store.swarm_counts on PostgreSQL: the same counts as the rows say
+    (tests/unit/coordinator/test_swarm_counts.py runs it on SQLite)."""
+    from coordinator.store.db import Database
+    from test_swarm_counts import check_counts_match
+
+    db = Database(pg_url)
+    db.migrate()
+    try:
+        check_counts_match(db, seed=1)
+    finally:
+        db.dispose()
