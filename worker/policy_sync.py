@@ -10,7 +10,8 @@ stalling generation.
 
 A download that fails (relays down, version pruned, corrupt bytes everywhere) is retried
 with backoff (`protocol.retry.retry_call`); a version that keeps failing is skipped in favour
-of the next one a lease allows. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
+of the next one a lease allows. What is remembered as wanted and as failed is bounded
+(MAX_TRACKED_VERSIONS each), whatever versions leases name. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
 a version whose folder has gone is simply no longer `ready`.
 """
 
@@ -28,6 +29,11 @@ from worker.errors import PolicyUnavailable
 
 log = logging.getLogger(__name__)
 
+# Versions remembered as wanted, and as failed, at most (the least recently wanted / the oldest
+# failure goes first). Unbounded, a coordinator naming a new far-future version in each lease
+# (or a long run) grew both by one per version for the life of the process: a fetch prunes only
+# the wants below it. A daemon's leases want a few versions at a time (MAX_FALLBACK_VERSIONS each).
+MAX_TRACKED_VERSIONS = 64
 POLL_S = 2.0            # long-poll length when idle (also bounds how fast a `want` is noticed)
 RETRY_AFTER_FAIL_S = 5.0
 
@@ -42,8 +48,8 @@ class PolicySync:
         self.on_newest = on_newest
         self._cv = threading.Condition()
         self._ready: dict[int, Path] = {}
-        self._wanted: set[int] = set()
-        self._failed_at: dict[int, float] = {}
+        self._wanted: dict[int, None] = {}     # an ordered set: least recently wanted first
+        self._failed_at: dict[int, float] = {}  # oldest failure first
         self._newest_known: int | None = None
         self._thread = threading.Thread(target=self._loop, daemon=True, name="policy-sync")
 
@@ -64,10 +70,25 @@ class PolicySync:
 
     def want(self, versions: list[int]) -> None:
         with self._cv:
-            new = set(versions) - self._wanted - set(self._ready)
-            if new:
-                self._wanted |= new
+            new = [v for v in dict.fromkeys(versions) if v not in self._ready]
+            if any(v not in self._wanted for v in new):
                 self._cv.notify_all()
+            self._add_wants(new)
+
+    def _add_wants(self, versions: list[int]) -> None:
+        """Want `versions` (again: they become the most recently wanted), within MAX_TRACKED_VERSIONS."""
+        for v in versions:
+            self._wanted.pop(v, None)
+            self._wanted[v] = None
+        for v in list(self._wanted)[:max(0, len(self._wanted) - MAX_TRACKED_VERSIONS)]:
+            del self._wanted[v]
+
+    def _add_failure(self, version: int) -> None:
+        """Note that `version` failed now, within MAX_TRACKED_VERSIONS (oldest failure forgotten first)."""
+        self._failed_at.pop(version, None)
+        self._failed_at[version] = time.monotonic()
+        for v in list(self._failed_at)[:max(0, len(self._failed_at) - MAX_TRACKED_VERSIONS)]:
+            del self._failed_at[v]
 
     def wait_any(self, versions: list[int], deadline: float) -> tuple[int, Path]:
         """Block until one of `versions` is ready (newest preferred) or `deadline` (time.time())."""
@@ -94,7 +115,7 @@ class PolicySync:
                 for v in versions:
                     if v not in self._ready and v not in self._wanted and v not in self._failed_at:
                         if all(u in self._failed_at for u in versions if u > v):
-                            self._wanted.add(v)
+                            self._add_wants([v])
                             self._cv.notify_all()
                 self._cv.wait(min(left, 0.5))
 
@@ -132,7 +153,7 @@ class PolicySync:
             self._fetch(target)
         except ProtocolError as exc:
             with self._cv:
-                self._failed_at[target] = time.monotonic()
+                self._add_failure(target)
                 self._cv.notify_all()
             if self._next_target() is None:
                 raise
@@ -165,7 +186,7 @@ class PolicySync:
             # version, and one that still needs an older one asks again through `wait_any`. Kept,
             # they sent the thread after versions the relays had pruned long ago (seen on slow
             # links: tests/integration/test_wan_*, issue 22).
-            self._wanted = {v for v in self._wanted if v > version}
+            self._wanted = {v: None for v in self._wanted if v > version}
             self._failed_at.pop(version, None)
             if self._newest_known is None or version > self._newest_known:
                 self._newest_known = version

@@ -147,3 +147,35 @@ def test_no_allowed_version_waits_for_the_deadline_and_does_not_crash(tmp_path):
     finally:
         stop.set()
         sync.join(5)
+
+
+def test_wanted_and_failed_versions_stay_bounded_however_many_versions_leases_name(tmp_path):
+    """A hostile coordinator names a new far-future version in every lease (or a long run asks
+    for many): each was added to the wanted set and, once it failed, to the failed set, and
+    neither was ever pruned above every fetched version (a fetch drops only older wants): both
+    grew by one per version named, for the life of the process. Now both are bounded
+    (MAX_TRACKED_VERSIONS, the least recently wanted / oldest failure goes first), and what
+    the newest leases want is still fetched."""
+    from worker.policy_sync import MAX_TRACKED_VERSIONS
+
+    client = FakeClient(tmp_path, held=lambda v: v < 1000, gated=False)
+    stop = threading.Event()
+    sync = PolicySync(client, stop)
+    sync.start()
+    try:
+        for v in range(10**6, 10**6 + 2000):
+            sync.want([v])
+            assert len(sync._wanted) <= MAX_TRACKED_VERSIONS and len(sync._failed_at) <= MAX_TRACKED_VERSIONS
+        for v in range(2 * 10**6, 2 * 10**6 + 3 * MAX_TRACKED_VERSIONS):   # each tried and failed
+            sync.want([v])
+            deadline = time.time() + 5
+            while v not in client.calls and time.time() < deadline:
+                time.sleep(0.002)
+        time.sleep(0.2)
+        assert len(set(client.calls)) > 3 * MAX_TRACKED_VERSIONS   # more versions failed than are remembered
+        assert len(sync._wanted) <= MAX_TRACKED_VERSIONS and len(sync._failed_at) <= MAX_TRACKED_VERSIONS
+        sync.want([7])
+        assert sync.wait_any([7], time.time() + 10)[0] == 7
+    finally:
+        stop.set()
+        sync.join(5)
