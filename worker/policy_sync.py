@@ -51,6 +51,7 @@ class PolicySync:
         self._wanted: dict[int, None] = {}     # an ordered set: least recently wanted first
         self._failed_at: dict[int, float] = {}  # oldest failure first
         self._newest_known: int | None = None
+        self._progress: tuple[int, float] | None = None   # (version, time.monotonic()) of the last download progress
         self._thread = threading.Thread(target=self._loop, daemon=True, name="policy-sync")
 
     # -- main loop side ---------------------------------------------------------------------
@@ -90,8 +91,19 @@ class PolicySync:
         for v in list(self._failed_at)[:max(0, len(self._failed_at) - MAX_TRACKED_VERSIONS)]:
             del self._failed_at[v]
 
-    def wait_any(self, versions: list[int], deadline: float) -> tuple[int, Path]:
-        """Block until one of `versions` is ready (newest preferred) or `deadline` (time.time())."""
+    def unwant(self, versions: list[int]) -> None:
+        """No longer fetch `versions` (their leases were given back)."""
+        with self._cv:
+            for v in versions:
+                self._wanted.pop(v, None)
+
+    def wait_any(self, versions: list[int], deadline: float, give_up_s: float | None = None) -> tuple[int, Path]:
+        """Block until one of `versions` is ready (newest preferred) or `deadline` (time.time()).
+        `give_up_s`: also give up (PolicyUnavailable) once that long has passed without a download
+        of any of them making progress: no relay serves them (a lease for a version no relay will
+        ever have, from a hostile or broken coordinator, with a far expiry held the worker's loop
+        until it expired). A download under way waits for `deadline`, however slow."""
+        started = time.monotonic()
         self.want(versions[:1] or versions)
         with self._cv:
             while True:
@@ -111,6 +123,10 @@ class PolicySync:
                 left = deadline - time.time()
                 if left <= 0:
                     raise PolicyUnavailable(f"none of policy versions {versions} could be fetched in time")
+                if give_up_s is not None and time.monotonic() - started >= give_up_s and not (
+                        self._progress is not None and self._progress[0] in versions and self._progress[1] >= started):
+                    raise PolicyUnavailable(f"no download of policy versions {versions} started in {give_up_s:.0f} s: "
+                                            "no relay serves them")
                 # A version that failed recently: ask for the next older one the caller allows.
                 for v in versions:
                     if v not in self._ready and v not in self._wanted and v not in self._failed_at:
@@ -176,6 +192,7 @@ class PolicySync:
         log.info("fetching policy version %d", version)
 
         def progress(done_bytes: int, total_bytes: int) -> None:
+            self._progress = (version, time.monotonic())
             if self.on_progress:
                 self.on_progress(version, done_bytes, total_bytes)
 

@@ -179,3 +179,43 @@ def test_wanted_and_failed_versions_stay_bounded_however_many_versions_leases_na
     finally:
         stop.set()
         sync.join(5)
+
+
+class SlowClient(FakeClient):
+    """Version 3 downloads in 2 s, reporting progress every 0.1 s; the others do not exist."""
+
+    def fetch(self, version: int, progress=None) -> Path:
+        self.calls.append(version)
+        if version != 3:
+            raise ProtocolError(f"no source holds version {version}")
+        for i in range(20):
+            time.sleep(0.1)
+            if progress:
+                progress(i + 1, 20)
+        d = self.root / "3"
+        d.mkdir(exist_ok=True)
+        return d
+
+
+def test_a_wait_gives_up_when_no_download_starts_but_not_while_one_makes_progress(tmp_path):
+    """`give_up_s` bounds a wait in which no version asked for makes download progress (a version
+    no relay serves: before, the wait lasted until the deadline, a hostile lease's expiry); a
+    slow download that keeps making progress is waited for past it, up to the deadline."""
+    from worker.errors import PolicyUnavailable
+
+    stop = threading.Event()
+    sync = PolicySync(SlowClient(tmp_path, gated=False), stop)
+    sync.start()
+    try:
+        t0 = time.monotonic()
+        try:
+            sync.wait_any([10**9], time.time() + 3600, give_up_s=0.5)
+            raise AssertionError("wait_any returned a version no relay serves")
+        except PolicyUnavailable as exc:
+            assert "no relay serves" in str(exc)
+        assert time.monotonic() - t0 < 3
+        sync.unwant([10**9])
+        assert sync.wait_any([3], time.time() + 30, give_up_s=0.5)[0] == 3   # 2 s of progress
+    finally:
+        stop.set()
+        sync.join(5)
