@@ -15,7 +15,7 @@ import json
 import logging
 
 from coordinator.context import Context
-from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
+from coordinator.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
@@ -45,7 +45,10 @@ from protocol.window import allowed_versions
 log = logging.getLogger("swarmrl.coordinator")
 
 NO_POLICY_RETRY_S = 2.0
-DUPLICATE = "duplicate"   # a lease's status once its submission was refused as a content duplicate
+DUPLICATE = "duplicate"
+# A claim on a lease's intake (PostgreSQL) older than this is taken over: its replica died
+# while scoring (the scorer sandbox's batch limit is 20 s).
+INTAKE_CLAIM_S = 60.0   # a lease's status once its submission was refused as a content duplicate
 
 
 def submission_id_for(lease_id: str) -> str:
@@ -212,9 +215,17 @@ def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[in
     """The write transaction of a scored submission (its checks again, as the lease may have
     closed meanwhile): queued for the verifier, or a refusal that changes nothing (but for a
     content duplicate's, which closes the lease: `_close_duplicate`)."""
-    sub = opened.body
-    worker_id = opened.signer_id
     now = ctx.clock()
+    try:
+        return _store(ctx, opened, raw, scores, now)
+    except BaseException:
+        _unclaim(ctx, opened)
+        raise
+
+
+def _store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[int, list[float]],
+           now: float) -> SubmissionResponse:
+    sub, worker_id = opened.body, opened.signer_id
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         worker = require_worker(conn, worker_id)
@@ -314,25 +325,59 @@ def _checked_and_scored(ctx: Context, opened: Opened[Submission], now: float) ->
     for the task (before, the last two were refused only after scoring, and a refused duplicate
     left its lease open: the same envelope sent again was scored every time). The write
     transaction checks them again (`store`); copies of one submission in flight at once are the
-    route's to refuse (`coordinator.api.Intake.taking`)."""
+    route's to refuse (`coordinator.api.Intake.taking`) and, across replicas, the claim's
+    (`_claim`, in this transaction on PostgreSQL)."""
     sub, worker_id = opened.body, opened.signer_id
     chash = intake.content_hash(sub.completions)
-    with ctx.db.read() as conn:
+    # SQLite: a read (no write lock); PostgreSQL: also the claim, where read and write are alike
+    with (ctx.db.read() if ctx.db.is_sqlite else ctx.db.write()) as conn:
         require_worker(conn, worker_id)
         row = leases.get(conn, sub.lease_id)
         replayed = workers.nonce_seen(conn, opened.envelope.signer, opened.nonce)
         other = submissions.content_exists(conn, row.task_id, chash) if row is not None else None
-    if row is None:
-        raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
-    intake.check_lease(row, worker_id, now)
-    if replayed:
-        raise Conflict("replay", "replayed message: this nonce was already used by this signer")
-    lease = Lease.model_validate(json.loads(row.envelope)["body"])  # the signed lease, as the worker got it
-    n_tokens = intake.check_completions(sub, lease, worker_id, ctx.tasks.vocab_size, ctx.tasks.hidden_size)
+        if row is None:
+            raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
+        intake.check_lease(row, worker_id, now)
+        if replayed:
+            raise Conflict("replay", "replayed message: this nonce was already used by this signer")
+        lease = Lease.model_validate(json.loads(row.envelope)["body"])  # the signed lease, as the worker got it
+        n_tokens = intake.check_completions(sub, lease, worker_id, ctx.tasks.vocab_size, ctx.tasks.hidden_size)
+        if other is None:
+            _claim(ctx, conn, opened, now)
     if other is not None:
         raise _refuse_duplicate(ctx, opened, chash, now)
-    task = ctx.tasks.task(row.task_index)
-    return n_tokens, ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
+    try:
+        task = ctx.tasks.task(row.task_index)
+        return n_tokens, ctx.tasks.rewards(task, [c.token_ids for c in sub.completions])
+    except BaseException:
+        _unclaim(ctx, opened)
+        raise
+
+
+def _claim(ctx: Context, conn, opened: Opened[Submission], now: float) -> None:
+    """On PostgreSQL, claim the lease's intake for this submission before it is scored, or
+    refuse it 429 `submission_in_progress`: copies of one submission sent to two replicas at
+    once were both scored (`coordinator.api.Intake.taking` guards one process; SQLite has one
+    writer process, which it covers). One UPDATE in the read-only checks' transaction (`conn`),
+    which it makes a writing one (no extra round trip: +0.2 to +1.1 ms median per submission on
+    a local PostgreSQL, 5-6.5 ms against 4.9-5.5 ms); given back if the intake fails after it
+    (`_unclaim`), taken over after INTAKE_CLAIM_S if its replica died."""
+    if ctx.db.is_sqlite:
+        return
+    if not leases.claim_intake(conn, opened.body.lease_id, opened.nonce, now, now - INTAKE_CLAIM_S):
+        raise RateLimited("submission_in_progress", f"a submission for lease {opened.body.lease_id} is being "
+                                                    "taken in; retry shortly for its outcome", 1.0)
+
+
+def _unclaim(ctx: Context, opened: Opened[Submission]) -> None:
+    """Give back this submission's claim (`_claim`), if it holds one: its intake failed."""
+    if ctx.db.is_sqlite:
+        return
+    try:
+        with ctx.db.write() as conn:
+            leases.unclaim_intake(conn, opened.body.lease_id, opened.nonce)
+    except Exception as exc:   # the database failed too: the claim goes stale after INTAKE_CLAIM_S
+        log.warning("lease %s: its intake claim could not be given back (%s)", opened.body.lease_id, exc)
 
 
 MAX_STATUS_IDS = 256

@@ -83,6 +83,8 @@ leases = Table(
     Column("expires_at", Float, nullable=False),
     Column("closed_at", Float, nullable=True),
     Column("envelope", Text, nullable=False),                # the signed Lease, JSON: its terms live only here
+    Column("intake_nonce", String(64), nullable=True),       # PostgreSQL: the submission being scored (its nonce)
+    Column("intake_at", Float, nullable=True),               # ... since when (service.work.INTAKE_CLAIM_S)
     Index("ix_leases_status_expires", "status", "expires_at"),
     Index("ix_leases_worker_status", "worker_id", "status"),
     Index("ix_leases_worker_status_closed", "worker_id", "status", "closed_at"),  # a worker's newest submitted
