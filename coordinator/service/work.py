@@ -45,10 +45,10 @@ from protocol.window import allowed_versions
 log = logging.getLogger("swarmrl.coordinator")
 
 NO_POLICY_RETRY_S = 2.0
-DUPLICATE = "duplicate"
+DUPLICATE = "duplicate"   # a lease's status once its submission was refused as a content duplicate
 # A claim on a lease's intake (PostgreSQL) older than this is taken over: its replica died
 # while scoring (the scorer sandbox's batch limit is 20 s).
-INTAKE_CLAIM_S = 60.0   # a lease's status once its submission was refused as a content duplicate
+INTAKE_CLAIM_S = 60.0
 
 
 def submission_id_for(lease_id: str) -> str:
