@@ -114,7 +114,8 @@ class Intake:
         the read-only checks (the lease was still active) and cost a sandbox round trip; only the
         write transaction refused all but one. Retried, a copy gets the first one's outcome
         (409 `duplicate_submission` once it is stored). Per server process (the event loop's, no
-        lock): copies sent to several processes or replicas are scored at most once in each.
+        lock): copies sent to several processes or replicas are scored at most once in each, and on
+        PostgreSQL once in all (a claim on the lease row: `coordinator.service.work._claim`).
         Keyed by the signer too, so nobody else's request on a lease id can hold it."""
         key = (signer, lease_id)
         if key in self.in_flight:

@@ -79,6 +79,11 @@ REREGISTER_WAIT_S = 10.0   # forgotten again within this long of registering: wa
 LEASE_WAIT_S = 2.0         # a lease request that finds no room may be held this long at the coordinator
 SHUTDOWN_SEND_S = 10.0     # on stop, how long to keep trying to send / release
 KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
+# A wait for a policy version in which no download of any version the lease allows makes
+# progress ends after this long: the lease is given back (a hostile coordinator's lease for a
+# version no relay will serve, expiring in a day, held the loop a day). A download under way
+# (progress after each 50 MB shard) waits for the lease's expiry as before.
+VERSION_WAIT_S = 300.0
 MAX_LEASE_TTL_S = 86400.0  # the longest lease lifetime the worker sizes its requests by
 MAX_ADVERTISED_RELAYS = 32  # relays taken from GET /v1/run (a random sample of them, if more)
 MAX_RELAY_URL_CHARS = 2048
@@ -472,14 +477,28 @@ class Daemon:
 
     def _wait_for_version(self, leases: list[Lease]) -> list[Lease]:
         assert self.sync is not None
+        now = time.time()
+        expired = [lease.lease_id for lease in leases if lease.expires_at <= now]
+        if expired:   # as in _generate: nothing to wait for (and no deadline left for the others)
+            log.warning("%d leases expired while waiting for a policy version; dropped", len(expired))
+            self._unhold(expired)
+            leases = [lease for lease in leases if lease.expires_at > now]
+            if not leases:
+                return []
         newest = max(leases, key=lambda lease: lease.max_policy_version)
         self.state.set(phase=f"syncing policy v{newest.max_policy_version}")
+        tried = fallback_versions(newest)
         try:
-            self.sync.wait_any(fallback_versions(newest), min(lease.expires_at for lease in leases))
+            self.sync.wait_any(tried, min(lease.expires_at for lease in leases), give_up_s=VERSION_WAIT_S)
         except PolicyUnavailable as exc:
-            log.error("%s; giving back %d leases", exc, len(leases))
-            self._release([lease.lease_id for lease in leases])
-            return []
+            # given back: the leases that allow only versions tried (the newest one's at least);
+            # the others go on to their own wait (a lease for a version no relay serves must not
+            # cost the batch's other leases)
+            gone = [lease for lease in leases if set(fallback_versions(lease)) <= set(tried)]
+            log.error("%s; giving back %d leases", exc, len(gone))
+            self.sync.unwant(tried)
+            self._release([lease.lease_id for lease in gone])
+            return [lease for lease in leases if lease not in gone]
         return leases
 
     def _load(self, version: int) -> bool:

@@ -10,7 +10,8 @@ stalling generation.
 
 A download that fails (relays down, version pruned, corrupt bytes everywhere) is retried
 with backoff (`protocol.retry.retry_call`); a version that keeps failing is skipped in favour
-of the next one a lease allows. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
+of the next one a lease allows. What is remembered as wanted and as failed is bounded
+(MAX_TRACKED_VERSIONS each), whatever versions leases name. Pruning old versions from the cache is the shardcast client's job (`keep_versions`);
 a version whose folder has gone is simply no longer `ready`.
 """
 
@@ -28,6 +29,11 @@ from worker.errors import PolicyUnavailable
 
 log = logging.getLogger(__name__)
 
+# Versions remembered as wanted, and as failed, at most (the least recently wanted / the oldest
+# failure goes first). Unbounded, a coordinator naming a new far-future version in each lease
+# (or a long run) grew both by one per version for the life of the process: a fetch prunes only
+# the wants below it. A daemon's leases want a few versions at a time (MAX_FALLBACK_VERSIONS each).
+MAX_TRACKED_VERSIONS = 64
 POLL_S = 2.0            # long-poll length when idle (also bounds how fast a `want` is noticed)
 RETRY_AFTER_FAIL_S = 5.0
 
@@ -42,9 +48,10 @@ class PolicySync:
         self.on_newest = on_newest
         self._cv = threading.Condition()
         self._ready: dict[int, Path] = {}
-        self._wanted: set[int] = set()
-        self._failed_at: dict[int, float] = {}
+        self._wanted: dict[int, None] = {}     # an ordered set: least recently wanted first
+        self._failed_at: dict[int, float] = {}  # oldest failure first
         self._newest_known: int | None = None
+        self._progress: tuple[int, float] | None = None   # (version, time.monotonic()) of the last download progress
         self._thread = threading.Thread(target=self._loop, daemon=True, name="policy-sync")
 
     # -- main loop side ---------------------------------------------------------------------
@@ -64,13 +71,39 @@ class PolicySync:
 
     def want(self, versions: list[int]) -> None:
         with self._cv:
-            new = set(versions) - self._wanted - set(self._ready)
-            if new:
-                self._wanted |= new
+            new = [v for v in dict.fromkeys(versions) if v not in self._ready]
+            if any(v not in self._wanted for v in new):
                 self._cv.notify_all()
+            self._add_wants(new)
 
-    def wait_any(self, versions: list[int], deadline: float) -> tuple[int, Path]:
-        """Block until one of `versions` is ready (newest preferred) or `deadline` (time.time())."""
+    def _add_wants(self, versions: list[int]) -> None:
+        """Want `versions` (again: they become the most recently wanted), within MAX_TRACKED_VERSIONS."""
+        for v in versions:
+            self._wanted.pop(v, None)
+            self._wanted[v] = None
+        for v in list(self._wanted)[:max(0, len(self._wanted) - MAX_TRACKED_VERSIONS)]:
+            del self._wanted[v]
+
+    def _add_failure(self, version: int) -> None:
+        """Note that `version` failed now, within MAX_TRACKED_VERSIONS (oldest failure forgotten first)."""
+        self._failed_at.pop(version, None)
+        self._failed_at[version] = time.monotonic()
+        for v in list(self._failed_at)[:max(0, len(self._failed_at) - MAX_TRACKED_VERSIONS)]:
+            del self._failed_at[v]
+
+    def unwant(self, versions: list[int]) -> None:
+        """No longer fetch `versions` (their leases were given back)."""
+        with self._cv:
+            for v in versions:
+                self._wanted.pop(v, None)
+
+    def wait_any(self, versions: list[int], deadline: float, give_up_s: float | None = None) -> tuple[int, Path]:
+        """Block until one of `versions` is ready (newest preferred) or `deadline` (time.time()).
+        `give_up_s`: also give up (PolicyUnavailable) once that long has passed without a download
+        of any of them making progress: no relay serves them (a lease for a version no relay will
+        ever have, from a hostile or broken coordinator, with a far expiry held the worker's loop
+        until it expired). A download under way waits for `deadline`, however slow."""
+        started = time.monotonic()
         self.want(versions[:1] or versions)
         with self._cv:
             while True:
@@ -90,11 +123,15 @@ class PolicySync:
                 left = deadline - time.time()
                 if left <= 0:
                     raise PolicyUnavailable(f"none of policy versions {versions} could be fetched in time")
+                if give_up_s is not None and time.monotonic() - started >= give_up_s and not (
+                        self._progress is not None and self._progress[0] in versions and self._progress[1] >= started):
+                    raise PolicyUnavailable(f"no download of policy versions {versions} started in {give_up_s:.0f} s: "
+                                            "no relay serves them")
                 # A version that failed recently: ask for the next older one the caller allows.
                 for v in versions:
                     if v not in self._ready and v not in self._wanted and v not in self._failed_at:
                         if all(u in self._failed_at for u in versions if u > v):
-                            self._wanted.add(v)
+                            self._add_wants([v])
                             self._cv.notify_all()
                 self._cv.wait(min(left, 0.5))
 
@@ -132,7 +169,7 @@ class PolicySync:
             self._fetch(target)
         except ProtocolError as exc:
             with self._cv:
-                self._failed_at[target] = time.monotonic()
+                self._add_failure(target)
                 self._cv.notify_all()
             if self._next_target() is None:
                 raise
@@ -155,6 +192,7 @@ class PolicySync:
         log.info("fetching policy version %d", version)
 
         def progress(done_bytes: int, total_bytes: int) -> None:
+            self._progress = (version, time.monotonic())
             if self.on_progress:
                 self.on_progress(version, done_bytes, total_bytes)
 
@@ -165,7 +203,7 @@ class PolicySync:
             # version, and one that still needs an older one asks again through `wait_any`. Kept,
             # they sent the thread after versions the relays had pruned long ago (seen on slow
             # links: tests/integration/test_wan_*, issue 22).
-            self._wanted = {v for v in self._wanted if v > version}
+            self._wanted = {v: None for v in self._wanted if v > version}
             self._failed_at.pop(version, None)
             if self._newest_known is None or version > self._newest_known:
                 self._newest_known = version

@@ -24,11 +24,14 @@ from protocol.messages import Completion, Lease, Submission
 
 def check_lease(state: Any, signer_id: str, now: float) -> None:
     """`state`: the lease's row (lease_id, worker_id, status: active | submitted | released |
-    expired | revoked, expires_at)."""
+    expired | revoked | duplicate, expires_at)."""
     if state.worker_id != signer_id:
         raise Forbidden("not_your_lease", f"lease {state.lease_id} was issued to another worker")
     if state.status == "submitted":
         raise Conflict("duplicate_submission", f"lease {state.lease_id} was already submitted")
+    if state.status == "duplicate":   # coordinator.service.work._close_duplicate: a resend gets the same answer
+        raise Conflict("duplicate_completion", f"lease {state.lease_id} was refused: its completions were already "
+                                               "submitted for its task; lease new work")
     if state.status != "active":
         raise Gone("lease_closed", f"lease {state.lease_id} is {state.status}; lease new work")
     if now > state.expires_at:

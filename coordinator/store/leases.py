@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, or_, select, update
 
 from coordinator.rules.leasing import ReturnedTask
 from coordinator.store.schema import leases, task_returns
@@ -20,6 +20,12 @@ _RECENT_SUBMITTED = (select(leases.c.issued_at, leases.c.closed_at)
                      .order_by(leases.c.closed_at.desc()).limit(bindparam("n")))
 _CLOSE = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.status == "active"))
           .values(status=bindparam("to"), closed_at=bindparam("now")))
+_CLAIM = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.status == "active",
+                                    or_(leases.c.intake_nonce.is_(None), leases.c.intake_at < bindparam("stale"),
+                                        leases.c.intake_nonce == bindparam("n"))))
+          .values(intake_nonce=bindparam("n"), intake_at=bindparam("now")))
+_UNCLAIM = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.intake_nonce == bindparam("n")))
+            .values(intake_nonce=None, intake_at=None))
 _RETURNED = (select(task_returns.c.task_index, task_returns.c.previous_worker)
              .order_by(task_returns.c.returned_at, task_returns.c.task_index).limit(bindparam("n")))
 _TAKE_RETURNED = (delete(task_returns).where(task_returns.c.task_index.in_(bindparam("ids", expanding=True)))
@@ -33,6 +39,18 @@ def get(conn: Connection, lease_id: str, *, for_update: bool = False) -> Row | N
     if for_update and conn.dialect.name == "postgresql":
         return conn.execute(_GET_FOR_UPDATE, {"l": lease_id}).first()
     return conn.execute(_GET, {"l": lease_id}).first()
+
+
+def claim_intake(conn: Connection, lease_id: str, nonce: str, now: float, stale_before: float) -> bool:
+    """Mark the active lease's submission under `nonce` as being taken in; False if another one
+    claimed it at or after `stale_before` (its replica is scoring it). One UPDATE: PostgreSQL's row
+    lock makes a second claimant wait, then find the claim taken."""
+    return conn.execute(_CLAIM, {"l": lease_id, "n": nonce, "now": now, "stale": stale_before}).rowcount == 1
+
+
+def unclaim_intake(conn: Connection, lease_id: str, nonce: str) -> None:
+    """Give back the claim `claim_intake` took under `nonce` (its intake failed)."""
+    conn.execute(_UNCLAIM, {"l": lease_id, "n": nonce})
 
 
 def get_many(conn: Connection, lease_ids: list[str]) -> list[Row]:

@@ -78,11 +78,13 @@ leases = Table(
     Column("worker_id", String(128), nullable=False),
     Column("task_index", BigInteger, nullable=False),
     Column("task_id", String(128), nullable=False),
-    Column("status", String(16), nullable=False),            # active | submitted | released | expired | revoked
+    Column("status", String(16), nullable=False),            # active | submitted | released | expired | revoked | duplicate
     Column("issued_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("closed_at", Float, nullable=True),
     Column("envelope", Text, nullable=False),                # the signed Lease, JSON: its terms live only here
+    Column("intake_nonce", String(64), nullable=True),       # PostgreSQL: the submission being scored (its nonce)
+    Column("intake_at", Float, nullable=True),               # ... since when (service.work.INTAKE_CLAIM_S)
     Index("ix_leases_status_expires", "status", "expires_at"),
     Index("ix_leases_worker_status", "worker_id", "status"),
     Index("ix_leases_worker_status_closed", "worker_id", "status", "closed_at"),  # a worker's newest submitted

@@ -53,7 +53,7 @@ class SwarmCounts:
     trainer_floor: str | None     # meta TRAINER_FLOOR (None: the trainer has not asked yet)
     trainer_step: str | None      # meta TRAINER_STEP
     taken: int                    # groups the trainer acknowledged, in all (meta TRAINER_TAKEN: a count over
-                                  # `submissions` grew with the run, 1.5 ms at 45,000 groups; migration 0009)
+                                  # `submissions` grew with the run, 1.5 ms at 45,000 groups; migration 0010)
     queued: int                   # submissions queued for the verifier
     active: int                   # active leases
     active_of_new: int            # active leases of new identities (`workers.new_identity`)

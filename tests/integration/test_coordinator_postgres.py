@@ -454,6 +454,11 @@ def test_two_replicas_taking_in_one_lease_s_submission_at_once_answer_409_not_50
         meet = Rendezvous()
         real = store_submissions.insert
         monkeypatch.setattr(store_submissions, "insert", lambda *x, **kw: (meet.arrive(), real(*x, **kw))[1])
+        # both past the intake claim (one taken over as stale, say), to reach the write at once:
+        # the claim answers the usual race earlier (test_copies_of_one_submission_..._scored_once)
+        import coordinator.service.work as work
+
+        monkeypatch.setattr(work, "_claim", lambda *x: None)
         ra, rb = _at_once(lambda: a.send("/v1/submissions", envs[0]), lambda: b.send("/v1/submissions", envs[1]))
         assert sorted([ra.status_code, rb.status_code]) == [200, 409], (ra.text, rb.text)
         assert "duplicate_submission" in (ra.text + rb.text)
@@ -515,6 +520,68 @@ def test_one_key_registering_on_two_replicas_at_once_gets_a_retry_not_a_500(pg_u
         b.close()
 
 
+def test_copies_of_one_submission_sent_to_two_replicas_at_once_are_scored_once(
+        pg_url, tmp_path, tiny_model, monkeypatch):
+    """The intake's in-flight guard (429 `submission_in_progress`) is per process: copies of one
+    submission (two nonces) reaching two replicas at once both passed the read-only checks and
+    were both scored (the scorer sandbox: the expensive part); only the write transaction
+    refused one. A claim on the lease row, taken before scoring, lets one replica score it; the
+    other is answered 429 at once, and gets the first one's outcome when it asks again."""
+    from protocol.messages import KIND_SUBMISSION
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        (lease,) = a.lease(w, 1)
+        meet = Rendezvous()
+        scored: list[str] = []
+        for name, s in (("a", a), ("b", b)):
+            real = s.ctx.tasks.rewards
+
+            def rewards(task, completions, real=real, name=name):
+                scored.append(name)
+                meet.arrive()   # both in the scorer at once, if both got there
+                return real(task, completions)
+
+            monkeypatch.setattr(s.ctx.tasks, "rewards", rewards)
+        envs = [s.seal(KIND_SUBMISSION, s.submission(lease), w) for s in (a, b)]   # two nonces
+        ra, rb = _at_once(lambda: a.send("/v1/submissions", envs[0]), lambda: b.send("/v1/submissions", envs[1]))
+        assert len(scored) == 1, f"scored by {scored}"
+        assert sorted([ra.status_code, rb.status_code]) == [200, 429], (ra.text, rb.text)
+        assert "submission_in_progress" in (ra.text + rb.text)
+        again = b.send("/v1/submissions", b.seal(KIND_SUBMISSION, b.submission(lease), w))
+        assert again.status_code == 409 and again.json()["reason"] == "duplicate_submission", again.text
+        assert len(scored) == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_submission_whose_scoring_failed_can_be_sent_again_to_another_replica(pg_url, tmp_path, tiny_model,
+                                                                                  monkeypatch):
+    """The claim taken before scoring is given back when the intake fails after it (here the
+    scorer raises): a resend to the other replica is scored and stored, not refused 429 until
+    the claim goes stale."""
+    from protocol.messages import KIND_SUBMISSION
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        (lease,) = a.lease(w, 1)
+
+        def broken(task, completions):
+            raise RuntimeError("scorer sandbox died")
+
+        monkeypatch.setattr(a.ctx.tasks, "rewards", broken)
+        r = a.send("/v1/submissions", a.seal(KIND_SUBMISSION, a.submission(lease), w))
+        assert r.status_code >= 500, r.text
+        r = b.send("/v1/submissions", b.seal(KIND_SUBMISSION, b.submission(lease), w))
+        assert r.status_code == 200, r.text
+    finally:
+        a.close()
+        b.close()
 def test_the_lease_sizing_counts_read_in_one_statement_on_postgres(pg_url):
     """coordinator.store.swarm_counts on PostgreSQL: the same counts as the rows say
     (tests/unit/coordinator/test_swarm_counts.py runs it on SQLite)."""

@@ -202,6 +202,8 @@ def case_duplicate_completion(w):
         lq.return_tasks(conn, [lq.get(conn, lease.lease_id)], s.clock())
     again = s.lease(w["b"], 1)[0]
     assert again.task_id == lease.task_id
+    # the first refusal closes the lease (test_coordinator_duplicate_lease); a resend changes nothing
+    assert s.submit(w["b"], again, completions=s.completions(lease)).status_code == 409
     w["snapshot"] = s.snapshot()
     return s.submit(w["b"], again, completions=s.completions(lease)), 409, "duplicate_completion"
 

@@ -324,6 +324,8 @@ def test_a_duplicate_of_stored_completions_is_refused_before_it_is_scored(swarm,
     assert again.task_id == first.task_id
     calls = _count_scoring(s, monkeypatch)
     env = s.seal(KIND_SUBMISSION, s.submission(again, completions=s.completions(first)), b)
+    r = s.send("/v1/submissions", env)   # refused, and its lease closed (test_coordinator_duplicate_lease)
+    assert r.status_code == 409 and r.json()["reason"] == "duplicate_completion", r.text
     before = s.snapshot()
     for _ in range(3):
         r = s.send("/v1/submissions", env)

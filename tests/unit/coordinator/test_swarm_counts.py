@@ -75,9 +75,9 @@ def test_one_statement_counts_what_the_rows_say_on_sqlite(tmp_path):
 
 
 def test_a_database_from_before_the_counter_starts_from_its_acknowledged_groups(tmp_path):
-    """Migration 0009: the counter of acknowledged groups starts at what the rows say."""
+    """Migration 0010: the counter of acknowledged groups starts at what the rows say."""
     db = Database(f"sqlite:///{tmp_path / 'old.db'}")
-    db.migrate("0008")
+    db.migrate("0009")
     try:
         ws, _, ss = fill(db, seed=2)
         with db.write() as conn:   # the old code's acknowledgement: rows moved, nothing counted

@@ -356,3 +356,41 @@ def test_a_coordinator_that_forgets_the_worker_at_every_lease_request_is_not_ham
     r.stop()
     assert r.error is None
     assert len(registrations) <= 4, f"{len(registrations)} registrations in about 4 s"
+
+
+def test_a_lease_for_a_version_no_relay_serves_is_given_back_after_a_bounded_wait(fake, versions, start_daemon,
+                                                                                     monkeypatch):
+    """A lease for policy version 10**9 (no relay will ever serve it) expiring in a day: the
+    worker waited for that version until the lease expired, holding it and its loop (no other
+    work done); only a stop ended it. Now a wait in which no version the lease allows even
+    starts to download is bounded (`VERSION_WAIT_S`, here 1 s): the lease is given back, the
+    version no longer wanted, and the worker goes on with other leases."""
+    import worker.daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "VERSION_WAIT_S", 1.0)
+    sent = {"far": False}
+
+    async def far_future_once(request):
+        if sent["far"]:
+            return None
+        sent["far"] = True
+        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
+        now = time.time()
+        lease = Lease(lease_id="far-future", run_id="run", worker_id=wid, task_id="t-far",
+                      prompt_token_ids=[5, 6, 7], seeds=[1, 2], sampling=SamplingParams(temperature=1.0, max_tokens=2),
+                      eos_token_id=1, min_policy_version=10**9, max_policy_version=10**9, issued_at=now,
+                      expires_at=now + 86400)
+        fake.leases[lease.lease_id] = lease
+        env = seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER)
+        return JSONResponse(LeaseResponse(leases=[env]).model_dump(mode="json"))
+
+    fake.hostile[routes.LEASES] = far_future_once
+    versions.publish(0)
+    r = start_daemon(max_tasks=1)
+    try:
+        wait_until(lambda: "far-future" in fake.released and len(fake.submissions) >= 2 or r.error is not None,
+                   timeout=30, what="the far-future lease given back and other work submitted")
+        assert r.error is None, f"the daemon ended with {r.error!r}"
+        assert 10**9 not in r.daemon.sync._wanted
+    finally:
+        r.stop()

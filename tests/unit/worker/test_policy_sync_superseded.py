@@ -147,3 +147,75 @@ def test_no_allowed_version_waits_for_the_deadline_and_does_not_crash(tmp_path):
     finally:
         stop.set()
         sync.join(5)
+
+
+def test_wanted_and_failed_versions_stay_bounded_however_many_versions_leases_name(tmp_path):
+    """A hostile coordinator names a new far-future version in every lease (or a long run asks
+    for many): each was added to the wanted set and, once it failed, to the failed set, and
+    neither was ever pruned above every fetched version (a fetch drops only older wants): both
+    grew by one per version named, for the life of the process. Now both are bounded
+    (MAX_TRACKED_VERSIONS, the least recently wanted / oldest failure goes first), and what
+    the newest leases want is still fetched."""
+    from worker.policy_sync import MAX_TRACKED_VERSIONS
+
+    client = FakeClient(tmp_path, held=lambda v: v < 1000, gated=False)
+    stop = threading.Event()
+    sync = PolicySync(client, stop)
+    sync.start()
+    try:
+        for v in range(10**6, 10**6 + 2000):
+            sync.want([v])
+            assert len(sync._wanted) <= MAX_TRACKED_VERSIONS and len(sync._failed_at) <= MAX_TRACKED_VERSIONS
+        for v in range(2 * 10**6, 2 * 10**6 + 3 * MAX_TRACKED_VERSIONS):   # each tried and failed
+            sync.want([v])
+            deadline = time.time() + 5
+            while v not in client.calls and time.time() < deadline:
+                time.sleep(0.002)
+        time.sleep(0.2)
+        assert len(set(client.calls)) > 3 * MAX_TRACKED_VERSIONS   # more versions failed than are remembered
+        assert len(sync._wanted) <= MAX_TRACKED_VERSIONS and len(sync._failed_at) <= MAX_TRACKED_VERSIONS
+        sync.want([7])
+        assert sync.wait_any([7], time.time() + 10)[0] == 7
+    finally:
+        stop.set()
+        sync.join(5)
+
+
+class SlowClient(FakeClient):
+    """Version 3 downloads in 2 s, reporting progress every 0.1 s; the others do not exist."""
+
+    def fetch(self, version: int, progress=None) -> Path:
+        self.calls.append(version)
+        if version != 3:
+            raise ProtocolError(f"no source holds version {version}")
+        for i in range(20):
+            time.sleep(0.1)
+            if progress:
+                progress(i + 1, 20)
+        d = self.root / "3"
+        d.mkdir(exist_ok=True)
+        return d
+
+
+def test_a_wait_gives_up_when_no_download_starts_but_not_while_one_makes_progress(tmp_path):
+    """`give_up_s` bounds a wait in which no version asked for makes download progress (a version
+    no relay serves: before, the wait lasted until the deadline, a hostile lease's expiry); a
+    slow download that keeps making progress is waited for past it, up to the deadline."""
+    from worker.errors import PolicyUnavailable
+
+    stop = threading.Event()
+    sync = PolicySync(SlowClient(tmp_path, gated=False), stop)
+    sync.start()
+    try:
+        t0 = time.monotonic()
+        try:
+            sync.wait_any([10**9], time.time() + 3600, give_up_s=0.5)
+            raise AssertionError("wait_any returned a version no relay serves")
+        except PolicyUnavailable as exc:
+            assert "no relay serves" in str(exc)
+        assert time.monotonic() - t0 < 3
+        sync.unwant([10**9])
+        assert sync.wait_any([3], time.time() + 30, give_up_s=0.5)[0] == 3   # 2 s of progress
+    finally:
+        stop.set()
+        sync.join(5)
