@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.dtypes import check_allowed
 from protocol.tracking import TrackingConfig
+from protocol.messages import DEFAULT_MAX_BODY_BYTES
 from shardcast.p2p.config import P2PConfig
 
 
@@ -101,7 +102,7 @@ class LimitsConfig(BaseModel):
     `protocol.guard`); the per-identity limit after its signature is verified."""
 
     model_config = ConfigDict(extra="forbid")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted on any route; each route's own cap (sized from its message type, group_size and sampling.max_tokens) is at most this")
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="largest request body accepted on any route; each route's own cap (sized from its message type, group_size and sampling.max_tokens) is at most this")
     max_leases_per_worker: int = Field(64, ge=1, description="leases one worker may hold at once")
     requests_per_s_per_worker: float = Field(50.0, description="rate limit per identity (token bucket)")
     requests_per_s_per_address: float = Field(200.0, description="rate limit per client address, charged when a request's headers arrive (token bucket; an IPv6 address counts by its /64)")

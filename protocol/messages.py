@@ -25,6 +25,10 @@ MAX_LEASE_WAIT_S = 10.0      # the longest a lease request may ask to be held (L
 MAX_PROOF_B64_CHARS = max_proof_b64_chars(MAX_TOKENS_PER_SEQUENCE)
 MAX_ID_CHARS = 128
 MAX_VERSION = 2**31 - 1  # policy versions and steps: SQL INTEGER columns are 32-bit on PostgreSQL
+# The coordinator's default limits.max_body_bytes: the largest submission (and manifest) it
+# stores, so what bounds its largest answers (claims, batches); the trainer's and verifier's
+# `coordinator_max_body_bytes` default to it.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]

@@ -53,7 +53,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
     status = lambda: holder["service"].status() if "service" in holder else {"state": "starting"}  # noqa: E731
     server = ServerThread(create_app(status, metrics, identity), cfg.host, cfg.port).start()
     write_port_file(cfg.data_dir / "verifier.port", server.port)
-    client = SignedClient(cfg.coordinator_url, key)
+    # bounded answers: a claim at its own cap (VerifierService), any other at the largest body
+    client = SignedClient(cfg.coordinator_url, key, max_response_bytes=cfg.coordinator_max_body_bytes + (1 << 20))
     closers: list[Any] = [client]
     node = None
     try:
@@ -102,7 +103,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
                                                                 "bfloat16": cfg.bf16_thresholds},
                                    vocab_size=run_vocab_size(first_path, tokenizer)),
             ledger=ledger, metrics=metrics,
-            batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s)
+            batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s,
+            max_submission_bytes=cfg.coordinator_max_body_bytes)
         holder["service"] = service
         log.info("verifier %s judging submissions of run %s (relays: %s%s)", key.peer_id, info.run_id,
                  ", ".join(relays) or "none configured", "; p2p on" if node is not None else "")

@@ -20,6 +20,11 @@ refuses (4xx: already decided by another verifier, unknown submission) is logged
 dropped; a job that cannot be judged now (JobError: its policy version cannot be had) gets
 no verdict and returns to the queue when the claim expires. `stop` ends the loop between
 jobs, after the verdict in hand is delivered or given up.
+
+A claim answer is read bounded (`claim_answer_cap`: each job at the coordinator's largest
+submission, `max_submission_bytes`, with its lease and task beside it): a coordinator answering
+past it (a body without end was read whole, memory without end) is `Unavailable`, retried
+like an outage (tests/unit/protocol/test_operator_clients_bounded.py).
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ from protocol.errors import Rejected, Stopped, Unavailable
 from protocol.http import SignedClient
 from protocol.identity import PublicKey
 from protocol.messages import (
+    DEFAULT_MAX_BODY_BYTES,
     KIND_CLAIM,
+    MAX_GROUP_SIZE,
+    MAX_TOKENS_PER_SEQUENCE,
     KIND_VERDICT,
     ClaimRequest,
     ClaimResponse,
@@ -52,6 +60,17 @@ from verifier.seen import SeenLedger
 
 log = logging.getLogger("swarmrl.verifier")
 
+# Room beside a job's submission envelope: its signed lease at the protocol's limits (a prompt of
+# MAX_TOKENS_PER_SEQUENCE ids, MAX_GROUP_SIZE seeds, as JSON with room for spaces), rewards, the
+# task's answer and metadata.
+JOB_EXTRA_BYTES = 2 * (MAX_TOKENS_PER_SEQUENCE * 11 + MAX_GROUP_SIZE * 20 + 4096) + (1 << 20)
+
+
+def claim_answer_cap(max_jobs: int, max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES) -> int:
+    """The most bytes a claim answer of `max_jobs` jobs may take, when the coordinator stores
+    submissions of at most `max_submission_bytes`."""
+    return max(1, max_jobs) * (max_submission_bytes + JOB_EXTRA_BYTES) + (1 << 20)
+
 
 @dataclass
 class Counts:
@@ -68,8 +87,11 @@ class Counts:
 class VerifierService:
     def __init__(self, client: SignedClient, *, coordinator_key: PublicKey, tokenizer: Any, models: ModelSource,
                  settings: JudgeSettings, ledger: SeenLedger, metrics: VerifierMetrics, batch_jobs: int = 8,
-                 poll_interval_s: float = 0.5, clock: Callable[[], float] = time.time):
+                 poll_interval_s: float = 0.5, clock: Callable[[], float] = time.time,
+                 max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        """`max_submission_bytes`: the coordinator's limits.max_body_bytes (bounds a claim answer)."""
         self.client = client
+        self.max_submission_bytes = max_submission_bytes
         self.coordinator_key = coordinator_key
         self.tokenizer = tokenizer
         self.models = models
@@ -105,7 +127,9 @@ class VerifierService:
     def step(self, stop: threading.Event | None = None) -> int:
         """One claim and its jobs; returns how many jobs were claimed."""
         resp: ClaimResponse = self.client.post_signed(VERIFICATION_CLAIM, KIND_CLAIM,
-                                                      ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse)
+                                                      ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse,
+                                                      max_bytes=claim_answer_cap(self.batch_jobs,
+                                                                                 self.max_submission_bytes))
         with self._lock:
             self.counts.claims += 1
             self.counts.last_claim_at = self.clock()
