@@ -28,6 +28,9 @@ class VerifierConfig(BaseModel):
     key_file: Path = Field(Path("./swarmrl-data/keys/verifier.key"), description="verifier key (signs verdicts)")
     data_dir: Path = Field(Path("./swarmrl-data/verifier"), description="checkpoint cache")
     relays: list[str] = Field(default_factory=list, description="shardcast URLs; empty = those the coordinator advertises")
+    tokenizer: str = Field("", description="the run's tokenizer (a folder or hub id), used only when a policy "
+                           "checkpoint carries none (the trainer's always do); the coordinator's tokenizer_ref is "
+                           "never loaded on its word")
     device: str = Field("cpu", description="torch device for the prefill pass")
     batch_jobs: int = Field(8, ge=1, le=64, description="jobs claimed per request")
     poll_interval_s: float = Field(0.5, description="wait between claims when the queue is empty")
