@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from protocol.envelope import Envelope
+from protocol.envelope import RUN_ID_PATTERN, Envelope
 from protocol.proof import max_proof_b64_chars
 
 # -- hard caps ----------------------------------------------------------------------------
@@ -29,11 +29,23 @@ MAX_VERSION = 2**31 - 1  # policy versions and steps: SQL INTEGER columns are 32
 # stores, so what bounds its largest answers (claims, batches); the trainer's and verifier's
 # `coordinator_max_body_bytes` default to it.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# What GET /v1/run (and /v1/policy) may carry; the coordinator's config holds to the same
+# bounds (coordinator.config), so it never serves a RunInfo its own schema refuses.
+MAX_RELAYS = 64              # shardcast URLs advertised
+MAX_URL_CHARS = 2048         # of one relay URL
+MAX_VERIFIER_KEYS = 256
+MAX_REF_CHARS = 4096         # tokenizer_ref: the coordinator's `model`, a folder (PATH_MAX) or hub id
+MAX_POW_DIFFICULTY = 32      # leading zero bits (about 2**32 hashes)
+MAX_POW_CHALLENGE_CHARS = 256  # the coordinator derives 32 hex characters
+MAX_REASON_TEXT = 2000       # a stored reason (verdict, drop, ban); every writer cuts to it
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]  # what a signed envelope may carry
+RelayUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
+ReasonText = Annotated[str, Field(max_length=MAX_REASON_TEXT)]
 
 
 class Strict(BaseModel):
@@ -192,7 +204,7 @@ class Lease(Strict):
 
 
 class LeaseResponse(Strict):
-    leases: list[Envelope] = Field(description="each a signed `lease`")
+    leases: list[Envelope] = Field(max_length=MAX_LEASES_PER_REQUEST, description="each a signed `lease`")
     retry_after_s: float = Field(default=0.0, ge=0.0, description="no work now: ask again after this long")
 
 
@@ -212,7 +224,7 @@ REASON_DUPLICATE_SUBMISSION = "duplicate_submission"
 class SubmissionResponse(Strict):
     submission_id: str
     status: Literal["queued", "accepted", "rejected"]
-    message: str = ""
+    message: ReasonText = ""
 
 
 class SubmissionStatus(Strict):
@@ -221,7 +233,7 @@ class SubmissionStatus(Strict):
     submission_id: str
     worker_id: str
     status: Literal["queued", "accepted", "rejected", "dropped"]
-    reason: str = ""
+    reason: ReasonText = ""
     tokens: int = 0
 
 
@@ -243,7 +255,7 @@ class WorkerInfo(Strict):
     accepted_tokens: int
     check_rate: float | None = Field(None, description="the share of its submissions fully checked: the operator's "
                                                         "view only (None for anyone else)")
-    ban_reason: str = ""
+    ban_reason: ReasonText = ""
     checked_positions: int = Field(0, description="tokens of this worker's clean full checks")
     near_ties: int = Field(0, description="... of which were not the verifier's seeded argmax (within tolerance)")
 
@@ -266,16 +278,18 @@ class RunInfo(Strict):
     nobody else's: the trainer takes them from here (and refuses to start when its own config
     says otherwise)."""
 
-    run_id: str
+    run_id: RunId
     coordinator_key: Hex64 = Field(description="signs leases")
     operator_key: Hex64 = Field(description="signs policy manifests")
-    verifier_keys: list[Hex64]
-    relays: list[str] = Field(description="shardcast URLs to fetch weights from")
-    current_policy_version: int | None
-    async_window: int
-    pow_challenge: str = ""
-    pow_difficulty: int = 0
-    tokenizer_ref: str = Field(default="", description="where the run's tokenizer comes from (model dir or hub id)")
+    verifier_keys: list[Hex64] = Field(max_length=MAX_VERIFIER_KEYS)
+    relays: list[RelayUrl] = Field(max_length=MAX_RELAYS, description="shardcast URLs to fetch weights from")
+    current_policy_version: int | None = Field(ge=0, le=MAX_VERSION)
+    async_window: int = Field(ge=0, le=MAX_VERSION)
+    pow_challenge: str = Field(default="", max_length=MAX_POW_CHALLENGE_CHARS)
+    pow_difficulty: int = Field(default=0, ge=0, le=MAX_POW_DIFFICULTY)
+    tokenizer_ref: str = Field(default="", max_length=MAX_REF_CHARS,
+                               description="the coordinator's model (folder or hub id); informational: a verifier "
+                                           "never loads it on the coordinator's word")
     allowed_dtypes: list[str] = Field(default_factory=lambda: ["float32"], max_length=4,
                                       description="compute dtypes the run allows; a worker computes in one of them")
     p2p_bootstrap: list[str] = Field(default_factory=list, max_length=16,
@@ -312,7 +326,7 @@ class VerificationJob(Strict):
 
 
 class ClaimResponse(Strict):
-    jobs: list[VerificationJob]
+    jobs: list[VerificationJob] = Field(max_length=64)  # ClaimRequest.max_jobs
 
 
 class CheckResult(Strict):
@@ -388,7 +402,7 @@ class TrainingGroup(Strict):
 
 
 class BatchResponse(Strict):
-    groups: list[TrainingGroup]
+    groups: list[TrainingGroup] = Field(max_length=4096)  # BatchRequest.max_groups
     dropped_stale: int = Field(default=0, description="groups dropped because they fell out of the async window")
 
 
@@ -470,10 +484,10 @@ class PolicyManifest(Strict):
 class PolicyInfo(Strict):
     """`GET /v1/policy`: the current version and its signed manifest (None before the first)."""
 
-    version: int | None
+    version: int | None = Field(ge=0, le=MAX_VERSION)
     manifest: Envelope | None
-    async_window: int
-    relays: list[str]
+    async_window: int = Field(ge=0, le=MAX_VERSION)
+    relays: list[RelayUrl] = Field(max_length=MAX_RELAYS)
 
 
 RegistrationResponse.model_rebuild()
