@@ -76,6 +76,7 @@ KIND_LEASE = "lease"
 KIND_LEASE_RELEASE = "lease_release"
 KIND_SUBMISSION = "submission"
 KIND_CLAIM = "verification_claim"
+KIND_RESUME = "verification_resume"
 KIND_VERDICT = "verdict"
 KIND_BATCH_REQUEST = "batch_request"
 KIND_BATCH_ACK = "batch_ack"
@@ -306,7 +307,9 @@ class RunInfo(Strict):
 
 # -- verifier <-> coordinator ---------------------------------------------------------------
 class ClaimRequest(Strict):
-    """Verifier -> coordinator (`POST /v1/verification/claim`): up to `max_jobs` jobs."""
+    """Verifier -> coordinator (`POST /v1/verification/claim`): up to `max_jobs` jobs. The same
+    body as kind `verification_resume` (`POST /v1/verification/resume`, a verifier at start): up
+    to `max_jobs` of its own claims that have not expired, back at once."""
 
     max_jobs: int = Field(ge=1, le=64)
 

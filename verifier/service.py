@@ -41,6 +41,7 @@ from protocol.identity import PublicKey
 from protocol.messages import (
     DEFAULT_MAX_BODY_BYTES,
     KIND_CLAIM,
+    KIND_RESUME,
     MAX_GROUP_SIZE,
     MAX_TOKENS_PER_SEQUENCE,
     KIND_VERDICT,
@@ -51,7 +52,7 @@ from protocol.messages import (
     VerificationJob,
 )
 from protocol.retry import retry_call
-from protocol.routes import VERDICTS, VERDICTS_BATCH, VERIFICATION_CLAIM
+from protocol.routes import VERDICTS, VERDICTS_BATCH, VERIFICATION_CLAIM, VERIFICATION_RESUME
 from verifier.errors import JobError
 from verifier.judge import JudgeSettings
 from verifier.metrics import VerifierMetrics
@@ -104,6 +105,10 @@ class VerifierService:
         self.counts = Counts()
         self._lock = threading.Lock()
         self._batch_route = True  # False once the coordinator answered 404/405 to VERDICTS_BATCH
+        # True until this verifier's own unexpired claims are all taken back (`step`), and those
+        # taken back so far (a job it cannot judge now stays its claim: not taken twice)
+        self._resuming = True
+        self._resumed: set[str] = set()
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -125,17 +130,43 @@ class VerifierService:
             self._error("coordinator_unavailable", f"coordinator unavailable: {exc}")
 
     def step(self, stop: threading.Event | None = None) -> int:
-        """One claim and its jobs; returns how many jobs were claimed."""
-        resp: ClaimResponse = self.client.post_signed(VERIFICATION_CLAIM, KIND_CLAIM,
-                                                      ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse,
-                                                      max_bytes=claim_answer_cap(self.batch_jobs,
-                                                                                 self.max_submission_bytes))
+        """One claim and its jobs; returns how many jobs were claimed. After a start, the claims
+        are resumes first (POST /v1/verification/resume): this verifier's own claims that have
+        not expired, left unjudged when it was killed, come back at once instead of after the
+        coordinator's claim TTL; then ordinary claims."""
+        resp = self._resume() if self._resuming else None
+        if resp is None:
+            resp = self._claim(VERIFICATION_CLAIM, KIND_CLAIM)
         with self._lock:
             self.counts.claims += 1
             self.counts.last_claim_at = self.clock()
         verdicts = [v for v in (self.judge(job) for job in resp.jobs) if v is not None]
         self.deliver_all(verdicts, stop)
         return len(resp.jobs)
+
+    def _claim(self, route: str, kind: str) -> ClaimResponse:
+        return self.client.post_signed(route, kind, ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse,
+                                       max_bytes=claim_answer_cap(self.batch_jobs, self.max_submission_bytes))
+
+    def _resume(self) -> ClaimResponse | None:
+        """Own unexpired claims back, or None when there are none left that this run has not
+        taken back already (or the coordinator has no resume route: it predates it, and those
+        claims wait out its TTL as before)."""
+        try:
+            resp = self._claim(VERIFICATION_RESUME, KIND_RESUME)
+        except Rejected as exc:
+            if exc.status not in (404, 405):
+                raise
+            log.info("the coordinator has no %s; claims left by an earlier run wait for its claim TTL",
+                     VERIFICATION_RESUME)
+            resp = None
+        new = [j for j in resp.jobs if j.submission_id not in self._resumed] if resp is not None else []
+        if not new:
+            self._resuming = False
+            return None
+        self._resumed.update(j.submission_id for j in new)
+        log.info("took back %d claims left unjudged by an earlier run of this verifier", len(new))
+        return ClaimResponse(jobs=new)
 
     def deliver_all(self, verdicts: list[Verdict], stop: threading.Event | None = None) -> int:
         """POST several verdicts in one request, with `deliver`'s retries; returns how many the
