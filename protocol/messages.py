@@ -44,7 +44,7 @@ TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]  # what a signed envelope may carry
-RelayUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
+RelayUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]  # a relay URL or a multiaddr
 ReasonText = Annotated[str, Field(max_length=MAX_REASON_TEXT)]
 
 
@@ -210,7 +210,7 @@ class LeaseResponse(Strict):
 
 
 class RegistrationResponse(Strict):
-    worker_id: str
+    worker_id: Ident
     check_rate: float | None = Field(None, description="not told to workers (None): read after each verdict, a "
                                                         "worker's own rate would say which submission was fully checked")
     run: "RunInfo"
@@ -223,7 +223,7 @@ REASON_DUPLICATE_SUBMISSION = "duplicate_submission"
 
 
 class SubmissionResponse(Strict):
-    submission_id: str
+    submission_id: Ident
     status: Literal["queued", "accepted", "rejected"]
     message: ReasonText = ""
 
@@ -231,8 +231,8 @@ class SubmissionResponse(Strict):
 class SubmissionStatus(Strict):
     """`GET /v1/submissions/{id}`: where a submission stands (workers poll it for credit)."""
 
-    submission_id: str
-    worker_id: str
+    submission_id: Ident
+    worker_id: Ident
     status: Literal["queued", "accepted", "rejected", "dropped"]
     reason: ReasonText = ""
     tokens: int = 0
@@ -249,7 +249,7 @@ class SubmissionStatuses(Strict):
 class WorkerInfo(Strict):
     """`GET /v1/workers/{id}`: a worker's standing (public)."""
 
-    worker_id: str
+    worker_id: Ident
     status: Literal["active", "gone", "banned"]
     accepted: int
     rejected: int
@@ -293,7 +293,7 @@ class RunInfo(Strict):
                                            "never loads it on the coordinator's word")
     allowed_dtypes: list[str] = Field(default_factory=lambda: ["float32"], max_length=4,
                                       description="compute dtypes the run allows; a worker computes in one of them")
-    p2p_bootstrap: list[str] = Field(default_factory=list, max_length=16,
+    p2p_bootstrap: list[RelayUrl] = Field(default_factory=list, max_length=16,
                                      description="libp2p multiaddrs of the run's bootstrap peers (the coordinator's "
                                                  "node first; empty: no swarm layer, HTTP only)")
     tasks: TaskSpec | None = Field(default=None, description="the run's task source (None: not served; a trainer "
@@ -317,8 +317,8 @@ class ClaimRequest(Strict):
 class VerificationJob(Strict):
     """Coordinator -> verifier: one submission to decide, with what is needed to check it."""
 
-    submission_id: str
-    worker_id: str
+    submission_id: Ident
+    worker_id: Ident
     lease: Envelope = Field(description="the signed lease the submission answers")
     submission: Envelope = Field(description="the worker's signed submission, as received")
     rewards: list[float] = Field(description="rewards the coordinator computed, one per completion")
@@ -392,15 +392,15 @@ class BatchRequest(Strict):
 class TrainingGroup(Strict):
     """One accepted, verified group, ready for a GRPO step."""
 
-    submission_id: str
-    task_id: str
-    worker_id: str
-    policy_version: int
-    prompt_token_ids: list[int]
-    completions: list[list[int]]
-    finish_reasons: list[str]
-    rewards: list[float]
-    advantages: list[float]
+    submission_id: Ident
+    task_id: Ident
+    worker_id: Ident
+    policy_version: int = Field(ge=0, le=MAX_VERSION)
+    prompt_token_ids: list[int] = Field(max_length=MAX_TOKENS_PER_SEQUENCE)
+    completions: list[list[int]] = Field(max_length=MAX_GROUP_SIZE)
+    finish_reasons: list[str] = Field(max_length=MAX_GROUP_SIZE)
+    rewards: list[float] = Field(max_length=MAX_GROUP_SIZE)
+    advantages: list[float] = Field(max_length=MAX_GROUP_SIZE)
     temperature: float
 
 

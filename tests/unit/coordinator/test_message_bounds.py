@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from coordinator.config import CoordinatorConfig
 from protocol.identity import KeyPair
 from protocol.messages import (
+    MAX_GROUP_SIZE,
     MAX_LEASES_PER_REQUEST,
     MAX_REASON_TEXT,
     MAX_RELAYS,
@@ -24,6 +25,7 @@ from protocol.messages import (
     RunInfo,
     SubmissionResponse,
     SubmissionStatus,
+    TrainingGroup,
     WorkerInfo,
 )
 
@@ -42,6 +44,7 @@ def _run(**kw) -> dict:
     ("verifier_keys", [HEX] * (MAX_VERIFIER_KEYS + 1)),
     ("pow_difficulty", 33), ("pow_difficulty", -1), ("pow_challenge", "c" * 257),
     ("tokenizer_ref", "t" * 5000), ("current_policy_version", -1), ("async_window", -1),
+    ("p2p_bootstrap", ["/ip4/1.2.3.4/tcp/1/p2p/" + "x" * 5000]),
 ])
 def test_run_info_refuses_what_no_coordinator_serves(field, value):
     RunInfo.model_validate(_run())  # the base is valid
@@ -60,12 +63,24 @@ def test_answers_refuse_unbounded_lists_and_text():
         SubmissionStatus(submission_id="s", worker_id="w", status="rejected", reason=long)
     with pytest.raises(ValidationError):
         WorkerInfo(worker_id="w", status="banned", accepted=0, rejected=0, accepted_tokens=0, ban_reason=long)
+    for bad_id in ("a b", "x" * 129, ""):  # ids are the protocol's Ident, as in every signed message
+        with pytest.raises(ValidationError):
+            SubmissionResponse(submission_id=bad_id, status="queued")
+        with pytest.raises(ValidationError):
+            SubmissionStatus(submission_id="s", worker_id=bad_id, status="queued")
+    group = dict(submission_id="s", task_id="t", worker_id="w", policy_version=0, prompt_token_ids=[1],
+                 completions=[[1]] * 2, finish_reasons=["eos"] * 2, rewards=[0.0, 1.0], advantages=[-1.0, 1.0],
+                 temperature=1.0)
+    TrainingGroup.model_validate(group)
+    for field, value in (("completions", [[1]] * (MAX_GROUP_SIZE + 1)), ("worker_id", "w w"), ("policy_version", -1)):
+        with pytest.raises(ValidationError):
+            TrainingGroup.model_validate({**group, field: value})
 
 
 @pytest.mark.parametrize("field,value", [
     ("run_id", "has space"), ("run_id", "r" * 129), ("relays", ["http://r"] * (MAX_RELAYS + 1)),
     ("relays", ["http://" + "r" * 5000]), ("model", "m" * 5000), ("async_window", 2**31),
-    ("verifier_keys", [HEX] * (MAX_VERIFIER_KEYS + 1)),
+    ("verifier_keys", [HEX] * (MAX_VERIFIER_KEYS + 1)), ("p2p", {"bootstrap": ["/ip4/1.2.3.4/" + "x" * 5000]}),
 ])
 def test_the_coordinators_config_refuses_what_its_answers_could_not_carry(tmp_path, field, value):
     base = dict(operator_key=HEX, model=str(tmp_path), data_dir=tmp_path)
