@@ -75,7 +75,9 @@ class CoordinatorLink:
 
     def _retrying(self, what: str, fn):
         def waiting(exc: BaseException, wait: float) -> None:
-            log.warning("%s: the coordinator is unavailable (%s); retrying in %.1f s", what, exc, wait)
+            hint = (f" (is coordinator_max_body_bytes, {self.max_submission_bytes}, the coordinator's "
+                    "limits.max_body_bytes?)" if "bytes accepted" in str(exc) else "")
+            log.warning("%s: the coordinator is unavailable (%s)%s; retrying in %.1f s", what, exc, hint, wait)
 
         return retry_call(fn, what, self.stop, cap_s=10.0, on_retry=waiting)
 

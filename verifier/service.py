@@ -127,7 +127,9 @@ class VerifierService:
                     if exc.status in (401, 403) else "")
             self._error("claim_rejected", f"claim refused: {exc.detail}{hint}")
         else:
-            self._error("coordinator_unavailable", f"coordinator unavailable: {exc}")
+            hint = (f" (is coordinator_max_body_bytes, {self.max_submission_bytes}, the coordinator's "
+                    "limits.max_body_bytes?)" if "bytes accepted" in str(exc) else "")
+            self._error("coordinator_unavailable", f"coordinator unavailable: {exc}{hint}")
 
     def step(self, stop: threading.Event | None = None) -> int:
         """One claim and its jobs; returns how many jobs were claimed. After a start, the claims

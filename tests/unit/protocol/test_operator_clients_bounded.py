@@ -161,6 +161,7 @@ def test_the_verifiers_claim_answer_is_cut_and_the_service_carries_on(endless):
         assert endless.requests >= 2, (f"one claim answer still being read after 60 s "
                                        f"({endless.sent >> 20} MiB sent)")
         assert "passed the" in service.status()["last_error"], service.status()
+        assert "coordinator_max_body_bytes" in service.status()["last_error"]  # what to raise, if honest
         cap = claim_answer_cap(2, service.max_submission_bytes)
         assert endless.sent <= endless.requests * (cap + (16 << 20)), f"{endless.sent >> 20} MiB read"
     finally:
