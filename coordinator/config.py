@@ -28,7 +28,7 @@ from shardcast.p2p.config import P2PConfig
 
 class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field("arithmetic", description="task source name: arithmetic, jsonl, dataset, reasoning_gym:<name>, "
+    kind: str = Field("arithmetic", max_length=200, description="task source name: arithmetic, jsonl, dataset, reasoning_gym:<name>, "
                       "<module>:<object> or a swarmrl.tasks entry point (see protocol.tasks)")
     seed: int = Field(0, description="seed of the task stream (and of a seeded train/held-out split)")
     options: dict = Field(default_factory=dict, description="options passed to the task source: its own, the scoring "
