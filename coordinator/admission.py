@@ -71,6 +71,7 @@ def route_caps(cfg: CoordinatorConfig, vocab_size: int) -> dict[str, int]:
         routes.LEASE_RELEASE: ENVELOPE + ids,
         routes.SUBMISSIONS: submission_cap(cfg.group_size, cfg.sampling.max_tokens, vocab_size),
         routes.VERIFICATION_CLAIM: ENVELOPE + SMALL,
+        routes.VERIFICATION_RESUME: ENVELOPE + SMALL,
         routes.VERDICTS: VERDICT,
         routes.VERDICTS_BATCH: MAX_JOBS_PER_CLAIM * VERDICT,
         routes.TRAINER_BATCH: ENVELOPE + SMALL,

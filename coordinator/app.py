@@ -43,6 +43,7 @@ from protocol.messages import (
     KIND_LEASE_RELEASE,
     KIND_LEASE_REQUEST,
     KIND_REGISTRATION,
+    KIND_RESUME,
     KIND_SUBMISSION,
     KIND_VERDICT,
     BatchAck,
@@ -265,6 +266,14 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
         """`verification_claim` signed by a configured verifier key."""
         return await api.signed(request, "claim", KIND_CLAIM, ClaimRequest,
                                 lambda o, raw, addr: verification.claim(ctx, o), signers=verifiers,
+                                role="a configured verifier key")
+
+    @app.post(routes.VERIFICATION_RESUME, tags=["verification"], openapi_extra=_ENVELOPE_BODY,
+              responses={200: {"model": ClaimResponse}})
+    async def resume(request: Request) -> Response:
+        """`verification_resume` signed by a configured verifier key: its own unexpired claims back."""
+        return await api.signed(request, "resume", KIND_RESUME, ClaimRequest,
+                                lambda o, raw, addr: verification.resume(ctx, o), signers=verifiers,
                                 role="a configured verifier key")
 
     @app.post(routes.VERDICTS, tags=["verification"], openapi_extra=_ENVELOPE_BODY)

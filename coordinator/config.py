@@ -13,12 +13,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.dtypes import check_allowed
 from protocol.tracking import TrackingConfig
+from protocol.messages import (
+    DEFAULT_MAX_BODY_BYTES,
+    MAX_POW_DIFFICULTY,
+    MAX_REF_CHARS,
+    MAX_RELAYS,
+    MAX_VERIFIER_KEYS,
+    MAX_VERSION,
+    RelayUrl,
+    RunId,
+)
 from shardcast.p2p.config import P2PConfig
 
 
 class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field("arithmetic", description="task source name: arithmetic, jsonl, dataset, reasoning_gym:<name>, "
+    kind: str = Field("arithmetic", max_length=200, description="task source name: arithmetic, jsonl, dataset, reasoning_gym:<name>, "
                       "<module>:<object> or a swarmrl.tasks entry point (see protocol.tasks)")
     seed: int = Field(0, description="seed of the task stream (and of a seeded train/held-out split)")
     options: dict = Field(default_factory=dict, description="options passed to the task source: its own, the scoring "
@@ -101,7 +111,7 @@ class LimitsConfig(BaseModel):
     `protocol.guard`); the per-identity limit after its signature is verified."""
 
     model_config = ConfigDict(extra="forbid")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted on any route; each route's own cap (sized from its message type, group_size and sampling.max_tokens) is at most this")
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="largest request body accepted on any route; each route's own cap (sized from its message type, group_size and sampling.max_tokens) is at most this")
     max_leases_per_worker: int = Field(64, ge=1, description="leases one worker may hold at once")
     requests_per_s_per_worker: float = Field(50.0, description="rate limit per identity (token bucket)")
     requests_per_s_per_address: float = Field(200.0, description="rate limit per client address, charged when a request's headers arrive (token bucket; an IPv6 address counts by its /64)")
@@ -193,7 +203,7 @@ class DashboardConfig(BaseModel):
 class JoinConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     allowlist: list[str] = Field(default_factory=list, description="if set, only these hex public keys may register")
-    pow_difficulty: int = Field(16, ge=0, le=32, description="leading zero bits of the registration proof of work (0 = off; 16 costs ~0.1 s of one core, 22 ~5 s)")
+    pow_difficulty: int = Field(16, ge=0, le=MAX_POW_DIFFICULTY, description="leading zero bits of the registration proof of work (0 = off; 16 costs ~0.1 s of one core, 22 ~5 s)")
     pow_epoch_s: float = Field(3600.0, gt=0, description="the proof-of-work challenge changes this often (a solution "
                                                          "is good for the epoch it was made in and the next)")
     ban_cooldown_s: float = Field(86400.0, ge=0, description="a banned identity still counts against its address's "
@@ -226,7 +236,7 @@ class CoordinatorConfig(BaseModel):
     def _dtypes(cls, v: list[str]) -> list[str]:
         return check_allowed(v)
 
-    run_id: str = Field("swarmrl-run", description="name of the run; part of every lease")
+    run_id: RunId = Field("swarmrl-run", description="name of the run; part of every lease")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="experiment tracking of the "
                                      "coordinator's metrics (`protocol.tracking`; TensorBoard event files in "
                                      "data_dir/tracking by default)")
@@ -236,9 +246,9 @@ class CoordinatorConfig(BaseModel):
     database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in data_dir")
     key_file: Path = Field(Path("./swarmrl-data/keys/coordinator.key"), description="coordinator key (signs leases); created if missing")
     operator_key: str = Field(..., description="hex public key of the operator (trainer; signs policy manifests)")
-    verifier_keys: list[str] = Field(default_factory=list, description="hex public keys whose verdicts are accepted")
-    model: str = Field(..., description="model folder or hub id whose tokenizer encodes prompts")
-    relays: list[str] = Field(default_factory=list, description="shardcast URLs advertised to workers and verifiers")
+    verifier_keys: list[str] = Field(default_factory=list, max_length=MAX_VERIFIER_KEYS, description="hex public keys whose verdicts are accepted")
+    model: str = Field(..., min_length=1, max_length=MAX_REF_CHARS, description="model folder or hub id whose tokenizer encodes prompts")
+    relays: list[RelayUrl] = Field(default_factory=list, max_length=MAX_RELAYS, description="shardcast URLs advertised to workers and verifiers")
     tasks: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     allowed_dtypes: list[str] = Field(
@@ -248,7 +258,7 @@ class CoordinatorConfig(BaseModel):
                     "rounding (verifier/thresholds.py says what each dtype's limits catch); [\"float32\"] is "
                     "the strictest")
     group_size: int = Field(8, ge=2, le=256, description="samples per task (GRPO group)")
-    async_window: int = Field(2, ge=0, description="leases allow policy versions current-k..current (the run's one "
+    async_window: int = Field(2, ge=0, le=MAX_VERSION, description="leases allow policy versions current-k..current (the run's one "
                               "window setting: the trainer takes it from GET /v1/run)")
     advantage_scale: bool = Field(True, description="advantages divide a group's centred rewards by their std (GRPO); "
                                   "false = only centre them (Dr. GRPO); computed once, at intake")

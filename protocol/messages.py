@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from protocol.envelope import Envelope
+from protocol.envelope import RUN_ID_PATTERN, Envelope
 from protocol.proof import max_proof_b64_chars
 
 # -- hard caps ----------------------------------------------------------------------------
@@ -25,11 +25,27 @@ MAX_LEASE_WAIT_S = 10.0      # the longest a lease request may ask to be held (L
 MAX_PROOF_B64_CHARS = max_proof_b64_chars(MAX_TOKENS_PER_SEQUENCE)
 MAX_ID_CHARS = 128
 MAX_VERSION = 2**31 - 1  # policy versions and steps: SQL INTEGER columns are 32-bit on PostgreSQL
+# The coordinator's default limits.max_body_bytes: the largest submission (and manifest) it
+# stores, so what bounds its largest answers (claims, batches); the trainer's and verifier's
+# `coordinator_max_body_bytes` default to it.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# What GET /v1/run (and /v1/policy) may carry; the coordinator's config holds to the same
+# bounds (coordinator.config), so it never serves a RunInfo its own schema refuses.
+MAX_RELAYS = 64              # shardcast URLs advertised
+MAX_URL_CHARS = 2048         # of one relay URL
+MAX_VERIFIER_KEYS = 256
+MAX_REF_CHARS = 4096         # tokenizer_ref: the coordinator's `model`, a folder (PATH_MAX) or hub id
+MAX_POW_DIFFICULTY = 32      # leading zero bits (about 2**32 hashes)
+MAX_POW_CHALLENGE_CHARS = 256  # the coordinator derives 32 hex characters
+MAX_REASON_TEXT = 2000       # a stored reason (verdict, drop, ban); every writer cuts to it
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]  # what a signed envelope may carry
+RelayUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]  # a relay URL or a multiaddr
+ReasonText = Annotated[str, Field(max_length=MAX_REASON_TEXT)]
 
 
 class Strict(BaseModel):
@@ -60,6 +76,7 @@ KIND_LEASE = "lease"
 KIND_LEASE_RELEASE = "lease_release"
 KIND_SUBMISSION = "submission"
 KIND_CLAIM = "verification_claim"
+KIND_RESUME = "verification_resume"
 KIND_VERDICT = "verdict"
 KIND_BATCH_REQUEST = "batch_request"
 KIND_BATCH_ACK = "batch_ack"
@@ -188,12 +205,12 @@ class Lease(Strict):
 
 
 class LeaseResponse(Strict):
-    leases: list[Envelope] = Field(description="each a signed `lease`")
+    leases: list[Envelope] = Field(max_length=MAX_LEASES_PER_REQUEST, description="each a signed `lease`")
     retry_after_s: float = Field(default=0.0, ge=0.0, description="no work now: ask again after this long")
 
 
 class RegistrationResponse(Strict):
-    worker_id: str
+    worker_id: Ident
     check_rate: float | None = Field(None, description="not told to workers (None): read after each verdict, a "
                                                         "worker's own rate would say which submission was fully checked")
     run: "RunInfo"
@@ -206,18 +223,18 @@ REASON_DUPLICATE_SUBMISSION = "duplicate_submission"
 
 
 class SubmissionResponse(Strict):
-    submission_id: str
+    submission_id: Ident
     status: Literal["queued", "accepted", "rejected"]
-    message: str = ""
+    message: ReasonText = ""
 
 
 class SubmissionStatus(Strict):
     """`GET /v1/submissions/{id}`: where a submission stands (workers poll it for credit)."""
 
-    submission_id: str
-    worker_id: str
+    submission_id: Ident
+    worker_id: Ident
     status: Literal["queued", "accepted", "rejected", "dropped"]
-    reason: str = ""
+    reason: ReasonText = ""
     tokens: int = 0
 
 
@@ -232,14 +249,14 @@ class SubmissionStatuses(Strict):
 class WorkerInfo(Strict):
     """`GET /v1/workers/{id}`: a worker's standing (public)."""
 
-    worker_id: str
+    worker_id: Ident
     status: Literal["active", "gone", "banned"]
     accepted: int
     rejected: int
     accepted_tokens: int
     check_rate: float | None = Field(None, description="the share of its submissions fully checked: the operator's "
                                                         "view only (None for anyone else)")
-    ban_reason: str = ""
+    ban_reason: ReasonText = ""
     checked_positions: int = Field(0, description="tokens of this worker's clean full checks")
     near_ties: int = Field(0, description="... of which were not the verifier's seeded argmax (within tolerance)")
 
@@ -262,19 +279,21 @@ class RunInfo(Strict):
     nobody else's: the trainer takes them from here (and refuses to start when its own config
     says otherwise)."""
 
-    run_id: str
+    run_id: RunId
     coordinator_key: Hex64 = Field(description="signs leases")
     operator_key: Hex64 = Field(description="signs policy manifests")
-    verifier_keys: list[Hex64]
-    relays: list[str] = Field(description="shardcast URLs to fetch weights from")
-    current_policy_version: int | None
-    async_window: int
-    pow_challenge: str = ""
-    pow_difficulty: int = 0
-    tokenizer_ref: str = Field(default="", description="where the run's tokenizer comes from (model dir or hub id)")
+    verifier_keys: list[Hex64] = Field(max_length=MAX_VERIFIER_KEYS)
+    relays: list[RelayUrl] = Field(max_length=MAX_RELAYS, description="shardcast URLs to fetch weights from")
+    current_policy_version: int | None = Field(ge=0, le=MAX_VERSION)
+    async_window: int = Field(ge=0, le=MAX_VERSION)
+    pow_challenge: str = Field(default="", max_length=MAX_POW_CHALLENGE_CHARS)
+    pow_difficulty: int = Field(default=0, ge=0, le=MAX_POW_DIFFICULTY)
+    tokenizer_ref: str = Field(default="", max_length=MAX_REF_CHARS,
+                               description="the coordinator's model (folder or hub id); informational: a verifier "
+                                           "never loads it on the coordinator's word")
     allowed_dtypes: list[str] = Field(default_factory=lambda: ["float32"], max_length=4,
                                       description="compute dtypes the run allows; a worker computes in one of them")
-    p2p_bootstrap: list[str] = Field(default_factory=list, max_length=16,
+    p2p_bootstrap: list[RelayUrl] = Field(default_factory=list, max_length=16,
                                      description="libp2p multiaddrs of the run's bootstrap peers (the coordinator's "
                                                  "node first; empty: no swarm layer, HTTP only)")
     tasks: TaskSpec | None = Field(default=None, description="the run's task source (None: not served; a trainer "
@@ -288,7 +307,9 @@ class RunInfo(Strict):
 
 # -- verifier <-> coordinator ---------------------------------------------------------------
 class ClaimRequest(Strict):
-    """Verifier -> coordinator (`POST /v1/verification/claim`): up to `max_jobs` jobs."""
+    """Verifier -> coordinator (`POST /v1/verification/claim`): up to `max_jobs` jobs. The same
+    body as kind `verification_resume` (`POST /v1/verification/resume`, a verifier at start): up
+    to `max_jobs` of its own claims that have not expired, back at once."""
 
     max_jobs: int = Field(ge=1, le=64)
 
@@ -296,8 +317,8 @@ class ClaimRequest(Strict):
 class VerificationJob(Strict):
     """Coordinator -> verifier: one submission to decide, with what is needed to check it."""
 
-    submission_id: str
-    worker_id: str
+    submission_id: Ident
+    worker_id: Ident
     lease: Envelope = Field(description="the signed lease the submission answers")
     submission: Envelope = Field(description="the worker's signed submission, as received")
     rewards: list[float] = Field(description="rewards the coordinator computed, one per completion")
@@ -308,7 +329,7 @@ class VerificationJob(Strict):
 
 
 class ClaimResponse(Strict):
-    jobs: list[VerificationJob]
+    jobs: list[VerificationJob] = Field(max_length=64)  # ClaimRequest.max_jobs
 
 
 class CheckResult(Strict):
@@ -371,20 +392,20 @@ class BatchRequest(Strict):
 class TrainingGroup(Strict):
     """One accepted, verified group, ready for a GRPO step."""
 
-    submission_id: str
-    task_id: str
-    worker_id: str
-    policy_version: int
-    prompt_token_ids: list[int]
-    completions: list[list[int]]
-    finish_reasons: list[str]
-    rewards: list[float]
-    advantages: list[float]
+    submission_id: Ident
+    task_id: Ident
+    worker_id: Ident
+    policy_version: int = Field(ge=0, le=MAX_VERSION)
+    prompt_token_ids: list[int] = Field(max_length=MAX_TOKENS_PER_SEQUENCE)
+    completions: list[list[int]] = Field(max_length=MAX_GROUP_SIZE)
+    finish_reasons: list[str] = Field(max_length=MAX_GROUP_SIZE)
+    rewards: list[float] = Field(max_length=MAX_GROUP_SIZE)
+    advantages: list[float] = Field(max_length=MAX_GROUP_SIZE)
     temperature: float
 
 
 class BatchResponse(Strict):
-    groups: list[TrainingGroup]
+    groups: list[TrainingGroup] = Field(max_length=4096)  # BatchRequest.max_groups
     dropped_stale: int = Field(default=0, description="groups dropped because they fell out of the async window")
 
 
@@ -466,10 +487,10 @@ class PolicyManifest(Strict):
 class PolicyInfo(Strict):
     """`GET /v1/policy`: the current version and its signed manifest (None before the first)."""
 
-    version: int | None
+    version: int | None = Field(ge=0, le=MAX_VERSION)
     manifest: Envelope | None
-    async_window: int
-    relays: list[str]
+    async_window: int = Field(ge=0, le=MAX_VERSION)
+    relays: list[RelayUrl] = Field(max_length=MAX_RELAYS)
 
 
 RegistrationResponse.model_rebuild()

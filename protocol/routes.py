@@ -16,6 +16,7 @@ SUBMISSIONS = "/v1/submissions"                  # POST submission -> Submission
 SUBMISSION = "/v1/submissions/{submission_id}"   # GET -> SubmissionStatus
 SUBMISSION_STATUSES = "/v1/submission-statuses"  # GET ?ids=a,b,... (up to 256) -> SubmissionStatuses
 VERIFICATION_CLAIM = "/v1/verification/claim"    # POST verification_claim (verifier key) -> ClaimResponse
+VERIFICATION_RESUME = "/v1/verification/resume"  # POST verification_resume (verifier key) -> ClaimResponse
 VERDICTS = "/v1/verdicts"                        # POST verdict (verifier key) -> {"ok": true}
 VERDICTS_BATCH = "/v1/verdicts/batch"            # POST VerdictBatch (each a signed verdict) -> VerdictBatchResponse
 TRAINER_BATCH = "/v1/trainer/batch"              # POST batch_request (operator key) -> BatchResponse

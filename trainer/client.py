@@ -9,6 +9,13 @@ pauses training. Another refusal (`Rejected`, 4xx) is not retried: it means the 
 key, clock or version numbering disagrees with the coordinator, which is a set-up error the
 operator must fix, and it is raised as one line. A stop requested while waiting raises
 `protocol.errors.Stopped`.
+
+Answers are read bounded (`protocol.http.SignedClient` with `max_response_bytes`): a batch
+answer at most `batch_answer_cap` (its groups at the size of the coordinator's largest
+submission, `coordinator_max_body_bytes`, with room), every other answer at most that size plus
+1 MiB (GET /v1/policy carries a manifest as large as the coordinator takes). A coordinator
+answering past them (a body without end read whole grew the trainer's memory without end) is
+`Unavailable`, retried like an outage (tests/unit/protocol/test_operator_clients_bounded.py).
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from protocol.messages import (
     BatchAck,
     BatchAckResponse,
     BatchRequest,
+    DEFAULT_MAX_BODY_BYTES,
+    MAX_GROUP_SIZE,
+    MAX_TOKENS_PER_SEQUENCE,
     BatchResponse,
     EvalReport,
     PolicyInfo,
@@ -39,12 +49,25 @@ from trainer.errors import TrainerError
 log = logging.getLogger("swarmrl.trainer")
 
 MAX_ACK = 4096  # submission ids per acknowledgement (BatchAck's limit)
+# Room beside a group's completions (at most a stored submission's bytes: the same token ids,
+# without proofs): the prompt's ids, rewards and advantages, ids and keys.
+GROUP_EXTRA_BYTES = MAX_TOKENS_PER_SEQUENCE * 12 + MAX_GROUP_SIZE * 64 + 4096
+ANSWER_EXTRA_BYTES = 1 << 20
+
+
+def batch_answer_cap(max_groups: int, max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES) -> int:
+    """The most bytes a batch answer of `max_groups` groups may take, when the coordinator
+    stores submissions of at most `max_submission_bytes`."""
+    return max(1, max_groups) * (max_submission_bytes + GROUP_EXTRA_BYTES) + ANSWER_EXTRA_BYTES
 
 
 class CoordinatorLink:
     def __init__(self, url: str, key: KeyPair, stop: threading.Event | None = None, timeout_s: float = 30.0,
-                 *, run_id: str = ""):
-        self.client = SignedClient(url, key, timeout_s=timeout_s, run_id=run_id)
+                 *, run_id: str = "", max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        """`max_submission_bytes`: the coordinator's limits.max_body_bytes (what bounds its answers)."""
+        self.max_submission_bytes = max_submission_bytes
+        self.client = SignedClient(url, key, timeout_s=timeout_s, run_id=run_id,
+                                   max_response_bytes=max_submission_bytes + ANSWER_EXTRA_BYTES)
         self.stop = stop if stop is not None else threading.Event()
 
     def close(self) -> None:
@@ -52,7 +75,9 @@ class CoordinatorLink:
 
     def _retrying(self, what: str, fn):
         def waiting(exc: BaseException, wait: float) -> None:
-            log.warning("%s: the coordinator is unavailable (%s); retrying in %.1f s", what, exc, wait)
+            hint = (f" (is coordinator_max_body_bytes, {self.max_submission_bytes}, the coordinator's "
+                    "limits.max_body_bytes?)" if "bytes accepted" in str(exc) else "")
+            log.warning("%s: the coordinator is unavailable (%s)%s; retrying in %.1f s", what, exc, hint, wait)
 
         return retry_call(fn, what, self.stop, cap_s=10.0, on_retry=waiting)
 
@@ -61,7 +86,8 @@ class CoordinatorLink:
                            wait_s=wait_s)
         try:
             return self._retrying("taking a batch", lambda: self.client.post_signed(
-                routes.TRAINER_BATCH, KIND_BATCH_REQUEST, req, BatchResponse, timeout_s=wait_s + 30.0))
+                routes.TRAINER_BATCH, KIND_BATCH_REQUEST, req, BatchResponse, timeout_s=wait_s + 30.0,
+                max_bytes=batch_answer_cap(req.max_groups, self.max_submission_bytes)))
         except Rejected as exc:
             raise TrainerError(f"the coordinator refused the batch request: {exc.detail} "
                                "(is trainer.key_file the operator key the coordinator expects?)") from exc

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.config import KeyPins
-from protocol.messages import RunInfo, TaskSpec
+from protocol.messages import DEFAULT_MAX_BODY_BYTES, RunInfo, TaskSpec
 from protocol.tracking import TrackingConfig
 from protocol.window import staleness_limit
 from shardcast.config import OriginConfig
@@ -57,6 +57,9 @@ class TrainerConfig(BaseModel):
     run_id: str = Field("", description="the run to train (empty: the coordinator's run_id, from GET /v1/run; "
                         "set: it must be the coordinator's, or the trainer does not start)")
     coordinator_url: str = Field("http://127.0.0.1:8700", description="coordinator to take batches from")
+    coordinator_max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="the coordinator's "
+                                            "limits.max_body_bytes (its largest submission): bounds its answers, "
+                                            "a batch at groups x (this + ~0.4 MiB); raise both together")
     key_file: Path = Field(Path("./swarmrl-data/keys/operator.key"), description="operator key (signs manifests and batch requests)")
     model: str = Field(..., description="initial model folder or hub id (version 0)")
     data_dir: Path = Field(Path("./swarmrl-data/trainer"), description="checkpoints and optimizer state")

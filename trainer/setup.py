@@ -124,7 +124,8 @@ def join_run(cfg: TrainerConfig, stop: Any) -> tuple[TrainerConfig, Any, Any]:
     except ProtocolError as exc:
         raise TrainerError(f"operator key {cfg.key_file}: {exc}") from exc
     cfg.pins.check(source=f"the trainer's key file {cfg.key_file}", operator=key.public.hex)
-    link = CoordinatorLink(cfg.coordinator_url, key, stop=stop.event, run_id=cfg.run_id)
+    link = CoordinatorLink(cfg.coordinator_url, key, stop=stop.event, run_id=cfg.run_id,
+                           max_submission_bytes=cfg.coordinator_max_body_bytes)
     where = f"the coordinator at {cfg.coordinator_url} (GET /v1/run)"
     try:
         info = link.run_info()

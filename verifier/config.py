@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.config import KeyPins
+from protocol.messages import DEFAULT_MAX_BODY_BYTES
 from shardcast.p2p.config import P2PConfig
 
 from verifier.thresholds import BFLOAT16, FLOAT32, Thresholds, overridden
@@ -21,9 +22,15 @@ class VerifierConfig(BaseModel):
         """A table that sets some limits keeps its dtype's calibrated values for the others."""
         return overridden("float32" if info.field_name == "thresholds" else "bfloat16", v) if isinstance(v, dict) else v
     coordinator_url: str = Field("http://127.0.0.1:8700", description="coordinator to claim jobs from")
+    coordinator_max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="the coordinator's "
+                                            "limits.max_body_bytes (its largest submission): bounds its answers, a "
+                                            "claim at batch_jobs x (this + ~2 MiB); raise both together")
     key_file: Path = Field(Path("./swarmrl-data/keys/verifier.key"), description="verifier key (signs verdicts)")
     data_dir: Path = Field(Path("./swarmrl-data/verifier"), description="checkpoint cache")
     relays: list[str] = Field(default_factory=list, description="shardcast URLs; empty = those the coordinator advertises")
+    tokenizer: str = Field("", description="the run's tokenizer (a folder or hub id), used only when a policy "
+                           "checkpoint carries none (the trainer's always do); the coordinator's tokenizer_ref is "
+                           "never loaded on its word")
     device: str = Field("cpu", description="torch device for the prefill pass")
     batch_jobs: int = Field(8, ge=1, le=64, description="jobs claimed per request")
     poll_interval_s: float = Field(0.5, description="wait between claims when the queue is empty")

@@ -3,8 +3,9 @@
 Start-up: key (created if missing; its public key must be among the coordinator's
 verifier_keys), GET /v1/run (retried until the coordinator answers), a shardcast client on
 the run's relays (or `cfg.relays`) trusting only the operator key, the tokenizer from the
-first policy version, /health and /metrics on `cfg.host:cfg.port` (port 0: a free port,
-written to `<data_dir>/verifier.port`), the prefetch thread, then the work loop
+first policy version (else `cfg.tokenizer`; never the coordinator's `tokenizer_ref`), /health
+and /metrics on `cfg.host:cfg.port` (port 0: a free port, written to
+`<data_dir>/verifier.port`), the prefetch thread, then the work loop
 (`verifier.service`). SIGINT/SIGTERM stop it after the verdict in hand.
 
 With the libp2p swarm layer (`cfg.p2p`, libp2p installed, a bootstrap peer from the config or
@@ -53,7 +54,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
     status = lambda: holder["service"].status() if "service" in holder else {"state": "starting"}  # noqa: E731
     server = ServerThread(create_app(status, metrics, identity), cfg.host, cfg.port).start()
     write_port_file(cfg.data_dir / "verifier.port", server.port)
-    client = SignedClient(cfg.coordinator_url, key)
+    # bounded answers: a claim at its own cap (VerifierService), any other at the largest body
+    client = SignedClient(cfg.coordinator_url, key, max_response_bytes=cfg.coordinator_max_body_bytes + (1 << 20))
     closers: list[Any] = [client]
     node = None
     try:
@@ -82,7 +84,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
         closers += [sc, prefetch_client]
         models = PolicyModels(sc.fetch, device=cfg.device, capacity=cfg.max_models,
                               on_load=lambda v, s: metrics.model_loads.inc())
-        first = _first_tokenizer(sc, info, stop)
+        first = _first_tokenizer(sc, info, stop, own_ref=cfg.tokenizer)
         if first is None:
             return
         tokenizer, first_version, first_path = first
@@ -102,7 +104,8 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
                                                                 "bfloat16": cfg.bf16_thresholds},
                                    vocab_size=run_vocab_size(first_path, tokenizer)),
             ledger=ledger, metrics=metrics,
-            batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s)
+            batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s,
+            max_submission_bytes=cfg.coordinator_max_body_bytes)
         holder["service"] = service
         log.info("verifier %s judging submissions of run %s (relays: %s%s)", key.peer_id, info.run_id,
                  ", ".join(relays) or "none configured", "; p2p on" if node is not None else "")
@@ -168,11 +171,16 @@ def run_vocab_size(checkpoint: Path, tokenizer: Any) -> int:
     return int(getattr(conf, "vocab_size", None) or len(tokenizer))
 
 
-def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
+def _first_tokenizer(sc: Any, info: Any, stop: threading.Event, own_ref: str = ""):
     """(The run's tokenizer, the policy version it came from, that version's folder): from the
-    first version the relays offer (the tokenizer never changes within a run), or from
-    `tokenizer_ref` if the checkpoint has none. None when stopped first."""
+    first version the relays offer (operator-signed; the tokenizer never changes within a run),
+    or from `own_ref` (the verifier config's `tokenizer`) if the checkpoint has none. Never from
+    the run's `tokenizer_ref`: that is the coordinator's word, and loading it let a coordinator
+    pick any folder of this machine or any hub repository as the tokenizer whose decoding the
+    verifier scores; a checkpoint without a tokenizer and no `own_ref` is a SetupError naming it.
+    None when stopped first."""
     from protocol.errors import ProtocolError, Stopped, Unavailable
+    from protocol.http import short
     from protocol.lm import load_tokenizer
     from protocol.retry import retry_call
     from verifier.errors import SetupError
@@ -195,11 +203,15 @@ def _first_tokenizer(sc: Any, info: Any, stop: threading.Event):
         try:
             return load_tokenizer(str(path)), version, path
         except (OSError, ValueError) as exc:
-            if not info.tokenizer_ref:
-                raise SetupError(f"policy version {version} has no tokenizer ({exc}) and the coordinator "
-                                 "advertises no tokenizer_ref") from exc
-            log.info("version %d has no tokenizer (%s); using %s", version, exc, info.tokenizer_ref)
-            return load_tokenizer(info.tokenizer_ref), version, path
+            if not own_ref:
+                named = (f"; the coordinator names {short(info.tokenizer_ref, 200)!r}, which is not loaded on its "
+                         "word" if info.tokenizer_ref else "")
+                raise SetupError(f"policy version {version} has no tokenizer ({short(str(exc), 200)}){named}: set "
+                                 "`tokenizer` in the verifier config to the run's tokenizer (a folder or hub id)") \
+                    from exc
+            log.info("version %d has no tokenizer (%s); using the configured %s", version, short(str(exc), 200),
+                     own_ref)
+            return load_tokenizer(own_ref), version, path
 
     def waiting(exc: BaseException, wait: float) -> None:
         log.warning("waiting for a policy version: %s (retrying in %.1f s)", exc, wait)

@@ -20,6 +20,11 @@ refuses (4xx: already decided by another verifier, unknown submission) is logged
 dropped; a job that cannot be judged now (JobError: its policy version cannot be had) gets
 no verdict and returns to the queue when the claim expires. `stop` ends the loop between
 jobs, after the verdict in hand is delivered or given up.
+
+A claim answer is read bounded (`claim_answer_cap`: each job at the coordinator's largest
+submission, `max_submission_bytes`, with its lease and task beside it): a coordinator answering
+past it (a body without end was read whole, memory without end) is `Unavailable`, retried
+like an outage (tests/unit/protocol/test_operator_clients_bounded.py).
 """
 
 from __future__ import annotations
@@ -34,7 +39,11 @@ from protocol.errors import Rejected, Stopped, Unavailable
 from protocol.http import SignedClient
 from protocol.identity import PublicKey
 from protocol.messages import (
+    DEFAULT_MAX_BODY_BYTES,
     KIND_CLAIM,
+    KIND_RESUME,
+    MAX_GROUP_SIZE,
+    MAX_TOKENS_PER_SEQUENCE,
     KIND_VERDICT,
     ClaimRequest,
     ClaimResponse,
@@ -43,7 +52,7 @@ from protocol.messages import (
     VerificationJob,
 )
 from protocol.retry import retry_call
-from protocol.routes import VERDICTS, VERDICTS_BATCH, VERIFICATION_CLAIM
+from protocol.routes import VERDICTS, VERDICTS_BATCH, VERIFICATION_CLAIM, VERIFICATION_RESUME
 from verifier.errors import JobError
 from verifier.judge import JudgeSettings
 from verifier.metrics import VerifierMetrics
@@ -51,6 +60,17 @@ from verifier.pipeline import ModelSource, Timings, verify_job
 from verifier.seen import SeenLedger
 
 log = logging.getLogger("swarmrl.verifier")
+
+# Room beside a job's submission envelope: its signed lease at the protocol's limits (a prompt of
+# MAX_TOKENS_PER_SEQUENCE ids, MAX_GROUP_SIZE seeds, as JSON with room for spaces), rewards, the
+# task's answer and metadata.
+JOB_EXTRA_BYTES = 2 * (MAX_TOKENS_PER_SEQUENCE * 11 + MAX_GROUP_SIZE * 20 + 4096) + (1 << 20)
+
+
+def claim_answer_cap(max_jobs: int, max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES) -> int:
+    """The most bytes a claim answer of `max_jobs` jobs may take, when the coordinator stores
+    submissions of at most `max_submission_bytes`."""
+    return max(1, max_jobs) * (max_submission_bytes + JOB_EXTRA_BYTES) + (1 << 20)
 
 
 @dataclass
@@ -68,8 +88,11 @@ class Counts:
 class VerifierService:
     def __init__(self, client: SignedClient, *, coordinator_key: PublicKey, tokenizer: Any, models: ModelSource,
                  settings: JudgeSettings, ledger: SeenLedger, metrics: VerifierMetrics, batch_jobs: int = 8,
-                 poll_interval_s: float = 0.5, clock: Callable[[], float] = time.time):
+                 poll_interval_s: float = 0.5, clock: Callable[[], float] = time.time,
+                 max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        """`max_submission_bytes`: the coordinator's limits.max_body_bytes (bounds a claim answer)."""
         self.client = client
+        self.max_submission_bytes = max_submission_bytes
         self.coordinator_key = coordinator_key
         self.tokenizer = tokenizer
         self.models = models
@@ -82,6 +105,10 @@ class VerifierService:
         self.counts = Counts()
         self._lock = threading.Lock()
         self._batch_route = True  # False once the coordinator answered 404/405 to VERDICTS_BATCH
+        # True until this verifier's own unexpired claims are all taken back (`step`), and those
+        # taken back so far (a job it cannot judge now stays its claim: not taken twice)
+        self._resuming = True
+        self._resumed: set[str] = set()
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -100,18 +127,48 @@ class VerifierService:
                     if exc.status in (401, 403) else "")
             self._error("claim_rejected", f"claim refused: {exc.detail}{hint}")
         else:
-            self._error("coordinator_unavailable", f"coordinator unavailable: {exc}")
+            hint = (f" (is coordinator_max_body_bytes, {self.max_submission_bytes}, the coordinator's "
+                    "limits.max_body_bytes?)" if "bytes accepted" in str(exc) else "")
+            self._error("coordinator_unavailable", f"coordinator unavailable: {exc}{hint}")
 
     def step(self, stop: threading.Event | None = None) -> int:
-        """One claim and its jobs; returns how many jobs were claimed."""
-        resp: ClaimResponse = self.client.post_signed(VERIFICATION_CLAIM, KIND_CLAIM,
-                                                      ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse)
+        """One claim and its jobs; returns how many jobs were claimed. After a start, the claims
+        are resumes first (POST /v1/verification/resume): this verifier's own claims that have
+        not expired, left unjudged when it was killed, come back at once instead of after the
+        coordinator's claim TTL; then ordinary claims."""
+        resp = self._resume() if self._resuming else None
+        if resp is None:
+            resp = self._claim(VERIFICATION_CLAIM, KIND_CLAIM)
         with self._lock:
             self.counts.claims += 1
             self.counts.last_claim_at = self.clock()
         verdicts = [v for v in (self.judge(job) for job in resp.jobs) if v is not None]
         self.deliver_all(verdicts, stop)
         return len(resp.jobs)
+
+    def _claim(self, route: str, kind: str) -> ClaimResponse:
+        return self.client.post_signed(route, kind, ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse,
+                                       max_bytes=claim_answer_cap(self.batch_jobs, self.max_submission_bytes))
+
+    def _resume(self) -> ClaimResponse | None:
+        """Own unexpired claims back, or None when there are none left that this run has not
+        taken back already (or the coordinator has no resume route: it predates it, and those
+        claims wait out its TTL as before)."""
+        try:
+            resp = self._claim(VERIFICATION_RESUME, KIND_RESUME)
+        except Rejected as exc:
+            if exc.status not in (404, 405):
+                raise
+            log.info("the coordinator has no %s; claims left by an earlier run wait for its claim TTL",
+                     VERIFICATION_RESUME)
+            resp = None
+        new = [j for j in resp.jobs if j.submission_id not in self._resumed] if resp is not None else []
+        if not new:
+            self._resuming = False
+            return None
+        self._resumed.update(j.submission_id for j in new)
+        log.info("took back %d claims left unjudged by an earlier run of this verifier", len(new))
+        return ClaimResponse(jobs=new)
 
     def deliver_all(self, verdicts: list[Verdict], stop: threading.Event | None = None) -> int:
         """POST several verdicts in one request, with `deliver`'s retries; returns how many the

@@ -1,7 +1,8 @@
 """The verifier's side: claiming queued submissions and recording verdicts.
 
 A claim hands out the oldest queued submissions not claimed by a live verifier (a claim
-older than `verification_claim_ttl_s` is handed out again); submissions of workers without a
+older than `verification_claim_ttl_s` is handed out again; a verifier that restarts takes its
+own unexpired claims back at once with a resume, `resume`); submissions of workers without a
 clean full check come after the others, in claims of their own, for up to
 `verification_newcomer_wait_s` (`coordinator.store.submissions.claim`). Each job carries the signed
 lease and the signed submission as received, the coordinator's rewards, the task's answer,
@@ -43,6 +44,25 @@ def claim(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
         rows = submissions.claim(conn, opened.envelope.signer, now, ctx.cfg.verification_claim_ttl_s,
                                  opened.body.max_jobs, ctx.cfg.verification_newcomer_wait_s,
                                  ctx.cfg.verification_max_claims)
+    return _claim_response(ctx, rows)
+
+
+def resume(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
+    """A verifier that (re)started takes back its own unexpired claims, as a `ClaimResponse`
+    (`coordinator.store.submissions.reclaim`): killed mid-claim, it left them unjudged for up to
+    `verification_claim_ttl_s` though it was back in seconds. Only the signer's own claims: a
+    verifier can never take another's before they expire."""
+    now = ctx.clock()
+    with ctx.db.write() as conn:
+        use_nonce(conn, opened, now)
+        rows = submissions.reclaim(conn, opened.envelope.signer, now, ctx.cfg.verification_claim_ttl_s,
+                                   opened.body.max_jobs, ctx.cfg.verification_max_claims)
+    if rows:
+        log.info("verifier %s took back %d of its unexpired claims", opened.envelope.signer[:16], len(rows))
+    return _claim_response(ctx, rows)
+
+
+def _claim_response(ctx: Context, rows) -> bytes:
     jobs = []
     for r in rows:
         task = ctx.tasks.task(r.task_index)

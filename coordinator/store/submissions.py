@@ -99,6 +99,28 @@ def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit
     return list(conn.execute(_JOBS, {"ids": ids}))
 
 
+_OWN_CLAIMS = (select(c_.submission_id)
+               .where(and_(c_.status == "queued", c_.claimed_by == bindparam("by"), c_.claimed_at >= bindparam("before"),
+                           c_.claims < bindparam("max_claims")))
+               .order_by(c_.claimed_at, c_.received_at, c_.submission_id).limit(bindparam("n")))
+
+
+def reclaim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit: int,
+            max_claims: int = 5) -> list[Row]:
+    """Hand `verifier` back up to `limit` of its own unexpired claims (it restarted: they would
+    otherwise wait out `claim_ttl_s`), longest held first (a job just taken back and not judged
+    comes after the others), each claimed anew (counted against
+    `max_claims` like any hand-out, so a verifier that dies on a job at every start is not fed
+    it for ever). Claims of any other verifier are never touched."""
+    q = _OWN_CLAIMS.with_for_update(skip_locked=True) if conn.dialect.name == "postgresql" else _OWN_CLAIMS
+    ids = [r.submission_id for r in conn.execute(q, {"by": verifier, "before": now - claim_ttl_s, "n": limit,
+                                                      "max_claims": max_claims})]
+    if not ids:
+        return []
+    conn.execute(_MARK_CLAIMED, {"ids": ids, "by": verifier, "now": now})
+    return list(conn.execute(_JOBS, {"ids": ids}))
+
+
 def judged(conn: Connection, submission_id: str) -> Row | None:
     """What a verdict must name: the stored submission digest (NULL for rows older than
     migration 0004), the stored envelope when there is no digest, and the lease envelope."""

@@ -8,6 +8,8 @@ network all mean "HTTP only" (see `shardcast.p2p.start_node`).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -17,8 +19,8 @@ class P2PConfig(BaseModel):
     listen_host: str = Field("127.0.0.1", description="IPv4 address the libp2p host listens on (0.0.0.0 for all)")
     listen_port: int = Field(0, ge=0, le=65535, description="TCP port (0 = a free port)")
     announce_host: str = Field("", description="IPv4 address put in adverts instead of listen_host (e.g. a public IP)")
-    bootstrap: list[str] = Field(
-        default_factory=list,
+    bootstrap: list[Annotated[str, Field(min_length=1, max_length=2048)]] = Field(
+        default_factory=list,  # each as long as RunInfo.p2p_bootstrap carries (protocol.messages.MAX_URL_CHARS)
         description="multiaddrs of bootstrap peers, each ending in /p2p/<peer id> (the coordinator's)",
     )
     bootstrap_interval_s: float = Field(5.0, gt=0, description="how often unconnected bootstrap peers are re-dialled")

@@ -106,7 +106,9 @@ def test_relays_the_coordinator_advertises_are_checked_and_bounded(fake, tmp_pat
     from worker.engines.transformers_engine import TransformersEngine
     from worker_fakes import Running, worker_config
 
-    fake.relays = ["ftp://relay.example", "http://" + "a" * 5000, *(f"http://127.0.0.1:9/r{i}" for i in range(5000))]
+    # as many and as long as RunInfo lets through (protocol.messages.MAX_RELAYS, MAX_URL_CHARS): more
+    # is no RunInfo at all, an unusable answer waited out like an outage
+    fake.relays = ["ftp://relay.example", "http://bad\x01url", *(f"http://127.0.0.1:9/r{i}" for i in range(62))]
     cfg = worker_config(fake.url, tmp_path)
     r = Running(Daemon(cfg, TransformersEngine(device="cpu", dtype="float32", threads=1))).start()
     wait_until(lambda: r.error is not None or r.daemon.sync is not None, what="the policy downloader started")
@@ -137,7 +139,8 @@ def test_an_unusable_run_info_is_waited_out_like_an_outage(fake, versions, start
     r = start_daemon(dtype="auto")
     wait_until(lambda: r.error is not None or r.daemon.state.get("coordinator_error"), what="the run info refused")
     assert r.error is None, f"the daemon ended with {r.error!r}"
-    assert "run info" in r.daemon.state.get("coordinator_error")
+    err = r.daemon.state.get("coordinator_error")
+    assert "run info" in err or "run_id" in err, err  # the worker's check, or RunInfo's own bound
     del fake.hostile[routes.RUN]
     wait_until(lambda: len(fake.submissions) >= 1 or r.error is not None, what="a submission once the answer is usable")
     r.stop()
@@ -216,7 +219,8 @@ def test_a_proof_of_work_the_worker_cannot_finish_does_not_hold_it(fake, version
     versions.publish(0)
     r = start_daemon()
     if refused:
-        wait_until(lambda: "proof of work" in r.daemon.state.get("coordinator_error"), what="the run info refused")
+        wait_until(lambda: any(w in r.daemon.state.get("coordinator_error") for w in ("proof of work", "pow_difficulty")),
+                   what="the run info refused")  # the worker's check, or RunInfo's own bound
     else:
         wait_until(lambda: r.daemon.state.get("phase") == "joining", what="joining")
         time.sleep(1.0)  # solving now

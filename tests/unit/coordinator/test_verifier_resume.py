@@ -1,0 +1,81 @@
+"""A verifier that restarts takes its own unexpired claims back at once (`POST
+/v1/verification/resume`), and no verifier can take another's.
+
+Before: a verifier killed mid-claim (SIGKILL, OOM, a crash) left its claimed jobs unjudged
+until `verification_claim_ttl_s` (120 s by default) passed, although the same verifier key was
+back and claiming within seconds: those submissions, and the groups the trainer waits for,
+waited out the whole TTL. A real coordinator on 127.0.0.1 (real SQLite, real HTTP), its clock
+moved by the test.
+"""
+
+from __future__ import annotations
+
+from protocol.identity import KeyPair
+from protocol.messages import KIND_RESUME, ClaimRequest, ClaimResponse
+from protocol.routes import VERIFICATION_RESUME
+
+
+def _resume(s, key, n: int = 16):
+    r = s.post(VERIFICATION_RESUME, KIND_RESUME, ClaimRequest(max_jobs=n), key)
+    assert r.status_code == 200, r.text
+    return [j.submission_id for j in ClaimResponse.model_validate_json(r.content).jobs]
+
+
+def test_a_restarted_verifier_takes_its_own_claims_back_at_once(make_swarm):
+    other = KeyPair.from_seed(b"w" * 32)
+    s = make_swarm(verifier_keys=[KeyPair.from_seed(b"v" * 32).public.hex, other.public.hex])
+    s.publish(0)
+    w = s.new_worker()
+    sids = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 3)]
+    assert [j.submission_id for j in s.claim(2)] == sids[:2]  # ... and the verifier is killed
+    s.clock.advance(5.0)  # it is back (same key) within seconds
+    assert _resume(s, other) == []  # another verifier's resume takes nothing of it
+    assert [j.submission_id for j in s.claim(16, other)] == sids[2:]  # ... nor does its claim
+    assert _resume(s, s.verifier) == sids[:2]  # its own, at once, not after the 120 s TTL
+    assert s.verdict(sids[0], True).status_code == 200
+    s.clock.advance(s.cfg.verification_claim_ttl_s + 1)  # the resumed claim expires like any other
+    assert [j.submission_id for j in s.claim(16, other)] == sids[1:]  # (sids[2]'s claim expired too)
+
+
+def test_resume_respects_the_claim_limit_and_the_role(make_swarm):
+    s = make_swarm(verification_max_claims=2)
+    s.publish(0)
+    w = s.new_worker()
+    (sid,) = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 1)]
+    assert [j.submission_id for j in s.claim()] == [sid]
+    assert _resume(s, s.verifier) == [sid]  # the second hand-out
+    assert _resume(s, s.verifier) == []  # a verifier that dies on it at every start is not fed it for ever
+    r = s.post(VERIFICATION_RESUME, KIND_RESUME, ClaimRequest(max_jobs=1), w)
+    assert r.status_code == 403, r.text  # a worker key is no verifier
+
+
+def test_the_verifier_service_resumes_its_own_claims_first(make_swarm):
+    """The verifier's work loop (verifier.service) after a restart: its first claims are resumes,
+    so the jobs its killed predecessor held are judged at once, before any new job; then
+    ordinary claims. (Its signatures carry real time: the coordinator's clock is set to it.)"""
+    import time
+
+    from protocol.http import SignedClient
+    from verifier.metrics import VerifierMetrics
+    from verifier.service import VerifierService
+
+    s = make_swarm()
+    s.clock.t = time.time()
+    s.publish(0)
+    w = s.new_worker()
+    sids = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 3)]
+    assert [j.submission_id for j in s.claim(2)] == sids[:2]  # ... and that verifier is killed
+    client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
+    service = VerifierService(client, coordinator_key=s.ctx.key.public, tokenizer=None, models=None, settings=None,
+                              ledger=None, metrics=VerifierMetrics(), batch_jobs=1)
+    judged: list[str] = []
+    service.judge = lambda job: judged.append(job.submission_id)  # no verdict: only the order matters
+    try:
+        steps = []
+        for _ in range(4):
+            s.clock.advance(1.0)  # judging takes time
+            steps.append(service.step())
+        assert steps == [1, 1, 1, 0]
+    finally:
+        client.close()
+    assert judged == sids  # its own two claims first (resumed), then the unclaimed one
