@@ -3,15 +3,15 @@
 lease request's transaction (`store.swarm_counts`): that count grew with the run (1.5 ms of
 SQLite per lease request at 45,000 acknowledged groups). Existing databases start from the count.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
