@@ -185,20 +185,29 @@ def tight_sandbox():
 
 def test_costly_math_answers_are_scored_wrong_at_once_in_the_sandbox(tight_sandbox):
     items = [ScoreItem(f"<answer>{a}</answer>", "1") for a in COSTLY[:8]]
-    t0 = time.monotonic()
     got = tight_sandbox.score("answer:math", items)
-    took = time.monotonic() - t0
     assert [r.reward for r in got] == [0.0] * len(items)
-    assert [r.reason for r in got] == [""] * len(items)  # the scorer's own 0, not a killed process
-    assert took < 2.0, f"{took:.1f} s for {len(items)} answers"
+    # the scorer's own 0, not a process killed at its item limit (2 s): each answered in time
+    assert [r.reason for r in got] == [""] * len(items)
 
 
 @pytest.mark.parametrize("got", COSTLY)
-def test_costly_math_answers_are_refused_before_parsing(got):
-    t0 = time.monotonic()
+def test_costly_math_answers_are_refused_before_parsing(got, monkeypatch):
+    """Refused by their shape (`mathcost.too_costly`): `math_equal` never hands them to a parser
+    (this was a timed assert, < 0.5 s, which a loaded machine failed at 0.99 s; what the
+    sandbox's time limits make of them is the test above). `_sympy_equal` on its own evaluates
+    only bounded code (`gamma(10**7)` reads as the product of a symbol and an integer)."""
+    import sympy.parsing.sympy_parser as parser
+
+    from protocol.tasks.mathcost import too_costly
+
+    evaluated: list[str] = []
+    real = parser.eval_expr
+    monkeypatch.setattr(parser, "eval_expr", lambda code, *a, **k: evaluated.append(code) or real(code, *a, **k))
+    assert too_costly(got)
     assert math_equal(got, "1") is False
+    assert evaluated == []
     assert _sympy_equal(got, "1") is False
-    assert time.monotonic() - t0 < 0.5
 
 
 @pytest.mark.parametrize("got,want", [
