@@ -594,3 +594,27 @@ def test_the_lease_sizing_counts_read_in_one_statement_on_postgres(pg_url):
         check_counts_match(db, seed=1)
     finally:
         db.dispose()
+
+
+def test_a_restarted_verifier_takes_its_own_claims_back_on_postgres(pg_url, tmp_path, tiny_model):
+    """POST /v1/verification/resume on PostgreSQL (its row lock: FOR UPDATE SKIP LOCKED), through
+    a replica other than the one that handed the claims out: its own claims back at once,
+    another verifier's resume takes nothing (tests/unit/coordinator/test_verifier_resume.py on SQLite)."""
+    from protocol.identity import KeyPair
+    from test_verifier_resume import _resume
+
+    other = KeyPair.from_seed(b"w" * 32)
+    keys = [KeyPair.from_seed(b"v" * 32).public.hex, other.public.hex]
+    a, b = _replicas(pg_url, tmp_path, tiny_model, verifier_keys=keys)
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        sids = [a.submit(w, lease).json()["submission_id"] for lease in a.lease(w, 3)]
+        assert [j.submission_id for j in a.claim(2)] == sids[:2]   # ... and the verifier is killed
+        b.clock.advance(5.0)
+        assert _resume(b, other) == []
+        assert _resume(b, a.verifier) == sids[:2]
+        assert _resume(b, a.verifier) == sids[:2]   # resumed again (a second restart): its claims still
+    finally:
+        a.close()
+        b.close()
