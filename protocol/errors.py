@@ -71,5 +71,10 @@ class Unavailable(ProtocolError):
     """The service could not be reached or failed (connection error, timeout, 5xx)."""
 
 
+class Unreachable(Unavailable):
+    """No connection to the service could be made: the request was never sent (so it changed
+    nothing there), unlike a timeout or a lost answer, after which it may have taken effect."""
+
+
 class Stopped(ProtocolError):
     """Raised inside waits and retries once a stop was requested (SIGTERM/SIGINT)."""

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from protocol.durable import write_atomic
 from protocol.envelope import AUDIENCE_COORDINATOR, Envelope, seal
-from protocol.errors import ProtocolError, Rejected, Unavailable
+from protocol.errors import ProtocolError, Rejected, Unavailable, Unreachable
 from protocol.identity import KeyPair
 
 R = TypeVar("R", bound=BaseModel)
@@ -420,7 +420,8 @@ class SignedClient:
                 _head_deadline.at = None  # the body has its own rule
                 return _read_bounded(resp, url, cap, timeout_s or self.timeout_s)
         except httpx.HTTPError as exc:
-            raise Unavailable(f"{url}: {type(exc).__name__}: {short(str(exc), MAX_DETAIL_CHARS)}") from exc
+            kind = Unreachable if isinstance(exc, httpx.ConnectError) else Unavailable
+            raise kind(f"{url}: {type(exc).__name__}: {short(str(exc), MAX_DETAIL_CHARS)}") from exc
         finally:
             _head_deadline.at = None
 

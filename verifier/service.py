@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from protocol.errors import Rejected, Stopped, Unavailable
+from protocol.errors import Rejected, Stopped, Unavailable, Unreachable
 from protocol.http import SignedClient
 from protocol.identity import PublicKey
 from protocol.messages import (
@@ -136,7 +136,16 @@ class VerifierService:
         are resumes first (POST /v1/verification/resume): this verifier's own claims that have
         not expired, left unjudged when it was killed, come back at once instead of after the
         coordinator's claim TTL; then ordinary claims."""
-        resp = self._resume() if self._resuming else None
+        try:
+            resp = self._resume() if self._resuming else None
+        except Unreachable:
+            raise   # never sent: nothing was handed out again; resumed when the coordinator is back
+        except Unavailable:
+            # the answer may have been lost after the coordinator handed the claims out again:
+            # each retried resume counted them against verification_max_claims once more (four
+            # lost answers and a job was dropped unjudged); they wait out their TTL instead
+            self._resuming = False
+            raise
         if resp is None:
             resp = self._claim(VERIFICATION_CLAIM, KIND_CLAIM)
         with self._lock:

@@ -82,7 +82,7 @@ KEEP_VERSIONS = 3          # policy versions kept in the local checkpoint cache
 # A wait for a policy version in which no download of any version the lease allows makes
 # progress ends after this long: the lease is given back (a hostile coordinator's lease for a
 # version no relay will serve, expiring in a day, held the loop a day). A download under way
-# (progress after each 50 MB shard) waits for the lease's expiry as before.
+# (progress after each 50 MB shard, at least one in this long) waits for the lease's expiry as before.
 VERSION_WAIT_S = 300.0
 MAX_LEASE_TTL_S = 86400.0  # the longest lease lifetime the worker sizes its requests by
 MAX_ADVERTISED_RELAYS = 32  # relays taken from GET /v1/run (a random sample of them, if more)

@@ -102,7 +102,10 @@ class PolicySync:
         `give_up_s`: also give up (PolicyUnavailable) once that long has passed without a download
         of any of them making progress: no relay serves them (a lease for a version no relay will
         ever have, from a hostile or broken coordinator, with a far expiry held the worker's loop
-        until it expired). A download under way waits for `deadline`, however slow."""
+        until it expired). A download that goes on making progress (a verified shard at least every
+        `give_up_s`) waits for `deadline`, however slow; one that stopped is given up `give_up_s`
+        after its last progress (before, one shard at the start of the wait held it to `deadline`:
+        a relay that sent one shard, then trickled the next for ever, held a far lease's worker)."""
         started = time.monotonic()
         self.want(versions[:1] or versions)
         with self._cv:
@@ -123,10 +126,12 @@ class PolicySync:
                 left = deadline - time.time()
                 if left <= 0:
                     raise PolicyUnavailable(f"none of policy versions {versions} could be fetched in time")
-                if give_up_s is not None and time.monotonic() - started >= give_up_s and not (
-                        self._progress is not None and self._progress[0] in versions and self._progress[1] >= started):
-                    raise PolicyUnavailable(f"no download of policy versions {versions} started in {give_up_s:.0f} s: "
-                                            "no relay serves them")
+                at = time.monotonic()
+                if give_up_s is not None and at - started >= give_up_s and not (
+                        self._progress is not None and self._progress[0] in versions
+                        and self._progress[1] >= at - give_up_s):
+                    raise PolicyUnavailable(f"no download of policy versions {versions} made progress in the last "
+                                            f"{give_up_s:.0f} s: no relay serves them")
                 # A version that failed recently: ask for the next older one the caller allows.
                 for v in versions:
                     if v not in self._ready and v not in self._wanted and v not in self._failed_at:

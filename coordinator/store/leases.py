@@ -20,9 +20,10 @@ _RECENT_SUBMITTED = (select(leases.c.issued_at, leases.c.closed_at)
                      .order_by(leases.c.closed_at.desc()).limit(bindparam("n")))
 _CLOSE = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.status == "active"))
           .values(status=bindparam("to"), closed_at=bindparam("now")))
+# a fresh claim refuses every other copy, its own nonce's too: a copy of the same envelope sent
+# to several replicas at once was scored by each of them (tests/integration/test_coordinator_postgres.py)
 _CLAIM = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.status == "active",
-                                    or_(leases.c.intake_nonce.is_(None), leases.c.intake_at < bindparam("stale"),
-                                        leases.c.intake_nonce == bindparam("n"))))
+                                    or_(leases.c.intake_nonce.is_(None), leases.c.intake_at < bindparam("stale"))))
           .values(intake_nonce=bindparam("n"), intake_at=bindparam("now")))
 _UNCLAIM = (update(leases).where(and_(leases.c.lease_id == bindparam("l"), leases.c.intake_nonce == bindparam("n")))
             .values(intake_nonce=None, intake_at=None))
@@ -42,9 +43,9 @@ def get(conn: Connection, lease_id: str, *, for_update: bool = False) -> Row | N
 
 
 def claim_intake(conn: Connection, lease_id: str, nonce: str, now: float, stale_before: float) -> bool:
-    """Mark the active lease's submission under `nonce` as being taken in; False if another one
-    claimed it at or after `stale_before` (its replica is scoring it). One UPDATE: PostgreSQL's row
-    lock makes a second claimant wait, then find the claim taken."""
+    """Mark the active lease's submission under `nonce` as being taken in; False if a copy (under
+    any nonce, this one too) claimed it at or after `stale_before` (its replica is scoring it). One
+    UPDATE: PostgreSQL's row lock makes a second claimant wait, then find the claim taken."""
     return conn.execute(_CLAIM, {"l": lease_id, "n": nonce, "now": now, "stale": stale_before}).rowcount == 1
 
 

@@ -558,6 +558,43 @@ def test_copies_of_one_submission_sent_to_two_replicas_at_once_are_scored_once(
         b.close()
 
 
+def test_one_envelope_sent_to_two_replicas_at_once_is_scored_once(pg_url, tmp_path, tiny_model, monkeypatch):
+    """The same signed submission (one nonce: a resend of the same bytes, or a copy an attacker
+    fans out to every replica) reaching two replicas at once: the claim let a copy under the
+    nonce it already held claim again, so every replica scored it (the sandbox, the expensive
+    part, once per replica), and the copies that lost the write were answered 409 `replay`
+    instead of the first one's outcome. A copy under the same nonce is now refused 429 like
+    any other while the claim is fresh."""
+    from protocol.messages import KIND_SUBMISSION
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        a.publish(0)
+        w = a.new_worker()
+        (lease,) = a.lease(w, 1)
+        meet = Rendezvous()
+        scored: list[str] = []
+        for name, s in (("a", a), ("b", b)):
+            real = s.ctx.tasks.rewards
+
+            def rewards(task, completions, real=real, name=name):
+                scored.append(name)
+                meet.arrive()   # both in the scorer at once, if both got there
+                return real(task, completions)
+
+            monkeypatch.setattr(s.ctx.tasks, "rewards", rewards)
+        env = a.seal(KIND_SUBMISSION, a.submission(lease), w)   # one nonce, sent to both
+        ra, rb = _at_once(lambda: a.send("/v1/submissions", env), lambda: b.send("/v1/submissions", env))
+        assert len(scored) == 1, f"scored by {scored}"
+        assert sorted([ra.status_code, rb.status_code]) == [200, 429], (ra.text, rb.text)
+        again = b.send("/v1/submissions", env)   # asked again: the first one's outcome
+        assert again.status_code == 409 and again.json()["reason"] == "duplicate_submission", again.text
+        assert len(scored) == 1
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_submission_whose_scoring_failed_can_be_sent_again_to_another_replica(pg_url, tmp_path, tiny_model,
                                                                                   monkeypatch):
     """The claim taken before scoring is given back when the intake fails after it (here the

@@ -79,3 +79,91 @@ def test_the_verifier_service_resumes_its_own_claims_first(make_swarm):
     finally:
         client.close()
     assert judged == sids  # its own two claims first (resumed), then the unclaimed one
+
+
+def test_lost_resume_answers_do_not_use_up_a_jobs_claims(make_swarm):
+    """A resume whose answer is lost after the coordinator committed it (a read timeout under
+    load, a proxy cut) was retried by the service (`retry_call`), and every try handed the same
+    jobs out again, each counted against `verification_max_claims` (5): four lost answers and
+    the verifier's own job reached the limit, was no longer resumed nor claimable, and would be
+    dropped unjudged when its claim expired, although this verifier was up the whole time. Now a
+    resume that failed after it was sent is not tried again: the jobs wait out their claim TTL
+    (as before the resume existed) and are judged then. A resume never sent (no connection: the
+    coordinator not up yet) is tried again, as it changed nothing."""
+    import time
+
+    from protocol.errors import Unavailable
+    from protocol.http import SignedClient
+    from verifier.metrics import VerifierMetrics
+    from verifier.service import VerifierService
+
+    s = make_swarm(verification_claim_ttl_s=5.0)   # short, so that its expiry is seen in a few steps
+    s.clock.t = time.time()
+    s.publish(0)
+    w = s.new_worker()
+    (sid,) = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 1)]
+    assert [j.submission_id for j in s.claim(1)] == [sid]   # ... and that verifier is killed
+    client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
+    real = client.post_signed
+    lost = [4]
+
+    def post_signed(route, *args, **kwargs):
+        out = real(route, *args, **kwargs)
+        if route == VERIFICATION_RESUME and lost[0]:
+            lost[0] -= 1
+            raise Unavailable("read timed out")   # committed at the coordinator, answer lost
+        return out
+
+    client.post_signed = post_signed
+    service = VerifierService(client, coordinator_key=s.ctx.key.public, tokenizer=None, models=None, settings=None,
+                              ledger=None, metrics=VerifierMetrics(), batch_jobs=1)
+    judged: list[str] = []
+    service.judge = lambda job: judged.append(job.submission_id)
+    try:
+        for _ in range(12):
+            s.clock.advance(1.0)
+            try:
+                service.step()
+            except Unavailable:
+                pass   # retry_call's retry
+    finally:
+        client.close()
+    assert judged[:1] == [sid], f"judged {judged}; claims {s.snapshot_submission(sid)['claims']}"
+    assert s.snapshot_submission(sid)["claims"] <= 3   # the first claim, the lost resume, the claim after its TTL
+
+
+def test_a_resume_never_sent_is_tried_again(make_swarm):
+    """No connection (the coordinator not up yet when the verifier starts): nothing was handed
+    out, so the service keeps resuming and takes its claims back once the coordinator answers."""
+    import time
+
+    from protocol.errors import Unreachable
+    from protocol.http import SignedClient
+    from verifier.metrics import VerifierMetrics
+    from verifier.service import VerifierService
+
+    s = make_swarm()
+    s.clock.t = time.time()
+    s.publish(0)
+    w = s.new_worker()
+    (sid,) = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 1)]
+    assert [j.submission_id for j in s.claim(1)] == [sid]
+    down = SignedClient("http://127.0.0.1:9", s.verifier, run_id=s.cfg.run_id)   # nothing listens there
+    client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
+    service = VerifierService(down, coordinator_key=s.ctx.key.public, tokenizer=None, models=None, settings=None,
+                              ledger=None, metrics=VerifierMetrics(), batch_jobs=1)
+    judged: list[str] = []
+    service.judge = lambda job: judged.append(job.submission_id)
+    try:
+        try:
+            service.step()
+            raise AssertionError("a step against a closed port went through")
+        except Unreachable:
+            pass
+        service.client = client   # the coordinator is up
+        s.clock.advance(1.0)
+        assert service.step() == 1
+    finally:
+        down.close()
+        client.close()
+    assert judged == [sid]

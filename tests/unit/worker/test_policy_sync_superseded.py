@@ -219,3 +219,44 @@ def test_a_wait_gives_up_when_no_download_starts_but_not_while_one_makes_progres
     finally:
         stop.set()
         sync.join(5)
+
+
+class TrickleClient(FakeClient):
+    """Version 4 at a relay that sends one verified shard, then trickles the next one for ever
+    (fast enough for no transfer timeout, never finished): one progress report, then none."""
+
+    def __init__(self, root: Path, stop: threading.Event):
+        super().__init__(root, gated=False)
+        self.stop = stop
+
+    def fetch(self, version: int, progress=None) -> Path:
+        self.calls.append(version)
+        if version != 4:
+            raise ProtocolError(f"no source holds version {version}")
+        if progress:
+            progress(1, 20)
+        self.stop.wait(30)
+        raise ProtocolError("stopped")
+
+
+def test_a_wait_gives_up_once_progress_stops_for_give_up_s(tmp_path):
+    """One progress report at the start of a wait held it to the deadline (a hostile lease's
+    expiry, a day): any progress since the wait began counted, however long ago. `give_up_s`
+    now counts from the last progress: a download that stopped making progress for that long
+    is given up like one that never started."""
+    from worker.errors import PolicyUnavailable
+
+    stop = threading.Event()
+    sync = PolicySync(TrickleClient(tmp_path, stop), stop)
+    sync.start()
+    try:
+        t0 = time.monotonic()
+        try:
+            sync.wait_any([4], time.time() + 8, give_up_s=0.5)
+            raise AssertionError("wait_any returned a version that never finished")
+        except PolicyUnavailable as exc:
+            waited = time.monotonic() - t0
+            assert waited < 4, f"waited {waited:.1f} s for a download that stopped making progress ({exc})"
+    finally:
+        stop.set()
+        sync.join(5)
