@@ -49,8 +49,9 @@ What the controls showed on the 2-core VM this was written on (2026-12-07): a ni
 (`--attacker-idle`) a burner of 0.16-0.17 cores did not hurt (its rows 0.94-1.06, and once
 better than clean: an idle vCPU that must be woken costs latency too). So with
 `--attacker-idle` the attack rows measure what the services do for the attackers, not the
-attackers' own CPU. `--seconds 60 --rounds 2 --attacker-idle --burn 0.3` (medians): versions/min
-0.88, accepted groups/min 0.83, submit p99 0.78, /health p99 0.57 (43.9 -> 77.6 ms), RSS 0.96-1.01.
+attackers' own CPU. `--seconds 60 --rounds 2 --attacker-idle` (medians, two runs): versions/min
+0.84-0.88, accepted groups/min 0.81-0.83, submit p99 0.70-0.78, /health p99 0.47-0.57 (39-44 ->
+78-84 ms), RSS 0.96-1.01.
 `--per-attacker`: the payload attacker (one fresh identity per submission, each scored in the
 sandbox and fully checked) costs most (/health 0.68); the others 0.83 or better on /health.
 """
