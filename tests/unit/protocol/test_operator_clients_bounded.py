@@ -7,96 +7,31 @@ small general cap. A broken or hostile coordinator (a wrong URL, a compromised h
 with a body that never ends must cost the service a clear `Unavailable` (retried like an outage)
 within bounded time and memory, never a read without end.
 
-The coordinator here is a raw HTTP/1.1 server on 127.0.0.1 (http.server), so its answers can be
-exactly as broken as a hostile one's.
+The coordinator here is a raw HTTP/1.1 server on 127.0.0.1 (tests/hostile/raw_coordinator.py), so
+its answers can be exactly as broken as a hostile one's.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from protocol.errors import Stopped, Unavailable
 from protocol.identity import KeyPair
+from tests.hostile.raw_coordinator import HostileCoordinator, call_within
+from tests.hostile.raw_coordinator import endless as endless_answer
 
 ENDLESS_LIMIT = 600 << 20  # the server gives up sending after this much (then holds the body open)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:  # clients leaving is the point
-        pass
-
-
-class EndlessCoordinator:
-    """Answers every request with a chunked 200 whose body never ends (1 MiB chunks, until the
-    client leaves); `sent` counts body bytes written, `requests` the requests seen."""
-
-    def __init__(self):
-        self.sent = 0
-        self.requests = 0
-        self.done = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _any(self) -> None:
-                n = int(self.headers.get("content-length") or 0)
-                if n:
-                    self.rfile.read(n)
-                owner.requests += 1
-                chunk = b" " * (1 << 20)
-                try:
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                                     b"transfer-encoding: chunked\r\n\r\n")
-                    while not owner.done.is_set() and owner.sent < ENDLESS_LIMIT:
-                        self.wfile.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-                        owner.sent += len(chunk)
-                    owner.done.wait(60)
-                except OSError:
-                    pass
-
-            do_GET = do_POST = _any
-
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.done.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def endless():
-    c = EndlessCoordinator()
+    """A coordinator that answers every request with a chunked 200 whose body never ends."""
+    c = HostileCoordinator(endless_answer(ENDLESS_LIMIT))
     yield c
     c.stop()
-
-
-def _within(fn, seconds: float):
-    """Run `fn` in a thread; (finished in time, its exception or None)."""
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # handed to the test
-            box["exc"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    return not t.is_alive(), box.get("exc")
 
 
 def test_the_trainers_batch_answer_is_cut_at_its_cap(endless):
@@ -117,7 +52,7 @@ def test_the_trainers_batch_answer_is_cut_at_its_cap(endless):
 
     link.client.post_signed = once
     try:
-        finished, exc = _within(lambda: link.take_batch(16, 0, 0.0), 60.0)
+        finished, exc = call_within(lambda: link.take_batch(16, 0, 0.0), 60.0)
     finally:
         link.close()
     assert finished, f"still reading an endless batch answer after 60 s ({endless.sent >> 20} MiB sent)"
@@ -131,7 +66,7 @@ def test_the_trainers_run_info_is_read_at_the_small_cap(endless):
 
     link = CoordinatorLink(endless.url, KeyPair.generate(), timeout_s=5.0, run_id="run")
     try:
-        finished, exc = _within(lambda: link.client.get("/v1/run"), 30.0)
+        finished, exc = call_within(lambda: link.client.get("/v1/run"), 30.0)
     finally:
         link.close()
     assert finished and isinstance(exc, Unavailable), exc

@@ -11,66 +11,17 @@ be exactly as broken as a hostile one's.
 
 from __future__ import annotations
 
-import threading
 import time
 import tracemalloc
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from protocol.errors import Rejected, Unavailable
 from protocol.identity import KeyPair
 from protocol.messages import Heartbeat
+from tests.hostile.raw_coordinator import HostileCoordinator, call_within, endless, head
 from worker.coordinator_client import MAX_ANSWER_BYTES, CoordinatorClient
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:  # clients leaving is the point
-        pass
-
-
-class HostileCoordinator:
-    """Every request is answered by `answer(handler)`; `sent` counts body bytes written."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.sent = 0
-        self.done = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _any(self) -> None:
-                n = int(self.headers.get("content-length") or 0)
-                if n:
-                    self.rfile.read(n)
-                try:
-                    owner.answer(self, owner)
-                except OSError:
-                    pass
-
-            do_GET = do_POST = _any
-
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def write(self, handler, data: bytes) -> None:
-        handler.wfile.write(data)
-        handler.wfile.flush()
-        self.sent += len(data)
-
-    def stop(self) -> None:
-        self.done.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -92,48 +43,14 @@ def _client(url: str, timeout_s: float = 5.0) -> CoordinatorClient:
     return c
 
 
-def _call_within(fn, seconds: float):
-    """Run `fn` in a thread; (finished in time, its exception or None)."""
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # handed to the test
-            box["exc"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    return not t.is_alive(), box.get("exc")
-
-
-def _head(h, status: int = 200, extra: str = "", length: int | None = None, chunked: bool = False) -> str:
-    lines = [f"HTTP/1.1 {status} X", "content-type: application/json"]
-    if chunked:
-        lines.append("transfer-encoding: chunked")
-    if length is not None:
-        lines.append(f"content-length: {length}")
-    if extra:
-        lines.append(extra)
-    return "\r\n".join(lines) + "\r\n\r\n"
-
-
 def test_an_endless_answer_is_cut_at_the_cap(hostile):
     """GET /v1/run answered with a chunked body that never ends (1 MiB chunks, until the client
     leaves; this server stops at 400 MiB and then holds the body open): read without a cap it grew
     the worker's memory without end."""
-    chunk = b"x" * (1 << 20)
-
-    def endless(h, owner) -> None:
-        owner.write(h, _head(h, chunked=True).encode())
-        while not owner.done.is_set() and owner.sent < 400 << 20:
-            owner.write(h, b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-
-    coord = hostile(endless)
+    coord = hostile(endless(400 << 20))
     c = _client(coord.url, timeout_s=5.0)
     try:
-        finished, exc = _call_within(c.run_info, 30.0)
+        finished, exc = call_within(c.run_info, 30.0)
     finally:
         c.close()
     assert finished, f"still reading an endless answer after 30 s ({coord.sent / 2**20:.0f} MiB sent)"
@@ -145,7 +62,7 @@ def test_a_dripped_answer_has_a_deadline(hostile):
     """A head at once, then the body a byte every 0.2 s: each read came within httpx's timeout,
     so a 1 MB body took 2.3 days. The answer must be complete within the client's timeout."""
     def drip(h, owner) -> None:
-        owner.write(h, _head(h, length=1_000_000).encode())
+        owner.write(h, head(length=1_000_000).encode())
         while not owner.done.is_set():
             owner.write(h, b" ")
             time.sleep(0.2)
@@ -154,7 +71,7 @@ def test_a_dripped_answer_has_a_deadline(hostile):
     c = _client(coord.url, timeout_s=2.0)
     try:
         t0 = time.monotonic()
-        finished, exc = _call_within(c.run_info, 20.0)
+        finished, exc = call_within(c.run_info, 20.0)
     finally:
         c.close()
     assert finished, "a dripped answer held the client for 20 s with a 2 s timeout"
@@ -170,7 +87,7 @@ def test_a_compressed_answer_is_not_inflated(hostile):
     bomb = b"".join([*(z.compress(zeros) for _ in range(256)), z.flush()])
 
     def gzipped(h, owner) -> None:
-        owner.write(h, _head(h, length=len(bomb), extra="content-encoding: gzip").encode() + bomb)
+        owner.write(h, head(length=len(bomb), extra="content-encoding: gzip").encode() + bomb)
 
     coord = hostile(gzipped)
     c = _client(coord.url)
@@ -192,7 +109,7 @@ def test_a_200_that_is_no_json_is_unavailable(hostile, body):
     daemon's release catch: the thread died (no more heartbeats, verdicts, ban checks) or the
     daemon ended with a traceback."""
     def garbage(h, owner) -> None:
-        owner.write(h, _head(h, length=len(body)).encode() + body)
+        owner.write(h, head(length=len(body)).encode() + body)
 
     c = _client(hostile(garbage).url)
     try:
@@ -212,7 +129,7 @@ def test_an_error_body_nested_past_the_recursion_limit_is_still_an_error(hostile
     body = b"[" * 100_000
 
     def nested(h, owner) -> None:
-        owner.write(h, _head(h, status=status, length=len(body)).encode() + body)
+        owner.write(h, head(status=status, length=len(body)).encode() + body)
 
     c = _client(hostile(nested).url)
     try:
@@ -229,7 +146,7 @@ def test_an_error_detail_of_megabytes_is_cut(hostile):
     body = b'{"detail": "' + b"A" * 8_000_000 + b'"}'
 
     def wordy(h, owner) -> None:
-        owner.write(h, _head(h, status=400, length=len(body)).encode() + body)
+        owner.write(h, head(status=400, length=len(body)).encode() + body)
 
     c = _client(hostile(wordy).url)
     try:
@@ -258,7 +175,7 @@ def test_a_dripped_answer_head_has_a_deadline(hostile):
     c = _client(hostile(drip_head).url, timeout_s=2.0)
     try:
         t0 = time.monotonic()
-        finished, exc = _call_within(c.run_info, 15.0)
+        finished, exc = call_within(c.run_info, 15.0)
     finally:
         c.close()
     assert finished, "a dripped head held the client for 15 s with a 2 s timeout"
@@ -270,10 +187,10 @@ def test_a_redirect_is_not_followed(hostile):
     """A 302 to another host (or a loop back to itself) is not followed: it is no answer of the
     coordinator's, and the other host never sees the worker's (signed) request. Checked, no hole:
     httpx does not follow redirects unless asked; kept as a regression test."""
-    elsewhere = hostile(lambda h, owner: owner.write(h, _head(h, length=2).encode() + b"{}"))
+    elsewhere = hostile(lambda h, owner: owner.write(h, head(length=2).encode() + b"{}"))
 
     def redirect(h, owner) -> None:
-        owner.write(h, _head(h, status=302, length=0, extra=f"location: {elsewhere.url}/v1/run").encode())
+        owner.write(h, head(status=302, length=0, extra=f"location: {elsewhere.url}/v1/run").encode())
 
     c = _client(hostile(redirect).url)
     try:
