@@ -21,6 +21,26 @@ from tests.waiting import wait_until
 from worker.spool import Spool
 
 
+async def _signer(request) -> str:
+    """The worker id of the signer of a request to the fake coordinator."""
+    return PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
+
+
+def _signed_lease(fake, worker_id: str, lease_id: str, task_id: str, seeds: list[int], **terms):
+    """A lease the fake coordinator signs and remembers: a 3-token prompt, 2 tokens at
+    temperature 1, version 0, 600 s from now, unless `terms` say otherwise."""
+    now = time.time()
+    body = dict(run_id="run", prompt_token_ids=[5, 6, 7], sampling=SamplingParams(temperature=1.0, max_tokens=2),
+                eos_token_id=1, min_policy_version=0, max_policy_version=0, issued_at=now, expires_at=now + 600)
+    lease = Lease(lease_id=lease_id, worker_id=worker_id, task_id=task_id, seeds=seeds, **{**body, **terms})
+    fake.leases[lease.lease_id] = lease
+    return seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER)
+
+
+def _answer(*leases) -> JSONResponse:
+    return JSONResponse(LeaseResponse(leases=list(leases)).model_dump(mode="json"))
+
+
 def test_a_release_answered_with_garbage_does_not_end_the_daemon(fake, versions, start_daemon):
     """POST /v1/leases/release answered 200 with a body that is no JSON: `release` raised
     JSONDecodeError, which `_release` did not catch, so the stop that releases the unstarted
@@ -38,6 +58,8 @@ def test_a_release_answered_with_garbage_does_not_end_the_daemon(fake, versions,
     assert r.daemon.state.get("leases_active") == 0
 
 
+
+
 def test_a_lease_answer_with_more_leases_than_asked_is_cut_to_the_request(fake, versions, start_daemon):
     """Asked for 2 tasks, the coordinator signs and sends 200 (the schema refuses more than 256
     outright, protocol.messages.LeaseResponse): each was opened (an Ed25519 check each) and
@@ -46,19 +68,13 @@ def test_a_lease_answer_with_more_leases_than_asked_is_cut_to_the_request(fake, 
     answers: list[int] = []
 
     async def flood(request):
-        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
-        now = time.time()
+        wid = await _signer(request)
         leases = []
         for i in range(200):
             n = len(answers) * 1000 + i
-            lease = Lease(lease_id=f"flood-{n}", run_id="run", worker_id=wid, task_id=f"t{n}",
-                          prompt_token_ids=[5, 6, 7], seeds=[n, n + 1],
-                          sampling=SamplingParams(temperature=1.0, max_tokens=2), eos_token_id=1,
-                          min_policy_version=0, max_policy_version=0, issued_at=now, expires_at=now + 600)
-            fake.leases[lease.lease_id] = lease
-            leases.append(seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER))
+            leases.append(_signed_lease(fake, wid, f"flood-{n}", f"t{n}", [n, n + 1]))
         answers.append(len(leases))
-        return JSONResponse(LeaseResponse(leases=leases).model_dump(mode="json"))
+        return _answer(*leases)
 
     fake.hostile[routes.LEASES] = flood
     versions.publish(0)
@@ -188,7 +204,7 @@ def test_a_run_change_mid_run_ends_the_daemon_with_a_clear_error(fake, versions,
     registered: list[str] = []
 
     async def register_run2(request):
-        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
+        wid = await _signer(request)
         registered.append(wid)
         return JSONResponse(RegistrationResponse(worker_id=wid, run=other).model_dump(mode="json"))
 
@@ -238,15 +254,10 @@ def test_a_lease_with_absurd_times_does_not_end_the_daemon(fake, versions, start
     OverflowError out of the loop once the first batch had set the worker's speed (the daemon
     ended, again at every restart while the coordinator leases so)."""
     async def absurd(request):
-        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
+        wid = await _signer(request)
         n = len(fake.leases) + 1
-        lease = Lease(lease_id=f"absurd-{n}", run_id="run", worker_id=wid, task_id=f"t{n}",
-                      prompt_token_ids=[5, 6, 7], seeds=[n, n + 1],
-                      sampling=SamplingParams(temperature=1.0, max_tokens=2), eos_token_id=1,
-                      min_policy_version=0, max_policy_version=0, issued_at=-1.7e308, expires_at=1.7e308)
-        fake.leases[lease.lease_id] = lease
-        env = seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER)
-        return JSONResponse(LeaseResponse(leases=[env]).model_dump(mode="json"))
+        return _answer(_signed_lease(fake, wid, f"absurd-{n}", f"t{n}", [n, n + 1], issued_at=-1.7e308,
+                                     expires_at=1.7e308))
 
     fake.hostile[routes.LEASES] = absurd
     versions.publish(0)
@@ -267,15 +278,8 @@ def test_a_lease_the_model_cannot_run_is_given_back_not_a_crash(fake, versions, 
         if bad["done"]:
             return None
         bad["done"] = True
-        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
-        now = time.time()
-        lease = Lease(lease_id="out-of-vocab", run_id="run", worker_id=wid, task_id="t-oov",
-                      prompt_token_ids=[5, 2**31 - 1], seeds=[1, 2], sampling=SamplingParams(temperature=1.0,
-                                                                                             max_tokens=2),
-                      eos_token_id=1, min_policy_version=0, max_policy_version=0, issued_at=now, expires_at=now + 60)
-        fake.leases[lease.lease_id] = lease
-        env = seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER)
-        return JSONResponse(LeaseResponse(leases=[env]).model_dump(mode="json"))
+        return _answer(_signed_lease(fake, await _signer(request), "out-of-vocab", "t-oov", [1, 2],
+                                     prompt_token_ids=[5, 2**31 - 1], expires_at=time.time() + 60))
 
     fake.hostile[routes.LEASES] = one_bad_lease
     versions.publish(0)
@@ -379,15 +383,9 @@ def test_a_lease_for_a_version_no_relay_serves_is_given_back_after_a_bounded_wai
         if sent["far"]:
             return None
         sent["far"] = True
-        wid = PublicKey.from_hex(Envelope.model_validate_json(await request.body()).signer).peer_id
-        now = time.time()
-        lease = Lease(lease_id="far-future", run_id="run", worker_id=wid, task_id="t-far",
-                      prompt_token_ids=[5, 6, 7], seeds=[1, 2], sampling=SamplingParams(temperature=1.0, max_tokens=2),
-                      eos_token_id=1, min_policy_version=10**9, max_policy_version=10**9, issued_at=now,
-                      expires_at=now + 86400)
-        fake.leases[lease.lease_id] = lease
-        env = seal(KIND_LEASE, lease, fake.key, run_id="run", audience=AUDIENCE_WORKER)
-        return JSONResponse(LeaseResponse(leases=[env]).model_dump(mode="json"))
+        return _answer(_signed_lease(fake, await _signer(request), "far-future", "t-far", [1, 2],
+                                     min_policy_version=10**9, max_policy_version=10**9,
+                                     expires_at=time.time() + 86400))
 
     fake.hostile[routes.LEASES] = far_future_once
     versions.publish(0)
