@@ -59,7 +59,6 @@ def test_a_release_answered_with_garbage_does_not_end_the_daemon(fake, versions,
 
 
 
-
 def test_a_lease_answer_with_more_leases_than_asked_is_cut_to_the_request(fake, versions, start_daemon):
     """Asked for 2 tasks, the coordinator signs and sends 200 (the schema refuses more than 256
     outright, protocol.messages.LeaseResponse): each was opened (an Ed25519 check each) and
