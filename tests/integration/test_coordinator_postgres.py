@@ -520,6 +520,23 @@ def test_one_key_registering_on_two_replicas_at_once_gets_a_retry_not_a_500(pg_u
         b.close()
 
 
+def _held_in_the_scorer(monkeypatch, a, b) -> list[str]:
+    """Replicas `a` and `b` score through a rendezvous (both in the scorer at once, if both get
+    there); the returned list names each replica as it scores."""
+    meet = Rendezvous()
+    scored: list[str] = []
+    for name, s in (("a", a), ("b", b)):
+        real = s.ctx.tasks.rewards
+
+        def rewards(task, completions, real=real, name=name):
+            scored.append(name)
+            meet.arrive()
+            return real(task, completions)
+
+        monkeypatch.setattr(s.ctx.tasks, "rewards", rewards)
+    return scored
+
+
 def test_copies_of_one_submission_sent_to_two_replicas_at_once_are_scored_once(
         pg_url, tmp_path, tiny_model, monkeypatch):
     """The intake's in-flight guard (429 `submission_in_progress`) is per process: copies of one
@@ -534,17 +551,7 @@ def test_copies_of_one_submission_sent_to_two_replicas_at_once_are_scored_once(
         a.publish(0)
         w = a.new_worker()
         (lease,) = a.lease(w, 1)
-        meet = Rendezvous()
-        scored: list[str] = []
-        for name, s in (("a", a), ("b", b)):
-            real = s.ctx.tasks.rewards
-
-            def rewards(task, completions, real=real, name=name):
-                scored.append(name)
-                meet.arrive()   # both in the scorer at once, if both got there
-                return real(task, completions)
-
-            monkeypatch.setattr(s.ctx.tasks, "rewards", rewards)
+        scored = _held_in_the_scorer(monkeypatch, a, b)
         envs = [s.seal(KIND_SUBMISSION, s.submission(lease), w) for s in (a, b)]   # two nonces
         ra, rb = _at_once(lambda: a.send("/v1/submissions", envs[0]), lambda: b.send("/v1/submissions", envs[1]))
         assert len(scored) == 1, f"scored by {scored}"
@@ -572,17 +579,7 @@ def test_one_envelope_sent_to_two_replicas_at_once_is_scored_once(pg_url, tmp_pa
         a.publish(0)
         w = a.new_worker()
         (lease,) = a.lease(w, 1)
-        meet = Rendezvous()
-        scored: list[str] = []
-        for name, s in (("a", a), ("b", b)):
-            real = s.ctx.tasks.rewards
-
-            def rewards(task, completions, real=real, name=name):
-                scored.append(name)
-                meet.arrive()   # both in the scorer at once, if both got there
-                return real(task, completions)
-
-            monkeypatch.setattr(s.ctx.tasks, "rewards", rewards)
+        scored = _held_in_the_scorer(monkeypatch, a, b)
         env = a.seal(KIND_SUBMISSION, a.submission(lease), w)   # one nonce, sent to both
         ra, rb = _at_once(lambda: a.send("/v1/submissions", env), lambda: b.send("/v1/submissions", env))
         assert len(scored) == 1, f"scored by {scored}"
