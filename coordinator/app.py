@@ -201,7 +201,12 @@ def create_app(ctx: Context, *, background: bool = True) -> FastAPI:
 
     @app.get(routes.METRICS, tags=["ops"])
     async def metrics() -> Response:
-        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # off the loop: a scrape reads the database (metrics.StateCollector: counts by status over
+        # whole tables, which grow with the run) and renders every histogram (25 latency buckets
+        # per route); on the loop it held every other request (a 78 ms stall seen in
+        # generate_latest under bench/hostile.py's attack, SWARMRL_LOOP_WATCH_MS=40)
+        body = await asyncio.to_thread(generate_latest, ctx.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get(routes.RUN, tags=["join"], responses={200: {"model": RunInfo}})
     async def run_info(request: Request) -> Response:
