@@ -333,12 +333,17 @@ class Spec:
 
 
 def lower_priority(nice: int, idle: bool = False) -> None:
-    """This process at `nice`; with `idle`, also in the SCHED_IDLE class (Linux: it runs only
-    on a CPU that nothing else wants, and a waking task of any other class preempts it at
-    once: nice 19 alone still shares a CPU's time with a waking service in small slices)."""
+    """This process, in a session of its own, at `nice` (and so is its session: see
+    `swarmrl.procs.session_priority`; without a session of its own the attackers shared one
+    scheduling group with the bench process and its /health probe, whose share they then
+    took); with `idle`, also in the SCHED_IDLE class (Linux: it runs only on a CPU that
+    nothing else wants, and a waking task of any other class preempts it at once)."""
     import os
 
-    os.nice(nice)
+    from swarmrl.procs import session_priority
+
+    os.setsid()
+    session_priority(nice)
     if idle:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from swarmrl.procs import session_priority
 from tests.wan.topology import Topology
 
 PREFIX = "swwan"
@@ -144,10 +145,11 @@ class Net:
         path.write_text(json.dumps(spec))
         log = open(self.work / "internet.log", "wb")
         # The emulator is the wire: it runs a little ahead of the roles (nice -5) so that a busy
-        # core delays packets less (its CPU is set by the traffic, not by its priority).
+        # core delays packets less (its CPU is set by the traffic, not by its priority). Its own
+        # session's priority too: see swarmrl.procs.session_priority.
         self.emulator = subprocess.Popen([sys.executable, "-m", "tests.wan.internet", str(path)], cwd=ROOT,
                                          stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-                                         preexec_fn=lambda: os.nice(-5))
+                                         preexec_fn=lambda: session_priority(-5))
         log.close()
         line = self.emulator.stdout.readline()
         if line.strip() != b"ready":
