@@ -20,6 +20,7 @@ from protocol.messages import (
     MAX_LEASES_PER_REQUEST,
     MAX_REASON_TEXT,
     MAX_RELAYS,
+    MAX_TASK_DATA_BYTES,
     MAX_VERIFIER_KEYS,
     LeaseResponse,
     RunInfo,
@@ -82,6 +83,7 @@ def test_answers_refuse_unbounded_lists_and_text():
     ("relays", ["http://" + "r" * 5000]), ("model", "m" * 5000), ("async_window", 2**31),
     ("verifier_keys", [HEX] * (MAX_VERIFIER_KEYS + 1)), ("p2p", {"bootstrap": ["/ip4/1.2.3.4/" + "x" * 5000]}),
     ("tasks", {"kind": "k" * 201}),  # RunInfo.tasks.kind (TaskSpec) carries at most 200
+    ("tasks", {"options": {"system_prompt": "x" * MAX_TASK_DATA_BYTES}}),  # TaskSpec.options: MAX_TASK_DATA_BYTES
 ])
 def test_the_coordinators_config_refuses_what_its_answers_could_not_carry(tmp_path, field, value):
     base = dict(operator_key=HEX, model=str(tmp_path), data_dir=tmp_path)
