@@ -43,10 +43,13 @@ MAX_REASON_TEXT = 2000       # a stored reason (verdict, drop, ban); every write
 # JSON (`task_data_bytes`); also the run's task options (TaskSpec.options). Every task source
 # holds its tasks to it (`protocol.tasks`: a file row over it is a load error), the coordinator
 # sends no job over it, and the verifier's claim cap allots each job this much for its task
-# (`verifier.service.JOB_EXTRA_BYTES`), so the two cannot disagree. 1 MiB: the room the claim
-# cap always gave a task; hidden test cases of common code suites take tens to hundreds of KB
-# a problem, and each byte is carried G times to the scorer sandbox (one item per completion).
-MAX_TASK_DATA_BYTES = 1 << 20
+# (`verifier.service.JOB_EXTRA_BYTES`), so the two cannot disagree. 512 KiB: room for the hidden
+# test cases of a code task (tens to hundreds of KB a problem in common suites), and half the
+# 1 MiB the claim cap gave a task before, because the scorer sandbox carries the metadata once
+# per completion: a group of MAX_GROUP_SIZE at 1 MiB failed there (192 did: every reward 0 after
+# the batch timeout), at 512 KiB it is scored in about a second
+# (tests/unit/protocol/test_task_data_bound.py).
+MAX_TASK_DATA_BYTES = 1 << 19
 
 
 def json_bytes(value: Any) -> int:
@@ -361,8 +364,8 @@ class VerificationJob(Strict):
     @model_validator(mode="after")
     def _task_data_bounded(self):
         """The task's answer, kind and metadata within MAX_TASK_DATA_BYTES. One encoding of the
-        metadata: at the bound, 2 ms for one string, 12 ms for 19,000 small test cases, where
-        parsing those from the claim answer took 30 ms (measured on the dev box)."""
+        metadata: for 1 MiB, 2 ms as one string, 12 ms as 19,000 small test cases, where parsing
+        those from the claim answer took 30 ms (measured on the dev box)."""
         n = task_data_bytes(self.task_answer, self.task_kind, self.task_metadata)
         if n > MAX_TASK_DATA_BYTES:
             raise ValueError(f"the task's answer, kind and metadata take {n} bytes as JSON, over "

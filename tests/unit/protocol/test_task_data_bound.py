@@ -52,7 +52,7 @@ def test_a_task_file_row_at_the_bound_loads_and_one_over_it_is_refused_naming_fi
     assert task_data_bytes(big[0].answer, big[0].kind, big[0].metadata) == MAX_TASK_DATA_BYTES
     rows[7]["metadata"]["tests"] += "x"
     f = _jsonl(tmp_path / "code.jsonl", rows)
-    with pytest.raises(MessageError, match=r"code\.jsonl row 7: .*1048577 bytes.*MAX_TASK_DATA_BYTES"):
+    with pytest.raises(MessageError, match=rf"code\.jsonl row 7: .*{MAX_TASK_DATA_BYTES + 1} bytes.*MAX_TASK_DATA_BYTES"):
         get_source("jsonl", options={"path": str(f), "eval_size": 2})
 
 
@@ -98,3 +98,20 @@ def test_task_options_over_the_bound_do_not_validate():
     TaskSpec(kind="jsonl", seed=0, options={"path": "x.jsonl", "system_prompt": "x" * 1000})
     with pytest.raises(ValidationError, match="MAX_TASK_DATA_BYTES"):
         TaskSpec(kind="jsonl", seed=0, options={"path": "x.jsonl", "system_prompt": "x" * MAX_TASK_DATA_BYTES})
+
+
+def test_a_group_of_the_largest_size_whose_task_data_is_at_the_bound_is_scored_in_the_sandbox():
+    """The scorer sandbox carries a task's metadata once per completion: the bound times
+    MAX_GROUP_SIZE must pass through it at the protocol's limits (DEFAULT_LIMITS), or an honest
+    group at the bound scores 0 at the coordinator and the verifier alike. At 1 MiB a group of
+    192 already failed (every reward 0, after the 20 s batch timeout); 128 passed."""
+    from protocol.messages import MAX_GROUP_SIZE
+    from protocol.sandbox import Sandbox, ScoreItem
+
+    meta = _pad_to(MAX_TASK_DATA_BYTES, "7", KIND)
+    sb = Sandbox().start(warm=(KIND,))
+    try:
+        out = sb.score(KIND, [ScoreItem("7", "7", meta) for _ in range(MAX_GROUP_SIZE)])
+    finally:
+        sb.close()
+    assert [r.reward for r in out] == [1.0] * MAX_GROUP_SIZE, {r.reason for r in out}
