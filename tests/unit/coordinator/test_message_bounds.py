@@ -104,3 +104,13 @@ def test_a_coordinator_at_its_configs_limits_serves_a_valid_run_info(make_swarm)
     assert r.status_code == 200, r.text
     info = RunInfo.model_validate_json(r.content)
     assert info.run_id == s.cfg.run_id and len(info.relays) == MAX_RELAYS and info.pow_difficulty == 32
+
+
+def test_a_coordinator_whose_task_source_gives_a_task_over_the_bound_does_not_start(make_swarm):
+    """A plugin (or reasoning-gym) task over MAX_TASK_DATA_BYTES is found by the start-up check of
+    the first tasks of each split (`coordinator.taskbook`) and named: no claim could carry it."""
+    from protocol.errors import MessageError
+
+    with pytest.raises(MessageError, match=r"task cd-train-0 is refused: .* over the protocol's bound"):
+        make_swarm(tasks={"kind": "tests.taskplugin:make_source",
+                          "options": {"pad": MAX_TASK_DATA_BYTES, "scorer": "answer:exact"}})
