@@ -18,10 +18,12 @@ from protocol.messages import (
     MAX_POW_DIFFICULTY,
     MAX_REF_CHARS,
     MAX_RELAYS,
+    MAX_TASK_DATA_BYTES,
     MAX_VERIFIER_KEYS,
     MAX_VERSION,
     RelayUrl,
     RunId,
+    json_bytes,
 )
 from shardcast.p2p.config import P2PConfig
 
@@ -34,6 +36,19 @@ class TaskConfig(BaseModel):
     options: dict = Field(default_factory=dict, description="options passed to the task source: its own, the scoring "
                           "options (compare, extract, answer_tag, format_reward, scorer) and the prompt options "
                           "(system_prompt, prompt_template)")
+
+    @field_validator("options")
+    @classmethod
+    def _options_bounded(cls, v: dict) -> dict:
+        """Served to every role in RunInfo.tasks: held to TaskSpec's bound (MAX_TASK_DATA_BYTES)."""
+        try:
+            n = json_bytes(v)
+        except ValueError as exc:
+            raise ValueError(f"task options must hold JSON values only ({exc})") from None
+        if n > MAX_TASK_DATA_BYTES:
+            raise ValueError(f"task options take {n} bytes as JSON, over MAX_TASK_DATA_BYTES ({MAX_TASK_DATA_BYTES}); "
+                             "keep large data in the task files")
+        return v
 
 
 class SamplingConfig(BaseModel):

@@ -64,9 +64,9 @@ class Metrics:
         self.groups_acked = Counter(f"{PREFIX}_groups_acked", "groups the trainer acknowledged (consumed)", registry=r)
         self.dropped_stale = Counter(f"{PREFIX}_groups_dropped_stale", "accepted groups that fell out of the async window",
                                      registry=r)
-        self.unjudged = Counter(f"{PREFIX}_submissions_unjudged", "queued submissions dropped after "
-                                "verification_max_claims claims without a verdict (no verifier could judge them)",
-                                registry=r)
+        self.unjudged = Counter(f"{PREFIX}_submissions_unjudged", "queued submissions dropped without a verdict: "
+                                "after verification_max_claims claims (no verifier could judge them), or because "
+                                "their task data cannot be sent to a verifier", registry=r)
         self.groups_unused = Counter(f"{PREFIX}_groups_unused", "accepted groups that will never reach a training "
                                      "step, by cause (stale, stale_held; the trainer's zero_advantage, pass_rate, "
                                      "trainer_stale; bans: GET /v1/stats `waste`)", ["cause"], registry=r)

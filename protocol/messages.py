@@ -10,6 +10,7 @@ limits in their service config. Binary data is base64 (proofs) or hex (keys, has
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -38,6 +39,32 @@ MAX_REF_CHARS = 4096         # tokenizer_ref: the coordinator's `model`, a folde
 MAX_POW_DIFFICULTY = 32      # leading zero bits (about 2**32 hashes)
 MAX_POW_CHALLENGE_CHARS = 256  # the coordinator derives 32 hex characters
 MAX_REASON_TEXT = 2000       # a stored reason (verdict, drop, ban); every writer cuts to it
+# A task's data as a claim answer carries it to a verifier: its answer, kind and metadata as
+# JSON (`task_data_bytes`); also the run's task options (TaskSpec.options). Every task source
+# holds its tasks to it (`protocol.tasks`: a file row over it is a load error), the coordinator
+# sends no job over it, and the verifier's claim cap allots each job this much for its task
+# (`verifier.service.JOB_EXTRA_BYTES`), so the two cannot disagree. 512 KiB: room for the hidden
+# test cases of a code task (tens to hundreds of KB a problem in common suites), and half the
+# 1 MiB the claim cap gave a task before, because the scorer sandbox carries the metadata once
+# per completion: a group of MAX_GROUP_SIZE at 1 MiB failed there (192 did: every reward 0 after
+# the batch timeout), at 512 KiB it is scored in about a second
+# (tests/unit/protocol/test_task_data_bound.py).
+MAX_TASK_DATA_BYTES = 1 << 19
+
+
+def json_bytes(value: Any) -> int:
+    """Bytes of `value` as the coordinator writes it into an answer: compact, ASCII JSON
+    (`protocol.rawjson`). ValueError for what strict JSON cannot hold (NaN, infinities, objects)."""
+    try:
+        return len(json.dumps(value, separators=(",", ":"), allow_nan=False))
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def task_data_bytes(answer: str, kind: str, metadata: dict) -> int:
+    """The measure `MAX_TASK_DATA_BYTES` bounds (ValueError for metadata that is not strict JSON)."""
+    return json_bytes(answer) + json_bytes(kind) + json_bytes(metadata)
+
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
@@ -271,6 +298,13 @@ class TaskSpec(Strict):
     chat_template: bool = Field(default=False, description="prompts are encoded with the tokenizer's chat template "
                                                            "(protocol.lm.encode_task), in leases and evaluation alike")
 
+    @model_validator(mode="after")
+    def _options_bounded(self):
+        n = json_bytes(self.options)
+        if n > MAX_TASK_DATA_BYTES:
+            raise ValueError(f"options take {n} bytes as JSON, over MAX_TASK_DATA_BYTES ({MAX_TASK_DATA_BYTES})")
+        return self
+
 
 class RunInfo(Strict):
     """`GET /v1/run`: what every party needs to join the run (served by the coordinator).
@@ -326,6 +360,17 @@ class VerificationJob(Strict):
     task_kind: str = ""
     task_metadata: dict[str, Any] = Field(default_factory=dict, description="the task's metadata (its scorer gets it)")
     full_check: bool = Field(description="run the model checks (else only the cheap checks)")
+
+    @model_validator(mode="after")
+    def _task_data_bounded(self):
+        """The task's answer, kind and metadata within MAX_TASK_DATA_BYTES. One encoding of the
+        metadata: for 1 MiB, 2 ms as one string, 12 ms as 19,000 small test cases, where parsing
+        those from the claim answer took 30 ms (measured on the dev box)."""
+        n = task_data_bytes(self.task_answer, self.task_kind, self.task_metadata)
+        if n > MAX_TASK_DATA_BYTES:
+            raise ValueError(f"the task's answer, kind and metadata take {n} bytes as JSON, over "
+                             f"MAX_TASK_DATA_BYTES ({MAX_TASK_DATA_BYTES})")
+        return self
 
 
 class ClaimResponse(Strict):

@@ -8,9 +8,10 @@ from protocol.tasks import Task
 class Countdown:
     """Tasks "count down from n" with answer n-1; its own scorer below."""
 
-    def __init__(self, seed: int = 0, start: int = 10):
+    def __init__(self, seed: int = 0, start: int = 10, pad: int = 0):
         self.kind = "tests.taskplugin:last_word_scorer"
         self.start = start
+        self.pad = pad  # characters of filler metadata (a task as large as a code task's test cases)
 
     def size(self, split: str) -> int:
         return 5 if split == "eval" else 20
@@ -18,7 +19,7 @@ class Countdown:
     def task(self, split: str, index: int) -> Task:
         n = self.start + index % self.size(split) + (100 if split == "eval" else 0)
         return Task(id=f"cd-{split}-{index % self.size(split)}", prompt=f"before {n}:", answer=str(n - 1),
-                    kind=self.kind, metadata={"n": n})
+                    kind=self.kind, metadata={"n": n, **({"pad": "x" * self.pad} if self.pad else {})})
 
 
 def make_source(seed: int = 0, **options):

@@ -22,7 +22,8 @@ no verdict and returns to the queue when the claim expires. `stop` ends the loop
 jobs, after the verdict in hand is delivered or given up.
 
 A claim answer is read bounded (`claim_answer_cap`: each job at the coordinator's largest
-submission, `max_submission_bytes`, with its lease and task beside it): a coordinator answering
+submission, `max_submission_bytes`, with its lease and task beside it, the task's data at most
+`protocol.messages.MAX_TASK_DATA_BYTES`): a coordinator answering
 past it (a body without end was read whole, memory without end) is `Unavailable`, retried
 like an outage (tests/unit/protocol/test_operator_clients_bounded.py).
 """
@@ -43,6 +44,7 @@ from protocol.messages import (
     KIND_CLAIM,
     KIND_RESUME,
     MAX_GROUP_SIZE,
+    MAX_TASK_DATA_BYTES,
     MAX_TOKENS_PER_SEQUENCE,
     KIND_VERDICT,
     ClaimRequest,
@@ -62,9 +64,10 @@ from verifier.seen import SeenLedger
 log = logging.getLogger("swarmrl.verifier")
 
 # Room beside a job's submission envelope: its signed lease at the protocol's limits (a prompt of
-# MAX_TOKENS_PER_SEQUENCE ids, MAX_GROUP_SIZE seeds, as JSON with room for spaces), rewards, the
-# task's answer and metadata.
-JOB_EXTRA_BYTES = 2 * (MAX_TOKENS_PER_SEQUENCE * 11 + MAX_GROUP_SIZE * 20 + 4096) + (1 << 20)
+# MAX_TOKENS_PER_SEQUENCE ids, MAX_GROUP_SIZE seeds, as JSON with room for spaces), rewards, and
+# the task's answer, kind and metadata: at most MAX_TASK_DATA_BYTES, the bound every task source
+# and the coordinator's claim answer hold them to, plus the names of their three fields.
+JOB_EXTRA_BYTES = 2 * (MAX_TOKENS_PER_SEQUENCE * 11 + MAX_GROUP_SIZE * 20 + 4096) + MAX_TASK_DATA_BYTES + 256
 
 
 def claim_answer_cap(max_jobs: int, max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES) -> int:

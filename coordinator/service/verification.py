@@ -30,7 +30,9 @@ from coordinator.service import judged, use_nonce
 from coordinator.store import leases, submissions, workers
 from protocol import rawjson
 from protocol.envelope import Opened
+from protocol.errors import ProtocolError
 from protocol.messages import ClaimRequest, Verdict
+from protocol.tasks import task_data_problem
 
 log = logging.getLogger("swarmrl.coordinator")
 
@@ -63,15 +65,40 @@ def resume(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
 
 
 def _claim_response(ctx: Context, rows) -> bytes:
-    jobs = []
+    """The claim answer of `rows`. A job whose task data is over the protocol's bound (or not
+    strict JSON) is not sent: no verifier could read the answer that carried it, so each claim
+    of it failed whole and was retried for ever. Every source is held to that bound when it
+    gives a task (`protocol.tasks.Bounded`), so only a source that changed under the coordinator
+    gets here; its submission is dropped at once, with the reason (no ban: the worker did
+    nothing wrong), and the claim's other jobs go out."""
+    jobs, refused = [], {}
     for r in rows:
-        task = ctx.tasks.task(r.task_index)
+        try:
+            task = ctx.tasks.task(r.task_index)
+            problem = task_data_problem(task.answer, task.kind, task.metadata)
+        except ProtocolError as exc:
+            problem = str(exc)
+        if problem:
+            refused[r.submission_id] = problem
+            continue
         jobs.append(rawjson.verification_job(
             {"submission_id": r.submission_id, "worker_id": r.worker_id, "rewards": json.loads(r.rewards),
              "task_answer": task.answer, "task_kind": task.kind,
              "task_metadata": task.metadata, "full_check": bool(r.full_check)},
             lease=r.lease_envelope, submission=r.envelope))
+    if refused:
+        _drop_refused(ctx, refused)
     return rawjson.claim_response(jobs).encode("utf-8")
+
+
+def _drop_refused(ctx: Context, refused: dict[str, str]) -> None:
+    now = ctx.clock()
+    with ctx.db.write() as conn:
+        for sid, problem in refused.items():
+            submissions.drop_queued(conn, [sid], f"task data cannot be sent to a verifier: {problem}", now)
+    ctx.metrics.unjudged.inc(len(refused))
+    log.error("%d submission(s) dropped unjudged, their task data cannot be sent to a verifier (fix the task "
+              "source): %s", len(refused), "; ".join(f"{sid}: {p}" for sid, p in list(refused.items())[:3]))
 
 
 def verdict_rules(cfg) -> verdicts.Rules:

@@ -163,6 +163,13 @@ def drop_unconsumed(conn: Connection, worker_id: str, reason: str, now: float) -
     return n
 
 
+def drop_queued(conn: Connection, submission_ids: list[str], reason: str, now: float) -> int:
+    """Queued submissions that no verifier can be sent leave the queue as 'dropped' (no ban)."""
+    c = submissions.c
+    return conn.execute(update(submissions).where(and_(c.submission_id.in_(submission_ids), c.status == "queued"))
+                        .values(status="dropped", reason=reason[:2000], decided_at=now)).rowcount
+
+
 def drop_unjudged(conn: Connection, now: float, claim_ttl_s: float, max_claims: int) -> list[Row]:
     """Queued submissions handed to verifiers `max_claims` times whose last claim expired
     without a verdict leave the queue as 'dropped' (no ban: the failure may be the verifiers'

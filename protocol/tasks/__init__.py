@@ -39,6 +39,13 @@ as code (exact and numeric comparison); a sandbox process may then serve another
 reasoning-gym scorer, math comparison and module reference is treated as impure: its process
 scores one batch and is thrown away.
 
+**Task data is bounded**: a task's answer, kind and metadata take at most
+`protocol.messages.MAX_TASK_DATA_BYTES` as JSON (`protocol.messages.task_data_bytes`), the room
+a verifier's claim answer gives a job's task. `get_source` holds every source to it
+(`Bounded`: a task over it, or with metadata that is not strict JSON, is a MessageError when
+asked for, never handed out); `protocol.tasks.files` checks each row at load, so a task file
+with such a row does not start.
+
 `score(kind, answer, text, metadata)` is the one-completion convenience for trusted text (the
 trainer's evaluation of its own model, the demo's warm-start): pure scorers run in-process,
 the others in the process-wide sandbox (`protocol.sandbox.shared`). Every role checks at start
@@ -109,9 +116,50 @@ class Rescored:
         return self.source.size(split)
 
 
+def task_data_problem(answer: str, kind: str, metadata: dict) -> str:
+    """Why a task's data may not travel (over MAX_TASK_DATA_BYTES, or metadata that is not
+    strict JSON), or "" when it may."""
+    from protocol.messages import MAX_TASK_DATA_BYTES, task_data_bytes
+
+    try:
+        n = task_data_bytes(answer, kind, metadata)
+    except ValueError:
+        return "the metadata must hold JSON values only (no NaN, Infinity or other objects)"
+    if n > MAX_TASK_DATA_BYTES:
+        return (f"the answer, kind and metadata take {n} bytes as JSON, over the protocol's bound of "
+                f"{MAX_TASK_DATA_BYTES} (protocol.messages.MAX_TASK_DATA_BYTES: what a verifier's claim gives a task)")
+    return ""
+
+
+def check_task(task: Task) -> Task:
+    """`task`, or a MessageError that names it when its data may not travel (`task_data_problem`)."""
+    problem = task_data_problem(task.answer, task.kind, task.metadata)
+    if problem:
+        raise MessageError(f"task {task.id} is refused: {problem}; shorten its answer or metadata")
+    return task
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """A source whose every task is checked against the bound on task data (`check_task`)."""
+
+    source: TaskSource
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    def task(self, split: str, index: int) -> Task:
+        return check_task(self.source.task(split, index))
+
+    def size(self, split: str) -> int:
+        return self.source.size(split)
+
+
 def get_source(kind: str, seed: int = 0, options: dict | None = None) -> TaskSource:
     """The task source `kind` with `options`; the option `scorer` (a scorer reference) rescores it,
-    the prompt options (`system_prompt`, `prompt_template`) shape its prompts."""
+    the prompt options (`system_prompt`, `prompt_template`) shape its prompts; every task it gives
+    is held to the bound on task data (`Bounded`)."""
     from protocol.tasks.prompts import Prompted, prompt_format
 
     options = dict(options or {})
@@ -121,14 +169,14 @@ def get_source(kind: str, seed: int = 0, options: dict | None = None) -> TaskSou
     if fmt is not None:
         source = Prompted(source, fmt)
     if scorer is None:
-        return source
+        return Bounded(source)
     if not isinstance(scorer, str):
         raise MessageError(f"task option 'scorer' must be a scorer reference string, not {scorer!r}")
     from protocol.tasks.plugins import resolve_scorer
 
     scorer = resolve_scorer(scorer)
     describe(scorer)  # MessageError when it names no scorer
-    return Rescored(source, scorer)
+    return Bounded(Rescored(source, scorer))
 
 
 def _source(kind: str, seed: int, options: dict) -> TaskSource:

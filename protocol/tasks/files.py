@@ -18,7 +18,8 @@ Scoring options (`compare`, `extract`, `answer_tag`, `format_reward`) choose the
 scorer the tasks carry as their kind (`protocol.tasks.answers`; default `answer:exact`).
 
 Files come from the operator, not from workers: a malformed row is a start-up error naming
-the file and row, not a skipped row. Every role that builds this source (coordinator, trainer)
+the file and row, not a skipped row; so is a row whose answer and metadata are over the bound
+on task data (`protocol.messages.MAX_TASK_DATA_BYTES`, `protocol.tasks.task_data_problem`). Every role that builds this source (coordinator, trainer)
 reads the same files; `protocol.tasks.digest` hashes them so a role with other bytes refuses
 to start.
 """
@@ -30,7 +31,7 @@ import random
 from pathlib import Path
 
 from protocol.errors import MessageError
-from protocol.tasks import Task
+from protocol.tasks import Task, task_data_problem
 from protocol.tasks.answers import spec_from_options
 
 _SPLIT_NAMES = ("test", "validation", "eval")
@@ -159,10 +160,9 @@ class FileTasks:
                 raise MessageError(f"{path} row {n}: field {answer_f!r} must be a string or a number")
             if not isinstance(meta, dict):
                 raise MessageError(f"{path} row {n}: field {meta_f!r} must be a JSON object")
-            try:
-                json.dumps(meta)
-            except (TypeError, ValueError):
-                raise MessageError(f"{path} row {n}: field {meta_f!r} must hold JSON values only") from None
+            problem = task_data_problem(str(answer), self.kind, meta)
+            if problem:
+                raise MessageError(f"{path} row {n}: {problem}; fix that row or leave it out")
             out.append(Task(id="", prompt=prompt, answer=str(answer), kind=self.kind, metadata=meta))
         return out
 

@@ -20,6 +20,7 @@ from protocol.messages import (
     MAX_LEASES_PER_REQUEST,
     MAX_REASON_TEXT,
     MAX_RELAYS,
+    MAX_TASK_DATA_BYTES,
     MAX_VERIFIER_KEYS,
     LeaseResponse,
     RunInfo,
@@ -82,6 +83,7 @@ def test_answers_refuse_unbounded_lists_and_text():
     ("relays", ["http://" + "r" * 5000]), ("model", "m" * 5000), ("async_window", 2**31),
     ("verifier_keys", [HEX] * (MAX_VERIFIER_KEYS + 1)), ("p2p", {"bootstrap": ["/ip4/1.2.3.4/" + "x" * 5000]}),
     ("tasks", {"kind": "k" * 201}),  # RunInfo.tasks.kind (TaskSpec) carries at most 200
+    ("tasks", {"options": {"system_prompt": "x" * MAX_TASK_DATA_BYTES}}),  # TaskSpec.options: MAX_TASK_DATA_BYTES
 ])
 def test_the_coordinators_config_refuses_what_its_answers_could_not_carry(tmp_path, field, value):
     base = dict(operator_key=HEX, model=str(tmp_path), data_dir=tmp_path)
@@ -102,3 +104,13 @@ def test_a_coordinator_at_its_configs_limits_serves_a_valid_run_info(make_swarm)
     assert r.status_code == 200, r.text
     info = RunInfo.model_validate_json(r.content)
     assert info.run_id == s.cfg.run_id and len(info.relays) == MAX_RELAYS and info.pow_difficulty == 32
+
+
+def test_a_coordinator_whose_task_source_gives_a_task_over_the_bound_does_not_start(make_swarm):
+    """A plugin (or reasoning-gym) task over MAX_TASK_DATA_BYTES is found by the start-up check of
+    the first tasks of each split (`coordinator.taskbook`) and named: no claim could carry it."""
+    from protocol.errors import MessageError
+
+    with pytest.raises(MessageError, match=r"task cd-train-0 is refused: .* over the protocol's bound"):
+        make_swarm(tasks={"kind": "tests.taskplugin:make_source",
+                          "options": {"pad": MAX_TASK_DATA_BYTES, "scorer": "answer:exact"}})
