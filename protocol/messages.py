@@ -309,9 +309,16 @@ class RunInfo(Strict):
 class ClaimRequest(Strict):
     """Verifier -> coordinator (`POST /v1/verification/claim`): up to `max_jobs` jobs. The same
     body as kind `verification_resume` (`POST /v1/verification/resume`, a verifier at start): up
-    to `max_jobs` of its own claims that have not expired, back at once."""
+    to `max_jobs` of its own claims that have not expired, back at once.
+
+    `instance` names the verifier process (replica) among those that share one verifier key: the
+    coordinator records it with each claim, and a resume takes back only the claims of the same
+    key and instance (a restarting replica never takes a sibling's claims, which the sibling is
+    judging). None (verifiers before it): claims resumable only by a resume without one."""
 
     max_jobs: int = Field(ge=1, le=64)
+    instance: Ident | None = Field(None, description="the verifier process among those sharing its key "
+                                                     "(verifier.instance): resumes take back only its claims")
 
 
 class VerificationJob(Strict):

@@ -89,9 +89,13 @@ class VerifierService:
     def __init__(self, client: SignedClient, *, coordinator_key: PublicKey, tokenizer: Any, models: ModelSource,
                  settings: JudgeSettings, ledger: SeenLedger, metrics: VerifierMetrics, batch_jobs: int = 8,
                  poll_interval_s: float = 0.5, clock: Callable[[], float] = time.time,
-                 max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES):
-        """`max_submission_bytes`: the coordinator's limits.max_body_bytes (bounds a claim answer)."""
+                 max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES, instance: str | None = None):
+        """`max_submission_bytes`: the coordinator's limits.max_body_bytes (bounds a claim answer).
+        `instance`: this process among the verifier processes sharing its key (`verifier.instance`),
+        sent with every claim and resume, so that a resume takes back only this process's claims;
+        None: claims and resumes without one (the coordinator keys them by the key alone)."""
         self.client = client
+        self.instance = instance
         self.max_submission_bytes = max_submission_bytes
         self.coordinator_key = coordinator_key
         self.tokenizer = tokenizer
@@ -156,7 +160,8 @@ class VerifierService:
         return len(resp.jobs)
 
     def _claim(self, route: str, kind: str) -> ClaimResponse:
-        return self.client.post_signed(route, kind, ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse,
+        return self.client.post_signed(route, kind, ClaimRequest(max_jobs=self.batch_jobs, instance=self.instance),
+                                       ClaimResponse,
                                        max_bytes=claim_answer_cap(self.batch_jobs, self.max_submission_bytes))
 
     def _resume(self) -> ClaimResponse | None:

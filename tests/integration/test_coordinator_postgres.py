@@ -652,3 +652,18 @@ def test_a_restarted_verifier_takes_its_own_claims_back_on_postgres(pg_url, tmp_
     finally:
         a.close()
         b.close()
+
+
+def test_replicas_of_one_verifier_key_resume_only_their_own_claims_on_postgres(pg_url, tmp_path, tiny_model):
+    """ClaimRequest.instance on PostgreSQL: claims handed out by one coordinator replica to two
+    verifier processes of one key (and an older verifier naming none), resumed through the other
+    coordinator replica: each resume gets exactly its own instance's claims
+    (tests/unit/coordinator/test_verifier_replicas.py on SQLite)."""
+    from test_verifier_replicas import check_resume_takes_only_the_same_instance
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        check_resume_takes_only_the_same_instance(a, b)
+    finally:
+        a.close()
+        b.close()
