@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from protocol.envelope import RUN_ID_PATTERN, Envelope
 from protocol.proof import max_proof_b64_chars
@@ -319,6 +319,15 @@ class ClaimRequest(Strict):
     max_jobs: int = Field(ge=1, le=64)
     instance: Ident | None = Field(None, description="the verifier process among those sharing its key "
                                                      "(verifier.instance): resumes take back only its claims")
+
+    @model_serializer(mode="wrap")
+    def _without_a_null_instance(self, handler):
+        """No instance: the body is the one verifiers sent before the field (`{"max_jobs": n}`),
+        which a coordinator from before it accepts (its bodies allow no unknown field)."""
+        out = handler(self)
+        if isinstance(out, dict) and out.get("instance") is None:
+            out.pop("instance", None)
+        return out
 
 
 class VerificationJob(Strict):

@@ -160,6 +160,20 @@ class VerifierService:
         return len(resp.jobs)
 
     def _claim(self, route: str, kind: str) -> ClaimResponse:
+        """One claim or resume. A coordinator from before `ClaimRequest.instance` refuses the
+        field (422, its bodies allow no unknown field): this verifier then claims without it,
+        as verifiers did before (its resumes take back every unexpired claim of its key)."""
+        try:
+            return self._post_claim(route, kind)
+        except Rejected as exc:
+            if self.instance is None or exc.status != 422 or "instance: Extra inputs" not in exc.detail:
+                raise
+            log.warning("the coordinator does not know verifier instances (upgrade it): claiming without one; a "
+                        "restarting replica of this key takes back its siblings' claims too")
+            self.instance = None
+            return self._post_claim(route, kind)
+
+    def _post_claim(self, route: str, kind: str) -> ClaimResponse:
         return self.client.post_signed(route, kind, ClaimRequest(max_jobs=self.batch_jobs, instance=self.instance),
                                        ClaimResponse,
                                        max_bytes=claim_answer_cap(self.batch_jobs, self.max_submission_bytes))

@@ -187,3 +187,36 @@ def test_a_database_at_0010_migrates_and_its_claims_stay_resumable_without_an_in
         assert (row.claimed_instance, row.claims, row.claimed_at) == (None, 2, 101.0)
     finally:
         db.dispose()
+
+
+def test_a_verifier_with_an_instance_still_claims_from_a_coordinator_without_instances(make_swarm, monkeypatch):
+    """Version skew: a coordinator from before `ClaimRequest.instance` refuses the unknown field
+    (422). The verifier then claims without it (the old behaviour) instead of being refused for
+    ever; its jobs are judged."""
+    from typing import ClassVar
+
+    from pydantic import Field
+
+    import coordinator.app
+    from protocol.http import SignedClient
+    from protocol.messages import Strict
+
+    class OldClaimRequest(Strict):   # protocol.messages.ClaimRequest before the field
+        max_jobs: int = Field(ge=1, le=64)
+        instance: ClassVar[None] = None   # what the new coordinator code reads of it
+
+    monkeypatch.setattr(coordinator.app, "ClaimRequest", OldClaimRequest)
+    s = make_swarm()
+    s.clock.t = time.time()
+    s.publish(0)
+    w = s.new_worker()
+    sids = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 2)]
+    client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
+    judged: list[str] = []
+    try:
+        a = _service(s, client, "replica-a")
+        a.judge = lambda job: judged.append(job.submission_id)
+        assert a.step() == 2
+    finally:
+        client.close()
+    assert judged == sids and a.instance is None
