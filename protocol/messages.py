@@ -24,6 +24,7 @@ MAX_LEASES_PER_REQUEST = 256
 MAX_LEASE_WAIT_S = 10.0      # the longest a lease request may ask to be held (LeaseRequest.wait_s)
 MAX_PROOF_B64_CHARS = max_proof_b64_chars(MAX_TOKENS_PER_SEQUENCE)
 MAX_ID_CHARS = 128
+MAX_STATUS_IDS = 256         # submission ids per GET /v1/submission-statuses (SubmissionStatuses)
 MAX_VERSION = 2**31 - 1  # policy versions and steps: SQL INTEGER columns are 32-bit on PostgreSQL
 # The coordinator's default limits.max_body_bytes: the largest submission (and manifest) it
 # stores, so what bounds its largest answers (claims, batches); the trainer's and verifier's
@@ -42,7 +43,8 @@ MAX_REASON_TEXT = 2000       # a stored reason (verdict, drop, ban); every write
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
-Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+IDENT_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=IDENT_PATTERN)]
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]  # what a signed envelope may carry
 RelayUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]  # a relay URL or a multiaddr
 ReasonText = Annotated[str, Field(max_length=MAX_REASON_TEXT)]
@@ -240,10 +242,12 @@ class SubmissionStatus(Strict):
 
 class SubmissionStatuses(Strict):
     """`GET /v1/submission-statuses?ids=a,b,...`: several submissions at once (a worker polls
-    all it awaits in one request); ids the coordinator does not know are listed in `unknown`."""
+    all it awaits in one request); ids the coordinator does not know are listed in `unknown`.
+    Bounded as the query is: at most MAX_STATUS_IDS ids in all, each a submission id (`Ident`;
+    the coordinator refuses a query with any other with 422, so never echoes one back)."""
 
-    statuses: list[SubmissionStatus]
-    unknown: list[str] = Field(default_factory=list)
+    statuses: list[SubmissionStatus] = Field(max_length=MAX_STATUS_IDS)
+    unknown: list[Ident] = Field(default_factory=list, max_length=MAX_STATUS_IDS)
 
 
 class WorkerInfo(Strict):
