@@ -191,6 +191,11 @@ class VerifierService:
                      VERIFICATION_RESUME)
             resp = None
         new = [j for j in resp.jobs if j.submission_id not in self._resumed] if resp is not None else []
+        # fewer than asked for: every own claim is back, and another resume would only hand the
+        # ones this run could not judge yet out again (each time counted against the coordinator's
+        # verification_max_claims)
+        if resp is None or len(resp.jobs) < self.batch_jobs:
+            self._resuming = False
         if not new:
             self._resuming = False
             return None
