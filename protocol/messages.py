@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from protocol.envelope import RUN_ID_PATTERN, Envelope
 from protocol.proof import max_proof_b64_chars
@@ -25,6 +25,7 @@ MAX_LEASES_PER_REQUEST = 256
 MAX_LEASE_WAIT_S = 10.0      # the longest a lease request may ask to be held (LeaseRequest.wait_s)
 MAX_PROOF_B64_CHARS = max_proof_b64_chars(MAX_TOKENS_PER_SEQUENCE)
 MAX_ID_CHARS = 128
+MAX_STATUS_IDS = 256         # submission ids per GET /v1/submission-statuses (SubmissionStatuses)
 MAX_VERSION = 2**31 - 1  # policy versions and steps: SQL INTEGER columns are 32-bit on PostgreSQL
 # The coordinator's default limits.max_body_bytes: the largest submission (and manifest) it
 # stores, so what bounds its largest answers (claims, batches); the trainer's and verifier's
@@ -69,7 +70,8 @@ def task_data_bytes(answer: str, kind: str, metadata: dict) -> int:
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
-Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+IDENT_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=IDENT_PATTERN)]
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]  # what a signed envelope may carry
 RelayUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]  # a relay URL or a multiaddr
 ReasonText = Annotated[str, Field(max_length=MAX_REASON_TEXT)]
@@ -267,10 +269,12 @@ class SubmissionStatus(Strict):
 
 class SubmissionStatuses(Strict):
     """`GET /v1/submission-statuses?ids=a,b,...`: several submissions at once (a worker polls
-    all it awaits in one request); ids the coordinator does not know are listed in `unknown`."""
+    all it awaits in one request); ids the coordinator does not know are listed in `unknown`.
+    Bounded as the query is: at most MAX_STATUS_IDS ids in all, each a submission id (`Ident`;
+    the coordinator refuses a query with any other with 422, so never echoes one back)."""
 
-    statuses: list[SubmissionStatus]
-    unknown: list[str] = Field(default_factory=list)
+    statuses: list[SubmissionStatus] = Field(max_length=MAX_STATUS_IDS)
+    unknown: list[Ident] = Field(default_factory=list, max_length=MAX_STATUS_IDS)
 
 
 class WorkerInfo(Strict):
@@ -343,9 +347,25 @@ class RunInfo(Strict):
 class ClaimRequest(Strict):
     """Verifier -> coordinator (`POST /v1/verification/claim`): up to `max_jobs` jobs. The same
     body as kind `verification_resume` (`POST /v1/verification/resume`, a verifier at start): up
-    to `max_jobs` of its own claims that have not expired, back at once."""
+    to `max_jobs` of its own claims that have not expired, back at once.
+
+    `instance` names the verifier process (replica) among those that share one verifier key: the
+    coordinator records it with each claim, and a resume takes back only the claims of the same
+    key and instance (a restarting replica never takes a sibling's claims, which the sibling is
+    judging). None (verifiers before it): claims resumable only by a resume without one."""
 
     max_jobs: int = Field(ge=1, le=64)
+    instance: Ident | None = Field(None, description="the verifier process among those sharing its key "
+                                                     "(verifier.instance): resumes take back only its claims")
+
+    @model_serializer(mode="wrap")
+    def _without_a_null_instance(self, handler):
+        """No instance: the body is the one verifiers sent before the field (`{"max_jobs": n}`),
+        which a coordinator from before it accepts (its bodies allow no unknown field)."""
+        out = handler(self)
+        if isinstance(out, dict) and out.get("instance") is None:
+            out.pop("instance", None)
+        return out
 
 
 class VerificationJob(Strict):

@@ -39,6 +39,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
     from verifier.metrics import VerifierMetrics
     from verifier.models import PolicyModels, Prefetcher
     from verifier.seen import SeenLedger
+    from verifier.instance import resolve as resolve_instance
     from verifier.service import VerifierService
 
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -48,9 +49,11 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
     _install_signals(stop)
     key = KeyPair.load_or_create(cfg.key_file)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    instance = resolve_instance(cfg.instance_id, cfg.data_dir)   # which of the replicas sharing the key
     metrics = VerifierMetrics()
     holder: dict[str, Any] = {}
-    identity = {"verifier_id": key.peer_id, "public_key": key.public.hex, "coordinator": cfg.coordinator_url}
+    identity = {"verifier_id": key.peer_id, "public_key": key.public.hex, "instance": instance,
+                "coordinator": cfg.coordinator_url}
     status = lambda: holder["service"].status() if "service" in holder else {"state": "starting"}  # noqa: E731
     server = ServerThread(create_app(status, metrics, identity), cfg.host, cfg.port).start()
     write_port_file(cfg.data_dir / "verifier.port", server.port)
@@ -105,7 +108,7 @@ def run(cfg: VerifierConfig, stop: threading.Event | None = None) -> None:
                                    vocab_size=run_vocab_size(first_path, tokenizer)),
             ledger=ledger, metrics=metrics,
             batch_jobs=cfg.batch_jobs, poll_interval_s=cfg.poll_interval_s,
-            max_submission_bytes=cfg.coordinator_max_body_bytes)
+            max_submission_bytes=cfg.coordinator_max_body_bytes, instance=instance)
         holder["service"] = service
         log.info("verifier %s judging submissions of run %s (relays: %s%s)", key.peer_id, info.run_id,
                  ", ".join(relays) or "none configured", "; p2p on" if node is not None else "")

@@ -92,9 +92,13 @@ class VerifierService:
     def __init__(self, client: SignedClient, *, coordinator_key: PublicKey, tokenizer: Any, models: ModelSource,
                  settings: JudgeSettings, ledger: SeenLedger, metrics: VerifierMetrics, batch_jobs: int = 8,
                  poll_interval_s: float = 0.5, clock: Callable[[], float] = time.time,
-                 max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES):
-        """`max_submission_bytes`: the coordinator's limits.max_body_bytes (bounds a claim answer)."""
+                 max_submission_bytes: int = DEFAULT_MAX_BODY_BYTES, instance: str | None = None):
+        """`max_submission_bytes`: the coordinator's limits.max_body_bytes (bounds a claim answer).
+        `instance`: this process among the verifier processes sharing its key (`verifier.instance`),
+        sent with every claim and resume, so that a resume takes back only this process's claims;
+        None: claims and resumes without one (the coordinator keys them by the key alone)."""
         self.client = client
+        self.instance = instance
         self.max_submission_bytes = max_submission_bytes
         self.coordinator_key = coordinator_key
         self.tokenizer = tokenizer
@@ -159,7 +163,22 @@ class VerifierService:
         return len(resp.jobs)
 
     def _claim(self, route: str, kind: str) -> ClaimResponse:
-        return self.client.post_signed(route, kind, ClaimRequest(max_jobs=self.batch_jobs), ClaimResponse,
+        """One claim or resume. A coordinator from before `ClaimRequest.instance` refuses the
+        field (422, its bodies allow no unknown field): this verifier then claims without it,
+        as verifiers did before (its resumes take back every unexpired claim of its key)."""
+        try:
+            return self._post_claim(route, kind)
+        except Rejected as exc:
+            if self.instance is None or exc.status != 422 or "instance: Extra inputs" not in exc.detail:
+                raise
+            log.warning("the coordinator does not know verifier instances (upgrade it): claiming without one; a "
+                        "restarting replica of this key takes back its siblings' claims too")
+            self.instance = None
+            return self._post_claim(route, kind)
+
+    def _post_claim(self, route: str, kind: str) -> ClaimResponse:
+        return self.client.post_signed(route, kind, ClaimRequest(max_jobs=self.batch_jobs, instance=self.instance),
+                                       ClaimResponse,
                                        max_bytes=claim_answer_cap(self.batch_jobs, self.max_submission_bytes))
 
     def _resume(self) -> ClaimResponse | None:
@@ -175,6 +194,11 @@ class VerifierService:
                      VERIFICATION_RESUME)
             resp = None
         new = [j for j in resp.jobs if j.submission_id not in self._resumed] if resp is not None else []
+        # fewer than asked for: every own claim is back, and another resume would only hand the
+        # ones this run could not judge yet out again (each time counted against the coordinator's
+        # verification_max_claims)
+        if resp is None or len(resp.jobs) < self.batch_jobs:
+            self._resuming = False
         if not new:
             self._resuming = False
             return None

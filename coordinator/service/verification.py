@@ -45,20 +45,21 @@ def claim(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
         use_nonce(conn, opened, now)
         rows = submissions.claim(conn, opened.envelope.signer, now, ctx.cfg.verification_claim_ttl_s,
                                  opened.body.max_jobs, ctx.cfg.verification_newcomer_wait_s,
-                                 ctx.cfg.verification_max_claims)
+                                 ctx.cfg.verification_max_claims, opened.body.instance)
     return _claim_response(ctx, rows)
 
 
 def resume(ctx: Context, opened: Opened[ClaimRequest]) -> bytes:
     """A verifier that (re)started takes back its own unexpired claims, as a `ClaimResponse`
     (`coordinator.store.submissions.reclaim`): killed mid-claim, it left them unjudged for up to
-    `verification_claim_ttl_s` though it was back in seconds. Only the signer's own claims: a
-    verifier can never take another's before they expire."""
+    `verification_claim_ttl_s` though it was back in seconds. Only the signer's own claims, made
+    by the same process `instance` (`ClaimRequest.instance`): a verifier can never take another's
+    before they expire, nor a replica sharing a key those its siblings are judging."""
     now = ctx.clock()
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
         rows = submissions.reclaim(conn, opened.envelope.signer, now, ctx.cfg.verification_claim_ttl_s,
-                                   opened.body.max_jobs, ctx.cfg.verification_max_claims)
+                                   opened.body.max_jobs, ctx.cfg.verification_max_claims, opened.body.instance)
     if rows:
         log.info("verifier %s took back %d of its unexpired claims", opened.envelope.signer[:16], len(rows))
     return _claim_response(ctx, rows)

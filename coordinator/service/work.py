@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from coordinator.context import Context
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
@@ -28,7 +29,9 @@ from coordinator.store import leases, meta, policy, submissions, swarm_counts, w
 from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
 from protocol.identity import PublicKey
 from protocol.messages import (
+    IDENT_PATTERN,
     KIND_LEASE,
+    MAX_STATUS_IDS,
     Lease,
     LeaseRelease,
     LeaseRequest,
@@ -379,16 +382,21 @@ def _unclaim(ctx: Context, opened: Opened[Submission]) -> None:
         log.warning("lease %s: its intake claim could not be given back (%s)", opened.body.lease_id, exc)
 
 
-MAX_STATUS_IDS = 256
+MAX_SUBMISSION_ID_CHARS = 64   # store.schema submissions.submission_id
+_SUBMISSION_ID = re.compile(IDENT_PATTERN)
 
 
 def submission_statuses(ctx: Context, ids_csv: str) -> SubmissionStatuses:
-    """The statuses of up to MAX_STATUS_IDS comma-separated submission ids, in one query."""
+    """The statuses of up to MAX_STATUS_IDS comma-separated submission ids, in one query. An id
+    that cannot be a submission id (its alphabet, `protocol.messages.Ident`) is refused: `unknown`
+    echoes the asker's ids back, and a NUL in one was a 500 on PostgreSQL."""
     ids = list(dict.fromkeys(i for i in ids_csv.split(",") if i))
     if not ids:
         raise Invalid("no_ids", "give the submission ids as ?ids=a,b,...")
-    if len(ids) > MAX_STATUS_IDS or any(len(i) > 64 for i in ids):
-        raise Invalid("too_many_ids", f"at most {MAX_STATUS_IDS} ids of at most 64 characters")
+    if len(ids) > MAX_STATUS_IDS or any(len(i) > MAX_SUBMISSION_ID_CHARS for i in ids):
+        raise Invalid("too_many_ids", f"at most {MAX_STATUS_IDS} ids of at most {MAX_SUBMISSION_ID_CHARS} characters")
+    if not all(_SUBMISSION_ID.fullmatch(i) for i in ids):
+        raise Invalid("bad_ids", "submission ids are letters, digits and _ . : - only")
     with ctx.db.read() as conn:
         rows = {r.submission_id: r for r in submissions.get_statuses(conn, ids)}
     return SubmissionStatuses(statuses=[_status(rows[i]) for i in ids if i in rows],
@@ -396,6 +404,8 @@ def submission_statuses(ctx: Context, ids_csv: str) -> SubmissionStatuses:
 
 
 def submission_status(ctx: Context, submission_id: str) -> SubmissionStatus:
+    if len(submission_id) > MAX_SUBMISSION_ID_CHARS or not _SUBMISSION_ID.fullmatch(submission_id):
+        raise Invalid("bad_id", "a submission id is at most 64 letters, digits and _ . : -")
     with ctx.db.read() as conn:
         row = submissions.get_status(conn, submission_id)
     if row is None:

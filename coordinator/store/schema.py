@@ -116,6 +116,7 @@ submissions = Table(
     Column("received_at", Float, nullable=False),
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_at", Float, nullable=True),
+    Column("claimed_instance", String(128), nullable=True),  # the claiming verifier process (ClaimRequest.instance)
     Column("claims", Integer, nullable=False, server_default="0"),  # hand-outs to verifiers (capped)
     Column("decided_at", Float, nullable=True),
     Column("verdict", Text, nullable=True),                  # the verifier's signed Verdict, JSON

@@ -45,7 +45,8 @@ _CLAIMABLE = (select(c_.submission_id, _NEWCOMER.label("newcomer"))
               .order_by(_NEWCOMER, c_.received_at, c_.submission_id).limit(bindparam("n")))
 _MARK_CLAIMED = (update(submissions).where(and_(c_.submission_id.in_(bindparam("ids", expanding=True)),
                                                 c_.status == "queued"))
-                 .values(claimed_by=bindparam("by"), claimed_at=bindparam("now"), claims=c_.claims + 1))
+                 .values(claimed_by=bindparam("by"), claimed_instance=bindparam("inst"), claimed_at=bindparam("now"),
+                         claims=c_.claims + 1))
 _JOBS = (select(c_.submission_id, c_.worker_id, c_.task_index, c_.rewards, c_.full_check, p_.envelope,
                 leases.c.envelope.label("lease_envelope"))
          .join(leases, leases.c.lease_id == c_.lease_id)
@@ -80,8 +81,9 @@ def insert(conn: Connection, values: dict[str, Any], envelope: str, group_json: 
 
 # -- verification queue ----------------------------------------------------------------------
 def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit: int,
-          newcomer_wait_s: float = 0.0, max_claims: int = 5) -> list[Row]:
-    """Hand up to `limit` queued submissions to `verifier`: unclaimed ones, or ones whose
+          newcomer_wait_s: float = 0.0, max_claims: int = 5, instance: str | None = None) -> list[Row]:
+    """Hand up to `limit` queued submissions to `verifier` (its process `instance`, recorded for
+    `reclaim`; None for a verifier that names none): unclaimed ones, or ones whose
     claim is older than `claim_ttl_s` (the verifier that took them died). Oldest first, except
     that a newcomer's submission (its worker has no clean full check) younger than
     `newcomer_wait_s` comes after all others and never shares a claim with them: throw-away
@@ -95,29 +97,32 @@ def claim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit
     ids = [r.submission_id for r in found if r.newcomer == found[0].newcomer] if found else []
     if not ids:
         return []
-    conn.execute(_MARK_CLAIMED, {"ids": ids, "by": verifier, "now": now})
+    conn.execute(_MARK_CLAIMED, {"ids": ids, "by": verifier, "inst": instance, "now": now})
     return list(conn.execute(_JOBS, {"ids": ids}))
 
 
 _OWN_CLAIMS = (select(c_.submission_id)
-               .where(and_(c_.status == "queued", c_.claimed_by == bindparam("by"), c_.claimed_at >= bindparam("before"),
-                           c_.claims < bindparam("max_claims")))
+               .where(and_(c_.status == "queued", c_.claimed_by == bindparam("by"),
+                           c_.claimed_instance.is_not_distinct_from(bindparam("inst")),
+                           c_.claimed_at >= bindparam("before"), c_.claims < bindparam("max_claims")))
                .order_by(c_.claimed_at, c_.received_at, c_.submission_id).limit(bindparam("n")))
 
 
 def reclaim(conn: Connection, verifier: str, now: float, claim_ttl_s: float, limit: int,
-            max_claims: int = 5) -> list[Row]:
-    """Hand `verifier` back up to `limit` of its own unexpired claims (it restarted: they would
+            max_claims: int = 5, instance: str | None = None) -> list[Row]:
+    """Hand `verifier` back up to `limit` of its own unexpired claims: those of the same key and
+    process `instance` (None matches only claims made without one; replicas sharing a key never
+    take each other's claims, which the sibling is judging). It restarted: they would
     otherwise wait out `claim_ttl_s`), longest held first (a job just taken back and not judged
     comes after the others), each claimed anew (counted against
     `max_claims` like any hand-out, so a verifier that dies on a job at every start is not fed
-    it for ever). Claims of any other verifier are never touched."""
+    it for ever). Claims of any other verifier or instance are never touched."""
     q = _OWN_CLAIMS.with_for_update(skip_locked=True) if conn.dialect.name == "postgresql" else _OWN_CLAIMS
-    ids = [r.submission_id for r in conn.execute(q, {"by": verifier, "before": now - claim_ttl_s, "n": limit,
-                                                      "max_claims": max_claims})]
+    ids = [r.submission_id for r in conn.execute(q, {"by": verifier, "inst": instance, "before": now - claim_ttl_s,
+                                                      "n": limit, "max_claims": max_claims})]
     if not ids:
         return []
-    conn.execute(_MARK_CLAIMED, {"ids": ids, "by": verifier, "now": now})
+    conn.execute(_MARK_CLAIMED, {"ids": ids, "by": verifier, "inst": instance, "now": now})
     return list(conn.execute(_JOBS, {"ids": ids}))
 
 

@@ -652,3 +652,30 @@ def test_a_restarted_verifier_takes_its_own_claims_back_on_postgres(pg_url, tmp_
     finally:
         a.close()
         b.close()
+
+
+def test_replicas_of_one_verifier_key_resume_only_their_own_claims_on_postgres(pg_url, tmp_path, tiny_model):
+    """ClaimRequest.instance on PostgreSQL: claims handed out by one coordinator replica to two
+    verifier processes of one key (and an older verifier naming none), resumed through the other
+    coordinator replica: each resume gets exactly its own instance's claims
+    (tests/unit/coordinator/test_verifier_replicas.py on SQLite)."""
+    from test_verifier_replicas import check_resume_takes_only_the_same_instance
+
+    a, b = _replicas(pg_url, tmp_path, tiny_model)
+    try:
+        check_resume_takes_only_the_same_instance(a, b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_status_ids_outside_the_id_alphabet_are_refused_on_postgres(pg_url, tmp_path, tiny_model):
+    """GET /v1/submission-statuses?ids=a%00b was a 500 on PostgreSQL (its text cannot hold NUL):
+    now 422, as any id outside the submission id alphabet (test_coordinator_flow.py on SQLite)."""
+    from test_coordinator_flow import check_status_ids_outside_the_id_alphabet_are_refused
+
+    s = start_swarm(tmp_path, tiny_model, database_url=pg_url)
+    try:
+        check_status_ids_outside_the_id_alphabet_are_refused(s)
+    finally:
+        s.close()

@@ -26,6 +26,7 @@ from shardcast.origin import Origin
 from swarmrl.modelkit import init_tiny_model
 from swarmrl.procs import ProcessGroup, child_env, free_port, write_config
 from tests.waiting import wait_until
+from verifier import instance
 from verifier.config import VerifierConfig
 from worker.config import WorkerConfig
 
@@ -100,6 +101,12 @@ def test_a_verifier_killed_mid_claim_takes_its_claims_back_when_it_restarts(tmp_
             killed_at = time.monotonic()
             ids = [r[0] for r in _rows(db, held)]
             assert ids, f"the verifier judged its claim before the kill ({claimed}); nothing to show"
+            # claimed under its process's instance id (verifier.instance: hostname and the token in
+            # its data_dir), which the restarted process derives again and resumes under
+            own = instance.resolve("", tmp_path / "verifier")
+            held_by = ("SELECT DISTINCT claimed_instance FROM submissions "
+                       "WHERE status = 'queued' AND claimed_by IS NOT NULL")
+            assert _rows(db, held_by) == [(own,)]
 
             group.start("verifier-again", ["verifier", "--config", str(ver_cfg)], env=env)
             decided = lambda: not {r[0] for r in _rows(db, queued)} & set(ids)  # noqa: E731

@@ -1,6 +1,7 @@
 """The coordinator's state transitions over real HTTP: join, lease, submit, verify, train."""
 
 import json
+from urllib.parse import quote
 
 from protocol.envelope import AUDIENCE_WORKER, Envelope, open_envelope
 from protocol.identity import PublicKey
@@ -292,3 +293,34 @@ def test_submission_statuses_in_one_request(swarm):
     for bad in ("", ",".join(f"s-{i}" for i in range(257)), "x" * 65):
         r = swarm.http.get("/v1/submission-statuses", params={"ids": bad})
         assert r.status_code == 422 and "detail" in r.json()
+
+
+def check_status_ids_outside_the_id_alphabet_are_refused(s) -> None:
+    """`unknown` echoed back what the asker sent, any characters: NUL (on PostgreSQL a 500:
+    text cannot hold NUL), control characters, markup. Now an id that cannot be a submission id
+    (protocol.messages.Ident's alphabet) is refused with 422, at both status routes."""
+    for bad in ("a\x00b", "s-1,\x01\x7f<script>", "é" * 10, "a b", "s-1,a/b", "s-1\n"):
+        r = s.http.get("/v1/submission-statuses", params={"ids": bad})
+        assert r.status_code == 422 and "detail" in r.json(), (bad, r.status_code, r.text)
+        r = s.http.get("/v1/submissions/" + quote(bad, safe=""))
+        assert r.status_code in (404, 422) and "detail" in r.json(), (bad, r.status_code, r.text)
+    r = s.http.get("/v1/submission-statuses", params={"ids": "s-unknown,s_1.a:b"})
+    assert r.status_code == 200 and r.json()["unknown"] == ["s-unknown", "s_1.a:b"], r.text
+
+
+def test_status_ids_outside_the_id_alphabet_are_refused(swarm):
+    check_status_ids_outside_the_id_alphabet_are_refused(swarm)
+
+
+def test_a_status_answer_is_bounded_by_its_query(swarm):
+    """SubmissionStatuses (what a worker parses): at most MAX_STATUS_IDS entries, each unknown id
+    a submission id, as the query allows."""
+    import pytest
+    from pydantic import ValidationError
+
+    from protocol.messages import MAX_STATUS_IDS, SubmissionStatuses
+
+    SubmissionStatuses(statuses=[], unknown=["s-1"] * MAX_STATUS_IDS)
+    for unknown in (["s-1"] * (MAX_STATUS_IDS + 1), ["a\x00b"], ["x" * 129], [""]):
+        with pytest.raises(ValidationError):
+            SubmissionStatuses(statuses=[], unknown=unknown)

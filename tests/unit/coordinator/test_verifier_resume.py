@@ -167,3 +167,38 @@ def test_a_resume_never_sent_is_tried_again(make_swarm):
         down.close()
         client.close()
     assert judged == [sid]
+
+
+def test_a_restart_hands_a_job_it_cannot_judge_yet_out_once(make_swarm):
+    """A restarted verifier that cannot judge a job it took back yet (JobError: its policy
+    version not fetched yet) left it claimed; the service's next step resumed again, and the
+    coordinator handed the same job out once more (counted against `verification_max_claims`)
+    only for the service to see it had it already: every restart cost such a job two of its five
+    hand-outs. A resume answered with fewer jobs than asked for has returned them all: no
+    second resume."""
+    import time
+
+    from protocol.http import SignedClient
+    from verifier.metrics import VerifierMetrics
+    from verifier.service import VerifierService
+
+    s = make_swarm()
+    s.clock.t = time.time()
+    s.publish(0)
+    w = s.new_worker()
+    (sid,) = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 1)]
+    assert [j.submission_id for j in s.claim(1)] == [sid]   # ... and that verifier is killed
+    client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
+    service = VerifierService(client, coordinator_key=s.ctx.key.public, tokenizer=None, models=None, settings=None,
+                              ledger=None, metrics=VerifierMetrics(), batch_jobs=4)
+    seen: list[str] = []
+    service.judge = lambda job: seen.append(job.submission_id)   # deferred: no verdict
+    try:
+        steps = []
+        for _ in range(3):
+            s.clock.advance(1.0)
+            steps.append(service.step())
+    finally:
+        client.close()
+    assert steps == [1, 0, 0] and seen == [sid]
+    assert s.snapshot_submission(sid)["claims"] == 2   # the claim before the kill, the resume
