@@ -138,7 +138,8 @@ def _draw(ctx: Context, conn, reused: list[int], fresh: int, now: float) -> dict
     (MAX_NEW_REFUSALS, SKIP_MEMORY); indices drawn but not looked at once it has enough, or once
     a bound is met, go to the returned pool. None drawn within the bounds: 503
     `no_leasable_tasks` (the transaction rolls back; the refused ones are remembered, so the
-    next request passes them at the cost of a lookup and goes further)."""
+    next request passes them at the cost of a lookup and goes further). The answer does not say
+    why a task was refused: a plugin's error may quote its answer; the log does."""
     want = len(reused) + fresh
     budget = min(ctx.tasks.train_size, SKIP_MEMORY)
     drawn: dict[int, PreparedTask] = {}
@@ -167,7 +168,7 @@ def _draw(ctx: Context, conn, reused: list[int], fresh: int, now: float) -> dict
     if not drawn:
         raise Unavailable("no_leasable_tasks",
                           f"no task could be leased: the {len(refused)} this request drew cannot be leased and were "
-                          f"skipped (the last: {refused[-1].reason[:300]}); the operator must fix the task source",
+                          "skipped (the coordinator's log names each and why); the operator must fix the task source",
                           retry_after_s=NO_TASK_RETRY_S)
     return drawn
 
