@@ -57,6 +57,10 @@ class Metrics:
         # verdict would learn whether that submission was fully checked
         self.verdicts = Counter(f"{PREFIX}_verdicts", "verdicts recorded", ["verdict"], registry=r)
         self.leases = Counter(f"{PREFIX}_leases_issued", "leases issued", registry=r)
+        self.tasks_skipped = Counter(f"{PREFIX}_tasks_skipped", "tasks that cannot be leased (a prompt that is "
+                                     "empty or too long for the context, task data over MAX_TASK_DATA_BYTES, a "
+                                     "source error), skipped by the lease draw; each counted once (the log names it)",
+                                     registry=r)
         self.leases_returned = Counter(f"{PREFIX}_leases_returned", "leases that came back unfinished",
                                        ["why"], registry=r)
         self.groups_served = Counter(f"{PREFIX}_groups_served", "groups handed to the trainer (again after a lost "

@@ -12,7 +12,10 @@ At load it also refuses what would go wrong later: a model family whose logits t
 does not compute (`protocol.lm.check_model_config`), and prompts that leave no room for
 `max_tokens` in the model's context (every prompt of both splits up to `CONTEXT_CHECK_TASKS`
 is encoded and measured; a longer source is checked on its first ones, and `prepare` refuses
-any later prompt that does not fit). The digests of the task definition that the trainer and
+any later prompt that does not fit). A task that cannot be prepared (that prompt, an empty one,
+data over the protocol's bound, a source that fails on it) is not leasable: `draw` refuses it
+without raising, logs it once and remembers it (the latest SKIP_MEMORY of them), so leasing
+passes over it (`coordinator.service.work`) instead of failing on it for ever. The digests of the task definition that the trainer and
 verifier compare with theirs are computed here (`digests`, `protocol.tasks.digest`).
 
 The tokenizer is the only model artefact the coordinator loads (no weights): from a local
@@ -24,6 +27,7 @@ scores 0, and the sandbox logs why.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +38,9 @@ from protocol.sandbox import Sandbox, ScoreItem, shared
 from protocol.tasks import Task, TaskSource, get_source
 
 CONTEXT_CHECK_TASKS = 20_000
+SKIP_MEMORY = 65_536   # unleasable tasks remembered (their train keys), the latest kept
+
+log = logging.getLogger("swarmrl.coordinator")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,16 @@ class PreparedTask:
     index: int
     task: Task
     prompt_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A task that cannot be leased (`TaskBook.draw`): why, and whether this draw found it
+    (False: it was known already)."""
+
+    index: int
+    reason: str
+    new: bool
 
 
 class TaskBook:
@@ -61,6 +78,7 @@ class TaskBook:
         self.chat_template = chat_template
         self._cache: OrderedDict[int, PreparedTask] = OrderedDict()
         self._cache_size = cache_size
+        self._refused: OrderedDict[int, str] = OrderedDict()   # train key -> why it cannot be leased
         self._train_size = max(1, source.size("train"))
 
     @classmethod
@@ -133,6 +151,29 @@ class TaskBook:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return prepared
+
+    def draw(self, index: int) -> PreparedTask | Refused:
+        """`prepare(index)`, or Refused for a task that cannot be prepared: any error of the
+        source or of the prompt's checks. A task found so is logged (error) and remembered by
+        its place in the split, so it is not prepared again, wherever the draw meets it."""
+        key = index % self._train_size
+        known = self._refused.get(key)
+        if known is not None:
+            return Refused(index, known, False)
+        try:
+            return self.prepare(index)
+        except Exception as exc:  # noqa: BLE001 - a plugin source may fail in any way on one task
+            reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProtocolError) else str(exc)
+        self._refused[key] = reason
+        while len(self._refused) > SKIP_MEMORY:
+            self._refused.popitem(last=False)
+        log.error("the task at train index %d cannot be leased and is skipped: %s", index, reason)
+        return Refused(index, reason, True)
+
+    @property
+    def train_size(self) -> int:
+        """Distinct tasks of the train split (indices wrap around)."""
+        return self._train_size
 
     def decode(self, completions: list[list[int]]) -> list[str]:
         """Texts of completions, exactly as `protocol.lm.decode_completion` gives them (the

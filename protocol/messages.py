@@ -46,10 +46,10 @@ MAX_REASON_TEXT = 2000       # a stored reason (verdict, drop, ban); every write
 # sends no job over it, and the verifier's claim cap allots each job this much for its task
 # (`verifier.service.JOB_EXTRA_BYTES`), so the two cannot disagree. 512 KiB: room for the hidden
 # test cases of a code task (tens to hundreds of KB a problem in common suites), and half the
-# 1 MiB the claim cap gave a task before, because the scorer sandbox carries the metadata once
-# per completion: a group of MAX_GROUP_SIZE at 1 MiB failed there (192 did: every reward 0 after
-# the batch timeout), at 512 KiB it is scored in about a second
-# (tests/unit/protocol/test_task_data_bound.py).
+# 1 MiB the claim cap gave a task before. (The scorer sandbox carried the metadata once per
+# completion then: a group of MAX_GROUP_SIZE at 1 MiB scored 0 after the batch timeout. It now
+# sends a batch's task once, `protocol.sandbox.pool.batch_payload`: such a group takes ~0.02 s,
+# tests/unit/protocol/test_sandbox_task_once.py; the bound stays for the claim answer.)
 MAX_TASK_DATA_BYTES = 1 << 19
 
 

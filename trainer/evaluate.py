@@ -28,7 +28,7 @@ import torch
 
 from protocol.lm import decode_completion, encode_task, eos_token_ids
 from protocol.sampling import sample_tokens
-from protocol.tasks import TaskSource, score_many
+from protocol.tasks import Task, TaskSource, score_many
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +96,45 @@ def accuracy(model: Any, tokenizer: Any, source: TaskSource, *, num_tasks: int, 
     was_training = model.training
     model.eval()
     n = min(num_tasks, source.size("eval"))
-    tasks = [source.task("eval", i) for i in range(n)]
+    tasks = eval_tasks(source, n, tokenizer, chat)
     model_dir = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     eos = eos_token_ids(tokenizer, model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     total = 0.0
     try:
-        for start in range(0, n, batch):
+        for start in range(0, len(tasks), batch):
             chunk = tasks[start:start + batch]
-            prompts = [encode_task(tokenizer, t, chat=chat) for t in chunk]
-            seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
+            prompts = [ids for _, _, ids in chunk]
+            seeds = [seed * 1_000_003 + i for i, _, _ in chunk]
             outs = decode(model, prompts, max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad,
                           temperature=temperature, seeds=seeds)
-            total += sum(score_many([(t, decode_completion(tokenizer, o)) for t, o in zip(chunk, outs)]))
+            total += sum(score_many([(t, decode_completion(tokenizer, o)) for (_, t, _), o in zip(chunk, outs)]))
     finally:
         model.train(was_training)
-    return total / max(1, n)
+    return total / max(1, len(tasks))
+
+
+def eval_tasks(source: TaskSource, n: int, tokenizer: Any, chat: bool) -> list[tuple[int, Task, list[int]]]:
+    """(index, task, prompt ids) of the first `n` eval tasks, less those that cannot be evaluated:
+    the source refuses one (its data over the protocol's bound, a plugin's error) or its prompt
+    is empty. Those are left out with one error line (the coordinator checks only the first
+    CONTEXT_CHECK_TASKS of the split at start-up), rather than failing the evaluation."""
+    out, left_out = [], []
+    for i in range(n):
+        try:
+            task = source.task("eval", i)
+            ids = encode_task(tokenizer, task, chat=chat)
+        except Exception as exc:  # noqa: BLE001 - a plugin source may fail in any way on one task
+            left_out.append(f"eval index {i}: {exc}")
+            continue
+        if not ids:
+            left_out.append(f"task {task.id} has an empty prompt after tokenisation")
+            continue
+        out.append((i, task, ids))
+    if left_out:
+        log.error("the evaluation leaves out %d of the first %d eval tasks, which cannot be evaluated (the first: "
+                  "%s)", len(left_out), n, left_out[0][:400])
+    return out
 
 
 def evaluate(model: Any, tokenizer: Any, source: TaskSource, *, version: int, step: int, wall_s: float,

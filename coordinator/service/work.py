@@ -3,7 +3,9 @@ rewards computed here, storage and the verification queue), and a submission's s
 
 A lease request gets at most what the worker may hold: `coordinator.rules.lease_size` sizes it
 from the worker's measured throughput and the version rate (issue 23), within
-limits.max_leases_per_worker.
+limits.max_leases_per_worker. A task that cannot be leased (its prompt does not fit, its data is
+over the protocol's bound, its source fails on it) is passed over (`_draw`): it no longer fails
+every lease request at that draw position; a source with none leasable answers 503.
 
 A status names the checks a rejected submission failed, never the verifier's numbers
 (`coordinator.privacy.public_reason`), and never whether it was drawn for a full check: a
@@ -16,7 +18,7 @@ import logging
 import re
 
 from coordinator.context import Context
-from coordinator.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from coordinator.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
 from coordinator.privacy import public_reason
 from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
@@ -26,6 +28,7 @@ from coordinator.rules.reputation import full_check
 from coordinator.service import require_worker, training, use_nonce
 from coordinator.service.join import revive, worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, swarm_counts, workers
+from coordinator.taskbook import SKIP_MEMORY, PreparedTask, Refused
 from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
 from protocol.identity import PublicKey
 from protocol.messages import (
@@ -52,6 +55,13 @@ DUPLICATE = "duplicate"   # a lease's status once its submission was refused as 
 # A claim on a lease's intake (PostgreSQL) older than this is taken over: its replica died
 # while scoring (the scorer sandbox's batch limit is 20 s).
 INTAKE_CLAIM_S = 60.0
+# A lease request passes over tasks that cannot be leased (`TaskBook.draw`): at most
+# MAX_NEW_REFUSALS that it has to prepare to find so (a tokenisation each, in the write
+# transaction), and as many known ones as the split has (at most SKIP_MEMORY, a lookup each). It
+# takes the draw counter in chunks of at most DRAW_CHUNK indices past a run of refused ones.
+MAX_NEW_REFUSALS = 16
+DRAW_CHUNK = 1024
+NO_TASK_RETRY_S = 10.0
 
 
 def submission_id_for(lease_id: str) -> str:
@@ -99,9 +109,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
             lane = lane_of(established) if room else None
             return LeaseResponse(leases=[], retry_after_s=spread_retry(sizing.retry_after_s, active)), lane
         reused = leases.take_returned(conn, pick_returned(n, leases.returned(conn, n + 64), worker_id))
-        fresh = n - len(reused)
-        end = meta.add_int(conn, meta.NEXT_TASK, fresh) if fresh else 0
-        drawn = {i: ctx.tasks.prepare(i) for i in reused + list(range(end - fresh, end))}
+        drawn = _draw(ctx, conn, reused, n - len(reused), now)
         indices, back = split_held([(i, p.task.id) for i, p in drawn.items()], set(held_tasks))
         leases.put_back(conn, back, now)
         lo, hi = allowed_versions(current, cfg.async_window)
@@ -124,6 +132,48 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         workers.count_leases(conn, issued={worker_id: len(rows)})
     ctx.metrics.leases.inc(len(envs))
     return LeaseResponse(leases=envs), None
+
+
+def _draw(ctx: Context, conn, reused: list[int], fresh: int, now: float) -> dict[int, PreparedTask]:
+    """The prepared tasks of `reused` (taken from the returned pool) and of `fresh` more from the
+    draw counter, in order, passing over those that cannot be leased: for each refused, one more
+    is drawn, so the counter moves past it (with the lease's transaction). Bounded per request
+    (MAX_NEW_REFUSALS, SKIP_MEMORY); indices drawn but not looked at once it has enough, or once
+    a bound is met, go to the returned pool. None drawn within the bounds: 503
+    `no_leasable_tasks` (the transaction rolls back; the refused ones are remembered, so the
+    next request passes them at the cost of a lookup and goes further). The answer does not say
+    why a task was refused: a plugin's error may quote its answer; the log does."""
+    want = len(reused) + fresh
+    budget = min(ctx.tasks.train_size, SKIP_MEMORY)
+    drawn: dict[int, PreparedTask] = {}
+    refused: list[Refused] = []
+    new = 0
+    pending, chunk = list(reused), fresh
+    while True:
+        for pos, index in enumerate(pending):
+            if len(drawn) >= want or new >= MAX_NEW_REFUSALS or len(refused) >= budget:
+                leases.put_back(conn, pending[pos:], now)
+                break
+            got = ctx.tasks.draw(index)
+            if isinstance(got, Refused):
+                refused.append(got)
+                new += got.new
+            else:
+                drawn[index] = got
+        need = want - len(drawn)
+        if need <= 0 or new >= MAX_NEW_REFUSALS or len(refused) >= budget:
+            break
+        chunk = min(DRAW_CHUNK, max(need, len(refused), chunk))
+        end = meta.add_int(conn, meta.NEXT_TASK, chunk)
+        pending = list(range(end - chunk, end))
+    if new:
+        ctx.metrics.tasks_skipped.inc(new)
+    if not drawn:
+        raise Unavailable("no_leasable_tasks",
+                          f"no task could be leased: the {len(refused)} this request drew cannot be leased and were "
+                          "skipped (the coordinator's log names each and why); the operator must fix the task source",
+                          retry_after_s=NO_TASK_RETRY_S)
+    return drawn
 
 
 def _sizing(ctx: Context, conn, worker_id: str, established: bool, dropped: int, held: int, current: int,

@@ -2,7 +2,10 @@
 
 Runs in a process forked by `protocol.sandbox.zygote`. After `confine` it writes one frame
 `{"ready": true, "enforced": {...}}` (or `{"ready": false, "error": ...}` and exits). Then, per
-request `{"scorer": ref, "first": k, "items": [[completion, answer, metadata], ...]}`, it
+request `{"scorer": ref, "first": k, "items": [[completion, answer, metadata], ...]}`, or
+`{"scorer": ref, "first": k, "task": [answer, metadata], "items": [completion, ...]}` for a batch
+of one task (its metadata sent once, not once per completion; each item still gets a copy of
+its own, so a scorer that changes it cannot change another item's reward), it
 writes one frame per item, in order, `{"i": k + j, "r": reward, "why": reason}` (reason empty when the
 scorer ran normally), or a single `{"error": ...}` when the scorer cannot be loaded. A
 scorer's exception (any BaseException: MemoryError, RecursionError, SystemExit...) is that
@@ -16,6 +19,7 @@ not pure (it may have run the text as code) and exits; the host never reuses it.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import resource
@@ -63,10 +67,14 @@ def _serve(sock: socket.socket, req: dict, limits: Limits) -> bool:
     except Exception as exc:  # noqa: BLE001
         write_frame(sock, {"error": _why(exc, limits)})
         return False
-    items, first = req["items"], int(req.get("first", 0))
-    for j, (completion, answer, metadata) in enumerate(items):
+    items, first, task = req["items"], int(req.get("first", 0)), req.get("task")
+    for j, item in enumerate(items):
         reward, why = 0.0, ""
         try:
+            if task is None:
+                completion, answer, metadata = item
+            else:
+                completion, answer, metadata = item, task[0], copy.deepcopy(task[1])
             value = float(fn(completion, answer, metadata))
             if math.isfinite(value) and 0.0 <= value <= 1.0:
                 reward = value

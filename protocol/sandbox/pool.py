@@ -147,7 +147,7 @@ class Sandbox:
         if not items:
             return []
         self.warm(scorer)
-        payload = [[str(i.completion), str(i.answer), dict(i.metadata)] for i in items]
+        task, payload = batch_payload(items)
         results: list[ScoreResult | None] = [None] * len(items)
         deadline = time.monotonic() + self.limits.batch_timeout_s
         with self._slots:
@@ -156,7 +156,7 @@ class Sandbox:
                 if time.monotonic() >= deadline:
                     self._fail(scorer, results, k, "the batch ran out of time")
                     break
-                k = self._run(self._take(), scorer, pure, payload, results, k, deadline)
+                k = self._run(self._take(), scorer, pure, task, payload, results, k, deadline)
         for i, r in enumerate(results):
             if r is None:  # a later item of a batch cut short
                 results[i] = ScoreResult(0.0, "the batch ran out of time")
@@ -178,13 +178,15 @@ class Sandbox:
             raise MessageError(f"scorer {ref!r} is a module reference this sandbox was not told to allow")
         return pure
 
-    def _run(self, child: _Child, scorer: str, pure: bool, payload: list, results: list, k: int,
-             deadline: float) -> int:
+    def _run(self, child: _Child, scorer: str, pure: bool, task: list | None, payload: list, results: list,
+             k: int, deadline: float) -> int:
         """Send items k.. to `child`; fill `results`; return the index to go on from."""
         keep = False
         try:
-            write_frame(child.sock, {"scorer": scorer, "first": k, "items": payload[k:]},
-                        deadline=min(deadline, time.monotonic() + self.limits.item_timeout_s))
+            request = {"scorer": scorer, "first": k, "items": payload[k:]}
+            if task is not None:
+                request["task"] = task
+            write_frame(child.sock, request, deadline=min(deadline, time.monotonic() + self.limits.item_timeout_s))
             cpu = 0.0
             for i in range(k, len(payload)):
                 item_deadline = min(deadline, time.monotonic() + self.limits.item_timeout_s)
@@ -359,6 +361,19 @@ def _fill(ref: weakref.ref) -> None:
 
 
 _INVISIBLE = ("Cc", "Cf", "Zl", "Zp", "Cs")  # controls, format (bidi), line/paragraph separators
+
+
+def batch_payload(items: list[ScoreItem]) -> tuple[list | None, list]:
+    """(task, items) of a batch's request to a child (`protocol.sandbox.child`). When every item
+    has the same answer and metadata (one submission's completions: every caller's case), the
+    task `[answer, metadata]` is sent once and each item is its completion alone: a task's
+    metadata (up to MAX_TASK_DATA_BYTES) per completion made a batch of 256 carry 128 MiB.
+    Otherwise task is None and each item is `[completion, answer, metadata]`."""
+    first = items[0]
+    if all(i.answer == first.answer and (i.metadata is first.metadata or i.metadata == first.metadata)
+           for i in items[1:]):
+        return [str(first.answer), dict(first.metadata)], [str(i.completion) for i in items]
+    return None, [[str(i.completion), str(i.answer), dict(i.metadata)] for i in items]
 
 
 def printable(text: str, limit: int) -> str:

@@ -101,10 +101,11 @@ def test_task_options_over_the_bound_do_not_validate():
 
 
 def test_a_group_of_the_largest_size_whose_task_data_is_at_the_bound_is_scored_in_the_sandbox():
-    """The scorer sandbox carries a task's metadata once per completion: the bound times
-    MAX_GROUP_SIZE must pass through it at the protocol's limits (DEFAULT_LIMITS), or an honest
-    group at the bound scores 0 at the coordinator and the verifier alike. At 1 MiB a group of
-    192 already failed (every reward 0, after the 20 s batch timeout); 128 passed."""
+    """A group of MAX_GROUP_SIZE at the bound must pass through the scorer sandbox at the
+    protocol's limits (DEFAULT_LIMITS), or an honest group at the bound scores 0 at the
+    coordinator and the verifier alike. When the sandbox carried a task's metadata once per
+    completion, at 1 MiB a group of 192 failed (every reward 0, after the 20 s batch timeout);
+    it now sends it once per batch (tests/unit/protocol/test_sandbox_task_once.py)."""
     from protocol.messages import MAX_GROUP_SIZE
     from protocol.sandbox import Sandbox, ScoreItem
 
