@@ -307,6 +307,9 @@ class Campaign:
             "seconds": (self.stopped_at or time.monotonic()) - self.started_at,
             "payloads": len(self.payload.submitted) if self.payload else 0,
             "spam": len(self.spam.submitted) if self.spam else 0,
+            # per try (a fresh identity per policy version): the HTTP status of its submission,
+            # 0 where it got no lease to submit on
+            "payload_tries": _by_status(self.payload), "spam_tries": _by_status(self.spam),
             "flood_waves": self.flood_waves, "flood_answers": flood,
             "slowloris": {k: {"connections": len(v), "closed_by_server": sum(x is not None for x in v),
                               "longest_s": max((x for x in v if x is not None), default=None)}
@@ -315,6 +318,12 @@ class Campaign:
             "squat": self.squat.summary() if self.squat else {},
             "errors": list(self.errors) + (self.payload.errors if self.payload else []) + (self.spam.errors if self.spam else []),
         }
+
+
+def _by_status(spammer: EvidenceSpammer | None) -> dict[str, int]:
+    if spammer is None:
+        return {}
+    return dict(Counter(str(status) for _v, _peer, status in list(spammer.spammed)))
 
 
 @dataclass(frozen=True)
