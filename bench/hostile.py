@@ -46,14 +46,35 @@ medians.
 
 What the controls showed on the 2-core VM this was written on (2026-12-07): a nice-19 burner of
 0.19 cores alone, no attack, took submit p99 from 99.5 to 187 ms (0.53); in SCHED_IDLE
-(`--attacker-idle`) a burner of 0.16-0.17 cores did not hurt (its rows 0.94-1.06, and once
-better than clean: an idle vCPU that must be woken costs latency too). So with
-`--attacker-idle` the attack rows measure what the services do for the attackers, not the
-attackers' own CPU. `--seconds 60 --rounds 2 --attacker-idle` (medians, two runs): versions/min
-0.84-0.88, accepted groups/min 0.81-0.83, submit p99 0.70-0.78, /health p99 0.47-0.57 (39-44 ->
-78-84 ms), RSS 0.96-1.01.
-`--per-attacker`: the payload attacker (one fresh identity per submission, each scored in the
-sandbox and fully checked) costs most (/health 0.68); the others 0.83 or better on /health.
+(`--attacker-idle`) a burner of 0.16-0.17 cores did not hurt (its rows 0.94-1.06). Why nice 19
+did not suffice (2026-12-08): Linux's autogroup (on here) schedules each session as one group,
+whatever its processes' nice; the attackers shared the bench process's group and every role
+started a session of its own, so "niced" workers and attackers competed with the coordinator as
+equals (swarmrl.procs.session_priority now nices the session too; the campaign leads its own).
+What held the coordinator's loop during /health stalls (SWARMRL_LOOP_WATCH_MS=40, with --keep,
+then grep "event loop blocked" in the kept coordinator.log: each stall is split into on cpu /
+runnable / blocked): 80-95% of each 40-100 ms stall was "runnable", waiting for a CPU.
+`--seconds 60 --rounds 2 --attacker-idle`, medians, the same session, nothing else running:
+
+| row | before (b968772) | after (1eca29f, sessions niced) |
+|---|---|---|
+| versions/min | 160.4 -> 128.6 (0.80) | 150.5 -> 129.6 (0.86) |
+| accepted groups/min | 995.9 -> 708.0 (0.71) | 895.1 -> 800.6 (0.89) |
+| /health p99 | 52.8 -> 94.6 ms (0.56) | 31.0 -> 38.5 ms (0.80) |
+| submit p99 | 133.1 -> 203.3 ms (0.65) | 82.5 -> 93.4 ms (0.88) |
+
+(The clean rates fell 6-10%: the demo's workers, really niced now, get less of this machine's
+two cores; in a deployment they have machines of their own.) Also running the trainer and the
+verifier at nice 5 gave no further gain (0.78 / 0.85 / 0.82 / 0.69) and was left out.
+Single rounds vary a lot on 2 cores (the same code, one 45 s round: 0.72 / 0.72 / 0.62 / 0.69;
+the two rounds above gave /health 1.01 and 0.65): use --rounds.
+The payload attacker (one fresh identity per policy version, each submission scored in a fresh
+sandbox child and fully checked) gets no lease in the all-at-once phase (its `payload_tries`:
+46 of 46 without one; the lease squatters hold the newcomers' share), so measure it alone:
+`--attacks payload --seconds 45 --rounds 2` after the change above, 48 submissions a phase:
+0.87 / 0.92 / 0.83 / 0.83 (/health 39.2 -> 47.4 ms). Running the sandbox's session at nice 5
+as well gave 0.90 / 0.91 / 0.75 / 0.86: no gain, left out (its wall-clock limits are part of
+the reward, which the verifier recomputes with its own).
 """
 
 from __future__ import annotations
