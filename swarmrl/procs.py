@@ -99,10 +99,11 @@ AUTOGROUP = "/proc/self/autogroup"
 
 def session_priority(nice: int) -> None:
     """This process at CPU priority `nice` (os.nice: added to its own), and so its session
-    where Linux schedules sessions as groups (autogroup: /proc/sys/kernel/sched_autogroup_enabled,
-    on by default in many distributions' kernels). A process that started a session of its own (setsid, as every
-    role here does) is then one group among the others, each with an equal share of the CPU
-    whatever its processes' nice values: measured on this machine, a nice-19 and a nice-0
+    where Linux schedules sessions as groups (autogroup,
+    /proc/sys/kernel/sched_autogroup_enabled, on by default in many distributions' kernels). A
+    process that started a session of its own (setsid, as every role here does) is then one
+    group among the others, each with an equal share of the CPU whatever its processes' nice
+    values: measured on this machine, a nice-19 and a nice-0
     spinner in sessions of their own, on one CPU, each took half of it; with the session's
     nice set as well (writing `nice` to /proc/self/autogroup), 0.21 s against 2.0 s. So
     without this the demo's workers at nice 10 competed with the coordinator as equals.
