@@ -25,14 +25,20 @@ def _service(s, client, instance):
                            ledger=None, metrics=VerifierMetrics(), batch_jobs=2, instance=instance)
 
 
+
+def _submitted(s, n: int) -> list[str]:
+    """`n` submissions of one worker on policy version 0, queued for verification (the swarm's
+    clock on wall time: a VerifierService's own clock reads it), their ids in order."""
+    s.clock.t = time.time()
+    s.publish(0)
+    w = s.new_worker()
+    return [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, n)]
+
 def test_a_restarting_replica_does_not_take_its_siblings_claims(make_swarm):
     from protocol.http import SignedClient
 
     s = make_swarm()
-    s.clock.t = time.time()
-    s.publish(0)
-    w = s.new_worker()
-    sids = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 2)]
+    sids = _submitted(s, 2)
     client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
     try:
         a = _service(s, client, "replica-a")
@@ -56,10 +62,7 @@ def test_a_restarted_replica_takes_back_its_own_claims_and_its_siblings_keep_the
     from protocol.http import SignedClient
 
     s = make_swarm()
-    s.clock.t = time.time()
-    s.publish(0)
-    w = s.new_worker()
-    sids = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 3)]
+    sids = _submitted(s, 3)
     assert claim_as(s, s.verifier, 1, "replica-a") == sids[:1]   # ... and A is killed
     assert claim_as(s, s.verifier, 1, "replica-b") == sids[1:2]  # B is judging this one
     client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
@@ -207,10 +210,7 @@ def test_a_verifier_with_an_instance_still_claims_from_a_coordinator_without_ins
 
     monkeypatch.setattr(coordinator.app, "ClaimRequest", OldClaimRequest)
     s = make_swarm()
-    s.clock.t = time.time()
-    s.publish(0)
-    w = s.new_worker()
-    sids = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 2)]
+    sids = _submitted(s, 2)
     client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
     judged: list[str] = []
     try:

@@ -21,6 +21,19 @@ def _resume(s, key, n: int = 16):
     return [j.submission_id for j in ClaimResponse.model_validate_json(r.content).jobs]
 
 
+
+def _claimed_by_a_killed_verifier(s) -> str:
+    """One submission, claimed by the swarm's verifier key, which then dies (its claim unexpired;
+    the swarm's clock on wall time, which a VerifierService's own clock reads): its id."""
+    import time
+
+    s.clock.t = time.time()
+    s.publish(0)
+    w = s.new_worker()
+    (sid,) = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 1)]
+    assert [j.submission_id for j in s.claim(1)] == [sid]
+    return sid
+
 def test_a_restarted_verifier_takes_its_own_claims_back_at_once(make_swarm):
     other = KeyPair.from_seed(b"w" * 32)
     s = make_swarm(verifier_keys=[KeyPair.from_seed(b"v" * 32).public.hex, other.public.hex])
@@ -90,7 +103,6 @@ def test_lost_resume_answers_do_not_use_up_a_jobs_claims(make_swarm):
     resume that failed after it was sent is not tried again: the jobs wait out their claim TTL
     (as before the resume existed) and are judged then. A resume never sent (no connection: the
     coordinator not up yet) is tried again, as it changed nothing."""
-    import time
 
     from protocol.errors import Unavailable
     from protocol.http import SignedClient
@@ -98,11 +110,7 @@ def test_lost_resume_answers_do_not_use_up_a_jobs_claims(make_swarm):
     from verifier.service import VerifierService
 
     s = make_swarm(verification_claim_ttl_s=5.0)   # short, so that its expiry is seen in a few steps
-    s.clock.t = time.time()
-    s.publish(0)
-    w = s.new_worker()
-    (sid,) = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 1)]
-    assert [j.submission_id for j in s.claim(1)] == [sid]   # ... and that verifier is killed
+    sid = _claimed_by_a_killed_verifier(s)
     client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
     real = client.post_signed
     lost = [4]
@@ -176,18 +184,13 @@ def test_a_restart_hands_a_job_it_cannot_judge_yet_out_once(make_swarm):
     only for the service to see it had it already: every restart cost such a job two of its five
     hand-outs. A resume answered with fewer jobs than asked for has returned them all: no
     second resume."""
-    import time
 
     from protocol.http import SignedClient
     from verifier.metrics import VerifierMetrics
     from verifier.service import VerifierService
 
     s = make_swarm()
-    s.clock.t = time.time()
-    s.publish(0)
-    w = s.new_worker()
-    (sid,) = [s.submit(w, lease).json()["submission_id"] for lease in s.lease(w, 1)]
-    assert [j.submission_id for j in s.claim(1)] == [sid]   # ... and that verifier is killed
+    sid = _claimed_by_a_killed_verifier(s)
     client = SignedClient(s.server.url, s.verifier, run_id=s.cfg.run_id)
     service = VerifierService(client, coordinator_key=s.ctx.key.public, tokenizer=None, models=None, settings=None,
                               ledger=None, metrics=VerifierMetrics(), batch_jobs=4)
