@@ -29,8 +29,9 @@ import re
 from typing import Any
 
 from coordinator.errors import Forbidden
+from protocol.envelope import IDENT_CHARS
 
-_PREFIX = re.compile(r"^(worker banned: )?(submission [A-Za-z0-9_.:\-]+ rejected: )?")
+_PREFIX = re.compile(rf"^(worker banned: )?(submission [{IDENT_CHARS}]+ rejected: )?")
 _CHECK = re.compile(r"(?:^|; )([a-z_]{1,64}): ")
 _NAMES_ONLY = re.compile(r"^failed [a-z_]+(, [a-z_]+)*$|^rejected by the verifier$")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")

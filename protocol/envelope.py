@@ -47,7 +47,10 @@ AUDIENCE_WORKER = "worker"             # lease (the verifier and auditors re-ope
 AUDIENCE_VERIFIER = "verifier"         # reserved: nothing is sent to a verifier yet
 AUDIENCE_SWARM = "swarm"               # broadcast: policy manifests, gossip on the run's topic
 
-RUN_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+# The characters of every identifier on the wire (run ids, submission and lease ids, verifier
+# instances: `protocol.messages.Ident`), as a regex character class: one definition.
+IDENT_CHARS = r"A-Za-z0-9_.:\-"
+RUN_ID_PATTERN = rf"^[{IDENT_CHARS}]{{1,128}}$"
 
 B = TypeVar("B", bound=BaseModel)
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from protocol.envelope import RUN_ID_PATTERN, Envelope
+from protocol.envelope import IDENT_CHARS, RUN_ID_PATTERN, Envelope
 from protocol.proof import max_proof_b64_chars
 
 # -- hard caps ----------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def task_data_bytes(answer: str, kind: str, metadata: dict) -> int:
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
-IDENT_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+IDENT_PATTERN = rf"^[{IDENT_CHARS}]+$"
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=IDENT_PATTERN)]
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]  # what a signed envelope may carry
 RelayUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]  # a relay URL or a multiaddr

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.config import KeyPins
+from protocol.envelope import IDENT_CHARS
 from protocol.messages import DEFAULT_MAX_BODY_BYTES, MAX_ID_CHARS
 from shardcast.p2p.config import P2PConfig
 
@@ -27,7 +28,7 @@ class VerifierConfig(BaseModel):
                                             "claim at batch_jobs x (this + ~2 MiB); raise both together")
     key_file: Path = Field(Path("./swarmrl-data/keys/verifier.key"), description="verifier key (signs verdicts)")
     data_dir: Path = Field(Path("./swarmrl-data/verifier"), description="checkpoint cache")
-    instance_id: str = Field("", max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:\-]*$",
+    instance_id: str = Field("", max_length=MAX_ID_CHARS, pattern=rf"^[{IDENT_CHARS}]*$",
                              description="this process among the verifier replicas sharing its key, stable across "
                              "its restarts (a restarted one takes back only its own claims); empty = "
                              "<hostname>.<a token kept in data_dir/instance_id> (verifier/instance.py)")

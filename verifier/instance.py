@@ -29,11 +29,12 @@ import secrets
 import socket
 from pathlib import Path
 
+from protocol.envelope import IDENT_CHARS
 from protocol.messages import MAX_ID_CHARS
 from verifier.errors import SetupError
 
 FILE_NAME = "instance_id"
-_NOT_ID = re.compile(r"[^A-Za-z0-9_.:\-]")   # protocol.messages.Ident's alphabet
+_NOT_ID = re.compile(rf"[^{IDENT_CHARS}]")   # outside protocol.messages.Ident's alphabet
 _HOST_CHARS = 64
 TOKEN_CHARS = 16
 

@@ -40,6 +40,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from protocol.envelope import IDENT_CHARS
 from protocol.errors import Rejected, Unavailable
 from protocol.http import short
 from protocol.messages import REASON_DUPLICATE_SUBMISSION
@@ -59,7 +60,7 @@ TRANSIENT_REFUSALS = {(400, "stale"), (400, "disconnected"), (408, None)}
 def sane_id(submission_id: str) -> str:
     """The coordinator's id for a submission, or "" when it is none a coordinator would give (it
     is stored in `awaiting/` and sent back in every verdict poll's URL; "" is settled unpolled)."""
-    return submission_id if re.fullmatch(r"[A-Za-z0-9_.:\-]{1,128}", submission_id) else ""
+    return submission_id if re.fullmatch(rf"[{IDENT_CHARS}]{{1,128}}", submission_id) else ""
 
 
 def transient(exc: Rejected) -> bool:
