@@ -63,7 +63,9 @@ def _token(data_dir: Path) -> str:
                 pass
         finally:
             tmp.unlink(missing_ok=True)
-    token = _NOT_ID.sub("", path.read_text().strip())[:TOKEN_CHARS]
+    with open(path, errors="replace") as f:
+        text = f.read(4 * TOKEN_CHARS)   # a token is TOKEN_CHARS long: never read a whole stray file
+    token = _NOT_ID.sub("", text.strip())[:TOKEN_CHARS]
     if not token:
         raise SetupError(f"{path} holds no instance token: delete it (a new one is made) or set instance_id")
     return token
