@@ -55,7 +55,7 @@ class Metrics:
         self.submissions = Counter(f"{PREFIX}_submissions_received", "submissions that passed intake", registry=r)
         # no full_check label: /metrics is public, and a worker watching it right after its own
         # verdict would learn whether that submission was fully checked
-        self.verdicts = Counter(f"{PREFIX}_verdicts", "verdicts recorded", ["verdict"], registry=r)
+        self.verdicts = Counter(f"{PREFIX}_verdicts", "verdicts recorded (accepted, rejected, or disputed: a rejection not counted against the worker)", ["verdict"], registry=r)
         self.leases = Counter(f"{PREFIX}_leases_issued", "leases issued", registry=r)
         self.tasks_skipped = Counter(f"{PREFIX}_tasks_skipped", "tasks that cannot be leased (a prompt that is "
                                      "empty or too long for the context, task data over MAX_TASK_DATA_BYTES, a "

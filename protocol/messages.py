@@ -406,12 +406,26 @@ class CheckResult(Strict):
     detail: str = Field(default="", max_length=2000)
 
 
+# Checks whose failure can be no doing of the worker: only the reward check, when the
+# coordinator's reward and the verifier's recomputation of it disagree (a scorer that ran out
+# of wall clock on one side's busier machine, a scorer that is not deterministic). The worker
+# sends token ids, never rewards (its own `claimed_rewards` are a lie when false, and that is its
+# fault), so such a dispute says nothing about its honesty.
+NO_FAULT_CHECKS = frozenset({"reward"})
+
+
 class Verdict(Strict):
     """Verifier -> coordinator (`POST /v1/verdicts`), signed by a configured verifier key.
 
     `submission_sha256` and `lease_sha256` bind the verdict to exactly what was judged
     (`protocol.envelope.envelope_digest` of the job's two envelopes): the coordinator refuses a
-    verdict whose digests are not those of the submission and lease it stored."""
+    verdict whose digests are not those of the submission and lease it stored.
+
+    `worker_fault` False: a rejection that is not the worker's doing (every failed check is in
+    `NO_FAULT_CHECKS`, and the verifier says the failure is a dispute between the coordinator's
+    and its own scoring): the group is not trained, and the worker is neither banned nor
+    debited. Left out of the body when True, so the bytes of every other verdict are those
+    verifiers sent before the field (a coordinator from before it accepts them)."""
 
     submission_id: Ident
     submission_sha256: Hex64 = Field(description="envelope_digest of the submission envelope judged")
@@ -420,6 +434,15 @@ class Verdict(Strict):
     full_check: bool
     checks: list[CheckResult] = Field(max_length=1024)
     reason: str = Field(default="", max_length=2000)
+    worker_fault: bool = Field(True, description="False: a rejection that is no doing of the worker (see the "
+                                                 "class docstring); never on an acceptance")
+
+    @model_serializer(mode="wrap")
+    def _without_a_default_fault(self, handler):
+        out = handler(self)
+        if isinstance(out, dict) and out.get("worker_fault") is True:
+            out.pop("worker_fault", None)
+        return out
 
 
 class VerdictBatch(Strict):

@@ -13,6 +13,11 @@ verdict's `full_check` says whether the model checks were asked for; when the da
 broken to run the model on (wrong counts, token ids outside the vocabulary, a dtype the
 run does not allow) the submission is rejected on the cheap checks alone.
 
+A reward dispute (the coordinator's and the verifier's scorings of the same text disagree,
+`verifier.checks.reward`) is no doing of the worker: when it is the submission's only failure
+the verdict is a rejection with `worker_fault` False (no ban), or, when the verifier's own
+scorer failed on it, no verdict now (`only_a_dispute`).
+
 Failing closed: a prefill that produced a non-finite hidden state or logit is a rejection
 (proof check, reason "non-finite"), never something to compare against; so are outputs that
 do not cover every completion (`covers`: an uncovered completion was not checked); a submission whose
@@ -30,8 +35,9 @@ import torch
 
 from protocol import dtypes
 from protocol.envelope import envelope_digest
-from protocol.messages import CheckResult, Verdict, VerificationJob
+from protocol.messages import NO_FAULT_CHECKS, CheckResult, Verdict, VerificationJob
 from protocol.proof import DEFAULT_CHUNK_SIZE, DEFAULT_TOPK
+from protocol.sandbox import Sandbox
 from verifier.checks import NON_FINITE, result
 from verifier.checks.data import check_lease_and_data
 from verifier.checks.proof import NAME as PROOF, check_proof
@@ -39,6 +45,7 @@ from verifier.checks.replay import check_replay
 from verifier.checks.reward import check_reward
 from verifier.checks.sampling import NAME as SAMPLING, PositionScores, check_sampling, sampling_gaps_and_ties
 from verifier.checks.termination import check_termination
+from verifier.errors import JobError
 from verifier.job import OpenedJob
 from verifier.seen import SeenLedger
 from verifier.thresholds import CALIBRATED, Thresholds
@@ -54,6 +61,9 @@ class JudgeSettings:
     # cheap path checks token ids too: the coordinator's intake refuses ids outside it, but a
     # verdict must not rest on the coordinator's word (a tokenizer decodes such ids silently).
     vocab_size: int | None = None
+    # The scorer sandbox the reward check recomputes rewards in (None: the process's shared one,
+    # `protocol.sandbox.shared`); tests pass one with other limits.
+    sandbox: Sandbox | None = None
 
     def for_dtype(self, dtype: str) -> Thresholds | None:
         """The limits for a computation in `dtype`, or None when it has none (not calibrated)."""
@@ -121,11 +131,29 @@ def judge(oj: OpenedJob, settings: JudgeSettings, ledger: SeenLedger, texts: lis
                      for g, c in zip(gaps, oj.submission.completions)]
     tolerance = thr.sampling_tolerance if thr is not None else 0.0
     checks.append(check_termination(oj, last_gaps=last_gaps, tolerance=tolerance))
-    checks.append(check_reward(oj, texts, tolerance=(thr or CALIBRATED["float32"]).reward_tolerance))
+    checks.append(check_reward(oj, texts, tolerance=(thr or CALIBRATED["float32"]).reward_tolerance,
+                               sandbox=settings.sandbox))
     checks.append(check_replay(oj, ledger, now=now))
     if outputs is not None and thr is not None:
         checks.extend(model_checks(oj, settings, outputs, thr, gaps, ties))
-    return make_verdict(oj.job, checks)
+    return make_verdict(oj.job, checks, worker_fault=not only_a_dispute(oj.job, checks))
+
+
+def only_a_dispute(job: VerificationJob, checks: list[CheckResult]) -> bool:
+    """Whether the submission's only failure is a reward dispute (`verifier.checks.reward`): the
+    coordinator's and the verifier's scorings of the same text disagree and nothing else failed.
+    Then the worker is not at fault: True (a rejection without a ban). When the verifier's own
+    scoring failed on a disputed completion (even after its second try), JobError instead: no
+    verdict now, the job goes back to the queue for a later try (after
+    `verification_max_claims` tries the coordinator drops it, without a ban). Any other failed
+    check decides as it always did, so a cheater cannot hide behind a dispute."""
+    failed = [c for c in checks if not c.passed]
+    if not failed or any(c.name not in NO_FAULT_CHECKS or c.stats.get("worker_fault", True) for c in failed):
+        return False
+    if any(c.stats.get("disputed_here") for c in failed):
+        raise JobError(f"submission {job.submission_id}: the verifier's scorer failed on a completion whose reward "
+                       f"the coordinator computed ({failed[0].detail}); left for a later try")
+    return True
 
 
 def covers(oj: OpenedJob, outputs: ModelOutputs) -> bool:
@@ -162,14 +190,16 @@ def model_checks(oj: OpenedJob, settings: JudgeSettings, outputs: ModelOutputs, 
             check_sampling(oj, gaps, tolerance=thr.sampling_tolerance, ties=ties)]
 
 
-def make_verdict(job: VerificationJob, checks: list[CheckResult]) -> Verdict:
+def make_verdict(job: VerificationJob, checks: list[CheckResult], *, worker_fault: bool = True) -> Verdict:
     failed = [c for c in checks if not c.passed]
     reason = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    if failed and not worker_fault:
+        reason = "not counted against the worker: " + reason
     if len(reason) > 2000:
         reason = reason[:1997] + "..."
     return Verdict(submission_id=job.submission_id, accepted=not failed, full_check=job.full_check,
                    checks=checks, reason=reason, submission_sha256=envelope_digest(job.submission),
-                   lease_sha256=envelope_digest(job.lease))
+                   lease_sha256=envelope_digest(job.lease), worker_fault=worker_fault or not failed)
 
 
 def unjudgeable_verdict(job: VerificationJob, error: Exception) -> Verdict:

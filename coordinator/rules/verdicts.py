@@ -11,6 +11,9 @@ applies it in one transaction.
     verdict                        group          worker
     rejected                       (rejected)     banned: its queued, held and untrained
                                                   groups are dropped, its leases revoked
+    rejected, not the worker's     (rejected)     nothing: neither banned nor debited (a
+      fault (`worker_fault` False)                reward dispute between the coordinator's
+                                                  and the verifier's scorings)
     accepted, full check           ready          clean check; its held groups received
                                                   before this one become ready; sampling
                                                   counts join the near-tie ledger and the
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator.rules import near_ties, proof_drift
-from protocol.messages import MAX_GROUP_SIZE, MAX_TOKENS_PER_SEQUENCE
+from protocol.messages import MAX_GROUP_SIZE, MAX_TOKENS_PER_SEQUENCE, NO_FAULT_CHECKS
 
 # the most sampled positions (and near ties among them) one group can have: the sampling check's
 # counts are added to the worker's 64-bit ledger columns, so a count beyond it is refused
@@ -82,8 +85,17 @@ def _numbers(v: Any, path: str, out: list[str]) -> None:
             _numbers(x, f"{path}[{i}]", out)
 
 
-def verdict_problems(accepted: bool, full_check: bool, checks: list[Any]) -> str:
-    """Why an acceptance cannot be trusted, or ''. `checks`: the verdict's CheckResults."""
+def verdict_problems(accepted: bool, full_check: bool, checks: list[Any], worker_fault: bool = True) -> str:
+    """Why an acceptance cannot be trusted, or a rejection cannot be no fault of the worker, or
+    ''. `checks`: the verdict's CheckResults."""
+    if not worker_fault:
+        failed = {c.name for c in checks if not c.passed}
+        if accepted or not failed:
+            return "a verdict without a failed check that says the worker was not at fault"
+        if not failed <= NO_FAULT_CHECKS:
+            return (f"a rejection not counted against the worker with failed checks ({', '.join(sorted(failed))}) "
+                    f"beyond those that can be no doing of a worker ({', '.join(sorted(NO_FAULT_CHECKS))})")
+        return ""
     if not accepted:
         return ""
     failed = [c.name for c in checks if not c.passed]
@@ -122,9 +134,10 @@ def _proof_stats(checks: list[Any]) -> dict:
 
 
 def consequences(accepted: bool, full_check: bool, checks: list[Any], reason: str, *, received_at: float,
-                 standing: Standing, rules: Rules) -> Consequence:
+                 standing: Standing, rules: Rules, worker_fault: bool = True) -> Consequence:
     if not accepted:
-        return Consequence(None, False, 0, 0, standing.drift, None, reason or "rejected by the verifier")
+        ban = (reason or "rejected by the verifier") if worker_fault else ""
+        return Consequence(None, False, 0, 0, standing.drift, None, ban)
     if not full_check:
         checked_after = standing.last_clean_check_at is not None and standing.last_clean_check_at >= received_at
         held = rules.hold_until_checked and not checked_after

@@ -15,7 +15,9 @@ group ('ready', or 'held' until the worker's next clean full check), the worker'
 near-tie and proof-drift ledgers, the release of held groups, a ban — is decided by the pure
 rule `coordinator.rules.verdicts.consequences` and applied here in one transaction. A ban
 drops the worker's queued, held and untrained submissions and revokes its active leases
-(their tasks return).
+(their tasks return). A rejection the verifier marks as no doing of the worker
+(`Verdict.worker_fault` false: a reward dispute, `protocol.messages.NO_FAULT_CHECKS`) is
+recorded, and bans and debits no one (metric label `disputed`).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
     """Record a verdict and apply what it causes (`coordinator.rules.verdicts.consequences`)."""
     v = opened.body
     now = ctx.clock()
-    problem = verdicts.verdict_problems(v.accepted, v.full_check, v.checks)
+    problem = verdicts.verdict_problems(v.accepted, v.full_check, v.checks, v.worker_fault)
     if problem:
         raise Invalid("inconsistent_verdict", f"verdict for {v.submission_id} refused: {problem}")
     with ctx.db.write() as conn:
@@ -138,7 +140,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
                                      last_clean_check_at=w.last_clean_check_at if w else None)
         reason = f"submission {v.submission_id} rejected: {v.reason or _failed_checks(v)}" if not v.accepted else ""
         c = verdicts.consequences(v.accepted, v.full_check, v.checks, reason, received_at=row.received_at,
-                                  standing=standing, rules=verdict_rules(ctx.cfg))
+                                  standing=standing, rules=verdict_rules(ctx.cfg), worker_fault=v.worker_fault)
         if not submissions.decide(conn, v.submission_id, v.accepted, opened.envelope.model_dump_json(), v.reason,
                                   now, buffer=c.buffer):
             raise Conflict("already_decided", f"submission {v.submission_id} was decided meanwhile")
@@ -149,7 +151,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
                                     clean_check_at=c.release_held_up_to)
             if c.release_held_up_to is not None and not c.ban_reason:
                 released = submissions.release_held(conn, row.worker_id, c.release_held_up_to)
-        else:
+        elif v.worker_fault:
             workers.debit_rejected(conn, row.worker_id)
         if c.ban_reason:
             workers.ban(conn, row.worker_id, c.ban_reason, now)
@@ -157,7 +159,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
             revoked = leases.close_many(conn, leases.active_of_workers(conn, [row.worker_id]), "revoked", now)
             leases.return_tasks(conn, revoked, now)
     m = ctx.metrics
-    m.verdicts.labels("accepted" if v.accepted else "rejected").inc()
+    m.verdicts.labels("accepted" if v.accepted else "rejected" if v.worker_fault else "disputed").inc()
     if (c.buffer == "ready" or released) and not c.ban_reason:
         ctx.groups.notify_all()
     if c.buffer != "ready" or c.ban_reason:  # a rejection, a held group or a ban's drops: room for more work
