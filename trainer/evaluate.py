@@ -91,12 +91,14 @@ def decode(model: Any, prompts: list[list[int]], *, max_new_tokens: int, eos_id:
 
 
 def accuracy(model: Any, tokenizer: Any, source: TaskSource, *, num_tasks: int, max_new_tokens: int,
-             temperature: float | None = None, batch: int = 100, seed: int = 0, chat: bool = False) -> float:
-    """Mean reward over the first `num_tasks` held-out tasks."""
+             temperature: float | None = None, batch: int = 100, seed: int = 0, chat: bool = False,
+             tasks: list[tuple[int, Task, list[int]]] | None = None) -> float:
+    """Mean reward over the first `num_tasks` held-out tasks (those `eval_tasks` can evaluate;
+    `tasks`: that list, already made)."""
     was_training = model.training
     model.eval()
-    n = min(num_tasks, source.size("eval"))
-    tasks = eval_tasks(source, n, tokenizer, chat)
+    if tasks is None:
+        tasks = eval_tasks(source, min(num_tasks, source.size("eval")), tokenizer, chat)
     model_dir = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     eos = eos_token_ids(tokenizer, model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -138,14 +140,23 @@ def eval_tasks(source: TaskSource, n: int, tokenizer: Any, chat: bool) -> list[t
 
 
 def evaluate(model: Any, tokenizer: Any, source: TaskSource, *, version: int, step: int, wall_s: float,
-             num_tasks: int, max_new_tokens: int, sampled: bool, temperature: float, chat: bool = False) -> EvalResult:
+             num_tasks: int, max_new_tokens: int, sampled: bool, temperature: float,
+             chat: bool = False) -> EvalResult | None:
+    """The evaluation of `version`, whose `num_tasks` counts the tasks evaluated (not those asked
+    for: `eval_tasks` leaves out those that cannot be evaluated); None when none can be (an
+    empty eval split, or every one of the first `num_tasks` refused), with an error line: an
+    accuracy over no task means nothing, and reporting one as 0% would read as a collapse."""
     t0 = time.monotonic()
-    greedy = accuracy(model, tokenizer, source, num_tasks=num_tasks, max_new_tokens=max_new_tokens, chat=chat)
+    tasks = eval_tasks(source, min(num_tasks, source.size("eval")), tokenizer, chat)
+    if not tasks:
+        log.error("version %d is not evaluated: none of the first %d eval tasks can be evaluated", version, num_tasks)
+        return None
+    greedy = accuracy(model, tokenizer, source, num_tasks=num_tasks, max_new_tokens=max_new_tokens, chat=chat,
+                      tasks=tasks)
     samp = (accuracy(model, tokenizer, source, num_tasks=num_tasks, max_new_tokens=max_new_tokens,
-                     temperature=temperature, seed=version, chat=chat) if sampled else None)
+                     temperature=temperature, seed=version, chat=chat, tasks=tasks) if sampled else None)
     return EvalResult(version=version, step=step, wall_s=wall_s, unix_time=time.time(), greedy_accuracy=greedy,
-                      sampled_accuracy=samp, num_tasks=min(num_tasks, source.size("eval")),
-                      seconds=time.monotonic() - t0)
+                      sampled_accuracy=samp, num_tasks=len(tasks), seconds=time.monotonic() - t0)
 
 
 def append_csv(path: Path, result: EvalResult) -> None:

@@ -132,6 +132,9 @@ class TrainerLoop:
                            wall_s=self.clock.elapsed(), num_tasks=self.cfg.eval.num_tasks,
                            max_new_tokens=self.cfg.max_eval_tokens, sampled=self.cfg.eval.sampled,
                            temperature=self.cfg.eval.temperature, chat=self.cfg.tasks.chat_template)
+        if res is None:   # no task could be evaluated (logged): nothing to report, and not asked again
+            self.evaluated.add(self.version)
+            return
         try:
             append_csv(self.cfg.data_dir / "eval.csv", res)
         except OSError as exc:  # a local log (a full disk): the result is still reported below

@@ -54,3 +54,31 @@ def test_an_eval_task_that_cannot_be_evaluated_is_left_out_and_logged(tiny_model
             return good.task(split, (0, 3)[index])
 
     assert got == accuracy(tiny_model, tok, Good(), num_tasks=2, max_new_tokens=2)
+
+
+def test_the_evaluation_counts_the_tasks_it_evaluated(tiny_model, tiny_model_dir):
+    """`EvalResult.num_tasks` (the eval CSV, the report to the coordinator, the log line) is the
+    number of tasks evaluated; it counted those asked for, bad ones included."""
+    from protocol.lm import load_tokenizer
+    from trainer.evaluate import evaluate
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    spoiled = Bounded(Spoiled(get_source("arithmetic", seed=0), {1: "data", 2: "prompt"}))
+    res = evaluate(tiny_model, tok, spoiled, version=3, step=3, wall_s=0.0, num_tasks=4, max_new_tokens=2,
+                   sampled=True, temperature=1.0)
+    assert res is not None and res.num_tasks == 2
+
+
+def test_a_version_with_no_task_that_can_be_evaluated_is_not_reported(tiny_model, tiny_model_dir, caplog):
+    """Every task asked for refused: no accuracy (an accuracy over nothing would read as 0%, and
+    the report to the coordinator, which needs at least one task, raised out of the loop)."""
+    from protocol.lm import load_tokenizer
+    from trainer.evaluate import evaluate
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    spoiled = Bounded(Spoiled(get_source("arithmetic", seed=0), {i: "prompt" for i in range(3)}))
+    with caplog.at_level(logging.ERROR, logger="trainer.evaluate"):
+        res = evaluate(tiny_model, tok, spoiled, version=3, step=3, wall_s=0.0, num_tasks=3, max_new_tokens=2,
+                       sampled=False, temperature=1.0)
+    assert res is None
+    assert any("version 3 is not evaluated" in r.getMessage() for r in caplog.records)
