@@ -114,6 +114,30 @@ def address_key(address: str) -> str:
     return str(ip)
 
 
+GROUP_PREFIX_V4 = 24   # one operator's IPv4 addresses: a /24 (a hoster hands out neighbours)
+GROUP_PREFIX_V6 = 48   # one site's IPv6 allocation: a /48 (2^16 /64s, each an address_key of its own)
+
+
+def address_group(address: str) -> str:
+    """The network `address` belongs to for limits on what one holder of many addresses may take
+    together: the /24 of an IPv4 address, the /48 of an IPv6 one. Takes an address or a stored
+    `address_key` (an IPv6 /64); anything else is its own group. Per-address limits count
+    `address_key`s, of which one home line with a /48 holds 65,536: a cap per group is the
+    one such a line cannot multiply."""
+    text = address.strip().strip("[]")
+    try:
+        net = ipaddress.ip_network(text, strict=False) if "/" in text else None
+    except ValueError:
+        return address
+    ip = net.network_address if net is not None else parse_ip(text)
+    if ip is None:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = GROUP_PREFIX_V4 if ip.version == 4 else GROUP_PREFIX_V6
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
 def forwarded_client(peer: str, header: str | None, proxies: Networks) -> str:
     """The client behind `peer`: the peer itself unless it is a trusted proxy; then the
     right-most `X-Forwarded-For` entry that is not a trusted proxy (entries to its left were

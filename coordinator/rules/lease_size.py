@@ -15,7 +15,9 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
               groups already on their way (active leases, queued submissions, the buffer
               above the floor), for workers with verified work accepted (established);
               the others (new identities) hold at most `new_identity_share` of it between
-              them, on top (`Demand.room`)
+              them, on top, and those of one address group (an IPv4 /24, an IPv6 /48:
+              `protocol.guard.address_group`; exempt addresses excepted) at most
+              `new_group_share` of that (`Demand.room`)
     allowed = min(own, what it holds + room); with no room left, what it holds (it waits
               for the trainer: a lease more would only make a group that goes stale), but
               one lease when nothing at all is on its way
@@ -78,6 +80,7 @@ class SizingTerms:
     demand_steps: float = 2.0      # steps' worth of groups the swarm may have on their way to the trainer
     retry_share: float = 0.25      # a worker refused by the swarm bound asks again after this share of the version interval
     new_identity_share: float = 0.25  # share of the swarm bound that workers without verified work may hold together
+    new_group_share: float = 0.25   # share of that share that new identities of one address group may hold together
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Demand:
     in_flight: int                 # active leases + queued submissions + unconsumed groups above the floor
     new: int = 0                   # of those not in in_flight: new identities' active leases and queued submissions
     new_share: float | None = None
+    of_group: int | None = None    # of `new`: those of new identities in the asker's address group (None: no cap)
+    group_share: float = 1.0       # the share of the newcomers' share one address group may hold
 
     def room(self, staleness: int, steps: float, new_identity: bool = False) -> float:
         """Groups that may still be leased now (by a new identity, or by an established worker)
@@ -105,7 +110,15 @@ class Demand:
         if self.new_share is None:
             return bound - self.in_flight - self.new
         if new_identity:
-            return max(1.0, self.new_share * bound) - self.new
+            share = max(1.0, self.new_share * bound)
+            room = share - self.new
+            if self.of_group is not None:
+                # one holder of many addresses (a home line's /48 holds 65,536 address keys) must
+                # not fill the newcomers' share alone: honest newcomers elsewhere are then never
+                # served while its throw-away identities sit on leases (bench/hostile.py's squatters
+                # and spam did: the payload worker, a newcomer, got 0 of 46 tries)
+                room = min(room, max(1.0, self.group_share * share) - self.of_group)
+            return room
         return bound - self.in_flight
 
 

@@ -30,6 +30,7 @@ from coordinator.service.join import revive, worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, swarm_counts, workers
 from coordinator.taskbook import SKIP_MEMORY, PreparedTask, Refused
 from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
+from protocol.guard import Networks, address_group
 from protocol.identity import PublicKey
 from protocol.messages import (
     IDENT_PATTERN,
@@ -99,7 +100,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         held_tasks = leases.active_task_ids(conn, worker_id)
         held = len(held_tasks)
         established = established_row(ctx, row)
-        sizing = _sizing(ctx, conn, worker_id, established, row.leases_dropped, held, current, now)
+        sizing = _sizing(ctx, conn, worker_id, established, row.leases_dropped, held, current, now, row.address)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
         if fill and sizing.own is not None and n < leases_to_issue(opened.body.max_tasks, held, sizing.own):
             n = 0
@@ -177,7 +178,7 @@ def _draw(ctx: Context, conn, reused: list[int], fresh: int, now: float) -> dict
 
 
 def _sizing(ctx: Context, conn, worker_id: str, established: bool, dropped: int, held: int, current: int,
-            now: float) -> Sizing:
+            now: float, address: str = "") -> Sizing:
     """How many leases `worker_id` may hold now (`coordinator.rules.lease_size`), from the
     coordinator's own measurements: the worker's newest submitted leases, the versions' arrival
     times, recent verification times, how many versions the buffer keeps, what the trainer took
@@ -197,11 +198,28 @@ def _sizing(ctx: Context, conn, worker_id: str, established: bool, dropped: int,
         in_flight = counts.active + counts.queued + submissions.waiting(conn, floor)
         of_new = counts.active_of_new + counts.queued_of_new
         share = terms.new_identity_share if counts.established_active else None
-        demand = Demand(per_version=per_version, in_flight=in_flight - of_new, new=of_new, new_share=share)
+        of_group = _of_group(ctx, conn, address) if share is not None and not established else None
+        demand = Demand(per_version=per_version, in_flight=in_flight - of_new, new=of_new, new_share=share,
+                        of_group=of_group, group_share=terms.new_group_share)
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
                           arrivals=policy.recent_arrivals(conn), staleness=staleness,
                           verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms,
                           new_identity=not established, dropped=dropped)
+
+
+def _of_group(ctx: Context, conn, address: str) -> int | None:
+    """What new identities of `address`'s group hold (`rules.lease_size.Demand.of_group`); None
+    where the group cap does not apply: it is off (new_group_share 1), or `address` is exempt
+    (the operator's own machines, the local demo's loopback). Exempt addresses of the group
+    are not counted."""
+    if ctx.cfg.lease_sizing.new_group_share >= 1:
+        return None
+    exempt = Networks(ctx.cfg.limits.exempt_addresses)
+    if address in exempt:
+        return None
+    group = address_group(address)
+    held = swarm_counts.new_held_by_address(conn, ctx.cfg.limits.intake_established_after)
+    return sum(n for a, n in held.items() if a not in exempt and address_group(a) == group)
 
 
 def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:

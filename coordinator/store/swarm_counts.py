@@ -67,3 +67,24 @@ def read(conn: Connection, established_after: int) -> SwarmCounts:
     return SwarmCounts(trainer_floor=row.trainer_floor, trainer_step=row.trainer_step, taken=int(row.taken or 0),
                        queued=int(row.queued), active=int(row.active), active_of_new=int(row.active_of_new),
                        queued_of_new=int(row.queued_of_new), established_active=bool(row.established_active))
+
+
+_NEW_HELD_LEASES = (select(workers.c.address, func.count()).select_from(leases.join(workers, leases.c.worker_id ==
+                                                                                   workers.c.worker_id))
+                    .where(and_(leases.c.status == "active", _NEW)).group_by(workers.c.address))
+_NEW_QUEUED = (select(workers.c.address, func.count()).select_from(submissions.join(workers, submissions.c.worker_id ==
+                                                                                    workers.c.worker_id))
+               .where(and_(submissions.c.status == "queued", _NEW)).group_by(workers.c.address))
+
+
+def new_held_by_address(conn: Connection, established_after: int) -> dict[str, int]:
+    """Active leases plus queued submissions of new identities, per stored address (what
+    `read`'s active_of_new + queued_of_new count, split): the per-group cap of the newcomers'
+    share (`coordinator.rules.lease_size.Demand`) sums them by `protocol.guard.address_group`.
+    Read only for a new identity's lease request; at most one row per new identity holding
+    anything, which the newcomers' share bounds."""
+    out: dict[str, int] = {}
+    for q in (_NEW_HELD_LEASES, _NEW_QUEUED):
+        for address, n in conn.execute(q, {"after": established_after}):
+            out[address] = out.get(address, 0) + int(n)
+    return out

@@ -12,7 +12,7 @@ from coordinator.store.db import Database
 from coordinator.store.schema import leases as leases_t
 from coordinator.store.schema import submissions as submissions_t
 from coordinator.store.schema import workers as workers_t
-from coordinator.store.swarm_counts import read
+from coordinator.store.swarm_counts import new_held_by_address, read
 
 WORKER_STATUS = ("active", "active", "gone", "banned")
 LEASE_STATUS = ("active", "active", "submitted", "released", "expired")
@@ -20,10 +20,13 @@ SUB_STATUS = ("queued", "queued", "accepted", "rejected", "dropped")
 BUFFER = (None, "held", "ready", "handed", "consumed", "stale", "dropped")
 
 
+ADDRESSES = ["198.51.100.7", "2001:db8:1:2::/64", "127.0.0.1"]
+
+
 def fill(db: Database, seed: int, n_workers: int = 12) -> tuple[list[dict], list[dict], list[dict]]:
     rng = random.Random(seed)
     ws = [dict(worker_id=f"w{i}", public_key=f"{i:064x}", status=rng.choice(WORKER_STATUS), registered_at=0.0,
-               last_seen=0.0, accepted=rng.randrange(0, 6)) for i in range(n_workers)]
+               last_seen=0.0, accepted=rng.randrange(0, 6), address=rng.choice(ADDRESSES)) for i in range(n_workers)]
     ls = [dict(lease_id=f"l{i}", worker_id=rng.choice(ws)["worker_id"], task_index=i, task_id=f"t{i}",
                status=rng.choice(LEASE_STATUS), issued_at=float(i), expires_at=float(i + 60), envelope="{}")
           for i in range(80)]
@@ -60,6 +63,16 @@ def check_counts_match(db: Database, seed: int) -> None:
         assert got.active_of_new == sum(x["status"] == "active" and x["worker_id"] in new for x in ls)
         assert got.queued_of_new == sum(s["status"] == "queued" and s["worker_id"] in new for s in ss)
         assert got.established_active == any(w["status"] == "active" and w["worker_id"] not in new for w in ws)
+        with db.read() as conn:
+            by_address = new_held_by_address(conn, after)
+        address = {w["worker_id"]: w["address"] for w in ws}
+        want: dict[str, int] = {}
+        for wid in [x["worker_id"] for x in ls if x["status"] == "active"] + [
+                x["worker_id"] for x in ss if x["status"] == "queued"]:
+            if wid in new:
+                want[address[wid]] = want.get(address[wid], 0) + 1
+        assert by_address == want
+        assert sum(by_address.values()) == got.active_of_new + got.queued_of_new
         for floor, n in waiting.items():
             assert n == sum(s["buffer"] in ("ready", "handed") and s["policy_version"] >= floor for s in ss)
 
