@@ -31,7 +31,9 @@ from typing import Any
 from coordinator.errors import Forbidden
 from protocol.envelope import IDENT_CHARS
 
-_PREFIX = re.compile(rf"^(worker banned: )?(submission [{IDENT_CHARS}]+ rejected: )?")
+# the prefixes the coordinator and the verifier put before a verdict's checks (`verifier.judge.make_verdict`
+# marks a rejection that is no doing of the worker): kept, as they say what the rejection means to it
+_PREFIX = re.compile(rf"^(worker banned: )?(submission [{IDENT_CHARS}]+ rejected: )?(not counted against the worker: )?")
 _CHECK = re.compile(r"(?:^|; )([a-z_]{1,64}): ")
 _NAMES_ONLY = re.compile(r"^failed [a-z_]+(, [a-z_]+)*$|^rejected by the verifier$")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")

@@ -27,7 +27,9 @@ DISPUTE = CheckResult(name="reward", passed=False, detail="coordinator reward 1.
 
 
 def no_fault(s, sid: str, checks: list[CheckResult], accepted: bool = False):
-    body = s.verdict_body(sid, accepted, full_check=False, checks=checks).model_copy(update={"worker_fault": False})
+    reason = "not counted against the worker: " + "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.passed)
+    body = s.verdict_body(sid, accepted, full_check=False, checks=checks, reason=reason).model_copy(
+        update={"worker_fault": False})
     return s.post("/v1/verdicts", KIND_VERDICT, body, s.verifier)
 
 
@@ -43,6 +45,10 @@ def test_a_disputed_reward_rejects_the_group_but_neither_bans_nor_debits_the_wor
     assert s.snapshot_submission(disputed)["status"] == "rejected"
     assert s.snapshot_submission(later)["status"] == "queued"          # its other work goes on
     assert s.metric("swarmrl_coordinator_verdicts_total", verdict="disputed") == 1
+    # what the worker reads of it: which check, that it does not count against it, and no number
+    status = s.http.get(f"/v1/submissions/{disputed}").json()
+    assert status["status"] == "rejected"
+    assert status["reason"] == "not counted against the worker: failed reward"
     # the worker goes on working and its next group is trained
     assert s.verdict(later, True, full_check=True).status_code == 200
     got = [g.submission_id for g in BatchResponse.model_validate_json(s.batch().content).groups]
