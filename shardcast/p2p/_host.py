@@ -14,6 +14,10 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   fails for the key it names: no honest peer forwards one) is blacklisted by the pubsub (its
   messages dropped unchecked; bootstrap peers excepted): forgeries naming a trusted key cost
   ~7 ms of CPU a MiB to check, at up to max_messages_per_s a peer.
+- Inbound connections are counted from what is live (py-libp2p's limiter never gave a
+  token back: the 251st inbound connection of a node's life was refused), and once the node
+  holds half its cap an address holding MAX_INBOUND_PER_ADDRESS gets no more
+  (`shardcast.p2p.inbound`).
 - Loops: receive (drains the subscription), bootstrap (re-dial unconnected bootstrap peers),
   adverts (re-seal and repeat standing adverts), dial (a few advertised peers at once, so the
   mesh does not hang on the bootstrap peer alone).
@@ -88,6 +92,7 @@ from shardcast.p2p.addresses import dial_host
 from shardcast.p2p.announcements import UNTRUSTED_KINDS, Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.errors import DialDeferred, PeerBusy, PeerRequestFailed, Rejected
+from shardcast.p2p.inbound import LiveInbound
 from shardcast.p2p.slots import Slots
 from shardcast.p2p.store import ShardStore
 from shardcast.p2p.view import Counters, SwarmView
@@ -104,6 +109,7 @@ FORGED_STRIKES = 3      # forged messages a direct peer may forward before it is
 MAX_BLOCKED = 1024      # forwarders blacklisted at once (the oldest let back first)
 MAX_SERVES_PER_PEER = 2
 MAX_SERVES_PER_ADDRESS = 4  # an address's share of a full table (keys are free; two peers' worth behind a NAT)
+MAX_INBOUND_PER_ADDRESS = 16  # inbound connections one address holds once the node holds half its cap
 MAX_WAITING_PER_SLOT = 4  # streams that may wait for their request, per serving slot
 REQUEST_READ_TIMEOUT_S = 5.0  # a request is one small frame, written as soon as the stream opens
 DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
@@ -171,6 +177,13 @@ class SwarmHost:
         connector = getattr(network, "auto_connector", None)
         if connector is not None:
             connector.maybe_connect = _no_auto_dials
+        # Inbound connections are admitted by what is live, shared among addresses
+        # (`shardcast.p2p.inbound`): py-libp2p's own limiter spent a token for good on each.
+        limiter = getattr(network, "_inbound_limiter", None)
+        if limiter is not None and hasattr(network, "upgrade_inbound_raw_conn"):
+            inbound = LiveInbound(network, int(limiter.total_tokens), MAX_INBOUND_PER_ADDRESS, remote_address)
+            network._inbound_limiter = inbound
+            network.upgrade_inbound_raw_conn = inbound.gate(network.upgrade_inbound_raw_conn)
         router = _SwarmGossipSub(
             self._is_trusted, protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
             degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,
