@@ -15,8 +15,9 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   messages dropped unchecked; bootstrap peers excepted): forgeries naming a trusted key cost
   ~7 ms of CPU a MiB to check, at up to max_messages_per_s a peer.
 - Inbound connections are counted from what is live (py-libp2p's limiter never gave a
-  token back: the 251st inbound connection of a node's life was refused), and once the node
-  holds half its cap an address holding MAX_INBOUND_PER_ADDRESS gets no more
+  token back: the 251st inbound connection of a node's life was refused), each one's handler
+  ends when it closes (py-libp2p's waited for the swarm to stop), and once the node holds
+  half its cap an address holding MAX_INBOUND_PER_ADDRESS gets no more
   (`shardcast.p2p.inbound`).
 - Loops: receive (drains the subscription), bootstrap (re-dial unconnected bootstrap peers),
   adverts (re-seal and repeat standing adverts), dial (a few advertised peers at once, so the
@@ -184,6 +185,8 @@ class SwarmHost:
             inbound = LiveInbound(network, int(limiter.total_tokens), MAX_INBOUND_PER_ADDRESS, remote_address)
             network._inbound_limiter = inbound
             network.upgrade_inbound_raw_conn = inbound.gate(network.upgrade_inbound_raw_conn)
+            if hasattr(network, "_handle_inbound_connection"):
+                network._handle_inbound_connection = inbound.handle(network._handle_inbound_connection)
         router = _SwarmGossipSub(
             self._is_trusted, protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
             degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,

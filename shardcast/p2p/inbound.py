@@ -9,7 +9,10 @@ connection's handler returns; the handler waits for the whole swarm to stop, not
 connection. So every inbound connection ever accepted spent a token for the node's life, and
 the 251st was refused for good: honest churn, or one machine connecting and disconnecting
 250 times, left a bootstrap peer (the coordinator) or a holder taking no new peer.
-`LiveInbound` counts the swarm's live connections and the handshakes in progress instead.
+`LiveInbound` counts the swarm's live connections and the handshakes in progress instead,
+and ends each connection's handler once that connection is closed (`handle`): the parked
+handlers were a task and its connection's objects kept for the node's life per connection
+ever accepted, memory any peer could grow by connecting and disconnecting.
 
 Keys are free, so each connection is also charged to its remote address (the caller's key:
 `protocol.guard.address_key`, None where it cannot be told). Once the node holds half its
@@ -21,10 +24,15 @@ room that nobody else wants.
 from __future__ import annotations
 
 from collections import Counter
+from contextvars import ContextVar
 from typing import Awaitable, Callable
 
 import trio
 from libp2p.network.exceptions import SwarmException
+
+CLOSED_POLL_S = 1.0  # how often a connection without a close event is looked at
+# The connection an inbound handler's upgrade produced, for that handler (same task).
+_UPGRADED: ContextVar[list | None] = ContextVar("shardcast_p2p_inbound_upgraded", default=None)
 
 
 def admit(address: str | None, live: Counter, limit: int, per_address: int) -> bool:
@@ -72,10 +80,50 @@ class LiveInbound:
                                      f"{self.live()[address]} of this node's connections")
             self.handshaking[address] += 1
             try:
-                return await upgrade(raw_conn, maddr)
+                muxed = await upgrade(raw_conn, maddr)
+                box = _UPGRADED.get()
+                if box is not None:
+                    box.append(muxed)
+                return muxed
             finally:
                 self.handshaking[address] -= 1
                 if self.handshaking[address] <= 0:
                     del self.handshaking[address]
 
         return upgrade_inbound
+
+    def handle(self, handler: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+        """`handler` (the swarm's _handle_inbound_connection), ended once the connection its
+        upgrade produced is closed (it would wait for the swarm to stop)."""
+
+        async def handle_inbound(read_write_closer, maddr):
+            box: list = []
+            token = _UPGRADED.set(box)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_when_closed, box, nursery.cancel_scope)
+                    await handler(read_write_closer, maddr)
+                    nursery.cancel_scope.cancel()  # refused or failed: it returned by itself
+            finally:
+                _UPGRADED.reset(token)
+
+        return handle_inbound
+
+
+async def _cancel_when_closed(box: list, scope: trio.CancelScope) -> None:
+    """Cancel `scope` once the connection put in `box` (by the upgrade) is closed."""
+    while not box:
+        await trio.sleep(CLOSED_POLL_S)
+    conn = box[0]
+    closed = getattr(conn, "event_closed", None)  # yamux's: set when the connection closes
+    if isinstance(closed, trio.Event):
+        await closed.wait()
+    else:
+        while not _is_closed(conn):
+            await trio.sleep(CLOSED_POLL_S)
+    scope.cancel()
+
+
+def _is_closed(conn) -> bool:
+    closed = getattr(conn, "is_closed", False)  # a property on yamux, a method on some others
+    return bool(closed() if callable(closed) else closed)

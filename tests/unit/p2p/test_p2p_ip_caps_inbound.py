@@ -72,6 +72,36 @@ def _inbound_at(node) -> int:
     return node._call(count)
 
 
+def _connection_handlers(node) -> int:
+    """Tasks of `node`'s trio thread handling one inbound TCP connection each."""
+    import trio
+
+    async def count() -> int:
+        n, stack = 0, [trio.lowlevel.current_root_task()]
+        while stack:
+            task = stack.pop()
+            n += task.name.endswith("serve_listeners._run_handler")
+            stack.extend(t for nursery in task.child_nurseries for t in nursery.child_tasks)
+        return n
+
+    return node._call(count)
+
+
+def test_an_inbound_connection_closed_leaves_no_task_behind():
+    """py-libp2p's handler of an inbound connection waits for the swarm to stop: a task and its
+    connection's objects kept for the node's life per connection ever accepted."""
+    node = Nodes(LONE, RUN, OP, COORD)
+    try:
+        target = node(KeyPair.generate())
+        for _ in range(3):
+            assert _connect(node(KeyPair.generate()), target, then_disconnect=True)
+        wait_for(lambda: _connection_handlers(target) == 0, "the closed connections' handlers ended", timeout=5.0)
+        peer = node(KeyPair.generate())
+        assert _connect(peer, target) and _connection_handlers(target) == 1  # a live one keeps its handler
+    finally:
+        node.stop_all()
+
+
 def test_a_node_takes_inbound_connections_after_more_have_come_and_gone_than_its_cap():
     node = Nodes(LONE, RUN, OP, COORD)
     try:
