@@ -14,6 +14,11 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   fails for the key it names: no honest peer forwards one) is blacklisted by the pubsub (its
   messages dropped unchecked; bootstrap peers excepted): forgeries naming a trusted key cost
   ~7 ms of CPU a MiB to check, at up to max_messages_per_s a peer.
+- Inbound connections are counted from what is live (py-libp2p's limiter never gave a
+  token back: the 251st inbound connection of a node's life was refused), each one's handler
+  ends when it closes (py-libp2p's waited for the swarm to stop), and once the node holds
+  half its cap an address holding MAX_INBOUND_PER_ADDRESS gets no more
+  (`shardcast.p2p.inbound`).
 - Loops: receive (drains the subscription), bootstrap (re-dial unconnected bootstrap peers),
   adverts (re-seal and repeat standing adverts), dial (a few advertised peers at once, so the
   mesh does not hang on the bootstrap peer alone).
@@ -40,7 +45,11 @@ shard-exchange stream protocol. Everything here runs inside the node's own trio 
   (`Pace`, as a reply read must); slots are shared among peers (`shardcast.p2p.slots`: at
   most MAX_SERVES_PER_PEER each, and a peer holding none takes one from a peer holding that
   many). Two fresh keys held all 4 slots of a holder: silent streams for 10 s at a time,
-  requests never read for the whole 60 s request deadline.
+  requests never read for the whole 60 s request deadline. Slots are also shared among the
+  peers' IP addresses (`remote_address`: the TCP peer address, keyed as the HTTP services'
+  per-address limits are, `protocol.guard.address_key`): in a full table an address holds
+  MAX_SERVES_PER_ADDRESS against another that wants one, so keys holding one slot each, as
+  many as the table has, no longer keep every peer of every other address out.
 - Asking (`request`): besides the request deadline, the reply's head must come within
   `rate_window_s` and its body keep up `min_rate_bps` (`Pace`), so a peer that drips is
   dropped within about a window and the shard asked of another.
@@ -77,12 +86,14 @@ from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.tools.anyio_service import background_trio_service
 
 from protocol.envelope import Envelope
+from protocol.guard import address_key
 from protocol.identity import KeyPair
 from shardcast.p2p import wire
 from shardcast.p2p.addresses import dial_host
 from shardcast.p2p.announcements import UNTRUSTED_KINDS, Announcement, Gate, encode
 from shardcast.p2p.config import P2PConfig
 from shardcast.p2p.errors import DialDeferred, PeerBusy, PeerRequestFailed, Rejected
+from shardcast.p2p.inbound import LiveInbound
 from shardcast.p2p.slots import Slots
 from shardcast.p2p.store import ShardStore
 from shardcast.p2p.view import Counters, SwarmView
@@ -98,6 +109,8 @@ MAX_TRUSTED_IDS = 1024
 FORGED_STRIKES = 3      # forged messages a direct peer may forward before it is blacklisted
 MAX_BLOCKED = 1024      # forwarders blacklisted at once (the oldest let back first)
 MAX_SERVES_PER_PEER = 2
+MAX_SERVES_PER_ADDRESS = 4  # an address's share of a full table (keys are free; two peers' worth behind a NAT)
+MAX_INBOUND_PER_ADDRESS = 16  # inbound connections one address holds once the node holds half its cap
 MAX_WAITING_PER_SLOT = 4  # streams that may wait for their request, per serving slot
 REQUEST_READ_TIMEOUT_S = 5.0  # a request is one small frame, written as soon as the stream opens
 DIAL_BACKOFF_S = 60.0   # an advertised peer that could not be dialled is not dialled again this long
@@ -135,8 +148,10 @@ class SwarmHost:
         self._trusted: OrderedDict[bytes, None] = OrderedDict()  # ids of admitted versions and notices
         self._forged: OrderedDict[ID, int] = OrderedDict()  # forwarder -> forged messages it sent
         self._blocked: OrderedDict[ID, None] = OrderedDict()
-        self._serving = Slots(cfg.max_concurrent_serves, MAX_SERVES_PER_PEER)  # requests being answered
-        self._waiting = Slots(MAX_WAITING_PER_SLOT * cfg.max_concurrent_serves, MAX_SERVES_PER_PEER)
+        self._serving = Slots(cfg.max_concurrent_serves, MAX_SERVES_PER_PEER,  # requests being answered
+                              MAX_SERVES_PER_ADDRESS)
+        self._waiting = Slots(MAX_WAITING_PER_SLOT * cfg.max_concurrent_serves, MAX_SERVES_PER_PEER,
+                              MAX_SERVES_PER_ADDRESS)
         self._kick = trio.Event()
         self._unreachable: set[str] = set()
         self._dial_failed: OrderedDict[str, float] = OrderedDict()  # peer id -> monotonic time
@@ -163,6 +178,15 @@ class SwarmHost:
         connector = getattr(network, "auto_connector", None)
         if connector is not None:
             connector.maybe_connect = _no_auto_dials
+        # Inbound connections are admitted by what is live, shared among addresses
+        # (`shardcast.p2p.inbound`): py-libp2p's own limiter spent a token for good on each.
+        limiter = getattr(network, "_inbound_limiter", None)
+        if limiter is not None and hasattr(network, "upgrade_inbound_raw_conn"):
+            inbound = LiveInbound(network, int(limiter.total_tokens), MAX_INBOUND_PER_ADDRESS, remote_address)
+            network._inbound_limiter = inbound
+            network.upgrade_inbound_raw_conn = inbound.gate(network.upgrade_inbound_raw_conn)
+            if hasattr(network, "_handle_inbound_connection"):
+                network._handle_inbound_connection = inbound.handle(network._handle_inbound_connection)
         router = _SwarmGossipSub(
             self._is_trusted, protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=cfg.gossip_degree,
             degree_low=max(1, cfg.gossip_degree - 2), degree_high=cfg.gossip_degree * 2,
@@ -487,13 +511,13 @@ class SwarmHost:
         await self._serve_one(stream)
 
     async def _serve_one(self, stream) -> None:
-        peer = _remote_peer(stream)
-        req = await self._read_request(stream, peer)
+        peer, address = _remote_peer(stream), remote_address(stream)
+        req = await self._read_request(stream, peer, address)
         if req is None:
             return
         finished = False
         with trio.CancelScope() as scope:
-            slot = self._serving.take(peer, trio.current_time(), scope.cancel)
+            slot = self._serving.take(peer, address, trio.current_time(), scope.cancel)
             if slot is None:
                 await self._reply_error(stream, "busy")
                 return
@@ -506,11 +530,11 @@ class SwarmHost:
             log.debug("p2p: a transfer to %s gave its slot to a peer that held none", peer)
             await _reset(stream)
 
-    async def _read_request(self, stream, peer: str | None) -> wire.ShardRequest | None:
+    async def _read_request(self, stream, peer: str | None, address: str | None) -> wire.ShardRequest | None:
         """The stream's request, read in the waiting table (no serving slot meanwhile); None
         when refused (busy), silent past REQUEST_READ_TIMEOUT_S, malformed or taken back."""
         with trio.CancelScope() as scope:
-            slot = self._waiting.take(peer, trio.current_time(), scope.cancel)
+            slot = self._waiting.take(peer, address, trio.current_time(), scope.cancel)
             if slot is None:
                 await self._reply_error(stream, "busy")
                 return None
@@ -747,6 +771,21 @@ def _remote_peer(stream) -> str | None:
     """The remote peer's id (authenticated by the secure channel), None if it cannot be told."""
     peer = getattr(getattr(stream, "muxed_conn", None), "peer_id", None)
     return None if peer is None else str(peer)
+
+
+def remote_address(stream) -> str | None:
+    """The key of the remote peer's IP address (`protocol.guard.address_key`: the IPv4
+    address, an IPv6 address's /64), as the TCP socket says; None if it cannot be told (py-
+    libp2p reads it with getpeername and gives None for an IPv6 socket's 4-tuple: those peers
+    share one key, which caps them together rather than not at all)."""
+    get = getattr(stream, "get_remote_address", None)
+    try:
+        remote = get() if callable(get) else None
+    except (*NET_ERRORS, AttributeError, NotImplementedError):
+        return None
+    if not isinstance(remote, tuple) or not remote or not isinstance(remote[0], str):
+        return None
+    return address_key(remote[0])
 
 
 async def _reset(stream) -> None:

@@ -191,10 +191,10 @@ def test_two_fresh_peer_ids_cannot_hold_every_serving_slot(tmp_path, what):
 def test_a_peer_holding_no_slot_takes_one_from_a_peer_holding_two():
     from shardcast.p2p.slots import Slots
 
-    slots, cancelled = Slots(4, 2), []
+    slots, cancelled = Slots(4, 2, 4), []
 
     def take(peer, t):
-        return slots.take(peer, t, lambda: cancelled.append((peer, t)))
+        return slots.take(peer, f"address of {peer}", t, lambda: cancelled.append((peer, t)))
 
     done = take("honest", 0.0)
     slots.release(done, finished=True)  # "honest" finished a transfer here once
@@ -309,7 +309,7 @@ def test_a_holder_that_answers_busy_is_not_struck_off(tmp_path):
         holder = node(KeyPair.generate(), FolderStore(tmp_path / "held", OP.public), **b)
         worker = node(KeyPair.generate(), **b)
         wait_for(lambda: holder.peer_id in {p.peer_id for p in worker.peers_with(1)}, "the holder advertised")
-        full, free = Slots(0, 2), holder._host._serving
+        full, free = Slots(0, 2, 4), holder._host._serving
         holder._host._serving = full   # every slot taken
         peers = PeerShards(worker, OP.public)
         for _ in range(4):
