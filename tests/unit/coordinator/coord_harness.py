@@ -166,6 +166,17 @@ class Swarm:
         self.clock.advance(0.001)  # submissions arrive one after another
         return self.post("/v1/submissions", KIND_SUBMISSION, self.submission(lease, **kw), key)
 
+    def submit_queued(self, key: KeyPair, n: int = 1) -> list[str]:
+        """Lease `n` tasks for `key`, submit each (200 expected) and have the verifier claim them:
+        the ids of `n` submissions waiting for a verdict."""
+        out = []
+        for lease in self.lease(key, n):
+            r = self.submit(key, lease)
+            assert r.status_code == 200, r.text
+            out.append(r.json()["submission_id"])
+        self.claim(64)
+        return out
+
     def claim(self, n: int = 16, key: KeyPair | None = None):
         r = self.post("/v1/verification/claim", KIND_CLAIM, ClaimRequest(max_jobs=n), key or self.verifier)
         assert r.status_code == 200, r.text

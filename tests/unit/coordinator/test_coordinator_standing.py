@@ -25,13 +25,7 @@ def groups(s) -> list[str]:
 
 
 def submit(s, w, n=1) -> list[str]:
-    out = []
-    for lease in s.lease(w, n):
-        r = s.submit(w, lease)
-        assert r.status_code == 200, r.text
-        out.append(r.json()["submission_id"])
-    s.claim(64)
-    return out
+    return s.submit_queued(w, n)
 
 
 def test_groups_accepted_without_a_full_check_wait_for_the_next_clean_one(make_swarm):

@@ -11,13 +11,7 @@ CHEAP = {"initial": 0.0, "floor": 0.0, "halve_every": 1}
 
 
 def submit(s, w, n=1) -> list[str]:
-    out = []
-    for lease in s.lease(w, n):
-        r = s.submit(w, lease)
-        assert r.status_code == 200, r.text
-        out.append(r.json()["submission_id"])
-    s.claim(64)
-    return out
+    return s.submit_queued(w, n)
 
 
 DISPUTE = CheckResult(name="reward", passed=False, detail="coordinator reward 1.0 of completion 2 differs from the "
