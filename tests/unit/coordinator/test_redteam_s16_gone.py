@@ -39,3 +39,17 @@ def test_leases_closed_because_their_worker_went_silent_count_as_dropped(make_sw
     assert s.snapshot_worker(w)["leases_dropped"] == len(unwanted)
     # 4 dropped, 2 free: 2 beyond the allowance undo 2 halvings, as releasing or expiry does
     assert rate() == pytest.approx(1 / 16)
+
+
+def test_an_identity_that_sat_on_leases_until_it_was_gone_holds_one_at_a_time_after(swarm):
+    """`rules.lease_size`: an identity that dropped leases and never submitted one holds one at
+    a time (throw-away identities sitting on leases to fill the new identities' share). Silence
+    closed its leases uncounted, so it came back to a full new worker's quota every 30 s."""
+    swarm.publish(0)
+    w = swarm.new_worker()
+    first = swarm.lease(w, 8)
+    assert len(first) == swarm.cfg.lease_sizing.new_worker_leases
+    j = swarm.cfg.join
+    swarm.clock.advance(j.heartbeat_interval_s * j.missed_heartbeats_gone + 1)
+    assert upkeep.sweep(swarm.ctx)["orphaned"] == len(first)
+    assert len(swarm.lease(w, 8)) == 1
