@@ -34,11 +34,12 @@ def effective_clean_checks(clean_checks: int, *, leases_issued: int, leases_drop
                            drop_slack: int, halve_every: int) -> int:
     """The clean checks a worker's check rate is computed from, after what its dropped leases cost.
 
-    Releasing a lease or letting it expire is free up to `drop_share` of the leases issued to
-    it plus `drop_slack` (honest workers give leases back when they stop or fall behind; one
-    restart gives back a full quota). Beyond that, every dropped lease costs `halve_every`
-    clean checks: its check rate doubles, so a worker that leases freely and submits only the
-    groups it likes pays with full checks. Derived from counters, never stored, so it is the
+    Releasing a lease, letting it expire, going silent until the sweep closes it (its worker
+    'gone') or having it closed as a content duplicate is free up to `drop_share` of the
+    leases issued to it plus `drop_slack` (honest workers give leases back when they stop or
+    fall behind; one restart gives back a full quota). Beyond that, every dropped lease costs
+    `halve_every` clean checks: its check rate doubles, so a worker that leases freely and
+    submits only the groups it likes pays with full checks. Derived from counters, never stored, so it is the
     same wherever it is computed."""
     excess = leases_dropped - drop_share * leases_issued - drop_slack
     if excess <= 0:
