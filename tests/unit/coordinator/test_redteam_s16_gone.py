@@ -37,6 +37,8 @@ def test_leases_closed_because_their_worker_went_silent_count_as_dropped(make_sw
     assert s.heartbeat(w).status_code == 200   # back, standing intact but for the drops
     assert s.snapshot_worker(w)["status"] == "active"
     assert s.snapshot_worker(w)["leases_dropped"] == len(unwanted)
+    late = s.submit(w, unwanted[0])   # nor can it still hand one in: they are closed
+    assert late.status_code == 410 and late.json()["reason"] == "lease_closed", late.text
     # 4 dropped, 2 free: 2 beyond the allowance undo 2 halvings, as releasing or expiry does
     assert rate() == pytest.approx(1 / 16)
 
