@@ -41,7 +41,20 @@ def effective_clean_checks(clean_checks: int, *, leases_issued: int, leases_drop
     `halve_every` clean checks: its check rate doubles, so a worker that leases freely and
     submits only the groups it likes pays with full checks. Derived from counters, never stored, so it is the
     same wherever it is computed."""
-    excess = leases_dropped - drop_share * leases_issued - drop_slack
+    excess = excess_drops(leases_issued, leases_dropped, drop_share=drop_share, drop_slack=drop_slack)
     if excess <= 0:
         return clean_checks
     return max(0, clean_checks - int(math.ceil(excess)) * halve_every)
+
+
+def excess_drops(leases_issued: int, leases_dropped: int, *, drop_share: float, drop_slack: int) -> float:
+    """Dropped leases beyond the free allowance (`effective_clean_checks`); <= 0 within it."""
+    return leases_dropped - drop_share * leases_issued - drop_slack
+
+
+def mostly_dropped(leases_issued: int, leases_dropped: int, *, drop_share: float, drop_slack: int) -> bool:
+    """Whether a worker dropped more leases than it kept (submitted or still holds), beyond the
+    free allowance: lease sizing then holds it to one lease at a time (`rules.lease_size`).
+    Its check rate alone was no cost to a worker that takes leases only to sit on them."""
+    return (leases_dropped > leases_issued - leases_dropped
+            and excess_drops(leases_issued, leases_dropped, drop_share=drop_share, drop_slack=drop_slack) > 0)
