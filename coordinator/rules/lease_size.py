@@ -185,7 +185,8 @@ def worker_rate(leases: Sequence[tuple[float, float]]) -> float | None:
 
 def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, float]], arrivals: Sequence[float],
                    staleness: int, verify_s: Sequence[float], demand: Demand | None, now: float,
-                   terms: SizingTerms, new_identity: bool = False, dropped: int = 0) -> Sizing:
+                   terms: SizingTerms, new_identity: bool = False, dropped: int = 0,
+                   mostly_dropped: bool = False) -> Sizing:
     """How many leases a worker may hold now (see the module docstring for the rule).
 
     `held`: its active leases; `recent`: (issued_at, submitted_at) of its newest submitted
@@ -196,12 +197,17 @@ def leases_allowed(*, max_leases: int, held: int, recent: Sequence[tuple[float, 
     no verified work yet (its room is the new identities' share, `Demand.room`); `dropped`: leases
     it released or let expire. A worker that dropped leases and has never submitted one holds
     one at a time until it submits: an identity that takes leases only to sit on them (to fill
-    the new identities' share) holds one after its first ones expire."""
+    the new identities' share) holds one after its first ones expire. So does one whose record
+    is `mostly_dropped` (`rules.reputation.mostly_dropped`: more leases dropped than kept, beyond
+    the free allowance): submitting a few groups first bought a squatter its whole quota for
+    ever, its rate being measured from submitted leases only; it gets it back by submitting."""
     if not terms.enabled:
         return Sizing(max_leases, None, None, "lease sizing off")
     own = _own(max_leases, recent, arrivals, staleness, verify_s, now, terms)
     if dropped > 0 and not recent:
         own = Sizing(1, own.budget_s, own.rate, "dropped leases and never submitted one")
+    elif mostly_dropped:
+        own = Sizing(1, own.budget_s, own.rate, "dropped more leases than it kept")
     if demand is None:
         return own
     room = max(0, math.floor(demand.room(staleness, terms.demand_steps, new_identity)))

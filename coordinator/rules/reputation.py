@@ -34,13 +34,27 @@ def effective_clean_checks(clean_checks: int, *, leases_issued: int, leases_drop
                            drop_slack: int, halve_every: int) -> int:
     """The clean checks a worker's check rate is computed from, after what its dropped leases cost.
 
-    Releasing a lease or letting it expire is free up to `drop_share` of the leases issued to
-    it plus `drop_slack` (honest workers give leases back when they stop or fall behind; one
-    restart gives back a full quota). Beyond that, every dropped lease costs `halve_every`
-    clean checks: its check rate doubles, so a worker that leases freely and submits only the
-    groups it likes pays with full checks. Derived from counters, never stored, so it is the
+    Releasing a lease, letting it expire, going silent until the sweep closes it (its worker
+    'gone') or having it closed as a content duplicate is free up to `drop_share` of the
+    leases issued to it plus `drop_slack` (honest workers give leases back when they stop or
+    fall behind; one restart gives back a full quota). Beyond that, every dropped lease costs
+    `halve_every` clean checks: its check rate doubles, so a worker that leases freely and
+    submits only the groups it likes pays with full checks. Derived from counters, never stored, so it is the
     same wherever it is computed."""
-    excess = leases_dropped - drop_share * leases_issued - drop_slack
+    excess = excess_drops(leases_issued, leases_dropped, drop_share=drop_share, drop_slack=drop_slack)
     if excess <= 0:
         return clean_checks
     return max(0, clean_checks - int(math.ceil(excess)) * halve_every)
+
+
+def excess_drops(leases_issued: int, leases_dropped: int, *, drop_share: float, drop_slack: int) -> float:
+    """Dropped leases beyond the free allowance (`effective_clean_checks`); <= 0 within it."""
+    return leases_dropped - drop_share * leases_issued - drop_slack
+
+
+def mostly_dropped(leases_issued: int, leases_dropped: int, *, drop_share: float, drop_slack: int) -> bool:
+    """Whether a worker dropped more leases than it kept (submitted or still holds), beyond the
+    free allowance: lease sizing then holds it to one lease at a time (`rules.lease_size`).
+    Its check rate alone was no cost to a worker that takes leases only to sit on them."""
+    return (leases_dropped > leases_issued - leases_dropped
+            and excess_drops(leases_issued, leases_dropped, drop_share=drop_share, drop_slack=drop_slack) > 0)

@@ -2,7 +2,8 @@
 
 `sweep(ctx)` runs every `housekeeping_interval_s`: leases past their expiry become
 'expired' and their tasks return to the pool; workers silent for `missed_heartbeats_gone`
-heartbeat intervals become 'gone' and their leases return too; groups that fell out of the
+heartbeat intervals become 'gone' and their leases return too (both count as dropped leases,
+`rules.reputation.effective_clean_checks`); groups that fell out of the
 buffer's floor leave the buffer (`training.drop_stale`); queued submissions whose
 `verification_max_claims`-th claim expired without a verdict are dropped, without a ban; nonces older than twice the clock skew (they could no longer
 pass the timestamp check) are forgotten; envelopes of finished, archived submissions older than
@@ -41,6 +42,9 @@ def sweep(ctx: Context) -> dict:
         gone = workers.mark_gone(conn, cutoff) if ctx.started_at <= cutoff else []
         orphaned = leases.close_many(conn, leases.active_of_workers(conn, gone), "expired", now)
         leases.return_tasks(conn, orphaned, now)
+        # dropped as much as expired ones: silence closes them sooner than their TTL, and was
+        # a free way to shed the leases a worker did not like (rules.reputation)
+        workers.count_leases(conn, dropped=Counter(r.worker_id for r in orphaned))
         dropped = training.drop_stale(ctx, conn)
         unjudged = submissions.drop_unjudged(conn, now, cfg.verification_claim_ttl_s, cfg.verification_max_claims)
         pruned = workers.prune_nonces(conn, now - 2 * cfg.max_clock_skew_s - 10)

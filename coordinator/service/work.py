@@ -24,7 +24,7 @@ from coordinator.rules import intake
 from coordinator.rules.advantages import group_advantages
 from coordinator.rules.lease_size import Demand, Sizing, SizingTerms, leases_allowed, spread_retry, trainer_take
 from coordinator.rules.leasing import draw_seeds, leases_to_issue, new_id, pick_returned, split_held
-from coordinator.rules.reputation import full_check
+from coordinator.rules.reputation import full_check, mostly_dropped
 from coordinator.service import require_worker, training, use_nonce
 from coordinator.service.join import revive, worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, swarm_counts, workers
@@ -100,7 +100,7 @@ def try_lease(ctx: Context, opened: Opened[LeaseRequest], *, again: bool = False
         held_tasks = leases.active_task_ids(conn, worker_id)
         held = len(held_tasks)
         established = established_row(ctx, row)
-        sizing = _sizing(ctx, conn, worker_id, established, row.leases_dropped, held, current, now, row.address)
+        sizing = _sizing(ctx, conn, worker_id, established, row, held, current, now)
         n = leases_to_issue(opened.body.max_tasks, held, sizing.allowed)
         if fill and sizing.own is not None and n < leases_to_issue(opened.body.max_tasks, held, sizing.own):
             n = 0
@@ -177,10 +177,12 @@ def _draw(ctx: Context, conn, reused: list[int], fresh: int, now: float) -> dict
     return drawn
 
 
-def _sizing(ctx: Context, conn, worker_id: str, established: bool, dropped: int, held: int, current: int,
-            now: float, address: str = "") -> Sizing:
+def _sizing(ctx: Context, conn, worker_id: str, established: bool, row, held: int, current: int,
+            now: float) -> Sizing:
     """How many leases `worker_id` may hold now (`coordinator.rules.lease_size`), from the
-    coordinator's own measurements: the worker's newest submitted leases, the versions' arrival
+    coordinator's own measurements: the worker's newest submitted leases and its lease counters
+    (`row`, its workers row: what it dropped of what it was issued; its address, for the
+    newcomers' group cap), the versions' arrival
     times, recent verification times, how many versions the buffer keeps, what the trainer took
     per version (all groups it acknowledged / versions: its step size, however short of groups
     the swarm is) and what is on its way to it."""
@@ -198,13 +200,16 @@ def _sizing(ctx: Context, conn, worker_id: str, established: bool, dropped: int,
         in_flight = counts.active + counts.queued + submissions.waiting(conn, floor)
         of_new = counts.active_of_new + counts.queued_of_new
         share = terms.new_identity_share if counts.established_active else None
-        of_group = _of_group(ctx, conn, address) if share is not None and not established else None
+        of_group = _of_group(ctx, conn, row.address) if share is not None and not established else None
         demand = Demand(per_version=per_version, in_flight=in_flight - of_new, new=of_new, new_share=share,
                         of_group=of_group, group_share=terms.new_group_share)
     return leases_allowed(max_leases=max_leases, held=held, recent=leases.recent_submitted(conn, worker_id, terms.history),
                           arrivals=policy.recent_arrivals(conn), staleness=staleness,
                           verify_s=submissions.recent_verify_times(conn), demand=demand, now=now, terms=terms,
-                          new_identity=not established, dropped=dropped)
+                          new_identity=not established, dropped=row.leases_dropped,
+                          mostly_dropped=mostly_dropped(row.leases_issued, row.leases_dropped,
+                                                        drop_share=ctx.cfg.standing.drop_share,
+                                                        drop_slack=ctx.cfg.standing.drop_slack))
 
 
 def _of_group(ctx: Context, conn, address: str) -> int | None:

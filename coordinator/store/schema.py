@@ -52,7 +52,7 @@ workers = Table(
     Column("drift_worst_score", Float, nullable=False, server_default="0"),  # ... of its worst completions
     Column("last_clean_check_at", Float, nullable=True),  # received_at of its newest clean full check
     Column("leases_issued", BigInteger, nullable=False, server_default="0"),
-    Column("leases_dropped", BigInteger, nullable=False, server_default="0"),  # released or let expire
+    Column("leases_dropped", BigInteger, nullable=False, server_default="0"),  # released, expired, gone, duplicate
     Column("banned_at", Float, nullable=True),
     Column("hardware", Text, nullable=False, server_default="{}"),
     Column("client_version", String(64), nullable=False, server_default=""),
