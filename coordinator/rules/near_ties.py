@@ -12,6 +12,22 @@ an honest one:
 
     P(Poisson(honest_rate x positions) >= near_ties) < alpha.
 
+A sum over the worker's whole life lets honesty be banked: after 1M honest positions a worker
+switching to temperature 0.7 (~5% near ties) stayed under the test for ~119,000 fully checked
+cheating positions (~1.2M tokens at a 0.1 check rate), each of its checks passing and releasing
+its held groups. So a one-sided Bernoulli CUSUM runs beside it, as the proof-drift test does for
+proofs (`score`, `banned_by_score`):
+
+    score = max(0, score + ties x ln(r) + (positions - ties) x ln((1 - r p) / (1 - p)))
+    ban when score >= ln(1 / alpha)
+
+with p = honest_rate and r = CUSUM_RATIO: the log-likelihood ratio of "r times the honest
+rate" against it, which forgets an honest past (its drift is negative at any rate below ~2.2 p)
+and bans a worker that starts missing at 5% within ~250 positions of its change (one full check
+of an 8 x 32-token group), whatever it banked before. Its false alarms: the chance to climb to
+ln(1/alpha) from 0 is at most alpha per excursion at the honest rate (Wald), and far less at
+the rates measured below.
+
 Poisson is the binomial's conservative stand-in here (for small rates its upper tail is the
 larger, so it bans no sooner). Honest rates measured (bench/verification.py, section 1, and
 bench/cross_hardware.py): 0 for fp32 workers and for bf16 workers of the demo model; 0.16%
@@ -50,3 +66,23 @@ def implausible(near_ties: int, positions: int, *, honest_rate: float, alpha: fl
     if near_ties <= 0 or positions <= 0:
         return False
     return poisson_tail(near_ties, honest_rate * positions) < alpha
+
+
+CUSUM_RATIO = 4.0   # the rate (times honest_rate) the CUSUM tells from honest: near p's 0.5%, 2%
+
+
+def score(previous: float, near_ties: int, positions: int, *, honest_rate: float) -> float:
+    """The worker's near-tie CUSUM after one more full check (`near_ties` of `positions`)."""
+    if positions <= 0:
+        return previous
+    p, r = honest_rate, CUSUM_RATIO
+    if not 0 < r * p < 1:   # a configured rate so high that r x it is no rate: the CUSUM cannot tell
+        return 0.0
+    ties = min(max(0, near_ties), positions)
+    step = ties * math.log(r) + (positions - ties) * math.log((1 - r * p) / (1 - p))
+    return max(0.0, previous + step)
+
+
+def banned_by_score(value: float, *, alpha: float) -> bool:
+    return value >= math.log(1 / alpha)
+

@@ -16,9 +16,9 @@ applies it in one transaction.
                                                   and the verifier's scorings)
     accepted, full check           ready          clean check; its held groups received
                                                   before this one become ready; sampling
-                                                  counts join the near-tie ledger and the
-                                                  proof error the drift score — either
-                                                  test may ban it (then as rejected)
+                                                  counts join the near-tie ledger and its
+                                                  CUSUM, the proof error the drift score —
+                                                  any of them may ban it (then as rejected)
     accepted, cheap checks only    held, or ready if a clean full check of the worker was
                                    received after it (`hold_until_checked` off: ready)
 
@@ -49,6 +49,7 @@ class Standing:
     near_ties: int
     drift: tuple[float, float]          # proof-drift scores: pooled, worst completion
     last_clean_check_at: float | None
+    near_tie_score: float = 0.0         # the near-tie CUSUM (rules.near_ties.score)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Consequence:
     drift: tuple[float, float]         # the worker's new proof-drift scores
     release_held_up_to: float | None   # held groups received at or before this become ready
     ban_reason: str                    # '' unless the worker is banned
+    near_tie_score: float = 0.0        # the worker's new near-tie CUSUM
 
 
 @dataclass(frozen=True)
@@ -137,19 +139,27 @@ def consequences(accepted: bool, full_check: bool, checks: list[Any], reason: st
                  standing: Standing, rules: Rules, worker_fault: bool = True) -> Consequence:
     if not accepted:
         ban = (reason or "rejected by the verifier") if worker_fault else ""
-        return Consequence(None, False, 0, 0, standing.drift, None, ban)
+        return Consequence(None, False, 0, 0, standing.drift, None, ban, standing.near_tie_score)
     if not full_check:
         checked_after = standing.last_clean_check_at is not None and standing.last_clean_check_at >= received_at
         held = rules.hold_until_checked and not checked_after
-        return Consequence("held" if held else "ready", False, 0, 0, standing.drift, None, "")
+        return Consequence("held" if held else "ready", False, 0, 0, standing.drift, None, "",
+                           standing.near_tie_score)
     positions, ties = _sampling_counts(checks)
     ban = ""
+    tie_score = standing.near_tie_score
+    if rules.near_ties_enabled:
+        tie_score = near_ties.score(tie_score, ties, positions, honest_rate=rules.honest_rate)
     if rules.near_ties_enabled and ties:
         total_ties, total_pos = standing.near_ties + ties, standing.checked_positions + positions
         if near_ties.implausible(total_ties, total_pos, honest_rate=rules.honest_rate, alpha=rules.alpha):
             ban = (f"{total_ties} of {total_pos} fully checked tokens were not the seeded sample (each within the "
                    f"sampling tolerance): P < {rules.alpha:g} at the honest rate {rules.honest_rate:g} (another "
                    "temperature or policy?)")
+        elif near_ties.banned_by_score(tie_score, alpha=rules.alpha):
+            ban = (f"its fully checked tokens stopped being the seeded sample (within the sampling tolerance) far "
+                   f"more often than at the honest rate {rules.honest_rate:g}, check after check (near-tie score "
+                   f"{tie_score:.1f}; another temperature or policy since?)")
     scores = standing.drift
     stats = _proof_stats(checks)
     limits = rules.drift.get(str(stats.get("prefill_dtype", "")))
@@ -164,4 +174,4 @@ def consequences(accepted: bool, full_check: bool, checks: list[Any], reason: st
             ban = (f"the proofs of this worker's full checks drift from the policy's: their {which}error stays above "
                    f"the honest allowance for {stats.get('prefill_dtype')} check after check (another or a quantized "
                    "model?)")
-    return Consequence("ready", True, positions, ties, scores, received_at, ban)
+    return Consequence("ready", True, positions, ties, scores, received_at, ban, tie_score)

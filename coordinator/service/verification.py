@@ -137,7 +137,8 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
         standing = verdicts.Standing(checked_positions=w.checked_positions if w else 0,
                                      near_ties=w.near_ties if w else 0,
                                      drift=(w.drift_score, w.drift_worst_score) if w else (0.0, 0.0),
-                                     last_clean_check_at=w.last_clean_check_at if w else None)
+                                     last_clean_check_at=w.last_clean_check_at if w else None,
+                                     near_tie_score=w.near_tie_score if w else 0.0)
         reason = f"submission {v.submission_id} rejected: {v.reason or _failed_checks(v)}" if not v.accepted else ""
         c = verdicts.consequences(v.accepted, v.full_check, v.checks, reason, received_at=row.received_at,
                                   standing=standing, rules=verdict_rules(ctx.cfg), worker_fault=v.worker_fault)
@@ -148,7 +149,7 @@ def verdict(ctx: Context, opened: Opened[Verdict]) -> dict:
         if v.accepted:
             workers.credit_accepted(conn, row.worker_id, row.n_tokens, clean_check=c.clean_check,
                                     positions=c.positions, near_ties=c.near_ties, drift=c.drift,
-                                    clean_check_at=c.release_held_up_to)
+                                    clean_check_at=c.release_held_up_to, near_tie_score=c.near_tie_score)
             if c.release_held_up_to is not None and not c.ban_reason:
                 released = submissions.release_held(conn, row.worker_id, c.release_held_up_to)
         elif v.worker_fault:

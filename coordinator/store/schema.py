@@ -50,6 +50,7 @@ workers = Table(
     Column("near_ties", BigInteger, nullable=False, server_default="0"),          # ... off the seeded argmax
     Column("drift_score", Float, nullable=False, server_default="0"),    # proof-drift CUSUMs (rules.proof_drift)
     Column("drift_worst_score", Float, nullable=False, server_default="0"),  # ... of its worst completions
+    Column("near_tie_score", Float, nullable=False, server_default="0"),  # near-tie CUSUM (rules.near_ties.score)
     Column("last_clean_check_at", Float, nullable=True),  # received_at of its newest clean full check
     Column("leases_issued", BigInteger, nullable=False, server_default="0"),
     Column("leases_dropped", BigInteger, nullable=False, server_default="0"),  # released, expired, gone, duplicate

@@ -30,7 +30,8 @@ _CREDIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(
     clean_checks=workers.c.clean_checks + bindparam("clean"),
     checked_positions=workers.c.checked_positions + bindparam("positions"),
     near_ties=workers.c.near_ties + bindparam("ties"),
-    drift_score=bindparam("score"), drift_worst_score=bindparam("worst"), last_clean_check_at=_NEWEST_CLEAN)
+    drift_score=bindparam("score"), drift_worst_score=bindparam("worst"), near_tie_score=bindparam("tie_score"),
+    last_clean_check_at=_NEWEST_CLEAN)
 _DEBIT = update(workers).where(workers.c.worker_id == bindparam("w")).values(rejected=workers.c.rejected + 1)
 _BAN = update(workers).where(workers.c.worker_id == bindparam("w")).values(
     status="banned", ban_reason=bindparam("reason"), banned_at=bindparam("now"))
@@ -128,14 +129,14 @@ def count_leases(conn: Connection, issued: dict[str, int] | None = None, dropped
 
 def credit_accepted(conn: Connection, worker_id: str, tokens: int, clean_check: bool, *,
                     drift: tuple[float, float], clean_check_at: float | None, positions: int = 0,
-                    near_ties: int = 0) -> None:
+                    near_ties: int = 0, near_tie_score: float = 0.0) -> None:
     """Count an accepted submission, in one statement: a full check also adds its sampling
     counts (tokens checked, tokens off the seeded argmax) to the worker's near-tie ledger; the
-    drift scores (pooled, worst completion) are stored; `clean_check_at` (a clean full check's
+    drift scores (pooled, worst completion) and the near-tie CUSUM are stored; `clean_check_at` (a clean full check's
     receipt time) moves the worker's newest clean check forward, never back."""
     conn.execute(_CREDIT, {"w": worker_id, "tokens": tokens, "clean": 1 if clean_check else 0,
                            "positions": positions, "ties": near_ties, "score": drift[0], "worst": drift[1],
-                           "clean_at": clean_check_at})
+                           "tie_score": near_tie_score, "clean_at": clean_check_at})
 
 
 def debit_rejected(conn: Connection, worker_id: str) -> None:
