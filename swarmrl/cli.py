@@ -282,7 +282,7 @@ def audit_reverify(
     max_reward: Optional[float] = MaxRewardOpt, since: Optional[str] = SinceOpt, until: Optional[str] = UntilOpt,
     limit: Optional[int] = LimitOpt, json_out: bool = JsonOpt,
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="TOML with the verifier's limits "
-                                              "(a verifier config: [thresholds] for float32, [bf16_thresholds]; or a "
+                                              "(a verifier config: \\[thresholds] for float32, \\[bf16_thresholds]; or a "
                                               "bare float32 table); the prefill computes in each rollout's declared dtype"),
     device: str = typer.Option("cpu", help="torch device of the prefill"),
     model: Optional[str] = typer.Option(None, "--model", help="tokenizer to decode with"),
