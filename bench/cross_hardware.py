@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.verification import STATS, _differs, attack_row, judge, print_header, print_row, summarise  # noqa: E402
+from bench.verification import STATS, judge, print_header, print_row, summarise  # noqa: E402
 from protocol.identity import KeyPair  # noqa: E402
 from protocol.lm import load_model  # noqa: E402
 from tests.adversarial import harness as H  # noqa: E402
@@ -65,6 +65,7 @@ class DeviceModels(H.DictModels):
 
 
 ENGINE = {"name": "transformers"}   # --engine: the workers' engine
+DEVICE = {"name": "cuda"}           # --device: the workers' and the second judge's device (cpu: a smoke run)
 
 
 def cuda_engine(path: Path, version: int, dtype: str) -> TransformersEngine:
@@ -72,16 +73,16 @@ def cuda_engine(path: Path, version: int, dtype: str) -> TransformersEngine:
         from worker.config import VllmSettings
         from worker.engines.vllm_engine import VllmEngine
 
-        e = VllmEngine(device="cuda", dtype=dtype, settings=VllmSettings(gpu_memory_utilization=0.08))
+        e = VllmEngine(device=DEVICE["name"], dtype=dtype, settings=VllmSettings(gpu_memory_utilization=0.08))
     else:
-        e = TransformersEngine(device="cuda", dtype=dtype)
+        e = TransformersEngine(device=DEVICE["name"], dtype=dtype)
     e.load(path, version)
     return e
 
 
 def honest_section(worlds: dict[str, H.World], target: int, out: dict) -> None:
     key = KeyPair.generate()
-    judges = {"cpu": None, "cuda": DeviceModels}
+    judges = {"cpu": None, ("cuda" if DEVICE["name"] == "cuda" else "cpu-again"): DeviceModels}
     variations = [(w, dt, b) for w in worlds for dt in ("float32", "bfloat16") for b in (1, 16)]
     per_var = max(2, -(-target // (len(variations) * 8)))
     rows: dict[str, list[dict]] = {j: [] for j in judges}
@@ -103,7 +104,7 @@ def honest_section(worlds: dict[str, H.World], target: int, out: dict) -> None:
             k += n
         for jname, models in judges.items():
             saved = world.models
-            world.models = models(world.versions, "cuda") if models else saved
+            world.models = models(world.versions, DEVICE["name"]) if models else saved
             world.ledger = H.SeenLedger()  # each judge sees every submission once
             res = [judge(world, env, s, key) for (ls, env), s in zip(leases, subs)]
             world.models = saved
@@ -112,14 +113,16 @@ def honest_section(worlds: dict[str, H.World], target: int, out: dict) -> None:
     totals = {}
     for jname, rs in rows.items():
         totals[jname] = {"name": f"ALL ({jname} judge)", "completions": sum(r["completions"] for r in rs),
+                         "submissions": sum(r["submissions"] for r in rs),
                          "false_rejections": sum(r["false_rejections"] for r in rs),
+                         "false_bans": sum(r["false_bans"] for r in rs),
                          **{s: max(r[s] for r in rs) for s, _ in STATS}}
         print_row(totals[jname])
     out["honest"] = {"rows": rows, "totals": totals}
 
 
 def shortfall_section(worlds: dict[str, H.World], leases_per_world: int, out: dict) -> None:
-    from verifier.thresholds import LOW_PRECISION
+    from verifier.thresholds import BFLOAT16, FLOAT32
 
     key = KeyPair.generate()
     rows = []
@@ -152,9 +155,33 @@ def shortfall_section(worlds: dict[str, H.World], leases_per_world: int, out: di
             rows.append(row)
             print(f"{wname + ' ' + SHORT[dt]:<28}{positions:>10}{len(gaps):>11}{row['max_gap']:>9.4f}"
                   f"{row['max_rel']:>16.5f}{row['p99_rel']:>16.5f}{over:>12}")
-    print(f"limits (bf16 prefill): shortfall <= {LOW_PRECISION.sampling_tolerance} + "
-          f"{LOW_PRECISION.sampling_rel_tolerance:g} x |logit|/T; fp32 prefill: <= 0.01")
+    print(f"limits (bf16 prefill): shortfall <= {BFLOAT16.sampling_tolerance} + "
+          f"{BFLOAT16.sampling_rel_tolerance:g} x |logit|/T; fp32 prefill: <= {FLOAT32.sampling_tolerance}")
     out["shortfalls"] = rows
+
+
+def _differs(a, b) -> bool:
+    """Whether a cheat's submission differs from the honest one of the same lease (an attack that
+    changed nothing is not counted as effective)."""
+    return a.model_dump(exclude={"engine"}) != b.model_dump(exclude={"engine"})
+
+
+def attack_row(name: str, res: list[tuple[bool, dict]]) -> dict:
+    """One attack's row: submissions, the effective ones, how many of those were rejected and
+    by which checks (printed as it is made)."""
+    eff = [r for e, r in res if e]
+    rejected = sum(not r["accepted"] for r in eff)
+    caught: dict[str, int] = {}
+    for r in eff:
+        for name_ in r["failed"] if not r["accepted"] else []:
+            caught[name_] = caught.get(name_, 0) + 1
+    row = {"attack": name, "submissions": len(res), "effective": len(eff), "rejected": rejected,
+           "rate": rejected / len(eff) if eff else None, "caught_by": caught,
+           "missed": [r["reason"] or "accepted" for r in eff if r["accepted"]][:2]}
+    rate = f"{100 * row['rate']:.0f}%" if eff else "n/a"
+    print(f"{name:<40}{len(res):>6}{len(eff):>10}{rejected:>9}{rate:>8}  "
+          + ", ".join(f"{k} {v}" for k, v in sorted(caught.items(), key=lambda kv: -kv[1])), flush=True)
+    return row
 
 
 def attack_section(world: H.World, root: Path, n: int, out: dict) -> None:
@@ -193,14 +220,17 @@ def main() -> None:
                     choices=["honest", "shortfalls", "attacks"])
     ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
                     help="the GPU workers' engine")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="the workers' (and the second judge's) device; cpu only proves the script runs "
+                         "(tests/unit/test_bench_scripts.py): its figures say nothing about GPUs")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "cross_hardware.json")
     args = ap.parse_args()
-    ENGINE["name"] = args.engine
-    if not torch.cuda.is_available():
-        sys.exit("bench/cross_hardware.py needs a CUDA GPU")
-    print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; "
-          f"TF32 matmul: {torch.backends.cuda.matmul.allow_tf32}", flush=True)
-    out: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    ENGINE["name"], DEVICE["name"] = args.engine, args.device
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench/cross_hardware.py needs a CUDA GPU (--device cpu: a smoke run of the script)")
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else "none (--device cpu)"
+    print(f"GPU: {gpu}; torch {torch.__version__}; TF32 matmul: {torch.backends.cuda.matmul.allow_tf32}", flush=True)
+    out: dict = {"gpu": gpu, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         warm = H.make_world(root / "warm", warm_seconds=args.warm_seconds)

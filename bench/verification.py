@@ -102,12 +102,11 @@ def banned_after(results: list[dict], peak: list | None = None) -> tuple[int | N
     for i, r in enumerate(results, 1):
         v = r["verdict"]
         c = verdicts.consequences(v.accepted, True, v.checks, v.reason, received_at=float(i), standing=standing,
-                                  rules=RULES)
+                                  rules=RULES, worker_fault=v.worker_fault)
         if c.ban_reason:
             why = "rejected" if not v.accepted else ("near-ties" if "seeded sample" in c.ban_reason else "drift")
             return i, why
-        standing = verdicts.Standing(standing.checked_positions + c.positions, standing.near_ties + c.near_ties,
-                                     c.drift, float(i))
+        standing = verdicts.standing_after(standing, c)
         peak[:] = [max(peak[0], c.drift[0]), max(peak[1], c.drift[1])]
     return None, ""
 

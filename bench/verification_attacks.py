@@ -16,6 +16,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+if __name__ == "__main__":   # run as a file: the same as bench/verification.py --sections attacks
+    import subprocess
+    import sys
+
+    sys.exit(subprocess.call([sys.executable, str(Path(__file__).resolve().parent / "verification.py"),
+                              "--sections", "attacks", *sys.argv[1:]]))
+
 from bench.verification import SHORT, banned_after, drift_errors, judge
 from protocol.identity import KeyPair
 from tests.adversarial import harness as H

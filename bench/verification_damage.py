@@ -24,6 +24,13 @@ import statistics
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":   # run as a file: the same as bench/verification.py --sections damage
+    import subprocess
+    import sys
+
+    sys.exit(subprocess.call([sys.executable, str(Path(__file__).resolve().parent / "verification.py"),
+                              "--sections", "damage", *sys.argv[1:]]))
+
 from bench.verification import ROOT
 
 HARNESS = ROOT / "tests" / "unit" / "coordinator" / "coord_harness.py"

@@ -121,6 +121,16 @@ def verdict_problems(accepted: bool, full_check: bool, checks: list[Any], worker
     return ""
 
 
+def standing_after(standing: Standing, c: Consequence) -> Standing:
+    """The worker's ledger once `c` is applied (what `coordinator.service.verification` writes:
+    its sampling counts added, its drift and near-tie scores, its newest clean check); for the
+    benches and tests that replay a worker's verdicts through these rules."""
+    return Standing(checked_positions=standing.checked_positions + c.positions, near_ties=standing.near_ties + c.near_ties,
+                    drift=c.drift, near_tie_score=c.near_tie_score,
+                    last_clean_check_at=(c.release_held_up_to if c.release_held_up_to is not None
+                                         else standing.last_clean_check_at))
+
+
 def _sampling_counts(checks: list[Any]) -> tuple[int, int]:
     for c in checks:
         if c.name == "sampling":

@@ -176,6 +176,5 @@ def test_every_systematic_bf16_cheat_is_banned_within_20_full_checks(redteam, ke
                                   rules=rules)
         if c.ban_reason:
             return
-        standing = verdicts.Standing(standing.checked_positions + c.positions, standing.near_ties + c.near_ties,
-                                     c.drift, float(i))
+        standing = verdicts.standing_after(standing, c)
     pytest.fail(f"{name} in bf16 was not banned within 20 full checks")
