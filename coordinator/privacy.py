@@ -14,6 +14,7 @@ token (`coordinator.auth.is_operator`) a reader of GET /v1/stats and /v1/dashboa
 | a verdict's checks | only the failed checks' names | the statistics say how far a submission was from each threshold, and which checks ran says whether it was a full check |
 | `reason`, `ban_reason` | `public_reason`: the failed checks' names, any other number replaced by `#` | the verifier's reasons quote the numbers the thresholds were compared with |
 | an undecided submission | refused (403) | its state (and whether it is queued for a full check) is the verifier's business until it decides |
+| GET /metrics | not served by the deployments' TLS proxy (deploy/proxy/coordinator.conf: 404); Prometheus scrapes the coordinator's own port inside the deployment | its counters by outcome (verdicts, groups unused by cause, `stale_held` among them), read around one's own verdicts, tell what the rows above hide |
 
 The submission statuses a worker polls (GET /v1/submissions/{id}, /v1/submission-statuses)
 carry `public_reason` whoever asks: a worker learns that it failed, and which check, never by
