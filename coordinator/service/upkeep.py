@@ -35,10 +35,15 @@ def sweep(ctx: Context) -> dict:
     with ctx.db.write() as conn:
         expired = leases.close_many(conn, leases.due(conn, now), "expired", now)
         leases.return_tasks(conn, expired, now)
-        workers.count_leases(conn, dropped=Counter(r.worker_id for r in expired))
         # Silence is measured from the later of a worker's last heartbeat and this process's
-        # start: a coordinator that was down must not blame workers for its own outage.
-        cutoff = now - cfg.join.heartbeat_interval_s * cfg.join.missed_heartbeats_gone
+        # start: a coordinator that was down must not blame workers for its own outage. Nor for
+        # the leases that ran out while it was down, or before its workers could reach it again
+        # (within the same silence period of its start): those are not counted as dropped (they
+        # count against a worker's check rate and lease quota, rules.reputation).
+        silence = cfg.join.heartbeat_interval_s * cfg.join.missed_heartbeats_gone
+        workers.count_leases(conn, dropped=Counter(r.worker_id for r in expired
+                                                   if r.expires_at >= ctx.started_at + silence))
+        cutoff = now - silence
         gone = workers.mark_gone(conn, cutoff) if ctx.started_at <= cutoff else []
         orphaned = leases.close_many(conn, leases.active_of_workers(conn, gone), "expired", now)
         leases.return_tasks(conn, orphaned, now)

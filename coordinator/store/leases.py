@@ -75,15 +75,16 @@ def close(conn: Connection, lease_id: str, to_status: str, now: float) -> bool:
 
 
 def close_many(conn: Connection, lease_ids: list[str], to_status: str, now: float) -> list[Row]:
-    """Close the active ones among `lease_ids`; return (lease_id, task_index, worker_id) of those
-    this call closed. One UPDATE ... RETURNING: a select first, then the update, returned leases
+    """Close the active ones among `lease_ids`; return (lease_id, task_index, worker_id, expires_at)
+    of those this call closed. One UPDATE ... RETURNING: a select first, then the update, returned leases
     that another replica's transaction closed meanwhile (its sweep, or a release), and they
     were counted as dropped and their tasks returned twice."""
     if not lease_ids:
         return []
     return list(conn.execute(update(leases).where(and_(leases.c.lease_id.in_(lease_ids), leases.c.status == "active"))
                              .values(status=to_status, closed_at=now)
-                             .returning(leases.c.lease_id, leases.c.task_index, leases.c.worker_id)))
+                             .returning(leases.c.lease_id, leases.c.task_index, leases.c.worker_id,
+                                        leases.c.expires_at)))
 
 
 def due(conn: Connection, now: float, limit: int = 10_000) -> list[str]:
