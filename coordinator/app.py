@@ -85,15 +85,16 @@ async def _submit(ctx: Context, api: Api, opened, raw: bytes, lane: dict) -> Sub
     `lane` gets the intake lane the signer's submission was scored in (for the latency metric);
     `lane["admitted"]`, when a large body's admission (`work.admit_submitter`, before its parse)
     already read the signer's row, is whether it is established (one read per submission)."""
-    with api.intake.taking(opened.signer_id, opened.body.lease_id):  # one copy of a submission at a time
+    received = ctx.clock()   # a lease's expiry is judged at this time, not after the intake's queue
+    with api.intake.taking(opened.signer_id, opened.body.lease_id), work.in_intake(ctx, opened.body.lease_id):
         established = lane.pop("admitted", None)
         if established is None:
             established = work.admit_submitter(ctx, opened.envelope.signer)
         lane["lane"] = work.lane_of(established)
         if not api.intake.threads:  # limits.intake_threads = 0: on the loop, as before issue 18's last round
-            return work.submit(ctx, opened, raw)
-        scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened)
-        return work.store(ctx, opened, raw, scores)
+            return work.submit(ctx, opened, raw, received)
+        scores = await api.intake.run(opened.signer_id, established, work.scored, ctx, opened, received)
+        return work.store(ctx, opened, raw, scores, received)
 
 
 async def _long_poll_batch(ctx: Context, opened, _raw, _address) -> bytes:

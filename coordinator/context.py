@@ -137,6 +137,10 @@ class Context:
     # set when this process accepts a new policy version: wakes the checkpoint keeper at once
     # (relays keep only a few versions; its poll interval still covers other replicas)
     new_version: threading.Event = field(default_factory=threading.Event)
+    # lease id -> submissions of it being taken in by this process (received, not yet stored or
+    # refused): the sweep leaves such a lease open past its expiry, as its submission arrived in
+    # time (`coordinator.service.work`, receipt time). Touched on the event loop thread only.
+    in_intake: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.started_at:

@@ -1,7 +1,8 @@
 """Periodic upkeep and the numbers dashboards read.
 
 `sweep(ctx)` runs every `housekeeping_interval_s`: leases past their expiry become
-'expired' and their tasks return to the pool; workers silent for `missed_heartbeats_gone`
+'expired' and their tasks return to the pool (but for one whose submission arrived in time and
+is being taken in: `work.in_intake`, the intake claim); workers silent for `missed_heartbeats_gone`
 heartbeat intervals become 'gone' and their leases return too (both count as dropped leases,
 `rules.reputation.effective_clean_checks`); groups that fell out of the
 buffer's floor leave the buffer (`training.drop_stale`); queued submissions whose
@@ -24,6 +25,7 @@ from coordinator.context import Context
 from coordinator.rules import waste
 from coordinator.service import training
 from coordinator.service.join import worker_check_rate
+from coordinator.service.work import INTAKE_CLAIM_S
 from coordinator.store import leases, meta, policy, submissions, workers
 
 log = logging.getLogger("swarmrl.coordinator")
@@ -33,7 +35,10 @@ def sweep(ctx: Context) -> dict:
     cfg = ctx.cfg
     now = ctx.clock()
     with ctx.db.write() as conn:
-        expired = leases.close_many(conn, leases.due(conn, now), "expired", now)
+        # a lease whose submission arrived in time and is being taken in stays open until it is
+        # stored or refused (`work.in_intake`, here; the intake claim, on any replica)
+        due = [lid for lid in leases.due(conn, now, intake_since=now - INTAKE_CLAIM_S) if lid not in ctx.in_intake]
+        expired = leases.close_many(conn, due, "expired", now)
         leases.return_tasks(conn, expired, now)
         # Silence is measured from the later of a worker's last heartbeat and this process's
         # start: a coordinator that was down must not blame workers for its own outage. Nor for
@@ -45,7 +50,8 @@ def sweep(ctx: Context) -> dict:
                                                    if r.expires_at >= ctx.started_at + silence))
         cutoff = now - silence
         gone = workers.mark_gone(conn, cutoff) if ctx.started_at <= cutoff else []
-        orphaned = leases.close_many(conn, leases.active_of_workers(conn, gone), "expired", now)
+        orphaned = leases.close_many(conn, [lid for lid in leases.active_of_workers(conn, gone)
+                                            if lid not in ctx.in_intake], "expired", now)
         leases.return_tasks(conn, orphaned, now)
         # dropped as much as expired ones: silence closes them sooner than their TTL, and was
         # a free way to shed the leases a worker did not like (rules.reputation)

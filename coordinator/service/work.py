@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from coordinator.context import Context
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
@@ -251,9 +253,26 @@ def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
     return {"released": len(closed)}
 
 
-def submit(ctx: Context, opened: Opened[Submission], raw: bytes) -> SubmissionResponse:
-    """Take in one submission: `scored` (cheap checks and rewards), then `store`."""
-    return store(ctx, opened, raw, scored(ctx, opened))
+def submit(ctx: Context, opened: Opened[Submission], raw: bytes, received: float | None = None) -> SubmissionResponse:
+    """Take in one submission: `scored` (cheap checks and rewards), then `store`. `received`: when
+    it arrived (None: now); its lease's expiry is judged at that time, so a submission that came in
+    time is not refused for the time it waited in the intake's queue and was scored."""
+    return store(ctx, opened, raw, scored(ctx, opened, received), received)
+
+
+@contextmanager
+def in_intake(ctx: Context, lease_id: str) -> Iterator[None]:
+    """While a submission of `lease_id` is taken in, the sweep leaves the lease open past its
+    expiry (`upkeep.sweep`; `Context.in_intake`): it arrived in time, and closing the lease under
+    it refused it after scoring and returned its task to the pool. On PostgreSQL the intake claim
+    (`_claim`) does the same for the other replicas' sweeps once scoring starts."""
+    ctx.in_intake[lease_id] = ctx.in_intake.get(lease_id, 0) + 1
+    try:
+        yield
+    finally:
+        left = ctx.in_intake.pop(lease_id, 1) - 1
+        if left > 0:
+            ctx.in_intake[lease_id] = left
 
 
 def admit_submitter(ctx: Context, signer_hex: str) -> bool:
@@ -280,26 +299,28 @@ def established_row(ctx: Context, row) -> bool:
     return row is not None and row.status != "banned" and row.accepted >= ctx.cfg.limits.intake_established_after
 
 
-def scored(ctx: Context, opened: Opened[Submission]) -> tuple[int, list[float]]:
+def scored(ctx: Context, opened: Opened[Submission], received: float | None = None) -> tuple[int, list[float]]:
     """(token count, rewards) of a submission: read-only checks and the scorer sandbox, no
     write lock, so it may run on a thread beside the event loop (`coordinator.api.Intake`)."""
-    return _checked_and_scored(ctx, opened, ctx.clock())
+    now = ctx.clock()
+    return _checked_and_scored(ctx, opened, now, now if received is None else received)
 
 
-def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[int, list[float]]) -> SubmissionResponse:
+def store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[int, list[float]],
+          received: float | None = None) -> SubmissionResponse:
     """The write transaction of a scored submission (its checks again, as the lease may have
     closed meanwhile): queued for the verifier, or a refusal that changes nothing (but for a
     content duplicate's, which closes the lease: `_close_duplicate`)."""
     now = ctx.clock()
     try:
-        return _store(ctx, opened, raw, scores, now)
+        return _store(ctx, opened, raw, scores, now, now if received is None else received)
     except BaseException:
         _unclaim(ctx, opened)
         raise
 
 
 def _store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[int, list[float]],
-           now: float) -> SubmissionResponse:
+           now: float, received: float) -> SubmissionResponse:
     sub, worker_id = opened.body, opened.signer_id
     with ctx.db.write() as conn:
         use_nonce(conn, opened, now)
@@ -309,7 +330,7 @@ def _store(ctx: Context, opened: Opened[Submission], raw: bytes, scores: tuple[i
         row = leases.get(conn, sub.lease_id, for_update=True)
         if row is None:
             raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
-        intake.check_lease(row, worker_id, now)  # again: it may have closed meanwhile
+        intake.check_lease(row, worker_id, received)  # again: it may have closed meanwhile
         chash = intake.content_hash(sub.completions)
         other = submissions.content_exists(conn, row.task_id, chash)
         if other is not None:
@@ -389,7 +410,8 @@ def _closed_duplicate(ctx: Context, closed: bool) -> None:
         ctx.room.notify()
 
 
-def _checked_and_scored(ctx: Context, opened: Opened[Submission], now: float) -> tuple[int, list[float]]:
+def _checked_and_scored(ctx: Context, opened: Opened[Submission], now: float,
+                        received: float) -> tuple[int, list[float]]:
     """(token count, rewards) of a submission, before the write transaction: the rewards come
     from the scorer sandbox, which may take up to its batch limit on hostile text, and that
     must not hold the database's write lock. Every refusal the write transaction would give
@@ -412,7 +434,7 @@ def _checked_and_scored(ctx: Context, opened: Opened[Submission], now: float) ->
         other = submissions.content_exists(conn, row.task_id, chash) if row is not None else None
         if row is None:
             raise NotFound("unknown_lease", f"no lease {sub.lease_id}; submit only leases this coordinator issued")
-        intake.check_lease(row, worker_id, now)
+        intake.check_lease(row, worker_id, received)
         if replayed:
             raise Conflict("replay", "replayed message: this nonce was already used by this signer")
         lease = Lease.model_validate(json.loads(row.envelope)["body"])  # the signed lease, as the worker got it

@@ -87,9 +87,13 @@ def close_many(conn: Connection, lease_ids: list[str], to_status: str, now: floa
                                         leases.c.expires_at)))
 
 
-def due(conn: Connection, now: float, limit: int = 10_000) -> list[str]:
-    """Active leases whose expiry has passed."""
-    q = select(leases.c.lease_id).where(and_(leases.c.status == "active", leases.c.expires_at < now)).limit(limit)
+def due(conn: Connection, now: float, limit: int = 10_000, intake_since: float | None = None) -> list[str]:
+    """Active leases whose expiry has passed, but for those with an intake claim taken after
+    `intake_since` (a submission that arrived in time being taken in: `service.work._claim`)."""
+    where = [leases.c.status == "active", leases.c.expires_at < now]
+    if intake_since is not None:
+        where.append(or_(leases.c.intake_at.is_(None), leases.c.intake_at < intake_since))
+    q = select(leases.c.lease_id).where(and_(*where)).limit(limit)
     return list(conn.execute(q).scalars())
 
 
