@@ -201,7 +201,7 @@ class LeaseSizingConfig(BaseModel):
                                       "active: throw-away identities that take leases and sit on them cannot hold "
                                       "the room honest workers need")
     new_group_share: float = Field(0.25, gt=0, le=1, description="share of the new identities' share (above) that "
-                                   "new identities of one address group (an IPv4 /24, an IPv6 /48) may hold between "
+                                   "new identities of one address group (an IPv6 /48; an IPv4 address is its own) may hold between "
                                    "them (at least one lease; limits.exempt_addresses are not capped; 1 = no cap): "
                                    "throw-away identities on one line's many addresses cannot fill it alone")
     retry_share: float = Field(0.25, gt=0, le=1, description="a worker refused because the swarm holds enough "

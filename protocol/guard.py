@@ -114,16 +114,18 @@ def address_key(address: str) -> str:
     return str(ip)
 
 
-GROUP_PREFIX_V4 = 24   # one operator's IPv4 addresses: a /24 (a hoster hands out neighbours)
+GROUP_PREFIX_V4 = 32   # an IPv4 address is its own group: IPv4 addresses are scarce, one per home line
 GROUP_PREFIX_V6 = 48   # one site's IPv6 allocation: a /48 (2^16 /64s, each an address_key of its own)
 
 
 def address_group(address: str) -> str:
     """The network `address` belongs to for limits on what one holder of many addresses may take
-    together: the /24 of an IPv4 address, the /48 of an IPv6 one. Takes an address or a stored
+    together: an IPv4 address itself, the /48 of an IPv6 one. Takes an address or a stored
     `address_key` (an IPv6 /64); anything else is its own group. Per-address limits count
-    `address_key`s, of which one home line with a /48 holds 65,536: a cap per group is the
-    one such a line cannot multiply."""
+    `address_key`s, of which one home line with a /48 holds 65,536: a cap per group is the one
+    such a line cannot multiply. IPv4 is not grouped wider: honest contributors share /24s
+    (a cloud provider's or a university's range; the WAN harness puts every site in one), and a
+    /24 cap held their newcomers to a quarter of the newcomers' share between them."""
     text = address.strip().strip("[]")
     try:
         net = ipaddress.ip_network(text, strict=False) if "/" in text else None

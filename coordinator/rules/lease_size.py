@@ -15,7 +15,7 @@ The rule (`leases_allowed`, a pure function of the measurements it is given):
               groups already on their way (active leases, queued submissions, the buffer
               above the floor), for workers with verified work accepted (established);
               the others (new identities) hold at most `new_identity_share` of it between
-              them, on top, and those of one address group (an IPv4 /24, an IPv6 /48:
+              them, on top, and those of one address group (an IPv6 /48; an IPv4 address is its own:
               `protocol.guard.address_group`; exempt addresses excepted) at most
               `new_group_share` of that (`Demand.room`)
     allowed = min(own, what it holds + room); with no room left, what it holds (it waits
