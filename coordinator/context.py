@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from coordinator.admission import identity_address
@@ -152,6 +153,11 @@ class Context:
             self.identity_limiter = RateLimiter(lim.requests_per_s_per_worker / n, max(1.0, lim.burst / n))
         if self.address_limiter is None:
             self.address_limiter = RateLimiter(lim.requests_per_s_per_address / n, max(1.0, lim.burst / n))
+
+    @cached_property
+    def exempt(self) -> Networks:
+        """`limits.exempt_addresses`, parsed once (the request paths that ask about them)."""
+        return Networks(self.cfg.limits.exempt_addresses)
 
     @property
     def trusted_keys(self) -> frozenset[str]:

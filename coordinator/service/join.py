@@ -28,7 +28,6 @@ from coordinator.rules.reputation import check_rate, effective_clean_checks
 from coordinator.service import require_worker, use_nonce
 from coordinator.store import policy, workers
 from protocol.envelope import Opened
-from protocol.guard import Networks
 from protocol.messages import Heartbeat, Registration, RegistrationResponse, RunInfo, TaskSpec, WorkerInfo
 from protocol.pow import epoch_challenge, pow_ok
 
@@ -68,7 +67,7 @@ def worker_check_rate(ctx: Context, w: Any) -> float:
 def stored_address(ctx: Context, address: str) -> str:
     """What a worker's row keeps as its address: the per-address limits' key
     (`protocol.guard.address_key`), or an exempt address as it is (`admission.identity_address`)."""
-    return identity_address(address, Networks(ctx.cfg.limits.exempt_addresses))
+    return identity_address(address, ctx.exempt)
 
 
 def check_address_room(ctx: Context, conn: Connection, address: str, worker_id: str, now: float) -> None:
@@ -78,7 +77,7 @@ def check_address_room(ctx: Context, conn: Connection, address: str, worker_id: 
     (`store.workers.lock_address`) first, so the caller must make the worker active in the same
     transaction: the count and the write are then one step for every replica."""
     cfg = ctx.cfg.join
-    if not cfg.identities_per_address or address in Networks(ctx.cfg.limits.exempt_addresses):
+    if not cfg.identities_per_address or address in ctx.exempt:
         return
     workers.lock_address(conn, address)  # held until the caller's transaction has made it active
     others = [w for w in workers.active_ids_at_address(conn, address) if w != worker_id]

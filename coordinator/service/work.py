@@ -32,7 +32,7 @@ from coordinator.service.join import revive, worker_check_rate
 from coordinator.store import leases, meta, policy, submissions, swarm_counts, workers
 from coordinator.taskbook import SKIP_MEMORY, PreparedTask, Refused
 from protocol.envelope import AUDIENCE_WORKER, Opened, envelope_digest, seal
-from protocol.guard import Networks, address_group
+from protocol.guard import address_group
 from protocol.identity import PublicKey
 from protocol.messages import (
     IDENT_PATTERN,
@@ -221,12 +221,11 @@ def _of_group(ctx: Context, conn, address: str) -> int | None:
     are not counted."""
     if ctx.cfg.lease_sizing.new_group_share >= 1:
         return None
-    exempt = Networks(ctx.cfg.limits.exempt_addresses)
-    if address in exempt:
+    if address in ctx.exempt:
         return None
     group = address_group(address)
     held = swarm_counts.new_held_by_address(conn, ctx.cfg.limits.intake_established_after)
-    return sum(n for a, n in held.items() if a not in exempt and address_group(a) == group)
+    return sum(n for a, n in held.items() if a not in ctx.exempt and address_group(a) == group)
 
 
 def release(ctx: Context, opened: Opened[LeaseRelease]) -> dict:
