@@ -77,6 +77,15 @@ RelayUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]  # a re
 ReasonText = Annotated[str, Field(max_length=MAX_REASON_TEXT)]
 
 
+def _without(out: Any, key: str, default: Any) -> Any:
+    """A serialised body without `key` when it holds `default`: a field added to a message is
+    left out at its default, so the body is byte for byte what senders wrote before the field,
+    and a receiver from before it (whose bodies allow no unknown field) accepts it."""
+    if isinstance(out, dict) and key in out and out[key] is default:
+        out.pop(key)
+    return out
+
+
 class Strict(BaseModel):
     """Base for wire types: unknown fields are an error, values are validated strictly, and a
     float field holds a finite number (JSON `NaN`/`Infinity`/`1e400` are refused: they would pass
@@ -362,10 +371,7 @@ class ClaimRequest(Strict):
     def _without_a_null_instance(self, handler):
         """No instance: the body is the one verifiers sent before the field (`{"max_jobs": n}`),
         which a coordinator from before it accepts (its bodies allow no unknown field)."""
-        out = handler(self)
-        if isinstance(out, dict) and out.get("instance") is None:
-            out.pop("instance", None)
-        return out
+        return _without(handler(self), "instance", None)
 
 
 class VerificationJob(Strict):
@@ -439,10 +445,7 @@ class Verdict(Strict):
 
     @model_serializer(mode="wrap")
     def _without_a_default_fault(self, handler):
-        out = handler(self)
-        if isinstance(out, dict) and out.get("worker_fault") is True:
-            out.pop("worker_fault", None)
-        return out
+        return _without(handler(self), "worker_fault", True)
 
 
 class VerdictBatch(Strict):

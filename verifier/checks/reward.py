@@ -60,15 +60,16 @@ def check_reward(oj: OpenedJob, texts: list[str | None], *, tolerance: float = 1
     lies: list[str] = []
     disputes: list[str] = []
     disputed: list[int] = []
+    failed_here = 0   # disputed completions whose scoring failed here: another try may settle them
     if len(job.rewards) != len(mine):
         lies.append(f"{len(job.rewards)} coordinator rewards for {len(mine)} completions")
     else:
         disputed = [i for i, (a, b) in enumerate(zip(job.rewards, mine)) if not within(abs(a - b), tolerance)]
         if disputed:
             i = disputed[0]
-            mine_failed = sum(1 for j in disputed if scored[j].reason)
+            failed_here = sum(1 for j in disputed if scored[j].reason)
             disputes.append(f"coordinator reward {job.rewards[i]} of completion {i} differs from the recomputed "
-                            f"{mine[i]} ({len(disputed)} completions; {mine_failed} of them failed to score here): "
+                            f"{mine[i]} ({len(disputed)} completions; {failed_here} of them failed to score here): "
                             "a dispute between the two scorings, not the worker's doing")
     claimed = sub.claimed_rewards
     if claimed is not None:
@@ -88,8 +89,7 @@ def check_reward(oj: OpenedJob, texts: list[str | None], *, tolerance: float = 1
     if disputed:
         stats["disputed"] = disputed[:MAX_REASONS]
         stats["disputed_count"] = len(disputed)
-        # the verifier's own scoring failed on a disputed completion: another try may settle it
-        stats["disputed_here"] = sum(1 for j in disputed if scored[j].reason)
+        stats["disputed_here"] = failed_here
         stats["worker_fault"] = bool(lies)
     problems = lies + disputes
     return result(NAME, not problems, stats, first_failures(problems))

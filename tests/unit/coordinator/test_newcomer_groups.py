@@ -9,6 +9,7 @@ swarm's loopback) are not capped."""
 
 from coordinator.rules.lease_size import Demand
 from protocol.guard import address_group, address_key
+from protocol.identity import KeyPair
 from protocol.messages import KIND_REGISTRATION, HardwareReport, Registration
 
 
@@ -41,14 +42,19 @@ def _register(s, key, address):
     return key
 
 
-def test_throw_away_identities_on_one_line_leave_the_newcomers_share_to_others(make_swarm):
-    from protocol.identity import KeyPair
-
+def _proxied_with_an_established_worker(make_swarm):
+    """A coordinator that takes each client's address from a trusted proxy's X-Forwarded-For (no
+    exempt address, one identity per address) and one established worker at 198.51.100.1."""
     s = make_swarm(limits={"burst": 1000, "exempt_addresses": [], "trusted_proxies": ["127.0.0.1"]},
                    join={"identities_per_address": 1})
     s.publish(0)
     honest = _register(s, KeyPair.generate(), "198.51.100.1")
     s.establish(honest)
+    return s, honest
+
+
+def test_throw_away_identities_on_one_line_leave_the_newcomers_share_to_others(make_swarm):
+    s, honest = _proxied_with_an_established_worker(make_swarm)
     assert s.batch(max_groups=32).status_code == 200       # the trainer's step: the newcomers' share is 8
     # eight identities, each on a /64 of its own, all in one /48
     squatters = [_register(s, KeyPair.generate(), f"2001:db8:1:{i}::1") for i in range(1, 9)]
@@ -77,13 +83,7 @@ def test_honest_newcomers_on_neighbouring_ipv4_addresses_are_not_held_together(m
     quarter of the newcomers' share between them (the WAN harness puts every site in one /24:
     the likely cause of one failure of its slow flapping-link test, whose newcomer got too few
     leases)."""
-    from protocol.identity import KeyPair
-
-    s = make_swarm(limits={"burst": 1000, "exempt_addresses": [], "trusted_proxies": ["127.0.0.1"]},
-                   join={"identities_per_address": 1})
-    s.publish(0)
-    honest = _register(s, KeyPair.generate(), "198.51.100.1")
-    s.establish(honest)
+    s, honest = _proxied_with_an_established_worker(make_swarm)
     assert s.batch(max_groups=32).status_code == 200       # the newcomers' share is 8
     newcomers = [_register(s, KeyPair.generate(), f"198.51.100.{i}") for i in range(10, 14)]
     assert [len(s.lease(k, 2)) for k in newcomers] == [2, 2, 2, 2]   # before (by /24): 2, 0, 0, 0
